@@ -1,0 +1,173 @@
+"""Shared base for every experiment config.
+
+Each experiment file (`informask.py`, `random.py`, ...) calls `get_base_config(arg, strategy)` and
+sets its masking options. `arg` picks a variant, e.g. `--config configs/informask.py:tiny`:
+
+  (none) / "paper"  the InforMask paper's recipe: RoBERTa-base architecture with the
+                    bert-base-uncased tokenizer, sequences of 512, global batch 256, English
+                    Wikipedia + BookCorpus from the Hugging Face hub.
+  "tiny"            the embedded offline default: a 2-layer BERT on the wiki-vital corpus that
+                    trains on a 2-core CPU in minutes, no network.
+  "base", "large"   the paper's data with another model size.
+
+Every field below is overridable from the command line: `--config.train.batch_size=64`.
+"""
+
+import ml_collections
+
+# Model sizes, named as in Turc et al. 2019 ("Well-Read Students Learn Better") and BERT.
+MODEL_SIZES = {
+    #          layers hidden heads mlp
+    "tiny": dict(num_layers=2, hidden_size=128, num_heads=2, mlp_size=512),
+    "mini": dict(num_layers=4, hidden_size=256, num_heads=4, mlp_size=1024),
+    "small": dict(num_layers=4, hidden_size=512, num_heads=8, mlp_size=2048),
+    "medium": dict(num_layers=8, hidden_size=512, num_heads=8, mlp_size=2048),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, mlp_size=3072),
+    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, mlp_size=4096),
+}
+
+# The paper's pretraining corpus, read from the Hugging Face hub.
+PAPER_SOURCES = (
+    dict(kind="hub", name="wikimedia/wikipedia", config="20231101.en", split="train",
+         text_field="text"),
+    dict(kind="hub", name="bookcorpus/bookcorpus", config=None, split="train", text_field="text"),
+)
+
+
+def _source(kind, name, config=None, split="train", text_field="text", streaming=False):
+  """A corpus source; `kind` is "wiki_vital" (embedded), "hub" or "files" (name = path or glob)."""
+  return ml_collections.ConfigDict(dict(kind=kind, name=name, config=config, split=split,
+                                        text_field=text_field, streaming=streaming))
+
+
+def get_base_config(arg=None, strategy="informask"):
+  variant = (arg or "paper").strip()
+  if variant not in ("paper", "tiny", "base", "large"):
+    raise ValueError(f"Unknown config variant {variant!r}; choose one of paper, tiny, base, large "
+                     "(e.g. --config configs/informask.py:tiny).")
+  tiny = variant == "tiny"
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+
+  # --- Corpus and input pipeline -----------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  # A list of sources concatenated into one corpus. kind: "wiki_vital" (embedded, offline),
+  # "hub" (datasets.load_dataset(name, config)), "files" (local .txt/.jsonl/.parquet path or glob).
+  c.data.sources = ([_source("wiki_vital", "wiki_vital", text_field="extract")] if tiny
+                    else [_source(**s) for s in PAPER_SOURCES])
+  c.data.seq_len = 128 if tiny else 512  # Tokens per sequence, [CLS] and [SEP] included.
+  # "full_sentences": documents concatenated with [SEP] and cut into full sequences (RoBERTa);
+  # "doc_padded": one document per sequence, split if longer, padded (the InforMask repository).
+  c.data.packing = "full_sentences"
+  c.data.validation_fraction = 0.02  # Share of documents (by hash of their text) held out.
+  c.data.cache_dir = "~/.cache/informask_jax"  # Tokenized corpora and statistics live here.
+  c.data.num_proc = 2 if tiny else 8  # Processes for tokenization (datasets.map).
+  c.data.max_documents = -1  # Use only the first N documents (-1: all); for quick experiments.
+  c.data.prefetch = 2  # Batches prepared ahead of the train step.
+
+  # --- Tokenizer ---------------------------------------------------------------------------
+  c.tokenizer = ml_collections.ConfigDict()
+  # A hub name, a tokenizer directory or a vocab.txt path; "" trains a WordPiece vocabulary on
+  # the configured corpus (deterministic, cached).
+  c.tokenizer.name_or_path = "" if tiny else "bert-base-uncased"
+  c.tokenizer.vocab_size = 8192  # Size of a trained vocabulary (ignored when loading one).
+  c.tokenizer.lowercase = True  # Lower-case and strip accents, as bert-base-uncased.
+
+  # --- Masking -----------------------------------------------------------------------------
+  c.masking = ml_collections.ConfigDict()
+  c.masking.name = strategy  # random | whole_word | span | pmi_span | informask | informask_online
+  c.masking.mask_prob = 0.15  # Fraction of maskable tokens that become prediction targets.
+  c.masking.replace_prob = 0.8  # Of the targets: share replaced by [MASK] ...
+  c.masking.random_prob = 0.1  # ... and by a random token; the rest keep the original token.
+  c.masking.budget = "exact"  # "exact": round(mask_prob * maskable) per sequence; "bernoulli".
+  c.masking.span_geometric_p = 0.2  # span: span length ~ Geometric(p), in words (SpanBERT).
+  c.masking.span_max_len = 10  # span: clip span lengths at this many words.
+  c.masking.pmi_variant = "ngram"  # pmi_span: "ngram" (Levine et al.) or "bigram" (InforMask repo).
+  c.masking.num_candidates = 16  # informask_online: candidate masks scored per sequence (K).
+  # informask: path of the rate table (.npy or id_mask_prob.json); "" builds it from the corpus.
+  c.masking.rates_path = ""
+
+  # --- Corpus statistics (PMI, rates, n-gram vocabulary) ------------------------------------
+  c.stats = ml_collections.ConfigDict()
+  c.stats.pmi_vocab_size = 4096 if tiny else 16384  # Top-N frequent non-special tokens.
+  c.stats.min_count = 5 if tiny else 50  # Minimum unigram count for the PMI vocabulary.
+  c.stats.min_pair_count = 2 if tiny else 10  # Pairs seen fewer times get no PMI.
+  c.stats.window = 0  # Co-occurrence window in tokens within a sentence; 0: whole sentence.
+  c.stats.drop_top_k = 0  # Leave the k most frequent tokens out of the PMI vocabulary.
+  c.stats.whole_words = False  # Count whole words (a token and its ## pieces) instead of pieces.
+  c.stats.context_alpha = 1.0  # Context-distribution smoothing exponent (0.75 in word2vec).
+  c.stats.positive_only = True  # Clip negative PMI to 0 (PPMI).
+  c.stats.ngram_vocab_size = 20000 if tiny else 800000  # pmi_span n-gram vocabulary size.
+  c.stats.ngram_min_count = 5 if tiny else 10
+  c.stats.rate_sample_sequences = 4096 if tiny else 200000  # Sequences scored for the rates.
+  c.stats.rate_smoothing = 10.0  # Pseudo-count pulling rare tokens' rates toward the mean.
+  c.stats.memory_cap_mb = 2048  # Counting flushes partial counts to disk above this.
+
+  # --- Model -------------------------------------------------------------------------------
+  size = "tiny" if tiny else ("large" if variant == "large" else "base")
+  c.model = ml_collections.ConfigDict()
+  c.model.size = size  # One of configs.base.MODEL_SIZES; sets the four fields below.
+  c.model.num_layers = -1  # -1: from size.
+  c.model.hidden_size = -1
+  c.model.num_heads = -1
+  c.model.mlp_size = -1
+  # "roberta": RoBERTa layout (positions offset past padding, 514 positions) as the paper's
+  # InformBERT; "bert": BERT layout (512 positions, token types).
+  c.model.flavour = "bert" if tiny else "roberta"
+  c.model.max_positions = -1  # -1: 512 (bert) or 514 (roberta).
+  c.model.dropout = 0.1  # Dropout on embeddings, attention probabilities and residual branches.
+  c.model.compute_dtype = "float32" if tiny else "bfloat16"  # Parameters stay float32.
+  c.model.attention = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn".
+  c.model.remat = "none"  # Rematerialisation: "none", "full" or "dots" (save matmul outputs).
+  c.model.scan_layers = not tiny  # nn.scan over layers: one compiled layer, faster compiles.
+  # Vocabulary projection only at up to this many targets per sequence (NVIDIA's BERT).
+  c.model.max_predictions = 20 if tiny else 80
+
+  # --- Optimizer ---------------------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-3 if tiny else 1e-4  # Peak learning rate.
+  c.optim.warmup_steps = 50 if tiny else 10_000
+  c.optim.schedule = "linear"  # Decay after warm-up: "linear" or "cosine", to 0 at num_steps.
+  c.optim.weight_decay = 0.01  # AdamW decay; never applied to biases and LayerNorm.
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98 if not tiny else 0.999
+  c.optim.eps = 1e-6
+  c.optim.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
+  c.optim.grad_accum_steps = 1  # Micro-batches per step; batch_size must divide by it.
+
+  # --- Training loop -----------------------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  # The paper's repository trains 40 epochs; Wikipedia + BookCorpus (~3.3B words, ~4.3B
+  # WordPiece tokens) is ~33k steps per epoch at 256 x 512, hence ~1.3M steps.
+  c.train.num_steps = 400 if tiny else 1_300_000
+  c.train.batch_size = 32 if tiny else 256  # Global batch, split over hosts and devices.
+  c.train.seed = 0
+  c.train.log_every = 20 if tiny else 100
+  c.train.eval_every = 100 if tiny else 10_000
+  c.train.eval_batches = 8 if tiny else 100  # Validation batches per evaluation.
+  c.train.checkpoint_every = 200 if tiny else 5_000
+  c.train.keep_checkpoints = 2  # Latest checkpoints kept (the best by eval loss is kept too).
+  c.train.resume = True  # Resume from the workdir's latest checkpoint when there is one.
+  c.train.overwrite = False  # With resume=False, allow starting over in a non-empty workdir.
+  c.train.max_consecutive_skips = 10  # Stop after this many non-finite steps in a row.
+
+  # --- Device mesh and sharding ------------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Data-parallel axis; -1 takes the devices left by the other axes.
+  c.mesh.fsdp = 1  # Fully sharded data parallel: parameters and batch split over it.
+  c.mesh.tensor = 1  # Tensor (model) parallel: heads, MLP and vocabulary split over it.
+  # Logical axis name -> mesh axes. The model names logical axes only.
+  c.mesh.logical_axis_rules = (
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("length", None),
+      ("layers", None),
+  )
+
+  # Initialise parameters from a workdir written by convert_checkpoint.py --from-hf ("": random).
+  c.init_from = ""
+  return c
