@@ -1,0 +1,298 @@
+"""A Flax BERT / RoBERTa encoder with a masked-language-model head.
+
+Written to match Hugging Face's `BertForMaskedLM` and `RobertaForMaskedLM` numerically (post-LN
+layers, exact-erf GELU, a decoder tied to the word embeddings plus an output bias), so that
+`export.py` can convert weights in both directions with a name table and transposes only.
+
+Parameters carry logical axis names ("vocab", "embed", "heads", "kv", "mlp", "layers"); the rules
+that map them to mesh axes live in the config and are applied by `sharding.py`. The model itself
+knows nothing about devices.
+
+Two departures from the Hugging Face models, both for speed, neither visible in exported weights:
+  * the vocabulary projection runs only at the gathered target positions (`masked_positions`), as
+    NVIDIA's BERT does, instead of at every token;
+  * attention uses `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs that support it)
+    unless attention-probability dropout is requested, which that kernel cannot apply.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Logical axis names used by the parameters and activations below.
+VOCAB, EMBED, HEADS, KV, MLP, LAYERS = "vocab", "embed", "heads", "kv", "mlp", "layers"
+ACT_BATCH = "activation_batch"
+
+
+@dataclasses.dataclass(frozen=True)
+class MLMConfig:
+  """Architecture and numerics of the encoder; built from `config.model` by `from_config`."""
+
+  vocab_size: int
+  num_layers: int
+  hidden_size: int
+  num_heads: int
+  mlp_size: int
+  flavour: str = "bert"  # "bert" or "roberta" (positions offset past the padding index).
+  max_positions: int = 512  # Rows of the position table (514 for RoBERTa).
+  type_vocab_size: int = 2  # Token-type (segment) rows: 2 for BERT, 1 for RoBERTa.
+  pad_id: int = 0
+  dropout: float = 0.1  # Embeddings, residual branches and the MLM head input.
+  attention_dropout: float = 0.0  # On attention probabilities; > 0 disables the fused kernel.
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  compute_dtype: str = "float32"  # Activations and matmuls; parameters are always float32.
+  attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn".
+  remat: str = "none"  # "none", "full" (recompute each layer) or "dots" (keep matmul outputs).
+  scan_layers: bool = False  # One nn.scan'ed layer instead of num_layers unrolled copies.
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"model.hidden_size={self.hidden_size} is not divisible by "
+                       f"model.num_heads={self.num_heads}.")
+    if self.flavour not in ("bert", "roberta"):
+      raise ValueError(f"model.flavour={self.flavour!r}: expected 'bert' or 'roberta'.")
+    if self.remat not in ("none", "full", "dots"):
+      raise ValueError(f"model.remat={self.remat!r}: expected 'none', 'full' or 'dots'.")
+    if self.attention not in ("xla", "cudnn"):
+      raise ValueError(f"model.attention={self.attention!r}: expected 'xla' or 'cudnn'.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def max_seq_len(self) -> int:
+    """Longest input the position table can hold."""
+    if self.flavour == "roberta":  # Positions start at pad_id + 1.
+      return self.max_positions - self.pad_id - 1
+    return self.max_positions
+
+  @property
+  def dtype(self):
+    return jnp.dtype(self.compute_dtype)
+
+  @classmethod
+  def from_config(cls, model_config, *, vocab_size: int, pad_id: int) -> "MLMConfig":
+    """Resolves `config.model` (size presets, -1 defaults) into an MLMConfig."""
+    from configs.base import MODEL_SIZES  # The size table lives with the configs.
+
+    if model_config.size not in MODEL_SIZES:
+      raise ValueError(f"model.size={model_config.size!r}: choose one of {sorted(MODEL_SIZES)}.")
+    dims = dict(MODEL_SIZES[model_config.size])
+    for key in dims:
+      if model_config[key] != -1:
+        dims[key] = int(model_config[key])
+    roberta = model_config.flavour == "roberta"
+    max_positions = model_config.max_positions
+    if max_positions == -1:
+      max_positions = 514 if roberta else 512
+    return cls(
+        vocab_size=vocab_size, flavour=model_config.flavour, max_positions=max_positions,
+        type_vocab_size=1 if roberta else 2, pad_id=pad_id, dropout=model_config.dropout,
+        attention_dropout=model_config.get("attention_dropout", 0.0),
+        layer_norm_eps=1e-5 if roberta else 1e-12, compute_dtype=model_config.compute_dtype,
+        attention=model_config.attention, remat=model_config.remat,
+        scan_layers=model_config.scan_layers, **dims)
+
+
+def _dense_init(cfg: MLMConfig, axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
+
+
+def _layer_norm(cfg: MLMConfig, name: str) -> nn.LayerNorm:
+  # Flax computes the statistics in float32 whatever the dtype, as Hugging Face does.
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)))
+
+
+def position_ids(cfg: MLMConfig, input_ids: Array) -> Array:
+  """Position of each token; RoBERTa counts from pad_id + 1 and gives padding pad_id."""
+  if cfg.flavour == "roberta":
+    not_pad = (input_ids != cfg.pad_id).astype(jnp.int32)
+    return jnp.cumsum(not_pad, axis=-1) * not_pad + cfg.pad_id
+  return jnp.broadcast_to(jnp.arange(input_ids.shape[-1], dtype=jnp.int32), input_ids.shape)
+
+
+class Embeddings(nn.Module):
+  cfg: MLMConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.word = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word",
+                         embedding_init=_dense_init(cfg, (VOCAB, EMBED)))
+    self.position = nn.Embed(cfg.max_positions, cfg.hidden_size, name="position",
+                             embedding_init=_dense_init(cfg, (None, EMBED)))
+    self.token_type = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, name="token_type",
+                               embedding_init=_dense_init(cfg, (None, EMBED)))
+    self.norm = _layer_norm(cfg, "norm")
+    self.drop = nn.Dropout(cfg.dropout)
+
+  def __call__(self, input_ids, token_type_ids, deterministic):
+    x = (self.word(input_ids) + self.position(position_ids(self.cfg, input_ids))
+         + self.token_type(token_type_ids))  # (B, L, H)
+    return self.drop(self.norm(x.astype(self.cfg.dtype)), deterministic=deterministic)
+
+  def tied_projection(self, x):
+    """Logits against the word embeddings, in float32: (..., H) -> (..., V)."""
+    return self.word.attend(x).astype(jnp.float32)
+
+
+class SelfAttention(nn.Module):
+  cfg: MLMConfig
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic):
+    cfg = self.cfg
+    qkv_shape = (cfg.num_heads, cfg.head_dim)
+
+    def project(name):  # (B, L, H) -> (B, L, nh, hd)
+      return nn.DenseGeneral(
+          qkv_shape, dtype=cfg.dtype, name=name,
+          kernel_init=_dense_init(cfg, (EMBED, HEADS, KV)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (HEADS, KV)))(x)
+
+    q, k, v = project("query"), project("key"), project("value")
+    mask = attention_mask[:, None, None, :]  # (B, 1, 1, L): keys that may be attended to.
+    if cfg.attention_dropout > 0 and not deterministic:
+      scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(cfg.head_dim).astype(cfg.dtype)
+      scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+      probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(cfg.dtype)
+      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+      context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # (B, L, nh, hd)
+    else:
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=(
+          None if cfg.attention == "xla" else cfg.attention))
+    return nn.DenseGeneral(
+        cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, name="out",
+        kernel_init=_dense_init(cfg, (HEADS, KV, EMBED)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)))(context)
+
+
+class EncoderLayer(nn.Module):
+  """Post-LN transformer layer (BERT): x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+
+  cfg: MLMConfig
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic):
+    cfg = self.cfg
+    x = nn.with_logical_constraint(x, (ACT_BATCH, None, None))
+    attn = SelfAttention(cfg, name="attention")(x, attention_mask, deterministic)
+    attn = nn.Dropout(cfg.dropout)(attn, deterministic=deterministic)
+    x = _layer_norm(cfg, "attention_norm")(x + attn)
+    h = nn.Dense(cfg.mlp_size, dtype=cfg.dtype, name="mlp_in",
+                 kernel_init=_dense_init(cfg, (EMBED, MLP)),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (MLP,)))(x)
+    h = jax.nn.gelu(h, approximate=False)  # (B, L, M)
+    h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, name="mlp_out",
+                 kernel_init=_dense_init(cfg, (MLP, EMBED)),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)))(h)
+    h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+    return _layer_norm(cfg, "mlp_norm")(x + h)
+
+
+class ScannedLayer(EncoderLayer):
+  """EncoderLayer with nn.scan's (carry, output) signature."""
+
+  def __call__(self, x, attention_mask, deterministic):
+    return super().__call__(x, attention_mask, deterministic), None
+
+
+_REMAT_POLICIES = {
+    "full": None,  # Save nothing: recompute the whole layer in the backward pass.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Encoder(nn.Module):
+  cfg: MLMConfig
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic):
+    cfg = self.cfg
+    layer_cls = ScannedLayer if cfg.scan_layers else EncoderLayer
+    if cfg.remat != "none":
+      # `deterministic` (argument 3 counting self) is a Python bool: keep it static.
+      layer_cls = nn.remat(layer_cls, policy=_REMAT_POLICIES[cfg.remat], static_argnums=(3,))
+    if cfg.scan_layers:
+      stack = nn.scan(
+          layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: LAYERS})
+      x, _ = stack(cfg, name="layers")(x, attention_mask, deterministic)
+      return x
+    for i in range(cfg.num_layers):
+      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+    return x
+
+
+class MLMHead(nn.Module):
+  """Transform (dense + GELU + LayerNorm) then the tied decoder plus an output bias."""
+
+  cfg: MLMConfig
+
+  @nn.compact
+  def __call__(self, x, tied_projection):
+    cfg = self.cfg
+    x = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, name="transform",
+                 kernel_init=_dense_init(cfg, (EMBED, None)),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
+    x = _layer_norm(cfg, "norm")(jax.nn.gelu(x, approximate=False))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (VOCAB,)),
+                      (cfg.vocab_size,), jnp.float32)
+    return tied_projection(x) + bias  # (..., V) float32
+
+
+class BertMLM(nn.Module):
+  """Encoder + MLM head. `__call__` returns logits at `masked_positions` (or every token)."""
+
+  cfg: MLMConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.cfg)
+    self.encoder = Encoder(self.cfg)
+    self.head = MLMHead(self.cfg)
+
+  def encode(self, input_ids, token_type_ids=None, *, deterministic=True):
+    """Final hidden states (B, L, H), as Hugging Face's BertModel.last_hidden_state."""
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    attention_mask = input_ids != self.cfg.pad_id  # (B, L)
+    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    return self.encoder(x, attention_mask, deterministic)
+
+  def __call__(self, input_ids, token_type_ids=None, *, masked_positions=None,
+               deterministic=True):
+    """Logits (B, P, V) at masked_positions (B, P), or (B, L, V) when it is None."""
+    x = self.encode(input_ids, token_type_ids, deterministic=deterministic)  # (B, L, H)
+    if masked_positions is not None:
+      x = jnp.take_along_axis(x, masked_positions[..., None], axis=1)  # (B, P, H)
+    return self.head(x, self.embeddings.tied_projection)
+
+
+def init_params(model: BertMLM, rng: Array, seq_len: int) -> Any:
+  """Boxed (logically partitioned) parameters; run under jit/eval_shape, never eagerly at scale."""
+  ids = jnp.zeros((1, seq_len), jnp.int32)
+  return model.init({"params": rng}, ids, masked_positions=jnp.zeros((1, 1), jnp.int32))["params"]
+
+
+def train_flops_per_sequence(cfg: MLMConfig, seq_len: int, predictions: int) -> float:
+  """Matmul FLOPs of one training step per sequence (forward + backward = 3x forward).
+
+  Counts what the step really computes: per token and layer, the Q/K/V/output projections
+  (8 H^2), attention scores and context (4 L H) and the MLP (4 H M); the MLM head runs only at
+  `predictions` positions per sequence: transform (2 H^2) and tied decoder (2 H V).
+  Embedding lookups, LayerNorms, softmax and elementwise work are not counted (as in PaLM's MFU).
+  """
+  h, m, n = cfg.hidden_size, cfg.mlp_size, cfg.num_layers
+  per_token = n * (8 * h * h + 4 * h * m + 4 * seq_len * h)
+  per_prediction = 2 * h * h + 2 * h * cfg.vocab_size
+  return 3.0 * (seq_len * per_token + predictions * per_prediction)
