@@ -158,7 +158,7 @@ def get_base_config(arg=None, strategy="informask"):
   c.mesh.tensor = 1  # Tensor (model) parallel: heads, MLP and vocabulary split over it.
   # Logical axis name -> mesh axes. The model names logical axes only.
   c.mesh.logical_axis_rules = (
-      ("batch", ("data", "fsdp")),
+      ("activation_batch", ("data", "fsdp")),  # Batch dimension of activations.
       ("vocab", "tensor"),
       ("embed", "fsdp"),
       ("mlp", "tensor"),

@@ -145,21 +145,41 @@ class Embeddings(nn.Module):
     return self.word.attend(x).astype(jnp.float32)
 
 
+class Projection(nn.Module):
+  """x @ kernel, contracting x's last `in_dims` axes; kernel shape = those axes + out_shape.
+
+  Flax's DenseGeneral boxes a flat kernel with the multi-dimensional axis names before reshaping
+  it, which fails under a mesh; this creates the kernel at its true shape instead.
+  """
+
+  cfg: MLMConfig
+  out_shape: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  in_dims: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    kernel = self.param("kernel", _dense_init(cfg, self.kernel_axes), in_shape + self.out_shape,
+                        jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(
+        nn.initializers.zeros, self.kernel_axes[self.in_dims:]), self.out_shape, jnp.float32)
+    contract = (tuple(range(x.ndim - self.in_dims, x.ndim)), tuple(range(self.in_dims)))
+    y = jax.lax.dot_general(x.astype(cfg.dtype), kernel.astype(cfg.dtype), (contract, ((), ())))
+    return y + bias.astype(cfg.dtype)
+
+
 class SelfAttention(nn.Module):
   cfg: MLMConfig
 
   @nn.compact
   def __call__(self, x, attention_mask, deterministic):
     cfg = self.cfg
-    qkv_shape = (cfg.num_heads, cfg.head_dim)
-
-    def project(name):  # (B, L, H) -> (B, L, nh, hd)
-      return nn.DenseGeneral(
-          qkv_shape, dtype=cfg.dtype, name=name,
-          kernel_init=_dense_init(cfg, (EMBED, HEADS, KV)),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (HEADS, KV)))(x)
-
-    q, k, v = project("query"), project("key"), project("value")
+    heads = (cfg.num_heads, cfg.head_dim)
+    # (B, L, H) -> (B, L, nh, hd) each.
+    q, k, v = (Projection(cfg, heads, (EMBED, HEADS, KV), name=n)(x)
+               for n in ("query", "key", "value"))
     mask = attention_mask[:, None, None, :]  # (B, 1, 1, L): keys that may be attended to.
     if cfg.attention_dropout > 0 and not deterministic:
       scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(cfg.head_dim).astype(cfg.dtype)
@@ -170,10 +190,7 @@ class SelfAttention(nn.Module):
     else:
       context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=(
           None if cfg.attention == "xla" else cfg.attention))
-    return nn.DenseGeneral(
-        cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, name="out",
-        kernel_init=_dense_init(cfg, (HEADS, KV, EMBED)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)))(context)
+    return Projection(cfg, (cfg.hidden_size,), (HEADS, KV, EMBED), in_dims=2, name="out")(context)
 
 
 class EncoderLayer(nn.Module):
@@ -188,13 +205,9 @@ class EncoderLayer(nn.Module):
     attn = SelfAttention(cfg, name="attention")(x, attention_mask, deterministic)
     attn = nn.Dropout(cfg.dropout)(attn, deterministic=deterministic)
     x = _layer_norm(cfg, "attention_norm")(x + attn)
-    h = nn.Dense(cfg.mlp_size, dtype=cfg.dtype, name="mlp_in",
-                 kernel_init=_dense_init(cfg, (EMBED, MLP)),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (MLP,)))(x)
+    h = Projection(cfg, (cfg.mlp_size,), (EMBED, MLP), name="mlp_in")(x)
     h = jax.nn.gelu(h, approximate=False)  # (B, L, M)
-    h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, name="mlp_out",
-                 kernel_init=_dense_init(cfg, (MLP, EMBED)),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)))(h)
+    h = Projection(cfg, (cfg.hidden_size,), (MLP, EMBED), name="mlp_out")(h)
     h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
     return _layer_norm(cfg, "mlp_norm")(x + h)
 
@@ -242,9 +255,7 @@ class MLMHead(nn.Module):
   @nn.compact
   def __call__(self, x, tied_projection):
     cfg = self.cfg
-    x = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, name="transform",
-                 kernel_init=_dense_init(cfg, (EMBED, None)),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
+    x = Projection(cfg, (cfg.hidden_size,), (EMBED, None), name="transform")(x)
     x = _layer_norm(cfg, "norm")(jax.nn.gelu(x, approximate=False))
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (VOCAB,)),
                       (cfg.vocab_size,), jnp.float32)

@@ -1,0 +1,119 @@
+"""Device mesh and the mapping from logical axis names to NamedShardings.
+
+The model names logical axes only ("embed", "heads", ...); `config.mesh.logical_axis_rules` maps
+them to the mesh axes ("data", "fsdp", "tensor"). This module is the one place where the two meet.
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# The batch dimension is split over every data-parallel axis.
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
+  """Resolves `config.mesh` (one axis may be -1: "the rest") against the device count."""
+  sizes = [int(mesh_config[a]) for a in MESH_AXES]
+  fill = [a for a, s in zip(MESH_AXES, sizes, strict=True) if s == -1]
+  if len(fill) > 1:
+    raise ValueError(f"At most one of config.mesh.{{data,fsdp,tensor}} may be -1; got {fill}.")
+  if any(s == 0 or s < -1 for s in sizes):
+    given = dict(zip(MESH_AXES, sizes, strict=True))
+    raise ValueError(f"config.mesh sizes must be positive or -1; got {given}.")
+  known = math.prod(s for s in sizes if s != -1)
+  if fill:
+    if num_devices % known:
+      raise ValueError(
+          f"config.mesh: the fixed axes multiply to {known}, which does not divide the "
+          f"{num_devices} available devices, so mesh.{fill[0]}=-1 cannot fill the rest.")
+    sizes[MESH_AXES.index(fill[0])] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f"config.mesh data x fsdp x tensor = {' x '.join(map(str, sizes))} = {math.prod(sizes)} "
+        f"devices, but {num_devices} are available. Set one axis to -1 to fill the rest.")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_config, len(devices))
+  if len(devices) == len(jax.devices()):
+    # jax.make_mesh orders devices for the physical topology (ICI rings on TPU, NVLink on GPU).
+    # Auto axes: shardings are propagated by the compiler (GSPMD), as pjit does.
+    return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def logical_rules(mesh_config) -> tuple[tuple[str, object], ...]:
+  """The config's rules as flax expects them: (logical name, mesh axis | tuple | None)."""
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+               for name, axes in mesh_config.logical_axis_rules)
+
+
+def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh, where: str) -> PartitionSpec:
+  """Drops mesh axes from dimensions they do not divide (those stay replicated), with a log line.
+
+  An odd vocabulary (bert-base-uncased has 30,522 rows) or few heads on a wide tensor axis should
+  not stop a run; the cost is memory, not correctness.
+  """
+  dims = []
+  for i, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    size = math.prod(mesh.shape[a] for a in names)
+    if names and shape[i] % size:
+      logging.info("Not sharding %s dim %d (size %d) over %s (%d devices): not divisible.",
+                   where, i, shape[i], names, size)
+      axes = None
+    dims.append(axes)
+  return PartitionSpec(*dims)
+
+
+def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
+  """NamedShardings for a (boxed, abstract) train state: logical names -> mesh axes."""
+  logical_specs = nn.get_partition_spec(abstract_boxed_state)
+  mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+  # Box values without nn.unbox, which would apply sharding constraints to abstract values.
+  unboxed = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+                         abstract_boxed_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+  def to_sharding(path, spec, leaf):
+    spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
+    return NamedSharding(mesh, _divisible_spec(spec, leaf.shape, mesh, jax.tree_util.keystr(path)))
+
+  return jax.tree_util.tree_map_with_path(
+      to_sharding, mesh_specs, unboxed,
+      is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over data x fsdp; the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, micro_steps: int = 1) -> None:
+  """The global batch must split evenly over hosts, data-parallel devices and micro-batches."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch % micro_steps:
+    raise ValueError(f"config.train.batch_size={global_batch} is not divisible by "
+                     f"config.optim.grad_accum_steps={micro_steps}.")
+  micro = global_batch // micro_steps
+  if micro % shards:
+    raise ValueError(
+        f"The micro-batch of {micro} sequences (config.train.batch_size={global_batch} / "
+        f"grad_accum_steps={micro_steps}) does not divide over the {shards} data-parallel "
+        f"devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}).")
+  if global_batch % jax.process_count():
+    raise ValueError(f"config.train.batch_size={global_batch} does not divide over "
+                     f"{jax.process_count()} processes (hosts).")
