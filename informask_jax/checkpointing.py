@@ -1,0 +1,200 @@
+"""Orbax checkpoints: everything needed to continue a run exactly, and nothing ever lost.
+
+A checkpoint at step N holds three items:
+  state  the TrainState (params, optimizer state, step, RNG key, skip counters), sharded arrays;
+  data   the input iterator's position (epoch, offset, seed), so the next batch is the right one;
+  meta   the run's resolved config and model architecture, to refuse a mismatched resume.
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a failed
+or interrupted write never touches the checkpoints before it.
+"""
+
+import dataclasses
+import json
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policy_lib
+
+from informask_jax import model as model_lib
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir) -> pathlib.Path:
+  return pathlib.Path(workdir).expanduser().resolve() / CHECKPOINT_DIR
+
+
+def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  # Keep the latest `keep` checkpoints and, besides them, the best one by validation loss.
+  preserve = policy_lib.AnyPreservationPolicy([
+      policy_lib.LatestN(n=keep),
+      policy_lib.BestN(get_metric_fn=lambda m: m["eval_loss"], reverse=True, n=1,
+                       keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=preserve, enable_async_checkpointing=not read_only, create=not read_only,
+      read_only=read_only)
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+              "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+@jax.jit
+def _count_non_finite(tree):
+  # One scalar, computed where the shards live: cheap to fetch before every save.
+  return sum(jax.numpy.sum(~jax.numpy.isfinite(x)) for x in jax.tree.leaves(tree)
+             if jax.numpy.issubdtype(x.dtype, jax.numpy.floating))
+
+
+def all_finite(tree) -> bool:
+  return int(_count_non_finite(tree)) == 0
+
+
+class Checkpointer:
+  """Saves and restores a run's checkpoints in `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir, *, keep: int = 2):
+    self.workdir = pathlib.Path(workdir)
+    self.manager = _manager(workdir, keep=keep)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, data_state: dict, meta: dict, *, eval_loss=None,
+           force: bool = False) -> bool:
+    """Starts an asynchronous save; returns False (and saves nothing) for a non-finite state."""
+    if not all_finite(state.params):
+      logging.error("Not saving step %d: the parameters hold NaN or Inf. The last good "
+                    "checkpoint stays the latest.", step)
+      return False
+    metrics = None if eval_loss is None else {"eval_loss": float(eval_loss)}
+    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state),
+                              meta=ocp.args.JsonSave(meta))
+    try:
+      return self.manager.save(step, args=args, metrics=metrics, force=force)
+    except Exception as e:  # Disk full, permissions, ... : say so, keep what exists.
+      raise CheckpointWriteError(self._write_failure(step, e)) from e
+
+  def wait(self) -> None:
+    """Blocks until an asynchronous save has reached the disk; errors surface here."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise CheckpointWriteError(self._write_failure(None, e)) from e
+
+  def _write_failure(self, step, error) -> str:
+    intact = [s for s in self.manager.all_steps() if s != step]
+    return (f"Writing checkpoint {'' if step is None else f'step {step} '}to "
+            f"{checkpoint_dir(self.workdir)} failed: {type(error).__name__}: {error}. "
+            f"The previous checkpoints {intact or '(none)'} are intact; free disk space or fix "
+            "permissions and resume from the latest.")
+
+  def restore(self, step: int, abstract_state):
+    """Restores (state, data_state, meta) at `step` with the shardings of `abstract_state`.
+
+    `abstract_state` leaves are jax.ShapeDtypeStruct with the *target* sharding, so a checkpoint
+    saved on one mesh (say 2x2x2 on 8 devices) restores onto any other (1 device, 8x1x1).
+    """
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args),
+        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"], restored["meta"]
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written; earlier checkpoints are untouched."""
+
+
+def mlm_config_to_dict(cfg: model_lib.MLMConfig) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def architecture_mismatch(saved: dict, current: model_lib.MLMConfig) -> list[str]:
+  """Differences in the fields that decide parameter shapes and meaning (not dropout, dtype...)."""
+  keys = ("vocab_size", "num_layers", "hidden_size", "num_heads", "mlp_size", "flavour",
+          "max_positions", "type_vocab_size", "pad_id", "scan_layers")
+  now = mlm_config_to_dict(current)
+  return [f"model.{k}: checkpoint {saved.get(k)!r} != run {now[k]!r}" for k in keys
+          if saved.get(k) != now[k]]
+
+
+def _find_steps(workdir) -> tuple[ocp.CheckpointManager, list[int]]:
+  path = checkpoint_dir(workdir)
+  if not path.is_dir():
+    raise FileNotFoundError(
+        f"No checkpoints in {workdir}: {path} does not exist. Train with train.py --workdir, "
+        "or import one with convert_checkpoint.py --from-hf.")
+  manager = _manager(workdir, read_only=True)
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"No checkpoints in {path} (the directory is empty).")
+  return manager, steps
+
+
+def restore_params(workdir, step: int | None = None) -> tuple[Any, model_lib.MLMConfig, int]:
+  """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture."""
+  manager, steps = _find_steps(workdir)
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise ValueError(f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
+                     f"available steps: {steps}.")
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  saved_state = manager.item_metadata(step)["state"]
+  params_meta = saved_state.tree["params"]
+  # Restore only the parameters, as plain numpy: no mesh, no optimizer state.
+  params_meta = _as_dict(params_meta)
+  item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), params_meta)}
+  restore_args = {"params": jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray),
+                                         params_meta)}
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True)))
+  params = restored["state"]["params"]
+  return params, model_lib.MLMConfig(**meta["mlm_config"]), step
+
+
+def _as_dict(tree):
+  """Orbax metadata trees may be custom mappings; normalise to plain dicts."""
+  if hasattr(tree, "items"):
+    return {k: _as_dict(v) for k, v in tree.items()}
+  return tree
+
+
+def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
+                            tokenizer=None) -> None:
+  """A step-0, params-only checkpoint (e.g. imported from Hugging Face) for init_from / export."""
+  path = checkpoint_dir(workdir)
+  if path.is_dir() and any(path.iterdir()):
+    raise FileExistsError(f"{path} already holds checkpoints; choose an empty --out directory.")
+  manager = _manager(workdir, keep=1)
+  params = jax.tree.map(np.asarray, params)
+  meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
+  manager.save(0, args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave({"params": params}), data=ocp.args.JsonSave({}),
+      meta=ocp.args.JsonSave(meta)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  if tokenizer is not None:
+    tokenizer.save_pretrained(str(pathlib.Path(workdir) / "tokenizer"))
+
+
+def write_json(path, obj) -> None:
+  path = pathlib.Path(path)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+  tmp.replace(path)  # Atomic: a crash never leaves half a file.
