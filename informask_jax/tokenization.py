@@ -1,0 +1,226 @@
+"""The WordPiece tokenizer: loaded from a vocab.txt, a tokenizer directory or the hub, or trained.
+
+`config.tokenizer.name_or_path` picks the source, in this order:
+  * a `vocab.txt` file: a BERT WordPiece tokenizer over it (lowercase from the config);
+  * a directory holding a saved tokenizer (`tokenizer.json` or `vocab.txt`);
+  * anything else is a hub name (the paper's recipe: "bert-base-uncased");
+  * "" trains a WordPiece vocabulary of `vocab_size` on the corpus's train split with `tokenizers`.
+    Training is deterministic and the result is saved under `<cache_dir>/tokenizers/`, keyed by the
+    corpus fingerprint and the settings, so later runs load it in milliseconds.
+A trained vocabulary always begins [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0..4).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import NamedTuple
+
+import numpy as np
+import tokenizers
+import transformers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from informask_jax import corpus as corpus_lib
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Bump when the training recipe changes, so stale cached vocabularies are not reused.
+_TRAIN_RECIPE = "wordpiece-v1"
+# A streaming corpus is sampled for training: its first this many train documents.
+STREAM_TRAIN_DOCUMENTS = 50_000
+
+
+class SpecialIds(NamedTuple):
+  pad: int
+  unk: int
+  cls: int
+  sep: int
+  mask: int
+
+
+def _wrap(tok):
+  """A `tokenizers.Tokenizer` as a transformers fast tokenizer with BERT's special tokens."""
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+      sep_token="[SEP]", mask_token="[MASK]",
+      # Documents are tokenized whole and split by the packer, never truncated.
+      model_max_length=int(1e30))
+
+
+def _bert_pipeline(tok, lowercase):
+  """BERT's normaliser, pre-tokeniser, post-processor and decoder on a WordPiece model."""
+  tok.normalizer = normalizers.BertNormalizer(
+      clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.decoder = decoders.WordPiece(prefix="##")
+  return tok
+
+
+def _add_post_processor(tok):
+  cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+  tok.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+      special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+  return tok
+
+
+def _from_vocab_file(path, lowercase):
+  with open(path, encoding="utf-8") as f:
+    vocab = {}
+    for line in f:
+      token = line.rstrip("\n")
+      if token and token not in vocab:
+        vocab[token] = len(vocab)
+  missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+  if missing:
+    raise ValueError(f"config.tokenizer.name_or_path={path!r}: the vocabulary lacks {missing}.")
+  return _wrap(_from_vocab(vocab, lowercase))
+
+
+def _from_vocab(vocab, lowercase):
+  tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+  return _add_post_processor(_bert_pipeline(tok, lowercase))
+
+
+def _train(texts, vocab_size, lowercase):
+  """Trains WordPiece on an iterable of text batches."""
+  tok = _bert_pipeline(tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
+  trainer = trainers.WordPieceTrainer(
+      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+      continuing_subword_prefix="##")
+  tok.train_from_iterator(texts, trainer=trainer)
+  # The trainer's set of tokens is reproducible but its ids are not (ties are ordered by hash-map
+  # iteration), and WordPiece splits depend on the set only: renumber in a canonical order.
+  learned = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS), key=lambda t: (len(t), t))
+  vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + learned)}
+  return _from_vocab(vocab, lowercase)
+
+
+def _training_texts(corpus):
+  """The train split as an in-memory Dataset (a stream is sampled) and its fingerprint."""
+  import datasets  # Imported here: only training needs it.
+
+  train = corpus["train"] if isinstance(corpus, (dict, datasets.DatasetDict,
+                                                 datasets.IterableDatasetDict)) else corpus
+  if isinstance(train, datasets.IterableDataset):
+    docs = [ex["text"] for ex in train.take(STREAM_TRAIN_DOCUMENTS)]
+    log.info("Training the tokenizer on the first %d documents of the stream.", len(docs))
+    train = datasets.Dataset.from_dict({"text": docs})
+  return train, corpus_lib.corpus_fingerprint(train)
+
+
+def _train_cached(tokenizer_config, corpus, cache_dir):
+  if corpus is None:
+    raise ValueError("config.tokenizer.name_or_path is empty, which means training a vocabulary, "
+                     "but load_tokenizer got no corpus to train it on.")
+  vocab_size = int(tokenizer_config.vocab_size)
+  if vocab_size <= len(SPECIAL_TOKENS):
+    raise ValueError(f"config.tokenizer.vocab_size={vocab_size} is too small to train on.")
+  lowercase = bool(tokenizer_config.lowercase)
+  train, corpus_fp = _training_texts(corpus)
+  key = hashlib.sha256(
+      json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
+  cache_dir = os.path.expanduser(cache_dir or "~/.cache/informask_jax")
+  path = os.path.join(cache_dir, "tokenizers", f"wordpiece-{vocab_size}-{key}")
+  if os.path.isfile(os.path.join(path, "tokenizer.json")):
+    log.info("Loading the trained tokenizer from %s.", path)
+    return _wrap(tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json")))
+
+  start = time.time()
+  batches = (b["text"] for b in train.select_columns(["text"]).iter(batch_size=1000))
+  tok = _train(batches, vocab_size, lowercase)
+  if tok.get_vocab_size() < vocab_size:
+    log.warning("The corpus supports only %d WordPiece tokens, fewer than vocab_size=%d.",
+                tok.get_vocab_size(), vocab_size)
+  # Written to a temporary directory and renamed, so an interrupted run never leaves half a file.
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+  try:
+    _wrap(tok).save_pretrained(tmp)
+    try:
+      os.replace(tmp, path)
+    except OSError:  # Another process finished first; its result is identical.
+      shutil.rmtree(tmp, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  log.info("Trained a %d-token WordPiece vocabulary on %d documents in %.1fs; saved to %s.",
+           tok.get_vocab_size(), len(train), time.time() - start, path)
+  return _wrap(tok)
+
+
+def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None):
+  """Returns a fast (Rust) tokenizer as configured; see the module docstring for the sources."""
+  name = os.path.expanduser(tokenizer_config.name_or_path or "")
+  lowercase = bool(tokenizer_config.get("lowercase", True))
+  if not name:
+    tokenizer = _train_cached(tokenizer_config, corpus, cache_dir)
+  elif os.path.isfile(name):
+    tokenizer = _from_vocab_file(name, lowercase)
+  elif os.path.isdir(name):
+    if os.path.isfile(os.path.join(name, "tokenizer.json")):
+      tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+    elif os.path.isfile(os.path.join(name, "vocab.txt")):
+      tokenizer = _from_vocab_file(os.path.join(name, "vocab.txt"), lowercase)
+    else:
+      raise FileNotFoundError(f"config.tokenizer.name_or_path={name!r} is a directory without "
+                              "tokenizer.json or vocab.txt.")
+  else:
+    try:
+      tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # Unknown name, offline, ...: one error naming the setting.
+      raise ValueError(
+          f"config.tokenizer.name_or_path={name!r} is not a file or directory here and could not "
+          f"be loaded from the Hugging Face hub ({type(e).__name__}: {e}). Offline, point it at a "
+          "vocab.txt or a tokenizer directory, or set it to '' to train a vocabulary.") from e
+  if not getattr(tokenizer, "is_fast", False):
+    raise ValueError(f"config.tokenizer.name_or_path={name!r} has no fast (Rust) tokenizer.")
+  special_ids(tokenizer)  # Fail now, not in the masker, when a special token is missing.
+  return tokenizer
+
+
+def special_ids(tokenizer):
+  """The ids of [PAD] [UNK] [CLS] [SEP] [MASK] (or the tokenizer's equivalents)."""
+  ids = {}
+  for field in SpecialIds._fields:
+    value = getattr(tokenizer, f"{field}_token_id", None)
+    if value is None:
+      raise ValueError(f"The tokenizer has no {field} token; InforMask needs [PAD] [UNK] [CLS] "
+                       "[SEP] [MASK] (or <pad> <unk> <s> </s> <mask>).")
+    ids[field] = int(value)
+  return SpecialIds(**ids)
+
+
+def continuation_table(tokenizer):
+  """bool[V]: True for tokens that continue a word (WordPiece "##" pieces).
+
+  For byte-level BPE or SentencePiece vocabularies, a token continues a word when it lacks the
+  word-start marker ("Ġ" / "▁") and is not special.
+  """
+  vocab = tokenizer.get_vocab()
+  table = np.zeros(max(len(tokenizer), max(vocab.values()) + 1), dtype=bool)
+  model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
+  if model.get("type") == "WordPiece":
+    prefix = model.get("continuing_subword_prefix") or "##"
+    for token, i in vocab.items():
+      table[i] = token.startswith(prefix) and len(token) > len(prefix)
+    return table
+  special = set(tokenizer.all_special_tokens)
+  for token, i in vocab.items():
+    table[i] = not token.startswith(("Ġ", "▁")) and token not in special
+  return table
+
+
+def tokenizer_fingerprint(tokenizer):
+  """A hash of everything that changes token ids: vocabulary, normaliser, pre-tokeniser."""
+  state = json.loads(tokenizer.backend_tokenizer.to_str())
+  # Padding and truncation settings do not change the ids of a tokenized document.
+  for key in ("padding", "truncation", "post_processor", "decoder"):
+    state.pop(key, None)
+  blob = json.dumps(state, sort_keys=True, ensure_ascii=False)
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
