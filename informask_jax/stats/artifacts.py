@@ -1,0 +1,254 @@
+"""The statistics cache: a directory per (corpus, tokenizer, parameters), its metadata and checks.
+
+  <config.data.cache_dir>/stats/<key>/
+    meta.json            parameters, fingerprints, vocabulary size, counts, sha256 of every file
+    unigram_counts.npy   int64[V]                                             stage "counts"
+    pmi.npz              float32 CSR [V, V], symmetric (scipy.sparse.save_npz) stage "pmi"
+    rates.npy            float32[V]                                           stage "rates"
+    id_mask_prob.json    the same rates, {"token id": rate}
+    pmi_ngrams.json      [[token ids of a word n-gram], ...], priority order  stage "ngrams"
+    pmi_bigrams.json     [[id, id], ...], highest PMI first
+    vocab.txt            the tokenizer's tokens by id (for reports)
+
+Every file is written to a temporary name and renamed into place, and its sha256 is recorded in
+meta.json (written last), so a crash or a truncated copy shows up as a checksum mismatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+FORMAT_VERSION = 1
+META = "meta.json"
+VOCAB = "vocab.txt"
+STAGES = ("counts", "pmi", "rates", "ngrams")
+STAGE_FILES = {
+    "counts": ("unigram_counts.npy",),
+    "pmi": ("pmi.npz",),
+    "rates": ("rates.npy", "id_mask_prob.json"),
+    "ngrams": ("pmi_ngrams.json", "pmi_bigrams.json"),
+}
+# What each stage reads: PMI selects its vocabulary from the unigram counts; the rates run the
+# masker on the PMI table and rescale with the unigram counts.
+STAGE_DEPS = {"counts": (), "pmi": ("counts",), "rates": ("counts", "pmi"), "ngrams": ()}
+
+
+class ArtifactError(ValueError):
+  """A statistics directory that cannot be used as it is."""
+
+
+class TokenizerMismatchError(ArtifactError):
+  """The tables were built for another tokenizer or vocabulary size."""
+
+
+class CorruptArtifactError(ArtifactError):
+  """A file is missing, truncated or altered (its sha256 differs from meta.json)."""
+
+
+def with_deps(stages) -> tuple[str, ...]:
+  """The stages and everything they read, in build order."""
+  stages = set(stages)
+  unknown = stages - set(STAGES)
+  if unknown:
+    raise ValueError(f"Unknown statistics stage(s) {sorted(unknown)}; choose from {STAGES}.")
+  changed = True
+  while changed:
+    changed = False
+    for s in list(stages):
+      for d in STAGE_DEPS[s]:
+        if d not in stages:
+          stages.add(d)
+          changed = True
+  return tuple(s for s in STAGES if s in stages)
+
+
+def cache_key(corpus_fingerprint: str, tokenizer_fingerprint: str, params: dict) -> str:
+  blob = json.dumps({"corpus": corpus_fingerprint, "tokenizer": tokenizer_fingerprint,
+                     "params": params, "format_version": FORMAT_VERSION}, sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def sha256_file(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def atomic_write(path: pathlib.Path, write) -> None:
+  """Calls write(tmp_path) and renames the result to path."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def save_npy(path, array) -> None:
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      np.save(f, array)
+  atomic_write(path, write)
+
+
+def save_npz(path, matrix) -> None:
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      sp.save_npz(f, matrix, compressed=True)
+  atomic_write(path, write)
+
+
+def save_json(path, obj) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=None, separators=(",", ":"))
+  atomic_write(path, write)
+
+
+def read_meta(directory: pathlib.Path) -> dict:
+  path = pathlib.Path(directory) / META
+  if not path.exists():
+    raise FileNotFoundError(f"No statistics metadata at {path}: not a statistics directory, or "
+                            "its build never finished. Build it with `python -m "
+                            "informask_jax.stats build --config ...`.")
+  try:
+    meta = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CorruptArtifactError(f"{path} is not valid JSON ({e}); delete the directory or run "
+                               "the build again.") from None
+  if not isinstance(meta, dict) or "files" not in meta:
+    raise CorruptArtifactError(f"{path} lacks the 'files' checksum table.")
+  return meta
+
+
+def write_meta(directory: pathlib.Path, meta: dict) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(meta, f, indent=1, sort_keys=True)
+  atomic_write(pathlib.Path(directory) / META, write)
+
+
+def record_file(directory: pathlib.Path, meta: dict, name: str) -> None:
+  path = pathlib.Path(directory) / name
+  meta.setdefault("files", {})[name] = {"sha256": sha256_file(path),
+                                        "bytes": path.stat().st_size}
+
+
+def check_compatible(meta: dict, directory, *, tokenizer_fingerprint: str | None,
+                     vocab_size: int | None) -> None:
+  version = meta.get("format_version")
+  if version != FORMAT_VERSION:
+    raise ArtifactError(f"{directory} has statistics format {version}, this code reads "
+                        f"{FORMAT_VERSION}: rebuild them.")
+  theirs_fp, theirs_v = meta.get("tokenizer_fingerprint"), meta.get("vocab_size")
+  fp_bad = tokenizer_fingerprint is not None and theirs_fp != tokenizer_fingerprint
+  v_bad = vocab_size is not None and theirs_v != vocab_size
+  if fp_bad or v_bad:
+    raise TokenizerMismatchError(
+        f"The statistics in {directory} were built for tokenizer {theirs_fp} (vocab size "
+        f"{theirs_v}), but this run uses tokenizer {tokenizer_fingerprint} (vocab size "
+        f"{vocab_size}). Their token ids mean different tokens: build statistics for this "
+        "tokenizer (python -m informask_jax.stats build --config ...) instead.")
+
+
+def verify_files(directory, meta: dict, names) -> list[str]:
+  """Problems with the named files (missing, size or sha256 differing from meta.json)."""
+  directory = pathlib.Path(directory)
+  problems = []
+  for name in names:
+    entry = meta.get("files", {}).get(name)
+    path = directory / name
+    if entry is None:
+      problems.append(f"{name}: not built")
+    elif not path.exists():
+      problems.append(f"{name}: missing")
+    elif path.stat().st_size != entry.get("bytes"):
+      problems.append(f"{name}: {path.stat().st_size} bytes, meta.json says {entry.get('bytes')} "
+                      "(truncated or altered)")
+    elif sha256_file(path) != entry.get("sha256"):
+      problems.append(f"{name}: sha256 differs from meta.json (corrupted or altered)")
+  return problems
+
+
+def stage_ok(directory, meta: dict, stage: str) -> bool:
+  return not verify_files(directory, meta, STAGE_FILES[stage])
+
+
+@dataclasses.dataclass
+class Artifacts:
+  """What a statistics directory holds (None for stages not built)."""
+
+  path: pathlib.Path
+  meta: dict[str, Any]
+  unigram_counts: np.ndarray | None  # (V,) int64
+  pmi: sp.csr_matrix | None  # (V, V) float32
+  rates: np.ndarray | None  # (V,) float32
+  ngrams: list[list[int]] | None
+  bigrams: list[list[int]] | None
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self.meta["vocab_size"])
+
+
+def load_artifacts(path, *, tokenizer_fingerprint: str | None, vocab_size: int | None,
+                   need=None) -> Artifacts:
+  """Loads and checks a statistics directory.
+
+  tokenizer_fingerprint / vocab_size: the run's; a directory built for another tokenizer raises
+  TokenizerMismatchError naming both (None skips that check, e.g. for reports). Every built
+  stage (or just `need`) is verified against its sha256; a bad file raises CorruptArtifactError.
+  """
+  path = pathlib.Path(path).expanduser()
+  if not path.is_dir():
+    raise FileNotFoundError(f"Statistics directory {path} does not exist.")
+  meta = read_meta(path)
+  check_compatible(meta, path, tokenizer_fingerprint=tokenizer_fingerprint,
+                   vocab_size=vocab_size)
+  v = int(meta["vocab_size"])
+  built = [s for s in STAGES if all(n in meta["files"] for n in STAGE_FILES[s])]
+  stages = built if need is None else list(need)
+  problems = []
+  for s in stages:
+    problems += verify_files(path, meta, STAGE_FILES[s])
+  if problems:
+    raise CorruptArtifactError(
+        f"Statistics in {path} are unusable: " + "; ".join(problems) + ". Rebuild them with "
+        "`python -m informask_jax.stats build --config ...` (train.py does so automatically).")
+  out = Artifacts(path, meta, None, None, None, None, None)
+  if "counts" in stages:
+    out.unigram_counts = _check_vector(np.load(path / "unigram_counts.npy"), v,
+                                       "unigram_counts.npy")
+  if "pmi" in stages:
+    from informask_jax.stats import pmi as pmi_lib
+    out.pmi = pmi_lib.check_table(sp.load_npz(path / "pmi.npz"), v, str(path / "pmi.npz"))
+  if "rates" in stages:
+    out.rates = _check_vector(np.load(path / "rates.npy"), v, "rates.npy").astype(np.float32)
+  if "ngrams" in stages:
+    out.ngrams = json.loads((path / "pmi_ngrams.json").read_text())
+    out.bigrams = json.loads((path / "pmi_bigrams.json").read_text())
+    for name, table in (("pmi_ngrams.json", out.ngrams), ("pmi_bigrams.json", out.bigrams)):
+      flat = [i for entry in table for i in entry]
+      if flat and not (0 <= min(flat) and max(flat) < v):
+        raise ArtifactError(f"{path / name} holds token ids outside [0, {v}).")
+  return out
+
+
+def _check_vector(a: np.ndarray, v: int, name: str) -> np.ndarray:
+  if a.shape != (v,):
+    raise ArtifactError(f"{name} has shape {a.shape}, expected ({v},).")
+  if not np.all(np.isfinite(a)):
+    raise ArtifactError(f"{name} holds non-finite values.")
+  return a

@@ -1,0 +1,276 @@
+"""Builds the statistics of a config's corpus into its cache directory (the only module that
+knows about configs and the input pipeline; the counters take plain arrays)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import numpy as np
+import scipy.sparse as sp
+from absl import logging
+
+from informask_jax.stats import artifacts as art
+from informask_jax.stats import chunks as chunks_lib
+from informask_jax.stats import counting, ngrams, rates
+from informask_jax.stats import pmi as pmi_lib
+
+# config.stats keys that cannot change a result (memory_cap_mb only decides when partial counts
+# spill to disk), so they stay out of the cache key.
+_NOT_IN_KEY = ("memory_cap_mb",)
+
+
+def stats_params(config) -> dict:
+  """Every setting the artifacts depend on: config.stats, and what the rate stage runs with."""
+  s = config.stats
+  params = {k: s[k] for k in sorted(s.keys()) if k not in _NOT_IN_KEY}
+  params.update(mask_prob=float(config.masking.mask_prob),
+                num_candidates=int(config.masking.num_candidates),
+                seq_len=int(config.data.seq_len), packing=str(config.data.packing),
+                seed=int(config.train.seed))
+  return params
+
+
+def check_config(config) -> None:
+  """Rejects bad statistics settings before anything is read or counted."""
+  s = config.stats
+  checks = [
+      ("pmi_vocab_size", s.pmi_vocab_size >= 1, "must be >= 1"),
+      ("min_count", s.min_count >= 1, "must be >= 1"),
+      ("min_pair_count", s.min_pair_count >= 1, "must be >= 1"),
+      ("window", s.window >= 0, "must be >= 0 (0: whole sentences)"),
+      ("drop_top_k", s.drop_top_k >= 0, "must be >= 0"),
+      ("context_alpha", s.context_alpha > 0, "must be > 0"),
+      ("ngram_vocab_size", s.ngram_vocab_size >= 1, "must be >= 1"),
+      ("ngram_min_count", s.ngram_min_count >= 1, "must be >= 1"),
+      ("rate_smoothing", s.rate_smoothing >= 0, "must be >= 0"),
+      ("memory_cap_mb", s.memory_cap_mb > 0, "must be > 0"),
+  ]
+  for key, ok, why in checks:
+    if not ok:
+      raise ValueError(f"config.stats.{key}={s[key]!r} {why}.")
+  if not 0 < config.masking.mask_prob < 1:
+    raise ValueError(f"config.masking.mask_prob={config.masking.mask_prob!r} must be in (0, 1).")
+  if config.masking.num_candidates < 1:
+    raise ValueError(f"config.masking.num_candidates={config.masking.num_candidates!r} must be "
+                     ">= 1.")
+
+
+def _vocab_size(pipeline) -> int:
+  return int(np.asarray(pipeline.continuation).shape[0])
+
+
+def artifact_dir(config, pipeline) -> pathlib.Path:
+  """<config.data.cache_dir>/stats/<hash of corpus, tokenizer and statistics settings>."""
+  key = art.cache_key(pipeline.corpus_fingerprint, pipeline.tokenizer_fingerprint,
+                      stats_params(config))
+  return pathlib.Path(config.data.cache_dir).expanduser() / "stats" / key
+
+
+def _fresh_meta(config, pipeline, directory) -> dict:
+  sid = pipeline.special_ids
+  return {
+      "format_version": art.FORMAT_VERSION,
+      "key": directory.name,
+      "params": stats_params(config),
+      "corpus_fingerprint": pipeline.corpus_fingerprint,
+      "tokenizer_fingerprint": pipeline.tokenizer_fingerprint,
+      "tokenizer_name_or_path": str(config.tokenizer.name_or_path),
+      "vocab_size": _vocab_size(pipeline),
+      "special_ids": {k: int(getattr(sid, k)) for k in ("pad", "unk", "cls", "sep", "mask")},
+      "counts": {},
+      "seconds": {},
+      "files": {},
+  }
+
+
+def _open_meta(config, pipeline, directory: pathlib.Path) -> dict:
+  """The directory's metadata, or a fresh one when it has none or an unreadable one."""
+  try:
+    meta = art.read_meta(directory)
+  except (FileNotFoundError, art.CorruptArtifactError):
+    return _fresh_meta(config, pipeline, directory)
+  art.check_compatible(meta, directory, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
+                       vocab_size=_vocab_size(pipeline))
+  return meta
+
+
+def _special_tuple(pipeline) -> tuple[int, ...]:
+  s = pipeline.special_ids
+  return (int(s.pad), int(s.unk), int(s.cls), int(s.sep), int(s.mask))
+
+
+def _corpus(pipeline):
+  if pipeline.tokenized_train is None:
+    raise ValueError("Corpus statistics need the tokenized corpus in memory or on disk; a "
+                     "streaming source (config.data.sources[*].streaming=True) has none. Build "
+                     "them from a non-streaming copy and pass masking.rates_path.")
+  return chunks_lib.as_corpus(pipeline.tokenized_train)
+
+
+def _stage_counts(config, pipeline, directory, meta, state, progress):
+  uni = counting.count_unigrams(_corpus(pipeline), _vocab_size(pipeline), progress=progress)
+  if uni.num_tokens == 0:
+    raise ValueError("The tokenized training corpus holds no tokens: nothing to count.")
+  art.save_npy(directory / "unigram_counts.npy", uni.counts)
+  meta["counts"].update(num_tokens=uni.num_tokens, num_sentences=uni.num_sentences,
+                        num_documents=uni.num_documents)
+  state["unigram_counts"] = uni.counts
+
+
+def _stage_pmi(config, pipeline, directory, meta, state, progress):
+  s = config.stats
+  unigram = state["unigram_counts"]
+  vocab_ids = counting.select_pmi_vocab(unigram, special_ids=_special_tuple(pipeline),
+                                        size=s.pmi_vocab_size, min_count=s.min_count,
+                                        drop_top_k=s.drop_top_k)
+  if vocab_ids.size < 2:
+    raise ValueError(
+        f"Only {vocab_ids.size} token(s) occur at least config.stats.min_count={s.min_count} "
+        f"times (after dropping config.stats.drop_top_k={s.drop_top_k}); the corpus is too "
+        "small for a PMI table. Lower stats.min_count or use a larger corpus.")
+  pairs = counting.count_pairs(
+      _corpus(pipeline), vocab_ids, vocab_size=_vocab_size(pipeline), window=s.window,
+      whole_words=s.whole_words, continuation=pipeline.continuation,
+      min_pair_count=s.min_pair_count, memory_cap_mb=s.memory_cap_mb,
+      num_workers=config.data.num_proc, spill_dir=str(directory), progress=progress)
+  table = pmi_lib.pmi_table(pairs, vocab_size=_vocab_size(pipeline),
+                            context_alpha=s.context_alpha, positive_only=s.positive_only)
+  if table.nnz == 0:
+    raise ValueError("Every pair that passed config.stats.min_pair_count has PMI <= 0, so the "
+                     "PPMI table is empty; the corpus is too small or too uniform.")
+  art.save_npz(directory / "pmi.npz", table)
+  meta["counts"].update(pmi_vocab_size=int(vocab_ids.size), num_pairs=int(pairs.total),
+                        pairs_kept=int(pairs.counts.nnz), pmi_nnz=int(table.nnz),
+                        pmi_max=float(table.data.max()), pmi_mean=float(table.data.mean()))
+  state["pmi"] = table
+
+
+def _stage_rates(config, pipeline, directory, meta, state, progress):
+  from informask_jax import masking  # JAX: only this stage needs it.
+
+  if pipeline.train is None:
+    raise ValueError("Masking rates need the packed training rows in memory (not streaming).")
+  s = config.stats
+  specials = _special_tuple(pipeline)
+  v = _vocab_size(pipeline)
+  masker = masking.get_masker(
+      "informask_online", vocab_size=v, mask_id=int(pipeline.special_ids.mask),
+      special_ids=specials, mask_prob=float(config.masking.mask_prob), budget="exact",
+      pmi=state["pmi"], num_candidates=int(config.masking.num_candidates))
+  token_ids = pipeline.train["token_ids"]
+  rows = rates.sample_rows(token_ids.shape[0], int(s.rate_sample_sequences), config.train.seed)
+  chosen, seen = rates.count_choices(
+      masker, token_ids[rows], pipeline.train["sentence_ids"][rows], vocab_size=v,
+      special_ids=specials, pad_id=int(pipeline.special_ids.pad), seed=config.train.seed,
+      progress=progress)
+  table = rates.finalize_rates(chosen, seen, unigram_counts=state["unigram_counts"],
+                               special_ids=specials, mask_prob=float(config.masking.mask_prob),
+                               smoothing=float(s.rate_smoothing))
+  art.save_npy(directory / "rates.npy", table)
+  rates.write_id_mask_prob(table, str(directory / "id_mask_prob.json"))
+  meta["counts"].update(
+      rate_sequences=int(rows.size), rate_tokens_seen=int(seen.sum()),
+      rate_targets=int(chosen.sum()), rate_sample_fraction=float(chosen.sum() / seen.sum()),
+      rate_expected_fraction=rates.expected_fraction(table, state["unigram_counts"], specials))
+
+
+def _stage_ngrams(config, pipeline, directory, meta, state, progress):
+  s = config.stats
+  vocab = ngrams.build_ngram_vocab(
+      _corpus(pipeline), vocab_size=_vocab_size(pipeline), special_ids=_special_tuple(pipeline),
+      continuation=pipeline.continuation, size=int(s.ngram_vocab_size),
+      min_count=int(s.ngram_min_count), memory_cap_mb=s.memory_cap_mb,
+      num_workers=config.data.num_proc, spill_dir=str(directory), progress=progress)
+  art.save_json(directory / "pmi_ngrams.json", vocab.ngrams)
+  art.save_json(directory / "pmi_bigrams.json", vocab.bigrams.tolist())
+  per_length = {str(n): int(np.sum(vocab.lengths == n)) for n in range(2, ngrams.MAX_N + 1)}
+  meta["counts"].update(ngrams=len(vocab.ngrams), ngrams_per_length=per_length,
+                        bigrams=int(vocab.bigrams.shape[0]))
+
+
+_STAGE_FNS = {"counts": _stage_counts, "pmi": _stage_pmi, "rates": _stage_rates,
+              "ngrams": _stage_ngrams}
+
+
+def _load_state(directory, meta, stages) -> dict:
+  """Loads the verified outputs of stages that later stages read."""
+  state = {}
+  if "counts" in stages:
+    state["unigram_counts"] = np.load(directory / "unigram_counts.npy")
+  if "pmi" in stages:
+    state["pmi"] = sp.load_npz(directory / "pmi.npz").tocsr()
+  return state
+
+
+def _write_vocab(directory, meta, pipeline):
+  tokens = pipeline.tokenizer.convert_ids_to_tokens(list(range(_vocab_size(pipeline))))
+  text = "".join(f"{t if t is not None else ''}\n" for t in tokens)
+
+  def write(tmp):
+    pathlib.Path(tmp).write_text(text, encoding="utf-8")
+  art.atomic_write(directory / art.VOCAB, write)
+  art.record_file(directory, meta, art.VOCAB)
+
+
+def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: bool) -> None:
+  directory.mkdir(parents=True, exist_ok=True)
+  done = [s for s in art.STAGES if s not in todo and art.stage_ok(directory, meta, s)]
+  state = _load_state(directory, meta, done)
+  if art.VOCAB not in meta["files"] or art.verify_files(directory, meta, [art.VOCAB]):
+    try:
+      _write_vocab(directory, meta, pipeline)
+    except Exception as e:  # noqa: BLE001 - a report nicety, never a reason to fail a build
+      logging.warning("Could not write %s for reports: %s", art.VOCAB, e)
+  for stage in todo:
+    t0 = time.perf_counter()
+    logging.info("Statistics: building %r into %s", stage, directory)
+    for name in art.STAGE_FILES[stage]:  # A stage half-rebuilt must not look valid.
+      meta["files"].pop(name, None)
+    _STAGE_FNS[stage](config, pipeline, directory, meta, state, progress)
+    for name in art.STAGE_FILES[stage]:
+      art.record_file(directory, meta, name)
+    meta["seconds"][stage] = round(time.perf_counter() - t0, 3)
+    art.write_meta(directory, meta)  # After every stage: finished work survives a crash.
+    logging.info("Statistics: %r done in %.1f s", stage, meta["seconds"][stage])
+
+
+def build_artifacts(config, pipeline=None, *, what=art.STAGES, progress: bool = True
+                    ) -> pathlib.Path:
+  """(Re)builds the stages in `what` (and any missing stage they read); returns the directory."""
+  check_config(config)
+  what = tuple(what)
+  art.with_deps(what)  # Validates the names before the pipeline is built.
+  if pipeline is None:
+    from informask_jax import data
+    pipeline = data.build_input_pipeline(config)
+  directory = artifact_dir(config, pipeline)
+  meta = _open_meta(config, pipeline, directory)
+  todo = [s for s in art.with_deps(what)
+          if s in what or not art.stage_ok(directory, meta, s)]
+  _run(config, pipeline, directory, meta, todo, progress)
+  return directory
+
+
+def ensure_artifacts(config, pipeline, need, *, progress: bool = True) -> pathlib.Path:
+  """Builds whatever of `need` (and what it reads) is missing or fails its checksum; returns the
+  directory once every needed file verifies."""
+  check_config(config)
+  stages = art.with_deps([need] if isinstance(need, str) else need)
+  directory = artifact_dir(config, pipeline)
+  meta = _open_meta(config, pipeline, directory)
+  todo = []
+  for s in stages:
+    problems = art.verify_files(directory, meta, art.STAGE_FILES[s])
+    if problems:
+      if any("not built" not in p for p in problems):
+        logging.warning("Statistics in %s: %s; rebuilding %r.", directory, "; ".join(problems),
+                        s)
+      todo.append(s)
+  if todo:
+    _run(config, pipeline, directory, meta, todo, progress)
+  problems = [p for s in stages for p in art.verify_files(directory, meta, art.STAGE_FILES[s])]
+  if problems:
+    raise art.CorruptArtifactError(f"Statistics in {directory} still fail after a rebuild: "
+                                   + "; ".join(problems))
+  return directory

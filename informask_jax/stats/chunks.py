@@ -1,0 +1,171 @@
+"""Tokenized documents as flat chunks, and a process pool that maps a function over shards.
+
+Every counter in this package works on a `Chunk`: many documents concatenated into one flat
+int32 array, so that a chunk is processed with a handful of vectorised NumPy calls instead of a
+Python loop over documents or sentences. A corpus is anything that can cut itself into chunks by
+document range (`DocumentCorpus` for in-memory lists, `DatasetCorpus` for the input pipeline's
+Arrow-backed `datasets.Dataset`); both pickle cheaply, so worker processes can read their own
+shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+# Tokens per chunk: large enough that NumPy call overheads vanish, small enough that the per-chunk
+# temporaries (a few arrays of this length, the chunk's pair table) stay in the tens of MB.
+DEFAULT_CHUNK_TOKENS = 1 << 20
+
+
+@dataclasses.dataclass
+class Chunk:
+  """Documents concatenated: tokens, their sentence index within the document, doc offsets."""
+
+  token_ids: np.ndarray  # (N,) int32
+  sentence_ids: np.ndarray  # (N,) int32, 0-based sentence index within each document
+  doc_offsets: np.ndarray  # (D + 1,) int64, document d is token_ids[off[d]:off[d + 1]]
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.token_ids.shape[0])
+
+  @property
+  def num_documents(self) -> int:
+    return int(self.doc_offsets.shape[0] - 1)
+
+  def sentence_starts(self) -> np.ndarray:
+    """bool (N,): True at the first token of every sentence (and of every document)."""
+    n = self.num_tokens
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+      starts[1:] = self.sentence_ids[1:] != self.sentence_ids[:-1]
+    doc_starts = self.doc_offsets[:-1]
+    starts[doc_starts[doc_starts < n]] = True
+    return starts
+
+
+def chunk_from_documents(documents: Sequence[tuple[np.ndarray, np.ndarray]]) -> Chunk:
+  """Concatenates (token_ids, sentence_ids) pairs of equal length into one chunk."""
+  lengths = np.array([len(ids) for ids, _ in documents], dtype=np.int64)
+  for i, (ids, sids) in enumerate(documents):
+    if len(ids) != len(sids):
+      raise ValueError(f"Document {i}: {len(ids)} token ids but {len(sids)} sentence ids.")
+  offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  if len(documents):
+    tokens = np.concatenate([np.asarray(ids, dtype=np.int32).reshape(-1) for ids, _ in documents])
+    sents = np.concatenate([np.asarray(s, dtype=np.int32).reshape(-1) for _, s in documents])
+  else:
+    tokens = np.zeros(0, np.int32)
+    sents = np.zeros(0, np.int32)
+  return Chunk(tokens, sents, offsets)
+
+
+class Corpus(Protocol):
+  num_documents: int
+
+  def chunks(self, start: int, stop: int, max_tokens: int) -> Iterator[Chunk]: ...
+
+
+class DocumentCorpus:
+  """An in-memory list of (token_ids, sentence_ids) documents."""
+
+  def __init__(self, documents: Iterable[tuple[Any, Any]]):
+    self.documents = [(np.asarray(i, np.int32).reshape(-1), np.asarray(s, np.int32).reshape(-1))
+                      for i, s in documents]
+    self.num_documents = len(self.documents)
+    lengths = np.array([len(i) for i, _ in self.documents], dtype=np.int64)
+    self._offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+  def chunks(self, start: int, stop: int, max_tokens: int) -> Iterator[Chunk]:
+    d = start
+    while d < stop:
+      # The first document at or past max_tokens from d closes the chunk (at least one doc).
+      end = int(np.searchsorted(self._offsets, self._offsets[d] + max_tokens, side="left"))
+      end = min(max(end, d + 1), stop)
+      yield chunk_from_documents(self.documents[d:end])
+      d = end
+
+
+class DatasetCorpus:
+  """The input pipeline's tokenized corpus: columns "input_ids" and "sentence_ids" (lists)."""
+
+  def __init__(self, dataset):
+    for column in ("input_ids", "sentence_ids"):
+      if column not in dataset.column_names:
+        raise ValueError(f"The tokenized corpus has no column {column!r} "
+                         f"(columns: {dataset.column_names}).")
+    self.dataset = dataset
+    self.num_documents = len(dataset)
+    probe = dataset.with_format("arrow")[: min(len(dataset), 256)].column("input_ids")
+    n_probe = max(len(probe), 1)
+    self._mean_len = max(1.0, sum(len(x) for x in probe.to_pylist()) / n_probe)
+
+  def chunks(self, start: int, stop: int, max_tokens: int) -> Iterator[Chunk]:
+    # Documents per read from the mean document length: Arrow slices are cheap, and a chunk
+    # that ends up a few times larger than max_tokens is harmless.
+    step = max(1, int(max_tokens / self._mean_len))
+    arrow = self.dataset.with_format("arrow")
+    for a in range(start, stop, step):
+      yield _chunk_from_arrow(arrow[a: min(a + step, stop)])
+
+
+def _chunk_from_arrow(table) -> Chunk:
+  ids = table.column("input_ids").combine_chunks()
+  sids = table.column("sentence_ids").combine_chunks()
+  lengths = ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+  offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  tokens = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+  sents = sids.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+  if tokens.shape != sents.shape:
+    raise ValueError(f"input_ids ({tokens.shape[0]} tokens) and sentence_ids "
+                     f"({sents.shape[0]}) differ in length.")
+  return Chunk(tokens, sents, offsets)
+
+
+def as_corpus(documents) -> Corpus:
+  """A Corpus from a Corpus, a `datasets.Dataset`, or an iterable of (ids, sentence_ids)."""
+  if hasattr(documents, "chunks") and hasattr(documents, "num_documents"):
+    return documents
+  if hasattr(documents, "column_names") and hasattr(documents, "with_format"):
+    return DatasetCorpus(documents)
+  return DocumentCorpus(documents)
+
+
+def iter_chunks(corpus: Corpus, max_tokens: int = DEFAULT_CHUNK_TOKENS) -> Iterator[Chunk]:
+  return corpus.chunks(0, corpus.num_documents, max_tokens)
+
+
+def shard_ranges(num_documents: int, num_shards: int) -> list[tuple[int, int]]:
+  """Contiguous, near-equal document ranges (no empty ones)."""
+  num_shards = max(1, min(num_shards, num_documents))
+  bounds = np.linspace(0, num_documents, num_shards + 1).round().astype(int)
+  return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def map_shards(fn: Callable[[Corpus, int, int], Any], corpus: Corpus, *, num_workers: int,
+               num_shards: int) -> Iterator[Any]:
+  """Yields fn(corpus, start, stop) for document shards, in worker processes when num_workers > 1.
+
+  Results come back in completion order: every caller merges them with a commutative sum. The
+  "spawn" start method keeps workers safe when the parent has already started JAX's threads.
+  """
+  shards = shard_ranges(corpus.num_documents, num_shards)
+  if num_workers <= 1 or len(shards) <= 1:
+    for a, b in shards:
+      yield fn(corpus, a, b)
+    return
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(min(num_workers, len(shards))) as pool:
+    yield from pool.imap_unordered(_call, [(fn, corpus, a, b) for a, b in shards])
+
+
+def _call(args):
+  fn, corpus, a, b = args
+  return fn(corpus, a, b)

@@ -1,0 +1,400 @@
+"""Unigram and within-sentence co-occurrence counts over a tokenized corpus.
+
+Conventions (the PMI module and the tests rely on them):
+- The PMI vocabulary is R token ids; row r of every [R, R] table is token `vocab_ids[r]`.
+- Pair counts are *ordered*: C[x, y] = #{(i, j): i != j, same sentence, (within the window),
+  token_i = x, token_j = y}. C is symmetric; an unordered co-occurrence of two different tokens
+  adds 1 to C[x, y] and 1 to C[y, x], a co-occurrence of a token with itself adds 2 to C[x, x].
+  Tokens outside the PMI vocabulary take no part in pairs (but still count for window distances).
+- `whole_words`: a word is a non-"##" token and the "##" pieces after it; pieces of one word are
+  never paired with each other (their co-occurrence is spelling, not context), and the window is
+  measured in words.
+
+A chunk's pair table is `S^T S` for S the [sentences, R] count matrix of the chunk (SciPy's
+sparse product does the O(sum of squared sentence lengths) work in C++), minus the i == j (or
+same-word) pairs. Tables of chunks are sums, so any split of the corpus (chunks, processes, a
+Beam combiner) gives the same totals. The accumulator keeps a running sum below
+`memory_cap_mb` and spills partial tables to disk above it; the final merge reads them back in
+row blocks, so memory is bounded by the cap and the (pruned) result, not by the corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from informask_jax.stats import chunks as chunks_lib
+
+# Bytes per stored nonzero of an int64 CSR table (int32 column index + int64 count).
+_BYTES_PER_NNZ = 12
+# Pending chunk tables are summed into the running total once they hold this many entries, or
+# as many as the total: adding a small table to a large one costs the large one's size.
+_MIN_MERGE_NNZ = 1 << 22
+
+
+@dataclasses.dataclass
+class UnigramCounts:
+  counts: np.ndarray  # (V,) int64
+  num_tokens: int
+  num_sentences: int
+  num_documents: int
+
+
+def chunk_unigram_counts(chunk: chunks_lib.Chunk, vocab_size: int) -> UnigramCounts:
+  t = chunk.token_ids
+  if t.size and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
+    bad = int(t.max()) if int(t.max()) >= vocab_size else int(t.min())
+    raise ValueError(f"Token id {bad} is outside the vocabulary [0, {vocab_size}): the tokenized "
+                     "corpus was made with another tokenizer than the one given.")
+  return UnigramCounts(counts=np.bincount(t, minlength=vocab_size).astype(np.int64),
+                       num_tokens=chunk.num_tokens,
+                       num_sentences=int(chunk.sentence_starts().sum()),
+                       num_documents=chunk.num_documents)
+
+
+def merge_unigrams(a: UnigramCounts | None, b: UnigramCounts) -> UnigramCounts:
+  if a is None:
+    return b
+  return UnigramCounts(a.counts + b.counts, a.num_tokens + b.num_tokens,
+                       a.num_sentences + b.num_sentences, a.num_documents + b.num_documents)
+
+
+def count_unigrams(documents, vocab_size: int, *,
+                   chunk_tokens: int = chunks_lib.DEFAULT_CHUNK_TOKENS,
+                   progress: bool = False) -> UnigramCounts:
+  """Token counts over the whole corpus (bincount per chunk, summed)."""
+  corpus = chunks_lib.as_corpus(documents)
+  total = UnigramCounts(np.zeros(vocab_size, np.int64), 0, 0, 0)
+  with tqdm(total=corpus.num_documents, desc="unigram counts", unit="doc",
+            disable=not progress) as bar:
+    for chunk in chunks_lib.iter_chunks(corpus, chunk_tokens):
+      total = merge_unigrams(total, chunk_unigram_counts(chunk, vocab_size))
+      bar.update(chunk.num_documents)
+  return total
+
+
+def select_pmi_vocab(unigram_counts: np.ndarray, *, special_ids: Sequence[int], size: int,
+                     min_count: int, drop_top_k: int = 0) -> np.ndarray:
+  """The PMI vocabulary: int32 token ids, most frequent first (ties: lower id first).
+
+  Non-special tokens with count >= min_count, ordered by count; the `drop_top_k` most frequent are
+  left out (stop-word-like tokens whose PMI is uninformative), then the next `size` are kept.
+  """
+  counts = np.asarray(unigram_counts, dtype=np.int64)
+  eligible = counts >= max(int(min_count), 1)
+  eligible[np.asarray([s for s in special_ids if 0 <= s < counts.size], dtype=np.int64)] = False
+  ids = np.flatnonzero(eligible)
+  order = np.lexsort((ids, -counts[ids]))  # by count desc, then id asc
+  ids = ids[order][int(drop_top_k):int(drop_top_k) + int(size)]
+  return ids.astype(np.int32)
+
+
+def row_lookup(vocab_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+  """int32[V]: row of each token id in the PMI vocabulary, -1 outside it."""
+  rows = np.full(vocab_size, -1, dtype=np.int32)
+  rows[vocab_ids] = np.arange(len(vocab_ids), dtype=np.int32)
+  return rows
+
+
+def word_index(chunk: chunks_lib.Chunk, continuation: np.ndarray | None) -> np.ndarray:
+  """int64 (N,): running word index; a "##" piece joins the word before it within a sentence."""
+  starts = chunk.sentence_starts()
+  if continuation is not None:
+    starts |= ~np.asarray(continuation, dtype=bool)[chunk.token_ids]
+  return np.cumsum(starts) - 1
+
+
+def chunk_pair_counts(chunk: chunks_lib.Chunk, rows: np.ndarray, num_rows: int, *,
+                      window: int = 0, whole_words: bool = False,
+                      continuation: np.ndarray | None = None) -> sp.csr_matrix:
+  """Ordered within-sentence pair counts of one chunk: int64 CSR [R, R] (see module docstring)."""
+  if whole_words and continuation is None:
+    raise ValueError("stats.whole_words=True needs the tokenizer's continuation table.")
+  r = rows[chunk.token_ids]  # (N,) row or -1
+  sentence = np.cumsum(chunk.sentence_starts()) - 1  # (N,) sentence index within the chunk
+  word = word_index(chunk, continuation) if whole_words else None
+  shape = (num_rows, num_rows)
+  if window > 0:
+    return _window_pairs(r, sentence, word, window, shape)
+  keep = r >= 0
+  rk = r[keep]
+  ones = np.ones(rk.size, dtype=np.int64)
+  n_sent = int(sentence[-1]) + 1 if sentence.size else 0
+  s = sp.csr_matrix((ones, (sentence[keep], rk)), shape=(n_sent, num_rows))  # (S, R)
+  counts = (s.T @ s).tocsr()  # (R, R), includes i == j
+  if whole_words:
+    n_words = int(word[-1]) + 1 if word.size else 0
+    w = sp.csr_matrix((ones, (word[keep], rk)), shape=(n_words, num_rows))  # (W, R)
+    counts = counts - (w.T @ w).tocsr()  # same-word pairs, i == j included
+  else:
+    counts = counts - sp.diags(np.bincount(rk, minlength=num_rows).astype(np.int64), format="csr",
+                               dtype=np.int64)
+  counts.eliminate_zeros()
+  counts.sort_indices()
+  return counts.astype(np.int64)
+
+
+def _window_pairs(r, sentence, word, window, shape):
+  """Pairs at most `window` positions (words with whole_words) apart, offset by offset."""
+  n = r.size
+  position = word if word is not None else np.arange(n)
+  active = np.arange(n - 1)  # left ends that may still have partners at larger offsets
+  left, right = [], []
+  d = 1
+  while active.size:
+    b = active + d
+    # Offsets only grow, so a left end that failed the sentence or distance test is done.
+    dist = position[b] - position[active]
+    alive = (sentence[b] == sentence[active]) & (dist <= window)
+    active, b, dist = active[alive], b[alive], dist[alive]
+    pair = (dist >= 1) & (r[active] >= 0) & (r[b] >= 0)
+    left.append(r[active[pair]])
+    right.append(r[b[pair]])
+    d += 1
+    active = active[active + d < n]
+  a = np.concatenate(left) if left else np.zeros(0, np.int32)
+  b = np.concatenate(right) if right else np.zeros(0, np.int32)
+  ones = np.ones(2 * a.size, dtype=np.int64)
+  counts = sp.csr_matrix((ones, (np.concatenate([a, b]), np.concatenate([b, a]))), shape=shape)
+  counts.sum_duplicates()
+  return counts
+
+
+@dataclasses.dataclass
+class PairCounts:
+  """Pair counts over the PMI vocabulary, pruned to pairs seen >= min_pair_count times."""
+
+  vocab_ids: np.ndarray  # (R,) int32 token id of each row
+  counts: sp.csr_matrix  # (R, R) int64 ordered counts, pruned
+  marginals: np.ndarray  # (R,) int64 row sums of the unpruned table
+  total: int  # sum of the unpruned table
+  num_tokens: int  # tokens read (all tokens, in or out of the vocabulary)
+  min_pair_count: int
+
+  @property
+  def cooccurrences(self) -> sp.csr_matrix:
+    """Unordered co-occurrence counts n(x, y): C[x, y] off the diagonal, C[x, x] / 2 on it."""
+    n = self.counts.copy()
+    n.setdiag(n.diagonal() // 2)
+    n.eliminate_zeros()
+    return n
+
+
+class PairAccumulator:
+  """Running sum of [R, R] pair tables under a memory cap, spilling to disk above it."""
+
+  def __init__(self, num_rows: int, *, memory_cap_mb: float, spill_dir: str | None = None):
+    self.num_rows = num_rows
+    self.cap_bytes = max(1.0, float(memory_cap_mb)) * 2**20
+    self.spill_dir = spill_dir
+    self.total: sp.csr_matrix | None = None
+    self.pending: list[sp.csr_matrix] = []
+    self.spills: list[str] = []  # path prefixes of spilled tables
+    self.num_tokens = 0
+
+  @property
+  def nbytes(self) -> int:
+    nnz = (self.total.nnz if self.total is not None else 0) + sum(p.nnz for p in self.pending)
+    return nnz * _BYTES_PER_NNZ
+
+  def add(self, counts: sp.csr_matrix, num_tokens: int = 0) -> None:
+    self.num_tokens += int(num_tokens)
+    self.pending.append(counts)
+    pending_nnz = sum(p.nnz for p in self.pending)
+    if pending_nnz >= max(_MIN_MERGE_NNZ, self.total.nnz if self.total is not None else 0):
+      self._merge_pending()
+    if self.nbytes > self.cap_bytes:
+      self.spill()
+
+  def absorb(self, other: PairAccumulator) -> None:
+    """Adds another accumulator's sum (e.g. a worker's), taking over its spill files."""
+    self.spills.extend(other.spills)
+    if other.total is not None:
+      self.add(other.total, other.num_tokens)
+    else:
+      self.num_tokens += other.num_tokens
+
+  def _merge_pending(self) -> None:
+    tables = ([self.total] if self.total is not None else []) + self.pending
+    self.pending = []
+    self.total = _sum_tables(tables) if tables else None
+
+  def spill(self) -> None:
+    self._merge_pending()
+    if self.total is None:
+      return
+    if self.spill_dir is None:
+      self.spill_dir = tempfile.mkdtemp(prefix="informask-pairs-")
+    prefix = os.path.join(self.spill_dir, f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    t = self.total
+    np.save(prefix + ".indptr.npy", t.indptr.astype(np.int64))
+    np.save(prefix + ".indices.npy", t.indices.astype(np.int32))
+    np.save(prefix + ".data.npy", t.data.astype(np.int64))
+    self.spills.append(prefix)
+    self.total = None
+
+  def finalize(self, vocab_ids: np.ndarray, min_pair_count: int) -> PairCounts:
+    """Merges everything (in row blocks when spilled) and prunes rare pairs."""
+    self._merge_pending()
+    r = self.num_rows
+    sources = [_load_spill(p) for p in self.spills]
+    if self.total is not None:
+      sources.append((self.total.indptr, self.total.indices, self.total.data))
+    row_nnz = np.zeros(r, np.int64)
+    for indptr, _, _ in sources:
+      row_nnz += np.diff(np.asarray(indptr))
+    # Rows per block so that one block of all sources together stays under half the cap.
+    budget = max(1, int(self.cap_bytes / 2 / _BYTES_PER_NNZ))
+    bounds = _row_blocks(row_nnz, budget)
+    marginals = np.zeros(r, np.int64)
+    blocks = []
+    for lo, hi in bounds:
+      parts = [_row_slice(src, lo, hi, r) for src in sources]
+      block = _sum_tables(parts) if parts else sp.csr_matrix((hi - lo, r), dtype=np.int64)
+      marginals[lo:hi] = np.asarray(block.sum(axis=1)).reshape(-1)
+      blocks.append(_prune(block, lo, min_pair_count))
+    counts = (sp.vstack(blocks, format="csr") if blocks
+              else sp.csr_matrix((r, r), dtype=np.int64)).astype(np.int64)
+    counts.sort_indices()
+    return PairCounts(vocab_ids=np.asarray(vocab_ids, np.int32), counts=counts,
+                      marginals=marginals, total=int(marginals.sum()), num_tokens=self.num_tokens,
+                      min_pair_count=int(min_pair_count))
+
+
+def _sum_tables(tables: list[sp.csr_matrix]) -> sp.csr_matrix:
+  # Pairwise tree sum: each level adds tables of similar size.
+  tables = [t.tocsr() for t in tables]
+  while len(tables) > 1:
+    nxt = [tables[i] + tables[i + 1] for i in range(0, len(tables) - 1, 2)]
+    if len(tables) % 2:
+      nxt.append(tables[-1])
+    tables = nxt
+  out = tables[0].astype(np.int64)
+  out.sum_duplicates()
+  return out
+
+
+def _load_spill(prefix):
+  return tuple(np.load(f"{prefix}.{name}.npy", mmap_mode="r")
+               for name in ("indptr", "indices", "data"))
+
+
+def _row_slice(src, lo, hi, num_cols) -> sp.csr_matrix:
+  indptr, indices, data = src
+  a, b = int(indptr[lo]), int(indptr[hi])
+  ptr = np.asarray(indptr[lo:hi + 1], dtype=np.int64) - a
+  return sp.csr_matrix((np.asarray(data[a:b]), np.asarray(indices[a:b]), ptr),
+                       shape=(hi - lo, num_cols))
+
+
+def _row_blocks(row_nnz: np.ndarray, budget: int) -> list[tuple[int, int]]:
+  r = row_nnz.size
+  if r == 0:
+    return []
+  cum = np.cumsum(row_nnz)
+  bounds, lo = [], 0
+  while lo < r:
+    base = cum[lo - 1] if lo else 0
+    hi = int(np.searchsorted(cum, base + budget, side="right"))
+    hi = min(max(hi, lo + 1), r)
+    bounds.append((lo, hi))
+    lo = hi
+  return bounds
+
+
+def _prune(block: sp.csr_matrix, row_offset: int, min_pair_count: int) -> sp.csr_matrix:
+  """Drops pairs co-occurring fewer than min_pair_count times (diagonal counts are doubled)."""
+  coo = block.tocoo()
+  n = np.where(coo.row + row_offset == coo.col, coo.data // 2, coo.data)
+  keep = n >= max(int(min_pair_count), 1)
+  return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=block.shape)
+
+
+def _count_shard(args, corpus, start, stop):
+  rows, num_rows, window, whole_words, continuation, chunk_tokens, cap_mb, spill_dir = args
+  acc = PairAccumulator(num_rows, memory_cap_mb=cap_mb, spill_dir=spill_dir)
+  docs = 0
+  for chunk in corpus.chunks(start, stop, chunk_tokens):
+    acc.add(chunk_pair_counts(chunk, rows, num_rows, window=window, whole_words=whole_words,
+                              continuation=continuation), chunk.num_tokens)
+    docs += chunk.num_documents
+  acc._merge_pending()
+  return acc, docs
+
+
+class _ShardFn:
+  """Picklable closure for worker processes."""
+
+  def __init__(self, args):
+    self.args = args
+
+  def __call__(self, corpus, start, stop):
+    return _count_shard(self.args, corpus, start, stop)
+
+
+def count_pairs(documents, vocab_ids: np.ndarray, *, vocab_size: int, window: int = 0,
+                whole_words: bool = False, continuation: np.ndarray | None = None,
+                min_pair_count: int = 1, memory_cap_mb: float = 2048, num_workers: int = 1,
+                chunk_tokens: int = chunks_lib.DEFAULT_CHUNK_TOKENS,
+                shard_tokens: int | None = None, spill_dir: str | None = None,
+                progress: bool = False) -> PairCounts:
+  """Counts within-sentence pairs of `vocab_ids` tokens over the corpus.
+
+  documents: a Corpus, a `datasets.Dataset` (input_ids / sentence_ids) or an iterable of
+  (token_ids, sentence_ids) arrays. With num_workers > 1 the documents are cut into shards of
+  about `shard_tokens` tokens counted in worker processes, each under memory_cap_mb / workers.
+  """
+  if window < 0:
+    raise ValueError(f"stats.window must be >= 0 (0: whole sentences), got {window}.")
+  corpus = chunks_lib.as_corpus(documents)
+  vocab_ids = np.asarray(vocab_ids, np.int32)
+  rows = row_lookup(vocab_ids, vocab_size)
+  num_workers = max(1, int(num_workers))
+  shard_tokens = shard_tokens or 8 * chunk_tokens
+  num_shards = 1
+  if num_workers > 1:
+    total_tokens = _estimate_tokens(corpus)
+    num_shards = max(1, int(np.ceil(total_tokens / shard_tokens)))
+    if num_shards < 2:
+      num_workers = 1
+  tmp = tempfile.mkdtemp(prefix="informask-pairs-", dir=spill_dir)
+  try:
+    acc = PairAccumulator(len(vocab_ids), memory_cap_mb=memory_cap_mb, spill_dir=tmp)
+    worker_cap = memory_cap_mb / (num_workers + 1) if num_workers > 1 else memory_cap_mb
+    fn = _ShardFn((rows, len(vocab_ids), int(window), bool(whole_words), continuation,
+                   int(chunk_tokens), worker_cap, tmp))
+    if num_workers == 1:
+      # One process: stream chunks straight into the accumulator, with a live progress bar.
+      with tqdm(total=corpus.num_documents, desc="pair counts", unit="doc",
+                disable=not progress) as bar:
+        for chunk in chunks_lib.iter_chunks(corpus, chunk_tokens):
+          acc.add(chunk_pair_counts(chunk, rows, len(vocab_ids), window=window,
+                                    whole_words=whole_words, continuation=continuation),
+                  chunk.num_tokens)
+          bar.update(chunk.num_documents)
+    else:
+      with tqdm(total=corpus.num_documents, desc=f"pair counts ({num_workers} procs)", unit="doc",
+                disable=not progress) as bar:
+        for part, docs in chunks_lib.map_shards(fn, corpus, num_workers=num_workers,
+                                                num_shards=num_shards):
+          acc.absorb(part)
+          bar.update(docs)
+    return acc.finalize(vocab_ids, min_pair_count)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _estimate_tokens(corpus) -> int:
+  if isinstance(corpus, chunks_lib.DocumentCorpus):
+    return int(corpus._offsets[-1])
+  if isinstance(corpus, chunks_lib.DatasetCorpus):
+    return int(corpus._mean_len * corpus.num_documents)
+  return 0

@@ -1,0 +1,455 @@
+"""The PMI n-gram vocabulary of PMI-Masking (Levine et al., ICLR 2021) and the bigram table of the
+InforMask repository's simpler `pmi_masking` variant.
+
+Words are WordPiece words: a non-"##" token and the "##" pieces after it. Word n-grams (n = 2..5)
+never cross a sentence, and words holding a special token ([UNK]) take part in none. Each n-gram
+is scored by
+
+  PMI_n(w_1..w_n) = min over segmentations s of w_1..w_n into >= 2 contiguous parts of
+                    log p(w_1..w_n) / prod_{part in s} p(part),
+
+with p(g) = count(g) / (number of k-gram positions) for a k-word g: an n-gram ranks high only
+when it is more than the sum of *every* way of splitting it (so "new york city" is not carried by
+"new york" alone). N-grams seen >= min_count times are ranked per length and assembled 50%
+bigrams, 25% trigrams, 12.5% 4-grams and 12.5% 5-grams (only PMI_n > 0 is kept, so a small
+corpus gives a smaller vocabulary). The list is in priority order: entries are sorted by rank
+within their length divided by that length's quota, so every prefix keeps the proportions.
+
+Counting is vectorised: each word gets a 64-bit hash of its pieces and each n-gram a chained
+hash of its words (with the length in the top 3 bits); a chunk's keys are counted with a sort,
+and chunk counts are merged (a commutative sum, as a Beam combiner would do). Above the memory
+cap, counts spill to disk in hash partitions that are merged one at a time. With 64-bit keys two
+distinct n-grams share a key with probability ~ k^2 / 2^62 for k distinct keys (about 1e-5 for
+ten million): a merged count, never a crash.
+
+The bigram table: adjacent token pairs (pieces, within a sentence, no specials) seen >=
+min_count times with PMI log p(ab) / (p(a) p(b)) > 0, highest first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from informask_jax.stats import chunks as chunks_lib
+
+MAX_N = 5
+# Share of the vocabulary per n-gram length (Levine et al.).
+LENGTH_SHARES = {2: 0.5, 3: 0.25, 4: 0.125, 5: 0.125}
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_LOW61 = np.uint64((1 << 61) - 1)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser: a bijection of uint64 that scatters nearby inputs."""
+  x = x ^ (x >> np.uint64(30))
+  x = x * _M1
+  x = x ^ (x >> np.uint64(27))
+  x = x * _M2
+  return x ^ (x >> np.uint64(31))
+
+
+def _tag(raw: np.ndarray, n: int) -> np.ndarray:
+  return (raw & _LOW61) | (np.uint64(n) << np.uint64(61))
+
+
+def key_length(keys: np.ndarray) -> np.ndarray:
+  return (keys >> np.uint64(61)).astype(np.int64)
+
+
+@dataclasses.dataclass
+class ChunkWords:
+  """The words of a chunk and the raw (untagged) hashes of every n-gram starting at each word."""
+
+  start: np.ndarray  # (W,) first token of each word
+  end: np.ndarray  # (W,) one past its last token
+  raw: dict[int, np.ndarray]  # n -> (W - n + 1,) uint64 chained hash of words i..i+n-1
+  valid: dict[int, np.ndarray]  # n -> (W - n + 1,) bool: same sentence, no special token
+
+
+def chunk_words(chunk: chunks_lib.Chunk, continuation: np.ndarray, special: np.ndarray,
+                max_n: int = MAX_N) -> ChunkWords:
+  t = chunk.token_ids
+  n_tok = t.size
+  sent_start = chunk.sentence_starts()
+  starts = sent_start | ~continuation[t]
+  start = np.flatnonzero(starts)
+  end = np.append(start[1:], n_tok).astype(np.int64)
+  w = start.size
+  raw, valid = {}, {}
+  if w == 0:
+    for n in range(1, max_n + 1):
+      raw[n] = np.zeros(0, np.uint64)
+      valid[n] = np.zeros(0, bool)
+    return ChunkWords(start, end, raw, valid)
+  word_of = np.cumsum(starts) - 1  # (N,)
+  piece = (np.arange(n_tok) - start[word_of]).astype(np.uint64)  # position within the word
+  token_hash = _mix((t.astype(np.uint64) + np.uint64(1)) ^ (piece * _GOLDEN))
+  word_hash = _mix(np.add.reduceat(token_hash, start))  # (W,) wraps mod 2^64
+  sentence = (np.cumsum(sent_start) - 1)[start]  # (W,)
+  clean = np.add.reduceat(special[t].astype(np.int32), start) == 0  # (W,)
+  raw[1], valid[1] = word_hash, clean
+  for n in range(2, max_n + 1):
+    m = w - n + 1
+    if m <= 0:
+      raw[n], valid[n] = np.zeros(0, np.uint64), np.zeros(0, bool)
+      continue
+    raw[n] = _mix(raw[n - 1][:m] * _GOLDEN + word_hash[n - 1:])
+    valid[n] = valid[n - 1][:m] & clean[n - 1:] & (sentence[n - 1:] == sentence[:m])
+  return ChunkWords(start, end, raw, valid)
+
+
+def _unique_sum(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  if keys.size == 0:
+    return keys.astype(np.uint64), counts.astype(np.int64)
+  order = np.argsort(keys, kind="stable")
+  k, c = keys[order], counts[order].astype(np.int64)
+  first = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+  return k[first], np.add.reduceat(c, first)
+
+
+class KeyCounter:
+  """Counts of uint64 keys: compacted in memory, spilled to disk in hash partitions above a cap."""
+
+  _PARTITIONS = 16
+
+  def __init__(self, *, memory_cap_mb: float, spill_dir: str | None = None):
+    self.cap_bytes = max(1.0, float(memory_cap_mb)) * 2**20
+    self.spill_dir = spill_dir
+    self.keys = np.zeros(0, np.uint64)
+    self.counts = np.zeros(0, np.int64)
+    self.buffer: list[tuple[np.ndarray, np.ndarray]] = []
+    self.buffered = 0
+    self.spills: list[str] = []
+
+  def add(self, keys: np.ndarray, counts: np.ndarray | None = None) -> None:
+    if counts is None:
+      keys, counts = np.unique(keys, return_counts=True)
+    self.buffer.append((keys.astype(np.uint64), counts.astype(np.int64)))
+    self.buffered += keys.size
+    if self.buffered * 16 > self.cap_bytes / 4 or self.buffered > 2 * self.keys.size + (1 << 22):
+      self.compact()
+    if (self.keys.size + self.buffered) * 16 > self.cap_bytes / 2:
+      self.spill()
+
+  def compact(self) -> None:
+    if not self.buffer:
+      return
+    ks = [self.keys] + [k for k, _ in self.buffer]
+    cs = [self.counts] + [c for _, c in self.buffer]
+    self.keys, self.counts = _unique_sum(np.concatenate(ks), np.concatenate(cs))
+    self.buffer, self.buffered = [], 0
+
+  def absorb(self, other: KeyCounter) -> None:
+    self.spills.extend(other.spills)
+    other.compact()
+    self.add(other.keys, other.counts)
+
+  def spill(self) -> None:
+    self.compact()
+    if self.keys.size == 0:
+      return
+    if self.spill_dir is None:
+      self.spill_dir = tempfile.mkdtemp(prefix="informask-ngrams-")
+    part = _partition(self.keys, self._PARTITIONS)
+    prefix = os.path.join(self.spill_dir, f"keys-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    for p in range(self._PARTITIONS):
+      sel = part == p
+      np.save(f"{prefix}.p{p}.keys.npy", self.keys[sel])
+      np.save(f"{prefix}.p{p}.counts.npy", self.counts[sel])
+    self.spills.append(prefix)
+    self.keys = np.zeros(0, np.uint64)
+    self.counts = np.zeros(0, np.int64)
+
+  def result(self, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys with count >= min_count, merged one hash partition at a time."""
+    self.compact()
+    if not self.spills:
+      keep = self.counts >= min_count
+      return self.keys[keep], self.counts[keep]
+    part = _partition(self.keys, self._PARTITIONS)
+    out_k, out_c = [], []
+    for p in range(self._PARTITIONS):
+      ks = [self.keys[part == p]] + [np.load(f"{s}.p{p}.keys.npy") for s in self.spills]
+      cs = [self.counts[part == p]] + [np.load(f"{s}.p{p}.counts.npy") for s in self.spills]
+      k, c = _unique_sum(np.concatenate(ks), np.concatenate(cs))
+      keep = c >= min_count
+      out_k.append(k[keep])
+      out_c.append(c[keep])
+    k, c = np.concatenate(out_k), np.concatenate(out_c)
+    order = np.argsort(k)
+    return k[order], c[order]
+
+
+def _partition(keys: np.ndarray, parts: int) -> np.ndarray:
+  return (_mix(keys) & np.uint64(parts - 1)).astype(np.int64)
+
+
+@dataclasses.dataclass
+class NgramCounts:
+  """Counts of frequent word n-grams (n = 1..max_n) and of frequent adjacent token pairs."""
+
+  keys: np.ndarray  # (K,) uint64 sorted, tagged with the length
+  counts: np.ndarray  # (K,) int64, every one >= min_count
+  positions: np.ndarray  # (max_n + 1,) int64: number of n-gram positions of each length
+  pair_keys: np.ndarray  # (P,) uint64 a * V + b, sorted
+  pair_counts: np.ndarray  # (P,) int64
+  token_counts: np.ndarray  # (V,) int64 non-special tokens
+  num_adjacent: int  # adjacent within-sentence non-special token pairs
+  min_count: int
+
+
+def _count_shard(args, corpus, start, stop):
+  vocab_size, continuation, special, max_n, chunk_tokens, cap_mb, spill_dir = args
+  grams = KeyCounter(memory_cap_mb=cap_mb * 0.75, spill_dir=spill_dir)
+  pairs = KeyCounter(memory_cap_mb=cap_mb * 0.25, spill_dir=spill_dir)
+  positions = np.zeros(max_n + 1, np.int64)
+  tokens = np.zeros(vocab_size, np.int64)
+  num_adjacent, docs = 0, 0
+  for chunk in corpus.chunks(start, stop, chunk_tokens):
+    words = chunk_words(chunk, continuation, special, max_n)
+    for n in range(1, max_n + 1):
+      keys = _tag(words.raw[n][words.valid[n]], n)
+      positions[n] += keys.size
+      grams.add(keys)
+    t = chunk.token_ids
+    ok = ~special[t]
+    tokens += np.bincount(t[ok], minlength=vocab_size)
+    adjacent = ok[:-1] & ok[1:] & ~chunk.sentence_starts()[1:]
+    pair = t[:-1][adjacent].astype(np.uint64) * np.uint64(vocab_size) + t[1:][adjacent]
+    num_adjacent += pair.size
+    pairs.add(pair)
+    docs += chunk.num_documents
+  grams.compact()
+  pairs.compact()
+  return grams, pairs, positions, tokens, num_adjacent, docs
+
+
+class _ShardFn:
+  def __init__(self, args):
+    self.args = args
+
+  def __call__(self, corpus, start, stop):
+    return _count_shard(self.args, corpus, start, stop)
+
+
+def count_ngrams(documents, *, vocab_size: int, special_ids: Sequence[int],
+                 continuation: np.ndarray, min_count: int, max_n: int = MAX_N,
+                 memory_cap_mb: float = 2048, num_workers: int = 1,
+                 chunk_tokens: int = chunks_lib.DEFAULT_CHUNK_TOKENS,
+                 shard_tokens: int | None = None, spill_dir: str | None = None,
+                 progress: bool = False) -> NgramCounts:
+  """Word n-gram counts (n = 1..max_n) and adjacent token pair counts, both >= min_count."""
+  corpus = chunks_lib.as_corpus(documents)
+  continuation = np.asarray(continuation, bool)
+  if continuation.shape != (vocab_size,):
+    raise ValueError(f"Continuation table has shape {continuation.shape}, expected "
+                     f"({vocab_size},).")
+  special = np.zeros(vocab_size, bool)
+  special[list(special_ids)] = True
+  tmp = tempfile.mkdtemp(prefix="informask-ngrams-", dir=spill_dir)
+  try:
+    num_workers = max(1, int(num_workers))
+    num_shards = max(1, int(np.ceil(_estimate_tokens(corpus) / (shard_tokens or 8 * chunk_tokens))))
+    if num_shards < 2:
+      num_workers = 1
+    # Shards also run one after the other in this process (num_workers=1), for the progress bar.
+    cap = memory_cap_mb / (num_workers + 1) if num_workers > 1 else memory_cap_mb
+    fn = _ShardFn((vocab_size, continuation, special, max_n, chunk_tokens, cap, tmp))
+    grams = KeyCounter(memory_cap_mb=memory_cap_mb * 0.75, spill_dir=tmp)
+    pairs = KeyCounter(memory_cap_mb=memory_cap_mb * 0.25, spill_dir=tmp)
+    positions = np.zeros(max_n + 1, np.int64)
+    tokens = np.zeros(vocab_size, np.int64)
+    num_adjacent = 0
+    with tqdm(total=corpus.num_documents, desc="n-gram counts", unit="doc",
+              disable=not progress) as bar:
+      for g, p, pos, tok, adj, docs in chunks_lib.map_shards(
+          fn, corpus, num_workers=num_workers, num_shards=num_shards):
+        grams.absorb(g)
+        pairs.absorb(p)
+        positions += pos
+        tokens += tok
+        num_adjacent += adj
+        bar.update(docs)
+    keys, counts = grams.result(min_count)
+    pair_keys, pair_counts = pairs.result(min_count)
+    return NgramCounts(keys, counts, positions, pair_keys, pair_counts, tokens, num_adjacent,
+                       int(min_count))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _estimate_tokens(corpus) -> int:
+  if isinstance(corpus, chunks_lib.DocumentCorpus):
+    return int(corpus._offsets[-1])
+  if isinstance(corpus, chunks_lib.DatasetCorpus):
+    return int(corpus._mean_len * corpus.num_documents)
+  return 0
+
+
+def segmentations(n: int) -> list[list[tuple[int, int]]]:
+  """Every split of n words into >= 2 contiguous parts, as (start, stop) word ranges."""
+  out = []
+  for cuts in itertools.product((False, True), repeat=n - 1):
+    if not any(cuts):
+      continue
+    bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+    out.append(list(zip(bounds[:-1], bounds[1:], strict=True)))
+  return out
+
+
+@dataclasses.dataclass
+class ScoredNgrams:
+  tokens: list[tuple[int, ...]]  # WordPiece ids of each candidate n-gram
+  lengths: np.ndarray  # (M,) words
+  counts: np.ndarray  # (M,)
+  scores: np.ndarray  # (M,) PMI_n
+
+
+def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
+                 special_ids: Sequence[int], max_n: int = MAX_N,
+                 chunk_tokens: int = chunks_lib.DEFAULT_CHUNK_TOKENS,
+                 progress: bool = False) -> ScoredNgrams:
+  """PMI_n of every frequent n-gram (n >= 2), reading the corpus again to find one occurrence
+  of each (its token ids and the keys of its parts)."""
+  corpus = chunks_lib.as_corpus(documents)
+  continuation = np.asarray(continuation, bool)
+  special = np.zeros(continuation.size, bool)
+  special[list(special_ids)] = True
+  lengths_all = key_length(counts.keys)
+  cand = counts.keys[lengths_all >= 2]  # sorted
+  found = np.zeros(cand.size, bool)
+  tokens: list[tuple[int, ...] | None] = [None] * cand.size
+  # Keys of the sub-spans (a, b) of each candidate, 0 <= a < b <= n; 0 where unused.
+  sub = np.zeros((cand.size, max_n + 1, max_n + 1), np.uint64)
+  with tqdm(total=cand.size, desc="n-gram examples", unit="ngram", disable=not progress) as bar:
+    for chunk in chunks_lib.iter_chunks(corpus, chunk_tokens):
+      if found.all():
+        break
+      words = chunk_words(chunk, continuation, special, max_n)
+      for n in range(2, max_n + 1):
+        pos = np.flatnonzero(words.valid[n])
+        keys = _tag(words.raw[n][pos], n)
+        idx = np.minimum(np.searchsorted(cand, keys), max(cand.size - 1, 0))
+        hit = (cand[idx] == keys) & ~found[idx] if cand.size else np.zeros(keys.size, bool)
+        idx, first = np.unique(idx[hit], return_index=True)
+        pos = pos[hit][first]
+        if idx.size == 0:
+          continue
+        for a in range(n):
+          for b in range(a + 1, n + 1):
+            sub[idx, a, b] = _tag(words.raw[b - a][pos + a], b - a)
+        t = chunk.token_ids
+        for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
+          tokens[i] = tuple(t[words.start[p]:words.end[p + n - 1]].tolist())
+        found[idx] = True
+        bar.update(idx.size)
+  log_n = np.log(np.maximum(counts.positions, 1).astype(np.float64))
+
+  def log_p(keys):  # keys all present in the frequent table
+    i = np.minimum(np.searchsorted(counts.keys, keys), counts.keys.size - 1)
+    ok = counts.keys[i] == keys
+    lp = np.log(np.maximum(counts.counts[i], 1).astype(np.float64)) - log_n[key_length(keys)]
+    return np.where(ok, lp, np.inf)  # a missing part (hash clash) disqualifies the n-gram
+
+  lengths = key_length(cand)
+  scores = np.full(cand.size, -np.inf)
+  for n in range(2, max_n + 1):
+    rows = np.flatnonzero((lengths == n) & found)
+    if rows.size == 0:
+      continue
+    full = log_p(cand[rows])
+    best = np.full(rows.size, -np.inf)
+    for seg in segmentations(n):
+      best = np.maximum(best, sum(log_p(sub[rows, a, b]) for a, b in seg))
+    scores[rows] = full - best
+  counts_of = counts.counts[lengths_all >= 2]
+  keep = found & np.isfinite(scores)
+  return ScoredNgrams(tokens=[tokens[i] for i in np.flatnonzero(keep)], lengths=lengths[keep],
+                      counts=counts_of[keep], scores=scores[keep])
+
+
+def quotas(size: int, max_n: int = MAX_N) -> dict[int, int]:
+  shares = {n: s for n, s in LENGTH_SHARES.items() if n <= max_n}
+  total = sum(shares.values())
+  q = {n: int(size * s / total) for n, s in shares.items()}
+  q[2] += size - sum(q.values())
+  return q
+
+
+def assemble_vocab(scored: ScoredNgrams, size: int, max_n: int = MAX_N):
+  """The n-gram vocabulary in priority order: (tokens, lengths, scores, counts) of the entries."""
+  if size <= 0:
+    raise ValueError(f"stats.ngram_vocab_size must be > 0, got {size}.")
+  q = quotas(size, max_n)
+  chosen, priority = [], []
+  for n, quota in q.items():
+    rows = np.flatnonzero((scored.lengths == n) & (scored.scores > 0))
+    # Highest PMI_n first; ties by count, then by the token ids for determinism.
+    order = sorted(rows.tolist(), key=lambda i: (-scored.scores[i], -scored.counts[i],
+                                                 scored.tokens[i]))[:quota]
+    chosen.extend(order)
+    priority.extend((rank + 0.5) / max(quota, 1) for rank in range(len(order)))
+  # Sort by relative rank; at equal relative rank the longer n-gram first.
+  order = sorted(range(len(chosen)), key=lambda k: (priority[k], -scored.lengths[chosen[k]]))
+  rows = [chosen[k] for k in order]
+  return ([list(scored.tokens[i]) for i in rows], scored.lengths[rows], scored.scores[rows],
+          scored.counts[rows])
+
+
+def bigram_table(counts: NgramCounts, *, vocab_size: int, size: int):
+  """Adjacent token pairs ranked by PMI (> 0 only): (pairs int64[K, 2], pmi float64[K])."""
+  a = (counts.pair_keys // np.uint64(vocab_size)).astype(np.int64)
+  b = (counts.pair_keys % np.uint64(vocab_size)).astype(np.int64)
+  n_tok = max(int(counts.token_counts.sum()), 1)
+  log_u = np.log(np.maximum(counts.token_counts, 1).astype(np.float64)) - np.log(n_tok)
+  pmi = (np.log(counts.pair_counts.astype(np.float64)) - np.log(max(counts.num_adjacent, 1))
+         - log_u[a] - log_u[b])
+  keep = np.flatnonzero(pmi > 0)
+  order = keep[np.lexsort((a[keep], b[keep], -counts.pair_counts[keep], -pmi[keep]))][:size]
+  return np.stack([a[order], b[order]], axis=1), pmi[order]
+
+
+@dataclasses.dataclass
+class NgramVocab:
+  ngrams: list[list[int]]  # priority order
+  lengths: np.ndarray  # words per entry
+  scores: np.ndarray  # PMI_n per entry
+  counts: np.ndarray
+  bigrams: np.ndarray  # (K, 2) int64 token pairs, highest PMI first
+  bigram_scores: np.ndarray
+
+
+def build_ngram_vocab(documents, *, vocab_size: int, special_ids: Sequence[int],
+                      continuation: np.ndarray, size: int, min_count: int,
+                      max_n: int = MAX_N, memory_cap_mb: float = 2048, num_workers: int = 1,
+                      chunk_tokens: int = chunks_lib.DEFAULT_CHUNK_TOKENS,
+                      spill_dir: str | None = None, progress: bool = False) -> NgramVocab:
+  """Counts, scores and assembles the n-gram vocabulary and the bigram table."""
+  if min_count < 1:
+    raise ValueError(f"stats.ngram_min_count must be >= 1, got {min_count}.")
+  corpus = chunks_lib.as_corpus(documents)
+  counts = count_ngrams(corpus, vocab_size=vocab_size, special_ids=special_ids,
+                        continuation=continuation, min_count=min_count, max_n=max_n,
+                        memory_cap_mb=memory_cap_mb, num_workers=num_workers,
+                        chunk_tokens=chunk_tokens, spill_dir=spill_dir, progress=progress)
+  if not np.any(key_length(counts.keys) >= 2):
+    raise ValueError(
+        f"No word n-gram (n >= 2) occurs at least stats.ngram_min_count={min_count} times in the "
+        f"corpus ({int(counts.positions[1])} words): too small a corpus for these settings.")
+  scored = score_ngrams(corpus, counts, continuation=continuation, special_ids=special_ids,
+                        max_n=max_n, chunk_tokens=chunk_tokens, progress=progress)
+  ngrams, lengths, scores, ngram_counts = assemble_vocab(scored, size, max_n)
+  bigrams, bigram_scores = bigram_table(counts, vocab_size=vocab_size, size=max(1, size // 2))
+  return NgramVocab(ngrams, lengths, scores, ngram_counts, bigrams, bigram_scores)
