@@ -1,0 +1,137 @@
+"""Masking strategies for MLM pretraining, as pure JAX functions run inside the train step.
+
+  masker = masking.get_masker("informask", vocab_size=30522, mask_id=103,
+                              special_ids=(0, 100, 101, 102, 103), rates="id_mask_prob.json")
+  out = masker(rng, token_ids, sentence_ids=None)  # token_ids int32[B, L], jit-able
+  out["input_ids"]  int32[B, L]  corrupted inputs (80% [MASK], 10% random token, 10% unchanged)
+  out["labels"]     int32[B, L]  original id at targets, -100 elsewhere
+  out["mask"]       bool[B, L]   True at targets
+
+Strategies (MASKERS): random, whole_word, span, pmi_span, informask, informask_online; their
+options are listed in `OPTIONS` and documented in each module. Example i of the batch uses
+`fold_in(rng, i)` (i the global index), so masks do not depend on how the batch is sharded.
+Bad options raise ValueError here, at construction, never inside a trace.
+"""
+
+from informask_jax.masking import contract, informask, online, pmi_span, random_tokens, words
+from informask_jax.masking.contract import IGNORE_LABEL, Masker
+
+__all__ = ["MASKERS", "OPTIONS", "IGNORE_LABEL", "Masker", "get_masker", "masker_from_config"]
+
+
+def _random(settings):
+  return random_tokens.make_select(settings), {}, ()
+
+
+def _whole_word(settings, continuation=None):
+  table = contract.as_bool_table(continuation, settings.vocab_size, "whole_word: continuation")
+  return words.make_whole_word(settings), {"continuation": table}, ()
+
+
+def _span(settings, continuation=None, geometric_p=0.2, max_span_len=10):
+  words.check_span_options(geometric_p, max_span_len)
+  table = contract.as_bool_table(continuation, settings.vocab_size, "span: continuation")
+  options = (("geometric_p", float(geometric_p)), ("max_span_len", int(max_span_len)))
+  return (words.make_span(settings, float(geometric_p), int(max_span_len)),
+          {"continuation": table}, options)
+
+
+def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams=None,
+              max_ngram_tokens=12):
+  if variant not in pmi_span.VARIANTS:
+    raise ValueError(f"pmi_span variant (masking.pmi_variant) must be one of "
+                     f"{pmi_span.VARIANTS}, got {variant!r}.")
+  if isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int) or \
+      not 2 <= max_ngram_tokens <= 64:
+    raise ValueError(f"max_ngram_tokens must be an integer in [2, 64], got {max_ngram_tokens!r}.")
+  table = contract.as_bool_table(continuation, settings.vocab_size, "pmi_span: continuation")
+  tables = {"continuation": table}
+  if variant == "ngram":
+    tables.update(pmi_span.ngram_tables(ngrams, settings.vocab_size, max_ngram_tokens))
+  else:
+    tables.update(pmi_span.bigram_tables(bigrams, settings.vocab_size))
+  options = (("variant", variant), ("max_ngram_tokens", max_ngram_tokens))
+  return pmi_span.make_select(settings, variant, max_ngram_tokens), tables, options
+
+
+def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
+  table = informask.load_rates(rates, settings.vocab_size, missing_rate)
+  tables = {"rates": table, "weights": informask.weights_from_rates(table)}
+  return informask.make_select(settings, bool(rescale)), tables, (("rescale", bool(rescale)),)
+
+
+def _informask_online(settings, pmi=None, num_candidates=16, pmi_vocab_size=None,
+                      pmi_table="dense", pmi_dtype="float32"):
+  online.check_num_candidates(num_candidates)
+  matrix = online.load_pmi(pmi, settings.vocab_size)
+  tables, size = online.build_tables(matrix, pmi_vocab_size=pmi_vocab_size, pmi_table=pmi_table,
+                                     pmi_dtype=pmi_dtype)
+  options = (("num_candidates", int(num_candidates)), ("pmi_rows", size),
+             ("pmi_table", pmi_table))
+  return online.make_select(settings, int(num_candidates), size), tables, options
+
+
+# name -> factory(settings, **options) -> (select, tables, options)
+MASKERS = {
+    "random": _random,
+    "whole_word": _whole_word,
+    "span": _span,
+    "pmi_span": _pmi_span,
+    "informask": _informask,
+    "informask_online": _informask_online,
+}
+
+OPTIONS = {
+    "random": (),
+    "whole_word": ("continuation",),
+    "span": ("continuation", "geometric_p", "max_span_len"),
+    "pmi_span": ("continuation", "variant", "ngrams", "bigrams", "max_ngram_tokens"),
+    "informask": ("rates", "rescale", "missing_rate"),
+    "informask_online": ("pmi", "num_candidates", "pmi_vocab_size", "pmi_table", "pmi_dtype"),
+}
+
+
+def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replace_prob=0.8,
+               random_prob=0.1, budget="exact", **options):
+  """Builds the masker `name`; see the module docstring. Raises ValueError on bad options."""
+  if name not in MASKERS:
+    raise ValueError(f"Unknown masking strategy {name!r} (masking.name); choose one of "
+                     f"{sorted(MASKERS)}.")
+  settings = contract.check_settings(vocab_size, mask_id, special_ids, mask_prob, replace_prob,
+                                     random_prob, budget)
+  contract.reject_unknown(name, options, OPTIONS[name])
+  select_fn, tables, extra = MASKERS[name](settings, **options)
+  tables = dict(tables, replacements=contract.replacement_ids(settings))
+  return Masker(name, select_fn, tables, settings, extra)
+
+
+def masker_from_config(masking_config, *, vocab_size, special_ids, mask_id, continuation=None,
+                       rates=None, pmi=None, ngrams=None, bigrams=None):
+  """get_masker from the `config.masking` fields (name, mask_prob, ..., rates_path).
+
+  Tables not needed by the chosen strategy are ignored. For informask, `rates` (array or path)
+  wins over `masking.rates_path`.
+  """
+  c = masking_config
+  name = c.name
+  options = {}
+  if name in ("whole_word", "span", "pmi_span"):
+    options["continuation"] = continuation
+  if name == "span":
+    options.update(geometric_p=c.span_geometric_p, max_span_len=c.span_max_len)
+  elif name == "pmi_span":
+    options["variant"] = c.pmi_variant
+    if c.pmi_variant == "bigram":
+      options["bigrams"] = bigrams
+    else:
+      options["ngrams"] = ngrams
+  elif name == "informask":
+    if rates is None and not c.get("rates_path", ""):
+      raise ValueError("informask needs a rate table: set masking.rates_path (a .npy or "
+                       "id_mask_prob.json file) or build it with the statistics module.")
+    options["rates"] = rates if rates is not None else c.rates_path
+  elif name == "informask_online":
+    options.update(pmi=pmi, num_candidates=c.num_candidates)
+  return get_masker(name, vocab_size=vocab_size, mask_id=mask_id, special_ids=tuple(special_ids),
+                    mask_prob=c.mask_prob, replace_prob=c.replace_prob,
+                    random_prob=c.random_prob, budget=c.budget, **options)

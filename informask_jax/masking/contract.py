@@ -1,0 +1,163 @@
+"""The masker contract shared by every strategy, and the steps they have in common.
+
+A strategy supplies `select(tables, seed, tokens, sentence_ids, maskable, budget) ->
+(target bool[L], aux dict)` for one sequence. `Masker` wraps it: per-example seeds from the global
+example index, vmap over the batch, the exact budget, and BERT's 80/10/10 corruption.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from informask_jax.masking import prng
+
+IGNORE_LABEL = -100
+BUDGETS = ("exact", "bernoulli")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Options every strategy shares (hashable: it is pytree aux data)."""
+  vocab_size: int
+  mask_id: int
+  special_ids: tuple
+  mask_prob: float
+  replace_prob: float
+  random_prob: float
+  budget: str
+
+
+def check_settings(vocab_size, mask_id, special_ids, mask_prob, replace_prob, random_prob,
+                   budget):
+  """Validates the shared options; raises ValueError naming the bad one."""
+  if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 2:
+    raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}.")
+  vocab_size = int(vocab_size)
+  try:
+    special = tuple(sorted({int(i) for i in special_ids}))
+  except TypeError:
+    raise ValueError(f"special_ids must be a sequence of token ids, got {special_ids!r}.") from None
+  for i in (*special, mask_id):
+    if not 0 <= int(i) < vocab_size:
+      raise ValueError(f"Token id {i} (mask_id / special_ids) is outside [0, {vocab_size}).")
+  if len(special) >= vocab_size:
+    raise ValueError("special_ids cover the whole vocabulary: nothing could be masked.")
+  for name, p in (("mask_prob", mask_prob), ("replace_prob", replace_prob),
+                  ("random_prob", random_prob)):
+    if not isinstance(p, int | float | np.floating) or not np.isfinite(p):
+      raise ValueError(f"{name} must be a finite number, got {p!r}.")
+  if not 0.0 < mask_prob < 1.0:
+    raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}.")
+  if replace_prob < 0 or random_prob < 0 or replace_prob + random_prob > 1.0 + 1e-9:
+    raise ValueError(f"replace_prob ({replace_prob}) and random_prob ({random_prob}) must be >= 0 "
+                     "with replace_prob + random_prob <= 1.")
+  if budget not in BUDGETS:
+    raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}.")
+  return Settings(vocab_size, int(mask_id), special, float(mask_prob), float(replace_prob),
+                  float(random_prob), budget)
+
+
+def budget_table(mask_prob, length):
+  """int32[L + 1]: Python's round(mask_prob * n) for n maskable tokens (exactly, in float64)."""
+  return np.array([round(mask_prob * n) for n in range(length + 1)], np.int32)
+
+
+def corrupt(seed, tokens, target, settings, replacements):
+  """BERT's corruption of the targets: [MASK] / a random non-special token / unchanged."""
+  length = tokens.shape[-1]
+  decide = prng.bits(seed, prng.DECIDE, (length,)) >> 8  # 24-bit uniforms
+  to_mask = decide < np.uint32(round(settings.replace_prob * (1 << 24)))
+  to_random = ~to_mask & (
+      decide < np.uint32(round((settings.replace_prob + settings.random_prob) * (1 << 24))))
+  n = replacements.shape[0]
+  u = prng.uniform(prng.bits(seed, prng.REPLACE, (length,)))
+  random_tokens = replacements[jnp.minimum((u * n).astype(jnp.int32), n - 1)]
+  corrupted = jnp.where(to_mask, settings.mask_id, jnp.where(to_random, random_tokens, tokens))
+  return jnp.where(target, corrupted, tokens)
+
+
+@jax.tree_util.register_pytree_node_class
+class Masker:
+  """`masker(rng, token_ids, *, sentence_ids=None) -> {"input_ids", "labels", "mask"}`.
+
+  A pytree: its tables are leaves, so a train step can take the masker as a jit argument instead
+  of embedding large tables (informask_online's PMI) as constants when it closes over it.
+  """
+
+  def __init__(self, name, select, tables, settings, options=()):
+    self.name = name
+    self.select = select
+    self.tables = tables
+    self.settings = settings
+    self.options = options  # Hashable (name, value) pairs, for repr and pytree equality.
+
+  def __repr__(self):
+    opts = ", ".join(f"{k}={v!r}" for k, v in self.options)
+    return f"Masker({self.name!r}, {self.settings}{', ' + opts if opts else ''})"
+
+  def tree_flatten(self):
+    return (self.tables,), (self.name, self.select, self.settings, self.options)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    name, select, settings, options = aux
+    return cls(name, select, children[0], settings, options)
+
+  def __call__(self, rng, token_ids, *, sentence_ids=None, with_aux=False):
+    token_ids = jnp.asarray(token_ids)
+    if token_ids.ndim != 2:
+      raise ValueError(f"token_ids must be int[B, L], got shape {token_ids.shape}.")
+    token_ids = token_ids.astype(jnp.int32)
+    batch, length = token_ids.shape
+    if sentence_ids is None:
+      sentence_ids = jnp.zeros_like(token_ids)  # One sentence; specials are excluded anyway.
+    elif jnp.shape(sentence_ids) != token_ids.shape:
+      raise ValueError(f"sentence_ids shape {jnp.shape(sentence_ids)} != token_ids shape "
+                       f"{token_ids.shape}.")
+    seeds = prng.example_seeds(rng, batch)  # (B, 2)
+    settings, select = self.settings, self.select
+    tables = jax.tree.map(jnp.asarray, self.tables)  # numpy tables become (constant) arrays
+    budgets = budget_table(settings.mask_prob, length)
+    special = np.asarray(settings.special_ids, np.int32)
+
+    def one(seed, tokens, sentences):  # (2,), (L,), (L,)
+      maskable = jnp.all(tokens[:, None] != special[None, :], axis=-1)  # (L,)
+      budget = jnp.asarray(budgets)[jnp.sum(maskable)]
+      target, aux = select(tables, seed, tokens, sentences.astype(jnp.int32), maskable, budget)
+      target = target & maskable
+      return {
+          "input_ids": corrupt(seed, tokens, target, settings, tables["replacements"]),
+          "labels": jnp.where(target, tokens, IGNORE_LABEL),
+          "mask": target,
+      }, aux
+
+    out, aux = jax.vmap(one)(seeds, token_ids, jnp.asarray(sentence_ids))
+    return (out, aux) if with_aux else out
+
+
+def replacement_ids(settings):
+  """int32[V - #special]: the tokens a random replacement is drawn from."""
+  keep = np.ones(settings.vocab_size, bool)
+  keep[list(settings.special_ids)] = False
+  return np.flatnonzero(keep).astype(np.int32)
+
+
+def reject_unknown(name, options, allowed):
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    raise ValueError(f"Unknown option(s) {unknown} for masking strategy {name!r}; it takes "
+                     f"{sorted(allowed) or 'no extra options'}.")
+
+
+def as_bool_table(table, vocab_size, what):
+  """A bool[V] per-token table (e.g. `continuation`), validated."""
+  if table is None:
+    raise ValueError(f"{what} is required (bool[{vocab_size}], e.g. from "
+                     "informask_jax.tokenization.continuation_table(tokenizer)).")
+  arr = np.asarray(table)
+  if arr.ndim != 1 or arr.shape[0] < vocab_size:
+    raise ValueError(f"{what} must be bool[{vocab_size}], got shape {arr.shape}.")
+  return arr[:vocab_size].astype(bool)
+

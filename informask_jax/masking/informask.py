@@ -1,0 +1,126 @@
+"""InforMask's efficient variant: targets drawn in proportion to a per-token masking rate.
+
+The rate table float32[V] is precomputed from the corpus (informask_jax.stats) with the
+sample-and-score procedure of `online.py`. Budgets:
+  exact      round(mask_prob * n_maskable) targets drawn without replacement with probability
+             proportional to the rates (Gumbel-top-k in its exponential-race form: the smallest
+             -log(u) / rate win). Zero-rate tokens are drawn last (rate floored at 1e-6 of the max).
+  bernoulli  each token independently with p = rate, rescaled per sequence so that the expected
+             fraction is mask_prob (`rescale=True`), or p = rate as stored (`rescale=False`: the
+             original repository's `rand < prob` with its table already calibrated to ~15%).
+
+Tables: `rates=` a float32[V] array, a `.npy` file (our format), or a `.json` file in the original
+repository's `id_mask_prob.json` format (token id as a string -> rate). Ids missing from a JSON
+table get `missing_rate` ("mean": the mean of the listed rates, so tokens the statistics never saw
+are still masked at a typical rate; 0.0 reproduces the original repository, which never masks them).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from informask_jax.masking import prng, select
+
+MIN_RELATIVE_RATE = 1e-6
+# Exponential-race keys e = -log(u) / w lie in [2**-26, 2**26) for u in (2**-25, 1) and
+# w in [1e-6, 1]; their float32 bit patterns, offset, fit in 29 bits and keep the order.
+_KEY_LO = np.uint32(101 << 23)  # bits of 2.0**-26
+_KEY_HI = np.uint32((153 << 23) - 1)  # just below 2.0**26
+_KEY_BITS = 29
+
+
+def load_rates(rates, vocab_size, missing_rate="mean"):
+  """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid."""
+  if isinstance(rates, str | os.PathLike):
+    path = os.fspath(rates)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"Rate table {path!r} (masking.rates_path) does not exist.")
+    if path.endswith(".npy"):
+      table = np.load(path)
+    elif path.endswith(".json"):
+      table = _rates_from_json(path, vocab_size, missing_rate)
+    else:
+      raise ValueError(f"Rate table {path!r}: expected a .npy or an id_mask_prob-style .json file.")
+    where = f"rate table {path!r}"
+  elif rates is None:
+    raise ValueError("informask needs rates= (float32[V], a .npy or a .json path; config key "
+                     "masking.rates_path).")
+  else:
+    table, where = rates, "rates"
+  table = np.asarray(table, np.float64)
+  if table.shape != (vocab_size,):
+    raise ValueError(f"The {where} has shape {table.shape}; expected ({vocab_size},) "
+                     "(one rate per token id of the vocabulary).")
+  if not np.all(np.isfinite(table)):
+    raise ValueError(f"The {where} has {int(np.sum(~np.isfinite(table)))} non-finite entries.")
+  if np.any(table < 0):
+    raise ValueError(f"The {where} has {int(np.sum(table < 0))} negative entries "
+                     f"(min {table.min():.3g}); rates must be >= 0.")
+  if not np.any(table > 0):
+    raise ValueError(f"The {where} is all zeros.")
+  return table.astype(np.float32)
+
+
+def _rates_from_json(path, vocab_size, missing_rate):
+  with open(path, encoding="utf-8") as f:
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"Rate table {path!r} is not valid JSON: {e}") from None
+  if not isinstance(data, dict) or not data:
+    raise ValueError(f"Rate table {path!r} must be a non-empty JSON object: token id -> rate.")
+  ids, values = [], []
+  for key, value in data.items():
+    try:
+      ids.append(int(key))
+      values.append(float(value))
+    except (TypeError, ValueError):
+      raise ValueError(f"Rate table {path!r}: {key!r}: {value!r} is not id -> rate.") from None
+  ids = np.asarray(ids)
+  if ids.min() < 0 or ids.max() >= vocab_size:
+    bad = ids.max() if ids.max() >= vocab_size else ids.min()
+    raise ValueError(f"Rate table {path!r} has token id {bad} outside the vocabulary "
+                     f"[0, {vocab_size}).")
+  values = np.asarray(values)
+  if missing_rate == "mean":
+    fill = float(np.mean(values))
+  elif isinstance(missing_rate, int | float) and missing_rate >= 0:
+    fill = float(missing_rate)
+  else:
+    raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
+  table = np.full(vocab_size, fill)
+  table[ids] = values
+  return table
+
+
+def make_select(settings, rescale):
+  def select_targets(tables, seed, tokens, sentences, maskable, budget):
+    del sentences
+    length = tokens.shape[-1]
+    u = prng.uniform(prng.bits(seed, prng.SELECT, (length,)))  # (L,)
+    if settings.budget == "bernoulli":
+      rate = jnp.where(maskable, tables["rates"][tokens], 0.0)  # (L,)
+      if rescale:
+        total = jnp.sum(rate)
+        n = jnp.sum(maskable).astype(jnp.float32)
+        rate = rate * jnp.where(total > 0, settings.mask_prob * n / total, 0.0)
+      return maskable & (u < rate), {}
+    # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
+    # position in the low bits (ties between equal floats go to the lower position).
+    race = -jnp.log(u) / tables["weights"][tokens]
+    fbits = jax.lax.bitcast_convert_type(race, jnp.uint32)
+    pb = select.position_bits(length)
+    keys = jnp.clip(fbits, _KEY_LO, _KEY_HI) - _KEY_LO
+    keys = ((keys >> pb) << pb) | jnp.arange(length, dtype=jnp.uint32)
+    target, _ = select.threshold_select(keys, maskable.astype(jnp.int32), budget, _KEY_BITS)
+    return target, {}
+  return select_targets
+
+
+def weights_from_rates(rates):
+  """Rates normalised to max 1 and floored, for the exponential race."""
+  w = rates / rates.max()
+  return np.maximum(w, MIN_RELATIVE_RATE).astype(np.float32)

@@ -1,0 +1,147 @@
+"""InforMask's sample-and-score: K random candidate masks, keep the most informative one.
+
+Informative relevance of a mask M over a sequence x:
+  IR(M) = sum_{i in M} sum_{j not in M, same sentence, j != i} PMI(x_i, x_j)
+which for a 0/1 candidate m is m^T P (1 - m), P[i, j] the pair PMI (0 across sentences, at
+specials and padding). All K candidates are scored with one (K, L) x (L, L) product per sequence.
+
+The PMI comes from a scipy.sparse [V, V] matrix (the statistics module's `pmi.npz`), moved to the
+device as one of:
+  dense   a (R+1, R+1) table over the R tokens that have PMI entries (or the `pmi_vocab_size` of
+          them with the most entries), token id -> row through int32[V] (-1 outside -> the zero
+          row R). Memory R^2 * 4 bytes: 1.0 GiB at R = 16,384, 3.5 GiB at R = 30,522 (bfloat16 via
+          pmi_dtype halves it). Per step the gathered P is B * L^2 * 4 bytes: 256 MiB at 256 x 512.
+  sparse  sorted uint32 keys row * (R+1) + col and float32 values, looked up with searchsorted:
+          8 bytes per non-zero, slower (one binary search per token pair).
+"""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse
+
+from informask_jax.masking import prng, select
+
+PMI_TABLES = ("dense", "sparse")
+
+
+def load_pmi(pmi, vocab_size):
+  """A scipy.sparse COO matrix [V, V] from a matrix or an .npz path; ValueError when invalid."""
+  if pmi is None:
+    raise ValueError("informask_online needs pmi= (a scipy.sparse [V, V] matrix or the path of "
+                     "the statistics module's pmi.npz).")
+  if isinstance(pmi, str | os.PathLike):
+    path = os.fspath(pmi)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"PMI matrix {path!r} does not exist.")
+    try:
+      pmi = scipy.sparse.load_npz(path)
+    except Exception as e:
+      raise ValueError(f"PMI matrix {path!r} is not a scipy.sparse .npz file: {e}") from None
+  if not scipy.sparse.issparse(pmi):
+    pmi = scipy.sparse.coo_matrix(np.asarray(pmi))
+  if pmi.shape != (vocab_size, vocab_size):
+    raise ValueError(f"PMI matrix has shape {pmi.shape}; expected ({vocab_size}, {vocab_size}).")
+  pmi = pmi.tocoo()
+  pmi.sum_duplicates()
+  if not np.all(np.isfinite(pmi.data)):
+    raise ValueError("PMI matrix has non-finite entries.")
+  return pmi
+
+
+def restrict_vocab(pmi, pmi_vocab_size=None):
+  """(row_of int32[V] with -1 outside, R): rows for the tokens with PMI entries, the
+  `pmi_vocab_size` with the most entries (ties: lower id) when given."""
+  vocab_size = pmi.shape[0]
+  nz = pmi.data != 0
+  counts = (np.bincount(pmi.row[nz], minlength=vocab_size)
+            + np.bincount(pmi.col[nz], minlength=vocab_size))
+  ids = np.flatnonzero(counts)
+  if pmi_vocab_size is not None:
+    if isinstance(pmi_vocab_size, bool) or not isinstance(pmi_vocab_size, int | np.integer) \
+        or pmi_vocab_size < 1:
+      raise ValueError(f"pmi_vocab_size must be an integer >= 1, got {pmi_vocab_size!r}.")
+    if ids.size > pmi_vocab_size:
+      order = np.lexsort((ids, -counts[ids]))  # Most entries first, then lower id.
+      ids = np.sort(ids[order[:pmi_vocab_size]])
+  row_of = np.full(vocab_size, -1, np.int32)
+  row_of[ids] = np.arange(ids.size, dtype=np.int32)
+  return row_of, int(ids.size)
+
+
+def build_tables(pmi, *, pmi_vocab_size=None, pmi_table="dense", pmi_dtype="float32"):
+  """Device tables for the PMI lookup (see the module docstring)."""
+  if pmi_table not in PMI_TABLES:
+    raise ValueError(f"pmi_table must be one of {PMI_TABLES}, got {pmi_table!r}.")
+  if pmi_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"pmi_dtype must be 'float32' or 'bfloat16', got {pmi_dtype!r}.")
+  row_of, size = restrict_vocab(pmi, pmi_vocab_size)
+  r, c = row_of[pmi.row], row_of[pmi.col]
+  keep = (r >= 0) & (c >= 0) & (pmi.data != 0)
+  r, c, v = r[keep], c[keep], pmi.data[keep].astype(np.float32)
+  side = size + 1  # Row `size` is the all-zero row for tokens without PMI.
+  tables = {"pmi_row": row_of}
+  if pmi_table == "dense":
+    dense = np.zeros((side, side), np.float32)
+    dense[r, c] = v
+    tables["pmi_dense"] = jnp.asarray(dense, dtype=pmi_dtype)
+  else:
+    if side * side >= 2**32:
+      raise ValueError(f"pmi_table='sparse' supports up to 65,535 PMI rows, got {size}.")
+    keys = r.astype(np.uint64) * side + c
+    order = np.argsort(keys)
+    # A sentinel past every real key keeps the lookup index in range.
+    tables["pmi_keys"] = np.append(keys[order], side * side).astype(np.uint32)
+    tables["pmi_values"] = np.append(v[order], 0.0).astype(np.float32)
+  return tables, size
+
+
+def pair_pmi(tables, rows, size):
+  """(L, L) PMI of every token pair; rows int32[L] with `size` for tokens without PMI."""
+  if "pmi_dense" in tables:
+    return tables["pmi_dense"][rows[:, None], rows[None, :]].astype(jnp.float32)
+  side = size + 1
+  query = rows[:, None].astype(jnp.uint32) * np.uint32(side) + rows[None, :].astype(jnp.uint32)
+  idx = jnp.searchsorted(tables["pmi_keys"], query)
+  hit = tables["pmi_keys"][idx] == query
+  return jnp.where(hit, tables["pmi_values"][idx], 0.0)
+
+
+def informative_relevance(pair, candidates):
+  """IR of each candidate: m^T P (1 - m). pair (L, L) float32; candidates bool[K, L] -> (K,)."""
+  m = candidates.astype(jnp.float32)  # (K, L)
+  outside = (1.0 - m) @ pair.T  # (K, L): sum_j P[i, j] (1 - m_j)
+  return jnp.sum(m * outside, axis=-1)
+
+
+def make_select(settings, num_candidates, size):
+  def select_targets(tables, seed, tokens, sentences, maskable, budget):
+    length = tokens.shape[-1]
+    rows = tables["pmi_row"][tokens]
+    rows = jnp.where(maskable & (rows >= 0), rows, size)  # (L,)
+    same = ((sentences[:, None] == sentences[None, :]) & (sentences[:, None] >= 0)
+            & maskable[:, None] & maskable[None, :] & ~jnp.eye(length, dtype=bool))
+    pair = jnp.where(same, pair_pmi(tables, rows, size), 0.0)  # (L, L)
+    words = prng.bits(seed, prng.CANDIDATES, (num_candidates, length))  # (K, L)
+    if settings.budget == "bernoulli":
+      candidates = maskable[None, :] & (prng.uniform(words) < settings.mask_prob)
+    else:
+      keys, nbits = select.unique_keys(words, length)
+      weights = jnp.broadcast_to(maskable.astype(jnp.int32), keys.shape)
+      candidates, _ = select.threshold_select(keys, weights, jnp.broadcast_to(
+          budget, (num_candidates,)), nbits)
+    scores = informative_relevance(pair, candidates)  # (K,)
+    best = jnp.argmax(scores)
+    return candidates[best], {"candidates": candidates, "scores": scores, "best": best}
+  return select_targets
+
+
+def check_num_candidates(num_candidates):
+  if isinstance(num_candidates, bool) or not isinstance(num_candidates, int | np.integer) or \
+      num_candidates < 1:
+    raise ValueError(f"num_candidates (masking.num_candidates, K) must be an integer >= 1, got "
+                     f"{num_candidates!r}.")
+  if num_candidates > 512:
+    raise ValueError(f"num_candidates={num_candidates} is more than 512; K candidates cost "
+                     "K * L^2 multiply-adds per sequence.")

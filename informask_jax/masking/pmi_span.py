@@ -1,0 +1,185 @@
+"""PMI-Masking (Levine et al., ICLR 2021) and the InforMask repository's bigram variant.
+
+variant="ngram": the sequence is segmented left to right into units by the longest match against
+a vocabulary of high-PMI word n-grams (n = 2..5 words, each stored as its WordPiece tokens, at most
+`max_ngram_tokens`); tokens outside any match form whole-word units. A match must start at a word
+start and end at a word boundary. On device: two 32-bit chained hashes of the token n-grams
+starting at each position (lengths 2..max_ngram_tokens), looked up in the sorted hashes of the
+vocabulary with searchsorted (a false match needs both hashes to collide: ~2**-64 per lookup). The
+greedy left-to-right segmentation is a chain of jumps (each unit start points to the next); its
+starts are found by pointer doubling, log2(L) gathers, with no loop over L.
+
+variant="bigram": the InforMask repository's simpler scheme extends a random start left and right
+while adjacent token pairs are in a high-PMI bigram table; the units it can produce are the maximal
+runs of linked pairs, so those runs are the units here (a "##" piece is always linked to its word,
+so words are never split).
+
+Budget (exact): units are drawn in random order while the token count stays within
+round(mask_prob * n_maskable), then the remaining budget is filled with the next units that fit:
+units are never split and the count never exceeds the budget. Bernoulli: each unit independently
+with probability mask_prob.
+"""
+
+import json
+import logging
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from informask_jax.masking import prng, select
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("ngram", "bigram")
+_SEED1 = np.uint32(0x243F6A88)
+_SEED2 = np.uint32(0x85A308D3)
+_SENTINEL = np.uint32(0xFFFFFFFF)
+
+
+def _read_json_list(value, what):
+  if isinstance(value, str | os.PathLike):
+    path = os.fspath(value)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{what} file {path!r} does not exist.")
+    with open(path, encoding="utf-8") as f:
+      try:
+        value = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{what} file {path!r} is not valid JSON: {e}") from None
+  if value is None:
+    raise ValueError(f"pmi_span needs {what}= (a list of token-id lists or a JSON file of them).")
+  try:
+    return [tuple(int(t) for t in item) for item in value]
+  except (TypeError, ValueError):
+    raise ValueError(f"{what} must be a list of lists of token ids.") from None
+
+
+def hash_ngrams(ngrams):
+  """(h1, h2) uint32 chained hashes of token tuples, as computed on device."""
+  h1 = np.full(len(ngrams), _SEED1, np.uint32)
+  h2 = np.full(len(ngrams), _SEED2, np.uint32)
+  longest = max(len(g) for g in ngrams)
+  padded = np.zeros((len(ngrams), longest), np.uint32)
+  lengths = np.array([len(g) for g in ngrams])
+  for i, g in enumerate(ngrams):
+    padded[i, :len(g)] = g
+  out1, out2 = h1.copy(), h2.copy()
+  for k in range(longest):
+    h1 = prng.mix32(h1 ^ padded[:, k])
+    h2 = prng.mix32(h2 + padded[:, k])
+    done = lengths == k + 1
+    out1[done], out2[done] = h1[done], h2[done]
+  return out1, out2
+
+
+def ngram_tables(ngrams, vocab_size, max_ngram_tokens):
+  ngrams = _read_json_list(ngrams, "ngrams")
+  kept = [g for g in ngrams if 2 <= len(g) <= max_ngram_tokens]
+  if len(kept) < len(ngrams):
+    log.warning("pmi_span: skipped %d n-grams with fewer than 2 or more than %d tokens.",
+                len(ngrams) - len(kept), max_ngram_tokens)
+  if not kept:
+    raise ValueError("pmi_span: the n-gram vocabulary is empty.")
+  flat = np.concatenate([np.asarray(g) for g in kept])
+  if flat.min() < 0 or flat.max() >= vocab_size:
+    raise ValueError(f"pmi_span: n-gram token ids must be in [0, {vocab_size}).")
+  h1, h2 = hash_ngrams(kept)
+  order = np.lexsort((h2, h1))
+  pad = np.array([_SENTINEL, _SENTINEL], np.uint32)
+  return {"ngram_h1": np.concatenate([h1[order], pad]),
+          "ngram_h2": np.concatenate([h2[order], np.zeros(2, np.uint32)])}
+
+
+def bigram_tables(bigrams, vocab_size):
+  pairs = _read_json_list(bigrams, "bigrams")
+  if not pairs:
+    raise ValueError("pmi_span: the bigram table is empty.")
+  if any(len(p) != 2 for p in pairs):
+    raise ValueError("pmi_span: bigrams must be (id, id) pairs.")
+  if vocab_size > 65536:
+    raise ValueError("pmi_span variant='bigram' supports vocabularies up to 65,536 tokens.")
+  arr = np.asarray(pairs, np.int64)
+  if arr.min() < 0 or arr.max() >= vocab_size:
+    raise ValueError(f"pmi_span: bigram token ids must be in [0, {vocab_size}).")
+  keys = np.unique(arr[:, 0] * vocab_size + arr[:, 1]).astype(np.uint32)
+  return {"bigram_keys": np.append(keys, _SENTINEL)}
+
+
+def _lookup(sorted_keys, query):
+  idx = jnp.searchsorted(sorted_keys, query)
+  return sorted_keys[idx] == query
+
+
+def longest_match(tables, tokens, starts, maskable, max_ngram_tokens):
+  """int32[L]: token length of the longest vocabulary n-gram at each word start (0: none)."""
+  length = tokens.shape[-1]
+  pos = jnp.arange(length, dtype=jnp.int32)
+  toks = jnp.concatenate([tokens, jnp.zeros((max_ngram_tokens,), jnp.int32)]).astype(jnp.uint32)
+  # A unit may end before position j when j is past the end, special, or a word start.
+  ends = jnp.concatenate([starts | ~maskable, jnp.ones((max_ngram_tokens + 1,), bool)])
+  run_end = select.next_boundary(~maskable)  # (L,) first special/pad after i
+  h1 = jnp.full((length,), _SEED1)
+  h2 = jnp.full((length,), _SEED2)
+  best = jnp.zeros((length,), jnp.int32)
+  for n in range(1, max_ngram_tokens + 1):  # A loop over n-gram lengths, not over L.
+    t = toks[n - 1:n - 1 + length]
+    h1 = prng.mix32(h1 ^ t)
+    h2 = prng.mix32(h2 + t)
+    if n < 2:
+      continue
+    idx = jnp.searchsorted(tables["ngram_h1"], h1)  # (L,)
+    found = ((tables["ngram_h1"][idx] == h1) & (tables["ngram_h2"][idx] == h2)) | (
+        (tables["ngram_h1"][idx + 1] == h1) & (tables["ngram_h2"][idx + 1] == h2))
+    ok = found & starts & (run_end >= pos + n) & ends[pos + n]
+    best = jnp.where(ok, n, best)
+  return best
+
+
+def greedy_unit_starts(seg_len, maskable):
+  """Starts of the left-to-right segmentation where a unit at i spans seg_len[i] tokens.
+
+  Node i points to i + seg_len[i]; the unit starts are the nodes reachable from 0. With pointer
+  doubling, P holds next^t(0) for t < 2^r after r rounds.
+  """
+  length = seg_len.shape[-1]
+  pos = jnp.arange(length, dtype=jnp.int32)
+  jump = jnp.concatenate([jnp.minimum(pos + jnp.maximum(seg_len, 1), length),
+                          jnp.array([length], jnp.int32)])  # (L + 1,), L absorbs
+  path = jnp.zeros((1,), jnp.int32)
+  for _ in range(int(np.ceil(np.log2(length + 1)))):  # log2(L) rounds.
+    path = jnp.concatenate([path, jump[path]])
+    jump = jump[jump]
+  on_path = jnp.zeros((length + 1,), bool).at[path].set(True)[:length]
+  return on_path & maskable
+
+
+def make_select(settings, variant, max_ngram_tokens):
+  def units_mask(seed, unit_start, maskable, budget):
+    words = prng.bits(seed, prng.UNITS, (unit_start.shape[-1],))
+    if settings.budget == "bernoulli":
+      return select.bernoulli_units(unit_start, maskable, words, settings.mask_prob)
+    return select.select_units(unit_start, maskable, words, budget, fill=True)
+
+  def select_ngram(tables, seed, tokens, sentences, maskable, budget):
+    del sentences
+    starts = select.word_starts(maskable, tables["continuation"][tokens])  # (L,)
+    pos = jnp.arange(tokens.shape[-1], dtype=jnp.int32)
+    word_len = select.next_boundary(starts | ~maskable) - pos
+    match = longest_match(tables, tokens, starts, maskable, max_ngram_tokens)  # (L,)
+    seg_len = jnp.where(starts, jnp.where(match > 0, match, word_len), 1)
+    unit_start = greedy_unit_starts(seg_len, maskable)
+    target = units_mask(seed, unit_start, maskable, budget)
+    return target, {"unit_start": unit_start, "ngram_len": jnp.where(unit_start, match, 0)}
+
+  def select_bigram(tables, seed, tokens, sentences, maskable, budget):
+    del sentences
+    toks = tokens.astype(jnp.uint32)
+    pair = toks[:-1] * np.uint32(settings.vocab_size) + toks[1:]  # (L - 1,)
+    cont_next = tables["continuation"][tokens[1:]]
+    link = maskable[:-1] & maskable[1:] & (_lookup(tables["bigram_keys"], pair) | cont_next)
+    unit_start = maskable & ~jnp.concatenate([jnp.zeros((1,), bool), link])
+    target = units_mask(seed, unit_start, maskable, budget)
+    return target, {"unit_start": unit_start}
+
+  return select_ngram if variant == "ngram" else select_bigram

@@ -1,0 +1,76 @@
+"""Word-level strategies: whole-word masking and SpanBERT's span masking.
+
+Words are derived on device from the `continuation` table (True for WordPiece "##" pieces): a word
+starts at every maskable token that is not a continuation, or that follows a special token.
+
+Budget rule (exact): units are drawn in random order and taken while the token count stays within
+round(mask_prob * n_maskable).
+  whole_word  stops before the budget would be exceeded, then fills the rest with the next units
+              that still fit: words are never split and the count never exceeds the budget.
+  span        cuts the first span that does not fit to the remaining budget, as SpanBERT does:
+              exactly the budget, at the price of one span (possibly one word) cut short.
+
+SpanBERT draws span lengths (in words) from Geometric(p) restricted to 1..max_span_len and
+renormalised (mean 3.8 words for p = 0.2, max 10) and starts spans at random words. Here the word
+sequence is cut into consecutive segments with i.i.d. lengths from that distribution (positions
+of the cuts are random because the lengths are), segments are also cut at special tokens, and
+whole segments are then drawn as units: the same span-length law, computed without a loop.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from informask_jax.masking import prng, select
+
+
+def _units_mask(settings, seed, unit_start, maskable, budget, *, truncate):
+  words = prng.bits(seed, prng.UNITS, (unit_start.shape[-1],))
+  if settings.budget == "bernoulli":
+    return select.bernoulli_units(unit_start, maskable, words, settings.mask_prob)
+  return select.select_units(unit_start, maskable, words, budget, fill=not truncate,
+                             truncate=truncate)
+
+
+def make_whole_word(settings):
+  def select_targets(tables, seed, tokens, sentences, maskable, budget):
+    del sentences
+    starts = select.word_starts(maskable, tables["continuation"][tokens])  # (L,)
+    target = _units_mask(settings, seed, starts, maskable, budget, truncate=False)
+    return target, {"unit_start": starts}
+  return select_targets
+
+
+def span_length_cdf(geometric_p, max_span_len):
+  """CDF of SpanBERT's span length: Geometric(p) on 1..max_span_len, renormalised."""
+  k = np.arange(1, max_span_len + 1)
+  pmf = geometric_p * (1.0 - geometric_p) ** (k - 1)
+  return np.cumsum(pmf / pmf.sum())
+
+
+def check_span_options(geometric_p, max_span_len):
+  if not isinstance(geometric_p, int | float | np.floating) or not 0.0 < geometric_p <= 1.0:
+    raise ValueError(f"geometric_p (masking.span_geometric_p) must be in (0, 1], got "
+                     f"{geometric_p!r}.")
+  if isinstance(max_span_len, bool) or not isinstance(max_span_len, int | np.integer) or \
+      max_span_len < 1:
+    raise ValueError(f"max_span_len (masking.span_max_len) must be an integer >= 1, got "
+                     f"{max_span_len!r}.")
+
+
+def make_span(settings, geometric_p, max_span_len):
+  cdf = span_length_cdf(geometric_p, max_span_len)[:-1].astype(np.float32)
+
+  def select_targets(tables, seed, tokens, sentences, maskable, budget):
+    del sentences
+    length = tokens.shape[-1]
+    starts = select.word_starts(maskable, tables["continuation"][tokens])  # (L,)
+    word_index = select.cumsum(starts.astype(jnp.int32)) - 1  # (L,) index of each token's word
+    u = prng.uniform(prng.bits(seed, prng.LENGTHS, (length,)))
+    span_words = 1 + jnp.sum(u[:, None] > cdf[None, :], axis=-1)  # (L,) i.i.d. span lengths
+    first_word = select.cumsum(span_words) - span_words  # (L,) word index where span k begins
+    begins = jnp.zeros((length,), bool).at[first_word].set(True, mode="drop")
+    prev = jnp.concatenate([jnp.zeros((1,), bool), maskable[:-1]])
+    unit_start = starts & (begins[jnp.clip(word_index, 0, length - 1)] | ~prev)
+    target = _units_mask(settings, seed, unit_start, maskable, budget, truncate=True)
+    return target, {"unit_start": unit_start, "word_start": starts}
+  return select_targets
