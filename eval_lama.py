@@ -1,0 +1,51 @@
+"""LAMA factual-recall probe of a masked language model.
+
+  python eval_lama.py --model M --data_dir D [--protocol lama|informask] [--common_vocab FILE]
+      [--batch_size N] [--backend torch|flax] [--out DIR]
+
+M: an exported Hugging Face directory, a hub name, or a training workdir. D: LAMA's unzipped
+data.zip. The logic lives in `informask_jax/lama.py`; this file only parses flags.
+"""
+
+import argparse
+import logging
+
+from informask_jax import lama
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--model", required=True,
+                 help="Exported Hugging Face directory, hub name, or training workdir.")
+  p.add_argument("--data_dir", required=True, help="Folder with LAMA's data.zip layout.")
+  p.add_argument("--protocol", default="lama", choices=lama.PROTOCOLS,
+                 help="lama: the LAMA paper's; informask: the InforMask repository's.")
+  p.add_argument("--common_vocab", default=None,
+                 help="Word list (e.g. LAMA's common_vocab_cased.txt, or InforMask's "
+                      "vocab_merged.txt for --protocol informask).")
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--backend", default="torch", choices=lama.BACKENDS)
+  p.add_argument("--device", default=None, help="torch device (default: cuda if available).")
+  p.add_argument("--use_masked_sentences", action="store_true",
+                 help="lama protocol: ask T-REx / Google-RE with masked sentences, not templates.")
+  p.add_argument("--step", type=int, default=None, help="Checkpoint step of a training workdir.")
+  p.add_argument("--limit", type=int, default=0, help="Read at most N lines per file (0: all).")
+  p.add_argument("--out", default=None, help="Write results.csv, summary.json, run.json here.")
+  p.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> lama.Report:
+  args = parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  report = lama.evaluate(
+      args.model, args.data_dir, protocol=args.protocol, common_vocab=args.common_vocab,
+      batch_size=args.batch_size, out_dir=args.out, backend=args.backend, device=args.device,
+      use_masked_sentences=args.use_masked_sentences, step=args.step, limit=args.limit,
+      progress=not args.no_progress)
+  print(report.table)
+  return report
+
+
+if __name__ == "__main__":
+  main()
