@@ -125,21 +125,29 @@ def chunk_pair_counts(chunk: chunks_lib.Chunk, rows: np.ndarray, num_rows: int, 
   if window > 0:
     return _window_pairs(r, sentence, word, window, shape)
   keep = r >= 0
-  rk = r[keep]
-  ones = np.ones(rk.size, dtype=np.int64)
+  rk, sk = r[keep], sentence[keep]
   n_sent = int(sentence[-1]) + 1 if sentence.size else 0
-  s = sp.csr_matrix((ones, (sentence[keep], rk)), shape=(n_sent, num_rows))  # (S, R)
-  counts = (s.T @ s).tocsr()  # (R, R), includes i == j
+  # int32 products are faster and exact while no entry can reach 2^31: an entry is at most
+  # sum over sentences of n_s^2 <= (longest sentence) * (tokens).
+  longest = int(np.bincount(sk).max()) if sk.size else 0
+  dtype = np.int32 if longest * max(rk.size, 1) < 2**31 else np.int64
+  ones = np.ones(rk.size, dtype=dtype)
+  s = sp.csr_matrix((ones, (sk, rk)), shape=(n_sent, num_rows))  # (S, R) token counts
+  counts = s.T.tocsr() @ s  # (R, R), includes i == j
   if whole_words:
     n_words = int(word[-1]) + 1 if word.size else 0
     w = sp.csr_matrix((ones, (word[keep], rk)), shape=(n_words, num_rows))  # (W, R)
-    counts = counts - (w.T @ w).tocsr()  # same-word pairs, i == j included
+    counts = counts - w.T.tocsr() @ w  # same-word pairs, i == j included
   else:
-    counts = counts - sp.diags(np.bincount(rk, minlength=num_rows).astype(np.int64), format="csr",
-                               dtype=np.int64)
+    # Remove the i == j pairs in place: every token present has its diagonal entry.
+    row = np.repeat(np.arange(num_rows, dtype=np.int32), np.diff(counts.indptr))
+    diag = np.flatnonzero(counts.indices == row)
+    counts.data[diag] -= np.bincount(rk, minlength=num_rows).astype(dtype)[row[diag]]
+  # The product's column indices come out unsorted; the table is symmetric, so its transpose
+  # converted back to CSR is the same table with sorted indices (a linear-time pass).
+  counts = counts.T.tocsr().astype(np.int64)
   counts.eliminate_zeros()
-  counts.sort_indices()
-  return counts.astype(np.int64)
+  return counts
 
 
 def _window_pairs(r, sentence, word, window, shape):
@@ -162,10 +170,31 @@ def _window_pairs(r, sentence, word, window, shape):
     active = active[active + d < n]
   a = np.concatenate(left) if left else np.zeros(0, np.int32)
   b = np.concatenate(right) if right else np.zeros(0, np.int32)
-  ones = np.ones(2 * a.size, dtype=np.int64)
-  counts = sp.csr_matrix((ones, (np.concatenate([a, b]), np.concatenate([b, a]))), shape=shape)
-  counts.sum_duplicates()
-  return counts
+  return _table_from_pairs(a, b, shape[0])
+
+
+def _table_from_pairs(a: np.ndarray, b: np.ndarray, num_rows: int) -> sp.csr_matrix:
+  """Ordered counts C from unordered position pairs (a_k, b_k): C = U + U^T, U upper triangular.
+
+  Keys min * R + max sort into row-major order, so the unique keys are U in canonical CSR form
+  (uint32 keys while R^2 fits: NumPy's SIMD sort is fastest on them).
+  """
+  lo, hi = np.minimum(a, b), np.maximum(a, b)
+  dtype = np.uint32 if num_rows * num_rows < 2**32 else np.uint64
+  keys = np.sort(lo.astype(dtype) * dtype(num_rows) + hi.astype(dtype))
+  if keys.size:
+    first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    counts = np.diff(np.append(first, keys.size)).astype(np.int64)
+    keys = keys[first]
+  else:
+    counts = np.zeros(0, np.int64)
+  rows = (keys // dtype(num_rows)).astype(np.int64)
+  indptr = np.searchsorted(rows, np.arange(num_rows + 1))
+  upper = sp.csr_matrix((counts, (keys % dtype(num_rows)).astype(np.int32), indptr),
+                        shape=(num_rows, num_rows))
+  table = (upper + upper.T.tocsr()).tocsr()
+  table.sort_indices()
+  return table
 
 
 @dataclasses.dataclass

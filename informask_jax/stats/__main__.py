@@ -1,0 +1,45 @@
+"""Corpus statistics from the command line.
+
+  python -m informask_jax.stats build --config configs/informask.py:tiny [--config.stats.window=10]
+      Builds every statistic of the config's corpus (or --what=pmi,rates) into its cache
+      directory and prints that directory as the last line.
+  python -m informask_jax.stats report DIR [--out FILE.png]
+      Writes a PNG (masking rate vs frequency rank, highest- and lowest-rate tokens) and a text
+      summary (printed, and saved beside the PNG).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from informask_jax.stats import artifacts, build, report
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
+_WHAT = flags.DEFINE_list("what", list(artifacts.STAGES),
+                          f"build: stages to (re)build, from {list(artifacts.STAGES)}.")
+_OUT = flags.DEFINE_string("out", "", "report: PNG path (default DIR/report.png).")
+
+_USAGE = ("usage: python -m informask_jax.stats build --config CONFIG[:VARIANT] [--config.x=y]\n"
+          "       python -m informask_jax.stats report DIR [--out FILE.png]")
+
+
+def main(argv):
+  if len(argv) < 2 or argv[1] not in ("build", "report"):
+    raise app.UsageError(_USAGE)
+  if argv[1] == "build":
+    if len(argv) != 2:
+      raise app.UsageError(f"build takes no positional arguments, got {argv[2:]}.\n{_USAGE}")
+    if _CONFIG.value is None:
+      raise app.UsageError(f"build needs --config.\n{_USAGE}")
+    directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value))
+    print(directory)
+    return
+  if len(argv) != 3:
+    raise app.UsageError(f"report takes one directory.\n{_USAGE}")
+  png, text = report.write_report(argv[2], _OUT.value or None)
+  print(text)
+  print(f"wrote {png} and {png.with_suffix('.txt')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,147 @@
+"""A picture and a short summary of a statistics directory: how the masking rates depend on token
+frequency, and which tokens InforMask masks most and least."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from informask_jax.stats import artifacts as art
+
+TOP = 30
+
+
+def _token_names(directory: pathlib.Path, meta: dict, vocab_size: int) -> list[str]:
+  """Token strings from the directory's vocab.txt when it verifies, else "#id"."""
+  path = directory / art.VOCAB
+  if path.exists() and not art.verify_files(directory, meta, [art.VOCAB]):
+    names = path.read_text(encoding="utf-8").split("\n")[:vocab_size]
+    if len(names) == vocab_size:
+      return names
+  return [f"#{i}" for i in range(vocab_size)]
+
+
+def summarize(directory) -> tuple[str, dict]:
+  """The summary text and the numbers the figure uses."""
+  from scipy import stats as sstats
+
+  directory = pathlib.Path(directory).expanduser()
+  a = art.load_artifacts(directory, tokenizer_fingerprint=None, vocab_size=None)
+  if a.rates is None or a.unigram_counts is None:
+    raise ValueError(f"{directory} has no masking rates yet; build them with `python -m "
+                     "informask_jax.stats build --config ...`.")
+  meta, v = a.meta, a.vocab_size
+  names = _token_names(directory, meta, v)
+  specials = set(meta.get("special_ids", {}).values())
+  counts, rates = a.unigram_counts, a.rates.astype(np.float64)
+  min_count = int(meta["params"].get("min_count", 1))
+  seen = np.array([i for i in np.flatnonzero(counts > 0) if i not in specials])
+  by_freq = seen[np.lexsort((seen, -counts[seen]))]  # rank 1 = most frequent
+  frequent = by_freq[counts[by_freq] >= min_count]
+  ranked = frequent[np.lexsort((frequent, -rates[frequent]))]
+  rho = sstats.spearmanr(rates[by_freq], np.log(counts[by_freq])).statistic
+  c = meta.get("counts", {})
+  mask_prob = float(meta["params"]["mask_prob"])
+
+  def fmt(ids):
+    return ", ".join(f"{names[i]} {rates[i]:.3f}" for i in ids)
+
+  lines = [
+      f"Statistics: {directory}",
+      f"corpus {meta['corpus_fingerprint']}  tokenizer {meta['tokenizer_fingerprint']}  "
+      f"vocab {v}",
+      f"tokens {c.get('num_tokens', '?')}  sentences {c.get('num_sentences', '?')}  "
+      f"documents {c.get('num_documents', '?')}",
+      f"PMI vocabulary {c.get('pmi_vocab_size', '?')} tokens, {c.get('pmi_nnz', '?')} table "
+      f"entries (max {c.get('pmi_max', float('nan')):.2f})",
+      f"rates from {c.get('rate_sequences', '?')} sequences: sampled target share "
+      f"{c.get('rate_sample_fraction', float('nan')):.4f}, corpus-level expected share "
+      f"{art_expected(rates, counts, specials):.4f} (mask_prob {mask_prob})",
+      f"rate over tokens seen >= {min_count} times: min {rates[frequent].min():.4f}  median "
+      f"{np.median(rates[frequent]):.4f}  max {rates[frequent].max():.4f}",
+      f"Spearman(rate, log frequency) = {rho:.3f} over {by_freq.size} tokens",
+      f"10 most frequent: {fmt(by_freq[:10])}",
+      f"highest rates: {fmt(ranked[:10])}",
+      f"lowest rates: {fmt(ranked[::-1][:10])}",
+  ]
+  if a.ngrams is not None:
+    per = c.get("ngrams_per_length", {})
+    lengths = ", ".join(f"{n}-grams {k}" for n, k in per.items())
+    lines.append(f"n-gram vocabulary {len(a.ngrams)} ({lengths}), bigram table {len(a.bigrams)}")
+    lines.append("top n-grams: " + " | ".join(_join(names, g) for g in a.ngrams[:8]))
+  params = meta["params"]
+  pmi_end = (int(params.get("drop_top_k", 0)) + int(c["pmi_vocab_size"])
+             if "pmi_vocab_size" in c else 0)
+  numbers = dict(pmi_end=pmi_end, names=names, counts=counts, rates=rates, by_freq=by_freq,
+                 ranked=ranked, mask_prob=mask_prob, min_count=min_count, rho=rho)
+  return "\n".join(lines), numbers
+
+
+def art_expected(rates, counts, specials) -> float:
+  w = counts.astype(np.float64).copy()
+  w[list(specials)] = 0
+  return float(rates @ w / max(w.sum(), 1))
+
+
+def _join(names, ids) -> str:
+  out = ""
+  for i in ids:
+    name = names[i]
+    out += name[2:] if name.startswith("##") else (" " + name if out else name)
+  return out
+
+
+def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
+  """Writes the PNG (default DIR/report.png) and the summary next to it (.txt); returns both."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  directory = pathlib.Path(directory).expanduser()
+  text, n = summarize(directory)
+  out_png = pathlib.Path(out_png) if out_png else directory / "report.png"
+  out_png.parent.mkdir(parents=True, exist_ok=True)
+  names, counts, rates, by_freq, ranked = (n["names"], n["counts"], n["rates"], n["by_freq"],
+                                           n["ranked"])
+
+  fig = plt.figure(figsize=(15, 12), constrained_layout=True)
+  grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.5])
+  ax = fig.add_subplot(grid[0, :])
+  rank = np.arange(1, by_freq.size + 1)
+  ax.scatter(rank, rates[by_freq], s=3, alpha=0.35, color="tab:blue", label="token")
+  # Running median over log-spaced rank bins, to show the trend under the cloud.
+  edges = np.unique(np.geomspace(1, by_freq.size + 1, 40).astype(int))
+  mids, meds = [], []
+  for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    mids.append(np.sqrt(lo * hi))
+    meds.append(np.median(rates[by_freq[lo - 1:hi - 1]]))
+  ax.plot(mids, meds, color="tab:orange", lw=2, label="median per rank bin")
+  ax.axhline(n["mask_prob"], color="gray", ls="--", lw=1, label=f"mask_prob {n['mask_prob']}")
+  if n["pmi_end"]:
+    ax.axvline(n["pmi_end"], color="tab:purple", ls=":", lw=1.5,
+               label="end of the PMI vocabulary (no PMI beyond: rates fall)")
+  ax.set_xscale("log")
+  ax.set_xlabel("token frequency rank (1 = most frequent)")
+  ax.set_ylabel("masking rate")
+  ax.set_title(f"InforMask masking rate vs frequency rank "
+               f"(Spearman rate~log freq = {n['rho']:.2f})")
+  ax.legend(loc="upper left")
+
+  for col, (ids, title, color) in enumerate((
+      (ranked[:TOP], f"{TOP} highest rates (tokens seen >= {n['min_count']}x)", "tab:red"),
+      (ranked[::-1][:TOP], f"{TOP} lowest rates (tokens seen >= {n['min_count']}x)",
+       "tab:green"))):
+    ax = fig.add_subplot(grid[1, col])
+    y = np.arange(len(ids))[::-1]
+    ax.barh(y, rates[ids], color=color, alpha=0.8)
+    ax.set_yticks(y, [f"{names[i]}  ({counts[i]})" for i in ids], fontsize=8)
+    ax.axvline(n["mask_prob"], color="gray", ls="--", lw=1)
+    ax.set_xlabel("masking rate")
+    ax.set_title(title)
+  fig.suptitle(f"Statistics {directory.name}", fontsize=10)
+  fig.savefig(out_png, dpi=110)
+  plt.close(fig)
+  out_png.with_suffix(".txt").write_text(text + "\n")
+  return out_png, text
