@@ -222,7 +222,7 @@ class PairAccumulator:
 
   def __init__(self, num_rows: int, *, memory_cap_mb: float, spill_dir: str | None = None):
     self.num_rows = num_rows
-    self.cap_bytes = max(1.0, float(memory_cap_mb)) * 2**20
+    self.cap_bytes = max(float(memory_cap_mb), 1e-6) * 2**20
     self.spill_dir = spill_dir
     self.total: sp.csr_matrix | None = None
     self.pending: list[sp.csr_matrix] = []

@@ -125,7 +125,7 @@ class KeyCounter:
   _PARTITIONS = 16
 
   def __init__(self, *, memory_cap_mb: float, spill_dir: str | None = None):
-    self.cap_bytes = max(1.0, float(memory_cap_mb)) * 2**20
+    self.cap_bytes = max(float(memory_cap_mb), 1e-6) * 2**20
     self.spill_dir = spill_dir
     self.keys = np.zeros(0, np.uint64)
     self.counts = np.zeros(0, np.int64)

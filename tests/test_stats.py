@@ -1,0 +1,549 @@
+"""Tests for informask_jax.stats: counts and PMI against brute-force Python, chunked / spilled /
+parallel counting against one pass, planted collocations, masking rates, the cached artifacts and
+their errors."""
+
+import collections
+import itertools
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from configs import base
+from informask_jax import stats
+from informask_jax.stats import artifacts, chunks, counting, ngrams, rates
+from informask_jax.stats import pmi as pmi_lib
+
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+SPECIALS = (PAD, UNK, CLS, SEP, MASK)
+V = 300
+N_CONT = 40  # ids V - 40 .. V - 1 are "##" pieces
+CONT = np.zeros(V, bool)
+CONT[V - N_CONT:] = True
+# Planted words; "york" and "states" are two WordPiece pieces each.
+NEW, YORK, UNITED, STATES, OF, AMERICA = [10], [11, V - 1], [12], [13, V - 2], [14], [15]
+
+
+def synthetic_docs(num_docs, seed=0, planted=True, max_sentences=5):
+  """Zipfian filler words (10% with a "##" piece), a few [UNK]s, and planted phrases."""
+  rng = np.random.default_rng(seed)
+  fill = np.arange(20, V - N_CONT)
+  p = 1.0 / np.arange(1, fill.size + 1)
+  p /= p.sum()
+  docs = []
+  for _ in range(num_docs):
+    ids, sids = [], []
+    for s in range(int(rng.integers(1, max_sentences + 1))):
+      words = [[int(w)] for w in rng.choice(fill, int(rng.integers(3, 18)), p=p)]
+      for w in words:
+        if rng.random() < 0.1:
+          w.append(int(rng.integers(V - N_CONT, V - 2)))
+      if planted:
+        if rng.random() < 0.3:
+          words.insert(int(rng.integers(0, len(words) + 1)), NEW + YORK)
+        if rng.random() < 0.2:
+          words.insert(int(rng.integers(0, len(words) + 1)), UNITED + STATES + OF + AMERICA)
+        if rng.random() < 0.3:  # "new" and "of" also occur on their own
+          words.insert(int(rng.integers(0, len(words) + 1)), NEW if rng.random() < 0.5 else OF)
+      if rng.random() < 0.05:
+        words.append([UNK])
+      for w in words:
+        ids += w
+        sids += [s] * len(w)
+    docs.append((np.array(ids, np.int32), np.array(sids, np.int32)))
+  return docs
+
+
+def word_positions(ids, sids):
+  pos, k = [], -1
+  for i, t in enumerate(ids):
+    if i == 0 or sids[i] != sids[i - 1] or not CONT[t]:
+      k += 1
+    pos.append(k)
+  return pos
+
+
+def brute_pairs(docs, vocab, *, window=0, whole_words=False):
+  """Ordered pair counts by definition: every (i, j), i != j, same sentence (and window)."""
+  vs = set(int(v) for v in vocab)
+  c = collections.Counter()
+  for ids, sids in docs:
+    ids, sids = ids.tolist(), sids.tolist()
+    pos = word_positions(ids, sids) if whole_words else list(range(len(ids)))
+    for i, j in itertools.permutations(range(len(ids)), 2):
+      if sids[i] != sids[j] or ids[i] not in vs or ids[j] not in vs:
+        continue
+      dist = abs(pos[i] - pos[j])
+      if (whole_words and dist == 0) or (window and dist > window):
+        continue
+      c[(ids[i], ids[j])] += 1
+  return c
+
+
+def brute_pmi(pairs, *, min_pair_count, alpha, positive_only):
+  total = sum(pairs.values())
+  m = collections.Counter()
+  for (x, _), n in pairs.items():
+    m[x] += n
+  z = sum(float(v) ** alpha for v in m.values())
+  out = {}
+  for (x, y), n in pairs.items():
+    if (n // 2 if x == y else n) < min_pair_count:
+      continue
+    v = (math.log(n) - math.log(total) - math.log(float(m[x]) ** alpha / z)
+         - math.log(float(m[y]) ** alpha / z))
+    if positive_only and v <= 0:
+      continue
+    out[(x, y)] = v
+  return out
+
+
+def to_dict(table):
+  coo = table.tocoo()
+  return {(int(r), int(c)): v for r, c, v in zip(coo.row, coo.col, coo.data, strict=True)}
+
+
+# --- Counts and PMI against brute force --------------------------------------------------------
+
+
+def test_select_pmi_vocab_orders_by_count_and_drops():
+  counts = np.array([50, 9, 9, 0, 1, 7, 7, 3, 2, 100])  # ids 0..4 are specials
+  got = counting.select_pmi_vocab(counts, special_ids=SPECIALS, size=3, min_count=3)
+  np.testing.assert_array_equal(got, [9, 5, 6])  # by count, ties by id, specials out
+  got = counting.select_pmi_vocab(counts, special_ids=SPECIALS, size=10, min_count=3,
+                                  drop_top_k=1)
+  np.testing.assert_array_equal(got, [5, 6, 7])
+
+
+@pytest.mark.parametrize("window,whole_words,alpha,positive_only,min_pair_count", [
+    (0, False, 1.0, True, 1),
+    (0, False, 0.75, False, 2),
+    (3, False, 1.0, True, 1),
+    (0, True, 1.0, False, 1),
+    (2, True, 0.75, True, 2),
+])
+def test_pmi_equals_bruteforce(window, whole_words, alpha, positive_only, min_pair_count):
+  docs = synthetic_docs(40, seed=1)
+  uni = counting.count_unigrams(docs, V)
+  vocab = counting.select_pmi_vocab(uni.counts, special_ids=SPECIALS, size=60, min_count=2)
+  pairs = counting.count_pairs(docs, vocab, vocab_size=V, window=window, whole_words=whole_words,
+                               continuation=CONT, min_pair_count=min_pair_count)
+  ref = brute_pairs(docs, vocab, window=window, whole_words=whole_words)
+  # Counts: exact, before pruning (marginals, total) and after.
+  assert pairs.total == sum(ref.values())
+  marg = collections.Counter()
+  for (x, _), n in ref.items():
+    marg[x] += n
+  np.testing.assert_array_equal(pairs.marginals, [marg[int(t)] for t in vocab])
+  kept = {k: n for k, n in ref.items() if (n // 2 if k[0] == k[1] else n) >= min_pair_count}
+  got = {(int(vocab[r]), int(vocab[c])): n for (r, c), n in to_dict(pairs.counts).items()}
+  assert got == kept
+  # PMI: computed in float64 like the reference, equal once both are rounded to float32.
+  table = pmi_lib.pmi_table(pairs, vocab_size=V, context_alpha=alpha,
+                            positive_only=positive_only)
+  want = brute_pmi(ref, min_pair_count=min_pair_count, alpha=alpha, positive_only=positive_only)
+  got = to_dict(table)
+  assert set(got) == set(want) and len(want) > 50
+  keys = sorted(want)
+  np.testing.assert_array_equal(np.array([got[k] for k in keys], np.float32),
+                                np.array([want[k] for k in keys], np.float32))
+  assert table.dtype == np.float32 and (table != table.T).nnz == 0
+  if positive_only:
+    assert table.data.min() > 0
+  else:
+    assert table.data.min() < 0
+
+
+def test_chunked_spilled_and_parallel_counts_equal_one_pass(monkeypatch):
+  docs = synthetic_docs(600, seed=2)
+  uni = counting.count_unigrams(docs, V, chunk_tokens=10**9)
+  uni_chunked = counting.count_unigrams(docs, V, chunk_tokens=300)
+  np.testing.assert_array_equal(uni.counts, uni_chunked.counts)
+  assert (uni.num_sentences, uni.num_documents) == (uni_chunked.num_sentences, 600)
+  vocab = counting.select_pmi_vocab(uni.counts, special_ids=SPECIALS, size=200, min_count=1)
+  kw = dict(vocab_size=V, min_pair_count=2, window=0)
+  one = counting.count_pairs(docs, vocab, chunk_tokens=10**9, **kw)
+  variants = {
+      "chunked": dict(chunk_tokens=500),
+      # A cap far below the table's size: partial tables spill and merge in row blocks.
+      "spilled": dict(chunk_tokens=500, memory_cap_mb=0.05),
+      "parallel": dict(chunk_tokens=500, num_workers=2, shard_tokens=2000, memory_cap_mb=0.1),
+  }
+  spills = collections.Counter()
+  spill = counting.PairAccumulator.spill
+  monkeypatch.setattr(counting.PairAccumulator, "spill",
+                      lambda self: (spills.update([name]), spill(self)))
+  for name, extra in variants.items():
+    other = counting.count_pairs(docs, vocab, **kw, **extra)
+    assert other.total == one.total, name
+    np.testing.assert_array_equal(other.marginals, one.marginals, err_msg=name)
+    assert (other.counts != one.counts).nnz == 0, name
+    assert other.num_tokens == one.num_tokens == uni.num_tokens, name
+  assert spills["spilled"] >= 2 and not spills["chunked"]
+
+
+def test_accumulator_spills_above_cap_and_merges_exactly():
+  rng = np.random.default_rng(3)
+  tables = [sp.random(50, 50, density=0.3, random_state=rng, format="csr",
+                      data_rvs=lambda n: rng.integers(1, 5, n)).astype(np.int64)
+            for _ in range(6)]
+  tables = [(t + t.T).tocsr() for t in tables]
+  acc = counting.PairAccumulator(50, memory_cap_mb=0.005)  # ~5 KB: spills every table
+  for t in tables:
+    acc.add(t)
+  assert len(acc.spills) >= 3
+  out = acc.finalize(np.arange(50), min_pair_count=1)
+  want = sum(tables[1:], tables[0])
+  assert (out.counts != want).nnz == 0
+  np.testing.assert_array_equal(out.marginals, np.asarray(want.sum(axis=1)).ravel())
+
+
+def test_too_small_corpus_errors():
+  docs = [(np.array([20, 21, 22]), np.array([0, 1, 2]))]  # three one-token sentences
+  pairs = counting.count_pairs(docs, np.array([20, 21, 22]), vocab_size=V, min_pair_count=1)
+  with pytest.raises(ValueError, match="min_pair_count=1"):
+    pmi_lib.pmi_table(pairs, vocab_size=V)
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    counting.count_unigrams([(np.array([5, V]), np.array([0, 0]))], V)
+  with pytest.raises(ValueError, match="ngram_min_count=5"):
+    ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                             size=10, min_count=5)
+
+
+# --- N-grams -------------------------------------------------------------------------------------
+
+
+def brute_word_ngrams(docs, max_n=5):
+  """Word n-gram counts (within sentences, no word holding a special) by definition."""
+  counts = collections.Counter()
+  for ids, sids in docs:
+    ids, sids = ids.tolist(), sids.tolist()
+    pos = word_positions(ids, sids)
+    words, sent = [], []
+    for i, t in enumerate(ids):
+      if i == 0 or pos[i] != pos[i - 1]:
+        words.append([])
+        sent.append(sids[i])
+      words[-1].append(t)
+    words = [tuple(w) for w in words]
+    for n in range(1, max_n + 1):
+      for i in range(len(words) - n + 1):
+        span = words[i:i + n]
+        if len(set(sent[i:i + n])) == 1 and not any(t in SPECIALS for w in span for t in w):
+          counts[tuple(span)] += 1
+  return counts
+
+
+def test_ngram_scores_equal_bruteforce():
+  docs = synthetic_docs(200, seed=4)
+  min_count = 3
+  counts = ngrams.count_ngrams(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                               min_count=min_count)
+  scored = ngrams.score_ngrams(docs, counts, continuation=CONT, special_ids=SPECIALS)
+  ref = brute_word_ngrams(docs)
+  totals = collections.Counter()
+  for g, c in ref.items():
+    totals[len(g)] += c
+  want = {}
+  for g, c in ref.items():
+    n = len(g)
+    if n < 2 or c < min_count:
+      continue
+    best = max(sum(math.log(ref[g[a:b]]) - math.log(totals[b - a]) for a, b in seg)
+               for seg in ngrams.segmentations(n))
+    want[tuple(t for w in g for t in w)] = (math.log(c) - math.log(totals[n]) - best, c)
+  got = {t: (s, c) for t, s, c in zip(scored.tokens, scored.scores, scored.counts, strict=True)}
+  assert set(got) == set(want) and len(want) > 100
+  for k, (s, c) in want.items():
+    assert got[k][1] == c
+    assert got[k][0] == pytest.approx(s, rel=1e-12, abs=1e-12)
+  assert len(ngrams.segmentations(5)) == 15
+
+
+def test_planted_collocations_rank_first():
+  docs = synthetic_docs(1500, seed=5)
+  vocab = ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                                   size=400, min_count=5)
+  new_york, usa = NEW + YORK, UNITED + STATES + OF + AMERICA
+  by_len = {n: [g for g, k in zip(vocab.ngrams, vocab.lengths, strict=True) if k == n]
+            for n in (2, 3, 4, 5)}
+  # Each planted phrase is the best of its length; its sub-phrases follow closely.
+  assert by_len[2][0] in (new_york, UNITED + STATES)
+  assert new_york in by_len[2][:4]
+  assert by_len[4][0] == usa
+  assert usa in vocab.ngrams[:8] and new_york in vocab.ngrams[:8]
+  # Proportions: 50 / 25 / 12.5 / 12.5 % of the size at most, every prefix roughly so.
+  assert [len(by_len[n]) <= q for n, q in ngrams.quotas(400).items()] == [True] * 4
+  assert len(by_len[2]) == 200
+  head = vocab.lengths[:100]
+  assert 40 <= np.sum(head == 2) <= 60
+  # The bigram table (token pairs) holds the planted adjacent pairs near its top.
+  top = [tuple(p) for p in vocab.bigrams[:8].tolist()]
+  assert (NEW[0], YORK[0]) in top and (YORK[0], YORK[1]) in top and (OF[0], AMERICA[0]) in top
+
+
+def test_ngram_counts_parallel_and_spilled_equal_one_pass(monkeypatch):
+  docs = synthetic_docs(400, seed=6)
+  kw = dict(vocab_size=V, special_ids=SPECIALS, continuation=CONT, min_count=2)
+  one = ngrams.count_ngrams(docs, chunk_tokens=10**9, **kw)
+  spills = []
+  spill = ngrams.KeyCounter.spill
+  monkeypatch.setattr(ngrams.KeyCounter, "spill", lambda self: (spills.append(1), spill(self)))
+  for extra in (dict(chunk_tokens=2000, memory_cap_mb=0.5),
+                dict(chunk_tokens=2000, num_workers=2, shard_tokens=4000)):
+    other = ngrams.count_ngrams(docs, **kw, **extra)
+    np.testing.assert_array_equal(other.keys, one.keys)
+    np.testing.assert_array_equal(other.counts, one.counts)
+    np.testing.assert_array_equal(other.pair_keys, one.pair_keys)
+    np.testing.assert_array_equal(other.pair_counts, one.pair_counts)
+    np.testing.assert_array_equal(other.positions, one.positions)
+  assert spills  # the capped run did go through disk
+
+
+# --- Rates ---------------------------------------------------------------------------------------
+
+
+def test_rates_rescale_to_mask_prob_and_smooth():
+  rng = np.random.default_rng(7)
+  seen = rng.integers(0, 400, V).astype(np.int64)
+  seen[list(SPECIALS)] = 0
+  chosen = rng.binomial(seen, rng.uniform(0.05, 0.4, V))
+  unigram = seen * 3 + rng.integers(0, 5, V)
+  r = rates.finalize_rates(chosen, seen, unigram_counts=unigram, special_ids=SPECIALS,
+                           mask_prob=0.15, smoothing=10.0)
+  assert r.dtype == np.float32 and r.shape == (V,)
+  assert rates.expected_fraction(r, unigram, SPECIALS) == pytest.approx(0.15, abs=1e-6)
+  assert np.all(r[list(SPECIALS)] == 0)
+  # Rank order of the smoothed rates is the raw order for well-observed tokens.
+  well = np.flatnonzero(seen > 300)
+  raw = chosen[well] / seen[well]
+  assert np.corrcoef(np.argsort(np.argsort(raw)), np.argsort(np.argsort(r[well])))[0, 1] > 0.99
+  # A token never seen gets the mean rate (times the rescale factor), not 0.
+  seen2, chosen2 = seen.copy(), chosen.copy()
+  seen2[50] = chosen2[50] = 0
+  r2 = rates.finalize_rates(chosen2, seen2, unigram_counts=unigram, special_ids=SPECIALS,
+                            mask_prob=0.15, smoothing=10.0)
+  mean = chosen2.sum() / seen2.sum()
+  w = well[0]
+  scale = r2[w] / ((chosen2[w] + 10 * mean) / (seen2[w] + 10))
+  assert r2[50] == pytest.approx(scale * mean, rel=1e-5)
+  # Extreme rates are clipped at 1 and the mean is still met.
+  chosen3 = chosen.copy()
+  chosen3[30] = seen[30] = 400
+  unigram3 = unigram.copy()
+  unigram3[30] = unigram.sum() // 10
+  r3 = rates.finalize_rates(chosen3, seen, unigram_counts=unigram3, special_ids=SPECIALS,
+                            mask_prob=0.3, smoothing=0.0)
+  assert r3.max() <= 1.0 and r3[30] == 1.0
+  assert rates.expected_fraction(r3, unigram3, SPECIALS) == pytest.approx(0.3, abs=1e-6)
+
+
+def pack(docs, length):
+  """[CLS] tokens [SEP] rows (documents concatenated, separated by [SEP]), padded at the end."""
+  toks, sents, next_sid = [], [], 0
+  for ids, sids in docs:
+    toks += ids.tolist() + [SEP]
+    sents += (sids + next_sid).tolist() + [-1]
+    next_sid += int(sids.max()) + 1
+  body = length - 2
+  n = -(-len(toks) // body)
+  toks += [PAD] * (n * body - len(toks))
+  sents += [-1] * (n * body - len(sents))
+  t = np.array(toks, np.int32).reshape(n, body)
+  s = np.array(sents, np.int32).reshape(n, body)
+  t = np.concatenate([np.full((n, 1), CLS), t, np.full((n, 1), SEP)], axis=1).astype(np.int32)
+  s = np.concatenate([np.full((n, 1), -1), s, np.full((n, 1), -1)], axis=1).astype(np.int32)
+  s[t == PAD] = -1
+  return {"token_ids": t, "sentence_ids": s}
+
+
+def test_count_choices_runs_the_real_online_masker():
+  from informask_jax import masking
+
+  docs = synthetic_docs(120, seed=8)
+  packed = pack(docs, 32)
+  uni = counting.count_unigrams(docs, V)
+  vocab = counting.select_pmi_vocab(uni.counts, special_ids=SPECIALS, size=100, min_count=2)
+  table = pmi_lib.pmi_table(counting.count_pairs(docs, vocab, vocab_size=V), vocab_size=V)
+  masker = masking.get_masker("informask_online", vocab_size=V, mask_id=MASK,
+                              special_ids=SPECIALS, mask_prob=0.15, budget="exact", pmi=table,
+                              num_candidates=4)
+  chosen, seen = rates.count_choices(masker, packed["token_ids"], packed["sentence_ids"],
+                                     vocab_size=V, special_ids=SPECIALS, pad_id=PAD,
+                                     batch_size=16)
+  t = packed["token_ids"]
+  maskable = ~np.isin(t, SPECIALS)
+  np.testing.assert_array_equal(seen, np.bincount(t[maskable], minlength=V))
+  # The exact budget: round(0.15 * maskable) targets per row, none on specials.
+  assert chosen.sum() == sum(round(0.15 * int(m)) for m in maskable.sum(axis=1))
+  assert np.all(chosen <= seen) and np.all(chosen[list(SPECIALS)] == 0)
+  # Same seed -> same counts (the last batch is padded, so it has the same compiled shape).
+  again, _ = rates.count_choices(masker, t, packed["sentence_ids"], vocab_size=V,
+                                 special_ids=SPECIALS, pad_id=PAD, batch_size=16)
+  np.testing.assert_array_equal(chosen, again)
+
+
+def test_id_mask_prob_json_roundtrip(tmp_path):
+  r = np.linspace(0, 0.5, V).astype(np.float32)
+  path = tmp_path / "id_mask_prob.json"
+  rates.write_id_mask_prob(r, str(path))
+  obj = json.loads(path.read_text())
+  assert set(obj) == {str(i) for i in range(V)} and obj["7"] == pytest.approx(float(r[7]))
+  np.testing.assert_array_equal(rates.read_id_mask_prob(str(path), V), r)
+
+
+# --- Artifacts, caching and errors --------------------------------------------------------------
+
+
+class _Tok:
+  def convert_ids_to_tokens(self, ids):
+    return [f"##w{i}" if CONT[i] else f"w{i}" for i in ids]
+
+
+def fake_pipeline(docs, *, tokenizer_fp="tok-A", corpus_fp="corpus-1"):
+  import datasets
+
+  ds = datasets.Dataset.from_dict({"input_ids": [d[0].tolist() for d in docs],
+                                   "sentence_ids": [d[1].tolist() for d in docs]})
+  return types.SimpleNamespace(
+      tokenizer=_Tok(), continuation=CONT, tokenized_train=ds, train=pack(docs, 32),
+      special_ids=types.SimpleNamespace(pad=PAD, unk=UNK, cls=CLS, sep=SEP, mask=MASK),
+      corpus_fingerprint=corpus_fp, tokenizer_fingerprint=tokenizer_fp)
+
+
+def small_config(cache_dir):
+  c = base.get_base_config("tiny")
+  c.data.cache_dir = str(cache_dir)
+  c.data.num_proc = 1
+  c.stats.pmi_vocab_size = 120
+  c.stats.min_count = 2
+  c.stats.ngram_vocab_size = 200
+  c.stats.ngram_min_count = 3
+  c.stats.rate_sample_sequences = 48
+  c.masking.num_candidates = 4
+  return c
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  cache = tmp_path_factory.mktemp("cache")
+  config = small_config(cache)
+  pipeline = fake_pipeline(synthetic_docs(300, seed=9))
+  directory = stats.build_artifacts(config, pipeline, progress=False)
+  return config, pipeline, directory
+
+
+def test_build_writes_every_artifact(built):
+  config, pipeline, directory = built
+  assert directory == stats.artifact_dir(config, pipeline)
+  assert directory.parent == pathlib.Path(config.data.cache_dir) / "stats"
+  a = stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+  meta = a.meta
+  assert meta["tokenizer_fingerprint"] == "tok-A" and meta["corpus_fingerprint"] == "corpus-1"
+  assert meta["vocab_size"] == V and meta["format_version"] == artifacts.FORMAT_VERSION
+  assert meta["params"]["pmi_vocab_size"] == 120 and meta["params"]["mask_prob"] == 0.15
+  for stage in artifacts.STAGES:
+    for name in artifacts.STAGE_FILES[stage]:
+      assert meta["files"][name]["sha256"] == artifacts.sha256_file(directory / name)
+  uni = counting.count_unigrams(pipeline.tokenized_train, V)
+  np.testing.assert_array_equal(a.unigram_counts, uni.counts)
+  assert meta["counts"]["num_tokens"] == uni.num_tokens
+  assert a.pmi.shape == (V, V) and a.pmi.dtype == np.float32 and (a.pmi != a.pmi.T).nnz == 0
+  assert rates.expected_fraction(a.rates, a.unigram_counts, SPECIALS) == pytest.approx(0.15,
+                                                                                       abs=1e-6)
+  np.testing.assert_array_equal(
+      rates.read_id_mask_prob(str(directory / "id_mask_prob.json"), V), a.rates)
+  assert all(isinstance(g, list) and len(g) >= 2 for g in a.ngrams)
+  assert NEW + YORK in a.ngrams[:10]
+  assert all(len(p) == 2 for p in a.bigrams)
+
+
+def test_cache_key_changes_with_parameters_not_memory_cap(built):
+  config, pipeline, directory = built
+  other = small_config(config.data.cache_dir)
+  other.stats.memory_cap_mb = 64
+  assert stats.artifact_dir(other, pipeline) == directory
+  other.stats.window = 5
+  assert stats.artifact_dir(other, pipeline) != directory
+  assert stats.artifact_dir(config, fake_pipeline([], tokenizer_fp="tok-B")) != directory
+
+
+def test_ensure_reuses_then_rebuilds_corrupted(built):
+  config, pipeline, directory = built
+  stamp = (directory / "pmi.npz").stat().st_mtime_ns
+  assert stats.ensure_artifacts(config, pipeline, ("rates",)) == directory
+  assert (directory / "pmi.npz").stat().st_mtime_ns == stamp  # nothing rebuilt
+  good = (directory / "pmi.npz").read_bytes()
+  (directory / "pmi.npz").write_bytes(good[: len(good) // 2])  # truncated
+  with pytest.raises(stats.CorruptArtifactError, match="pmi.npz.*truncated"):
+    stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+  stats.ensure_artifacts(config, pipeline, ("pmi",))
+  assert (directory / "pmi.npz").read_bytes() == good  # deterministic rebuild
+  # Same size, altered content: caught by the sha256.
+  data = bytearray((directory / "rates.npy").read_bytes())
+  data[-3] ^= 0xFF
+  (directory / "rates.npy").write_bytes(bytes(data))
+  with pytest.raises(stats.CorruptArtifactError, match="rates.npy: sha256"):
+    stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+  stats.ensure_artifacts(config, pipeline, ("rates",))
+  stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+
+
+def test_mismatched_tokenizer_is_refused(built):
+  _, _, directory = built
+  with pytest.raises(stats.TokenizerMismatchError, match="tok-A.*tok-B"):
+    stats.load_artifacts(directory, tokenizer_fingerprint="tok-B", vocab_size=V)
+  with pytest.raises(stats.TokenizerMismatchError, match=f"vocab size {V}.*vocab size 512"):
+    stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=512)
+  with pytest.raises(FileNotFoundError, match="meta.json"):
+    stats.load_artifacts(directory.parent, tokenizer_fingerprint="tok-A", vocab_size=V)
+
+
+def test_bad_config_and_empty_corpus_fail_early(tmp_path):
+  config = small_config(tmp_path)
+  config.stats.min_pair_count = 0
+  with pytest.raises(ValueError, match="config.stats.min_pair_count=0"):
+    stats.build_artifacts(config, fake_pipeline([]), progress=False)
+  with pytest.raises(ValueError, match="Unknown statistics stage"):
+    stats.build_artifacts(small_config(tmp_path), fake_pipeline([]), what=("pmix",))
+  with pytest.raises(ValueError, match="holds no tokens"):
+    stats.build_artifacts(small_config(tmp_path), fake_pipeline([]), progress=False)
+  config = small_config(tmp_path)
+  config.stats.min_pair_count = 10**6
+  docs = synthetic_docs(20, seed=10)
+  with pytest.raises(ValueError, match="min_pair_count=1000000"):
+    stats.build_artifacts(config, fake_pipeline(docs), what=("pmi",), progress=False)
+
+
+def test_report_cli_writes_png_and_summary(built, tmp_path):
+  _, _, directory = built
+  out = tmp_path / "r.png"
+  proc = subprocess.run([sys.executable, "-m", "informask_jax.stats", "report", str(directory),
+                         f"--out={out}"], capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+  summary = out.with_suffix(".txt").read_text()
+  assert "corpus-level expected share 0.1500" in summary and "w10" in summary
+  assert summary.strip() in proc.stdout
+
+
+def test_chunks_from_dataset_match_documents():
+  import datasets
+
+  docs = synthetic_docs(50, seed=11)
+  ds = datasets.Dataset.from_dict({"input_ids": [d[0].tolist() for d in docs],
+                                   "sentence_ids": [d[1].tolist() for d in docs]})
+  a = list(chunks.as_corpus(ds).chunks(5, 45, 100))
+  b = list(chunks.as_corpus(docs).chunks(5, 45, 100))
+  cat = lambda cs, f: np.concatenate([getattr(c, f) for c in cs])  # noqa: E731
+  for f in ("token_ids", "sentence_ids"):
+    np.testing.assert_array_equal(cat(a, f), cat(b, f))
+  assert sum(c.num_documents for c in a) == sum(c.num_documents for c in b) == 40
