@@ -170,10 +170,16 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
             _read_txt, gen_kwargs={"paths": group},
             features=datasets.Features({"text": datasets.Value("string")}))
       else:
-        ds = datasets.Dataset.from_generator(
-            _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir,
-            features=datasets.Features({"text": datasets.Value("string")}),
-            fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32])
+        features = datasets.Features({"text": datasets.Value("string")})
+        try:
+          ds = datasets.Dataset.from_generator(
+              _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir, features=features,
+              fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32])
+        except Exception:
+          if next(_read_txt(group), None) is not None:
+            raise
+          # `datasets` refuses a generator without examples; blank files are an empty source.
+          ds = datasets.Dataset.from_dict({"text": []}, features=features)
     else:
       try:
         ds = datasets.load_dataset(builder, data_files=group, split="train", streaming=streaming,

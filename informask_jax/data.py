@@ -67,10 +67,9 @@ def split_sentences(text):
   sentences, start = [], 0
   for m in _BOUNDARY.finditer(text):
     end = m.end()
-    if "\n" not in m.group(0) and text[m.start()] == "." and m.group(0).rstrip()[-1] == ".":
-      # Only a single full stop can be an abbreviation's.
-      word = text[start:m.start()].rsplit(None, 1)[-1] if text[start:m.start()].strip() else ""
-      word = word.lstrip("\"'(\u201c\u2018[").lower()
+    if m.group(0).rstrip(" \t") == ".":  # Only a lone full stop can follow an abbreviation.
+      before = text[start:m.start()].rsplit(None, 1)
+      word = before[-1].lstrip("\"'(\u201c\u2018[").lower() if before else ""
       if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _ACRONYM.fullmatch(word):
         continue
     sentence = text[start:end].strip()

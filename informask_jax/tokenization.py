@@ -15,8 +15,10 @@ import json
 import logging
 import os
 import shutil
+import string
 import tempfile
 import time
+import unicodedata
 from typing import NamedTuple
 
 import numpy as np
@@ -87,16 +89,58 @@ def _from_vocab(vocab, lowercase):
   return _add_post_processor(_bert_pipeline(tok, lowercase))
 
 
-def _train(texts, vocab_size, lowercase):
-  """Trains WordPiece on an iterable of text batches."""
+def _train_pass(texts, vocab_size, lowercase, special_tokens):
   tok = _bert_pipeline(tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]")), lowercase)
   trainer = trainers.WordPieceTrainer(
-      vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+      vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
       continuing_subword_prefix="##")
   tok.train_from_iterator(texts, trainer=trainer)
-  # The trainer's set of tokens is reproducible but its ids are not (ties are ordered by hash-map
-  # iteration), and WordPiece splits depend on the set only: renumber in a canonical order.
-  learned = sorted(set(tok.get_vocab()) - set(SPECIAL_TOKENS), key=lambda t: (len(t), t))
+  return set(tok.get_vocab())
+
+
+def _is_word_char(ch):
+  """Neither whitespace nor punctuation: BERT's pre-tokeniser keeps runs of these together."""
+  return not (ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P"))
+
+
+def _inner_characters(make_texts, lowercase):
+  """Characters found after the first position of a word, i.e. the "##x" pieces of the alphabet."""
+  normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                          strip_accents=lowercase, lowercase=lowercase)
+  found = set()
+  for batch in make_texts():
+    text = normalizer.normalize_str("\n".join(batch))
+    points = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (C,) code points
+    if not len(points):
+      continue
+    is_word = np.zeros(int(points.max()) + 1, bool)  # A lookup table over the code points seen.
+    for u in np.flatnonzero(np.bincount(points)):
+      is_word[u] = _is_word_char(chr(u))
+    word = is_word[points]  # (C,)
+    inner = points[1:][word[1:] & word[:-1]]
+    found.update(chr(u) for u in np.flatnonzero(np.bincount(inner)))
+  return found
+
+
+def _train(make_texts, vocab_size, lowercase):
+  """Trains WordPiece on the text batches of `make_texts()`, reproducibly.
+
+  The `tokenizers` trainer numbers the "##x" pieces of the alphabet in hash-map order and breaks
+  ties between equally frequent merges by token id, so two runs can learn different vocabularies.
+  Handing it those pieces, sorted, right after the special tokens fixes every id the tie-breaks
+  see. They are found with BERT's normaliser and a character scan; should the trainer still meet
+  a piece the scan missed, it is rerun with it. The result is renumbered canonically.
+  """
+  pieces = {"##" + ch for ch in _inner_characters(make_texts, lowercase)}
+  while True:
+    learned = _train_pass(make_texts(), vocab_size, lowercase,
+                          list(SPECIAL_TOKENS) + sorted(pieces))
+    missed = {t for t in learned if t.startswith("##") and len(t) == 3} - pieces
+    if not missed:
+      break
+    log.info("Retraining the vocabulary with %d more continuation pieces.", len(missed))
+    pieces |= missed
+  learned = sorted(learned - set(SPECIAL_TOKENS), key=lambda t: (len(t), t))
   vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + learned)}
   return _from_vocab(vocab, lowercase)
 
@@ -132,8 +176,8 @@ def _train_cached(tokenizer_config, corpus, cache_dir):
     return _wrap(tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json")))
 
   start = time.time()
-  batches = (b["text"] for b in train.select_columns(["text"]).iter(batch_size=1000))
-  tok = _train(batches, vocab_size, lowercase)
+  texts = train.select_columns(["text"])
+  tok = _train(lambda: (b["text"] for b in texts.iter(batch_size=1000)), vocab_size, lowercase)
   if tok.get_vocab_size() < vocab_size:
     log.warning("The corpus supports only %d WordPiece tokens, fewer than vocab_size=%d.",
                 tok.get_vocab_size(), vocab_size)

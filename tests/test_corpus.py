@@ -1,0 +1,150 @@
+"""Corpus sources, cleaning, the hash split and the errors on bad sources."""
+
+import json
+import logging
+
+import datasets
+import ml_collections
+import pytest
+
+from configs import base
+from informask_jax import corpus
+
+
+def _data_config(tmp_path, sources, **overrides):
+  c = base.get_base_config("tiny").data
+  c.sources = [ml_collections.ConfigDict(dict(
+      kind=s.get("kind", "files"), name=s.get("name"), config=None, split="train",
+      text_field=s.get("text_field", "text"), streaming=s.get("streaming", False)))
+      for s in sources]
+  c.cache_dir = str(tmp_path / "cache")
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def _texts(split):
+  return list(split["text"])
+
+
+def test_wiki_vital_split_is_by_title_and_stable(tmp_path):
+  small = corpus.load_corpus(_data_config(tmp_path, [dict(kind="wiki_vital", name="wiki_vital",
+                                                          text_field="extract")],
+                                          max_documents=1500))
+  large = corpus.load_corpus(_data_config(tmp_path, [dict(kind="wiki_vital", name="wiki_vital",
+                                                          text_field="extract")],
+                                          max_documents=3000))
+  assert len(small["train"]) + len(small["validation"]) == 1500
+  # ~2% held out; binomial(1500, 0.02) is 30 +- 5.4.
+  assert 10 <= len(small["validation"]) <= 55
+  # A document's split depends on its title only, not on which other documents are loaded.
+  large_val = set(_texts(large["validation"]))
+  assert set(_texts(small["validation"])) <= large_val
+  assert not set(_texts(small["train"])) & large_val
+  again = corpus.load_corpus(_data_config(tmp_path, [dict(kind="wiki_vital", name="wiki_vital",
+                                                          text_field="extract")],
+                                          max_documents=1500))
+  assert corpus.corpus_fingerprint(again) == corpus.corpus_fingerprint(small)
+
+
+def test_clean_text():
+  assert corpus.clean_text("  a\t\tb \r\n\r\n  c\x00d\x07 ") == "a b\ncd"
+  assert corpus.clean_text(" \n\t ") == ""
+
+
+def test_txt_documents_and_invalid_utf8_counted(tmp_path, caplog):
+  path = tmp_path / "docs.txt"
+  path.write_bytes(b"First doc line one.\nLine two of it.\n\n\nSecond \xff\xfe doc.\n\nThird.\n")
+  c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
+  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+    loaded = corpus.load_corpus(c)
+  assert _texts(loaded["train"]) == ["First doc line one.\nLine two of it.",
+                                     "Second \ufffd\ufffd doc.", "Third."]
+  assert len(loaded["validation"]) == 0
+  assert "replaced 2 byte(s)" in caplog.text and "docs.txt" in caplog.text
+
+
+def test_jsonl_parquet_glob_and_directory(tmp_path):
+  folder = tmp_path / "data"
+  folder.mkdir()
+  rows = [{"body": f"Document number {i}.", "id": i} for i in range(6)]
+  (folder / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:3]) + "\n")
+  datasets.Dataset.from_list(rows[3:]).to_parquet(str(folder / "b.parquet"))
+  expected = sorted(r["body"] for r in rows)
+  for name in (str(folder), str(folder / "*"), str(folder / "*.jsonl")):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=name, text_field="body")]))
+    got = sorted(_texts(loaded["train"]) + _texts(loaded["validation"]))
+    assert got == (expected if not name.endswith(".jsonl") else expected[:3])
+    # A tiny corpus still gets one validation document.
+    assert len(loaded["validation"]) == 1
+
+
+def test_max_documents_and_concatenation(tmp_path):
+  a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+  a.write_text("\n\n".join(f"A{i}." for i in range(5)))
+  b.write_text("\n\n".join(f"B{i}." for i in range(5)))
+  c = _data_config(tmp_path, [dict(name=str(a)), dict(name=str(b))], max_documents=7,
+                   validation_fraction=0.0)
+  assert _texts(corpus.load_corpus(c)["train"]) == [f"A{i}." for i in range(5)] + ["B0.", "B1."]
+
+
+def test_streaming_files_source(tmp_path):
+  path = tmp_path / "a.jsonl"
+  path.write_text("".join(json.dumps({"text": f"Doc {i}."}) + "\n" for i in range(50)))
+  c = _data_config(tmp_path, [dict(name=str(path), streaming=True)], validation_fraction=0.2)
+  loaded = corpus.load_corpus(c)
+  assert isinstance(loaded, datasets.IterableDatasetDict)
+  train = [ex["text"] for ex in loaded["train"]]
+  val = [ex["text"] for ex in loaded["validation"]]
+  assert sorted(train + val) == sorted(f"Doc {i}." for i in range(50))
+  assert set(val) == {f"Doc {i}." for i in range(50) if corpus.hash_bucket(f"Doc {i}.") < 0.2}
+
+
+def test_fingerprint_tracks_content_and_order():
+  a = datasets.Dataset.from_dict({"text": ["ab", "c"]})
+  assert corpus.corpus_fingerprint(a) == corpus.corpus_fingerprint(
+      datasets.Dataset.from_dict({"text": ["ab", "c"]}))
+  for other in (["a", "bc"], ["c", "ab"], ["ab", "c", ""]):
+    assert corpus.corpus_fingerprint(a) != corpus.corpus_fingerprint(
+        datasets.Dataset.from_dict({"text": other}))
+
+
+# --- Bad input ----------------------------------------------------------------------------------
+
+def test_missing_file(tmp_path):
+  missing = str(tmp_path / "nope.txt")
+  with pytest.raises(FileNotFoundError, match="nope.txt"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=missing)]))
+  with pytest.raises(FileNotFoundError, match=r"no file matches .*\*\.jsonl"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(tmp_path / "*.jsonl"))]))
+
+
+def test_unknown_source_kind(tmp_path):
+  with pytest.raises(ValueError, match=r"sources\[0\]\.kind='ftp' is unknown"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(kind="ftp", name="x")]))
+
+
+def test_unknown_hub_dataset(tmp_path):
+  with pytest.raises(ValueError, match="could not load hub dataset 'no-such-org/no-such-set'"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name="no-such-org/no-such-set")]))
+
+
+def test_missing_text_field(tmp_path):
+  path = tmp_path / "a.jsonl"
+  path.write_text(json.dumps({"body": "x"}) + "\n")
+  with pytest.raises(ValueError, match=r"no column 'text' \(text_field\)"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
+
+
+def test_empty_corpus(tmp_path):
+  blank = tmp_path / "blank.txt"
+  blank.write_text("\n \n\t\n")
+  with pytest.raises(ValueError, match="corpus is empty"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(blank))]))
+  # Documents that exist but hold only whitespace and control characters.
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["", "  ", "\x00\x07", "\n"]))
+  with pytest.raises(ValueError, match="corpus is empty"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(empty))]))
+  with pytest.raises(ValueError, match="sources is empty"):
+    corpus.load_corpus(_data_config(tmp_path, []))

