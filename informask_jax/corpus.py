@@ -183,7 +183,7 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
     else:
       try:
         ds = datasets.load_dataset(builder, data_files=group, split="train", streaming=streaming,
-                                   num_proc=None if streaming else num_proc)
+                                   num_proc=num_proc if len(group) > 1 and not streaming else None)
       except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
         raise ValueError(f"{where}: could not read {group[:3]}{'...' if len(group) > 3 else ''} "
                          f"as {builder}: {e}") from e
@@ -207,14 +207,20 @@ def _select_text(ds, field, where):
   """Keeps only `field`, renamed "text"."""
   columns = ds.column_names
   if columns is None:  # A stream whose columns are unknown until the first record is read.
-    return ds.map(lambda ex: {"text": ex[field]}).select_columns(["text"])
+    def pick(example):
+      if field not in example:
+        raise ValueError(f"{where}: no column {field!r} (text_field); columns are "
+                         f"{sorted(example)}.")
+      return {"text": example[field]}
+    return ds.map(pick).select_columns(["text"])
   if field not in columns:
     raise ValueError(f"{where}: no column {field!r} (text_field); columns are {columns}.")
   ds = ds.select_columns([field])
   return ds if field == "text" else ds.rename_column(field, "text")
 
 
-def _check_sources(data_config):
+def check_sources(data_config):
+  """The configured sources, after checking their kinds and names (nothing is read)."""
   sources = list(data_config.sources or [])
   if not sources:
     raise ValueError("config.data.sources is empty: name at least one corpus source.")
@@ -234,7 +240,7 @@ def load_corpus(data_config):
   Returns a `datasets.DatasetDict` {"train", "validation"} with one column "text", or an
   `IterableDatasetDict` when any source has streaming=True.
   """
-  sources = _check_sources(data_config)
+  sources = check_sources(data_config)
   streaming = any(bool(s.get("streaming")) for s in sources)
   num_proc = max(1, int(data_config.get("num_proc", 1) or 1))
   cache_dir = os.path.expanduser(data_config.get("cache_dir") or "~/.cache/informask_jax")

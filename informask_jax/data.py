@@ -126,9 +126,10 @@ def _tokenize_batch(batch, backend):
           "sentence_ids": np.split(sids, cuts) if keep.any() else []}
 
 
+_LIST = getattr(datasets, "List", datasets.Sequence)  # `List` from datasets 4 on.
 _TOKENIZED_FEATURES = datasets.Features({
-    "input_ids": datasets.List(datasets.Value("int32")),
-    "sentence_ids": datasets.List(datasets.Value("int32")),
+    "input_ids": _LIST(datasets.Value("int32")),
+    "sentence_ids": _LIST(datasets.Value("int32")),
 })
 
 
@@ -365,8 +366,8 @@ class BatchIterator:
   def __next__(self):
     order = self.order(self.epoch)
     start = self.position * self.global_batch_size + self.process_index * self.local_batch_size
+    # Kept in the epoch's order, so the global batch is the same whatever the number of hosts.
     rows = np.take(order, np.arange(start, start + self.local_batch_size), mode="wrap")
-    rows.sort()  # Gathers in memory order are faster; the batch's row order does not matter.
     batch = {k: v[rows] for k, v in self.arrays.items()}
     self.position += 1
     if self.position == self.batches_per_epoch:
@@ -638,7 +639,7 @@ def check_config(config):
   if not 0 <= data.validation_fraction < 1:
     raise ValueError(f"config.data.validation_fraction={data.validation_fraction} must be in "
                      "[0, 1).")
-  corpus_lib._check_sources(data)
+  corpus_lib.check_sources(data)
 
 
 def _packed_summary(name, packed, special_ids):

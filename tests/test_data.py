@@ -123,6 +123,16 @@ def test_tokenize_corpus_matches_tokenizer_and_is_cached(tmp_path, wiki_docs, be
   assert len(list((tmp_path / "tokenized").iterdir())) == 3
 
 
+def test_parallel_tokenization_matches_serial(tmp_path, wiki_docs, bert_tokenizer, monkeypatch):
+  docs = wiki_docs["train"].select(range(40))
+  serial = data.tokenize_corpus(docs, bert_tokenizer, _tiny_config(tmp_path / "serial").data)
+  monkeypatch.setattr(data, "PARALLEL_MIN_DOCUMENTS", 10)  # Two worker processes for 40 docs.
+  c = _tiny_config(tmp_path / "parallel", num_proc=2)
+  parallel = data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  assert parallel["input_ids"] == serial["input_ids"]
+  assert parallel["sentence_ids"] == serial["sentence_ids"]
+
+
 # --- Packing --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", data.PACKING_MODES)
@@ -198,7 +208,7 @@ def test_two_hosts_get_disjoint_halves_of_the_global_batch():
     h0, h1 = (next(h)["token_ids"][:, 0] for h in hosts)
     assert len(h0) == len(h1) == 4
     assert not set(h0.tolist()) & set(h1.tolist())
-    assert sorted(h0.tolist() + h1.tolist()) == sorted(g.tolist())
+    np.testing.assert_array_equal(np.concatenate([h0, h1]), g)  # Same rows, same order.
 
 
 def test_batch_size_must_divide_by_hosts():
