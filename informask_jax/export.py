@@ -457,16 +457,22 @@ def _resolve(dir_or_name: str) -> str:
                             f"model available here ({type(e).__name__}: {e}).") from e
 
 
-def load_hf_as_flax(dir_or_name: str, *, scan_layers: bool = False,
-                    head_seed: int = 0) -> tuple[dict, MLMConfig]:
-  """Reads a Hugging Face BERT/RoBERTa (MLM or encoder-only) into our tree and MLMConfig."""
+def _read_hf_config(model_dir: str):
+  """The directory's config, refused here if unsupported (before any weights are read)."""
   import transformers
 
-  model_dir = _resolve(dir_or_name)
   if not os.path.exists(os.path.join(model_dir, "config.json")):
     raise FileNotFoundError(f"No config.json in {model_dir}.")
   hf_config = transformers.AutoConfig.from_pretrained(model_dir)
-  mlm_config_from_hf(hf_config)  # Fails on an unsupported model before reading the weights.
+  mlm_config_from_hf(hf_config)
+  return hf_config
+
+
+def load_hf_as_flax(dir_or_name: str, *, scan_layers: bool = False,
+                    head_seed: int = 0) -> tuple[dict, MLMConfig]:
+  """Reads a Hugging Face BERT/RoBERTa (MLM or encoder-only) into our tree and MLMConfig."""
+  model_dir = _resolve(dir_or_name)
+  hf_config = _read_hf_config(model_dir)
   return from_hf_state_dict(_read_state_dict(model_dir), hf_config, scan_layers=scan_layers,
                             head_seed=head_seed)
 
@@ -650,6 +656,7 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   from informask_jax import checkpointing
 
   model_dir = _resolve(dir_or_name)
+  _read_hf_config(model_dir)  # An unsupported model fails first, whatever else is missing.
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
   except Exception as e:  # Missing or unreadable tokenizer files.

@@ -251,6 +251,9 @@ def test_unsupported_configs_fail_clearly(tmp_path):
   transformers.GPT2Config().save_pretrained(str(tmp_path))
   with pytest.raises(ValueError, match="model_type 'gpt2'"):
     export.load_hf_as_flax(str(tmp_path))
+  with pytest.raises(ValueError, match="model_type 'gpt2'"):
+    convert_checkpoint.main(["--from-hf", str(tmp_path), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
 
 
 def test_bad_state_dicts_and_trees_fail_clearly(tmp_path):
