@@ -145,7 +145,7 @@ def chunk_pair_counts(chunk: chunks_lib.Chunk, rows: np.ndarray, num_rows: int, 
     counts.data[diag] -= np.bincount(rk, minlength=num_rows).astype(dtype)[row[diag]]
   # The product's column indices come out unsorted; the table is symmetric, so its transpose
   # converted back to CSR is the same table with sorted indices (a linear-time pass).
-  counts = counts.T.tocsr().astype(np.int64)
+  counts = counts.T.tocsr().astype(np.int64, copy=False)
   counts.eliminate_zeros()
   return counts
 
@@ -274,24 +274,31 @@ class PairAccumulator:
     """Merges everything (in row blocks when spilled) and prunes rare pairs."""
     self._merge_pending()
     r = self.num_rows
-    sources = [_load_spill(p) for p in self.spills]
-    if self.total is not None:
-      sources.append((self.total.indptr, self.total.indices, self.total.data))
     row_nnz = np.zeros(r, np.int64)
-    for indptr, _, _ in sources:
-      row_nnz += np.diff(np.asarray(indptr))
+    for prefix in self.spills:
+      row_nnz += np.diff(np.load(f"{prefix}.indptr.npy"))
+    if self.total is not None:
+      row_nnz += np.diff(self.total.indptr)
     # Rows per block so that one block of all sources together stays under half the cap.
     budget = max(1, int(self.cap_bytes / 2 / _BYTES_PER_NNZ))
-    bounds = _row_blocks(row_nnz, budget)
     marginals = np.zeros(r, np.int64)
     blocks = []
-    for lo, hi in bounds:
-      parts = [_row_slice(src, lo, hi, r) for src in sources]
+    for lo, hi in _row_blocks(row_nnz, budget):
+      # Spills are memory-mapped afresh for each block and copied out, so the pages of earlier
+      # blocks are released: resident memory follows the block, not the spilled total.
+      parts = [_row_slice(_load_spill(p), lo, hi, r) for p in self.spills]
+      if self.total is not None:
+        parts.append(self.total[lo:hi] if (lo, hi) != (0, r) else self.total)
       block = _sum_tables(parts) if parts else sp.csr_matrix((hi - lo, r), dtype=np.int64)
       marginals[lo:hi] = np.asarray(block.sum(axis=1)).reshape(-1)
       blocks.append(_prune(block, lo, min_pair_count))
-    counts = (sp.vstack(blocks, format="csr") if blocks
-              else sp.csr_matrix((r, r), dtype=np.int64)).astype(np.int64)
+    if len(blocks) == 1:
+      counts = blocks[0]
+    elif blocks:
+      counts = sp.vstack(blocks, format="csr")
+    else:
+      counts = sp.csr_matrix((r, r), dtype=np.int64)
+    counts = counts.astype(np.int64, copy=False)
     counts.sort_indices()
     return PairCounts(vocab_ids=np.asarray(vocab_ids, np.int32), counts=counts,
                       marginals=marginals, total=int(marginals.sum()), num_tokens=self.num_tokens,
@@ -306,7 +313,7 @@ def _sum_tables(tables: list[sp.csr_matrix]) -> sp.csr_matrix:
     if len(tables) % 2:
       nxt.append(tables[-1])
     tables = nxt
-  out = tables[0].astype(np.int64)
+  out = tables[0].astype(np.int64, copy=False)
   out.sum_duplicates()
   return out
 
@@ -319,8 +326,8 @@ def _load_spill(prefix):
 def _row_slice(src, lo, hi, num_cols) -> sp.csr_matrix:
   indptr, indices, data = src
   a, b = int(indptr[lo]), int(indptr[hi])
-  ptr = np.asarray(indptr[lo:hi + 1], dtype=np.int64) - a
-  return sp.csr_matrix((np.asarray(data[a:b]), np.asarray(indices[a:b]), ptr),
+  ptr = np.array(indptr[lo:hi + 1], dtype=np.int64) - a
+  return sp.csr_matrix((np.array(data[a:b]), np.array(indices[a:b]), ptr),
                        shape=(hi - lo, num_cols))
 
 
@@ -341,10 +348,17 @@ def _row_blocks(row_nnz: np.ndarray, budget: int) -> list[tuple[int, int]]:
 
 def _prune(block: sp.csr_matrix, row_offset: int, min_pair_count: int) -> sp.csr_matrix:
   """Drops pairs co-occurring fewer than min_pair_count times (diagonal counts are doubled)."""
-  coo = block.tocoo()
-  n = np.where(coo.row + row_offset == coo.col, coo.data // 2, coo.data)
-  keep = n >= max(int(min_pair_count), 1)
-  return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=block.shape)
+  m = max(int(min_pair_count), 1)
+  if m == 1:
+    return block  # Every stored count is >= 1 already.
+  num = block.shape[0]
+  row = np.repeat(np.arange(num, dtype=np.int64), np.diff(block.indptr))  # (nnz,)
+  keep = block.data >= m
+  diag = np.flatnonzero(block.indices == row + row_offset)
+  keep[diag] = block.data[diag] >= 2 * m  # n(x, x) = C[x, x] / 2
+  indptr = np.zeros(num + 1, np.int64)
+  np.cumsum(np.bincount(row[keep], minlength=num), out=indptr[1:])
+  return sp.csr_matrix((block.data[keep], block.indices[keep], indptr), shape=block.shape)
 
 
 def _count_shard(args, corpus, start, stop):
