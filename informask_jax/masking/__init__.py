@@ -101,7 +101,6 @@ def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replac
                                      random_prob, budget)
   contract.reject_unknown(name, options, OPTIONS[name])
   select_fn, tables, extra = MASKERS[name](settings, **options)
-  tables = dict(tables, replacements=contract.replacement_ids(settings))
   return Masker(name, select_fn, tables, settings, extra)
 
 

@@ -64,16 +64,20 @@ def budget_table(mask_prob, length):
   return np.array([round(mask_prob * n) for n in range(length + 1)], np.int32)
 
 
-def corrupt(seed, tokens, target, settings, replacements):
+def corrupt(seed, tokens, target, settings):
   """BERT's corruption of the targets: [MASK] / a random non-special token / unchanged."""
   length = tokens.shape[-1]
   decide = prng.bits(seed, prng.DECIDE, (length,)) >> 8  # 24-bit uniforms
   to_mask = decide < np.uint32(round(settings.replace_prob * (1 << 24)))
   to_random = ~to_mask & (
       decide < np.uint32(round((settings.replace_prob + settings.random_prob) * (1 << 24))))
-  n = replacements.shape[0]
+  # A uniform id among the V - k non-special ones, then shifted past each special id (sorted):
+  # a bijection onto the non-special ids, without a gather.
+  n = settings.vocab_size - len(settings.special_ids)
   u = prng.uniform(prng.bits(seed, prng.REPLACE, (length,)))
-  random_tokens = replacements[jnp.minimum((u * n).astype(jnp.int32), n - 1)]
+  random_tokens = jnp.minimum((u * n).astype(jnp.int32), n - 1)
+  for s in settings.special_ids:
+    random_tokens = random_tokens + (random_tokens >= s)
   corrupted = jnp.where(to_mask, settings.mask_id, jnp.where(to_random, random_tokens, tokens))
   return jnp.where(target, corrupted, tokens)
 
@@ -128,20 +132,13 @@ class Masker:
       target, aux = select(tables, seed, tokens, sentences.astype(jnp.int32), maskable, budget)
       target = target & maskable
       return {
-          "input_ids": corrupt(seed, tokens, target, settings, tables["replacements"]),
+          "input_ids": corrupt(seed, tokens, target, settings),
           "labels": jnp.where(target, tokens, IGNORE_LABEL),
           "mask": target,
       }, aux
 
     out, aux = jax.vmap(one)(seeds, token_ids, jnp.asarray(sentence_ids))
     return (out, aux) if with_aux else out
-
-
-def replacement_ids(settings):
-  """int32[V - #special]: the tokens a random replacement is drawn from."""
-  keep = np.ones(settings.vocab_size, bool)
-  keep[list(settings.special_ids)] = False
-  return np.flatnonzero(keep).astype(np.int32)
 
 
 def reject_unknown(name, options, allowed):

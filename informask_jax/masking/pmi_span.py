@@ -121,18 +121,21 @@ def longest_match(tables, tokens, starts, maskable, max_ngram_tokens):
   run_end = select.next_boundary(~maskable)  # (L,) first special/pad after i
   h1 = jnp.full((length,), _SEED1)
   h2 = jnp.full((length,), _SEED2)
-  best = jnp.zeros((length,), jnp.int32)
+  hashes1, hashes2 = [], []
   for n in range(1, max_ngram_tokens + 1):  # A loop over n-gram lengths, not over L.
     t = toks[n - 1:n - 1 + length]
     h1 = prng.mix32(h1 ^ t)
     h2 = prng.mix32(h2 + t)
-    if n < 2:
-      continue
-    idx = jnp.searchsorted(tables["ngram_h1"], h1)  # (L,)
-    found = ((tables["ngram_h1"][idx] == h1) & (tables["ngram_h2"][idx] == h2)) | (
-        (tables["ngram_h1"][idx + 1] == h1) & (tables["ngram_h2"][idx + 1] == h2))
-    ok = found & starts & (run_end >= pos + n) & ends[pos + n]
-    best = jnp.where(ok, n, best)
+    hashes1.append(h1)
+    hashes2.append(h2)
+  q1, q2 = jnp.stack(hashes1[1:]), jnp.stack(hashes2[1:])  # (N - 1, L), lengths 2..N
+  keys1, keys2 = tables["ngram_h1"], tables["ngram_h2"]
+  idx = jnp.searchsorted(keys1, q1)  # One search for all lengths.
+  found = ((keys1[idx] == q1) & (keys2[idx] == q2)) | (
+      (keys1[idx + 1] == q1) & (keys2[idx + 1] == q2))
+  n = jnp.arange(2, max_ngram_tokens + 1, dtype=jnp.int32)[:, None]  # (N - 1, 1)
+  ok = found & starts[None, :] & (run_end[None, :] >= pos[None, :] + n) & ends[pos[None, :] + n]
+  best = jnp.max(jnp.where(ok, n, 0), axis=0)  # (L,) the longest match
   return best
 
 

@@ -2,10 +2,11 @@
 
 JAX's default threefry costs ~7 ns per 32-bit word on a CPU, more than the rest of the masking
 together. So each example's key is derived the documented way (`fold_in(rng, global_index)`,
-threefry, B hashes per batch) and its 64 key bits then seed a counter-based generator: word `c` of
-stream `s` is a two-round keyed hash of the counter `(s << 20) | c`, each round the "lowbias32"
-integer mixer (two multiplies, three xor-shifts; a bijection on 32 bits with full avalanche).
-Masking needs uniform, independent-looking bits, not cryptographic strength.
+threefry, B hashes per batch) and its 64 key bits then seed a counter-based generator in the
+style of SplitMix: word `c` of stream `s` is mix32((seed0 + ((s << 20) | c) * golden) ^ seed1),
+mix32 being the "lowbias32" integer mixer (two multiplies, three xor-shifts; a bijection on 32
+bits with full avalanche). Masking needs uniform, independent-looking bits, not cryptographic
+strength.
 
 The words depend only on (rng, global example index, stream, position), never on how the batch
 is split over devices, so the masks are the same on 1 device, 8 devices or a pod.
@@ -28,6 +29,7 @@ CANDIDATES = 16  # informask_online: candidate k uses stream CANDIDATES + k.
 
 _MUL1 = np.uint32(0x7FEB352D)
 _MUL2 = np.uint32(0x846CA68B)
+_GOLDEN = np.uint32(0x9E3779B9)  # 2**32 / golden ratio, odd: the Weyl increment
 
 
 def mix32(x):
@@ -65,7 +67,8 @@ def bits(seed, stream, shape):
   if n > (1 << MAX_COUNTER_BITS) or not 0 <= stream < MAX_STREAMS:
     raise ValueError(f"bits: {n} words of stream {stream} exceed the counter layout.")
   counter = jnp.arange(n, dtype=jnp.uint32) | jnp.uint32(stream << MAX_COUNTER_BITS)
-  return mix32(mix32(counter ^ seed[0]) + seed[1]).reshape(shape)
+  # SplitMix-style: a Weyl sequence offset by the seed, then one keyed mixing round.
+  return mix32((seed[0] + counter * _GOLDEN) ^ seed[1]).reshape(shape)
 
 
 def uniform(words):

@@ -1,0 +1,476 @@
+"""Tests of informask_jax.masking on a synthetic vocabulary (no data pipeline, no statistics).
+
+Vocabulary (V = 1000): 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]; 5..599 ordinary word starts;
+600..799 word starts reserved for planted PMI n-grams / bigrams; 800..999 are "##" pieces.
+Each strategy is compiled once on a batch of 1024 x 64 and every property is checked on that run.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.stats
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from informask_jax import masking
+from informask_jax.masking import informask as informask_lib
+from informask_jax.masking import online as online_lib
+from informask_jax.masking import words as words_lib
+
+V = 1000
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+SPECIAL = (PAD, UNK, CLS, SEP, MASK)
+CONT = np.zeros(V, bool)
+CONT[800:] = True
+COMMON = dict(vocab_size=V, mask_id=MASK, special_ids=SPECIAL)
+B, L = 1024, 64
+
+# Planted n-grams: 40 disjoint word n-grams of 2-4 words over ids 600..759, some words with a
+# "##" piece (ids 900+), so every occurrence can be found and must be masked as one unit.
+_ng_rng = np.random.default_rng(7)
+NGRAMS = []
+_next = 600
+for _ in range(40):
+  gram = []
+  for _ in range(_ng_rng.integers(2, 5)):
+    if _next >= 760:
+      break
+    gram.append(_next)
+    if _ng_rng.random() < 0.3:
+      gram.append(900 + _next % 100)
+    _next += 1
+  if len(gram) >= 2:
+    NGRAMS.append(tuple(gram))
+# Bigram chains x -> y -> z over ids 760..799.
+CHAINS = [(760 + 3 * i, 761 + 3 * i, 762 + 3 * i) for i in range(13)]
+BIGRAMS = [(a, b) for a, b, _ in CHAINS] + [(b, c) for _, b, c in CHAINS]
+
+
+def synthetic_batch(seed, batch=B, length=L, plant=(), mid_sep=True):
+  """Tokens int32[B, L] with [CLS] ... [SEP] (an inner [SEP] splitting two sentences in about
+  half the rows), padding after a random length, ~25% "##" pieces; `plant` sequences inserted
+  at random non-overlapping places. Returns (tokens, sentence_ids, planted [(row, start, len)])."""
+  rng = np.random.default_rng(seed)
+  cont = rng.random((batch, length)) < 0.25
+  tokens = np.where(cont, rng.integers(800, 900, (batch, length)),
+                    rng.integers(5, 600, (batch, length)))
+  planted = []
+  for b in range(batch):
+    for _ in range(3 if plant else 0):
+      item = plant[rng.integers(len(plant))]
+      start = 1 + 8 * rng.integers(0, (length - 16) // 8)
+      if any(r == b and abs(s - start) < 8 for r, s, _ in planted):
+        continue
+      tokens[b, start:start + len(item)] = item
+      # The token after a planted unit starts a new word (no stray "##" continuing it).
+      tokens[b, start + len(item)] = rng.integers(5, 600)
+      planted.append((b, start, len(item)))
+  n = rng.integers(length // 2, length + 1, batch)
+  tokens[:, 0] = CLS
+  tokens[np.arange(batch), n - 1] = SEP
+  mid = (rng.random(batch) < 0.5) & mid_sep
+  cut = rng.integers(6, length // 2 - 2, batch)
+  tokens[mid, cut[mid]] = SEP
+  tokens[np.arange(length)[None, :] >= n[:, None]] = PAD
+  planted = [(r, s, k) for r, s, k in planted if s + k < n[r] - 1 and
+             not (mid[r] and s <= cut[r] < s + k + 1)]
+  special = np.isin(tokens, SPECIAL)
+  sentence = np.cumsum(tokens == SEP, axis=1)
+  sentence = np.where(special, -1, sentence).astype(np.int32)
+  return tokens.astype(np.int32), sentence, planted
+
+
+def word_starts(tokens):
+  maskable = ~np.isin(tokens, SPECIAL)
+  prev = np.concatenate([np.zeros_like(maskable[:, :1]), maskable[:, :-1]], axis=1)
+  return maskable & (~CONT[tokens] | ~prev), maskable
+
+
+def budgets(tokens):
+  n = (~np.isin(tokens, SPECIAL)).sum(1)
+  return np.array([round(0.15 * x) for x in n])
+
+
+RATES = np.random.default_rng(3).permutation(np.linspace(0.02, 0.5, V)).astype(np.float32)
+
+
+def _pmi_matrix():
+  rng = np.random.default_rng(5)
+  dense = np.where(rng.random((V, V)) < 0.02, rng.random((V, V)) * 4, 0.0)
+  dense = np.triu(dense, 1)
+  return scipy.sparse.coo_matrix(dense + dense.T)
+
+
+def build(name, budget="exact", **extra):
+  options = {
+      "whole_word": dict(continuation=CONT),
+      "span": dict(continuation=CONT),
+      "pmi_span": dict(continuation=CONT, ngrams=NGRAMS),
+      "pmi_bigram": dict(continuation=CONT, variant="bigram", bigrams=BIGRAMS),
+      "informask": dict(rates=RATES),
+      "informask_online": dict(pmi=_pmi_matrix(), num_candidates=4),
+  }.get(name, {})
+  options.update(extra)
+  return masking.get_masker("pmi_span" if name == "pmi_bigram" else name, budget=budget,
+                            **COMMON, **options)
+
+
+CONFIGS = [("random", "exact"), ("random", "bernoulli"), ("whole_word", "exact"),
+           ("whole_word", "bernoulli"), ("span", "exact"), ("pmi_span", "exact"),
+           ("pmi_bigram", "exact"), ("informask", "exact"), ("informask", "bernoulli"),
+           ("informask_online", "exact")]
+_cache = {}
+
+
+def run(name, budget, key=0, batch_seed=0):
+  """Runs (and caches) a strategy on the planted synthetic batch; one compile per config."""
+  if (name, budget) not in _cache:
+    masker = build(name, budget)
+    _cache[name, budget] = (masker, jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s,
+                                                                       with_aux=True)))
+  masker, fn = _cache[name, budget]
+  plant = NGRAMS if name == "pmi_span" else CHAINS if name == "pmi_bigram" else ()
+  tokens, sentences, planted = synthetic_batch(batch_seed, plant=plant)
+  out, aux = fn(jax.random.key(key), tokens, sentences)
+  return tokens, jax.tree.map(np.asarray, out), jax.tree.map(np.asarray, aux), planted
+
+
+@pytest.mark.parametrize("name,budget", CONFIGS)
+def test_contract_budget_and_specials(name, budget):
+  tokens, out, _, _ = run(name, budget)
+  mask = out["mask"]
+  assert mask.shape == tokens.shape and mask.dtype == bool
+  assert out["input_ids"].dtype == np.int32 and out["labels"].dtype == np.int32
+  special = np.isin(tokens, SPECIAL)
+  assert not (mask & special).any(), "a special or padding token became a target"
+  np.testing.assert_array_equal(out["labels"], np.where(mask, tokens, -100))
+  np.testing.assert_array_equal(out["input_ids"][~mask], tokens[~mask])
+  count, budget_n = mask.sum(1), budgets(tokens)
+  fraction = count.sum() / (~special).sum()
+  if budget == "exact":
+    assert (count <= budget_n).all(), "the exact budget was exceeded"
+    if name in ("random", "span", "informask", "informask_online", "pmi_bigram"):
+      # Token-level, truncating or (bigram) mostly one-token units: the budget is met exactly
+      # (bigram: fills with short units; allow a rare shortfall).
+      if name == "pmi_bigram":
+        assert (count == budget_n).mean() > 0.95
+      else:
+        np.testing.assert_array_equal(count, budget_n)
+    else:
+      assert count.sum() >= 0.98 * budget_n.sum()
+    assert abs(fraction - 0.15) < 0.01
+  else:
+    assert abs(fraction - 0.15) < 0.01, fraction
+    assert count.std() > 0  # Bernoulli counts vary between sequences.
+
+
+def test_corruption_split_80_10_10():
+  tokens, out, _, _ = run("random", "exact")
+  mask = out["mask"]
+  orig, new = tokens[mask], out["input_ids"][mask]
+  n = mask.sum()
+  assert n > 6000
+  masked = (new == MASK).mean()
+  kept = (new == orig).mean()
+  randomised = ((new != MASK) & (new != orig)).mean()
+  tol = 4 * np.sqrt(0.1 * 0.9 / n)
+  assert abs(masked - 0.8) < 4 * np.sqrt(0.16 / n)
+  assert abs(randomised - 0.1 * (1 - 1 / 995)) < tol
+  assert abs(kept - (0.1 + 0.1 / 995)) < tol
+  replaced = new[(new != MASK) & (new != orig)]
+  assert not np.isin(replaced, SPECIAL).any(), "a random replacement was a special token"
+  # Replacements cover the non-special vocabulary roughly uniformly.
+  assert replaced.min() < 60 and replaced.max() > 940
+
+
+def test_exact_count_matches_mlm_pytorch_rule():
+  # mlm-pytorch's per-sequence count with its ceil replaced by round: a uniform subset of size
+  # round(mask_prob * n_maskable), every maskable position equally likely.
+  tokens, out, _, _ = run("random", "exact")
+  np.testing.assert_array_equal(out["mask"].sum(1), budgets(tokens))
+  maskable = ~np.isin(tokens, SPECIAL)
+  per_position = out["mask"][:, 1:30].sum(0) / maskable[:, 1:30].sum(0)  # all maskable there
+  assert np.all(np.abs(per_position - 0.15) < 0.06)
+
+
+@pytest.mark.parametrize("name", ["whole_word", "span", "pmi_span", "pmi_bigram"])
+def test_whole_words_never_split(name):
+  tokens, out, _, _ = run(name, "exact")
+  starts, maskable = word_starts(tokens)
+  inner = maskable & ~starts  # "##" pieces continuing a word
+  prev_mask = np.concatenate([np.zeros_like(out["mask"][:, :1]), out["mask"][:, :-1]], axis=1)
+  split = inner & (out["mask"] != prev_mask)
+  if name == "span":
+    # SpanBERT truncates the last span at the budget: at most one cut per sequence.
+    assert split.sum(1).max() <= 1
+  else:
+    assert not split.any(), f"{split.sum()} words split"
+
+
+def test_whole_word_bernoulli_keeps_words():
+  tokens, out, _, _ = run("whole_word", "bernoulli")
+  starts, maskable = word_starts(tokens)
+  prev_mask = np.concatenate([np.zeros_like(out["mask"][:, :1]), out["mask"][:, :-1]], axis=1)
+  assert not (maskable & ~starts & (out["mask"] != prev_mask)).any()
+
+
+def test_span_length_mean_matches_spanbert():
+  # At L = 512 (SpanBERT's setting, budget ~76 tokens) so that the budget boundary, where
+  # short spans are likelier to fit, barely biases the lengths of the spans taken.
+  masker = build("span")
+  length = 512
+  tokens, sentences, _ = synthetic_batch(11, batch=96, length=length, mid_sep=False)
+  fn = jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s, with_aux=True))
+  out, aux = jax.tree.map(np.asarray, fn(jax.random.key(1), tokens, sentences))
+  unit_start, starts = aux["unit_start"], aux["word_start"]
+  maskable = ~np.isin(tokens, SPECIAL)
+  taken, every = [], []
+  for b in range(tokens.shape[0]):
+    boundary = np.flatnonzero(unit_start[b] | ~maskable[b])
+    for s in np.flatnonzero(unit_start[b]):
+      after = boundary[boundary > s]
+      e = after[0] if after.size else length
+      if e == length or not unit_start[b, e]:
+        continue  # Cut by a special or the sequence end: not a complete span.
+      every.append(starts[b, s:e].sum())
+      if out["mask"][b, s:e].all():
+        taken.append(starts[b, s:e].sum())
+  cdf = words_lib.span_length_cdf(0.2, 10)
+  expected = np.sum(np.arange(1, 11) * np.diff(np.concatenate([[0], cdf])))
+  assert abs(expected - 3.8) < 0.01  # SpanBERT reports a mean span of 3.8 words
+  assert len(taken) > 800 and len(every) > 5000
+  assert abs(np.mean(every) - expected) < 0.12, np.mean(every)
+  assert abs(np.mean(taken) - expected) < 0.3, np.mean(taken)
+  assert max(every) == 10 and min(taken) == 1
+
+
+def test_pmi_ngram_units_never_split():
+  tokens, out, aux, planted = run("pmi_span", "exact")
+  assert len(planted) > 1000
+  whole = partial = 0
+  for b, s, k in planted:
+    m = out["mask"][b, s:s + k]
+    assert m.all() or not m.any(), f"n-gram at row {b} [{s}, {s + k}) was split: {m}"
+    whole += m.all()
+    # The segmentation found the planted n-gram as one unit.
+    assert aux["unit_start"][b, s] and not aux["unit_start"][b, s + 1:s + k].any()
+    assert aux["ngram_len"][b, s] == k
+  assert whole > 0.05 * len(planted), "planted n-grams are never masked"
+  assert partial == 0
+
+
+def test_pmi_bigram_chains_never_split():
+  tokens, out, aux, planted = run("pmi_bigram", "exact")
+  assert len(planted) > 1000
+  whole = 0
+  for b, s, k in planted:
+    m = out["mask"][b, s:s + k]
+    assert m.all() or not m.any()
+    assert not aux["unit_start"][b, s + 1:s + k].any()
+    whole += m.all()
+  assert whole > 0.05 * len(planted)
+
+
+@pytest.mark.parametrize("budget", ["exact", "bernoulli"])
+def test_informask_frequency_follows_rates(budget):
+  counts, seen = np.zeros(V), np.zeros(V)
+  for seed in range(4):
+    tokens, out, _, _ = run("informask", budget, key=seed, batch_seed=seed)
+    np.add.at(counts, tokens[out["mask"]], 1)
+    np.add.at(seen, tokens.ravel(), 1)
+  ids = np.flatnonzero(seen > 100)
+  ids = ids[~np.isin(ids, SPECIAL)]
+  assert len(ids) > 600
+  rho = scipy.stats.spearmanr(counts[ids] / seen[ids], RATES[ids]).statistic
+  assert rho > 0.9, rho
+
+
+def _brute_force_ir(tokens, sentences, candidates, dense_pmi):
+  scores = np.zeros(candidates.shape[0])
+  for k, cand in enumerate(candidates):
+    for i in range(len(tokens)):
+      if not cand[i]:
+        continue
+      for j in range(len(tokens)):
+        if j != i and not cand[j] and sentences[i] >= 0 and sentences[i] == sentences[j]:
+          scores[k] += dense_pmi[tokens[i], tokens[j]]
+  return scores
+
+
+@pytest.mark.parametrize("table", ["dense", "sparse"])
+def test_online_picks_best_candidate_brute_force(table):
+  pmi = _pmi_matrix()
+  masker = masking.get_masker("informask_online", pmi=pmi, num_candidates=6, pmi_table=table,
+                              **COMMON)
+  tokens, sentences, _ = synthetic_batch(21, batch=6, length=24)
+  tokens[:, 1:8] = np.arange(5, 12)  # Some tokens with PMI entries for sure.
+  out, aux = jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s, with_aux=True))(
+      jax.random.key(2), tokens, sentences)
+  out, aux = jax.tree.map(np.asarray, (out, aux))
+  dense = pmi.toarray()
+  for b in range(tokens.shape[0]):
+    expect = _brute_force_ir(tokens[b], sentences[b], aux["candidates"][b], dense)
+    np.testing.assert_allclose(aux["scores"][b], expect, rtol=1e-5, atol=1e-4)
+    assert aux["best"][b] == np.argmax(expect)
+    np.testing.assert_array_equal(out["mask"][b], aux["candidates"][b, np.argmax(expect)])
+    assert (aux["candidates"][b].sum(1) == budgets(tokens[b:b + 1])[0]).all()
+  assert len(set(np.round(aux["scores"].ravel(), 3))) > 10  # candidates do differ
+
+
+def test_online_restricted_pmi_vocab():
+  pmi = _pmi_matrix()
+  row_of, size = online_lib.restrict_vocab(pmi, pmi_vocab_size=50)
+  assert size == 50 and (row_of >= 0).sum() == 50
+  counts = np.bincount(pmi.row, minlength=V) + np.bincount(pmi.col, minlength=V)
+  kept = np.flatnonzero(row_of >= 0)
+  assert counts[kept].min() >= np.sort(counts)[-50]
+  tables, _ = online_lib.build_tables(pmi, pmi_vocab_size=50)
+  dense = np.asarray(tables["pmi_dense"])
+  assert dense.shape == (51, 51) and not dense[50].any()
+  np.testing.assert_allclose(dense[row_of[kept]][:, row_of[kept]],
+                             pmi.toarray()[np.ix_(kept, kept)])
+
+
+def test_same_key_same_masks_other_key_differs():
+  _, a, _, _ = run("span", "exact", key=5)
+  _, b, _, _ = run("span", "exact", key=5)
+  _, c, _, _ = run("span", "exact", key=6)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert (a["mask"] != c["mask"]).any()
+  # Raw uint32 keys (jax.random.PRNGKey) work and equal the typed key's masks.
+  masker = _cache["random", "exact"][0]
+  tokens, _, _ = synthetic_batch(0, batch=8)
+  fn = jax.jit(masker)
+  raw = fn(jax.random.PRNGKey(3), tokens)["mask"]
+  typed = fn(jax.random.key(3), tokens)["mask"]
+  np.testing.assert_array_equal(raw, typed)
+
+
+@pytest.mark.parametrize("name", ["span", "informask_online"])
+def test_same_masks_on_1_and_8_devices(name):
+  devices = jax.devices()
+  assert len(devices) >= 8, "conftest simulates 8 CPU devices"
+  masker = build(name)
+  tokens, sentences, _ = synthetic_batch(4, batch=64)
+  results = []
+  for n in (1, 8):
+    mesh = Mesh(np.array(devices[:n]), ("data",))
+    batch = NamedSharding(mesh, P("data"))
+    fn = jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s),
+                 in_shardings=(NamedSharding(mesh, P()), batch, batch), out_shardings=batch)
+    out = fn(jax.random.key(9), jax.device_put(tokens, batch), jax.device_put(sentences, batch))
+    if n == 8:
+      assert len(out["mask"].sharding.device_set) == 8
+    results.append(jax.tree.map(np.asarray, out))
+  for k in results[0]:
+    np.testing.assert_array_equal(results[0][k], results[1][k])
+
+
+# --- Construction errors ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mask_prob=0.0), "mask_prob"),
+    (dict(mask_prob=1.0), "mask_prob"),
+    (dict(mask_prob=float("nan")), "mask_prob"),
+    (dict(replace_prob=0.8, random_prob=0.3), "replace_prob"),
+    (dict(random_prob=-0.1), "random_prob"),
+    (dict(budget="poisson"), "budget"),
+    (dict(mask_id=V), "outside"),
+    (dict(special_ids=(0, 5000)), "outside"),
+    (dict(colour="red"), "Unknown option"),
+])
+def test_bad_shared_options_raise(kwargs, match):
+  args = dict(COMMON, **kwargs)
+  with pytest.raises(ValueError, match=match):
+    masking.get_masker("random", **args)
+
+
+def test_bad_strategy_options_raise(tmp_path):
+  with pytest.raises(ValueError, match="Unknown masking strategy"):
+    masking.get_masker("bert", **COMMON)
+  with pytest.raises(ValueError, match="continuation"):
+    masking.get_masker("whole_word", **COMMON)
+  with pytest.raises(ValueError, match="geometric_p"):
+    masking.get_masker("span", continuation=CONT, geometric_p=0.0, **COMMON)
+  with pytest.raises(ValueError, match="max_span_len"):
+    masking.get_masker("span", continuation=CONT, max_span_len=0, **COMMON)
+  with pytest.raises(ValueError, match="variant"):
+    masking.get_masker("pmi_span", continuation=CONT, variant="trigram", **COMMON)
+  with pytest.raises(ValueError, match="ngrams"):
+    masking.get_masker("pmi_span", continuation=CONT, **COMMON)
+  with pytest.raises(ValueError, match="token ids"):
+    masking.get_masker("pmi_span", continuation=CONT, ngrams=[(5, V + 1)], **COMMON)
+  with pytest.raises(ValueError, match="num_candidates"):
+    masking.get_masker("informask_online", pmi=_pmi_matrix(), num_candidates=0, **COMMON)
+  with pytest.raises(ValueError, match="shape"):
+    masking.get_masker("informask_online", pmi=scipy.sparse.eye(10), **COMMON)
+  with pytest.raises(FileNotFoundError, match="pmi.npz"):
+    masking.get_masker("informask_online", pmi=str(tmp_path / "pmi.npz"), **COMMON)
+
+
+@pytest.mark.parametrize("rates,match", [
+    (np.ones(V - 1), "shape"),
+    (np.where(np.arange(V) == 7, -0.1, 0.2), "negative"),
+    (np.where(np.arange(V) == 7, np.nan, 0.2), "non-finite"),
+    (np.zeros(V), "all zeros"),
+    (None, "rates"),
+])
+def test_bad_rate_tables_raise(rates, match):
+  with pytest.raises(ValueError, match=match):
+    masking.get_masker("informask", rates=rates, **COMMON)
+
+
+def test_rate_files_npy_and_original_json(tmp_path):
+  np.save(tmp_path / "rates.npy", RATES)
+  np.testing.assert_array_equal(informask_lib.load_rates(str(tmp_path / "rates.npy"), V), RATES)
+  listed = {str(i): float(RATES[i]) for i in range(0, V, 2)}  # odd ids missing
+  (tmp_path / "id_mask_prob.json").write_text(json.dumps(listed))
+  table = informask_lib.load_rates(str(tmp_path / "id_mask_prob.json"), V)
+  np.testing.assert_allclose(table[::2], RATES[::2])
+  np.testing.assert_allclose(table[1::2], np.mean(RATES[::2]), rtol=1e-6)
+  zero = informask_lib.load_rates(str(tmp_path / "id_mask_prob.json"), V, missing_rate=0.0)
+  assert not zero[1::2].any()
+  (tmp_path / "big.json").write_text(json.dumps({str(V + 3): 0.1}))
+  with pytest.raises(ValueError, match="outside the vocabulary"):
+    informask_lib.load_rates(str(tmp_path / "big.json"), V)
+  with pytest.raises(FileNotFoundError, match="rates_path"):
+    informask_lib.load_rates(str(tmp_path / "none.npy"), V)
+  masker = masking.get_masker("informask", rates=str(tmp_path / "id_mask_prob.json"), **COMMON)
+  assert masker.name == "informask"
+
+
+def test_masker_from_config(tmp_path):
+  from configs import base
+  c = base.get_base_config("tiny", strategy="span")
+  m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK,
+                                 continuation=CONT)
+  assert m.name == "span" and dict(m.options)["max_span_len"] == c.masking.span_max_len
+  c = base.get_base_config("tiny", strategy="informask")
+  with pytest.raises(ValueError, match="rates_path"):
+    masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK)
+  np.save(tmp_path / "r.npy", RATES)
+  c.masking.rates_path = str(tmp_path / "r.npy")
+  m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK)
+  assert m.settings.mask_prob == c.masking.mask_prob
+  c.masking.pmi_variant = "bigram"
+  c.masking.name = "pmi_span"
+  m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK,
+                                 continuation=CONT, bigrams=BIGRAMS)
+  assert dict(m.options)["variant"] == "bigram"
+  assert set(masking.MASKERS) == {"random", "whole_word", "span", "pmi_span", "informask",
+                                  "informask_online"}
+
+
+def test_masker_is_a_pytree_jit_argument():
+  masker = build("informask")
+  tokens, _, _ = synthetic_batch(0, batch=8)
+  direct = jax.jit(masker)(jax.random.key(0), tokens)
+  passed = jax.jit(lambda m, k, t: m(k, t))(masker, jax.random.key(0), jnp.asarray(tokens))
+  np.testing.assert_array_equal(direct["mask"], passed["mask"])
+  with pytest.raises(ValueError, match="int\\[B, L\\]"):
+    masker(jax.random.key(0), tokens[0])
