@@ -38,8 +38,14 @@ def summarize(directory) -> tuple[str, dict]:
   min_count = int(meta["params"].get("min_count", 1))
   seen = np.array([i for i in np.flatnonzero(counts > 0) if i not in specials])
   by_freq = seen[np.lexsort((seen, -counts[seen]))]  # rank 1 = most frequent
-  frequent = by_freq[counts[by_freq] >= min_count]
+  # The lists rank tokens of the PMI table: a token outside it has no PMI with anything, so
+  # sample-and-score gains nothing by masking it and its rate only says that (see the figure).
+  in_table = (np.diff(a.pmi.indptr) > 0) if a.pmi is not None else np.ones(v, bool)
+  frequent = by_freq[(counts[by_freq] >= min_count) & in_table[by_freq]]
   ranked = frequent[np.lexsort((frequent, -rates[frequent]))]
+  outside = by_freq[~in_table[by_freq]]
+  share_out = counts[outside].sum() / max(counts[by_freq].sum(), 1)
+  mean_out = rates[outside].mean() if outside.size else float("nan")
   rho = sstats.spearmanr(rates[by_freq], np.log(counts[by_freq])).statistic
   c = meta.get("counts", {})
   mask_prob = float(meta["params"]["mask_prob"])
@@ -58,8 +64,10 @@ def summarize(directory) -> tuple[str, dict]:
       f"rates from {c.get('rate_sequences', '?')} sequences: sampled target share "
       f"{c.get('rate_sample_fraction', float('nan')):.4f}, corpus-level expected share "
       f"{art_expected(rates, counts, specials):.4f} (mask_prob {mask_prob})",
-      f"rate over tokens seen >= {min_count} times: min {rates[frequent].min():.4f}  median "
-      f"{np.median(rates[frequent]):.4f}  max {rates[frequent].max():.4f}",
+      f"tokens outside the PMI table: {outside.size} ({share_out:.1%} of occurrences), mean "
+      f"rate {mean_out:.4f}",
+      f"rate over PMI-table tokens seen >= {min_count} times: min {rates[frequent].min():.4f}  "
+      f"median {np.median(rates[frequent]):.4f}  max {rates[frequent].max():.4f}",
       f"Spearman(rate, log frequency) = {rho:.3f} over {by_freq.size} tokens",
       f"10 most frequent: {fmt(by_freq[:10])}",
       f"highest rates: {fmt(ranked[:10])}",
@@ -130,8 +138,9 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
   ax.legend(loc="upper left")
 
   for col, (ids, title, color) in enumerate((
-      (ranked[:TOP], f"{TOP} highest rates (tokens seen >= {n['min_count']}x)", "tab:red"),
-      (ranked[::-1][:TOP], f"{TOP} lowest rates (tokens seen >= {n['min_count']}x)",
+      (ranked[:TOP], f"{TOP} highest rates (PMI-table tokens seen >= {n['min_count']}x)",
+       "tab:red"),
+      (ranked[::-1][:TOP], f"{TOP} lowest rates (PMI-table tokens seen >= {n['min_count']}x)",
        "tab:green"))):
     ax = fig.add_subplot(grid[1, col])
     y = np.arange(len(ids))[::-1]
