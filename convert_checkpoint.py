@@ -12,6 +12,7 @@ The logic lives in informask_jax/export.py; this file only parses flags.
 import argparse
 import json
 import os
+import sys
 
 
 def main(argv=None) -> dict:
@@ -49,4 +50,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    # Bad input or a failed verification: one line that says what, no traceback.
+    sys.exit(f"convert_checkpoint.py: error: {type(e).__name__}: {e}")

@@ -508,6 +508,12 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
     json.dump(settings, f, indent=2, sort_keys=True)
 
 
+def _check_out_dir(out_dir: str, overwrite: bool):
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+    raise FileExistsError(f"Export directory {out_dir} is not empty (overwrite=True, or "
+                          "--overwrite, writes into it anyway).")
+
+
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
                  fmt: str | None = None, verify: bool = True, overwrite: bool = False) -> dict:
   """Writes config.json, model.safetensors and the tokenizer files; returns a report.
@@ -519,8 +525,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   from safetensors.numpy import save_file
 
   fmt = _check_format(fmt or cfg.flavour)
-  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-    raise FileExistsError(f"Export directory {out_dir} is not empty (pass overwrite=True).")
+  _check_out_dir(out_dir, overwrite)
   tokenizer = None
   if tokenizer_dir is not None:
     if not os.path.isdir(tokenizer_dir):
@@ -638,6 +643,7 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
     _check_format(fmt)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"Workdir {workdir} does not exist.")
+  _check_out_dir(out_dir, overwrite)  # Before the restore, which may take a while.
   tokenizer_dir = os.path.join(workdir, "tokenizer")
   if not os.path.isdir(tokenizer_dir):
     raise FileNotFoundError(f"No tokenizer in {tokenizer_dir}: the export needs the tokenizer the "
@@ -655,6 +661,9 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
 
   from informask_jax import checkpointing
 
+  existing = checkpointing.checkpoint_dir(workdir)
+  if existing.is_dir() and any(existing.iterdir()):  # Checked again by the save; fail early.
+    raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")
   model_dir = _resolve(dir_or_name)
   _read_hf_config(model_dir)  # An unsupported model fails first, whatever else is missing.
   try:

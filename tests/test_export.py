@@ -14,7 +14,7 @@ import transformers
 from safetensors.numpy import load_file
 
 import convert_checkpoint
-from informask_jax import export
+from informask_jax import checkpointing, export
 from informask_jax.model import BertMLM, MLMConfig, init_params
 
 WORDS = ("the a cat dog sat ran on under mat rug was is very not good bad great awful movie film "
@@ -237,6 +237,16 @@ def test_convert_checkpoint_cli_round_trip(exported, tmp_path):
     convert_checkpoint.main(["--workdir", str(empty), "--out", str(tmp_path / "y")])
   with pytest.raises(FileExistsError, match="not empty"):
     convert_checkpoint.main(["--workdir", workdir, "--out", out])
+  with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    convert_checkpoint.main(["--from-hf", path, "--out", workdir])
+  # The scanned layout, for runs with model.scan_layers=True.
+  scanned_dir = str(tmp_path / "scanned")
+  convert_checkpoint.main(["--from-hf", path, "--out", scanned_dir, "--scan-layers"])
+  params, restored_cfg, _ = checkpointing.restore_params(scanned_dir)
+  assert restored_cfg.scan_layers and params["encoder"]["layers"]["mlp_in"]["kernel"].shape == (
+      2, 32, 64)
+  state = export.to_hf_state_dict(params, restored_cfg)
+  assert all(np.array_equal(state[k], first[k]) for k in first)
 
 
 def test_unsupported_configs_fail_clearly(tmp_path):
