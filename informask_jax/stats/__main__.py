@@ -2,7 +2,8 @@
 
   python -m informask_jax.stats build --config configs/informask.py:tiny [--config.stats.window=10]
       Builds every statistic of the config's corpus (or --what=pmi,rates) into its cache
-      directory and prints that directory as the last line.
+      directory, skipping what is built and intact (--force rebuilds), and prints that
+      directory as the last line.
   python -m informask_jax.stats report DIR [--out FILE.png]
       Writes a PNG (masking rate vs frequency rank, highest- and lowest-rate tokens) and a text
       summary (printed, and saved beside the PNG).
@@ -17,6 +18,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
 _WHAT = flags.DEFINE_list("what", list(artifacts.STAGES),
                           f"build: stages to (re)build, from {list(artifacts.STAGES)}.")
+_FORCE = flags.DEFINE_bool("force", False, "build: rebuild the stages even if built and intact.")
 _OUT = flags.DEFINE_string("out", "", "report: PNG path (default DIR/report.png).")
 
 _USAGE = ("usage: python -m informask_jax.stats build --config CONFIG[:VARIANT] [--config.x=y]\n"
@@ -31,7 +33,8 @@ def main(argv):
       raise app.UsageError(f"build takes no positional arguments, got {argv[2:]}.\n{_USAGE}")
     if _CONFIG.value is None:
       raise app.UsageError(f"build needs --config.\n{_USAGE}")
-    directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value))
+    directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value),
+                                      force=_FORCE.value)
     print(directory)
     return
   if len(argv) != 3:

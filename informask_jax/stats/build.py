@@ -235,9 +235,13 @@ def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: 
     logging.info("Statistics: %r done in %.1f s", stage, meta["seconds"][stage])
 
 
-def build_artifacts(config, pipeline=None, *, what=art.STAGES, progress: bool = True
-                    ) -> pathlib.Path:
-  """(Re)builds the stages in `what` (and any missing stage they read); returns the directory."""
+def build_artifacts(config, pipeline=None, *, what=art.STAGES, force: bool = False,
+                    progress: bool = True) -> pathlib.Path:
+  """Builds the stages in `what` and any stage they read, skipping those already built and
+  intact unless `force` (then the stages in `what` are rebuilt); returns the directory.
+
+  pipeline: the config's InputPipeline (built from the config when None).
+  """
   check_config(config)
   what = tuple(what)
   art.with_deps(what)  # Validates the names before the pipeline is built.
@@ -247,7 +251,9 @@ def build_artifacts(config, pipeline=None, *, what=art.STAGES, progress: bool = 
   directory = artifact_dir(config, pipeline)
   meta = _open_meta(config, pipeline, directory)
   todo = [s for s in art.with_deps(what)
-          if s in what or not art.stage_ok(directory, meta, s)]
+          if (force and s in what) or not art.stage_ok(directory, meta, s)]
+  if not todo:
+    logging.info("Statistics in %s are built and intact (--force rebuilds them).", directory)
   _run(config, pipeline, directory, meta, todo, progress)
   return directory
 
