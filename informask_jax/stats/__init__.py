@@ -4,6 +4,15 @@
 `<config.data.cache_dir>/stats/<key>/`; `ensure_artifacts` builds what a run needs and is
 missing; `load_artifacts` reads and checks a directory. The counters in `counting`, `pmi`,
 `ngrams` and `rates` take plain arrays and are usable without configs or the input pipeline.
+
+For a distributed pipeline (e.g. a Beam combiner): `counting.chunk_unigram_counts`,
+`counting.chunk_pair_counts` and `ngrams.chunk_ngram_counts` give a chunk's partial counts; the
+counts of any split of the corpus sum to the totals, and the thresholds (min_pair_count,
+ngram_min_count) apply only after the final merge (`PairAccumulator.finalize`,
+`KeyCounter.result`).
+
+Which stage a masking strategy needs: informask -> "rates", informask_online -> "pmi",
+pmi_span -> "ngrams" (its bigram variant reads `Artifacts.bigrams`).
 """
 
 from informask_jax.stats.artifacts import (

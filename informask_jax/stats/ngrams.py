@@ -210,6 +210,40 @@ class NgramCounts:
   min_count: int
 
 
+@dataclasses.dataclass
+class ChunkNgramCounts:
+  """One chunk's counts; partial counts of any split of the corpus add up (a Beam combiner's
+  accumulator): n-gram and pair keys are merged with `KeyCounter`, the rest by summing."""
+
+  keys: np.ndarray  # (K,) uint64 tagged n-gram keys, unique
+  counts: np.ndarray  # (K,) int64
+  pair_keys: np.ndarray  # (P,) uint64 a * V + b, unique
+  pair_counts: np.ndarray  # (P,) int64
+  positions: np.ndarray  # (max_n + 1,) int64 n-gram positions per length
+  token_counts: np.ndarray  # (V,) int64 non-special tokens
+  num_adjacent: int
+
+
+def chunk_ngram_counts(chunk: chunks_lib.Chunk, *, vocab_size: int, continuation: np.ndarray,
+                       special: np.ndarray, max_n: int = MAX_N) -> ChunkNgramCounts:
+  """Word n-gram counts (n = 1..max_n) and adjacent token pair counts of one chunk."""
+  words = chunk_words(chunk, continuation, special, max_n)
+  positions = np.zeros(max_n + 1, np.int64)
+  keys = []
+  for n in range(1, max_n + 1):
+    keys.append(_tag(words.raw[n][words.valid[n]], n))
+    positions[n] = keys[-1].size
+  keys, counts = np.unique(np.concatenate(keys), return_counts=True)
+  t = chunk.token_ids
+  ok = ~special[t]
+  adjacent = ok[:-1] & ok[1:] & ~chunk.sentence_starts()[1:]
+  pair = t[:-1][adjacent].astype(np.uint64) * np.uint64(vocab_size) + t[1:][adjacent]
+  pair_keys, pair_counts = np.unique(pair, return_counts=True)
+  return ChunkNgramCounts(keys, counts.astype(np.int64), pair_keys, pair_counts.astype(np.int64),
+                          positions, np.bincount(t[ok], minlength=vocab_size).astype(np.int64),
+                          int(pair.size))
+
+
 def _count_shard(args, corpus, start, stop):
   vocab_size, continuation, special, max_n, chunk_tokens, cap_mb, spill_dir = args
   grams = KeyCounter(memory_cap_mb=cap_mb * 0.75, spill_dir=spill_dir)
@@ -218,18 +252,13 @@ def _count_shard(args, corpus, start, stop):
   tokens = np.zeros(vocab_size, np.int64)
   num_adjacent, docs = 0, 0
   for chunk in corpus.chunks(start, stop, chunk_tokens):
-    words = chunk_words(chunk, continuation, special, max_n)
-    for n in range(1, max_n + 1):
-      keys = _tag(words.raw[n][words.valid[n]], n)
-      positions[n] += keys.size
-      grams.add(keys)
-    t = chunk.token_ids
-    ok = ~special[t]
-    tokens += np.bincount(t[ok], minlength=vocab_size)
-    adjacent = ok[:-1] & ok[1:] & ~chunk.sentence_starts()[1:]
-    pair = t[:-1][adjacent].astype(np.uint64) * np.uint64(vocab_size) + t[1:][adjacent]
-    num_adjacent += pair.size
-    pairs.add(pair)
+    part = chunk_ngram_counts(chunk, vocab_size=vocab_size, continuation=continuation,
+                              special=special, max_n=max_n)
+    grams.add(part.keys, part.counts)
+    pairs.add(part.pair_keys, part.pair_counts)
+    positions += part.positions
+    tokens += part.token_counts
+    num_adjacent += part.num_adjacent
     docs += chunk.num_documents
   grams.compact()
   pairs.compact()
