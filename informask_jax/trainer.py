@@ -108,7 +108,7 @@ def make_train_step(model: model_lib.BertMLM, masker: Masker, tx: optax.Gradient
     num_targets = weights.sum()
     grads = jax.tree.map(lambda g: g / jnp.maximum(num_targets, 1.0), grad_sum)
     loss = loss_sum / jnp.maximum(num_targets, 1.0)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)

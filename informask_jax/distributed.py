@@ -1,0 +1,47 @@
+"""Multi-process start-up: `jax.distributed.initialize()` when this is one of several processes.
+
+On TPU pods and Slurm, JAX detects the coordinator and process ids from the environment; elsewhere
+give them with --coordinator_address, --num_processes and --process_id (or the environment
+variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+"""
+
+import logging
+import os
+
+import jax
+from absl import flags
+
+_COORDINATOR = "coordinator_address"
+_NUM = "num_processes"
+_ID = "process_id"
+
+
+def define_flags() -> None:
+  flags.DEFINE_string(_COORDINATOR, os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                      "HOST:PORT of process 0, for multi-process training.")
+  flags.DEFINE_integer(_NUM, _env_int("JAX_NUM_PROCESSES"), "Number of processes.")
+  flags.DEFINE_integer(_ID, _env_int("JAX_PROCESS_ID"), "This process's index.")
+
+
+def _env_int(name):
+  value = os.environ.get(name)
+  return int(value) if value else None
+
+
+def _auto_detected() -> bool:
+  """Environments where jax.distributed.initialize() finds everything by itself."""
+  return ("SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1) or (
+      "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"])
+
+
+def initialize() -> None:
+  f = flags.FLAGS
+  if f[_COORDINATOR].value or (f[_NUM].value or 1) > 1:
+    if f[_NUM].value is None or f[_ID].value is None:
+      raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
+    jax.distributed.initialize(f[_COORDINATOR].value, f[_NUM].value, f[_ID].value)
+  elif _auto_detected():
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info("jax.distributed: process %d of %d.", jax.process_index(), jax.process_count())

@@ -1,0 +1,272 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, as train.py and the tests call it.
+
+Sections follow big_vision's train.py: config checks, mesh, input, masking tables, model and
+optimizer, sharded state (or resume), the compiled steps, then the loop with logging, evaluation,
+checkpoints and pre-emption.
+"""
+
+import dataclasses
+import json
+import logging
+import pathlib
+import shutil
+import signal
+import threading
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+import tqdm
+
+from informask_jax import checkpointing, data, export, masking, optim, stats
+from informask_jax import metrics as metrics_lib
+from informask_jax import model as model_lib
+from informask_jax import sharding as sharding_lib
+from informask_jax import trainer as trainer_lib
+
+# Masking strategies and the corpus statistics each one needs.
+_STATS_NEEDED = {"informask": ("counts", "pmi", "rates"), "informask_online": ("counts", "pmi"),
+                 "pmi_span": ("counts", "ngrams")}
+
+
+class TrainingStopped(RuntimeError):
+  """Training cannot go on (e.g. too many non-finite steps in a row); see the message."""
+
+
+def check_config(config) -> None:
+  """Errors that need no data or devices, raised before anything heavy runs."""
+  data.check_config(config)
+  t, m = config.train, config.model
+  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+    if t[key] <= 0:
+      raise ValueError(f"config.train.{key}={t[key]} must be positive.")
+  if config.optim.grad_accum_steps < 1:
+    raise ValueError(f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1.")
+  budget = round(config.masking.mask_prob * (config.data.seq_len - 2))
+  if config.masking.budget == "exact" and m.max_predictions < budget:
+    raise ValueError(
+        f"config.model.max_predictions={m.max_predictions} is below the exact masking budget "
+        f"round(mask_prob * (seq_len - 2)) = {budget}; targets beyond it would be dropped.")
+
+
+def _log_topology(config, mesh) -> None:
+  logging.info("Process %d of %d; %d local / %d global devices (%s); mesh %s.",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].device_kind, dict(mesh.shape))
+  logging.info("Config:\n%s", config)
+
+
+def _prepare_workdir(workdir: pathlib.Path, config) -> int | None:
+  """The step to resume from (None: start fresh); refuses to clobber a run by accident."""
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  has_run = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+  if has_run and not config.train.resume:
+    if not config.train.overwrite:
+      raise FileExistsError(
+          f"{workdir} already holds a run (checkpoints in {ckpt_dir}) and "
+          "config.train.resume=False. Use another --workdir, resume (the default), or pass "
+          "--config.train.overwrite=True to delete it and start over.")
+    if jax.process_index() == 0:
+      shutil.rmtree(ckpt_dir)
+      for name in ("metrics.jsonl", "tensorboard"):
+        path = workdir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+  workdir.mkdir(parents=True, exist_ok=True)
+  return None if not has_run or not config.train.resume else -1  # -1: "latest", resolved later.
+
+
+def build_masker(config, pipeline):
+  """The configured strategy, with the corpus statistics it needs (built when missing)."""
+  name = config.masking.name
+  tables = {}
+  if name in _STATS_NEEDED and not (name == "informask" and config.masking.rates_path):
+    path = stats.ensure_artifacts(config, pipeline, need=_STATS_NEEDED[name])
+    art = stats.load_artifacts(path, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
+                               vocab_size=len(pipeline.tokenizer))
+    tables = {"informask": {"rates": art.rates}, "informask_online": {"pmi": art.pmi},
+              "pmi_span": {"ngrams": art.ngrams, "bigrams": art.bigrams}}[name]
+    logging.info("Masking tables for %s from %s.", name, path)
+  elif name == "informask":
+    tables = {"rates": config.masking.rates_path}
+  ids = pipeline.special_ids
+  return masking.masker_from_config(
+      config.masking, vocab_size=len(pipeline.tokenizer), mask_id=ids.mask,
+      special_ids=(ids.pad, ids.unk, ids.cls, ids.sep, ids.mask),
+      continuation=pipeline.continuation, **tables)
+
+
+class _StopSignal:
+  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
+  """Mean masked-token loss over the first eval_batches validation batches, fixed masks."""
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  rng = jax.random.key_data(jax.random.key(config.train.seed + 1))  # Same masks every eval.
+  sums = {"loss_sum": 0.0, "correct_sum": 0.0, "num_targets": 0.0}
+  for local in data.eval_batches(pipeline.validation, config.train.batch_size,
+                                 config.train.eval_batches, pad_id=pipeline.special_ids.pad):
+    out = eval_step(params, data.make_global_batch(local, batch_sharding),
+                    jax.random.wrap_key_data(rng))
+    for key, value in jax.device_get(out).items():
+      sums[key] += float(value)
+  loss = sums["loss_sum"] / max(sums["num_targets"], 1.0)
+  return {"eval_loss": loss, "eval_perplexity": float(min(jax.numpy.exp(loss), 1e30)),
+          "eval_accuracy": sums["correct_sum"] / max(sums["num_targets"], 1.0)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Trains (or resumes) in `workdir`; returns the last logged metrics and evaluation."""
+  # --- Config and workdir ----------------------------------------------------------------
+  check_config(config)
+  workdir = pathlib.Path(workdir).expanduser()
+  resume = _prepare_workdir(workdir, config)
+  is_main = jax.process_index() == 0
+
+  # --- Mesh --------------------------------------------------------------------------------
+  mesh = sharding_lib.make_mesh(config.mesh)
+  rules = sharding_lib.logical_rules(config.mesh)
+  sharding_lib.check_batch_divisible(config.train.batch_size, mesh, config.optim.grad_accum_steps)
+  _log_topology(config, mesh)
+
+  # --- Input and masking -------------------------------------------------------------------
+  pipeline = data.build_input_pipeline(config)
+  masker = build_masker(config, pipeline)
+  if is_main:
+    pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
+    checkpointing.write_json(workdir / "config.json", _config_json(config))
+
+  # --- Model and optimizer -----------------------------------------------------------------
+  mlm_config = model_lib.MLMConfig.from_config(
+      config.model, vocab_size=len(pipeline.tokenizer), pad_id=pipeline.special_ids.pad)
+  model = model_lib.BertMLM(mlm_config)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+  init_params = None
+  if config.init_from and resume is None:
+    init_params, saved_cfg, _ = checkpointing.restore_params(config.init_from)
+    # Unrolled or scanned layers are a layout, not an architecture: convert to this run's.
+    init_params = export.convert_layout(init_params, mlm_config.scan_layers)
+    saved_cfg = dataclasses.replace(saved_cfg, scan_layers=mlm_config.scan_layers)
+    _check_architecture(saved_cfg, mlm_config, f"config.init_from={config.init_from}")
+    logging.info("Initialised parameters from %s.", config.init_from)
+  state, state_shardings = trainer_lib.init_train_state(
+      model, tx, config.train.seed, config.data.seq_len, mesh, rules, params=init_params)
+
+  # --- Resume ------------------------------------------------------------------------------
+  checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  train_iter = pipeline.train_iterator(config.train.batch_size, seed=config.train.seed)
+  if resume is not None:
+    step = checkpointer.latest_step()
+    saved = checkpointer.read_meta(step)
+    _check_architecture(model_lib.MLMConfig(**saved["mlm_config"]), mlm_config,
+                        f"the checkpoint at step {step} in {workdir}")
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+    del state  # Free the fresh state before the restored one arrives.
+    state, data_state, _ = checkpointer.restore(step, abstract)
+    train_iter.restore(data_state)
+    logging.info("Resumed from step %d in %s.", step, workdir)
+  meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config),
+          "config": _config_json(config)}
+
+  # --- Compiled steps ----------------------------------------------------------------------
+  step_config = trainer_lib.StepConfig(config.model.max_predictions,
+                                       config.optim.grad_accum_steps)
+  train_step = trainer_lib.jit_train_step(
+      trainer_lib.make_train_step(model, masker, tx, schedule, step_config), state_shardings, mesh)
+  eval_step = trainer_lib.jit_eval_step(
+      trainer_lib.make_eval_step(model, masker, config.model.max_predictions),
+      state_shardings, mesh)
+  flops_per_step = config.train.batch_size * model_lib.train_flops_per_sequence(
+      mlm_config, config.data.seq_len, config.model.max_predictions)
+
+  # --- Loop --------------------------------------------------------------------------------
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  stop = _StopSignal()
+  batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
+  t = config.train
+  step = int(jax.device_get(state.step))
+  pending, last_log, last_eval = [], {}, {}
+  tokens_per_step = t.batch_size * config.data.seq_len
+  progress = tqdm.tqdm(total=t.num_steps, initial=step, disable=not is_main, desc="train",
+                       dynamic_ncols=True)
+  interval_start, interval_steps = time.time(), 0
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      while step < t.num_steps:
+        state, step_metrics = train_step(state, next(batches))
+        # Check the previous step's skip counter: already computed, so no pipeline stall.
+        if pending and int(pending[-1]["consecutive_skips"]) >= t.max_consecutive_skips:
+          raise TrainingStopped(
+              f"{t.max_consecutive_skips} consecutive steps up to step {step} had a non-finite "
+              "loss or gradient and were skipped; parameters are those of the last finite step. "
+              "Lower the learning rate or check the data; resume from the last checkpoint.")
+        pending.append(step_metrics)
+        step += 1
+        interval_steps += 1
+        progress.update(1)
+
+        if step % t.log_every == 0 or step == t.num_steps:
+          summary = metrics_lib.summarize(pending)
+          elapsed = time.time() - interval_start
+          summary["tokens_per_sec"] = tokens_per_step * interval_steps / elapsed
+          summary["mfu"] = metrics_lib.mfu(flops_per_step, elapsed / interval_steps,
+                                           jax.device_count())
+          if summary["skipped_steps"]:
+            logging.warning("Step %d: %d non-finite step(s) skipped since the last log.", step,
+                            summary["skipped_steps"])
+          writer.write(step, summary)
+          progress.set_postfix(loss=f"{summary['loss']:.3f}",
+                               tok_s=f"{summary['tokens_per_sec']:.0f}")
+          last_log, pending = summary, []
+          interval_start, interval_steps = time.time(), 0
+
+        evaluated = step % t.eval_every == 0 or step == t.num_steps
+        if evaluated:
+          last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
+          writer.write(step, last_eval)
+          logging.info("Step %d: eval loss %.4f, perplexity %.2f.", step,
+                       last_eval["eval_loss"], last_eval["eval_perplexity"])
+
+        if step % t.checkpoint_every == 0 or step == t.num_steps or stop.received:
+          checkpointer.save(step, state, batches.state(), meta,
+                            eval_loss=last_eval.get("eval_loss") if evaluated else None,
+                            force=True)
+        if stop.received:
+          checkpointer.wait()
+          logging.warning("Received %s: saved a checkpoint at step %d in %s; exiting. Run the "
+                          "same command to resume.", stop.received, step, workdir)
+          break
+  finally:
+    progress.close()
+    stop.restore()
+    writer.close()
+    checkpointer.close()
+  return {"step": step, **last_log, **last_eval, "preempted": stop.received is not None}
+
+
+def _config_json(config) -> dict:
+  """The config as plain JSON types (ConfigDicts nested in lists included)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig, where: str):
+  diffs = checkpointing.architecture_mismatch(dataclasses.asdict(saved), current)
+  if diffs:
+    raise ValueError(f"The model of {where} does not match this run's config:\n  "
+                     + "\n  ".join(diffs))

@@ -1,0 +1,94 @@
+"""Where metrics go: workdir/metrics.jsonl, TensorBoard events, and MFU arithmetic.
+
+Only process 0 writes; the other processes get a writer that does nothing, so call sites need no
+`if jax.process_index() == 0`.
+"""
+
+import json
+import math
+import pathlib
+
+import jax
+import numpy as np
+
+# Dense bf16 matmul peak per device, FLOP/s, from the vendors' data sheets. Unknown kinds (CPUs
+# among them) give mfu = null rather than a made-up number.
+_PEAK_BF16_FLOPS = {
+    "h100": 989e12,  # SXM; the PCIe card is lower, but reports the same kind prefix.
+    "h200": 989e12,
+    "a100": 312e12,
+    "v100": 125e12,  # fp16 tensor cores.
+    "l4": 121e12,
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,  # v5e
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v6 lite": 918e12,  # Trillium (v6e)
+    "tpu v6e": 918e12,
+}
+
+
+def peak_flops_per_device(device=None) -> float | None:
+  kind = (device or jax.devices()[0]).device_kind.lower()
+  for prefix, flops in sorted(_PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    if prefix in kind:
+      return flops
+  return None
+
+
+def mfu(flops_per_step: float, seconds_per_step: float, num_devices: int) -> float | None:
+  peak = peak_flops_per_device()
+  if peak is None or seconds_per_step <= 0:
+    return None
+  return flops_per_step / seconds_per_step / (peak * num_devices)
+
+
+def summarize(step_metrics: list[dict]) -> dict:
+  """Host-side summary of the steps since the last log: sums -> means, last values for the rest."""
+  host = jax.device_get(step_metrics)
+  targets = sum(float(m["num_targets"]) for m in host)
+  out = {
+      "loss": sum(float(m["loss_sum"]) for m in host) / max(targets, 1.0),
+      "accuracy": sum(float(m["correct_sum"]) for m in host) / max(targets, 1.0),
+      "grad_norm": float(np.mean([float(m["grad_norm"]) for m in host])),
+      "learning_rate": float(host[-1]["learning_rate"]),
+      "skipped_steps": int(sum(int(m["skipped"]) for m in host)),
+      "targets_per_step": targets / len(host),
+      "dropped_targets": float(sum(float(m["dropped_targets"]) for m in host)),
+  }
+  if targets == 0:  # Every step of the interval was skipped: no loss to report.
+    out["loss"] = out["accuracy"] = float("nan")
+  return out
+
+
+class MetricWriter:
+  """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir, *, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # Imported here: only process 0 needs it.
+
+    workdir = pathlib.Path(workdir)
+    self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (kept open)
+    self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step)}
+    for key, value in scalars.items():
+      if isinstance(value, float) and not math.isfinite(value):
+        record[key] = None if math.isnan(value) else value
+      else:
+        record[key] = value
+    self._jsonl.write(json.dumps(record) + "\n")
+    for key, value in scalars.items():
+      if isinstance(value, int | float) and value is not None and math.isfinite(value):
+        self._tb.add_scalar(key, value, int(step))
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()

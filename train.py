@@ -1,0 +1,30 @@
+"""Pretrains a masked language model: `python train.py --config configs/informask.py:tiny`.
+
+Any config field can be overridden, e.g. `--config.train.batch_size=64 --config.masking.name=span`.
+A run in a --workdir that already has checkpoints resumes from the latest one.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from informask_jax import cli, distributed, loop
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Checkpoints, logs and metrics go here.")
+distributed.define_flags()
+
+
+def main(argv):
+  del argv
+  distributed.initialize()
+  logging.getLogger().setLevel(logging.INFO)
+  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info("Finished at step %d: %s", result["step"], result)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=cli.parse_flags)
