@@ -64,13 +64,17 @@ def budget_table(mask_prob, length):
   return np.array([round(mask_prob * n) for n in range(length + 1)], np.int32)
 
 
-def corrupt(seed, tokens, target, settings):
-  """BERT's corruption of the targets: [MASK] / a random non-special token / unchanged."""
+def corrupt(seed, tokens, target, settings, decide=None):
+  """BERT's corruption of the targets: [MASK] / a random non-special token / unchanged.
+
+  `decide`: optional float[L] uniform in [0, 1) at the targets, given by a strategy that has one
+  to spare (a Bernoulli draw u < p leaves u / p uniform); else a fresh stream is drawn.
+  """
   length = tokens.shape[-1]
-  decide = prng.bits(seed, prng.DECIDE, (length,)) >> 8  # 24-bit uniforms
-  to_mask = decide < np.uint32(round(settings.replace_prob * (1 << 24)))
-  to_random = ~to_mask & (
-      decide < np.uint32(round((settings.replace_prob + settings.random_prob) * (1 << 24))))
+  if decide is None:
+    decide = prng.uniform(prng.bits(seed, prng.DECIDE, (length,)))
+  to_mask = decide < settings.replace_prob
+  to_random = ~to_mask & (decide < settings.replace_prob + settings.random_prob)
   # A uniform id among the V - k non-special ones, then shifted past each special id (sorted):
   # a bijection onto the non-special ids, without a gather.
   n = settings.vocab_size - len(settings.special_ids)
@@ -124,15 +128,16 @@ class Masker:
     settings, select = self.settings, self.select
     tables = jax.tree.map(jnp.asarray, self.tables)  # numpy tables become (constant) arrays
     budgets = budget_table(settings.mask_prob, length)
-    special = np.asarray(settings.special_ids, np.int32)
 
     def one(seed, tokens, sentences):  # (2,), (L,), (L,)
-      maskable = jnp.all(tokens[:, None] != special[None, :], axis=-1)  # (L,)
+      maskable = tokens != settings.special_ids[0]  # (L,); chained compares fuse, a reduce won't
+      for special in settings.special_ids[1:]:
+        maskable = maskable & (tokens != special)
       budget = jnp.asarray(budgets)[jnp.sum(maskable)]
       target, aux = select(tables, seed, tokens, sentences.astype(jnp.int32), maskable, budget)
       target = target & maskable
       return {
-          "input_ids": corrupt(seed, tokens, target, settings),
+          "input_ids": corrupt(seed, tokens, target, settings, aux.pop("decide", None)),
           "labels": jnp.where(target, tokens, IGNORE_LABEL),
           "mask": target,
       }, aux

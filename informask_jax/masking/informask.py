@@ -107,7 +107,8 @@ def make_select(settings, rescale):
         total = jnp.sum(rate)
         n = jnp.sum(maskable).astype(jnp.float32)
         rate = rate * jnp.where(total > 0, settings.mask_prob * n / total, 0.0)
-      return maskable & (u < rate), {}
+      # Given u < rate, u / rate is uniform: it decides [MASK] / random / keep for free.
+      return maskable & (u < rate), {"decide": u / jnp.maximum(rate, 1e-30)}
     # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
     # position in the low bits (ties between equal floats go to the lower position).
     race = -jnp.log(u) / tables["weights"][tokens]

@@ -1,12 +1,11 @@
-"""Random bits for the maskers: one threefry fold-in per example, then a cheap counter hash.
+"""Random bits for the maskers: a cheap counter hash seeded per example.
 
 JAX's default threefry costs ~7 ns per 32-bit word on a CPU, more than the rest of the masking
-together. So each example's key is derived the documented way (`fold_in(rng, global_index)`,
-threefry, B hashes per batch) and its 64 key bits then seed a counter-based generator in the
-style of SplitMix: word `c` of stream `s` is mix32((seed0 + ((s << 20) | c) * golden) ^ seed1),
-mix32 being the "lowbias32" integer mixer (two multiplies, three xor-shifts; a bijection on 32
-bits with full avalanche). Masking needs uniform, independent-looking bits, not cryptographic
-strength.
+together. So the step key's bits and each example's global index are hashed into a 64-bit
+per-example seed, which drives a counter-based generator in the style of SplitMix: word `c` of
+stream `s` is mix32((seed0 + ((s << 20) | c) * golden) ^ seed1), mix32 being the "lowbias32"
+integer mixer (two multiplies, three xor-shifts; a bijection on 32 bits with full avalanche).
+Masking needs uniform, independent-looking bits, not cryptographic strength.
 
 The words depend only on (rng, global example index, stream, position), never on how the batch
 is split over devices, so the masks are the same on 1 device, 8 devices or a pod.
@@ -42,23 +41,27 @@ def mix32(x):
 
 
 def example_seeds(rng, batch):
-  """Per-example seeds uint32[batch, 2]: `fold_in(rng, i)` for the global index i, as key data.
+  """Per-example seeds uint32[batch, 2]: the global example index folded into `rng`.
 
-  `rng` may be a typed key (`jax.random.key`, any impl) or a raw uint32[2] key.
+  `rng` may be a typed key (`jax.random.key`, any impl) or a raw uint32[2] key. The fold is the
+  counter hash below rather than `jax.random.fold_in`, whose threefry rounds run as a rolled loop
+  on XLA:CPU and cost more than the whole masking of a small batch.
   """
-  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
-  if rng.shape != ():
-    raise ValueError(f"The masker takes one key for the whole batch, got keys {rng.shape}.")
-  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch, dtype=jnp.uint32))
-  data = jax.random.key_data(keys).reshape(batch, -1)  # (B, W): W = 2 (threefry), 4 (rbg)
-  s0, s1 = data[:, 0], data[:, 1 % data.shape[1]]
-  for w in range(2, data.shape[1]):  # Wider key impls: fold the extra words in.
-    if w % 2:
-      s1 = mix32(s1 ^ data[:, w])
-    else:
-      s0 = mix32(s0 ^ data[:, w])
-  return jnp.stack([s0, s1], axis=-1)
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    if rng.shape != ():
+      raise ValueError(f"The masker takes one key for the whole batch, got keys {rng.shape}.")
+    data = jax.random.key_data(rng).reshape(-1)  # 2 words (threefry) or 4 (rbg)
+  else:
+    data = jnp.asarray(rng, jnp.uint32)
+    if data.shape != (2,):
+      raise ValueError(f"A raw key must be uint32[2] (jax.random.PRNGKey), got {data.shape}.")
+  k0, k1 = data[0], data[1]
+  for w in range(2, data.shape[0]):  # Wider key impls: fold the extra words in.
+    k0, k1 = (mix32(k0 ^ data[w]), k1) if w % 2 == 0 else (k0, mix32(k1 ^ data[w]))
+  index = jnp.arange(batch, dtype=jnp.uint32)  # The global example index (B is the global batch).
+  s0 = mix32((index * _GOLDEN) ^ k0)
+  s1 = mix32(s0 + k1)
+  return jnp.stack([s0, mix32(s1 ^ k0)], axis=-1)  # (B, 2)
 
 
 def bits(seed, stream, shape):

