@@ -193,16 +193,35 @@ def test_accumulator_spills_above_cap_and_merges_exactly():
   rng = np.random.default_rng(3)
   tables = [sp.random(50, 50, density=0.3, random_state=rng, format="csr",
                       data_rvs=lambda n: rng.integers(1, 5, n)).astype(np.int64)
-            for _ in range(6)]
+            for _ in range(20)]
   tables = [(t + t.T).tocsr() for t in tables]
   acc = counting.PairAccumulator(50, memory_cap_mb=0.005)  # ~5 KB: spills every table
   for t in tables:
     acc.add(t)
-  assert len(acc.spills) >= 3
+  # 20 spills, merged into one file set every 8: the disk holds a bounded number of them.
+  assert 1 <= len(acc.spills) < 8
+  assert len(os.listdir(acc.spill_dir)) == 3 * len(acc.spills)
   out = acc.finalize(np.arange(50), min_pair_count=1)
   want = sum(tables[1:], tables[0])
   assert (out.counts != want).nnz == 0
   np.testing.assert_array_equal(out.marginals, np.asarray(want.sum(axis=1)).ravel())
+
+
+def test_key_counter_spills_compacts_and_counts_exactly(tmp_path):
+  rng = np.random.default_rng(12)
+  counter = ngrams.KeyCounter(memory_cap_mb=0.01, spill_dir=str(tmp_path))
+  want = collections.Counter()
+  compactions = 0
+  for _ in range(30):
+    keys = rng.integers(0, 3000, 400).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    want.update(keys.tolist())
+    before = len(counter.spills)
+    counter.add(keys)
+    compactions += len(counter.spills) < before
+  assert compactions >= 1 and len(counter.spills) < ngrams.KeyCounter._MAX_SPILLS
+  keys, counts = counter.result(min_count=2)
+  expect = sorted((k, c) for k, c in want.items() if c >= 2)
+  assert list(zip(keys.tolist(), counts.tolist(), strict=True)) == expect
 
 
 def test_too_small_corpus_errors():

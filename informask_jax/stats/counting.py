@@ -35,6 +35,8 @@ from informask_jax.stats import chunks as chunks_lib
 
 # Bytes per stored nonzero of an int64 CSR table (int32 column index + int64 count).
 _BYTES_PER_NNZ = 12
+# Spill files merged into one past this many (bounds the disk footprint and the final merge).
+_MAX_SPILLS = 8
 # Pending chunk tables are summed into the running total once they hold this many entries, or
 # as many as the total: adding a small table to a large one costs the large one's size.
 _MIN_MERGE_NNZ = 1 << 22
@@ -250,6 +252,8 @@ class PairAccumulator:
       self.add(other.total, other.num_tokens)
     else:
       self.num_tokens += other.num_tokens
+    if len(self.spills) >= _MAX_SPILLS:
+      self.compact_spills()
 
   def _merge_pending(self) -> None:
     tables = ([self.total] if self.total is not None else []) + self.pending
@@ -257,39 +261,64 @@ class PairAccumulator:
     self.total = _sum_tables(tables) if tables else None
 
   def spill(self) -> None:
+    """Writes the running sum to disk; past _MAX_SPILLS files they are merged into one."""
     self._merge_pending()
     if self.total is None:
       return
-    if self.spill_dir is None:
-      self.spill_dir = tempfile.mkdtemp(prefix="informask-pairs-")
-    prefix = os.path.join(self.spill_dir, f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-    t = self.total
-    np.save(prefix + ".indptr.npy", t.indptr.astype(np.int64))
-    np.save(prefix + ".indices.npy", t.indices.astype(np.int32))
-    np.save(prefix + ".data.npy", t.data.astype(np.int64))
+    prefix = self._new_prefix()
+    _write_spill(prefix, [self.total], self.num_rows)
     self.spills.append(prefix)
     self.total = None
+    if len(self.spills) >= _MAX_SPILLS:
+      self.compact_spills()
+
+  def _new_prefix(self) -> str:
+    if self.spill_dir is None:
+      self.spill_dir = tempfile.mkdtemp(prefix="informask-pairs-")
+    return os.path.join(self.spill_dir, f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+  def compact_spills(self) -> None:
+    """Merges the spill files into one, row block by row block.
+
+    Keeps the disk footprint at most the distinct pairs seen plus a few caps, whatever the
+    corpus size (each spill repeats the pairs common to every part of the corpus).
+    """
+    if len(self.spills) < 2:
+      return
+    prefix = self._new_prefix()
+    _write_spill(prefix, (block for _, _, block in self._blocks(with_total=False)),
+                 self.num_rows)
+    for old in self.spills:
+      _remove_spill(old)
+    self.spills = [prefix]
+
+  def _blocks(self, with_total: bool):
+    """Yields (lo, hi, rows lo..hi of the sum of every spill and the running total)."""
+    r = self.num_rows
+    total = self.total if with_total else None
+    row_nnz = np.zeros(r, np.int64)
+    for prefix in self.spills:
+      row_nnz += np.diff(np.load(f"{prefix}.indptr.npy"))
+    if total is not None:
+      row_nnz += np.diff(total.indptr)
+    # Rows per block so that one block of all sources together stays under half the cap.
+    budget = max(1, int(self.cap_bytes / 2 / _BYTES_PER_NNZ))
+    for lo, hi in _row_blocks(row_nnz, budget):
+      # Spills are memory-mapped afresh for each block and copied out, so the pages of earlier
+      # blocks are released: resident memory follows the block, not the spilled total.
+      parts = [_row_slice(_load_spill(p), lo, hi, r) for p in self.spills]
+      if total is not None:
+        parts.append(total[lo:hi] if (lo, hi) != (0, r) else total)
+      yield lo, hi, (_sum_tables(parts) if parts
+                     else sp.csr_matrix((hi - lo, r), dtype=np.int64))
 
   def finalize(self, vocab_ids: np.ndarray, min_pair_count: int) -> PairCounts:
     """Merges everything (in row blocks when spilled) and prunes rare pairs."""
     self._merge_pending()
     r = self.num_rows
-    row_nnz = np.zeros(r, np.int64)
-    for prefix in self.spills:
-      row_nnz += np.diff(np.load(f"{prefix}.indptr.npy"))
-    if self.total is not None:
-      row_nnz += np.diff(self.total.indptr)
-    # Rows per block so that one block of all sources together stays under half the cap.
-    budget = max(1, int(self.cap_bytes / 2 / _BYTES_PER_NNZ))
     marginals = np.zeros(r, np.int64)
     blocks = []
-    for lo, hi in _row_blocks(row_nnz, budget):
-      # Spills are memory-mapped afresh for each block and copied out, so the pages of earlier
-      # blocks are released: resident memory follows the block, not the spilled total.
-      parts = [_row_slice(_load_spill(p), lo, hi, r) for p in self.spills]
-      if self.total is not None:
-        parts.append(self.total[lo:hi] if (lo, hi) != (0, r) else self.total)
-      block = _sum_tables(parts) if parts else sp.csr_matrix((hi - lo, r), dtype=np.int64)
+    for lo, hi, block in self._blocks(with_total=True):
       marginals[lo:hi] = np.asarray(block.sum(axis=1)).reshape(-1)
       blocks.append(_prune(block, lo, min_pair_count))
     if len(blocks) == 1:
@@ -318,9 +347,34 @@ def _sum_tables(tables: list[sp.csr_matrix]) -> sp.csr_matrix:
   return out
 
 
-def _load_spill(prefix):
-  return tuple(np.load(f"{prefix}.{name}.npy", mmap_mode="r")
-               for name in ("indptr", "indices", "data"))
+def _write_spill(prefix: str, blocks, num_rows: int) -> None:
+  """Writes consecutive row blocks (together all rows) as one CSR table: raw int32 indices and
+  int64 counts (appendable, memory-mapped on reading) and an .npy row pointer."""
+  row_counts = []
+  with open(f"{prefix}.indices.bin", "wb") as fi, open(f"{prefix}.data.bin", "wb") as fd:
+    for block in blocks:
+      block.indices.astype(np.int32, copy=False).tofile(fi)
+      block.data.astype(np.int64, copy=False).tofile(fd)
+      row_counts.append(np.diff(block.indptr).astype(np.int64))
+  indptr = np.zeros(num_rows + 1, np.int64)
+  if row_counts:
+    np.cumsum(np.concatenate(row_counts), out=indptr[1:])
+  np.save(f"{prefix}.indptr.npy", indptr)
+
+
+def _load_spill(prefix: str):
+  indptr = np.load(f"{prefix}.indptr.npy")
+  nnz = int(indptr[-1])
+  if nnz == 0:
+    return indptr, np.zeros(0, np.int32), np.zeros(0, np.int64)
+  return (indptr, np.memmap(f"{prefix}.indices.bin", np.int32, "r", shape=(nnz,)),
+          np.memmap(f"{prefix}.data.bin", np.int64, "r", shape=(nnz,)))
+
+
+def _remove_spill(prefix: str) -> None:
+  for suffix in (".indptr.npy", ".indices.bin", ".data.bin"):
+    if os.path.exists(prefix + suffix):
+      os.remove(prefix + suffix)
 
 
 def _row_slice(src, lo, hi, num_cols) -> sp.csr_matrix:

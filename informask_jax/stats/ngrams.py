@@ -122,7 +122,8 @@ def _unique_sum(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
 class KeyCounter:
   """Counts of uint64 keys: compacted in memory, spilled to disk in hash partitions above a cap."""
 
-  _PARTITIONS = 16
+  _PARTITIONS = 32
+  _MAX_SPILLS = 8  # Spills merged into one past this many: disk ~ distinct keys, not corpus.
 
   def __init__(self, *, memory_cap_mb: float, spill_dir: str | None = None):
     self.cap_bytes = max(float(memory_cap_mb), 1e-6) * 2**20
@@ -153,8 +154,12 @@ class KeyCounter:
 
   def absorb(self, other: KeyCounter) -> None:
     self.spills.extend(other.spills)
+    if self.spills and self.spill_dir is None:
+      self.spill_dir = other.spill_dir
     other.compact()
     self.add(other.keys, other.counts)
+    if len(self.spills) >= self._MAX_SPILLS:
+      self.compact_spills()
 
   def spill(self) -> None:
     self.compact()
@@ -171,6 +176,28 @@ class KeyCounter:
     self.spills.append(prefix)
     self.keys = np.zeros(0, np.uint64)
     self.counts = np.zeros(0, np.int64)
+    if len(self.spills) >= self._MAX_SPILLS:
+      self.compact_spills()
+
+  def _load_part(self, prefix: str, p: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(f"{prefix}.p{p}.keys.npy"), np.load(f"{prefix}.p{p}.counts.npy")
+
+  def compact_spills(self) -> None:
+    """Merges the spill files into one, one hash partition at a time."""
+    if len(self.spills) < 2:
+      return
+    prefix = os.path.join(self.spill_dir, f"keys-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    for p in range(self._PARTITIONS):
+      parts = [self._load_part(s, p) for s in self.spills]
+      k, c = _unique_sum(np.concatenate([k for k, _ in parts]),
+                         np.concatenate([c for _, c in parts]))
+      np.save(f"{prefix}.p{p}.keys.npy", k)
+      np.save(f"{prefix}.p{p}.counts.npy", c)
+    for old in self.spills:
+      for p in range(self._PARTITIONS):
+        for what in ("keys", "counts"):
+          os.remove(f"{old}.p{p}.{what}.npy")
+    self.spills = [prefix]
 
   def result(self, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Sorted keys with count >= min_count, merged one hash partition at a time."""
@@ -181,9 +208,10 @@ class KeyCounter:
     part = _partition(self.keys, self._PARTITIONS)
     out_k, out_c = [], []
     for p in range(self._PARTITIONS):
-      ks = [self.keys[part == p]] + [np.load(f"{s}.p{p}.keys.npy") for s in self.spills]
-      cs = [self.counts[part == p]] + [np.load(f"{s}.p{p}.counts.npy") for s in self.spills]
-      k, c = _unique_sum(np.concatenate(ks), np.concatenate(cs))
+      parts = [(self.keys[part == p], self.counts[part == p])]
+      parts += [self._load_part(s, p) for s in self.spills]
+      k, c = _unique_sum(np.concatenate([k for k, _ in parts]),
+                         np.concatenate([c for _, c in parts]))
       keep = c >= min_count
       out_k.append(k[keep])
       out_c.append(c[keep])
