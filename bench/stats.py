@@ -11,6 +11,7 @@ Stages, each in a fresh process (so that its peak RSS is its own):
   build            informask_jax: the whole build (counts, PMI, rates with the jitted
                    informask_online masker, n-grams) into an empty cache directory, cold
                    (its JAX compilation included); the other stages are timed after a warm-up
+  counting_2proc   informask_jax: the same over 2 worker processes (shards of 128k tokens)
   counting_cap_x1  pair counting under --cap_mb on the corpus, and on 4 copies of it (x4):
   counting_cap_x4  with the cap, peak memory must not grow with the corpus
 
@@ -63,7 +64,7 @@ def _load(data_dir):
   return ds, info, continuation
 
 
-def _stage_counting(data_dir, cap_mb=None, copies=1):
+def _stage_counting(data_dir, cap_mb=None, copies=1, workers=1):
   """Unigram + pair counts (cap_mb None: the config's cap)."""
   import datasets
 
@@ -79,9 +80,11 @@ def _stage_counting(data_dir, cap_mb=None, copies=1):
                                       size=info["pmi_vocab_size"], min_count=info["min_count"])
     pairs = counting.count_pairs(ds, vocab, vocab_size=info["vocab_size"],
                                  min_pair_count=info["min_pair_count"],
-                                 memory_cap_mb=cap_mb or info["memory_cap_mb"])
+                                 memory_cap_mb=cap_mb or info["memory_cap_mb"],
+                                 num_workers=workers, shard_tokens=1 << 17)
     cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
-  return dict(tokens=uni.num_tokens, cpu=cpu, wall=wall, pairs=int(pairs.total), processes=1)
+  return dict(tokens=uni.num_tokens, cpu=cpu, wall=wall, pairs=int(pairs.total),
+              processes=workers)
 
 
 def _stage_python(data_dir, num_docs):
@@ -216,6 +219,8 @@ def main():
         ("python_counter", "counting", _stage_python, (data_dir, args.python_docs)),
         ("informask_jax", "ngrams", _stage_ngrams, (data_dir,)),
         ("informask_jax", "build", _stage_build, (data_dir,)),
+        # Shards of 128k tokens over 2 worker processes (spawned: their start-up is counted).
+        ("informask_jax", "counting_2proc", _stage_counting, (data_dir, None, 1, 2)),
         ("informask_jax", "counting_cap_x1", _stage_counting, (data_dir, args.cap_mb, 1)),
         ("informask_jax", "counting_cap_x4", _stage_counting, (data_dir, args.cap_mb, 4)),
     ]
@@ -226,7 +231,7 @@ def main():
                  peak_rss_mb=round(out["peak_rss_mb"], 1),
                  wall_tokens_per_sec=out["tokens"] / max(out["wall"], 1e-9),
                  tokens=out["tokens"], cpu_seconds=round(out["cpu"], 3),
-                 wall_seconds=round(out["wall"], 3))
+                 wall_seconds=round(out["wall"], 3), processes=out["processes"])
       if "stage_seconds" in out:
         rec["stage_seconds"] = out["stage_seconds"]
       if stage.startswith("counting_cap"):
