@@ -102,7 +102,9 @@ def make_select(settings, rescale):
     length = tokens.shape[-1]
     u = prng.uniform(prng.bits(seed, prng.SELECT, (length,)))  # (L,)
     if settings.budget == "bernoulli":
-      rate = jnp.where(maskable, tables["rates"][tokens], 0.0)  # (L,)
+      # The barrier makes XLA:CPU gather once instead of re-gathering inside every consumer
+      # fusion (2-3x faster here; a no-op for the result).
+      rate = jax.lax.optimization_barrier(jnp.where(maskable, tables["rates"][tokens], 0.0))
       if rescale:
         total = jnp.sum(rate)
         n = jnp.sum(maskable).astype(jnp.float32)
@@ -111,7 +113,7 @@ def make_select(settings, rescale):
       return maskable & (u < rate), {"decide": u / jnp.maximum(rate, 1e-30)}
     # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
     # position in the low bits (ties between equal floats go to the lower position).
-    race = -jnp.log(u) / tables["weights"][tokens]
+    race = -jnp.log(u) / jax.lax.optimization_barrier(tables["weights"][tokens])  # (L,)
     fbits = jax.lax.bitcast_convert_type(race, jnp.uint32)
     pb = select.position_bits(length)
     keys = jnp.clip(fbits, _KEY_LO, _KEY_HI) - _KEY_LO
