@@ -474,3 +474,21 @@ def test_masker_is_a_pytree_jit_argument():
   np.testing.assert_array_equal(direct["mask"], passed["mask"])
   with pytest.raises(ValueError, match="int\\[B, L\\]"):
     masker(jax.random.key(0), tokens[0])
+
+
+def test_show_cli_marks_targets(tmp_path, capsys):
+  from informask_jax.masking import show
+  text = "Mount Everest is the highest mountain on Earth above sea level."
+  show.main(["--strategy", "random", "--text", text, "--samples", "2", "--no-colour"])
+  printed = capsys.readouterr().out
+  rows = [line.strip() for line in printed.splitlines() if line.startswith("  ")]
+  assert len(rows) == 2
+  # 13 word pieces, budget round(0.15 * 13) = 2 targets per row, each shown as [word].
+  assert all(row.count("[") == 2 for row in rows), rows
+  assert all(row.replace("[", "").replace("]", "").split(">")[0].startswith("mount")
+             for row in rows)
+  page = tmp_path / "masks.html"
+  show.main(["--strategy", "informask", "--text", text, "--html", str(page)])
+  content = page.read_text()
+  assert "STAND-IN" in content and content.count("<span style=") == 3 * 2
+  assert show.default_text().startswith("Mount Everest")
