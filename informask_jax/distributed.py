@@ -34,6 +34,13 @@ def _auto_detected() -> bool:
       "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"])
 
 
+class _WarningsOnly(logging.Filter):
+  """Lets through warnings and errors only."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING
+
+
 def initialize() -> None:
   f = flags.FLAGS
   if f[_COORDINATOR].value or (f[_NUM].value or 1) > 1:
@@ -45,3 +52,8 @@ def initialize() -> None:
   else:
     return
   logging.info("jax.distributed: process %d of %d.", jax.process_index(), jax.process_count())
+  if jax.process_index() != 0:
+    # Every host runs the same loop, so its INFO lines would be printed once per host (all of
+    # them interleaved by `gcloud ... ssh --worker=all`); process 0 speaks for the run.
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_WarningsOnly())
