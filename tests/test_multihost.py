@@ -1,0 +1,146 @@
+"""Multi-host training on one machine: two train.py processes joined by jax.distributed (coordinator
+on 127.0.0.1, 4 simulated CPU devices each) train exactly as one process with 8 devices on the same
+mesh; only process 0 writes metrics and progress; both take part in the orbax checkpoint."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from informask_jax import checkpointing, data
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 5
+TIMEOUT_S = 240  # Per process; a healthy run takes well under a minute.
+
+
+def _overrides(config, workdir):
+  """train.py flags that shrink configs/random.py:tiny to a few seconds of compile and steps."""
+  return ["--config", str(ROOT / "configs" / "random.py:tiny"), "--workdir", str(workdir),
+          f"--config.data.cache_dir={config.data.cache_dir}", "--config.data.seq_len=64",
+          "--config.data.max_documents=400", "--config.tokenizer.vocab_size=1024",
+          "--config.model.num_layers=1", "--config.model.max_predictions=10",
+          "--config.train.batch_size=16", f"--config.train.num_steps={STEPS}",
+          "--config.train.log_every=1", f"--config.train.eval_every={STEPS}",
+          "--config.train.eval_batches=1", f"--config.train.checkpoint_every={STEPS}"]
+
+
+def _shrink(config):
+  # The same settings as the flags above, for building the shared cache in this process.
+  config.data.seq_len, config.data.max_documents = 64, 400
+  config.tokenizer.vocab_size = 1024
+  config.masking.name = "random"
+  return config
+
+
+def _env(devices):
+  # Backend optimisation off: the three processes compile a third faster on two cores, and
+  # the programs under comparison are compiled alike.
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                       "--xla_backend_optimization_level=0",
+             HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
+               "TPU_WORKER_HOSTNAMES"):  # Nothing may turn the reference run multi-process.
+    env.pop(name, None)
+  return env
+
+
+def _free_port():
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start(args, devices):
+  return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                          env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _finish(procs):
+  """Waits for every process (killing all at the first timeout); returns their outputs."""
+  outputs = []
+  try:
+    for proc in procs:
+      outputs.append(proc.communicate(timeout=TIMEOUT_S)[0])
+  except subprocess.TimeoutExpired:
+    for proc in procs:
+      proc.kill()
+    pytest.fail(f"train.py did not finish {STEPS} steps in {TIMEOUT_S}s")
+  for proc, out in zip(procs, outputs, strict=True):
+    assert proc.returncode == 0, out[-4000:]
+  return outputs
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """One process with 8 devices and two with 4 each, started together on a pre-built cache."""
+  from configs import base
+
+  config = _shrink(base.get_base_config("tiny"))
+  config.data.cache_dir = str(tmp_path_factory.mktemp("cache"))
+  # Tokenizer and tokenized corpus built once here, so no two processes write one cache entry.
+  data.build_input_pipeline(config)
+  one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
+  coordinator = f"127.0.0.1:{_free_port()}"
+  multi = ["--coordinator_address", coordinator, "--num_processes", "2"]
+  procs = [_start(_overrides(config, one), devices=8)]
+  procs += [_start([*_overrides(config, two), *multi, "--process_id", str(i)], devices=4)
+            for i in range(2)]
+  outputs = _finish(procs)
+  return one, two, outputs
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_losses_of_one(runs):
+  one, two, _ = runs
+  reference, multi = _metrics(one), _metrics(two)
+  train = lambda ms: [m for m in ms if "loss" in m]  # noqa: E731
+  evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
+  # Process 1 writes nothing: every step is logged once, by process 0.
+  assert [m["step"] for m in train(multi)] == list(range(1, STEPS + 1))
+  assert [m["step"] for m in train(reference)] == list(range(1, STEPS + 1))
+  for key in ("loss", "grad_norm"):
+    np.testing.assert_allclose([m[key] for m in train(multi)],
+                               [m[key] for m in train(reference)], rtol=1e-5, err_msg=key)
+  assert [m["targets_per_step"] for m in train(multi)] == [
+      m["targets_per_step"] for m in train(reference)]
+  assert [m["step"] for m in evals(multi)] == [m["step"] for m in evals(reference)]
+  np.testing.assert_allclose([m["eval_loss"] for m in evals(multi)],
+                             [m["eval_loss"] for m in evals(reference)], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_both_processes_write_one_checkpoint(runs):
+  one, two, _ = runs
+  reference, _, step = checkpointing.restore_params(one)
+  restored, _, step_two = checkpointing.restore_params(two)
+  assert step == step_two == STEPS
+  # The two processes each held half of the batch axis' devices; the saved parameters are whole.
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(reference),
+                          jax.tree.leaves(restored), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_only_process_zero_shows_progress_and_info_logs(runs):
+  _, _, (reference, first, second) = runs
+  assert "jax.distributed: process 0 of 2" in first
+  assert "jax.distributed: process 1 of 2" in second
+  assert "4 local / 8 global devices" in first
+  for out in (reference, first):
+    assert "train: 100%|" in out and f"Finished at step {STEPS}" in out
+  # Process 1 trains silently: no progress bar and no INFO lines after start-up.
+  assert "train:" not in second and "Finished at step" not in second
+  assert "eval loss" not in second
