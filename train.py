@@ -21,6 +21,7 @@ def main(argv):
   del argv
   distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
+  cli.quiet_library_logs()
   result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Finished at step %d: %s", result["step"], result)
 

@@ -10,6 +10,12 @@ import os
 
 import jax
 from absl import flags
+from orbax.checkpoint import multihost
+
+# Process 0 may build caches for hours (tokenizing and counting a large corpus) while the others
+# wait at a barrier of the coordination service, which takes a timeout (device collectives may not
+# wait that long). A crash of process 0 ends the wait sooner: the service runs in process 0.
+CACHE_BARRIER_TIMEOUT_S = 24 * 3600
 
 _COORDINATOR = "coordinator_address"
 _NUM = "num_processes"
@@ -57,3 +63,22 @@ def initialize() -> None:
     # them interleaved by `gcloud ... ssh --worker=all`); process 0 speaks for the run.
     for handler in logging.getLogger().handlers:
       handler.addFilter(_WarningsOnly())
+
+
+def main_process_first(name: str, build):
+  """Returns build() run on process 0 first, then on the other processes.
+
+  For caches on disk (tokenizer, tokenized corpus, corpus statistics): on a shared file system
+  the others then read what process 0 wrote instead of writing the same files at the same time;
+  on per-host disks each host still builds its own, after process 0. `name` names the barrier.
+  """
+  if jax.process_count() == 1:
+    return build()
+  wait = lambda: multihost.get_barrier_sync_fn()(  # noqa: E731
+      key=f"main_process_first:{name}", timeout_ms=CACHE_BARRIER_TIMEOUT_S * 1000)
+  if jax.process_index() == 0:
+    result = build()
+    wait()
+    return result
+  wait()
+  return build()

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import tqdm
 
-from informask_jax import checkpointing, data, export, masking, optim, stats
+from informask_jax import checkpointing, data, distributed, export, masking, optim, stats
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
 from informask_jax import sharding as sharding_lib
@@ -145,8 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   _log_topology(config, mesh)
 
   # --- Input and masking -------------------------------------------------------------------
-  pipeline = data.build_input_pipeline(config)
-  masker = build_masker(config, pipeline)
+  # Process 0 builds missing caches; the others wait, then read them (on a shared file system).
+  pipeline = distributed.main_process_first(
+      "input pipeline", lambda: data.build_input_pipeline(config))
+  masker = distributed.main_process_first(
+      "corpus statistics", lambda: build_masker(config, pipeline))
   if is_main:
     pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
     checkpointing.write_json(workdir / "config.json", _config_json(config))
@@ -208,6 +211,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   interval_start, interval_steps = time.time(), 0
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      if step == 0:  # The untrained model's loss: the baseline every later eval compares with.
+        last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
+        writer.write(0, last_eval)
       while step < t.num_steps:
         state, step_metrics = train_step(state, next(batches))
         # Check the previous step's skip counter: already computed, so no pipeline stall.

@@ -17,3 +17,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+
+import pytest  # noqa: E402  (after the environment is set up)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+  """One cache for the session: the tokenizer, tokenized corpus and statistics are built once."""
+  return str(tmp_path_factory.mktemp("informask_cache"))
+
+
+@pytest.fixture
+def tiny_config(cache_dir):
+  """The README's tiny config, with the session cache; tests shrink it further as they need."""
+  from configs import base
+
+  config = base.get_base_config("tiny")
+  config.data.cache_dir = cache_dir
+  return config

@@ -1,6 +1,8 @@
 """Multi-host training on one machine: two train.py processes joined by jax.distributed (coordinator
 on 127.0.0.1, 4 simulated CPU devices each) train exactly as one process with 8 devices on the same
-mesh; only process 0 writes metrics and progress; both take part in the orbax checkpoint."""
+mesh. They start on an empty cache: process 0 builds the tokenizer, tokenized corpus and InforMask
+statistics while process 1 waits, then reads them. Only process 0 writes metrics and progress;
+both take part in the orbax checkpoint."""
 
 import json
 import os
@@ -13,18 +15,20 @@ import jax
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing, data
+from informask_jax import checkpointing, data, stats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 5
+STRATEGY = "informask"  # The paper's strategy: its rate table comes from the statistics cache.
 TIMEOUT_S = 240  # Per process; a healthy run takes well under a minute.
 
 
-def _overrides(config, workdir):
-  """train.py flags that shrink configs/random.py:tiny to a few seconds of compile and steps."""
-  return ["--config", str(ROOT / "configs" / "random.py:tiny"), "--workdir", str(workdir),
-          f"--config.data.cache_dir={config.data.cache_dir}", "--config.data.seq_len=64",
+def _overrides(workdir, cache_dir):
+  """train.py flags that shrink the tiny config to a few seconds of compile and steps."""
+  return ["--config", str(ROOT / "configs" / f"{STRATEGY}.py:tiny"), "--workdir", str(workdir),
+          f"--config.data.cache_dir={cache_dir}", "--config.data.seq_len=64",
           "--config.data.max_documents=400", "--config.tokenizer.vocab_size=1024",
+          "--config.stats.rate_sample_sequences=64",
           "--config.model.num_layers=1", "--config.model.max_predictions=10",
           "--config.train.batch_size=16", f"--config.train.num_steps={STEPS}",
           "--config.train.log_every=1", f"--config.train.eval_every={STEPS}",
@@ -32,10 +36,11 @@ def _overrides(config, workdir):
 
 
 def _shrink(config):
-  # The same settings as the flags above, for building the shared cache in this process.
+  # The same settings as the flags above, for building the reference's cache in this process.
   config.data.seq_len, config.data.max_documents = 64, 400
   config.tokenizer.vocab_size = 1024
-  config.masking.name = "random"
+  config.stats.rate_sample_sequences = 64
+  config.masking.name = STRATEGY
   return config
 
 
@@ -85,26 +90,26 @@ def _metrics(workdir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """One process with 8 devices and two with 4 each, started together on a pre-built cache."""
+  """One process with 8 devices on a cache built here, and two with 4 devices each on an empty
+  cache, all started together."""
   from configs import base
 
   config = _shrink(base.get_base_config("tiny"))
   config.data.cache_dir = str(tmp_path_factory.mktemp("cache"))
-  # Tokenizer and tokenized corpus built once here, so no two processes write one cache entry.
-  data.build_input_pipeline(config)
+  stats.ensure_artifacts(config, data.build_input_pipeline(config), ("rates",), progress=False)
   one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
-  coordinator = f"127.0.0.1:{_free_port()}"
-  multi = ["--coordinator_address", coordinator, "--num_processes", "2"]
-  procs = [_start(_overrides(config, one), devices=8)]
-  procs += [_start([*_overrides(config, two), *multi, "--process_id", str(i)], devices=4)
+  cold = tmp_path_factory.mktemp("cold_cache")
+  multi = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+  procs = [_start(_overrides(one, config.data.cache_dir), devices=8)]
+  procs += [_start([*_overrides(two, cold), *multi, "--process_id", str(i)], devices=4)
             for i in range(2)]
   outputs = _finish(procs)
-  return one, two, outputs
+  return one, two, cold, outputs
 
 
 @pytest.mark.slow
 def test_two_processes_log_the_losses_of_one(runs):
-  one, two, _ = runs
+  one, two, _, _ = runs
   reference, multi = _metrics(one), _metrics(two)
   train = lambda ms: [m for m in ms if "loss" in m]  # noqa: E731
   evals = lambda ms: [m for m in ms if "eval_loss" in m]  # noqa: E731
@@ -123,7 +128,7 @@ def test_two_processes_log_the_losses_of_one(runs):
 
 @pytest.mark.slow
 def test_both_processes_write_one_checkpoint(runs):
-  one, two, _ = runs
+  one, two, _, _ = runs
   reference, _, step = checkpointing.restore_params(one)
   restored, _, step_two = checkpointing.restore_params(two)
   assert step == step_two == STEPS
@@ -135,7 +140,7 @@ def test_both_processes_write_one_checkpoint(runs):
 
 @pytest.mark.slow
 def test_only_process_zero_shows_progress_and_info_logs(runs):
-  _, _, (reference, first, second) = runs
+  _, _, _, (reference, first, second) = runs
   assert "jax.distributed: process 0 of 2" in first
   assert "jax.distributed: process 1 of 2" in second
   assert "4 local / 8 global devices" in first
@@ -144,3 +149,16 @@ def test_only_process_zero_shows_progress_and_info_logs(runs):
   # Process 1 trains silently: no progress bar and no INFO lines after start-up.
   assert "train:" not in second and "Finished at step" not in second
   assert "eval loss" not in second
+
+
+@pytest.mark.slow
+def test_process_zero_built_the_cold_cache_once(runs):
+  _, _, cold, (_, first, second) = runs
+  # One entry each, no temporary leftovers, and the statistics verify: nothing was written twice.
+  for kind in ("tokenizers", "tokenized", "stats"):
+    entries = sorted(p.name for p in (cold / kind).iterdir())
+    assert entries and not [e for e in entries if e.startswith(".")], (kind, entries)
+  (directory,) = (cold / "stats").iterdir()
+  meta = stats.artifacts.read_meta(directory)
+  assert not stats.artifacts.verify_files(directory, meta, meta["files"])
+  assert "Statistics: 'rates' done" in first

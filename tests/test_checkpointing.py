@@ -1,0 +1,113 @@
+"""Checkpoints restore onto any mesh, a failed write loses nothing, a broken state is never saved."""
+
+import contextlib
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from informask_jax import checkpointing
+from informask_jax import sharding as sharding_lib
+from tests import test_trainer as tt
+
+
+def _mesh(shape, num_devices):
+  cfg = ml_collections.ConfigDict(dict(zip(("data", "fsdp", "tensor"), shape, strict=True)))
+  return sharding_lib.make_mesh(cfg, jax.devices()[:num_devices])
+
+
+def _abstract(state, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                      shardings)
+
+
+def _meta():
+  return {"mlm_config": {}, "config": {}}
+
+
+def test_restore_onto_other_meshes_gives_the_same_next_loss(tmp_path):
+  config = tt._equivalence_config()
+  state, step, mesh, _ = tt._setup(config, (2, 2, 2), 8)
+  batch = tt._batch()
+  with jax.set_mesh(mesh):
+    on_mesh = jax.device_put(batch, sharding_lib.batch_sharding(mesh))
+    for _ in range(2):
+      state, _ = step(state, on_mesh)
+    saver = checkpointing.Checkpointer(tmp_path)
+    assert saver.save(2, state, {"epoch": 0, "position": 2}, _meta(), force=True)
+    saver.close()
+    _, metrics = step(state, on_mesh)
+  expected = float(metrics["loss"])
+
+  for shape, devices in (((1, 1, 1), 1), ((8, 1, 1), 8)):
+    fresh, step_fn, target_mesh, _ = tt._setup(config, shape, devices)
+    shardings = jax.tree.map(lambda x: x.sharding, fresh)
+    restored, data_state, _ = checkpointing.Checkpointer(tmp_path).restore(
+        2, _abstract(fresh, shardings))
+    assert data_state == {"epoch": 0, "position": 2} and int(restored.step) == 2
+    leaf = restored.params["encoder"]["layer_0"]["mlp_in"]["kernel"]
+    assert leaf.sharding == shardings.params["encoder"]["layer_0"]["mlp_in"]["kernel"]
+    with jax.set_mesh(target_mesh):
+      _, metrics = step_fn(restored, jax.device_put(batch,
+                                                    sharding_lib.batch_sharding(target_mesh)))
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+
+
+@contextlib.contextmanager
+def _unwritable(path):
+  """Makes `path` unwritable for this process; as root, by dropping the effective user id."""
+  path.chmod(0o555)
+  dropped = os.geteuid() == 0
+  if dropped:
+    os.seteuid(65534)  # nobody: the mode bits now apply.
+  try:
+    yield
+  finally:
+    if dropped:
+      os.seteuid(0)
+    path.chmod(0o755)
+
+
+def test_failed_write_is_reported_and_keeps_earlier_checkpoints(tmp_path):
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  saver.save(1, state, {"position": 1}, _meta(), force=True)
+  saver.wait()
+  with _unwritable(checkpointing.checkpoint_dir(tmp_path)):
+    with pytest.raises(checkpointing.CheckpointWriteError, match=r"previous checkpoints \[1\]"):
+      saver.save(2, state.replace(step=state.step + 1), {"position": 2}, _meta(), force=True)
+      saver.wait()
+  reader = checkpointing.Checkpointer(tmp_path)
+  assert reader.all_steps() == [1]
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  restored, data_state, _ = reader.restore(1, _abstract(state, shardings))
+  assert data_state == {"position": 1}
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(restored.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_non_finite_state_is_never_saved(tmp_path):
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  assert saver.save(1, state, {}, _meta(), force=True)
+  saver.wait()
+  emb = state.params["embeddings"]["word"]["embedding"]
+  broken = state.replace(params={**state.params, "embeddings": {
+      **state.params["embeddings"], "word": {"embedding": emb.at[0, 0].set(jnp.inf)}}})
+  assert not saver.save(2, broken, {}, _meta(), force=True)
+  saver.close()
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
+
+
+def test_restore_params_errors_name_what_is_missing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No checkpoints in"):
+    checkpointing.restore_params(tmp_path)
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  saver.save(3, state, {}, {"mlm_config": {}}, force=True)
+  saver.close()
+  with pytest.raises(ValueError, match=r"No checkpoint at step 7 .* available steps: \[3\]"):
+    checkpointing.restore_params(tmp_path, step=7)

@@ -1,0 +1,182 @@
+"""The whole run, as train.py drives it: learning on the real corpus, exact resume after a kill,
+clean pre-emption, and the errors that protect a run's work."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from informask_jax import checkpointing, loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _small(config, **train):
+  """The tiny config, shrunk so a test run compiles and steps quickly."""
+  config.data.seq_len = 64
+  config.model.max_predictions = 10
+  config.model.num_layers = 1
+  config.train.batch_size = 16
+  config.train.log_every = 1
+  config.train.eval_batches = 2
+  for key, value in train.items():
+    config.train[key] = value
+  return config
+
+
+def _read_metrics(workdir):
+  """{step: record} of training entries; a step logged twice (after a resume) keeps the last."""
+  out = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "loss" in record:
+      out[record["step"]] = record
+  return out
+
+
+def _flags(config):
+  """The command-line overrides that turn `configs/informask.py:tiny` into `config`."""
+  c = config
+  return [f"--config.data.cache_dir={c.data.cache_dir}", f"--config.data.seq_len={c.data.seq_len}",
+          f"--config.model.max_predictions={c.model.max_predictions}",
+          f"--config.model.num_layers={c.model.num_layers}"] + [
+              f"--config.train.{k}={c.train[k]}" for k in
+              ("batch_size", "log_every", "eval_batches", "num_steps", "eval_every",
+               "checkpoint_every")]
+
+
+def _train_process(config, workdir):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+  return subprocess.Popen(
+      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/informask.py:tiny"),
+       "--workdir", str(workdir), *_flags(config)],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(proc, workdir, step, timeout=300):
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"train.py ended early:\n{proc.stdout.read()[-3000:]}")
+    if path.exists() and max(_read_metrics(workdir) or [0]) >= step:
+      return
+    time.sleep(0.2)
+  proc.kill()
+  raise AssertionError(f"train.py did not reach step {step} in {timeout}s")
+
+
+def _finish(proc, timeout=300):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+def test_tiny_run_lowers_validation_loss(tiny_config, tmp_path):
+  config = tiny_config  # The README's job (InforMask on wiki-vital), on a shorter schedule.
+  config.train.batch_size = 16
+  config.train.num_steps = 200
+  config.train.eval_every = 200
+  config.train.log_every = 50
+  config.train.checkpoint_every = 200
+  result = loop.train_and_evaluate(config, tmp_path)
+  evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if "eval_loss" in json.loads(line)]
+  assert [e["step"] for e in evals] == [0, 200]
+  # From about ln(8192) = 9.0 for the untrained model to clearly below it.
+  assert evals[0]["eval_loss"] > 8.5, evals
+  assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 1.5, evals
+  assert result["skipped_steps"] == 0 and result["step"] == 200
+  assert (tmp_path / "config.json").exists() and (tmp_path / "tokenizer").is_dir()
+  assert list((tmp_path / "tensorboard").iterdir())
+  assert checkpointing.Checkpointer(tmp_path).latest_step() == 200
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(tiny_config, tmp_path):
+  config = _small(tiny_config, num_steps=20, checkpoint_every=5, eval_every=1000)
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  _finish(_train_process(config, straight))
+
+  proc = _train_process(config, killed)
+  _wait_for_step(proc, killed, 12)
+  proc.send_signal(signal.SIGKILL)  # No chance to save: resume must use step 10 (or 5).
+  proc.wait()
+  resumed_from = checkpointing.Checkpointer(killed).latest_step()
+  assert resumed_from in (5, 10), resumed_from
+  _finish(_train_process(config, killed))
+
+  want, got = _read_metrics(straight), _read_metrics(killed)
+  for step in range(13, 21):
+    assert got[step]["loss"] == want[step]["loss"], (step, got[step], want[step])
+  params_a, _, step_a = checkpointing.restore_params(straight)
+  params_b, _, step_b = checkpointing.restore_params(killed)
+  assert step_a == step_b == 20
+  for a, b in zip(_leaves(params_a), _leaves(params_b), strict=True):
+    np.testing.assert_array_equal(a, b)  # Bitwise: CPU XLA is deterministic.
+
+
+def _leaves(tree):
+  import jax
+
+  return jax.tree.leaves(tree)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny_config, tmp_path):
+  config = _small(tiny_config, num_steps=10_000, checkpoint_every=10_000, eval_every=10_000)
+  proc = _train_process(config, tmp_path)
+  _wait_for_step(proc, tmp_path, 3)
+  proc.send_signal(signal.SIGTERM)
+  out = _finish(proc)
+  last_logged = max(_read_metrics(tmp_path))
+  assert "Received SIGTERM" in out
+  assert checkpointing.Checkpointer(tmp_path).latest_step() == last_logged < 10_000
+
+
+def test_resume_refuses_a_different_model(tiny_config, tmp_path):
+  config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000)
+  loop.train_and_evaluate(config, tmp_path)
+  config.model.num_layers = 2
+  config.train.num_steps = 4
+  with pytest.raises(ValueError, match=r"model.num_layers: checkpoint 1 != run 2"):
+    loop.train_and_evaluate(config, tmp_path)
+  config.model.num_layers = 1
+  config.train.resume = False
+  with pytest.raises(FileExistsError, match="already holds a run"):
+    loop.train_and_evaluate(config, tmp_path)
+
+
+def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
+  config = _small(tiny_config, num_steps=50, checkpoint_every=1000, eval_every=1000,
+                  max_consecutive_skips=3)
+  config.masking.name = "random"
+  config.optim.warmup_steps = 0
+  config.optim.learning_rate = 1e38  # The first update blows the parameters up.
+  with pytest.raises(loop.TrainingStopped, match="3 consecutive steps"):
+    loop.train_and_evaluate(config, tmp_path)
+
+
+def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
+  tiny_config.data.seq_len = 600
+  with pytest.raises(ValueError, match="seq_len=600 exceeds"):
+    loop.train_and_evaluate(tiny_config, tmp_path)
+  tiny_config.data.seq_len = 128
+  tiny_config.model.max_predictions = 5
+  with pytest.raises(ValueError, match="max_predictions=5 is below"):
+    loop.train_and_evaluate(tiny_config, tmp_path)
+
+
+def test_train_py_names_a_mistyped_key():
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/random.py:tiny"),
+       "--config.train.bach_size=3"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert 'Did you mean "batch_size"' in out.stderr, out.stderr[-2000:]
