@@ -1,4 +1,4 @@
-"""Checkpoints restore onto any mesh, a failed write loses nothing, a broken state is never saved."""
+"""Checkpoints restore onto any mesh; a failed write loses nothing; broken states are not saved."""
 
 import contextlib
 import os

@@ -590,3 +590,21 @@ def test_build_cli_on_the_embedded_corpus(tmp_path):
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(directory)
   assert (directory / "pmi.npz").stat().st_mtime_ns == stamp
+
+
+def test_pmi_table_is_exactly_symmetric_for_independent_tokens():
+  # Independent tokens have PMI exactly 0, so the float64 result is pure rounding noise that
+  # float32 keeps: computing (x, y) and (y, x) in different orders made the table asymmetric and
+  # the loader rejected it as corrupt (seen on wiki-vital at V=8192).
+  rng = np.random.default_rng(0)
+  size = 300
+  a = rng.integers(1, 10**4, size).astype(np.int64)
+  counts = sp.csr_matrix(np.outer(a, a))  # C(x, y) = a_x a_y: p(x, y) = p(x) p(y).
+  s = int(a.sum())
+  pairs = counting.PairCounts(vocab_ids=np.arange(size, dtype=np.int32), counts=counts,
+                              marginals=a * s, total=s * s, num_tokens=s * s, min_pair_count=1)
+  table = pmi_lib.pmi_table(pairs, vocab_size=size, positive_only=False)
+  assert table.nnz == size * size and np.abs(table.data).max() < 1e-12
+  pmi_lib.check_table(table, size)  # Raises if not exactly symmetric.
+  kept = pmi_lib.pmi_table(pairs, vocab_size=size, positive_only=True)
+  assert (kept != kept.T).nnz == 0

@@ -44,7 +44,9 @@ def pmi_table(pairs: PairCounts, *, vocab_size: int, context_alpha: float = 1.0,
   log_p = np.full(m.shape, -np.inf)
   np.log(smoothed / smoothed.sum(), out=log_p, where=m > 0)
   coo = pairs.counts.tocoo()
-  values = np.log(coo.data.astype(np.float64)) - np.log(total) - log_p[coo.row] - log_p[coo.col]
+  # One sum for both marginals: a + b == b + a exactly, so (x, y) and (y, x) round alike and the
+  # table stays exactly symmetric (subtracting them in turn does not).
+  values = np.log(coo.data.astype(np.float64)) - np.log(total) - (log_p[coo.row] + log_p[coo.col])
   keep = np.ones(values.shape, bool)
   if positive_only:
     keep = values > 0
