@@ -129,9 +129,9 @@ class Ours:
     self.state, shardings = trainer_lib.init_train_state(self.model, self.tx, 0, seq_len,
                                                          self.mesh, self.rules)
     self.train_step = trainer_lib.jit_train_step(
-        trainer_lib.make_train_step(self.model, self.masker, self.tx, schedule,
+        trainer_lib.make_train_step(self.model, self.tx, schedule,
                                     trainer_lib.StepConfig(self.num_predictions)),
-        shardings, self.mesh)
+        shardings, self.mesh, self.masker)
     tokens = make_tokens(batch, seq_len)
     self.batch = jax.device_put({"token_ids": tokens}, sharding_lib.batch_sharding(self.mesh))
     self.flops = batch * model_lib.train_flops_per_sequence(self.cfg, seq_len,

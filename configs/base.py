@@ -59,7 +59,8 @@ def get_base_config(arg=None, strategy="informask"):
   # "full_sentences": documents concatenated with [SEP] and cut into full sequences (RoBERTa);
   # "doc_padded": one document per sequence, split if longer, padded (the InforMask repository).
   c.data.packing = "full_sentences"
-  c.data.validation_fraction = 0.02  # Share of documents (by hash of their text) held out.
+  # Share of documents held out, by a hash of the title (wiki_vital) or of the text (others).
+  c.data.validation_fraction = 0.02
   c.data.cache_dir = "~/.cache/informask_jax"  # Tokenized corpora and statistics live here.
   c.data.num_proc = 2 if tiny else 8  # Processes for tokenization (datasets.map).
   c.data.max_documents = -1  # Use only the first N documents (-1: all); for quick experiments.

@@ -1,9 +1,11 @@
 """Train state and the pure, jitted steps: masking, forward, backward and update in one program.
 
-`make_train_step` returns `train_step(state, batch) -> (state, metrics)`. The batch holds raw
-token ids (and sentence ids); masking runs inside the step on the accelerator, sharded with the
-batch, so the same program serves 1 CPU, a GPU box or a pod. Metrics are sums and counts, left on
-device until the loop logs them.
+`make_train_step` returns `train_step(state, batch, masker) -> (state, metrics)`. The batch holds
+raw token ids (and sentence ids); masking runs inside the step on the accelerator, sharded with the
+batch, so the same program serves 1 CPU, a GPU box or a pod. The masker is a jit argument, not a
+closure: its tables (a PMI matrix for online InforMask) then live in device memory once instead of
+being baked into the compiled program as constants. Metrics are sums and counts, left on device
+until the loop logs them.
 """
 
 import dataclasses
@@ -76,11 +78,11 @@ def _split_micro(x, micro_steps):
   return x.reshape(x.shape[0] // micro_steps, micro_steps, *x.shape[1:]).swapaxes(0, 1)
 
 
-def make_train_step(model: model_lib.BertMLM, masker: Masker, tx: optax.GradientTransformation,
+def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, step_config: StepConfig):
-  """Builds the pure train step; jit it with the state and batch shardings."""
+  """Builds the pure train step; `jit_train_step` compiles it with the shardings."""
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+  def train_step(state: TrainState, batch: dict[str, jax.Array], masker: Masker):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     mask_key, dropout_key = jax.random.split(step_key)
     inputs, positions, labels, weights, dropped = _masked_targets(
@@ -138,10 +140,10 @@ def make_train_step(model: model_lib.BertMLM, masker: Masker, tx: optax.Gradient
   return train_step
 
 
-def make_eval_step(model: model_lib.BertMLM, masker: Masker, max_predictions: int):
-  """eval_step(params, batch, rng) -> summed loss / correct / targets, without dropout."""
+def make_eval_step(model: model_lib.BertMLM, max_predictions: int):
+  """eval_step(params, batch, rng, masker) -> summed loss / correct / targets, without dropout."""
 
-  def eval_step(params, batch, rng):
+  def eval_step(params, batch, rng, masker):
     inputs, positions, labels, weights, _ = _masked_targets(masker, rng, batch, max_predictions)
     loss_sum, correct_sum = _mlm_sums(model, params, inputs, positions, labels, weights, None,
                                       deterministic=True)
@@ -183,15 +185,42 @@ def init_train_state(model: model_lib.BertMLM, tx: optax.GradientTransformation,
   return state, shardings
 
 
-def jit_train_step(train_step, state_shardings, mesh):
+class _BoundStep:
+  """A jitted step with the masker bound as its last argument (placed on the devices once)."""
+
+  def __init__(self, jitted, masker):
+    self.jitted = jitted
+    self.masker = masker
+
+  def __call__(self, *args):
+    return self.jitted(*args, self.masker)
+
+  def lower(self, *args):
+    return self.jitted.lower(*args, self.masker)
+
+
+def _replicated_masker(masker, mesh):
+  """The masker with its tables on every device of the mesh (they are small next to a model)."""
+  replicated = sharding_lib.replicated(mesh)
+  return jax.device_put(masker, replicated), jax.tree.map(lambda _: replicated, masker)
+
+
+def jit_train_step(train_step, state_shardings, mesh, masker: Masker):
+  """Compiles `train_step`; returns `step(state, batch) -> (state, metrics)` (state donated)."""
+  masker, masker_sharding = _replicated_masker(masker, mesh)
   batch = sharding_lib.batch_sharding(mesh)
-  return jax.jit(train_step, in_shardings=(state_shardings, batch),
-                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-                 donate_argnums=(0,))
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch, masker_sharding),
+                   out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                   donate_argnums=(0,))
+  return _BoundStep(jitted, masker)
 
 
-def jit_eval_step(eval_step, state_shardings, mesh):
-  return jax.jit(eval_step, in_shardings=(state_shardings.params,
-                                          sharding_lib.batch_sharding(mesh),
-                                          sharding_lib.replicated(mesh)),
-                 out_shardings=sharding_lib.replicated(mesh))
+def jit_eval_step(eval_step, state_shardings, mesh, masker: Masker):
+  """Compiles `eval_step`; returns `step(params, batch, rng) -> summed metrics`."""
+  masker, masker_sharding = _replicated_masker(masker, mesh)
+  replicated = sharding_lib.replicated(mesh)
+  jitted = jax.jit(eval_step, in_shardings=(state_shardings.params,
+                                            sharding_lib.batch_sharding(mesh), replicated,
+                                            masker_sharding),
+                   out_shardings=replicated)
+  return _BoundStep(jitted, masker)
