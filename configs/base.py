@@ -34,7 +34,7 @@ PAPER_SOURCES = (
 )
 
 
-def _source(kind, name, config=None, split="train", text_field="text", streaming=False):
+def source(kind, name, config=None, split="train", text_field="text", streaming=False):
   """A corpus source; `kind` is "wiki_vital" (embedded), "hub" or "files" (name = path or glob)."""
   return ml_collections.ConfigDict(dict(kind=kind, name=name, config=config, split=split,
                                         text_field=text_field, streaming=streaming))
@@ -53,8 +53,8 @@ def get_base_config(arg=None, strategy="informask"):
   c.data = ml_collections.ConfigDict()
   # A list of sources concatenated into one corpus. kind: "wiki_vital" (embedded, offline),
   # "hub" (datasets.load_dataset(name, config)), "files" (local .txt/.jsonl/.parquet path or glob).
-  c.data.sources = ([_source("wiki_vital", "wiki_vital", text_field="extract")] if tiny
-                    else [_source(**s) for s in PAPER_SOURCES])
+  c.data.sources = ([source("wiki_vital", "wiki_vital", text_field="extract")] if tiny
+                    else [source(**s) for s in PAPER_SOURCES])
   c.data.seq_len = 128 if tiny else 512  # Tokens per sequence, [CLS] and [SEP] included.
   # "full_sentences": documents concatenated with [SEP] and cut into full sequences (RoBERTa);
   # "doc_padded": one document per sequence, split if longer, padded (the InforMask repository).

@@ -34,10 +34,25 @@ def _env_int(name):
   return int(value) if value else None
 
 
+def _tpu_chips_attached() -> bool:
+  """Whether this host is a Cloud TPU VM: TPU chips on its PCI bus (JAX's own check).
+
+  Plain TPU VMs set no environment variable that names the other workers; JAX's cluster
+  detection asks the VM metadata server instead, so on any TPU VM we let it try.
+  """
+  try:
+    from jax._src import hardware_utils  # Private, hence guarded: absent means "not detected".
+
+    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+  except Exception:
+    return False
+
+
 def _auto_detected() -> bool:
   """Environments where jax.distributed.initialize() finds everything by itself."""
   return ("SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1) or (
-      "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"])
+      "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]) or (
+      _tpu_chips_attached())
 
 
 class _WarningsOnly(logging.Filter):

@@ -206,6 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   t = config.train
   step = int(jax.device_get(state.step))
   pending, last_log, last_eval = [], {}, {}
+  previous = None  # The previous step's metrics (pending is emptied at every log).
   tokens_per_step = t.batch_size * config.data.seq_len
   progress = tqdm.tqdm(total=t.num_steps, initial=step, disable=not is_main, desc="train",
                        dynamic_ncols=True)
@@ -218,12 +219,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       while step < t.num_steps:
         state, step_metrics = train_step(state, next(batches))
         # Check the previous step's skip counter: already computed, so no pipeline stall.
-        if pending and int(pending[-1]["consecutive_skips"]) >= t.max_consecutive_skips:
+        if previous is not None and int(previous["consecutive_skips"]) >= t.max_consecutive_skips:
           raise TrainingStopped(
               f"{t.max_consecutive_skips} consecutive steps up to step {step} had a non-finite "
               "loss or gradient and were skipped; parameters are those of the last finite step. "
               "Lower the learning rate or check the data; resume from the last checkpoint.")
         pending.append(step_metrics)
+        previous = step_metrics
         step += 1
         interval_steps += 1
         progress.update(1)
