@@ -12,7 +12,6 @@ The logic lives in informask_jax/export.py; this file only parses flags.
 import argparse
 import json
 import os
-import sys
 
 
 def main(argv=None) -> dict:
@@ -50,8 +49,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  try:
+  from informask_jax import cli
+
+  # Bad input or a failed verification (RuntimeError): one line that says what, no traceback.
+  with cli.user_errors("convert_checkpoint.py", (RuntimeError,)):
     main()
-  except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-    # Bad input or a failed verification: one line that says what, no traceback.
-    sys.exit(f"convert_checkpoint.py: error: {type(e).__name__}: {e}")

@@ -10,7 +10,7 @@ data.zip. The logic lives in `informask_jax/lama.py`; this file only parses flag
 import argparse
 import logging
 
-from informask_jax import lama
+from informask_jax import cli, lama
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,11 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> lama.Report:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  report = lama.evaluate(
-      args.model, args.data_dir, protocol=args.protocol, common_vocab=args.common_vocab,
-      batch_size=args.batch_size, out_dir=args.out, backend=args.backend, device=args.device,
-      use_masked_sentences=args.use_masked_sentences, step=args.step, limit=args.limit,
-      progress=not args.no_progress)
+  with cli.user_errors("eval_lama.py"):
+    report = lama.evaluate(
+        args.model, args.data_dir, protocol=args.protocol, common_vocab=args.common_vocab,
+        batch_size=args.batch_size, out_dir=args.out, backend=args.backend, device=args.device,
+        use_masked_sentences=args.use_masked_sentences, step=args.step, limit=args.limit,
+        progress=not args.no_progress)
   print(report.table)
   return report
 

@@ -9,7 +9,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from informask_jax import cli, distributed, loop
+from informask_jax import checkpointing, cli, distributed, loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
@@ -22,7 +22,8 @@ def main(argv):
   distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()
-  result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError)):
+    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Finished at step %d: %s", result["step"], result)
 
 

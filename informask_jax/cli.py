@@ -4,7 +4,9 @@
 naming the key, with its nearest valid name, instead of a traceback.
 """
 
+import contextlib
 import logging
+import os
 import sys
 
 from absl import flags
@@ -21,6 +23,27 @@ def quiet_library_logs() -> None:
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(_LibraryInfoFilter())
   logging.getLogger("absl").addFilter(_LibraryInfoFilter())
+
+
+# What our code raises on purpose for bad input, a refused action or a stopped run, always with a
+# message that names the file, key or step: the message is the whole story, the stack is noise.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+
+
+@contextlib.contextmanager
+def user_errors(program: str, extra: tuple = ()):
+  """Turns USER_ERRORS (and `extra`) into one line on stderr and exit status 1.
+
+  INFORMASK_TRACEBACK=1 lets them through with their traceback, for debugging.
+  """
+  try:
+    yield
+  except (*USER_ERRORS, *extra) as e:
+    if os.environ.get("INFORMASK_TRACEBACK"):
+      raise
+    logging.shutdown()  # Flush what was logged before the error, then the error last.
+    print(f"{program}: error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -180,3 +180,14 @@ def test_train_py_names_a_mistyped_key():
       capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
   assert 'Did you mean "batch_size"' in out.stderr, out.stderr[-2000:]
+
+
+def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/random.py:tiny"),
+       "--workdir", str(tmp_path / "w"), "--config.data.seq_len=100000"], cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "train.py: error: ValueError: config.data.seq_len=100000 exceeds the model's 512 positions")

@@ -2,6 +2,7 @@
 
 import sys
 
+from informask_jax import cli
 from informask_jax.masking import show
 
 
@@ -10,7 +11,8 @@ def _main():
   if not argv or argv[0] != "show":
     raise SystemExit("usage: python -m informask_jax.masking show [--strategy NAME] [--text TEXT] "
                      "[--html FILE] ... (show --help for all options)")
-  show.main(argv[1:])
+  with cli.user_errors("python -m informask_jax.masking show"):
+    show.main(argv[1:])
 
 
 if __name__ == "__main__":

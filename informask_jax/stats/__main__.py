@@ -12,6 +12,7 @@
 from absl import app, flags
 from ml_collections import config_flags
 
+from informask_jax import cli
 from informask_jax.stats import artifacts, build, report
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,13 +34,15 @@ def main(argv):
       raise app.UsageError(f"build takes no positional arguments, got {argv[2:]}.\n{_USAGE}")
     if _CONFIG.value is None:
       raise app.UsageError(f"build needs --config.\n{_USAGE}")
-    directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value),
-                                      force=_FORCE.value)
+    with cli.user_errors("python -m informask_jax.stats build"):
+      directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value),
+                                        force=_FORCE.value)
     print(directory)
     return
   if len(argv) != 3:
     raise app.UsageError(f"report takes one directory.\n{_USAGE}")
-  png, text = report.write_report(argv[2], _OUT.value or None)
+  with cli.user_errors("python -m informask_jax.stats report"):
+    png, text = report.write_report(argv[2], _OUT.value or None)
   print(text)
   print(f"wrote {png} and {png.with_suffix('.txt')}")
 

@@ -50,6 +50,7 @@ import types
 import numpy as np
 import scipy.sparse as sp
 
+from informask_jax import cli
 from informask_jax.stats import artifacts as art
 from informask_jax.stats import build as build_lib
 from informask_jax.stats import chunks as chunks_lib
@@ -747,9 +748,10 @@ def _main() -> None:
   def main(argv):
     if config.value is None:
       raise app.UsageError("--config is required, e.g. --config configs/informask.py:paper.")
-    print(run(config.value, output=output.value or None, files=files.value,
-              text_field=text_field.value or None, what=what.value, beam_args=argv[1:],
-              pair_blocks=pair_blocks.value, ngram_partitions=partitions.value))
+    with cli.user_errors("python -m informask_jax.stats.beam_pipeline"):
+      print(run(config.value, output=output.value or None, files=files.value,
+                text_field=text_field.value or None, what=what.value, beam_args=argv[1:],
+                pair_blocks=pair_blocks.value, ngram_partitions=partitions.value))
 
   app.run(main, flags_parser=parse)
 
