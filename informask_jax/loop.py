@@ -48,6 +48,10 @@ def check_config(config) -> None:
     raise ValueError(
         f"config.model.max_predictions={m.max_predictions} is below the exact masking budget "
         f"round(mask_prob * (seq_len - 2)) = {budget}; targets beyond it would be dropped.")
+  if m.attention == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(
+        f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "
+        f"{jax.default_backend()!r}; use --config.model.attention=xla.")
 
 
 def _log_topology(config, mesh) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -171,6 +172,11 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
   tiny_config.model.max_predictions = 5
   with pytest.raises(ValueError, match="max_predictions=5 is below"):
     loop.train_and_evaluate(tiny_config, tmp_path)
+  tiny_config.model.max_predictions = 20
+  if jax.default_backend() != "gpu":
+    tiny_config.model.attention = "cudnn"
+    with pytest.raises(ValueError, match="attention='cudnn' needs NVIDIA GPUs"):
+      loop.train_and_evaluate(tiny_config, tmp_path)
 
 
 def test_train_py_names_a_mistyped_key():
