@@ -173,6 +173,16 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
   with pytest.raises(ValueError, match="max_predictions=5 is below"):
     loop.train_and_evaluate(tiny_config, tmp_path)
   tiny_config.model.max_predictions = 20
+  for key, value, message in (("masking.name", "randm", "is not a masking strategy"),
+                              ("masking.rates_path", str(tmp_path / "no.npy"), "does not exist"),
+                              ("init_from", str(tmp_path / "none"), "holds no checkpoints")):
+    section, field = key.split(".") if "." in key else (None, key)
+    target = tiny_config[section] if section else tiny_config
+    default = target[field]
+    target[field] = value
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+      loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    target[field] = default
   if jax.default_backend() != "gpu":
     tiny_config.model.attention = "cudnn"
     with pytest.raises(ValueError, match="attention='cudnn' needs NVIDIA GPUs"):

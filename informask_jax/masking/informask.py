@@ -35,7 +35,7 @@ _KEY_BITS = 29
 def load_rates(rates, vocab_size, missing_rate="mean"):
   """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid."""
   if isinstance(rates, str | os.PathLike):
-    path = os.fspath(rates)
+    path = os.path.expanduser(os.fspath(rates))
     if not os.path.isfile(path):
       raise FileNotFoundError(f"Rate table {path!r} (masking.rates_path) does not exist.")
     if path.endswith(".npy"):
