@@ -100,6 +100,24 @@ def test_tiny_run_lowers_validation_loss(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy,options", [
+    ("random", {}), ("whole_word", {}), ("span", {}), ("pmi_span", {"pmi_variant": "ngram"}),
+    ("pmi_span", {"pmi_variant": "bigram"}), ("informask_online", {"num_candidates": 4})])
+def test_every_strategy_trains_with_its_tables_from_the_corpus(tiny_config, tmp_path, strategy,
+                                                              options):
+  # The loop builds what each strategy needs (continuation table, n-grams, bigrams, PMI) from
+  # the corpus statistics and masks inside the step: the exact budget of 15% holds end to end.
+  config = _small(tiny_config, num_steps=2, eval_every=1000, checkpoint_every=1000)
+  config.masking.name = strategy
+  for key, value in options.items():
+    config.masking[key] = value
+  result = loop.train_and_evaluate(config, tmp_path)
+  assert result["step"] == 2 and result["skipped_steps"] == 0 and np.isfinite(result["loss"])
+  budget = config.train.batch_size * round(0.15 * (config.data.seq_len - 2))  # Packed: no padding.
+  assert 0.85 * budget <= result["targets_per_step"] <= budget, result
+  assert result["dropped_targets"] == 0
+
+
 def test_resume_after_sigkill_is_exact(tiny_config, tmp_path):
   config = _small(tiny_config, num_steps=20, checkpoint_every=5, eval_every=1000)
   straight, killed = tmp_path / "straight", tmp_path / "killed"
