@@ -129,6 +129,16 @@ def _chunk_from_arrow(table) -> Chunk:
   return Chunk(tokens, sents, offsets)
 
 
+def estimate_tokens(corpus) -> int:
+  """Tokens in the corpus (exact for documents in memory, from the mean length for a dataset);
+  0 when unknown. Sizes the shards of parallel counting."""
+  if isinstance(corpus, DocumentCorpus):
+    return int(corpus._offsets[-1])
+  if isinstance(corpus, DatasetCorpus):
+    return int(corpus._mean_len * corpus.num_documents)
+  return 0
+
+
 def as_corpus(documents) -> Corpus:
   """A Corpus from a Corpus, a `datasets.Dataset`, or an iterable of (ids, sentence_ids)."""
   if hasattr(documents, "chunks") and hasattr(documents, "num_documents"):

@@ -458,7 +458,7 @@ def count_pairs(documents, vocab_ids: np.ndarray, *, vocab_size: int, window: in
   shard_tokens = shard_tokens or 8 * chunk_tokens
   num_shards = 1
   if num_workers > 1:
-    total_tokens = _estimate_tokens(corpus)
+    total_tokens = chunks_lib.estimate_tokens(corpus)
     num_shards = max(1, int(np.ceil(total_tokens / shard_tokens)))
     if num_shards < 2:
       num_workers = 1
@@ -488,10 +488,3 @@ def count_pairs(documents, vocab_ids: np.ndarray, *, vocab_size: int, window: in
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _estimate_tokens(corpus) -> int:
-  if isinstance(corpus, chunks_lib.DocumentCorpus):
-    return int(corpus._offsets[-1])
-  if isinstance(corpus, chunks_lib.DatasetCorpus):
-    return int(corpus._mean_len * corpus.num_documents)
-  return 0

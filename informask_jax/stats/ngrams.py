@@ -318,7 +318,8 @@ def count_ngrams(documents, *, vocab_size: int, special_ids: Sequence[int],
   tmp = tempfile.mkdtemp(prefix="informask-ngrams-", dir=spill_dir)
   try:
     num_workers = max(1, int(num_workers))
-    num_shards = max(1, int(np.ceil(_estimate_tokens(corpus) / (shard_tokens or 8 * chunk_tokens))))
+    tokens_per_shard = shard_tokens or 8 * chunk_tokens
+    num_shards = max(1, int(np.ceil(chunks_lib.estimate_tokens(corpus) / tokens_per_shard)))
     if num_shards < 2:
       num_workers = 1
     # Shards also run one after the other in this process (num_workers=1), for the progress bar.
@@ -345,14 +346,6 @@ def count_ngrams(documents, *, vocab_size: int, special_ids: Sequence[int],
                        int(min_count))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _estimate_tokens(corpus) -> int:
-  if isinstance(corpus, chunks_lib.DocumentCorpus):
-    return int(corpus._offsets[-1])
-  if isinstance(corpus, chunks_lib.DatasetCorpus):
-    return int(corpus._mean_len * corpus.num_documents)
-  return 0
 
 
 def segmentations(n: int) -> list[list[tuple[int, int]]]:
