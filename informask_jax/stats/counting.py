@@ -487,4 +487,3 @@ def count_pairs(documents, vocab_ids: np.ndarray, *, vocab_size: int, window: in
     return acc.finalize(vocab_ids, min_pair_count)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-
