@@ -123,6 +123,19 @@ class Ours:
       rates = np.exp(np.random.default_rng(1).uniform(np.log(0.03), np.log(0.5), V))
       rates[list(SPECIAL)] = 0.0
       options["rates"] = rates.astype(np.float32)
+    elif masking_name == "informask_online":
+      # A synthetic symmetric PMI over 16,384 frequent ids (the :paper stats.pmi_vocab_size), ~2%
+      # dense: the cost of sample-and-score (K candidates, a dense table lookup) does not depend
+      # on the values.
+      import scipy.sparse
+
+      rng = np.random.default_rng(1)
+      rows = rng.choice(np.arange(len(SPECIAL) + 1000, V), 16384, replace=False)
+      nnz = 2_000_000
+      pmi = scipy.sparse.coo_matrix((rng.uniform(0, 5, nnz).astype(np.float32),
+                                     (rng.choice(rows, nnz), rng.choice(rows, nnz))), shape=(V, V))
+      options["pmi"] = (pmi + pmi.T).tocoo()
+      options["num_candidates"] = 16
     self.masker = masking.get_masker(masking_name, vocab_size=V, mask_id=MASK,
                                      special_ids=SPECIAL, mask_prob=MASK_PROB, **options)
     self.num_predictions = c.model.max_predictions
@@ -542,7 +555,8 @@ def main(argv=None):
   parser.add_argument("--peers", default=",".join(PEERS), help=f"subset of {PEERS}, or ''")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="bfloat16: our compute_dtype, torch autocast, flax dtype")
-  parser.add_argument("--masking", default="informask", choices=("informask", "random"))
+  parser.add_argument("--masking", default="informask",
+                      choices=("informask", "random", "informask_online"))
   parser.add_argument("--scan_layers", action="store_true", help="nn.scan over our layers")
   parser.add_argument("--profile", action="store_true", help="time the parts of our step")
   parser.add_argument("--torch_cache", action="store_true",
