@@ -2,7 +2,8 @@
 
   python bench/train_step.py [--sizes tiny,mini] [--batch 16] [--seq_len 128] [--repeats 5]
                              [--peers hf_torch_eager,hf_torch_compile,hf_flax]
-                             [--dtype float32|bfloat16] [--masking informask|random]
+                             [--dtype float32|bfloat16]
+                             [--masking informask|random|informask_online]
                              [--profile] [--out FILE]
 
 Every implementation trains the same BERT: vocabulary 30,522, the size's layers / hidden / heads
