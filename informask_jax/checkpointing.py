@@ -133,12 +133,18 @@ def architecture_mismatch(saved: dict, current: model_lib.MLMConfig) -> list[str
           if saved.get(k) != now[k]]
 
 
-def _find_steps(workdir) -> tuple[ocp.CheckpointManager, list[int]]:
+def require_checkpoint_dir(workdir) -> pathlib.Path:
+  """The workdir's checkpoint directory; FileNotFoundError, saying how to make one, if absent."""
   path = checkpoint_dir(workdir)
   if not path.is_dir():
     raise FileNotFoundError(
         f"No checkpoints in {workdir}: {path} does not exist. Train with train.py --workdir, "
         "or import one with convert_checkpoint.py --from-hf.")
+  return path
+
+
+def _find_steps(workdir) -> tuple[ocp.CheckpointManager, list[int]]:
+  path = require_checkpoint_dir(workdir)
   manager = _manager(workdir, read_only=True)
   steps = sorted(manager.all_steps())
   if not steps:

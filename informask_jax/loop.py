@@ -48,17 +48,15 @@ def check_config(config) -> None:
     raise ValueError(
         f"config.model.max_predictions={m.max_predictions} is below the exact masking budget "
         f"round(mask_prob * (seq_len - 2)) = {budget}; targets beyond it would be dropped.")
-  if config.masking.name not in masking.MASKERS:
-    raise ValueError(f"config.masking.name={config.masking.name!r} is not a masking strategy; "
-                     f"choose one of {sorted(masking.MASKERS)}.")
-  rates_path = pathlib.Path(config.masking.rates_path).expanduser()
-  if config.masking.rates_path and not rates_path.is_file():
-    raise FileNotFoundError(f"config.masking.rates_path={config.masking.rates_path!r} does not "
-                            "exist (leave it empty to build the rates from the corpus).")
-  if config.init_from and not checkpointing.checkpoint_dir(config.init_from).is_dir():
-    raise FileNotFoundError(
-        f"config.init_from={config.init_from!r} holds no checkpoints/ directory; give a workdir "
-        "of train.py or one written by convert_checkpoint.py --from-hf.")
+  # Checks the loaders make again later, made here too so they fail before the corpus is read.
+  masking.check_name(config.masking.name)
+  if config.masking.rates_path:
+    masking.informask.rates_file(config.masking.rates_path)
+  if config.init_from:
+    try:
+      checkpointing.require_checkpoint_dir(config.init_from)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"config.init_from: {e}") from None
   if m.attention == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(
         f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "

@@ -191,9 +191,11 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
   with pytest.raises(ValueError, match="max_predictions=5 is below"):
     loop.train_and_evaluate(tiny_config, tmp_path)
   tiny_config.model.max_predictions = 20
-  for key, value, message in (("masking.name", "randm", "is not a masking strategy"),
-                              ("masking.rates_path", str(tmp_path / "no.npy"), "does not exist"),
-                              ("init_from", str(tmp_path / "none"), "holds no checkpoints")):
+  for key, value, message in (("masking.name", "randm", "Unknown masking strategy 'randm'"),
+                              ("masking.rates_path", str(tmp_path / "no.npy"),
+                               r"no\.npy' \(masking\.rates_path\) does not exist"),
+                              ("init_from", str(tmp_path / "none"),
+                               "config.init_from: No checkpoints in")):
     section, field = key.split(".") if "." in key else (None, key)
     target = tiny_config[section] if section else tiny_config
     default = target[field]

@@ -16,7 +16,8 @@ Bad options raise ValueError here, at construction, never inside a trace.
 from informask_jax.masking import contract, informask, online, pmi_span, random_tokens, words
 from informask_jax.masking.contract import IGNORE_LABEL, Masker
 
-__all__ = ["MASKERS", "OPTIONS", "IGNORE_LABEL", "Masker", "get_masker", "masker_from_config"]
+__all__ = ["MASKERS", "OPTIONS", "IGNORE_LABEL", "Masker", "check_name", "get_masker",
+           "masker_from_config"]
 
 
 def _random(settings):
@@ -91,12 +92,16 @@ OPTIONS = {
 }
 
 
-def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replace_prob=0.8,
-               random_prob=0.1, budget="exact", **options):
-  """Builds the masker `name`; see the module docstring. Raises ValueError on bad options."""
+def check_name(name) -> None:
   if name not in MASKERS:
     raise ValueError(f"Unknown masking strategy {name!r} (masking.name); choose one of "
                      f"{sorted(MASKERS)}.")
+
+
+def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replace_prob=0.8,
+               random_prob=0.1, budget="exact", **options):
+  """Builds the masker `name`; see the module docstring. Raises ValueError on bad options."""
+  check_name(name)
   settings = contract.check_settings(vocab_size, mask_id, special_ids, mask_prob, replace_prob,
                                      random_prob, budget)
   contract.reject_unknown(name, options, OPTIONS[name])

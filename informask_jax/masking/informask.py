@@ -32,12 +32,18 @@ _KEY_HI = np.uint32((153 << 23) - 1)  # just below 2.0**26
 _KEY_BITS = 29
 
 
+def rates_file(path) -> str:
+  """The rate table's path, ~ expanded; FileNotFoundError naming masking.rates_path if absent."""
+  path = os.path.expanduser(os.fspath(path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Rate table {path!r} (masking.rates_path) does not exist.")
+  return path
+
+
 def load_rates(rates, vocab_size, missing_rate="mean"):
   """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid."""
   if isinstance(rates, str | os.PathLike):
-    path = os.path.expanduser(os.fspath(rates))
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"Rate table {path!r} (masking.rates_path) does not exist.")
+    path = rates_file(rates)
     if path.endswith(".npy"):
       table = np.load(path)
     elif path.endswith(".json"):
