@@ -32,4 +32,3 @@ def test_tpu_vms_with_or_without_worker_list(bare_env):
   bare_env.delenv("TPU_WORKER_HOSTNAMES")
   bare_env.setattr(distributed, "_tpu_chips_attached", lambda: True)  # A plain TPU VM.
   assert distributed._auto_detected()
-

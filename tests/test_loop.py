@@ -1,6 +1,7 @@
 """The whole run, as train.py drives it: learning on the real corpus, exact resume after a kill,
 clean pre-emption, and the errors that protect a run's work."""
 
+import copy
 import json
 import os
 import pathlib
@@ -118,6 +119,7 @@ def test_every_strategy_trains_with_its_tables_from_the_corpus(tiny_config, tmp_
   assert result["dropped_targets"] == 0
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tiny_config, tmp_path):
   config = _small(tiny_config, num_steps=20, checkpoint_every=5, eval_every=1000)
   straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -196,13 +198,10 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
                                r"no\.npy' \(masking\.rates_path\) does not exist"),
                               ("init_from", str(tmp_path / "none"),
                                "config.init_from: No checkpoints in")):
-    section, field = key.split(".") if "." in key else (None, key)
-    target = tiny_config[section] if section else tiny_config
-    default = target[field]
-    target[field] = value
+    config = copy.deepcopy(tiny_config)
+    config.update_from_flattened_dict({key: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-      loop.train_and_evaluate(tiny_config, tmp_path / "run")
-    target[field] = default
+      loop.train_and_evaluate(config, tmp_path / "run")
   if jax.default_backend() != "gpu":
     tiny_config.model.attention = "cudnn"
     with pytest.raises(ValueError, match="attention='cudnn' needs NVIDIA GPUs"):
