@@ -1,11 +1,15 @@
 """Masking throughput: informask_jax's strategies against the maskers a user would otherwise use.
 
   python bench/masking.py [--out results.json] [--sizes 32x128,32x512,256x512]
-                          [--strategies random,informask,...] [--repeats 7]
+                          [--strategies random,informask,...] [--repeats 9]
 
-Ours: every strategy, jitted, after warm-up; per repeat `--inner` calls are dispatched back to
-back and waited for once (as in a training loop, where the step never waits on the masker), and
-the median over repeats is reported. Peers, measured in the same run on the same batch:
+Timing: every implementation (ours jitted, after warm-up) is called back to back for a burst of
+at least `--min_burst` seconds and waited for once at its end (as in a training loop, where the
+step never waits on the masker; a burst also keeps thread-pool wake-up latency, ~30 us per burst
+on this machine's XLA:CPU, from dominating a 50 us call); seconds per call = burst time / calls.
+Rounds interleave the implementations, so that a change of machine load hits all of them alike,
+and the median over `--repeats` rounds is reported. Peers, measured in the same run on the same
+batch:
   mlm_pytorch     mlm-pytorch 0.1.0's masking (its helpers, in the order of MLM.forward, without
                   the transformer and the loss): exact per-sequence count, torch on the CPU.
   hf_collator     transformers.DataCollatorForLanguageModeling(...).torch_mask_tokens (Bernoulli
@@ -20,6 +24,7 @@ n-grams) are synthetic with realistic sizes. Throughput of masking does not depe
 """
 
 import argparse
+import collections
 import importlib.metadata
 import json
 import os
@@ -81,30 +86,37 @@ def build_ours(name, tables):
   return masking.get_masker(strategy, budget=budget, **common, **options)
 
 
-def time_jax(fn, tokens, repeats, inner):
-  key = jax.random.key(0)
+def jax_call(fn, tokens):
+  """A call of our jitted masker on fresh keys (made beforehand), and the wait for its result."""
   x = jax.device_put(tokens)
-  jax.block_until_ready(fn(key, x))  # compile
-  jax.block_until_ready(fn(key, x))
-  times = []
-  for r in range(repeats):
-    keys = [jax.random.fold_in(key, r * inner + i) for i in range(inner)]
-    start = time.perf_counter()
-    for k in keys:
-      out = fn(k, x)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / inner)
-  return float(np.median(times))
+  keys = [jax.random.fold_in(jax.random.key(0), i) for i in range(64)]
+  jax.block_until_ready(fn(keys[0], x))  # Compile.
+  count = iter(range(1 << 62))
+  return (lambda: fn(keys[next(count) % len(keys)], x)), jax.block_until_ready
 
 
-def time_host(fn, tokens, repeats):
-  fn(tokens)  # warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn(tokens)
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+def host_call(fn, tokens):
+  fn(tokens)  # Warm-up.
+  return (lambda: fn(tokens)), lambda out: out
+
+
+def burst_seconds(call, wait, min_burst, in_flight=4):
+  """Seconds per call of `call()` repeated back to back for at least `min_burst` seconds.
+
+  At most `in_flight` calls are queued (asynchronous dispatch would otherwise queue thousands of
+  outputs); the burst ends when the last call's result is ready.
+  """
+  pending, calls, start = collections.deque(), 0, time.perf_counter()
+  while True:
+    pending.append(call())
+    calls += 1
+    if len(pending) > in_flight:
+      wait(pending.popleft())
+    if time.perf_counter() - start >= min_burst:
+      break
+  for out in pending:
+    wait(out)
+  return (time.perf_counter() - start) / calls
 
 
 # --- Peers ------------------------------------------------------------------------------------
@@ -186,8 +198,9 @@ def main(argv=None):
   parser.add_argument("--out", help="write the records as JSON here")
   parser.add_argument("--sizes", default="32x128,32x512,256x512")
   parser.add_argument("--strategies", default=",".join(STRATEGIES))
-  parser.add_argument("--repeats", type=int, default=7)
-  parser.add_argument("--inner", type=int, default=5, help="back-to-back calls per repeat (ours)")
+  parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds (median)")
+  parser.add_argument("--min_burst", type=float, default=0.05,
+                      help="seconds of back-to-back calls per implementation and round")
   parser.add_argument("--no-peers", action="store_true")
   args = parser.parse_args(argv)
   sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
@@ -218,14 +231,14 @@ def main(argv=None):
   maskers = {name: jax.jit(build_ours(name, tables)) for name in strategies}
   for batch, length in sizes:
     tokens = make_batch(rng, batch, length)
-    big = batch * length > 100_000
-    for (impl, strategy), fn in peers.items():
-      repeats = max(2, args.repeats // 3) if big and impl != "numpy_vectorised" else args.repeats
-      record(impl, strategy, batch, length, time_host(fn, tokens, repeats))
-    for name, fn in maskers.items():
-      slow = name == "informask_online" and big
-      repeats, inner = (2, 1) if slow else (args.repeats, args.inner)
-      record("informask_jax", name, batch, length, time_jax(fn, tokens, repeats, inner))
+    timed = {key: host_call(fn, tokens) for key, fn in peers.items()}
+    timed.update({("informask_jax", name): jax_call(fn, tokens) for name, fn in maskers.items()})
+    samples = {key: [] for key in timed}
+    for _ in range(args.repeats):  # Rounds over all implementations: the same load for each.
+      for key, (call, wait) in timed.items():
+        samples[key].append(burst_seconds(call, wait, args.min_burst))
+    for (impl, strategy), seconds in samples.items():
+      record(impl, strategy, batch, length, float(np.median(seconds)))
 
   print("\n## Ratios (same run)")
   by = {(r["impl"], r["strategy"], r["batch"], r["seq_len"]): r["tokens_per_sec"]
