@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import eval_lama
-from informask_jax import lama
+from informask_jax import export, lama
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "lama"
 COMMON = FIXTURES / "common_vocab.txt"
@@ -312,7 +312,6 @@ def test_an_always_predicted_token_gives_known_precision(tmp_path):
 
 
 def test_flax_backend_agrees_with_torch(models):
-  pytest.importorskip("informask_jax.export")
   for flavour, protocol, vocab in (("bert", "lama", None), ("roberta", "informask",
                                                             INFORMASK_WORDS)):
     kw = dict(protocol=protocol, common_vocab=vocab and str(vocab), batch_size=8, progress=False)
@@ -330,7 +329,6 @@ def test_flax_backend_agrees_with_torch(models):
 @pytest.mark.slow
 def test_training_workdir_through_both_backends(models, tmp_path):
   """A workdir (checkpoints/ + tokenizer/) is restored for flax and exported for torch."""
-  export = pytest.importorskip("informask_jax.export")
   workdir = tmp_path / "workdir"
   export.import_to_workdir(models["roberta"], str(workdir))
   want = lama.evaluate(models["roberta"], str(FIXTURES), common_vocab=str(COMMON),

@@ -71,6 +71,25 @@ def test_gather_targets_keeps_order_and_marks_padding():
   np.testing.assert_array_equal(weights, [[1, 1, 1, 0], [0, 0, 0, 0]])
 
 
+def test_targets_beyond_max_predictions_are_cut_and_counted():
+  """A row with 6 targets at P = 4 keeps its first 4 (in order) and reports 2 dropped."""
+
+  class SixTargets:  # A stand-in masker: fixed targets, [MASK] = 9 at each.
+    def __call__(self, rng, token_ids, sentence_ids=None):
+      mask = jnp.array([[0, 1, 1, 0, 1, 1, 1, 1], [0, 0, 1, 0, 0, 0, 0, 0]], bool)
+      return {"input_ids": jnp.where(mask, 9, token_ids), "mask": mask,
+              "labels": jnp.where(mask, token_ids, -100)}
+
+  tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8) + 20
+  inputs, positions, labels, weights, dropped = trainer_lib._masked_targets(
+      SixTargets(), jax.random.key(0), {"token_ids": tokens}, 4)
+  np.testing.assert_array_equal(positions, [[1, 2, 4, 5], [2, 0, 0, 0]])
+  np.testing.assert_array_equal(weights, [[1, 1, 1, 1], [1, 0, 0, 0]])
+  np.testing.assert_array_equal(labels, [[21, 22, 24, 25], [30, 0, 0, 0]])
+  assert int(dropped) == 2
+  assert int((inputs == 9).sum()) == 7  # The inputs keep every target masked, cut or not.
+
+
 def test_overfits_one_batch():
   c = _config()
   c.optim.warmup_steps = 10

@@ -1,0 +1,68 @@
+"""Tests of informask_jax.optim: the learning-rate schedules and where weight decay applies."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import base
+from informask_jax import model as model_lib
+from informask_jax import optim
+
+
+def _optim_config(schedule="linear", warmup=10):
+  c = base.get_base_config("tiny").optim
+  c.learning_rate, c.warmup_steps, c.schedule = 2e-3, warmup, schedule
+  return c
+
+
+@pytest.mark.parametrize("schedule,quarter", [("linear", 0.75), ("cosine", 0.8535534)])
+def test_schedule_warms_up_then_decays_to_zero(schedule, quarter):
+  fn = optim.learning_rate_schedule(_optim_config(schedule), num_steps=110)
+  peak = 2e-3
+  assert float(fn(0)) == 0.0
+  assert float(fn(5)) == pytest.approx(peak / 2)  # Linear warm-up over 10 steps.
+  assert float(fn(10)) == pytest.approx(peak)
+  # 100 decay steps: a quarter of the way, linear is at 3/4 of the peak, cosine at
+  # (1 + cos(pi / 4)) / 2 of it; half-way both are at 1/2; at the end both are at 0.
+  assert float(fn(35)) == pytest.approx(quarter * peak, rel=1e-5)
+  assert float(fn(60)) == pytest.approx(peak / 2, rel=1e-5)
+  assert float(fn(110)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_unknown_schedule_names_the_key():
+  with pytest.raises(ValueError, match=r"optim.schedule='step'"):
+    optim.learning_rate_schedule(_optim_config("step"), num_steps=10)
+
+
+def test_weight_decay_on_matrices_and_embeddings_only():
+  c = base.get_base_config("tiny")
+  cfg = model_lib.MLMConfig.from_config(c.model, vocab_size=64, pad_id=0)
+  params = model_lib.init_params(model_lib.BertMLM(cfg), jax.random.key(0), 16)
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
+                        is_leaf=lambda x: hasattr(x, "value"))
+  decayed = {jax.tree_util.keystr(path): flag for path, flag in
+             jax.tree_util.tree_leaves_with_path(optim.weight_decay_mask(params))}
+  names = {path: path.rsplit("'", 2)[-2] for path in decayed}  # The leaf's own name.
+  assert set(names.values()) >= {"kernel", "embedding", "bias", "scale"}
+  for path, flag in decayed.items():
+    assert flag == (names[path] in ("kernel", "embedding")), path
+
+  # Through the optimizer: with zero gradients AdamW's only change is the decay.
+  oc = _optim_config(warmup=1)
+  oc.weight_decay = 0.1
+  tx, _ = optim.make_optimizer(oc, num_steps=100)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  new = params
+  for _ in range(2):
+    updates, state = tx.update(zeros, state, new)
+    new = optax.apply_updates(new, updates)
+  for (path, old), changed in zip(jax.tree_util.tree_leaves_with_path(params),
+                                  jax.tree.leaves(new), strict=True):
+    name = jax.tree_util.keystr(path)
+    if decayed[name] and np.any(np.asarray(old) != 0):
+      assert not np.allclose(changed, old), f"{name} was not decayed"
+    else:
+      np.testing.assert_array_equal(changed, old, err_msg=f"{name} was decayed")
