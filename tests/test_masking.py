@@ -90,9 +90,9 @@ def word_starts(tokens):
   return maskable & (~CONT[tokens] | ~prev), maskable
 
 
-def budgets(tokens):
+def budgets(tokens, mask_prob=0.15):
   n = (~np.isin(tokens, SPECIAL)).sum(1)
-  return np.array([round(0.15 * x) for x in n])
+  return np.array([round(mask_prob * x) for x in n])
 
 
 RATES = np.random.default_rng(3).permutation(np.linspace(0.02, 0.5, V)).astype(np.float32)
@@ -120,19 +120,21 @@ def build(name, budget="exact", **extra):
 
 
 CONFIGS = [("random", "exact"), ("random", "bernoulli"), ("whole_word", "exact"),
-           ("whole_word", "bernoulli"), ("span", "exact"), ("pmi_span", "exact"),
-           ("pmi_bigram", "exact"), ("informask", "exact"), ("informask", "bernoulli"),
-           ("informask_online", "exact")]
+           ("whole_word", "bernoulli"), ("span", "exact"), ("span", "bernoulli"),
+           ("pmi_span", "exact"), ("pmi_span", "bernoulli"), ("pmi_bigram", "exact"),
+           ("informask", "exact"), ("informask", "bernoulli"), ("informask_online", "exact"),
+           ("informask_online", "bernoulli")]
 _cache = {}
 
 
-def run(name, budget, key=0, batch_seed=0):
+def run(name, budget, key=0, batch_seed=0, **options):
   """Runs (and caches) a strategy on the planted synthetic batch; one compile per config."""
-  if (name, budget) not in _cache:
-    masker = build(name, budget)
-    _cache[name, budget] = (masker, jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s,
-                                                                       with_aux=True)))
-  masker, fn = _cache[name, budget]
+  cache_key = (name, budget, tuple(sorted(options.items())))
+  if cache_key not in _cache:
+    masker = build(name, budget, **options)
+    _cache[cache_key] = (masker, jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s,
+                                                                    with_aux=True)))
+  masker, fn = _cache[cache_key]
   plant = NGRAMS if name == "pmi_span" else CHAINS if name == "pmi_bigram" else ()
   tokens, sentences, planted = synthetic_batch(batch_seed, plant=plant)
   out, aux = fn(jax.random.key(key), tokens, sentences)
@@ -168,23 +170,56 @@ def test_contract_budget_and_specials(name, budget):
     assert count.std() > 0  # Bernoulli counts vary between sequences.
 
 
-def test_corruption_split_80_10_10():
-  tokens, out, _, _ = run("random", "exact")
-  mask = out["mask"]
-  orig, new = tokens[mask], out["input_ids"][mask]
-  n = mask.sum()
-  assert n > 6000
-  masked = (new == MASK).mean()
-  kept = (new == orig).mean()
-  randomised = ((new != MASK) & (new != orig)).mean()
+def _corruption_shares(name, budget, keys=3, **options):
+  """(share [MASK], share random, share kept, the random replacements) over a few keys."""
+  orig, new = [], []
+  for key in range(keys):
+    tokens, out, _, _ = run(name, budget, key=key, batch_seed=key, **options)
+    orig.append(tokens[out["mask"]])
+    new.append(out["input_ids"][out["mask"]])
+  orig, new = np.concatenate(orig), np.concatenate(new)
+  randomised = (new != MASK) & (new != orig)
+  return (new == MASK).mean(), randomised.mean(), (new == orig).mean(), new[randomised], len(new)
+
+
+# Selection and corruption decisions come from one draw in the Bernoulli budgets (u < p leaves
+# u / p uniform), from separate streams in the exact ones: both paths are checked.
+@pytest.mark.parametrize("name,budget", [("random", "exact"), ("random", "bernoulli"),
+                                         ("informask", "exact"), ("informask", "bernoulli")])
+def test_corruption_split_80_10_10(name, budget):
+  masked, randomised, kept, replaced, n = _corruption_shares(name, budget)
+  assert n > 20_000
   tol = 4 * np.sqrt(0.1 * 0.9 / n)
   assert abs(masked - 0.8) < 4 * np.sqrt(0.16 / n)
+  # A random replacement equals the original token with probability 1/995.
   assert abs(randomised - 0.1 * (1 - 1 / 995)) < tol
   assert abs(kept - (0.1 + 0.1 / 995)) < tol
-  replaced = new[(new != MASK) & (new != orig)]
   assert not np.isin(replaced, SPECIAL).any(), "a random replacement was a special token"
-  # Replacements cover the non-special vocabulary roughly uniformly.
-  assert replaced.min() < 60 and replaced.max() > 940
+  # Replacements are uniform over the 995 non-special ids (5..999): chi-square over 10 bins.
+  bins = (replaced - 5) * 10 // 995
+  sizes = np.bincount(np.arange(995) * 10 // 995, minlength=10)
+  observed = np.bincount(bins, minlength=10)
+  assert scipy.stats.chisquare(observed, sizes / sizes.sum() * observed.sum()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("name,budget", [("random", "exact"), ("random", "bernoulli"),
+                                         ("informask", "exact"), ("informask", "bernoulli"),
+                                         ("span", "exact"), ("whole_word", "bernoulli"),
+                                         ("informask_online", "exact")])
+def test_options_other_than_the_defaults_are_honoured(name, budget):
+  """mask_prob = 0.3 and a 50/30/20 corruption: counts, fractions and shares follow them."""
+  options = dict(mask_prob=0.3, replace_prob=0.5, random_prob=0.3)
+  tokens, out, _, _ = run(name, budget, **options)
+  maskable = ~np.isin(tokens, SPECIAL)
+  count = out["mask"].sum(1)
+  if budget == "exact":
+    np.testing.assert_array_equal(count, budgets(tokens, 0.3))
+  else:
+    assert abs(count.sum() / maskable.sum() - 0.3) < 0.01
+  masked, randomised, kept, _, n = _corruption_shares(name, budget, **options)
+  tol = 4 * np.sqrt(0.25 / n)
+  assert abs(masked - 0.5) < tol and abs(randomised - 0.3 * (1 - 1 / 995)) < tol
+  assert abs(kept - (0.2 + 0.3 / 995)) < tol
 
 
 def test_exact_count_matches_mlm_pytorch_rule():
@@ -193,8 +228,15 @@ def test_exact_count_matches_mlm_pytorch_rule():
   tokens, out, _, _ = run("random", "exact")
   np.testing.assert_array_equal(out["mask"].sum(1), budgets(tokens))
   maskable = ~np.isin(tokens, SPECIAL)
-  per_position = out["mask"][:, 1:30].sum(0) / maskable[:, 1:30].sum(0)  # all maskable there
-  assert np.all(np.abs(per_position - 0.15) < 0.06)
+  # Every maskable position of a row is a target with probability budget / n_maskable; the
+  # per-position counts against those expectations (chi-square; a fixed count per row makes the
+  # counts less variable than independent draws, so the test is conservative).
+  expected = (maskable * (budgets(tokens) / maskable.sum(1))[:, None]).sum(0)
+  cols = maskable.sum(0) > 500
+  observed = out["mask"].sum(0)[cols]
+  assert cols.sum() > 30
+  expected = expected[cols] * observed.sum() / expected[cols].sum()
+  assert scipy.stats.chisquare(observed, expected).pvalue > 1e-3
 
 
 @pytest.mark.parametrize("name", ["whole_word", "span", "pmi_span", "pmi_bigram"])
@@ -248,10 +290,11 @@ def test_span_length_mean_matches_spanbert():
   assert max(every) == 10 and min(taken) == 1
 
 
-def test_pmi_ngram_units_never_split():
-  tokens, out, aux, planted = run("pmi_span", "exact")
+@pytest.mark.parametrize("budget", ["exact", "bernoulli"])
+def test_pmi_ngram_units_never_split(budget):
+  tokens, out, aux, planted = run("pmi_span", budget)
   assert len(planted) > 1000
-  whole = partial = 0
+  whole = 0
   for b, s, k in planted:
     m = out["mask"][b, s:s + k]
     assert m.all() or not m.any(), f"n-gram at row {b} [{s}, {s + k}) was split: {m}"
@@ -260,7 +303,31 @@ def test_pmi_ngram_units_never_split():
     assert aux["unit_start"][b, s] and not aux["unit_start"][b, s + 1:s + k].any()
     assert aux["ngram_len"][b, s] == k
   assert whole > 0.05 * len(planted), "planted n-grams are never masked"
-  assert partial == 0
+
+
+def test_pmi_ngram_segmentation_longest_match_at_word_boundaries():
+  """Greedy left-to-right longest match; a match must end where a word ends."""
+  a, b, c, d, e, f, g, h = 600, 601, 602, 603, 604, 605, 606, 607
+  piece = 900  # a "##" piece
+  ngrams = [(a, b), (a, b, c), (c, d), (e, f), (g, h, piece)]
+  masker = build("pmi_span", ngrams=ngrams)
+  rows = [
+      [CLS, a, b, c, d, 10, SEP],  # (a b c) is longer than (a b); then d is a word of its own
+      [CLS, 10, e, f, piece, 11, SEP],  # "f##" continues: (e, f) would end inside a word
+      [CLS, g, h, piece, 12, 13, SEP],  # a match may contain "##" pieces
+      [CLS, 10, c, d, 11, 12, SEP],  # (c d) where nothing longer starts earlier
+  ]
+  tokens = np.array(rows, np.int32)
+  out, aux = masker(jax.random.key(0), tokens, with_aux=True)
+  starts, ngram_len = np.asarray(aux["unit_start"]), np.asarray(aux["ngram_len"])
+  np.testing.assert_array_equal(starts[0], [0, 1, 0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(ngram_len[0], [0, 3, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(starts[1], [0, 1, 1, 1, 0, 1, 0])  # e | f## | 11
+  assert not ngram_len[1].any()
+  np.testing.assert_array_equal(starts[2], [0, 1, 0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(ngram_len[2], [0, 3, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(starts[3], [0, 1, 1, 0, 1, 1, 0])
+  np.testing.assert_array_equal(ngram_len[3], [0, 0, 2, 0, 0, 0, 0])
 
 
 def test_pmi_bigram_chains_never_split():
@@ -285,8 +352,30 @@ def test_informask_frequency_follows_rates(budget):
   ids = np.flatnonzero(seen > 100)
   ids = ids[~np.isin(ids, SPECIAL)]
   assert len(ids) > 600
-  rho = scipy.stats.spearmanr(counts[ids] / seen[ids], RATES[ids]).statistic
+  freq = counts[ids] / seen[ids]
+  rho = scipy.stats.spearmanr(freq, RATES[ids]).statistic
   assert rho > 0.9, rho
+  if budget == "bernoulli":
+    # p = rate * (mask_prob * n / sum of the row's rates): proportional to the rate, not just
+    # increasing with it (sqrt(rate) rescaled would pass the rank test above).
+    fit = scipy.stats.linregress(RATES[ids], freq)
+    assert fit.rvalue > 0.95 and abs(fit.intercept) < 0.01, fit
+
+
+def test_informask_bernoulli_without_rescaling_uses_the_rates_as_probabilities():
+  """rescale=False (the original repository): p = rate as stored."""
+  counts, seen = np.zeros(V), np.zeros(V)
+  for seed in range(4):
+    tokens, out, _, _ = run("informask", "bernoulli", key=seed, batch_seed=seed, rescale=False)
+    np.add.at(counts, tokens[out["mask"]], 1)
+    np.add.at(seen, tokens.ravel(), 1)
+  ids = np.flatnonzero(seen > 100)
+  ids = ids[~np.isin(ids, SPECIAL)]
+  freq = counts[ids] / seen[ids]
+  sd = np.sqrt(RATES[ids] * (1 - RATES[ids]) / seen[ids])
+  assert np.mean(np.abs(freq - RATES[ids]) / sd) < 1.0  # ~0.8 for unbiased binomial draws
+  fit = scipy.stats.linregress(RATES[ids], freq)
+  assert abs(fit.slope - 1) < 0.05 and abs(fit.intercept) < 0.01, fit
 
 
 def _brute_force_ir(tokens, sentences, candidates, dense_pmi):

@@ -4,6 +4,10 @@ Informative relevance of a mask M over a sequence x:
   IR(M) = sum_{i in M} sum_{j not in M, same sentence, j != i} PMI(x_i, x_j)
 which for a 0/1 candidate m is m^T P (1 - m), P[i, j] the pair PMI (0 across sentences, at
 specials and padding). All K candidates are scored with one (K, L) x (L, L) product per sequence.
+Candidates are uniformly random subsets of the maskable tokens, all of one size: round(mask_prob *
+n_maskable) with the exact budget; with the Bernoulli budget a Binomial(n_maskable, mask_prob)
+size drawn once per sequence (IR grows with the size, so candidates of different sizes would not
+compare fairly).
 
 The PMI comes from a scipy.sparse [V, V] matrix (the statistics module's `pmi.npz`), moved to the
 device as one of:
@@ -125,12 +129,15 @@ def make_select(settings, num_candidates, size):
     pair = jnp.where(same, pair_pmi(tables, rows, size), 0.0)  # (L, L)
     words = prng.bits(seed, prng.CANDIDATES, (num_candidates, length))  # (K, L)
     if settings.budget == "bernoulli":
-      candidates = maskable[None, :] & (prng.uniform(words) < settings.mask_prob)
-    else:
-      keys, nbits = select.unique_keys(words, length)
-      weights = jnp.broadcast_to(maskable.astype(jnp.int32), keys.shape)
-      candidates, _ = select.threshold_select(keys, weights, jnp.broadcast_to(
-          budget, (num_candidates,)), nbits)
+      # One Binomial(n_maskable, mask_prob) size per sequence, shared by the K candidates: IR
+      # grows with the size of a mask, so best-of-K over candidates of independent Bernoulli
+      # sizes would favour the largest (0.177 of tokens instead of 0.15 at K = 4).
+      u = prng.uniform(prng.bits(seed, prng.SELECT, (length,)))
+      budget = jnp.sum(maskable & (u < settings.mask_prob)).astype(jnp.int32)
+    keys, nbits = select.unique_keys(words, length)
+    weights = jnp.broadcast_to(maskable.astype(jnp.int32), keys.shape)
+    candidates, _ = select.threshold_select(keys, weights, jnp.broadcast_to(
+        budget, (num_candidates,)), nbits)
     scores = informative_relevance(pair, candidates)  # (K,)
     best = jnp.argmax(scores)
     return candidates[best], {"candidates": candidates, "scores": scores, "best": best}
