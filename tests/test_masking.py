@@ -432,7 +432,7 @@ def test_same_key_same_masks_other_key_differs():
     np.testing.assert_array_equal(a[k], b[k])
   assert (a["mask"] != c["mask"]).any()
   # Raw uint32 keys (jax.random.PRNGKey) work and equal the typed key's masks.
-  masker = _cache["random", "exact"][0]
+  masker = build("random")
   tokens, _, _ = synthetic_batch(0, batch=8)
   fn = jax.jit(masker)
   raw = fn(jax.random.PRNGKey(3), tokens)["mask"]
