@@ -32,3 +32,22 @@ def test_tpu_vms_with_or_without_worker_list(bare_env):
   bare_env.delenv("TPU_WORKER_HOSTNAMES")
   bare_env.setattr(distributed, "_tpu_chips_attached", lambda: True)  # A plain TPU VM.
   assert distributed._auto_detected()
+
+
+@pytest.mark.parametrize("index,order", [(0, ["build", "barrier"]), (1, ["barrier", "build"])])
+def test_main_process_first_builds_before_the_others(monkeypatch, index, order):
+  events = []
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed.jax, "process_index", lambda: index)
+
+  def barrier(key, timeout_ms):
+    assert key == "main_process_first:cache" and timeout_ms > 0
+    events.append("barrier")
+  monkeypatch.setattr(distributed.multihost, "get_barrier_sync_fn", lambda: barrier)
+  assert distributed.main_process_first("cache", lambda: events.append("build") or 7) == 7
+  assert events == order
+
+
+def test_main_process_first_on_one_process_needs_no_barrier(monkeypatch):
+  monkeypatch.setattr(distributed.multihost, "get_barrier_sync_fn", lambda: pytest.fail("barrier"))
+  assert distributed.main_process_first("cache", lambda: 3) == 3
