@@ -4,7 +4,7 @@
                              [--peers hf_torch_eager,hf_torch_compile,hf_flax]
                              [--dtype float32|bfloat16]
                              [--masking informask|random|informask_online]
-                             [--profile] [--out FILE]
+                             [--scan_layers] [--attention xla|cudnn] [--profile] [--out FILE]
 
 Every implementation trains the same BERT: vocabulary 30,522, the size's layers / hidden / heads
 / MLP from configs.base.MODEL_SIZES, dropout 0.1 on embeddings and residual branches and none on
@@ -92,7 +92,7 @@ class Ours:
 
   impl = "informask_jax"
 
-  def __init__(self, size, batch, seq_len, dtype, masking_name, scan_layers):
+  def __init__(self, size, batch, seq_len, dtype, masking_name, scan_layers, attention="xla"):
     import jax
     import numpy as np
 
@@ -107,6 +107,7 @@ class Ours:
     c.model.flavour = "bert"
     c.model.compute_dtype = dtype
     c.model.scan_layers = scan_layers
+    c.model.attention = attention
     c.model.max_predictions = max_predictions(seq_len)
     c.optim.learning_rate = OPTIM["learning_rate"]
     c.optim.b1, c.optim.b2, c.optim.eps = OPTIM["b1"], OPTIM["b2"], OPTIM["eps"]
@@ -475,7 +476,8 @@ def bench_size(size, args, records, skipped):
   from informask_jax import model as model_lib
 
   dims = MODEL_SIZES[size]
-  ours = Ours(size, args.batch, args.seq_len, args.dtype, args.masking, args.scan_layers)
+  ours = Ours(size, args.batch, args.seq_len, args.dtype, args.masking, args.scan_layers,
+              args.attention)
   needed = ours.flops  # FLOPs the step needs: vocabulary projection at P targets per sequence.
   every_token = args.batch * model_lib.train_flops_per_sequence(ours.cfg, args.seq_len,
                                                                 args.seq_len)
@@ -559,6 +561,8 @@ def main(argv=None):
   parser.add_argument("--masking", default="informask",
                       choices=("informask", "random", "informask_online"))
   parser.add_argument("--scan_layers", action="store_true", help="nn.scan over our layers")
+  parser.add_argument("--attention", default="xla", choices=("xla", "cudnn"),
+                      help="our model.attention (cudnn: cuDNN's fused kernel, NVIDIA GPUs only)")
   parser.add_argument("--profile", action="store_true", help="time the parts of our step")
   parser.add_argument("--torch_cache", action="store_true",
                       help="let torch.compile load from its disk caches (compile_s then is a load)")
