@@ -20,6 +20,7 @@ has the same state()/restore() contract.
 import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -508,9 +509,11 @@ class StreamingBatchIterator:
     if self.shuffle:
       stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
       stream.set_epoch(self.epoch)
-    stream = stream.skip(self.chunk * self.chunk_documents)
+    # The documents of the chunks already used are read and dropped here: with
+    # IterableDataset.skip (datasets 5.2) set_epoch no longer reseeds the shuffle, and every
+    # epoch would repeat the first one's document order.
     index, docs = self.chunk, []
-    for example in stream:
+    for example in itertools.islice(stream, self.chunk * self.chunk_documents, None):
       docs.append(example["text"])
       if len(docs) == self.chunk_documents:
         yield index, self._pack(docs, index)

@@ -360,6 +360,38 @@ def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer)
       np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
 
 
+def test_streaming_epochs_reshuffle_documents(tmp_path, bert_tokenizer):
+  """Each epoch draws another document order: chunk k holds other documents in epoch 1 than in
+  epoch 0 (the rows inside a chunk are reshuffled anyway, so compare their token multisets)."""
+  lines = [json.dumps({"text": f"Document {i} is about the river {i}."}) for i in range(200)]
+  (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+  c = _tiny_config(tmp_path, seq_len=32, validation_fraction=0.05)
+  c.data.sources[0].update(kind="files", name=str(tmp_path / "docs.jsonl"), text_field="text",
+                           streaming=True)
+  c.tokenizer.name_or_path = BERT_VOCAB
+  pipeline = data.build_input_pipeline(c)
+  it = data.StreamingBatchIterator(pipeline.train_stream, bert_tokenizer, 32,
+                                   pipeline.special_ids, "full_sentences", 1, seed=3,
+                                   chunk_documents=40, shuffle_buffer=64, process_index=0,
+                                   process_count=1)
+  tokens = {}
+  for epoch in (0, 1):
+    it.epoch, it.chunk = epoch, 0
+    for index, rows in it._chunk_stream():  # Each chunk's packed rows, in the epoch's order.
+      tokens[epoch, index] = np.sort(data.unpack_tokens(rows, pipeline.special_ids))
+  # Resuming at chunk 2 reads the same chunks as the whole pass (dropping the first two).
+  it.epoch, it.chunk = 1, 2
+  for index, rows in it._chunk_stream():
+    np.testing.assert_array_equal(
+        np.sort(data.unpack_tokens(rows, pipeline.special_ids)), tokens[1, index])
+  assert {(0, 0), (0, 1), (1, 0), (1, 1)} <= set(tokens)
+  whole = [np.sort(np.concatenate([v for (e, _), v in tokens.items() if e == epoch]))
+           for epoch in (0, 1)]
+  np.testing.assert_array_equal(whole[0], whole[1])  # The same documents in each epoch...
+  for k in (0, 1):  # ... in other chunks.
+    assert not np.array_equal(tokens[0, k], tokens[1, k]), f"chunk {k} repeats epoch 0's"
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_build_time(tmp_path):
   """Measures (prints) the tiny config's pipeline cold and warm; asserts only that they agree."""
