@@ -151,6 +151,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.train.resume = True  # Resume from the workdir's latest checkpoint when there is one.
   c.train.overwrite = False  # With resume=False, allow starting over in a non-empty workdir.
   c.train.max_consecutive_skips = 10  # Stop after this many non-finite steps in a row.
+  # Several processes: every this many steps they agree whether one got SIGTERM / SIGINT, and
+  # then all save at the same step (a process saving alone would wait forever for the others).
+  c.train.stop_sync_every = 10
 
   # --- Device mesh and sharding ------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

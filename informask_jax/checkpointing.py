@@ -28,8 +28,19 @@ def checkpoint_dir(workdir) -> pathlib.Path:
   return pathlib.Path(workdir).expanduser().resolve() / CHECKPOINT_DIR
 
 
+def has_finalized_checkpoint(workdir) -> bool:
+  """Whether `<workdir>/checkpoints` holds a completed step (unfinished temporary ones aside)."""
+  directory = checkpoint_dir(workdir)
+  return directory.is_dir() and any(
+      p.is_dir() and p.name.isdigit() and ocp.step.is_path_finalized(p)
+      for p in directory.iterdir())
+
+
 def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
   # Keep the latest `keep` checkpoints and, besides them, the best one by validation loss.
+  if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+    raise ValueError(f"config.train.keep_checkpoints={keep!r} must be an integer >= 1 (with 0 "
+                     "every new checkpoint but the best would be deleted once written).")
   preserve = policy_lib.AnyPreservationPolicy([
       policy_lib.LatestN(n=keep),
       policy_lib.BestN(get_metric_fn=lambda m: m["eval_loss"], reverse=True, n=1,
@@ -37,7 +48,7 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
   ])
   options = ocp.CheckpointManagerOptions(
       preservation_policy=preserve, enable_async_checkpointing=not read_only, create=not read_only,
-      read_only=read_only)
+      read_only=read_only, cleanup_tmp_directories=not read_only)  # Leftovers of killed saves.
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)

@@ -48,8 +48,19 @@ def user_errors(program: str, extra: tuple = ()):
 
 def parse_flags(argv: list[str]) -> list[str]:
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = str(e).strip().strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+      # A config file that failed to load stands in as an object raising on any attribute.
+      getattr(flags.FLAGS.config, "get", None)
+    return rest
+  except (flags.Error, AttributeError, KeyError, IndexError, TypeError, ValueError,
+          OSError) as e:
+    message = str(e).strip()
+    if isinstance(e, KeyError | AttributeError):  # Their str() is the quoted repr of a message.
+      message = message.strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    if isinstance(e, IndexError):  # A list index past the end: --config.data.sources[3].kind=x
+      message = f"{message} (a --config.x[i] index past the end of that list)"
+    # ml_collections quotes a config file's failure with its traceback: keep the last line.
+    message = message.splitlines()[-1].strip() if message else type(e).__name__
     print(f"{argv[0]}: bad command-line flag: {message}", file=sys.stderr)
     sys.exit(2)

@@ -17,7 +17,9 @@ import time
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from informask_jax import checkpointing, data, distributed, export, masking, optim, stats
 from informask_jax import metrics as metrics_lib
@@ -38,7 +40,8 @@ def check_config(config) -> None:
   """Errors that need no data or devices, raised before anything heavy runs."""
   data.check_config(config)
   t, m = config.train, config.model
-  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+  for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+              "keep_checkpoints", "stop_sync_every"):
     if t[key] <= 0:
       raise ValueError(f"config.train.{key}={t[key]} must be positive.")
   if config.optim.grad_accum_steps < 1:
@@ -70,23 +73,33 @@ def _log_topology(config, mesh) -> None:
   logging.info("Config:\n%s", config)
 
 
-def _prepare_workdir(workdir: pathlib.Path, config) -> int | None:
-  """The step to resume from (None: start fresh); refuses to clobber a run by accident."""
-  ckpt_dir = checkpointing.checkpoint_dir(workdir)
-  has_run = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
-  if has_run and not config.train.resume:
-    if not config.train.overwrite:
-      raise FileExistsError(
-          f"{workdir} already holds a run (checkpoints in {ckpt_dir}) and "
-          "config.train.resume=False. Use another --workdir, resume (the default), or pass "
-          "--config.train.overwrite=True to delete it and start over.")
-    if jax.process_index() == 0:
-      shutil.rmtree(ckpt_dir)
-      for name in ("metrics.jsonl", "tensorboard"):
-        path = workdir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
+  """(resume, clear): whether to resume the workdir's latest checkpoint, and whether the old run
+  is to be deleted (config.train.overwrite) once everything else has been checked and built.
+  Refuses to clobber a run by accident."""
+  if workdir.exists() and not workdir.is_dir():
+    raise NotADirectoryError(f"--workdir {workdir} is a file, not a directory.")
+  # Only completed checkpoints count: a run killed during its first save left just a temporary
+  # directory, which orbax removes, and starts afresh.
+  has_run = checkpointing.has_finalized_checkpoint(workdir)
+  if has_run and not config.train.resume and not config.train.overwrite:
+    raise FileExistsError(
+        f"{workdir} already holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)})"
+        " and config.train.resume=False. Use another --workdir, resume (the default), or pass "
+        "--config.train.overwrite=True to delete it and start over.")
   workdir.mkdir(parents=True, exist_ok=True)
-  return None if not has_run or not config.train.resume else -1  # -1: "latest", resolved later.
+  return has_run and config.train.resume, has_run and not config.train.resume
+
+
+def _clear_workdir(workdir: pathlib.Path) -> None:
+  """Deletes the old run's checkpoints and logs (config.train.overwrite); process 0 only."""
+  if jax.process_index() != 0:
+    return
+  shutil.rmtree(checkpointing.checkpoint_dir(workdir), ignore_errors=True)
+  for name in ("metrics.jsonl", "tensorboard"):
+    path = workdir / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+  logging.warning("config.train.overwrite: deleted the earlier run in %s.", workdir)
 
 
 def build_masker(config, pipeline):
@@ -122,6 +135,23 @@ class _StopSignal:
   def _handle(self, signum, frame):
     self.received = signal.Signals(signum).name
 
+  def stop_now(self, step: int, sync_every: int) -> str | None:
+    """Why to stop after `step`, or None; with several processes, the same answer on each.
+
+    A signal may reach one process only, or the processes at different steps; saving is a
+    collective, so they agree (an all-gather of the flags) every `sync_every` steps.
+    """
+    if jax.process_count() == 1:
+      return self.received
+    if step % sync_every:
+      return None
+    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+    if not np.any(flags):
+      return None
+    if self.received is None:
+      self.received = "a signal to another process"
+    return self.received
+
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
@@ -130,12 +160,15 @@ class _StopSignal:
 def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
   """Mean masked-token loss over the first eval_batches validation batches, fixed masks."""
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  rng = jax.random.key_data(jax.random.key(config.train.seed + 1))  # Same masks every eval.
+  # The same masks at every evaluation (so evaluations compare), other masks for every batch
+  # (a key shared by the batches would mask the same positions of every batch's row i).
+  rng = jax.random.key(config.train.seed + 1)
   sums = {"loss_sum": 0.0, "correct_sum": 0.0, "num_targets": 0.0}
-  for local in data.eval_batches(pipeline.validation, config.train.batch_size,
-                                 config.train.eval_batches, pad_id=pipeline.special_ids.pad):
+  for index, local in enumerate(data.eval_batches(
+      pipeline.validation, config.train.batch_size, config.train.eval_batches,
+      pad_id=pipeline.special_ids.pad)):
     out = eval_step(params, data.make_global_batch(local, batch_sharding),
-                    jax.random.wrap_key_data(rng))
+                    jax.random.fold_in(rng, index))
     for key, value in jax.device_get(out).items():
       sums[key] += float(value)
   loss = sums["loss_sum"] / max(sums["num_targets"], 1.0)
@@ -147,8 +180,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics and evaluation."""
   # --- Config and workdir ----------------------------------------------------------------
   check_config(config)
+  if "://" in str(workdir):
+    raise ValueError(f"--workdir {workdir}: only local or mounted paths are supported (mount a "
+                     "bucket with gcsfuse or similar to write there).")
   workdir = pathlib.Path(workdir).expanduser()
-  resume = _prepare_workdir(workdir, config)
+  resume, clear = _prepare_workdir(workdir, config)
   is_main = jax.process_index() == 0
 
   # --- Mesh --------------------------------------------------------------------------------
@@ -163,17 +199,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       "input pipeline", lambda: data.build_input_pipeline(config))
   masker = distributed.main_process_first(
       "corpus statistics", lambda: build_masker(config, pipeline))
-  if is_main:
-    pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
-    checkpointing.write_json(workdir / "config.json", _config_json(config))
-
   # --- Model and optimizer -----------------------------------------------------------------
   mlm_config = model_lib.MLMConfig.from_config(
       config.model, vocab_size=len(pipeline.tokenizer), pad_id=pipeline.special_ids.pad)
   model = model_lib.BertMLM(mlm_config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   init_params = None
-  if config.init_from and resume is None:
+  if config.init_from and not resume:
     init_params, saved_cfg, _ = checkpointing.restore_params(config.init_from)
     # Unrolled or scanned layers are a layout, not an architecture: convert to this run's.
     init_params = export.convert_layout(init_params, mlm_config.scan_layers)
@@ -184,9 +216,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       model, tx, config.train.seed, config.data.seq_len, mesh, rules, params=init_params)
 
   # --- Resume ------------------------------------------------------------------------------
+  if clear:  # Everything above checked and built: only now is the old run deleted.
+    distributed.main_process_first("clear workdir", lambda: _clear_workdir(workdir))
   checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   train_iter = pipeline.train_iterator(config.train.batch_size, seed=config.train.seed)
-  if resume is not None:
+  if resume:
     step = checkpointer.latest_step()
     saved = checkpointer.read_meta(step)
     _check_architecture(model_lib.MLMConfig(**saved["mlm_config"]), mlm_config,
@@ -197,6 +231,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     state, data_state, _ = checkpointer.restore(step, abstract)
     train_iter.restore(data_state)
     logging.info("Resumed from step %d in %s.", step, workdir)
+    if step >= config.train.num_steps:
+      logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
+                      "train; raise num_steps to continue.", step, config.train.num_steps)
+  # Written once the run is known to fit the workdir (a refused resume must not replace them).
+  if is_main:
+    pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
+    checkpointing.write_json(workdir / "config.json", _config_json(config))
   meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config),
           "config": _config_json(config)}
 
@@ -223,7 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   tokens_per_step = t.batch_size * config.data.seq_len
   progress = tqdm.tqdm(total=t.num_steps, initial=step, disable=not is_main, desc="train",
                        dynamic_ncols=True)
-  interval_start, interval_steps = time.time(), 0
+  # tokens/s and MFU count training only: the first step of the process (compilation) and the
+  # time of evaluations and checkpoints are left out of the intervals.
+  interval_start, interval_steps, first_step = time.time(), 0, True
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       if step == 0:  # The untrained model's loss: the baseline every later eval compares with.
@@ -242,38 +285,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         step += 1
         interval_steps += 1
         progress.update(1)
+        if first_step:
+          jax.block_until_ready(state)
+          logging.info("First step (with compilation): %.1f s.", time.time() - interval_start)
+          interval_start, interval_steps, first_step = time.time(), 0, False
 
         if step % t.log_every == 0 or step == t.num_steps:
           summary = metrics_lib.summarize(pending)
           elapsed = time.time() - interval_start
-          summary["tokens_per_sec"] = tokens_per_step * interval_steps / elapsed
-          summary["mfu"] = metrics_lib.mfu(flops_per_step, elapsed / interval_steps,
-                                           jax.device_count())
+          timed = interval_steps > 0  # Not when the interval held only the first step.
+          summary["tokens_per_sec"] = (tokens_per_step * interval_steps / elapsed
+                                       if timed else None)
+          summary["mfu"] = (metrics_lib.mfu(flops_per_step, elapsed / interval_steps,
+                                            jax.device_count()) if timed else None)
           if summary["skipped_steps"]:
             logging.warning("Step %d: %d non-finite step(s) skipped since the last log.", step,
                             summary["skipped_steps"])
           writer.write(step, summary)
-          progress.set_postfix(loss=f"{summary['loss']:.3f}",
-                               tok_s=f"{summary['tokens_per_sec']:.0f}")
+          progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=(
+              f"{summary['tokens_per_sec']:.0f}" if timed else "-"))
           last_log, pending = summary, []
           interval_start, interval_steps = time.time(), 0
 
+        stopping = stop.stop_now(step, t.stop_sync_every)
         evaluated = step % t.eval_every == 0 or step == t.num_steps
+        saving = step % t.checkpoint_every == 0 or step == t.num_steps or stopping
+        if evaluated or saving:
+          jax.block_until_ready(state)  # The steps before are training time.
+          paused = time.time()
         if evaluated:
           last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
           writer.write(step, last_eval)
           logging.info("Step %d: eval loss %.4f, perplexity %.2f.", step,
                        last_eval["eval_loss"], last_eval["eval_perplexity"])
-
-        if step % t.checkpoint_every == 0 or step == t.num_steps or stop.received:
-          checkpointer.save(step, state, batches.state(), meta,
-                            eval_loss=last_eval.get("eval_loss") if evaluated else None,
-                            force=True)
-        if stop.received:
+        if saving:
+          saved = checkpointer.save(step, state, batches.state(), meta,
+                                    eval_loss=last_eval.get("eval_loss") if evaluated else None,
+                                    force=True)
+        if stopping:
           checkpointer.wait()
-          logging.warning("Received %s: saved a checkpoint at step %d in %s; exiting. Run the "
-                          "same command to resume.", stop.received, step, workdir)
+          logging.warning(
+              "Received %s: %s; exiting. Run the same command to resume.", stopping,
+              f"saved a checkpoint at step {step} in {workdir}" if saved else
+              f"step {step} was not saved (non-finite parameters), the latest checkpoint is "
+              f"step {checkpointer.latest_step()}")
           break
+        if evaluated or saving:
+          interval_start += time.time() - paused
   finally:
     progress.close()
     stop.restore()

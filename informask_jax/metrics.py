@@ -50,10 +50,12 @@ def summarize(step_metrics: list[dict]) -> dict:
   out = {
       "loss": sum(float(m["loss_sum"]) for m in host) / max(targets, 1.0),
       "accuracy": sum(float(m["correct_sum"]) for m in host) / max(targets, 1.0),
-      "grad_norm": float(np.mean([float(m["grad_norm"]) for m in host])),
+      # Over the steps that were applied: a skipped step's norm is inf or NaN.
+      "grad_norm": float(np.mean([float(m["grad_norm"]) for m in host if not int(m["skipped"])]
+                                 or [float("nan")])),
       "learning_rate": float(host[-1]["learning_rate"]),
       "skipped_steps": int(sum(int(m["skipped"]) for m in host)),
-      "targets_per_step": targets / len(host),
+      "targets_per_step": targets / max(sum(1 for m in host if not int(m["skipped"])), 1),
       "dropped_targets": float(sum(float(m["dropped_targets"]) for m in host)),
   }
   if targets == 0:  # Every step of the interval was skipped: no loss to report.

@@ -102,6 +102,22 @@ def test_non_finite_state_is_never_saved(tmp_path):
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
 
 
+def test_an_unfinished_first_save_is_no_run_to_resume(tmp_path):
+  """A run killed during its first save leaves only orbax's temporary directory: that is not a
+  checkpoint (a resume would find no step), and the next Checkpointer removes it."""
+  leftover = checkpointing.checkpoint_dir(tmp_path) / "20.orbax-checkpoint-tmp"
+  leftover.mkdir(parents=True)
+  assert not checkpointing.has_finalized_checkpoint(tmp_path)
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  assert saver.latest_step() is None
+  assert saver.save(30, state, {}, _meta(), force=True)  # Removed (in the background) by then.
+  saver.close()
+  assert checkpointing.has_finalized_checkpoint(tmp_path) and not leftover.exists()
+  with pytest.raises(ValueError, match="keep_checkpoints=0 must be an integer >= 1"):
+    checkpointing.Checkpointer(tmp_path, keep=0)
+
+
 def test_restore_params_errors_name_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints in"):
     checkpointing.restore_params(tmp_path)

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing, loop
+from informask_jax import checkpointing, loop, optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -182,6 +183,33 @@ def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
   config.optim.learning_rate = 1e38  # The first update blows the parameters up.
   with pytest.raises(loop.TrainingStopped, match="3 consecutive steps"):
     loop.train_and_evaluate(config, tmp_path)
+  # Skipped steps do not advance the schedule: the logged rate is the one the optimizer used.
+  logged = [m for _, m in sorted(_read_metrics(tmp_path).items())]
+  _, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+  assert len(logged) >= 3 and logged[0]["skipped_steps"] == 0
+  assert all(m["skipped_steps"] == 1 for m in logged[1:])
+  assert [m["learning_rate"] for m in logged[1:]] == pytest.approx(
+      [float(schedule(1))] * (len(logged) - 1), rel=1e-6)
+  assert np.isfinite(logged[0]["grad_norm"])
+
+
+def test_evaluation_masks_each_batch_with_its_own_key(tiny_config, monkeypatch):
+  """Keys differ between the batches of one evaluation and repeat at the next evaluation."""
+  batches = [{"token_ids": np.full((4, 8), i, np.int32)} for i in range(3)]
+  monkeypatch.setattr(loop.data, "eval_batches", lambda *a, **k: iter(batches))
+  monkeypatch.setattr(loop.data, "make_global_batch", lambda local, sharding: local)
+  seen = []
+
+  def eval_step(params, batch, rng):
+    seen.append(tuple(np.asarray(jax.random.key_data(rng)).ravel()))
+    return {"loss_sum": 1.0, "correct_sum": 0.0, "num_targets": 1.0}
+
+  pipeline = types.SimpleNamespace(validation=None, special_ids=types.SimpleNamespace(pad=0))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  monkeypatch.setattr(loop.sharding_lib, "batch_sharding", lambda mesh: None)
+  for _ in range(2):
+    loop.evaluate(eval_step, None, pipeline, tiny_config, mesh)
+  assert len(set(seen[:3])) == 3 and seen[:3] == seen[3:]
 
 
 def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
@@ -197,7 +225,9 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
                               ("masking.rates_path", str(tmp_path / "no.npy"),
                                r"no\.npy' \(masking\.rates_path\) does not exist"),
                               ("init_from", str(tmp_path / "none"),
-                               "config.init_from: No checkpoints in")):
+                               "config.init_from: No checkpoints in"),
+                              ("train.keep_checkpoints", 0,
+                               r"config.train.keep_checkpoints=0 must be positive")):
     config = copy.deepcopy(tiny_config)
     config.update_from_flattened_dict({key: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):

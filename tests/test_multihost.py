@@ -164,3 +164,34 @@ def test_two_processes_leave_one_consistent_cold_cache(runs):
   meta = stats.artifacts.read_meta(directory)
   assert not stats.artifacts.verify_files(directory, meta, meta["files"])
   assert "Statistics: 'rates' done" in first
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step(runs, tmp_path):
+  """A preemption signal that reaches process 1 only: both agree at the next sync step, save
+  there together and exit cleanly (saving alone, process 1 would wait forever for process 0)."""
+  import signal
+  import time
+
+  _, _, cache, _ = runs  # Built by the two-process run: this one starts warm.
+  workdir = tmp_path / "preempted"
+  multi = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+  args = [*_overrides(workdir, cache), "--config.train.num_steps=100000",
+          "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000",
+          "--config.train.stop_sync_every=5"]
+  procs = [_start([*args, *multi, "--process_id", str(i)], devices=4) for i in range(2)]
+  deadline = time.time() + TIMEOUT_S
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.exists() and metrics.read_text().count('"loss"') >= 3):
+    if time.time() > deadline or any(p.poll() is not None for p in procs):
+      for p in procs:
+        p.kill()
+      pytest.fail("the two processes did not start training: "
+                  + "\n".join(p.communicate()[0][-2000:] for p in procs))
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)
+  first, second = _finish(procs)
+  _, _, step = checkpointing.restore_params(workdir)
+  assert step % 5 == 0 and 0 < step < 100000
+  assert f"saved a checkpoint at step {step}" in first
+  assert "a signal to another process" in first
