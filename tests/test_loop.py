@@ -169,10 +169,19 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
   config.train.num_steps = 4
   with pytest.raises(ValueError, match=r"model.num_layers: checkpoint 1 != run 2"):
     loop.train_and_evaluate(config, tmp_path)
+  # The refused run changed nothing: config.json still describes the checkpoints.
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["num_layers"] == 1
   config.model.num_layers = 1
   config.train.resume = False
   with pytest.raises(FileExistsError, match="already holds a run"):
     loop.train_and_evaluate(config, tmp_path)
+  # overwrite=True with a config that fails later than check_config: the old run stays.
+  config.train.overwrite = True
+  config.model.flavour = "gpt"
+  with pytest.raises(ValueError, match="flavour"):
+    loop.train_and_evaluate(config, tmp_path)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
+  assert (tmp_path / "metrics.jsonl").exists()
 
 
 def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
