@@ -114,13 +114,16 @@ class Checkpointer:
     saved on one mesh (say 2x2x2 on 8 devices) restores onto any other (1 device, 8x1x1).
     """
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args),
-        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args),
+          data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # Truncated or missing files: name the step and the way out.
+      raise _unreadable(self.workdir, step, self.all_steps(), e) from e
     return restored["state"], restored["data"], restored["meta"]
 
   def read_meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return _read_meta(self.manager, self.workdir, step)
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -129,6 +132,20 @@ class Checkpointer:
 
 class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written; earlier checkpoints are untouched."""
+
+
+class CheckpointReadError(ValueError):
+  """A checkpoint step exists but cannot be read (a damaged or incomplete directory)."""
+
+
+def _unreadable(workdir, step, steps, error) -> CheckpointReadError:
+  others = [s for s in steps if s != step]
+  first = (str(error).strip().splitlines() or [""])[0][:300]
+  hint = (f"move {checkpoint_dir(workdir) / str(step)} aside to use step {others[-1]}"
+          if others else "no other checkpoint is left")
+  return CheckpointReadError(
+      f"Checkpoint step {step} in {checkpoint_dir(workdir)} is damaged or incomplete "
+      f"({type(error).__name__}: {first}); {hint}.")
 
 
 def mlm_config_to_dict(cfg: model_lib.MLMConfig) -> dict:
@@ -171,18 +188,32 @@ def restore_params(workdir, step: int | None = None) -> tuple[Any, model_lib.MLM
   elif step not in steps:
     raise ValueError(f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
                      f"available steps: {steps}.")
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  saved_state = manager.item_metadata(step)["state"]
-  params_meta = saved_state.tree["params"]
-  # Restore only the parameters, as plain numpy: no mesh, no optimizer state.
-  params_meta = _as_dict(params_meta)
-  item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), params_meta)}
-  restore_args = {"params": jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray),
-                                         params_meta)}
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True)))
+  meta = _read_meta(manager, workdir, step)
+  try:
+    saved_state = manager.item_metadata(step)["state"]
+    params_meta = saved_state.tree["params"]
+    # Restore only the parameters, as plain numpy: no mesh, no optimizer state.
+    params_meta = _as_dict(params_meta)
+    item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                   params_meta)}
+    restore_args = {"params": jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray),
+                                           params_meta)}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True)))
+  except Exception as e:
+    raise _unreadable(workdir, step, steps, e) from e
   params = restored["state"]["params"]
   return params, model_lib.MLMConfig(**meta["mlm_config"]), step
+
+
+def _read_meta(manager, workdir, step) -> dict:
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if not isinstance(meta, dict) or "mlm_config" not in meta:
+      raise KeyError("mlm_config")
+  except Exception as e:
+    raise _unreadable(workdir, step, sorted(manager.all_steps()), e) from e
+  return meta
 
 
 def _as_dict(tree):

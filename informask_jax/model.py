@@ -61,6 +61,9 @@ class MLMConfig:
       raise ValueError(f"model.remat={self.remat!r}: expected 'none', 'full' or 'dots'.")
     if self.attention not in ("xla", "cudnn"):
       raise ValueError(f"model.attention={self.attention!r}: expected 'xla' or 'cudnn'.")
+    if self.compute_dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"model.compute_dtype={self.compute_dtype!r}: expected 'float32', "
+                       "'bfloat16' or 'float16'.")
 
   @property
   def head_dim(self) -> int:

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +117,31 @@ def test_an_unfinished_first_save_is_no_run_to_resume(tmp_path):
   assert checkpointing.has_finalized_checkpoint(tmp_path) and not leftover.exists()
   with pytest.raises(ValueError, match="keep_checkpoints=0 must be an integer >= 1"):
     checkpointing.Checkpointer(tmp_path, keep=0)
+
+
+def test_a_damaged_step_is_named_with_the_way_out(tmp_path):
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  saver = checkpointing.Checkpointer(tmp_path)
+  for step in (1, 2):
+    assert saver.save(step, state, {"position": step}, _meta(), force=True)
+    saver.wait()
+  saver.close()
+  step_dir = checkpointing.checkpoint_dir(tmp_path) / "2"
+  shutil.rmtree(step_dir / "meta")
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r"step 2 .* is damaged or incomplete .* to use step 1"):
+    checkpointing.restore_params(tmp_path)
+  reader = checkpointing.Checkpointer(tmp_path)
+  with pytest.raises(checkpointing.CheckpointReadError, match="step 2"):
+    reader.read_meta(2)
+  for path in (step_dir / "state").rglob("*"):  # Every data file of the arrays emptied.
+    if path.is_file() and path.stat().st_size > 1000:
+      path.write_bytes(b"")
+  with pytest.raises(checkpointing.CheckpointReadError, match="step 2"):
+    reader.restore(2, _abstract(state, shardings))
+  _, data_state, _ = reader.restore(1, _abstract(state, shardings))  # Step 1 is intact.
+  assert data_state == {"position": 1}
 
 
 def test_restore_params_errors_name_what_is_missing(tmp_path):

@@ -175,10 +175,12 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
   config.train.resume = False
   with pytest.raises(FileExistsError, match="already holds a run"):
     loop.train_and_evaluate(config, tmp_path)
-  # overwrite=True with a config that fails later than check_config: the old run stays.
+  # overwrite=True with a config that fails only once the model is built (init_from a
+  # checkpoint of another architecture): the old run stays.
   config.train.overwrite = True
-  config.model.flavour = "gpt"
-  with pytest.raises(ValueError, match="flavour"):
+  config.init_from = str(tmp_path)
+  config.model.num_layers = 2
+  with pytest.raises(ValueError, match=r"config.init_from=.* does not match"):
     loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert (tmp_path / "metrics.jsonl").exists()
@@ -236,7 +238,11 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
                               ("init_from", str(tmp_path / "none"),
                                "config.init_from: No checkpoints in"),
                               ("train.keep_checkpoints", 0,
-                               r"config.train.keep_checkpoints=0 must be positive")):
+                               r"config.train.keep_checkpoints=0 must be positive"),
+                              ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
+                              ("model.compute_dtype", "fp16", r"model.compute_dtype='fp16'"),
+                              ("optim.learning_rate", -1.0,
+                               r"config.optim.learning_rate=-1.0 must be > 0")):
     config = copy.deepcopy(tiny_config)
     config.update_from_flattened_dict({key: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -35,6 +35,9 @@ _KEY_BITS = 29
 def rates_file(path) -> str:
   """The rate table's path, ~ expanded; FileNotFoundError naming masking.rates_path if absent."""
   path = os.path.expanduser(os.fspath(path))
+  if os.path.isdir(path):
+    raise ValueError(f"Rate table {path!r} (masking.rates_path) is a directory; give the .npy "
+                     "or .json file in it.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Rate table {path!r} (masking.rates_path) does not exist.")
   return path
@@ -45,7 +48,12 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
   if isinstance(rates, str | os.PathLike):
     path = rates_file(rates)
     if path.endswith(".npy"):
-      table = np.load(path)
+      try:
+        table = np.load(path, allow_pickle=False)
+        table = np.asarray(table, np.float64)
+      except (OSError, ValueError, EOFError, TypeError) as e:
+        raise ValueError(f"Rate table {path!r} (masking.rates_path) is not a readable .npy "
+                         f"array of numbers: {type(e).__name__}: {e}") from None
     elif path.endswith(".json"):
       table = _rates_from_json(path, vocab_size, missing_rate)
     else:
