@@ -473,7 +473,15 @@ class TorchBackend:
     import torch
 
     self.torch = torch
-    self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+      self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+      raise ValueError(f"--device {device!r}: {e}") from None
+    if self.device.type == "cuda" and not torch.cuda.is_available():
+      raise ValueError(f"--device {device!r}: this torch ({torch.__version__}) has no CUDA "
+                       "device; use --device cpu.")
+    if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+      raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s).")
     self.model = model.to(self.device).eval()
     config = model.config
     limit = config.max_position_embeddings
@@ -493,8 +501,10 @@ class TorchBackend:
 
     try:
       model = AutoModelForMaskedLM.from_pretrained(name_or_dir, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-      raise FileNotFoundError(f"--model {name_or_dir!r}: no masked LM could be loaded: {e}") from e
+    except Exception as e:  # Missing or damaged files (safetensors raises its own error type).
+      first = (str(e).strip().splitlines() or [""])[0]
+      raise FileNotFoundError(f"--model {name_or_dir!r}: no masked LM could be loaded "
+                              f"({type(e).__name__}: {first})") from e
     return cls(model, tokenizer, device)
 
   def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -493,3 +493,16 @@ def test_rank_functions_on_hand_made_logits(bert_words):
   assert lama.informask_ranks(big, [query], bert_words, None) == [4]
   miss = dataclasses.replace(query, gold_words=("madrid",))
   assert lama.informask_ranks(big, [miss], bert_words, None) == [None]
+
+
+def test_a_damaged_model_or_a_missing_device_is_one_clear_error(models, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(models["bert"], broken)
+  weights = next(broken.glob("*.safetensors"))
+  weights.write_bytes(weights.read_bytes()[:100])  # A download cut short.
+  tokenizer = lama.load_tokenizer(str(broken))
+  with pytest.raises(FileNotFoundError, match=r"--model .*broken.*no masked LM could be loaded"):
+    lama.load_backend(str(broken), "torch", tokenizer, batch_size=4)
+  if not torch.cuda.is_available():
+    with pytest.raises(ValueError, match=r"--device 'cuda:3'.*no CUDA device"):
+      lama.load_backend(models["bert"], "torch", tokenizer, batch_size=4, device="cuda:3")
