@@ -157,7 +157,14 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   path = os.path.join(cache_dir, "tokenized", key)
   if os.path.isfile(os.path.join(path, "dataset_info.json")):
     log.info("Loading tokenized documents from %s.", path)
-    return datasets.load_from_disk(path)
+    try:
+      cached = datasets.load_from_disk(path)
+      cached.data.validate()  # Cheap structural checks; truncated files already fail to load.
+      return cached
+    except Exception as e:  # A damaged cache entry is rebuilt, as the statistics' are.
+      log.warning("The tokenized cache %s is damaged (%s: %s); tokenizing again.", path,
+                  type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+      shutil.rmtree(path, ignore_errors=True)
 
   start = time.time()
   num_proc = int(data_config.get("num_proc", 1) or 1)

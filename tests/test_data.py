@@ -115,6 +115,16 @@ def test_tokenize_corpus_matches_tokenizer_and_is_cached(tmp_path, wiki_docs, be
   assert "Loading tokenized documents" in caplog.text
   assert again["input_ids"] == tokenized["input_ids"]
   assert again["sentence_ids"] == tokenized["sentence_ids"]
+  # A damaged entry (an Arrow file cut short) is tokenized again, with a warning.
+  del again, tokenized
+  (entry,) = (tmp_path / "tokenized").iterdir()
+  arrow = next(entry.glob("*.arrow"))
+  arrow.write_bytes(arrow.read_bytes()[:len(arrow.read_bytes()) // 2])
+  with caplog.at_level(logging.WARNING, logger="informask_jax.data"):
+    rebuilt = data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  assert "is damaged" in caplog.text
+  assert rebuilt["input_ids"] == [bert_tokenizer(t, add_special_tokens=False)["input_ids"]
+                                  for t in docs["text"]]
   # Another tokenizer or corpus gets its own cache entry.
   cased = tokenization.load_tokenizer(ml_collections.ConfigDict(
       dict(name_or_path=BERT_VOCAB, vocab_size=0, lowercase=False)))
