@@ -638,8 +638,9 @@ def check_config(config):
   if data.packing not in PACKING_MODES:
     raise ValueError(f"config.data.packing={data.packing!r} is unknown; choose one of "
                      f"{', '.join(PACKING_MODES)}.")
-  if data.seq_len < 3:
-    raise ValueError(f"config.data.seq_len={data.seq_len} leaves no room between [CLS] and [SEP].")
+  if data.seq_len < 8:
+    raise ValueError(f"config.data.seq_len={data.seq_len} is too short: at least 8 (6 tokens "
+                     "between [CLS] and [SEP], so that masking 15% of them picks any).")
   if "model" in config:
     limit = max_sequence_length(config.model)
     if data.seq_len > limit:

@@ -183,6 +183,8 @@ def main(argv=None):
     parser.error("--samples must be >= 1")
 
   text = args.text if args.text is not None else default_text()
+  if not text.strip():
+    parser.error("--text is empty: give a sentence, or leave --text out for the default one")
   tok = load_tokenizer(args.tokenizer)
   ids = tok(text, truncation=True, max_length=512)["input_ids"]
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
