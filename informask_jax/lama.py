@@ -453,10 +453,26 @@ def is_workdir(path: str | os.PathLike) -> bool:
                          or ((p / "config.json").is_file() and (p / "tokenizer").is_dir()))
 
 
+def check_model_path(model: str) -> None:
+  """FileNotFoundError for a --model that is meant as a local path but does not exist.
+
+  Without this, such a path is taken for a hub name and the hub is retried for a minute when
+  offline. A hub name has one '/' and does not start at a local directory.
+  """
+  if os.path.exists(os.path.expanduser(model)):
+    return
+  first = model.split("/", 1)[0]
+  local = (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
+           or model.endswith("/") or ("/" in model and os.path.isdir(first)))
+  if local:
+    raise FileNotFoundError(f"--model {model!r}: no such file or directory.")
+
+
 def load_tokenizer(model: str):
   """The tokenizer of an exported directory, a hub name or a training workdir."""
   from transformers import AutoTokenizer
 
+  check_model_path(model)
   where = str(pathlib.Path(model) / "tokenizer") if is_workdir(model) else model
   try:
     return AutoTokenizer.from_pretrained(where)

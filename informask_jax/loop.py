@@ -254,6 +254,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     saved = checkpointer.read_meta(step)
     _check_architecture(model_lib.MLMConfig(**saved["mlm_config"]), mlm_config,
                         f"the checkpoint at step {step} in {workdir}")
+    changed = _config_changes(saved.get("config") or {}, _config_json(config))
+    if changed:
+      logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
+                      "\n  ".join(changed))
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
     del state  # Free the fresh state before the restored one arrives.
@@ -367,6 +371,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     writer.close()
     checkpointer.close()
   return {"step": step, **last_log, **last_eval, "preempted": stop.received is not None}
+
+
+def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """'key: saved -> current' for every leaf that differs (train.* bookkeeping aside)."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    name = f"{prefix}{key}"
+    if name in ("train.num_steps", "train.resume", "train.overwrite"):
+      continue  # Raising num_steps to continue a run is the usual reason to resume.
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _config_changes(a, b, f"{name}.")
+    elif a != b:
+      out.append(f"config.{name}: {a!r} -> {b!r}")
+  return out
 
 
 def _config_json(config) -> dict:

@@ -506,3 +506,13 @@ def test_a_damaged_model_or_a_missing_device_is_one_clear_error(models, tmp_path
   if not torch.cuda.is_available():
     with pytest.raises(ValueError, match=r"--device 'cuda:3'.*no CUDA device"):
       lama.load_backend(models["bert"], "torch", tokenizer, batch_size=4, device="cuda:3")
+
+
+def test_a_missing_local_model_path_fails_at_once(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "runs").mkdir()
+  for path in ("runs/tiny", "./model", str(tmp_path / "nope"), "a/b/c", "~/none-here"):
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+      lama.check_model_path(path)
+  for name in ("bert-base-uncased", "google-bert/bert-base-uncased", "runs"):
+    lama.check_model_path(name)  # Hub names (and existing paths) go on to be loaded.

@@ -271,3 +271,9 @@ def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
   assert "Traceback" not in out.stderr, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith(
       "train.py: error: ValueError: config.data.seq_len=100000 exceeds the model's 512 positions")
+
+
+def test_resume_names_the_config_changes():
+  saved = {"masking": {"name": "informask", "mask_prob": 0.15}, "train": {"num_steps": 10}}
+  now = {"masking": {"name": "span", "mask_prob": 0.15}, "train": {"num_steps": 20}}
+  assert loop._config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
