@@ -117,3 +117,15 @@ def check_batch_divisible(global_batch: int, mesh: Mesh, micro_steps: int = 1) -
   if global_batch % jax.process_count():
     raise ValueError(f"config.train.batch_size={global_batch} does not divide over "
                      f"{jax.process_count()} processes (hosts).")
+  check_batch_shards_per_host(mesh)
+
+
+def check_batch_shards_per_host(mesh: Mesh) -> None:
+  """Each host loads its own rows, so the devices of one batch shard must be on one host."""
+  devices = mesh.devices.reshape(mesh.shape["data"] * mesh.shape["fsdp"], -1)
+  for shard in devices:
+    if len({d.process_index for d in shard}) > 1:
+      raise ValueError(
+          f"mesh.tensor={mesh.shape['tensor']} spans several processes: the devices sharing a "
+          f"batch shard must be on one host ({jax.local_device_count()} devices each here), "
+          "because each host loads its own rows. Make mesh.tensor divide the devices per host.")

@@ -1,6 +1,8 @@
 """The train step: it learns, it gives the same numbers on any mesh, accumulation is exact, and a
 non-finite step changes nothing."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -224,3 +226,15 @@ def test_masker_tables_are_step_arguments_not_compiled_constants():
   state, metrics = step(state, batch)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["num_targets"]) > 0
   assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(step.masker))
+
+
+def test_a_batch_shard_split_over_hosts_is_refused():
+  """2 hosts x 2 devices: tensor=2 inside each host is fine, tensor=4 across hosts is not."""
+  device = lambda process: types.SimpleNamespace(process_index=process)  # noqa: E731
+  within = types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 2}, devices=np.array(
+      [device(0), device(0), device(1), device(1)], object).reshape(2, 1, 2))
+  sharding_lib.check_batch_shards_per_host(within)
+  across = types.SimpleNamespace(shape={"data": 1, "fsdp": 1, "tensor": 4}, devices=np.array(
+      [device(0), device(0), device(1), device(1)], object).reshape(1, 1, 4))
+  with pytest.raises(ValueError, match="mesh.tensor=4 spans several processes"):
+    sharding_lib.check_batch_shards_per_host(across)
