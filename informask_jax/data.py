@@ -222,9 +222,14 @@ def _flat(tokenized):
   table = tokenized.with_format("arrow")[:]  # Honours selections (an indices mapping).
   columns = []
   for name in ("input_ids", "sentence_ids"):
-    col = table.column(name).combine_chunks()
-    columns.append((col.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False),
-                    col.value_lengths().to_numpy(zero_copy_only=False)))
+    # Chunk by chunk: combining the chunks first would overflow Arrow's int32 list offsets past
+    # 2**31 tokens (English Wikipedia + BookCorpus is ~4.3B).
+    chunks = table.column(name).chunks
+    flat = [c.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+            for c in chunks]
+    lens = [c.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64) for c in chunks]
+    columns.append((np.concatenate(flat) if flat else np.zeros(0, np.int32),
+                    np.concatenate(lens) if lens else np.zeros(0, np.int64)))
   (ids, lengths), (sids, sid_lengths) = columns
   if not np.array_equal(lengths, sid_lengths):
     raise ValueError("input_ids and sentence_ids differ in length in some document.")

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 
+import datasets
 import jax
 import ml_collections
 import numpy as np
@@ -418,3 +419,16 @@ def test_tiny_pipeline_build_time(tmp_path):
         f"{cold.validation['token_ids'].shape}")
   np.testing.assert_array_equal(cold.train["token_ids"], warm.train["token_ids"])
   np.testing.assert_array_equal(cold.train["sentence_ids"], warm.train["sentence_ids"])
+
+
+def test_flat_reads_a_chunked_selected_table_like_the_lists():
+  parts = [datasets.Dataset.from_dict({"input_ids": [[i, i + 1], [7] * (i % 3 + 1)],
+                                       "sentence_ids": [[0, 1], [0] * (i % 3 + 1)]})
+           for i in range(5)]
+  table = datasets.concatenate_datasets(parts).select([9, 0, 3, 4, 2])
+  assert table.data.table.column("input_ids").num_chunks > 1
+  ids, sids, lengths = data._flat(table)
+  want = [table[i] for i in range(len(table))]
+  np.testing.assert_array_equal(ids, [t for row in want for t in row["input_ids"]])
+  np.testing.assert_array_equal(sids, [t for row in want for t in row["sentence_ids"]])
+  np.testing.assert_array_equal(lengths, [len(row["input_ids"]) for row in want])

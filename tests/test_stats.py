@@ -362,6 +362,11 @@ def test_rates_rescale_to_mask_prob_and_smooth():
                             mask_prob=0.3, smoothing=0.0)
   assert r3.max() <= 1.0 and r3[30] == 1.0
   assert rates.expected_fraction(r3, unigram3, SPECIALS) == pytest.approx(0.3, abs=1e-6)
+  # A token chosen every time it was seen is not pinned at 1 when the scale is below 1: with
+  # mask_prob 0.05 every rate is scaled by the same factor (0.41 here) and none is clipped.
+  r4 = rates.finalize_rates([0, 1, 3, 1, 0], [0, 1, 20, 10, 10], unigram_counts=[0, 1, 20, 10, 10],
+                            special_ids=[0], mask_prob=0.05, smoothing=0.0)
+  np.testing.assert_allclose(r4, [0, 0.41, 0.0615, 0.041, 0], rtol=1e-5)
 
 
 def pack(docs, length):

@@ -114,7 +114,9 @@ def finalize_rates(chosen: np.ndarray, seen: np.ndarray, *, unigram_counts: np.n
   if smoothed @ weights <= 0:
     raise ValueError("The masker chose no target in the whole sample: cannot derive rates.")
   # Scale, clip at 1, and re-solve the scale on the unclipped tokens until the mean is met.
-  rate = smoothed
+  # The clipped set starts empty and only grows: starting from `smoothed` itself would pin a
+  # token whose unscaled rate is >= 1 at 1 even when the scale turns out below 1.
+  rate = np.zeros_like(smoothed)
   for _ in range(50):
     target = mask_prob * weights.sum()
     clipped = rate >= 1.0
