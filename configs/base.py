@@ -112,11 +112,16 @@ def get_base_config(arg=None, strategy="informask"):
   c.model.hidden_size = -1
   c.model.num_heads = -1
   c.model.mlp_size = -1
-  # "roberta": RoBERTa layout (positions offset past padding, 514 positions) as the paper's
-  # InformBERT; "bert": BERT layout (512 positions, token types).
+  # "roberta": RoBERTa layout (positions offset past padding, 514 positions), the architecture
+  # of the paper's InformBERT (whose released config differs in details: position padding index
+  # 1 with the BERT vocabulary's [PAD] = 0, LayerNorm eps 1e-12, two token types);
+  # "bert": BERT layout (512 positions, token types).
   c.model.flavour = "bert" if tiny else "roberta"
   c.model.max_positions = -1  # -1: 512 (bert) or 514 (roberta).
-  c.model.dropout = 0.1  # Dropout on embeddings, attention probabilities and residual branches.
+  c.model.dropout = 0.1  # Dropout on embeddings, residual branches and the MLM head input.
+  # On attention probabilities: 0.1 as in BERT, RoBERTa and InforMask's training; > 0 computes
+  # attention unfused while training (the fused cuDNN kernel has no dropout), so 0 is faster.
+  c.model.attention_dropout = 0.0 if tiny else 0.1
   c.model.compute_dtype = "float32" if tiny else "bfloat16"  # Parameters stay float32.
   c.model.attention = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn".
   c.model.remat = "none"  # Rematerialisation: "none", "full" or "dots" (save matmul outputs).

@@ -642,6 +642,9 @@ def run_queries(runner, encoded: Sequence[Encoded], batch_size: int, rank_fn,
         ids[row, :len(encoded[i].ids)] = encoded[i].ids
       positions = np.array([encoded[i].position for i in chunk], np.int32)  # (B,)
       logits = runner(ids, positions)  # (B, V)
+      if not np.all(np.isfinite(logits)):  # NaN compares false: every fact would rank first.
+        raise ValueError(f"--model {getattr(runner, 'name', 'the model')} gives non-finite "
+                         "logits (a diverged checkpoint?): LAMA scores would be meaningless.")
       for i, rank in zip(chunk, rank_fn(logits, [encoded[i].query for i in chunk]), strict=True):
         ranks[i] = None if rank is None else int(rank)
       bar.update(len(chunk))

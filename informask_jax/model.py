@@ -98,7 +98,7 @@ class MLMConfig:
     return cls(
         vocab_size=vocab_size, flavour=model_config.flavour, max_positions=max_positions,
         type_vocab_size=1 if roberta else 2, pad_id=pad_id, dropout=model_config.dropout,
-        attention_dropout=model_config.get("attention_dropout", 0.0),
+        attention_dropout=model_config.attention_dropout,
         layer_norm_eps=1e-5 if roberta else 1e-12, compute_dtype=model_config.compute_dtype,
         attention=model_config.attention, remat=model_config.remat,
         scan_layers=model_config.scan_layers, **dims)

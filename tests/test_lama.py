@@ -10,6 +10,7 @@ import dataclasses
 import importlib.metadata
 import json
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -516,3 +517,16 @@ def test_a_missing_local_model_path_fails_at_once(tmp_path, monkeypatch):
       lama.check_model_path(path)
   for name in ("bert-base-uncased", "google-bert/bert-base-uncased", "runs"):
     lama.check_model_path(name)  # Hub names (and existing paths) go on to be loaded.
+
+
+def test_non_finite_logits_are_an_error_not_rank_one():
+  class Diverged:
+    pad_id, name = 0, "diverged"
+
+    def __call__(self, ids, positions):
+      return np.full((len(ids), 5), np.nan, np.float32)
+
+  query = types.SimpleNamespace(miss=False)
+  encoded = [types.SimpleNamespace(ids=[1, 2, 3], position=1, query=query)]
+  with pytest.raises(ValueError, match="non-finite logits"):
+    lama.run_queries(Diverged(), encoded, 4, lambda logits, qs: [1] * len(qs), progress=False)
