@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PACKING_MODES = ("full_sentences", "doc_padded")
 # Bump when the splitter or the tokenized layout changes: it is part of the cache key.
-TOKENIZED_FORMAT = "sentences-v1"
+TOKENIZED_FORMAT = "sentences-v2"
 # Corpora smaller than this are tokenized in one process (the Rust tokenizer is parallel already,
 # and starting workers costs more than it saves).
 PARALLEL_MIN_DOCUMENTS = 50_000
@@ -100,7 +100,9 @@ def encode_documents(texts, backend):
   document; sentence ids count each document's non-empty sentences from 0.
   """
   sentences = [split_sentences(t) for t in texts]
-  flat = [s for doc in sentences for s in doc]
+  # A space before every sentence but a document's first, as in the text: byte-level BPE
+  # (RoBERTa, GPT-2) encodes "The" and " The" differently; WordPiece ignores the space.
+  flat = [s if j == 0 else " " + s for doc in sentences for j, s in enumerate(doc)]
   # encode_batch_fast skips character offsets, which nothing here needs.
   encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
   encodings = encode(flat, add_special_tokens=False) if flat else []

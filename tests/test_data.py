@@ -10,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import tokenizers
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -432,3 +433,14 @@ def test_flat_reads_a_chunked_selected_table_like_the_lists():
   np.testing.assert_array_equal(ids, [t for row in want for t in row["input_ids"]])
   np.testing.assert_array_equal(sids, [t for row in want for t in row["sentence_ids"]])
   np.testing.assert_array_equal(lengths, [len(row["input_ids"]) for row in want])
+
+
+def test_byte_level_bpe_sentences_tokenize_as_the_whole_text():
+  """Byte-level BPE marks a word's leading space ("ĠThe"): sentence by sentence must give the
+  ids of the whole document, so sentence-initial words are not continuation pieces."""
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  text = "The cat sat on the mat. The dog ran to the park. A bird sang."
+  bpe.train_from_iterator([text] * 50, vocab_size=300, min_frequency=1, show_progress=False)
+  ids, sids, lengths = data.encode_documents([text], bpe)
+  np.testing.assert_array_equal(ids, bpe.encode(text).ids)
+  assert sids.max() == 2 and lengths.tolist() == [len(ids)]

@@ -22,12 +22,14 @@ _NOT_IN_KEY = ("memory_cap_mb",)
 
 def stats_params(config) -> dict:
   """Every setting the artifacts depend on: config.stats, and what the rate stage runs with."""
+  from informask_jax import data  # Imports JAX: kept out of the counting processes' imports.
+
   s = config.stats
   params = {k: s[k] for k in sorted(s.keys()) if k not in _NOT_IN_KEY}
   params.update(mask_prob=float(config.masking.mask_prob),
                 num_candidates=int(config.masking.num_candidates),
                 seq_len=int(config.data.seq_len), packing=str(config.data.packing),
-                seed=int(config.train.seed))
+                seed=int(config.train.seed), tokenized_format=data.TOKENIZED_FORMAT)
   return params
 
 
