@@ -10,7 +10,8 @@ and MRR per relation and per source. Two protocols:
   * T-REx and Google-RE queries are the relation template with the subject at [X] and the mask
     at [Y], each (subject, object) pair asked once, Google-RE facts that most annotators rejected
     left out; ConceptNet and SQuAD (and, on request, T-REx / Google-RE) use their first masked
-    sentence, left out above 100 words;
+    sentence, left out above 100 words (and, unlike LAMA's code, which scores the first [MASK],
+    left out when that sentence holds several: counted under skipped/several_masks);
   * the gold token's rank among all (or the common) tokens gives P@1, P@10 and MRR; a source's
     score is the mean over its relations. MRR uses the exact rank, where LAMA's code gives 0
     beyond its top 1000 (later 5000) predictions: a difference below 0.001 per fact.
