@@ -500,6 +500,10 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
   # Without tokenizer_class, AutoTokenizer would pick the tokenizer of the model type (RoBERTa's
   # byte-level BPE) for a WordPiece vocabulary.
   settings.setdefault("tokenizer_class", type(tokenizer).__name__)
+  if settings["tokenizer_class"] == "TokenizersBackend":
+    # transformers 5's name for a tokenizer built from a `tokenizers` object; 4.x only knows
+    # PreTrainedTokenizerFast, which 5 loads as the same class.
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
   if type_vocab_size == 1:
     # One token type (RoBERTa): a BERT tokenizer must not emit segment ids of 1 for sentence
     # pairs (run_glue / run_qa feed them to the model, which has no row for them).

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import tokenizers
 import torch
 import transformers
 from safetensors.numpy import load_file
@@ -290,3 +291,19 @@ def test_bad_state_dicts_and_trees_fail_clearly(tmp_path):
   (tmp_path / "junk.txt").write_text("x")
   with pytest.raises(FileExistsError, match="not empty"):
     export.export_to_hf(params, cfg, str(tmp_path))
+
+
+def test_a_trained_tokenizer_is_exported_under_a_class_transformers_4_knows(tmp_path):
+  tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+  tok.train_from_iterator(["the cat sat on the mat"] * 10, tokenizers.trainers.WordPieceTrainer(
+      vocab_size=60, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+  trained = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                 pad_token="[PAD]")
+  trained.save_pretrained(tmp_path / "tokenizer")
+  (tmp_path / "out").mkdir()
+  export._copy_tokenizer(str(tmp_path / "tokenizer"), str(tmp_path / "out"), trained, 2)
+  settings = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+  assert settings["tokenizer_class"] in ("PreTrainedTokenizerFast", "BertTokenizerFast")
+  again = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  assert again("the cat")["input_ids"] == trained("the cat")["input_ids"]
