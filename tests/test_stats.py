@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from configs import base
 from informask_jax import stats
 from informask_jax.stats import artifacts, chunks, counting, ngrams, rates
+from informask_jax.stats import build as build_lib
 from informask_jax.stats import pmi as pmi_lib
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -518,6 +519,32 @@ def test_ensure_reuses_then_rebuilds_corrupted(built):
     stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
   stats.ensure_artifacts(config, pipeline, ("rates",))
   stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+
+
+def test_another_seed_copies_the_counts_pmi_and_ngrams_and_reruns_the_rates(built,
+                                                                            monkeypatch):
+  config, pipeline, directory = built
+  other = small_config(config.data.cache_dir)
+  other.train.seed = 7
+  assert stats.artifact_dir(other, pipeline) != directory
+  ran = []
+  for stage, fn in list(build_lib._STAGE_FNS.items()):
+    monkeypatch.setitem(build_lib._STAGE_FNS, stage,
+                        lambda *a, _s=stage, _f=fn, **k: (ran.append(_s), _f(*a, **k)))
+  new = stats.build_artifacts(other, pipeline, progress=False)
+  assert ran == ["rates"]  # Only the stage that depends on the seed ran.
+  ours = stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V).meta
+  theirs = stats.load_artifacts(new, tokenizer_fingerprint="tok-A", vocab_size=V).meta
+  for name in ("unigram_counts.npy", "pmi.npz", "pmi_ngrams.json", "pmi_bigrams.json"):
+    assert theirs["files"][name] == ours["files"][name]
+  assert theirs["counts"]["pmi_nnz"] == ours["counts"]["pmi_nnz"]
+  other.stats.window = 3  # A PMI setting: counts are copied, PMI (and the rates) are rebuilt.
+  ran.clear()
+  stats.build_artifacts(other, pipeline, progress=False)
+  assert ran == ["pmi", "rates"]
+  ran.clear()
+  stats.build_artifacts(other, pipeline, what=("counts",), force=True, progress=False)
+  assert ran == ["counts"]  # --force rebuilds, never copies.
 
 
 def test_mismatched_tokenizer_is_refused(built):

@@ -4,6 +4,7 @@ knows about configs and the input pipeline; the counters take plain arrays)."""
 from __future__ import annotations
 
 import pathlib
+import shutil
 import time
 
 import numpy as np
@@ -215,7 +216,53 @@ def _write_vocab(directory, meta, pipeline):
   art.record_file(directory, meta, art.VOCAB)
 
 
-def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: bool) -> None:
+# The parameters each reusable stage's output depends on (besides corpus and tokenizer). The
+# rates depend on every parameter (seed, mask_prob, K, packing...) and are never reused.
+_STAGE_PARAMS = {
+    "counts": ("tokenized_format",),
+    "pmi": ("tokenized_format", "pmi_vocab_size", "min_count", "min_pair_count", "window",
+            "drop_top_k", "whole_words", "context_alpha", "positive_only"),
+    "ngrams": ("tokenized_format", "ngram_vocab_size", "ngram_min_count"),
+}
+_STAGE_COUNTS = {
+    "counts": ("num_tokens", "num_sentences", "num_documents"),
+    "pmi": ("pmi_vocab_size", "num_pairs", "pairs_kept", "pmi_nnz", "pmi_max", "pmi_mean"),
+    "ngrams": ("ngrams", "ngrams_per_length", "bigrams"),
+}
+
+
+def _reuse_stage(stage: str, directory: pathlib.Path, meta: dict) -> pathlib.Path | None:
+  """Copies `stage`'s verified files from a sibling statistics directory of the same corpus and
+  tokenizer built with the same parameters for that stage (another seed or mask_prob changes
+  only the rates): counting a large corpus again would take hours for identical files."""
+  keys = _STAGE_PARAMS.get(stage)
+  if keys is None or not directory.parent.is_dir():
+    return None
+  for other in sorted(directory.parent.iterdir()):
+    if other == directory or not other.is_dir():
+      continue
+    try:
+      theirs = art.read_meta(other)
+    except (FileNotFoundError, art.CorruptArtifactError):
+      continue
+    same = all(theirs.get(k) == meta.get(k) for k in
+               ("format_version", "corpus_fingerprint", "tokenizer_fingerprint", "vocab_size"))
+    if not same or any(theirs.get("params", {}).get(k, object()) != meta["params"].get(k)
+                       for k in keys):
+      continue
+    if not art.stage_ok(other, theirs, stage):
+      continue
+    for name in art.STAGE_FILES[stage]:
+      art.atomic_write(directory / name, lambda tmp, src=other / name: shutil.copyfile(src, tmp))
+      meta["files"][name] = dict(theirs["files"][name])
+    meta["counts"].update({k: theirs["counts"][k] for k in _STAGE_COUNTS[stage]
+                           if k in theirs.get("counts", {})})
+    return other
+  return None
+
+
+def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: bool,
+         reuse: bool = True) -> None:
   directory.mkdir(parents=True, exist_ok=True)
   done = [s for s in art.STAGES if s not in todo and art.stage_ok(directory, meta, s)]
   state = _load_state(directory, meta, done)
@@ -226,9 +273,16 @@ def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: 
       logging.warning("Could not write %s for reports: %s", art.VOCAB, e)
   for stage in todo:
     t0 = time.perf_counter()
-    logging.info("Statistics: building %r into %s", stage, directory)
     for name in art.STAGE_FILES[stage]:  # A stage half-rebuilt must not look valid.
       meta["files"].pop(name, None)
+    source = _reuse_stage(stage, directory, meta) if reuse else None
+    if source is not None:
+      state.update(_load_state(directory, meta, [stage]))
+      art.write_meta(directory, meta)
+      logging.info("Statistics: %r copied from %s (same corpus, tokenizer and %s settings).",
+                   stage, source, stage)
+      continue
+    logging.info("Statistics: building %r into %s", stage, directory)
     _STAGE_FNS[stage](config, pipeline, directory, meta, state, progress)
     for name in art.STAGE_FILES[stage]:
       art.record_file(directory, meta, name)
@@ -256,7 +310,7 @@ def build_artifacts(config, pipeline=None, *, what=art.STAGES, force: bool = Fal
           if (force and s in what) or not art.stage_ok(directory, meta, s)]
   if not todo:
     logging.info("Statistics in %s are built and intact (--force rebuilds them).", directory)
-  _run(config, pipeline, directory, meta, todo, progress)
+  _run(config, pipeline, directory, meta, todo, progress, reuse=not force)
   return directory
 
 
