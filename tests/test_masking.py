@@ -202,6 +202,25 @@ def test_corruption_split_80_10_10(name, budget):
   assert scipy.stats.chisquare(observed, sizes / sizes.sum() * observed.sum()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("name", ["span", "pmi_span", "pmi_bigram"])
+def test_span_and_pmi_units_are_corrupted_as_a_whole(name):
+  """SpanBERT and PMI-Masking decide [MASK] / random / keep per unit, not per token."""
+  shares, units = [], 0
+  for key in range(3):
+    tokens, out, aux, _ = run(name, "exact", key=key, batch_seed=key)
+    owner = np.maximum.accumulate(np.where(aux["unit_start"], np.arange(L), -1), axis=1)
+    is_mask = out["input_ids"] == MASK
+    for b, pos in zip(*np.nonzero(aux["unit_start"] & out["mask"]), strict=True):
+      members = out["mask"][b] & (owner[b] == pos)
+      if members.sum() < 2:
+        continue
+      units += 1
+      assert len(set(is_mask[b][members].tolist())) == 1, f"unit at row {b}, {pos} mixed"
+      shares.append(is_mask[b][members][0])
+  assert units > 1000
+  assert abs(np.mean(shares) - 0.8) < 4 * np.sqrt(0.16 / units)
+
+
 @pytest.mark.parametrize("name,budget", [("random", "exact"), ("random", "bernoulli"),
                                          ("informask", "exact"), ("informask", "bernoulli"),
                                          ("span", "exact"), ("whole_word", "bernoulli"),
@@ -218,6 +237,8 @@ def test_options_other_than_the_defaults_are_honoured(name, budget):
     assert abs(count.sum() / maskable.sum() - 0.3) < 0.01
   masked, randomised, kept, _, n = _corruption_shares(name, budget, **options)
   tol = 4 * np.sqrt(0.25 / n)
+  if name == "span":  # One decision per span of ~5 tokens: the token shares vary ~sqrt(5)x more.
+    tol *= 3
   assert abs(masked - 0.5) < tol and abs(randomised - 0.3 * (1 - 1 / 995)) < tol
   assert abs(kept - (0.2 + 0.3 / 995)) < tol
 

@@ -14,6 +14,9 @@ while adjacent token pairs are in a high-PMI bigram table; the units it can prod
 runs of linked pairs, so those runs are the units here (a "##" piece is always linked to its word,
 so words are never split).
 
+Corruption is decided per unit, as PMI-Masking does: a masked unit is all [MASK], all random
+tokens, or all kept.
+
 Budget (exact): units are drawn in random order while the token count stays within
 round(mask_prob * n_maskable), then the remaining budget is filled with the next units that fit:
 units are never split and the count never exceeds the budget. Bernoulli: each unit independently
@@ -173,7 +176,8 @@ def make_select(settings, variant, max_ngram_tokens):
     seg_len = jnp.where(starts, jnp.where(match > 0, match, word_len), 1)
     unit_start = greedy_unit_starts(seg_len, maskable)
     target = units_mask(seed, unit_start, maskable, budget)
-    return target, {"unit_start": unit_start, "ngram_len": jnp.where(unit_start, match, 0)}
+    return target, {"unit_start": unit_start, "ngram_len": jnp.where(unit_start, match, 0),
+                    "decide": select.unit_decisions(seed, unit_start)}
 
   def select_bigram(tables, seed, tokens, sentences, maskable, budget):
     del sentences
@@ -183,6 +187,6 @@ def make_select(settings, variant, max_ngram_tokens):
     link = maskable[:-1] & maskable[1:] & (_lookup(tables["bigram_keys"], pair) | cont_next)
     unit_start = maskable & ~jnp.concatenate([jnp.zeros((1,), bool), link])
     target = units_mask(seed, unit_start, maskable, budget)
-    return target, {"unit_start": unit_start}
+    return target, {"unit_start": unit_start, "decide": select.unit_decisions(seed, unit_start)}
 
   return select_ngram if variant == "ngram" else select_bigram

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from informask_jax.masking import prng
 from informask_jax.masking.prng import uniform
 
 RANDOM_KEY_BITS = 16  # Random bits per selection key; the position fills the low bits.
@@ -119,6 +120,16 @@ def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=Fal
     cut = maskable & (owner == first) & left[first] & (offset < remaining)
     mask = mask | cut
   return mask
+
+
+def unit_decisions(seed, unit_start):
+  """float[L]: one [MASK] / random / keep draw per unit, shared by all of its tokens.
+
+  SpanBERT (`--replacement-method span`) and PMI-Masking decide the corruption per span / unit,
+  not per token: a masked span is all [MASK], all random tokens, or all kept.
+  """
+  u = uniform(prng.bits(seed, prng.DECIDE, (unit_start.shape[-1],)))
+  return u[jnp.maximum(unit_owner(unit_start), 0)]
 
 
 def bernoulli_units(unit_start, maskable, words, prob):

@@ -10,6 +10,10 @@ round(mask_prob * n_maskable).
   span        cuts the first span that does not fit to the remaining budget, as SpanBERT does:
               exactly the budget, at the price of one span (possibly one word) cut short.
 
+Corruption: whole_word decides [MASK] / random / keep per token, as BERT's whole-word masking;
+span decides it per span (all [MASK], all random, or all kept), as SpanBERT trains
+(`--replacement-method span`).
+
 SpanBERT draws span lengths (in words) from Geometric(p) restricted to 1..max_span_len and
 renormalised (mean 3.8 words for p = 0.2, max 10) and starts spans at random words. Here the word
 sequence is cut into consecutive segments with i.i.d. lengths from that distribution (positions
@@ -72,5 +76,6 @@ def make_span(settings, geometric_p, max_span_len):
     prev = jnp.concatenate([jnp.zeros((1,), bool), maskable[:-1]])
     unit_start = starts & (begins[jnp.clip(word_index, 0, length - 1)] | ~prev)
     target = _units_mask(settings, seed, unit_start, maskable, budget, truncate=True)
-    return target, {"unit_start": unit_start, "word_start": starts}
+    return target, {"unit_start": unit_start, "word_start": starts,
+                    "decide": select.unit_decisions(seed, unit_start)}
   return select_targets
