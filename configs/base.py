@@ -87,6 +87,12 @@ def get_base_config(arg=None, strategy="informask"):
   c.masking.num_candidates = 16  # informask_online: candidate masks scored per sequence (K).
   # informask: path of the rate table (.npy or id_mask_prob.json); "" builds it from the corpus.
   c.masking.rates_path = ""
+  # informask, budget "bernoulli": p = rate rescaled per sequence to mask_prob (True), or the
+  # rate as stored (False: the InforMask repository's `rand < prob`).
+  c.masking.rescale = True
+  # informask, id_mask_prob.json tables: rate of ids the file lacks ("mean", or a number as a
+  # string; the repository's behaviour is "0": never masked).
+  c.masking.missing_rate = "mean"
 
   # --- Corpus statistics (PMI, rates, n-gram vocabulary) ------------------------------------
   c.stats = ml_collections.ConfigDict()

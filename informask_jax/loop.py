@@ -68,6 +68,14 @@ def check_config(config) -> None:
     raise ValueError(
         f"config.model.max_predictions={m.max_predictions} is below the exact masking budget "
         f"round(mask_prob * (seq_len - 2)) = {budget}; targets beyond it would be dropped.")
+  if config.masking.budget == "bernoulli":
+    n, p = config.data.seq_len - 2, config.masking.mask_prob
+    enough = int(np.ceil(n * p + 3 * np.sqrt(n * p * (1 - p))))
+    if m.max_predictions < enough:
+      logging.warning(
+          "config.model.max_predictions=%d with the Bernoulli budget: sequences with more than "
+          "that many targets (mean %.1f) lose the rest (logged as dropped_targets); %d covers "
+          "3 standard deviations.", m.max_predictions, n * p, enough)
   # Checks the loaders make again later, made here too so they fail before the corpus is read.
   if config.masking.rates_path:
     masking.informask.rates_file(config.masking.rates_path)

@@ -566,7 +566,14 @@ def test_masker_from_config(tmp_path):
   np.save(tmp_path / "r.npy", RATES)
   c.masking.rates_path = str(tmp_path / "r.npy")
   m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK)
-  assert m.settings.mask_prob == c.masking.mask_prob
+  assert m.settings.mask_prob == c.masking.mask_prob and dict(m.options)["rescale"] is True
+  # The original repository's setting: raw rates, ids missing from its JSON never masked.
+  (tmp_path / "id_mask_prob.json").write_text(json.dumps({"7": 0.5}))
+  c.masking.update(rates_path=str(tmp_path / "id_mask_prob.json"), rescale=False,
+                   missing_rate="0", budget="bernoulli")
+  m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK)
+  assert dict(m.options)["rescale"] is False
+  np.testing.assert_array_equal(np.flatnonzero(m.tables["rates"]), [7])
   c.masking.pmi_variant = "bigram"
   c.masking.name = "pmi_span"
   m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK,

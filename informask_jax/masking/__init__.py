@@ -134,6 +134,12 @@ def masker_from_config(masking_config, *, vocab_size, special_ids, mask_id, cont
       raise ValueError("informask needs a rate table: set masking.rates_path (a .npy or "
                        "id_mask_prob.json file) or build it with the statistics module.")
     options["rates"] = rates if rates is not None else c.rates_path
+    missing = str(c.get("missing_rate", "mean"))
+    try:  # A string field in the config: "mean" or a number.
+      missing = missing if missing == "mean" else float(missing)
+    except ValueError:
+      raise ValueError(f"masking.missing_rate={missing!r}: expected 'mean' or a number.") from None
+    options.update(rescale=bool(c.get("rescale", True)), missing_rate=missing)
   elif name == "informask_online":
     options.update(pmi=pmi, num_candidates=c.num_candidates)
   return get_masker(name, vocab_size=vocab_size, mask_id=mask_id, special_ids=tuple(special_ids),
