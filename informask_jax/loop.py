@@ -295,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       mlm_config, config.data.seq_len, config.model.max_predictions)
 
   # --- Loop --------------------------------------------------------------------------------
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
+                                    resumed_at=int(jax.device_get(state.step)) if resume else None)
   stop = _StopSignal()
   batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
   t = config.train

@@ -63,18 +63,35 @@ def summarize(step_metrics: list[dict]) -> dict:
   return out
 
 
+def _logged_step(line: str) -> float:
+  try:
+    return float(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return float("inf")  # A line cut short by the crash: dropped.
+
+
 class MetricWriter:
   """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir, *, enabled: bool = True):
+  def __init__(self, workdir, *, enabled: bool = True, resumed_at: int | None = None):
+    """`resumed_at`: the step a run resumes from. What a crashed run logged after it is dropped
+    (metrics.jsonl rewritten, TensorBoard's purge_step), so that no step appears twice."""
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # Imported here: only process 0 needs it.
 
     workdir = pathlib.Path(workdir)
-    self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (kept open)
-    self._tb = SummaryWriter(str(workdir / "tensorboard"))
+    path = workdir / "metrics.jsonl"
+    if resumed_at is not None and path.exists():
+      kept = [line for line in path.read_text().splitlines(keepends=True)
+              if _logged_step(line) <= resumed_at]
+      tmp = path.with_name(path.name + ".tmp")
+      tmp.write_text("".join(kept))
+      tmp.replace(path)
+    self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)
+    self._tb = SummaryWriter(str(workdir / "tensorboard"),
+                             purge_step=None if resumed_at is None else resumed_at + 1)
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:

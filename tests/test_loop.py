@@ -137,6 +137,10 @@ def test_resume_after_sigkill_is_exact(tiny_config, tmp_path):
   want, got = _read_metrics(straight), _read_metrics(killed)
   for step in range(13, 21):
     assert got[step]["loss"] == want[step]["loss"], (step, got[step], want[step])
+  # What the killed run logged after its checkpoint was dropped on resume: each step once.
+  lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [m["step"] for m in lines if "loss" in m]
+  assert train_steps == list(range(1, 21)), train_steps
   params_a, _, step_a = checkpointing.restore_params(straight)
   params_b, _, step_b = checkpointing.restore_params(killed)
   assert step_a == step_b == 20
