@@ -289,7 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       trainer_lib.make_train_step(model, tx, schedule, step_config), state_shardings, mesh,
       masker)
   eval_step = trainer_lib.jit_eval_step(
-      trainer_lib.make_eval_step(model, config.model.max_predictions), state_shardings, mesh,
+      trainer_lib.make_eval_step(model, config.model.max_predictions,
+                                 config.optim.grad_accum_steps), state_shardings, mesh,
       masker)
   flops_per_step = config.train.batch_size * model_lib.train_flops_per_sequence(
       mlm_config, config.data.seq_len, config.model.max_predictions)

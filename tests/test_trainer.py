@@ -3,6 +3,7 @@ non-finite step changes nothing."""
 
 import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -141,6 +142,26 @@ def test_gradient_accumulation_equals_one_large_batch(reference_run):
   np.testing.assert_allclose(losses, reference_run[0], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(reference_run[1]), jax.tree.leaves(state.params), strict=True):
     np.testing.assert_allclose(np.asarray(b), a, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_in_micro_batches_sums_the_same():
+  """The eval step over 4 micro-batches on a 2x2x2 mesh gives the sums of one pass."""
+  config = _equivalence_config()
+  state, _, mesh, rules = _setup(config, (2, 2, 2), 8)
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
+  model = model_lib.BertMLM(cfg)
+  masker = masking.get_masker("random", vocab_size=VOCAB, mask_id=4, special_ids=SPECIALS)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  sums = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    batch = jax.device_put(_batch(), sharding_lib.batch_sharding(mesh))
+    for micro in (1, 4):
+      step = trainer_lib.jit_eval_step(trainer_lib.make_eval_step(model, 20, micro), shardings,
+                                       mesh, masker)
+      sums.append(jax.device_get(step(state.params, batch, jax.random.key(3))))
+  assert sums[0]["num_targets"] == sums[1]["num_targets"] > 0
+  for key in ("loss_sum", "correct_sum"):
+    np.testing.assert_allclose(sums[1][key], sums[0][key], rtol=1e-5)
 
 
 POISON = 7  # A batch whose rows start with this id makes the test model's loss NaN.
