@@ -619,6 +619,12 @@ class InputPipeline:
   seq_len: int = 0
   packing: str = "full_sentences"
 
+  @property
+  def vocab_size(self) -> int:
+    """Rows of the embedding and of every per-token table: past the largest id, which is
+    len(tokenizer) - 1 unless the vocabulary has gaps."""
+    return int(np.asarray(self.continuation).shape[0])
+
   def train_iterator(self, global_batch_size, *, seed, process_index=None, process_count=None):
     """A resumable iterator of this host's training batches (in memory or streaming)."""
     if self.train is not None:

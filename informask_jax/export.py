@@ -654,10 +654,12 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                             "model was trained with.")
   params, cfg, restored_step = checkpointing.restore_params(workdir, step)
   import transformers
-  tokens = len(transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
+  tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+  tokens = max(len(tok), max(tok.get_vocab().values()) + 1)  # As the trainer sizes the model.
   if tokens != cfg.vocab_size:
-    raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} tokens but the checkpoint's "
-                     f"model has vocab_size {cfg.vocab_size}: they are not from the same run.")
+    raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "
+                     f"checkpoint's model has vocab_size {cfg.vocab_size}: they are not from the "
+                     "same run.")
   report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, fmt=fmt,
                         verify=verify, overwrite=overwrite)
   return {"step": restored_step, **report}

@@ -146,7 +146,7 @@ def build_masker(config, pipeline):
   if name in _STATS_NEEDED and not (name == "informask" and config.masking.rates_path):
     path = stats.ensure_artifacts(config, pipeline, need=_STATS_NEEDED[name])
     art = stats.load_artifacts(path, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
-                               vocab_size=len(pipeline.tokenizer))
+                               vocab_size=pipeline.vocab_size)
     tables = {"informask": {"rates": art.rates}, "informask_online": {"pmi": art.pmi},
               "pmi_span": {"ngrams": art.ngrams, "bigrams": art.bigrams}}[name]
     logging.info("Masking tables for %s from %s.", name, path)
@@ -154,7 +154,7 @@ def build_masker(config, pipeline):
     tables = {"rates": config.masking.rates_path}
   ids = pipeline.special_ids
   return masking.masker_from_config(
-      config.masking, vocab_size=len(pipeline.tokenizer), mask_id=ids.mask,
+      config.masking, vocab_size=pipeline.vocab_size, mask_id=ids.mask,
       special_ids=(ids.pad, ids.unk, ids.cls, ids.sep, ids.mask),
       continuation=pipeline.continuation, **tables)
 
@@ -238,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       "corpus statistics", lambda: build_masker(config, pipeline))
   # --- Model and optimizer -----------------------------------------------------------------
   mlm_config = model_lib.MLMConfig.from_config(
-      config.model, vocab_size=len(pipeline.tokenizer), pad_id=pipeline.special_ids.pad)
+      config.model, vocab_size=pipeline.vocab_size, pad_id=pipeline.special_ids.pad)
   model = model_lib.BertMLM(mlm_config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   init_params = None
