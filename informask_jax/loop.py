@@ -115,7 +115,7 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   is to be deleted (config.train.overwrite) once everything else has been checked and built.
   Refuses to clobber a run by accident."""
   if workdir.exists() and not workdir.is_dir():
-    raise NotADirectoryError(f"--workdir {workdir} is a file, not a directory.")
+    raise FileExistsError(f"--workdir {workdir} is a file, not a directory.")
   # Only completed checkpoints count: a run killed during its first save left just a temporary
   # directory, which orbax removes, and starts afresh.
   has_run = checkpointing.has_finalized_checkpoint(workdir)
