@@ -332,15 +332,21 @@ def test_seq_len_beyond_model_positions_fails_before_reading(tmp_path):
   data.check_config(c)
 
 
-def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer):
-  lines = [json.dumps({"text": f"Document {i} talks about river number {i}. It ends here."})
-           for i in range(120)]
+def _streaming_pipeline(tmp_path, texts, validation_fraction):
+  """The pipeline of a streamed .jsonl of `texts`, seq_len 32, bert-base-uncased's vocabulary."""
+  lines = [json.dumps({"text": t}) for t in texts]
   (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
-  c = _tiny_config(tmp_path, seq_len=32, validation_fraction=0.1)
+  c = _tiny_config(tmp_path, seq_len=32, validation_fraction=validation_fraction)
   c.data.sources[0].update(kind="files", name=str(tmp_path / "docs.jsonl"), text_field="text",
                            streaming=True)
   c.tokenizer.name_or_path = BERT_VOCAB
-  pipeline = data.build_input_pipeline(c)
+  return data.build_input_pipeline(c)
+
+
+def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer):
+  pipeline = _streaming_pipeline(
+      tmp_path, [f"Document {i} talks about river number {i}. It ends here." for i in range(120)],
+      0.1)
   assert pipeline.train is None and pipeline.validation["token_ids"].shape[1] == 32
   ids = pipeline.special_ids
   # One pass, unshuffled, one row per batch: the rows hold exactly the train documents' tokens.
@@ -375,13 +381,8 @@ def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer)
 def test_streaming_epochs_reshuffle_documents(tmp_path, bert_tokenizer):
   """Each epoch draws another document order: chunk k holds other documents in epoch 1 than in
   epoch 0 (the rows inside a chunk are reshuffled anyway, so compare their token multisets)."""
-  lines = [json.dumps({"text": f"Document {i} is about the river {i}."}) for i in range(200)]
-  (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
-  c = _tiny_config(tmp_path, seq_len=32, validation_fraction=0.05)
-  c.data.sources[0].update(kind="files", name=str(tmp_path / "docs.jsonl"), text_field="text",
-                           streaming=True)
-  c.tokenizer.name_or_path = BERT_VOCAB
-  pipeline = data.build_input_pipeline(c)
+  pipeline = _streaming_pipeline(
+      tmp_path, [f"Document {i} is about the river {i}." for i in range(200)], 0.05)
   it = data.StreamingBatchIterator(pipeline.train_stream, bert_tokenizer, 32,
                                    pipeline.special_ids, "full_sentences", 1, seed=3,
                                    chunk_documents=40, shuffle_buffer=64, process_index=0,
