@@ -64,6 +64,9 @@ def load_tokenizer(path=None):
   except ImportError:
     import transformers
     return transformers.BertTokenizerFast(vocab_file=path)
+  except (OSError, ValueError) as e:  # The loader's message names the config key, not the flag.
+    raise SystemExit(f"error: --tokenizer {path!r}: no tokenizer could be loaded "
+                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def _special_ids(tok):
