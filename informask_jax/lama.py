@@ -10,8 +10,7 @@ and MRR per relation and per source. Two protocols:
   * T-REx and Google-RE queries are the relation template with the subject at [X] and the mask
     at [Y], each (subject, object) pair asked once, Google-RE facts that most annotators rejected
     left out; ConceptNet and SQuAD (and, on request, T-REx / Google-RE) use their first masked
-    sentence, left out above 100 words (and, unlike LAMA's code, which scores the first [MASK],
-    left out when that sentence holds several: counted under skipped/several_masks);
+    sentence, left out above 100 words; a sentence with several [MASK] is scored at the first;
   * the gold token's rank among all (or the common) tokens gives P@1, P@10 and MRR; a source's
     score is the mean over its relations. MRR uses the exact rank, where LAMA's code gives 0
     beyond its top 1000 (later 5000) predictions: a difference below 0.001 per fact.
@@ -327,11 +326,10 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
       if len(sentence.split()) > MAX_SENTENCE_WORDS:
         score.skipped["too_long"] += 1
         continue
-      masks = sentence.count(LAMA_MASK)
-      if masks != 1:
-        score.skipped["no_mask" if masks == 0 else "several_masks"] += 1
+      if LAMA_MASK not in sentence:
+        score.skipped["no_mask"] += 1
         continue
-      text = sentence.replace(LAMA_MASK, words.mask_token)
+      text = sentence.replace(LAMA_MASK, words.mask_token)  # Several: the first is scored.
     gold = words.single_token_id(obj)
     if common is not None and gold not in common:
       score.skipped["object_not_in_common_vocab"] += 1
@@ -382,11 +380,13 @@ class Encoded:
 
 
 def encode_queries(queries: Sequence[Query], words: WordTable, max_len: int,
-                   scores: Sequence[RelationScore], max_tokens: int | None = None
-                   ) -> list[Encoded]:
+                   scores: Sequence[RelationScore], max_tokens: int | None = None,
+                   first_mask: bool = False) -> list[Encoded]:
   """Tokenizes queries; keeps a window of `max_len` tokens around the mask for long ones.
 
   `max_tokens` (informask) leaves out sentences longer than that, counted as `too_long`.
+  `first_mask` (lama): a query with several masks is scored at its first, as LAMA's code does;
+  otherwise it is skipped (`several_masks`).
   """
   budget = max_len - len(words.prefix) - len(words.suffix)
   if budget < 1:
@@ -401,7 +401,7 @@ def encode_queries(queries: Sequence[Query], words: WordTable, max_len: int,
       out.append(Encoded(query, [], -1, False))
       continue
     positions = [i for i, t in enumerate(ids) if t == words.mask_id]
-    if len(positions) != 1:  # E.g. a subject that itself spells the mask token.
+    if not positions or (len(positions) > 1 and not first_mask):
       score.skipped["no_mask" if not positions else "several_masks"] += 1
       continue
     m, start = positions[0], 0
@@ -766,7 +766,8 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   runner = load_backend(model, backend, words.tokenizer, batch_size=batch_size, device=device,
                         step=step)
   encoded = encode_queries(queries, words, runner.max_len, scores,
-                           INFORMASK_MAX_TOKENS if protocol == "informask" else None)
+                           INFORMASK_MAX_TOKENS if protocol == "informask" else None,
+                           first_mask=protocol == "lama")
   if protocol == "lama":
     subset = None if common_ids is None else np.array(sorted(common_ids), np.int64)
     rank_fn = lambda logits, qs: lama_ranks(

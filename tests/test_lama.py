@@ -48,6 +48,7 @@ LAMA_FACTS = {
                                      (DOB, "Lena Probe", "1756")],
     ("ConceptNet", "test"): [("One of the things you do when you are alive is [MASK] .", "think"),
                              ("A fish can [MASK] .", "swim"),
+                             ("An apple is [MASK] or [MASK] .", "red"),  # The first is scored.
                              ("You drink [MASK] because you are thirsty .", "water")],
     ("Squad", "test"): [("To emphasize the 50th anniversary of the Super Bowl the [MASK] color "
                          "was used .", "gold"),
@@ -62,7 +63,7 @@ LAMA_SKIPS = {
     ("Google_RE", "place_of_birth"): {"malformed_json": 1, "negative_judgments": 1},
     ("Google_RE", "date_of_birth"): {},
     ("ConceptNet", "test"): {"malformed_json": 1, "missing_field": 1, "no_mask": 1,
-                             "several_masks": 1, "object_not_single_token": 1},
+                             "object_not_single_token": 1},
     ("Squad", "test"): {"missing_field": 1, "too_long": 1},
 }
 # With common_vocab.txt: objects outside it go (before the single-token test, as in LAMA).
@@ -76,7 +77,7 @@ LAMA_COMMON_SKIPS = {
                                       "object_not_in_common_vocab": 1},
     ("Google_RE", "date_of_birth"): {"object_not_in_common_vocab": 1},
     ("ConceptNet", "test"): {"malformed_json": 1, "missing_field": 1, "no_mask": 1,
-                             "several_masks": 1, "object_not_in_common_vocab": 1},
+                             "object_not_in_common_vocab": 1},
     ("Squad", "test"): {"missing_field": 1, "too_long": 1},
 }
 # (source, relation) -> [(sentence, gold alternatives, several masks)] under --protocol informask.
@@ -214,10 +215,14 @@ def expected_lama(ref, subset_words=None) -> dict:
       if subset is None:
         logits = mask_logits(model, tok, sentence)
         rank = 1 + int((logits > logits[tok.convert_tokens_to_ids(gold)]).sum())
-        top10 = [p["token_str"] for p in fill(sentence, top_k=10)]
+        preds = fill(sentence, top_k=10)
+        preds = preds[0] if sentence.count("[MASK]") > 1 else preds  # Per mask: the first.
+        top10 = [p["token_str"] for p in preds]
         assert (rank == 1) == (top10[0] == gold) and (rank <= 10) == (gold in top10)
       else:  # The pipeline ranks the subset by itself.
-        order = [p["token_str"] for p in fill(sentence, targets=subset, top_k=len(subset))]
+        preds = fill(sentence, targets=subset, top_k=len(subset))
+        preds = preds[0] if sentence.count("[MASK]") > 1 else preds
+        order = [p["token_str"] for p in preds]
         rank = order.index(gold) + 1
       ranks.append(rank)
     ranks = np.array(ranks)
@@ -369,11 +374,11 @@ def test_masked_sentences_option(models):
   summary = lama.evaluate(models["bert"], str(FIXTURES), use_masked_sentences=True,
                           progress=False).summary
   p19 = summary["TREx"]["relations"]["P19"]
-  # Evidence sentences now: Picasso's has two masks, Wittgenstein's none, Kafka has no evidence;
-  # no de-duplication of (subject, object) pairs.
+  # Evidence sentences now: Picasso's has two masks (scored at the first, as LAMA does),
+  # Wittgenstein's none, Kafka has no evidence; no de-duplication of (subject, object) pairs.
   assert p19["skipped"] == {"malformed_json": 2, "missing_field": 1, "no_mask": 1,
-                            "several_masks": 1, "object_not_single_token": 1}
-  assert p19["facts"] == 5
+                            "object_not_single_token": 1}
+  assert p19["facts"] == 6
   assert summary["TREx"]["relations"]["P1412"]["facts"] == 2  # No template needed.
 
 
