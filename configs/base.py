@@ -3,9 +3,11 @@
 Each experiment file (`informask.py`, `random.py`, ...) calls `get_base_config(arg, strategy)` and
 sets its masking options. `arg` picks a variant, e.g. `--config configs/informask.py:tiny`:
 
-  (none) / "paper"  the InforMask paper's recipe: RoBERTa-base architecture with the
+  (none) / "paper"  the InforMask paper's setting: RoBERTa-base architecture with the
                     bert-base-uncased tokenizer, sequences of 512, global batch 256, English
-                    Wikipedia + BookCorpus from the Hugging Face hub.
+                    Wikipedia + BookCorpus from the Hugging Face hub, mask_prob 0.15. The
+                    optimizer follows BERT / RoBERTa (the repository ran Hugging Face's
+                    defaults: lr 5e-5, no warm-up, no weight decay, betas (0.9, 0.999), eps 1e-8).
   "tiny"            the embedded offline default: a 2-layer BERT on the wiki-vital corpus that
                     trains on a 2-core CPU in minutes, no network.
   "base", "large"   the paper's data with another model size.
@@ -57,7 +59,8 @@ def get_base_config(arg=None, strategy="informask"):
                     else [source(**s) for s in PAPER_SOURCES])
   c.data.seq_len = 128 if tiny else 512  # Tokens per sequence, [CLS] and [SEP] included.
   # "full_sentences": documents concatenated with [SEP] and cut into full sequences (RoBERTa);
-  # "doc_padded": one document per sequence, split if longer, padded (the InforMask repository).
+  # "doc_padded": one document per sequence, split if longer, padded (close to the InforMask
+  # repository, which pads each line to 512 but truncates longer ones).
   c.data.packing = "full_sentences"
   # Share of documents held out, by a hash of the title (wiki_vital) or of the text (others).
   c.data.validation_fraction = 0.02
@@ -149,8 +152,9 @@ def get_base_config(arg=None, strategy="informask"):
 
   # --- Training loop -----------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
-  # The paper's repository trains 40 epochs; Wikipedia + BookCorpus (~3.3B words, ~4.3B
-  # WordPiece tokens) is ~33k steps per epoch at 256 x 512, hence ~1.3M steps.
+  # 40 passes over the tokens: Wikipedia + BookCorpus (~3.3B words, ~4.3B WordPiece tokens) is
+  # ~33k packed steps per epoch at 256 x 512, hence ~1.3M steps. (The repository's 40 epochs are
+  # over lines padded or truncated to 512, about 80M rows: far more steps for the same text.)
   c.train.num_steps = 400 if tiny else 1_300_000
   c.train.batch_size = 32 if tiny else 256  # Global batch, split over hosts and devices.
   c.train.seed = 0
