@@ -12,7 +12,7 @@ round(mask_prob * n_maskable).
 
 Corruption: whole_word decides [MASK] / random / keep per token, as BERT's whole-word masking;
 span decides it per span (all [MASK], all random, or all kept), as SpanBERT trains
-(`--replacement-method span`).
+(`--replacement-method span`), adjacent selected spans counting as one, as SpanBERT merges them.
 
 SpanBERT draws span lengths (in words) from Geometric(p) restricted to 1..max_span_len and
 renormalised (mean 3.8 words for p = 0.2, max 10) and starts spans at random words. Here the word
@@ -76,6 +76,9 @@ def make_span(settings, geometric_p, max_span_len):
     prev = jnp.concatenate([jnp.zeros((1,), bool), maskable[:-1]])
     unit_start = starts & (begins[jnp.clip(word_index, 0, length - 1)] | ~prev)
     target = _units_mask(settings, seed, unit_start, maskable, budget, truncate=True)
+    # One decision per run of consecutive targets: adjacent spans merge first, as SpanBERT's
+    # merge_intervals does.
+    run_start = target & ~jnp.concatenate([jnp.zeros((1,), bool), target[:-1]])
     return target, {"unit_start": unit_start, "word_start": starts,
-                    "decide": select.unit_decisions(seed, unit_start)}
+                    "decide": select.unit_decisions(seed, run_start)}
   return select_targets
