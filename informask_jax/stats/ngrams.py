@@ -381,8 +381,11 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
   cand = counts.keys[lengths_all >= 2]  # sorted
   found = np.zeros(cand.size, bool)
   tokens: list[tuple[int, ...] | None] = [None] * cand.size
-  # Keys of the sub-spans (a, b) of each candidate, 0 <= a < b <= n; 0 where unused.
-  sub = np.zeros((cand.size, max_n + 1, max_n + 1), np.uint64)
+  # Keys of the sub-spans (a, b) of each candidate, 0 <= a < b <= n, one column per (a, b)
+  # (15 for n <= 5: 120 bytes a candidate, not the 288 of a square table); 0 where unused.
+  column = {(a, b): i for i, (a, b) in enumerate(
+      (a, b) for a in range(max_n) for b in range(a + 1, max_n + 1))}
+  sub = np.zeros((cand.size, len(column)), np.uint64)
   with tqdm(total=cand.size, desc="n-gram examples", unit="ngram", disable=not progress) as bar:
     for chunk in chunks_lib.iter_chunks(corpus, chunk_tokens):
       if found.all():
@@ -399,7 +402,7 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
           continue
         for a in range(n):
           for b in range(a + 1, n + 1):
-            sub[idx, a, b] = _tag(words.raw[b - a][pos + a], b - a)
+            sub[idx, column[a, b]] = _tag(words.raw[b - a][pos + a], b - a)
         t = chunk.token_ids
         for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
           tokens[i] = tuple(t[words.start[p]:words.end[p + n - 1]].tolist())
@@ -422,7 +425,7 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
     full = log_p(cand[rows])
     best = np.full(rows.size, -np.inf)
     for seg in segmentations(n):
-      best = np.maximum(best, sum(log_p(sub[rows, a, b]) for a, b in seg))
+      best = np.maximum(best, sum(log_p(sub[rows, column[a, b]]) for a, b in seg))
     scores[rows] = full - best
   counts_of = counts.counts[lengths_all >= 2]
   keep = found & np.isfinite(scores)
