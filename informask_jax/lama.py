@@ -736,6 +736,9 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}.")
+  if out_dir and os.path.exists(os.path.expanduser(out_dir)) and not os.path.isdir(
+      os.path.expanduser(out_dir)):  # Checked before the run, not after it.
+    raise FileExistsError(f"--out {out_dir!r} is a file; give a directory for the results.")
   if backend not in BACKENDS:
     raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}.")
   if batch_size < 1:
