@@ -654,8 +654,9 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                             "model was trained with.")
   params, cfg, restored_step = checkpointing.restore_params(workdir, step)
   import transformers
-  tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-  tokens = max(len(tok), max(tok.get_vocab().values()) + 1)  # As the trainer sizes the model.
+
+  from informask_jax import tokenization
+  tokens = tokenization.vocab_rows(transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
   if tokens != cfg.vocab_size:
     raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "
                      f"checkpoint's model has vocab_size {cfg.vocab_size}: they are not from the "

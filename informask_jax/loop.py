@@ -44,23 +44,12 @@ def check_config(config) -> None:
               "keep_checkpoints", "stop_sync_every"):
     if t[key] <= 0:
       raise ValueError(f"config.train.{key}={t[key]} must be positive.")
-  if config.optim.grad_accum_steps < 1:
-    raise ValueError(f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1.")
-  _check_optim(config.optim)
+  optim.check_config(config.optim)
   # The model's and the masking's own validation, on stand-in vocabulary ids, so that a typo
   # fails now rather than after the corpus is tokenized.
   model_lib.MLMConfig.from_config(m, vocab_size=1000, pad_id=0)
-  c = config.masking
-  masking.check_name(c.name)
   try:
-    masking.contract.check_settings(1000, 4, (0, 1, 2, 3, 4), c.mask_prob, c.replace_prob,
-                                    c.random_prob, c.budget)
-    if c.name == "informask_online":
-      masking.online.check_num_candidates(c.num_candidates)
-    elif c.name == "span":
-      masking.words.check_span_options(c.span_geometric_p, c.span_max_len)
-    elif c.name == "pmi_span" and c.pmi_variant not in masking.pmi_span.VARIANTS:
-      raise ValueError(f"pmi_variant={c.pmi_variant!r} must be one of {masking.pmi_span.VARIANTS}.")
+    masking.check_config(config.masking)
   except ValueError as e:
     raise ValueError(f"config.masking: {e}") from None
   budget = round(config.masking.mask_prob * (config.data.seq_len - 2))
@@ -88,19 +77,6 @@ def check_config(config) -> None:
     raise ValueError(
         f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "
         f"{jax.default_backend()!r}; use --config.model.attention=xla.")
-
-
-def _check_optim(o) -> None:
-  checks = (("learning_rate", o.learning_rate > 0, "must be > 0"),
-            ("warmup_steps", o.warmup_steps >= 0, "must be >= 0"),
-            ("weight_decay", o.weight_decay >= 0, "must be >= 0"),
-            ("b1", 0 <= o.b1 < 1, "must be in [0, 1)"), ("b2", 0 <= o.b2 < 1, "must be in [0, 1)"),
-            ("eps", o.eps > 0, "must be > 0"),
-            ("grad_clip_norm", o.grad_clip_norm >= 0, "must be >= 0 (0 disables clipping)"),
-            ("schedule", o.schedule in ("linear", "cosine"), "must be 'linear' or 'cosine'"))
-  for key, ok, rule in checks:
-    if not ok:
-      raise ValueError(f"config.optim.{key}={o[key]!r} {rule}.")
 
 
 def _log_topology(config, mesh) -> None:

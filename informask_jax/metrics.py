@@ -46,16 +46,15 @@ def mfu(flops_per_step: float, seconds_per_step: float, num_devices: int) -> flo
 def summarize(step_metrics: list[dict]) -> dict:
   """Host-side summary of the steps since the last log: sums -> means, last values for the rest."""
   host = jax.device_get(step_metrics)
+  applied = [m for m in host if not int(m["skipped"])]  # A skipped step's norm is inf or NaN.
   targets = sum(float(m["num_targets"]) for m in host)
   out = {
       "loss": sum(float(m["loss_sum"]) for m in host) / max(targets, 1.0),
       "accuracy": sum(float(m["correct_sum"]) for m in host) / max(targets, 1.0),
-      # Over the steps that were applied: a skipped step's norm is inf or NaN.
-      "grad_norm": float(np.mean([float(m["grad_norm"]) for m in host if not int(m["skipped"])]
-                                 or [float("nan")])),
+      "grad_norm": float(np.mean([float(m["grad_norm"]) for m in applied] or [float("nan")])),
       "learning_rate": float(host[-1]["learning_rate"]),
-      "skipped_steps": int(sum(int(m["skipped"]) for m in host)),
-      "targets_per_step": targets / max(sum(1 for m in host if not int(m["skipped"])), 1),
+      "skipped_steps": len(host) - len(applied),
+      "targets_per_step": targets / max(len(applied), 1),
       "dropped_targets": float(sum(float(m["dropped_targets"]) for m in host)),
   }
   if targets == 0:  # Every step of the interval was skipped: no loss to report.

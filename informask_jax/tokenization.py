@@ -240,6 +240,12 @@ def special_ids(tokenizer):
   return SpecialIds(**ids)
 
 
+def vocab_rows(tokenizer) -> int:
+  """Rows an embedding or per-token table needs: past the largest id (len(tokenizer) unless the
+  vocabulary has gaps)."""
+  return max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+
+
 def continuation_table(tokenizer):
   """bool[V]: True for tokens that continue a word (WordPiece "##" pieces).
 
@@ -247,7 +253,7 @@ def continuation_table(tokenizer):
   word-start marker ("Ġ" / "▁") and is not special.
   """
   vocab = tokenizer.get_vocab()
-  table = np.zeros(max(len(tokenizer), max(vocab.values()) + 1), dtype=bool)
+  table = np.zeros(vocab_rows(tokenizer), dtype=bool)
   model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
   if model.get("type") == "WordPiece":
     prefix = model.get("continuing_subword_prefix") or "##"

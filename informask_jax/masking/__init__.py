@@ -16,8 +16,8 @@ Bad options raise ValueError here, at construction, never inside a trace.
 from informask_jax.masking import contract, informask, online, pmi_span, random_tokens, words
 from informask_jax.masking.contract import IGNORE_LABEL, Masker
 
-__all__ = ["MASKERS", "OPTIONS", "IGNORE_LABEL", "Masker", "check_name", "get_masker",
-           "masker_from_config"]
+__all__ = ["MASKERS", "OPTIONS", "IGNORE_LABEL", "Masker", "check_config", "check_name",
+           "get_masker", "masker_from_config"]
 
 
 def _random(settings):
@@ -39,9 +39,7 @@ def _span(settings, continuation=None, geometric_p=0.2, max_span_len=10):
 
 def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams=None,
               max_ngram_tokens=12):
-  if variant not in pmi_span.VARIANTS:
-    raise ValueError(f"pmi_span variant (masking.pmi_variant) must be one of "
-                     f"{pmi_span.VARIANTS}, got {variant!r}.")
+  pmi_span.check_variant(variant)
   if isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int) or \
       not 2 <= max_ngram_tokens <= 64:
     raise ValueError(f"max_ngram_tokens must be an integer in [2, 64], got {max_ngram_tokens!r}.")
@@ -96,6 +94,20 @@ def check_name(name) -> None:
   if name not in MASKERS:
     raise ValueError(f"Unknown masking strategy {name!r} (masking.name); choose one of "
                      f"{sorted(MASKERS)}.")
+
+
+def check_config(masking_config) -> None:
+  """The checks get_masker makes that need no tables (shared settings, the strategy's own
+  options), on a `config.masking`: a training run calls it before reading the corpus."""
+  c = masking_config
+  check_name(c.name)
+  contract.check_settings(2, 0, (0,), c.mask_prob, c.replace_prob, c.random_prob, c.budget)
+  if c.name == "informask_online":
+    online.check_num_candidates(c.num_candidates)
+  elif c.name == "span":
+    words.check_span_options(c.span_geometric_p, c.span_max_len)
+  elif c.name == "pmi_span":
+    pmi_span.check_variant(c.pmi_variant)
 
 
 def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replace_prob=0.8,

@@ -40,6 +40,12 @@ _SEED2 = np.uint32(0x85A308D3)
 _SENTINEL = np.uint32(0xFFFFFFFF)
 
 
+def check_variant(variant) -> None:
+  if variant not in VARIANTS:
+    raise ValueError(f"pmi_span variant (masking.pmi_variant) must be one of {VARIANTS}, got "
+                     f"{variant!r}.")
+
+
 def _read_json_list(value, what):
   if isinstance(value, str | os.PathLike):
     path = os.fspath(value)
