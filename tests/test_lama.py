@@ -514,6 +514,13 @@ def test_a_damaged_model_or_a_missing_device_is_one_clear_error(models, tmp_path
       lama.load_backend(models["bert"], "torch", tokenizer, batch_size=4, device="cuda:3")
 
 
+def test_an_out_that_is_a_file_is_refused_before_the_run(models, tmp_path):
+  (tmp_path / "results").write_text("")
+  with pytest.raises(FileExistsError, match="--out .*results' is a file"):
+    lama.evaluate(models["bert"], str(FIXTURES), out_dir=str(tmp_path / "results"),
+                  progress=False)
+
+
 def test_a_missing_local_model_path_fails_at_once(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   (tmp_path / "runs").mkdir()

@@ -277,6 +277,30 @@ def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
       "train.py: error: ValueError: config.data.seq_len=100000 exceeds the model's 512 positions")
 
 
+@pytest.mark.parametrize("flag,message", [
+    ("--config=configs/nosuch.py:tiny", "No such file or directory: 'configs/nosuch.py'"),
+    ("--config.data.sources[3].kind=files", "index past the end of that list"),
+])
+def test_train_py_reports_a_bad_flag_in_one_line(flag, message):
+  args = [] if flag.startswith("--config=") else ["--config", "configs/random.py:tiny"]
+  out = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, flag], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+
+
+def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path):
+  with pytest.raises(ValueError, match="gs://bucket/run: only local or mounted paths"):
+    loop.train_and_evaluate(tiny_config, "gs://bucket/run")
+  (tmp_path / "afile").write_text("")
+  with pytest.raises(FileExistsError, match="afile is a file, not a directory"):
+    loop.train_and_evaluate(tiny_config, tmp_path / "afile")
+  tiny_config.data.seq_len = 4
+  with pytest.raises(ValueError, match="seq_len=4 is too short"):
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+
+
 def test_resume_names_the_config_changes():
   saved = {"masking": {"name": "informask", "mask_prob": 0.15}, "train": {"num_steps": 10}}
   now = {"masking": {"name": "span", "mask_prob": 0.15}, "train": {"num_steps": 20}}

@@ -538,6 +538,17 @@ def test_bad_rate_tables_raise(rates, match):
     masking.get_masker("informask", rates=rates, **COMMON)
 
 
+def test_unreadable_rate_files_name_the_file(tmp_path):
+  (tmp_path / "empty.npy").write_bytes(b"")
+  np.save(tmp_path / "words.npy", np.array(["a", "b"]))
+  np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  for name in ("empty.npy", "words.npy", "objects.npy"):
+    with pytest.raises(ValueError, match=rf"{name}' \(masking.rates_path\) is not a readable"):
+      informask_lib.load_rates(str(tmp_path / name), V)
+  with pytest.raises(ValueError, match=r"\(masking.rates_path\) is a directory"):
+    informask_lib.load_rates(str(tmp_path), V)
+
+
 def test_rate_files_npy_and_original_json(tmp_path):
   np.save(tmp_path / "rates.npy", RATES)
   np.testing.assert_array_equal(informask_lib.load_rates(str(tmp_path / "rates.npy"), V), RATES)
@@ -612,3 +623,8 @@ def test_show_cli_marks_targets(tmp_path, capsys):
   content = page.read_text()
   assert "STAND-IN" in content and content.count("<span style=") == 3 * 2
   assert show.default_text().startswith("Mount Everest")
+  with pytest.raises(SystemExit):
+    show.main(["--strategy", "random", "--text", "  "])
+  assert "--text is empty" in capsys.readouterr().err
+  with pytest.raises(SystemExit, match=r"--tokenizer '.*nope': no tokenizer could be loaded"):
+    show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "nope")])
