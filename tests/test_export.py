@@ -92,6 +92,42 @@ def test_round_trip_is_identity_in_both_layouts(flavour):
       assert isinstance(got[key], np.ndarray) and np.array_equal(got[key], want[key]), key
 
 
+@pytest.mark.parametrize("flavour,scan_layers,remat", [
+    ("bert", False, "none"), ("roberta", False, "dots"), ("bert", True, "none"),
+    ("roberta", True, "full")])
+def test_logits_at_positions_equal_the_full_forward_and_its_gradients(flavour, scan_layers,
+                                                                       remat):
+  # With masked_positions the last layer runs at those rows only; values and gradients must be
+  # those of the full forward, gathered (padding and repeated rows included).
+  cfg = tiny_config(flavour, scan_layers=scan_layers, remat=remat)
+  params = tiny_params(tiny_config(flavour), seed=2)
+  if scan_layers:
+    params = export.convert_layout(params, scan_layers=True)
+  model = BertMLM(cfg)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, len(VOCAB), (3, 12)).astype(np.int32)
+  ids[:, 0], ids[1, 9:] = CLS, 1 if flavour == "roberta" else 0  # row 1 ends in padding
+  positions = np.array([[1, 4, 11, 0], [2, 3, 8, 8], [5, 6, 7, 10]], np.int32)
+  weights = rng.random((3, 4, len(VOCAB))).astype(np.float32)
+
+  def loss(p, at_positions):
+    if at_positions:
+      logits = model.apply({"params": p}, ids, masked_positions=positions)
+    else:
+      full = model.apply({"params": p}, ids)  # (B, L, V)
+      logits = jax.numpy.take_along_axis(full, positions[..., None], axis=1)
+    return (logits * weights).sum(), logits
+
+  (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params, True)
+  (ref_value, ref_logits), ref_grads = jax.value_and_grad(loss, has_aux=True)(params, False)
+  np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  got, want = leaves(grads), leaves(ref_grads)
+  assert got.keys() == want.keys()
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_export_matches_logits_and_fill_mask(exported):
   params, cfg, path, report = exported["bert"]
   assert report["max_abs_diff"] <= export.MAX_ABS_DIFF and report["top1_agree"] == 1.0
