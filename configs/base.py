@@ -135,7 +135,8 @@ def get_base_config(arg=None, strategy="informask"):
   c.model.attention = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn".
   c.model.remat = "none"  # Rematerialisation: "none", "full" or "dots" (save matmul outputs).
   c.model.scan_layers = not tiny  # nn.scan over layers: one compiled layer, faster compiles.
-  # Vocabulary projection only at up to this many targets per sequence (NVIDIA's BERT).
+  # Vocabulary projection only at up to this many targets per sequence (NVIDIA's BERT); the
+  # last layer, but for its keys and values, runs only at those rows too.
   c.model.max_predictions = 20 if tiny else 80
 
   # --- Optimizer ---------------------------------------------------------------------------
