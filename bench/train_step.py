@@ -15,7 +15,8 @@ update:
 
   informask_jax     trainer.make_train_step, jitted on a mesh over all devices: masking inside the
                     step (informask with a synthetic rate table, or random; both "exact" budget),
-                    the vocabulary projection only at the P gathered targets.
+                    the vocabulary projection and the last layer (but for its keys and
+                    values) only at the P gathered targets.
   hf_torch_eager    transformers' BertForMaskedLM (SDPA attention) with labels -100 off target, so
                     the vocabulary projection and the softmax run at every token; masked by
                     DataCollatorForLanguageModeling.torch_mask_tokens (Bernoulli 15%, 80/10/10);
@@ -33,9 +34,10 @@ compile_s; torch.compile's disk caches are off unless --torch_cache, as JAX has 
 one warm-up step, then --repeats rounds of one step each, the implementations interleaved (in
 alternating order) so that load from other processes falls on all of them. The median step time
 gives tokens/s; ratios are given from the medians and as the median of the per-round ratios.
-FLOPs are matmul FLOPs (model.train_flops_per_sequence): the step's own (peers: vocabulary
-projection at every token) give achieved GFLOP/s; the FLOPs the step needs (projection at the P
-targets only) over the device peak give MFU (None where the peak is unknown, CPUs included).
+FLOPs are matmul FLOPs (model.train_flops_per_sequence): the step's own (peers: the vocabulary
+projection and the last layer at every token) give achieved GFLOP/s; the FLOPs the step needs
+(both at the P targets only) over the device peak give MFU (None where the peak is unknown, CPUs
+included).
 --profile times the parts of our step separately.
 """
 
@@ -393,9 +395,9 @@ def profile_ours(ours, repeats):
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
     return (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
-  def encoder_only(p, inputs, rng):
+  def encoder_only(p, inputs, positions, rng):
     hidden = model.apply({"params": p}, inputs, deterministic=False, rngs={"dropout": rng},
-                         method=type(model).encode)  # (B, L, H)
+                         positions=positions, method=type(model).encode)  # (B, P or L, H)
     return jnp.mean(hidden.astype(jnp.float32) ** 2)
 
   def update(p, o, g):
@@ -418,7 +420,10 @@ def profile_ours(ours, repeats):
         "masking + target gather": (jax.jit(targets), (key, tokens)),
         "attention core fwd/bwd, one layer": (jax.jit(jax.grad(attend, argnums=(0, 1, 2))),
                                               tuple(qkv)),
-        "embeddings + encoder fwd/bwd": (jax.jit(jax.grad(encoder_only)), (params, inputs, key)),
+        "embeddings + encoder fwd/bwd, last layer at P": (
+            jax.jit(jax.grad(encoder_only)), (params, inputs, positions, key)),
+        "embeddings + encoder fwd/bwd, every token": (
+            jax.jit(jax.grad(encoder_only)), (params, inputs, every_token, key)),
         "model fwd/bwd, head at P targets": (jax.jit(jax.grad(xent)),
                                              (params, inputs, positions, labels, weights, key)),
         "model fwd/bwd, head at every token": (
@@ -438,12 +443,13 @@ def profile_ours(ours, repeats):
         samples[name].append(time.perf_counter() - start)
       samples["whole step"].append(ours.step())
   times = {name: statistics.median(values) for name, values in samples.items()}
-  encoder = times["embeddings + encoder fwd/bwd"]
+  encoder = times["embeddings + encoder fwd/bwd, last layer at P"]
+  encoder_every_token = times["embeddings + encoder fwd/bwd, every token"]
   times["= attention core, all layers"] = (cfg.num_layers
                                            * times["attention core fwd/bwd, one layer"])
   times["= MLM head + loss at P targets"] = times["model fwd/bwd, head at P targets"] - encoder
   times["= MLM head + loss at every token"] = (times["model fwd/bwd, head at every token"]
-                                               - encoder)
+                                               - encoder_every_token)
   return times
 
 
@@ -478,7 +484,7 @@ def bench_size(size, args, records, skipped):
   dims = MODEL_SIZES[size]
   ours = Ours(size, args.batch, args.seq_len, args.dtype, args.masking, args.scan_layers,
               args.attention)
-  needed = ours.flops  # FLOPs the step needs: vocabulary projection at P targets per sequence.
+  needed = ours.flops  # FLOPs the step needs: head and last layer at P targets per sequence.
   every_token = args.batch * model_lib.train_flops_per_sequence(ours.cfg, args.seq_len,
                                                                 args.seq_len)
   impls = [ours]
@@ -602,7 +608,7 @@ def main(argv=None):
       profiles[size] = profile
       print(f"\n## Profile of our step, {size} (median s)")
       for name, seconds in profile.items():
-        print(f"  {name:36s} {seconds:8.4f}  ({100 * seconds / profile['whole step']:5.1f}%)")
+        print(f"  {name:48s} {seconds:8.4f}  ({100 * seconds / profile['whole step']:5.1f}%)")
   machine["load_avg_end"] = os.getloadavg()
   machine["wall_s"] = time.time() - start
   print_table(records, skipped)
