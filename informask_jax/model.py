@@ -198,8 +198,11 @@ class SelfAttention(nn.Module):
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
       context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # (B, L, nh, hd)
     else:
-      context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=(
-          None if cfg.attention == "xla" else cfg.attention))
+      # cuDNN's fused attention with a mask (a bias to it) needs an even number of query rows
+      # when training; the last layer's P target rows may be odd, and are few: XLA does those.
+      fused = cfg.attention == "cudnn" and q.shape[1] % 2 == 0
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                             implementation="cudnn" if fused else None)
     return Projection(cfg, (cfg.hidden_size,), (HEADS, KV, EMBED), in_dims=2, name="out")(context)
 
 
@@ -285,11 +288,16 @@ class Encoder(nn.Module):
       return layer.apply({"params": params}, x, attention_mask, deterministic, positions,
                          rngs=None if deterministic else {"dropout": rng})
 
+    in_scan = apply
     if cfg.remat != "none":
-      apply = jax.checkpoint(apply, policy=_REMAT_POLICIES[cfg.remat])
+      policy = _REMAT_POLICIES[cfg.remat]
+      # In a scan body XLA cannot merge the recomputation with the forward anyway, and the
+      # barriers that prevent it would only cost (JAX's advice for checkpoint inside scan).
+      in_scan = jax.checkpoint(apply, policy=policy, prevent_cse=False)
+      apply = jax.checkpoint(apply, policy=policy)
 
     def body(x, params_and_rng):
-      return apply(*params_and_rng, x, None), None
+      return in_scan(*params_and_rng, x, None), None
 
     first = jax.tree.map(lambda a: a[:n - 1], (stacked, rngs))
     x, _ = jax.lax.scan(body, x, first)
