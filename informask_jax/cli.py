@@ -46,7 +46,28 @@ def user_errors(program: str, extra: tuple = ()):
     sys.exit(1)
 
 
+def _config_package_on_path(argv: list[str]) -> None:
+  """Puts the directory holding a --config file's `configs/` package on sys.path.
+
+  Config files import their siblings (`from configs import base`), which resolves from the
+  repository root only; `python -m informask_jax.stats ... --config /abs/configs/x.py` run from
+  elsewhere would fail with ModuleNotFoundError.
+  """
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    package = os.path.dirname(os.path.abspath(value.split(":", 1)[0]))
+    root = os.path.dirname(package)
+    if os.path.isfile(os.path.join(package, "base.py")) and root not in sys.path:
+      sys.path.insert(0, root)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
+  _config_package_on_path(argv)
   try:
     rest = flags.FLAGS(argv)
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
@@ -54,7 +75,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       getattr(flags.FLAGS.config, "get", None)
     return rest
   except (flags.Error, AttributeError, KeyError, IndexError, TypeError, ValueError,
-          OSError) as e:
+          OSError, ImportError) as e:
     message = str(e).strip()
     if isinstance(e, KeyError | AttributeError):  # Their str() is the quoted repr of a message.
       message = message.strip("'\"").replace("\\n", " ").replace("\\'", "'")

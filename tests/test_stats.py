@@ -602,13 +602,14 @@ def test_chunks_from_dataset_match_documents():
 
 @pytest.mark.slow
 def test_build_cli_on_the_embedded_corpus(tmp_path):
-  """The real glue: config flags -> input pipeline -> every stage -> the directory, last line."""
-  cmd = [sys.executable, "-m", "informask_jax.stats", "build",
-         "--config", os.path.join(os.path.dirname(__file__), "..", "configs", "informask.py:tiny"),
+  """The real glue: config flags -> input pipeline -> every stage -> the directory, last line.
+  Run from another directory: the config file's `from configs import base` must still resolve."""
+  config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "informask.py")
+  cmd = [sys.executable, "-m", "informask_jax.stats", "build", "--config", f"{config}:tiny",
          f"--config.data.cache_dir={tmp_path}", "--config.data.max_documents=300",
          "--config.stats.rate_sample_sequences=32"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   directory = pathlib.Path(proc.stdout.strip().splitlines()[-1])
   assert directory.parent == tmp_path / "stats"
@@ -619,7 +620,7 @@ def test_build_cli_on_the_embedded_corpus(tmp_path):
   assert a.pmi.nnz > 0 and a.rates.shape == (meta["vocab_size"],) and a.ngrams
   # A second build finds everything intact and rebuilds nothing.
   stamp = (directory / "pmi.npz").stat().st_mtime_ns
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
   assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == str(directory)
   assert (directory / "pmi.npz").stat().st_mtime_ns == stamp
 
