@@ -240,12 +240,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     distributed.main_process_first("clear workdir", lambda: _clear_workdir(workdir))
   checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   train_iter = pipeline.train_iterator(config.train.batch_size, seed=config.train.seed)
+  config_json = _config_json(config)
   if resume:
     step = checkpointer.latest_step()
-    saved = checkpointer.read_meta(step)
-    _check_architecture(model_lib.MLMConfig(**saved["mlm_config"]), mlm_config,
+    saved_meta = checkpointer.read_meta(step)
+    _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
                         f"the checkpoint at step {step} in {workdir}")
-    changed = _config_changes(saved.get("config") or {}, _config_json(config))
+    changed = _config_changes(saved_meta.get("config") or {}, config_json)
     if changed:
       logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
                       "\n  ".join(changed))
@@ -261,9 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # Written once the run is known to fit the workdir (a refused resume must not replace them).
   if is_main:
     pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
-    checkpointing.write_json(workdir / "config.json", _config_json(config))
-  meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config),
-          "config": _config_json(config)}
+    checkpointing.write_json(workdir / "config.json", config_json)
+  meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config), "config": config_json}
 
   # --- Compiled steps ----------------------------------------------------------------------
   step_config = trainer_lib.StepConfig(config.model.max_predictions,
