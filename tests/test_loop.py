@@ -290,6 +290,17 @@ def test_train_py_reports_a_bad_flag_in_one_line(flag, message):
   assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
 
 
+def test_train_py_reports_a_config_file_that_fails_to_import_in_one_line(tmp_path):
+  bad = tmp_path / "bad_config.py"
+  bad.write_text("import nosuch_module_for_this_test\n\ndef get_config():\n  return None\n")
+  out = subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={bad}"], cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].endswith(
+      "train.py: bad command-line flag: No module named 'nosuch_module_for_this_test'")
+
+
 def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path):
   with pytest.raises(ValueError, match="gs://bucket/run: only local or mounted paths"):
     loop.train_and_evaluate(tiny_config, "gs://bucket/run")
