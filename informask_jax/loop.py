@@ -90,7 +90,8 @@ def _log_topology(config, mesh) -> None:
       and "hugetlb" not in os.environ.get("GLIBC_TUNABLES", "")):
     # XLA:CPU's per-step buffers fault in 4 KiB at a time (bench/RESULTS.md, "Page faults").
     logging.info("On a CPU, GLIBC_TUNABLES=glibc.malloc.hugetlb=1 in the environment of this "
-                 "command makes training steps ~15-25% faster (glibc >= 2.35).")
+                 "command (glibc >= 2.35) saves most of the page faults of every step; see "
+                 "bench/RESULTS.md, 'Page faults'.")
 
 
 def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
