@@ -105,7 +105,7 @@ def test_overfits_one_batch():
   assert losses[-10:].mean() < 0.5, losses[-10:]
 
 
-EQUIVALENCE_STEPS = 4
+EQUIVALENCE_STEPS = 5  # As the issue asks: 5 steps on every mesh.
 
 
 def _equivalence_config():
