@@ -118,6 +118,7 @@ class Ours:
     self.cfg = model_lib.MLMConfig.from_config(c.model, vocab_size=V, pad_id=PAD)
     self.model = model_lib.BertMLM(self.cfg)
     self.tx, schedule = optim.make_optimizer(c.optim, 1000)
+    self.apply_update = optim.make_apply_update(c.optim, schedule)
     self.mesh = sharding_lib.make_mesh(c.mesh)
     sharding_lib.check_batch_divisible(batch, self.mesh)
     self.rules = sharding_lib.logical_rules(c.mesh)
@@ -147,7 +148,8 @@ class Ours:
                                                          self.mesh, self.rules)
     self.train_step = trainer_lib.jit_train_step(
         trainer_lib.make_train_step(self.model, self.tx, schedule,
-                                    trainer_lib.StepConfig(self.num_predictions)),
+                                    trainer_lib.StepConfig(self.num_predictions),
+                                    self.apply_update),
         shardings, self.mesh, self.masker)
     tokens = make_tokens(batch, seq_len)
     self.batch = jax.device_put({"token_ids": tokens}, sharding_lib.batch_sharding(self.mesh))
@@ -401,8 +403,8 @@ def profile_ours(ours, repeats):
     return jnp.mean(hidden.astype(jnp.float32) ** 2)
 
   def update(p, o, g):
-    updates, o = ours.tx.update(g, o, p)
-    return optax.apply_updates(p, updates), o
+    norm = optax.tree.norm(g)
+    return ours.apply_update(p, o, g, norm, jnp.isfinite(norm))
 
   with ours.context():
     masked = jax.jit(targets)(key, tokens)

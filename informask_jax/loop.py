@@ -270,8 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   step_config = trainer_lib.StepConfig(config.model.max_predictions,
                                        config.optim.grad_accum_steps)
   train_step = trainer_lib.jit_train_step(
-      trainer_lib.make_train_step(model, tx, schedule, step_config), state_shardings, mesh,
-      masker)
+      trainer_lib.make_train_step(model, tx, schedule, step_config,
+                                  optim.make_apply_update(config.optim, schedule)),
+      state_shardings, mesh, masker)
   eval_step = trainer_lib.jit_eval_step(
       trainer_lib.make_eval_step(model, config.model.max_predictions,
                                  config.optim.grad_accum_steps), state_shardings, mesh,

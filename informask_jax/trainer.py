@@ -78,9 +78,26 @@ def _split_micro(x, micro_steps):
   return x.reshape(x.shape[0] // micro_steps, micro_steps, *x.shape[1:]).swapaxes(0, 1)
 
 
+def optax_apply_update(tx: optax.GradientTransformation):
+  """`apply(params, opt_state, grads, grad_norm, finite)` through `tx.update`, for any optax
+  transformation (`optim.make_apply_update` is the faster equivalent for `optim.make_optimizer`)."""
+  def apply(params, opt_state, grads, grad_norm, finite):
+    del grad_norm
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    return keep(new_params, params), keep(new_opt_state, opt_state)
+  return apply
+
+
 def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, step_config: StepConfig):
-  """Builds the pure train step; `jit_train_step` compiles it with the shardings."""
+                    schedule: optax.Schedule, step_config: StepConfig, apply_update=None):
+  """Builds the pure train step; `jit_train_step` compiles it with the shardings.
+
+  `apply_update(params, opt_state, grads, grad_norm, finite) -> (params, opt_state)` applies the
+  optimizer and leaves everything unchanged where not `finite`; default: `optax_apply_update(tx)`.
+  """
+  apply_update = apply_update or optax_apply_update(tx)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], masker: Masker):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -113,15 +130,14 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
     # A non-finite step leaves parameters and optimizer state exactly as they were.
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_params, new_opt_state = apply_update(state.params, state.opt_state, grads, grad_norm,
+                                             finite)
     skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
+        params=new_params,
+        opt_state=new_opt_state,
         skipped=state.skipped + skipped,
         consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
     metrics = {

@@ -66,3 +66,41 @@ def test_weight_decay_on_matrices_and_embeddings_only():
       assert not np.allclose(changed, old), f"{name} was not decayed"
     else:
       np.testing.assert_array_equal(changed, old, err_msg=f"{name} was decayed")
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_apply_update_matches_optax_chain(clip):
+  """The in-place AdamW step equals tx.update + apply_updates over steps that clip, do not clip,
+  and are skipped (non-finite): parameters and the whole optimizer state, which keeps its layout."""
+  oc = _optim_config(warmup=3)
+  oc.grad_clip_norm, oc.weight_decay, oc.b2 = clip, 0.1, 0.98
+  tx, schedule = optim.make_optimizer(oc, num_steps=20)
+  apply = jax.jit(optim.make_apply_update(oc, schedule))
+  rng = np.random.default_rng(0)
+  params = {"dense": {"kernel": rng.normal(size=(8, 4)), "bias": rng.normal(size=4)},
+            "embed": {"embedding": rng.normal(size=(16, 8))}, "ln": {"scale": np.ones(8)}}
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+  @jax.jit
+  def reference(p, s, g, finite):
+    updates, new_s = tx.update(g, s, p)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    return keep(optax.apply_updates(p, updates), p), keep(new_s, s)
+
+  ours, ref = (params, tx.init(params)), (params, tx.init(params))
+  scales = [0.01, 5.0, float("nan"), 0.3, 20.0, 0.05]  # Global norms below and above the clip.
+  for step, scale in enumerate(scales):
+    grads = jax.tree.map(lambda p, s=scale: jnp.asarray(rng.normal(size=p.shape) * s,
+                                                         jnp.float32), params)
+    norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(norm)
+    ours = apply(*ours, grads, norm, finite)
+    ref = reference(*ref, grads, finite)
+    assert jax.tree.structure(ours) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+      np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7, err_msg=f"step {step}")
+  # The skipped step did not count: 5 applied steps of 6.
+  assert int(ours[1][-1][0].count) == len(scales) - 1
+  moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(ours[0]),
+                                                  jax.tree.leaves(params), strict=True)]
+  assert all(moved)

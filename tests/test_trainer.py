@@ -41,7 +41,8 @@ def _setup(config, mesh_shape, num_devices, micro_steps=1, total_steps=100):
   masker = masking.get_masker("random", vocab_size=VOCAB, mask_id=4, special_ids=SPECIALS)
   state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
   step = trainer_lib.jit_train_step(
-      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20, micro_steps)),
+      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20, micro_steps),
+                                  optim.make_apply_update(config.optim, schedule)),
       shardings, mesh, masker)
   return state, step, mesh, rules
 
@@ -198,7 +199,8 @@ def test_non_finite_batch_is_skipped_without_touching_the_state():
   masker = masking.get_masker("random", vocab_size=VOCAB, mask_id=4, special_ids=SPECIALS)
   state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
   step = trainer_lib.jit_train_step(
-      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20)),
+      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20),
+                                  optim.make_apply_update(c.optim, schedule)),
       shardings, mesh, masker)
   good = _batch()
   bad = _batch()
@@ -249,7 +251,8 @@ def test_masker_tables_are_step_arguments_not_compiled_constants():
                               special_ids=SPECIALS, pmi=pmi, num_candidates=4)
   state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
   step = trainer_lib.jit_train_step(
-      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20)),
+      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20),
+                                  optim.make_apply_update(c.optim, schedule)),
       shardings, mesh, masker)
   batch = {"token_ids": jnp.asarray(rng.integers(5, VOCAB, (BATCH, SEQ)), jnp.int32)}
   hlo = step.lower(state, batch).as_text()
