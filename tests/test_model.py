@@ -45,3 +45,44 @@ def test_flop_count_is_the_traced_gradient_steps_matmuls(scan_layers, prediction
 
   traced = traced_matmul_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr) / batch
   assert traced == train_flops_per_sequence(cfg, length, predictions)
+
+
+def test_dropout_mask_statistics_and_sharding():
+  """The hashed dropout: drops `rate` of the elements independently of position (no row or
+  column patterns), scales the rest by 1 / (1 - rate), depends on the key only, and is the same
+  whether or not the input is sharded over 8 devices."""
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from informask_jax.model import Dropout
+
+  rate = 0.1
+  layer = Dropout(rate)
+  x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, (64, 32, 128)), jnp.float32)
+  apply = jax.jit(lambda x, key: layer.apply({}, x, False, rngs={"dropout": key}))
+  y = np.asarray(apply(x, jax.random.key(0)))
+  dropped = y == 0
+  n = dropped.size
+  assert abs(dropped.mean() - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
+  np.testing.assert_allclose(y[~dropped], np.asarray(x)[~dropped] / (1 - rate), rtol=1e-6)
+  # No structure: per-row and per-column drop rates spread as binomials do, and a neighbour's
+  # drop (next element, next row) is independent of this one's.
+  flat = dropped.reshape(64, -1)
+  for rates, count in ((flat.mean(axis=1), flat.shape[1]), (flat.mean(axis=0), flat.shape[0])):
+    assert np.std(rates) < 1.3 * np.sqrt(rate * (1 - rate) / count)
+  both_next = (flat[:, 1:] & flat[:, :-1]).mean()
+  both_row = (flat[1:] & flat[:-1]).mean()
+  for joint in (both_next, both_row):
+    assert abs(joint - rate**2) < 5 * np.sqrt(rate**2 / n)
+  # The key decides; the same key gives the same mask.
+  np.testing.assert_array_equal(y, np.asarray(apply(x, jax.random.key(0))))
+  other = np.asarray(apply(x, jax.random.key(1))) == 0
+  assert abs((dropped & other).mean() - rate**2) < 5 * np.sqrt(rate**2 / n)
+  # Sharded over 8 devices (rows, then columns): the same mask.
+  mesh = jax.make_mesh((4, 2), ("a", "b"))
+  sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("a", "b")))
+  np.testing.assert_array_equal(y, np.asarray(apply(sharded, jax.random.key(0))))
+  # Deterministic, or rate 0: the identity.
+  np.testing.assert_array_equal(np.asarray(layer.apply({}, x, True)), np.asarray(x))
+  np.testing.assert_array_equal(
+      np.asarray(Dropout(0.0).apply({}, x, False, rngs={"dropout": jax.random.key(0)})),
+      np.asarray(x))

@@ -1,4 +1,4 @@
-"""Random bits for the maskers: a cheap counter hash seeded per example.
+"""Random bits for the maskers (and the model's dropout): a cheap counter hash.
 
 JAX's default threefry costs ~7 ns per 32-bit word on a CPU, more than the rest of the masking
 together. So the step key's bits and each example's global index are hashed into a 64-bit
@@ -10,6 +10,8 @@ Masking needs uniform, independent-looking bits, not cryptographic strength.
 The words depend only on (rng, global example index, stream, position), never on how the batch
 is split over devices, so the masks are the same on 1 device, 8 devices or a pod.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -40,16 +42,9 @@ def mix32(x):
   return x ^ (x >> np.uint32(16))
 
 
-def example_seeds(rng, batch):
-  """Per-example seeds uint32[batch, 2]: the global example index folded into `rng`.
-
-  `rng` may be a typed key (`jax.random.key`, any impl) or a raw uint32[2] key. The fold is the
-  counter hash below rather than `jax.random.fold_in`, whose threefry rounds run as a rolled loop
-  on XLA:CPU and cost more than the whole masking of a small batch.
-  """
+def key_words(rng):
+  """Two uint32 words from a typed key (any impl) or a raw uint32[2] key."""
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    if rng.shape != ():
-      raise ValueError(f"The masker takes one key for the whole batch, got keys {rng.shape}.")
     data = jax.random.key_data(rng).reshape(-1)  # 2 words (threefry) or 4 (rbg)
   else:
     data = jnp.asarray(rng, jnp.uint32)
@@ -58,6 +53,19 @@ def example_seeds(rng, batch):
   k0, k1 = data[0], data[1]
   for w in range(2, data.shape[0]):  # Wider key impls: fold the extra words in.
     k0, k1 = (mix32(k0 ^ data[w]), k1) if w % 2 == 0 else (k0, mix32(k1 ^ data[w]))
+  return k0, k1
+
+
+def example_seeds(rng, batch):
+  """Per-example seeds uint32[batch, 2]: the global example index folded into `rng`.
+
+  `rng` may be a typed key (`jax.random.key`, any impl) or a raw uint32[2] key. The fold is the
+  counter hash below rather than `jax.random.fold_in`, whose threefry rounds run as a rolled loop
+  on XLA:CPU and cost more than the whole masking of a small batch.
+  """
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape != ():
+    raise ValueError(f"The masker takes one key for the whole batch, got keys {rng.shape}.")
+  k0, k1 = key_words(rng)
   index = jnp.arange(batch, dtype=jnp.uint32)  # The global example index (B is the global batch).
   s0 = mix32((index * _GOLDEN) ^ k0)
   s1 = mix32(s0 + k1)
@@ -77,3 +85,25 @@ def bits(seed, stream, shape):
 def uniform(words):
   """Floats in (0, 1) from the top 24 bits of uint32 words (never exactly 0 or 1)."""
   return ((words >> 8).astype(jnp.float32) + 0.5) * np.float32(1.0 / (1 << 24))
+
+
+def dropout_keep(rng, shape, rate):
+  """bool[shape], True with probability 1 - rate, hashed from the key and each element's index.
+
+  Word (r, c), r the index along the first axis and c the flat index over the others, is
+  mix32((c * golden) ^ s_r) with s_r = mix32((k0 + r * golden) ^ k1): no counter wider than 32
+  bits at any size, and computed from iotas, so each device makes its own shard of the mask.
+  """
+  shape = tuple(shape) or (1,)
+  inner = math.prod(shape[1:])
+  if inner >= 1 << 32 or shape[0] >= 1 << 32:
+    raise ValueError(f"dropout_keep: shape {shape} has 2**32 or more elements per row.")
+  k0, k1 = key_words(rng)
+  row = jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
+  col, stride = jnp.zeros(shape, jnp.uint32), 1
+  for axis in reversed(range(1, len(shape))):
+    col = col + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+    stride *= shape[axis]
+  seed = mix32((k0 + row * _GOLDEN) ^ k1)
+  words = mix32((col * _GOLDEN) ^ seed)
+  return words >= np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
