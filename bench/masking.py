@@ -43,7 +43,7 @@ V = 30522
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
 SPECIAL = (PAD, UNK, CLS, SEP, MASK)
 STRATEGIES = ("random", "random_bernoulli", "whole_word", "span", "pmi_span", "pmi_span_bigram",
-              "informask", "informask_bernoulli", "informask_online")
+              "informask", "informask_bernoulli", "informask_bernoulli_raw", "informask_online")
 
 
 def make_batch(rng, batch, length):
@@ -70,7 +70,13 @@ def synthetic_tables(rng):
 
 
 def build_ours(name, tables):
+  """Our masker for a STRATEGIES name: `_bernoulli` selects that budget; `informask_bernoulli_raw`
+  is informask's Bernoulli budget with the rates as stored (rescale=False), the original
+  repository's semantics, i.e. what original_loop and numpy_vectorised compute."""
   common = dict(vocab_size=V, mask_id=MASK, special_ids=SPECIAL)
+  if name == "informask_bernoulli_raw":
+    return masking.get_masker("informask", budget="bernoulli", rates=tables["rates"],
+                              rescale=False, **common)
   base, budget = (name[:-len("_bernoulli")], "bernoulli") if name.endswith("_bernoulli") else (
       name, "exact")
   options = {
@@ -219,7 +225,7 @@ def main(argv=None):
     rec = dict(impl=impl, strategy=strategy, batch=batch, seq_len=length,
                tokens_per_sec=batch * length / seconds)
     records.append(rec)
-    print(f"{impl:17s} {strategy:20s} {batch:4d}x{length:<4d} {rec['tokens_per_sec'] / 1e6:9.1f}M "
+    print(f"{impl:17s} {strategy:23s} {batch:4d}x{length:<4d} {rec['tokens_per_sec'] / 1e6:9.1f}M "
           "tok/s", flush=True)
 
   peers = {} if args.no_peers else {
@@ -248,8 +254,10 @@ def main(argv=None):
       return by.get((impl, strategy, b, n))
     pairs = [("informask", "original_loop", "informask_bernoulli"),
              ("informask_bernoulli", "original_loop", "informask_bernoulli"),
+             ("informask_bernoulli_raw", "original_loop", "informask_bernoulli"),
              ("informask", "numpy_vectorised", "informask_bernoulli"),
              ("informask_bernoulli", "numpy_vectorised", "informask_bernoulli"),
+             ("informask_bernoulli_raw", "numpy_vectorised", "informask_bernoulli"),
              ("informask", "mlm_pytorch", "random"),
              ("informask_bernoulli", "mlm_pytorch", "random"),
              ("random", "mlm_pytorch", "random"),
@@ -257,7 +265,7 @@ def main(argv=None):
     for ours, peer, peer_strategy in pairs:
       a, b = get("informask_jax", ours), get(peer, peer_strategy)
       if a and b:
-        print(f"{batch}x{length}: {ours:20s} / {peer:17s} = {a / b:7.1f}x")
+        print(f"{batch}x{length}: {ours:23s} / {peer:17s} = {a / b:7.1f}x")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
