@@ -2,10 +2,11 @@
 
 XLA's sort and top-k are slow on CPU (argsort of 256 x 512 floats: ~20 ms on 2 cores), so targets
 are chosen by a bitwise search for a key threshold instead: `threshold_select` finds the largest t
-with sum(weight[key < t]) <= budget, one masked sum per key bit, unrolled. With weight 1 per token
-this selects exactly `budget` tokens (the ones with the smallest keys, i.e. a uniformly random
-subset for random keys); with weight = unit length at unit starts it selects the longest prefix
-of units, in random key order, whose token count stays within the budget.
+with sum(weight[key < t]) <= budget, one masked sum per key bit, in a loop (unrolled, it ran
+5-50% slower on XLA:CPU). With weight 1 per token this selects exactly `budget` tokens (the ones
+with the smallest keys, i.e. a uniformly random subset for random keys); with weight = unit
+length at unit starts it selects the longest prefix of units, in random key order, whose token
+count stays within the budget.
 
 All functions here work on one sequence (last axis L) and are vmapped by the caller.
 """
