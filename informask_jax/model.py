@@ -8,11 +8,13 @@ Parameters carry logical axis names ("vocab", "embed", "heads", "kv", "mlp", "la
 that map them to mesh axes live in the config and are applied by `sharding.py`. The model itself
 knows nothing about devices.
 
-Two departures from the Hugging Face models, both for speed, neither visible in exported weights:
+Three departures from the Hugging Face models, all for speed, none visible in exported weights:
   * the vocabulary projection runs only at the gathered target positions (`masked_positions`), as
     NVIDIA's BERT does, instead of at every token;
   * attention uses `jax.nn.dot_product_attention` (cuDNN flash attention on GPUs that support it)
-    unless attention-probability dropout is requested, which that kernel cannot apply.
+    unless attention-probability dropout is requested, which that kernel cannot apply;
+  * dropout masks are hashed from the key and the element's index (`Dropout`), not drawn with
+    threefry; the same rate and scaling, another random stream.
 """
 
 import dataclasses
