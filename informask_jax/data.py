@@ -396,16 +396,21 @@ class BatchIterator:
             "global_batch_size": self.global_batch_size}
 
   def restore(self, state):
-    for key in ("seed", "shuffle", "num_rows", "global_batch_size"):
-      if key in state and state[key] != getattr(self, key):
-        raise ValueError(f"The data iterator state was saved with {key}={state[key]!r} but this "
-                         f"iterator has {key}={getattr(self, key)!r}; resuming would not continue "
-                         "the same data order.")
+    _check_saved_settings(state, self, ("seed", "shuffle", "num_rows", "global_batch_size"))
     position = int(state["position"])
     if not 0 <= position < self.batches_per_epoch:
       raise ValueError(f"Iterator state position={position} is outside the epoch's "
                        f"{self.batches_per_epoch} batches.")
     self.epoch, self.position = int(state["epoch"]), position
+
+
+def _check_saved_settings(state, iterator, keys):
+  """ValueError if a saved iterator state disagrees with `iterator` on a setting in `keys`."""
+  for key in keys:
+    if key in state and state[key] != getattr(iterator, key):
+      raise ValueError(f"The {type(iterator).__name__} state was saved with {key}={state[key]!r} "
+                       f"but this iterator has {key}={getattr(iterator, key)!r}; resuming would "
+                       "not continue the same data order.")
 
 
 def eval_batches(arrays, global_batch_size, num_batches, *, process_index=None,
@@ -593,10 +598,7 @@ class StreamingBatchIterator:
             "global_batch_size": self.global_batch_size}
 
   def restore(self, state):
-    for key in ("seed", "shuffle", "chunk_documents", "global_batch_size"):
-      if key in state and state[key] != getattr(self, key):
-        raise ValueError(f"The stream iterator state was saved with {key}={state[key]!r} but "
-                         f"this iterator has {key}={getattr(self, key)!r}.")
+    _check_saved_settings(state, self, ("seed", "shuffle", "chunk_documents", "global_batch_size"))
     self.epoch, self.chunk, self.offset = (int(state["epoch"]), int(state["chunk"]),
                                            int(state["offset"]))
     self._chunks = None

@@ -376,6 +376,11 @@ def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer)
     resumed.restore(json.loads(json.dumps(it.state())))
     for a, b in zip(_take(resumed, 4), reference[step:step + 4], strict=True):
       np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
+  other_seed = data.StreamingBatchIterator(
+      pipeline.train_stream, bert_tokenizer, 32, ids, "full_sentences", 4, seed=2,
+      chunk_documents=25, shuffle_buffer=16, process_index=1, process_count=2)
+  with pytest.raises(ValueError, match="StreamingBatchIterator state was saved with seed=1"):
+    other_seed.restore(it.state())
 
 
 def test_streaming_epochs_reshuffle_documents(tmp_path, bert_tokenizer):
