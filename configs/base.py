@@ -127,7 +127,7 @@ def get_base_config(arg=None, strategy="informask"):
   # "bert": BERT layout (512 positions, token types).
   c.model.flavour = "bert" if tiny else "roberta"
   c.model.max_positions = -1  # -1: 512 (bert) or 514 (roberta).
-  c.model.dropout = 0.1  # Dropout on embeddings, residual branches and the MLM head input.
+  c.model.dropout = 0.1  # Dropout on embeddings and residual branches (the MLM head has none).
   # On attention probabilities: 0.1 as in BERT, RoBERTa and InforMask's training; > 0 computes
   # attention unfused while training (the fused cuDNN kernel has no dropout), so 0 is faster.
   c.model.attention_dropout = 0.0 if tiny else 0.1

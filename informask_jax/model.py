@@ -46,7 +46,7 @@ class MLMConfig:
   max_positions: int = 512  # Rows of the position table (514 for RoBERTa).
   type_vocab_size: int = 2  # Token-type (segment) rows: 2 for BERT, 1 for RoBERTa.
   pad_id: int = 0
-  dropout: float = 0.1  # Embeddings, residual branches and the MLM head input.
+  dropout: float = 0.1  # Embeddings and residual branches (none in the MLM head, as in BERT).
   attention_dropout: float = 0.0  # On attention probabilities; > 0 disables the fused kernel.
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
