@@ -9,6 +9,7 @@ import pytest
 from configs import base
 from informask_jax import model as model_lib
 from informask_jax import optim
+from informask_jax import trainer as trainer_lib
 
 
 def _optim_config(schedule="linear", warmup=10):
@@ -70,8 +71,9 @@ def test_weight_decay_on_matrices_and_embeddings_only():
 
 @pytest.mark.parametrize("clip", [1.0, 0.0])
 def test_apply_update_matches_optax_chain(clip):
-  """The in-place AdamW step equals tx.update + apply_updates over steps that clip, do not clip,
-  and are skipped (non-finite): parameters and the whole optimizer state, which keeps its layout."""
+  """The in-place AdamW step equals the generic optax path of the train step (tx.update +
+  apply_updates) over steps that clip, do not clip, and are skipped (non-finite): parameters and
+  the whole optimizer state, which keeps its layout."""
   oc = _optim_config(warmup=3)
   oc.grad_clip_norm, oc.weight_decay, oc.b2 = clip, 0.1, 0.98
   tx, schedule = optim.make_optimizer(oc, num_steps=20)
@@ -81,11 +83,7 @@ def test_apply_update_matches_optax_chain(clip):
             "embed": {"embedding": rng.normal(size=(16, 8))}, "ln": {"scale": np.ones(8)}}
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
-  @jax.jit
-  def reference(p, s, g, finite):
-    updates, new_s = tx.update(g, s, p)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    return keep(optax.apply_updates(p, updates), p), keep(new_s, s)
+  reference = jax.jit(trainer_lib.optax_apply_update(tx))  # tx.update + apply_updates + skip
 
   ours, ref = (params, tx.init(params)), (params, tx.init(params))
   scales = [0.01, 5.0, float("nan"), 0.3, 20.0, 0.05]  # Global norms below and above the clip.
@@ -95,7 +93,7 @@ def test_apply_update_matches_optax_chain(clip):
     norm = optax.tree.norm(grads)
     finite = jnp.isfinite(norm)
     ours = apply(*ours, grads, norm, finite)
-    ref = reference(*ref, grads, finite)
+    ref = reference(*ref, grads, norm, finite)
     assert jax.tree.structure(ours) == jax.tree.structure(ref)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
       np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7, err_msg=f"step {step}")
