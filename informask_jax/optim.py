@@ -59,6 +59,23 @@ def make_optimizer(optim_config, num_steps: int) -> tuple[optax.GradientTransfor
   return optax.chain(*parts), schedule
 
 
+def _unless_finite(finite, new, old):
+  """`new` where the step is finite, else `old`, leaf by leaf."""
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+def optax_apply_update(tx: optax.GradientTransformation):
+  """`apply(params, opt_state, grads, grad_norm, finite) -> (params, opt_state)` through
+  `tx.update`, for any optax transformation; unchanged where not `finite`."""
+  def apply(params, opt_state, grads, grad_norm, finite):
+    del grad_norm
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    return (_unless_finite(finite, new_params, params),
+            _unless_finite(finite, new_opt_state, opt_state))
+  return apply
+
+
 def make_apply_update(optim_config, schedule: optax.Schedule):
   """`apply(params, opt_state, grads, grad_norm, finite) -> (params, opt_state)`.
 
@@ -66,7 +83,8 @@ def make_apply_update(optim_config, schedule: optax.Schedule):
   state, where `grad_norm` is the gradients' global norm; where `finite` is False, parameters and
   state are returned unchanged. The arithmetic is optax's (its moment, bias-correction and
   increment helpers, its order of operations), and the state keeps optax's layout, so checkpoints
-  and `tx.update` stay interchangeable; test_optim checks several steps against `tx.update`.
+  and `tx.update` stay interchangeable; test_optim checks several steps against
+  `optax_apply_update(tx)`.
 
   Why not `tx.update` + `optax.apply_updates`: XLA:CPU does not fuse a leaf's three outputs
   (parameter, first and second moment) into one kernel. It recomputes each new moment inside the
@@ -90,9 +108,9 @@ def make_apply_update(optim_config, schedule: optax.Schedule):
                                                     * clip), grads)
     else:
       ((adam, masked, lr_state),) = opt_state
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    mu = keep(optax.tree.update_moment(grads, adam.mu, b1, 1), adam.mu)
-    nu = keep(optax.tree.update_moment_per_elem_norm(grads, adam.nu, b2, 2), adam.nu)
+    mu = _unless_finite(finite, optax.tree.update_moment(grads, adam.mu, b1, 1), adam.mu)
+    nu = _unless_finite(finite, optax.tree.update_moment_per_elem_norm(grads, adam.nu, b2, 2),
+                        adam.nu)
     mu, nu = jax.lax.optimization_barrier((mu, nu))  # In place, before the parameters read them.
     count = optax.safe_increment(adam.count)
     mu_hat = optax.tree.bias_correction(mu, b1, count)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from informask_jax import model as model_lib
+from informask_jax import optim
 from informask_jax import sharding as sharding_lib
 
 Masker = Callable[..., dict]
@@ -78,26 +79,15 @@ def _split_micro(x, micro_steps):
   return x.reshape(x.shape[0] // micro_steps, micro_steps, *x.shape[1:]).swapaxes(0, 1)
 
 
-def optax_apply_update(tx: optax.GradientTransformation):
-  """`apply(params, opt_state, grads, grad_norm, finite)` through `tx.update`, for any optax
-  transformation (`optim.make_apply_update` is the faster equivalent for `optim.make_optimizer`)."""
-  def apply(params, opt_state, grads, grad_norm, finite):
-    del grad_norm
-    updates, new_opt_state = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    return keep(new_params, params), keep(new_opt_state, opt_state)
-  return apply
-
-
 def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, step_config: StepConfig, apply_update=None):
   """Builds the pure train step; `jit_train_step` compiles it with the shardings.
 
   `apply_update(params, opt_state, grads, grad_norm, finite) -> (params, opt_state)` applies the
-  optimizer and leaves everything unchanged where not `finite`; default: `optax_apply_update(tx)`.
+  optimizer and leaves everything unchanged where not `finite`; default:
+  `optim.optax_apply_update(tx)`.
   """
-  apply_update = apply_update or optax_apply_update(tx)
+  apply_update = apply_update or optim.optax_apply_update(tx)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], masker: Masker):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)

@@ -9,7 +9,6 @@ import pytest
 from configs import base
 from informask_jax import model as model_lib
 from informask_jax import optim
-from informask_jax import trainer as trainer_lib
 
 
 def _optim_config(schedule="linear", warmup=10):
@@ -71,7 +70,7 @@ def test_weight_decay_on_matrices_and_embeddings_only():
 
 @pytest.mark.parametrize("clip", [1.0, 0.0])
 def test_apply_update_matches_optax_chain(clip):
-  """The in-place AdamW step equals the generic optax path of the train step (tx.update +
+  """The in-place AdamW step equals the train step's generic optax path (tx.update +
   apply_updates) over steps that clip, do not clip, and are skipped (non-finite): parameters and
   the whole optimizer state, which keeps its layout."""
   oc = _optim_config(warmup=3)
@@ -83,7 +82,7 @@ def test_apply_update_matches_optax_chain(clip):
             "embed": {"embedding": rng.normal(size=(16, 8))}, "ln": {"scale": np.ones(8)}}
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
-  reference = jax.jit(trainer_lib.optax_apply_update(tx))  # tx.update + apply_updates + skip
+  reference = jax.jit(optim.optax_apply_update(tx))  # tx.update + apply_updates + skip
 
   ours, ref = (params, tx.init(params)), (params, tx.init(params))
   scales = [0.01, 5.0, float("nan"), 0.3, 20.0, 0.05]  # Global norms below and above the clip.
