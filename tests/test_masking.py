@@ -19,6 +19,8 @@ from jax.sharding import PartitionSpec as P
 from informask_jax import masking
 from informask_jax.masking import informask as informask_lib
 from informask_jax.masking import online as online_lib
+from informask_jax.masking import pmi_span as pmi_span_lib
+from informask_jax.masking import prng, select
 from informask_jax.masking import words as words_lib
 
 V = 1000
@@ -202,6 +204,36 @@ def test_corruption_split_80_10_10(name, budget):
   assert scipy.stats.chisquare(observed, sizes / sizes.sum() * observed.sum()).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("name,budget", [("random", "exact"), ("random", "bernoulli"),
+                                         ("informask", "bernoulli"), ("whole_word", "exact")])
+def test_bert_layout_specials_inside_the_input_are_never_targets(name, budget):
+  """BERT's ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, amid ordinary ids and at
+  the end of the vocabulary; [MASK] left out of special_ids (as in the issue's example) is
+  special all the same. Specials inside the text are never targets nor random replacements."""
+  specials, mask_id = (0, 100, 101, 102, V - 1), 103
+  options = {"informask": dict(rates=RATES), "whole_word": dict(continuation=CONT)}.get(name, {})
+  masker = masking.get_masker(name, vocab_size=V, mask_id=mask_id, special_ids=specials,
+                              budget=budget, **options)
+  rng = np.random.default_rng(11)
+  tokens = rng.integers(5, 800, (B, L)).astype(np.int32)
+  inner = rng.random((B, L)) < 0.05  # [UNK], [CLS], [SEP], [MASK] and the last id in the text.
+  tokens[inner] = rng.choice([100, 101, 102, 103, V - 1], inner.sum())
+  tokens[:, 0], tokens[:, -1] = 101, 102
+  tokens[:, -4:-1] = 0
+  out = jax.tree.map(np.asarray, jax.jit(masker)(jax.random.key(3), tokens))
+  never = np.isin(tokens, [*specials, mask_id])
+  assert never.sum() > B * 5
+  assert not out["mask"][never].any(), "a special token (or [MASK]) became a target"
+  assert (out["input_ids"][never] == tokens[never]).all()
+  replaced = out["input_ids"][out["mask"] & (out["input_ids"] != mask_id) &
+                               (out["input_ids"] != tokens)]
+  assert len(replaced) > 500
+  assert not np.isin(replaced, [*specials, mask_id]).any(), "a special random replacement"
+  # Uniform over the 994 non-special ids: 99 of them lie below [UNK].
+  share, expected = np.mean(replaced < 100), 99 / 994
+  assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / len(replaced)), share
+
+
 @pytest.mark.parametrize("name", ["span", "pmi_span", "pmi_bigram"])
 def test_span_and_pmi_units_are_corrupted_as_a_whole(name):
   """SpanBERT and PMI-Masking decide [MASK] / random / keep per unit, not per token."""
@@ -366,6 +398,34 @@ def test_pmi_bigram_chains_never_split():
   assert whole > 0.05 * len(planted)
 
 
+def test_bigram_lookup_at_the_largest_vocabulary():
+  """At V = 2**16 the pair (65535, 65535) packs to the table's sentinel key; it must not match."""
+  keys = pmi_span_lib.bigram_tables([(10, 11)], 65536)["bigram_keys"]
+  query = jnp.array([10 * 65536 + 11, 65535 * 65536 + 65535, 10 * 65536 + 12], jnp.uint32)
+  np.testing.assert_array_equal(pmi_span_lib._lookup(keys, query), [True, False, False])
+  keys = pmi_span_lib.bigram_tables([(65535, 65535)], 65536)["bigram_keys"]
+  np.testing.assert_array_equal(pmi_span_lib._lookup(keys, query), [False, True, False])
+
+
+def test_selection_keys_can_all_be_selected():
+  """The largest random word at the last position of a power-of-two length still gets a key
+  that threshold_select can take: a budget of every token selects every token."""
+  for length in (8, 64):
+    words = jnp.full((length,), 0xFFFFFFFF, jnp.uint32).at[:3].set(jnp.uint32(12345))
+    keys, nbits = select.unique_keys(words, length)
+    chosen, used = select.threshold_select(keys, jnp.ones(length, jnp.int32), length, nbits)
+    assert bool(chosen.all()) and int(used) == length
+
+
+def test_example_seeds_of_key_zero_are_not_degenerate():
+  seeds = np.asarray(prng.example_seeds(jax.random.key(0), 4))
+  assert (seeds != 0).all() and len({tuple(r) for r in seeds}) == 4
+  u = np.asarray(prng.uniform(prng.bits(jnp.asarray(seeds[0]), prng.SELECT, (4096,))))
+  assert abs(u.mean() - 0.5) < 0.02 and (u > 0).all() and (u < 1).all()
+  top = prng.uniform(jnp.array([0xFFFFFFFF, 0], jnp.uint32))
+  assert float(top[0]) < 1.0 and float(top[1]) > 0.0
+
+
 @pytest.mark.parametrize("budget", ["exact", "bernoulli"])
 def test_informask_frequency_follows_rates(budget):
   counts, seen = np.zeros(V), np.zeros(V)
@@ -384,6 +444,45 @@ def test_informask_frequency_follows_rates(budget):
     # increasing with it (sqrt(rate) rescaled would pass the rank test above).
     fit = scipy.stats.linregress(RATES[ids], freq)
     assert fit.rvalue > 0.95 and abs(fit.intercept) < 0.01, fit
+
+
+def test_informask_exact_single_target_is_drawn_in_proportion_to_rate():
+  """Budget 1 (8 maskable tokens, mask_prob 0.125): Gumbel-top-k's one draw picks token i with
+  probability rate_i / sum(rates) (weights rate**2 or sqrt(rate) would not)."""
+  rates = np.full(V, 0.1, np.float32)
+  ids = np.arange(10, 18)
+  rates[ids] = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.82]
+  masker = build("informask", "exact", rates=rates, mask_prob=0.125)
+  tokens = np.tile(np.concatenate([[CLS], ids, [SEP]]).astype(np.int32), (B, 1))
+  counts = np.zeros(len(ids))
+  for key in range(8):
+    out = np.asarray(jax.jit(masker)(jax.random.key(key), tokens)["mask"])
+    assert (out.sum(1) == 1).all()
+    counts += out[:, 1:-1].sum(0)
+  expected = rates[ids] / rates[ids].sum() * counts.sum()
+  assert scipy.stats.chisquare(counts, expected).pvalue > 1e-3, (counts, expected)
+
+
+def test_informask_bernoulli_corruption_split_when_rescaled_rates_exceed_one():
+  """A rare token with a high rate gets p = rate * scale > 1 (always a target): its targets are
+  still 80% [MASK], 10% random, 10% kept, not all [MASK] (u / p with p > 1 is not uniform)."""
+  rates = np.full(V, 0.01, np.float32)
+  rates[5:25] = 1.0  # ~1.6 per row among ~48 maskable: scale ~3.5, p ~3.5 for these ids.
+  masker = build("informask", "bernoulli", rates=rates)
+  fn = jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s))
+  masked = randomised = n = 0
+  for seed in range(4):
+    tokens, sentences, _ = synthetic_batch(seed)
+    out = jax.tree.map(np.asarray, fn(jax.random.key(seed), tokens, sentences))
+    rare = (tokens >= 5) & (tokens < 25)
+    assert out["mask"][rare].all(), "p > 1 must always make a target"
+    hit = rare & out["mask"]
+    n += hit.sum()
+    masked += (out["input_ids"][hit] == MASK).sum()
+    randomised += ((out["input_ids"][hit] != MASK) & (out["input_ids"][hit] != tokens[hit])).sum()
+  assert n > 3000
+  assert abs(masked / n - 0.8) < 4 * np.sqrt(0.16 / n), masked / n
+  assert abs(randomised / n - 0.1) < 4 * np.sqrt(0.09 / n), randomised / n
 
 
 def test_informask_bernoulli_without_rescaling_uses_the_rates_as_probabilities():
@@ -419,19 +518,31 @@ def test_online_picks_best_candidate_brute_force(table):
   pmi = _pmi_matrix()
   masker = masking.get_masker("informask_online", pmi=pmi, num_candidates=6, pmi_table=table,
                               **COMMON)
-  tokens, sentences, _ = synthetic_batch(21, batch=6, length=24)
-  tokens[:, 1:8] = np.arange(5, 12)  # Some tokens with PMI entries for sure.
+  dense = pmi.toarray()
+  # Rows of 24: PMI partners on both sides of an inner [SEP] (rows 0, 2, 4), padding in 1, 3, 5.
+  rng = np.random.default_rng(21)
+  firsts = rng.choice(np.arange(5, 600), (6, 9))
+  partners = np.array([[rng.choice(np.flatnonzero(dense[i])) for i in row] for row in firsts])
+  tokens = np.concatenate([[[CLS]] * 6, firsts, [[SEP]] * 6, partners, rng.integers(5, 600, (6, 3)),
+                           [[SEP]] * 6], axis=1).astype(np.int32)
+  tokens[1::2, 10] = rng.integers(5, 600, 3)  # One sentence in the odd rows ...
+  tokens[1::2, 19:] = [SEP, PAD, PAD, PAD, PAD]  # ... and padding.
+  sentences = np.where(np.isin(tokens, SPECIAL), -1, np.cumsum(tokens == SEP, 1)).astype(np.int32)
   out, aux = jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s, with_aux=True))(
       jax.random.key(2), tokens, sentences)
   out, aux = jax.tree.map(np.asarray, (out, aux))
-  dense = pmi.toarray()
+  one_sentence = np.where(sentences >= 0, 0, -1)
+  crossing = 0  # Rows where pairs across the [SEP] would change the scores.
   for b in range(tokens.shape[0]):
     expect = _brute_force_ir(tokens[b], sentences[b], aux["candidates"][b], dense)
+    crossing += not np.allclose(
+        expect, _brute_force_ir(tokens[b], one_sentence[b], aux["candidates"][b], dense))
     np.testing.assert_allclose(aux["scores"][b], expect, rtol=1e-5, atol=1e-4)
     assert aux["best"][b] == np.argmax(expect)
     np.testing.assert_array_equal(out["mask"][b], aux["candidates"][b, np.argmax(expect)])
     assert (aux["candidates"][b].sum(1) == budgets(tokens[b:b + 1])[0]).all()
   assert len(set(np.round(aux["scores"].ravel(), 3))) > 10  # candidates do differ
+  assert crossing >= 2
 
 
 def test_online_restricted_pmi_vocab():
@@ -495,6 +606,9 @@ def test_same_masks_on_1_and_8_devices(name):
     (dict(budget="poisson"), "budget"),
     (dict(mask_id=V), "outside"),
     (dict(special_ids=(0, 5000)), "outside"),
+    (dict(special_ids=()), "special_ids is empty"),
+    (dict(special_ids="0123"), "integer token ids"),
+    (dict(mask_id=4.7), "integer token ids"),
     (dict(colour="red"), "Unknown option"),
 ])
 def test_bad_shared_options_raise(kwargs, match):
@@ -531,11 +645,22 @@ def test_bad_strategy_options_raise(tmp_path):
     (np.where(np.arange(V) == 7, -0.1, 0.2), "negative"),
     (np.where(np.arange(V) == 7, np.nan, 0.2), "non-finite"),
     (np.zeros(V), "all zeros"),
+    (np.where(np.arange(V) == 7, 1e300, 0.2), "float32"),
+    (np.where(np.arange(V) < 5, 0.5, 0.0), "non-special"),
     (None, "rates"),
 ])
 def test_bad_rate_tables_raise(rates, match):
   with pytest.raises(ValueError, match=match):
     masking.get_masker("informask", rates=rates, **COMMON)
+
+
+def test_informask_rescale_option_is_checked():
+  with pytest.raises(ValueError, match="rescale"):
+    masking.get_masker("informask", rates=RATES, rescale="no", **COMMON)
+  too_big = np.where(np.arange(V) == 7, 3.0, 0.1)
+  with pytest.raises(ValueError, match="rates above 1"):
+    masking.get_masker("informask", rates=too_big, rescale=False, **COMMON)
+  masking.get_masker("informask", rates=too_big, rescale=True, **COMMON)  # Relative weights.
 
 
 def test_unreadable_rate_files_name_the_file(tmp_path):

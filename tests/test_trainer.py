@@ -143,9 +143,13 @@ def test_scanned_layers_give_the_same_losses_sharded():
   one, _ = _run(config, (1, 1, 1), 1, steps=3)
   sharded, state = _run(config, (2, 2, 2), 8, steps=3)
   np.testing.assert_allclose(sharded, one, rtol=1e-5)
-  assert one[-1] < one[0]
   query = state.params["encoder"]["layers"]["attention"]["query"]["kernel"]  # (layers, ...)
   assert query.sharding.spec == P(None, "fsdp", "tensor", None)
+  # Gradients reach every layer of the scanned stack (3 steps are too few for the loss, which
+  # moves with each step's fresh masks, to tell).
+  initial = _setup(config, (1, 1, 1), 1)[0].params["encoder"]["layers"]["attention"]["query"]
+  moved = np.abs(np.asarray(query) - np.asarray(initial["kernel"])).max(axis=(1, 2, 3))
+  assert (moved > 1e-5).all(), moved
 
 
 def test_gradient_accumulation_equals_one_large_batch(reference_run):

@@ -8,10 +8,13 @@
   out["mask"]       bool[B, L]   True at targets
 
 Strategies (MASKERS): random, whole_word, span, pmi_span, informask, informask_online; their
-options are listed in `OPTIONS` and documented in each module. Example i of the batch uses
-`fold_in(rng, i)` (i the global index), so masks do not depend on how the batch is sharded.
+options are listed in `OPTIONS` and documented in each module. Example i of the batch draws
+from a seed hashed from `rng` and i, its global index (`prng.example_seeds`), so masks do not
+depend on how the batch is sharded.
 Bad options raise ValueError here, at construction, never inside a trace.
 """
+
+import numpy as np
 
 from informask_jax.masking import contract, informask, online, pmi_span, random_tokens, words
 from informask_jax.masking.contract import IGNORE_LABEL, Masker
@@ -54,9 +57,14 @@ def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams
 
 
 def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
+  if not isinstance(rescale, bool | np.bool_):
+    raise ValueError(f"informask: rescale (masking.rescale) must be True or False, got "
+                     f"{rescale!r}.")
+  rescale = bool(rescale)
   table = informask.load_rates(rates, settings.vocab_size, missing_rate)
+  informask.check_rates_for(table, settings.special_ids, rescale)
   tables = {"rates": table, "weights": informask.weights_from_rates(table)}
-  return informask.make_select(settings, bool(rescale)), tables, (("rescale", bool(rescale)),)
+  return informask.make_select(settings, rescale), tables, (("rescale", rescale),)
 
 
 def _informask_online(settings, pmi=None, num_candidates=16, pmi_vocab_size=None,

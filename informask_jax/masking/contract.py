@@ -35,13 +35,19 @@ def check_settings(vocab_size, mask_id, special_ids, mask_prob, replace_prob, ra
   if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 2:
     raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}.")
   vocab_size = int(vocab_size)
-  try:
-    special = tuple(sorted({int(i) for i in special_ids}))
-  except TypeError:
-    raise ValueError(f"special_ids must be a sequence of token ids, got {special_ids!r}.") from None
-  for i in (*special, mask_id):
+  listed = isinstance(special_ids, list | tuple | set | frozenset | np.ndarray)
+  ids = [mask_id, *special_ids] if listed else None
+  if ids is None or not all(isinstance(i, int | np.integer) and not isinstance(i, bool)
+                            for i in ids):
+    raise ValueError(f"mask_id and special_ids must be integer token ids (special_ids a list or "
+                     f"tuple), got mask_id={mask_id!r}, special_ids={special_ids!r}.")
+  if len(ids) < 2:
+    raise ValueError("special_ids is empty; give at least the padding id (and [CLS], [SEP], ...).")
+  for i in ids:
     if not 0 <= int(i) < vocab_size:
       raise ValueError(f"Token id {i} (mask_id / special_ids) is outside [0, {vocab_size}).")
+  # [MASK] is never a target nor a random replacement, whether or not it is listed.
+  special = tuple(sorted({int(i) for i in ids}))
   if len(special) >= vocab_size:
     raise ValueError("special_ids cover the whole vocabulary: nothing could be masked.")
   for name, p in (("mask_prob", mask_prob), ("replace_prob", replace_prob),

@@ -8,6 +8,9 @@ sample-and-score procedure of `online.py`. Budgets:
   bernoulli  each token independently with p = rate, rescaled per sequence so that the expected
              fraction is mask_prob (`rescale=True`), or p = rate as stored (`rescale=False`: the
              original repository's `rand < prob` with its table already calibrated to ~15%).
+             A p above 1 acts as 1 (always a target): in a sequence of low-rate tokens a rare
+             high-rate token can get there, and the expected fraction then falls short of
+             mask_prob by the excess.
 
 Tables: `rates=` a float32[V] array, a `.npy` file (our format), or a `.json` file in the original
 repository's `id_mask_prob.json` format (token id as a string -> rate). Ids missing from a JSON
@@ -25,7 +28,7 @@ import numpy as np
 from informask_jax.masking import prng, select
 
 MIN_RELATIVE_RATE = 1e-6
-# Exponential-race keys e = -log(u) / w lie in [2**-26, 2**26) for u in (2**-25, 1) and
+# Exponential-race keys e = -log(u) / w lie in [2**-26, 2**26) for u in [2**-24, 1) and
 # w in [1e-6, 1]; their float32 bit patterns, offset, fit in 29 bits and keep the order.
 _KEY_LO = np.uint32(101 << 23)  # bits of 2.0**-26
 _KEY_HI = np.uint32((153 << 23) - 1)  # just below 2.0**26
@@ -75,7 +78,22 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
                      f"(min {table.min():.3g}); rates must be >= 0.")
   if not np.any(table > 0):
     raise ValueError(f"The {where} is all zeros.")
+  if table.max() > np.finfo(np.float32).max:
+    raise ValueError(f"The {where} has rates beyond float32's range (max {table.max():.3g}).")
   return table.astype(np.float32)
+
+
+def check_rates_for(table, special_ids, rescale):
+  """Checks that need the masker's settings: some non-special token has a positive rate, and
+  without rescaling the rates are probabilities (<= 1)."""
+  ordinary = np.ones(table.shape[0], bool)
+  ordinary[list(special_ids)] = False
+  if not np.any(table[ordinary] > 0):
+    raise ValueError("The rate table is zero on every non-special token: nothing could be masked.")
+  if not rescale and table.max() > 1.0:
+    raise ValueError(f"With rescale=False (masking.rescale) the rates are masking probabilities, "
+                     f"but the table has {int(np.sum(table > 1))} rates above 1 (max "
+                     f"{table.max():.3g}); rescale them or set rescale=True.")
 
 
 def _rates_from_json(path, vocab_size, missing_rate):
@@ -123,8 +141,10 @@ def make_select(settings, rescale):
         total = jnp.sum(rate)
         n = jnp.sum(maskable).astype(jnp.float32)
         rate = rate * jnp.where(total > 0, settings.mask_prob * n / total, 0.0)
-      # Given u < rate, u / rate is uniform: it decides [MASK] / random / keep for free.
-      return maskable & (u < rate), {"decide": u / jnp.maximum(rate, 1e-30)}
+      # Given u < p, u / p is uniform: it decides [MASK] / random / keep for free. A rate above
+      # 1 is a certain target, whose u is uniform as it is (u / rate would lean to [MASK]).
+      p = jnp.clip(rate, 1e-30, 1.0)
+      return maskable & (u < rate), {"decide": u / p}
     # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
     # position in the low bits (ties between equal floats go to the lower position).
     race = -jnp.log(u) / jax.lax.optimization_barrier(tables["weights"][tokens])  # (L,)

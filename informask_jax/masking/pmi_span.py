@@ -117,7 +117,8 @@ def bigram_tables(bigrams, vocab_size):
 
 def _lookup(sorted_keys, query):
   idx = jnp.searchsorted(sorted_keys, query)
-  return sorted_keys[idx] == query
+  # The last slot is the sentinel, which a real key can equal (pair (65535, 65535) at V = 2**16).
+  return (idx < sorted_keys.shape[0] - 1) & (sorted_keys[idx] == query)
 
 
 def longest_match(tables, tokens, starts, maskable, max_ngram_tokens):

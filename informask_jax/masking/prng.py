@@ -26,11 +26,12 @@ DECIDE = 1  # [MASK] / random / keep decision of each target.
 REPLACE = 2  # The random replacement token.
 UNITS = 3  # Unit keys (words, spans, PMI units).
 LENGTHS = 4  # Span lengths.
-CANDIDATES = 16  # informask_online: candidate k uses stream CANDIDATES + k.
+CANDIDATES = 16  # informask_online: the K candidates' keys, K * L words of one stream.
 
 _MUL1 = np.uint32(0x7FEB352D)
 _MUL2 = np.uint32(0x846CA68B)
 _GOLDEN = np.uint32(0x9E3779B9)  # 2**32 / golden ratio, odd: the Weyl increment
+_OFFSET = np.uint32(0x6A09E667)  # Any odd constant (the fractional part of sqrt(2)).
 
 
 def mix32(x):
@@ -67,7 +68,8 @@ def example_seeds(rng, batch):
     raise ValueError(f"The masker takes one key for the whole batch, got keys {rng.shape}.")
   k0, k1 = key_words(rng)
   index = jnp.arange(batch, dtype=jnp.uint32)  # The global example index (B is the global batch).
-  s0 = mix32((index * _GOLDEN) ^ k0)
+  # The odd offset: mix32(0) == 0, so key 0 would otherwise give example 0 the seed (0, 0).
+  s0 = mix32((index * _GOLDEN + _OFFSET) ^ k0)
   s1 = mix32(s0 + k1)
   return jnp.stack([s0, mix32(s1 ^ k0)], axis=-1)  # (B, 2)
 
@@ -83,8 +85,9 @@ def bits(seed, stream, shape):
 
 
 def uniform(words):
-  """Floats in (0, 1) from the top 24 bits of uint32 words (never exactly 0 or 1)."""
-  return ((words >> 8).astype(jnp.float32) + 0.5) * np.float32(1.0 / (1 << 24))
+  """Floats in (0, 1) from the top 23 bits of uint32 words (never exactly 0 or 1: k + 0.5 is
+  exact in float32 for k < 2**23, not above, where the top value would round to 1)."""
+  return ((words >> 9).astype(jnp.float32) + 0.5) * np.float32(1.0 / (1 << 23))
 
 
 def dropout_keep(rng, shape, rate):

@@ -28,20 +28,23 @@ def position_bits(length):
 def unique_keys(words, length):
   """uint32 keys, unique within a sequence: 16 random bits, then the position (tie-break).
 
-  Returns (keys, nbits) with keys < 2**nbits. Two tokens share the random part with probability
-  2**-16, and only then does the lower position win: a negligible bias.
+  Returns (keys, nbits) with keys < 2**nbits - 1 (`threshold_select` cannot select the key
+  2**nbits - 1, so the random part stops at 2**16 - 2). Two tokens share the random part with
+  probability ~2**-16, and only then does the lower position win: a negligible bias.
   """
   pb = position_bits(length)
   pos = jnp.arange(length, dtype=jnp.uint32)
-  keys = ((words >> (32 - RANDOM_KEY_BITS)) << pb) | pos
+  top = np.uint32((1 << RANDOM_KEY_BITS) - 2)
+  keys = (jnp.minimum(words >> (32 - RANDOM_KEY_BITS), top) << pb) | pos
   return keys, RANDOM_KEY_BITS + pb
 
 
 def threshold_select(keys, weights, budget, nbits):
   """Selects key < t for the largest t with sum(weights[keys < t]) <= budget.
 
-  keys: uint32[..., L] < 2**nbits; weights: int32[..., L] (0 for non-candidates, whose keys do
-  not matter); budget: int32[...]. Returns (selected bool[..., L], used int32[...]).
+  keys: uint32[..., L] < 2**nbits - 1 (t is at most 2**nbits - 1, so a key of that value could
+  never be selected); weights: int32[..., L] (0 for non-candidates, whose keys do not matter);
+  budget: int32[...]. Returns (selected bool[..., L], used int32[...]).
   """
   def step(i, t):  # One key bit, from the highest; a loop over bits, not over B or L.
     cand = t | (jnp.uint32(1) << (nbits - 1 - i).astype(jnp.uint32))
