@@ -577,6 +577,9 @@ def test_same_key_same_masks_other_key_differs():
 
 @pytest.mark.parametrize("name", ["span", "informask_online"])
 def test_same_masks_on_1_and_8_devices(name):
+  # Under jit a deterministic program has the same result however it is sharded; what this
+  # guards is the random bits: a generator whose values follow the sharding (rbg keys,
+  # non-partitionable threefry, a per-shard index) would fail it.
   devices = jax.devices()
   assert len(devices) >= 8, "conftest simulates 8 CPU devices"
   masker = build(name)
@@ -652,6 +655,19 @@ def test_bad_strategy_options_raise(tmp_path):
 def test_bad_rate_tables_raise(rates, match):
   with pytest.raises(ValueError, match=match):
     masking.get_masker("informask", rates=rates, **COMMON)
+
+
+def test_bad_tables_and_ids_raise():
+  with pytest.raises(ValueError, match="booleans"):
+    masking.get_masker("whole_word", continuation=np.where(CONT, "True", "False"), **COMMON)
+  with pytest.raises(ValueError, match="all zeros"):
+    masking.get_masker("informask_online", pmi=scipy.sparse.coo_matrix((V, V)), **COMMON)
+  masker = masking.get_masker("random", **COMMON)
+  tokens = np.full((2, 8), 7, np.int32)
+  for bad in (V, -3):
+    tokens[1, 3] = bad
+    with pytest.raises(ValueError, match="outside the masker's vocabulary"):
+      masker(jax.random.key(0), tokens)
 
 
 def test_informask_rescale_option_is_checked():

@@ -43,7 +43,7 @@ def _span(settings, continuation=None, geometric_p=0.2, max_span_len=10):
 def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams=None,
               max_ngram_tokens=12):
   pmi_span.check_variant(variant)
-  if isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int) or \
+  if isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int | np.integer) or \
       not 2 <= max_ngram_tokens <= 64:
     raise ValueError(f"max_ngram_tokens must be an integer in [2, 64], got {max_ngram_tokens!r}.")
   table = contract.as_bool_table(continuation, settings.vocab_size, "pmi_span: continuation")
@@ -52,8 +52,8 @@ def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams
     tables.update(pmi_span.ngram_tables(ngrams, settings.vocab_size, max_ngram_tokens))
   else:
     tables.update(pmi_span.bigram_tables(bigrams, settings.vocab_size))
-  options = (("variant", variant), ("max_ngram_tokens", max_ngram_tokens))
-  return pmi_span.make_select(settings, variant, max_ngram_tokens), tables, options
+  options = (("variant", variant), ("max_ngram_tokens", int(max_ngram_tokens)))
+  return pmi_span.make_select(settings, variant, int(max_ngram_tokens)), tables, options
 
 
 def _informask(settings, rates=None, rescale=True, missing_rate="mean"):

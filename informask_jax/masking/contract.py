@@ -125,6 +125,11 @@ class Masker:
       raise ValueError(f"token_ids must be int[B, L], got shape {token_ids.shape}.")
     token_ids = token_ids.astype(jnp.int32)
     batch, length = token_ids.shape
+    if not isinstance(token_ids, jax.core.Tracer) and token_ids.size:  # Called eagerly: check.
+      low, high = int(token_ids.min()), int(token_ids.max())
+      if low < 0 or high >= self.settings.vocab_size:
+        raise ValueError(f"token_ids hold ids in [{low}, {high}], outside the masker's "
+                         f"vocabulary [0, {self.settings.vocab_size}).")
     if sentence_ids is None:
       sentence_ids = jnp.zeros_like(token_ids)  # One sentence; specials are excluded anyway.
     elif jnp.shape(sentence_ids) != token_ids.shape:
@@ -167,5 +172,8 @@ def as_bool_table(table, vocab_size, what):
   arr = np.asarray(table)
   if arr.ndim != 1 or arr.shape[0] < vocab_size:
     raise ValueError(f"{what} must be bool[{vocab_size}], got shape {arr.shape}.")
+  if arr.dtype != bool and not (np.issubdtype(arr.dtype, np.number) and
+                                np.isin(arr, (0, 1)).all()):
+    raise ValueError(f"{what} must hold booleans (or 0 / 1), got dtype {arr.dtype}.")
   return arr[:vocab_size].astype(bool)
 

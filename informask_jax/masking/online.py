@@ -51,6 +51,9 @@ def load_pmi(pmi, vocab_size):
   pmi.sum_duplicates()
   if not np.all(np.isfinite(pmi.data)):
     raise ValueError("PMI matrix has non-finite entries.")
+  if not np.any(pmi.data != 0):
+    raise ValueError("PMI matrix is all zeros: every candidate would score 0 and "
+                     "informask_online would be random masking.")
   return pmi
 
 
