@@ -36,6 +36,10 @@ def has_finalized_checkpoint(workdir) -> bool:
       for p in directory.iterdir())
 
 
+def _eval_loss(metrics) -> float:
+  return metrics["eval_loss"]
+
+
 def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
   # Keep the latest `keep` checkpoints and, besides them, the best one by validation loss.
   if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -43,12 +47,15 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
                      "every new checkpoint but the best would be deleted once written).")
   preserve = policy_lib.AnyPreservationPolicy([
       policy_lib.LatestN(n=keep),
-      policy_lib.BestN(get_metric_fn=lambda m: m["eval_loss"], reverse=True, n=1,
+      policy_lib.BestN(get_metric_fn=_eval_loss, reverse=True, n=1,
                        keep_checkpoints_without_metrics=False),
   ])
+  # best_fn is what makes orbax write each step's metrics to disk: without it a reopened manager
+  # (a resume) sees no metrics on the old steps, and the best one is rotated out as not-latest.
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=preserve, enable_async_checkpointing=not read_only, create=not read_only,
-      read_only=read_only, cleanup_tmp_directories=not read_only)  # Leftovers of killed saves.
+      preservation_policy=preserve, best_fn=_eval_loss, best_mode="min",
+      enable_async_checkpointing=not read_only, create=not read_only, read_only=read_only,
+      cleanup_tmp_directories=not read_only)  # Leftovers of killed saves.
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
@@ -80,7 +87,16 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: dict, meta: dict, *, eval_loss=None,
            force: bool = False) -> bool:
-    """Starts an asynchronous save; returns False (and saves nothing) for a non-finite state."""
+    """Starts an asynchronous save; returns False (and saves nothing) for a non-finite state or
+    one whose last step was skipped."""
+    skips = int(state.consecutive_skips)
+    if skips:
+      # Parameters blown up to huge but finite values make every later step non-finite: saving
+      # then would rotate the last good checkpoints out before the run stops.
+      logging.warning("Deferring the checkpoint of step %d: the last %d step(s) were skipped for "
+                      "a non-finite loss or gradient. The last good checkpoint stays the latest.",
+                      step, skips)
+      return False
     if not all_finite(state.params):
       logging.error("Not saving step %d: the parameters hold NaN or Inf. The last good "
                     "checkpoint stays the latest.", step)
@@ -121,6 +137,11 @@ class Checkpointer:
     except Exception as e:  # Truncated or missing files: name the step and the way out.
       raise _unreadable(self.workdir, step, self.all_steps(), e) from e
     return restored["state"], restored["data"], restored["meta"]
+
+  def unreadable(self, step: int, error) -> "CheckpointReadError":
+    """The error for a step whose content is unusable, found after the restore (e.g. a malformed
+    data iterator state), with the step to fall back to."""
+    return _unreadable(self.workdir, step, self.all_steps(), error)
 
   def read_meta(self, step: int) -> dict:
     return _read_meta(self.manager, self.workdir, step)

@@ -5,18 +5,23 @@ naming the key, with its nearest valid name, instead of a traceback.
 """
 
 import contextlib
+import difflib
 import logging
 import os
+import re
 import sys
 
 from absl import flags
 
 
 class _LibraryInfoFilter(logging.Filter):
-  """Drops INFO records from orbax, which logs every step of every save at that level."""
+  """Drops INFO records from orbax, which logs every step of every save at that level, and its
+  warning for a save without metrics: steps saved between evaluations have none, by design."""
 
   def filter(self, record):
-    return record.levelno > logging.INFO or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    return record.levelno > logging.INFO and "did not provide metrics" not in record.getMessage()
 
 
 def quiet_library_logs() -> None:
@@ -66,6 +71,49 @@ def _config_package_on_path(argv: list[str]) -> None:
       sys.path.insert(0, root)
 
 
+def _unknown_key(argv: list[str]) -> str | None:
+  """For an override of a key the config lacks, e.g. --config.train.steps=4: the flag, the valid
+  keys of its parent and the nearest one; None when no override names a missing key.
+
+  ml_collections' own error names the last key alone ("steps"), and suggests a key only when one
+  is very close.
+  """
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+  if value is None or "config" not in flags.FLAGS:
+    return None
+  try:  # The failed parse kept no config: load the file again (it is cheap and already imported).
+    config = flags.FLAGS["config"].parser.parse(value)
+  except Exception:
+    return None
+  for arg in argv:
+    match = re.match(r"--?config\.([^=]+)", arg)
+    if not match:
+      continue
+    node, parent = config, "config"
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", match.group(1)):
+      if part.startswith("["):
+        try:
+          node, parent = node[int(part[1:-1])], parent + part
+        except (IndexError, KeyError, TypeError):
+          break  # Reported by the caller's own message.
+        continue
+      if not hasattr(node, "keys"):
+        break
+      keys = sorted(str(k) for k in node.keys())
+      if part not in keys:
+        nearest = difflib.get_close_matches(part, keys, 1)
+        hint = f' Did you mean "{parent}.{nearest[0]}"?' if nearest else ""
+        return (f"--config.{match.group(1)}: `{parent}` has no key {part!r}.{hint} "
+                f"`{parent}` has: {', '.join(keys)}.")
+      node, parent = node[part], f"{parent}.{part}"
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   _config_package_on_path(argv)
   try:
@@ -79,6 +127,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = str(e).strip()
     if isinstance(e, KeyError | AttributeError):  # Their str() is the quoted repr of a message.
       message = message.strip("'\"").replace("\\n", " ").replace("\\'", "'")
+      message = _unknown_key(argv) or message
     if isinstance(e, IndexError):  # A list index past the end: --config.data.sources[3].kind=x
       message = f"{message} (a --config.x[i] index past the end of that list)"
     # ml_collections quotes a config file's failure with its traceback: keep the last line.

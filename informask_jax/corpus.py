@@ -231,6 +231,9 @@ def check_sources(data_config):
                        f"{', '.join(SOURCE_KINDS)}.")
     if kind != "wiki_vital" and not s.get("name"):
       raise ValueError(f"config.data.sources[{i}].name is empty (kind={kind!r}).")
+  limit = data_config.get("max_documents", -1)
+  if isinstance(limit, bool) or not isinstance(limit, int) or limit == 0 or limit < -1:
+    raise ValueError(f"config.data.max_documents={limit!r} must be -1 for all documents, or >= 1.")
   return sources
 
 

@@ -396,12 +396,27 @@ class BatchIterator:
             "global_batch_size": self.global_batch_size}
 
   def restore(self, state):
+    epoch, position = _saved_ints(state, ("epoch", "position"))
     _check_saved_settings(state, self, ("seed", "shuffle", "num_rows", "global_batch_size"))
-    position = int(state["position"])
     if not 0 <= position < self.batches_per_epoch:
-      raise ValueError(f"Iterator state position={position} is outside the epoch's "
-                       f"{self.batches_per_epoch} batches.")
-    self.epoch, self.position = int(state["epoch"]), position
+      raise IteratorStateError(f"Iterator state position={position} is outside the epoch's "
+                               f"{self.batches_per_epoch} batches.")
+    self.epoch, self.position = epoch, position
+
+
+class IteratorStateError(ValueError):
+  """A saved iterator state that no iterator could have written: a damaged checkpoint."""
+
+
+def _saved_ints(state, keys) -> list[int]:
+  """The integer fields `keys` of a saved iterator state; IteratorStateError if one is not."""
+  if not isinstance(state, dict):
+    raise IteratorStateError(f"The data iterator state is {state!r}, not a JSON object.")
+  for key in keys:
+    value = state.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+      raise IteratorStateError(f"The data iterator state has {key}={value!r}, not an integer.")
+  return [int(state[key]) for key in keys]
 
 
 def _check_saved_settings(state, iterator, keys):
@@ -598,9 +613,9 @@ class StreamingBatchIterator:
             "global_batch_size": self.global_batch_size}
 
   def restore(self, state):
+    epoch, chunk, offset = _saved_ints(state, ("epoch", "chunk", "offset"))
     _check_saved_settings(state, self, ("seed", "shuffle", "chunk_documents", "global_batch_size"))
-    self.epoch, self.chunk, self.offset = (int(state["epoch"]), int(state["chunk"]),
-                                           int(state["offset"]))
+    self.epoch, self.chunk, self.offset = epoch, chunk, offset
     self._chunks = None
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -540,16 +541,27 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   # Hugging Face stores each tied tensor once; the aliases are rebuilt when the model loads.
   tensors = {k: v for k, v in state.items() if k not in _TIED[fmt]}
 
-  os.makedirs(out_dir, exist_ok=True)
-  hf_config.save_pretrained(out_dir)
-  save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-  if tokenizer_dir is not None:
-    _copy_tokenizer(tokenizer_dir, out_dir, tokenizer, cfg.type_vocab_size)
-  report = {"out_dir": out_dir, "format": fmt, "architecture": MLM_ARCHITECTURE[fmt],
-            "num_parameters": int(sum(v.size for v in tensors.values())),
-            "files": sorted(os.listdir(out_dir))}
-  if verify:
-    report.update(verify_export(params, cfg, out_dir))
+  # Written and verified in a sibling directory, then moved in: a failed export leaves no
+  # unverified model in out_dir (nor files that would make a retry need --overwrite).
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.",
+                             suffix=".tmp", dir=parent)
+  try:
+    hf_config.save_pretrained(staging)
+    save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer_dir is not None:
+      _copy_tokenizer(tokenizer_dir, staging, tokenizer, cfg.type_vocab_size)
+    report = {"out_dir": out_dir, "format": fmt, "architecture": MLM_ARCHITECTURE[fmt],
+              "num_parameters": int(sum(v.size for v in tensors.values())),
+              "files": sorted(os.listdir(staging))}
+    if verify:
+      report.update(verify_export(params, cfg, staging, name=out_dir))
+    os.makedirs(out_dir, exist_ok=True)
+    for name in report["files"]:  # Same file system: each file is replaced atomically.
+      os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   logging.info("Exported to %s: %s", out_dir, report)
   return report
 
@@ -580,12 +592,15 @@ def _verification_inputs(cfg: MLMConfig, out_dir: str, seed: int = 0):
   return batches
 
 
-def verify_export(params, cfg: MLMConfig, out_dir: str, *, seed: int = 0) -> dict:
+def verify_export(params, cfg: MLMConfig, out_dir: str, *, seed: int = 0,
+                  name: str | None = None) -> dict:
   """Compares our logits with `AutoModelForMaskedLM.from_pretrained(out_dir)` in float32.
 
   Returns {"max_abs_diff", "top1_agree", "positions", "near_ties"} over all non-padding
   positions; raises `ExportMismatchError` if the difference exceeds MAX_ABS_DIFF or a top-1
   prediction differs (flips between logits within TIE_GAP are counted as near_ties, not errors).
+  `name` stands for `out_dir` in the messages (the export's destination, when checking a staged
+  copy).
   """
   import jax
   import torch
@@ -602,8 +617,8 @@ def verify_export(params, cfg: MLMConfig, out_dir: str, *, seed: int = 0) -> dic
       out_dir, dtype=torch.float32, output_loading_info=True)
   problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
   if problems or info.get("error_msgs"):
-    raise ExportMismatchError(f"transformers did not load {out_dir} cleanly: {problems} "
-                              f"{info.get('error_msgs')}")
+    raise ExportMismatchError(f"transformers did not load {name or out_dir} cleanly: "
+                              f"{problems} {info.get('error_msgs')}")
   hf_model.eval()
 
   apply = jax.jit(lambda p, ids, types: model.apply({"params": p}, ids, types))
@@ -628,8 +643,9 @@ def verify_export(params, cfg: MLMConfig, out_dir: str, *, seed: int = 0) -> dic
             "near_ties": ties}
   if max_diff > MAX_ABS_DIFF or agree + ties < total:
     raise ExportMismatchError(
-        f"Export of {out_dir} does not match our model: max |logit diff| = {max_diff:.3g} "
-        f"(allowed {MAX_ABS_DIFF}), top-1 agreement {agree}/{total} ({ties} near-ties).")
+        f"Export of {name or out_dir} does not match our model: max |logit diff| = "
+        f"{max_diff:.3g} (allowed {MAX_ABS_DIFF}), top-1 agreement {agree}/{total} ({ties} "
+        "near-ties).")
   return result
 
 

@@ -43,9 +43,13 @@ def check_config(config) -> None:
   data.check_config(config)
   t, m = config.train, config.model
   for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
-              "keep_checkpoints", "stop_sync_every"):
+              "keep_checkpoints", "stop_sync_every", "max_consecutive_skips"):
     if t[key] <= 0:
       raise ValueError(f"config.train.{key}={t[key]} must be positive.")
+  if t.eval_batches == 0 or t.eval_batches < -1:
+    # No batch would give a loss of 0, which would also win the best-checkpoint selection.
+    raise ValueError(f"config.train.eval_batches={t.eval_batches} must be >= 1, or -1 for the "
+                     "whole validation split.")
   optim.check_config(config.optim)
   # The model's and the masking's own validation, on stand-in vocabulary ids, so that a typo
   # fails now rather than after the corpus is tokenized.
@@ -192,7 +196,10 @@ def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
                     jax.random.fold_in(rng, index))
     for key, value in jax.device_get(out).items():
       sums[key] += float(value)
-  loss = sums["loss_sum"] / max(sums["num_targets"], 1.0)
+  if sums["num_targets"] == 0:  # A loss of 0 would be logged, and win the best checkpoint.
+    raise ValueError("The evaluation had no masked tokens to predict: the validation split is "
+                     "too small (raise config.data.validation_fraction).")
+  loss = sums["loss_sum"] / sums["num_targets"]
   return {"eval_loss": loss, "eval_perplexity": float(min(jax.numpy.exp(loss), 1e30)),
           "eval_accuracy": sums["correct_sum"] / max(sums["num_targets"], 1.0)}
 
@@ -255,7 +262,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
     del state  # Free the fresh state before the restored one arrives.
     state, data_state, _ = checkpointer.restore(step, abstract)
-    train_iter.restore(data_state)
+    try:
+      train_iter.restore(data_state)
+    except data.IteratorStateError as e:
+      raise checkpointer.unreadable(step, e) from e
     logging.info("Resumed from step %d in %s.", step, workdir)
     if step >= config.train.num_steps:
       logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
@@ -288,6 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   t = config.train
   step = int(jax.device_get(state.step))
   pending, last_log, last_eval = [], {}, {}
+  save_due = False  # A refused save (skipped steps) is retried at every step until one is made.
   previous = None  # The previous step's metrics (pending is emptied at every log).
   tokens_per_step = t.batch_size * config.data.seq_len
   progress = tqdm.tqdm(total=t.num_steps, initial=step, disable=not is_main, desc="train",
@@ -304,10 +315,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         state, step_metrics = train_step(state, next(batches))
         # Check the previous step's skip counter: already computed, so no pipeline stall.
         if previous is not None and int(previous["consecutive_skips"]) >= t.max_consecutive_skips:
+          latest = checkpointer.latest_step()
           raise TrainingStopped(
               f"{t.max_consecutive_skips} consecutive steps up to step {step} had a non-finite "
               "loss or gradient and were skipped; parameters are those of the last finite step. "
-              "Lower the learning rate or check the data; resume from the last checkpoint.")
+              "Lower the learning rate or check the data; " + (
+                  f"resume from the last checkpoint (step {latest})." if latest is not None
+                  else "no checkpoint was written, start over."))
         pending.append(step_metrics)
         previous = step_metrics
         step += 1
@@ -337,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
         stopping = stop.stop_now(step, t.stop_sync_every)
         evaluated = step % t.eval_every == 0 or step == t.num_steps
-        saving = step % t.checkpoint_every == 0 or step == t.num_steps or stopping
+        saving = step % t.checkpoint_every == 0 or step == t.num_steps or stopping or save_due
         if evaluated or saving:
           jax.block_until_ready(state)  # The steps before are training time.
           paused = time.time()
@@ -350,13 +364,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           saved = checkpointer.save(step, state, batches.state(), meta,
                                     eval_loss=last_eval.get("eval_loss") if evaluated else None,
                                     force=True)
+          save_due = not saved
         if stopping:
           checkpointer.wait()
           logging.warning(
               "Received %s: %s; exiting. Run the same command to resume.", stopping,
               f"saved a checkpoint at step {step} in {workdir}" if saved else
-              f"step {step} was not saved (non-finite parameters), the latest checkpoint is "
-              f"step {checkpointer.latest_step()}")
+              f"step {step} was not saved (non-finite parameters or skipped steps), the latest "
+              f"checkpoint is step {checkpointer.latest_step()}")
           break
         if evaluated or saving:
           interval_start += time.time() - paused

@@ -153,3 +153,18 @@ def test_restore_params_errors_name_what_is_missing(tmp_path):
   saver.close()
   with pytest.raises(ValueError, match=r"No checkpoint at step 7 .* available steps: \[3\]"):
     checkpointing.restore_params(tmp_path, step=7)
+
+
+def test_the_best_checkpoint_survives_a_resume(tmp_path):
+  """The best step by eval loss must outlive the latest-N rotation after the manager is reopened,
+  as on a resume; steps saved without an evaluation (final, pre-emption) are fine alongside."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path, keep=1)
+  for step, loss in ((1, 1.0), (2, 5.0)):
+    assert saver.save(step, state, {}, _meta(), eval_loss=loss, force=True)
+  saver.close()
+  saver = checkpointing.Checkpointer(tmp_path, keep=1)  # A resume reads the steps from disk.
+  for step, loss in ((3, 6.0), (4, 7.0), (5, None)):
+    assert saver.save(step, state, {}, _meta(), eval_loss=loss, force=True)
+  saver.close()
+  assert checkpointing.Checkpointer(tmp_path, keep=1).all_steps() == [1, 5]

@@ -246,6 +246,11 @@ def test_state_restore_resumes_at_the_exact_next_batch(drop_remainder):
     next(it)
   with pytest.raises(ValueError, match="num_rows=30"):
     data.BatchIterator(_rows(31), 4, seed=1, process_index=0, process_count=1).restore(state)
+  for bad, message in (({**state, "epoch": "x"}, "epoch='x', not an integer"),
+                       ({**state, "position": None}, "position=None"),
+                       ([], r"is \[\], not a JSON object")):
+    with pytest.raises(data.IteratorStateError, match=message):
+      make().restore(bad)
 
 
 def test_eval_batches_fixed_order_padded_and_split_over_hosts():

@@ -343,3 +343,24 @@ def test_a_trained_tokenizer_is_exported_under_a_class_transformers_4_knows(tmp_
   assert settings["tokenizer_class"] in ("PreTrainedTokenizerFast", "BertTokenizerFast")
   again = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
   assert again("the cat")["input_ids"] == trained("the cat")["input_ids"]
+
+
+def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir, monkeypatch):
+  cfg = tiny_config("bert")
+  params = tiny_params(cfg)
+  out = tmp_path / "hf"
+  monkeypatch.setattr(export, "MAX_ABS_DIFF", -1.0)  # Every export now fails its check.
+  with pytest.raises(export.ExportMismatchError, match=f"Export of {out} does not match"):
+    export.export_to_hf(params, cfg, str(out), tokenizer_dir=tokenizer_dir)
+  assert os.listdir(tmp_path) == []  # Neither the unverified files nor the staging directory.
+  monkeypatch.undo()
+  report = export.export_to_hf(params, cfg, str(out), tokenizer_dir=tokenizer_dir)  # The retry.
+  assert report["max_abs_diff"] <= export.MAX_ABS_DIFF and os.listdir(tmp_path) == ["hf"]
+  assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
+  good = (out / "model.safetensors").read_bytes()
+  # With --overwrite, a failing export of other parameters keeps the verified one in place.
+  monkeypatch.setattr(export, "MAX_ABS_DIFF", -1.0)
+  with pytest.raises(export.ExportMismatchError):
+    export.export_to_hf(tiny_params(cfg, seed=3), cfg, str(out), tokenizer_dir=tokenizer_dir,
+                        overwrite=True)
+  assert (out / "model.safetensors").read_bytes() == good and os.listdir(tmp_path) == ["hf"]

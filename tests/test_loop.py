@@ -188,6 +188,14 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
     loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert (tmp_path / "metrics.jsonl").exists()
+  # A hand-edited (or damaged) data iterator state is a damaged checkpoint, named as such.
+  config.train.overwrite, config.train.resume, config.init_from = False, True, ""
+  config.model.num_layers = 1
+  data_file = checkpointing.checkpoint_dir(tmp_path) / "2" / "data" / "metadata"
+  data_file.write_text(json.dumps({**json.loads(data_file.read_text()), "epoch": "x"}))
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r"step 2 .* is damaged or incomplete .*epoch='x', not an integer"):
+    loop.train_and_evaluate(config, tmp_path)
 
 
 def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
@@ -196,16 +204,39 @@ def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
   config.masking.name = "random"
   config.optim.warmup_steps = 0
   config.optim.learning_rate = 1e38  # The first update blows the parameters up.
-  with pytest.raises(loop.TrainingStopped, match="3 consecutive steps"):
+  # Step 1 is applied (and blows the parameters up); steps 2, 3 and 4 are skipped: the third in
+  # a row stops the run.
+  with pytest.raises(loop.TrainingStopped, match="3 consecutive steps up to step 4 had"):
     loop.train_and_evaluate(config, tmp_path)
   # Skipped steps do not advance the schedule: the logged rate is the one the optimizer used.
-  logged = [m for _, m in sorted(_read_metrics(tmp_path).items())]
+  metrics = _read_metrics(tmp_path)
+  logged = [m for _, m in sorted(metrics.items())]
   _, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
-  assert len(logged) >= 3 and logged[0]["skipped_steps"] == 0
-  assert all(m["skipped_steps"] == 1 for m in logged[1:])
+  assert sorted(metrics) == [1, 2, 3, 4] and logged[0]["skipped_steps"] == 0
+  assert [m["skipped_steps"] for m in logged[1:]] == [1, 1, 1]
   assert [m["learning_rate"] for m in logged[1:]] == pytest.approx(
       [float(schedule(1))] * (len(logged) - 1), rel=1e-6)
   assert np.isfinite(logged[0]["grad_norm"])
+
+
+def test_skipped_steps_never_rotate_out_the_last_good_checkpoint(tiny_config, tmp_path, caplog):
+  """Parameters blown up to huge but finite values make every later step non-finite: neither the
+  scheduled saves during that streak nor the final one may replace the good checkpoint."""
+  config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000,
+                  max_consecutive_skips=4)
+  config.masking.name = "random"
+  config.optim.warmup_steps = 0
+  loop.train_and_evaluate(config, tmp_path)  # A good checkpoint at step 2.
+  config.optim.learning_rate = 1e38  # Step 3 blows the parameters up; steps 4, 5, ... skip.
+  config.train.num_steps = 50
+  with pytest.raises(loop.TrainingStopped, match=r"resume from the last checkpoint \(step 2\)"):
+    loop.train_and_evaluate(config, tmp_path)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
+  assert "Deferring the checkpoint of step 4: the last 1 step(s) were skipped" in caplog.text
+  config.train.num_steps = 5  # Ends on a skipped step: the final save is deferred too.
+  config.train.max_consecutive_skips = 10
+  assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
 
 
 def test_evaluation_masks_each_batch_with_its_own_key(tiny_config, monkeypatch):
@@ -243,6 +274,15 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
                                "config.init_from: No checkpoints in"),
                               ("train.keep_checkpoints", 0,
                                r"config.train.keep_checkpoints=0 must be positive"),
+                              ("train.max_consecutive_skips", 0,
+                               r"config.train.max_consecutive_skips=0 must be positive"),
+                              ("train.eval_batches", 0,
+                               r"config.train.eval_batches=0 must be >= 1, or -1 for the whole"),
+                              ("train.eval_batches", -2, r"config.train.eval_batches=-2 must be"),
+                              ("data.max_documents", 0,
+                               r"config.data.max_documents=0 must be -1 for all documents, or "
+                               r">= 1"),
+                              ("data.max_documents", -5, r"config.data.max_documents=-5 must be"),
                               ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
                               ("model.compute_dtype", "fp16", r"model.compute_dtype='fp16'"),
                               ("optim.learning_rate", -1.0,
@@ -257,13 +297,22 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
       loop.train_and_evaluate(tiny_config, tmp_path)
 
 
-def test_train_py_names_a_mistyped_key():
+@pytest.mark.parametrize("flag,message", [
+    ("--config.train.bach_size=3", '--config.train.bach_size: `config.train` has no key '
+     '\'bach_size\'. Did you mean "config.train.batch_size"? `config.train` has: batch_size, '
+     'checkpoint_every, eval_batches,'),
+    # No close match: the full flag and its parent's keys still say where the typo is.
+    ("--config.train.steps=4", "--config.train.steps: `config.train` has no key 'steps'."),
+    ("--config.train.steps=4", "num_steps, overwrite, resume, seed, stop_sync_every."),
+    ("--config.data.sources[0].kindd=x", "`config.data.sources[0]` has: config, kind, name,"),
+])
+def test_train_py_names_a_mistyped_key(flag, message):
   out = subprocess.run(
       [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/random.py:tiny"),
-       "--config.train.bach_size=3"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+       flag], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
       capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
-  assert 'Did you mean "batch_size"' in out.stderr, out.stderr[-2000:]
+  assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
 
 
 def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
