@@ -67,6 +67,9 @@ def _clean_batch(batch):
   keys = batch.get("_key") or batch["text"]
   out = {"text": [], "_bucket": []}
   for text, key in zip(batch["text"], keys, strict=True):
+    if text is not None and not isinstance(text, str):
+      raise ValueError(f"A document's text (the source's text_field, config.data.sources[i]."
+                       f"text_field) is {type(text).__name__} {text!r:.60}, not a string.")
     text = clean_text(text or "")
     if text:
       out["text"].append(text)

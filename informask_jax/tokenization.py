@@ -74,10 +74,11 @@ def _add_post_processor(tok):
 def _from_vocab_file(path, lowercase):
   with open(path, encoding="utf-8") as f:
     vocab = {}
-    for line in f:
-      token = line.rstrip("\n")
-      if token and token not in vocab:
-        vocab[token] = len(vocab)
+    # The id is the line number, as in tokenizers and transformers (a repeated token keeps its
+    # last line), so ids match a released checkpoint's embedding rows.
+    for index, line in enumerate(f):
+      if line.rstrip("\n"):
+        vocab[line.rstrip("\n")] = index
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]
   if missing:
     raise ValueError(f"config.tokenizer.name_or_path={path!r}: the vocabulary lacks {missing}.")

@@ -144,6 +144,15 @@ def test_txt_reader_matches_the_corpus_reader(tmp_path):
   assert list(bp.read_documents(str(path), "text", opener=lambda p: open(p, "rb"))) == expected
 
 
+def test_json_array_and_non_text_fields_name_the_file(tmp_path):
+  array = tmp_path / "docs.json"
+  array.write_text(json.dumps([{"text": "a"}, {"text": "b"}], indent=1))
+  with pytest.raises(ValueError, match=r"docs.json, line 1: not JSON Lines"):
+    list(bp.read_documents(str(array), "text", opener=lambda p: open(p, "rb")))
+  with pytest.raises(ValueError, match="is int 3, not a string"):
+    bp._clean(3)
+
+
 def test_bad_input_fails_before_the_pipeline(shards, tmp_path):
   _beam()
   config = _config(tmp_path, shards)

@@ -136,6 +136,13 @@ def test_missing_text_field(tmp_path):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
 
 
+def test_text_field_that_is_not_text(tmp_path):
+  path = tmp_path / "a.jsonl"
+  path.write_text(json.dumps({"body": 3}) + "\n")
+  with pytest.raises(ValueError, match=r"text_field\) is int 3, not a string"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), text_field="body")]))
+
+
 def test_empty_corpus(tmp_path):
   blank = tmp_path / "blank.txt"
   blank.write_text("\n \n\t\n")

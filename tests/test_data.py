@@ -381,6 +381,15 @@ def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer)
     resumed.restore(json.loads(json.dumps(it.state())))
     for a, b in zip(_take(resumed, 4), reference[step:step + 4], strict=True):
       np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
+  # The two hosts' rows, side by side, are one host's global batch: disjoint, nothing lost.
+  make_host = lambda i, n: data.StreamingBatchIterator(
+      pipeline.train_stream, bert_tokenizer, 32, ids, "full_sentences", 4, seed=1,
+      chunk_documents=25, shuffle_buffer=16, process_index=i, process_count=n)
+  whole, host0, host1 = make_host(0, 1), make_host(0, 2), reference
+  for step in range(24):
+    g, h0 = next(whole)["token_ids"], next(host0)["token_ids"]
+    assert len(h0) == len(host1[step]["token_ids"]) == 2
+    np.testing.assert_array_equal(np.concatenate([h0, host1[step]["token_ids"]]), g)
   other_seed = data.StreamingBatchIterator(
       pipeline.train_stream, bert_tokenizer, 32, ids, "full_sentences", 4, seed=2,
       chunk_documents=25, shuffle_buffer=16, process_index=1, process_count=2)

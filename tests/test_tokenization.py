@@ -61,6 +61,20 @@ def test_tokenizer_directory_and_case_setting(tmp_path):
       tokenization.load_tokenizer(_config(BERT_VOCAB)))
 
 
+def test_vocab_file_ids_are_line_numbers(tmp_path):
+  """A repeated token or a blank line must not shift later ids: tokenizers' WordPiece.from_file
+  (and so a released checkpoint's embedding rows) use the line number."""
+  import tokenizers
+
+  lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "", "the", "cat", "##s"]
+  (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n")
+  ours = tokenization.load_tokenizer(_config(str(tmp_path / "vocab.txt")))
+  assert ours("cats the", add_special_tokens=False)["input_ids"] == [8, 9, 7]
+  reference = tokenizers.models.WordPiece.from_file(str(tmp_path / "vocab.txt"))
+  assert [reference.token_to_id(t) for t in ("cat", "##s", "the")] == [8, 9, 7]
+  assert tokenization.continuation_table(ours).shape == (10,)
+
+
 def test_trained_vocab_is_deterministic_and_cached(tmp_path, caplog, monkeypatch):
   corpus = _synthetic_corpus()
   first = tokenization.load_tokenizer(_config(), corpus, str(tmp_path / "a"))

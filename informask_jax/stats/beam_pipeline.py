@@ -136,10 +136,16 @@ def read_documents(path: str, text_field: str, opener=None):
       for number, line in enumerate(iter(f.readline, b""), 1):
         if not line.strip():
           continue
-        record = json.loads(line)
-        if text_field not in record:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}, line {number}: not JSON Lines (one object per line): {e}. "
+                           "The Beam pipeline reads .json files as JSON Lines; a JSON array "
+                           "is read by the local builder only.") from None
+        if not isinstance(record, dict) or text_field not in record:
+          fields = sorted(record) if isinstance(record, dict) else type(record).__name__
           raise ValueError(f"{path}, line {number}: no field {text_field!r} (text_field); "
-                           f"fields are {sorted(record)}.")
+                           f"fields are {fields}.")
         yield record[text_field]
 
 
@@ -148,6 +154,9 @@ def _clean(raw):
   hashes the text as read, before cleaning."""
   from informask_jax import corpus
 
+  if raw is not None and not isinstance(raw, str):
+    raise ValueError(f"A document's text (the source's text_field) is {type(raw).__name__} "
+                     f"{raw!r:.60}, not a string.")
   text = corpus.clean_text(raw or "")
   return (text, corpus.hash_bucket(raw if raw is not None else text)) if text else None
 
