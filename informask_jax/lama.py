@@ -419,11 +419,13 @@ def encode_queries(queries: Sequence[Query], words: WordTable, max_len: int,
 def lama_ranks(logits: np.ndarray, gold_ids: np.ndarray, subset: np.ndarray | None) -> np.ndarray:
   """1-based rank of each gold token among all tokens, or among `subset` (sorted token ids).
 
-  logits (B, V), gold_ids (B,) -> (B,). Ties go to the gold token.
+  logits (B, V), gold_ids (B,) -> (B,). Tokens tied with the gold token rank before it, so a
+  collapsed model (equal logits everywhere) scores nothing rather than everything.
   """
   gold = logits[np.arange(len(gold_ids)), gold_ids]  # (B,)
   candidates = logits if subset is None else logits[:, subset]  # (B, V) or (B, S)
-  return 1 + (candidates > gold[:, None]).sum(axis=1)
+  # `>=` counts the gold token itself too (it is always among the candidates): rank >= 1.
+  return (candidates >= gold[:, None]).sum(axis=1)
 
 
 def informask_ranks(logits: np.ndarray, queries: Sequence[Query], words: WordTable,

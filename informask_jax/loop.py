@@ -230,6 +230,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # --- Model and optimizer -----------------------------------------------------------------
   mlm_config = model_lib.MLMConfig.from_config(
       config.model, vocab_size=pipeline.vocab_size, pad_id=pipeline.special_ids.pad)
+  if config.data.seq_len > mlm_config.max_seq_len:  # RoBERTa: depends on the tokenizer's pad id.
+    raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the "
+                     f"{mlm_config.max_seq_len} positions of config.model.max_positions="
+                     f"{mlm_config.max_positions} "
+                     f"(RoBERTa positions start after the padding id {mlm_config.pad_id}).")
   model = model_lib.BertMLM(mlm_config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   init_params = None

@@ -7,6 +7,7 @@ Only process 0 writes; the other processes get a writer that does nothing, so ca
 import json
 import math
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -19,6 +20,8 @@ _PEAK_BF16_FLOPS = {
     "a100": 312e12,
     "v100": 125e12,  # fp16 tensor cores.
     "l4": 121e12,
+    "l40": 181e12,
+    "l40s": 362e12,
     "tpu v4": 275e12,
     "tpu v5 lite": 197e12,  # v5e
     "tpu v5e": 197e12,
@@ -30,8 +33,9 @@ _PEAK_BF16_FLOPS = {
 
 def peak_flops_per_device(device=None) -> float | None:
   kind = (device or jax.devices()[0]).device_kind.lower()
-  for prefix, flops in sorted(_PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])):
-    if prefix in kind:
+  for name, flops in sorted(_PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    # A whole word of the kind: "l4" must not match "L40S", nor "a100" an "a1000".
+    if re.search(rf"(^|[^a-z0-9]){re.escape(name)}($|[^a-z0-9])", kind):
       return flops
   return None
 

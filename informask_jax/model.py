@@ -56,6 +56,13 @@ class MLMConfig:
   scan_layers: bool = False  # One nn.scan'ed layer instead of num_layers unrolled copies.
 
   def __post_init__(self):
+    for key in ("num_layers", "hidden_size", "num_heads", "mlp_size", "max_positions"):
+      value = getattr(self, key)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"model.{key}={value!r} must be a positive integer.")
+    if self.flavour == "roberta" and self.max_seq_len < 1:
+      raise ValueError(f"model.max_positions={self.max_positions} leaves no positions after the "
+                       f"padding index {self.pad_id} (RoBERTa positions start at pad_id + 1).")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"model.hidden_size={self.hidden_size} is not divisible by "
                        f"model.num_heads={self.num_heads}.")

@@ -487,8 +487,10 @@ def test_short_model_truncates_instead_of_failing(tmp_path):
 def test_rank_functions_on_hand_made_logits(bert_words):
   logits = np.array([[0.0, 3.0, 1.0, 2.0, 5.0],
                      [4.0, 1.0, 1.0, 0.0, -1.0]], np.float32)  # (B, V)
-  assert lama.lama_ranks(logits, np.array([3, 2]), None).tolist() == [3, 2]  # Ties favour gold.
-  assert lama.lama_ranks(logits, np.array([3, 2]), np.array([1, 2, 3])).tolist() == [2, 1]
+  assert lama.lama_ranks(logits, np.array([3, 2]), None).tolist() == [3, 3]  # Ties rank first.
+  assert lama.lama_ranks(logits, np.array([3, 2]), np.array([1, 2, 3])).tolist() == [2, 2]
+  flat = np.zeros((2, 5), np.float32)  # A collapsed model gets the worst rank, not the best.
+  assert lama.lama_ranks(flat, np.array([0, 4]), None).tolist() == [5, 5]
   # informask: top-30 by logit, filtered by the word list, gold alternatives always kept.
   tok = bert_words.tokenizer
   ids = tok.convert_tokens_to_ids(["paris", "rome", "the", "berlin"])

@@ -86,3 +86,13 @@ def test_dropout_mask_statistics_and_sharding():
   np.testing.assert_array_equal(
       np.asarray(Dropout(0.0).apply({}, x, False, rngs={"dropout": jax.random.key(0)})),
       np.asarray(x))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(num_layers=0), "model.num_layers=0"), (dict(mlp_size=-1), "model.mlp_size=-1"),
+    (dict(num_heads=3), "not divisible"),
+    (dict(flavour="roberta", max_positions=4, pad_id=3), "leaves no positions")])
+def test_bad_architecture_raises_naming_the_key(overrides, match):
+  base = dict(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32)
+  with pytest.raises(ValueError, match=match):
+    MLMConfig(**{**base, **overrides})

@@ -161,6 +161,20 @@ def test_gradient_accumulation_equals_one_large_batch(reference_run):
     np.testing.assert_allclose(np.asarray(b), a, rtol=1e-5, atol=1e-6)
 
 
+def test_accumulation_normalises_by_all_targets_of_the_step():
+  """Micro-batches with unequal target counts (rows 0, 4, 8, 12 mostly padding, all in the
+  first micro-batch): the loss and gradient are sums over the step divided by its target count,
+  which a mean of per-micro-batch means would not reproduce."""
+  batch = _batch(seed=1)
+  short = np.arange(BATCH) % 4 == 0
+  batch["token_ids"][short, 10:] = 0
+  batch["token_ids"][short, 9] = 3
+  batch["sentence_ids"][short, 9:] = -1
+  one, _ = _run(_equivalence_config(), (1, 1, 1), 1, steps=2, batch=batch)
+  accumulated, _ = _run(_equivalence_config(), (1, 1, 1), 1, steps=2, micro_steps=4, batch=batch)
+  np.testing.assert_allclose(accumulated, one, rtol=1e-5)
+
+
 def test_evaluation_in_micro_batches_sums_the_same():
   """The eval step over 4 micro-batches on a 2x2x2 mesh gives the sums of one pass."""
   config = _equivalence_config()

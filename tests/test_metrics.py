@@ -1,0 +1,37 @@
+"""MFU arithmetic, the peak-FLOPs table and the host-side summary of logged steps."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from informask_jax import metrics
+
+
+@pytest.mark.parametrize("kind,peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA L4", 121e12),
+    ("NVIDIA L40", 181e12), ("NVIDIA L40S", 362e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("cpu", None), ("NVIDIA A1000", None)])
+def test_peak_flops_match_whole_device_names(kind, peak):
+  assert metrics.peak_flops_per_device(SimpleNamespace(device_kind=kind)) == peak
+
+
+def test_mfu_is_achieved_over_peak(monkeypatch):
+  monkeypatch.setattr(metrics, "peak_flops_per_device", lambda device=None: 100e12)
+  assert metrics.mfu(50e12, 0.25, 4) == pytest.approx(0.5)  # 200 TFLOP/s of 400.
+  assert metrics.mfu(50e12, 0.0, 4) is None
+  monkeypatch.setattr(metrics, "peak_flops_per_device", lambda device=None: None)
+  assert metrics.mfu(50e12, 0.25, 4) is None
+
+
+def test_summary_weights_the_loss_by_targets_and_leaves_skipped_steps_out():
+  def step(loss_sum, targets, norm, skipped=0):
+    return dict(loss_sum=loss_sum, correct_sum=targets / 2, num_targets=targets, grad_norm=norm,
+                learning_rate=1e-3, skipped=skipped, dropped_targets=1.0)
+  # The step reports a skipped step's sums as 0 (trainer.py); its norm is not finite.
+  out = metrics.summarize([step(10.0, 10, 1.0), step(0.0, 0, float("inf"), skipped=1),
+                           step(30.0, 20, 3.0)])
+  assert out["loss"] == pytest.approx(40 / 30) and out["accuracy"] == pytest.approx(0.5)
+  assert out["grad_norm"] == pytest.approx(2.0) and out["skipped_steps"] == 1
+  assert out["targets_per_step"] == 15 and out["dropped_targets"] == 3.0
+  assert np.isfinite(out["loss"])
