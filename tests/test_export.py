@@ -176,6 +176,18 @@ def test_cross_format_export_shifts_positions(tmp_path, tokenizer_dir):
   np.testing.assert_array_equal(table[1:], params["embeddings"]["position"]["embedding"])
 
 
+@pytest.mark.parametrize("pad_id", [0, 1])
+def test_roberta_exported_as_bert_drops_the_rows_before_its_positions(tmp_path, pad_id):
+  cfg = tiny_config("roberta", pad_id=pad_id)
+  params = tiny_params(cfg, seed=3)
+  report = export.export_to_hf(params, cfg, str(tmp_path), fmt="bert")
+  assert report["max_abs_diff"] <= 1e-4 and report["top1_agree"] == 1.0
+  state = load_file(str(tmp_path / "model.safetensors"))
+  table = state["bert.embeddings.position_embeddings.weight"]
+  ours = params["embeddings"]["position"]["embedding"]
+  np.testing.assert_array_equal(table, ours[pad_id + 1:])  # Position 0 is row pad_id + 1.
+
+
 def test_verification_catches_a_wrong_weight(exported):
   params, cfg, path, _ = exported["bert"]
   broken = jax.tree.map(lambda x: x, params)
