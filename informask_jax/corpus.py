@@ -50,6 +50,9 @@ _LINE_BREAKS = re.compile(r" ?\n[ \n]*")
 
 def clean_text(text):
   """Normalises whitespace; keeps single line breaks, which the sentence splitter honours."""
+  if not isinstance(text, str):
+    raise ValueError(f"A document's text (config.data.sources[i].text_field) is "
+                     f"{type(text).__name__} {text!r:.60}, not a string.")
   text = text.replace("\r\n", "\n").replace("\r", "\n")
   text = _CONTROL.sub("", text)
   text = _HSPACE.sub(" ", text)
@@ -67,10 +70,7 @@ def _clean_batch(batch):
   keys = batch.get("_key") or batch["text"]
   out = {"text": [], "_bucket": []}
   for text, key in zip(batch["text"], keys, strict=True):
-    if text is not None and not isinstance(text, str):
-      raise ValueError(f"A document's text (the source's text_field, config.data.sources[i]."
-                       f"text_field) is {type(text).__name__} {text!r:.60}, not a string.")
-    text = clean_text(text or "")
+    text = clean_text("" if text is None else text)
     if text:
       out["text"].append(text)
       out["_bucket"].append(hash_bucket(key if key is not None else text))

@@ -201,7 +201,7 @@ def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
                      "too small (raise config.data.validation_fraction).")
   loss = sums["loss_sum"] / sums["num_targets"]
   return {"eval_loss": loss, "eval_perplexity": float(min(jax.numpy.exp(loss), 1e30)),
-          "eval_accuracy": sums["correct_sum"] / max(sums["num_targets"], 1.0)}
+          "eval_accuracy": sums["correct_sum"] / sums["num_targets"]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:

@@ -77,8 +77,9 @@ def _from_vocab_file(path, lowercase):
     # The id is the line number, as in tokenizers and transformers (a repeated token keeps its
     # last line), so ids match a released checkpoint's embedding rows.
     for index, line in enumerate(f):
-      if line.rstrip("\n"):
-        vocab[line.rstrip("\n")] = index
+      token = line.rstrip("\n")
+      if token:
+        vocab[token] = index
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]
   if missing:
     raise ValueError(f"config.tokenizer.name_or_path={path!r}: the vocabulary lacks {missing}.")

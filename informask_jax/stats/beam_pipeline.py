@@ -154,10 +154,7 @@ def _clean(raw):
   hashes the text as read, before cleaning."""
   from informask_jax import corpus
 
-  if raw is not None and not isinstance(raw, str):
-    raise ValueError(f"A document's text (the source's text_field) is {type(raw).__name__} "
-                     f"{raw!r:.60}, not a string.")
-  text = corpus.clean_text(raw or "")
+  text = corpus.clean_text("" if raw is None else raw)
   return (text, corpus.hash_bucket(raw if raw is not None else text)) if text else None
 
 
