@@ -141,10 +141,10 @@ def make_select(settings, rescale):
         total = jnp.sum(rate)
         n = jnp.sum(maskable).astype(jnp.float32)
         rate = rate * jnp.where(total > 0, settings.mask_prob * n / total, 0.0)
-      # Given u < p, u / p is uniform: it decides [MASK] / random / keep for free. A rate above
-      # 1 is a certain target, whose u is uniform as it is (u / rate would lean to [MASK]).
-      p = jnp.clip(rate, 1e-30, 1.0)
-      return maskable & (u < rate), {"decide": u / p}
+      # No "decide" from u / rate as random_tokens.py does: it pulls the rate gather into the
+      # corruption kernel, and a fresh DECIDE stream (a hash) costs less on XLA:CPU (raw
+      # rates: 5 kernels -> 3, 20-35% faster per call from 32 x 128 to 256 x 512).
+      return maskable & (u < rate), {}
     # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
     # position in the low bits (ties between equal floats go to the lower position).
     race = -jnp.log(u) / jax.lax.optimization_barrier(tables["weights"][tokens])  # (L,)
