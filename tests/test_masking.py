@@ -573,6 +573,10 @@ def test_same_key_same_masks_other_key_differs():
   raw = fn(jax.random.PRNGKey(3), tokens)["mask"]
   typed = fn(jax.random.key(3), tokens)["mask"]
   np.testing.assert_array_equal(raw, typed)
+  # A seed where a key belongs is a ValueError that says what a key is.
+  for not_a_key in (3, None):
+    with pytest.raises(ValueError, match="Expected a JAX key"):
+      masker(not_a_key, tokens)
 
 
 @pytest.mark.parametrize("name", ["span", "informask_online"])

@@ -45,6 +45,9 @@ def mix32(x):
 
 def key_words(rng):
   """Two uint32 words from a typed key (any impl) or a raw uint32[2] key."""
+  if not hasattr(rng, "dtype"):  # A Python int or None: say what a key is, not AttributeError.
+    raise ValueError(f"Expected a JAX key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
+                     f"got {type(rng).__name__} {rng!r}.")
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     data = jax.random.key_data(rng).reshape(-1)  # 2 words (threefry) or 4 (rbg)
   else:
@@ -64,7 +67,7 @@ def example_seeds(rng, batch):
   counter hash below rather than `jax.random.fold_in`, whose threefry rounds run as a rolled loop
   on XLA:CPU and cost more than the whole masking of a small batch.
   """
-  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape != ():
+  if hasattr(rng, "dtype") and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape != ():
     raise ValueError(f"The masker takes one key for the whole batch, got keys {rng.shape}.")
   k0, k1 = key_words(rng)
   index = jnp.arange(batch, dtype=jnp.uint32)  # The global example index (B is the global batch).
