@@ -211,6 +211,24 @@ def test_batches_are_deterministic_and_cover_each_epoch():
   np.testing.assert_array_equal(first[0]["sentence_ids"], -first[0]["token_ids"])
 
 
+def test_without_drop_remainder_every_row_comes_once_and_the_last_batch_wraps():
+  it = data.BatchIterator(_rows(50), 8, seed=3, process_count=1, process_index=0,
+                          drop_remainder=False)
+  assert it.batches_per_epoch == 7
+  for epoch in (0, 1):
+    rows = np.concatenate([b["token_ids"][:, 0] for b in _take(it, 7)])
+    order = it.order(epoch)
+    # The epoch's 50 rows each once, in the epoch's order, then its first 6 rows again.
+    np.testing.assert_array_equal(rows[:50], order)
+    assert sorted(rows[:50].tolist()) == list(range(50))
+    np.testing.assert_array_equal(rows[50:], order[:6])
+  assert not np.array_equal(it.order(0), it.order(1))
+  # Fewer rows than a batch: the rows repeat in order to fill it.
+  small = data.BatchIterator(_rows(3), 8, seed=0, shuffle=False, process_count=1,
+                             process_index=0, drop_remainder=False)
+  np.testing.assert_array_equal(next(small)["token_ids"][:, 0], [0, 1, 2, 0, 1, 2, 0, 1])
+
+
 def test_two_hosts_get_disjoint_halves_of_the_global_batch():
   arrays = _rows(40)
   whole = data.BatchIterator(arrays, 8, seed=0, process_index=0, process_count=1)
