@@ -287,6 +287,36 @@ def test_ngram_scores_equal_bruteforce():
   assert len(ngrams.segmentations(5)) == 15
 
 
+def test_bigram_table_pmi_values_match_a_brute_force_count():
+  """PMI of adjacent pairs from counts made by definition: within a sentence and a document, no
+  specials; p(ab) over all adjacent pairs, p(a) over all non-special tokens; >= min_count, > 0."""
+  docs = synthetic_docs(300, seed=11)
+  counts = ngrams.count_ngrams(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                               min_count=3, chunk_tokens=700)  # Several chunks, merged.
+  pairs, scores = ngrams.bigram_table(counts, vocab_size=V, size=10**6)
+  special = set(SPECIALS)
+  pair_count, token_count = collections.Counter(), collections.Counter()
+  for ids, sids in docs:
+    ids, sids = ids.tolist(), sids.tolist()
+    token_count.update(t for t in ids if t not in special)
+    pair_count.update((a, b) for a, b, sa, sb in zip(ids, ids[1:], sids, sids[1:])
+                      if sa == sb and a not in special and b not in special)
+  n_pairs, n_tokens = sum(pair_count.values()), sum(token_count.values())
+  want = {}
+  for (a, b), c in pair_count.items():
+    pmi = math.log(c / n_pairs) - math.log(token_count[a] / n_tokens) - \
+        math.log(token_count[b] / n_tokens)
+    if c >= 3 and pmi > 0:
+      want[(a, b)] = pmi
+  got = {(int(a), int(b)): float(v) for (a, b), v in zip(pairs, scores, strict=True)}
+  assert len(want) > 50 and set(got) == set(want)
+  for k, v in want.items():
+    assert got[k] == pytest.approx(v, rel=1e-9)
+  assert np.all(np.diff(scores) <= 0)  # Highest PMI first.
+  top, _ = ngrams.bigram_table(counts, vocab_size=V, size=10)
+  np.testing.assert_array_equal(top, pairs[:10])
+
+
 def test_planted_collocations_rank_first():
   docs = synthetic_docs(1500, seed=5)
   vocab = ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
