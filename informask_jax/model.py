@@ -172,6 +172,12 @@ class Embeddings(nn.Module):
     self.drop = Dropout(cfg.dropout)
 
   def __call__(self, input_ids, token_type_ids, deterministic):
+    length, cfg = input_ids.shape[-1], self.cfg
+    if length > cfg.max_seq_len:  # Else the position lookup would read past its table: NaNs.
+      raise ValueError(f"Inputs of {length} tokens are longer than the model's position table "
+                       f"holds ({cfg.max_seq_len}: model.max_positions={cfg.max_positions}"
+                       f"{f', pad id {cfg.pad_id}' if cfg.flavour == 'roberta' else ''}); "
+                       "truncate them or build the model with more positions.")
     x = (self.word(input_ids) + self.position(position_ids(self.cfg, input_ids))
          + self.token_type(token_type_ids))  # (B, L, H)
     return self.drop(self.norm(x.astype(self.cfg.dtype)), deterministic=deterministic)

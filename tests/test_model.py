@@ -96,3 +96,20 @@ def test_bad_architecture_raises_naming_the_key(overrides, match):
   base = dict(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32)
   with pytest.raises(ValueError, match=match):
     MLMConfig(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("flavour,pad_id,longest", [("bert", 0, 8), ("roberta", 1, 6)])
+def test_inputs_longer_than_the_position_table_raise(flavour, pad_id, longest):
+  cfg = MLMConfig(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32,
+                  max_positions=8, flavour=flavour, pad_id=pad_id)
+  assert cfg.max_seq_len == longest
+  model = BertMLM(cfg)
+  params = jax.eval_shape(lambda: init_params(model, jax.random.key(0), longest))
+  def logits(length):
+    ids = jnp.full((2, length), 7, jnp.int32)
+    return jax.eval_shape(lambda p: model.apply({"params": p}, ids, deterministic=True), params)
+
+  assert logits(longest).shape == (2, longest, 50)
+  with pytest.raises(ValueError, match=f"longer than the model's position table holds "
+                                       f"\\({longest}: model.max_positions=8"):
+    logits(longest + 1)

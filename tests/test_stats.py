@@ -299,8 +299,8 @@ def test_bigram_table_pmi_values_match_a_brute_force_count():
   for ids, sids in docs:
     ids, sids = ids.tolist(), sids.tolist()
     token_count.update(t for t in ids if t not in special)
-    pair_count.update((a, b) for a, b, sa, sb in zip(ids, ids[1:], sids, sids[1:])
-                      if sa == sb and a not in special and b not in special)
+    pair_count.update((ids[i], ids[i + 1]) for i in range(len(ids) - 1)
+                      if sids[i] == sids[i + 1] and special.isdisjoint(ids[i:i + 2]))
   n_pairs, n_tokens = sum(pair_count.values()), sum(token_count.values())
   want = {}
   for (a, b), c in pair_count.items():
