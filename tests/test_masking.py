@@ -633,6 +633,8 @@ def test_bad_strategy_options_raise(tmp_path):
     masking.get_masker("span", continuation=CONT, geometric_p=0.0, **COMMON)
   with pytest.raises(ValueError, match="max_span_len"):
     masking.get_masker("span", continuation=CONT, max_span_len=0, **COMMON)
+  with pytest.raises(ValueError, match=r"max_span_len \(masking.span_max_len\) .* \[1, 1024\]"):
+    masking.get_masker("span", continuation=CONT, max_span_len=10**6, **COMMON)
   with pytest.raises(ValueError, match="variant"):
     masking.get_masker("pmi_span", continuation=CONT, variant="trigram", **COMMON)
   with pytest.raises(ValueError, match="ngrams"):

@@ -44,6 +44,9 @@ def make_whole_word(settings):
   return select_targets
 
 
+MAX_SPAN_WORDS = 1024  # SpanBERT clips at 10 words.
+
+
 def span_length_cdf(geometric_p, max_span_len):
   """CDF of SpanBERT's span length: Geometric(p) on 1..max_span_len, renormalised."""
   k = np.arange(1, max_span_len + 1)
@@ -55,10 +58,12 @@ def check_span_options(geometric_p, max_span_len):
   if not isinstance(geometric_p, int | float | np.floating) or not 0.0 < geometric_p <= 1.0:
     raise ValueError(f"geometric_p (masking.span_geometric_p) must be in (0, 1], got "
                      f"{geometric_p!r}.")
+  # Each token compares its draw with all max_span_len CDF entries, so a huge bound costs
+  # memory (L x max_span_len per sequence) for spans no sequence can hold.
   if isinstance(max_span_len, bool) or not isinstance(max_span_len, int | np.integer) or \
-      max_span_len < 1:
-    raise ValueError(f"max_span_len (masking.span_max_len) must be an integer >= 1, got "
-                     f"{max_span_len!r}.")
+      not 1 <= max_span_len <= MAX_SPAN_WORDS:
+    raise ValueError(f"max_span_len (masking.span_max_len) must be an integer in "
+                     f"[1, {MAX_SPAN_WORDS}], got {max_span_len!r}.")
 
 
 def make_span(settings, geometric_p, max_span_len):
