@@ -635,6 +635,8 @@ def test_bad_strategy_options_raise(tmp_path):
     masking.get_masker("span", continuation=CONT, max_span_len=0, **COMMON)
   with pytest.raises(ValueError, match=r"max_span_len \(masking.span_max_len\) .* \[1, 1024\]"):
     masking.get_masker("span", continuation=CONT, max_span_len=10**6, **COMMON)
+  with pytest.raises(ValueError, match="geometric_p"):  # Not coerced to 1.0.
+    masking.get_masker("span", continuation=CONT, geometric_p=True, **COMMON)
   with pytest.raises(ValueError, match="variant"):
     masking.get_masker("pmi_span", continuation=CONT, variant="trigram", **COMMON)
   with pytest.raises(ValueError, match="ngrams"):
