@@ -184,12 +184,13 @@ def _corruption_shares(name, budget, keys=3, **options):
   return (new == MASK).mean(), randomised.mean(), (new == orig).mean(), new[randomised], len(new)
 
 
-# Selection and corruption decisions come from one draw in the Bernoulli budgets (u < p leaves
-# u / p uniform), from separate streams in the exact ones: both paths are checked.
-@pytest.mark.parametrize("name,budget", [("random", "exact"), ("random", "bernoulli"),
-                                         ("informask", "exact"), ("informask", "bernoulli")])
-def test_corruption_split_80_10_10(name, budget):
-  masked, randomised, kept, replaced, n = _corruption_shares(name, budget)
+# The decision must not reuse the selection's draw: with raw rates (all below 0.8 here) a
+# decision taken from u itself would make every target [MASK].
+@pytest.mark.parametrize("name,budget,options", [
+    ("random", "exact", {}), ("random", "bernoulli", {}), ("informask", "exact", {}),
+    ("informask", "bernoulli", {}), ("informask", "bernoulli", {"rescale": False})])
+def test_corruption_split_80_10_10(name, budget, options):
+  masked, randomised, kept, replaced, n = _corruption_shares(name, budget, **options)
   assert n > 20_000
   tol = 4 * np.sqrt(0.1 * 0.9 / n)
   assert abs(masked - 0.8) < 4 * np.sqrt(0.16 / n)
@@ -417,6 +418,23 @@ def test_selection_keys_can_all_be_selected():
     assert bool(chosen.all()) and int(used) == length
 
 
+def test_below_is_the_exact_high_half_of_word_times_n():
+  """prng.below(w, n) == floor(w * n / 2**32) exactly, so every id of even a huge vocabulary is
+  drawn (a 23-bit float uniform times n never reaches 2 of every 3 ids at n = 3 * 2**22)."""
+  rng = np.random.default_rng(0)
+  words = np.concatenate([rng.integers(0, 2**32, 20_000, dtype=np.uint64),
+                          [0, 1, 2**16 - 1, 2**16, 2**31, 2**32 - 1]]).astype(np.uint32)
+  for n in (1, 2, 995, 30_517, 65_536, 250_002, 3 * 2**22, 2**31 + 12_345, 2**32 - 1):
+    got = np.asarray(jax.jit(lambda w, n=n: prng.below(w, n))(words))
+    want = (words.astype(object) * n) >> 32
+    np.testing.assert_array_equal(got.astype(object), want, err_msg=f"n={n}")
+    # The smallest word of each of a few ids maps to that id (none is unreachable).
+    ids = np.array([0, 1, n // 3, n - 1], dtype=object) if n > 1 else np.array([0], object)
+    first = -((-ids << 32) // n)  # ceil(id * 2**32 / n)
+    np.testing.assert_array_equal(
+        np.asarray(prng.below(jnp.asarray(first.astype(np.uint64).astype(np.uint32)), n)), ids)
+
+
 def test_example_seeds_of_key_zero_are_not_degenerate():
   seeds = np.asarray(prng.example_seeds(jax.random.key(0), 4))
   assert (seeds != 0).all() and len({tuple(r) for r in seeds}) == 4
@@ -465,7 +483,8 @@ def test_informask_exact_single_target_is_drawn_in_proportion_to_rate():
 
 def test_informask_bernoulli_corruption_split_when_rescaled_rates_exceed_one():
   """A rare token with a high rate gets p = rate * scale > 1 (always a target): its targets are
-  still 80% [MASK], 10% random, 10% kept, not all [MASK] (u / p with p > 1 is not uniform)."""
+  still 80% [MASK], 10% random, 10% kept (a decision from u / p, not uniform for p > 1, made
+  them all [MASK] once)."""
   rates = np.full(V, 0.01, np.float32)
   rates[5:25] = 1.0  # ~1.6 per row among ~48 maskable: scale ~3.5, p ~3.5 for these ids.
   masker = build("informask", "bernoulli", rates=rates)
@@ -676,6 +695,12 @@ def test_bad_tables_and_ids_raise():
     tokens[1, 3] = bad
     with pytest.raises(ValueError, match="outside the masker's vocabulary"):
       masker(jax.random.key(0), tokens)
+  # Concrete ids closed over by a jitted function are checked too (on the host), not traced.
+  good = jnp.full((2, 8), 7, jnp.int32)
+  assert jax.jit(lambda k: masker(k, good)["mask"])(jax.random.key(0)).shape == (2, 8)
+  bad_ids = jnp.asarray(tokens)
+  with pytest.raises(ValueError, match="outside the masker's vocabulary"):
+    jax.jit(lambda k: masker(k, bad_ids))(jax.random.key(0))
 
 
 def test_informask_rescale_option_is_checked():
@@ -685,6 +710,29 @@ def test_informask_rescale_option_is_checked():
   with pytest.raises(ValueError, match="rates above 1"):
     masking.get_masker("informask", rates=too_big, rescale=False, **COMMON)
   masking.get_masker("informask", rates=too_big, rescale=True, **COMMON)  # Relative weights.
+  # A special id's rate is never used: above 1 it is no reason to refuse the table.
+  masking.get_masker("informask", rates=np.where(np.arange(V) == CLS, 3.0, 0.1), rescale=False,
+                     **COMMON)
+
+
+def test_informask_exact_weights_ignore_special_rates():
+  """A huge rate on [CLS] (never a target) must not squash the other weights to the floor:
+  tokens of rate 0.4 stay ~20x as likely to be drawn as tokens of rate 0.02."""
+  ids = np.array([10, 11])
+  base = np.full(V, 0.02, np.float32)
+  base[11] = 0.4
+  counts = []
+  for cls_rate in (0.0, 1e7):
+    rates = base.copy()
+    rates[CLS] = cls_rate
+    masker = build("informask", "exact", rates=rates, mask_prob=0.5)
+    row = np.concatenate([[CLS], np.repeat(ids, 2), [SEP]]).astype(np.int32)  # 4 maskable, 2 drawn
+    out = np.asarray(jax.jit(masker)(jax.random.key(1), np.tile(row, (4000, 1)))["mask"])
+    picked = np.tile(np.repeat(ids, 2), (4000, 1))[out[:, 1:-1]]
+    counts.append(np.bincount(picked - 10, minlength=2))
+  for drawn in counts:
+    assert drawn[1] > 3 * drawn[0], counts  # Uniform weights would give ~1:1.
+  np.testing.assert_array_equal(counts[0], counts[1])  # The special's rate changes nothing.
 
 
 def test_unreadable_rate_files_name_the_file(tmp_path):

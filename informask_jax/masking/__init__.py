@@ -63,7 +63,7 @@ def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
   rescale = bool(rescale)
   table = informask.load_rates(rates, settings.vocab_size, missing_rate)
   informask.check_rates_for(table, settings.special_ids, rescale)
-  tables = {"rates": table, "weights": informask.weights_from_rates(table)}
+  tables = {"rates": table, "weights": informask.weights_from_rates(table, settings.special_ids)}
   return informask.make_select(settings, rescale), tables, (("rescale", rescale),)
 
 

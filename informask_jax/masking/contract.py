@@ -73,8 +73,10 @@ def budget_table(mask_prob, length):
 def corrupt(seed, tokens, target, settings, decide=None):
   """BERT's corruption of the targets: [MASK] / a random non-special token / unchanged.
 
-  `decide`: optional float[L] uniform in [0, 1) at the targets, given by a strategy that has one
-  to spare (a Bernoulli draw u < p leaves u / p uniform); else a fresh stream is drawn.
+  `decide`: optional float[L] uniform in [0, 1) at the targets, given by strategies that decide
+  per unit (span, pmi_span: one draw shared by a unit's tokens); else each token draws its own
+  from the DECIDE stream. (A Bernoulli draw u < p would leave u / p uniform for free, but that
+  pulls p into the corruption kernel, and for a tiny p it takes a few values only.)
   """
   length = tokens.shape[-1]
   if decide is None:
@@ -84,8 +86,7 @@ def corrupt(seed, tokens, target, settings, decide=None):
   # A uniform id among the V - k non-special ones, then shifted past each special id (sorted):
   # a bijection onto the non-special ids, without a gather.
   n = settings.vocab_size - len(settings.special_ids)
-  u = prng.uniform(prng.bits(seed, prng.REPLACE, (length,)))
-  random_tokens = jnp.minimum((u * n).astype(jnp.int32), n - 1)
+  random_tokens = prng.below(prng.bits(seed, prng.REPLACE, (length,)), n).astype(jnp.int32)
   for s in settings.special_ids:
     random_tokens = random_tokens + (random_tokens >= s)
   corrupted = jnp.where(to_mask, settings.mask_id, jnp.where(to_random, random_tokens, tokens))
@@ -120,16 +121,19 @@ class Masker:
     return cls(name, select, children[0], settings, options)
 
   def __call__(self, rng, token_ids, *, sentence_ids=None, with_aux=False):
+    if not isinstance(token_ids, jax.core.Tracer) and \
+        getattr(token_ids, "is_fully_addressable", True):
+      # Concrete ids (an eager call, or an array closed over by a jitted function): check them
+      # on the host, since JAX ops here would be traced under an enclosing jit.
+      host = np.asarray(token_ids)
+      if host.size and (host.min() < 0 or host.max() >= self.settings.vocab_size):
+        raise ValueError(f"token_ids hold ids in [{host.min()}, {host.max()}], outside the "
+                         f"masker's vocabulary [0, {self.settings.vocab_size}).")
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 2:
       raise ValueError(f"token_ids must be int[B, L], got shape {token_ids.shape}.")
     token_ids = token_ids.astype(jnp.int32)
     batch, length = token_ids.shape
-    if not isinstance(token_ids, jax.core.Tracer) and token_ids.size:  # Called eagerly: check.
-      low, high = int(token_ids.min()), int(token_ids.max())
-      if low < 0 or high >= self.settings.vocab_size:
-        raise ValueError(f"token_ids hold ids in [{low}, {high}], outside the masker's "
-                         f"vocabulary [0, {self.settings.vocab_size}).")
     if sentence_ids is None:
       sentence_ids = jnp.zeros_like(token_ids)  # One sentence; specials are excluded anyway.
     elif jnp.shape(sentence_ids) != token_ids.shape:

@@ -90,10 +90,11 @@ def check_rates_for(table, special_ids, rescale):
   ordinary[list(special_ids)] = False
   if not np.any(table[ordinary] > 0):
     raise ValueError("The rate table is zero on every non-special token: nothing could be masked.")
-  if not rescale and table.max() > 1.0:
+  rates = table[ordinary]  # Specials are never targets: their rates do not matter.
+  if not rescale and rates.max() > 1.0:
     raise ValueError(f"With rescale=False (masking.rescale) the rates are masking probabilities, "
-                     f"but the table has {int(np.sum(table > 1))} rates above 1 (max "
-                     f"{table.max():.3g}); rescale them or set rescale=True.")
+                     f"but the table has {int(np.sum(rates > 1))} rates above 1 on non-special "
+                     f"ids (max {rates.max():.3g}); rescale them or set rescale=True.")
 
 
 def _rates_from_json(path, vocab_size, missing_rate):
@@ -141,9 +142,9 @@ def make_select(settings, rescale):
         total = jnp.sum(rate)
         n = jnp.sum(maskable).astype(jnp.float32)
         rate = rate * jnp.where(total > 0, settings.mask_prob * n / total, 0.0)
-      # No "decide" from u / rate as random_tokens.py does: it pulls the rate gather into the
-      # corruption kernel, and a fresh DECIDE stream (a hash) costs less on XLA:CPU (raw
-      # rates: 5 kernels -> 3, 20-35% faster per call from 32 x 128 to 256 x 512).
+      # No "decide" from u / rate (see contract.corrupt): that pulls the rate gather into the
+      # corruption kernel, and the DECIDE stream (a hash) costs less on XLA:CPU (raw rates:
+      # 5 kernels -> 3, 20-35% faster per call from 32 x 128 to 256 x 512).
       return maskable & (u < rate), {}
     # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
     # position in the low bits (ties between equal floats go to the lower position).
@@ -157,7 +158,10 @@ def make_select(settings, rescale):
   return select_targets
 
 
-def weights_from_rates(rates):
-  """Rates normalised to max 1 and floored, for the exponential race."""
-  w = rates / rates.max()
-  return np.maximum(w, MIN_RELATIVE_RATE).astype(np.float32)
+def weights_from_rates(rates, special_ids):
+  """Rates normalised to the largest non-special rate and floored, for the exponential race (a
+  large rate on a special id, never a target, would squash every other weight to the floor)."""
+  ordinary = np.ones(rates.shape[0], bool)
+  ordinary[list(special_ids)] = False
+  w = rates / rates[ordinary].max()
+  return np.clip(w, MIN_RELATIVE_RATE, 1.0).astype(np.float32)

@@ -14,8 +14,9 @@ def make_select(settings):
     length = tokens.shape[-1]
     words = prng.bits(seed, prng.SELECT, (length,))
     if settings.budget == "bernoulli":
-      u = prng.uniform(words)
-      return maskable & (u < settings.mask_prob), {"decide": u / settings.mask_prob}
+      # The corruption draws its own DECIDE stream: u / mask_prob would reuse this draw for
+      # free, but for a tiny mask_prob it takes a few values only (8 at 1e-6: no token kept).
+      return maskable & (prng.uniform(words) < settings.mask_prob), {}
     keys, nbits = select.unique_keys(words, length)
     target, _ = select.threshold_select(keys, maskable.astype("int32"), budget, nbits)
     return target, {}
