@@ -197,13 +197,25 @@ def _find_steps(workdir) -> tuple[ocp.CheckpointManager, list[int]]:
   manager = _manager(workdir, read_only=True)
   steps = sorted(manager.all_steps())
   if not steps:
-    raise FileNotFoundError(f"No checkpoints in {path} (the directory is empty).")
+    manager.close()
+    unfinished = sorted(p.name for p in path.iterdir() if ".orbax-checkpoint-tmp" in p.name)
+    raise FileNotFoundError(
+        f"No finished checkpoint in {path}: " + (
+            f"it holds only unfinished ones ({', '.join(unfinished)}), from a save that was "
+            "interrupted." if unfinished else "the directory is empty."))
   return manager, steps
 
 
 def restore_params(workdir, step: int | None = None) -> tuple[Any, model_lib.MLMConfig, int]:
   """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture."""
   manager, steps = _find_steps(workdir)
+  try:  # Closed on every path: its threads left open print tracebacks at interpreter exit.
+    return _restore_params(manager, workdir, step, steps)
+  finally:
+    manager.close()
+
+
+def _restore_params(manager, workdir, step, steps):
   if step is None:
     step = steps[-1]
   elif step not in steps:

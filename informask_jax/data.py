@@ -419,13 +419,28 @@ def _saved_ints(state, keys) -> list[int]:
   return [int(state[key]) for key in keys]
 
 
+class DataSettingsChanged(ValueError):
+  """A saved iterator state from other data settings (batch size, seed, corpus, seq_len...)."""
+
+
+# The config keys behind each saved iterator setting, for the error.
+_SETTING_KEYS = {
+    "global_batch_size": "config.train.batch_size",
+    "seed": "config.train.seed",
+    "num_rows": "the packed training rows: config.data.seq_len, the corpus or its config.data "
+                "options (max_documents, validation_fraction, packing, ...)",
+}
+
+
 def _check_saved_settings(state, iterator, keys):
-  """ValueError if a saved iterator state disagrees with `iterator` on a setting in `keys`."""
+  """DataSettingsChanged if a saved iterator state disagrees with `iterator` on a setting."""
   for key in keys:
     if key in state and state[key] != getattr(iterator, key):
-      raise ValueError(f"The {type(iterator).__name__} state was saved with {key}={state[key]!r} "
-                       f"but this iterator has {key}={getattr(iterator, key)!r}; resuming would "
-                       "not continue the same data order.")
+      where = f" (set by {_SETTING_KEYS[key]})" if key in _SETTING_KEYS else ""
+      raise DataSettingsChanged(
+          f"the {type(iterator).__name__} state was saved with {key}={state[key]!r}, this run "
+          f"has {key}={getattr(iterator, key)!r}{where}; resuming would not continue the same "
+          "data order.")
 
 
 def eval_batches(arrays, global_batch_size, num_batches, *, process_index=None,

@@ -5,6 +5,7 @@ optimizer, sharded state (or resume), the compiled steps, then the loop with log
 checkpoints and pre-emption.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,6 +47,8 @@ def check_config(config) -> None:
               "keep_checkpoints", "stop_sync_every", "max_consecutive_skips"):
     if t[key] <= 0:
       raise ValueError(f"config.train.{key}={t[key]} must be positive.")
+  if isinstance(t.seed, bool) or not isinstance(t.seed, int) or not 0 <= t.seed < 2**31:
+    raise ValueError(f"config.train.seed={t.seed!r} must be an integer in [0, 2**31).")
   if t.eval_batches == 0 or t.eval_batches < -1:
     # No batch would give a loss of 0, which would also win the best-checkpoint selection.
     raise ValueError(f"config.train.eval_batches={t.eval_batches} must be >= 1, or -1 for the "
@@ -114,6 +117,23 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         "--config.train.overwrite=True to delete it and start over.")
   workdir.mkdir(parents=True, exist_ok=True)
   return has_run and config.train.resume, has_run and not config.train.resume
+
+
+def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:
+  """A fresh start in a workdir whose earlier run never finished a checkpoint: its logs are
+  renamed (kept for a look at why it failed) rather than mixed with the new run's steps."""
+  if jax.process_index() != 0:
+    return
+  found = [workdir / n for n in ("metrics.jsonl", "tensorboard") if (workdir / n).exists()]
+  if not found:
+    return
+  k = 1
+  while any((workdir / f"{p.name}.earlier-{k}").exists() for p in found):
+    k += 1
+  for path in found:
+    path.rename(workdir / f"{path.name}.earlier-{k}")
+  logging.warning("%s held logs of a run without a finished checkpoint; starting afresh, they "
+                  "are kept as %s.", workdir, ", ".join(f"{p.name}.earlier-{k}" for p in found))
 
 
 def _clear_workdir(workdir: pathlib.Path) -> None:
@@ -249,69 +269,85 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       model, tx, config.train.seed, config.data.seq_len, mesh, rules, params=init_params)
 
   # --- Resume ------------------------------------------------------------------------------
-  if clear:  # Everything above checked and built: only now is the old run deleted.
-    distributed.main_process_first("clear workdir", lambda: _clear_workdir(workdir))
-  checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  # What is opened from here on is closed on every exit, errors included (orbax's threads left
+  # open print tracebacks at exit, after the error that matters).
   train_iter = pipeline.train_iterator(config.train.batch_size, seed=config.train.seed)
-  config_json = _config_json(config)
-  if resume:
-    step = checkpointer.latest_step()
-    saved_meta = checkpointer.read_meta(step)
-    _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
-                        f"the checkpoint at step {step} in {workdir}")
-    changed = _config_changes(saved_meta.get("config") or {}, config_json)
-    if changed:
-      logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
-                      "\n  ".join(changed))
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
-    del state  # Free the fresh state before the restored one arrives.
-    state, data_state, _ = checkpointer.restore(step, abstract)
-    try:
-      train_iter.restore(data_state)
-    except data.IteratorStateError as e:
-      raise checkpointer.unreadable(step, e) from e
-    logging.info("Resumed from step %d in %s.", step, workdir)
-    if step >= config.train.num_steps:
-      logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
-                      "train; raise num_steps to continue.", step, config.train.num_steps)
-  # Written once the run is known to fit the workdir (a refused resume must not replace them).
-  if is_main:
-    pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
-    checkpointing.write_json(workdir / "config.json", config_json)
-  meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config), "config": config_json}
+  with contextlib.ExitStack() as cleanup:
+    if clear:  # Everything above checked and built: only now is the old run deleted.
+      distributed.main_process_first("clear workdir", lambda: _clear_workdir(workdir))
+    elif not resume:
+      distributed.main_process_first("earlier logs", lambda: _set_aside_earlier_logs(workdir))
+    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    cleanup.callback(checkpointer.close)
+    config_json = _config_json(config)
+    if resume:
+      step = checkpointer.latest_step()
+      saved_meta = checkpointer.read_meta(step)
+      if saved_meta.get("source") == "import":
+        raise ValueError(
+            f"{workdir} holds parameters imported by convert_checkpoint.py (no optimizer state "
+            f"or data position to resume): train from them in a new --workdir with "
+            f"--config.init_from={workdir}.")
+      _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
+                          f"the checkpoint at step {step} in {workdir}")
+      changed = _config_changes(saved_meta.get("config") or {}, config_json)
+      if changed:
+        logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
+                        "\n  ".join(changed))
+      abstract = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+      del state  # Free the fresh state before the restored one arrives.
+      state, data_state, _ = checkpointer.restore(step, abstract)
+      try:
+        train_iter.restore(data_state)
+      except data.IteratorStateError as e:
+        raise checkpointer.unreadable(step, e) from e
+      except data.DataSettingsChanged as e:
+        raise ValueError(
+            f"Cannot resume the run in {workdir} (step {step}): {e} Resume with the run's "
+            f"settings (its config.json), or keep its parameters and start a new run: another "
+            f"--workdir with --config.init_from={workdir}.") from None
+      logging.info("Resumed from step %d in %s.", step, workdir)
+      if step >= config.train.num_steps:
+        logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
+                        "train; raise num_steps to continue.", step, config.train.num_steps)
+    # Written once the run is known to fit the workdir (a refused resume must not replace them).
+    if is_main:
+      pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
+      checkpointing.write_json(workdir / "config.json", config_json)
+    meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config), "config": config_json}
 
-  # --- Compiled steps ----------------------------------------------------------------------
-  step_config = trainer_lib.StepConfig(config.model.max_predictions,
-                                       config.optim.grad_accum_steps)
-  train_step = trainer_lib.jit_train_step(
-      trainer_lib.make_train_step(model, tx, schedule, step_config,
-                                  optim.make_apply_update(config.optim, schedule)),
-      state_shardings, mesh, masker)
-  eval_step = trainer_lib.jit_eval_step(
-      trainer_lib.make_eval_step(model, config.model.max_predictions,
-                                 config.optim.grad_accum_steps), state_shardings, mesh,
-      masker)
-  flops_per_step = config.train.batch_size * model_lib.train_flops_per_sequence(
-      mlm_config, config.data.seq_len, config.model.max_predictions)
+    # --- Compiled steps ----------------------------------------------------------------------
+    step_config = trainer_lib.StepConfig(config.model.max_predictions,
+                                         config.optim.grad_accum_steps)
+    train_step = trainer_lib.jit_train_step(
+        trainer_lib.make_train_step(model, tx, schedule, step_config,
+                                    optim.make_apply_update(config.optim, schedule)),
+        state_shardings, mesh, masker)
+    eval_step = trainer_lib.jit_eval_step(
+        trainer_lib.make_eval_step(model, config.model.max_predictions,
+                                   config.optim.grad_accum_steps), state_shardings, mesh,
+        masker)
+    flops_per_step = config.train.batch_size * model_lib.train_flops_per_sequence(
+        mlm_config, config.data.seq_len, config.model.max_predictions)
 
-  # --- Loop --------------------------------------------------------------------------------
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
-                                    resumed_at=int(jax.device_get(state.step)) if resume else None)
-  stop = _StopSignal()
-  batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
-  t = config.train
-  step = int(jax.device_get(state.step))
-  pending, last_log, last_eval = [], {}, {}
-  save_due = False  # A refused save (skipped steps) is retried at every step until one is made.
-  previous = None  # The previous step's metrics (pending is emptied at every log).
-  tokens_per_step = t.batch_size * config.data.seq_len
-  progress = tqdm.tqdm(total=t.num_steps, initial=step, disable=not is_main, desc="train",
-                       dynamic_ncols=True)
-  # tokens/s and MFU count training only: the first step of the process (compilation) and the
-  # time of evaluations and checkpoints are left out of the intervals.
-  interval_start, interval_steps, first_step = time.time(), 0, True
-  try:
+    # --- Loop --------------------------------------------------------------------------------
+    writer = cleanup.enter_context(contextlib.closing(metrics_lib.MetricWriter(
+        workdir, enabled=is_main, resumed_at=int(jax.device_get(state.step)) if resume else None)))
+    stop = _StopSignal()
+    cleanup.callback(stop.restore)
+    batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
+    t = config.train
+    step = int(jax.device_get(state.step))
+    pending, last_log, last_eval = [], {}, {}
+    save_due = False  # A refused save (skipped steps) is retried at every step until one is made.
+    previous = None  # The previous step's metrics (pending is emptied at every log).
+    tokens_per_step = t.batch_size * config.data.seq_len
+    progress = cleanup.enter_context(tqdm.tqdm(
+        total=t.num_steps, initial=step, disable=not is_main, desc="train", dynamic_ncols=True))
+    # tokens/s and MFU count training only: the first step of the process (compilation) and the
+    # time of evaluations and checkpoints are left out of the intervals.
+    interval_start, interval_steps, first_step = time.time(), 0, True
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       if step == 0:  # The untrained model's loss: the baseline every later eval compares with.
         last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
@@ -380,12 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           break
         if evaluated or saving:
           interval_start += time.time() - paused
-  finally:
-    progress.close()
-    stop.restore()
-    writer.close()
-    checkpointer.close()
-  return {"step": step, **last_log, **last_eval, "preempted": stop.received is not None}
+    return {"step": step, **last_log, **last_eval, "preempted": stop.received is not None}
 
 
 def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

@@ -63,6 +63,11 @@ class MLMConfig:
     if self.flavour == "roberta" and self.max_seq_len < 1:
       raise ValueError(f"model.max_positions={self.max_positions} leaves no positions after the "
                        f"padding index {self.pad_id} (RoBERTa positions start at pad_id + 1).")
+    for key in ("dropout", "attention_dropout"):
+      value = getattr(self, key)
+      if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"model.{key}={value!r} must be in [0, 1) (1 drops every activation: "
+                         "every step would be non-finite).")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"model.hidden_size={self.hidden_size} is not divisible by "
                        f"model.num_heads={self.num_heads}.")

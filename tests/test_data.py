@@ -411,7 +411,8 @@ def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer)
   other_seed = data.StreamingBatchIterator(
       pipeline.train_stream, bert_tokenizer, 32, ids, "full_sentences", 4, seed=2,
       chunk_documents=25, shuffle_buffer=16, process_index=1, process_count=2)
-  with pytest.raises(ValueError, match="StreamingBatchIterator state was saved with seed=1"):
+  with pytest.raises(data.DataSettingsChanged,
+                     match=r"StreamingBatchIterator state was saved with seed=1, .*train.seed"):
     other_seed.restore(it.state())
 
 

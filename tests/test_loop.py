@@ -188,6 +188,24 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
     loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert (tmp_path / "metrics.jsonl").exists()
+  # ... nor when only the training data turns out too small for one batch.
+  config.init_from, config.model.num_layers = "", 1
+  config.train.batch_size = 8 * 8192
+  with pytest.raises(ValueError, match="fewer than one global batch of 65536"):
+    loop.train_and_evaluate(config, tmp_path)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
+  assert (tmp_path / "metrics.jsonl").exists()
+  # Resuming with another batch size names the config key and the way out.
+  config.train.batch_size, config.train.overwrite, config.train.resume = 32, False, True
+  with pytest.raises(ValueError, match=r"global_batch_size=16, this run has global_batch_size=32 "
+                                       r"\(set by config.train.batch_size\).*--config.init_from="):
+    loop.train_and_evaluate(config, tmp_path)
+  config.train.batch_size = 16
+  # A workdir holding imported parameters (convert_checkpoint.py --from-hf) is not a run.
+  params, mlm_config, _ = checkpointing.restore_params(tmp_path)
+  checkpointing.save_initial_checkpoint(tmp_path / "imported", params, mlm_config)
+  with pytest.raises(ValueError, match=r"imported by convert_checkpoint.py .*--config.init_from="):
+    loop.train_and_evaluate(config, tmp_path / "imported")
   # A hand-edited (or damaged) data iterator state is a damaged checkpoint, named as such.
   config.train.overwrite, config.train.resume, config.init_from = False, True, ""
   config.model.num_layers = 1
@@ -239,6 +257,21 @@ def test_skipped_steps_never_rotate_out_the_last_good_checkpoint(tiny_config, tm
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
 
 
+def test_a_fresh_start_keeps_the_logs_of_a_run_without_checkpoints_apart(tiny_config, tmp_path):
+  """A run that died before its first checkpoint left logs; the next start must not append to
+  them (two runs' steps mixed in one file), nor delete them."""
+  earlier = '{"step": 0, "eval_loss": 1.0}\n{"step": 5, "loss": null}\n'
+  (tmp_path / "metrics.jsonl").write_text(earlier)
+  (tmp_path / "tensorboard").mkdir()
+  config = _small(tiny_config, num_steps=1, checkpoint_every=1, eval_every=1000)
+  loop.train_and_evaluate(config, tmp_path)
+  assert (tmp_path / "metrics.jsonl.earlier-1").read_text() == earlier
+  assert (tmp_path / "tensorboard.earlier-1").is_dir()
+  steps = [json.loads(line)["step"] for line in
+           (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [0, 1, 1]  # The new run only: eval at 0, train and eval at its last step.
+
+
 def test_evaluation_masks_each_batch_with_its_own_key(tiny_config, monkeypatch):
   """Keys differ between the batches of one evaluation and repeat at the next evaluation."""
   batches = [{"token_ids": np.full((4, 8), i, np.int32)} for i in range(3)]
@@ -286,7 +319,10 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
                               ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
                               ("model.compute_dtype", "fp16", r"model.compute_dtype='fp16'"),
                               ("optim.learning_rate", -1.0,
-                               r"config.optim.learning_rate=-1.0 must be > 0")):
+                               r"config.optim.learning_rate=-1.0 must be > 0"),
+                              ("train.seed", -1, r"config.train.seed=-1 must be an integer"),
+                              ("model.dropout", 1.0, r"model.dropout=1.0 must be in \[0, 1\)"),
+                              ("model.attention_dropout", 1.5, r"model.attention_dropout=1.5")):
     config = copy.deepcopy(tiny_config)
     config.update_from_flattened_dict({key: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):
