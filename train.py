@@ -22,7 +22,8 @@ def main(argv):
   distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()
-  with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError)):
+  with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError),
+                       exit_now=True):
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Finished at step %d: %s", result["step"], result)
 

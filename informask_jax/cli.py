@@ -36,10 +36,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 
 @contextlib.contextmanager
-def user_errors(program: str, extra: tuple = ()):
+def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
   """Turns USER_ERRORS (and `extra`) into one line on stderr and exit status 1.
 
-  INFORMASK_TRACEBACK=1 lets them through with their traceback, for debugging.
+  `exit_now` (for a script's top level, never a function tests call): leave with os._exit, so
+  that threads a failed checkpoint read leaves behind (tensorstore's, scheduling into orbax's
+  closed event loop) cannot print tracebacks after the line during interpreter shutdown.
+  INFORMASK_TRACEBACK=1 lets the errors through with their traceback, for debugging.
   """
   try:
     yield
@@ -48,6 +51,10 @@ def user_errors(program: str, extra: tuple = ()):
       raise
     logging.shutdown()  # Flush what was logged before the error, then the error last.
     print(f"{program}: error: {type(e).__name__}: {e}", file=sys.stderr)
+    if exit_now:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)
     sys.exit(1)
 
 
