@@ -692,6 +692,10 @@ def check_config(config):
       raise ValueError(f"config.data.seq_len={data.seq_len} exceeds the model's {limit} positions "
                        f"(config.model.max_positions={config.model.get('max_positions')}, "
                        f"flavour={config.model.get('flavour')!r}).")
+  cache = os.path.expanduser(data.cache_dir)
+  if os.path.exists(cache) and not os.path.isdir(cache):
+    raise ValueError(f"config.data.cache_dir={data.cache_dir!r} is a file; it must be a "
+                     "directory (created when missing).")
   if not 0 <= data.validation_fraction < 1:
     raise ValueError(f"config.data.validation_fraction={data.validation_fraction} must be in "
                      "[0, 1).")

@@ -61,6 +61,9 @@ def check_config(config) -> None:
     masking.check_config(config.masking)
   except ValueError as e:
     raise ValueError(f"config.masking: {e}") from None
+  name = config.masking.name
+  if name in _STATS_NEEDED and not (name == "informask" and config.masking.rates_path):
+    stats.build.check_config(config)  # The statistics will be built: their settings too.
   budget = round(config.masking.mask_prob * (config.data.seq_len - 2))
   if config.masking.budget == "exact" and m.max_predictions < budget:
     raise ValueError(

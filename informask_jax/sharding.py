@@ -54,8 +54,20 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 def logical_rules(mesh_config) -> tuple[tuple[str, object], ...]:
   """The config's rules as flax expects them: (logical name, mesh axis | tuple | None)."""
-  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-               for name, axes in mesh_config.logical_axis_rules)
+  rules = mesh_config.logical_axis_rules
+  out = []
+  for rule in rules if isinstance(rules, list | tuple) else [rules]:
+    if not isinstance(rule, list | tuple) or len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(f"config.mesh.logical_axis_rules: {rule!r} is not a (logical name, mesh "
+                       f"axes) pair; each rule maps a name to one of {MESH_AXES}, a tuple of "
+                       "them, or None.")
+    name, axes = rule[0], tuple(rule[1]) if isinstance(rule[1], list) else rule[1]
+    for axis in (axes if isinstance(axes, tuple) else (axes,)):
+      if axis is not None and axis not in MESH_AXES:
+        raise ValueError(f"config.mesh.logical_axis_rules: {name!r} -> {axis!r} is not a mesh "
+                         f"axis; use one of {MESH_AXES}, a tuple of them, or None.")
+    out.append((name, axes))
+  return tuple(out)
 
 
 def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh, where: str) -> PartitionSpec:

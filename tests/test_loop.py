@@ -291,7 +291,11 @@ def test_evaluation_masks_each_batch_with_its_own_key(tiny_config, monkeypatch):
   assert len(set(seen[:3])) == 3 and seen[:3] == seen[3:]
 
 
-def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
+def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch):
+  (tmp_path / "afile").write_text("")
+  # "Before anything heavy": none of these may get as far as reading the corpus.
+  monkeypatch.setattr(loop.data, "build_input_pipeline",
+                      lambda config: pytest.fail("the input pipeline was built"))
   tiny_config.data.seq_len = 600
   with pytest.raises(ValueError, match="seq_len=600 exceeds"):
     loop.train_and_evaluate(tiny_config, tmp_path)
@@ -322,7 +326,15 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path):
                                r"config.optim.learning_rate=-1.0 must be > 0"),
                               ("train.seed", -1, r"config.train.seed=-1 must be an integer"),
                               ("model.dropout", 1.0, r"model.dropout=1.0 must be in \[0, 1\)"),
-                              ("model.attention_dropout", 1.5, r"model.attention_dropout=1.5")):
+                              ("model.attention_dropout", 1.5, r"model.attention_dropout=1.5"),
+                              ("stats.window", -1, r"config.stats.window=-1 must be >= 0"),
+                              ("masking.missing_rate", "abc", r"missing_rate='abc': expected"),
+                              ("data.cache_dir", str(tmp_path / "afile"),
+                               r"config.data.cache_dir=.*afile' is a file"),
+                              ("mesh.logical_axis_rules", ("foo",),
+                               r"logical_axis_rules: 'foo' is not a \(logical name, mesh axes\)"),
+                              ("mesh.logical_axis_rules", (("embed", "fdsp"),),
+                               r"'embed' -> 'fdsp' is not a mesh axis")):
     config = copy.deepcopy(tiny_config)
     config.update_from_flattened_dict({key: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -104,6 +104,18 @@ def check_name(name) -> None:
                      f"{sorted(MASKERS)}.")
 
 
+def _missing_rate(masking_config):
+  """config.masking.missing_rate, a string field: "mean" or a number >= 0."""
+  missing = str(masking_config.get("missing_rate", "mean"))
+  try:
+    value = missing if missing == "mean" else float(missing)
+  except ValueError:
+    value = -1.0
+  if value != "mean" and not value >= 0:
+    raise ValueError(f"masking.missing_rate={missing!r}: expected 'mean' or a number >= 0.")
+  return value
+
+
 def check_config(masking_config) -> None:
   """The checks get_masker makes that need no tables (shared settings, the strategy's own
   options), on a `config.masking`: a training run calls it before reading the corpus."""
@@ -116,6 +128,8 @@ def check_config(masking_config) -> None:
     words.check_span_options(c.span_geometric_p, c.span_max_len)
   elif c.name == "pmi_span":
     pmi_span.check_variant(c.pmi_variant)
+  elif c.name == "informask":
+    _missing_rate(c)
 
 
 def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replace_prob=0.8,
@@ -154,12 +168,7 @@ def masker_from_config(masking_config, *, vocab_size, special_ids, mask_id, cont
       raise ValueError("informask needs a rate table: set masking.rates_path (a .npy or "
                        "id_mask_prob.json file) or build it with the statistics module.")
     options["rates"] = rates if rates is not None else c.rates_path
-    missing = str(c.get("missing_rate", "mean"))
-    try:  # A string field in the config: "mean" or a number.
-      missing = missing if missing == "mean" else float(missing)
-    except ValueError:
-      raise ValueError(f"masking.missing_rate={missing!r}: expected 'mean' or a number.") from None
-    options.update(rescale=bool(c.get("rescale", True)), missing_rate=missing)
+    options.update(rescale=bool(c.get("rescale", True)), missing_rate=_missing_rate(c))
   elif name == "informask_online":
     options.update(pmi=pmi, num_candidates=c.num_candidates)
   return get_masker(name, vocab_size=vocab_size, mask_id=mask_id, special_ids=tuple(special_ids),
