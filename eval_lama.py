@@ -38,14 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> lama.Report:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  with cli.user_errors("eval_lama.py"):
-    report = lama.evaluate(
+  with cli.user_errors("eval_lama.py", extra=(lama.OutputError,)):
+    # The table is printed before --out is written: a failed write loses nothing.
+    return lama.evaluate(
         args.model, args.data_dir, protocol=args.protocol, common_vocab=args.common_vocab,
         batch_size=args.batch_size, out_dir=args.out, backend=args.backend, device=args.device,
         use_masked_sentences=args.use_masked_sentences, step=args.step, limit=args.limit,
-        progress=not args.no_progress)
-  print(report.table)
-  return report
+        progress=not args.no_progress, on_table=print)
 
 
 if __name__ == "__main__":

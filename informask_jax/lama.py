@@ -26,7 +26,8 @@ can be compared with the ones it published:
     filter drops), reported under `scored_as_miss`.
 
 Everything that cannot be asked (bad JSON, missing fields, masks, multi-token objects, unknown
-relations) is skipped and counted by reason; nothing in the data stops a run.
+relations) is skipped and counted by reason; nothing in the data stops a run, unless no fact at
+all is left to ask (then the error says why).
 """
 
 import collections
@@ -40,7 +41,7 @@ import pathlib
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -224,8 +225,20 @@ def read_word_list(path: str | os.PathLike) -> list[str]:
   if not p.is_file():
     raise FileNotFoundError(f"--common_vocab {str(path)!r}: no such file (one word per line, "
                             "e.g. LAMA's common_vocab_cased.txt).")
-  with open(p, encoding="utf-8") as f:
-    return [w.strip() for w in f if w.strip()]
+  expects = "a UTF-8 text file, one word per line"
+  try:
+    text = p.read_text(encoding="utf-8-sig")  # A byte-order mark is tolerated.
+  except UnicodeDecodeError as e:
+    raise ValueError(f"--common_vocab {str(path)!r} is not UTF-8 (byte {e.object[e.start]:#04x} "
+                     f"at offset {e.start}; UTF-16?): expects {expects}.") from None
+  if "\x00" in text:  # UTF-16 without a byte-order mark can decode as UTF-8 with NULs.
+    raise ValueError(f"--common_vocab {str(path)!r} holds NUL characters (UTF-16?): expects "
+                     f"{expects}.")
+  words = [w.strip() for w in text.replace("\r", "\n").split("\n") if w.strip()]
+  if not words:
+    raise ValueError(f"--common_vocab {str(path)!r} is empty: expects {expects} (every fact "
+                     "would be skipped).")
+  return words
 
 
 # --- Queries -----------------------------------------------------------------------------------
@@ -478,11 +491,33 @@ def load_tokenizer(model: str):
   check_model_path(model)
   where = str(pathlib.Path(model) / "tokenizer") if is_workdir(model) else model
   try:
-    return AutoTokenizer.from_pretrained(where)
+    tokenizer = AutoTokenizer.from_pretrained(where)
   except (OSError, ValueError) as e:
     raise FileNotFoundError(
         f"--model {model!r}: no tokenizer could be loaded from {where!r} (an exported Hugging "
         f"Face directory, a hub name, or a training workdir with tokenizer/): {e}") from e
+  # Without its vocabulary files, transformers builds a tokenizer of the special tokens alone
+  # from config.json: every object would be "not a single token" and every fact skipped.
+  needed = sorted(set(getattr(tokenizer, "vocab_files_names", {}).values()))
+  if os.path.isdir(where) and needed and not any(os.path.isfile(os.path.join(where, n))
+                                                 for n in needed):
+    raise FileNotFoundError(
+        f"--model {model!r}: {where!r} has no tokenizer files ({type(tokenizer).__name__} needs "
+        f"one of: {', '.join(needed)}). Save the tokenizer beside the model "
+        "(tokenizer.save_pretrained(DIR)).")
+  if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
+    raise FileNotFoundError(
+        f"--model {model!r}: the tokenizer loaded from {where!r} has no vocabulary, only its "
+        f"{len(tokenizer)} special tokens (tokenizer files missing?).")
+  return tokenizer
+
+
+def _model_load_error(name_or_dir: str, e: Exception) -> FileNotFoundError:
+  """One line for a model that cannot be read (missing or damaged files, e.g. safetensors'
+  SafetensorError for a download cut short), naming --model."""
+  first = (str(e).strip().splitlines() or [""])[0]
+  return FileNotFoundError(f"--model {name_or_dir!r}: no masked LM could be loaded "
+                           f"({type(e).__name__}: {first})")
 
 
 class TorchBackend:
@@ -520,10 +555,10 @@ class TorchBackend:
 
     try:
       model = AutoModelForMaskedLM.from_pretrained(name_or_dir, dtype=torch.float32)
+    except MemoryError:
+      raise
     except Exception as e:  # Missing or damaged files (safetensors raises its own error type).
-      first = (str(e).strip().splitlines() or [""])[0]
-      raise FileNotFoundError(f"--model {name_or_dir!r}: no masked LM could be loaded "
-                              f"({type(e).__name__}: {first})") from e
+      raise _model_load_error(name_or_dir, e) from e
     return cls(model, tokenizer, device)
 
   def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -610,7 +645,12 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
     else:
       from informask_jax import export
 
-      params, cfg = export.load_hf_as_flax(model)
+      try:
+        params, cfg = export.load_hf_as_flax(model)
+      except MemoryError:
+        raise
+      except Exception as e:  # As the torch backend: missing or damaged files, one line.
+        raise _model_load_error(model, e) from e
     return FlaxBackend(params, cfg, batch_size, tokenizer.pad_token_id)
   if is_workdir(model):
     from informask_jax import export
@@ -697,6 +737,32 @@ def _reasons(counter: dict) -> str:
   return ";".join(f"{k}={v}" for k, v in counter.items())
 
 
+class OutputError(OSError):
+  """The results could not be written to --out (after the run; the table was shown first)."""
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+  """Refuses an --out the results could not be written to, before anything is evaluated.
+
+  --out is a directory, created (with its parents) when absent: it must not be a file, and the
+  directory itself, or else the nearest folder above it that exists, must take new entries.
+  """
+  out = pathlib.Path(os.path.abspath(os.path.expanduser(out_dir)))
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f"--out {str(out_dir)!r} is a file; give a directory for the results.")
+  base = next(p for p in (out, *out.parents) if p.exists())
+  if not base.is_dir():
+    raise FileExistsError(f"--out {str(out_dir)!r}: {str(base)!r} is a file, so no directory "
+                          "can be made there for the results.")
+  try:  # os.access says yes to root everywhere (/proc too): make an entry and remove it.
+    os.rmdir(tempfile.mkdtemp(prefix=".lama_out_check_", dir=base))
+  except OSError as e:
+    problem = ("is not writable" if base == out
+               else f"cannot be created: nothing can be made under {str(base)!r}")
+    raise PermissionError(f"--out {str(out_dir)!r} {problem} ({e.strerror or e}); give a "
+                          "writable directory for the results.") from None
+
+
 def write_outputs(out_dir: str | os.PathLike, summary: dict, run_info: dict, table: str):
   """results.csv (a row per relation), summary.json, run.json (settings) and results.md."""
   out = pathlib.Path(out_dir).expanduser()
@@ -715,6 +781,26 @@ def write_outputs(out_dir: str | os.PathLike, summary: dict, run_info: dict, tab
   (out / "results.md").write_text(table + "\n", encoding="utf-8")
 
 
+def _nothing_to_ask(scores: Sequence[RelationScore], words: WordTable,
+                    common_vocab: str | None) -> str:
+  """Why a run has no fact left to score: the skip reasons, most frequent first, and a hint."""
+  reasons = collections.Counter()
+  for s in scores:
+    reasons.update(s.skipped)
+  counts = ", ".join(f"{k}={v}" for k, v in reasons.most_common()) or "the files hold no facts"
+  message = (f"Every fact was skipped, nothing to score ({sum(reasons.values())} in "
+             f"{len(scores)} relation file(s): {counts}).")
+  top = reasons.most_common(1)[0][0] if reasons else None
+  if top == "object_not_single_token":
+    message += (f" No fact's object is a single token of the model's vocabulary "
+                f"({len(words.tokenizer)} tokens): is the tokenizer the model's own?")
+  elif top == "object_not_in_common_vocab":
+    message += f" No fact's object is a word of --common_vocab {common_vocab!r}."
+  elif top == "malformed_json":
+    message += " Are these LAMA's .jsonl files?"
+  return message
+
+
 @dataclasses.dataclass
 class Report:
   summary: dict  # As written to summary.json.
@@ -727,7 +813,7 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
              common_vocab: str | None = None, batch_size: int = 64,
              out_dir: str | None = None, backend: str = "torch", device: str | None = None,
              use_masked_sentences: bool = False, step: int | None = None, limit: int = 0,
-             progress: bool = True) -> Report:
+             progress: bool = True, on_table: Callable[[str], None] | None = None) -> Report:
   """Runs the LAMA probe on `model` over `data_dir`; writes to `out_dir` when given.
 
   model: an exported Hugging Face directory, a hub name or a training workdir.
@@ -735,12 +821,15 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   common_vocab: word list; lama: facts and predictions restricted to it; informask: the list
     that filters the top 30.
   limit: read at most this many lines per file (0: all), for quick runs.
+  on_table: called with the Markdown table before anything is written to `out_dir` (the CLI
+    prints it), so that a failed write loses nothing.
+
+  A run in which every fact is skipped is a ValueError that says why, not a table of "-".
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}.")
-  if out_dir and os.path.exists(os.path.expanduser(out_dir)) and not os.path.isdir(
-      os.path.expanduser(out_dir)):  # Checked before the run, not after it.
-    raise FileExistsError(f"--out {out_dir!r} is a file; give a directory for the results.")
+  if out_dir:  # Checked before the run, not after it.
+    check_out_dir(out_dir)
   if backend not in BACKENDS:
     raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}.")
   if batch_size < 1:
@@ -759,6 +848,10 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
     common_ids = {words.single_token_id(w) for w in word_list} - {None}
     log.info("Common vocabulary: %d of %d words are single tokens of the model.",
              len(common_ids), len(word_list))
+    if not common_ids:
+      raise ValueError(f"--common_vocab {common_vocab!r}: none of its {len(word_list)} words is "
+                       f"a single token of the model's vocabulary ({len(words.tokenizer)} "
+                       "tokens); every fact would be skipped.")
   scores = [RelationScore(r.source, r.name) for r in relations]
   queries = []
   for i, rel in enumerate(relations):
@@ -767,12 +860,16 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
       queries += lama_queries(i, rel, records, words, common_ids, use_masked_sentences, scores[i])
     else:
       queries += informask_queries(i, rel, records, words, scores[i])
+  if not queries:  # Before the model loads.
+    raise ValueError(_nothing_to_ask(scores, words, common_vocab))
 
   runner = load_backend(model, backend, words.tokenizer, batch_size=batch_size, device=device,
                         step=step)
   encoded = encode_queries(queries, words, runner.max_len, scores,
                            INFORMASK_MAX_TOKENS if protocol == "informask" else None,
                            first_mask=protocol == "lama")
+  if not encoded:
+    raise ValueError(_nothing_to_ask(scores, words, common_vocab))
   if protocol == "lama":
     subset = None if common_ids is None else np.array(sorted(common_ids), np.int64)
     rank_fn = lambda logits, qs: lama_ranks(
@@ -796,6 +893,11 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
       "common_vocab_tokens": None if common_ids is None else len(common_ids),
       "use_masked_sentences": use_masked_sentences, "limit": limit, "max_len": runner.max_len,
       "queries_truncated": sum(e.truncated for e in encoded), "missing_sources": missing}
+  if on_table is not None:
+    on_table(table)
   if out_dir:
-    write_outputs(out_dir, summary, run_info, table)
+    try:
+      write_outputs(out_dir, summary, run_info, table)
+    except OSError as e:
+      raise OutputError(f"--out {out_dir!r}: the results could not be written: {e}") from e
   return Report(summary, missing, run_info, table)

@@ -544,3 +544,104 @@ def test_non_finite_logits_are_an_error_not_rank_one():
   encoded = [types.SimpleNamespace(ids=[1, 2, 3], position=1, query=query)]
   with pytest.raises(ValueError, match="non-finite logits"):
     lama.run_queries(Diverged(), encoded, 4, lambda logits, qs: [1] * len(qs), progress=False)
+
+
+# --- Bad input: one clear error, before the run where possible ---------------------------------
+
+
+def _no_model_load(monkeypatch):
+  """Makes loading the model a test failure: the error must come before it."""
+  def fail(*args, **kwargs):
+    raise AssertionError("the model was loaded before the bad input was noticed")
+
+  monkeypatch.setattr(lama, "load_backend", fail)
+
+
+@pytest.mark.parametrize("where", ["proc", "under_a_file"])
+def test_an_unwritable_out_is_refused_before_the_run(models, tmp_path, monkeypatch, where):
+  if where == "proc":
+    if not lama.os.path.isdir("/proc/self"):
+      pytest.skip("no /proc here")
+    out, match = "/proc/lama_out", r"--out '/proc/lama_out' cannot be created.*under '/proc'"
+  else:
+    (tmp_path / "a_file").write_text("")
+    out, match = str(tmp_path / "a_file" / "out"), r"--out .*a_file.* is a file"
+  _no_model_load(monkeypatch)
+  with pytest.raises((PermissionError, FileExistsError), match=match):
+    lama.evaluate(models["bert"], str(FIXTURES), out_dir=out, progress=False)
+  lama.check_out_dir(tmp_path / "new" / "deeper")  # Absent folders are fine: they are made.
+  assert not (tmp_path / "new").exists()  # The check leaves nothing behind.
+
+
+def test_the_table_is_printed_before_out_is_written(models, tmp_path, monkeypatch, capsys):
+  def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(lama, "write_outputs", disk_full)
+  # The error itself, not cli.user_errors' one-line exit (whose logging.shutdown() would close
+  # handlers pytest still needs).
+  monkeypatch.setenv("INFORMASK_TRACEBACK", "1")
+  with pytest.raises(lama.OutputError, match=r"--out .*out'.*No space left on device"):
+    eval_lama.main(["--model", models["bert"], "--data_dir", str(FIXTURES), "--out",
+                    str(tmp_path / "out"), "--limit", "2", "--no_progress"])
+  printed = capsys.readouterr().out
+  assert "| Source |" in printed and "| TREx |" in printed  # The results survive.
+
+
+def test_a_model_directory_without_tokenizer_files_is_refused(models, tmp_path, monkeypatch):
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  for name in ("config.json", "model.safetensors"):
+    shutil.copy(f"{models['bert']}/{name}", bare / name)
+  _no_model_load(monkeypatch)
+  with pytest.raises(FileNotFoundError, match=r"--model .*bare.* has no tokenizer files .*vocab"):
+    lama.evaluate(str(bare), str(FIXTURES), progress=False)
+
+
+def test_a_run_where_every_fact_is_skipped_is_an_error(models, tmp_path, monkeypatch):
+  # A real tokenizer, but none of the fixture's objects is a token of its 11-word vocabulary.
+  (tmp_path / "vocab.txt").write_text(
+      "\n".join("[PAD] [UNK] [CLS] [SEP] [MASK] the was born in . a".split()) + "\n")
+  small = tmp_path / "small"
+  transformers.BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(small)
+  _no_model_load(monkeypatch)
+  with pytest.raises(ValueError, match=r"Every fact was skipped.*object_not_single_token=\d+.*"
+                                       r"No fact's object is a single token"):
+    lama.evaluate(str(small), str(FIXTURES), progress=False)
+  with pytest.raises(ValueError, match=r"--common_vocab .*words.txt': none of its 2 words"):
+    (tmp_path / "words.txt").write_text("qwxz\nNew York\n")
+    lama.evaluate(models["bert"], str(FIXTURES), common_vocab=str(tmp_path / "words.txt"),
+                  progress=False)
+  (tmp_path / "data" / "ConceptNet").mkdir(parents=True)
+  (tmp_path / "data" / "ConceptNet" / "test.jsonl").write_text("not json\n[1, 2]\n")
+  with pytest.raises(ValueError, match=r"Every fact was skipped.*malformed_json=2"):
+    lama.evaluate(models["bert"], str(tmp_path / "data"), progress=False)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("", "is empty"), ("\n  \n", "is empty"),
+    ("paris\nrome\n".encode("utf-16"), r"is not UTF-8 .*UTF-16"),
+    ("paris\nrome\n".encode("utf-16-le"), r"holds NUL characters"),
+])
+def test_an_empty_or_non_utf8_common_vocab_is_refused(tmp_path, content, match):
+  path = tmp_path / "words.txt"
+  path.write_bytes(content if isinstance(content, bytes) else content.encode())
+  with pytest.raises(ValueError, match=rf"--common_vocab .*words.txt' {match}.*one word per"):
+    lama.evaluate("unused-model", str(FIXTURES), common_vocab=str(path))
+
+
+def test_a_common_vocab_with_a_byte_order_mark_is_read(tmp_path):
+  path = tmp_path / "words.txt"
+  path.write_text("paris\r\nrome\n", encoding="utf-8-sig")
+  assert lama.read_word_list(path) == ["paris", "rome"]
+
+
+def test_a_damaged_model_is_one_clear_error_with_flax_too(models, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(models["bert"], broken)
+  weights = broken / "model.safetensors"
+  weights.write_bytes(weights.read_bytes()[:100])  # A download cut short.
+  tokenizer = lama.load_tokenizer(str(broken))
+  with pytest.raises(FileNotFoundError,
+                     match=r"--model .*broken.*no masked LM could be loaded \(.*SafetensorError"):
+    lama.load_backend(str(broken), "flax", tokenizer, batch_size=4)
