@@ -52,5 +52,5 @@ if __name__ == "__main__":
   from informask_jax import cli
 
   # Bad input or a failed verification (RuntimeError): one line that says what, no traceback.
-  with cli.user_errors("convert_checkpoint.py", (RuntimeError,)):
+  with cli.user_errors("convert_checkpoint.py", (RuntimeError,), exit_now=True):
     main()

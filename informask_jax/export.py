@@ -419,28 +419,51 @@ def from_hf_state_dict(state_dict, hf_config, *, scan_layers: bool = False,
   return convert_layout(params, scan_layers), cfg
 
 
+def _load_weights(path: str, loader) -> dict:
+  """The tensors of one weights file; a damaged one is named in a one-line ValueError."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Weights file {path} does not exist.")
+  try:
+    return loader(path)
+  except MemoryError:
+    raise
+  except Exception as e:  # safetensors' SafetensorError, torch's UnpicklingError, EOFError...
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise ValueError(f"Cannot read {path}: the file is damaged or truncated "
+                     f"({type(e).__name__}: {first}).") from e
+
+
+def _read_json(path: str):
+  """A JSON file; a damaged one is named in a one-line ValueError."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON: the file is damaged or truncated ({e}).") from e
+
+
 def _read_state_dict(model_dir: str) -> dict:
   """Tensors of a Hugging Face checkpoint directory (safetensors or .bin, sharded or not)."""
   import torch
   from safetensors.torch import load_file
 
+  def load_bin(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
   for index_name, loader in (("model.safetensors.index.json", load_file),
-                             ("pytorch_model.bin.index.json", None)):
+                             ("pytorch_model.bin.index.json", load_bin)):
     index_path = os.path.join(model_dir, index_name)
     if os.path.exists(index_path):
-      with open(index_path) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
+      index = _read_json(index_path)
+      if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise ValueError(f"{index_path} has no weight_map: the file is damaged.")
       state = {}
-      for shard in shards:
-        path = os.path.join(model_dir, shard)
-        state.update(loader(path) if loader else torch.load(path, map_location="cpu",
-                                                            weights_only=True))
+      for shard in sorted(set(index["weight_map"].values())):
+        state.update(_load_weights(os.path.join(model_dir, shard), loader))
       return state
-  if os.path.exists(os.path.join(model_dir, "model.safetensors")):
-    return load_file(os.path.join(model_dir, "model.safetensors"))
-  if os.path.exists(os.path.join(model_dir, "pytorch_model.bin")):
-    return torch.load(os.path.join(model_dir, "pytorch_model.bin"), map_location="cpu",
-                      weights_only=True)
+  for name, loader in (("model.safetensors", load_file), ("pytorch_model.bin", load_bin)):
+    if os.path.exists(os.path.join(model_dir, name)):
+      return _load_weights(os.path.join(model_dir, name), loader)
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {model_dir}.")
 
 
@@ -462,8 +485,12 @@ def _read_hf_config(model_dir: str):
   """The directory's config, refused here if unsupported (before any weights are read)."""
   import transformers
 
-  if not os.path.exists(os.path.join(model_dir, "config.json")):
+  path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(path):
     raise FileNotFoundError(f"No config.json in {model_dir}.")
+  # Read here first: transformers reports a damaged file with a long chained traceback.
+  if not isinstance(_read_json(path), dict):
+    raise ValueError(f"{path} does not hold a JSON object: it is not a model config.")
   hf_config = transformers.AutoConfig.from_pretrained(model_dir)
   mlm_config_from_hf(hf_config)
   return hf_config
@@ -513,10 +540,49 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
     json.dump(settings, f, indent=2, sort_keys=True)
 
 
+def _nesting(path: str, other: str) -> str | None:
+  """How `path` relates to directory `other` (symlinks resolved): "is", "is inside", "contains",
+  or None when neither holds the other."""
+  path, other = os.path.realpath(path), os.path.realpath(other)
+  common = os.path.commonpath([path, other])
+  if path == other:
+    return "is"
+  return "is inside" if common == other else "contains" if common == path else None
+
+
+def _check_writable(out_dir: str, what: str, *, sibling: bool = False):
+  """Refuses `out_dir` unless it is, or can be made, a directory we can write.
+
+  Checked up front by trying to create a file system entry, so that the error names `out_dir`
+  (not a temporary path) and comes before any slow work. `sibling`: files are also staged next to
+  `out_dir`, in its parent.
+  """
+  target = os.path.abspath(out_dir)
+  probes = []
+  if os.path.exists(target):
+    if not os.path.isdir(target):
+      raise FileExistsError(f"{what} {out_dir} exists and is not a directory.")
+    probes.append(target)
+  if sibling or not probes:
+    ancestor = os.path.dirname(target)  # The nearest existing one: missing ones are created.
+    while not os.path.exists(ancestor):
+      ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+      raise ValueError(f"{what} {out_dir} cannot be created: {ancestor} is not a directory.")
+    probes.append(ancestor)
+  for directory in probes:
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix=".write-check.", dir=directory))
+    except OSError as e:
+      raise PermissionError(f"{what} {out_dir} cannot be written: creating a directory in "
+                            f"{directory} fails ({e.strerror or type(e).__name__}).") from e
+
+
 def _check_out_dir(out_dir: str, overwrite: bool):
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
     raise FileExistsError(f"Export directory {out_dir} is not empty (overwrite=True, or "
                           "--overwrite, writes into it anyway).")
+  _check_writable(out_dir, "Export directory", sibling=True)  # The staging directory's parent.
 
 
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
@@ -661,8 +727,14 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
 
   if fmt is not None:
     _check_format(fmt)
-  if not os.path.isdir(workdir):
+  if not os.path.exists(workdir):
     raise FileNotFoundError(f"Workdir {workdir} does not exist.")
+  if not os.path.isdir(workdir):
+    raise ValueError(f"Workdir {workdir} is not a directory.")
+  relation = _nesting(out_dir, workdir)
+  if relation:  # With --overwrite it would replace the run's config.json, mix in tokenizer files.
+    raise ValueError(f"Export directory {out_dir} {relation} the workdir {workdir}: export to a "
+                     "directory outside the training run.")
   _check_out_dir(out_dir, overwrite)  # Before the restore, which may take a while.
   tokenizer_dir = os.path.join(workdir, "tokenizer")
   if not os.path.isdir(tokenizer_dir):
@@ -689,6 +761,10 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
 
   from informask_jax import checkpointing
 
+  if os.path.isdir(dir_or_name) and _nesting(workdir, dir_or_name) == "is":
+    raise ValueError(f"The new workdir {workdir} is the Hugging Face directory being imported: "
+                     "choose another --out.")
+  _check_writable(workdir, "Workdir")
   existing = checkpointing.checkpoint_dir(workdir)
   if existing.is_dir() and any(existing.iterdir()):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")

@@ -4,6 +4,7 @@ import dataclasses
 import importlib.metadata
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -376,3 +377,87 @@ def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir,
     export.export_to_hf(tiny_params(cfg, seed=3), cfg, str(out), tokenizer_dir=tokenizer_dir,
                         overwrite=True)
   assert (out / "model.safetensors").read_bytes() == good and os.listdir(tmp_path) == ["hf"]
+
+
+@pytest.fixture()
+def hf_copy(exported, tmp_path):
+  """A writable copy of the BERT export (config, weights, tokenizer) to damage."""
+  path = tmp_path / "hf"
+  shutil.copytree(exported["bert"][2], path)
+  return path
+
+
+def test_a_damaged_weights_file_is_named(hf_copy, tmp_path):
+  weights = hf_copy / "model.safetensors"
+  weights.write_bytes(weights.read_bytes()[:100])  # A truncated download.
+  with pytest.raises(ValueError, match=f"Cannot read {weights}: the file is damaged or truncated"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+  # The same for PyTorch's format.
+  weights.unlink()
+  torch.save({"w": torch.zeros(64)}, hf_copy / "pytorch_model.bin")
+  (hf_copy / "pytorch_model.bin").write_bytes((hf_copy / "pytorch_model.bin").read_bytes()[:80])
+  with pytest.raises(ValueError, match="pytorch_model.bin: the file is damaged or truncated"):
+    export.load_hf_as_flax(str(hf_copy))
+
+
+def test_a_damaged_config_is_named(hf_copy, tmp_path):
+  config = hf_copy / "config.json"
+  config.write_text(config.read_text()[:50])
+  with pytest.raises(ValueError, match=f"{config} is not valid JSON: the file is damaged"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+
+
+@pytest.fixture(scope="module")
+def imported_workdir(exported, tmp_path_factory):
+  """A workdir with a step-0 checkpoint and a tokenizer (tests must leave it unchanged)."""
+  workdir = str(tmp_path_factory.mktemp("imported") / "work")
+  export.import_to_workdir(exported["bert"][2], workdir)
+  return workdir
+
+
+def test_export_refuses_an_out_dir_overlapping_the_workdir(imported_workdir, hf_copy):
+  before = sorted(os.listdir(imported_workdir))
+  parent = os.path.dirname(imported_workdir)
+  for out, relation in ((imported_workdir, "is"), (os.path.join(imported_workdir, "hf"),
+                                                   "is inside"), (parent, "contains")):
+    with pytest.raises(ValueError, match=f"Export directory {out} {relation} the workdir"):
+      convert_checkpoint.main(["--workdir", imported_workdir, "--out", out, "--overwrite"])
+  assert sorted(os.listdir(imported_workdir)) == before == ["checkpoints", "tokenizer"]
+  # Nor may an import write its workdir into the Hugging Face directory it reads.
+  with pytest.raises(ValueError, match="is the Hugging Face directory being imported"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", f"{hf_copy}/"])
+  assert "checkpoints" not in os.listdir(hf_copy)
+
+
+def test_a_workdir_that_is_a_file_is_not_a_directory(tmp_path):
+  (tmp_path / "run").write_text("x")
+  with pytest.raises(ValueError, match="Workdir .*run is not a directory"):
+    convert_checkpoint.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "o")])
+
+
+def test_an_unwritable_out_dir_is_named_before_any_work(imported_workdir, tmp_path):
+  (tmp_path / "file").write_text("x")
+  cases = [(str(tmp_path / "file"), FileExistsError, "exists and is not a directory"),
+           (str(tmp_path / "file" / "o"), ValueError, f"cannot be created: {tmp_path}/file is not")]
+  if os.path.isdir("/proc"):  # Exists, yet nothing can be created there, even by root.
+    cases.append(("/proc/o6", PermissionError, "cannot be written: creating a directory in /proc"))
+  for out, error, message in cases:
+    with pytest.raises(error, match=f"{out} {message}"):
+      convert_checkpoint.main(["--workdir", imported_workdir, "--out", out])
+    with pytest.raises(error, match=f"Workdir {out} {message}"):
+      convert_checkpoint.main(["--from-hf", str(tmp_path), "--out", out])
+  assert sorted(os.listdir(tmp_path)) == ["file"]
+  # Missing parents are still created, as before.
+  out = tmp_path / "exports" / "run" / "hf"
+  report = convert_checkpoint.main(["--workdir", imported_workdir, "--out", str(out),
+                                    "--no-verify"])
+  assert report["step"] == 0 and (out / "model.safetensors").is_file()
+
+
+def test_only_unfinished_checkpoints_are_reported_as_such(tokenizer_dir, tmp_path):
+  (tmp_path / "work" / "checkpoints" / "4.orbax-checkpoint-tmp-1234").mkdir(parents=True)
+  shutil.copytree(tokenizer_dir, tmp_path / "work" / "tokenizer")
+  with pytest.raises(FileNotFoundError, match="only unfinished .*4.orbax-checkpoint-tmp-1234"):
+    convert_checkpoint.main(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "o")])
