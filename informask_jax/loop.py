@@ -262,7 +262,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   init_params = None
   if config.init_from and not resume:
-    init_params, saved_cfg, _ = checkpointing.restore_params(config.init_from)
+    try:
+      init_params, saved_cfg, _ = checkpointing.restore_params(config.init_from)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"config.init_from: {e}") from None
     # Unrolled or scanned layers are a layout, not an architecture: convert to this run's.
     init_params = export.convert_layout(init_params, mlm_config.scan_layers)
     saved_cfg = dataclasses.replace(saved_cfg, scan_layers=mlm_config.scan_layers)

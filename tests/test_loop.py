@@ -206,6 +206,11 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
   checkpointing.save_initial_checkpoint(tmp_path / "imported", params, mlm_config)
   with pytest.raises(ValueError, match=r"imported by convert_checkpoint.py .*--config.init_from="):
     loop.train_and_evaluate(config, tmp_path / "imported")
+  # init_from a workdir whose checkpoints directory holds no finished checkpoint names the key.
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+  config.init_from, config.train.resume = str(tmp_path / "empty"), False
+  with pytest.raises(FileNotFoundError, match=r"config.init_from: No finished checkpoint in"):
+    loop.train_and_evaluate(config, tmp_path / "fresh")
   # A hand-edited (or damaged) data iterator state is a damaged checkpoint, named as such.
   config.train.overwrite, config.train.resume, config.init_from = False, True, ""
   config.model.num_layers = 1
