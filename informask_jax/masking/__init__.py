@@ -63,7 +63,11 @@ def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
   rescale = bool(rescale)
   table = informask.load_rates(rates, settings.vocab_size, missing_rate)
   informask.check_rates_for(table, settings.special_ids, rescale)
-  tables = {"rates": table, "weights": informask.weights_from_rates(table, settings.special_ids)}
+  if settings.budget == "bernoulli":
+    tables = {"rates": table, "signed_rates": informask.signed_rates(table, settings.special_ids)}
+  else:
+    tables = {"rates": table,
+              "weights": informask.weights_from_rates(table, settings.special_ids)}
   return informask.make_select(settings, rescale), tables, (("rescale", rescale),)
 
 

@@ -135,17 +135,21 @@ def make_select(settings, rescale):
     length = tokens.shape[-1]
     u = prng.uniform(prng.bits(seed, prng.SELECT, (length,)))  # (L,)
     if settings.budget == "bernoulli":
-      # The barrier makes XLA:CPU gather once instead of re-gathering inside every consumer
-      # fusion (2-3x faster here; a no-op for the result).
-      rate = jax.lax.optimization_barrier(jnp.where(maskable, tables["rates"][tokens], 0.0))
+      # One gather gives the rate and whether the token can be a target (specials hold -1).
+      signed = tables["signed_rates"][tokens]
+      rate = jnp.maximum(signed, 0.0)
       if rescale:
-        total = jnp.sum(rate)
-        n = jnp.sum(maskable).astype(jnp.float32)
+        # Both per-sequence sums as one matrix-vector product: on XLA:CPU 13-35% faster per
+        # call than two reductions at 32 x 128 and 32 x 512 (interleaved A/B), at
+        # 256 x 512 the same. HIGHEST: no bf16 / TF32 rounding of the rates on accelerators.
+        flags = (signed >= 0).astype(jnp.float32)
+        total, n = jnp.dot(jnp.stack([rate, flags]), jnp.ones((length,), jnp.float32),
+                           precision=jax.lax.Precision.HIGHEST)
         rate = rate * jnp.where(total > 0, settings.mask_prob * n / total, 0.0)
       # No "decide" from u / rate (see contract.corrupt): that pulls the rate gather into the
       # corruption kernel, and the DECIDE stream (a hash) costs less on XLA:CPU (raw rates:
       # 5 kernels -> 3, 20-35% faster per call from 32 x 128 to 256 x 512).
-      return maskable & (u < rate), {}
+      return u < rate, {}
     # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
     # position in the low bits (ties between equal floats go to the lower position).
     race = -jnp.log(u) / jax.lax.optimization_barrier(tables["weights"][tokens])  # (L,)
@@ -156,6 +160,13 @@ def make_select(settings, rescale):
     target, _ = select.threshold_select(keys, maskable.astype(jnp.int32), budget, _KEY_BITS)
     return target, {}
   return select_targets
+
+
+def signed_rates(rates, special_ids):
+  """The rates with -1 at the special ids (never targets), for the Bernoulli budget."""
+  out = np.asarray(rates, np.float32).copy()
+  out[list(special_ids)] = -1.0
+  return out
 
 
 def weights_from_rates(rates, special_ids):
