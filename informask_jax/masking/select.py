@@ -43,13 +43,20 @@ def threshold_select(keys, weights, budget, nbits):
   """Selects key < t for the largest t with sum(weights[keys < t]) <= budget.
 
   keys: uint32[..., L] < 2**nbits - 1 (t is at most 2**nbits - 1, so a key of that value could
-  never be selected); weights: int32[..., L] (0 for non-candidates, whose keys do not matter);
-  budget: int32[...]. Returns (selected bool[..., L], used int32[...]).
+  never be selected); weights: int32[..., L] >= 0 summing below 2**24 (0 for non-candidates,
+  whose keys do not matter); budget: int32[...]. Returns (selected bool[..., L], used int32[...]).
   """
+  # The masked sums as dot products in float32: exact (integers below 2**24, HIGHEST precision)
+  # and on XLA:CPU 5-30% faster per masker call than a reduction (interleaved A/B, exact budget
+  # of random and informask at 32 x 128 - 256 x 512; bitwise the same masks).
+  w = weights.astype(jnp.float32)
+  limit = jnp.asarray(budget).astype(jnp.float32)
+
   def step(i, t):  # One key bit, from the highest; a loop over bits, not over B or L.
     cand = t | (jnp.uint32(1) << (nbits - 1 - i).astype(jnp.uint32))
-    total = jnp.sum(jnp.where(keys < cand[..., None], weights, 0), axis=-1)
-    return jnp.where(total <= budget, cand, t)
+    below = (keys < cand[..., None]).astype(jnp.float32)
+    total = jnp.einsum("...l,...l->...", below, w, precision=jax.lax.Precision.HIGHEST)
+    return jnp.where(total <= limit, cand, t)
 
   t = jax.lax.fori_loop(0, nbits, step, jnp.zeros(keys.shape[:-1], jnp.uint32))
   selected = (keys < t[..., None]) & (weights > 0)
