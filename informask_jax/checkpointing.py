@@ -147,8 +147,10 @@ class Checkpointer:
     return _read_meta(self.manager, self.workdir, step)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()  # A failed asynchronous save surfaces as a CheckpointWriteError.
+    finally:
+      self.manager.close()
 
 
 class CheckpointWriteError(RuntimeError):

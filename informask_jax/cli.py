@@ -35,6 +35,18 @@ def quiet_library_logs() -> None:
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 
+def _leave_jax_distributed() -> None:
+  """With several processes, leaves the coordination service cleanly (process 0 hosts it)."""
+  jax = sys.modules.get("jax")
+  if jax is None:
+    return
+  try:
+    if jax.process_count() > 1:
+      jax.distributed.shutdown()
+  except Exception:  # Exiting on an error already; the other processes see a lost peer.
+    pass
+
+
 @contextlib.contextmanager
 def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
   """Turns USER_ERRORS (and `extra`) into one line on stderr and exit status 1.
@@ -54,6 +66,7 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
     if exit_now:
       sys.stdout.flush()
       sys.stderr.flush()
+      _leave_jax_distributed()  # os._exit skips the atexit hook that would do it.
       os._exit(1)
     sys.exit(1)
 
