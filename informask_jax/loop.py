@@ -35,6 +35,10 @@ _STATS_NEEDED = {"informask": ("counts", "pmi", "rates"), "informask_online": ("
                  "pmi_span": ("counts", "ngrams")}
 
 
+# What a run logs into its workdir (metrics.MetricWriter), besides checkpoints and config.
+_LOG_NAMES = ("metrics.jsonl", "tensorboard")
+
+
 class TrainingStopped(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps in a row); see the message."""
 
@@ -127,7 +131,7 @@ def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:
   renamed (kept for a look at why it failed) rather than mixed with the new run's steps."""
   if jax.process_index() != 0:
     return
-  found = [workdir / n for n in ("metrics.jsonl", "tensorboard") if (workdir / n).exists()]
+  found = [workdir / n for n in _LOG_NAMES if (workdir / n).exists()]
   if not found:
     return
   k = 1
@@ -144,7 +148,7 @@ def _clear_workdir(workdir: pathlib.Path) -> None:
   if jax.process_index() != 0:
     return
   shutil.rmtree(checkpointing.checkpoint_dir(workdir), ignore_errors=True)
-  for name in ("metrics.jsonl", "tensorboard"):
+  for name in _LOG_NAMES:
     path = workdir / name
     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
   logging.warning("config.train.overwrite: deleted the earlier run in %s.", workdir)

@@ -86,11 +86,9 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
 def check_rates_for(table, special_ids, rescale):
   """Checks that need the masker's settings: some non-special token has a positive rate, and
   without rescaling the rates are probabilities (<= 1)."""
-  ordinary = np.ones(table.shape[0], bool)
-  ordinary[list(special_ids)] = False
-  if not np.any(table[ordinary] > 0):
+  rates = _non_special(table, special_ids)  # Specials are never targets: their rates do not matter.
+  if not np.any(rates > 0):
     raise ValueError("The rate table is zero on every non-special token: nothing could be masked.")
-  rates = table[ordinary]  # Specials are never targets: their rates do not matter.
   if not rescale and rates.max() > 1.0:
     raise ValueError(f"With rescale=False (masking.rescale) the rates are masking probabilities, "
                      f"but the table has {int(np.sum(rates > 1))} rates above 1 on non-special "
@@ -162,6 +160,13 @@ def make_select(settings, rescale):
   return select_targets
 
 
+def _non_special(table, special_ids):
+  """The entries of a per-token table at the ids that can be targets."""
+  ordinary = np.ones(table.shape[0], bool)
+  ordinary[list(special_ids)] = False
+  return table[ordinary]
+
+
 def signed_rates(rates, special_ids):
   """The rates with -1 at the special ids (never targets), for the Bernoulli budget."""
   out = np.asarray(rates, np.float32).copy()
@@ -172,7 +177,5 @@ def signed_rates(rates, special_ids):
 def weights_from_rates(rates, special_ids):
   """Rates normalised to the largest non-special rate and floored, for the exponential race (a
   large rate on a special id, never a target, would squash every other weight to the floor)."""
-  ordinary = np.ones(rates.shape[0], bool)
-  ordinary[list(special_ids)] = False
-  w = rates / rates[ordinary].max()
+  w = rates / _non_special(rates, special_ids).max()
   return np.clip(w, MIN_RELATIVE_RATE, 1.0).astype(np.float32)
