@@ -317,10 +317,12 @@ def test_whole_word_bernoulli_keeps_words():
   assert not (maskable & ~starts & (out["mask"] != prev_mask)).any()
 
 
-def test_span_length_mean_matches_spanbert():
+@pytest.mark.parametrize("geometric_p,max_span_len", [(0.2, 10), (0.5, 4)])
+def test_span_length_mean_matches_spanbert(geometric_p, max_span_len):
   # At L = 512 (SpanBERT's setting, budget ~76 tokens) so that the budget boundary, where
-  # short spans are likelier to fit, barely biases the lengths of the spans taken.
-  masker = build("span")
+  # short spans are likelier to fit, barely biases the lengths of the spans taken. The second
+  # setting checks that the options are used (mean 1.9 words against SpanBERT's 3.8).
+  masker = build("span", geometric_p=geometric_p, max_span_len=max_span_len)
   length = 512
   tokens, sentences, _ = synthetic_batch(11, batch=96, length=length, mid_sep=False)
   fn = jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s, with_aux=True))
@@ -338,13 +340,14 @@ def test_span_length_mean_matches_spanbert():
       every.append(starts[b, s:e].sum())
       if out["mask"][b, s:e].all():
         taken.append(starts[b, s:e].sum())
-  cdf = words_lib.span_length_cdf(0.2, 10)
-  expected = np.sum(np.arange(1, 11) * np.diff(np.concatenate([[0], cdf])))
-  assert abs(expected - 3.8) < 0.01  # SpanBERT reports a mean span of 3.8 words
+  cdf = words_lib.span_length_cdf(geometric_p, max_span_len)
+  expected = np.sum(np.arange(1, max_span_len + 1) * np.diff(np.concatenate([[0], cdf])))
+  if geometric_p == 0.2:
+    assert abs(expected - 3.8) < 0.01  # SpanBERT reports a mean span of 3.8 words
   assert len(taken) > 800 and len(every) > 5000
   assert abs(np.mean(every) - expected) < 0.12, np.mean(every)
   assert abs(np.mean(taken) - expected) < 0.3, np.mean(taken)
-  assert max(every) == 10 and min(taken) == 1
+  assert max(every) == max_span_len and min(taken) == 1
 
 
 @pytest.mark.parametrize("budget", ["exact", "bernoulli"])
@@ -438,6 +441,8 @@ def test_below_is_the_exact_high_half_of_word_times_n():
 def test_example_seeds_of_key_zero_are_not_degenerate():
   seeds = np.asarray(prng.example_seeds(jax.random.key(0), 4))
   assert (seeds != 0).all() and len({tuple(r) for r in seeds}) == 4
+  many = np.asarray(prng.example_seeds(jax.random.key(0), 1 << 14))
+  assert len({tuple(r) for r in many}) == 1 << 14, "two examples of a batch share a seed"
   u = np.asarray(prng.uniform(prng.bits(jnp.asarray(seeds[0]), prng.SELECT, (4096,))))
   assert abs(u.mean() - 0.5) < 0.02 and (u > 0).all() and (u < 1).all()
   top = prng.uniform(jnp.array([0xFFFFFFFF, 0], jnp.uint32))
@@ -756,6 +761,9 @@ def test_rate_files_npy_and_original_json(tmp_path):
   np.testing.assert_allclose(table[1::2], np.mean(RATES[::2]), rtol=1e-6)
   zero = informask_lib.load_rates(str(tmp_path / "id_mask_prob.json"), V, missing_rate=0.0)
   assert not zero[1::2].any()
+  fixed = informask_lib.load_rates(str(tmp_path / "id_mask_prob.json"), V, missing_rate=0.07)
+  np.testing.assert_array_equal(fixed[1::2], np.float32(0.07))
+  np.testing.assert_allclose(fixed[::2], RATES[::2])
   (tmp_path / "big.json").write_text(json.dumps({str(V + 3): 0.1}))
   with pytest.raises(ValueError, match="outside the vocabulary"):
     informask_lib.load_rates(str(tmp_path / "big.json"), V)
@@ -785,6 +793,10 @@ def test_masker_from_config(tmp_path):
   m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK)
   assert dict(m.options)["rescale"] is False
   np.testing.assert_array_equal(np.flatnonzero(m.tables["rates"]), [7])
+  c.masking.missing_rate = "0.07"  # A string field: a number in it is the fill rate.
+  m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK)
+  assert m.tables["rates"][7] == np.float32(0.5)
+  np.testing.assert_array_equal(np.delete(m.tables["rates"], 7), np.float32(0.07))
   c.masking.pmi_variant = "bigram"
   c.masking.name = "pmi_span"
   m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK,
@@ -825,3 +837,35 @@ def test_show_cli_marks_targets(tmp_path, capsys):
   assert "--text is empty" in capsys.readouterr().err
   with pytest.raises(SystemExit, match=r"--tokenizer '.*nope': no tokenizer could be loaded"):
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "nope")])
+
+
+def test_both_key_words_reach_the_seeds():
+  """`jax.random.key(s)` has key data (0, s): keys that differ in their first word only (from
+  split / fold_in) must still give other seeds and masks."""
+  raw = [jnp.array([a, 7], jnp.uint32) for a in (1, 2)]
+  seeds = [np.asarray(prng.example_seeds(k, 64)) for k in raw]
+  assert not (seeds[0] == seeds[1]).any(axis=-1).any()
+  typed = jax.random.split(jax.random.key(0))
+  masker = build("random")
+  tokens, _, _ = synthetic_batch(0, batch=64)
+  masks = [np.asarray(masker(k, tokens)["mask"]) for k in (*raw, *typed)]
+  for i in range(len(masks)):
+    for j in range(i):
+      assert (masks[i] != masks[j]).any(), (i, j)
+
+
+def test_random_replacements_cover_every_non_special_id():
+  """In a small vocabulary every non-special id is drawn, uniformly, the last one included
+  (an off-by-one in the draw or the shift past the specials would leave one out)."""
+  specials = (0, 3, 9, 19)  # Amid the ids and at the end: 10..18 and 4..8 shift past them.
+  masker = masking.get_masker("random", vocab_size=20, mask_id=3, special_ids=specials,
+                              replace_prob=0.0, random_prob=1.0, mask_prob=0.5)
+  tokens = np.full((512, 64), 5, np.int32)
+  tokens[:, 0], tokens[:, -1] = 0, 19
+  out = jax.tree.map(np.asarray, jax.jit(masker)(jax.random.key(4), tokens))
+  replaced = out["input_ids"][out["mask"]]
+  ordinary = np.setdiff1d(np.arange(20), specials)
+  counts = np.bincount(replaced, minlength=20)
+  assert not counts[list(specials)].any()
+  assert scipy.stats.chisquare(counts[ordinary]).pvalue > 1e-3, counts
+  assert counts[18] > 0 and counts[1] > 0
