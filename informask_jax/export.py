@@ -515,7 +515,8 @@ _SENTENCES = (
 )
 
 
-def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size: int):
+def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size: int,
+                    max_seq_len: int):
   for name in sorted(os.listdir(tokenizer_dir)):
     src = os.path.join(tokenizer_dir, name)
     if os.path.isfile(src) and name != "config.json":  # Never clobber the model config.
@@ -532,10 +533,15 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
     # transformers 5's name for a tokenizer built from a `tokenizers` object; 4.x only knows
     # PreTrainedTokenizerFast, which 5 loads as the same class.
     settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-  if type_vocab_size == 1:
-    # One token type (RoBERTa): a BERT tokenizer must not emit segment ids of 1 for sentence
-    # pairs (run_glue / run_qa feed them to the model, which has no row for them).
-    settings["model_input_names"] = ["input_ids", "attention_mask"]
+  # Stated, not left to the tokenizer class: transformers 5 gives a tokenizer built from a
+  # `tokenizers` object (ours, trained here) no token_type_ids, so sentence pairs (GLUE, SQuAD)
+  # would all get segment 0; with one token type (RoBERTa) a segment id of 1 has no row.
+  names = ["input_ids", "attention_mask"]
+  settings["model_input_names"] = names if type_vocab_size == 1 else [
+      "input_ids", "token_type_ids", "attention_mask"]
+  # Training tokenizes whole documents (no limit); the export's users truncate to the positions
+  # the model has, as bert-base-uncased's tokenizer does at 512.
+  settings["model_max_length"] = int(max_seq_len)
   with open(path, "w") as f:
     json.dump(settings, f, indent=2, sort_keys=True)
 
@@ -617,7 +623,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
     hf_config.save_pretrained(staging)
     save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
     if tokenizer_dir is not None:
-      _copy_tokenizer(tokenizer_dir, staging, tokenizer, cfg.type_vocab_size)
+      _copy_tokenizer(tokenizer_dir, staging, tokenizer, cfg.type_vocab_size, cfg.max_seq_len)
     report = {"out_dir": out_dir, "format": fmt, "architecture": MLM_ARCHITECTURE[fmt],
               "num_parameters": int(sum(v.size for v in tensors.values())),
               "files": sorted(os.listdir(staging))}

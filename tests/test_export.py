@@ -10,13 +10,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-import tokenizers
 import torch
 import transformers
 from safetensors.numpy import load_file
 
 import convert_checkpoint
-from informask_jax import checkpointing, export
+from informask_jax import checkpointing, export, tokenization
 from informask_jax.model import BertMLM, MLMConfig, init_params
 
 WORDS = ("the a cat dog sat ran on under mat rug was is very not good bad great awful movie film "
@@ -342,20 +341,29 @@ def test_bad_state_dicts_and_trees_fail_clearly(tmp_path):
     export.export_to_hf(params, cfg, str(tmp_path))
 
 
-def test_a_trained_tokenizer_is_exported_under_a_class_transformers_4_knows(tmp_path):
-  tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token="[UNK]"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
-  tok.train_from_iterator(["the cat sat on the mat"] * 10, tokenizers.trainers.WordPieceTrainer(
-      vocab_size=60, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-  trained = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                                 pad_token="[PAD]")
+@pytest.mark.parametrize("type_vocab_size", [2, 1])
+def test_a_trained_tokenizer_is_exported_under_a_class_transformers_4_knows(tmp_path,
+                                                                            type_vocab_size):
+  # Built as training builds it (tokenization's WordPiece pipeline, wrapped the same way).
+  trained = tokenization._wrap(tokenization._from_vocab({w: i for i, w in enumerate(VOCAB)},
+                                                        lowercase=True))
+  assert trained.model_max_length > 10**6  # Training never truncates a document.
   trained.save_pretrained(tmp_path / "tokenizer")
   (tmp_path / "out").mkdir()
-  export._copy_tokenizer(str(tmp_path / "tokenizer"), str(tmp_path / "out"), trained, 2)
+  export._copy_tokenizer(str(tmp_path / "tokenizer"), str(tmp_path / "out"), trained,
+                         type_vocab_size, 16)
   settings = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
   assert settings["tokenizer_class"] in ("PreTrainedTokenizerFast", "BertTokenizerFast")
   again = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
   assert again("the cat")["input_ids"] == trained("the cat")["input_ids"]
+  # The export truncates to the model's positions and gives sentence pairs their segments
+  # (only where the model has a second token type).
+  assert len(again("the cat " * 20, truncation=True)["input_ids"]) == 16
+  pair = again("the cat", "the dog")
+  if type_vocab_size == 2:
+    assert pair["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
+  else:
+    assert "token_type_ids" not in pair
 
 
 def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir, monkeypatch):
