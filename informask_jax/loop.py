@@ -353,8 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     save_due = False  # A refused save (skipped steps) is retried at every step until one is made.
     previous = None  # The previous step's metrics (pending is emptied at every log).
     tokens_per_step = t.batch_size * config.data.seq_len
+    # A progress bar on a terminal; elsewhere (a Slurm log, a pipe) a log line per log_every
+    # steps instead, since tqdm's redraw of every step would fill the file.
+    bar = is_main and sys.stderr.isatty()
     progress = cleanup.enter_context(tqdm.tqdm(
-        total=t.num_steps, initial=step, disable=not is_main, desc="train", dynamic_ncols=True))
+        total=t.num_steps, initial=step, disable=not bar, desc="train", dynamic_ncols=True))
     # tokens/s and MFU count training only: the first step of the process (compilation) and the
     # time of evaluations and checkpoints are left out of the intervals.
     interval_start, interval_steps, first_step = time.time(), 0, True
@@ -395,8 +398,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             logging.warning("Step %d: %d non-finite step(s) skipped since the last log.", step,
                             summary["skipped_steps"])
           writer.write(step, summary)
-          progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=(
-              f"{summary['tokens_per_sec']:.0f}" if timed else "-"))
+          speed = f"{summary['tokens_per_sec']:.0f}" if timed else "-"
+          progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=speed)
+          if is_main and not bar:
+            logging.info("Step %d: loss %.4f, accuracy %.4f, %s tokens/s%s.", step,
+                         summary["loss"], summary["accuracy"], speed,
+                         f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else "")
           last_log, pending = summary, []
           interval_start, interval_steps = time.time(), 0
 

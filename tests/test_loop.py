@@ -3,6 +3,7 @@ clean pre-emption, and the errors that protect a run's work."""
 
 import copy
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -81,14 +82,19 @@ def _finish(proc, timeout=300):
   return out
 
 
-def test_tiny_run_lowers_validation_loss(tiny_config, tmp_path):
+def test_tiny_run_lowers_validation_loss(tiny_config, tmp_path, caplog):
   config = tiny_config  # The README's job (InforMask on wiki-vital), on a shorter schedule.
   config.train.batch_size = 16
   config.train.num_steps = 200
   config.train.eval_every = 200
   config.train.log_every = 50
   config.train.checkpoint_every = 200
-  result = loop.train_and_evaluate(config, tmp_path)
+  with caplog.at_level(logging.INFO):
+    result = loop.train_and_evaluate(config, tmp_path)
+  # Not a terminal here: the training loss is logged at each log_every, not drawn in a bar.
+  logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Step ")]
+  assert [m.split(":")[0] for m in logged if "tokens/s" in m] == [
+      f"Step {s}" for s in (50, 100, 150, 200)], logged
   evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
            if "eval_loss" in json.loads(line)]
   assert [e["step"] for e in evals] == [0, 200]
