@@ -162,6 +162,15 @@ class Dropout(nn.Module):
     return jax.lax.select(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
 
 
+def _lookup(table, ids, row_axis=None):
+  """table[ids] for batch-sharded ids: the table gathered over "embed" first (FSDP keeps a slice
+  of H per device; a lookup into it would give H-sharded rows that XLA could only reshard to the
+  batch sharding by replicating them), the rows then constrained to the batch sharding."""
+  table = nn.with_logical_constraint(table, (row_axis, None))
+  rows = jnp.take(table, ids, axis=0)
+  return nn.with_logical_constraint(rows, (ACT_BATCH, None, None))
+
+
 class Embeddings(nn.Module):
   cfg: MLMConfig
 
@@ -183,8 +192,9 @@ class Embeddings(nn.Module):
                        f"holds ({cfg.max_seq_len}: model.max_positions={cfg.max_positions}"
                        f"{f', pad id {cfg.pad_id}' if cfg.flavour == 'roberta' else ''}); "
                        "truncate them or build the model with more positions.")
-    x = (self.word(input_ids) + self.position(position_ids(self.cfg, input_ids))
-         + self.token_type(token_type_ids))  # (B, L, H)
+    x = (_lookup(self.word.embedding, input_ids, VOCAB) +
+         _lookup(self.position.embedding, position_ids(self.cfg, input_ids)) +
+         _lookup(self.token_type.embedding, token_type_ids))  # (B, L, H)
     return self.drop(self.norm(x.astype(self.cfg.dtype)), deterministic=deterministic)
 
   def tied_projection(self, x):
