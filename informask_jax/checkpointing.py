@@ -136,6 +136,9 @@ class Checkpointer:
           data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     except Exception as e:  # Truncated or missing files: name the step and the way out.
       raise _unreadable(self.workdir, step, self.all_steps(), e) from e
+    if not all_finite(restored["state"]):  # No save writes these: the files were damaged since.
+      raise _unreadable(self.workdir, step, self.all_steps(),
+                        ValueError("the state holds NaN or Inf, which no save writes"))
     return restored["state"], restored["data"], restored["meta"]
 
   def unreadable(self, step: int, error) -> "CheckpointReadError":
@@ -238,6 +241,9 @@ def _restore_params(manager, workdir, step, steps):
   except Exception as e:
     raise _unreadable(workdir, step, steps, e) from e
   params = restored["state"]["params"]
+  if not all(np.isfinite(x).all() for x in jax.tree.leaves(params)):
+    raise _unreadable(workdir, step, steps,
+                      ValueError("the parameters hold NaN or Inf, which no save writes"))
   return params, model_lib.MLMConfig(**meta["mlm_config"]), step
 
 

@@ -610,6 +610,10 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   hf_config = hf_config_for(cfg, tokenizer, fmt)
   state = to_hf_state_dict(params, cfg, fmt)
+  bad = [name for name, x in state.items() if not np.isfinite(x).all()]
+  if bad:
+    raise ValueError(f"The parameters to export hold NaN or Inf in {len(bad)} tensor(s) "
+                     f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}).")
   # Hugging Face stores each tied tensor once; the aliases are rebuilt when the model loads.
   tensors = {k: v for k, v in state.items() if k not in _TIED[fmt]}
 
@@ -704,7 +708,9 @@ def verify_export(params, cfg: MLMConfig, out_dir: str, *, seed: int = 0,
                         token_type_ids=torch.from_numpy(types).long()).logits.numpy()
     keep = ids != cfg.pad_id  # Padding positions are never read by anyone.
     ours, theirs = ours[keep], theirs[keep]  # (N, V)
-    max_diff = max(max_diff, float(np.abs(ours - theirs).max()))
+    diff = np.abs(ours - theirs)
+    # NaN logits on both sides would "agree" (max() skips NaN, argmax of NaN rows is 0).
+    max_diff = max(max_diff, float(diff.max()) if np.isfinite(diff).all() else float("inf"))
     top_ours, top_theirs = ours.argmax(-1), theirs.argmax(-1)
     rows = np.arange(len(theirs))
     gap = theirs[rows, top_theirs] - theirs[rows, top_ours]  # >= 0; 0 where they agree.

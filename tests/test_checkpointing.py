@@ -144,6 +144,31 @@ def test_a_damaged_step_is_named_with_the_way_out(tmp_path):
   assert data_state == {"position": 1}
 
 
+def test_a_step_that_restores_non_finite_is_refused(tmp_path, monkeypatch):
+  """Saves never write NaN (test above), so NaN read back means the files were damaged since (a
+  flipped bit in an uncompressed array): restoring must not resume into NaN losses."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  saver = checkpointing.Checkpointer(tmp_path)
+  assert saver.save(1, state, {}, _meta(), force=True)
+  saver.wait()
+  with monkeypatch.context() as m:  # Stands in for the damage: the check skipped on save.
+    m.setattr(checkpointing, "all_finite", lambda tree: True)
+    bad = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan),
+                                            state.params))
+    assert saver.save(2, bad, {}, _meta(), force=True)
+    saver.wait()
+  saver.close()
+  reader = checkpointing.Checkpointer(tmp_path)
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r"step 2 .* \(ValueError: the state holds NaN or Inf.* step 1"):
+    reader.restore(2, _abstract(state, shardings))
+  reader.restore(1, _abstract(state, shardings))  # Step 1 is intact.
+  reader.close()
+  with pytest.raises(checkpointing.CheckpointReadError, match=r"step 2 .*parameters hold NaN"):
+    checkpointing.restore_params(tmp_path)
+
+
 def test_restore_params_errors_name_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints in"):
     checkpointing.restore_params(tmp_path)

