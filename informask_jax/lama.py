@@ -484,6 +484,39 @@ def check_model_path(model: str) -> None:
     raise FileNotFoundError(f"--model {model!r}: no such file or directory.")
 
 
+def _neither_model_nor_workdir(model: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"--model {model!r} holds neither a model (config.json + weights, as written by "
+      "save_pretrained or the export) nor a training workdir (checkpoints/ + tokenizer/).")
+
+
+def check_model(model: str, step: int | None = None) -> None:
+  """Refuses, before anything is loaded, a --model (and --step) that cannot be evaluated.
+
+  A missing local path; an empty directory; a training workdir (checkpoints/, or tokenizer/ with
+  config.json or alone) without a finished checkpoint; --step given for anything but a workdir
+  (an exported directory or a hub name is one model: the step would be ignored).
+  """
+  check_model_path(model)
+  path = pathlib.Path(model).expanduser()
+  if path.is_dir() and (is_workdir(path) or (path / "tokenizer").is_dir()):
+    from informask_jax import checkpointing
+
+    if not checkpointing.has_finalized_checkpoint(path):
+      raise FileNotFoundError(
+          f"--model {model!r} is a training workdir without a checkpoint: no finished checkpoint "
+          f"in {str(checkpointing.checkpoint_dir(path))!r}. Train first (train.py --workdir) or "
+          "pass an exported Hugging Face directory.")
+    return
+  if path.is_dir() and not any(path.iterdir()):
+    raise _neither_model_nor_workdir(model)
+  if step is not None:
+    kind = ("a hub name" if not path.exists() else "an exported Hugging Face directory"
+            if (path / "config.json").is_file() else "not a training workdir (no checkpoints/)")
+    raise ValueError(f"--step {step} picks a checkpoint of a training workdir, but --model "
+                     f"{model!r} is {kind}, a single model: leave out --step.")
+
+
 def load_tokenizer(model: str):
   """The tokenizer of an exported directory, a hub name or a training workdir."""
   from transformers import AutoTokenizer
@@ -493,6 +526,10 @@ def load_tokenizer(model: str):
   try:
     tokenizer = AutoTokenizer.from_pretrained(where)
   except (OSError, ValueError) as e:
+    if os.path.isdir(where) and not is_workdir(model) and not os.path.isfile(
+        os.path.join(where, "config.json")):
+      # Transformers' own message then blames missing sentencepiece / tiktoken packages.
+      raise _neither_model_nor_workdir(model) from e
     raise FileNotFoundError(
         f"--model {model!r}: no tokenizer could be loaded from {where!r} (an exported Hugging "
         f"Face directory, a hub name, or a training workdir with tokenizer/): {e}") from e
@@ -838,6 +875,7 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
     raise ValueError(f"--limit must be >= 0, got {limit}.")
   relations, missing = discover(data_dir)
   word_list = read_word_list(common_vocab) if common_vocab else None
+  check_model(model, step)
   for source in missing:
     log.info("LAMA source %s not found under %s: skipped.", source, data_dir)
 

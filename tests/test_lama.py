@@ -598,6 +598,46 @@ def test_a_model_directory_without_tokenizer_files_is_refused(models, tmp_path, 
     lama.evaluate(str(bare), str(FIXTURES), progress=False)
 
 
+def test_step_is_refused_for_anything_but_a_training_workdir(models, tmp_path, monkeypatch):
+  # --step picks a checkpoint of a workdir; an exported directory or a hub name would ignore it.
+  _no_model_load(monkeypatch)
+  with pytest.raises(ValueError, match=r"--step 3 .*training workdir.*--model .*bert' is an "
+                                       r"exported Hugging Face directory.*leave out --step"):
+    lama.evaluate(models["bert"], str(FIXTURES), step=3, progress=False)
+  with pytest.raises(ValueError, match=r"--step 0 .*--model 'bert-base-uncased' is a hub name"):
+    lama.evaluate("bert-base-uncased", str(FIXTURES), step=0, progress=False)  # No download.
+  monkeypatch.setenv("INFORMASK_TRACEBACK", "1")  # The error itself, not the one-line exit.
+  with pytest.raises(ValueError, match="--step 3"):
+    eval_lama.main(["--model", models["bert"], "--data_dir", str(FIXTURES), "--step", "3",
+                    "--no_progress"])
+
+
+def test_a_workdir_without_checkpoints_or_an_empty_directory_is_named_as_such(
+    models, tmp_path, monkeypatch):
+  _no_model_load(monkeypatch)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(models["bert"])
+  only_tok = tmp_path / "onlytok"
+  tokenizer.save_pretrained(only_tok / "tokenizer")
+  started = tmp_path / "started"  # A run stopped before its first save: config.json, tokenizer/.
+  tokenizer.save_pretrained(started / "tokenizer")
+  (started / "config.json").write_text("{}")
+  (started / "checkpoints").mkdir()
+  for workdir in (only_tok, started):
+    with pytest.raises(FileNotFoundError, match=rf"--model .*{workdir.name}' is a training workdir "
+                                                rf"without a checkpoint.*{workdir.name}/checkpoints"
+                                                r".*Train first.*exported"):
+      lama.evaluate(str(workdir), str(FIXTURES), progress=False)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (tmp_path / "junk").mkdir()
+  (tmp_path / "junk" / "notes.txt").write_text("nothing to load\n")
+  for folder in (empty, tmp_path / "junk"):
+    with pytest.raises(FileNotFoundError, match=r"holds neither a model \(config.json \+ weights"
+                                                r".*nor a training workdir") as caught:
+      lama.evaluate(str(folder), str(FIXTURES), progress=False)
+    assert "sentencepiece" not in str(caught.value)
+
+
 def test_a_run_where_every_fact_is_skipped_is_an_error(models, tmp_path, monkeypatch):
   # A real tokenizer, but none of the fixture's objects is a token of its 11-word vocabulary.
   (tmp_path / "vocab.txt").write_text(

@@ -773,6 +773,56 @@ def test_rate_files_npy_and_original_json(tmp_path):
   assert masker.name == "informask"
 
 
+def test_binary_rate_files_are_named_and_never_unpickled(tmp_path):
+  """A binary (non-UTF-8) .json and a .npy that is not an array of numbers: one ValueError
+  naming the file and masking.rates_path, never numpy's hint to load with allow_pickle."""
+  (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+  with pytest.raises(ValueError, match=r"binary.json' \(masking.rates_path\) is not UTF-8 text "
+                                       r"\(byte 0x80 at offset 128\)"):
+    informask_lib.load_rates(str(tmp_path / "binary.json"), V)
+  (tmp_path / "garbage.npy").write_bytes(np.random.default_rng(0).bytes(256))
+  np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  for name in ("garbage.npy", "objects.npy"):
+    with pytest.raises(ValueError, match=rf"{name}' \(masking.rates_path\) is not a readable "
+                                         r"\.npy array") as caught:
+      informask_lib.load_rates(str(tmp_path / name), V)
+    assert "pickle" not in str(caught.value).replace("(dtype object)", ""), caught.value
+  listed = {str(i): float(RATES[i]) for i in range(V)}
+  (tmp_path / "bom.json").write_text(json.dumps(listed), encoding="utf-8-sig")
+  np.testing.assert_allclose(informask_lib.load_rates(str(tmp_path / "bom.json"), V), RATES)
+
+
+def test_bad_json_rates_are_reported_as_listed_not_after_the_fill(tmp_path):
+  """One NaN in a JSON table must not read as V - n non-finite entries (NaN mean as fill)."""
+  listed = {str(i): float(RATES[i]) for i in range(0, V, 2)}
+  for value, what in ((float("nan"), "non-finite"), (float("inf"), "non-finite"),
+                      (-0.5, "negative")):
+    (tmp_path / "bad.json").write_text(json.dumps({**listed, "17": value}))
+    with pytest.raises(ValueError, match=rf"bad.json' \(masking.rates_path\) lists 1 {what} "
+                                         rf"rate\(s\): id 17 has rate {value}; rates must be"):
+      informask_lib.load_rates(str(tmp_path / "bad.json"), V)
+
+
+def test_a_json_rate_table_listing_few_ids_warns(tmp_path, caplog):
+  """3 ids of V: every other id gets the fill rate, close to uniform masking; say so."""
+  (tmp_path / "few.json").write_text(json.dumps({"7": 0.1, "8": 0.2, "9": 0.6}))
+  with caplog.at_level("WARNING", logger=informask_lib.__name__):
+    table = informask_lib.load_rates(str(tmp_path / "few.json"), V)
+  np.testing.assert_allclose(table[10:], 0.3)
+  (record,) = [r for r in caplog.records if r.name == informask_lib.__name__]
+  assert record.levelname == "WARNING"
+  message = record.getMessage()
+  assert "few.json" in message and "masking.rates_path" in message, message
+  assert f"lists only 3 of the vocabulary's {V} token ids" in message, message
+  assert f"other {V - 3} get the fill rate 0.3 " in message, message
+  caplog.clear()
+  half = {str(i): float(RATES[i]) for i in range(0, V, 2)}  # Half the ids: no warning.
+  (tmp_path / "half.json").write_text(json.dumps(half))
+  with caplog.at_level("WARNING", logger=informask_lib.__name__):
+    informask_lib.load_rates(str(tmp_path / "half.json"), V)
+  assert not [r for r in caplog.records if r.name == informask_lib.__name__]
+
+
 def test_masker_from_config(tmp_path):
   from configs import base
   c = base.get_base_config("tiny", strategy="span")
@@ -804,6 +854,20 @@ def test_masker_from_config(tmp_path):
   assert dict(m.options)["variant"] == "bigram"
   assert set(masking.MASKERS) == {"random", "whole_word", "span", "pmi_span", "informask",
                                   "informask_online"}
+
+
+def test_options_of_another_strategy_are_named_as_ignored(caplog):
+  from configs import base
+  c = base.get_base_config("tiny", strategy="informask")
+  with caplog.at_level("WARNING"):
+    masking.check_config(c.masking)  # The shipped config sets nothing for other strategies.
+  assert "ignores" not in caplog.text
+  c.masking.update(span_max_len=5, num_candidates=16, rates_path="")  # 16: the default.
+  c.masking.name = "random"
+  with caplog.at_level("WARNING"):
+    masking.check_config(c.masking)
+  assert "masking.name='random' ignores config.masking.span_max_len=5 (span only)" in caplog.text
+  assert "num_candidates" not in caplog.text
 
 
 def test_masker_is_a_pytree_jit_argument():

@@ -14,6 +14,9 @@ depend on how the batch is sharded.
 Bad options raise ValueError here, at construction, never inside a trace.
 """
 
+import inspect
+import logging
+
 import numpy as np
 
 from informask_jax.masking import contract, informask, online, pmi_span, random_tokens, words
@@ -120,11 +123,38 @@ def _missing_rate(masking_config):
   return value
 
 
+# config.masking fields that only one strategy reads: field -> (strategy, its option).
+_STRATEGY_FIELDS = {
+    "span_geometric_p": ("span", "geometric_p"), "span_max_len": ("span", "max_span_len"),
+    "pmi_variant": ("pmi_span", "variant"), "num_candidates": ("informask_online",
+                                                               "num_candidates"),
+    "rescale": ("informask", "rescale"), "missing_rate": ("informask", "missing_rate"),
+    "rates_path": ("informask", None),
+}
+
+
+def _ignored_fields(masking_config) -> list[str]:
+  """The fields set away from their default for a strategy other than the chosen one."""
+  out = []
+  for field, (owner, option) in _STRATEGY_FIELDS.items():
+    if owner == masking_config.name or field not in masking_config:
+      continue
+    default = "" if option is None else \
+        inspect.signature(MASKERS[owner]).parameters[option].default
+    value = masking_config[field]
+    if value != default and str(value) != str(default):
+      out.append(f"config.masking.{field}={value!r} ({owner} only)")
+  return out
+
+
 def check_config(masking_config) -> None:
   """The checks get_masker makes that need no tables (shared settings, the strategy's own
   options), on a `config.masking`: a training run calls it before reading the corpus."""
   c = masking_config
   check_name(c.name)
+  ignored = _ignored_fields(c)
+  if ignored:
+    logging.warning("masking.name=%r ignores %s.", c.name, ", ".join(ignored))
   contract.check_settings(2, 0, (0,), c.mask_prob, c.replace_prob, c.random_prob, c.budget)
   if c.name == "informask_online":
     online.check_num_candidates(c.num_candidates)

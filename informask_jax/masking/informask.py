@@ -16,9 +16,12 @@ Tables: `rates=` a float32[V] array, a `.npy` file (our format), or a `.json` fi
 repository's `id_mask_prob.json` format (token id as a string -> rate). Ids missing from a JSON
 table get `missing_rate` ("mean": the mean of the listed rates, so tokens the statistics never saw
 are still masked at a typical rate; 0.0 reproduces the original repository, which never masks them).
+A JSON table that lists fewer than half of the ids is accepted with a warning: most ids then share
+one rate, which comes close to uniform masking.
 """
 
 import json
+import logging
 import os
 
 import jax
@@ -26,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from informask_jax.masking import prng, select
+
+log = logging.getLogger(__name__)
 
 MIN_RELATIVE_RATE = 1e-6
 # Exponential-race keys e = -log(u) / w lie in [2**-26, 2**26) for u in [2**-24, 1) and
@@ -51,12 +56,7 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
   if isinstance(rates, str | os.PathLike):
     path = rates_file(rates)
     if path.endswith(".npy"):
-      try:
-        table = np.load(path, allow_pickle=False)
-        table = np.asarray(table, np.float64)
-      except (OSError, ValueError, EOFError, TypeError) as e:
-        raise ValueError(f"Rate table {path!r} (masking.rates_path) is not a readable .npy "
-                         f"array of numbers: {type(e).__name__}: {e}") from None
+      table = _rates_from_npy(path)
     elif path.endswith(".json"):
       table = _rates_from_json(path, vocab_size, missing_rate)
     else:
@@ -95,33 +95,78 @@ def check_rates_for(table, special_ids, rescale):
                      f"ids (max {rates.max():.3g}); rescale them or set rescale=True.")
 
 
+def _rates_from_npy(path):
+  """float64 array of a .npy file; ValueError naming the file, never a hint to unpickle it."""
+  problem = f"Rate table {path!r} (masking.rates_path) is not a readable .npy array of numbers"
+  try:
+    with open(path, "rb") as f:
+      header = f.read(6)
+  except OSError as e:
+    raise ValueError(f"{problem}: {e.strerror or e}.") from None
+  if header != b"\x93NUMPY":
+    raise ValueError(f"{problem}: it does not start with the .npy header that numpy.save writes "
+                     "(another format, or a damaged file?).")
+  try:
+    return np.asarray(np.load(path, allow_pickle=False), np.float64)
+  except (OSError, ValueError, EOFError, TypeError) as e:
+    if "pickle" in str(e):  # numpy's message would suggest loading it unsafely.
+      raise ValueError(f"{problem}: it holds Python objects (dtype object), not rates; save a "
+                       "float array with numpy.save.") from None
+    raise ValueError(f"{problem}: {type(e).__name__}: {e}") from None
+
+
+def _listed_rates(path, ids, values, bad, what):
+  """ValueError listing the table's own entries where `bad` (before any fill hides them)."""
+  shown = ", ".join(f"id {i} has rate {v}"
+                    for i, v in zip(ids[bad][:5], values[bad][:5], strict=True))
+  more = f" (and {int(bad.sum()) - 5} more)" if bad.sum() > 5 else ""
+  return ValueError(f"Rate table {path!r} (masking.rates_path) lists {int(bad.sum())} {what} "
+                    f"rate(s): {shown}{more}; rates must be finite numbers >= 0.")
+
+
 def _rates_from_json(path, vocab_size, missing_rate):
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"Rate table {path!r} is not valid JSON: {e}") from None
+  where = f"Rate table {path!r} (masking.rates_path)"
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    data = json.loads(raw.decode("utf-8-sig"))  # A byte-order mark is tolerated.
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{where} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                     f"{e.start}): expected an id_mask_prob-style .json file, token id -> rate."
+                     ) from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{where} is not valid JSON: {e}") from None
   if not isinstance(data, dict) or not data:
-    raise ValueError(f"Rate table {path!r} must be a non-empty JSON object: token id -> rate.")
+    raise ValueError(f"{where} must be a non-empty JSON object: token id -> rate.")
   ids, values = [], []
   for key, value in data.items():
     try:
       ids.append(int(key))
       values.append(float(value))
     except (TypeError, ValueError):
-      raise ValueError(f"Rate table {path!r}: {key!r}: {value!r} is not id -> rate.") from None
+      raise ValueError(f"{where}: {key!r}: {value!r} is not id -> rate.") from None
   ids = np.asarray(ids)
   if ids.min() < 0 or ids.max() >= vocab_size:
     bad = ids.max() if ids.max() >= vocab_size else ids.min()
-    raise ValueError(f"Rate table {path!r} has token id {bad} outside the vocabulary "
+    raise ValueError(f"{where} has token id {bad} outside the vocabulary "
                      f"[0, {vocab_size}).")
   values = np.asarray(values)
+  # Checked here, not on the filled table: a NaN would spread to every id through the mean.
+  if not np.all(np.isfinite(values)):
+    raise _listed_rates(path, ids, values, ~np.isfinite(values), "non-finite")
+  if np.any(values < 0):
+    raise _listed_rates(path, ids, values, values < 0, "negative")
   if missing_rate == "mean":
     fill = float(np.mean(values))
   elif isinstance(missing_rate, int | float) and missing_rate >= 0:
     fill = float(missing_rate)
   else:
     raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
+  listed = len(np.unique(ids))
+  if listed < vocab_size / 2:  # Most ids at one rate: close to uniform masking.
+    log.warning("%s lists only %d of the vocabulary's %d token ids; the other %d get the fill "
+                "rate %.6g (masking.missing_rate=%r). Is it the table of this tokenizer?", where,
+                listed, vocab_size, vocab_size - listed, fill, missing_rate)
   table = np.full(vocab_size, fill)
   table[ids] = values
   return table
