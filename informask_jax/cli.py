@@ -149,7 +149,14 @@ def parse_flags(argv: list[str]) -> list[str]:
       message = message.strip("'\"").replace("\\n", " ").replace("\\'", "'")
       message = _unknown_key(argv) or message
     if isinstance(e, IndexError):  # A list index past the end: --config.data.sources[3].kind=x
-      message = f"{message} (a --config.x[i] index past the end of that list)"
+      indexed = [a.split("=", 1)[0] for a in argv if re.match(r"--?config\.[^=]*\[\d+\]", a)]
+      message = (f"{' or '.join(indexed) or 'a --config.x[i] flag'}: an index past the end of "
+                 f"that list ({message})")
+    unsupported = re.search(r"Type <class '(\w+)'> of field (\S+) is not supported", message)
+    if unsupported:  # ml_collections lists its supported types; say what to do instead.
+      kind, field = unsupported.groups()
+      message = (f"--{field}: a {kind} field cannot be set from the command line; write a small "
+                 "config file that imports one of configs/ and sets it.")
     # ml_collections quotes a config file's failure with its traceback: keep the last line.
     message = message.splitlines()[-1].strip() if message else type(e).__name__
     print(f"{argv[0]}: bad command-line flag: {message}", file=sys.stderr)

@@ -129,6 +129,18 @@ def _expand_files(pattern, where):
   return [path]
 
 
+def _check_text_file(path, where, sample=65536):
+  """Refuses a .txt file whose first bytes are not text (a binary file named .txt): a few bad
+  bytes in a real corpus become U+FFFD (`_read_txt`), but a tokenizer trained on noise is no use."""
+  with open(path, "rb") as f:
+    head = f.read(sample)
+  bad = sum("\udc80" <= ch <= "\udcff" for ch in head.decode("utf-8", errors="surrogateescape"))
+  nul = b"\x00" in head
+  if nul or bad > 0.1 * len(head):
+    raise ValueError(f"{where}: {path!r} does not look like UTF-8 text ({bad} of its first "
+                     f"{len(head)} bytes are not valid UTF-8{', and it holds NUL bytes' * nul}).")
+
+
 def _read_txt(paths):
   """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
   for path in paths:
@@ -165,6 +177,8 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
   parts = []
   for builder, group in by_suffix.items():
     if builder == "text":
+      for f in group:
+        _check_text_file(f, where)
       # The stat data is in the generator's arguments so that `datasets`' cache of the read
       # files is invalidated when a file changes.
       stamp = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in group]

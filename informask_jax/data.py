@@ -699,6 +699,10 @@ def check_config(config):
   if not 0 <= data.validation_fraction < 1:
     raise ValueError(f"config.data.validation_fraction={data.validation_fraction} must be in "
                      "[0, 1).")
+  for key, least in (("num_proc", 1), ("prefetch", 1)):
+    value = data.get(key, least)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ValueError(f"config.data.{key}={value!r} must be an integer >= {least}.")
   corpus_lib.check_sources(data)
 
 

@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -122,8 +123,39 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         f"{workdir} already holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)})"
         " and config.train.resume=False. Use another --workdir, resume (the default), or pass "
         "--config.train.overwrite=True to delete it and start over.")
-  workdir.mkdir(parents=True, exist_ok=True)
-  return has_run and config.train.resume, has_run and not config.train.resume
+  resume = has_run and config.train.resume
+  if resume:
+    _check_tokenizer_unchanged(workdir, config)
+  checkpoints = checkpointing.checkpoint_dir(workdir)
+  if checkpoints.exists() and not checkpoints.is_dir():
+    raise FileExistsError(f"{checkpoints} is a file; the run writes its checkpoints there. Move "
+                          "it away or use another --workdir.")
+  try:  # Now, not at the first save after hours of training.
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=checkpoints):
+      pass
+  except OSError as e:
+    raise PermissionError(f"Cannot write checkpoints to {checkpoints} ({type(e).__name__}: "
+                          f"{e.strerror or e}); fix its permissions or use another --workdir.") \
+        from None
+  return resume, has_run and not config.train.resume
+
+
+def _check_tokenizer_unchanged(workdir: pathlib.Path, config) -> None:
+  """A resumed run must keep its vocabulary (the embedding rows are per token id): a changed
+  tokenizer setting is refused before the new vocabulary and statistics are built."""
+  try:
+    saved = json.loads((workdir / "config.json").read_text()).get("tokenizer")
+  except (OSError, ValueError, AttributeError):
+    return  # No readable config.json: the checkpoint's tokenizer fingerprint is checked later.
+  changed = _config_changes({"tokenizer": saved or {}}, {"tokenizer": _config_json(config)
+                                                          .get("tokenizer", {})})
+  if saved is not None and changed:
+    raise ValueError(
+        f"Cannot resume the run in {workdir}: its tokenizer settings changed ("
+        f"{'; '.join(changed)}), and its checkpoints' embeddings belong to the old vocabulary. "
+        f"Resume with the run's settings (its config.json), or start a new run in another "
+        f"--workdir (with --config.init_from={workdir} only if the vocabulary is the same).")
 
 
 def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:
@@ -235,6 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics and evaluation."""
   # --- Config and workdir ----------------------------------------------------------------
   check_config(config)
+  if not str(workdir).strip():
+    raise ValueError("--workdir is empty; give the directory for the run's checkpoints and logs.")
   if "://" in str(workdir):
     raise ValueError(f"--workdir {workdir}: only local or mounted paths are supported (mount a "
                      "bucket with gcsfuse or similar to write there).")
@@ -300,6 +334,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             f"--config.init_from={workdir}.")
       _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
                           f"the checkpoint at step {step} in {workdir}")
+      saved_tokenizer = saved_meta.get("tokenizer_fingerprint")
+      if saved_tokenizer not in (None, pipeline.tokenizer_fingerprint):
+        raise ValueError(
+            f"Cannot resume the run in {workdir} (step {step}): this run's tokenizer (from "
+            f"config.tokenizer.name_or_path={config.tokenizer.name_or_path!r}) is not the one "
+            f"the checkpoint was trained with, though the settings match: the vocabulary file "
+            f"changed? Restore it, or start a new run in another --workdir.")
       changed = _config_changes(saved_meta.get("config") or {}, config_json)
       if changed:
         logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
@@ -325,7 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     if is_main:
       pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
       checkpointing.write_json(workdir / "config.json", config_json)
-    meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config), "config": config_json}
+    meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config), "config": config_json,
+            "tokenizer_fingerprint": pipeline.tokenizer_fingerprint}
 
     # --- Compiled steps ----------------------------------------------------------------------
     step_config = trainer_lib.StepConfig(config.model.max_predictions,

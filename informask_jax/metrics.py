@@ -87,7 +87,9 @@ class MetricWriter:
     workdir = pathlib.Path(workdir)
     path = workdir / "metrics.jsonl"
     if resumed_at is not None and path.exists():
-      kept = [line for line in path.read_text().splitlines(keepends=True)
+      # Bytes, decoded leniently: a crash mid-write can leave a cut multi-byte character.
+      text = path.read_bytes().decode("utf-8", errors="replace")
+      kept = [line for line in text.splitlines(keepends=True)
               if _logged_step(line) <= resumed_at]
       tmp = path.with_name(path.name + ".tmp")
       tmp.write_text("".join(kept))

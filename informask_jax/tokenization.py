@@ -72,14 +72,21 @@ def _add_post_processor(tok):
 
 
 def _from_vocab_file(path, lowercase):
-  with open(path, encoding="utf-8") as f:
-    vocab = {}
-    # The id is the line number, as in tokenizers and transformers (a repeated token keeps its
-    # last line), so ids match a released checkpoint's embedding rows.
-    for index, line in enumerate(f):
-      token = line.rstrip("\n")
-      if token:
-        vocab[token] = index
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    lines = raw.decode("utf-8").split("\n")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise ValueError(f"config.tokenizer.name_or_path={path!r} is not a UTF-8 vocab.txt (one token "
+                     f"per line): byte {raw[e.start]:#04x} on line {line} is not UTF-8.") from None
+  vocab = {}
+  # The id is the line number, as in tokenizers and transformers (a repeated token keeps its
+  # last line), so ids match a released checkpoint's embedding rows.
+  for index, line in enumerate(lines):
+    token = line.rstrip("\r")
+    if token:
+      vocab[token] = index
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]
   if missing:
     raise ValueError(f"config.tokenizer.name_or_path={path!r}: the vocabulary lacks {missing}.")

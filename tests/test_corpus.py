@@ -100,6 +100,27 @@ def test_streaming_files_source(tmp_path):
   assert set(val) == {f"Doc {i}." for i in range(50) if corpus.hash_bucket(f"Doc {i}.") < 0.2}
 
 
+def test_split_bucket_is_the_hash_of_the_key_when_there_is_one():
+  """wiki_vital documents are split by title ("_key"), other sources by their text."""
+  keyed = corpus._clean_batch({"text": ["Same text.", "Same text."], "_key": ["A", "B"]})
+  assert keyed["_bucket"] == [corpus.hash_bucket("A"), corpus.hash_bucket("B")]
+  plain = corpus._clean_batch({"text": ["Same text."]})
+  assert plain["_bucket"] == [corpus.hash_bucket("Same text.")]
+
+
+def test_tiny_corpus_keeps_a_document_on_each_side_of_the_split(tmp_path):
+  """No hash below (above) the fraction: the smallest (largest) hash goes to validation (train)."""
+  path = tmp_path / "a.jsonl"
+  texts = [f"Doc {i}." for i in range(4)]
+  path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
+                                           validation_fraction=1e-9))
+  assert _texts(loaded["validation"]) == [min(texts, key=corpus.hash_bucket)]
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
+                                           validation_fraction=0.999999))
+  assert _texts(loaded["train"]) == [max(texts, key=corpus.hash_bucket)]
+
+
 def test_fingerprint_tracks_content_and_order():
   a = datasets.Dataset.from_dict({"text": ["ab", "c"]})
   assert corpus.corpus_fingerprint(a) == corpus.corpus_fingerprint(
@@ -110,6 +131,20 @@ def test_fingerprint_tracks_content_and_order():
 
 
 # --- Bad input ----------------------------------------------------------------------------------
+
+def test_a_binary_file_named_txt_is_refused(tmp_path):
+  """A few bad bytes are replaced (above); a file that is mostly not text is an error naming it,
+  not a tokenizer trained on noise."""
+  noise = tmp_path / "noise.txt"
+  noise.write_bytes(bytes(range(128, 256)) * 64)
+  with pytest.raises(ValueError, match=r"sources\[0\].*noise.txt' does not look like UTF-8 text "
+                                       r"\(8192 of its first 8192 bytes"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(noise))]))
+  packed = tmp_path / "packed.txt"  # Valid UTF-8, but NUL bytes: a binary format.
+  packed.write_bytes(b"header\x00\x00\x01\x00 ok text" * 100)
+  with pytest.raises(ValueError, match="packed.txt' does not look like .* holds NUL bytes"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(packed))]))
+
 
 def test_missing_file(tmp_path):
   missing = str(tmp_path / "nope.txt")

@@ -145,6 +145,17 @@ def test_parallel_tokenization_matches_serial(tmp_path, wiki_docs, bert_tokenize
   assert parallel["sentence_ids"] == serial["sentence_ids"]
 
 
+def test_documents_without_a_token_are_dropped(tmp_path, bert_tokenizer):
+  # Two combining accents: text after cleaning, but no token once the accents are stripped.
+  docs = datasets.Dataset.from_dict({"text": ["Hello there.", "\u0301\u0301", "World."]})
+  want = [bert_tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("Hello there.",
+                                                                             "World.")]
+  c = _tiny_config(tmp_path)
+  assert data.tokenize_corpus(docs, bert_tokenizer, c.data)["input_ids"] == want
+  streamed = data.tokenize_corpus(docs.to_iterable_dataset(), bert_tokenizer, c.data)
+  assert [np.asarray(row["input_ids"]).tolist() for row in streamed] == want
+
+
 # --- Packing --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", data.PACKING_MODES)
@@ -170,6 +181,17 @@ def test_long_document_is_split_not_dropped(mode):
   packed = data.pack_sequences(tokenized, 10, SPECIAL, mode)
   _check_packing(tokenized, packed, 10, mode)
   assert len(packed["token_ids"]) == (7 if mode == "full_sentences" else 7 + 1)
+
+
+@pytest.mark.parametrize("mode", data.PACKING_MODES)
+def test_packing_uses_the_given_special_ids(mode):
+  """[PAD], [CLS] and [SEP] come from `special_ids` (RoBERTa's pad id is 1), never fixed ids."""
+  special = tokenization.SpecialIds(pad=7, unk=8, cls=5, sep=6, mask=9)
+  tokenized = _random_tokenized(seed=3)
+  tokenized["input_ids"] = [ids + 20 for ids in tokenized["input_ids"]]  # Clear of ids 5..9.
+  packed = data.pack_sequences(tokenized, 16, special, mode)
+  _check_packing(tokenized, packed, 16, mode, special=special)
+  assert not (packed["token_ids"] == 0).any()
 
 
 def test_packing_errors():
@@ -414,6 +436,19 @@ def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer)
   with pytest.raises(data.DataSettingsChanged,
                      match=r"StreamingBatchIterator state was saved with seed=1, .*train.seed"):
     other_seed.restore(it.state())
+
+
+def test_streaming_row_order_depends_on_the_seed(tmp_path, bert_tokenizer):
+  """A one-document shuffle buffer keeps the stream's order, so the rows differ only by the
+  shuffle of each chunk's packed rows: it must follow the seed."""
+  pipeline = _streaming_pipeline(
+      tmp_path, [f"Document {i} talks about river number {i}. It ends here." for i in range(120)],
+      0.1)
+  make = lambda seed: data.StreamingBatchIterator(
+      pipeline.train_stream, bert_tokenizer, 32, pipeline.special_ids, "full_sentences", 4,
+      seed=seed, chunk_documents=200, shuffle_buffer=1, process_index=0, process_count=1)
+  a, b = _take(make(1), 4), _take(make(2), 4)
+  assert any(not np.array_equal(x["token_ids"], y["token_ids"]) for x, y in zip(a, b, strict=True))
 
 
 def test_streaming_epochs_reshuffle_documents(tmp_path, bert_tokenizer):

@@ -182,6 +182,20 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
   # The refused run changed nothing: config.json still describes the checkpoints.
   assert json.loads((tmp_path / "config.json").read_text())["model"]["num_layers"] == 1
   config.model.num_layers = 1
+  # Another tokenizer (same size: the model would fit) is refused before it is built ...
+  config.tokenizer.lowercase = False
+  with pytest.raises(ValueError, match=r"tokenizer settings changed \(config.tokenizer.lowercase:"
+                                       r" True -> False\)"):
+    loop.train_and_evaluate(config, tmp_path)
+  config.tokenizer.lowercase = True
+  # ... and so is another vocabulary under the same settings (a vocab.txt edited in place).
+  meta_file = checkpointing.checkpoint_dir(tmp_path) / "2" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  assert meta["tokenizer_fingerprint"]
+  meta_file.write_text(json.dumps({**meta, "tokenizer_fingerprint": "another"}))
+  with pytest.raises(ValueError, match=r"tokenizer .* is not the one the checkpoint was trained"):
+    loop.train_and_evaluate(config, tmp_path)
+  meta_file.write_text(json.dumps(meta))
   config.train.resume = False
   with pytest.raises(FileExistsError, match="already holds a run"):
     loop.train_and_evaluate(config, tmp_path)
@@ -331,6 +345,8 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                                r"config.data.max_documents=0 must be -1 for all documents, or "
                                r">= 1"),
                               ("data.max_documents", -5, r"config.data.max_documents=-5 must be"),
+                              ("data.prefetch", -1, r"config.data.prefetch=-1 must be an integer"),
+                              ("data.num_proc", 0, r"config.data.num_proc=0 must be an integer"),
                               ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
                               ("model.compute_dtype", "fp16", r"model.compute_dtype='fp16'"),
                               ("optim.learning_rate", -1.0,
@@ -405,7 +421,9 @@ def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("flag,message", [
     ("--config=configs/nosuch.py:tiny", "No such file or directory: 'configs/nosuch.py'"),
-    ("--config.data.sources[3].kind=files", "index past the end of that list"),
+    ("--config.data.sources[3].kind=files",
+     "--config.data.sources[3].kind: an index past the end of that list"),
+    ("--config.data.sources[0].config=foo", "write a small config file that imports one of"),
 ])
 def test_train_py_reports_a_bad_flag_in_one_line(flag, message):
   args = [] if flag.startswith("--config=") else ["--config", "configs/random.py:tiny"]
@@ -427,9 +445,23 @@ def test_train_py_reports_a_config_file_that_fails_to_import_in_one_line(tmp_pat
       "train.py: bad command-line flag: No module named 'nosuch_module_for_this_test'")
 
 
-def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path):
+def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="gs://bucket/run: only local or mounted paths"):
     loop.train_and_evaluate(tiny_config, "gs://bucket/run")
+  with pytest.raises(ValueError, match="--workdir is empty"):  # Not the current directory.
+    loop.train_and_evaluate(tiny_config, "")
+  # Checkpoints that could not be written are found before training, not at the first save.
+  (tmp_path / "filed" / "checkpoints").parent.mkdir()
+  (tmp_path / "filed" / "checkpoints").write_text("")
+  with pytest.raises(FileExistsError, match=r"filed/checkpoints is a file"):
+    loop._prepare_workdir(tmp_path / "filed", tiny_config)
+  def refused(**kwargs):  # A read-only mount or directory (root ignores mode bits here).
+    raise PermissionError(13, "Permission denied", kwargs["dir"])
+
+  monkeypatch.setattr(loop.tempfile, "TemporaryFile", refused)
+  with pytest.raises(PermissionError, match=r"Cannot write checkpoints to .*locked/checkpoints "
+                                            r"\(PermissionError: Permission denied\)"):
+    loop._prepare_workdir(tmp_path / "locked", tiny_config)
   (tmp_path / "afile").write_text("")
   with pytest.raises(FileExistsError, match="afile is a file, not a directory"):
     loop.train_and_evaluate(tiny_config, tmp_path / "afile")

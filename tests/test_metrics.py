@@ -1,5 +1,7 @@
-"""MFU arithmetic, the peak-FLOPs table and the host-side summary of logged steps."""
+"""MFU arithmetic, the peak-FLOPs table, the host-side summary of logged steps and the log on
+resume."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -35,3 +37,17 @@ def test_summary_weights_the_loss_by_targets_and_leaves_skipped_steps_out():
   assert out["grad_norm"] == pytest.approx(2.0) and out["skipped_steps"] == 1
   assert out["targets_per_step"] == 15 and out["dropped_targets"] == 3.0
   assert np.isfinite(out["loss"])
+
+
+def test_a_resumed_log_drops_later_and_torn_lines(tmp_path):
+  """On resume, metrics.jsonl keeps the steps up to the checkpoint; a line the crash cut short
+  (even inside a multi-byte character) is dropped, not an error."""
+  lines = [json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (10, 20, 30)]
+  torn = b'{"step": 40, "x": "\xe2\x82'  # Cut inside a 3-byte character.
+  (tmp_path / "metrics.jsonl").write_bytes("".join(lines).encode() + torn)
+  writer = metrics.MetricWriter(tmp_path, resumed_at=20)
+  writer.write(21, {"loss": 0.5})
+  writer.close()
+  text = (tmp_path / "metrics.jsonl").read_text()
+  steps = [json.loads(line)["step"] for line in text.splitlines()]
+  assert steps == [10, 20, 21]

@@ -162,6 +162,31 @@ def test_pmi_equals_bruteforce(window, whole_words, alpha, positive_only, min_pa
     assert table.data.min() < 0
 
 
+def with_leading_pieces(docs, piece=V - 3):
+  """`docs` with a "##" piece at the start of every sentence. Byte-level BPE gives such starts
+  (a document's first word lacks the "Ġ" of a leading space), and a sentence start still starts
+  a word."""
+  out = []
+  for ids, sids in docs:
+    starts = np.flatnonzero(np.diff(sids, prepend=-1))
+    out.append((np.insert(ids, starts, piece).astype(np.int32),
+                np.insert(sids, starts, sids[starts]).astype(np.int32)))
+  return out
+
+
+def test_whole_words_start_at_a_sentence_that_starts_with_a_piece():
+  # A piece joined to the previous sentence's last word would make their (never counted) pair a
+  # same-word pair, subtracted from the counts.
+  docs = with_leading_pieces(synthetic_docs(40, seed=1))
+  uni = counting.count_unigrams(docs, V)
+  vocab = counting.select_pmi_vocab(uni.counts, special_ids=SPECIALS, size=60, min_count=2)
+  assert V - 3 in vocab
+  pairs = counting.count_pairs(docs, vocab, vocab_size=V, whole_words=True, continuation=CONT)
+  ref = brute_pairs(docs, vocab, whole_words=True)
+  got = {(int(vocab[r]), int(vocab[c])): n for (r, c), n in to_dict(pairs.counts).items()}
+  assert got == dict(ref)
+
+
 def test_chunked_spilled_and_parallel_counts_equal_one_pass(monkeypatch):
   docs = synthetic_docs(600, seed=2)
   uni = counting.count_unigrams(docs, V, chunk_tokens=10**9)
@@ -339,6 +364,29 @@ def test_planted_collocations_rank_first():
   assert (NEW[0], YORK[0]) in top and (YORK[0], YORK[1]) in top and (OF[0], AMERICA[0]) in top
 
 
+def test_ngram_words_start_at_a_sentence_that_starts_with_a_piece():
+  docs = with_leading_pieces(synthetic_docs(40, seed=1))
+  counts = ngrams.count_ngrams(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                               min_count=1)
+  ref = brute_word_ngrams(docs)
+  for n in range(1, ngrams.MAX_N + 1):
+    assert counts.positions[n] == sum(c for g, c in ref.items() if len(g) == n), n
+
+
+def test_ngram_vocab_ranks_by_pmi_not_by_count():
+  scored = ngrams.ScoredNgrams(tokens=[(21, 22), (23, 24), (25, 26)], lengths=np.array([2, 2, 2]),
+                               counts=np.array([1000, 5, 50]), scores=np.array([0.1, 3.0, 1.0]))
+  tokens, _, scores, _ = ngrams.assemble_vocab(scored, 2)
+  assert tokens == [[23, 24], [25, 26]]  # The most frequent bigram has the lowest PMI_2.
+  np.testing.assert_array_equal(scores, [3.0, 1.0])
+
+
+def test_quotas_sum_to_the_vocabulary_size():
+  for size in (1, 7, 10, 33, 401):
+    assert sum(ngrams.quotas(size).values()) == size, size
+    assert sum(ngrams.quotas(size, max_n=3).values()) == size, size
+
+
 def test_ngram_counts_parallel_and_spilled_equal_one_pass(monkeypatch):
   docs = synthetic_docs(400, seed=6)
   kw = dict(vocab_size=V, special_ids=SPECIALS, continuation=CONT, min_count=2)
@@ -443,6 +491,32 @@ def test_count_choices_runs_the_real_online_masker():
   again, _ = rates.count_choices(masker, t, packed["sentence_ids"], vocab_size=V,
                                  special_ids=SPECIALS, pad_id=PAD, batch_size=16)
   np.testing.assert_array_equal(chosen, again)
+
+
+def test_sample_rows_depends_on_the_seed():
+  rows = rates.sample_rows(1000, 50, seed=1)
+  np.testing.assert_array_equal(rows, rates.sample_rows(1000, 50, seed=1))
+  assert not np.array_equal(rows, rates.sample_rows(1000, 50, seed=2))
+  assert rows.size == 50 and np.all(np.diff(rows) > 0)
+
+
+def test_count_choices_draws_from_the_seed_with_a_new_key_per_batch():
+  import jax
+
+  def masker(key, ids, sentence_ids):  # 30% of the non-special tokens, drawn from `key` alone.
+    return {"mask": jax.random.bernoulli(key, 0.3, ids.shape) & (ids >= len(SPECIALS))}
+
+  ids = np.random.default_rng(0).integers(len(SPECIALS), V, (16, 32)).astype(np.int32)
+  sids = np.zeros_like(ids)
+  kw = dict(vocab_size=V, special_ids=SPECIALS, pad_id=PAD, batch_size=16)
+  chosen, seen = rates.count_choices(masker, ids, sids, seed=0, **kw)
+  other, _ = rates.count_choices(masker, ids, sids, seed=1, **kw)
+  assert not np.array_equal(chosen, other)
+  # The same rows again as a second batch: masked with that batch's own key, not the first's.
+  twice, seen_twice = rates.count_choices(masker, np.concatenate([ids, ids]),
+                                          np.concatenate([sids, sids]), seed=0, **kw)
+  np.testing.assert_array_equal(seen_twice, 2 * seen)
+  assert not np.array_equal(twice, 2 * chosen)
 
 
 def test_id_mask_prob_json_roundtrip(tmp_path):
@@ -585,6 +659,8 @@ def test_mismatched_tokenizer_is_refused(built):
     stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=512)
   with pytest.raises(FileNotFoundError, match="meta.json"):
     stats.load_artifacts(directory.parent, tokenizer_fingerprint="tok-A", vocab_size=V)
+  with pytest.raises(ValueError, match=r"meta.json is a file; give the directory"):
+    stats.load_artifacts(directory / "meta.json", tokenizer_fingerprint="tok-A", vocab_size=V)
 
 
 def test_bad_config_and_empty_corpus_fail_early(tmp_path):
@@ -671,3 +747,15 @@ def test_pmi_table_is_exactly_symmetric_for_independent_tokens():
   pmi_lib.check_table(table, size)  # Raises if not exactly symmetric.
   kept = pmi_lib.pmi_table(pairs, vocab_size=size, positive_only=True)
   assert (kept != kept.T).nnz == 0
+
+
+def test_check_table_refuses_an_asymmetric_table():
+  """The loader's guard on pmi.npz: PMI is symmetric, so any asymmetry means a damaged table."""
+  dense = np.array([[0, 1.5, 0], [1.5, 0, 0.5], [0, 0.5, 0]], np.float32)
+  assert (pmi_lib.check_table(sp.csr_matrix(dense), 3) != sp.csr_matrix(dense)).nnz == 0
+  other_value, no_mirror = dense.copy(), dense.copy()
+  other_value[0, 1] = 1.25  # PMI(x, y) != PMI(y, x)
+  no_mirror[0, 2] = 0.25  # PMI(x, y) stored, PMI(y, x) missing
+  for bad in (other_value, no_mirror):
+    with pytest.raises(ValueError, match="pmi.npz is not symmetric"):
+      pmi_lib.check_table(sp.csr_matrix(bad), 3, "pmi.npz")

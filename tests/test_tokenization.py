@@ -104,6 +104,34 @@ def test_vocab_size_and_corpus_are_in_the_cache_key(tmp_path):
   assert len(list((tmp_path / "tokenizers").iterdir())) == 3
 
 
+def test_lowercase_setting_is_trained_and_in_the_cache_key(tmp_path):
+  corpus = _synthetic_corpus()  # Each sentence starts with a capital: "River", "Salt", ...
+  lower = tokenization.load_tokenizer(_config(), corpus, str(tmp_path))
+  cased = tokenization.load_tokenizer(_config(lowercase=False), corpus, str(tmp_path))
+  assert lower.tokenize("River") == ["river"]
+  assert cased.tokenize("River") == ["River"] and cased.tokenize("river") == ["river"]
+  assert len(list((tmp_path / "tokenizers").iterdir())) == 2
+
+
+def test_byte_level_bpe_continuation_is_a_token_without_the_space_marker():
+  """Byte-level BPE marks a word's start with "Ġ" (its leading space): the other tokens continue
+  a word, except the special tokens."""
+  import tokenizers
+  import transformers
+
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  text = "The cat sat on the mat. The dog ran to the park. A bird sang."
+  bpe.train_from_iterator([text] * 50, vocab_size=300, min_frequency=1, show_progress=False,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
+                                             pad_token="<pad>", eos_token="</s>",
+                                             unk_token="<unk>", mask_token="<mask>")
+  table = tokenization.continuation_table(tok)
+  vocab = tok.get_vocab()
+  assert not table[vocab["Ġthe"]] and table[vocab["e"]]
+  assert not table[[vocab[t] for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]].any()
+
+
 def test_tokenizer_errors(tmp_path):
   with pytest.raises(ValueError, match="name_or_path='no-such-tokenizer-xyz'"):
     tokenization.load_tokenizer(_config("no-such-tokenizer-xyz"))
@@ -116,3 +144,8 @@ def test_tokenizer_errors(tmp_path):
   bad.write_text("a\nb\n[UNK]\n")
   with pytest.raises(ValueError, match=r"lacks \['\[PAD\]', '\[CLS\]'"):
     tokenization.load_tokenizer(_config(str(bad)))
+  binary = tmp_path / "garbage.txt"  # A binary file given as the vocabulary: named, with its line.
+  binary.write_bytes(b"[PAD]\n[UNK]\nok\n\xed\xa0\x80\n")
+  with pytest.raises(ValueError, match=r"garbage.txt' is not a UTF-8 vocab.txt .* byte 0xed on "
+                                       r"line 4"):
+    tokenization.load_tokenizer(_config(str(binary)))

@@ -213,6 +213,9 @@ def load_artifacts(path, *, tokenizer_fingerprint: str | None, vocab_size: int |
   stage (or just `need`) is verified against its sha256; a bad file raises CorruptArtifactError.
   """
   path = pathlib.Path(path).expanduser()
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"Statistics directory {path} is a file; give the directory that "
+                     "`python -m informask_jax.stats build` printed.")
   if not path.is_dir():
     raise FileNotFoundError(f"Statistics directory {path} does not exist.")
   meta = read_meta(path)
