@@ -52,5 +52,6 @@ if __name__ == "__main__":
   from informask_jax import cli
 
   # Bad input or a failed verification (RuntimeError): one line that says what, no traceback.
+  cli.quiet_library_logs()
   with cli.user_errors("convert_checkpoint.py", (RuntimeError,), exit_now=True):
     main()

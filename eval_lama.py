@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> lama.Report:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  cli.quiet_library_logs()
   with cli.user_errors("eval_lama.py", extra=(lama.OutputError,)):
     # The table is printed before --out is written: a failed write loses nothing.
     return lama.evaluate(

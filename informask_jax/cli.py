@@ -12,19 +12,29 @@ import re
 import sys
 
 from absl import flags
+from absl import logging as absl_logging  # noqa: F401 (imported first: see quiet_library_logs)
 
 
 class _LibraryInfoFilter(logging.Filter):
-  """Drops INFO records from orbax, which logs every step of every save at that level, and its
-  warning for a save without metrics: steps saved between evaluations have none, by design."""
+  """Drops INFO records from orbax, which logs every step of every save and restore at that
+  level, and its warnings for what we do by design: a save without metrics (steps saved between
+  evaluations have none), a manager opened read-only (to export or evaluate a run). Drops JAX's
+  INFO line for each platform it probes and does not find ('Unable to initialize backend')."""
+
+  _BY_DESIGN = ("did not provide metrics", "read only", "read_only=True")
 
   def filter(self, record):
+    if "/jax/_src/xla_bridge" in record.pathname:
+      return record.levelno > logging.INFO
     if "/orbax/" not in record.pathname:
       return True
-    return record.levelno > logging.INFO and "did not provide metrics" not in record.getMessage()
+    return record.levelno > logging.INFO and not any(
+        text in record.getMessage() for text in self._BY_DESIGN)
 
 
 def quiet_library_logs() -> None:
+  # absl.logging (imported above) has made "absl" its ABSLLogger, which records the real caller's
+  # file; a plain Logger got here first would record absl's own file and the filter would miss.
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     handler.addFilter(_LibraryInfoFilter())
   logging.getLogger("absl").addFilter(_LibraryInfoFilter())
