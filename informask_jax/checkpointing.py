@@ -165,14 +165,27 @@ class CheckpointReadError(ValueError):
   """A checkpoint step exists but cannot be read (a damaged or incomplete directory)."""
 
 
+def _first_line(error) -> tuple[str, str]:
+  """(type name, first line) of the first error in the chain that says something: tensorstore's
+  read errors reach us wrapped in one whose text is the repr of a bound method."""
+  seen, e = [], error
+  while e is not None and e not in seen:
+    seen.append(e)
+    line = (str(e).strip().splitlines() or [""])[0]
+    if line and "<bound method" not in line and "TensorStore(" not in line:
+      return type(e).__name__, line[:300]
+    e = e.__cause__ or e.__context__
+  return type(error).__name__, (str(error).strip().splitlines() or [""])[0][:300]
+
+
 def _unreadable(workdir, step, steps, error) -> CheckpointReadError:
   others = [s for s in steps if s != step]
-  first = (str(error).strip().splitlines() or [""])[0][:300]
+  kind, first = _first_line(error)
   hint = (f"move {checkpoint_dir(workdir) / str(step)} aside to use step {others[-1]}"
           if others else "no other checkpoint is left")
   return CheckpointReadError(
       f"Checkpoint step {step} in {checkpoint_dir(workdir)} is damaged or incomplete "
-      f"({type(error).__name__}: {first}); {hint}.")
+      f"({kind}: {first}); {hint}.")
 
 
 def mlm_config_to_dict(cfg: model_lib.MLMConfig) -> dict:

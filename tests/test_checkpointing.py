@@ -169,6 +169,19 @@ def test_a_step_that_restores_non_finite_is_refused(tmp_path, monkeypatch):
     checkpointing.restore_params(tmp_path)
 
 
+def test_a_damaged_step_names_the_error_that_says_something():
+  """tensorstore's read errors can reach us wrapped in one whose text is a bound method's repr."""
+  try:
+    try:
+      raise ValueError("OUT_OF_RANGE: Error reading byte range [0, 2373) of d/74fb")
+    except ValueError as inner:
+      raise TypeError("<bound method spec of TensorStore({'driver': 'zarr'})>") from inner
+  except TypeError as e:
+    error = checkpointing._unreadable("/w", 2, [1, 2], e)
+  assert "(ValueError: OUT_OF_RANGE: Error reading byte range" in str(error)
+  assert "bound method" not in str(error) and "use step 1" in str(error)
+
+
 def test_restore_params_errors_name_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints in"):
     checkpointing.restore_params(tmp_path)
