@@ -197,6 +197,18 @@ def test_verification_catches_a_wrong_weight(exported):
     export.verify_export(broken, cfg, path)
 
 
+def test_verification_catches_a_flipped_top1_prediction(exported, monkeypatch):
+  """A top-1 prediction that differs by more than TIE_GAP fails the check even where the logits
+  are within the allowed difference."""
+  params, cfg, path, _ = exported["bert"]
+  monkeypatch.setattr(export, "MAX_ABS_DIFF", 1e9)  # Only the agreement check can fail.
+  assert export.verify_export(params, cfg, path)["top1_agree"] == 1.0
+  broken = jax.tree.map(np.array, params)
+  broken["head"]["bias"][len(VOCAB) - 1] += 1e3  # Now our top-1 everywhere, not theirs.
+  with pytest.raises(export.ExportMismatchError, match="top-1 agreement"):
+    export.verify_export(broken, cfg, path)
+
+
 def test_non_finite_parameters_are_never_exported_nor_verified(exported, tmp_path):
   params, cfg, path, _ = exported["bert"]
   broken = jax.tree.map(np.array, params)

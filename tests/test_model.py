@@ -113,3 +113,54 @@ def test_inputs_longer_than_the_position_table_raise(flavour, pad_id, longest):
   with pytest.raises(ValueError, match=f"longer than the model's position table holds "
                                        f"\\({longest}: model.max_positions=8"):
     logits(longest + 1)
+
+
+def _random_params(cfg, seed=0, scale=0.5):
+  """Parameters large enough that the attention scale and mask change the logits visibly."""
+  shapes = nn.meta.unbox(jax.eval_shape(lambda: init_params(BertMLM(cfg), jax.random.key(0), 8)))
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.asarray(float(path[-1].key == "scale") +
+                                  scale * rng.standard_normal(x.shape), jnp.float32), shapes)
+
+
+@pytest.mark.parametrize("flavour,pad_id", [("bert", 0), ("roberta", 1)])
+def test_attention_probability_dropout_branch_computes_the_fused_attention(flavour, pad_id):
+  """With a negligible attention-dropout rate the unfused branch (taken only when training with
+  attention dropout) must give the fused kernel's logits: the same 1 / sqrt(head_dim) scale and
+  the same padding mask, on right-padded inputs."""
+  cfg = MLMConfig(vocab_size=50, num_layers=2, hidden_size=32, num_heads=4, mlp_size=48,
+                  max_positions=40, flavour=flavour, pad_id=pad_id, dropout=0.0,
+                  attention_dropout=1e-9)
+  model = BertMLM(cfg)
+  params = _random_params(cfg)
+  ids = np.random.default_rng(1).integers(5, 50, (3, 12)).astype(np.int32)
+  ids[0, 7:] = pad_id
+  ids[1, 3:] = pad_id
+  ids = jnp.asarray(ids)
+
+  def logits(deterministic):
+    return np.asarray(model.apply({"params": params}, ids, deterministic=deterministic,
+                                  rngs={"dropout": jax.random.key(0)}))
+
+  fused, unfused = logits(True), logits(False)
+  keep = np.asarray(ids != pad_id)
+  assert np.abs(fused[keep]).max() > 0.1
+  np.testing.assert_allclose(unfused[keep], fused[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_roberta_flavour_from_the_base_config():
+  from configs import base
+
+  c = base.get_base_config("tiny")
+  c.model.flavour = "roberta"
+  cfg = MLMConfig.from_config(c.model, vocab_size=50, pad_id=1)
+  assert cfg.layer_norm_eps == 1e-5 and cfg.type_vocab_size == 1 and cfg.max_positions == 514
+  assert cfg.max_seq_len == 512
+  ids = jnp.array([[5, 6, 7, 1, 1]])
+  from informask_jax.model import position_ids
+
+  np.testing.assert_array_equal(position_ids(cfg, ids), [[2, 3, 4, 1, 1]])
+  c.model.flavour = "bert"
+  cfg = MLMConfig.from_config(c.model, vocab_size=50, pad_id=0)
+  assert cfg.layer_norm_eps == 1e-12 and cfg.type_vocab_size == 2 and cfg.max_positions == 512

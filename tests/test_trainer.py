@@ -178,6 +178,98 @@ def test_accumulation_normalises_by_all_targets_of_the_step():
   np.testing.assert_allclose(accumulated, one, rtol=1e-5)
 
 
+def test_accumulated_gradient_is_normalised_by_all_targets_of_the_step():
+  """The gradient itself (its norm, which Adam's scale invariance would hide in the parameters)
+  of 4 micro-batches with unequal target counts equals one batch's: summed over the step and
+  divided by its target count, neither by the number of micro-batches nor a mean of means."""
+  batch = _batch(seed=1)
+  short = np.arange(BATCH) % 4 == 0  # All in the first micro-batch.
+  batch["token_ids"][short, 10:] = 0
+  batch["token_ids"][short, 9] = 3
+  batch["sentence_ids"][short, 9:] = -1
+  config = _equivalence_config()
+  config.optim.warmup_steps = 0
+  results = []
+  for micro_steps in (1, 4):
+    state, step, mesh, rules = _setup(config, (1, 1, 1), 1, micro_steps)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      state, metrics = step(state, jax.device_put(batch, sharding_lib.batch_sharding(mesh)))
+    results.append((jax.device_get(metrics), jax.tree.map(np.asarray, state.params)))
+  (one, one_params), (accumulated, accumulated_params) = results
+  assert one["num_targets"] == accumulated["num_targets"] > 0
+  for key in ("grad_norm", "loss", "loss_sum", "correct_sum"):
+    np.testing.assert_allclose(accumulated[key], one[key], rtol=1e-5, err_msg=key)
+  for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(accumulated_params), strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_only_weighted_targets_count_in_the_sums():
+  """Zero-weight slots (unused target rows) add nothing to the summed loss or the correct count,
+  whatever their labels; the weighted slots give the hand-computed cross-entropy and hits."""
+  cfg = model_lib.MLMConfig(vocab_size=40, num_layers=1, hidden_size=16, num_heads=2,
+                            mlp_size=32, max_positions=16, dropout=0.0)
+  model = model_lib.BertMLM(cfg)
+  params = nn.meta.unbox(model_lib.init_params(model, jax.random.key(0), 8))
+  params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(1), x.shape), params)
+  inputs = jnp.array([[2, 4, 9, 4, 11, 3, 0, 0], [2, 12, 4, 13, 3, 0, 0, 0]], jnp.int32)
+  positions = jnp.array([[1, 3, 0, 0], [2, 0, 0, 0]], jnp.int32)
+  weights = jnp.array([[1, 1, 0, 0], [1, 0, 0, 0]], jnp.float32)
+  logits = np.asarray(model.apply({"params": params}, inputs, masked_positions=positions))
+  top = logits.argmax(-1)  # (2, 4)
+  # Weighted slots: one right (the argmax) and two wrong; unweighted: every label a hit.
+  labels = np.array(top)
+  labels[0, 1] = (top[0, 1] + 1) % 40
+  labels[1, 0] = (top[1, 0] + 5) % 40
+  log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(logits), -1))
+  expected_loss = -sum(log_probs[b, p, labels[b, p]] for b, p in ((0, 0), (0, 1), (1, 0)))
+
+  def sums(labels):
+    return [float(x) for x in trainer_lib._mlm_sums(
+        model, params, inputs, positions, jnp.asarray(labels, jnp.int32), weights, None, True)]
+
+  loss_sum, correct_sum = sums(labels)
+  np.testing.assert_allclose(loss_sum, expected_loss, rtol=1e-5)
+  assert correct_sum == 1.0
+  other = labels.copy()  # Other (wrong) labels at the zero-weight slots: the same sums.
+  other[weights == 0] = (top[weights == 0] + 7) % 40
+  np.testing.assert_allclose(sums(other), [loss_sum, correct_sum], rtol=1e-6)
+
+
+class _FreshMasks:
+  """A stand-in masker: about 20% of the tokens, drawn from the step's key ([MASK] = 4)."""
+
+  def __call__(self, rng, token_ids, sentence_ids=None):
+    mask = jax.random.bernoulli(rng, 0.2, token_ids.shape) & (token_ids > 4)
+    return {"input_ids": jnp.where(mask, 4, token_ids), "mask": mask,
+            "labels": jnp.where(mask, token_ids, -100)}
+
+
+jax.tree_util.register_pytree_node(_FreshMasks, lambda m: ((), None), lambda _, __: _FreshMasks())
+
+
+def test_every_step_draws_new_masks():
+  """The masking key is folded with the step: the same batch gets other targets every step."""
+  config = _config(num_layers=1)
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
+  model = model_lib.BertMLM(cfg)
+  tx, schedule = optim.make_optimizer(config.optim, 100)
+  mesh = sharding_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
+                                jax.devices()[:1])
+  rules = sharding_lib.logical_rules(config.mesh)
+  state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
+  step = trainer_lib.jit_train_step(
+      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(SEQ),
+                                  optim.make_apply_update(config.optim, schedule)),
+      shardings, mesh, _FreshMasks())
+  counts = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    batch = jax.device_put(_batch(), sharding_lib.batch_sharding(mesh))
+    for _ in range(4):
+      state, metrics = step(state, batch)
+      counts.append(float(metrics["num_targets"]))
+  assert min(counts) > 0 and len(set(counts)) == 4, counts
+
+
 def test_evaluation_in_micro_batches_sums_the_same():
   """The eval step over 4 micro-batches on a 2x2x2 mesh gives the sums of one pass."""
   config = _equivalence_config()
@@ -204,16 +296,45 @@ POISON = 7  # A batch whose rows start with this id makes the test model's loss 
 class _PoisonableMLM(model_lib.BertMLM):
   """The real model, plus NaN logits for batches marked with POISON (an injected bad batch)."""
 
+  poison_gradients_only = False  # A class constant, not a module field.
+
   def __call__(self, input_ids, *args, **kwargs):
     logits = super().__call__(input_ids, *args, **kwargs)
     poisoned = jnp.any(input_ids[:, 0] == POISON)
+    if self.poison_gradients_only:
+      return _nan_cotangent(logits, poisoned)
     return jnp.where(poisoned, jnp.nan, logits)
 
 
-def test_non_finite_batch_is_skipped_without_touching_the_state():
+class _NaNGradientMLM(_PoisonableMLM):
+  """Finite logits and loss for POISON batches, but NaN gradients (a NaN cotangent)."""
+
+  poison_gradients_only = True
+
+
+@jax.custom_vjp
+def _nan_cotangent(x, poisoned):
+  return x
+
+
+def _nan_cotangent_fwd(x, poisoned):
+  return x, poisoned
+
+
+def _nan_cotangent_bwd(poisoned, g):
+  return jnp.where(poisoned, jnp.nan, g), None
+
+
+_nan_cotangent.defvjp(_nan_cotangent_fwd, _nan_cotangent_bwd)
+
+
+@pytest.mark.parametrize("model_cls", [_PoisonableMLM, _NaNGradientMLM])
+def test_non_finite_batch_is_skipped_without_touching_the_state(model_cls):
+  """NaN logits (a NaN loss), or a finite loss with NaN gradients: either way the step is
+  skipped, the state untouched, and its sums count nothing."""
   c = _config()
   cfg = model_lib.MLMConfig.from_config(c.model, vocab_size=VOCAB, pad_id=0)
-  model = _PoisonableMLM(cfg)
+  model = model_cls(cfg)
   tx, schedule = optim.make_optimizer(c.optim, 100)
   mesh = sharding_lib.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
   rules = sharding_lib.logical_rules(c.mesh)
@@ -231,8 +352,11 @@ def test_non_finite_batch_is_skipped_without_touching_the_state():
     state, _ = step(state, put(good))
     before = jax.tree.map(np.asarray, (state.params, state.opt_state))
     state, metrics = step(state, put(bad))
-    assert not np.isfinite(float(metrics["loss"]))
+    nan_loss = model_cls is _PoisonableMLM
+    assert np.isfinite(float(metrics["loss"])) != nan_loss
+    assert nan_loss or not np.isfinite(float(metrics["grad_norm"]))
     assert int(metrics["skipped"]) == 1 and float(metrics["num_targets"]) == 0
+    assert float(metrics["loss_sum"]) == 0 and float(metrics["correct_sum"]) == 0
     assert int(state.skipped) == 1 and int(state.consecutive_skips) == 1 and int(state.step) == 2
     after = jax.tree.map(np.asarray, (state.params, state.opt_state))
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
