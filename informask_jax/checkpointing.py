@@ -225,6 +225,13 @@ def _find_steps(workdir) -> tuple[ocp.CheckpointManager, list[int]]:
   return manager, steps
 
 
+def checkpoint_steps(workdir) -> list[int]:
+  """The finished checkpoint steps of a workdir; FileNotFoundError when there are none."""
+  manager, steps = _find_steps(workdir)
+  manager.close()
+  return steps
+
+
 def restore_params(workdir, step: int | None = None) -> tuple[Any, model_lib.MLMConfig, int]:
   """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture."""
   manager, steps = _find_steps(workdir)

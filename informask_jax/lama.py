@@ -507,6 +507,11 @@ def check_model(model: str, step: int | None = None) -> None:
           f"--model {model!r} is a training workdir without a checkpoint: no finished checkpoint "
           f"in {str(checkpointing.checkpoint_dir(path))!r}. Train first (train.py --workdir) or "
           "pass an exported Hugging Face directory.")
+    if step is not None:  # Now, not after the queries are built and the model is loading.
+      steps = checkpointing.checkpoint_steps(path)
+      if step not in steps:
+        raise ValueError(f"--step {step}: no checkpoint at that step in --model {model!r}; "
+                         f"its steps are {steps}.")
     return
   if path.is_dir() and not any(path.iterdir()):
     raise _neither_model_nor_workdir(model)

@@ -612,6 +612,19 @@ def test_step_is_refused_for_anything_but_a_training_workdir(models, tmp_path, m
                     "--no_progress"])
 
 
+def test_a_step_the_workdir_lacks_is_refused_before_the_model_loads(models, tmp_path,
+                                                                   monkeypatch):
+  from informask_jax import checkpointing, export
+
+  params, cfg = export.load_hf_as_flax(models["bert"])
+  checkpointing.save_initial_checkpoint(tmp_path / "run", params, cfg)  # Step 0.
+  transformers.AutoTokenizer.from_pretrained(models["bert"]).save_pretrained(
+      tmp_path / "run" / "tokenizer")
+  _no_model_load(monkeypatch)
+  with pytest.raises(ValueError, match=r"--step 5: no checkpoint at that step .* steps are \[0\]"):
+    lama.evaluate(str(tmp_path / "run"), str(FIXTURES), step=5, progress=False)
+
+
 def test_a_workdir_without_checkpoints_or_an_empty_directory_is_named_as_such(
     models, tmp_path, monkeypatch):
   _no_model_load(monkeypatch)
