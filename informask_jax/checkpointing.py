@@ -90,17 +90,14 @@ class Checkpointer:
     """Starts an asynchronous save; returns False (and saves nothing) for a non-finite state or
     one whose last step was skipped."""
     skips = int(state.consecutive_skips)
-    latest = self.latest_step()
-    kept = (f"The last good checkpoint (step {latest}) stays the latest." if latest is not None
-            else "No checkpoint has been written yet.")
     if skips:
       # Parameters blown up to huge but finite values make every later step non-finite: saving
       # then would rotate the last good checkpoints out before the run stops.
       logging.warning("Deferring the checkpoint of step %d: the last %d step(s) were skipped for "
-                      "a non-finite loss or gradient. %s", step, skips, kept)
+                      "a non-finite loss or gradient. %s", step, skips, self._kept())
       return False
     if not all_finite(state.params):
-      logging.error("Not saving step %d: the parameters hold NaN or Inf. %s", step, kept)
+      logging.error("Not saving step %d: the parameters hold NaN or Inf. %s", step, self._kept())
       return False
     metrics = None if eval_loss is None else {"eval_loss": float(eval_loss)}
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state),
@@ -109,6 +106,12 @@ class Checkpointer:
       return self.manager.save(step, args=args, metrics=metrics, force=force)
     except Exception as e:  # Disk full, permissions, ... : say so, keep what exists.
       raise CheckpointWriteError(self._write_failure(step, e)) from e
+
+  def _kept(self) -> str:
+    """What a refused save leaves as the latest checkpoint, for its log line."""
+    latest = self.latest_step()
+    return (f"The last good checkpoint (step {latest}) stays the latest." if latest is not None
+            else "No checkpoint has been written yet.")
 
   def wait(self) -> None:
     """Blocks until an asynchronous save has reached the disk; errors surface here."""

@@ -129,12 +129,17 @@ def _expand_files(pattern, where):
   return [path]
 
 
+def _is_undecodable(ch) -> bool:
+  """A lone surrogate: one byte that `decode("utf-8", errors="surrogateescape")` could not map."""
+  return "\udc80" <= ch <= "\udcff"
+
+
 def _check_text_file(path, where, sample=65536):
   """Refuses a .txt file whose first bytes are not text (a binary file named .txt): a few bad
   bytes in a real corpus become U+FFFD (`_read_txt`), but a tokenizer trained on noise is no use."""
   with open(path, "rb") as f:
     head = f.read(sample)
-  bad = sum("\udc80" <= ch <= "\udcff" for ch in head.decode("utf-8", errors="surrogateescape"))
+  bad = sum(map(_is_undecodable, head.decode("utf-8", errors="surrogateescape")))
   nul = b"\x00" in head
   if nul or bad > 0.1 * len(head):
     raise ValueError(f"{where}: {path!r} does not look like UTF-8 text ({bad} of its first "
@@ -150,10 +155,10 @@ def _read_txt(paths):
       for raw in f:
         # surrogateescape maps each invalid byte to one lone surrogate, so they can be counted.
         line = raw.decode("utf-8", errors="surrogateescape")
-        if any("\udc80" <= ch <= "\udcff" for ch in line):
-          bad = sum("\udc80" <= ch <= "\udcff" for ch in line)
+        bad = sum(map(_is_undecodable, line))
+        if bad:
           replaced += bad
-          line = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in line)
+          line = "".join("\ufffd" if _is_undecodable(ch) else ch for ch in line)
         if line.strip():
           lines.append(line)
         elif lines:

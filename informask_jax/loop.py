@@ -147,10 +147,12 @@ def _check_tokenizer_unchanged(workdir: pathlib.Path, config) -> None:
   try:
     saved = json.loads((workdir / "config.json").read_text()).get("tokenizer")
   except (OSError, ValueError, AttributeError):
-    return  # No readable config.json: the checkpoint's tokenizer fingerprint is checked later.
-  changed = _config_changes({"tokenizer": saved or {}}, {"tokenizer": _config_json(config)
-                                                          .get("tokenizer", {})})
-  if saved is not None and changed:
+    saved = None
+  if saved is None:  # No readable config.json: the checkpoint's fingerprint is checked later.
+    return
+  current = _config_json(config).get("tokenizer", {})
+  changed = _config_changes({"tokenizer": saved}, {"tokenizer": current})
+  if changed:
     raise ValueError(
         f"Cannot resume the run in {workdir}: its tokenizer settings changed ("
         f"{'; '.join(changed)}), and its checkpoints' embeddings belong to the old vocabulary. "

@@ -30,7 +30,8 @@ def _config(**model_overrides):
   return c
 
 
-def _setup(config, mesh_shape, num_devices, micro_steps=1, total_steps=100):
+def _setup(config, mesh_shape, num_devices, micro_steps=1, total_steps=100, masker=None,
+           max_predictions=20):
   cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
   model = model_lib.BertMLM(cfg)
   tx, schedule = optim.make_optimizer(config.optim, total_steps)
@@ -38,10 +39,12 @@ def _setup(config, mesh_shape, num_devices, micro_steps=1, total_steps=100):
                                                 strict=True)))
   mesh = sharding_lib.make_mesh(mesh_cfg, jax.devices()[:num_devices])
   rules = sharding_lib.logical_rules(config.mesh)
-  masker = masking.get_masker("random", vocab_size=VOCAB, mask_id=4, special_ids=SPECIALS)
+  masker = masker or masking.get_masker("random", vocab_size=VOCAB, mask_id=4,
+                                        special_ids=SPECIALS)
   state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
   step = trainer_lib.jit_train_step(
-      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20, micro_steps),
+      trainer_lib.make_train_step(model, tx, schedule,
+                                  trainer_lib.StepConfig(max_predictions, micro_steps),
                                   optim.make_apply_update(config.optim, schedule)),
       shardings, mesh, masker)
   return state, step, mesh, rules
@@ -249,18 +252,8 @@ jax.tree_util.register_pytree_node(_FreshMasks, lambda m: ((), None), lambda _, 
 
 def test_every_step_draws_new_masks():
   """The masking key is folded with the step: the same batch gets other targets every step."""
-  config = _config(num_layers=1)
-  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
-  model = model_lib.BertMLM(cfg)
-  tx, schedule = optim.make_optimizer(config.optim, 100)
-  mesh = sharding_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)),
-                                jax.devices()[:1])
-  rules = sharding_lib.logical_rules(config.mesh)
-  state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
-  step = trainer_lib.jit_train_step(
-      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(SEQ),
-                                  optim.make_apply_update(config.optim, schedule)),
-      shardings, mesh, _FreshMasks())
+  state, step, mesh, rules = _setup(_config(num_layers=1), (1, 1, 1), 1, masker=_FreshMasks(),
+                                    max_predictions=SEQ)
   counts = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     batch = jax.device_put(_batch(), sharding_lib.batch_sharding(mesh))
@@ -296,20 +289,17 @@ POISON = 7  # A batch whose rows start with this id makes the test model's loss 
 class _PoisonableMLM(model_lib.BertMLM):
   """The real model, plus NaN logits for batches marked with POISON (an injected bad batch)."""
 
-  poison_gradients_only = False  # A class constant, not a module field.
+  def __call__(self, input_ids, *args, **kwargs):
+    logits = super().__call__(input_ids, *args, **kwargs)
+    return jnp.where(jnp.any(input_ids[:, 0] == POISON), jnp.nan, logits)
+
+
+class _NaNGradientMLM(model_lib.BertMLM):
+  """Finite logits and loss for POISON batches, but NaN gradients (a NaN cotangent)."""
 
   def __call__(self, input_ids, *args, **kwargs):
     logits = super().__call__(input_ids, *args, **kwargs)
-    poisoned = jnp.any(input_ids[:, 0] == POISON)
-    if self.poison_gradients_only:
-      return _nan_cotangent(logits, poisoned)
-    return jnp.where(poisoned, jnp.nan, logits)
-
-
-class _NaNGradientMLM(_PoisonableMLM):
-  """Finite logits and loss for POISON batches, but NaN gradients (a NaN cotangent)."""
-
-  poison_gradients_only = True
+    return _nan_cotangent(logits, jnp.any(input_ids[:, 0] == POISON))
 
 
 @jax.custom_vjp

@@ -142,7 +142,7 @@ def _ignored_fields(masking_config) -> list[str]:
     default = "" if option is None else \
         inspect.signature(MASKERS[owner]).parameters[option].default
     value = masking_config[field]
-    if value != default and str(value) != str(default):
+    if value != default:
       out.append(f"config.masking.{field}={value!r} ({owner} only)")
   return out
 
