@@ -125,7 +125,7 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         "--config.train.overwrite=True to delete it and start over.")
   resume = has_run and config.train.resume
   if resume:
-    _check_tokenizer_unchanged(workdir, config)
+    _check_resume_settings(workdir, config)
   checkpoints = checkpointing.checkpoint_dir(workdir)
   if checkpoints.exists() and not checkpoints.is_dir():
     raise FileExistsError(f"{checkpoints} is a file; the run writes its checkpoints there. Move "
@@ -141,23 +141,42 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   return resume, has_run and not config.train.resume
 
 
-def _check_tokenizer_unchanged(workdir: pathlib.Path, config) -> None:
-  """A resumed run must keep its vocabulary (the embedding rows are per token id): a changed
-  tokenizer setting is refused before the new vocabulary and statistics are built."""
+# Settings that fix the order of the training batches (the checkpoint's iterator position
+# means nothing under others). The data sources are not here: a corpus moved to another path
+# is the same corpus, and the iterator's own check (the number of rows) still runs.
+_DATA_ORDER_KEYS = (("train", "batch_size"), ("train", "seed"), ("data", "seq_len"),
+                    ("data", "packing"), ("data", "validation_fraction"))
+
+
+def _check_resume_settings(workdir: pathlib.Path, config) -> None:
+  """Refuses, before the vocabulary, the corpus and its statistics are built (hours on a large
+  corpus), a resume whose tokenizer or data-order settings differ from the run's config.json:
+  the embedding rows are per token id, and the saved iterator position is per batch order."""
   try:
-    saved = json.loads((workdir / "config.json").read_text()).get("tokenizer")
-  except (OSError, ValueError, AttributeError):
+    saved = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
     saved = None
-  if saved is None:  # No readable config.json: the checkpoint's fingerprint is checked later.
+  if not isinstance(saved, dict):  # The checkpoint's fingerprint and iterator are checked later.
     return
-  current = _config_json(config).get("tokenizer", {})
-  changed = _config_changes({"tokenizer": saved}, {"tokenizer": current})
+  current = _config_json(config)
+  changed = _config_changes({"tokenizer": saved.get("tokenizer") or {}},
+                            {"tokenizer": current.get("tokenizer", {})})
   if changed:
     raise ValueError(
         f"Cannot resume the run in {workdir}: its tokenizer settings changed ("
         f"{'; '.join(changed)}), and its checkpoints' embeddings belong to the old vocabulary. "
         f"Resume with the run's settings (its config.json), or start a new run in another "
         f"--workdir (with --config.init_from={workdir} only if the vocabulary is the same).")
+  changed = [f"config.{section}.{key}: {saved[section][key]!r} -> {current[section][key]!r}"
+             for section, key in _DATA_ORDER_KEYS
+             if isinstance(saved.get(section), dict) and key in saved[section]
+             and saved[section][key] != current[section][key]]
+  if changed:
+    raise ValueError(
+        f"Cannot resume the run in {workdir}: {'; '.join(changed)}. The checkpoint's data "
+        f"position belongs to the run's batch order, which these settings fix. Resume with the "
+        f"run's settings (its config.json), or keep its parameters and start a new run: another "
+        f"--workdir with --config.init_from={workdir}.")
 
 
 def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:

@@ -172,7 +172,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny_config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).latest_step() == last_logged < 10_000
 
 
-def test_resume_refuses_a_different_model(tiny_config, tmp_path):
+def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000)
   loop.train_and_evaluate(config, tmp_path)
   config.model.num_layers = 2
@@ -215,11 +215,23 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
     loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert (tmp_path / "metrics.jsonl").exists()
-  # Resuming with another batch size names the config key and the way out.
+  # Resuming with another batch order (batch size, seq_len) names the config key and the way
+  # out, before the corpus is read ...
   config.train.batch_size, config.train.overwrite, config.train.resume = 32, False, True
+  config.data.seq_len = 32
+  with monkeypatch.context() as patch:
+    patch.setattr(loop.data, "build_input_pipeline",
+                  lambda config: pytest.fail("the input pipeline was built"))
+    with pytest.raises(ValueError, match=r"config.train.batch_size: 16 -> 32; config.data.seq_len"
+                                         r": 64 -> 32\. .*--config.init_from="):
+      loop.train_and_evaluate(config, tmp_path)
+  config.data.seq_len = 64
+  # ... and without the run's config.json, by the checkpoint's iterator state.
+  (tmp_path / "config.json").rename(tmp_path / "config.json.aside")
   with pytest.raises(ValueError, match=r"global_batch_size=16, this run has global_batch_size=32 "
                                        r"\(set by config.train.batch_size\).*--config.init_from="):
     loop.train_and_evaluate(config, tmp_path)
+  (tmp_path / "config.json.aside").rename(tmp_path / "config.json")
   config.train.batch_size = 16
   # A workdir holding imported parameters (convert_checkpoint.py --from-hf) is not a run.
   params, mlm_config, _ = checkpointing.restore_params(tmp_path)
