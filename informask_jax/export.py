@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from informask_jax import paths
 from informask_jax.model import MLMConfig
 
 FORMATS = ("bert", "roberta")
@@ -556,39 +557,12 @@ def _nesting(path: str, other: str) -> str | None:
   return "is inside" if common == other else "contains" if common == path else None
 
 
-def _check_writable(out_dir: str, what: str, *, sibling: bool = False):
-  """Refuses `out_dir` unless it is, or can be made, a directory we can write.
-
-  Checked up front by trying to create a file system entry, so that the error names `out_dir`
-  (not a temporary path) and comes before any slow work. `sibling`: files are also staged next to
-  `out_dir`, in its parent.
-  """
-  target = os.path.abspath(out_dir)
-  probes = []
-  if os.path.exists(target):
-    if not os.path.isdir(target):
-      raise FileExistsError(f"{what} {out_dir} exists and is not a directory.")
-    probes.append(target)
-  if sibling or not probes:
-    ancestor = os.path.dirname(target)  # The nearest existing one: missing ones are created.
-    while not os.path.exists(ancestor):
-      ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-      raise ValueError(f"{what} {out_dir} cannot be created: {ancestor} is not a directory.")
-    probes.append(ancestor)
-  for directory in probes:
-    try:
-      os.rmdir(tempfile.mkdtemp(prefix=".write-check.", dir=directory))
-    except OSError as e:
-      raise PermissionError(f"{what} {out_dir} cannot be written: creating a directory in "
-                            f"{directory} fails ({e.strerror or type(e).__name__}).") from e
-
-
 def _check_out_dir(out_dir: str, overwrite: bool):
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
     raise FileExistsError(f"Export directory {out_dir} is not empty (overwrite=True, or "
                           "--overwrite, writes into it anyway).")
-  _check_writable(out_dir, "Export directory", sibling=True)  # The staging directory's parent.
+  # sibling: the staging directory is made next to out_dir.
+  paths.check_writable_dir(out_dir, "Export directory", sibling=True)
 
 
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
@@ -776,7 +750,7 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   if os.path.isdir(dir_or_name) and _nesting(workdir, dir_or_name) == "is":
     raise ValueError(f"The new workdir {workdir} is the Hugging Face directory being imported: "
                      "choose another --out.")
-  _check_writable(workdir, "Workdir")
+  paths.check_writable_dir(workdir, "Workdir")
   existing = checkpointing.checkpoint_dir(workdir)
   if existing.is_dir() and any(existing.iterdir()):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from informask_jax import paths
+
 log = logging.getLogger(__name__)
 
 SOURCES = ("Google_RE", "TREx", "ConceptNet", "Squad")
@@ -783,28 +785,6 @@ class OutputError(OSError):
   """The results could not be written to --out (after the run; the table was shown first)."""
 
 
-def check_out_dir(out_dir: str | os.PathLike) -> None:
-  """Refuses an --out the results could not be written to, before anything is evaluated.
-
-  --out is a directory, created (with its parents) when absent: it must not be a file, and the
-  directory itself, or else the nearest folder above it that exists, must take new entries.
-  """
-  out = pathlib.Path(os.path.abspath(os.path.expanduser(out_dir)))
-  if out.exists() and not out.is_dir():
-    raise FileExistsError(f"--out {str(out_dir)!r} is a file; give a directory for the results.")
-  base = next(p for p in (out, *out.parents) if p.exists())
-  if not base.is_dir():
-    raise FileExistsError(f"--out {str(out_dir)!r}: {str(base)!r} is a file, so no directory "
-                          "can be made there for the results.")
-  try:  # os.access says yes to root everywhere (/proc too): make an entry and remove it.
-    os.rmdir(tempfile.mkdtemp(prefix=".lama_out_check_", dir=base))
-  except OSError as e:
-    problem = ("is not writable" if base == out
-               else f"cannot be created: nothing can be made under {str(base)!r}")
-    raise PermissionError(f"--out {str(out_dir)!r} {problem} ({e.strerror or e}); give a "
-                          "writable directory for the results.") from None
-
-
 def write_outputs(out_dir: str | os.PathLike, summary: dict, run_info: dict, table: str):
   """results.csv (a row per relation), summary.json, run.json (settings) and results.md."""
   out = pathlib.Path(out_dir).expanduser()
@@ -871,7 +851,7 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   if protocol not in PROTOCOLS:
     raise ValueError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}.")
   if out_dir:  # Checked before the run, not after it.
-    check_out_dir(out_dir)
+    paths.check_writable_dir(out_dir, "--out")
   if backend not in BACKENDS:
     raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}.")
   if batch_size < 1:

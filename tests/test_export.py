@@ -473,7 +473,8 @@ def test_a_workdir_that_is_a_file_is_not_a_directory(tmp_path):
 def test_an_unwritable_out_dir_is_named_before_any_work(imported_workdir, tmp_path):
   (tmp_path / "file").write_text("x")
   cases = [(str(tmp_path / "file"), FileExistsError, "exists and is not a directory"),
-           (str(tmp_path / "file" / "o"), ValueError, f"cannot be created: {tmp_path}/file is not")]
+           (str(tmp_path / "file" / "o"), FileExistsError,
+            f"cannot be created: {tmp_path}/file is a file")]
   if os.path.isdir("/proc"):  # Exists, yet nothing can be created there, even by root.
     cases.append(("/proc/o6", PermissionError, "cannot be written: creating a directory in /proc"))
   for out, error, message in cases:

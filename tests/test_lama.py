@@ -18,7 +18,7 @@ import torch
 import transformers
 
 import eval_lama
-from informask_jax import export, lama
+from informask_jax import export, lama, paths
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "lama"
 COMMON = FIXTURES / "common_vocab.txt"
@@ -518,7 +518,7 @@ def test_a_damaged_model_or_a_missing_device_is_one_clear_error(models, tmp_path
 
 def test_an_out_that_is_a_file_is_refused_before_the_run(models, tmp_path):
   (tmp_path / "results").write_text("")
-  with pytest.raises(FileExistsError, match="--out .*results' is a file"):
+  with pytest.raises(FileExistsError, match="--out .*results exists and is not a directory"):
     lama.evaluate(models["bert"], str(FIXTURES), out_dir=str(tmp_path / "results"),
                   progress=False)
 
@@ -562,14 +562,17 @@ def test_an_unwritable_out_is_refused_before_the_run(models, tmp_path, monkeypat
   if where == "proc":
     if not lama.os.path.isdir("/proc/self"):
       pytest.skip("no /proc here")
-    out, match = "/proc/lama_out", r"--out '/proc/lama_out' cannot be created.*under '/proc'"
+    out = "/proc/lama_out"
+    match = r"--out /proc/lama_out cannot be written: creating a directory in /proc fails"
   else:
     (tmp_path / "a_file").write_text("")
-    out, match = str(tmp_path / "a_file" / "out"), r"--out .*a_file.* is a file"
+    out = str(tmp_path / "a_file" / "out")
+    match = r"--out .*a_file/out cannot be created: .*a_file is a file"
   _no_model_load(monkeypatch)
   with pytest.raises((PermissionError, FileExistsError), match=match):
     lama.evaluate(models["bert"], str(FIXTURES), out_dir=out, progress=False)
-  lama.check_out_dir(tmp_path / "new" / "deeper")  # Absent folders are fine: they are made.
+  # Absent folders are fine: they are made.
+  paths.check_writable_dir(tmp_path / "new" / "deeper", "--out")
   assert not (tmp_path / "new").exists()  # The check leaves nothing behind.
 
 

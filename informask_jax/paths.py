@@ -1,0 +1,34 @@
+"""Checks on the output directories users name (--out, --workdir), made before any slow work."""
+
+import os
+import tempfile
+
+
+def check_writable_dir(path, what: str, *, sibling: bool = False) -> None:
+  """Refuses `path` unless it is, or can be made, a directory we can write.
+
+  Checked by creating (and removing) an entry, since os.access says yes to root everywhere,
+  /proc included; missing folders are fine, as the writer makes them, so then the nearest
+  existing folder above is probed. `sibling`: the writer also stages files next to `path`, so
+  its parent is probed too. The errors name `what` (a flag or a role) and `path`.
+  """
+  target = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  probes = []
+  if os.path.exists(target):
+    if not os.path.isdir(target):
+      raise FileExistsError(f"{what} {path} exists and is not a directory.")
+    probes.append(target)
+  if sibling or not probes:
+    ancestor = os.path.dirname(target)
+    while not os.path.exists(ancestor):
+      ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+      raise FileExistsError(f"{what} {path} cannot be created: {ancestor} is a file, not a "
+                            "directory.")
+    probes.append(ancestor)
+  for directory in probes:
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix=".write-check.", dir=directory))
+    except OSError as e:
+      raise PermissionError(f"{what} {path} cannot be written: creating a directory in "
+                            f"{directory} fails ({e.strerror or type(e).__name__}).") from None
