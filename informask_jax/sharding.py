@@ -70,22 +70,22 @@ def logical_rules(mesh_config) -> tuple[tuple[str, object], ...]:
   return tuple(out)
 
 
-def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh, where: str) -> PartitionSpec:
-  """Drops mesh axes from dimensions they do not divide (those stay replicated), with a log line.
+def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh) -> tuple[PartitionSpec, list]:
+  """Drops mesh axes from dimensions they do not divide (those stay replicated); returns the
+  spec and the dropped (dim, size, axes, devices).
 
   An odd vocabulary (bert-base-uncased has 30,522 rows) or few heads on a wide tensor axis should
   not stop a run; the cost is memory, not correctness.
   """
-  dims = []
+  dims, dropped = [], []
   for i, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
     size = math.prod(mesh.shape[a] for a in names)
     if names and shape[i] % size:
-      logging.info("Not sharding %s dim %d (size %d) over %s (%d devices): not divisible.",
-                   where, i, shape[i], names, size)
+      dropped.append((i, shape[i], names, size))
       axes = None
     dims.append(axes)
-  return PartitionSpec(*dims)
+  return PartitionSpec(*dims), dropped
 
 
 def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
@@ -95,14 +95,25 @@ def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
   # Box values without nn.unbox, which would apply sharding constraints to abstract values.
   unboxed = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x,
                          abstract_boxed_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  replicated_dims = {}  # (dim size, mesh axes, devices) -> paths of the arrays concerned
 
   def to_sharding(path, spec, leaf):
     spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
-    return NamedSharding(mesh, _divisible_spec(spec, leaf.shape, mesh, jax.tree_util.keystr(path)))
+    spec, dropped = _divisible_spec(spec, leaf.shape, mesh)
+    for i, size, names, devices in dropped:
+      replicated_dims.setdefault((size, names, devices), []).append(
+          f"{jax.tree_util.keystr(path)} dim {i}")
+    return NamedSharding(mesh, spec)
 
-  return jax.tree_util.tree_map_with_path(
+  out = jax.tree_util.tree_map_with_path(
       to_sharding, mesh_specs, unboxed,
       is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+  # One line per kind of dimension, not one per array (the optimizer holds copies of each).
+  for (size, names, devices), where in replicated_dims.items():
+    logging.info("Not sharding dimensions of size %d over %s (%d devices, not a divisor; kept "
+                 "replicated there) in %d arrays: %s%s.", size, "x".join(names), devices,
+                 len(where), ", ".join(where[:3]), ", ..." if len(where) > 3 else "")
+  return out
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

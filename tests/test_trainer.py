@@ -1,6 +1,8 @@
 """The train step: it learns, it gives the same numbers on any mesh, accumulation is exact, and a
 non-finite step changes nothing."""
 
+import logging
+import re
 import types
 
 import flax.linen as nn
@@ -409,3 +411,31 @@ def test_a_batch_shard_split_over_hosts_is_refused():
       [device(0), device(0), device(1), device(1)], object).reshape(1, 1, 4))
   with pytest.raises(ValueError, match="mesh.tensor=4 spans several processes"):
     sharding_lib.check_batch_shards_per_host(across)
+
+
+def test_an_odd_vocabulary_stays_replicated_on_its_axis_with_one_log_line(caplog):
+  """30,522 rows (bert-base-uncased) do not divide over fsdp: those dimensions are replicated,
+  the others still sharded, and the log says so once per kind of dimension, not per array."""
+  config = _config()
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB + 1, pad_id=0)
+  model = model_lib.BertMLM(cfg)
+  tx, _ = optim.make_optimizer(config.optim, 100)
+  mesh_cfg = ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2))
+  mesh = sharding_lib.make_mesh(mesh_cfg, jax.devices()[:8])
+  rules = sharding_lib.logical_rules(config.mesh)
+  with caplog.at_level(logging.INFO):
+    state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
+  leaves = jax.tree_util.tree_leaves_with_path(state.params)
+  vocab_dims = [(jax.tree_util.keystr(p), x) for p, x in leaves if VOCAB + 1 in x.shape]
+  assert vocab_dims  # The word embedding (and the output bias).
+  for path, x in vocab_dims:
+    dim = x.shape.index(VOCAB + 1)
+    spec = tuple(x.sharding.spec) + (None,) * x.ndim
+    assert spec[dim] is None, (path, x.sharding.spec)
+  # Other parameters are still sharded: the state is not replicated wholesale.
+  assert any(not x.sharding.is_fully_replicated for _, x in leaves)
+  lines = [r.getMessage() for r in caplog.records if "Not sharding" in r.getMessage()]
+  # One line per kind: the embedding, the output bias and their Adam moments share a line.
+  vocab_lines = [line for line in lines if f"size {VOCAB + 1} " in line]
+  assert len(vocab_lines) == 1, lines
+  assert re.search(rf"in {3 * len(vocab_dims)} arrays: ", vocab_lines[0]), vocab_lines
