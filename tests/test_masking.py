@@ -903,6 +903,37 @@ def test_show_cli_marks_targets(tmp_path, capsys):
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "nope")])
 
 
+def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):
+  """--stats: the rates of the directory drive informask (all weight on "earth": every row
+  masks it), and a directory built with another tokenizer is refused, naming both."""
+  from informask_jax import tokenization
+  from informask_jax.masking import show
+  from informask_jax.stats import artifacts
+  tok = show.load_tokenizer()
+  text = "Mount Everest is the highest mountain on Earth above sea level."
+  rates = np.full(len(tok), 1e-6, np.float32)
+  rates[tok.convert_tokens_to_ids("earth")] = 1.0
+  directory = tmp_path / "stats"
+  directory.mkdir()
+  np.save(directory / "rates.npy", rates)
+  (directory / "id_mask_prob.json").write_text("{}")
+  meta = {"format_version": artifacts.FORMAT_VERSION, "vocab_size": len(tok),
+          "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(tok),
+          "tokenizer_name_or_path": ""}
+  for name in ("rates.npy", "id_mask_prob.json"):
+    artifacts.record_file(directory, meta, name)
+  artifacts.write_meta(directory, meta)
+  show.main(["--strategy", "informask", "--text", text, "--samples", "4", "--no-colour",
+             "--stats", str(directory)])
+  rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert len(rows) == 4 and all("[earth" in row for row in rows), rows
+  artifacts.write_meta(directory, {**meta, "tokenizer_fingerprint": "another"})
+  with pytest.raises(SystemExit, match=r"--stats .* built with another tokenizer .*--tokenizer"):
+    show.main(["--strategy", "informask", "--text", text, "--stats", str(directory)])
+  with pytest.raises(SystemExit, match=r"--stats: No statistics metadata"):
+    show.main(["--strategy", "informask", "--stats", str(tmp_path)])
+
+
 def test_both_key_words_reach_the_seeds():
   """`jax.random.key(s)` has key data (0, s): keys that differ in their first word only (from
   split / fold_in) must still give other seeds and masks."""

@@ -2,12 +2,14 @@
 
   python -m informask_jax.masking show                       # every strategy, default sentence
   python -m informask_jax.masking show --strategy span --text "The cat sat on the mat." --samples 5
+  python -m informask_jax.masking show --tokenizer runs/tiny/tokenizer --stats STATS_DIR
   python -m informask_jax.masking show --rates id_mask_prob.json --pmi pmi.npz --html masks.html
 
 Colours: red = replaced by [MASK], yellow = replaced by a random token (shown as original>new),
 green = target left unchanged. Strategies that need corpus tables (informask, pmi_span,
-informask_online) use --rates / --ngrams / --bigrams / --pmi; without them informask and pmi_span
-run on clearly labelled stand-ins and informask_online is skipped.
+informask_online) take them from --stats (a directory `python -m informask_jax.stats build`
+printed, checked against the tokenizer) or --rates / --ngrams / --bigrams / --pmi; without them
+informask and pmi_span run on clearly labelled stand-ins and informask_online is skipped.
 """
 
 import argparse
@@ -106,6 +108,26 @@ def _stand_in_ngrams(ids, continuation):
   return [a + b for a, b in zip(words[::2], words[1::2], strict=False)]
 
 
+def _tables_from_stats(args, tok):
+  """Fills --rates / --pmi / --ngrams / --bigrams (those not given) from the --stats directory,
+  which must have been built with this tokenizer (token ids would otherwise mean other tokens)."""
+  from informask_jax import stats, tokenization
+  try:
+    art = stats.load_artifacts(args.stats, tokenizer_fingerprint=None, vocab_size=None)
+  except (ValueError, FileNotFoundError) as e:  # ArtifactError is a ValueError.
+    raise ValueError(f"--stats: {e}") from None
+  if art.meta.get("tokenizer_fingerprint") != tokenization.tokenizer_fingerprint(tok):
+    built_with = art.meta.get("tokenizer_name_or_path") or "a vocabulary trained on the corpus"
+    raise ValueError(
+        f"--stats {args.stats} was built with another tokenizer ({built_with}) than --tokenizer "
+        f"{args.tokenizer or 'bert-base-uncased (the default)'}; pass the run's tokenizer, e.g. "
+        "--tokenizer WORKDIR/tokenizer of the run that built them.")
+  args.rates = art.rates if args.rates is None else args.rates
+  args.pmi = art.pmi if args.pmi is None else args.pmi
+  if args.ngrams is None and args.bigrams is None:  # The n-gram variant, train.py's default.
+    args.ngrams = art.ngrams
+
+
 def build_maskers(tok, ids, args, strategies):
   """[(label, masker or None, note)] for the requested strategies."""
   special = _special_ids(tok)
@@ -118,21 +140,21 @@ def build_maskers(tok, ids, args, strategies):
     if name in ("whole_word", "span", "pmi_span"):
       options["continuation"] = continuation
     if name == "informask":
-      if args.rates:
+      if args.rates is not None:
         options["rates"] = args.rates
       else:
         options["rates"] = _stand_in_rates(len(continuation), special)
         note = "STAND-IN rates (proportional to the token id); pass --rates for the corpus table"
     elif name == "pmi_span":
-      if args.bigrams:
+      if args.bigrams is not None:
         options.update(variant="bigram", bigrams=args.bigrams)
-      elif args.ngrams:
+      elif args.ngrams is not None:
         options["ngrams"] = args.ngrams
       else:
         options["ngrams"] = _stand_in_ngrams(ids[1:-1], continuation)
         note = "STAND-IN n-grams (adjacent word pairs); pass --ngrams for the corpus table"
     elif name == "informask_online":
-      if not args.pmi:
+      if args.pmi is None:
         out.append((name, None, "skipped: needs --pmi (the statistics module's pmi.npz)"))
         continue
       options.update(pmi=args.pmi, num_candidates=args.num_candidates)
@@ -174,6 +196,9 @@ def main(argv=None):
   parser.add_argument("--mask-prob", type=float, default=0.15)
   parser.add_argument("--budget", default="exact", choices=("exact", "bernoulli"))
   parser.add_argument("--tokenizer", default=None, help="vocab.txt or tokenizer directory")
+  parser.add_argument("--stats", help="statistics directory (python -m informask_jax.stats "
+                      "build prints it): the tables it holds, for the tokenizer they were built "
+                      "with (--tokenizer)")
   parser.add_argument("--rates", help="informask rate table (.npy or id_mask_prob.json)")
   parser.add_argument("--ngrams", help="pmi_span n-gram vocabulary (pmi_ngrams.json)")
   parser.add_argument("--bigrams", help="pmi_span bigram table (pmi_bigrams.json)")
@@ -192,6 +217,8 @@ def main(argv=None):
   ids = tok(text, truncation=True, max_length=512)["input_ids"]
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
   try:
+    if args.stats:
+      _tables_from_stats(args, tok)
     maskers = build_maskers(tok, ids, args, strategies)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
