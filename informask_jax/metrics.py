@@ -101,15 +101,15 @@ class MetricWriter:
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
       return
+    # Non-finite values as null: json.dumps would write NaN / Infinity, which strict JSON
+    # readers (jq, JavaScript, most languages' parsers) refuse.
     record = {"step": int(step)}
     for key, value in scalars.items():
-      if isinstance(value, float) and not math.isfinite(value):
-        record[key] = None if math.isnan(value) else value
-      else:
-        record[key] = value
-    self._jsonl.write(json.dumps(record) + "\n")
+      finite = not isinstance(value, float) or math.isfinite(value)
+      record[key] = value if finite else None
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     for key, value in scalars.items():
-      if isinstance(value, int | float) and value is not None and math.isfinite(value):
+      if isinstance(value, int | float) and math.isfinite(value):
         self._tb.add_scalar(key, value, int(step))
 
   def close(self) -> None:

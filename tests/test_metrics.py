@@ -51,3 +51,15 @@ def test_a_resumed_log_drops_later_and_torn_lines(tmp_path):
   text = (tmp_path / "metrics.jsonl").read_text()
   steps = [json.loads(line)["step"] for line in text.splitlines()]
   assert steps == [10, 20, 21]
+
+
+def test_the_log_is_strict_json_with_null_for_non_finite_values(tmp_path):
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write(1, {"loss": float("nan"), "grad_norm": float("inf"), "mfu": None, "lr": 1e-3})
+  writer.close()
+  line = (tmp_path / "metrics.jsonl").read_text().strip()
+
+  def refuse(token):
+    raise ValueError(f"non-standard JSON token {token}")
+  record = json.loads(line, parse_constant=refuse)  # NaN / Infinity / -Infinity are refused.
+  assert record == {"step": 1, "loss": None, "grad_norm": None, "mfu": None, "lr": 1e-3}
