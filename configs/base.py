@@ -170,6 +170,11 @@ def get_base_config(arg=None, strategy="informask"):
   # Several processes: every this many steps they agree whether one got SIGTERM / SIGINT, and
   # then all save at the same step (a process saving alone would wait forever for the others).
   c.train.stop_sync_every = 10
+  # jax.profiler trace of `profile_steps` steps after step `profile_start_step` (-1: none) into
+  # workdir/profile; view it with TensorBoard's profile plugin or ui.perfetto.dev. Start after
+  # the first step, which compiles; the traced steps' tokens/s include the tracer's cost.
+  c.train.profile_start_step = -1
+  c.train.profile_steps = 5
 
   # --- Device mesh and sharding ------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()

@@ -52,6 +52,9 @@ def check_config(config) -> None:
               "keep_checkpoints", "stop_sync_every", "max_consecutive_skips"):
     if t[key] <= 0:
       raise ValueError(f"config.train.{key}={t[key]} must be positive.")
+  if t.profile_start_step < -1 or t.profile_steps < 1:
+    raise ValueError(f"config.train.profile_start_step={t.profile_start_step} must be >= 0 (or -1: "
+                     f"no trace) and config.train.profile_steps={t.profile_steps} >= 1.")
   if isinstance(t.seed, bool) or not isinstance(t.seed, int) or not 0 <= t.seed < 2**31:
     raise ValueError(f"config.train.seed={t.seed!r} must be an integer in [0, 2**31).")
   if t.eval_batches == 0 or t.eval_batches < -1:
@@ -262,6 +265,31 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
+class _Profiler:
+  """A jax.profiler trace of the steps after `start` (config.train.profile_*), on every process
+  (each host writes its own file under `directory`)."""
+
+  def __init__(self, directory: pathlib.Path, start: int, count: int):
+    self.directory, self.start, self.end, self.active = directory, start, start + count, False
+
+  def before_step(self, step: int) -> None:
+    if step == self.start and not self.active:
+      jax.profiler.start_trace(str(self.directory))
+      self.active = True
+
+  def after_step(self, step: int, state) -> None:
+    if self.active and step >= self.end:
+      jax.block_until_ready(state)  # Dispatch is asynchronous: the traced steps must finish.
+      self.stop()
+      logging.info("Profiled steps %d-%d into %s (TensorBoard's profile plugin or "
+                   "ui.perfetto.dev).", self.start + 1, step, self.directory)
+
+  def stop(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
+
+
 def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
   """Mean masked-token loss over the first eval_batches validation batches, fixed masks."""
   batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -409,6 +437,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         workdir, enabled=is_main, resumed_at=int(jax.device_get(state.step)) if resume else None)))
     stop = _StopSignal()
     cleanup.callback(stop.restore)
+    profiler = _Profiler(workdir / "profile", config.train.profile_start_step,
+                         config.train.profile_steps)
+    cleanup.callback(profiler.stop)  # A run stopped (or failed) mid-trace still writes it.
     batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
     t = config.train
     step = int(jax.device_get(state.step))
@@ -429,6 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
         writer.write(0, last_eval)
       while step < t.num_steps:
+        profiler.before_step(step)
         state, step_metrics = train_step(state, next(batches))
         # Check the previous step's skip counter: already computed, so no pipeline stall.
         if previous is not None and int(previous["consecutive_skips"]) >= t.max_consecutive_skips:
@@ -444,6 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         step += 1
         interval_steps += 1
         progress.update(1)
+        profiler.after_step(step, state)
         if first_step:
           jax.block_until_ready(state)
           logging.info("First step (with compilation): %.1f s.", time.time() - interval_start)

@@ -309,6 +309,19 @@ def test_a_fresh_start_keeps_the_logs_of_a_run_without_checkpoints_apart(tiny_co
   assert steps == [0, 1, 1]  # The new run only: eval at 0, train and eval at its last step.
 
 
+def test_profile_traces_the_configured_steps(tiny_config, tmp_path, caplog):
+  config = _small(tiny_config, num_steps=4, checkpoint_every=1000, eval_every=1000)
+  config.train.profile_steps = 0
+  with pytest.raises(ValueError, match=r"config.train.profile_steps=0 >= 1"):
+    loop.check_config(config)
+  config.train.profile_start_step, config.train.profile_steps = 1, 2
+  with caplog.at_level(logging.INFO):
+    loop.train_and_evaluate(config, tmp_path)
+  assert any(r.getMessage().startswith("Profiled steps 2-3 into") for r in caplog.records)
+  traces = list((tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
 def test_evaluation_masks_each_batch_with_its_own_key(tiny_config, monkeypatch):
   """Keys differ between the batches of one evaluation and repeat at the next evaluation."""
   batches = [{"token_ids": np.full((4, 8), i, np.int32)} for i in range(3)]
@@ -408,7 +421,8 @@ def test_roberta_positions_are_checked_against_the_tokenizers_pad_id(tiny_config
      'checkpoint_every, eval_batches,'),
     # No close match: the full flag and its parent's keys still say where the typo is.
     ("--config.train.steps=4", "--config.train.steps: `config.train` has no key 'steps'."),
-    ("--config.train.steps=4", "num_steps, overwrite, resume, seed, stop_sync_every."),
+    ("--config.train.steps=4", "num_steps, overwrite, profile_start_step, profile_steps, resume, "
+     "seed, stop_sync_every."),
     ("--config.data.sources[0].kindd=x", "`config.data.sources[0]` has: config, kind, name,"),
 ])
 def test_train_py_names_a_mistyped_key(flag, message):
