@@ -323,16 +323,18 @@ def load_corpus(data_config):
 
 
 def _split(corpus, fraction):
-  """Hash split. At least one document each way when there are two or more documents."""
+  """Hash split. At least one document each way when there are two or more distinct ones."""
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f"config.data.validation_fraction={fraction} must be in [0, 1).")
   bucket = corpus.with_format("arrow")[:]["_bucket"].to_numpy().astype(np.float64)
   is_val = bucket < fraction
+  # By bucket value, not position, so that the Beam pipeline, which sees no document order, makes
+  # the same split: copies of one document (one hash) always fall on the same side.
   if fraction > 0 and len(bucket) > 1:
-    if not is_val.any():  # A tiny corpus: hold out the document with the smallest hash.
-      is_val[np.argmin(bucket)] = True
-    if is_val.all():
-      is_val[np.argmax(bucket)] = False
+    if not is_val.any():  # A tiny corpus: hold out the document(s) with the smallest hash.
+      is_val = bucket == bucket.min()
+    if is_val.all():  # And train on those with the largest (none if all are copies of one).
+      is_val &= bucket != bucket.max()
   corpus = corpus.remove_columns("_bucket")
   return datasets.DatasetDict({
       "train": corpus.select(np.flatnonzero(~is_val)),

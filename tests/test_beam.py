@@ -2,6 +2,8 @@
 bit for bit, from .txt / .jsonl / .parquet shards; the rate stage finishes from its tables; its
 readers match `corpus`; bad input fails before the pipeline starts."""
 
+import contextlib
+import io
 import json
 import pathlib
 
@@ -12,7 +14,7 @@ import scipy.sparse as sp
 
 from configs import base
 from informask_jax import corpus, data, stats
-from informask_jax.stats import artifacts
+from informask_jax.stats import artifacts, counting
 from informask_jax.stats import beam_pipeline as bp
 
 # Every file a Beam build writes, and those whose bytes do not depend on when they were written
@@ -187,3 +189,145 @@ def test_missing_text_field_names_the_file(built, shards, tmp_path):
     bp.run(config, output=str(tmp_path / "out"), files=[str(shards / "b.jsonl")],
            text_field="txt", beam_args=RUNNER)
   assert not (tmp_path / "out" / artifacts.META).exists()
+
+
+# --- Pieces the DirectRunner builds above never reach: merged accumulators, the tiny-corpus
+# split, a remote --output ----------------------------------------------------------------
+
+def _combine(fn, groups):
+  """Each group into its own accumulator (one left empty), merged, then extracted."""
+  accs = [fn.create_accumulator()]
+  for group in groups:
+    acc = fn.create_accumulator()
+    for value in group:
+      acc = fn.add_input(acc, value)
+    accs.append(acc)
+  return fn.extract_output(fn.merge_accumulators(accs))
+
+
+def _local_split(buckets, fraction):
+  import datasets
+
+  ds = datasets.Dataset.from_dict({"text": [f"d{i}" for i in range(len(buckets))],
+                                   "_bucket": list(buckets)})
+  held = set(corpus._split(ds, fraction)["validation"]["text"])
+  return [f"d{i}" in held for i in range(len(buckets))]
+
+
+@pytest.mark.parametrize("buckets, fraction", [
+    ([0.7, 0.3, 0.5, 0.9], 0.1),  # None below the fraction: the smallest is held out.
+    ([0.7, 0.3, 0.5, 0.2], 0.95),  # All below: the largest goes to training.
+    ([0.6], 0.1), ([0.05], 0.1),  # One document: no rule.
+    ([0.25, 0.5, 0.75], 0.5),  # A bucket equal to the fraction is training.
+    ([0.01, 0.5, 0.9], 0.2), ([0.3, 0.5], 0.0),
+])
+def test_hash_split_matches_the_local_builders(buckets, fraction):
+  _beam()
+  fn = bp._SplitCounts(fraction)
+  # Split over workers with the smallest and largest buckets not in the first group.
+  split = _combine(fn, [buckets[:1], buckets[1:]])
+  got = [bp._is_validation(b, split, fraction) for b in buckets]
+  assert got == _local_split(buckets, fraction)
+
+
+def test_hash_split_of_copies_of_a_document_matches_the_local_builders():
+  """Copies share a hash: both builders put them on one side, whatever their order."""
+  _beam()
+  for buckets, fraction, held in [([0.3, 0.3, 0.7], 0.1, [True, True, False]),
+                                  ([0.3, 0.9, 0.9], 0.95, [True, False, False]),
+                                  ([0.4, 0.4], 0.1, [False, False])]:  # Nothing to split.
+    split = _combine(bp._SplitCounts(fraction), [buckets[:1], buckets[1:]])
+    got = [bp._is_validation(b, split, fraction) for b in buckets]
+    assert got == _local_split(buckets, fraction) == held, buckets
+
+
+def test_combiners_merge_partial_accumulators():
+  """Runners other than the DirectRunner merge per-worker accumulators: the result must be the
+  one of a single accumulator over all inputs."""
+  _beam()
+  rng = np.random.default_rng(0)
+  uni = [counting.UnigramCounts(rng.integers(0, 5, 8), 10 + i, 2 + i, 1) for i in range(4)]
+  got = _combine(bp._UnigramSum(8), [uni[:1], uni[1:3], uni[3:]])
+  np.testing.assert_array_equal(got.counts, sum(u.counts for u in uni))
+  assert (got.num_tokens, got.num_sentences, got.num_documents) == (46, 14, 4)
+
+  parts = [(np.array([1, 5, 9], np.uint64), np.array([1, 1, 2], np.int64)),
+           (np.array([5, 9], np.uint64), np.array([1, 1], np.int64)),
+           (np.array([1, 7], np.uint64), np.array([1, 2], np.int64))]
+  keys, counts = _combine(bp._KeySum(min_count=2), [parts[:1], parts[1:2], parts[2:]])
+  assert (keys.tolist(), counts.tolist()) == ([1, 5, 7, 9], [2, 2, 2, 3])
+
+  totals = [(np.arange(3), np.ones(4, np.int64), np.int64(i)) for i in range(3)]
+  got = _combine(bp._ArraySum(), [totals[:1], totals[1:]])
+  assert [x.tolist() for x in got] == [[0, 3, 6], [3, 3, 3, 3], 3]
+
+
+def test_pair_combiner_merges_partial_accumulators():
+  """Merged accumulators hold tables not summed yet (below the merge threshold): they count."""
+  _beam()
+  rng = np.random.default_rng(0)
+  tables = [sp.csr_matrix(rng.integers(0, 2, (6, 6)).astype(np.int64)) for _ in range(4)]
+  pairs = _combine(bp._PairSum(min_pair_count=3), [tables[:1], tables[1:3], tables[3:]])
+  single = _combine(bp._PairSum(min_pair_count=3), [tables])  # One accumulator: no merge.
+  whole = sum(t.toarray() for t in tables)
+  np.testing.assert_array_equal(single.marginals, whole.sum(axis=1))
+  np.testing.assert_array_equal(pairs.marginals, single.marginals)
+  assert pairs.total == single.total == whole.sum()
+  np.testing.assert_array_equal(pairs.counts.toarray(), single.counts.toarray())
+  assert single.counts.nnz > 0
+
+
+def test_remote_output_copies_every_file_with_meta_json_last(monkeypatch, tmp_path):
+  """--output=gs://...: the tables are staged locally, then copied, meta.json last."""
+  _beam()
+  written = {}
+
+  class FakeFileSystems:
+    join = staticmethod(lambda a, b: f"{a}/{b}")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def create(path):
+      buf = io.BytesIO()
+      yield buf
+      written[path] = buf.getvalue()
+
+  monkeypatch.setattr(bp, "FileSystems", FakeFileSystems)
+  staged = []
+  real_mkdtemp = bp.tempfile.mkdtemp
+  monkeypatch.setattr(bp.tempfile, "mkdtemp",
+                      lambda **kw: staged.append(real_mkdtemp(dir=tmp_path, **kw)) or staged[-1])
+  unigrams = counting.UnigramCounts(np.array([3, 0, 2], np.int64), 5, 2, 1)
+  out = bp.write_artifacts("gs://bucket/stats", {"counts": {}}, "a\nb\nc\n", unigrams=unigrams)
+  assert out == "gs://bucket/stats"
+  assert list(written) == [f"gs://bucket/stats/{n}"
+                           for n in (artifacts.VOCAB, "unigram_counts.npy", artifacts.META)]
+  meta = json.loads(written[f"gs://bucket/stats/{artifacts.META}"])
+  assert meta["counts"] == {"num_tokens": 5, "num_sentences": 2, "num_documents": 1}
+  assert set(meta["files"]) == {artifacts.VOCAB, "unigram_counts.npy"}
+  assert np.load(io.BytesIO(written["gs://bucket/stats/unigram_counts.npy"])).tolist() == [3, 0, 2]
+  assert staged and not pathlib.Path(staged[0]).exists()  # The staging directory is removed.
+
+
+def test_flags_and_config_the_pipeline_refuses(tmp_path):
+  _beam()
+  config = _config(tmp_path, tmp_path)
+  for name in ("pair_blocks", "ngram_partitions", "batch_chars"):
+    with pytest.raises(ValueError, match=rf"{name}=0 must be >= 1"):
+      bp.run(config, **{name: 0}, beam_args=["--runner=DirectRunner"])
+  config.data.validation_fraction = 1.0
+  with pytest.raises(ValueError, match=r"validation_fraction=1.0 must be in \[0, 1\)"):
+    bp.check_config(config)
+  config = _config(tmp_path, tmp_path)
+  config.data.sources = [dict(config.data.sources[0], text_field=f) for f in ("body", "text")]
+  with pytest.raises(ValueError, match=r"different text fields \['body', 'text'\]"):
+    bp._text_field(config)
+
+
+def test_parquet_without_the_text_column_names_its_columns(tmp_path):
+  pa = pytest.importorskip("pyarrow")
+  import pyarrow.parquet as pq
+
+  pq.write_table(pa.table({"body": ["a"], "id": [1]}), tmp_path / "c.parquet")
+  with pytest.raises(ValueError, match=r"c.parquet: no column 'text' .*\['body', 'id'\]"):
+    list(bp.read_documents(str(tmp_path / "c.parquet"), "text", opener=lambda p: open(p, "rb")))

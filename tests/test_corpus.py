@@ -119,6 +119,13 @@ def test_tiny_corpus_keeps_a_document_on_each_side_of_the_split(tmp_path):
   loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
                                            validation_fraction=0.999999))
   assert _texts(loaded["train"]) == [max(texts, key=corpus.hash_bucket)]
+  # Copies of one document share its hash and its side (the Beam pipeline, which sees no
+  # document order, splits the same way).
+  lowest = min(texts, key=corpus.hash_bucket)
+  path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts + [lowest]))
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
+                                           validation_fraction=1e-9))
+  assert _texts(loaded["validation"]) == [lowest, lowest]
 
 
 def test_fingerprint_tracks_content_and_order():

@@ -159,14 +159,15 @@ def _clean(raw):
 
 
 def _is_validation(bucket: float, split, fraction: float) -> bool:
-  """The local hash split, with its rule for tiny corpora: at least one document each way."""
+  """The local hash split (`corpus._split`), with its rule for tiny corpora: documents of the
+  smallest hash held out if none is, those of the largest trained on if all are."""
   count, num_validation, low, high = split
   held_out = bucket < fraction
   if fraction > 0 and count > 1:
     if num_validation == 0:
       held_out = bucket == low
-    elif num_validation == count and bucket == high:
-      held_out = False
+    if num_validation == count or (num_validation == 0 and low == high):
+      held_out = held_out and bucket != high
   return held_out
 
 

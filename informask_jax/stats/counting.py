@@ -247,6 +247,7 @@ class PairAccumulator:
 
   def absorb(self, other: PairAccumulator) -> None:
     """Adds another accumulator's sum (e.g. a worker's), taking over its spill files."""
+    other._merge_pending()  # Tables it has not summed yet (Beam merges live accumulators).
     self.spills.extend(other.spills)
     if other.total is not None:
       self.add(other.total, other.num_tokens)
