@@ -701,3 +701,143 @@ def test_a_damaged_model_is_one_clear_error_with_flax_too(models, tmp_path):
   with pytest.raises(FileNotFoundError,
                      match=r"--model .*broken.*no masked LM could be loaded \(.*SafetensorError"):
     lama.load_backend(str(broken), "flax", tokenizer, batch_size=4)
+
+
+# --- From a mutation audit: facts, limits, padding and casing the fixtures do not reach ------
+
+def _write(path, records):
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  return path
+
+
+def test_duplicate_facts_are_subject_object_pairs(bert_words, tmp_path):
+  """A template is asked once per (subject, object): people born in the same city, or one
+  person with two objects, are different facts; only a repeated pair is a duplicate."""
+  path = _write(tmp_path / "P19.jsonl", [
+      {"sub_label": "Dante Alighieri", "obj_label": "Florence"},
+      {"sub_label": "Giotto", "obj_label": "Florence"},  # Same object, another subject.
+      {"sub_label": "Dante Alighieri", "obj_label": "Rome"},  # Same subject, another object.
+      {"sub_label": "Dante Alighieri", "obj_label": "Florence"},  # The one duplicate.
+  ])
+  rel = lama.RelationFile("TREx", "P19", path, "[X] was born in [Y] .")
+  score = lama.RelationScore("TREx", "P19")
+  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  assert [q.text for q in queries] == ["Dante Alighieri was born in [MASK] .",
+                                       "Giotto was born in [MASK] .",
+                                       "Dante Alighieri was born in [MASK] ."]
+  tok = bert_words.tokenizer
+  assert [q.gold_id for q in queries] == tok.convert_tokens_to_ids(
+      ["florence", "florence", "rome"])
+  assert score.skipped == {"duplicate_fact": 1}
+
+
+def test_masked_sentences_of_exactly_100_words_are_kept(bert_words, tmp_path):
+  """LAMA leaves out sentences *above* 100 words (the fixture's long one has 123)."""
+  def sentence(n):
+    return " ".join(["word"] * (n - 2) + ["[MASK]", "."])
+
+  path = _write(tmp_path / "test.jsonl", [
+      {"obj_label": "water", "masked_sentences": [sentence(100)]},
+      {"obj_label": "water", "masked_sentences": [sentence(101)]}])
+  rel = lama.RelationFile("Squad", "test", path)
+  score = lama.RelationScore("Squad", "test")
+  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  assert [len(q.text.split()) for q in queries] == [100]
+  assert score.skipped == {"too_long": 1}
+
+
+def test_informask_token_limit_keeps_a_sentence_of_exactly_the_limit(bert_words):
+  """--protocol informask leaves out sentences over INFORMASK_MAX_TOKENS tokens, not at it."""
+  at = "the " * (lama.INFORMASK_MAX_TOKENS - 2) + "[MASK] ."
+  over = "the " * (lama.INFORMASK_MAX_TOKENS - 1) + "[MASK] ."
+  queries = [lama.Query(0, at), lama.Query(0, over)]
+  assert [len(ids) for ids in bert_words.encode([at, over])] == [500, 501]
+  score = lama.RelationScore("Squad", "test")
+  encoded = lama.encode_queries(queries, bert_words, 512, [score], lama.INFORMASK_MAX_TOKENS)
+  assert [e.query.text for e in encoded] == [at]
+  assert score.skipped == {"too_long": 1}
+
+
+def test_informask_gold_alternatives_are_lower_cased_and_comma_separated(bert_words, tmp_path):
+  path = _write(tmp_path / "P19.jsonl", [{"evidences": [{
+      "obj_surface": "Hamburg, Berlin", "masked_sentence": "Brahms was born in [MASK] ."}]}])
+  rel = lama.RelationFile("TREx", "P19", path)
+  score = lama.RelationScore("TREx", "P19")
+  (query,) = lama.informask_queries(0, rel, lama.read_records(path), bert_words, score)
+  assert query.gold_words == ("hamburg", "berlin") and not query.miss
+  # Either alternative counts as a hit, at its rank among the kept predictions.
+  tok = bert_words.tokenizer
+  logits = np.zeros((1, len(tok)), np.float32)
+  logits[0, tok.convert_tokens_to_ids(["paris", "berlin"])] = [2.0, 1.0]
+  assert lama.informask_ranks(logits, [query], bert_words, None) == [2]
+
+
+def test_informask_compares_cased_predictions_lower_cased(tmp_path):
+  """A cased vocabulary: the prediction "Paris" matches the gold alternative "paris"."""
+  vocab = "[PAD] [UNK] [CLS] [SEP] [MASK] Paris Rome the".split()
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  tok = transformers.BertTokenizer(vocab=str(tmp_path / "vocab.txt"), do_lower_case=False)
+  words = lama.WordTable(tok)
+  assert words.token_string(tok.convert_tokens_to_ids("Paris")) == "paris"
+  logits = np.zeros((1, len(tok)), np.float32)
+  logits[0, tok.convert_tokens_to_ids(["Rome", "Paris"])] = [2.0, 1.0]
+  query = lama.Query(0, "", gold_words=("paris",))
+  assert lama.informask_ranks(logits, [query], words, {"rome", "the"}) == [2]
+
+
+def test_batches_are_padded_with_the_models_pad_id():
+  """Queries of different lengths share a batch: the filler must be the runner's pad id (1 for
+  RoBERTa's own vocabulary), which the backends mask out of attention."""
+  seen = []
+
+  class Runner:
+    pad_id, name = 7, "recording"
+
+    def __call__(self, ids, positions):
+      seen.append(ids.copy())
+      return np.zeros((len(ids), 10), np.float32)
+
+  queries = [lama.Query(0, "", gold_id=3), lama.Query(0, "", gold_id=3)]
+  encoded = [lama.Encoded(queries[0], [2, 4, 5, 3], 1, False),
+             lama.Encoded(queries[1], [2, 4, 3], 1, False)]
+  lama.run_queries(Runner(), encoded, 2, lambda logits, qs: [1] * len(qs), progress=False)
+  (ids,) = seen
+  assert ids.tolist() == [[2, 4, 3, 7], [2, 4, 5, 3]]  # Shortest first, filled with pad_id.
+
+
+def test_torch_backend_length_limits(tmp_path):
+  """RoBERTa's positions start after pad_token_id, so a model with 24 + pad + 1 position
+  embeddings takes 24 tokens; a tokenizer's own model_max_length caps the length too."""
+  for flavour in ("roberta", "bert"):
+    path = make_model(tmp_path / flavour, flavour, max_len=24)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    assert lama.TorchBackend.from_pretrained(path, tok, "cpu").max_len == 24, flavour
+  tok.model_max_length = 16
+  assert lama.TorchBackend.from_pretrained(path, tok, "cpu").max_len == 16
+  # The longest window the probe builds runs through the RoBERTa model.
+  path = str(tmp_path / "roberta")
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  backend = lama.TorchBackend.from_pretrained(path, tok, "cpu")
+  ids = np.array([[tok.cls_token_id] + [tok.mask_token_id] * 22 + [tok.sep_token_id]], np.int32)
+  assert backend(ids, np.array([1], np.int32)).shape == (1, len(tok))
+
+
+def test_trex_sentences_come_from_the_first_evidence(bert_words, tmp_path):
+  """Both protocols ask a T-REx fact with its first evidence (the fixture's have one each)."""
+  path = _write(tmp_path / "P19.jsonl", [{"sub_label": "Dante", "obj_label": "Florence",
+                                          "evidences": [
+      {"obj_surface": "Florence", "masked_sentence": "Dante was born in [MASK] ."},
+      {"obj_surface": "Firenze", "masked_sentence": "Dante came from [MASK] ."}]}])
+  rel = lama.RelationFile("TREx", "P19", path, "[X] was born in [Y] .")
+  score = lama.RelationScore("TREx", "P19")
+  (im,) = lama.informask_queries(0, rel, lama.read_records(path), bert_words, score)
+  (lm,) = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, True, score)
+  assert im.text == lm.text == "Dante was born in [MASK] ."
+  assert im.gold_words == ("florence",)
+
+
+def test_limit_reads_that_many_lines(tmp_path):
+  path = tmp_path / "test.jsonl"
+  path.write_text('{"a": 1}\n\nnot json\n{"a": 3}\n{"a": 4}\n')
+  assert list(lama.read_records(path, limit=2)) == [{"a": 1}, None]  # Blank lines not counted.
+  assert len(list(lama.read_records(path, limit=0))) == 4
