@@ -5,6 +5,8 @@ A run in a --workdir that already has checkpoints resumes from the latest one.
 """
 
 import logging
+import signal
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,6 +27,13 @@ def main(argv):
   with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError),
                        exit_now=True):
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if result["preempted"]:
+    # Not 0: the run is unfinished, and a scheduler (a Kubernetes Job, a `train.py && eval`
+    # chain) must not take it for done. 128 + the signal's number, as a shell reports it.
+    code = 128 + (signal.SIGINT if result["stopped_by"] == "SIGINT" else signal.SIGTERM)
+    logging.warning("Stopped at step %d by %s, with a checkpoint saved: exit status %d. Run the "
+                    "same command to resume.", result["step"], result["stopped_by"], code)
+    sys.exit(code)
   logging.info("Finished at step %d: %s", result["step"], result)
 
 

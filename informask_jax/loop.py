@@ -529,7 +529,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           break
         if evaluated or saving:
           interval_start += time.time() - paused
-    return {"step": step, **last_log, **last_eval, "preempted": stop.received is not None}
+    return {"step": step, **last_log, **last_eval, "preempted": stop.received is not None,
+            "stopped_by": stop.received}
 
 
 def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
