@@ -1,6 +1,7 @@
 """Checkpoints restore onto any mesh; a failed write loses nothing; broken states are not saved."""
 
 import contextlib
+import dataclasses
 import os
 import shutil
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from informask_jax import checkpointing
+from informask_jax import model as model_lib
 from informask_jax import sharding as sharding_lib
 from tests import test_trainer as tt
 
@@ -206,3 +208,45 @@ def test_the_best_checkpoint_survives_a_resume(tmp_path):
     assert saver.save(step, state, {}, _meta(), eval_loss=loss, force=True)
   saver.close()
   assert checkpointing.Checkpointer(tmp_path, keep=1).all_steps() == [1, 5]
+
+
+def test_a_damaged_latest_step_points_to_the_one_before_it():
+  error = checkpointing._unreadable("/w", 3, [1, 2, 3], ValueError("truncated"))
+  assert "aside to use step 2" in str(error)
+
+
+def test_checkpoints_without_an_evaluation_rotate_out(tmp_path):
+  """Only evaluated steps compete for 'best': the others are kept while among the latest only."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path, keep=1)
+  for step in (1, 2, 3):
+    assert saver.save(step, state, {}, _meta(), force=True)
+  saver.close()
+  assert checkpointing.Checkpointer(tmp_path, keep=1).all_steps() == [3]
+
+
+def test_a_meta_without_the_architecture_is_a_damaged_step(tmp_path):
+  """A meta item that parses but lacks mlm_config is named as a damaged step, not a KeyError."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  for step in (1, 2):
+    assert saver.save(step, state, {}, _meta(), force=True)
+    saver.wait()
+  saver.close()
+  (checkpointing.checkpoint_dir(tmp_path) / "2" / "meta" / "metadata").write_text('{"config": {}}')
+  with pytest.raises(checkpointing.CheckpointReadError, match=r"step 2 .* to use step 1"):
+    checkpointing.Checkpointer(tmp_path).read_meta(2)
+
+
+@pytest.mark.parametrize("key,other", [
+    ("vocab_size", 999), ("num_layers", 7), ("hidden_size", 64), ("num_heads", 8),
+    ("mlp_size", 99), ("flavour", "roberta"), ("max_positions", 77), ("type_vocab_size", 1),
+    ("pad_id", 3), ("scan_layers", True)])
+def test_every_field_that_shapes_the_parameters_is_an_architecture_change(tiny_config, key,
+                                                                          other):
+  """A resume that changes any of them is named as a model mismatch (not as a damaged checkpoint,
+  which is what orbax says of a tree of another shape); dropout and the like are not."""
+  current = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  saved = {**dataclasses.asdict(current), key: other, "dropout": 0.5, "compute_dtype": "bfloat16"}
+  assert checkpointing.architecture_mismatch(saved, current) == [
+      f"model.{key}: checkpoint {other!r} != run {getattr(current, key)!r}"]

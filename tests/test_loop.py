@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from informask_jax import checkpointing, loop, optim
+from informask_jax import model as model_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -500,3 +501,142 @@ def test_resume_names_the_config_changes():
   saved = {"masking": {"name": "informask", "mask_prob": 0.15}, "train": {"num_steps": 10}}
   now = {"masking": {"name": "span", "mask_prob": 0.15}, "train": {"num_steps": 20}}
   assert loop._config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
+
+
+# --- The loop's bookkeeping (from a mutation audit): log windows, final and retried saves, the
+# best checkpoint, overwrite, stop signals, pooled evaluation ------------------------------
+
+def test_a_partial_last_window_is_logged_checkpointed_and_resumed_from(tiny_config, tmp_path,
+                                                                     monkeypatch, caplog):
+  """num_steps not a multiple of log_every / checkpoint_every: the last steps are still logged (as
+  one window of their own) and saved, and a resume continues from that latest checkpoint."""
+  config = _small(tiny_config, num_steps=3, log_every=2, checkpoint_every=2, eval_every=1000)
+  config.masking.name = "random"
+  windows = []
+  summarize = loop.metrics_lib.summarize
+
+  def recording(step_metrics):
+    windows.append(len(step_metrics))
+    return summarize(step_metrics)
+
+  monkeypatch.setattr(loop.metrics_lib, "summarize", recording)
+  result = loop.train_and_evaluate(config, tmp_path)
+  assert result["step"] == 3
+  assert windows == [2, 1]  # Each log summarises the steps since the previous one, no more.
+  assert sorted(_read_metrics(tmp_path)) == [2, 3]
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2, 3]
+  config.train.num_steps = 4
+  with caplog.at_level(logging.INFO):
+    assert loop.train_and_evaluate(config, tmp_path)["step"] == 4
+  assert "Resumed from step 3 in" in caplog.text
+  assert windows == [2, 1, 1]  # Step 4: the end of the run, a window of one step.
+  assert sorted(_read_metrics(tmp_path)) == [2, 3, 4]
+
+
+def test_a_refused_save_is_retried_at_the_next_step(tiny_config, tmp_path, monkeypatch):
+  """A scheduled save that is refused (the step was skipped) is made at the next step, not at the
+  next multiple of checkpoint_every."""
+  config = _small(tiny_config, num_steps=4, checkpoint_every=2, eval_every=1000,
+                  keep_checkpoints=3)
+  config.masking.name = "random"
+  save = checkpointing.Checkpointer.save
+  calls = []
+
+  def refuse_step_2(self, step, *args, **kwargs):
+    calls.append(step)
+    return False if step == 2 else save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "save", refuse_step_2)
+  loop.train_and_evaluate(config, tmp_path)
+  assert calls == [2, 3, 4]
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [3, 4]
+
+
+def test_the_loop_keeps_the_best_evaluated_checkpoint(tiny_config, tmp_path, monkeypatch):
+  """The loop hands each evaluated step's loss to the checkpointer: with keep_checkpoints=1 the
+  best step survives; steps saved without an evaluation rotate out."""
+  config = _small(tiny_config, num_steps=4, checkpoint_every=1, eval_every=2, keep_checkpoints=1)
+  config.masking.name = "random"
+  losses = iter([9.0, 1.0, 5.0])  # Steps 0, 2 and 4.
+
+  def fake_evaluate(*args):
+    loss = next(losses)
+    return {"eval_loss": loss, "eval_perplexity": float(np.exp(loss)), "eval_accuracy": 0.0}
+
+  monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+  loop.train_and_evaluate(config, tmp_path)
+  assert checkpointing.Checkpointer(tmp_path, keep=1).all_steps() == [2, 4]
+
+
+def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path):
+  """overwrite=True (resume=False) deletes the earlier run's checkpoints and logs before the new
+  run writes its own: nothing of the old run is mixed in."""
+  config = _small(tiny_config, num_steps=1, checkpoint_every=1, eval_every=1000)
+  config.masking.name = "random"
+  mlm_config = model_lib.MLMConfig.from_config(config.model, vocab_size=1000, pad_id=0)
+  # The earlier run: a checkpoint at step 0 (a finished one, so the workdir holds a run) and logs.
+  checkpointing.save_initial_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)}, mlm_config)
+  (tmp_path / "metrics.jsonl").write_text('{"step": 7, "loss": 1.0}\n')
+  (tmp_path / "tensorboard").mkdir()
+  (tmp_path / "tensorboard" / "old-events").write_text("")
+  config.train.resume, config.train.overwrite = False, True
+  loop.train_and_evaluate(config, tmp_path)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
+  steps = [json.loads(line)["step"] for line in
+           (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [0, 1, 1]
+  assert not (tmp_path / "tensorboard" / "old-events").exists()
+  assert not list(tmp_path.glob("*.earlier-*"))
+
+
+def test_a_fresh_start_without_a_run_sets_logs_aside_and_never_deletes_them(tiny_config,
+                                                                            tmp_path):
+  """resume=False in a workdir without a finished checkpoint is not an overwrite: the old logs are
+  set aside, and a second such start picks the next free suffix rather than replacing them."""
+  tiny_config.train.resume = False
+  assert loop._prepare_workdir(tmp_path, tiny_config) == (False, False)
+  for text in ("first\n", "second\n"):
+    (tmp_path / "metrics.jsonl").write_text(text)
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events").write_text(text)
+    loop._set_aside_earlier_logs(tmp_path)
+  assert (tmp_path / "metrics.jsonl.earlier-1").read_text() == "first\n"
+  assert (tmp_path / "metrics.jsonl.earlier-2").read_text() == "second\n"
+  assert (tmp_path / "tensorboard.earlier-2" / "events").read_text() == "second\n"
+  assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_stop_signal_is_acted_on_at_once_alone_and_at_a_sync_step_with_others(monkeypatch):
+  stop = loop._StopSignal()
+  try:
+    stop.received = "SIGTERM"  # One process: no one to agree with, stop after this step.
+    assert stop.stop_now(3, 10) == "SIGTERM"
+    stop.received = None
+    assert stop.stop_now(10, 10) is None
+    monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+    flags = [np.array([0, 1], np.int32)]  # Process 1 got the signal, this process did not.
+    monkeypatch.setattr(loop.multihost_utils, "process_allgather", lambda x: flags[0])
+    assert stop.stop_now(3, 10) is None  # Not a sync step: no collective, no stop.
+    assert stop.stop_now(20, 10) == "a signal to another process"
+    stop.received, flags[0] = None, np.array([0, 0], np.int32)
+    assert stop.stop_now(30, 10) is None
+  finally:
+    stop.restore()
+
+
+def test_evaluation_pools_every_batchs_targets(tiny_config, monkeypatch):
+  """The eval loss is the mean over all masked tokens of all batches, not the last batch's."""
+  sums = iter([(1.0, 1.0, 1.0), (2.0, 0.0, 1.0), (9.0, 1.0, 2.0)])  # loss, correct, targets.
+  monkeypatch.setattr(loop.data, "eval_batches", lambda *a, **k: iter(range(3)))
+  monkeypatch.setattr(loop.data, "make_global_batch", lambda local, sharding: local)
+  monkeypatch.setattr(loop.sharding_lib, "batch_sharding", lambda mesh: None)
+
+  def eval_step(params, batch, rng):
+    loss, correct, targets = next(sums)
+    return {"loss_sum": loss, "correct_sum": correct, "num_targets": targets}
+
+  pipeline = type("P", (), {"validation": None, "special_ids": type("S", (), {"pad": 0})})
+  out = loop.evaluate(eval_step, None, pipeline, tiny_config, None)
+  assert out["eval_loss"] == pytest.approx(12.0 / 4.0)
+  assert out["eval_accuracy"] == pytest.approx(2.0 / 4.0)
+  assert out["eval_perplexity"] == pytest.approx(np.exp(3.0), rel=1e-5)
