@@ -222,6 +222,8 @@ def build_masker(config, pipeline):
               "pmi_span": {"ngrams": art.ngrams, "bigrams": art.bigrams}}[name]
     logging.info("Masking tables for %s from %s.", name, path)
   elif name == "informask":
+    stats.check_table_tokenizer(config.masking.rates_path, pipeline.tokenizer_fingerprint,
+                                "masking.rates_path")
     tables = {"rates": config.masking.rates_path}
   ids = pipeline.special_ids
   return masking.masker_from_config(
@@ -383,14 +385,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             f"--config.init_from={workdir}.")
       _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
                           f"the checkpoint at step {step} in {workdir}")
+      changed = _config_changes(saved_meta.get("config") or {}, config_json)
       saved_tokenizer = saved_meta.get("tokenizer_fingerprint")
       if saved_tokenizer not in (None, pipeline.tokenizer_fingerprint):
+        if not config.tokenizer.name_or_path:  # Trained here: the vocabulary follows the corpus.
+          data_changes = [c for c in changed if c.startswith("config.data.")]
+          why = ("the vocabulary is trained on the corpus (config.tokenizer.name_or_path=''), "
+                 "and this run's corpus differs" + (f" ({'; '.join(data_changes)})"
+                                                   if data_changes else "") +
+                 ". Resume with the run's data settings (its config.json)")
+        else:
+          why = (f"though the settings match, the tokenizer of config.tokenizer.name_or_path="
+                 f"{config.tokenizer.name_or_path!r} changed: the vocabulary file was edited? "
+                 "Restore it")
         raise ValueError(
-            f"Cannot resume the run in {workdir} (step {step}): this run's tokenizer (from "
-            f"config.tokenizer.name_or_path={config.tokenizer.name_or_path!r}) is not the one "
-            f"the checkpoint was trained with, though the settings match: the vocabulary file "
-            f"changed? Restore it, or start a new run in another --workdir.")
-      changed = _config_changes(saved_meta.get("config") or {}, config_json)
+            f"Cannot resume the run in {workdir} (step {step}): this run's tokenizer is not the "
+            f"one the checkpoint was trained with: {why}, or start a new run in another "
+            f"--workdir.")
       if changed:
         logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
                         "\n  ".join(changed))

@@ -194,7 +194,10 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   meta = json.loads(meta_file.read_text())
   assert meta["tokenizer_fingerprint"]
   meta_file.write_text(json.dumps({**meta, "tokenizer_fingerprint": "another"}))
-  with pytest.raises(ValueError, match=r"tokenizer .* is not the one the checkpoint was trained"):
+  with pytest.raises(ValueError, match=r"tokenizer is not the one the checkpoint was trained "
+                                       r"with: the vocabulary is trained on the corpus "
+                                       r"\(config.tokenizer.name_or_path=''\), and this run's "
+                                       r"corpus differs\. Resume with the run's data settings"):
     loop.train_and_evaluate(config, tmp_path)
   meta_file.write_text(json.dumps(meta))
   config.train.resume = False

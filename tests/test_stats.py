@@ -661,6 +661,15 @@ def test_mismatched_tokenizer_is_refused(built):
     stats.load_artifacts(directory.parent, tokenizer_fingerprint="tok-A", vocab_size=V)
   with pytest.raises(ValueError, match=r"meta.json is a file; give the directory"):
     stats.load_artifacts(directory / "meta.json", tokenizer_fingerprint="tok-A", vocab_size=V)
+  # A table given by path (masking.rates_path) is checked against the directory it lies in ...
+  rates_path = str(directory / "rates.npy")
+  stats.check_table_tokenizer(rates_path, "tok-A", "masking.rates_path")
+  with pytest.raises(stats.TokenizerMismatchError,
+                     match=r"masking.rates_path=.*rates.npy' lies in statistics built for "
+                           r"tokenizer tok-A .* this run's tokenizer is tok-B"):
+    stats.check_table_tokenizer(rates_path, "tok-B", "masking.rates_path")
+  # ... and one without a statistics directory around it has nothing to compare.
+  stats.check_table_tokenizer(str(directory.parent / "id_mask_prob.json"), "tok-B", "x")
 
 
 def test_bad_config_and_empty_corpus_fail_early(tmp_path):
@@ -677,6 +686,12 @@ def test_bad_config_and_empty_corpus_fail_early(tmp_path):
   docs = synthetic_docs(20, seed=10)
   with pytest.raises(ValueError, match="min_pair_count=1000000"):
     stats.build_artifacts(config, fake_pipeline(docs), what=("pmi",), progress=False)
+  # A streaming corpus has no tokenized corpus to count: the way out fits every strategy.
+  streaming = fake_pipeline(docs)
+  streaming.tokenized_train = None
+  with pytest.raises(ValueError, match=r"streaming=True\) has none\. Set streaming=False .*, "
+                                       r"for informask only, .*masking.rates_path"):
+    stats.build_artifacts(small_config(tmp_path), streaming, progress=False)
 
 
 def test_report_cli_writes_png_and_summary(built, tmp_path):

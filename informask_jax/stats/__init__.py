@@ -21,6 +21,7 @@ from informask_jax.stats.artifacts import (
     Artifacts,
     CorruptArtifactError,
     TokenizerMismatchError,
+    check_table_tokenizer,
     load_artifacts,
 )
 from informask_jax.stats.build import (
@@ -36,6 +37,7 @@ __all__ = [
     "Artifacts",
     "CorruptArtifactError",
     "TokenizerMismatchError",
+    "check_table_tokenizer",
     "artifact_dir",
     "build_artifacts",
     "ensure_artifacts",

@@ -106,8 +106,9 @@ def _special_tuple(pipeline) -> tuple[int, ...]:
 def _corpus(pipeline):
   if pipeline.tokenized_train is None:
     raise ValueError("Corpus statistics need the tokenized corpus in memory or on disk; a "
-                     "streaming source (config.data.sources[*].streaming=True) has none. Build "
-                     "them from a non-streaming copy and pass masking.rates_path.")
+                     "streaming source (config.data.sources[*].streaming=True) has none. Set "
+                     "streaming=False for the sources, or, for informask only, give a rate table "
+                     "built from a non-streaming copy as masking.rates_path.")
   return chunks_lib.as_corpus(pipeline.tokenized_train)
 
 
