@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--step", type=int, default=None,
                  help="Checkpoint step of a training workdir (refused for any other --model).")
   p.add_argument("--limit", type=int, default=0, help="Read at most N lines per file (0: all).")
-  p.add_argument("--out", default=None, help="Write results.csv, summary.json, run.json here.")
+  p.add_argument("--out", default=None,
+                 help="Write results.csv, summary.json, run.json and results.md here.")
   p.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
   return p.parse_args(argv)
 

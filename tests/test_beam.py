@@ -128,12 +128,14 @@ def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path):
   config = _config(tmp_path / "cache", shards, **options)
   tokenizer_dir = next((pathlib.Path(local_config.data.cache_dir) / "tokenizers").iterdir())
   config.tokenizer.name_or_path = str(tokenizer_dir)
+  # No --runner: the DirectRunner, named (Beam's own default would try to download Prism).
   out = pathlib.Path(bp.run(config, output=str(tmp_path / "out"), what=("counts", "pmi"),
-                            beam_args=RUNNER, **SMALL))
+                            beam_args=[], **SMALL))
   assert out == tmp_path / "out" and not (out / "pmi_ngrams.json").exists()
   _assert_same_tables(local, out, names=("unigram_counts.npy",))
   meta = json.loads((out / "meta.json").read_text())
   assert meta["corpus_fingerprint"].startswith("files-")
+  assert meta["built_with"]["runner"] == "DirectRunner"
   assert sorted(meta["files"]) == ["pmi.npz", "unigram_counts.npy", "vocab.txt"]
 
 

@@ -715,8 +715,12 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
   settings = dataclasses.replace(settings, pair_blocks=pair_blocks,
                                  ngram_partitions=ngram_partitions, batch_chars=batch_chars)
   options = PipelineOptions(list(beam_args))
+  if options.view_as(StandardOptions).runner is None:
+    # Named, not left to Beam: recent versions default to the Prism runner, which they first
+    # try to download (from GitHub: offline, a failure and a traceback in the log).
+    options.view_as(StandardOptions).runner = "DirectRunner"
   meta["built_with"] = {"apache_beam": beam.__version__,
-                        "runner": str(options.view_as(StandardOptions).runner or "DirectRunner"),
+                        "runner": str(options.view_as(StandardOptions).runner),
                         "shards": len(paths)}
   with beam.Pipeline(options=options) as p:
     results = build_pipeline(p, paths, settings, tokenizer_json, what=what)
