@@ -108,7 +108,7 @@ def get_base_config(arg=None, strategy="informask"):
   c.stats.context_alpha = 1.0  # Context-distribution smoothing exponent (0.75 in word2vec).
   c.stats.positive_only = True  # Clip negative PMI to 0 (PPMI).
   c.stats.ngram_vocab_size = 20000 if tiny else 800000  # pmi_span n-gram vocabulary size.
-  c.stats.ngram_min_count = 5 if tiny else 10
+  c.stats.ngram_min_count = 5 if tiny else 10  # pmi_span: n-grams seen fewer times are left out.
   c.stats.rate_sample_sequences = 4096 if tiny else 200000  # Sequences scored for the rates.
   c.stats.rate_smoothing = 10.0  # Pseudo-count pulling rare tokens' rates toward the mean.
   c.stats.memory_cap_mb = 2048  # Counting flushes partial counts to disk above this.
@@ -118,9 +118,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.model = ml_collections.ConfigDict()
   c.model.size = size  # One of configs.base.MODEL_SIZES; sets the four fields below.
   c.model.num_layers = -1  # -1: from size.
-  c.model.hidden_size = -1
+  c.model.hidden_size = -1  # -1: from size; likewise the next two.
   c.model.num_heads = -1
-  c.model.mlp_size = -1
+  c.model.mlp_size = -1  # Width of the feed-forward layer (4 x hidden in every size).
   # "roberta": RoBERTa layout (positions offset past padding, 514 positions), the architecture
   # of the paper's InformBERT (whose released config differs in details: position padding index
   # 1 with the BERT vocabulary's [PAD] = 0, LayerNorm eps 1e-12, two token types);
@@ -142,10 +142,10 @@ def get_base_config(arg=None, strategy="informask"):
   # --- Optimizer ---------------------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-3 if tiny else 1e-4  # Peak learning rate.
-  c.optim.warmup_steps = 50 if tiny else 10_000
+  c.optim.warmup_steps = 50 if tiny else 10_000  # Linear warm-up from 0 to the peak rate.
   c.optim.schedule = "linear"  # Decay after warm-up: "linear" or "cosine", to 0 at num_steps.
   c.optim.weight_decay = 0.01  # AdamW decay; never applied to biases and LayerNorm.
-  c.optim.b1 = 0.9
+  c.optim.b1 = 0.9  # Adam moments' decay rates and epsilon (RoBERTa's for the paper).
   c.optim.b2 = 0.98 if not tiny else 0.999
   c.optim.eps = 1e-6
   c.optim.grad_clip_norm = 1.0  # Global-norm clipping; 0 disables.
@@ -158,11 +158,11 @@ def get_base_config(arg=None, strategy="informask"):
   # over lines padded or truncated to 512, about 80M rows: far more steps for the same text.)
   c.train.num_steps = 400 if tiny else 1_300_000
   c.train.batch_size = 32 if tiny else 256  # Global batch, split over hosts and devices.
-  c.train.seed = 0
-  c.train.log_every = 20 if tiny else 100
-  c.train.eval_every = 100 if tiny else 10_000
+  c.train.seed = 0  # Parameter initialisation, batch order and masks.
+  c.train.log_every = 20 if tiny else 100  # Steps per line of metrics.jsonl / TensorBoard.
+  c.train.eval_every = 100 if tiny else 10_000  # Steps between validation evaluations.
   c.train.eval_batches = 8 if tiny else 100  # Validation batches per evaluation.
-  c.train.checkpoint_every = 200 if tiny else 5_000
+  c.train.checkpoint_every = 200 if tiny else 5_000  # Steps between checkpoints (and the end).
   c.train.keep_checkpoints = 2  # Latest checkpoints kept (the best by eval loss is kept too).
   c.train.resume = True  # Resume from the workdir's latest checkpoint when there is one.
   c.train.overwrite = False  # With resume=False, allow starting over in a non-empty workdir.
