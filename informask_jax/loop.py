@@ -14,7 +14,6 @@ import pathlib
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 
@@ -25,7 +24,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from informask_jax import checkpointing, data, distributed, export, masking, optim, stats
+from informask_jax import checkpointing, data, distributed, export, masking, optim, paths, stats
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
 from informask_jax import sharding as sharding_lib
@@ -133,14 +132,11 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   if checkpoints.exists() and not checkpoints.is_dir():
     raise FileExistsError(f"{checkpoints} is a file; the run writes its checkpoints there. Move "
                           "it away or use another --workdir.")
-  try:  # Now, not at the first save after hours of training.
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=checkpoints):
-      pass
-  except OSError as e:
-    raise PermissionError(f"Cannot write checkpoints to {checkpoints} ({type(e).__name__}: "
-                          f"{e.strerror or e}); fix its permissions or use another --workdir.") \
-        from None
+  try:  # Now, not at the first save after hours of training; nothing made (a run refused
+    # later leaves no empty folder behind): the checkpointer makes the directory.
+    paths.check_writable_dir(checkpoints, "Checkpoints directory")
+  except PermissionError as e:
+    raise PermissionError(f"{e} Fix its permissions or use another --workdir.") from None
   return resume, has_run and not config.train.resume
 
 

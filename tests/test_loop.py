@@ -485,12 +485,19 @@ def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path, monkeyp
   (tmp_path / "filed" / "checkpoints").write_text("")
   with pytest.raises(FileExistsError, match=r"filed/checkpoints is a file"):
     loop._prepare_workdir(tmp_path / "filed", tiny_config)
+  # A workdir that can be written: checked without making anything (a run refused later, e.g.
+  # for an impossible mesh, leaves no empty folder).
+  assert loop._prepare_workdir(tmp_path / "new" / "run", tiny_config) == (False, False)
+  assert not (tmp_path / "new").exists()
+
   def refused(**kwargs):  # A read-only mount or directory (root ignores mode bits here).
     raise PermissionError(13, "Permission denied", kwargs["dir"])
 
-  monkeypatch.setattr(loop.tempfile, "TemporaryFile", refused)
-  with pytest.raises(PermissionError, match=r"Cannot write checkpoints to .*locked/checkpoints "
-                                            r"\(PermissionError: Permission denied\)"):
+  monkeypatch.setattr(loop.paths.tempfile, "mkdtemp", refused)
+  (tmp_path / "locked").mkdir()
+  with pytest.raises(PermissionError, match=r"Checkpoints directory .*locked/checkpoints cannot be "
+                                            r"written: creating a directory in .*locked fails "
+                                            r"\(Permission denied\)\. Fix its permissions"):
     loop._prepare_workdir(tmp_path / "locked", tiny_config)
   (tmp_path / "afile").write_text("")
   with pytest.raises(FileExistsError, match="afile is a file, not a directory"):
