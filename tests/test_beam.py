@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import pathlib
+import shutil
 
 import ml_collections
 import numpy as np
@@ -137,6 +138,27 @@ def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path):
   assert meta["corpus_fingerprint"].startswith("files-")
   assert meta["built_with"]["runner"] == "DirectRunner"
   assert sorted(meta["files"]) == ["pmi.npz", "unigram_counts.npy", "vocab.txt"]
+
+
+def test_output_fingerprint_follows_the_shards_names_and_sizes(built, shards, tmp_path):
+  """With --output the launcher reads no corpus: its fingerprint (which keys the statistics)
+  comes from the shards' names and sizes, so a shard that grows gives another one."""
+  local_config, _, _, _ = built
+  shard_dir = tmp_path / "shards"
+  shutil.copytree(shards, shard_dir)
+  config = _config(tmp_path / "cache", shard_dir)
+  config.tokenizer.name_or_path = str(next(
+      (pathlib.Path(local_config.data.cache_dir) / "tokenizers").iterdir()))
+
+  def fingerprint():
+    meta = bp._launch_state(config, bp.check_config(config), str(tmp_path / "out"))[3]
+    return meta["corpus_fingerprint"]
+
+  before = fingerprint()
+  assert before == fingerprint() and before.startswith("files-")
+  with open(shard_dir / "a.txt", "a", encoding="utf-8") as f:
+    f.write("\nOne more document.\n")
+  assert fingerprint() != before
 
 
 def test_txt_reader_matches_the_corpus_reader(tmp_path):
