@@ -57,6 +57,17 @@ def _leave_jax_distributed() -> None:
     pass
 
 
+def one_line(error) -> str:
+  """An error's text on one line: lines of a list joined with "; " (after a line ending in ":"
+  with a space), so that a wrapped library message (the hub client's, several lines) does not
+  break the promise of one line per error."""
+  out = ""
+  for line in (part.strip() for part in str(error).splitlines()):
+    if line:
+      out += line if not out else (" " if out.endswith((":", "(")) else "; ") + line
+  return out
+
+
 @contextlib.contextmanager
 def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
   """Turns USER_ERRORS (and `extra`) into one line on stderr and exit status 1.
@@ -72,7 +83,7 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
     if os.environ.get("INFORMASK_TRACEBACK"):
       raise
     logging.shutdown()  # Flush what was logged before the error, then the error last.
-    print(f"{program}: error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"{program}: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
     if exit_now:
       sys.stdout.flush()
       sys.stderr.flush()

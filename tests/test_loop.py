@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing, loop, optim
+from informask_jax import checkpointing, cli, loop, optim
 from informask_jax import model as model_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -436,6 +436,21 @@ def test_train_py_names_a_mistyped_key(flag, message):
       capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
   assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+
+
+def test_cli_errors_are_one_line_whatever_the_message(capsys, monkeypatch):
+  """A library's several-line message (the hub client's, wrapped in ours) and our own lists
+  leave the command as one line on stderr."""
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: None)  # pytest's handlers stay open.
+  with pytest.raises(SystemExit) as exited:
+    with cli.user_errors("prog"):
+      raise FileNotFoundError("'x' is not here (Inner: cannot connect\n  Check the network.).")
+  assert exited.value.code == 1
+  assert capsys.readouterr().err == (
+      "prog: error: FileNotFoundError: 'x' is not here (Inner: cannot connect; Check the "
+      "network.).\n")
+  assert cli.one_line("does not match:\n  a: 1 != 2\n  b: 3 != 4\n") == (
+      "does not match: a: 1 != 2; b: 3 != 4")
 
 
 def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
