@@ -235,6 +235,21 @@ def checkpoint_steps(workdir) -> list[int]:
   return steps
 
 
+def latest_meta(workdir) -> dict | None:
+  """The latest finished checkpoint's meta (its config, architecture, tokenizer fingerprint), or
+  None when there is none or it cannot be read (the resume then names the problem itself)."""
+  try:
+    manager, steps = _find_steps(workdir)
+  except FileNotFoundError:
+    return None
+  try:
+    return _read_meta(manager, workdir, steps[-1])
+  except CheckpointReadError:
+    return None
+  finally:
+    manager.close()
+
+
 def restore_params(workdir, step: int | None = None) -> tuple[Any, model_lib.MLMConfig, int]:
   """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture."""
   manager, steps = _find_steps(workdir)

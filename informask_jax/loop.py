@@ -149,13 +149,11 @@ _DATA_ORDER_KEYS = (("train", "batch_size"), ("train", "seed"), ("data", "seq_le
 
 def _check_resume_settings(workdir: pathlib.Path, config) -> None:
   """Refuses, before the vocabulary, the corpus and its statistics are built (hours on a large
-  corpus), a resume whose tokenizer or data-order settings differ from the run's config.json:
-  the embedding rows are per token id, and the saved iterator position is per batch order."""
-  try:
-    saved = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError):
-    saved = None
-  if not isinstance(saved, dict):  # The checkpoint's fingerprint and iterator are checked later.
+  corpus), a resume whose tokenizer or data-order settings differ from those of the latest
+  checkpoint: the embedding rows are per token id, and the saved iterator position is per batch
+  order. (With a stream the position counts packed rows too, so seq_len and packing matter.)"""
+  saved = (checkpointing.latest_meta(workdir) or {}).get("config")
+  if not isinstance(saved, dict):  # Unreadable: the resume itself names the damaged step.
     return
   current = _config_json(config)
   changed = _config_changes({"tokenizer": saved.get("tokenizer") or {}},
@@ -164,8 +162,9 @@ def _check_resume_settings(workdir: pathlib.Path, config) -> None:
     raise ValueError(
         f"Cannot resume the run in {workdir}: its tokenizer settings changed ("
         f"{'; '.join(changed)}), and its checkpoints' embeddings belong to the old vocabulary. "
-        f"Resume with the run's settings (its config.json), or start a new run in another "
-        f"--workdir (with --config.init_from={workdir} only if the vocabulary is the same).")
+        f"Resume with the run's settings (the latest checkpoint's; its config.json), or start a "
+        f"new run in another --workdir (with --config.init_from={workdir} only if the "
+        f"vocabulary is the same).")
   changed = [f"config.{section}.{key}: {saved[section][key]!r} -> {current[section][key]!r}"
              for section, key in _DATA_ORDER_KEYS
              if isinstance(saved.get(section), dict) and key in saved[section]
@@ -174,8 +173,8 @@ def _check_resume_settings(workdir: pathlib.Path, config) -> None:
     raise ValueError(
         f"Cannot resume the run in {workdir}: {'; '.join(changed)}. The checkpoint's data "
         f"position belongs to the run's batch order, which these settings fix. Resume with the "
-        f"run's settings (its config.json), or keep its parameters and start a new run: another "
-        f"--workdir with --config.init_from={workdir}.")
+        f"run's settings (the latest checkpoint's; its config.json), or keep its parameters and "
+        f"start a new run: another --workdir with --config.init_from={workdir}.")
 
 
 def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:
@@ -452,6 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     step = int(jax.device_get(state.step))
     pending, last_log, last_eval = [], {}, {}
     save_due = False  # A refused save (skipped steps) is retried at every step until one is made.
+    stopped_by = None  # The signal that ended the run before num_steps.
     previous = None  # The previous step's metrics (pending is emptied at every log).
     tokens_per_step = t.batch_size * config.data.seq_len
     # A progress bar on a terminal; elsewhere (a Slurm log, a pipe) a log line per log_every
@@ -526,8 +526,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                     eval_loss=last_eval.get("eval_loss") if evaluated else None,
                                     force=True)
           save_due = not saved
-        if stopping:
+        if stopping and step < t.num_steps:
           checkpointer.wait()
+          stopped_by = stopping
           logging.warning(
               "Received %s: %s; exiting. Run the same command to resume.", stopping,
               f"saved a checkpoint at step {step} in {workdir}" if saved else
@@ -536,8 +537,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           break
         if evaluated or saving:
           interval_start += time.time() - paused
-    return {"step": step, **last_log, **last_eval, "preempted": stop.received is not None,
-            "stopped_by": stop.received}
+    # A signal during the last step (or its evaluation) stopped nothing: the run is finished.
+    return {"step": step, **last_log, **last_eval, "preempted": stopped_by is not None,
+            "stopped_by": stopped_by}
 
 
 def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

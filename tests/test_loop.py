@@ -230,12 +230,17 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
                                          r": 64 -> 32\. .*--config.init_from="):
       loop.train_and_evaluate(config, tmp_path)
   config.data.seq_len = 64
-  # ... and without the run's config.json, by the checkpoint's iterator state.
-  (tmp_path / "config.json").rename(tmp_path / "config.json.aside")
+  # ... and, for a checkpoint whose config lacks the key (an older version's), by the
+  # checkpoint's iterator state.
+  meta_file = checkpointing.checkpoint_dir(tmp_path) / "2" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  older = copy.deepcopy(meta)
+  del older["config"]["train"]["batch_size"]
+  meta_file.write_text(json.dumps(older))
   with pytest.raises(ValueError, match=r"global_batch_size=16, this run has global_batch_size=32 "
                                        r"\(set by config.train.batch_size\).*--config.init_from="):
     loop.train_and_evaluate(config, tmp_path)
-  (tmp_path / "config.json.aside").rename(tmp_path / "config.json")
+  meta_file.write_text(json.dumps(meta))
   config.train.batch_size = 16
   # A workdir holding imported parameters (convert_checkpoint.py --from-hf) is not a run.
   params, mlm_config, _ = checkpointing.restore_params(tmp_path)
@@ -311,6 +316,22 @@ def test_a_fresh_start_keeps_the_logs_of_a_run_without_checkpoints_apart(tiny_co
   steps = [json.loads(line)["step"] for line in
            (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert steps == [0, 1, 1]  # The new run only: eval at 0, train and eval at its last step.
+
+
+def test_a_signal_during_the_last_step_leaves_a_finished_run(tiny_config, tmp_path, monkeypatch):
+  """Every step trained and the final checkpoint saved: not preempted (train.py exits 0)."""
+  config = _small(tiny_config, num_steps=2, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+
+  def signal_at_the_last_step(self, step, sync_every):
+    if step == 2:
+      self.received = "SIGTERM"  # As the handler records it.
+    return self.received
+
+  monkeypatch.setattr(loop._StopSignal, "stop_now", signal_at_the_last_step)
+  result = loop.train_and_evaluate(config, tmp_path)
+  assert result["step"] == 2 and not result["preempted"] and result["stopped_by"] is None
+  assert checkpointing.Checkpointer(tmp_path).latest_step() == 2
 
 
 def test_profile_traces_the_configured_steps(tiny_config, tmp_path, caplog):
