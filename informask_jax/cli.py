@@ -59,12 +59,13 @@ def _leave_jax_distributed() -> None:
 
 def one_line(error) -> str:
   """An error's text on one line: lines of a list joined with "; " (after a line ending in ":"
-  with a space), so that a wrapped library message (the hub client's, several lines) does not
-  break the promise of one line per error."""
+  with a space, after "(" directly), so that a wrapped library message (the hub client's,
+  several lines) does not break the promise of one line per error."""
   out = ""
   for line in (part.strip() for part in str(error).splitlines()):
     if line:
-      out += line if not out else (" " if out.endswith((":", "(")) else "; ") + line
+      sep = "" if out.endswith("(") else " " if out.endswith(":") else "; "
+      out += line if not out else sep + line
   return out
 
 

@@ -331,9 +331,13 @@ def _split(corpus, fraction):
   # By bucket value, not position, so that the Beam pipeline, which sees no document order, makes
   # the same split: copies of one document (one hash) always fall on the same side.
   if fraction > 0 and len(bucket) > 1:
+    if bucket.min() == bucket.max():
+      raise ValueError(f"All {len(bucket)} documents of the corpus are copies of one text (one "
+                       "split hash), so none can be held out for validation while the others "
+                       "train; use a corpus of different documents.")
     if not is_val.any():  # A tiny corpus: hold out the document(s) with the smallest hash.
       is_val = bucket == bucket.min()
-    if is_val.all():  # And train on those with the largest (none if all are copies of one).
+    if is_val.all():  # And train on those with the largest.
       is_val &= bucket != bucket.max()
   corpus = corpus.remove_columns("_bucket")
   return datasets.DatasetDict({

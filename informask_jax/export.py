@@ -608,22 +608,16 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
     if verify:
       report.update(verify_export(params, cfg, staging, name=out_dir))
     os.makedirs(out_dir, exist_ok=True)
-    mode = _file_mode()
+    # The mode of a file written with open() (the config), i.e. what the umask allows, for
+    # every file: safetensors writes 0600. (Reading the umask itself means setting it.)
+    mode = os.stat(os.path.join(staging, "config.json")).st_mode & 0o777
     for name in report["files"]:  # Same file system: each file is replaced atomically.
-      # Readable as the umask allows, like any file we write: safetensors writes 0600.
       os.chmod(os.path.join(staging, name), mode)
       os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   logging.info("Exported to %s: %s", out_dir, report)
   return report
-
-
-def _file_mode() -> int:
-  """The mode a new file gets under this process's umask (read without changing it for long)."""
-  umask = os.umask(0o022)
-  os.umask(umask)
-  return 0o666 & ~umask
 
 
 def _verification_inputs(cfg: MLMConfig, out_dir: str, seed: int = 0):

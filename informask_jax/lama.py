@@ -851,7 +851,7 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   if protocol not in PROTOCOLS:
     raise ValueError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}.")
   if out_dir:  # Checked before the run, not after it.
-    paths.check_writable_dir(out_dir, "--out")
+    paths.check_writable_dir(os.path.expanduser(out_dir), "--out")  # As write_outputs.
   if backend not in BACKENDS:
     raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}.")
   if batch_size < 1:

@@ -36,7 +36,7 @@ _STATS_NEEDED = {"informask": ("counts", "pmi", "rates"), "informask_online": ("
 
 
 # What a run logs into its workdir (metrics.MetricWriter), besides checkpoints and config.
-_LOG_NAMES = ("metrics.jsonl", "tensorboard")
+_LOG_NAMES = ("metrics.jsonl", "tensorboard", "profile")
 
 
 class TrainingStopped(RuntimeError):
@@ -139,6 +139,10 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
     raise PermissionError(f"{e} Fix its permissions or use another --workdir.") from None
   return resume, has_run and not config.train.resume
 
+
+# Settings that change the corpus a vocabulary is trained on.
+_CORPUS_KEYS = ("config.data.sources", "config.data.max_documents",
+                "config.data.validation_fraction")
 
 # Settings that fix the order of the training batches (the checkpoint's iterator position
 # means nothing under others). The data sources are not here: a corpus moved to another path
@@ -263,8 +267,7 @@ class _StopSignal:
 
 
 class _Profiler:
-  """A jax.profiler trace of the steps after `start` (config.train.profile_*), on every process
-  (each host writes its own file under `directory`)."""
+  """A jax.profiler trace of the steps after `start` (config.train.profile_*) into `directory`."""
 
   def __init__(self, directory: pathlib.Path, start: int, count: int):
     self.directory, self.start, self.end, self.active = directory, start, start + count, False
@@ -384,10 +387,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       saved_tokenizer = saved_meta.get("tokenizer_fingerprint")
       if saved_tokenizer not in (None, pipeline.tokenizer_fingerprint):
         if not config.tokenizer.name_or_path:  # Trained here: the vocabulary follows the corpus.
-          data_changes = [c for c in changed if c.startswith("config.data.")]
+          corpus_changes = [c for c in changed if c.startswith(_CORPUS_KEYS)]
           why = ("the vocabulary is trained on the corpus (config.tokenizer.name_or_path=''), "
-                 "and this run's corpus differs" + (f" ({'; '.join(data_changes)})"
-                                                   if data_changes else "") +
+                 "and this run's corpus (or the library that trains it) differs" + (
+                     f" ({'; '.join(corpus_changes)})" if corpus_changes else "") +
                  ". Resume with the run's data settings (its config.json)")
         else:
           why = (f"though the settings match, the tokenizer of config.tokenizer.name_or_path="
@@ -443,12 +446,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         workdir, enabled=is_main, resumed_at=int(jax.device_get(state.step)) if resume else None)))
     stop = _StopSignal()
     cleanup.callback(stop.restore)
-    profiler = _Profiler(workdir / "profile", config.train.profile_start_step,
-                         config.train.profile_steps)
+    # A folder per process: jax.profiler names its files by host and second, so processes
+    # sharing a host (one per GPU) would overwrite one another's trace.
+    profiler = _Profiler(workdir / "profile" / f"process_{jax.process_index()}",
+                         config.train.profile_start_step, config.train.profile_steps)
     cleanup.callback(profiler.stop)  # A run stopped (or failed) mid-trace still writes it.
     batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
     t = config.train
     step = int(jax.device_get(state.step))
+    if t.profile_start_step >= 0 and not step <= t.profile_start_step < t.num_steps:
+      logging.warning("config.train.profile_start_step=%d is outside this run's steps %d-%d: "
+                      "no profile.", t.profile_start_step, step, t.num_steps - 1)
     pending, last_log, last_eval = [], {}, {}
     save_due = False  # A refused save (skipped steps) is retried at every step until one is made.
     stopped_by = None  # The signal that ended the run before num_steps.
@@ -547,7 +555,8 @@ def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
   out = []
   for key in sorted(set(saved) | set(current)):
     name = f"{prefix}{key}"
-    if name in ("train.num_steps", "train.resume", "train.overwrite"):
+    if name in ("train.num_steps", "train.resume", "train.overwrite",
+                "train.profile_start_step", "train.profile_steps"):
       continue  # Raising num_steps to continue a run is the usual reason to resume.
     a, b = saved.get(key), current.get(key)
     if isinstance(a, dict) and isinstance(b, dict):

@@ -12,7 +12,7 @@ def check_writable_dir(path, what: str, *, sibling: bool = False) -> None:
   existing folder above is probed. `sibling`: the writer also stages files next to `path`, so
   its parent is probed too. The errors name `what` (a flag or a role) and `path`.
   """
-  target = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  target = os.path.abspath(os.fspath(path))  # As the writer will use it: callers expand "~".
   probes = []
   if os.path.exists(target):
     if not os.path.isdir(target):

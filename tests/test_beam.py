@@ -258,11 +258,16 @@ def test_hash_split_of_copies_of_a_document_matches_the_local_builders():
   """Copies share a hash: both builders put them on one side, whatever their order."""
   _beam()
   for buckets, fraction, held in [([0.3, 0.3, 0.7], 0.1, [True, True, False]),
-                                  ([0.3, 0.9, 0.9], 0.95, [True, False, False]),
-                                  ([0.4, 0.4], 0.1, [False, False])]:  # Nothing to split.
+                                  ([0.3, 0.9, 0.9], 0.95, [True, False, False])]:
     split = _combine(bp._SplitCounts(fraction), [buckets[:1], buckets[1:]])
     got = [bp._is_validation(b, split, fraction) for b in buckets]
     assert got == _local_split(buckets, fraction) == held, buckets
+  # Copies of one text only: nothing to split. Training refuses such a corpus (it has no
+  # validation); the statistics, which read the training side, count every copy.
+  split = _combine(bp._SplitCounts(0.1), [[0.4], [0.4]])
+  assert [bp._is_validation(b, split, 0.1) for b in (0.4, 0.4)] == [False, False]
+  with pytest.raises(ValueError, match="copies of one text"):
+    _local_split([0.4, 0.4], 0.1)
 
 
 def test_combiners_merge_partial_accumulators():

@@ -126,6 +126,9 @@ def test_tiny_corpus_keeps_a_document_on_each_side_of_the_split(tmp_path):
   loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
                                            validation_fraction=1e-9))
   assert _texts(loaded["validation"]) == [lowest, lowest]
+  path.write_text("".join(json.dumps({"text": "The same."}) + "\n" for _ in range(3)))
+  with pytest.raises(ValueError, match=r"All 3 documents of the corpus are copies of one text"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.02))
 
 
 def test_fingerprint_tracks_content_and_order():

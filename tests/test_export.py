@@ -132,12 +132,13 @@ def test_export_matches_logits_and_fill_mask(exported):
   params, cfg, path, report = exported["bert"]
   assert report["max_abs_diff"] <= export.MAX_ABS_DIFF and report["top1_agree"] == 1.0
   assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(path))
-  # Every file with the mode the umask gives (safetensors alone would write 0600: a shared
-  # export then unreadable to the group).
-  umask = os.umask(0o022)
-  os.umask(umask)
+  # Every file with the mode the umask gives, as a file written with open() gets (safetensors
+  # alone would write 0600: a shared export then unreadable to the group).
+  with open(os.path.join(os.path.dirname(path), "probe"), "w"):
+    pass
+  umask_mode = os.stat(os.path.join(os.path.dirname(path), "probe")).st_mode & 0o777
   modes = {name: os.stat(os.path.join(path, name)).st_mode & 0o777 for name in os.listdir(path)}
-  assert set(modes.values()) == {0o666 & ~umask}, modes
+  assert set(modes.values()) == {umask_mode}, modes
   # Tied tensors are stored once, as save_pretrained would.
   assert "cls.predictions.decoder.weight" not in load_file(os.path.join(path, "model.safetensors"))
 

@@ -197,7 +197,8 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"tokenizer is not the one the checkpoint was trained "
                                        r"with: the vocabulary is trained on the corpus "
                                        r"\(config.tokenizer.name_or_path=''\), and this run's "
-                                       r"corpus differs\. Resume with the run's data settings"):
+                                       r"corpus \(or the library that trains it\) differs\. "
+                                       r"Resume with the run's data settings"):
     loop.train_and_evaluate(config, tmp_path)
   meta_file.write_text(json.dumps(meta))
   config.train.resume = False
@@ -343,7 +344,7 @@ def test_profile_traces_the_configured_steps(tiny_config, tmp_path, caplog):
   with caplog.at_level(logging.INFO):
     loop.train_and_evaluate(config, tmp_path)
   assert any(r.getMessage().startswith("Profiled steps 2-3 into") for r in caplog.records)
-  traces = list((tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
+  traces = list((tmp_path / "profile").glob("process_0/plugins/profile/*/*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
 
 
@@ -472,6 +473,7 @@ def test_cli_errors_are_one_line_whatever_the_message(capsys, monkeypatch):
       "network.).\n")
   assert cli.one_line("does not match:\n  a: 1 != 2\n  b: 3 != 4\n") == (
       "does not match: a: 1 != 2; b: 3 != 4")
+  assert cli.one_line("failed (\n  disk full)") == "failed (disk full)"
 
 
 def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
