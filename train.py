@@ -31,8 +31,9 @@ def main(argv):
     # Not 0: the run is unfinished, and a scheduler (a Kubernetes Job, a `train.py && eval`
     # chain) must not take it for done. 128 + the signal's number, as a shell reports it.
     code = 128 + (signal.SIGINT if result["stopped_by"] == "SIGINT" else signal.SIGTERM)
-    logging.warning("Stopped at step %d by %s, with a checkpoint saved: exit status %d. Run the "
-                    "same command to resume.", result["step"], result["stopped_by"], code)
+    # Whether that step's checkpoint was saved, the loop has logged just before.
+    logging.warning("Stopped at step %d by %s: exit status %d. Run the same command to resume.",
+                    result["step"], result["stopped_by"], code)
     sys.exit(code)
   logging.info("Finished at step %d: %s", result["step"], result)
 

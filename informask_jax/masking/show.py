@@ -112,16 +112,19 @@ def _tables_from_stats(args, tok):
   """Fills --rates / --pmi / --ngrams / --bigrams (those not given) from the --stats directory,
   which must have been built with this tokenizer (token ids would otherwise mean other tokens)."""
   from informask_jax import stats, tokenization
-  try:
-    art = stats.load_artifacts(args.stats, tokenizer_fingerprint=None, vocab_size=None)
-  except (ValueError, FileNotFoundError) as e:  # ArtifactError is a ValueError.
-    raise ValueError(f"--stats: {e}") from None
-  if art.meta.get("tokenizer_fingerprint") != tokenization.tokenizer_fingerprint(tok):
-    built_with = art.meta.get("tokenizer_name_or_path") or "a vocabulary trained on the corpus"
+  from informask_jax.stats import artifacts
+  try:  # The directory's own tokenizer check, as train.py's.
+    art = stats.load_artifacts(args.stats, vocab_size=None,
+                               tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tok))
+  except stats.TokenizerMismatchError:
+    built_with = (artifacts.read_meta(args.stats).get("tokenizer_name_or_path")
+                  or "a vocabulary trained on the corpus")
     raise ValueError(
         f"--stats {args.stats} was built with another tokenizer ({built_with}) than --tokenizer "
         f"{args.tokenizer or 'bert-base-uncased (the default)'}; pass the run's tokenizer, e.g. "
-        "--tokenizer WORKDIR/tokenizer of the run that built them.")
+        "--tokenizer WORKDIR/tokenizer of the run that built them.") from None
+  except (ValueError, FileNotFoundError) as e:  # ArtifactError is a ValueError.
+    raise ValueError(f"--stats: {e}") from None
   args.rates = art.rates if args.rates is None else args.rates
   args.pmi = art.pmi if args.pmi is None else args.pmi
   if args.ngrams is None and args.bigrams is None:  # The n-gram variant, train.py's default.
