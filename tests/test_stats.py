@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import types
@@ -774,3 +775,248 @@ def test_check_table_refuses_an_asymmetric_table():
   for bad in (other_value, no_mirror):
     with pytest.raises(ValueError, match="pmi.npz is not symmetric"):
       pmi_lib.check_table(sp.csr_matrix(bad), 3, "pmi.npz")
+
+
+# --- Edge cases found by a mutation audit ---------------------------------------------------------
+
+
+def test_select_pmi_vocab_keeps_size_tokens_after_the_dropped_ones():
+  counts = np.array([0, 0, 0, 0, 0, 90, 80, 70, 60, 50, 40])  # ids 0..4 are specials
+  got = counting.select_pmi_vocab(counts, special_ids=SPECIALS, size=3, min_count=1, drop_top_k=2)
+  np.testing.assert_array_equal(got, [7, 8, 9])  # size counts from the first kept token
+
+
+def test_pair_counts_stay_exact_past_int32():
+  # One sentence of 46,400 copies of a token: C[x, x] = n (n - 1) > 2^31 needs int64 products.
+  n = 46_400
+  ids = np.array([20] * n + [21], np.int32)
+  pairs = counting.count_pairs([(ids, np.zeros(n + 1, np.int32))], np.array([20, 21]),
+                               vocab_size=V)
+  assert to_dict(pairs.counts) == {(0, 0): n * (n - 1), (0, 1): n, (1, 0): n}
+  np.testing.assert_array_equal(pairs.marginals, [n * (n - 1) + n, n])
+
+
+@pytest.mark.parametrize("window,whole_words", [(2, False), (3, True)])
+def test_windowed_counts_over_many_small_chunks_equal_bruteforce(window, whole_words):
+  # Chunks of about one document: the last pair of every chunk must be counted too.
+  docs = synthetic_docs(60, seed=3)
+  uni = counting.count_unigrams(docs, V)
+  vocab = counting.select_pmi_vocab(uni.counts, special_ids=SPECIALS, size=60, min_count=2)
+  pairs = counting.count_pairs(docs, vocab, vocab_size=V, window=window, whole_words=whole_words,
+                               continuation=CONT, chunk_tokens=20)
+  ref = brute_pairs(docs, vocab, window=window, whole_words=whole_words)
+  got = {(int(vocab[r]), int(vocab[c])): n for (r, c), n in to_dict(pairs.counts).items()}
+  assert got == dict(ref) and pairs.total == sum(ref.values())
+
+
+def test_windowed_counts_with_more_rows_than_fit_uint32_keys():
+  # R^2 >= 2^32: the pair keys min * R + max need 64 bits.
+  big = 70_000
+  doc = (np.array([big - 1, big - 2, 5, big - 1, big - 3], np.int32), np.zeros(5, np.int32))
+  vocab = np.arange(big, dtype=np.int32)
+  pairs = counting.count_pairs([doc], vocab, vocab_size=big, window=2)
+  assert to_dict(pairs.counts) == dict(brute_pairs([doc], vocab, window=2))
+
+
+def test_counters_refuse_bad_arguments():
+  docs = synthetic_docs(5, seed=0)
+  with pytest.raises(ValueError, match="stats.window must be >= 0"):
+    counting.count_pairs(docs, np.array([20, 21]), vocab_size=V, window=-1)
+  pairs = counting.count_pairs(docs, np.arange(20, 60), vocab_size=V)
+  with pytest.raises(ValueError, match="context_alpha must be > 0"):
+    pmi_lib.pmi_table(pairs, vocab_size=V, context_alpha=0.0)
+  with pytest.raises(ValueError, match="ngram_min_count must be >= 1"):
+    ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                             size=10, min_count=0)
+  kw = dict(unigram_counts=[0, 5, 5], special_ids=[0])
+  for mask_prob in (0.0, 1.0):
+    with pytest.raises(ValueError, match="mask_prob must be in"):
+      rates.finalize_rates([0, 1, 1], [0, 5, 5], mask_prob=mask_prob, smoothing=1.0, **kw)
+  with pytest.raises(ValueError, match="rate_smoothing must be >= 0"):
+    rates.finalize_rates([0, 1, 1], [0, 5, 5], mask_prob=0.15, smoothing=-1.0, **kw)
+
+
+def test_word_keys_depend_on_the_order_of_their_pieces():
+  # "w ##a ##b" and "w ##b ##a" are different words (and so different n-grams).
+  a, b = V - 5, V - 6
+  ids = np.array([20, a, b, 20, b, a, 20, a, b], np.int32)
+  docs = [(ids, np.zeros(ids.size, np.int32))]
+  counts = ngrams.count_ngrams(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                               min_count=1)
+  ref = brute_word_ngrams(docs)
+  lengths = ngrams.key_length(counts.keys)
+  for n in (1, 2, 3):
+    want = sorted(c for g, c in ref.items() if len(g) == n)
+    assert sorted(counts.counts[lengths == n].tolist()) == want, n
+
+
+def test_ngrams_and_bigrams_with_pmi_exactly_zero_are_left_out():
+  # One token repeated: every n-gram and adjacent pair is exactly as likely as its parts.
+  docs = [(np.full(3, 20, np.int32), np.zeros(3, np.int32))]
+  vocab = ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
+                                   size=10, min_count=1)
+  assert vocab.ngrams == [] and vocab.bigrams.shape == (0, 2)
+
+
+def test_check_table_refuses_a_wrong_shape_and_non_finite_values():
+  good = sp.csr_matrix(np.array([[0, 1.5], [1.5, 0]], np.float32))
+  with pytest.raises(ValueError, match=r"has shape \(2, 2\), expected \(3, 3\)"):
+    pmi_lib.check_table(good, 3)
+  bad = sp.csr_matrix(np.array([[0, np.inf], [np.inf, 0]], np.float32))
+  with pytest.raises(ValueError, match="non-finite"):
+    pmi_lib.check_table(bad, 2)
+
+
+def test_count_choices_refuses_a_masker_that_picks_specials():
+  def masker(key, ids, sentence_ids):
+    return {"mask": ids >= 0}  # every position, [CLS] and [PAD] included
+
+  ids = np.array([[CLS, 20, 21, SEP, PAD]], np.int32)
+  with pytest.raises(ValueError, match="chose special or padding tokens"):
+    rates.count_choices(masker, ids, np.zeros_like(ids), vocab_size=V, special_ids=SPECIALS,
+                        pad_id=PAD)
+
+
+def test_read_id_mask_prob_refuses_ids_outside_the_vocabulary(tmp_path):
+  path = tmp_path / "id_mask_prob.json"
+  for bad in ("-1", str(V)):
+    path.write_text(json.dumps({"5": 0.1, bad: 0.2}))
+    with pytest.raises(ValueError, match=f"token id {bad} is outside"):
+      rates.read_id_mask_prob(str(path), V)
+
+
+def test_chunks_hold_exactly_the_requested_document_range():
+  import datasets
+
+  docs = synthetic_docs(50, seed=11)
+  ds = datasets.Dataset.from_dict({"input_ids": [d[0].tolist() for d in docs],
+                                   "sentence_ids": [d[1].tolist() for d in docs]})
+  for start, stop, max_tokens in ((0, 50, 100), (3, 44, 100), (7, 20, 1000), (9, 10, 5)):
+    want = np.concatenate([d[0] for d in docs[start:stop]])
+    for corpus in (chunks.as_corpus(ds), chunks.as_corpus(docs)):
+      got = list(corpus.chunks(start, stop, max_tokens))
+      np.testing.assert_array_equal(np.concatenate([c.token_ids for c in got]), want)
+      assert sum(c.num_documents for c in got) == stop - start
+
+
+def test_chunks_refuse_token_and_sentence_ids_of_different_lengths():
+  import datasets
+
+  with pytest.raises(ValueError, match="Document 0: 3 token ids but 2 sentence ids"):
+    chunks.chunk_from_documents([(np.array([20, 21, 22]), np.array([0, 0]))])
+  ds = datasets.Dataset.from_dict({"input_ids": [[20, 21, 22]], "sentence_ids": [[0, 0]]})
+  with pytest.raises(ValueError, match="differ in length"):
+    list(chunks.as_corpus(ds).chunks(0, 1, 100))
+
+
+def test_cache_key_covers_the_corpus_format_and_rate_settings(built, monkeypatch):
+  config, pipeline, directory = built
+  assert stats.artifact_dir(config, fake_pipeline([], corpus_fp="corpus-2")) != directory
+  for key, value in (("masking.mask_prob", 0.2), ("masking.num_candidates", 8),
+                     ("data.seq_len", 64), ("data.packing", "other"),
+                     ("stats.rate_smoothing", 5.0), ("stats.rate_sample_sequences", 10)):
+    other = small_config(config.data.cache_dir)
+    other.update_from_flattened_dict({key: value})
+    assert stats.artifact_dir(other, pipeline) != directory, key
+  monkeypatch.setattr(artifacts, "FORMAT_VERSION", artifacts.FORMAT_VERSION + 1)
+  assert stats.artifact_dir(config, pipeline) != directory
+
+
+def copy_of_built(built, tmp_path):
+  """The built directory copied into a cache of its own, and a config pointing there."""
+  _, pipeline, directory = built
+  config = small_config(tmp_path)
+  copy = tmp_path / "stats" / directory.name
+  shutil.copytree(directory, copy)
+  assert stats.artifact_dir(config, pipeline) == copy
+  return config, pipeline, copy
+
+
+def test_load_artifacts_refuses_bad_contents_that_match_their_checksums(built, tmp_path):
+  def altered(name, write, match):
+    directory = tmp_path / f"copy-{name}"
+    shutil.copytree(built[2], directory)
+    meta = artifacts.read_meta(directory)
+    write(directory / name, meta)
+    if name != artifacts.META:
+      artifacts.record_file(directory, meta, name)
+    artifacts.write_meta(directory, meta)
+    with pytest.raises(artifacts.ArtifactError, match=match):
+      stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+
+  altered("unigram_counts.npy", lambda p, _: artifacts.save_npy(p, np.ones(V - 1, np.int64)),
+          rf"unigram_counts.npy has shape \({V - 1},\)")
+  altered("rates.npy", lambda p, _: artifacts.save_npy(p, np.full(V, np.nan, np.float32)),
+          "rates.npy holds non-finite")
+  altered("pmi_ngrams.json", lambda p, _: artifacts.save_json(p, [[20, V]]),
+          r"pmi_ngrams.json holds token ids outside")
+  altered(artifacts.META, lambda p, meta: meta.update(format_version=0),
+          "statistics format 0, this code reads")
+
+
+def test_summary_orders_tokens_by_frequency_and_rate(built):
+  from informask_jax.stats import report
+
+  _, _, directory = built
+  a = stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+  _, numbers = report.summarize(directory)
+  counts, r = a.unigram_counts, a.rates
+  by_freq = sorted((i for i in range(V) if counts[i] > 0 and i not in SPECIALS),
+                   key=lambda i: (-counts[i], i))
+  assert numbers["by_freq"].tolist() == by_freq
+  in_table = np.diff(a.pmi.indptr) > 0
+  ranked = sorted((i for i in by_freq if in_table[i]), key=lambda i: (-r[i], i))
+  assert numbers["ranked"].tolist() == ranked
+
+
+def test_stages_are_reused_only_from_the_same_corpus_and_stage_settings(built, tmp_path):
+  config, pipeline, source = copy_of_built(built, tmp_path)
+
+  def reused(stage, config, pipeline=pipeline):
+    directory = stats.artifact_dir(config, pipeline)
+    assert directory != source
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = build_lib._fresh_meta(config, pipeline, directory)
+    return build_lib._reuse_stage(stage, directory, meta) == source
+
+  for key, value in (("pmi_vocab_size", 100), ("min_count", 3), ("min_pair_count", 3),
+                     ("window", 4), ("drop_top_k", 1), ("whole_words", True),
+                     ("context_alpha", 0.75), ("positive_only", False)):
+    other = small_config(tmp_path)
+    other.stats[key] = value
+    assert reused("counts", other) and reused("ngrams", other), key
+    assert not reused("pmi", other), key
+  for key, value in (("ngram_vocab_size", 100), ("ngram_min_count", 4)):
+    other = small_config(tmp_path)
+    other.stats[key] = value
+    assert reused("pmi", other) and not reused("ngrams", other), key
+  other_corpus = fake_pipeline([], corpus_fp="corpus-2")
+  assert not any(reused(s, config, other_corpus) for s in ("counts", "pmi", "ngrams"))
+  # A source whose file fails its checksum is not copied.
+  data = bytearray((source / "pmi.npz").read_bytes())
+  data[-3] ^= 0xFF
+  (source / "pmi.npz").write_bytes(bytes(data))
+  other = small_config(tmp_path)
+  other.train.seed = 7
+  assert reused("counts", other) and not reused("pmi", other)
+
+
+def test_force_rebuilds_only_the_named_stages(built, tmp_path, monkeypatch):
+  config, pipeline, _ = copy_of_built(built, tmp_path)
+  ran = []
+  for stage in build_lib._STAGE_FNS:
+    monkeypatch.setitem(build_lib._STAGE_FNS, stage, lambda *a, _s=stage, **k: ran.append(_s))
+  stats.build_artifacts(config, pipeline, what=("pmi",), force=True, progress=False)
+  assert ran == ["pmi"]  # Its dependency "counts" is intact: not rebuilt.
+
+
+@pytest.mark.parametrize("key,value", [
+    ("pmi_vocab_size", 0), ("min_count", 0), ("min_pair_count", 0), ("window", -1),
+    ("drop_top_k", -1), ("context_alpha", 0.0), ("ngram_vocab_size", 0), ("ngram_min_count", 0),
+    ("rate_smoothing", -1.0), ("memory_cap_mb", 0),
+])
+def test_check_config_refuses_each_bad_stats_setting(tmp_path, key, value):
+  config = small_config(tmp_path)
+  config.stats[key] = value
+  with pytest.raises(ValueError, match=f"config.stats.{key}={value!r} must be"):
+    build_lib.check_config(config)
