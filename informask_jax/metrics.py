@@ -25,6 +25,7 @@ _PEAK_BF16_FLOPS = {
     "tpu v4": 275e12,
     "tpu v5 lite": 197e12,  # v5e
     "tpu v5e": 197e12,
+    "tpu v5": 459e12,  # v5p reports "TPU v5" on TPU VMs ("TPU v5p" under Pathways).
     "tpu v5p": 459e12,
     "tpu v6 lite": 918e12,  # Trillium (v6e)
     "tpu v6e": 918e12,

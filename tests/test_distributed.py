@@ -1,5 +1,7 @@
 """When train.py starts jax.distributed by itself: Slurm jobs of several tasks and Cloud TPU VMs."""
 
+import logging
+
 import pytest
 
 from informask_jax import distributed
@@ -51,3 +53,74 @@ def test_main_process_first_builds_before_the_others(monkeypatch, index, order):
 def test_main_process_first_on_one_process_needs_no_barrier(monkeypatch):
   monkeypatch.setattr(distributed.multihost, "get_barrier_sync_fn", lambda: pytest.fail("barrier"))
   assert distributed.main_process_first("cache", lambda: 3) == 3
+
+
+def test_a_slurm_job_without_a_task_count_or_a_one_host_worker_list_is_one_process(bare_env):
+  bare_env.setenv("SLURM_JOB_ID", "7")  # sbatch without --ntasks: no SLURM_NTASKS, one task.
+  assert not distributed._auto_detected()
+  bare_env.delenv("SLURM_JOB_ID")
+  bare_env.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2")  # One worker: nobody to join.
+  assert not distributed._auto_detected()
+
+
+def test_empty_environment_variables_count_as_unset(monkeypatch):
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "")
+  assert distributed._env_int("JAX_NUM_PROCESSES") is None
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  assert distributed._env_int("JAX_NUM_PROCESSES") == 4
+
+
+@pytest.fixture
+def started(bare_env):
+  """initialize() with the given flags; returns what jax.distributed.initialize received (None if
+  it was not called) and the root handlers' filters it added."""
+  from types import SimpleNamespace
+
+  calls = []
+
+  def initialize(coordinator_address=None, num_processes=None, process_id=None):
+    calls.append((coordinator_address, num_processes, process_id))
+  bare_env.setattr(distributed.jax.distributed, "initialize", initialize)
+  handler = logging.NullHandler()
+  bare_env.setattr(logging.getLogger(), "handlers", [handler])
+
+  def start(coordinator=None, num=None, index=None, process_index=0):
+    bare_env.setattr(distributed.flags, "FLAGS", {
+        "coordinator_address": SimpleNamespace(value=coordinator),
+        "num_processes": SimpleNamespace(value=num), "process_id": SimpleNamespace(value=index)})
+    bare_env.setattr(distributed.jax, "process_index", lambda: process_index)
+    distributed.initialize()
+    return calls[-1] if calls else None, handler.filters
+  return start
+
+
+def test_initialize_passes_the_flags_to_jax(started):
+  assert started() == (None, [])  # One process: jax.distributed is not started.
+  assert started("10.0.0.2:1234", 4, 3, process_index=3)[0] == ("10.0.0.2:1234", 4, 3)
+
+
+@pytest.mark.parametrize("num,index", [(None, 0), (2, None), (None, None)])
+def test_initialize_refuses_a_coordinator_without_the_process_count_and_id(started, num, index):
+  with pytest.raises(ValueError, match="needs --num_processes and --process_id"):
+    started("10.0.0.2:1234", num, index)
+
+
+def test_only_process_zero_logs_info_lines(started):
+  _, filters = started("10.0.0.2:1234", 2, 0, process_index=0)
+  assert not filters
+  _, filters = started("10.0.0.2:1234", 2, 1, process_index=1)
+  (only,) = filters
+  record = lambda level: logging.makeLogRecord({"levelno": level})  # noqa: E731
+  assert not only.filter(record(logging.INFO))
+  assert only.filter(record(logging.WARNING)) and only.filter(record(logging.ERROR))
+
+
+def test_the_cache_barrier_waits_hours_not_seconds(monkeypatch):
+  timeouts = []
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed.jax, "process_index", lambda: 1)
+  monkeypatch.setattr(distributed.multihost, "get_barrier_sync_fn",
+                      lambda: lambda key, timeout_ms: timeouts.append(timeout_ms))
+  distributed.main_process_first("cache", lambda: None)
+  assert timeouts == [distributed.CACHE_BARRIER_TIMEOUT_S * 1000]
+  assert distributed.CACHE_BARRIER_TIMEOUT_S >= 3600

@@ -474,6 +474,48 @@ def test_cli_errors_are_one_line_whatever_the_message(capsys, monkeypatch):
   assert cli.one_line("does not match:\n  a: 1 != 2\n  b: 3 != 4\n") == (
       "does not match: a: 1 != 2; b: 3 != 4")
   assert cli.one_line("failed (\n  disk full)") == "failed (disk full)"
+  assert cli.one_line("failed:\n\n  disk full\n\n  retry later") == "failed: disk full; retry later"
+
+
+def test_library_logs_lose_their_info_lines_and_by_design_warnings():
+  keep = cli._LibraryInfoFilter().filter
+  orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  xla = "/venv/lib/python3.11/site-packages/jax/_src/xla_bridge.py"
+  ours = str(ROOT / "informask_jax" / "loop.py")
+  record = lambda path, level, msg="x": logging.makeLogRecord(  # noqa: E731
+      dict(pathname=path, levelno=level, msg=msg))
+  assert not keep(record(orbax, logging.INFO, "Saving item"))
+  assert not keep(record(orbax, logging.WARNING, "A checkpoint that did not provide metrics"))
+  assert keep(record(orbax, logging.WARNING, "Disk almost full"))
+  assert not keep(record(xla, logging.INFO, "Unable to initialize backend 'tpu'"))
+  assert keep(record(xla, logging.WARNING, "No GPU/TPU found"))
+  assert keep(record(ours, logging.INFO)) and keep(record(ours, logging.DEBUG))
+
+
+def test_a_config_file_run_from_elsewhere_brings_its_configs_package(tmp_path, monkeypatch):
+  """`--config /abs/proj/configs/x.py` puts /abs/proj first on sys.path, before the flags (and
+  with them the config file, which imports `configs.base`) are parsed."""
+  for name in ("proj", "other"):
+    (tmp_path / name / "configs").mkdir(parents=True)
+    (tmp_path / name / "configs" / "base.py").write_text("")
+  (tmp_path / "loose").mkdir()
+  monkeypatch.setattr(sys, "path", list(sys.path))
+
+  class Flags:  # Stands in for absl's parser, which would load the config file.
+    def __contains__(self, name):
+      return False
+
+    def __call__(self, argv):
+      assert sys.path[0] == str(tmp_path / "proj")
+      return argv[:1]
+  monkeypatch.setattr(cli.flags, "FLAGS", Flags())
+  config = tmp_path / "proj" / "configs" / "mine.py"
+  assert cli.parse_flags(["prog", "--config", f"{config}:tiny", "--workdir=w"]) == ["prog"]
+  cli._config_package_on_path(["prog", f"--config={tmp_path / 'other' / 'configs' / 'x.py'}"])
+  assert sys.path[:2] == [str(tmp_path / "other"), str(tmp_path / "proj")]
+  # A config file outside a configs/ package (no base.py beside it) changes nothing.
+  cli._config_package_on_path(["prog", f"--config={tmp_path / 'loose' / 'x.py'}"])
+  assert sys.path[:2] == [str(tmp_path / "other"), str(tmp_path / "proj")]
 
 
 def test_train_py_reports_a_bad_config_in_one_line(tmp_path):

@@ -13,7 +13,8 @@ from informask_jax import metrics
 @pytest.mark.parametrize("kind,peak", [
     ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA L4", 121e12),
     ("NVIDIA L40", 181e12), ("NVIDIA L40S", 362e12), ("NVIDIA A100-SXM4-80GB", 312e12),
-    ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("cpu", None), ("NVIDIA A1000", None)])
+    ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("TPU v5", 459e12), ("TPU v6 lite", 918e12),
+    ("cpu", None), ("NVIDIA A1000", None)])
 def test_peak_flops_match_whole_device_names(kind, peak):
   assert metrics.peak_flops_per_device(SimpleNamespace(device_kind=kind)) == peak
 
@@ -63,3 +64,53 @@ def test_the_log_is_strict_json_with_null_for_non_finite_values(tmp_path):
     raise ValueError(f"non-standard JSON token {token}")
   record = json.loads(line, parse_constant=refuse)  # NaN / Infinity / -Infinity are refused.
   assert record == {"step": 1, "loss": None, "grad_norm": None, "mfu": None, "lr": 1e-3}
+
+
+def test_summary_of_an_interval_of_skipped_steps_has_no_loss_and_the_last_learning_rate():
+  def step(lr, skipped):
+    return dict(loss_sum=0.0, correct_sum=0.0, num_targets=0, grad_norm=float("nan"),
+                learning_rate=lr, skipped=skipped, dropped_targets=0.0)
+  out = metrics.summarize([step(1e-3, 1), step(2e-3, 1)])
+  assert np.isnan(out["loss"]) and np.isnan(out["accuracy"]) and np.isnan(out["grad_norm"])
+  assert out["skipped_steps"] == 2 and out["targets_per_step"] == 0
+  assert out["learning_rate"] == 2e-3  # The schedule's value at the logged step, not the first.
+
+
+class _FakeSummaryWriter:
+  """Records what MetricWriter hands TensorBoard."""
+
+  made = []
+
+  def __init__(self, logdir, purge_step=None):
+    self.logdir, self.purge_step, self.scalars = logdir, purge_step, []
+    _FakeSummaryWriter.made.append(self)
+
+  def add_scalar(self, key, value, step):
+    self.scalars.append((key, value, step))
+
+  def close(self):
+    pass
+
+
+def test_tensorboard_gets_the_finite_numbers_and_drops_what_follows_the_resumed_step(
+    tmp_path, monkeypatch):
+  import tensorboardX
+
+  monkeypatch.setattr(tensorboardX, "SummaryWriter", _FakeSummaryWriter)
+  monkeypatch.setattr(_FakeSummaryWriter, "made", [])
+  metrics.MetricWriter(tmp_path).close()
+  writer = metrics.MetricWriter(tmp_path, resumed_at=20)
+  writer.write(21, {"loss": 0.5, "skipped_steps": 2, "grad_norm": float("nan"), "mfu": None})
+  writer.close()
+  fresh, resumed = _FakeSummaryWriter.made
+  # TensorBoard drops the events at steps >= purge_step: those a crashed run logged after the
+  # checkpoint, but not the checkpoint's own step, which metrics.jsonl keeps too.
+  assert fresh.purge_step is None and resumed.purge_step == 21
+  assert resumed.scalars == [("loss", 0.5, 21), ("skipped_steps", 2, 21)]
+
+
+def test_a_disabled_writer_writes_nothing(tmp_path):
+  writer = metrics.MetricWriter(tmp_path, enabled=False, resumed_at=3)
+  writer.write(4, {"loss": 1.0})
+  writer.close()
+  assert not list(tmp_path.iterdir())

@@ -370,6 +370,54 @@ def test_mesh_and_batch_errors_name_the_numbers():
     sharding_lib.check_batch_divisible(16, mesh, micro_steps=5)
 
 
+def _mesh_config(data, fsdp, tensor):
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+@pytest.mark.parametrize("sizes,shape", [((-1, 1, 1), (8, 1, 1)), ((1, -1, 1), (1, 8, 1)),
+                                         ((2, 1, -1), (2, 1, 4)), ((2, 2, 2), (2, 2, 2))])
+def test_minus_one_fills_its_own_mesh_axis(sizes, shape):
+  assert sharding_lib.mesh_shape(_mesh_config(*sizes), 8) == shape
+
+
+def test_impossible_mesh_sizes_are_refused_for_what_they_are():
+  with pytest.raises(ValueError, match=r"At most one .* -1; got \['data', 'fsdp'\]"):
+    sharding_lib.mesh_shape(_mesh_config(-1, -1, 1), 8)
+  for sizes in ((0, 8, 1), (-1, 0, 1), (-2, 1, 1)):
+    with pytest.raises(ValueError, match="sizes must be positive or -1"):
+      sharding_lib.mesh_shape(_mesh_config(*sizes), 8)
+
+
+def test_logical_rules_take_lists_and_refuse_what_is_not_a_pair():
+  config = types.SimpleNamespace(logical_axis_rules=[
+      ["activation_batch", ["data", "fsdp"]], ["vocab", "tensor"], ["kv", None]])
+  rules = sharding_lib.logical_rules(config)  # A config written as JSON or YAML has lists.
+  assert rules == (("activation_batch", ("data", "fsdp")), ("vocab", "tensor"), ("kv", None))
+  assert nn.logical_to_mesh_axes(("activation_batch", "kv", "vocab"), rules) == P(
+      ("data", "fsdp"), None, "tensor")
+  for rule in (("embed", "fsdp", "tensor"), ("embed",), (3, "fsdp"), "embed"):
+    with pytest.raises(ValueError, match=r"is not a \(logical name, mesh axes\) pair"):
+      sharding_lib.logical_rules(types.SimpleNamespace(logical_axis_rules=[rule]))
+
+
+def test_the_batch_splits_over_data_and_fsdp_and_each_micro_batch_must_too():
+  mesh = lambda *sizes: sharding_lib.make_mesh(_mesh_config(*sizes))  # noqa: E731
+  # The batch rows go to the data x fsdp groups; the tensor axis holds copies.
+  assert sharding_lib.batch_sharding(mesh(2, 2, 2)).shard_shape((BATCH, SEQ)) == (4, SEQ)
+  sharding_lib.check_batch_divisible(6, mesh(1, 2, 4))
+  with pytest.raises(ValueError, match=r"micro-batch of 4 .* 8 data-parallel devices \(mesh "
+                                       r"data=1 x fsdp=8\)"):
+    sharding_lib.check_batch_divisible(4, mesh(1, 8, 1))
+  sharding_lib.check_batch_divisible(32, mesh(8, 1, 1), micro_steps=4)
+  with pytest.raises(ValueError, match=r"micro-batch of 4 sequences \(config.train.batch_size=16 "
+                                       r"/ grad_accum_steps=4\)"):
+    sharding_lib.check_batch_divisible(16, mesh(8, 1, 1), micro_steps=4)
+  # 34 // 4 = 8 rows would split over 8 devices, but 34 rows are not 4 equal micro-batches.
+  with pytest.raises(ValueError, match="batch_size=34 is not divisible by "
+                                       "config.optim.grad_accum_steps=4"):
+    sharding_lib.check_batch_divisible(34, mesh(8, 1, 1), micro_steps=4)
+
+
 def test_masker_tables_are_step_arguments_not_compiled_constants():
   # A PMI table closed over by the step would be embedded in the program (GiBs at V = 30k) and
   # copied into every compilation; as a jit argument it is placed on the devices once.
@@ -411,6 +459,8 @@ def test_a_batch_shard_split_over_hosts_is_refused():
       [device(0), device(0), device(1), device(1)], object).reshape(1, 1, 4))
   with pytest.raises(ValueError, match="mesh.tensor=4 spans several processes"):
     sharding_lib.check_batch_shards_per_host(across)
+  with pytest.raises(ValueError, match="mesh.tensor=4 spans several processes"):
+    sharding_lib.check_batch_divisible(4, across)  # The batch check includes this one.
 
 
 def test_an_odd_vocabulary_stays_replicated_on_its_axis_with_one_log_line(caplog):
