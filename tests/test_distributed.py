@@ -81,8 +81,11 @@ def started(bare_env):
   def initialize(coordinator_address=None, num_processes=None, process_id=None):
     calls.append((coordinator_address, num_processes, process_id))
   bare_env.setattr(distributed.jax.distributed, "initialize", initialize)
+  # Added, not swapped in for the root's handler list: pytest adds and removes its own capture
+  # handlers around each test phase, and a swapped list left later tests' caplog empty.
   handler = logging.NullHandler()
-  bare_env.setattr(logging.getLogger(), "handlers", [handler])
+  root = logging.getLogger()
+  root.addHandler(handler)
 
   def start(coordinator=None, num=None, index=None, process_index=0):
     bare_env.setattr(distributed.flags, "FLAGS", {
@@ -90,8 +93,12 @@ def started(bare_env):
         "num_processes": SimpleNamespace(value=num), "process_id": SimpleNamespace(value=index)})
     bare_env.setattr(distributed.jax, "process_index", lambda: process_index)
     distributed.initialize()
-    return calls[-1] if calls else None, handler.filters
-  return start
+    return calls[-1] if calls else None, list(handler.filters)
+  yield start
+  root.removeHandler(handler)
+  for h in root.handlers:  # The filter initialize() put on every root handler.
+    for f in [f for f in h.filters if isinstance(f, distributed._WarningsOnly)]:
+      h.removeFilter(f)
 
 
 def test_initialize_passes_the_flags_to_jax(started):
