@@ -55,7 +55,8 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
   options = ocp.CheckpointManagerOptions(
       preservation_policy=preserve, best_fn=_eval_loss, best_mode="min",
       enable_async_checkpointing=not read_only, create=not read_only, read_only=read_only,
-      cleanup_tmp_directories=not read_only)  # Leftovers of killed saves.
+      cleanup_tmp_directories=not read_only,  # Leftovers of killed saves.
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)

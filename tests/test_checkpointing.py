@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -79,10 +80,17 @@ def test_failed_write_is_reported_and_keeps_earlier_checkpoints(tmp_path):
   saver = checkpointing.Checkpointer(tmp_path)
   saver.save(1, state, {"position": 1}, _meta(), force=True)
   saver.wait()
+  before = set(threading.enumerate())
   with _unwritable(checkpointing.checkpoint_dir(tmp_path)):
     with pytest.raises(checkpointing.CheckpointWriteError, match=r"previous checkpoints \[1\]"):
       saver.save(2, state.replace(step=state.step + 1), {"position": 2}, _meta(), force=True)
       saver.wait()
+  # No thread of the failed save is left waiting for its directory: such threads (orbax's, with
+  # asynchronous directory creation) kept the process from exiting for 20 minutes.
+  started = [t for t in set(threading.enumerate()) - before if not t.daemon]
+  for t in started:
+    t.join(timeout=30)
+  assert not [t.name for t in started if t.is_alive()]
   reader = checkpointing.Checkpointer(tmp_path)
   assert reader.all_steps() == [1]
   shardings = jax.tree.map(lambda x: x.sharding, state)
