@@ -56,6 +56,8 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
       preservation_policy=preserve, best_fn=_eval_loss, best_mode="min",
       enable_async_checkpointing=not read_only, create=not read_only, read_only=read_only,
       cleanup_tmp_directories=not read_only,  # Leftovers of killed saves.
+      # Directories made inside save(): made in the background, a failure to create them left
+      # orbax's writer threads waiting 20 minutes for them, and the process could not exit.
       async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}
