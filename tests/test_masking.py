@@ -964,3 +964,343 @@ def test_random_replacements_cover_every_non_special_id():
   assert not counts[list(specials)].any()
   assert scipy.stats.chisquare(counts[ordinary]).pvalue > 1e-3, counts
   assert counts[18] > 0 and counts[1] > 0
+
+
+# --- From a mutation audit of the masking package (select / pmi_span / online / words / show) ---
+
+def _reference_pmi_segmentation(row, ngram_set, max_tokens):
+  """Greedy left-to-right longest match in plain Python: (unit_start, ngram_len) of one row."""
+  length = len(row)
+  maskable = ~np.isin(row, SPECIAL)
+  starts = maskable & (~CONT[row] | ~np.concatenate([[False], maskable[:-1]]))
+  boundary = np.concatenate([starts | ~maskable, [True]])  # A unit may end before j.
+  unit_start, ngram_len = np.zeros(length, bool), np.zeros(length, np.int32)
+  i = 0
+  while i < length:
+    if not maskable[i]:
+      i += 1
+      continue
+    unit_start[i] = True
+    for n in range(2, max_tokens + 1):
+      if i + n <= length and maskable[i:i + n].all() and boundary[i + n] and \
+          tuple(row[i:i + n].tolist()) in ngram_set:
+        ngram_len[i] = n
+    i += ngram_len[i] if ngram_len[i] else 1 + np.argmax(boundary[i + 1:])
+  return unit_start, ngram_len
+
+
+def test_pmi_ngram_segmentation_matches_a_brute_force_reference():
+  """Rows over a few ids (n-grams overlap and nest), with [SEP] / [PAD] inside and rows that end
+  without one; the vocabulary is cut from the rows at random places (some across a special or
+  inside a word, which must not match), up to max_ngram_tokens = 6 tokens long."""
+  rng = np.random.default_rng(31)
+  length, max_tokens = 24, 6
+  ids = np.array([600, 601, 602, 603, 900, 901, SEP])  # 900, 901: "##" pieces
+  p = [0.22, 0.22, 0.15, 0.15, 0.1, 0.1, 0.06]
+  source = rng.choice(ids, (64, length), p=p)
+  ngrams = set()
+  for n in range(2, max_tokens + 1):
+    while len(ngrams) < 12 * (n - 1):
+      b, s = rng.integers(64), rng.integers(0, length - n + 1)
+      ngrams.add(tuple(source[b, s:s + n].tolist()))
+  vocab = sorted(ngrams)
+  tokens = np.full((256, length), PAD, np.int32)
+  for b in range(256):  # N-grams of the vocabulary amid random tokens.
+    row = [CLS]
+    while len(row) < length:
+      row += vocab[rng.integers(len(vocab))] if rng.random() < 0.5 else [rng.choice(ids, p=p)]
+    tokens[b] = row[:length]
+  ends = rng.integers(length - 6, length + 1, 256)  # length: no [SEP] / [PAD] at the end
+  tokens[np.arange(length)[None, :] >= ends[:, None]] = PAD
+  masker = build("pmi_span", ngrams=vocab, max_ngram_tokens=max_tokens)
+  _, aux = jax.jit(lambda k, t: masker(k, t, with_aux=True))(jax.random.key(0), tokens)
+  unit_start, ngram_len = np.asarray(aux["unit_start"]), np.asarray(aux["ngram_len"])
+  lengths, edge = np.zeros(max_tokens + 1, int), 0
+  for b in range(len(tokens)):
+    want_start, want_len = _reference_pmi_segmentation(tokens[b], ngrams, max_tokens)
+    np.testing.assert_array_equal(unit_start[b], want_start, err_msg=f"row {b}: {tokens[b]}")
+    np.testing.assert_array_equal(ngram_len[b], want_len, err_msg=f"row {b}: {tokens[b]}")
+    lengths += np.bincount(want_len, minlength=max_tokens + 1)
+    stops = np.flatnonzero(want_len) + want_len[want_len > 0]
+    edge += sum(e == length or tokens[b, e] in SPECIAL for e in stops)
+  assert (lengths[2:] > 20).all(), lengths  # Matches of every length, the longest included.
+  assert edge > 20, edge  # Matches that end right before a special or at the row's end.
+
+
+def test_pmi_ngram_found_when_another_ngram_shares_its_first_hash():
+  """Two n-grams whose first 32-bit hashes collide sit side by side in the sorted table; the
+  second hash tells them apart, so both must be found (the lookup checks two slots)."""
+  vocab = 1 << 16
+  ids = np.arange(5, vocab, dtype=np.uint32)
+  first = prng.mix32(pmi_span_lib._SEED1 ^ ids)  # h1 after the first token
+  order = np.argsort(first >> 16, kind="stable")
+  i = np.flatnonzero((first[order][1:] >> 16) == (first[order][:-1] >> 16))[0]
+  a, c = ids[order[i]], ids[order[i + 1]]
+  b = np.uint32(7)
+  d = first[order[i]] ^ first[order[i + 1]] ^ b  # mix32(A ^ b) == mix32(C ^ d)
+  ngrams = [(int(a), int(b)), (int(c), int(d))]
+  h1, h2 = pmi_span_lib.hash_ngrams(ngrams)
+  assert h1[0] == h1[1] and h2[0] != h2[1]
+  masker = masking.get_masker("pmi_span", vocab_size=vocab, mask_id=MASK, special_ids=SPECIAL,
+                              continuation=np.zeros(vocab, bool), ngrams=ngrams)
+  tokens = np.array([[CLS, *ngram, 9, SEP] for ngram in ngrams], np.int32)
+  _, aux = masker(jax.random.key(0), tokens, with_aux=True)
+  np.testing.assert_array_equal(np.asarray(aux["ngram_len"])[:, 1], [2, 2])
+
+
+def _reference_select_units(keys, unit_start, maskable, budget, fill, truncate, seen):
+  """select_units in plain Python: the prefix of units in key order within the budget; then
+  (fill) the prefix, in the same order, of the remaining units no longer than what is left, or
+  (truncate) the first unit left out cut to what is left."""
+  length = len(keys)
+  boundary = np.concatenate([unit_start | ~maskable, [True]])
+  starts = np.flatnonzero(unit_start)
+  lens = {s: 1 + int(np.argmax(boundary[s + 1:])) for s in starts}
+  order = sorted(starts, key=lambda s: keys[s])
+  taken, used = [], 0
+  while len(taken) < len(order) and used + lens[order[len(taken)]] <= budget:
+    used += lens[order[len(taken)]]
+    taken.append(order[len(taken)])
+  rest = order[len(taken):]
+  remaining = budget - used
+  mask = np.zeros(length, bool)
+  if fill:
+    extra = 0
+    for s in [s for s in rest if lens[s] <= remaining]:
+      if extra + lens[s] > remaining:
+        break
+      seen["fit"] += lens[s] == remaining  # a unit of just the budget left
+      extra += lens[s]
+      taken.append(s)
+  for s in taken:
+    mask[s:s + lens[s]] = True
+  if truncate and rest:
+    mask[rest[0]:rest[0] + min(remaining, lens[rest[0]])] = True
+    seen["cut"] += 0 < remaining
+  return mask & maskable
+
+
+@pytest.mark.parametrize("fill,truncate", [(True, False), (False, True), (False, False)])
+def test_select_units_matches_a_brute_force_reference(fill, truncate):
+  """Random units (cut by non-maskable tokens), words and budgets at lengths that are and are not
+  powers of two; keys rebuilt here: 16 random bits over ceil(log2 L) position bits."""
+  rng = np.random.default_rng(17)
+  seen = {"fit": 0, "cut": 0}
+  for length in (13, 24, 64):
+    n = 300
+    maskable = rng.random((n, length)) > 0.1
+    unit_start = maskable & (rng.random((n, length)) < 0.45)
+    unit_start |= maskable & ~np.concatenate([np.zeros((n, 1), bool), maskable[:, :-1]], 1)
+    words = rng.integers(0, 2**32, (n, length), dtype=np.uint64).astype(np.uint32)
+    words[:, ::5] = words[:, 1::5][:, :words[:, ::5].shape[1]] | 0xFFFF  # ties in the top bits
+    words[:, 3::7] |= np.uint32(0xFFFF0000)  # the largest words share the clamped key 2**16 - 2
+    budget = rng.integers(0, maskable.sum(1) + 1).astype(np.int32)
+    fn = jax.jit(jax.vmap(lambda u, m, w, k: select.select_units(u, m, w, k, fill=fill,
+                                                                 truncate=truncate)))
+    got = np.asarray(fn(unit_start, maskable, words, budget))
+    pb = int(np.ceil(np.log2(length)))
+    keys = (np.minimum(words >> 16, 2**16 - 2).astype(np.int64) << pb) | np.arange(length)
+    for b in range(n):
+      want = _reference_select_units(keys[b], unit_start[b], maskable[b], budget[b], fill,
+                                     truncate, seen)
+      np.testing.assert_array_equal(got[b], want, err_msg=f"L={length}, row {b}")
+  assert seen["fit"] > 50 or not fill, seen  # Cases the fill and the cut decide.
+  assert seen["cut"] > 50 or not truncate, seen
+
+
+def test_online_restricted_pmi_vocab_ties_keep_the_lower_ids():
+  """pmi_vocab_size keeps the tokens with the most PMI entries, ties going to the lower id."""
+  pairs = [(12, 13), (12, 14), (12, 15), (9, 10), (3, 4), (5, 6), (7, 8)]  # 12: 3 partners
+  rows, cols = np.array(pairs).T
+  pmi = scipy.sparse.coo_matrix((np.ones(14), (np.r_[rows, cols], np.r_[cols, rows])),
+                                shape=(20, 20))
+  row_of, size = online_lib.restrict_vocab(pmi, pmi_vocab_size=4)
+  assert size == 4
+  np.testing.assert_array_equal(np.flatnonzero(row_of >= 0), [3, 4, 5, 12])
+  np.testing.assert_array_equal(row_of[[3, 4, 5, 12]], [0, 1, 2, 3])
+
+
+def test_online_sparse_table_from_unsorted_entries_and_bfloat16_dense():
+  """build_tables sorts the sparse keys itself (a COO matrix may list its entries in any order):
+  every pair's value equals the dense table's; pmi_dtype='bfloat16' stores the dense table in
+  bfloat16 (half the memory) with the values rounded to it."""
+  dense_pmi = _pmi_matrix()
+  order = np.random.default_rng(2).permutation(dense_pmi.nnz)
+  shuffled = scipy.sparse.coo_matrix(
+      (dense_pmi.data[order], (dense_pmi.row[order], dense_pmi.col[order])), shape=(V, V))
+  sparse, size = online_lib.build_tables(shuffled, pmi_table="sparse", pmi_vocab_size=300)
+  dense, _ = online_lib.build_tables(dense_pmi, pmi_vocab_size=300)
+  rows = jnp.asarray(np.r_[np.arange(size), size])  # every row, and the zero row
+  want = np.asarray(online_lib.pair_pmi(dense, rows, size))
+  assert np.count_nonzero(want) > 1000
+  np.testing.assert_array_equal(np.asarray(online_lib.pair_pmi(sparse, rows, size)), want)
+  half, _ = online_lib.build_tables(dense_pmi, pmi_vocab_size=300, pmi_dtype="bfloat16")
+  assert half["pmi_dense"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(online_lib.pair_pmi(half, rows, size)), want, rtol=1e-2)
+
+
+def test_online_sparse_table_row_limit():
+  """uint32 keys row * (R + 1) + col with a sentinel R * (R + 1) + R + 1 past them: R = 65,534
+  rows is the most that fits (its largest pairs still look up right); R = 65,535 is refused,
+  and the message says what the limit is."""
+  vocab = 1 << 16
+
+  def chain(rows):  # Tokens 0..rows-1, each with a PMI entry to the next.
+    i = np.arange(rows - 1)
+    one_way = scipy.sparse.coo_matrix((i + 1.0, (i, i + 1)), shape=(vocab, vocab))
+    return (one_way + one_way.T).tocoo()
+
+  tables, size = online_lib.build_tables(chain(65_534), pmi_table="sparse")
+  assert size == 65_534
+  rows = jnp.array([65_532, 65_533, 0, 1, size])  # The last: a token without PMI.
+  want = np.zeros((5, 5), np.float32)
+  want[0, 1] = want[1, 0] = 65_533.0
+  want[2, 3] = want[3, 2] = 1.0
+  np.testing.assert_array_equal(np.asarray(online_lib.pair_pmi(tables, rows, size)), want)
+  with pytest.raises(ValueError, match=r"supports up to 65,534 PMI rows, got 65535"):
+    online_lib.build_tables(chain(65_535), pmi_table="sparse")
+
+
+def test_online_num_candidates_bounds():
+  """K = 1 (a random mask of the budget's size) and K = 512 are taken; 513 is refused, in
+  get_masker and in check_config (before a run reads its corpus)."""
+  from configs import base
+  for k in (1, 512):
+    masker = masking.get_masker("informask_online", pmi=_pmi_matrix(), num_candidates=k,
+                                **COMMON)
+    assert dict(masker.options)["num_candidates"] == k
+  tokens, _, _ = synthetic_batch(0, batch=8)
+  _, aux = masker(jax.random.key(0), tokens[:, :16], with_aux=True)
+  assert aux["candidates"].shape == (8, 512, 16)
+  c = base.get_base_config("tiny", strategy="informask_online")
+  for k in (0, 513):
+    with pytest.raises(ValueError, match="num_candidates"):
+      masking.get_masker("informask_online", pmi=_pmi_matrix(), num_candidates=k, **COMMON)
+    c.masking.num_candidates = k
+    with pytest.raises(ValueError, match="num_candidates"):
+      masking.check_config(c.masking)
+
+
+@pytest.mark.parametrize("geometric_p,max_span_len", [(1.0, 10), (0.2, 1)])
+def test_span_options_at_their_bounds_give_one_word_spans(geometric_p, max_span_len):
+  """geometric_p = 1 and max_span_len = 1 are valid (every span one word: whole-word units cut
+  to the budget); each is accepted by get_masker and check_config."""
+  from configs import base
+  c = base.get_base_config("tiny", strategy="span")
+  c.masking.update(span_geometric_p=geometric_p, span_max_len=max_span_len)
+  masking.check_config(c.masking)
+  tokens, out, aux, _ = run("span", "exact", geometric_p=geometric_p, max_span_len=max_span_len)
+  np.testing.assert_array_equal(aux["unit_start"], aux["word_start"])
+  np.testing.assert_array_equal(out["mask"].sum(1), budgets(tokens))
+
+
+def test_pmi_span_max_ngram_tokens_bounds():
+  for bad in (1, 65, True, 12.0):
+    with pytest.raises(ValueError, match=r"max_ngram_tokens must be an integer in \[2, 64\]"):
+      build("pmi_span", max_ngram_tokens=bad)
+  long = tuple(range(600, 664))  # 64 word starts: an n-gram of the largest length
+  masker = build("pmi_span", ngrams=[*NGRAMS, long], max_ngram_tokens=64)
+  tokens = np.array([[CLS, *long, SEP]], np.int32)
+  _, aux = masker(jax.random.key(0), tokens, with_aux=True)
+  assert np.asarray(aux["ngram_len"])[0, 1] == 64
+
+
+def test_shared_options_at_their_bounds():
+  """special_ids (with [MASK]) covering all but one id is a valid vocabulary; covering all of it
+  is refused. A continuation table longer than the vocabulary (a tokenizer with added tokens)
+  is cut to it."""
+  masker = masking.get_masker("random", vocab_size=3, mask_id=0, special_ids=(1,),
+                              replace_prob=0.0, random_prob=1.0, mask_prob=0.5)
+  out = masker(jax.random.key(0), np.array([[1, 2, 2, 2, 2, 1]], np.int32))
+  assert int(out["mask"].sum()) == 2  # Replaced by the one non-special id, 2.
+  np.testing.assert_array_equal(np.asarray(out["input_ids"]), [[1, 2, 2, 2, 2, 1]])
+  with pytest.raises(ValueError, match="cover the whole vocabulary"):
+    masking.get_masker("random", vocab_size=2, mask_id=0, special_ids=(1,))
+  longer = np.concatenate([CONT, np.ones(24, bool)])
+  tokens, sentences, _ = synthetic_batch(3, batch=16)
+  masks = [np.asarray(masking.get_masker("whole_word", continuation=table, **COMMON)(
+      jax.random.key(1), tokens, sentence_ids=sentences)["mask"]) for table in (CONT, longer)]
+  np.testing.assert_array_equal(masks[0], masks[1])
+
+
+def test_masker_from_config_passes_every_strategy_option():
+  """Each config.masking field reaches its strategy (not only fields set to their defaults)."""
+  from configs import base
+  c = base.get_base_config("tiny", strategy="span")
+  c.masking.update(span_geometric_p=0.5, span_max_len=4)
+  m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK,
+                                 continuation=CONT)
+  assert dict(m.options) == {"geometric_p": 0.5, "max_span_len": 4}
+  c = base.get_base_config("tiny", strategy="informask_online")
+  c.masking.num_candidates = 3
+  m = masking.masker_from_config(c.masking, vocab_size=V, special_ids=SPECIAL, mask_id=MASK,
+                                 pmi=_pmi_matrix())
+  assert dict(m.options)["num_candidates"] == 3
+  c = base.get_base_config("tiny", strategy="pmi_span")
+  c.masking.pmi_variant = "trigram"
+  with pytest.raises(ValueError, match="pmi_variant"):
+    masking.check_config(c.masking)
+
+
+def test_show_render_marks_each_kind_of_target():
+  """[MASK], a random token (orig>new) and a kept token, on the right pieces ("##" joined)."""
+  from informask_jax.masking import show
+  tok = show.load_tokenizer()
+  ids = tok.convert_tokens_to_ids(["[CLS]", "mount", "ever", "##est", "is", "high", "[SEP]"])
+  new = list(ids)
+  new[1], new[3] = tok.mask_token_id, tok.convert_tokens_to_ids("cat")
+  result = {"input_ids": np.array(new), "mask": np.array([0, 1, 0, 1, 1, 0, 0], bool)}
+  assert show.render(tok, ids, result, colour=False) == "[mount] ever[est>cat] [is] high"
+  assert show.render(tok, ids, result, colour="html") == (
+      '<span style="background:#d33;color:#fff">mount</span> ever'
+      '<span style="background:#eb3;color:#000">est&gt;cat</span> '
+      '<span style="background:#4b4;color:#000">is</span> high')
+  ansi = show.render(tok, ids, result, colour=True)
+  assert ansi == (f"{show._ANSI['mask']}mount{show._ANSI['end']} ever{show._ANSI['random']}"
+                  f"est>cat{show._ANSI['end']} {show._ANSI['keep']}is{show._ANSI['end']} high")
+
+
+def test_show_cli_mask_prob(capsys):
+  from informask_jax.masking import show
+  text = "Mount Everest is the highest mountain on Earth above sea level."  # 12 pieces
+  show.main(["--strategy", "random", "--text", text, "--samples", "3", "--no-colour",
+             "--mask-prob", "0.5"])
+  rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert len(rows) == 3 and all(row.count("[") == 6 for row in rows), rows
+
+
+def test_online_tokens_without_pmi_look_up_the_zero_row():
+  """Tokens with no PMI entries, or left out by pmi_vocab_size, add nothing to a score: the
+  scores equal the brute force over the table restricted to the kept tokens."""
+  rng = np.random.default_rng(8)
+  dense = np.where(rng.random((V, V)) < 0.3, rng.random((V, V)) * 4, 0.0)
+  dense[300:], dense[:, 300:] = 0.0, 0.0  # Ids 300 and above have no PMI entries ...
+  dense[:5], dense[:, :5] = 0.0, 0.0  # ... nor the specials.
+  dense = np.triu(dense, 1) + np.triu(dense, 1).T
+  pmi = scipy.sparse.coo_matrix(dense)
+  row_of, _ = online_lib.restrict_vocab(pmi, pmi_vocab_size=120)
+  kept = row_of >= 0
+  restricted = np.where(kept[:, None] & kept[None, :], dense, 0.0)
+  tokens, sentences, _ = synthetic_batch(5, batch=16, length=32)
+  assert (~kept[tokens] & ~np.isin(tokens, SPECIAL)).mean() > 0.5
+  for table in ("dense", "sparse"):
+    masker = masking.get_masker("informask_online", pmi=pmi, num_candidates=6,
+                                pmi_vocab_size=120, pmi_table=table, **COMMON)
+    _, aux = masker(jax.random.key(4), tokens, sentence_ids=sentences, with_aux=True)
+    for b in range(len(tokens)):
+      expect = _brute_force_ir(tokens[b], sentences[b], np.asarray(aux["candidates"][b]),
+                               restricted)
+      np.testing.assert_allclose(np.asarray(aux["scores"][b]), expect, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["whole_word", "span", "pmi_span"])
+def test_a_row_that_starts_with_a_continuation_piece_starts_a_word_there(name):
+  """Without [CLS], a "##" piece at position 0 is the first token of a word (not a token of no
+  word, which would never be masked)."""
+  tokens = np.array([[900, 901, 10, 902, 11, 12, 13, 14, 15, 16]], np.int32)
+  masker = build(name, mask_prob=0.5)
+  _, aux = masker(jax.random.key(0), tokens, with_aux=True)
+  starts = aux["word_start" if name == "span" else "unit_start"]
+  np.testing.assert_array_equal(np.asarray(starts)[0], [1, 0, 1, 0, 1, 1, 1, 1, 1, 1])
+  masks = jax.jit(masker)(jax.random.key(1), np.repeat(tokens, 64, 0))["mask"]
+  assert np.asarray(masks)[:, 0].any()

@@ -94,8 +94,8 @@ def build_tables(pmi, *, pmi_vocab_size=None, pmi_table="dense", pmi_dtype="floa
     dense[r, c] = v
     tables["pmi_dense"] = jnp.asarray(dense, dtype=pmi_dtype)
   else:
-    if side * side >= 2**32:
-      raise ValueError(f"pmi_table='sparse' supports up to 65,535 PMI rows, got {size}.")
+    if side * side >= 2**32:  # The sentinel side * side must fit in uint32.
+      raise ValueError(f"pmi_table='sparse' supports up to 65,534 PMI rows, got {size}.")
     keys = r.astype(np.uint64) * side + c
     order = np.argsort(keys)
     # A sentinel past every real key keeps the lookup index in range.
