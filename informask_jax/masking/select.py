@@ -103,13 +103,18 @@ def expand_units(selected_starts, unit_start, maskable):
   return maskable & (owner >= 0) & selected_starts[jnp.maximum(owner, 0)]
 
 
-def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=False):
+def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=False,
+                 word_start=None):
   """Target mask covering whole units drawn in random order until the token budget.
 
   The prefix of units (in key order) whose total stays within `budget` is taken. Then either
   `fill`: a second pass takes, in the same order, further units that still fit (units stay whole,
-  count <= budget); or `truncate`: the first unit that did not fit is cut to the remaining budget
-  (count == budget, as SpanBERT does).
+  count <= budget); or `truncate`: of the first unit that did not fit, a window of the remaining
+  budget's length from a random token of the unit, moved back to the start of its word when
+  `word_start` is given, is taken (count == budget, one word cut at most, as SpanBERT's cut of a
+  span drawn from a random anchor). The start is random so that unit starts are not favoured: a
+  unit always starts after [CLS] and [SEP], and keeping the cut unit's first tokens made the
+  first word of a short sequence a target 3x as often as the others.
   """
   length = unit_start.shape[-1]
   keys, nbits = unique_keys(words, length)
@@ -127,8 +132,15 @@ def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=Fal
     big = np.uint32((1 << nbits) - 1)
     first = jnp.argmin(jnp.where(left, keys, big))
     owner = unit_owner(unit_start)
-    offset = jnp.arange(length, dtype=jnp.int32) - owner
-    cut = maskable & (owner == first) & left[first] & (offset < remaining)
+    pos = jnp.arange(length, dtype=jnp.int32)
+    # The window's first token, uniform over the lens - remaining + 1 places where it fits, from
+    # the low 16 bits of the unit's word (its key holds the top 16): (w * n) >> 16, n < 2**16.
+    places = jnp.maximum(lens[first] - remaining + 1, 1).astype(jnp.uint32)
+    start = first + (((words[first] & np.uint32(0xFFFF)) * places) >> np.uint32(16)).astype(
+        jnp.int32)
+    if word_start is not None:  # Back to its word's start (the unit's start is a word start).
+      start = jnp.max(jnp.where(word_start & (pos <= start), pos, first))
+    cut = maskable & (owner == first) & left[first] & (pos >= start) & (pos < start + remaining)
     mask = mask | cut
   return mask
 

@@ -8,7 +8,9 @@ round(mask_prob * n_maskable).
   whole_word  stops before the budget would be exceeded, then fills the rest with the next units
               that still fit: words are never split and the count never exceeds the budget.
   span        cuts the first span that does not fit to the remaining budget, as SpanBERT does:
-              exactly the budget, at the price of one span (possibly one word) cut short.
+              exactly the budget, at the price of one span (possibly one word) cut short. The
+              cut keeps the tokens from a random word of the span on, not its first ones, so
+              that the words that always start a span (after [CLS] / [SEP]) are not favoured.
 
 Corruption: whole_word decides [MASK] / random / keep per token, as BERT's whole-word masking;
 span decides it per span (all [MASK], all random, or all kept), as SpanBERT trains
@@ -27,12 +29,12 @@ import numpy as np
 from informask_jax.masking import prng, select
 
 
-def _units_mask(settings, seed, unit_start, maskable, budget, *, truncate):
+def _units_mask(settings, seed, unit_start, maskable, budget, *, truncate, word_start=None):
   words = prng.bits(seed, prng.UNITS, (unit_start.shape[-1],))
   if settings.budget == "bernoulli":
     return select.bernoulli_units(unit_start, maskable, words, settings.mask_prob)
   return select.select_units(unit_start, maskable, words, budget, fill=not truncate,
-                             truncate=truncate)
+                             truncate=truncate, word_start=word_start)
 
 
 def make_whole_word(settings):
@@ -81,7 +83,8 @@ def make_span(settings, geometric_p, max_span_len):
     begins = jnp.zeros((length,), bool).at[first_word].set(True, mode="drop")
     prev = jnp.concatenate([jnp.zeros((1,), bool), maskable[:-1]])
     unit_start = starts & (begins[jnp.clip(word_index, 0, length - 1)] | ~prev)
-    target = _units_mask(settings, seed, unit_start, maskable, budget, truncate=True)
+    target = _units_mask(settings, seed, unit_start, maskable, budget, truncate=True,
+                         word_start=starts)
     # One decision per run of consecutive targets: adjacent spans merge first, as SpanBERT's
     # merge_intervals does.
     run_start = target & ~jnp.concatenate([jnp.zeros((1,), bool), target[:-1]])
