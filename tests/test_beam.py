@@ -1,4 +1,4 @@
-"""The Beam pipeline of the corpus statistics (DirectRunner): the same tables as the local builder,
+"""The Beam pipeline of the corpus statistics: the same tables as the local builder,
 bit for bit, from .txt / .jsonl / .parquet shards; the rate stage finishes from its tables; its
 readers match `corpus`; bad input fails before the pipeline starts."""
 
@@ -21,7 +21,7 @@ from informask_jax.stats import beam_pipeline as bp
 # Every file a Beam build writes, and those whose bytes do not depend on when they were written
 # (an .npz is a zip archive with timestamps; its arrays are compared instead).
 TABLES = ("unigram_counts.npy", "pmi_ngrams.json", "pmi_bigrams.json", "vocab.txt")
-RUNNER = ["--runner=DirectRunner"]
+RUNNER = ["--runner=FnApiRunner"]
 
 
 def _beam():
@@ -129,14 +129,14 @@ def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path):
   config = _config(tmp_path / "cache", shards, **options)
   tokenizer_dir = next((pathlib.Path(local_config.data.cache_dir) / "tokenizers").iterdir())
   config.tokenizer.name_or_path = str(tokenizer_dir)
-  # No --runner: the DirectRunner, named (Beam's own default would try to download Prism).
+  # No --runner: the FnApiRunner, named (Beam's DirectRunner would try to download Prism).
   out = pathlib.Path(bp.run(config, output=str(tmp_path / "out"), what=("counts", "pmi"),
                             beam_args=[], **SMALL))
   assert out == tmp_path / "out" and not (out / "pmi_ngrams.json").exists()
   _assert_same_tables(local, out, names=("unigram_counts.npy",))
   meta = json.loads((out / "meta.json").read_text())
   assert meta["corpus_fingerprint"].startswith("files-")
-  assert meta["built_with"]["runner"] == "DirectRunner"
+  assert meta["built_with"]["runner"] == "FnApiRunner"
   assert sorted(meta["files"]) == ["pmi.npz", "unigram_counts.npy", "vocab.txt"]
 
 
@@ -215,7 +215,7 @@ def test_missing_text_field_names_the_file(built, shards, tmp_path):
   assert not (tmp_path / "out" / artifacts.META).exists()
 
 
-# --- Pieces the DirectRunner builds above never reach: merged accumulators, the tiny-corpus
+# --- Pieces the local runner builds above never reach: merged accumulators, the tiny-corpus
 # split, a remote --output ----------------------------------------------------------------
 
 def _combine(fn, groups):
@@ -271,7 +271,7 @@ def test_hash_split_of_copies_of_a_document_matches_the_local_builders():
 
 
 def test_combiners_merge_partial_accumulators():
-  """Runners other than the DirectRunner merge per-worker accumulators: the result must be the
+  """Runners other than the local one merge per-worker accumulators: the result must be the
   one of a single accumulator over all inputs."""
   _beam()
   rng = np.random.default_rng(0)
@@ -343,7 +343,7 @@ def test_flags_and_config_the_pipeline_refuses(tmp_path):
   config = _config(tmp_path, tmp_path)
   for name in ("pair_blocks", "ngram_partitions", "batch_chars"):
     with pytest.raises(ValueError, match=rf"{name}=0 must be >= 1"):
-      bp.run(config, **{name: 0}, beam_args=["--runner=DirectRunner"])
+      bp.run(config, **{name: 0}, beam_args=RUNNER)
   config.data.validation_fraction = 1.0
   with pytest.raises(ValueError, match=r"validation_fraction=1.0 must be in \[0, 1\)"):
     bp.check_config(config)

@@ -1,5 +1,5 @@
 """The corpus statistics on Apache Beam: the local builder's tables, computed from text shards on
-any Beam runner (DirectRunner in tests; Dataflow, Spark or Flink with the same code).
+any Beam runner (the local FnApiRunner by default; Dataflow, Spark or Flink with the same code).
 
   python -m informask_jax.stats.beam_pipeline --config configs/informask.py:paper \
       --files='gs://BUCKET/wiki-books/*.parquet' --output=gs://BUCKET/stats/wiki-books \
@@ -716,9 +716,9 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
                                  ngram_partitions=ngram_partitions, batch_chars=batch_chars)
   options = PipelineOptions(list(beam_args))
   if options.view_as(StandardOptions).runner is None:
-    # Named, not left to Beam: recent versions default to the Prism runner, which they first
-    # try to download (from GitHub: offline, a failure and a traceback in the log).
-    options.view_as(StandardOptions).runner = "DirectRunner"
+    # The local batch runner, named: Beam's default, the DirectRunner, first tries its Prism
+    # runner, which it downloads from GitHub (offline: a failure in the log, then a fallback).
+    options.view_as(StandardOptions).runner = "FnApiRunner"
   meta["built_with"] = {"apache_beam": beam.__version__,
                         "runner": str(options.view_as(StandardOptions).runner),
                         "shards": len(paths)}
