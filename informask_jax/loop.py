@@ -71,6 +71,12 @@ def check_config(config) -> None:
   name = config.masking.name
   if name in _STATS_NEEDED and not (name == "informask" and config.masking.rates_path):
     stats.build.check_config(config)  # The statistics will be built: their settings too.
+  streaming = [i for i, src in enumerate(config.data.sources) if src.get("streaming")]
+  if name == "informask" and not config.masking.rates_path and streaming:
+    # The rate stage samples packed rows, which a stream never holds (PMI and n-grams may come
+    # from a Beam build in the cache, so the other strategies are checked once it is known).
+    raise ValueError(stats.build.STREAMING.format(
+        where=f"config.data.sources[{streaming[0]}].streaming=True"))
   budget = round(config.masking.mask_prob * (config.data.seq_len - 2))
   if config.masking.budget == "exact" and m.max_predictions < budget:
     raise ValueError(
@@ -87,11 +93,15 @@ def check_config(config) -> None:
   # Checks the loaders make again later, made here too so they fail before the corpus is read.
   if config.masking.rates_path:
     masking.informask.rates_file(config.masking.rates_path)
+    if name == "informask":  # Its contents too, but for the size, which needs the vocabulary.
+      masking.informask.load_rates(config.masking.rates_path, None)
   if config.init_from:
     try:
       checkpointing.require_checkpoint_dir(config.init_from)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.init_from: {e}") from None
+    _check_architecture_early(checkpointing.latest_meta(config.init_from), config,
+                              f"config.init_from={config.init_from}", same_layout=False)
   if m.attention == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(
         f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "
@@ -156,7 +166,10 @@ def _check_resume_settings(workdir: pathlib.Path, config) -> None:
   corpus), a resume whose tokenizer or data-order settings differ from those of the latest
   checkpoint: the embedding rows are per token id, and the saved iterator position is per batch
   order. (With a stream the position counts packed rows too, so seq_len and packing matter.)"""
-  saved = (checkpointing.latest_meta(workdir) or {}).get("config")
+  meta = checkpointing.latest_meta(workdir)
+  _check_architecture_early(meta, config, f"the latest checkpoint in {workdir}",
+                            same_layout=True)
+  saved = (meta or {}).get("config")
   if not isinstance(saved, dict):  # Unreadable: the resume itself names the damaged step.
     return
   current = _config_json(config)
@@ -569,6 +582,23 @@ def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
 def _config_json(config) -> dict:
   """The config as plain JSON types (ConfigDicts nested in lists included)."""
   return json.loads(config.to_json_best_effort())
+
+
+def _check_architecture_early(meta, config, where: str, *, same_layout: bool) -> None:
+  """The model settings against a checkpoint's, before the vocabulary and the corpus are built:
+  all but the vocabulary size and padding id, which follow the tokenizer (and are compared with
+  the rest once it is built)."""
+  saved = (meta or {}).get("mlm_config")
+  if not isinstance(saved, dict):  # Unreadable: the restore names the damaged step itself.
+    return
+  try:
+    current = model_lib.MLMConfig.from_config(config.model, vocab_size=saved["vocab_size"],
+                                              pad_id=saved["pad_id"])
+  except (KeyError, TypeError):
+    return
+  if not same_layout:  # Unrolled or scanned layers convert into each other (init_from).
+    saved = {**saved, "scan_layers": current.scan_layers}
+  _check_architecture(model_lib.MLMConfig(**saved), current, where)
 
 
 def _check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig, where: str):

@@ -178,8 +178,12 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   loop.train_and_evaluate(config, tmp_path)
   config.model.num_layers = 2
   config.train.num_steps = 4
-  with pytest.raises(ValueError, match=r"model.num_layers: checkpoint 1 != run 2"):
-    loop.train_and_evaluate(config, tmp_path)
+  with monkeypatch.context() as patch:  # Refused before the corpus and its statistics are read.
+    patch.setattr(loop.data, "build_input_pipeline",
+                  lambda config: pytest.fail("the input pipeline was built"))
+    with pytest.raises(ValueError, match=r"(?s)latest checkpoint in .*model.num_layers: "
+                                         r"checkpoint 1 != run 2"):
+      loop.train_and_evaluate(config, tmp_path)
   # The refused run changed nothing: config.json still describes the checkpoints.
   assert json.loads((tmp_path / "config.json").read_text())["model"]["num_layers"] == 1
   config.model.num_layers = 1
@@ -209,8 +213,19 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   config.train.overwrite = True
   config.init_from = str(tmp_path)
   config.model.num_layers = 2
-  with pytest.raises(ValueError, match=r"config.init_from=.* does not match"):
-    loop.train_and_evaluate(config, tmp_path)
+  with monkeypatch.context() as patch:  # Also known before the corpus is read.
+    patch.setattr(loop.data, "build_input_pipeline",
+                  lambda config: pytest.fail("the input pipeline was built"))
+    with pytest.raises(ValueError, match=r"(?s)config.init_from=.* does not match.*num_layers"):
+      loop.train_and_evaluate(config, tmp_path)
+  # Scanned and unrolled layers are one architecture for init_from (converted on load).
+  config.model.num_layers, config.model.scan_layers = 1, not config.model.scan_layers
+  loop._check_architecture_early(checkpointing.latest_meta(tmp_path), config, "x",
+                                 same_layout=False)
+  with pytest.raises(ValueError, match="model.scan_layers"):
+    loop._check_architecture_early(checkpointing.latest_meta(tmp_path), config, "x",
+                                   same_layout=True)
+  config.model.num_layers, config.model.scan_layers = 2, not config.model.scan_layers
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert (tmp_path / "metrics.jsonl").exists()
   # ... nor when only the training data turns out too small for one batch.
@@ -416,6 +431,21 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
     config = copy.deepcopy(tiny_config)
     config.update_from_flattened_dict({key: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):
+      loop.train_and_evaluate(config, tmp_path / "run")
+  # A rate table's contents (all but its size, which needs the vocabulary) and informask's
+  # rates on a streaming corpus (the rate stage samples packed rows, which a stream never has).
+  (tmp_path / "nan.json").write_text('{"5": NaN, "6": 0.1}')
+  (tmp_path / "rows.npy").write_bytes(b"")
+  np.save(tmp_path / "rows.npy", np.ones((4, 3)))
+  for key, value, message in (
+      ("masking.rates_path", str(tmp_path / "nan.json"), r"nan.json' .* lists 1 non-finite"),
+      ("masking.rates_path", str(tmp_path / "rows.npy"), r"rows.npy' has shape \(4, 3\)"),
+      ("data.sources", [dict(kind="files", name=str(tmp_path / "*.txt"), streaming=True)],
+       r"sources\[0\]\.streaming=True\) has none\. .* masking.rates_path")):
+    config = copy.deepcopy(tiny_config)
+    config.masking.name = "informask"
+    config[key.split(".")[0]][key.split(".")[1]] = value
+    with pytest.raises(ValueError, match=message):
       loop.train_and_evaluate(config, tmp_path / "run")
   if jax.default_backend() != "gpu":
     tiny_config.model.attention = "cudnn"

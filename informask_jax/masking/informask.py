@@ -52,7 +52,10 @@ def rates_file(path) -> str:
 
 
 def load_rates(rates, vocab_size, missing_rate="mean"):
-  """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid."""
+  """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid.
+
+  vocab_size=None checks what needs no vocabulary (a config check before the tokenizer exists):
+  a JSON table then has the size of its largest id + 1."""
   if isinstance(rates, str | os.PathLike):
     path = rates_file(rates)
     if path.endswith(".npy"):
@@ -68,9 +71,10 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
   else:
     table, where = rates, "rates"
   table = np.asarray(table, np.float64)
-  if table.shape != (vocab_size,):
-    raise ValueError(f"The {where} has shape {table.shape}; expected ({vocab_size},) "
-                     "(one rate per token id of the vocabulary).")
+  if table.ndim != 1 or (vocab_size is not None and table.shape != (vocab_size,)):
+    raise ValueError(f"The {where} has shape {table.shape}; expected "
+                     f"({'V' if vocab_size is None else vocab_size},) (one rate per token id of "
+                     "the vocabulary).")
   if not np.all(np.isfinite(table)):
     raise ValueError(f"The {where} has {int(np.sum(~np.isfinite(table)))} non-finite entries.")
   if np.any(table < 0):
@@ -146,6 +150,11 @@ def _rates_from_json(path, vocab_size, missing_rate):
     except (TypeError, ValueError):
       raise ValueError(f"{where}: {key!r}: {value!r} is not id -> rate.") from None
   ids = np.asarray(ids)
+  if vocab_size is None:  # Checked without the vocabulary: as large as its ids need.
+    vocab_size = max(int(ids.max()) + 1, 1)
+    listed_enough = True
+  else:
+    listed_enough = len(np.unique(ids)) >= vocab_size / 2
   if ids.min() < 0 or ids.max() >= vocab_size:
     bad = ids.max() if ids.max() >= vocab_size else ids.min()
     raise ValueError(f"{where} has token id {bad} outside the vocabulary "
@@ -163,7 +172,7 @@ def _rates_from_json(path, vocab_size, missing_rate):
   else:
     raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
   listed = len(np.unique(ids))
-  if listed < vocab_size / 2:  # Most ids at one rate: close to uniform masking.
+  if not listed_enough:  # Most ids at one rate: close to uniform masking.
     log.warning("%s lists only %d of the vocabulary's %d token ids; the other %d get the fill "
                 "rate %.6g (masking.missing_rate=%r). Is it the table of this tokenizer?", where,
                 listed, vocab_size, vocab_size - listed, fill, missing_rate)

@@ -103,12 +103,14 @@ def _special_tuple(pipeline) -> tuple[int, ...]:
   return (int(s.pad), int(s.unk), int(s.cls), int(s.sep), int(s.mask))
 
 
+STREAMING = ("Corpus statistics need the tokenized corpus in memory or on disk; a streaming "
+              "source ({where}) has none. Set streaming=False for the sources, or, for informask "
+              "only, give a rate table built from a non-streaming copy as masking.rates_path.")
+
+
 def _corpus(pipeline):
   if pipeline.tokenized_train is None:
-    raise ValueError("Corpus statistics need the tokenized corpus in memory or on disk; a "
-                     "streaming source (config.data.sources[*].streaming=True) has none. Set "
-                     "streaming=False for the sources, or, for informask only, give a rate table "
-                     "built from a non-streaming copy as masking.rates_path.")
+    raise ValueError(STREAMING.format(where="config.data.sources[*].streaming=True"))
   return chunks_lib.as_corpus(pipeline.tokenized_train)
 
 
