@@ -17,8 +17,13 @@
 #   pip download --no-deps --only-binary=:all: -d .whl ml_collections
 # and carried along), else the script stops with that instruction.
 set -uo pipefail
+usage="usage: bash bench/gpu_checks.sh OUTDIR (SMOKE=1 for tiny sizes; PYTHON=... for the interpreter)"
+case "${1:-}" in
+  -h|--help) echo "$usage"; sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -*|"") echo "$usage" >&2; exit 2 ;;
+esac
+out=$1
 cd "$(dirname "$0")/.."
-out=${1:?usage: bash bench/gpu_checks.sh OUTDIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}

@@ -17,6 +17,8 @@ Every field below is overridable from the command line: `--config.train.batch_si
 
 import ml_collections
 
+from informask_jax import paths
+
 # Model sizes, named as in Turc et al. 2019 ("Well-Read Students Learn Better") and BERT.
 MODEL_SIZES = {
     #          layers hidden heads mlp
@@ -64,7 +66,7 @@ def get_base_config(arg=None, strategy="informask"):
   c.data.packing = "full_sentences"
   # Share of documents held out, by a hash of the title (wiki_vital) or of the text (others).
   c.data.validation_fraction = 0.02
-  c.data.cache_dir = "~/.cache/informask_jax"  # Tokenized corpora and statistics live here.
+  c.data.cache_dir = paths.default_cache_dir()  # Tokenized corpora and statistics (~/.cache).
   c.data.num_proc = 2 if tiny else 8  # Processes for tokenization (datasets.map).
   c.data.max_documents = -1  # Use only the first N documents (-1: all); for quick experiments.
   c.data.prefetch = 2  # Batches prepared ahead of the train step.

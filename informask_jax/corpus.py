@@ -29,6 +29,8 @@ import re
 import datasets
 import numpy as np
 
+from informask_jax import paths
+
 log = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("wiki_vital", "hub", "files")
@@ -268,7 +270,7 @@ def load_corpus(data_config):
   sources = check_sources(data_config)
   streaming = any(bool(s.get("streaming")) for s in sources)
   num_proc = max(1, int(data_config.get("num_proc", 1) or 1))
-  cache_dir = os.path.expanduser(data_config.get("cache_dir") or "~/.cache/informask_jax")
+  cache_dir = os.path.expanduser(data_config.get("cache_dir") or paths.default_cache_dir())
   remaining = int(data_config.get("max_documents", -1))
   remaining = None if remaining < 0 else remaining
   parts = []

@@ -112,7 +112,8 @@ def _log_topology(config, mesh) -> None:
   logging.info("Process %d of %d; %d local / %d global devices (%s); mesh %s.",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].device_kind, dict(mesh.shape))
-  logging.info("Config:\n%s", config)
+  # Through plain types: a ConfigDict inside a list (a data source) prints as a Python object.
+  logging.info("Config:\n%s", ml_collections.ConfigDict(_config_json(config)))
   if (jax.default_backend() == "cpu" and sys.platform == "linux"
       and "hugetlb" not in os.environ.get("GLIBC_TUNABLES", "")):
     # XLA:CPU's per-step buffers fault in 4 KiB at a time (bench/RESULTS.md, "Page faults").

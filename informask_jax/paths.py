@@ -1,7 +1,13 @@
-"""Checks on the output directories users name (--out, --workdir), made before any slow work."""
+"""Where files go: the default cache, and checks on the output directories users name (--out,
+--workdir), made before any slow work."""
 
 import os
 import tempfile
+
+
+def default_cache_dir() -> str:
+  """$XDG_CACHE_HOME/informask_jax, else ~/.cache/informask_jax (not expanded: callers do)."""
+  return os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "informask_jax")
 
 
 def check_writable_dir(path, what: str, *, sibling: bool = False) -> None:

@@ -27,6 +27,7 @@ import transformers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from informask_jax import corpus as corpus_lib
+from informask_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ def _train_cached(tokenizer_config, corpus, cache_dir):
   train, corpus_fp = _training_texts(corpus)
   key = hashlib.sha256(
       json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
-  cache_dir = os.path.expanduser(cache_dir or "~/.cache/informask_jax")
+  cache_dir = os.path.expanduser(cache_dir or paths.default_cache_dir())
   path = os.path.join(cache_dir, "tokenizers", f"wordpiece-{vocab_size}-{key}")
   if os.path.isfile(os.path.join(path, "tokenizer.json")):
     log.info("Loading the trained tokenizer from %s.", path)

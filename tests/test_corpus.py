@@ -200,3 +200,14 @@ def test_empty_corpus(tmp_path):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(empty))]))
   with pytest.raises(ValueError, match="sources is empty"):
     corpus.load_corpus(_data_config(tmp_path, []))
+
+
+def test_the_default_cache_follows_xdg_cache_home(monkeypatch):
+  from configs import base
+  from informask_jax import paths
+
+  monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+  assert paths.default_cache_dir() == "~/.cache/informask_jax"
+  monkeypatch.setenv("XDG_CACHE_HOME", "/scratch/me/cache")
+  assert paths.default_cache_dir() == "/scratch/me/cache/informask_jax"
+  assert base.get_base_config("tiny").data.cache_dir == "/scratch/me/cache/informask_jax"

@@ -760,3 +760,13 @@ def test_evaluation_pools_every_batchs_targets(tiny_config, monkeypatch):
   assert out["eval_loss"] == pytest.approx(12.0 / 4.0)
   assert out["eval_accuracy"] == pytest.approx(2.0 / 4.0)
   assert out["eval_perplexity"] == pytest.approx(np.exp(3.0), rel=1e-5)
+
+
+def test_the_logged_config_reads_as_plain_yaml(tiny_config, caplog):
+  """The data sources (ConfigDicts in a list) print as their fields, not as Python objects."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  with caplog.at_level(logging.INFO):
+    loop._log_topology(tiny_config, mesh)
+  (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Config:")]
+  assert "!!python" not in logged and "_fields" not in logged
+  assert "  - config: null\n    kind: wiki_vital\n" in logged

@@ -50,7 +50,7 @@ import types
 import numpy as np
 import scipy.sparse as sp
 
-from informask_jax import cli
+from informask_jax import cli, paths
 from informask_jax.stats import artifacts as art
 from informask_jax.stats import build as build_lib
 from informask_jax.stats import chunks as chunks_lib
@@ -641,7 +641,7 @@ def _launch_state(config, patterns, output):
   from informask_jax import corpus, data, tokenization
 
   listed = list_files(patterns)
-  cache_dir = os.path.expanduser(config.data.cache_dir or "~/.cache/informask_jax")
+  cache_dir = os.path.expanduser(config.data.cache_dir or paths.default_cache_dir())
   loaded = None
   if not output:
     if any("://" in f for f, _ in listed):
