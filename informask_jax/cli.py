@@ -179,6 +179,15 @@ def parse_flags(argv: list[str]) -> list[str]:
       kind, field = unsupported.groups()
       message = (f"--{field}: a {kind} field cannot be set from the command line; write a small "
                  "config file that imports one of configs/ and sets it.")
+    if "--config=None: Flag --config must have a value" in message:
+      message = ("--config is required: e.g. --config configs/informask.py:tiny (then overrides "
+                 "such as --config.train.batch_size=64)")
+    elif "before a value for --config" in message:
+      message += " (put --config FILE first, then the --config.x=... overrides)"
+    boolean = re.search(r"flag (--config\.\S+?)=(\S*): \('Non-boolean argument to boolean flag'",
+                        message)
+    if boolean:  # absl quotes a tuple here.
+      message = f"{boolean.group(1)}={boolean.group(2)}: expected True or False"
     # ml_collections quotes a config file's failure with its traceback: keep the last line.
     message = message.splitlines()[-1].strip() if message else type(e).__name__
     print(f"{argv[0]}: bad command-line flag: {message}", file=sys.stderr)

@@ -559,15 +559,22 @@ def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
       "train.py: error: ValueError: config.data.seq_len=100000 exceeds the model's 512 positions")
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--config=configs/nosuch.py:tiny", "No such file or directory: 'configs/nosuch.py'"),
-    ("--config.data.sources[3].kind=files",
+_TINY = ["--config", "configs/random.py:tiny"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config=configs/nosuch.py:tiny"], "No such file or directory: 'configs/nosuch.py'"),
+    (_TINY + ["--config.data.sources[3].kind=files"],
      "--config.data.sources[3].kind: an index past the end of that list"),
-    ("--config.data.sources[0].config=foo", "write a small config file that imports one of"),
+    (_TINY + ["--config.data.sources[0].config=foo"],
+     "write a small config file that imports one of"),
+    (["--workdir=w"], "--config is required: e.g. --config configs/informask.py:tiny"),
+    (["--config.train.seed=3", *_TINY], "(put --config FILE first, then the --config.x=..."),
+    (_TINY + ["--config.train.resume=maybe"],
+     "--config.train.resume=maybe: expected True or False"),
 ])
-def test_train_py_reports_a_bad_flag_in_one_line(flag, message):
-  args = [] if flag.startswith("--config=") else ["--config", "configs/random.py:tiny"]
-  out = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, flag], cwd=ROOT,
+def test_train_py_reports_a_bad_flag_in_one_line(flags, message):
+  out = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]

@@ -5,12 +5,17 @@ import sys
 from informask_jax import cli
 from informask_jax.masking import show
 
+USAGE = ("usage: python -m informask_jax.masking show [--strategy NAME] [--text TEXT] "
+         "[--html FILE] ... (show --help for all options)")
+
 
 def _main():
   argv = sys.argv[1:]
+  if argv[:1] in (["-h"], ["--help"]):
+    print(USAGE)
+    return
   if not argv or argv[0] != "show":
-    raise SystemExit("usage: python -m informask_jax.masking show [--strategy NAME] [--text TEXT] "
-                     "[--html FILE] ... (show --help for all options)")
+    raise SystemExit(USAGE)
   with cli.user_errors("python -m informask_jax.masking show"):
     show.main(argv[1:])
 
