@@ -728,6 +728,8 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
     raise ValueError(f"Export directory {out_dir} {relation} the workdir {workdir}: export to a "
                      "directory outside the training run.")
   _check_out_dir(out_dir, overwrite)  # Before the restore, which may take a while.
+  # Not a training workdir at all: say so, rather than name the first file it lacks.
+  checkpointing.require_checkpoint_dir(workdir)
   tokenizer_dir = os.path.join(workdir, "tokenizer")
   if not os.path.isdir(tokenizer_dir):
     raise FileNotFoundError(f"No tokenizer in {tokenizer_dir}: the export needs the tokenizer the "

@@ -858,9 +858,10 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
     raise ValueError(f"--batch_size must be positive, got {batch_size}.")
   if limit < 0:
     raise ValueError(f"--limit must be >= 0, got {limit}.")
-  relations, missing = discover(data_dir)
+  # The flags first: discover() logs about the data (relations.jsonl) before any error of theirs.
   word_list = read_word_list(common_vocab) if common_vocab else None
   check_model(model, step)
+  relations, missing = discover(data_dir)
   for source in missing:
     log.info("LAMA source %s not found under %s: skipped.", source, data_dir)
 

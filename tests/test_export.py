@@ -319,6 +319,10 @@ def test_convert_checkpoint_cli_round_trip(exported, tmp_path):
   (empty / "tokenizer").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match="No checkpoints in"):
     convert_checkpoint.main(["--workdir", str(empty), "--out", str(tmp_path / "y")])
+  # A directory that is no training workdir is named as such, not by its missing tokenizer.
+  (tmp_path / "plain").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"No checkpoints in .*Train with train.py"):
+    convert_checkpoint.main(["--workdir", str(tmp_path / "plain"), "--out", str(tmp_path / "z")])
   with pytest.raises(FileExistsError, match="not empty"):
     convert_checkpoint.main(["--workdir", workdir, "--out", out])
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
