@@ -900,8 +900,9 @@ def test_show_cli_marks_targets(tmp_path, capsys):
   printed = capsys.readouterr().out
   rows = [line.strip() for line in printed.splitlines() if line.startswith("  ")]
   assert len(rows) == 2
-  # 13 word pieces, budget round(0.15 * 13) = 2 targets per row, each shown as [word].
-  assert all(row.count("[") == 2 for row in rows), rows
+  # 13 word pieces, budget round(0.15 * 13) = 2 targets per row, each shown as [word] ({word}
+  # when left unchanged).
+  assert all(row.count("[") + row.count("{") == 2 for row in rows), rows
   assert all(row.replace("[", "").replace("]", "").split(">")[0].startswith("mount")
              for row in rows)
   page = tmp_path / "masks.html"
@@ -914,6 +915,9 @@ def test_show_cli_marks_targets(tmp_path, capsys):
   assert "--text is empty" in capsys.readouterr().err
   with pytest.raises(SystemExit, match=r"--tokenizer '.*nope': no tokenizer could be loaded"):
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "nope")])
+  # A table given by flag is named by its flag, not by train.py's config key.
+  with pytest.raises(SystemExit, match=r"no\.npy' \(--rates\) does not exist"):
+    show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])
 
 
 def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):

@@ -221,12 +221,15 @@ def main(argv=None):
   tok = load_tokenizer(args.tokenizer)
   ids = tok(text, truncation=True, max_length=512)["input_ids"]
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
+  rates_flag = "--rates" if args.rates else "--stats"  # Before --stats fills args.rates in.
   try:
     if args.stats:
       _tables_from_stats(args, tok)
     maskers = build_maskers(tok, ids, args, strategies)
   except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+    # The rate-table loader names train.py's config key; here the table came from a flag.
+    raise SystemExit(f"error: {str(e).replace('(masking.rates_path)', f'({rates_flag})')}"
+                     ) from None
   batch = np.tile(np.asarray(ids, np.int32), (args.samples, 1))
   colour = "html" if args.html else (not args.no_colour and sys.stdout.isatty())
   lines = [f"Text: {text}", f"{len(ids) - 2} tokens; mask_prob={args.mask_prob}, "
