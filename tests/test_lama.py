@@ -9,6 +9,7 @@ fill-mask pipeline, one sentence at a time, never through lama.py.
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import shutil
 import types
 
@@ -841,3 +842,16 @@ def test_limit_reads_that_many_lines(tmp_path):
   path.write_text('{"a": 1}\n\nnot json\n{"a": 3}\n{"a": 4}\n')
   assert list(lama.read_records(path, limit=2)) == [{"a": 1}, None]  # Blank lines not counted.
   assert len(list(lama.read_records(path, limit=0))) == 4
+
+
+def test_bad_model_flags_fail_before_the_data_is_read(tmp_path, caplog):
+  """--model / --step are checked before --data_dir is read, so that an error is the one line
+  and not preceded by warnings about the data (a relations.jsonl with a bad line here)."""
+  data = tmp_path / "data"
+  shutil.copytree(FIXTURES, data)
+  with open(data / "relations.jsonl", "a") as f:
+    f.write('{"relation": "P999"}\n')
+  with caplog.at_level(logging.INFO):
+    with pytest.raises(FileNotFoundError, match=r"--model '.*nowhere': no such file"):
+      lama.evaluate(str(tmp_path / "nowhere"), str(data))
+  assert not caplog.records, caplog.text
