@@ -94,14 +94,13 @@ def check_config(config) -> None:
   if config.masking.rates_path:
     masking.informask.rates_file(config.masking.rates_path)
     if name == "informask":  # Its contents too, but for the size, which needs the vocabulary.
-      masking.informask.load_rates(config.masking.rates_path, None)
+      masking.informask.check_rates_file(config.masking.rates_path,
+                                         masking.missing_rate_of(config.masking))
   if config.init_from:
     try:
       checkpointing.require_checkpoint_dir(config.init_from)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.init_from: {e}") from None
-    _check_architecture_early(checkpointing.latest_meta(config.init_from), config,
-                              f"config.init_from={config.init_from}", same_layout=False)
   if m.attention == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(
         f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "
@@ -139,6 +138,9 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   resume = has_run and config.train.resume
   if resume:
     _check_resume_settings(workdir, config)
+  elif config.init_from:  # Used only by a fresh start (a resume has its own parameters).
+    _check_architecture_early(checkpointing.latest_meta(config.init_from), config,
+                              f"config.init_from={config.init_from}", same_layout=False)
   checkpoints = checkpointing.checkpoint_dir(workdir)
   if checkpoints.exists() and not checkpoints.is_dir():
     raise FileExistsError(f"{checkpoints} is a file; the run writes its checkpoints there. Move "
@@ -168,6 +170,8 @@ def _check_resume_settings(workdir: pathlib.Path, config) -> None:
   checkpoint: the embedding rows are per token id, and the saved iterator position is per batch
   order. (With a stream the position counts packed rows too, so seq_len and packing matter.)"""
   meta = checkpointing.latest_meta(workdir)
+  if (meta or {}).get("source") == "import":  # Before the model check: that is not the problem.
+    raise _imported_is_no_run(workdir)
   _check_architecture_early(meta, config, f"the latest checkpoint in {workdir}",
                             same_layout=True)
   saved = (meta or {}).get("config")
@@ -193,6 +197,13 @@ def _check_resume_settings(workdir: pathlib.Path, config) -> None:
         f"position belongs to the run's batch order, which these settings fix. Resume with the "
         f"run's settings (the latest checkpoint's; its config.json), or keep its parameters and "
         f"start a new run: another --workdir with --config.init_from={workdir}.")
+
+
+def _imported_is_no_run(workdir) -> ValueError:
+  return ValueError(
+      f"{workdir} holds parameters imported by convert_checkpoint.py (no optimizer state or "
+      f"data position to resume): train from them in a new --workdir with "
+      f"--config.init_from={workdir}.")
 
 
 def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:
@@ -391,10 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       step = checkpointer.latest_step()
       saved_meta = checkpointer.read_meta(step)
       if saved_meta.get("source") == "import":
-        raise ValueError(
-            f"{workdir} holds parameters imported by convert_checkpoint.py (no optimizer state "
-            f"or data position to resume): train from them in a new --workdir with "
-            f"--config.init_from={workdir}.")
+        raise _imported_is_no_run(workdir)
       _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
                           f"the checkpoint at step {step} in {workdir}")
       changed = _config_changes(saved_meta.get("config") or {}, config_json)

@@ -263,6 +263,12 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   checkpointing.save_initial_checkpoint(tmp_path / "imported", params, mlm_config)
   with pytest.raises(ValueError, match=r"imported by convert_checkpoint.py .*--config.init_from="):
     loop.train_and_evaluate(config, tmp_path / "imported")
+  # ... also when the config's model differs from the imported one (the early model check must
+  # not answer first: fixing the model would then lead to the same refusal after hours).
+  config.model.num_layers += 1
+  with pytest.raises(ValueError, match=r"imported by convert_checkpoint.py"):
+    loop.train_and_evaluate(config, tmp_path / "imported")
+  config.model.num_layers -= 1
   # init_from a workdir whose checkpoints directory holds no finished checkpoint names the key.
   (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
   config.init_from, config.train.resume = str(tmp_path / "empty"), False

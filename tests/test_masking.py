@@ -1324,3 +1324,54 @@ def test_a_row_that_starts_with_a_continuation_piece_starts_a_word_there(name):
   np.testing.assert_array_equal(np.asarray(starts)[0], [1, 0, 1, 0, 1, 1, 1, 1, 1, 1])
   masks = jax.jit(masker)(jax.random.key(1), np.repeat(tokens, 64, 0))["mask"]
   assert np.asarray(masks)[:, 0].any()
+
+
+def test_rates_file_checks_before_the_vocabulary_is_known(tmp_path):
+  """train.py's config check reads the table before the tokenizer exists: the fill rate counts
+  (a table listing only zero rates is valid with a positive missing_rate), and an id beyond any
+  vocabulary is left to the masker's check (no table of max id + 1 entries is allocated)."""
+  zeros = tmp_path / "zeros.json"
+  zeros.write_text(json.dumps({"5": 0.0, "6": 0.0}))
+  informask_lib.check_rates_file(str(zeros), 0.15)
+  with pytest.raises(ValueError, match=r"all zeros \(masking.missing_rate=0.0"):
+    informask_lib.check_rates_file(str(zeros), 0.0)
+  huge = tmp_path / "huge.json"
+  huge.write_text(json.dumps({"90000000000000": 0.2, "3": 0.1}))
+  informask_lib.check_rates_file(str(huge))
+  with pytest.raises(ValueError, match=r"token id 90000000000000 outside the vocabulary"):
+    informask_lib.load_rates(str(huge), V)
+  table = tmp_path / "table.npy"
+  np.save(table, np.zeros((2, V)))
+  with pytest.raises(ValueError, match=r"shape \(2, 1000\); expected \(V,\)"):
+    informask_lib.check_rates_file(str(table))
+  np.save(table, np.r_[np.zeros(V - 1), np.nan])
+  with pytest.raises(ValueError, match="1 non-finite"):
+    informask_lib.check_rates_file(str(table))
+
+
+def test_select_units_cut_with_word_starts_keeps_the_budget_and_splits_one_word_at_most():
+  """span's cut (truncate with word_start): random word and unit layouts (units start at words),
+  budgets from 0 to every maskable token: exactly the budget, only maskable tokens, and the cut
+  window starts at a word, so at most one word (the window's last) is split."""
+  rng = np.random.default_rng(0)
+  cuts = 0
+  for length in (7, 24, 64):
+    n = 200
+    maskable = rng.random((n, length)) > 0.15
+    prev = np.concatenate([np.zeros((n, 1), bool), maskable[:, :-1]], 1)
+    word_start = maskable & ((rng.random((n, length)) < 0.5) | ~prev)
+    unit_start = maskable & ((word_start & (rng.random((n, length)) < 0.4)) | ~prev)
+    words = rng.integers(0, 2**32, (n, length), dtype=np.uint64).astype(np.uint32)
+    budget = rng.integers(0, maskable.sum(1) + 1).astype(np.int32)
+    fn = jax.jit(jax.vmap(lambda u, m, w, k, s: select.select_units(
+        u, m, w, k, fill=False, truncate=True, word_start=s)))
+    got = np.asarray(fn(unit_start, maskable, words, budget, word_start))
+    np.testing.assert_array_equal(got.sum(1), budget)
+    assert not (got & ~maskable).any()
+    for b in range(n):
+      word = np.cumsum(word_start[b]) - 1
+      split = [w for w in np.unique(word[maskable[b]])
+               if 0 < got[b][(word == w) & maskable[b]].sum() < ((word == w) & maskable[b]).sum()]
+      assert len(split) <= 1, (b, split)
+      cuts += len(split)
+  assert cuts > 50  # Cut words happen: the check above is exercised.

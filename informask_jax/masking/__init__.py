@@ -111,7 +111,7 @@ def check_name(name) -> None:
                      f"{sorted(MASKERS)}.")
 
 
-def _missing_rate(masking_config):
+def missing_rate_of(masking_config):
   """config.masking.missing_rate, a string field: "mean" or a number >= 0."""
   missing = str(masking_config.get("missing_rate", "mean"))
   try:
@@ -163,7 +163,7 @@ def check_config(masking_config) -> None:
   elif c.name == "pmi_span":
     pmi_span.check_variant(c.pmi_variant)
   elif c.name == "informask":
-    _missing_rate(c)
+    missing_rate_of(c)
 
 
 def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replace_prob=0.8,
@@ -202,7 +202,7 @@ def masker_from_config(masking_config, *, vocab_size, special_ids, mask_id, cont
       raise ValueError("informask needs a rate table: set masking.rates_path (a .npy or "
                        "id_mask_prob.json file) or build it with the statistics module.")
     options["rates"] = rates if rates is not None else c.rates_path
-    options.update(rescale=bool(c.get("rescale", True)), missing_rate=_missing_rate(c))
+    options.update(rescale=bool(c.get("rescale", True)), missing_rate=missing_rate_of(c))
   elif name == "informask_online":
     options.update(pmi=pmi, num_candidates=c.num_candidates)
   return get_masker(name, vocab_size=vocab_size, mask_id=mask_id, special_ids=tuple(special_ids),

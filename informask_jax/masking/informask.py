@@ -52,10 +52,7 @@ def rates_file(path) -> str:
 
 
 def load_rates(rates, vocab_size, missing_rate="mean"):
-  """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid.
-
-  vocab_size=None checks what needs no vocabulary (a config check before the tokenizer exists):
-  a JSON table then has the size of its largest id + 1."""
+  """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid."""
   if isinstance(rates, str | os.PathLike):
     path = rates_file(rates)
     if path.endswith(".npy"):
@@ -71,10 +68,36 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
   else:
     table, where = rates, "rates"
   table = np.asarray(table, np.float64)
-  if table.ndim != 1 or (vocab_size is not None and table.shape != (vocab_size,)):
-    raise ValueError(f"The {where} has shape {table.shape}; expected "
-                     f"({'V' if vocab_size is None else vocab_size},) (one rate per token id of "
-                     "the vocabulary).")
+  if table.shape != (vocab_size,):
+    raise ValueError(f"The {where} has shape {table.shape}; expected ({vocab_size},) "
+                     "(one rate per token id of the vocabulary).")
+  _check_values(table, where)
+  return table.astype(np.float32)
+
+
+def check_rates_file(path, missing_rate="mean") -> None:
+  """What a rate file allows checking before the vocabulary is known (train.py's config check,
+  before the tokenizer and the corpus are built): readable, a 1-D array or an id -> rate object,
+  finite rates >= 0, not all zero (a JSON table's unlisted ids counted at the fill rate). Its
+  size, and ids beyond the vocabulary, are checked when the masker is built."""
+  path = rates_file(path)
+  where = f"rate table {path!r}"
+  if path.endswith(".npy"):
+    table = _rates_from_npy(path)
+    if table.ndim != 1:
+      raise ValueError(f"The {where} has shape {table.shape}; expected (V,) (one rate per token "
+                       "id of the vocabulary).")
+    _check_values(table, where)
+  elif path.endswith(".json"):
+    _, values = _json_entries(path)
+    if not np.any(values > 0) and not _fill_rate(values, missing_rate) > 0:
+      raise ValueError(f"The {where} is all zeros (masking.missing_rate={missing_rate!r} for the "
+                       "ids it does not list).")
+  else:
+    raise ValueError(f"Rate table {path!r}: expected a .npy or an id_mask_prob-style .json file.")
+
+
+def _check_values(table, where) -> None:
   if not np.all(np.isfinite(table)):
     raise ValueError(f"The {where} has {int(np.sum(~np.isfinite(table)))} non-finite entries.")
   if np.any(table < 0):
@@ -84,7 +107,6 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
     raise ValueError(f"The {where} is all zeros.")
   if table.max() > np.finfo(np.float32).max:
     raise ValueError(f"The {where} has rates beyond float32's range (max {table.max():.3g}).")
-  return table.astype(np.float32)
 
 
 def check_rates_for(table, special_ids, rescale):
@@ -128,7 +150,8 @@ def _listed_rates(path, ids, values, bad, what):
                     f"rate(s): {shown}{more}; rates must be finite numbers >= 0.")
 
 
-def _rates_from_json(path, vocab_size, missing_rate):
+def _json_entries(path):
+  """(ids, values) of an id_mask_prob-style table, ids >= 0 and values finite and >= 0."""
   where = f"Rate table {path!r} (masking.rates_path)"
   with open(path, "rb") as f:
     raw = f.read()
@@ -150,29 +173,35 @@ def _rates_from_json(path, vocab_size, missing_rate):
     except (TypeError, ValueError):
       raise ValueError(f"{where}: {key!r}: {value!r} is not id -> rate.") from None
   ids = np.asarray(ids)
-  if vocab_size is None:  # Checked without the vocabulary: as large as its ids need.
-    vocab_size = max(int(ids.max()) + 1, 1)
-    listed_enough = True
-  else:
-    listed_enough = len(np.unique(ids)) >= vocab_size / 2
-  if ids.min() < 0 or ids.max() >= vocab_size:
-    bad = ids.max() if ids.max() >= vocab_size else ids.min()
-    raise ValueError(f"{where} has token id {bad} outside the vocabulary "
-                     f"[0, {vocab_size}).")
+  if ids.min() < 0:
+    raise ValueError(f"{where} has token id {ids.min()} outside the vocabulary (ids are >= 0).")
   values = np.asarray(values)
   # Checked here, not on the filled table: a NaN would spread to every id through the mean.
   if not np.all(np.isfinite(values)):
     raise _listed_rates(path, ids, values, ~np.isfinite(values), "non-finite")
   if np.any(values < 0):
     raise _listed_rates(path, ids, values, values < 0, "negative")
+  return ids, values
+
+
+def _fill_rate(values, missing_rate) -> float:
+  """The rate of the ids a JSON table does not list."""
   if missing_rate == "mean":
-    fill = float(np.mean(values))
-  elif isinstance(missing_rate, int | float) and missing_rate >= 0:
-    fill = float(missing_rate)
-  else:
-    raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
+    return float(np.mean(values))
+  if isinstance(missing_rate, int | float) and missing_rate >= 0:
+    return float(missing_rate)
+  raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
+
+
+def _rates_from_json(path, vocab_size, missing_rate):
+  where = f"Rate table {path!r} (masking.rates_path)"
+  ids, values = _json_entries(path)
+  if ids.max() >= vocab_size:
+    raise ValueError(f"{where} has token id {ids.max()} outside the vocabulary "
+                     f"[0, {vocab_size}).")
+  fill = _fill_rate(values, missing_rate)
   listed = len(np.unique(ids))
-  if not listed_enough:  # Most ids at one rate: close to uniform masking.
+  if listed < vocab_size / 2:  # Most ids at one rate: close to uniform masking.
     log.warning("%s lists only %d of the vocabulary's %d token ids; the other %d get the fill "
                 "rate %.6g (masking.missing_rate=%r). Is it the table of this tokenizer?", where,
                 listed, vocab_size, vocab_size - listed, fill, missing_rate)
