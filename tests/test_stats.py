@@ -1020,3 +1020,13 @@ def test_check_config_refuses_each_bad_stats_setting(tmp_path, key, value):
   config.stats[key] = value
   with pytest.raises(ValueError, match=f"config.stats.{key}={value!r} must be"):
     build_lib.check_config(config)
+
+
+def test_statistics_go_to_the_default_cache_when_cache_dir_is_empty(tmp_path, monkeypatch):
+  """data.cache_dir='' means the default cache for the statistics too, as for the corpus and the
+  tokenizer (it meant ./stats, beside wherever the command ran)."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  config = small_config(tmp_path)
+  config.data.cache_dir = ""
+  directory = stats.build.artifact_dir(config, fake_pipeline(synthetic_docs(3, seed=1)))
+  assert directory.parent == tmp_path / "xdg" / "informask_jax" / "stats"

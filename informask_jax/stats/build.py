@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from absl import logging
 
+from informask_jax import paths
 from informask_jax.stats import artifacts as art
 from informask_jax.stats import chunks as chunks_lib
 from informask_jax.stats import counting, ngrams, rates
@@ -67,7 +68,8 @@ def artifact_dir(config, pipeline) -> pathlib.Path:
   """<config.data.cache_dir>/stats/<hash of corpus, tokenizer and statistics settings>."""
   key = art.cache_key(pipeline.corpus_fingerprint, pipeline.tokenizer_fingerprint,
                       stats_params(config))
-  return pathlib.Path(config.data.cache_dir).expanduser() / "stats" / key
+  cache = config.data.cache_dir or paths.default_cache_dir()  # As the corpus and tokenizer caches.
+  return pathlib.Path(cache).expanduser() / "stats" / key
 
 
 def _fresh_meta(config, pipeline, directory) -> dict:
