@@ -91,11 +91,11 @@ def check_config(config) -> None:
           "that many targets (mean %.1f) lose the rest (logged as dropped_targets); %d covers "
           "3 standard deviations.", m.max_predictions, n * p, enough)
   # Checks the loaders make again later, made here too so they fail before the corpus is read.
-  if config.masking.rates_path:
+  if config.masking.rates_path and name == "informask":  # All but the size (needs the vocabulary).
+    masking.informask.check_rates_file(config.masking.rates_path,
+                                       masking.missing_rate_of(config.masking))
+  elif config.masking.rates_path:  # Unused by this strategy, but a wrong path is still named.
     masking.informask.rates_file(config.masking.rates_path)
-    if name == "informask":  # Its contents too, but for the size, which needs the vocabulary.
-      masking.informask.check_rates_file(config.masking.rates_path,
-                                         masking.missing_rate_of(config.masking))
   if config.init_from:
     try:
       checkpointing.require_checkpoint_dir(config.init_from)
@@ -171,7 +171,10 @@ def _check_resume_settings(workdir: pathlib.Path, config) -> None:
   order. (With a stream the position counts packed rows too, so seq_len and packing matter.)"""
   meta = checkpointing.latest_meta(workdir)
   if (meta or {}).get("source") == "import":  # Before the model check: that is not the problem.
-    raise _imported_is_no_run(workdir)
+    raise ValueError(
+        f"{workdir} holds parameters imported by convert_checkpoint.py (no optimizer state or "
+        f"data position to resume): train from them in a new --workdir with "
+        f"--config.init_from={workdir}.")
   _check_architecture_early(meta, config, f"the latest checkpoint in {workdir}",
                             same_layout=True)
   saved = (meta or {}).get("config")
@@ -197,13 +200,6 @@ def _check_resume_settings(workdir: pathlib.Path, config) -> None:
         f"position belongs to the run's batch order, which these settings fix. Resume with the "
         f"run's settings (the latest checkpoint's; its config.json), or keep its parameters and "
         f"start a new run: another --workdir with --config.init_from={workdir}.")
-
-
-def _imported_is_no_run(workdir) -> ValueError:
-  return ValueError(
-      f"{workdir} holds parameters imported by convert_checkpoint.py (no optimizer state or "
-      f"data position to resume): train from them in a new --workdir with "
-      f"--config.init_from={workdir}.")
 
 
 def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:
@@ -400,9 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     config_json = _config_json(config)
     if resume:
       step = checkpointer.latest_step()
-      saved_meta = checkpointer.read_meta(step)
-      if saved_meta.get("source") == "import":
-        raise _imported_is_no_run(workdir)
+      saved_meta = checkpointer.read_meta(step)  # An import was refused in _prepare_workdir.
       _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
                           f"the checkpoint at step {step} in {workdir}")
       changed = _config_changes(saved_meta.get("config") or {}, config_json)
