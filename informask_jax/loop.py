@@ -39,6 +39,34 @@ _STATS_NEEDED = {"informask": ("counts", "pmi", "rates"), "informask_online": ("
 _LOG_NAMES = ("metrics.jsonl", "tensorboard", "profile")
 
 
+class _ClearBar(logging.Filter):
+  """Clears the progress bar before a log record prints: the line then starts at column 0
+  instead of after the bar, and the bar redraws itself below it at the next step."""
+
+  def __init__(self, bar):
+    super().__init__()
+    self.bar = bar
+
+  def filter(self, record):
+    self.bar.clear()
+    return True
+
+
+@contextlib.contextmanager
+def log_lines_clear(bar):
+  """While the bar shows: every handler of the root logger (absl's, under train.py) clears it
+  first. Not tqdm's logging_redirect_tqdm, which adds its own handler beside absl's, which is no
+  StreamHandler itself: each line would print twice."""
+  handlers, clear = list(logging.getLogger().handlers), _ClearBar(bar)
+  for handler in handlers:
+    handler.addFilter(clear)
+  try:
+    yield
+  finally:
+    for handler in handlers:
+      handler.removeFilter(clear)
+
+
 class TrainingStopped(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps in a row); see the message."""
 
@@ -483,6 +511,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     bar = is_main and sys.stderr.isatty()
     progress = cleanup.enter_context(tqdm.tqdm(
         total=t.num_steps, initial=step, disable=not bar, desc="train", dynamic_ncols=True))
+    if bar:
+      cleanup.enter_context(log_lines_clear(progress))
     # tokens/s and MFU count training only: the first step of the process (compilation) and the
     # time of evaluations and checkpoints are left out of the intervals.
     interval_start, interval_steps, first_step = time.time(), 0, True

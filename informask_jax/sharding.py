@@ -37,7 +37,8 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   if math.prod(sizes) != num_devices:
     raise ValueError(
         f"config.mesh data x fsdp x tensor = {' x '.join(map(str, sizes))} = {math.prod(sizes)} "
-        f"devices, but {num_devices} are available. Set one axis to -1 to fill the rest.")
+        f"devices, but {num_devices} {'is' if num_devices == 1 else 'are'} available. Set one axis "
+        "to -1 to fill the rest.")
   return tuple(sizes)
 
 

@@ -361,6 +361,8 @@ def test_non_finite_batch_is_skipped_without_touching_the_state(model_cls):
 def test_mesh_and_batch_errors_name_the_numbers():
   with pytest.raises(ValueError, match="3 x 1 x 1 = 3 devices, but 8"):
     sharding_lib.mesh_shape(ml_collections.ConfigDict(dict(data=3, fsdp=1, tensor=1)), 8)
+  with pytest.raises(ValueError, match="= 2 devices, but 1 is available"):  # The usual CPU.
+    sharding_lib.mesh_shape(ml_collections.ConfigDict(dict(data=2, fsdp=1, tensor=1)), 1)
   with pytest.raises(ValueError, match="does not divide the 8"):
     sharding_lib.mesh_shape(ml_collections.ConfigDict(dict(data=-1, fsdp=3, tensor=1)), 8)
   mesh = sharding_lib.make_mesh(ml_collections.ConfigDict(dict(data=8, fsdp=1, tensor=1)))
