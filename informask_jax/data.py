@@ -409,13 +409,17 @@ class IteratorStateError(ValueError):
 
 
 def _saved_ints(state, keys) -> list[int]:
-  """The integer fields `keys` of a saved iterator state; IteratorStateError if one is not."""
+  """The integer fields `keys` of a saved iterator state; IteratorStateError if one is not, or is
+  negative (every field counts epochs, batches, chunks or rows from 0; a negative one would only
+  fail at the next batch, far from the checkpoint that holds it, or give an empty batch)."""
   if not isinstance(state, dict):
     raise IteratorStateError(f"The data iterator state is {state!r}, not a JSON object.")
   for key in keys:
     value = state.get(key)
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
       raise IteratorStateError(f"The data iterator state has {key}={value!r}, not an integer.")
+    if value < 0:
+      raise IteratorStateError(f"The data iterator state has {key}={value!r}, a negative count.")
   return [int(state[key]) for key in keys]
 
 

@@ -518,3 +518,270 @@ def test_byte_level_bpe_sentences_tokenize_as_the_whole_text():
   ids, sids, lengths = data.encode_documents([text], bpe)
   np.testing.assert_array_equal(ids, bpe.encode(text).ids)
   assert sids.max() == 2 and lengths.tolist() == [len(ids)]
+
+
+# --- From a mutation audit of data.py: behaviour the tests above left open ----------------------
+
+def test_token_less_sentences_take_no_sentence_id(bert_tokenizer):
+  """A sentence that tokenizes to nothing (only accents, stripped) leaves no gap in the ids: they
+  count a document's non-empty sentences, and restart at 0 in the next document."""
+  backend = data._plain_backend(bert_tokenizer)
+  texts = ["Hello there.\n\u0301\u0301\nWorld.", "Again here."]
+  assert len(data.split_sentences(texts[0])) == 3
+  ids, sids, lengths = data.encode_documents(texts, backend)
+  n = [len(bert_tokenizer(t, add_special_tokens=False)["input_ids"])
+       for t in ("Hello there.", "World.", "Again here.")]
+  assert lengths.tolist() == [n[0] + n[1], n[2]]
+  assert sids.tolist() == [0] * n[0] + [1] * n[1] + [0] * n[2]
+
+
+def test_progress_bars_are_restored_as_they_were():
+  was = datasets.is_progress_bar_enabled()
+  try:
+    for before in (False, True):
+      (datasets.enable_progress_bars if before else datasets.disable_progress_bars)()
+      with data._progress_bars(False):
+        assert not datasets.is_progress_bar_enabled()
+      # Bars a user turned off stay off after a short tokenization.
+      assert datasets.is_progress_bar_enabled() == before
+  finally:
+    (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
+
+
+def test_flat_refuses_ids_and_sentence_ids_of_different_lengths():
+  table = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8]],
+                                      "sentence_ids": [[0, 0], [0, 1]]})
+  with pytest.raises(ValueError, match="differ in length"):
+    data._flat(table)
+
+
+@pytest.mark.parametrize("mode", data.PACKING_MODES)
+def test_packed_rows_exact_layout(mode):
+  """Row by row: [CLS] body [SEP], padding only after the final [SEP] of the last row (or of
+  each document's last row), sentence ids rebased per row and -1 on special tokens."""
+  tokenized = {"input_ids": [np.array([10, 11, 12]), np.array([20, 21, 22, 23, 24])],
+               "sentence_ids": [np.array([0, 0, 1]), np.zeros(5, int)]}
+  packed = data.pack_sequences(tokenized, 6, SPECIAL, mode)
+  c, s, p = SPECIAL.cls, SPECIAL.sep, SPECIAL.pad
+  if mode == "full_sentences":
+    # One [SEP] between the documents, inside the first row's body.
+    want_tokens = [[c, 10, 11, 12, s, s], [c, 20, 21, 22, 23, s], [c, 24, s, p, p, p]]
+    want_sent = [[-1, 0, 0, 1, -1, -1], [-1, 0, 0, 0, 0, -1], [-1, 0, -1, -1, -1, -1]]
+  else:
+    want_tokens = [[c, 10, 11, 12, s, p], [c, 20, 21, 22, 23, s], [c, 24, s, p, p, p]]
+    want_sent = [[-1, 0, 0, 1, -1, -1], [-1, 0, 0, 0, 0, -1], [-1, 0, -1, -1, -1, -1]]
+  np.testing.assert_array_equal(packed["token_ids"], want_tokens)
+  np.testing.assert_array_equal(packed["sentence_ids"], want_sent)
+
+
+@pytest.mark.parametrize("mode", data.PACKING_MODES)
+def test_seq_len_3_packs_one_token_per_row(mode):
+  tokenized = {"input_ids": [np.array([10, 11])], "sentence_ids": [np.array([0, 1])]}
+  packed = data.pack_sequences(tokenized, 3, SPECIAL, mode)
+  np.testing.assert_array_equal(packed["token_ids"], [[2, 10, 3], [2, 11, 3]])
+  np.testing.assert_array_equal(packed["sentence_ids"], [[-1, 0, -1], [-1, 0, -1]])
+
+
+@pytest.mark.parametrize("mode", data.PACKING_MODES)
+def test_packing_skips_empty_documents(mode):
+  """encode_documents reports token-less documents with length 0 (the streaming iterator packs
+  its output as is): they must pack as if absent, with no extra [SEP] in the stream."""
+  a, b = np.array([10, 11, 12], np.int32), np.array([20, 21], np.int32)
+  with_empty = (np.concatenate([a, b]), np.zeros(5, np.int32), np.array([3, 0, 2], np.int64))
+  without = (np.concatenate([a, b]), np.zeros(5, np.int32), np.array([3, 2], np.int64))
+  got = data.pack_sequences(with_empty, 8, SPECIAL, mode)
+  want = data.pack_sequences(without, 8, SPECIAL, mode)
+  for key in ("token_ids", "sentence_ids"):
+    np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_process_index_must_be_below_process_count():
+  for index in (2, -1):
+    with pytest.raises(ValueError, match=rf"process_index={index} is outside \[0, "
+                                         r"process_count=2\)"):
+      data.BatchIterator(_rows(40), 8, seed=0, process_index=index, process_count=2)
+    with pytest.raises(ValueError, match="is outside"):
+      next(data.eval_batches(_rows(10), 4, -1, process_index=index, process_count=2))
+
+
+def test_batch_size_must_be_positive():
+  for size in (0, -4):
+    with pytest.raises(ValueError, match=rf"global batch size {size} must be a positive"):
+      data.BatchIterator(_rows(40), size, seed=0, process_index=0, process_count=1)
+
+
+def test_exactly_one_batch_of_rows_is_enough():
+  it = data.BatchIterator(_rows(8), 8, seed=0, process_index=0, process_count=1)
+  assert it.batches_per_epoch == 1
+  for epoch in (0, 1):
+    rows = next(it)["token_ids"][:, 0]
+    assert sorted(rows.tolist()) == list(range(8))
+    np.testing.assert_array_equal(rows, it.order(epoch))
+    assert it.state()["epoch"] == epoch + 1 and it.state()["position"] == 0
+
+
+def test_restore_refuses_other_settings_and_impossible_positions():
+  make = lambda **kw: data.BatchIterator(_rows(30), kw.pop("batch", 4), process_index=0,
+                                         process_count=1, **{"seed": 1, **kw})
+  state = make().state()
+  for other, key in ((make(seed=2), "train.seed"), (make(shuffle=False), "shuffle=True"),
+                     (make(batch=6), "train.batch_size")):
+    with pytest.raises(data.DataSettingsChanged, match=key):
+      other.restore(state)
+  # 7 batches per epoch: position 7 is the next epoch's 0 and no iterator writes it.
+  for position in (7, -1):
+    with pytest.raises(data.IteratorStateError, match=f"position={position}"):
+      make().restore({**state, "position": position})
+  with pytest.raises(data.IteratorStateError, match="epoch=True, not an integer"):
+    make().restore({**state, "epoch": True})
+
+
+def test_restore_refuses_negative_counts(bert_tokenizer):
+  """A negative epoch passed restore and failed only at the next batch (numpy refuses a negative
+  seed), outside the damaged-checkpoint handling; a negative stream offset gave an empty batch."""
+  it = data.BatchIterator(_rows(30), 4, seed=1, process_index=0, process_count=1)
+  with pytest.raises(data.IteratorStateError, match="epoch=-1, a negative count"):
+    it.restore({**it.state(), "epoch": -1})
+  stream = _streaming(["Some text."], bert_tokenizer, 1)
+  for key in ("epoch", "chunk", "offset"):
+    with pytest.raises(data.IteratorStateError, match=f"{key}=-1, a negative count"):
+      stream.restore({**stream.state(), key: -1})
+
+
+def test_eval_batches_stop_at_the_rows_or_at_num_batches():
+  arrays = _rows(10)
+  count = lambda n: len(list(data.eval_batches(arrays, 4, n, process_index=0, process_count=1)))
+  assert [count(n) for n in (-1, 0, 1, 3, 10)] == [3, 0, 1, 3, 3]  # No batch of padding only.
+
+
+def _mesh_sharding(spec):
+  return NamedSharding(Mesh(np.array(jax.devices()), ("data",)), spec)
+
+
+def test_make_global_batch_takes_a_sharding_per_key_and_names_a_bad_one():
+  local = _rows(16, width=5)
+  sharding = {"token_ids": _mesh_sharding(P("data")), "sentence_ids": _mesh_sharding(P())}
+  batch = data.make_global_batch(local, sharding)
+  for key in local:
+    assert batch[key].sharding == sharding[key]
+    np.testing.assert_array_equal(np.asarray(batch[key]), local[key])
+  assert all(s.data.shape == (16, 5) for s in batch["sentence_ids"].addressable_shards)
+  with pytest.raises(ValueError, match=r"batch\['token_ids'\]: process 0 of 1 holds shape \(3, "):
+    data.make_global_batch({"token_ids": local["token_ids"][:3]}, _mesh_sharding(P("data")))
+
+
+def test_prefetcher_keeps_size_batches_ahead_and_ends_with_its_iterator():
+  sharding = _mesh_sharding(P("data"))
+  inner = data.BatchIterator(_rows(80), 8, seed=2)
+  fetched = data.prefetch(inner, sharding, size=2)
+  next(fetched)
+  # While step 0 runs, batches 1 and 2 are already on their way to the devices.
+  assert inner.state()["position"] == 3 and fetched.state()["position"] == 1
+  # size=0 means the least prefetching, one batch, not none.
+  direct = _take(data.BatchIterator(_rows(80), 8, seed=2), 3)
+  unbuffered = data.prefetch(data.BatchIterator(_rows(80), 8, seed=2), sharding, size=0)
+  for want in direct:
+    np.testing.assert_array_equal(np.asarray(next(unbuffered)["token_ids"]), want["token_ids"])
+  # A finite iterator (the evaluation batches) ends the Prefetcher after its last batch.
+  evals = list(data.prefetch(data.eval_batches(_rows(20), 8, -1, process_index=0,
+                                               process_count=1), sharding))
+  assert len(evals) == 3
+
+
+# --- Streaming, without a pipeline: an in-memory stream of texts --------------------------------
+
+def _stream(texts):
+  return datasets.Dataset.from_dict({"text": list(texts)}).to_iterable_dataset()
+
+
+def _streaming(texts, bert_tokenizer, batch, **kw):
+  kw = {"seed": 0, "shuffle": False, "process_index": 0, "process_count": 1, **kw}
+  return data.StreamingBatchIterator(_stream(texts), bert_tokenizer, 8,
+                                     tokenization.special_ids(bert_tokenizer), "full_sentences",
+                                     batch, **kw)
+
+
+def _packed_rows(texts, bert_tokenizer):
+  flat = data.encode_documents(texts, data._plain_backend(bert_tokenizer))
+  return data.pack_sequences(flat, 8, tokenization.special_ids(bert_tokenizer),
+                             "full_sentences")["token_ids"]
+
+
+def test_streaming_chunk_without_a_token_is_skipped(bert_tokenizer):
+  texts = ["\u0301\u0301"] * 3 + ["A river runs to the sea.", "It is long."]
+  rows = _packed_rows(texts[3:], bert_tokenizer)
+  it = _streaming(texts, bert_tokenizer, 1, chunk_documents=3)  # Chunk 0 has no token at all.
+  got = np.concatenate([next(it)["token_ids"] for _ in range(len(rows))])
+  np.testing.assert_array_equal(got, rows)
+  assert (it.state()["epoch"], it.state()["chunk"], it.state()["offset"]) == (0, 2, 0)
+  np.testing.assert_array_equal(next(it)["token_ids"], rows[:1])  # Epoch 1, unshuffled.
+
+
+def test_streaming_epochs_with_a_partial_last_batch_and_too_few_rows(bert_tokenizer):
+  texts = ["A river runs to the sea.", "It is long and it is wide.", "Boats sail on it.",
+           "The end."]
+  rows = _packed_rows(texts, bert_tokenizer)
+  assert 4 < len(rows) < 8  # One batch of 4 per epoch, the rest of the only chunk dropped.
+  it = _streaming(texts, bert_tokenizer, 4)
+  for epoch in range(3):
+    np.testing.assert_array_equal(next(it)["token_ids"], rows[:4])
+    assert (it.state()["epoch"], it.state()["chunk"], it.state()["offset"]) == (epoch, 0, 4)
+  with pytest.raises(ValueError, match="fewer rows than one global batch of 8"):
+    next(_streaming(texts, bert_tokenizer, 8))
+
+
+def test_streaming_rows_are_reshuffled_each_epoch(bert_tokenizer):
+  """A one-document buffer keeps the documents in order, so only the shuffle of the chunk's rows
+  can change the order: it must differ between epochs (and the rows stay the same)."""
+  texts = [f"Document {i} is about the river {i}. It ends here." for i in range(12)]
+  n = len(_packed_rows(texts, bert_tokenizer))
+  it = _streaming(texts, bert_tokenizer, 1, shuffle=True, shuffle_buffer=1, seed=4)
+  epochs = [np.concatenate([next(it)["token_ids"] for _ in range(n)]) for _ in range(2)]
+  assert it.state()["epoch"] == 1  # The next epoch starts at the next batch.
+  np.testing.assert_array_equal(np.sort(epochs[0], axis=0), np.sort(epochs[1], axis=0))
+  assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_streaming_restore_refuses_other_settings(bert_tokenizer):
+  state = _streaming(["x."], bert_tokenizer, 4, chunk_documents=10).state()
+  for kw, key in (({"chunk_documents": 20}, "chunk_documents=10"),
+                  ({"batch": 8}, "train.batch_size"), ({"shuffle": True}, "shuffle=False")):
+    other = _streaming(["x."], bert_tokenizer, kw.pop("batch", 4), **{"chunk_documents": 10, **kw})
+    with pytest.raises(data.DataSettingsChanged, match=key):
+      other.restore(state)
+
+
+# --- Config checks and empty splits ---------------------------------------------------------------
+
+def test_check_config_bounds(tmp_path):
+  c = _tiny_config(tmp_path)
+  data.check_config(c)
+  for key, value, message in (
+      ("seq_len", 7, "seq_len=7 is too short"),
+      ("validation_fraction", 1.0, "validation_fraction=1.0 must be in"),
+      ("validation_fraction", -0.1, "validation_fraction=-0.1 must be in"),
+      ("num_proc", True, "num_proc=True must be an integer"),
+      ("num_proc", 0, "num_proc=0 must be an integer >= 1"),
+      ("prefetch", 0, "prefetch=0 must be an integer >= 1"),
+      ("prefetch", -1, "prefetch=-1 must be an integer >= 1")):
+    bad = _tiny_config(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=message):
+      data.check_config(bad)
+  for key, value in (("seq_len", 8), ("validation_fraction", 0.0), ("num_proc", 1)):
+    data.check_config(_tiny_config(tmp_path, **{key: value}))  # The bounds themselves pass.
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ValueError, match="is a file; it must be a directory"):
+    data.check_config(_tiny_config(tmp_path, cache_dir=str(tmp_path / "a_file")))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_empty_validation_split_is_refused(tmp_path, streaming):
+  (tmp_path / "docs.jsonl").write_text(
+      "".join(json.dumps({"text": f"Document {i} is here."}) + "\n" for i in range(5)))
+  c = _tiny_config(tmp_path, seq_len=32, validation_fraction=0.0)
+  c.data.sources[0].update(kind="files", name=str(tmp_path / "docs.jsonl"), text_field="text",
+                           streaming=streaming)
+  c.tokenizer.name_or_path = BERT_VOCAB
+  message = "no validation document" if streaming else "The validation split is empty"
+  with pytest.raises(ValueError, match=message):
+    data.build_input_pipeline(c)
