@@ -708,6 +708,8 @@ def check_config(config):
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise ValueError(f"config.data.{key}={value!r} must be an integer >= {least}.")
   corpus_lib.check_sources(data)
+  if "tokenizer" in config:
+    tokenization.check_name_or_path(config.tokenizer)
 
 
 def _packed_summary(name, packed, special_ids):

@@ -3,7 +3,8 @@
 `config.tokenizer.name_or_path` picks the source, in this order:
   * a `vocab.txt` file: a BERT WordPiece tokenizer over it (lowercase from the config);
   * a directory holding a saved tokenizer (`tokenizer.json` or `vocab.txt`);
-  * anything else is a hub name (the paper's recipe: "bert-base-uncased");
+  * anything else is a hub name (the paper's recipe: "bert-base-uncased"), unless it can only be a
+    path (absolute, ./ or ../, two folders deep, a .txt or .json): a missing one is an error;
   * "" trains a WordPiece vocabulary of `vocab_size` on the corpus's train split with `tokenizers`.
     Training is deterministic and the result is saved under `<cache_dir>/tokenizers/`, keyed by the
     corpus fingerprint and the settings, so later runs load it in milliseconds.
@@ -208,8 +209,28 @@ def _train_cached(tokenizer_config, corpus, cache_dir):
   return _wrap(tok)
 
 
+def _is_local_path(name: str) -> bool:
+  """Whether `name` can only mean a local file or directory, never a hub id ("bert-base-uncased",
+  "org/model"): absolute or ./ ../ relative, more than one folder deep, or a .txt / .json file."""
+  return (os.path.isabs(name) or name.startswith(("./", "../", ".\\", "..\\"))
+          or name.count("/") > 1 or name.endswith((".txt", ".json")))
+
+
+def check_name_or_path(tokenizer_config) -> None:
+  """Fails on a name_or_path that is a local path but does not exist. Run before the corpus is
+  read (data.check_config): otherwise a typo in a path waits for the corpus, then for the hub
+  client's retries (a minute offline), and ends in its message about repo ids."""
+  name = os.path.expanduser(tokenizer_config.get("name_or_path") or "")
+  if name and _is_local_path(name) and not os.path.exists(name):
+    raise FileNotFoundError(
+        f"config.tokenizer.name_or_path={name!r} does not exist; point it at a vocab.txt or a "
+        "tokenizer directory (a run's WORKDIR/tokenizer), give a hub name, or set it to '' to "
+        "train a vocabulary.")
+
+
 def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None):
   """Returns a fast (Rust) tokenizer as configured; see the module docstring for the sources."""
+  check_name_or_path(tokenizer_config)
   name = os.path.expanduser(tokenizer_config.name_or_path or "")
   lowercase = bool(tokenizer_config.get("lowercase", True))
   if not name:

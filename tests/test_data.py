@@ -377,6 +377,14 @@ def test_seq_len_beyond_model_positions_fails_before_reading(tmp_path):
   data.check_config(c)
 
 
+def test_missing_tokenizer_path_fails_before_reading(tmp_path, monkeypatch):
+  c = _tiny_config(tmp_path)
+  c.tokenizer.name_or_path = str(tmp_path / "run" / "tokenizr")
+  monkeypatch.setattr(data.corpus_lib, "load_corpus", lambda *a: pytest.fail("corpus was read"))
+  with pytest.raises(FileNotFoundError, match=r"name_or_path='.*tokenizr' does not exist"):
+    data.build_input_pipeline(c)
+
+
 def _streaming_pipeline(tmp_path, texts, validation_fraction):
   """The pipeline of a streamed .jsonl of `texts`, seq_len 32, bert-base-uncased's vocabulary."""
   lines = [json.dumps({"text": t}) for t in texts]

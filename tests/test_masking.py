@@ -913,8 +913,14 @@ def test_show_cli_marks_targets(tmp_path, capsys):
   with pytest.raises(SystemExit):
     show.main(["--strategy", "random", "--text", "  "])
   assert "--text is empty" in capsys.readouterr().err
-  with pytest.raises(SystemExit, match=r"--tokenizer '.*nope': no tokenizer could be loaded"):
+  # Named by the flag, without train.py's advice (a config key, training a vocabulary).
+  with pytest.raises(SystemExit, match=r"^error: --tokenizer '.*nope' does not exist; give a "
+                                       r"vocab.txt or a tokenizer directory, e.g. a run's "
+                                       r"WORKDIR/tokenizer.$"):
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "nope")])
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(SystemExit, match=r"--tokenizer '.*empty' holds no tokenizer.json"):
+    show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "empty")])
   # A table given by flag is named by its flag, not by train.py's config key.
   with pytest.raises(SystemExit, match=r"no\.npy' \(--rates\) does not exist"):
     show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])

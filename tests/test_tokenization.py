@@ -8,6 +8,7 @@ import datasets
 import ml_collections
 import numpy as np
 import pytest
+import transformers
 
 from informask_jax import tokenization
 
@@ -149,3 +150,19 @@ def test_tokenizer_errors(tmp_path):
   with pytest.raises(ValueError, match=r"garbage.txt' is not a UTF-8 vocab.txt .* byte 0xed on "
                                        r"line 4"):
     tokenization.load_tokenizer(_config(str(binary)))
+
+
+@pytest.mark.parametrize("name", ["/no/such/vocab.txt", "./tok", "runs/tiny/tokenizr", "vocab.txt"])
+def test_a_missing_local_path_is_named_without_asking_the_hub(name, tmp_path, monkeypatch):
+  # A typo in a path must not wait for the hub client's retries nor end in its repo-id message.
+  monkeypatch.chdir(tmp_path)
+
+  def no_hub(*args, **kwargs):
+    raise AssertionError("the hub was asked for a local path")
+
+  monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_hub)
+  with pytest.raises(FileNotFoundError, match=f"name_or_path='{name}' does not exist"):
+    tokenization.load_tokenizer(_config(name))
+  # Checked with the data settings, so a run fails before its corpus is read.
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    tokenization.check_name_or_path(_config(name))

@@ -67,6 +67,13 @@ def load_tokenizer(path=None):
   except ImportError:
     import transformers
     return transformers.BertTokenizerFast(vocab_file=path)
+  except FileNotFoundError:
+    if os.path.exists(path):
+      raise SystemExit(
+          f"error: --tokenizer {path!r} holds no tokenizer.json or vocab.txt.") from None
+    # The loader's message is train.py's (the config key, training a vocabulary instead).
+    raise SystemExit(f"error: --tokenizer {path!r} does not exist; give a vocab.txt or a tokenizer "
+                     "directory, e.g. a run's WORKDIR/tokenizer.") from None
   except (OSError, ValueError) as e:  # The loader's message names the config key, not the flag.
     raise SystemExit(f"error: --tokenizer {path!r}: no tokenizer could be loaded "
                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
