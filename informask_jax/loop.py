@@ -109,7 +109,8 @@ def check_config(config) -> None:
   if config.masking.budget == "exact" and m.max_predictions < budget:
     raise ValueError(
         f"config.model.max_predictions={m.max_predictions} is below the exact masking budget "
-        f"round(mask_prob * (seq_len - 2)) = {budget}; targets beyond it would be dropped.")
+        f"round(mask_prob * (seq_len - 2)) = {budget}; targets beyond it would be dropped. Set "
+        f"--config.model.max_predictions={budget} (or more), or lower masking.mask_prob.")
   if config.masking.budget == "bernoulli":
     n, p = config.data.seq_len - 2, config.masking.mask_prob
     enough = int(np.ceil(n * p + 3 * np.sqrt(n * p * (1 - p))))
@@ -520,6 +521,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       if step == 0:  # The untrained model's loss: the baseline every later eval compares with.
         last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
         writer.write(0, last_eval)
+        # Logged like the later evaluations: the log (a Slurm file) then shows where the loss
+        # started, as metrics.jsonl does.
+        logging.info("Step 0: eval loss %.4f, perplexity %.2f.", last_eval["eval_loss"],
+                     last_eval["eval_perplexity"])
       while step < t.num_steps:
         profiler.before_step(step)
         state, step_metrics = train_step(state, next(batches))

@@ -356,6 +356,25 @@ def test_a_signal_during_the_last_step_leaves_a_finished_run(tiny_config, tmp_pa
   assert checkpointing.Checkpointer(tmp_path).latest_step() == 2
 
 
+def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplog):
+  # Step 0's loss is the baseline the README quotes (9.04 -> ...): the log shows it too.
+  config = _small(tiny_config, num_steps=2, eval_every=2, checkpoint_every=2)
+  with caplog.at_level(logging.INFO):
+    loop.train_and_evaluate(config, tmp_path)
+  logged = [r.getMessage().split(":")[0] for r in caplog.records if "eval loss" in r.getMessage()]
+  assert logged == ["Step 0", "Step 2"]
+
+
+def test_max_predictions_below_the_exact_budget_says_what_to_set(tiny_config):
+  tiny_config.masking.mask_prob = 0.2  # round(0.2 * 126) = 25 targets, max_predictions 20.
+  with pytest.raises(ValueError, match=r"max_predictions=20 is below the exact masking budget "
+                                       r".* = 25; .* Set --config.model.max_predictions=25 "
+                                       r"\(or more\)"):
+    loop.check_config(tiny_config)
+  tiny_config.model.max_predictions = 25
+  loop.check_config(tiny_config)
+
+
 def test_profile_traces_the_configured_steps(tiny_config, tmp_path, caplog):
   config = _small(tiny_config, num_steps=4, checkpoint_every=1000, eval_every=1000)
   config.train.profile_steps = 0
