@@ -222,8 +222,15 @@ def _load_hub(source, where, streaming, num_proc):
     ds = datasets.load_dataset(name, config, split=split, streaming=streaming,
                                num_proc=None if streaming else num_proc)
   except Exception as e:  # Not found, offline, bad config or split: one error.
+    # Unreachable hub: most often a run meant to be offline that left out `:tiny` (the paper's
+    # corpus is the default), so say what works without a network.
+    detail = f"{type(e).__name__}: {e}"
+    if isinstance(e, ConnectionError):
+      detail = (detail.rstrip(". ") + ". Offline, train on the embedded corpus (the `:tiny` "
+                "variant, e.g. --config configs/informask.py:tiny) or on local text (a source of "
+                "kind 'files').")
     raise ValueError(f"{where}: could not load hub dataset {name!r} (config={config!r}, "
-                     f"split={split!r}): {type(e).__name__}: {e}") from e
+                     f"split={split!r}): {detail}") from e
   return _select_text(ds, source.get("text_field") or "text", where)
 
 
