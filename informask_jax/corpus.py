@@ -234,18 +234,26 @@ def _load_hub(source, where, streaming, num_proc):
   return _select_text(ds, source.get("text_field") or "text", where)
 
 
+def _missing_column(where, field, columns):
+  # The override that fixes it, as flag text: a `files` source set on the :tiny config keeps
+  # wiki_vital's text_field 'extract', which a .jsonl of "text" records lacks.
+  key = where.split(" ")[0]
+  column = columns[0] if len(columns) == 1 else "COLUMN"
+  return ValueError(f"{where}: no column {field!r} (text_field); columns are {columns}. Name the "
+                    f"text's column with '--{key}.text_field={column}'.")
+
+
 def _select_text(ds, field, where):
   """Keeps only `field`, renamed "text"."""
   columns = ds.column_names
   if columns is None:  # A stream whose columns are unknown until the first record is read.
     def pick(example):
       if field not in example:
-        raise ValueError(f"{where}: no column {field!r} (text_field); columns are "
-                         f"{sorted(example)}.")
+        raise _missing_column(where, field, sorted(example))
       return {"text": example[field]}
     return ds.map(pick).select_columns(["text"])
   if field not in columns:
-    raise ValueError(f"{where}: no column {field!r} (text_field); columns are {columns}.")
+    raise _missing_column(where, field, columns)
   ds = ds.select_columns([field])
   return ds if field == "text" else ds.rename_column(field, "text")
 

@@ -179,7 +179,9 @@ def test_unknown_hub_dataset(tmp_path):
 def test_missing_text_field(tmp_path):
   path = tmp_path / "a.jsonl"
   path.write_text(json.dumps({"body": "x"}) + "\n")
-  with pytest.raises(ValueError, match=r"no column 'text' \(text_field\)"):
+  with pytest.raises(ValueError, match=r"no column 'text' \(text_field\); columns are \['body'\]. "
+                                       r"Name the text's column with "
+                                       r"'--config.data.sources\[0\].text_field=body'"):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
 
 
