@@ -365,7 +365,7 @@ def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplo
   assert logged == ["Step 0", "Step 2"]
 
 
-def test_max_predictions_below_the_exact_budget_says_what_to_set(tiny_config):
+def test_max_predictions_below_the_budget_says_what_to_set(tiny_config, caplog):
   tiny_config.masking.mask_prob = 0.2  # round(0.2 * 126) = 25 targets, max_predictions 20.
   with pytest.raises(ValueError, match=r"max_predictions=20 is below the exact masking budget "
                                        r".* = 25; .* Set --config.model.max_predictions=25 "
@@ -373,6 +373,11 @@ def test_max_predictions_below_the_exact_budget_says_what_to_set(tiny_config):
     loop.check_config(tiny_config)
   tiny_config.model.max_predictions = 25
   loop.check_config(tiny_config)
+  # Bernoulli counts vary: a warning, with the value that covers 3 standard deviations.
+  tiny_config.masking.budget = "bernoulli"
+  with caplog.at_level(logging.WARNING):
+    loop.check_config(tiny_config)
+  assert "--config.model.max_predictions=39 covers 3 standard deviations" in caplog.text
 
 
 def test_profile_traces_the_configured_steps(tiny_config, tmp_path, caplog):
