@@ -211,6 +211,15 @@ def require_checkpoint_dir(workdir) -> pathlib.Path:
   """The workdir's checkpoint directory; FileNotFoundError, saying how to make one, if absent."""
   path = checkpoint_dir(workdir)
   if not path.is_dir():
+    weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    if (pathlib.Path(workdir) / "config.json").is_file() and any(
+        (pathlib.Path(workdir) / name).is_file() for name in weights):
+      # A Hugging Face model directory (an export, a download) where a workdir belongs: the
+      # usual slip of someone who fine-tunes with `from_pretrained(DIR)`.
+      raise FileNotFoundError(
+          f"{workdir} is a Hugging Face model directory, not a training workdir (no "
+          f"checkpoints/). Import it first: python convert_checkpoint.py --from-hf {workdir} "
+          "--out NEW_WORKDIR, then use NEW_WORKDIR.")
     raise FileNotFoundError(
         f"No checkpoints in {workdir}: {path} does not exist. Train with train.py --workdir, "
         "or import one with convert_checkpoint.py --from-hf.")

@@ -195,6 +195,13 @@ def test_a_damaged_step_names_the_error_that_says_something():
 def test_restore_params_errors_name_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints in"):
     checkpointing.restore_params(tmp_path)
+  hf = tmp_path / "export"  # A Hugging Face directory given as a workdir: says how to import it.
+  hf.mkdir()
+  (hf / "config.json").write_text("{}")
+  (hf / "model.safetensors").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match=r"export is a Hugging Face model directory, not a "
+                                              r"training workdir .* --from-hf .*export --out"):
+    checkpointing.require_checkpoint_dir(hf)
   state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
   saver = checkpointing.Checkpointer(tmp_path)
   saver.save(3, state, {}, {"mlm_config": {}}, force=True)
