@@ -20,7 +20,7 @@ distributed.define_flags()
 
 
 def main(argv):
-  del argv
+  cli.reject_arguments("train.py", argv)
   distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()

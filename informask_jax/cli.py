@@ -113,13 +113,8 @@ def _config_package_on_path(argv: list[str]) -> None:
       sys.path.insert(0, root)
 
 
-def _unknown_key(argv: list[str]) -> str | None:
-  """For an override of a key the config lacks, e.g. --config.train.steps=4: the flag, the valid
-  keys of its parent and the nearest one; None when no override names a missing key.
-
-  ml_collections' own error names the last key alone ("steps"), and suggests a key only when one
-  is very close.
-  """
+def _config_of(argv: list[str]):
+  """The config that argv's --config names (overrides left out), or None."""
   value = None
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
@@ -129,8 +124,41 @@ def _unknown_key(argv: list[str]) -> str | None:
   if value is None or "config" not in flags.FLAGS:
     return None
   try:  # The failed parse kept no config: load the file again (it is cheap and already imported).
-    config = flags.FLAGS["config"].parser.parse(value)
+    return flags.FLAGS["config"].parser.parse(value)
   except Exception:
+    return None
+
+
+def _config_keys(node, prefix="config") -> list[str]:
+  """Every leaf of a config as its dotted flag name, e.g. "config.train.num_steps"."""
+  if not hasattr(node, "keys"):
+    return [prefix]
+  return [key for k in node.keys() for key in _config_keys(node[k], f"{prefix}.{k}")]
+
+
+def override_hint(name: str, argv: list[str]) -> str:
+  """For `name` given as a flag of its own (--num_steps, MaxText's `steps=5`): the --config.*
+  override(s) it may have meant, as a sentence; "" when no config key ends with it."""
+  config = _config_of(argv)
+  name = name.split("=", 1)[0].lstrip("-")
+  if config is None or not name:
+    return ""
+  name = name.removeprefix("config.")
+  keys = [k for k in _config_keys(config) if k == f"config.{name}" or k.endswith(f".{name}")]
+  if not keys:
+    return ""
+  return f" Config overrides are --config.KEY=VALUE flags: did you mean --{' or --'.join(keys)}?"
+
+
+def _unknown_key(argv: list[str]) -> str | None:
+  """For an override of a key the config lacks, e.g. --config.train.steps=4: the flag, the valid
+  keys of its parent and the nearest one; None when no override names a missing key.
+
+  ml_collections' own error names the last key alone ("steps"), and suggests a key only when one
+  is very close.
+  """
+  config = _config_of(argv)
+  if config is None:
     return None
   for arg in argv:
     match = re.match(r"--?config\.([^=]+)", arg)
@@ -179,6 +207,10 @@ def parse_flags(argv: list[str]) -> list[str]:
       kind, field = unsupported.groups()
       message = (f"--{field}: a {kind} field cannot be set from the command line; write a small "
                  "config file that imports one of configs/ and sets it.")
+    unknown_flag = re.fullmatch(r"Unknown command line flag '([^']+)'", message)
+    hint = override_hint(unknown_flag.group(1), argv) if unknown_flag else ""
+    if hint:
+      message += "." + hint
     if "--config=None: Flag --config must have a value" in message:
       message = ("--config is required: e.g. --config configs/informask.py:tiny (then overrides "
                  "such as --config.train.batch_size=64)")
@@ -192,3 +224,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = message.splitlines()[-1].strip() if message else type(e).__name__
     print(f"{argv[0]}: bad command-line flag: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def reject_arguments(program: str, argv: list[str]) -> None:
+  """Exits (status 2, as a bad flag) on arguments after the flags, which absl hands to main and
+  train.py would ignore: `train.num_steps=5` (MaxText's override syntax) ran the full schedule."""
+  if len(argv) <= 1:
+    return
+  hint = (override_hint(argv[1], sys.argv) if "=" in argv[1] else "") or (
+      " Config overrides are --config.KEY=VALUE flags.")
+  print(f"{program}: bad command-line flag: unexpected argument(s) {argv[1:]}.{hint}",
+        file=sys.stderr)
+  sys.exit(2)
+

@@ -602,6 +602,12 @@ _TINY = ["--config", "configs/random.py:tiny"]
     (["--config.train.seed=3", *_TINY], "(put --config FILE first, then the --config.x=..."),
     (_TINY + ["--config.train.resume=maybe"],
      "--config.train.resume=maybe: expected True or False"),
+    # MaxText's override syntax, which absl hands to main as an argument: refused, not ignored
+    # (the run started on the full schedule), with the flag it meant.
+    (_TINY + ["train.num_steps=5"], "unexpected argument(s) ['train.num_steps=5']. Config "
+     "overrides are --config.KEY=VALUE flags: did you mean --config.train.num_steps?"),
+    (_TINY + ["--seed=3"], "Unknown command line flag 'seed'. Config overrides are "
+     "--config.KEY=VALUE flags: did you mean --config.train.seed?"),
 ])
 def test_train_py_reports_a_bad_flag_in_one_line(flags, message):
   out = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
