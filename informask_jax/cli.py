@@ -236,4 +236,3 @@ def reject_arguments(program: str, argv: list[str]) -> None:
   print(f"{program}: bad command-line flag: unexpected argument(s) {argv[1:]}.{hint}",
         file=sys.stderr)
   sys.exit(2)
-
