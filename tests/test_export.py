@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import convert_checkpoint
 from informask_jax import checkpointing, export, tokenization
@@ -509,3 +509,146 @@ def test_only_unfinished_checkpoints_are_reported_as_such(tokenizer_dir, tmp_pat
   shutil.copytree(tokenizer_dir, tmp_path / "work" / "tokenizer")
   with pytest.raises(FileNotFoundError, match="only unfinished .*4.orbax-checkpoint-tmp-1234"):
     convert_checkpoint.main(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "o")])
+
+
+# --- From a mutation audit of export.py and convert_checkpoint.py ------------------------------
+def test_import_reads_sharded_bin_and_tensorflow_named_checkpoints(exported, tmp_path):
+  """Every layout of weights Hugging Face writes imports to the very parameters exported."""
+  params, _, path, _ = exported["bert"]
+  want = leaves(params)
+  model = transformers.AutoModelForMaskedLM.from_pretrained(path)
+
+  def check(model_dir):
+    got = leaves(export.load_hf_as_flax(str(model_dir))[0])
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) for k in want), model_dir
+
+  # Sharded safetensors with an index (save_pretrained's layout for a large model).
+  model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+  assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+  check(tmp_path / "sharded")
+  # PyTorch's pickle format, with the gamma/beta LayerNorm names of the original TensorFlow port.
+  (tmp_path / "bin").mkdir()
+  shutil.copy(os.path.join(path, "config.json"), tmp_path / "bin")
+  tf_names = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+                                                                      "LayerNorm.beta"): v
+              for k, v in model.state_dict().items()}
+  assert sum("gamma" in k for k in tf_names) == 2 * 2 + 2  # Two per layer, embeddings, head.
+  torch.save(tf_names, tmp_path / "bin" / "pytorch_model.bin")
+  check(tmp_path / "bin")
+  # An index without a weight map is damaged, and said so.
+  (tmp_path / "sharded" / "model.safetensors.index.json").write_text('{"metadata": {}}')
+  with pytest.raises(ValueError, match="index.json has no weight_map: the file is damaged"):
+    export.load_hf_as_flax(str(tmp_path / "sharded"))
+
+
+def test_import_upcasts_bfloat16_tensors(exported):
+  params, cfg, _, _ = exported["bert"]
+  state = {k: torch.from_numpy(v).to(torch.bfloat16)
+           for k, v in export.to_hf_state_dict(params, cfg).items()}
+  got = leaves(export.from_hf_state_dict(state, export.hf_config_for(cfg))[0])
+  # bfloat16 values, exactly, in float32 (NumPy has no bfloat16 to convert them to).
+  rounded = leaves(jax.tree.map(
+      lambda x: torch.from_numpy(x).to(torch.bfloat16).float().numpy(), params))
+  assert all(got[k].dtype == np.float32 and np.array_equal(got[k], rounded[k]) for k in rounded)
+
+
+def test_models_our_architecture_cannot_represent_are_refused(exported):
+  params, cfg, _, _ = exported["bert"]
+  state = export.to_hf_state_dict(params, cfg)
+  # A decoder that differs from the word embeddings: our head always reuses the embeddings.
+  untied = {**state, "cls.predictions.decoder.weight": state[
+      "bert.embeddings.word_embeddings.weight"] + 1}
+  with pytest.raises(ValueError, match="decoder.weight differs .* untied decoders"):
+    export.from_hf_state_dict(untied, export.hf_config_for(cfg))
+  with pytest.raises(ValueError, match="tie_word_embeddings=False"):
+    export.mlm_config_from_hf(transformers.BertConfig(tie_word_embeddings=False))
+  # A config without a pad id: BERT's [PAD] is id 0 (BertConfig's own default).
+  assert export.mlm_config_from_hf(transformers.BertConfig(pad_token_id=None)).pad_id == 0
+
+
+def test_verification_refuses_weights_transformers_does_not_load_cleanly(exported, hf_copy):
+  params, cfg, _, _ = exported["bert"]
+  weights = str(hf_copy / "model.safetensors")
+  # A tensor no BertForMaskedLM has: its logits still match, yet the file is not that model.
+  save_file({**load_file(weights), "bert.encoder.layer.9.extra.weight": np.zeros(3, np.float32)},
+            weights)
+  with pytest.raises(export.ExportMismatchError, match="did not load .* cleanly.*layer.9.extra"):
+    export.verify_export(params, cfg, str(hf_copy))
+
+
+def test_scanned_low_precision_model_exports_and_verifies_in_float32(tmp_path):
+  # A run with scan_layers=True and bfloat16 activations: the check runs our model in float32 on
+  # the scanned tree (bfloat16 logits differ from PyTorch's by far more than MAX_ABS_DIFF).
+  cfg = tiny_config("roberta", scan_layers=True, compute_dtype="bfloat16")
+  params = tiny_params(tiny_config("roberta"), seed=4)
+  scanned = export.convert_layout(params, scan_layers=True)
+  report = export.export_to_hf(scanned, cfg, str(tmp_path / "hf"))
+  assert report["max_abs_diff"] <= export.MAX_ABS_DIFF and report["top1_agree"] == 1.0
+  state = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  unrolled = export.to_hf_state_dict(params, tiny_config("roberta"))
+  assert all(np.array_equal(state[k], unrolled[k]) for k in state)
+
+
+def test_a_config_json_among_the_tokenizer_files_never_replaces_the_model_config(tmp_path,
+                                                                                  tokenizer_dir):
+  tok_dir = tmp_path / "tokenizer"
+  shutil.copytree(tokenizer_dir, tok_dir)
+  transformers.BertConfig(vocab_size=99, hidden_size=8, num_attention_heads=2).save_pretrained(
+      tok_dir)
+  cfg = tiny_config("bert")
+  report = export.export_to_hf(tiny_params(cfg), cfg, str(tmp_path / "hf"),
+                               tokenizer_dir=str(tok_dir))
+  assert report["max_abs_diff"] <= export.MAX_ABS_DIFF
+  config = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert (config["vocab_size"], config["hidden_size"], config["num_attention_heads"]) == (
+      len(VOCAB), 32, 4)
+
+
+def test_export_refuses_a_tokenizer_of_another_vocabulary(imported_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(imported_workdir, workdir)
+  shutil.rmtree(workdir / "tokenizer")
+  transformers.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB + ["extra"])}).save_pretrained(
+      workdir / "tokenizer")
+  with pytest.raises(ValueError, match=f"has {len(VOCAB) + 1} token ids but the checkpoint's "
+                     f"model has vocab_size {len(VOCAB)}"):
+    convert_checkpoint.main(["--workdir", str(workdir), "--out", str(tmp_path / "hf")])
+  assert not (tmp_path / "hf").exists()
+
+
+def test_import_refuses_a_tokenizer_whose_pad_id_is_not_the_configs(hf_copy, tmp_path):
+  config = json.loads((hf_copy / "config.json").read_text())
+  (hf_copy / "config.json").write_text(json.dumps({**config, "pad_token_id": 1}))
+  with pytest.raises(ValueError, match="Tokenizer pad id 0 differs from the config's "
+                     "pad_token_id 1"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+
+
+def test_import_into_a_workdir_with_checkpoints_is_refused_before_any_reading(imported_workdir,
+                                                                               hf_copy):
+  # The model's weights are gone: the refusal comes first, before the model is looked at.
+  (hf_copy / "model.safetensors").unlink()
+  before = sorted(os.listdir(imported_workdir))
+  with pytest.raises(FileExistsError, match="already holds checkpoints; choose an empty workdir"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", imported_workdir])
+  assert sorted(os.listdir(imported_workdir)) == before
+
+
+def test_cli_format_and_misplaced_flags(imported_workdir, tmp_path, capsys):
+  out = tmp_path / "hf"
+  misplaced = ((["--workdir", imported_workdir, "--scan-layers"], "--scan-layers applies to"),
+               (["--from-hf", imported_workdir, "--step", "0"], "apply to --workdir"),
+               (["--from-hf", imported_workdir, "--format", "bert"], "apply to --workdir"))
+  for argv, message in misplaced:
+    with pytest.raises(SystemExit):
+      convert_checkpoint.main(argv + ["--out", str(out)])
+    assert message in capsys.readouterr().err
+  assert not out.exists()
+  # --format: a BERT run exported as RoBERTa (positions shifted past the pad id) and verified.
+  report = convert_checkpoint.main(["--workdir", imported_workdir, "--out", str(out), "--step",
+                                    "0", "--format", "roberta"])
+  assert report["format"] == "roberta" and report["max_abs_diff"] <= export.MAX_ABS_DIFF
+  config = json.loads((out / "config.json").read_text())
+  assert (config["model_type"], config["max_position_embeddings"]) == ("roberta", 64 + 1)
