@@ -524,6 +524,7 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
     src = os.path.join(tokenizer_dir, name)
     if os.path.isfile(src) and name != "config.json":  # Never clobber the model config.
       shutil.copy2(src, os.path.join(out_dir, name))
+  _write_wordpiece_vocab(out_dir)
   path = os.path.join(out_dir, "tokenizer_config.json")
   settings = {}
   if os.path.exists(path):
@@ -547,6 +548,25 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
   settings["model_max_length"] = int(max_seq_len)
   with open(path, "w") as f:
     json.dump(settings, f, indent=2, sort_keys=True)
+
+
+def _write_wordpiece_vocab(out_dir: str) -> None:
+  """vocab.txt, one token per line in id order, beside the tokenizer.json of a WordPiece
+  vocabulary trained here (saved as tokenizer.json alone): BertTokenizer, transformers 4's slow
+  class, and the original LAMA and InforMask code read a vocabulary from that file."""
+  spec = os.path.join(out_dir, "tokenizer.json")
+  vocab_file = os.path.join(out_dir, "vocab.txt")
+  if os.path.exists(vocab_file) or not os.path.exists(spec):
+    return
+  with open(spec, encoding="utf-8") as f:
+    model = json.load(f).get("model") or {}
+  if model.get("type") != "WordPiece":
+    return
+  by_id = sorted(model["vocab"].items(), key=lambda item: item[1])
+  if [i for _, i in by_id] != list(range(len(by_id))) or any("\n" in t for t, _ in by_id):
+    return  # A file of lines cannot hold gaps in the ids or a token with a line break.
+  with open(vocab_file, "w", encoding="utf-8") as f:
+    f.write("".join(f"{token}\n" for token, _ in by_id))
 
 
 def _nesting(path: str, other: str) -> str | None:

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import tokenizers
 import torch
 import transformers
 from safetensors.numpy import load_file, save_file
@@ -395,6 +396,11 @@ def test_a_trained_tokenizer_is_exported_under_a_class_transformers_4_knows(tmp_
   assert settings["tokenizer_class"] in ("PreTrainedTokenizerFast", "BertTokenizerFast")
   again = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
   assert again("the cat")["input_ids"] == trained("the cat")["input_ids"]
+  # A vocab.txt too, for the slow BertTokenizer and the original LAMA / InforMask code.
+  assert not (tmp_path / "tokenizer" / "vocab.txt").exists()  # Training saves none.
+  assert (tmp_path / "out" / "vocab.txt").read_text().splitlines() == VOCAB
+  from_file = tokenizers.BertWordPieceTokenizer(str(tmp_path / "out" / "vocab.txt"))
+  assert from_file.encode("The Cat").ids == trained("the cat")["input_ids"]
   # The export truncates to the model's positions and gives sentence pairs their segments
   # (only where the model has a second token type).
   assert len(again("the cat " * 20, truncation=True)["input_ids"]) == 16
