@@ -96,8 +96,11 @@ class MetricWriter:
       tmp.write_text("".join(kept))
       tmp.replace(path)
     self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)
-    self._tb = SummaryWriter(str(workdir / "tensorboard"),
-                             purge_step=None if resumed_at is None else resumed_at + 1)
+    # Opened at the first write: a resume with no step left to run would leave an empty event
+    # file in tensorboard/ each time.
+    self._open_tb = lambda: SummaryWriter(
+        str(workdir / "tensorboard"), purge_step=None if resumed_at is None else resumed_at + 1)
+    self._tb = None
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -109,6 +112,8 @@ class MetricWriter:
       finite = not isinstance(value, float) or math.isfinite(value)
       record[key] = value if finite else None
     self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+    if self._tb is None:
+      self._tb = self._open_tb()
     for key, value in scalars.items():
       if isinstance(value, int | float) and math.isfinite(value):
         self._tb.add_scalar(key, value, int(step))
@@ -116,4 +121,5 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()

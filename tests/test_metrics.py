@@ -98,7 +98,9 @@ def test_tensorboard_gets_the_finite_numbers_and_drops_what_follows_the_resumed_
 
   monkeypatch.setattr(tensorboardX, "SummaryWriter", _FakeSummaryWriter)
   monkeypatch.setattr(_FakeSummaryWriter, "made", [])
-  metrics.MetricWriter(tmp_path).close()
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write(0, {"eval_loss": 9.0})
+  writer.close()
   writer = metrics.MetricWriter(tmp_path, resumed_at=20)
   writer.write(21, {"loss": 0.5, "skipped_steps": 2, "grad_norm": float("nan"), "mfu": None})
   writer.close()
@@ -107,6 +109,18 @@ def test_tensorboard_gets_the_finite_numbers_and_drops_what_follows_the_resumed_
   # checkpoint, but not the checkpoint's own step, which metrics.jsonl keeps too.
   assert fresh.purge_step is None and resumed.purge_step == 21
   assert resumed.scalars == [("loss", 0.5, 21), ("skipped_steps", 2, 21)]
+
+
+def test_a_writer_that_logs_nothing_leaves_no_event_file(tmp_path):
+  """A resume with no step left to run opens and closes the writer: no empty event file each
+  time; the first write makes one."""
+  metrics.MetricWriter(tmp_path, resumed_at=5).close()
+  events = lambda: list((tmp_path / "tensorboard").glob("events.*"))  # noqa: E731
+  assert not events()
+  writer = metrics.MetricWriter(tmp_path, resumed_at=5)
+  writer.write(6, {"loss": 1.0})
+  writer.close()
+  assert len(events()) == 1 and events()[0].stat().st_size > 0
 
 
 def test_a_disabled_writer_writes_nothing(tmp_path):
