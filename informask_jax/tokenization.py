@@ -169,14 +169,13 @@ def _training_texts(corpus):
   return train, corpus_lib.corpus_fingerprint(train)
 
 
-def _train_cached(tokenizer_config, corpus, cache_dir):
+def _train_cached(tokenizer_config, corpus, cache_dir, lowercase):
   if corpus is None:
     raise ValueError("config.tokenizer.name_or_path is empty, which means training a vocabulary, "
                      "but load_tokenizer got no corpus to train it on.")
   vocab_size = int(tokenizer_config.vocab_size)
   if vocab_size <= len(SPECIAL_TOKENS):
     raise ValueError(f"config.tokenizer.vocab_size={vocab_size} is too small to train on.")
-  lowercase = bool(tokenizer_config.lowercase)
   train, corpus_fp = _training_texts(corpus)
   key = hashlib.sha256(
       json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
@@ -234,7 +233,9 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None):
   name = os.path.expanduser(tokenizer_config.name_or_path or "")
   lowercase = bool(tokenizer_config.get("lowercase", True))
   if not name:
-    tokenizer = _train_cached(tokenizer_config, corpus, cache_dir)
+    # The case setting is the one read above (default True), so that a config without it
+    # trains lower-cased as it loads a vocab.txt lower-cased, instead of failing.
+    tokenizer = _train_cached(tokenizer_config, corpus, cache_dir, lowercase)
   elif os.path.isfile(name):
     tokenizer = _from_vocab_file(name, lowercase)
   elif os.path.isdir(name):

@@ -50,6 +50,16 @@ def test_wiki_vital_split_is_by_title_and_stable(tmp_path):
 def test_clean_text():
   assert corpus.clean_text("  a\t\tb \r\n\r\n  c\x00d\x07 ") == "a b\ncd"
   assert corpus.clean_text(" \n\t ") == ""
+  # An old Mac line end (lone CR) breaks a line, DEL is a control character and a no-break space
+  # is horizontal space: otherwise each would reach the tokenizer as a character of a word.
+  assert corpus.clean_text("a\rb\x7fc\u00a0d") == "a\nbc d"
+
+
+def test_hash_bucket_values_are_pinned():
+  """The split of every corpus, and so every cached tokenized corpus and statistics table, rests on
+  these numbers: a change of hash, digest size or byte order must be a deliberate one."""
+  assert corpus.hash_bucket("Paris") == 0.14283322527481312
+  assert corpus.hash_bucket("Doc 0.") == 0.2752668597383098
 
 
 def test_txt_documents_and_invalid_utf8_counted(tmp_path, caplog):
@@ -62,6 +72,63 @@ def test_txt_documents_and_invalid_utf8_counted(tmp_path, caplog):
                                      "Second \ufffd\ufffd doc.", "Third."]
   assert len(loaded["validation"]) == 0
   assert "replaced 2 byte(s)" in caplog.text and "docs.txt" in caplog.text
+
+
+def test_runs_of_blank_lines_are_one_separator_for_max_documents(tmp_path):
+  """max_documents counts documents before empty ones are dropped, so a run of blank lines in a
+  .txt must not count as documents."""
+  path = tmp_path / "a.txt"
+  path.write_text("A.\n\n\n\nB.\n \n\t\nC.\n")
+  c = _data_config(tmp_path, [dict(name=str(path))], max_documents=2, validation_fraction=0.0)
+  assert _texts(corpus.load_corpus(c)["train"]) == ["A.", "B."]
+
+
+def test_an_edited_txt_file_is_read_again(tmp_path):
+  """The .txt reader's cache is keyed by each file's size and mtime, not its name alone."""
+  path = tmp_path / "a.txt"
+  path.write_text("Old text.\n")
+  c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
+  assert _texts(corpus.load_corpus(c)["train"]) == ["Old text."]
+  path.write_text("New, longer text.\n")
+  assert _texts(corpus.load_corpus(c)["train"]) == ["New, longer text."]
+
+
+def test_mostly_invalid_utf8_is_refused_and_an_empty_txt_is_not(tmp_path):
+  """A quarter of the bytes undecodable is well past "a few bad bytes"; an empty .txt (0 bytes,
+  none of them bad) is an empty source, not a binary file."""
+  folder = tmp_path / "data"
+  folder.mkdir()
+  (folder / "a.txt").write_text("Some text.\n")
+  (folder / "b.txt").write_bytes(b"")
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))],
+                                           validation_fraction=0.0))
+  assert _texts(loaded["train"]) == ["Some text."]
+  noisy = tmp_path / "noisy.txt"
+  noisy.write_bytes(b"abc\xff" * 1000)
+  with pytest.raises(ValueError, match=r"noisy.txt' does not look like UTF-8 text \(1000 of"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(noisy))]))
+
+
+def test_directory_and_glob_pick_only_corpus_files(tmp_path):
+  """A directory contributes only its .txt/.jsonl/.json/.parquet files (a README or a .gz beside
+  them is skipped); a ** glob descends into subfolders; a file named outright must have one of
+  those suffixes; a source's text_field defaults to "text"."""
+  folder = tmp_path / "data"
+  (folder / "sub").mkdir(parents=True)
+  (folder / "a.txt").write_text("Top.\n")
+  (folder / "sub" / "b.txt").write_text("Nested.\n")
+  (folder / "README.md").write_text("Not a document.\n")
+  (folder / "sub" / "c.jsonl.gz").write_bytes(b"\x1f\x8b")
+  for name in (str(folder), str(folder / "**" / "*.txt")):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=name)], validation_fraction=0.0))
+    assert sorted(_texts(loaded["train"])) == ["Nested.", "Top."], name
+  with pytest.raises(ValueError, match=r"README.md' has an unsupported suffix"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder / "README.md"))]))
+  path = tmp_path / "a.jsonl"
+  path.write_text(json.dumps({"text": "Default field."}) + "\n")
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), text_field=None)],
+                                           validation_fraction=0.0))
+  assert _texts(loaded["train"]) == ["Default field."]
 
 
 def test_jsonl_parquet_glob_and_directory(tmp_path):
@@ -100,6 +167,75 @@ def test_streaming_files_source(tmp_path):
   assert set(val) == {f"Doc {i}." for i in range(50) if corpus.hash_bucket(f"Doc {i}.") < 0.2}
 
 
+def test_streaming_mixes_with_in_memory_sources_and_caps_documents(tmp_path):
+  """One streaming source makes the whole corpus a stream (an in-memory source joins it), and
+  max_documents caps a stream too (per source, as its length is unknown)."""
+  a, b = tmp_path / "a.txt", tmp_path / "b.jsonl"
+  a.write_text("\n\n".join(f"A{i}." for i in range(3)))
+  b.write_text("".join(json.dumps({"text": f"B{i}."}) + "\n" for i in range(10)))
+  c = _data_config(tmp_path, [dict(name=str(a)), dict(name=str(b), streaming=True)],
+                   validation_fraction=0.0)
+  loaded = corpus.load_corpus(c)
+  assert isinstance(loaded, datasets.IterableDatasetDict)
+  assert [ex["text"] for ex in loaded["train"]] == ["A0.", "A1.", "A2."] + [
+      f"B{i}." for i in range(10)]
+  c = _data_config(tmp_path, [dict(name=str(b), streaming=True)], validation_fraction=0.0,
+                   max_documents=4)
+  assert [ex["text"] for ex in corpus.load_corpus(c)["train"]] == [f"B{i}." for i in range(4)]
+
+
+def _fake_hub(monkeypatch, make):
+  """Replaces datasets.load_dataset (no network in tests) and records each call's arguments."""
+  calls = []
+
+  def load_dataset(name, config=None, **kwargs):
+    calls.append(dict(name=name, config=config, **kwargs))
+    return make(kwargs.get("streaming"))
+
+  monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+  return calls
+
+
+def test_hub_source_arguments_and_text_field(tmp_path, monkeypatch):
+  rows = {"body": [f"Hub doc {i}." for i in range(5)], "id": list(range(5))}
+
+  def make(streaming):
+    if not streaming:
+      return datasets.Dataset.from_dict(rows)
+    # A stream whose columns are unknown until a record is read, as many hub streams are.
+    return datasets.IterableDataset.from_generator(
+        lambda: ({"body": t, "id": i} for i, t in zip(rows["id"], rows["body"], strict=True)))
+
+  calls = _fake_hub(monkeypatch, make)
+  source = dict(kind="hub", name="org/set", text_field="body")
+  c = _data_config(tmp_path, [source], validation_fraction=0.0, num_proc=3)
+  c.sources[0].config, c.sources[0].split = "en", None  # No split given: "train".
+  loaded = corpus.load_corpus(c)
+  assert calls[-1] == dict(name="org/set", config="en", split="train", streaming=False,
+                           num_proc=3)
+  assert _texts(loaded["train"]) == rows["body"]
+  c.sources[0].streaming = True
+  loaded = corpus.load_corpus(c)
+  assert calls[-1]["streaming"] is True and calls[-1]["num_proc"] is None
+  assert [ex["text"] for ex in loaded["train"]] == rows["body"]
+  # The stream's missing column is named like an in-memory one's, when the first record is read.
+  c.sources[0].text_field = "content"
+  loaded = corpus.load_corpus(c)
+  with pytest.raises(ValueError, match=r"no column 'content' \(text_field\); columns are "
+                                       r"\['body', 'id'\]"):
+    next(iter(loaded["train"]))
+
+
+def test_hub_errors_other_than_offline_get_no_offline_hint(tmp_path, monkeypatch):
+  def make(streaming):
+    raise FileNotFoundError("no split 'tarin'")
+
+  _fake_hub(monkeypatch, make)
+  with pytest.raises(ValueError, match="could not load hub dataset 'org/set'") as error:
+    corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name="org/set")]))
+  assert "no split 'tarin'" in str(error.value) and "Offline" not in str(error.value)
+
+
 def test_split_bucket_is_the_hash_of_the_key_when_there_is_one():
   """wiki_vital documents are split by title ("_key"), other sources by their text."""
   keyed = corpus._clean_batch({"text": ["Same text.", "Same text."], "_key": ["A", "B"]})
@@ -131,6 +267,18 @@ def test_tiny_corpus_keeps_a_document_on_each_side_of_the_split(tmp_path):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.02))
 
 
+def test_split_edge_cases(tmp_path):
+  """One document trains (nothing can be held out); a validation_fraction of 1 is refused."""
+  path = tmp_path / "a.jsonl"
+  path.write_text(json.dumps({"text": "Only one."}) + "\n")
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
+                                           validation_fraction=0.02))
+  assert _texts(loaded["train"]) == ["Only one."] and len(loaded["validation"]) == 0
+  path.write_text("".join(json.dumps({"text": f"Doc {i}."}) + "\n" for i in range(4)))
+  with pytest.raises(ValueError, match=r"validation_fraction=1.0 must be in \[0, 1\)"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))], validation_fraction=1.0))
+
+
 def test_fingerprint_tracks_content_and_order():
   a = datasets.Dataset.from_dict({"text": ["ab", "c"]})
   assert corpus.corpus_fingerprint(a) == corpus.corpus_fingerprint(
@@ -138,6 +286,15 @@ def test_fingerprint_tracks_content_and_order():
   for other in (["a", "bc"], ["c", "ab"], ["ab", "c", ""]):
     assert corpus.corpus_fingerprint(a) != corpus.corpus_fingerprint(
         datasets.Dataset.from_dict({"text": other}))
+  # Documents are hashed in batches of 10 000: the batch marker keeps a document at the end of one
+  # batch apart from the next batch's first ("ab" | "c" is not "a" | "bc").
+  filler = ["x"] * 9_999
+  assert corpus.corpus_fingerprint(datasets.Dataset.from_dict({"text": filler + ["ab", "c"]})) != (
+      corpus.corpus_fingerprint(datasets.Dataset.from_dict({"text": filler + ["a", "bc"]})))
+  # A DatasetDict's fingerprint knows which split holds what.
+  b = datasets.Dataset.from_dict({"text": ["d"]})
+  assert corpus.corpus_fingerprint(datasets.DatasetDict({"train": a, "validation": b})) != (
+      corpus.corpus_fingerprint(datasets.DatasetDict({"train": b, "validation": a})))
 
 
 # --- Bad input ----------------------------------------------------------------------------------
@@ -204,6 +361,15 @@ def test_empty_corpus(tmp_path):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(empty))]))
   with pytest.raises(ValueError, match="sources is empty"):
     corpus.load_corpus(_data_config(tmp_path, []))
+
+
+def test_bad_source_settings(tmp_path):
+  with pytest.raises(ValueError, match=r"sources\[0\]\.name is empty \(kind='files'\)"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name="")]))
+  # 0 is not "all documents" and True is not 1: both are mistakes.
+  for limit in (0, -2, True):
+    with pytest.raises(ValueError, match=f"max_documents={limit!r} must be -1"):
+      corpus.check_sources(_data_config(tmp_path, [dict(name="x.txt")], max_documents=limit))
 
 
 def test_the_default_cache_follows_xdg_cache_home(monkeypatch):

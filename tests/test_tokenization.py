@@ -166,3 +166,114 @@ def test_a_missing_local_path_is_named_without_asking_the_hub(name, tmp_path, mo
   # Checked with the data settings, so a run fails before its corpus is read.
   with pytest.raises(FileNotFoundError, match="does not exist"):
     tokenization.check_name_or_path(_config(name))
+
+
+# --- From a mutation audit ----------------------------------------------------------------------
+
+def test_crlf_vocab_txt_and_a_bare_prefix(tmp_path):
+  """A vocab.txt saved with Windows line ends has the same tokens and ids; a bare "##" is a token
+  of its own, not a continuation of a word."""
+  lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "##", "cat", "##s"]
+  (tmp_path / "vocab.txt").write_bytes("\r\n".join(lines).encode() + b"\r\n")
+  tok = tokenization.load_tokenizer(_config(str(tmp_path / "vocab.txt")))
+  assert tok.get_vocab() == {t: i for i, t in enumerate(lines)}
+  assert tok("cats", add_special_tokens=False)["input_ids"] == [6, 7]
+  assert tokenization.continuation_table(tok).tolist() == [False] * 7 + [True]
+
+
+def test_a_home_relative_path_and_the_default_case(tmp_path, monkeypatch):
+  # "~/..." is the user's home (a shell would have expanded it), so it exists and is read.
+  monkeypatch.setenv("HOME", str(tmp_path))
+  shutil.copy(BERT_VOCAB, tmp_path / "vocab.txt")
+  config = ml_collections.ConfigDict(dict(name_or_path="~/vocab.txt"))  # No lowercase setting.
+  tokenization.check_name_or_path(config)
+  tok = tokenization.load_tokenizer(config)
+  assert tok.tokenize("Paris") == ["paris"]  # Lower-cased, as bert-base-uncased, by default.
+
+
+def test_a_saved_tokenizer_directory_is_loaded_as_saved(tmp_path):
+  """A directory with tokenizer.json (a run's WORKDIR/tokenizer) keeps its own normaliser: a
+  cased vocabulary stays cased whatever config.tokenizer.lowercase says."""
+  cased = tokenization.load_tokenizer(_config(lowercase=False), _synthetic_corpus(),
+                                      str(tmp_path / "cache"))
+  cased.save_pretrained(str(tmp_path / "tok"))
+  loaded = tokenization.load_tokenizer(_config(str(tmp_path / "tok"), lowercase=True))
+  assert loaded.get_vocab() == cased.get_vocab()
+  assert loaded.tokenize("River") == ["River"]
+  assert tokenization.tokenizer_fingerprint(loaded) == tokenization.tokenizer_fingerprint(cased)
+
+
+def test_hub_names_go_to_the_hub(monkeypatch):
+  """A bare name or "org/model" is a hub id, not a missing path; what the hub returns must be a
+  fast tokenizer (the masker needs offsets and the Rust pipeline)."""
+  loaded = []
+
+  def from_pretrained(name, *args, **kwargs):
+    loaded.append(name)
+    return tokenization.load_tokenizer(_config(BERT_VOCAB))
+
+  monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+  for name in ("bert-base-uncased", "google-bert/bert-base-uncased"):
+    tokenization.check_name_or_path(_config(name))
+    assert len(tokenization.load_tokenizer(_config(name))) == 30522
+  assert loaded == ["bert-base-uncased", "google-bert/bert-base-uncased"]
+
+  class Slow:
+    is_fast = False
+
+  monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Slow())
+  with pytest.raises(ValueError, match="has no fast"):
+    tokenization.load_tokenizer(_config("bert-base-uncased"))
+
+
+def test_special_ids_name_a_missing_token():
+  tok = tokenization.load_tokenizer(_config(BERT_VOCAB))
+  tok.mask_token = None
+  with pytest.raises(ValueError, match="no mask token"):
+    tokenization.special_ids(tok)
+
+
+def test_fingerprint_ignores_padding_and_sees_the_pre_tokenizer():
+  import tokenizers
+
+  tok = tokenization.load_tokenizer(_config(BERT_VOCAB))
+  before = tokenization.tokenizer_fingerprint(tok)
+  # A padded, truncated call leaves those settings on the Rust tokenizer; ids are unchanged.
+  tok(["a b c"], padding="max_length", max_length=8, truncation=True)
+  assert tok.backend_tokenizer.padding is not None
+  assert tokenization.tokenizer_fingerprint(tok) == before
+  # Splitting words differently changes ids.
+  tok.backend_tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  assert tokenization.tokenizer_fingerprint(tok) != before
+
+
+def test_training_settings(tmp_path, caplog, monkeypatch):
+  with pytest.raises(ValueError, match="vocab_size=5 is too small"):
+    tokenization.load_tokenizer(_config(vocab_size=5), _synthetic_corpus(), str(tmp_path))
+  # The character scan finds every "##x" piece the trainer meets, so one pass suffices; here with
+  # capitals and accents inside words, which only a cased vocabulary keeps.
+  docs = ["McDonald met DeVries in the Café.", "MacArthur's iPhone was élégant."] * 20
+  cased = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})})
+  with caplog.at_level(logging.INFO, logger="informask_jax.tokenization"):
+    tok = tokenization.load_tokenizer(_config(vocab_size=200, lowercase=False), cased,
+                                      str(tmp_path))
+  assert "Trained a" in caplog.text and "Retraining" not in caplog.text
+  assert tok.tokenize("McDonald") == ["McDonald"]
+  # Training, like loading a vocab.txt, lower-cases when the config has no lowercase setting.
+  config = ml_collections.ConfigDict(dict(name_or_path="", vocab_size=1000))
+  trained = tokenization.load_tokenizer(config, _synthetic_corpus(), str(tmp_path))
+  assert trained.tokenize("River") == ["river"]
+
+
+def test_a_streaming_corpus_is_sampled_for_training(tmp_path, monkeypatch):
+  """A stream's first STREAM_TRAIN_DOCUMENTS train documents give the vocabulary of those
+  documents in memory."""
+  monkeypatch.setattr(tokenization, "STREAM_TRAIN_DOCUMENTS", 5)
+  corpus = _synthetic_corpus()
+  stream = datasets.IterableDatasetDict({"train": corpus["train"].to_iterable_dataset()})
+  sampled = tokenization.load_tokenizer(_config(), stream, str(tmp_path / "a"))
+  head = datasets.DatasetDict({"train": corpus["train"].select(range(5))})
+  assert sampled.get_vocab() == tokenization.load_tokenizer(_config(), head,
+                                                            str(tmp_path / "b")).get_vocab()
+  assert sampled.get_vocab() != tokenization.load_tokenizer(_config(), corpus,
+                                                            str(tmp_path / "c")).get_vocab()
