@@ -524,12 +524,14 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
     src = os.path.join(tokenizer_dir, name)
     if os.path.isfile(src) and name != "config.json":  # Never clobber the model config.
       shutil.copy2(src, os.path.join(out_dir, name))
-  _write_wordpiece_vocab(out_dir)
+  vocab_settings = _write_wordpiece_vocab(out_dir)
   path = os.path.join(out_dir, "tokenizer_config.json")
   settings = {}
   if os.path.exists(path):
     with open(path) as f:
       settings = json.load(f)
+  for key, value in vocab_settings.items():
+    settings.setdefault(key, value)
   # Without tokenizer_class, AutoTokenizer would pick the tokenizer of the model type (RoBERTa's
   # byte-level BPE) for a WordPiece vocabulary.
   settings.setdefault("tokenizer_class", type(tokenizer).__name__)
@@ -550,23 +552,35 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
     json.dump(settings, f, indent=2, sort_keys=True)
 
 
-def _write_wordpiece_vocab(out_dir: str) -> None:
+def _write_wordpiece_vocab(out_dir: str) -> dict:
   """vocab.txt, one token per line in id order, beside the tokenizer.json of a WordPiece
   vocabulary trained here (saved as tokenizer.json alone): BertTokenizer, transformers 4's slow
-  class, and the original LAMA and InforMask code read a vocabulary from that file."""
-  spec = os.path.join(out_dir, "tokenizer.json")
+  class, and the original LAMA and InforMask code read a vocabulary from that file.
+
+  Returns the tokenizer_config.json settings that make BertTokenizer normalise as tokenizer.json
+  does ({} when no vocab.txt was written): it lower-cases unless told otherwise, which would turn
+  a cased vocabulary's "The" into "the", another id."""
+  spec_file = os.path.join(out_dir, "tokenizer.json")
   vocab_file = os.path.join(out_dir, "vocab.txt")
-  if os.path.exists(vocab_file) or not os.path.exists(spec):
-    return
-  with open(spec, encoding="utf-8") as f:
-    model = json.load(f).get("model") or {}
+  if os.path.exists(vocab_file) or not os.path.exists(spec_file):
+    return {}
+  with open(spec_file, encoding="utf-8") as f:
+    spec = json.load(f)
+  model = spec.get("model") or {}
   if model.get("type") != "WordPiece":
-    return
+    return {}
   by_id = sorted(model["vocab"].items(), key=lambda item: item[1])
   if [i for _, i in by_id] != list(range(len(by_id))) or any("\n" in t for t, _ in by_id):
-    return  # A file of lines cannot hold gaps in the ids or a token with a line break.
+    return {}  # A file of lines cannot hold gaps in the ids or a token with a line break.
   with open(vocab_file, "w", encoding="utf-8") as f:
     f.write("".join(f"{token}\n" for token, _ in by_id))
+  normalizer = spec.get("normalizer") or {}
+  if normalizer.get("type") != "BertNormalizer":
+    return {}
+  settings = {"do_lower_case": bool(normalizer.get("lowercase", True))}
+  if normalizer.get("strip_accents") is not None:  # None follows lowercase, as BertTokenizer's.
+    settings["strip_accents"] = bool(normalizer["strip_accents"])
+  return settings
 
 
 def _nesting(path: str, other: str) -> str | None:

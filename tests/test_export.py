@@ -411,6 +411,22 @@ def test_a_trained_tokenizer_is_exported_under_a_class_transformers_4_knows(tmp_
     assert "token_type_ids" not in pair
 
 
+def test_a_cased_vocabulary_exports_a_vocab_txt_read_without_lower_casing(tmp_path):
+  # BertTokenizer lower-cases by default: from the vocab.txt alone it would read "The" as "the".
+  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "The", "Cat", "the", "cat"]
+  trained = tokenization._wrap(tokenization._from_vocab({w: i for i, w in enumerate(words)},
+                                                        lowercase=False))
+  trained.save_pretrained(tmp_path / "tokenizer")
+  (tmp_path / "out").mkdir()
+  export._copy_tokenizer(str(tmp_path / "tokenizer"), str(tmp_path / "out"), trained, 2, 16)
+  want = trained("The Cat")["input_ids"]
+  assert want == [CLS, 5, 6, SEP]
+  slow = transformers.BertTokenizer.from_pretrained(tmp_path / "out")
+  assert slow("The Cat")["input_ids"] == want
+  fast = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  assert fast("The Cat")["input_ids"] == want
+
+
 def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir, monkeypatch):
   cfg = tiny_config("bert")
   params = tiny_params(cfg)
