@@ -87,20 +87,23 @@ class MetricWriter:
 
     workdir = pathlib.Path(workdir)
     path = workdir / "metrics.jsonl"
+    dropped = False
     if resumed_at is not None and path.exists():
       # Bytes, decoded leniently: a crash mid-write can leave a cut multi-byte character.
-      text = path.read_bytes().decode("utf-8", errors="replace")
-      kept = [line for line in text.splitlines(keepends=True)
-              if _logged_step(line) <= resumed_at]
+      lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+      kept = [line for line in lines if _logged_step(line) <= resumed_at]
+      dropped = len(kept) < len(lines)
       tmp = path.with_name(path.name + ".tmp")
       tmp.write_text("".join(kept))
       tmp.replace(path)
     self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)
     # Opened at the first write: a resume with no step left to run would leave an empty event
-    # file in tensorboard/ each time.
+    # file in tensorboard/ each time. Opened now when the crashed run logged past the resumed
+    # step: the new file's purge marker drops those steps from TensorBoard as they were dropped
+    # from metrics.jsonl, even if no step follows (num_steps lowered to the checkpoint's).
     self._open_tb = lambda: SummaryWriter(
         str(workdir / "tensorboard"), purge_step=None if resumed_at is None else resumed_at + 1)
-    self._tb = None
+    self._tb = self._open_tb() if dropped else None
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:

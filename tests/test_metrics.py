@@ -2,6 +2,7 @@
 resume."""
 
 import json
+import struct
 from types import SimpleNamespace
 
 import numpy as np
@@ -121,6 +122,38 @@ def test_a_writer_that_logs_nothing_leaves_no_event_file(tmp_path):
   writer.write(6, {"loss": 1.0})
   writer.close()
   assert len(events()) == 1 and events()[0].stat().st_size > 0
+
+
+def _events(path):
+  """The Event records of a TensorBoard event file (TFRecord framing: length, CRC, data, CRC)."""
+  from tensorboardX.proto.event_pb2 import Event
+
+  data, out, at = path.read_bytes(), [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at:at + 8])
+    out.append(Event.FromString(data[at + 12:at + 12 + length]))
+    at += 12 + length + 4
+  return out
+
+
+def test_a_resume_with_no_step_left_still_purges_what_the_crashed_run_logged(tmp_path):
+  """Steps logged after the checkpoint leave metrics.jsonl at once; TensorBoard must drop them
+  too, though no step follows (num_steps lowered to the checkpoint's): the purge marker is
+  written when the writer opens."""
+  writer = metrics.MetricWriter(tmp_path)
+  for step in (10, 20, 30):
+    writer.write(step, {"loss": 1.0})
+  writer.close()
+  # Named as an earlier second's file: tensorboardX names files by the second and host, and a
+  # writer opened in the same second would overwrite this one.
+  (earlier,) = (tmp_path / "tensorboard").glob("events.*")
+  earlier.rename(earlier.with_name("events.out.tfevents.1000000000.host"))
+  metrics.MetricWriter(tmp_path, resumed_at=20).close()
+  assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()] == [10, 20]
+  files = list((tmp_path / "tensorboard").glob("events.*"))
+  starts = [e.step for f in files for e in _events(f)
+            if e.session_log.status == e.session_log.START]
+  assert len(files) == 2 and starts == [21]
 
 
 def test_a_disabled_writer_writes_nothing(tmp_path):
