@@ -893,7 +893,7 @@ def test_masker_is_a_pytree_jit_argument():
     masker(jax.random.key(0), tokens[0])
 
 
-def test_show_cli_marks_targets(tmp_path, capsys):
+def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
   from informask_jax.masking import show
   text = "Mount Everest is the highest mountain on Earth above sea level."
   show.main(["--strategy", "random", "--text", text, "--samples", "2", "--no-colour"])
@@ -921,6 +921,9 @@ def test_show_cli_marks_targets(tmp_path, capsys):
   (tmp_path / "empty").mkdir()
   with pytest.raises(SystemExit, match=r"--tokenizer '.*empty' holds no tokenizer.json"):
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "empty")])
+  monkeypatch.setenv("HOME", str(tmp_path))  # Unexpanded by the shell in --tokenizer=~/...
+  with pytest.raises(SystemExit, match=r"--tokenizer '~/empty' holds no tokenizer.json"):
+    show.main(["--strategy", "random", "--tokenizer", "~/empty"])
   # A table given by flag is named by its flag, not by train.py's config key.
   with pytest.raises(SystemExit, match=r"no\.npy' \(--rates\) does not exist"):
     show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])

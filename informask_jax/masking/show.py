@@ -68,7 +68,7 @@ def load_tokenizer(path=None):
     import transformers
     return transformers.BertTokenizerFast(vocab_file=path)
   except FileNotFoundError:
-    if os.path.exists(path):
+    if os.path.exists(os.path.expanduser(path)):  # The loader expands ~ (--tokenizer=~/...).
       raise SystemExit(
           f"error: --tokenizer {path!r} holds no tokenizer.json or vocab.txt.") from None
     # The loader's message is train.py's (the config key, training a vocabulary instead).
