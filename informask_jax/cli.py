@@ -137,8 +137,9 @@ def _config_keys(node, prefix="config") -> list[str]:
 
 
 def override_hint(name: str, argv: list[str]) -> str:
-  """For `name` given as a flag of its own (--num_steps, MaxText's `steps=5`): the --config.*
-  override(s) it may have meant, as a sentence; "" when no config key ends with it."""
+  """For `name` given as a flag of its own (--num_steps, or `train.num_steps=5` as MaxText takes
+  it): the --config.* override(s) it may have meant, as a sentence; "" when no config key ends
+  with it."""
   config = _config_of(argv)
   name = name.split("=", 1)[0].lstrip("-")
   if config is None or not name:

@@ -236,6 +236,12 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None):
     # The case setting is the one read above (default True), so that a config without it
     # trains lower-cased as it loads a vocab.txt lower-cased, instead of failing.
     tokenizer = _train_cached(tokenizer_config, corpus, cache_dir, lowercase)
+  elif os.path.isfile(name) and name.endswith(".json"):
+    # A tokenizer.json alone lacks the special-token settings of its tokenizer_config.json;
+    # read as a vocab.txt it failed on the "missing" [PAD] etc.
+    raise ValueError(f"config.tokenizer.name_or_path={name!r} is a .json file; point it at the "
+                     "directory that holds tokenizer.json (with its tokenizer_config.json), or "
+                     "at a vocab.txt.")
   elif os.path.isfile(name):
     tokenizer = _from_vocab_file(name, lowercase)
   elif os.path.isdir(name):

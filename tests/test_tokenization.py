@@ -201,6 +201,9 @@ def test_a_saved_tokenizer_directory_is_loaded_as_saved(tmp_path):
   assert loaded.get_vocab() == cased.get_vocab()
   assert loaded.tokenize("River") == ["River"]
   assert tokenization.tokenizer_fingerprint(loaded) == tokenization.tokenizer_fingerprint(cased)
+  # The tokenizer.json file itself: pointed at its directory (it was read as a vocab.txt).
+  with pytest.raises(ValueError, match=r"is a \.json file; point it at the directory"):
+    tokenization.load_tokenizer(_config(str(tmp_path / "tok" / "tokenizer.json")))
 
 
 def test_hub_names_go_to_the_hub(monkeypatch):
