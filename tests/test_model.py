@@ -1,5 +1,6 @@
 """Tests for informask_jax/model.py that need no Hugging Face reference (those are in
-test_export.py): the FLOP count behind the benchmark's MFU against the traced step."""
+test_export.py): the FLOP count behind the benchmark's MFU against the traced step, and the
+logits against a float64 NumPy forward written from the BERT / RoBERTa definitions."""
 
 import flax.linen as nn
 import jax
@@ -164,3 +165,160 @@ def test_roberta_flavour_from_the_base_config():
   c.model.flavour = "bert"
   cfg = MLMConfig.from_config(c.model, vocab_size=50, pad_id=0)
   assert cfg.layer_norm_eps == 1e-12 and cfg.type_vocab_size == 2 and cfg.max_positions == 512
+
+
+def _numpy_mlm_logits(cfg, params, ids, token_types, positions=None):
+  """An independent float64 NumPy BERT / RoBERTa MLM forward (Hugging Face's layout): post-LN
+  layers, exact-erf GELU, padding keys masked, softmax over the keys, 1 / sqrt(head_dim), the
+  transform then the decoder tied to the word embeddings plus its bias. Logits (B, L or P, V)."""
+  from scipy.special import erf
+
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+
+  def norm(x, q):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + cfg.layer_norm_eps) * q["scale"] + q["bias"]
+
+  def gelu(x):
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+  not_pad = ids != cfg.pad_id
+  if cfg.flavour == "roberta":  # HF's create_position_ids_from_input_ids.
+    pos = np.where(not_pad, np.cumsum(not_pad, -1) + cfg.pad_id, cfg.pad_id)
+  else:
+    pos = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+  e = p["embeddings"]
+  x = norm(e["word"]["embedding"][ids] + e["position"]["embedding"][pos] +
+           e["token_type"]["embedding"][token_types], e["norm"])
+  for i in range(cfg.num_layers):
+    if cfg.scan_layers:
+      layer = jax.tree.map(lambda a, i=i: a[i], p["encoder"]["layers"])
+    else:
+      layer = p["encoder"][f"layer_{i}"]
+    a = layer["attention"]
+    q, k, v = (np.einsum("blh,hnd->blnd", x, a[n]["kernel"]) + a[n]["bias"]
+               for n in ("query", "key", "value"))
+    scores = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(cfg.head_dim)
+    scores = np.where(not_pad[:, None, None, :], scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    context = np.einsum("bnqk,bknd->bqnd", probs, v)
+    attn = np.einsum("bqnd,ndh->bqh", context, a["out"]["kernel"]) + a["out"]["bias"]
+    x = norm(x + attn, layer["attention_norm"])
+    h = gelu(x @ layer["mlp_in"]["kernel"] + layer["mlp_in"]["bias"])
+    x = norm(x + h @ layer["mlp_out"]["kernel"] + layer["mlp_out"]["bias"], layer["mlp_norm"])
+  if positions is not None:
+    x = np.take_along_axis(x, positions[..., None], axis=1)
+  head = p["head"]
+  t = norm(gelu(x @ head["transform"]["kernel"] + head["transform"]["bias"]), head["norm"])
+  return t @ e["word"]["embedding"].T + head["bias"]
+
+
+def _reference_case(flavour, pad_id, scan_layers, **overrides):
+  """A 2-layer model with random parameters, embeddings at their initial scale (0.02) so that
+  the embedding LayerNorm's variance is small enough for its epsilon to show, and right-padded
+  ids with both token types."""
+  cfg = MLMConfig(**{**dict(vocab_size=50, num_layers=2, hidden_size=32, num_heads=4,
+                            mlp_size=48, max_positions=16, flavour=flavour, pad_id=pad_id,
+                            dropout=0.0, scan_layers=scan_layers,
+                            layer_norm_eps=1e-12 if flavour == "bert" else 1e-5), **overrides})
+  params = _random_params(cfg, seed=3, scale=0.3)
+  params["embeddings"] = jax.tree_util.tree_map_with_path(
+      lambda path, x: x if path[-1].key in ("scale", "bias") else x / 15, params["embeddings"])
+  rng = np.random.default_rng(4)
+  ids = rng.integers(5, 50, (3, 10)).astype(np.int32)
+  ids[0, 6:] = pad_id
+  ids[1, 2:] = pad_id
+  token_types = (rng.uniform(size=ids.shape) < 0.5).astype(np.int32)
+  return cfg, params, ids, token_types
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("flavour,pad_id", [("bert", 0), ("roberta", 1)])
+def test_logits_match_a_numpy_reference(flavour, pad_id, scan_layers):
+  """Every token's logits, and the logits at gathered target positions (the last layer then runs
+  at those rows only), equal the float64 NumPy forward."""
+  cfg, params, ids, token_types = _reference_case(flavour, pad_id, scan_layers)
+  model = BertMLM(cfg)
+  expected = _numpy_mlm_logits(cfg, params, ids, token_types)
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(token_types)))
+  keep = ids != pad_id  # Padding rows are never read; only the real tokens' logits matter.
+  assert np.abs(expected[keep]).max() > 0.3  # Small embeddings: small logits.
+  np.testing.assert_allclose(got[keep], expected[keep], rtol=1e-4, atol=1e-5)
+
+  positions = np.array([[1, 4, 5], [0, 1, 0], [9, 2, 3]], np.int32)
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(token_types),
+                               masked_positions=jnp.asarray(positions)))
+  np.testing.assert_allclose(
+      got, _numpy_mlm_logits(cfg, params, ids, token_types, positions), rtol=1e-4, atol=1e-5)
+
+
+def test_the_layer_norm_epsilon_is_the_configured_one():
+  """A large epsilon (1e-2) against the small-variance embeddings: the reference follows it, so a
+  LayerNorm that ignored `layer_norm_eps` would be caught even where 1e-12 and 1e-5 blur."""
+  cfg, params, ids, token_types = _reference_case("bert", 0, False, layer_norm_eps=1e-2)
+  got = np.asarray(BertMLM(cfg).apply({"params": params}, jnp.asarray(ids),
+                                      jnp.asarray(token_types)))
+  keep = ids != 0
+  np.testing.assert_allclose(got[keep], _numpy_mlm_logits(cfg, params, ids, token_types)[keep],
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_is_off_in_evaluation_and_on_in_training():
+  """With dropout and attention dropout configured, a deterministic forward needs no dropout key
+  and gives the dropout-free reference; a training forward differs from it."""
+  cfg, params, ids, token_types = _reference_case("bert", 0, False, dropout=0.3,
+                                                  attention_dropout=0.2)
+  model = BertMLM(cfg)
+  expected = _numpy_mlm_logits(cfg, params, ids, token_types)
+  keep = ids != 0
+  evaluated = np.asarray(model.apply({"params": params}, jnp.asarray(ids),
+                                     jnp.asarray(token_types)))  # No rngs: none may be drawn.
+  np.testing.assert_allclose(evaluated[keep], expected[keep], rtol=1e-4, atol=1e-5)
+  trained = np.asarray(model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(token_types),
+                                   deterministic=False, rngs={"dropout": jax.random.key(0)}))
+  assert np.abs(trained[keep] - expected[keep]).mean() > 0.01
+
+
+def test_low_precision_compute_keeps_float32_parameters_and_logits():
+  """bfloat16 activations: parameters stay float32 and the logits come back float32 (the loss's
+  log-softmax over the vocabulary needs them), close to the float32 reference."""
+  cfg, params, ids, token_types = _reference_case("bert", 0, False, compute_dtype="bfloat16")
+  model = BertMLM(cfg)
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0), 8)))
+  assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+  logits = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(token_types))
+  assert logits.dtype == jnp.float32
+  keep = ids != 0
+  expected = _numpy_mlm_logits(cfg, params, ids, token_types)[keep]
+  assert np.abs(np.asarray(logits)[keep] - expected).mean() < 0.05 * np.abs(expected).mean()
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_parameters_carry_their_logical_axis_names(scan_layers):
+  """The names sharding.py maps to mesh axes, leaf by leaf (scanned layers gain a leading
+  "layers" axis); and a scanned stack initialises each layer with its own key."""
+  cfg = MLMConfig(vocab_size=50, num_layers=2, hidden_size=16, num_heads=2, mlp_size=24,
+                  max_positions=16, scan_layers=scan_layers)
+  boxed = init_params(BertMLM(cfg), jax.random.key(0), 8)
+  specs = nn.get_partition_spec(boxed)
+  expected = {
+      "attention/query/kernel": ("embed", "heads", "kv"), "attention/key/bias": ("heads", "kv"),
+      "attention/value/kernel": ("embed", "heads", "kv"),
+      "attention/out/kernel": ("heads", "kv", "embed"), "attention/out/bias": ("embed",),
+      "mlp_in/kernel": ("embed", "mlp"), "mlp_in/bias": ("mlp",),
+      "mlp_out/kernel": ("mlp", "embed"), "mlp_norm/scale": ("embed",)}
+  layers = specs["encoder"]["layers"] if scan_layers else specs["encoder"]["layer_1"]
+  for path, names in expected.items():
+    spec = layers
+    for key in path.split("/"):
+      spec = spec[key]
+    assert tuple(spec) == (("layers",) if scan_layers else ()) + names, path
+  assert tuple(specs["embeddings"]["word"]["embedding"]) == ("vocab", "embed")
+  assert tuple(specs["embeddings"]["position"]["embedding"]) == (None, "embed")
+  assert tuple(specs["head"]["bias"]) == ("vocab",)
+  assert tuple(specs["head"]["transform"]["kernel"]) == ("embed", None)
+  if scan_layers:
+    kernel = np.asarray(nn.meta.unbox(boxed)["encoder"]["layers"]["mlp_in"]["kernel"])
+    assert not np.allclose(kernel[0], kernel[1])

@@ -1,5 +1,6 @@
 """Tests of informask_jax.optim: the learning-rate schedules and where weight decay applies."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,3 +102,30 @@ def test_apply_update_matches_optax_chain(clip):
   moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(ours[0]),
                                                   jax.tree.leaves(params), strict=True)]
   assert all(moved)
+
+
+@pytest.mark.parametrize("key,bad,good", [
+    ("b1", 1.0, 0.0), ("b2", 1.0, 0.0), ("b2", -0.1, 0.999), ("eps", 0.0, 1e-12),
+    ("learning_rate", 0.0, 1e-9), ("warmup_steps", -1, 0), ("weight_decay", -0.01, 0.0),
+    ("grad_clip_norm", -1.0, 0.0), ("grad_accum_steps", 0, 1), ("schedule", "step", "cosine")])
+def test_check_config_bounds_are_where_adamw_breaks(key, bad, good):
+  """Each bound at its edge: b = 1 never forgets (and divides by zero in the bias correction),
+  eps = 0 divides by zero; grad_clip_norm = 0 is allowed (it turns clipping off)."""
+  c = _optim_config()
+  c[key] = good
+  optim.check_config(c)
+  c[key] = bad
+  with pytest.raises(ValueError, match=f"config.optim.{key}="):
+    optim.check_config(c)
+
+
+def test_weight_decay_mask_is_the_same_on_boxed_parameters():
+  """tx.init sees the boxed (logically partitioned) tree when the train state is built; the mask
+  must pick the same leaves there as on the plain tree, whose leaf is not last in a boxed path."""
+  cfg = model_lib.MLMConfig(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2,
+                            mlp_size=24, max_positions=16)
+  boxed = jax.eval_shape(lambda: model_lib.init_params(model_lib.BertMLM(cfg),
+                                                       jax.random.key(0), 8))
+  plain = jax.tree.leaves(optim.weight_decay_mask(nn.meta.unbox(boxed)))
+  on_boxed = jax.tree.leaves(optim.weight_decay_mask(boxed))
+  assert on_boxed == plain and any(plain) and not all(plain)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -491,3 +492,124 @@ def test_an_odd_vocabulary_stays_replicated_on_its_axis_with_one_log_line(caplog
   vocab_lines = [line for line in lines if f"size {VOCAB + 1} " in line]
   assert len(vocab_lines) == 1, lines
   assert re.search(rf"in {3 * len(vocab_dims)} arrays: ", vocab_lines[0]), vocab_lines
+
+
+class _EveryThirdId:
+  """A stand-in masker independent of the key: ids divisible by 3 (never specials or padding)
+  are the targets, replaced by [MASK] = 4; so a step's targets are known in advance."""
+
+  def __call__(self, rng, token_ids, sentence_ids=None):
+    mask = (token_ids % 3 == 0) & (token_ids > 4)
+    return {"input_ids": jnp.where(mask, 4, token_ids), "mask": mask,
+            "labels": jnp.where(mask, token_ids, -100)}
+
+
+jax.tree_util.register_pytree_node(_EveryThirdId, lambda m: ((), None),
+                                   lambda _, __: _EveryThirdId())
+
+
+def _small_model(dropout=0.0):
+  cfg = model_lib.MLMConfig(vocab_size=40, num_layers=1, hidden_size=16, num_heads=2,
+                            mlp_size=32, max_positions=16, dropout=dropout)
+  model = model_lib.BertMLM(cfg)
+  params = nn.meta.unbox(model_lib.init_params(model, jax.random.key(0), 8))
+  # Larger than the initial scale, so that the logits and their gradients are far from uniform.
+  params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(1), x.shape), params)
+  return model, params
+
+
+def _small_batch(rows=4):
+  ids = np.random.default_rng(5).integers(5, 40, (rows, 10)).astype(np.int32)
+  ids[1, 6:] = 0  # Padding; row 1 then has fewer targets than the others.
+  return {"token_ids": ids}
+
+
+def _one_step(model, params, tx, schedule, batch, micro_steps, step=0, skipped=0,
+              max_predictions=4):
+  state = trainer_lib.TrainState(
+      step=jnp.int32(step), params=params, opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(7)), skipped=jnp.int32(skipped),
+      consecutive_skips=jnp.int32(0))
+  train_step = trainer_lib.make_train_step(
+      model, tx, schedule, trainer_lib.StepConfig(max_predictions, micro_steps))
+  return jax.jit(train_step)(state, batch, _EveryThirdId())
+
+
+def _mean_target_loss(model, params, batch, max_predictions):
+  """The loss the step must minimise, written from scratch: mean cross-entropy over the first
+  `max_predictions` targets of each row, from the logits at every token; and its pieces."""
+  ids = batch["token_ids"]
+  masked = (ids % 3 == 0) & (ids > 4)
+  inputs = jnp.asarray(np.where(masked, 4, ids))  # Every target masked, ...
+  mask = masked & (np.cumsum(masked, axis=1) <= max_predictions)  # ... the first P scored.
+  assert mask.sum() < masked.sum()  # Some are cut: the test covers the cut.
+
+  def loss(p):
+    log_probs = jax.nn.log_softmax(model.apply({"params": p}, inputs), -1)  # (B, L, V)
+    nll = -jnp.take_along_axis(log_probs, jnp.asarray(ids)[..., None], -1)[..., 0]
+    return (nll * mask).sum() / mask.sum()
+
+  logits = np.asarray(model.apply({"params": params}, inputs))
+  correct = (logits.argmax(-1) == ids)[mask].sum()
+  return loss, mask.sum(), correct
+
+
+@pytest.mark.parametrize("micro_steps", [1, 2])
+def test_step_loss_gradient_and_metrics_are_the_mean_over_targets(micro_steps):
+  """Against a from-scratch loss over the known targets (with a cut row and a padded row): the
+  step's loss, sums, target count, gradient norm and gradient (read back through plain SGD at
+  rate 1) are those of the mean over targets; the logged rate is the schedule at the count of
+  applied updates (3 steps taken, 1 skipped: 2)."""
+  model, params = _small_model()
+  batch = _small_batch()
+  schedule = lambda count: 0.1 * count  # noqa: E731
+  state, metrics = _one_step(model, params, optax.sgd(1.0), schedule, batch, micro_steps,
+                             step=3, skipped=1)
+  loss_fn, num_targets, correct = _mean_target_loss(model, params, batch, 4)
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  assert 0 < num_targets < batch["token_ids"].size / 3
+  assert float(metrics["num_targets"]) == num_targets
+  assert float(metrics["correct_sum"]) == correct
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss_sum"], loss * num_targets, rtol=1e-5)
+  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-5)
+  np.testing.assert_allclose(metrics["learning_rate"], 0.2, rtol=1e-6)
+  applied = jax.tree.map(lambda old, new: old - new, params, state.params)
+  for a, b in zip(jax.tree.leaves(applied), jax.tree.leaves(grads), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_trains_with_a_key_per_micro_batch_and_never_evaluates():
+  """Dropout 0.3: the eval step gives the dropout-free sums; the train step's do not. Two
+  identical micro-batches ([a, b] twice: rows a, a, b, b split every other row) get different
+  dropout masks: the second adds a loss other than the first's, which is the one micro-batch
+  step on [a, b] (the same key, index 0)."""
+  model, params = _small_model(dropout=0.3)
+  pair = _small_batch(rows=2)
+  loss_fn, num_targets, correct = _mean_target_loss(model, params, pair, 4)
+  clean = float(loss_fn(params)) * num_targets
+
+  eval_step = jax.jit(trainer_lib.make_eval_step(model, 4))
+  sums = eval_step(params, pair, jax.random.key(0), _EveryThirdId())
+  np.testing.assert_allclose(sums["loss_sum"], clean, rtol=1e-5)
+  assert float(sums["correct_sum"]) == correct
+
+  tx, schedule = optax.sgd(0.0), optax.constant_schedule(0.0)
+  _, one = _one_step(model, params, tx, schedule, pair, 1)
+  assert abs(float(one["loss_sum"]) - clean) > 1e-3 * clean
+  doubled = {"token_ids": np.repeat(pair["token_ids"], 2, axis=0)}
+  _, two = _one_step(model, params, tx, schedule, doubled, 2)
+  assert float(two["num_targets"]) == 2 * num_targets
+  second = float(two["loss_sum"]) - float(one["loss_sum"])
+  assert abs(second - float(one["loss_sum"])) > 1e-3 * clean, (second, float(one["loss_sum"]))
+
+
+def test_micro_batches_take_rows_from_every_devices_block():
+  """The batch is sharded in contiguous row blocks (32 rows over 8 devices: 4 each); every one of
+  4 micro-batches must draw a row from each block, so that each micro step keeps all devices
+  busy (contiguous micro-batches would leave 6 of 8 idle and reshard the batch)."""
+  rows = np.arange(32)
+  micro = np.asarray(trainer_lib._split_micro(jnp.asarray(rows), 4))  # (4, 8)
+  assert sorted(micro.ravel()) == list(rows)  # A partition of the batch.
+  for part in micro:
+    np.testing.assert_array_equal(np.sort(part // 4), np.arange(8))
