@@ -211,9 +211,9 @@ def require_checkpoint_dir(workdir) -> pathlib.Path:
   """The workdir's checkpoint directory; FileNotFoundError, saying how to make one, if absent."""
   path = checkpoint_dir(workdir)
   if not path.is_dir():
-    weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-    if (pathlib.Path(workdir) / "config.json").is_file() and any(
-        (pathlib.Path(workdir) / name).is_file() for name in weights):
+    from informask_jax import export  # Lazily: export imports this module in its functions.
+
+    if export.is_hf_model_dir(workdir):
       # A Hugging Face model directory (an export, a download) where a workdir belongs: the
       # usual slip of someone who fine-tunes with `from_pretrained(DIR)`.
       raise FileNotFoundError(

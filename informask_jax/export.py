@@ -445,6 +445,19 @@ def _read_json(path: str):
     raise ValueError(f"{path} is not valid JSON: the file is damaged or truncated ({e}).") from e
 
 
+# The weights of a Hugging Face model directory as _read_state_dict looks for them: a shard index
+# first, then a single file; safetensors before PyTorch's pickle format.
+HF_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def is_hf_model_dir(path) -> bool:
+  """A directory with config.json and weights in a layout _read_state_dict reads (an export, a
+  save_pretrained, a hub download)."""
+  return os.path.isfile(os.path.join(path, "config.json")) and any(
+      os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_INDEXES + HF_WEIGHT_FILES)
+
+
 def _read_state_dict(model_dir: str) -> dict:
   """Tensors of a Hugging Face checkpoint directory (safetensors or .bin, sharded or not)."""
   import torch
@@ -453,8 +466,7 @@ def _read_state_dict(model_dir: str) -> dict:
   def load_bin(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
-  for index_name, loader in (("model.safetensors.index.json", load_file),
-                             ("pytorch_model.bin.index.json", load_bin)):
+  for index_name, loader in zip(HF_WEIGHT_INDEXES, (load_file, load_bin), strict=True):
     index_path = os.path.join(model_dir, index_name)
     if os.path.exists(index_path):
       index = _read_json(index_path)
@@ -464,7 +476,7 @@ def _read_state_dict(model_dir: str) -> dict:
       for shard in sorted(set(index["weight_map"].values())):
         state.update(_load_weights(os.path.join(model_dir, shard), loader))
       return state
-  for name, loader in (("model.safetensors", load_file), ("pytorch_model.bin", load_bin)):
+  for name, loader in zip(HF_WEIGHT_FILES, (load_file, load_bin), strict=True):
     if os.path.exists(os.path.join(model_dir, name)):
       return _load_weights(os.path.join(model_dir, name), loader)
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {model_dir}.")

@@ -564,6 +564,20 @@ def test_import_reads_sharded_bin_and_tensorflow_named_checkpoints(exported, tmp
     export.load_hf_as_flax(str(tmp_path / "sharded"))
 
 
+@pytest.mark.parametrize("weights", export.HF_WEIGHT_INDEXES + export.HF_WEIGHT_FILES)
+def test_a_hf_directory_in_any_weight_layout_given_as_workdir_is_named(tmp_path, weights):
+  """Every layout the importer reads is recognised where a training workdir belongs (a sharded
+  .bin index was taken for a workdir without checkpoints)."""
+  (tmp_path / "config.json").write_text("{}")
+  assert not export.is_hf_model_dir(tmp_path)  # config.json alone: not a model.
+  with pytest.raises(FileNotFoundError, match="No checkpoints in"):
+    checkpointing.require_checkpoint_dir(tmp_path)
+  (tmp_path / weights).write_bytes(b"")
+  assert export.is_hf_model_dir(tmp_path)
+  with pytest.raises(FileNotFoundError, match="is a Hugging Face model directory.* --from-hf"):
+    checkpointing.require_checkpoint_dir(tmp_path)
+
+
 def test_import_upcasts_bfloat16_tensors(exported):
   params, cfg, _, _ = exported["bert"]
   state = {k: torch.from_numpy(v).to(torch.bfloat16)
