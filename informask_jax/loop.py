@@ -592,14 +592,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           logging.warning(
               "Received %s: %s; exiting. Run the same command to resume.", stopping,
               f"saved a checkpoint at step {step} in {workdir}" if saved else
-              f"step {step} was not saved (non-finite parameters or skipped steps), the latest "
-              f"checkpoint is step {checkpointer.latest_step()}")
+              f"step {step} was not saved (non-finite parameters or skipped steps); "
+              + _latest_checkpoint(checkpointer))
           break
         if evaluated or saving:
           interval_start += time.time() - paused
     # A signal during the last step (or its evaluation) stopped nothing: the run is finished.
     return {"step": step, **last_log, **last_eval, "preempted": stopped_by is not None,
             "stopped_by": stopped_by}
+
+
+def _latest_checkpoint(checkpointer) -> str:
+  """Where a run that stops now resumes from, for its last log line."""
+  latest = checkpointer.latest_step()
+  return (f"the latest checkpoint is step {latest}" if latest is not None
+          else "no checkpoint has been written yet")
 
 
 def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

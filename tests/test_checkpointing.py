@@ -179,17 +179,21 @@ def test_a_step_that_restores_non_finite_is_refused(tmp_path, monkeypatch):
     checkpointing.restore_params(tmp_path)
 
 
-def test_a_damaged_step_names_the_error_that_says_something():
-  """tensorstore's read errors can reach us wrapped in one whose text is a bound method's repr."""
+@pytest.mark.parametrize("wrapper", ["<bound method spec of TensorStore({'driver': 'zarr'})>",
+                                     "<bound method Spec.read of <Spec object at 0x7f3a>>",
+                                     "TensorStore({'driver': 'zarr', 'kvstore': 'd/'})"])
+def test_a_damaged_step_names_the_error_that_says_something(wrapper):
+  """tensorstore's read errors can reach us wrapped in one whose text is a bound method's repr, or
+  the store's: the error below it is named."""
   try:
     try:
       raise ValueError("OUT_OF_RANGE: Error reading byte range [0, 2373) of d/74fb")
     except ValueError as inner:
-      raise TypeError("<bound method spec of TensorStore({'driver': 'zarr'})>") from inner
+      raise TypeError(wrapper) from inner
   except TypeError as e:
     error = checkpointing._unreadable("/w", 2, [1, 2], e)
   assert "(ValueError: OUT_OF_RANGE: Error reading byte range" in str(error)
-  assert "bound method" not in str(error) and "use step 1" in str(error)
+  assert wrapper not in str(error) and "use step 1" in str(error)
 
 
 def test_restore_params_errors_name_what_is_missing(tmp_path):
@@ -265,3 +269,48 @@ def test_every_field_that_shapes_the_parameters_is_an_architecture_change(tiny_c
   saved = {**dataclasses.asdict(current), key: other, "dropout": 0.5, "compute_dtype": "bfloat16"}
   assert checkpointing.architecture_mismatch(saved, current) == [
       f"model.{key}: checkpoint {other!r} != run {getattr(current, key)!r}"]
+
+
+def test_a_write_failure_that_surfaces_on_wait_or_close_is_named(tmp_path, monkeypatch):
+  """An asynchronous write that fails in the background (disk full mid-write) surfaces at the next
+  wait, or at close, as a CheckpointWriteError with the steps that are still intact."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  assert saver.save(1, state, {}, _meta(), force=True)
+  saver.wait()
+  for finish in (saver.wait, saver.close):
+    # As orbax's wait: the background error is raised once (then the thread counts as joined).
+    errors = [OSError(28, "No space left on device")]
+    monkeypatch.setattr(saver.manager, "wait_until_finished",
+                        lambda errors=errors: errors and _raise(errors.pop()))
+    with pytest.raises(checkpointing.CheckpointWriteError,
+                       match=r"Writing checkpoint to .*checkpoints failed: OSError: .*No space "
+                             r"left on device\. The previous checkpoints \[1\] are intact"):
+      finish()
+
+
+def _raise(error):
+  raise error
+
+
+def test_a_workdir_without_a_usable_checkpoint_is_named_for_what_it_holds(tmp_path):
+  """A run that stopped before its first save (config.json, no weights) is no Hugging Face
+  directory; unfinished saves are listed; the resume checks read the latest step's meta."""
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text("{}")
+  with pytest.raises(FileNotFoundError, match=r"No checkpoints in .*run: .*run/checkpoints does "
+                                              r"not exist\. Train with train.py"):
+    checkpointing.require_checkpoint_dir(run)
+  (checkpointing.checkpoint_dir(run) / "4.orbax-checkpoint-tmp-12").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match=r"No finished checkpoint in .*: it holds only "
+                                              r"unfinished ones \(4.orbax-checkpoint-tmp-12\), "
+                                              r"from a save that was interrupted\."):
+    checkpointing.checkpoint_steps(run)
+  assert checkpointing.latest_meta(run) is None
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path / "two")
+  for step in (1, 2):
+    assert saver.save(step, state, {}, {**_meta(), "config": {"step": step}}, force=True)
+  saver.close()
+  assert checkpointing.latest_meta(tmp_path / "two")["config"] == {"step": 2}

@@ -318,7 +318,8 @@ def test_skipped_steps_never_rotate_out_the_last_good_checkpoint(tiny_config, tm
   with pytest.raises(loop.TrainingStopped, match=r"resume from the last checkpoint \(step 2\)"):
     loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
-  assert "Deferring the checkpoint of step 4: the last 1 step(s) were skipped" in caplog.text
+  assert ("Deferring the checkpoint of step 4: the last 1 step(s) were skipped for a non-finite "
+          "loss or gradient. The last good checkpoint (step 2) stays the latest.") in caplog.text
   config.train.num_steps = 5  # Ends on a skipped step: the final save is deferred too.
   config.train.max_consecutive_skips = 10
   assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
@@ -739,6 +740,8 @@ def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path):
   mlm_config = model_lib.MLMConfig.from_config(config.model, vocab_size=1000, pad_id=0)
   # The earlier run: a checkpoint at step 0 (a finished one, so the workdir holds a run) and logs.
   checkpointing.save_initial_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)}, mlm_config)
+  with pytest.raises(FileExistsError, match="already holds checkpoints"):  # Never into a run.
+    checkpointing.save_initial_checkpoint(tmp_path, {"w": np.ones(3, np.float32)}, mlm_config)
   (tmp_path / "metrics.jsonl").write_text('{"step": 7, "loss": 1.0}\n')
   (tmp_path / "tensorboard").mkdir()
   (tmp_path / "tensorboard" / "old-events").write_text("")
@@ -803,6 +806,102 @@ def test_evaluation_pools_every_batchs_targets(tiny_config, monkeypatch):
   assert out["eval_loss"] == pytest.approx(12.0 / 4.0)
   assert out["eval_accuracy"] == pytest.approx(2.0 / 4.0)
   assert out["eval_perplexity"] == pytest.approx(np.exp(3.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("train", "batch_size", 64), ("train", "seed", 7), ("data", "seq_len", 64),
+    ("data", "packing", "doc_padded"), ("data", "validation_fraction", 0.5)])
+def test_a_resume_in_another_batch_order_is_refused_for_every_key_that_fixes_it(
+    tiny_config, tmp_path, monkeypatch, section, key, value):
+  """Each setting that fixes the batch order is refused by name, before the corpus is read (the
+  checkpoint's data position means nothing under another); settings that do not are let through."""
+  saved = loop._config_json(tiny_config)
+  monkeypatch.setattr(loop.checkpointing, "latest_meta", lambda workdir: {"config": saved})
+  tiny_config.train.log_every = 7  # Not a data-order setting: a resume may change it.
+  loop._check_resume_settings(tmp_path, tiny_config)
+  old = tiny_config[section][key]
+  tiny_config[section][key] = value
+  with pytest.raises(ValueError, match=rf"Cannot resume the run in .*: config\.{section}\.{key}: "
+                                       rf"{old!r} -> {value!r}\. The checkpoint's data position"):
+    loop._check_resume_settings(tmp_path, tiny_config)
+
+
+def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_path, monkeypatch,
+                                                            caplog):
+  """The last checkpoint behind the last logged step, as after a kill: the resume restores the data
+  position (step 3 trains on the batch the first run did, to the same loss), drops what was logged
+  after the checkpoint, and evaluates only where the first run would have; a checkpoint from before
+  tokenizer fingerprints resumes; a resume with no step left says so."""
+  config = _small(tiny_config, num_steps=3, checkpoint_every=2, eval_every=1000)
+  config.masking.name = "random"
+  save = checkpointing.Checkpointer.save
+  with monkeypatch.context() as m:  # Step 3 is trained and logged, but its save never lands.
+    m.setattr(checkpointing.Checkpointer, "save",
+              lambda self, step, *a, **k: step != 3 and save(self, step, *a, **k))
+    loop.train_and_evaluate(config, tmp_path)
+  first = _read_metrics(tmp_path)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2] and sorted(first) == [1, 2, 3]
+  meta_file = checkpointing.checkpoint_dir(tmp_path) / "2" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["tokenizer_fingerprint"]
+  meta_file.write_text(json.dumps(meta))
+  with caplog.at_level(logging.INFO):
+    assert loop.train_and_evaluate(config, tmp_path)["step"] == 3
+  assert "Resumed from step 2 in" in caplog.text
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
+  assert [r["step"] for r in lines if "eval_loss" in r] == [0, 3]
+  assert _read_metrics(tmp_path)[3]["loss"] == first[3]["loss"]
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    assert loop.train_and_evaluate(config, tmp_path)["step"] == 3
+  assert ("The checkpoint is at step 3, config.train.num_steps=3: nothing left to train"
+          in caplog.text)
+
+
+def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_path, monkeypatch,
+                                                              caplog):
+  """A signal after step 1 of 3: step 1 is saved before the run exits, as pre-empted, and the log
+  says so; a save refused then (a skipped step) is named too, with what is left to resume."""
+  config = _small(tiny_config, num_steps=3, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+
+  def signal_after_step_1(self, step, sync_every):
+    if step == 1:
+      self.received = "SIGTERM"
+    return self.received
+
+  monkeypatch.setattr(loop._StopSignal, "stop_now", signal_after_step_1)
+  with monkeypatch.context() as m, caplog.at_level(logging.WARNING):
+    m.setattr(checkpointing.Checkpointer, "save", lambda *args, **kwargs: False)
+    result = loop.train_and_evaluate(config, tmp_path)
+  assert result["step"] == 1 and result["preempted"] and result["stopped_by"] == "SIGTERM"
+  assert ("Received SIGTERM: step 1 was not saved (non-finite parameters or skipped steps); no "
+          "checkpoint has been written yet; exiting." in caplog.text)
+  assert not checkpointing.has_finalized_checkpoint(tmp_path)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    result = loop.train_and_evaluate(config, tmp_path)
+  assert result["step"] == 1 and result["preempted"] and result["stopped_by"] == "SIGTERM"
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
+  assert (f"Received SIGTERM: saved a checkpoint at step 1 in {tmp_path}; exiting. Run the same "
+          "command to resume." in caplog.text)
+
+
+def test_an_evaluation_without_targets_or_with_a_huge_loss(tiny_config, monkeypatch):
+  """No masked token at all is an error (a loss of 0 would win the best checkpoint); a loss whose
+  exponential overflows gives a finite perplexity (logged as a number, not null)."""
+  monkeypatch.setattr(loop.data, "eval_batches", lambda *a, **k: iter(range(2)))
+  monkeypatch.setattr(loop.data, "make_global_batch", lambda local, sharding: local)
+  monkeypatch.setattr(loop.sharding_lib, "batch_sharding", lambda mesh: None)
+  pipeline = type("P", (), {"validation": None, "special_ids": type("S", (), {"pad": 0})})
+  out = {"loss_sum": 0.0, "correct_sum": 0.0, "num_targets": 0.0}
+  with pytest.raises(ValueError, match="no masked tokens to predict: the validation split is too "
+                                       r"small \(raise config.data.validation_fraction\)"):
+    loop.evaluate(lambda *args: out, None, pipeline, tiny_config, None)
+  out = {"loss_sum": 500.0, "correct_sum": 0.0, "num_targets": 1.0}
+  result = loop.evaluate(lambda *args: out, None, pipeline, tiny_config, None)
+  assert result["eval_loss"] == 500.0 and result["eval_perplexity"] == 1e30
 
 
 def test_the_logged_config_reads_as_plain_yaml(tiny_config, caplog):
