@@ -708,6 +708,23 @@ def test_report_cli_writes_png_and_summary(built, tmp_path):
   assert summary.strip() in proc.stdout
 
 
+def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
+  """--out as a directory, a name without a suffix or a path with ~ (which the shell leaves in
+  --out=~/x.png): the returned (and printed) path is the PNG written, next to its .txt."""
+  from informask_jax.stats import report
+
+  _, _, directory = built
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  for out, expected in ((tmp_path, tmp_path / "report.png"),
+                        (tmp_path / "rates", tmp_path / "rates.png"),
+                        ("~/r.png", tmp_path / "home" / "r.png")):
+    png, _ = report.write_report(directory, out)
+    assert png == expected and png.read_bytes()[:4] == b"\x89PNG", (out, png)
+    assert png.with_suffix(".txt").is_file()
+  assert not (tmp_path / "~").exists() and not (tmp_path.parent / f"{tmp_path.name}.png").exists()
+
+
 def test_chunks_from_dataset_match_documents():
   import datasets
 

@@ -20,7 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WHAT = flags.DEFINE_list("what", list(artifacts.STAGES),
                           f"build: stages to (re)build, from {list(artifacts.STAGES)}.")
 _FORCE = flags.DEFINE_bool("force", False, "build: rebuild the stages even if built and intact.")
-_OUT = flags.DEFINE_string("out", "", "report: PNG path (default DIR/report.png).")
+_OUT = flags.DEFINE_string("out", "", "report: PNG path, or a directory to write report.png into "
+                           "(default DIR/report.png).")
 
 _USAGE = ("usage: python -m informask_jax.stats build --config CONFIG[:VARIANT] [--config.x=y]\n"
           "       python -m informask_jax.stats report DIR [--out FILE.png]")

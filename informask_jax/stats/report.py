@@ -101,7 +101,9 @@ def _join(names, ids) -> str:
 
 
 def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
-  """Writes the PNG (default DIR/report.png) and the summary next to it (.txt); returns both."""
+  """Writes the PNG (default DIR/report.png; `out_png` may be a file, a bare name that gets
+  .png, or a directory to write report.png into) and the summary next to it (.txt); returns the
+  PNG's path and the summary."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -109,7 +111,11 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
 
   directory = pathlib.Path(directory).expanduser()
   text, n = summarize(directory)
-  out_png = pathlib.Path(out_png) if out_png else directory / "report.png"
+  out_png = pathlib.Path(out_png).expanduser() if out_png else directory / "report.png"
+  if out_png.is_dir():  # --out DIR: the default name inside it (savefig would write DIR.png).
+    out_png = out_png / "report.png"
+  elif not out_png.suffix:  # savefig appends .png to a bare name: return the file it writes.
+    out_png = out_png.with_suffix(".png")
   out_png.parent.mkdir(parents=True, exist_ok=True)
   names, counts, rates, by_freq, ranked = (n["names"], n["counts"], n["rates"], n["by_freq"],
                                            n["ranked"])
