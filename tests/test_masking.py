@@ -929,6 +929,23 @@ def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
     show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])
 
 
+def test_show_cli_html_names_a_bad_path_by_its_flag(tmp_path, capsys, monkeypatch):
+  """--html naming a folder, or a file under a regular file, stops with a line naming --html
+  (not IsADirectoryError's traceback after the work); --html=~/x.html is expanded."""
+  from informask_jax.masking import show
+  args = ["--strategy", "random", "--samples", "1", "--text", "The cat sat on the mat."]
+  with pytest.raises(SystemExit):
+    show.main([*args, "--html", str(tmp_path)])
+  assert f"--html {tmp_path} is a directory" in capsys.readouterr().err
+  (tmp_path / "file").write_text("")
+  with pytest.raises(FileExistsError, match=r"--html's folder .*file.* exists and is not a"):
+    show.main([*args, "--html", str(tmp_path / "file" / "masks.html")])
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  show.main([*args, "--html=~/masks.html"])
+  assert (tmp_path / "masks.html").is_file() and not (tmp_path / "~").exists()
+
+
 def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):
   """--stats: the rates of the directory drive informask (all weight on "earth": every row
   masks it), and a directory built with another tokenizer is refused, naming both."""

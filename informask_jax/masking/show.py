@@ -24,7 +24,7 @@ import sys
 import jax
 import numpy as np
 
-from informask_jax import masking
+from informask_jax import masking, paths
 
 DEFAULT_ARTICLE = "Mount Everest"  # A sentence of the embedded wiki-vital corpus.
 FALLBACK_TEXT = "Mount Everest is the highest mountain on Earth above sea level."
@@ -221,6 +221,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.samples < 1:
     parser.error("--samples must be >= 1")
+  if args.html:  # Checked before the work: a folder, or one we cannot write, is named by flag.
+    args.html = os.path.expanduser(args.html)  # --html=~/x.html: the shell leaves the ~.
+    if os.path.isdir(args.html):
+      parser.error(f"--html {args.html} is a directory; give the page's file name, e.g. "
+                   f"{os.path.join(args.html, 'masks.html')}")
+    paths.check_writable_dir(os.path.dirname(os.path.abspath(args.html)), "--html's folder")
 
   text = args.text if args.text is not None else default_text()
   if not text.strip():
