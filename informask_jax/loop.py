@@ -165,6 +165,14 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         f"{workdir} already holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)})"
         " and config.train.resume=False. Use another --workdir, resume (the default), or pass "
         "--config.train.overwrite=True to delete it and start over.")
+  if has_run and config.train.resume and config.train.overwrite:
+    # overwrite applies to resume=False only: resuming here would ignore what was asked (and
+    # continue the old run, with the new settings, in the belief that it started over).
+    raise ValueError(
+        f"config.train.overwrite=True, but config.train.resume=True (the default): {workdir} "
+        f"holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)}), which would be "
+        "resumed, not deleted. Add --config.train.resume=False to delete it and start over, or "
+        "leave out overwrite to resume it.")
   resume = has_run and config.train.resume
   if resume:
     _check_resume_settings(workdir, config)

@@ -755,6 +755,20 @@ def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path):
   assert not list(tmp_path.glob("*.earlier-*"))
 
 
+def test_overwrite_without_resume_false_is_refused_not_ignored(tiny_config, tmp_path):
+  """overwrite=True with resume left at True in a workdir holding a run: refused, naming both
+  keys (it resumed the old run, ignoring the overwrite asked for); harmless in a new workdir."""
+  mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  tiny_config.train.overwrite = True
+  assert loop._prepare_workdir(tmp_path, tiny_config) == (False, False)
+  checkpointing.save_initial_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)}, mlm_config)
+  with pytest.raises(ValueError, match=r"config.train.overwrite=True, but config.train.resume="
+                                       r"True .* would be resumed, not deleted\. Add "
+                                       r"--config.train.resume=False"):
+    loop._prepare_workdir(tmp_path, tiny_config)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [0]
+
+
 def test_a_fresh_start_without_a_run_sets_logs_aside_and_never_deletes_them(tiny_config,
                                                                             tmp_path):
   """resume=False in a workdir without a finished checkpoint is not an overwrite: the old logs are
