@@ -135,6 +135,12 @@ def check_config(config) -> None:
     raise ValueError(
         f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "
         f"{jax.default_backend()!r}; use --config.model.attention=xla.")
+  if m.compute_dtype == "float16" and jax.default_backend() == "cpu":
+    # Else the first compilation fails (after the corpus and its statistics are built) with
+    # XLA's "precision 'F16_F16_F32' is not supported by dot_general on CPU", naming no key.
+    raise ValueError("config.model.compute_dtype='float16': XLA:CPU has no float16 matmuls "
+                     "(with float32 accumulation); on a CPU use --config.model.compute_dtype="
+                     "bfloat16 or float32.")
 
 
 def _log_topology(config, mesh) -> None:

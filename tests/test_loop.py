@@ -482,6 +482,11 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
     tiny_config.model.attention = "cudnn"
     with pytest.raises(ValueError, match="attention='cudnn' needs NVIDIA GPUs"):
       loop.train_and_evaluate(tiny_config, tmp_path)
+  if jax.default_backend() == "cpu":  # Refused before the corpus, not at the first compile.
+    config = copy.deepcopy(tiny_config)
+    config.model.compute_dtype, config.model.attention = "float16", "xla"
+    with pytest.raises(ValueError, match=r"compute_dtype='float16': XLA:CPU has no float16 "):
+      loop.train_and_evaluate(config, tmp_path / "float16")
 
 
 def test_roberta_positions_are_checked_against_the_tokenizers_pad_id(tiny_config, tmp_path):
