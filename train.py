@@ -21,7 +21,8 @@ distributed.define_flags()
 
 def main(argv):
   cli.reject_arguments("train.py", argv)
-  distributed.initialize()
+  with cli.user_errors("train.py", exit_now=True):  # A bad --num_processes, ... in one line.
+    distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()
   with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError),

@@ -25,13 +25,45 @@ _ID = "process_id"
 def define_flags() -> None:
   flags.DEFINE_string(_COORDINATOR, os.environ.get("JAX_COORDINATOR_ADDRESS"),
                       "HOST:PORT of process 0, for multi-process training.")
-  flags.DEFINE_integer(_NUM, _env_int("JAX_NUM_PROCESSES"), "Number of processes.")
-  flags.DEFINE_integer(_ID, _env_int("JAX_PROCESS_ID"), "This process's index.")
+  # Defaults from JAX_NUM_PROCESSES / JAX_PROCESS_ID are read by initialize(), where a value that
+  # is not a number is reported as a one-line error (at import it was a traceback).
+  flags.DEFINE_integer(_NUM, None, "Number of processes (default: $JAX_NUM_PROCESSES).")
+  flags.DEFINE_integer(_ID, None, "This process's index (default: $JAX_PROCESS_ID).")
 
 
 def _env_int(name):
-  value = os.environ.get(name)
-  return int(value) if value else None
+  value = os.environ.get(name, "").strip()
+  if not value:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"The environment variable {name}={value!r} is not an integer.") from None
+
+
+def _settings():
+  """(coordinator, num_processes, process_id) from the flags, else the environment; checked."""
+  f = flags.FLAGS
+  coordinator = f[_COORDINATOR].value
+  num = f[_NUM].value if f[_NUM].value is not None else _env_int("JAX_NUM_PROCESSES")
+  index = f[_ID].value if f[_ID].value is not None else _env_int("JAX_PROCESS_ID")
+  if not coordinator and (num or 1) <= 1:
+    return None, num, index
+  missing = [f"--{name}" for name, value in ((_COORDINATOR, coordinator), (_NUM, num),
+                                             (_ID, index)) if value is None or value == ""]
+  if missing:
+    raise ValueError(
+        "Several processes need --coordinator_address HOST:PORT, --num_processes and "
+        "--process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); "
+        f"missing: {', '.join(missing)}.")
+  host, _, port = coordinator.rpartition(":")
+  if not host or not port.isdigit():
+    raise ValueError(f"--coordinator_address={coordinator!r}: expected HOST:PORT, process 0's "
+                     "host and a free port, e.g. 10.0.0.2:1234.")
+  if num < 1 or not 0 <= index < num:
+    raise ValueError(f"--process_id={index} with --num_processes={num}: the id must be in "
+                     f"0..{num - 1}.")
+  return coordinator, num, index
 
 
 def _tpu_chips_attached() -> bool:
@@ -63,11 +95,9 @@ class _WarningsOnly(logging.Filter):
 
 
 def initialize() -> None:
-  f = flags.FLAGS
-  if f[_COORDINATOR].value or (f[_NUM].value or 1) > 1:
-    if f[_NUM].value is None or f[_ID].value is None:
-      raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
-    jax.distributed.initialize(f[_COORDINATOR].value, f[_NUM].value, f[_ID].value)
+  coordinator, num, index = _settings()
+  if coordinator:
+    jax.distributed.initialize(coordinator, num, index)
   elif _auto_detected():
     jax.distributed.initialize()
   else:

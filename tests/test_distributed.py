@@ -9,7 +9,8 @@ from informask_jax import distributed
 
 @pytest.fixture
 def bare_env(monkeypatch):
-  for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
+  for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_NUM_PROCESSES",
+               "JAX_PROCESS_ID"):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(distributed, "_tpu_chips_attached", lambda: False)
   return monkeypatch
@@ -108,8 +109,29 @@ def test_initialize_passes_the_flags_to_jax(started):
 
 @pytest.mark.parametrize("num,index", [(None, 0), (2, None), (None, None)])
 def test_initialize_refuses_a_coordinator_without_the_process_count_and_id(started, num, index):
-  with pytest.raises(ValueError, match="needs --num_processes and --process_id"):
+  with pytest.raises(ValueError, match="need --coordinator_address HOST:PORT, --num_processes and "
+                                       "--process_id .*; missing: --(num_processes|process_id)"):
     started("10.0.0.2:1234", num, index)
+
+
+def test_initialize_names_bad_process_settings_before_jax_sees_them(started, bare_env):
+  """Settings jax.distributed would fail on deep inside (an IndexError for a coordinator without
+  a port) or not check, each named; the environment's defaults too (an int() traceback at
+  import before)."""
+  for args, message in (((None, 2, 0), r"missing: --coordinator_address\.$"),
+                        (("localhost", 2, 0), r"--coordinator_address='localhost': expected "
+                                              r"HOST:PORT"),
+                        (("10.0.0.2:1234", 2, 2), r"--process_id=2 with --num_processes=2: the "
+                                                  r"id must be in 0\.\.1"),
+                        (("10.0.0.2:1234", 2, -1), r"--process_id=-1")):
+    with pytest.raises(ValueError, match=message):
+      started(*args)
+  bare_env.setenv("JAX_NUM_PROCESSES", "four")
+  with pytest.raises(ValueError, match=r"JAX_NUM_PROCESSES='four' is not an integer"):
+    started("10.0.0.2:1234", None, 0)
+  bare_env.setenv("JAX_NUM_PROCESSES", "2")
+  bare_env.setenv("JAX_PROCESS_ID", "1")
+  assert started("10.0.0.2:1234", None, None, process_index=1)[0] == ("10.0.0.2:1234", 2, 1)
 
 
 def test_only_process_zero_logs_info_lines(started):
