@@ -504,8 +504,16 @@ def _read_hf_config(model_dir: str):
   if not os.path.exists(path):
     raise FileNotFoundError(f"No config.json in {model_dir}.")
   # Read here first: transformers reports a damaged file with a long chained traceback.
-  if not isinstance(_read_json(path), dict):
+  config = _read_json(path)
+  if not isinstance(config, dict):
     raise ValueError(f"{path} does not hold a JSON object: it is not a model config.")
+  if "model_type" not in config and os.path.isdir(os.path.join(model_dir, "checkpoints")):
+    # A train.py workdir: its config.json is the run's config, which transformers would refuse
+    # as an "Unrecognized model" asking for a model_type key.
+    raise ValueError(f"{model_dir} is a training workdir (its config.json is the run's config), "
+                     f"not a Hugging Face model: use it as --config.init_from={model_dir} "
+                     f"directly, or export it with convert_checkpoint.py --workdir {model_dir} "
+                     "--out DIR.")
   hf_config = transformers.AutoConfig.from_pretrained(model_dir)
   mlm_config_from_hf(hf_config)
   return hf_config

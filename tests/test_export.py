@@ -662,6 +662,19 @@ def test_import_refuses_a_tokenizer_whose_pad_id_is_not_the_configs(hf_copy, tmp
   assert not (tmp_path / "work").exists()
 
 
+def test_import_of_a_training_workdir_says_what_it_is(tmp_path):
+  """--from-hf given a train.py workdir (checkpoints/ and the run's config.json): named as such,
+  with the ways to use it, not transformers' 'Unrecognized model ... model_type'."""
+  run = tmp_path / "run"
+  (run / "checkpoints" / "400").mkdir(parents=True)
+  (run / "config.json").write_text(json.dumps({"train": {"num_steps": 400}, "variant": "tiny"}))
+  with pytest.raises(ValueError, match=r"run is a training workdir \(its config.json is the "
+                                       r"run's config\), not a Hugging Face model: use it as "
+                                       r"--config.init_from=.*run directly"):
+    convert_checkpoint.main(["--from-hf", str(run), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+
+
 def test_import_into_a_workdir_with_checkpoints_is_refused_before_any_reading(imported_workdir,
                                                                                hf_copy):
   # The model's weights are gone: the refusal comes first, before the model is looked at.
