@@ -725,6 +725,22 @@ def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
   assert not (tmp_path / "~").exists() and not (tmp_path.parent / f"{tmp_path.name}.png").exists()
 
 
+def test_cli_errors_name_the_command_not_the_file():
+  """A bad override or a missing subcommand starts with `python -m informask_jax.stats`, not
+  the absolute path of its __main__.py."""
+  for args, expected in ((["build", "--config", "configs/informask.py:tiny",
+                           "--config.train.num_step=3"],
+                          "python -m informask_jax.stats: bad command-line flag: "
+                          "--config.train.num_step: "),
+                         ([], "python -m informask_jax.stats")):
+    proc = subprocess.run([sys.executable, "-m", "informask_jax.stats", *args],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=pathlib.Path(__file__).parent.parent,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode != 0 and "__main__.py" not in proc.stderr, proc.stderr
+    assert expected in proc.stderr, proc.stderr
+
+
 def test_chunks_from_dataset_match_documents():
   import datasets
 

@@ -9,6 +9,8 @@
       summary (printed, and saved beside the PNG).
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -49,4 +51,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # The name errors and usage start with: the command typed, not this file's path.
+  sys.argv[0] = "python -m informask_jax.stats"
   app.run(main, flags_parser=cli.parse_flags)
