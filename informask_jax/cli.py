@@ -208,6 +208,16 @@ def parse_flags(argv: list[str]) -> list[str]:
       kind, field = unsupported.groups()
       message = (f"--{field}: a {kind} field cannot be set from the command line; write a small "
                  "config file that imports one of configs/ and sets it.")
+    if re.search(r"has no attribute 'get_config", message):  # e.g. --config configs/base.py
+      path = ""
+      for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+          path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+          path = argv[i + 1]
+      message = (f"--config {path}: the file defines no get_config(arg) function, so it is not "
+                 "an experiment config; pass one such as configs/informask.py:tiny (configs/"
+                 "base.py is the base they share).")
     unknown_flag = re.fullmatch(r"Unknown command line flag '([^']+)'", message)
     hint = override_hint(unknown_flag.group(1), argv) if unknown_flag else ""
     if hint:

@@ -516,12 +516,17 @@ def test_roberta_positions_are_checked_against_the_tokenizers_pad_id(tiny_config
     ("--config.train.steps=4", "num_steps, overwrite, profile_start_step, profile_steps, resume, "
      "seed, stop_sync_every."),
     ("--config.data.sources[0].kindd=x", "`config.data.sources[0]` has: config, kind, name,"),
+    # The shared base is no experiment config: named, with one to pass instead.
+    ("--config=configs/base.py:tiny", "--config configs/base.py:tiny: the file defines no "
+     "get_config(arg) function, so it is not an experiment config; pass one such as "
+     "configs/informask.py:tiny"),
 ])
 def test_train_py_names_a_mistyped_key(flag, message):
+  config = [] if flag.startswith("--config=") else ["--config",
+                                                    str(ROOT / "configs/random.py:tiny")]
   out = subprocess.run(
-      [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/random.py:tiny"),
-       flag], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-      capture_output=True, text=True, timeout=120)
+      [sys.executable, str(ROOT / "train.py"), *config, flag], cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
   assert out.returncode == 2
   assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
 
