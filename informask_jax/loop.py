@@ -163,6 +163,12 @@ def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   Refuses to clobber a run by accident."""
   if workdir.exists() and not workdir.is_dir():
     raise FileExistsError(f"--workdir {workdir} is a file, not a directory.")
+  if _holds_hf_model(workdir):  # A run writes its own config.json over the model's.
+    raise FileExistsError(
+        f"--workdir {workdir} holds a Hugging Face model (its config.json has a model_type), "
+        "which a run would break by writing its own config.json there. Use another --workdir; "
+        f"to continue pretraining that model, import it first: python convert_checkpoint.py "
+        f"--from-hf {workdir} --out NEW_WORKDIR, then --config.init_from=NEW_WORKDIR.")
   # Only completed checkpoints count: a run killed during its first save left just a temporary
   # directory, which orbax removes, and starts afresh.
   has_run = checkpointing.has_finalized_checkpoint(workdir)
@@ -206,6 +212,16 @@ _CORPUS_KEYS = ("config.data.sources", "config.data.max_documents",
 # is the same corpus, and the iterator's own check (the number of rows) still runs.
 _DATA_ORDER_KEYS = (("train", "batch_size"), ("train", "seed"), ("data", "seq_len"),
                     ("data", "packing"), ("data", "validation_fraction"))
+
+
+def _holds_hf_model(workdir: pathlib.Path) -> bool:
+  """Whether `workdir` is a Hugging Face model directory (an export, a download): its
+  config.json has a model_type, which a run's config.json never has."""
+  try:
+    config = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(config, dict) and "model_type" in config
 
 
 def _check_resume_settings(workdir: pathlib.Path, config) -> None:

@@ -765,6 +765,18 @@ def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path):
   assert not list(tmp_path.glob("*.earlier-*"))
 
 
+def test_a_hugging_face_model_directory_is_refused_as_workdir(tiny_config, tmp_path):
+  """--workdir naming an export (config.json with a model_type, weights): refused before the run
+  writes its own config.json over the model's, with the import to use instead."""
+  model_config = '{"model_type": "bert", "architectures": ["BertForMaskedLM"]}'
+  (tmp_path / "config.json").write_text(model_config)
+  (tmp_path / "model.safetensors").write_bytes(b"")
+  with pytest.raises(FileExistsError, match=r"holds a Hugging Face model .* --from-hf "
+                                            r".* --config.init_from=NEW_WORKDIR"):
+    loop.train_and_evaluate(tiny_config, tmp_path)
+  assert (tmp_path / "config.json").read_text() == model_config
+
+
 def test_overwrite_without_resume_false_is_refused_not_ignored(tiny_config, tmp_path):
   """overwrite=True with resume left at True in a workdir holding a run: refused, naming both
   keys (it resumed the old run, ignoring the overwrite asked for); harmless in a new workdir."""
