@@ -227,6 +227,15 @@ def check_name_or_path(tokenizer_config) -> None:
         "train a vocabulary.")
 
 
+def workdir_hint(path: str) -> str:
+  """For a directory holding a tokenizer/ folder (a training workdir, an imported one): a
+  sentence naming that folder; "" otherwise."""
+  inner = os.path.join(path, "tokenizer")
+  if any(os.path.isfile(os.path.join(inner, f)) for f in ("tokenizer.json", "vocab.txt")):
+    return f" It looks like a training workdir: its tokenizer is {inner}."
+  return ""
+
+
 def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None):
   """Returns a fast (Rust) tokenizer as configured; see the module docstring for the sources."""
   check_name_or_path(tokenizer_config)
@@ -251,7 +260,7 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None):
       tokenizer = _from_vocab_file(os.path.join(name, "vocab.txt"), lowercase)
     else:
       raise FileNotFoundError(f"config.tokenizer.name_or_path={name!r} is a directory without "
-                              "tokenizer.json or vocab.txt.")
+                              f"tokenizer.json or vocab.txt.{workdir_hint(name)}")
   else:
     try:
       tokenizer = transformers.AutoTokenizer.from_pretrained(name)

@@ -62,6 +62,25 @@ def test_tokenizer_directory_and_case_setting(tmp_path):
       tokenization.load_tokenizer(_config(BERT_VOCAB)))
 
 
+def test_a_workdir_given_as_the_tokenizer_names_its_tokenizer_folder(tmp_path):
+  """name_or_path (or show's --tokenizer) naming a run's workdir instead of WORKDIR/tokenizer:
+  the error names the folder to pass."""
+  from informask_jax.masking import show
+
+  (tmp_path / "run" / "tokenizer").mkdir(parents=True)
+  shutil.copy(BERT_VOCAB, tmp_path / "run" / "tokenizer" / "vocab.txt")
+  hint = r"without tokenizer.json or vocab.txt. It looks like a training workdir: its " \
+         r"tokenizer is .*run/tokenizer\.$"
+  with pytest.raises(FileNotFoundError, match=hint):
+    tokenization.load_tokenizer(_config(str(tmp_path / "run")))
+  with pytest.raises(SystemExit, match=r"holds no tokenizer.json or vocab.txt. It looks like a "
+                                       r"training workdir: its tokenizer is .*run/tokenizer\.$"):
+    show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "run")])
+  (tmp_path / "empty").mkdir()  # A folder without one: no hint.
+  with pytest.raises(FileNotFoundError, match=r"vocab.txt\.$"):
+    tokenization.load_tokenizer(_config(str(tmp_path / "empty")))
+
+
 def test_vocab_file_ids_are_line_numbers(tmp_path):
   """A repeated token or a blank line must not shift later ids: tokenizers' WordPiece.from_file
   (and so a released checkpoint's embedding rows) use the line number."""

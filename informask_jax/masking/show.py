@@ -69,8 +69,8 @@ def load_tokenizer(path=None):
     return transformers.BertTokenizerFast(vocab_file=path)
   except FileNotFoundError:
     if os.path.exists(os.path.expanduser(path)):  # The loader expands ~ (--tokenizer=~/...).
-      raise SystemExit(
-          f"error: --tokenizer {path!r} holds no tokenizer.json or vocab.txt.") from None
+      raise SystemExit(f"error: --tokenizer {path!r} holds no tokenizer.json or vocab.txt."
+                       f"{tokenization.workdir_hint(os.path.expanduser(path))}") from None
     # The loader's message is train.py's (the config key, training a vocabulary instead).
     raise SystemExit(f"error: --tokenizer {path!r} does not exist; give a vocab.txt or a tokenizer "
                      "directory, e.g. a run's WORKDIR/tokenizer.") from None
