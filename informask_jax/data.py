@@ -357,7 +357,8 @@ class BatchIterator:
     self.local_batch_size = _local_batch_size(self.global_batch_size, self.process_count)
     if drop_remainder and self.num_rows < self.global_batch_size:
       raise ValueError(f"The data packs into {self.num_rows} rows, fewer than one global batch "
-                       f"of {self.global_batch_size}; use more documents or a smaller batch.")
+                       f"of {self.global_batch_size}; use more documents (config.data.sources, "
+                       "config.data.max_documents) or a smaller config.train.batch_size.")
     self.seed, self.shuffle, self.drop_remainder = int(seed), bool(shuffle), bool(drop_remainder)
     self.batches_per_epoch = (self.num_rows // self.global_batch_size if drop_remainder
                               else -(-self.num_rows // self.global_batch_size))
@@ -607,7 +608,8 @@ class StreamingBatchIterator:
     while not self._fill():
       if self.chunk == 0 and self.offset == 0:  # A whole epoch gave no batch.
         raise ValueError(f"The stream packs into fewer rows than one global batch of "
-                         f"{self.global_batch_size}.")
+                         f"{self.global_batch_size}; use more documents (config.data.sources) "
+                         "or a smaller config.train.batch_size.")
       # End of the epoch: the rows short of a full batch are dropped.
       self.epoch, self.chunk, self.offset, self._chunks = self.epoch + 1, 0, 0, None
     parts, need = [], self.global_batch_size

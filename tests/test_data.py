@@ -734,7 +734,8 @@ def test_streaming_epochs_with_a_partial_last_batch_and_too_few_rows(bert_tokeni
   for epoch in range(3):
     np.testing.assert_array_equal(next(it)["token_ids"], rows[:4])
     assert (it.state()["epoch"], it.state()["chunk"], it.state()["offset"]) == (epoch, 0, 4)
-  with pytest.raises(ValueError, match="fewer rows than one global batch of 8"):
+  with pytest.raises(ValueError, match=r"fewer rows than one global batch of 8; .*smaller "
+                                       r"config\.train\.batch_size"):
     next(_streaming(texts, bert_tokenizer, 8))
 
 

@@ -231,7 +231,8 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   # ... nor when only the training data turns out too small for one batch.
   config.init_from, config.model.num_layers = "", 1
   config.train.batch_size = 8 * 8192
-  with pytest.raises(ValueError, match="fewer than one global batch of 65536"):
+  with pytest.raises(ValueError, match=r"fewer than one global batch of 65536; .*smaller "
+                                       r"config\.train\.batch_size"):
     loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert (tmp_path / "metrics.jsonl").exists()
