@@ -226,9 +226,16 @@ def _load_hub(source, where, streaming, num_proc):
     # corpus is the default), so say what works without a network.
     detail = f"{type(e).__name__}: {e}"
     if isinstance(e, ConnectionError):
-      detail = (detail.rstrip(". ") + ". Offline, train on the embedded corpus (the `:tiny` "
-                "variant, e.g. --config configs/informask.py:tiny) or on local text (a source of "
-                "kind 'files').")
+      # A cluster's compute nodes are often offline: a copy cached beforehand is read only in
+      # offline mode (otherwise the hub client retries for ~20 s, then fails).
+      cache = ("HF_HUB_OFFLINE is set and the local cache ($HF_HOME) has no copy of it. "
+               if datasets.config.HF_HUB_OFFLINE else "")
+      later = ("" if datasets.config.HF_HUB_OFFLINE else
+               ", or download it where there is a network into the same cache ($HF_HOME) and "
+               "run with HF_HUB_OFFLINE=1")
+      detail = (detail.rstrip(". ") + f". {cache}Offline, train on the embedded corpus (the "
+                "`:tiny` variant, e.g. --config configs/informask.py:tiny) or on local text (a "
+                f"source of kind 'files'){later}.")
     raise ValueError(f"{where}: could not load hub dataset {name!r} (config={config!r}, "
                      f"split={split!r}): {detail}") from e
   return _select_text(ds, source.get("text_field") or "text", where)

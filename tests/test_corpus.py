@@ -333,6 +333,22 @@ def test_unknown_hub_dataset(tmp_path):
     corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name="no-such-org/no-such-set")]))
 
 
+@pytest.mark.parametrize("offline", [True, False])
+def test_an_unreachable_hub_names_the_offline_mode(tmp_path, monkeypatch, offline):
+  """Without HF_HUB_OFFLINE the error says a cached copy needs it; with it, that none is cached."""
+  def unreachable(*args, **kwargs):
+    raise ConnectionError("Couldn't reach 'some/set' on the Hub (LocalEntryNotFoundError)")
+  monkeypatch.setattr(corpus.datasets, "load_dataset", unreachable)
+  monkeypatch.setattr(corpus.datasets.config, "HF_HUB_OFFLINE", offline)
+  with pytest.raises(ValueError) as error:
+    corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name="some/set")]))
+  message = str(error.value)
+  assert "Offline, train on the embedded corpus" in message
+  assert ("HF_HUB_OFFLINE is set and the local cache ($HF_HOME) has no copy of it." in message) \
+      == offline
+  assert ("into the same cache ($HF_HOME) and run with HF_HUB_OFFLINE=1." in message) != offline
+
+
 def test_missing_text_field(tmp_path):
   path = tmp_path / "a.jsonl"
   path.write_text(json.dumps({"body": "x"}) + "\n")
