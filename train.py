@@ -20,6 +20,16 @@ distributed.define_flags()
 
 
 def main(argv):
+  try:
+    _train(argv)
+  except KeyboardInterrupt:
+    # Ctrl-C before the loop handles signals, or a second one during it: one line, not a
+    # traceback through JAX. Written checkpoints are complete (orbax renames a finished save).
+    cli.exit_interrupted("train.py", "the checkpoints written so far are intact; run the same "
+                         "command to resume")
+
+
+def _train(argv):
   cli.reject_arguments("train.py", argv)
   with cli.user_errors("train.py", exit_now=True):  # A bad --num_processes, ... in one line.
     distributed.initialize()

@@ -93,6 +93,16 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
     sys.exit(1)
 
 
+def exit_interrupted(program: str, what_remains: str) -> None:
+  """Leaves a script interrupted by Ctrl-C with one line and status 130 (128 + SIGINT, as a
+  shell reports it), at once: threads of a step or a save in flight are not waited for."""
+  logging.shutdown()
+  print(f"\n{program}: interrupted (Ctrl-C): {what_remains}.", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(130)  # Not jax.distributed.shutdown: with a peer stuck in a collective it would hang.
+
+
 def _config_package_on_path(argv: list[str]) -> None:
   """Puts the directory holding a --config file's `configs/` package on sys.path.
 

@@ -323,7 +323,17 @@ class _StopSignal:
         self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
-    self.received = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if name == "SIGINT" and self.received == "SIGINT":
+      # A second Ctrl-C: the user will not wait for the step (a hung one, a long evaluation).
+      # The checkpoints already written are complete; only this step's is given up.
+      self.restore()  # A third one is Python's own KeyboardInterrupt, wherever it lands.
+      raise KeyboardInterrupt
+    if self.received is None:
+      logging.warning("Received %s: stopping after this step, which is saved.%s", name,
+                      " Ctrl-C again stops at once, without saving it." if name == "SIGINT"
+                      else "")
+    self.received = name
 
   def stop_now(self, step: int, sync_every: int) -> str | None:
     """Why to stop after `step`, or None; with several processes, the same answer on each.

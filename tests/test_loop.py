@@ -827,6 +827,48 @@ def test_a_stop_signal_is_acted_on_at_once_alone_and_at_a_sync_step_with_others(
     stop.restore()
 
 
+def test_a_second_ctrl_c_stops_at_once_and_sigterm_never_does(caplog):
+  """The first SIGINT asks for a saved stop after the step (and says Ctrl-C again skips it); a
+  second one raises KeyboardInterrupt at once, for a step or evaluation the user will not wait
+  for. A scheduler repeating SIGTERM must not abort the save it asked for."""
+  before = signal.getsignal(signal.SIGINT)
+  stop = loop._StopSignal()
+  try:
+    with caplog.at_level(logging.WARNING):
+      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert stop.received == "SIGTERM"
+      stop.received = None
+      os.kill(os.getpid(), signal.SIGINT)
+      assert stop.received == "SIGINT"
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # The handler runs between bytecodes; never reached.
+    assert signal.getsignal(signal.SIGINT) is before  # A third Ctrl-C is Python's own.
+    hints = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Received")]
+    assert hints == ["Received SIGTERM: stopping after this step, which is saved.",
+                     "Received SIGINT: stopping after this step, which is saved. Ctrl-C again "
+                     "stops at once, without saving it."]
+  finally:
+    stop.restore()
+
+
+def test_train_py_leaves_an_interrupt_with_one_line_and_status_130():
+  """Ctrl-C outside the loop's handler (while the corpus is read) or a second one in it."""
+  script = ("import sys; sys.argv = ['train.py']; import train\n"
+            "def interrupted(argv): raise KeyboardInterrupt\n"
+            "train._train = interrupted\n"
+            "train.main([])\n"
+            "print('not reached')")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+  assert out.returncode == 130, out.stderr[-2000:]
+  assert "not reached" not in out.stdout and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      "train.py: interrupted (Ctrl-C): the checkpoints written so far are intact; run the same "
+      "command to resume.")
+
+
 def test_evaluation_pools_every_batchs_targets(tiny_config, monkeypatch):
   """The eval loss is the mean over all masked tokens of all batches, not the last batch's."""
   sums = iter([(1.0, 1.0, 1.0), (2.0, 0.0, 1.0), (9.0, 1.0, 2.0)])  # loss, correct, targets.
