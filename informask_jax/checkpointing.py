@@ -220,6 +220,10 @@ def require_checkpoint_dir(workdir) -> pathlib.Path:
           f"{workdir} is a Hugging Face model directory, not a training workdir (no "
           f"checkpoints/). Import it first: python convert_checkpoint.py --from-hf {workdir} "
           "--out NEW_WORKDIR, then use NEW_WORKDIR.")
+    inside = path.parent  # The workdir as given, resolved.
+    if inside.name == CHECKPOINT_DIR and has_finalized_checkpoint(inside.parent):
+      raise FileNotFoundError(f"{workdir} is a run's checkpoints folder; give the run's workdir, "
+                              f"{inside.parent}, which holds it.")
     raise FileNotFoundError(
         f"No checkpoints in {workdir}: {path} does not exist. Train with train.py --workdir, "
         "or import one with convert_checkpoint.py --from-hf.")
