@@ -103,7 +103,7 @@ def exit_interrupted(program: str, what_remains: str) -> None:
   os._exit(130)  # Not jax.distributed.shutdown: with a peer stuck in a collective it would hang.
 
 
-def _config_package_on_path(argv: list[str]) -> None:
+def config_package_on_path(argv: list[str]) -> None:
   """Puts the directory holding a --config file's `configs/` package on sys.path.
 
   Config files import their siblings (`from configs import base`), which resolves from the
@@ -195,10 +195,15 @@ def _unknown_key(argv: list[str]) -> str | None:
   return None
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  _config_package_on_path(argv)
+def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
+  """absl's flag parsing, with a one-line message (status 2) for every kind of bad flag.
+
+  `known_only`: flags this program does not define are returned with the arguments (the Beam
+  pipeline hands them to Beam as its options) instead of being refused.
+  """
+  config_package_on_path(argv)
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS(argv, known_only=known_only)
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
       # A config file that failed to load stands in as an object raising on any attribute.
       getattr(flags.FLAGS.config, "get", None)

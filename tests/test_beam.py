@@ -5,8 +5,11 @@ readers match `corpus`; bad input fails before the pipeline starts."""
 import contextlib
 import io
 import json
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -351,6 +354,23 @@ def test_flags_and_config_the_pipeline_refuses(tmp_path):
   config.data.sources = [dict(config.data.sources[0], text_field=f) for f in ("body", "text")]
   with pytest.raises(ValueError, match=r"different text fields \['body', 'text'\]"):
     bp._text_field(config)
+
+
+def test_the_command_line_names_a_bad_override_from_any_directory(tmp_path):
+  """Run from outside the repository with a config given by its absolute path (its `configs`
+  package was not importable), a mistyped override is one line naming the command and the key
+  (it was an AttributeError traceback; bad flags named the __main__ file's path)."""
+  _beam()
+  root = pathlib.Path(__file__).parent.parent
+  out = subprocess.run(
+      [sys.executable, "-m", "informask_jax.stats.beam_pipeline", "--config",
+       f"{root / 'configs' / 'informask.py'}:tiny", "--config.train.num_step=3"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "python -m informask_jax.stats.beam_pipeline: bad command-line flag: "
+      "--config.train.num_step: `config.train` has no key 'num_step'. Did you mean"), out.stderr
 
 
 def test_parquet_without_the_text_column_names_its_columns(tmp_path):

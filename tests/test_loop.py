@@ -577,16 +577,16 @@ def test_a_config_file_run_from_elsewhere_brings_its_configs_package(tmp_path, m
     def __contains__(self, name):
       return False
 
-    def __call__(self, argv):
+    def __call__(self, argv, known_only=False):
       assert sys.path[0] == str(tmp_path / "proj")
       return argv[:1]
   monkeypatch.setattr(cli.flags, "FLAGS", Flags())
   config = tmp_path / "proj" / "configs" / "mine.py"
   assert cli.parse_flags(["prog", "--config", f"{config}:tiny", "--workdir=w"]) == ["prog"]
-  cli._config_package_on_path(["prog", f"--config={tmp_path / 'other' / 'configs' / 'x.py'}"])
+  cli.config_package_on_path(["prog", f"--config={tmp_path / 'other' / 'configs' / 'x.py'}"])
   assert sys.path[:2] == [str(tmp_path / "other"), str(tmp_path / "proj")]
   # A config file outside a configs/ package (no base.py beside it) changes nothing.
-  cli._config_package_on_path(["prog", f"--config={tmp_path / 'loose' / 'x.py'}"])
+  cli.config_package_on_path(["prog", f"--config={tmp_path / 'loose' / 'x.py'}"])
   assert sys.path[:2] == [str(tmp_path / "other"), str(tmp_path / "proj")]
 
 

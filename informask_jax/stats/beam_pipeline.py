@@ -44,6 +44,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import types
 
@@ -750,11 +751,8 @@ def _main() -> None:
                                      "merges; ~ a few per worker).")
   partitions = flags.DEFINE_integer("ngram_partitions", 32, "Hash partitions of the n-gram keys.")
 
-  def parse(argv):
-    try:  # Known flags are ours; the others are Beam pipeline options.
-      return flags.FLAGS(argv, known_only=True)
-    except flags.Error as e:
-      raise SystemExit(f"{argv[0]}: bad command-line flag: {e}") from None
+  def parse(argv):  # Known flags are ours; the others are Beam pipeline options.
+    return cli.parse_flags(argv, known_only=True)
 
   def main(argv):
     if config.value is None:
@@ -768,4 +766,5 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
+  sys.argv[0] = "python -m informask_jax.stats.beam_pipeline"  # Errors name the command typed.
   _main()
