@@ -503,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             f"settings (its config.json), or keep its parameters and start a new run: another "
             f"--workdir with --config.init_from={workdir}.") from None
       logging.info("Resumed from step %d in %s.", step, workdir)
+      _warn_schedule_change(saved_meta, config, step)
       if step >= config.train.num_steps:
         logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
                         "train; raise num_steps to continue.", step, config.train.num_steps)
@@ -647,6 +648,20 @@ def _latest_checkpoint(checkpointer) -> str:
   latest = checkpointer.latest_step()
   return (f"the latest checkpoint is step {latest}" if latest is not None
           else "no checkpoint has been written yet")
+
+
+def _warn_schedule_change(saved_meta: dict, config, step: int) -> None:
+  """A resume with another train.num_steps (allowed: raising it continues a run) also moves the
+  learning-rate decay, which ends at num_steps: say so, with the rate at the resumed step."""
+  saved = ((saved_meta.get("config") or {}).get("train") or {}).get("num_steps")
+  now = config.train.num_steps
+  if saved is None or saved == now or step >= now:
+    return
+  old_rate = float(optim.learning_rate_schedule(config.optim, saved)(step))
+  new_rate = float(optim.learning_rate_schedule(config.optim, now)(step))
+  logging.warning("config.train.num_steps: %d -> %d. The learning rate's %s decay now ends at "
+                  "step %d: at step %d it is %.4g (%.4g on the checkpoint's schedule).", saved,
+                  now, config.optim.schedule, now, step, new_rate, old_rate)
 
 
 def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

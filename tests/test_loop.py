@@ -913,6 +913,7 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
   tokenizer fingerprints resumes; a resume with no step left says so."""
   config = _small(tiny_config, num_steps=3, checkpoint_every=2, eval_every=1000)
   config.masking.name = "random"
+  config.optim.warmup_steps = 1  # Decaying from step 1, so num_steps moves the rate at step 3.
   save = checkpointing.Checkpointer.save
   with monkeypatch.context() as m:  # Step 3 is trained and logged, but its save never lands.
     m.setattr(checkpointing.Checkpointer, "save",
@@ -936,6 +937,17 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
     assert loop.train_and_evaluate(config, tmp_path)["step"] == 3
   assert ("The checkpoint is at step 3, config.train.num_steps=3: nothing left to train"
           in caplog.text)
+  assert "config.train.num_steps: 3 ->" not in caplog.text
+  # Raising num_steps continues the run, and the log says where the decay now ends.
+  config.train.num_steps = 5
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
+  rate = lambda n: float(optim.learning_rate_schedule(config.optim, n)(3))  # noqa: E731
+  assert rate(5) != rate(3)
+  assert (f"config.train.num_steps: 3 -> 5. The learning rate's {config.optim.schedule} decay "
+          f"now ends at step 5: at step 3 it is {rate(5):.4g} ({rate(3):.4g} on the "
+          "checkpoint's schedule).") in caplog.text
 
 
 def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_path, monkeypatch,
