@@ -10,6 +10,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import pathlib
 import shutil
 import types
 
@@ -855,3 +856,182 @@ def test_bad_model_flags_fail_before_the_data_is_read(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match=r"--model '.*nowhere': no such file"):
       lama.evaluate(str(tmp_path / "nowhere"), str(data))
   assert not caplog.records, caplog.text
+
+
+# --- From a second mutation audit: what the first one and the fixtures left open -------------
+
+
+def _bpe_tokenizer():
+  """A byte-level BPE (RoBERTa-style) tokenizer whose mask token is "<mask>", not "[MASK]"."""
+  tokenizers = pytest.importorskip("tokenizers")
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["We saw Paris and then Paris again , an apple is red or green ."] * 20,
+                          vocab_size=300,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
+                                              eos_token="</s>", pad_token="<pad>",
+                                              unk_token="<unk>", mask_token="<mask>")
+
+
+def test_google_re_judgments_other_than_yes_count_against(bert_words, tmp_path):
+  """As LAMA's filter: every judgment that is not "yes" (e.g. "unsure") counts as a "no"."""
+  path = _write(tmp_path / "place_of_birth_test.jsonl", [
+      {"sub_label": "A", "obj_label": "Paris", "judgments": [
+          {"judgment": "yes"}, {"judgment": "unsure"}, {"judgment": "unsure"}]},
+      {"sub_label": "B", "obj_label": "Rome", "judgments": [
+          {"judgment": "yes"}, {"judgment": "unsure"}]}])  # A tie: kept.
+  rel = lama.RelationFile("Google_RE", "place_of_birth", path, "[X] was born in [Y] .")
+  score = lama.RelationScore("Google_RE", "place_of_birth")
+  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  assert [q.text for q in queries] == ["B was born in [MASK] ."]
+  assert score.skipped == {"negative_judgments": 1}
+
+
+def test_template_subjects_are_stripped_and_blank_objects_are_missing(bert_words, tmp_path):
+  path = _write(tmp_path / "P19.jsonl", [
+      {"sub_label": "  Dante Alighieri ", "obj_label": "Florence"},
+      {"sub_label": "Giotto", "obj_label": "  "},  # No object: a missing field, not a word.
+      {"sub_label": " ", "obj_label": "Rome"}])
+  rel = lama.RelationFile("TREx", "P19", path, "[X] was born in [Y] .")
+  score = lama.RelationScore("TREx", "P19")
+  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  assert [q.text for q in queries] == ["Dante Alighieri was born in [MASK] ."]
+  assert score.skipped == {"missing_field": 2}
+
+
+def test_every_data_mask_becomes_the_models_mask_token():
+  """A RoBERTa-style tokenizer: each [MASK] of a sentence is written as "<mask>" (LAMA does so),
+  not only the scored first one, which would leave "[", "MASK", "]" pieces in the context."""
+  words = lama.WordTable(_bpe_tokenizer())
+  record = {"obj_label": "red", "masked_sentences": ["An apple is [MASK] or [MASK] ."]}
+  score = lama.RelationScore("ConceptNet", "test")
+  (query,) = lama.lama_queries(0, lama.RelationFile("ConceptNet", "test", pathlib.Path("x")),
+                               [record], words, None, False, score)
+  assert query.text == "An apple is <mask> or <mask> ." and not score.skipped
+  (encoded,) = lama.encode_queries([query], words, 64, [score], first_mask=True)
+  assert encoded.ids.count(words.mask_id) == 2
+  assert encoded.ids.index(words.mask_id) == encoded.position
+
+
+def test_informask_predictions_of_a_byte_level_bpe_drop_the_leading_space():
+  """RoBERTa-style tokens decode with their leading space (" Paris"); the InforMask script
+  compares them without it, so "ĠParis" matches the gold alternative "paris"."""
+  tok = _bpe_tokenizer()
+  words = lama.WordTable(tok)
+  paris, red = tok.convert_tokens_to_ids(["ĠParis", "Ġred"])
+  assert words.token_string(paris) == "paris"
+  logits = np.zeros((1, len(tok)), np.float32)
+  logits[0, [red, paris]] = [2.0, 1.0]
+  query = lama.Query(0, "", gold_words=("paris",))
+  assert lama.informask_ranks(logits, [query], words, {"red"}) == [2]
+
+
+def test_several_masks_are_skipped_unless_the_first_is_scored(bert_words):
+  tok = bert_words.tokenizer
+  queries = [lama.Query(0, "an apple is [MASK] or [MASK] ."), lama.Query(0, "a [MASK] .")]
+  score = lama.RelationScore("ConceptNet", "test")
+  encoded = lama.encode_queries(queries, bert_words, 32, [score])
+  assert [e.query.text for e in encoded] == ["a [MASK] ."]
+  assert score.skipped == {"several_masks": 1}
+  first, _ = lama.encode_queries(queries, bert_words, 32, [score], first_mask=True)
+  assert first.ids == tok("an apple is [MASK] or [MASK] .")["input_ids"] and first.position == 4
+
+
+def test_the_informask_token_limit_applies_to_informask_runs_only(models, tmp_path):
+  """Over 500 tokens (but within LAMA's 100 words): informask leaves the sentence out, lama
+  asks it through a window around the mask."""
+  long = "Plants need " + " ".join(["!!!!!!!!"] * 70) + " and [MASK] to grow ."
+  (tmp_path / "Squad").mkdir()
+  _write(tmp_path / "Squad" / "test.jsonl", [
+      {"obj_label": "water", "masked_sentences": [long]},
+      {"obj_label": "water", "masked_sentences": ["Plants need sunlight and [MASK] to grow ."]}])
+  informask = lama.evaluate(models["bert"], str(tmp_path), protocol="informask",
+                            common_vocab=str(INFORMASK_WORDS), progress=False)
+  squad = informask.summary["Squad"]
+  assert (squad["facts"], squad["skipped"]) == (1, {"too_long": 1})
+  assert informask.run_info["common_vocab_tokens"] is None  # The word list filters, only.
+  report = lama.evaluate(models["bert"], str(tmp_path), progress=False)
+  assert (report.summary["Squad"]["facts"], report.summary["Squad"]["skipped"]) == (2, {})
+  assert report.run_info["queries_truncated"] == 1
+
+
+def test_flax_buckets_stop_at_the_models_length(tmp_path):
+  """A 24-position model: a 20-token batch pads to 24, not to the next power of two (32), which
+  the model's position table refuses; its logits are the torch backend's."""
+  path = make_model(tmp_path / "short", max_len=24)
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  flax_backend = lama.load_backend(path, "flax", tok, batch_size=2)
+  torch_backend = lama.load_backend(path, "torch", tok, batch_size=2, device="cpu")
+  assert flax_backend.max_len == 24
+  ids = np.array([tok("the city of " * 6 + "[MASK] .")["input_ids"]], np.int32)
+  assert ids.shape == (1, 22)
+  positions = np.array([20], np.int32)
+  np.testing.assert_allclose(flax_backend(ids, positions), torch_backend(ids, positions),
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_one_non_finite_logit_is_an_error(bad):
+  class Partly:
+    pad_id, name = 0, "partly"
+
+    def __call__(self, ids, positions):
+      logits = np.zeros((len(ids), 5), np.float32)
+      logits[-1, 2] = bad
+      return logits
+
+  query = types.SimpleNamespace(miss=False)
+  encoded = [types.SimpleNamespace(ids=[1, 2, 3], position=1, query=query)] * 2
+  with pytest.raises(ValueError, match="non-finite logits"):
+    lama.run_queries(Partly(), encoded, 4, lambda logits, qs: [1] * len(qs), progress=False)
+
+
+def test_cli_passes_every_flag_on(monkeypatch):
+  seen = {}
+
+  def record(*args, **kwargs):
+    seen.update(args=args, **kwargs)
+
+  monkeypatch.setattr(lama, "evaluate", record)
+  eval_lama.main(["--model", "m", "--data_dir", "d", "--protocol", "informask", "--common_vocab",
+                  "w.txt", "--batch_size", "7", "--backend", "flax", "--device", "cpu:0",
+                  "--use_masked_sentences", "--step", "5", "--limit", "3", "--out", "o",
+                  "--no_progress"])
+  assert seen == dict(args=("m", "d"), protocol="informask", common_vocab="w.txt", batch_size=7,
+                      out_dir="o", backend="flax", device="cpu:0", use_masked_sentences=True,
+                      step=5, limit=3, progress=False, on_table=print)
+
+
+def test_templates_need_a_subject_and_exactly_one_object_slot(tmp_path):
+  path = _write(tmp_path / "relations.jsonl", [
+      {"relation": "P1", "template": "[X] and [Y] met in [Y] ."},  # Two objects.
+      {"relation": "P2", "template": "Someone was born in [Y] ."},  # No subject.
+      {"relation": "P3", "template": "[X] was born in [Y] ."}])
+  assert lama.read_relation_templates(path) == {"P3": "[X] was born in [Y] ."}
+
+
+def test_a_path_with_a_trailing_slash_is_not_a_hub_name(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"--model 'tiny/': no such file or directory"):
+    lama.check_model_path("tiny/")
+
+
+def test_every_fact_skipped_names_the_common_vocab_or_the_data(models, tmp_path, monkeypatch):
+  """The hint follows the most frequent reason; with nothing left after encoding (informask's
+  token limit) the run is the same error, not a table of "-"."""
+  (tmp_path / "words.txt").write_text("the\nof\n")  # Single tokens, but no fact's object.
+  _no_model_load(monkeypatch)
+  with pytest.raises(ValueError, match=r"Every fact was skipped.*object_not_in_common_vocab="
+                                       r"\d+.*No fact's object is a word of --common_vocab "
+                                       r".*words.txt'\."):
+    lama.evaluate(models["bert"], str(FIXTURES), common_vocab=str(tmp_path / "words.txt"),
+                  progress=False)
+  (tmp_path / "data" / "Squad").mkdir(parents=True)
+  (tmp_path / "data" / "Squad" / "test.jsonl").write_text("not json\n{]\n")
+  with pytest.raises(ValueError, match=r"malformed_json=2\)\. Are these LAMA's .jsonl files\?"):
+    lama.evaluate(models["bert"], str(tmp_path / "data"), progress=False)
+  monkeypatch.undo()
+  _write(tmp_path / "data" / "Squad" / "test.jsonl", [{"obj_label": "water", "masked_sentences": [
+      "Plants need " + " ".join(["!!!!!!!!"] * 70) + " and [MASK] to grow ."]}])
+  with pytest.raises(ValueError, match=r"Every fact was skipped.*: too_long=1\)\.$"):
+    lama.evaluate(models["bert"], str(tmp_path / "data"), protocol="informask", progress=False)
