@@ -37,11 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def main(argv=None) -> lama.Report:
+def main(argv=None, *, exit_now: bool = False) -> lama.Report:
+  """`exit_now` (the script's own call, not the tests'): see cli.user_errors."""
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   cli.quiet_library_logs()
-  with cli.user_errors("eval_lama.py", extra=(lama.OutputError,)):
+  with cli.user_errors("eval_lama.py", extra=(lama.OutputError,), exit_now=exit_now):
     # The table is printed before --out is written: a failed write loses nothing.
     return lama.evaluate(
         args.model, args.data_dir, protocol=args.protocol, common_vocab=args.common_vocab,
@@ -51,4 +52,4 @@ def main(argv=None) -> lama.Report:
 
 
 if __name__ == "__main__":
-  main()
+  main(exit_now=True)
