@@ -51,15 +51,18 @@ def _settings():
     return None, num, index
   missing = [f"--{name}" for name, value in ((_COORDINATOR, coordinator), (_NUM, num),
                                              (_ID, index)) if value is None or value == ""]
-  if missing:
+  # Slurm, TPU pods: jax.distributed detects the coordinator it is not given.
+  detected = missing == [f"--{_COORDINATOR}"] and _auto_detected()
+  if missing and not detected:
     raise ValueError(
         "Several processes need --coordinator_address HOST:PORT, --num_processes and "
         "--process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); "
         f"missing: {', '.join(missing)}.")
-  host, _, port = coordinator.rpartition(":")
-  if not host or not port.isdigit():
-    raise ValueError(f"--coordinator_address={coordinator!r}: expected HOST:PORT, process 0's "
-                     "host and a free port, e.g. 10.0.0.2:1234.")
+  if coordinator:
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+      raise ValueError(f"--coordinator_address={coordinator!r}: expected HOST:PORT, process 0's "
+                       "host and a free port, e.g. 10.0.0.2:1234.")
   if num < 1 or not 0 <= index < num:
     raise ValueError(f"--process_id={index} with --num_processes={num}: the id must be in "
                      f"0..{num - 1}.")
@@ -96,7 +99,7 @@ class _WarningsOnly(logging.Filter):
 
 def initialize() -> None:
   coordinator, num, index = _settings()
-  if coordinator:
+  if coordinator or (num or 1) > 1:
     jax.distributed.initialize(coordinator, num, index)
   elif _auto_detected():
     jax.distributed.initialize()

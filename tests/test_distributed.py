@@ -134,6 +134,22 @@ def test_initialize_names_bad_process_settings_before_jax_sees_them(started, bar
   assert started("10.0.0.2:1234", None, None, process_index=1)[0] == ("10.0.0.2:1234", 2, 1)
 
 
+def test_a_cluster_that_jax_detects_needs_no_coordinator_flag(started, bare_env):
+  """On Slurm or a TPU pod, --num_processes and --process_id without --coordinator_address (or
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID set by a launch script) reach jax.distributed, which detects
+  the coordinator it is not given; elsewhere the coordinator is still asked for."""
+  bare_env.setenv("SLURM_JOB_ID", "7")
+  bare_env.setenv("SLURM_NTASKS", "2")
+  assert started(None, 2, 1, process_index=1)[0] == (None, 2, 1)
+  with pytest.raises(ValueError, match=r"--process_id=2 with --num_processes=2"):
+    started(None, 2, 2)
+  with pytest.raises(ValueError, match=r"missing: --coordinator_address, --process_id\.$"):
+    started(None, 2, None)
+  bare_env.delenv("SLURM_JOB_ID")
+  with pytest.raises(ValueError, match=r"missing: --coordinator_address\.$"):
+    started(None, 2, 1)
+
+
 def test_only_process_zero_logs_info_lines(started):
   _, filters = started("10.0.0.2:1234", 2, 0, process_index=0)
   assert not filters
