@@ -7,6 +7,7 @@ checkpoints and pre-emption.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -462,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     elif not resume:
       distributed.main_process_first("earlier logs", lambda: _set_aside_earlier_logs(workdir))
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    cleanup.callback(checkpointer.close)
+    cleanup.push(functools.partial(_close_checkpointer, checkpointer))
     config_json = _config_json(config)
     if resume:
       step = checkpointer.latest_step()
@@ -641,6 +642,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # A signal during the last step (or its evaluation) stopped nothing: the run is finished.
     return {"step": step, **last_log, **last_eval, "preempted": stopped_by is not None,
             "stopped_by": stopped_by}
+
+
+def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:
+  """Waits for a save in flight and closes, unless a second Ctrl-C is on its way out: that one
+  stops at once (train.py then leaves with os._exit), and a save it cuts short stays an unfinished
+  temporary directory, which is never taken for a checkpoint."""
+  if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
+    checkpointer.close()
+  return False
 
 
 def _latest_checkpoint(checkpointer) -> str:

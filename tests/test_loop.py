@@ -853,6 +853,32 @@ def test_a_second_ctrl_c_stops_at_once_and_sigterm_never_does(caplog):
     stop.restore()
 
 
+def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_path, monkeypatch):
+  """The KeyboardInterrupt of a second Ctrl-C leaves the loop without waiting for an asynchronous
+  save (a third Ctrl-C was needed while the first one's save was written); any other exit still
+  waits for it and closes."""
+  config = _small(tiny_config, num_steps=3, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+  made, waited = [], []
+  init, wait = checkpointing.Checkpointer.__init__, checkpointing.Checkpointer.wait
+  monkeypatch.setattr(checkpointing.Checkpointer, "__init__",
+                      lambda self, *a, **k: (made.append(self), init(self, *a, **k))[1])
+  monkeypatch.setattr(checkpointing.Checkpointer, "wait",
+                      lambda self: (waited.append(self), wait(self))[1])
+
+  def second_ctrl_c(self, step, sync_every):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(loop._StopSignal, "stop_now", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+      loop.train_and_evaluate(config, tmp_path)
+  assert len(made) == 1 and not waited
+  made[0].close()  # What train.py's os._exit makes moot.
+  waited.clear()
+  assert loop.train_and_evaluate(config, tmp_path)["step"] == 3
+  assert waited
+
+
 def test_train_py_leaves_an_interrupt_with_one_line_and_status_130():
   """Ctrl-C outside the loop's handler (while the corpus is read) or a second one in it."""
   script = ("import sys; sys.argv = ['train.py']; import train\n"
