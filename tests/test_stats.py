@@ -709,8 +709,9 @@ def test_report_cli_writes_png_and_summary(built, tmp_path):
 
 
 def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
-  """--out as a directory, a name without a suffix or a path with ~ (which the shell leaves in
-  --out=~/x.png): the returned (and printed) path is the PNG written, next to its .txt."""
+  """--out as a directory (existing, or new with a trailing /), a name without a suffix or a path
+  with ~ (which the shell leaves in --out=~/x.png): the returned (and printed) path is the PNG
+  written, next to its .txt."""
   from informask_jax.stats import report
 
   _, _, directory = built
@@ -718,7 +719,8 @@ def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   for out, expected in ((tmp_path, tmp_path / "report.png"),
                         (tmp_path / "rates", tmp_path / "rates.png"),
-                        ("~/r.png", tmp_path / "home" / "r.png")):
+                        ("~/r.png", tmp_path / "home" / "r.png"),
+                        (f"{tmp_path / 'new'}/", tmp_path / "new" / "report.png")):
     png, _ = report.write_report(directory, out)
     assert png == expected and png.read_bytes()[:4] == b"\x89PNG", (out, png)
     assert png.with_suffix(".txt").is_file()

@@ -3,6 +3,7 @@ frequency, and which tokens InforMask masks most and least."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -111,8 +112,9 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
 
   directory = pathlib.Path(directory).expanduser()
   text, n = summarize(directory)
+  as_dir = bool(out_png) and str(out_png).endswith(("/", os.sep))  # --out new/: a folder to make.
   out_png = pathlib.Path(out_png).expanduser() if out_png else directory / "report.png"
-  if out_png.is_dir():  # --out DIR: the default name inside it (savefig would write DIR.png).
+  if as_dir or out_png.is_dir():  # --out DIR: the default name inside it (not DIR.png).
     out_png = out_png / "report.png"
   elif not out_png.suffix:  # savefig appends .png to a bare name: return the file it writes.
     out_png = out_png.with_suffix(".png")
