@@ -628,6 +628,10 @@ def test_a_step_the_workdir_lacks_is_refused_before_the_model_loads(models, tmp_
   _no_model_load(monkeypatch)
   with pytest.raises(ValueError, match=r"--step 5: no checkpoint at that step .* steps are \[0\]"):
     lama.evaluate(str(tmp_path / "run"), str(FIXTURES), step=5, progress=False)
+  # The run's checkpoints/ folder given for the run: the workdir above it is named.
+  with pytest.raises(FileNotFoundError, match=r"checkpoints' is a run's checkpoints folder; give "
+                                              rf"the run's workdir, '{tmp_path / 'run'}', which"):
+    lama.evaluate(str(tmp_path / "run" / "checkpoints"), str(FIXTURES), progress=False)
 
 
 def test_a_workdir_without_checkpoints_or_an_empty_directory_is_named_as_such(
