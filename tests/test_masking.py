@@ -1321,6 +1321,20 @@ def test_show_cli_mask_prob(capsys):
           in capsys.readouterr().out)
 
 
+def test_show_counts_an_over_long_text_without_the_tokenizers_length_warning(tmp_path, capfd):
+  """A run's tokenizer has model_max_length 512: counting the pieces of a longer --text must not
+  print transformers' 'longer than the specified maximum sequence length' warning."""
+  from informask_jax.masking import show
+  tok = show.load_tokenizer()
+  tok.model_max_length = 512
+  tok.save_pretrained(tmp_path / "tok")
+  show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "tok"), "--no-colour",
+             "--text", " ".join(["Mount Everest is high."] * 200)])
+  out, err = capfd.readouterr()
+  assert "510 tokens (the first of 1000: " in out
+  assert "longer than the specified maximum" not in out + err
+
+
 def test_online_tokens_without_pmi_look_up_the_zero_row():
   """Tokens with no PMI entries, or left out by pmi_vocab_size, add nothing to a score: the
   scores equal the brute force over the table restricted to the kept tokens."""

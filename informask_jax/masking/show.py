@@ -234,7 +234,7 @@ def main(argv=None):
     parser.error("--text is empty: give a sentence, or leave --text out for the default one")
   tok = load_tokenizer(args.tokenizer)
   ids = tok(text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
-  pieces = len(tok(text, add_special_tokens=False)["input_ids"])
+  pieces = len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
   rates_flag = "--rates" if args.rates else "--stats"  # Before --stats fills args.rates in.
   try:
