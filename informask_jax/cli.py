@@ -103,6 +103,17 @@ def exit_interrupted(program: str, what_remains: str) -> None:
   os._exit(130)  # Not jax.distributed.shutdown: with a peer stuck in a collective it would hang.
 
 
+def _config_values(argv: list[str]) -> list[str]:
+  """The values of argv's --config flags (`--config F` or `--config=F`), in order."""
+  values = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      values.append(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(argv):
+      values.append(argv[i + 1])
+  return values
+
+
 def config_package_on_path(argv: list[str]) -> None:
   """Puts the directory holding a --config file's `configs/` package on sys.path.
 
@@ -110,13 +121,7 @@ def config_package_on_path(argv: list[str]) -> None:
   repository root only; `python -m informask_jax.stats ... --config /abs/configs/x.py` run from
   elsewhere would fail with ModuleNotFoundError.
   """
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(argv):
-      value = argv[i + 1]
-    else:
-      continue
+  for value in _config_values(argv):
     package = os.path.dirname(os.path.abspath(value.split(":", 1)[0]))
     root = os.path.dirname(package)
     if os.path.isfile(os.path.join(package, "base.py")) and root not in sys.path:
@@ -125,12 +130,7 @@ def config_package_on_path(argv: list[str]) -> None:
 
 def _config_of(argv: list[str]):
   """The config that argv's --config names (overrides left out), or None."""
-  value = None
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(argv):
-      value = argv[i + 1]
+  value = (_config_values(argv) or [None])[-1]
   if value is None or "config" not in flags.FLAGS:
     return None
   try:  # The failed parse kept no config: load the file again (it is cheap and already imported).
@@ -224,12 +224,7 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
       message = (f"--{field}: a {kind} field cannot be set from the command line; write a small "
                  "config file that imports one of configs/ and sets it.")
     if re.search(r"has no attribute 'get_config", message):  # e.g. --config configs/base.py
-      path = ""
-      for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-          path = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-          path = argv[i + 1]
+      path = (_config_values(argv) or [""])[-1]
       message = (f"--config {path}: the file defines no get_config(arg) function, so it is not "
                  "an experiment config; pass one such as configs/informask.py:tiny (configs/"
                  "base.py is the base they share).")
