@@ -28,6 +28,15 @@ def checkpoint_dir(workdir) -> pathlib.Path:
   return pathlib.Path(workdir).expanduser().resolve() / CHECKPOINT_DIR
 
 
+def run_above(path) -> pathlib.Path | None:
+  """The run's workdir when `path` is that run's checkpoints/ folder (given where the workdir
+  belongs), else None. A folder merely named so (an export saved as checkpoints/) is not one."""
+  path = pathlib.Path(path).expanduser().resolve()
+  if path.name == CHECKPOINT_DIR and has_finalized_checkpoint(path.parent):
+    return path.parent
+  return None
+
+
 def has_finalized_checkpoint(workdir) -> bool:
   """Whether `<workdir>/checkpoints` holds a completed step (unfinished temporary ones aside)."""
   directory = checkpoint_dir(workdir)
@@ -220,10 +229,10 @@ def require_checkpoint_dir(workdir) -> pathlib.Path:
           f"{workdir} is a Hugging Face model directory, not a training workdir (no "
           f"checkpoints/). Import it first: python convert_checkpoint.py --from-hf {workdir} "
           "--out NEW_WORKDIR, then use NEW_WORKDIR.")
-    inside = path.parent  # The workdir as given, resolved.
-    if inside.name == CHECKPOINT_DIR and has_finalized_checkpoint(inside.parent):
+    run = run_above(workdir)
+    if run is not None:
       raise FileNotFoundError(f"{workdir} is a run's checkpoints folder; give the run's workdir, "
-                              f"{inside.parent}, which holds it.")
+                              f"{run}, which holds it.")
     raise FileNotFoundError(
         f"No checkpoints in {workdir}: {path} does not exist. Train with train.py --workdir, "
         "or import one with convert_checkpoint.py --from-hf.")
