@@ -501,9 +501,13 @@ def check_model(model: str, step: int | None = None) -> None:
   """
   check_model_path(model)
   path = pathlib.Path(model).expanduser()
-  if path.name == "checkpoints" and not is_workdir(path) and is_workdir(path.parent):
-    raise FileNotFoundError(f"--model {model!r} is a run's checkpoints folder; give the run's "
-                            f"workdir, {str(path.parent)!r}, which holds it.")
+  if path.name == "checkpoints" and not is_workdir(path):  # Only then import orbax.
+    from informask_jax import checkpointing
+
+    run = checkpointing.run_above(path)
+    if run is not None:
+      raise FileNotFoundError(f"--model {model!r} is a run's checkpoints folder; give the run's "
+                              f"workdir, {str(run)!r}, which holds it.")
   if path.is_dir() and (is_workdir(path) or (path / "tokenizer").is_dir()):
     from informask_jax import checkpointing
 

@@ -632,6 +632,9 @@ def test_a_step_the_workdir_lacks_is_refused_before_the_model_loads(models, tmp_
   with pytest.raises(FileNotFoundError, match=r"checkpoints' is a run's checkpoints folder; give "
                                               rf"the run's workdir, '{tmp_path / 'run'}', which"):
     lama.evaluate(str(tmp_path / "run" / "checkpoints"), str(FIXTURES), progress=False)
+  # A model merely saved as a folder named checkpoints/ is no run's folder: it is evaluated.
+  shutil.copytree(models["bert"], tmp_path / "exports" / "checkpoints")
+  lama.check_model(str(tmp_path / "exports" / "checkpoints"))
 
 
 def test_a_workdir_without_checkpoints_or_an_empty_directory_is_named_as_such(
