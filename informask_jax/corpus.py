@@ -228,11 +228,12 @@ def _load_hub(source, where, streaming, num_proc):
     if isinstance(e, ConnectionError):
       # A cluster's compute nodes are often offline: a copy cached beforehand is read only in
       # offline mode (otherwise the hub client retries for ~20 s, then fails).
-      cache = ("HF_HUB_OFFLINE is set and the local cache ($HF_HOME) has no copy of it. "
-               if datasets.config.HF_HUB_OFFLINE else "")
-      later = ("" if datasets.config.HF_HUB_OFFLINE else
-               ", or download it where there is a network into the same cache ($HF_HOME) and "
-               "run with HF_HUB_OFFLINE=1")
+      if datasets.config.HF_HUB_OFFLINE:
+        cache = "HF_HUB_OFFLINE is set and the local cache ($HF_HOME) has no copy of it. "
+        later = ""
+      else:
+        cache, later = "", (", or download it where there is a network into the same cache "
+                            "($HF_HOME) and run with HF_HUB_OFFLINE=1")
       detail = (detail.rstrip(". ") + f". {cache}Offline, train on the embedded corpus (the "
                 "`:tiny` variant, e.g. --config configs/informask.py:tiny) or on local text (a "
                 f"source of kind 'files'){later}.")
