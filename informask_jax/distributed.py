@@ -42,13 +42,14 @@ def _env_int(name):
 
 
 def _settings():
-  """(coordinator, num_processes, process_id) from the flags, else the environment; checked."""
+  """(coordinator, num_processes, process_id) from the flags, else the environment, checked; None
+  when neither names a coordinator nor several processes (one process, or a detected cluster)."""
   f = flags.FLAGS
   coordinator = f[_COORDINATOR].value
   num = f[_NUM].value if f[_NUM].value is not None else _env_int("JAX_NUM_PROCESSES")
   index = f[_ID].value if f[_ID].value is not None else _env_int("JAX_PROCESS_ID")
   if not coordinator and (num or 1) <= 1:
-    return None, num, index
+    return None
   missing = [f"--{name}" for name, value in ((_COORDINATOR, coordinator), (_NUM, num),
                                              (_ID, index)) if value is None or value == ""]
   # Slurm, TPU pods: jax.distributed detects the coordinator it is not given.
@@ -98,9 +99,9 @@ class _WarningsOnly(logging.Filter):
 
 
 def initialize() -> None:
-  coordinator, num, index = _settings()
-  if coordinator or (num or 1) > 1:
-    jax.distributed.initialize(coordinator, num, index)
+  settings = _settings()
+  if settings:
+    jax.distributed.initialize(*settings)
   elif _auto_detected():
     jax.distributed.initialize()
   else:
