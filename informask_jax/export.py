@@ -817,13 +817,16 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   if existing.is_dir() and any(existing.iterdir()):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")
   model_dir = _resolve(dir_or_name)
-  _read_hf_config(model_dir)  # An unsupported model fails first, whatever else is missing.
+  # An unsupported model fails first, whatever else is missing. Read once: load_hf_as_flax would
+  # resolve and parse config.json again.
+  hf_config = _read_hf_config(model_dir)
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
   except Exception as e:  # Missing or unreadable tokenizer files.
     raise FileNotFoundError(f"No usable tokenizer in {model_dir} ({type(e).__name__}: {e}); "
                             "the workdir needs the model's tokenizer.") from e
-  params, cfg = load_hf_as_flax(model_dir, scan_layers=scan_layers, head_seed=head_seed)
+  params, cfg = from_hf_state_dict(_read_state_dict(model_dir), hf_config,
+                                   scan_layers=scan_layers, head_seed=head_seed)
   if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != cfg.pad_id:
     raise ValueError(f"Tokenizer pad id {tokenizer.pad_token_id} differs from the config's "
                      f"pad_token_id {cfg.pad_id} in {model_dir}.")

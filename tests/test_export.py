@@ -701,3 +701,11 @@ def test_cli_format_and_misplaced_flags(imported_workdir, tmp_path, capsys):
   assert report["format"] == "roberta" and report["max_abs_diff"] <= export.MAX_ABS_DIFF
   config = json.loads((out / "config.json").read_text())
   assert (config["model_type"], config["max_position_embeddings"]) == ("roberta", 64 + 1)
+
+
+def test_import_reads_the_model_config_once(hf_copy, tmp_path, monkeypatch):
+  read = []
+  original = export._read_hf_config
+  monkeypatch.setattr(export, "_read_hf_config", lambda d: read.append(d) or original(d))
+  export.import_to_workdir(str(hf_copy), str(tmp_path / "work"))
+  assert read == [str(hf_copy)]
