@@ -37,8 +37,8 @@ if ROOT not in sys.path:
 from informask_jax.masking import informask  # noqa: E402
 from informask_jax.masking.show import GT_VOCAB  # noqa: E402
 
-# Function words (articles, pronouns, prepositions, conjunctions, auxiliaries): those of the
-# 100 most frequent English words that are whole bert-base-uncased tokens.
+# A fixed list of common English function words (articles, pronouns, prepositions, conjunctions,
+# auxiliaries), each a whole bert-base-uncased token.
 STOP_WORDS = frozenset("""
     the of and to a in is was for on as by with that it from at his he an which be are this or
     were had has have her she they their its not but also been who one first after all two into
@@ -78,7 +78,7 @@ def match(ours, counts, vocab, original, original_vocab):
     j = index.get(s)
     if counts[i] > 0 and j is not None and j in original and not SPECIAL.match(s):
       rows.append((s, int(counts[i]), float(ours[i]), original[j]))
-  tokens, c, a, b = zip(*rows)
+  tokens, c, a, b = zip(*rows, strict=True)
   return np.array(tokens, object), np.array(c), np.array(a), np.array(b)
 
 
@@ -110,14 +110,17 @@ def compare(tokens, c, a, b, threshold, eligible, top):
     stop = np.array([t in STOP_WORDS for t in tokens])
     result["stop_words"] = dict(
         count=int(stop.sum()),
-        ours_mean_percentile=float(pa[stop].mean()), original_mean_percentile=float(pb[stop].mean()),
+        ours_mean_percentile=float(pa[stop].mean()),
+        original_mean_percentile=float(pb[stop].mean()),
         ours_mean_percentile_others=float(pa[~stop].mean()),
         original_mean_percentile_others=float(pb[~stop].mean()))
 
+    # The original's rates are given as percentiles only: results files are committed, and the
+    # original's values belong in the original's file.
     def rows(order):
       return [dict(token=tokens[k], count=int(c[k]), ours=round(float(a[k]), 4),
-                   ours_pct=round(float(pa[k]), 3), original=round(float(b[k]), 4),
-                   original_pct=round(float(pb[k]), 3)) for k in order]
+                   ours_pct=round(float(pa[k]), 3), original_pct=round(float(pb[k]), 3))
+              for k in order]
 
     result["ours_highest"] = rows(np.argsort(-a, kind="stable")[:top])
     result["ours_lowest"] = rows(np.argsort(a, kind="stable")[:top])
@@ -127,10 +130,10 @@ def compare(tokens, c, a, b, threshold, eligible, top):
 
 
 def print_rows(title, rows):
-  print(f"\n{title}\n  {'token':<16} {'count':>7} {'ours':>7} {'pct':>5} {'orig':>7} {'pct':>5}")
+  print(f"\n{title}\n  {'token':<16} {'count':>7} {'ours':>7} {'ours pct':>8} {'orig pct':>8}")
   for r in rows:
-    print(f"  {r['token']:<16} {r['count']:>7} {r['ours']:>7.4f} {r['ours_pct']:>5.2f} "
-          f"{r['original']:>7.4f} {r['original_pct']:>5.2f}")
+    print(f"  {r['token']:<16} {r['count']:>7} {r['ours']:>7.4f} {r['ours_pct']:>8.2f} "
+          f"{r['original_pct']:>8.2f}")
 
 
 def main():
@@ -142,7 +145,7 @@ def main():
   p.add_argument("--counts", help="our unigram_counts.npy (default: beside --rates)")
   p.add_argument("--thresholds", default="5,20,50,100,500",
                  help="minimum counts in our corpus, comma-separated")
-  p.add_argument("--main_threshold", type=int, default=20, help="for the stop words and tables")
+  p.add_argument("--main_threshold", type=int, default=100, help="for the stop words and tables")
   p.add_argument("--top", type=int, default=15, help="rows of each highest / lowest table")
   p.add_argument("--out", help="write the numbers as JSON here")
   args = p.parse_args()
@@ -183,7 +186,7 @@ def main():
           f"original {s['original_mean_percentile']:.2f} "
           f"(others {s['original_mean_percentile_others']:.2f})")
     for key in ("ours_highest", "ours_lowest", "original_highest", "original_lowest"):
-      print_rows(key.replace("_", " ") + " (pct: percentile within the compared tokens)",
+      print_rows(key.replace("_", " ") + " (pct: rate percentile among the compared tokens)",
                  main[key])
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
