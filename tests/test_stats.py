@@ -449,6 +449,22 @@ def test_rates_rescale_to_mask_prob_and_smooth():
   np.testing.assert_allclose(r4, [0, 0.41, 0.0615, 0.041, 0], rtol=1e-5)
 
 
+def test_tokens_without_pmi_get_the_rate_of_unseen_tokens():
+  # Token 3 was seen and chosen rarely, but it has no PMI entry: sample-and-score could not
+  # rate it, so it counts as never shown (the mean), and the mean leaves its counts out.
+  chosen, seen, unigram = [0, 4, 1, 1, 0], [0, 10, 20, 20, 0], [0, 10, 20, 20, 10]
+  measured = np.array([True, True, True, False, True])
+  r = rates.finalize_rates(chosen, seen, unigram_counts=unigram, special_ids=[0], mask_prob=0.1,
+                           smoothing=0.0, measured=measured)
+  mean = 5 / 30  # Tokens 1 and 2 only.
+  assert r[3] == pytest.approx(r[4]) and r[3] / r[1] == pytest.approx(mean / 0.4)
+  assert r[2] / r[1] == pytest.approx(0.05 / 0.4)
+  assert rates.expected_fraction(r, unigram, [0]) == pytest.approx(0.1, abs=1e-6)
+  unmeasured = rates.finalize_rates(chosen, seen, unigram_counts=unigram, special_ids=[0],
+                                    mask_prob=0.1, smoothing=0.0)
+  assert unmeasured[3] == pytest.approx(unmeasured[2])  # Without `measured`: its own count.
+
+
 def pack(docs, length):
   """[CLS] tokens [SEP] rows (documents concatenated, separated by [SEP]), padded at the end."""
   toks, sents, next_sid = [], [], 0
@@ -590,6 +606,11 @@ def test_build_writes_every_artifact(built):
                                                                                        abs=1e-6)
   np.testing.assert_array_equal(
       rates.read_id_mask_prob(str(directory / "id_mask_prob.json"), V), a.rates)
+  # Tokens without a PMI entry (here outside the 120-token PMI vocabulary, many of them in the
+  # sample) all get the rate of a token the sample never showed: one value.
+  no_pmi = (np.diff(a.pmi.indptr) == 0) & (a.unigram_counts > 0)
+  no_pmi[list(SPECIALS)] = False
+  assert no_pmi.sum() > 20 and np.ptp(a.rates[no_pmi]) < 1e-7 * a.rates[no_pmi].max()
   assert all(isinstance(g, list) and len(g) >= 2 for g in a.ngrams)
   assert NEW + YORK in a.ngrams[:10]
   assert all(len(p) == 2 for p in a.bigrams)
@@ -953,6 +974,9 @@ def test_cache_key_covers_the_corpus_format_and_rate_settings(built, monkeypatch
     other = small_config(config.data.cache_dir)
     other.update_from_flattened_dict({key: value})
     assert stats.artifact_dir(other, pipeline) != directory, key
+  monkeypatch.setattr(rates, "METHOD", rates.METHOD + 1)  # Rates of another method: rebuilt.
+  assert stats.artifact_dir(config, pipeline) != directory
+  monkeypatch.undo()
   monkeypatch.setattr(artifacts, "FORMAT_VERSION", artifacts.FORMAT_VERSION + 1)
   assert stats.artifact_dir(config, pipeline) != directory
 

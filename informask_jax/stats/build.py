@@ -31,7 +31,8 @@ def stats_params(config) -> dict:
   params.update(mask_prob=float(config.masking.mask_prob),
                 num_candidates=int(config.masking.num_candidates),
                 seq_len=int(config.data.seq_len), packing=str(config.data.packing),
-                seed=int(config.train.seed), tokenized_format=data.TOKENIZED_FORMAT)
+                seed=int(config.train.seed), tokenized_format=data.TOKENIZED_FORMAT,
+                rates_method=rates.METHOD)
   return params
 
 
@@ -172,9 +173,10 @@ def _stage_rates(config, pipeline, directory, meta, state, progress):
       masker, token_ids[rows], pipeline.train["sentence_ids"][rows], vocab_size=v,
       special_ids=specials, pad_id=int(pipeline.special_ids.pad), seed=config.train.seed,
       progress=progress)
+  has_pmi = np.diff(state["pmi"].tocsr().indptr) > 0  # (V,) tokens with a PMI entry
   table = rates.finalize_rates(chosen, seen, unigram_counts=state["unigram_counts"],
                                special_ids=specials, mask_prob=float(config.masking.mask_prob),
-                               smoothing=float(s.rate_smoothing))
+                               smoothing=float(s.rate_smoothing), measured=has_pmi)
   art.save_npy(directory / "rates.npy", table)
   rates.write_id_mask_prob(table, str(directory / "id_mask_prob.json"))
   meta["counts"].update(

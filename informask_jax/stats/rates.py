@@ -13,6 +13,13 @@ implementation) over a sample of packed training sequences:
 with mean = sum chosen / sum seen, and u the corpus unigram counts of the non-special tokens, so
 the corpus-level expected share of targets is mask_prob. A token the sample never showed gets the
 mean; specials get 0. Rates are clipped to 1 (re-solving c), which only matters for extreme tables.
+
+A token without any PMI entry (outside the PMI vocabulary, or whose pairs all fell below
+stats.min_pair_count) is counted as never shown, so it gets the mean too: sample-and-score cannot
+tell anything about it, yet masking it spends budget on no relevance, so its measured rate would
+fall below the mean for lack of statistics, not for lack of information (with the tiny config's
+4,096-token PMI vocabulary that made rates fall with rarity; bench/RESULTS.md, "Rates against the
+original InforMask table").
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
+
+# In the statistics' cache key: rates built by another method are rebuilt, not reused (2: tokens
+# without PMI entries at the mean).
+METHOD = 2
 
 # Sequences per masker call; a fixed shape compiles once (the last batch is padded).
 DEFAULT_BATCH = 64
@@ -90,15 +101,22 @@ def count_choices(masker, token_ids: np.ndarray, sentence_ids: np.ndarray, *, vo
 
 
 def finalize_rates(chosen: np.ndarray, seen: np.ndarray, *, unigram_counts: np.ndarray,
-                   special_ids: Sequence[int], mask_prob: float,
-                   smoothing: float) -> np.ndarray:
-  """float32[V] rates: smoothed toward the mean, rescaled to mask_prob over the corpus."""
+                   special_ids: Sequence[int], mask_prob: float, smoothing: float,
+                   measured: np.ndarray | None = None) -> np.ndarray:
+  """float32[V] rates: smoothed toward the mean, rescaled to mask_prob over the corpus.
+
+  measured: bool[V], the tokens the sample can rate (those with PMI entries); the others are
+  treated as never shown and get the mean. None: all tokens.
+  """
   if not 0 < mask_prob < 1:
     raise ValueError(f"masking.mask_prob must be in (0, 1), got {mask_prob}.")
   if smoothing < 0:
     raise ValueError(f"stats.rate_smoothing must be >= 0, got {smoothing}.")
   chosen = np.asarray(chosen, np.float64)
   seen = np.asarray(seen, np.float64)
+  if measured is not None:
+    measured = np.asarray(measured, bool)
+    chosen, seen = np.where(measured, chosen, 0.0), np.where(measured, seen, 0.0)
   if seen.sum() <= 0:
     raise ValueError("The rate sample holds no maskable token.")
   mean = chosen.sum() / seen.sum()
