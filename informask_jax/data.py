@@ -732,7 +732,11 @@ def build_input_pipeline(config):
            data.packing, cache_dir)
   corpus = corpus_lib.load_corpus(data)
   streaming = isinstance(corpus, datasets.IterableDatasetDict)
-  tokenizer = tokenization.load_tokenizer(config.tokenizer, corpus, cache_dir)
+  # Hashed once here: the tokenizer's training cache and the tokenized caches key on these too.
+  split_fps = {} if streaming else {
+      name: corpus_lib.corpus_fingerprint(corpus[name]) for name in corpus}
+  tokenizer = tokenization.load_tokenizer(config.tokenizer, corpus, cache_dir,
+                                          train_fingerprint=split_fps.get("train"))
   ids = tokenization.special_ids(tokenizer)
   tok_fp = tokenization.tokenizer_fingerprint(tokenizer)
   log.info("Tokenizer: %d tokens (%s), fingerprint %s.", len(tokenizer),
@@ -754,7 +758,6 @@ def build_input_pipeline(config):
                          validation, None, corpus_fp, tok_fp, train_stream=corpus["train"],
                          seq_len=data.seq_len, packing=data.packing)
 
-  split_fps = {name: corpus_lib.corpus_fingerprint(corpus[name]) for name in corpus}
   corpus_fp = corpus_lib.combine_fingerprints(split_fps)
   log.info("Corpus: %d train and %d validation documents, fingerprint %s.",
            len(corpus["train"]), len(corpus["validation"]), corpus_fp)

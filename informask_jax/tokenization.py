@@ -156,8 +156,9 @@ def _train(make_texts, vocab_size, lowercase):
   return _from_vocab(vocab, lowercase)
 
 
-def _training_texts(corpus):
-  """The train split as an in-memory Dataset (a stream is sampled) and its fingerprint."""
+def _training_texts(corpus, fingerprint=None):
+  """The train split as an in-memory Dataset (a stream is sampled) and its fingerprint;
+  `fingerprint` is that of an in-memory train split already computed by the caller."""
   import datasets  # Imported here: only training needs it.
 
   train = corpus["train"] if isinstance(corpus, (dict, datasets.DatasetDict,
@@ -166,17 +167,18 @@ def _training_texts(corpus):
     docs = [ex["text"] for ex in train.take(STREAM_TRAIN_DOCUMENTS)]
     log.info("Training the tokenizer on the first %d documents of the stream.", len(docs))
     train = datasets.Dataset.from_dict({"text": docs})
-  return train, corpus_lib.corpus_fingerprint(train)
+    fingerprint = None  # The sample's, not the stream's.
+  return train, fingerprint or corpus_lib.corpus_fingerprint(train)
 
 
-def _train_cached(tokenizer_config, corpus, cache_dir, lowercase):
+def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerprint):
   if corpus is None:
     raise ValueError("config.tokenizer.name_or_path is empty, which means training a vocabulary, "
                      "but load_tokenizer got no corpus to train it on.")
   vocab_size = int(tokenizer_config.vocab_size)
   if vocab_size <= len(SPECIAL_TOKENS):
     raise ValueError(f"config.tokenizer.vocab_size={vocab_size} is too small to train on.")
-  train, corpus_fp = _training_texts(corpus)
+  train, corpus_fp = _training_texts(corpus, train_fingerprint)
   key = hashlib.sha256(
       json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
   cache_dir = os.path.expanduser(cache_dir or paths.default_cache_dir())
@@ -236,15 +238,19 @@ def workdir_hint(path: str) -> str:
   return ""
 
 
-def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None):
-  """Returns a fast (Rust) tokenizer as configured; see the module docstring for the sources."""
+def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_fingerprint=None):
+  """Returns a fast (Rust) tokenizer as configured; see the module docstring for the sources.
+
+  `train_fingerprint`: `corpus_lib.corpus_fingerprint` of the in-memory train split, when the
+  caller has it already (hashing a large corpus means reading all of its text).
+  """
   check_name_or_path(tokenizer_config)
   name = os.path.expanduser(tokenizer_config.name_or_path or "")
   lowercase = bool(tokenizer_config.get("lowercase", True))
   if not name:
     # The case setting is the one read above (default True), so that a config without it
     # trains lower-cased as it loads a vocab.txt lower-cased, instead of failing.
-    tokenizer = _train_cached(tokenizer_config, corpus, cache_dir, lowercase)
+    tokenizer = _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerprint)
   elif os.path.isfile(name) and name.endswith(".json"):
     # A tokenizer.json alone lacks the special-token settings of its tokenizer_config.json;
     # read as a vocab.txt it failed on the "missing" [PAD] etc.

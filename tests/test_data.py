@@ -365,6 +365,18 @@ def test_pipeline_is_deterministic(tmp_path):
     np.testing.assert_array_equal(x["token_ids"], y["token_ids"])
 
 
+def test_the_train_split_is_hashed_once(tmp_path, monkeypatch):
+  """The trained tokenizer's cache and the tokenized caches key on the same split fingerprints:
+  the pipeline reads and hashes each split's text once for all of them."""
+  hashed = []
+  real = corpus.corpus_fingerprint
+  monkeypatch.setattr(corpus, "corpus_fingerprint", lambda ds: hashed.append(len(ds)) or real(ds))
+  c = _tiny_config(tmp_path, max_documents=200)
+  assert not c.tokenizer.name_or_path  # A vocabulary is trained on the train split.
+  data.build_input_pipeline(c)
+  assert len(hashed) == 2  # Train and validation.
+
+
 def test_seq_len_beyond_model_positions_fails_before_reading(tmp_path):
   c = _tiny_config(tmp_path, seq_len=1024)
   c.data.sources[0].kind, c.data.sources[0].name = "files", str(tmp_path / "missing.txt")

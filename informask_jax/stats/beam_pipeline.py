@@ -643,14 +643,14 @@ def _launch_state(config, patterns, output):
 
   listed = list_files(patterns)
   cache_dir = os.path.expanduser(config.data.cache_dir or paths.default_cache_dir())
-  loaded = None
+  loaded, split_fps = None, {}
   if not output:
     if any("://" in f for f, _ in listed):
       raise ValueError("Remote inputs need --output: the statistics cache is keyed by a "
                        "fingerprint of the corpus read in order, which the launcher cannot read.")
     loaded = corpus.load_corpus(config.data)
-    corpus_fp = corpus.combine_fingerprints(
-        {name: corpus.corpus_fingerprint(loaded[name]) for name in loaded})
+    split_fps = {name: corpus.corpus_fingerprint(loaded[name]) for name in loaded}
+    corpus_fp = corpus.combine_fingerprints(split_fps)
   else:
     # Names and sizes of the shards: cheap, and it changes whenever the input does.
     corpus_fp = "files-" + hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:26]
@@ -659,7 +659,8 @@ def _launch_state(config, patterns, output):
           "config.tokenizer.name_or_path is empty (train a vocabulary on the corpus), but with "
           "--output the launcher does not read the corpus: point it at a tokenizer, e.g. a "
           "training run's <workdir>/tokenizer or bert-base-uncased.")
-  tokenizer = tokenization.load_tokenizer(config.tokenizer, loaded, cache_dir)
+  tokenizer = tokenization.load_tokenizer(config.tokenizer, loaded, cache_dir,
+                                          train_fingerprint=split_fps.get("train"))
   continuation = np.asarray(tokenization.continuation_table(tokenizer), bool)
   ids = tokenization.special_ids(tokenizer)
   like = types.SimpleNamespace(  # What the local builder reads from an InputPipeline.
