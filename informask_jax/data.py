@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 
 import datasets
@@ -176,17 +175,7 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
         _tokenize_batch, batched=True, batch_size=1000, fn_kwargs={"backend": backend},
         remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
         new_fingerprint=key, desc="Tokenizing")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-      tokenized.save_to_disk(tmp)
-      try:
-        os.replace(tmp, path)
-      except OSError:  # Another process saved the same key first.
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
+    paths.publish_dir(path, tokenized.save_to_disk)
   dropped = len(dataset) - len(tokenized)
   log.info("Tokenized %d documents%s in %.1fs; cached in %s.", len(tokenized),
            f" ({dropped} without a token dropped)" if dropped else "", time.time() - start, path)

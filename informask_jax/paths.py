@@ -2,12 +2,30 @@
 --workdir), made before any slow work."""
 
 import os
+import shutil
 import tempfile
 
 
 def default_cache_dir() -> str:
   """$XDG_CACHE_HOME/informask_jax, else ~/.cache/informask_jax (not expanded: callers do)."""
   return os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "informask_jax")
+
+
+def publish_dir(path, write) -> None:
+  """Calls write(tmp) on a fresh directory beside `path`, then renames it to `path`, so that an
+  interrupted run never leaves half a cache entry. For content-keyed caches: if another process
+  published `path` first (the rename fails), its identical copy is kept and ours removed."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+  try:
+    write(tmp)
+    try:
+      os.replace(tmp, path)
+    except OSError:  # Another process published the same key first.
+      shutil.rmtree(tmp, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
 
 
 def check_writable_dir(path, what: str, *, sibling: bool = False) -> None:

@@ -15,9 +15,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import string
-import tempfile
 import time
 import unicodedata
 from typing import NamedTuple
@@ -193,18 +191,7 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
   if tok.get_vocab_size() < vocab_size:
     log.warning("The corpus supports only %d WordPiece tokens, fewer than vocab_size=%d.",
                 tok.get_vocab_size(), vocab_size)
-  # Written to a temporary directory and renamed, so an interrupted run never leaves half a file.
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
-  try:
-    _wrap(tok).save_pretrained(tmp)
-    try:
-      os.replace(tmp, path)
-    except OSError:  # Another process finished first; its result is identical.
-      shutil.rmtree(tmp, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  paths.publish_dir(path, _wrap(tok).save_pretrained)
   log.info("Trained a %d-token WordPiece vocabulary on %d documents in %.1fs; saved to %s.",
            tok.get_vocab_size(), len(train), time.time() - start, path)
   return _wrap(tok)

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import pathlib
 
 import datasets
 import ml_collections
@@ -397,3 +398,25 @@ def test_the_default_cache_follows_xdg_cache_home(monkeypatch):
   monkeypatch.setenv("XDG_CACHE_HOME", "/scratch/me/cache")
   assert paths.default_cache_dir() == "/scratch/me/cache/informask_jax"
   assert base.get_base_config("tiny").data.cache_dir == "/scratch/me/cache/informask_jax"
+
+
+def test_publish_dir_keeps_the_first_copy_and_leaves_nothing_half_written(tmp_path):
+  """The tokenizer and tokenized caches are published with paths.publish_dir."""
+  from informask_jax import paths
+
+  target = tmp_path / "cache" / "key"
+
+  def write(text):
+    return lambda tmp: (pathlib.Path(tmp) / "f").write_text(text)
+
+  paths.publish_dir(str(target), write("first"))
+  paths.publish_dir(str(target), write("second"))  # Another process, the same key, later.
+  assert (target / "f").read_text() == "first"
+
+  def interrupted(tmp):
+    (pathlib.Path(tmp) / "f").write_text("half")
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    paths.publish_dir(str(tmp_path / "cache" / "other"), interrupted)
+  assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["key"]
