@@ -243,6 +243,12 @@ def _rebase_rows(sent):
   return np.where(valid, sent - low, -1).astype(np.int32)
 
 
+def _check_packing(mode):
+  if mode not in PACKING_MODES:
+    raise ValueError(f"config.data.packing={mode!r} is unknown; choose one of "
+                     f"{', '.join(PACKING_MODES)}.")
+
+
 def pack_sequences(tokenized, seq_len, special_ids, mode):
   """Packs tokenized documents into rows of exactly `seq_len` tokens.
 
@@ -252,9 +258,7 @@ def pack_sequences(tokenized, seq_len, special_ids, mode):
     longer document continues on further rows (split, never dropped).
   Returns {"token_ids": int32[N, L], "sentence_ids": int32[N, L]}.
   """
-  if mode not in PACKING_MODES:
-    raise ValueError(f"config.data.packing={mode!r} is unknown; choose one of "
-                     f"{', '.join(PACKING_MODES)}.")
+  _check_packing(mode)
   if seq_len < 3:
     raise ValueError(f"config.data.seq_len={seq_len} leaves no room between [CLS] and [SEP].")
   ids, sids, lengths = _flat(tokenized)
@@ -675,9 +679,7 @@ def max_sequence_length(model_config):
 def check_config(config):
   """Errors in the data settings, raised before any corpus is read."""
   data = config.data
-  if data.packing not in PACKING_MODES:
-    raise ValueError(f"config.data.packing={data.packing!r} is unknown; choose one of "
-                     f"{', '.join(PACKING_MODES)}.")
+  _check_packing(data.packing)
   if data.seq_len < 8:
     raise ValueError(f"config.data.seq_len={data.seq_len} is too short: at least 8 (6 tokens "
                      "between [CLS] and [SEP], so that masking 15% of them picks any).")

@@ -778,6 +778,7 @@ def test_check_config_bounds(tmp_path):
   c = _tiny_config(tmp_path)
   data.check_config(c)
   for key, value, message in (
+      ("packing", "bogus", "packing='bogus' is unknown; choose one of full_sentences, doc_padded"),
       ("seq_len", 7, "seq_len=7 is too short"),
       ("validation_fraction", 1.0, "validation_fraction=1.0 must be in"),
       ("validation_fraction", -0.1, "validation_fraction=-0.1 must be in"),
