@@ -186,15 +186,15 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
     if builder == "text":
       for f in group:
         _check_text_file(f, where)
-      # The stat data is in the generator's arguments so that `datasets`' cache of the read
-      # files is invalidated when a file changes.
-      stamp = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in group]
+      features = datasets.Features({"text": datasets.Value("string")})
       if streaming:
         ds = datasets.IterableDataset.from_generator(
-            _read_txt, gen_kwargs={"paths": group},
-            features=datasets.Features({"text": datasets.Value("string")}))
+            _read_txt, gen_kwargs={"paths": group}, features=features)
       else:
-        features = datasets.Features({"text": datasets.Value("string")})
+        # The files' sizes and modification times are in the fingerprint, so that `datasets`'
+        # cache of the read files is invalidated when a file changes.
+        stats = {f: os.stat(f) for f in group}
+        stamp = [(f, st.st_size, st.st_mtime_ns) for f, st in stats.items()]
         try:
           ds = datasets.Dataset.from_generator(
               _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir, features=features,
