@@ -67,15 +67,27 @@ def hash_bucket(key):
   return int.from_bytes(digest, "little") / 2.0**64
 
 
+def clean_document(text, key=None):
+  """(cleaned text, split bucket) of one document, or None if nothing is left after cleaning.
+
+  The bucket hashes `key` if there is one (wiki_vital: the title), else the text as read, before
+  cleaning. The Beam pipeline cleans with this too, so both make the same split.
+  """
+  cleaned = clean_text("" if text is None else text)
+  if not cleaned:
+    return None
+  return cleaned, hash_bucket(text if key is None else key)
+
+
 def _clean_batch(batch):
   """Cleans a batch, drops empty documents and attaches the split bucket (of "_key" or text)."""
-  keys = batch.get("_key") or batch["text"]
+  keys = batch.get("_key") or [None] * len(batch["text"])
   out = {"text": [], "_bucket": []}
   for text, key in zip(batch["text"], keys, strict=True):
-    text = clean_text("" if text is None else text)
-    if text:
-      out["text"].append(text)
-      out["_bucket"].append(hash_bucket(key if key is not None else text))
+    document = clean_document(text, key)
+    if document:
+      out["text"].append(document[0])
+      out["_bucket"].append(document[1])
   return out
 
 

@@ -151,12 +151,10 @@ def read_documents(path: str, text_field: str, opener=None):
 
 
 def _clean(raw):
-  """(cleaned text, split bucket) or None for an empty document; as in `corpus`, the bucket
-  hashes the text as read, before cleaning."""
+  """(cleaned text, split bucket) or None for an empty document: `corpus.clean_document`."""
   from informask_jax import corpus
 
-  text = corpus.clean_text("" if raw is None else raw)
-  return (text, corpus.hash_bucket(raw if raw is not None else text)) if text else None
+  return corpus.clean_document(raw)
 
 
 def _is_validation(bucket: float, split, fraction: float) -> bool:
