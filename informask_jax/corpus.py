@@ -305,7 +305,7 @@ def load_corpus(data_config):
   sources = check_sources(data_config)
   streaming = any(bool(s.get("streaming")) for s in sources)
   num_proc = max(1, int(data_config.get("num_proc", 1) or 1))
-  cache_dir = os.path.expanduser(data_config.get("cache_dir") or paths.default_cache_dir())
+  cache_dir = paths.cache_dir(data_config.get("cache_dir"))
   remaining = int(data_config.get("max_documents", -1))
   remaining = None if remaining < 0 else remaining
   parts = []

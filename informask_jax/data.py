@@ -154,7 +154,7 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
                        remove_columns=["text"], features=_TOKENIZED_FEATURES)
   corpus_fp = fingerprint or corpus_lib.corpus_fingerprint(dataset)
   key = tokenized_cache_key(corpus_fp, tokenization.tokenizer_fingerprint(tokenizer))
-  cache_dir = os.path.expanduser(data_config.get("cache_dir") or paths.default_cache_dir())
+  cache_dir = paths.cache_dir(data_config.get("cache_dir"))
   path = os.path.join(cache_dir, "tokenized", key)
   if os.path.isfile(os.path.join(path, "dataset_info.json")):
     log.info("Loading tokenized documents from %s.", path)
@@ -717,7 +717,7 @@ def build_input_pipeline(config):
   check_config(config)
   start = time.time()
   data = config.data
-  cache_dir = os.path.expanduser(data.cache_dir or paths.default_cache_dir())
+  cache_dir = paths.cache_dir(data.cache_dir)
   log.info("Input pipeline: %d source(s) %s; seq_len=%d, packing=%s, cache %s.",
            len(data.sources), [f"{s.kind}:{s.name}" for s in data.sources], data.seq_len,
            data.packing, cache_dir)

@@ -11,6 +11,12 @@ def default_cache_dir() -> str:
   return os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "informask_jax")
 
 
+def cache_dir(configured=None) -> str:
+  """The cache directory every cache lives under: `configured` (config.data.cache_dir), or the
+  default when it is empty, "~" expanded."""
+  return os.path.expanduser(configured or default_cache_dir())
+
+
 def publish_dir(path, write) -> None:
   """Calls write(tmp) on a fresh directory beside `path`, then renames it to `path`, so that an
   interrupted run never leaves half a cache entry. For content-keyed caches: if another process

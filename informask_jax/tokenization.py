@@ -179,7 +179,7 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
   train, corpus_fp = _training_texts(corpus, train_fingerprint)
   key = hashlib.sha256(
       json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
-  cache_dir = os.path.expanduser(cache_dir or paths.default_cache_dir())
+  cache_dir = paths.cache_dir(cache_dir)
   path = os.path.join(cache_dir, "tokenizers", f"wordpiece-{vocab_size}-{key}")
   if os.path.isfile(os.path.join(path, "tokenizer.json")):
     log.info("Loading the trained tokenizer from %s.", path)

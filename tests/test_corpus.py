@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import pathlib
 
 import datasets
@@ -398,6 +399,9 @@ def test_the_default_cache_follows_xdg_cache_home(monkeypatch):
   monkeypatch.setenv("XDG_CACHE_HOME", "/scratch/me/cache")
   assert paths.default_cache_dir() == "/scratch/me/cache/informask_jax"
   assert base.get_base_config("tiny").data.cache_dir == "/scratch/me/cache/informask_jax"
+  # Every cache resolves config.data.cache_dir this way: empty means the default, "~" expanded.
+  assert paths.cache_dir("") == paths.cache_dir(None) == "/scratch/me/cache/informask_jax"
+  assert paths.cache_dir("~/c") == os.path.expanduser("~/c")
 
 
 def test_publish_dir_keeps_the_first_copy_and_leaves_nothing_half_written(tmp_path):

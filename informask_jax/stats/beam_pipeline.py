@@ -640,7 +640,7 @@ def _launch_state(config, patterns, output):
   from informask_jax import corpus, data, tokenization
 
   listed = list_files(patterns)
-  cache_dir = os.path.expanduser(config.data.cache_dir or paths.default_cache_dir())
+  cache_dir = paths.cache_dir(config.data.cache_dir)
   loaded, split_fps = None, {}
   if not output:
     if any("://" in f for f, _ in listed):

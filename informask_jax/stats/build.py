@@ -69,8 +69,7 @@ def artifact_dir(config, pipeline) -> pathlib.Path:
   """<config.data.cache_dir>/stats/<hash of corpus, tokenizer and statistics settings>."""
   key = art.cache_key(pipeline.corpus_fingerprint, pipeline.tokenizer_fingerprint,
                       stats_params(config))
-  cache = config.data.cache_dir or paths.default_cache_dir()  # As the corpus and tokenizer caches.
-  return pathlib.Path(cache).expanduser() / "stats" / key
+  return pathlib.Path(paths.cache_dir(config.data.cache_dir)) / "stats" / key
 
 
 def _fresh_meta(config, pipeline, directory) -> dict:
