@@ -463,6 +463,9 @@ def test_tokens_without_pmi_get_the_rate_of_unseen_tokens():
   unmeasured = rates.finalize_rates(chosen, seen, unigram_counts=unigram, special_ids=[0],
                                     mask_prob=0.1, smoothing=0.0)
   assert unmeasured[3] == pytest.approx(unmeasured[2])  # Without `measured`: its own count.
+  with pytest.raises(ValueError, match="No token of the rate sample has a PMI entry"):
+    rates.finalize_rates(chosen, seen, unigram_counts=unigram, special_ids=[0], mask_prob=0.1,
+                         smoothing=0.0, measured=np.zeros(5, bool))
 
 
 def pack(docs, length):

@@ -116,6 +116,10 @@ def finalize_rates(chosen: np.ndarray, seen: np.ndarray, *, unigram_counts: np.n
   seen = np.asarray(seen, np.float64)
   if measured is not None:
     measured = np.asarray(measured, bool)
+    if seen.sum() > 0 and not seen[measured].sum() > 0:
+      raise ValueError("No token of the rate sample has a PMI entry, so sample-and-score rated "
+                       "none of them: the PMI table is empty (lower stats.min_pair_count or "
+                       "stats.min_count, or use a larger corpus).")
     chosen, seen = np.where(measured, chosen, 0.0), np.where(measured, seen, 0.0)
   if seen.sum() <= 0:
     raise ValueError("The rate sample holds no maskable token.")
