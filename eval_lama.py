@@ -4,7 +4,7 @@
       [--batch_size N] [--backend torch|flax] [--out DIR]
 
 M: an exported Hugging Face directory, a hub name, or a training workdir. D: LAMA's unzipped
-data.zip. The logic lives in `informask_jax/lama.py`; this file only parses flags.
+data.zip. The logic lives in `informask_jax/lama/`; this file only parses flags.
 """
 
 import argparse

@@ -1,15 +1,16 @@
-"""Tests for informask_jax/lama.py and eval_lama.py on hand-written LAMA-format fixtures.
+"""Tests for informask_jax/lama/ and eval_lama.py on hand-written LAMA-format fixtures.
 
 The models are tiny, randomly initialised BERT / RoBERTa MLMs on the real bert-base-uncased
 vocabulary. Which facts each protocol keeps is listed here by hand from the fixture files; the
 expected P@1 / P@10 / MRR are computed from those lists with Hugging Face's own forward pass and
-fill-mask pipeline, one sentence at a time, never through lama.py.
+fill-mask pipeline, one sentence at a time, never through informask_jax.lama.
 """
 
 import dataclasses
 import importlib.metadata
 import json
 import logging
+import os
 import pathlib
 import shutil
 import types
@@ -556,13 +557,13 @@ def _no_model_load(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("the model was loaded before the bad input was noticed")
 
-  monkeypatch.setattr(lama, "load_backend", fail)
+  monkeypatch.setattr(lama.evaluation, "load_backend", fail)  # Where evaluate looks it up.
 
 
 @pytest.mark.parametrize("where", ["proc", "under_a_file"])
 def test_an_unwritable_out_is_refused_before_the_run(models, tmp_path, monkeypatch, where):
   if where == "proc":
-    if not lama.os.path.isdir("/proc/self"):
+    if not os.path.isdir("/proc/self"):
       pytest.skip("no /proc here")
     out = "/proc/lama_out"
     match = r"--out /proc/lama_out cannot be written: creating a directory in /proc fails"
@@ -582,7 +583,7 @@ def test_the_table_is_printed_before_out_is_written(models, tmp_path, monkeypatc
   def disk_full(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(lama, "write_outputs", disk_full)
+  monkeypatch.setattr(lama.evaluation, "write_outputs", disk_full)  # Where evaluate looks.
   # The error itself, not cli.user_errors' one-line exit (whose logging.shutdown() would close
   # handlers pytest still needs).
   monkeypatch.setenv("INFORMASK_TRACEBACK", "1")

@@ -1,0 +1,167 @@
+"""The model as a callable (ids, positions) -> logits at the masks: a Hugging Face masked LM in
+PyTorch (`TorchBackend`) or our `BertMLM` jitted in Flax (`FlaxBackend`), loaded from what
+`--model` names by `load_backend`."""
+
+import dataclasses
+import functools
+import shutil
+import tempfile
+
+import numpy as np
+
+from informask_jax.lama.models import is_workdir
+
+BACKENDS = ("torch", "flax")
+
+
+def _model_load_error(name_or_dir: str, e: Exception) -> FileNotFoundError:
+  """One line for a model that cannot be read (missing or damaged files, e.g. safetensors'
+  SafetensorError for a download cut short), naming --model."""
+  first = (str(e).strip().splitlines() or [""])[0]
+  return FileNotFoundError(f"--model {name_or_dir!r}: no masked LM could be loaded "
+                           f"({type(e).__name__}: {first})")
+
+
+class TorchBackend:
+  """A Hugging Face masked LM in PyTorch; the vocabulary projection runs at the mask only."""
+
+  def __init__(self, model, tokenizer, device: str | None = None):
+    import torch
+
+    self.torch = torch
+    try:
+      self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+      raise ValueError(f"--device {device!r}: {e}") from None
+    if self.device.type == "cuda" and not torch.cuda.is_available():
+      raise ValueError(f"--device {device!r}: this torch ({torch.__version__}) has no CUDA "
+                       "device; use --device cpu.")
+    if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+      raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s).")
+    self.model = model.to(self.device).eval()
+    config = model.config
+    limit = config.max_position_embeddings
+    if "roberta" in config.model_type or config.model_type == "camembert":
+      limit -= config.pad_token_id + 1  # Positions count from pad_token_id + 1.
+    if tokenizer.model_max_length < 1_000_000:
+      limit = min(limit, tokenizer.model_max_length)
+    self.max_len = int(limit)
+    self.pad_id = tokenizer.pad_token_id
+    self.head = next((getattr(model, n) for n in ("cls", "lm_head") if hasattr(model, n)), None)
+    self.name = f"torch ({self.device})"
+
+  @classmethod
+  def from_pretrained(cls, name_or_dir: str, tokenizer, device: str | None = None):
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    try:
+      model = AutoModelForMaskedLM.from_pretrained(name_or_dir, dtype=torch.float32)
+    except MemoryError:
+      raise
+    except Exception as e:  # Missing or damaged files (safetensors raises its own error type).
+      raise _model_load_error(name_or_dir, e) from e
+    return cls(model, tokenizer, device)
+
+  def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """ids (B, L) padded with the pad id, positions (B,) of the masks -> logits (B, V)."""
+    torch = self.torch
+    with torch.inference_mode():
+      ids_t = torch.as_tensor(ids, device=self.device)
+      rows = torch.arange(len(positions), device=self.device)
+      pos_t = torch.as_tensor(positions, device=self.device)
+      mask = (ids_t != self.pad_id).long()
+      if self.head is not None:  # BERT / RoBERTa: encoder, gather, then the head.
+        hidden = self.model.base_model(input_ids=ids_t, attention_mask=mask)[0]  # (B, L, H)
+        logits = self.head(hidden[rows, pos_t])  # (B, V)
+      else:
+        logits = self.model(input_ids=ids_t, attention_mask=mask).logits[rows, pos_t]
+      return logits.float().cpu().numpy()
+
+
+class FlaxBackend:
+  """Our `BertMLM` under jit, in float32. Batches are padded to a fixed batch size and to a few
+  length buckets so that a whole run compiles a handful of times."""
+
+  def __init__(self, params, cfg, batch_size: int, tokenizer_pad_id: int):
+    import flax.linen as nn
+    import jax
+
+    if tokenizer_pad_id != cfg.pad_id:
+      raise ValueError(f"The tokenizer pads with id {tokenizer_pad_id} but the model's pad_id is "
+                       f"{cfg.pad_id}; the attention mask would be wrong.")
+    # Numbers must match the PyTorch backend: float32 activations and plain XLA attention.
+    cfg = dataclasses.replace(cfg, compute_dtype="float32", attention="xla", remat="none")
+    self.cfg, self.batch_size = cfg, batch_size
+    self.max_len, self.pad_id = cfg.max_seq_len, cfg.pad_id
+    self.params = jax.device_put(nn.meta.unbox(params))
+    self._jax = jax
+    self.name = f"flax ({jax.devices()[0].platform})"
+
+  def _bucket(self, length: int) -> int:
+    return min(max(16, 1 << (length - 1).bit_length()), self.max_len)
+
+  def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    b, length = ids.shape
+    rows = max(b, self.batch_size)
+    padded = np.full((rows, self._bucket(length)), self.pad_id, np.int32)
+    padded[:b, :length] = ids
+    padded[b:] = padded[0]  # Filler rows copy a real one: no all-padding attention rows.
+    pos = np.zeros((rows,), np.int32)
+    pos[:b] = positions
+    pos[b:] = positions[0]
+    # True float32 matmuls: XLA would use TF32 on recent GPUs, PyTorch does not by default.
+    with self._jax.default_matmul_precision("float32"):
+      logits = _flax_logits_fn(self.cfg)(self.params, padded, pos)  # (rows, V)
+    return np.asarray(logits)[:b]
+
+
+@functools.cache
+def _flax_logits_fn(cfg):
+  """Jitted (params, ids (B, L), positions (B,)) -> logits (B, V), one per model config, so that
+  runs on the same model share compilations."""
+  import jax
+
+  from informask_jax import model as model_lib
+
+  module = model_lib.BertMLM(cfg)
+
+  def logits_at(params, ids, positions):
+    return module.apply({"params": params}, ids, masked_positions=positions[:, None])[:, 0]
+
+  return jax.jit(logits_at)
+
+
+def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
+                 device: str | None = None, step: int | None = None):
+  """The model behind `--model` as a callable (ids, positions) -> logits.
+
+  A training workdir is restored through `checkpointing.restore_params`; the torch backend then
+  goes through an export to a temporary Hugging Face directory.
+  """
+  if backend == "flax":
+    if is_workdir(model):
+      from informask_jax import checkpointing
+
+      params, cfg, _ = checkpointing.restore_params(model, step=step)
+    else:
+      from informask_jax import export
+
+      try:
+        params, cfg = export.load_hf_as_flax(model)
+      except MemoryError:
+        raise
+      except Exception as e:  # As the torch backend: missing or damaged files, one line.
+        raise _model_load_error(model, e) from e
+    return FlaxBackend(params, cfg, batch_size, tokenizer.pad_token_id)
+  if is_workdir(model):
+    from informask_jax import export
+
+    tmp = tempfile.mkdtemp(prefix="lama_export_")
+    try:
+      # The export checks its own logits against ours, so both backends see the same model.
+      export.export_workdir(model, tmp, step=step)
+      return TorchBackend.from_pretrained(tmp, tokenizer, device)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)  # The weights are in memory by now.
+  return TorchBackend.from_pretrained(model, tokenizer, device)

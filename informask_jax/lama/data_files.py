@@ -1,0 +1,122 @@
+"""LAMA's data as its `data.zip` lays it out: the sources, their relation files and templates,
+and the facts of a file as JSON records.
+
+Nothing here knows about models or protocols; unreadable lines come back as None so that the
+query builders can count them.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("Google_RE", "TREx", "ConceptNet", "Squad")
+
+# LAMA ships the Google-RE templates in its code rather than in data.zip.
+GOOGLE_RE_TEMPLATES = {
+    "date_of_birth": "[X] (born [Y]).",
+    "place_of_birth": "[X] was born in [Y] .",
+    "place_of_death": "[X] died in [Y] .",
+}
+SUBJECT_SLOT, OBJECT_SLOT = "[X]", "[Y]"
+
+
+@dataclasses.dataclass(frozen=True)
+class RelationFile:
+  """One file of facts: a T-REx relation, a Google-RE relation, or a whole source."""
+
+  source: str  # One of SOURCES.
+  name: str  # "P19", "place_of_birth", "test".
+  path: pathlib.Path
+  template: str | None = None  # "[X] was born in [Y] ." for T-REx / Google-RE; None if unknown.
+
+
+def _natural_key(name: str):
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _valid_template(template: Any) -> bool:
+  return (isinstance(template, str) and SUBJECT_SLOT in template
+          and template.count(OBJECT_SLOT) == 1)
+
+
+def read_relation_templates(path: pathlib.Path) -> dict[str, str]:
+  """`relations.jsonl` -> {relation id: template}; unreadable or template-less lines are logged."""
+  templates, bad = {}, 0
+  for record in read_records(path):
+    if record is None or not isinstance(record.get("relation"), str):
+      bad += 1
+    elif not _valid_template(record.get("template")):
+      bad += 1
+      log.warning("%s: relation %s has no usable template (needs %s and one %s): %r", path,
+                  record["relation"], SUBJECT_SLOT, OBJECT_SLOT, record.get("template"))
+    else:
+      templates[record["relation"]] = record["template"]
+  if bad:
+    log.warning("%s: %d line(s) without a usable relation and template were ignored.", path, bad)
+  return templates
+
+
+def discover(data_dir: str | os.PathLike) -> tuple[list[RelationFile], list[str]]:
+  """Relation files under `data_dir` (LAMA's data.zip layout) and the sources that are absent.
+
+  Accepts the folder that holds `TREx/`, `Google_RE/`, ... or the one above it holding `data/`.
+  """
+  root = pathlib.Path(data_dir).expanduser()
+  if not root.is_dir():
+    raise FileNotFoundError(f"--data_dir {str(data_dir)!r} is not a directory. Point it at the "
+                            "unzipped LAMA data.zip (the folder holding TREx/, Google_RE/, ...).")
+  if not any((root / s).is_dir() for s in SOURCES) and (root / "data").is_dir():
+    root = root / "data"  # data.zip unzips into data/.
+  relations, missing = [], []
+  for source in SOURCES:
+    folder = root / source
+    files = sorted(folder.glob("*.jsonl"), key=lambda p: _natural_key(p.name))
+    if source == "TREx":
+      # relations.jsonl sits beside TREx/ in data.zip; also accept it inside.
+      rel_path = next((p for p in (root / "relations.jsonl", folder / "relations.jsonl")
+                       if p.is_file()), None)
+      templates = read_relation_templates(rel_path) if rel_path else {}
+      files = [p for p in files if p.name != "relations.jsonl"]
+      if files and rel_path is None:
+        log.warning("No relations.jsonl beside %s: T-REx template queries cannot be built.",
+                    folder)
+      relations += [RelationFile(source, p.stem, p, templates.get(p.stem)) for p in files]
+    elif source == "Google_RE":
+      for p in files:
+        name = p.stem.removesuffix("_test")
+        relations.append(RelationFile(source, name, p, GOOGLE_RE_TEMPLATES.get(name)))
+    else:
+      relations += [RelationFile(source, p.stem, p) for p in files]
+    if not files:
+      missing.append(source)
+  if not relations:
+    raise FileNotFoundError(
+        f"--data_dir {str(data_dir)!r} holds none of LAMA's sources: expected "
+        "Google_RE/*_test.jsonl, TREx/P*.jsonl (with relations.jsonl beside TREx/), "
+        "ConceptNet/test.jsonl or Squad/test.jsonl.")
+  return relations, missing
+
+
+def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
+  """JSON objects of a .jsonl file, None for each line that is not one; blank lines ignored."""
+  count = 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      if limit and count >= limit:
+        return
+      count += 1
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        yield None
+        continue
+      yield record if isinstance(record, dict) else None

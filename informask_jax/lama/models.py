@@ -1,0 +1,105 @@
+"""What `--model` names -- a training workdir, an exported Hugging Face directory or a hub
+name: the checks that refuse one that cannot be evaluated before anything loads, and its
+tokenizer."""
+
+import os
+import pathlib
+
+
+def is_workdir(path: str | os.PathLike) -> bool:
+  """A training workdir: checkpoints/ or a config.json next to a tokenizer/ folder."""
+  p = pathlib.Path(path)
+  return p.is_dir() and ((p / "checkpoints").is_dir()
+                         or ((p / "config.json").is_file() and (p / "tokenizer").is_dir()))
+
+
+def check_model_path(model: str) -> None:
+  """FileNotFoundError for a --model that is meant as a local path but does not exist.
+
+  Without this, such a path is taken for a hub name and the hub is retried for a minute when
+  offline. A hub name has one '/' and does not start at a local directory.
+  """
+  if os.path.exists(os.path.expanduser(model)):
+    return
+  first = model.split("/", 1)[0]
+  local = (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
+           or model.endswith("/") or ("/" in model and os.path.isdir(first)))
+  if local:
+    raise FileNotFoundError(f"--model {model!r}: no such file or directory.")
+
+
+def _neither_model_nor_workdir(model: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"--model {model!r} holds neither a model (config.json + weights, as written by "
+      "save_pretrained or the export) nor a training workdir (checkpoints/ + tokenizer/).")
+
+
+def check_model(model: str, step: int | None = None) -> None:
+  """Refuses, before anything is loaded, a --model (and --step) that cannot be evaluated.
+
+  A missing local path; an empty directory; a training workdir (checkpoints/, or tokenizer/ with
+  config.json or alone) without a finished checkpoint; --step given for anything but a workdir
+  (an exported directory or a hub name is one model: the step would be ignored).
+  """
+  check_model_path(model)
+  path = pathlib.Path(model).expanduser()
+  if path.name == "checkpoints" and not is_workdir(path):  # Only then import orbax.
+    from informask_jax import checkpointing
+
+    run = checkpointing.run_above(path)
+    if run is not None:
+      raise FileNotFoundError(f"--model {model!r} is a run's checkpoints folder; give the run's "
+                              f"workdir, {str(run)!r}, which holds it.")
+  if path.is_dir() and (is_workdir(path) or (path / "tokenizer").is_dir()):
+    from informask_jax import checkpointing
+
+    if not checkpointing.has_finalized_checkpoint(path):
+      raise FileNotFoundError(
+          f"--model {model!r} is a training workdir without a checkpoint: no finished checkpoint "
+          f"in {str(checkpointing.checkpoint_dir(path))!r}. Train first (train.py --workdir) or "
+          "pass an exported Hugging Face directory.")
+    if step is not None:  # Now, not after the queries are built and the model is loading.
+      steps = checkpointing.checkpoint_steps(path)
+      if step not in steps:
+        raise ValueError(f"--step {step}: no checkpoint at that step in --model {model!r}; "
+                         f"its steps are {steps}.")
+    return
+  if path.is_dir() and not any(path.iterdir()):
+    raise _neither_model_nor_workdir(model)
+  if step is not None:
+    kind = ("a hub name" if not path.exists() else "an exported Hugging Face directory"
+            if (path / "config.json").is_file() else "not a training workdir (no checkpoints/)")
+    raise ValueError(f"--step {step} picks a checkpoint of a training workdir, but --model "
+                     f"{model!r} is {kind}, a single model: leave out --step.")
+
+
+def load_tokenizer(model: str):
+  """The tokenizer of an exported directory, a hub name or a training workdir."""
+  from transformers import AutoTokenizer
+
+  check_model_path(model)
+  where = str(pathlib.Path(model) / "tokenizer") if is_workdir(model) else model
+  try:
+    tokenizer = AutoTokenizer.from_pretrained(where)
+  except (OSError, ValueError) as e:
+    if os.path.isdir(where) and not is_workdir(model) and not os.path.isfile(
+        os.path.join(where, "config.json")):
+      # Transformers' own message then blames missing sentencepiece / tiktoken packages.
+      raise _neither_model_nor_workdir(model) from e
+    raise FileNotFoundError(
+        f"--model {model!r}: no tokenizer could be loaded from {where!r} (an exported Hugging "
+        f"Face directory, a hub name, or a training workdir with tokenizer/): {e}") from e
+  # Without its vocabulary files, transformers builds a tokenizer of the special tokens alone
+  # from config.json: every object would be "not a single token" and every fact skipped.
+  needed = sorted(set(getattr(tokenizer, "vocab_files_names", {}).values()))
+  if os.path.isdir(where) and needed and not any(os.path.isfile(os.path.join(where, n))
+                                                 for n in needed):
+    raise FileNotFoundError(
+        f"--model {model!r}: {where!r} has no tokenizer files ({type(tokenizer).__name__} needs "
+        f"one of: {', '.join(needed)}). Save the tokenizer beside the model "
+        "(tokenizer.save_pretrained(DIR)).")
+  if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
+    raise FileNotFoundError(
+        f"--model {model!r}: the tokenizer loaded from {where!r} has no vocabulary, only its "
+        f"{len(tokenizer)} special tokens (tokenizer files missing?).")
+  return tokenizer

@@ -1,0 +1,169 @@
+"""Facts turned into cloze queries, one relation at a time, under the `lama` and `informask`
+protocols (their rules are in the package docstring), and the queries tokenized for the model.
+
+Every fact that cannot be asked is counted, by reason, into its relation's `RelationScore`.
+"""
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from informask_jax.lama.data_files import OBJECT_SLOT, SUBJECT_SLOT, RelationFile
+from informask_jax.lama.scores import RelationScore
+from informask_jax.lama.words import WordTable
+
+LAMA_MASK = "[MASK]"  # The mask as written in the data, whatever the model's mask token is.
+MAX_SENTENCE_WORDS = 100  # LAMA's max_sentence_length for masked-sentence queries.
+INFORMASK_MAX_TOKENS = 500  # informask: sentences over this many tokens (no specials) left out.
+
+
+@dataclasses.dataclass
+class Query:
+  relation: int  # Index into the evaluated relation list.
+  text: str  # The cloze, with the tokenizer's mask token.
+  gold_id: int = -1  # lama: the object's token.
+  gold_words: tuple[str, ...] = ()  # informask: lower-cased surface alternatives.
+  miss: bool = False  # informask: scored as a miss without running the model.
+
+
+def _first_masked_sentence(record: dict, source: str) -> tuple[str | None, str | None]:
+  """(sentence, surface form of the object) as the data gives them; None where absent."""
+  if source == "TREx":
+    evidences = record.get("evidences")
+    first = evidences[0] if isinstance(evidences, list) and evidences else None
+    if not isinstance(first, dict):
+      return None, None
+    sentence, surface = first.get("masked_sentence"), first.get("obj_surface")
+  else:
+    sentences = record.get("masked_sentences")
+    sentence = sentences[0] if isinstance(sentences, list) and sentences else None
+    surface = record.get("obj_label")
+  return (sentence if isinstance(sentence, str) else None,
+          surface if isinstance(surface, str) else None)
+
+
+def _rejected_by_annotators(record: dict) -> bool:
+  """Google-RE: LAMA leaves out facts whose "no" judgments outnumber the "yes" ones."""
+  judgments = record.get("judgments")
+  if not isinstance(judgments, list):
+    return False
+  yes = sum(1 for j in judgments if isinstance(j, dict) and j.get("judgment") == "yes")
+  return len(judgments) - yes > yes
+
+
+def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], words: WordTable,
+                 common: set[int] | None, use_masked_sentences: bool,
+                 score: RelationScore) -> list[Query]:
+  """Queries of one relation under the `lama` protocol; skips are counted into `score`."""
+  templated = rel.source in ("TREx", "Google_RE") and not use_masked_sentences
+  queries, seen = [], set()
+  for record in records:
+    if record is None:
+      score.skipped["malformed_json"] += 1
+      continue
+    if templated and rel.template is None:
+      score.skipped["unknown_relation"] += 1
+      continue
+    obj = record.get("obj_label")
+    if not isinstance(obj, str) or not obj.strip():
+      score.skipped["missing_field"] += 1
+      continue
+    if templated:
+      sub = record.get("sub_label")
+      if not isinstance(sub, str) or not sub.strip():
+        score.skipped["missing_field"] += 1
+        continue
+      text = rel.template.replace(SUBJECT_SLOT, sub.strip()).replace(OBJECT_SLOT,
+                                                                     words.mask_token)
+    else:
+      sentence, _ = _first_masked_sentence(record, rel.source)
+      if sentence is None:
+        score.skipped["missing_field"] += 1
+        continue
+      if len(sentence.split()) > MAX_SENTENCE_WORDS:
+        score.skipped["too_long"] += 1
+        continue
+      if LAMA_MASK not in sentence:
+        score.skipped["no_mask"] += 1
+        continue
+      text = sentence.replace(LAMA_MASK, words.mask_token)  # Several: the first is scored.
+    gold = words.single_token_id(obj)
+    if common is not None and gold not in common:
+      score.skipped["object_not_in_common_vocab"] += 1
+      continue
+    if gold is None:
+      score.skipped["object_not_single_token"] += 1
+      continue
+    if _rejected_by_annotators(record):
+      score.skipped["negative_judgments"] += 1
+      continue
+    if templated:
+      key = (sub.strip(), obj)
+      if key in seen:
+        score.skipped["duplicate_fact"] += 1
+        continue
+      seen.add(key)
+    queries.append(Query(index, text, gold_id=gold))
+  return queries
+
+
+def informask_queries(index: int, rel: RelationFile, records: Iterable[dict | None],
+                      words: WordTable, score: RelationScore) -> list[Query]:
+  """Queries of one relation under the `informask` protocol; skips are counted into `score`."""
+  queries = []
+  for record in records:
+    if record is None:
+      score.skipped["malformed_json"] += 1
+      continue
+    sentence, surface = _first_masked_sentence(record, rel.source)
+    if sentence is None or surface is None:
+      score.skipped["missing_field"] += 1
+      continue
+    if LAMA_MASK not in sentence:
+      score.skipped["no_mask"] += 1
+      continue
+    gold = tuple(w for w in (x.strip() for x in surface.lower().split(",")) if w)
+    queries.append(Query(index, sentence.replace(LAMA_MASK, words.mask_token), gold_words=gold,
+                         miss=sentence.count(LAMA_MASK) > 1))
+  return queries
+
+
+@dataclasses.dataclass
+class Encoded:
+  query: Query
+  ids: list[int]  # With special tokens, at most the model's length.
+  position: int  # Of the mask in `ids`.
+  truncated: bool
+
+
+def encode_queries(queries: Sequence[Query], words: WordTable, max_len: int,
+                   scores: Sequence[RelationScore], max_tokens: int | None = None,
+                   first_mask: bool = False) -> list[Encoded]:
+  """Tokenizes queries; keeps a window of `max_len` tokens around the mask for long ones.
+
+  `max_tokens` (informask) leaves out sentences longer than that, counted as `too_long`.
+  `first_mask` (lama): a query with several masks is scored at its first, as LAMA's code does;
+  otherwise it is skipped (`several_masks`).
+  """
+  budget = max_len - len(words.prefix) - len(words.suffix)
+  if budget < 1:
+    raise ValueError(f"Model length {max_len} leaves no room between its special tokens.")
+  out = []
+  for query, ids in zip(queries, words.encode([q.text for q in queries]), strict=True):
+    score = scores[query.relation]
+    if max_tokens is not None and len(ids) > max_tokens:
+      score.skipped["too_long"] += 1
+      continue
+    if query.miss:
+      out.append(Encoded(query, [], -1, False))
+      continue
+    positions = [i for i, t in enumerate(ids) if t == words.mask_id]
+    if not positions or (len(positions) > 1 and not first_mask):
+      score.skipped["no_mask" if not positions else "several_masks"] += 1
+      continue
+    m, start = positions[0], 0
+    if len(ids) > budget:  # Centre the window on the mask, clipped to the sentence.
+      start = min(max(m - budget // 2, 0), len(ids) - budget)
+    window = ids[start:start + budget]
+    out.append(Encoded(query, words.prefix + window + words.suffix,
+                       len(words.prefix) + m - start, len(window) < len(ids)))
+  return out

@@ -1,0 +1,81 @@
+"""What the probe needs from a tokenizer (`WordTable`: single-token objects, token strings,
+encoding), and the common word list (`--common_vocab`) read from its file."""
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+
+class WordTable:
+  """What the probe needs from a tokenizer: single-token objects, token strings, encoding."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+    if tokenizer.mask_token is None or tokenizer.pad_token_id is None:
+      raise ValueError(f"Tokenizer {type(tokenizer).__name__} has no mask or pad token; a masked "
+                       "language model's tokenizer is needed.")
+    self.mask_token = tokenizer.mask_token
+    self.mask_id = tokenizer.mask_token_id
+    self.pad_id = tokenizer.pad_token_id
+    # Byte-level BPE (RoBERTa) spells a word after a space differently; LAMA's objects follow a
+    # space in the templates, so their token is the spaced form.
+    self.space_prefix = tokenizer.tokenize(" a") != tokenizer.tokenize("a")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = getattr(backend, "normalizer", None)
+    self._normalize = normalizer.normalize_str if normalizer is not None else (lambda s: s)
+    probe = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    k = next(i for i in range(len(full)) if full[i:i + len(probe)] == probe)
+    self.prefix, self.suffix = full[:k], full[k + len(probe):]  # [CLS] / [SEP] and the like.
+    self._token_ids: dict[str, int | None] = {}
+    self._strings: dict[int, str] = {}
+
+  def single_token_id(self, word: str) -> int | None:
+    """The token that spells `word` by itself (after the tokenizer's normalisation), or None.
+
+    As LAMA: the word must tokenize to one piece that decodes back to it, which rules out
+    [UNK] and words the vocabulary only has in another case.
+    """
+    if word not in self._token_ids:
+      text = " " + word.strip() if self.space_prefix else word.strip()
+      ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+      found = None
+      if len(ids) == 1:
+        decoded = self.tokenizer.decode(ids).strip()
+        if decoded and decoded == self._normalize(word.strip()).strip():
+          found = ids[0]
+      self._token_ids[word] = found
+    return self._token_ids[word]
+
+  def token_string(self, token_id: int) -> str:
+    """A prediction as the InforMask script compares it: decoded, spaces removed, lower-cased."""
+    if token_id not in self._strings:
+      self._strings[token_id] = self.tokenizer.decode([token_id]).replace(" ", "").lower()
+    return self._strings[token_id]
+
+  def encode(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids without special tokens, for many texts at once."""
+    if not texts:
+      return []
+    return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def read_word_list(path: str | os.PathLike) -> list[str]:
+  p = pathlib.Path(path).expanduser()
+  if not p.is_file():
+    raise FileNotFoundError(f"--common_vocab {str(path)!r}: no such file (one word per line, "
+                            "e.g. LAMA's common_vocab_cased.txt).")
+  expects = "a UTF-8 text file, one word per line"
+  try:
+    text = p.read_text(encoding="utf-8-sig")  # A byte-order mark is tolerated.
+  except UnicodeDecodeError as e:
+    raise ValueError(f"--common_vocab {str(path)!r} is not UTF-8 (byte {e.object[e.start]:#04x} "
+                     f"at offset {e.start}; UTF-16?): expects {expects}.") from None
+  if "\x00" in text:  # UTF-16 without a byte-order mark can decode as UTF-8 with NULs.
+    raise ValueError(f"--common_vocab {str(path)!r} holds NUL characters (UTF-16?): expects "
+                     f"{expects}.")
+  words = [w.strip() for w in text.replace("\r", "\n").split("\n") if w.strip()]
+  if not words:
+    raise ValueError(f"--common_vocab {str(path)!r} is empty: expects {expects} (every fact "
+                     "would be skipped).")
+  return words
