@@ -6,7 +6,8 @@ Export (restores on this host's CPU, whatever mesh saved the checkpoint):
 Import (a step-0 checkpoint that train.py --config.init_from=WORKDIR and the export read):
   python convert_checkpoint.py --from-hf DIR_OR_NAME --out WORKDIR [--scan-layers]
 
-The logic lives in informask_jax/export.py; this file only parses flags.
+The logic lives in informask_jax/export.py (the parameter mapping in hf_mapping.py); this file
+only parses flags.
 """
 
 import argparse

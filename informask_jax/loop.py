@@ -25,7 +25,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from informask_jax import checkpointing, data, distributed, export, masking, optim, paths, stats
+from informask_jax import checkpointing, data, distributed, hf_mapping, masking, optim, paths, stats
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
 from informask_jax import sharding as sharding_lib
@@ -446,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.init_from: {e}") from None
     # Unrolled or scanned layers are a layout, not an architecture: convert to this run's.
-    init_params = export.convert_layout(init_params, mlm_config.scan_layers)
+    init_params = hf_mapping.convert_layout(init_params, mlm_config.scan_layers)
     saved_cfg = dataclasses.replace(saved_cfg, scan_layers=mlm_config.scan_layers)
     _check_architecture(saved_cfg, mlm_config, f"config.init_from={config.init_from}")
     logging.info("Initialised parameters from %s.", config.init_from)

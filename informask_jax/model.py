@@ -2,7 +2,7 @@
 
 Written to match Hugging Face's `BertForMaskedLM` and `RobertaForMaskedLM` numerically (post-LN
 layers, exact-erf GELU, a decoder tied to the word embeddings plus an output bias), so that
-`export.py` can convert weights in both directions with a name table and transposes only.
+`hf_mapping.py` can convert weights in both directions with a name table and transposes only.
 
 Parameters carry logical axis names ("vocab", "embed", "heads", "kv", "mlp", "layers"); the rules
 that map them to mesh axes live in the config and are applied by `sharding.py`. The model itself

@@ -1,4 +1,5 @@
-"""Tests for informask_jax/export.py and convert_checkpoint.py: exact conversion both ways."""
+"""Tests for informask_jax/export.py, hf_mapping.py (through the names export keeps for it) and
+convert_checkpoint.py: exact conversion both ways."""
 
 import dataclasses
 import importlib.metadata
