@@ -238,22 +238,28 @@ def _check_out_dir(out_dir: str, overwrite: bool):
 
 
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
-                 fmt: str | None = None, verify: bool = True, overwrite: bool = False) -> dict:
+                 tokenizer=None, fmt: str | None = None, verify: bool = True,
+                 overwrite: bool = False) -> dict:
   """Writes config.json, model.safetensors and the tokenizer files; returns a report.
 
-  With `verify` the written directory is loaded by `transformers` and compared with our model
-  (`verify_export`), which raises if the logits differ by more than `MAX_ABS_DIFF`.
+  `tokenizer` is the tokenizer in `tokenizer_dir` where the caller has loaded it already
+  (export_workdir, to check its vocabulary), so that it is not loaded twice; the files are still
+  copied from `tokenizer_dir`. With `verify` the written directory is loaded by `transformers`
+  and compared with our model (`verify_export`), which raises if the logits differ by more than
+  `MAX_ABS_DIFF`.
   """
   import transformers
   from safetensors.numpy import save_file
 
+  if tokenizer is not None and tokenizer_dir is None:
+    raise ValueError("tokenizer= needs tokenizer_dir=, the directory whose files are exported.")
   fmt = hf_mapping.check_format(fmt or cfg.flavour)
   _check_out_dir(out_dir, overwrite)
-  tokenizer = None
   if tokenizer_dir is not None:
     if not os.path.isdir(tokenizer_dir):
       raise FileNotFoundError(f"Tokenizer directory {tokenizer_dir} does not exist.")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer is None:
+      tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   hf_config = hf_mapping.hf_config_for(cfg, tokenizer, fmt)
   state = hf_mapping.to_hf_state_dict(params, cfg, fmt)
   bad = [name for name, x in state.items() if not np.isfinite(x).all()]
@@ -410,13 +416,14 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   import transformers
 
   from informask_jax import tokenization
-  tokens = tokenization.vocab_rows(transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+  tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:
     raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "
                      f"checkpoint's model has vocab_size {cfg.vocab_size}: they are not from the "
                      "same run.")
-  report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, fmt=fmt,
-                        verify=verify, overwrite=overwrite)
+  report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
+                        fmt=fmt, verify=verify, overwrite=overwrite)
   return {"step": restored_step, **report}
 
 

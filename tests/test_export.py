@@ -710,3 +710,41 @@ def test_import_reads_the_model_config_once(hf_copy, tmp_path, monkeypatch):
   monkeypatch.setattr(export, "_read_hf_config", lambda d: read.append(d) or original(d))
   export.import_to_workdir(str(hf_copy), str(tmp_path / "work"))
   assert read == [str(hf_copy)]
+
+
+def test_a_workdir_export_loads_the_run_tokenizer_once(imported_workdir, tmp_path, monkeypatch):
+  """export_workdir loads tokenizer/ to check its vocabulary and hands that tokenizer to
+  export_to_hf, which does not load it again; the verification loads the written copy, once."""
+  loads = []
+  original = transformers.AutoTokenizer.from_pretrained
+  monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                      lambda path, *a, **kw: loads.append(str(path)) or original(path, *a, **kw))
+  convert_checkpoint.main(["--workdir", imported_workdir, "--out", str(tmp_path / "hf")])
+  assert len(loads) == 2 and loads[0] == os.path.join(imported_workdir, "tokenizer"), loads
+  assert os.path.basename(loads[1]).startswith(".hf."), loads  # The staged export.
+  # A tokenizer without the directory its files come from is refused, not half exported.
+  params, cfg, _ = checkpointing.restore_params(imported_workdir)
+  with pytest.raises(ValueError, match="tokenizer= needs tokenizer_dir="):
+    export.export_to_hf(params, cfg, str(tmp_path / "other"), tokenizer=object())
+  assert not (tmp_path / "other").exists()
+
+
+def test_a_checkpoint_with_non_finite_parameters_is_refused_naming_its_step(exported,
+                                                                             tokenizer_dir,
+                                                                             tmp_path):
+  """The workdir entry point's scan (restore_params') names the checkpoint step: no save writes
+  NaN, so its files were damaged. export_to_hf's own scan is
+  test_non_finite_parameters_are_never_exported_nor_verified's."""
+  params, cfg, _, _ = exported["bert"]
+  broken = jax.tree.map(np.array, params)
+  broken["encoder"]["layer_1"]["mlp_out"]["kernel"][0, :4] = np.nan
+  workdir = str(tmp_path / "work")
+  checkpointing.save_initial_checkpoint(workdir, broken, cfg,
+                                        transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
+  out = tmp_path / "hf"
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r"Checkpoint step 0 in .*work/checkpoints is damaged or incomplete "
+                           r"\(ValueError: the parameters hold NaN or Inf, which no save "
+                           r"writes\); no other checkpoint is left"):
+    export.export_workdir(workdir, str(out), verify=False)
+  assert not out.exists() and os.listdir(tmp_path) == ["work"]
