@@ -138,9 +138,18 @@ def test_tokenize_corpus_matches_tokenizer_and_is_cached(tmp_path, wiki_docs, be
 def test_parallel_tokenization_matches_serial(tmp_path, wiki_docs, bert_tokenizer, monkeypatch):
   docs = wiki_docs["train"].select(range(40))
   serial = data.tokenize_corpus(docs, bert_tokenizer, _tiny_config(tmp_path / "serial").data)
-  monkeypatch.setattr(data, "PARALLEL_MIN_DOCUMENTS", 10)  # Two worker processes for 40 docs.
+  # Set where tokenize_corpus reads it: two worker processes for 40 docs.
+  monkeypatch.setattr(data.sentences, "PARALLEL_MIN_DOCUMENTS", 10)
+  workers, real_map = [], datasets.Dataset.map
+
+  def map_spy(self, *args, **kwargs):
+    workers.append(kwargs.get("num_proc"))
+    return real_map(self, *args, **kwargs)
+
+  monkeypatch.setattr(datasets.Dataset, "map", map_spy)
   c = _tiny_config(tmp_path / "parallel", num_proc=2)
   parallel = data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  assert workers == [2]  # The workers' path ran, not the serial one again.
   assert parallel["input_ids"] == serial["input_ids"]
   assert parallel["sentence_ids"] == serial["sentence_ids"]
 
@@ -392,7 +401,7 @@ def test_seq_len_beyond_model_positions_fails_before_reading(tmp_path):
 def test_missing_tokenizer_path_fails_before_reading(tmp_path, monkeypatch):
   c = _tiny_config(tmp_path)
   c.tokenizer.name_or_path = str(tmp_path / "run" / "tokenizr")
-  monkeypatch.setattr(data.corpus_lib, "load_corpus", lambda *a: pytest.fail("corpus was read"))
+  monkeypatch.setattr(corpus, "load_corpus", lambda *a: pytest.fail("corpus was read"))
   with pytest.raises(FileNotFoundError, match=r"name_or_path='.*tokenizr' does not exist"):
     data.build_input_pipeline(c)
 
@@ -540,7 +549,7 @@ def test_byte_level_bpe_sentences_tokenize_as_the_whole_text():
   assert sids.max() == 2 and lengths.tolist() == [len(ids)]
 
 
-# --- From a mutation audit of data.py: behaviour the tests above left open ----------------------
+# --- From a mutation audit of informask_jax/data/: behaviour the tests above left open ------------
 
 def test_token_less_sentences_take_no_sentence_id(bert_tokenizer):
   """A sentence that tokenizes to nothing (only accents, stripped) leaves no gap in the ids: they

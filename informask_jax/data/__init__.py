@@ -1,0 +1,79 @@
+"""Input pipeline: corpus -> sentence-aware tokens -> packed sequences -> host slices -> jax.Arrays.
+
+  corpus.load_corpus        documents, "train" / "validation"
+  tokenize_corpus           per document: "input_ids" and "sentence_ids" (no special tokens),
+                            cached on disk by corpus, tokenizer and splitter version
+  pack_sequences            token_ids / sentence_ids int32[N, L] rows "[CLS] ... [SEP] [PAD]*"
+  BatchIterator             shuffled per epoch from (seed, epoch); each host takes its slice of
+                            every global batch; a small state() resumes at the exact next batch
+  prefetch                  turns local batches into global jax.Arrays, a few batches ahead
+
+Sentence ids in packed rows are -1 on [CLS] / [SEP] / [PAD] and otherwise number the sentence
+pieces of a row 0, 1, 2, ... so two tokens are in the same sentence iff their ids are equal and
+>= 0 (the PMI statistics and InforMask's scoring look inside sentences only).
+
+Streaming corpora (a hub source with streaming=True) are never materialised: the training rows are
+tokenized and packed on the fly, a chunk of documents at a time, by `StreamingBatchIterator`, which
+has the same state()/restore() contract.
+
+The package, one module per concern (their public names are all importable from here):
+  sentences       sentence splitting; documents -> "input_ids" / "sentence_ids", cached on disk
+  packing         tokenized documents -> packed rows of seq_len tokens
+  batches         host slices of in-memory rows: BatchIterator (resumable) and eval_batches
+  iterator_state  checks of a saved iterator state on restore, and their errors
+  global_batches  host batches -> global jax.Arrays, prefetched
+  streaming       StreamingBatchIterator: a streaming corpus packed on the fly
+  pipeline        InputPipeline and build_input_pipeline: all of the above for a config
+"""
+
+# A constant is read in the module that defines it: to change one (as a test does), set it there
+# (e.g. data.sentences.PARALLEL_MIN_DOCUMENTS); the copy bound here is not looked up. The private
+# names (`_flat as _flat`, ...) are helpers that stats.beam_pipeline and tests/test_data.py use.
+from informask_jax.data.batches import BatchIterator, eval_batches
+from informask_jax.data.global_batches import Prefetcher, make_global_batch, prefetch
+from informask_jax.data.iterator_state import DataSettingsChanged, IteratorStateError
+from informask_jax.data.packing import PACKING_MODES, pack_sequences, unpack_tokens
+from informask_jax.data.packing import _flat as _flat
+from informask_jax.data.pipeline import (
+    STREAM_VALIDATION_DOCUMENTS,
+    InputPipeline,
+    build_input_pipeline,
+    check_config,
+    max_sequence_length,
+)
+from informask_jax.data.sentences import (
+    PARALLEL_MIN_DOCUMENTS,
+    TOKENIZED_FORMAT,
+    encode_documents,
+    split_sentences,
+    tokenize_corpus,
+    tokenized_cache_key,
+)
+from informask_jax.data.sentences import _plain_backend as _plain_backend
+from informask_jax.data.sentences import _progress_bars as _progress_bars
+from informask_jax.data.streaming import StreamingBatchIterator
+
+__all__ = [
+    "PACKING_MODES",
+    "PARALLEL_MIN_DOCUMENTS",
+    "STREAM_VALIDATION_DOCUMENTS",
+    "TOKENIZED_FORMAT",
+    "BatchIterator",
+    "DataSettingsChanged",
+    "InputPipeline",
+    "IteratorStateError",
+    "Prefetcher",
+    "StreamingBatchIterator",
+    "build_input_pipeline",
+    "check_config",
+    "encode_documents",
+    "eval_batches",
+    "make_global_batch",
+    "max_sequence_length",
+    "pack_sequences",
+    "prefetch",
+    "split_sentences",
+    "tokenize_corpus",
+    "tokenized_cache_key",
+    "unpack_tokens",
+]

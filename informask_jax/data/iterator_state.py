@@ -1,0 +1,51 @@
+"""Checks of a saved data iterator state on restore, and the errors they raise.
+
+Shared by `BatchIterator` and `StreamingBatchIterator`: `IteratorStateError` for a state no
+iterator could have written (a damaged checkpoint), `DataSettingsChanged` for one saved under
+other data settings (the run would not continue the same data order).
+"""
+
+import numpy as np
+
+
+class IteratorStateError(ValueError):
+  """A saved iterator state that no iterator could have written: a damaged checkpoint."""
+
+
+def _saved_ints(state, keys) -> list[int]:
+  """The integer fields `keys` of a saved iterator state; IteratorStateError if one is not, or is
+  negative (every field counts epochs, batches, chunks or rows from 0; a negative one would only
+  fail at the next batch, far from the checkpoint that holds it, or give an empty batch)."""
+  if not isinstance(state, dict):
+    raise IteratorStateError(f"The data iterator state is {state!r}, not a JSON object.")
+  for key in keys:
+    value = state.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+      raise IteratorStateError(f"The data iterator state has {key}={value!r}, not an integer.")
+    if value < 0:
+      raise IteratorStateError(f"The data iterator state has {key}={value!r}, a negative count.")
+  return [int(state[key]) for key in keys]
+
+
+class DataSettingsChanged(ValueError):
+  """A saved iterator state from other data settings (batch size, seed, corpus, seq_len...)."""
+
+
+# The config keys behind each saved iterator setting, for the error.
+_SETTING_KEYS = {
+    "global_batch_size": "config.train.batch_size",
+    "seed": "config.train.seed",
+    "num_rows": "the packed training rows: config.data.seq_len, the corpus or its config.data "
+                "options (max_documents, validation_fraction, packing, ...)",
+}
+
+
+def _check_saved_settings(state, iterator, keys):
+  """DataSettingsChanged if a saved iterator state disagrees with `iterator` on a setting."""
+  for key in keys:
+    if key in state and state[key] != getattr(iterator, key):
+      where = f" (set by {_SETTING_KEYS[key]})" if key in _SETTING_KEYS else ""
+      raise DataSettingsChanged(
+          f"the {type(iterator).__name__} state was saved with {key}={state[key]!r}, this run "
+          f"has {key}={getattr(iterator, key)!r}{where}; resuming would not continue the same "
+          "data order.")

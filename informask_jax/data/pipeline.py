@@ -1,0 +1,158 @@
+"""The whole input pipeline for a config: corpus, tokenizer, tokenized and packed splits."""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+
+import datasets
+import numpy as np
+
+from informask_jax import corpus as corpus_lib
+from informask_jax import paths, tokenization
+from informask_jax.data.batches import BatchIterator
+from informask_jax.data.packing import _check_packing, pack_sequences
+from informask_jax.data.sentences import tokenize_corpus
+from informask_jax.data.streaming import StreamingBatchIterator
+
+log = logging.getLogger(__name__)
+
+# A streaming corpus's validation rows come from the first this many validation documents.
+STREAM_VALIDATION_DOCUMENTS = 5_000
+
+
+@dataclasses.dataclass
+class InputPipeline:
+  """Everything the trainer, the maskers and the statistics need from the data."""
+  tokenizer: object  # transformers.PreTrainedTokenizerFast
+  special_ids: tokenization.SpecialIds
+  continuation: np.ndarray  # bool[V]: WordPiece "##" pieces.
+  train: dict | None  # Packed rows {"token_ids", "sentence_ids"}: int32[N, L]; None if streaming.
+  validation: dict  # Packed validation rows, always in memory.
+  tokenized_train: datasets.Dataset | None  # Per-document tokens; None if streaming.
+  corpus_fingerprint: str
+  tokenizer_fingerprint: str
+  train_stream: datasets.IterableDataset | None = None  # Cleaned train texts of a stream.
+  seq_len: int = 0
+  packing: str = "full_sentences"
+
+  @property
+  def vocab_size(self) -> int:
+    """Rows of the embedding and of every per-token table: past the largest id, which is
+    len(tokenizer) - 1 unless the vocabulary has gaps."""
+    return int(np.asarray(self.continuation).shape[0])
+
+  def train_iterator(self, global_batch_size, *, seed, process_index=None, process_count=None):
+    """A resumable iterator of this host's training batches (in memory or streaming)."""
+    if self.train is not None:
+      return BatchIterator(self.train, global_batch_size, seed=seed, process_index=process_index,
+                           process_count=process_count)
+    return StreamingBatchIterator(
+        self.train_stream, self.tokenizer, self.seq_len, self.special_ids, self.packing,
+        global_batch_size, seed=seed, process_index=process_index, process_count=process_count)
+
+
+def max_sequence_length(model_config):
+  """Longest sequence the model's position table admits."""
+  flavour = model_config.get("flavour", "bert")
+  positions = int(model_config.get("max_positions", -1))
+  if positions < 0:
+    positions = 514 if flavour == "roberta" else 512
+  # RoBERTa's positions start after the padding index, so two are never used.
+  return positions - 2 if flavour == "roberta" else positions
+
+
+def check_config(config):
+  """Errors in the data settings, raised before any corpus is read."""
+  data = config.data
+  _check_packing(data.packing)
+  if data.seq_len < 8:
+    raise ValueError(f"config.data.seq_len={data.seq_len} is too short: at least 8 (6 tokens "
+                     "between [CLS] and [SEP], so that masking 15% of them picks any).")
+  if "model" in config:
+    limit = max_sequence_length(config.model)
+    if data.seq_len > limit:
+      raise ValueError(f"config.data.seq_len={data.seq_len} exceeds the model's {limit} positions "
+                       f"(config.model.max_positions={config.model.get('max_positions')}, "
+                       f"flavour={config.model.get('flavour')!r}).")
+  cache = os.path.expanduser(data.cache_dir)
+  if os.path.exists(cache) and not os.path.isdir(cache):
+    raise ValueError(f"config.data.cache_dir={data.cache_dir!r} is a file; it must be a "
+                     "directory (created when missing).")
+  if not 0 <= data.validation_fraction < 1:
+    raise ValueError(f"config.data.validation_fraction={data.validation_fraction} must be in "
+                     "[0, 1).")
+  for key, least in (("num_proc", 1), ("prefetch", 1)):
+    value = data.get(key, least)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ValueError(f"config.data.{key}={value!r} must be an integer >= {least}.")
+  corpus_lib.check_sources(data)
+  if "tokenizer" in config:
+    tokenization.check_name_or_path(config.tokenizer)
+
+
+def _packed_summary(name, packed, special_ids):
+  tokens = packed["token_ids"]
+  pad = float(np.mean(tokens == special_ids.pad)) if tokens.size else 0.0
+  log.info("%s: %d rows of %d tokens, %.1f%% padding.", name, tokens.shape[0],
+           tokens.shape[1] if tokens.ndim == 2 else 0, 100 * pad)
+
+
+def build_input_pipeline(config):
+  """Corpus, tokenizer, tokenized and packed splits for a full config; cached where possible."""
+  check_config(config)
+  start = time.time()
+  data = config.data
+  cache_dir = paths.cache_dir(data.cache_dir)
+  log.info("Input pipeline: %d source(s) %s; seq_len=%d, packing=%s, cache %s.",
+           len(data.sources), [f"{s.kind}:{s.name}" for s in data.sources], data.seq_len,
+           data.packing, cache_dir)
+  corpus = corpus_lib.load_corpus(data)
+  streaming = isinstance(corpus, datasets.IterableDatasetDict)
+  # Hashed once here: the tokenizer's training cache and the tokenized caches key on these too.
+  split_fps = {} if streaming else {
+      name: corpus_lib.corpus_fingerprint(corpus[name]) for name in corpus}
+  tokenizer = tokenization.load_tokenizer(config.tokenizer, corpus, cache_dir,
+                                          train_fingerprint=split_fps.get("train"))
+  ids = tokenization.special_ids(tokenizer)
+  tok_fp = tokenization.tokenizer_fingerprint(tokenizer)
+  log.info("Tokenizer: %d tokens (%s), fingerprint %s.", len(tokenizer),
+           config.tokenizer.name_or_path or "trained", tok_fp)
+
+  if streaming:
+    sources = json.dumps([dict(s) for s in data.sources], sort_keys=True, default=str)
+    corpus_fp = "stream-" + hashlib.sha256(sources.encode()).hexdigest()[:26]
+    validation_docs = datasets.Dataset.from_dict(
+        {"text": [ex["text"] for ex in corpus["validation"].take(STREAM_VALIDATION_DOCUMENTS)]})
+    if not len(validation_docs):
+      raise ValueError("The streaming corpus gave no validation document.")
+    val_tok = tokenize_corpus(validation_docs, tokenizer, data)
+    validation = pack_sequences(val_tok, data.seq_len, ids, data.packing)
+    _packed_summary("validation (streamed sample)", validation, ids)
+    log.info("Training rows are tokenized and packed on the fly (streaming); set up in %.1fs.",
+             time.time() - start)
+    return InputPipeline(tokenizer, ids, tokenization.continuation_table(tokenizer), None,
+                         validation, None, corpus_fp, tok_fp, train_stream=corpus["train"],
+                         seq_len=data.seq_len, packing=data.packing)
+
+  corpus_fp = corpus_lib.combine_fingerprints(split_fps)
+  log.info("Corpus: %d train and %d validation documents, fingerprint %s.",
+           len(corpus["train"]), len(corpus["validation"]), corpus_fp)
+  splits = {}
+  for name in ("train", "validation"):
+    if not len(corpus[name]):
+      raise ValueError(f"The {name} split is empty (config.data.validation_fraction="
+                       f"{data.validation_fraction}, {len(corpus['train'])} documents).")
+    tokenized = tokenize_corpus(corpus[name], tokenizer, data,
+                                fingerprint=split_fps[name])
+    packed = pack_sequences(tokenized, data.seq_len, ids, data.packing)
+    _packed_summary(name, packed, ids)
+    splits[name] = (tokenized, packed)
+  log.info("Input pipeline ready in %.1fs.", time.time() - start)
+  return InputPipeline(
+      tokenizer=tokenizer, special_ids=ids, continuation=tokenization.continuation_table(tokenizer),
+      train=splits["train"][1], validation=splits["validation"][1],
+      tokenized_train=splits["train"][0], corpus_fingerprint=corpus_fp,
+      tokenizer_fingerprint=tok_fp, seq_len=data.seq_len, packing=data.packing)

@@ -1,0 +1,180 @@
+"""Documents -> sentence-aware tokens: sentence splitting and sentence-by-sentence tokenization.
+
+`tokenize_corpus` gives each document its "input_ids" and "sentence_ids" (no special tokens),
+cached on disk by corpus, tokenizer and splitter version (`TOKENIZED_FORMAT`);
+`encode_documents` does the same for a list of texts in memory (the streaming iterator and the
+Beam statistics use it).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+
+import datasets
+import numpy as np
+import tokenizers
+
+from informask_jax import corpus as corpus_lib
+from informask_jax import paths, tokenization
+
+log = logging.getLogger(__name__)
+
+# Bump when the splitter or the tokenized layout changes: it is part of the cache key.
+TOKENIZED_FORMAT = "sentences-v2"
+# Corpora smaller than this are tokenized in one process (the Rust tokenizer is parallel already,
+# and starting workers costs more than it saves).
+PARALLEL_MIN_DOCUMENTS = 50_000
+
+# --- Sentence splitting -------------------------------------------------------------------------
+# A sentence ends at . ! or ? (then optional closing quotes/brackets), followed by whitespace and a
+# capital letter, a digit or an opening quote/bracket; and at every line break. A full stop after
+# a known abbreviation, a single letter ("Arthur C. Clarke") or a dotted acronym ("U.S.") does not
+# end a sentence. Simple and fast, and good enough for statistics that only need "same sentence".
+
+_ABBREVIATIONS = frozenset("""
+    mr mrs ms dr prof sr jr st mt ft vs etc cf al approx ca no nos vol vols fig figs pp
+    gen col lt sgt capt cmdr adm gov sen rep pres rev hon inc ltd co corp bros dept univ
+    jan feb mar apr jun jul aug sep sept oct nov dec
+    """.split())
+_BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])|\n")
+_ACRONYM = re.compile(r"(?:[a-z]\.)+[a-z]")
+
+
+def split_sentences(text):
+  """Splits a cleaned document into sentences (see the rules above)."""
+  sentences, start = [], 0
+  for m in _BOUNDARY.finditer(text):
+    end = m.end()
+    if m.group(0).rstrip(" \t") == ".":  # Only a lone full stop can follow an abbreviation.
+      before = text[start:m.start()].rsplit(None, 1)
+      word = before[-1].lstrip("\"'(\u201c\u2018[").lower() if before else ""
+      if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _ACRONYM.fullmatch(word):
+        continue
+    sentence = text[start:end].strip()
+    if sentence:
+      sentences.append(sentence)
+    start = end
+  rest = text[start:].strip()
+  if rest:
+    sentences.append(rest)
+  return sentences
+
+
+# --- Tokenization -------------------------------------------------------------------------------
+
+def _plain_backend(tokenizer):
+  """The Rust tokenizer without padding or truncation (a hub tokenizer may carry either)."""
+  backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+  backend.no_padding()
+  backend.no_truncation()
+  return backend
+
+
+def encode_documents(texts, backend):
+  """Tokenizes documents sentence by sentence.
+
+  Returns flat int32 arrays (input_ids, sentence_ids) of all tokens and int64 lengths[D], one per
+  document; sentence ids count each document's non-empty sentences from 0.
+  """
+  sentences = [split_sentences(t) for t in texts]
+  # A space before every sentence but a document's first, as in the text: byte-level BPE
+  # (RoBERTa, GPT-2) encodes "The" and " The" differently; WordPiece ignores the space.
+  flat = [s if j == 0 else " " + s for doc in sentences for j, s in enumerate(doc)]
+  # encode_batch_fast skips character offsets, which nothing here needs.
+  encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+  encodings = encode(flat, add_special_tokens=False) if flat else []
+  sent_lens = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+  ids = np.fromiter((i for e in encodings for i in e.ids), np.int32, int(sent_lens.sum()))
+  per_doc = np.array([len(d) for d in sentences], np.int64)  # Sentences per document.
+  sent_doc = np.repeat(np.arange(len(texts)), per_doc)  # (S,)
+  lengths = np.bincount(sent_doc, weights=sent_lens, minlength=len(texts)).astype(np.int64)
+  # Number each document's non-empty sentences from 0: the corpus-wide count of non-empty
+  # sentences before a sentence, minus that count at its document's first sentence.
+  nonempty = (sent_lens > 0).astype(np.int64)
+  before = np.cumsum(nonempty) - nonempty  # (S,)
+  first = np.repeat(np.cumsum(per_doc) - per_doc, per_doc)  # (S,) its document's first sentence
+  sent_index = (before - before[first]).astype(np.int32)
+  sids = np.repeat(sent_index, sent_lens)
+  return ids, sids, lengths
+
+
+def _tokenize_batch(batch, backend):
+  ids, sids, lengths = encode_documents(batch["text"], backend)
+  keep = lengths > 0  # A document without a single token has nothing to pack.
+  cuts = np.cumsum(lengths[keep])[:-1]
+  return {"input_ids": np.split(ids, cuts) if keep.any() else [],
+          "sentence_ids": np.split(sids, cuts) if keep.any() else []}
+
+
+_LIST = getattr(datasets, "List", datasets.Sequence)  # `List` from datasets 4 on.
+_TOKENIZED_FEATURES = datasets.Features({
+    "input_ids": _LIST(datasets.Value("int32")),
+    "sentence_ids": _LIST(datasets.Value("int32")),
+})
+
+
+def tokenized_cache_key(corpus_fp, tokenizer_fp):
+  blob = json.dumps([TOKENIZED_FORMAT, corpus_fp, tokenizer_fp])
+  return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
+  """Tokenizes a split of the corpus ("text") into "input_ids" and "sentence_ids" per document.
+
+  An in-memory `datasets.Dataset` is tokenized once and saved under
+  `<cache_dir>/tokenized/<key>`, key = corpus fingerprint + tokenizer fingerprint + format
+  version; `fingerprint` passes a corpus fingerprint already computed. A streaming
+  `IterableDataset` is mapped lazily. Documents with no token are dropped.
+  """
+  backend = _plain_backend(tokenizer)
+  if isinstance(dataset, datasets.IterableDataset):
+    return dataset.map(_tokenize_batch, batched=True, fn_kwargs={"backend": backend},
+                       remove_columns=["text"], features=_TOKENIZED_FEATURES)
+  corpus_fp = fingerprint or corpus_lib.corpus_fingerprint(dataset)
+  key = tokenized_cache_key(corpus_fp, tokenization.tokenizer_fingerprint(tokenizer))
+  cache_dir = paths.cache_dir(data_config.get("cache_dir"))
+  path = os.path.join(cache_dir, "tokenized", key)
+  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    log.info("Loading tokenized documents from %s.", path)
+    try:
+      cached = datasets.load_from_disk(path)
+      cached.data.validate()  # Cheap structural checks; truncated files already fail to load.
+      return cached
+    except Exception as e:  # A damaged cache entry is rebuilt, as the statistics' are.
+      log.warning("The tokenized cache %s is damaged (%s: %s); tokenizing again.", path,
+                  type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+      shutil.rmtree(path, ignore_errors=True)
+
+  start = time.time()
+  num_proc = int(data_config.get("num_proc", 1) or 1)
+  num_proc = num_proc if num_proc > 1 and len(dataset) >= PARALLEL_MIN_DOCUMENTS else None
+  with _progress_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS):
+    tokenized = dataset.map(
+        _tokenize_batch, batched=True, batch_size=1000, fn_kwargs={"backend": backend},
+        remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
+        new_fingerprint=key, desc="Tokenizing")
+    paths.publish_dir(path, tokenized.save_to_disk)
+  dropped = len(dataset) - len(tokenized)
+  log.info("Tokenized %d documents%s in %.1fs; cached in %s.", len(tokenized),
+           f" ({dropped} without a token dropped)" if dropped else "", time.time() - start, path)
+  return datasets.load_from_disk(path)
+
+
+class _progress_bars:
+  """Shows `datasets`' progress bars only for work long enough to watch."""
+
+  def __init__(self, show):
+    self.show = show
+
+  def __enter__(self):
+    self.was = datasets.is_progress_bar_enabled()
+    if not self.show:
+      datasets.disable_progress_bars()
+
+  def __exit__(self, *exc):
+    if self.was:
+      datasets.enable_progress_bars()
