@@ -20,6 +20,7 @@ from configs import base
 from informask_jax import corpus, data, stats
 from informask_jax.stats import artifacts, counting
 from informask_jax.stats import beam_pipeline as bp
+from informask_jax.stats.beam_pipeline import writing as beam_writing
 
 # Every file a Beam build writes, and those whose bytes do not depend on when they were written
 # (an .npz is a zip archive with timestamps; its arrays are compared instead).
@@ -324,10 +325,10 @@ def test_remote_output_copies_every_file_with_meta_json_last(monkeypatch, tmp_pa
       yield buf
       written[path] = buf.getvalue()
 
-  monkeypatch.setattr(bp, "FileSystems", FakeFileSystems)
+  monkeypatch.setattr(beam_writing, "FileSystems", FakeFileSystems)  # Where write_artifacts looks.
   staged = []
-  real_mkdtemp = bp.tempfile.mkdtemp
-  monkeypatch.setattr(bp.tempfile, "mkdtemp",
+  real_mkdtemp = beam_writing.tempfile.mkdtemp
+  monkeypatch.setattr(beam_writing.tempfile, "mkdtemp",
                       lambda **kw: staged.append(real_mkdtemp(dir=tmp_path, **kw)) or staged[-1])
   unigrams = counting.UnigramCounts(np.array([3, 0, 2], np.int64), 5, 2, 1)
   out = bp.write_artifacts("gs://bucket/stats", {"counts": {}}, "a\nb\nc\n", unigrams=unigrams)

@@ -1,0 +1,191 @@
+"""Launching, on the launcher: the config checks that fail before anything runs, the list of
+shards, what is decided once (tokenizer, fingerprints, metadata, and the output directory: the
+config's statistics cache unless --output names one), and `run`, which builds the pipeline and
+runs it to the end."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import types
+
+import numpy as np
+
+from informask_jax import paths
+from informask_jax.stats import artifacts as art
+from informask_jax.stats import build as build_lib
+from informask_jax.stats.beam_pipeline.documents import SUFFIXES
+from informask_jax.stats.beam_pipeline.graph import build_pipeline
+from informask_jax.stats.beam_pipeline.settings import BEAM_STAGES, Settings
+from informask_jax.stats.beam_pipeline.writing import _Write
+
+try:  # Optional dependency: `pip install informask_jax[beam]`.
+  import apache_beam as beam
+  from apache_beam.io.filesystems import FileSystems
+except ImportError:  # pragma: no cover - exercised only where the extra is missing
+  beam = FileSystems = None
+
+
+def _require_beam():
+  if beam is None:
+    raise ImportError("The Beam pipeline needs apache-beam: pip install 'informask_jax[beam]' "
+                      "(or pip install apache-beam).")
+
+
+def check_config(config) -> list[str]:
+  """Errors raised before anything runs; returns the file patterns to read."""
+  build_lib.check_config(config)
+  if int(config.data.get("max_documents", -1)) >= 0:
+    raise ValueError(f"config.data.max_documents={config.data.max_documents}: 'the first N "
+                     "documents' has no meaning in a parallel pipeline; use -1 and shard the "
+                     "input files instead.")
+  if not 0 <= config.data.validation_fraction < 1:
+    raise ValueError(f"config.data.validation_fraction={config.data.validation_fraction} must be "
+                     "in [0, 1).")
+  patterns = []
+  for i, source in enumerate(config.data.sources):
+    if source.kind != "files":
+      raise ValueError(
+          f"config.data.sources[{i}].kind={source.kind!r}: the Beam pipeline reads files only. "
+          "Export the corpus to .txt/.jsonl/.parquet shards and pass them with --files (a hub "
+          "dataset's own parquet shards work as they are).")
+    patterns.append(source.name)
+  return patterns
+
+
+def list_files(patterns) -> list[tuple[str, int]]:
+  """(path, bytes) of every shard, sorted; local directories are walked as `corpus` does."""
+  from informask_jax import corpus
+
+  found = {}
+  for pattern in patterns:
+    where = f"input {pattern!r}"
+    if "://" not in pattern:
+      for f in corpus._expand_files(pattern, where):
+        found[f] = os.path.getsize(f)
+      continue
+    matches = FileSystems.match([pattern])[0].metadata_list
+    if not matches:
+      raise FileNotFoundError(f"{where}: no file matches.")
+    for m in matches:
+      found[m.path] = m.size_in_bytes
+  bad = [f for f in found if os.path.splitext(f)[1].lower() not in SUFFIXES]
+  if bad:
+    raise ValueError(f"{bad[0]}: unsupported suffix; the Beam pipeline reads "
+                     f"{', '.join(SUFFIXES)}.")
+  return sorted(found.items())
+
+
+def _with_files(config, files, text_field):
+  """A copy of the config whose sources are `files` (and whose text fields are `text_field`)."""
+  import ml_collections
+
+  config = ml_collections.ConfigDict(config.to_dict())
+  sources = [dict(s) for s in config.data.sources]
+  if files:
+    sources = [dict(kind="files", name=f, config=None, split="train", text_field="text",
+                    streaming=False) for f in files]
+  if text_field:
+    for s in sources:
+      s["text_field"] = text_field
+  config.data.sources = [ml_collections.ConfigDict(s) for s in sources]
+  return config
+
+
+def _launch_state(config, patterns, output):
+  """Tokenizer, fingerprints, metadata and the output directory, decided on the launcher."""
+  from informask_jax import corpus, data, tokenization
+
+  listed = list_files(patterns)
+  cache_dir = paths.cache_dir(config.data.cache_dir)
+  loaded, split_fps = None, {}
+  if not output:
+    if any("://" in f for f, _ in listed):
+      raise ValueError("Remote inputs need --output: the statistics cache is keyed by a "
+                       "fingerprint of the corpus read in order, which the launcher cannot read.")
+    loaded = corpus.load_corpus(config.data)
+    split_fps = {name: corpus.corpus_fingerprint(loaded[name]) for name in loaded}
+    corpus_fp = corpus.combine_fingerprints(split_fps)
+  else:
+    # Names and sizes of the shards: cheap, and it changes whenever the input does.
+    corpus_fp = "files-" + hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:26]
+    if not config.tokenizer.name_or_path:
+      raise ValueError(
+          "config.tokenizer.name_or_path is empty (train a vocabulary on the corpus), but with "
+          "--output the launcher does not read the corpus: point it at a tokenizer, e.g. a "
+          "training run's <workdir>/tokenizer or bert-base-uncased.")
+  tokenizer = tokenization.load_tokenizer(config.tokenizer, loaded, cache_dir,
+                                          train_fingerprint=split_fps.get("train"))
+  continuation = np.asarray(tokenization.continuation_table(tokenizer), bool)
+  ids = tokenization.special_ids(tokenizer)
+  like = types.SimpleNamespace(  # What the local builder reads from an InputPipeline.
+      corpus_fingerprint=corpus_fp, special_ids=ids, continuation=continuation,
+      tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
+  output = output or str(build_lib.artifact_dir(config, like))
+  key = art.cache_key(corpus_fp, like.tokenizer_fingerprint, build_lib.stats_params(config))
+  meta = build_lib._fresh_meta(config, like, pathlib.PurePath(key))
+  settings = Settings(
+      vocab_size=int(continuation.shape[0]), special_ids=tuple(int(i) for i in ids),
+      continuation=continuation, text_field=_text_field(config),
+      validation_fraction=float(config.data.validation_fraction), stats=config.stats.to_dict())
+  tokens = tokenizer.convert_ids_to_tokens(list(range(settings.vocab_size)))
+  vocab_text = "".join(f"{t if t is not None else ''}\n" for t in tokens)
+  tokenizer_json = data._plain_backend(tokenizer).to_str()
+  return [f for f, _ in listed], settings, tokenizer_json, meta, vocab_text, output
+
+
+def _text_field(config) -> str:
+  fields = {s.get("text_field") or "text" for s in config.data.sources}
+  if len(fields) > 1:
+    raise ValueError(f"config.data.sources name different text fields {sorted(fields)}; the Beam "
+                     "pipeline reads one (--text_field).")
+  return fields.pop()
+
+
+def run(config, *, output: str | None = None, files=None, text_field: str | None = None,
+        what=BEAM_STAGES, beam_args=(), pair_blocks: int = 32, ngram_partitions: int = 32,
+        batch_chars: int = 4 << 20) -> str:
+  """Builds the statistics with Beam; returns the output directory.
+
+  config: a full experiment config (its data, tokenizer, masking and stats sections are read).
+  output: a directory, local or a Beam file system URL; None: the config's statistics cache
+    (local sources only), where train.py finds them.
+  files, text_field: file patterns and the record field replacing those of config.data.sources.
+  beam_args: pipeline options, e.g. ["--runner=DataflowRunner", "--project=P", ...].
+  """
+  _require_beam()
+  from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+  what = tuple(what)
+  if not what or set(what) - set(BEAM_STAGES):
+    raise ValueError(f"what={what}: choose stages from {BEAM_STAGES} (the rate stage runs the JAX "
+                     "masker: python -m informask_jax.stats build --what=rates).")
+  for name, value in (("pair_blocks", pair_blocks), ("ngram_partitions", ngram_partitions),
+                      ("batch_chars", batch_chars)):
+    if value < 1:
+      raise ValueError(f"{name}={value} must be >= 1.")
+  if files or text_field:
+    config = _with_files(config, files, text_field)
+  patterns = check_config(config)
+  paths, settings, tokenizer_json, meta, vocab_text, output = _launch_state(
+      config, patterns, output)
+  settings = dataclasses.replace(settings, pair_blocks=pair_blocks,
+                                 ngram_partitions=ngram_partitions, batch_chars=batch_chars)
+  options = PipelineOptions(list(beam_args))
+  if options.view_as(StandardOptions).runner is None:
+    # The local batch runner, named: Beam's default, the DirectRunner, first tries its Prism
+    # runner, which it downloads from GitHub (offline: a failure in the log, then a fallback).
+    options.view_as(StandardOptions).runner = "FnApiRunner"
+  meta["built_with"] = {"apache_beam": beam.__version__,
+                        "runner": str(options.view_as(StandardOptions).runner),
+                        "shards": len(paths)}
+  with beam.Pipeline(options=options) as p:
+    results = build_pipeline(p, paths, settings, tokenizer_json, what=what)
+    names = sorted(results)
+    _ = (p | "Once" >> beam.Create([None])
+         | "Write" >> beam.ParDo(_Write(output, meta, vocab_text, names),
+                                 *[beam.pvalue.AsSingleton(results[n]) for n in names]))
+  return output
