@@ -170,7 +170,7 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
   if files or text_field:
     config = _with_files(config, files, text_field)
   patterns = check_config(config)
-  paths, settings, tokenizer_json, meta, vocab_text, output = _launch_state(
+  shards, settings, tokenizer_json, meta, vocab_text, output = _launch_state(
       config, patterns, output)
   settings = dataclasses.replace(settings, pair_blocks=pair_blocks,
                                  ngram_partitions=ngram_partitions, batch_chars=batch_chars)
@@ -181,9 +181,9 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
     options.view_as(StandardOptions).runner = "FnApiRunner"
   meta["built_with"] = {"apache_beam": beam.__version__,
                         "runner": str(options.view_as(StandardOptions).runner),
-                        "shards": len(paths)}
+                        "shards": len(shards)}
   with beam.Pipeline(options=options) as p:
-    results = build_pipeline(p, paths, settings, tokenizer_json, what=what)
+    results = build_pipeline(p, shards, settings, tokenizer_json, what=what)
     names = sorted(results)
     _ = (p | "Once" >> beam.Create([None])
          | "Write" >> beam.ParDo(_Write(output, meta, vocab_text, names),
