@@ -3,19 +3,19 @@
 Sections follow big_vision's train.py: config checks, mesh, input, masking tables, model and
 optimizer, sharded state (or resume), the compiled steps, then the loop with logging, evaluation,
 checkpoints and pre-emption.
+
+The pieces the run uses have modules of their own: the workdir's checks, set-aside and overwrite
+(workdir), this config against a checkpoint's (compatibility), SIGTERM / SIGINT (stopping), the
+profiler window (profiling) and the progress bar with the log lines around it (progress_bar).
 """
 
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import pathlib
-import shutil
-import signal
 import sys
-import threading
 import time
 
 import flax.linen as nn
@@ -23,49 +23,29 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
-from informask_jax import checkpointing, data, distributed, hf_mapping, masking, optim, paths, stats
+from informask_jax import (
+  checkpointing,
+  compatibility,
+  data,
+  distributed,
+  hf_mapping,
+  masking,
+  optim,
+  profiling,
+  progress_bar,
+  stats,
+)
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
 from informask_jax import sharding as sharding_lib
+from informask_jax import stopping as stopping_lib
 from informask_jax import trainer as trainer_lib
+from informask_jax import workdir as workdir_lib
 
 # Masking strategies and the corpus statistics each one needs.
 _STATS_NEEDED = {"informask": ("counts", "pmi", "rates"), "informask_online": ("counts", "pmi"),
                  "pmi_span": ("counts", "ngrams")}
-
-
-# What a run logs into its workdir (metrics.MetricWriter), besides checkpoints and config.
-_LOG_NAMES = ("metrics.jsonl", "tensorboard", "profile")
-
-
-class _ClearBar(logging.Filter):
-  """Clears the progress bar before a log record prints: the line then starts at column 0
-  instead of after the bar, and the bar redraws itself below it at the next step."""
-
-  def __init__(self, bar):
-    super().__init__()
-    self.bar = bar
-
-  def filter(self, record):
-    self.bar.clear()
-    return True
-
-
-@contextlib.contextmanager
-def log_lines_clear(bar):
-  """While the bar shows: every handler of the root logger (absl's, under train.py) clears it
-  first. Not tqdm's logging_redirect_tqdm, which adds its own handler beside absl's, which is no
-  StreamHandler itself: each line would print twice."""
-  handlers, clear = list(logging.getLogger().handlers), _ClearBar(bar)
-  for handler in handlers:
-    handler.addFilter(clear)
-  try:
-    yield
-  finally:
-    for handler in handlers:
-      handler.removeFilter(clear)
 
 
 class TrainingStopped(RuntimeError):
@@ -149,146 +129,13 @@ def _log_topology(config, mesh) -> None:
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].device_kind, dict(mesh.shape))
   # Through plain types: a ConfigDict inside a list (a data source) prints as a Python object.
-  logging.info("Config:\n%s", ml_collections.ConfigDict(_config_json(config)))
+  logging.info("Config:\n%s", ml_collections.ConfigDict(compatibility.config_json(config)))
   if (jax.default_backend() == "cpu" and sys.platform == "linux"
       and "hugetlb" not in os.environ.get("GLIBC_TUNABLES", "")):
     # XLA:CPU's per-step buffers fault in 4 KiB at a time (bench/RESULTS.md, "Page faults").
     logging.info("On a CPU, GLIBC_TUNABLES=glibc.malloc.hugetlb=1 in the environment of this "
                  "command (glibc >= 2.35) saves most of the page faults of every step; see "
                  "bench/RESULTS.md, 'Page faults'.")
-
-
-def _prepare_workdir(workdir: pathlib.Path, config) -> tuple[bool, bool]:
-  """(resume, clear): whether to resume the workdir's latest checkpoint, and whether the old run
-  is to be deleted (config.train.overwrite) once everything else has been checked and built.
-  Refuses to clobber a run by accident."""
-  if workdir.exists() and not workdir.is_dir():
-    raise FileExistsError(f"--workdir {workdir} is a file, not a directory.")
-  if _holds_hf_model(workdir):  # A run writes its own config.json over the model's.
-    raise FileExistsError(
-        f"--workdir {workdir} holds a Hugging Face model (its config.json has a model_type), "
-        "which a run would break by writing its own config.json there. Use another --workdir; "
-        f"to continue pretraining that model, import it first: python convert_checkpoint.py "
-        f"--from-hf {workdir} --out NEW_WORKDIR, then --config.init_from=NEW_WORKDIR.")
-  # Only completed checkpoints count: a run killed during its first save left just a temporary
-  # directory, which orbax removes, and starts afresh.
-  has_run = checkpointing.has_finalized_checkpoint(workdir)
-  if has_run and not config.train.resume and not config.train.overwrite:
-    raise FileExistsError(
-        f"{workdir} already holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)})"
-        " and config.train.resume=False. Use another --workdir, resume (the default), or pass "
-        "--config.train.overwrite=True to delete it and start over.")
-  if has_run and config.train.resume and config.train.overwrite:
-    # overwrite applies to resume=False only: resuming here would ignore what was asked (and
-    # continue the old run, with the new settings, in the belief that it started over).
-    raise ValueError(
-        f"config.train.overwrite=True, but config.train.resume=True (the default): {workdir} "
-        f"holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)}), which would be "
-        "resumed, not deleted. Add --config.train.resume=False to delete it and start over, or "
-        "leave out overwrite to resume it.")
-  resume = has_run and config.train.resume
-  if resume:
-    _check_resume_settings(workdir, config)
-  elif config.init_from:  # Used only by a fresh start (a resume has its own parameters).
-    _check_architecture_early(checkpointing.latest_meta(config.init_from), config,
-                              f"config.init_from={config.init_from}", same_layout=False)
-  checkpoints = checkpointing.checkpoint_dir(workdir)
-  if checkpoints.exists() and not checkpoints.is_dir():
-    raise FileExistsError(f"{checkpoints} is a file; the run writes its checkpoints there. Move "
-                          "it away or use another --workdir.")
-  try:  # Now, not at the first save after hours of training; nothing made (a run refused
-    # later leaves no empty folder behind): the checkpointer makes the directory.
-    paths.check_writable_dir(checkpoints, "Checkpoints directory")
-  except PermissionError as e:
-    raise PermissionError(f"{e} Fix its permissions or use another --workdir.") from None
-  return resume, has_run and not config.train.resume
-
-
-# Settings that change the corpus a vocabulary is trained on.
-_CORPUS_KEYS = ("config.data.sources", "config.data.max_documents",
-                "config.data.validation_fraction")
-
-# Settings that fix the order of the training batches (the checkpoint's iterator position
-# means nothing under others). The data sources are not here: a corpus moved to another path
-# is the same corpus, and the iterator's own check (the number of rows) still runs.
-_DATA_ORDER_KEYS = (("train", "batch_size"), ("train", "seed"), ("data", "seq_len"),
-                    ("data", "packing"), ("data", "validation_fraction"))
-
-
-def _holds_hf_model(workdir: pathlib.Path) -> bool:
-  """Whether `workdir` is a Hugging Face model directory (an export, a download): its
-  config.json has a model_type, which a run's config.json never has."""
-  try:
-    config = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError):
-    return False
-  return isinstance(config, dict) and "model_type" in config
-
-
-def _check_resume_settings(workdir: pathlib.Path, config) -> None:
-  """Refuses, before the vocabulary, the corpus and its statistics are built (hours on a large
-  corpus), a resume whose tokenizer or data-order settings differ from those of the latest
-  checkpoint: the embedding rows are per token id, and the saved iterator position is per batch
-  order. (With a stream the position counts packed rows too, so seq_len and packing matter.)"""
-  meta = checkpointing.latest_meta(workdir)
-  if (meta or {}).get("source") == "import":  # Before the model check: that is not the problem.
-    raise ValueError(
-        f"{workdir} holds parameters imported by convert_checkpoint.py (no optimizer state or "
-        f"data position to resume): train from them in a new --workdir with "
-        f"--config.init_from={workdir}.")
-  _check_architecture_early(meta, config, f"the latest checkpoint in {workdir}",
-                            same_layout=True)
-  saved = (meta or {}).get("config")
-  if not isinstance(saved, dict):  # Unreadable: the resume itself names the damaged step.
-    return
-  current = _config_json(config)
-  changed = _config_changes({"tokenizer": saved.get("tokenizer") or {}},
-                            {"tokenizer": current.get("tokenizer", {})})
-  if changed:
-    raise ValueError(
-        f"Cannot resume the run in {workdir}: its tokenizer settings changed ("
-        f"{'; '.join(changed)}), and its checkpoints' embeddings belong to the old vocabulary. "
-        f"Resume with the run's settings (the latest checkpoint's; its config.json), or start a "
-        f"new run in another --workdir (with --config.init_from={workdir} only if the "
-        f"vocabulary is the same).")
-  changed = [f"config.{section}.{key}: {saved[section][key]!r} -> {current[section][key]!r}"
-             for section, key in _DATA_ORDER_KEYS
-             if isinstance(saved.get(section), dict) and key in saved[section]
-             and saved[section][key] != current[section][key]]
-  if changed:
-    raise ValueError(
-        f"Cannot resume the run in {workdir}: {'; '.join(changed)}. The checkpoint's data "
-        f"position belongs to the run's batch order, which these settings fix. Resume with the "
-        f"run's settings (the latest checkpoint's; its config.json), or keep its parameters and "
-        f"start a new run: another --workdir with --config.init_from={workdir}.")
-
-
-def _set_aside_earlier_logs(workdir: pathlib.Path) -> None:
-  """A fresh start in a workdir whose earlier run never finished a checkpoint: its logs are
-  renamed (kept for a look at why it failed) rather than mixed with the new run's steps."""
-  if jax.process_index() != 0:
-    return
-  found = [workdir / n for n in _LOG_NAMES if (workdir / n).exists()]
-  if not found:
-    return
-  k = 1
-  while any((workdir / f"{p.name}.earlier-{k}").exists() for p in found):
-    k += 1
-  for path in found:
-    path.rename(workdir / f"{path.name}.earlier-{k}")
-  logging.warning("%s held logs of a run without a finished checkpoint; starting afresh, they "
-                  "are kept as %s.", workdir, ", ".join(f"{p.name}.earlier-{k}" for p in found))
-
-
-def _clear_workdir(workdir: pathlib.Path) -> None:
-  """Deletes the old run's checkpoints and logs (config.train.overwrite); process 0 only."""
-  if jax.process_index() != 0:
-    return
-  shutil.rmtree(checkpointing.checkpoint_dir(workdir), ignore_errors=True)
-  for name in _LOG_NAMES:
-    path = workdir / name
-    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-  logging.warning("config.train.overwrite: deleted the earlier run in %s.", workdir)
 
 
 def build_masker(config, pipeline):
@@ -311,75 +158,6 @@ def build_masker(config, pipeline):
       config.masking, vocab_size=pipeline.vocab_size, mask_id=ids.mask,
       special_ids=(ids.pad, ids.unk, ids.cls, ids.sep, ids.mask),
       continuation=pipeline.continuation, **tables)
-
-
-class _StopSignal:
-  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly."""
-
-  def __init__(self):
-    self.received = None
-    self._previous = {}
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    name = signal.Signals(signum).name
-    if name == "SIGINT" and self.received == "SIGINT":
-      # A second Ctrl-C: the user will not wait for the step (a hung one, a long evaluation).
-      # The checkpoints already written are complete; only this step's is given up.
-      self.restore()  # A third one is Python's own KeyboardInterrupt, wherever it lands.
-      raise KeyboardInterrupt
-    if self.received is None:
-      logging.warning("Received %s: stopping after this step, which is saved.%s", name,
-                      " Ctrl-C again stops at once, without saving it." if name == "SIGINT"
-                      else "")
-    self.received = name
-
-  def stop_now(self, step: int, sync_every: int) -> str | None:
-    """Why to stop after `step`, or None; with several processes, the same answer on each.
-
-    A signal may reach one process only, or the processes at different steps; saving is a
-    collective, so they agree (an all-gather of the flags) every `sync_every` steps.
-    """
-    if jax.process_count() == 1:
-      return self.received
-    if step % sync_every:
-      return None
-    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-    if not np.any(flags):
-      return None
-    if self.received is None:
-      self.received = "a signal to another process"
-    return self.received
-
-  def restore(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-class _Profiler:
-  """A jax.profiler trace of the steps after `start` (config.train.profile_*) into `directory`."""
-
-  def __init__(self, directory: pathlib.Path, start: int, count: int):
-    self.directory, self.start, self.end, self.active = directory, start, start + count, False
-
-  def before_step(self, step: int) -> None:
-    if step == self.start and not self.active:
-      jax.profiler.start_trace(str(self.directory))
-      self.active = True
-
-  def after_step(self, step: int, state) -> None:
-    if self.active and step >= self.end:
-      jax.block_until_ready(state)  # Dispatch is asynchronous: the traced steps must finish.
-      self.stop()
-      logging.info("Profiled steps %d-%d into %s (TensorBoard's profile plugin or "
-                   "ui.perfetto.dev).", self.start + 1, step, self.directory)
-
-  def stop(self) -> None:
-    if self.active:
-      self.active = False
-      jax.profiler.stop_trace()
 
 
 def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
@@ -414,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     raise ValueError(f"--workdir {workdir}: only local or mounted paths are supported (mount a "
                      "bucket with gcsfuse or similar to write there).")
   workdir = pathlib.Path(workdir).expanduser()
-  resume, clear = _prepare_workdir(workdir, config)
+  resume, clear = workdir_lib.prepare(workdir, config)
   is_main = jax.process_index() == 0
 
   # --- Mesh --------------------------------------------------------------------------------
@@ -448,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # Unrolled or scanned layers are a layout, not an architecture: convert to this run's.
     init_params = hf_mapping.convert_layout(init_params, mlm_config.scan_layers)
     saved_cfg = dataclasses.replace(saved_cfg, scan_layers=mlm_config.scan_layers)
-    _check_architecture(saved_cfg, mlm_config, f"config.init_from={config.init_from}")
+    compatibility.check_architecture(saved_cfg, mlm_config, f"config.init_from={config.init_from}")
     logging.info("Initialised parameters from %s.", config.init_from)
   state, state_shardings = trainer_lib.init_train_state(
       model, tx, config.train.seed, config.data.seq_len, mesh, rules, params=init_params)
@@ -459,22 +237,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   train_iter = pipeline.train_iterator(config.train.batch_size, seed=config.train.seed)
   with contextlib.ExitStack() as cleanup:
     if clear:  # Everything above checked and built: only now is the old run deleted.
-      distributed.main_process_first("clear workdir", lambda: _clear_workdir(workdir))
+      distributed.main_process_first("clear workdir", lambda: workdir_lib.clear(workdir))
     elif not resume:
-      distributed.main_process_first("earlier logs", lambda: _set_aside_earlier_logs(workdir))
+      distributed.main_process_first("earlier logs",
+                                     lambda: workdir_lib.set_aside_earlier_logs(workdir))
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     cleanup.push(functools.partial(_close_checkpointer, checkpointer))
-    config_json = _config_json(config)
+    config_json = compatibility.config_json(config)
     if resume:
       step = checkpointer.latest_step()
-      saved_meta = checkpointer.read_meta(step)  # An import was refused in _prepare_workdir.
-      _check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]), mlm_config,
-                          f"the checkpoint at step {step} in {workdir}")
-      changed = _config_changes(saved_meta.get("config") or {}, config_json)
+      saved_meta = checkpointer.read_meta(step)  # An import was refused in workdir_lib.prepare.
+      compatibility.check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]),
+                                       mlm_config, f"the checkpoint at step {step} in {workdir}")
+      changed = compatibility.config_changes(saved_meta.get("config") or {}, config_json)
       saved_tokenizer = saved_meta.get("tokenizer_fingerprint")
       if saved_tokenizer not in (None, pipeline.tokenizer_fingerprint):
         if not config.tokenizer.name_or_path:  # Trained here: the vocabulary follows the corpus.
-          corpus_changes = [c for c in changed if c.startswith(_CORPUS_KEYS)]
+          corpus_changes = [c for c in changed if c.startswith(compatibility.CORPUS_KEYS)]
           why = ("the vocabulary is trained on the corpus (config.tokenizer.name_or_path=''), "
                  "and this run's corpus (or the library that trains it) differs" + (
                      f" ({'; '.join(corpus_changes)})" if corpus_changes else "") +
@@ -504,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             f"settings (its config.json), or keep its parameters and start a new run: another "
             f"--workdir with --config.init_from={workdir}.") from None
       logging.info("Resumed from step %d in %s.", step, workdir)
-      _warn_schedule_change(saved_meta, config, step)
+      compatibility.warn_schedule_change(saved_meta, config, step)
       if step >= config.train.num_steps:
         logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
                         "train; raise num_steps to continue.", step, config.train.num_steps)
@@ -532,12 +311,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # --- Loop --------------------------------------------------------------------------------
     writer = cleanup.enter_context(contextlib.closing(metrics_lib.MetricWriter(
         workdir, enabled=is_main, resumed_at=int(jax.device_get(state.step)) if resume else None)))
-    stop = _StopSignal()
+    stop = stopping_lib.StopSignal()
     cleanup.callback(stop.restore)
     # A folder per process: jax.profiler names its files by host and second, so processes
     # sharing a host (one per GPU) would overwrite one another's trace.
-    profiler = _Profiler(workdir / "profile" / f"process_{jax.process_index()}",
-                         config.train.profile_start_step, config.train.profile_steps)
+    profiler = profiling.Profiler(workdir / "profile" / f"process_{jax.process_index()}",
+                                  config.train.profile_start_step, config.train.profile_steps)
     cleanup.callback(profiler.stop)  # A run stopped (or failed) mid-trace still writes it.
     batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
     t = config.train
@@ -556,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     progress = cleanup.enter_context(tqdm.tqdm(
         total=t.num_steps, initial=step, disable=not bar, desc="train", dynamic_ncols=True))
     if bar:
-      cleanup.enter_context(log_lines_clear(progress))
+      cleanup.enter_context(progress_bar.log_lines_clear(progress))
     # tokens/s and MFU count training only: the first step of the process (compilation) and the
     # time of evaluations and checkpoints are left out of the intervals.
     interval_start, interval_steps, first_step = time.time(), 0, True
@@ -658,62 +437,3 @@ def _latest_checkpoint(checkpointer) -> str:
   latest = checkpointer.latest_step()
   return (f"the latest checkpoint is step {latest}" if latest is not None
           else "no checkpoint has been written yet")
-
-
-def _warn_schedule_change(saved_meta: dict, config, step: int) -> None:
-  """A resume with another train.num_steps (allowed: raising it continues a run) also moves the
-  learning-rate decay, which ends at num_steps: say so, with the rate at the resumed step."""
-  saved = ((saved_meta.get("config") or {}).get("train") or {}).get("num_steps")
-  now = config.train.num_steps
-  if saved is None or saved == now or step >= now:
-    return
-  old_rate = float(optim.learning_rate_schedule(config.optim, saved)(step))
-  new_rate = float(optim.learning_rate_schedule(config.optim, now)(step))
-  logging.warning("config.train.num_steps: %d -> %d. The learning rate's %s decay now ends at "
-                  "step %d: at step %d it is %.4g (%.4g on the checkpoint's schedule).", saved,
-                  now, config.optim.schedule, now, step, new_rate, old_rate)
-
-
-def _config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-  """'key: saved -> current' for every leaf that differs (train.* bookkeeping aside)."""
-  out = []
-  for key in sorted(set(saved) | set(current)):
-    name = f"{prefix}{key}"
-    if name in ("train.num_steps", "train.resume", "train.overwrite",
-                "train.profile_start_step", "train.profile_steps"):
-      continue  # Raising num_steps to continue a run is the usual reason to resume.
-    a, b = saved.get(key), current.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _config_changes(a, b, f"{name}.")
-    elif a != b:
-      out.append(f"config.{name}: {a!r} -> {b!r}")
-  return out
-
-
-def _config_json(config) -> dict:
-  """The config as plain JSON types (ConfigDicts nested in lists included)."""
-  return json.loads(config.to_json_best_effort())
-
-
-def _check_architecture_early(meta, config, where: str, *, same_layout: bool) -> None:
-  """The model settings against a checkpoint's, before the vocabulary and the corpus are built:
-  all but the vocabulary size and padding id, which follow the tokenizer (and are compared with
-  the rest once it is built)."""
-  saved = (meta or {}).get("mlm_config")
-  if not isinstance(saved, dict):  # Unreadable: the restore names the damaged step itself.
-    return
-  try:
-    current = model_lib.MLMConfig.from_config(config.model, vocab_size=saved["vocab_size"],
-                                              pad_id=saved["pad_id"])
-  except (KeyError, TypeError):
-    return
-  if not same_layout:  # Unrolled or scanned layers convert into each other (init_from).
-    saved = {**saved, "scan_layers": current.scan_layers}
-  _check_architecture(model_lib.MLMConfig(**saved), current, where)
-
-
-def _check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig, where: str):
-  diffs = checkpointing.architecture_mismatch(dataclasses.asdict(saved), current)
-  if diffs:
-    raise ValueError(f"The model of {where} does not match this run's config:\n  "
-                     + "\n  ".join(diffs))

@@ -16,8 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing, cli, loop, optim
+from informask_jax import checkpointing, cli, compatibility, loop, optim, progress_bar, stopping
 from informask_jax import model as model_lib
+from informask_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -220,11 +221,11 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
       loop.train_and_evaluate(config, tmp_path)
   # Scanned and unrolled layers are one architecture for init_from (converted on load).
   config.model.num_layers, config.model.scan_layers = 1, not config.model.scan_layers
-  loop._check_architecture_early(checkpointing.latest_meta(tmp_path), config, "x",
-                                 same_layout=False)
+  compatibility.check_architecture_early(checkpointing.latest_meta(tmp_path), config, "x",
+                                         same_layout=False)
   with pytest.raises(ValueError, match="model.scan_layers"):
-    loop._check_architecture_early(checkpointing.latest_meta(tmp_path), config, "x",
-                                   same_layout=True)
+    compatibility.check_architecture_early(checkpointing.latest_meta(tmp_path), config, "x",
+                                           same_layout=True)
   config.model.num_layers, config.model.scan_layers = 2, not config.model.scan_layers
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert (tmp_path / "metrics.jsonl").exists()
@@ -352,7 +353,7 @@ def test_a_signal_during_the_last_step_leaves_a_finished_run(tiny_config, tmp_pa
       self.received = "SIGTERM"  # As the handler records it.
     return self.received
 
-  monkeypatch.setattr(loop._StopSignal, "stop_now", signal_at_the_last_step)
+  monkeypatch.setattr(stopping.StopSignal, "stop_now", signal_at_the_last_step)
   result = loop.train_and_evaluate(config, tmp_path)
   assert result["step"] == 2 and not result["preempted"] and result["stopped_by"] is None
   assert checkpointing.Checkpointer(tmp_path).latest_step() == 2
@@ -649,21 +650,21 @@ def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path, monkeyp
   (tmp_path / "filed" / "checkpoints").parent.mkdir()
   (tmp_path / "filed" / "checkpoints").write_text("")
   with pytest.raises(FileExistsError, match=r"filed/checkpoints is a file"):
-    loop._prepare_workdir(tmp_path / "filed", tiny_config)
+    workdir_lib.prepare(tmp_path / "filed", tiny_config)
   # A workdir that can be written: checked without making anything (a run refused later, e.g.
   # for an impossible mesh, leaves no empty folder).
-  assert loop._prepare_workdir(tmp_path / "new" / "run", tiny_config) == (False, False)
+  assert workdir_lib.prepare(tmp_path / "new" / "run", tiny_config) == (False, False)
   assert not (tmp_path / "new").exists()
 
   def refused(**kwargs):  # A read-only mount or directory (root ignores mode bits here).
     raise PermissionError(13, "Permission denied", kwargs["dir"])
 
-  monkeypatch.setattr(loop.paths.tempfile, "mkdtemp", refused)
+  monkeypatch.setattr(workdir_lib.paths.tempfile, "mkdtemp", refused)
   (tmp_path / "locked").mkdir()
   with pytest.raises(PermissionError, match=r"Checkpoints directory .*locked/checkpoints cannot be "
                                             r"written: creating a directory in .*locked fails "
                                             r"\(Permission denied\)\. Fix its permissions"):
-    loop._prepare_workdir(tmp_path / "locked", tiny_config)
+    workdir_lib.prepare(tmp_path / "locked", tiny_config)
   (tmp_path / "afile").write_text("")
   with pytest.raises(FileExistsError, match="afile is a file, not a directory"):
     loop.train_and_evaluate(tiny_config, tmp_path / "afile")
@@ -675,7 +676,7 @@ def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path, monkeyp
 def test_resume_names_the_config_changes():
   saved = {"masking": {"name": "informask", "mask_prob": 0.15}, "train": {"num_steps": 10}}
   now = {"masking": {"name": "span", "mask_prob": 0.15}, "train": {"num_steps": 20}}
-  assert loop._config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
+  assert compatibility.config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
 
 
 # --- The loop's bookkeeping (from a mutation audit): log windows, final and retried saves, the
@@ -783,12 +784,12 @@ def test_overwrite_without_resume_false_is_refused_not_ignored(tiny_config, tmp_
   keys (it resumed the old run, ignoring the overwrite asked for); harmless in a new workdir."""
   mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
   tiny_config.train.overwrite = True
-  assert loop._prepare_workdir(tmp_path, tiny_config) == (False, False)
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
   checkpointing.save_initial_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)}, mlm_config)
   with pytest.raises(ValueError, match=r"config.train.overwrite=True, but config.train.resume="
                                        r"True .* would be resumed, not deleted\. Add "
                                        r"--config.train.resume=False"):
-    loop._prepare_workdir(tmp_path, tiny_config)
+    workdir_lib.prepare(tmp_path, tiny_config)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [0]
 
 
@@ -797,12 +798,12 @@ def test_a_fresh_start_without_a_run_sets_logs_aside_and_never_deletes_them(tiny
   """resume=False in a workdir without a finished checkpoint is not an overwrite: the old logs are
   set aside, and a second such start picks the next free suffix rather than replacing them."""
   tiny_config.train.resume = False
-  assert loop._prepare_workdir(tmp_path, tiny_config) == (False, False)
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
   for text in ("first\n", "second\n"):
     (tmp_path / "metrics.jsonl").write_text(text)
     (tmp_path / "tensorboard").mkdir()
     (tmp_path / "tensorboard" / "events").write_text(text)
-    loop._set_aside_earlier_logs(tmp_path)
+    workdir_lib.set_aside_earlier_logs(tmp_path)
   assert (tmp_path / "metrics.jsonl.earlier-1").read_text() == "first\n"
   assert (tmp_path / "metrics.jsonl.earlier-2").read_text() == "second\n"
   assert (tmp_path / "tensorboard.earlier-2" / "events").read_text() == "second\n"
@@ -810,15 +811,15 @@ def test_a_fresh_start_without_a_run_sets_logs_aside_and_never_deletes_them(tiny
 
 
 def test_a_stop_signal_is_acted_on_at_once_alone_and_at_a_sync_step_with_others(monkeypatch):
-  stop = loop._StopSignal()
+  stop = stopping.StopSignal()
   try:
     stop.received = "SIGTERM"  # One process: no one to agree with, stop after this step.
     assert stop.stop_now(3, 10) == "SIGTERM"
     stop.received = None
     assert stop.stop_now(10, 10) is None
-    monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(stopping.jax, "process_count", lambda: 2)
     flags = [np.array([0, 1], np.int32)]  # Process 1 got the signal, this process did not.
-    monkeypatch.setattr(loop.multihost_utils, "process_allgather", lambda x: flags[0])
+    monkeypatch.setattr(stopping.multihost_utils, "process_allgather", lambda x: flags[0])
     assert stop.stop_now(3, 10) is None  # Not a sync step: no collective, no stop.
     assert stop.stop_now(20, 10) == "a signal to another process"
     stop.received, flags[0] = None, np.array([0, 0], np.int32)
@@ -832,7 +833,7 @@ def test_a_second_ctrl_c_stops_at_once_and_sigterm_never_does(caplog):
   second one raises KeyboardInterrupt at once, for a step or evaluation the user will not wait
   for. A scheduler repeating SIGTERM must not abort the save it asked for."""
   before = signal.getsignal(signal.SIGINT)
-  stop = loop._StopSignal()
+  stop = stopping.StopSignal()
   try:
     with caplog.at_level(logging.WARNING):
       os.kill(os.getpid(), signal.SIGTERM)
@@ -869,7 +870,7 @@ def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_pat
   def second_ctrl_c(self, step, sync_every):
     raise KeyboardInterrupt
   with monkeypatch.context() as m:
-    m.setattr(loop._StopSignal, "stop_now", second_ctrl_c)
+    m.setattr(stopping.StopSignal, "stop_now", second_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
       loop.train_and_evaluate(config, tmp_path)
   assert len(made) == 1 and not waited
@@ -920,15 +921,15 @@ def test_a_resume_in_another_batch_order_is_refused_for_every_key_that_fixes_it(
     tiny_config, tmp_path, monkeypatch, section, key, value):
   """Each setting that fixes the batch order is refused by name, before the corpus is read (the
   checkpoint's data position means nothing under another); settings that do not are let through."""
-  saved = loop._config_json(tiny_config)
-  monkeypatch.setattr(loop.checkpointing, "latest_meta", lambda workdir: {"config": saved})
+  saved = compatibility.config_json(tiny_config)
+  monkeypatch.setattr(compatibility.checkpointing, "latest_meta", lambda workdir: {"config": saved})
   tiny_config.train.log_every = 7  # Not a data-order setting: a resume may change it.
-  loop._check_resume_settings(tmp_path, tiny_config)
+  compatibility.check_resume_settings(tmp_path, tiny_config)
   old = tiny_config[section][key]
   tiny_config[section][key] = value
   with pytest.raises(ValueError, match=rf"Cannot resume the run in .*: config\.{section}\.{key}: "
                                        rf"{old!r} -> {value!r}\. The checkpoint's data position"):
-    loop._check_resume_settings(tmp_path, tiny_config)
+    compatibility.check_resume_settings(tmp_path, tiny_config)
 
 
 def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_path, monkeypatch,
@@ -988,7 +989,7 @@ def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_p
       self.received = "SIGTERM"
     return self.received
 
-  monkeypatch.setattr(loop._StopSignal, "stop_now", signal_after_step_1)
+  monkeypatch.setattr(stopping.StopSignal, "stop_now", signal_after_step_1)
   with monkeypatch.context() as m, caplog.at_level(logging.WARNING):
     m.setattr(checkpointing.Checkpointer, "save", lambda *args, **kwargs: False)
     result = loop.train_and_evaluate(config, tmp_path)
@@ -1048,7 +1049,7 @@ def test_log_lines_start_on_their_own_line_under_the_progress_bar():
       logging.getLogger("informask_jax.loop").warning("Step 3: eval loss 7.1")
       bar.update(1)
       bar.refresh()
-      with loop.log_lines_clear(bar):
+      with progress_bar.log_lines_clear(bar):
         logging.getLogger("informask_jax.loop").warning("Step 4: eval loss 7.0")
       bar.update(1)
       bar.refresh()  # Drawn again below the line.

@@ -1,0 +1,118 @@
+"""This run's config against a checkpoint's: the settings a resume must keep (the tokenizer, the
+batch order), the model architecture (a resume's or config.init_from's), and the differences a
+resume warns about. `config_json` is the config as a run saves it (config.json, checkpoint meta)."""
+
+import dataclasses
+import json
+import logging
+import pathlib
+
+from informask_jax import checkpointing, optim
+from informask_jax import model as model_lib
+
+# Settings that change the corpus a vocabulary is trained on.
+CORPUS_KEYS = ("config.data.sources", "config.data.max_documents",
+               "config.data.validation_fraction")
+
+# Settings that fix the order of the training batches (the checkpoint's iterator position
+# means nothing under others). The data sources are not here: a corpus moved to another path
+# is the same corpus, and the iterator's own check (the number of rows) still runs.
+_DATA_ORDER_KEYS = (("train", "batch_size"), ("train", "seed"), ("data", "seq_len"),
+                    ("data", "packing"), ("data", "validation_fraction"))
+
+
+def check_resume_settings(workdir: pathlib.Path, config) -> None:
+  """Refuses, before the vocabulary, the corpus and its statistics are built (hours on a large
+  corpus), a resume whose tokenizer or data-order settings differ from those of the latest
+  checkpoint: the embedding rows are per token id, and the saved iterator position is per batch
+  order. (With a stream the position counts packed rows too, so seq_len and packing matter.)"""
+  meta = checkpointing.latest_meta(workdir)
+  if (meta or {}).get("source") == "import":  # Before the model check: that is not the problem.
+    raise ValueError(
+        f"{workdir} holds parameters imported by convert_checkpoint.py (no optimizer state or "
+        f"data position to resume): train from them in a new --workdir with "
+        f"--config.init_from={workdir}.")
+  check_architecture_early(meta, config, f"the latest checkpoint in {workdir}",
+                           same_layout=True)
+  saved = (meta or {}).get("config")
+  if not isinstance(saved, dict):  # Unreadable: the resume itself names the damaged step.
+    return
+  current = config_json(config)
+  changed = config_changes({"tokenizer": saved.get("tokenizer") or {}},
+                           {"tokenizer": current.get("tokenizer", {})})
+  if changed:
+    raise ValueError(
+        f"Cannot resume the run in {workdir}: its tokenizer settings changed ("
+        f"{'; '.join(changed)}), and its checkpoints' embeddings belong to the old vocabulary. "
+        f"Resume with the run's settings (the latest checkpoint's; its config.json), or start a "
+        f"new run in another --workdir (with --config.init_from={workdir} only if the "
+        f"vocabulary is the same).")
+  changed = [f"config.{section}.{key}: {saved[section][key]!r} -> {current[section][key]!r}"
+             for section, key in _DATA_ORDER_KEYS
+             if isinstance(saved.get(section), dict) and key in saved[section]
+             and saved[section][key] != current[section][key]]
+  if changed:
+    raise ValueError(
+        f"Cannot resume the run in {workdir}: {'; '.join(changed)}. The checkpoint's data "
+        f"position belongs to the run's batch order, which these settings fix. Resume with the "
+        f"run's settings (the latest checkpoint's; its config.json), or keep its parameters and "
+        f"start a new run: another --workdir with --config.init_from={workdir}.")
+
+
+def warn_schedule_change(saved_meta: dict, config, step: int) -> None:
+  """A resume with another train.num_steps (allowed: raising it continues a run) also moves the
+  learning-rate decay, which ends at num_steps: say so, with the rate at the resumed step."""
+  saved = ((saved_meta.get("config") or {}).get("train") or {}).get("num_steps")
+  now = config.train.num_steps
+  if saved is None or saved == now or step >= now:
+    return
+  old_rate = float(optim.learning_rate_schedule(config.optim, saved)(step))
+  new_rate = float(optim.learning_rate_schedule(config.optim, now)(step))
+  logging.warning("config.train.num_steps: %d -> %d. The learning rate's %s decay now ends at "
+                  "step %d: at step %d it is %.4g (%.4g on the checkpoint's schedule).", saved,
+                  now, config.optim.schedule, now, step, new_rate, old_rate)
+
+
+def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """'key: saved -> current' for every leaf that differs (train.* bookkeeping aside)."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    name = f"{prefix}{key}"
+    if name in ("train.num_steps", "train.resume", "train.overwrite",
+                "train.profile_start_step", "train.profile_steps"):
+      continue  # Raising num_steps to continue a run is the usual reason to resume.
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_changes(a, b, f"{name}.")
+    elif a != b:
+      out.append(f"config.{name}: {a!r} -> {b!r}")
+  return out
+
+
+def config_json(config) -> dict:
+  """The config as plain JSON types (ConfigDicts nested in lists included)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def check_architecture_early(meta, config, where: str, *, same_layout: bool) -> None:
+  """The model settings against a checkpoint's, before the vocabulary and the corpus are built:
+  all but the vocabulary size and padding id, which follow the tokenizer (and are compared with
+  the rest once it is built)."""
+  saved = (meta or {}).get("mlm_config")
+  if not isinstance(saved, dict):  # Unreadable: the restore names the damaged step itself.
+    return
+  try:
+    current = model_lib.MLMConfig.from_config(config.model, vocab_size=saved["vocab_size"],
+                                              pad_id=saved["pad_id"])
+  except (KeyError, TypeError):
+    return
+  if not same_layout:  # Unrolled or scanned layers convert into each other (init_from).
+    saved = {**saved, "scan_layers": current.scan_layers}
+  check_architecture(model_lib.MLMConfig(**saved), current, where)
+
+
+def check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig, where: str):
+  diffs = checkpointing.architecture_mismatch(dataclasses.asdict(saved), current)
+  if diffs:
+    raise ValueError(f"The model of {where} does not match this run's config:\n  "
+                     + "\n  ".join(diffs))

@@ -1,0 +1,100 @@
+"""A run's workdir before training: the refusals of a workdir that cannot take the run (a file, a
+Hugging Face model, a run it would clobber, or resume against its config, no write permission),
+and the old run's logs set aside (a fresh start) or deleted (config.train.overwrite)."""
+
+import json
+import logging
+import pathlib
+import shutil
+
+import jax
+
+from informask_jax import checkpointing, compatibility, paths
+
+# What a run logs into its workdir (metrics.MetricWriter), besides checkpoints and config.
+LOG_NAMES = ("metrics.jsonl", "tensorboard", "profile")
+
+
+def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
+  """(resume, clear): whether to resume the workdir's latest checkpoint, and whether the old run
+  is to be deleted (config.train.overwrite) once everything else has been checked and built.
+  Refuses to clobber a run by accident."""
+  if workdir.exists() and not workdir.is_dir():
+    raise FileExistsError(f"--workdir {workdir} is a file, not a directory.")
+  if _holds_hf_model(workdir):  # A run writes its own config.json over the model's.
+    raise FileExistsError(
+        f"--workdir {workdir} holds a Hugging Face model (its config.json has a model_type), "
+        "which a run would break by writing its own config.json there. Use another --workdir; "
+        f"to continue pretraining that model, import it first: python convert_checkpoint.py "
+        f"--from-hf {workdir} --out NEW_WORKDIR, then --config.init_from=NEW_WORKDIR.")
+  # Only completed checkpoints count: a run killed during its first save left just a temporary
+  # directory, which orbax removes, and starts afresh.
+  has_run = checkpointing.has_finalized_checkpoint(workdir)
+  if has_run and not config.train.resume and not config.train.overwrite:
+    raise FileExistsError(
+        f"{workdir} already holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)})"
+        " and config.train.resume=False. Use another --workdir, resume (the default), or pass "
+        "--config.train.overwrite=True to delete it and start over.")
+  if has_run and config.train.resume and config.train.overwrite:
+    # overwrite applies to resume=False only: resuming here would ignore what was asked (and
+    # continue the old run, with the new settings, in the belief that it started over).
+    raise ValueError(
+        f"config.train.overwrite=True, but config.train.resume=True (the default): {workdir} "
+        f"holds a run (checkpoints in {checkpointing.checkpoint_dir(workdir)}), which would be "
+        "resumed, not deleted. Add --config.train.resume=False to delete it and start over, or "
+        "leave out overwrite to resume it.")
+  resume = has_run and config.train.resume
+  if resume:
+    compatibility.check_resume_settings(workdir, config)
+  elif config.init_from:  # Used only by a fresh start (a resume has its own parameters).
+    compatibility.check_architecture_early(
+        checkpointing.latest_meta(config.init_from), config,
+        f"config.init_from={config.init_from}", same_layout=False)
+  checkpoints = checkpointing.checkpoint_dir(workdir)
+  if checkpoints.exists() and not checkpoints.is_dir():
+    raise FileExistsError(f"{checkpoints} is a file; the run writes its checkpoints there. Move "
+                          "it away or use another --workdir.")
+  try:  # Now, not at the first save after hours of training; nothing made (a run refused
+    # later leaves no empty folder behind): the checkpointer makes the directory.
+    paths.check_writable_dir(checkpoints, "Checkpoints directory")
+  except PermissionError as e:
+    raise PermissionError(f"{e} Fix its permissions or use another --workdir.") from None
+  return resume, has_run and not config.train.resume
+
+
+def _holds_hf_model(workdir: pathlib.Path) -> bool:
+  """Whether `workdir` is a Hugging Face model directory (an export, a download): its
+  config.json has a model_type, which a run's config.json never has."""
+  try:
+    config = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(config, dict) and "model_type" in config
+
+
+def set_aside_earlier_logs(workdir: pathlib.Path) -> None:
+  """A fresh start in a workdir whose earlier run never finished a checkpoint: its logs are
+  renamed (kept for a look at why it failed) rather than mixed with the new run's steps."""
+  if jax.process_index() != 0:
+    return
+  found = [workdir / n for n in LOG_NAMES if (workdir / n).exists()]
+  if not found:
+    return
+  k = 1
+  while any((workdir / f"{p.name}.earlier-{k}").exists() for p in found):
+    k += 1
+  for path in found:
+    path.rename(workdir / f"{path.name}.earlier-{k}")
+  logging.warning("%s held logs of a run without a finished checkpoint; starting afresh, they "
+                  "are kept as %s.", workdir, ", ".join(f"{p.name}.earlier-{k}" for p in found))
+
+
+def clear(workdir: pathlib.Path) -> None:
+  """Deletes the old run's checkpoints and logs (config.train.overwrite); process 0 only."""
+  if jax.process_index() != 0:
+    return
+  shutil.rmtree(checkpointing.checkpoint_dir(workdir), ignore_errors=True)
+  for name in LOG_NAMES:
+    path = workdir / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+  logging.warning("config.train.overwrite: deleted the earlier run in %s.", workdir)
