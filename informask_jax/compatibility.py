@@ -59,6 +59,29 @@ def check_resume_settings(workdir: pathlib.Path, config) -> None:
         f"start a new run: another --workdir with --config.init_from={workdir}.")
 
 
+def check_tokenizer(saved_meta: dict, fingerprint: str, changed: list[str], config,
+                    where: str) -> None:
+  """Refuses a resume whose tokenizer is not the checkpoint's (token ids would mean other
+  tokens), saying why it changed: the corpus a trained vocabulary follows (`changed`, this
+  config against the checkpoint's), or an edited vocabulary file. `where` names the run and
+  its step."""
+  saved_tokenizer = saved_meta.get("tokenizer_fingerprint")
+  if saved_tokenizer not in (None, fingerprint):
+    if not config.tokenizer.name_or_path:  # Trained here: the vocabulary follows the corpus.
+      corpus_changes = [c for c in changed if c.startswith(CORPUS_KEYS)]
+      why = ("the vocabulary is trained on the corpus (config.tokenizer.name_or_path=''), "
+             "and this run's corpus (or the library that trains it) differs" + (
+                 f" ({'; '.join(corpus_changes)})" if corpus_changes else "") +
+             ". Resume with the run's data settings (its config.json)")
+    else:
+      why = (f"though the settings match, the tokenizer of config.tokenizer.name_or_path="
+             f"{config.tokenizer.name_or_path!r} changed: the vocabulary file was edited? "
+             "Restore it")
+    raise ValueError(
+        f"Cannot resume the run in {where}: this run's tokenizer is not the one the checkpoint "
+        f"was trained with: {why}, or start a new run in another --workdir.")
+
+
 def warn_schedule_change(saved_meta: dict, config, step: int) -> None:
   """A resume with another train.num_steps (allowed: raising it continues a run) also moves the
   learning-rate decay, which ends at num_steps: say so, with the rate at the resumed step."""

@@ -250,22 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       compatibility.check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]),
                                        mlm_config, f"the checkpoint at step {step} in {workdir}")
       changed = compatibility.config_changes(saved_meta.get("config") or {}, config_json)
-      saved_tokenizer = saved_meta.get("tokenizer_fingerprint")
-      if saved_tokenizer not in (None, pipeline.tokenizer_fingerprint):
-        if not config.tokenizer.name_or_path:  # Trained here: the vocabulary follows the corpus.
-          corpus_changes = [c for c in changed if c.startswith(compatibility.CORPUS_KEYS)]
-          why = ("the vocabulary is trained on the corpus (config.tokenizer.name_or_path=''), "
-                 "and this run's corpus (or the library that trains it) differs" + (
-                     f" ({'; '.join(corpus_changes)})" if corpus_changes else "") +
-                 ". Resume with the run's data settings (its config.json)")
-        else:
-          why = (f"though the settings match, the tokenizer of config.tokenizer.name_or_path="
-                 f"{config.tokenizer.name_or_path!r} changed: the vocabulary file was edited? "
-                 "Restore it")
-        raise ValueError(
-            f"Cannot resume the run in {workdir} (step {step}): this run's tokenizer is not the "
-            f"one the checkpoint was trained with: {why}, or start a new run in another "
-            f"--workdir.")
+      compatibility.check_tokenizer(saved_meta, pipeline.tokenizer_fingerprint, changed,
+                                    config, f"{workdir} (step {step})")
       if changed:
         logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
                         "\n  ".join(changed))
