@@ -554,7 +554,7 @@ def test_byte_level_bpe_sentences_tokenize_as_the_whole_text():
 def test_token_less_sentences_take_no_sentence_id(bert_tokenizer):
   """A sentence that tokenizes to nothing (only accents, stripped) leaves no gap in the ids: they
   count a document's non-empty sentences, and restart at 0 in the next document."""
-  backend = data._plain_backend(bert_tokenizer)
+  backend = data.plain_backend(bert_tokenizer)
   texts = ["Hello there.\n\u0301\u0301\nWorld.", "Again here."]
   assert len(data.split_sentences(texts[0])) == 3
   ids, sids, lengths = data.encode_documents(texts, backend)
@@ -731,7 +731,7 @@ def _streaming(texts, bert_tokenizer, batch, **kw):
 
 
 def _packed_rows(texts, bert_tokenizer):
-  flat = data.encode_documents(texts, data._plain_backend(bert_tokenizer))
+  flat = data.encode_documents(texts, data.plain_backend(bert_tokenizer))
   return data.pack_sequences(flat, 8, tokenization.special_ids(bert_tokenizer),
                              "full_sentences")["token_ids"]
 

@@ -45,11 +45,11 @@ from informask_jax.data.sentences import (
     PARALLEL_MIN_DOCUMENTS,
     TOKENIZED_FORMAT,
     encode_documents,
+    plain_backend,
     split_sentences,
     tokenize_corpus,
     tokenized_cache_key,
 )
-from informask_jax.data.sentences import _plain_backend as _plain_backend
 from informask_jax.data.sentences import _progress_bars as _progress_bars
 from informask_jax.data.streaming import StreamingBatchIterator
 
@@ -67,6 +67,7 @@ __all__ = [
     "build_input_pipeline",
     "check_config",
     "encode_documents",
+    "plain_backend",
     "eval_batches",
     "make_global_batch",
     "max_sequence_length",

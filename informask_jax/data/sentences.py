@@ -66,7 +66,7 @@ def split_sentences(text):
 
 # --- Tokenization -------------------------------------------------------------------------------
 
-def _plain_backend(tokenizer):
+def plain_backend(tokenizer):
   """The Rust tokenizer without padding or truncation (a hub tokenizer may carry either)."""
   backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
   backend.no_padding()
@@ -130,7 +130,7 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   version; `fingerprint` passes a corpus fingerprint already computed. A streaming
   `IterableDataset` is mapped lazily. Documents with no token are dropped.
   """
-  backend = _plain_backend(tokenizer)
+  backend = plain_backend(tokenizer)
   if isinstance(dataset, datasets.IterableDataset):
     return dataset.map(_tokenize_batch, batched=True, fn_kwargs={"backend": backend},
                        remove_columns=["text"], features=_TOKENIZED_FEATURES)

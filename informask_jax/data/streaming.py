@@ -8,7 +8,7 @@ import numpy as np
 from informask_jax.data.batches import _host, _local_batch_size
 from informask_jax.data.iterator_state import _check_saved_settings, _saved_ints
 from informask_jax.data.packing import pack_sequences
-from informask_jax.data.sentences import _plain_backend, encode_documents
+from informask_jax.data.sentences import encode_documents, plain_backend
 
 
 class StreamingBatchIterator:
@@ -26,7 +26,7 @@ class StreamingBatchIterator:
                shuffle=True, shuffle_buffer=10_000, chunk_documents=1000, process_index=None,
                process_count=None):
     self.texts, self.seq_len, self.special_ids, self.mode = texts, seq_len, special_ids, mode
-    self.backend = _plain_backend(tokenizer)
+    self.backend = plain_backend(tokenizer)
     self.global_batch_size = int(global_batch_size)
     self.process_index, self.process_count = _host(process_index, process_count)
     self.local_batch_size = _local_batch_size(self.global_batch_size, self.process_count)

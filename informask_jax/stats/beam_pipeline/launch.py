@@ -133,7 +133,7 @@ def _launch_state(config, patterns, output):
       validation_fraction=float(config.data.validation_fraction), stats=config.stats.to_dict())
   tokens = tokenizer.convert_ids_to_tokens(list(range(settings.vocab_size)))
   vocab_text = "".join(f"{t if t is not None else ''}\n" for t in tokens)
-  tokenizer_json = data._plain_backend(tokenizer).to_str()
+  tokenizer_json = data.plain_backend(tokenizer).to_str()
   return [f for f, _ in listed], settings, tokenizer_json, meta, vocab_text, output
 
 
