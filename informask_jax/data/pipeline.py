@@ -81,9 +81,7 @@ def check_config(config):
   if os.path.exists(cache) and not os.path.isdir(cache):
     raise ValueError(f"config.data.cache_dir={data.cache_dir!r} is a file; it must be a "
                      "directory (created when missing).")
-  if not 0 <= data.validation_fraction < 1:
-    raise ValueError(f"config.data.validation_fraction={data.validation_fraction} must be in "
-                     "[0, 1).")
+  corpus_lib.check_validation_fraction(data.validation_fraction)
   for key, least in (("num_proc", 1), ("prefetch", 1)):
     value = data.get(key, least)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:

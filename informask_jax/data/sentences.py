@@ -25,9 +25,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the splitter or the tokenized layout changes: it is part of the cache key.
 TOKENIZED_FORMAT = "sentences-v2"
-# Corpora smaller than this are tokenized in one process (the Rust tokenizer is parallel already,
-# and starting workers costs more than it saves).
-PARALLEL_MIN_DOCUMENTS = 50_000
+# The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
+PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
 # --- Sentence splitting -------------------------------------------------------------------------
 # A sentence ends at . ! or ? (then optional closing quotes/brackets), followed by whitespace and a

@@ -37,14 +37,13 @@ def _require_beam():
 
 def check_config(config) -> list[str]:
   """Errors raised before anything runs; returns the file patterns to read."""
+  from informask_jax import corpus
   build_lib.check_config(config)
   if int(config.data.get("max_documents", -1)) >= 0:
     raise ValueError(f"config.data.max_documents={config.data.max_documents}: 'the first N "
                      "documents' has no meaning in a parallel pipeline; use -1 and shard the "
                      "input files instead.")
-  if not 0 <= config.data.validation_fraction < 1:
-    raise ValueError(f"config.data.validation_fraction={config.data.validation_fraction} must be "
-                     "in [0, 1).")
+  corpus.check_validation_fraction(config.data.validation_fraction)
   patterns = []
   for i, source in enumerate(config.data.sources):
     if source.kind != "files":
