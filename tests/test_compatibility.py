@@ -1,4 +1,5 @@
-"""compatibility.check_tokenizer: a resume with another tokenizer is refused, saying why."""
+"""compatibility: a resume with another tokenizer, or with settings that change the batch order, is
+refused, naming what changed."""
 
 import ml_collections
 import pytest
@@ -32,3 +33,27 @@ def test_a_named_vocabulary_that_changed_is_said_to_be_edited():
                                        r"run in another --workdir"):
     compatibility.check_tokenizer({"tokenizer_fingerprint": "abc"}, "xyz", [],
                                   _config("vocab.txt"), "runs/x (step 2)")
+
+
+def test_resume_names_the_config_changes():
+  saved = {"masking": {"name": "informask", "mask_prob": 0.15}, "train": {"num_steps": 10}}
+  now = {"masking": {"name": "span", "mask_prob": 0.15}, "train": {"num_steps": 20}}
+  assert compatibility.config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("train", "batch_size", 64), ("train", "seed", 7), ("data", "seq_len", 64),
+    ("data", "packing", "doc_padded"), ("data", "validation_fraction", 0.5)])
+def test_a_resume_in_another_batch_order_is_refused_for_every_key_that_fixes_it(
+    tiny_config, tmp_path, monkeypatch, section, key, value):
+  """Each setting that fixes the batch order is refused by name, before the corpus is read (the
+  checkpoint's data position means nothing under another); settings that do not are let through."""
+  saved = compatibility.config_json(tiny_config)
+  monkeypatch.setattr(compatibility.checkpointing, "latest_meta", lambda workdir: {"config": saved})
+  tiny_config.train.log_every = 7  # Not a data-order setting: a resume may change it.
+  compatibility.check_resume_settings(tmp_path, tiny_config)
+  old = tiny_config[section][key]
+  tiny_config[section][key] = value
+  with pytest.raises(ValueError, match=rf"Cannot resume the run in .*: config\.{section}\.{key}: "
+                                       rf"{old!r} -> {value!r}\. The checkpoint's data position"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing, cli, compatibility, loop, optim, progress_bar, stopping
+from informask_jax import checkpointing, cli, compatibility, loop, optim, stopping
 from informask_jax import model as model_lib
 from informask_jax import workdir as workdir_lib
 
@@ -673,12 +673,6 @@ def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path, monkeyp
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
 
 
-def test_resume_names_the_config_changes():
-  saved = {"masking": {"name": "informask", "mask_prob": 0.15}, "train": {"num_steps": 10}}
-  now = {"masking": {"name": "span", "mask_prob": 0.15}, "train": {"num_steps": 20}}
-  assert compatibility.config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
-
-
 # --- The loop's bookkeeping (from a mutation audit): log windows, final and retried saves, the
 # best checkpoint, overwrite, stop signals, pooled evaluation ------------------------------
 
@@ -779,81 +773,6 @@ def test_a_hugging_face_model_directory_is_refused_as_workdir(tiny_config, tmp_p
   assert (tmp_path / "config.json").read_text() == model_config
 
 
-def test_overwrite_without_resume_false_is_refused_not_ignored(tiny_config, tmp_path):
-  """overwrite=True with resume left at True in a workdir holding a run: refused, naming both
-  keys (it resumed the old run, ignoring the overwrite asked for); harmless in a new workdir."""
-  mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
-  tiny_config.train.overwrite = True
-  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
-  checkpointing.save_initial_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)}, mlm_config)
-  with pytest.raises(ValueError, match=r"config.train.overwrite=True, but config.train.resume="
-                                       r"True .* would be resumed, not deleted\. Add "
-                                       r"--config.train.resume=False"):
-    workdir_lib.prepare(tmp_path, tiny_config)
-  assert checkpointing.Checkpointer(tmp_path).all_steps() == [0]
-
-
-def test_a_fresh_start_without_a_run_sets_logs_aside_and_never_deletes_them(tiny_config,
-                                                                            tmp_path):
-  """resume=False in a workdir without a finished checkpoint is not an overwrite: the old logs are
-  set aside, and a second such start picks the next free suffix rather than replacing them."""
-  tiny_config.train.resume = False
-  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
-  for text in ("first\n", "second\n"):
-    (tmp_path / "metrics.jsonl").write_text(text)
-    (tmp_path / "tensorboard").mkdir()
-    (tmp_path / "tensorboard" / "events").write_text(text)
-    workdir_lib.set_aside_earlier_logs(tmp_path)
-  assert (tmp_path / "metrics.jsonl.earlier-1").read_text() == "first\n"
-  assert (tmp_path / "metrics.jsonl.earlier-2").read_text() == "second\n"
-  assert (tmp_path / "tensorboard.earlier-2" / "events").read_text() == "second\n"
-  assert not (tmp_path / "metrics.jsonl").exists()
-
-
-def test_a_stop_signal_is_acted_on_at_once_alone_and_at_a_sync_step_with_others(monkeypatch):
-  stop = stopping.StopSignal()
-  try:
-    stop.received = "SIGTERM"  # One process: no one to agree with, stop after this step.
-    assert stop.stop_now(3, 10) == "SIGTERM"
-    stop.received = None
-    assert stop.stop_now(10, 10) is None
-    monkeypatch.setattr(stopping.jax, "process_count", lambda: 2)
-    flags = [np.array([0, 1], np.int32)]  # Process 1 got the signal, this process did not.
-    monkeypatch.setattr(stopping.multihost_utils, "process_allgather", lambda x: flags[0])
-    assert stop.stop_now(3, 10) is None  # Not a sync step: no collective, no stop.
-    assert stop.stop_now(20, 10) == "a signal to another process"
-    stop.received, flags[0] = None, np.array([0, 0], np.int32)
-    assert stop.stop_now(30, 10) is None
-  finally:
-    stop.restore()
-
-
-def test_a_second_ctrl_c_stops_at_once_and_sigterm_never_does(caplog):
-  """The first SIGINT asks for a saved stop after the step (and says Ctrl-C again skips it); a
-  second one raises KeyboardInterrupt at once, for a step or evaluation the user will not wait
-  for. A scheduler repeating SIGTERM must not abort the save it asked for."""
-  before = signal.getsignal(signal.SIGINT)
-  stop = stopping.StopSignal()
-  try:
-    with caplog.at_level(logging.WARNING):
-      os.kill(os.getpid(), signal.SIGTERM)
-      os.kill(os.getpid(), signal.SIGTERM)
-      assert stop.received == "SIGTERM"
-      stop.received = None
-      os.kill(os.getpid(), signal.SIGINT)
-      assert stop.received == "SIGINT"
-      with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)  # The handler runs between bytecodes; never reached.
-    assert signal.getsignal(signal.SIGINT) is before  # A third Ctrl-C is Python's own.
-    hints = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Received")]
-    assert hints == ["Received SIGTERM: stopping after this step, which is saved.",
-                     "Received SIGINT: stopping after this step, which is saved. Ctrl-C again "
-                     "stops at once, without saving it."]
-  finally:
-    stop.restore()
-
-
 def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_path, monkeypatch):
   """The KeyboardInterrupt of a second Ctrl-C leaves the loop without waiting for an asynchronous
   save (a third Ctrl-C was needed while the first one's save was written); any other exit still
@@ -912,24 +831,6 @@ def test_evaluation_pools_every_batchs_targets(tiny_config, monkeypatch):
   assert out["eval_loss"] == pytest.approx(12.0 / 4.0)
   assert out["eval_accuracy"] == pytest.approx(2.0 / 4.0)
   assert out["eval_perplexity"] == pytest.approx(np.exp(3.0), rel=1e-5)
-
-
-@pytest.mark.parametrize("section,key,value", [
-    ("train", "batch_size", 64), ("train", "seed", 7), ("data", "seq_len", 64),
-    ("data", "packing", "doc_padded"), ("data", "validation_fraction", 0.5)])
-def test_a_resume_in_another_batch_order_is_refused_for_every_key_that_fixes_it(
-    tiny_config, tmp_path, monkeypatch, section, key, value):
-  """Each setting that fixes the batch order is refused by name, before the corpus is read (the
-  checkpoint's data position means nothing under another); settings that do not are let through."""
-  saved = compatibility.config_json(tiny_config)
-  monkeypatch.setattr(compatibility.checkpointing, "latest_meta", lambda workdir: {"config": saved})
-  tiny_config.train.log_every = 7  # Not a data-order setting: a resume may change it.
-  compatibility.check_resume_settings(tmp_path, tiny_config)
-  old = tiny_config[section][key]
-  tiny_config[section][key] = value
-  with pytest.raises(ValueError, match=rf"Cannot resume the run in .*: config\.{section}\.{key}: "
-                                       rf"{old!r} -> {value!r}\. The checkpoint's data position"):
-    compatibility.check_resume_settings(tmp_path, tiny_config)
 
 
 def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_path, monkeypatch,
@@ -1031,34 +932,3 @@ def test_the_logged_config_reads_as_plain_yaml(tiny_config, caplog):
   assert "!!python" not in logged and "_fields" not in logged
   assert "  - config: null\n    kind: wiki_vital\n" in logged
 
-
-def test_log_lines_start_on_their_own_line_under_the_progress_bar():
-  """On a terminal a log line printed after the bar's text, mid-line; cleared first, it starts
-  its own line (the bar, text then carriage returns, is redrawn below it at the next step)."""
-  import io
-
-  import tqdm
-  screen = io.StringIO()
-  handler = logging.StreamHandler(screen)
-  root = logging.getLogger()
-  root.addHandler(handler)
-  try:
-    with tqdm.tqdm(total=10, file=screen, desc="train") as bar:
-      bar.update(3)
-      bar.refresh()  # As a step's update draws it (after tqdm's minimum interval).
-      logging.getLogger("informask_jax.loop").warning("Step 3: eval loss 7.1")
-      bar.update(1)
-      bar.refresh()
-      with progress_bar.log_lines_clear(bar):
-        logging.getLogger("informask_jax.loop").warning("Step 4: eval loss 7.0")
-      bar.update(1)
-      bar.refresh()  # Drawn again below the line.
-  finally:
-    root.removeHandler(handler)
-  text = screen.getvalue()
-  lines = [part for row in text.split("\n") for part in row.split("\r")]
-  assert not any(part.startswith("Step 3") for part in lines), text  # Glued to the bar.
-  # The cleared bar leaves spaces before a carriage return; the line itself starts clean.
-  assert "Step 4: eval loss 7.0" in lines, text
-  assert "5/10" in text.split("Step 4: eval loss 7.0")[1]
-  assert not handler.filters  # The filter leaves with the bar.

@@ -1,0 +1,37 @@
+"""progress_bar: log lines printed while the training bar is drawn start on their own line."""
+
+import logging
+
+from informask_jax import progress_bar
+
+
+def test_log_lines_start_on_their_own_line_under_the_progress_bar():
+  """On a terminal a log line printed after the bar's text, mid-line; cleared first, it starts
+  its own line (the bar, text then carriage returns, is redrawn below it at the next step)."""
+  import io
+
+  import tqdm
+  screen = io.StringIO()
+  handler = logging.StreamHandler(screen)
+  root = logging.getLogger()
+  root.addHandler(handler)
+  try:
+    with tqdm.tqdm(total=10, file=screen, desc="train") as bar:
+      bar.update(3)
+      bar.refresh()  # As a step's update draws it (after tqdm's minimum interval).
+      logging.getLogger("informask_jax.loop").warning("Step 3: eval loss 7.1")
+      bar.update(1)
+      bar.refresh()
+      with progress_bar.log_lines_clear(bar):
+        logging.getLogger("informask_jax.loop").warning("Step 4: eval loss 7.0")
+      bar.update(1)
+      bar.refresh()  # Drawn again below the line.
+  finally:
+    root.removeHandler(handler)
+  text = screen.getvalue()
+  lines = [part for row in text.split("\n") for part in row.split("\r")]
+  assert not any(part.startswith("Step 3") for part in lines), text  # Glued to the bar.
+  # The cleared bar leaves spaces before a carriage return; the line itself starts clean.
+  assert "Step 4: eval loss 7.0" in lines, text
+  assert "5/10" in text.split("Step 4: eval loss 7.0")[1]
+  assert not handler.filters  # The filter leaves with the bar.

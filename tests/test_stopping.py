@@ -1,0 +1,56 @@
+"""stopping.StopSignal: a signal stops after the step on every process; a second Ctrl-C does not
+wait, a repeated SIGTERM does."""
+
+import logging
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from informask_jax import stopping
+
+
+def test_a_stop_signal_is_acted_on_at_once_alone_and_at_a_sync_step_with_others(monkeypatch):
+  stop = stopping.StopSignal()
+  try:
+    stop.received = "SIGTERM"  # One process: no one to agree with, stop after this step.
+    assert stop.stop_now(3, 10) == "SIGTERM"
+    stop.received = None
+    assert stop.stop_now(10, 10) is None
+    monkeypatch.setattr(stopping.jax, "process_count", lambda: 2)
+    flags = [np.array([0, 1], np.int32)]  # Process 1 got the signal, this process did not.
+    monkeypatch.setattr(stopping.multihost_utils, "process_allgather", lambda x: flags[0])
+    assert stop.stop_now(3, 10) is None  # Not a sync step: no collective, no stop.
+    assert stop.stop_now(20, 10) == "a signal to another process"
+    stop.received, flags[0] = None, np.array([0, 0], np.int32)
+    assert stop.stop_now(30, 10) is None
+  finally:
+    stop.restore()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_sigterm_never_does(caplog):
+  """The first SIGINT asks for a saved stop after the step (and says Ctrl-C again skips it); a
+  second one raises KeyboardInterrupt at once, for a step or evaluation the user will not wait
+  for. A scheduler repeating SIGTERM must not abort the save it asked for."""
+  before = signal.getsignal(signal.SIGINT)
+  stop = stopping.StopSignal()
+  try:
+    with caplog.at_level(logging.WARNING):
+      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert stop.received == "SIGTERM"
+      stop.received = None
+      os.kill(os.getpid(), signal.SIGINT)
+      assert stop.received == "SIGINT"
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # The handler runs between bytecodes; never reached.
+    assert signal.getsignal(signal.SIGINT) is before  # A third Ctrl-C is Python's own.
+    hints = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Received")]
+    assert hints == ["Received SIGTERM: stopping after this step, which is saved.",
+                     "Received SIGINT: stopping after this step, which is saved. Ctrl-C again "
+                     "stops at once, without saving it."]
+  finally:
+    stop.restore()

@@ -1,0 +1,40 @@
+"""workdir.prepare and the set-aside logs: a fresh start, an overwrite and a resume, each decided
+before anything heavy runs, and never losing a run's logs or checkpoints."""
+
+import numpy as np
+import pytest
+
+from informask_jax import checkpointing
+from informask_jax import model as model_lib
+from informask_jax import workdir as workdir_lib
+
+
+def test_overwrite_without_resume_false_is_refused_not_ignored(tiny_config, tmp_path):
+  """overwrite=True with resume left at True in a workdir holding a run: refused, naming both
+  keys (it resumed the old run, ignoring the overwrite asked for); harmless in a new workdir."""
+  mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  tiny_config.train.overwrite = True
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
+  checkpointing.save_initial_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)}, mlm_config)
+  with pytest.raises(ValueError, match=r"config.train.overwrite=True, but config.train.resume="
+                                       r"True .* would be resumed, not deleted\. Add "
+                                       r"--config.train.resume=False"):
+    workdir_lib.prepare(tmp_path, tiny_config)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [0]
+
+
+def test_a_fresh_start_without_a_run_sets_logs_aside_and_never_deletes_them(tiny_config,
+                                                                            tmp_path):
+  """resume=False in a workdir without a finished checkpoint is not an overwrite: the old logs are
+  set aside, and a second such start picks the next free suffix rather than replacing them."""
+  tiny_config.train.resume = False
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
+  for text in ("first\n", "second\n"):
+    (tmp_path / "metrics.jsonl").write_text(text)
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events").write_text(text)
+    workdir_lib.set_aside_earlier_logs(tmp_path)
+  assert (tmp_path / "metrics.jsonl.earlier-1").read_text() == "first\n"
+  assert (tmp_path / "metrics.jsonl.earlier-2").read_text() == "second\n"
+  assert (tmp_path / "tensorboard.earlier-2" / "events").read_text() == "second\n"
+  assert not (tmp_path / "metrics.jsonl").exists()
