@@ -128,7 +128,9 @@ def _load_wiki_vital(source):
   return datasets.Dataset.from_dict({"text": texts, "_key": titles})
 
 
-def _expand_files(pattern, where):
+def expand_files(pattern, where):
+  """The sorted files a `files` source names: one file, a glob, or a directory walked for the
+  extensions of FILE_BUILDERS. FileNotFoundError, naming `where`, when there are none."""
   path = os.path.expanduser(pattern)
   if os.path.isdir(path):
     files = [os.path.join(root, f) for root, _, names in os.walk(path) for f in names]
@@ -189,7 +191,7 @@ def _read_txt(paths):
 
 
 def _load_files(source, where, streaming, num_proc, cache_dir):
-  files = _expand_files(source["name"], where)
+  files = expand_files(source["name"], where)
   by_suffix = {}
   for f in files:
     suffix = os.path.splitext(f)[1].lower()

@@ -1038,7 +1038,7 @@ def test_stages_are_reused_only_from_the_same_corpus_and_stage_settings(built, t
     directory = stats.artifact_dir(config, pipeline)
     assert directory != source
     directory.mkdir(parents=True, exist_ok=True)
-    meta = build_lib._fresh_meta(config, pipeline, directory)
+    meta = build_lib.fresh_meta(config, pipeline, directory)
     return build_lib._reuse_stage(stage, directory, meta) == source
 
   for key, value in (("pmi_vocab_size", 100), ("min_count", 3), ("min_pair_count", 3),

@@ -27,13 +27,16 @@ The package, one module per concern (their public names are all importable from 
 """
 
 # A constant is read in the module that defines it: to change one (as a test does), set it there
-# (e.g. data.sentences.PARALLEL_MIN_DOCUMENTS); the copy bound here is not looked up. The private
-# names (`_flat as _flat`, ...) are helpers that stats.beam_pipeline and tests/test_data.py use.
+# (e.g. data.sentences.PARALLEL_MIN_DOCUMENTS); the copy bound here is not looked up.
 from informask_jax.data.batches import BatchIterator, eval_batches
 from informask_jax.data.global_batches import Prefetcher, make_global_batch, prefetch
 from informask_jax.data.iterator_state import DataSettingsChanged, IteratorStateError
-from informask_jax.data.packing import PACKING_MODES, pack_sequences, unpack_tokens
-from informask_jax.data.packing import _flat as _flat
+from informask_jax.data.packing import (
+    PACKING_MODES,
+    flatten_tokenized,
+    pack_sequences,
+    unpack_tokens,
+)
 from informask_jax.data.pipeline import (
     STREAM_VALIDATION_DOCUMENTS,
     InputPipeline,
@@ -50,7 +53,6 @@ from informask_jax.data.sentences import (
     tokenize_corpus,
     tokenized_cache_key,
 )
-from informask_jax.data.sentences import _progress_bars as _progress_bars
 from informask_jax.data.streaming import StreamingBatchIterator
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "encode_documents",
     "plain_backend",
     "eval_batches",
+    "flatten_tokenized",
     "make_global_batch",
     "max_sequence_length",
     "pack_sequences",

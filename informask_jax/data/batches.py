@@ -7,10 +7,11 @@ a small state(); `eval_batches` gives the first batches in row order, the last o
 import jax
 import numpy as np
 
-from informask_jax.data.iterator_state import IteratorStateError, _check_saved_settings, _saved_ints
+from informask_jax.data.iterator_state import IteratorStateError, check_saved_settings, saved_ints
 
 
-def _host(process_index, process_count):
+def process_slot(process_index, process_count):
+  """(this process's index, the process count); None means JAX's own, for a multi-host run."""
   index = jax.process_index() if process_index is None else int(process_index)
   count = jax.process_count() if process_count is None else int(process_count)
   if not 0 <= index < count:
@@ -18,7 +19,8 @@ def _host(process_index, process_count):
   return index, count
 
 
-def _local_batch_size(global_batch_size, count):
+def local_batch_size(global_batch_size, count):
+  """The rows each of `count` processes loads; ValueError unless the global batch divides."""
   if global_batch_size <= 0 or global_batch_size % count:
     raise ValueError(f"The global batch size {global_batch_size} must be a positive multiple of "
                      f"the number of processes {count} (each process loads "
@@ -48,8 +50,8 @@ class BatchIterator:
     self.arrays = arrays
     self.num_rows = _num_rows(arrays)
     self.global_batch_size = int(global_batch_size)
-    self.process_index, self.process_count = _host(process_index, process_count)
-    self.local_batch_size = _local_batch_size(self.global_batch_size, self.process_count)
+    self.process_index, self.process_count = process_slot(process_index, process_count)
+    self.local_batch_size = local_batch_size(self.global_batch_size, self.process_count)
     if drop_remainder and self.num_rows < self.global_batch_size:
       raise ValueError(f"The data packs into {self.num_rows} rows, fewer than one global batch "
                        f"of {self.global_batch_size}; use more documents (config.data.sources, "
@@ -92,8 +94,8 @@ class BatchIterator:
             "global_batch_size": self.global_batch_size}
 
   def restore(self, state):
-    epoch, position = _saved_ints(state, ("epoch", "position"))
-    _check_saved_settings(state, self, ("seed", "shuffle", "num_rows", "global_batch_size"))
+    epoch, position = saved_ints(state, ("epoch", "position"))
+    check_saved_settings(state, self, ("seed", "shuffle", "num_rows", "global_batch_size"))
     if not 0 <= position < self.batches_per_epoch:
       raise IteratorStateError(f"Iterator state position={position} is outside the epoch's "
                                f"{self.batches_per_epoch} batches.")
@@ -108,8 +110,8 @@ def eval_batches(arrays, global_batch_size, num_batches, *, process_index=None,
   (sentence id -1), which hold no prediction targets, so it keeps the compiled batch shape.
   """
   num_rows = _num_rows(arrays)
-  index, count = _host(process_index, process_count)
-  local = _local_batch_size(int(global_batch_size), count)
+  index, count = process_slot(process_index, process_count)
+  local = local_batch_size(int(global_batch_size), count)
   total = -(-num_rows // global_batch_size)
   total = total if num_batches < 0 else min(int(num_batches), total)
   for b in range(total):

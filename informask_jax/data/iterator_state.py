@@ -12,7 +12,7 @@ class IteratorStateError(ValueError):
   """A saved iterator state that no iterator could have written: a damaged checkpoint."""
 
 
-def _saved_ints(state, keys) -> list[int]:
+def saved_ints(state, keys) -> list[int]:
   """The integer fields `keys` of a saved iterator state; IteratorStateError if one is not, or is
   negative (every field counts epochs, batches, chunks or rows from 0; a negative one would only
   fail at the next batch, far from the checkpoint that holds it, or give an empty batch)."""
@@ -40,7 +40,7 @@ _SETTING_KEYS = {
 }
 
 
-def _check_saved_settings(state, iterator, keys):
+def check_saved_settings(state, iterator, keys):
   """DataSettingsChanged if a saved iterator state disagrees with `iterator` on a setting."""
   for key in keys:
     if key in state and state[key] != getattr(iterator, key):

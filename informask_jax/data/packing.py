@@ -9,7 +9,7 @@ import numpy as np
 PACKING_MODES = ("full_sentences", "doc_padded")
 
 
-def _flat(tokenized):
+def flatten_tokenized(tokenized):
   """(input_ids int32[T], sentence_ids int32[T], lengths int64[D]) of a tokenized Dataset."""
   if isinstance(tokenized, tuple):
     return tokenized
@@ -52,7 +52,8 @@ def _rebase_rows(sent):
   return np.where(valid, sent - low, -1).astype(np.int32)
 
 
-def _check_packing(mode):
+def check_packing(mode):
+  """ValueError naming config.data.packing unless `mode` is one of PACKING_MODES."""
   if mode not in PACKING_MODES:
     raise ValueError(f"config.data.packing={mode!r} is unknown; choose one of "
                      f"{', '.join(PACKING_MODES)}.")
@@ -67,10 +68,10 @@ def pack_sequences(tokenized, seq_len, special_ids, mode):
     longer document continues on further rows (split, never dropped).
   Returns {"token_ids": int32[N, L], "sentence_ids": int32[N, L]}.
   """
-  _check_packing(mode)
+  check_packing(mode)
   if seq_len < 3:
     raise ValueError(f"config.data.seq_len={seq_len} leaves no room between [CLS] and [SEP].")
-  ids, sids, lengths = _flat(tokenized)
+  ids, sids, lengths = flatten_tokenized(tokenized)
   lengths = lengths[lengths > 0]
   if len(ids) == 0:
     raise ValueError("Nothing to pack: the tokenized corpus holds no token.")

@@ -13,7 +13,7 @@ import numpy as np
 from informask_jax import corpus as corpus_lib
 from informask_jax import paths, tokenization
 from informask_jax.data.batches import BatchIterator
-from informask_jax.data.packing import _check_packing, pack_sequences
+from informask_jax.data.packing import check_packing, pack_sequences
 from informask_jax.data.sentences import tokenize_corpus
 from informask_jax.data.streaming import StreamingBatchIterator
 
@@ -67,7 +67,7 @@ def max_sequence_length(model_config):
 def check_config(config):
   """Errors in the data settings, raised before any corpus is read."""
   data = config.data
-  _check_packing(data.packing)
+  check_packing(data.packing)
   if data.seq_len < 8:
     raise ValueError(f"config.data.seq_len={data.seq_len} is too short: at least 8 (6 tokens "
                      "between [CLS] and [SEP], so that masking 15% of them picks any).")

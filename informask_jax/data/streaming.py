@@ -5,8 +5,8 @@ import itertools
 
 import numpy as np
 
-from informask_jax.data.batches import _host, _local_batch_size
-from informask_jax.data.iterator_state import _check_saved_settings, _saved_ints
+from informask_jax.data.batches import local_batch_size, process_slot
+from informask_jax.data.iterator_state import check_saved_settings, saved_ints
 from informask_jax.data.packing import pack_sequences
 from informask_jax.data.sentences import encode_documents, plain_backend
 
@@ -28,8 +28,8 @@ class StreamingBatchIterator:
     self.texts, self.seq_len, self.special_ids, self.mode = texts, seq_len, special_ids, mode
     self.backend = plain_backend(tokenizer)
     self.global_batch_size = int(global_batch_size)
-    self.process_index, self.process_count = _host(process_index, process_count)
-    self.local_batch_size = _local_batch_size(self.global_batch_size, self.process_count)
+    self.process_index, self.process_count = process_slot(process_index, process_count)
+    self.local_batch_size = local_batch_size(self.global_batch_size, self.process_count)
     self.seed, self.shuffle, self.shuffle_buffer = int(seed), bool(shuffle), int(shuffle_buffer)
     self.chunk_documents = int(chunk_documents)
     self.epoch, self.chunk, self.offset = 0, 0, 0
@@ -112,7 +112,7 @@ class StreamingBatchIterator:
             "global_batch_size": self.global_batch_size}
 
   def restore(self, state):
-    epoch, chunk, offset = _saved_ints(state, ("epoch", "chunk", "offset"))
-    _check_saved_settings(state, self, ("seed", "shuffle", "chunk_documents", "global_batch_size"))
+    epoch, chunk, offset = saved_ints(state, ("epoch", "chunk", "offset"))
+    check_saved_settings(state, self, ("seed", "shuffle", "chunk_documents", "global_batch_size"))
     self.epoch, self.chunk, self.offset = epoch, chunk, offset
     self._chunks = None

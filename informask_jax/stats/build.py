@@ -72,7 +72,8 @@ def artifact_dir(config, pipeline) -> pathlib.Path:
   return pathlib.Path(paths.cache_dir(config.data.cache_dir)) / "stats" / key
 
 
-def _fresh_meta(config, pipeline, directory) -> dict:
+def fresh_meta(config, pipeline, directory) -> dict:
+  """meta.json of statistics not built yet: what they are built from, no counts or files."""
   sid = pipeline.special_ids
   return {
       "format_version": art.FORMAT_VERSION,
@@ -94,7 +95,7 @@ def _open_meta(config, pipeline, directory: pathlib.Path) -> dict:
   try:
     meta = art.read_meta(directory)
   except (FileNotFoundError, art.CorruptArtifactError):
-    return _fresh_meta(config, pipeline, directory)
+    return fresh_meta(config, pipeline, directory)
   art.check_compatible(meta, directory, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
                        vocab_size=_vocab_size(pipeline))
   return meta

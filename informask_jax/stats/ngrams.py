@@ -60,7 +60,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
   return x ^ (x >> np.uint64(31))
 
 
-def _tag(raw: np.ndarray, n: int) -> np.ndarray:
+def tagged_key(raw: np.ndarray, n: int) -> np.ndarray:
+  """The counters' key of an n-gram: the low 61 bits of its raw hash, its length n in the top 3."""
   return (raw & _LOW61) | (np.uint64(n) << np.uint64(61))
 
 
@@ -259,7 +260,7 @@ def chunk_ngram_counts(chunk: chunks_lib.Chunk, *, vocab_size: int, continuation
   positions = np.zeros(max_n + 1, np.int64)
   keys = []
   for n in range(1, max_n + 1):
-    keys.append(_tag(words.raw[n][words.valid[n]], n))
+    keys.append(tagged_key(words.raw[n][words.valid[n]], n))
     positions[n] = keys[-1].size
   keys, counts = np.unique(np.concatenate(keys), return_counts=True)
   t = chunk.token_ids
@@ -393,7 +394,7 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
       words = chunk_words(chunk, continuation, special, max_n)
       for n in range(2, max_n + 1):
         pos = np.flatnonzero(words.valid[n])
-        keys = _tag(words.raw[n][pos], n)
+        keys = tagged_key(words.raw[n][pos], n)
         idx = np.minimum(np.searchsorted(cand, keys), max(cand.size - 1, 0))
         hit = (cand[idx] == keys) & ~found[idx] if cand.size else np.zeros(keys.size, bool)
         idx, first = np.unique(idx[hit], return_index=True)
@@ -402,7 +403,7 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
           continue
         for a in range(n):
           for b in range(a + 1, n + 1):
-            sub[idx, column[a, b]] = _tag(words.raw[b - a][pos + a], b - a)
+            sub[idx, column[a, b]] = tagged_key(words.raw[b - a][pos + a], b - a)
         t = chunk.token_ids
         for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
           tokens[i] = tuple(t[words.start[p]:words.end[p + n - 1]].tolist())

@@ -63,7 +63,7 @@ def list_files(patterns) -> list[tuple[str, int]]:
   for pattern in patterns:
     where = f"input {pattern!r}"
     if "://" not in pattern:
-      for f in corpus._expand_files(pattern, where):
+      for f in corpus.expand_files(pattern, where):
         found[f] = os.path.getsize(f)
       continue
     matches = FileSystems.match([pattern])[0].metadata_list
@@ -125,7 +125,7 @@ def _launch_state(config, patterns, output):
       tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
   output = output or str(build_lib.artifact_dir(config, like))
   key = art.cache_key(corpus_fp, like.tokenizer_fingerprint, build_lib.stats_params(config))
-  meta = build_lib._fresh_meta(config, like, pathlib.PurePath(key))
+  meta = build_lib.fresh_meta(config, like, pathlib.PurePath(key))
   settings = Settings(
       vocab_size=int(continuation.shape[0]), special_ids=tuple(int(i) for i in ids),
       continuation=continuation, text_field=_text_field(config),

@@ -83,7 +83,7 @@ def _examples(chunk, candidates, settings: Settings):
   t = chunk.token_ids
   for n in range(2, ngrams.MAX_N + 1):
     pos = np.flatnonzero(words.valid[n])
-    keys = ngrams._tag(words.raw[n][pos], n)  # The counters' key of each n-gram.
+    keys = ngrams.tagged_key(words.raw[n][pos], n)  # The counters' key of each n-gram.
     idx = np.minimum(np.searchsorted(candidates, keys), candidates.size - 1)
     hit = candidates[idx] == keys
     found, first = np.unique(keys[hit], return_index=True)
