@@ -110,7 +110,7 @@ class MLMConfig:
     roberta = model_config.flavour == "roberta"
     max_positions = model_config.max_positions
     if max_positions == -1:
-      max_positions = 514 if roberta else 512
+      max_positions = default_max_positions(model_config.flavour)
     return cls(
         vocab_size=vocab_size, flavour=model_config.flavour, max_positions=max_positions,
         type_vocab_size=1 if roberta else 2, pad_id=pad_id, dropout=model_config.dropout,
@@ -118,6 +118,12 @@ class MLMConfig:
         layer_norm_eps=1e-5 if roberta else 1e-12, compute_dtype=model_config.compute_dtype,
         attention=model_config.attention, remat=model_config.remat,
         scan_layers=model_config.scan_layers, **dims)
+
+
+def default_max_positions(flavour: str) -> int:
+  """The position table of config.model.max_positions=-1: 512, or 514 for RoBERTa, whose positions
+  start after the padding index (so its sequences are 512 tokens long too)."""
+  return 514 if flavour == "roberta" else 512
 
 
 def _dense_init(cfg: MLMConfig, axes):

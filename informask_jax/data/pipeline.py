@@ -56,10 +56,12 @@ class InputPipeline:
 
 def max_sequence_length(model_config):
   """Longest sequence the model's position table admits."""
+  from informask_jax.model import default_max_positions  # Flax only when a model is configured.
+
   flavour = model_config.get("flavour", "bert")
   positions = int(model_config.get("max_positions", -1))
   if positions < 0:
-    positions = 514 if flavour == "roberta" else 512
+    positions = default_max_positions(flavour)
   # RoBERTa's positions start after the padding index, so two are never used.
   return positions - 2 if flavour == "roberta" else positions
 
