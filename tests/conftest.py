@@ -36,3 +36,14 @@ def tiny_config(cache_dir):
   config = base.get_base_config("tiny")
   config.data.cache_dir = cache_dir
   return config
+
+
+@pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the marks (with --dist loadgroup).
+def pytest_collection_modifyitems(items):
+  """Tests that share a module-scoped fixture (a training run, a built table, an exported model)
+  run on one xdist worker, so each such fixture is built once; other tests are spread freely."""
+  for item in items:
+    fixture_defs = getattr(item, "_fixtureinfo", None)
+    fixture_defs = fixture_defs.name2fixturedefs.values() if fixture_defs else ()
+    if any(defs[-1].scope == "module" for defs in fixture_defs):
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -277,8 +277,30 @@ def test_split_edge_cases(tmp_path):
                                            validation_fraction=0.02))
   assert _texts(loaded["train"]) == ["Only one."] and len(loaded["validation"]) == 0
   path.write_text("".join(json.dumps({"text": f"Doc {i}."}) + "\n" for i in range(4)))
-  with pytest.raises(ValueError, match=r"validation_fraction=1.0 must be in \[0, 1\)"):
-    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))], validation_fraction=1.0))
+  for streaming in (False, True):
+    with pytest.raises(ValueError, match=r"validation_fraction=1.0 must be in \[0, 1\)"):
+      corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=streaming)],
+                                      validation_fraction=1.0))
+
+
+def test_cleaning_uses_worker_processes_from_the_threshold_on(tmp_path, monkeypatch):
+  """A corpus of exactly PARALLEL_MIN_DOCUMENTS documents is cleaned with data.num_proc."""
+  path = tmp_path / "a.jsonl"
+  path.write_text("".join(json.dumps({"text": f"Doc {i}."}) + "\n" for i in range(4)))
+  seen = []
+  real_map = datasets.Dataset.map
+
+  def spy_map(self, function, *args, **kwargs):
+    if function is corpus._clean_batch:
+      seen.append(kwargs.get("num_proc"))
+      kwargs["num_proc"] = None  # Record the choice; clean in this process.
+    return real_map(self, function, *args, **kwargs)
+
+  monkeypatch.setattr(datasets.Dataset, "map", spy_map)
+  for threshold, expected in ((4, 2), (5, None)):
+    monkeypatch.setattr(corpus, "PARALLEL_MIN_DOCUMENTS", threshold)
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))], num_proc=2))
+    assert seen.pop() == expected
 
 
 def test_fingerprint_tracks_content_and_order():

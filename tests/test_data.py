@@ -43,7 +43,7 @@ def _random_tokenized(seed, num_docs=40, max_len=60):
   return {"input_ids": ids, "sentence_ids": sids}
 
 
-def check_packing(tokenized, packed, seq_len, mode, special=SPECIAL):
+def _assert_packed(tokenized, packed, seq_len, mode, special=SPECIAL):
   tokens, sent = packed["token_ids"], packed["sentence_ids"]
   assert tokens.dtype == sent.dtype == np.int32
   assert tokens.ndim == 2 and tokens.shape[1] == seq_len and sent.shape == tokens.shape
@@ -172,7 +172,7 @@ def test_documents_without_a_token_are_dropped(tmp_path, bert_tokenizer):
 def test_packing_loses_and_duplicates_nothing(mode, seq_len):
   tokenized = _random_tokenized(seed=seq_len)
   packed = data.pack_sequences(tokenized, seq_len, SPECIAL, mode)
-  check_packing(tokenized, packed, seq_len, mode)
+  _assert_packed(tokenized, packed, seq_len, mode)
 
 
 @pytest.mark.parametrize("mode", data.PACKING_MODES)
@@ -180,7 +180,7 @@ def test_packing_real_documents(mode, wiki_docs, bert_tokenizer, tmp_path):
   tokenized = data.tokenize_corpus(wiki_docs["train"], bert_tokenizer, _tiny_config(tmp_path).data)
   ids = tokenization.special_ids(bert_tokenizer)
   packed = data.pack_sequences(tokenized, 64, ids, mode)
-  check_packing(tokenized.to_dict(), packed, 64, mode, special=ids)
+  _assert_packed(tokenized.to_dict(), packed, 64, mode, special=ids)
 
 
 @pytest.mark.parametrize("mode", data.PACKING_MODES)
@@ -188,7 +188,7 @@ def test_long_document_is_split_not_dropped(mode):
   tokenized = {"input_ids": [np.arange(5, 55), np.arange(60, 63)],
                "sentence_ids": [np.repeat([0, 1], 25), np.zeros(3, int)]}
   packed = data.pack_sequences(tokenized, 10, SPECIAL, mode)
-  check_packing(tokenized, packed, 10, mode)
+  _assert_packed(tokenized, packed, 10, mode)
   assert len(packed["token_ids"]) == (7 if mode == "full_sentences" else 7 + 1)
 
 
@@ -199,7 +199,7 @@ def test_packing_uses_the_given_special_ids(mode):
   tokenized = _random_tokenized(seed=3)
   tokenized["input_ids"] = [ids + 20 for ids in tokenized["input_ids"]]  # Clear of ids 5..9.
   packed = data.pack_sequences(tokenized, 16, special, mode)
-  check_packing(tokenized, packed, 16, mode, special=special)
+  _assert_packed(tokenized, packed, 16, mode, special=special)
   assert not (packed["token_ids"] == 0).any()
 
 
@@ -367,7 +367,7 @@ def test_pipeline_is_deterministic(tmp_path):
       np.testing.assert_array_equal(getattr(first, split)[key], getattr(second, split)[key])
   assert first.special_ids == tokenization.SpecialIds(0, 1, 2, 3, 4)
   assert first.continuation.shape == (len(first.tokenizer),)
-  check_packing(first.tokenized_train.to_dict(), first.train, c.data.seq_len, c.data.packing)
+  _assert_packed(first.tokenized_train.to_dict(), first.train, c.data.seq_len, c.data.packing)
   a = _take(first.train_iterator(8, seed=5, process_index=0, process_count=1), 3)
   b = _take(second.train_iterator(8, seed=5, process_index=0, process_count=1), 3)
   for x, y in zip(a, b, strict=True):
@@ -525,7 +525,7 @@ def test_tiny_pipeline_build_time(tmp_path):
   np.testing.assert_array_equal(cold.train["sentence_ids"], warm.train["sentence_ids"])
 
 
-def test_flat_reads_a_chunked_selected_table_like_the_lists():
+def test_flatten_tokenized_reads_a_chunked_selected_table_like_the_lists():
   parts = [datasets.Dataset.from_dict({"input_ids": [[i, i + 1], [7] * (i % 3 + 1)],
                                        "sentence_ids": [[0, 1], [0] * (i % 3 + 1)]})
            for i in range(5)]
@@ -577,7 +577,7 @@ def test_progress_bars_are_restored_as_they_were():
     (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
 
 
-def test_flat_refuses_ids_and_sentence_ids_of_different_lengths():
+def test_flatten_tokenized_refuses_ids_and_sentence_ids_of_different_lengths():
   table = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8]],
                                       "sentence_ids": [[0, 0], [0, 1]]})
   with pytest.raises(ValueError, match="differ in length"):

@@ -1,5 +1,5 @@
-"""workdir.prepare and the set-aside logs: a fresh start, an overwrite and a resume, each decided
-before anything heavy runs, and never losing a run's logs or checkpoints."""
+"""workdir.prepare and the set-aside logs: a fresh start or an overwrite decided before anything
+heavy runs, never losing a run's logs or checkpoints (resumes are tested in test_loop.py)."""
 
 import numpy as np
 import pytest

@@ -16,7 +16,8 @@ Streaming corpora (a hub source with streaming=True) are never materialised: the
 tokenized and packed on the fly, a chunk of documents at a time, by `StreamingBatchIterator`, which
 has the same state()/restore() contract.
 
-The package, one module per concern (their public names are all importable from here):
+The package, one module per concern (their public names are importable from here, except the
+helpers the modules share among themselves, such as packing.check_packing):
   sentences       sentence splitting; documents -> "input_ids" / "sentence_ids", cached on disk
   packing         tokenized documents -> packed rows of seq_len tokens
   batches         host slices of in-memory rows: BatchIterator (resumable) and eval_batches
