@@ -38,3 +38,27 @@ def test_a_fresh_start_without_a_run_sets_logs_aside_and_never_deletes_them(tiny
   assert (tmp_path / "metrics.jsonl.earlier-2").read_text() == "second\n"
   assert (tmp_path / "tensorboard.earlier-2" / "events").read_text() == "second\n"
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_checkpoint_directories_that_cannot_be_written_are_found_first(tiny_config, tmp_path,
+                                                                     monkeypatch):
+  """A file or an unwritable directory where the checkpoints go is refused before training, not
+  at the first save; a writable new workdir is checked without making anything."""
+  (tmp_path / "filed" / "checkpoints").parent.mkdir()
+  (tmp_path / "filed" / "checkpoints").write_text("")
+  with pytest.raises(FileExistsError, match=r"filed/checkpoints is a file"):
+    workdir_lib.prepare(tmp_path / "filed", tiny_config)
+  # A workdir that can be written: checked without making anything (a run refused later, e.g.
+  # for an impossible mesh, leaves no empty folder).
+  assert workdir_lib.prepare(tmp_path / "new" / "run", tiny_config) == (False, False)
+  assert not (tmp_path / "new").exists()
+
+  def refused(**kwargs):  # A read-only mount or directory (root ignores mode bits here).
+    raise PermissionError(13, "Permission denied", kwargs["dir"])
+
+  monkeypatch.setattr(workdir_lib.paths.tempfile, "mkdtemp", refused)
+  (tmp_path / "locked").mkdir()
+  with pytest.raises(PermissionError, match=r"Checkpoints directory .*locked/checkpoints cannot be "
+                                            r"written: creating a directory in .*locked fails "
+                                            r"\(Permission denied\)\. Fix its permissions"):
+    workdir_lib.prepare(tmp_path / "locked", tiny_config)
