@@ -322,3 +322,34 @@ def test_parameters_carry_their_logical_axis_names(scan_layers):
   if scan_layers:
     kernel = np.asarray(nn.meta.unbox(boxed)["encoder"]["layers"]["mlp_in"]["kernel"])
     assert not np.allclose(kernel[0], kernel[1])
+
+
+def test_scanned_layers_draw_their_own_dropout_masks_at_target_positions(monkeypatch):
+  """Training with scan_layers and masked_positions runs the layers as a lax.scan plus the last
+  layer at the target rows (Encoder._scan_then_rows), splitting the dropout key per layer by
+  hand. Every dropout call of every layer must get its own key: one key shared by the layers
+  would repeat the same masks in each of them (correlated dropout, weaker regularisation), which
+  no logit comparison shows, since a training forward has no reference."""
+  from informask_jax.masking import prng
+
+  keys = []
+  keep = prng.dropout_keep
+
+  def recording(rng, shape, rate):
+    jax.debug.callback(lambda k: keys.append(tuple(np.asarray(k).ravel().tolist())),
+                       jax.random.key_data(rng))
+    return keep(rng, shape, rate)
+
+  monkeypatch.setattr(prng, "dropout_keep", recording)
+  cfg = MLMConfig(vocab_size=50, num_layers=3, hidden_size=16, num_heads=2, mlp_size=24,
+                  max_positions=16, dropout=0.1, scan_layers=True)
+  model = BertMLM(cfg)
+  params = nn.meta.unbox(init_params(model, jax.random.key(0), 8))
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 50, (2, 8)), jnp.int32)
+  logits = model.apply({"params": params}, ids, masked_positions=jnp.array([[1, 2], [3, 4]]),
+                       deterministic=False, rngs={"dropout": jax.random.key(1)})
+  jax.block_until_ready(logits)
+  jax.effects_barrier()
+  # The embeddings' dropout, then two per layer (attention output, MLP output).
+  assert len(keys) == 1 + 2 * cfg.num_layers
+  assert len(set(keys)) == len(keys), keys
