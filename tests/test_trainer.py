@@ -613,3 +613,20 @@ def test_micro_batches_take_rows_from_every_devices_block():
   assert sorted(micro.ravel()) == list(rows)  # A partition of the batch.
   for part in micro:
     np.testing.assert_array_equal(np.sort(part // 4), np.arange(8))
+
+
+def test_a_step_without_targets_is_a_zero_step_not_a_skipped_one():
+  """A batch in which the masker picks no target (short or all-special rows) has loss and
+  gradient 0, not 0 / 0: it must not be counted as a non-finite step, which would log a NaN
+  loss, defer checkpoints and count towards train.max_consecutive_skips."""
+  model, params = _small_model()
+  ids = np.random.default_rng(5).integers(5, 40, (4, 10)).astype(np.int32)
+  ids = np.where(ids % 3 == 0, ids - 1, ids)  # No id divisible by 3: _EveryThirdId masks none.
+  state, metrics = _one_step(model, params, optax.sgd(1.0), optax.constant_schedule(1.0),
+                             {"token_ids": ids}, 2)
+  assert float(metrics["num_targets"]) == 0
+  assert int(metrics["skipped"]) == 0 and int(state.skipped) == 0
+  assert int(state.consecutive_skips) == 0
+  assert float(metrics["loss"]) == 0 and float(metrics["grad_norm"]) == 0
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
+    np.testing.assert_array_equal(a, b)  # A zero gradient moves nothing under SGD.
