@@ -1,6 +1,8 @@
 """compatibility: a resume with another tokenizer, or with settings that change the batch order, is
 refused, naming what changed."""
 
+import logging
+
 import ml_collections
 import pytest
 
@@ -57,3 +59,25 @@ def test_a_resume_in_another_batch_order_is_refused_for_every_key_that_fixes_it(
   with pytest.raises(ValueError, match=rf"Cannot resume the run in .*: config\.{section}\.{key}: "
                                        rf"{old!r} -> {value!r}\. The checkpoint's data position"):
     compatibility.check_resume_settings(tmp_path, tiny_config)
+
+
+@pytest.mark.parametrize("saved, now, expected", [
+    (100, 200, "decay now ends at step 200"),  # Past the warm-up: where the decay ends.
+    (100, 40, "ends inside the learning-rate warm-up (config.optim.warmup_steps=50)"),
+    (20, 40, None),  # Both runs end inside the warm-up: the rates are the same, nothing to say.
+])
+def test_a_changed_run_length_says_what_happens_to_the_learning_rate(saved, now, expected,
+                                                                      caplog):
+  """The README's tiny config warms up for 50 steps: a 20-step run resumed to 40 never decays,
+  so "the decay now ends at step 40" would be wrong."""
+  from configs import base
+
+  config = base.get_base_config("tiny")
+  assert config.optim.warmup_steps == 50
+  config.train.num_steps = now
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_schedule_change({"config": {"train": {"num_steps": saved}}}, config, 10)
+  if expected is None:
+    assert "num_steps" not in caplog.text
+  else:
+    assert f"config.train.num_steps: {saved} -> {now}" in caplog.text and expected in caplog.text

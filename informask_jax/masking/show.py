@@ -59,15 +59,16 @@ def load_tokenizer(path=None):
       raise SystemExit(f"No --tokenizer given and the package {GT_VOCAB[0]!r}, whose "
                        "bert-base-uncased vocab.txt is the default, is not installed.") from None
     path = str(dist.locate_file(GT_VOCAB[1]))
-  try:
+  try:  # Apart from the load: the handlers below use `tokenization`.
     import ml_collections
 
     from informask_jax import tokenization
-    return tokenization.load_tokenizer(
-        ml_collections.ConfigDict(dict(name_or_path=path, lowercase=True, vocab_size=0)))
   except ImportError:
     import transformers
     return transformers.BertTokenizerFast(vocab_file=path)
+  try:
+    return tokenization.load_tokenizer(
+        ml_collections.ConfigDict(dict(name_or_path=path, lowercase=True, vocab_size=0)))
   except FileNotFoundError:
     if os.path.exists(os.path.expanduser(path)):  # The loader expands ~ (--tokenizer=~/...).
       raise SystemExit(f"error: --tokenizer {path!r} holds no tokenizer.json or vocab.txt."
