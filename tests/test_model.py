@@ -317,6 +317,7 @@ def test_parameters_carry_their_logical_axis_names(scan_layers):
     assert tuple(spec) == (("layers",) if scan_layers else ()) + names, path
   assert tuple(specs["embeddings"]["word"]["embedding"]) == ("vocab", "embed")
   assert tuple(specs["embeddings"]["position"]["embedding"]) == (None, "embed")
+  assert tuple(specs["embeddings"]["token_type"]["embedding"]) == (None, "embed")
   assert tuple(specs["head"]["bias"]) == ("vocab",)
   assert tuple(specs["head"]["transform"]["kernel"]) == ("embed", None)
   if scan_layers:
@@ -353,3 +354,25 @@ def test_scanned_layers_draw_their_own_dropout_masks_at_target_positions(monkeyp
   # The embeddings' dropout, then two per layer (attention output, MLP output).
   assert len(keys) == 1 + 2 * cfg.num_layers
   assert len(set(keys)) == len(keys), keys
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_the_encoder_layers_dropout_follows_the_key(scan_layers):
+  """Training forwards at target rows (the train step's): the layers' dropout masks come from the
+  "dropout" key, also on the scanned stack's own path (a lax.scan fed one key per layer). The
+  same key gives the same rows, another key other rows; masks from a fixed key would drop the same
+  units at every step."""
+  from informask_jax.model import Encoder
+
+  cfg = MLMConfig(vocab_size=50, num_layers=2, hidden_size=16, num_heads=2, mlp_size=24,
+                  max_positions=16, dropout=0.3, scan_layers=scan_layers)
+  params = _random_params(cfg)["encoder"]
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 16)), jnp.float32)
+  positions = jnp.array([[1, 5], [0, 7]], jnp.int32)
+
+  def rows(seed):
+    return np.asarray(Encoder(cfg).apply({"params": params}, x, jnp.ones((2, 8), bool), False,
+                                         positions, rngs={"dropout": jax.random.key(seed)}))
+
+  np.testing.assert_array_equal(rows(0), rows(0))
+  assert np.abs(rows(0) - rows(1)).max() > 1e-2

@@ -630,3 +630,36 @@ def test_a_step_without_targets_is_a_zero_step_not_a_skipped_one():
   assert float(metrics["loss"]) == 0 and float(metrics["grad_norm"]) == 0
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
     np.testing.assert_array_equal(a, b)  # A zero gradient moves nothing under SGD.
+
+
+def test_a_dimension_over_several_mesh_axes_splits_only_where_their_product_divides_it():
+  """A rule may send a logical axis to a tuple of mesh axes; the dimension is then split over
+  their product (fsdp x tensor = 4 on 2x2x2): 8 rows are split in 4, while 6 rows, which 2
+  divides but 4 does not, stay replicated (jit refuses a spec that does not divide)."""
+  mesh = sharding_lib.make_mesh(_mesh_config(2, 2, 2))
+  rules = (("mlp", ("fsdp", "tensor")), ("embed", None))
+  tree = {name: nn.Partitioned(jax.ShapeDtypeStruct((rows, 8), jnp.float32),
+                               names=("mlp", "embed")) for name, rows in (("eight", 8), ("six", 6))}
+  out = sharding_lib.state_shardings(tree, mesh, rules)
+  assert out["eight"].shard_shape((8, 8)) == (2, 8)
+  assert out["six"].shard_shape((6, 8)) == (6, 8)
+
+
+def test_given_parameters_replace_the_random_initialisation():
+  """config.init_from (a run's or an imported Hugging Face checkpoint): the state starts from the
+  given parameters, laid out as the rules say, with a fresh optimizer; not from the seed's."""
+  config = _config(num_layers=1)
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
+  model = model_lib.BertMLM(cfg)
+  tx, _ = optim.make_optimizer(config.optim, 100)
+  mesh = sharding_lib.make_mesh(_mesh_config(2, 2, 2))
+  rules = sharding_lib.logical_rules(config.mesh)
+  given = jax.tree.map(np.asarray, nn.meta.unbox(
+      model_lib.init_params(model, jax.random.key(42), SEQ)))
+  state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules, params=given)
+  for a, b, s in zip(jax.tree.leaves(given), jax.tree.leaves(state.params),
+                     jax.tree.leaves(shardings.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(b), a)
+    assert b.sharding == s
+  assert int(state.step) == 0
+  assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))
