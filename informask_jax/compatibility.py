@@ -89,15 +89,16 @@ def warn_schedule_change(saved_meta: dict, config, step: int) -> None:
   now = config.train.num_steps
   if saved is None or saved == now or step >= now:
     return
+  warmup = config.optim.warmup_steps
+  if warmup >= max(saved, now):  # Both runs end inside the warm-up: the same rates throughout.
+    return
   old_rate = float(optim.learning_rate_schedule(config.optim, saved)(step))
   new_rate = float(optim.learning_rate_schedule(config.optim, now)(step))
-  warmup = config.optim.warmup_steps
-  if warmup >= now:  # The run ends before any decay: "the decay now ends at" would mislead.
-    if warmup < saved:  # (Both inside the warm-up: the same rates, nothing to say.)
-      logging.warning("config.train.num_steps: %d -> %d, which ends inside the learning-rate "
-                      "warm-up (config.optim.warmup_steps=%d): the rate never decays; at step %d "
-                      "it is %.4g (%.4g on the checkpoint's schedule).", saved, now, warmup,
-                      step, new_rate, old_rate)
+  if warmup >= now:  # No decay left to end: "the decay now ends at" would mislead.
+    logging.warning("config.train.num_steps: %d -> %d, which ends inside the learning-rate "
+                    "warm-up (config.optim.warmup_steps=%d): the rate never decays; at step %d "
+                    "it is %.4g (%.4g on the checkpoint's schedule).", saved, now, warmup, step,
+                    new_rate, old_rate)
     return
   logging.warning("config.train.num_steps: %d -> %d. The learning rate's %s decay now ends at "
                   "step %d: at step %d it is %.4g (%.4g on the checkpoint's schedule).", saved,

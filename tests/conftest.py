@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(items):
   """Tests that share a module-scoped fixture (a training run, a built table, an exported model)
   run on one xdist worker, so each such fixture is built once; other tests are spread freely."""
   for item in items:
-    fixture_defs = getattr(item, "_fixtureinfo", None)
-    fixture_defs = fixture_defs.name2fixturedefs.values() if fixture_defs else ()
-    if any(defs[-1].scope == "module" for defs in fixture_defs):
+    info = getattr(item, "_fixtureinfo", None)  # All the fixtures the test uses, transitively.
+    defs_by_name = info.name2fixturedefs.values() if info else ()
+    if any(defs[-1].scope == "module" for defs in defs_by_name):  # [-1]: the one that applies.
       item.add_marker(pytest.mark.xdist_group(item.module.__name__))
