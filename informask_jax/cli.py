@@ -195,6 +195,9 @@ def _unknown_key(argv: list[str]) -> str | None:
   return None
 
 
+_HELP_FLAG = re.compile(r"--?(help|helpfull|helpshort|helpxml|\?)(=\S*)?")
+
+
 def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
   """absl's flag parsing, with a one-line message (status 2) for every kind of bad flag.
 
@@ -203,7 +206,14 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
   """
   config_package_on_path(argv)
   try:
-    rest = flags.FLAGS(argv, known_only=known_only)
+    try:
+      rest = flags.FLAGS(argv, known_only=known_only)
+    except SystemExit as e:
+      # absl's --help (--helpfull, --helpshort, --helpxml) prints and exits with status 1; asked
+      # for, the help is a success, as argparse's and other tools' (`train.py --help && ...`).
+      if e.code == 1 and any(_HELP_FLAG.fullmatch(arg) for arg in argv[1:]):
+        sys.exit(0)
+      raise
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
       # A config file that failed to load stands in as an object raising on any attribute.
       getattr(flags.FLAGS.config, "get", None)

@@ -340,11 +340,15 @@ def test_training_workdir_through_both_backends(models, tmp_path):
   """A workdir (checkpoints/ + tokenizer/) is restored for flax and exported for torch."""
   workdir = tmp_path / "workdir"
   export.import_to_workdir(models["roberta"], str(workdir))
-  want = lama.evaluate(models["roberta"], str(FIXTURES), common_vocab=str(COMMON),
-                       progress=False).summary
+  exported = lama.evaluate(models["roberta"], str(FIXTURES), common_vocab=str(COMMON),
+                           progress=False)
+  assert exported.run_info["checkpoint_step"] is None  # One model: no step to record.
+  want = exported.summary
   for backend in ("torch", "flax"):
-    got = lama.evaluate(str(workdir), str(FIXTURES), common_vocab=str(COMMON), backend=backend,
-                        progress=False).summary
+    report = lama.evaluate(str(workdir), str(FIXTURES), common_vocab=str(COMMON),
+                           backend=backend, progress=False)
+    assert report.run_info["checkpoint_step"] == 0, backend  # The step scored, in run.json.
+    got = report.summary
     for source in want:
       assert got[source]["facts"] == want[source]["facts"]
       assert got[source]["P@1"] == want[source]["P@1"], backend

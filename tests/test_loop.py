@@ -629,6 +629,14 @@ def test_train_py_reports_a_bad_flag_in_one_line(flags, message):
   assert message in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
 
 
+def test_train_py_help_lists_its_flags_and_succeeds():
+  out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]  # absl exits 1 after its help.
+  assert "--config:" in out.stdout and "--workdir:" in out.stdout, out.stdout
+
+
 def test_train_py_reports_a_config_file_that_fails_to_import_in_one_line(tmp_path):
   bad = tmp_path / "bad_config.py"
   bad.write_text("import nosuch_module_for_this_test\n\ndef get_config():\n  return None\n")

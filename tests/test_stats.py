@@ -767,6 +767,18 @@ def test_cli_errors_name_the_command_not_the_file():
     assert expected in proc.stderr, proc.stderr
 
 
+def test_cli_help_lists_its_flags_and_succeeds():
+  # The flags are filed under the command's name (argv[0] is renamed before they are defined),
+  # which absl's --help looks them up by; asked-for help exits 0, not absl's 1.
+  proc = subprocess.run([sys.executable, "-m", "informask_jax.stats", "build", "--help"],
+                        capture_output=True, text=True, timeout=120,
+                        cwd=pathlib.Path(__file__).parent.parent,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr
+  for flag in ("--config:", "--what:", "--[no]force:", "--out:"):
+    assert flag in proc.stdout, proc.stdout
+
+
 def test_chunks_from_dataset_match_documents():
   import datasets
 

@@ -114,7 +114,7 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
     raise ValueError(f"--limit must be >= 0, got {limit}.")
   # The flags first: discover() logs about the data (relations.jsonl) before any error of theirs.
   word_list = read_word_list(common_vocab) if common_vocab else None
-  check_model(model, step)
+  step = check_model(model, step)
   relations, missing = discover(data_dir)
   for source in missing:
     log.info("LAMA source %s not found under %s: skipped.", source, data_dir)
@@ -165,7 +165,8 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   summary = summarize(scores)
   table = markdown_table(summary, missing)
   run_info = {
-      "model": str(model), "data_dir": str(data_dir), "protocol": protocol,
+      "model": str(model), "checkpoint_step": step, "data_dir": str(data_dir),
+      "protocol": protocol,
       "backend": runner.name, "common_vocab": common_vocab,
       "common_vocab_words": None if word_list is None else len(word_list),
       "common_vocab_tokens": None if common_ids is None else len(common_ids),

@@ -34,12 +34,15 @@ def _neither_model_nor_workdir(model: str) -> FileNotFoundError:
       "save_pretrained or the export) nor a training workdir (checkpoints/ + tokenizer/).")
 
 
-def check_model(model: str, step: int | None = None) -> None:
+def check_model(model: str, step: int | None = None) -> int | None:
   """Refuses, before anything is loaded, a --model (and --step) that cannot be evaluated.
 
   A missing local path; an empty directory; a training workdir (checkpoints/, or tokenizer/ with
   config.json or alone) without a finished checkpoint; --step given for anything but a workdir
   (an exported directory or a hub name is one model: the step would be ignored).
+
+  Returns the checkpoint step to evaluate for a workdir (`step`, or its latest finished one,
+  fixed now: a run still training may save a newer one before the model loads), else None.
   """
   check_model_path(model)
   path = pathlib.Path(model).expanduser()
@@ -58,12 +61,13 @@ def check_model(model: str, step: int | None = None) -> None:
           f"--model {model!r} is a training workdir without a checkpoint: no finished checkpoint "
           f"in {str(checkpointing.checkpoint_dir(path))!r}. Train first (train.py --workdir) or "
           "pass an exported Hugging Face directory.")
-    if step is not None:  # Now, not after the queries are built and the model is loading.
-      steps = checkpointing.checkpoint_steps(path)
-      if step not in steps:
-        raise ValueError(f"--step {step}: no checkpoint at that step in --model {model!r}; "
-                         f"its steps are {steps}.")
-    return
+    steps = checkpointing.checkpoint_steps(path)
+    if step is None:
+      return steps[-1]
+    if step not in steps:  # Now, not after the queries are built and the model is loading.
+      raise ValueError(f"--step {step}: no checkpoint at that step in --model {model!r}; "
+                       f"its steps are {steps}.")
+    return step
   if path.is_dir() and not any(path.iterdir()):
     raise _neither_model_nor_workdir(model)
   if step is not None:
@@ -71,6 +75,7 @@ def check_model(model: str, step: int | None = None) -> None:
             if (path / "config.json").is_file() else "not a training workdir (no checkpoints/)")
     raise ValueError(f"--step {step} picks a checkpoint of a training workdir, but --model "
                      f"{model!r} is {kind}, a single model: leave out --step.")
+  return None
 
 
 def load_tokenizer(model: str):

@@ -17,6 +17,12 @@ from ml_collections import config_flags
 from informask_jax import cli
 from informask_jax.stats import artifacts, build, report
 
+if __name__ == "__main__":
+  # The name errors and usage start with: the command typed, not this file's path. Set before
+  # the flags below are defined: absl files them under the main module's name then, and --help
+  # lists the flags filed under that name when it prints.
+  sys.argv[0] = "python -m informask_jax.stats"
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
 _WHAT = flags.DEFINE_list("what", list(artifacts.STAGES),
@@ -51,6 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # The name errors and usage start with: the command typed, not this file's path.
-  sys.argv[0] = "python -m informask_jax.stats"
   app.run(main, flags_parser=cli.parse_flags)
