@@ -17,6 +17,18 @@ def cache_dir(configured=None) -> str:
   return os.path.expanduser(configured or default_cache_dir())
 
 
+def meant_as_local(name: str) -> bool:
+  """Whether a model or tokenizer name can only mean a local file or directory, never a hub id
+  ("bert-base-uncased", "org/model"): absolute, "~", "." or ".." relative, more than one folder
+  deep, ending in "/" or in .txt / .json, or "runs/x" where runs/ is a local directory. Such a
+  name that does not exist is a typo to report at once: asked of the hub, it waits for the hub
+  client's retries (a minute offline) and ends in a message about repo ids."""
+  first = name.split("/", 1)[0]
+  return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+          or name.endswith(("/", ".txt", ".json"))
+          or ("/" in name and os.path.isdir(os.path.expanduser(first))))
+
+
 def publish_dir(path, write) -> None:
   """Calls write(tmp) on a fresh directory beside `path`, then renames it to `path`, so that an
   interrupted run never leaves half a cache entry. For content-keyed caches: if another process

@@ -197,19 +197,12 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
   return _wrap(tok)
 
 
-def _is_local_path(name: str) -> bool:
-  """Whether `name` can only mean a local file or directory, never a hub id ("bert-base-uncased",
-  "org/model"): absolute or ./ ../ relative, more than one folder deep, or a .txt / .json file."""
-  return (os.path.isabs(name) or name.startswith(("./", "../", ".\\", "..\\"))
-          or name.count("/") > 1 or name.endswith((".txt", ".json")))
-
-
 def check_name_or_path(tokenizer_config) -> None:
   """Fails on a name_or_path that is a local path but does not exist. Run before the corpus is
   read (data.check_config): otherwise a typo in a path waits for the corpus, then for the hub
   client's retries (a minute offline), and ends in its message about repo ids."""
   name = os.path.expanduser(tokenizer_config.get("name_or_path") or "")
-  if name and _is_local_path(name) and not os.path.exists(name):
+  if name and paths.meant_as_local(name) and not os.path.exists(name):
     raise FileNotFoundError(
         f"config.tokenizer.name_or_path={name!r} does not exist; point it at a vocab.txt or a "
         "tokenizer directory (a run's WORKDIR/tokenizer), give a hub name, or set it to '' to "

@@ -171,10 +171,13 @@ def test_tokenizer_errors(tmp_path):
     tokenization.load_tokenizer(_config(str(binary)))
 
 
-@pytest.mark.parametrize("name", ["/no/such/vocab.txt", "./tok", "runs/tiny/tokenizr", "vocab.txt"])
+@pytest.mark.parametrize("name", ["/no/such/vocab.txt", "./tok", "runs/tiny/tokenizr", "vocab.txt",
+                                  "runs/tokenizr", "tok/"])
 def test_a_missing_local_path_is_named_without_asking_the_hub(name, tmp_path, monkeypatch):
   # A typo in a path must not wait for the hub client's retries nor end in its repo-id message.
+  # "runs/tokenizr" has the shape of a hub id ("org/model"), but runs/ is a folder here.
   monkeypatch.chdir(tmp_path)
+  (tmp_path / "runs").mkdir()
 
   def no_hub(*args, **kwargs):
     raise AssertionError("the hub was asked for a local path")

@@ -5,6 +5,8 @@ tokenizer."""
 import os
 import pathlib
 
+from informask_jax import paths
+
 
 def is_workdir(path: str | os.PathLike) -> bool:
   """A training workdir: checkpoints/ or a config.json next to a tokenizer/ folder."""
@@ -17,14 +19,11 @@ def check_model_path(model: str) -> None:
   """FileNotFoundError for a --model that is meant as a local path but does not exist.
 
   Without this, such a path is taken for a hub name and the hub is retried for a minute when
-  offline. A hub name has one '/' and does not start at a local directory.
+  offline (see paths.meant_as_local).
   """
   if os.path.exists(os.path.expanduser(model)):
     return
-  first = model.split("/", 1)[0]
-  local = (os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
-           or model.endswith("/") or ("/" in model and os.path.isdir(first)))
-  if local:
+  if paths.meant_as_local(model):
     raise FileNotFoundError(f"--model {model!r}: no such file or directory.")
 
 
