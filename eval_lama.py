@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--limit", type=int, default=0, help="Read at most N lines per file (0: all).")
   p.add_argument("--out", default=None,
                  help="Write results.csv, summary.json, run.json and results.md here.")
-  p.add_argument("--no_progress", action="store_true", help="Hide the progress bar.")
+  p.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
   return p.parse_args(argv)
 
 
@@ -42,6 +42,10 @@ def main(argv=None, *, exit_now: bool = False) -> lama.Report:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   cli.quiet_library_logs()
+  if args.no_progress:  # Also transformers' bars: loading the weights, writing an export.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
   with cli.user_errors("eval_lama.py", extra=(lama.OutputError,), exit_now=exit_now):
     # The table is printed before --out is written: a failed write loses nothing.
     return lama.evaluate(

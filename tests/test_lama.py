@@ -360,9 +360,15 @@ def test_training_workdir_through_both_backends(models, tmp_path):
 
 def test_cli_writes_outputs_and_prints_table(models, tmp_path, capsys):
   out = tmp_path / "out"
-  report = eval_lama.main(["--model", models["bert"], "--data_dir", str(FIXTURES), "--out",
-                           str(out), "--batch_size", "16", "--no_progress"])
-  printed = capsys.readouterr().out
+  from transformers.utils import logging as hf_logging
+
+  try:
+    report = eval_lama.main(["--model", models["bert"], "--data_dir", str(FIXTURES), "--out",
+                             str(out), "--batch_size", "16", "--no_progress"])
+  finally:
+    hf_logging.enable_progress_bar()  # --no_progress turned transformers' bars off.
+  printed, errors = capsys.readouterr()
+  assert "Loading weights" not in errors and "LAMA:" not in errors, errors  # No progress bars.
   assert "| Source |" in printed and "| TREx | 3 | 12 | 8 |" in printed
   rows = (out / "results.csv").read_text().splitlines()
   assert rows[0].startswith("source,relation,facts,skipped,P@1,P@10,MRR")
