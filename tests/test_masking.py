@@ -908,7 +908,8 @@ def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
   page = tmp_path / "masks.html"
   show.main(["--strategy", "informask", "--text", text, "--html", str(page)])
   content = page.read_text()
-  assert "STAND-IN" in content and content.count("<span style=") == 3 * 2
+  # 3 samples x 2 targets, and the legend's three marks.
+  assert "STAND-IN" in content and content.count("<span style=") == 3 * 2 + 3
   assert show.default_text().startswith("Mount Everest")
   with pytest.raises(SystemExit):
     show.main(["--strategy", "random", "--text", "  "])
@@ -1304,6 +1305,11 @@ def test_show_render_marks_each_kind_of_target():
   ansi = show.render(tok, ids, result, colour=True)
   assert ansi == (f"{show._ANSI['mask']}mount{show._ANSI['end']} ever{show._ANSI['random']}"
                   f"est>cat{show._ANSI['end']} {show._ANSI['keep']}is{show._ANSI['end']} high")
+  # The legend is written in the same marks.
+  assert show.legend(False).startswith("targets: [word] -> [MASK], [word>new]")
+  assert f"{show._ANSI['mask']}-> [MASK]{show._ANSI['end']}" in show.legend(True)
+  assert f"{show._ANSI['keep']}unchanged{show._ANSI['end']}" in show.legend(True)
+  assert f'<span style="{show._CSS["random"]}">-&gt; a random token' in show.legend("html")
 
 
 def test_show_cli_mask_prob(capsys):

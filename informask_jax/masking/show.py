@@ -175,6 +175,25 @@ def build_maskers(tok, ids, args, strategies):
   return out
 
 
+def _mark(kind, body, colour):
+  """A target's text marked as `kind` ("mask", "random" or "keep") is: a coloured span in HTML,
+  colour codes on a terminal, brackets or braces in plain text."""
+  if colour == "html":
+    return f'<span style="{_CSS[kind]}">{html.escape(body)}</span>'
+  if colour:
+    return f"{_ANSI[kind]}{body}{_ANSI['end']}"
+  # Kept targets in braces: they would otherwise read as [MASK]ed ones.
+  return f"{{{body}}}" if kind == "keep" else f"[{body}]"
+
+
+def legend(colour):
+  """What the marks mean, written in the marks themselves (--help names the colours)."""
+  if not colour:
+    return "targets: [word] -> [MASK], [word>new] -> a random token, {word} unchanged"
+  return "targets: " + ", ".join(_mark(kind, text, colour) for kind, text in (
+      ("mask", "-> [MASK]"), ("random", "-> a random token (word>new)"), ("keep", "unchanged")))
+
+
 def render(tok, ids, result, colour):
   """One line: tokens joined into words, targets marked by how they were corrupted."""
   pieces = tok.convert_ids_to_tokens(ids)
@@ -187,12 +206,7 @@ def render(tok, ids, result, colour):
               "keep" if result["input_ids"][i] == ids[i] else "random")
       body = text.strip() if kind != "random" else f"{text.strip()}>{new[i]}"
       lead = text[:len(text) - len(text.lstrip())]
-      if colour == "html":
-        text = f'{lead}<span style="{_CSS[kind]}">{html.escape(body)}</span>'
-      elif colour:
-        text = f"{lead}{_ANSI[kind]}{body}{_ANSI['end']}"
-      else:  # Kept targets in braces: they would otherwise read as [MASK]ed ones.
-        text = f"{lead}{{{body}}}" if kind == "keep" else f"{lead}[{body}]"
+      text = lead + _mark(kind, body, colour)
     elif colour == "html":
       text = html.escape(text)
     parts.append(text)
@@ -201,7 +215,8 @@ def render(tok, ids, result, colour):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m informask_jax.masking show",
-                                   description=__doc__.splitlines()[0])
+                                   description=__doc__,  # Examples and what the colours mean.
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--strategy", default="all", choices=("all", *STRATEGIES))
   parser.add_argument("--text", default=None, help="default: a sentence of the embedded corpus")
   parser.add_argument("--samples", type=int, default=3, help="masks drawn per strategy")
@@ -250,10 +265,8 @@ def main(argv=None):
   colour = "html" if args.html else (not args.no_colour and sys.stdout.isatty())
   cut = (f" (the first of {pieces}: a sequence holds {MAX_TOKENS} with [CLS] and [SEP])"
          if pieces > len(ids) - 2 else "")
-  lines = [f"Text: {text}", f"{len(ids) - 2} tokens{cut}; mask_prob={args.mask_prob}, "
-           f"budget={args.budget}; " + (
-               "colours: [MASK] / random token (orig>new) / unchanged" if colour else
-               "targets: [word] -> [MASK], [word>new] -> a random token, {word} unchanged")]
+  lines = [f"Text: {text}",
+           f"{len(ids) - 2} tokens{cut}; mask_prob={args.mask_prob}, budget={args.budget}"]
   rows = []
   for index, (name, masker, note) in enumerate(maskers):
     rows.append((name, note, []))
@@ -265,7 +278,7 @@ def main(argv=None):
       result = {k: v[s] for k, v in out.items()}
       rows[-1][2].append(render(tok, ids, result, colour))
   if args.html:
-    body = [f"<p>{html.escape(line)}</p>" for line in lines]
+    body = [f"<p>{html.escape(line)}</p>" for line in lines] + [f"<p>{legend(colour)}</p>"]
     for name, note, samples in rows:
       body.append(f"<h3>{html.escape(name)}</h3>"
                   + (f"<p><i>{html.escape(note)}</i></p>" if note else ""))
@@ -276,7 +289,7 @@ def main(argv=None):
               "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
     print(f"Wrote {args.html}")
     return
-  print("\n".join(lines))
+  print("\n".join(lines) + "; " + legend(colour))
   for name, note, samples in rows:
     print(f"\n{name}" + (f"  ({note})" if note else ""))
     for s in samples:
