@@ -758,13 +758,17 @@ def test_cli_errors_name_the_command_not_the_file():
                            "--config.train.num_step=3"],
                           "python -m informask_jax.stats: bad command-line flag: "
                           "--config.train.num_step: "),
-                         ([], "python -m informask_jax.stats")):
+                         ([], "python -m informask_jax.stats: error: no command given"),
+                         (["biuld"], "error: unknown command 'biuld'; did you mean 'build'?"),
+                         (["build"], "error: build needs --config, e.g. --config configs/")):
     proc = subprocess.run([sys.executable, "-m", "informask_jax.stats", *args],
                           capture_output=True, text=True, timeout=120,
                           cwd=pathlib.Path(__file__).parent.parent,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert proc.returncode != 0 and "__main__.py" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "__main__.py" not in proc.stderr, proc.stderr
     assert expected in proc.stderr, proc.stderr
+    # The problem first, then the two usage lines, not the whole --help.
+    assert len(proc.stderr.splitlines()) <= 4 and "--[no]force" not in proc.stderr, proc.stderr
 
 
 def test_cli_help_lists_its_flags_and_succeeds():

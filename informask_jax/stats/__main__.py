@@ -9,6 +9,7 @@
       summary (printed, and saved beside the PNG).
 """
 
+import difflib
 import sys
 
 from absl import app, flags
@@ -35,21 +36,32 @@ _USAGE = ("usage: python -m informask_jax.stats build --config CONFIG[:VARIANT] 
           "       python -m informask_jax.stats report DIR [--out FILE.png]")
 
 
+def _usage_error(message: str):
+  """The problem and the two usage lines, status 2 as for a bad flag (absl's UsageError would
+  print the whole --help first)."""
+  print(f"{sys.argv[0]}: error: {message}\n{_USAGE}\n(--help for the flags)", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
-  if len(argv) < 2 or argv[1] not in ("build", "report"):
-    raise app.UsageError(_USAGE)
+  if len(argv) < 2:
+    _usage_error("no command given; the commands are build and report.")
+  if argv[1] not in ("build", "report"):
+    nearest = difflib.get_close_matches(argv[1], ("build", "report"), 1)
+    _usage_error(f"unknown command {argv[1]!r}" + (
+        f"; did you mean {nearest[0]!r}?" if nearest else "; the commands are build and report."))
   if argv[1] == "build":
     if len(argv) != 2:
-      raise app.UsageError(f"build takes no positional arguments, got {argv[2:]}.\n{_USAGE}")
+      _usage_error(f"build takes no positional arguments, got {argv[2:]}.")
     if _CONFIG.value is None:
-      raise app.UsageError(f"build needs --config.\n{_USAGE}")
+      _usage_error("build needs --config, e.g. --config configs/informask.py:tiny.")
     with cli.user_errors("python -m informask_jax.stats build"):
       directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value),
                                         force=_FORCE.value)
     print(directory)
     return
   if len(argv) != 3:
-    raise app.UsageError(f"report takes one directory.\n{_USAGE}")
+    _usage_error(f"report takes one directory, got {argv[2:] or 'none'}.")
   with cli.user_errors("python -m informask_jax.stats report"):
     png, text = report.write_report(argv[2], _OUT.value or None)
   print(text)
