@@ -231,8 +231,9 @@ def _nesting(path: str, other: str) -> str | None:
 
 def _check_out_dir(out_dir: str, overwrite: bool):
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-    raise FileExistsError(f"Export directory {out_dir} is not empty (overwrite=True, or "
-                          "--overwrite, writes into it anyway).")
+    raise FileExistsError(f"Export directory {out_dir} is not empty; choose another --out, or "
+                          "pass --overwrite (overwrite=True from Python) to replace the files "
+                          "an export writes there, keeping the others.")
   # sibling: the staging directory is made next to out_dir.
   paths.check_writable_dir(out_dir, "Export directory", sibling=True)
 

@@ -325,7 +325,7 @@ def test_convert_checkpoint_cli_round_trip(exported, tmp_path):
   (tmp_path / "plain").mkdir()
   with pytest.raises(FileNotFoundError, match=r"No checkpoints in .*Train with train.py"):
     convert_checkpoint.main(["--workdir", str(tmp_path / "plain"), "--out", str(tmp_path / "z")])
-  with pytest.raises(FileExistsError, match="not empty"):
+  with pytest.raises(FileExistsError, match="not empty; choose another --out, or pass --overwrite"):
     convert_checkpoint.main(["--workdir", workdir, "--out", out])
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
     convert_checkpoint.main(["--from-hf", path, "--out", workdir])
