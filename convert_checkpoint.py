@@ -50,9 +50,13 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  from informask_jax import cli
+  from informask_jax import cli, progress_bar
 
   # Bad input or a failed verification (RuntimeError): one line that says what, no traceback.
   cli.quiet_library_logs()
+  if not progress_bar.on_terminal():  # transformers' bars (writing, loading) fill a log file.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
   with cli.user_errors("convert_checkpoint.py", (RuntimeError,), exit_now=True):
     main()

@@ -10,7 +10,7 @@ data.zip. The logic lives in `informask_jax/lama/`; this file only parses flags.
 import argparse
 import logging
 
-from informask_jax import cli, lama
+from informask_jax import cli, lama, progress_bar
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--limit", type=int, default=0, help="Read at most N lines per file (0: all).")
   p.add_argument("--out", default=None,
                  help="Write results.csv, summary.json, run.json and results.md here.")
-  p.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
+  p.add_argument("--no_progress", action="store_true",
+                 help="Hide the progress bars (shown on a terminal only).")
   return p.parse_args(argv)
 
 
@@ -42,7 +43,10 @@ def main(argv=None, *, exit_now: bool = False) -> lama.Report:
   args = parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   cli.quiet_library_logs()
-  if args.no_progress:  # Also transformers' bars: loading the weights, writing an export.
+  # Bars only on a terminal (not in a log file), unless --no_progress; transformers' too:
+  # loading the weights, writing the export of a workdir.
+  progress = not args.no_progress and progress_bar.on_terminal()
+  if not progress:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -52,7 +56,7 @@ def main(argv=None, *, exit_now: bool = False) -> lama.Report:
         args.model, args.data_dir, protocol=args.protocol, common_vocab=args.common_vocab,
         batch_size=args.batch_size, out_dir=args.out, backend=args.backend, device=args.device,
         use_masked_sentences=args.use_masked_sentences, step=args.step, limit=args.limit,
-        progress=not args.no_progress, on_table=print)
+        progress=progress, on_table=print)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import re
 import datasets
 import numpy as np
 
-from informask_jax import paths
+from informask_jax import paths, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +351,9 @@ def load_corpus(data_config):
   for where, ds in parts:
     before = len(ds)
     big = before >= PARALLEL_MIN_DOCUMENTS
-    ds = ds.map(_clean_batch, batched=True, remove_columns=ds.column_names, features=_FEATURES,
-                num_proc=num_proc if big else None, desc="Cleaning" if big else None)
+    with progress_bar.datasets_bars(big):
+      ds = ds.map(_clean_batch, batched=True, remove_columns=ds.column_names,
+                  features=_FEATURES, num_proc=num_proc if big else None, desc="Cleaning")
     if before > len(ds):
       log.info("%s: dropped %d of %d documents that are empty after cleaning.", where,
                before - len(ds), before)

@@ -143,7 +143,8 @@ def build_masker(config, pipeline):
   name = config.masking.name
   tables = {}
   if name in _STATS_NEEDED and not (name == "informask" and config.masking.rates_path):
-    path = stats.ensure_artifacts(config, pipeline, need=_STATS_NEEDED[name])
+    path = stats.ensure_artifacts(config, pipeline, need=_STATS_NEEDED[name],
+                                  progress=progress_bar.on_terminal())
     art = stats.load_artifacts(path, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
                                vocab_size=pipeline.vocab_size)
     tables = {"informask": {"rates": art.rates}, "informask_online": {"pmi": art.pmi},
@@ -317,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     tokens_per_step = t.batch_size * config.data.seq_len
     # A progress bar on a terminal; elsewhere (a Slurm log, a pipe) a log line per log_every
     # steps instead, since tqdm's redraw of every step would fill the file.
-    bar = is_main and sys.stderr.isatty()
+    bar = is_main and progress_bar.on_terminal()
     progress = cleanup.enter_context(tqdm.tqdm(
         total=t.num_steps, initial=step, disable=not bar, desc="train", dynamic_ncols=True))
     if bar:

@@ -1,7 +1,31 @@
-"""The training progress bar on a terminal, and log lines that print clear of it."""
+"""Progress bars on a terminal only (the training bar, with log lines that print clear of it;
+`datasets`' and the statistics' bars), never in a log file."""
 
 import contextlib
 import logging
+import sys
+
+
+def on_terminal() -> bool:
+  """Whether bars are wanted: stderr is a terminal. In a log file, a pipe or a Slurm output,
+  tqdm's redraws would leave a line (joined by carriage returns) per update."""
+  return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def datasets_bars(show: bool):
+  """`datasets`' progress bars while inside, only when `show` (work long enough to watch) and on
+  a terminal; bars a user turned off stay off, and are restored as they were."""
+  import datasets
+
+  was = datasets.is_progress_bar_enabled()
+  if not (show and on_terminal()):
+    datasets.disable_progress_bars()
+  try:
+    yield
+  finally:
+    if was:
+      datasets.enable_progress_bars()
 
 
 class _ClearBar(logging.Filter):

@@ -564,19 +564,6 @@ def test_token_less_sentences_take_no_sentence_id(bert_tokenizer):
   assert sids.tolist() == [0] * n[0] + [1] * n[1] + [0] * n[2]
 
 
-def test_progress_bars_are_restored_as_they_were():
-  was = datasets.is_progress_bar_enabled()
-  try:
-    for before in (False, True):
-      (datasets.enable_progress_bars if before else datasets.disable_progress_bars)()
-      with data.sentences._progress_bars(False):
-        assert not datasets.is_progress_bar_enabled()
-      # Bars a user turned off stay off after a short tokenization.
-      assert datasets.is_progress_bar_enabled() == before
-  finally:
-    (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
-
-
 def test_flatten_tokenized_refuses_ids_and_sentence_ids_of_different_lengths():
   table = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [8]],
                                       "sentence_ids": [[0, 0], [0, 1]]})

@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import shutil
+import sys
 import types
 
 import numpy as np
@@ -358,9 +359,11 @@ def test_training_workdir_through_both_backends(models, tmp_path):
 # --- Pieces -----------------------------------------------------------------------------------
 
 
-def test_cli_writes_outputs_and_prints_table(models, tmp_path, capsys):
+def test_cli_writes_outputs_and_prints_table(models, tmp_path, capsys, monkeypatch):
   out = tmp_path / "out"
   from transformers.utils import logging as hf_logging
+
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # As on a terminal: --no_progress hides.
 
   try:
     report = eval_lama.main(["--model", models["bert"], "--data_dir", str(FIXTURES), "--out",

@@ -1,6 +1,11 @@
-"""progress_bar: log lines printed while the training bar is drawn start on their own line."""
+"""progress_bar: log lines printed while the training bar is drawn start on their own line;
+`datasets`' bars show only on a terminal, for long work, and are restored as they were."""
 
 import logging
+import sys
+
+import datasets
+import pytest
 
 from informask_jax import progress_bar
 
@@ -35,3 +40,21 @@ def test_log_lines_start_on_their_own_line_under_the_progress_bar():
   assert "Step 4: eval loss 7.0" in lines, text
   assert "5/10" in text.split("Step 4: eval loss 7.0")[1]
   assert not handler.filters  # The filter leaves with the bar.
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_datasets_bars_show_only_on_a_terminal_and_are_restored(terminal, monkeypatch):
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+  was = datasets.is_progress_bar_enabled()
+  try:
+    for before in (False, True):
+      (datasets.enable_progress_bars if before else datasets.disable_progress_bars)()
+      with progress_bar.datasets_bars(False):  # Short work: never a bar.
+        assert not datasets.is_progress_bar_enabled()
+      # Bars a user turned off stay off after a short tokenization.
+      assert datasets.is_progress_bar_enabled() == before
+      with progress_bar.datasets_bars(True):  # Long work: a bar on a terminal, not in a file.
+        assert datasets.is_progress_bar_enabled() == (before and terminal)
+      assert datasets.is_progress_bar_enabled() == before
+  finally:
+    (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()

@@ -19,7 +19,7 @@ import numpy as np
 import tokenizers
 
 from informask_jax import corpus as corpus_lib
-from informask_jax import paths, tokenization
+from informask_jax import paths, progress_bar, tokenization
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   start = time.time()
   num_proc = int(data_config.get("num_proc", 1) or 1)
   num_proc = num_proc if num_proc > 1 and len(dataset) >= PARALLEL_MIN_DOCUMENTS else None
-  with _progress_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS):
+  with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS):
     tokenized = dataset.map(
         _tokenize_batch, batched=True, batch_size=1000, fn_kwargs={"backend": backend},
         remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
@@ -161,19 +161,3 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   log.info("Tokenized %d documents%s in %.1fs; cached in %s.", len(tokenized),
            f" ({dropped} without a token dropped)" if dropped else "", time.time() - start, path)
   return datasets.load_from_disk(path)
-
-
-class _progress_bars:
-  """Shows `datasets`' progress bars only for work long enough to watch."""
-
-  def __init__(self, show):
-    self.show = show
-
-  def __enter__(self):
-    self.was = datasets.is_progress_bar_enabled()
-    if not self.show:
-      datasets.disable_progress_bars()
-
-  def __exit__(self, *exc):
-    if self.was:
-      datasets.enable_progress_bars()

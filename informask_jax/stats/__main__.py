@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from informask_jax import cli
+from informask_jax import cli, progress_bar
 from informask_jax.stats import artifacts, build, report
 
 if __name__ == "__main__":
@@ -57,7 +57,7 @@ def main(argv):
       _usage_error("build needs --config, e.g. --config configs/informask.py:tiny.")
     with cli.user_errors("python -m informask_jax.stats build"):
       directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value),
-                                        force=_FORCE.value)
+                                        force=_FORCE.value, progress=progress_bar.on_terminal())
     print(directory)
     return
   if len(argv) != 3:
