@@ -19,13 +19,19 @@ class _LibraryInfoFilter(logging.Filter):
   """Drops INFO records from orbax, which logs every step of every save and restore at that
   level, and its warnings for what we do by design: a save without metrics (steps saved between
   evaluations have none), a manager opened read-only (to export or evaluate a run). Drops JAX's
-  INFO line for each platform it probes and does not find ('Unable to initialize backend')."""
+  INFO line for each platform it probes and does not find ('Unable to initialize backend').
+  From Apache Beam: its INFO lines for each string type hint it reads as Any and its batch-size
+  tuning statistics; not its other INFO lines (a Dataflow job's id and progress)."""
 
   _BY_DESIGN = ("did not provide metrics", "read only", "read_only=True")
 
   def filter(self, record):
-    if "/jax/_src/xla_bridge" in record.pathname:
-      return record.levelno > logging.INFO
+    if "/jax/_src/xla_bridge" in record.pathname or "/datasets/config.py" in record.pathname:
+      return record.levelno > logging.INFO  # And datasets' "JAX version ... available".
+    if "/apache_beam/" in record.pathname:
+      message = record.getMessage()
+      return record.levelno > logging.INFO or not (
+          "/typehints/" in record.pathname or message.startswith("BatchElements statistics"))
     if "/orbax/" not in record.pathname:
       return True
     return record.levelno > logging.INFO and not any(

@@ -374,6 +374,20 @@ def test_the_command_line_names_a_bad_override_from_any_directory(tmp_path):
       "--config.train.num_step: `config.train` has no key 'num_step'. Did you mean"), out.stderr
 
 
+def test_the_command_line_without_config_is_one_line(tmp_path):
+  """Without --config: one error line, status 2 (absl printed its whole --help), and not Beam's
+  import-time warning that BigQuery's client is missing."""
+  _beam()
+  root = pathlib.Path(__file__).parent.parent
+  out = subprocess.run([sys.executable, "-m", "informask_jax.stats.beam_pipeline"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2 and out.stdout == "", out.stdout
+  assert out.stderr.splitlines() == [
+      "python -m informask_jax.stats.beam_pipeline: error: --config is required, e.g. --config "
+      "configs/informask.py:paper (--help for the flags)."], out.stderr
+
+
 def test_parquet_without_the_text_column_names_its_columns(tmp_path):
   pa = pytest.importorskip("pyarrow")
   import pyarrow.parquet as pq

@@ -562,6 +562,15 @@ def test_library_logs_lose_their_info_lines_and_by_design_warnings():
   assert not keep(record(xla, logging.INFO, "Unable to initialize backend 'tpu'"))
   assert keep(record(xla, logging.WARNING, "No GPU/TPU found"))
   assert keep(record(ours, logging.INFO)) and keep(record(ours, logging.DEBUG))
+  data = "/venv/lib/python3.11/site-packages/datasets/config.py"
+  assert not keep(record(data, logging.INFO, "JAX version 0.10.2 available."))
+  beam = "/venv/lib/python3.11/site-packages/apache_beam/"
+  hint = beam + "typehints/native_type_compatibility.py"
+  assert not keep(record(hint, logging.INFO, 'Converting string literal type hint to Any: "str"'))
+  assert keep(record(hint, logging.WARNING, "a type hint violation"))
+  assert not keep(record(beam + "transforms/util.py", logging.INFO, "BatchElements statistics: "))
+  # Beam's other INFO lines stay: a Dataflow job's id and state are how users follow it.
+  assert keep(record(beam + "runners/dataflow/dataflow_runner.py", logging.INFO, "Job state"))
 
 
 def test_a_config_file_run_from_elsewhere_brings_its_configs_package(tmp_path, monkeypatch):

@@ -46,12 +46,15 @@ names the entry may differ (probability ~1e-5 at ten million distinct n-grams).
 #   graph         build_pipeline: the modules above joined into the job graph drawn above
 #   launch        config checks, the shard list, what the launcher decides, and `run`
 #   __main__      the command line (its --help prints the docstring above)
+#   beam_import   imports Apache Beam once, without its warning about BigQuery's client
 # What a worker runs is defined at the top level of its module, so Beam pickles it by reference
 # (workers import `informask_jax`).
 
 # The private names (`_clean as _clean`, ...) are pieces that tests/test_beam.py checks one by one.
 # A module attribute is looked up in the module that uses it: to replace one (as a test replaces
 # FileSystems for write_artifacts), set it there (beam_pipeline.writing.FileSystems).
+# First: Apache Beam imported with its BigQuery warning dropped (see beam_import).
+from informask_jax.stats.beam_pipeline import beam_import as _beam_import  # noqa: F401
 from informask_jax.stats.beam_pipeline.combiners import _ArraySum as _ArraySum
 from informask_jax.stats.beam_pipeline.combiners import _KeySum as _KeySum
 from informask_jax.stats.beam_pipeline.combiners import _PairSum as _PairSum

@@ -4,8 +4,6 @@ import sys
 
 from informask_jax import cli
 from informask_jax.stats import beam_pipeline
-from informask_jax.stats.beam_pipeline.launch import run
-from informask_jax.stats.beam_pipeline.settings import BEAM_STAGES
 
 __doc__ = beam_pipeline.__doc__  # What --help prints: absl reads __main__'s docstring.
 
@@ -14,6 +12,9 @@ def _main() -> None:
   """Command line: this module's flags (below) and the config's; the rest goes to Beam."""
   from absl import app, flags
   from ml_collections import config_flags
+
+  from informask_jax.stats.beam_pipeline.launch import run
+  from informask_jax.stats.beam_pipeline.settings import BEAM_STAGES
 
   config = config_flags.DEFINE_config_file(
       "config", None, "Experiment config file, e.g. configs/informask.py:paper.", lock_config=True)
@@ -33,8 +34,11 @@ def _main() -> None:
     return cli.parse_flags(argv, known_only=True)
 
   def main(argv):
-    if config.value is None:
-      raise app.UsageError("--config is required, e.g. --config configs/informask.py:paper.")
+    cli.quiet_library_logs()  # absl's handler is in place now.
+    if config.value is None:  # One line (absl's UsageError would print the whole --help).
+      print(f"{sys.argv[0]}: error: --config is required, e.g. --config "
+            "configs/informask.py:paper (--help for the flags).", file=sys.stderr)
+      sys.exit(2)
     with cli.user_errors("python -m informask_jax.stats.beam_pipeline"):
       print(run(config.value, output=output.value or None, files=files.value,
                 text_field=text_field.value or None, what=what.value, beam_args=argv[1:],
