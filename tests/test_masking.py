@@ -6,6 +6,7 @@ Each strategy is compiled once on a batch of 1024 x 64 and every property is che
 """
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -928,6 +929,18 @@ def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
   # A table given by flag is named by its flag, not by train.py's config key.
   with pytest.raises(SystemExit, match=r"no\.npy' \(--rates\) does not exist"):
     show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])
+
+
+def test_masking_cli_names_a_missing_or_unknown_command(capsys, monkeypatch):
+  from informask_jax.masking import __main__ as masking_cli
+  for argv, problem in (([], "no command given"), (["shwo"], "unknown command 'shwo'")):
+    monkeypatch.setattr(sys, "argv", ["python -m informask_jax.masking", *argv])
+    with pytest.raises(SystemExit) as caught:
+      masking_cli._main()
+    assert caught.value.code == 2
+    error, usage = capsys.readouterr().err.splitlines()
+    assert error == f"python -m informask_jax.masking: error: {problem}; the command is show."
+    assert usage.startswith("usage: python -m informask_jax.masking show")
 
 
 def test_show_cli_html_names_a_bad_path_by_its_flag(tmp_path, capsys, monkeypatch):
