@@ -394,6 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                     eval_loss=last_eval.get("eval_loss") if evaluated else None,
                                     force=True)
           save_due = not saved
+          writer.flush()  # What a resume from this checkpoint keeps is on disk, whatever follows.
         if stopping and step < t.num_steps:
           checkpointer.wait()
           stopped_by = stopping

@@ -101,8 +101,18 @@ class MetricWriter:
     # file in tensorboard/ each time. Opened now when the crashed run logged past the resumed
     # step: the new file's purge marker drops those steps from TensorBoard as they were dropped
     # from metrics.jsonl, even if no step follows (num_steps lowered to the checkpoint's).
-    self._open_tb = lambda: SummaryWriter(
-        str(workdir / "tensorboard"), purge_step=None if resumed_at is None else resumed_at + 1)
+    self._tb_files = 0
+
+    def open_tb():
+      # After the first file, one per checkpoint (see flush): no purge (the steps before are
+      # this run's), and a numbered name (tensorboardX names files by the second, and opens
+      # them "wb": a second file made within the same second would replace the first).
+      first = self._tb_files == 0
+      self._tb_files += 1
+      return SummaryWriter(str(workdir / "tensorboard"), filename_suffix=f".{self._tb_files}",
+                           purge_step=resumed_at + 1 if first and resumed_at is not None else None)
+
+    self._open_tb = open_tb
     self._tb = self._open_tb() if dropped else None
 
   def write(self, step: int, scalars: dict) -> None:
@@ -120,6 +130,19 @@ class MetricWriter:
     for key, value in scalars.items():
       if isinstance(value, int | float) and math.isfinite(value):
         self._tb.add_scalar(key, value, int(step))
+
+  def flush(self) -> None:
+    """Puts every step logged so far on disk (metrics.jsonl is line-buffered). Called at each
+    checkpoint: a run killed hard (OOM, SIGKILL, a lost node) then keeps in TensorBoard the steps
+    up to its checkpoint, as in metrics.jsonl, and the resume drops those after it.
+
+    tensorboardX writes from a queue on a thread of its own, and its flush() writes only what
+    that thread has taken from the queue (after add_scalar, not yet the new events); closing
+    the writer drains the queue. The next write opens a new event file in the same folder,
+    which TensorBoard reads as one run: a file per checkpoint interval."""
+    if self.enabled and self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
   def close(self) -> None:
     if self.enabled:

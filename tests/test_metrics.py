@@ -82,7 +82,7 @@ class _FakeSummaryWriter:
 
   made = []
 
-  def __init__(self, logdir, purge_step=None):
+  def __init__(self, logdir, purge_step=None, filename_suffix=""):
     self.logdir, self.purge_step, self.scalars = logdir, purge_step, []
     _FakeSummaryWriter.made.append(self)
 
@@ -110,6 +110,13 @@ def test_tensorboard_gets_the_finite_numbers_and_drops_what_follows_the_resumed_
   # checkpoint, but not the checkpoint's own step, which metrics.jsonl keeps too.
   assert fresh.purge_step is None and resumed.purge_step == 21
   assert resumed.scalars == [("loss", 0.5, 21), ("skipped_steps", 2, 21)]
+  # The file opened after a checkpoint's flush purges nothing: steps 21.. are this run's.
+  writer = metrics.MetricWriter(tmp_path, resumed_at=20)
+  writer.write(21, {"loss": 0.5})
+  writer.flush()
+  writer.write(22, {"loss": 0.4})
+  writer.close()
+  assert [w.purge_step for w in _FakeSummaryWriter.made[2:]] == [21, None]
 
 
 def test_a_writer_that_logs_nothing_leaves_no_event_file(tmp_path):
@@ -122,6 +129,23 @@ def test_a_writer_that_logs_nothing_leaves_no_event_file(tmp_path):
   writer.write(6, {"loss": 1.0})
   writer.close()
   assert len(events()) == 1 and events()[0].stat().st_size > 0
+
+
+def test_flush_puts_the_logged_steps_on_disk(tmp_path):
+  """The loop flushes at each checkpoint: a run killed hard afterwards keeps, in TensorBoard, the
+  steps up to the checkpoint (tensorboardX alone buffers them for up to 120 s)."""
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write(0, {"eval_loss": 9.0})
+  writer.write(10, {"loss": 8.5})
+  writer.flush()
+  (event_file,) = (tmp_path / "tensorboard").glob("events.*")
+  steps = lambda f: [(e.step, v.tag) for e in _events(f) for v in e.summary.value]  # noqa: E731
+  assert steps(event_file) == [(0, "eval_loss"), (10, "loss")]
+  # The next steps go to a second file within the same second, which does not replace the first.
+  writer.write(20, {"loss": 8.0})
+  writer.close()
+  files = sorted((tmp_path / "tensorboard").glob("events.*"))
+  assert [steps(f) for f in files] == [[(0, "eval_loss"), (10, "loss")], [(20, "loss")]]
 
 
 def _events(path):
