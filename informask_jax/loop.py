@@ -237,6 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # open print tracebacks at exit, after the error that matters).
   train_iter = pipeline.train_iterator(config.train.batch_size, seed=config.train.seed)
   with contextlib.ExitStack() as cleanup:
+    # Before anything is written or deleted in the workdir: a second run there is refused.
+    cleanup.enter_context(workdir_lib.lock(workdir))
     if clear:  # Everything above checked and built: only now is the old run deleted.
       distributed.main_process_first("clear workdir", lambda: workdir_lib.clear(workdir))
     elif not resume:

@@ -1,11 +1,18 @@
 """A run's workdir before training: the refusals of a workdir that cannot take the run (a file, a
 Hugging Face model, a run it would clobber, or resume against its config, no write permission),
-and the old run's logs set aside (a fresh start) or deleted (config.train.overwrite)."""
+the lock that keeps a second run out while one uses it, and the old run's logs set aside (a fresh
+start) or deleted (config.train.overwrite)."""
 
+import contextlib
+import datetime
+import errno
+import fcntl
 import json
 import logging
+import os
 import pathlib
 import shutil
+import socket
 
 import jax
 
@@ -98,3 +105,40 @@ def clear(workdir: pathlib.Path) -> None:
     path = workdir / name
     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
   logging.warning("config.train.overwrite: deleted the earlier run in %s.", workdir)
+
+
+@contextlib.contextmanager
+def lock(workdir: pathlib.Path):
+  """Holds the workdir for this run: FileExistsError when another run holds it.
+
+  Two runs in one workdir (a Slurm job submitted twice, a command started in a second terminal)
+  would both train and save over each other's checkpoints, each reporting success. Each process
+  takes an exclusive flock on WORKDIR/.lock.process-N (N its process index, so the processes of
+  one run do not exclude each other on a shared file system); the kernel releases it when the
+  process ends, however it ends, so no stale lock outlives a crash. Where the file system has no
+  locks (some network mounts), the run goes on with a warning. The file stays (removing a lock
+  file races with a process opening it) and holds who took it last.
+  """
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / f".lock.process-{jax.process_index()}"
+  with open(path, "a+", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      locked = True
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        f.seek(0)
+        holder = f.read().strip() or "holder unknown"
+        raise FileExistsError(
+            f"--workdir {workdir} is in use by another run ({holder}; lock {path.name}). Wait "
+            "for it to end or stop it, or use another --workdir.") from None
+      logging.warning("Cannot lock %s (%s): a second run started in this workdir would not be "
+                      "refused.", path, e.strerror or e)
+      locked = False
+    if locked:
+      f.seek(0)
+      f.truncate()
+      since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+      f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {since}\n")
+      f.flush()
+    yield  # Closing the file releases the lock.

@@ -1,10 +1,15 @@
 """workdir.prepare and the set-aside logs: a fresh start or an overwrite decided before anything
 heavy runs, never losing a run's logs or checkpoints (resumes are tested in test_loop.py)."""
 
+import errno
+import logging
+import os
+import socket
+
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing
+from informask_jax import checkpointing, loop
 from informask_jax import model as model_lib
 from informask_jax import workdir as workdir_lib
 
@@ -62,3 +67,48 @@ def test_checkpoint_directories_that_cannot_be_written_are_found_first(tiny_conf
                                             r"written: creating a directory in .*locked fails "
                                             r"\(Permission denied\)\. Fix its permissions"):
     workdir_lib.prepare(tmp_path / "locked", tiny_config)
+
+
+# --- The lock: one run per workdir ---------------------------------------------------------------
+
+def test_a_held_workdir_refuses_a_second_run_until_released(tmp_path, monkeypatch, caplog):
+  """A second run (a Slurm job submitted twice) is refused, naming who holds the workdir; the
+  processes of one run lock files of their own; the lock ends with its holder."""
+  workdir = tmp_path / "new" / "run"  # Made by the lock: the run is about to write there.
+  with workdir_lib.lock(workdir):
+    holder = (workdir / ".lock.process-0").read_text()
+    assert holder.startswith(f"pid {os.getpid()} on {socket.gethostname()}, since ")
+    with pytest.raises(FileExistsError, match=rf"--workdir .*run is in use by another run "
+                                              rf"\(pid {os.getpid()} on .*lock \.lock\.process-0"
+                                              rf"\)\. Wait for it to end"):
+      with workdir_lib.lock(workdir):
+        pass
+    assert (workdir / ".lock.process-0").read_text() == holder  # The refused run wrote nothing.
+    monkeypatch.setattr(workdir_lib.jax, "process_index", lambda: 1)
+    with workdir_lib.lock(workdir):  # Process 1 of the same run.
+      pass
+    monkeypatch.undo()
+  with workdir_lib.lock(workdir):  # Released.
+    pass
+
+  def no_locks(f, operation):  # A network mount without locks.
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(workdir_lib.fcntl, "flock", no_locks)
+  with caplog.at_level(logging.WARNING), workdir_lib.lock(workdir):
+    pass
+  assert "a second run started in this workdir would not be refused" in caplog.text
+
+
+def test_a_run_in_a_held_workdir_is_refused_before_touching_it(tiny_config, tmp_path):
+  config = tiny_config
+  config.masking.name = "random"
+  config.data.seq_len, config.model.num_layers, config.train.batch_size = 64, 1, 16
+  config.train.num_steps = 1
+  (tmp_path / "metrics.jsonl").write_text("kept\n")  # A run without a checkpoint logged this.
+  with workdir_lib.lock(tmp_path):
+    with pytest.raises(FileExistsError, match="is in use by another run"):
+      loop.train_and_evaluate(config, tmp_path)
+  # Not set aside as a dead run's logs: that run may be alive.
+  assert (tmp_path / "metrics.jsonl").read_text() == "kept\n"
+  assert not checkpointing.checkpoint_dir(tmp_path).exists()
