@@ -113,7 +113,8 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
         accumulate, (zeros, 0.0, 0.0),
         (jnp.arange(step_config.micro_steps), *micro_batches))
 
-    # Normalise by the targets of the whole batch: accumulation equals one large batch.
+    # Normalise by the targets of the whole batch: accumulation equals one large batch, but for
+    # dropout, drawn per micro-batch (one key per micro-step, not per example).
     num_targets = weights.sum()
     grads = jax.tree.map(lambda g: g / jnp.maximum(num_targets, 1.0), grad_sum)
     loss = loss_sum / jnp.maximum(num_targets, 1.0)
