@@ -800,6 +800,8 @@ def test_an_empty_validation_split_is_refused(tmp_path, streaming):
   c.data.sources[0].update(kind="files", name=str(tmp_path / "docs.jsonl"), text_field="text",
                            streaming=streaming)
   c.tokenizer.name_or_path = BERT_VOCAB
-  message = "no validation document" if streaming else "The validation split is empty"
+  message = (r"no validation document \(config.data.validation_fraction=0.0\): 0 holds out no "
+             r"document.* e.g. 0.02\." if streaming else
+             r"The validation split is empty .*: 0 holds out no document.* e.g. 0.02\.")
   with pytest.raises(ValueError, match=message):
     data.build_input_pipeline(c)

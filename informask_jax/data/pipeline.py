@@ -67,6 +67,11 @@ def max_sequence_length(model_config):
   return positions - 2 if flavour == "roberta" else positions
 
 
+# Why a fraction of 0, which the statistics' Beam pipeline takes, fails here.
+_NONE_HELD_OUT = (": 0 holds out no document, and runs evaluate (and keep their best checkpoint) "
+                  "on the held-out split; give a fraction in (0, 1), e.g. 0.02.")
+
+
 def check_config(config):
   """Errors in the data settings, raised before any corpus is read."""
   data = config.data
@@ -128,7 +133,10 @@ def build_input_pipeline(config):
     validation_docs = datasets.Dataset.from_dict(
         {"text": [ex["text"] for ex in corpus["validation"].take(STREAM_VALIDATION_DOCUMENTS)]})
     if not len(validation_docs):
-      raise ValueError("The streaming corpus gave no validation document.")
+      raise ValueError("The streaming corpus gave no validation document (config.data."
+                       f"validation_fraction={data.validation_fraction}){_NONE_HELD_OUT}"
+                       if data.validation_fraction == 0 else
+                       "The streaming corpus gave no validation document.")
     val_tok = tokenize_corpus(validation_docs, tokenizer, data)
     validation = pack_sequences(val_tok, data.seq_len, ids, data.packing)
     _packed_summary("validation (streamed sample)", validation, ids)
@@ -144,8 +152,10 @@ def build_input_pipeline(config):
   splits = {}
   for name in ("train", "validation"):
     if not len(corpus[name]):
+      none_held_out = name == "validation" and data.validation_fraction == 0
       raise ValueError(f"The {name} split is empty (config.data.validation_fraction="
-                       f"{data.validation_fraction}, {len(corpus['train'])} documents).")
+                       f"{data.validation_fraction}, {len(corpus['train'])} documents)"
+                       + (_NONE_HELD_OUT if none_held_out else "."))
     tokenized = tokenize_corpus(corpus[name], tokenizer, data,
                                 fingerprint=split_fps[name])
     packed = pack_sequences(tokenized, data.seq_len, ids, data.packing)
