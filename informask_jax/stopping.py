@@ -13,8 +13,10 @@ from jax.experimental import multihost_utils
 class StopSignal:
   """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly."""
 
-  def __init__(self):
+  def __init__(self, sync_every: int = 1):
+    """`sync_every`: config.train.stop_sync_every, for the message (see stop_now)."""
     self.received = None
+    self._sync_every = sync_every
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
@@ -28,7 +30,10 @@ class StopSignal:
       self.restore()  # A third one is Python's own KeyboardInterrupt, wherever it lands.
       raise KeyboardInterrupt
     if self.received is None:
-      logging.warning("Received %s: stopping after this step, which is saved.%s", name,
+      when = ("this step" if jax.process_count() == 1 or self._sync_every == 1 else
+              f"the next step that is a multiple of {self._sync_every} (config.train."
+              "stop_sync_every, where all processes agree)")
+      logging.warning("Received %s: stopping after %s, which is saved.%s", name, when,
                       " Ctrl-C again stops at once, without saving it." if name == "SIGINT"
                       else "")
     self.received = name

@@ -54,3 +54,15 @@ def test_a_second_ctrl_c_stops_at_once_and_sigterm_never_does(caplog):
                      "stops at once, without saving it."]
   finally:
     stop.restore()
+
+
+def test_with_several_processes_the_message_names_the_step_they_stop_at(caplog, monkeypatch):
+  monkeypatch.setattr(stopping.jax, "process_count", lambda: 2)
+  stop = stopping.StopSignal(sync_every=10)
+  try:
+    with caplog.at_level(logging.WARNING):
+      os.kill(os.getpid(), signal.SIGTERM)
+  finally:
+    stop.restore()
+  assert "Received SIGTERM: stopping after the next step that is a multiple of 10 (config.train." \
+         "stop_sync_every, where all processes agree), which is saved." in caplog.text
