@@ -166,6 +166,10 @@ def _check_text_file(path, where, sample=65536):
                      f"{len(head)} bytes are not valid UTF-8{', and it holds NUL bytes' * nul}).")
 
 
+# The .txt files whose undecodable bytes this process has reported (once each, not per pass).
+_WARNED_UNDECODABLE = set()
+
+
 def _read_txt(paths):
   """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
   for path in paths:
@@ -186,7 +190,8 @@ def _read_txt(paths):
           lines = []
     if lines:
       yield {"text": "".join(lines)}
-    if replaced:
+    if replaced and path not in _WARNED_UNDECODABLE:  # A stream reads its files every epoch.
+      _WARNED_UNDECODABLE.add(path)
       log.warning("%s: replaced %d byte(s) that are not valid UTF-8 with U+FFFD.", path, replaced)
 
 

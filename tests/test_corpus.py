@@ -74,6 +74,12 @@ def test_txt_documents_and_invalid_utf8_counted(tmp_path, caplog):
                                      "Second \ufffd\ufffd doc.", "Third."]
   assert len(loaded["validation"]) == 0
   assert "replaced 2 byte(s)" in caplog.text and "docs.txt" in caplog.text
+  # Read again (a stream reads its files every epoch): counted, but reported once per process.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+    for _ in range(2):
+      assert len(list(corpus._read_txt([str(path)]))) == 3
+  assert caplog.text.count("replaced 2 byte(s)") <= 1
 
 
 def test_runs_of_blank_lines_are_one_separator_for_max_documents(tmp_path):
