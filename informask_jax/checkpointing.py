@@ -193,11 +193,19 @@ def _first_line(error) -> tuple[str, str]:
   return type(error).__name__, (str(error).strip().splitlines() or [""])[0][:300]
 
 
-def _unreadable(workdir, step, steps, error) -> CheckpointReadError:
+def _unreadable(workdir, step, steps, error, step_flag=None) -> CheckpointReadError:
+  """`step_flag`: the caller's flag that picks a step (a read-only tool's --step); without one
+  the way out is to move the step aside, as a resume takes the latest."""
   others = [s for s in steps if s != step]
   kind, first = _first_line(error)
-  hint = (f"move {checkpoint_dir(workdir) / str(step)} aside to use step {others[-1]}"
-          if others else "no other checkpoint is left")
+  if not others:
+    hint = "no other checkpoint is left"
+  elif step_flag:  # The closest step before the damaged one, else the one after it.
+    earlier = [s for s in others if s < step]
+    other = earlier[-1] if earlier else others[0]
+    hint = f"pass {step_flag} {other} to use step {other} instead"
+  else:
+    hint = f"move {checkpoint_dir(workdir) / str(step)} aside to use step {others[-1]}"
   return CheckpointReadError(
       f"Checkpoint step {step} in {checkpoint_dir(workdir)} is damaged or incomplete "
       f"({kind}: {first}); {hint}.")
@@ -275,22 +283,26 @@ def latest_meta(workdir) -> dict | None:
     manager.close()
 
 
-def restore_params(workdir, step: int | None = None) -> tuple[Any, model_lib.MLMConfig, int]:
-  """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture."""
+def restore_params(workdir, step: int | None = None, *,
+                   step_flag: str | None = None) -> tuple[Any, model_lib.MLMConfig, int]:
+  """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture.
+
+  `step_flag` names the caller's flag for `step` (eval_lama.py's, convert_checkpoint.py's
+  --step): a damaged step's error then advises it rather than moving the step aside."""
   manager, steps = _find_steps(workdir)
   try:  # Closed on every path: its threads left open print tracebacks at interpreter exit.
-    return _restore_params(manager, workdir, step, steps)
+    return _restore_params(manager, workdir, step, steps, step_flag)
   finally:
     manager.close()
 
 
-def _restore_params(manager, workdir, step, steps):
+def _restore_params(manager, workdir, step, steps, step_flag):
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise ValueError(f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
                      f"available steps: {steps}.")
-  meta = _read_meta(manager, workdir, step)
+  meta = _read_meta(manager, workdir, step, step_flag)
   try:
     saved_state = manager.item_metadata(step)["state"]
     params_meta = saved_state.tree["params"]
@@ -303,21 +315,22 @@ def _restore_params(manager, workdir, step, steps):
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True)))
   except Exception as e:
-    raise _unreadable(workdir, step, steps, e) from e
+    raise _unreadable(workdir, step, steps, e, step_flag) from e
   params = restored["state"]["params"]
   if not all(np.isfinite(x).all() for x in jax.tree.leaves(params)):
     raise _unreadable(workdir, step, steps,
-                      ValueError("the parameters hold NaN or Inf, which no save writes"))
+                      ValueError("the parameters hold NaN or Inf, which no save writes"),
+                      step_flag)
   return params, model_lib.MLMConfig(**meta["mlm_config"]), step
 
 
-def _read_meta(manager, workdir, step) -> dict:
+def _read_meta(manager, workdir, step, step_flag=None) -> dict:
   try:
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(meta, dict) or "mlm_config" not in meta:
       raise KeyError("mlm_config")
   except Exception as e:
-    raise _unreadable(workdir, step, sorted(manager.all_steps()), e) from e
+    raise _unreadable(workdir, step, sorted(manager.all_steps()), e, step_flag) from e
   return meta
 
 

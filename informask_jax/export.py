@@ -413,7 +413,7 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   if not os.path.isdir(tokenizer_dir):
     raise FileNotFoundError(f"No tokenizer in {tokenizer_dir}: the export needs the tokenizer the "
                             "model was trained with.")
-  params, cfg, restored_step = checkpointing.restore_params(workdir, step)
+  params, cfg, restored_step = checkpointing.restore_params(workdir, step, step_flag="--step")
   import transformers
 
   from informask_jax import tokenization
@@ -433,7 +433,7 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   """Writes a Hugging Face BERT/RoBERTa as a step-0 checkpoint for `--config.init_from`."""
   import transformers
 
-  from informask_jax import checkpointing
+  from informask_jax import checkpointing, tokenization
 
   if os.path.isdir(dir_or_name) and _nesting(workdir, dir_or_name) == "is":
     raise ValueError(f"The new workdir {workdir} is the Hugging Face directory being imported: "
@@ -451,8 +451,17 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   except Exception as e:  # Missing or unreadable tokenizer files.
     raise FileNotFoundError(f"No usable tokenizer in {model_dir} ({type(e).__name__}: {e}); "
                             "the workdir needs the model's tokenizer.") from e
+  missing = tokenization.missing_vocabulary(tokenizer, model_dir)
+  if missing:  # An import of the special tokens alone would fail in train.py, named elsewhere.
+    raise FileNotFoundError(f"No usable tokenizer to import: {missing}")
   params, cfg = hf_mapping.from_hf_state_dict(_read_state_dict(model_dir), hf_config,
                                               scan_layers=scan_layers, head_seed=head_seed)
+  tokens = tokenization.vocab_rows(tokenizer)
+  if tokens != cfg.vocab_size:  # train.py and the export take one embedding row per token id.
+    raise ValueError(f"The tokenizer in {model_dir} has {tokens} token ids but the model's "
+                     f"embedding has {cfg.vocab_size} rows: save the model's own tokenizer "
+                     "there, or resize the embedding to this one (model.resize_token_embeddings("
+                     "len(tokenizer)); model.save_pretrained(DIR)) and import DIR.")
   if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != cfg.pad_id:
     raise ValueError(f"Tokenizer pad id {tokenizer.pad_token_id} differs from the config's "
                      f"pad_token_id {cfg.pad_id} in {model_dir}.")

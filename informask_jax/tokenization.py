@@ -279,6 +279,27 @@ def vocab_rows(tokenizer) -> int:
   return max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
 
 
+def missing_vocabulary(tokenizer, where: str) -> str | None:
+  """Why `tokenizer`, loaded by AutoTokenizer from `where` (a directory or a hub name), has no
+  vocabulary, with what to do; None when it has one.
+
+  Without its vocabulary files transformers 5 does not raise: it builds a tokenizer of the
+  special tokens alone from the directory's configs, with which every word is [UNK]."""
+  files = dict(getattr(tokenizer, "vocab_files_names", {}))
+  # tokenizer.json holds a whole vocabulary; the class's other files do only together.
+  choices = [f for f in (files.pop("tokenizer_file", None), "+".join(files.values())) if f]
+  if os.path.isdir(where) and choices and not any(
+      all(os.path.isfile(os.path.join(where, name)) for name in choice.split("+"))
+      for choice in choices):
+    return (f"{where} has no tokenizer files ({type(tokenizer).__name__} reads "
+            f"{' or '.join(choices)}): save the model's tokenizer there "
+            f"(tokenizer.save_pretrained({where!r})).")
+  if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
+    return (f"the tokenizer loaded from {where} has no vocabulary, only its {len(tokenizer)} "
+            "special tokens (tokenizer files missing or damaged?).")
+  return None
+
+
 def continuation_table(tokenizer):
   """bool[V]: True for tokens that continue a word (WordPiece "##" pieces).
 

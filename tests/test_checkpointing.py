@@ -238,6 +238,17 @@ def test_a_damaged_latest_step_points_to_the_one_before_it():
   assert "aside to use step 2" in str(error)
 
 
+def test_a_damaged_step_read_by_a_tool_with_a_step_flag_points_to_that_flag():
+  """A read-only tool (the export, eval_lama.py) picks its step with a flag: the step before
+  the damaged one, else the one after it; the checkpoint itself stays where it is."""
+  for step, other in ((3, 2), (2, 1), (1, 2)):
+    error = str(checkpointing._unreadable("/w", step, [1, 2, 3], ValueError("x"), "--step"))
+    assert error.endswith(f"; pass --step {other} to use step {other} instead.") and (
+        "aside" not in error), error
+  error = checkpointing._unreadable("/w", 1, [1], ValueError("x"), "--step")
+  assert str(error).endswith("; no other checkpoint is left.")
+
+
 def test_checkpoints_without_an_evaluation_rotate_out(tmp_path):
   """Only evaluated steps compete for 'best': the others are kept while among the latest only."""
   state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)

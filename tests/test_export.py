@@ -748,3 +748,61 @@ def test_a_checkpoint_with_non_finite_parameters_is_refused_naming_its_step(expo
                            r"writes\); no other checkpoint is left"):
     export.export_workdir(workdir, str(out), verify=False)
   assert not out.exists() and os.listdir(tmp_path) == ["work"]
+
+
+def test_import_of_a_model_saved_without_its_tokenizer_is_refused_before_writing(hf_copy,
+                                                                                 tmp_path):
+  """model.save_pretrained alone writes config.json and the weights: transformers 5 then builds a
+  tokenizer of the 5 special tokens instead of raising, which train.py would fail on later with
+  errors about other things (PMI table, pad id)."""
+  for name in os.listdir(hf_copy):
+    if name not in ("config.json", "model.safetensors"):
+      os.remove(hf_copy / name)
+  with pytest.raises(FileNotFoundError,
+                     match=rf"No usable tokenizer to import: {hf_copy} has no tokenizer files "
+                           r"\(BertTokenizer reads tokenizer.json or vocab.txt\): save the "
+                           r"model's tokenizer there \(tokenizer.save_pretrained\("):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+
+
+def test_import_refuses_a_tokenizer_that_does_not_cover_the_embedding(hf_copy, tmp_path):
+  """Every run and export takes one embedding row per token id: a model whose embedding has rows
+  the tokenizer lacks is named at the import, not as "not from the same run" at the export."""
+  for name in ("tokenizer.json", "vocab.txt"):
+    os.remove(hf_copy / name)
+  transformers.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB[:-3])}).save_pretrained(
+      hf_copy)
+  with pytest.raises(ValueError, match=rf"tokenizer in {hf_copy} has {len(VOCAB) - 3} token ids "
+                                       rf"but the model's embedding has {len(VOCAB)} rows: .*"
+                                       r"resize_token_embeddings"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+
+
+def damaged_latest_step(workdir, steps=(20, 40)):
+  """`workdir`'s step-0 checkpoint as `steps`, the last with its arrays' data files emptied."""
+  directory = checkpointing.checkpoint_dir(workdir)
+  for step in steps:
+    shutil.copytree(directory / "0", directory / str(step))
+  shutil.rmtree(directory / "0")
+  for path in (directory / str(steps[-1]) / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 1000:
+      path.write_bytes(b"")
+
+
+def test_a_damaged_checkpoint_points_the_export_to_its_step_flag(imported_workdir, tmp_path):
+  """The read-only export picks its step with --step: that is the way out to advise, not moving
+  the damaged step aside (train.py's resume, which takes the latest)."""
+  workdir = tmp_path / "work"
+  shutil.copytree(imported_workdir, workdir)
+  damaged_latest_step(workdir)
+  out = tmp_path / "hf"
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r"step 40 in .* is damaged or incomplete .*; pass --step 20 to use "
+                           r"step 20 instead\.$") as error:
+    convert_checkpoint.main(["--workdir", str(workdir), "--out", str(out), "--no-verify"])
+  assert "aside" not in str(error.value) and not out.exists()
+  report = convert_checkpoint.main(["--workdir", str(workdir), "--out", str(out), "--step", "20",
+                                    "--no-verify"])
+  assert report["step"] == 20

@@ -651,6 +651,31 @@ def test_a_step_the_workdir_lacks_is_refused_before_the_model_loads(models, tmp_
   lama.check_model(str(tmp_path / "exports" / "checkpoints"))
 
 
+@pytest.mark.parametrize("backend", ["flax", "torch"])
+def test_a_damaged_checkpoint_points_to_the_step_flag(models, tmp_path, monkeypatch, backend):
+  """eval_lama.py picks a workdir's step with --step: that is the way out to advise for a damaged
+  latest step (flax restores it, torch exports it first), not moving it aside as for a resume."""
+  from informask_jax import checkpointing, export
+
+  params, cfg = export.load_hf_as_flax(models["bert"])
+  checkpointing.save_initial_checkpoint(tmp_path / "import", params, cfg)  # Step 0.
+  run = tmp_path / "run"
+  for step in (20, 40):  # A step is its folder: copies of step 0 are steps 20 and 40.
+    shutil.copytree(checkpointing.checkpoint_dir(tmp_path / "import") / "0",
+                    checkpointing.checkpoint_dir(run) / str(step))
+  for path in (checkpointing.checkpoint_dir(run) / "40" / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 1000:  # Every data file of the arrays emptied.
+      path.write_bytes(b"")
+  transformers.AutoTokenizer.from_pretrained(models["bert"]).save_pretrained(run / "tokenizer")
+  monkeypatch.setenv("INFORMASK_TRACEBACK", "1")  # The error itself, not the one-line exit.
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r"step 40 in .* is damaged or incomplete .*; pass --step 20 to use "
+                           r"step 20 instead\.$") as error:
+    eval_lama.main(["--model", str(run), "--data_dir", str(FIXTURES), "--backend", backend,
+                    "--limit", "2", "--no_progress"])
+  assert "aside" not in str(error.value)
+
+
 def test_a_workdir_without_checkpoints_or_an_empty_directory_is_named_as_such(
     models, tmp_path, monkeypatch):
   _no_model_load(monkeypatch)

@@ -143,7 +143,7 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
     if is_workdir(model):
       from informask_jax import checkpointing
 
-      params, cfg, _ = checkpointing.restore_params(model, step=step)
+      params, cfg, _ = checkpointing.restore_params(model, step=step, step_flag="--step")
     else:
       from informask_jax import export
 

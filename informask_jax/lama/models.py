@@ -81,6 +81,8 @@ def load_tokenizer(model: str):
   """The tokenizer of an exported directory, a hub name or a training workdir."""
   from transformers import AutoTokenizer
 
+  from informask_jax import tokenization
+
   check_model_path(model)
   where = str(pathlib.Path(model) / "tokenizer") if is_workdir(model) else model
   try:
@@ -93,17 +95,7 @@ def load_tokenizer(model: str):
     raise FileNotFoundError(
         f"--model {model!r}: no tokenizer could be loaded from {where!r} (an exported Hugging "
         f"Face directory, a hub name, or a training workdir with tokenizer/): {e}") from e
-  # Without its vocabulary files, transformers builds a tokenizer of the special tokens alone
-  # from config.json: every object would be "not a single token" and every fact skipped.
-  needed = sorted(set(getattr(tokenizer, "vocab_files_names", {}).values()))
-  if os.path.isdir(where) and needed and not any(os.path.isfile(os.path.join(where, n))
-                                                 for n in needed):
-    raise FileNotFoundError(
-        f"--model {model!r}: {where!r} has no tokenizer files ({type(tokenizer).__name__} needs "
-        f"one of: {', '.join(needed)}). Save the tokenizer beside the model "
-        "(tokenizer.save_pretrained(DIR)).")
-  if set(tokenizer.get_vocab()) <= set(tokenizer.all_special_tokens):
-    raise FileNotFoundError(
-        f"--model {model!r}: the tokenizer loaded from {where!r} has no vocabulary, only its "
-        f"{len(tokenizer)} special tokens (tokenizer files missing?).")
+  missing = tokenization.missing_vocabulary(tokenizer, where)
+  if missing:  # Every object would be "not a single token" and every fact skipped.
+    raise FileNotFoundError(f"--model {model!r}: {missing}")
   return tokenizer
