@@ -7,7 +7,9 @@ import json
 import logging
 import pathlib
 
-from informask_jax import checkpointing, optim
+import ml_collections
+
+from informask_jax import checkpointing, optim, tokenization
 from informask_jax import model as model_lib
 
 # Settings that change the corpus a vocabulary is trained on.
@@ -40,7 +42,10 @@ def check_resume_settings(workdir: pathlib.Path, config) -> None:
   current = config_json(config)
   changed = config_changes({"tokenizer": saved.get("tokenizer") or {}},
                            {"tokenizer": current.get("tokenizer", {})})
-  if changed:
+  if changed and _names_the_checkpoints_tokenizer(meta, config):
+    logging.info("Resuming with other tokenizer settings (%s): the vocabulary is the "
+                 "checkpoint's (the same tokenizer fingerprint).", "; ".join(changed))
+  elif changed:
     raise ValueError(
         f"Cannot resume the run in {workdir}: its tokenizer settings changed ("
         f"{'; '.join(changed)}), and its checkpoints' embeddings belong to the old vocabulary. "
@@ -59,20 +64,37 @@ def check_resume_settings(workdir: pathlib.Path, config) -> None:
         f"start a new run: another --workdir with --config.init_from={workdir}.")
 
 
+def _names_the_checkpoints_tokenizer(meta: dict, config) -> bool:
+  """Whether config.tokenizer.name_or_path (a file, a directory, a hub name: loaded without the
+  corpus) gives the checkpoint's tokenizer, by fingerprint: a run resumed with its own saved
+  WORKDIR/tokenizer changes its settings, not its vocabulary."""
+  saved = meta.get("tokenizer_fingerprint")
+  if not saved or not config.tokenizer.name_or_path:  # Training one needs the corpus.
+    return False
+  tokenizer = tokenization.load_tokenizer(config.tokenizer)
+  return tokenization.tokenizer_fingerprint(tokenizer) == saved
+
+
 def check_tokenizer(saved_meta: dict, fingerprint: str, changed: list[str], config,
-                    where: str) -> None:
+                    where: str, tokenizer_dir: pathlib.Path | None = None) -> None:
   """Refuses a resume whose tokenizer is not the checkpoint's (token ids would mean other
   tokens), saying why it changed: the corpus a trained vocabulary follows (`changed`, this
   config against the checkpoint's), or an edited vocabulary file. `where` names the run and
-  its step."""
+  its step; `tokenizer_dir` is the run's saved tokenizer (WORKDIR/tokenizer), which a trained
+  vocabulary can be resumed with."""
   saved_tokenizer = saved_meta.get("tokenizer_fingerprint")
   if saved_tokenizer not in (None, fingerprint):
     if not config.tokenizer.name_or_path:  # Trained here: the vocabulary follows the corpus.
       corpus_changes = [c for c in changed if c.startswith(CORPUS_KEYS)]
+      # train.py saves the tokenizer at every start once its checks pass: the latest
+      # checkpoint's, whatever the library would train now.
+      own_vocabulary = (f", or with the vocabulary it saved: --config.tokenizer.name_or_path="
+                        f"{tokenizer_dir}" if tokenizer_dir is not None
+                        and (tokenizer_dir / "tokenizer.json").is_file() else "")
       why = ("the vocabulary is trained on the corpus (config.tokenizer.name_or_path=''), "
              "and this run's corpus (or the library that trains it) differs" + (
                  f" ({'; '.join(corpus_changes)})" if corpus_changes else "") +
-             ". Resume with the run's data settings (its config.json)")
+             f". Resume with the run's data settings (its config.json){own_vocabulary}")
     else:
       why = (f"though the settings match, the tokenizer of config.tokenizer.name_or_path="
              f"{config.tokenizer.name_or_path!r} changed: the vocabulary file was edited? "
@@ -80,6 +102,46 @@ def check_tokenizer(saved_meta: dict, fingerprint: str, changed: list[str], conf
     raise ValueError(
         f"Cannot resume the run in {where}: this run's tokenizer is not the one the checkpoint "
         f"was trained with: {why}, or start a new run in another --workdir.")
+
+
+def check_init_vocabulary(init_from: str, tokenizer) -> None:
+  """Refuses config.init_from parameters learned on a vocabulary other than this run's
+  `tokenizer`, compared token by token with the tokenizer/ the init_from workdir holds (train.py
+  and convert_checkpoint.py --from-hf write one): one of the same size passes the architecture
+  check, but its embedding rows belong to other tokens. The same vocabulary normalised otherwise
+  (config.tokenizer.lowercase) is only warned about."""
+  saved_dir = pathlib.Path(init_from).expanduser() / "tokenizer"
+  if not saved_dir.is_dir():  # Nothing recorded to compare with.
+    return
+  try:
+    saved = tokenization.load_tokenizer(ml_collections.ConfigDict({"name_or_path": str(saved_dir)}))
+  except (OSError, ValueError) as e:  # Its message names config.tokenizer, not this setting.
+    raise ValueError(f"config.init_from={init_from}: its tokenizer {saved_dir} cannot be "
+                     f"compared with this run's: {e}") from None
+  theirs = {i: t for t, i in saved.get_vocab().items()}
+  ours = {i: t for t, i in tokenizer.get_vocab().items()}
+  moved = sum(theirs.get(i) != ours.get(i) for i in theirs.keys() | ours.keys())
+  if moved:
+    raise ValueError(
+        f"config.init_from={init_from} holds parameters of another vocabulary: {moved} of the "
+        f"{len(theirs.keys() | ours.keys())} token ids map to other tokens in this run's "
+        f"tokenizer. Train with its vocabulary: --config.tokenizer.name_or_path={saved_dir}.")
+  if tokenization.tokenizer_fingerprint(saved) != tokenization.tokenizer_fingerprint(tokenizer):
+    logging.warning("config.init_from=%s: this run's tokenizer has the vocabulary of %s but "
+                    "normalises text otherwise (e.g. config.tokenizer.lowercase), so words may "
+                    "split into other tokens than the parameters learned.", init_from, saved_dir)
+
+
+def warn_masking_change(changed: list[str]) -> None:
+  """A resume with other masking settings (allowed: a curriculum may change the strategy) draws
+  its evaluation masks with them: say that the losses before and after do not compare, nor,
+  therefore, does the choice of the checkpoint kept as the best by validation loss."""
+  masking = [c for c in changed if c.startswith("config.masking.")]
+  if masking:
+    logging.warning("The masking changed (%s): evaluations from here on use the new masks, so "
+                    "their losses do not compare with the earlier ones; the checkpoint kept as "
+                    "the best by validation loss is still chosen across both.",
+                    "; ".join(masking))
 
 
 def warn_schedule_change(saved_meta: dict, config, step: int) -> None:

@@ -220,6 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   init_params = None
   if config.init_from and not resume:
+    # First: a vocabulary of another size is then named as such (with the way out), not as a
+    # vocab_size mismatch; one of the same size would pass the architecture check.
+    compatibility.check_init_vocabulary(config.init_from, pipeline.tokenizer)
     try:
       init_params, saved_cfg, _ = checkpointing.restore_params(config.init_from)
     except FileNotFoundError as e:
@@ -254,10 +257,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                        mlm_config, f"the checkpoint at step {step} in {workdir}")
       changed = compatibility.config_changes(saved_meta.get("config") or {}, config_json)
       compatibility.check_tokenizer(saved_meta, pipeline.tokenizer_fingerprint, changed,
-                                    config, f"{workdir} (step {step})")
+                                    config, f"{workdir} (step {step})", workdir / "tokenizer")
       if changed:
         logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
                         "\n  ".join(changed))
+        compatibility.warn_masking_change(changed)
       abstract = jax.tree.map(
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
       del state  # Free the fresh state before the restored one arrives.
@@ -300,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # --- Loop --------------------------------------------------------------------------------
     writer = cleanup.enter_context(contextlib.closing(metrics_lib.MetricWriter(
         workdir, enabled=is_main, resumed_at=int(jax.device_get(state.step)) if resume else None)))
-    stop = stopping_lib.StopSignal()
+    stop = stopping_lib.StopSignal(config.train.stop_sync_every)
     cleanup.callback(stop.restore)
     # A folder per process: jax.profiler names its files by host and second, so processes
     # sharing a host (one per GPU) would overwrite one another's trace.

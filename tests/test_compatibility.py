@@ -2,15 +2,30 @@
 refused, naming what changed."""
 
 import logging
+import re
 
 import ml_collections
 import pytest
 
-from informask_jax import compatibility
+from informask_jax import compatibility, tokenization
 
 
 def _config(name_or_path):
   return ml_collections.ConfigDict({"tokenizer": {"name_or_path": name_or_path}})
+
+
+def _tokenizer(tmp_path, tokens, lowercase=True):
+  """A WordPiece tokenizer of the special tokens and `tokens` (ids in this order)."""
+  path = tmp_path / f"vocab-{len(list(tmp_path.iterdir()))}.txt"
+  path.write_text("\n".join(tokenization.SPECIAL_TOKENS + tuple(tokens)) + "\n")
+  return tokenization.load_tokenizer(ml_collections.ConfigDict(
+      {"name_or_path": str(path), "lowercase": lowercase}))
+
+
+def _saved(tokenizer, workdir):
+  """`tokenizer` saved as a run saves it, in WORKDIR/tokenizer; returns that directory."""
+  tokenizer.save_pretrained(str(workdir / "tokenizer"))
+  return workdir / "tokenizer"
 
 
 def test_the_same_or_an_unrecorded_tokenizer_resumes():
@@ -29,6 +44,68 @@ def test_a_trained_vocabulary_names_the_corpus_settings_that_changed():
   assert "train.seed" not in str(e.value)  # Only the settings the vocabulary follows.
 
 
+def test_a_trained_vocabulary_that_changed_suggests_the_runs_saved_tokenizer(tmp_path):
+  """A vocabulary trained otherwise now (a `tokenizers` upgrade) resumes with the one the run
+  saved, which train.py writes at every start once its checks pass."""
+  saved_dir = _saved(_tokenizer(tmp_path, ["cat"]), tmp_path / "run")
+  with pytest.raises(ValueError, match=r"differs\. Resume with the run's data settings \(its "
+                                       r"config.json\), or with the vocabulary it saved: "
+                                       rf"--config.tokenizer.name_or_path={re.escape(str(saved_dir))}"
+                                       r", or start a new run"):
+    compatibility.check_tokenizer({"tokenizer_fingerprint": "abc"}, "xyz", [], _config(""),
+                                  "runs/x (step 2)", saved_dir)
+
+
+def test_a_resume_with_the_runs_own_saved_tokenizer_keeps_its_vocabulary(tiny_config, tmp_path,
+                                                                         monkeypatch, caplog):
+  """name_or_path '' -> WORKDIR/tokenizer changes the settings, not the vocabulary (the same
+  fingerprint): accepted before the corpus is built; another tokenizer's directory is not."""
+  run = _tokenizer(tmp_path, ["the", "cat", "sat"])
+  meta = {"config": compatibility.config_json(tiny_config),
+          "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(run)}
+  monkeypatch.setattr(compatibility.checkpointing, "latest_meta", lambda workdir: meta)
+  tiny_config.tokenizer.name_or_path = str(_saved(run, tmp_path / "run"))
+  with caplog.at_level(logging.INFO):
+    compatibility.check_resume_settings(tmp_path / "run", tiny_config)
+  assert ("Resuming with other tokenizer settings (config.tokenizer.name_or_path: '' -> "
+          f"'{tmp_path / 'run' / 'tokenizer'}'): the vocabulary is the checkpoint's") in caplog.text
+  other = _tokenizer(tmp_path, ["the", "sat", "cat"])
+  tiny_config.tokenizer.name_or_path = str(_saved(other, tmp_path / "other"))
+  with pytest.raises(ValueError, match=r"tokenizer settings changed \(config.tokenizer."
+                                       r"name_or_path: '' -> '.*other/tokenizer'\)"):
+    compatibility.check_resume_settings(tmp_path / "run", tiny_config)
+
+
+def test_init_from_parameters_of_another_vocabulary_are_refused(tmp_path, caplog):
+  """The same size (the architecture check passes) but other tokens at two ids: refused, with
+  the init_from workdir's tokenizer as the way out; the same vocabulary passes silently."""
+  init_dir = tmp_path / "init"
+  _saved(_tokenizer(tmp_path, ["the", "cat", "sat", "##s"]), init_dir)
+  with pytest.raises(ValueError, match=rf"config.init_from={re.escape(str(init_dir))} holds "
+                                       r"parameters of another vocabulary: 2 of the 9 token ids "
+                                       r"map to other tokens in this run's tokenizer\. Train with "
+                                       r"its vocabulary: --config.tokenizer.name_or_path="
+                                       rf"{re.escape(str(init_dir / 'tokenizer'))}\.$"):
+    compatibility.check_init_vocabulary(str(init_dir), _tokenizer(tmp_path,
+                                                                  ["the", "sat", "cat", "##s"]))
+  with caplog.at_level(logging.WARNING):
+    compatibility.check_init_vocabulary(str(init_dir), _tokenizer(tmp_path,
+                                                                  ["the", "cat", "sat", "##s"]))
+    compatibility.check_init_vocabulary(str(tmp_path / "no_tokenizer_saved"),
+                                        _tokenizer(tmp_path, ["dog"]))
+  assert not caplog.text
+
+
+def test_init_from_the_same_vocabulary_normalised_otherwise_is_warned_about(tmp_path, caplog):
+  init_dir = tmp_path / "init"
+  _saved(_tokenizer(tmp_path, ["the", "cat"], lowercase=True), init_dir)
+  with caplog.at_level(logging.WARNING):
+    compatibility.check_init_vocabulary(str(init_dir),
+                                        _tokenizer(tmp_path, ["the", "cat"], lowercase=False))
+  assert (f"config.init_from={init_dir}: this run's tokenizer has the vocabulary of "
+          f"{init_dir / 'tokenizer'} but normalises text otherwise") in caplog.text
+
+
 def test_a_named_vocabulary_that_changed_is_said_to_be_edited():
   with pytest.raises(ValueError, match=r"config.tokenizer.name_or_path='vocab.txt' changed: the "
                                        r"vocabulary file was edited\? Restore it, or start a new "
@@ -41,6 +118,18 @@ def test_resume_names_the_config_changes():
   saved = {"masking": {"name": "informask", "mask_prob": 0.15}, "train": {"num_steps": 10}}
   now = {"masking": {"name": "span", "mask_prob": 0.15}, "train": {"num_steps": 20}}
   assert compatibility.config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
+
+
+def test_a_masking_change_says_the_evaluations_no_longer_compare(caplog):
+  """Allowed on resume, but the evaluation masks change with it (a walkthrough resumed an
+  informask run as span and the 'best' checkpoint was picked across both kinds of loss)."""
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_masking_change(["config.train.num_steps: 10 -> 20"])
+    assert not caplog.records
+    compatibility.warn_masking_change(["config.masking.name: 'informask' -> 'span'"])
+  assert "The masking changed (config.masking.name: 'informask' -> 'span'): evaluations from " \
+         "here on use the new masks" in caplog.text
+  assert "best by validation loss is still chosen across both" in caplog.text
 
 
 @pytest.mark.parametrize("section,key,value", [

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,7 +204,9 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
                                        r"with: the vocabulary is trained on the corpus "
                                        r"\(config.tokenizer.name_or_path=''\), and this run's "
                                        r"corpus \(or the library that trains it\) differs\. "
-                                       r"Resume with the run's data settings"):
+                                       r"Resume with the run's data settings \(its config.json\), "
+                                       r"or with the vocabulary it saved: --config.tokenizer."
+                                       rf"name_or_path={re.escape(str(tmp_path / 'tokenizer'))},"):
     loop.train_and_evaluate(config, tmp_path)
   meta_file.write_text(json.dumps(meta))
   config.train.resume = False
@@ -270,6 +274,19 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"imported by convert_checkpoint.py"):
     loop.train_and_evaluate(config, tmp_path / "imported")
   config.model.num_layers -= 1
+  # init_from parameters of another vocabulary of the same size (two tokens swapped) is refused
+  # (the model would fit).
+  other = tmp_path / "other_vocabulary"
+  checkpointing.save_initial_checkpoint(other, params, mlm_config)
+  shutil.copytree(tmp_path / "tokenizer", other / "tokenizer")
+  spec = json.loads((other / "tokenizer" / "tokenizer.json").read_text())
+  first, second = (t for t, i in spec["model"]["vocab"].items() if i in (5, 6))
+  spec["model"]["vocab"][first], spec["model"]["vocab"][second] = 6, 5
+  (other / "tokenizer" / "tokenizer.json").write_text(json.dumps(spec))
+  config.init_from, config.train.resume = str(other), False
+  with pytest.raises(ValueError, match=r"holds parameters of another vocabulary: 2 of the 8192 "
+                                       r"token ids .*name_or_path=.*other_vocabulary/tokenizer\."):
+    loop.train_and_evaluate(config, tmp_path / "fresh")
   # init_from a workdir whose checkpoints directory holds no finished checkpoint names the key.
   (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
   config.init_from, config.train.resume = str(tmp_path / "empty"), False
@@ -873,6 +890,13 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
   assert (f"config.train.num_steps: 3 -> 5. The learning rate's {config.optim.schedule} decay "
           f"now ends at step 5: at step 3 it is {rate(5):.4g} ({rate(3):.4g} on the "
           "checkpoint's schedule).") in caplog.text
+  # A resume with the run's own saved tokenizer (the way back to a trained vocabulary that the
+  # library would now train otherwise) keeps the checkpoint's vocabulary.
+  config.tokenizer.name_or_path = str(tmp_path / "tokenizer")
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
+  assert "the vocabulary is the checkpoint's" in caplog.text
 
 
 def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_path, monkeypatch,
