@@ -132,11 +132,16 @@ def check_init_vocabulary(init_from: str, tokenizer) -> None:
                     "split into other tokens than the parameters learned.", init_from, saved_dir)
 
 
-def warn_masking_change(changed: list[str]) -> None:
+def warn_masking_change(changed: list[str], config) -> None:
   """A resume with other masking settings (allowed: a curriculum may change the strategy) draws
   its evaluation masks with them: say that the losses before and after do not compare, nor,
-  therefore, does the choice of the checkpoint kept as the best by validation loss."""
-  masking = [c for c in changed if c.startswith("config.masking.")]
+  therefore, does the choice of the checkpoint kept as the best by validation loss. The
+  statistics settings count too for the strategies whose tables they build."""
+  name = config.masking.name
+  tables = name in ("pmi_span", "informask_online") or (
+      name == "informask" and not config.masking.get("rates_path"))
+  prefixes = ("config.masking.", "config.stats.") if tables else ("config.masking.",)
+  masking = [c for c in changed if c.startswith(prefixes)]
   if masking:
     logging.warning("The masking changed (%s): evaluations from here on use the new masks, so "
                     "their losses do not compare with the earlier ones; the checkpoint kept as "

@@ -261,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       if changed:
         logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
                         "\n  ".join(changed))
-        compatibility.warn_masking_change(changed)
+        compatibility.warn_masking_change(changed, config)
       abstract = jax.tree.map(
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
       del state  # Free the fresh state before the restored one arrives.

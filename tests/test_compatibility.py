@@ -123,13 +123,25 @@ def test_resume_names_the_config_changes():
 def test_a_masking_change_says_the_evaluations_no_longer_compare(caplog):
   """Allowed on resume, but the evaluation masks change with it (a walkthrough resumed an
   informask run as span and the 'best' checkpoint was picked across both kinds of loss)."""
+  config = ml_collections.ConfigDict({"masking": {"name": "span", "rates_path": ""}})
+  window = "config.stats.window: 3 -> 7"
   with caplog.at_level(logging.WARNING):
-    compatibility.warn_masking_change(["config.train.num_steps: 10 -> 20"])
-    assert not caplog.records
-    compatibility.warn_masking_change(["config.masking.name: 'informask' -> 'span'"])
+    compatibility.warn_masking_change(["config.train.num_steps: 10 -> 20", window], config)
+    assert not caplog.records  # span builds no statistics.
+    compatibility.warn_masking_change(["config.masking.name: 'informask' -> 'span'"], config)
   assert "The masking changed (config.masking.name: 'informask' -> 'span'): evaluations from " \
          "here on use the new masks" in caplog.text
   assert "best by validation loss is still chosen across both" in caplog.text
+  caplog.clear()
+  config.masking.name = "informask"  # Its rates are built with the statistics settings ...
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_masking_change([window], config)
+  assert f"The masking changed ({window})" in caplog.text
+  caplog.clear()
+  config.masking.rates_path = "rates.npy"  # ... unless a table is given.
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_masking_change([window], config)
+  assert not caplog.records
 
 
 @pytest.mark.parametrize("section,key,value", [

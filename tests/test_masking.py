@@ -882,6 +882,20 @@ def test_options_of_another_strategy_are_named_as_ignored(caplog):
     masking.check_config(c.masking)
   assert "masking.name='random' ignores config.masking.span_max_len=5 (span only)" in caplog.text
   assert "num_candidates" not in caplog.text
+  # informask: K sizes the corpus statistics' rate computation, unless a table is given; the
+  # missing rate fills a JSON table's unlisted ids only.
+  caplog.clear()
+  c.masking.update(name="informask", num_candidates=64, missing_rate="0")
+  with caplog.at_level("WARNING"):
+    masking.check_config(c.masking)
+  assert "num_candidates" not in caplog.text
+  assert "config.masking.missing_rate='0' (a .json rates_path only)" in caplog.text
+  caplog.clear()
+  c.masking.rates_path = "table.json"
+  with caplog.at_level("WARNING"):
+    masking.check_config(c.masking)
+  assert "config.masking.num_candidates=64 (informask_online only)" in caplog.text
+  assert "missing_rate" not in caplog.text
 
 
 def test_masker_is_a_pytree_jit_argument():

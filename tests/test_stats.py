@@ -258,7 +258,8 @@ def test_too_small_corpus_errors():
     pmi_lib.pmi_table(pairs, vocab_size=V)
   with pytest.raises(ValueError, match="outside the vocabulary"):
     counting.count_unigrams([(np.array([5, V]), np.array([0, 0]))], V)
-  with pytest.raises(ValueError, match="ngram_min_count=5"):
+  with pytest.raises(ValueError, match=r"ngram_min_count=5 .* Only pmi_span needs the n-grams: "
+                                       r"`stats build --what=counts,pmi,rates`"):
     ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
                              size=10, min_count=5)
 

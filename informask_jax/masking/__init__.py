@@ -136,14 +136,22 @@ _STRATEGY_FIELDS = {
 def _ignored_fields(masking_config) -> list[str]:
   """The fields set away from their default for a strategy other than the chosen one."""
   out = []
+  name, rates_path = masking_config.name, str(masking_config.get("rates_path", "") or "")
   for field, (owner, option) in _STRATEGY_FIELDS.items():
-    if owner == masking_config.name or field not in masking_config:
+    if owner == name or field not in masking_config:
       continue
+    if field == "num_candidates" and name == "informask" and not rates_path:
+      continue  # The corpus statistics compute informask's rates with the online masker's K.
     default = "" if option is None else \
         inspect.signature(MASKERS[owner]).parameters[option].default
     value = masking_config[field]
     if value != default:
       out.append(f"config.masking.{field}={value!r} ({owner} only)")
+  if name == "informask" and not rates_path.endswith(".json") and (
+      str(masking_config.get("missing_rate", "mean")) != "mean"):
+    # Only a JSON table (the original repository's id_mask_prob.json) can leave ids out.
+    out.append(f"config.masking.missing_rate={masking_config.missing_rate!r} (a .json "
+               "rates_path only)")
   return out
 
 

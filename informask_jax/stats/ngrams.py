@@ -501,7 +501,9 @@ def build_ngram_vocab(documents, *, vocab_size: int, special_ids: Sequence[int],
   if not np.any(key_length(counts.keys) >= 2):
     raise ValueError(
         f"No word n-gram (n >= 2) occurs at least stats.ngram_min_count={min_count} times in the "
-        f"corpus ({int(counts.positions[1])} words): too small a corpus for these settings.")
+        f"corpus ({int(counts.positions[1])} words): too small a corpus for these settings. "
+        "Only pmi_span needs the n-grams: `stats build --what=counts,pmi,rates` builds the "
+        "other tables.")
   scored = score_ngrams(corpus, counts, continuation=continuation, special_ids=special_ids,
                         max_n=max_n, chunk_tokens=chunk_tokens, progress=progress)
   ngrams, lengths, scores, ngram_counts = assemble_vocab(scored, size, max_n)
