@@ -1001,6 +1001,13 @@ def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):
   artifacts.write_meta(directory, {**meta, "tokenizer_fingerprint": "another"})
   with pytest.raises(SystemExit, match=r"--stats .* built with another tokenizer .*--tokenizer"):
     show.main(["--strategy", "informask", "--text", text, "--stats", str(directory)])
+  # A table of that directory given by its own flag: refused alike (it was used as it was).
+  for flag in ("--rates", "--ngrams"):
+    table = directory / ("rates.npy" if flag == "--rates" else "pmi_ngrams.json")
+    strategy = "informask" if flag == "--rates" else "pmi_span"
+    with pytest.raises(SystemExit, match=rf"{flag}='.*' lies in statistics built for tokenizer "
+                                         r"another .*pass the tokenizer it was built with"):
+      show.main(["--strategy", strategy, "--text", text, flag, str(table)])
   with pytest.raises(SystemExit, match=r"--stats: No statistics metadata"):
     show.main(["--strategy", "informask", "--stats", str(tmp_path)])
 

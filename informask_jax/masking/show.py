@@ -118,6 +118,21 @@ def _stand_in_ngrams(ids, continuation):
   return [a + b for a, b in zip(words[::2], words[1::2], strict=False)]
 
 
+def _check_table_tokenizers(args, tok):
+  """A table given by its own flag that lies in a statistics directory built for another
+  tokenizer is refused, as train.py refuses masking.rates_path: its ids mean other tokens, and
+  only their range would be checked."""
+  from informask_jax import stats, tokenization
+
+  fingerprint = tokenization.tokenizer_fingerprint(tok)
+  for flag in ("rates", "ngrams", "bigrams", "pmi"):
+    path = getattr(args, flag)
+    if isinstance(path, str):
+      stats.check_table_tokenizer(
+          path, fingerprint, f"--{flag}",
+          remedy="pass the tokenizer it was built with (--tokenizer WORKDIR/tokenizer).")
+
+
 def _tables_from_stats(args, tok):
   """Fills --rates / --pmi / --ngrams / --bigrams (those not given) from the --stats directory,
   which must have been built with this tokenizer (token ids would otherwise mean other tokens)."""
@@ -254,6 +269,7 @@ def main(argv=None):
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
   rates_flag = "--rates" if args.rates else "--stats"  # Before --stats fills args.rates in.
   try:
+    _check_table_tokenizers(args, tok)
     if args.stats:
       _tables_from_stats(args, tok)
     maskers = build_maskers(tok, ids, args, strategies)

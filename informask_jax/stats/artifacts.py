@@ -164,11 +164,13 @@ def check_compatible(meta: dict, directory, *, tokenizer_fingerprint: str | None
         "tokenizer (python -m informask_jax.stats build --config ...) instead.")
 
 
-def check_table_tokenizer(table_path, tokenizer_fingerprint: str, key: str) -> None:
+def check_table_tokenizer(table_path, tokenizer_fingerprint: str, key: str,
+                          remedy: str = "") -> None:
   """A table given by path (e.g. masking.rates_path) that lies in a statistics directory is
   refused if that directory was built for another tokenizer: only its size would be checked
   otherwise, and two vocabularies of one size give the ids other tokens. A table elsewhere (the
-  original repository's id_mask_prob.json) has no record of its tokenizer to compare."""
+  original repository's id_mask_prob.json) has no record of its tokenizer to compare. `remedy`
+  replaces the advice to leave `key` empty (a training run then builds the table)."""
   meta_path = pathlib.Path(table_path).expanduser().parent / META
   try:
     meta = json.loads(meta_path.read_text())
@@ -179,8 +181,8 @@ def check_table_tokenizer(table_path, tokenizer_fingerprint: str, key: str) -> N
     raise TokenizerMismatchError(
         f"{key}={str(table_path)!r} lies in statistics built for tokenizer {theirs} (its "
         f"{META}), but this run's tokenizer is {tokenizer_fingerprint}: the table's ids mean "
-        f"other tokens. Give the table built for this tokenizer, or leave {key} empty to build "
-        "it from the corpus.")
+        f"other tokens. Give the table built for this tokenizer, or " + (
+            remedy or f"leave {key} empty to build it from the corpus."))
 
 
 def verify_files(directory, meta: dict, names) -> list[str]:
