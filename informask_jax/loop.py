@@ -98,7 +98,7 @@ def check_config(config) -> None:
     if m.max_predictions < enough:
       logging.warning(
           "config.model.max_predictions=%d with the Bernoulli budget: sequences with more than "
-          "that many targets (mean %.1f) lose the rest (logged as dropped_targets); "
+          "that many targets (mean %.1f) lose the rest (logged as dropped_targets_per_step); "
           "--config.model.max_predictions=%d covers 3 standard deviations.", m.max_predictions,
           n * p, enough)
   # Checks the loaders make again later, made here too so they fail before the corpus is read.

@@ -60,7 +60,10 @@ def summarize(step_metrics: list[dict]) -> dict:
       "learning_rate": float(host[-1]["learning_rate"]),
       "skipped_steps": len(host) - len(applied),
       "targets_per_step": targets / max(len(applied), 1),
-      "dropped_targets": float(sum(float(m["dropped_targets"]) for m in host)),
+      # Per step too, as targets_per_step beside it (a sum over the interval read as a share
+      # of it overstated the loss by log_every times).
+      "dropped_targets_per_step": sum(float(m["dropped_targets"]) for m in applied)
+                                  / max(len(applied), 1),
   }
   if targets == 0:  # Every step of the interval was skipped: no loss to report.
     out["loss"] = out["accuracy"] = float("nan")

@@ -126,7 +126,7 @@ def test_every_strategy_trains_with_its_tables_from_the_corpus(tiny_config, tmp_
   assert result["step"] == 2 and result["skipped_steps"] == 0 and np.isfinite(result["loss"])
   budget = config.train.batch_size * round(0.15 * (config.data.seq_len - 2))  # Packed: no padding.
   assert 0.85 * budget <= result["targets_per_step"] <= budget, result
-  assert result["dropped_targets"] == 0
+  assert result["dropped_targets_per_step"] == 0
 
 
 @pytest.mark.slow

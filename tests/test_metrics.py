@@ -37,7 +37,8 @@ def test_summary_weights_the_loss_by_targets_and_leaves_skipped_steps_out():
                            step(30.0, 20, 3.0)])
   assert out["loss"] == pytest.approx(40 / 30) and out["accuracy"] == pytest.approx(0.5)
   assert out["grad_norm"] == pytest.approx(2.0) and out["skipped_steps"] == 1
-  assert out["targets_per_step"] == 15 and out["dropped_targets"] == 3.0
+  # Both per applied step (the skipped one's counts are left out with its loss).
+  assert out["targets_per_step"] == 15 and out["dropped_targets_per_step"] == 1.0
   assert np.isfinite(out["loss"])
 
 
