@@ -47,7 +47,11 @@ def summarize(directory) -> tuple[str, dict]:
   outside = by_freq[~in_table[by_freq]]
   share_out = counts[outside].sum() / max(counts[by_freq].sum(), 1)
   mean_out = rates[outside].mean() if outside.size else float("nan")
-  rho = sstats.spearmanr(rates[by_freq], np.log(counts[by_freq])).statistic
+  # Over the PMI-table tokens, whose rates are measured; the tokens outside share one fill
+  # rate, and over all tokens those ties can flip the sign (a walkthrough: 0.33 vs -0.22).
+  measured = by_freq[in_table[by_freq]]
+  rho = sstats.spearmanr(rates[measured], np.log(counts[measured])).statistic
+  rho_all = sstats.spearmanr(rates[by_freq], np.log(counts[by_freq])).statistic
   c = meta.get("counts", {})
   mask_prob = float(meta["params"]["mask_prob"])
 
@@ -69,10 +73,13 @@ def summarize(directory) -> tuple[str, dict]:
       f"rate {mean_out:.4f}",
       f"rate over PMI-table tokens seen >= {min_count} times: min {rates[frequent].min():.4f}  "
       f"median {np.median(rates[frequent]):.4f}  max {rates[frequent].max():.4f}",
-      f"Spearman(rate, log frequency) = {rho:.3f} over {by_freq.size} tokens",
+      f"Spearman(rate, log frequency) = {rho:.3f} over the {measured.size} PMI-table tokens "
+      f"({rho_all:.3f} over all {by_freq.size} seen, the others at one fill rate)",
       f"10 most frequent: {fmt(by_freq[:10])}",
       f"highest rates: {fmt(ranked[:10])}",
       f"lowest rates: {fmt(ranked[::-1][:10])}",
+      "(rates are sampled estimates: the rarer a token, the more its rate and its place in "
+      "these lists vary with stats.rate_sample_sequences and the seed)",
   ]
   if a.ngrams is not None:
     per = c.get("ngrams_per_length", {})
@@ -142,7 +149,7 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
   ax.set_xlabel("token frequency rank (1 = most frequent)")
   ax.set_ylabel("masking rate")
   ax.set_title(f"InforMask masking rate vs frequency rank "
-               f"(Spearman rate~log freq = {n['rho']:.2f})")
+               f"(Spearman rate~log freq = {n['rho']:.2f} over the PMI table)")
   ax.legend(loc="upper left")
 
   for col, (ids, title, color) in enumerate((
