@@ -945,6 +945,15 @@ def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
     show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])
 
 
+def test_show_cli_says_when_a_text_is_too_short_for_any_target(capsys):
+  from informask_jax.masking import show
+  show.main(["--strategy", "random", "--text", "Mount Everest", "--no-colour"])
+  assert "= 0 targets per sequence: give a longer --text" in capsys.readouterr().out
+  show.main(["--strategy", "random", "--text", "Mount Everest is the highest mountain on Earth.",
+             "--no-colour"])
+  assert "0 targets" not in capsys.readouterr().out
+
+
 def test_masking_cli_names_a_missing_or_unknown_command(capsys, monkeypatch):
   from informask_jax.masking import __main__ as masking_cli
   for argv, problem in (([], "no command given"), (["shwo"], "unknown command 'shwo'")):

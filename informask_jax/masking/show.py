@@ -283,6 +283,11 @@ def main(argv=None):
          if pieces > len(ids) - 2 else "")
   lines = [f"Text: {text}",
            f"{len(ids) - 2} tokens{cut}; mask_prob={args.mask_prob}, budget={args.budget}"]
+  notes = []
+  if args.budget == "exact" and round(args.mask_prob * (len(ids) - 2)) == 0:
+    # Otherwise every row below shows no target, with no reason given.
+    notes.append(f"(round({args.mask_prob} x {len(ids) - 2} tokens) = 0 targets per sequence: "
+                 "give a longer --text or a higher --mask-prob)")
   rows = []
   for index, (name, masker, note) in enumerate(maskers):
     rows.append((name, note, []))
@@ -294,7 +299,8 @@ def main(argv=None):
       result = {k: v[s] for k, v in out.items()}
       rows[-1][2].append(render(tok, ids, result, colour))
   if args.html:
-    body = [f"<p>{html.escape(line)}</p>" for line in lines] + [f"<p>{legend(colour)}</p>"]
+    body = ([f"<p>{html.escape(line)}</p>" for line in lines] + [f"<p>{legend(colour)}</p>"]
+            + [f"<p>{html.escape(note)}</p>" for note in notes])
     for name, note, samples in rows:
       body.append(f"<h3>{html.escape(name)}</h3>"
                   + (f"<p><i>{html.escape(note)}</i></p>" if note else ""))
@@ -305,7 +311,7 @@ def main(argv=None):
               "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
     print(f"Wrote {args.html}")
     return
-  print("\n".join(lines) + "; " + legend(colour))
+  print("\n".join([*lines[:-1], lines[-1] + "; " + legend(colour), *notes]))
   for name, note, samples in rows:
     print(f"\n{name}" + (f"  ({note})" if note else ""))
     for s in samples:
