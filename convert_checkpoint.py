@@ -54,9 +54,6 @@ if __name__ == "__main__":
 
   # Bad input or a failed verification (RuntimeError): one line that says what, no traceback.
   cli.quiet_library_logs()
-  if not progress_bar.on_terminal():  # transformers' bars (writing, loading) fill a log file.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+  progress_bar.transformers_bars(progress_bar.on_terminal())  # Writing, loading: not in a log.
   with cli.user_errors("convert_checkpoint.py", (RuntimeError,), exit_now=True):
     main()

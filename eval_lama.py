@@ -46,10 +46,7 @@ def main(argv=None, *, exit_now: bool = False) -> lama.Report:
   # Bars only on a terminal (not in a log file), unless --no_progress; transformers' too:
   # loading the weights, writing the export of a workdir.
   progress = not args.no_progress and progress_bar.on_terminal()
-  if not progress:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+  progress_bar.transformers_bars(progress)
   with cli.user_errors("eval_lama.py", extra=(lama.OutputError,), exit_now=exit_now):
     # The table is printed before --out is written: a failed write loses nothing.
     return lama.evaluate(

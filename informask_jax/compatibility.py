@@ -9,7 +9,7 @@ import pathlib
 
 import ml_collections
 
-from informask_jax import checkpointing, optim, tokenization
+from informask_jax import checkpointing, optim, stats, tokenization
 from informask_jax import model as model_lib
 
 # Settings that change the corpus a vocabulary is trained on.
@@ -120,11 +120,12 @@ def check_init_vocabulary(init_from: str, tokenizer) -> None:
                      f"compared with this run's: {e}") from None
   theirs = {i: t for t, i in saved.get_vocab().items()}
   ours = {i: t for t, i in tokenizer.get_vocab().items()}
-  moved = sum(theirs.get(i) != ours.get(i) for i in theirs.keys() | ours.keys())
+  ids = theirs.keys() | ours.keys()
+  moved = sum(theirs.get(i) != ours.get(i) for i in ids)
   if moved:
     raise ValueError(
         f"config.init_from={init_from} holds parameters of another vocabulary: {moved} of the "
-        f"{len(theirs.keys() | ours.keys())} token ids map to other tokens in this run's "
+        f"{len(ids)} token ids map to other tokens in this run's "
         f"tokenizer. Train with its vocabulary: --config.tokenizer.name_or_path={saved_dir}.")
   if tokenization.tokenizer_fingerprint(saved) != tokenization.tokenizer_fingerprint(tokenizer):
     logging.warning("config.init_from=%s: this run's tokenizer has the vocabulary of %s but "
@@ -137,9 +138,7 @@ def warn_masking_change(changed: list[str], config) -> None:
   its evaluation masks with them: say that the losses before and after do not compare, nor,
   therefore, does the choice of the checkpoint kept as the best by validation loss. The
   statistics settings count too for the strategies whose tables they build."""
-  name = config.masking.name
-  tables = name in ("pmi_span", "informask_online") or (
-      name == "informask" and not config.masking.get("rates_path"))
+  tables = stats.stages_needed(config.masking)
   prefixes = ("config.masking.", "config.stats.") if tables else ("config.masking.",)
   masking = [c for c in changed if c.startswith(prefixes)]
   if masking:

@@ -43,10 +43,6 @@ from informask_jax import stopping as stopping_lib
 from informask_jax import trainer as trainer_lib
 from informask_jax import workdir as workdir_lib
 
-# Masking strategies and the corpus statistics each one needs.
-_STATS_NEEDED = {"informask": ("counts", "pmi", "rates"), "informask_online": ("counts", "pmi"),
-                 "pmi_span": ("counts", "ngrams")}
-
 
 class TrainingStopped(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps in a row); see the message."""
@@ -78,7 +74,7 @@ def check_config(config) -> None:
   except ValueError as e:
     raise ValueError(f"config.masking: {e}") from None
   name = config.masking.name
-  if name in _STATS_NEEDED and not (name == "informask" and config.masking.rates_path):
+  if stats.stages_needed(config.masking):
     stats.build.check_config(config)  # The statistics will be built: their settings too.
   streaming = [i for i, src in enumerate(config.data.sources) if src.get("streaming")]
   if name == "informask" and not config.masking.rates_path and streaming:
@@ -142,8 +138,9 @@ def build_masker(config, pipeline):
   """The configured strategy, with the corpus statistics it needs (built when missing)."""
   name = config.masking.name
   tables = {}
-  if name in _STATS_NEEDED and not (name == "informask" and config.masking.rates_path):
-    path = stats.ensure_artifacts(config, pipeline, need=_STATS_NEEDED[name],
+  need = stats.stages_needed(config.masking)
+  if need:
+    path = stats.ensure_artifacts(config, pipeline, need=need,
                                   progress=progress_bar.on_terminal())
     art = stats.load_artifacts(path, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
                                vocab_size=pipeline.vocab_size)

@@ -12,6 +12,15 @@ def on_terminal() -> bool:
   return sys.stderr.isatty()
 
 
+def transformers_bars(show: bool) -> None:
+  """Turns transformers' bars (loading weights, writing a model) off for this process unless
+  `show`; for a command's entry point, which owns the process."""
+  if not show:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 @contextlib.contextmanager
 def datasets_bars(show: bool):
   """`datasets`' progress bars while inside, only when `show` (work long enough to watch) and on

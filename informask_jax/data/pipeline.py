@@ -133,10 +133,9 @@ def build_input_pipeline(config):
     validation_docs = datasets.Dataset.from_dict(
         {"text": [ex["text"] for ex in corpus["validation"].take(STREAM_VALIDATION_DOCUMENTS)]})
     if not len(validation_docs):
-      raise ValueError("The streaming corpus gave no validation document (config.data."
-                       f"validation_fraction={data.validation_fraction}){_NONE_HELD_OUT}"
-                       if data.validation_fraction == 0 else
-                       "The streaming corpus gave no validation document.")
+      raise ValueError("The streaming corpus gave no validation document" + (
+          f" (config.data.validation_fraction=0.0){_NONE_HELD_OUT}"
+          if data.validation_fraction == 0 else "."))
     val_tok = tokenize_corpus(validation_docs, tokenizer, data)
     validation = pack_sequences(val_tok, data.seq_len, ids, data.packing)
     _packed_summary("validation (streamed sample)", validation, ids)

@@ -28,6 +28,7 @@ from informask_jax.stats.build import (
     artifact_dir,
     build_artifacts,
     ensure_artifacts,
+    stages_needed,
     stats_params,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "build_artifacts",
     "ensure_artifacts",
     "load_artifacts",
+    "stages_needed",
     "stats_params",
 ]

@@ -36,6 +36,19 @@ def stats_params(config) -> dict:
   return params
 
 
+# The stages each strategy's tables come from.
+_STAGES_OF = {"informask": ("counts", "pmi", "rates"), "informask_online": ("counts", "pmi"),
+              "pmi_span": ("counts", "ngrams")}
+
+
+def stages_needed(masking_config) -> tuple[str, ...]:
+  """The statistics stages a run with this `config.masking` builds (or reuses): none for a
+  strategy without tables, nor for informask given its own table (masking.rates_path)."""
+  if masking_config.name == "informask" and masking_config.get("rates_path"):
+    return ()
+  return _STAGES_OF.get(masking_config.name, ())
+
+
 def check_config(config) -> None:
   """Rejects bad statistics settings before anything is read or counted."""
   s = config.stats
