@@ -416,6 +416,23 @@ def test_pmi_bigram_chains_never_split():
   assert whole > 0.05 * len(planted)
 
 
+def test_pmi_units_never_cross_a_sentence():
+  """In a packed document, sentences follow each other with no special token between them; the
+  statistics count n-grams and bigrams within sentences, so a unit stops at a sentence change."""
+  a, b, c = CHAINS[0]
+  bigram = build("pmi_bigram")
+  ngram = build("pmi_span", ngrams=[(600, 601), (600, 601, 602)])
+  rows = {bigram: [CLS, a, b, c, 10, SEP], ngram: [CLS, 600, 601, 602, 10, SEP]}
+  one = np.array([[-1, 0, 0, 0, 0, -1]], np.int32)
+  two = np.array([[-1, 0, 0, 1, 1, -1]], np.int32)
+  for masker, row in rows.items():
+    tokens = np.array([row], np.int32)
+    starts = [np.asarray(masker(jax.random.key(0), tokens, sentence_ids=s,
+                                with_aux=True)[1]["unit_start"])[0] for s in (one, two)]
+    np.testing.assert_array_equal(starts[0], [0, 1, 0, 0, 1, 0])  # (x y z) is one unit
+    np.testing.assert_array_equal(starts[1], [0, 1, 0, 1, 1, 0])  # (x y) | z: z opens sentence 1
+
+
 def test_bigram_lookup_at_the_largest_vocabulary():
   """At V = 2**16 the pair (65535, 65535) packs to the table's sentinel key; it must not match."""
   keys = pmi_span_lib.bigram_tables([(10, 11)], 65536)["bigram_keys"]
@@ -1055,11 +1072,12 @@ def test_random_replacements_cover_every_non_special_id():
 
 # --- From a mutation audit of the masking package (select / pmi_span / online / words / show) ---
 
-def _reference_pmi_segmentation(row, ngram_set, max_tokens):
+def _reference_pmi_segmentation(row, ngram_set, max_tokens, sentence):
   """Greedy left-to-right longest match in plain Python: (unit_start, ngram_len) of one row."""
   length = len(row)
   maskable = ~np.isin(row, SPECIAL)
-  starts = maskable & (~CONT[row] | ~np.concatenate([[False], maskable[:-1]]))
+  new_sentence = maskable & np.concatenate([[False], sentence[1:] != sentence[:-1]])
+  starts = maskable & (~CONT[row] | ~np.concatenate([[False], maskable[:-1]]) | new_sentence)
   boundary = np.concatenate([starts | ~maskable, [True]])  # A unit may end before j.
   unit_start, ngram_len = np.zeros(length, bool), np.zeros(length, np.int32)
   i = 0
@@ -1070,7 +1088,7 @@ def _reference_pmi_segmentation(row, ngram_set, max_tokens):
     unit_start[i] = True
     for n in range(2, max_tokens + 1):
       if i + n <= length and maskable[i:i + n].all() and boundary[i + n] and \
-          tuple(row[i:i + n].tolist()) in ngram_set:
+          not new_sentence[i + 1:i + n].any() and tuple(row[i:i + n].tolist()) in ngram_set:
         ngram_len[i] = n
     i += ngram_len[i] if ngram_len[i] else 1 + np.argmax(boundary[i + 1:])
   return unit_start, ngram_len
@@ -1079,7 +1097,9 @@ def _reference_pmi_segmentation(row, ngram_set, max_tokens):
 def test_pmi_ngram_segmentation_matches_a_brute_force_reference():
   """Rows over a few ids (n-grams overlap and nest), with [SEP] / [PAD] inside and rows that end
   without one; the vocabulary is cut from the rows at random places (some across a special or
-  inside a word, which must not match), up to max_ngram_tokens = 6 tokens long."""
+  inside a word, which must not match), up to max_ngram_tokens = 6 tokens long. Sentences change
+  inside rows with no special token between them (as in a packed document): a match never crosses
+  one, and a "##" piece opening a sentence starts a word."""
   rng = np.random.default_rng(31)
   length, max_tokens = 24, 6
   ids = np.array([600, 601, 602, 603, 900, 901, SEP])  # 900, 901: "##" pieces
@@ -1099,12 +1119,19 @@ def test_pmi_ngram_segmentation_matches_a_brute_force_reference():
     tokens[b] = row[:length]
   ends = rng.integers(length - 6, length + 1, 256)  # length: no [SEP] / [PAD] at the end
   tokens[np.arange(length)[None, :] >= ends[:, None]] = PAD
+  sentences = np.cumsum(rng.random((256, length)) < 0.08, axis=1).astype(np.int32)
+  sentences[np.isin(tokens, SPECIAL)] = -1
   masker = build("pmi_span", ngrams=vocab, max_ngram_tokens=max_tokens)
-  _, aux = jax.jit(lambda k, t: masker(k, t, with_aux=True))(jax.random.key(0), tokens)
+  _, aux = jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s, with_aux=True))(
+      jax.random.key(0), tokens, sentences)
   unit_start, ngram_len = np.asarray(aux["unit_start"]), np.asarray(aux["ngram_len"])
-  lengths, edge = np.zeros(max_tokens + 1, int), 0
+  lengths, edge, cut = np.zeros(max_tokens + 1, int), 0, 0
   for b in range(len(tokens)):
-    want_start, want_len = _reference_pmi_segmentation(tokens[b], ngrams, max_tokens)
+    want_start, want_len = _reference_pmi_segmentation(tokens[b], ngrams, max_tokens,
+                                                       sentences[b])
+    one_sentence = _reference_pmi_segmentation(tokens[b], ngrams, max_tokens,
+                                               np.zeros(length, np.int32))
+    cut += (one_sentence[1] != want_len).any()
     np.testing.assert_array_equal(unit_start[b], want_start, err_msg=f"row {b}: {tokens[b]}")
     np.testing.assert_array_equal(ngram_len[b], want_len, err_msg=f"row {b}: {tokens[b]}")
     lengths += np.bincount(want_len, minlength=max_tokens + 1)
@@ -1112,6 +1139,7 @@ def test_pmi_ngram_segmentation_matches_a_brute_force_reference():
     edge += sum(e == length or tokens[b, e] in SPECIAL for e in stops)
   assert (lengths[2:] > 20).all(), lengths  # Matches of every length, the longest included.
   assert edge > 20, edge  # Matches that end right before a special or at the row's end.
+  assert cut > 20, cut  # Rows where a sentence change stopped a match.
 
 
 def test_pmi_ngram_found_when_another_ngram_shares_its_first_hash():

@@ -3,16 +3,17 @@
 variant="ngram": the sequence is segmented left to right into units by the longest match against
 a vocabulary of high-PMI word n-grams (n = 2..5 words, each stored as its WordPiece tokens, at most
 `max_ngram_tokens`); tokens outside any match form whole-word units. A match must start at a word
-start and end at a word boundary. On device: two 32-bit chained hashes of the token n-grams
-starting at each position (lengths 2..max_ngram_tokens), looked up in the sorted hashes of the
-vocabulary with searchsorted (a false match needs both hashes to collide: ~2**-64 per lookup). The
+start and end at a word boundary, within one sentence (`sentence_ids`: the statistics count
+n-grams within sentences). On device: two 32-bit chained hashes of the token n-grams starting at
+each position (lengths 2..max_ngram_tokens), looked up in the sorted hashes of the vocabulary with
+searchsorted (a false match needs both hashes to collide: ~2**-64 per lookup). The
 greedy left-to-right segmentation is a chain of jumps (each unit start points to the next); its
 starts are found by pointer doubling, log2(L) gathers, with no loop over L.
 
 variant="bigram": the InforMask repository's simpler scheme extends a random start left and right
 while adjacent token pairs are in a high-PMI bigram table; the units it can produce are the maximal
 runs of linked pairs, so those runs are the units here (a "##" piece is always linked to its word,
-so words are never split).
+so words are never split); a pair across sentences is never linked.
 
 Corruption is decided per unit, as PMI-Masking does: a masked unit is all [MASK], all random
 tokens, or all kept.
@@ -121,14 +122,25 @@ def _lookup(sorted_keys, query):
   return (idx < sorted_keys.shape[0] - 1) & (sorted_keys[idx] == query)
 
 
-def longest_match(tables, tokens, starts, maskable, max_ngram_tokens):
+def sentence_starts(sentences, maskable):
+  """bool[L]: a maskable token whose sentence id differs from the token before it.
+
+  The statistics count n-grams and bigrams within sentences, so a unit never crosses one: in a
+  packed row, sentences of a document follow each other with no special token between them.
+  """
+  changed = jnp.concatenate([jnp.zeros((1,), bool), sentences[1:] != sentences[:-1]])
+  return maskable & changed
+
+
+def longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence):
   """int32[L]: token length of the longest vocabulary n-gram at each word start (0: none)."""
   length = tokens.shape[-1]
   pos = jnp.arange(length, dtype=jnp.int32)
   toks = jnp.concatenate([tokens, jnp.zeros((max_ngram_tokens,), jnp.int32)]).astype(jnp.uint32)
-  # A unit may end before position j when j is past the end, special, or a word start.
+  # A unit may end before position j when j is past the end, special, or a word start (a
+  # sentence start is one).
   ends = jnp.concatenate([starts | ~maskable, jnp.ones((max_ngram_tokens + 1,), bool)])
-  run_end = select.next_boundary(~maskable)  # (L,) first special/pad after i
+  run_end = select.next_boundary(~maskable | new_sentence)  # (L,) first special/pad/sentence
   h1 = jnp.full((length,), _SEED1)
   h2 = jnp.full((length,), _SEED2)
   hashes1, hashes2 = [], []
@@ -175,11 +187,12 @@ def make_select(settings, variant, max_ngram_tokens):
     return select.select_units(unit_start, maskable, words, budget, fill=True)
 
   def select_ngram(tables, seed, tokens, sentences, maskable, budget):
-    del sentences
-    starts = select.word_starts(maskable, tables["continuation"][tokens])  # (L,)
+    new_sentence = sentence_starts(sentences, maskable)
+    # As the statistics count words: a "##" piece that opens a sentence starts a word.
+    starts = select.word_starts(maskable, tables["continuation"][tokens]) | new_sentence  # (L,)
     pos = jnp.arange(tokens.shape[-1], dtype=jnp.int32)
     word_len = select.next_boundary(starts | ~maskable) - pos
-    match = longest_match(tables, tokens, starts, maskable, max_ngram_tokens)  # (L,)
+    match = longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence)
     seg_len = jnp.where(starts, jnp.where(match > 0, match, word_len), 1)
     unit_start = greedy_unit_starts(seg_len, maskable)
     target = units_mask(seed, unit_start, maskable, budget)
@@ -187,11 +200,12 @@ def make_select(settings, variant, max_ngram_tokens):
                     "decide": select.unit_decisions(seed, unit_start)}
 
   def select_bigram(tables, seed, tokens, sentences, maskable, budget):
-    del sentences
     toks = tokens.astype(jnp.uint32)
     pair = toks[:-1] * np.uint32(settings.vocab_size) + toks[1:]  # (L - 1,)
     cont_next = tables["continuation"][tokens[1:]]
-    link = maskable[:-1] & maskable[1:] & (_lookup(tables["bigram_keys"], pair) | cont_next)
+    same_sentence = ~sentence_starts(sentences, maskable)[1:]
+    link = (maskable[:-1] & maskable[1:] & same_sentence
+            & (_lookup(tables["bigram_keys"], pair) | cont_next))
     unit_start = maskable & ~jnp.concatenate([jnp.zeros((1,), bool), link])
     target = units_mask(seed, unit_start, maskable, budget)
     return target, {"unit_start": unit_start, "decide": select.unit_decisions(seed, unit_start)}
