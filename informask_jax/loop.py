@@ -329,6 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # tokens/s and MFU count training only: the first step of the process (compilation) and the
     # time of evaluations and checkpoints are left out of the intervals.
     interval_start, interval_steps, first_step = time.time(), 0, True
+    warned_dropped = False
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       if step == 0:  # The untrained model's loss: the baseline every later eval compares with.
         last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
@@ -371,6 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           if summary["skipped_steps"]:
             logging.warning("Step %d: %d non-finite step(s) skipped since the last log.", step,
                             summary["skipped_steps"])
+          if not warned_dropped:
+            warned_dropped = _warn_dropped_targets(step, summary, config)
           writer.write(step, summary)
           speed = f"{summary['tokens_per_sec']:.0f}" if timed else "-"
           progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=speed)
@@ -412,6 +415,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # A signal during the last step (or its evaluation) stopped nothing: the run is finished.
     return {"step": step, **last_log, **last_eval, "preempted": stopped_by is not None,
             "stopped_by": stopped_by}
+
+
+def _warn_dropped_targets(step, summary, config) -> bool:
+  """Warns (once a run: True) when over 1% of the masked targets did not fit in
+  model.max_predictions. They are corrupted in the input but never trained on. The config check
+  sizes max_predictions for mask_prob; a Bernoulli budget with masking.rescale=False masks the
+  rate table's own share, which only the run itself measures."""
+  dropped, kept = summary["dropped_targets_per_step"], summary["targets_per_step"]
+  if not dropped > 0.01 * (dropped + kept):
+    return False
+  share = dropped / (dropped + kept)
+  unscaled = (config.masking.name == "informask" and config.masking.budget == "bernoulli"
+              and not config.masking.rescale)
+  logging.warning(
+      "Step %d: %.1f of %.1f masked targets per step (%.0f%%) did not fit in "
+      "config.model.max_predictions=%d and were not trained on (dropped_targets_per_step in the "
+      "metrics); raise --config.model.max_predictions%s.", step, dropped, dropped + kept,
+      100 * share, config.model.max_predictions,
+      " (masking.rescale=False masks each token at the rate table's own value, whatever "
+      "masking.mask_prob says)" if unscaled else "")
+  return True
 
 
 def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:

@@ -399,6 +399,31 @@ def test_max_predictions_below_the_budget_says_what_to_set(tiny_config, caplog):
   assert "--config.model.max_predictions=39 covers 3 standard deviations" in caplog.text
 
 
+def test_targets_beyond_max_predictions_are_reported_once(tiny_config, tmp_path, caplog):
+  """Bernoulli counts above max_predictions are dropped from the loss: the run says so, once."""
+  config = _small(tiny_config, num_steps=3, checkpoint_every=1000, eval_every=1000)
+  config.masking.name, config.masking.budget, config.masking.mask_prob = "random", "bernoulli", 0.4
+  with caplog.at_level(logging.WARNING):
+    loop.train_and_evaluate(config, tmp_path)
+  warned = [r.getMessage() for r in caplog.records if "did not fit in" in r.getMessage()]
+  assert len(warned) == 1, warned  # Logged at steps 1, 2 and 3; warned at the first.
+  assert re.match(r"Step 1: \d+\.\d of \d+\.\d masked targets per step \(\d+%\) did not fit in "
+                  r"config.model.max_predictions=10 .* raise --config.model.max_predictions\.$",
+                  warned[0]), warned[0]
+  assert _read_metrics(tmp_path)[1]["dropped_targets_per_step"] > 5  # ~24 targets, 10 kept.
+
+
+def test_dropped_targets_warning_names_unscaled_rates(tiny_config, caplog):
+  summary = {"dropped_targets_per_step": 3.0, "targets_per_step": 80.0}
+  tiny_config.masking.budget, tiny_config.masking.rescale = "bernoulli", False
+  with caplog.at_level(logging.WARNING):
+    assert loop._warn_dropped_targets(7, summary, tiny_config)
+    assert not loop._warn_dropped_targets(7, dict(summary, dropped_targets_per_step=0.5),
+                                          tiny_config)  # Under 1%.
+  assert "3.0 of 83.0 masked targets per step (4%)" in caplog.text
+  assert "masking.rescale=False masks each token at the rate table's own value" in caplog.text
+
+
 def test_profile_traces_the_configured_steps(tiny_config, tmp_path, caplog):
   config = _small(tiny_config, num_steps=4, checkpoint_every=1000, eval_every=1000)
   config.train.profile_steps = 0
