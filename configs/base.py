@@ -109,7 +109,8 @@ def get_base_config(arg=None, strategy="informask"):
   c.stats.whole_words = False  # Count whole words (a token and its ## pieces) instead of pieces.
   c.stats.context_alpha = 1.0  # Context-distribution smoothing exponent (0.75 in word2vec).
   c.stats.positive_only = True  # Clip negative PMI to 0 (PPMI).
-  c.stats.ngram_vocab_size = 20000 if tiny else 800000  # pmi_span n-gram vocabulary size.
+  # pmi_span: size of the n-gram vocabulary; the bigram variant's pair table holds half as many.
+  c.stats.ngram_vocab_size = 20000 if tiny else 800000
   c.stats.ngram_min_count = 5 if tiny else 10  # pmi_span: n-grams seen fewer times are left out.
   c.stats.rate_sample_sequences = 4096 if tiny else 200000  # Sequences scored for the rates.
   c.stats.rate_smoothing = 10.0  # Pseudo-count pulling rare tokens' rates toward the mean.

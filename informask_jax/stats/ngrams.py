@@ -23,7 +23,8 @@ distinct n-grams share a key with probability ~ k^2 / 2^62 for k distinct keys (
 ten million): a merged count, never a crash.
 
 The bigram table: adjacent token pairs (pieces, within a sentence, no specials) seen >=
-min_count times with PMI log p(ab) / (p(a) p(b)) > 0, highest first.
+min_count times with PMI log p(ab) / (p(a) p(b)) > 0, highest first, at most half the n-gram
+vocabulary's size.
 """
 
 from __future__ import annotations
