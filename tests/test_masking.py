@@ -744,11 +744,27 @@ def test_informask_rescale_option_is_checked():
     masking.get_masker("informask", rates=RATES, rescale="no", **COMMON)
   too_big = np.where(np.arange(V) == 7, 3.0, 0.1)
   with pytest.raises(ValueError, match="rates above 1"):
-    masking.get_masker("informask", rates=too_big, rescale=False, **COMMON)
-  masking.get_masker("informask", rates=too_big, rescale=True, **COMMON)  # Relative weights.
+    masking.get_masker("informask", rates=too_big, rescale=False, budget="bernoulli", **COMMON)
+  # Relative weights: rescaled, or compared by the exact budget (which has nothing to rescale).
+  masking.get_masker("informask", rates=too_big, rescale=True, budget="bernoulli", **COMMON)
+  masking.get_masker("informask", rates=too_big, rescale=False, budget="exact", **COMMON)
   # A special id's rate is never used: above 1 it is no reason to refuse the table.
   masking.get_masker("informask", rates=np.where(np.arange(V) == CLS, 3.0, 0.1), rescale=False,
-                     **COMMON)
+                     budget="bernoulli", **COMMON)
+  # missing_rate fills a JSON table's unlisted ids; a bad value is refused whatever the table.
+  for bad in ("bogus", -3, float("nan"), True):
+    with pytest.raises(ValueError, match="missing_rate must be 'mean' or a number >= 0"):
+      masking.get_masker("informask", rates=RATES, missing_rate=bad, **COMMON)
+
+
+def test_pmi_span_refuses_the_other_variants_options():
+  with pytest.raises(ValueError, match=r"bigrams= is the table of the other variant; "
+                                       r"variant='ngram' \(masking.pmi_variant\) reads ngrams="):
+    build("pmi_span", bigrams=BIGRAMS)
+  with pytest.raises(ValueError, match="ngrams= is the table of the other variant"):
+    build("pmi_bigram", ngrams=NGRAMS)
+  with pytest.raises(ValueError, match="variant='bigram' has none"):
+    build("pmi_bigram", max_ngram_tokens=4)
 
 
 def test_informask_exact_weights_ignore_special_rates():
@@ -913,6 +929,25 @@ def test_options_of_another_strategy_are_named_as_ignored(caplog):
     masking.check_config(c.masking)
   assert "config.masking.num_candidates=64 (informask_online only)" in caplog.text
   assert "missing_rate" not in caplog.text
+  # rescale acts on the Bernoulli budget only; there, unscaled rates are the targets' own
+  # probabilities and a given table's share, not mask_prob, sets how many there are.
+  caplog.clear()
+  c.masking.update(rescale=False, mask_prob=0.3)
+  with caplog.at_level("WARNING"):
+    masking.check_config(c.masking)
+  assert "config.masking.rescale=False (the bernoulli budget only)" in caplog.text
+  assert "mask_prob" not in caplog.text
+  caplog.clear()
+  c.masking.budget = "bernoulli"
+  with caplog.at_level("WARNING"):
+    masking.check_config(c.masking)
+  assert "rescale=False (the" not in caplog.text
+  assert "config.masking.mask_prob=0.3 when drawing targets" in caplog.text
+  caplog.clear()
+  c.masking.rates_path = ""  # Built from the corpus for mask_prob: it does set the share.
+  with caplog.at_level("WARNING"):
+    masking.check_config(c.masking)
+  assert "mask_prob" not in caplog.text
 
 
 def test_masker_is_a_pytree_jit_argument():

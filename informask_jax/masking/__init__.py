@@ -43,12 +43,23 @@ def _span(settings, continuation=None, geometric_p=0.2, max_span_len=10):
           {"continuation": table}, options)
 
 
+_MAX_NGRAM_TOKENS = 12  # pmi_span's default bound on a match, in tokens.
+
+
 def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams=None,
-              max_ngram_tokens=12):
+              max_ngram_tokens=_MAX_NGRAM_TOKENS):
   pmi_span.check_variant(variant)
   if isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int | np.integer) or \
       not 2 <= max_ngram_tokens <= 64:
     raise ValueError(f"max_ngram_tokens must be an integer in [2, 64], got {max_ngram_tokens!r}.")
+  other = {"ngram": ("bigrams", bigrams is not None), "bigram": ("ngrams", ngrams is not None)}
+  if other[variant][1]:  # Silently unused, a table meant for the other variant hid a mistake.
+    raise ValueError(f"pmi_span: {other[variant][0]}= is the table of the other variant; "
+                     f"variant={variant!r} (masking.pmi_variant) reads "
+                     f"{'ngrams' if variant == 'ngram' else 'bigrams'}=.")
+  if variant == "bigram" and max_ngram_tokens != _MAX_NGRAM_TOKENS:
+    raise ValueError("pmi_span: max_ngram_tokens bounds the n-gram variant's matches; "
+                     "variant='bigram' has none.")
   table = contract.as_bool_table(continuation, settings.vocab_size, "pmi_span: continuation")
   tables = {"continuation": table}
   if variant == "ngram":
@@ -64,8 +75,9 @@ def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
     raise ValueError(f"informask: rescale (masking.rescale) must be True or False, got "
                      f"{rescale!r}.")
   rescale = bool(rescale)
+  informask.check_missing_rate(missing_rate)  # Only a JSON table reads it; checked for every one.
   table = informask.load_rates(rates, settings.vocab_size, missing_rate)
-  informask.check_rates_for(table, settings.special_ids, rescale)
+  informask.check_rates_for(table, settings.special_ids, rescale, settings.budget)
   if settings.budget == "bernoulli":
     tables = {"rates": table, "signed_rates": informask.signed_rates(table, settings.special_ids)}
   else:
@@ -147,11 +159,21 @@ def _ignored_fields(masking_config) -> list[str]:
     value = masking_config[field]
     if value != default:
       out.append(f"config.masking.{field}={value!r} ({owner} only)")
-  if name == "informask" and not rates_path.endswith(".json") and (
-      str(masking_config.get("missing_rate", "mean")) != "mean"):
+  if name != "informask":
+    return out
+  if not rates_path.endswith(".json") and str(masking_config.get("missing_rate", "mean")) != "mean":
     # Only a JSON table (the original repository's id_mask_prob.json) can leave ids out.
     out.append(f"config.masking.missing_rate={masking_config.missing_rate!r} (a .json "
                "rates_path only)")
+  unscaled = not masking_config.get("rescale", True)
+  if unscaled and masking_config.budget == "exact":  # It draws by comparing rates: no scale.
+    out.append("config.masking.rescale=False (the bernoulli budget only)")
+  mask_prob = masking_config.mask_prob
+  if unscaled and masking_config.budget == "bernoulli" and rates_path and mask_prob != \
+      inspect.signature(get_masker).parameters["mask_prob"].default:
+    # A table built from the corpus is built for mask_prob; a given one masks its own share.
+    out.append(f"config.masking.mask_prob={mask_prob!r} when drawing targets (with rescale=False "
+               "each token is a target with its rate as stored)")
   return out
 
 

@@ -109,13 +109,14 @@ def _check_values(table, where) -> None:
     raise ValueError(f"The {where} has rates beyond float32's range (max {table.max():.3g}).")
 
 
-def check_rates_for(table, special_ids, rescale):
+def check_rates_for(table, special_ids, rescale, budget):
   """Checks that need the masker's settings: some non-special token has a positive rate, and
-  without rescaling the rates are probabilities (<= 1)."""
+  under the Bernoulli budget without rescaling the rates are probabilities (<= 1). (The exact
+  budget only compares rates, so their scale does not matter there.)"""
   rates = _non_special(table, special_ids)  # Specials are never targets: their rates do not matter.
   if not np.any(rates > 0):
     raise ValueError("The rate table is zero on every non-special token: nothing could be masked.")
-  if not rescale and rates.max() > 1.0:
+  if budget == "bernoulli" and not rescale and rates.max() > 1.0:
     raise ValueError(f"With rescale=False (masking.rescale) the rates are masking probabilities, "
                      f"but the table has {int(np.sum(rates > 1))} rates above 1 on non-special "
                      f"ids (max {rates.max():.3g}); rescale them or set rescale=True.")
@@ -184,13 +185,19 @@ def _json_entries(path):
   return ids, values
 
 
+def check_missing_rate(missing_rate) -> None:
+  """ValueError unless "mean" or a number >= 0 (checked whatever the table, as every option)."""
+  if isinstance(missing_rate, str) and missing_rate == "mean":
+    return
+  number = isinstance(missing_rate, int | float | np.number) and not isinstance(missing_rate, bool)
+  if not (number and np.isfinite(missing_rate) and missing_rate >= 0):
+    raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
+
+
 def _fill_rate(values, missing_rate) -> float:
   """The rate of the ids a JSON table does not list."""
-  if missing_rate == "mean":
-    return float(np.mean(values))
-  if isinstance(missing_rate, int | float) and missing_rate >= 0:
-    return float(missing_rate)
-  raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
+  check_missing_rate(missing_rate)
+  return float(np.mean(values)) if missing_rate == "mean" else float(missing_rate)
 
 
 def _rates_from_json(path, vocab_size, missing_rate):
