@@ -77,7 +77,9 @@ def get_base_config(arg=None, strategy="informask"):
   # the configured corpus (deterministic, cached).
   c.tokenizer.name_or_path = "" if tiny else "bert-base-uncased"
   c.tokenizer.vocab_size = 8192  # Size of a trained vocabulary (ignored when loading one).
-  c.tokenizer.lowercase = True  # Lower-case and strip accents, as bert-base-uncased.
+  # Lower-case and strip accents, as bert-base-uncased, when building the tokenizer (a vocab.txt,
+  # a trained vocabulary); a saved or hub tokenizer keeps its own normaliser.
+  c.tokenizer.lowercase = True
 
   # --- Masking -----------------------------------------------------------------------------
   c.masking = ml_collections.ConfigDict()

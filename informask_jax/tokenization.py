@@ -218,6 +218,23 @@ def workdir_hint(path: str) -> str:
   return ""
 
 
+def _warn_case_not_applied(tokenizer, name, tokenizer_config) -> None:
+  """A saved or hub tokenizer brings its own normaliser; config.tokenizer.lowercase only builds
+  one (a vocab.txt, a trained vocabulary). Said when the two disagree, since the setting is
+  otherwise silently without effect (not for a config without the key: tools that load a saved
+  tokenizer as it is)."""
+  if "lowercase" not in tokenizer_config:
+    return
+  lowercase = bool(tokenizer_config.lowercase)
+  normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+  lowers = normalizer is not None and normalizer.normalize_str("A") == "a"
+  if lowers != lowercase:
+    log.warning("config.tokenizer.lowercase=%s does not apply to %r: a saved or hub tokenizer "
+                "normalises text its own way, and this one %s. The setting applies to a "
+                "vocab.txt or a trained vocabulary.", lowercase, name,
+                "lower-cases" if lowers else "keeps case")
+
+
 def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_fingerprint=None):
   """Returns a fast (Rust) tokenizer as configured; see the module docstring for the sources.
 
@@ -242,6 +259,7 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
   elif os.path.isdir(name):
     if os.path.isfile(os.path.join(name, "tokenizer.json")):
       tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+      _warn_case_not_applied(tokenizer, name, tokenizer_config)
     elif os.path.isfile(os.path.join(name, "vocab.txt")):
       tokenizer = _from_vocab_file(os.path.join(name, "vocab.txt"), lowercase)
     else:
@@ -255,6 +273,7 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
           f"config.tokenizer.name_or_path={name!r} is not a file or directory here and could not "
           f"be loaded from the Hugging Face hub ({type(e).__name__}: {e}). Offline, point it at a "
           "vocab.txt or a tokenizer directory, or set it to '' to train a vocabulary.") from e
+    _warn_case_not_applied(tokenizer, name, tokenizer_config)
   if not getattr(tokenizer, "is_fast", False):
     raise ValueError(f"config.tokenizer.name_or_path={name!r} has no fast (Rust) tokenizer.")
   special_ids(tokenizer)  # Fail now, not in the masker, when a special token is missing.

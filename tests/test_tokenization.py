@@ -213,15 +213,24 @@ def test_a_home_relative_path_and_the_default_case(tmp_path, monkeypatch):
   assert tok.tokenize("Paris") == ["paris"]  # Lower-cased, as bert-base-uncased, by default.
 
 
-def test_a_saved_tokenizer_directory_is_loaded_as_saved(tmp_path):
+def test_a_saved_tokenizer_directory_is_loaded_as_saved(tmp_path, caplog):
   """A directory with tokenizer.json (a run's WORKDIR/tokenizer) keeps its own normaliser: a
   cased vocabulary stays cased whatever config.tokenizer.lowercase says."""
   cased = tokenization.load_tokenizer(_config(lowercase=False), _synthetic_corpus(),
                                       str(tmp_path / "cache"))
   cased.save_pretrained(str(tmp_path / "tok"))
-  loaded = tokenization.load_tokenizer(_config(str(tmp_path / "tok"), lowercase=True))
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    loaded = tokenization.load_tokenizer(_config(str(tmp_path / "tok"), lowercase=True))
   assert loaded.get_vocab() == cased.get_vocab()
   assert loaded.tokenize("River") == ["River"]
+  # The setting has no effect there: said, unless it agrees with the tokenizer's own.
+  assert (f"config.tokenizer.lowercase=True does not apply to '{tmp_path / 'tok'}': a saved or "
+          "hub tokenizer normalises text its own way, and this one keeps case.") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    tokenization.load_tokenizer(_config(str(tmp_path / "tok"), lowercase=False))
+    tokenization.load_tokenizer(ml_collections.ConfigDict({"name_or_path": str(tmp_path / "tok")}))
+  assert "does not apply" not in caplog.text
   assert tokenization.tokenizer_fingerprint(loaded) == tokenization.tokenizer_fingerprint(cased)
   # The tokenizer.json file itself: pointed at its directory (it was read as a vocab.txt).
   with pytest.raises(ValueError, match=r"is a \.json file; point it at the directory"):

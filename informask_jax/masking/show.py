@@ -66,9 +66,9 @@ def load_tokenizer(path=None):
   except ImportError:
     import transformers
     return transformers.BertTokenizerFast(vocab_file=path)
-  try:
+  try:  # No case setting: a vocab.txt is read lower-cased, a saved tokenizer keeps its own.
     return tokenization.load_tokenizer(
-        ml_collections.ConfigDict(dict(name_or_path=path, lowercase=True, vocab_size=0)))
+        ml_collections.ConfigDict(dict(name_or_path=path, vocab_size=0)))
   except FileNotFoundError:
     if os.path.exists(os.path.expanduser(path)):  # The loader expands ~ (--tokenizer=~/...).
       raise SystemExit(f"error: --tokenizer {path!r} holds no tokenizer.json or vocab.txt."
