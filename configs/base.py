@@ -51,7 +51,7 @@ def get_base_config(arg=None, strategy="informask"):
                      "(e.g. --config configs/informask.py:tiny).")
   tiny = variant == "tiny"
   c = ml_collections.ConfigDict()
-  c.variant = variant
+  c.variant = variant  # A record (config.json): choose it as configs/NAME.py:VARIANT.
 
   # --- Corpus and input pipeline -----------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -68,7 +68,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.data.validation_fraction = 0.02
   c.data.cache_dir = paths.default_cache_dir()  # Tokenized corpora and statistics (~/.cache).
   c.data.num_proc = 2 if tiny else 8  # Processes for tokenization (datasets.map).
-  c.data.max_documents = -1  # Use only the first N documents (-1: all); for quick experiments.
+  # Use only the first N documents (-1: all), for quick experiments. A streaming source's length
+  # is unknown ahead, so each streaming source is cut at N on its own.
+  c.data.max_documents = -1
   c.data.prefetch = 2  # Batches prepared ahead of the train step.
 
   # --- Tokenizer ---------------------------------------------------------------------------
@@ -194,7 +196,6 @@ def get_base_config(arg=None, strategy="informask"):
       ("mlp", "tensor"),
       ("heads", "tensor"),
       ("kv", None),
-      ("length", None),
       ("layers", None),
   )
 

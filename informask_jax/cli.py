@@ -212,6 +212,10 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
   """
   config_package_on_path(argv)
   try:
+    variant = [a.split("=", 1)[0] for a in argv if re.fullmatch(r"--?config\.variant(=.*)?", a)]
+    if variant:  # Recorded by the config file; set, it would change nothing.
+      raise ValueError(f"{variant[0]}: the variant is chosen with the config file's argument, "
+                       "e.g. --config configs/informask.py:tiny; config.variant only records it")
     try:
       rest = flags.FLAGS(argv, known_only=known_only)
     except SystemExit as e:

@@ -31,6 +31,7 @@ Array = jax.Array
 # Logical axis names used by the parameters and activations below.
 VOCAB, EMBED, HEADS, KV, MLP, LAYERS = "vocab", "embed", "heads", "kv", "mlp", "layers"
 ACT_BATCH = "activation_batch"
+LOGICAL_AXES = (VOCAB, EMBED, HEADS, KV, MLP, LAYERS, ACT_BATCH)
 
 
 @dataclasses.dataclass(frozen=True)

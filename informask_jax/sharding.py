@@ -53,8 +53,12 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
-def logical_rules(mesh_config) -> tuple[tuple[str, object], ...]:
-  """The config's rules as flax expects them: (logical name, mesh axis | tuple | None)."""
+def logical_rules(mesh_config, known=None) -> tuple[tuple[str, object], ...]:
+  """The config's rules as flax expects them: (logical name, mesh axis | tuple | None).
+
+  `known`: the logical names the model uses; a rule for another name (a typo such as "mpl")
+  would shard nothing, silently.
+  """
   rules = mesh_config.logical_axis_rules
   out = []
   for rule in rules if isinstance(rules, list | tuple) else [rules]:
@@ -63,6 +67,10 @@ def logical_rules(mesh_config) -> tuple[tuple[str, object], ...]:
                        f"axes) pair; each rule maps a name to one of {MESH_AXES}, a tuple of "
                        "them, or None.")
     name, axes = rule[0], tuple(rule[1]) if isinstance(rule[1], list) else rule[1]
+    if known is not None and name not in known:
+      raise ValueError(f"config.mesh.logical_axis_rules: {name!r} is not a logical axis of the "
+                       f"model, so its rule would apply to nothing; the model's are "
+                       f"{', '.join(known)}.")
     for axis in (axes if isinstance(axes, tuple) else (axes,)):
       if axis is not None and axis not in MESH_AXES:
         raise ValueError(f"config.mesh.logical_axis_rules: {name!r} -> {axis!r} is not a mesh "

@@ -501,7 +501,10 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                               ("mesh.logical_axis_rules", ("foo",),
                                r"logical_axis_rules: 'foo' is not a \(logical name, mesh axes\)"),
                               ("mesh.logical_axis_rules", (("embed", "fdsp"),),
-                               r"'embed' -> 'fdsp' is not a mesh axis")):
+                               r"'embed' -> 'fdsp' is not a mesh axis"),
+                              ("mesh.logical_axis_rules", (("mpl", "tensor"),),
+                               r"'mpl' is not a logical axis of the model, so its rule would "
+                               r"apply to nothing; the model's are vocab, embed,")):
     config = copy.deepcopy(tiny_config)
     config.update_from_flattened_dict({key: value})
     with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -559,6 +562,9 @@ def test_roberta_positions_are_checked_against_the_tokenizers_pad_id(tiny_config
     ("--config.train.steps=4", "num_steps, overwrite, profile_start_step, profile_steps, resume, "
      "seed, stop_sync_every."),
     ("--config.data.sources[0].kindd=x", "`config.data.sources[0]` has: config, kind, name,"),
+    # A record of the config file's argument, not a setting.
+    ("--config.variant=paper", "--config.variant: the variant is chosen with the config file's "
+     "argument, e.g. --config configs/informask.py:tiny; config.variant only records it"),
     # The shared base is no experiment config: named, with one to pass instead.
     ("--config=configs/base.py:tiny", "--config configs/base.py:tiny: the file defines no "
      "get_config(arg) function, so it is not an experiment config; pass one such as "
