@@ -91,7 +91,7 @@ def get_base_config(arg=None, strategy="informask"):
   c.masking.random_prob = 0.1  # ... and by a random token; the rest keep the original token.
   c.masking.budget = "exact"  # "exact": round(mask_prob * maskable) per sequence; "bernoulli".
   c.masking.span_geometric_p = 0.2  # span: span length ~ Geometric(p), in words (SpanBERT).
-  c.masking.span_max_len = 10  # span: clip span lengths at this many words.
+  c.masking.span_max_len = 10  # span: lengths restricted to 1..this many words (renormalised).
   c.masking.pmi_variant = "ngram"  # pmi_span: "ngram" (Levine et al.) or "bigram" (InforMask repo).
   c.masking.num_candidates = 16  # informask_online: candidate masks scored per sequence (K).
   # informask: path of the rate table (.npy or id_mask_prob.json); "" builds it from the corpus.
@@ -199,6 +199,7 @@ def get_base_config(arg=None, strategy="informask"):
       ("layers", None),
   )
 
-  # Initialise parameters from a workdir written by convert_checkpoint.py --from-hf ("": random).
+  # Initialise parameters from a workdir: a training run's, or one convert_checkpoint.py
+  # --from-hf wrote ("": random).
   c.init_from = ""
   return c

@@ -1,4 +1,4 @@
-"""SpanBERT span masking: spans of Geometric(0.2) words, clipped at 10, until the budget is met."""
+"""SpanBERT span masking: spans of Geometric(0.2) words, restricted to 1..10, to the budget."""
 
 from configs import base
 

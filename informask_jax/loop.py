@@ -77,9 +77,9 @@ def check_config(config) -> None:
   if stats.stages_needed(config.masking):
     stats.build.check_config(config)  # The statistics will be built: their settings too.
   streaming = [i for i, src in enumerate(config.data.sources) if src.get("streaming")]
-  if name == "informask" and not config.masking.rates_path and streaming:
-    # The rate stage samples packed rows, which a stream never holds (PMI and n-grams may come
-    # from a Beam build in the cache, so the other strategies are checked once it is known).
+  if stats.stages_needed(config.masking) and streaming:
+    # Counted from the tokenized corpus, which a stream never holds; nor can a stream find a
+    # prebuilt table in the cache (its key is a hash of the sources, not of their content).
     raise ValueError(stats.build.STREAMING.format(
         where=f"config.data.sources[{streaming[0]}].streaming=True"))
   budget = round(config.masking.mask_prob * (config.data.seq_len - 2))

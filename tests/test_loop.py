@@ -514,13 +514,18 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
   (tmp_path / "nan.json").write_text('{"5": NaN, "6": 0.1}')
   (tmp_path / "rows.npy").write_bytes(b"")
   np.save(tmp_path / "rows.npy", np.ones((4, 3)))
-  for key, value, message in (
-      ("masking.rates_path", str(tmp_path / "nan.json"), r"nan.json' .* lists 1 non-finite"),
-      ("masking.rates_path", str(tmp_path / "rows.npy"), r"rows.npy' has shape \(4, 3\)"),
-      ("data.sources", [dict(kind="files", name=str(tmp_path / "*.txt"), streaming=True)],
-       r"sources\[0\]\.streaming=True\) has none\. .* masking.rates_path")):
+  streaming = [dict(kind="files", name=str(tmp_path / "*.txt"), streaming=True)]
+  for name, key, value, message in (
+      ("informask", "masking.rates_path", str(tmp_path / "nan.json"),
+       r"nan.json' .* lists 1 non-finite"),
+      ("informask", "masking.rates_path", str(tmp_path / "rows.npy"),
+       r"rows.npy' has shape \(4, 3\)"),
+      ("informask", "data.sources", streaming,
+       r"sources\[0\]\.streaming=True\) has none\. .* masking.rates_path"),
+      # Its n-grams too: counted from the corpus, never found in the cache for a stream.
+      ("pmi_span", "data.sources", streaming, r"sources\[0\]\.streaming=True\) has none\.")):
     config = copy.deepcopy(tiny_config)
-    config.masking.name = "informask"
+    config.masking.name = name
     config[key.split(".")[0]][key.split(".")[1]] = value
     with pytest.raises(ValueError, match=message):
       loop.train_and_evaluate(config, tmp_path / "run")
