@@ -67,7 +67,9 @@ def get_base_config(arg=None, strategy="informask"):
   # Share of documents held out, by a hash of the title (wiki_vital) or of the text (others).
   c.data.validation_fraction = 0.02
   c.data.cache_dir = paths.default_cache_dir()  # Tokenized corpora and statistics (~/.cache).
-  c.data.num_proc = 2 if tiny else 8  # Processes for tokenization (datasets.map).
+  # Worker processes for loading, cleaning and tokenizing a large corpus (50,000+ documents) and
+  # for counting its statistics; a small corpus is handled in one process.
+  c.data.num_proc = 2 if tiny else 8
   # Use only the first N documents (-1: all), for quick experiments. A streaming source's length
   # is unknown ahead, so each streaming source is cut at N on its own.
   c.data.max_documents = -1
@@ -93,7 +95,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.masking.span_geometric_p = 0.2  # span: span length ~ Geometric(p), in words (SpanBERT).
   c.masking.span_max_len = 10  # span: lengths restricted to 1..this many words (renormalised).
   c.masking.pmi_variant = "ngram"  # pmi_span: "ngram" (Levine et al.) or "bigram" (InforMask repo).
-  c.masking.num_candidates = 16  # informask_online: candidate masks scored per sequence (K).
+  # informask_online: candidate masks scored per sequence (K); also the K with which the
+  # statistics compute informask's rates from the corpus.
+  c.masking.num_candidates = 16
   # informask: path of the rate table (.npy or id_mask_prob.json); "" builds it from the corpus.
   c.masking.rates_path = ""
   # informask, budget "bernoulli": p = rate rescaled per sequence to mask_prob (True), or the
@@ -110,7 +114,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.stats.min_pair_count = 2 if tiny else 10  # Pairs seen fewer times get no PMI.
   c.stats.window = 0  # Co-occurrence window in tokens within a sentence; 0: whole sentence.
   c.stats.drop_top_k = 0  # Leave the k most frequent tokens out of the PMI vocabulary.
-  c.stats.whole_words = False  # Count whole words (a token and its ## pieces) instead of pieces.
+  # Pairs stay token pairs; True: pieces of one word (a token and its ## pieces) are never
+  # paired with each other, and the window counts words.
+  c.stats.whole_words = False
   c.stats.context_alpha = 1.0  # Context-distribution smoothing exponent (0.75 in word2vec).
   c.stats.positive_only = True  # Clip negative PMI to 0 (PPMI).
   # pmi_span: size of the n-gram vocabulary; the bigram variant's pair table holds half as many.

@@ -210,14 +210,6 @@ class PairCounts:
   num_tokens: int  # tokens read (all tokens, in or out of the vocabulary)
   min_pair_count: int
 
-  @property
-  def cooccurrences(self) -> sp.csr_matrix:
-    """Unordered co-occurrence counts n(x, y): C[x, y] off the diagonal, C[x, x] / 2 on it."""
-    n = self.counts.copy()
-    n.setdiag(n.diagonal() // 2)
-    n.eliminate_zeros()
-    return n
-
 
 class PairAccumulator:
   """Running sum of [R, R] pair tables under a memory cap, spilling to disk above it."""
