@@ -44,6 +44,15 @@ def main(argv=None) -> dict:
   else:
     if args.step is not None or args.format is not None:
       parser.error("--step and --format apply to --workdir (export) only.")
+    # Not honoured: a workdir's checkpoints are a run's work, which a step 0 should not wipe
+    # as a side effect of a flag (import_to_workdir refuses them); and the import compares no
+    # logits (the export of the workdir does).
+    if args.overwrite:
+      parser.error("--overwrite applies to --workdir (export) only; the import never replaces "
+                   "checkpoints: give an --out that holds none.")
+    if not args.verify:
+      parser.error("--no-verify applies to --workdir (export) only; the import has no logits "
+                   "comparison to skip.")
     report = export.import_to_workdir(args.from_hf, args.out, scan_layers=args.scan_layers)
   print(json.dumps(report, indent=2, default=str))
   return report

@@ -25,7 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "vocab_merged.txt for --protocol informask).")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--backend", default="torch", choices=lama.BACKENDS)
-  p.add_argument("--device", default=None, help="torch device (default: cuda if available).")
+  p.add_argument("--device", default=None,
+                 help="torch device, --backend torch only (default: cuda if available).")
   p.add_argument("--use_masked_sentences", action="store_true",
                  help="lama protocol: ask T-REx / Google-RE with masked sentences, not templates.")
   p.add_argument("--step", type=int, default=None,

@@ -704,6 +704,18 @@ def test_cli_format_and_misplaced_flags(imported_workdir, tmp_path, capsys):
   assert (config["model_type"], config["max_position_embeddings"]) == ("roberta", 64 + 1)
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--overwrite", "--overwrite applies to --workdir (export) only; the import never replaces"),
+    ("--no-verify", "--no-verify applies to --workdir (export) only; the import has no logits")])
+def test_export_only_flags_are_refused_with_from_hf(flag, message, tmp_path, capsys):
+  """Refused before any work: the import takes neither, and would otherwise run without them."""
+  out = tmp_path / "work"
+  with pytest.raises(SystemExit) as exit_info:
+    convert_checkpoint.main(["--from-hf", str(tmp_path / "no-model"), "--out", str(out), flag])
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+  assert not out.exists()
+
+
 def test_import_reads_the_model_config_once(hf_copy, tmp_path, monkeypatch):
   read = []
   original = export._read_hf_config

@@ -573,6 +573,26 @@ def _no_model_load(monkeypatch):
   monkeypatch.setattr(lama.evaluation, "load_backend", fail)  # Where evaluate looks it up.
 
 
+def test_a_device_with_the_flax_backend_is_refused_before_the_run(models, monkeypatch):
+  """The flax backend runs on JAX's default device: a --device would be ignored, not used."""
+  match = r"--device 'cuda:3' applies to --backend torch only; the flax backend runs on JAX's"
+  with pytest.raises(ValueError, match=match):  # load_backend itself, for callers of the library.
+    lama.load_backend(models["bert"], "flax", lama.load_tokenizer(models["bert"]), batch_size=4,
+                      device="cuda:3")
+  _no_model_load(monkeypatch)
+  with pytest.raises(ValueError, match=match):
+    lama.evaluate(models["bert"], str(FIXTURES), backend="flax", device="cuda:3", progress=False)
+
+
+def test_masked_sentences_with_the_informask_protocol_are_refused_before_the_run(models,
+                                                                                  monkeypatch):
+  """The informask protocol always asks the first masked sentence: the flag would change nothing."""
+  _no_model_load(monkeypatch)
+  with pytest.raises(ValueError, match=r"--use_masked_sentences applies to --protocol lama only"):
+    lama.evaluate(models["bert"], str(FIXTURES), protocol="informask", use_masked_sentences=True,
+                  progress=False)
+
+
 @pytest.mark.parametrize("where", ["proc", "under_a_file"])
 def test_an_unwritable_out_is_refused_before_the_run(models, tmp_path, monkeypatch, where):
   if where == "proc":
@@ -1039,6 +1059,8 @@ def test_cli_passes_every_flag_on(monkeypatch):
     seen.update(args=args, **kwargs)
 
   monkeypatch.setattr(lama, "evaluate", record)
+  # Plumbing only: evaluate, mocked here, refuses --device with flax and --use_masked_sentences
+  # with informask (tested above); the flags are non-defaults so that each shows it was passed.
   eval_lama.main(["--model", "m", "--data_dir", "d", "--protocol", "informask", "--common_vocab",
                   "w.txt", "--batch_size", "7", "--backend", "flax", "--device", "cpu:0",
                   "--use_masked_sentences", "--step", "5", "--limit", "3", "--out", "o",

@@ -1533,3 +1533,42 @@ def test_select_units_cut_with_word_starts_keeps_the_budget_and_splits_one_word_
       assert len(split) <= 1, (b, split)
       cuts += len(split)
   assert cuts > 50  # Cut words happen: the check above is exercised.
+
+
+def test_show_refuses_ngrams_with_bigrams_before_reading_them(tmp_path, capsys):
+  """Both given, --bigrams used to win and --ngrams was dropped without a word."""
+  from informask_jax.masking import show
+  with pytest.raises(SystemExit) as exit_info:
+    show.main(["--strategy", "pmi_span", "--ngrams", str(tmp_path / "pmi_ngrams.json"),
+               "--bigrams", str(tmp_path / "pmi_bigrams.json")])
+  assert exit_info.value.code == 2
+  assert ("error: --ngrams and --bigrams pick two variants of pmi_span (n-gram, bigram); give one "
+          "of them.") in capsys.readouterr().err
+
+
+def test_show_gives_the_masker_the_sentence_ids_of_training(monkeypatch, capsys):
+  """show numbers the sentences of --text as the training data does (split at ". K" and at line
+  breaks, -1 on [CLS] / [SEP]) and hands them to the masker: pmi_span's units and
+  informask_online's pairs stop at sentence ends, as in training."""
+  from informask_jax.masking import show
+  parts = ["Mount Everest is high.", "It lies in Nepal.", "K2 is second"]
+  text = f"{parts[0]} {parts[1]}\n{parts[2]}"
+  tok = show.load_tokenizer()
+  sizes = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in parts]
+  expected = [-1, *np.repeat(np.arange(3), sizes).tolist(), -1]
+  ids, sentence_ids, pieces = show.encode_text(tok, text)
+  assert ids == tok(text)["input_ids"] and pieces == sum(sizes)  # WordPiece: the same pieces.
+  assert sentence_ids == expected
+
+  def recording_masker(key, token_ids, *, sentence_ids=None):
+    missing = jnp.full_like(token_ids, -2)  # What the masker got, returned for render to see.
+    return {"input_ids": token_ids, "labels": token_ids, "mask": jnp.zeros_like(token_ids, bool),
+            "sentence_ids": missing if sentence_ids is None else sentence_ids}
+
+  seen = []
+  render = show.render
+  monkeypatch.setattr(show, "build_maskers", lambda *a: [("pmi_span", recording_masker, "")])
+  monkeypatch.setattr(show, "render", lambda tok, ids, result, colour: (
+      seen.append(result["sentence_ids"].tolist()) or render(tok, ids, result, colour)))
+  show.main(["--strategy", "pmi_span", "--text", text, "--samples", "2", "--no-colour"])
+  assert seen == [expected, expected]

@@ -784,6 +784,36 @@ def test_cli_help_lists_its_flags_and_succeeds():
     assert flag in proc.stdout, proc.stdout
 
 
+def test_cli_refuses_the_flags_of_the_other_command(tmp_path):
+  """report reads no --what / --force / --config and build no --out: typed, even at the default
+  value (--noforce), they are a usage error rather than ignored. Each command's own flags still
+  reach it (the errors after them are the command's own, about the inputs)."""
+  config = "configs/informask.py:tiny"
+  missing = str(tmp_path / "missing")
+  # (args, status, message): cache_dir /dev/null/x would make a build fail at once, after the
+  # flags were taken: the refusal must come first.
+  cases = ((["report", missing, "--what=pmi"], 2,
+            "python -m informask_jax.stats: error: --what applies to build only; report reads DIR"),
+           (["report", missing, "--noforce", "--config", config], 2,
+            "error: --force, --config apply to build only;"),
+           (["build", "--config", config, "--config.data.cache_dir=/dev/null/x",
+             f"--out={tmp_path / 'r.png'}"], 2,
+            "error: --out applies to report only; build writes into the config's statistics"),
+           (["report", missing, f"--out={tmp_path / 'r.png'}"], 1,
+            "Statistics directory " + missing + " does not exist"),
+           (["build", "--config", config, "--what=pmix", "--force"], 1,
+            "Unknown statistics stage"))
+  for args, status, expected in cases:
+    proc = subprocess.run([sys.executable, "-m", "informask_jax.stats", *args],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=pathlib.Path(__file__).parent.parent,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == status and expected in proc.stderr, (args, proc.stderr)
+    if status == 2:  # The problem, then the usage lines, as for a mistyped command.
+      assert len(proc.stderr.splitlines()) <= 4 and "usage:" in proc.stderr, proc.stderr
+  assert not (tmp_path / "r.png").exists()
+
+
 def test_chunks_from_dataset_match_documents():
   import datasets
 

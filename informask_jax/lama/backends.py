@@ -132,6 +132,14 @@ def _flax_logits_fn(cfg):
   return jax.jit(logits_at)
 
 
+def check_device(backend: str, device: str | None) -> None:
+  """ValueError for a --device given with the flax backend: it runs on JAX's default device,
+  and would otherwise ignore the flag without a word."""
+  if backend == "flax" and device:  # None (unset) or "" (as unset for torch): nothing to ignore.
+    raise ValueError(f"--device {device!r} applies to --backend torch only; the flax backend runs "
+                     "on JAX's default device (JAX_PLATFORMS=cpu forces the CPU).")
+
+
 def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
                  device: str | None = None, step: int | None = None):
   """The model behind `--model` as a callable (ids, positions) -> logits.
@@ -139,6 +147,7 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
   A training workdir is restored through `checkpointing.restore_params`; the torch backend then
   goes through an export to a temporary Hugging Face directory.
   """
+  check_device(backend, device)
   if backend == "flax":
     if is_workdir(model):
       from informask_jax import checkpointing

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from informask_jax import paths
-from informask_jax.lama.backends import BACKENDS, load_backend
+from informask_jax.lama.backends import BACKENDS, check_device, load_backend
 from informask_jax.lama.data_files import discover, read_records
 from informask_jax.lama.models import check_model, load_tokenizer
 from informask_jax.lama.queries import (
@@ -108,6 +108,10 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
     paths.check_writable_dir(os.path.expanduser(out_dir), "--out")  # As write_outputs.
   if backend not in BACKENDS:
     raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}.")
+  check_device(backend, device)  # Here too: before the data and the model are read.
+  if use_masked_sentences and protocol != "lama":
+    raise ValueError("--use_masked_sentences applies to --protocol lama only; --protocol "
+                     "informask always asks the first masked sentence.")
   if batch_size < 1:
     raise ValueError(f"--batch_size must be positive, got {batch_size}.")
   if limit < 0:

@@ -81,6 +81,22 @@ def load_tokenizer(path=None):
                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
+def encode_text(tok, text):
+  """(ids, sentence_ids, pieces) of `text` as training sees a document: split into sentences and
+  tokenized sentence by sentence (data.encode_documents), then packed as the first row
+  "[CLS] ... [SEP]" (data.pack_sequences), cut to MAX_TOKENS, with sentence ids -1 on [CLS] and
+  [SEP]; pieces: its token count before the cut. The ids tell pmi_span and informask_online where
+  sentences end, which training gives them too."""
+  from informask_jax import data, tokenization
+
+  tokens, sentence_ids, lengths = data.encode_documents([text], data.plain_backend(tok))
+  if not len(tokens):  # Nothing to pack: no target either, which the header then shows.
+    return [int(tok.cls_token_id), int(tok.sep_token_id)], [-1, -1], 0
+  packed = data.pack_sequences((tokens, sentence_ids, lengths), min(len(tokens) + 2, MAX_TOKENS),
+                               tokenization.special_ids(tok), "doc_padded")
+  return packed["token_ids"][0].tolist(), packed["sentence_ids"][0].tolist(), len(tokens)
+
+
 def _special_ids(tok):
   names = ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
   return tuple(int(getattr(tok, n)) for n in names)
@@ -253,6 +269,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.samples < 1:
     parser.error("--samples must be >= 1")
+  if args.ngrams is not None and args.bigrams is not None:  # --bigrams would silently win.
+    parser.error("--ngrams and --bigrams pick two variants of pmi_span (n-gram, bigram); give "
+                 "one of them.")
   if args.html:  # Checked before the work: a folder, or one we cannot write, is named by flag.
     args.html = os.path.expanduser(args.html)  # --html=~/x.html: the shell leaves the ~.
     if os.path.isdir(args.html):
@@ -264,11 +283,10 @@ def main(argv=None):
   if not text.strip():
     parser.error("--text is empty: give a sentence, or leave --text out for the default one")
   tok = load_tokenizer(args.tokenizer)
-  ids = tok(text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
-  pieces = len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
   rates_flag = "--rates" if args.rates else "--stats"  # Before --stats fills args.rates in.
   try:
+    ids, sentence_ids, pieces = encode_text(tok, text)  # A missing special token: one line.
     _check_table_tokenizers(args, tok)
     if args.stats:
       _tables_from_stats(args, tok)
@@ -278,6 +296,7 @@ def main(argv=None):
     raise SystemExit(f"error: {str(e).replace('(masking.rates_path)', f'({rates_flag})')}"
                      ) from None
   batch = np.tile(np.asarray(ids, np.int32), (args.samples, 1))
+  sentences = np.tile(np.asarray(sentence_ids, np.int32), (args.samples, 1))
   colour = "html" if args.html else (not args.no_colour and sys.stdout.isatty())
   cut = (f" (the first of {pieces}: a sequence holds {MAX_TOKENS} with [CLS] and [SEP])"
          if pieces > len(ids) - 2 else "")
@@ -294,7 +313,7 @@ def main(argv=None):
     if masker is None:
       continue
     key = jax.random.fold_in(jax.random.key(args.seed), index)  # Fresh draws per strategy.
-    out = jax.tree.map(np.asarray, jax.jit(masker)(key, batch))
+    out = jax.tree.map(np.asarray, jax.jit(masker)(key, batch, sentence_ids=sentences))
     for s in range(args.samples):
       result = {k: v[s] for k, v in out.items()}
       rows[-1][2].append(render(tok, ids, result, colour))

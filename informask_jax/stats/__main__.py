@@ -43,6 +43,21 @@ def _usage_error(message: str):
   sys.exit(2)
 
 
+def _refuse_flags_of_the_other_command(command: str):
+  """A usage error for a flag typed on the command line that only the other command reads: it
+  would be ignored without a word. `present` counts a flag as typed even at its default value
+  (--noforce): the value cannot tell typed from not."""
+  if command == "build":
+    if flags.FLAGS["out"].present:
+      _usage_error("--out applies to report only; build writes into the config's statistics "
+                   "directory, which it prints.")
+    return
+  given = [f"--{name}" for name in ("what", "force", "config") if flags.FLAGS[name].present]
+  if given:
+    _usage_error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to build "
+                 "only; report reads DIR as it was built.")
+
+
 def main(argv):
   if len(argv) < 2:
     _usage_error("no command given; the commands are build and report.")
@@ -50,6 +65,7 @@ def main(argv):
     nearest = difflib.get_close_matches(argv[1], ("build", "report"), 1)
     _usage_error(f"unknown command {argv[1]!r}" + (
         f"; did you mean {nearest[0]!r}?" if nearest else "; the commands are build and report."))
+  _refuse_flags_of_the_other_command(argv[1])
   if argv[1] == "build":
     if len(argv) != 2:
       _usage_error(f"build takes no positional arguments, got {argv[2:]}.")
