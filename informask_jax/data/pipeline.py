@@ -85,10 +85,11 @@ def check_config(config):
       raise ValueError(f"config.data.seq_len={data.seq_len} exceeds the model's {limit} positions "
                        f"(config.model.max_positions={config.model.get('max_positions')}, "
                        f"flavour={config.model.get('flavour')!r}).")
-  cache = os.path.expanduser(data.cache_dir)
+  cache = paths.cache_dir(data.cache_dir)
   if os.path.exists(cache) and not os.path.isdir(cache):
     raise ValueError(f"config.data.cache_dir={data.cache_dir!r} is a file; it must be a "
                      "directory (created when missing).")
+  paths.check_writable_dir(cache, "config.data.cache_dir")  # Else a traceback from a cache write.
   corpus_lib.check_validation_fraction(data.validation_fraction)
   for key, least in (("num_proc", 1), ("prefetch", 1)):
     value = data.get(key, least)
