@@ -196,7 +196,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.mesh.tensor = 1  # Tensor (model) parallel: heads, MLP and vocabulary split over it.
   # Logical axis name -> mesh axes. The model names logical axes only.
   c.mesh.logical_axis_rules = (
-      ("activation_batch", ("data", "fsdp")),  # Batch dimension of activations.
+      # Batch dimension of activations. Input batches arrive split over data x fsdp, so
+      # other axes here add resharding, not another batch split.
+      ("activation_batch", ("data", "fsdp")),
       ("vocab", "tensor"),
       ("embed", "fsdp"),
       ("mlp", "tensor"),
