@@ -56,6 +56,12 @@ def check_config(config) -> None:
               "keep_checkpoints", "stop_sync_every", "max_consecutive_skips"):
     if t[key] <= 0:
       raise ValueError(f"config.train.{key}={t[key]} must be positive.")
+    if t[key] > optim.MAX_STEPS:  # Else an OverflowError traceback from the first step's call.
+      raise ValueError(f"config.train.{key}={t[key]} must be below 2**31 (steps and sizes are "
+                       "int32 on the device).")
+  if isinstance(m.max_predictions, bool) or not isinstance(m.max_predictions, int) or \
+      m.max_predictions < 1:  # A negative value sliced away all but the last positions.
+    raise ValueError(f"config.model.max_predictions={m.max_predictions!r} must be an integer >= 1.")
   if t.profile_start_step < -1 or t.profile_steps < 1:
     raise ValueError(f"config.train.profile_start_step={t.profile_start_step} must be >= 0 (or -1: "
                      f"no trace) and config.train.profile_steps={t.profile_steps} >= 1.")

@@ -1,5 +1,7 @@
 """AdamW with warm-up then linear or cosine decay, clipping and a weight-decay mask."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,16 +12,22 @@ _DECAYED_LEAVES = ("kernel", "embedding")
 
 
 SCHEDULES = ("linear", "cosine")
+# Step counts live in int32 on device (optax's schedule count, the train state's step).
+MAX_STEPS = 2**31 - 1
 
 
 def check_config(o) -> None:
   """Rejects bad `config.optim` values, naming the key, before anything is built."""
-  checks = (("learning_rate", o.learning_rate > 0, "must be > 0"),
-            ("warmup_steps", o.warmup_steps >= 0, "must be >= 0"),
-            ("weight_decay", o.weight_decay >= 0, "must be >= 0"),
+  finite = math.isfinite  # inf passed the >= checks and left NaN parameters, every step skipped.
+  checks = (("learning_rate", finite(o.learning_rate) and o.learning_rate > 0,
+             "must be a finite number > 0"),
+            ("warmup_steps", 0 <= o.warmup_steps <= MAX_STEPS, "must be in [0, 2**31)"),
+            ("weight_decay", finite(o.weight_decay) and o.weight_decay >= 0,
+             "must be a finite number >= 0"),
             ("b1", 0 <= o.b1 < 1, "must be in [0, 1)"), ("b2", 0 <= o.b2 < 1, "must be in [0, 1)"),
-            ("eps", o.eps > 0, "must be > 0"),
-            ("grad_clip_norm", o.grad_clip_norm >= 0, "must be >= 0 (0 disables clipping)"),
+            ("eps", finite(o.eps) and o.eps > 0, "must be a finite number > 0"),
+            ("grad_clip_norm", finite(o.grad_clip_norm) and o.grad_clip_norm >= 0,
+             "must be a finite number >= 0 (0 disables clipping)"),
             ("grad_accum_steps", o.grad_accum_steps >= 1, "must be >= 1"),
             ("schedule", o.schedule in SCHEDULES, f"must be one of {SCHEDULES}"))
   for key, ok, rule in checks:

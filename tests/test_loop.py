@@ -490,7 +490,11 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                               ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
                               ("model.compute_dtype", "fp16", r"model.compute_dtype='fp16'"),
                               ("optim.learning_rate", -1.0,
-                               r"config.optim.learning_rate=-1.0 must be > 0"),
+                               r"config.optim.learning_rate=-1.0 must be a finite number > 0"),
+                              ("train.num_steps", 10**14, r"config.train.num_steps=100000000000000 "
+                               r"must be below 2\*\*31 \(steps and sizes are int32"),
+                              ("model.max_predictions", -3,
+                               r"config.model.max_predictions=-3 must be an integer >= 1"),
                               ("train.seed", -1, r"config.train.seed=-1 must be an integer"),
                               ("model.dropout", 1.0, r"model.dropout=1.0 must be in \[0, 1\)"),
                               ("model.attention_dropout", 1.5, r"model.attention_dropout=1.5"),

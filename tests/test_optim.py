@@ -108,7 +108,11 @@ def test_apply_update_matches_optax_chain(clip):
 @pytest.mark.parametrize("key,bad,good", [
     ("b1", 1.0, 0.0), ("b2", 1.0, 0.0), ("b2", -0.1, 0.999), ("eps", 0.0, 1e-12),
     ("learning_rate", 0.0, 1e-9), ("warmup_steps", -1, 0), ("weight_decay", -0.01, 0.0),
-    ("grad_clip_norm", -1.0, 0.0), ("grad_accum_steps", 0, 1), ("schedule", "step", "cosine")])
+    ("grad_clip_norm", -1.0, 0.0), ("grad_accum_steps", 0, 1), ("schedule", "step", "cosine"),
+    # Infinite values passed the >= bounds and every step came out NaN (and skipped).
+    ("learning_rate", float("inf"), 1e3), ("weight_decay", float("inf"), 10.0),
+    ("eps", float("inf"), 1.0), ("grad_clip_norm", float("inf"), 1e6),
+    ("b1", float("nan"), 0.9), ("warmup_steps", 2**31, 2**31 - 1)])
 def test_check_config_bounds_are_where_adamw_breaks(key, bad, good):
   """Each bound at its edge: b = 1 never forgets (and divides by zero in the bias correction),
   eps = 0 divides by zero; grad_clip_norm = 0 is allowed (it turns clipping off)."""
