@@ -28,6 +28,11 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   Refuses to clobber a run by accident."""
   if workdir.exists() and not workdir.is_dir():
     raise FileExistsError(f"--workdir {workdir} is a file, not a directory.")
+  owner = checkpointing.run_above(workdir)
+  if owner is not None:  # A new run would nest its files among that run's steps.
+    raise FileExistsError(
+        f"--workdir {workdir} is the checkpoints folder of the run in {owner}; give {owner} to "
+        "resume that run, or another --workdir for a new one.")
   if _holds_hf_model(workdir):  # A run writes its own config.json over the model's.
     raise FileExistsError(
         f"--workdir {workdir} holds a Hugging Face model (its config.json has a model_type), "
@@ -57,16 +62,30 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
     compatibility.check_architecture_early(
         checkpointing.latest_meta(config.init_from), config,
         f"config.init_from={config.init_from}", same_layout=False)
+  _check_entry_kinds(workdir, resume)
   checkpoints = checkpointing.checkpoint_dir(workdir)
-  if checkpoints.exists() and not checkpoints.is_dir():
-    raise FileExistsError(f"{checkpoints} is a file; the run writes its checkpoints there. Move "
-                          "it away or use another --workdir.")
   try:  # Now, not at the first save after hours of training; nothing made (a run refused
     # later leaves no empty folder behind): the checkpointer makes the directory.
     paths.check_writable_dir(checkpoints, "Checkpoints directory")
   except PermissionError as e:
     raise PermissionError(f"{e} Fix its permissions or use another --workdir.") from None
   return resume, has_run and not config.train.resume
+
+
+def _check_entry_kinds(workdir: pathlib.Path, resume: bool) -> None:
+  """Refuses a workdir entry of the wrong kind (a file where the run writes a folder, or the
+  reverse) before any work: later it was a traceback after the restore, or, for tokenizer/, a
+  run that ended well without saving its tokenizer. A fresh start sets the old logs aside, so
+  they only matter to a resume."""
+  folders = {checkpointing.CHECKPOINT_DIR: True, "tokenizer": True, "config.json": False}
+  if resume:
+    folders.update({"metrics.jsonl": False, "tensorboard": True, "profile": True})
+  for name, folder in folders.items():
+    path = workdir / name
+    if path.exists() and path.is_dir() != folder:
+      raise FileExistsError(
+          f"{path} is a {'file' if folder else 'directory'}; the run writes its "
+          f"{name} {'folder' if folder else 'file'} there. Move it away or use another --workdir.")
 
 
 def _holds_hf_model(workdir: pathlib.Path) -> bool:

@@ -112,3 +112,32 @@ def test_a_run_in_a_held_workdir_is_refused_before_touching_it(tiny_config, tmp_
   # Not set aside as a dead run's logs: that run may be alive.
   assert (tmp_path / "metrics.jsonl").read_text() == "kept\n"
   assert not checkpointing.checkpoint_dir(tmp_path).exists()
+
+
+def test_entries_of_the_wrong_kind_and_a_runs_checkpoints_folder_are_refused(tiny_config,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+  """Found before any work: a --workdir that is another run's checkpoints/ (a new run nested its
+  files among that run's steps), a file where the run writes a folder or the reverse (a traceback
+  after the restore, or a run that ended without saving its tokenizer)."""
+  mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  run = tmp_path / "run"
+  checkpointing.save_initial_checkpoint(run, {"w": np.zeros(2, np.float32)}, mlm_config)
+  with pytest.raises(FileExistsError, match=r"run/checkpoints is the checkpoints folder of the "
+                                            r"run in .*/run; give .*/run to resume that run"):
+    workdir_lib.prepare(run / "checkpoints", tiny_config)
+  fresh = tmp_path / "fresh"
+  (fresh / "tokenizer").parent.mkdir()
+  (fresh / "tokenizer").write_text("")
+  with pytest.raises(FileExistsError, match=r"fresh/tokenizer is a file; the run writes its "
+                                            r"tokenizer folder there"):
+    workdir_lib.prepare(fresh, tiny_config)
+  (fresh / "tokenizer").unlink()
+  (fresh / "metrics.jsonl").mkdir()  # A fresh start sets old logs aside, whatever they are.
+  assert workdir_lib.prepare(fresh, tiny_config) == (False, False)
+  # (An imported step 0 stands in for a training run's: its own refusal to resume is skipped.)
+  monkeypatch.setattr(workdir_lib.compatibility, "check_resume_settings", lambda *a: None)
+  (run / "metrics.jsonl").mkdir()  # A resume appends to it.
+  with pytest.raises(FileExistsError, match=r"run/metrics.jsonl is a directory; the run writes "
+                                            r"its metrics.jsonl file there"):
+    workdir_lib.prepare(run, tiny_config)
