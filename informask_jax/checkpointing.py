@@ -329,6 +329,9 @@ def _read_meta(manager, workdir, step, step_flag=None) -> dict:
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(meta, dict) or "mlm_config" not in meta:
       raise KeyError("mlm_config")
+    # Readers take these as mappings: another JSON type is damage, not an AttributeError later.
+    if not isinstance(meta["mlm_config"], dict) or not isinstance(meta.get("config"), dict | None):
+      raise ValueError("its meta's mlm_config / config are not JSON objects")
   except Exception as e:
     raise _unreadable(workdir, step, sorted(manager.all_steps()), e, step_flag) from e
   return meta

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import threading
@@ -267,9 +268,13 @@ def test_a_meta_without_the_architecture_is_a_damaged_step(tmp_path):
     assert saver.save(step, state, {}, _meta(), force=True)
     saver.wait()
   saver.close()
-  (checkpointing.checkpoint_dir(tmp_path) / "2" / "meta" / "metadata").write_text('{"config": {}}')
-  with pytest.raises(checkpointing.CheckpointReadError, match=r"step 2 .* to use step 1"):
-    checkpointing.Checkpointer(tmp_path).read_meta(2)
+  metadata = checkpointing.checkpoint_dir(tmp_path) / "2" / "meta" / "metadata"
+  good = json.loads(metadata.read_text())
+  # Parsed, but not the shape readers take (an AttributeError in the resume's config check).
+  for damaged in ({"config": {}}, {**good, "config": "garbage"}, {**good, "mlm_config": [1]}):
+    metadata.write_text(json.dumps(damaged))
+    with pytest.raises(checkpointing.CheckpointReadError, match=r"step 2 .* to use step 1"):
+      checkpointing.Checkpointer(tmp_path).read_meta(2)
 
 
 @pytest.mark.parametrize("key,other", [
