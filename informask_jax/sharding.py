@@ -6,6 +6,7 @@ them to the mesh axes ("data", "fsdp", "tensor"). This module is the one place w
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -97,13 +98,18 @@ def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh) -> tuple[PartitionSp
   return PartitionSpec(*dims), dropped
 
 
+def _unboxed(abstract_boxed_state):
+  """The values of a boxed abstract state, without nn.unbox, which would apply sharding
+  constraints to abstract values."""
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+                      abstract_boxed_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
   """NamedShardings for a (boxed, abstract) train state: logical names -> mesh axes."""
   logical_specs = nn.get_partition_spec(abstract_boxed_state)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
-  # Box values without nn.unbox, which would apply sharding constraints to abstract values.
-  unboxed = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x,
-                         abstract_boxed_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  unboxed = _unboxed(abstract_boxed_state)
   replicated_dims = {}  # (dim size, mesh axes, devices) -> paths of the arrays concerned
 
   def to_sharding(path, spec, leaf):
@@ -161,3 +167,44 @@ def check_batch_shards_per_host(mesh: Mesh) -> None:
           f"mesh.tensor={mesh.shape['tensor']} spans several processes: the devices sharing a "
           f"batch shard must be on one host ({jax.local_device_count()} devices each here), "
           "because each host loads its own rows. Make mesh.tensor divide the devices per host.")
+
+
+def device_memory_bytes(device) -> int | None:
+  """What one device can hold: an accelerator's allocator limit; on the CPU the host's memory
+  shared by its (possibly simulated) devices; None when unknown."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  if device.platform == "cpu":
+    try:
+      host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+      return None
+    return host // max(1, jax.local_device_count())
+  return None
+
+
+def _size(num_bytes: int) -> str:
+  return (f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 else
+          f"{num_bytes / 2**20:.0f} MiB")
+
+
+def check_state_fits(abstract_boxed_state, shardings) -> None:
+  """Refuses a train state whose own shards (parameters, optimizer moments) already exceed one
+  device's memory: the jitted init would fail deep in XLA, or, on a CPU, block in allocation
+  (a hidden_size of 100,000 hung where signals could not stop it). Activations come on top, so
+  passing says nothing about fitting; failing is certain."""
+  abstract_state = _unboxed(abstract_boxed_state)
+  leaves = jax.tree.leaves(abstract_state)
+  specs = jax.tree.leaves(shardings)
+  device = specs[0].mesh.devices.flat[0] if specs else jax.devices()[0]
+  per_device = sum(math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+                   for x, s in zip(leaves, specs, strict=True) if hasattr(x, "shape"))
+  limit = device_memory_bytes(device)
+  if limit is not None and per_device > limit:
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
+    raise ValueError(
+        f"The train state (parameters and optimizer moments) takes {_size(per_device)} per "
+        f"device ({params:,} parameters), more than a device's {_size(limit)}. Use "
+        "a smaller model (config.model.size, hidden_size, num_layers) or shard it over more "
+        "devices (config.mesh.fsdp, config.mesh.tensor).")

@@ -189,6 +189,7 @@ def init_train_state(model: model_lib.BertMLM, tx: optax.GradientTransformation,
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(boxed_state, root)
     shardings = sharding_lib.state_shardings(abstract, mesh, rules)
+    sharding_lib.check_state_fits(abstract, shardings)
     if params is None:
       state = jax.jit(lambda k: nn.unbox(boxed_state(k)), out_shardings=shardings)(root)
     else:

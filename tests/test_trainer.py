@@ -663,3 +663,28 @@ def test_given_parameters_replace_the_random_initialisation():
     assert b.sharding == s
   assert int(state.step) == 0
   assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(state.opt_state))
+
+
+def test_a_train_state_larger_than_a_device_is_refused_before_the_init(monkeypatch):
+  """Counted per device from the state's shardings: refused unsharded, accepted once fsdp splits
+  it (a hidden_size of 100,000 hung in allocation on a CPU instead of failing)."""
+  config = _config(hidden_size=256, mlp_size=1024, num_layers=4)
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
+  tx, _ = optim.make_optimizer(config.optim, 10)
+  rules = sharding_lib.logical_rules(config.mesh)
+  state_bytes = 12 * sum(x.size for x in jax.tree.leaves(nn.unbox(
+      model_lib.init_params(model_lib.BertMLM(cfg), jax.random.key(0), SEQ))))  # ~40 MB
+  monkeypatch.setattr(sharding_lib, "device_memory_bytes", lambda device: state_bytes // 2)
+
+  def init(fsdp):
+    mesh = sharding_lib.make_mesh(ml_collections.ConfigDict(dict(data=8 // fsdp, fsdp=fsdp,
+                                                                 tensor=1)))
+    return trainer_lib.init_train_state(model_lib.BertMLM(cfg), tx, 0, SEQ, mesh, rules)
+
+  with pytest.raises(ValueError, match=r"The train state \(parameters and optimizer moments\) "
+                                       r"takes \d+ MiB per device \(3,\d{3},\d{3} parameters\), "
+                                       r"more than a device's \d+ MiB\. .* shard it over more "
+                                       r"devices"):
+    init(fsdp=1)
+  state, _ = init(fsdp=8)
+  assert int(state.step) == 0
