@@ -609,6 +609,19 @@ def test_cli_errors_are_one_line_whatever_the_message(capsys, monkeypatch):
   assert cli.one_line("failed:\n\n  disk full\n\n  retry later") == "failed: disk full; retry later"
 
 
+def test_closed_event_loop_callbacks_are_not_printed_around_the_error():
+  """tensorstore's threads finishing a failed checkpoint read schedule into orbax's closed event
+  loop; Python printed each as an unraisable exception's traceback, around the one-line error."""
+  seen = []
+  hook = cli._without_closed_loop_callbacks(seen.append)
+  unraisable = lambda error: types.SimpleNamespace(exc_value=error)  # noqa: E731
+  hook(unraisable(RuntimeError("Event loop is closed")))
+  assert seen == []
+  for other in (RuntimeError("something else"), ValueError("Event loop is closed")):
+    hook(unraisable(other))
+  assert [str(u.exc_value) for u in seen] == ["something else", "Event loop is closed"]
+
+
 def test_library_logs_lose_their_info_lines_and_by_design_warnings():
   keep = cli._LibraryInfoFilter().filter
   orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/checkpoint_manager.py"
