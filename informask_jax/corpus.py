@@ -11,7 +11,8 @@ Sources (`config.data.sources`, each a dict of kind, name, config, split, text_f
   files       a local .txt / .jsonl / .json / .parquet file, a glob, or a directory of such files.
               In a .txt file, documents are separated by blank lines and a line break inside a
               document marks a sentence boundary (the BERT pretraining-data format). Bytes that
-              are not UTF-8 are replaced by U+FFFD and counted in the log.
+              are not UTF-8 are replaced by U+FFFD and counted in the log. A .jsonl / .json file
+              must be UTF-8 JSON records; the error for one that is not names its first bad line.
 
 Cleaning normalises line ends and horizontal whitespace and removes control characters; documents
 that are empty afterwards are dropped. If any source streams, the whole corpus is an
@@ -57,8 +58,8 @@ _LINE_BREAKS = re.compile(r" ?\n[ \n]*")
 def clean_text(text):
   """Normalises whitespace; keeps single line breaks, which the sentence splitter honours."""
   if not isinstance(text, str):
-    raise ValueError(f"A document's text (config.data.sources[i].text_field) is "
-                     f"{type(text).__name__} {text!r:.60}, not a string.")
+    raise ValueError(f"A document's text (text_field) is {type(text).__name__} {text!r:.60}, "
+                     "not a string.")
   text = text.replace("\r\n", "\n").replace("\r", "\n")
   text = _CONTROL.sub("", text)
   text = _HSPACE.sub(" ", text)
@@ -83,16 +84,32 @@ def clean_document(text, key=None):
   return cleaned, hash_bucket(text if key is None else key)
 
 
-def _clean_batch(batch):
-  """Cleans a batch, drops empty documents and attaches the split bucket (of "_key" or text)."""
-  keys = batch.get("_key") or [None] * len(batch["text"])
+def _clean_batch(batch, where="", pattern=None):
+  """Cleans a batch, drops empty documents and attaches the split bucket (of "_key" or text).
+
+  `where` names the source in errors, and `pattern`, a files source's name, lets an error about
+  text that is not UTF-8 find the file and line."""
+  try:
+    texts = batch["text"]  # Converted from Arrow here: where a JSON file's bad bytes surface.
+  except UnicodeDecodeError as e:
+    raise _not_utf8(where, pattern, e) from None
+  keys = batch.get("_key") or [None] * len(texts)
   out = {"text": [], "_bucket": []}
-  for text, key in zip(batch["text"], keys, strict=True):
+  for text, key in zip(texts, keys, strict=True):
+    if where and not isinstance(text, (str, type(None))):
+      raise _not_text(where, text)
     document = clean_document(text, key)
     if document:
       out["text"].append(document[0])
       out["_bucket"].append(document[1])
   return out
+
+
+def _not_text(where, text):
+  """The error for a document's text that is not a string (a number, a list), naming the flag."""
+  return ValueError(f"{where}: A document's text (text_field) is {type(text).__name__} "
+                    f"{text!r:.60}, not a string. Name a column of strings with "
+                    f"'--{where.split(' ')[0]}.text_field=COLUMN'.")
 
 
 # --- Sources ----------------------------------------------------------------------------------
@@ -195,6 +212,127 @@ def _read_txt(paths):
       log.warning("%s: replaced %d byte(s) that are not valid UTF-8 with U+FFFD.", path, replaced)
 
 
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def _json_line_problem(raw):
+  """Why one line of a JSON Lines file is not a record, or None."""
+  if not raw.strip():
+    return None
+  try:
+    record = json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
+  except UnicodeDecodeError as e:
+    return f"byte {raw[e.start]:#04x} (byte {e.start + 1} of the line) is not valid UTF-8"
+  except json.JSONDecodeError as e:
+    return f"not valid JSON ({e.msg}: column {e.colno})"
+  if not isinstance(record, dict):
+    return (f"a JSON {_JSON_TYPES.get(type(record), 'value')}, not an object; each line must be "
+            'one record such as {"text": "..."}')
+  return None
+
+
+def _json_array_problem(path, raw):
+  """Why a file that starts with "[" is not one JSON array of records, or None."""
+  try:
+    items = json.loads(raw.decode("utf-8"))
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    return f"{path!r}, line {line}: byte {raw[e.start]:#04x} is not valid UTF-8"
+  except json.JSONDecodeError as e:
+    return f"{path!r}, line {e.lineno}: not valid JSON ({e.msg}: column {e.colno})"
+  for i, item in enumerate(items if isinstance(items, list) else []):
+    if not isinstance(item, dict):
+      return (f"{path!r}: item {i} of its JSON array is a "
+              f"{_JSON_TYPES.get(type(item), 'value')}, not an object (a record)")
+  return None
+
+
+def _json_problem(path):
+  """What makes `path` unreadable as JSON Lines (or as one JSON array, if it starts with "["):
+  "'path', line N: why" for its first bad line (1-based), or None. Only called after `datasets`
+  failed, whose error counts rows from 0 and names no file, so good corpora are not read twice."""
+  with open(path, "rb") as f:
+    if f.read(4096).lstrip().startswith(b"["):
+      f.seek(0)
+      return _json_array_problem(path, f.read())
+    f.seek(0)
+    for number, raw in enumerate(f, 1):
+      problem = _json_line_problem(raw)
+      if problem:
+        return f"{path!r}, line {number}: {problem}"
+  return None
+
+
+def _is_blank(path):
+  """True for a file of nothing but whitespace (or nothing at all)."""
+  with open(path, "rb") as f:
+    return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _innermost(error):
+  # `datasets` wraps pyarrow's reason in "An error occurred while generating the dataset".
+  while error.__cause__ is not None or error.__context__ is not None:
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def _read_error(where, builder, files, error):
+  """The error for `files` that `datasets` could not read as `builder`: a JSON file's first bad
+  line, else pyarrow's reason."""
+  for path in files if builder == "json" else []:
+    problem = _json_problem(path)
+    if problem:
+      return ValueError(f"{where}: {problem}.")
+  cause = _innermost(error)
+  reason = f"{type(cause).__name__}: {cause}".rstrip(": .")
+  return ValueError(f"{where}: could not read {files[:3]}{'...' if len(files) > 3 else ''} as "
+                    f"{builder}: {reason}.")
+
+
+def _not_utf8(where, pattern, error):
+  """The error for a string that is not UTF-8 inside a JSON or Parquet file (the .txt reader
+  replaces such bytes instead): the file and line if a scan of the JSON files finds them."""
+  for path in expand_files(pattern, where) if pattern else []:
+    if FILE_BUILDERS.get(os.path.splitext(path)[1].lower()) == "json":
+      problem = _json_problem(path)
+      if problem:
+        return ValueError(f"{where}: {problem}.")
+  return ValueError(f"{where}: a document's text is not valid UTF-8 ({error}).")
+
+
+# The files of streamed sources whose records without text this process has reported.
+_WARNED_MISSING = set()
+
+
+def _file_records(path, builder, where):
+  """The records of one JSON / Parquet file, streamed by `datasets`; an error names the file."""
+  try:
+    yield from datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
+  except Exception as e:  # Raised by pyarrow deep inside `datasets`, naming neither.
+    if not (builder == "json" and _is_blank(path)):  # A blank file is empty, as a blank .txt.
+      raise _read_error(where, builder, [path], e) from e
+
+
+def _read_stream(paths, builder, field, where):
+  """Yields {"text": record[field]} from JSON / Parquet files read lazily by `datasets`, one file
+  after the other. An error while reading names the source and the file, as when in memory."""
+  for path in paths:
+    missing = 0
+    for record in _file_records(path, builder, where):
+      if field not in record:
+        raise _missing_column(where, field, sorted(record))
+      text = record[field]
+      if not isinstance(text, (str, type(None))):
+        raise _not_text(where, text)  # Here, as the declared string feature would convert it.
+      missing += text is None
+      yield {"text": text}
+    if missing and path not in _WARNED_MISSING:  # A stream reads its files every epoch.
+      _WARNED_MISSING.add(path)
+      log.warning("%s: skipped %d record(s) of %s without a %r field (missing or null).", where,
+                  missing, path, field)
+
+
 def _load_files(source, where, streaming, num_proc, cache_dir):
   files = expand_files(source["name"], where)
   by_suffix = {}
@@ -205,11 +343,11 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
                        f"{', '.join(FILE_BUILDERS)}.")
     by_suffix.setdefault(FILE_BUILDERS[suffix], []).append(f)
   parts = []
+  features = datasets.Features({"text": datasets.Value("string")})
   for builder, group in by_suffix.items():
     if builder == "text":
       for f in group:
         _check_text_file(f, where)
-      features = datasets.Features({"text": datasets.Value("string")})
       if streaming:
         ds = datasets.IterableDataset.from_generator(
             _read_txt, gen_kwargs={"paths": group}, features=features)
@@ -227,16 +365,30 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
             raise
           # `datasets` refuses a generator without examples; blank files are an empty source.
           ds = datasets.Dataset.from_dict({"text": []}, features=features)
+    elif streaming:
+      # Read through a generator of ours, so that an error met while streaming names the file.
+      ds = datasets.IterableDataset.from_generator(
+          _read_stream, features=features,
+          gen_kwargs={"paths": group, "builder": builder, "where": where,
+                      "field": source.get("text_field") or "text"})
     else:
-      try:
-        ds = datasets.load_dataset(builder, data_files=group, split="train", streaming=streaming,
-                                   num_proc=num_proc if len(group) > 1 and not streaming else None)
-      except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
-        raise ValueError(f"{where}: could not read {group[:3]}{'...' if len(group) > 3 else ''} "
-                         f"as {builder}: {e}") from e
-      ds = _select_text(ds, source.get("text_field") or "text", where)
+      ds = _load_builder(builder, group, source, where, num_proc)
     parts.append(ds)
   return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _load_builder(builder, group, source, where, num_proc):
+  """JSON or Parquet files read into memory by `datasets`, the column text_field as "text"."""
+  try:
+    ds = datasets.load_dataset(builder, data_files=group, split="train",
+                               num_proc=num_proc if len(group) > 1 else None)
+  except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
+    if builder == "json" and all(map(_is_blank, group)):
+      # `datasets` refuses JSON files without records; blank files are an empty source, as .txt.
+      return datasets.Dataset.from_dict({"text": []}, features=datasets.Features(
+          {"text": datasets.Value("string")}))
+    raise _read_error(where, builder, group, e) from e
+  return _select_text(ds, source.get("text_field") or "text", where)
 
 
 def _load_hub(source, where, streaming, num_proc):
@@ -341,11 +493,12 @@ def load_corpus(data_config):
         remaining -= len(ds)
       else:
         ds = ds.take(remaining)  # A stream's length is unknown: the cap applies per source.
-    parts.append((where, ds))
+    parts.append((where, source, ds))
 
   if streaming:
-    streams = [ds.map(_clean_batch, batched=True, remove_columns=ds.column_names or ["text"])
-               for _, ds in parts]
+    streams = [ds.map(_clean_batch, batched=True, remove_columns=ds.column_names or ["text"],
+                      fn_kwargs=_clean_kwargs(where, source))
+               for where, source, ds in parts]
     stream = streams[0] if len(streams) == 1 else datasets.concatenate_datasets(streams)
     return datasets.IterableDatasetDict({
         "train": stream.filter(lambda b: b["_bucket"] >= fraction).remove_columns("_bucket"),
@@ -353,23 +506,34 @@ def load_corpus(data_config):
     })
 
   cleaned = []
-  for where, ds in parts:
+  for where, source, ds in parts:
     before = len(ds)
+    # Records without the text field (missing or null), told apart from empty texts.
+    missing = ds.with_format("arrow")[:]["text"].null_count
     big = before >= PARALLEL_MIN_DOCUMENTS
     with progress_bar.datasets_bars(big):
       ds = ds.map(_clean_batch, batched=True, remove_columns=ds.column_names,
-                  features=_FEATURES, num_proc=num_proc if big else None, desc="Cleaning")
-    if before > len(ds):
+                  features=_FEATURES, num_proc=num_proc if big else None, desc="Cleaning",
+                  fn_kwargs=_clean_kwargs(where, source))
+    if missing:
+      log.warning("%s: skipped %d of %d records without a %r field (missing or null).", where,
+                  missing, before, source.get("text_field") or "text")
+    if before - missing > len(ds):
       log.info("%s: dropped %d of %d documents that are empty after cleaning.", where,
-               before - len(ds), before)
+               before - missing - len(ds), before)
     if len(ds) == 0:
       log.warning("%s: no document is left after cleaning.", where)
     cleaned.append(ds)
   corpus = cleaned[0] if len(cleaned) == 1 else datasets.concatenate_datasets(cleaned)
   if len(corpus) == 0:
     raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
-                     "cleaning (" + "; ".join(w for w, _ in parts) + ").")
+                     "cleaning (" + "; ".join(w for w, _, _ in parts) + ").")
   return _split(corpus, fraction)
+
+
+def _clean_kwargs(where, source):
+  """`_clean_batch`'s names for a source's errors: `where`, and a files source's pattern."""
+  return {"where": where, "pattern": source["name"] if source["kind"] == "files" else None}
 
 
 def check_validation_fraction(fraction):

@@ -80,13 +80,20 @@ def _from_vocab_file(path, lowercase):
     line = raw[:e.start].count(b"\n") + 1
     raise ValueError(f"config.tokenizer.name_or_path={path!r} is not a UTF-8 vocab.txt (one token "
                      f"per line): byte {raw[e.start]:#04x} on line {line} is not UTF-8.") from None
-  vocab = {}
+  vocab, repeated = {}, []
   # The id is the line number, as in tokenizers and transformers (a repeated token keeps its
   # last line), so ids match a released checkpoint's embedding rows.
   for index, line in enumerate(lines):
     token = line.rstrip("\r")
+    if token and token in vocab:
+      repeated.append((token, vocab[token] + 1, index + 1))
     if token:
       vocab[token] = index
+  if repeated:  # Said, not refused: a released vocabulary may have them, and its ids must hold.
+    token, first, again = repeated[0]
+    log.warning("config.tokenizer.name_or_path=%r lists %d token(s) more than once (first: %r on "
+                "lines %d and %d); each keeps its last line's id, so no text maps to the earlier "
+                "lines' ids.", path, len(repeated), token, first, again)
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]
   if missing:
     raise ValueError(f"config.tokenizer.name_or_path={path!r}: the vocabulary lacks {missing}.")
@@ -235,6 +242,32 @@ def _warn_case_not_applied(tokenizer, name, tokenizer_config) -> None:
                 "lower-cases" if lowers else "keeps case")
 
 
+# The JSON files of a saved tokenizer directory, checked in this order when loading fails.
+_SAVED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "added_tokens.json", "config.json")
+
+
+def _from_directory(name):
+  """A saved tokenizer directory; a damaged file in it is named (transformers' JSON error does
+  not say which file)."""
+  try:
+    return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+  except Exception as e:
+    for file in _SAVED_FILES:
+      path = os.path.join(name, file)
+      if not os.path.isfile(path):
+        continue
+      try:
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+      except (ValueError, UnicodeDecodeError) as bad:  # JSONDecodeError is a ValueError.
+        raise ValueError(f"config.tokenizer.name_or_path={name!r}: {path} is not valid JSON "
+                         f"({bad}); save the tokenizer there again (save_pretrained) or point "
+                         "name_or_path at a vocab.txt.") from e
+    raise ValueError(f"config.tokenizer.name_or_path={name!r}: the tokenizer saved there could "
+                     f"not be loaded ({type(e).__name__}: {e}).") from e
+
+
 def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_fingerprint=None):
   """Returns a fast (Rust) tokenizer as configured; see the module docstring for the sources.
 
@@ -258,7 +291,7 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
     tokenizer = _from_vocab_file(name, lowercase)
   elif os.path.isdir(name):
     if os.path.isfile(os.path.join(name, "tokenizer.json")):
-      tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+      tokenizer = _from_directory(name)
       _warn_case_not_applied(tokenizer, name, tokenizer_config)
     elif os.path.isfile(os.path.join(name, "vocab.txt")):
       tokenizer = _from_vocab_file(os.path.join(name, "vocab.txt"), lowercase)

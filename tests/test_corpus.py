@@ -395,6 +395,92 @@ def test_text_field_that_is_not_text(tmp_path):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), text_field="body")]))
 
 
+def test_text_of_the_wrong_type_names_the_source_index(tmp_path):
+  """The error names the source by its index in config.data.sources (here 1), not "[i]"."""
+  good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+  good.write_text(json.dumps({"text": "Fine."}) + "\n")
+  bad.write_text(json.dumps({"text": "Fine."}) + "\n" + json.dumps({"text": ["a", "b"]}) + "\n")
+  for streaming in (False, True):
+    with pytest.raises(ValueError, match=r"^config.data.sources\[1\] \(files '.*bad.jsonl'\): A "
+                                         r"document's text \(text_field\) is list \['a', 'b'\], "
+                                         r"not a string. Name a column of strings with "
+                                         r"'--config.data.sources\[1\].text_field=COLUMN'.$"):
+      loaded = corpus.load_corpus(_data_config(
+          tmp_path, [dict(name=str(good)), dict(name=str(bad), streaming=streaming)]))
+      list(loaded["train"])
+
+
+def test_records_without_the_text_field_are_counted(tmp_path, caplog):
+  path = tmp_path / "a.jsonl"
+  rows = [{"text": "One."}, {"body": "No text."}, {"text": None}, {"text": " "}, {"text": "Two."}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with caplog.at_level(logging.INFO, logger="informask_jax.corpus"):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
+                                             validation_fraction=0.0))
+  assert _texts(loaded["train"]) == ["One.", "Two."]
+  assert ("config.data.sources[0] (files '" + str(path) + "'): skipped 2 of 5 records without a "
+          "'text' field (missing or null).") in caplog.text
+  assert "dropped 1 of 5 documents that are empty after cleaning" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="informask_jax.corpus"):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=True)],
+                                             validation_fraction=0.0))
+    assert [ex["text"] for ex in loaded["train"]] == ["One.", "Two."]
+  assert f"skipped 2 record(s) of {path} without a 'text' field (missing or null)" in caplog.text
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("content,line,reason", [
+    (b'{"text": "broken\n', 3, r"not valid JSON \(Unterminated string starting at: column 10\)"),
+    (b"plain text, not JSON\n", 3, r"not valid JSON \(Expecting value: column 1\)"),
+    (b'"a bare string"\n', 3, r'a JSON string, not an object; each line must be one record '
+                             r'such as \{"text": "..."\}'),
+    (b'{"text": "caf\xff"}\n', 3, r"byte 0xff \(byte 14 of the line\) is not valid UTF-8"),
+])
+def test_a_bad_jsonl_line_is_named_with_its_file_and_line(tmp_path, streaming, content, line,
+                                                          reason):
+  """The first bad line, 1-based (pyarrow's own error counts rows from 0 and names no file), in
+  memory and streamed; bytes that are not UTF-8 surface only when the text is read."""
+  path = tmp_path / "docs.jsonl"
+  path.write_bytes(b'{"text": "One."}\n\n' + content + b'{"text": "Two."}\n')
+  message = rf"^config.data.sources\[0\] \(files '.*'\): '.*docs.jsonl', line {line}: {reason}\.$"
+  with pytest.raises(ValueError, match=message):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path),
+                                                             streaming=streaming)]))
+    list(loaded["train"])
+
+
+def test_a_bad_json_array_is_named_with_its_line(tmp_path):
+  path = tmp_path / "docs.json"
+  path.write_text('[{"text": "One."},\n {"text": "Two."]\n')
+  with pytest.raises(ValueError, match=r"docs.json', line 2: not valid JSON \(Expecting ',' "
+                                       r"delimiter: column 17\)\.$"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
+
+
+def test_an_empty_jsonl_is_an_empty_source_as_an_empty_txt_is(tmp_path):
+  folder = tmp_path / "data"
+  folder.mkdir()
+  (folder / "a.txt").write_text("Some text.\n")
+  (folder / "b.jsonl").write_bytes(b"")
+  (folder / "c.jsonl").write_text("\n  \n\n")
+  for streaming in (False, True):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder),
+                                                             streaming=streaming)],
+                                             validation_fraction=0.0))
+    assert [ex["text"] for ex in loaded["train"]] == ["Some text."]
+  with pytest.raises(ValueError, match=r"corpus is empty: .*b.jsonl"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder / "b.jsonl"))]))
+
+
+def test_an_unreadable_parquet_file_gives_pyarrow_s_reason(tmp_path):
+  path = tmp_path / "cut.parquet"
+  path.write_bytes(b"PAR1" + b"\x00" * 100)
+  with pytest.raises(ValueError, match=r"could not read \['.*cut.parquet'\] as parquet: "
+                                       r"ArrowInvalid: .*magic bytes"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
+
+
 def test_empty_corpus(tmp_path):
   blank = tmp_path / "blank.txt"
   blank.write_text("\n \n\t\n")

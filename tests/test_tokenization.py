@@ -81,18 +81,33 @@ def test_a_workdir_given_as_the_tokenizer_names_its_tokenizer_folder(tmp_path):
     tokenization.load_tokenizer(_config(str(tmp_path / "empty")))
 
 
-def test_vocab_file_ids_are_line_numbers(tmp_path):
+def test_vocab_file_ids_are_line_numbers(tmp_path, caplog):
   """A repeated token or a blank line must not shift later ids: tokenizers' WordPiece.from_file
-  (and so a released checkpoint's embedding rows) use the line number."""
+  (and so a released checkpoint's embedding rows) use the line number. A repeat is said."""
   import tokenizers
 
   lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "", "the", "cat", "##s"]
   (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n")
-  ours = tokenization.load_tokenizer(_config(str(tmp_path / "vocab.txt")))
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    ours = tokenization.load_tokenizer(_config(str(tmp_path / "vocab.txt")))
+  assert "lists 1 token(s) more than once (first: 'the' on lines 6 and 8); each keeps its last " \
+         "line's id" in caplog.text
   assert ours("cats the", add_special_tokens=False)["input_ids"] == [8, 9, 7]
   reference = tokenizers.models.WordPiece.from_file(str(tmp_path / "vocab.txt"))
   assert [reference.token_to_id(t) for t in ("cat", "##s", "the")] == [8, 9, 7]
   assert tokenization.continuation_table(ours).shape == (10,)
+
+
+def test_a_broken_tokenizer_json_is_named(tmp_path):
+  """transformers' JSON error says where in a file, not which file."""
+  lower = tokenization.load_tokenizer(_config(BERT_VOCAB))
+  lower.save_pretrained(str(tmp_path / "tok"))
+  path = tmp_path / "tok" / "tokenizer.json"
+  path.write_text('{"version": "1.0", "model": {"type": "WordPiece"\n')
+  with pytest.raises(ValueError, match=r"name_or_path='.*tok': .*tok/tokenizer.json is not valid "
+                                       r"JSON \(Expecting ',' delimiter: line 2 column 1 \(char "
+                                       r"49\)\); save the tokenizer there again"):
+    tokenization.load_tokenizer(_config(str(tmp_path / "tok")))
 
 
 def test_trained_vocab_is_deterministic_and_cached(tmp_path, caplog, monkeypatch):
