@@ -443,6 +443,18 @@ def test_discover_reads_layout_and_templates():
       "P19": "[X] was born in [Y] .", "P36": "The capital of [X] is [Y] ."}
 
 
+def test_discover_skips_a_directory_named_like_a_data_file(tmp_path, caplog):
+  """TREx/P36.jsonl as a directory ended the run in an IsADirectoryError when it was read."""
+  shutil.copytree(FIXTURES, tmp_path / "data")
+  shutil.rmtree(tmp_path / "data" / "TREx")
+  (tmp_path / "data" / "TREx" / "P36.jsonl").mkdir(parents=True)
+  with caplog.at_level(logging.WARNING):
+    relations, missing = lama.discover(tmp_path / "data")
+  assert all(r.path.is_file() for r in relations) and "TREx" in missing
+  assert (f"{tmp_path / 'data' / 'TREx' / 'P36.jsonl'} is not a data file (a directory or a "
+          "broken link): skipped.") in caplog.text
+
+
 @pytest.fixture(scope="module")
 def bert_words():
   return lama.WordTable(transformers.BertTokenizer(vocab=_vocab_file()))

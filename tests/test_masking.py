@@ -6,6 +6,7 @@ Each strategy is compiled once on a batch of 1024 x 64 and every property is che
 """
 
 import json
+import re
 import sys
 
 import jax
@@ -1572,3 +1573,89 @@ def test_show_gives_the_masker_the_sentence_ids_of_training(monkeypatch, capsys)
       seen.append(result["sentence_ids"].tolist()) or render(tok, ids, result, colour)))
   show.main(["--strategy", "pmi_span", "--text", text, "--samples", "2", "--no-colour"])
   assert seen == [expected, expected]
+
+
+def _q(path):
+  return re.escape(str(path))  # A path inside a pattern.
+
+
+def _wrong_shape(path):
+  scipy.sparse.save_npz(path, scipy.sparse.random(100, 50, density=0.1, format="csr"))
+
+
+def _with_nan(path):
+  scipy.sparse.save_npz(path, scipy.sparse.csr_matrix(([np.nan], ([5], [6])), shape=(V, V)))
+
+
+_NPY = ("is a NumPy .npy array; give the statistics module's pmi.npz (a scipy.sparse matrix "
+        "saved by scipy.sparse.save_npz).")
+
+
+@pytest.mark.parametrize("write,expected", [
+    (_wrong_shape, f"has shape (100, 50); expected ({V}, {V}), a row and a column per token of "
+                   "the tokenizer."),
+    (_with_nan, "has non-finite entries."),
+    (lambda p: np.save(p, np.ones((V, V), np.float32)), _NPY),
+    (lambda p: np.save(p, np.array([{}], object), allow_pickle=True), _NPY),
+])
+def test_a_bad_pmi_file_is_named_with_the_file_that_is_expected(tmp_path, write, expected):
+  """Every message names the file. For a .npy, scipy's own text spoke of the context manager
+  protocol (dense) or suggested allow_pickle, which runs code from the file (pickled)."""
+  path = tmp_path / "pmi.npz"
+  with open(path, "wb") as f:  # np.save would append .npy to a bare path.
+    write(f)
+  with pytest.raises(ValueError) as e:
+    masking.get_masker("informask_online", pmi=str(path), **COMMON)
+  assert str(e.value) == f"PMI matrix '{path}' {expected}"
+
+
+@pytest.mark.parametrize("content,match", [
+    ({"ngrams": [[1, 2]]}, r"must be a list of lists of token ids, e.g. \[\[2047, 2259\], "
+                           r"\.\.\.\]; found \{'ngrams': \[\[1, 2\]\]\}"),
+    (["12", "34"], "must be a list of lists of token ids.*; found '12'"),  # Not ids (1, 2).
+    ([[5, V]], rf"holds token ids outside \[0, {V}\), the tokenizer's vocabulary"),
+    (b"\x93NUMPY binary", r"is not a text file; give the statistics' pmi_ngrams.json"),
+])
+def test_a_bad_ngram_file_is_named_in_every_message(tmp_path, content, match):
+  path = tmp_path / "table.json"
+  if isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    path.write_text(json.dumps(content))
+  with pytest.raises(ValueError, match=rf"ngrams file '{_q(path)}' {match}"):
+    masking.get_masker("pmi_span", continuation=CONT, ngrams=str(path), **COMMON)
+
+
+def test_show_names_the_flag_of_a_bad_table(tmp_path):
+  """show's tables come from flags: an error about the file starts with the flag; one about
+  another option does not."""
+  from informask_jax.masking import show
+  text = "Mount Everest is the highest mountain on Earth."
+  small = tmp_path / "small.npz"
+  scipy.sparse.save_npz(small, scipy.sparse.eye(10, format="csr"))
+  with pytest.raises(SystemExit,
+                     match=rf"^error: --pmi: PMI matrix '{_q(small)}' has shape \(10, "):
+    show.main(["--strategy", "informask_online", "--text", text, "--pmi", str(small)])
+  with pytest.raises(SystemExit, match=r"^error: num_candidates \(masking.num_candidates"):
+    show.main(["--strategy", "informask_online", "--text", text, "--pmi", str(small),
+               "--num-candidates", "0"])
+  bigrams = tmp_path / "bigrams.json"
+  bigrams.write_text("[[1, 2, 3]]")
+  with pytest.raises(SystemExit, match=rf"^error: --bigrams: pmi_span: bigrams file "
+                                       rf"'{_q(bigrams)}' must hold \(id, id\) pairs"):
+    show.main(["--strategy", "pmi_span", "--text", text, "--bigrams", str(bigrams)])
+  rates = tmp_path / "rates.npy"
+  np.save(rates, np.ones(5, np.float32))
+  with pytest.raises(SystemExit,
+                     match=rf"^error: --ngrams: ngrams file '{_q(rates)}' is not a text file"):
+    show.main(["--strategy", "pmi_span", "--text", text, "--ngrams", str(rates)])
+
+
+def test_check_config_refuses_a_bad_value_without_first_calling_it_ignored(caplog):
+  from configs import base
+  c = base.get_base_config("tiny", strategy="informask")
+  c.masking.missing_rate = "abc"  # rates_path is empty: a JSON table's fill would go unused.
+  with caplog.at_level("WARNING"), pytest.raises(
+      ValueError, match=r"masking.missing_rate='abc': expected 'mean' or a number >= 0"):
+    masking.check_config(c.masking)
+  assert "ignores" not in caplog.text

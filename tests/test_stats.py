@@ -1127,7 +1127,8 @@ def test_force_rebuilds_only_the_named_stages(built, tmp_path, monkeypatch):
 @pytest.mark.parametrize("key,value", [
     ("pmi_vocab_size", 0), ("min_count", 0), ("min_pair_count", 0), ("window", -1),
     ("drop_top_k", -1), ("context_alpha", 0.0), ("ngram_vocab_size", 0), ("ngram_min_count", 0),
-    ("rate_smoothing", -1.0), ("memory_cap_mb", 0),
+    ("rate_smoothing", -1.0), ("memory_cap_mb", 0), ("context_alpha", math.inf),
+    ("rate_smoothing", math.nan), ("rate_sample_sequences", -1),
 ])
 def test_check_config_refuses_each_bad_stats_setting(tmp_path, key, value):
   config = small_config(tmp_path)
@@ -1144,3 +1145,62 @@ def test_statistics_go_to_the_default_cache_when_cache_dir_is_empty(tmp_path, mo
   config.data.cache_dir = ""
   directory = stats.build.artifact_dir(config, fake_pipeline(synthetic_docs(3, seed=1)))
   assert directory.parent == tmp_path / "xdg" / "informask_jax" / "stats"
+
+
+def test_rate_sample_sequences_0_still_means_every_row(tmp_path):
+  config = small_config(tmp_path)
+  config.stats.rate_sample_sequences = 0  # As bench/RESULTS.md runs it: every row scored.
+  build_lib.check_config(config)
+
+
+def test_an_empty_what_is_refused_naming_the_stages(tmp_path):
+  """--what= built nothing and still reported the directory "built and intact"."""
+  with pytest.raises(ValueError, match=r"what= names no statistics stage; choose from \('counts'"):
+    stats.build_artifacts(small_config(tmp_path), fake_pipeline([]), what=(), progress=False)
+  proc = subprocess.run([sys.executable, "-m", "informask_jax.stats", "build", "--config",
+                         "configs/informask.py:tiny", "--what="], capture_output=True, text=True,
+                        timeout=120, cwd=pathlib.Path(__file__).parent.parent,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 2, proc.stderr
+  assert ("python -m informask_jax.stats: error: --what is empty; give stages from counts, pmi, "
+          "rates, ngrams (e.g. --what=pmi,rates), or leave --what out to build them all."
+          ) in proc.stderr, proc.stderr
+
+
+def _written_meta(directory, **fields):
+  directory.mkdir(exist_ok=True)
+  meta = {"format_version": artifacts.FORMAT_VERSION, "vocab_size": 5, "files": {}, **fields}
+  artifacts.write_meta(directory, meta)
+  return directory
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"counts": "oops"}, r"'counts' is str 'oops', expected an object"),
+    ({"files": {"rates.npy": "x"}}, r"'files'\['rates.npy'\] is str 'x', expected an object"),
+    ({"vocab_size": "5"}, r"'vocab_size' is str '5', expected an integer"),
+    ({"special_ids": {"pad": "0"}}, r"'special_ids'\['pad'\] is str '0', expected an integer"),
+])
+def test_meta_json_of_the_wrong_structure_is_a_corrupt_artifact(tmp_path, fields, match):
+  """Valid JSON of the wrong shape ended `stats report` in an AttributeError traceback."""
+  directory = _written_meta(tmp_path / "stats", **fields)
+  with pytest.raises(artifacts.CorruptArtifactError,
+                     match=rf"meta.json is damaged: {match}; delete the directory or run"):
+    artifacts.read_meta(directory)
+
+
+def test_report_names_the_fields_its_summary_lacks(tmp_path):
+  from informask_jax.stats import report
+
+  directory = tmp_path / "stats"
+  directory.mkdir()
+  artifacts.save_npy(directory / "unigram_counts.npy", np.arange(5, dtype=np.int64))
+  artifacts.save_npy(directory / "rates.npy", np.full(5, 0.1, np.float32))
+  (directory / "id_mask_prob.json").write_text("{}")
+  meta = {"format_version": artifacts.FORMAT_VERSION, "vocab_size": 5, "files": {}}
+  for name in ("unigram_counts.npy", "rates.npy", "id_mask_prob.json"):
+    artifacts.record_file(directory, meta, name)
+  artifacts.write_meta(directory, meta)
+  with pytest.raises(artifacts.CorruptArtifactError,
+                     match=r"meta.json lacks corpus_fingerprint, tokenizer_fingerprint, a number "
+                           r"params.mask_prob; delete the directory or run the build again"):
+    report.summarize(directory)

@@ -77,7 +77,7 @@ def discover(data_dir: str | os.PathLike) -> tuple[list[RelationFile], list[str]
   relations, missing = [], []
   for source in SOURCES:
     folder = root / source
-    files = sorted(folder.glob("*.jsonl"), key=lambda p: _natural_key(p.name))
+    files = sorted(_data_files(folder), key=lambda p: _natural_key(p.name))
     if source == "TREx":
       # relations.jsonl sits beside TREx/ in data.zip; also accept it inside.
       rel_path = next((p for p in (root / "relations.jsonl", folder / "relations.jsonl")
@@ -102,6 +102,18 @@ def discover(data_dir: str | os.PathLike) -> tuple[list[RelationFile], list[str]
         "Google_RE/*_test.jsonl, TREx/P*.jsonl (with relations.jsonl beside TREx/), "
         "ConceptNet/test.jsonl or Squad/test.jsonl.")
   return relations, missing
+
+
+def _data_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  """The folder's *.jsonl files; a directory of that name is skipped with a warning (opening it
+  would end the run in an IsADirectoryError)."""
+  out = []
+  for p in folder.glob("*.jsonl"):
+    if p.is_file():
+      out.append(p)
+    else:
+      log.warning("%s is not a data file (a directory or a broken link): skipped.", p)
+  return out
 
 
 def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:

@@ -182,9 +182,6 @@ def check_config(masking_config) -> None:
   options), on a `config.masking`: a training run calls it before reading the corpus."""
   c = masking_config
   check_name(c.name)
-  ignored = _ignored_fields(c)
-  if ignored:
-    logging.warning("masking.name=%r ignores %s.", c.name, ", ".join(ignored))
   contract.check_settings(2, 0, (0,), c.mask_prob, c.replace_prob, c.random_prob, c.budget)
   if c.name == "informask_online":
     online.check_num_candidates(c.num_candidates)
@@ -194,6 +191,10 @@ def check_config(masking_config) -> None:
     pmi_span.check_variant(c.pmi_variant)
   elif c.name == "informask":
     missing_rate_of(c)
+  # After the checks: a bad value is an error, not first a warning that it goes unused.
+  ignored = _ignored_fields(c)
+  if ignored:
+    logging.warning("masking.name=%r ignores %s.", c.name, ", ".join(ignored))
 
 
 def get_masker(name, *, vocab_size, mask_id, special_ids, mask_prob=0.15, replace_prob=0.8,

@@ -35,26 +35,43 @@ def load_pmi(pmi, vocab_size):
   if pmi is None:
     raise ValueError("informask_online needs pmi= (a scipy.sparse [V, V] matrix or the path of "
                      "the statistics module's pmi.npz).")
+  where = "PMI matrix"  # Errors name the file when the matrix came from one.
   if isinstance(pmi, str | os.PathLike):
     path = os.fspath(pmi)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"PMI matrix {path!r} does not exist.")
-    try:
-      pmi = scipy.sparse.load_npz(path)
-    except Exception as e:
-      raise ValueError(f"PMI matrix {path!r} is not a scipy.sparse .npz file: {e}") from None
+    where = f"PMI matrix {path!r}"
+    pmi = _read_npz(path)
   if not scipy.sparse.issparse(pmi):
     pmi = scipy.sparse.coo_matrix(np.asarray(pmi))
   if pmi.shape != (vocab_size, vocab_size):
-    raise ValueError(f"PMI matrix has shape {pmi.shape}; expected ({vocab_size}, {vocab_size}).")
+    raise ValueError(f"{where} has shape {pmi.shape}; expected ({vocab_size}, {vocab_size}), "
+                     "a row and a column per token of the tokenizer.")
+  if pmi.dtype.kind not in "biuf":  # Complex would lose its imaginary part, silently.
+    raise ValueError(f"{where} holds {pmi.dtype} values; expected real numbers.")
   pmi = pmi.tocoo()
   pmi.sum_duplicates()
   if not np.all(np.isfinite(pmi.data)):
-    raise ValueError("PMI matrix has non-finite entries.")
+    raise ValueError(f"{where} has non-finite entries.")
   if not np.any(pmi.data != 0):
-    raise ValueError("PMI matrix is all zeros: every candidate would score 0 and "
+    raise ValueError(f"{where} is all zeros: every candidate would score 0 and "
                      "informask_online would be random masking.")
   return pmi
+
+
+def _read_npz(path):
+  """scipy.sparse.load_npz with errors that say which file is expected. Its own messages are
+  no help here: a dense .npy fails on the context manager protocol, a pickled one suggests
+  allow_pickle (running code from the file)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"PMI matrix {path!r} does not exist.")
+  expected = ("give the statistics module's pmi.npz (a scipy.sparse matrix saved by "
+              "scipy.sparse.save_npz).")
+  with open(path, "rb") as f:
+    if f.read(6) == b"\x93NUMPY":  # The .npy magic: an array, not a sparse matrix.
+      raise ValueError(f"PMI matrix {path!r} is a NumPy .npy array; {expected}")
+  try:
+    return scipy.sparse.load_npz(path)
+  except Exception:  # Any failure means the same here: not the expected file.
+    raise ValueError(f"PMI matrix {path!r} is not a scipy.sparse .npz file; {expected}") from None
 
 
 def restrict_vocab(pmi, pmi_vocab_size=None):

@@ -48,21 +48,46 @@ def check_variant(variant) -> None:
 
 
 def _read_json_list(value, what):
+  """(token-id tuples, the name of the table for errors: "ngrams file '...'" when read from a
+  file, so that every later message says which file to fix)."""
+  where = what
   if isinstance(value, str | os.PathLike):
     path = os.fspath(value)
+    where = f"{what} file {path!r}"
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{what} file {path!r} does not exist.")
+      raise FileNotFoundError(f"{where} does not exist.")
     with open(path, encoding="utf-8") as f:
       try:
         value = json.load(f)
+      except UnicodeDecodeError:  # A binary file, e.g. a rates.npy given for the n-grams.
+        raise ValueError(f"{where} is not a text file; give the statistics' "
+                         f"pmi_{what}.json (a JSON list of token-id lists).") from None
       except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {path!r} is not valid JSON: {e}") from None
+        raise ValueError(f"{where} is not valid JSON: {e}") from None
   if value is None:
     raise ValueError(f"pmi_span needs {what}= (a list of token-id lists or a JSON file of them).")
-  try:
-    return [tuple(int(t) for t in item) for item in value]
-  except (TypeError, ValueError):
-    raise ValueError(f"{what} must be a list of lists of token ids.") from None
+  return [_token_tuple(item, where) for item in _sequence(value, where)], where
+
+
+def _sequence(value, where):
+  # Only real sequences: a string or a dict iterates too, and "12" would read as ids (1, 2).
+  if not isinstance(value, list | tuple | np.ndarray):
+    raise ValueError(f"{where} must be a list of lists of token ids, e.g. [[2047, 2259], ...]; "
+                     f"found {_short(value)}.")
+  return value
+
+
+def _token_tuple(item, where):
+  item = _sequence(item, where)
+  if not all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in item):
+    raise ValueError(f"{where} must be a list of lists of token ids, e.g. [[2047, 2259], ...]; "
+                     f"found {_short(item)}.")
+  return tuple(int(t) for t in item)
+
+
+def _short(item):
+  text = repr(item.tolist() if isinstance(item, np.ndarray) else item)  # Cut: one line.
+  return text if len(text) <= 60 else text[:57] + "..."
 
 
 def hash_ngrams(ngrams):
@@ -84,16 +109,17 @@ def hash_ngrams(ngrams):
 
 
 def ngram_tables(ngrams, vocab_size, max_ngram_tokens):
-  ngrams = _read_json_list(ngrams, "ngrams")
+  ngrams, where = _read_json_list(ngrams, "ngrams")
   kept = [g for g in ngrams if 2 <= len(g) <= max_ngram_tokens]
   if len(kept) < len(ngrams):
     log.warning("pmi_span: skipped %d n-grams with fewer than 2 or more than %d tokens.",
                 len(ngrams) - len(kept), max_ngram_tokens)
   if not kept:
-    raise ValueError("pmi_span: the n-gram vocabulary is empty.")
+    raise ValueError(f"pmi_span: the n-gram vocabulary ({where}) is empty.")
   flat = np.concatenate([np.asarray(g) for g in kept])
   if flat.min() < 0 or flat.max() >= vocab_size:
-    raise ValueError(f"pmi_span: n-gram token ids must be in [0, {vocab_size}).")
+    raise ValueError(f"pmi_span: {where} holds token ids outside [0, {vocab_size}), the "
+                     "tokenizer's vocabulary.")
   h1, h2 = hash_ngrams(kept)
   order = np.lexsort((h2, h1))
   pad = np.array([_SENTINEL, _SENTINEL], np.uint32)
@@ -102,16 +128,17 @@ def ngram_tables(ngrams, vocab_size, max_ngram_tokens):
 
 
 def bigram_tables(bigrams, vocab_size):
-  pairs = _read_json_list(bigrams, "bigrams")
+  pairs, where = _read_json_list(bigrams, "bigrams")
   if not pairs:
-    raise ValueError("pmi_span: the bigram table is empty.")
+    raise ValueError(f"pmi_span: the bigram table ({where}) is empty.")
   if any(len(p) != 2 for p in pairs):
-    raise ValueError("pmi_span: bigrams must be (id, id) pairs.")
+    raise ValueError(f"pmi_span: {where} must hold (id, id) pairs.")
   if vocab_size > 65536:
     raise ValueError("pmi_span variant='bigram' supports vocabularies up to 65,536 tokens.")
   arr = np.asarray(pairs, np.int64)
   if arr.min() < 0 or arr.max() >= vocab_size:
-    raise ValueError(f"pmi_span: bigram token ids must be in [0, {vocab_size}).")
+    raise ValueError(f"pmi_span: {where} holds token ids outside [0, {vocab_size}), the "
+                     "tokenizer's vocabulary.")
   keys = np.unique(arr[:, 0] * vocab_size + arr[:, 1]).astype(np.uint32)
   return {"bigram_keys": np.append(keys, _SENTINEL)}
 

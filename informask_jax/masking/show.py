@@ -202,8 +202,25 @@ def build_maskers(tok, ids, args, strategies):
         out.append((name, None, "skipped: needs --pmi (the statistics module's pmi.npz)"))
         continue
       options.update(pmi=args.pmi, num_candidates=args.num_candidates)
-    out.append((name, masking.get_masker(name, **common, **options), note))
+    out.append((name, _get_masker(args, name, **common, **options), note))
   return out
+
+
+_TABLE_FLAGS = {"pmi_span": ("bigrams", "ngrams"), "informask_online": ("pmi",)}
+
+
+def _get_masker(args, name, **options):
+  """masking.get_masker, with the flag of the table file an error names put first (the loaders
+  of pmi_span's and informask_online's tables name the file). The rate table's message names
+  train.py's config key, which main() swaps for the flag."""
+  try:
+    return masking.get_masker(name, **options)
+  except (ValueError, FileNotFoundError) as e:
+    for flag in _TABLE_FLAGS.get(name, ()):
+      path = getattr(args, flag)
+      if isinstance(path, str) and repr(path) in str(e):
+        raise type(e)(f"--{flag}: {e}") from None
+    raise
 
 
 def _mark(kind, body, colour):

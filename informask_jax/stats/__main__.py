@@ -71,6 +71,9 @@ def main(argv):
       _usage_error(f"build takes no positional arguments, got {argv[2:]}.")
     if _CONFIG.value is None:
       _usage_error("build needs --config, e.g. --config configs/informask.py:tiny.")
+    if not _WHAT.value:  # --what= would build nothing and call the directory intact.
+      _usage_error(f"--what is empty; give stages from {', '.join(artifacts.STAGES)} (e.g. "
+                   "--what=pmi,rates), or leave --what out to build them all.")
     with cli.user_errors("python -m informask_jax.stats build"):
       directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value),
                                         force=_FORCE.value, progress=progress_bar.on_terminal())

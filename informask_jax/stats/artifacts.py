@@ -131,7 +131,36 @@ def read_meta(directory: pathlib.Path) -> dict:
                                "the build again.") from None
   if not isinstance(meta, dict) or "files" not in meta:
     raise CorruptArtifactError(f"{path} lacks the 'files' checksum table.")
+  _check_meta_types(meta, path)
   return meta
+
+
+# The type of each field of meta.json that code reads, and of the items of those that are dicts.
+_META_TYPES = {"files": (dict, dict), "counts": (dict, None), "params": (dict, None),
+               "seconds": (dict, None), "special_ids": (dict, int), "vocab_size": (int, None),
+               "format_version": (int, None), "corpus_fingerprint": (str, None),
+               "tokenizer_fingerprint": (str, None), "tokenizer_name_or_path": (str, None)}
+
+
+def _check_meta_types(meta: dict, path: pathlib.Path) -> None:
+  """Valid JSON of the wrong shape ("counts": "oops") would fail far from here, as an
+  AttributeError in a report or a build: the file is damaged, and says so by its name."""
+  def bad(field, value, expected):
+    return CorruptArtifactError(
+        f"{path} is damaged: {field} is {type(value).__name__} {value!r:.40}, expected "
+        f"{expected}; delete the directory or run the build again.")
+  names = {dict: "an object", int: "an integer", str: "a string"}
+  for field, (kind, item_kind) in _META_TYPES.items():
+    value = meta.get(field)
+    if field in meta and not _is(value, kind):
+      raise bad(f"'{field}'", value, names[kind])
+    for key, item in (value.items() if item_kind and field in meta else ()):
+      if not _is(item, item_kind):
+        raise bad(f"'{field}'[{key!r}]", item, names[item_kind])
+
+
+def _is(value, kind) -> bool:
+  return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def write_meta(directory: pathlib.Path, meta: dict) -> None:

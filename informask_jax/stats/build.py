@@ -3,6 +3,7 @@ knows about configs and the input pipeline; the counters take plain arrays)."""
 
 from __future__ import annotations
 
+import math
 import pathlib
 import shutil
 import time
@@ -52,6 +53,9 @@ def stages_needed(masking_config) -> tuple[str, ...]:
 def check_config(config) -> None:
   """Rejects bad statistics settings before anything is read or counted."""
   s = config.stats
+  for key in sorted(s.keys()):  # inf passes the bounds below and fails far later, misleadingly.
+    if isinstance(s[key], float) and not math.isfinite(s[key]):
+      raise ValueError(f"config.stats.{key}={s[key]!r} must be a finite number.")
   checks = [
       ("pmi_vocab_size", s.pmi_vocab_size >= 1, "must be >= 1"),
       ("min_count", s.min_count >= 1, "must be >= 1"),
@@ -62,6 +66,8 @@ def check_config(config) -> None:
       ("ngram_vocab_size", s.ngram_vocab_size >= 1, "must be >= 1"),
       ("ngram_min_count", s.ngram_min_count >= 1, "must be >= 1"),
       ("rate_smoothing", s.rate_smoothing >= 0, "must be >= 0"),
+      # 0 scores every row (bench/RESULTS.md's runs use it); below 0 is a typo, not "all".
+      ("rate_sample_sequences", s.rate_sample_sequences >= 0, "must be >= 0 (0: every row)"),
       ("memory_cap_mb", s.memory_cap_mb > 0, "must be > 0"),
   ]
   for key, ok, why in checks:
@@ -320,6 +326,8 @@ def build_artifacts(config, pipeline=None, *, what=art.STAGES, force: bool = Fal
   """
   check_config(config)
   what = tuple(what)
+  if not what:  # Nothing to build, yet the log would call the directory built and intact.
+    raise ValueError(f"what= names no statistics stage; choose from {art.STAGES}.")
   art.with_deps(what)  # Validates the names before the pipeline is built.
   if pipeline is None:
     from informask_jax import data

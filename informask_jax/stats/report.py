@@ -33,6 +33,7 @@ def summarize(directory) -> tuple[str, dict]:
     raise ValueError(f"{directory} has no masking rates yet; build them with `python -m "
                      "informask_jax.stats build --config ...`.")
   meta, v = a.meta, a.vocab_size
+  _check_report_fields(meta, directory)
   names = _token_names(directory, meta, v)
   specials = set(meta.get("special_ids", {}).values())
   counts, rates = a.unigram_counts, a.rates.astype(np.float64)
@@ -92,6 +93,17 @@ def summarize(directory) -> tuple[str, dict]:
   numbers = dict(pmi_end=pmi_end, names=names, counts=counts, rates=rates, by_freq=by_freq,
                  ranked=ranked, mask_prob=mask_prob, min_count=min_count, rho=rho)
   return "\n".join(lines), numbers
+
+
+def _check_report_fields(meta: dict, directory: pathlib.Path) -> None:
+  """The fields of meta.json the summary reads and loading the tables does not need."""
+  missing = [k for k in ("corpus_fingerprint", "tokenizer_fingerprint") if k not in meta]
+  mask_prob = meta.get("params", {}).get("mask_prob")
+  if isinstance(mask_prob, bool) or not isinstance(mask_prob, int | float):
+    missing.append("a number params.mask_prob")
+  if missing:
+    raise art.CorruptArtifactError(f"{directory / art.META} lacks {', '.join(missing)}; delete "
+                                   "the directory or run the build again.")
 
 
 def art_expected(rates, counts, specials) -> float:
