@@ -907,48 +907,37 @@ def test_masker_from_config(tmp_path):
 def test_options_of_another_strategy_are_named_as_ignored(caplog):
   from configs import base
   c = base.get_base_config("tiny", strategy="informask")
-  with caplog.at_level("WARNING"):
-    masking.check_config(c.masking)  # The shipped config sets nothing for other strategies.
-  assert "ignores" not in caplog.text
-  c.masking.update(span_max_len=5, num_candidates=16, rates_path="")  # 16: the default.
-  c.masking.name = "random"
-  with caplog.at_level("WARNING"):
-    masking.check_config(c.masking)
-  assert "masking.name='random' ignores config.masking.span_max_len=5 (span only)" in caplog.text
-  assert "num_candidates" not in caplog.text
+
+  def warned(**changes):
+    """The check's warnings after `changes` to config.masking (kept for the next call)."""
+    c.masking.update(changes)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      masking.check_config(c.masking)
+    return caplog.text
+
+  assert "ignores" not in warned()  # The shipped config sets nothing for other strategies.
+  text = warned(span_max_len=5, num_candidates=16, rates_path="", name="random")  # 16: default.
+  assert "masking.name='random' ignores config.masking.span_max_len=5 (span only)" in text
+  assert "num_candidates" not in text
   # informask: K sizes the corpus statistics' rate computation, unless a table is given; the
   # missing rate fills a JSON table's unlisted ids only.
-  caplog.clear()
-  c.masking.update(name="informask", num_candidates=64, missing_rate="0")
-  with caplog.at_level("WARNING"):
-    masking.check_config(c.masking)
-  assert "num_candidates" not in caplog.text
-  assert "config.masking.missing_rate='0' (a .json rates_path only)" in caplog.text
-  caplog.clear()
-  c.masking.rates_path = "table.json"
-  with caplog.at_level("WARNING"):
-    masking.check_config(c.masking)
-  assert "config.masking.num_candidates=64 (informask_online only)" in caplog.text
-  assert "missing_rate" not in caplog.text
+  text = warned(name="informask", num_candidates=64, missing_rate="0")
+  assert "num_candidates" not in text
+  assert "config.masking.missing_rate='0' (a .json rates_path only)" in text
+  text = warned(rates_path="table.json")
+  assert "config.masking.num_candidates=64 (informask_online only)" in text
+  assert "missing_rate" not in text
   # rescale acts on the Bernoulli budget only; there, unscaled rates are the targets' own
   # probabilities and a given table's share, not mask_prob, sets how many there are.
-  caplog.clear()
-  c.masking.update(rescale=False, mask_prob=0.3)
-  with caplog.at_level("WARNING"):
-    masking.check_config(c.masking)
-  assert "config.masking.rescale=False (the bernoulli budget only)" in caplog.text
-  assert "mask_prob" not in caplog.text
-  caplog.clear()
-  c.masking.budget = "bernoulli"
-  with caplog.at_level("WARNING"):
-    masking.check_config(c.masking)
-  assert "rescale=False (the" not in caplog.text
-  assert "config.masking.mask_prob=0.3 when drawing targets" in caplog.text
-  caplog.clear()
-  c.masking.rates_path = ""  # Built from the corpus for mask_prob: it does set the share.
-  with caplog.at_level("WARNING"):
-    masking.check_config(c.masking)
-  assert "mask_prob" not in caplog.text
+  text = warned(rescale=False, mask_prob=0.3)
+  assert "config.masking.rescale=False (the bernoulli budget only)" in text
+  assert "mask_prob" not in text
+  text = warned(budget="bernoulli")
+  assert "rescale=False (the" not in text
+  assert "config.masking.mask_prob=0.3 when drawing targets" in text
+  # Built from the corpus for mask_prob, the table does set the share.
+  assert "mask_prob" not in warned(rates_path="")
 
 
 def test_masker_is_a_pytree_jit_argument():
