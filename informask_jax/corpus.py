@@ -46,6 +46,7 @@ FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": 
 
 _FEATURES = datasets.Features(
     {"text": datasets.Value("string"), "_bucket": datasets.Value("float64")})
+_TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})  # A source as read.
 
 
 # --- Cleaning and the hash split ------------------------------------------------------------
@@ -343,14 +344,13 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
                        f"{', '.join(FILE_BUILDERS)}.")
     by_suffix.setdefault(FILE_BUILDERS[suffix], []).append(f)
   parts = []
-  features = datasets.Features({"text": datasets.Value("string")})
   for builder, group in by_suffix.items():
     if builder == "text":
       for f in group:
         _check_text_file(f, where)
       if streaming:
         ds = datasets.IterableDataset.from_generator(
-            _read_txt, gen_kwargs={"paths": group}, features=features)
+            _read_txt, gen_kwargs={"paths": group}, features=_TEXT_FEATURES)
       else:
         # The files' sizes and modification times are in the fingerprint, so that `datasets`'
         # cache of the read files is invalidated when a file changes.
@@ -358,17 +358,17 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
         stamp = [(f, st.st_size, st.st_mtime_ns) for f, st in stats.items()]
         try:
           ds = datasets.Dataset.from_generator(
-              _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir, features=features,
+              _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir, features=_TEXT_FEATURES,
               fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32])
         except Exception:
           if next(_read_txt(group), None) is not None:
             raise
           # `datasets` refuses a generator without examples; blank files are an empty source.
-          ds = datasets.Dataset.from_dict({"text": []}, features=features)
+          ds = datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
     elif streaming:
       # Read through a generator of ours, so that an error met while streaming names the file.
       ds = datasets.IterableDataset.from_generator(
-          _read_stream, features=features,
+          _read_stream, features=_TEXT_FEATURES,
           gen_kwargs={"paths": group, "builder": builder, "where": where,
                       "field": source.get("text_field") or "text"})
     else:
@@ -385,8 +385,7 @@ def _load_builder(builder, group, source, where, num_proc):
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
     if builder == "json" and all(map(_is_blank, group)):
       # `datasets` refuses JSON files without records; blank files are an empty source, as .txt.
-      return datasets.Dataset.from_dict({"text": []}, features=datasets.Features(
-          {"text": datasets.Value("string")}))
+      return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
     raise _read_error(where, builder, group, e) from e
   return _select_text(ds, source.get("text_field") or "text", where)
 
