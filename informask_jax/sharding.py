@@ -197,7 +197,8 @@ def check_state_fits(abstract_boxed_state, shardings) -> None:
   abstract_state = _unboxed(abstract_boxed_state)
   leaves = jax.tree.leaves(abstract_state)
   specs = jax.tree.leaves(shardings)
-  device = specs[0].mesh.devices.flat[0] if specs else jax.devices()[0]
+  # A device of this process: asking another process's for its memory blocked the run.
+  device = jax.local_devices()[0]
   per_device = sum(math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
                    for x, s in zip(leaves, specs, strict=True) if hasattr(x, "shape"))
   limit = device_memory_bytes(device)
