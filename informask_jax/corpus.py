@@ -268,7 +268,7 @@ def _json_problem(path):
 def _is_blank(path):
   """True for a file of nothing but whitespace (or nothing at all)."""
   with open(path, "rb") as f:
-    return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 20), b""))
+    return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
 
 
 def _innermost(error):
@@ -379,13 +379,14 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
 
 def _load_builder(builder, group, source, where, num_proc):
   """JSON or Parquet files read into memory by `datasets`, the column text_field as "text"."""
+  if builder == "json":  # `datasets` refuses JSON files without records: empty, as a blank .txt.
+    group = [f for f in group if not _is_blank(f)]  # Reads a file with text only to its start.
+    if not group:
+      return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
   try:
     ds = datasets.load_dataset(builder, data_files=group, split="train",
                                num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
-    if builder == "json" and all(map(_is_blank, group)):
-      # `datasets` refuses JSON files without records; blank files are an empty source, as .txt.
-      return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
     raise _read_error(where, builder, group, e) from e
   return _select_text(ds, source.get("text_field") or "text", where)
 
