@@ -278,13 +278,22 @@ def _innermost(error):
   return error
 
 
+def _first_bad_json_line(where, paths):
+  """The error naming the first bad line of the JSON files among `paths`, or None."""
+  for path in paths:
+    if FILE_BUILDERS.get(os.path.splitext(path)[1].lower()) == "json":
+      problem = _json_problem(path)
+      if problem:
+        return ValueError(f"{where}: {problem}.")
+  return None
+
+
 def _read_error(where, builder, files, error):
   """The error for `files` that `datasets` could not read as `builder`: a JSON file's first bad
   line, else pyarrow's reason."""
-  for path in files if builder == "json" else []:
-    problem = _json_problem(path)
-    if problem:
-      return ValueError(f"{where}: {problem}.")
+  bad_line = _first_bad_json_line(where, files if builder == "json" else [])
+  if bad_line:
+    return bad_line
   cause = _innermost(error)
   reason = f"{type(cause).__name__}: {cause}".rstrip(": .")
   return ValueError(f"{where}: could not read {files[:3]}{'...' if len(files) > 3 else ''} as "
@@ -294,12 +303,8 @@ def _read_error(where, builder, files, error):
 def _not_utf8(where, pattern, error):
   """The error for a string that is not UTF-8 inside a JSON or Parquet file (the .txt reader
   replaces such bytes instead): the file and line if a scan of the JSON files finds them."""
-  for path in expand_files(pattern, where) if pattern else []:
-    if FILE_BUILDERS.get(os.path.splitext(path)[1].lower()) == "json":
-      problem = _json_problem(path)
-      if problem:
-        return ValueError(f"{where}: {problem}.")
-  return ValueError(f"{where}: a document's text is not valid UTF-8 ({error}).")
+  bad_line = _first_bad_json_line(where, expand_files(pattern, where) if pattern else [])
+  return bad_line or ValueError(f"{where}: a document's text is not valid UTF-8 ({error}).")
 
 
 # The files of streamed sources whose records without text this process has reported.

@@ -80,10 +80,11 @@ def check_config(config) -> None:
   except ValueError as e:
     raise ValueError(f"config.masking: {e}") from None
   name = config.masking.name
-  if stats.stages_needed(config.masking):
+  builds_stats = bool(stats.stages_needed(config.masking))
+  if builds_stats:
     stats.build.check_config(config)  # The statistics will be built: their settings too.
   streaming = [i for i, src in enumerate(config.data.sources) if src.get("streaming")]
-  if stats.stages_needed(config.masking) and streaming:
+  if builds_stats and streaming:
     # Counted from the tokenized corpus, which a stream never holds; nor can a stream find a
     # prebuilt table in the cache (its key is a hash of the sources, not of their content).
     raise ValueError(stats.build.STREAMING.format(

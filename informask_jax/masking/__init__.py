@@ -52,11 +52,11 @@ def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams
   if isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int | np.integer) or \
       not 2 <= max_ngram_tokens <= 64:
     raise ValueError(f"max_ngram_tokens must be an integer in [2, 64], got {max_ngram_tokens!r}.")
-  other = {"ngram": ("bigrams", bigrams is not None), "bigram": ("ngrams", ngrams is not None)}
-  if other[variant][1]:  # Silently unused, a table meant for the other variant hid a mistake.
-    raise ValueError(f"pmi_span: {other[variant][0]}= is the table of the other variant; "
-                     f"variant={variant!r} (masking.pmi_variant) reads "
-                     f"{'ngrams' if variant == 'ngram' else 'bigrams'}=.")
+  reads, unused, other_table = (("ngrams", "bigrams", bigrams) if variant == "ngram" else
+                                ("bigrams", "ngrams", ngrams))
+  if other_table is not None:  # Silently unused, a table meant for the other variant hid a mistake.
+    raise ValueError(f"pmi_span: {unused}= is the table of the other variant; "
+                     f"variant={variant!r} (masking.pmi_variant) reads {reads}=.")
   if variant == "bigram" and max_ngram_tokens != _MAX_NGRAM_TOKENS:
     raise ValueError("pmi_span: max_ngram_tokens bounds the n-gram variant's matches; "
                      "variant='bigram' has none.")
