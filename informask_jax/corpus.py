@@ -30,7 +30,7 @@ import re
 import datasets
 import numpy as np
 
-from informask_jax import paths, progress_bar
+from informask_jax import paths, progress_bar, worker_processes
 
 log = logging.getLogger(__name__)
 
@@ -389,8 +389,9 @@ def _load_builder(builder, group, source, where, num_proc):
     if not group:
       return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
   try:
-    ds = datasets.load_dataset(builder, data_files=group, split="train",
-                               num_proc=num_proc if len(group) > 1 else None)
+    with worker_processes.spawned():
+      ds = datasets.load_dataset(builder, data_files=group, split="train",
+                                 num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
     raise _read_error(where, builder, group, e) from e
   return _select_text(ds, source.get("text_field") or "text", where)
@@ -399,8 +400,9 @@ def _load_builder(builder, group, source, where, num_proc):
 def _load_hub(source, where, streaming, num_proc):
   name, config, split = source["name"], source.get("config"), source.get("split") or "train"
   try:
-    ds = datasets.load_dataset(name, config, split=split, streaming=streaming,
-                               num_proc=None if streaming else num_proc)
+    with worker_processes.spawned():
+      ds = datasets.load_dataset(name, config, split=split, streaming=streaming,
+                                 num_proc=None if streaming else num_proc)
   except Exception as e:  # Not found, offline, bad config or split: one error.
     # Unreachable hub: most often a run meant to be offline that left out `:tiny` (the paper's
     # corpus is the default), so say what works without a network.
@@ -516,7 +518,7 @@ def load_corpus(data_config):
     # Records without the text field (missing or null), told apart from empty texts.
     missing = ds.with_format("arrow")[:]["text"].null_count
     big = before >= PARALLEL_MIN_DOCUMENTS
-    with progress_bar.datasets_bars(big):
+    with progress_bar.datasets_bars(big), worker_processes.spawned():
       ds = ds.map(_clean_batch, batched=True, remove_columns=ds.column_names,
                   features=_FEATURES, num_proc=num_proc if big else None, desc="Cleaning",
                   fn_kwargs=_clean_kwargs(where, source))

@@ -4,8 +4,10 @@ import json
 import logging
 import os
 import pathlib
+import warnings
 
 import datasets
+import jax
 import ml_collections
 import pytest
 
@@ -307,6 +309,33 @@ def test_cleaning_uses_worker_processes_from_the_threshold_on(tmp_path, monkeypa
     monkeypatch.setattr(corpus, "PARALLEL_MIN_DOCUMENTS", threshold)
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))], num_proc=2))
     assert seen.pop() == expected
+
+
+def test_worker_processes_are_spawned_after_jax_started(tmp_path, monkeypatch):
+  """Reading several JSON files and cleaning with data.num_proc workers, after JAX's backend
+  (and its threads) started, as in train.py: the workers are spawned, not forked (a fork of a
+  multithreaded process can deadlock), and every document arrives, cleaned."""
+  for name in ("a", "b"):
+    (tmp_path / f"{name}.jsonl").write_text(
+        "".join(json.dumps({"text": f"Doc {name} {i}.  "}) + "\n" for i in range(3)))
+  monkeypatch.setattr(corpus, "PARALLEL_MIN_DOCUMENTS", 2)
+  pools = []
+  real_map = datasets.Dataset.map
+
+  def spy_map(self, function, *args, **kwargs):
+    pools.append(kwargs.get("num_proc"))
+    return real_map(self, function, *args, **kwargs)
+
+  monkeypatch.setattr(datasets.Dataset, "map", spy_map)
+  jax.devices()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    loaded = corpus.load_corpus(
+        _data_config(tmp_path, [dict(name=str(tmp_path / "*.jsonl"))], num_proc=2))
+  assert pools == [2]  # Cleaning ran in worker processes.
+  assert not [w for w in caught if "os.fork()" in str(w.message)]
+  assert sorted(list(loaded["train"]["text"]) + list(loaded["validation"]["text"])) == [
+      f"Doc {name} {i}." for name in ("a", "b") for i in range(3)]
 
 
 def test_fingerprint_tracks_content_and_order():

@@ -4,6 +4,7 @@ import importlib.metadata
 import json
 import logging
 import time
+import warnings
 
 import datasets
 import jax
@@ -148,8 +149,13 @@ def test_parallel_tokenization_matches_serial(tmp_path, wiki_docs, bert_tokenize
 
   monkeypatch.setattr(datasets.Dataset, "map", map_spy)
   c = _tiny_config(tmp_path / "parallel", num_proc=2)
-  parallel = data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  jax.devices()  # As in train.py, JAX's backend (and its threads) started before the corpus.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    parallel = data.tokenize_corpus(docs, bert_tokenizer, c.data)
   assert workers == [2]  # The workers' path ran, not the serial one again.
+  # Workers are spawned, not forked from a process running JAX's threads (deadlock-prone).
+  assert not [w for w in caught if "os.fork()" in str(w.message)]
   assert parallel["input_ids"] == serial["input_ids"]
   assert parallel["sentence_ids"] == serial["sentence_ids"]
 

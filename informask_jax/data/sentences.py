@@ -19,7 +19,7 @@ import numpy as np
 import tokenizers
 
 from informask_jax import corpus as corpus_lib
-from informask_jax import paths, progress_bar, tokenization
+from informask_jax import paths, progress_bar, tokenization, worker_processes
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   start = time.time()
   num_proc = int(data_config.get("num_proc", 1) or 1)
   num_proc = num_proc if num_proc > 1 and len(dataset) >= PARALLEL_MIN_DOCUMENTS else None
-  with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS):
+  with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS), \
+       worker_processes.spawned():
     tokenized = dataset.map(
         _tokenize_batch, batched=True, batch_size=1000, fn_kwargs={"backend": backend},
         remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
