@@ -1401,8 +1401,17 @@ def test_show_render_marks_each_kind_of_target():
   ansi = show.render(tok, ids, result, colour=True)
   assert ansi == (f"{show._ANSI['mask']}mount{show._ANSI['end']} ever{show._ANSI['random']}"
                   f"est>cat{show._ANSI['end']} {show._ANSI['keep']}is{show._ANSI['end']} high")
+  # Without colours the text's own brackets (a typed special token) are escaped, so that they
+  # do not read as targets; targets' own brackets too.
+  ids = tok.convert_tokens_to_ids(["[CLS]", "[", "x", "]", "[MASK]", "{", "[SEP]", "[SEP]"])
+  new = list(ids)
+  new[1], new[5] = tok.mask_token_id, tok.convert_tokens_to_ids("[")
+  result = {"input_ids": np.array(new), "mask": np.array([0, 1, 0, 0, 0, 1, 0, 0], bool)}
+  assert show.render(tok, ids, result, colour=False) == r"[\[] x \] \[MASK\] [\{>\[] \[SEP\]"
+  assert show.render(tok, ids, result, colour=True).count("\\") == 0
   # The legend is written in the same marks.
   assert show.legend(False).startswith("targets: [word] -> [MASK], [word>new]")
+  assert "text's own" not in show.legend(False) and "text's own" in show.legend(False, True)
   assert f"{show._ANSI['mask']}-> [MASK]{show._ANSI['end']}" in show.legend(True)
   assert f"{show._ANSI['keep']}unchanged{show._ANSI['end']}" in show.legend(True)
   assert f'<span style="{show._CSS["random"]}">-&gt; a random token' in show.legend("html")

@@ -7,10 +7,11 @@
 
 Colours: red = replaced by [MASK], yellow = replaced by a random token (shown as original>new),
 green = target left unchanged; without colours (--no-colour, or not a terminal) [word], [word>new]
-and {word}. Strategies that need corpus tables (informask, pmi_span,
-informask_online) take them from --stats (a directory `python -m informask_jax.stats build`
-printed, checked against the tokenizer) or --rates / --ngrams / --bigrams / --pmi; without them
-informask and pmi_span run on clearly labelled stand-ins and informask_online is skipped.
+and {word}, the text's own brackets and braces as \\[ \\] \\{ \\}. Strategies that need corpus
+tables (informask, pmi_span, informask_online) take them from --stats (a directory
+`python -m informask_jax.stats build` printed, checked against the tokenizer) or --rates /
+--ngrams / --bigrams / --pmi; without them informask and pmi_span run on clearly labelled
+stand-ins and informask_online is skipped.
 """
 
 import argparse
@@ -223,6 +224,15 @@ def _get_masker(args, name, **options):
     raise
 
 
+_OWN_BRACKETS = re.compile(r"([\[\]{}\\])")
+
+
+def _plain(text):
+  """The text's own brackets, braces and backslashes behind a backslash in plain text, where
+  brackets and braces mark targets: a typed "[SEP]" would read as the masked word "SEP"."""
+  return _OWN_BRACKETS.sub(r"\\\1", text)
+
+
 def _mark(kind, body, colour):
   """A target's text marked as `kind` ("mask", "random" or "keep") is: a coloured span in HTML,
   colour codes on a terminal, brackets or braces in plain text."""
@@ -234,10 +244,12 @@ def _mark(kind, body, colour):
   return f"{{{body}}}" if kind == "keep" else f"[{body}]"
 
 
-def legend(colour):
-  """What the marks mean, written in the marks themselves (--help names the colours)."""
+def legend(colour, own_brackets=False):
+  """What the marks mean, written in the marks themselves (--help names the colours);
+  `own_brackets`: the plain text escaped some of its own."""
   if not colour:
-    return "targets: [word] -> [MASK], [word>new] -> a random token, {word} unchanged"
+    return ("targets: [word] -> [MASK], [word>new] -> a random token, {word} unchanged"
+            + ("; \\[ \\] \\{ \\} are the text's own" if own_brackets else ""))
   return "targets: " + ", ".join(_mark(kind, text, colour) for kind, text in (
       ("mask", "-> [MASK]"), ("random", "-> a random token (word>new)"), ("keep", "unchanged")))
 
@@ -249,10 +261,13 @@ def render(tok, ids, result, colour):
   parts = []
   for i, piece in enumerate(pieces[1:-1], start=1):  # Drop [CLS] / [SEP].
     text = piece[2:] if piece.startswith("##") else (" " + piece if parts else piece)
+    if not colour:
+      text = _plain(text)
     if result["mask"][i]:
       kind = ("mask" if result["input_ids"][i] == tok.mask_token_id else
               "keep" if result["input_ids"][i] == ids[i] else "random")
-      body = text.strip() if kind != "random" else f"{text.strip()}>{new[i]}"
+      replaced = _plain(new[i]) if not colour else new[i]
+      body = text.strip() if kind != "random" else f"{text.strip()}>{replaced}"
       lead = text[:len(text) - len(text.lstrip())]
       text = lead + _mark(kind, body, colour)
     elif colour == "html":
@@ -347,7 +362,8 @@ def main(argv=None):
               "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
     print(f"Wrote {args.html}")
     return
-  print("\n".join([*lines[:-1], lines[-1] + "; " + legend(colour), *notes]))
+  escaped = not colour and any("\\" in s for _, _, samples in rows for s in samples)
+  print("\n".join([*lines[:-1], lines[-1] + "; " + legend(colour, escaped), *notes]))
   for name, note, samples in rows:
     print(f"\n{name}" + (f"  ({note})" if note else ""))
     for s in samples:
