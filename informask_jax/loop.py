@@ -48,6 +48,10 @@ class TrainingStopped(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps in a row); see the message."""
 
 
+class OutOfDeviceMemory(TrainingStopped):
+  """XLA's RESOURCE_EXHAUSTED, with the config keys that lower the memory per device."""
+
+
 def check_config(config) -> None:
   """Errors that need no data or devices, raised before anything heavy runs."""
   data.check_config(config)
@@ -189,6 +193,33 @@ def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (or resumes) in `workdir`; returns the last logged metrics and evaluation."""
+  try:
+    return _train_and_evaluate(config, workdir)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    raise OutOfDeviceMemory(_out_of_memory_advice(config, e)) from e
+
+
+def _out_of_memory_advice(config, error) -> str:
+  """XLA's line, then the settings that lower a device's share (the train-state check before the
+  init counts parameters and moments only; activations and XLA's buffers come on top)."""
+  t, o, m, mesh = config.train, config.optim, config.model, config.mesh
+  xla = str(error).strip().splitlines()[0][:300]
+  ways = [f"a smaller config.train.batch_size (now {t.batch_size}) or more "
+          f"config.optim.grad_accum_steps (now {o.grad_accum_steps}: the same batch in more, "
+          "smaller micro-batches)"]
+  if m.remat != "full":
+    ways.append(f"config.model.remat='{'dots' if m.remat == 'none' else 'full'}' (now "
+                f"'{m.remat}': recompute activations in the backward pass)")
+  ways.append(f"a larger config.mesh.fsdp (now {mesh.fsdp}: parameters and optimizer moments "
+              "split over more devices)")
+  return (f"A device ran out of memory ({xla}). Lower the memory per device: "
+          + "; ".join(ways) + ". Checkpoints written so far are intact: a resume takes the "
+          "other settings, but not another batch size, which changes the data order.")
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # --- Config and workdir ----------------------------------------------------------------
   check_config(config)
   if not str(workdir).strip():

@@ -323,6 +323,52 @@ def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
   assert np.isfinite(logged[0]["grad_norm"])
 
 
+def test_out_of_device_memory_names_the_settings_and_keeps_the_checkpoints(
+    tiny_config, tmp_path, monkeypatch):
+  """XLA's RESOURCE_EXHAUSTED from a step (a real one, from an allocation no machine has) is one
+  error naming the config keys that lower the memory per device; the checkpoint written before
+  it is intact, and a resume with one of those settings changed goes on from it."""
+  try:
+    jax.numpy.zeros((2**42,), np.uint8).block_until_ready()  # 4 TiB.
+  except jax.errors.JaxRuntimeError as e:
+    exhausted = e
+  assert "RESOURCE_EXHAUSTED" in str(exhausted)
+  config = _small(tiny_config, num_steps=6, checkpoint_every=2, eval_every=1000)
+  config.masking.name = "random"
+  real_jit = loop.trainer_lib.jit_train_step
+  calls = []
+
+  def failing_jit(*args, **kwargs):
+    step = real_jit(*args, **kwargs)
+
+    def call(*a):
+      calls.append(1)
+      if len(calls) == 4:
+        raise exhausted
+      return step(*a)
+    return call
+
+  monkeypatch.setattr(loop.trainer_lib, "jit_train_step", failing_jit)
+  with pytest.raises(loop.OutOfDeviceMemory) as raised:
+    loop.train_and_evaluate(config, tmp_path)
+  message = str(raised.value)
+  assert "RESOURCE_EXHAUSTED: Out of memory" in message
+  for hint in ("config.train.batch_size (now 16)", "config.optim.grad_accum_steps (now 1",
+               "config.model.remat='dots' (now 'none'", "config.mesh.fsdp (now 1"):
+    assert hint in message
+  assert isinstance(raised.value, loop.TrainingStopped)  # train.py prints it as one line.
+  assert checkpointing.Checkpointer(tmp_path).latest_step() == 2
+  monkeypatch.setattr(loop.trainer_lib, "jit_train_step", real_jit)
+  config.model.remat = "dots"
+  assert loop.train_and_evaluate(config, tmp_path)["step"] == 6
+  # Other runtime errors keep their traceback (they are not about memory).
+  monkeypatch.setattr(loop.trainer_lib, "jit_train_step", lambda *a, **k: (
+      lambda *b: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("INTERNAL: something else"))))
+  config.train.num_steps = 8
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    loop.train_and_evaluate(config, tmp_path)
+
+
 def test_skipped_steps_never_rotate_out_the_last_good_checkpoint(tiny_config, tmp_path, caplog):
   """Parameters blown up to huge but finite values make every later step non-finite: neither the
   scheduled saves during that streak nor the final one may replace the good checkpoint."""
