@@ -377,20 +377,21 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
           gen_kwargs={"paths": group, "builder": builder, "where": where,
                       "field": source.get("text_field") or "text"})
     else:
-      ds = _load_builder(builder, group, source, where, num_proc)
+      ds = _load_builder(builder, group, source, where, num_proc, cache_dir)
     parts.append(ds)
   return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _load_builder(builder, group, source, where, num_proc):
-  """JSON or Parquet files read into memory by `datasets`, the column text_field as "text"."""
+def _load_builder(builder, group, source, where, num_proc, cache_dir):
+  """JSON or Parquet files read by `datasets` into Arrow files under `cache_dir` (as .txt files
+  are: data.cache_dir, not $HF_DATASETS_CACHE), the column text_field as "text"."""
   if builder == "json":  # `datasets` refuses JSON files without records: empty, as a blank .txt.
     group = [f for f in group if not _is_blank(f)]  # Reads a file with text only to its start.
     if not group:
       return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
   try:
     with worker_processes.spawned():
-      ds = datasets.load_dataset(builder, data_files=group, split="train",
+      ds = datasets.load_dataset(builder, data_files=group, split="train", cache_dir=cache_dir,
                                  num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
     raise _read_error(where, builder, group, e) from e

@@ -10,6 +10,8 @@ import datasets
 import jax
 import ml_collections
 import numpy as np
+import pyarrow
+import pyarrow.ipc
 import pytest
 import tokenizers
 from jax.sharding import Mesh, NamedSharding
@@ -158,6 +160,30 @@ def test_parallel_tokenization_matches_serial(tmp_path, wiki_docs, bert_tokenize
   assert not [w for w in caught if "os.fork()" in str(w.message)]
   assert parallel["input_ids"] == serial["input_ids"]
   assert parallel["sentence_ids"] == serial["sentence_ids"]
+
+
+def test_tokenized_corpus_is_stored_once_under_the_cache_dir(tmp_path, bert_tokenizer,
+                                                             monkeypatch):
+  """A JSON corpus and its tokenization live under data.cache_dir only (not $HF_DATASETS_CACHE),
+  and the tokenized documents once: map()'s own result files are not left beside the saved
+  entry (they doubled the disk a corpus takes)."""
+  hf_cache = tmp_path / "hf_datasets"
+  monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(hf_cache))
+  source = tmp_path / "docs.jsonl"
+  source.write_text("".join(json.dumps({"text": f"Doc number {i}. It has two sentences."}) + "\n"
+                            for i in range(30)))
+  c = _tiny_config(tmp_path / "cache")
+  c.data.sources[0].kind, c.data.sources[0].name = "files", str(source)
+  c.data.sources[0].text_field = "text"
+  c.data.validation_fraction = 0.0
+  docs = corpus.load_corpus(c.data)["train"]
+  tokenized = data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  assert len(tokenized) == 30
+  assert not hf_cache.exists() or not any(p.is_file() for p in hf_cache.rglob("*"))
+  with_tokens = [p for p in (tmp_path / "cache").rglob("*.arrow")
+                 if "input_ids" in pyarrow.ipc.open_stream(pyarrow.memory_map(str(p))).schema.names]
+  assert len(with_tokens) == 1 and with_tokens[0].parent.parent.name == "tokenized", with_tokens
+  assert not list((tmp_path / "cache" / "tokenized").glob(".map-*"))
 
 
 def test_documents_without_a_token_are_dropped(tmp_path, bert_tokenizer):

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 
 import datasets
@@ -151,13 +152,22 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   start = time.time()
   num_proc = int(data_config.get("num_proc", 1) or 1)
   num_proc = num_proc if num_proc > 1 and len(dataset) >= PARALLEL_MIN_DOCUMENTS else None
-  with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS), \
-       worker_processes.spawned():
-    tokenized = dataset.map(
-        _tokenize_batch, batched=True, batch_size=1000, fn_kwargs={"backend": backend},
-        remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
-        new_fingerprint=key, desc="Tokenizing")
-    paths.publish_dir(path, tokenized.save_to_disk)
+  # map() writes its result next to the corpus's own Arrow files (or $HF_DATASETS_CACHE), where
+  # it would stay beside the copy saved here, doubling the disk a corpus takes: it writes into a
+  # scratch folder beside the entry instead, removed once the entry is saved.
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  scratch = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".map-")
+  try:
+    with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS), \
+         worker_processes.spawned():
+      tokenized = dataset.map(
+          _tokenize_batch, batched=True, batch_size=1000, fn_kwargs={"backend": backend},
+          remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
+          new_fingerprint=key, cache_file_name=os.path.join(scratch, "tokenized.arrow"),
+          desc="Tokenizing")
+      paths.publish_dir(path, tokenized.save_to_disk)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
   dropped = len(dataset) - len(tokenized)
   log.info("Tokenized %d documents%s in %.1fs; cached in %s.", len(tokenized),
            f" ({dropped} without a token dropped)" if dropped else "", time.time() - start, path)
