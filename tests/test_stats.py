@@ -306,7 +306,8 @@ def test_ngram_scores_equal_bruteforce():
     best = max(sum(math.log(ref[g[a:b]]) - math.log(totals[b - a]) for a, b in seg)
                for seg in ngrams.segmentations(n))
     want[tuple(t for w in g for t in w)] = (math.log(c) - math.log(totals[n]) - best, c)
-  got = {t: (s, c) for t, s, c in zip(scored.tokens, scored.scores, scored.counts, strict=True)}
+  tokens = scored.tokens_of(np.arange(scored.scores.size))
+  got = {t: (s, c) for t, s, c in zip(tokens, scored.scores, scored.counts, strict=True)}
   assert set(got) == set(want) and len(want) > 100
   for k, (s, c) in want.items():
     assert got[k][1] == c
@@ -375,12 +376,33 @@ def test_ngram_words_start_at_a_sentence_that_starts_with_a_piece():
     assert counts.positions[n] == sum(c for g, c in ref.items() if len(g) == n), n
 
 
+def _scored(documents, starts, sizes, counts, scores):
+  """ScoredNgrams of bigrams whose occurrences are at token offsets `starts` of `documents`."""
+  corpus = chunks.as_corpus([(np.asarray(d, np.int32), np.zeros(len(d), np.int32))
+                             for d in documents])
+  return ngrams.ScoredNgrams(lengths=np.full(len(starts), 2), counts=np.asarray(counts),
+                             scores=np.asarray(scores, float), starts=np.asarray(starts),
+                             sizes=np.asarray(sizes), corpus=corpus, chunk_tokens=4)
+
+
 def test_ngram_vocab_ranks_by_pmi_not_by_count():
-  scored = ngrams.ScoredNgrams(tokens=[(21, 22), (23, 24), (25, 26)], lengths=np.array([2, 2, 2]),
-                               counts=np.array([1000, 5, 50]), scores=np.array([0.1, 3.0, 1.0]))
+  scored = _scored([range(21, 27)], [0, 2, 4], [2, 2, 2], [1000, 5, 50], [0.1, 3.0, 1.0])
   tokens, _, scores, _ = ngrams.assemble_vocab(scored, 2)
   assert tokens == [[23, 24], [25, 26]]  # The most frequent bigram has the lowest PMI_2.
   np.testing.assert_array_equal(scores, [3.0, 1.0])
+
+
+def test_ngram_vocab_breaks_ties_at_the_quota_by_token_ids():
+  """Only the rows that reach the quota have their tokens read from the corpus (documents over
+  several chunks, occurrences out of order); rows tied with the last one are read too, so the
+  token-id tie-break picks the same entries as a sort of every row."""
+  docs = [[40, 41, 9, 9], [30, 31, 9, 9], [50, 51, 20, 21, 9], [35, 36]]
+  starts, sizes = [0, 4, 8, 10, 13], [2, 2, 2, 2, 2]
+  scored = _scored(docs, starts, sizes, [7, 7, 7, 9, 7], [1.0, 1.0, 1.0, 1.0, 1.0])
+  assert scored.tokens_of([2, 0, 4, 1, 3]) == [(50, 51), (40, 41), (35, 36), (30, 31), (20, 21)]
+  tokens, _, _, counts = ngrams.assemble_vocab(scored, 3)
+  # Count 9 first, then the two lowest token ids among the four tied at count 7.
+  assert tokens == [[20, 21], [30, 31], [35, 36]] and counts.tolist() == [9, 7, 7]
 
 
 def test_quotas_sum_to_the_vocabulary_size():

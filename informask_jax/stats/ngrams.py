@@ -363,10 +363,44 @@ def segmentations(n: int) -> list[list[tuple[int, int]]]:
 
 @dataclasses.dataclass
 class ScoredNgrams:
-  tokens: list[tuple[int, ...]]  # WordPiece ids of each candidate n-gram
+  """Every frequent n-gram found in the corpus (n >= 2), with the place of one occurrence instead
+  of its token ids: at ~27 bytes a candidate, not the ~500 of a Python tuple and its sub-span
+  keys, the candidates of a large corpus fit. `tokens_of` reads the ids of the few kept."""
   lengths: np.ndarray  # (M,) words
   counts: np.ndarray  # (M,)
   scores: np.ndarray  # (M,) PMI_n
+  starts: np.ndarray  # (M,) int64 offset of an occurrence's first token in the corpus's tokens
+  sizes: np.ndarray  # (M,) int32 its number of tokens
+  corpus: chunks_lib.Corpus
+  chunk_tokens: int
+
+  def tokens_of(self, rows) -> list[tuple[int, ...]]:
+    """WordPiece ids of the n-grams at `rows`, read from the corpus in one pass."""
+    rows = np.asarray(rows, np.int64)
+    out: list[tuple[int, ...] | None] = [None] * rows.size
+    order = np.argsort(self.starts[rows], kind="stable")
+    begin = self.starts[rows][order]
+    base, k = 0, 0
+    for chunk in chunks_lib.iter_chunks(self.corpus, self.chunk_tokens):
+      if k == order.size:
+        break
+      stop = base + chunk.token_ids.size
+      j = int(np.searchsorted(begin, stop))  # The occurrences starting in this chunk.
+      t = chunk.token_ids
+      for i in order[k:j].tolist():
+        first = int(self.starts[rows[i]]) - base
+        out[i] = tuple(t[first:first + int(self.sizes[rows[i]])].tolist())
+      k, base = j, stop
+    return out
+
+
+def _sorted_search(table: np.ndarray, keys: np.ndarray) -> np.ndarray:
+  """np.searchsorted(table, keys), the keys looked up in sorted order: with a table of millions
+  of keys, neighbouring lookups then share cache lines (3.5x faster for 2.5M keys in 2M)."""
+  order = np.argsort(keys)
+  out = np.empty(keys.size, np.int64)
+  out[order] = np.searchsorted(table, keys[order])
+  return out
 
 
 def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
@@ -374,7 +408,7 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
                  chunk_tokens: int = chunks_lib.DEFAULT_CHUNK_TOKENS,
                  progress: bool = False) -> ScoredNgrams:
   """PMI_n of every frequent n-gram (n >= 2), reading the corpus again to find one occurrence
-  of each (its token ids and the keys of its parts)."""
+  of each: its score is computed there, from the keys of its parts, and its place kept."""
   corpus = chunks_lib.as_corpus(documents)
   continuation = np.asarray(continuation, bool)
   special = np.zeros(continuation.size, bool)
@@ -382,12 +416,18 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
   lengths_all = key_length(counts.keys)
   cand = counts.keys[lengths_all >= 2]  # sorted
   found = np.zeros(cand.size, bool)
-  tokens: list[tuple[int, ...] | None] = [None] * cand.size
-  # Keys of the sub-spans (a, b) of each candidate, 0 <= a < b <= n, one column per (a, b)
-  # (15 for n <= 5: 120 bytes a candidate, not the 288 of a square table); 0 where unused.
-  column = {(a, b): i for i, (a, b) in enumerate(
-      (a, b) for a in range(max_n) for b in range(a + 1, max_n + 1))}
-  sub = np.zeros((cand.size, len(column)), np.uint64)
+  scores = np.full(cand.size, -np.inf)
+  starts = np.zeros(cand.size, np.int64)
+  sizes = np.zeros(cand.size, np.int32)
+  log_n = np.log(np.maximum(counts.positions, 1).astype(np.float64))
+
+  def log_p(keys):  # keys all present in the frequent table
+    i = np.minimum(_sorted_search(counts.keys, keys), counts.keys.size - 1)
+    ok = counts.keys[i] == keys
+    lp = np.log(np.maximum(counts.counts[i], 1).astype(np.float64)) - log_n[key_length(keys)]
+    return np.where(ok, lp, np.inf)  # a missing part (hash clash) disqualifies the n-gram
+
+  base = 0
   with tqdm(total=cand.size, desc="n-gram examples", unit="ngram", disable=not progress) as bar:
     for chunk in chunks_lib.iter_chunks(corpus, chunk_tokens):
       if found.all():
@@ -396,43 +436,29 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
       for n in range(2, max_n + 1):
         pos = np.flatnonzero(words.valid[n])
         keys = tagged_key(words.raw[n][pos], n)
-        idx = np.minimum(np.searchsorted(cand, keys), max(cand.size - 1, 0))
+        idx = np.minimum(_sorted_search(cand, keys), max(cand.size - 1, 0))
         hit = (cand[idx] == keys) & ~found[idx] if cand.size else np.zeros(keys.size, bool)
         idx, first = np.unique(idx[hit], return_index=True)
         pos = pos[hit][first]
         if idx.size == 0:
           continue
-        for a in range(n):
-          for b in range(a + 1, n + 1):
-            sub[idx, column[a, b]] = tagged_key(words.raw[b - a][pos + a], b - a)
-        t = chunk.token_ids
-        for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
-          tokens[i] = tuple(t[words.start[p]:words.end[p + n - 1]].tolist())
+        # PMI_n: the n-gram's log-probability over that of its best split into parts.
+        part = {(a, b): log_p(tagged_key(words.raw[b - a][pos + a], b - a))
+                for a in range(n) for b in range(a + 1, n + 1)}
+        best = np.full(idx.size, -np.inf)
+        for seg in segmentations(n):
+          best = np.maximum(best, sum(part[a, b] for a, b in seg))
+        scores[idx] = log_p(cand[idx]) - best
+        starts[idx] = base + words.start[pos]
+        sizes[idx] = words.end[pos + n - 1] - words.start[pos]
         found[idx] = True
         bar.update(idx.size)
-  log_n = np.log(np.maximum(counts.positions, 1).astype(np.float64))
-
-  def log_p(keys):  # keys all present in the frequent table
-    i = np.minimum(np.searchsorted(counts.keys, keys), counts.keys.size - 1)
-    ok = counts.keys[i] == keys
-    lp = np.log(np.maximum(counts.counts[i], 1).astype(np.float64)) - log_n[key_length(keys)]
-    return np.where(ok, lp, np.inf)  # a missing part (hash clash) disqualifies the n-gram
-
-  lengths = key_length(cand)
-  scores = np.full(cand.size, -np.inf)
-  for n in range(2, max_n + 1):
-    rows = np.flatnonzero((lengths == n) & found)
-    if rows.size == 0:
-      continue
-    full = log_p(cand[rows])
-    best = np.full(rows.size, -np.inf)
-    for seg in segmentations(n):
-      best = np.maximum(best, sum(log_p(sub[rows, column[a, b]]) for a, b in seg))
-    scores[rows] = full - best
-  counts_of = counts.counts[lengths_all >= 2]
-  keep = found & np.isfinite(scores)
-  return ScoredNgrams(tokens=[tokens[i] for i in np.flatnonzero(keep)], lengths=lengths[keep],
-                      counts=counts_of[keep], scores=scores[keep])
+      base += chunk.token_ids.size
+  keep = np.flatnonzero(found & np.isfinite(scores))
+  return ScoredNgrams(lengths=lengths_all[lengths_all >= 2][keep],
+                      counts=counts.counts[lengths_all >= 2][keep], scores=scores[keep],
+                      starts=starts[keep], sizes=sizes[keep], corpus=corpus,
+                      chunk_tokens=chunk_tokens)
 
 
 def quotas(size: int, max_n: int = MAX_N) -> dict[int, int]:
@@ -451,15 +477,25 @@ def assemble_vocab(scored: ScoredNgrams, size: int, max_n: int = MAX_N):
   chosen, priority = [], []
   for n, quota in q.items():
     rows = np.flatnonzero((scored.lengths == n) & (scored.scores > 0))
-    # Highest PMI_n first; ties by count, then by the token ids for determinism.
-    order = sorted(rows.tolist(), key=lambda i: (-scored.scores[i], -scored.counts[i],
-                                                 scored.tokens[i]))[:quota]
-    chosen.extend(order)
+    # Highest PMI_n first; ties by count, then by the token ids for determinism. Only the quota's
+    # rows, and those tied with its last, need their tokens (read from the corpus) to be ordered.
+    by_value = rows[np.lexsort((-scored.counts[rows], -scored.scores[rows]))]
+    if by_value.size > quota > 0:
+      last = by_value[quota - 1]
+      tied = (scored.scores[by_value] == scored.scores[last]) & (
+          scored.counts[by_value] == scored.counts[last])
+      by_value = by_value[:max(quota, int(np.flatnonzero(tied)[-1]) + 1)]
+    elif quota == 0:
+      by_value = by_value[:0]
+    tokens = dict(zip(by_value.tolist(), scored.tokens_of(by_value), strict=True))
+    order = sorted(by_value.tolist(), key=lambda i: (-scored.scores[i], -scored.counts[i],
+                                                     tokens[i]))[:quota]
+    chosen.extend((i, tokens[i]) for i in order)
     priority.extend((rank + 0.5) / max(quota, 1) for rank in range(len(order)))
   # Sort by relative rank; at equal relative rank the longer n-gram first.
-  order = sorted(range(len(chosen)), key=lambda k: (priority[k], -scored.lengths[chosen[k]]))
-  rows = [chosen[k] for k in order]
-  return ([list(scored.tokens[i]) for i in rows], scored.lengths[rows], scored.scores[rows],
+  order = sorted(range(len(chosen)), key=lambda k: (priority[k], -scored.lengths[chosen[k][0]]))
+  rows = [chosen[k][0] for k in order]
+  return ([list(chosen[k][1]) for k in order], scored.lengths[rows], scored.scores[rows],
           scored.counts[rows])
 
 
