@@ -5,6 +5,7 @@ readers match `corpus`; bad input fails before the pipeline starts."""
 import contextlib
 import io
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -124,8 +125,9 @@ def test_rate_stage_finishes_from_the_beam_tables(built):
     assert (beam_dir / name).read_bytes() == (local_dir / name).read_bytes(), name
 
 
-def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path):
-  """Other counting settings, a tokenizer given by path, and a directory outside the cache."""
+def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path, caplog):
+  """Other counting settings, a tokenizer given by path, and a directory outside the cache; the
+  local runner says that stats.memory_cap_mb does not bound it."""
   local_config, local_dir, _, _ = built
   options = dict(window=4, whole_words=True, context_alpha=0.75, drop_top_k=5, min_pair_count=3)
   local = stats.build_artifacts(_config(local_config.data.cache_dir, shards, **options),
@@ -134,8 +136,10 @@ def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path):
   tokenizer_dir = next((pathlib.Path(local_config.data.cache_dir) / "tokenizers").iterdir())
   config.tokenizer.name_or_path = str(tokenizer_dir)
   # No --runner: the FnApiRunner, named (Beam's DirectRunner would try to download Prism).
-  out = pathlib.Path(bp.run(config, output=str(tmp_path / "out"), what=("counts", "pmi"),
-                            beam_args=[], **SMALL))
+  with caplog.at_level(logging.WARNING):
+    out = pathlib.Path(bp.run(config, output=str(tmp_path / "out"), what=("counts", "pmi"),
+                              beam_args=[], **SMALL))
+  assert "stats.memory_cap_mb does not apply under Beam" in caplog.text
   assert out == tmp_path / "out" and not (out / "pmi_ngrams.json").exists()
   _assert_same_tables(local, out, names=("unigram_counts.npy",))
   meta = json.loads((out / "meta.json").read_text())
