@@ -170,7 +170,9 @@ def _training_texts(corpus, fingerprint=None):
                                                  datasets.IterableDatasetDict)) else corpus
   if isinstance(train, datasets.IterableDataset):
     docs = [ex["text"] for ex in train.take(STREAM_TRAIN_DOCUMENTS)]
-    log.info("Training the tokenizer on the first %d documents of the stream.", len(docs))
+    # They are also the cache key: a vocabulary trained on them before is loaded, not retrained.
+    log.info("Read the first %d documents of the stream, on which the vocabulary is trained.",
+             len(docs))
     train = datasets.Dataset.from_dict({"text": docs})
     fingerprint = None  # The sample's, not the stream's.
   return train, fingerprint or corpus_lib.corpus_fingerprint(train)

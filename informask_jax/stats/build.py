@@ -188,6 +188,9 @@ def _stage_rates(config, pipeline, directory, meta, state, progress):
       pmi=state["pmi"], num_candidates=int(config.masking.num_candidates))
   token_ids = pipeline.train["token_ids"]
   rows = rates.sample_rows(token_ids.shape[0], int(s.rate_sample_sequences), config.train.seed)
+  if s.rate_sample_sequences > rows.size:  # 0 means every row, as said in the config.
+    logging.info("stats.rate_sample_sequences=%d is more than the corpus's %d training rows: "
+                 "the rates score all of them.", s.rate_sample_sequences, rows.size)
   chosen, seen = rates.count_choices(
       masker, token_ids[rows], pipeline.train["sentence_ids"][rows], vocab_size=v,
       special_ids=specials, pad_id=int(pipeline.special_ids.pad), seed=config.train.seed,
