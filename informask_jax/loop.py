@@ -240,7 +240,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # --- Input and masking -------------------------------------------------------------------
   # Process 0 builds missing caches; the others wait, then read them (on a shared file system).
   pipeline = distributed.main_process_first(
-      "input pipeline", lambda: data.build_input_pipeline(config))
+      "input pipeline", lambda: data.build_input_pipeline(
+          config, functools.partial(_check_resumed_tokenizer, workdir, config) if resume
+          else None))
   masker = distributed.main_process_first(
       "corpus statistics", lambda: build_masker(config, pipeline))
   # --- Model and optimizer -----------------------------------------------------------------
@@ -453,6 +455,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # A signal during the last step (or its evaluation) stopped nothing: the run is finished.
     return {"step": step, **last_log, **last_eval, "preempted": stopped_by is not None,
             "stopped_by": stopped_by}
+
+
+def _check_resumed_tokenizer(workdir, config, fingerprint) -> None:
+  """A vocabulary trained on the corpus is known only once trained: a resume whose corpus
+  changed it is refused then, before the corpus is tokenized. (The resume checks again against
+  the step it restores.)"""
+  meta = checkpointing.latest_meta(workdir)
+  if meta is None:  # Unreadable: the resume names the damaged step.
+    return
+  changed = compatibility.config_changes(meta.get("config") or {},
+                                         compatibility.config_json(config))
+  compatibility.check_tokenizer(meta, fingerprint, changed, config, f"{workdir}",
+                                workdir / "tokenizer")
 
 
 def _warn_dropped_targets(step, summary, config) -> bool:

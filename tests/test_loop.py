@@ -182,7 +182,7 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   config.train.num_steps = 4
   with monkeypatch.context() as patch:  # Refused before the corpus and its statistics are read.
     patch.setattr(loop.data, "build_input_pipeline",
-                  lambda config: pytest.fail("the input pipeline was built"))
+                  lambda *a: pytest.fail("the input pipeline was built"))
     with pytest.raises(ValueError, match=r"(?s)latest checkpoint in .*model.num_layers: "
                                          r"checkpoint 1 != run 2"):
       loop.train_and_evaluate(config, tmp_path)
@@ -200,6 +200,9 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   meta = json.loads(meta_file.read_text())
   assert meta["tokenizer_fingerprint"]
   meta_file.write_text(json.dumps({**meta, "tokenizer_fingerprint": "another"}))
+  # Refused once the vocabulary is trained, before the corpus is tokenized (hours at scale).
+  monkeypatch.setattr(loop.data.pipeline, "tokenize_corpus",
+                      lambda *a, **k: pytest.fail("the corpus was tokenized"))
   with pytest.raises(ValueError, match=r"tokenizer is not the one the checkpoint was trained "
                                        r"with: the vocabulary is trained on the corpus "
                                        r"\(config.tokenizer.name_or_path=''\), and this run's "
@@ -208,6 +211,7 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
                                        r"or with the vocabulary it saved: --config.tokenizer."
                                        rf"name_or_path={re.escape(str(tmp_path / 'tokenizer'))},"):
     loop.train_and_evaluate(config, tmp_path)
+  monkeypatch.undo()
   meta_file.write_text(json.dumps(meta))
   config.train.resume = False
   with pytest.raises(FileExistsError, match="already holds a run"):
@@ -219,7 +223,7 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   config.model.num_layers = 2
   with monkeypatch.context() as patch:  # Also known before the corpus is read.
     patch.setattr(loop.data, "build_input_pipeline",
-                  lambda config: pytest.fail("the input pipeline was built"))
+                  lambda *a: pytest.fail("the input pipeline was built"))
     with pytest.raises(ValueError, match=r"(?s)config.init_from=.* does not match.*num_layers"):
       loop.train_and_evaluate(config, tmp_path)
   # Scanned and unrolled layers are one architecture for init_from (converted on load).
@@ -246,7 +250,7 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   config.data.seq_len = 32
   with monkeypatch.context() as patch:
     patch.setattr(loop.data, "build_input_pipeline",
-                  lambda config: pytest.fail("the input pipeline was built"))
+                  lambda *a: pytest.fail("the input pipeline was built"))
     with pytest.raises(ValueError, match=r"config.train.batch_size: 16 -> 32; config.data.seq_len"
                                          r": 64 -> 32\. .*--config.init_from="):
       loop.train_and_evaluate(config, tmp_path)
@@ -506,7 +510,7 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
   (tmp_path / "afile").write_text("")
   # "Before anything heavy": none of these may get as far as reading the corpus.
   monkeypatch.setattr(loop.data, "build_input_pipeline",
-                      lambda config: pytest.fail("the input pipeline was built"))
+                      lambda *a: pytest.fail("the input pipeline was built"))
   tiny_config.data.seq_len = 600
   with pytest.raises(ValueError, match="seq_len=600 exceeds"):
     loop.train_and_evaluate(tiny_config, tmp_path)

@@ -107,8 +107,12 @@ def _packed_summary(name, packed, special_ids):
            tokens.shape[1] if tokens.ndim == 2 else 0, 100 * pad)
 
 
-def build_input_pipeline(config):
-  """Corpus, tokenizer, tokenized and packed splits for a full config; cached where possible."""
+def build_input_pipeline(config, check_tokenizer=None):
+  """Corpus, tokenizer, tokenized and packed splits for a full config; cached where possible.
+
+  check_tokenizer(fingerprint): called once the tokenizer is loaded or trained, before the
+  corpus is tokenized (hours for a large one), e.g. to refuse a resume with another vocabulary.
+  """
   check_config(config)
   start = time.time()
   data = config.data
@@ -127,6 +131,8 @@ def build_input_pipeline(config):
   tok_fp = tokenization.tokenizer_fingerprint(tokenizer)
   log.info("Tokenizer: %d tokens (%s), fingerprint %s.", len(tokenizer),
            config.tokenizer.name_or_path or "trained", tok_fp)
+  if check_tokenizer is not None:
+    check_tokenizer(tok_fp)
 
   if streaming:
     sources = json.dumps([dict(s) for s in data.sources], sort_keys=True, default=str)
