@@ -163,7 +163,7 @@ def test_parallel_tokenization_matches_serial(tmp_path, wiki_docs, bert_tokenize
 
 
 def test_tokenized_corpus_is_stored_once_under_the_cache_dir(tmp_path, bert_tokenizer,
-                                                             monkeypatch):
+                                                             monkeypatch, caplog):
   """A JSON corpus and its tokenization live under data.cache_dir only (not $HF_DATASETS_CACHE),
   and the tokenized documents once: map()'s own result files are not left beside the saved
   entry (they doubled the disk a corpus takes)."""
@@ -184,6 +184,15 @@ def test_tokenized_corpus_is_stored_once_under_the_cache_dir(tmp_path, bert_toke
                  if "input_ids" in pyarrow.ipc.open_stream(pyarrow.memory_map(str(p))).schema.names]
   assert len(with_tokens) == 1 and with_tokens[0].parent.parent.name == "tokenized", with_tokens
   assert not list((tmp_path / "cache" / "tokenized").glob(".map-*"))
+  # What a killed tokenization leaves is named at the next one (not deleted: another run may be
+  # writing it).
+  left = tmp_path / "cache" / "tokenized" / ".map-killed"
+  left.mkdir()
+  (left / "tokenized.arrow").write_bytes(b"x" * 5000)
+  with caplog.at_level(logging.WARNING, logger="informask_jax.data"):
+    data.tokenize_corpus(docs.select(range(10)), bert_tokenizer, c.data)
+  assert "1 folder(s) left by interrupted tokenizations (0.00 GB): .map-killed" in caplog.text
+  assert left.exists()
 
 
 def test_documents_without_a_token_are_dropped(tmp_path, bert_tokenizer):

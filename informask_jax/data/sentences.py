@@ -122,6 +122,20 @@ def tokenized_cache_key(corpus_fp, tokenizer_fp):
   return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def _warn_leftover_scratch(folder) -> None:
+  """Names the folders that killed tokenizations left in `folder` (map()'s scratch, a save not
+  yet renamed): a large corpus's are gigabytes, hidden by their dot. They are not deleted here:
+  another run sharing the cache may be writing one now."""
+  left = [e.path for e in os.scandir(folder)
+          if e.is_dir(follow_symlinks=False) and e.name.startswith((".map-", ".tmp-"))]
+  if left:
+    size = sum(os.path.getsize(os.path.join(root, f))
+               for d in left for root, _, files in os.walk(d) for f in files)
+    log.warning("%s holds %d folder(s) left by interrupted tokenizations (%.2f GB): %s. Delete "
+                "them unless another run is tokenizing into this cache now.", folder, len(left),
+                size / 1e9, ", ".join(sorted(os.path.basename(d) for d in left)))
+
+
 def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   """Tokenizes a split of the corpus ("text") into "input_ids" and "sentence_ids" per document.
 
@@ -156,6 +170,7 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   # it would stay beside the copy saved here, doubling the disk a corpus takes: it writes into a
   # scratch folder beside the entry instead, removed once the entry is saved.
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  _warn_leftover_scratch(os.path.dirname(path))
   scratch = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".map-")
   try:
     with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS), \
