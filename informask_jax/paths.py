@@ -29,12 +29,16 @@ def meant_as_local(name: str) -> bool:
           or ("/" in name and os.path.isdir(os.path.expanduser(first))))
 
 
+# Prefix of the folder publish_dir writes in before its rename (a killed run leaves it behind).
+PUBLISH_STAGING_PREFIX = ".tmp-"
+
+
 def publish_dir(path, write) -> None:
   """Calls write(tmp) on a fresh directory beside `path`, then renames it to `path`, so that an
   interrupted run never leaves half a cache entry. For content-keyed caches: if another process
   published `path` first (the rename fails), its identical copy is kept and ours removed."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=PUBLISH_STAGING_PREFIX)
   try:
     write(tmp)
     try:

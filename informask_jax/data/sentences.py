@@ -122,12 +122,16 @@ def tokenized_cache_key(corpus_fp, tokenizer_fp):
   return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+_MAP_SCRATCH_PREFIX = ".map-"  # tokenize_corpus's folder for map()'s own result files.
+
+
 def _warn_leftover_scratch(folder) -> None:
   """Names the folders that killed tokenizations left in `folder` (map()'s scratch, a save not
   yet renamed): a large corpus's are gigabytes, hidden by their dot. They are not deleted here:
   another run sharing the cache may be writing one now."""
   left = [e.path for e in os.scandir(folder)
-          if e.is_dir(follow_symlinks=False) and e.name.startswith((".map-", ".tmp-"))]
+          if e.is_dir(follow_symlinks=False)
+          and e.name.startswith((_MAP_SCRATCH_PREFIX, paths.PUBLISH_STAGING_PREFIX))]
   if left:
     size = sum(os.path.getsize(os.path.join(root, f))
                for d in left for root, _, files in os.walk(d) for f in files)
@@ -171,7 +175,7 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   # scratch folder beside the entry instead, removed once the entry is saved.
   os.makedirs(os.path.dirname(path), exist_ok=True)
   _warn_leftover_scratch(os.path.dirname(path))
-  scratch = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".map-")
+  scratch = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=_MAP_SCRATCH_PREFIX)
   try:
     with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS), \
          worker_processes.spawned():

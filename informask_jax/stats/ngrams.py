@@ -413,8 +413,8 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
   continuation = np.asarray(continuation, bool)
   special = np.zeros(continuation.size, bool)
   special[list(special_ids)] = True
-  lengths_all = key_length(counts.keys)
-  cand = counts.keys[lengths_all >= 2]  # sorted
+  multi_word = key_length(counts.keys) >= 2
+  cand = counts.keys[multi_word]  # sorted
   found = np.zeros(cand.size, bool)
   scores = np.full(cand.size, -np.inf)
   starts = np.zeros(cand.size, np.int64)
@@ -455,8 +455,8 @@ def score_ngrams(documents, counts: NgramCounts, *, continuation: np.ndarray,
         bar.update(idx.size)
       base += chunk.token_ids.size
   keep = np.flatnonzero(found & np.isfinite(scores))
-  return ScoredNgrams(lengths=lengths_all[lengths_all >= 2][keep],
-                      counts=counts.counts[lengths_all >= 2][keep], scores=scores[keep],
+  return ScoredNgrams(lengths=key_length(cand[keep]), counts=counts.counts[multi_word][keep],
+                      scores=scores[keep],
                       starts=starts[keep], sizes=sizes[keep], corpus=corpus,
                       chunk_tokens=chunk_tokens)
 
@@ -476,17 +476,17 @@ def assemble_vocab(scored: ScoredNgrams, size: int, max_n: int = MAX_N):
   q = quotas(size, max_n)
   chosen, priority = [], []
   for n, quota in q.items():
+    if quota == 0:
+      continue
     rows = np.flatnonzero((scored.lengths == n) & (scored.scores > 0))
     # Highest PMI_n first; ties by count, then by the token ids for determinism. Only the quota's
     # rows, and those tied with its last, need their tokens (read from the corpus) to be ordered.
     by_value = rows[np.lexsort((-scored.counts[rows], -scored.scores[rows]))]
-    if by_value.size > quota > 0:
+    if by_value.size > quota:
       last = by_value[quota - 1]
       tied = (scored.scores[by_value] == scored.scores[last]) & (
           scored.counts[by_value] == scored.counts[last])
-      by_value = by_value[:max(quota, int(np.flatnonzero(tied)[-1]) + 1)]
-    elif quota == 0:
-      by_value = by_value[:0]
+      by_value = by_value[:int(np.flatnonzero(tied)[-1]) + 1]
     tokens = dict(zip(by_value.tolist(), scored.tokens_of(by_value), strict=True))
     order = sorted(by_value.tolist(), key=lambda i: (-scored.scores[i], -scored.counts[i],
                                                      tokens[i]))[:quota]
