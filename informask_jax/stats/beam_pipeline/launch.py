@@ -182,7 +182,8 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
     # runner, which it downloads from GitHub (offline: a failure in the log, then a fallback).
     options.view_as(StandardOptions).runner = "FnApiRunner"
   if str(options.view_as(StandardOptions).runner) in ("FnApiRunner", "DirectRunner"):
-    # Measured on 10.3M tokens: 6 min and 7.2 GB here, 1 min and 1.6 GB with `stats build`.
+    # One hand-timed run on 10.3M tokens (2-core dev machine, not a bench/ record): 6 min and
+    # 7.2 GB here, 1 min and 1.6 GB with `stats build`.
     log.warning("Beam's local runner holds every merge in this process's memory "
                 "(stats.memory_cap_mb does not apply under Beam) and is several times slower than "
                 "`python -m informask_jax.stats build` on one machine; it is meant for checks, "
