@@ -378,9 +378,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         # started, as metrics.jsonl does.
         logging.info("Step 0: eval loss %.4f, perplexity %.2f.", last_eval["eval_loss"],
                      last_eval["eval_perplexity"])
+      started_at = step
       while step < t.num_steps:
         profiler.before_step(step)
-        state, step_metrics = train_step(state, next(batches))
+        try:
+          batch = next(batches)
+        except Exception:  # The error itself follows, after the steps trained are saved.
+          _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,
+                                    workdir)
+          raise
+        state, step_metrics = train_step(state, batch)
         # Check the previous step's skip counter: already computed, so no pipeline stall.
         if previous is not None and int(previous["consecutive_skips"]) >= t.max_consecutive_skips:
           latest = checkpointer.latest_step()
@@ -489,6 +496,26 @@ def _warn_dropped_targets(step, summary, config) -> bool:
       " (masking.rescale=False masks each token at the rate table's own value, whatever "
       "masking.mask_prob says)" if unscaled else "")
   return True
+
+
+def _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,
+                              workdir) -> None:
+  """The training data stopped reading (a file gone or malformed, a stream's network): saves the
+  steps trained since the last checkpoint, with the data position of the batch that failed, and
+  logs where the run resumes. Not with several processes: the others are inside a step's
+  collectives, and a save (a collective too) would hang them all."""
+  saved = False
+  if jax.process_count() == 1 and step > started_at and checkpointer.latest_step() != step:
+    try:
+      saved = checkpointer.save(step, state, batches.state(), meta, force=True)
+      checkpointer.wait()
+    except checkpointing.CheckpointWriteError as e:  # The data's error is the one to raise.
+      logging.error("%s", e)
+      saved = False
+  logging.error("Reading the training data failed after step %d (the error follows): %s; once "
+                "the data reads again, run the same command to resume.", step,
+                f"saved a checkpoint at step {step} in {workdir}" if saved
+                else _latest_checkpoint(checkpointer))
 
 
 def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:

@@ -745,6 +745,39 @@ def test_prefetcher_keeps_size_batches_ahead_and_ends_with_its_iterator():
   assert len(evals) == 3
 
 
+class _FailingBatches:
+  """A BatchIterator whose read of batch `fail_at` raises, as a file that stops reading would."""
+
+  def __init__(self, inner, fail_at):
+    self.inner, self.fail_at, self.reads = inner, fail_at, 0
+
+  def __next__(self):
+    self.reads += 1
+    if self.reads == self.fail_at + 1:
+      raise OSError("the disk went away")
+    return next(self.inner)
+
+  def state(self):
+    return self.inner.state()
+
+
+def test_prefetcher_raises_a_read_error_after_the_batches_before_it():
+  """The batches read before the error are served first; then the error, with state() that of
+  the failed batch (where a checkpoint resumes), and the iterator is not called again."""
+  inner = _FailingBatches(data.BatchIterator(_rows(80), 8, seed=2), fail_at=2)
+  fetched = data.prefetch(inner, _mesh_sharding(P("data")), size=2)
+  direct = _take(data.BatchIterator(_rows(80), 8, seed=2), 3)
+  for want in direct[:2]:
+    np.testing.assert_array_equal(np.asarray(next(fetched)["token_ids"]), want["token_ids"])
+  for _ in range(2):  # Raised again, never the end of the data.
+    with pytest.raises(OSError, match="the disk went away"):
+      next(fetched)
+  assert inner.reads == 3
+  resumed = data.BatchIterator(_rows(80), 8, seed=2)
+  resumed.restore(fetched.state())
+  np.testing.assert_array_equal(next(resumed)["token_ids"], direct[2]["token_ids"])
+
+
 # --- Streaming, without a pipeline: an in-memory stream of texts --------------------------------
 
 def _stream(texts):

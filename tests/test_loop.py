@@ -1034,6 +1034,43 @@ def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_p
           "command to resume." in caplog.text)
 
 
+def test_a_data_read_error_saves_the_steps_trained_and_the_run_resumes_there(
+    tiny_config, tmp_path, monkeypatch, caplog):
+  """The 4th batch cannot be read (a file gone, a stream's network): steps 1-3 are saved before
+  the error is raised, with the data position of the failed batch, and a rerun resumes there."""
+  config = _small(tiny_config, num_steps=5, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+  make_iterator = loop.data.pipeline.InputPipeline.train_iterator
+  positions = []
+
+  class FailingRead:  # The pipeline's iterator, whose 4th read raises.
+    def __init__(self, inner):
+      self.inner = inner
+
+    def __next__(self):
+      positions.append(self.inner.state())
+      if len(positions) == 4:
+        raise OSError("shard 7 is gone")
+      return next(self.inner)
+
+    def state(self):
+      return self.inner.state()
+
+  with monkeypatch.context() as m, caplog.at_level(logging.ERROR):
+    m.setattr(loop.data.pipeline.InputPipeline, "train_iterator",
+              lambda *a, **k: FailingRead(make_iterator(*a, **k)))
+    with pytest.raises(OSError, match="shard 7 is gone"):
+      loop.train_and_evaluate(config, tmp_path)
+  assert (f"Reading the training data failed after step 3 (the error follows): saved a "
+          f"checkpoint at step 3 in {tmp_path}; once the data reads again" in caplog.text)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [3]
+  data_file = checkpointing.checkpoint_dir(tmp_path) / "3" / "data" / "metadata"
+  # The failed batch is the first one of the resumed run.
+  assert json.loads(data_file.read_text()) == json.loads(json.dumps(positions[3]))
+  assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
+  assert sorted(_read_metrics(tmp_path)) == [1, 2, 3, 4, 5]
+
+
 def test_an_evaluation_without_targets_or_with_a_huge_loss(tiny_config, monkeypatch):
   """No masked token at all is an error (a loss of 0 would win the best checkpoint); a loss whose
   exponential overflows gives a finite perplexity (logged as a number, not null)."""
