@@ -833,6 +833,33 @@ def test_streaming_rows_are_reshuffled_each_epoch(bert_tokenizer):
   assert not np.array_equal(epochs[0], epochs[1])
 
 
+def test_streaming_after_a_read_error_reads_again_from_the_next_batch(bert_tokenizer):
+  """A source that fails once mid-epoch (a network error): the next call reads the stream again
+  from the position of the batch that failed, so the batches are those of a stream that never
+  failed, not an early end of the epoch."""
+  texts = [f"Document {i} is about the river {i}. It ends here." for i in range(12)]
+  failures = iter([7])
+
+  def flaky():
+    fail_at = next(failures, None)
+    for i, text in enumerate(texts):
+      if i == fail_at:
+        raise ConnectionError("the hub went away")
+      yield {"text": text}
+
+  it = _streaming(texts, bert_tokenizer, 2, chunk_documents=3)
+  it.texts = datasets.IterableDataset.from_generator(flaky)
+  clean = _streaming(texts, bert_tokenizer, 2, chunk_documents=3)
+  want = [batch["token_ids"] for batch in _take(clean, 12)]
+  got = []
+  while len(got) < 12:
+    try:
+      got.append(next(it)["token_ids"])
+    except ConnectionError:
+      assert 0 < len(got) < 12  # Failed mid-epoch, once.
+  np.testing.assert_array_equal(np.stack(got), np.stack(want))
+
+
 def test_streaming_restore_refuses_other_settings(bert_tokenizer):
   state = _streaming(["x."], bert_tokenizer, 4, chunk_documents=10).state()
   for kw, key in (({"chunk_documents": 20}, "chunk_documents=10"),

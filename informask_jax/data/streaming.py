@@ -73,7 +73,13 @@ class StreamingBatchIterator:
       self._chunks, self._pending = self._chunk_stream(), collections.deque()
       self._skip = self.offset  # Rows of the first chunk consumed before a restore.
     while sum(len(r["token_ids"]) - used for _, r, used in self._pending) < self.global_batch_size:
-      chunk = next(self._chunks, None)
+      try:
+        chunk = next(self._chunks, None)
+      except Exception:
+        # A generator that raised is finished: a retry reads again from the position of the next
+        # batch, not past the end of the data.
+        self._chunks = None
+        raise
       if chunk is None:
         return False
       index, rows = chunk
