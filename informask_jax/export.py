@@ -6,6 +6,7 @@ way that matters: both models run on the same inputs and their logits are compar
 """
 
 import dataclasses
+import fnmatch
 import json
 import os
 import shutil
@@ -61,10 +62,11 @@ def _read_json(path: str):
     raise ValueError(f"{path} is not valid JSON: the file is damaged or truncated ({e}).") from e
 
 
-# The weights of a Hugging Face model directory as _read_state_dict looks for them: a shard index
-# first, then a single file; safetensors before PyTorch's pickle format.
-HF_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# The weights of a Hugging Face model directory in the order transformers' from_pretrained takes
+# them, which _read_state_dict follows (a directory holding two layouts is then read alike): per
+# format, safetensors before PyTorch's pickle, the single file before a shard index.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def is_hf_model_dir(path) -> bool:
@@ -82,7 +84,10 @@ def _read_state_dict(model_dir: str) -> dict:
   def load_bin(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
-  for index_name, loader in zip(HF_WEIGHT_INDEXES, (load_file, load_bin), strict=True):
+  for name, index_name, loader in zip(HF_WEIGHT_FILES, HF_WEIGHT_INDEXES, (load_file, load_bin),
+                                      strict=True):
+    if os.path.exists(os.path.join(model_dir, name)):
+      return _load_weights(os.path.join(model_dir, name), loader)
     index_path = os.path.join(model_dir, index_name)
     if os.path.exists(index_path):
       index = _read_json(index_path)
@@ -92,9 +97,6 @@ def _read_state_dict(model_dir: str) -> dict:
       for shard in sorted(set(index["weight_map"].values())):
         state.update(_load_weights(os.path.join(model_dir, shard), loader))
       return state
-  for name, loader in zip(HF_WEIGHT_FILES, (load_file, load_bin), strict=True):
-    if os.path.exists(os.path.join(model_dir, name)):
-      return _load_weights(os.path.join(model_dir, name), loader)
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {model_dir}.")
 
 
@@ -135,13 +137,14 @@ def _read_hf_config(model_dir: str):
   return hf_config
 
 
-def load_hf_as_flax(dir_or_name: str, *, scan_layers: bool = False,
-                    head_seed: int = 0) -> tuple[dict, MLMConfig]:
+def load_hf_as_flax(dir_or_name: str, *, scan_layers: bool = False, head_seed: int = 0,
+                    require_head: bool = False) -> tuple[dict, MLMConfig]:
   """Reads a Hugging Face BERT/RoBERTa (MLM or encoder-only) into our tree and MLMConfig."""
   model_dir = _resolve(dir_or_name)
   hf_config = _read_hf_config(model_dir)
   return hf_mapping.from_hf_state_dict(_read_state_dict(model_dir), hf_config,
-                                       scan_layers=scan_layers, head_seed=head_seed)
+                                       scan_layers=scan_layers, head_seed=head_seed,
+                                       require_head=require_head)
 
 
 # --- Export and verification --------------------------------------------------------------------
@@ -229,13 +232,42 @@ def _nesting(path: str, other: str) -> str | None:
   return "is inside" if common == other else "contains" if common == path else None
 
 
+# The files of a model directory that an export over it (--overwrite) replaces as a whole: weights
+# in another layout (shards, a .bin) or another kind of tokenizer's files left beside the new ones
+# would be read instead of them, by transformers or by our own readers.
+_MODEL_FILE_PATTERNS = (
+    "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
+    "tf_model.h5", "flax_model.msgpack", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+    "spiece.model", "sentencepiece.bpe.model")
+
+
 def _check_out_dir(out_dir: str, overwrite: bool):
+  from informask_jax import checkpointing
+
+  if os.path.isdir(os.path.join(out_dir, checkpointing.CHECKPOINT_DIR)):  # --overwrite or not.
+    raise FileExistsError(f"Export directory {out_dir} holds a training run (checkpoints/): an "
+                          "export would replace its config.json and tokenizer files, and the run "
+                          "would no longer resume. Choose another --out.")
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
     raise FileExistsError(f"Export directory {out_dir} is not empty; choose another --out, or "
-                          "pass --overwrite (overwrite=True from Python) to replace the files "
-                          "an export writes there, keeping the others.")
+                          "pass --overwrite (overwrite=True from Python) to replace the model "
+                          "there (its weights and tokenizer files), keeping other files.")
   # sibling: the staging directory is made next to out_dir.
   paths.check_writable_dir(out_dir, "Export directory", sibling=True)
+
+
+def _remove_stale_model_files(out_dir: str, written) -> None:
+  """After an export over a model directory: its weights and tokenizer files that the export did
+  not write (see _MODEL_FILE_PATTERNS)."""
+  stale = sorted(name for name in os.listdir(out_dir) if name not in written and any(
+      fnmatch.fnmatch(name, pattern) for pattern in _MODEL_FILE_PATTERNS))
+  for name in stale:
+    os.remove(os.path.join(out_dir, name))
+  if stale:
+    logging.warning("Removed the earlier model's files from %s that the export replaces: %s.",
+                    out_dir, ", ".join(stale))
 
 
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
@@ -294,6 +326,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
     for name in report["files"]:  # Same file system: each file is replaced atomically.
       os.chmod(os.path.join(staging, name), mode)
       os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    _remove_stale_model_files(out_dir, report["files"])
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   logging.info("Exported to %s: %s", out_dir, report)
@@ -438,6 +471,9 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   if os.path.isdir(dir_or_name) and _nesting(workdir, dir_or_name) == "is":
     raise ValueError(f"The new workdir {workdir} is the Hugging Face directory being imported: "
                      "choose another --out.")
+  if is_hf_model_dir(workdir):  # eval_lama and init_from would read the import, not the model.
+    raise FileExistsError(f"{workdir} holds a Hugging Face model (config.json and weights); "
+                          "choose an empty --out for the imported run.")
   paths.check_writable_dir(workdir, "Workdir")
   existing = checkpointing.checkpoint_dir(workdir)
   if existing.is_dir() and any(existing.iterdir()):  # Checked again by the save; fail early.

@@ -358,13 +358,18 @@ def _normalise_names(state_dict, fmt: str) -> dict:
   return renamed
 
 
+class NoMLMHead(ValueError):
+  """A bare encoder's weights where a trained masked-LM head is needed (to probe the model)."""
+
+
 def from_hf_state_dict(state_dict, hf_config, *, scan_layers: bool = False,
-                       head_seed: int = 0) -> tuple[dict, MLMConfig]:
+                       head_seed: int = 0, require_head: bool = False) -> tuple[dict, MLMConfig]:
   """Our parameter tree (plain NumPy) and MLMConfig for a Hugging Face state dict.
 
   Accepts `*ForMaskedLM` / `BertForPreTraining` state dicts and bare encoders (`BertModel`,
   `RobertaModel`, with or without the `bert.`/`roberta.` prefix). Without an MLM head in the
-  state dict the head is initialised fresh by `fresh_head(cfg, head_seed)`.
+  state dict the head is initialised fresh by `fresh_head(cfg, head_seed)`, or NoMLMHead is
+  raised with `require_head`.
   """
   cfg = mlm_config_from_hf(hf_config, scan_layers=scan_layers)
   fmt = cfg.flavour
@@ -380,6 +385,8 @@ def from_hf_state_dict(state_dict, hf_config, *, scan_layers: bool = False,
   have_head = head_names & set(state)
   if have_head and have_head != head_names:
     raise ValueError(f"Incomplete MLM head: missing {sorted(head_names - have_head)}.")
+  if require_head and not have_head:
+    raise NoMLMHead(f"no masked-LM head (no {sorted(head_names)[0]}, ...): an encoder only")
   missing = sorted(name for _, name, _ in table if name not in state and name not in head_names)
   if missing:
     raise ValueError(f"Missing entries in the {fmt} state dict: {missing[:8]}"

@@ -501,6 +501,62 @@ def test_export_refuses_an_out_dir_overlapping_the_workdir(imported_workdir, hf_
   assert "checkpoints" not in os.listdir(hf_copy)
 
 
+def test_an_export_over_a_model_replaces_its_weights_and_tokenizer_as_a_whole(exported,
+                                                                             hf_copy):
+  """--overwrite over another layout (sharded weights, a BPE tokenizer's files): what the earlier
+  model leaves would otherwise be read instead of the export, by our reader or transformers."""
+  params, cfg, _, _ = exported["bert"]
+  model = transformers.AutoModelForMaskedLM.from_pretrained(hf_copy)
+  (hf_copy / "model.safetensors").unlink()
+  model.save_pretrained(hf_copy, max_shard_size="20KB")  # Shards and an index of the old model.
+  (hf_copy / "merges.txt").write_text("#version: 0.2\n")
+  (hf_copy / "README.md").write_text("The user's notes.")
+  new = tiny_params(cfg, seed=5)
+  tok = hf_copy.parent / "tok"
+  transformers.AutoTokenizer.from_pretrained(hf_copy).save_pretrained(tok)
+  export.export_to_hf(new, cfg, str(hf_copy), tokenizer_dir=str(tok), overwrite=True)
+  files = set(os.listdir(hf_copy))
+  assert not any(f.startswith("model-") or f.endswith(".index.json") for f in files), files
+  assert "merges.txt" not in files and {"README.md", "model.safetensors", "vocab.txt"} <= files
+  got = leaves(export.load_hf_as_flax(str(hf_copy))[0])
+  assert all(np.array_equal(got[k], v) for k, v in leaves(new).items())
+
+
+def test_weights_are_read_in_transformers_order(exported, hf_copy):
+  """A directory holding a single file and a shard index of other weights: both readers take the
+  single file, so the flax and torch backends see one model."""
+  params, cfg, _, _ = exported["bert"]
+  transformers.AutoModelForMaskedLM.from_pretrained(hf_copy).save_pretrained(
+      hf_copy / "sharded", max_shard_size="20KB")
+  for f in (hf_copy / "sharded").iterdir():
+    if f.name != "config.json":
+      f.rename(hf_copy / f.name)
+  other = tiny_params(cfg, seed=7)
+  save_file(export.to_hf_state_dict(other, cfg), str(hf_copy / "model.safetensors"))
+  got = leaves(export.load_hf_as_flax(str(hf_copy))[0])
+  assert all(np.array_equal(got[k], v) for k, v in leaves(other).items())
+  torch_model = transformers.AutoModelForMaskedLM.from_pretrained(hf_copy)
+  np.testing.assert_array_equal(
+      torch_model.bert.embeddings.word_embeddings.weight.detach().numpy(),
+      other["embeddings"]["word"]["embedding"])
+
+
+def test_export_and_import_refuse_each_others_directories(imported_workdir, hf_copy, tmp_path):
+  """An export into another run's workdir (even with --overwrite) would replace its config.json,
+  and the run would not resume; an import into a model's directory would be read instead of it."""
+  other_run = tmp_path / "other_run"
+  shutil.copytree(imported_workdir, other_run)
+  with pytest.raises(FileExistsError, match=r"other_run holds a training run \(checkpoints/\)"):
+    convert_checkpoint.main(["--workdir", imported_workdir, "--out", str(other_run),
+                             "--overwrite"])
+  assert sorted(os.listdir(other_run)) == ["checkpoints", "tokenizer"]
+  model_dir = tmp_path / "model"
+  shutil.copytree(hf_copy, model_dir)
+  with pytest.raises(FileExistsError, match=r"model holds a Hugging Face model \(config.json"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(model_dir)])
+  assert not (model_dir / "checkpoints").exists()
+
+
 def test_a_workdir_that_is_a_file_is_not_a_directory(tmp_path):
   (tmp_path / "run").write_text("x")
   with pytest.raises(ValueError, match="Workdir .*run is not a directory"):

@@ -544,6 +544,21 @@ def test_a_damaged_model_or_a_missing_device_is_one_clear_error(models, tmp_path
       lama.load_backend(models["bert"], "torch", tokenizer, batch_size=4, device="cuda:3")
 
 
+@pytest.mark.parametrize("flavour", ["bert", "roberta"])
+def test_a_model_without_its_mlm_head_is_refused_by_both_backends(models, tmp_path, flavour):
+  """A bare encoder (BertModel, RobertaModel): transformers and our reader would both add a random
+  head, and the backends' scores would be noise that differs between them."""
+  trained = transformers.AutoModelForMaskedLM.from_pretrained(models[flavour])
+  bare = tmp_path / "bare"
+  trained.base_model.save_pretrained(bare)
+  tokenizer = lama.load_tokenizer(models[flavour])
+  tokenizer.save_pretrained(bare)
+  for backend in ("torch", "flax"):
+    with pytest.raises(ValueError, match=r"--model .*bare.* has no masked-LM head .*randomly "
+                                         r"initialised head"):
+      lama.load_backend(str(bare), backend, tokenizer, batch_size=4)
+
+
 def test_an_out_that_is_a_file_is_refused_before_the_run(models, tmp_path):
   (tmp_path / "results").write_text("")
   with pytest.raises(FileExistsError, match="--out .*results exists and is not a directory"):

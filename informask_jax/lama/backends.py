@@ -22,6 +22,17 @@ def _model_load_error(name_or_dir: str, e: Exception) -> FileNotFoundError:
                            f"({type(e).__name__}: {first})")
 
 
+def _no_head_error(name_or_dir: str, detail: str) -> ValueError:
+  """A bare encoder given as --model: transformers and our reader would both add a random head."""
+  return ValueError(f"--model {name_or_dir!r} has no masked-LM head ({detail}): its LAMA scores "
+                    "would come from a randomly initialised head. Probe a model trained with its "
+                    "head: a training run's workdir or export, or a *ForMaskedLM checkpoint.")
+
+
+# The masked-LM head's parameter names in transformers' BERT and RoBERTa models.
+_HF_HEAD_PREFIXES = ("cls.predictions.", "lm_head.")
+
+
 class TorchBackend:
   """A Hugging Face masked LM in PyTorch; the vocabulary projection runs at the mask only."""
 
@@ -56,11 +67,15 @@ class TorchBackend:
     from transformers import AutoModelForMaskedLM
 
     try:
-      model = AutoModelForMaskedLM.from_pretrained(name_or_dir, dtype=torch.float32)
+      model, loading = AutoModelForMaskedLM.from_pretrained(
+          name_or_dir, dtype=torch.float32, output_loading_info=True)
     except MemoryError:
       raise
     except Exception as e:  # Missing or damaged files (safetensors raises its own error type).
       raise _model_load_error(name_or_dir, e) from e
+    fresh = sorted(k for k in loading["missing_keys"] if k.startswith(_HF_HEAD_PREFIXES))
+    if fresh:
+      raise _no_head_error(name_or_dir, f"transformers initialised {', '.join(fresh[:2])}, ...")
     return cls(model, tokenizer, device)
 
   def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -154,10 +169,12 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
 
       params, cfg, _ = checkpointing.restore_params(model, step=step, step_flag="--step")
     else:
-      from informask_jax import export
+      from informask_jax import export, hf_mapping
 
       try:
-        params, cfg = export.load_hf_as_flax(model)
+        params, cfg = export.load_hf_as_flax(model, require_head=True)
+      except hf_mapping.NoMLMHead as e:
+        raise _no_head_error(model, str(e)) from None
       except MemoryError:
         raise
       except Exception as e:  # As the torch backend: missing or damaged files, one line.
