@@ -29,11 +29,13 @@ def checkpoint_dir(workdir) -> pathlib.Path:
 
 
 def run_above(path) -> pathlib.Path | None:
-  """The run's workdir when `path` is that run's checkpoints/ folder (given where the workdir
-  belongs), else None. A folder merely named so (an export saved as checkpoints/) is not one."""
+  """The run's workdir when `path` is that run's checkpoints/ folder or lies inside it (a step),
+  given where the workdir belongs; else None. A folder merely named so (an export saved as
+  checkpoints/) is not one."""
   path = pathlib.Path(path).expanduser().resolve()
-  if path.name == CHECKPOINT_DIR and has_finalized_checkpoint(path.parent):
-    return path.parent
+  for folder in (path, *path.parents):
+    if folder.name == CHECKPOINT_DIR and has_finalized_checkpoint(folder.parent):
+      return folder.parent
   return None
 
 
@@ -239,8 +241,8 @@ def require_checkpoint_dir(workdir) -> pathlib.Path:
           "--out NEW_WORKDIR, then use NEW_WORKDIR.")
     run = run_above(workdir)
     if run is not None:
-      raise FileNotFoundError(f"{workdir} is a run's checkpoints folder; give the run's workdir, "
-                              f"{run}, which holds it.")
+      raise FileNotFoundError(f"{workdir} is (inside) a run's checkpoints folder; give the run's "
+                              f"workdir, {run}, which holds it.")
     raise FileNotFoundError(
         f"No checkpoints in {workdir}: {path} does not exist. Train with train.py --workdir, "
         "or import one with convert_checkpoint.py --from-hf.")

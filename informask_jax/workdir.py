@@ -29,10 +29,11 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   if workdir.exists() and not workdir.is_dir():
     raise FileExistsError(f"--workdir {workdir} is a file, not a directory.")
   owner = checkpointing.run_above(workdir)
-  if owner is not None:  # A new run would nest its files among that run's steps.
+  if owner is not None:  # A new run would nest its files among that run's steps (and be
+    # deleted with a step that run rotates out).
     raise FileExistsError(
-        f"--workdir {workdir} is the checkpoints folder of the run in {owner}; give {owner} to "
-        "resume that run, or another --workdir for a new one.")
+        f"--workdir {workdir} is (inside) the checkpoints folder of the run in {owner}; give "
+        f"{owner} to resume that run, or another --workdir for a new one.")
   if _holds_hf_model(workdir):  # A run writes its own config.json over the model's.
     raise FileExistsError(
         f"--workdir {workdir} holds a Hugging Face model (its config.json has a model_type), "

@@ -214,8 +214,9 @@ def test_restore_params_errors_name_what_is_missing(tmp_path):
   with pytest.raises(ValueError, match=r"No checkpoint at step 7 .* available steps: \[3\]"):
     checkpointing.restore_params(tmp_path, step=7)
   # The run's checkpoints/ folder given for the run: the workdir above it is named.
-  with pytest.raises(FileNotFoundError, match=rf"checkpoints is a run's checkpoints folder; give "
-                                              rf"the run's workdir, {tmp_path.resolve()}, which"):
+  with pytest.raises(FileNotFoundError, match=rf"checkpoints is \(inside\) a run's checkpoints "
+                                              rf"folder; give the run's workdir, "
+                                              rf"{tmp_path.resolve()}, which"):
     checkpointing.restore_params(tmp_path / "checkpoints")
 
 

@@ -123,9 +123,12 @@ def test_entries_of_the_wrong_kind_and_a_runs_checkpoints_folder_are_refused(tin
   mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
   run = tmp_path / "run"
   checkpointing.save_initial_checkpoint(run, {"w": np.zeros(2, np.float32)}, mlm_config)
-  with pytest.raises(FileExistsError, match=r"run/checkpoints is the checkpoints folder of the "
-                                            r"run in .*/run; give .*/run to resume that run"):
-    workdir_lib.prepare(run / "checkpoints", tiny_config)
+  # Also a folder inside it (a step): the run deletes it with the step when it rotates it out.
+  for inside in ("checkpoints", "checkpoints/0", "checkpoints/0/state/new"):
+    with pytest.raises(FileExistsError, match=rf"run/{inside} is \(inside\) the checkpoints "
+                                              r"folder of the run in .*/run; give .*/run to "
+                                              r"resume that run"):
+      workdir_lib.prepare(run / inside, tiny_config)
   fresh = tmp_path / "fresh"
   (fresh / "tokenizer").parent.mkdir()
   (fresh / "tokenizer").write_text("")
