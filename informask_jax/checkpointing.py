@@ -153,6 +153,12 @@ class Checkpointer:
           state=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args),
           data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     except Exception as e:  # Truncated or missing files: name the step and the way out.
+      if "tree structures do not match" in str(e):  # Readable, but not this config's state.
+        raise CheckpointReadError(
+            f"Checkpoint step {step} in {checkpoint_dir(self.workdir)} holds a train state laid "
+            f"out otherwise than this config's ({_first_line(e)[1]}): a setting that shapes the "
+            "optimizer state changed since it was saved. The checkpoint is not damaged: resume "
+            "with the run's settings (its config.json).") from e
       raise _unreadable(self.workdir, step, self.all_steps(), e) from e
     if not all_finite(restored["state"]):  # No save writes these: the files were damaged since.
       raise _unreadable(self.workdir, step, self.all_steps(),

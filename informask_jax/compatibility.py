@@ -23,6 +23,20 @@ _DATA_ORDER_KEYS = (("train", "batch_size"), ("train", "seed"), ("data", "seq_le
                     ("data", "packing"), ("data", "validation_fraction"))
 
 
+def _check_clipping(saved: dict, current: dict, workdir) -> None:
+  """Clipping on or off is an element of the optimizer chain (its state) more or less, so the
+  checkpoint's state would not restore; one positive threshold for another is fine."""
+  before = (saved.get("optim") or {}).get("grad_clip_norm")
+  after = current["optim"]["grad_clip_norm"]
+  if isinstance(before, (int, float)) and (before > 0) != (after > 0):
+    keep = "on (any value > 0)" if before > 0 else "off (0)"
+    raise ValueError(
+        f"Cannot resume the run in {workdir}: config.optim.grad_clip_norm: {before!r} -> "
+        f"{after!r} turns gradient clipping {'off' if before > 0 else 'on'}, which changes the "
+        f"optimizer state its checkpoints hold. Keep clipping {keep}, or keep its parameters "
+        f"and start a new run: another --workdir with --config.init_from={workdir}.")
+
+
 def check_resume_settings(workdir: pathlib.Path, config) -> None:
   """Refuses, before the vocabulary, the corpus and its statistics are built (hours on a large
   corpus), a resume whose tokenizer or data-order settings differ from those of the latest
@@ -52,6 +66,7 @@ def check_resume_settings(workdir: pathlib.Path, config) -> None:
         f"Resume with the run's settings (the latest checkpoint's; its config.json), or start a "
         f"new run in another --workdir (with --config.init_from={workdir} only if the "
         f"vocabulary is the same).")
+  _check_clipping(saved, current, workdir)
   changed = [f"config.{section}.{key}: {saved[section][key]!r} -> {current[section][key]!r}"
              for section, key in _DATA_ORDER_KEYS
              if isinstance(saved.get(section), dict) and key in saved[section]

@@ -155,6 +155,24 @@ def test_a_damaged_step_is_named_with_the_way_out(tmp_path):
   assert data_state == {"position": 1}
 
 
+def test_a_state_of_another_optimizer_layout_is_not_called_damaged(tmp_path):
+  """Clipping turned off since the save (one optax.chain element less): the step is readable,
+  and the error says so and what changed, rather than to move the step (and every other) aside."""
+  config = tt._equivalence_config()
+  state, _, _, _ = tt._setup(config, (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  assert saver.save(1, state, {}, _meta(), force=True)
+  saver.close()
+  config.optim.grad_clip_norm = 0.0
+  unclipped, _, _, _ = tt._setup(config, (1, 1, 1), 1)
+  reader = checkpointing.Checkpointer(tmp_path)
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r"step 1 .* holds a train state laid out otherwise than this "
+                           r"config's .* The checkpoint is not damaged: resume with the run's"):
+    reader.restore(1, _abstract(unclipped, jax.tree.map(lambda x: x.sharding, unclipped)))
+  reader.close()
+
+
 def test_a_step_that_restores_non_finite_is_refused(tmp_path, monkeypatch):
   """Saves never write NaN (test above), so NaN read back means the files were damaged since (a
   flipped bit in an uncompressed array): restoring must not resume into NaN losses."""

@@ -162,6 +162,27 @@ def test_a_resume_in_another_batch_order_is_refused_for_every_key_that_fixes_it(
     compatibility.check_resume_settings(tmp_path, tiny_config)
 
 
+def test_a_resume_that_turns_clipping_on_or_off_is_refused_by_name(tiny_config, tmp_path,
+                                                                    monkeypatch):
+  """On or off changes the optimizer state's layout (refused before any work); one threshold for
+  another does not (accepted)."""
+  saved = compatibility.config_json(tiny_config)
+  monkeypatch.setattr(compatibility.checkpointing, "latest_meta", lambda workdir: {"config": saved})
+  before = tiny_config.optim.grad_clip_norm
+  assert before > 0
+  tiny_config.optim.grad_clip_norm = before * 2
+  compatibility.check_resume_settings(tmp_path, tiny_config)
+  tiny_config.optim.grad_clip_norm = 0.0
+  with pytest.raises(ValueError, match=rf"config\.optim\.grad_clip_norm: {before!r} -> 0\.0 "
+                                       r"turns gradient clipping off.* Keep clipping on \(any "
+                                       r"value > 0\)"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+  saved["optim"]["grad_clip_norm"] = 0.0
+  tiny_config.optim.grad_clip_norm = before
+  with pytest.raises(ValueError, match=r"turns gradient clipping on.* Keep clipping off \(0\)"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+
+
 @pytest.mark.parametrize("saved, now, expected", [
     (100, 200, "decay now ends at step 200"),  # Past the warm-up: where the decay ends.
     (100, 40, "ends inside the learning-rate warm-up (config.optim.warmup_steps=50)"),
