@@ -100,6 +100,26 @@ def test_split_sentences():
       "It was 3.5 km away, etc. and more.", "A heading", "Text 2."]
   assert data.split_sentences("no boundary here") == ["no boundary here"]
   assert data.split_sentences("") == []
+  # Capitals of any script; ¿ and ¡ open a sentence; after a full stop, a lower-case word goes on.
+  assert data.split_sentences("Der Hund lief. Über alles. ¿Qué pasa? Ça va. Él vino, e.g. so. "
+                              "so it goes.") == [
+      "Der Hund lief.", "Über alles.", "¿Qué pasa?", "Ça va.", "Él vino, e.g. so. so it goes."]
+  # A document without capitals (a lower-cased corpus) splits before any letter.
+  assert data.split_sentences("mr. smith sat. the dog ran, e.g. fast! it rained.") == [
+      "mr. smith sat.", "the dog ran, e.g. fast!", "it rained."]
+
+
+def test_special_tokens_written_in_the_text_are_text(bert_tokenizer):
+  """"[MASK]" or "[PAD]" in a page about BERT: the pieces of the text, never the special ids (a
+  "[PAD]" would be masked out of attention mid-row, a "[MASK]" an input masked without a target),
+  also for a tokenizer rebuilt from its JSON (the Beam workers)."""
+  text = "The model reads [MASK] and [PAD], then [SEP] [CLS] [UNK]."
+  specials = set(tokenization.special_ids(bert_tokenizer))
+  backend = data.plain_backend(bert_tokenizer)
+  for tokenizer in (backend, data.corpus_backend(backend.to_str())):
+    ids, _, _ = data.encode_documents([text], tokenizer)
+    assert not specials & set(ids.tolist()), bert_tokenizer.convert_ids_to_tokens(ids.tolist())
+    assert bert_tokenizer.convert_ids_to_tokens(ids.tolist()[3:6]) == ["[", "mask", "]"]
 
 
 def test_tokenize_corpus_matches_tokenizer_and_is_cached(tmp_path, wiki_docs, bert_tokenizer,

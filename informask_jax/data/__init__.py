@@ -48,6 +48,7 @@ from informask_jax.data.pipeline import (
 from informask_jax.data.sentences import (
     PARALLEL_MIN_DOCUMENTS,
     TOKENIZED_FORMAT,
+    corpus_backend,
     encode_documents,
     plain_backend,
     split_sentences,
@@ -70,6 +71,7 @@ __all__ = [
     "build_input_pipeline",
     "check_config",
     "encode_documents",
+    "corpus_backend",
     "plain_backend",
     "eval_batches",
     "flatten_tokenized",

@@ -25,30 +25,38 @@ from informask_jax import paths, progress_bar, tokenization, worker_processes
 log = logging.getLogger(__name__)
 
 # Bump when the splitter or the tokenized layout changes: it is part of the cache key.
-TOKENIZED_FORMAT = "sentences-v2"
+TOKENIZED_FORMAT = "sentences-v3"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
 # --- Sentence splitting -------------------------------------------------------------------------
 # A sentence ends at . ! or ? (then optional closing quotes/brackets), followed by whitespace and a
-# capital letter, a digit or an opening quote/bracket; and at every line break. A full stop after
-# a known abbreviation, a single letter ("Arthur C. Clarke") or a dotted acronym ("U.S.") does not
-# end a sentence. Simple and fast, and good enough for statistics that only need "same sentence".
+# capital letter (of any script), a digit or an opening quote/bracket/¿/¡; in a document without
+# capitals (a lower-cased corpus) any letter; and at every line break. A full stop after a known
+# abbreviation, a single letter ("Arthur C. Clarke") or a dotted acronym ("U.S.") does not end a
+# sentence. Simple and fast, and good enough for statistics that only need "same sentence".
 
 _ABBREVIATIONS = frozenset("""
     mr mrs ms dr prof sr jr st mt ft vs etc cf al approx ca no nos vol vols fig figs pp
     gen col lt sgt capt cmdr adm gov sen rep pres rev hon inc ltd co corp bros dept univ
     jan feb mar apr jun jul aug sep sept oct nov dec
     """.split())
-_BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])|\n")
+# The group is the character after the opening punctuation, checked in split_sentences (`re` has
+# no class for capitals beyond ASCII).
+_BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+"
+                       r"(?=[\"'\u201c\u2018(\[\u00bf\u00a1]?(\w))|\n")
 _ACRONYM = re.compile(r"(?:[a-z]\.)+[a-z]")
 
 
 def split_sentences(text):
   """Splits a cleaned document into sentences (see the rules above)."""
   sentences, start = [], 0
+  caseless = text.islower()  # No capital at all: a capital cannot mark where a sentence starts.
   for m in _BOUNDARY.finditer(text):
     end = m.end()
+    follower = m.group(1)
+    if follower is not None and not (caseless or follower.isupper() or follower.isdigit()):
+      continue
     if m.group(0).rstrip(" \t") == ".":  # Only a lone full stop can follow an abbreviation.
       before = text[start:m.start()].rsplit(None, 1)
       word = before[-1].lstrip("\"'(\u201c\u2018[").lower() if before else ""
@@ -67,10 +75,20 @@ def split_sentences(text):
 # --- Tokenization -------------------------------------------------------------------------------
 
 def plain_backend(tokenizer):
-  """The Rust tokenizer without padding or truncation (a hub tokenizer may carry either)."""
-  backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+  """The Rust tokenizer that tokenizes corpus text (see `corpus_backend`)."""
+  return corpus_backend(tokenizer.backend_tokenizer.to_str())
+
+
+def corpus_backend(tokenizer_json):
+  """A Rust tokenizer (its JSON) set up for corpus text: no padding or truncation (a hub
+  tokenizer may carry either), and special tokens written in the text ("[MASK]", "[SEP]" in a
+  page about BERT) tokenized as the text they are, never as the special ids: a "[PAD]" would be
+  attention-masked padding mid-row, a "[MASK]" an input masked without a target. The setting is
+  not part of the JSON, so a worker that rebuilds the tokenizer goes through here too."""
+  backend = tokenizers.Tokenizer.from_str(tokenizer_json)
   backend.no_padding()
   backend.no_truncation()
+  backend.encode_special_tokens = True
   return backend
 
 

@@ -21,12 +21,12 @@ class _Tokenize(beam.DoFn if beam else object):
   """A batch of cleaned training documents -> one `Chunk` (documents without a token dropped)."""
 
   def __init__(self, tokenizer_json: str):
-    self.tokenizer_json = tokenizer_json  # The Rust tokenizer, padding and truncation off.
+    self.tokenizer_json = tokenizer_json  # The Rust tokenizer, set up by data.corpus_backend.
 
   def setup(self):
-    import tokenizers
+    from informask_jax import data
 
-    self.backend = tokenizers.Tokenizer.from_str(self.tokenizer_json)
+    self.backend = data.corpus_backend(self.tokenizer_json)
 
   def process(self, texts):
     from informask_jax import data
