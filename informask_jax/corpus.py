@@ -278,6 +278,22 @@ def _innermost(error):
   return error
 
 
+# The last line of a traceback printed as text: "pyarrow.lib.ArrowInvalid: Could not open ...".
+_TRACEBACK_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.MULTILINE)
+
+
+def _reason(error) -> str:
+  """"Type: message" of the error that started `error`. A worker process's error arrives as
+  the text of its traceback (multiprocess's RemoteTraceback), whose first error is the cause."""
+  cause = _innermost(error)
+  text = str(cause)
+  if "Traceback (most recent call last)" in text:
+    for name, message in _TRACEBACK_ERROR_LINE.findall(text):
+      if name != "Traceback":
+        return f"{name.rsplit('.', 1)[-1]}: {message}".rstrip(": .")
+  return f"{type(cause).__name__}: {cause}".rstrip(": .")
+
+
 def _first_bad_json_line(where, paths):
   """The error naming the first bad line of the JSON files among `paths`, or None."""
   for path in paths:
@@ -294,10 +310,8 @@ def _read_error(where, builder, files, error):
   bad_line = _first_bad_json_line(where, files if builder == "json" else [])
   if bad_line:
     return bad_line
-  cause = _innermost(error)
-  reason = f"{type(cause).__name__}: {cause}".rstrip(": .")
   return ValueError(f"{where}: could not read {files[:3]}{'...' if len(files) > 3 else ''} as "
-                    f"{builder}: {reason}.")
+                    f"{builder}: {_reason(error)}.")
 
 
 def _not_utf8(where, pattern, error):
@@ -389,13 +403,30 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
     group = [f for f in group if not _is_blank(f)]  # Reads a file with text only to its start.
     if not group:
       return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
+  field = source.get("text_field") or "text"
   try:
     with worker_processes.spawned():
       ds = datasets.load_dataset(builder, data_files=group, split="train", cache_dir=cache_dir,
                                  num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
-    raise _read_error(where, builder, group, e) from e
-  return _select_text(ds, source.get("text_field") or "text", where)
+    if len(group) == 1:
+      raise _read_error(where, builder, group, e) from e
+    # `datasets` casts every file to the first one's columns (other columns than text_field
+    # differ between the files), or one file is bad and a worker's traceback names none: one
+    # file at a time, each keeping text_field only, names the bad file with its own reason.
+    log.warning("%s: the %d %s files could not be read together (other columns, or a file that "
+                "does not read); reading them one at a time.", where, len(group), builder)
+    parts = [_select_text(_load_one_file(builder, path, where, cache_dir), field, where)
+             for path in group]
+    return datasets.concatenate_datasets(parts)
+  return _select_text(ds, field, where)
+
+
+def _load_one_file(builder, path, where, cache_dir):
+  try:
+    return datasets.load_dataset(builder, data_files=[path], split="train", cache_dir=cache_dir)
+  except Exception as e:
+    raise _read_error(where, builder, [path], e) from e
 
 
 def _load_hub(source, where, streaming, num_proc):

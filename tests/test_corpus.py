@@ -156,6 +156,33 @@ def test_jsonl_parquet_glob_and_directory(tmp_path):
     assert len(loaded["validation"]) == 1
 
 
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_files_whose_other_columns_differ_and_a_bad_file_among_many(tmp_path, num_proc, caplog):
+  """Only text_field is read, so other columns may differ between files (`datasets` casts every
+  file to the first one's); among several files a bad one is named with its own reason, not a
+  worker's traceback."""
+  folder = tmp_path / "data"
+  folder.mkdir()
+  (folder / "a.jsonl").write_text(json.dumps({"text": "First file.", "id": 1}) + "\n")
+  (folder / "b.jsonl").write_text(json.dumps({"text": "Second file.", "meta": {"x": 2}}) + "\n")
+  datasets.Dataset.from_list([{"text": "Third file.", "n": 3.5}]).to_parquet(
+      str(folder / "c.parquet"))
+  datasets.Dataset.from_list([{"text": "Fourth file.", "tag": "t"}]).to_parquet(
+      str(folder / "d.parquet"))
+  with caplog.at_level(logging.WARNING):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))],
+                                             num_proc=num_proc))
+  assert sorted(_texts(loaded["train"]) + _texts(loaded["validation"])) == [
+      "First file.", "Fourth file.", "Second file.", "Third file."]
+  assert "reading them one at a time" in caplog.text
+  (folder / "d.parquet").write_bytes(b"PAR1" + b"\x00" * 100)
+  with pytest.raises(ValueError, match=r"could not read \['.*d.parquet'\] as parquet: "
+                                       r"ArrowInvalid: .*magic bytes") as error:
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))], num_proc=num_proc,
+                                    cache_dir=str(tmp_path / "other_cache")))
+  assert "Traceback" not in str(error.value) and "c.parquet" not in str(error.value)
+
+
 def test_max_documents_and_concatenation(tmp_path):
   a, b = tmp_path / "a.txt", tmp_path / "b.txt"
   a.write_text("\n\n".join(f"A{i}." for i in range(5)))
