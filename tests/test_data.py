@@ -913,6 +913,23 @@ def test_check_config_bounds(tmp_path):
     data.check_config(_tiny_config(tmp_path, cache_dir=str(tmp_path / "a_file")))
 
 
+def test_an_empty_or_tiny_stream_is_named_before_a_tokenizer_is_trained(tmp_path, monkeypatch):
+  """An empty stream is an empty corpus (not a missing validation document), and a stream too
+  small to hold a document out says what to change; both before the tokenizer reads the stream."""
+  monkeypatch.setattr(data.pipeline.tokenization, "load_tokenizer",
+                      lambda *a, **k: pytest.fail("the tokenizer was loaded or trained"))
+  (tmp_path / "empty.txt").write_text("\n\n")
+  (tmp_path / "two.txt").write_text("A river runs.\n\nIt is long.")
+  for name, message in (("empty.txt", r"The corpus is empty: .*files:.*empty.txt"),
+                        ("two.txt", r"no validation document: none of its documents falls in the "
+                                    r"held-out config.data.validation_fraction=0.02 .*"
+                                    r"streaming=False")):
+    c = _tiny_config(tmp_path, seq_len=32)
+    c.data.sources[0].update(kind="files", name=str(tmp_path / name), streaming=True)
+    with pytest.raises(ValueError, match=message):
+      data.build_input_pipeline(c)
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_an_empty_validation_split_is_refused(tmp_path, streaming):
   (tmp_path / "docs.jsonl").write_text(

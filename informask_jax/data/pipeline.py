@@ -107,6 +107,24 @@ def _packed_summary(name, packed, special_ids):
            tokens.shape[1] if tokens.ndim == 2 else 0, 100 * pad)
 
 
+def _stream_validation_documents(corpus, data):
+  """The first STREAM_VALIDATION_DOCUMENTS validation documents of a streaming corpus."""
+  docs = datasets.Dataset.from_dict(
+      {"text": [ex["text"] for ex in corpus["validation"].take(STREAM_VALIDATION_DOCUMENTS)]})
+  if len(docs):
+    return docs
+  if data.validation_fraction == 0:
+    raise ValueError("The streaming corpus gave no validation document (config.data."
+                     f"validation_fraction=0.0){_NONE_HELD_OUT}")
+  if next(iter(corpus["train"].take(1)), None) is None:
+    raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
+                     f"cleaning ({', '.join(f'{s.kind}:{s.name}' for s in data.sources)}).")
+  raise ValueError(f"The streaming corpus gave no validation document: none of its documents "
+                   f"falls in the held-out config.data.validation_fraction="
+                   f"{data.validation_fraction} (a small corpus); raise it, or read the corpus "
+                   "in memory (streaming=False), which holds out at least one document.")
+
+
 def build_input_pipeline(config, check_tokenizer=None):
   """Corpus, tokenizer, tokenized and packed splits for a full config; cached where possible.
 
@@ -122,6 +140,8 @@ def build_input_pipeline(config, check_tokenizer=None):
            data.packing, cache_dir)
   corpus = corpus_lib.load_corpus(data)
   streaming = isinstance(corpus, datasets.IterableDatasetDict)
+  if streaming:  # Read before the tokenizer is trained on the stream: an empty one stops here.
+    validation_docs = _stream_validation_documents(corpus, data)
   # Hashed once here: the tokenizer's training cache and the tokenized caches key on these too.
   split_fps = {} if streaming else {
       name: corpus_lib.corpus_fingerprint(corpus[name]) for name in corpus}
@@ -137,12 +157,6 @@ def build_input_pipeline(config, check_tokenizer=None):
   if streaming:
     sources = json.dumps([dict(s) for s in data.sources], sort_keys=True, default=str)
     corpus_fp = "stream-" + hashlib.sha256(sources.encode()).hexdigest()[:26]
-    validation_docs = datasets.Dataset.from_dict(
-        {"text": [ex["text"] for ex in corpus["validation"].take(STREAM_VALIDATION_DOCUMENTS)]})
-    if not len(validation_docs):
-      raise ValueError("The streaming corpus gave no validation document" + (
-          f" (config.data.validation_fraction=0.0){_NONE_HELD_OUT}"
-          if data.validation_fraction == 0 else "."))
     val_tok = tokenize_corpus(validation_docs, tokenizer, data)
     validation = pack_sequences(val_tok, data.seq_len, ids, data.packing)
     _packed_summary("validation (streamed sample)", validation, ids)
