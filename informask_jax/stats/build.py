@@ -146,6 +146,24 @@ def _stage_counts(config, pipeline, directory, meta, state, progress):
   state["unigram_counts"] = uni.counts
 
 
+def _too_few_pmi_tokens(s, unigram, specials, kept: int) -> str:
+  """Why the PMI vocabulary holds fewer than 2 tokens, naming the setting that limits it: the
+  size cap, drop_top_k, or min_count (the corpus), whichever left too few."""
+  eligible = counting.select_pmi_vocab(unigram, special_ids=specials, size=unigram.size,
+                                       min_count=s.min_count).size
+  if eligible - s.drop_top_k > kept:  # More tokens qualify than the cap lets in.
+    return (f"config.stats.pmi_vocab_size={s.pmi_vocab_size} keeps {kept} token(s) of the "
+            f"{eligible - s.drop_top_k} that qualify; a PMI table needs at least 2. Raise "
+            "stats.pmi_vocab_size.")
+  if eligible >= 2:
+    return (f"{eligible} tokens occur at least config.stats.min_count={s.min_count} times, and "
+            f"config.stats.drop_top_k={s.drop_top_k} drops the most frequent of them, leaving "
+            f"{kept}; a PMI table needs at least 2. Lower stats.drop_top_k.")
+  return (f"Only {kept} token(s) occur at least config.stats.min_count={s.min_count} times "
+          f"(after dropping config.stats.drop_top_k={s.drop_top_k}); the corpus is too small "
+          "for a PMI table. Lower stats.min_count or use a larger corpus.")
+
+
 def _stage_pmi(config, pipeline, directory, meta, state, progress):
   s = config.stats
   unigram = state["unigram_counts"]
@@ -153,10 +171,7 @@ def _stage_pmi(config, pipeline, directory, meta, state, progress):
                                         size=s.pmi_vocab_size, min_count=s.min_count,
                                         drop_top_k=s.drop_top_k)
   if vocab_ids.size < 2:
-    raise ValueError(
-        f"Only {vocab_ids.size} token(s) occur at least config.stats.min_count={s.min_count} "
-        f"times (after dropping config.stats.drop_top_k={s.drop_top_k}); the corpus is too "
-        "small for a PMI table. Lower stats.min_count or use a larger corpus.")
+    raise ValueError(_too_few_pmi_tokens(s, unigram, _special_tuple(pipeline), vocab_ids.size))
   pairs = counting.count_pairs(
       _corpus(pipeline), vocab_ids, vocab_size=_vocab_size(pipeline), window=s.window,
       whole_words=s.whole_words, continuation=pipeline.continuation,
@@ -332,6 +347,11 @@ def build_artifacts(config, pipeline=None, *, what=art.STAGES, force: bool = Fal
   if not what:  # Nothing to build, yet the log would call the directory built and intact.
     raise ValueError(f"what= names no statistics stage; choose from {art.STAGES}.")
   art.with_deps(what)  # Validates the names before the pipeline is built.
+  # Every stage reads the tokenized corpus, which a stream never holds: refused before the
+  # pipeline trains a tokenizer and reads the stream (minutes on a large corpus) for nothing.
+  streaming = [i for i, src in enumerate(config.data.sources) if src.get("streaming")]
+  if streaming:
+    raise ValueError(STREAMING.format(where=f"config.data.sources[{streaming[0]}].streaming=True"))
   if pipeline is None:
     from informask_jax import data
     pipeline = data.build_input_pipeline(config)

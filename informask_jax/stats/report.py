@@ -90,9 +90,23 @@ def summarize(directory) -> tuple[str, dict]:
   params = meta["params"]
   pmi_end = (int(params.get("drop_top_k", 0)) + int(c["pmi_vocab_size"])
              if "pmi_vocab_size" in c else 0)
-  numbers = dict(pmi_end=pmi_end, names=names, counts=counts, rates=rates, by_freq=by_freq,
-                 ranked=ranked, mask_prob=mask_prob, min_count=min_count, rho=rho)
+  numbers = dict(pmi_end=pmi_end, pmi_end_label=_pmi_end_label(params, mean_out), names=names,
+                 counts=counts, rates=rates, by_freq=by_freq, ranked=ranked, mask_prob=mask_prob,
+                 min_count=min_count, rho=rho)
   return "\n".join(lines), numbers
+
+
+def _pmi_end_label(params: dict, fill_rate: float) -> str:
+  """The legend of the PMI vocabulary's end, for the rate method the directory was built with
+  (params.rates_method, stats/rates.py): beyond it no token has PMI, and what that does to the
+  rates depends on the method."""
+  method = params.get("rates_method", 1)  # Directories from before the key: method 1.
+  if method == 1:  # Measured like any token: masking them scores nothing, so they fall.
+    return "end of the PMI vocabulary (no PMI beyond: rates fall)"
+  if method == 2:  # Counted as never shown: all at the mean rate (rates.finalize_rates).
+    value = f", {fill_rate:.3f}" if np.isfinite(fill_rate) else ""
+    return f"end of the PMI vocabulary (no PMI beyond: the mean rate{value})"
+  return "end of the PMI vocabulary (no PMI beyond)"  # A method this report does not know.
 
 
 def _check_report_fields(meta: dict, directory: pathlib.Path) -> None:
@@ -156,7 +170,7 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
   ax.axhline(n["mask_prob"], color="gray", ls="--", lw=1, label=f"mask_prob {n['mask_prob']}")
   if n["pmi_end"]:
     ax.axvline(n["pmi_end"], color="tab:purple", ls=":", lw=1.5,
-               label="end of the PMI vocabulary (no PMI beyond: rates fall)")
+               label=n["pmi_end_label"])
   ax.set_xscale("log")
   ax.set_xlabel("token frequency rank (1 = most frequent)")
   ax.set_ylabel("masking rate")
