@@ -151,7 +151,12 @@ def expand_files(pattern, where):
   extensions of FILE_BUILDERS. FileNotFoundError, naming `where`, when there are none."""
   path = os.path.expanduser(pattern)
   if os.path.isdir(path):
-    files = [os.path.join(root, f) for root, _, names in os.walk(path) for f in names]
+    files = []
+    for root, folders, names in os.walk(path):
+      # Hidden entries, as a glob's `*` skips them: .ipynb_checkpoints/ holds copies of the
+      # files beside it, which would be read twice.
+      folders[:] = [d for d in folders if not d.startswith(".")]
+      files += [os.path.join(root, f) for f in names if not f.startswith(".")]
     files = sorted(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
     if not files:
       raise FileNotFoundError(f"{where}: directory {path!r} holds no "

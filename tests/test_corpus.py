@@ -120,15 +120,19 @@ def test_mostly_invalid_utf8_is_refused_and_an_empty_txt_is_not(tmp_path):
 
 
 def test_directory_and_glob_pick_only_corpus_files(tmp_path):
-  """A directory contributes only its .txt/.jsonl/.json/.parquet files (a README or a .gz beside
-  them is skipped); a ** glob descends into subfolders; a file named outright must have one of
-  those suffixes; a source's text_field defaults to "text"."""
+  """A directory contributes only its .txt/.jsonl/.json/.parquet files (a README, a .gz or a
+  hidden entry beside them is skipped); a ** glob descends into subfolders; a file named
+  outright must have one of those suffixes; a source's text_field defaults to "text"."""
   folder = tmp_path / "data"
   (folder / "sub").mkdir(parents=True)
   (folder / "a.txt").write_text("Top.\n")
   (folder / "sub" / "b.txt").write_text("Nested.\n")
   (folder / "README.md").write_text("Not a document.\n")
   (folder / "sub" / "c.jsonl.gz").write_bytes(b"\x1f\x8b")
+  # Hidden entries are skipped, as by a glob: a notebook's checkpoint copies, an editor's backup.
+  (folder / ".ipynb_checkpoints").mkdir()
+  (folder / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("Top.\n")
+  (folder / ".a.txt.swp").write_text("Swap.\n")
   for name in (str(folder), str(folder / "**" / "*.txt")):
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=name)], validation_fraction=0.0))
     assert sorted(_texts(loaded["train"])) == ["Nested.", "Top."], name

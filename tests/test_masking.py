@@ -836,6 +836,10 @@ def test_binary_rate_files_are_named_and_never_unpickled(tmp_path):
                                          r"\.npy array") as caught:
       informask_lib.load_rates(str(tmp_path / name), V)
     assert "pickle" not in str(caught.value).replace("(dtype object)", ""), caught.value
+  # Integer counts (a statistics directory's unigram_counts.npy) are no rates, whatever their size.
+  np.save(tmp_path / "unigram_counts.npy", np.arange(V, dtype=np.int64) + 1)
+  with pytest.raises(ValueError, match=r"holds int64 values, not rates: counts .* rates.npy"):
+    informask_lib.load_rates(str(tmp_path / "unigram_counts.npy"), V)
   listed = {str(i): float(RATES[i]) for i in range(V)}
   (tmp_path / "bom.json").write_text(json.dumps(listed), encoding="utf-8-sig")
   np.testing.assert_allclose(informask_lib.load_rates(str(tmp_path / "bom.json"), V), RATES)

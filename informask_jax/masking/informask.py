@@ -134,12 +134,18 @@ def _rates_from_npy(path):
     raise ValueError(f"{problem}: it does not start with the .npy header that numpy.save writes "
                      "(another format, or a damaged file?).")
   try:
-    return np.asarray(np.load(path, allow_pickle=False), np.float64)
+    table = np.load(path, allow_pickle=False)
+    values = np.asarray(table, np.float64)
   except (OSError, ValueError, EOFError, TypeError) as e:
     if "pickle" in str(e):  # numpy's message would suggest loading it unsafely.
       raise ValueError(f"{problem}: it holds Python objects (dtype object), not rates; save a "
                        "float array with numpy.save.") from None
     raise ValueError(f"{problem}: {type(e).__name__}: {e}") from None
+  if table.dtype.kind in "biu":  # Rates are fractions; a statistics directory's counts are not.
+    raise ValueError(f"Rate table {path!r} (masking.rates_path) holds {table.dtype} values, not "
+                     "rates: counts (unigram_counts.npy?) would mask tokens in proportion to "
+                     "their frequency. Give the directory's rates.npy.")
+  return values
 
 
 def _listed_rates(path, ids, values, bad, what):
