@@ -522,13 +522,15 @@ def load_corpus(data_config):
     if remaining == 0:
       break
     where = f"config.data.sources[{i}] ({source['kind']} {source.get('name')!r})"
-    if source["kind"] == "wiki_vital":
-      ds = _load_wiki_vital(source)
-    elif source["kind"] == "hub":
-      ds = _load_hub(source, where, bool(source.get("streaming")), num_proc)
-    else:
-      ds = _load_files(source, where, bool(source.get("streaming")),
-                       num_proc, os.path.join(cache_dir, "files"))
+    # `datasets`' bars (downloads, "Generating train split") on a terminal, not in a log file.
+    with progress_bar.datasets_bars(True):
+      if source["kind"] == "wiki_vital":
+        ds = _load_wiki_vital(source)
+      elif source["kind"] == "hub":
+        ds = _load_hub(source, where, bool(source.get("streaming")), num_proc)
+      else:
+        ds = _load_files(source, where, bool(source.get("streaming")),
+                         num_proc, os.path.join(cache_dir, "files"))
     if streaming and isinstance(ds, datasets.Dataset):
       ds = ds.to_iterable_dataset()
     if remaining is not None:  # max_documents counts documents before empty ones are dropped.

@@ -187,6 +187,16 @@ def test_files_whose_other_columns_differ_and_a_bad_file_among_many(tmp_path, nu
   assert "Traceback" not in str(error.value) and "c.parquet" not in str(error.value)
 
 
+def test_reading_files_draws_no_progress_bar_in_a_log(tmp_path, capfd):
+  """stderr is no terminal here (a log file, a Slurm output): `datasets`' "Generating train
+  split" bars would leave a line per redraw there."""
+  (tmp_path / "a.txt").write_text("Doc one.\n\nDoc two.\n")
+  (tmp_path / "b.jsonl").write_text(json.dumps({"text": "Doc three."}) + "\n")
+  for name in ("a.txt", "b.jsonl"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(tmp_path / name))]))
+  assert "Generating" not in capfd.readouterr().err
+
+
 def test_max_documents_and_concatenation(tmp_path):
   a, b = tmp_path / "a.txt", tmp_path / "b.txt"
   a.write_text("\n\n".join(f"A{i}." for i in range(5)))
