@@ -352,7 +352,8 @@ def legend(colour, own_brackets=False):
   `own_brackets`: the plain text escaped some of its own."""
   if not colour:
     return ("targets: [word] -> [MASK], [word>new] -> a random token, {word} unchanged"
-            + ("; \\[ \\] \\{ \\} are the text's own" if own_brackets else ""))
+            + ("; \\[ \\] \\{ \\} are the text's own or a token's, as in \\[UNK\\]"
+               if own_brackets else ""))
   return "targets: " + ", ".join(_mark(kind, text, colour) for kind, text in (
       ("mask", "-> [MASK]"), ("random", "-> a random token (word>new)"), ("keep", "unchanged")))
 
