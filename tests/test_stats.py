@@ -772,6 +772,10 @@ def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
     assert png == expected and png.read_bytes()[:4] == b"\x89PNG", (out, png)
     assert png.with_suffix(".txt").is_file()
   assert not (tmp_path / "~").exists() and not (tmp_path.parent / f"{tmp_path.name}.png").exists()
+  for out in ("notes.txt", "rates.docx"):  # Not images, or the summary's own name.
+    with pytest.raises(ValueError, match=rf"--out .*{out}: '\.\w+' is not an image format"):
+      report.write_report(directory, tmp_path / out)
+    assert not (tmp_path / out).exists()
 
 
 def test_cli_errors_name_the_command_not_the_file():

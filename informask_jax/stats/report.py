@@ -151,6 +151,12 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
     out_png = out_png / "report.png"
   elif not out_png.suffix:  # savefig appends .png to a bare name: return the file it writes.
     out_png = out_png.with_suffix(".png")
+  formats = plt.figure().canvas.get_supported_filetypes()
+  plt.close("all")
+  if out_png.suffix[1:].lower() not in formats or out_png.suffix.lower() == ".txt":
+    # .txt is the summary's own name beside the image.
+    raise ValueError(f"--out {out_png}: {out_png.suffix!r} is not an image format matplotlib "
+                     f"writes; use .png, .svg, .pdf or .jpg (the summary goes to .txt beside it).")
   out_png.parent.mkdir(parents=True, exist_ok=True)
   names, counts, rates, by_freq, ranked = (n["names"], n["counts"], n["rates"], n["by_freq"],
                                            n["ranked"])
