@@ -33,6 +33,20 @@ def meant_as_local(name: str) -> bool:
 PUBLISH_STAGING_PREFIX = ".tmp-"
 
 
+def warn_leftover_folders(folder, prefixes, left_by, log) -> None:
+  """Names, with their size, the folders of `folder` whose names start with one of `prefixes`:
+  scratch that a killed run (`left_by`) left there, gigabytes for a large corpus. Not deleted:
+  another run sharing the cache may be writing one now."""
+  left = [e.path for e in os.scandir(folder)
+          if e.is_dir(follow_symlinks=False) and e.name.startswith(tuple(prefixes))]
+  if left:
+    size = sum(os.path.getsize(os.path.join(root, f))
+               for d in left for root, _, files in os.walk(d) for f in files)
+    log.warning("%s holds %d folder(s) left by %s (%.2f GB): %s. Delete them unless another run "
+                "is writing into this cache now.", folder, len(left), left_by, size / 1e9,
+                ", ".join(sorted(os.path.basename(d) for d in left)))
+
+
 def publish_dir(path, write) -> None:
   """Calls write(tmp) on a fresh directory beside `path`, then renames it to `path`, so that an
   interrupted run never leaves half a cache entry. For content-keyed caches: if another process

@@ -5,6 +5,7 @@ their errors."""
 import collections
 import itertools
 import json
+import logging
 import math
 import os
 import pathlib
@@ -697,6 +698,23 @@ def test_another_seed_copies_the_counts_pmi_and_ngrams_and_reruns_the_rates(buil
   ran.clear()
   stats.build_artifacts(other, pipeline, what=("counts",), force=True, progress=False)
   assert ran == ["counts"]  # --force rebuilds, never copies.
+
+
+def test_spill_folders_a_killed_build_left_are_named(tmp_path, caplog):
+  """A build killed mid-count leaves its spill folder in the statistics directory (gigabytes for
+  a large corpus): the next build names it with its size, and leaves it (another run sharing the
+  cache may be writing it)."""
+  config = small_config(tmp_path)
+  pipeline = fake_pipeline(synthetic_docs(60, seed=3))
+  directory = stats.artifact_dir(config, pipeline)
+  left = directory / f"{counting.PAIRS_SPILL_PREFIX}killed"
+  left.mkdir(parents=True)
+  (left / "spill-0.npz").write_bytes(b"x" * 2_000_000)
+  with caplog.at_level(logging.WARNING):
+    stats.build_artifacts(config, pipeline, what=("counts",), progress=False)
+  assert (f"holds 1 folder(s) left by interrupted statistics builds (0.00 GB): "
+          f"{left.name}.") in caplog.text
+  assert left.is_dir()
 
 
 def test_mismatched_tokenizer_is_refused(built):

@@ -143,21 +143,6 @@ def tokenized_cache_key(corpus_fp, tokenizer_fp):
 _MAP_SCRATCH_PREFIX = ".map-"  # tokenize_corpus's folder for map()'s own result files.
 
 
-def _warn_leftover_scratch(folder) -> None:
-  """Names the folders that killed tokenizations left in `folder` (map()'s scratch, a save not
-  yet renamed): a large corpus's are gigabytes, hidden by their dot. They are not deleted here:
-  another run sharing the cache may be writing one now."""
-  left = [e.path for e in os.scandir(folder)
-          if e.is_dir(follow_symlinks=False)
-          and e.name.startswith((_MAP_SCRATCH_PREFIX, paths.PUBLISH_STAGING_PREFIX))]
-  if left:
-    size = sum(os.path.getsize(os.path.join(root, f))
-               for d in left for root, _, files in os.walk(d) for f in files)
-    log.warning("%s holds %d folder(s) left by interrupted tokenizations (%.2f GB): %s. Delete "
-                "them unless another run is tokenizing into this cache now.", folder, len(left),
-                size / 1e9, ", ".join(sorted(os.path.basename(d) for d in left)))
-
-
 def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   """Tokenizes a split of the corpus ("text") into "input_ids" and "sentence_ids" per document.
 
@@ -192,7 +177,10 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   # it would stay beside the copy saved here, doubling the disk a corpus takes: it writes into a
   # scratch folder beside the entry instead, removed once the entry is saved.
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  _warn_leftover_scratch(os.path.dirname(path))
+  # map()'s scratch and unrenamed saves, hidden by their dot.
+  paths.warn_leftover_folders(os.path.dirname(path), (_MAP_SCRATCH_PREFIX,
+                                                     paths.PUBLISH_STAGING_PREFIX),
+                              "interrupted tokenizations", log)
   scratch = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=_MAP_SCRATCH_PREFIX)
   try:
     with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS), \

@@ -308,6 +308,10 @@ def _reuse_stage(stage: str, directory: pathlib.Path, meta: dict) -> pathlib.Pat
 def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: bool,
          reuse: bool = True) -> None:
   directory.mkdir(parents=True, exist_ok=True)
+  if todo:  # Before this build's own spills appear there.
+    paths.warn_leftover_folders(directory, (counting.PAIRS_SPILL_PREFIX,
+                                            ngrams.NGRAMS_SPILL_PREFIX),
+                                "interrupted statistics builds", logging)
   done = [s for s in art.STAGES if s not in todo and art.stage_ok(directory, meta, s)]
   state = _load_state(directory, meta, done)
   if art.VOCAB not in meta["files"] or art.verify_files(directory, meta, [art.VOCAB]):

@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 
 from informask_jax.stats import chunks as chunks_lib
 
+# The spill folders' prefix (the build names those a killed run left in its directory).
+PAIRS_SPILL_PREFIX = "informask-pairs-"
 # Bytes per stored nonzero of an int64 CSR table (int32 column index + int64 count).
 _BYTES_PER_NNZ = 12
 # Spill files merged into one past this many (bounds the disk footprint and the final merge).
@@ -267,7 +269,7 @@ class PairAccumulator:
 
   def _new_prefix(self) -> str:
     if self.spill_dir is None:
-      self.spill_dir = tempfile.mkdtemp(prefix="informask-pairs-")
+      self.spill_dir = tempfile.mkdtemp(prefix=PAIRS_SPILL_PREFIX)
     return os.path.join(self.spill_dir, f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
   def compact_spills(self) -> None:
@@ -455,7 +457,7 @@ def count_pairs(documents, vocab_ids: np.ndarray, *, vocab_size: int, window: in
     num_shards = max(1, int(np.ceil(total_tokens / shard_tokens)))
     if num_shards < 2:
       num_workers = 1
-  tmp = tempfile.mkdtemp(prefix="informask-pairs-", dir=spill_dir)
+  tmp = tempfile.mkdtemp(prefix=PAIRS_SPILL_PREFIX, dir=spill_dir)
   try:
     acc = PairAccumulator(len(vocab_ids), memory_cap_mb=memory_cap_mb, spill_dir=tmp)
     worker_cap = memory_cap_mb / (num_workers + 1) if num_workers > 1 else memory_cap_mb

@@ -43,6 +43,8 @@ from tqdm.auto import tqdm
 from informask_jax.stats import chunks as chunks_lib
 
 MAX_N = 5
+# The spill folders' prefix (the build names those a killed run left in its directory).
+NGRAMS_SPILL_PREFIX = "informask-ngrams-"
 # Share of the vocabulary per n-gram length (Levine et al.).
 LENGTH_SHARES = {2: 0.5, 3: 0.25, 4: 0.125, 5: 0.125}
 
@@ -168,7 +170,7 @@ class KeyCounter:
     if self.keys.size == 0:
       return
     if self.spill_dir is None:
-      self.spill_dir = tempfile.mkdtemp(prefix="informask-ngrams-")
+      self.spill_dir = tempfile.mkdtemp(prefix=NGRAMS_SPILL_PREFIX)
     part = _partition(self.keys, self._PARTITIONS)
     prefix = os.path.join(self.spill_dir, f"keys-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     for p in range(self._PARTITIONS):
@@ -317,7 +319,7 @@ def count_ngrams(documents, *, vocab_size: int, special_ids: Sequence[int],
                      f"({vocab_size},).")
   special = np.zeros(vocab_size, bool)
   special[list(special_ids)] = True
-  tmp = tempfile.mkdtemp(prefix="informask-ngrams-", dir=spill_dir)
+  tmp = tempfile.mkdtemp(prefix=NGRAMS_SPILL_PREFIX, dir=spill_dir)
   try:
     num_workers = max(1, int(num_workers))
     tokens_per_shard = shard_tokens or 8 * chunk_tokens
