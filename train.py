@@ -25,8 +25,7 @@ def main(argv):
   except KeyboardInterrupt:
     # Ctrl-C before the loop handles signals, or a second one during it: one line, not a
     # traceback through JAX. Written checkpoints are complete (orbax renames a finished save).
-    cli.exit_interrupted("train.py", "the checkpoints written so far are intact; run the same "
-                         "command to resume")
+    cli.exit_interrupted("train.py", loop.after_interrupt(_WORKDIR.value))
 
 
 def _train(argv):

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 
 from absl import flags
 from absl import logging as absl_logging  # noqa: F401 (imported first: see quiet_library_logs)
@@ -278,6 +279,30 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
     message = message.splitlines()[-1].strip() if message else type(e).__name__
     print(f"{argv[0]}: bad command-line flag: {message}", file=sys.stderr)
     sys.exit(2)
+  except Exception as e:
+    # Not a flag's fault: the config file does not compile, or its own code raised (absl and
+    # ml_collections let these through untouched, as a 36-line traceback). Bad input: one line
+    # naming the file and line, status 1, as cli.user_errors reports it once the run starts.
+    where = _config_file_line(e, argv)
+    if where is None or os.environ.get("INFORMASK_TRACEBACK"):
+      raise  # Not from the config file (a bug of ours or a library's): the traceback is wanted.
+    text = e.msg if isinstance(e, SyntaxError) else one_line(e)
+    print(f"{argv[0]}: error: {type(e).__name__}: {where}: {text}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _config_file_line(error: Exception, argv: list[str]) -> str | None:
+  """`FILE, line N` for an error of the --config file: where a SyntaxError is (that file or one
+  it imports), else the config file's last line in the traceback; None when it is not there."""
+  if isinstance(error, SyntaxError) and error.filename:
+    return f"{error.filename}, line {error.lineno}"
+  value = (_config_values(argv) or [None])[-1]
+  if value is None:
+    return None
+  path = os.path.realpath(value.split(":", 1)[0])
+  lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
+           if os.path.realpath(frame.f_code.co_filename) == path]
+  return f"{value.split(':', 1)[0]}, line {lines[-1]}" if lines else None
 
 
 def reject_arguments(program: str, argv: list[str]) -> None:

@@ -55,6 +55,8 @@ class OutOfDeviceMemory(TrainingStopped):
 def check_config(config) -> None:
   """Errors that need no data or devices, raised before anything heavy runs."""
   data.check_config(config)
+  if config.data.validation_fraction == 0:  # Found now, not once the corpus is read.
+    raise ValueError(f"config.data.validation_fraction=0{data.NONE_HELD_OUT}")
   t, m = config.train, config.model
   for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "stop_sync_every", "max_consecutive_skips"):
@@ -229,6 +231,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                      "bucket with gcsfuse or similar to write there).")
   workdir = pathlib.Path(workdir).expanduser()
   resume, clear = workdir_lib.prepare(workdir, config)
+  if not resume:  # A resume whose new num_steps ends inside the warm-up says so with the rate at
+    # the resumed step (compatibility.warn_schedule_change): not twice.
+    optim.warn_if_warmup_outlasts_run(config.optim, config.train.num_steps)
   is_main = jax.process_index() == 0
 
   # --- Mesh --------------------------------------------------------------------------------
@@ -317,6 +322,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       if step >= config.train.num_steps:
         logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
                         "train; raise num_steps to continue.", step, config.train.num_steps)
+        # The run did nothing: its config.json and tokenizer stay those of the steps trained (a
+        # smaller num_steps written there would misdescribe them), and no step is compiled.
+        return {"step": step, "preempted": False, "stopped_by": None}
     # Written once the run is known to fit the workdir (a refused resume must not replace them).
     if is_main:
       pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
@@ -525,6 +533,18 @@ def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:
   if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
     checkpointer.close()
   return False
+
+
+def after_interrupt(workdir) -> str:
+  """What a run stopped at once (a second Ctrl-C, or one before the loop handles signals) leaves
+  in `workdir`, for train.py's last line: with no checkpoint written there is nothing to resume."""
+  try:
+    written = checkpointing.has_finalized_checkpoint(pathlib.Path(workdir).expanduser())
+  except OSError:  # Unreadable: claim neither.
+    return "the checkpoints written so far, if any, are intact; run the same command to resume"
+  if written:
+    return "the checkpoints written so far are intact; run the same command to resume"
+  return f"no checkpoint was written in {workdir}; the same command starts the run afresh"
 
 
 def _latest_checkpoint(checkpointer) -> str:

@@ -1,5 +1,6 @@
 """AdamW with warm-up then linear or cosine decay, clipping and a weight-decay mask."""
 
+import logging
 import math
 
 import jax
@@ -33,6 +34,22 @@ def check_config(o) -> None:
   for key, ok, rule in checks:
     if not ok:
       raise ValueError(f"config.optim.{key}={o[key]!r} {rule}.")
+
+
+def warn_if_warmup_outlasts_run(o, num_steps: int) -> None:
+  """Warns when the warm-up does not end before step `num_steps`: the rate never reaches
+  `o.learning_rate`, nor decays. Accepted (a short trial of a long recipe), but said: else the
+  run looks like the recipe's."""
+  if o.warmup_steps < num_steps:
+    return
+  # The last step, num_steps - 1, trains at the highest rate: the warm-up's line at that count.
+  reached = o.learning_rate * (num_steps - 1) / o.warmup_steps
+  logging.warning(
+      "config.optim.warmup_steps=%d is not below config.train.num_steps=%d: the learning rate "
+      "never reaches config.optim.learning_rate=%g (at most %.4g, %.0f%% of it, at the last "
+      "step) and never decays; lower the warm-up or raise num_steps for the whole schedule.",
+      o.warmup_steps, num_steps, o.learning_rate, reached,
+      100 * reached / o.learning_rate)
 
 
 def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:

@@ -434,6 +434,29 @@ def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplo
   assert logged == ["Step 0", "Step 2"]
 
 
+def test_a_warm_up_longer_than_the_run_is_named_on_a_fresh_start_only(tiny_config, tmp_path,
+                                                                      monkeypatch, caplog):
+  """warmup_steps >= num_steps (the rate never reaches its peak) is said before anything is
+  built, on a fresh start; a resume leaves it to compatibility.warn_schedule_change, which says it
+  with the rate at the resumed step when the new num_steps ends inside the warm-up."""
+  class Built(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Built
+  monkeypatch.setattr(loop.sharding_lib, "make_mesh", stop)  # The first heavy thing.
+  config = _small(tiny_config, num_steps=30)
+  config.optim.warmup_steps = 40
+  with caplog.at_level(logging.WARNING), pytest.raises(Built):
+    loop.train_and_evaluate(config, tmp_path / "fresh")
+  assert "config.optim.warmup_steps=40 is not below config.train.num_steps=30" in caplog.text
+  caplog.clear()
+  monkeypatch.setattr(loop.workdir_lib, "prepare", lambda workdir, config: (True, False))
+  with caplog.at_level(logging.WARNING), pytest.raises(Built):
+    loop.train_and_evaluate(config, tmp_path / "resumed")
+  assert "warmup_steps" not in caplog.text
+
+
 def test_max_predictions_below_the_budget_says_what_to_set(tiny_config, caplog):
   tiny_config.masking.mask_prob = 0.2  # round(0.2 * 126) = 25 targets, max_predictions 20.
   with pytest.raises(ValueError, match=r"max_predictions=20 is below the exact masking budget "
@@ -537,6 +560,9 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                               ("data.max_documents", -5, r"config.data.max_documents=-5 must be"),
                               ("data.prefetch", -1, r"config.data.prefetch=-1 must be an integer"),
                               ("data.num_proc", 0, r"config.data.num_proc=0 must be an integer"),
+                              ("data.validation_fraction", 0.0,
+                               r"validation_fraction=0: 0 holds out no document, and runs "
+                               r"evaluate"),
                               ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
                               ("model.compute_dtype", "fp16", r"model.compute_dtype='fp16'"),
                               ("optim.learning_rate", -1.0,
@@ -780,6 +806,32 @@ def test_train_py_reports_a_config_file_that_fails_to_import_in_one_line(tmp_pat
       "train.py: bad command-line flag: No module named 'nosuch_module_for_this_test'")
 
 
+@pytest.mark.parametrize("source,line,message", [
+    ("from configs import base\n\ndef get_config(arg=None)\n  return base.get_config(arg)\n",
+     3, "SyntaxError: {file}, line 3: expected ':'"),
+    ("def get_config(arg=None):\n  raise RuntimeError('no such\\nvariant')\n",
+     2, "RuntimeError: {file}, line 2: no such; variant"),
+])
+def test_train_py_reports_a_config_file_that_does_not_compile_or_raises_in_one_line(
+    tmp_path, source, line, message):
+  """A syntax error in the file, or an exception from its own code, printed absl's and
+  importlib's 36-line traceback: bad input, so one line naming the file and line, status 1;
+  INFORMASK_TRACEBACK=1 still shows the traceback."""
+  bad = tmp_path / "bad_config.py"
+  bad.write_text(source)
+  run = lambda **env: subprocess.run(  # noqa: E731
+      [sys.executable, str(ROOT / "train.py"), f"--config={bad}:tiny"], cwd=tmp_path,
+      env=dict(os.environ, PYTHONPATH=str(ROOT), **env), capture_output=True, text=True,
+      timeout=120)
+  out = run()
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      f"{ROOT / 'train.py'}: error: {message.format(file=bad)}"], out.stderr[-2000:]
+  out = run(INFORMASK_TRACEBACK="1")
+  assert out.returncode == 1 and "Traceback" in out.stderr, out.stderr[-2000:]
+  assert f'File "{bad}", line {line}' in out.stderr
+
+
 def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path):
   with pytest.raises(ValueError, match="gs://bucket/run: only local or mounted paths"):
     loop.train_and_evaluate(tiny_config, "gs://bucket/run")
@@ -914,22 +966,37 @@ def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_pat
       loop.train_and_evaluate(config, tmp_path)
   assert len(made) == 1 and not waited
   made[0].close()  # What train.py's os._exit makes moot.
+  # train.py's last line then: no checkpoint was written, so none is said to be intact.
+  assert loop.after_interrupt(tmp_path) == (
+      f"no checkpoint was written in {tmp_path}; the same command starts the run afresh")
   waited.clear()
   assert loop.train_and_evaluate(config, tmp_path)["step"] == 3
   assert waited
+  assert loop.after_interrupt(tmp_path) == (
+      "the checkpoints written so far are intact; run the same command to resume")
 
 
-def test_train_py_leaves_an_interrupt_with_one_line_and_status_130():
-  """Ctrl-C outside the loop's handler (while the corpus is read) or a second one in it."""
+def test_train_py_leaves_an_interrupt_with_one_line_and_status_130(tmp_path):
+  """Ctrl-C outside the loop's handler (while the corpus is read) or a second one in it; the line
+  says a checkpoint is intact only where one was written."""
   script = ("import sys; sys.argv = ['train.py']; import train\n"
+            f"train.flags.FLAGS(['train.py', '--workdir', {str(tmp_path)!r}])\n"
             "def interrupted(argv): raise KeyboardInterrupt\n"
             "train._train = interrupted\n"
             "train.main([])\n"
             "print('not reached')")
-  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+  run = lambda: subprocess.run([sys.executable, "-c", script], cwd=ROOT,  # noqa: E731
+                               capture_output=True, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+  out = run()
   assert out.returncode == 130, out.stderr[-2000:]
   assert "not reached" not in out.stdout and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"train.py: interrupted (Ctrl-C): no checkpoint was written in {tmp_path}; the same "
+      "command starts the run afresh.")
+  # A finished save, as orbax leaves it: its temporary folder renamed to the step.
+  (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+  out = run()
   assert out.stderr.strip().splitlines()[-1] == (
       "train.py: interrupted (Ctrl-C): the checkpoints written so far are intact; run the same "
       "command to resume.")
@@ -981,11 +1048,20 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
   assert [r["step"] for r in lines if "eval_loss" in r] == [0, 3]
   assert _read_metrics(tmp_path)[3]["loss"] == first[3]["loss"]
   caplog.clear()
-  with caplog.at_level(logging.INFO):
-    assert loop.train_and_evaluate(config, tmp_path)["step"] == 3
-  assert ("The checkpoint is at step 3, config.train.num_steps=3: nothing left to train"
+  # Nothing left to train (num_steps now below the checkpoint's step): the run does nothing, so
+  # it rewrites neither config.json (it said num_steps=2) nor the tokenizer, nor compiles a step.
+  config.train.num_steps = 2
+  written = {p: (p.read_bytes(), p.stat().st_mtime_ns)
+             for p in [tmp_path / "config.json", *(tmp_path / "tokenizer").iterdir()]}
+  with caplog.at_level(logging.INFO), monkeypatch.context() as m:
+    m.setattr(loop.trainer_lib, "jit_train_step", lambda *a, **k: pytest.fail("compiled"))
+    assert loop.train_and_evaluate(config, tmp_path) == {"step": 3, "preempted": False,
+                                                         "stopped_by": None}
+  assert ("The checkpoint is at step 3, config.train.num_steps=2: nothing left to train"
           in caplog.text)
   assert "config.train.num_steps: 3 ->" not in caplog.text
+  assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == written
+  assert json.loads(written[tmp_path / "config.json"][0])["train"]["num_steps"] == 3
   # Raising num_steps continues the run, and the log says where the decay now ends.
   config.train.num_steps = 5
   caplog.clear()

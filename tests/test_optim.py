@@ -1,5 +1,7 @@
 """Tests of informask_jax.optim: the learning-rate schedules and where weight decay applies."""
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -122,6 +124,27 @@ def test_check_config_bounds_are_where_adamw_breaks(key, bad, good):
   c[key] = bad
   with pytest.raises(ValueError, match=f"config.optim.{key}="):
     optim.check_config(c)
+
+
+@pytest.mark.parametrize("warmup,num_steps", [(40, 30), (30, 30)])
+def test_a_warm_up_that_outlasts_the_run_is_named_with_the_rate_reached(warmup, num_steps,
+                                                                        caplog):
+  """warmup_steps >= num_steps was accepted silently: the rate never reaches its peak (at
+  warmup == num_steps it stops one step short). The warning names both keys and the highest rate
+  the schedule gives a step of the run; a warm-up that ends in time draws none."""
+  c = _optim_config(warmup=warmup)
+  rates = [float(optim.learning_rate_schedule(c, num_steps)(s)) for s in range(num_steps)]
+  with caplog.at_level(logging.WARNING):
+    optim.warn_if_warmup_outlasts_run(c, num_steps)
+  assert (f"config.optim.warmup_steps={warmup} is not below config.train.num_steps={num_steps}: "
+          f"the learning rate never reaches config.optim.learning_rate=0.002 (at most "
+          f"{max(rates):.4g}, {100 * max(rates) / 2e-3:.0f}% of it, at the last step) and never "
+          "decays") in caplog.text
+  assert max(rates) == rates[-1] < 2e-3
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    optim.warn_if_warmup_outlasts_run(c, num_steps=warmup + 1)
+  assert not caplog.records
 
 
 def test_weight_decay_mask_is_the_same_on_boxed_parameters():

@@ -39,6 +39,7 @@ from informask_jax.data.packing import (
     unpack_tokens,
 )
 from informask_jax.data.pipeline import (
+    NONE_HELD_OUT,
     STREAM_VALIDATION_DOCUMENTS,
     InputPipeline,
     build_input_pipeline,
@@ -60,6 +61,7 @@ from informask_jax.data.streaming import StreamingBatchIterator
 __all__ = [
     "PACKING_MODES",
     "PARALLEL_MIN_DOCUMENTS",
+    "NONE_HELD_OUT",
     "STREAM_VALIDATION_DOCUMENTS",
     "TOKENIZED_FORMAT",
     "BatchIterator",

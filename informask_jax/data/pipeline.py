@@ -68,7 +68,7 @@ def max_sequence_length(model_config):
 
 
 # Why a fraction of 0, which the statistics' Beam pipeline takes, fails here.
-_NONE_HELD_OUT = (": 0 holds out no document, and runs evaluate (and keep their best checkpoint) "
+NONE_HELD_OUT = (": 0 holds out no document, and runs evaluate (and keep their best checkpoint) "
                   "on the held-out split; give a fraction in (0, 1), e.g. 0.02.")
 
 
@@ -115,7 +115,7 @@ def _stream_validation_documents(corpus, data):
     return docs
   if data.validation_fraction == 0:
     raise ValueError("The streaming corpus gave no validation document (config.data."
-                     f"validation_fraction=0.0){_NONE_HELD_OUT}")
+                     f"validation_fraction=0.0){NONE_HELD_OUT}")
   if next(iter(corpus["train"].take(1)), None) is None:
     raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
                      f"cleaning ({', '.join(f'{s.kind}:{s.name}' for s in data.sources)}).")
@@ -175,7 +175,7 @@ def build_input_pipeline(config, check_tokenizer=None):
       none_held_out = name == "validation" and data.validation_fraction == 0
       raise ValueError(f"The {name} split is empty (config.data.validation_fraction="
                        f"{data.validation_fraction}, {len(corpus['train'])} documents)"
-                       + (_NONE_HELD_OUT if none_held_out else "."))
+                       + (NONE_HELD_OUT if none_held_out else "."))
     tokenized = tokenize_corpus(corpus[name], tokenizer, data,
                                 fingerprint=split_fps[name])
     packed = pack_sequences(tokenized, data.seq_len, ids, data.packing)
