@@ -77,6 +77,23 @@ def _leave_jax_distributed() -> None:
     pass
 
 
+def _unlink_semaphores() -> None:
+  """os._exit skips multiprocessing's exit hook, so the named semaphores made since a spawn start
+  method was set (worker_processes; tqdm's lock) stay registered, and the resource tracker
+  reports them as leaked after the error line. Runs their own cleanup only (unlink, unregister):
+  the hook's other finalizers join worker pools, which an immediate exit must not wait for."""
+  for name in ("multiprocessing", "multiprocess"):
+    util, synchronize = (sys.modules.get(f"{name}.util"), sys.modules.get(f"{name}.synchronize"))
+    if util is None or synchronize is None:
+      continue
+    for finalizer in list(getattr(util, "_finalizer_registry", {}).values()):
+      if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+        try:
+          finalizer()
+        except Exception:  # Exiting anyway; at worst the tracker's warning.
+          pass
+
+
 def one_line(error) -> str:
   """An error's text on one line: lines of a list joined with "; " (after a line ending in ":"
   with a space, after "(" directly), so that a wrapped library message (the hub client's,
@@ -109,6 +126,7 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
       sys.stdout.flush()
       sys.stderr.flush()
       _leave_jax_distributed()  # os._exit skips the atexit hook that would do it.
+      _unlink_semaphores()
       os._exit(1)
     sys.exit(1)
 
@@ -120,6 +138,7 @@ def exit_interrupted(program: str, what_remains: str) -> None:
   print(f"\n{program}: interrupted (Ctrl-C): {what_remains}.", file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
+  _unlink_semaphores()
   os._exit(130)  # Not jax.distributed.shutdown: with a peer stuck in a collective it would hang.
 
 
