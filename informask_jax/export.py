@@ -171,6 +171,10 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
       settings = json.load(f)
   for key, value in vocab_settings.items():
     settings.setdefault(key, value)
+  # How the training run's transformers loaded it (from a local folder, offline), which its
+  # save_pretrained records: said of a model others download, local_files_only=True would read.
+  for key in ("is_local", "local_files_only"):
+    settings.pop(key, None)
   # Without tokenizer_class, AutoTokenizer would pick the tokenizer of the model type (RoBERTa's
   # byte-level BPE) for a WordPiece vocabulary.
   settings.setdefault("tokenizer_class", type(tokenizer).__name__)

@@ -390,11 +390,16 @@ def test_a_trained_tokenizer_is_exported_under_a_class_transformers_4_knows(tmp_
                                                         lowercase=True))
   assert trained.model_max_length > 10**6  # Training never truncates a document.
   trained.save_pretrained(tmp_path / "tokenizer")
+  # How a run's transformers loaded it, which its save records (here by hand: offline, local).
+  saved = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())
+  (tmp_path / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
+      {**saved, "is_local": True, "local_files_only": True}))
   (tmp_path / "out").mkdir()
   export._copy_tokenizer(str(tmp_path / "tokenizer"), str(tmp_path / "out"), trained,
                          type_vocab_size, 16)
   settings = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
   assert settings["tokenizer_class"] in ("PreTrainedTokenizerFast", "BertTokenizerFast")
+  assert "is_local" not in settings and "local_files_only" not in settings  # Not for others.
   again = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
   assert again("the cat")["input_ids"] == trained("the cat")["input_ids"]
   # A vocab.txt too, for the slow BertTokenizer and the original LAMA / InforMask code.
