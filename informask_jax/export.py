@@ -239,12 +239,10 @@ def _nesting(path: str, other: str) -> str | None:
 # The files of a model directory that an export over it (--overwrite) replaces as a whole: weights
 # in another layout (shards, a .bin) or another kind of tokenizer's files left beside the new ones
 # would be read instead of them, by transformers or by our own readers.
-_MODEL_FILE_PATTERNS = (
-    "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
-    "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json",
-    "tf_model.h5", "flax_model.msgpack", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
-    "spiece.model", "sentencepiece.bpe.model")
+_MODEL_FILE_PATTERNS = HF_WEIGHT_FILES + HF_WEIGHT_INDEXES + (
+    "model-*-of-*.safetensors", "pytorch_model-*-of-*.bin", "tf_model.h5", "flax_model.msgpack",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
 def _check_out_dir(out_dir: str, overwrite: bool):
