@@ -674,6 +674,8 @@ def test_same_masks_on_1_and_8_devices(name):
     (dict(special_ids="0123"), "integer token ids"),
     (dict(mask_id=4.7), "integer token ids"),
     (dict(colour="red"), "Unknown option"),
+  (dict(replace_prob=True), "replace_prob must be a finite number, got True"),
+  (dict(mask_prob=np.bool_(True)), "mask_prob must be a finite number"),
 ])
 def test_bad_shared_options_raise(kwargs, match):
   args = dict(COMMON, **kwargs)
@@ -733,6 +735,10 @@ def test_bad_tables_and_ids_raise():
     tokens[1, 3] = bad
     with pytest.raises(ValueError, match="outside the masker's vocabulary"):
       masker(jax.random.key(0), tokens)
+  with pytest.raises(ValueError, match="integer ids, got dtype float32"):  # Not truncated.
+    masker(jax.random.key(0), np.full((2, 8), 7.6, np.float32))
+  with pytest.raises(ValueError, match=r"no positions \(shape \(2, 0\)\)"):
+    masker(jax.random.key(0), np.zeros((2, 0), np.int32))
   # Concrete ids closed over by a jitted function are checked too (on the host), not traced.
   good = jnp.full((2, 8), 7, jnp.int32)
   assert jax.jit(lambda k: masker(k, good)["mask"])(jax.random.key(0)).shape == (2, 8)
@@ -747,9 +753,12 @@ def test_informask_rescale_option_is_checked():
   too_big = np.where(np.arange(V) == 7, 3.0, 0.1)
   with pytest.raises(ValueError, match="rates above 1"):
     masking.get_masker("informask", rates=too_big, rescale=False, budget="bernoulli", **COMMON)
-  # Relative weights: rescaled, or compared by the exact budget (which has nothing to rescale).
+  # Relative weights: rescaled, or compared by the exact budget (which has nothing to rescale,
+  # so rescale=False there is an option that would change nothing: refused, not ignored).
   masking.get_masker("informask", rates=too_big, rescale=True, budget="bernoulli", **COMMON)
-  masking.get_masker("informask", rates=too_big, rescale=False, budget="exact", **COMMON)
+  masking.get_masker("informask", rates=too_big, budget="exact", **COMMON)
+  with pytest.raises(ValueError, match="rescale=False applies to the bernoulli budget"):
+    masking.get_masker("informask", rates=too_big, rescale=False, budget="exact", **COMMON)
   # A special id's rate is never used: above 1 it is no reason to refuse the table.
   masking.get_masker("informask", rates=np.where(np.arange(V) == CLS, 3.0, 0.1), rescale=False,
                      budget="bernoulli", **COMMON)
@@ -757,6 +766,37 @@ def test_informask_rescale_option_is_checked():
   for bad in ("bogus", -3, float("nan"), True):
     with pytest.raises(ValueError, match="missing_rate must be 'mean' or a number >= 0"):
       masking.get_masker("informask", rates=RATES, missing_rate=bad, **COMMON)
+  # A valid fill rate for a table that lists every id would change nothing.
+  with pytest.raises(ValueError, match="missing_rate=0.0 fills the ids an id_mask_prob JSON"):
+    masking.get_masker("informask", rates=RATES, missing_rate=0.0, **COMMON)
+
+
+@pytest.mark.parametrize("rates,match", [
+    (RATES.astype(np.complex64) + 1j, "got dtype complex64"),
+    (RATES.astype(str), "got dtype <U"),
+    ((RATES * 100).astype(np.int64), "holds int64 values, not rates"),
+    (RATES > 0.1, "holds bool values, not rates"),
+    ([[0.1, 0.2], [0.3]], "rates must be a float array"),
+])
+def test_rate_arrays_that_are_not_real_numbers_are_refused(rates, match):
+  with pytest.raises(ValueError, match=match):
+    masking.get_masker("informask", rates=rates, **COMMON)
+  # Plain Python floats are a float array.
+  masking.get_masker("informask", rates=[float(r) for r in RATES], **COMMON)
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"5": 0.1, "6": true}', r"'6': true is not token id -> rate \(a number\)"),
+    ('{"5": 0.1, "6": "0.2"}', r"'6': \"0.2\" is not token id -> rate"),
+    ('{"5": 0.1, "six": 0.2}', r"'six': 0.2 is not token id -> rate"),
+    ('{"5": 0.1, "05": 0.2}', r"gives token id 5 twice \(keys '5' and '05'\)"),
+    ('{"5": 0.1, "5": 0.2}', r"gives token id 5 twice \(keys '5' and '5'\)"),
+])
+def test_json_rate_entries_must_be_distinct_ids_with_numbers(tmp_path, text, match):
+  path = tmp_path / "id_mask_prob.json"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=match):
+    informask_lib.load_rates(str(path), V)
 
 
 def test_pmi_span_refuses_the_other_variants_options():

@@ -16,6 +16,7 @@ Bad options raise ValueError here, at construction, never inside a trace.
 
 import inspect
 import logging
+import os
 
 import numpy as np
 
@@ -76,6 +77,15 @@ def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
                      f"{rescale!r}.")
   rescale = bool(rescale)
   informask.check_missing_rate(missing_rate)  # Only a JSON table reads it; checked for every one.
+  # Options that would change nothing are refused, as another strategy's options are: the
+  # caller meant something else. (A config's are warned about as ignored and not passed.)
+  if not rescale and settings.budget == "exact":
+    raise ValueError("informask: rescale=False applies to the bernoulli budget; the exact budget "
+                     "draws by comparing rates, which has no scale to keep or change.")
+  json_table = isinstance(rates, str | os.PathLike) and os.fspath(rates).endswith(".json")
+  if missing_rate != "mean" and not json_table:
+    raise ValueError(f"informask: missing_rate={missing_rate!r} fills the ids an id_mask_prob "
+                     "JSON table leaves out; these rates list every id.")
   table = informask.load_rates(rates, settings.vocab_size, missing_rate)
   informask.check_rates_for(table, settings.special_ids, rescale, settings.budget)
   if settings.budget == "bernoulli":
@@ -233,7 +243,12 @@ def masker_from_config(masking_config, *, vocab_size, special_ids, mask_id, cont
       raise ValueError("informask needs a rate table: set masking.rates_path (a .npy or "
                        "id_mask_prob.json file) or build it with the statistics module.")
     options["rates"] = rates if rates is not None else c.rates_path
-    options.update(rescale=bool(c.get("rescale", True)), missing_rate=missing_rate_of(c))
+    # Those that apply only (check_config warns about the others, get_masker refuses them).
+    if c.budget == "bernoulli":
+      options["rescale"] = bool(c.get("rescale", True))
+    if isinstance(options["rates"], str | os.PathLike) and \
+        os.fspath(options["rates"]).endswith(".json"):
+      options["missing_rate"] = missing_rate_of(c)
   elif name == "informask_online":
     options.update(pmi=pmi, num_candidates=c.num_candidates)
   return get_masker(name, vocab_size=vocab_size, mask_id=mask_id, special_ids=tuple(special_ids),

@@ -52,7 +52,9 @@ def check_settings(vocab_size, mask_id, special_ids, mask_prob, replace_prob, ra
     raise ValueError("special_ids cover the whole vocabulary: nothing could be masked.")
   for name, p in (("mask_prob", mask_prob), ("replace_prob", replace_prob),
                   ("random_prob", random_prob)):
-    if not isinstance(p, int | float | np.floating) or not np.isfinite(p):
+    # bool is an int: True would pass as 1.0, a flag set where a fraction was meant.
+    if isinstance(p, bool | np.bool_) or not isinstance(p, int | float | np.integer | np.floating) \
+        or not np.isfinite(p):
       raise ValueError(f"{name} must be a finite number, got {p!r}.")
   if not 0.0 < mask_prob < 1.0:
     raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}.")
@@ -132,6 +134,10 @@ class Masker:
     token_ids = jnp.asarray(token_ids)
     if token_ids.ndim != 2:
       raise ValueError(f"token_ids must be int[B, L], got shape {token_ids.shape}.")
+    if not jnp.issubdtype(token_ids.dtype, jnp.integer):  # A float id would be truncated.
+      raise ValueError(f"token_ids must hold integer ids, got dtype {token_ids.dtype}.")
+    if token_ids.shape[1] == 0:
+      raise ValueError(f"token_ids has no positions (shape {token_ids.shape}): nothing to mask.")
     token_ids = token_ids.astype(jnp.int32)
     batch, length = token_ids.shape
     if sentence_ids is None:

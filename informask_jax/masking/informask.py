@@ -66,7 +66,7 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
     raise ValueError("informask needs rates= (float32[V], a .npy or a .json path; config key "
                      "masking.rates_path).")
   else:
-    table, where = rates, "rates"
+    table, where = _rates_from_array(rates), "rates"
   table = np.asarray(table, np.float64)
   if table.shape != (vocab_size,):
     raise ValueError(f"The {where} has shape {table.shape}; expected ({vocab_size},) "
@@ -148,6 +148,22 @@ def _rates_from_npy(path):
   return values
 
 
+def _rates_from_array(rates):
+  """An in-memory table as float64; ValueError for values that are not real-valued rates."""
+  try:
+    table = np.asarray(rates)
+  except ValueError as e:  # A ragged list.
+    raise ValueError(f"rates must be a float array [V], one rate per token id: {e}") from None
+  if table.dtype.kind in "biu":  # As for a .npy file: counts are not rates, flags are not either.
+    raise ValueError(f"rates holds {table.dtype} values, not rates: counts would mask tokens in "
+                     "proportion to their frequency. Give float rates (informask_jax.stats "
+                     "writes them to rates.npy).")
+  if table.dtype.kind != "f":  # complex would lose its imaginary part, strings would be parsed.
+    raise ValueError(f"rates must be a float array [V], one rate per token id; got dtype "
+                     f"{table.dtype}.")
+  return table
+
+
 def _listed_rates(path, ids, values, bad, what):
   """ValueError listing the table's own entries where `bad` (before any fill hides them)."""
   shown = ", ".join(f"id {i} has rate {v}"
@@ -162,23 +178,33 @@ def _json_entries(path):
   where = f"Rate table {path!r} (masking.rates_path)"
   with open(path, "rb") as f:
     raw = f.read()
-  try:
-    data = json.loads(raw.decode("utf-8-sig"))  # A byte-order mark is tolerated.
+  try:  # As pairs: a dict would keep the last of two equal keys without a word.
+    data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=list)  # A BOM is tolerated.
   except UnicodeDecodeError as e:
     raise ValueError(f"{where} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
                      f"{e.start}): expected an id_mask_prob-style .json file, token id -> rate."
                      ) from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{where} is not valid JSON: {e}") from None
-  if not isinstance(data, dict) or not data:
+  if not isinstance(data, list) or not data:  # An object comes back as a list of pairs.
     raise ValueError(f"{where} must be a non-empty JSON object: token id -> rate.")
-  ids, values = [], []
-  for key, value in data.items():
+  ids, values, keys = [], [], {}
+  for key, value in data:
+    # A rate is a JSON number: true would read as 1.0 and "0.5" hides a table written as text.
+    number = isinstance(value, int | float) and not isinstance(value, bool)
     try:
-      ids.append(int(key))
-      values.append(float(value))
-    except (TypeError, ValueError):
-      raise ValueError(f"{where}: {key!r}: {value!r} is not id -> rate.") from None
+      token_id = int(key)
+    except ValueError:
+      number = False
+    if not number:
+      raise ValueError(f"{where}: {key!r}: {json.dumps(value)} is not token id -> rate (a "
+                       "number).")
+    if token_id in keys:  # "5" twice, or "5" and "05": which rate was meant?
+      raise ValueError(f"{where} gives token id {token_id} twice (keys {keys[token_id]!r} and "
+                       f"{key!r}).")
+    keys[token_id] = key
+    ids.append(token_id)
+    values.append(float(value))
   ids = np.asarray(ids)
   if ids.min() < 0:
     raise ValueError(f"{where} has token id {ids.min()} outside the vocabulary (ids are >= 0).")
@@ -213,7 +239,7 @@ def _rates_from_json(path, vocab_size, missing_rate):
     raise ValueError(f"{where} has token id {ids.max()} outside the vocabulary "
                      f"[0, {vocab_size}).")
   fill = _fill_rate(values, missing_rate)
-  listed = len(np.unique(ids))
+  listed = len(ids)  # Each once: _json_entries refuses repeats.
   if listed < vocab_size / 2:  # Most ids at one rate: close to uniform masking.
     log.warning("%s lists only %d of the vocabulary's %d token ids; the other %d get the fill "
                 "rate %.6g (masking.missing_rate=%r). Is it the table of this tokenizer?", where,
