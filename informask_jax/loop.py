@@ -374,9 +374,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         total=t.num_steps, initial=step, disable=not bar, desc="train", dynamic_ncols=True))
     if bar:
       cleanup.enter_context(progress_bar.log_lines_clear(progress))
-    # tokens/s and MFU count training only: the first step of the process (compilation) and the
-    # time of evaluations and checkpoints are left out of the intervals.
-    interval_start, interval_steps, first_step = time.time(), 0, True
     warned_dropped = False
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       if step == 0:  # The untrained model's loss: the baseline every later eval compares with.
@@ -386,6 +383,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         # started, as metrics.jsonl does.
         logging.info("Step 0: eval loss %.4f, perplexity %.2f.", last_eval["eval_loss"],
                      last_eval["eval_perplexity"])
+      # tokens/s and MFU count training only: the first step of the process (compilation) and
+      # the time of evaluations (step 0's, with its own compilation, included) and checkpoints
+      # are left out of the intervals.
+      interval_start, interval_steps, first_step = time.time(), 0, True
       started_at = step
       while step < t.num_steps:
         profiler.before_step(step)

@@ -425,13 +425,26 @@ def test_a_signal_during_the_last_step_leaves_a_finished_run(tiny_config, tmp_pa
   assert checkpointing.Checkpointer(tmp_path).latest_step() == 2
 
 
-def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplog):
+def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplog, monkeypatch):
   # Step 0's loss is the baseline the README quotes (9.04 -> ...): the log shows it too.
   config = _small(tiny_config, num_steps=2, eval_every=2, checkpoint_every=2)
+  # Each evaluation takes 1000 s on the loop's clock: the first step's time leaves it out.
+  clock = {"offset": 0.0}
+  monkeypatch.setattr(loop, "time", types.SimpleNamespace(
+      time=lambda: time.time() + clock["offset"], monotonic=time.monotonic))
+  evaluate = loop.evaluate
+
+  def slow_evaluate(*args, **kwargs):
+    clock["offset"] += 1000.0
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(loop, "evaluate", slow_evaluate)
   with caplog.at_level(logging.INFO):
     loop.train_and_evaluate(config, tmp_path)
   logged = [r.getMessage().split(":")[0] for r in caplog.records if "eval loss" in r.getMessage()]
   assert logged == ["Step 0", "Step 2"]
+  first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("First step")]
+  assert len(first) == 1 and float(first[0].split(": ")[1].split(" s")[0]) < 1000, first
 
 
 def test_a_warm_up_longer_than_the_run_is_named_on_a_fresh_start_only(tiny_config, tmp_path,
