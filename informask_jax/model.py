@@ -205,8 +205,16 @@ class Embeddings(nn.Module):
     return self.drop(self.norm(x.astype(self.cfg.dtype)), deterministic=deterministic)
 
   def tied_projection(self, x):
-    """Logits against the word embeddings, in float32: (..., H) -> (..., V)."""
-    return self.word.attend(x).astype(jnp.float32)
+    """Logits against the word embeddings: (..., H) -> (..., V) float32.
+
+    The product runs in the compute dtype (the largest matmul of a small model: Embed.attend
+    would promote a bfloat16 x to the float32 table) and accumulates into float32 logits, which
+    the loss's log-softmax over the vocabulary needs.
+    """
+    dtype = self.cfg.dtype
+    table = self.word.embedding.astype(dtype)  # (V, H)
+    return jax.lax.dot_general(x.astype(dtype), table, (((x.ndim - 1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
 
 
 class Projection(nn.Module):

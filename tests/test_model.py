@@ -293,6 +293,14 @@ def test_low_precision_compute_keeps_float32_parameters_and_logits():
   keep = ids != 0
   expected = _numpy_mlm_logits(cfg, params, ids, token_types)[keep]
   assert np.abs(np.asarray(logits)[keep] - expected).mean() < 0.05 * np.abs(expected).mean()
+  # The tied decoder (..., H) x (V, H) is a bfloat16 product too, accumulated into float32.
+  jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, jnp.asarray(ids),
+                                               jnp.asarray(token_types)))(params)
+  decoder = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"
+             and e.outvars[0].aval.shape[-1] == cfg.vocab_size]
+  assert len(decoder) == 1, decoder
+  assert [v.aval.dtype for v in decoder[0].invars] == [jnp.dtype(jnp.bfloat16)] * 2
+  assert decoder[0].outvars[0].aval.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
