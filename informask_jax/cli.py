@@ -263,6 +263,9 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
     return rest
   except (flags.Error, AttributeError, KeyError, IndexError, TypeError, ValueError,
           OSError, ImportError) as e:
+    where = _config_file_line(e, argv) if isinstance(e, ImportError) else None
+    if where and not os.environ.get("INFORMASK_TRACEBACK"):
+      _exit_config_file_error(argv, e, where)  # The config file's own import, not a flag.
     message = str(e).strip()
     if isinstance(e, KeyError | AttributeError):  # Their str() is the quoted repr of a message.
       message = message.strip("'\"").replace("\\n", " ").replace("\\'", "'")
@@ -305,9 +308,13 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
     where = _config_file_line(e, argv)
     if where is None or os.environ.get("INFORMASK_TRACEBACK"):
       raise  # Not from the config file (a bug of ours or a library's): the traceback is wanted.
-    text = e.msg if isinstance(e, SyntaxError) else one_line(e)
-    print(f"{argv[0]}: error: {type(e).__name__}: {where}: {text}", file=sys.stderr)
-    sys.exit(1)
+    _exit_config_file_error(argv, e, where)
+
+
+def _exit_config_file_error(argv: list[str], error: Exception, where: str) -> None:
+  text = error.msg if isinstance(error, SyntaxError) else one_line(error)
+  print(f"{argv[0]}: error: {type(error).__name__}: {where}: {text}", file=sys.stderr)
+  sys.exit(1)
 
 
 def _config_file_line(error: Exception, argv: list[str]) -> str | None:
