@@ -171,6 +171,20 @@ def build_masker(config, pipeline):
       continuation=pipeline.continuation, **tables)
 
 
+def _log_evaluation_size(config, pipeline) -> None:
+  """How much of the validation split an evaluation reads: eval_batches beyond it are not there."""
+  rows = len(pipeline.validation["token_ids"])
+  size, asked = config.train.batch_size, config.train.eval_batches
+  held = -(-rows // size)
+  if 0 <= asked < held:
+    logging.info("Evaluation: the first %d of the validation split's %d batches of %d rows "
+                 "(config.train.eval_batches=%d).", asked, held, size, asked)
+  else:
+    logging.info("Evaluation: the whole validation split, %d rows in %d batch(es) of %d%s.", rows,
+                 held, size, "" if asked < 0 else
+                 f" (config.train.eval_batches={asked} asks for more than the split holds)")
+
+
 def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
   """Mean masked-token loss over the first eval_batches validation batches, fixed masks."""
   batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -248,6 +262,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       "input pipeline", lambda: data.build_input_pipeline(
           config, functools.partial(_check_resumed_tokenizer, workdir, config) if resume
           else None))
+  _log_evaluation_size(config, pipeline)
   masker = distributed.main_process_first(
       "corpus statistics", lambda: build_masker(config, pipeline))
   # --- Model and optimizer -----------------------------------------------------------------

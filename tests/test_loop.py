@@ -428,6 +428,7 @@ def test_a_signal_during_the_last_step_leaves_a_finished_run(tiny_config, tmp_pa
 def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplog, monkeypatch):
   # Step 0's loss is the baseline the README quotes (9.04 -> ...): the log shows it too.
   config = _small(tiny_config, num_steps=2, eval_every=2, checkpoint_every=2)
+  config.train.eval_batches = 1000  # More than the split holds: said, it reads the whole split.
   # Each evaluation takes 1000 s on the loop's clock: the first step's time leaves it out.
   clock = {"offset": 0.0}
   monkeypatch.setattr(loop, "time", types.SimpleNamespace(
@@ -445,6 +446,9 @@ def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplo
   assert logged == ["Step 0", "Step 2"]
   first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("First step")]
   assert len(first) == 1 and float(first[0].split(": ")[1].split(" s")[0]) < 1000, first
+  assert re.search(r"Evaluation: the whole validation split, \d+ rows in \d+ batch\(es\) of "
+                   r"\d+ \(config.train.eval_batches=1000 asks for more than the split holds\)",
+                   caplog.text), caplog.text[-3000:]
 
 
 def test_a_warm_up_longer_than_the_run_is_named_on_a_fresh_start_only(tiny_config, tmp_path,
