@@ -49,7 +49,7 @@ def check_resume_settings(workdir: pathlib.Path, config) -> None:
         f"data position to resume): train from them in a new --workdir with "
         f"--config.init_from={workdir}.")
   check_architecture_early(meta, config, f"the latest checkpoint in {workdir}",
-                           same_layout=True)
+                           same_layout=True, resumed_run=workdir)
   saved = (meta or {}).get("config")
   if not isinstance(saved, dict):  # Unreadable: the resume itself names the damaged step.
     return
@@ -207,7 +207,8 @@ def config_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def check_architecture_early(meta, config, where: str, *, same_layout: bool) -> None:
+def check_architecture_early(meta, config, where: str, *, same_layout: bool,
+                             resumed_run=None) -> None:
   """The model settings against a checkpoint's, before the vocabulary and the corpus are built:
   all but the vocabulary size and padding id, which follow the tokenizer (and are compared with
   the rest once it is built)."""
@@ -221,11 +222,23 @@ def check_architecture_early(meta, config, where: str, *, same_layout: bool) -> 
     return
   if not same_layout:  # Unrolled or scanned layers convert into each other (init_from).
     saved = {**saved, "scan_layers": current.scan_layers}
-  check_architecture(model_lib.MLMConfig(**saved), current, where)
+  check_architecture(model_lib.MLMConfig(**saved), current, where, resumed_run=resumed_run)
 
 
-def check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig, where: str):
+def check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig, where: str,
+                       *, resumed_run=None):
+  """ValueError listing the differences; `resumed_run`: the workdir a resume would continue,
+  for the ways out."""
   diffs = checkpointing.architecture_mismatch(dataclasses.asdict(saved), current)
-  if diffs:
-    raise ValueError(f"The model of {where} does not match this run's config:\n  "
-                     + "\n  ".join(diffs))
+  if not diffs:
+    return
+  message = f"The model of {where} does not match this run's config:\n  " + "\n  ".join(diffs)
+  if resumed_run is not None:
+    message += ("\nResume with the run's model settings (its config.json), or start a new run "
+                "in another --workdir")
+    if diffs == [d for d in diffs if d.startswith("model.scan_layers:")]:
+      # Only the layout: init_from converts scanned and unrolled layers into each other.
+      message += (f" from its parameters with --config.init_from={resumed_run} (the layers' "
+                  "layout is converted; the optimizer state and data position start afresh)")
+    message += "."
+  raise ValueError(message)

@@ -311,7 +311,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       step = checkpointer.latest_step()
       saved_meta = checkpointer.read_meta(step)  # An import was refused in workdir_lib.prepare.
       compatibility.check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]),
-                                       mlm_config, f"the checkpoint at step {step} in {workdir}")
+                                       mlm_config, f"the checkpoint at step {step} in {workdir}",
+                                       resumed_run=workdir)
       changed = compatibility.config_changes(saved_meta.get("config") or {}, config_json)
       compatibility.check_tokenizer(saved_meta, pipeline.tokenizer_fingerprint, changed,
                                     config, f"{workdir} (step {step})", workdir / "tokenizer")

@@ -189,6 +189,14 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   # The refused run changed nothing: config.json still describes the checkpoints.
   assert json.loads((tmp_path / "config.json").read_text())["model"]["num_layers"] == 1
   config.model.num_layers = 1
+  # Only the layers' layout changed: the refusal names init_from, which converts it.
+  config.model.scan_layers = not config.model.scan_layers
+  with pytest.raises(ValueError, match=r"(?s)model.scan_layers: checkpoint .*Resume with the "
+                                       r"run's model settings \(its config.json\), or start a "
+                                       r"new run in another --workdir from its parameters with "
+                                       rf"--config.init_from={re.escape(str(tmp_path))} "):
+    loop.train_and_evaluate(config, tmp_path)
+  config.model.scan_layers = not config.model.scan_layers
   # Another tokenizer (same size: the model would fit) is refused before it is built ...
   config.tokenizer.lowercase = False
   with pytest.raises(ValueError, match=r"tokenizer settings changed \(config.tokenizer.lowercase:"
