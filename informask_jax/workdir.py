@@ -57,6 +57,11 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         "resumed, not deleted. Add --config.train.resume=False to delete it and start over, or "
         "leave out overwrite to resume it.")
   resume = has_run and config.train.resume
+  if not resume and _holds_foreign_config(workdir):
+    raise FileExistsError(
+        f"--workdir {workdir} holds a config.json that is not a training run's (no 'model', "
+        "'train' and 'masking' sections); a run would write its own over it. Move it away or "
+        "use another --workdir.")
   if resume:
     compatibility.check_resume_settings(workdir, config)
   elif config.init_from:  # Used only by a fresh start (a resume has its own parameters).
@@ -97,6 +102,19 @@ def _holds_hf_model(workdir: pathlib.Path) -> bool:
   except (OSError, ValueError):
     return False
   return isinstance(config, dict) and "model_type" in config
+
+
+def _holds_foreign_config(workdir: pathlib.Path) -> bool:
+  """Whether config.json is a file and not a run's config (another tool's, or not JSON): a fresh
+  start would overwrite it. (A folder of that name is refused by _check_entry_kinds.)"""
+  path = workdir / "config.json"
+  if not path.is_file():
+    return False
+  try:
+    config = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return True
+  return not (isinstance(config, dict) and {"model", "train", "masking"} <= set(config))
 
 
 def set_aside_earlier_logs(workdir: pathlib.Path) -> None:

@@ -144,3 +144,17 @@ def test_entries_of_the_wrong_kind_and_a_runs_checkpoints_folder_are_refused(tin
   with pytest.raises(FileExistsError, match=r"run/metrics.jsonl is a directory; the run writes "
                                             r"its metrics.jsonl file there"):
     workdir_lib.prepare(run, tiny_config)
+
+
+def test_a_fresh_start_never_writes_over_another_tools_config_json(tiny_config, tmp_path):
+  """A config.json that is not a run's (another tool's settings, not JSON) is refused before a
+  fresh start writes its own over it; a run's own config.json (a start that saved no checkpoint)
+  is taken over as before."""
+  for text in ('{"learning_rate": 0.1, "layers": 4}', "lr: 0.1\n", "[1, 2]"):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(FileExistsError, match=r"holds a config.json that is not a training run's "
+                                              r"\(no 'model', 'train' and 'masking' sections\)"):
+      workdir_lib.prepare(tmp_path, tiny_config)
+    assert (tmp_path / "config.json").read_text() == text
+  (tmp_path / "config.json").write_text(tiny_config.to_json_best_effort())
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
