@@ -274,8 +274,11 @@ def _remove_stale_model_files(out_dir: str, written) -> None:
 
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
                  tokenizer=None, fmt: str | None = None, verify: bool = True,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, provenance: dict | None = None) -> dict:
   """Writes config.json, model.safetensors and the tokenizer files; returns a report.
+
+  `provenance` (JSON types: the run's workdir, step, masking) is recorded in config.json under
+  PROVENANCE_KEY; transformers keeps such a key as a config attribute and ignores it otherwise.
 
   `tokenizer` is the tokenizer in `tokenizer_dir` where the caller has loaded it already
   (export_workdir, to check its vocabulary), so that it is not loaded twice; the files are still
@@ -296,6 +299,8 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
     if tokenizer is None:
       tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   hf_config = hf_mapping.hf_config_for(cfg, tokenizer, fmt)
+  if provenance:
+    setattr(hf_config, PROVENANCE_KEY, provenance)
   state = hf_mapping.to_hf_state_dict(params, cfg, fmt)
   bad = [name for name, x in state.items() if not np.isfinite(x).all()]
   if bad:
@@ -426,6 +431,32 @@ class ExportMismatchError(RuntimeError):
 
 
 # --- Workdir entry points (convert_checkpoint.py) -----------------------------------------------
+# The config.json key of an export's provenance, read back by eval_lama.py for its run.json.
+PROVENANCE_KEY = "informask_jax"
+
+
+def read_provenance(model_dir) -> dict | None:
+  """The provenance an export recorded in `model_dir`'s config.json; None for other models."""
+  try:
+    with open(os.path.join(os.path.expanduser(os.fspath(model_dir)), "config.json")) as f:
+      recorded = json.load(f).get(PROVENANCE_KEY)
+  except (OSError, ValueError, AttributeError):
+    return None
+  return recorded if isinstance(recorded, dict) else None
+
+
+def _run_provenance(workdir: str, step: int) -> dict:
+  """Where an export comes from: the run, its step, and the masking its config.json names."""
+  provenance = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(step)}
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      masking = json.load(f)["masking"]
+    provenance["masking"] = {k: masking[k] for k in ("name", "budget", "mask_prob") if k in masking}
+  except (OSError, ValueError, KeyError, TypeError):
+    pass  # An imported workdir has no run config: the step and workdir still say where.
+  return provenance
+
+
 def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                    fmt: str | None = None, verify: bool = True, overwrite: bool = False) -> dict:
   """Restores a training checkpoint on this host's CPU and exports it with its tokenizer."""
@@ -459,7 +490,8 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                      f"checkpoint's model has vocab_size {cfg.vocab_size}: they are not from the "
                      "same run.")
   report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
-                        fmt=fmt, verify=verify, overwrite=overwrite)
+                        fmt=fmt, verify=verify, overwrite=overwrite,
+                        provenance=_run_provenance(workdir, restored_step))
   return {"step": restored_step, **report}
 
 

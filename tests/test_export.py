@@ -879,3 +879,19 @@ def test_a_damaged_checkpoint_points_the_export_to_its_step_flag(imported_workdi
   report = convert_checkpoint.main(["--workdir", str(workdir), "--out", str(out), "--step", "20",
                                     "--no-verify"])
   assert report["step"] == 20
+
+
+def test_an_export_records_the_run_and_step_it_comes_from(imported_workdir, tmp_path):
+  """config.json of an export names the workdir, the step and the run's masking (what a LAMA
+  run.json then reports); transformers loads it as before."""
+  run = tmp_path / "run"
+  shutil.copytree(imported_workdir, run)
+  (run / "config.json").write_text(json.dumps(
+      {"model": {}, "train": {}, "masking": {"name": "informask", "budget": "exact",
+                                             "mask_prob": 0.15, "rates_path": "r.npy"}}))
+  export.export_workdir(str(run), str(tmp_path / "out"))  # Verified: loaded by transformers.
+  recorded = json.loads((tmp_path / "out" / "config.json").read_text())[export.PROVENANCE_KEY]
+  assert recorded == {"workdir": str(run), "checkpoint_step": 0,
+                      "masking": {"name": "informask", "budget": "exact", "mask_prob": 0.15}}
+  assert export.read_provenance(tmp_path / "out") == recorded
+  assert export.read_provenance(imported_workdir) is None  # Not an export.

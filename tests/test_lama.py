@@ -354,6 +354,14 @@ def test_training_workdir_through_both_backends(models, tmp_path):
       assert got[source]["facts"] == want[source]["facts"]
       assert got[source]["P@1"] == want[source]["P@1"], backend
       assert got[source]["MRR"] == pytest.approx(want[source]["MRR"], rel=1e-5), backend
+  # An export of the workdir records where it comes from; its run.json says so.
+  export.export_workdir(str(workdir), str(tmp_path / "export"), verify=False)
+  report = lama.evaluate(str(tmp_path / "export"), str(FIXTURES), common_vocab=str(COMMON),
+                         progress=False)
+  assert report.run_info["checkpoint_step"] == 0
+  assert report.run_info["exported_from"] == {"workdir": os.path.abspath(workdir),
+                                              "checkpoint_step": 0}
+  assert report.summary == want
 
 
 # --- Pieces -----------------------------------------------------------------------------------

@@ -85,6 +85,18 @@ class Report:
   table: str  # Markdown.
 
 
+def _checkpoint_of(model: str, step: int | None) -> dict:
+  """run.json's checkpoint fields: the step of a workdir, or what an export recorded."""
+  if step is not None or not os.path.isdir(os.path.expanduser(model)):
+    return {"checkpoint_step": step}
+  from informask_jax import export  # Lazily, as the backends: it imports the Flax model.
+
+  recorded = export.read_provenance(model)
+  if recorded is None:  # Another model: no step to record.
+    return {"checkpoint_step": None}
+  return {"checkpoint_step": recorded.get("checkpoint_step"), "exported_from": recorded}
+
+
 def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
              common_vocab: str | None = None, batch_size: int = 64,
              out_dir: str | None = None, backend: str = "torch", device: str | None = None,
@@ -169,7 +181,9 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   summary = summarize(scores)
   table = markdown_table(summary, missing)
   run_info = {
-      "model": str(model), "checkpoint_step": step, "data_dir": str(data_dir),
+      "model": str(model), "data_dir": str(data_dir),
+      # An export says which run and step it holds (export.PROVENANCE_KEY in its config.json).
+      **_checkpoint_of(model, step),
       "protocol": protocol,
       "backend": runner.name, "common_vocab": common_vocab,
       "common_vocab_words": None if word_list is None else len(word_list),
