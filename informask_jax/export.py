@@ -336,8 +336,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
     _remove_stale_model_files(out_dir, report["files"])
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-  logging.info("Exported to %s: %s", out_dir, report)
-  return report
+  return report  # Printed by convert_checkpoint.py; eval_lama's temporary export says nothing.
 
 
 def _verification_inputs(cfg: MLMConfig, out_dir: str, seed: int = 0):
