@@ -791,6 +791,7 @@ def test_rate_arrays_that_are_not_real_numbers_are_refused(rates, match):
     ('{"5": 0.1, "six": 0.2}', r"'six': 0.2 is not token id -> rate"),
     ('{"5": 0.1, "05": 0.2}', r"gives token id 5 twice \(keys '5' and '05'\)"),
     ('{"5": 0.1, "5": 0.2}', r"gives token id 5 twice \(keys '5' and '5'\)"),
+    ('{"5": 1' + "0" * 400 + "}", "id 5 has rate inf"),  # An integer beyond float's range.
 ])
 def test_json_rate_entries_must_be_distinct_ids_with_numbers(tmp_path, text, match):
   path = tmp_path / "id_mask_prob.json"

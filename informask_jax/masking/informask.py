@@ -149,7 +149,7 @@ def _rates_from_npy(path):
 
 
 def _rates_from_array(rates):
-  """An in-memory table as float64; ValueError for values that are not real-valued rates."""
+  """An in-memory table as an array; ValueError unless it holds floats (real-valued rates)."""
   try:
     table = np.asarray(rates)
   except ValueError as e:  # A ragged list.
@@ -204,7 +204,7 @@ def _json_entries(path):
                        f"{key!r}).")
     keys[token_id] = key
     ids.append(token_id)
-    values.append(float(value))
+    values.append(float(value) if isinstance(value, float) or abs(value) < 2**1000 else np.inf)
   ids = np.asarray(ids)
   if ids.min() < 0:
     raise ValueError(f"{where} has token id {ids.min()} outside the vocabulary (ids are >= 0).")
