@@ -1006,6 +1006,15 @@ def test_ngrams_and_bigrams_with_pmi_exactly_zero_are_left_out():
   vocab = ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS, continuation=CONT,
                                    size=10, min_count=1)
   assert vocab.ngrams == [] and vocab.bigrams.shape == (0, 2)
+  # Independent pairs at several corpus sizes: their PMI rounds to +-1 ulp, kept by none.
+  for k in (1, 3, 5, 6):
+    docs = [(np.array(pair, np.int32), np.zeros(2, np.int32))
+            for pair in ([20, 21], [21, 20], [20, 20], [21, 21])] * k
+    vocab = ngrams.build_ngram_vocab(docs, vocab_size=V, special_ids=SPECIALS,
+                                     continuation=CONT, size=10, min_count=1)
+    assert vocab.ngrams == [] and vocab.bigrams.shape == (0, 2), k
+    pairs = counting.count_pairs(docs, np.array([20, 21], np.int32), vocab_size=V)
+    assert pmi_lib.pmi_table(pairs, vocab_size=V).nnz == 0, k
 
 
 def test_check_table_refuses_a_wrong_shape_and_non_finite_values():

@@ -41,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from informask_jax.stats import chunks as chunks_lib
+from informask_jax.stats.pmi import MIN_POSITIVE_PMI
 
 MAX_N = 5
 # The spill folders' prefix (the build names those a killed run left in its directory).
@@ -480,7 +481,7 @@ def assemble_vocab(scored: ScoredNgrams, size: int, max_n: int = MAX_N):
   for n, quota in q.items():
     if quota == 0:
       continue
-    rows = np.flatnonzero((scored.lengths == n) & (scored.scores > 0))
+    rows = np.flatnonzero((scored.lengths == n) & (scored.scores > MIN_POSITIVE_PMI))
     # Highest PMI_n first; ties by count, then by the token ids for determinism. Only the quota's
     # rows, and those tied with its last, need their tokens (read from the corpus) to be ordered.
     by_value = rows[np.lexsort((-scored.counts[rows], -scored.scores[rows]))]
@@ -509,7 +510,7 @@ def bigram_table(counts: NgramCounts, *, vocab_size: int, size: int):
   log_u = np.log(np.maximum(counts.token_counts, 1).astype(np.float64)) - np.log(n_tok)
   pmi = (np.log(counts.pair_counts.astype(np.float64)) - np.log(max(counts.num_adjacent, 1))
          - log_u[a] - log_u[b])
-  keep = np.flatnonzero(pmi > 0)
+  keep = np.flatnonzero(pmi > MIN_POSITIVE_PMI)
   order = keep[np.lexsort((a[keep], b[keep], -counts.pair_counts[keep], -pmi[keep]))][:size]
   return np.stack([a[order], b[order]], axis=1), pmi[order]
 

@@ -13,7 +13,9 @@ Options:
 - context_alpha: context-distribution smoothing (Levy et al. 2015): p_a(x) = m(x)^a / sum m^a,
   applied to both members of the pair so that the table stays symmetric; a < 1 raises the
   probability of rare tokens and so damps their PMI. a = 1 is plain PMI.
-- positive_only: clip negative values to 0 (PPMI) and drop them from the table.
+- positive_only: clip negative values to 0 (PPMI) and drop them from the table. Positive means
+  above MIN_POSITIVE_PMI: an exactly independent pair's PMI comes out as +-1 ulp of float64
+  rounding, whose sign depends on the corpus size, not on the data.
 
 The table is float32 CSR in token-id space (row/column = token id), written with
 `scipy.sparse.save_npz`: the form `informask_online` reads (`pmi=` a matrix or the .npz path).
@@ -25,6 +27,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from informask_jax.stats.counting import PairCounts
+
+# PMI at or below this is not positive (the tables' and the n-gram vocabulary's threshold): far
+# above the rounding of a log-count difference (~1e-14), far below any PMI a corpus can show.
+MIN_POSITIVE_PMI = 1e-9
 
 
 def pmi_table(pairs: PairCounts, *, vocab_size: int, context_alpha: float = 1.0,
@@ -49,7 +55,7 @@ def pmi_table(pairs: PairCounts, *, vocab_size: int, context_alpha: float = 1.0,
   values = np.log(coo.data.astype(np.float64)) - np.log(total) - (log_p[coo.row] + log_p[coo.col])
   keep = np.ones(values.shape, bool)
   if positive_only:
-    keep = values > 0
+    keep = values > MIN_POSITIVE_PMI
   ids = pairs.vocab_ids.astype(np.int64)
   table = sp.csr_matrix((values[keep].astype(np.float32), (ids[coo.row[keep]], ids[coo.col[keep]])),
                         shape=(vocab_size, vocab_size))
