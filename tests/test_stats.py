@@ -1241,6 +1241,18 @@ def test_meta_json_of_the_wrong_structure_is_a_corrupt_artifact(tmp_path, fields
     artifacts.read_meta(directory)
 
 
+def test_meta_json_without_the_fields_every_build_writes_is_a_corrupt_artifact(tmp_path):
+  """Without vocab_size `stats report` ended in a KeyError traceback."""
+  directory = _written_meta(tmp_path / "stats")
+  meta = json.loads((directory / "meta.json").read_text())
+  del meta["vocab_size"]
+  (directory / "meta.json").write_text(json.dumps(meta))
+  with pytest.raises(artifacts.CorruptArtifactError,
+                     match=r"meta.json is damaged: it lacks 'vocab_size'; delete the "
+                           r"directory or run the build again"):
+    artifacts.load_artifacts(directory, tokenizer_fingerprint=None, vocab_size=None)
+
+
 def test_report_names_the_fields_its_summary_lacks(tmp_path):
   from informask_jax.stats import report
 

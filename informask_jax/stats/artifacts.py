@@ -131,6 +131,10 @@ def read_meta(directory: pathlib.Path) -> dict:
                                "the build again.") from None
   if not isinstance(meta, dict) or "files" not in meta:
     raise CorruptArtifactError(f"{path} lacks the 'files' checksum table.")
+  missing = [field for field in _META_REQUIRED if field not in meta]
+  if missing:  # Every build writes them from its start; code reads them without a default.
+    raise CorruptArtifactError(f"{path} is damaged: it lacks {', '.join(map(repr, missing))}; "
+                               "delete the directory or run the build again.")
   _check_meta_types(meta, path)
   return meta
 
@@ -140,6 +144,9 @@ _META_TYPES = {"files": (dict, dict), "counts": (dict, None), "params": (dict, N
                "seconds": (dict, None), "special_ids": (dict, int), "vocab_size": (int, None),
                "format_version": (int, None), "corpus_fingerprint": (str, None),
                "tokenizer_fingerprint": (str, None), "tokenizer_name_or_path": (str, None)}
+
+
+_META_REQUIRED = ("vocab_size",)
 
 
 def _check_meta_types(meta: dict, path: pathlib.Path) -> None:
