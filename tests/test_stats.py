@@ -1341,3 +1341,19 @@ def test_report_legend_says_what_the_rate_method_does_past_the_pmi_vocabulary(bu
   del meta["params"]["rates_method"]
   artifacts.write_meta(old, meta)
   assert "end of the PMI vocabulary (no PMI beyond: rates fall)" in legend(old)
+
+
+def test_report_names_tokens_by_id_when_a_token_holds_a_line_break(tmp_path, caplog):
+  """vocab.txt has one token per line: a "\\n" token made every later token take its
+  neighbour's name in the report's lists."""
+  from informask_jax.stats import report
+
+  meta = {"files": {}}
+  for name, tokens in (("good", ["[PAD]", "a", "b", "c"]), ("shifted", ["[PAD]", "\n", "b", "c"])):
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / artifacts.VOCAB).write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
+    artifacts.record_file(directory, meta, artifacts.VOCAB)
+    names = report._token_names(directory, meta, len(tokens))
+    assert names == (tokens if name == "good" else ["#0", "#1", "#2", "#3"]), name
+  assert "holds 5 lines for 4 tokens (a token with a line break?)" in caplog.text

@@ -7,6 +7,7 @@ import os
 import pathlib
 
 import numpy as np
+from absl import logging
 
 from informask_jax.stats import artifacts as art
 
@@ -14,12 +15,18 @@ TOP = 30
 
 
 def _token_names(directory: pathlib.Path, meta: dict, vocab_size: int) -> list[str]:
-  """Token strings from the directory's vocab.txt when it verifies, else "#id"."""
+  """Token strings from the directory's vocab.txt when it verifies, else "#id".
+
+  One token per line: a token holding a line break (some tokenizers have "\n" pieces) makes
+  more lines than tokens, and every later token would take its neighbour's name.
+  """
   path = directory / art.VOCAB
   if path.exists() and not art.verify_files(directory, meta, [art.VOCAB]):
-    names = path.read_text(encoding="utf-8").split("\n")[:vocab_size]
-    if len(names) == vocab_size:
-      return names
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if len(lines) == vocab_size + 1 and lines[-1] == "":
+      return lines[:vocab_size]
+    logging.warning("%s holds %d lines for %d tokens (a token with a line break?): the report "
+                    "names tokens by id.", path, len(lines) - 1, vocab_size)
   return [f"#{i}" for i in range(vocab_size)]
 
 
