@@ -1357,3 +1357,20 @@ def test_report_names_tokens_by_id_when_a_token_holds_a_line_break(tmp_path, cap
     names = report._token_names(directory, meta, len(tokens))
     assert names == (tokens if name == "good" else ["#0", "#1", "#2", "#3"]), name
   assert "holds 5 lines for 4 tokens (a token with a line break?)" in caplog.text
+
+
+def test_rates_that_cannot_reach_mask_prob_are_said(caplog):
+  """With no smoothing, tokens the sample never chose keep rate 0; when the chosen ones, all at
+  1, carry less than mask_prob of the corpus the table falls short, and the build says so."""
+  seen, chosen = np.array([0, 0, 10, 10, 10, 10]), np.array([0, 0, 10, 0, 0, 0])
+  counts = np.array([0, 0, 10, 30, 30, 30])
+  table = rates.finalize_rates(chosen, seen, unigram_counts=counts, special_ids=(0, 1),
+                               mask_prob=0.15, smoothing=0.0)
+  np.testing.assert_array_equal(table, [0, 0, 1, 0, 0, 0])
+  assert "reach an expected 0.1 of the maskable tokens, short of masking.mask_prob=0.15: the 1 " \
+         "tokens with a positive rate are all at 1" in caplog.text
+  caplog.clear()
+  table = rates.finalize_rates(chosen, seen, unigram_counts=counts, special_ids=(0, 1),
+                               mask_prob=0.15, smoothing=1.0)
+  assert rates.expected_fraction(table, counts, (0, 1)) == pytest.approx(0.15)
+  assert "short of" not in caplog.text

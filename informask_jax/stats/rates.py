@@ -29,6 +29,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 from tqdm.auto import tqdm
 
 # In the statistics' cache key: rates built by another method are rebuilt, not reused (2: tokens
@@ -150,6 +151,14 @@ def finalize_rates(chosen: np.ndarray, seen: np.ndarray, *, unigram_counts: np.n
       break
     rate = new
   rate[special] = 0.0
+  reached = rate @ weights / weights.sum()
+  if reached < mask_prob * (1 - 1e-6):  # Every positive rate is at 1 and the rest is 0.
+    logging.warning(
+        "The masking rates reach an expected %.4g of the maskable tokens, short of "
+        "masking.mask_prob=%g: the %d tokens with a positive rate are all at 1 and the others "
+        "at 0 (stats.rate_smoothing=%g). A Bernoulli budget without rescaling masks that "
+        "share; raise stats.rate_smoothing so that tokens the sample never chose get a rate.",
+        reached, mask_prob, int(np.sum(rate >= 1.0)), smoothing)
   return rate.astype(np.float32)
 
 
