@@ -813,6 +813,17 @@ def _write(path, records):
   return path
 
 
+def test_records_with_a_bom_are_read_and_undecodable_lines_are_counted(tmp_path, caplog):
+  """A byte-order mark lost the first line (a relations.jsonl lost its first relation); a
+  Latin-1 line was asked with U+FFFD for its accents; a lone surrogate escape, valid JSON, ended
+  the run in the tokenizer's TypeError. The last two are not records, and are said."""
+  path = tmp_path / "P36.jsonl"
+  path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n' + '{"a": "M\u00e1laga"}\n'.encode("latin-1")
+                   + b'{"a": "Italy \\ud83d"}\n{"a": "\xc3\xa9"}\n')
+  assert list(lama.read_records(path)) == [{"a": 1}, None, None, {"a": "\u00e9"}]
+  assert "P36.jsonl: 2 line(s) are not UTF-8 text or hold invalid Unicode escapes" in caplog.text
+
+
 def test_duplicate_facts_are_subject_object_pairs(bert_words, tmp_path):
   """A template is asked once per (subject, object): people born in the same city, or one
   person with two objects, are different facts; only a repeated pair is a duplicate."""

@@ -117,18 +117,34 @@ def _data_files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
-  """JSON objects of a .jsonl file, None for each line that is not one; blank lines ignored."""
-  count = 0
-  with open(path, encoding="utf-8", errors="replace") as f:
-    for line in f:
-      if not line.strip():
+  """JSON objects of a .jsonl file, None for each line that is not one; blank lines ignored.
+
+  A byte-order mark is tolerated. Lines that are not UTF-8 (a Latin-1 file would be asked with
+  U+FFFD in place of its accents), or whose strings are not valid Unicode (a lone surrogate
+  escape, "\\ud83d", which the tokenizer refuses), are not records: None, and counted in a warning.
+  """
+  count, undecodable = 0, 0
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f):
+      if number == 0:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
+      if not raw.strip():
         continue
       if limit and count >= limit:
-        return
+        break
       count += 1
       try:
-        record = json.loads(line)
+        record = json.loads(raw.decode("utf-8"))
+        if isinstance(record, dict):
+          json.dumps(record, ensure_ascii=False).encode("utf-8")  # Lone surrogates raise here.
+      except (UnicodeDecodeError, UnicodeEncodeError):
+        undecodable += 1
+        yield None
+        continue
       except json.JSONDecodeError:
         yield None
         continue
       yield record if isinstance(record, dict) else None
+  if undecodable:
+    log.warning("%s: %d line(s) are not UTF-8 text or hold invalid Unicode escapes; they are "
+                "counted as malformed.", path, undecodable)
