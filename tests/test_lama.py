@@ -831,7 +831,8 @@ def test_duplicate_facts_are_subject_object_pairs(bert_words, tmp_path):
       {"sub_label": "Dante Alighieri", "obj_label": "Florence"},
       {"sub_label": "Giotto", "obj_label": "Florence"},  # Same object, another subject.
       {"sub_label": "Dante Alighieri", "obj_label": "Rome"},  # Same subject, another object.
-      {"sub_label": "Dante Alighieri", "obj_label": "Florence"},  # The one duplicate.
+      {"sub_label": "Dante Alighieri", "obj_label": "Florence"},  # A duplicate.
+      {"sub_label": "Dante Alighieri ", "obj_label": "Florence "},  # The same query and gold.
   ])
   rel = lama.RelationFile("TREx", "P19", path, "[X] was born in [Y] .")
   score = lama.RelationScore("TREx", "P19")
@@ -842,7 +843,7 @@ def test_duplicate_facts_are_subject_object_pairs(bert_words, tmp_path):
   tok = bert_words.tokenizer
   assert [q.gold_id for q in queries] == tok.convert_tokens_to_ids(
       ["florence", "florence", "rome"])
-  assert score.skipped == {"duplicate_fact": 1}
+  assert score.skipped == {"duplicate_fact": 2}
 
 
 def test_masked_sentences_of_exactly_100_words_are_kept(bert_words, tmp_path):
@@ -928,12 +929,66 @@ def test_torch_backend_length_limits(tmp_path):
     assert lama.TorchBackend.from_pretrained(path, tok, "cpu").max_len == 24, flavour
   tok.model_max_length = 16
   assert lama.TorchBackend.from_pretrained(path, tok, "cpu").max_len == 16
+  # The flax backend cuts where torch does (it kept the model's 24: other windows, other scores).
+  params, cfg = export.load_hf_as_flax(path)
+  assert lama.FlaxBackend(params, cfg, 4, tok).max_len == 16
   # The longest window the probe builds runs through the RoBERTa model.
   path = str(tmp_path / "roberta")
   tok = transformers.AutoTokenizer.from_pretrained(path)
   backend = lama.TorchBackend.from_pretrained(path, tok, "cpu")
   ids = np.array([[tok.cls_token_id] + [tok.mask_token_id] * 22 + [tok.sep_token_id]], np.int32)
   assert backend(ids, np.array([1], np.int32)).shape == (1, len(tok))
+
+
+def test_a_device_torch_cannot_use_is_refused_before_the_run():
+  """A type this torch build lacks failed in model.to() with torch's traceback, after the data
+  and the model were read; the meta device would fail later still."""
+  with pytest.raises(ValueError, match=r"--device 'xpu': this torch \(.*\) cannot use it \("
+                                       r".*\); use --device cpu\.$"):
+    lama.check_device("torch", "xpu")
+  with pytest.raises(ValueError, match=r"--device 'meta' holds no values"):
+    lama.check_device("torch", "meta")
+  lama.check_device("torch", "cpu")
+  lama.check_device("torch", None)
+
+
+def test_a_tilde_model_path_and_empty_flags(models, tmp_path, monkeypatch):
+  """--model=~/m (the shell leaves ~ after "=") passed the checks, then was taken for a hub
+  name; an empty --common_vocab (an unset variable) ranked over the whole vocabulary."""
+  (tmp_path / "m").symlink_to(models["bert"])
+  monkeypatch.setenv("HOME", str(tmp_path))
+  report = lama.evaluate("~/m", str(FIXTURES), limit=2, progress=False)
+  assert report.run_info["model"] == str(tmp_path / "m")
+  for flag, kwargs in (("--common_vocab", {"common_vocab": ""}), ("--out", {"out_dir": " "})):
+    with pytest.raises(ValueError, match=rf"{flag} is empty \(an unset shell variable\?\)"):
+      lama.evaluate(models["bert"], str(FIXTURES), **kwargs)
+
+
+def test_two_files_of_one_relation_are_refused(tmp_path):
+  """Google_RE/place_of_birth.jsonl beside place_of_birth_test.jsonl: scores are kept by
+  relation name, so one file's facts vanished from the table while its skips were counted."""
+  shutil.copytree(FIXTURES, tmp_path / "data")
+  google = tmp_path / "data" / "Google_RE"
+  shutil.copy(next(google.glob("*_test.jsonl")), google / "place_of_birth.jsonl")
+  shutil.copy(google / "place_of_birth.jsonl", google / "place_of_birth_test.jsonl")
+  with pytest.raises(ValueError, match=r"place_of_birth.jsonl and .*place_of_birth_test.jsonl "
+                                       r"are both relation place_of_birth of Google_RE"):
+    lama.discover(tmp_path / "data")
+
+
+def test_an_informask_word_list_that_matches_no_prediction_is_refused(models, tmp_path):
+  """A list of "word<TAB>count" lines matched no prediction: every one but the gold was filtered
+  out of the top 30, and any gold there ranked first (P@1 0.29 instead of 0.05)."""
+  counts = tmp_path / "counts.txt"
+  counts.write_text("".join(f"{w}\t{n}\n" for n, w in
+                            enumerate(INFORMASK_WORDS.read_text().split())))
+  with pytest.raises(ValueError, match=r"none of its \d+ words is a prediction as --protocol "
+                                       r"informask compares them"):
+    lama.evaluate(models["bert"], str(FIXTURES), protocol="informask",
+                  common_vocab=str(counts), progress=False)
+  report = lama.evaluate(models["bert"], str(FIXTURES), protocol="informask",
+                         common_vocab=str(INFORMASK_WORDS), progress=False)
+  assert report.run_info["common_vocab_tokens"] > 0
 
 
 def test_trex_sentences_come_from_the_first_evidence(bert_words, tmp_path):
@@ -1061,7 +1116,8 @@ def test_the_informask_token_limit_applies_to_informask_runs_only(models, tmp_pa
                             common_vocab=str(INFORMASK_WORDS), progress=False)
   squad = informask.summary["Squad"]
   assert (squad["facts"], squad["skipped"]) == (1, {"too_long": 1})
-  assert informask.run_info["common_vocab_tokens"] is None  # The word list filters, only.
+  # The token ids whose predictions the word list keeps.
+  assert informask.run_info["common_vocab_tokens"] == 16
   report = lama.evaluate(models["bert"], str(tmp_path), progress=False)
   assert (report.summary["Squad"]["facts"], report.summary["Squad"]["skipped"]) == (2, {})
   assert report.run_info["queries_truncated"] == 1

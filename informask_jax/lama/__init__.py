@@ -40,7 +40,13 @@ The package, one module per concern (their public names are all importable from 
   evaluation   `evaluate`: the whole run, from the flags to the files written to --out
 """
 
-from informask_jax.lama.backends import BACKENDS, FlaxBackend, TorchBackend, load_backend
+from informask_jax.lama.backends import (
+    BACKENDS,
+    FlaxBackend,
+    TorchBackend,
+    check_device,
+    load_backend,
+)
 from informask_jax.lama.data_files import (
     GOOGLE_RE_TEMPLATES,
     OBJECT_SLOT,
@@ -80,6 +86,7 @@ __all__ = [
     "SUBJECT_SLOT",
     "Encoded",
     "FlaxBackend",
+    "check_device",
     "OutputError",
     "Query",
     "RelationFile",

@@ -33,6 +33,13 @@ def _no_head_error(name_or_dir: str, detail: str) -> ValueError:
 _HF_HEAD_PREFIXES = ("cls.predictions.", "lm_head.")
 
 
+def _within_tokenizer_limit(positions: int, tokenizer) -> int:
+  """The query length a backend keeps: the model's positions, and the tokenizer's own limit when
+  it sets one (transformers' "no limit" is a huge number). Both backends cut alike."""
+  limit = tokenizer.model_max_length
+  return int(min(positions, limit) if limit < 1_000_000 else positions)
+
+
 class TorchBackend:
   """A Hugging Face masked LM in PyTorch; the vocabulary projection runs at the mask only."""
 
@@ -40,23 +47,13 @@ class TorchBackend:
     import torch
 
     self.torch = torch
-    try:
-      self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as e:
-      raise ValueError(f"--device {device!r}: {e}") from None
-    if self.device.type == "cuda" and not torch.cuda.is_available():
-      raise ValueError(f"--device {device!r}: this torch ({torch.__version__}) has no CUDA "
-                       "device; use --device cpu.")
-    if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
-      raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s).")
+    self.device = torch_device(device)
     self.model = model.to(self.device).eval()
     config = model.config
     limit = config.max_position_embeddings
     if "roberta" in config.model_type or config.model_type == "camembert":
       limit -= config.pad_token_id + 1  # Positions count from pad_token_id + 1.
-    if tokenizer.model_max_length < 1_000_000:
-      limit = min(limit, tokenizer.model_max_length)
-    self.max_len = int(limit)
+    self.max_len = _within_tokenizer_limit(limit, tokenizer)
     self.pad_id = tokenizer.pad_token_id
     self.head = next((getattr(model, n) for n in ("cls", "lm_head") if hasattr(model, n)), None)
     self.name = f"torch ({self.device})"
@@ -98,17 +95,18 @@ class FlaxBackend:
   """Our `BertMLM` under jit, in float32. Batches are padded to a fixed batch size and to a few
   length buckets so that a whole run compiles a handful of times."""
 
-  def __init__(self, params, cfg, batch_size: int, tokenizer_pad_id: int):
+  def __init__(self, params, cfg, batch_size: int, tokenizer):
     import flax.linen as nn
     import jax
 
-    if tokenizer_pad_id != cfg.pad_id:
-      raise ValueError(f"The tokenizer pads with id {tokenizer_pad_id} but the model's pad_id is "
-                       f"{cfg.pad_id}; the attention mask would be wrong.")
+    if tokenizer.pad_token_id != cfg.pad_id:
+      raise ValueError(f"The tokenizer pads with id {tokenizer.pad_token_id} but the model's "
+                       f"pad_id is {cfg.pad_id}; the attention mask would be wrong.")
     # Numbers must match the PyTorch backend: float32 activations and plain XLA attention.
     cfg = dataclasses.replace(cfg, compute_dtype="float32", attention="xla", remat="none")
     self.cfg, self.batch_size = cfg, batch_size
-    self.max_len, self.pad_id = cfg.max_seq_len, cfg.pad_id
+    self.max_len = _within_tokenizer_limit(cfg.max_seq_len, tokenizer)
+    self.pad_id = cfg.pad_id
     self.params = jax.device_put(nn.meta.unbox(params))
     self._jax = jax
     self.name = f"flax ({jax.devices()[0].platform})"
@@ -148,11 +146,39 @@ def _flax_logits_fn(cfg):
 
 
 def check_device(backend: str, device: str | None) -> None:
-  """ValueError for a --device given with the flax backend: it runs on JAX's default device,
-  and would otherwise ignore the flag without a word."""
+  """ValueError for a --device given with the flax backend (it runs on JAX's default device, and
+  would otherwise ignore the flag without a word) or one torch cannot use, before the data and
+  the model are read."""
   if backend == "flax" and device:  # None (unset) or "" (as unset for torch): nothing to ignore.
     raise ValueError(f"--device {device!r} applies to --backend torch only; the flax backend runs "
                      "on JAX's default device (JAX_PLATFORMS=cpu forces the CPU).")
+  if backend == "torch" and device:
+    torch_device(device)
+
+
+def torch_device(device: str | None):
+  """The torch.device of --device (default: cuda when there is one), checked by placing a tensor
+  there: a type this torch build lacks (mps on Linux, xpu) failed in model.to() instead."""
+  import torch
+
+  try:
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+  except RuntimeError as e:
+    raise ValueError(f"--device {device!r}: {e}") from None
+  if chosen.type == "cuda" and not torch.cuda.is_available():
+    raise ValueError(f"--device {device!r}: this torch ({torch.__version__}) has no CUDA "
+                     "device; use --device cpu.")
+  if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+    raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s).")
+  if chosen.type == "meta":  # Holds shapes, no values: nothing to score.
+    raise ValueError(f"--device {device!r} holds no values; use cpu or cuda.")
+  try:
+    torch.zeros(1, device=chosen)
+  except (RuntimeError, AssertionError, ModuleNotFoundError) as e:
+    reason = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(".")
+    raise ValueError(f"--device {device!r}: this torch ({torch.__version__}) cannot use it "
+                     f"({reason}); use --device cpu.") from None
+  return chosen
 
 
 def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
@@ -179,7 +205,7 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
         raise
       except Exception as e:  # As the torch backend: missing or damaged files, one line.
         raise _model_load_error(model, e) from e
-    return FlaxBackend(params, cfg, batch_size, tokenizer.pad_token_id)
+    return FlaxBackend(params, cfg, batch_size, tokenizer)
   if is_workdir(model):
     from informask_jax import export
 

@@ -96,6 +96,12 @@ def discover(data_dir: str | os.PathLike) -> tuple[list[RelationFile], list[str]
       relations += [RelationFile(source, p.stem, p) for p in files]
     if not files:
       missing.append(source)
+  named = {}
+  for rel in relations:  # Scores are kept per (source, name): one file's results would vanish.
+    other = named.setdefault((rel.source, rel.name), rel.path)
+    if other != rel.path:
+      raise ValueError(f"--data_dir {str(data_dir)!r}: {other} and {rel.path} are both relation "
+                       f"{rel.name} of {rel.source}; keep one of them.")
   if not relations:
     raise FileNotFoundError(
         f"--data_dir {str(data_dir)!r} holds none of LAMA's sources: expected "

@@ -85,6 +85,29 @@ class Report:
   table: str  # Markdown.
 
 
+def _informask_word_list_tokens(words: WordTable, word_list: Sequence[str],
+                                common_vocab: str) -> set[int]:
+  """The token ids whose predictions the informask protocol's word list keeps. None of them
+  would keep only the gold among the top 30: any gold there would rank first."""
+  strings = words.token_strings()
+  listed = set(word_list)
+  kept = {i for i, s in enumerate(strings) if s in listed}
+  matched = len(listed & set(strings))
+  if not kept:
+    raise ValueError(
+        f"--common_vocab {common_vocab!r}: none of its {len(listed)} words is a prediction as "
+        "--protocol informask compares them (a token decoded, spaces removed, lower-cased; e.g. "
+        f"{sorted(listed)[0]!r}): every prediction but the gold would be filtered out of the top "
+        "30. Give one word per line, lower-cased (InforMask's vocab_merged.txt).")
+  log.info("Word list: %d of its %d words are predictions the model can make (%d token ids).",
+           matched, len(listed), len(kept))
+  if matched < len(listed) / 2:
+    log.warning("--common_vocab %r: only %d of its %d words match a token as --protocol "
+                "informask compares predictions (decoded, lower-cased): is it the list for this "
+                "tokenizer?", common_vocab, matched, len(listed))
+  return kept
+
+
 def _checkpoint_of(model: str, step: int | None) -> dict:
   """run.json's checkpoint fields: the step of a workdir, or what an export recorded."""
   if step is not None or not os.path.isdir(os.path.expanduser(model)):
@@ -116,6 +139,11 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}.")
+  for flag, value in (("--common_vocab", common_vocab), ("--out", out_dir)):
+    if value is not None and not str(value).strip():  # Not "no word list" / "no output".
+      raise ValueError(f"{flag} is empty (an unset shell variable?): give a path, or leave the "
+                       "flag out.")
+  model = os.path.expanduser(model)  # --model=~/run: the shell leaves ~ after "=" as it is.
   if out_dir:  # Checked before the run, not after it.
     paths.check_writable_dir(os.path.expanduser(out_dir), "--out")  # As write_outputs.
   if backend not in BACKENDS:
@@ -146,6 +174,8 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
       raise ValueError(f"--common_vocab {common_vocab!r}: none of its {len(word_list)} words is "
                        f"a single token of the model's vocabulary ({len(words.tokenizer)} "
                        "tokens); every fact would be skipped.")
+  if word_list is not None and protocol == "informask":
+    common_ids = _informask_word_list_tokens(words, word_list, common_vocab)
   scores = [RelationScore(r.source, r.name) for r in relations]
   queries = []
   for i, rel in enumerate(relations):

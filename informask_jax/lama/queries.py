@@ -97,7 +97,7 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
       score.skipped["negative_judgments"] += 1
       continue
     if templated:
-      key = (sub.strip(), obj)
+      key = (text, gold)  # The query asked: "Paris" and "Paris " (one gold token) are one fact.
       if key in seen:
         score.skipped["duplicate_fact"] += 1
         continue

@@ -53,6 +53,14 @@ class WordTable:
       self._strings[token_id] = self.tokenizer.decode([token_id]).replace(" ", "").lower()
     return self._strings[token_id]
 
+  def token_strings(self) -> list[str]:
+    """token_string of every id, decoded in one call."""
+    ids = range(len(self.tokenizer))
+    missing = [i for i in ids if i not in self._strings]
+    for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True):
+      self._strings[i] = text.replace(" ", "").lower()
+    return [self._strings[i] for i in ids]
+
   def encode(self, texts: Sequence[str]) -> list[list[int]]:
     """Token ids without special tokens, for many texts at once."""
     if not texts:
