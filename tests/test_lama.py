@@ -1205,3 +1205,17 @@ def test_every_fact_skipped_names_the_common_vocab_or_the_data(models, tmp_path,
       "Plants need " + " ".join(["!!!!!!!!"] * 70) + " and [MASK] to grow ."]}])
   with pytest.raises(ValueError, match=r"Every fact was skipped.*: too_long=1\)\.$"):
     lama.evaluate(models["bert"], str(tmp_path / "data"), protocol="informask", progress=False)
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(models, tmp_path):
+  """Tokens added to the tokenizer without resizing the model: a gold id past the logits ended
+  the run in an IndexError."""
+  grown = tmp_path / "grown"
+  shutil.copytree(models["bert"], grown)
+  tok = transformers.AutoTokenizer.from_pretrained(grown)
+  tok.add_tokens(["zzyzx-new-word"])
+  tok.save_pretrained(grown)
+  for backend in ("torch", "flax"):
+    with pytest.raises(ValueError, match=rf"its tokenizer has {len(tok)} tokens but the model "
+                                         rf"predicts {len(tok) - 1} \(tokens added"):
+      lama.evaluate(str(grown), str(FIXTURES), backend=backend, progress=False)

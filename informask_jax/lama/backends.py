@@ -57,6 +57,7 @@ class TorchBackend:
     self.pad_id = tokenizer.pad_token_id
     self.head = next((getattr(model, n) for n in ("cls", "lm_head") if hasattr(model, n)), None)
     self.name = f"torch ({self.device})"
+    self.vocab_size = int(config.vocab_size)  # Logit columns.
 
   @classmethod
   def from_pretrained(cls, name_or_dir: str, tokenizer, device: str | None = None):
@@ -110,6 +111,7 @@ class FlaxBackend:
     self.params = jax.device_put(nn.meta.unbox(params))
     self._jax = jax
     self.name = f"flax ({jax.devices()[0].platform})"
+    self.vocab_size = cfg.vocab_size  # Logit columns.
 
   def _bucket(self, length: int) -> int:
     return min(max(16, 1 << (length - 1).bit_length()), self.max_len)

@@ -189,6 +189,10 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
 
   runner = load_backend(model, backend, words.tokenizer, batch_size=batch_size, device=device,
                         step=step)
+  if len(words.tokenizer) > runner.vocab_size:  # A gold id past the logits: an IndexError.
+    raise ValueError(f"--model {model!r}: its tokenizer has {len(words.tokenizer)} tokens but the "
+                     f"model predicts {runner.vocab_size} (tokens added to the tokenizer without "
+                     "model.resize_token_embeddings?).")
   encoded = encode_queries(queries, words, runner.max_len, scores,
                            INFORMASK_MAX_TOKENS if protocol == "informask" else None,
                            first_mask=protocol == "lama")
