@@ -410,7 +410,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           batch = next(batches)
         except Exception:  # The error itself follows, after the steps trained are saved.
           _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,
-                                    workdir)
+                                    workdir, config)
           raise
         state, step_metrics = train_step(state, batch)
         # Check the previous step's skip counter: already computed, so no pipeline stall.
@@ -524,7 +524,7 @@ def _warn_dropped_targets(step, summary, config) -> bool:
 
 
 def _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,
-                              workdir) -> None:
+                              workdir, config) -> None:
   """The training data stopped reading (a file gone or malformed, a stream's network): saves the
   steps trained since the last checkpoint, with the data position of the batch that failed, and
   logs where the run resumes. Not with several processes: the others are inside a step's
@@ -537,9 +537,12 @@ def _save_before_data_failure(step, started_at, state, batches, checkpointer, me
     except checkpointing.CheckpointWriteError as e:  # The data's error is the one to raise.
       logging.error("%s", e)
       saved = False
-  logging.error("Reading the training data failed after step %d (the error follows): %s; once "
-                "the data reads again, run the same command to resume.", step,
-                f"saved a checkpoint at step {step} in {workdir}" if saved
+  # The error may come from deep inside a library's reader (a stream's network): name the data.
+  sources = ", ".join(f"{s.kind} {s.name!r}{' (streaming)' if s.get('streaming') else ''}"
+                      for s in config.data.sources)
+  logging.error("Reading the training data (config.data.sources: %s) failed after step %d (the "
+                "error follows): %s; once the data reads again, run the same command to resume.",
+                sources, step, f"saved a checkpoint at step {step} in {workdir}" if saved
                 else _latest_checkpoint(checkpointer))
 
 

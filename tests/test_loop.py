@@ -1174,7 +1174,8 @@ def test_a_data_read_error_saves_the_steps_trained_and_the_run_resumes_there(
               lambda *a, **k: FailingRead(make_iterator(*a, **k)))
     with pytest.raises(OSError, match="shard 7 is gone"):
       loop.train_and_evaluate(config, tmp_path)
-  assert (f"Reading the training data failed after step 3 (the error follows): saved a "
+  assert (f"Reading the training data (config.data.sources: wiki_vital 'wiki_vital') failed "
+          f"after step 3 (the error follows): saved a "
           f"checkpoint at step 3 in {tmp_path}; once the data reads again" in caplog.text)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [3]
   data_file = checkpointing.checkpoint_dir(tmp_path) / "3" / "data" / "metadata"
