@@ -425,9 +425,11 @@ def train_flops_per_sequence(cfg: MLMConfig, seq_len: int, predictions: int) -> 
   `predictions` positions per sequence: transform (2 H^2) and tied decoder (2 H V). The last
   layer runs only its key / value projections (4 H^2) at every token and the rest at the
   `predictions` rows (see Encoder); predictions = seq_len gives the cost of a model that computes
-  every token.
+  every token; more than seq_len counts seq_len, as the train step gathers at most L target slots
+  (trainer.gather_targets).
   Embedding lookups, LayerNorms, softmax and elementwise work are not counted (as in PaLM's MFU).
   """
+  predictions = min(predictions, seq_len)
   h, m, n = cfg.hidden_size, cfg.mlp_size, cfg.num_layers
   per_row = 8 * h * h + 4 * h * m + 4 * seq_len * h  # One layer, one token.
   key_value = 4 * h * h

@@ -61,7 +61,8 @@ def _mlm_sums(model, params, inputs, positions, labels, weights, dropout_rng, de
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]  # (B, P)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return (nll * weights).sum(), (correct * weights).sum()
+  # where, not a product: a non-finite logit at an unused slot (0 weight) would make the sum NaN.
+  return (jnp.where(weights > 0, nll, 0.0) * weights).sum(), (correct * weights).sum()
 
 
 def _masked_targets(masker, rng, batch, max_predictions):

@@ -688,3 +688,15 @@ def test_a_train_state_larger_than_a_device_is_refused_before_the_init(monkeypat
     init(fsdp=1)
   state, _ = init(fsdp=8)
   assert int(state.step) == 0
+
+
+def test_a_non_finite_logit_at_an_unused_slot_leaves_the_sums_finite():
+  """Unused target slots (weight 0) must not reach the sums: nll * 0 is NaN for a NaN logit (an
+  all-padding row under some attention kernels)."""
+  logits = np.zeros((1, 2, 5), np.float32)
+  logits[0, 1] = np.nan  # The unused slot.
+  model = types.SimpleNamespace(apply=lambda *a, **k: jnp.asarray(logits))
+  loss, correct = trainer_lib._mlm_sums(
+      model, None, None, None, jnp.array([[3, 0]]), jnp.array([[1.0, 0.0]]), None, True)
+  np.testing.assert_allclose(float(loss), np.log(5.0), rtol=1e-6)
+  assert float(correct) == 0.0
