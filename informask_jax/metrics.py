@@ -15,7 +15,9 @@ import numpy as np
 # Dense bf16 matmul peak per device, FLOP/s, from the vendors' data sheets. Unknown kinds (CPUs
 # among them) give mfu = null rather than a made-up number.
 _PEAK_BF16_FLOPS = {
-    "h100": 989e12,  # SXM; the PCIe card is lower, but reports the same kind prefix.
+    "h100": 989e12,  # SXM ("NVIDIA H100 80GB HBM3").
+    "h100 pcie": 756e12,
+    "h100 nvl": 835e12,
     "h200": 989e12,
     "a100": 312e12,
     "v100": 125e12,  # fp16 tensor cores.
