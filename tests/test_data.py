@@ -107,6 +107,11 @@ def test_split_sentences():
   # A document without capitals (a lower-cased corpus) splits before any letter.
   assert data.split_sentences("mr. smith sat. the dog ran, e.g. fast! it rained.") == [
       "mr. smith sat.", "the dog ran, e.g. fast!", "it rained."]
+  # A line break ends a sentence whatever precedes or follows it (punctuation then a lower-case
+  # line, or an abbreviation, joined the two lines).
+  assert data.split_sentences("The cat sat.\nthe dog ran! It was Dr.\nSmith.\niPhone sales "
+                              "rose?\n\"no.\"") == [
+      "The cat sat.", "the dog ran!", "It was Dr.", "Smith.", "iPhone sales rose?", '"no."']
 
 
 def test_special_tokens_written_in_the_text_are_text(bert_tokenizer):

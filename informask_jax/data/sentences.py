@@ -25,7 +25,7 @@ from informask_jax import paths, progress_bar, tokenization, worker_processes
 log = logging.getLogger(__name__)
 
 # Bump when the splitter or the tokenized layout changes: it is part of the cache key.
-TOKENIZED_FORMAT = "sentences-v3"
+TOKENIZED_FORMAT = "sentences-v4"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
@@ -55,9 +55,13 @@ def split_sentences(text):
   for m in _BOUNDARY.finditer(text):
     end = m.end()
     follower = m.group(1)
-    if follower is not None and not (caseless or follower.isupper() or follower.isdigit()):
+    # Punctuation then a line break: the first alternative took the "\n", so the line break
+    # rule is this match's to keep; neither the follower nor an abbreviation can undo it.
+    newline = "\n" in m.group(0)
+    if not newline and follower is not None and not (
+        caseless or follower.isupper() or follower.isdigit()):
       continue
-    if m.group(0).rstrip(" \t") == ".":  # Only a lone full stop can follow an abbreviation.
+    if not newline and m.group(0).rstrip(" \t") == ".":  # An abbreviation's lone full stop?
       before = text[start:m.start()].rsplit(None, 1)
       word = before[-1].lstrip("\"'(\u201c\u2018[").lower() if before else ""
       if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _ACRONYM.fullmatch(word):
