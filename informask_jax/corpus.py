@@ -196,6 +196,12 @@ def _check_text_file(path, where, sample=65536):
 _WARNED_UNDECODABLE = set()
 
 
+# Bump when _read_txt reads a file differently: it is part of the read cache's fingerprint.
+_TXT_READER = 2
+# A line ends at \n, \r\n or a lone \r (old Mac files: read as one line, one document, before).
+_CR_LINE = re.compile(r"[^\r]*\r\n?|[^\r]+")
+
+
 def _read_txt(paths):
   """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
   for path in paths:
@@ -204,16 +210,17 @@ def _read_txt(paths):
     with open(path, "rb") as f:
       for raw in f:
         # surrogateescape maps each invalid byte to one lone surrogate, so they can be counted.
-        line = raw.decode("utf-8", errors="surrogateescape")
-        bad = sum(map(_is_undecodable, line))
+        text = raw.decode("utf-8", errors="surrogateescape")
+        bad = sum(map(_is_undecodable, text))
         if bad:
           replaced += bad
-          line = "".join("\ufffd" if _is_undecodable(ch) else ch for ch in line)
-        if line.strip():
-          lines.append(line)
-        elif lines:
-          yield {"text": "".join(lines)}
-          lines = []
+          text = "".join("\ufffd" if _is_undecodable(ch) else ch for ch in text)
+        for line in _CR_LINE.findall(text) if "\r" in text else (text,):
+          if line.strip():
+            lines.append(line)
+          elif lines:
+            yield {"text": "".join(lines)}
+            lines = []
     if lines:
       yield {"text": "".join(lines)}
     if replaced and path not in _WARNED_UNDECODABLE:  # A stream reads its files every epoch.
@@ -279,6 +286,14 @@ def _is_blank(path):
     return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
 
 
+def _holds_no_records(path):
+  """A JSON file without records: blank, or an empty array ("[]", as json.dump([]) writes)."""
+  if os.path.getsize(path) > 1 << 16:  # Records or not, not an empty array.
+    return _is_blank(path)
+  with open(path, "rb") as f:
+    return re.fullmatch(rb"\s*(?:\xef\xbb\xbf)?\s*(?:\[\s*\])?\s*", f.read()) is not None
+
+
 def _innermost(error):
   # `datasets` wraps pyarrow's reason in "An error occurred while generating the dataset".
   while error.__cause__ is not None or error.__context__ is not None:
@@ -338,7 +353,7 @@ def _file_records(path, builder, where):
   try:
     yield from datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
   except Exception as e:  # Raised by pyarrow deep inside `datasets`, naming neither.
-    if not (builder == "json" and _is_blank(path)):  # A blank file is empty, as a blank .txt.
+    if not (builder == "json" and _holds_no_records(path)):  # Empty, as a blank .txt.
       raise _read_error(where, builder, [path], e) from e
 
 
@@ -382,7 +397,7 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
         # The files' sizes and modification times are in the fingerprint, so that `datasets`'
         # cache of the read files is invalidated when a file changes.
         stats = {f: os.stat(f) for f in group}
-        stamp = [(f, st.st_size, st.st_mtime_ns) for f, st in stats.items()]
+        stamp = [_TXT_READER] + [(f, st.st_size, st.st_mtime_ns) for f, st in stats.items()]
         try:
           ds = datasets.Dataset.from_generator(
               _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir, features=_TEXT_FEATURES,
@@ -408,7 +423,7 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
   """JSON or Parquet files read by `datasets` into Arrow files under `cache_dir` (as .txt files
   are: data.cache_dir, not $HF_DATASETS_CACHE), the column text_field as "text"."""
   if builder == "json":  # `datasets` refuses JSON files without records: empty, as a blank .txt.
-    group = [f for f in group if not _is_blank(f)]  # Reads a file with text only to its start.
+    group = [f for f in group if not _holds_no_records(f)]
     if not group:
       return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
   field = source.get("text_field") or "text"

@@ -312,6 +312,22 @@ def test_copies_that_differ_only_in_what_cleaning_removes_share_a_side_of_the_sp
       corpus.hash_bucket("Same text.")]
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_empty_json_array_and_old_mac_line_ends_are_read(tmp_path, streaming):
+  """A .json file holding [] made an in-memory source fail ("Keys mismatch"); a .txt file with
+  lone CR line ends was one document (its blank lines were never seen)."""
+  (tmp_path / "a.json").write_text("[]\n")
+  (tmp_path / "b.jsonl").write_text("".join(f'{{"text": "Record {i}."}}\n' for i in range(3)))
+  with open(tmp_path / "c.txt", "w", newline="") as f:
+    f.write("First document.\rStill first.\r\rSecond document.\r\r\rThird document.\r")
+  config = _data_config(tmp_path, [dict(kind="files", name=str(tmp_path / "*"),
+                                        streaming=streaming)], validation_fraction=0.0)
+  texts = [d["text"] for d in corpus.load_corpus(config)["train"]]
+  assert sorted(texts) == sorted(["Record 0.", "Record 1.", "Record 2.",
+                                  "First document.\nStill first.", "Second document.",
+                                  "Third document."])
+
+
 def test_tiny_corpus_keeps_a_document_on_each_side_of_the_split(tmp_path):
   """No hash below (above) the fraction: the smallest (largest) hash goes to validation (train)."""
   path = tmp_path / "a.jsonl"
