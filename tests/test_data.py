@@ -531,6 +531,24 @@ def test_streaming_source_packs_on_the_fly_and_resumes(tmp_path, bert_tokenizer)
   with pytest.raises(data.DataSettingsChanged,
                      match=r"StreamingBatchIterator state was saved with seed=1, .*train.seed"):
     other_seed.restore(it.state())
+  # The offset counts rows packed with this seq_len and packing: other ones are refused.
+  shorter = data.StreamingBatchIterator(
+      pipeline.train_stream, bert_tokenizer, 16, ids, "full_sentences", 4, seed=1,
+      chunk_documents=25, shuffle_buffer=16, process_index=1, process_count=2)
+  with pytest.raises(data.DataSettingsChanged, match=r"seq_len=32, this run has seq_len=16 "
+                                                     r"\(set by config.data.seq_len\)"):
+    shorter.restore(it.state())
+  # A source's streaming switched between runs: said, not taken for a damaged checkpoint (the
+  # state of a checkpoint written before states recorded their kind, too).
+  in_memory = data.BatchIterator(_rows(40), 4, seed=1, process_index=0, process_count=1)
+  for state in (it.state(), {k: v for k, v in it.state().items() if k != "kind"}):
+    with pytest.raises(data.DataSettingsChanged, match=r"saved with the corpus streamed, and "
+                                                       r"this run's is held in memory"):
+      in_memory.restore(state)
+  with pytest.raises(data.DataSettingsChanged, match=r"saved with the corpus held in memory"):
+    make().restore({k: v for k, v in in_memory.state().items() if k != "kind"})
+  resumed = make()
+  resumed.restore({k: v for k, v in it.state().items() if k not in ("kind", "seq_len", "mode")})
 
 
 def test_streaming_row_order_depends_on_the_seed(tmp_path, bert_tokenizer):

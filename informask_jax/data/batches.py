@@ -7,7 +7,12 @@ a small state(); `eval_batches` gives the first batches in row order, the last o
 import jax
 import numpy as np
 
-from informask_jax.data.iterator_state import IteratorStateError, check_saved_settings, saved_ints
+from informask_jax.data.iterator_state import (
+    IteratorStateError,
+    check_kind,
+    check_saved_settings,
+    saved_ints,
+)
 
 
 def process_slot(process_index, process_count):
@@ -89,11 +94,12 @@ class BatchIterator:
 
   def state(self):
     """Where the next batch starts, with what must match on restore; JSON-able."""
-    return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+    return {"kind": "in_memory", "epoch": self.epoch, "position": self.position, "seed": self.seed,
             "shuffle": self.shuffle, "num_rows": self.num_rows,
             "global_batch_size": self.global_batch_size}
 
   def restore(self, state):
+    check_kind(state, "in_memory")
     epoch, position = saved_ints(state, ("epoch", "position"))
     check_saved_settings(state, self, ("seed", "shuffle", "num_rows", "global_batch_size"))
     if not 0 <= position < self.batches_per_epoch:

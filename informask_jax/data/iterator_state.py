@@ -35,6 +35,8 @@ class DataSettingsChanged(ValueError):
 _SETTING_KEYS = {
     "global_batch_size": "config.train.batch_size",
     "seed": "config.train.seed",
+    "seq_len": "config.data.seq_len",
+    "mode": "config.data.packing",
     "num_rows": "the packed training rows: config.data.seq_len, the corpus or its config.data "
                 "options (max_documents, validation_fraction, packing, ...)",
 }
@@ -49,3 +51,23 @@ def check_saved_settings(state, iterator, keys):
           f"the {type(iterator).__name__} state was saved with {key}={state[key]!r}, this run "
           f"has {key}={getattr(iterator, key)!r}{where}; resuming would not continue the same "
           "data order.")
+
+
+# What each iterator's state holds that the other's does not: the kind of a state saved before
+# states recorded it.
+_KIND_FIELDS = {"in_memory": "position", "streaming": "chunk"}
+
+
+def check_kind(state, kind: str) -> None:
+  """DataSettingsChanged for the state of the other iterator (a source's streaming switched
+  between runs): its fields would otherwise read as a damaged checkpoint."""
+  if not isinstance(state, dict):
+    return  # saved_ints names it.
+  saved = state.get("kind") or next((k for k, field in _KIND_FIELDS.items() if field in state),
+                                    kind)
+  if saved != kind:
+    said = {"in_memory": "held in memory", "streaming": "streamed"}
+    raise DataSettingsChanged(
+        f"the data iterator state was saved with the corpus {said.get(saved, saved)}, and this "
+        f"run's is {said[kind]} (set by config.data.sources[*].streaming); a position in one is "
+        "none in the other.")

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from informask_jax.data.batches import local_batch_size, process_slot
-from informask_jax.data.iterator_state import check_saved_settings, saved_ints
+from informask_jax.data.iterator_state import check_kind, check_saved_settings, saved_ints
 from informask_jax.data.packing import pack_sequences
 from informask_jax.data.sentences import encode_documents, plain_backend
 
@@ -113,12 +113,17 @@ class StreamingBatchIterator:
             for k in parts[0]}
 
   def state(self):
-    return {"epoch": self.epoch, "chunk": self.chunk, "offset": self.offset, "seed": self.seed,
-            "shuffle": self.shuffle, "chunk_documents": self.chunk_documents,
-            "global_batch_size": self.global_batch_size}
+    # seq_len and mode: the offset counts rows packed under them (train.py refuses a resume that
+    # changes them before this; the state says it to any other caller).
+    return {"kind": "streaming", "epoch": self.epoch, "chunk": self.chunk, "offset": self.offset,
+            "seed": self.seed, "shuffle": self.shuffle, "chunk_documents": self.chunk_documents,
+            "global_batch_size": self.global_batch_size, "seq_len": self.seq_len,
+            "mode": self.mode}
 
   def restore(self, state):
+    check_kind(state, "streaming")
     epoch, chunk, offset = saved_ints(state, ("epoch", "chunk", "offset"))
-    check_saved_settings(state, self, ("seed", "shuffle", "chunk_documents", "global_batch_size"))
+    check_saved_settings(state, self, ("seed", "shuffle", "chunk_documents", "global_batch_size",
+                                       "seq_len", "mode"))
     self.epoch, self.chunk, self.offset = epoch, chunk, offset
     self._chunks = None
