@@ -75,7 +75,7 @@ def _from_vocab_file(path, lowercase):
   with open(path, "rb") as f:
     raw = f.read()
   try:
-    lines = raw.decode("utf-8").split("\n")
+    lines = raw.decode("utf-8-sig").split("\n")  # A byte-order mark is no part of a token.
   except UnicodeDecodeError as e:
     line = raw[:e.start].count(b"\n") + 1
     raise ValueError(f"config.tokenizer.name_or_path={path!r} is not a UTF-8 vocab.txt (one token "

@@ -214,6 +214,11 @@ def test_crlf_vocab_txt_and_a_bare_prefix(tmp_path):
   (tmp_path / "vocab.txt").write_bytes("\r\n".join(lines).encode() + b"\r\n")
   tok = tokenization.load_tokenizer(_config(str(tmp_path / "vocab.txt")))
   assert tok.get_vocab() == {t: i for i, t in enumerate(lines)}
+  # A byte-order mark (Notepad) is no part of the first token: "[PAD]" was "lacking".
+  (tmp_path / "bom").mkdir()
+  (tmp_path / "bom" / "vocab.txt").write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+  bom = tokenization.load_tokenizer(_config(str(tmp_path / "bom" / "vocab.txt")))
+  assert bom.get_vocab() == tok.get_vocab()
   assert tok("cats", add_special_tokens=False)["input_ids"] == [6, 7]
   assert tokenization.continuation_table(tok).tolist() == [False] * 7 + [True]
 
