@@ -48,7 +48,10 @@ def has_finalized_checkpoint(workdir) -> bool:
 
 
 def _eval_loss(metrics) -> float:
-  return metrics["eval_loss"]
+  # A NaN (an evaluation in float16 that overflowed) would break the ranking's sort: kept as the
+  # best, it had the real best checkpoint deleted. Non-finite ranks last.
+  loss = float(metrics["eval_loss"])
+  return loss if np.isfinite(loss) else float("inf")
 
 
 def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -72,7 +75,27 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
       async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+  try:
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 item_handlers=handlers)
+  except ValueError as e:  # json.JSONDecodeError among them: it reads every step's metrics.
+    damaged = _damaged_metrics(workdir)
+    if damaged is None:
+      raise
+    raise CheckpointReadError(
+        f"The metrics file of checkpoint step {damaged.parent.parent.name} ({damaged}) is "
+        f"damaged ({type(e).__name__}: {e}); every step's is read to rank them. Move "
+        f"{damaged.parent.parent} aside.") from e
+
+
+def _damaged_metrics(workdir) -> pathlib.Path | None:
+  """The first step's metrics file (orbax's <step>/metrics/metrics) that is not JSON."""
+  for path in sorted(checkpoint_dir(workdir).glob("*/metrics/metrics")):
+    try:
+      json.loads(path.read_text())
+    except (OSError, ValueError):
+      return path
+  return None
 
 
 @jax.jit
@@ -340,9 +363,24 @@ def _read_meta(manager, workdir, step, step_flag=None) -> dict:
     # Readers take these as mappings: another JSON type is damage, not an AttributeError later.
     if not isinstance(meta["mlm_config"], dict) or not isinstance(meta.get("config"), dict | None):
       raise ValueError("its meta's mlm_config / config are not JSON objects")
+    _check_mlm_config_fields(meta["mlm_config"])
   except Exception as e:
     raise _unreadable(workdir, step, sorted(manager.all_steps()), e, step_flag) from e
   return meta
+
+
+def _check_mlm_config_fields(saved: dict) -> None:
+  """ValueError naming the fields MLMConfig(**saved) would fail on (a TypeError traceback): ones
+  this code does not know, or required ones missing. Missing fields with a default are fine:
+  a checkpoint written before they were added."""
+  fields = dataclasses.fields(model_lib.MLMConfig)
+  unknown = sorted(set(saved) - {f.name for f in fields})
+  missing = [f.name for f in fields if f.name not in saved
+             and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  if unknown or missing:
+    raise ValueError("its meta's mlm_config " + "; ".join(
+        ([f"has fields this version of informask_jax does not know: {', '.join(unknown)}"]
+         if unknown else []) + ([f"lacks {', '.join(missing)}"] if missing else [])))
 
 
 def _as_dict(tree):

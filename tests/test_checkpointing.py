@@ -30,7 +30,8 @@ def _abstract(state, shardings):
 
 
 def _meta():
-  return {"mlm_config": {}, "config": {}}
+  cfg = model_lib.MLMConfig(vocab_size=10, num_layers=1, hidden_size=8, num_heads=2, mlp_size=16)
+  return {"mlm_config": checkpointing.mlm_config_to_dict(cfg), "config": {}}
 
 
 def test_restore_onto_other_meshes_gives_the_same_next_loss(tmp_path):
@@ -253,6 +254,36 @@ def test_the_best_checkpoint_survives_a_resume(tmp_path):
   assert checkpointing.Checkpointer(tmp_path, keep=1).all_steps() == [1, 5]
 
 
+def test_a_non_finite_eval_loss_never_displaces_the_best_checkpoint(tmp_path):
+  """A NaN loss broke the ranking's sort: kept as the best, it had step 1 (the best) deleted."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path, keep=1)
+  for step, loss in ((1, 3.0), (2, float("nan")), (3, 4.0), (4, float("inf")), (5, 6.0)):
+    assert saver.save(step, state, {}, _meta(), eval_loss=loss, force=True)
+    saver.wait()
+  saver.close()
+  assert checkpointing.Checkpointer(tmp_path, keep=1).all_steps() == [1, 5]
+
+
+def test_a_damaged_metrics_file_of_an_old_step_is_named(tmp_path):
+  """Every step's metrics are read to rank them: one truncated file ended every resume and
+  export in a bare JSONDecodeError naming neither the file nor the step."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path, keep=2)
+  for step, loss in ((1, 3.0), (2, 4.0)):
+    assert saver.save(step, state, {}, _meta(), eval_loss=loss, force=True)
+    saver.wait()
+  saver.close()
+  metrics = checkpointing.checkpoint_dir(tmp_path) / "1" / "metrics" / "metrics"
+  metrics.write_text('{"eval_loss": 3.0')
+  for open_it in (lambda: checkpointing.Checkpointer(tmp_path),
+                  lambda: checkpointing.checkpoint_steps(tmp_path)):
+    with pytest.raises(checkpointing.CheckpointReadError,
+                       match=rf"metrics file of checkpoint step 1 \({metrics}\) is damaged "
+                             r"\(JSONDecodeError: .*\); .* Move .*checkpoints/1 aside\."):
+      open_it()
+
+
 def test_a_damaged_latest_step_points_to_the_one_before_it():
   error = checkpointing._unreadable("/w", 3, [1, 2, 3], ValueError("truncated"))
   assert "aside to use step 2" in str(error)
@@ -290,7 +321,11 @@ def test_a_meta_without_the_architecture_is_a_damaged_step(tmp_path):
   metadata = checkpointing.checkpoint_dir(tmp_path) / "2" / "meta" / "metadata"
   good = json.loads(metadata.read_text())
   # Parsed, but not the shape readers take (an AttributeError in the resume's config check).
-  for damaged in ({"config": {}}, {**good, "config": "garbage"}, {**good, "mlm_config": [1]}):
+  # And an architecture of fields this code does not know, or without a required one: a
+  # TypeError traceback of MLMConfig(**...) before.
+  for damaged in ({"config": {}}, {**good, "config": "garbage"}, {**good, "mlm_config": [1]},
+                  {**good, "mlm_config": {"vocab_size": 10, "max_predictions": 20}},
+                  {**good, "mlm_config": {"num_layers": 2}}):
     metadata.write_text(json.dumps(damaged))
     with pytest.raises(checkpointing.CheckpointReadError, match=r"step 2 .* to use step 1"):
       checkpointing.Checkpointer(tmp_path).read_meta(2)
