@@ -58,8 +58,18 @@ def main(argv=None) -> dict:
   return report
 
 
+def _stop_on_sigterm(signum, frame):
+  # A scheduler's SIGTERM (a time limit) as an exception: the export's cleanup then removes its
+  # staging directory, a full copy of the model, which the default action left behind.
+  raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+  import signal
+
   from informask_jax import cli, progress_bar
+
+  signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
   # Bad input or a failed verification (RuntimeError): one line that says what, no traceback.
   cli.quiet_library_logs()

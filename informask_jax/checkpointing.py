@@ -396,6 +396,11 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
   path = checkpoint_dir(workdir)
   if path.is_dir() and any(path.iterdir()):
     raise FileExistsError(f"{path} already holds checkpoints; choose an empty --out directory.")
+  # The tokenizer first: the finished checkpoint is what makes the workdir a run, and one
+  # without its tokenizer (a disk full, a kill in between) could be neither exported nor
+  # imported again (its checkpoints/ is taken).
+  if tokenizer is not None:
+    tokenizer.save_pretrained(str(pathlib.Path(workdir) / "tokenizer"))
   manager = _manager(workdir, keep=1)
   params = jax.tree.map(np.asarray, params)
   meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
@@ -404,8 +409,6 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
       meta=ocp.args.JsonSave(meta)), force=True)
   manager.wait_until_finished()
   manager.close()
-  if tokenizer is not None:
-    tokenizer.save_pretrained(str(pathlib.Path(workdir) / "tokenizer"))
 
 
 def write_json(path, obj) -> None:

@@ -256,8 +256,20 @@ def _check_out_dir(out_dir: str, overwrite: bool):
     raise FileExistsError(f"Export directory {out_dir} is not empty; choose another --out, or "
                           "pass --overwrite (overwrite=True from Python) to replace the model "
                           "there (its weights and tokenizer files), keeping other files.")
-  # sibling: the staging directory is made next to out_dir.
-  paths.check_writable_dir(out_dir, "Export directory", sibling=True)
+  # sibling: the staging directory is made next to out_dir (or in it, see _staging_parent).
+  paths.check_writable_dir(out_dir, "Export directory",
+                           sibling=_staging_parent(out_dir) != os.path.abspath(out_dir))
+
+
+def _staging_parent(out_dir: str) -> str:
+  """Where the export is written before it is moved in: beside out_dir, unless out_dir is a
+  mount point (another file system: a volume, a separate disk), where os.replace could not move
+  the files (EXDEV, after the whole verification); then inside it, as a hidden directory."""
+  target = os.path.abspath(out_dir)
+  parent = os.path.dirname(target)
+  if os.path.isdir(target) and os.stat(target).st_dev != os.stat(parent).st_dev:
+    return target
+  return parent
 
 
 def _remove_stale_model_files(out_dir: str, written) -> None:
@@ -314,7 +326,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.",
-                             suffix=".tmp", dir=parent)
+                             suffix=".tmp", dir=_staging_parent(out_dir))
   try:
     hf_config.save_pretrained(staging)
     save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})

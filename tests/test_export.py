@@ -895,3 +895,43 @@ def test_an_export_records_the_run_and_step_it_comes_from(imported_workdir, tmp_
                       "masking": {"name": "informask", "budget": "exact", "mask_prob": 0.15}}
   assert export.read_provenance(tmp_path / "out") == recorded
   assert export.read_provenance(imported_workdir) is None  # Not an export.
+
+
+def test_an_import_that_fails_to_write_its_tokenizer_can_be_retried(exported, tmp_path,
+                                                                      monkeypatch):
+  """The checkpoint was finished before the tokenizer was written: a failure in between left a
+  workdir that could be neither exported (no tokenizer) nor imported again (checkpoints taken)."""
+  def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  workdir = str(tmp_path / "work")
+  with monkeypatch.context() as patch:
+    patch.setattr(transformers.PreTrainedTokenizerBase, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+      export.import_to_workdir(exported["bert"][2], workdir)
+  assert not checkpointing.checkpoint_dir(workdir).exists()
+  export.import_to_workdir(exported["bert"][2], workdir)
+  assert checkpointing.checkpoint_steps(workdir) == [0]
+  assert (tmp_path / "work" / "tokenizer" / "tokenizer_config.json").is_file()
+
+
+def test_an_export_into_a_mount_point_is_staged_on_its_file_system(tmp_path, monkeypatch):
+  """Staged beside --out, a mount point's export failed after the whole verification: os.replace
+  cannot move files to another file system (EXDEV). It is staged inside --out then."""
+  out = tmp_path / "volume"
+  out.mkdir()
+  assert export._staging_parent(str(out)) == str(tmp_path)
+  real_stat = os.stat
+
+  def mounted(path, *args, **kwargs):  # out on a device of its own.
+    result = real_stat(path, *args, **kwargs)
+    if os.fspath(path) != str(out):
+      return result
+    fields = list(result)
+    fields[2] += 1  # st_dev
+    return os.stat_result(fields)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(export.os, "stat", mounted)
+    assert export._staging_parent(str(out)) == str(out)
+  assert export._staging_parent(str(tmp_path / "new")) == str(tmp_path)  # Made by the export.
