@@ -1236,9 +1236,10 @@ def test_pmi_ngram_found_when_another_ngram_shares_its_first_hash():
 
 def _reference_select_units(keys, words, unit_start, maskable, budget, fill, truncate, seen):
   """select_units in plain Python: the prefix of units in key order within the budget; then
-  (fill) the prefix, in the same order, of the remaining units no longer than what is left, or
-  (truncate) a window of what is left from the first unit left out, at the offset drawn from
-  the low 16 bits of that unit's word."""
+  (fill) FILL_PASSES times the prefix, in the same order, of the units left out no longer than
+  what is left, or (truncate) a window of what is left from the first unit left out, at the
+  offset drawn from the low 16 bits of that unit's word. `seen["short"]` counts fills that end
+  below BERT's greedy (every unit in key order taken if it still fits)."""
   length = len(keys)
   boundary = np.concatenate([unit_start | ~maskable, [True]])
   starts = np.flatnonzero(unit_start)
@@ -1252,13 +1253,20 @@ def _reference_select_units(keys, words, unit_start, maskable, budget, fill, tru
   remaining = budget - used
   mask = np.zeros(length, bool)
   if fill:
-    extra = 0
-    for s in [s for s in rest if lens[s] <= remaining]:
-      if extra + lens[s] > remaining:
-        break
-      seen["fit"] += lens[s] == remaining  # a unit of just the budget left
-      extra += lens[s]
-      taken.append(s)
+    greedy = remaining
+    for s in rest:
+      greedy -= lens[s] if lens[s] <= greedy else 0
+    left = remaining
+    for _ in range(select.FILL_PASSES):
+      extra = 0
+      for s in [s for s in rest if s not in taken and lens[s] <= left]:
+        if extra + lens[s] > left:
+          break
+        seen["fit"] += lens[s] == left - extra  # a unit of just the budget left
+        extra += lens[s]
+        taken.append(s)
+      left -= extra
+    seen["short"] += left > greedy
   for s in taken:
     mask[s:s + lens[s]] = True
   if truncate and rest:
@@ -1274,7 +1282,7 @@ def test_select_units_matches_a_brute_force_reference(fill, truncate):
   """Random units (cut by non-maskable tokens), words and budgets at lengths that are and are not
   powers of two; keys rebuilt here: 16 random bits over ceil(log2 L) position bits."""
   rng = np.random.default_rng(17)
-  seen = {"fit": 0, "cut": 0}
+  seen = {"fit": 0, "cut": 0, "short": 0}
   for length in (13, 24, 64):
     n = 300
     maskable = rng.random((n, length)) > 0.1
@@ -1294,6 +1302,7 @@ def test_select_units_matches_a_brute_force_reference(fill, truncate):
                                      fill, truncate, seen)
       np.testing.assert_array_equal(got[b], want, err_msg=f"L={length}, row {b}")
   assert seen["fit"] > 50 or not fill, seen  # Cases the fill and the cut decide.
+  assert seen["short"] == 0, seen  # The fill passes end where BERT's greedy does.
   assert seen["cut"] > 50 or not truncate, seen
 
 
