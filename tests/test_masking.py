@@ -616,6 +616,21 @@ def test_online_restricted_pmi_vocab():
                              pmi.toarray()[np.ix_(kept, kept)])
 
 
+@pytest.mark.parametrize("name,budget", CONFIGS)
+def test_a_rows_masks_do_not_depend_on_how_far_it_is_padded(name, budget):
+  """Batches padded to another length (dynamic padding, `masking show`, another seq_len) give
+  each row the same masks: informask_online's candidates changed with L (224 of 256 rows)."""
+  tokens, sentences, _ = synthetic_batch(4, batch=64, length=48)
+  masker = build(name, budget)
+  masks = []
+  for extra in (0, 1, 16):
+    padded = np.pad(tokens, ((0, 0), (0, extra)), constant_values=PAD)
+    ids = np.pad(sentences, ((0, 0), (0, extra)), constant_values=-1)
+    masks.append(np.asarray(masker(jax.random.key(2), padded, sentence_ids=ids)["mask"])[:, :48])
+  np.testing.assert_array_equal(masks[0], masks[1])
+  np.testing.assert_array_equal(masks[0], masks[2])
+
+
 def test_same_key_same_masks_other_key_differs():
   _, a, _, _ = run("span", "exact", key=5)
   _, b, _, _ = run("span", "exact", key=5)

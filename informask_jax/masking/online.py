@@ -147,7 +147,10 @@ def make_select(settings, num_candidates, size):
     same = ((sentences[:, None] == sentences[None, :]) & (sentences[:, None] >= 0)
             & maskable[:, None] & maskable[None, :] & ~jnp.eye(length, dtype=bool))
     pair = jnp.where(same, pair_pmi(tables, rows, size), 0.0)  # (L, L)
-    words = prng.bits(seed, prng.CANDIDATES, (num_candidates, length))  # (K, L)
+    # Counter i * K + k for candidate k at position i: position i's words do not depend on L,
+    # so a row's candidates (and mask) stay the same however far it is padded (with the counter
+    # k * L + i, 224 of 256 rows changed mask between L = 48 and 49).
+    words = prng.bits(seed, prng.CANDIDATES, (length, num_candidates)).T  # (K, L)
     if settings.budget == "bernoulli":
       # One Binomial(n_maskable, mask_prob) size per sequence, shared by the K candidates: IR
       # grows with the size of a mask, so best-of-K over candidates of independent Bernoulli
