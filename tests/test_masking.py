@@ -416,6 +416,19 @@ def test_pmi_bigram_chains_never_split():
     assert not aux["unit_start"][b, s + 1:s + k].any()
     whole += m.all()
   assert whole > 0.05 * len(planted)
+  # A run is drawn as a random start position would hit it: a 3-token chain about 3 times as
+  # often as a one-token unit, so its tokens are targets about twice as often (ratio ~1.9 in a
+  # brute-force simulation of start positions; 0.78 when every run was equally likely).
+  starts, mask = aux["unit_start"], out["mask"]
+  maskable = ~np.isin(tokens, SPECIAL)
+  next_start = np.concatenate([starts[:, 1:] | ~maskable[:, 1:], np.ones((len(starts), 1), bool)],
+                              axis=1)
+  lone = starts & next_start
+  in_chain = np.zeros_like(mask)
+  for b, s, k in planted:
+    in_chain[b, s:s + k] = True
+  ratio = mask[in_chain].mean() / mask[lone & ~in_chain].mean()
+  assert 1.5 < ratio < 2.6, ratio
 
 
 def test_pmi_units_never_cross_a_sentence():

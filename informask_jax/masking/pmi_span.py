@@ -13,7 +13,10 @@ starts are found by pointer doubling, log2(L) gathers, with no loop over L.
 variant="bigram": the InforMask repository's simpler scheme extends a random start left and right
 while adjacent token pairs are in a high-PMI bigram table; the units it can produce are the maximal
 runs of linked pairs, so those runs are the units here (a "##" piece is always linked to its word,
-so words are never split); a pair across sentences is never linked.
+so words are never split); a pair across sentences is never linked. Under the exact budget a run
+is drawn as a random start position would hit it: its key is the smallest of its tokens' random
+keys, so a run of k tokens comes about k times as often as a lone token. Under the Bernoulli
+budget each run is a target with probability mask_prob, which keeps the expected fraction.
 
 Corruption is decided per unit, as PMI-Masking does: a masked unit is all [MASK], all random
 tokens, or all kept.
@@ -206,11 +209,23 @@ def greedy_unit_starts(seg_len, maskable):
   return on_path & maskable
 
 
+def run_words(words, unit_start):
+  """Each unit's start gets the smallest word of its tokens: units then come, in key order, in
+  the order a random permutation of the token positions first hits them, so a k-token run is
+  drawn about k times as often as a lone token (the bigram variant's random start positions)."""
+  length = words.shape[-1]
+  owner = jnp.maximum(select.unit_owner(unit_start), 0)
+  smallest = jnp.full((length,), np.uint32(0xFFFFFFFF)).at[owner].min(words)
+  return jnp.where(unit_start, smallest, words)
+
+
 def make_select(settings, variant, max_ngram_tokens):
-  def units_mask(seed, unit_start, maskable, budget):
+  def units_mask(seed, unit_start, maskable, budget, by_start_positions=False):
     words = prng.bits(seed, prng.UNITS, (unit_start.shape[-1],))
     if settings.budget == "bernoulli":
       return select.bernoulli_units(unit_start, maskable, words, settings.mask_prob)
+    if by_start_positions:
+      words = run_words(jnp.where(maskable, words, np.uint32(0xFFFFFFFF)), unit_start)
     return select.select_units(unit_start, maskable, words, budget, fill=True)
 
   def select_ngram(tables, seed, tokens, sentences, maskable, budget):
@@ -234,7 +249,7 @@ def make_select(settings, variant, max_ngram_tokens):
     link = (maskable[:-1] & maskable[1:] & same_sentence
             & (_lookup(tables["bigram_keys"], pair) | cont_next))
     unit_start = maskable & ~jnp.concatenate([jnp.zeros((1,), bool), link])
-    target = units_mask(seed, unit_start, maskable, budget)
+    target = units_mask(seed, unit_start, maskable, budget, by_start_positions=True)
     return target, {"unit_start": unit_start, "decide": select.unit_decisions(seed, unit_start)}
 
   return select_ngram if variant == "ngram" else select_bigram
