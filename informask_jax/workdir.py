@@ -94,27 +94,34 @@ def _check_entry_kinds(workdir: pathlib.Path, resume: bool) -> None:
           f"{name} {'folder' if folder else 'file'} there. Move it away or use another --workdir.")
 
 
+_NO_FILE, _UNREADABLE = object(), object()
+
+
+def _config_json(workdir: pathlib.Path):
+  """The parsed config.json of `workdir`; _NO_FILE when there is none, _UNREADABLE when it is
+  not JSON."""
+  path = workdir / "config.json"
+  if not path.is_file():
+    return _NO_FILE
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return _UNREADABLE
+
+
 def _holds_hf_model(workdir: pathlib.Path) -> bool:
   """Whether `workdir` is a Hugging Face model directory (an export, a download): its
   config.json has a model_type, which a run's config.json never has."""
-  try:
-    config = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError):
-    return False
+  config = _config_json(workdir)
   return isinstance(config, dict) and "model_type" in config
 
 
 def _holds_foreign_config(workdir: pathlib.Path) -> bool:
   """Whether config.json is a file and not a run's config (another tool's, or not JSON): a fresh
   start would overwrite it. (A folder of that name is refused by _check_entry_kinds.)"""
-  path = workdir / "config.json"
-  if not path.is_file():
-    return False
-  try:
-    config = json.loads(path.read_text())
-  except (OSError, ValueError):
-    return True
-  return not (isinstance(config, dict) and {"model", "train", "masking"} <= set(config))
+  config = _config_json(workdir)
+  return config is not _NO_FILE and not (
+      isinstance(config, dict) and {"model", "train", "masking"} <= set(config))
 
 
 def set_aside_earlier_logs(workdir: pathlib.Path) -> None:
