@@ -30,6 +30,7 @@ from informask_jax.hf_mapping import (  # noqa: F401
     mlm_config_from_hf,
     to_hf_state_dict,
 )
+from informask_jax.lama.models import PROVENANCE_KEY, read_provenance  # noqa: F401
 from informask_jax.model import MLMConfig
 
 # Tolerance of the export check, in float32 logits (the issue's acceptance bar).
@@ -442,20 +443,6 @@ class ExportMismatchError(RuntimeError):
 
 
 # --- Workdir entry points (convert_checkpoint.py) -----------------------------------------------
-# The config.json key of an export's provenance, read back by eval_lama.py for its run.json.
-PROVENANCE_KEY = "informask_jax"
-
-
-def read_provenance(model_dir) -> dict | None:
-  """The provenance an export recorded in `model_dir`'s config.json; None for other models."""
-  try:
-    with open(os.path.join(os.path.expanduser(os.fspath(model_dir)), "config.json")) as f:
-      recorded = json.load(f).get(PROVENANCE_KEY)
-  except (OSError, ValueError, AttributeError):
-    return None
-  return recorded if isinstance(recorded, dict) else None
-
-
 def _run_provenance(workdir: str, step: int) -> dict:
   """Where an export comes from: the run, its step, and the masking its config.json names."""
   provenance = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(step)}

@@ -15,7 +15,7 @@ import numpy as np
 from informask_jax import paths
 from informask_jax.lama.backends import BACKENDS, check_device, load_backend
 from informask_jax.lama.data_files import discover, read_records
-from informask_jax.lama.models import check_model, load_tokenizer
+from informask_jax.lama.models import check_model, load_tokenizer, read_provenance
 from informask_jax.lama.queries import (
     INFORMASK_MAX_TOKENS,
     encode_queries,
@@ -112,9 +112,7 @@ def _checkpoint_of(model: str, step: int | None) -> dict:
   """run.json's checkpoint fields: the step of a workdir, or what an export recorded."""
   if step is not None or not os.path.isdir(os.path.expanduser(model)):
     return {"checkpoint_step": step}
-  from informask_jax import export  # Lazily, as the backends: it imports the Flax model.
-
-  recorded = export.read_provenance(model)
+  recorded = read_provenance(model)
   if recorded is None:  # Another model: no step to record.
     return {"checkpoint_step": None}
   return {"checkpoint_step": recorded.get("checkpoint_step"), "exported_from": recorded}

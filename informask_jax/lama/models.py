@@ -2,10 +2,25 @@
 name: the checks that refuse one that cannot be evaluated before anything loads, and its
 tokenizer."""
 
+import json
 import os
 import pathlib
 
 from informask_jax import paths
+
+# The config.json key where an export records where it comes from (export.export_workdir);
+# here, so that eval_lama.py reads it without importing the Flax model.
+PROVENANCE_KEY = "informask_jax"
+
+
+def read_provenance(model_dir) -> dict | None:
+  """The provenance an export recorded in `model_dir`'s config.json; None for other models."""
+  try:
+    with open(os.path.join(os.path.expanduser(os.fspath(model_dir)), "config.json")) as f:
+      recorded = json.load(f).get(PROVENANCE_KEY)
+  except (OSError, ValueError, AttributeError):
+    return None
+  return recorded if isinstance(recorded, dict) else None
 
 
 def is_workdir(path: str | os.PathLike) -> bool:
