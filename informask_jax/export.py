@@ -30,7 +30,7 @@ from informask_jax.hf_mapping import (  # noqa: F401
     mlm_config_from_hf,
     to_hf_state_dict,
 )
-from informask_jax.lama.models import PROVENANCE_KEY, read_provenance  # noqa: F401
+from informask_jax.lama.models import PROVENANCE_KEY
 from informask_jax.model import MLMConfig
 
 # Tolerance of the export check, in float32 logits (the acceptance bar).

@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 import convert_checkpoint
 from informask_jax import checkpointing, export, tokenization
+from informask_jax.lama import models as lama_models
 from informask_jax.model import BertMLM, MLMConfig, init_params
 
 WORDS = ("the a cat dog sat ran on under mat rug was is very not good bad great awful movie film "
@@ -893,8 +894,8 @@ def test_an_export_records_the_run_and_step_it_comes_from(imported_workdir, tmp_
   recorded = json.loads((tmp_path / "out" / "config.json").read_text())[export.PROVENANCE_KEY]
   assert recorded == {"workdir": str(run), "checkpoint_step": 0,
                       "masking": {"name": "informask", "budget": "exact", "mask_prob": 0.15}}
-  assert export.read_provenance(tmp_path / "out") == recorded
-  assert export.read_provenance(imported_workdir) is None  # Not an export.
+  assert lama_models.read_provenance(tmp_path / "out") == recorded
+  assert lama_models.read_provenance(imported_workdir) is None  # Not an export.
 
 
 def test_an_import_that_fails_to_write_its_tokenizer_can_be_retried(exported, tmp_path,

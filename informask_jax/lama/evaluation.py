@@ -110,7 +110,7 @@ def _informask_word_list_tokens(words: WordTable, word_list: Sequence[str],
 
 def _checkpoint_of(model: str, step: int | None) -> dict:
   """run.json's checkpoint fields: the step of a workdir, or what an export recorded."""
-  if step is not None or not os.path.isdir(os.path.expanduser(model)):
+  if step is not None or not os.path.isdir(model):  # `model` is expanded by evaluate.
     return {"checkpoint_step": step}
   recorded = read_provenance(model)
   if recorded is None:  # Another model: no step to record.

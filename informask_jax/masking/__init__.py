@@ -16,7 +16,6 @@ Bad options raise ValueError here, at construction, never inside a trace.
 
 import inspect
 import logging
-import os
 
 import numpy as np
 
@@ -82,8 +81,7 @@ def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
   if not rescale and settings.budget == "exact":
     raise ValueError("informask: rescale=False applies to the bernoulli budget; the exact budget "
                      "draws by comparing rates, which has no scale to keep or change.")
-  json_table = isinstance(rates, str | os.PathLike) and os.fspath(rates).endswith(".json")
-  if missing_rate != "mean" and not json_table:
+  if missing_rate != "mean" and not informask.is_json_table(rates):
     raise ValueError(f"informask: missing_rate={missing_rate!r} fills the ids an id_mask_prob "
                      "JSON table leaves out; these rates list every id.")
   table = informask.load_rates(rates, settings.vocab_size, missing_rate)
@@ -171,7 +169,8 @@ def _ignored_fields(masking_config) -> list[str]:
       out.append(f"config.masking.{field}={value!r} ({owner} only)")
   if name != "informask":
     return out
-  if not rates_path.endswith(".json") and str(masking_config.get("missing_rate", "mean")) != "mean":
+  if not informask.is_json_table(rates_path) and \
+      str(masking_config.get("missing_rate", "mean")) != "mean":
     # Only a JSON table (the original repository's id_mask_prob.json) can leave ids out.
     out.append(f"config.masking.missing_rate={masking_config.missing_rate!r} (a .json "
                "rates_path only)")
@@ -246,8 +245,7 @@ def masker_from_config(masking_config, *, vocab_size, special_ids, mask_id, cont
     # Those that apply only (check_config warns about the others, get_masker refuses them).
     if c.budget == "bernoulli":
       options["rescale"] = bool(c.get("rescale", True))
-    if isinstance(options["rates"], str | os.PathLike) and \
-        os.fspath(options["rates"]).endswith(".json"):
+    if informask.is_json_table(options["rates"]):
       options["missing_rate"] = missing_rate_of(c)
   elif name == "informask_online":
     options.update(pmi=pmi, num_candidates=c.num_candidates)

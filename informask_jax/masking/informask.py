@@ -40,6 +40,12 @@ _KEY_HI = np.uint32((153 << 23) - 1)  # just below 2.0**26
 _KEY_BITS = 29
 
 
+def is_json_table(rates) -> bool:
+  """Whether `rates` names an id_mask_prob-style .json table (the only kind that can leave ids
+  out, so the only one missing_rate applies to)."""
+  return isinstance(rates, str | os.PathLike) and os.fspath(rates).endswith(".json")
+
+
 def rates_file(path) -> str:
   """The rate table's path, ~ expanded; FileNotFoundError naming masking.rates_path if absent."""
   path = os.path.expanduser(os.fspath(path))

@@ -209,13 +209,15 @@ def greedy_unit_starts(seg_len, maskable):
   return on_path & maskable
 
 
-def run_words(words, unit_start):
-  """Each unit's start gets the smallest word of its tokens: units then come, in key order, in
-  the order a random permutation of the token positions first hits them, so a k-token run is
-  drawn about k times as often as a lone token (the bigram variant's random start positions)."""
+def run_words(words, unit_start, maskable):
+  """Each unit's start gets the smallest word of its maskable tokens: units then come, in key
+  order, in the order a random permutation of the token positions first hits them, so a k-token
+  run is drawn about k times as often as a lone token (the bigram variant's random start
+  positions). Non-maskable tokens (padding after the last unit belongs to it) do not count."""
   length = words.shape[-1]
   owner = jnp.maximum(select.unit_owner(unit_start), 0)
-  smallest = jnp.full((length,), np.uint32(0xFFFFFFFF)).at[owner].min(words)
+  none = np.uint32(0xFFFFFFFF)
+  smallest = jnp.full((length,), none).at[owner].min(jnp.where(maskable, words, none))
   return jnp.where(unit_start, smallest, words)
 
 
@@ -225,7 +227,7 @@ def make_select(settings, variant, max_ngram_tokens):
     if settings.budget == "bernoulli":
       return select.bernoulli_units(unit_start, maskable, words, settings.mask_prob)
     if by_start_positions:
-      words = run_words(jnp.where(maskable, words, np.uint32(0xFFFFFFFF)), unit_start)
+      words = run_words(words, unit_start, maskable)
     return select.select_units(unit_start, maskable, words, budget, fill=True)
 
   def select_ngram(tables, seed, tokens, sentences, maskable, budget):

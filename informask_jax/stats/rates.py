@@ -151,7 +151,7 @@ def finalize_rates(chosen: np.ndarray, seen: np.ndarray, *, unigram_counts: np.n
       break
     rate = new
   rate[special] = 0.0
-  reached = rate @ weights / weights.sum()
+  reached = expected_fraction(rate, unigram_counts, special_ids)
   if reached < mask_prob * (1 - 1e-6):  # Every positive rate is at 1 and the rest is 0.
     logging.warning(
         "The masking rates reach an expected %.4g of the maskable tokens, short of "
