@@ -449,12 +449,36 @@ def test_pmi_units_never_cross_a_sentence():
 
 
 def test_bigram_lookup_at_the_largest_vocabulary():
-  """At V = 2**16 the pair (65535, 65535) packs to the table's sentinel key; it must not match."""
-  keys = pmi_span_lib.bigram_tables([(10, 11)], 65536)["bigram_keys"]
-  query = jnp.array([10 * 65536 + 11, 65535 * 65536 + 65535, 10 * 65536 + 12], jnp.uint32)
-  np.testing.assert_array_equal(pmi_span_lib._lookup(keys, query), [True, False, False])
-  keys = pmi_span_lib.bigram_tables([(65535, 65535)], 65536)["bigram_keys"]
-  np.testing.assert_array_equal(pmi_span_lib._lookup(keys, query), [False, True, False])
+  """At V = 2**16 the pairs pack to every uint32, 0 and 2**32 - 1 included; only stored pairs
+  match, whatever the empty slots of the hash table hold."""
+  query = jnp.array([10 * 65536 + 11, 65535 * 65536 + 65535, 10 * 65536 + 12, 0], jnp.uint32)
+  for pairs, want in (([(10, 11)], [True, False, False, False]),
+                      ([(65535, 65535)], [False, True, False, False]),
+                      ([(0, 0), (10, 12)], [False, False, True, True])):
+    tables = pmi_span_lib.bigram_tables(pairs, 65536)
+    np.testing.assert_array_equal(pmi_span_lib.in_bigram_table(tables, query), want)
+
+
+def test_hash_buckets_find_exactly_the_stored_pairs():
+  """Every stored (h1, h2) is found, once per duplicate or not; no other pair is, in particular
+  none that shares a stored h1 or h2, none equal to an empty slot's filler, and none in a full
+  row (some rows hold several pairs)."""
+  rng = np.random.default_rng(5)
+  h1 = rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32)
+  h2 = rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32)
+  h1[:50] = h1[50:100]  # Pairs sharing h1 (the same row), with another h2.
+  table = pmi_span_lib.hash_buckets(np.concatenate([h1, h1[:7]]), np.concatenate([h2, h2[:7]]))
+  t1, t2 = table["ngram_h1"], table["ngram_h2"]
+  assert t1.shape == t2.shape and t1.shape[1] > 2  # Rows of several slots.
+  stored = set(zip(h1.tolist(), h2.tolist(), strict=True))
+  rows = np.arange(t1.shape[0], dtype=np.uint32)
+  q1 = np.concatenate([h1, h1, rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32),
+                       rows ^ np.uint32(1), rows])
+  q2 = np.concatenate([h2, h2[::-1], h2, np.zeros_like(rows), np.zeros_like(rows)])
+  want = [(a, b) in stored for a, b in zip(q1.tolist(), q2.tolist(), strict=True)]
+  assert sum(want) == 3000  # The stored pairs only: h1 with a stored but foreign h2 is not.
+  found = pmi_span_lib.in_hash_buckets(t1, t2, jnp.asarray(q1), jnp.asarray(q2))
+  np.testing.assert_array_equal(np.asarray(found), want)
 
 
 def test_selection_keys_can_all_be_selected():

@@ -61,13 +61,16 @@ def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams
     raise ValueError("pmi_span: max_ngram_tokens bounds the n-gram variant's matches; "
                      "variant='bigram' has none.")
   table = contract.as_bool_table(continuation, settings.vocab_size, "pmi_span: continuation")
-  tables = {"continuation": table}
+  tables, ngram_words = {"continuation": table}, None
   if variant == "ngram":
-    tables.update(pmi_span.ngram_tables(ngrams, settings.vocab_size, max_ngram_tokens))
+    ngram, ngram_words = pmi_span.ngram_tables(ngrams, settings.vocab_size, max_ngram_tokens,
+                                               table)
+    tables.update(ngram)
   else:
     tables.update(pmi_span.bigram_tables(bigrams, settings.vocab_size))
   options = (("variant", variant), ("max_ngram_tokens", int(max_ngram_tokens)))
-  return pmi_span.make_select(settings, variant, int(max_ngram_tokens)), tables, options
+  return (pmi_span.make_select(settings, variant, int(max_ngram_tokens), ngram_words), tables,
+          options)
 
 
 def _informask(settings, rates=None, rescale=True, missing_rate="mean"):

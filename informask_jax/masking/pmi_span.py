@@ -4,9 +4,10 @@ variant="ngram": the sequence is segmented left to right into units by the longe
 a vocabulary of high-PMI word n-grams (n = 2..5 words, each stored as its WordPiece tokens, at most
 `max_ngram_tokens`); tokens outside any match form whole-word units. A match must start at a word
 start and end at a word boundary, within one sentence (`sentence_ids`: the statistics count
-n-grams within sentences). On device: two 32-bit chained hashes of the token n-grams starting at
-each position (lengths 2..max_ngram_tokens), looked up in the sorted hashes of the vocabulary with
-searchsorted (a false match needs both hashes to collide: ~2**-64 per lookup). The
+n-grams within sentences). On device: two 32-bit chained hashes of the token spans of whole words
+starting at each word start (as many words as the vocabulary's n-grams have, at most
+max_ngram_tokens tokens), looked up in a hash table of the vocabulary's hashes (`hash_buckets`; a
+false match needs both hashes to collide: ~2**-64 per lookup). The
 greedy left-to-right segmentation is a chain of jumps (each unit start points to the next); its
 starts are found by pointer doubling, log2(L) gathers, with no loop over L.
 
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 VARIANTS = ("ngram", "bigram")
 _SEED1 = np.uint32(0x243F6A88)
 _SEED2 = np.uint32(0x85A308D3)
-_SENTINEL = np.uint32(0xFFFFFFFF)
 
 
 def check_variant(variant) -> None:
@@ -111,7 +111,9 @@ def hash_ngrams(ngrams):
   return out1, out2
 
 
-def ngram_tables(ngrams, vocab_size, max_ngram_tokens):
+def ngram_tables(ngrams, vocab_size, max_ngram_tokens, continuation):
+  """(device tables, (fewest, most) words of an n-gram). Words are counted as in a sequence:
+  the first token starts one, and so does every later token that is not a "##" piece."""
   ngrams, where = _read_json_list(ngrams, "ngrams")
   kept = [g for g in ngrams if 2 <= len(g) <= max_ngram_tokens]
   if len(kept) < len(ngrams):
@@ -123,11 +125,33 @@ def ngram_tables(ngrams, vocab_size, max_ngram_tokens):
   if flat.min() < 0 or flat.max() >= vocab_size:
     raise ValueError(f"pmi_span: {where} holds token ids outside [0, {vocab_size}), the "
                      "tokenizer's vocabulary.")
-  h1, h2 = hash_ngrams(kept)
-  order = np.lexsort((h2, h1))
-  pad = np.array([_SENTINEL, _SENTINEL], np.uint32)
-  return {"ngram_h1": np.concatenate([h1[order], pad]),
-          "ngram_h2": np.concatenate([h2[order], np.zeros(2, np.uint32)])}
+  first = np.cumsum([0] + [len(g) for g in kept[:-1]])
+  word_start = ~np.asarray(continuation, bool)[flat]
+  word_start[first] = True
+  words = np.add.reduceat(word_start.astype(np.int32), first)
+  return hash_buckets(*hash_ngrams(kept)), (int(words.min()), int(words.max()))
+
+
+def hash_buckets(h1, h2):
+  """The n-gram hashes as a hash table: row b of ngram_h1 / ngram_h2 (uint32[R, W]) holds the
+  n-grams with h1 mod R = b, R a power of two >= 2 with 1-2 n-grams per row on average, W the
+  fullest row's count (8 for 20k and 200k n-grams, 12 for 1M). A lookup compares one row's W
+  slots at once, where a binary search over the sorted hashes takes log2(count) dependent steps:
+  the n-gram masker ran 2-3x faster on XLA:CPU with the table (with the word-level lookup
+  below; bench/RESULTS.md). An empty slot holds h1 = b ^ 1, a value of another row, so it never
+  matches. Memory: 8 W bytes per row, 40-50 bytes per n-gram (8 MB for 200k, 50 MB for 1M)."""
+  pairs = np.unique((h1.astype(np.uint64) << np.uint64(32)) | h2)  # An n-gram listed twice.
+  h1, h2 = (pairs >> np.uint64(32)).astype(np.uint32), pairs.astype(np.uint32)
+  rows = 1 << max(1, int(np.ceil(np.log2(len(h1) / 2))))
+  row = (h1 & np.uint32(rows - 1)).astype(np.int64)
+  counts = np.bincount(row, minlength=rows)
+  order = np.argsort(row, kind="stable")
+  slot = np.arange(len(h1)) - np.repeat(np.cumsum(counts) - counts, counts)
+  table1 = np.repeat((np.arange(rows, dtype=np.uint32) ^ np.uint32(1))[:, None], counts.max(), 1)
+  table2 = np.zeros_like(table1)
+  table1[row[order], slot] = h1[order]
+  table2[row[order], slot] = h2[order]
+  return {"ngram_h1": table1, "ngram_h2": table2}
 
 
 def bigram_tables(bigrams, vocab_size):
@@ -142,14 +166,13 @@ def bigram_tables(bigrams, vocab_size):
   if arr.min() < 0 or arr.max() >= vocab_size:
     raise ValueError(f"pmi_span: {where} holds token ids outside [0, {vocab_size}), the "
                      "tokenizer's vocabulary.")
-  keys = np.unique(arr[:, 0] * vocab_size + arr[:, 1]).astype(np.uint32)
-  return {"bigram_keys": np.append(keys, _SENTINEL)}
+  keys = (arr[:, 0] * vocab_size + arr[:, 1]).astype(np.uint32)
+  table = hash_buckets(prng.mix32(keys), keys)  # Rows by a hash: the key's low bits are one id's.
+  return {"bigram_h1": table["ngram_h1"], "bigram_h2": table["ngram_h2"]}
 
 
-def _lookup(sorted_keys, query):
-  idx = jnp.searchsorted(sorted_keys, query)
-  # The last slot is the sentinel, which a real key can equal (pair (65535, 65535) at V = 2**16).
-  return (idx < sorted_keys.shape[0] - 1) & (sorted_keys[idx] == query)
+def in_bigram_table(tables, pair):
+  return in_hash_buckets(tables["bigram_h1"], tables["bigram_h2"], prng.mix32(pair), pair)
 
 
 def sentence_starts(sentences, maskable):
@@ -162,15 +185,17 @@ def sentence_starts(sentences, maskable):
   return maskable & changed
 
 
-def longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence):
-  """int32[L]: token length of the longest vocabulary n-gram at each word start (0: none)."""
+def longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence,
+                  ngram_words):
+  """int32[L]: token length of the longest vocabulary n-gram at each word start (0: none).
+
+  ngram_words = (fewest, most) words of a vocabulary n-gram: only spans of that many whole words are
+  looked up (4 per position for n = 2..5, where every token length up to max_ngram_tokens would
+  be 11), since a match must end at a word boundary."""
   length = tokens.shape[-1]
   pos = jnp.arange(length, dtype=jnp.int32)
   toks = jnp.concatenate([tokens, jnp.zeros((max_ngram_tokens,), jnp.int32)]).astype(jnp.uint32)
-  # A unit may end before position j when j is past the end, special, or a word start (a
-  # sentence start is one).
-  ends = jnp.concatenate([starts | ~maskable, jnp.ones((max_ngram_tokens + 1,), bool)])
-  run_end = select.next_boundary(~maskable | new_sentence)  # (L,) first special/pad/sentence
+  # Chained hashes of the 1..max_ngram_tokens tokens from each position: (N, L).
   h1 = jnp.full((length,), _SEED1)
   h2 = jnp.full((length,), _SEED2)
   hashes1, hashes2 = [], []
@@ -180,15 +205,32 @@ def longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_senten
     h2 = prng.mix32(h2 + t)
     hashes1.append(h1)
     hashes2.append(h2)
-  q1, q2 = jnp.stack(hashes1[1:]), jnp.stack(hashes2[1:])  # (N - 1, L), lengths 2..N
-  keys1, keys2 = tables["ngram_h1"], tables["ngram_h2"]
-  idx = jnp.searchsorted(keys1, q1)  # One search for all lengths.
-  found = ((keys1[idx] == q1) & (keys2[idx] == q2)) | (
-      (keys1[idx + 1] == q1) & (keys2[idx + 1] == q2))
-  n = jnp.arange(2, max_ngram_tokens + 1, dtype=jnp.int32)[:, None]  # (N - 1, 1)
-  ok = found & starts[None, :] & (run_end[None, :] >= pos[None, :] + n) & ends[pos[None, :] + n]
-  best = jnp.max(jnp.where(ok, n, 0), axis=0)  # (L,) the longest match
-  return best
+  hashes1, hashes2 = jnp.stack(hashes1), jnp.stack(hashes2)
+  # The end of the k-th word from each position: a unit may end before a word start, a special
+  # token or the row's end; it must not reach past the first special / pad / sentence start.
+  next_end = jnp.concatenate([select.next_boundary(starts | ~maskable),
+                              jnp.array([length], jnp.int32)])
+  run_end = select.next_boundary(~maskable | new_sentence)
+  fewest, most = ngram_words
+  end = pos
+  lengths = []
+  for k in range(1, most + 1):
+    end = next_end[end]
+    if k >= fewest:
+      lengths.append(end - pos)
+  n = jnp.stack(lengths)  # (Q, L) token lengths of the spans of fewest..most words
+  ok = starts[None, :] & (n >= 2) & (n <= max_ngram_tokens) & (pos + n <= run_end[None, :])
+  last = jnp.clip(n - 1, 0, max_ngram_tokens - 1)
+  q1 = jnp.take_along_axis(hashes1, last, axis=0)
+  q2 = jnp.take_along_axis(hashes2, last, axis=0)
+  found = in_hash_buckets(tables["ngram_h1"], tables["ngram_h2"], q1, q2)
+  return jnp.max(jnp.where(ok & found, n, 0), axis=0)  # (L,) the longest match
+
+
+def in_hash_buckets(table1, table2, q1, q2):
+  """bool[...]: whether (q1, q2) is in the `hash_buckets` table."""
+  row = q1 & np.uint32(table1.shape[0] - 1)
+  return jnp.any((table1[row] == q1[..., None]) & (table2[row] == q2[..., None]), axis=-1)
 
 
 def greedy_unit_starts(seg_len, maskable):
@@ -221,7 +263,7 @@ def run_words(words, unit_start, maskable):
   return jnp.where(unit_start, smallest, words)
 
 
-def make_select(settings, variant, max_ngram_tokens):
+def make_select(settings, variant, max_ngram_tokens, ngram_words=None):
   def units_mask(seed, unit_start, maskable, budget, by_start_positions=False):
     words = prng.bits(seed, prng.UNITS, (unit_start.shape[-1],))
     if settings.budget == "bernoulli":
@@ -236,7 +278,8 @@ def make_select(settings, variant, max_ngram_tokens):
     starts = select.word_starts(maskable, tables["continuation"][tokens]) | new_sentence  # (L,)
     pos = jnp.arange(tokens.shape[-1], dtype=jnp.int32)
     word_len = select.next_boundary(starts | ~maskable) - pos
-    match = longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence)
+    match = longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence,
+                          ngram_words)
     seg_len = jnp.where(starts, jnp.where(match > 0, match, word_len), 1)
     unit_start = greedy_unit_starts(seg_len, maskable)
     target = units_mask(seed, unit_start, maskable, budget)
@@ -249,7 +292,7 @@ def make_select(settings, variant, max_ngram_tokens):
     cont_next = tables["continuation"][tokens[1:]]
     same_sentence = ~sentence_starts(sentences, maskable)[1:]
     link = (maskable[:-1] & maskable[1:] & same_sentence
-            & (_lookup(tables["bigram_keys"], pair) | cont_next))
+            & (in_bigram_table(tables, pair) | cont_next))
     unit_start = maskable & ~jnp.concatenate([jnp.zeros((1,), bool), link])
     target = units_mask(seed, unit_start, maskable, budget, by_start_positions=True)
     return target, {"unit_start": unit_start, "decide": select.unit_decisions(seed, unit_start)}
