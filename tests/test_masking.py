@@ -473,7 +473,7 @@ def test_hash_buckets_find_exactly_the_stored_pairs():
   stored = set(zip(h1.tolist(), h2.tolist(), strict=True))
   rows = np.arange(t1.shape[0], dtype=np.uint32)
   q1 = np.concatenate([h1, h1, rng.integers(0, 1 << 32, 3000, dtype=np.uint64).astype(np.uint32),
-                       rows ^ np.uint32(1), rows])
+                       (rows + 1) % rows.size, rows])
   q2 = np.concatenate([h2, h2[::-1], h2, np.zeros_like(rows), np.zeros_like(rows)])
   want = [(a, b) in stored for a, b in zip(q1.tolist(), q2.tolist(), strict=True)]
   assert sum(want) == 3000  # The stored pairs only: h1 with a stored but foreign h2 is not.
@@ -1266,8 +1266,8 @@ def test_pmi_ngram_segmentation_matches_a_brute_force_reference():
 
 
 def test_pmi_ngram_found_when_another_ngram_shares_its_first_hash():
-  """Two n-grams whose first 32-bit hashes collide sit side by side in the sorted table; the
-  second hash tells them apart, so both must be found (the lookup checks two slots)."""
+  """Two n-grams whose first 32-bit hashes collide share a row of the hash table; the second
+  hash tells them apart, so both must be found."""
   vocab = 1 << 16
   ids = np.arange(5, vocab, dtype=np.uint32)
   first = prng.mix32(pmi_span_lib._SEED1 ^ ids)  # h1 after the first token
@@ -1284,6 +1284,22 @@ def test_pmi_ngram_found_when_another_ngram_shares_its_first_hash():
   tokens = np.array([[CLS, *ngram, 9, SEP] for ngram in ngrams], np.int32)
   _, aux = masker(jax.random.key(0), tokens, with_aux=True)
   np.testing.assert_array_equal(np.asarray(aux["ngram_len"])[:, 1], [2, 2])
+
+
+def test_pmi_ngram_found_among_three_that_share_their_first_hash():
+  """Three n-grams with one 32-bit h1 (found by search; a 2M-n-gram vocabulary holds such a
+  triple with probability ~7%), in every order and with one listed twice: each is found (a
+  lookup of a sorted table's two slots at the first equal h1 missed the third)."""
+  a, b, c = (58214, 23033), (53211, 57415), (2105, 5000)
+  h1, _ = pmi_span_lib.hash_ngrams([a, b, c])
+  assert h1[0] == h1[1] == h1[2]
+  tokens = np.array([[CLS, *g, SEP] for g in (a, b, c)], np.int32)
+  for ngrams in ([a, b, c], [c, b, a], [a, a, b, c]):
+    masker = masking.get_masker("pmi_span", vocab_size=1 << 16, mask_id=MASK,
+                                special_ids=SPECIAL, continuation=np.zeros(1 << 16, bool),
+                                ngrams=ngrams)
+    _, aux = masker(jax.random.key(0), tokens, with_aux=True)
+    np.testing.assert_array_equal(np.asarray(aux["ngram_len"])[:, 1], [2, 2, 2])
 
 
 def _reference_select_units(keys, words, unit_start, maskable, budget, fill, truncate, seen):

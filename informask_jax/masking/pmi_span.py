@@ -134,20 +134,21 @@ def ngram_tables(ngrams, vocab_size, max_ngram_tokens, continuation):
 
 def hash_buckets(h1, h2):
   """The n-gram hashes as a hash table: row b of ngram_h1 / ngram_h2 (uint32[R, W]) holds the
-  n-grams with h1 mod R = b, R a power of two >= 2 with 1-2 n-grams per row on average, W the
-  fullest row's count (8 for 20k and 200k n-grams, 12 for 1M). A lookup compares one row's W
-  slots at once, where a binary search over the sorted hashes takes log2(count) dependent steps:
-  the n-gram masker ran 2-3x faster on XLA:CPU with the table (with the word-level lookup
-  below; bench/RESULTS.md). An empty slot holds h1 = b ^ 1, a value of another row, so it never
-  matches. Memory: 8 W bytes per row, 40-50 bytes per n-gram (8 MB for 200k, 50 MB for 1M)."""
+  n-grams with h1 mod R = b, R = ceil(count / 2) (at least 2), W the fullest row's count (8 for
+  20k n-grams, 11-13 for 200k-2M). A lookup compares one row's W slots at once, where a binary
+  search over the sorted hashes took log2(count) dependent steps. An empty slot of row b holds
+  h1 = (b + 1) mod R, a value of another row, so it never matches. Memory: 8 W bytes per row,
+  32-52 bytes per n-gram (46 MB for 1M n-grams, 109 MB for 2M, on every device; the sorted
+  hashes took 8)."""
   pairs = np.unique((h1.astype(np.uint64) << np.uint64(32)) | h2)  # An n-gram listed twice.
   h1, h2 = (pairs >> np.uint64(32)).astype(np.uint32), pairs.astype(np.uint32)
-  rows = 1 << max(1, int(np.ceil(np.log2(len(h1) / 2))))
-  row = (h1 & np.uint32(rows - 1)).astype(np.int64)
+  rows = max(2, -(-len(h1) // 2))
+  row = (h1 % np.uint32(rows)).astype(np.int64)
   counts = np.bincount(row, minlength=rows)
   order = np.argsort(row, kind="stable")
   slot = np.arange(len(h1)) - np.repeat(np.cumsum(counts) - counts, counts)
-  table1 = np.repeat((np.arange(rows, dtype=np.uint32) ^ np.uint32(1))[:, None], counts.max(), 1)
+  filler = ((np.arange(rows) + 1) % rows).astype(np.uint32)
+  table1 = np.repeat(filler[:, None], counts.max(), axis=1)
   table2 = np.zeros_like(table1)
   table1[row[order], slot] = h1[order]
   table2[row[order], slot] = h2[order]
@@ -195,17 +196,6 @@ def longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_senten
   length = tokens.shape[-1]
   pos = jnp.arange(length, dtype=jnp.int32)
   toks = jnp.concatenate([tokens, jnp.zeros((max_ngram_tokens,), jnp.int32)]).astype(jnp.uint32)
-  # Chained hashes of the 1..max_ngram_tokens tokens from each position: (N, L).
-  h1 = jnp.full((length,), _SEED1)
-  h2 = jnp.full((length,), _SEED2)
-  hashes1, hashes2 = [], []
-  for n in range(1, max_ngram_tokens + 1):  # A loop over n-gram lengths, not over L.
-    t = toks[n - 1:n - 1 + length]
-    h1 = prng.mix32(h1 ^ t)
-    h2 = prng.mix32(h2 + t)
-    hashes1.append(h1)
-    hashes2.append(h2)
-  hashes1, hashes2 = jnp.stack(hashes1), jnp.stack(hashes2)
   # The end of the k-th word from each position: a unit may end before a word start, a special
   # token or the row's end; it must not reach past the first special / pad / sentence start.
   next_end = jnp.concatenate([select.next_boundary(starts | ~maskable),
@@ -220,16 +210,25 @@ def longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_senten
       lengths.append(end - pos)
   n = jnp.stack(lengths)  # (Q, L) token lengths of the spans of fewest..most words
   ok = starts[None, :] & (n >= 2) & (n <= max_ngram_tokens) & (pos + n <= run_end[None, :])
-  last = jnp.clip(n - 1, 0, max_ngram_tokens - 1)
-  q1 = jnp.take_along_axis(hashes1, last, axis=0)
-  q2 = jnp.take_along_axis(hashes2, last, axis=0)
+  # Chained hashes of the 1..max_ngram_tokens tokens from each position, each kept where it is
+  # the hash of a span above (no (N, L) array of all of them: elementwise, one fused loop).
+  h1 = jnp.full((length,), _SEED1)
+  h2 = jnp.full((length,), _SEED2)
+  q1 = jnp.zeros(n.shape, jnp.uint32)
+  q2 = jnp.zeros(n.shape, jnp.uint32)
+  for size in range(1, max_ngram_tokens + 1):  # A loop over n-gram lengths, not over L.
+    t = toks[size - 1:size - 1 + length]
+    h1 = prng.mix32(h1 ^ t)
+    h2 = prng.mix32(h2 + t)
+    q1 = jnp.where(n == size, h1[None, :], q1)
+    q2 = jnp.where(n == size, h2[None, :], q2)
   found = in_hash_buckets(tables["ngram_h1"], tables["ngram_h2"], q1, q2)
   return jnp.max(jnp.where(ok & found, n, 0), axis=0)  # (L,) the longest match
 
 
 def in_hash_buckets(table1, table2, q1, q2):
   """bool[...]: whether (q1, q2) is in the `hash_buckets` table."""
-  row = q1 & np.uint32(table1.shape[0] - 1)
+  row = q1 % np.uint32(table1.shape[0])
   return jnp.any((table1[row] == q1[..., None]) & (table2[row] == q2[..., None]), axis=-1)
 
 
