@@ -1304,10 +1304,11 @@ def test_pmi_ngram_found_among_three_that_share_their_first_hash():
 
 def _reference_select_units(keys, words, unit_start, maskable, budget, fill, truncate, seen):
   """select_units in plain Python: the prefix of units in key order within the budget; then
-  (fill) FILL_PASSES times the prefix, in the same order, of the units left out no longer than
-  what is left, or (truncate) a window of what is left from the first unit left out, at the
-  offset drawn from the low 16 bits of that unit's word. `seen["short"]` counts fills that end
-  below BERT's greedy (every unit in key order taken if it still fits)."""
+  (fill) the prefix, in the same order, of the units left out no longer than what is left, then
+  FILL_STEPS times the next of them that still fits, or (truncate) a window of what is left from
+  the first unit left out, at the offset drawn from the low 16 bits of that unit's word.
+  `seen["short"]` counts fills that end below BERT's greedy (every unit in key order taken if it
+  still fits)."""
   length = len(keys)
   boundary = np.concatenate([unit_start | ~maskable, [True]])
   starts = np.flatnonzero(unit_start)
@@ -1324,16 +1325,20 @@ def _reference_select_units(keys, words, unit_start, maskable, budget, fill, tru
     greedy = remaining
     for s in rest:
       greedy -= lens[s] if lens[s] <= greedy else 0
-    left = remaining
-    for _ in range(select.FILL_PASSES):
-      extra = 0
-      for s in [s for s in rest if s not in taken and lens[s] <= left]:
-        if extra + lens[s] > left:
-          break
-        seen["fit"] += lens[s] == left - extra  # a unit of just the budget left
-        extra += lens[s]
-        taken.append(s)
-      left -= extra
+    left, extra = remaining, 0
+    for s in [s for s in rest if lens[s] <= left]:  # One pass: the prefix that fits.
+      if extra + lens[s] > left:
+        break
+      seen["fit"] += lens[s] == left - extra  # a unit of just the budget left
+      extra += lens[s]
+      taken.append(s)
+    left -= extra
+    for _ in range(select.FILL_STEPS):  # Then the next unit that still fits, one at a time.
+      fits = [s for s in rest if s not in taken and lens[s] <= left]
+      if fits:
+        seen["fit"] += lens[fits[0]] == left
+        taken.append(fits[0])
+        left -= lens[fits[0]]
     seen["short"] += left > greedy
   for s in taken:
     mask[s:s + lens[s]] = True
@@ -1370,7 +1375,7 @@ def test_select_units_matches_a_brute_force_reference(fill, truncate):
                                      fill, truncate, seen)
       np.testing.assert_array_equal(got[b], want, err_msg=f"L={length}, row {b}")
   assert seen["fit"] > 50 or not fill, seen  # Cases the fill and the cut decide.
-  assert seen["short"] == 0, seen  # The fill passes end where BERT's greedy does.
+  assert seen["short"] == 0, seen  # The fill ends where BERT's greedy does.
   assert seen["cut"] > 50 or not truncate, seen
 
 

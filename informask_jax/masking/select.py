@@ -19,14 +19,17 @@ from informask_jax.masking import prng
 from informask_jax.masking.prng import uniform
 
 RANDOM_KEY_BITS = 16  # Random bits per selection key; the position fills the low bits.
-# Passes of select_units' fill. Each takes, in key order, the units that still fit until one does
-# not; the budget left then falls below that unit's length, so each pass looks at shorter units
-# only, and the passes together take what BERT's greedy (every unit in key order, taken if it
-# still fits) takes unless four overflows in turn are needed. One pass left 157 of 2,000 rows of
-# 20 words short with a word that still fit; three, none (and none in the brute-force test).
+# select_units' fill, after the prefix of units within the budget: one more pass takes, in key
+# order, the units that still fit until one does not; then FILL_STEPS steps take one unit each,
+# the next in key order that still fits. Together they take what BERT's greedy (every unit in
+# key order, taken if it still fits) takes unless it takes more than FILL_STEPS units after the
+# pass. (The pass alone left 157 of 2,000 rows of 20 words short with a word that still fit.) A
+# step is one reduction, a pass one per key bit (~25): three passes, as before, cost whole_word
+# 1.4x as much at 256 x 512 and ended short of the greedy as often in a simulation
+# (bench/RESULTS.md).
 # A fixed count, not a while_loop: under vmap and a sharded batch its exit test would be an
 # all-reduce per iteration.
-FILL_PASSES = 3
+FILL_STEPS = 4
 
 
 def position_bits(length):
@@ -116,11 +119,12 @@ def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=Fal
   """Target mask covering whole units drawn in random order until the token budget.
 
   The prefix of units (in key order) whose total stays within `budget` is taken. Then either
-  `fill`: FILL_PASSES more passes take, in the same order, further units that still fit (units
-  stay whole, count <= budget, as BERT's whole-word masking); or `truncate`: of the first unit
-  that did not fit, a window of the remaining budget's length from a random token of the unit,
-  moved back to the start of its word when `word_start` is given, is taken (count == budget, one
-  word cut at most, as SpanBERT's cut of a span drawn from a random anchor). The start is random
+  `fill`: one more pass and FILL_STEPS single-unit steps take, in the same order, further units
+  that still fit (units stay whole, count <= budget, as BERT's whole-word masking); or
+  `truncate`: of the first unit that did not fit, a window of the remaining budget's length from
+  a random token of the unit, moved back to the start of its word when `word_start` is given, is
+  taken (count == budget, one word cut at most, as SpanBERT's cut of a span drawn from a random
+  anchor). The start is random
   so that unit starts are not favoured: a unit always starts after [CLS] and [SEP], and keeping
   the cut unit's first tokens made the first word of a short sequence a target 3x as often as
   the others.
@@ -131,10 +135,14 @@ def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=Fal
   sel, used = threshold_select(keys, lens, budget, nbits)
   remaining = budget - used
   if fill:
-    for _ in range(FILL_PASSES):
-      lens2 = jnp.where(~sel & (lens <= remaining), lens, 0)
-      sel2, used2 = threshold_select(keys, lens2, remaining, nbits)
-      sel, remaining = sel | sel2, remaining - used2
+    lens2 = jnp.where(~sel & (lens <= remaining), lens, 0)
+    sel2, used2 = threshold_select(keys, lens2, remaining, nbits)
+    sel, remaining = sel | sel2, remaining - used2
+    none = np.uint32((1 << nbits) - 1)  # Above every key: no unit fits.
+    for _ in range(FILL_STEPS):
+      fits = ~sel & (lens > 0) & (lens <= remaining)
+      take = fits & (keys == jnp.min(jnp.where(fits, keys, none)))  # Keys are unique.
+      sel, remaining = sel | take, remaining - jnp.sum(jnp.where(take, lens, 0))
   mask = expand_units(sel, unit_start, maskable)
   if truncate:
     # The unit right after the accepted prefix: smallest key among the units left out.

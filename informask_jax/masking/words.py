@@ -6,7 +6,7 @@ starts at every maskable token that is not a continuation, or that follows a spe
 Budget rule (exact): units are drawn in random order and taken while the token count stays within
 round(mask_prob * n_maskable).
   whole_word  skips a unit that would exceed the budget and goes on with the next ones that
-              still fit, as BERT's whole-word masking (select.FILL_PASSES): words are never
+              still fit, as BERT's whole-word masking (select.FILL_STEPS): words are never
               split and the count never exceeds the budget.
   span        cuts the first span that does not fit to the remaining budget, as SpanBERT does:
               exactly the budget, at the price of one span (possibly one word) cut short. The
