@@ -17,6 +17,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Checkpoints, logs and metrics go here.")
 distributed.define_flags()
+# absl's --help lists the main module's flags only; multi-host users need these three there.
+flags.adopt_module_key_flags(distributed)
 
 
 def main(argv):

@@ -828,6 +828,10 @@ def test_train_py_help_lists_its_flags_and_succeeds():
                        timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]  # absl exits 1 after its help.
   assert "--config:" in out.stdout and "--workdir:" in out.stdout, out.stdout
+  # The multi-host flags live in informask_jax/distributed.py, which absl's --help leaves out
+  # unless train.py adopts them.
+  for flag in ("--coordinator_address:", "--num_processes:", "--process_id:"):
+    assert flag in out.stdout, out.stdout
 
 
 def test_train_py_reports_a_config_file_that_fails_to_import_in_one_line(tmp_path):
