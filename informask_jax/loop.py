@@ -538,7 +538,7 @@ def _save_before_data_failure(step, started_at, state, batches, checkpointer, me
       logging.error("%s", e)
       saved = False
   # The error may come from deep inside a library's reader (a stream's network): name the data.
-  sources = ", ".join(f"{s.kind} {s.name!r}{' (streaming)' if s.get('streaming') else ''}"
+  sources = ", ".join(f"{s['kind']} {s.get('name')!r}{' (streaming)' if s.get('streaming') else ''}"
                       for s in config.data.sources)
   logging.error("Reading the training data (config.data.sources: %s) failed after step %d (the "
                 "error follows): %s; once the data reads again, run the same command to resume.",

@@ -539,6 +539,10 @@ def test_records_without_the_text_field_are_counted(tmp_path, caplog):
     (b'"a bare string"\n', 3, r'a JSON string, not an object; each line must be one record '
                              r'such as \{"text": "..."\}'),
     (b'{"text": "caf\xff"}\n', 3, r"byte 0xff \(byte 14 of the line\) is not valid UTF-8"),
+    # Python's json reads an escaped lone surrogate; pyarrow refuses it and names row 2.
+    (b'{"text": "half \\ud800 of a pair"}\n', 3, r"a string holds the escape \\ud800, half of a "
+     r"UTF-16 surrogate pair without its other half, which is not text; remove it or write the "
+     r"character"),
 ])
 def test_a_bad_jsonl_line_is_named_with_its_file_and_line(tmp_path, streaming, content, line,
                                                           reason):
@@ -551,6 +555,37 @@ def test_a_bad_jsonl_line_is_named_with_its_file_and_line(tmp_path, streaming, c
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path),
                                                              streaming=streaming)]))
     list(loaded["train"])
+
+
+def test_a_surrogate_pair_is_text_and_a_lone_half_in_a_json_array_is_named(tmp_path):
+  good = tmp_path / "good.jsonl"
+  good.write_bytes(b'{"text": "A smile: \\ud83d\\ude00."}\n')  # One character, as a pair.
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(good))],
+                                           validation_fraction=0.0))
+  assert _texts(loaded["train"]) == ["A smile: \U0001F600."]
+  bad = tmp_path / "docs.json"
+  bad.write_bytes(b'[{"text": "One."},\n {"text": "Two \\udc00."}]\n')
+  with pytest.raises(ValueError, match=r"docs.json': item 1 of its JSON array: a string holds "
+                                       r"the escape \\udc00, half of a UTF-16 surrogate pair"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(bad))]))
+
+
+def test_sources_written_as_plain_dicts_in_a_config_file(tmp_path):
+  """`c.data.sources = [{"kind": "files", ...}]` works as configs.base.source(...) does, and a
+  mistyped field or a source that is not a mapping is named, not ignored."""
+  path = tmp_path / "docs.jsonl"
+  path.write_text('{"text": "One."}\n{"text": "Two."}\n')
+  data = _data_config(tmp_path, [], validation_fraction=0.0)
+  data.sources = [{"kind": "files", "name": str(path)}]
+  assert _texts(corpus.load_corpus(data)["train"]) == ["One.", "Two."]
+  data.sources = [{"kind": "files", "path": str(path)}]
+  with pytest.raises(ValueError, match=r"^config.data.sources\[0\] has unknown field\(s\) "
+                                       r"\['path'\]; a source's fields are kind, name, config,"):
+    corpus.check_sources(data)
+  data.sources = ["docs.jsonl"]
+  with pytest.raises(ValueError, match=r"^config.data.sources\[0\] is str 'docs.jsonl', not a "
+                                       r"source; write it as configs.base.source\(kind, name"):
+    corpus.check_sources(data)
 
 
 def test_a_bad_json_array_is_named_with_its_line(tmp_path):

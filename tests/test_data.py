@@ -951,6 +951,10 @@ def test_an_empty_or_tiny_stream_is_named_before_a_tokenizer_is_trained(tmp_path
     c.data.sources[0].update(kind="files", name=str(tmp_path / name), streaming=True)
     with pytest.raises(ValueError, match=message):
       data.build_input_pipeline(c)
+  # A config file may write its sources as plain dicts: the log line and the error name them too.
+  c.data.sources = [{"kind": "files", "name": str(tmp_path / "empty.txt"), "streaming": True}]
+  with pytest.raises(ValueError, match=r"The corpus is empty: .*\(files:.*empty.txt\)\.$"):
+    data.build_input_pipeline(c)
 
 
 @pytest.mark.parametrize("streaming", [False, True])

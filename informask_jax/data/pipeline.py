@@ -118,11 +118,15 @@ def _stream_validation_documents(corpus, data):
                      f"validation_fraction=0.0){NONE_HELD_OUT}")
   if next(iter(corpus["train"].take(1)), None) is None:
     raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
-                     f"cleaning ({', '.join(f'{s.kind}:{s.name}' for s in data.sources)}).")
+                     f"cleaning ({', '.join(_source_names(data))}).")
   raise ValueError(f"The streaming corpus gave no validation document: none of its documents "
                    f"falls in the held-out config.data.validation_fraction="
                    f"{data.validation_fraction} (a small corpus); raise it, or read the corpus "
                    "in memory (streaming=False), which holds out at least one document.")
+
+
+def _source_names(data):
+  return [f"{s['kind']}:{s.get('name')}" for s in data.sources]  # A source may be a plain dict.
 
 
 def build_input_pipeline(config, check_tokenizer=None):
@@ -136,7 +140,7 @@ def build_input_pipeline(config, check_tokenizer=None):
   data = config.data
   cache_dir = paths.cache_dir(data.cache_dir)
   log.info("Input pipeline: %d source(s) %s; seq_len=%d, packing=%s, cache %s.",
-           len(data.sources), [f"{s.kind}:{s.name}" for s in data.sources], data.seq_len,
+           len(data.sources), _source_names(data), data.seq_len,
            data.packing, cache_dir)
   corpus = corpus_lib.load_corpus(data)
   streaming = isinstance(corpus, datasets.IterableDatasetDict)

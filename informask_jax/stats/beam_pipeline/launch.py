@@ -47,14 +47,15 @@ def check_config(config) -> list[str]:
                      "documents' has no meaning in a parallel pipeline; use -1 and shard the "
                      "input files instead.")
   corpus.check_validation_fraction(config.data.validation_fraction)
+  corpus.check_sources(config.data)
   patterns = []
   for i, source in enumerate(config.data.sources):
-    if source.kind != "files":
+    if source["kind"] != "files":
       raise ValueError(
-          f"config.data.sources[{i}].kind={source.kind!r}: the Beam pipeline reads files only. "
+          f"config.data.sources[{i}].kind={source['kind']!r}: the Beam pipeline reads files only. "
           "Export the corpus to .txt/.jsonl/.parquet shards and pass them with --files (a hub "
           "dataset's own parquet shards work as they are).")
-    patterns.append(source.name)
+    patterns.append(source["name"])
   return patterns
 
 
