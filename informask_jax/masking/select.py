@@ -124,10 +124,9 @@ def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=Fal
   `truncate`: of the first unit that did not fit, a window of the remaining budget's length from
   a random token of the unit, moved back to the start of its word when `word_start` is given, is
   taken (count == budget, one word cut at most, as SpanBERT's cut of a span drawn from a random
-  anchor). The start is random
-  so that unit starts are not favoured: a unit always starts after [CLS] and [SEP], and keeping
-  the cut unit's first tokens made the first word of a short sequence a target 3x as often as
-  the others.
+  anchor). The start is random so that unit starts are not favoured: a unit always starts after
+  [CLS] and [SEP], and keeping the cut unit's first tokens made the first word of a short
+  sequence a target 3x as often as the others.
   """
   length = unit_start.shape[-1]
   keys, nbits = unique_keys(words, length)
