@@ -556,6 +556,26 @@ def test_informask_exact_single_target_is_drawn_in_proportion_to_rate():
   assert scipy.stats.chisquare(counts, expected).pvalue > 1e-3, (counts, expected)
 
 
+def test_informask_exact_draws_zero_rate_tokens_last_and_uniformly():
+  """Zero-rate tokens come after every positive-rate token, however small its rate (1e-9 of the
+  largest, below the 1e-6 floor): both floored to the same weight, 12 of 16 zero-rate tokens
+  would be among 3 draws ~ 3/4 of the time. Beyond the positive-rate tokens the budget is filled
+  from the zero-rate ones in uniformly random order."""
+  rates = np.full(V, 0.1, np.float32)
+  rates[11], rates[12] = 1e-10, 0.0  # The largest rate, 0.1, is on ids absent from the rows.
+  row = np.concatenate([[CLS], [11] * 4, [12] * 16, [SEP]]).astype(np.int32)  # 20 maskable
+  tokens = np.tile(row, (B, 1))
+  low = build("informask", "exact", rates=rates, mask_prob=0.15)  # 3 targets
+  out = np.asarray(jax.jit(low)(jax.random.key(0), tokens)["mask"])
+  assert (out.sum(1) == 3).all()
+  assert not out[:, 5:-1].any(), f"{int(out[:, 5:-1].sum())} zero-rate targets before rate 1e-10"
+  high = build("informask", "exact", rates=rates, mask_prob=0.3)  # 6: all four, then two of 16
+  out = np.asarray(jax.jit(high)(jax.random.key(1), tokens)["mask"])
+  assert out[:, 1:5].all() and (out[:, 5:-1].sum(1) == 2).all()
+  counts = out[:, 5:-1].sum(0)
+  assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts
+
+
 def test_informask_bernoulli_corruption_split_when_rescaled_rates_exceed_one():
   """A rare token with a high rate gets p = rate * scale > 1 (always a target): its targets are
   still 80% [MASK], 10% random, 10% kept (a decision from u / p, not uniform for p > 1, made

@@ -101,6 +101,13 @@ class Masker:
 
   A pytree: its tables are leaves, so a train step can take the masker as a jit argument instead
   of embedding large tables (informask_online's PMI) as constants when it closes over it.
+
+  Ids outside [0, vocab_size) raise a ValueError when the masker sees concrete ids (an eager
+  call). Inside a jitted step they are tracers and go unchecked: JAX indexing clamps such an id
+  into the table (vocab_size + 7 reads the last row), so it is masked as that token would be.
+  The data pipeline's ids are in range by construction (vocab_size is its tokenizer's table
+  size); a step fed from elsewhere must check them itself, as a device-side check would cost
+  every step a host sync.
   """
 
   def __init__(self, name, select, tables, settings, options=()):

@@ -4,7 +4,9 @@ The rate table float32[V] is precomputed from the corpus (informask_jax.stats) w
 sample-and-score procedure of `online.py`. Budgets:
   exact      round(mask_prob * n_maskable) targets drawn without replacement with probability
              proportional to the rates (Gumbel-top-k in its exponential-race form: the smallest
-             -log(u) / rate win). Zero-rate tokens are drawn last (rate floored at 1e-6 of the max).
+             -log(u) / rate win). Zero-rate tokens are drawn last: only when the budget exceeds
+             the sequence's positive-rate tokens, then in uniformly random order. Positive rates
+             below 1e-6 of the largest act as 1e-6 of it.
   bernoulli  each token independently with p = rate, rescaled per sequence so that the expected
              fraction is mask_prob (`rescale=True`), or p = rate as stored (`rescale=False`: the
              original repository's `rand < prob` with its table already calibrated to ~15%).
@@ -33,8 +35,11 @@ from informask_jax.masking import prng, select
 log = logging.getLogger(__name__)
 
 MIN_RELATIVE_RATE = 1e-6
-# Exponential-race keys e = -log(u) / w lie in [2**-26, 2**26) for u in [2**-24, 1) and
+# Exponential-race keys e = -log(u) / w lie in [2**-26, 2**24) for u in [2**-24, 1) and
 # w in [1e-6, 1]; their float32 bit patterns, offset, fit in 29 bits and keep the order.
+# Zero-rate tokens (w = 0) race in [2**25, 1.52 * 2**25) instead: behind every positive rate,
+# and in random order among themselves (a monotone map of -log(u), equal weights).
+_ZERO_RATE_RACE = np.float32(2.0**25)
 _KEY_LO = np.uint32(101 << 23)  # bits of 2.0**-26
 _KEY_HI = np.uint32((153 << 23) - 1)  # just below 2.0**26
 _KEY_BITS = 29
@@ -278,7 +283,10 @@ def make_select(settings, rescale):
       return u < rate, {}
     # Exponential race: smallest -log(u) / w, as order-preserving integer keys with the
     # position in the low bits (ties between equal floats go to the lower position).
-    race = -jnp.log(u) / jax.lax.optimization_barrier(tables["weights"][tokens])  # (L,)
+    weight = jax.lax.optimization_barrier(tables["weights"][tokens])  # (L,)
+    exponential = -jnp.log(u)  # At most 24 * log(2) = 16.6.
+    race = jnp.where(weight > 0, exponential / weight,
+                     _ZERO_RATE_RACE * (1.0 + exponential / 32.0))
     fbits = jax.lax.bitcast_convert_type(race, jnp.uint32)
     pb = select.position_bits(length)
     keys = jnp.clip(fbits, _KEY_LO, _KEY_HI) - _KEY_LO
@@ -303,7 +311,8 @@ def signed_rates(rates, special_ids):
 
 
 def weights_from_rates(rates, special_ids):
-  """Rates normalised to the largest non-special rate and floored, for the exponential race (a
-  large rate on a special id, never a target, would squash every other weight to the floor)."""
+  """Rates normalised to the largest non-special rate, positive ones floored, for the exponential
+  race (a large rate on a special id, never a target, would squash every other weight to the
+  floor). Zero stays zero: select_targets draws those tokens after all others."""
   w = rates / _non_special(rates, special_ids).max()
-  return np.clip(w, MIN_RELATIVE_RATE, 1.0).astype(np.float32)
+  return np.where(w > 0, np.clip(w, MIN_RELATIVE_RATE, 1.0), 0.0).astype(np.float32)
