@@ -31,6 +31,11 @@ def main(argv=None) -> dict:
   parser.add_argument("--scan-layers", action="store_true",
                       help="Import with the scanned layer layout (config.model.scan_layers=True).")
   args = parser.parse_args(argv)
+  # "--out=~/x" arrives as typed: a shell expands "~" at the start of a word only.
+  for name in ("workdir", "from_hf", "out"):
+    value = getattr(args, name)
+    if value and value.startswith("~"):
+      setattr(args, name, os.path.expanduser(value))
   # The conversion runs on the host: never grab an accelerator for it.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -67,12 +72,14 @@ def _stop_on_sigterm(signum, frame):
 if __name__ == "__main__":
   import signal
 
-  from informask_jax import cli, progress_bar
+  from informask_jax import cli, paths, progress_bar
 
   signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
-  # Bad input or a failed verification (RuntimeError): one line that says what, no traceback.
+  # Bad input, a failed verification (RuntimeError) or a full disk: one line that says what, no
+  # traceback.
   cli.quiet_library_logs()
   progress_bar.transformers_bars(progress_bar.on_terminal())  # Writing, loading: not in a log.
-  with cli.user_errors("convert_checkpoint.py", (RuntimeError,), exit_now=True):
+  with cli.user_errors("convert_checkpoint.py", (RuntimeError, paths.WriteError),
+                       exit_now=True):
     main()

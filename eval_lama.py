@@ -10,7 +10,7 @@ data.zip. The logic lives in `informask_jax/lama/`; this file only parses flags.
 import argparse
 import logging
 
-from informask_jax import cli, lama, progress_bar
+from informask_jax import cli, lama, paths, progress_bar
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +48,9 @@ def main(argv=None, *, exit_now: bool = False) -> lama.Report:
   # loading the weights, writing the export of a workdir.
   progress = not args.no_progress and progress_bar.on_terminal()
   progress_bar.transformers_bars(progress)
-  with cli.user_errors("eval_lama.py", extra=(lama.OutputError,), exit_now=exit_now):
+  # A full disk: OutputError writing --out, paths.WriteError writing a workdir's export.
+  with cli.user_errors("eval_lama.py", extra=(lama.OutputError, paths.WriteError),
+                       exit_now=exit_now):
     # The table is printed before --out is written: a failed write loses nothing.
     return lama.evaluate(
         args.model, args.data_dir, protocol=args.protocol, common_vocab=args.common_vocab,

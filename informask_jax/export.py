@@ -300,6 +300,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   `MAX_ABS_DIFF`.
   """
   import transformers
+  from safetensors import SafetensorError
   from safetensors.numpy import save_file
 
   if tokenizer is not None and tokenizer_dir is None:
@@ -329,10 +330,15 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.",
                              suffix=".tmp", dir=_staging_parent(out_dir))
   try:
-    hf_config.save_pretrained(staging)
-    save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer_dir is not None:
-      _copy_tokenizer(tokenizer_dir, staging, tokenizer, cfg.type_vocab_size, cfg.max_seq_len)
+    try:
+      hf_config.save_pretrained(staging)
+      save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
+      if tokenizer_dir is not None:
+        _copy_tokenizer(tokenizer_dir, staging, tokenizer, cfg.type_vocab_size, cfg.max_seq_len)
+    except (OSError, SafetensorError) as e:  # A full disk: a Rust IoError from safetensors.
+      raise paths.WriteError(f"The export to {out_dir} could not be written (staged in "
+                             f"{staging}): {type(e).__name__}: {e}. {out_dir} was left as it "
+                             "was.") from e
     report = {"out_dir": out_dir, "format": fmt,
               "architecture": hf_mapping.MLM_ARCHITECTURE[fmt],
               "num_parameters": int(sum(v.size for v in tensors.values())),

@@ -29,6 +29,11 @@ def meant_as_local(name: str) -> bool:
           or ("/" in name and os.path.isdir(os.path.expanduser(first))))
 
 
+class WriteError(OSError):
+  """Output files could not be written (a full disk, a quota), raised with a message that names
+  the output and says what was left as it was; scripts show it as one line."""
+
+
 # Prefix of the folder publish_dir writes in before its rename (a killed run leaves it behind).
 PUBLISH_STAGING_PREFIX = ".tmp-"
 

@@ -18,7 +18,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import convert_checkpoint
-from informask_jax import checkpointing, export, tokenization
+from informask_jax import checkpointing, export, paths, tokenization
 from informask_jax.lama import models as lama_models
 from informask_jax.model import BertMLM, MLMConfig, init_params
 
@@ -455,6 +455,43 @@ def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir,
   assert (out / "model.safetensors").read_bytes() == good and os.listdir(tmp_path) == ["hf"]
 
 
+def test_a_full_disk_during_the_export_is_one_error_naming_out_dir(tmp_path, tokenizer_dir,
+                                                                     monkeypatch):
+  """safetensors' Rust IoError (or an OSError from the config or tokenizer files) becomes a
+  paths.WriteError, which convert_checkpoint.py and eval_lama.py print as one line, naming the
+  export's directory; a previous export there stays whole and no staging folder is left."""
+  import safetensors
+  import safetensors.numpy
+
+  cfg = tiny_config("bert")
+  params = tiny_params(cfg)
+  out = tmp_path / "hf"
+  export.export_to_hf(params, cfg, str(out), tokenizer_dir=tokenizer_dir, verify=False)
+  before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+  save_file = safetensors.numpy.save_file
+
+  def disk_full(tensors, filename, metadata=None):
+    with open(filename, "wb") as f:
+      f.write(b"\0" * 10)
+    raise safetensors.SafetensorError(
+        "Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+  monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+  with pytest.raises(paths.WriteError, match=f"The export to {out} could not be written .*"
+                                             f"StorageFull.*{out} was left as it was"):
+    export.export_to_hf(tiny_params(cfg, seed=3), cfg, str(out), tokenizer_dir=tokenizer_dir,
+                        overwrite=True)
+  assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+  assert os.listdir(tmp_path) == ["hf"]
+  monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
+  monkeypatch.setattr(shutil, "copy2", lambda *a, **k: (_ for _ in ()).throw(
+      OSError(28, "No space left on device")))
+  with pytest.raises(paths.WriteError, match="OSError: .*No space left on device"):
+    export.export_to_hf(params, cfg, str(tmp_path / "other"), tokenizer_dir=tokenizer_dir,
+                        verify=False)
+  assert os.listdir(tmp_path) == ["hf"]
+
+
 @pytest.fixture()
 def hf_copy(exported, tmp_path):
   """A writable copy of the BERT export (config, weights, tokenizer) to damage."""
@@ -587,6 +624,20 @@ def test_an_unwritable_out_dir_is_named_before_any_work(imported_workdir, tmp_pa
   report = convert_checkpoint.main(["--workdir", imported_workdir, "--out", str(out),
                                     "--no-verify"])
   assert report["step"] == 0 and (out / "model.safetensors").is_file()
+
+
+def test_a_tilde_in_the_paths_is_the_home_directory(imported_workdir, tmp_path, monkeypatch):
+  """`--out=~/hf` reaches argv unexpanded (the shell expands "~" only at a word's start): it is
+  the home directory, not a folder named "~" in the working directory."""
+  home = tmp_path / "home"
+  shutil.copytree(imported_workdir, home / "run")
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(tmp_path)
+  report = convert_checkpoint.main(["--workdir=~/run", "--out=~/hf", "--no-verify"])
+  assert report["out_dir"] == str(home / "hf") and (home / "hf" / "model.safetensors").is_file()
+  assert not (tmp_path / "~").exists()
+  convert_checkpoint.main(["--from-hf=~/hf", "--out=~/again"])
+  assert (home / "again" / "checkpoints").is_dir()
 
 
 def test_only_unfinished_checkpoints_are_reported_as_such(tokenizer_dir, tmp_path):

@@ -662,6 +662,31 @@ def test_the_table_is_printed_before_out_is_written(models, tmp_path, monkeypatc
   assert "| Source |" in printed and "| TREx |" in printed  # The results survive.
 
 
+def test_a_failed_write_leaves_the_previous_results_whole(tmp_path, monkeypatch):
+  """A disk that fills up while run.json is written: the four files of the previous run stay as
+  they were (not a new results.csv and summary.json beside the old run.json), and no staging
+  folder is left in --out."""
+  out = tmp_path / "out"
+  summary = {"TREx": {"relations": {"P19": {"facts": 3, "skipped": {}, "P@1": 0.5, "P@10": 1.0,
+                                             "MRR": 0.7, "scored_as_miss": {}}}}}
+  lama.evaluation.write_outputs(out, summary, {"run": 1}, "| old |")
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert sorted(before) == sorted(lama.evaluation.RESULT_FILES)
+  write_text = pathlib.Path.write_text
+
+  def fills_the_disk(self, text, *args, **kwargs):
+    if self.name == "run.json":
+      write_text(self, text[:5], *args, **kwargs)
+      raise OSError(28, "No space left on device")
+    return write_text(self, text, *args, **kwargs)
+
+  monkeypatch.setattr(pathlib.Path, "write_text", fills_the_disk)
+  summary["TREx"]["relations"]["P19"]["P@1"] = 0.25
+  with pytest.raises(OSError, match="No space left"):
+    lama.evaluation.write_outputs(out, summary, {"run": 2}, "| new |")
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_a_model_directory_without_tokenizer_files_is_refused(models, tmp_path, monkeypatch):
   bare = tmp_path / "bare"
   bare.mkdir()

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -29,6 +31,7 @@ from informask_jax.lama.words import WordTable, read_word_list
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("lama", "informask")
+RESULT_FILES = ("results.csv", "summary.json", "run.json", "results.md")
 
 
 def _reasons(counter: dict) -> str:
@@ -40,21 +43,32 @@ class OutputError(OSError):
 
 
 def write_outputs(out_dir: str | os.PathLike, summary: dict, run_info: dict, table: str):
-  """results.csv (a row per relation), summary.json, run.json (settings) and results.md."""
+  """results.csv (a row per relation), summary.json, run.json (settings) and results.md.
+
+  All four are written to a staging folder inside `out_dir` first, then moved over the old ones:
+  a write that fails (a full disk) leaves a previous run's four files as they were, not a mix of
+  the two runs or a cut-off summary.json.
+  """
   out = pathlib.Path(out_dir).expanduser()
   out.mkdir(parents=True, exist_ok=True)
-  with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["source", "relation", "facts", "skipped", "P@1", "P@10", "MRR",
-                     "skipped_reasons", "scored_as_miss"])
-    for source, s in summary.items():
-      for name, r in s["relations"].items():
-        writer.writerow([source, name, r["facts"], sum(r["skipped"].values()),
-                         *("" if r[k] is None else repr(r[k]) for k in ("P@1", "P@10", "MRR")),
-                         _reasons(r["skipped"]), _reasons(r["scored_as_miss"])])
-  (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-  (out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
-  (out / "results.md").write_text(table + "\n", encoding="utf-8")
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=".lama-results.", dir=out))
+  try:
+    with open(staging / "results.csv", "w", newline="", encoding="utf-8") as f:
+      writer = csv.writer(f)
+      writer.writerow(["source", "relation", "facts", "skipped", "P@1", "P@10", "MRR",
+                       "skipped_reasons", "scored_as_miss"])
+      for source, s in summary.items():
+        for name, r in s["relations"].items():
+          writer.writerow([source, name, r["facts"], sum(r["skipped"].values()),
+                           *("" if r[k] is None else repr(r[k]) for k in ("P@1", "P@10", "MRR")),
+                           _reasons(r["skipped"]), _reasons(r["scored_as_miss"])])
+    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (staging / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    (staging / "results.md").write_text(table + "\n", encoding="utf-8")
+    for name in RESULT_FILES:  # Renames within one folder: they do not need free space.
+      os.replace(staging / name, out / name)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _nothing_to_ask(scores: Sequence[RelationScore], words: WordTable,
