@@ -63,18 +63,10 @@ def main(argv=None) -> dict:
   return report
 
 
-def _stop_on_sigterm(signum, frame):
-  # A scheduler's SIGTERM (a time limit) as an exception: the export's cleanup then removes its
-  # staging directory, a full copy of the model, which the default action left behind.
-  raise SystemExit(128 + signum)
-
-
 if __name__ == "__main__":
-  import signal
-
   from informask_jax import cli, paths, progress_bar
 
-  signal.signal(signal.SIGTERM, _stop_on_sigterm)
+  cli.exit_on_sigterm()  # A killed export removes its staging directory, a copy of the model.
 
   # Bad input, a failed verification (RuntimeError) or a full disk: one line that says what, no
   # traceback.

@@ -60,4 +60,5 @@ def main(argv=None, *, exit_now: bool = False) -> lama.Report:
 
 
 if __name__ == "__main__":
+  cli.exit_on_sigterm()  # A killed run removes its temporary export of a workdir (lama_export_*).
   main(exit_now=True)

@@ -9,6 +9,7 @@ import difflib
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -129,6 +130,15 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
       _unlink_semaphores()
       os._exit(1)
     sys.exit(1)
+
+
+def exit_on_sigterm() -> None:
+  """Makes SIGTERM (a scheduler's time limit, `kill`) raise SystemExit(143) in the main thread,
+  for the tools without train.py's step-aware stop: their `finally` blocks then remove what they
+  staged (a model export, a full copy of the weights) that the default action left behind."""
+  def stop(signum, frame):
+    raise SystemExit(128 + signum)
+  signal.signal(signal.SIGTERM, stop)
 
 
 def exit_interrupted(program: str, what_remains: str) -> None:

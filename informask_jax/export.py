@@ -327,8 +327,10 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   # unverified model in out_dir (nor files that would make a retry need --overwrite).
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.",
-                             suffix=".tmp", dir=_staging_parent(out_dir))
+  prefix = f".{os.path.basename(os.path.abspath(out_dir))}."
+  # A killed export (SIGKILL, a lost machine) could not remove its staging copy of the model.
+  paths.warn_leftover_folders(_staging_parent(out_dir), (prefix,), "a killed export", logging)
+  staging = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=_staging_parent(out_dir))
   try:
     try:
       hf_config.save_pretrained(staging)
@@ -483,11 +485,18 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   if not os.path.isdir(tokenizer_dir):
     raise FileNotFoundError(f"No tokenizer in {tokenizer_dir}: the export needs the tokenizer the "
                             "model was trained with.")
-  params, cfg, restored_step = checkpointing.restore_params(workdir, step, step_flag="--step")
   import transformers
 
   from informask_jax import tokenization
-  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+  try:  # Before the restore, which may take a while: a damaged file is named at once.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+  except Exception as e:  # A cut-off tokenizer.json (JSONDecodeError), no files at all (OSError).
+    raise FileNotFoundError(f"No usable tokenizer in {tokenizer_dir} ({type(e).__name__}: {e}); "
+                            "the export needs the tokenizer the model was trained with.") from e
+  missing = tokenization.missing_vocabulary(tokenizer, tokenizer_dir)
+  if missing:
+    raise FileNotFoundError(f"No usable tokenizer to export: {missing}")
+  params, cfg, restored_step = checkpointing.restore_params(workdir, step, step_flag="--step")
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:
     raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "

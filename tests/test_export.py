@@ -626,6 +626,46 @@ def test_an_unwritable_out_dir_is_named_before_any_work(imported_workdir, tmp_pa
   assert report["step"] == 0 and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("damage", ["cut_off_tokenizer_json", "empty_tokenizer_dir"])
+def test_a_damaged_workdir_tokenizer_is_named_before_the_restore(imported_workdir, tmp_path,
+                                                                  monkeypatch, damage):
+  """A cut-off tokenizer.json (json's 'EOF while parsing' without a file name) or a tokenizer/
+  emptied of its files (a message about sentencepiece) is named as the workdir's tokenizer,
+  before the checkpoint is restored (minutes for a large model)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(imported_workdir, workdir)
+  tokenizer_dir = workdir / "tokenizer"
+  if damage == "empty_tokenizer_dir":
+    for f in tokenizer_dir.iterdir():
+      f.unlink()
+  else:
+    text = (tokenizer_dir / "tokenizer.json").read_text()
+    (tokenizer_dir / "tokenizer.json").write_text(text[:len(text) // 2])
+
+  def no_restore(*args, **kwargs):
+    raise AssertionError("the checkpoint was restored before the tokenizer was checked")
+
+  monkeypatch.setattr(checkpointing, "restore_params", no_restore)
+  with pytest.raises(FileNotFoundError, match=f"No usable tokenizer.* {tokenizer_dir}"):
+    convert_checkpoint.main(["--workdir", str(workdir), "--out", str(tmp_path / "hf")])
+  assert not (tmp_path / "hf").exists()
+
+
+def test_a_staging_folder_left_by_a_killed_export_is_named(tmp_path, tokenizer_dir, caplog):
+  """SIGKILL leaves the export's staging folder (a full copy of the weights) beside --out; the
+  next export to that --out names it, with its size, and leaves it (another export may own it)."""
+  cfg = tiny_config("bert")
+  left = tmp_path / ".hf.k3j2.tmp"
+  left.mkdir()
+  (left / "model.safetensors").write_bytes(b"\0" * 4096)
+  with caplog.at_level(logging.WARNING):
+    export.export_to_hf(tiny_params(cfg), cfg, str(tmp_path / "hf"), tokenizer_dir=tokenizer_dir,
+                        verify=False)
+  assert f"{tmp_path} holds 1 folder(s) left by a killed export" in caplog.text
+  assert ".hf.k3j2.tmp" in caplog.text and left.is_dir()
+  assert sorted(os.listdir(tmp_path)) == [".hf.k3j2.tmp", "hf"]
+
+
 def test_a_tilde_in_the_paths_is_the_home_directory(imported_workdir, tmp_path, monkeypatch):
   """`--out=~/hf` reaches argv unexpanded (the shell expands "~" only at a word's start): it is
   the home directory, not a folder named "~" in the working directory."""

@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import types
 
 import numpy as np
@@ -337,10 +338,14 @@ def test_flax_backend_agrees_with_torch(models):
 
 
 @pytest.mark.slow
-def test_training_workdir_through_both_backends(models, tmp_path):
-  """A workdir (checkpoints/ + tokenizer/) is restored for flax and exported for torch."""
+def test_training_workdir_through_both_backends(models, tmp_path, monkeypatch, caplog):
+  """A workdir (checkpoints/ + tokenizer/) is restored for flax and exported for torch, in the
+  temporary folder, where the export of a run killed with SIGKILL is named (not removed)."""
   workdir = tmp_path / "workdir"
   export.import_to_workdir(models["roberta"], str(workdir))
+  scratch = tmp_path / "tmp"
+  (scratch / "lama_export_x7").mkdir(parents=True)
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   exported = lama.evaluate(models["roberta"], str(FIXTURES), common_vocab=str(COMMON),
                            progress=False)
   assert exported.run_info["checkpoint_step"] is None  # One model: no step to record.
@@ -349,6 +354,9 @@ def test_training_workdir_through_both_backends(models, tmp_path):
     report = lama.evaluate(str(workdir), str(FIXTURES), common_vocab=str(COMMON),
                            backend=backend, progress=False)
     assert report.run_info["checkpoint_step"] == 0, backend  # The step scored, in run.json.
+    if backend == "torch":
+      assert f"{scratch} holds 1 folder(s) left by a killed eval_lama.py run" in caplog.text
+      assert sorted(os.listdir(scratch)) == ["lama_export_x7"]  # Its own export is removed.
     got = report.summary
     for source in want:
       assert got[source]["facts"] == want[source]["facts"]
@@ -685,6 +693,37 @@ def test_a_failed_write_leaves_the_previous_results_whole(tmp_path, monkeypatch)
   with pytest.raises(OSError, match="No space left"):
     lama.evaluation.write_outputs(out, summary, {"run": 2}, "| new |")
   assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_killed_run_removes_its_export_of_a_workdir(models, tmp_path):
+  """eval_lama.py on a workdir exports it (a full copy of the weights) to a temporary folder;
+  SIGTERM, a scheduler's time limit, arriving then ends the run with status 143 and removes the
+  folder and the export's staging folder, which the default action left in /tmp."""
+  import signal
+  import subprocess
+  import time
+
+  workdir = tmp_path / "workdir"
+  export.import_to_workdir(models["roberta"], str(workdir))
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  root = pathlib.Path(__file__).parent.parent
+  proc = subprocess.Popen(
+      [sys.executable, str(root / "eval_lama.py"), "--model", str(workdir), "--data_dir",
+       str(FIXTURES), "--no_progress", "--backend", "torch"], cwd=root,
+      env={**os.environ, "TMPDIR": str(scratch), "JAX_PLATFORMS": "cpu"},
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    deadline = time.monotonic() + 300
+    while not any(p.name.startswith("lama_export_") for p in scratch.iterdir()):
+      assert proc.poll() is None, proc.stderr.read().decode()
+      assert time.monotonic() < deadline, "no temporary export appeared"
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, proc.stderr.read().decode()
+  finally:
+    proc.kill()
+  assert list(scratch.iterdir()) == []
 
 
 def test_a_model_directory_without_tokenizer_files_is_refused(models, tmp_path, monkeypatch):

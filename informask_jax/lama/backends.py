@@ -4,14 +4,19 @@ PyTorch (`TorchBackend`) or our `BertMLM` jitted in Flax (`FlaxBackend`), loaded
 
 import dataclasses
 import functools
+import logging
 import shutil
 import tempfile
 
 import numpy as np
 
+from informask_jax import paths
 from informask_jax.lama.models import is_workdir
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("torch", "flax")
+LAMA_EXPORT_PREFIX = "lama_export_"  # The temporary export of a workdir, in the temp folder.
 
 
 def _model_load_error(name_or_dir: str, e: Exception) -> FileNotFoundError:
@@ -211,7 +216,10 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
   if is_workdir(model):
     from informask_jax import export
 
-    tmp = tempfile.mkdtemp(prefix="lama_export_")
+    # Removed below, and on SIGTERM (eval_lama.py); a SIGKILLed run's copy stays: named here.
+    paths.warn_leftover_folders(tempfile.gettempdir(), (LAMA_EXPORT_PREFIX,),
+                                "a killed eval_lama.py run", log)
+    tmp = tempfile.mkdtemp(prefix=LAMA_EXPORT_PREFIX)
     try:
       # The export checks its own logits against ours, so both backends see the same model.
       export.export_workdir(model, tmp, step=step)
