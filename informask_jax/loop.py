@@ -155,8 +155,10 @@ def build_masker(config, pipeline):
   if need:
     path = stats.ensure_artifacts(config, pipeline, need=need,
                                   progress=progress_bar.on_terminal())
+    # Only the stages this strategy reads: a damaged file of another (pmi_ngrams.json for
+    # informask), which ensure_artifacts neither checks nor rebuilds, must not stop the run.
     art = stats.load_artifacts(path, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
-                               vocab_size=pipeline.vocab_size)
+                               vocab_size=pipeline.vocab_size, need=need)
     tables = {"informask": {"rates": art.rates}, "informask_online": {"pmi": art.pmi},
               "pmi_span": {"ngrams": art.ngrams, "bigrams": art.bigrams}}[name]
     logging.info("Masking tables for %s from %s.", name, path)

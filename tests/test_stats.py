@@ -674,6 +674,45 @@ def test_ensure_reuses_then_rebuilds_corrupted(built):
   stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
 
 
+def test_a_damaged_file_of_a_stage_the_run_does_not_read_is_left_alone(built, tmp_path):
+  """train.py with informask reads counts, PMI and rates: a cut-off pmi_ngrams.json in the same
+  statistics directory (which ensure_artifacts neither checks nor rebuilds for it) does not stop
+  the run; with pmi_span, which reads it, it is rebuilt."""
+  from informask_jax import loop
+
+  config, pipeline, directory = built
+  config = small_config(tmp_path)
+  copy = stats.artifact_dir(config, pipeline)
+  shutil.copytree(directory, copy)
+  good = (copy / "pmi_ngrams.json").read_bytes()
+  (copy / "pmi_ngrams.json").write_bytes(good[:6])
+  run_pipeline = types.SimpleNamespace(**vars(pipeline), vocab_size=V)
+  config.masking.name = "informask"
+  assert loop.build_masker(config, run_pipeline).name == "informask"
+  assert (copy / "pmi_ngrams.json").read_bytes() == good[:6]
+  config.masking.name = "pmi_span"
+  assert loop.build_masker(config, run_pipeline).name == "pmi_span"
+  assert (copy / "pmi_ngrams.json").read_bytes() == good
+
+
+@pytest.mark.parametrize("field", ["seconds", "counts", "params"])
+def test_a_meta_json_without_a_field_every_build_writes_is_rebuilt(built, tmp_path, field):
+  """Valid JSON without 'seconds' (or 'counts', 'params') and a damaged pmi.npz: the rebuild
+  starts from a fresh meta.json, not a KeyError from the stage that reads the field."""
+  config, pipeline, directory = built
+  config = small_config(tmp_path)
+  copy = stats.artifact_dir(config, pipeline)
+  shutil.copytree(directory, copy)
+  good = (copy / "pmi.npz").read_bytes()
+  meta = json.loads((copy / "meta.json").read_text())
+  del meta[field]
+  (copy / "meta.json").write_text(json.dumps(meta))
+  (copy / "pmi.npz").write_bytes(b"damaged")
+  assert stats.ensure_artifacts(config, pipeline, ("pmi",)) == copy
+  assert (copy / "pmi.npz").read_bytes() == good
+  assert field in stats.load_artifacts(copy, tokenizer_fingerprint="tok-A", vocab_size=V).meta
+
+
 def test_another_seed_copies_the_counts_pmi_and_ngrams_and_reruns_the_rates(built,
                                                                             monkeypatch):
   config, pipeline, directory = built
@@ -870,6 +909,24 @@ def test_chunks_from_dataset_match_documents():
   for f in ("token_ids", "sentence_ids"):
     np.testing.assert_array_equal(cat(a, f), cat(b, f))
   assert sum(c.num_documents for c in a) == sum(c.num_documents for c in b) == 40
+
+
+def test_dataset_chunks_stay_near_max_tokens_when_long_documents_follow_short_ones():
+  """Sized from the first 256 documents' mean alone, a corpus of 2-token documents followed by
+  3000-token ones came in chunks of 732k tokens at max_tokens=1000. Now cut as the in-memory
+  corpus cuts: the same chunks, none past max_tokens plus one document."""
+  import datasets
+
+  docs = [[5, 6]] * 256 + [list(range(5, 35)) * 100] * 40 + [[7]] * 500
+  ds = datasets.Dataset.from_dict({"input_ids": docs,
+                                   "sentence_ids": [[0] * len(d) for d in docs]})
+  ours = list(chunks.as_corpus(ds).chunks(0, len(docs), 1000))
+  in_memory = list(chunks.as_corpus([(np.asarray(d, np.int32), np.zeros(len(d), np.int32))
+                                     for d in docs]).chunks(0, len(docs), 1000))
+  assert max(c.num_tokens for c in ours) <= 1000 + 3000
+  assert [c.num_tokens for c in ours] == [c.num_tokens for c in in_memory]
+  for a, b in zip(ours, in_memory, strict=True):
+    np.testing.assert_array_equal(a.doc_offsets, b.doc_offsets)
 
 
 @pytest.mark.slow

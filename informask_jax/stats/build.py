@@ -115,6 +115,9 @@ def _open_meta(config, pipeline, directory: pathlib.Path) -> dict:
     meta = art.read_meta(directory)
   except (FileNotFoundError, art.CorruptArtifactError):
     return fresh_meta(config, pipeline, directory)
+  fresh = fresh_meta(config, pipeline, directory)
+  if not set(fresh) <= set(meta):  # A field every build writes is gone: damaged, start over
+    return fresh  # (a stage reading meta["seconds"] would end in a KeyError).
   art.check_compatible(meta, directory, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
                        vocab_size=_vocab_size(pipeline))
   return meta

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow.compute as pc
 
 # Tokens per chunk: large enough that NumPy call overheads vanish, small enough that the per-chunk
 # temporaries (a few arrays of this length, the chunk's pair table) stay in the tens of MB.
@@ -107,12 +108,25 @@ class DatasetCorpus:
     self._mean_len = max(1.0, sum(len(x) for x in probe.to_pylist()) / n_probe)
 
   def chunks(self, start: int, stop: int, max_tokens: int) -> Iterator[Chunk]:
-    # Documents per read from the mean document length: Arrow slices are cheap, and a chunk
-    # that ends up a few times larger than max_tokens is harmless.
-    step = max(1, int(max_tokens / self._mean_len))
+    # Documents per read from the mean length of those read last (the first 256 to start with),
+    # then cut as DocumentCorpus cuts: the first document at or past max_tokens closes the
+    # chunk. A mean alone let chunks grow hundreds of times past max_tokens where long
+    # documents follow short ones, and the counters' temporaries with them.
     arrow = self.dataset.with_format("arrow")
-    for a in range(start, stop, step):
-      yield _chunk_from_arrow(arrow[a: min(a + step, stop)])
+    mean_len, a = self._mean_len, start
+    while a < stop:
+      step = max(1, int(max_tokens / mean_len))
+      while True:  # Too few tokens (shorter documents than the last ones): read twice as many.
+        table = arrow[a: min(a + step, stop)]
+        ends = np.cumsum(pc.list_value_length(table.column("input_ids")).to_numpy(),
+                         dtype=np.int64)
+        if ends[-1] >= max_tokens or a + step >= stop:
+          break
+        step *= 2
+      n = min(int(np.searchsorted(ends, max_tokens, side="left")) + 1, len(ends))
+      yield _chunk_from_arrow(table.slice(0, n))
+      a += n
+      mean_len = max(1.0, float(ends[n - 1]) / n)
 
 
 def _chunk_from_arrow(table) -> Chunk:
