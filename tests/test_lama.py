@@ -715,7 +715,11 @@ def test_a_killed_run_removes_its_export_of_a_workdir(models, tmp_path):
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   try:
     deadline = time.monotonic() + 300
-    while not any(p.name.startswith("lama_export_") for p in scratch.iterdir()):
+    # Once the export has written into its staging folder (.lama_export_*.tmp beside the
+    # temporary one), both are inside the try blocks that remove them. (A signal between a
+    # mkdtemp and its try, a few bytecodes, would leave one; the next run names it.)
+    while not any(p.name.startswith(".lama_export_") and (p / "config.json").exists()
+                  for p in scratch.iterdir()):
       assert proc.poll() is None, proc.stderr.read().decode()
       assert time.monotonic() < deadline, "no temporary export appeared"
       time.sleep(0.01)
