@@ -328,9 +328,10 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   prefix = f".{os.path.basename(os.path.abspath(out_dir))}."
+  staging_parent = _staging_parent(out_dir)
   # A killed export (SIGKILL, a lost machine) could not remove its staging copy of the model.
-  paths.warn_leftover_folders(_staging_parent(out_dir), (prefix,), "a killed export", logging)
-  staging = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=_staging_parent(out_dir))
+  paths.warn_leftover_folders(staging_parent, (prefix,), "a killed export", logging)
+  staging = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=staging_parent)
   try:
     try:
       hf_config.save_pretrained(staging)
@@ -463,6 +464,23 @@ def _run_provenance(workdir: str, step: int) -> dict:
   return provenance
 
 
+def _usable_tokenizer(directory: str, action: str, needs: str):
+  """AutoTokenizer of `directory`; FileNotFoundError naming it when its files are missing or
+  unreadable (a cut-off tokenizer.json: JSONDecodeError) or hold special tokens only."""
+  import transformers
+
+  from informask_jax import tokenization
+  try:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+  except Exception as e:
+    raise FileNotFoundError(f"No usable tokenizer in {directory} ({type(e).__name__}: {e}); "
+                            f"{needs}.") from e
+  missing = tokenization.missing_vocabulary(tokenizer, directory)
+  if missing:
+    raise FileNotFoundError(f"No usable tokenizer to {action}: {missing}")
+  return tokenizer
+
+
 def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                    fmt: str | None = None, verify: bool = True, overwrite: bool = False) -> dict:
   """Restores a training checkpoint on this host's CPU and exports it with its tokenizer."""
@@ -485,17 +503,10 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   if not os.path.isdir(tokenizer_dir):
     raise FileNotFoundError(f"No tokenizer in {tokenizer_dir}: the export needs the tokenizer the "
                             "model was trained with.")
-  import transformers
-
   from informask_jax import tokenization
-  try:  # Before the restore, which may take a while: a damaged file is named at once.
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-  except Exception as e:  # A cut-off tokenizer.json (JSONDecodeError), no files at all (OSError).
-    raise FileNotFoundError(f"No usable tokenizer in {tokenizer_dir} ({type(e).__name__}: {e}); "
-                            "the export needs the tokenizer the model was trained with.") from e
-  missing = tokenization.missing_vocabulary(tokenizer, tokenizer_dir)
-  if missing:
-    raise FileNotFoundError(f"No usable tokenizer to export: {missing}")
+  # Before the restore, which may take a while: a damaged file is named at once.
+  tokenizer = _usable_tokenizer(tokenizer_dir, "export",
+                                "the export needs the tokenizer the model was trained with")
   params, cfg, restored_step = checkpointing.restore_params(workdir, step, step_flag="--step")
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:
@@ -511,8 +522,6 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
 def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = False,
                       head_seed: int = 0) -> dict:
   """Writes a Hugging Face BERT/RoBERTa as a step-0 checkpoint for `--config.init_from`."""
-  import transformers
-
   from informask_jax import checkpointing, tokenization
 
   if os.path.isdir(dir_or_name) and _nesting(workdir, dir_or_name) == "is":
@@ -529,14 +538,8 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   # An unsupported model fails first, whatever else is missing. Read once: load_hf_as_flax would
   # resolve and parse config.json again.
   hf_config = _read_hf_config(model_dir)
-  try:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-  except Exception as e:  # Missing or unreadable tokenizer files.
-    raise FileNotFoundError(f"No usable tokenizer in {model_dir} ({type(e).__name__}: {e}); "
-                            "the workdir needs the model's tokenizer.") from e
-  missing = tokenization.missing_vocabulary(tokenizer, model_dir)
-  if missing:  # An import of the special tokens alone would fail in train.py, named elsewhere.
-    raise FileNotFoundError(f"No usable tokenizer to import: {missing}")
+  # An import of the special tokens alone would fail in train.py, named elsewhere.
+  tokenizer = _usable_tokenizer(model_dir, "import", "the workdir needs the model's tokenizer")
   params, cfg = hf_mapping.from_hf_state_dict(_read_state_dict(model_dir), hf_config,
                                               scan_layers=scan_layers, head_seed=head_seed)
   tokens = tokenization.vocab_rows(tokenizer)
