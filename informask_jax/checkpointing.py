@@ -41,10 +41,16 @@ def run_above(path) -> pathlib.Path | None:
 
 def has_finalized_checkpoint(workdir) -> bool:
   """Whether `<workdir>/checkpoints` holds a completed step (unfinished temporary ones aside)."""
+  return bool(finalized_steps(workdir))
+
+
+def finalized_steps(workdir) -> list[int]:
+  """The completed steps on disk in `<workdir>/checkpoints`, sorted."""
   directory = checkpoint_dir(workdir)
-  return directory.is_dir() and any(
-      p.is_dir() and p.name.isdigit() and ocp.step.is_path_finalized(p)
-      for p in directory.iterdir())
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.is_dir() and p.name.isdigit() and ocp.step.is_path_finalized(p))
 
 
 def _eval_loss(metrics) -> float:
@@ -115,6 +121,7 @@ class Checkpointer:
   def __init__(self, workdir, *, keep: int = 2):
     self.workdir = pathlib.Path(workdir)
     self.manager = _manager(workdir, keep=keep)
+    self._writing = None  # The step of the asynchronous save that may still be in flight.
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -125,7 +132,9 @@ class Checkpointer:
   def save(self, step: int, state, data_state: dict, meta: dict, *, eval_loss=None,
            force: bool = False) -> bool:
     """Starts an asynchronous save; returns False (and saves nothing) for a non-finite state or
-    one whose last step was skipped."""
+    one whose last step was skipped. A previous save that failed in the background is raised
+    first, as its own step (orbax would raise it from this save, as this step's failure)."""
+    self.wait()
     skips = int(state.consecutive_skips)
     if skips:
       # Parameters blown up to huge but finite values make every later step non-finite: saving
@@ -140,9 +149,11 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
     try:
-      return self.manager.save(step, args=args, metrics=metrics, force=force)
+      started = self.manager.save(step, args=args, metrics=metrics, force=force)
     except Exception as e:  # Disk full, permissions, ... : say so, keep what exists.
       raise CheckpointWriteError(self._write_failure(step, e)) from e
+    self._writing = step if started else None
+    return started
 
   def _kept(self) -> str:
     """What a refused save leaves as the latest checkpoint, for its log line."""
@@ -152,17 +163,35 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until an asynchronous save has reached the disk; errors surface here."""
+    step, self._writing = self._writing, None
     try:
       self.manager.wait_until_finished()
     except Exception as e:
-      raise CheckpointWriteError(self._write_failure(None, e)) from e
+      raise CheckpointWriteError(self._write_failure(step, e)) from e
+
+  def check(self) -> None:
+    """Without blocking, raises the failure of an asynchronous save that has finished (a disk
+    that filled up while it wrote): cheap enough for every step, so a run stops within a step of
+    it rather than training on until its next checkpoint for steps that no checkpoint will keep.
+    With several processes it does nothing (the failure may be seen by one process only, and
+    one stopping alone would leave the others hanging): the next save raises it on all."""
+    if (self._writing is not None and jax.process_count() == 1
+        and not self.manager.is_saving_in_progress()):
+      self.wait()
 
   def _write_failure(self, step, error) -> str:
-    intact = [s for s in self.manager.all_steps() if s != step]
+    # From the disk, not from the manager: orbax drops the steps its retention policy will delete
+    # once the new save finishes, which a failed save never does.
+    try:
+      on_disk = finalized_steps(self.workdir)
+    except OSError:  # The folder itself unreadable (the permission that failed the save).
+      on_disk = self.manager.all_steps()
+    intact = [s for s in on_disk if s != step]
     return (f"Writing checkpoint {'' if step is None else f'step {step} '}to "
             f"{checkpoint_dir(self.workdir)} failed: {type(error).__name__}: {error}. "
             f"The previous checkpoints {intact or '(none)'} are intact; free disk space or fix "
-            "permissions and resume from the latest.")
+            "permissions and resume from the latest (the unfinished save's temporary folder is "
+            "removed then).")
 
   def restore(self, step: int, abstract_state):
     """Restores (state, data_state, meta) at `step` with the shardings of `abstract_state`.

@@ -36,8 +36,23 @@ class _LibraryInfoFilter(logging.Filter):
           "/typehints/" in record.pathname or message.startswith("BatchElements statistics"))
     if "/orbax/" not in record.pathname:
       return True
+    if record.levelno >= logging.ERROR and _is_io_failure(record.exc_info):
+      # A save that failed on a full disk or a permission: orbax logs it from three threads,
+      # each with a hundred-line traceback; the run's own error names the step and the cause.
+      record.exc_info, record.exc_text = None, None
     return record.levelno > logging.INFO and not any(
         text in record.getMessage() for text in self._BY_DESIGN)
+
+
+# The status codes of tensorstore's I/O errors (raised as ValueError) that are about the disk.
+_IO_STATUS = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "No space left on device")
+
+
+def _is_io_failure(exc_info) -> bool:
+  if not exc_info or exc_info[1] is None:
+    return False
+  error = exc_info[1]
+  return isinstance(error, OSError) or any(code in str(error) for code in _IO_STATUS)
 
 
 def quiet_library_logs() -> None:

@@ -458,6 +458,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           last_log, pending = summary, []
           interval_start, interval_steps = time.time(), 0
 
+        checkpointer.check()  # A save that failed in the background stops the run now.
         stopping = stop.stop_now(step, t.stop_sync_every)
         evaluated = step % t.eval_every == 0 or step == t.num_steps
         saving = step % t.checkpoint_every == 0 or step == t.num_steps or stopping or save_due

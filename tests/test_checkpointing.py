@@ -5,7 +5,9 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -365,6 +367,51 @@ def test_a_write_failure_that_surfaces_on_wait_or_close_is_named(tmp_path, monke
 
 def _raise(error):
   raise error
+
+
+@contextlib.contextmanager
+def _small_disk(path, size):
+  """A tmpfs of `size` bytes at `path`, which fills up as a full disk does, mid-write. Needs root
+  and mount rights (skipped without them)."""
+  path.mkdir()
+  mounted = os.geteuid() == 0 and shutil.which("mount") and subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+      capture_output=True).returncode == 0
+  if not mounted:
+    pytest.skip("simulating a full disk needs root and the right to mount a tmpfs")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("found_by", ["check", "next save"])
+def test_a_save_that_fills_the_disk_is_named_as_its_own_step(tmp_path, found_by):
+  """A disk that fills up while a save writes in the background: the failure is that step's, the
+  steps on disk are listed as intact (orbax's list lacks those its retention will delete once
+  the save finishes), and check() raises it without waiting for the next save."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  probe = checkpointing.Checkpointer(tmp_path / "probe")
+  probe.save(1, state, {}, _meta(), force=True)
+  probe.close()
+  size = sum(f.stat().st_blocks * 512 for f in (tmp_path / "probe").rglob("*") if f.is_file())
+  with _small_disk(tmp_path / "disk", int(size * 1.5)) as workdir:
+    saver = checkpointing.Checkpointer(workdir, keep=1)
+    assert saver.save(1, state, {"position": 1}, _meta(), force=True)
+    saver.wait()
+    later = state.replace(step=state.step + 1)
+    assert saver.save(2, later, {"position": 2}, _meta(), force=True)
+    failure = r"Writing checkpoint step 2 to .* failed: .*The previous checkpoints \[1\] are intact"
+    with pytest.raises(checkpointing.CheckpointWriteError, match=failure):
+      if found_by == "check":
+        for _ in range(600):  # Does not block: polled as the train loop does after each step.
+          saver.check()
+          time.sleep(0.05)
+      else:
+        saver.save(3, later.replace(step=later.step + 1), {"position": 3}, _meta(), force=True)
+    saver.close()  # Raised once.
+    assert checkpointing.finalized_steps(workdir) == [1]
+    assert checkpointing.Checkpointer(workdir).all_steps() == [1]
 
 
 def test_a_workdir_without_a_usable_checkpoint_is_named_for_what_it_holds(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 
 from informask_jax import checkpointing, cli, compatibility, loop, optim, stopping
 from informask_jax import model as model_lib
+from tests import test_checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -747,6 +748,31 @@ def test_library_logs_lose_their_info_lines_and_by_design_warnings():
   assert keep(record(beam + "runners/dataflow/dataflow_runner.py", logging.INFO, "Job state"))
 
 
+def test_orbax_errors_of_a_full_disk_lose_their_tracebacks_and_others_keep_them():
+  """A save on a full disk: orbax logs it from three threads with a traceback each, which hid the
+  run's one-line error; an error of another kind (a bug) keeps its traceback."""
+  keep = cli._LibraryInfoFilter().filter
+  orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/_src/futures/future.py"
+  ours = str(ROOT / "informask_jax" / "loop.py")
+
+  def record(path, error):
+    try:
+      raise error
+    except type(error):
+      return logging.makeLogRecord(dict(pathname=path, levelno=logging.ERROR, msg="failed",
+                                        exc_info=sys.exc_info()))
+
+  disk_errors = (ValueError('RESOURCE_EXHAUSTED: Error writing "step/0"'),
+                 OSError(28, "No space left on device"), ValueError("PERMISSION_DENIED: x"))
+  for error in disk_errors:
+    line = record(orbax, error)
+    assert keep(line) and line.exc_info is None and "Traceback" not in logging.Formatter().format(
+        line)
+  for path, error in ((orbax, TypeError("a bug")), (ours, OSError(28, "No space"))):
+    line = record(path, error)
+    assert keep(line) and "Traceback" in logging.Formatter().format(line)
+
+
 def test_a_config_file_run_from_elsewhere_brings_its_configs_package(tmp_path, monkeypatch):
   """`--config /abs/proj/configs/x.py` puts /abs/proj first on sys.path, before the flags (and
   with them the config file, which imports `configs.base`) are parsed."""
@@ -933,6 +959,29 @@ def test_a_refused_save_is_retried_at_the_next_step(tiny_config, tmp_path, monke
   loop.train_and_evaluate(config, tmp_path)
   assert calls == [2, 3, 4]
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [3, 4]
+
+
+def test_a_checkpoint_that_fills_the_disk_stops_the_run_without_waiting_for_the_next(
+    tiny_config, tmp_path):
+  """The save of step 10 runs out of disk in the background: the run stops within a few steps,
+  naming step 10 (not step 20, the next save, which raised it before) and the intact step 5."""
+  config = _small(tiny_config, num_steps=20, checkpoint_every=5, eval_every=1000,
+                  keep_checkpoints=1)
+  config.masking.name = "random"
+  probe = copy.deepcopy(config)
+  probe.train.num_steps = 5
+  loop.train_and_evaluate(probe, tmp_path / "probe")
+  used = lambda root: sum(f.stat().st_blocks * 512 for f in root.rglob("*")  # noqa: E731
+                          if f.is_file())
+  checkpoint = used(checkpointing.checkpoint_dir(tmp_path / "probe"))
+  rest = used(tmp_path / "probe") - checkpoint
+  with test_checkpointing._small_disk(tmp_path / "disk", rest + int(checkpoint * 1.5)) as workdir:
+    with pytest.raises(checkpointing.CheckpointWriteError,
+                       match=r"Writing checkpoint step 10 to .* failed: .*No space left on device"
+                             r".* The previous checkpoints \[5\] are intact"):
+      loop.train_and_evaluate(config, workdir)
+    assert max(_read_metrics(workdir)) < 15
+    assert checkpointing.Checkpointer(workdir).all_steps() == [5]
 
 
 def test_the_loop_keeps_the_best_evaluated_checkpoint(tiny_config, tmp_path, monkeypatch):
