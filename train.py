@@ -11,7 +11,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from informask_jax import checkpointing, cli, distributed, loop
+from informask_jax import checkpointing, cli, distributed, loop, paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
@@ -36,8 +36,8 @@ def _train(argv):
     distributed.initialize()
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()
-  with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError),
-                       exit_now=True):
+  with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError,
+                                   paths.WriteError), exit_now=True):
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result["preempted"]:
     # Not 0: the run is unfinished, and a scheduler (a Kubernetes Job, a `train.py && eval`

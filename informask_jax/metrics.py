@@ -4,13 +4,19 @@ Only process 0 writes; the other processes get a writer that does nothing, so ca
 `if jax.process_index() == 0`.
 """
 
+import contextlib
+import itertools
 import json
 import math
+import os
 import pathlib
 import re
+import time
 
 import jax
 import numpy as np
+
+from informask_jax import paths
 
 # Dense bf16 matmul peak per device, FLOP/s, from the vendors' data sheets. Unknown kinds (CPUs
 # among them) give mfu = null rather than a made-up number.
@@ -80,77 +86,124 @@ def _logged_step(line: str) -> float:
 
 
 class MetricWriter:
-  """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
+
+  Writes happen on the caller's thread, so a full disk raises paths.WriteError at the step it
+  happened, naming the file. (tensorboardX's SummaryWriter writes from a thread of its own: on a
+  full disk that thread died, its queue filled, and the next log step blocked the run forever.)
+  """
 
   def __init__(self, workdir, *, enabled: bool = True, resumed_at: int | None = None):
     """`resumed_at`: the step a run resumes from. What a crashed run logged after it is dropped
-    (metrics.jsonl rewritten, TensorBoard's purge_step), so that no step appears twice."""
+    (metrics.jsonl rewritten, a purge marker in the new TensorBoard file), so that no step
+    appears twice."""
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter  # Imported here: only process 0 needs it.
-
     workdir = pathlib.Path(workdir)
     path = workdir / "metrics.jsonl"
     dropped = False
-    if resumed_at is not None and path.exists():
-      # Bytes, decoded leniently: a crash mid-write can leave a cut multi-byte character.
-      lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
-      kept = [line for line in lines if _logged_step(line) <= resumed_at]
-      dropped = len(kept) < len(lines)
-      tmp = path.with_name(path.name + ".tmp")
-      tmp.write_text("".join(kept))
-      tmp.replace(path)
-    self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)
-    # Opened at the first write: a resume with no step left to run would leave an empty event
-    # file in tensorboard/ each time. Opened now when the crashed run logged past the resumed
-    # step: the new file's purge marker drops those steps from TensorBoard as they were dropped
+    self._failed = False
+    self._tb, self._flushed_at = None, time.monotonic()
+    self._tb_dir = workdir / "tensorboard"
+    self._purge_step = None if resumed_at is None else resumed_at + 1
+    with self._naming(path, "rewriting"):
+      if resumed_at is not None and path.exists():
+        # Bytes, decoded leniently: a crash mid-write can leave a cut multi-byte character.
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= resumed_at]
+        dropped = len(kept) < len(lines)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+      self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)
+    # The event file is opened at the first write: a resume with no step left to run would
+    # leave an empty one in tensorboard/ each time. Opened now when the crashed run logged past
+    # the resumed step: its purge marker drops those steps from TensorBoard as they were dropped
     # from metrics.jsonl, even if no step follows (num_steps lowered to the checkpoint's).
-    self._tb_files = 0
+    if dropped:
+      self._open_tb()
 
-    def open_tb():
-      # After the first file, one per checkpoint (see flush): no purge (the steps before are
-      # this run's), and a numbered name (tensorboardX names files by the second, and opens
-      # them "wb": a second file made within the same second would replace the first).
-      first = self._tb_files == 0
-      self._tb_files += 1
-      return SummaryWriter(str(workdir / "tensorboard"), filename_suffix=f".{self._tb_files}",
-                           purge_step=resumed_at + 1 if first and resumed_at is not None else None)
+  @contextlib.contextmanager
+  def _naming(self, path, doing, step=None):
+    """OSError (a full disk, a quota) -> WriteError naming the file; the writer is then done."""
+    try:
+      yield
+    except OSError as e:
+      self._failed = True
+      at = "" if step is None else f" at step {step}"
+      raise paths.WriteError(
+          f"{doing[0].upper() + doing[1:]} {path}{at} failed ({type(e).__name__}: {e}). Free "
+          "disk space and run the same command to resume from the latest checkpoint.") from e
 
-    self._open_tb = open_tb
-    self._tb = self._open_tb() if dropped else None
+  def _open_tb(self) -> None:
+    from tensorboardX import event_file_writer  # Imported here: only process 0 needs it.
+    from tensorboardX.proto import event_pb2
+
+    with self._naming(self._tb_dir, "creating an event file in"):
+      self._tb_dir.mkdir(parents=True, exist_ok=True)
+      # Files are named by the second and host; the process and a count keep a writer opened
+      # within the same second (a quick resume) from replacing the earlier file.
+      self._tb = event_file_writer.EventsWriter(
+          str(self._tb_dir / "events"), f".{os.getpid()}.{next(_EVENT_FILE_NUMBERS)}")
+      if self._purge_step is not None:
+        # TensorBoard hides the events at steps >= a START session log's step from the files
+        # before it: those a crashed run logged after the checkpoint (not the checkpoint's own).
+        self._tb.write_event(event_pb2.Event(
+            wall_time=time.time(), step=self._purge_step,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, scalars: dict) -> None:
-    if not self.enabled:
+    if not self.enabled or self._failed:
       return
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2, summary_pb2
+
     # Non-finite values as null: json.dumps would write NaN / Infinity, which strict JSON
     # readers (jq, JavaScript, most languages' parsers) refuse.
     record = {"step": int(step)}
     for key, value in scalars.items():
       finite = not isinstance(value, float) or math.isfinite(value)
       record[key] = value if finite else None
-    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+    with self._naming(self._jsonl.name, "writing", step):
+      self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     if self._tb is None:
-      self._tb = self._open_tb()
-    for key, value in scalars.items():
-      if isinstance(value, int | float) and math.isfinite(value):
-        self._tb.add_scalar(key, value, int(step))
+      self._open_tb()
+    values = [v for key, value in scalars.items()
+              if isinstance(value, int | float) and math.isfinite(value)
+              for v in summary.scalar(key, value).value]
+    with self._naming(self._tb_dir, "writing TensorBoard events to", step):
+      if values:
+        self._tb.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                             summary=summary_pb2.Summary(value=values)))
+      if time.monotonic() - self._flushed_at > _FLUSH_SECONDS:  # For a live TensorBoard.
+        self._tb.flush()
+        self._flushed_at = time.monotonic()
 
   def flush(self) -> None:
     """Puts every step logged so far on disk (metrics.jsonl is line-buffered). Called at each
     checkpoint: a run killed hard (OOM, SIGKILL, a lost node) then keeps in TensorBoard the steps
-    up to its checkpoint, as in metrics.jsonl, and the resume drops those after it.
-
-    tensorboardX writes from a queue on a thread of its own, and its flush() writes only what
-    that thread has taken from the queue (after add_scalar, not yet the new events); closing
-    the writer drains the queue. The next write opens a new event file in the same folder,
-    which TensorBoard reads as one run: a file per checkpoint interval."""
-    if self.enabled and self._tb is not None:
-      self._tb.close()
-      self._tb = None
+    up to its checkpoint, as in metrics.jsonl, and the resume drops those after it."""
+    if self.enabled and not self._failed and self._tb is not None:
+      with self._naming(self._tb_dir, "writing TensorBoard events to"):
+        self._tb.flush()
 
   def close(self) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    if self._failed:  # Already reported: the files are closed without a second error.
+      with contextlib.suppress(OSError):
+        self._jsonl.close()
+      with contextlib.suppress(OSError):
+        if self._tb is not None:
+          self._tb.close()
+      return
+    with self._naming(self._jsonl.name, "closing"):
       self._jsonl.close()
-      if self._tb is not None:
+    if self._tb is not None:
+      with self._naming(self._tb_dir, "writing TensorBoard events to"):
         self._tb.close()
+
+
+_EVENT_FILE_NUMBERS = itertools.count()
+_FLUSH_SECONDS = 30  # A live TensorBoard shows the steps this late at most (tensorboardX: 120).

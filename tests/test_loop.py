@@ -1,6 +1,7 @@
 """The whole run, as train.py drives it: learning on the real corpus, exact resume after a kill,
 clean pre-emption, and the errors that protect a run's work."""
 
+import contextlib
 import copy
 import json
 import logging
@@ -11,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -18,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing, cli, compatibility, loop, optim, stopping
+from informask_jax import checkpointing, cli, compatibility, loop, optim, paths, stopping
+from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
 from tests import test_checkpointing
 
@@ -982,6 +985,45 @@ def test_a_checkpoint_that_fills_the_disk_stops_the_run_without_waiting_for_the_
       loop.train_and_evaluate(config, workdir)
     assert max(_read_metrics(workdir)) < 15
     assert checkpointing.Checkpointer(workdir).all_steps() == [5]
+
+
+def test_a_disk_that_fills_up_between_checkpoints_stops_the_run_with_the_metrics_file_named(
+    tiny_config, tmp_path, monkeypatch):
+  """The disk fills up after step 3's log line, before any checkpoint: the run stops with the
+  file and step named. (tensorboardX's writer thread died on the full disk, its queue filled up
+  and the run blocked forever: run in a thread here, so that a hang fails the test.)"""
+  config = _small(tiny_config, num_steps=400, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+  write = metrics_lib.MetricWriter.write
+
+  def fill_after_step_3(self, step, scalars):
+    write(self, step, scalars)
+    if step == 3:
+      with open(workdir / "filler", "wb") as filler, contextlib.suppress(OSError):
+        while True:
+          filler.write(b"\0" * (1 << 20))
+
+  monkeypatch.setattr(metrics_lib.MetricWriter, "write", fill_after_step_3)
+  outcome = []
+
+  def run():
+    try:
+      loop.train_and_evaluate(config, workdir)
+    except Exception as e:  # noqa: BLE001 (the outcome is asserted below)
+      outcome.append(e)
+
+  with test_checkpointing._small_disk(tmp_path / "disk", 64 << 20) as workdir:
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout=300)
+    assert not runner.is_alive(), "the run hung on the full disk"
+    (error,) = outcome
+    assert isinstance(error, paths.WriteError)
+    assert re.fullmatch(r"Writing (.*metrics.jsonl|TensorBoard events to .*tensorboard) at step "
+                        r"\d+ failed \(OSError: .*No space left on device\)\. Free disk space "
+                        r"and run the same command to resume from the latest checkpoint\.",
+                        str(error))
+    assert 3 < int(re.search(r"step (\d+)", str(error))[1]) < 400
 
 
 def test_the_loop_keeps_the_best_evaluated_checkpoint(tiny_config, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from informask_jax import metrics
+from informask_jax import metrics, paths
 
 
 @pytest.mark.parametrize("kind,peak", [
@@ -79,46 +79,32 @@ def test_summary_of_an_interval_of_skipped_steps_has_no_loss_and_the_last_learni
   assert out["learning_rate"] == 2e-3  # The schedule's value at the logged step, not the first.
 
 
-class _FakeSummaryWriter:
-  """Records what MetricWriter hands TensorBoard."""
-
-  made = []
-
-  def __init__(self, logdir, purge_step=None, filename_suffix=""):
-    self.logdir, self.purge_step, self.scalars = logdir, purge_step, []
-    _FakeSummaryWriter.made.append(self)
-
-  def add_scalar(self, key, value, step):
-    self.scalars.append((key, value, step))
-
-  def close(self):
-    pass
+def _scalars(tmp_path):
+  """[(step, tag, value)] of every event file in tensorboard/, in the order the files were
+  made (their names end with a count of the writer's process)."""
+  files = sorted((tmp_path / "tensorboard").glob("events.*"),
+                 key=lambda f: int(f.name.rsplit(".", 1)[1]))
+  return [(e.step, v.tag, v.simple_value) for f in files for e in _events(f)
+          for v in e.summary.value]
 
 
-def test_tensorboard_gets_the_finite_numbers_and_drops_what_follows_the_resumed_step(
-    tmp_path, monkeypatch):
-  import tensorboardX
-
-  monkeypatch.setattr(tensorboardX, "SummaryWriter", _FakeSummaryWriter)
-  monkeypatch.setattr(_FakeSummaryWriter, "made", [])
+def test_tensorboard_gets_the_finite_numbers_and_drops_what_follows_the_resumed_step(tmp_path):
   writer = metrics.MetricWriter(tmp_path)
   writer.write(0, {"eval_loss": 9.0})
   writer.close()
   writer = metrics.MetricWriter(tmp_path, resumed_at=20)
   writer.write(21, {"loss": 0.5, "skipped_steps": 2, "grad_norm": float("nan"), "mfu": None})
-  writer.close()
-  fresh, resumed = _FakeSummaryWriter.made
-  # TensorBoard drops the events at steps >= purge_step: those a crashed run logged after the
-  # checkpoint, but not the checkpoint's own step, which metrics.jsonl keeps too.
-  assert fresh.purge_step is None and resumed.purge_step == 21
-  assert resumed.scalars == [("loss", 0.5, 21), ("skipped_steps", 2, 21)]
-  # The file opened after a checkpoint's flush purges nothing: steps 21.. are this run's.
-  writer = metrics.MetricWriter(tmp_path, resumed_at=20)
-  writer.write(21, {"loss": 0.5})
   writer.flush()
-  writer.write(22, {"loss": 0.4})
+  writer.write(22, {"loss": 0.25})
   writer.close()
-  assert [w.purge_step for w in _FakeSummaryWriter.made[2:]] == [21, None]
+  assert _scalars(tmp_path) == [(0, "eval_loss", 9.0), (21, "loss", 0.5),
+                                (21, "skipped_steps", 2.0), (22, "loss", 0.25)]
+  # TensorBoard drops the events at steps >= a START's step: those a crashed run logged after
+  # the checkpoint, but not the checkpoint's own step, which metrics.jsonl keeps too. Once per
+  # resume, not at each checkpoint's flush: the steps after it are this run's.
+  starts = [e.step for f in (tmp_path / "tensorboard").glob("events.*") for e in _events(f)
+            if e.session_log.status == e.session_log.START]
+  assert starts == [21]
 
 
 def test_a_writer_that_logs_nothing_leaves_no_event_file(tmp_path):
@@ -135,19 +121,43 @@ def test_a_writer_that_logs_nothing_leaves_no_event_file(tmp_path):
 
 def test_flush_puts_the_logged_steps_on_disk(tmp_path):
   """The loop flushes at each checkpoint: a run killed hard afterwards keeps, in TensorBoard, the
-  steps up to the checkpoint (tensorboardX alone buffers them for up to 120 s)."""
+  steps up to the checkpoint."""
   writer = metrics.MetricWriter(tmp_path)
   writer.write(0, {"eval_loss": 9.0})
   writer.write(10, {"loss": 8.5})
   writer.flush()
-  (event_file,) = (tmp_path / "tensorboard").glob("events.*")
-  steps = lambda f: [(e.step, v.tag) for e in _events(f) for v in e.summary.value]  # noqa: E731
-  assert steps(event_file) == [(0, "eval_loss"), (10, "loss")]
-  # The next steps go to a second file within the same second, which does not replace the first.
+  assert _scalars(tmp_path) == [(0, "eval_loss", 9.0), (10, "loss", 8.5)]
   writer.write(20, {"loss": 8.0})
   writer.close()
-  files = sorted((tmp_path / "tensorboard").glob("events.*"))
-  assert [steps(f) for f in files] == [[(0, "eval_loss"), (10, "loss")], [(20, "loss")]]
+  assert len(list((tmp_path / "tensorboard").glob("events.*"))) == 1
+  assert _scalars(tmp_path)[-1] == (20, "loss", 8.0)
+
+
+def test_a_full_disk_is_an_error_naming_the_file_not_a_hang(tmp_path, monkeypatch):
+  """/dev/full fails every write as a full disk does. metrics.jsonl: the write of the step
+  raises; the event file: its flush. (tensorboardX's writer thread died there, its queue filled,
+  and the run blocked forever at a later step.) Closing afterwards raises nothing more."""
+  (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
+  writer = metrics.MetricWriter(tmp_path)
+  with pytest.raises(paths.WriteError, match=r"Writing .*metrics.jsonl at step 5 failed "
+                                             r"\(OSError: .*No space left on device\)\. Free"):
+    writer.write(5, {"loss": 1.0})
+  writer.write(6, {"loss": 1.0})  # Done after the failure: the error is not raised again.
+  writer.close()
+
+  from tensorboardX import event_file_writer
+
+  record_writer = event_file_writer.RecordWriter
+  monkeypatch.setattr(event_file_writer, "RecordWriter", lambda path: record_writer("/dev/full"))
+  other = tmp_path / "other"
+  other.mkdir()
+  writer = metrics.MetricWriter(other)
+  for step in range(10):
+    writer.write(step, {"loss": 1.0})  # Buffered: the failure comes with the flush.
+  with pytest.raises(paths.WriteError, match=r"Writing TensorBoard events to .*other/tensorboard "
+                                             r"failed \(OSError: .*No space left on device\)"):
+    writer.flush()
+  writer.close()
 
 
 def _events(path):
