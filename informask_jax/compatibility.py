@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import types
 
 import ml_collections
 
@@ -171,9 +172,12 @@ def warn_schedule_change(saved_meta: dict, config, step: int) -> None:
   if saved is None or saved == now or step >= now:
     return
   warmup = config.optim.warmup_steps
-  if warmup >= max(saved, now):  # Both runs end inside the warm-up: the same rates throughout.
-    return
-  old_rate = float(optim.learning_rate_schedule(config.optim, saved)(step))
+  checkpoints = _saved_schedule_settings(saved_meta, config)
+  if warmup >= max(saved, now) and checkpoints == _schedule_settings(config.optim):
+    return  # Both runs end inside the same warm-up: the same rates throughout.
+  # The checkpoint's rate on its own settings: a resume may change the peak rate or the
+  # warm-up as well (a change config_changes lists), which the current ones would hide.
+  old_rate = float(optim.learning_rate_schedule(checkpoints, saved)(step))
   new_rate = float(optim.learning_rate_schedule(config.optim, now)(step))
   if warmup >= now:  # No decay left to end: "the decay now ends at" would mislead.
     logging.warning("config.train.num_steps: %d -> %d, which ends inside the learning-rate "
@@ -184,6 +188,29 @@ def warn_schedule_change(saved_meta: dict, config, step: int) -> None:
   logging.warning("config.train.num_steps: %d -> %d. The learning rate's %s decay now ends at "
                   "step %d: at step %d it is %.4g (%.4g on the checkpoint's schedule).", saved,
                   now, config.optim.schedule, now, step, new_rate, old_rate)
+
+
+_SCHEDULE_KEYS = ("learning_rate", "warmup_steps", "schedule")
+
+
+def _schedule_settings(optim_config) -> types.SimpleNamespace:
+  """The optim settings learning_rate_schedule reads."""
+  return types.SimpleNamespace(**{key: optim_config[key] for key in _SCHEDULE_KEYS})
+
+
+def _saved_schedule_settings(saved_meta: dict, config) -> types.SimpleNamespace:
+  """The checkpoint's schedule settings; the current config's for any it lacks or holds in an
+  unusable form (a checkpoint of an older version)."""
+  saved = (saved_meta.get("config") or {}).get("optim")
+  saved = saved if isinstance(saved, dict) else {}
+  settings = _schedule_settings(config.optim)
+  usable = {"learning_rate": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+            "warmup_steps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "schedule": lambda v: v in optim.SCHEDULES}
+  for key, is_usable in usable.items():
+    if key in saved and is_usable(saved[key]):
+      setattr(settings, key, saved[key])
+  return settings
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:

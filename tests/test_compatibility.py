@@ -5,6 +5,7 @@ import logging
 import re
 
 import ml_collections
+import numpy as np
 import pytest
 
 from informask_jax import compatibility, tokenization
@@ -203,3 +204,28 @@ def test_a_changed_run_length_says_what_happens_to_the_learning_rate(saved, now,
     assert "num_steps" not in caplog.text
   else:
     assert f"config.train.num_steps: {saved} -> {now}" in caplog.text and expected in caplog.text
+
+
+def test_the_checkpoints_rate_is_computed_on_the_checkpoints_schedule_settings(caplog):
+  """A resume that doubles num_steps and halves the peak rate: the checkpoint's rate at the
+  resumed step is that of its own peak rate and warm-up (what it trained with), not the new
+  ones; settings a checkpoint lacks or holds unusable are the current config's."""
+  from configs import base
+
+  config = base.get_base_config("tiny")
+  config.train.num_steps, config.optim.learning_rate = 400, 5e-4
+  config.optim.warmup_steps, config.optim.schedule = 100, "linear"
+  saved = {"train": {"num_steps": 200},
+           "optim": {"learning_rate": 1e-3, "warmup_steps": 50, "schedule": "cosine"}}
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_schedule_change({"config": saved}, config, 120)
+  new_rate = 5e-4 * (1 - 20 / 300)  # Linear decay, 20 of 300 steps.
+  old_rate = 1e-3 * 0.5 * (1 + np.cos(np.pi * 70 / 150))  # Cosine decay, 70 of 150 steps.
+  assert f"at step 120 it is {new_rate:.4g} ({old_rate:.4g} on the checkpoint's schedule)" in \
+      caplog.text
+  caplog.clear()
+  saved["optim"] = {"learning_rate": "high", "schedule": "exotic"}  # Unusable: the current ones.
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_schedule_change({"config": saved}, config, 120)
+  old_rate = 5e-4 * (1 - 20 / 100)  # The current settings, decaying over 200 - 100 steps.
+  assert f"({old_rate:.4g} on the checkpoint's schedule)" in caplog.text
