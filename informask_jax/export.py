@@ -10,7 +10,6 @@ import fnmatch
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 from absl import logging
@@ -331,8 +330,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   staging_parent = _staging_parent(out_dir)
   # A killed export (SIGKILL, a lost machine) could not remove its staging copy of the model.
   paths.warn_leftover_folders(staging_parent, (prefix,), "a killed export", logging)
-  staging = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=staging_parent)
-  try:
+  with paths.scratch_dir(prefix=prefix, suffix=".tmp", dir=staging_parent) as staging:
     try:
       hf_config.save_pretrained(staging)
       save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
@@ -356,8 +354,6 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
       os.chmod(os.path.join(staging, name), mode)
       os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     _remove_stale_model_files(out_dir, report["files"])
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return report  # Printed by convert_checkpoint.py; eval_lama's temporary export says nothing.
 
 

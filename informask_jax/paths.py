@@ -1,9 +1,12 @@
 """Where files go: the default cache, and checks on the output directories users name (--out,
 --workdir), made before any slow work."""
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 
 
 def default_cache_dir() -> str:
@@ -34,6 +37,39 @@ class WriteError(OSError):
   the output and says what was left as it was; scripts show it as one line."""
 
 
+# The signals our scripts turn into an exception (KeyboardInterrupt, SystemExit: cli.py).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def scratch_dir(**mkdtemp_args):
+  """A folder from tempfile.mkdtemp(**mkdtemp_args), removed on leaving the block, whatever
+  stops it. Ctrl-C and SIGTERM are deferred while it is made: one that arrived between mkdtemp's
+  return and the block that removes the folder would leave it (gigabytes for a model export).
+  Deferred in Python, not masked: a masked signal sent to the process is taken by another of
+  its threads (JAX's, torch's), whose handler flag the main thread acts on all the same."""
+  pending = []
+  deferred = {}
+  if threading.current_thread() is threading.main_thread():  # Handlers are the main thread's.
+    deferred = {signum: signal.signal(signum, lambda signum, frame: pending.append(signum))
+                for signum in _STOP_SIGNALS}
+  path = None
+  try:
+    path = tempfile.mkdtemp(**mkdtemp_args)
+  finally:
+    for signum, handler in deferred.items():
+      signal.signal(signum, handler)
+    if path is None:  # mkdtemp failed: nothing to remove; the signals are handled now.
+      for signum in pending:
+        signal.raise_signal(signum)
+  try:
+    for signum in pending:  # Handled as it would have been, inside the block that removes.
+      signal.raise_signal(signum)
+    yield path
+  finally:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 # Prefix of the folder publish_dir writes in before its rename (a killed run leaves it behind).
 PUBLISH_STAGING_PREFIX = ".tmp-"
 
@@ -57,16 +93,12 @@ def publish_dir(path, write) -> None:
   interrupted run never leaves half a cache entry. For content-keyed caches: if another process
   published `path` first (the rename fails), its identical copy is kept and ours removed."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=PUBLISH_STAGING_PREFIX)
-  try:
+  with scratch_dir(dir=os.path.dirname(path), prefix=PUBLISH_STAGING_PREFIX) as tmp:
     write(tmp)
-    try:
+    # Renamed, there is nothing left to remove; if another process published the same key
+    # first (the rename fails), ours is removed on leaving.
+    with contextlib.suppress(OSError):
       os.replace(tmp, path)
-    except OSError:  # Another process published the same key first.
-      shutil.rmtree(tmp, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def check_writable_dir(path, what: str, *, sibling: bool = False) -> None:

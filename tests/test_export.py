@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -664,6 +666,37 @@ def test_a_staging_folder_left_by_a_killed_export_is_named(tmp_path, tokenizer_d
   assert f"{tmp_path} holds 1 folder(s) left by a killed export" in caplog.text
   assert ".hf.k3j2.tmp" in caplog.text and left.is_dir()
   assert sorted(os.listdir(tmp_path)) == [".hf.k3j2.tmp", "hf"]
+
+
+def test_a_stop_signal_while_the_staging_folder_is_made_still_removes_it(tmp_path, tokenizer_dir,
+                                                                         monkeypatch):
+  """SIGTERM (eval_lama.py and convert_checkpoint.py turn it into SystemExit) arriving while
+  mkdtemp makes the staging folder: held until the block that removes the folder is entered, so
+  the folder goes; unheld, it was raised before mkdtemp returned its name, and the folder
+  stayed."""
+  made, mkdtemp = [], tempfile.mkdtemp
+
+  def signalled_while_made(**kwargs):
+    path = mkdtemp(**kwargs)
+    if kwargs.get("prefix") == ".hf.":  # The staging folder (not a writability probe).
+      made.append(path)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return path
+
+  def stop(signum, frame):
+    raise SystemExit(128 + signum)
+
+  monkeypatch.setattr(tempfile, "mkdtemp", signalled_while_made)
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    cfg = tiny_config("bert")
+    with pytest.raises(SystemExit, match="143"):
+      export.export_to_hf(tiny_params(cfg), cfg, str(tmp_path / "hf"),
+                          tokenizer_dir=tokenizer_dir, verify=False)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert len(made) == 1 and made[0].startswith(str(tmp_path / ".hf."))
+  assert os.listdir(tmp_path) == []
 
 
 def test_a_tilde_in_the_paths_is_the_home_directory(imported_workdir, tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ PyTorch (`TorchBackend`) or our `BertMLM` jitted in Flax (`FlaxBackend`), loaded
 import dataclasses
 import functools
 import logging
-import shutil
 import tempfile
 
 import numpy as np
@@ -219,11 +218,8 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
     # Removed below, and on SIGTERM (eval_lama.py); a SIGKILLed run's copy stays: named here.
     paths.warn_leftover_folders(tempfile.gettempdir(), (LAMA_EXPORT_PREFIX,),
                                 "a killed eval_lama.py run", log)
-    tmp = tempfile.mkdtemp(prefix=LAMA_EXPORT_PREFIX)
-    try:
+    with paths.scratch_dir(prefix=LAMA_EXPORT_PREFIX) as tmp:  # Gone once the weights are read.
       # The export checks its own logits against ours, so both backends see the same model.
       export.export_workdir(model, tmp, step=step)
       return TorchBackend.from_pretrained(tmp, tokenizer, device)
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)  # The weights are in memory by now.
   return TorchBackend.from_pretrained(model, tokenizer, device)
