@@ -8,6 +8,7 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 or interrupted write never touches the checkpoints before it.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +21,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policy_lib
 
 from informask_jax import model as model_lib
+from informask_jax import paths
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -423,25 +425,49 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
                             tokenizer=None) -> None:
   """A step-0, params-only checkpoint (e.g. imported from Hugging Face) for init_from / export."""
   path = checkpoint_dir(workdir)
-  if path.is_dir() and any(path.iterdir()):
+  # Finished steps only: an import that ran out of disk left an unfinished one, which the
+  # manager removes on opening, so the retry can go ahead.
+  if finalized_steps(workdir):
     raise FileExistsError(f"{path} already holds checkpoints; choose an empty --out directory.")
   # The tokenizer first: the finished checkpoint is what makes the workdir a run, and one
   # without its tokenizer (a disk full, a kill in between) could be neither exported nor
   # imported again (its checkpoints/ is taken).
   if tokenizer is not None:
-    tokenizer.save_pretrained(str(pathlib.Path(workdir) / "tokenizer"))
+    paths.replace_files(pathlib.Path(workdir) / "tokenizer",
+                        lambda tmp: tokenizer.save_pretrained(tmp), "the tokenizer")
   manager = _manager(workdir, keep=1)
   params = jax.tree.map(np.asarray, params)
   meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
-  manager.save(0, args=ocp.args.Composite(
-      state=ocp.args.PyTreeSave({"params": params}), data=ocp.args.JsonSave({}),
-      meta=ocp.args.JsonSave(meta)), force=True)
-  manager.wait_until_finished()
+  try:
+    manager.save(0, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave({"params": params}), data=ocp.args.JsonSave({}),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    manager.wait_until_finished()
+  except Exception as e:
+    with contextlib.suppress(Exception):  # Its wait raises the failed save again.
+      manager.close()
+    kind, first = _first_line(e)
+    # Tensorstore's first line can run to hundreds of characters before it gets to the cause.
+    cause = next((f" ({c})" for c in _IO_CAUSES if c in str(e) and c not in first), "")
+    raise paths.WriteError(
+        f"Writing the imported checkpoint to {path} failed ({kind}: {first}{cause}); run the "
+        "import again once the disk has room (the unfinished step is removed then).") from e
   manager.close()
 
 
+_IO_CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+              "Permission denied")
+
+
 def write_json(path, obj) -> None:
+  """Atomically (a crash never leaves half a file); a failed write (a full disk) leaves the file
+  as it was and no temporary file beside it."""
   path = pathlib.Path(path)
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-  tmp.replace(path)  # Atomic: a crash never leaves half a file.
+  try:
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    raise paths.WriteError(f"Writing {path} failed ({type(e).__name__}: {e}); it was left as it "
+                           "was.") from e

@@ -6,6 +6,7 @@ naming the key, with its nearest valid name, instead of a traceback.
 
 import contextlib
 import difflib
+import errno
 import logging
 import os
 import re
@@ -15,6 +16,8 @@ import traceback
 
 from absl import flags
 from absl import logging as absl_logging  # noqa: F401 (imported first: see quiet_library_logs)
+
+from informask_jax import paths
 
 
 class _LibraryInfoFilter(logging.Filter):
@@ -78,7 +81,29 @@ def _without_closed_loop_callbacks(hook):
 
 # What our code raises on purpose for bad input, a refused action or a stopped run, always with a
 # message that names the file, key or step: the message is the whole story, the stack is noise.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, paths.WriteError)
+
+# A full disk, a quota, a read-only file system: the machine's state, not a bug, wherever it
+# surfaces (a cache, the workdir's lock, a library's writer). Some libraries report it otherwise
+# than as an OSError: tokenizers (Rust) as "... (os error 28)", Beam as a RuntimeError's text.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_DISK_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+               "(os error 28)", "(os error 122)", "(os error 30)")
+
+
+def disk_failure(error) -> str | None:
+  """'<type>: <the line that says so>' when `error` or an error in its chain is a full disk, a
+  quota or a read-only file system; else None."""
+  seen, e = [], error
+  while e is not None and not any(e is s for s in seen):
+    seen.append(e)
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return f"{type(e).__name__}: {one_line(e)}"
+    e = e.__cause__ or e.__context__
+  for line in str(error).splitlines():
+    if any(text in line for text in _DISK_TEXTS):
+      return f"{type(error).__name__}: {line.strip()[:500]}"
+  return None
 
 
 def _leave_jax_distributed() -> None:
@@ -124,7 +149,8 @@ def one_line(error) -> str:
 
 @contextlib.contextmanager
 def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
-  """Turns USER_ERRORS (and `extra`) into one line on stderr and exit status 1.
+  """Turns USER_ERRORS (and `extra`), and any error that is a full disk, a quota or a read-only
+  file system (see disk_failure), into one line on stderr and exit status 1.
 
   `exit_now` (for a script's top level, never a function tests call): leave with os._exit, so
   that threads a failed checkpoint read leaves behind (tensorstore's, scheduling into orbax's
@@ -133,11 +159,15 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
   """
   try:
     yield
-  except (*USER_ERRORS, *extra) as e:
-    if os.environ.get("INFORMASK_TRACEBACK"):
+  except Exception as e:
+    disk = None if isinstance(e, (*USER_ERRORS, *extra)) else disk_failure(e)
+    if os.environ.get("INFORMASK_TRACEBACK") or not (
+        disk or isinstance(e, (*USER_ERRORS, *extra))):
       raise
     logging.shutdown()  # Flush what was logged before the error, then the error last.
-    print(f"{program}: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+    line = (f"{disk}. Free disk space (or choose another folder) and run the same command again."
+            if disk else f"{type(e).__name__}: {one_line(e)}")
+    print(f"{program}: error: {line}", file=sys.stderr)
     if exit_now:
       sys.stdout.flush()
       sys.stderr.flush()

@@ -528,7 +528,7 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
                           "choose an empty --out for the imported run.")
   paths.check_writable_dir(workdir, "Workdir")
   existing = checkpointing.checkpoint_dir(workdir)
-  if existing.is_dir() and any(existing.iterdir()):  # Checked again by the save; fail early.
+  if checkpointing.finalized_steps(workdir):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")
   model_dir = _resolve(dir_or_name)
   # An unsupported model fails first, whatever else is missing. Read once: load_hf_as_flax would

@@ -32,6 +32,7 @@ from informask_jax import (
   hf_mapping,
   masking,
   optim,
+  paths,
   profiling,
   progress_bar,
   stats,
@@ -345,7 +346,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         return {"step": step, "preempted": False, "stopped_by": None}
     # Written once the run is known to fit the workdir (a refused resume must not replace them).
     if is_main:
-      pipeline.tokenizer.save_pretrained(str(workdir / "tokenizer"))
+      # Staged, then moved in file by file: on a resume this replaces the only copy of a
+      # vocabulary trained on the corpus, which a disk filling up mid-write left empty.
+      paths.replace_files(workdir / "tokenizer",
+                          lambda tmp: pipeline.tokenizer.save_pretrained(tmp), "the tokenizer")
       checkpointing.write_json(workdir / "config.json", config_json)
     meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config), "config": config_json,
             "tokenizer_fingerprint": pipeline.tokenizer_fingerprint}

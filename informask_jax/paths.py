@@ -101,6 +101,40 @@ def publish_dir(path, write) -> None:
       os.replace(tmp, path)
 
 
+def atomic_write(path, write) -> None:
+  """Calls write(tmp) on a temporary name beside `path`, then renames it to `path`: a failed or
+  interrupted write (a full disk) leaves the earlier file whole, and no temporary one."""
+  path = os.fspath(path)
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.lexists(tmp):
+      os.unlink(tmp)
+
+
+def replace_files(folder, write, what: str) -> None:
+  """Calls write(tmp) on a scratch folder beside `folder`, then moves each file it made into
+  `folder`, one atomic rename each: a write that fails (a full disk) or is interrupted leaves
+  every file of `folder` whole, the old version or the new. WriteError names `what` failed."""
+  folder = os.path.abspath(folder)
+  try:
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with scratch_dir(dir=os.path.dirname(folder), prefix=f".{os.path.basename(folder)}.") as tmp:
+      write(tmp)
+      os.makedirs(folder, exist_ok=True)
+      for name in sorted(os.listdir(tmp)):
+        os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+  except Exception as e:
+    # A Rust writer's I/O error (tokenizers' save) is a plain Exception: "... (os error 28)".
+    if not isinstance(e, OSError) and "(os error " not in str(e):
+      raise
+    raise WriteError(f"Writing {what} to {folder} failed ({type(e).__name__}: {e}); the files "
+                     "there were left as they were. Free disk space and run the same command "
+                     "again.") from e
+
+
 def check_writable_dir(path, what: str, *, sibling: bool = False) -> None:
   """Refuses `path` unless it is, or can be made, a directory we can write.
 

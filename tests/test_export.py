@@ -872,6 +872,30 @@ def test_import_into_a_workdir_with_checkpoints_is_refused_before_any_reading(im
   assert sorted(os.listdir(imported_workdir)) == before
 
 
+def test_an_import_that_ran_out_of_disk_can_be_run_again(hf_copy, tmp_path, monkeypatch):
+  """A failed import's unfinished step (orbax's temporary folder) is no checkpoint: the retry
+  goes ahead, and the failure itself is one WriteError naming the folder and the cause."""
+  workdir = tmp_path / "work"
+  save = checkpointing.ocp.CheckpointManager.save
+
+  def out_of_disk(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    self.wait_until_finished()
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database at local '
+                     f'file "{"x" * 400}": No space left on device')
+
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", out_of_disk)
+  with pytest.raises(paths.WriteError, match=r"Writing the imported checkpoint to .*work/"
+                                             r"checkpoints failed \(ValueError: RESOURCE_EXHAUS"
+                                             r".*\(No space left on device\)\); run the import"):
+    export.import_to_workdir(str(hf_copy), str(workdir))
+  monkeypatch.undo()
+  (workdir / "checkpoints" / "0").rename(workdir / "checkpoints" / "0.orbax-checkpoint-tmp-7")
+  assert checkpointing.finalized_steps(workdir) == []
+  export.import_to_workdir(str(hf_copy), str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["0"]
+
+
 def test_cli_format_and_misplaced_flags(imported_workdir, tmp_path, capsys):
   out = tmp_path / "hf"
   misplaced = ((["--workdir", imported_workdir, "--scan-layers"], "--scan-layers applies to"),

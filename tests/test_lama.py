@@ -338,6 +338,33 @@ def test_flax_backend_agrees_with_torch(models):
 
 
 @pytest.mark.slow
+def test_a_full_temporary_folder_is_named_as_the_torch_backends_export(models, tmp_path,
+                                                                        monkeypatch):
+  """The export the torch backend reads a workdir through fails (a full $TMPDIR): the error
+  names the temporary folder and TMPDIR, not an export the user never asked for."""
+  workdir = tmp_path / "workdir"
+  export.import_to_workdir(models["roberta"], str(workdir))
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+  def full(workdir, out_dir, **kwargs):
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError as e:
+      raise paths.WriteError(f"The export to {out_dir} could not be written") from e
+
+  monkeypatch.setattr(export, "export_workdir", full)
+  with pytest.raises(paths.WriteError, match=rf"reads {workdir} through a temporary Hugging Face "
+                                             rf"export, which could not be written in {scratch} "
+                                             r"\(OSError: \[Errno 28\] No space left on device"
+                                             r"\): free space there, or set TMPDIR"):
+    lama.evaluate(str(workdir), str(FIXTURES), common_vocab=str(COMMON), backend="torch",
+                  progress=False)
+  assert os.listdir(scratch) == []
+
+
+@pytest.mark.slow
 def test_training_workdir_through_both_backends(models, tmp_path, monkeypatch, caplog):
   """A workdir (checkpoints/ + tokenizer/) is restored for flax and exported for torch, in the
   temporary folder, where the export of a run killed with SIGKILL is named (not removed)."""

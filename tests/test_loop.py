@@ -3,6 +3,7 @@ clean pre-emption, and the errors that protect a run's work."""
 
 import contextlib
 import copy
+import errno
 import json
 import logging
 import os
@@ -712,6 +713,72 @@ def test_cli_errors_are_one_line_whatever_the_message(capsys, monkeypatch):
       "does not match: a: 1 != 2; b: 3 != 4")
   assert cli.one_line("failed (\n  disk full)") == "failed (disk full)"
   assert cli.one_line("failed:\n\n  disk full\n\n  retry later") == "failed: disk full; retry later"
+
+
+def test_a_full_disk_anywhere_is_one_line_and_other_errors_keep_their_traceback(capsys,
+                                                                               monkeypatch):
+  """A full disk, a quota or a read-only file system, found in the error's chain (a datasets
+  error raised from the OSError) or in its text (tokenizers' Rust errors, Beam's wrapped ones)."""
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: None)  # pytest's handlers stay open.
+
+  class DatasetGenerationError(Exception):
+    pass
+
+  def from_disk():
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device", "/cache/tokenized/x.arrow")
+    except OSError as e:
+      raise DatasetGenerationError("An error occurred while generating the dataset") from e
+
+  cases = [(from_disk, "OSError: [Errno 28] No space left on device: '/cache/tokenized/x.arrow'"),
+           (lambda: _raise(Exception("No space left on device (os error 28)")),
+            "Exception: No space left on device (os error 28)"),
+           (lambda: _raise(RuntimeError("Traceback...\n  File x\nOSError: [Errno 122] Disk quota "
+                                        "exceeded [while running 'Write']")),
+            "RuntimeError: OSError: [Errno 122] Disk quota exceeded [while running 'Write']")]
+  for raise_it, line in cases:
+    with pytest.raises(SystemExit) as exited:
+      with cli.user_errors("prog"):
+        raise_it()
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (f"prog: error: {line}. Free disk space (or choose another "
+                                       "folder) and run the same command again.\n")
+  for other in (RuntimeError("a bug"), OSError(errno.EIO, "Input/output error")):
+    with pytest.raises(type(other)), cli.user_errors("prog"):
+      raise other
+
+
+def _raise(error):
+  raise error
+
+
+def test_replaced_files_stay_whole_when_the_write_fails(tmp_path):
+  """paths.replace_files (the workdir's tokenizer, rewritten on each resume): a write that fails
+  halfway leaves the old files and no scratch folder; errors that are not I/O pass unchanged."""
+  folder = tmp_path / "tokenizer"
+  folder.mkdir()
+  (folder / "tokenizer_config.json").write_text("old")
+
+  def half_written(error):
+    def write(tmp):
+      (pathlib.Path(tmp) / "tokenizer_config.json").write_text("")
+      raise error
+    return write
+
+  for error in (OSError(errno.ENOSPC, "No space left on device"),
+                Exception("No space left on device (os error 28)")):
+    with pytest.raises(paths.WriteError, match=r"Writing the tokenizer to .*tokenizer failed "
+                                               r"\((OSError|Exception): .*No space left on device"
+                                               r".*\); the files there were left as they were"):
+      paths.replace_files(folder, half_written(error), "the tokenizer")
+  with pytest.raises(KeyError):
+    paths.replace_files(folder, half_written(KeyError("a bug")), "the tokenizer")
+  assert sorted(os.listdir(tmp_path)) == ["tokenizer"]
+  assert (folder / "tokenizer_config.json").read_text() == "old"
+  paths.replace_files(folder, lambda tmp: (pathlib.Path(tmp) / "vocab.txt").write_text("new"),
+                      "the tokenizer")
+  assert sorted(os.listdir(folder)) == ["tokenizer_config.json", "vocab.txt"]
+  assert sorted(os.listdir(tmp_path)) == ["tokenizer"]
 
 
 def test_closed_event_loop_callbacks_are_not_printed_around_the_error():

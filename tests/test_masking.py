@@ -6,6 +6,7 @@ Each strategy is compiled once on a batch of 1024 x 64 and every property is che
 """
 
 import json
+import os
 import re
 import sys
 import types
@@ -1141,6 +1142,28 @@ def test_show_cli_html_names_a_bad_path_by_its_flag(tmp_path, capsys, monkeypatc
   monkeypatch.chdir(tmp_path)
   show.main([*args, "--html=~/masks.html"])
   assert (tmp_path / "masks.html").is_file() and not (tmp_path / "~").exists()
+
+
+def test_show_cli_html_on_a_full_disk_keeps_the_earlier_page(tmp_path, monkeypatch):
+  """The page is written under a temporary name and renamed: a disk that fills up halfway
+  leaves the earlier page whole (it was cut to the bytes written) and no temporary file."""
+  import pathlib
+
+  from informask_jax.masking import show
+  page = tmp_path / "masks.html"
+  page.write_text("<p>the earlier page</p>")
+  write_text = pathlib.Path.write_text
+
+  def full_halfway(self, text, *args, **kwargs):
+    write_text(self, text[:len(text) // 2], *args, **kwargs)
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(pathlib.Path, "write_text", full_halfway)
+  with pytest.raises(OSError, match="No space left on device"):
+    show.main(["--strategy", "random", "--samples", "1", "--text", "The cat sat on the mat.",
+               "--html", str(page)])
+  assert os.listdir(tmp_path) == ["masks.html"]
+  assert page.read_text() == "<p>the earlier page</p>"
 
 
 def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):

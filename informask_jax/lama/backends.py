@@ -220,6 +220,13 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
                                 "a killed eval_lama.py run", log)
     with paths.scratch_dir(prefix=LAMA_EXPORT_PREFIX) as tmp:  # Gone once the weights are read.
       # The export checks its own logits against ours, so both backends see the same model.
-      export.export_workdir(model, tmp, step=step)
+      try:
+        export.export_workdir(model, tmp, step=step)
+      except paths.WriteError as e:  # Its message would speak of an export the user asked for.
+        cause = e.__cause__ or e
+        raise paths.WriteError(
+            f"The PyTorch backend reads {model} through a temporary Hugging Face export, which "
+            f"could not be written in {tempfile.gettempdir()} ({type(cause).__name__}: "
+            f"{cause}): free space there, or set TMPDIR to a folder with room.") from e
       return TorchBackend.from_pretrained(tmp, tokenizer, device)
   return TorchBackend.from_pretrained(model, tokenizer, device)

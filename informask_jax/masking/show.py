@@ -19,6 +19,7 @@ import html
 import importlib.metadata
 import json
 import os
+import pathlib
 import re
 import sys
 
@@ -463,9 +464,10 @@ def main(argv=None):
                   + (f"<p><i>{html.escape(note)}</i></p>" if note else ""))
       body += [f"<p style='font-family:monospace'>{s}</p>" for s in samples]
     os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
-    with open(args.html, "w", encoding="utf-8") as f:
-      f.write("<!doctype html><meta charset='utf-8'><title>informask-jax masks</title>"
-              "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
+    page = ("<!doctype html><meta charset='utf-8'><title>informask-jax masks</title>"
+            "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
+    # Renamed into place: a disk filling up leaves the earlier page whole.
+    paths.atomic_write(args.html, lambda tmp: pathlib.Path(tmp).write_text(page, "utf-8"))
     print(f"Wrote {args.html}")
     return
   escaped = not colour and any("\\" in s for _, _, samples in rows for s in samples)

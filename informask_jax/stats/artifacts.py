@@ -19,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from informask_jax import paths
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -84,16 +85,7 @@ def sha256_file(path: pathlib.Path) -> str:
   return h.hexdigest()
 
 
-def atomic_write(path: pathlib.Path, write) -> None:
-  """Calls write(tmp_path) and renames the result to path."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+atomic_write = paths.atomic_write  # Beside the other writers of the cache's files.
 
 
 def save_npy(path, array) -> None:

@@ -25,12 +25,13 @@ original InforMask table").
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
+
+from informask_jax import paths
 
 # In the statistics' cache key: rates built by another method are rebuilt, not reused (2: tokens
 # without PMI entries at the mean).
@@ -176,10 +177,10 @@ def write_id_mask_prob(rates: np.ndarray, path: str) -> None:
   Every id 0..V-1 is written (specials with 0.0), so no reader has to guess about absent ids.
   """
   obj = {str(i): float(r) for i, r in enumerate(np.asarray(rates, np.float32).tolist())}
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(obj, f)
+  paths.atomic_write(path, write)
 
 
 def read_id_mask_prob(path: str, vocab_size: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import pathlib
 import numpy as np
 from absl import logging
 
+from informask_jax import paths
 from informask_jax.stats import artifacts as art
 
 TOP = 30
@@ -204,7 +205,9 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
     ax.set_xlabel("masking rate")
     ax.set_title(title)
   fig.suptitle(f"Statistics {directory.name}", fontsize=10)
-  fig.savefig(out_png, dpi=110)
+  # Written under temporary names and renamed: a disk filling up leaves the earlier report.
+  paths.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format=out_png.suffix[1:]))
   plt.close(fig)
-  out_png.with_suffix(".txt").write_text(text + "\n")
+  paths.atomic_write(out_png.with_suffix(".txt"),
+                     lambda tmp: pathlib.Path(tmp).write_text(text + "\n"))
   return out_png, text
