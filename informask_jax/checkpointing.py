@@ -448,15 +448,12 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
       manager.close()
     kind, first = _first_line(e)
     # Tensorstore's first line can run to hundreds of characters before it gets to the cause.
-    cause = next((f" ({c})" for c in _IO_CAUSES if c in str(e) and c not in first), "")
+    cause = next((f" ({c})" for c in (*paths.DISK_ERROR_TEXTS, "Permission denied")
+                  if c in str(e) and c not in first), "")
     raise paths.WriteError(
         f"Writing the imported checkpoint to {path} failed ({kind}: {first}{cause}); run the "
         "import again once the disk has room (the unfinished step is removed then).") from e
   manager.close()
-
-
-_IO_CAUSES = ("No space left on device", "Disk quota exceeded", "Read-only file system",
-              "Permission denied")
 
 
 def write_json(path, obj) -> None:

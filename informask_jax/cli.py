@@ -47,15 +47,13 @@ class _LibraryInfoFilter(logging.Filter):
         text in record.getMessage() for text in self._BY_DESIGN)
 
 
-# The status codes of tensorstore's I/O errors (raised as ValueError) that are about the disk.
-_IO_STATUS = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "No space left on device")
-
-
 def _is_io_failure(exc_info) -> bool:
   if not exc_info or exc_info[1] is None:
     return False
   error = exc_info[1]
-  return isinstance(error, OSError) or any(code in str(error) for code in _IO_STATUS)
+  # Tensorstore's status codes for a disk's refusals, besides the disk errors themselves.
+  return (isinstance(error, OSError) or disk_failure(error) is not None
+          or any(code in str(error) for code in ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED")))
 
 
 def quiet_library_logs() -> None:
@@ -84,11 +82,8 @@ def _without_closed_loop_callbacks(hook):
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, paths.WriteError)
 
 # A full disk, a quota, a read-only file system: the machine's state, not a bug, wherever it
-# surfaces (a cache, the workdir's lock, a library's writer). Some libraries report it otherwise
-# than as an OSError: tokenizers (Rust) as "... (os error 28)", Beam as a RuntimeError's text.
+# surfaces (a cache, the workdir's lock, a library's writer).
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-_DISK_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
-               "(os error 28)", "(os error 122)", "(os error 30)")
 
 
 def disk_failure(error) -> str | None:
@@ -101,7 +96,7 @@ def disk_failure(error) -> str | None:
       return f"{type(e).__name__}: {one_line(e)}"
     e = e.__cause__ or e.__context__
   for line in str(error).splitlines():
-    if any(text in line for text in _DISK_TEXTS):
+    if any(text in line for text in paths.DISK_ERROR_TEXTS):
       return f"{type(error).__name__}: {line.strip()[:500]}"
   return None
 

@@ -32,6 +32,13 @@ def meant_as_local(name: str) -> bool:
           or ("/" in name and os.path.isdir(os.path.expanduser(first))))
 
 
+# How a full disk, a quota or a read-only file system reads in the errors of libraries that do
+# not raise it as an OSError: tokenizers (Rust) as "... (os error 28)", tensorstore as a
+# ValueError, Beam as a RuntimeError holding the worker's traceback.
+DISK_ERROR_TEXTS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                    "(os error 28)", "(os error 122)", "(os error 30)")
+
+
 class WriteError(OSError):
   """Output files could not be written (a full disk, a quota), raised with a message that names
   the output and says what was left as it was; scripts show it as one line."""
