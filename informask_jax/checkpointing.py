@@ -459,12 +459,9 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
 def write_json(path, obj) -> None:
   """Atomically (a crash never leaves half a file); a failed write (a full disk) leaves the file
   as it was and no temporary file beside it."""
-  path = pathlib.Path(path)
-  tmp = path.with_suffix(path.suffix + ".tmp")
+  text = json.dumps(obj, indent=2, sort_keys=True, default=str)
   try:
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    paths.atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text))
   except OSError as e:
-    tmp.unlink(missing_ok=True)
     raise paths.WriteError(f"Writing {path} failed ({type(e).__name__}: {e}); it was left as it "
                            "was.") from e

@@ -113,9 +113,7 @@ class MetricWriter:
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
         kept = [line for line in lines if _logged_step(line) <= resumed_at]
         dropped = len(kept) < len(lines)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        paths.atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text("".join(kept)))
       self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)
     # The event file is opened at the first write: a resume with no step left to run would
     # leave an empty one in tensorboard/ each time. Opened now when the crashed run logged past
