@@ -836,8 +836,8 @@ def test_informask_rescale_option_is_checked():
   masking.get_masker("informask", rates=np.where(np.arange(V) == CLS, 3.0, 0.1), rescale=False,
                      budget="bernoulli", **COMMON)
   # missing_rate fills a JSON table's unlisted ids; a bad value is refused whatever the table.
-  for bad in ("bogus", -3, float("nan"), True):
-    with pytest.raises(ValueError, match="missing_rate must be 'mean' or a number >= 0"):
+  for bad in ("bogus", -3, float("nan"), float("inf"), True):
+    with pytest.raises(ValueError, match="missing_rate must be 'mean' or a finite number >= 0"):
       masking.get_masker("informask", rates=RATES, missing_rate=bad, **COMMON)
   # A valid fill rate for a table that lists every id would change nothing.
   with pytest.raises(ValueError, match="missing_rate=0.0 fills the ids an id_mask_prob JSON"):
@@ -865,6 +865,12 @@ def test_rate_arrays_that_are_not_real_numbers_are_refused(rates, match):
     ('{"5": 0.1, "05": 0.2}', r"gives token id 5 twice \(keys '5' and '05'\)"),
     ('{"5": 0.1, "5": 0.2}', r"gives token id 5 twice \(keys '5' and '5'\)"),
     ('{"5": 1' + "0" * 400 + "}", "id 5 has rate inf"),  # An integer beyond float's range.
+    # Arrays are not objects, even when their items look like pairs.
+    ("[0.1, 0.2]", r"must be a non-empty JSON object: token id -> rate \(it holds an array"),
+    ('[["5", 0.1], ["6", 0.3]]', "must be a non-empty JSON object"),
+    ("[[5, 0.1, 7]]", "must be a non-empty JSON object"),
+    ('{"5.7": 0.1}', r"'5.7': 0.1 is not token id -> rate"),
+    ("{}", r"must be a non-empty JSON object: token id -> rate\.$"),
 ])
 def test_json_rate_entries_must_be_distinct_ids_with_numbers(tmp_path, text, match):
   path = tmp_path / "id_mask_prob.json"
@@ -1113,6 +1119,24 @@ def test_show_cli_says_when_a_text_is_too_short_for_any_target(capsys):
   show.main(["--strategy", "random", "--text", "Mount Everest is the highest mountain on Earth.",
              "--no-colour"])
   assert "0 targets" not in capsys.readouterr().out
+  # [UNK] is never a target: 2 maskable of 4 tokens here, round(0.2 x 2) = 0.
+  show.main(["--strategy", "random", "--text", "hi \u2603\u2603\u2603\u2603 \U0001d11e x",
+             "--mask-prob", "0.2", "--no-colour"])
+  out = capsys.readouterr().out
+  assert "4 tokens;" in out and "round(0.2 x 2 maskable tokens) = 0 targets" in out, out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--seed", "-1"], r"--seed must be in \[0, 2\*\*31\), got -1"),
+    (["--seed", str(2**32)], r"--seed must be in \[0, 2\*\*31\), got 4294967296"),
+    (["--samples", "0"], r"--samples must be in \[1, 1000\], got 0"),
+    (["--samples", str(10**12)], r"--samples must be in \[1, 1000\]"),
+])
+def test_show_cli_refuses_seeds_and_sample_counts_out_of_range(flags, message, capsys):
+  from informask_jax.masking import show
+  with pytest.raises(SystemExit):
+    show.main(["--strategy", "random", *flags])
+  assert re.search(message, capsys.readouterr().err)
 
 
 def test_masking_cli_names_a_missing_or_unknown_command(capsys, monkeypatch):
@@ -1823,11 +1847,12 @@ def test_show_names_the_flag_of_a_bad_table(tmp_path):
 def test_check_config_refuses_a_bad_value_without_first_calling_it_ignored(caplog):
   from configs import base
   c = base.get_base_config("tiny", strategy="informask")
-  c.masking.missing_rate = "abc"  # rates_path is empty: a JSON table's fill would go unused.
-  with caplog.at_level("WARNING"), pytest.raises(
-      ValueError, match=r"masking.missing_rate='abc': expected 'mean' or a number >= 0"):
-    masking.check_config(c.masking)
-  assert "ignores" not in caplog.text
+  for bad in ("abc", "inf", "nan"):  # get_masker refuses them all, but only after the data.
+    c.masking.missing_rate = bad  # rates_path is empty: a JSON table's fill would go unused.
+    with caplog.at_level("WARNING"), pytest.raises(
+        ValueError, match=rf"masking.missing_rate='{bad}': expected 'mean' or a finite number"):
+      masking.check_config(c.masking)
+    assert "ignores" not in caplog.text
 
 
 def test_show_a_one_word_text_shows_every_strategy(capsys):

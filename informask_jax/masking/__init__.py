@@ -16,6 +16,7 @@ Bad options raise ValueError here, at construction, never inside a trace.
 
 import inspect
 import logging
+import math
 
 import numpy as np
 
@@ -135,14 +136,15 @@ def check_name(name) -> None:
 
 
 def missing_rate_of(masking_config):
-  """config.masking.missing_rate, a string field: "mean" or a number >= 0."""
+  """config.masking.missing_rate, a string field: "mean" or a finite number >= 0."""
   missing = str(masking_config.get("missing_rate", "mean"))
   try:
     value = missing if missing == "mean" else float(missing)
   except ValueError:
     value = -1.0
-  if value != "mean" and not value >= 0:
-    raise ValueError(f"masking.missing_rate={missing!r}: expected 'mean' or a number >= 0.")
+  if value != "mean" and not (math.isfinite(value) and value >= 0):
+    raise ValueError(f"masking.missing_rate={missing!r}: expected 'mean' or a finite number "
+                     ">= 0.")
   return value
 
 

@@ -184,21 +184,28 @@ def _listed_rates(path, ids, values, bad, what):
                     f"rate(s): {shown}{more}; rates must be finite numbers >= 0.")
 
 
+class _JsonPairs(list):
+  """A JSON object's (key, value) pairs in file order."""
+
+
 def _json_entries(path):
   """(ids, values) of an id_mask_prob-style table, ids >= 0 and values finite and >= 0."""
   where = f"Rate table {path!r} (masking.rates_path)"
   with open(path, "rb") as f:
     raw = f.read()
   try:  # As pairs: a dict would keep the last of two equal keys without a word.
-    data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=list)  # A BOM is tolerated.
+    # An object's pairs are wrapped so that a top-level array (a list) cannot pass for one.
+    data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_JsonPairs)  # BOM tolerated.
   except UnicodeDecodeError as e:
     raise ValueError(f"{where} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
                      f"{e.start}): expected an id_mask_prob-style .json file, token id -> rate."
                      ) from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{where} is not valid JSON: {e}") from None
-  if not isinstance(data, list) or not data:  # An object comes back as a list of pairs.
-    raise ValueError(f"{where} must be a non-empty JSON object: token id -> rate.")
+  if not isinstance(data, _JsonPairs) or not data:
+    array = (" (it holds an array; a table of one rate per token id is read from a .npy file)"
+             if type(data) is list else "")  # noqa: E721 (_JsonPairs is a list too)
+    raise ValueError(f"{where} must be a non-empty JSON object: token id -> rate{array}.")
   ids, values, keys = [], [], {}
   for key, value in data:
     # A rate is a JSON number: true would read as 1.0 and "0.5" hides a table written as text.
@@ -229,12 +236,12 @@ def _json_entries(path):
 
 
 def check_missing_rate(missing_rate) -> None:
-  """ValueError unless "mean" or a number >= 0 (checked whatever the table, as every option)."""
+  """ValueError unless "mean" or a finite number >= 0 (checked whatever the table)."""
   if isinstance(missing_rate, str) and missing_rate == "mean":
     return
   number = isinstance(missing_rate, int | float | np.number) and not isinstance(missing_rate, bool)
   if not (number and np.isfinite(missing_rate) and missing_rate >= 0):
-    raise ValueError(f"missing_rate must be 'mean' or a number >= 0, got {missing_rate!r}.")
+    raise ValueError(f"missing_rate must be 'mean' or a finite number >= 0, got {missing_rate!r}.")
 
 
 def _fill_rate(values, missing_rate) -> float:

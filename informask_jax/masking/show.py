@@ -381,6 +381,9 @@ def render(tok, ids, result, colour):
   return "".join(parts)
 
 
+MAX_SAMPLES = 1000
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m informask_jax.masking show",
                                    description=__doc__,  # Examples and what the colours mean.
@@ -405,8 +408,10 @@ def main(argv=None):
   parser.add_argument("--no-colour", action="store_true",
                       help="mark targets as [word] / [word>new] / {word}")
   args = parser.parse_args(argv)
-  if args.samples < 1:
-    parser.error("--samples must be >= 1")
+  if not 1 <= args.samples <= MAX_SAMPLES:  # Each is a printed line.
+    parser.error(f"--samples must be in [1, {MAX_SAMPLES}], got {args.samples}")
+  if not 0 <= args.seed < 2**31:  # As config.train.seed; a larger one aliased a smaller one.
+    parser.error(f"--seed must be in [0, 2**31), got {args.seed}")
   if args.ngrams is not None and args.bigrams is not None:  # --bigrams would silently win.
     parser.error("--ngrams and --bigrams pick two variants of pmi_span (n-gram, bigram); give "
                  "one of them.")
@@ -442,10 +447,12 @@ def main(argv=None):
   lines = [f"Text: {text}",
            f"{len(ids) - 2} tokens{cut}; mask_prob={args.mask_prob}, budget={args.budget}"]
   notes = []
-  if args.budget == "exact" and round(args.mask_prob * (len(ids) - 2)) == 0:
+  special = set(_special_ids(tok))
+  maskable = sum(i not in special for i in ids)  # [UNK] is special too: never a target.
+  if args.budget == "exact" and round(args.mask_prob * maskable) == 0:
     # Otherwise every row below shows no target, with no reason given.
-    notes.append(f"(round({args.mask_prob} x {len(ids) - 2} tokens) = 0 targets per sequence: "
-                 "give a longer --text or a higher --mask-prob)")
+    notes.append(f"(round({args.mask_prob} x {maskable} maskable tokens) = 0 targets per "
+                 "sequence: give a longer --text or a higher --mask-prob)")
   rows = []
   for index, (name, masker, note) in enumerate(maskers):
     rows.append((name, note, []))
