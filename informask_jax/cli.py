@@ -310,13 +310,29 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
       # A config file that failed to load stands in as an object raising on any attribute.
       getattr(flags.FLAGS.config, "get", None)
+      problem = config_structure_problem(flags.FLAGS.config)
+      if problem:
+        path = (_config_values(argv) or [""])[-1].split(":", 1)[0]
+        print(f"{argv[0]}: error: --config {path}: {problem}", file=sys.stderr)
+        sys.exit(1)
     return rest
   except (flags.Error, AttributeError, KeyError, IndexError, TypeError, ValueError,
           OSError, ImportError) as e:
-    where = _config_file_line(e, argv) if isinstance(e, ImportError) else None
-    if where and not os.environ.get("INFORMASK_TRACEBACK"):
-      _exit_config_file_error(argv, e, where)  # The config file's own import, not a flag.
+    # The config file's own code raised ({}["b"] in it, which ml_collections lets through, or
+    # int("x"), which it quotes as text): its file and line, not a flag.
+    from_file = isinstance(e, ImportError) or _raised_in_config_file(e, argv)
+    where = _config_file_line(e, argv) if from_file else None
+    if where:
+      if os.environ.get("INFORMASK_TRACEBACK"):
+        raise
+      _exit_config_file_error(argv, e, where)
     message = str(e).strip()
+    quoted = _quoted_config_file_error(message, argv)
+    if quoted:
+      if os.environ.get("INFORMASK_TRACEBACK"):
+        raise  # ml_collections' text holds the config file's traceback.
+      print(f"{argv[0]}: error: {quoted}", file=sys.stderr)
+      sys.exit(1)
     if isinstance(e, KeyError | AttributeError):  # Their str() is the quoted repr of a message.
       message = message.strip("'\"").replace("\\n", " ").replace("\\'", "'")
       message = _unknown_key(argv) or message
@@ -329,6 +345,10 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
       kind, field = unsupported.groups()
       message = (f"--{field}: a {kind} field cannot be set from the command line; write a small "
                  "config file that imports one of configs/ and sets it.")
+    if re.search(r"get_config\(\) takes 0 positional arguments", message):
+      message = (f"--config {(_config_values(argv) or [''])[-1]}: its get_config() takes no "
+                 "argument; it is called with the text after ':' (None without one), so define "
+                 "get_config(arg=None)")
     if re.search(r"has no attribute 'get_config", message):  # e.g. --config configs/base.py
       path = (_config_values(argv) or [""])[-1]
       message = (f"--config {path}: the file defines no get_config(arg) function, so it is not "
@@ -359,6 +379,73 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
     if where is None or os.environ.get("INFORMASK_TRACEBACK"):
       raise  # Not from the config file (a bug of ours or a library's): the traceback is wanted.
     _exit_config_file_error(argv, e, where)
+
+
+def _raised_in_config_file(error: Exception, argv: list[str]) -> bool:
+  """Whether the innermost Python frame of `error`'s traceback is the --config file's."""
+  value = (_config_values(argv) or [None])[-1]
+  frames = list(traceback.walk_tb(error.__traceback__))
+  return bool(value and frames) and os.path.realpath(frames[-1][0].f_code.co_filename) == \
+      os.path.realpath(value.split(":", 1)[0])
+
+
+def _quoted_config_file_error(message: str, argv: list[str]) -> str | None:
+  """`ValueError: FILE, line N: text` when ml_collections quotes (as text) a traceback whose
+  innermost frame is the --config file's own code; None otherwise (e.g. a refused :variant,
+  raised in configs/base.py, which is a flag's fault)."""
+  value = (_config_values(argv) or [None])[-1]
+  frames = re.findall(r'File "([^"]+)", line (\d+)', message)
+  if not value or not frames or "Error whilst parsing config file" not in message:
+    return None
+  path = value.split(":", 1)[0]
+  if os.path.realpath(frames[-1][0]) != os.path.realpath(path):
+    return None
+  error = message.splitlines()[-1].strip()
+  kind, _, text = error.partition(": ")
+  return f"{kind}: {path}, line {frames[-1][1]}: {text}" if text else f"{path}: {error}"
+
+
+def config_structure_problem(config) -> str | None:
+  """What a config file's config adds to or lacks from configs/base.py's, as a sentence; None
+  when the keys agree (or configs.base cannot be imported, as for a config package of one's own).
+
+  Overrides are checked by the locked config itself, but a key set inside a config file is not:
+  `c.train.batch_sise = 16` trained at the default batch size without a word, and a file built
+  without base.get_base_config failed deep in the run on the first key it lacks.
+  """
+  import ml_collections
+  try:
+    from configs import base
+  except ImportError:
+    return None
+  if not isinstance(config, ml_collections.ConfigDict):
+    return (f"get_config returned a {type(config).__name__}, not an ml_collections.ConfigDict; "
+            "build it on configs.base.get_base_config(arg).")
+  try:
+    reference = base.get_base_config(config.get("variant") or "paper")
+  except ValueError:
+    return None  # An unknown variant: reported as such by the loop's own checks.
+  return _structure_difference(config, reference, "config")
+
+
+def _structure_difference(config, reference, parent: str) -> str | None:
+  import ml_collections
+  for key in sorted(set(config.keys()) | set(reference.keys())):
+    name = f"{parent}.{key}"
+    if key not in reference:
+      nearest = difflib.get_close_matches(key, list(reference.keys()), 1)
+      hint = f"did you mean {parent}.{nearest[0]}? " if nearest else ""
+      return (f"it sets {name}, which is not a setting ({hint}`{parent}` has: "
+              f"{', '.join(sorted(reference.keys()))}); the run would ignore it.")
+    if key not in config:
+      return (f"it lacks {name}; configs.base.get_base_config(arg) sets every key, so build the "
+              "config on it and change what differs.")
+    mine, theirs = config[key], reference[key]
+    if all(isinstance(node, ml_collections.ConfigDict) for node in (mine, theirs)):
+      problem = _structure_difference(mine, theirs, name)
+      if problem:
+        return problem
+  return None
 
 
 def _exit_config_file_error(argv: list[str], error: Exception, where: str) -> None:

@@ -97,6 +97,14 @@ def check_config(config) -> None:
     raise ValueError(stats.build.STREAMING.format(
         where=f"config.data.sources[{streaming[0]}].streaming=True"))
   budget = round(config.masking.mask_prob * (config.data.seq_len - 2))
+  if config.masking.budget == "exact" and budget == 0:
+    # Else every step trains on no target (loss null) and only the evaluation stops the run,
+    # blaming the validation split.
+    raise ValueError(
+        f"config.masking.mask_prob={config.masking.mask_prob} with config.data.seq_len="
+        f"{config.data.seq_len}: the exact budget round(mask_prob * (seq_len - 2)) is 0 targets "
+        f"per sequence; raise mask_prob above {0.5 / (config.data.seq_len - 2):.3g} "
+        "(or seq_len).")
   if config.masking.budget == "exact" and m.max_predictions < budget:
     raise ValueError(
         f"config.model.max_predictions={m.max_predictions} is below the exact masking budget "

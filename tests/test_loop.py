@@ -487,6 +487,21 @@ def test_a_warm_up_longer_than_the_run_is_named_on_a_fresh_start_only(tiny_confi
   assert "warmup_steps" not in caplog.text
 
 
+def test_an_exact_budget_of_no_target_is_refused_naming_both_keys(tiny_config):
+  # round(0.003 * 126) = 0: the run trained on no target and failed at its first evaluation,
+  # blaming the validation split (after an overwrite had deleted the earlier run).
+  tiny_config.masking.mask_prob = 0.003
+  with pytest.raises(ValueError, match=r"config.masking.mask_prob=0.003 with config.data.seq_len"
+                                       r"=128: the exact budget .* is 0 targets per sequence; "
+                                       r"raise mask_prob above 0.00397"):
+    loop.check_config(tiny_config)
+  tiny_config.masking.mask_prob = 0.0045  # round(0.567) = 1.
+  loop.check_config(tiny_config)
+  tiny_config.masking.mask_prob = 0.003  # Bernoulli draws some targets: allowed.
+  tiny_config.masking.budget = "bernoulli"
+  loop.check_config(tiny_config)
+
+
 def test_max_predictions_below_the_budget_says_what_to_set(tiny_config, caplog):
   tiny_config.masking.mask_prob = 0.2  # round(0.2 * 126) = 25 targets, max_predictions 20.
   with pytest.raises(ValueError, match=r"max_predictions=20 is below the exact masking budget "
@@ -948,6 +963,12 @@ def test_train_py_reports_a_config_file_that_fails_to_import_in_one_line(tmp_pat
      3, "SyntaxError: {file}, line 3: expected ':'"),
     ("def get_config(arg=None):\n  raise RuntimeError('no such\\nvariant')\n",
      2, "RuntimeError: {file}, line 2: no such; variant"),
+    # These two were "bad command-line flag" errors naming no file: ml_collections quotes the
+    # ValueError's traceback as text, and lets the KeyError through.
+    ("from configs import base\n\ndef get_config(arg=None):\n  c = base.get_base_config(arg)\n"
+     "  c.train.batch_size = int('x')\n  return c\n",
+     5, "ValueError: {file}, line 5: invalid literal for int() with base 10: 'x'"),
+    ("def get_config(arg=None):\n  return {'a': 1}['b']\n", 2, "KeyError: {file}, line 2: 'b'"),
 ])
 def test_train_py_reports_a_config_file_that_does_not_compile_or_raises_in_one_line(
     tmp_path, source, line, message):
@@ -967,6 +988,43 @@ def test_train_py_reports_a_config_file_that_does_not_compile_or_raises_in_one_l
   out = run(INFORMASK_TRACEBACK="1")
   assert out.returncode == 1 and "Traceback" in out.stderr, out.stderr[-2000:]
   assert f'File "{bad}", line {line}' in out.stderr
+
+
+@pytest.mark.parametrize("body,message", [
+    # A key set in the file is not checked by the locked config (only overrides are): this one
+    # trained at the default batch size without a word.
+    ("  c.train.batch_sise = 16\n", "it sets config.train.batch_sise, which is not a setting "
+     "(did you mean config.train.batch_size? `config.train` has: batch_size, "),
+    ("  c.data.source = []\n", "it sets config.data.source, which is not a setting (did you "
+     "mean config.data.sources?"),
+    # Failed deep in the run, after an overwrite had deleted the earlier one.
+    ("  del c.data['prefetch']\n", "it lacks config.data.prefetch; configs.base."
+     "get_base_config(arg) sets every key"),
+    ("  c = dict(c)\n", "get_config returned a dict, not an ml_collections.ConfigDict"),
+])
+def test_train_py_refuses_a_config_file_whose_keys_differ_from_the_base(tmp_path, body, message):
+  config = tmp_path / "mine.py"
+  config.write_text("from configs import base\n\ndef get_config(arg=None):\n"
+                    f"  c = base.get_base_config(arg)\n{body}  return c\n")
+  out = subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}:tiny",
+                        f"--workdir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      f"{ROOT / 'train.py'}: error: --config {config}: {message}"), out.stderr[-2000:]
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_whose_get_config_takes_no_argument_is_named(tmp_path):
+  config = tmp_path / "mine.py"
+  config.write_text("from configs import base\n\ndef get_config():\n"
+                    "  return base.get_base_config('tiny')\n")
+  # Without a :variant, ml_collections calls it with no argument: that works.
+  out = subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}:tiny"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f"--config {config}:tiny: its get_config() takes no argument; it is called with the " \
+      "text after ':' (None without one), so define get_config(arg=None)" in out.stderr
 
 
 def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path):
