@@ -31,6 +31,11 @@ def main(argv=None) -> dict:
   parser.add_argument("--scan-layers", action="store_true",
                       help="Import with the scanned layer layout (config.model.scan_layers=True).")
   args = parser.parse_args(argv)
+  for name in ("workdir", "from_hf", "out"):  # An unset $VAR: "" is no path (nor the cwd).
+    value = getattr(args, name)
+    if value is not None and not value.strip():
+      parser.error(f"--{name.replace('_', '-')} is empty: give a path"
+                   + (" or a hub name." if name == "from_hf" else "."))
   # "--out=~/x" arrives as typed: a shell expands "~" at the start of a word only.
   for name in ("workdir", "from_hf", "out"):
     value = getattr(args, name)
@@ -41,7 +46,7 @@ def main(argv=None) -> dict:
 
   from informask_jax import export
 
-  if args.workdir:
+  if args.workdir is not None:
     if args.scan_layers:
       parser.error("--scan-layers applies to --from-hf only.")
     report = export.export_workdir(args.workdir, args.out, step=args.step, fmt=args.format,

@@ -359,6 +359,21 @@ def test_unsupported_configs_fail_clearly(tmp_path):
   assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("argv,flag", [
+    (["--workdir", "", "--out", "x"], "--workdir"),  # Was a TypeError from the import branch.
+    (["--workdir", "w", "--out", " "], "--out"),  # Was a late FileNotFoundError: ''.
+    (["--from-hf", "m", "--out", ""], "--out"),  # Imported into the current directory.
+    (["--from-hf", "", "--out", "x"], "--from-hf"),
+])
+def test_convert_cli_refuses_empty_paths(argv, flag, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as caught:
+    convert_checkpoint.main(argv)
+  assert caught.value.code == 2
+  assert f"{flag} is empty: give a path" in capsys.readouterr().err
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_state_dicts_and_trees_fail_clearly(tmp_path):
   cfg = tiny_config("bert")
   params = tiny_params(cfg)
