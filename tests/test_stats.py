@@ -833,6 +833,13 @@ def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=rf"--out .*{out}: '\.\w+' is not an image format"):
       report.write_report(directory, tmp_path / out)
     assert not (tmp_path / out).exists()
+  # The summary beside DIR/vocab.png would replace DIR/vocab.txt, the tables' vocabulary.
+  vocab = (directory / "vocab.txt").read_bytes()
+  for out in (directory / "vocab.png", directory / "vocab"):
+    with pytest.raises(ValueError, match=r"vocab\.txt is a file of the statistics directory"):
+      report.write_report(directory, out)
+  assert (directory / "vocab.txt").read_bytes() == vocab
+  assert not (directory / "vocab.png").exists()
 
 
 def test_cli_errors_name_the_command_not_the_file():

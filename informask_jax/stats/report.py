@@ -165,6 +165,12 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
     # .txt is the summary's own name beside the image.
     raise ValueError(f"--out {out_png}: {out_png.suffix!r} is not an image format matplotlib "
                      f"writes; use .png, .svg, .pdf or .jpg (the summary goes to .txt beside it).")
+  for target in (out_png, out_png.with_suffix(".txt")):
+    # --out DIR/vocab.png wrote the summary over DIR/vocab.txt, the tables' vocabulary.
+    if target.exists() and target.name not in ("report.png", "report.txt") and \
+        target.resolve().parent == pathlib.Path(directory).resolve():
+      raise ValueError(f"--out {out_png}: {target} is a file of the statistics directory, which "
+                       "the report would overwrite; give another name.")
   out_png.parent.mkdir(parents=True, exist_ok=True)
   names, counts, rates, by_freq, ranked = (n["names"], n["counts"], n["rates"], n["by_freq"],
                                            n["ranked"])
