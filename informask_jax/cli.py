@@ -296,6 +296,10 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
   config_package_on_path(argv)
   try:
     variant = [a.split("=", 1)[0] for a in argv if re.fullmatch(r"--?config\.variant(=.*)?", a)]
+    given = _config_values(argv)
+    if len(given) > 1:  # absl's own error blamed the first override, "defined twice".
+      raise ValueError(f"--config is given {len(given)} times ({', '.join(given)}); give one "
+                       "config file, and change it with --config.KEY=VALUE overrides")
     if variant:  # Recorded by the config file; set, it would change nothing.
       raise ValueError(f"{variant[0]}: the variant is chosen with the config file's argument, "
                        "e.g. --config configs/informask.py:tiny; config.variant only records it")

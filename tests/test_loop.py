@@ -1015,6 +1015,19 @@ def test_train_py_refuses_a_config_file_whose_keys_differ_from_the_base(tmp_path
   assert not (tmp_path / "run").exists()
 
 
+def test_train_py_refuses_two_config_files():
+  # absl's error said the first override was "defined twice", though it was given once.
+  out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                        "configs/informask.py:tiny", "--config=configs/random.py:tiny",
+                        "--config.train.num_steps=2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().endswith(
+      "bad command-line flag: --config is given 2 times (configs/informask.py:tiny, "
+      "configs/random.py:tiny); give one config file, and change it with --config.KEY=VALUE "
+      "overrides"), out.stderr[-2000:]
+
+
 def test_a_config_file_whose_get_config_takes_no_argument_is_named(tmp_path):
   config = tmp_path / "mine.py"
   config.write_text("from configs import base\n\ndef get_config():\n"
