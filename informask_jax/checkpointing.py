@@ -345,26 +345,37 @@ def latest_meta(workdir) -> dict | None:
     manager.close()
 
 
-def restore_params(workdir, step: int | None = None, *,
-                   step_flag: str | None = None) -> tuple[Any, model_lib.MLMConfig, int]:
+def restore_params(workdir, step: int | None = None, *, step_flag: str | None = None,
+                   tokenizer_fingerprint: str | None = None
+                   ) -> tuple[Any, model_lib.MLMConfig, int]:
   """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture.
 
   `step_flag` names the caller's flag for `step` (eval_lama.py's, convert_checkpoint.py's
-  --step): a damaged step's error then advises it rather than moving the step aside."""
+  --step): a damaged step's error then advises it rather than moving the step aside.
+  `tokenizer_fingerprint`: that of WORKDIR/tokenizer as the caller loaded it, refused (before
+  the weights are read) when the step was trained with another one."""
   manager, steps = _find_steps(workdir)
   try:  # Closed on every path: its threads left open print tracebacks at interpreter exit.
-    return _restore_params(manager, workdir, step, steps, step_flag)
+    return _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerprint)
   finally:
     manager.close()
 
 
-def _restore_params(manager, workdir, step, steps, step_flag):
+def _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerprint):
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise ValueError(f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
                      f"available steps: {steps}.")
   meta = _read_meta(manager, workdir, step, step_flag)
+  saved = meta.get("tokenizer_fingerprint")  # An imported step records none.
+  if tokenizer_fingerprint and saved and saved != tokenizer_fingerprint:
+    # Only the size was compared: a replaced vocabulary of the same size gave fluent nonsense.
+    raise ValueError(
+        f"The tokenizer in {pathlib.Path(workdir) / 'tokenizer'} is not the one the checkpoint "
+        f"at step {step} was trained with (fingerprint {tokenizer_fingerprint}, the "
+        f"checkpoint's {saved}): its token ids would mean other tokens. Put back the run's own "
+        "tokenizer, the one train.py saved there.")
   try:
     saved_state = manager.item_metadata(step)["state"]
     params_meta = saved_state.tree["params"]

@@ -503,7 +503,9 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   # Before the restore, which may take a while: a damaged file is named at once.
   tokenizer = _usable_tokenizer(tokenizer_dir, "export",
                                 "the export needs the tokenizer the model was trained with")
-  params, cfg, restored_step = checkpointing.restore_params(workdir, step, step_flag="--step")
+  params, cfg, restored_step = checkpointing.restore_params(
+      workdir, step, step_flag="--step",
+      tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:
     raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -853,6 +854,33 @@ def test_export_refuses_a_tokenizer_of_another_vocabulary(imported_workdir, tmp_
                      f"model has vocab_size {len(VOCAB)}"):
     convert_checkpoint.main(["--workdir", str(workdir), "--out", str(tmp_path / "hf")])
   assert not (tmp_path / "hf").exists()
+
+
+def test_export_and_lama_refuse_a_replaced_tokenizer_of_the_same_size(imported_workdir,
+                                                                     tmp_path):
+  """The checkpoint's meta records the fingerprint of the tokenizer it was trained with; a
+  same-size vocabulary put in WORKDIR/tokenizer passed the size check and exported fine."""
+  from informask_jax.lama import backends
+
+  workdir = tmp_path / "work"
+  shutil.copytree(imported_workdir, workdir)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "tokenizer")
+  meta_file = checkpointing.checkpoint_dir(workdir) / "0" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  assert "tokenizer_fingerprint" not in meta  # An import records none: nothing to compare.
+  meta_file.write_text(json.dumps({**meta, "tokenizer_fingerprint": "0123abcd"}))
+  message = (rf"The tokenizer in {re.escape(str(workdir / 'tokenizer'))} is not the one the "
+             rf"checkpoint at step 0 was trained with \(fingerprint "
+             rf"{tokenization.tokenizer_fingerprint(tokenizer)}, the checkpoint's 0123abcd\)")
+  with pytest.raises(ValueError, match=message):
+    convert_checkpoint.main(["--workdir", str(workdir), "--out", str(tmp_path / "hf")])
+  assert not (tmp_path / "hf").exists()
+  with pytest.raises(ValueError, match=message):
+    backends.load_backend(str(workdir), "flax", tokenizer, batch_size=2)
+  # Its own fingerprint passes.
+  meta_file.write_text(json.dumps(
+      {**meta, "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(tokenizer)}))
+  backends.load_backend(str(workdir), "flax", tokenizer, batch_size=2)
 
 
 def test_import_refuses_a_tokenizer_whose_pad_id_is_not_the_configs(hf_copy, tmp_path):

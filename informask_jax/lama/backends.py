@@ -197,9 +197,11 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
   check_device(backend, device)
   if backend == "flax":
     if is_workdir(model):
-      from informask_jax import checkpointing
+      from informask_jax import checkpointing, tokenization
 
-      params, cfg, _ = checkpointing.restore_params(model, step=step, step_flag="--step")
+      params, cfg, _ = checkpointing.restore_params(
+          model, step=step, step_flag="--step",
+          tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
     else:
       from informask_jax import export, hf_mapping
 
