@@ -748,6 +748,8 @@ def test_same_masks_on_1_and_8_devices(name):
     (dict(mask_id=4.7), "integer token ids"),
     (dict(colour="red"), "Unknown option"),
   (dict(replace_prob=True), "replace_prob must be a finite number, got True"),
+  # Token ids are int32: a larger vocabulary failed inside the trace, or wrapped ids negative.
+  (dict(vocab_size=2**31), r"vocab_size must be an integer in \[2, 2\*\*31\), got 2147483648"),
   (dict(mask_prob=np.bool_(True)), "mask_prob must be a finite number"),
 ])
 def test_bad_shared_options_raise(kwargs, match):
@@ -769,6 +771,8 @@ def test_bad_strategy_options_raise(tmp_path):
     masking.get_masker("span", continuation=CONT, max_span_len=10**6, **COMMON)
   with pytest.raises(ValueError, match="geometric_p"):  # Not coerced to 1.0.
     masking.get_masker("span", continuation=CONT, geometric_p=True, **COMMON)
+  # A numpy integer is a number, as a Python int is (it was called out of (0, 1]).
+  masking.get_masker("span", continuation=CONT, geometric_p=np.int64(1), **COMMON)
   with pytest.raises(ValueError, match="variant"):
     masking.get_masker("pmi_span", continuation=CONT, variant="trigram", **COMMON)
   with pytest.raises(ValueError, match="ngrams"):
@@ -812,6 +816,11 @@ def test_bad_tables_and_ids_raise():
     masker(jax.random.key(0), np.full((2, 8), 7.6, np.float32))
   with pytest.raises(ValueError, match=r"no positions \(shape \(2, 0\)\)"):
     masker(jax.random.key(0), np.zeros((2, 0), np.int32))
+  with pytest.raises(ValueError, match="sentence_ids must hold integer ids, got dtype float"):
+    masker(jax.random.key(0), np.full((2, 8), 7, np.int32),
+           sentence_ids=np.full((2, 8), 0.5, np.float32))
+  masker(jax.random.key(0), np.full((2, 8), 7, np.int32),
+         sentence_ids=np.zeros((2, 8), np.int64))
   # Concrete ids closed over by a jitted function are checked too (on the host), not traced.
   good = jnp.full((2, 8), 7, jnp.int32)
   assert jax.jit(lambda k: masker(k, good)["mask"])(jax.random.key(0)).shape == (2, 8)

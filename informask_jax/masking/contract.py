@@ -32,8 +32,9 @@ class Settings:
 def check_settings(vocab_size, mask_id, special_ids, mask_prob, replace_prob, random_prob,
                    budget):
   """Validates the shared options; raises ValueError naming the bad one."""
-  if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 2:
-    raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}.")
+  if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or \
+      not 2 <= vocab_size < 2**31:  # Token ids are int32: random replacements would wrap.
+    raise ValueError(f"vocab_size must be an integer in [2, 2**31), got {vocab_size!r}.")
   vocab_size = int(vocab_size)
   listed = isinstance(special_ids, list | tuple | set | frozenset | np.ndarray)
   ids = [mask_id, *special_ids] if listed else None
@@ -152,6 +153,10 @@ class Masker:
     elif jnp.shape(sentence_ids) != token_ids.shape:
       raise ValueError(f"sentence_ids shape {jnp.shape(sentence_ids)} != token_ids shape "
                        f"{token_ids.shape}.")
+    elif not jnp.issubdtype(jnp.result_type(sentence_ids), jnp.integer):
+      # A float id would be truncated (0.5 joining sentence 0), moving sentence boundaries.
+      raise ValueError(f"sentence_ids must hold integer ids, got dtype "
+                       f"{jnp.result_type(sentence_ids)}.")
     seeds = prng.example_seeds(rng, batch)  # (B, 2)
     settings, select = self.settings, self.select
     tables = jax.tree.map(jnp.asarray, self.tables)  # numpy tables become (constant) arrays

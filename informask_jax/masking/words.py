@@ -58,7 +58,8 @@ def span_length_cdf(geometric_p, max_span_len):
 
 
 def check_span_options(geometric_p, max_span_len):
-  if isinstance(geometric_p, bool) or not isinstance(geometric_p, int | float | np.floating) or \
+  if isinstance(geometric_p, bool) or not isinstance(
+      geometric_p, int | float | np.integer | np.floating) or \
       not 0.0 < geometric_p <= 1.0:
     raise ValueError(f"geometric_p (masking.span_geometric_p) must be in (0, 1], got "
                      f"{geometric_p!r}.")
