@@ -890,6 +890,13 @@ def test_a_common_vocab_with_a_byte_order_mark_is_read(tmp_path):
   assert lama.read_word_list(path) == ["paris", "rome"]
 
 
+def test_a_common_vocab_that_is_missing_or_a_directory_says_which(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"--common_vocab '.*': a directory, not a file"):
+    lama.read_word_list(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"--common_vocab '.*nowhere.txt': no such file"):
+    lama.read_word_list(tmp_path / "nowhere.txt")
+
+
 def test_a_damaged_model_is_one_clear_error_with_flax_too(models, tmp_path):
   broken = tmp_path / "broken"
   shutil.copytree(models["bert"], broken)

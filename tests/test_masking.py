@@ -1116,6 +1116,11 @@ def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("HOME", str(tmp_path))  # Unexpanded by the shell in --tokenizer=~/...
   with pytest.raises(SystemExit, match=r"--tokenizer '~/empty' holds no tokenizer.json"):
     show.main(["--strategy", "random", "--tokenizer", "~/empty"])
+  (tmp_path / "notes.md").write_text("# Notes\nsome words\n")  # Not a vocabulary.
+  with pytest.raises(SystemExit) as caught:
+    show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "notes.md")])
+  assert re.fullmatch(r"error: --tokenizer '.*notes\.md': no tokenizer could be loaded \(the "
+                      r"vocabulary lacks \[.*\]\.\)", str(caught.value)), caught.value
   # A table given by flag is named by its flag, not by train.py's config key.
   with pytest.raises(SystemExit, match=r"no\.npy' \(--rates\) does not exist"):
     show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])

@@ -71,7 +71,8 @@ class WordTable:
 def read_word_list(path: str | os.PathLike) -> list[str]:
   p = pathlib.Path(path).expanduser()
   if not p.is_file():
-    raise FileNotFoundError(f"--common_vocab {str(path)!r}: no such file (one word per line, "
+    what = "a directory, not a file" if p.is_dir() else "no such file"
+    raise FileNotFoundError(f"--common_vocab {str(path)!r}: {what} (one word per line, "
                             "e.g. LAMA's common_vocab_cased.txt).")
   expects = "a UTF-8 text file, one word per line"
   try:

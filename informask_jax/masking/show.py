@@ -83,8 +83,10 @@ def load_tokenizer(path=None):
     raise SystemExit(f"error: --tokenizer {path!r} does not exist; give a vocab.txt or a tokenizer "
                      "directory, e.g. a run's WORKDIR/tokenizer.") from None
   except (OSError, ValueError) as e:  # The loader's message names the config key, not the flag.
-    raise SystemExit(f"error: --tokenizer {path!r}: no tokenizer could be loaded "
-                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    reason = str(e).splitlines()[0].replace(f"config.tokenizer.name_or_path={path!r}: ", "") \
+        if str(e) else type(e).__name__
+    raise SystemExit(f"error: --tokenizer {path!r}: no tokenizer could be loaded ({reason})"
+                     ) from None
 
 
 def _vocab_txt(path):
