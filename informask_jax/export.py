@@ -144,7 +144,8 @@ def load_hf_as_flax(dir_or_name: str, *, scan_layers: bool = False, head_seed: i
   hf_config = _read_hf_config(model_dir)
   return hf_mapping.from_hf_state_dict(_read_state_dict(model_dir), hf_config,
                                        scan_layers=scan_layers, head_seed=head_seed,
-                                       require_head=require_head)
+                                       require_head=require_head,
+                                       config_name=os.path.join(model_dir, "config.json"))
 
 
 # --- Export and verification --------------------------------------------------------------------
@@ -538,8 +539,9 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   hf_config = _read_hf_config(model_dir)
   # An import of the special tokens alone would fail in train.py, named elsewhere.
   tokenizer = _usable_tokenizer(model_dir, "import", "the workdir needs the model's tokenizer")
-  params, cfg = hf_mapping.from_hf_state_dict(_read_state_dict(model_dir), hf_config,
-                                              scan_layers=scan_layers, head_seed=head_seed)
+  params, cfg = hf_mapping.from_hf_state_dict(
+      _read_state_dict(model_dir), hf_config, scan_layers=scan_layers, head_seed=head_seed,
+      config_name=os.path.join(model_dir, "config.json"))
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:  # train.py and the export take one embedding row per token id.
     raise ValueError(f"The tokenizer in {model_dir} has {tokens} token ids but the model's "

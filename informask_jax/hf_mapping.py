@@ -363,7 +363,8 @@ class NoMLMHead(ValueError):
 
 
 def from_hf_state_dict(state_dict, hf_config, *, scan_layers: bool = False,
-                       head_seed: int = 0, require_head: bool = False) -> tuple[dict, MLMConfig]:
+                       head_seed: int = 0, require_head: bool = False,
+                       config_name: str = "the config") -> tuple[dict, MLMConfig]:
   """Our parameter tree (plain NumPy) and MLMConfig for a Hugging Face state dict.
 
   Accepts `*ForMaskedLM` / `BertForPreTraining` state dicts and bare encoders (`BertModel`,
@@ -401,7 +402,9 @@ def from_hf_state_dict(state_dict, hf_config, *, scan_layers: bool = False,
     w = _to_numpy(state[name])
     expected = _to_torch(np.empty(shapes[path], np.float32), kind).shape
     if w.shape != expected:
-      raise ValueError(f"{name} has shape {w.shape}; the config implies {expected}.")
+      raise ValueError(f"{name} has shape {w.shape}; {config_name} implies {expected} "
+                       f"(vocab_size={hf_config.vocab_size}, hidden_size="
+                       f"{hf_config.hidden_size}).")
     _set(params, path, _from_torch(w, kind, shapes[path]))
     used += 1
   if not have_head:

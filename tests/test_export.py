@@ -883,6 +883,16 @@ def test_export_and_lama_refuse_a_replaced_tokenizer_of_the_same_size(imported_w
   backends.load_backend(str(workdir), "flax", tokenizer, batch_size=2)
 
 
+def test_a_config_json_that_does_not_fit_the_weights_is_named(hf_copy, tmp_path):
+  config = json.loads((hf_copy / "config.json").read_text())
+  (hf_copy / "config.json").write_text(json.dumps({**config, "vocab_size": 7}))
+  with pytest.raises(ValueError, match=rf"word_embeddings.weight has shape .*; "
+                                       rf"{re.escape(str(hf_copy / 'config.json'))} implies "
+                                       r"\(7, .*\) \(vocab_size=7, hidden_size="):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+
+
 def test_import_refuses_a_tokenizer_whose_pad_id_is_not_the_configs(hf_copy, tmp_path):
   config = json.loads((hf_copy / "config.json").read_text())
   (hf_copy / "config.json").write_text(json.dumps({**config, "pad_token_id": 1}))
