@@ -21,6 +21,7 @@ device as one of:
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse
@@ -135,7 +136,9 @@ def pair_pmi(tables, rows, size):
 def informative_relevance(pair, candidates):
   """IR of each candidate: m^T P (1 - m). pair (L, L) float32; candidates bool[K, L] -> (K,)."""
   m = candidates.astype(jnp.float32)  # (K, L)
-  outside = (1.0 - m) @ pair.T  # (K, L): sum_j P[i, j] (1 - m_j)
+  # Full float32: the default precision on GPUs and TPUs (TF32 / bfloat16 passes) could pick
+  # another of two close candidates than a CPU does, and than the statistics' rates assume.
+  outside = jnp.matmul(1.0 - m, pair.T, precision=jax.lax.Precision.HIGHEST)  # (K, L)
   return jnp.sum(m * outside, axis=-1)
 
 
