@@ -575,6 +575,10 @@ def test_informask_exact_draws_zero_rate_tokens_last_and_uniformly():
   assert out[:, 1:5].all() and (out[:, 5:-1].sum(1) == 2).all()
   counts = out[:, 5:-1].sum(0)
   assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts
+  # However small the ratio to the largest rate: 3e-49 underflowed to 0 in float32.
+  rates[13] = 3e38  # 1e-10 / 3e38 is below float32's smallest subnormal.
+  weights = informask_lib.weights_from_rates(rates, (PAD, UNK, CLS, SEP, MASK))
+  assert weights[11] == np.float32(informask_lib.MIN_RELATIVE_RATE) and weights[12] == 0
 
 
 def test_informask_bernoulli_corruption_split_when_rescaled_rates_exceed_one():

@@ -321,5 +321,6 @@ def weights_from_rates(rates, special_ids):
   """Rates normalised to the largest non-special rate, positive ones floored, for the exponential
   race (a large rate on a special id, never a target, would squash every other weight to the
   floor). Zero stays zero: select_targets draws those tokens after all others."""
+  rates = np.asarray(rates, np.float64)  # In float32 a ratio below ~1e-45 underflowed to 0.
   w = rates / _non_special(rates, special_ids).max()
   return np.where(w > 0, np.clip(w, MIN_RELATIVE_RATE, 1.0), 0.0).astype(np.float32)
