@@ -824,7 +824,8 @@ def test_bad_tables_and_ids_raise():
     masker(jax.random.key(0), np.full((2, 8), 7, np.int32),
            sentence_ids=np.full((2, 8), 0.5, np.float32))
   masker(jax.random.key(0), np.full((2, 8), 7, np.int32),
-         sentence_ids=np.zeros((2, 8), np.int64))
+         sentence_ids=np.zeros((2, 8), np.int16))
+  masker(jax.random.key(0), np.full((2, 8), 7, np.int32), sentence_ids=[[0] * 8, [1] * 8])
   # Concrete ids closed over by a jitted function are checked too (on the host), not traced.
   good = jnp.full((2, 8), 7, jnp.int32)
   assert jax.jit(lambda k: masker(k, good)["mask"])(jax.random.key(0)).shape == (2, 8)

@@ -153,10 +153,10 @@ class Masker:
     elif jnp.shape(sentence_ids) != token_ids.shape:
       raise ValueError(f"sentence_ids shape {jnp.shape(sentence_ids)} != token_ids shape "
                        f"{token_ids.shape}.")
-    elif not jnp.issubdtype(jnp.result_type(sentence_ids), jnp.integer):
+    sentence_ids = jnp.asarray(sentence_ids)  # A nested list too.
+    if not jnp.issubdtype(sentence_ids.dtype, jnp.integer):
       # A float id would be truncated (0.5 joining sentence 0), moving sentence boundaries.
-      raise ValueError(f"sentence_ids must hold integer ids, got dtype "
-                       f"{jnp.result_type(sentence_ids)}.")
+      raise ValueError(f"sentence_ids must hold integer ids, got dtype {sentence_ids.dtype}.")
     seeds = prng.example_seeds(rng, batch)  # (B, 2)
     settings, select = self.settings, self.select
     tables = jax.tree.map(jnp.asarray, self.tables)  # numpy tables become (constant) arrays
