@@ -150,10 +150,10 @@ class Masker:
     batch, length = token_ids.shape
     if sentence_ids is None:
       sentence_ids = jnp.zeros_like(token_ids)  # One sentence; specials are excluded anyway.
-    elif jnp.shape(sentence_ids) != token_ids.shape:
-      raise ValueError(f"sentence_ids shape {jnp.shape(sentence_ids)} != token_ids shape "
-                       f"{token_ids.shape}.")
     sentence_ids = jnp.asarray(sentence_ids)  # A nested list too.
+    if sentence_ids.shape != token_ids.shape:
+      raise ValueError(f"sentence_ids shape {sentence_ids.shape} != token_ids shape "
+                       f"{token_ids.shape}.")
     if not jnp.issubdtype(sentence_ids.dtype, jnp.integer):
       # A float id would be truncated (0.5 joining sentence 0), moving sentence boundaries.
       raise ValueError(f"sentence_ids must hold integer ids, got dtype {sentence_ids.dtype}.")
