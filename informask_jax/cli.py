@@ -203,6 +203,12 @@ def _config_values(argv: list[str]) -> list[str]:
   return values
 
 
+def _config_file(argv: list[str]) -> str | None:
+  """The file of argv's last --config value (`configs/x.py` of `configs/x.py:tiny`), or None."""
+  value = (_config_values(argv) or [None])[-1]
+  return value.split(":", 1)[0] if value is not None else None
+
+
 def config_package_on_path(argv: list[str]) -> None:
   """Puts the directory holding a --config file's `configs/` package on sys.path.
 
@@ -316,8 +322,7 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
       getattr(flags.FLAGS.config, "get", None)
       problem = config_structure_problem(flags.FLAGS.config)
       if problem:
-        path = (_config_values(argv) or [""])[-1].split(":", 1)[0]
-        print(f"{argv[0]}: error: --config {path}: {problem}", file=sys.stderr)
+        print(f"{argv[0]}: error: --config {_config_file(argv)}: {problem}", file=sys.stderr)
         sys.exit(1)
     return rest
   except (flags.Error, AttributeError, KeyError, IndexError, TypeError, ValueError,
@@ -326,15 +331,13 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
     # int("x"), which it quotes as text): its file and line, not a flag.
     from_file = isinstance(e, ImportError) or _raised_in_config_file(e, argv)
     where = _config_file_line(e, argv) if from_file else None
-    if where:
-      if os.environ.get("INFORMASK_TRACEBACK"):
-        raise
-      _exit_config_file_error(argv, e, where)
     message = str(e).strip()
-    quoted = _quoted_config_file_error(message, argv)
-    if quoted:
+    quoted = None if where else _quoted_config_file_error(message, argv)
+    if where or quoted:
       if os.environ.get("INFORMASK_TRACEBACK"):
-        raise  # ml_collections' text holds the config file's traceback.
+        raise  # For a quoted error too: ml_collections' text holds the file's traceback.
+      if where:
+        _exit_config_file_error(argv, e, where)
       print(f"{argv[0]}: error: {quoted}", file=sys.stderr)
       sys.exit(1)
     if isinstance(e, KeyError | AttributeError):  # Their str() is the quoted repr of a message.
@@ -387,21 +390,20 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
 
 def _raised_in_config_file(error: Exception, argv: list[str]) -> bool:
   """Whether the innermost Python frame of `error`'s traceback is the --config file's."""
-  value = (_config_values(argv) or [None])[-1]
+  path = _config_file(argv)
   frames = list(traceback.walk_tb(error.__traceback__))
-  return bool(value and frames) and os.path.realpath(frames[-1][0].f_code.co_filename) == \
-      os.path.realpath(value.split(":", 1)[0])
+  return bool(path and frames) and os.path.realpath(frames[-1][0].f_code.co_filename) == \
+      os.path.realpath(path)
 
 
 def _quoted_config_file_error(message: str, argv: list[str]) -> str | None:
   """`ValueError: FILE, line N: text` when ml_collections quotes (as text) a traceback whose
   innermost frame is the --config file's own code; None otherwise (e.g. a refused :variant,
   raised in configs/base.py, which is a flag's fault)."""
-  value = (_config_values(argv) or [None])[-1]
+  path = _config_file(argv)
   frames = re.findall(r'File "([^"]+)", line (\d+)', message)
-  if not value or not frames or "Error whilst parsing config file" not in message:
+  if not path or not frames or "Error whilst parsing config file" not in message:
     return None
-  path = value.split(":", 1)[0]
   if os.path.realpath(frames[-1][0]) != os.path.realpath(path):
     return None
   error = message.splitlines()[-1].strip()
@@ -463,13 +465,12 @@ def _config_file_line(error: Exception, argv: list[str]) -> str | None:
   it imports), else the config file's last line in the traceback; None when it is not there."""
   if isinstance(error, SyntaxError) and error.filename:
     return f"{error.filename}, line {error.lineno}"
-  value = (_config_values(argv) or [None])[-1]
-  if value is None:
+  path = _config_file(argv)
+  if path is None:
     return None
-  path = os.path.realpath(value.split(":", 1)[0])
   lines = [line for frame, line in traceback.walk_tb(error.__traceback__)
-           if os.path.realpath(frame.f_code.co_filename) == path]
-  return f"{value.split(':', 1)[0]}, line {lines[-1]}" if lines else None
+           if os.path.realpath(frame.f_code.co_filename) == os.path.realpath(path)]
+  return f"{path}, line {lines[-1]}" if lines else None
 
 
 def reject_arguments(program: str, argv: list[str]) -> None:
