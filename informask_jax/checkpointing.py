@@ -368,14 +368,14 @@ def _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerpr
     raise ValueError(f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
                      f"available steps: {steps}.")
   meta = _read_meta(manager, workdir, step, step_flag)
-  saved = meta.get("tokenizer_fingerprint")  # An imported step records none.
+  saved = meta.get("tokenizer_fingerprint")  # Imports written before 2026-12 record none.
   if tokenizer_fingerprint and saved and saved != tokenizer_fingerprint:
     # Only the size was compared: a replaced vocabulary of the same size gave fluent nonsense.
     raise ValueError(
         f"The tokenizer in {pathlib.Path(workdir) / 'tokenizer'} is not the one the checkpoint "
         f"at step {step} was trained with (fingerprint {tokenizer_fingerprint}, the "
         f"checkpoint's {saved}): its token ids would mean other tokens. Put back the run's own "
-        "tokenizer, the one train.py saved there.")
+        "tokenizer, the one train.py (or the import) saved there.")
   try:
     saved_state = manager.item_metadata(step)["state"]
     params_meta = saved_state.tree["params"]
@@ -443,12 +443,18 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
   # The tokenizer first: the finished checkpoint is what makes the workdir a run, and one
   # without its tokenizer (a disk full, a kill in between) could be neither exported nor
   # imported again (its checkpoints/ is taken).
+  meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
   if tokenizer is not None:
-    paths.replace_files(pathlib.Path(workdir) / "tokenizer",
-                        lambda tmp: tokenizer.save_pretrained(tmp), "the tokenizer")
+    saved_dir = pathlib.Path(workdir) / "tokenizer"
+    paths.replace_files(saved_dir, lambda tmp: tokenizer.save_pretrained(tmp), "the tokenizer")
+    # As export and eval_lama load it, so that a vocabulary swapped in later is refused there.
+    import transformers
+
+    from informask_jax import tokenization
+    meta["tokenizer_fingerprint"] = tokenization.tokenizer_fingerprint(
+        transformers.AutoTokenizer.from_pretrained(saved_dir))
   manager = _manager(workdir, keep=1)
   params = jax.tree.map(np.asarray, params)
-  meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
   try:
     manager.save(0, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave({"params": params}), data=ocp.args.JsonSave({}),

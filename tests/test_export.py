@@ -847,6 +847,10 @@ def test_a_config_json_among_the_tokenizer_files_never_replaces_the_model_config
 def test_export_refuses_a_tokenizer_of_another_vocabulary(imported_workdir, tmp_path):
   workdir = tmp_path / "work"
   shutil.copytree(imported_workdir, workdir)
+  # An import of before 2026-12 records no tokenizer fingerprint: the size check catches it.
+  meta_file = checkpointing.checkpoint_dir(workdir) / "0" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "tokenizer_fingerprint"}))
   shutil.rmtree(workdir / "tokenizer")
   transformers.BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB + ["extra"])}).save_pretrained(
       workdir / "tokenizer")
@@ -867,7 +871,8 @@ def test_export_and_lama_refuse_a_replaced_tokenizer_of_the_same_size(imported_w
   tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "tokenizer")
   meta_file = checkpointing.checkpoint_dir(workdir) / "0" / "meta" / "metadata"
   meta = json.loads(meta_file.read_text())
-  assert "tokenizer_fingerprint" not in meta  # An import records none: nothing to compare.
+  # The import records the fingerprint of the tokenizer it saved.
+  assert meta["tokenizer_fingerprint"] == tokenization.tokenizer_fingerprint(tokenizer)
   meta_file.write_text(json.dumps({**meta, "tokenizer_fingerprint": "0123abcd"}))
   message = (rf"The tokenizer in {re.escape(str(workdir / 'tokenizer'))} is not the one the "
              rf"checkpoint at step 0 was trained with \(fingerprint "
@@ -881,6 +886,22 @@ def test_export_and_lama_refuse_a_replaced_tokenizer_of_the_same_size(imported_w
   meta_file.write_text(json.dumps(
       {**meta, "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(tokenizer)}))
   backends.load_backend(str(workdir), "flax", tokenizer, batch_size=2)
+
+
+def test_an_imported_workdir_refuses_a_same_size_vocabulary_put_in_later(imported_workdir,
+                                                                        tmp_path):
+  """An import recorded no tokenizer fingerprint, so a swapped vocabulary of the same size
+  exported without a word."""
+  workdir = tmp_path / "work"
+  shutil.copytree(imported_workdir, workdir)
+  shutil.rmtree(workdir / "tokenizer")
+  swapped = VOCAB[:5] + WORDS[::-1]  # The same tokens, other ids.
+  transformers.BertTokenizer(vocab={w: i for i, w in enumerate(swapped)}).save_pretrained(
+      workdir / "tokenizer")
+  with pytest.raises(ValueError, match="is not the one the checkpoint at step 0 was trained "
+                     "with"):
+    convert_checkpoint.main(["--workdir", str(workdir), "--out", str(tmp_path / "hf")])
+  assert not (tmp_path / "hf").exists()
 
 
 def test_a_config_json_that_does_not_fit_the_weights_is_named(hf_copy, tmp_path):
