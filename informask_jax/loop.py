@@ -310,8 +310,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   with contextlib.ExitStack() as cleanup:
     # Before anything is written or deleted in the workdir: a second run there is refused.
     cleanup.enter_context(workdir_lib.lock(workdir))
-    if clear:  # Everything above checked and built: only now is the old run deleted.
-      distributed.main_process_first("clear workdir", lambda: workdir_lib.clear(workdir))
+    # Entered before the checkpointer and the metric writer, so left after they are closed.
+    overwritten = cleanup.enter_context(workdir_lib.OverwrittenRun(workdir))
+    if clear:  # Everything above checked and built: only now is the old run set aside.
+      distributed.main_process_first("overwrite", overwritten.set_aside)
     elif not resume:
       distributed.main_process_first("earlier logs",
                                      lambda: workdir_lib.set_aside_earlier_logs(workdir))
@@ -445,6 +447,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if first_step:
           jax.block_until_ready(state)
           logging.info("First step (with compilation): %.1f s.", time.time() - interval_start)
+          overwritten.delete()
           interval_start, interval_steps, first_step = time.time(), 0, False
 
         if step % t.log_every == 0 or step == t.num_steps:

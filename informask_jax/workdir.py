@@ -1,7 +1,7 @@
 """A run's workdir before training: the refusals of a workdir that cannot take the run (a file, a
 Hugging Face model, a run it would clobber, or resume against its config, no write permission),
 the lock that keeps a second run out while one uses it, and the old run's logs set aside (a fresh
-start) or deleted (config.train.overwrite)."""
+start), or the whole old run until the new one has trained a step (config.train.overwrite)."""
 
 import contextlib
 import datetime
@@ -20,6 +20,9 @@ from informask_jax import checkpointing, compatibility, paths
 
 # What a run logs into its workdir (metrics.MetricWriter), besides checkpoints and config.
 LOG_NAMES = ("metrics.jsonl", "tensorboard", "profile")
+# All a run writes there: what config.train.overwrite sets aside (OverwrittenRun).
+RUN_NAMES = (checkpointing.CHECKPOINT_DIR, "config.json", "tokenizer", *LOG_NAMES)
+OVERWRITTEN = ".overwritten"
 
 
 def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
@@ -40,6 +43,15 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         "which a run would break by writing its own config.json there. Use another --workdir; "
         f"to continue pretraining that model, import it first: python convert_checkpoint.py "
         f"--from-hf {workdir} --out NEW_WORKDIR, then --config.init_from=NEW_WORKDIR.")
+  # A kill while an overwrite deleted the earlier run: finish the deletion.
+  shutil.rmtree(workdir / f"{OVERWRITTEN}.deleting", ignore_errors=True)
+  if (workdir / OVERWRITTEN).exists():
+    raise FileExistsError(
+        f"{workdir / OVERWRITTEN} holds the run that config.train.overwrite set aside for a new "
+        "run, which ended (was killed) before training a step, or is still starting (another "
+        f"train.py in this workdir). To keep the earlier run, move its entries back into "
+        f"{workdir} (replacing the new run's); to discard it, delete {workdir / OVERWRITTEN}. "
+        "Then run again.")
   # Only completed checkpoints count: a run killed during its first save left just a temporary
   # directory, which orbax removes, and starts afresh.
   has_run = checkpointing.has_finalized_checkpoint(workdir)
@@ -141,15 +153,69 @@ def set_aside_earlier_logs(workdir: pathlib.Path) -> None:
                   "are kept as %s.", workdir, ", ".join(f"{p.name}.earlier-{k}" for p in found))
 
 
-def clear(workdir: pathlib.Path) -> None:
-  """Deletes the old run's checkpoints and logs (config.train.overwrite); process 0 only."""
-  if jax.process_index() != 0:
-    return
-  shutil.rmtree(checkpointing.checkpoint_dir(workdir), ignore_errors=True)
-  for name in LOG_NAMES:
-    path = workdir / name
-    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-  logging.warning("config.train.overwrite: deleted the earlier run in %s.", workdir)
+class OverwrittenRun:
+  """The run config.train.overwrite replaces, kept in WORKDIR/.overwritten until the new run has
+  trained its first step, and put back if the new one fails before (running out of device memory
+  in its first compiled step or step 0's evaluation deleted it for nothing). Renames only, so no
+  disk space is needed; process 0 only (the others wait in main_process_first)."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.workdir = workdir
+    self.aside = workdir / OVERWRITTEN
+    self.pending = False  # Set aside, neither deleted nor put back yet.
+
+  def set_aside(self) -> None:
+    if jax.process_index() != 0:
+      return
+    self.aside.mkdir()
+    self.pending = True  # From here: a rename that fails puts back those made.
+    for name in RUN_NAMES:
+      if (self.workdir / name).exists():
+        (self.workdir / name).rename(self.aside / name)
+    logging.warning("config.train.overwrite: the earlier run in %s is set aside in %s and "
+                    "deleted once the new run has trained a step.", self.workdir, self.aside)
+
+  def delete(self) -> None:
+    """The new run trains: the earlier one goes."""
+    if not self.pending:
+      return
+    self.pending = False
+    # Renamed first: a kill mid-deletion leaves no half run that could be mistaken for it.
+    doomed = self.workdir / f"{OVERWRITTEN}.deleting"
+    self.aside.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    logging.info("config.train.overwrite: deleted the earlier run in %s.", self.workdir)
+
+  def put_back(self) -> None:
+    """The new run failed before its first step: what it wrote goes, the earlier run returns."""
+    if not self.pending:
+      return
+    self.pending = False
+    for name in RUN_NAMES:
+      path = self.workdir / name
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+      elif path.exists() or path.is_symlink():
+        path.unlink()
+      if (self.aside / name).exists():
+        (self.aside / name).rename(path)
+    self.aside.rmdir()
+    logging.warning("The new run failed before its first step: the earlier run in %s, which "
+                    "config.train.overwrite set aside, is put back as it was.", self.workdir)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.delete()
+      return
+    try:
+      self.put_back()
+    except OSError as e:  # The run's own error, raised next, is the one to see first.
+      logging.error("Putting back the earlier run that config.train.overwrite set aside in %s "
+                    "failed (%s: %s); move its entries back into %s by hand.", self.aside,
+                    type(e).__name__, e, self.workdir)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ import pytest
 from informask_jax import checkpointing, cli, compatibility, loop, optim, paths, stopping
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
+from informask_jax import workdir as workdir_lib
 from tests import test_checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -1180,7 +1181,7 @@ def test_the_loop_keeps_the_best_evaluated_checkpoint(tiny_config, tmp_path, mon
   assert checkpointing.Checkpointer(tmp_path, keep=1).all_steps() == [2, 4]
 
 
-def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path):
+def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path, monkeypatch):
   """overwrite=True (resume=False) deletes the earlier run's checkpoints and logs before the new
   run writes its own: nothing of the old run is mixed in."""
   config = _small(tiny_config, num_steps=1, checkpoint_every=1, eval_every=1000)
@@ -1193,8 +1194,33 @@ def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 7, "loss": 1.0}\n')
   (tmp_path / "tensorboard").mkdir()
   (tmp_path / "tensorboard" / "old-events").write_text("")
+  old_config = '{"model": {}, "train": {}, "masking": {}, "old": 1}'
+  (tmp_path / "config.json").write_text(old_config)
   config.train.resume, config.train.overwrite = False, True
+
+  # A new run that fails in its first step (out of device memory) puts the earlier one back:
+  # it was deleted before the step was compiled.
+  def out_of_memory(*args):
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+  with monkeypatch.context() as patch:
+    patch.setattr(loop.trainer_lib, "jit_train_step", lambda *a: out_of_memory)
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+      loop.train_and_evaluate(config, tmp_path)
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [0]
+  assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 7, "loss": 1.0}\n'
+  assert (tmp_path / "tensorboard" / "old-events").exists()
+  assert (tmp_path / "config.json").read_text() == old_config
+  assert not (tmp_path / "tokenizer").exists()  # The new run's is gone with it.
+  assert not (tmp_path / workdir_lib.OVERWRITTEN).exists()
+  # One killed before its first step left the earlier run set aside: named, not lost.
+  (tmp_path / workdir_lib.OVERWRITTEN).mkdir()
+  with pytest.raises(FileExistsError, match=r"\.overwritten holds the run that "
+                                            r"config\.train\.overwrite set aside"):
+    loop.train_and_evaluate(config, tmp_path)
+  (tmp_path / workdir_lib.OVERWRITTEN).rmdir()
   loop.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / workdir_lib.OVERWRITTEN).exists()
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 1
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
   steps = [json.loads(line)["step"] for line in
            (tmp_path / "metrics.jsonl").read_text().splitlines()]
