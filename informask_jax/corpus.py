@@ -164,7 +164,13 @@ def expand_files(pattern, where):
       # files beside it, which would be read twice.
       folders[:] = [d for d in folders if not d.startswith(".")]
       files += [os.path.join(root, f) for f in names if not f.startswith(".")]
+    skipped = sorted(f for f in files if os.path.splitext(f)[1].lower() not in FILE_BUILDERS)
     files = sorted(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
+    if skipped and files:  # A compressed shard (.txt.gz) among them would be left out unseen.
+      log.warning("%s: directory %r: read %d %s file(s), skipped %d of other types: %s%s.", where,
+                  path, len(files), "/".join(FILE_BUILDERS), len(skipped),
+                  ", ".join(os.path.relpath(f, path) for f in skipped[:5]),
+                  ", ..." if len(skipped) > 5 else "")
     if not files:
       raise FileNotFoundError(f"{where}: directory {path!r} holds no "
                               f"{'/'.join(FILE_BUILDERS)} files.")
@@ -236,20 +242,27 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
                bool: "boolean", type(None): "null"}
 
 
-def _json_line_problem(raw):
-  """Why one line of a JSON Lines file is not a record, or None."""
+def _parse_json_line(raw):
+  """(record, None) for one line of a JSON Lines file, (None, why it is not a record) otherwise;
+  (None, None) for a blank line."""
   if not raw.strip():
-    return None
+    return None, None
   try:
     record = json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
   except UnicodeDecodeError as e:
-    return f"byte {raw[e.start]:#04x} (byte {e.start + 1} of the line) is not valid UTF-8"
+    return None, f"byte {raw[e.start]:#04x} (byte {e.start + 1} of the line) is not valid UTF-8"
   except json.JSONDecodeError as e:
-    return f"not valid JSON ({e.msg}: column {e.colno})"
+    return None, f"not valid JSON ({e.msg}: column {e.colno})"
   if not isinstance(record, dict):
-    return (f"a JSON {_JSON_TYPES.get(type(record), 'value')}, not an object; each line must be "
-            'one record such as {"text": "..."}')
-  return _lone_surrogate_problem(record)
+    return None, (f"a JSON {_JSON_TYPES.get(type(record), 'value')}, not an object; each line "
+                  'must be one record such as {"text": "..."}')
+  problem = _lone_surrogate_problem(record)
+  return (None, problem) if problem else (record, None)
+
+
+def _json_line_problem(raw):
+  """Why one line of a JSON Lines file is not a record, or None."""
+  return _parse_json_line(raw)[1]
 
 
 def _lone_surrogate_problem(value):
@@ -305,20 +318,6 @@ def _json_problem(path):
   return None
 
 
-def _is_blank(path):
-  """True for a file of nothing but whitespace (or nothing at all)."""
-  with open(path, "rb") as f:
-    return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
-
-
-def _holds_no_records(path):
-  """A JSON file without records: blank, or an empty array ("[]", as json.dump([]) writes)."""
-  if os.path.getsize(path) > 1 << 16:  # Records or not, not an empty array.
-    return _is_blank(path)
-  with open(path, "rb") as f:
-    return re.fullmatch(rb"\s*(?:\xef\xbb\xbf)?\s*(?:\[\s*\])?\s*", f.read()) is not None
-
-
 def _innermost(error):
   # `datasets` wraps pyarrow's reason in "An error occurred while generating the dataset".
   while error.__cause__ is not None or error.__context__ is not None:
@@ -353,11 +352,7 @@ def _first_bad_json_line(where, paths):
 
 
 def _read_error(where, builder, files, error):
-  """The error for `files` that `datasets` could not read as `builder`: a JSON file's first bad
-  line, else pyarrow's reason."""
-  bad_line = _first_bad_json_line(where, files if builder == "json" else [])
-  if bad_line:
-    return bad_line
+  """The error for `files` that `datasets` could not read as `builder`: pyarrow's reason."""
   return ValueError(f"{where}: could not read {files[:3]}{'...' if len(files) > 3 else ''} as "
                     f"{builder}: {_reason(error)}.")
 
@@ -369,22 +364,72 @@ def _not_utf8(where, pattern, error):
   return bad_line or ValueError(f"{where}: a document's text is not valid UTF-8 ({error}).")
 
 
+# Bump when _read_json reads a file differently: it is part of the read cache's fingerprint.
+_JSON_READER = 1
+
+
+def _json_records(path, where):
+  """(line, record) of a JSON Lines file, or of a file holding one JSON array of records (line:
+  None); the first line that is not a record raises, naming the file and the line."""
+  with open(path, "rb") as f:
+    if f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+      f.seek(0)
+      raw = f.read().removeprefix(b"\xef\xbb\xbf")
+      problem = _json_array_problem(path, raw)
+      if problem:
+        raise ValueError(f"{where}: {problem}.")
+      yield from ((None, item) for item in json.loads(raw.decode("utf-8")))
+      return
+    f.seek(0)
+    for number, raw in enumerate(f, 1):
+      record, problem = _parse_json_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1
+                                         else raw)
+      if problem:
+        raise ValueError(f"{where}: {path!r}, line {number}: {problem}.")
+      if record is not None:
+        yield number, record
+
+
+def _read_json(paths, field, where, warn_missing=False):
+  """Yields {"text": record[field]} (None where a record lacks it) of JSON files, read here
+  rather than by `datasets`, which takes the columns and their types from a file's first 10 MB:
+  a field first seen after that made the file unreadable ("column names don't match"), and a
+  number or an object there became text. A file whose records all lack the field is refused."""
+  for path in paths:
+    present = missing = 0
+    columns = None
+    file = f"{where}: {path!r}"  # As _json_records names a bad line.
+    for line, record in _json_records(path, where):
+      columns = columns or sorted(record)
+      present += field in record
+      text = record.get(field)
+      if not isinstance(text, (str, type(None))):
+        raise _not_text(file + (f", line {line}" if line else ""), text)
+      missing += text is None
+      yield {"text": text}
+    if columns is not None and not present:
+      raise _missing_column(file, field, columns)
+    if missing and warn_missing and path not in _WARNED_MISSING:  # Streams read every epoch.
+      _WARNED_MISSING.add(path)
+      log.warning("%s: skipped %d record(s) of %s without a %r field (missing or null).", where,
+                  missing, path, field)
+
+
 # The files of streamed sources whose records without text this process has reported.
 _WARNED_MISSING = set()
 
 
 def _file_records(path, builder, where):
-  """The records of one JSON / Parquet file, streamed by `datasets`; an error names the file."""
+  """The records of one Parquet file, streamed by `datasets`; an error names the file."""
   try:
     yield from datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
   except Exception as e:  # Raised by pyarrow deep inside `datasets`, naming neither.
-    if not (builder == "json" and _holds_no_records(path)):  # Empty, as a blank .txt.
-      raise _read_error(where, builder, [path], e) from e
+    raise _read_error(where, builder, [path], e) from e
 
 
 def _read_stream(paths, builder, field, where):
-  """Yields {"text": record[field]} from JSON / Parquet files read lazily by `datasets`, one file
-  after the other. An error while reading names the source and the file, as when in memory."""
+  """Yields {"text": record[field]} from Parquet files read lazily by `datasets`, one file after
+  the other. An error while reading names the source and the file, as when in memory."""
   for path in paths:
     missing = 0
     for record in _file_records(path, builder, where):
@@ -410,6 +455,7 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
       raise ValueError(f"{where}: {f!r} has an unsupported suffix; use one of "
                        f"{', '.join(FILE_BUILDERS)}.")
     by_suffix.setdefault(FILE_BUILDERS[suffix], []).append(f)
+  field = source.get("text_field") or "text"
   parts = []
   for builder, group in by_suffix.items():
     if builder == "text":
@@ -419,19 +465,14 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
         ds = datasets.IterableDataset.from_generator(
             _read_txt, gen_kwargs={"paths": group}, features=_TEXT_FEATURES)
       else:
-        # The files' sizes and modification times are in the fingerprint, so that `datasets`'
-        # cache of the read files is invalidated when a file changes.
-        stats = {f: os.stat(f) for f in group}
-        stamp = [_TXT_READER] + [(f, st.st_size, st.st_mtime_ns) for f, st in stats.items()]
-        try:
-          ds = datasets.Dataset.from_generator(
-              _read_txt, gen_kwargs={"paths": group}, cache_dir=cache_dir, features=_TEXT_FEATURES,
-              fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32])
-        except Exception:
-          if next(_read_txt(group), None) is not None:
-            raise
-          # `datasets` refuses a generator without examples; blank files are an empty source.
-          ds = datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
+        ds = _generated(_read_txt, {"paths": group}, _TXT_READER, cache_dir)
+    elif builder == "json":
+      kwargs = {"paths": group, "field": field, "where": where}
+      if streaming:
+        ds = datasets.IterableDataset.from_generator(
+            _read_json, gen_kwargs={**kwargs, "warn_missing": True}, features=_TEXT_FEATURES)
+      else:  # (text_field is part of the read files' fingerprint, as the reader's version.)
+        ds = _generated(_read_json, kwargs, (_JSON_READER, field), cache_dir, num_proc)
     elif streaming:
       # Read through a generator of ours, so that an error met while streaming names the file.
       ds = datasets.IterableDataset.from_generator(
@@ -444,13 +485,33 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
   return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
+  """The documents `reader(**gen_kwargs)` yields from gen_kwargs["paths"], as a Dataset cached
+  under `cache_dir`, the files split among `num_proc` processes. The files' sizes and
+  modification times are in the fingerprint, so that the cache is invalidated when a file
+  changes, and so is `version` (the reader's, its settings)."""
+  files = gen_kwargs["paths"]
+  stamp = [version] + [(f, st.st_size, st.st_mtime_ns) for f, st in
+                       ((f, os.stat(f)) for f in files)]
+  try:
+    with worker_processes.spawned():
+      return datasets.Dataset.from_generator(
+          reader, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=_TEXT_FEATURES,
+          fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32],
+          num_proc=num_proc if num_proc and num_proc > 1 and len(files) > 1 else None)
+  except Exception:
+    # Read again here: a reader's own error (naming the file and the line) is then raised as
+    # it is, not wrapped in `datasets`' "An error occurred while generating the dataset" or a
+    # worker's traceback.
+    if sum(1 for _ in reader(**gen_kwargs)):  # All of it: the bad line may be in the last file.
+      raise
+    # `datasets` refuses a generator without examples; blank files are an empty source.
+    return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
+
+
 def _load_builder(builder, group, source, where, num_proc, cache_dir):
-  """JSON or Parquet files read by `datasets` into Arrow files under `cache_dir` (as .txt files
-  are: data.cache_dir, not $HF_DATASETS_CACHE), the column text_field as "text"."""
-  if builder == "json":  # `datasets` refuses JSON files without records: empty, as a blank .txt.
-    group = [f for f in group if not _holds_no_records(f)]
-    if not group:
-      return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
+  """Parquet files read by `datasets` into Arrow files under `cache_dir` (as .txt files are:
+  data.cache_dir, not $HF_DATASETS_CACHE), the column text_field as "text"."""
   field = source.get("text_field") or "text"
   try:
     with worker_processes.spawned():
@@ -484,6 +545,13 @@ def _load_hub(source, where, streaming, num_proc):
       ds = datasets.load_dataset(name, config, split=split, streaming=streaming,
                                  num_proc=None if streaming else num_proc)
   except Exception as e:  # Not found, offline, bad config or split: one error.
+    if os.path.isdir(name):  # A local folder of JSON files: its first bad line, as for 'files'.
+      try:
+        bad_line = _first_bad_json_line(where, expand_files(name, where))
+      except FileNotFoundError:  # No corpus files there: `datasets`' own error says more.
+        bad_line = None
+      if bad_line:
+        raise bad_line from e
     # Unreachable hub: most often a run meant to be offline that left out `:tiny` (the paper's
     # corpus is the default), so say what works without a network.
     detail = f"{type(e).__name__}: {e}"

@@ -185,6 +185,13 @@ def test_files_whose_other_columns_differ_and_a_bad_file_among_many(tmp_path, nu
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))], num_proc=num_proc,
                                     cache_dir=str(tmp_path / "other_cache")))
   assert "Traceback" not in str(error.value) and "c.parquet" not in str(error.value)
+  (folder / "d.parquet").unlink()
+  (folder / "b.jsonl").write_text(json.dumps({"text": ["a list"]}) + "\n")
+  with pytest.raises(ValueError, match=r"^config.data.sources\[0\] \(files '.*data'\): "
+                                       r"'.*b.jsonl', line 1: A document's text") as error:
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))], num_proc=num_proc,
+                                    cache_dir=str(tmp_path / "third_cache")))
+  assert "Traceback" not in str(error.value)
 
 
 def test_reading_files_draws_no_progress_bar_in_a_log(tmp_path, capfd):
@@ -504,9 +511,10 @@ def test_text_of_the_wrong_type_names_the_source_index(tmp_path):
   good.write_text(json.dumps({"text": "Fine."}) + "\n")
   bad.write_text(json.dumps({"text": "Fine."}) + "\n" + json.dumps({"text": ["a", "b"]}) + "\n")
   for streaming in (False, True):
-    with pytest.raises(ValueError, match=r"^config.data.sources\[1\] \(files '.*bad.jsonl'\): A "
-                                         r"document's text \(text_field\) is list \['a', 'b'\], "
-                                         r"not a string. Name a column of strings with "
+    with pytest.raises(ValueError, match=r"^config.data.sources\[1\] \(files '.*bad.jsonl'\): "
+                                         r"'.*bad.jsonl', line 2: A document's text "
+                                         r"\(text_field\) is list \['a', 'b'\], not a string. "
+                                         r"Name a column of strings with "
                                          r"'--config.data.sources\[1\].text_field=COLUMN'.$"):
       loaded = corpus.load_corpus(_data_config(
           tmp_path, [dict(name=str(good)), dict(name=str(bad), streaming=streaming)]))
@@ -676,3 +684,56 @@ def test_publish_dir_keeps_the_first_copy_and_leaves_nothing_half_written(tmp_pa
   with pytest.raises(KeyboardInterrupt):
     paths.publish_dir(str(tmp_path / "cache" / "other"), interrupted)
   assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["key"]
+
+
+def _big_jsonl(path, late_records):
+  """Over the 10 MB from which `datasets` infers a JSON file's columns and their types, with
+  `late_records` after them."""
+  filler = json.dumps({"text": "Words of a document. " * 200}) + "\n"
+  count = 11 * 2**20 // len(filler)
+  with open(path, "w") as f:
+    f.write(filler * count)
+    f.writelines(json.dumps(r) + "\n" for r in late_records)
+  return count
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_jsonl_field_first_seen_after_10_mb_is_read(tmp_path, streaming):
+  """`datasets` fixed the columns from the first 10 MB: a record with one more field (a "url")
+  after them made the whole file unreadable ("column names don't match")."""
+  path = tmp_path / "big.jsonl"
+  filler = _big_jsonl(path, [{"text": "A late one.", "url": "https://example.org"}])
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=streaming)],
+                                           validation_fraction=0.0))
+  texts = [ex["text"] for ex in loaded["train"]]
+  assert len(texts) == filler + 1 and texts[-1] == "A late one."
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_number_as_text_after_10_mb_is_refused_with_its_line(tmp_path, streaming):
+  """Past the first 10 MB, {"text": 31415926} was trained on as the text "31415926"."""
+  path = tmp_path / "big.jsonl"
+  filler = _big_jsonl(path, [{"text": "Fine."}, {"text": 31415926}])
+  with pytest.raises(ValueError, match=rf"big.jsonl', line {filler + 2}: A document's text "
+                                       r"\(text_field\) is int 31415926, not a string"):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path),
+                                                             streaming=streaming)]))
+    list(loaded["train"])
+
+
+def test_a_file_of_a_folder_without_the_text_field_is_named(tmp_path, caplog):
+  """One file of records without text_field among others: named (the hint to rename the column
+  would break the other files), and a compressed shard the walk skips is warned about."""
+  folder = tmp_path / "data"
+  folder.mkdir()
+  (folder / "a.jsonl").write_text('{"text": "One."}\n')
+  (folder / "b.jsonl").write_text('{"body": "Two."}\n')
+  with pytest.raises(ValueError, match=r"\(files '.*data'\): '.*b.jsonl': no column 'text' "
+                                       r"\(text_field\); columns are \['body'\]"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))]))
+  (folder / "b.jsonl").unlink()
+  (folder / "c.txt.gz").write_bytes(b"\x1f\x8b")
+  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))], validation_fraction=0.0))
+  assert "read 1 .txt/.jsonl/.json/.parquet file(s), skipped 1 of other types: c.txt.gz." in (
+      caplog.text)
