@@ -41,13 +41,21 @@ def _env_int(name):
     raise ValueError(f"The environment variable {name}={value!r} is not an integer.") from None
 
 
+def _num_processes():
+  """--num_processes, else $JAX_NUM_PROCESSES; None when neither is given."""
+  num = flags.FLAGS[_NUM].value
+  return num if num is not None else _env_int("JAX_NUM_PROCESSES")
+
+
 def _settings():
   """(coordinator, num_processes, process_id) from the flags, else the environment, checked; None
   when neither names a coordinator nor several processes (one process, or a detected cluster)."""
   f = flags.FLAGS
   coordinator = f[_COORDINATOR].value
-  num = f[_NUM].value if f[_NUM].value is not None else _env_int("JAX_NUM_PROCESSES")
+  num = _num_processes()
   index = f[_ID].value if f[_ID].value is not None else _env_int("JAX_PROCESS_ID")
+  if num is not None and num < 1:
+    raise ValueError(f"--num_processes={num}: the number of processes must be at least 1.")
   if not coordinator and (num or 1) <= 1:
     return None
   missing = [f"--{name}" for name, value in ((_COORDINATOR, coordinator), (_NUM, num),
@@ -64,7 +72,7 @@ def _settings():
     if not host or not port.isdigit():
       raise ValueError(f"--coordinator_address={coordinator!r}: expected HOST:PORT, process 0's "
                        "host and a free port, e.g. 10.0.0.2:1234.")
-  if num < 1 or not 0 <= index < num:
+  if not 0 <= index < num:
     raise ValueError(f"--process_id={index} with --num_processes={num}: the id must be in "
                      f"0..{num - 1}.")
   return coordinator, num, index
@@ -84,9 +92,31 @@ def _tpu_chips_attached() -> bool:
     return False
 
 
+# What JAX's Slurm detection (jax/_src/clusters/slurm_cluster.py) reads besides SLURM_JOB_ID and
+# SLURM_NTASKS; srun sets them in each task it starts.
+_SLURM_STEP_VARIABLES = ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def _slurm_tasks_in_step() -> bool:
+  """Whether this is one of several tasks of a Slurm job step, which JAX joins by itself.
+
+  An allocation's shell (`salloc -n 2`, then `python train.py`) has the job's task count but is
+  one process that no other would join; JAX would fail with a bare "coordinator_address should be
+  defined", so it is refused here with the ways out."""
+  if "SLURM_JOB_ID" not in os.environ or (_env_int("SLURM_NTASKS") or 1) <= 1:
+    return False
+  missing = [name for name in _SLURM_STEP_VARIABLES if name not in os.environ]
+  if missing:
+    raise ValueError(
+        f"This Slurm job has SLURM_NTASKS={os.environ['SLURM_NTASKS']} tasks, but this process "
+        f"was not started by srun ({', '.join(missing)} unset), so the others cannot be found: "
+        "launch with srun, or unset SLURM_NTASKS / pass --num_processes=1 for one process.")
+  return True
+
+
 def _auto_detected() -> bool:
   """Environments where jax.distributed.initialize() finds everything by itself."""
-  return ("SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1) or (
+  return _slurm_tasks_in_step() or (
       "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]) or (
       _tpu_chips_attached())
 
@@ -102,7 +132,7 @@ def initialize() -> None:
   settings = _settings()
   if settings:
     jax.distributed.initialize(*settings)
-  elif _auto_detected():
+  elif _num_processes() is None and _auto_detected():  # An explicit 1 wins over the cluster's.
     jax.distributed.initialize()
   else:
     return

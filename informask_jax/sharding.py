@@ -24,7 +24,11 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   sizes = [int(mesh_config[a]) for a in MESH_AXES]
   fill = [a for a, s in zip(MESH_AXES, sizes, strict=True) if s == -1]
   if len(fill) > 1:
-    raise ValueError(f"At most one of config.mesh.{{data,fsdp,tensor}} may be -1; got {fill}.")
+    # config.mesh.data defaults to -1, so `--config.mesh.fsdp=-1` alone lands here.
+    hint = (f" config.mesh.data defaults to -1: to let {fill[1]} take the rest, also pass "
+            "--config.mesh.data=1." if fill[0] == "data" else " Give all but one of them a size.")
+    raise ValueError(f"At most one of config.mesh.{{data,fsdp,tensor}} may be -1 (\"the rest\"); "
+                     f"got -1 for {' and '.join(fill)}.{hint}")
   if any(s == 0 or s < -1 for s in sizes):
     given = dict(zip(MESH_AXES, sizes, strict=True))
     raise ValueError(f"config.mesh sizes must be positive or -1; got {given}.")
@@ -62,6 +66,7 @@ def logical_rules(mesh_config, known=None) -> tuple[tuple[str, object], ...]:
   """
   rules = mesh_config.logical_axis_rules
   out = []
+  earlier = {}  # logical name -> mesh axes of its rules so far
   for rule in rules if isinstance(rules, list | tuple) else [rules]:
     if not isinstance(rule, list | tuple) or len(rule) != 2 or not isinstance(rule[0], str):
       raise ValueError(f"config.mesh.logical_axis_rules: {rule!r} is not a (logical name, mesh "
@@ -76,8 +81,35 @@ def logical_rules(mesh_config, known=None) -> tuple[tuple[str, object], ...]:
       if axis is not None and axis not in MESH_AXES:
         raise ValueError(f"config.mesh.logical_axis_rules: {name!r} -> {axis!r} is not a mesh "
                          f"axis; use one of {MESH_AXES}, a tuple of them, or None.")
+    _check_rule_axes(name, axes, earlier.setdefault(name, []))
     out.append((name, axes))
   return tuple(out)
+
+
+def _check_rule_axes(name: str, axes, earlier: list) -> None:
+  """Refuses what JAX would reject only when the state is laid out (after the input pipeline is
+  built), and a rule flax would never apply; `earlier`: the axes of the name's previous rules.
+
+  Flax applies a name's first rule whose mesh axes no other dimension of the array holds, so a
+  later rule for the same name is a fallback for when an earlier one's axes are taken: dead if it
+  needs all of them too (an earlier None, needing none, always applies)."""
+  rule = (name, axes)
+  if isinstance(axes, tuple):
+    if None in axes:
+      raise ValueError(f"config.mesh.logical_axis_rules: {rule!r} has None inside its tuple; "
+                       f"write None alone to replicate {name!r}, or list mesh axes only.")
+    repeated = sorted({a for a in axes if axes.count(a) > 1})
+    if repeated:
+      raise ValueError(f"config.mesh.logical_axis_rules: {rule!r} names mesh axis "
+                       f"{', '.join(map(repr, repeated))} more than once; a dimension can be "
+                       "split over each axis only once.")
+  needs = set(axes if isinstance(axes, tuple) else (axes,)) - {None}
+  for before in earlier:
+    if set(before if isinstance(before, tuple) else (before,)) - {None} <= needs:
+      raise ValueError(f"config.mesh.logical_axis_rules: {rule!r} is never applied: the earlier "
+                       f"rule {(name, before)!r} always takes {name!r} first. Remove one of "
+                       "the two.")
+  earlier.append(axes)
 
 
 def _divisible_spec(spec: PartitionSpec, shape, mesh: Mesh) -> tuple[PartitionSpec, list]:
@@ -111,6 +143,7 @@ def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
   unboxed = _unboxed(abstract_boxed_state)
   replicated_dims = {}  # (dim size, mesh axes, devices) -> paths of the arrays concerned
+  used_axes = set()
 
   def to_sharding(path, spec, leaf):
     spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
@@ -118,6 +151,8 @@ def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
     for i, size, names, devices in dropped:
       replicated_dims.setdefault((size, names, devices), []).append(
           f"{jax.tree_util.keystr(path)} dim {i}")
+    used_axes.update(a for axes in spec if axes is not None
+                     for a in (axes if isinstance(axes, tuple) else (axes,)))
     return NamedSharding(mesh, spec)
 
   out = jax.tree_util.tree_map_with_path(
@@ -128,7 +163,37 @@ def state_shardings(abstract_boxed_state, mesh: Mesh, rules):
     logging.info("Not sharding dimensions of size %d over %s (%d devices, not a divisor; kept "
                  "replicated there) in %d arrays: %s%s.", size, "x".join(names), devices,
                  len(where), ", ".join(where[:3]), ", ..." if len(where) > 3 else "")
+  _warn_idle_axes(mesh, used_axes, replicated_dims)
   return out
+
+
+def _warn_idle_axes(mesh: Mesh, used_axes: set, replicated_dims: dict) -> None:
+  """Warns of a parameter axis (fsdp, tensor) of size > 1 that splits no parameter: a warning,
+  not an error, as the run is correct, only slower or larger than the mesh promises. (The data
+  axis holds no parameters by design.)"""
+  for axis in ("fsdp", "tensor"):
+    size = mesh.shape[axis]
+    if size == 1 or axis in used_axes:
+      continue
+    effect = ("each device holds every parameter whole and fsdp only splits the batch, as "
+              "config.mesh.data would" if axis in BATCH_AXES else
+              f"its {size} devices in each group repeat each other's work")
+    dims = sorted({dim for dim, names, _ in replicated_dims if axis in names})
+    if not dims:
+      logging.warning("config.mesh.%s=%d shards no parameter, so %s: no rule of "
+                      "config.mesh.logical_axis_rules sends a parameter dimension to %s. "
+                      "Consider config.mesh.%s=1.", axis, size, effect, axis, axis)
+      continue
+    # Sizes a mesh of these devices can give the axis and that split every such dimension.
+    fits = [d for d in range(2, mesh.size + 1)
+            if mesh.size % d == 0 and all(dim % d == 0 for dim in dims)]
+    logging.warning("config.mesh.%s=%d shards no parameter, so %s: the model dimensions it "
+                    "would split (%s) are not multiples of %d. %s", axis, size, effect,
+                    ", ".join(map(str, dims)), size,
+                    f"Sizes that divide them and the {mesh.size} devices: "
+                    f"{', '.join(map(str, fits))}." if fits else
+                    f"No size above 1 divides them and the {mesh.size} devices: consider "
+                    f"config.mesh.{axis}=1.")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -143,19 +208,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_divisible(global_batch: int, mesh: Mesh, micro_steps: int = 1) -> None:
   """The global batch must split evenly over hosts, data-parallel devices and micro-batches."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  nearest = _nearest_batch_sizes(global_batch, mesh, micro_steps)
   if global_batch % micro_steps:
     raise ValueError(f"config.train.batch_size={global_batch} is not divisible by "
-                     f"config.optim.grad_accum_steps={micro_steps}.")
+                     f"config.optim.grad_accum_steps={micro_steps}. {nearest}")
   micro = global_batch // micro_steps
   if micro % shards:
     raise ValueError(
         f"The micro-batch of {micro} sequences (config.train.batch_size={global_batch} / "
-        f"grad_accum_steps={micro_steps}) does not divide over the {shards} data-parallel "
-        f"devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}).")
+        f"config.optim.grad_accum_steps={micro_steps}) does not divide over the {shards} "
+        f"data-parallel devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}). "
+        f"{nearest}")
   if global_batch % jax.process_count():
     raise ValueError(f"config.train.batch_size={global_batch} does not divide over "
-                     f"{jax.process_count()} processes (hosts).")
+                     f"{jax.process_count()} processes (hosts). {nearest}")
   check_batch_shards_per_host(mesh)
+
+
+def _nearest_batch_sizes(global_batch: int, mesh: Mesh, micro_steps: int) -> str:
+  """The batch sizes next to `global_batch` that pass check_batch_divisible's three tests."""
+  step = math.lcm(micro_steps * mesh.shape["data"] * mesh.shape["fsdp"], jax.process_count())
+  below = global_batch // step * step
+  sizes = [n for n in (below, below + step) if n > 0 and n != global_batch]
+  return f"Nearest valid config.train.batch_size: {' or '.join(map(str, sizes))}."
 
 
 def check_batch_shards_per_host(mesh: Mesh) -> None:

@@ -10,10 +10,19 @@ from informask_jax import distributed
 @pytest.fixture
 def bare_env(monkeypatch):
   for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_NUM_PROCESSES",
-               "JAX_PROCESS_ID"):
+               "JAX_PROCESS_ID", *distributed._SLURM_STEP_VARIABLES):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(distributed, "_tpu_chips_attached", lambda: False)
   return monkeypatch
+
+
+def _srun_task(env, tasks, index=0):
+  """The variables srun sets in each task of a step (those JAX's Slurm detection reads)."""
+  env.setenv("SLURM_JOB_ID", "7")
+  env.setenv("SLURM_NTASKS", str(tasks))
+  env.setenv("SLURM_STEP_NODELIST", "node[001-002]")
+  env.setenv("SLURM_PROCID", str(index))
+  env.setenv("SLURM_LOCALID", str(index))
 
 
 def test_a_single_machine_is_not_distributed(bare_env):
@@ -24,8 +33,7 @@ def test_a_single_machine_is_not_distributed(bare_env):
 
 
 def test_slurm_with_several_tasks(bare_env):
-  bare_env.setenv("SLURM_JOB_ID", "7")
-  bare_env.setenv("SLURM_NTASKS", "16")
+  _srun_task(bare_env, 16)
   assert distributed._auto_detected()
 
 
@@ -123,7 +131,10 @@ def test_initialize_names_bad_process_settings_before_jax_sees_them(started, bar
                                               r"HOST:PORT"),
                         (("10.0.0.2:1234", 2, 2), r"--process_id=2 with --num_processes=2: the "
                                                   r"id must be in 0\.\.1"),
-                        (("10.0.0.2:1234", 2, -1), r"--process_id=-1")):
+                        (("10.0.0.2:1234", 2, -1), r"--process_id=-1"),
+                        (("127.0.0.1:1234", 0, 0), r"--num_processes=0: the number of processes "
+                                                   r"must be at least 1\.$"),
+                        ((None, -2, None), r"--num_processes=-2: .* at least 1")):
     with pytest.raises(ValueError, match=message):
       started(*args)
   bare_env.setenv("JAX_NUM_PROCESSES", "four")
@@ -138,8 +149,7 @@ def test_a_cluster_that_jax_detects_needs_no_coordinator_flag(started, bare_env)
   """On Slurm or a TPU pod, --num_processes and --process_id without --coordinator_address (or
   JAX_NUM_PROCESSES, JAX_PROCESS_ID set by a launch script) reach jax.distributed, which detects
   the coordinator it is not given; elsewhere the coordinator is still asked for."""
-  bare_env.setenv("SLURM_JOB_ID", "7")
-  bare_env.setenv("SLURM_NTASKS", "2")
+  _srun_task(bare_env, 2, index=1)
   assert started(None, 2, 1, process_index=1)[0] == (None, 2, 1)
   with pytest.raises(ValueError, match=r"--process_id=2 with --num_processes=2"):
     started(None, 2, 2)
@@ -148,6 +158,32 @@ def test_a_cluster_that_jax_detects_needs_no_coordinator_flag(started, bare_env)
   bare_env.delenv("SLURM_JOB_ID")
   with pytest.raises(ValueError, match=r"missing: --coordinator_address\.$"):
     started(None, 2, 1)
+
+
+def test_a_slurm_allocation_outside_srun_is_refused_unless_one_process_is_asked_for(started,
+                                                                                    bare_env):
+  """`salloc -n 2` then `python train.py`: the job has two tasks but this shell is one process,
+  which no other joins (JAX failed with a bare "coordinator_address should be defined"). Started
+  by srun, JAX joins the tasks; an explicit --num_processes=1 wins either way."""
+  bare_env.setenv("SLURM_JOB_ID", "7")
+  bare_env.setenv("SLURM_NTASKS", "2")
+  with pytest.raises(ValueError, match=r"SLURM_NTASKS=2 tasks, but this process was not started "
+                                       r"by srun \(SLURM_STEP_NODELIST, SLURM_PROCID, "
+                                       r"SLURM_LOCALID unset\).*launch with srun, or unset "
+                                       r"SLURM_NTASKS / pass --num_processes=1"):
+    started()
+  with pytest.raises(ValueError, match="launch with srun"):  # No coordinator for JAX to find.
+    started(None, 2, 0)
+  assert started(None, 1, 0) == (None, [])  # One process: jax.distributed is not started.
+  bare_env.setenv("JAX_NUM_PROCESSES", "1")
+  assert started() == (None, [])
+  bare_env.delenv("JAX_NUM_PROCESSES")
+  _srun_task(bare_env, 2)
+  assert started(None, 1, 0) == (None, [])
+  assert started()[0] == (None, None, None)  # JAX reads the step's variables itself.
+  for name in distributed._SLURM_STEP_VARIABLES:  # Outside srun again, all settings given.
+    bare_env.delenv(name)
+  assert started("10.0.0.2:1234", 2, 0)[0] == ("10.0.0.2:1234", 2, 0)
 
 
 def test_only_process_zero_logs_info_lines(started):

@@ -384,8 +384,12 @@ def test_minus_one_fills_its_own_mesh_axis(sizes, shape):
 
 
 def test_impossible_mesh_sizes_are_refused_for_what_they_are():
-  with pytest.raises(ValueError, match=r"At most one .* -1; got \['data', 'fsdp'\]"):
-    sharding_lib.mesh_shape(_mesh_config(-1, -1, 1), 8)
+  with pytest.raises(ValueError, match=r'At most one .* -1 \("the rest"\); got -1 for data and '
+                                       r"fsdp\. config.mesh.data defaults to -1: to let fsdp take "
+                                       r"the rest, also pass --config.mesh.data=1\.$"):
+    sharding_lib.mesh_shape(_mesh_config(-1, -1, 1), 8)  # As `--config.mesh.fsdp=-1` alone.
+  with pytest.raises(ValueError, match=r"got -1 for fsdp and tensor\. Give all but one"):
+    sharding_lib.mesh_shape(_mesh_config(2, -1, -1), 8)
   for sizes in ((0, 8, 1), (-1, 0, 1), (-2, 1, 1)):
     with pytest.raises(ValueError, match="sizes must be positive or -1"):
       sharding_lib.mesh_shape(_mesh_config(*sizes), 8)
@@ -403,6 +407,32 @@ def test_logical_rules_take_lists_and_refuse_what_is_not_a_pair():
       sharding_lib.logical_rules(types.SimpleNamespace(logical_axis_rules=[rule]))
 
 
+@pytest.mark.parametrize("rules,message", [
+    # JAX's DuplicateSpecError, once the input pipeline was built.
+    ([("embed", ("fsdp", "fsdp"))], r"\('embed', \('fsdp', 'fsdp'\)\) names mesh axis 'fsdp' "
+                                    "more than once"),
+    # "Resource axis: None ... is not found in mesh", likewise.
+    ([("embed", ["fsdp", None])], r"\('embed', \('fsdp', None\)\) has None inside its tuple; "
+                                  r"write None alone"),
+    # Silently ignored: FSDP sharded nothing.
+    ([("embed", None), ("embed", "fsdp")], r"\('embed', 'fsdp'\) is never applied: the earlier "
+                                           r"rule \('embed', None\) always takes 'embed' first"),
+    ([("mlp", "tensor"), ("mlp", ("fsdp", "tensor"))], r"\('mlp', \('fsdp', 'tensor'\)\) is "
+                                                       r"never applied"),
+])
+def test_logical_rules_that_jax_or_flax_could_not_apply_are_refused(rules, message):
+  with pytest.raises(ValueError, match=rf"^config.mesh.logical_axis_rules: {message}"):
+    sharding_lib.logical_rules(types.SimpleNamespace(logical_axis_rules=rules))
+
+
+def test_a_second_rule_for_a_name_is_kept_as_flax_s_fallback():
+  """Flax tries a name's rules in order, skipping one whose mesh axes another dimension of the
+  array already holds: ("mlp", "fsdp") then serves an array whose "embed" took "tensor"."""
+  rules = sharding_lib.logical_rules(types.SimpleNamespace(logical_axis_rules=[
+      ("embed", "tensor"), ("mlp", "tensor"), ("mlp", "fsdp")]))
+  assert nn.logical_to_mesh_axes(("embed", "mlp"), rules) == P("tensor", "fsdp")
+
+
 def test_the_batch_splits_over_data_and_fsdp_and_each_micro_batch_must_too():
   mesh = lambda *sizes: sharding_lib.make_mesh(_mesh_config(*sizes))  # noqa: E731
   # The batch rows go to the data x fsdp groups; the tensor axis holds copies.
@@ -413,12 +443,26 @@ def test_the_batch_splits_over_data_and_fsdp_and_each_micro_batch_must_too():
     sharding_lib.check_batch_divisible(4, mesh(1, 8, 1))
   sharding_lib.check_batch_divisible(32, mesh(8, 1, 1), micro_steps=4)
   with pytest.raises(ValueError, match=r"micro-batch of 4 sequences \(config.train.batch_size=16 "
-                                       r"/ grad_accum_steps=4\)"):
+                                       r"/ config.optim.grad_accum_steps=4\)"):
     sharding_lib.check_batch_divisible(16, mesh(8, 1, 1), micro_steps=4)
   # 34 // 4 = 8 rows would split over 8 devices, but 34 rows are not 4 equal micro-batches.
   with pytest.raises(ValueError, match="batch_size=34 is not divisible by "
                                        "config.optim.grad_accum_steps=4"):
     sharding_lib.check_batch_divisible(34, mesh(8, 1, 1), micro_steps=4)
+
+
+def test_a_batch_that_does_not_divide_names_the_nearest_sizes_that_do():
+  mesh = sharding_lib.make_mesh(_mesh_config(-1, 1, 1), jax.devices()[:6])
+  with pytest.raises(ValueError, match=r"\(config.train.batch_size=32 / "
+                                       r"config.optim.grad_accum_steps=1\) does not divide over "
+                                       r"the 6 data-parallel devices .*\. Nearest valid "
+                                       r"config.train.batch_size: 30 or 36\.$"):
+    sharding_lib.check_batch_divisible(32, mesh)
+  with pytest.raises(ValueError, match=r"grad_accum_steps=4\. Nearest valid "
+                                       r"config.train.batch_size: 24 or 48\.$"):
+    sharding_lib.check_batch_divisible(34, mesh, micro_steps=4)
+  with pytest.raises(ValueError, match=r"Nearest valid config.train.batch_size: 6\.$"):
+    sharding_lib.check_batch_divisible(4, mesh)  # Nothing valid below.
 
 
 def test_masker_tables_are_step_arguments_not_compiled_constants():
@@ -492,6 +536,43 @@ def test_an_odd_vocabulary_stays_replicated_on_its_axis_with_one_log_line(caplog
   vocab_lines = [line for line in lines if f"size {VOCAB + 1} " in line]
   assert len(vocab_lines) == 1, lines
   assert re.search(rf"in {3 * len(vocab_dims)} arrays: ", vocab_lines[0]), vocab_lines
+
+
+def _warnings_for_mesh(caplog, config, data, fsdp, tensor):
+  """The warnings state_shardings logs for the model's parameters on a mesh of the first
+  data x fsdp x tensor devices."""
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
+  mesh = sharding_lib.make_mesh(_mesh_config(data, fsdp, tensor),
+                                jax.devices()[:data * fsdp * tensor])
+  rules = sharding_lib.logical_rules(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(
+        lambda key: model_lib.init_params(model_lib.BertMLM(cfg), key, SEQ), jax.random.key(0))
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    sharding_lib.state_shardings(abstract, mesh, rules)
+  return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_parameter_axis_that_shards_nothing_is_warned_of_with_sizes_that_would(caplog):
+  """6 devices, tensor=3 on 4 heads, 512-wide MLP and vocabulary: every dimension falls back to
+  replicated and two of each three devices redo the third's work; fsdp=6 on a hidden size of 128
+  keeps every parameter whole. The run goes on; the warning names the key and what would fit."""
+  config = _config()  # hidden 128, 4 heads, MLP 512; vocabulary 512.
+  (line,) = _warnings_for_mesh(caplog, config, 2, 1, 3)
+  assert line == ("config.mesh.tensor=3 shards no parameter, so its 3 devices in each group "
+                  "repeat each other's work: the model dimensions it would split (4, 512) are "
+                  "not multiples of 3. Sizes that divide them and the 6 devices: 2."), line
+  (line,) = _warnings_for_mesh(caplog, config, 1, 6, 1)
+  assert line.startswith("config.mesh.fsdp=6 shards no parameter, so each device holds every "
+                         "parameter whole"), line
+  assert line.endswith("the model dimensions it would split (128) are not multiples of 6. Sizes "
+                       "that divide them and the 6 devices: 2."), line
+  assert not _warnings_for_mesh(caplog, config, 2, 2, 2)  # Both axes shard something.
+  config.mesh.logical_axis_rules = (("embed", "fsdp"),)  # Nothing goes to tensor.
+  (line,) = _warnings_for_mesh(caplog, config, 4, 1, 2)
+  assert "config.mesh.tensor=2 shards no parameter" in line
+  assert "no rule of config.mesh.logical_axis_rules sends a parameter dimension to tensor" in line
 
 
 class _EveryThirdId:
