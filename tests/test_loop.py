@@ -1469,3 +1469,29 @@ def test_the_logged_config_reads_as_plain_yaml(tiny_config, caplog):
   assert "!!python" not in logged and "_fields" not in logged
   assert "  - config: null\n    kind: wiki_vital\n" in logged
 
+
+
+def test_a_resume_on_an_edited_corpus_of_as_many_rows_is_refused(tiny_config, tmp_path):
+  """Only the packed row count was compared: two documents swapped (or a word changed) in the
+  corpus file resumed at the saved position of another batch order, silently."""
+  from informask_jax import corpus as corpus_lib
+
+  docs = list(corpus_lib.load_corpus(tiny_config.data)["train"]["text"])[:400]
+  path = tmp_path / "corpus.txt"
+  path.write_text("\n\n".join(docs) + "\n")
+  config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000)
+  config.masking.name = "random"
+  config.data.sources[0].update(kind="files", name=str(path), text_field="text")
+  workdir = tmp_path / "run"
+  loop.train_and_evaluate(config, workdir)
+  # Its own vocabulary, so that the corpus, not the tokenizer trained on it, is what differs.
+  config.tokenizer.name_or_path = str(workdir / "tokenizer")
+  config.train.num_steps = 4
+  path.write_text("\n\n".join([docs[1], docs[0]] + docs[2:]) + "\n")
+  with pytest.raises(ValueError, match=r"Cannot resume the run in .* \(step 2\): the BatchIterator "
+                                       r"state was saved with corpus='\w+', this run has "
+                                       r"corpus='\w+' \(set by the documents config.data.sources "
+                                       r"read: a file edited, added or removed since"):
+    loop.train_and_evaluate(config, workdir)
+  path.write_text("\n\n".join(docs) + "\n")  # Put back: the run resumes.
+  assert loop.train_and_evaluate(config, workdir)["step"] == 4

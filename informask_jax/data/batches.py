@@ -51,8 +51,10 @@ class BatchIterator:
   """
 
   def __init__(self, arrays, global_batch_size, *, seed, shuffle=True, process_index=None,
-               process_count=None, drop_remainder=True):
-    self.arrays = arrays
+               process_count=None, drop_remainder=True, corpus=None):
+    """`corpus`: the fingerprint of the documents the rows were packed from, saved with the
+    state: a resume on an edited corpus of as many rows would not continue the same order."""
+    self.arrays, self.corpus = arrays, corpus
     self.num_rows = _num_rows(arrays)
     self.global_batch_size = int(global_batch_size)
     self.process_index, self.process_count = process_slot(process_index, process_count)
@@ -94,14 +96,17 @@ class BatchIterator:
 
   def state(self):
     """Where the next batch starts, with what must match on restore; JSON-able."""
-    return {"kind": "in_memory", "epoch": self.epoch, "position": self.position, "seed": self.seed,
-            "shuffle": self.shuffle, "num_rows": self.num_rows,
-            "global_batch_size": self.global_batch_size}
+    state = {"kind": "in_memory", "epoch": self.epoch, "position": self.position,
+             "seed": self.seed, "shuffle": self.shuffle, "num_rows": self.num_rows,
+             "global_batch_size": self.global_batch_size}
+    return state if self.corpus is None else {**state, "corpus": self.corpus}
 
   def restore(self, state):
     check_kind(state, "in_memory")
     epoch, position = saved_ints(state, ("epoch", "position"))
-    check_saved_settings(state, self, ("seed", "shuffle", "num_rows", "global_batch_size"))
+    # The row count first: its message names the settings that change it.
+    check_saved_settings(state, self, ("seed", "shuffle", "num_rows", "global_batch_size")
+                         + (("corpus",) if self.corpus is not None else ()))
     if not 0 <= position < self.batches_per_epoch:
       raise IteratorStateError(f"Iterator state position={position} is outside the epoch's "
                                f"{self.batches_per_epoch} batches.")

@@ -47,11 +47,25 @@ class InputPipeline:
   def train_iterator(self, global_batch_size, *, seed, process_index=None, process_count=None):
     """A resumable iterator of this host's training batches (in memory or streaming)."""
     if self.train is not None:
+      self._check_train_rows(global_batch_size)
       return BatchIterator(self.train, global_batch_size, seed=seed, process_index=process_index,
-                           process_count=process_count)
+                           process_count=process_count, corpus=self.corpus_fingerprint)
     return StreamingBatchIterator(
         self.train_stream, self.tokenizer, self.seq_len, self.special_ids, self.packing,
         global_batch_size, seed=seed, process_index=process_index, process_count=process_count)
+
+
+  def _check_train_rows(self, global_batch_size):
+    """BatchIterator refuses fewer rows than one global batch, suggesting more documents or a
+    smaller batch; when the validation split holds most rows, lowering its share is the fix."""
+    rows, held_out = (len(split["token_ids"]) for split in (self.train, self.validation))
+    if rows < global_batch_size and held_out > rows:
+      raise ValueError(
+          f"The data packs into {rows} training rows, fewer than one global batch of "
+          f"{global_batch_size}, because the validation split holds {held_out} of the "
+          f"{rows + held_out} rows: lower config.data.validation_fraction (e.g. to 0.02), use "
+          "more documents (config.data.sources, config.data.max_documents) or a smaller "
+          "config.train.batch_size.")
 
 
 def max_sequence_length(model_config):
@@ -125,6 +139,25 @@ def _stream_validation_documents(corpus, data):
                    "in memory (streaming=False), which holds out at least one document.")
 
 
+def _check_splits(corpus, data):
+  """Refuses an in-memory corpus with an empty split, saying why: a validation_fraction of 0, or
+  a single document (most often a .txt file of one document per line, read as one)."""
+  total = len(corpus["train"]) + len(corpus["validation"])
+  for name in ("train", "validation"):
+    if len(corpus[name]):
+      continue
+    message = (f"The {name} split is empty (config.data.validation_fraction="
+               f"{data.validation_fraction}, {total} document{'s' * (total != 1)} in all)")
+    if name == "validation" and data.validation_fraction == 0:
+      raise ValueError(message + NONE_HELD_OUT)
+    message += (": documents are held out whole, so a corpus needs at least two different "
+                "ones.")
+    txt = corpus_lib.txt_sources(data.sources)
+    if txt:
+      message += f" {'; '.join(txt)}: {corpus_lib.TXT_FORMAT}."
+    raise ValueError(message)
+
+
 def _source_names(data):
   return [f"{s['kind']}:{s.get('name')}" for s in data.sources]  # A source may be a plain dict.
 
@@ -144,8 +177,11 @@ def build_input_pipeline(config, check_tokenizer=None):
            data.packing, cache_dir)
   corpus = corpus_lib.load_corpus(data)
   streaming = isinstance(corpus, datasets.IterableDatasetDict)
-  if streaming:  # Read before the tokenizer is trained on the stream: an empty one stops here.
+  # Before the tokenizer is trained on the corpus: an empty split stops the run here.
+  if streaming:
     validation_docs = _stream_validation_documents(corpus, data)
+  else:
+    _check_splits(corpus, data)
   # Hashed once here: the tokenizer's training cache and the tokenized caches key on these too.
   split_fps = {} if streaming else {
       name: corpus_lib.corpus_fingerprint(corpus[name]) for name in corpus}
@@ -175,11 +211,6 @@ def build_input_pipeline(config, check_tokenizer=None):
            len(corpus["train"]), len(corpus["validation"]), corpus_fp)
   splits = {}
   for name in ("train", "validation"):
-    if not len(corpus[name]):
-      none_held_out = name == "validation" and data.validation_fraction == 0
-      raise ValueError(f"The {name} split is empty (config.data.validation_fraction="
-                       f"{data.validation_fraction}, {len(corpus['train'])} documents)"
-                       + (NONE_HELD_OUT if none_held_out else "."))
     tokenized = tokenize_corpus(corpus[name], tokenizer, data,
                                 fingerprint=split_fps[name])
     packed = pack_sequences(tokenized, data.seq_len, ids, data.packing)
