@@ -10,9 +10,14 @@ Sources (`config.data.sources`, each a dict of kind, name, config, split, text_f
   hub         `datasets.load_dataset(name, config, split=split, streaming=streaming)`.
   files       a local .txt / .jsonl / .json / .parquet file, a glob, or a directory of such files.
               In a .txt file, documents are separated by blank lines and a line break inside a
-              document marks a sentence boundary (the BERT pretraining-data format). Bytes that
+              document marks a sentence boundary (the BERT pretraining-data format); a file read
+              as one document of TXT_ONE_DOCUMENT_LINES lines or more is warned about. Bytes that
               are not UTF-8 are replaced by U+FFFD and counted in the log. A .jsonl / .json file
-              must be UTF-8 JSON records; the error for one that is not names its first bad line.
+              must be UTF-8 JSON records, one per line or in one array; the error for one that is
+              not names its first bad line (or the key its records are nested under).
+
+A split whose held-out share of the documents or text is far above validation_fraction (a
+corpus of few documents: they are held out whole) is warned about.
 
 Cleaning normalises line ends and horizontal whitespace and removes control characters; documents
 that are empty afterwards are dropped. If any source streams, the whole corpus is an
@@ -26,11 +31,13 @@ import json
 import logging
 import os
 import re
+import shlex
 from collections.abc import Mapping
 
 import datasets
 import ml_collections
 import numpy as np
+import pyarrow.compute as pc
 
 from informask_jax import paths, progress_bar, worker_processes
 
@@ -215,7 +222,7 @@ _CR_LINE = re.compile(r"[^\r]*\r\n?|[^\r]+")
 def _read_txt(paths):
   """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
   for path in paths:
-    replaced = 0
+    replaced = documents = 0
     lines = []
     with open(path, "rb") as f:
       for raw in f:
@@ -230,12 +237,33 @@ def _read_txt(paths):
             lines.append(line)
           elif lines:
             yield {"text": "".join(lines)}
+            documents += 1
             lines = []
     if lines:
       yield {"text": "".join(lines)}
+      if not documents:
+        _warn_one_document(path, len(lines))
     if replaced and path not in _WARNED_UNDECODABLE:  # A stream reads its files every epoch.
       _WARNED_UNDECODABLE.add(path)
       log.warning("%s: replaced %d byte(s) that are not valid UTF-8 with U+FFFD.", path, replaced)
+
+
+# A .txt file read as one document of this many lines or more is most likely one document per
+# line (no blank line between them): warned about, as it would train and split as one document.
+TXT_ONE_DOCUMENT_LINES = 1000
+# The .txt files this process has reported as one long document (once each, not per pass).
+_WARNED_ONE_DOCUMENT = set()
+# What a .txt file must look like, for messages about corpora of too few documents.
+TXT_FORMAT = ("in a .txt file, blank lines separate documents and a line break inside a document "
+              "ends a sentence, so a file of one document per line without blank lines is read "
+              "as ONE document; put a blank line between documents (e.g. sed G IN.txt > OUT.txt)")
+
+
+def _warn_one_document(path, num_lines):
+  if num_lines >= TXT_ONE_DOCUMENT_LINES and path not in _WARNED_ONE_DOCUMENT:
+    _WARNED_ONE_DOCUMENT.add(path)
+    log.warning("%s: read as one document of %d lines (no blank line in it): %s.", path,
+                num_lines, TXT_FORMAT)
 
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
@@ -385,9 +413,51 @@ def _json_records(path, where):
       record, problem = _parse_json_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1
                                          else raw)
       if problem:
-        raise ValueError(f"{where}: {path!r}, line {number}: {problem}.")
+        # A pretty-printed object ({"data": [...]} over many lines) fails on its first line.
+        raise (number == 1 and _nested_records_error(where, path, _only_object(path))) or (
+            ValueError(f"{where}: {path!r}, line {number}: {problem}."))
       if record is not None:
         yield number, record
+
+
+# A file whose first line opens an object it does not close is parsed whole up to this size, to
+# name the key its records are nested under.
+_NESTED_OBJECT_MAX_BYTES = 1 << 30
+
+
+def _only_object(path):
+  """The JSON object a file holds as its only value (on one line or pretty-printed), or None.
+  Read on an error's path only: a JSON Lines file is not read past its second record."""
+  with open(path, "rb") as f:
+    first = f.readline().removeprefix(b"\xef\xbb\xbf")
+    if next((line for line in f if line.strip()), None) is None:
+      text = first
+    elif (first.strip().startswith(b"{") and not first.rstrip().endswith(b"}")
+          and os.fstat(f.fileno()).st_size <= _NESTED_OBJECT_MAX_BYTES):
+      f.seek(0)
+      text = f.read().removeprefix(b"\xef\xbb\xbf")
+    else:
+      return None
+  try:
+    value = json.loads(text.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def _nested_records_error(where, path, record):
+  """The error for a file holding one JSON object whose records are nested under a key, such as
+  {"data": [{"text": ...}, ...]} (a common export), or None if `record` has no list of records."""
+  keys = [k for k, v in (record or {}).items() if isinstance(v, list) and v
+          and all(isinstance(item, dict) for item in v)]
+  if not keys:
+    return None
+  key = keys[0] if keys[0].isidentifier() else json.dumps(keys[0])
+  return ValueError(
+      f"{where}: {path!r} holds one JSON object with the records nested under {keys[0]!r}, not "
+      "records: a .json/.jsonl file must be JSON Lines (one record per line) or one JSON array "
+      "of records. Write the nested records out as JSON Lines, e.g. "
+      f"jq -c '.{key}[]' {shlex.quote(path)} > {shlex.quote(os.path.splitext(path)[0])}.jsonl")
 
 
 def _read_json(paths, field, where, warn_missing=False):
@@ -404,11 +474,13 @@ def _read_json(paths, field, where, warn_missing=False):
       present += field in record
       text = record.get(field)
       if not isinstance(text, (str, type(None))):
-        raise _not_text(file + (f", line {line}" if line else ""), text)
+        raise _nested_records_error(where, path, _only_object(path)) or _not_text(
+            file + (f", line {line}" if line else ""), text)
       missing += text is None
       yield {"text": text}
     if columns is not None and not present:
-      raise _missing_column(file, field, columns)
+      raise (_nested_records_error(where, path, _only_object(path))
+             or _missing_column(file, field, columns))
     if missing and warn_missing and path not in _WARNED_MISSING:  # Streams read every epoch.
       _WARNED_MISSING.add(path)
       log.warning("%s: skipped %d record(s) of %s without a %r field (missing or null).", where,
@@ -639,7 +711,7 @@ def load_corpus(data_config):
   for i, source in enumerate(sources):
     if remaining == 0:
       break
-    where = f"config.data.sources[{i}] ({source['kind']} {source.get('name')!r})"
+    where = _where(i, source)
     # `datasets`' bars (downloads, "Generating train split") on a terminal, not in a log file.
     with progress_bar.datasets_bars(True):
       if source["kind"] == "wiki_vital":
@@ -692,7 +764,21 @@ def load_corpus(data_config):
   if len(corpus) == 0:
     raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
                      "cleaning (" + "; ".join(w for w, _, _ in parts) + ").")
-  return _split(corpus, fraction)
+  return _split(corpus, fraction, sources)
+
+
+def _where(i, source):
+  """How messages name the i-th source: its config key, kind and name."""
+  return f"config.data.sources[{i}] ({source['kind']} {source.get('name')!r})"
+
+
+def txt_sources(sources):
+  """The names (`_where`) of the `files` sources that read .txt files, for messages about a
+  corpus of too few documents, the usual cause of which is a .txt file without blank lines."""
+  return [_where(i, s) for i, s in enumerate(sources)
+          if s.get("kind") == "files" and any(
+              os.path.splitext(f)[1].lower() == ".txt"
+              for f in expand_files(s["name"], _where(i, s)))]
 
 
 def _clean_kwargs(where, source):
@@ -707,8 +793,11 @@ def check_validation_fraction(fraction):
     raise ValueError(f"config.data.validation_fraction={fraction} must be in [0, 1).")
 
 
-def _split(corpus, fraction):
-  """Hash split. At least one document each way when there are two or more distinct ones."""
+def _split(corpus, fraction, sources=()):
+  """Hash split. At least one document each way when there are two or more distinct ones.
+
+  `sources` (the configured ones) only name the .txt sources in the warning for a split far
+  from `fraction`."""
   bucket = corpus.with_format("arrow")[:]["_bucket"].to_numpy().astype(np.float64)
   is_val = bucket < fraction
   # By bucket value, not position, so that the Beam pipeline, which sees no document order, makes
@@ -722,11 +811,35 @@ def _split(corpus, fraction):
       is_val = bucket == bucket.min()
     if is_val.all():  # And train on those with the largest.
       is_val &= bucket != bucket.max()
+    _warn_uneven_split(corpus, is_val, fraction, sources)
   corpus = corpus.remove_columns("_bucket")
   return datasets.DatasetDict({
       "train": corpus.select(np.flatnonzero(~is_val)),
       "validation": corpus.select(np.flatnonzero(is_val)),
   })
+
+
+# A held-out share of the documents or of the text above 2 * validation_fraction + this is warned
+# about: far above the chance spread of a corpus of a few hundred documents or more.
+SPLIT_SHARE_MARGIN = 0.05
+
+
+def _warn_uneven_split(corpus, is_val, fraction, sources):
+  """Documents are held out whole, so a corpus of few documents (or of a few that hold most of
+  the text: a .txt file without blank lines) cannot be split as asked: the run would silently
+  train on a fraction of the text. Warns with the counts when the held-out share is far above."""
+  sizes = pc.binary_length(corpus.with_format("arrow")[:]["text"]).to_numpy().astype(np.float64)
+  documents, text = float(is_val.mean()), float(sizes[is_val].sum() / max(sizes.sum(), 1.0))
+  if max(documents, text) <= 2 * fraction + SPLIT_SHARE_MARGIN:
+    return
+  message = (f"The validation split holds out {int(is_val.sum())} of the {len(is_val)} documents "
+             f"({documents:.0%}), {text:.0%} of the text, far more than "
+             f"config.data.validation_fraction={fraction}: documents are held out whole, and "
+             f"the corpus has too few (or a few very long ones) to split as asked.")
+  txt = txt_sources(sources)
+  if txt:
+    message += f" {'; '.join(txt)}: {TXT_FORMAT}."
+  log.warning(message)
 
 
 def corpus_fingerprint(dataset):

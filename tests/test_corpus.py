@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import warnings
 
 import datasets
@@ -489,6 +490,46 @@ def test_an_unreachable_hub_names_the_offline_mode(tmp_path, monkeypatch, offlin
   assert ("into the same cache ($HF_HOME) and run with HF_HUB_OFFLINE=1." in message) != offline
 
 
+def _one_document_per_line(path, first, count):
+  """A .txt of `count` documents, one per line, without the blank lines that separate them."""
+  path.write_text("".join(f"Document {i} says something.\n" for i in range(first, first + count)))
+
+
+def test_a_txt_file_of_one_document_per_line_is_warned_about(tmp_path, caplog):
+  """Read as one document per file (blank lines separate documents): each file is named once,
+  and a split that holds out half the text for config.data.validation_fraction=0.02 is warned
+  about with the counts and the .txt format, not left to a log line of '1 train and 1
+  validation documents'."""
+  (tmp_path / "docs").mkdir()
+  for name, first in (("a.txt", 0), ("b.txt", 1000)):
+    _one_document_per_line(tmp_path / "docs" / name, first, 1000)
+  c = _data_config(tmp_path, [dict(name=str(tmp_path / "docs"))], validation_fraction=0.02)
+  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+    loaded = corpus.load_corpus(c)
+    list(corpus._read_txt([str(tmp_path / "docs" / "a.txt")]))  # Read again: warned once.
+  assert (len(loaded["train"]), len(loaded["validation"])) == (1, 1)
+  for name in ("a.txt", "b.txt"):
+    assert caplog.text.count(f"{name}: read as one document of 1000 lines") == 1
+  assert "blank lines separate documents" in caplog.text and "sed G" in caplog.text
+  assert re.search(r"The validation split holds out 1 of the 2 documents \(50%\), \d\d% of the "
+                   r"text, far more than config.data.validation_fraction=0.02", caplog.text)
+  assert "config.data.sources[0] (files " in caplog.text.split("The validation split")[1]
+
+
+def test_documents_separated_by_blank_lines_and_a_large_corpus_are_not_warned_about(tmp_path,
+                                                                                    caplog):
+  """No warning for a long file of blank-line separated documents, a short file without blank
+  lines, or a split whose held-out share is near the fraction."""
+  long_file, short_file = tmp_path / "long.txt", tmp_path / "short.txt"
+  long_file.write_text("".join(f"Document {i}.\nIts second line.\n\n" for i in range(1000)))
+  _one_document_per_line(short_file, 0, 999)  # Below corpus.TXT_ONE_DOCUMENT_LINES.
+  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(long_file)),
+                                                        dict(name=str(short_file))]))
+  assert len(loaded["train"]) + len(loaded["validation"]) == 1001
+  assert not caplog.text
+
+
 def test_missing_text_field(tmp_path):
   path = tmp_path / "a.jsonl"
   path.write_text(json.dumps({"body": "x"}) + "\n")
@@ -602,6 +643,34 @@ def test_a_bad_json_array_is_named_with_its_line(tmp_path):
   with pytest.raises(ValueError, match=r"docs.json', line 2: not valid JSON \(Expecting ',' "
                                        r"delimiter: column 17\)\.$"):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+@pytest.mark.parametrize("text_field", ["text", "data"])
+def test_records_nested_under_a_key_say_how_to_write_json_lines(tmp_path, indent, text_field):
+  """{"data": [records]} on one line or pretty-printed is neither JSON Lines nor an array: the
+  error says so and gives the jq command, not "text_field=data" (then "a list, not a string") or
+  "line 1: not valid JSON"."""
+  path = tmp_path / "export.json"
+  path.write_text(json.dumps({"version": 1, "data": [{"text": "One."}, {"text": "Two."}]},
+                             indent=indent))
+  with pytest.raises(ValueError, match=r"'.*export.json' holds one JSON object with the records "
+                                       r"nested under 'data', not records: a .json/.jsonl file "
+                                       r"must be JSON Lines \(one record per line\) or one JSON "
+                                       r"array of records.*jq -c '.data\[\]' .*export.json > "
+                                       r".*export.jsonl$"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), text_field=text_field)]))
+
+
+def test_json_lines_whose_text_field_holds_objects_is_not_called_nested(tmp_path):
+  """A JSON Lines file of chats, text_field naming the list of messages: the wrong-type error with
+  its line, as before (the records are not nested in one object)."""
+  path = tmp_path / "chats.jsonl"
+  path.write_text("".join(json.dumps({"messages": [{"content": f"Hi {i}."}]}) + "\n"
+                          for i in range(2)))
+  with pytest.raises(ValueError, match=r"chats.jsonl', line 1: A document's text \(text_field\) "
+                                       r"is list"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), text_field="messages")]))
 
 
 def test_an_empty_jsonl_is_an_empty_source_as_an_empty_txt_is(tmp_path):

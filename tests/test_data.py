@@ -970,3 +970,48 @@ def test_an_empty_validation_split_is_refused(tmp_path, streaming):
              r"The validation split is empty .*: 0 holds out no document.* e.g. 0.02\.")
   with pytest.raises(ValueError, match=message):
     data.build_input_pipeline(c)
+
+
+def test_a_one_document_corpus_is_refused_before_the_tokenizer_naming_the_txt_format(tmp_path,
+                                                                                    monkeypatch):
+  """A .txt of one document per line without blank lines is one document, which cannot be both
+  trained on and held out: refused before a tokenizer is trained (and the train split tokenized
+  and packed), saying how many documents there are and how a .txt separates them."""
+  monkeypatch.setattr(data.pipeline.tokenization, "load_tokenizer",
+                      lambda *a, **k: pytest.fail("the tokenizer was loaded or trained"))
+  path = tmp_path / "lines.txt"
+  path.write_text("".join(f"Document {i} is one line.\n" for i in range(20)))
+  c = _tiny_config(tmp_path, seq_len=32, validation_fraction=0.02)
+  c.data.sources[0].update(kind="files", name=str(path), text_field="text")
+  with pytest.raises(ValueError, match=r"^The validation split is empty \(config.data."
+                                       r"validation_fraction=0.02, 1 document in all\): .* at "
+                                       r"least two .*\(files '.*lines.txt'\): in a .txt file, "
+                                       r"blank lines separate documents.*sed G"):
+    data.build_input_pipeline(c)
+
+
+def _zero_rows(n):
+  return {"token_ids": np.zeros((n, 8), np.int32), "sentence_ids": np.zeros((n, 8), np.int32)}
+
+
+def _pipeline_of_rows(train_rows, validation_rows):
+  rows = _zero_rows
+  return data.InputPipeline(tokenizer=None, special_ids=SPECIAL, continuation=np.zeros(10, bool),
+                            train=rows(train_rows), validation=rows(validation_rows),
+                            tokenized_train=None, corpus_fingerprint="c",
+                            tokenizer_fingerprint="t")
+
+
+def test_too_few_training_rows_name_a_large_validation_fraction():
+  """Fewer training rows than one batch because the validation split holds most of them: the
+  error says to lower config.data.validation_fraction, not only to add documents; otherwise the
+  batch iterator's own error stands."""
+  with pytest.raises(ValueError, match=r"3 training rows, fewer than one global batch of 8, "
+                                       r"because the validation split holds 52 of the 55 rows: "
+                                       r"lower config.data.validation_fraction"):
+    _pipeline_of_rows(3, 52).train_iterator(8, seed=0, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match=r"packs into 3 rows, fewer than one global batch of 8; "
+                                       r"use more documents") as error:
+    _pipeline_of_rows(3, 1).train_iterator(8, seed=0, process_index=0, process_count=1)
+  assert "validation_fraction" not in str(error.value)
+  assert _pipeline_of_rows(8, 52).train_iterator(8, seed=0, process_index=0, process_count=1)
