@@ -54,7 +54,6 @@ class InputPipeline:
         self.train_stream, self.tokenizer, self.seq_len, self.special_ids, self.packing,
         global_batch_size, seed=seed, process_index=process_index, process_count=process_count)
 
-
   def _check_train_rows(self, global_batch_size):
     """BatchIterator refuses fewer rows than one global batch, suggesting more documents or a
     smaller batch; when the validation split holds most rows, lowering its share is the fix."""
