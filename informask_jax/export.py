@@ -449,9 +449,11 @@ class ExportMismatchError(RuntimeError):
 
 
 # --- Workdir entry points (convert_checkpoint.py) -----------------------------------------------
-def _run_provenance(workdir: str, step: int) -> dict:
-  """Where an export comes from: the run, its step, and the masking its config.json names."""
-  provenance = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(step)}
+def _run_provenance(workdir: str, step: int, tokenizer_fingerprint: str) -> dict:
+  """Where an export comes from: the run, its step, the masking its config.json names, and the
+  fingerprint of the tokenizer exported with it (checked by eval_lama.py)."""
+  provenance = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(step),
+                "tokenizer_fingerprint": tokenizer_fingerprint}
   try:
     with open(os.path.join(workdir, "config.json")) as f:
       masking = json.load(f)["masking"]
@@ -504,9 +506,9 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   # Before the restore, which may take a while: a damaged file is named at once.
   tokenizer = _usable_tokenizer(tokenizer_dir, "export",
                                 "the export needs the tokenizer the model was trained with")
+  fingerprint = tokenization.tokenizer_fingerprint(tokenizer)
   params, cfg, restored_step = checkpointing.restore_params(
-      workdir, step, step_flag="--step",
-      tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
+      workdir, step, step_flag="--step", tokenizer_fingerprint=fingerprint)
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:
     raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "
@@ -514,7 +516,7 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                      "same run.")
   report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
                         fmt=fmt, verify=verify, overwrite=overwrite,
-                        provenance=_run_provenance(workdir, restored_step))
+                        provenance=_run_provenance(workdir, restored_step, fingerprint))
   return {"step": restored_step, **report}
 
 

@@ -1114,7 +1114,9 @@ def test_an_export_records_the_run_and_step_it_comes_from(imported_workdir, tmp_
                                              "mask_prob": 0.15, "rates_path": "r.npy"}}))
   export.export_workdir(str(run), str(tmp_path / "out"))  # Verified: loaded by transformers.
   recorded = json.loads((tmp_path / "out" / "config.json").read_text())[export.PROVENANCE_KEY]
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
   assert recorded == {"workdir": str(run), "checkpoint_step": 0,
+                      "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(tokenizer),
                       "masking": {"name": "informask", "budget": "exact", "mask_prob": 0.15}}
   assert lama_models.read_provenance(tmp_path / "out") == recorded
   assert lama_models.read_provenance(imported_workdir) is None  # Not an export.

@@ -394,9 +394,21 @@ def test_training_workdir_through_both_backends(models, tmp_path, monkeypatch, c
   report = lama.evaluate(str(tmp_path / "export"), str(FIXTURES), common_vocab=str(COMMON),
                          progress=False)
   assert report.run_info["checkpoint_step"] == 0
-  assert report.run_info["exported_from"] == {"workdir": os.path.abspath(workdir),
-                                              "checkpoint_step": 0}
+  recorded = report.run_info["exported_from"]
+  assert {k: recorded[k] for k in ("workdir", "checkpoint_step")} == {
+      "workdir": os.path.abspath(workdir), "checkpoint_step": 0}
   assert report.summary == want
+  # Another vocabulary put in the export's files (an edit, a copy from elsewhere) was scored.
+  vocab_file = tmp_path / "export" / "vocab.txt"
+  tokens = vocab_file.read_text().splitlines()
+  tokens[2000], tokens[2001] = tokens[2001], tokens[2000]
+  vocab_file.write_text("\n".join(tokens) + "\n")
+  (tmp_path / "export" / "tokenizer.json").unlink()  # Rebuilt from vocab.txt.
+  with pytest.raises(ValueError, match=r"its tokenizer \(fingerprint \w+\) is not the one the "
+                                       r"model was exported with \(\w+, recorded in its "
+                                       r"config.json\)"):
+    lama.evaluate(str(tmp_path / "export"), str(FIXTURES), common_vocab=str(COMMON),
+                  progress=False)
 
 
 # --- Pieces -----------------------------------------------------------------------------------

@@ -113,4 +113,23 @@ def load_tokenizer(model: str):
   missing = tokenization.missing_vocabulary(tokenizer, where)
   if missing:  # Every object would be "not a single token" and every fact skipped.
     raise FileNotFoundError(f"--model {model!r}: {missing}")
+  _check_exported_tokenizer(model, tokenizer)
   return tokenizer
+
+
+def _check_exported_tokenizer(model: str, tokenizer) -> None:
+  """Refuses an export whose tokenizer files are not those it was exported with (the export
+  records their fingerprint, as a checkpoint does): a vocabulary of the same size, or a smaller
+  one, was scored into a table of meaningless numbers."""
+  from informask_jax import tokenization
+
+  expected = (read_provenance(model) or {}).get("tokenizer_fingerprint") if os.path.isdir(
+      os.path.expanduser(model)) and not is_workdir(model) else None
+  if not expected or not hasattr(tokenizer, "backend_tokenizer"):
+    return
+  found = tokenization.tokenizer_fingerprint(tokenizer)
+  if found != expected:
+    raise ValueError(
+        f"--model {model!r}: its tokenizer (fingerprint {found}) is not the one the model was "
+        f"exported with ({expected}, recorded in its config.json): token ids would mean other "
+        "tokens. Put back the tokenizer files the export wrote, or export the run again.")
