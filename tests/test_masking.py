@@ -805,6 +805,31 @@ def test_bad_rate_tables_raise(rates, match):
     masking.get_masker("informask", rates=rates, **COMMON)
 
 
+def test_rate_table_errors_name_the_file_and_config_key(tmp_path):
+  """A table of the wrong size, or zero on every non-special id, is named with its file and
+  masking.rates_path (--rates in `masking show`), and the size with the one expected."""
+  np.save(tmp_path / "long.npy", np.full(V + 1, 0.1))
+  np.save(tmp_path / "2d.npy", np.full((1, V), 0.1))
+  np.save(tmp_path / "specials.npy", np.where(np.arange(V) < 5, 0.5, 0.0))
+  with pytest.raises(ValueError, match=rf"^The rate table '{tmp_path}/long.npy' "
+                                       rf"\(masking.rates_path\) has shape \({V + 1},\); "
+                                       rf"expected \({V},\): one rate per token id of the "
+                                       rf"tokenizer's {V}-token vocabulary\.$"):
+    masking.get_masker("informask", rates=str(tmp_path / "long.npy"), **COMMON)
+  with pytest.raises(ValueError, match=rf"^The rate table '{tmp_path}/2d.npy' has shape "
+                                       rf"\(1, {V}\); expected \(V,\): masking.rates_path must "):
+    informask_lib.check_rates_file(tmp_path / "2d.npy")
+  with pytest.raises(ValueError, match=rf"^The rate table '{tmp_path}/specials.npy' "
+                                       r"\(masking.rates_path\) is zero on every non-special "
+                                       r"token \(all but the ids \[0, 1, 2, 3, 4\]\)"):
+    masking.get_masker("informask", rates=str(tmp_path / "specials.npy"), **COMMON)
+  too_big = tmp_path / "big.npy"
+  np.save(too_big, np.full(V, 2.0))
+  with pytest.raises(ValueError, match=r"big.npy' \(masking.rates_path\) has 995 rates above 1"):
+    masking.get_masker("informask", rates=str(too_big), rescale=False, budget="bernoulli",
+                       **COMMON)
+
+
 def test_bad_tables_and_ids_raise():
   with pytest.raises(ValueError, match="booleans"):
     masking.get_masker("whole_word", continuation=np.where(CONT, "True", "False"), **COMMON)

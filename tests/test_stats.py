@@ -756,6 +756,102 @@ def test_spill_folders_a_killed_build_left_are_named(tmp_path, caplog):
   assert left.is_dir()
 
 
+def _read_only(monkeypatch, folder):
+  """Makes `folder` (and what lies under it) refuse new entries, as a read-only mount does: the
+  tests run as root, whom a chmod does not stop."""
+  from informask_jax import paths
+
+  real = paths.tempfile.mkdtemp
+
+  def mkdtemp(**kwargs):
+    if str(kwargs.get("dir", "")).startswith(str(folder)):
+      raise OSError(30, "Read-only file system", kwargs["dir"])
+    return real(**kwargs)
+  monkeypatch.setattr(paths.tempfile, "mkdtemp", mkdtemp)
+
+
+def test_an_unwritable_statistics_directory_is_refused_before_any_stage(built, tmp_path,
+                                                                        monkeypatch):
+  """A read-only statistics directory is named, with config.data.cache_dir, before a stage runs:
+  the stage (hours at paper scale) ran in full and failed only when it saved. Statistics built
+  and intact are still read from it."""
+  built_config, pipeline, directory = built
+  config = small_config(tmp_path)
+  copy = tmp_path / "stats" / directory.name
+  copy.mkdir(parents=True)
+
+  def ran(*args):
+    raise AssertionError("a stage ran on an unwritable statistics directory")
+  for stage in artifacts.STAGES:
+    monkeypatch.setitem(build_lib._STAGE_FNS, stage, ran)
+  _read_only(monkeypatch, copy)
+  with pytest.raises(PermissionError,
+                     match=rf"Statistics directory {copy} cannot be written: creating a directory "
+                           rf"in {copy} fails \(Read-only file system\)\. Statistics are written "
+                           rf"under config\.data\.cache_dir \({tmp_path}\): fix its permissions, "
+                           r"or set --config\.data\.cache_dir to a folder you can write\."):
+    stats.build_artifacts(config, pipeline, progress=False)
+  _read_only(monkeypatch, directory)  # Built and intact: nothing to write, nothing refused.
+  assert stats.build_artifacts(built_config, pipeline, progress=False) == directory
+
+
+# Runs `python -m informask_jax.stats build` with the counting of pairs held at its first chunk,
+# its spill folder made (in argv[1]), after logging JAX's line about a backend it probes.
+_HELD_BUILD = """
+import logging, runpy, sys, time
+import numpy as np
+from informask_jax.stats import build, counting
+
+spill_dir = sys.argv[1]
+
+def held(*args, **kwargs):
+  print("counting", flush=True)
+  time.sleep(60)
+
+def fake_build(config, what, force, progress):
+  record = logging.makeLogRecord(dict(
+      name="jax._src.xla_bridge", levelno=logging.INFO, levelname="INFO",
+      pathname="/site-packages/jax/_src/xla_bridge.py", msg="Unable to initialize backend 'tpu'"))
+  logging.getLogger("jax._src.xla_bridge").handle(record)
+  logging.info("a line of ours")
+  counting.chunk_pair_counts = held
+  docs = [(np.arange(5, 20, dtype=np.int32), np.zeros(15, np.int32))]
+  counting.count_pairs(docs, np.arange(5, 20), vocab_size=32, spill_dir=spill_dir)
+
+build.build_artifacts = fake_build
+sys.argv = ["x", "build", "--config", "configs/informask.py:tiny"]
+runpy.run_module("informask_jax.stats", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_stopped_build_removes_its_spill_folder_and_says_so_in_one_line(tmp_path, signum):
+  """SIGTERM (a scheduler's limit) and Ctrl-C during the pair counts: the spill folder (gigabytes
+  at scale) goes, and the status is a shell's 128 + the signal; Ctrl-C says what is kept in one
+  line, not a traceback. JAX's line for each backend it probes stays out of the log."""
+  import signal
+
+  proc = subprocess.Popen([sys.executable, "-c", _HELD_BUILD, str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=pathlib.Path(__file__).parent.parent,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  try:
+    assert proc.stdout.readline() == "counting\n", proc.stderr.read()
+    assert len(list(tmp_path.glob(f"{counting.PAIRS_SPILL_PREFIX}*"))) == 1
+    proc.send_signal(getattr(signal, signum))
+    _, stderr = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + getattr(signal, signum), stderr
+  assert not list(tmp_path.glob(f"{counting.PAIRS_SPILL_PREFIX}*"))
+  assert "Traceback" not in stderr and "a line of ours" in stderr, stderr
+  assert "Unable to initialize backend" not in stderr, stderr
+  if signum == "SIGINT":
+    assert stderr.strip().splitlines()[-1] == (
+        "python -m informask_jax.stats build: interrupted (Ctrl-C): the stages finished before "
+        "it are kept; the same command builds the rest."), stderr
+
+
 def test_mismatched_tokenizer_is_refused(built):
   _, _, directory = built
   with pytest.raises(stats.TokenizerMismatchError, match="tok-A.*tok-B"):
@@ -840,6 +936,28 @@ def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
       report.write_report(directory, out)
   assert (directory / "vocab.txt").read_bytes() == vocab
   assert not (directory / "vocab.png").exists()
+
+
+def test_report_names_out_when_its_folder_cannot_be_written(built, tmp_path, monkeypatch):
+  """--out under a file (/dev/full/x.png) was a bare FileExistsError, and a read-only statistics
+  directory (the default place) a hint to free disk space: both name --out, before the figure
+  is drawn, and write nothing."""
+  from informask_jax.stats import report
+
+  _, _, copy = copy_of_built(built, tmp_path / "cache")
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(FileExistsError, match=rf"^--out's folder {tmp_path}/file exists and is not "
+                                            r"a directory\. Give --out a path in a folder you can "
+                                            r"write, e\.g\. --out ~/report\.png\.$"):
+    report.write_report(copy, tmp_path / "file" / "x.png")
+  _read_only(monkeypatch, copy)
+  with pytest.raises(PermissionError, match=rf"^The statistics directory \(where the report goes "
+                                            rf"without --out\) {copy} cannot be written: .*"
+                                            r"Read-only file system\)\. Give --out a path"):
+    report.write_report(copy)
+  assert not list(copy.glob("report*"))
+  png, _ = report.write_report(copy, tmp_path / "r.png")  # The way out it names.
+  assert png.is_file()
 
 
 def test_cli_errors_name_the_command_not_the_file():

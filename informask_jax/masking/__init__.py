@@ -89,7 +89,8 @@ def _informask(settings, rates=None, rescale=True, missing_rate="mean"):
     raise ValueError(f"informask: missing_rate={missing_rate!r} fills the ids an id_mask_prob "
                      "JSON table leaves out; these rates list every id.")
   table = informask.load_rates(rates, settings.vocab_size, missing_rate)
-  informask.check_rates_for(table, settings.special_ids, rescale, settings.budget)
+  informask.check_rates_for(table, settings.special_ids, rescale, settings.budget,
+                            informask.describe(rates))
   if settings.budget == "bernoulli":
     tables = {"rates": table, "signed_rates": informask.signed_rates(table, settings.special_ids)}
   else:

@@ -62,6 +62,14 @@ def rates_file(path) -> str:
   return path
 
 
+def describe(rates) -> str:
+  """How errors name a table given as `rates`: its file and config key when it is a path (`masking
+  show` puts its own flag in place of the key)."""
+  if isinstance(rates, str | os.PathLike):
+    return f"rate table {os.path.expanduser(os.fspath(rates))!r} (masking.rates_path)"
+  return "rate table"
+
+
 def load_rates(rates, vocab_size, missing_rate="mean"):
   """Returns float32[V] rates from an array or a .npy / .json path; ValueError when invalid."""
   if isinstance(rates, str | os.PathLike):
@@ -72,16 +80,16 @@ def load_rates(rates, vocab_size, missing_rate="mean"):
       table = _rates_from_json(path, vocab_size, missing_rate)
     else:
       raise ValueError(f"Rate table {path!r}: expected a .npy or an id_mask_prob-style .json file.")
-    where = f"rate table {path!r}"
   elif rates is None:
     raise ValueError("informask needs rates= (float32[V], a .npy or a .json path; config key "
                      "masking.rates_path).")
   else:
-    table, where = _rates_from_array(rates), "rates"
+    table = _rates_from_array(rates)
+  where = describe(rates)
   table = np.asarray(table, np.float64)
   if table.shape != (vocab_size,):
-    raise ValueError(f"The {where} has shape {table.shape}; expected ({vocab_size},) "
-                     "(one rate per token id of the vocabulary).")
+    raise ValueError(f"The {where} has shape {table.shape}; expected ({vocab_size},): one rate "
+                     f"per token id of the tokenizer's {vocab_size}-token vocabulary.")
   _check_values(table, where)
   return table.astype(np.float32)
 
@@ -92,12 +100,12 @@ def check_rates_file(path, missing_rate="mean") -> None:
   finite rates >= 0, not all zero (a JSON table's unlisted ids counted at the fill rate). Its
   size, and ids beyond the vocabulary, are checked when the masker is built."""
   path = rates_file(path)
-  where = f"rate table {path!r}"
+  where = describe(path)
   if path.endswith(".npy"):
     table = _rates_from_npy(path)
     if table.ndim != 1:
-      raise ValueError(f"The {where} has shape {table.shape}; expected (V,) (one rate per token "
-                       "id of the vocabulary).")
+      raise ValueError(f"The rate table {path!r} has shape {table.shape}; expected (V,): "
+                       "masking.rates_path must hold one rate per token id of the vocabulary.")
     _check_values(table, where)
   elif path.endswith(".json"):
     _, values = _json_entries(path)
@@ -120,16 +128,18 @@ def _check_values(table, where) -> None:
     raise ValueError(f"The {where} has rates beyond float32's range (max {table.max():.3g}).")
 
 
-def check_rates_for(table, special_ids, rescale, budget):
+def check_rates_for(table, special_ids, rescale, budget, where="rate table"):
   """Checks that need the masker's settings: some non-special token has a positive rate, and
   under the Bernoulli budget without rescaling the rates are probabilities (<= 1). (The exact
-  budget only compares rates, so their scale does not matter there.)"""
+  budget only compares rates, so their scale does not matter there.) `where` names the table in
+  the errors: describe(rates) of what load_rates read."""
   rates = _non_special(table, special_ids)  # Specials are never targets: their rates do not matter.
   if not np.any(rates > 0):
-    raise ValueError("The rate table is zero on every non-special token: nothing could be masked.")
+    raise ValueError(f"The {where} is zero on every non-special token (all but the ids "
+                     f"{sorted(int(i) for i in special_ids)}): nothing could be masked.")
   if budget == "bernoulli" and not rescale and rates.max() > 1.0:
     raise ValueError(f"With rescale=False (masking.rescale) the rates are masking probabilities, "
-                     f"but the table has {int(np.sum(rates > 1))} rates above 1 on non-special "
+                     f"but the {where} has {int(np.sum(rates > 1))} rates above 1 on non-special "
                      f"ids (max {rates.max():.3g}); rescale them or set rescale=True.")
 
 

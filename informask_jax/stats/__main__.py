@@ -58,7 +58,19 @@ def _refuse_flags_of_the_other_command(command: str):
                  "only; report reads DIR as it was built.")
 
 
+def _run(command: str, what_remains: str, fn):
+  """fn() with its errors as one line; Ctrl-C too, not a traceback through the counters (their
+  `finally` blocks have removed the spill folders by then)."""
+  program = f"python -m informask_jax.stats {command}"
+  try:
+    with cli.user_errors(program):
+      return fn()
+  except KeyboardInterrupt:
+    cli.exit_interrupted(program, what_remains)
+
+
 def main(argv):
+  cli.quiet_library_logs()  # absl's handler is in place now (JAX's 'Unable to initialize backend').
   if len(argv) < 2:
     _usage_error("no command given; the commands are build and report.")
   if argv[1] not in ("build", "report"):
@@ -74,18 +86,22 @@ def main(argv):
     if not _WHAT.value:  # --what= would build nothing and call the directory intact.
       _usage_error(f"--what is empty; give stages from {', '.join(artifacts.STAGES)} (e.g. "
                    "--what=pmi,rates), or leave --what out to build them all.")
-    with cli.user_errors("python -m informask_jax.stats build"):
-      directory = build.build_artifacts(_CONFIG.value, what=tuple(_WHAT.value),
-                                        force=_FORCE.value, progress=progress_bar.on_terminal())
+    directory = _run("build", "the stages finished before it are kept; the same command "
+                     "builds the rest", lambda: build.build_artifacts(
+                         _CONFIG.value, what=tuple(_WHAT.value), force=_FORCE.value,
+                         progress=progress_bar.on_terminal()))
     print(directory)
     return
   if len(argv) != 3:
     _usage_error(f"report takes one directory, got {argv[2:] or 'none'}.")
-  with cli.user_errors("python -m informask_jax.stats report"):
-    png, text = report.write_report(argv[2], _OUT.value or None)
+  png, text = _run("report", "an earlier report there is left whole",
+                   lambda: report.write_report(argv[2], _OUT.value or None))
   print(text)
   print(f"wrote {png} and {png.with_suffix('.txt')}")
 
 
 if __name__ == "__main__":
+  # SIGTERM (a scheduler's limit, `kill`) raises SystemExit: the counters' `finally` blocks
+  # remove their spill folders (gigabytes at scale), which the default action left behind.
+  cli.exit_on_sigterm()
   app.run(main, flags_parser=cli.parse_flags)

@@ -308,8 +308,21 @@ def _reuse_stage(stage: str, directory: pathlib.Path, meta: dict) -> pathlib.Pat
   return None
 
 
+def _check_writable(config, directory: pathlib.Path) -> None:
+  """Refuses a statistics directory that cannot be written (a read-only mount) before any stage
+  runs: a stage (hours at paper scale) otherwise ran in full and failed only when it saved."""
+  try:
+    paths.check_writable_dir(directory, "Statistics directory")
+  except (PermissionError, FileExistsError) as e:
+    raise type(e)(f"{e} Statistics are written under config.data.cache_dir "
+                  f"({paths.cache_dir(config.data.cache_dir)}): fix its permissions, or set "
+                  "--config.data.cache_dir to a folder you can write.") from None
+
+
 def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: bool,
          reuse: bool = True) -> None:
+  if todo:  # Only then: statistics built and intact are read from a read-only cache as well.
+    _check_writable(config, directory)
   directory.mkdir(parents=True, exist_ok=True)
   if todo:  # Before this build's own spills appear there.
     paths.warn_leftover_folders(directory, (counting.PAIRS_SPILL_PREFIX,

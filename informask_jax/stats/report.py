@@ -142,6 +142,19 @@ def _join(names, ids) -> str:
   return out
 
 
+def _check_out_folder(folder: pathlib.Path, given: bool) -> None:
+  """Refuses a folder the report cannot be written into, naming --out: a file on its path
+  (--out /dev/full/x.png) was a bare FileExistsError, and a read-only statistics directory (the
+  default) a hint to free disk space."""
+  what = ("--out's folder" if given
+          else "The statistics directory (where the report goes without --out)")
+  try:
+    paths.check_writable_dir(folder, what)
+  except (PermissionError, FileExistsError) as e:
+    raise type(e)(f"{e} Give --out a path in a folder you can write, e.g. "
+                  "--out ~/report.png.") from None
+
+
 def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
   """Writes the PNG (default DIR/report.png; `out_png` may be a file, a bare name that gets
   .png, or a directory to write report.png into) and the summary next to it (.txt); returns the
@@ -153,6 +166,7 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
 
   directory = pathlib.Path(directory).expanduser()
   text, n = summarize(directory)
+  given = bool(out_png)
   as_dir = bool(out_png) and str(out_png).endswith(("/", os.sep))  # --out new/: a folder to make.
   out_png = pathlib.Path(out_png).expanduser() if out_png else directory / "report.png"
   if as_dir or out_png.is_dir():  # --out DIR: the default name inside it (not DIR.png).
@@ -171,6 +185,7 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
         target.resolve().parent == pathlib.Path(directory).resolve():
       raise ValueError(f"--out {out_png}: {target} is a file of the statistics directory, which "
                        "the report would overwrite; give another name.")
+  _check_out_folder(out_png.parent, given)
   out_png.parent.mkdir(parents=True, exist_ok=True)
   names, counts, rates, by_freq, ranked = (n["names"], n["counts"], n["rates"], n["by_freq"],
                                            n["ranked"])
