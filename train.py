@@ -52,4 +52,9 @@ def _train(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
+  # Until the loop takes SIGTERM over (a stop after the step, saved): the corpus, statistics and
+  # compilation before it end by SystemExit(143), so their `finally` blocks remove what they
+  # staged (the statistics' spill folders: gigabytes at scale) and an overwrite's set-aside run
+  # is put back.
+  cli.exit_on_sigterm()
   app.run(main, flags_parser=cli.parse_flags)

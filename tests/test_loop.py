@@ -181,6 +181,45 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny_config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).latest_step() == last_logged < 10_000
 
 
+_HELD_PIPELINE = """
+import runpy, sys, time
+from informask_jax import data
+
+workdir = sys.argv[1]
+
+def held(*args, **kwargs):
+  try:
+    print("building", flush=True)
+    time.sleep(60)
+  finally:  # As the statistics' counters remove their spill folders.
+    open(workdir + "/cleaned-up", "w").close()
+
+data.build_input_pipeline = held
+sys.argv = ["train.py", "--config", "configs/informask.py:tiny", "--workdir", workdir]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_sigterm_before_the_loop_exits_through_finally_blocks(tmp_path):
+  """SIGTERM while the corpus or its statistics are built (before the loop's step-aware stop):
+  the default action killed the process, leaving the statistics' spill folders (gigabytes) and
+  an overwrite's set-aside run; now a SystemExit(143) runs their `finally` blocks."""
+  proc = subprocess.Popen([sys.executable, "-c", _HELD_PIPELINE, str(tmp_path)], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    for line in proc.stdout:  # After the log lines of the checks before it.
+      if line == "building\n":
+        break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, out
+  assert (tmp_path / "cleaned-up").exists()
+  assert "Traceback" not in out, out
+
+
 def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000)
   loop.train_and_evaluate(config, tmp_path)
