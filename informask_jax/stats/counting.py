@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from informask_jax import paths
 from informask_jax.stats import chunks as chunks_lib
 
 # The spill folders' prefix (the build names those a killed run left in its directory).
@@ -457,8 +457,8 @@ def count_pairs(documents, vocab_ids: np.ndarray, *, vocab_size: int, window: in
     num_shards = max(1, int(np.ceil(total_tokens / shard_tokens)))
     if num_shards < 2:
       num_workers = 1
-  tmp = tempfile.mkdtemp(prefix=PAIRS_SPILL_PREFIX, dir=spill_dir)
-  try:
+  # A signal between the folder's making and the block that removes it would leave it behind.
+  with paths.scratch_dir(prefix=PAIRS_SPILL_PREFIX, dir=spill_dir) as tmp:
     acc = PairAccumulator(len(vocab_ids), memory_cap_mb=memory_cap_mb, spill_dir=tmp)
     worker_cap = memory_cap_mb / (num_workers + 1) if num_workers > 1 else memory_cap_mb
     fn = _ShardFn((rows, len(vocab_ids), int(window), bool(whole_words), continuation,
@@ -480,5 +480,3 @@ def count_pairs(documents, vocab_ids: np.ndarray, *, vocab_size: int, window: in
           acc.absorb(part)
           bar.update(docs)
     return acc.finalize(vocab_ids, min_pair_count)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from informask_jax import paths
 from informask_jax.stats import chunks as chunks_lib
 from informask_jax.stats.pmi import MIN_POSITIVE_PMI
 
@@ -320,8 +320,8 @@ def count_ngrams(documents, *, vocab_size: int, special_ids: Sequence[int],
                      f"({vocab_size},).")
   special = np.zeros(vocab_size, bool)
   special[list(special_ids)] = True
-  tmp = tempfile.mkdtemp(prefix=NGRAMS_SPILL_PREFIX, dir=spill_dir)
-  try:
+  # A signal between the folder's making and the block that removes it would leave it behind.
+  with paths.scratch_dir(prefix=NGRAMS_SPILL_PREFIX, dir=spill_dir) as tmp:
     num_workers = max(1, int(num_workers))
     tokens_per_shard = shard_tokens or 8 * chunk_tokens
     num_shards = max(1, int(np.ceil(chunks_lib.estimate_tokens(corpus) / tokens_per_shard)))
@@ -349,8 +349,6 @@ def count_ngrams(documents, *, vocab_size: int, special_ids: Sequence[int],
     pair_keys, pair_counts = pairs.result(min_count)
     return NgramCounts(keys, counts, positions, pair_keys, pair_counts, tokens, num_adjacent,
                        int(min_count))
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def segmentations(n: int) -> list[list[tuple[int, int]]]:
