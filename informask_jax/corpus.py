@@ -222,7 +222,7 @@ _CR_LINE = re.compile(r"[^\r]*\r\n?|[^\r]+")
 def _read_txt(paths):
   """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
   for path in paths:
-    replaced = documents = 0
+    replaced = in_documents = largest = 0  # Lines in documents; those of the longest.
     lines = []
     with open(path, "rb") as f:
       for raw in f:
@@ -237,12 +237,14 @@ def _read_txt(paths):
             lines.append(line)
           elif lines:
             yield {"text": "".join(lines)}
-            documents += 1
+            in_documents, largest = in_documents + len(lines), max(largest, len(lines))
             lines = []
     if lines:
       yield {"text": "".join(lines)}
-      if not documents:
-        _warn_one_document(path, len(lines))
+      in_documents, largest = in_documents + len(lines), max(largest, len(lines))
+    # Most of the file in one long document (a header or a trailing blank line aside).
+    if largest >= TXT_ONE_DOCUMENT_LINES and largest > in_documents / 2:
+      _warn_one_document(path, largest)
     if replaced and path not in _WARNED_UNDECODABLE:  # A stream reads its files every epoch.
       _WARNED_UNDECODABLE.add(path)
       log.warning("%s: replaced %d byte(s) that are not valid UTF-8 with U+FFFD.", path, replaced)
@@ -311,23 +313,29 @@ def _lone_surrogate_problem(value):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _json_array_problem(path, raw):
-  """Why a file that starts with "[" is not one JSON array of records, or None."""
+def _parse_json_array(path, raw):
+  """(records, None) for a file that starts with "[" and is one JSON array of records; (None,
+  why it is not) otherwise. Parsed once: a large array's text and objects are held together."""
   try:
     items = json.loads(raw.decode("utf-8"))
   except UnicodeDecodeError as e:
     line = raw[:e.start].count(b"\n") + 1
-    return f"{path!r}, line {line}: byte {raw[e.start]:#04x} is not valid UTF-8"
+    return None, f"{path!r}, line {line}: byte {raw[e.start]:#04x} is not valid UTF-8"
   except json.JSONDecodeError as e:
-    return f"{path!r}, line {e.lineno}: not valid JSON ({e.msg}: column {e.colno})"
+    return None, f"{path!r}, line {e.lineno}: not valid JSON ({e.msg}: column {e.colno})"
   for i, item in enumerate(items if isinstance(items, list) else []):
     if not isinstance(item, dict):
-      return (f"{path!r}: item {i} of its JSON array is a "
-              f"{_JSON_TYPES.get(type(item), 'value')}, not an object (a record)")
+      return None, (f"{path!r}: item {i} of its JSON array is a "
+                    f"{_JSON_TYPES.get(type(item), 'value')}, not an object (a record)")
     problem = _lone_surrogate_problem(item)
     if problem:
-      return f"{path!r}: item {i} of its JSON array: {problem}"
-  return None
+      return None, f"{path!r}: item {i} of its JSON array: {problem}"
+  return (items if isinstance(items, list) else []), None
+
+
+def _json_array_problem(path, raw):
+  """Why a file that starts with "[" is not one JSON array of records, or None."""
+  return _parse_json_array(path, raw)[1]
 
 
 def _json_problem(path):
@@ -402,11 +410,10 @@ def _json_records(path, where):
   with open(path, "rb") as f:
     if f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
       f.seek(0)
-      raw = f.read().removeprefix(b"\xef\xbb\xbf")
-      problem = _json_array_problem(path, raw)
+      items, problem = _parse_json_array(path, f.read().removeprefix(b"\xef\xbb\xbf"))
       if problem:
         raise ValueError(f"{where}: {problem}.")
-      yield from ((None, item) for item in json.loads(raw.decode("utf-8")))
+      yield from ((None, item) for item in items)
       return
     f.seek(0)
     for number, raw in enumerate(f, 1):

@@ -516,6 +516,18 @@ def test_a_txt_file_of_one_document_per_line_is_warned_about(tmp_path, caplog):
   assert "config.data.sources[0] (files " in caplog.text.split("The validation split")[1]
 
 
+def test_a_header_or_a_trailing_blank_line_does_not_hide_one_document_per_line(tmp_path, caplog):
+  """The warning looked for a file without any blank line: a title line above the documents, or
+  a blank line at the end, kept it quiet."""
+  _one_document_per_line(tmp_path / "body.txt", 0, 1000)
+  body = (tmp_path / "body.txt").read_text()
+  for name, text in (("header.txt", "A title\n\n" + body), ("trailing.txt", body + "\n\n")):
+    (tmp_path / name).write_text(text)
+    with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+      list(corpus._read_txt([str(tmp_path / name)]))
+    assert f"{name}: read as one document of 1000 lines" in caplog.text
+
+
 def test_documents_separated_by_blank_lines_and_a_large_corpus_are_not_warned_about(tmp_path,
                                                                                     caplog):
   """No warning for a long file of blank-line separated documents, a short file without blank
