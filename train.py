@@ -27,7 +27,9 @@ def main(argv):
   except KeyboardInterrupt:
     # Ctrl-C before the loop handles signals, or a second one during it: one line, not a
     # traceback through JAX. Written checkpoints are complete (orbax renames a finished save).
-    cli.exit_interrupted("train.py", loop.after_interrupt(_WORKDIR.value))
+    train = _CONFIG.value.train if _CONFIG.value is not None else None
+    cli.exit_interrupted("train.py", loop.after_interrupt(
+        _WORKDIR.value, overwrite=bool(train and train.overwrite and not train.resume)))
 
 
 def _train(argv):

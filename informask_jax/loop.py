@@ -573,15 +573,20 @@ def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:
   return False
 
 
-def after_interrupt(workdir) -> str:
+def after_interrupt(workdir, overwrite: bool = False) -> str:
   """What a run stopped at once (a second Ctrl-C, or one before the loop handles signals) leaves
-  in `workdir`, for train.py's last line: with no checkpoint written there is nothing to resume."""
+  in `workdir`, for train.py's last line: with no checkpoint written there is nothing to resume.
+  `overwrite`: the run had config.train.overwrite (and resume=False), which the same command
+  would apply again, to the run an interrupt before the first step put back or to its own."""
+  resume = ("run the same command without --config.train.overwrite=True and "
+            "--config.train.resume=False to resume them (as it is, it would start over)"
+            if overwrite else "run the same command to resume")
   try:
     written = checkpointing.has_finalized_checkpoint(pathlib.Path(workdir).expanduser())
   except OSError:  # Unreadable: claim neither.
-    return "the checkpoints written so far, if any, are intact; run the same command to resume"
+    return f"the checkpoints written so far, if any, are intact; {resume}"
   if written:
-    return "the checkpoints written so far are intact; run the same command to resume"
+    return f"the checkpoints written so far are intact; {resume}"
   return f"no checkpoint was written in {workdir}; the same command starts the run afresh"
 
 

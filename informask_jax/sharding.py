@@ -103,6 +103,8 @@ def _check_rule_axes(name: str, axes, earlier: list) -> None:
       raise ValueError(f"config.mesh.logical_axis_rules: {rule!r} names mesh axis "
                        f"{', '.join(map(repr, repeated))} more than once; a dimension can be "
                        "split over each axis only once.")
+  if axes in earlier:  # The same rule again (base rules plus one of them): flax's first applies.
+    return
   needs = set(axes if isinstance(axes, tuple) else (axes,)) - {None}
   for before in earlier:
     if set(before if isinstance(before, tuple) else (before,)) - {None} <= needs:

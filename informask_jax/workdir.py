@@ -69,6 +69,8 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         "resumed, not deleted. Add --config.train.resume=False to delete it and start over, or "
         "leave out overwrite to resume it.")
   resume = has_run and config.train.resume
+  if has_run and config.train.overwrite:
+    _check_overwritable(workdir)
   if not resume and _holds_foreign_config(workdir):
     raise FileExistsError(
         f"--workdir {workdir} holds a config.json that is not a training run's (no 'model', "
@@ -88,6 +90,21 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   except PermissionError as e:
     raise PermissionError(f"{e} Fix its permissions or use another --workdir.") from None
   return resume, has_run and not config.train.resume
+
+
+def _check_overwritable(workdir: pathlib.Path) -> None:
+  """Refuses an overwrite of a run whose entry is a symbolic link or a mount point (checkpoints/
+  on a larger disk): OverwrittenRun renames entries aside, which would move the link and leave
+  the old checkpoints on that disk forever (or fail on the mount point, EBUSY)."""
+  for name in RUN_NAMES:
+    path = workdir / name
+    if path.is_symlink() or os.path.ismount(path):
+      kind = (f"a symbolic link to {os.path.realpath(path)}" if path.is_symlink()
+              else "a mount point")
+      raise FileExistsError(
+          f"config.train.overwrite: {path} is {kind}, which the overwrite cannot set aside (it "
+          f"keeps the earlier run until the new one has trained a step). Empty it yourself to "
+          f"start over there (with config.train.overwrite left out), or use another --workdir.")
 
 
 def _check_entry_kinds(workdir: pathlib.Path, resume: bool) -> None:
@@ -163,6 +180,9 @@ class OverwrittenRun:
     self.workdir = workdir
     self.aside = workdir / OVERWRITTEN
     self.pending = False  # Set aside, neither deleted nor put back yet.
+    # The entries moved aside, and those the earlier run lacked (the new run's own, if made):
+    # what putting back replaces. An entry not reached (a rename failed before it) is untouched.
+    self.moved, self.absent = [], []
 
   def set_aside(self) -> None:
     if jax.process_index() != 0:
@@ -170,8 +190,12 @@ class OverwrittenRun:
     self.aside.mkdir()
     self.pending = True  # From here: a rename that fails puts back those made.
     for name in RUN_NAMES:
-      if (self.workdir / name).exists():
-        (self.workdir / name).rename(self.aside / name)
+      path = self.workdir / name
+      if path.exists() or path.is_symlink():
+        path.rename(self.aside / name)
+        self.moved.append(name)
+      else:
+        self.absent.append(name)
     logging.warning("config.train.overwrite: the earlier run in %s is set aside in %s and "
                     "deleted once the new run has trained a step.", self.workdir, self.aside)
 
@@ -191,13 +215,13 @@ class OverwrittenRun:
     if not self.pending:
       return
     self.pending = False
-    for name in RUN_NAMES:
+    for name in self.moved + self.absent:
       path = self.workdir / name
       if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
       elif path.exists() or path.is_symlink():
         path.unlink()
-      if (self.aside / name).exists():
+      if name in self.moved:
         (self.aside / name).rename(path)
     self.aside.rmdir()
     logging.warning("The new run failed before its first step: the earlier run in %s, which "

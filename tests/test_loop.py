@@ -1309,6 +1309,12 @@ def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_pat
   assert waited
   assert loop.after_interrupt(tmp_path) == (
       "the checkpoints written so far are intact; run the same command to resume")
+  # After an overwrite (the run it set aside put back, or its own steps), the same command
+  # would overwrite again.
+  assert loop.after_interrupt(tmp_path, overwrite=True) == (
+      "the checkpoints written so far are intact; run the same command without "
+      "--config.train.overwrite=True and --config.train.resume=False to resume them (as it is, "
+      "it would start over)")
 
 
 def test_train_py_leaves_an_interrupt_with_one_line_and_status_130(tmp_path):

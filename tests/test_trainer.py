@@ -431,6 +431,10 @@ def test_a_second_rule_for_a_name_is_kept_as_flax_s_fallback():
   rules = sharding_lib.logical_rules(types.SimpleNamespace(logical_axis_rules=[
       ("embed", "tensor"), ("mlp", "tensor"), ("mlp", "fsdp")]))
   assert nn.logical_to_mesh_axes(("embed", "mlp"), rules) == P("tensor", "fsdp")
+  # A rule given twice (a config's base rules plus one of them) is harmless, as flax takes it.
+  rules = sharding_lib.logical_rules(types.SimpleNamespace(logical_axis_rules=[
+      ("embed", "tensor"), ("layers", None), ("layers", None)]))
+  assert nn.logical_to_mesh_axes(("layers", "embed"), rules) == P(None, "tensor")
 
 
 def test_the_batch_splits_over_data_and_fsdp_and_each_micro_batch_must_too():

@@ -158,3 +158,44 @@ def test_a_fresh_start_never_writes_over_another_tools_config_json(tiny_config, 
     assert (tmp_path / "config.json").read_text() == text
   (tmp_path / "config.json").write_text(tiny_config.to_json_best_effort())
   assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
+
+
+def test_a_set_aside_that_fails_midway_puts_back_what_it_moved_and_deletes_nothing(
+    tmp_path, monkeypatch):
+  """A rename that fails (a mount point, EBUSY) part way: putting back took every entry still in
+  the workdir for the new run's and deleted it, the old tokenizer and logs included."""
+  for name in ("checkpoints", "tokenizer"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "old").write_text(name)
+  (tmp_path / "config.json").write_text("old config")
+  (tmp_path / "metrics.jsonl").write_text("old metrics")
+  rename = os.rename
+
+  def busy_tokenizer(src, dst):
+    if os.path.basename(src) == "tokenizer":
+      raise OSError(errno.EBUSY, "Device or resource busy", src)
+    rename(src, dst)
+  monkeypatch.setattr(os, "rename", busy_tokenizer)
+  with pytest.raises(OSError, match="busy"):
+    with workdir_lib.OverwrittenRun(tmp_path) as overwritten:
+      overwritten.set_aside()
+  assert (tmp_path / "checkpoints" / "old").read_text() == "checkpoints"
+  assert (tmp_path / "config.json").read_text() == "old config"
+  assert (tmp_path / "tokenizer" / "old").read_text() == "tokenizer"
+  assert (tmp_path / "metrics.jsonl").read_text() == "old metrics"
+  assert not (tmp_path / workdir_lib.OVERWRITTEN).exists()
+
+
+def test_an_overwrite_of_a_symlinked_checkpoints_folder_is_refused(tiny_config, tmp_path):
+  """The link was moved aside, the new run wrote a real checkpoints/ beside it, and the old
+  checkpoints stayed on the linked disk for good."""
+  mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  big_disk, workdir = tmp_path / "big", tmp_path / "run"
+  checkpointing.save_initial_checkpoint(big_disk, {"w": np.zeros(2, np.float32)}, mlm_config)
+  workdir.mkdir()
+  (workdir / "checkpoints").symlink_to(big_disk / "checkpoints")
+  tiny_config.train.resume, tiny_config.train.overwrite = False, True
+  with pytest.raises(FileExistsError, match=r"checkpoints is a symbolic link to .*big/checkpoints,"
+                                            r" which the overwrite cannot set aside"):
+    workdir_lib.prepare(workdir, tiny_config)
+  assert checkpointing.finalized_steps(workdir) == [0]
