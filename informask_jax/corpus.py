@@ -578,7 +578,9 @@ def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
           reader, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=_TEXT_FEATURES,
           fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32],
           num_proc=num_proc if num_proc and num_proc > 1 and len(files) > 1 else None)
-  except Exception:
+  except Exception as e:
+    if isinstance(_innermost(e), OSError):  # A full disk, a file gone: not worth a second read.
+      raise
     # Read again here: a reader's own error (naming the file and the line) is then raised as
     # it is, not wrapped in `datasets`' "An error occurred while generating the dataset" or a
     # worker's traceback.
