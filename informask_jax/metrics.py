@@ -7,6 +7,7 @@ Only process 0 writes; the other processes get a writer that does nothing, so ca
 import contextlib
 import itertools
 import json
+import logging
 import math
 import os
 import pathlib
@@ -78,11 +79,28 @@ def summarize(step_metrics: list[dict]) -> dict:
   return out
 
 
-def _logged_step(line: str) -> float:
+def _logged_step(line: str) -> float | None:
+  """The step a metrics.jsonl line logs; None for a line that is not a logged step."""
   try:
     return float(json.loads(line)["step"])
   except (ValueError, KeyError, TypeError):
-    return float("inf")  # A line cut short by the crash: dropped.
+    return None
+
+
+def _kept_on_resume(lines: list[str], resumed_at: int, path) -> list[str]:
+  """The lines of metrics.jsonl a run resumed at step `resumed_at` keeps: those logged up to it,
+  each ending its line (a file saved without a final newline merged the next row into its last).
+  Only the last line can be cut short by a crash: dropped; another that is not a logged step (a
+  hand edit) is kept, and named, rather than deleted."""
+  kept = []
+  for number, line in enumerate(lines, 1):
+    step = _logged_step(line)
+    if step is None and number < len(lines):
+      logging.warning("%s, line %d is not a logged step (%.60r); kept as it is.", path, number,
+                      line.rstrip("\n"))
+    if (step is None and number < len(lines)) or (step is not None and step <= resumed_at):
+      kept.append(line if line.endswith("\n") else line + "\n")
+  return kept
 
 
 class MetricWriter:
@@ -111,7 +129,7 @@ class MetricWriter:
       if resumed_at is not None and path.exists():
         # Bytes, decoded leniently: a crash mid-write can leave a cut multi-byte character.
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
-        kept = [line for line in lines if _logged_step(line) <= resumed_at]
+        kept = _kept_on_resume(lines, resumed_at, path)
         dropped = len(kept) < len(lines)
         paths.atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text("".join(kept)))
       self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)

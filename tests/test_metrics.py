@@ -2,6 +2,7 @@
 resume."""
 
 import json
+import logging
 import struct
 from types import SimpleNamespace
 
@@ -197,3 +198,19 @@ def test_a_disabled_writer_writes_nothing(tmp_path):
   writer.write(4, {"loss": 1.0})
   writer.close()
   assert not list(tmp_path.iterdir())
+
+
+def test_a_resume_keeps_a_hand_edited_line_and_ends_the_last_row(tmp_path, caplog):
+  """Only a crash's torn last line is dropped: a bad line inside the file (a hand edit) was
+  deleted without a word, and a file saved without its final newline had the next row appended
+  to its last one, which the resume after that deleted, both rows with it."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "eval_lo\n{"step": 3, "loss": 1.0}')
+  with caplog.at_level(logging.WARNING):
+    writer = metrics.MetricWriter(tmp_path, resumed_at=3)
+  writer.write(4, {"loss": 0.5})
+  writer.close()
+  assert path.read_text().splitlines() == [
+      '{"step": 1, "loss": 2.0}', '{"step": 2, "eval_lo', '{"step": 3, "loss": 1.0}',
+      '{"step": 4, "loss": 0.5}']
+  assert "metrics.jsonl, line 2 is not a logged step" in caplog.text
