@@ -365,8 +365,14 @@ def _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerpr
   if step is None:
     step = steps[-1]
   elif step not in steps:
+    try:  # The step a user most often wants besides the latest.
+      best = manager.best_step()
+    except Exception:  # Unreadable metrics: the list alone.
+      best = None
     raise ValueError(f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
-                     f"available steps: {steps}.")
+                     f"available steps: {steps}" + (
+                         f" (the best by validation loss: {best})" if best is not None else "")
+                     + ".")
   meta = _read_meta(manager, workdir, step, step_flag)
   saved = meta.get("tokenizer_fingerprint")  # Imports written before 2026-12 record none.
   if tokenizer_fingerprint and saved and saved != tokenizer_fingerprint:

@@ -231,8 +231,15 @@ def test_restore_params_errors_name_what_is_missing(tmp_path):
   state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
   saver = checkpointing.Checkpointer(tmp_path)
   saver.save(3, state, {}, {"mlm_config": {}}, force=True)
+  saver.wait()
+  with pytest.raises(ValueError, match=r"No checkpoint at step 7 .* available steps: \[3\]\.$"):
+    checkpointing.restore_params(tmp_path, step=7)
+  # The best checkpoint by validation loss, which only --step exports, is named.
+  saver.save(4, state, {}, {"mlm_config": {}}, eval_loss=2.0, force=True)
+  saver.save(5, state, {}, {"mlm_config": {}}, eval_loss=3.0, force=True)
   saver.close()
-  with pytest.raises(ValueError, match=r"No checkpoint at step 7 .* available steps: \[3\]"):
+  with pytest.raises(ValueError, match=r"available steps: \[4, 5\] \(the best by validation "
+                                       r"loss: 4\)\.$"):
     checkpointing.restore_params(tmp_path, step=7)
   # The run's checkpoints/ folder given for the run: the workdir above it is named.
   with pytest.raises(FileNotFoundError, match=rf"checkpoints is \(inside\) a run's checkpoints "
