@@ -1556,3 +1556,18 @@ def test_rates_that_cannot_reach_mask_prob_are_said(caplog):
                                mask_prob=0.15, smoothing=1.0)
   assert rates.expected_fraction(table, counts, (0, 1)) == pytest.approx(0.15)
   assert "short of" not in caplog.text
+
+
+def _sigint_ignored(corpus, start, stop):
+  import signal
+
+  return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_statistics_workers_leave_ctrl_c_to_the_parent():
+  """Ctrl-C in a terminal reaches every process of the group: each worker printed its own
+  KeyboardInterrupt traceback over the parent's one line."""
+  docs = [(np.arange(5, 20, dtype=np.int32), np.zeros(15, np.int32)) for _ in range(4)]
+  corpus = chunks.as_corpus(docs)
+  assert list(chunks.map_shards(_sigint_ignored, corpus, num_workers=2, num_shards=2)) == [
+      True, True]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -186,8 +187,14 @@ def map_shards(fn: Callable[[Corpus, int, int], Any], corpus: Corpus, *, num_wor
       yield fn(corpus, a, b)
     return
   ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(min(num_workers, len(shards))) as pool:
+  with ctx.Pool(min(num_workers, len(shards)), initializer=_ignore_interrupts) as pool:
     yield from pool.imap_unordered(_call, [(fn, corpus, a, b) for a, b in shards])
+
+
+def _ignore_interrupts() -> None:
+  """A terminal's Ctrl-C reaches the whole process group: only the parent acts on it (leaving
+  the pool terminates the workers), rather than every worker printing its own traceback."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _call(args):
