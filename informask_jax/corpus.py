@@ -160,6 +160,10 @@ def _load_wiki_vital(source):
   return datasets.Dataset.from_dict({"text": texts, "_key": titles})
 
 
+# The directories whose files of other types this process has reported.
+_WARNED_SKIPPED = set()
+
+
 def expand_files(pattern, where):
   """The sorted files a `files` source names: one file, a glob, or a directory walked for the
   extensions of FILE_BUILDERS. FileNotFoundError, naming `where`, when there are none."""
@@ -173,7 +177,10 @@ def expand_files(pattern, where):
       files += [os.path.join(root, f) for f in names if not f.startswith(".")]
     skipped = sorted(f for f in files if os.path.splitext(f)[1].lower() not in FILE_BUILDERS)
     files = sorted(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
-    if skipped and files:  # A compressed shard (.txt.gz) among them would be left out unseen.
+    # A compressed shard (.txt.gz) among them would be left out unseen. Once: error messages
+    # walk the directory again.
+    if skipped and files and path not in _WARNED_SKIPPED:
+      _WARNED_SKIPPED.add(path)
       log.warning("%s: directory %r: read %d %s file(s), skipped %d of other types: %s%s.", where,
                   path, len(files), "/".join(FILE_BUILDERS), len(skipped),
                   ", ".join(os.path.relpath(f, path) for f in skipped[:5]),
@@ -243,7 +250,7 @@ def _read_txt(paths):
       yield {"text": "".join(lines)}
       in_documents, largest = in_documents + len(lines), max(largest, len(lines))
     # Most of the file in one long document (a header or a trailing blank line aside).
-    if largest >= TXT_ONE_DOCUMENT_LINES and largest > in_documents / 2:
+    if largest > in_documents / 2:
       _warn_one_document(path, largest)
     if replaced and path not in _WARNED_UNDECODABLE:  # A stream reads its files every epoch.
       _WARNED_UNDECODABLE.add(path)
@@ -262,6 +269,7 @@ TXT_FORMAT = ("in a .txt file, blank lines separate documents and a line break i
 
 
 def _warn_one_document(path, num_lines):
+  """Once per file: a document of TXT_ONE_DOCUMENT_LINES lines or more."""
   if num_lines >= TXT_ONE_DOCUMENT_LINES and path not in _WARNED_ONE_DOCUMENT:
     _WARNED_ONE_DOCUMENT.add(path)
     log.warning("%s: read as one document of %d lines (no blank line in it): %s.", path,
@@ -288,11 +296,6 @@ def _parse_json_line(raw):
                   'must be one record such as {"text": "..."}')
   problem = _lone_surrogate_problem(record)
   return (None, problem) if problem else (record, None)
-
-
-def _json_line_problem(raw):
-  """Why one line of a JSON Lines file is not a record, or None."""
-  return _parse_json_line(raw)[1]
 
 
 def _lone_surrogate_problem(value):
@@ -333,27 +336,6 @@ def _parse_json_array(path, raw):
   return (items if isinstance(items, list) else []), None
 
 
-def _json_array_problem(path, raw):
-  """Why a file that starts with "[" is not one JSON array of records, or None."""
-  return _parse_json_array(path, raw)[1]
-
-
-def _json_problem(path):
-  """What makes `path` unreadable as JSON Lines (or as one JSON array, if it starts with "["):
-  "'path', line N: why" for its first bad line (1-based), or None. Only called after `datasets`
-  failed, whose error counts rows from 0 and names no file, so good corpora are not read twice."""
-  with open(path, "rb") as f:
-    if f.read(4096).lstrip().startswith(b"["):
-      f.seek(0)
-      return _json_array_problem(path, f.read())
-    f.seek(0)
-    for number, raw in enumerate(f, 1):
-      problem = _json_line_problem(raw)
-      if problem:
-        return f"{path!r}, line {number}: {problem}"
-  return None
-
-
 def _innermost(error):
   # `datasets` wraps pyarrow's reason in "An error occurred while generating the dataset".
   while error.__cause__ is not None or error.__context__ is not None:
@@ -378,12 +360,16 @@ def _reason(error) -> str:
 
 
 def _first_bad_json_line(where, paths):
-  """The error naming the first bad line of the JSON files among `paths`, or None."""
+  """The error naming the first bad line of the JSON files among `paths`, as our reader raises
+  it, or None. Only called after `datasets` failed (a hub source that is a local folder), whose
+  error counts rows from 0 and names no file, so good corpora are not read twice."""
   for path in paths:
     if FILE_BUILDERS.get(os.path.splitext(path)[1].lower()) == "json":
-      problem = _json_problem(path)
-      if problem:
-        return ValueError(f"{where}: {problem}.")
+      try:
+        for _ in _json_records(path, where):
+          pass
+      except ValueError as e:
+        return e
   return None
 
 
@@ -488,14 +474,21 @@ def _read_json(paths, field, where, warn_missing=False):
     if columns is not None and not present:
       raise (_nested_records_error(where, path, _only_object(path))
              or _missing_column(file, field, columns))
-    if missing and warn_missing and path not in _WARNED_MISSING:  # Streams read every epoch.
-      _WARNED_MISSING.add(path)
-      log.warning("%s: skipped %d record(s) of %s without a %r field (missing or null).", where,
-                  missing, path, field)
+    if warn_missing:
+      _warn_missing(where, path, missing, field)
 
 
 # The files of streamed sources whose records without text this process has reported.
 _WARNED_MISSING = set()
+
+
+def _warn_missing(where, path, missing, field):
+  """Once per file: a stream reads its files every epoch. (A source in memory is told of from
+  the null count of its column, in load_corpus.)"""
+  if missing and path not in _WARNED_MISSING:
+    _WARNED_MISSING.add(path)
+    log.warning("%s: skipped %d record(s) of %s without a %r field (missing or null).", where,
+                missing, path, field)
 
 
 def _file_records(path, builder, where):
@@ -519,10 +512,7 @@ def _read_stream(paths, builder, field, where):
         raise _not_text(where, text)  # Here, as the declared string feature would convert it.
       missing += text is None
       yield {"text": text}
-    if missing and path not in _WARNED_MISSING:  # A stream reads its files every epoch.
-      _WARNED_MISSING.add(path)
-      log.warning("%s: skipped %d record(s) of %s without a %r field (missing or null).", where,
-                  missing, path, field)
+    _warn_missing(where, path, missing, field)
 
 
 def _load_files(source, where, streaming, num_proc, cache_dir):

@@ -95,11 +95,14 @@ def _kept_on_resume(lines: list[str], resumed_at: int, path) -> list[str]:
   kept = []
   for number, line in enumerate(lines, 1):
     step = _logged_step(line)
-    if step is None and number < len(lines):
+    if step is None:
+      if number == len(lines):
+        continue
       logging.warning("%s, line %d is not a logged step (%.60r); kept as it is.", path, number,
                       line.rstrip("\n"))
-    if (step is None and number < len(lines)) or (step is not None and step <= resumed_at):
-      kept.append(line if line.endswith("\n") else line + "\n")
+    elif step > resumed_at:
+      continue
+    kept.append(line if line.endswith("\n") else line + "\n")
   return kept
 
 
