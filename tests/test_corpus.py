@@ -818,3 +818,14 @@ def test_a_file_of_a_folder_without_the_text_field_is_named(tmp_path, caplog):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))], validation_fraction=0.0))
   assert "read 1 .txt/.jsonl/.json/.parquet file(s), skipped 1 of other types: c.txt.gz." in (
       caplog.text)
+
+
+def test_a_bad_line_in_a_local_folder_loaded_as_a_hub_dataset_is_named(tmp_path):
+  """`datasets` loads a local folder given as kind=hub itself; its error named neither the file
+  nor the line ("An error occurred while generating the dataset"), which kind=files does."""
+  folder = tmp_path / "set"
+  folder.mkdir()
+  (folder / "a.jsonl").write_text('{"text": "One."}\n{"text": "Two."\n')
+  with pytest.raises(ValueError, match=r"^config.data.sources\[0\] \(hub '.*set'\): '.*a.jsonl', "
+                                       r"line 2: not valid JSON"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name=str(folder))]))
