@@ -342,10 +342,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       except data.IteratorStateError as e:
         raise checkpointer.unreadable(step, e) from e
       except data.DataSettingsChanged as e:
-        raise ValueError(
-            f"Cannot resume the run in {workdir} (step {step}): {e} Resume with the run's "
-            f"settings (its config.json), or keep its parameters and start a new run: another "
-            f"--workdir with --config.init_from={workdir}.") from None
+        raise _cannot_resume(workdir, step, e) from None
       logging.info("Resumed from step %d in %s.", step, workdir)
       compatibility.warn_schedule_change(saved_meta, config, step)
       if step >= config.train.num_steps:
@@ -424,6 +421,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         profiler.before_step(step)
         try:
           batch = next(batches)
+        except data.TooFewRows:  # Not a read failure that reading again would get past.
+          raise
+        except data.DataSettingsChanged as e:  # A stream's restored position, checked here.
+          raise _cannot_resume(workdir, step, e) from None
         except Exception:  # The error itself follows, after the steps trained are saved.
           _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,
                                     workdir, config)
@@ -539,6 +540,13 @@ def _warn_dropped_targets(step, summary, config) -> bool:
       " (masking.rescale=False masks each token at the rate table's own value, whatever "
       "masking.mask_prob says)" if unscaled else "")
   return True
+
+
+def _cannot_resume(workdir, step, error) -> ValueError:
+  return ValueError(
+      f"Cannot resume the run in {workdir} (step {step}): {error} Resume with the run's "
+      f"settings (its config.json), or keep its parameters and start a new run: another "
+      f"--workdir with --config.init_from={workdir}.")
 
 
 def _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,

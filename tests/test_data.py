@@ -3,6 +3,7 @@
 import importlib.metadata
 import json
 import logging
+import shutil
 import time
 import warnings
 
@@ -1015,3 +1016,46 @@ def test_too_few_training_rows_name_a_large_validation_fraction():
     _pipeline_of_rows(3, 1).train_iterator(8, seed=0, process_index=0, process_count=1)
   assert "validation_fraction" not in str(error.value)
   assert _pipeline_of_rows(8, 52).train_iterator(8, seed=0, process_index=0, process_count=1)
+
+
+def test_a_restored_stream_position_the_stream_does_not_reach_is_refused(bert_tokenizer):
+  """A row offset past its chunk's rows gave a batch from a negative slice; one in a chunk past
+  the end of the stream quietly started the next epoch. Both mean another stream."""
+  texts = [f"Document {i} is about the river {i}. It ends here." for i in range(8)]
+  rows = len(_packed_rows(texts, bert_tokenizer))
+  it = _streaming(texts, bert_tokenizer, 1, chunk_documents=4)
+  next(it)
+  for position, found in (({"offset": rows + 3}, r"its chunk 0 packs into \d+ rows"),
+                          ({"chunk": 5, "offset": 1}, r"the stream ends before it")):
+    resumed = _streaming(texts, bert_tokenizer, 1, chunk_documents=4)
+    resumed.restore({**it.state(), **position})
+    with pytest.raises(data.DataSettingsChanged, match=r"saved data position .* is not in this "
+                                                       rf"stream: {found}\. The stream is not"):
+      next(resumed)
+  # At the start of a chunk: the end of an epoch, or chunks without a token may follow.
+  resumed = _streaming(texts, bert_tokenizer, 1, chunk_documents=4)
+  resumed.restore({**it.state(), "chunk": 2, "offset": 0})
+  assert next(resumed) is not None and resumed.state()["epoch"] == 1
+
+
+def test_a_streamed_corpus_is_identified_by_its_files_not_their_folder(tmp_path):
+  """The identity a streaming resume checks: another file, another size or max_documents is
+  another stream; the same files moved to another folder are the same."""
+  def fingerprint(folder, **data_settings):
+    c = _tiny_config(tmp_path)
+    c.data.sources[0].update(kind="files", name=str(folder), text_field="text", streaming=True)
+    c.data.update(data_settings)
+    return data.pipeline._stream_fingerprint(c.data)
+
+  first = tmp_path / "a"
+  first.mkdir()
+  (first / "x.jsonl").write_text('{"text": "One."}\n')
+  (first / ".notes").write_text("not read")
+  base = fingerprint(first)
+  shutil.copytree(first, tmp_path / "b")
+  assert fingerprint(tmp_path / "b") == base
+  assert fingerprint(first, max_documents=10) != base
+  (first / "x.jsonl").write_text('{"text": "Two."}\n{"text": "Three."}\n')
+  assert fingerprint(first) != base
+  (tmp_path / "b" / "y.jsonl").write_text('{"text": "Four."}\n')
+  assert fingerprint(tmp_path / "b") != base

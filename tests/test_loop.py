@@ -1543,3 +1543,43 @@ def test_a_resume_on_an_edited_corpus_of_as_many_rows_is_refused(tiny_config, tm
     loop.train_and_evaluate(config, workdir)
   path.write_text("\n\n".join(docs) + "\n")  # Put back: the run resumes.
   assert loop.train_and_evaluate(config, workdir)["step"] == 4
+
+
+def test_a_streamed_corpus_resumes_only_on_the_same_files(tiny_config, tmp_path, caplog):
+  """A stream has no row count to compare: a file added to its folder resumed at the saved
+  position of another document order, silently. Its files' names and sizes are now checked;
+  and a stream too small for one batch is not reported as a read failure to retry."""
+  from informask_jax import corpus as corpus_lib
+
+  docs = list(corpus_lib.load_corpus(tiny_config.data)["train"]["text"])[:600]
+  folder = tmp_path / "corpus"
+  folder.mkdir()
+  for i in range(2):
+    (folder / f"part{i}.jsonl").write_text(
+        "".join(json.dumps({"text": d}) + "\n" for d in docs[i * 200:(i + 1) * 200]))
+  config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000)
+  config.masking.name = "random"
+  config.data.sources[0].update(kind="files", name=str(folder), text_field="text",
+                                streaming=True)
+  workdir = tmp_path / "run"
+  loop.train_and_evaluate(config, workdir)
+  config.tokenizer.name_or_path = str(workdir / "tokenizer")  # The corpus is what differs.
+  config.train.num_steps = 4
+  added = folder / "part2.jsonl"
+  added.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[400:]))
+  with pytest.raises(ValueError, match=r"Cannot resume the run in .* \(step 2\): the "
+                                       r"StreamingBatchIterator state was saved with "
+                                       r"corpus='stream-\w+', this run has corpus='stream-\w+' "
+                                       r"\(set by the documents config.data.sources read"):
+    loop.train_and_evaluate(config, workdir)
+  added.unlink()  # Back as it was: the run resumes.
+  assert loop.train_and_evaluate(config, workdir)["step"] == 4
+
+  few = tmp_path / "few.jsonl"  # A few rows, fewer than one batch.
+  few.write_text("".join(json.dumps({"text": f"Short note {i} about a river."}) + "\n"
+                         for i in range(60)))
+  config.data.sources[0].name, config.data.validation_fraction = str(few), 0.2
+  with caplog.at_level(logging.ERROR), pytest.raises(
+      loop.data.TooFewRows, match=r"fewer rows than one global batch of 16"):
+    loop.train_and_evaluate(config, tmp_path / "too_small")
+  assert "Reading the training data" not in caplog.text

@@ -31,7 +31,7 @@ helpers the modules share among themselves, such as packing.check_packing):
 # (e.g. data.sentences.PARALLEL_MIN_DOCUMENTS); the copy bound here is not looked up.
 from informask_jax.data.batches import BatchIterator, eval_batches
 from informask_jax.data.global_batches import Prefetcher, make_global_batch, prefetch
-from informask_jax.data.iterator_state import DataSettingsChanged, IteratorStateError
+from informask_jax.data.iterator_state import DataSettingsChanged, IteratorStateError, TooFewRows
 from informask_jax.data.packing import (
     PACKING_MODES,
     flatten_tokenized,
@@ -70,6 +70,7 @@ __all__ = [
     "IteratorStateError",
     "Prefetcher",
     "StreamingBatchIterator",
+    "TooFewRows",
     "build_input_pipeline",
     "check_config",
     "encode_documents",

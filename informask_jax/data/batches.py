@@ -9,6 +9,7 @@ import numpy as np
 
 from informask_jax.data.iterator_state import (
     IteratorStateError,
+    TooFewRows,
     check_kind,
     check_saved_settings,
     saved_ints,
@@ -60,7 +61,7 @@ class BatchIterator:
     self.process_index, self.process_count = process_slot(process_index, process_count)
     self.local_batch_size = local_batch_size(self.global_batch_size, self.process_count)
     if drop_remainder and self.num_rows < self.global_batch_size:
-      raise ValueError(f"The data packs into {self.num_rows} rows, fewer than one global batch "
+      raise TooFewRows(f"The data packs into {self.num_rows} rows, fewer than one global batch "
                        f"of {self.global_batch_size}; use more documents (config.data.sources, "
                        "config.data.max_documents) or a smaller config.train.batch_size.")
     self.seed, self.shuffle, self.drop_remainder = int(seed), bool(shuffle), bool(drop_remainder)

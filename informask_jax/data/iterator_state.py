@@ -2,7 +2,8 @@
 
 Shared by `BatchIterator` and `StreamingBatchIterator`: `IteratorStateError` for a state no
 iterator could have written (a damaged checkpoint), `DataSettingsChanged` for one saved under
-other data settings (the run would not continue the same data order).
+other data settings (the run would not continue the same data order); and `TooFewRows`, the data
+that gives no batch at all.
 """
 
 import numpy as np
@@ -25,6 +26,11 @@ def saved_ints(state, keys) -> list[int]:
     if value < 0:
       raise IteratorStateError(f"The data iterator state has {key}={value!r}, a negative count.")
   return [int(state[key]) for key in keys]
+
+
+class TooFewRows(ValueError):
+  """The training data packs into fewer rows than one global batch: more data or a smaller batch
+  is the fix, not reading it again (a stream finds it at its first batch)."""
 
 
 class DataSettingsChanged(ValueError):

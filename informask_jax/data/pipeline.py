@@ -13,6 +13,7 @@ import numpy as np
 from informask_jax import corpus as corpus_lib
 from informask_jax import paths, tokenization
 from informask_jax.data.batches import BatchIterator
+from informask_jax.data.iterator_state import TooFewRows
 from informask_jax.data.packing import check_packing, pack_sequences
 from informask_jax.data.sentences import tokenize_corpus
 from informask_jax.data.streaming import StreamingBatchIterator
@@ -52,14 +53,15 @@ class InputPipeline:
                            process_count=process_count, corpus=self.corpus_fingerprint)
     return StreamingBatchIterator(
         self.train_stream, self.tokenizer, self.seq_len, self.special_ids, self.packing,
-        global_batch_size, seed=seed, process_index=process_index, process_count=process_count)
+        global_batch_size, seed=seed, process_index=process_index, process_count=process_count,
+        corpus=self.corpus_fingerprint)
 
   def _check_train_rows(self, global_batch_size):
     """BatchIterator refuses fewer rows than one global batch, suggesting more documents or a
     smaller batch; when the validation split holds most rows, lowering its share is the fix."""
     rows, held_out = (len(split["token_ids"]) for split in (self.train, self.validation))
     if rows < global_batch_size and held_out > rows:
-      raise ValueError(
+      raise TooFewRows(
           f"The data packs into {rows} training rows, fewer than one global batch of "
           f"{global_batch_size}, because the validation split holds {held_out} of the "
           f"{rows + held_out} rows: lower config.data.validation_fraction (e.g. to 0.02), use "
@@ -161,6 +163,40 @@ def _source_names(data):
   return [f"{s['kind']}:{s.get('name')}" for s in data.sources]  # A source may be a plain dict.
 
 
+def _local_files(source, where):
+  """The files behind a source that names local data, each (path within it, size): what a stream
+  reads, without reading it. None for a hub data set."""
+  name = os.path.expanduser(source.get("name") or "")
+  if source["kind"] == "files":
+    files = corpus_lib.expand_files(name, where)
+  elif source["kind"] == "hub" and os.path.isdir(name):
+    files = []
+    for root, folders, names in os.walk(name):
+      folders[:] = [d for d in folders if not d.startswith(".")]  # .git, .cache: not the data.
+      files += [os.path.join(root, f) for f in names if not f.startswith(".")]
+  else:
+    return None
+  root = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+  # Not the folder itself nor modification times: a corpus moved or copied stays the same one.
+  return sorted((os.path.relpath(f, root), os.path.getsize(f)) for f in files)
+
+
+def _stream_fingerprint(data):
+  """The identity of a streaming corpus, which no content hash gives (that would read it all):
+  its sources' settings, the names and sizes of its local files, max_documents. A resume checks
+  it, since a position in another stream means nothing; it keys no cache."""
+  sources = []
+  for i, source in enumerate(data.sources):
+    source = dict(source)
+    files = _local_files(source, f"config.data.sources[{i}]")
+    if files is not None:
+      source["name"] = files
+    sources.append(source)
+  blob = json.dumps({"sources": sources, "max_documents": data.max_documents},
+                    sort_keys=True, default=str)
+  return "stream-" + hashlib.sha256(blob.encode()).hexdigest()[:26]
+
+
 def build_input_pipeline(config, check_tokenizer=None):
   """Corpus, tokenizer, tokenized and packed splits for a full config; cached where possible.
 
@@ -194,8 +230,7 @@ def build_input_pipeline(config, check_tokenizer=None):
     check_tokenizer(tok_fp)
 
   if streaming:
-    sources = json.dumps([dict(s) for s in data.sources], sort_keys=True, default=str)
-    corpus_fp = "stream-" + hashlib.sha256(sources.encode()).hexdigest()[:26]
+    corpus_fp = _stream_fingerprint(data)
     val_tok = tokenize_corpus(validation_docs, tokenizer, data)
     validation = pack_sequences(val_tok, data.seq_len, ids, data.packing)
     _packed_summary("validation (streamed sample)", validation, ids)

@@ -6,7 +6,13 @@ import itertools
 import numpy as np
 
 from informask_jax.data.batches import local_batch_size, process_slot
-from informask_jax.data.iterator_state import check_kind, check_saved_settings, saved_ints
+from informask_jax.data.iterator_state import (
+  DataSettingsChanged,
+  TooFewRows,
+  check_kind,
+  check_saved_settings,
+  saved_ints,
+)
 from informask_jax.data.packing import pack_sequences
 from informask_jax.data.sentences import encode_documents, plain_backend
 
@@ -20,12 +26,15 @@ class StreamingBatchIterator:
   rows; each host keeps its slice, so every host reads and tokenizes the whole stream. The state is
   (epoch, chunk, row within the chunk) of the next batch; restore skips the documents of earlier
   chunks and re-packs the current one, so it resumes exactly while the source's order is stable.
+  `corpus`: an identity of the stream (its sources, files and sizes), saved with the state: a
+  stream holds no row count to check, and a position in an edited one means nothing.
   """
 
   def __init__(self, texts, tokenizer, seq_len, special_ids, mode, global_batch_size, *, seed,
                shuffle=True, shuffle_buffer=10_000, chunk_documents=1000, process_index=None,
-               process_count=None):
+               process_count=None, corpus=None):
     self.texts, self.seq_len, self.special_ids, self.mode = texts, seq_len, special_ids, mode
+    self.corpus = corpus
     self.backend = plain_backend(tokenizer)
     self.global_batch_size = int(global_batch_size)
     self.process_index, self.process_count = process_slot(process_index, process_count)
@@ -35,6 +44,7 @@ class StreamingBatchIterator:
     self.epoch, self.chunk, self.offset = 0, 0, 0
     self._chunks = None  # Live generator of (chunk index, rows); reset by restore.
     self._pending = collections.deque()  # [chunk index, rows dict, first unused row]
+    self._restored = False  # The position came from a saved state: checked at the first read.
 
   def _chunk_stream(self):
     stream = self.texts
@@ -81,17 +91,36 @@ class StreamingBatchIterator:
         self._chunks = None
         raise
       if chunk is None:
+        self._check_restored_position(None, {"token_ids": ()})
         return False
       index, rows = chunk
       if rows is not None:
+        self._check_restored_position(index, rows)
         self._pending.append([index, rows, self._skip])
         self._skip = 0
     return True
 
+  def _check_restored_position(self, index, rows):
+    """A restored position inside a chunk (a row offset) that the chunk does not reach, or a
+    chunk the stream no longer has, would otherwise give a broken batch or quietly start the
+    next epoch: the stream is not the one the state was saved from. (A position at the start of
+    a chunk may be the end of the epoch, or precede chunks without a token.)"""
+    if not self._restored:
+      return
+    self._restored = False
+    if self.offset and (index != self.chunk or self.offset >= len(rows["token_ids"])):
+      found = ("the stream ends before it" if index is None else
+               f"its chunk {index} packs into {len(rows['token_ids'])} rows")
+      raise DataSettingsChanged(
+          f"the saved data position (epoch {self.epoch}, chunk {self.chunk}, row {self.offset}) "
+          f"is not in this stream: {found}. The stream is not the one the state was saved from "
+          "(config.data.sources, config.data.max_documents, or the data behind them); "
+          "resuming would not continue the same data order.")
+
   def __next__(self):
     while not self._fill():
       if self.chunk == 0 and self.offset == 0:  # A whole epoch gave no batch.
-        raise ValueError(f"The stream packs into fewer rows than one global batch of "
+        raise TooFewRows(f"The stream packs into fewer rows than one global batch of "
                          f"{self.global_batch_size}; use more documents (config.data.sources) "
                          "or a smaller config.train.batch_size.")
       # End of the epoch: the rows short of a full batch are dropped.
@@ -118,12 +147,13 @@ class StreamingBatchIterator:
     return {"kind": "streaming", "epoch": self.epoch, "chunk": self.chunk, "offset": self.offset,
             "seed": self.seed, "shuffle": self.shuffle, "chunk_documents": self.chunk_documents,
             "global_batch_size": self.global_batch_size, "seq_len": self.seq_len,
-            "mode": self.mode}
+            "mode": self.mode, **({} if self.corpus is None else {"corpus": self.corpus})}
 
   def restore(self, state):
     check_kind(state, "streaming")
     epoch, chunk, offset = saved_ints(state, ("epoch", "chunk", "offset"))
     check_saved_settings(state, self, ("seed", "shuffle", "chunk_documents", "global_batch_size",
-                                       "seq_len", "mode"))
+                                       "seq_len", "mode")
+                         + (("corpus",) if self.corpus is not None else ()))
     self.epoch, self.chunk, self.offset = epoch, chunk, offset
-    self._chunks = None
+    self._chunks, self._restored = None, True
