@@ -124,6 +124,10 @@ def _packed_summary(name, packed, special_ids):
 
 def _stream_validation_documents(corpus, data):
   """The first STREAM_VALIDATION_DOCUMENTS validation documents of a streaming corpus."""
+  if data.validation_fraction > 0:  # Said: a small fraction reads far into the stream first.
+    log.info("Streaming: reading the first %d validation documents (about %d documents of the "
+             "stream at config.data.validation_fraction=%g).", STREAM_VALIDATION_DOCUMENTS,
+             STREAM_VALIDATION_DOCUMENTS / data.validation_fraction, data.validation_fraction)
   docs = datasets.Dataset.from_dict(
       {"text": [ex["text"] for ex in corpus["validation"].take(STREAM_VALIDATION_DOCUMENTS)]})
   if len(docs):

@@ -2,6 +2,7 @@
 
 import collections
 import itertools
+import logging
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from informask_jax.data.iterator_state import (
 )
 from informask_jax.data.packing import pack_sequences
 from informask_jax.data.sentences import encode_documents, plain_backend
+
+log = logging.getLogger(__name__)
 
 
 class StreamingBatchIterator:
@@ -55,6 +58,9 @@ class StreamingBatchIterator:
     # IterableDataset.skip (datasets 5.2) set_epoch no longer reseeds the shuffle, and every
     # epoch would repeat the first one's document order.
     index, docs = self.chunk, []
+    if self.chunk:  # Minutes on a large stream, with nothing else said: not a hang.
+      log.info("Streaming: reading past the %d documents of epoch %d used before the resumed "
+               "position.", self.chunk * self.chunk_documents, self.epoch)
     for example in itertools.islice(stream, self.chunk * self.chunk_documents, None):
       docs.append(example["text"])
       if len(docs) == self.chunk_documents:
