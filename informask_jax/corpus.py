@@ -13,8 +13,9 @@ Sources (`config.data.sources`, each a dict of kind, name, config, split, text_f
               document marks a sentence boundary (the BERT pretraining-data format); a file read
               as one document of TXT_ONE_DOCUMENT_LINES lines or more is warned about. Bytes that
               are not UTF-8 are replaced by U+FFFD and counted in the log. A .jsonl / .json file
-              must be UTF-8 JSON records, one per line or in one array; the error for one that is
-              not names its first bad line (or the key its records are nested under).
+              must be UTF-8 JSON records, one per line or in one array (read whole: a large one
+              streamed is warned about); the error for one that is not names its first bad line
+              (or the key its records are nested under). Parquet files of no rows are skipped.
 
 A split whose held-out share of the documents or text is far above validation_fraction (a
 corpus of few documents: they are held out whole) is warned about.
@@ -37,7 +38,9 @@ from collections.abc import Mapping
 import datasets
 import ml_collections
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from informask_jax import paths, progress_bar, worker_processes
 
@@ -394,14 +397,12 @@ def _json_records(path, where):
   """(line, record) of a JSON Lines file, or of a file holding one JSON array of records (line:
   None); the first line that is not a record raises, naming the file and the line."""
   with open(path, "rb") as f:
-    if f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-      f.seek(0)
+    if _is_json_array(f):
       items, problem = _parse_json_array(path, f.read().removeprefix(b"\xef\xbb\xbf"))
       if problem:
         raise ValueError(f"{where}: {problem}.")
       yield from ((None, item) for item in items)
       return
-    f.seek(0)
     for number, raw in enumerate(f, 1):
       record, problem = _parse_json_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1
                                          else raw)
@@ -411,6 +412,38 @@ def _json_records(path, where):
             ValueError(f"{where}: {path!r}, line {number}: {problem}."))
       if record is not None:
         yield number, record
+
+
+def _is_json_array(f):
+  """Whether the binary file `f` holds one JSON array rather than JSON Lines (its first byte
+  that is not a BOM or blank is "["); `f` is left at its start."""
+  is_array = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+  f.seek(0)
+  return is_array
+
+
+# A streamed JSON array file of this size or more is warned about: `_parse_json_array` parses it
+# whole (its text and records held together, ~4x the file in memory: 1.5 GB for a 391 MB file),
+# again on every pass over the stream.
+JSON_ARRAY_WARN_BYTES = 64 << 20
+# The JSON array files this process has warned about (once each, not per load).
+_WARNED_JSON_ARRAY = set()
+
+
+def _warn_large_json_arrays(paths, where):
+  """Once per file: a streamed JSON array of JSON_ARRAY_WARN_BYTES or more, and how to convert
+  it to JSON Lines, which a stream reads a line at a time."""
+  for path in paths:
+    if path in _WARNED_JSON_ARRAY or os.path.getsize(path) < JSON_ARRAY_WARN_BYTES:
+      continue
+    with open(path, "rb") as f:
+      if not _is_json_array(f):
+        continue
+    _WARNED_JSON_ARRAY.add(path)
+    log.warning("%s: %r holds one JSON array (%d MB), not JSON Lines: a stream reads it whole "
+                "into memory, on every pass. Write it as JSON Lines to read it a record at a "
+                "time: jq -c '.[]' %s > %s.jsonl", where, path, os.path.getsize(path) >> 20,
+                shlex.quote(path), shlex.quote(os.path.splitext(path)[0]))
 
 
 # A file whose first line opens an object it does not close is parsed whole up to this size, to
@@ -515,6 +548,28 @@ def _read_stream(paths, builder, field, where):
     _warn_missing(where, path, missing, field)
 
 
+def _without_empty_parquet(paths, where):
+  """`paths` less the Parquet files of no rows (Spark writes one per empty partition), which
+  `datasets` refuses ("BatchSize must be greater than 0": it sizes its batches by the first row
+  group). A file whose footer does not read is kept, for the reader's error to name it."""
+  kept, empty = [], []
+  for path in paths:
+    try:
+      rows = pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError):
+      rows = None
+    (empty if rows == 0 else kept).append(path)
+  if empty:
+    log.info("%s: skipped %d Parquet file(s) of no rows: %s%s.", where, len(empty),
+             ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
+  return kept
+
+
+def _empty_source():
+  """A source of no documents, in memory (`datasets` refuses a generator without examples)."""
+  return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
+
+
 def _load_files(source, where, streaming, num_proc, cache_dir):
   files = expand_files(source["name"], where)
   by_suffix = {}
@@ -527,6 +582,8 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
   field = source.get("text_field") or "text"
   parts = []
   for builder, group in by_suffix.items():
+    if builder == "parquet":
+      group = _without_empty_parquet(group, where)
     if builder == "text":
       for f in group:
         _check_text_file(f, where)
@@ -538,6 +595,7 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
     elif builder == "json":
       kwargs = {"paths": group, "field": field, "where": where}
       if streaming:
+        _warn_large_json_arrays(group, where)
         ds = datasets.IterableDataset.from_generator(
             _read_json, gen_kwargs={**kwargs, "warn_missing": True}, features=_TEXT_FEATURES)
       else:  # (text_field is part of the read files' fingerprint, as the reader's version.)
@@ -548,8 +606,10 @@ def _load_files(source, where, streaming, num_proc, cache_dir):
           _read_stream, features=_TEXT_FEATURES,
           gen_kwargs={"paths": group, "builder": builder, "where": where,
                       "field": source.get("text_field") or "text"})
-    else:
+    elif group:
       ds = _load_builder(builder, group, source, where, num_proc, cache_dir)
+    else:  # Parquet files of no rows only: an empty source (a stream of none reads nothing).
+      ds = _empty_source()
     parts.append(ds)
   return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
@@ -577,7 +637,7 @@ def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
     if sum(1 for _ in reader(**gen_kwargs)):  # All of it: the bad line may be in the last file.
       raise
     # `datasets` refuses a generator without examples; blank files are an empty source.
-    return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
+    return _empty_source()
 
 
 def _load_builder(builder, group, source, where, num_proc, cache_dir):
@@ -616,13 +676,9 @@ def _load_hub(source, where, streaming, num_proc):
       ds = datasets.load_dataset(name, config, split=split, streaming=streaming,
                                  num_proc=None if streaming else num_proc)
   except Exception as e:  # Not found, offline, bad config or split: one error.
-    if os.path.isdir(name):  # A local folder of JSON files: its first bad line, as for 'files'.
-      try:
-        bad_line = _first_bad_json_line(where, expand_files(name, where))
-      except FileNotFoundError:  # No corpus files there: `datasets`' own error says more.
-        bad_line = None
-      if bad_line:
-        raise bad_line from e
+    bad_line = _folder_bad_line(name, where)
+    if bad_line:
+      raise bad_line from e
     # Unreachable hub: most often a run meant to be offline that left out `:tiny` (the paper's
     # corpus is the default), so say what works without a network.
     detail = f"{type(e).__name__}: {e}"
@@ -640,7 +696,40 @@ def _load_hub(source, where, streaming, num_proc):
                 f"source of kind 'files'){later}.")
     raise ValueError(f"{where}: could not load hub dataset {name!r} (config={config!r}, "
                      f"split={split!r}): {detail}") from e
+  if streaming and os.path.isdir(name):
+    # A stream's files are read only when it is iterated, past the fallback above: read through
+    # a generator of ours, as `files` streams are. Its shards go in as a list, which
+    # from_generator takes as the shards to shuffle, so the stream shuffles as it did.
+    ds = datasets.IterableDataset.from_generator(
+        _folder_records, features=ds.features,
+        gen_kwargs={"shards": [ds.shard(ds.num_shards, i) for i in range(ds.num_shards)],
+                    "folder": name, "where": where})
   return _select_text(ds, source.get("text_field") or "text", where)
+
+
+def _folder_bad_line(name, where):
+  """For a hub source that is a local folder of JSON files, `datasets` having failed to read it
+  (its error counts rows from 0 and names no file): the error naming its first bad line, as for
+  'files', or None."""
+  if not os.path.isdir(name):
+    return None
+  try:
+    return _first_bad_json_line(where, expand_files(name, where))
+  except FileNotFoundError:  # No corpus files there: `datasets`' own error says more.
+    return None
+
+
+def _folder_records(shards, folder, where):
+  """The records of the shards of a local folder streamed by `datasets` as a hub dataset; an
+  error while reading names the first bad JSON line of the folder, if it has one."""
+  try:
+    for shard in shards:
+      yield from shard
+  except Exception as e:  # pyarrow's, naming neither the file nor the line.
+    bad_line = _folder_bad_line(folder, where)
+    if bad_line:
+      raise bad_line from e
+    raise
 
 
 def _missing_column(where, field, columns):
@@ -731,8 +820,10 @@ def load_corpus(data_config):
     parts.append((where, source, ds))
 
   if streaming:
+    # Features given: concatenate_datasets would read a stream's first record to find them,
+    # and a source of no documents (blank files, Parquet files of no rows) has none.
     streams = [ds.map(_clean_batch, batched=True, remove_columns=ds.column_names or ["text"],
-                      fn_kwargs=_clean_kwargs(where, source))
+                      features=_FEATURES, fn_kwargs=_clean_kwargs(where, source))
                for where, source, ds in parts]
     stream = streams[0] if len(streams) == 1 else datasets.concatenate_datasets(streams)
     return datasets.IterableDatasetDict({

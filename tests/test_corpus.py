@@ -10,6 +10,8 @@ import warnings
 import datasets
 import jax
 import ml_collections
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from configs import base
@@ -829,3 +831,85 @@ def test_a_bad_line_in_a_local_folder_loaded_as_a_hub_dataset_is_named(tmp_path)
   with pytest.raises(ValueError, match=r"^config.data.sources\[0\] \(hub '.*set'\): '.*a.jsonl', "
                                        r"line 2: not valid JSON"):
     corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name=str(folder))]))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_parquet_files_of_no_rows_are_skipped(tmp_path, streaming, caplog):
+  """Spark writes a Parquet file of no rows per empty partition; `datasets` refused it
+  ("BatchSize must be greater than 0"), so a folder of such shards did not read at all."""
+  folder = tmp_path / "data"
+  folder.mkdir()
+  pq.write_table(pa.table({"text": ["One.", "Two."]}), folder / "shard-00000.parquet")
+  pq.write_table(pa.table({"text": pa.array([], pa.string())}), folder / "shard-00001.parquet")
+  with caplog.at_level(logging.INFO, logger="informask_jax.corpus"):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder),
+                                                             streaming=streaming)],
+                                             validation_fraction=0.0))
+    assert [ex["text"] for ex in loaded["train"]] == ["One.", "Two."]
+  assert re.search(r"skipped 1 Parquet file\(s\) of no rows: .*shard-00001.parquet\.",
+                   caplog.text)
+  (folder / "shard-00000.parquet").unlink()
+  if streaming:  # A stream of none, which joins another source's.
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"text": "Three."}) + "\n")
+    loaded = corpus.load_corpus(_data_config(tmp_path, [
+        dict(name=str(folder), streaming=True), dict(name=str(other), streaming=True)],
+        validation_fraction=0.0))
+    assert [ex["text"] for ex in loaded["train"]] == ["Three."]
+  else:
+    with pytest.raises(ValueError, match=r"corpus is empty: .*data'\)"):
+      corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))]))
+
+
+def test_a_bad_line_in_a_local_folder_streamed_as_a_hub_dataset_is_named(tmp_path):
+  """A stream reads its files only when iterated, after load_dataset: pyarrow's error there
+  ("JSON parse error ... in row 300") named neither the source nor the file. The stream read
+  through our generator still shuffles per epoch, and keeps text_field only."""
+  folder = tmp_path / "set"
+  folder.mkdir()
+  for k in range(3):
+    (folder / f"part{k}.jsonl").write_text("".join(
+        json.dumps({"body": f"Doc {k}-{i}.", "id": i}) + "\n" for i in range(8)))
+  source = dict(kind="hub", name=str(folder), text_field="body", streaming=True)
+  train = corpus.load_corpus(_data_config(tmp_path, [source], validation_fraction=0.0))["train"]
+  expected = sorted(f"Doc {k}-{i}." for k in range(3) for i in range(8))
+  assert sorted(ex["text"] for ex in train) == expected
+  assert [ex["text"] for ex in train.take(2)] == ["Doc 0-0.", "Doc 0-1."]
+  shuffled = train.shuffle(seed=0, buffer_size=4)
+  orders = []
+  for epoch in (0, 1):
+    shuffled.set_epoch(epoch)
+    orders.append([ex["text"] for ex in shuffled])
+  assert sorted(orders[0]) == expected and orders[0] != orders[1]
+  for bad, reason in [(b'{"body": "caf\xff"}', r"byte 0xff \(byte 14 of the line\) is not valid "
+                                               r"UTF-8"),
+                      (b'{"body": "Two."', r"not valid JSON \(Expecting ',' delimiter")]:
+    (folder / "part1.jsonl").write_bytes(b'{"body": "One."}\n\n' + bad + b"\n")
+    train = corpus.load_corpus(_data_config(tmp_path, [source]))["train"]
+    with pytest.raises(ValueError, match=r"^config.data.sources\[0\] \(hub '.*set'\): "
+                                         rf"'.*part1.jsonl', line 3: {reason}"):
+      list(train)
+
+
+def test_a_large_json_array_streamed_is_warned_about(tmp_path, monkeypatch, caplog):
+  """A JSON array is parsed whole (~4x its size in memory), by a stream on every pass: above
+  JSON_ARRAY_WARN_BYTES the log says so and how to write it as JSON Lines."""
+  monkeypatch.setattr(corpus, "JSON_ARRAY_WARN_BYTES", 200)
+  records = [{"text": f"Document number {i}."} for i in range(10)]
+  folder = tmp_path / "data"
+  folder.mkdir()
+  (folder / "big.json").write_text(json.dumps(records, indent=1))
+  (folder / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+  (folder / "small.json").write_text(json.dumps(records[:2]))
+  for streaming in (False, True):
+    with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+      loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder),
+                                                               streaming=streaming)],
+                                               validation_fraction=0.0))
+      assert len(list(loaded["train"])) == 22
+    said = [r.getMessage() for r in caplog.records if "JSON array" in r.getMessage()]
+    if not streaming:
+      assert not said
+  assert len(said) == 1 and re.search(
+      r"'.*big.json' holds one JSON array \(0 MB\), not JSON Lines: a stream reads it whole "
+      r"into memory, on every pass\. .*jq -c '\.\[\]' .*big.json > .*big.jsonl$", said[0])
