@@ -141,6 +141,9 @@ def get_base_config(arg=None, strategy="informask"):
   # "bert": BERT layout (512 positions, token types).
   c.model.flavour = "bert" if tiny else "roberta"
   c.model.max_positions = -1  # -1: 512 (bert) or 514 (roberta).
+  # LayerNorm epsilon; -1: 1e-12 (bert) or 1e-5 (roberta). Training from an imported checkpoint
+  # (init_from) needs the checkpoint's own: InformBERT's is 1e-12 with the roberta flavour.
+  c.model.layer_norm_eps = -1.0
   c.model.dropout = 0.1  # Dropout on embeddings and residual branches (the MLM head has none).
   # On attention probabilities: 0.1 as in BERT, RoBERTa and InforMask's training; > 0 computes
   # attention unfused while training (the fused cuDNN kernel has no dropout), so 0 is faster.

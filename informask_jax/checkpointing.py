@@ -278,9 +278,11 @@ def mlm_config_to_dict(cfg: model_lib.MLMConfig) -> dict:
 
 
 def architecture_mismatch(saved: dict, current: model_lib.MLMConfig) -> list[str]:
-  """Differences in the fields that decide parameter shapes and meaning (not dropout, dtype...)."""
+  """Differences in the fields that decide parameter shapes and meaning (not dropout, dtype...).
+  The LayerNorm epsilon is one: the parameters were trained to its normalisation (an imported
+  checkpoint's eps differing from the flavour's moved logits by 4e-3)."""
   keys = ("vocab_size", "num_layers", "hidden_size", "num_heads", "mlp_size", "flavour",
-          "max_positions", "type_vocab_size", "pad_id", "scan_layers")
+          "max_positions", "type_vocab_size", "pad_id", "layer_norm_eps", "scan_layers")
   now = mlm_config_to_dict(current)
   return [f"model.{k}: checkpoint {saved.get(k)!r} != run {now[k]!r}" for k in keys
           if saved.get(k) != now[k]]
@@ -414,7 +416,16 @@ def _read_meta(manager, workdir, step, step_flag=None) -> dict:
     _check_mlm_config_fields(meta["mlm_config"])
   except Exception as e:
     raise _unreadable(workdir, step, sorted(manager.all_steps()), e, step_flag) from e
+  _fill_layer_norm_eps(meta["mlm_config"])
   return meta
+
+
+def _fill_layer_norm_eps(saved: dict) -> None:
+  """A meta without layer_norm_eps (every save so far records it; one written otherwise may not)
+  gets the flavour's default, the only epsilon a run had before config.model.layer_norm_eps:
+  MLMConfig's own default, BERT's, would misread a RoBERTa's."""
+  if "layer_norm_eps" not in saved:
+    saved["layer_norm_eps"] = model_lib.default_layer_norm_eps(saved.get("flavour", "bert"))
 
 
 def _check_mlm_config_fields(saved: dict) -> None:

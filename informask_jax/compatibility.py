@@ -19,7 +19,8 @@ CORPUS_KEYS = ("config.data.sources", "config.data.max_documents",
 
 # Settings that fix the order of the training batches (the checkpoint's iterator position
 # means nothing under others). The data sources are not here: a corpus moved to another path
-# is the same corpus, and the iterator's own check (the number of rows) still runs.
+# is the same corpus, and the iterator's own check of the corpus still runs (held in memory, its
+# rows and a hash of its documents; streamed, its sources' settings and files' names and sizes).
 _DATA_ORDER_KEYS = (("train", "batch_size"), ("train", "seed"), ("data", "seq_len"),
                     ("data", "packing"), ("data", "validation_fraction"))
 
@@ -260,6 +261,10 @@ def check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig,
   if not diffs:
     return
   message = f"The model of {where} does not match this run's config:\n  " + "\n  ".join(diffs)
+  if saved.layer_norm_eps != current.layer_norm_eps:
+    # The one model setting a size or flavour does not fix: an imported checkpoint's own.
+    message += ("\nTrain with the checkpoint's LayerNorm epsilon: "
+                f"--config.model.layer_norm_eps={saved.layer_norm_eps!r}.")
   if resumed_run is not None:
     message += ("\nResume with the run's model settings (its config.json), or start a new run "
                 "in another --workdir")

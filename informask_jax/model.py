@@ -18,6 +18,7 @@ Three departures from the Hugging Face models, all for speed, none visible in ex
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -116,9 +117,25 @@ class MLMConfig:
         vocab_size=vocab_size, flavour=model_config.flavour, max_positions=max_positions,
         type_vocab_size=1 if roberta else 2, pad_id=pad_id, dropout=model_config.dropout,
         attention_dropout=model_config.attention_dropout,
-        layer_norm_eps=1e-5 if roberta else 1e-12, compute_dtype=model_config.compute_dtype,
+        layer_norm_eps=_layer_norm_eps(model_config), compute_dtype=model_config.compute_dtype,
         attention=model_config.attention, remat=model_config.remat,
         scan_layers=model_config.scan_layers, **dims)
+
+
+def default_layer_norm_eps(flavour: str) -> float:
+  """The LayerNorm epsilon of config.model.layer_norm_eps=-1: BERT's 1e-12, or RoBERTa's 1e-5."""
+  return 1e-5 if flavour == "roberta" else 1e-12
+
+
+def _layer_norm_eps(model_config) -> float:
+  value = model_config.layer_norm_eps
+  if value == -1:
+    return default_layer_norm_eps(model_config.flavour)
+  # Zero divides by a zero variance (a constant row: NaN); NaN or inf make every output so.
+  if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+    raise ValueError(f"config.model.layer_norm_eps={value!r}: expected a positive number, or -1 "
+                     "for the flavour's default (1e-12 for bert, 1e-5 for roberta).")
+  return float(value)
 
 
 def default_max_positions(flavour: str) -> int:
@@ -132,9 +149,12 @@ def _dense_init(cfg: MLMConfig, axes):
 
 
 def _layer_norm(cfg: MLMConfig, name: str) -> nn.LayerNorm:
-  # Flax computes the statistics in float32 whatever the dtype, as Hugging Face does.
+  # Flax computes the statistics in float32 whatever the dtype, as Hugging Face does. Its fast
+  # variance, E[x^2] - E[x]^2, cancels catastrophically where the mean is large against the
+  # spread (embeddings with a common offset: 1e-3 off PyTorch's logits, failing the export's
+  # check); PyTorch subtracts the mean first, as use_fast_variance=False does.
   return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name=name,
+      epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, name=name, use_fast_variance=False,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (EMBED,)))
 

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -343,7 +344,7 @@ def test_a_meta_without_the_architecture_is_a_damaged_step(tmp_path):
 @pytest.mark.parametrize("key,other", [
     ("vocab_size", 999), ("num_layers", 7), ("hidden_size", 64), ("num_heads", 8),
     ("mlp_size", 99), ("flavour", "roberta"), ("max_positions", 77), ("type_vocab_size", 1),
-    ("pad_id", 3), ("scan_layers", True)])
+    ("pad_id", 3), ("layer_norm_eps", 1e-7), ("scan_layers", True)])
 def test_every_field_that_shapes_the_parameters_is_an_architecture_change(tiny_config, key,
                                                                           other):
   """A resume that changes any of them is named as a model mismatch (not as a damaged checkpoint,
@@ -352,6 +353,22 @@ def test_every_field_that_shapes_the_parameters_is_an_architecture_change(tiny_c
   saved = {**dataclasses.asdict(current), key: other, "dropout": 0.5, "compute_dtype": "bfloat16"}
   assert checkpointing.architecture_mismatch(saved, current) == [
       f"model.{key}: checkpoint {other!r} != run {getattr(current, key)!r}"]
+
+
+def test_a_meta_without_the_layer_norm_epsilon_reads_as_its_flavours(tmp_path):
+  """An mlm_config saved without layer_norm_eps is read with the flavour's default, the only one a
+  run had before config.model.layer_norm_eps: not MLMConfig's, BERT's 1e-12, for a RoBERTa."""
+  cfg = model_lib.MLMConfig(vocab_size=10, num_layers=1, hidden_size=8, num_heads=2, mlp_size=16,
+                            flavour="roberta", max_positions=16, pad_id=1, layer_norm_eps=1e-5)
+  params = jax.tree.map(np.asarray, nn.meta.unbox(model_lib.init_params(
+      model_lib.BertMLM(cfg), jax.random.key(0), 8)))
+  checkpointing.save_initial_checkpoint(tmp_path, params, cfg)
+  metadata = checkpointing.checkpoint_dir(tmp_path) / "0" / "meta" / "metadata"
+  meta = json.loads(metadata.read_text())
+  del meta["mlm_config"]["layer_norm_eps"]
+  metadata.write_text(json.dumps(meta))
+  assert checkpointing.latest_meta(tmp_path)["mlm_config"]["layer_norm_eps"] == 1e-5
+  assert checkpointing.restore_params(tmp_path)[1] == cfg
 
 
 def test_a_write_failure_that_surfaces_on_wait_or_close_is_named(tmp_path, monkeypatch):

@@ -202,6 +202,68 @@ def test_roberta_exported_as_bert_drops_the_rows_before_its_positions(tmp_path, 
   np.testing.assert_array_equal(table, ours[pad_id + 1:])  # Position 0 is row pad_id + 1.
 
 
+def test_embeddings_with_a_large_common_offset_export_and_verify(tmp_path, tokenizer_dir):
+  """Every position embedding offset by 20 (a mean ~100 times the spread): PyTorch's LayerNorm
+  subtracts the mean before squaring; ours, with flax's fast variance (E[x^2] - E[x]^2), was
+  2e-3 off its logits, and the export's check refused a correct export."""
+  cfg = tiny_config("bert")
+  params = tiny_params(cfg, seed=1)
+  params["embeddings"]["position"]["embedding"] += 20.0
+  report = export.export_to_hf(params, cfg, str(tmp_path / "hf"), tokenizer_dir=tokenizer_dir)
+  assert report["max_abs_diff"] <= export.MAX_ABS_DIFF and report["top1_agree"] == 1.0
+
+
+def test_init_from_an_import_keeps_its_layer_norm_epsilon(tmp_path, tokenizer_dir):
+  """A Hugging Face model with LayerNorm eps 1e-7 is exported and imported with it; training from
+  the import under the flavour's default (1e-12) is refused, before and after the corpus is
+  built, naming the setting that fixes it; with that setting the run's model is the import's."""
+  from configs import base
+  from informask_jax import compatibility
+
+  cfg = dataclasses.replace(tiny_config("bert"), layer_norm_eps=1e-7)
+  params = tiny_params(cfg, seed=4)
+  # Small embeddings (variance ~3e-6), so that the epsilon moves the logits visibly.
+  params["embeddings"] = jax.tree_util.tree_map_with_path(
+      lambda path, x: x if path[-1].key in ("scale", "bias") else x / 100, params["embeddings"])
+  hf_dir, workdir = tmp_path / "hf", str(tmp_path / "import")
+  export.export_to_hf(params, cfg, str(hf_dir), tokenizer_dir=tokenizer_dir)
+  assert json.loads((hf_dir / "config.json").read_text())["layer_norm_eps"] == 1e-7
+  export.import_to_workdir(str(hf_dir), workdir)
+  imported, saved_cfg, _ = checkpointing.restore_params(workdir)
+  assert saved_cfg.layer_norm_eps == 1e-7
+
+  config = base.get_base_config("tiny")
+  config.init_from = workdir
+  for key, value in dict(num_layers=2, hidden_size=32, num_heads=4, mlp_size=64,
+                         max_positions=64).items():
+    config.model[key] = value
+  where = f"config.init_from={workdir}"
+
+  def early():  # As train.py's checks: from the meta alone, before the corpus is built ...
+    compatibility.check_architecture_early(checkpointing.latest_meta(workdir), config, where,
+                                           same_layout=False)
+
+  def late():  # ... and the restored architecture against the run's model.
+    current = MLMConfig.from_config(config.model, vocab_size=len(VOCAB), pad_id=0)
+    compatibility.check_architecture(saved_cfg, current, where)
+    return current
+
+  for check in (early, late):
+    with pytest.raises(ValueError, match=r"does not match this run's config:\n  "
+                                         r"model.layer_norm_eps: checkpoint 1e-07 != run 1e-12\n"
+                                         r"Train with the checkpoint's LayerNorm epsilon: "
+                                         r"--config.model.layer_norm_eps=1e-07\.$"):
+      check()
+  config.model.layer_norm_eps = 1e-7
+  early()
+  current = late()
+  assert current.layer_norm_eps == 1e-7
+  # The run's model computes the Hugging Face model's logits; under 1e-12 it would not.
+  export.verify_export(imported, current, str(hf_dir))
+  with pytest.raises(export.ExportMismatchError, match="max \\|logit diff\\|"):
+    export.verify_export(imported, dataclasses.replace(current, layer_norm_eps=1e-12), str(hf_dir))
+
+
 def test_verification_catches_a_wrong_weight(exported):
   params, cfg, path, _ = exported["bert"]
   broken = jax.tree.map(lambda x: x, params)

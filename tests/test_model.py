@@ -266,6 +266,45 @@ def test_the_layer_norm_epsilon_is_the_configured_one():
                              rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("flavour,pad_id", [("bert", 0), ("roberta", 1)])
+def test_layer_norm_is_exact_for_inputs_far_from_zero_mean(flavour, pad_id):
+  """Position embeddings offset by 5 (a mean ~150 times the embeddings' spread): the variance,
+  taken as E[x^2] - E[x]^2 (flax's fast variance), lost its digits to cancellation, 2e-3 off the
+  reference's logits; with the mean subtracted first, as PyTorch does, they stay within 1e-5."""
+  cfg, params, ids, token_types = _reference_case(flavour, pad_id, False)
+  position = params["embeddings"]["position"]
+  position["embedding"] = position["embedding"] + 5.0
+  got = np.asarray(BertMLM(cfg).apply({"params": params}, jnp.asarray(ids),
+                                      jnp.asarray(token_types)))
+  keep = ids != pad_id
+  np.testing.assert_allclose(got[keep], _numpy_mlm_logits(cfg, params, ids, token_types)[keep],
+                             rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("flavour,value,expected", [
+    ("bert", -1.0, 1e-12), ("roberta", -1.0, 1e-5), ("roberta", 1e-7, 1e-7), ("bert", 1, 1.0)])
+def test_the_configured_layer_norm_epsilon_or_the_flavours(flavour, value, expected):
+  """config.model.layer_norm_eps: -1 keeps the flavour's; another (an imported checkpoint's) is
+  used as given, whatever the flavour."""
+  from configs import base
+
+  c = base.get_base_config("tiny")
+  c.model.flavour, c.model.layer_norm_eps = flavour, value
+  cfg = MLMConfig.from_config(c.model, vocab_size=50, pad_id=1)
+  assert cfg.layer_norm_eps == expected and isinstance(cfg.layer_norm_eps, float)
+
+
+@pytest.mark.parametrize("value", [0.0, -2.0, -1e-5, float("nan"), float("inf")])
+def test_a_bad_layer_norm_epsilon_is_refused_naming_the_key(value):
+  from configs import base
+
+  c = base.get_base_config("tiny")
+  c.model.layer_norm_eps = value
+  with pytest.raises(ValueError, match=r"config.model.layer_norm_eps=.*: expected a positive "
+                                       r"number, or -1 for the flavour's default"):
+    MLMConfig.from_config(c.model, vocab_size=50, pad_id=0)
+
+
 def test_dropout_is_off_in_evaluation_and_on_in_training():
   """With dropout and attention dropout configured, a deterministic forward needs no dropout key
   and gives the dropout-free reference; a training forward differs from it."""
