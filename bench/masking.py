@@ -21,6 +21,8 @@ batch:
 The table prints tokens/s and the ratios the project targets (informask vs each peer, random vs
 mlm-pytorch). Inputs are random token ids with [CLS]/[SEP] and ~10% padding; tables (rates, PMI,
 n-grams) are synthetic with realistic sizes. Throughput of masking does not depend on the text.
+--out writes {"machine", "args", "records", "ratios"}; the older results/masking_cpu2*.json are
+the records alone, a bare list.
 """
 
 import argparse
@@ -28,7 +30,6 @@ import collections
 import importlib.metadata
 import json
 import os
-import platform
 import sys
 import time
 
@@ -37,6 +38,7 @@ import numpy as np
 import scipy.sparse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.train_step import describe_machine  # noqa: E402
 from informask_jax import masking  # noqa: E402
 
 V = 30522
@@ -217,8 +219,10 @@ def main(argv=None):
 
   rng = np.random.default_rng(0)
   tables = synthetic_tables(rng)
-  print(f"# backend={jax.default_backend()} devices={len(jax.devices())} "
-        f"cpu_count={os.cpu_count()} python={platform.python_version()} jax={jax.__version__}")
+  machine = describe_machine(("jax", "jaxlib", "numpy", "scipy", "torch", "transformers",
+                               "mlm-pytorch"))
+  print(f"# {json.dumps(machine)}", flush=True)
+  start = time.time()
   records = []
 
   def record(impl, strategy, batch, length, seconds):
@@ -246,7 +250,10 @@ def main(argv=None):
     for (impl, strategy), seconds in samples.items():
       record(impl, strategy, batch, length, float(np.median(seconds)))
 
+  machine["load_avg_end"] = os.getloadavg()
+  machine["wall_s"] = time.time() - start
   print("\n## Ratios (same run)")
+  ratios = []
   by = {(r["impl"], r["strategy"], r["batch"], r["seq_len"]): r["tokens_per_sec"]
         for r in records}
   for batch, length in sizes:
@@ -265,11 +272,16 @@ def main(argv=None):
     for ours, peer, peer_strategy in pairs:
       a, b = get("informask_jax", ours), get(peer, peer_strategy)
       if a and b:
+        ratios.append(dict(batch=batch, seq_len=length, ours=ours, peer=peer,
+                           peer_strategy=peer_strategy, ours_over_peer=a / b))
         print(f"{batch}x{length}: {ours:23s} / {peer:17s} = {a / b:7.1f}x")
+  print(f"# load average at start {machine['load_avg_start']}, at end {machine['load_avg_end']}; "
+        f"{machine['wall_s']:.0f}s")
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-      json.dump(records, f, indent=1)
+      json.dump(dict(machine=machine, args=vars(args), records=records, ratios=ratios), f,
+                indent=1)
     print(f"Wrote {args.out}")
 
 

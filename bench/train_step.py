@@ -4,14 +4,17 @@
                              [--peers hf_torch_eager,hf_torch_compile,hf_flax]
                              [--dtype float32|bfloat16]
                              [--masking informask|random|informask_online]
-                             [--scan_layers] [--attention xla|cudnn] [--profile] [--out FILE]
+                             [--scan_layers] [--attention xla|cudnn] [--attention_dropout P]
+                             [--profile] [--out FILE]
 
 Every implementation trains the same BERT: vocabulary 30,522, the size's layers / hidden / heads
-/ MLP from configs.base.MODEL_SIZES, dropout 0.1 on embeddings and residual branches and none on
-attention probabilities (our step's default), AdamW (b2 0.999, eps 1e-6, weight decay 0.01)
-after global-norm clipping at 1.0, on one batch of packed sequences ([CLS] ... [SEP], no
-padding) with 15% of the maskable tokens as targets. A step is masking + forward + backward +
-update:
+/ MLP from configs.base.MODEL_SIZES, dropout 0.1 on embeddings and residual branches,
+--attention_dropout on attention probabilities (default: configs/informask.py:paper's, as BERT
+and RoBERTa train; with it > 0 our model computes attention unfused while training, so
+--attention cudnn needs --attention_dropout 0: faster, but not the paper's recipe), AdamW (b2
+0.999, eps 1e-6, weight decay 0.01) after global-norm clipping at 1.0, on one batch of packed
+sequences ([CLS] ... [SEP], no padding) with 15% of the maskable tokens as targets. A step is
+masking + forward + backward + update:
 
   informask_jax     trainer.make_train_step, jitted on a mesh over all devices: masking inside the
                     step (informask with a synthetic rate table, or random; both "exact" budget),
@@ -78,11 +81,12 @@ def max_predictions(seq_len):
   return 4 * math.ceil(MASK_PROB * seq_len / 4)
 
 
-def bert_config_kwargs(dims):
+def bert_config_kwargs(dims, attention_dropout):
   """transformers.BertConfig arguments for a size of configs.base.MODEL_SIZES."""
   return dict(vocab_size=V, hidden_size=dims["hidden_size"], num_hidden_layers=dims["num_layers"],
               num_attention_heads=dims["num_heads"], intermediate_size=dims["mlp_size"],
-              hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0,
+              hidden_act="gelu", hidden_dropout_prob=0.1,
+              attention_probs_dropout_prob=attention_dropout,
               max_position_embeddings=512, type_vocab_size=2, pad_token_id=PAD,
               layer_norm_eps=1e-12)
 
@@ -94,7 +98,8 @@ class Ours:
 
   impl = "informask_jax"
 
-  def __init__(self, size, batch, seq_len, dtype, masking_name, scan_layers, attention="xla"):
+  def __init__(self, size, batch, seq_len, dtype, masking_name, scan_layers, attention,
+               attention_dropout):
     import jax
     import numpy as np
 
@@ -110,6 +115,8 @@ class Ours:
     c.model.compute_dtype = dtype
     c.model.scan_layers = scan_layers
     c.model.attention = attention
+    # The tiny config has none (its step is the quick start's); the bench's default is the paper's.
+    c.model.attention_dropout = attention_dropout
     c.model.max_predictions = max_predictions(seq_len)
     c.optim.learning_rate = OPTIM["learning_rate"]
     c.optim.b1, c.optim.b2, c.optim.eps = OPTIM["b1"], OPTIM["b2"], OPTIM["eps"]
@@ -198,7 +205,7 @@ def hf_collator():
 class HFTorch:
   """BertForMaskedLM trained as the Trainer would: collator masking, loss at every token."""
 
-  def __init__(self, compiled, dims, batch, seq_len, dtype, cold_compile=True):
+  def __init__(self, compiled, dims, batch, seq_len, dtype, attention_dropout, cold_compile=True):
     import torch
     import transformers
 
@@ -206,7 +213,7 @@ class HFTorch:
     self.torch = torch
     self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    config = transformers.BertConfig(**bert_config_kwargs(dims))
+    config = transformers.BertConfig(**bert_config_kwargs(dims, attention_dropout))
     self.model = transformers.BertForMaskedLM(config).to(self.device).train()
     self.params = [p for p in self.model.parameters() if p.requires_grad]
     adamw = dict(lr=OPTIM["learning_rate"], betas=(OPTIM["b1"], OPTIM["b2"]), eps=OPTIM["eps"],
@@ -256,7 +263,7 @@ class HFFlax:
 
   impl = "hf_flax_457"
 
-  def __init__(self, python, dims, batch, seq_len, dtype):
+  def __init__(self, python, dims, batch, seq_len, dtype, attention_dropout):
     if not os.path.exists(python):
       raise FileNotFoundError(f"{python} does not exist (build the venv: see this file's "
                               "docstring)")
@@ -267,7 +274,8 @@ class HFFlax:
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                  text=True, env=env, cwd=tempfile.gettempdir())
     self.flops = None
-    self.versions = self._ask(dict(bert_config=bert_config_kwargs(dims), dtype=dtype,
+    self.versions = self._ask(dict(bert_config=bert_config_kwargs(dims, attention_dropout),
+                                   dtype=dtype,
                                    tokens=make_tokens(batch, seq_len).tolist()))["versions"]
 
   def _ask(self, request):
@@ -377,6 +385,7 @@ def profile_ours(ours, repeats):
   import jax.numpy as jnp
   import optax
 
+  from informask_jax import model as model_lib
   from informask_jax import trainer as trainer_lib
 
   model, masker, num_predictions = ours.model, ours.masker, ours.num_predictions
@@ -415,13 +424,17 @@ def profile_ours(ours, repeats):
     full_weights = (jnp.arange(length) % 7 == 0).astype(jnp.float32) * jnp.ones_like(inputs)
     grads = jax.grad(xent)(params, inputs, positions, labels, weights, key)
     cfg = ours.cfg
-    qkv = jax.random.normal(key, (3, *inputs.shape, cfg.num_heads, cfg.head_dim), cfg.dtype)
-    attend = lambda q, k, v: jnp.sum(jax.nn.dot_product_attention(
-        q, k, v, mask=(inputs != PAD)[:, None, None, :]).astype(jnp.float32) ** 2)
+    # The model's own attention sublayer, so that the part follows what the step runs: unfused
+    # with dropout on the probabilities when attention_dropout > 0, else the fused kernel asked for.
+    attention = model_lib.SelfAttention(cfg)
+    x = jax.random.normal(key, (*inputs.shape, cfg.hidden_size), cfg.dtype)  # (B, L, H)
+    attention_params = attention.init({"params": key, "dropout": key}, x, inputs != PAD, False)
+    attend = lambda p, x: jnp.sum(attention.apply(
+        p, x, inputs != PAD, False, rngs={"dropout": key}).astype(jnp.float32) ** 2)
     parts = {
         "masking + target gather": (jax.jit(targets), (key, tokens)),
-        "attention core fwd/bwd, one layer": (jax.jit(jax.grad(attend, argnums=(0, 1, 2))),
-                                              tuple(qkv)),
+        "self-attention fwd/bwd, one layer": (jax.jit(jax.grad(attend, argnums=(0, 1))),
+                                              (attention_params, x)),
         "embeddings + encoder fwd/bwd, last layer at P": (
             jax.jit(jax.grad(encoder_only)), (params, inputs, positions, key)),
         "embeddings + encoder fwd/bwd, every token": (
@@ -451,8 +464,9 @@ def profile_ours(ours, repeats):
   times = {name: statistics.median(values) for name, values in samples.items()}
   encoder = times["embeddings + encoder fwd/bwd, last layer at P"]
   encoder_every_token = times["embeddings + encoder fwd/bwd, every token"]
-  times["= attention core, all layers"] = (cfg.num_layers
-                                           * times["attention core fwd/bwd, one layer"])
+  # Projections included (earlier runs' profiles timed the core alone, without dropout).
+  times["= self-attention, all layers"] = (cfg.num_layers
+                                           * times["self-attention fwd/bwd, one layer"])
   times["= MLM head + loss at P targets"] = times["model fwd/bwd, head at P targets"] - encoder
   times["= MLM head + loss at every token"] = (times["model fwd/bwd, head at every token"]
                                                - encoder_every_token)
@@ -461,10 +475,13 @@ def profile_ours(ours, repeats):
 
 # --- Main -------------------------------------------------------------------------------------
 
-def versions():
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "numpy")
+
+
+def versions(packages=PACKAGES):
   import importlib.metadata as md
   out = {}
-  for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "numpy"):
+  for name in packages:
     try:
       out[name] = md.version(name)
     except md.PackageNotFoundError:
@@ -472,11 +489,23 @@ def versions():
   return out
 
 
+def describe_machine(packages=PACKAGES):
+  """The machine a bench run measured on, for its JSON (the other bench scripts import it too):
+  JAX's backend and devices, cores, Python, package versions and the load average at the start
+  (the caller adds load_avg_end and wall_s), so that a number can be traced to its machine."""
+  import jax
+  return dict(backend=jax.default_backend(), devices=jax.device_count(),
+              device_kind=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
+              python=platform.python_version(), load_avg_start=os.getloadavg(),
+              versions=versions(packages))
+
+
 def build_peer(name, dims, args):
   if name == "hf_flax":
-    return HFFlax(args.hf_flax_python, dims, args.batch, args.seq_len, args.dtype)
+    return HFFlax(args.hf_flax_python, dims, args.batch, args.seq_len, args.dtype,
+                  args.attention_dropout)
   return HFTorch(name == "hf_torch_compile", dims, args.batch, args.seq_len, args.dtype,
-                 cold_compile=not args.torch_cache)
+                 args.attention_dropout, cold_compile=not args.torch_cache)
 
 
 def bench_size(size, args, records, skipped):
@@ -489,7 +518,7 @@ def bench_size(size, args, records, skipped):
 
   dims = MODEL_SIZES[size]
   ours = Ours(size, args.batch, args.seq_len, args.dtype, args.masking, args.scan_layers,
-              args.attention)
+              args.attention, args.attention_dropout)
   needed = ours.flops  # FLOPs the step needs: head and last layer at P targets per sequence.
   every_token = args.batch * model_lib.train_flops_per_sequence(ours.cfg, args.seq_len,
                                                                 args.seq_len)
@@ -539,6 +568,8 @@ def bench_size(size, args, records, skipped):
         ours_over_impl_paired=paired,
         flops_per_step=impl.flops, needed_flops_per_step=needed,
         achieved_gflops=impl.flops / seconds / 1e9, dtype=args.dtype,
+        attention_dropout=args.attention_dropout,
+        attention=args.attention if impl is ours else None,
         masking=args.masking if impl is ours else "bernoulli_collator",
         **({"versions": impl.versions} if isinstance(impl, HFFlax) else {})))
   profile = profile_ours(ours, max(args.repeats, 7)) if args.profile else None
@@ -575,6 +606,9 @@ def main(argv=None):
   parser.add_argument("--scan_layers", action="store_true", help="nn.scan over our layers")
   parser.add_argument("--attention", default="xla", choices=("xla", "cudnn"),
                       help="our model.attention (cudnn: cuDNN's fused kernel, NVIDIA GPUs only)")
+  parser.add_argument("--attention_dropout", type=float, default=None,
+                      help="dropout on attention probabilities, every implementation (default: "
+                      "configs/informask.py:paper's model.attention_dropout)")
   parser.add_argument("--profile", action="store_true", help="time the parts of our step")
   parser.add_argument("--torch_cache", action="store_true",
                       help="let torch.compile load from its disk caches (compile_s then is a load)")
@@ -597,15 +631,21 @@ def main(argv=None):
     parser.error("--batch and --repeats must be >= 1")
   if not 8 <= args.seq_len <= 512:
     parser.error(f"--seq_len={args.seq_len}: must be in [8, 512] (BERT has 512 positions)")
+  if args.attention_dropout is None:
+    from configs import informask
+    args.attention_dropout = float(informask.get_config("paper").model.attention_dropout)
+  if not 0 <= args.attention_dropout < 1:
+    parser.error(f"--attention_dropout={args.attention_dropout}: must be in [0, 1)")
+  if args.attention == "cudnn" and args.attention_dropout > 0:
+    # The model then never calls the fused kernel in training: a run so labelled would time XLA's.
+    parser.error(f"--attention cudnn needs --attention_dropout 0 (got {args.attention_dropout}): "
+                 "with dropout on attention probabilities the model computes attention unfused")
 
-  import jax
-  machine = dict(backend=jax.default_backend(), devices=jax.device_count(),
-                 device_kind=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
-                 python=platform.python_version(), load_avg_start=os.getloadavg(),
-                 versions=versions())
+  machine = describe_machine()
   print(f"# {json.dumps(machine)}", flush=True)
   print(f"# batch {args.batch} x {args.seq_len}, {args.dtype}, ours: {args.masking} masking, "
-        f"head at {max_predictions(args.seq_len)} targets/sequence", flush=True)
+        f"{args.attention} attention, head at {max_predictions(args.seq_len)} targets/sequence; "
+        f"attention dropout {args.attention_dropout} (all)", flush=True)
   records, skipped, profiles = [], [], {}
   start = time.time()
   for size in args.sizes:
