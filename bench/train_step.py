@@ -16,7 +16,8 @@ and RoBERTa train; with it > 0 our model computes attention unfused while traini
 sequences ([CLS] ... [SEP], no padding) with 15% of the maskable tokens as targets. A step is
 masking + forward + backward + update:
 
-  informask_jax     trainer.make_train_step, jitted on a mesh over all devices: masking inside the
+  informask_jax     trainer.make_train_step, jitted on a mesh over all devices (one when peers run,
+                    each of which has one; "devices" in the records): masking inside the
                     step (informask with a synthetic rate table, or random; both "exact" budget),
                     the vocabulary projection and the last layer (but for its keys and
                     values) only at the P gathered targets.
@@ -94,12 +95,12 @@ def bert_config_kwargs(dims, attention_dropout):
 # --- Ours -------------------------------------------------------------------------------------
 
 class Ours:
-  """Our train step on a data-parallel mesh over every device of the default backend."""
+  """Our train step on a data-parallel mesh over `num_devices` devices of the default backend."""
 
   impl = "informask_jax"
 
   def __init__(self, size, batch, seq_len, dtype, masking_name, scan_layers, attention,
-               attention_dropout):
+               attention_dropout, num_devices):
     import jax
     import numpy as np
 
@@ -126,7 +127,8 @@ class Ours:
     self.model = model_lib.BertMLM(self.cfg)
     self.tx, schedule = optim.make_optimizer(c.optim, 1000)
     self.apply_update = optim.make_apply_update(c.optim, schedule)
-    self.mesh = sharding_lib.make_mesh(c.mesh)
+    self.num_devices = num_devices
+    self.mesh = sharding_lib.make_mesh(c.mesh, jax.devices()[:num_devices])
     sharding_lib.check_batch_divisible(batch, self.mesh)
     self.rules = sharding_lib.logical_rules(c.mesh)
     options = {}
@@ -517,8 +519,10 @@ def bench_size(size, args, records, skipped):
   from informask_jax import model as model_lib
 
   dims = MODEL_SIZES[size]
+  # With peers, one device, as each peer has: else the ratios would compare N devices with one.
   ours = Ours(size, args.batch, args.seq_len, args.dtype, args.masking, args.scan_layers,
-              args.attention, args.attention_dropout)
+              args.attention, args.attention_dropout,
+              num_devices=1 if args.peers else jax.device_count())
   needed = ours.flops  # FLOPs the step needs: head and last layer at P targets per sequence.
   every_token = args.batch * model_lib.train_flops_per_sequence(ours.cfg, args.seq_len,
                                                                 args.seq_len)
@@ -562,7 +566,8 @@ def bench_size(size, args, records, skipped):
     records.append(dict(
         impl=impl.impl, size=size, batch=args.batch, seq_len=args.seq_len,
         tokens_per_sec=args.batch * args.seq_len / seconds,
-        mfu=metrics_lib.mfu(needed, seconds, jax.device_count() if impl is ours else 1),
+        mfu=metrics_lib.mfu(needed, seconds, ours.num_devices if impl is ours else 1),
+        devices=ours.num_devices if impl is ours else 1,
         compile_s=first[impl.impl], step_s=seconds, step_s_all=times[impl.impl],
         ours_over_impl=seconds / statistics.median(times[ours.impl]),
         ours_over_impl_paired=paired,
