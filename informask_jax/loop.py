@@ -26,6 +26,7 @@ import tqdm
 
 from informask_jax import (
   checkpointing,
+  cli,
   compatibility,
   data,
   distributed,
@@ -268,11 +269,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   _log_topology(config, mesh)
 
   # --- Input and masking -------------------------------------------------------------------
+  # Read here by every process: orbax's checkpoint manager waits for all of them as it opens,
+  # so process 0 opening it alone inside main_process_first (the others waiting at its barrier)
+  # hung every resume with several processes.
+  resumed_meta = checkpointing.latest_meta(workdir) if resume else None
   # Process 0 builds missing caches; the others wait, then read them (on a shared file system).
   pipeline = distributed.main_process_first(
       "input pipeline", lambda: data.build_input_pipeline(
-          config, functools.partial(_check_resumed_tokenizer, workdir, config) if resume
-          else None))
+          config, functools.partial(_check_resumed_tokenizer, resumed_meta, workdir, config)
+          if resumed_meta is not None else None))
   _log_evaluation_size(config, pipeline)
   masker = distributed.main_process_first(
       "corpus statistics", lambda: build_masker(config, pipeline))
@@ -378,7 +383,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # --- Loop --------------------------------------------------------------------------------
     writer = cleanup.enter_context(contextlib.closing(metrics_lib.MetricWriter(
         workdir, enabled=is_main, resumed_at=int(jax.device_get(state.step)) if resume else None)))
-    stop = stopping_lib.StopSignal(config.train.stop_sync_every)
+    # A SIGTERM before the loop whose SystemExit a callback swallowed (cli.exit_on_sigterm).
+    stop = stopping_lib.StopSignal(config.train.stop_sync_every,
+                                   "SIGTERM" if cli.sigterm_received() else None)
     cleanup.callback(stop.restore)
     # A folder per process: jax.profiler names its files by host and second, so processes
     # sharing a host (one per GPU) would overwrite one another's trace.
@@ -508,13 +515,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             "stopped_by": stopped_by}
 
 
-def _check_resumed_tokenizer(workdir, config, fingerprint) -> None:
+def _check_resumed_tokenizer(meta, workdir, config, fingerprint) -> None:
   """A vocabulary trained on the corpus is known only once trained: a resume whose corpus
   changed it is refused then, before the corpus is tokenized. (The resume checks again against
-  the step it restores.)"""
-  meta = checkpointing.latest_meta(workdir)
-  if meta is None:  # Unreadable: the resume names the damaged step.
-    return
+  the step it restores.) `meta`: the latest checkpoint's (None, unreadable: the resume names the
+  damaged step)."""
   changed = compatibility.config_changes(meta.get("config") or {},
                                          compatibility.config_json(config))
   compatibility.check_tokenizer(meta, fingerprint, changed, config, f"{workdir}",

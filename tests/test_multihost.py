@@ -198,3 +198,28 @@ def test_sigterm_to_one_process_stops_both_at_one_step(runs, tmp_path):
   assert step % 5 == 0 and 0 < step < 100000
   assert f"saved a checkpoint at step {step}" in first
   assert "a signal to another process" in first
+
+
+@pytest.mark.slow
+def test_two_processes_resume_as_one_does(runs, tmp_path):
+  """A resume with two processes hung at start-up: process 0 opened the checkpoint manager alone
+  (to check the tokenizer) while process 1 waited at the pipeline's barrier, and orbax's manager
+  waits for every process as it opens. Resumed, both runs log the same losses."""
+  import shutil
+
+  one, two, cache, _ = runs
+  reference_cache = json.loads((one / "config.json").read_text())["data"]["cache_dir"]
+  shutil.copytree(one, tmp_path / "one")
+  shutil.copytree(two, tmp_path / "two")
+  more = [f"--config.train.num_steps={STEPS + 2}"]
+  multi = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+  procs = [_start([*_overrides(tmp_path / "one", reference_cache), *more], devices=8)]
+  procs += [_start([*_overrides(tmp_path / "two", cache), *more, *multi, "--process_id", str(i)],
+                   devices=4) for i in range(2)]
+  reference, first, _ = _finish(procs)
+  assert f"Resumed from step {STEPS}" in reference and f"Resumed from step {STEPS}" in first
+  resumed = [[m for m in _metrics(tmp_path / name) if "loss" in m and m["step"] > STEPS]
+             for name in ("one", "two")]
+  assert [m["step"] for m in resumed[1]] == [STEPS + 1, STEPS + 2]
+  np.testing.assert_allclose([m["loss"] for m in resumed[1]], [m["loss"] for m in resumed[0]],
+                             rtol=1e-5)
