@@ -36,6 +36,9 @@ def _train(argv):
   cli.reject_arguments("train.py", argv)
   with cli.user_errors("train.py", exit_now=True):  # A bad --num_processes, ... in one line.
     distributed.initialize()
+  # Again: with several processes JAX's preemption service took SIGTERM over (it only notes the
+  # signal for a sync point the loop does not use), so a SIGTERM before the loop was ignored.
+  cli.exit_on_sigterm()
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()
   with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError,

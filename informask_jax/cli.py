@@ -172,13 +172,26 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
     sys.exit(1)
 
 
+_sigterm_received = False
+
+
 def exit_on_sigterm() -> None:
   """Makes SIGTERM (a scheduler's time limit, `kill`) raise SystemExit(143) in the main thread,
   for the tools without train.py's step-aware stop: their `finally` blocks then remove what they
-  staged (a model export, a full copy of the weights) that the default action left behind."""
+  staged (a model export, a full copy of the weights) that the default action left behind. The
+  signal is also recorded (sigterm_received): Python runs a handler between any two bytecodes,
+  also inside a callback that swallows exceptions (JAX's garbage-collection hook), where the
+  SystemExit is lost."""
   def stop(signum, frame):
+    global _sigterm_received
+    _sigterm_received = True
     raise SystemExit(128 + signum)
   signal.signal(signal.SIGTERM, stop)
+
+
+def sigterm_received() -> bool:
+  """Whether exit_on_sigterm's handler ran: a SIGTERM whose SystemExit may have been lost."""
+  return _sigterm_received
 
 
 def exit_interrupted(program: str, what_remains: str) -> None:

@@ -13,9 +13,10 @@ from jax.experimental import multihost_utils
 class StopSignal:
   """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly."""
 
-  def __init__(self, sync_every: int = 1):
-    """`sync_every`: config.train.stop_sync_every, for the message (see stop_now)."""
-    self.received = None
+  def __init__(self, sync_every: int = 1, received: str | None = None):
+    """`sync_every`: config.train.stop_sync_every, for the message (see stop_now). `received`: a
+    signal taken before (whose exit was lost), which stops the run after its first step."""
+    self.received = received
     self._sync_every = sync_every
     self._previous = {}
     if threading.current_thread() is threading.main_thread():

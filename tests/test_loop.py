@@ -1583,3 +1583,16 @@ def test_a_streamed_corpus_resumes_only_on_the_same_files(tiny_config, tmp_path,
       loop.data.TooFewRows, match=r"fewer rows than one global batch of 16"):
     loop.train_and_evaluate(config, tmp_path / "too_small")
   assert "Reading the training data" not in caplog.text
+
+
+def test_a_sigterm_whose_exit_was_lost_before_the_loop_stops_it_after_one_step(
+    tiny_config, tmp_path, monkeypatch):
+  """cli.exit_on_sigterm's SystemExit raised inside a callback that swallows exceptions (JAX's
+  garbage-collection hook) was lost, and the run trained to the end; the signal is recorded, and
+  the loop stops after its first step, saved."""
+  config = _small(tiny_config, num_steps=50, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+  monkeypatch.setattr(cli, "_sigterm_received", True)
+  result = loop.train_and_evaluate(config, tmp_path)
+  assert result["step"] == 1 and result["preempted"] and result["stopped_by"] == "SIGTERM"
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
