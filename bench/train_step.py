@@ -3,7 +3,7 @@
   python bench/train_step.py [--sizes tiny,mini] [--batch 16] [--seq_len 128] [--repeats 5]
                              [--peers hf_torch_eager,hf_torch_compile,hf_flax]
                              [--dtype float32|bfloat16]
-                             [--masking informask|random|informask_online]
+                             [--masking informask|random|informask_online[,...]]
                              [--scan_layers] [--attention xla|cudnn] [--attention_dropout P]
                              [--profile] [--out FILE]
 
@@ -66,6 +66,7 @@ FIRST_WORD_ID = 1996  # Ids below are [unused*] and punctuation; sample "words" 
 MASK_PROB = 0.15
 OPTIM = dict(learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, clip=1.0)
 PEERS = ("hf_torch_eager", "hf_torch_compile", "hf_flax")
+MASKINGS = ("informask", "random", "informask_online")  # Our step's, for --masking.
 FLAX_PYTHON = "/tmp/hf457venv/bin/python"
 
 
@@ -127,7 +128,7 @@ class Ours:
     self.model = model_lib.BertMLM(self.cfg)
     self.tx, schedule = optim.make_optimizer(c.optim, 1000)
     self.apply_update = optim.make_apply_update(c.optim, schedule)
-    self.num_devices = num_devices
+    self.num_devices, self.masking_name = num_devices, masking_name
     self.mesh = sharding_lib.make_mesh(c.mesh, jax.devices()[:num_devices])
     sharding_lib.check_batch_divisible(batch, self.mesh)
     self.rules = sharding_lib.logical_rules(c.mesh)
@@ -520,13 +521,19 @@ def bench_size(size, args, records, skipped):
 
   dims = MODEL_SIZES[size]
   # With peers, one device, as each peer has: else the ratios would compare N devices with one.
-  ours = Ours(size, args.batch, args.seq_len, args.dtype, args.masking, args.scan_layers,
-              args.attention, args.attention_dropout,
-              num_devices=1 if args.peers else jax.device_count())
+  make_ours = lambda name: Ours(  # noqa: E731
+      size, args.batch, args.seq_len, args.dtype, name, args.scan_layers, args.attention,
+      args.attention_dropout, num_devices=1 if args.peers else jax.device_count())
+  ours = make_ours(args.masking[0])
   needed = ours.flops  # FLOPs the step needs: head and last layer at P targets per sequence.
   every_token = args.batch * model_lib.train_flops_per_sequence(ours.cfg, args.seq_len,
                                                                 args.seq_len)
   impls = [ours]
+  # Our step under the other --masking strategies: timed in the same rounds as the first, so
+  # their overhead over it is a paired ratio of one run (informask_online's <= 10% target).
+  for name in args.masking[1:]:
+    impls.append(make_ours(name))
+    impls[-1].impl = f"informask_jax_{name}"
   for name in args.peers:
     try:
       peer = build_peer(name, dims, args)
@@ -566,16 +573,16 @@ def bench_size(size, args, records, skipped):
     records.append(dict(
         impl=impl.impl, size=size, batch=args.batch, seq_len=args.seq_len,
         tokens_per_sec=args.batch * args.seq_len / seconds,
-        mfu=metrics_lib.mfu(needed, seconds, ours.num_devices if impl is ours else 1),
-        devices=ours.num_devices if impl is ours else 1,
+        mfu=metrics_lib.mfu(needed, seconds, impl.num_devices if isinstance(impl, Ours) else 1),
+        devices=impl.num_devices if isinstance(impl, Ours) else 1,
         compile_s=first[impl.impl], step_s=seconds, step_s_all=times[impl.impl],
         ours_over_impl=seconds / statistics.median(times[ours.impl]),
         ours_over_impl_paired=paired,
         flops_per_step=impl.flops, needed_flops_per_step=needed,
         achieved_gflops=impl.flops / seconds / 1e9, dtype=args.dtype,
         attention_dropout=args.attention_dropout,
-        attention=args.attention if impl is ours else None,
-        masking=args.masking if impl is ours else "bernoulli_collator",
+        attention=args.attention if isinstance(impl, Ours) else None,
+        masking=impl.masking_name if isinstance(impl, Ours) else "bernoulli_collator",
         **({"versions": impl.versions} if isinstance(impl, HFFlax) else {})))
   profile = profile_ours(ours, max(args.repeats, 7)) if args.profile else None
   for impl in active:
@@ -607,7 +614,8 @@ def main(argv=None):
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="bfloat16: our compute_dtype, torch autocast, flax dtype")
   parser.add_argument("--masking", default="informask",
-                      choices=("informask", "random", "informask_online"))
+                      help=f"our step's masking, one of {MASKINGS}; several, comma-separated: "
+                      "the first is the reference the others and the peers are compared with")
   parser.add_argument("--scan_layers", action="store_true", help="nn.scan over our layers")
   parser.add_argument("--attention", default="xla", choices=("xla", "cudnn"),
                       help="our model.attention (cudnn: cuDNN's fused kernel, NVIDIA GPUs only)")
@@ -632,6 +640,10 @@ def main(argv=None):
   bad = [p for p in args.peers if p not in PEERS]
   if bad:
     parser.error(f"--peers: unknown {bad}; choose from {PEERS}")
+  args.masking = [m for m in args.masking.split(",") if m]
+  bad = [m for m in args.masking if m not in MASKINGS]
+  if bad or not args.masking or len(set(args.masking)) < len(args.masking):
+    parser.error(f"--masking={','.join(args.masking)}: one or more of {MASKINGS}, each once")
   if args.batch < 1 or args.repeats < 1:
     parser.error("--batch and --repeats must be >= 1")
   if not 8 <= args.seq_len <= 512:
@@ -648,7 +660,8 @@ def main(argv=None):
 
   machine = describe_machine()
   print(f"# {json.dumps(machine)}", flush=True)
-  print(f"# batch {args.batch} x {args.seq_len}, {args.dtype}, ours: {args.masking} masking, "
+  print(f"# batch {args.batch} x {args.seq_len}, {args.dtype}, "
+        f"ours: {','.join(args.masking)} masking, "
         f"{args.attention} attention, head at {max_predictions(args.seq_len)} targets/sequence; "
         f"attention dropout {args.attention_dropout} (all)", flush=True)
   records, skipped, profiles = [], [], {}
