@@ -1059,3 +1059,23 @@ def test_a_streamed_corpus_is_identified_by_its_files_not_their_folder(tmp_path)
   assert fingerprint(first) != base
   (tmp_path / "b" / "y.jsonl").write_text('{"text": "Four."}\n')
   assert fingerprint(tmp_path / "b") != base
+
+
+# --- From the tokenizer audit (helper-119) ------------------------------------------------------
+
+def test_parallel_tokenization_keeps_special_tokens_written_in_the_text_as_text(
+    tmp_path, bert_tokenizer, monkeypatch):
+  """The workers of data.num_proc > 1 get the corpus tokenizer pickled, and a pickled
+  `tokenizers.Tokenizer` forgets encode_special_tokens (not part of its JSON): "[MASK]" in the
+  text became the [MASK] id (103) there, the text's pieces in a serial run."""
+  docs = datasets.Dataset.from_dict(
+      {"text": [f"Document {i} reads [MASK] and [PAD] here." for i in range(20)]})
+  monkeypatch.setattr(data.sentences, "PARALLEL_MIN_DOCUMENTS", 10)
+  parallel = data.tokenize_corpus(docs, bert_tokenizer,
+                                  _tiny_config(tmp_path / "parallel", num_proc=2).data)
+  specials = set(tokenization.special_ids(bert_tokenizer))
+  ids = [i for doc in parallel["input_ids"] for i in doc]
+  assert not specials & set(ids), sorted(specials & set(ids))
+  assert parallel["input_ids"] == [bert_tokenizer(t, add_special_tokens=False,
+                                                  split_special_tokens=True)["input_ids"]
+                                   for t in docs["text"]]

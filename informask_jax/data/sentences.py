@@ -6,6 +6,7 @@ cached on disk by corpus, tokenizer and splitter version (`TOKENIZED_FORMAT`);
 Beam statistics use it).
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,7 +26,8 @@ from informask_jax import paths, progress_bar, tokenization, worker_processes
 log = logging.getLogger(__name__)
 
 # Bump when the splitter or the tokenized layout changes: it is part of the cache key.
-TOKENIZED_FORMAT = "sentences-v4"
+# v5: entries tokenized with data.num_proc > 1 held special ids for "[MASK]" etc. in the text.
+TOKENIZED_FORMAT = "sentences-v5"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
@@ -124,8 +126,16 @@ def encode_documents(texts, backend):
   return ids, sids, lengths
 
 
-def _tokenize_batch(batch, backend):
-  ids, sids, lengths = encode_documents(batch["text"], backend)
+@functools.lru_cache(maxsize=2)
+def _cached_backend(tokenizer_json):
+  return corpus_backend(tokenizer_json)
+
+
+def _tokenize_batch(batch, tokenizer_json):
+  # The JSON, not the Rust tokenizer, is what map() hands its worker processes (data.num_proc):
+  # a pickled tokenizers.Tokenizer comes back without encode_special_tokens, and "[MASK]" in the
+  # text became the [MASK] id there. Each process builds its backend once, from the JSON.
+  ids, sids, lengths = encode_documents(batch["text"], _cached_backend(tokenizer_json))
   keep = lengths > 0  # A document without a single token has nothing to pack.
   cuts = np.cumsum(lengths[keep])[:-1]
   return {"input_ids": np.split(ids, cuts) if keep.any() else [],
@@ -155,9 +165,9 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   version; `fingerprint` passes a corpus fingerprint already computed. A streaming
   `IterableDataset` is mapped lazily. Documents with no token are dropped.
   """
-  backend = plain_backend(tokenizer)
+  tokenizer_json = plain_backend(tokenizer).to_str()
   if isinstance(dataset, datasets.IterableDataset):
-    return dataset.map(_tokenize_batch, batched=True, fn_kwargs={"backend": backend},
+    return dataset.map(_tokenize_batch, batched=True, fn_kwargs={"tokenizer_json": tokenizer_json},
                        remove_columns=["text"], features=_TOKENIZED_FEATURES)
   corpus_fp = fingerprint or corpus_lib.corpus_fingerprint(dataset)
   key = tokenized_cache_key(corpus_fp, tokenization.tokenizer_fingerprint(tokenizer))
@@ -190,7 +200,8 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
     with progress_bar.datasets_bars(len(dataset) >= PARALLEL_MIN_DOCUMENTS), \
          worker_processes.spawned():
       tokenized = dataset.map(
-          _tokenize_batch, batched=True, batch_size=1000, fn_kwargs={"backend": backend},
+          _tokenize_batch, batched=True, batch_size=1000,
+          fn_kwargs={"tokenizer_json": tokenizer_json},
           remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
           new_fingerprint=key, cache_file_name=os.path.join(scratch, "tokenized.arrow"),
           desc="Tokenizing")
