@@ -2,7 +2,8 @@
 
 `config.tokenizer.name_or_path` picks the source, in this order:
   * a `vocab.txt` file: a BERT WordPiece tokenizer over it (lowercase from the config);
-  * a directory holding a saved tokenizer (`tokenizer.json` or `vocab.txt`);
+  * a directory holding a saved tokenizer (`tokenizer.json` or `vocab.txt`; beside a vocab.txt,
+    the case its `tokenizer_config.json` states, `do_lower_case` and `strip_accents`, wins);
   * anything else is a hub name (the paper's recipe: "bert-base-uncased"), unless it can only be a
     path (absolute, ./ or ../, two folders deep, a .txt or .json): a missing one is an error;
   * "" trains a WordPiece vocabulary of `vocab_size` on the corpus's train split with `tokenizers`.
@@ -54,10 +55,12 @@ def _wrap(tok):
       model_max_length=int(1e30))
 
 
-def _bert_pipeline(tok, lowercase):
-  """BERT's normaliser, pre-tokeniser, post-processor and decoder on a WordPiece model."""
+def _bert_pipeline(tok, lowercase, strip_accents=None):
+  """BERT's normaliser, pre-tokeniser, post-processor and decoder on a WordPiece model; accents
+  are stripped when lower-casing unless `strip_accents` says otherwise (BertTokenizer's rule)."""
+  strip_accents = lowercase if strip_accents is None else strip_accents
   tok.normalizer = normalizers.BertNormalizer(
-      clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase)
+      clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase)
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tok.decoder = decoders.WordPiece(prefix="##")
   return tok
@@ -71,7 +74,7 @@ def _add_post_processor(tok):
   return tok
 
 
-def _from_vocab_file(path, lowercase):
+def _from_vocab_file(path, lowercase, strip_accents=None):
   with open(path, "rb") as f:
     raw = f.read()
   try:
@@ -97,12 +100,29 @@ def _from_vocab_file(path, lowercase):
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]
   if missing:
     raise ValueError(f"config.tokenizer.name_or_path={path!r}: the vocabulary lacks {missing}.")
-  return _wrap(_from_vocab(vocab, lowercase))
+  return _wrap(_from_vocab(vocab, lowercase, strip_accents))
 
 
-def _from_vocab(vocab, lowercase):
+def _from_vocab(vocab, lowercase, strip_accents=None):
   tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-  return _add_post_processor(_bert_pipeline(tok, lowercase))
+  return _add_post_processor(_bert_pipeline(tok, lowercase, strip_accents))
+
+
+def _declared_case(name, lowercase):
+  """(lowercase, strip_accents) of a vocab.txt directory: those its tokenizer_config.json states
+  (a slow BertTokenizer's save_pretrained, read so by AutoTokenizer), else the config's."""
+  path = os.path.join(name, "tokenizer_config.json")
+  if not os.path.isfile(path):
+    return lowercase, None
+  try:
+    with open(path, encoding="utf-8") as f:
+      settings = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"config.tokenizer.name_or_path={name!r}: {path} is not valid JSON ({e}); "
+                     "fix or remove it, or point name_or_path at the vocab.txt.") from None
+  settings = settings if isinstance(settings, dict) else {}
+  lower, strip = settings.get("do_lower_case"), settings.get("strip_accents")
+  return (lowercase if lower is None else bool(lower)), (None if strip is None else bool(strip))
 
 
 def _train_pass(texts, vocab_size, lowercase, special_tokens):
@@ -310,7 +330,9 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
       tokenizer = _from_directory(name)
       _warn_case_not_applied(tokenizer, name, tokenizer_config)
     elif os.path.isfile(os.path.join(name, "vocab.txt")):
-      tokenizer = _from_vocab_file(os.path.join(name, "vocab.txt"), lowercase)
+      tokenizer = _from_vocab_file(os.path.join(name, "vocab.txt"),
+                                   *_declared_case(name, lowercase))
+      _warn_case_not_applied(tokenizer, name, tokenizer_config)
     else:
       raise FileNotFoundError(f"config.tokenizer.name_or_path={name!r} is a directory without "
                               f"tokenizer.json or vocab.txt.{workdir_hint(name)}")

@@ -360,3 +360,35 @@ def test_a_trained_vocabulary_of_another_size_than_asked_is_warned(tmp_path, cap
   assert caplog.text.count("WordPiece") == 1 and (
       f"The corpus supports only {len(big)} WordPiece tokens, fewer than "
       "config.tokenizer.vocab_size=10000.") in caplog.text
+
+
+# --- From the tokenizer audit (helper-119) ------------------------------------------------------
+
+def test_a_vocab_txt_directory_keeps_the_case_its_tokenizer_config_declares(tmp_path, caplog):
+  """A directory that a slow BertTokenizer saved (vocab.txt + tokenizer_config.json, no
+  tokenizer.json) says its case in do_lower_case, as AutoTokenizer reads it: a cased vocabulary
+  there was lower-cased by config.tokenizer.lowercase=True (the default) without a word."""
+  import json
+
+  import transformers
+
+  lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Paris", "paris", "Café", "cafe"]
+  (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"do_lower_case": False, "tokenizer_class": "BertTokenizer"}))
+  auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert auto.tokenize("Paris Café") == ["Paris", "Café"]
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    ours = tokenization.load_tokenizer(_config(str(tmp_path), lowercase=True))
+  assert ours.tokenize("Paris Café") == ["Paris", "Café"]
+  assert "config.tokenizer.lowercase=True does not apply to" in caplog.text
+  # Without the setting in the directory, the config's case still applies.
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+  assert tokenization.load_tokenizer(_config(str(tmp_path))).tokenize("Paris") == ["paris"]
+  # Lower-cased there: accents stripped unless the file says otherwise, as BertTokenizer does.
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+  lower = tokenization.load_tokenizer(_config(str(tmp_path), lowercase=False))
+  assert lower.tokenize("Paris Café") == ["paris", "cafe"]
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"do_lower_case": True, "strip_accents": False}))
+  assert tokenization.load_tokenizer(_config(str(tmp_path))).tokenize("Café") == ["[UNK]"]
