@@ -100,10 +100,21 @@ def _read_state_dict(model_dir: str) -> dict:
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {model_dir}.")
 
 
-def _resolve(dir_or_name: str) -> str:
-  """A local directory for a path or a hub name (from the local cache when offline)."""
+def _resolve(dir_or_name: str, flag: str = "Hugging Face model") -> str:
+  """A local directory for a path or a hub name (from the local cache when offline).
+
+  `flag` names the input in errors ("--from-hf"). A path that does not exist and can only be
+  local by its form (paths.meant_as_local) is not asked of the hub, whose error would speak of
+  repo id formats or the network; nor is a file (a config.json given for its directory).
+  """
   if os.path.isdir(dir_or_name):
     return dir_or_name
+  if os.path.exists(dir_or_name):
+    raise NotADirectoryError(f"{flag} {dir_or_name!r} is a file: give the directory that holds "
+                             "the model's config.json and weights, or a hub name.")
+  if paths.meant_as_local(dir_or_name):
+    raise FileNotFoundError(f"{flag} {dir_or_name!r}: no such directory (a local path by its "
+                            "form, so the Hugging Face hub was not asked).")
   from huggingface_hub import snapshot_download
 
   try:
@@ -535,7 +546,7 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   existing = checkpointing.checkpoint_dir(workdir)
   if checkpointing.finalized_steps(workdir):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")
-  model_dir = _resolve(dir_or_name)
+  model_dir = _resolve(dir_or_name, "--from-hf")
   # An unsupported model fails first, whatever else is missing. Read once: load_hf_as_flax would
   # resolve and parse config.json again.
   hf_config = _read_hf_config(model_dir)
