@@ -393,20 +393,34 @@ def missing_vocabulary(tokenizer, where: str) -> str | None:
 def continuation_table(tokenizer):
   """bool[V]: True for tokens that continue a word (WordPiece "##" pieces).
 
-  For byte-level BPE or SentencePiece vocabularies, a token continues a word when it lacks the
-  word-start marker ("Ġ" / "▁") and is not special.
+  A model with a continuing-subword prefix (WordPiece, or BPE trained with one) marks the pieces
+  that continue a word. Byte-level BPE and SentencePiece mark a word's start instead ("Ġ" / "▁"):
+  a token continues a word when it lacks the marker and is not special. A word-level vocabulary
+  has no pieces. In a vocabulary with none of these marks (BPE with an end-of-word suffix such as
+  "</w>", or over whitespace-split words) no token tells by itself whether it starts a word: each
+  counts as a word, with a warning (without it, each row counted as one word up to [SEP]).
   """
   vocab = tokenizer.get_vocab()
   table = np.zeros(vocab_rows(tokenizer), dtype=bool)
   model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
-  if model.get("type") == "WordPiece":
-    prefix = model.get("continuing_subword_prefix") or "##"
+  prefix = model.get("continuing_subword_prefix")
+  if model.get("type") == "WordPiece" or prefix:
+    prefix = prefix or "##"
     for token, i in vocab.items():
       table[i] = token.startswith(prefix) and len(token) > len(prefix)
+    return table
+  if model.get("type") == "WordLevel":
     return table
   special = set(tokenizer.all_special_tokens)
   for token, i in vocab.items():
     table[i] = not token.startswith(("Ġ", "▁")) and token not in special
+  if not any(t.startswith(("Ġ", "▁")) for t in vocab if t not in special):
+    log.warning("The tokenizer (a %s model%s) marks no word boundary that a token shows by "
+                "itself (no \"##\" pieces, no \"Ġ\" or \"▁\" word starts): whole_word, span and "
+                "pmi_span masking and stats.whole_words take each token as a word.",
+                model.get("type"), f", end-of-word suffix {model['end_of_word_suffix']!r}"
+                if model.get("end_of_word_suffix") else "")
+    table[:] = False
   return table
 
 

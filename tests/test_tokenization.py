@@ -392,3 +392,39 @@ def test_a_vocab_txt_directory_keeps_the_case_its_tokenizer_config_declares(tmp_
   (tmp_path / "tokenizer_config.json").write_text(json.dumps(
       {"do_lower_case": True, "strip_accents": False}))
   assert tokenization.load_tokenizer(_config(str(tmp_path))).tokenize("Café") == ["[UNK]"]
+
+
+def test_continuation_pieces_of_vocabularies_without_a_word_start_marker(caplog):
+  """Only tokens without "Ġ" / "▁" continued a word outside WordPiece: in a vocabulary with no
+  such marker (word-level, BPE with a "##" prefix or a "</w>" suffix) every token did, so a
+  packed row was one "word" up to [SEP] and whole_word masked whole documents or nothing."""
+  import tokenizers
+  import transformers
+  from tokenizers import models, pre_tokenizers, trainers
+
+  texts = ["The cat sat on the mat. The dog ran to the parkland quickly. A bird sang."] * 50
+  specials = list(tokenization.SPECIAL_TOKENS)
+
+  def build(model, trainer):
+    backend = tokenizers.Tokenizer(model)
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(texts, trainer)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]")
+    return tok, tokenization.continuation_table(tok)
+
+  prefix, table = build(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##"),
+                        trainers.BpeTrainer(vocab_size=60, special_tokens=specials,
+                                            continuing_subword_prefix="##"))
+  for token, i in prefix.get_vocab().items():
+    assert table[i] == token.startswith("##"), token
+  _, table = build(models.WordLevel(unk_token="[UNK]"),
+                   trainers.WordLevelTrainer(special_tokens=specials))
+  assert not table.any()  # Each token is a word.
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    _, table = build(models.BPE(unk_token="[UNK]", end_of_word_suffix="</w>"),
+                     trainers.BpeTrainer(vocab_size=60, special_tokens=specials,
+                                         end_of_word_suffix="</w>"))
+  assert not table.any()
+  assert "marks no word boundary that a token shows by itself" in caplog.text
