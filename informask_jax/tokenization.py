@@ -3,7 +3,8 @@
 `config.tokenizer.name_or_path` picks the source, in this order:
   * a `vocab.txt` file: a BERT WordPiece tokenizer over it (lowercase from the config);
   * a directory holding a saved tokenizer (`tokenizer.json` or `vocab.txt`; beside a vocab.txt,
-    the case its `tokenizer_config.json` states, `do_lower_case` and `strip_accents`, wins);
+    the case its `tokenizer_config.json` states, `do_lower_case` and `strip_accents`, wins; else
+    a `tokenizer_config.json` with a slow tokenizer's files, such as vocab.json + merges.txt);
   * anything else is a hub name (the paper's recipe: "bert-base-uncased"), unless it can only be a
     path (absolute, ./ or ../, two folders deep, a .txt or .json): a missing one is an error;
   * "" trains a WordPiece vocabulary of `vocab_size` on the corpus's train split with `tokenizers`.
@@ -332,6 +333,14 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
     elif os.path.isfile(os.path.join(name, "vocab.txt")):
       tokenizer = _from_vocab_file(os.path.join(name, "vocab.txt"),
                                    *_declared_case(name, lowercase))
+      _warn_case_not_applied(tokenizer, name, tokenizer_config)
+    elif os.path.isfile(os.path.join(name, "tokenizer_config.json")):
+      # A slow tokenizer's files (RoBERTa's vocab.json + merges.txt, a SentencePiece model),
+      # which AutoTokenizer converts; without them it builds one of the special tokens alone.
+      tokenizer = _from_directory(name)
+      missing = missing_vocabulary(tokenizer, name)
+      if missing:
+        raise ValueError(f"config.tokenizer.name_or_path={name!r}: {missing}")
       _warn_case_not_applied(tokenizer, name, tokenizer_config)
     else:
       raise FileNotFoundError(f"config.tokenizer.name_or_path={name!r} is a directory without "

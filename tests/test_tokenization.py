@@ -428,3 +428,34 @@ def test_continuation_pieces_of_vocabularies_without_a_word_start_marker(caplog)
                                          end_of_word_suffix="</w>"))
   assert not table.any()
   assert "marks no word boundary that a token shows by itself" in caplog.text
+
+
+def test_a_byte_level_bpe_directory_of_vocab_json_and_merges_txt_is_loaded(tmp_path):
+  """A RoBERTa tokenizer saved by a slow tokenizer (vocab.json, merges.txt and
+  tokenizer_config.json, no tokenizer.json), as AutoTokenizer loads it: it was refused as "a
+  directory without tokenizer.json or vocab.txt". Its files missing, the error names the key."""
+  import json
+
+  import tokenizers
+  import transformers
+
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["The cat sat on the mat. The dog ran."] * 50, vocab_size=300,
+                          min_frequency=1, show_progress=False,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  bpe.save_model(str(tmp_path))
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "RobertaTokenizer"}))
+  tok = tokenization.load_tokenizer(ml_collections.ConfigDict({"name_or_path": str(tmp_path)}))
+  auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  assert tok.get_vocab() == auto.get_vocab() and len(tok) == len(auto) > 5
+  assert tok("The cat sat")["input_ids"] == auto("The cat sat")["input_ids"]
+  assert tokenization.special_ids(tok) == tokenization.SpecialIds(pad=1, unk=3, cls=0, sep=2,
+                                                                  mask=4)
+  assert not tokenization.continuation_table(tok)[tok.convert_tokens_to_ids("Ġcat")]
+  (tmp_path / "vocab.json").unlink()
+  (tmp_path / "merges.txt").unlink()
+  with pytest.raises(ValueError, match=r"name_or_path='.*': .*has no tokenizer files "
+                                       r"\(RobertaTokenizer reads tokenizer.json or "
+                                       r"vocab.json\+merges.txt\)"):
+    tokenization.load_tokenizer(ml_collections.ConfigDict({"name_or_path": str(tmp_path)}))
