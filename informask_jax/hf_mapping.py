@@ -375,6 +375,11 @@ def from_hf_state_dict(state_dict, hf_config, *, scan_layers: bool = False,
   cfg = mlm_config_from_hf(hf_config, scan_layers=scan_layers)
   fmt = cfg.flavour
   state = _normalise_names(state_dict, fmt)
+  for alias, source in TIED_ALIASES[fmt].items():
+    # transformers ties each pair and loads a checkpoint holding either name (which one a save
+    # keeps has varied across its versions): the alias alone is the tensor too.
+    if source not in state and alias in state:
+      state[source] = state[alias]
   table = _table(cfg, fmt)
   head_names = set(_HEAD_NAMES[fmt].values())
   known = {name for _, name, _ in table} | set(TIED_ALIASES[fmt])

@@ -21,7 +21,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import convert_checkpoint
-from informask_jax import checkpointing, export, paths, tokenization
+from informask_jax import checkpointing, export, hf_mapping, paths, tokenization
 from informask_jax.lama import models as lama_models
 from informask_jax.model import BertMLM, MLMConfig, init_params
 
@@ -1222,3 +1222,27 @@ def test_an_export_into_a_mount_point_is_staged_on_its_file_system(tmp_path, mon
     patch.setattr(export.os, "stat", mounted)
     assert export._staging_parent(str(out)) == str(out)
   assert export._staging_parent(str(tmp_path / "new")) == str(tmp_path)  # Made by the export.
+
+
+@pytest.mark.parametrize("fmt", ["bert", "roberta"])
+def test_tied_weights_stored_under_their_other_name_are_read(exported, tmp_path, fmt):
+  """transformers ties the decoder to the word embeddings and its bias to the head bias, and
+  loads a checkpoint that keeps either name of each pair (which one a save keeps has varied with
+  transformers versions); the import and the flax LAMA backend refused one holding only the
+  decoder's names as an "Incomplete MLM head"."""
+  params, cfg, path, _ = exported[fmt]
+  shutil.copytree(path, tmp_path / "hf")
+  weights = tmp_path / "hf" / "model.safetensors"
+  state = load_file(str(weights))
+  for alias, source in hf_mapping.TIED_ALIASES[fmt].items():
+    state[alias] = state.pop(source)
+  save_file(state, str(weights), metadata={"format": "pt"})
+  torch_model, info = transformers.AutoModelForMaskedLM.from_pretrained(
+      tmp_path / "hf", output_loading_info=True)
+  assert not any(info.values()), info  # transformers reads it cleanly.
+  got = leaves(export.load_hf_as_flax(str(tmp_path / "hf"), require_head=True)[0])
+  assert got.keys() == leaves(params).keys()
+  assert all(np.array_equal(got[k], v) for k, v in leaves(params).items())
+  np.testing.assert_array_equal(
+      torch_model.get_input_embeddings().weight.detach().numpy(),
+      params["embeddings"]["word"]["embedding"])
