@@ -4,9 +4,11 @@ Any config field can be overridden, e.g. `--config.train.batch_size=64 --config.
 A run in a --workdir that already has checkpoints resumes from the latest one.
 """
 
+import contextlib
 import logging
 import signal
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -30,19 +32,29 @@ def main(argv):
     train = _CONFIG.value.train if _CONFIG.value is not None else None
     cli.exit_interrupted("train.py", loop.after_interrupt(
         _WORKDIR.value, overwrite=bool(train and train.overwrite and not train.resume)))
+  except (Exception, SystemExit) as e:
+    if not distributed.failure_posted() or isinstance(e, SystemExit) and not e.code:
+      raise
+    # The other processes have stopped (see _peers_told_of_errors), without the shutdown barrier
+    # that the normal exit would wait at for them; neither does this one.
+    if not isinstance(e, SystemExit):
+      traceback.print_exc()
+    distributed.leave_after_failure()
+    cli.exit_now_with(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)
 
 
 def _train(argv):
   cli.reject_arguments("train.py", argv)
   with cli.user_errors("train.py", exit_now=True):  # A bad --num_processes, ... in one line.
     distributed.initialize()
+  distributed.stop_with_failed_peers(_stop_for_failed_peer)
   # Again: with several processes JAX's preemption service took SIGTERM over (it only notes the
   # signal for a sync point the loop does not use), so a SIGTERM before the loop was ignored.
   cli.exit_on_sigterm()
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()
   with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError,
-                                   paths.WriteError), exit_now=True):
+                                   paths.WriteError), exit_now=True), _peers_told_of_errors():
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result["preempted"]:
     # Not 0: the run is unfinished, and a scheduler (a Kubernetes Job, a `train.py && eval`
@@ -53,6 +65,37 @@ def _train(argv):
                     result["step"], result["stopped_by"], code)
     sys.exit(code)
   logging.info("Finished at step %d: %s", result["step"], result)
+
+
+@contextlib.contextmanager
+def _peers_told_of_errors():
+  """With several processes, an error here (this process's data, disk, memory) stops the others
+  too: they wait for this one in every step, evaluation and save, and would hang until JAX's
+  heartbeat timeout aborted them minutes later, naming nothing. So does a SIGTERM or Ctrl-C
+  that ends this process before the loop (in the loop, all processes agree on a stop step)."""
+  try:
+    yield
+  except Exception as e:
+    distributed.tell_peers_of_failure(f"failed: {type(e).__name__}: {cli.one_line(e)}")
+    raise
+  except KeyboardInterrupt:
+    distributed.tell_peers_of_failure("was interrupted (Ctrl-C)", 128 + signal.SIGINT)
+    raise
+  except SystemExit as e:
+    if e.code:
+      distributed.tell_peers_of_failure(
+          "received SIGTERM" if e.code == 128 + signal.SIGTERM else f"exited ({e.code})",
+          e.code if isinstance(e.code, int) else 1)
+    raise
+
+
+def _stop_for_failed_peer(error: str, exit_code: int) -> None:
+  """Run by distributed's thread when another process failed: this one cannot go on alone."""
+  logging.error("Stopping: %s. Every step, evaluation and save waits for all processes, so this "
+                "one stops too; the checkpoints written so far are intact: once the cause is "
+                "fixed, run the same command on every process to resume.", error)
+  distributed.leave_after_failure()
+  cli.exit_now_with(exit_code)
 
 
 if __name__ == "__main__":

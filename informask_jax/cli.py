@@ -107,10 +107,22 @@ def _leave_jax_distributed() -> None:
   if jax is None:
     return
   try:
+    if _left_after_failure():  # The shutdown's barrier would wait for the peers it stopped.
+      return
     if jax.process_count() > 1:
       jax.distributed.shutdown()
   except Exception:  # Exiting on an error already; the other processes see a lost peer.
     pass
+
+
+def _left_after_failure() -> bool:
+  """Leaves as informask_jax.distributed does once this process's error (or a peer's) has
+  stopped the other processes; False when none has."""
+  distributed = sys.modules.get("informask_jax.distributed")
+  if distributed is None or not distributed.failure_posted():
+    return False
+  distributed.leave_after_failure()
+  return True
 
 
 def _unlink_semaphores() -> None:
@@ -164,12 +176,19 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
             if disk else f"{type(e).__name__}: {one_line(e)}")
     print(f"{program}: error: {line}", file=sys.stderr)
     if exit_now:
-      sys.stdout.flush()
-      sys.stderr.flush()
       _leave_jax_distributed()  # os._exit skips the atexit hook that would do it.
-      _unlink_semaphores()
-      os._exit(1)
+      exit_now_with(1)
     sys.exit(1)
+
+
+def exit_now_with(code: int) -> None:
+  """Leaves the process with `code` at once: threads of a step or a save in flight, a worker
+  pool, are not waited for, and no exit hook runs (jax.distributed.shutdown's among them)."""
+  logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  _unlink_semaphores()
+  os._exit(code)
 
 
 _sigterm_received = False
@@ -199,10 +218,8 @@ def exit_interrupted(program: str, what_remains: str) -> None:
   shell reports it), at once: threads of a step or a save in flight are not waited for."""
   logging.shutdown()
   print(f"\n{program}: interrupted (Ctrl-C): {what_remains}.", file=sys.stderr)
-  sys.stdout.flush()
-  sys.stderr.flush()
-  _unlink_semaphores()
-  os._exit(130)  # Not jax.distributed.shutdown: with a peer stuck in a collective it would hang.
+  _left_after_failure()  # Not jax.distributed.shutdown: a peer in a collective would hang it.
+  exit_now_with(130)
 
 
 def _config_values(argv: list[str]) -> list[str]:

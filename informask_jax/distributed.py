@@ -5,8 +5,11 @@ give them with --coordinator_address, --num_processes and --process_id (or the e
 variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
+import atexit
 import logging
 import os
+import threading
+import time
 
 import jax
 from absl import flags
@@ -161,3 +164,116 @@ def main_process_first(name: str, build):
     return result
   wait()
   return build()
+
+
+# --- A process that fails stops the others -------------------------------------------------------
+# The processes run the same steps, evaluations and saves, each a collective that waits for all
+# of them. One that fails alone (its data stops reading, its disk fills) leaves the others inside
+# such a collective, where JAX gives up minutes later with an abort that names nothing. So each
+# process has a thread on the coordination service's key-value store: a failing process posts its
+# error to the others' keys, their threads stop them at once with that error, and all leave
+# without jax.distributed.shutdown (a barrier that waits for every process, which the failed
+# process's peers would never reach).
+_STOP_KEY = "informask_jax/stop/{}"  # Read by process {}'s thread: a peer's error, or "" at exit.
+_LEFT_KEY = "informask_jax/left/{}"  # Process {} is leaving after an error.
+_LEAVE_TIMEOUT_S = 10  # How long process 0, which hosts the service, waits for the others to go.
+_WATCH_TIMEOUT_MS = 3600 * 1000  # One long poll of the store per hour while nothing happens.
+_watcher = None  # The thread, while watching.
+_failing = False  # This process's own error is being handled: a peer's is not reported over it.
+_failure_posted = False  # Peers were told of an error, or told this one: leave without shutdown.
+
+
+def _client():
+  # JAX has no public API for the coordination service's key-value store that it runs anyway.
+  from jax._src import distributed as jax_distributed
+
+  return jax_distributed.global_state.client
+
+
+def stop_with_failed_peers(stop_this_process) -> None:
+  """With several processes: a thread calls `stop_this_process(error, exit_code)` (which must not
+  return; it leaves with leave_after_failure) when another process fails (see
+  tell_peers_of_failure), with that process's error and exit status."""
+  global _watcher
+  if jax.process_count() == 1 or _watcher is not None:
+    return
+  client, me = _client(), jax.process_index()
+
+  def watch():
+    global _failure_posted
+    while True:
+      try:
+        message = client.blocking_key_value_get(_STOP_KEY.format(me), _WATCH_TIMEOUT_MS)
+        break
+      except Exception as e:  # Gone: the service ended, and JAX reports that itself.
+        if "DEADLINE_EXCEEDED" not in str(e):
+          return
+    if not message:  # This process is exiting normally (_stop_watching).
+      return
+    _failure_posted = True
+    if not _failing:  # Its own error, the same or another, is reported by the main thread.
+      code, _, error = message.partition(" ")
+      stop_this_process(error, int(code))
+
+  _watcher = threading.Thread(target=watch, name="stop_with_failed_peers", daemon=True)
+  _watcher.start()
+  # Before jax's own exit hook (registered earlier, run later) shuts the service down: a thread
+  # still inside a call to it when the interpreter ends aborts the process.
+  atexit.register(_stop_watching)
+
+
+def _stop_watching() -> None:
+  global _watcher
+  if _watcher is None:
+    return
+  if _watcher.is_alive():
+    try:
+      _client().key_value_set(_STOP_KEY.format(jax.process_index()), "", allow_overwrite=True)
+      _watcher.join(timeout=_LEAVE_TIMEOUT_S)
+    except Exception:
+      pass
+  _watcher = None
+
+
+def tell_peers_of_failure(what: str, exit_code: int = 1) -> None:
+  """Posts what ends this process (one line: "failed: ...", "received SIGTERM") to the others,
+  which stop with it and `exit_code` (1; 143 or 130 for a signal: unfinished, not broken)."""
+  global _failing, _failure_posted
+  if _watcher is None:
+    return
+  _failing = _failure_posted = True
+  client, me, count = _client(), jax.process_index(), jax.process_count()
+  for p in range(count):
+    if p != me:
+      try:
+        client.key_value_set(_STOP_KEY.format(p),
+                             f"{exit_code} process {me} of {count} {what}")
+      except Exception:  # Already told by another failing process, whose error then stands.
+        pass
+
+
+def failure_posted() -> bool:
+  """Whether this process told its peers of an error, or was told of one: then it leaves with
+  leave_after_failure, not jax.distributed.shutdown, whose barrier would wait for the processes
+  the error stopped."""
+  return _failure_posted
+
+
+def leave_after_failure() -> None:
+  """Marks this process as leaving; process 0, which hosts the coordination service, first
+  waits a little for the others to leave (each stops as soon as it has read the error, and
+  once the service is gone a process still reading it aborts with JAX's own message)."""
+  client, me, count = _client(), jax.process_index(), jax.process_count()
+  try:
+    client.key_value_set(_LEFT_KEY.format(me), "1")
+  except Exception:
+    return
+  if me != 0:
+    return
+  deadline = time.monotonic() + _LEAVE_TIMEOUT_S
+  for p in range(1, count):
+    try:
+      client.blocking_key_value_get(_LEFT_KEY.format(p),
+                                    max(1, int((deadline - time.monotonic()) * 1000)))
+    except Exception:  # Dead, or stuck where its thread cannot stop it: JAX's timeout ends it.
+      break

@@ -64,10 +64,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start(args, devices):
+def _start(args, devices, env=None):
   return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
-                          env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+                          env={**_env(devices), **(env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(procs, returncode=0):
@@ -223,3 +223,43 @@ def test_two_processes_resume_as_one_does(runs, tmp_path):
   assert [m["step"] for m in resumed[1]] == [STEPS + 1, STEPS + 2]
   np.testing.assert_allclose([m["loss"] for m in resumed[1]], [m["loss"] for m in resumed[0]],
                              rtol=1e-5)
+
+
+# Imported by Python at start-up when its folder leads PYTHONPATH: the training data of the one
+# process started so fails at its fourth batch, as a file removed or a network gone would.
+_FAILING_DATA = """
+from informask_jax.data import batches
+
+_next, _reads = batches.BatchIterator.__next__, []
+
+def _failing_next(self):
+  _reads.append(1)
+  if len(_reads) == 4:
+    raise OSError(5, "Input/output error (test)")
+  return _next(self)
+
+batches.BatchIterator.__next__ = _failing_next
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [0, 1])
+def test_an_error_on_one_process_stops_both_with_it(runs, tmp_path, failing):
+  """The other process was inside the step's collectives, waiting for the failed one, and hung
+  until JAX's heartbeat timeout aborted both (5 minutes, with a message that named nothing).
+  Now it stops at once, naming the error. Process 0 hosts the coordination service."""
+  _, _, cache, _ = runs
+  hook = tmp_path / "hook"
+  hook.mkdir()
+  (hook / "sitecustomize.py").write_text(_FAILING_DATA)
+  multi = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+  args = [*_overrides(tmp_path / "run", cache), "--config.train.num_steps=100"]
+  procs = [_start([*args, *multi, "--process_id", str(i)], devices=4,
+                  env={"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"} if i == failing else None)
+           for i in range(2)]
+  outputs = _finish(procs, returncode=1)
+  assert "OSError: [Errno 5] Input/output error (test)" in outputs[failing]
+  assert (f"Stopping: process {failing} of 2 failed: OSError: [Errno 5] Input/output error "
+          "(test)") in outputs[1 - failing]
+  for out in outputs:
+    assert "Fatal Python error" not in out and "Aborted" not in out, out[-3000:]
