@@ -33,7 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-# The paper's corpus: English Wikipedia + BookCorpus, ~3.3B words, ~4.3B WordPiece tokens.
+# The paper's corpus: English Wikipedia + BookCorpus, ~3.3B words, ~4.3B WordPiece tokens (BERT's
+# sizes; configs/base.py's 20231101 Wikipedia holds more, so projections from it are low).
 PAPER_TOKENS = 4.3e9
 
 

@@ -30,7 +30,12 @@ MODEL_SIZES = {
     "large": dict(num_layers=24, hidden_size=1024, num_heads=16, mlp_size=4096),
 }
 
-# The paper's pretraining corpus, read from the Hugging Face hub.
+# The paper's pretraining corpus (English Wikipedia + BookCorpus), read from the Hugging Face hub.
+# Not the same snapshot: the InforMask repository (pretrain/download_corpus.py) loaded the
+# `wikipedia` dataset's 20220301.en, a loading-script dataset that `datasets` >= 4 no longer
+# loads; 20231101.en is the nearest script-free snapshot, newer and larger. (The repository also
+# deleted the line breaks inside each article and truncated every article to its first 512
+# tokens; here whole articles are packed.)
 PAPER_SOURCES = (
     dict(kind="hub", name="wikimedia/wikipedia", config="20231101.en", split="train",
          text_field="text"),
@@ -97,7 +102,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.masking.span_max_len = 10  # span: lengths restricted to 1..this many words (renormalised).
   c.masking.pmi_variant = "ngram"  # pmi_span: "ngram" (Levine et al.) or "bigram" (InforMask repo).
   # informask_online: candidate masks scored per sequence (K); also the K with which the
-  # statistics compute informask's rates from the corpus.
+  # statistics compute informask's rates from the corpus. This project's default: the InforMask
+  # repository ships its rate table (vocab/id_mask_prob.json) but not the code or the K that made
+  # it (bench/RESULTS.md, "Rates against the original InforMask table": K = 64 agrees better).
   c.masking.num_candidates = 16
   # informask: path of the rate table (.npy or id_mask_prob.json); "" builds it from the corpus.
   c.masking.rates_path = ""
@@ -109,6 +116,8 @@ def get_base_config(arg=None, strategy="informask"):
   c.masking.missing_rate = "mean"
 
   # --- Corpus statistics (PMI, rates, n-gram vocabulary) ------------------------------------
+  # This project's settings: the InforMask repository holds no statistics code (only the finished
+  # rate table), so the PMI vocabulary, thresholds and smoothing below are not taken from it.
   c.stats = ml_collections.ConfigDict()
   c.stats.pmi_vocab_size = 4096 if tiny else 16384  # Top-N frequent non-special tokens.
   c.stats.min_count = 5 if tiny else 50  # Minimum unigram count for the PMI vocabulary.
@@ -171,8 +180,11 @@ def get_base_config(arg=None, strategy="informask"):
   # --- Training loop -----------------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
   # 40 passes over the tokens: Wikipedia + BookCorpus (~3.3B words, ~4.3B WordPiece tokens) is
-  # ~33k packed steps per epoch at 256 x 512, hence ~1.3M steps. (The repository's 40 epochs are
-  # over lines padded or truncated to 512, about 80M rows: far more steps for the same text.)
+  # ~33k packed steps per epoch at 256 x 512, hence ~1.3M steps. Those are BERT's corpus sizes
+  # (2.5B + 0.8B words); the 20231101 Wikipedia of PAPER_SOURCES holds more text, so 1.3M steps
+  # are fewer than 40 of its passes: for exactly 40, set num_steps = 40 x (training rows, which
+  # the input pipeline logs as "train: N rows") / 256. (The repository's 40 epochs are over lines
+  # padded or truncated to 512, about 80M rows: far more steps, over less of each article.)
   c.train.num_steps = 400 if tiny else 1_300_000
   c.train.batch_size = 32 if tiny else 256  # Global batch, split over hosts and devices.
   c.train.seed = 0  # Parameter initialisation, batch order and masks.
