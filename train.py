@@ -92,8 +92,9 @@ def _peers_told_of_errors():
 def _stop_for_failed_peer(error: str, exit_code: int) -> None:
   """Run by distributed's thread when another process failed: this one cannot go on alone."""
   logging.error("Stopping: %s. Every step, evaluation and save waits for all processes, so this "
-                "one stops too; the checkpoints written so far are intact: once the cause is "
-                "fixed, run the same command on every process to resume.", error)
+                "one stops too; the checkpoints written so far are intact: %srun the same command "
+                "on every process to resume.", error,
+                "once the cause is fixed, " if exit_code == 1 else "")
   distributed.leave_after_failure()
   cli.exit_now_with(exit_code)
 
