@@ -214,8 +214,13 @@ def _saved_schedule_settings(saved_meta: dict, config) -> types.SimpleNamespace:
   return settings
 
 
-def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-  """'key: saved -> current' for every leaf that differs (train.* bookkeeping aside)."""
+def config_changes(saved: dict, current: dict, prefix: str = "",
+                   newer: list[str] | None = None) -> list[str]:
+  """'key: saved -> current' for every leaf that differs (train.* bookkeeping aside).
+
+  A setting the saved config lacks was added to the code after that run started: not a change
+  the user made (a new setting's default keeps the old behaviour), so it is not in the list;
+  'key=current' goes to `newer` when given."""
   out = []
   for key in sorted(set(saved) | set(current)):
     name = f"{prefix}{key}"
@@ -223,8 +228,13 @@ def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
                 "train.profile_start_step", "train.profile_steps"):
       continue  # Raising num_steps to continue a run is the usual reason to resume.
     a, b = saved.get(key), current.get(key)
+    if key not in saved and isinstance(b, dict):
+      a = {}  # A section added since the checkpoint's run: its settings one by one.
     if isinstance(a, dict) and isinstance(b, dict):
-      out += config_changes(a, b, f"{name}.")
+      out += config_changes(a, b, f"{name}.", newer)
+    elif key not in saved:
+      if newer is not None:
+        newer.append(f"config.{name}={b!r}")
     elif a != b:
       out.append(f"config.{name}: {a!r} -> {b!r}")
   return out

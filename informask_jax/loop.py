@@ -331,13 +331,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       compatibility.check_architecture(model_lib.MLMConfig(**saved_meta["mlm_config"]),
                                        mlm_config, f"the checkpoint at step {step} in {workdir}",
                                        resumed_run=workdir)
-      changed = compatibility.config_changes(saved_meta.get("config") or {}, config_json)
+      newer = []
+      changed = compatibility.config_changes(saved_meta.get("config") or {}, config_json,
+                                             newer=newer)
       compatibility.check_tokenizer(saved_meta, pipeline.tokenizer_fingerprint, changed,
                                     config, f"{workdir} (step {step})", workdir / "tokenizer")
       if changed:
         logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
                         "\n  ".join(changed))
         compatibility.warn_masking_change(changed, config)
+      if newer:
+        logging.info("Settings the checkpoint's run predates (a new setting's default does what "
+                     "that run did), as now set: %s.", ", ".join(newer))
       abstract = jax.tree.map(
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
       del state  # Free the fresh state before the restored one arrives.

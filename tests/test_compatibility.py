@@ -121,6 +121,22 @@ def test_resume_names_the_config_changes():
   assert compatibility.config_changes(saved, now) == ["config.masking.name: 'informask' -> 'span'"]
 
 
+def test_settings_newer_than_the_checkpoints_config_are_not_changes():
+  """A run saved before model.layer_norm_eps existed was resumed with 'config.model.
+  layer_norm_eps: None -> -1.0' among the changes, which no one made (and a new masking or
+  tokenizer setting would have been taken for a masking change or refused the resume)."""
+  saved = {"model": {"flavour": "bert"}, "masking": {"name": "span"}}
+  now = {"model": {"flavour": "bert", "layer_norm_eps": -1.0},
+         "masking": {"name": "span", "span": {"max_length": 10}}}
+  newer = []
+  assert compatibility.config_changes(saved, now, newer=newer) == []
+  assert newer == ["config.masking.span.max_length=10", "config.model.layer_norm_eps=-1.0"]
+  # A setting removed from the code is still listed: the run did use it.
+  assert compatibility.config_changes(now, saved) == [
+      "config.masking.span: {'max_length': 10} -> None",
+      "config.model.layer_norm_eps: -1.0 -> None"]
+
+
 def test_a_masking_change_says_the_evaluations_no_longer_compare(caplog):
   """Allowed on resume, but the evaluation masks change with it (a walkthrough resumed an
   informask run as span and the 'best' checkpoint was picked across both kinds of loss)."""
