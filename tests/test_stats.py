@@ -493,12 +493,15 @@ def test_tokens_without_pmi_get_the_rate_of_unseen_tokens():
 
 
 def pack(docs, length):
-  """[CLS] tokens [SEP] rows (documents concatenated, separated by [SEP]), padded at the end."""
+  """[CLS] tokens [SEP] rows (documents concatenated, separated by [SEP]), padded at the end;
+  sentence ids made global (a document's may start anywhere); empty documents left out."""
   toks, sents, next_sid = [], [], 0
   for ids, sids in docs:
+    if ids.size == 0:
+      continue
     toks += ids.tolist() + [SEP]
-    sents += (sids + next_sid).tolist() + [-1]
-    next_sid += int(sids.max()) + 1
+    sents += (sids - sids.min() + next_sid).tolist() + [-1]
+    next_sid += int(sids.max() - sids.min()) + 1
   body = length - 2
   n = -(-len(toks) // body)
   toks += [PAD] * (n * body - len(toks))

@@ -20,6 +20,7 @@ import pytest
 from configs import base
 from informask_jax import stats
 from informask_jax.stats import ngrams, rates
+from tests.test_stats import pack  # The same special ids: [CLS] ... [SEP] rows of documents.
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)
@@ -209,26 +210,6 @@ def ref_rates(chosen, seen, unigram, *, measured, mask_prob, smoothing):
 
 
 # --- The build, once ----------------------------------------------------------------------------
-
-
-def pack(docs, length):
-  """[CLS] ... [SEP] rows of the documents concatenated with [SEP], sentence ids made global."""
-  toks, sents, offset = [], [], 0
-  for ids, sids in docs:
-    if ids.size == 0:
-      continue
-    toks += ids.tolist() + [SEP]
-    sents += (sids - sids.min() + offset).tolist() + [-1]
-    offset += int(sids.max() - sids.min()) + 1
-  body = length - 2
-  n = -(-len(toks) // body)
-  toks += [PAD] * (n * body - len(toks))
-  sents += [-1] * (n * body - len(sents))
-  t = np.array(toks, np.int32).reshape(n, body)
-  s = np.array(sents, np.int32).reshape(n, body)
-  t = np.concatenate([np.full((n, 1), CLS), t, np.full((n, 1), SEP)], 1).astype(np.int32)
-  s = np.concatenate([np.full((n, 1), -1), s, np.full((n, 1), -1)], 1).astype(np.int32)
-  return {"token_ids": t, "sentence_ids": s}
 
 
 class _Tok:
