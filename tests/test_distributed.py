@@ -205,3 +205,66 @@ def test_the_cache_barrier_waits_hours_not_seconds(monkeypatch):
   distributed.main_process_first("cache", lambda: None)
   assert timeouts == [distributed.CACHE_BARRIER_TIMEOUT_S * 1000]
   assert distributed.CACHE_BARRIER_TIMEOUT_S >= 3600
+
+
+class _Store:
+  """The coordination service's key-value store as the peer watcher uses it: `replies` are what
+  successive reads of this process's stop key give (an exception is raised)."""
+
+  def __init__(self, replies):
+    self.replies, self.values = list(replies), {}
+
+  def blocking_key_value_get(self, key, timeout_in_ms):
+    if key in self.values:
+      return self.values[key]
+    reply = self.replies.pop(0)
+    if isinstance(reply, Exception):
+      raise reply
+    return reply
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if key in self.values and not allow_overwrite:
+      raise RuntimeError(f"ALREADY_EXISTS: {key}")
+    self.values[key] = value
+
+
+@pytest.fixture
+def two_processes(monkeypatch):
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed.jax, "process_index", lambda: 1)
+  for name in ("_watcher", "_failing", "_failure_posted"):
+    monkeypatch.setattr(distributed, name, None if name == "_watcher" else False)
+  monkeypatch.setattr(distributed.atexit, "register", lambda fn: None)
+
+  def watch(replies):
+    store, stops = _Store(replies), []
+    monkeypatch.setattr(distributed, "_client", lambda: store)
+    distributed.stop_with_failed_peers(lambda *args: stops.append(args))
+    distributed._watcher.join(timeout=10)
+    return store, stops
+  return watch
+
+
+def test_a_peers_error_stops_this_process_after_long_polls_that_timed_out(two_processes):
+  timeout = RuntimeError("DEADLINE_EXCEEDED: GetKeyValue() timed out with key: x")
+  _, stops = two_processes([timeout, timeout, "1 process 0 of 2 failed: OSError: disk"])
+  assert stops == [("process 0 of 2 failed: OSError: disk", 1)]
+  assert distributed.failure_posted()  # This process leaves without the shutdown barrier.
+
+
+@pytest.mark.parametrize("reply", ["", RuntimeError("UNAVAILABLE: the service is gone")])
+def test_a_normal_exit_or_a_lost_service_stops_nothing(two_processes, reply):
+  _, stops = two_processes([reply])
+  assert stops == [] and not distributed.failure_posted()
+
+
+def test_a_failing_process_tells_each_peer_once(two_processes, monkeypatch):
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 3)
+  store, stops = two_processes([RuntimeError("DEADLINE_EXCEEDED")] * 2)
+  distributed._watcher = object()  # Still watching (the fake's thread has ended).
+  store.values[distributed._STOP_KEY.format(2)] = "1 process 2 of 3 failed: first"
+  distributed.tell_peers_of_failure("received SIGTERM", 143)
+  assert store.values[distributed._STOP_KEY.format(0)] == "143 process 1 of 3 received SIGTERM"
+  # Process 2 failed first: its error stands for the others.
+  assert store.values[distributed._STOP_KEY.format(2)] == "1 process 2 of 3 failed: first"
+  assert distributed.failure_posted() and stops == []
