@@ -47,7 +47,9 @@ LAMA_FACTS = {
     ("TREx", "P1412"): [],
     ("Google_RE", "place_of_birth"): [(P19, "Karl Muster", "munich"),
                                       (P19, "Mary Example", "dublin"),
-                                      (P19, "Anna Beispiel", "krakow")],
+                                      (P19, "Anna Beispiel", "krakow"),
+                                      (P19, "Carl Twofold", "vienna"),
+                                      (P19, "Eva Triple", "berlin")],
     ("Google_RE", "date_of_birth"): [(DOB, "Peter Sample", "1941"),
                                      (DOB, "Albert Einstein", "1879"),
                                      (DOB, "Lena Probe", "1756")],
@@ -110,7 +112,8 @@ INFORMASK_FACTS = {
         ("Karl Muster ( born 1950 in [MASK] ) is a German architect .", ["munich"]),
         ("Mary Example grew up in [MASK] and later moved to London .", ["dublin"]),
         ("John Doubtful visited [MASK] once .", ["warsaw"]),
-        ("Anna Beispiel was born in [MASK] , Poland .", ["kraków"])],
+        ("Anna Beispiel was born in [MASK] , Poland .", ["kraków"]),
+        ("Eva Triple was born in [MASK] .", ["berlin"])],
     ("Google_RE", "date_of_birth"): [
         ("Peter Sample ( born [MASK] ) is an American politician .", ["1941"]),
         ("Einstein ( born [MASK] ) was a theoretical physicist .", ["1879"]),
@@ -129,7 +132,9 @@ INFORMASK_FACTS = {
 INFORMASK_SKIPS = {
     ("TREx", "P19"): {"malformed_json": 2, "missing_field": 1, "no_mask": 1},
     ("TREx", "P36"): {}, ("TREx", "P1412"): {},
-    ("Google_RE", "place_of_birth"): {"malformed_json": 1}, ("Google_RE", "date_of_birth"): {},
+    # Carl Twofold's first sentence has no [MASK] (its second one is not read).
+    ("Google_RE", "place_of_birth"): {"malformed_json": 1, "no_mask": 1},
+    ("Google_RE", "date_of_birth"): {},
     ("ConceptNet", "test"): {"malformed_json": 1, "missing_field": 1, "no_mask": 1},
     ("Squad", "test"): {"missing_field": 1},
 }
@@ -635,11 +640,11 @@ def test_non_finite_logits_are_an_error_not_rank_one():
   class Diverged:
     pad_id, name = 0, "diverged"
 
-    def __call__(self, ids, positions):
+    def __call__(self, ids, positions, types=None):
       return np.full((len(ids), 5), np.nan, np.float32)
 
   query = types.SimpleNamespace(miss=False)
-  encoded = [types.SimpleNamespace(ids=[1, 2, 3], position=1, query=query)]
+  encoded = [types.SimpleNamespace(ids=[1, 2, 3], position=1, query=query, types=None)]
   with pytest.raises(ValueError, match="non-finite logits"):
     lama.run_queries(Diverged(), encoded, 4, lambda logits, qs: [1] * len(qs), progress=False)
 
@@ -1022,7 +1027,7 @@ def test_batches_are_padded_with_the_models_pad_id():
   class Runner:
     pad_id, name = 7, "recording"
 
-    def __call__(self, ids, positions):
+    def __call__(self, ids, positions, types=None):
       seen.append(ids.copy())
       return np.zeros((len(ids), 10), np.float32)
 
@@ -1218,6 +1223,36 @@ def test_several_masks_are_skipped_unless_the_first_is_scored(bert_words):
   assert first.ids == tok("an apple is [MASK] or [MASK] .")["input_ids"] and first.position == 4
 
 
+def test_two_masked_sentences_are_asked_as_one_sentence_pair(bert_words):
+  """lama, sentence sources: as LAMA's BERT connector, a record's two masked sentences are one
+  input, [CLS] A [SEP] B [SEP] with token types 0 then 1, scored at the pair's first mask (here
+  in B); three sentences, which the connector refuses, are skipped; one stays as it was."""
+  tok = bert_words.tokenizer
+  first, second = "the city is in france .", "he was born in [MASK] ."
+  records = [{"obj_label": "Paris", "masked_sentences": [first, second]},
+             {"obj_label": "Paris", "masked_sentences": [second, first, second]},
+             {"obj_label": "Paris", "masked_sentences": [second]}]
+  rel = lama.RelationFile("Google_RE", "place_of_birth", pathlib.Path("x"), "[X] was born in [Y] .")
+  score = lama.RelationScore("Google_RE", "place_of_birth")
+  pair, single = lama.lama_queries(0, rel, records, bert_words, None, True, score)
+  assert (pair.text, pair.text_b) == (first, second) and single.text_b is None
+  assert score.skipped == {"more_than_two_sentences": 1}
+  want = tok(first, second)
+  encoded, alone = lama.encode_queries([pair, single], bert_words, 32, [score], first_mask=True)
+  assert encoded.ids == want["input_ids"] and encoded.types == want["token_type_ids"]
+  assert encoded.position == want["input_ids"].index(tok.mask_token_id) and not encoded.truncated
+  assert alone.ids == tok(second)["input_ids"] and alone.types is None
+  # Over the model's length: a window around the mask, the specials and types kept in step.
+  (cut,) = lama.encode_queries([pair], bert_words, 8, [score], first_mask=True)
+  assert cut.truncated and len(cut.ids) == len(cut.types) == 8
+  assert cut.ids[0] == tok.cls_token_id and cut.ids[-1] == tok.sep_token_id
+  assert cut.ids[cut.position] == tok.mask_token_id and cut.types[cut.position] == 1
+  # Templates are one sentence, whatever the record holds.
+  (templated,) = lama.lama_queries(0, rel, [{**records[0], "sub_label": "Carl"}], bert_words,
+                                   None, False, score)
+  assert templated.text_b is None
+
+
 def test_the_informask_token_limit_applies_to_informask_runs_only(models, tmp_path):
   """Over 500 tokens (but within LAMA's 100 words): informask leaves the sentence out, lama
   asks it through a window around the mask."""
@@ -1257,13 +1292,13 @@ def test_one_non_finite_logit_is_an_error(bad):
   class Partly:
     pad_id, name = 0, "partly"
 
-    def __call__(self, ids, positions):
+    def __call__(self, ids, positions, types=None):
       logits = np.zeros((len(ids), 5), np.float32)
       logits[-1, 2] = bad
       return logits
 
   query = types.SimpleNamespace(miss=False)
-  encoded = [types.SimpleNamespace(ids=[1, 2, 3], position=1, query=query)] * 2
+  encoded = [types.SimpleNamespace(ids=[1, 2, 3], position=1, query=query, types=None)] * 2
   with pytest.raises(ValueError, match="non-finite logits"):
     lama.run_queries(Partly(), encoded, 4, lambda logits, qs: [1] * len(qs), progress=False)
 

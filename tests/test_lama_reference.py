@@ -1,6 +1,7 @@
 """--protocol lama against an independent transcription of LAMA's released scoring
 (facebookresearch/LAMA: scripts/batch_eval_KB_completion.py `filter_samples` and `main`,
-lama/evaluation_metrics.py `get_ranking`, scripts/run_experiments.py's per-source mean), on a
+lama/evaluation_metrics.py `get_ranking`, scripts/run_experiments.py's per-source mean,
+lama/modules/bert_connector.py `__get_input_tensors` for a record's masked sentences), on a
 *cased* WordPiece vocabulary, the setting of the paper's BERT-base/large-cased runs (test_lama.py
 uses an uncased one).
 
@@ -49,8 +50,9 @@ def cased_model(tmp_path_factory):
       vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
       intermediate_size=64, max_position_embeddings=128, initializer_range=0.5))
   with torch.no_grad():  # Some gold objects then rank first in some queries, not in all.
-    for word in ("Florence", "Paris", "Rome", "Munich", "1941", "think", "water", "gold"):
-      model.cls.predictions.decoder.bias[tok.convert_tokens_to_ids(word)] += 3.0
+    for word in ("Florence", "Paris", "Rome", "Munich", "Vienna", "1941", "think", "water",
+                 "gold"):
+      model.cls.predictions.decoder.bias[tok.convert_tokens_to_ids(word)] += 5.0
   model.save_pretrained(out)
   tok.save_pretrained(out)
   return str(out), model.eval(), tok
@@ -104,19 +106,31 @@ def _lama_p_at_1(model, tok, path, template, subset):
     queries = [(template.replace("[X]", sub.strip()).replace("[Y]", "[MASK]"), obj)
                for sub, obj in facts]
   else:
-    # A sentence without [MASK] would stop LAMA's get_ranking (an IndexError); ours skips it.
-    queries = [(s["masked_sentences"][0], s["obj_label"]) for s in samples
-               if "[MASK]" in s["masked_sentences"][0]]
+    # batchify passes all of a sample's masked_sentences; the BERT connector raises a ValueError
+    # for more than two, and a pair without [MASK] would stop get_ranking (an IndexError): ours
+    # skips both.
+    queries = [(s["masked_sentences"], s["obj_label"]) for s in samples
+               if len(s["masked_sentences"]) <= 2
+               and any("[MASK]" in x for x in s["masked_sentences"])]
   if not queries:
     return None
   vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
   index_list = None if subset is None else [vocab.index(w) for w in subset if w in vocab]
   hits, rr = [], []
-  for sentence, obj in queries:
-    ids = tok(sentence, return_tensors="pt")["input_ids"]
-    first_mask = int((ids[0] == tok.mask_token_id).nonzero()[0, 0])  # "score only first mask"
+  for sentences, obj in queries:
+    if isinstance(sentences, str):
+      sentences = [sentences]
+    # __get_input_tensors: [CLS] A [SEP] (B [SEP]), segment 0 up to the first [SEP], then 1.
+    tokens, segments = ["[CLS]"], [0]
+    for segment, sentence in enumerate(sentences):
+      pieces = tok.tokenize(sentence) + ["[SEP]"]
+      tokens += pieces
+      segments += [segment] * len(pieces)
+    ids = torch.tensor([tok.convert_tokens_to_ids(tokens)])
+    first_mask = tokens.index("[MASK]")  # "score only first mask", of either sentence.
     with torch.no_grad():
-      log_probs = torch.log_softmax(model(input_ids=ids).logits[0, first_mask], -1)
+      logits = model(input_ids=ids, token_type_ids=torch.tensor([segments])).logits
+      log_probs = torch.log_softmax(logits[0, first_mask], -1)
     label = vocab.index(obj)
     if index_list is not None:
       log_probs, label = log_probs[index_list], index_list.index(label)
@@ -127,8 +141,11 @@ def _lama_p_at_1(model, tok, path, template, subset):
   return statistics.mean(hits), statistics.mean(rr), len(queries)
 
 
-def _expected(model, tok, subset):
-  """{source: {relation: (P@1, MRR, facts)}} for the fixtures, LAMA's way."""
+def _expected(model, tok, subset, masked_sentences=False):
+  """{source: {relation: (P@1, MRR, facts)}} for the fixtures, LAMA's way. With
+  `masked_sentences`, Google-RE asked through its records' sentences (LAMA's
+  batch_eval_KB_completion run with an empty --template); T-REx then left out (LAMA's T-REx
+  records hold no masked_sentences, ours asks their first evidence)."""
   templates = {}
   for line in (FIXTURES / "relations.jsonl").read_text().splitlines():
     try:
@@ -139,11 +156,12 @@ def _expected(model, tok, subset):
       templates[r["relation"]] = r["template"]
   out = collections.defaultdict(dict)
   for path in sorted((FIXTURES / "TREx").glob("*.jsonl")):
-    if path.stem in templates:  # A relation without a template is not run.
+    if path.stem in templates and not masked_sentences:  # Without a template: not run.
       out["TREx"][path.stem] = _lama_p_at_1(model, tok, path, templates[path.stem], subset)
   for path in sorted((FIXTURES / "Google_RE").glob("*_test.jsonl")):
     name = path.stem.removesuffix("_test")
-    out["Google_RE"][name] = _lama_p_at_1(model, tok, path, GOOGLE_RE[name], subset)
+    out["Google_RE"][name] = _lama_p_at_1(model, tok, path,
+                                          None if masked_sentences else GOOGLE_RE[name], subset)
   for source in ("ConceptNet", "Squad"):
     out[source]["test"] = _lama_p_at_1(model, tok, FIXTURES / source / "test.jsonl", None,
                                        subset)
@@ -180,3 +198,25 @@ def test_lama_protocol_matches_lamas_own_scoring_on_a_cased_vocabulary(cased_mod
   # Informative: some gold objects rank first, not all.
   p1 = [r["P@1"] for s in summary.values() for r in s["relations"].values() if r["facts"]]
   assert 0 < max(p1) and min(p1) < 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_masked_sentences_are_asked_as_lamas_bert_connector_asks_them(cased_model, backend):
+  """--use_masked_sentences: a Google-RE record's two masked sentences go in as one sentence pair
+  (segments A and B), scored at the first [MASK] of the pair -- Carl Twofold's is in his second
+  sentence; a record with three (Eva Triple) is skipped, where LAMA's connector raises."""
+  path, model, tok = cased_model
+  expected = _expected(model, tok, None, masked_sentences=True)
+  summary = lama.evaluate(path, str(FIXTURES), backend=backend, batch_size=3, progress=False,
+                          use_masked_sentences=True).summary
+  for source, relations in expected.items():
+    for name, want in relations.items():
+      got = summary[source]["relations"][name]
+      p1, mrr, n = want
+      assert got["facts"] == n, (source, name)
+      assert got["P@1"] == pytest.approx(p1, abs=1e-12), (source, name)
+      assert got["MRR"] == pytest.approx(mrr, rel=1e-5), (source, name)
+  place = summary["Google_RE"]["relations"]["place_of_birth"]
+  assert place["facts"] == 4  # Karl, Mary (a pair), Anna and Carl (a pair).
+  assert place["skipped"] == {"malformed_json": 1, "negative_judgments": 1,
+                              "more_than_two_sentences": 1}

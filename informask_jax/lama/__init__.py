@@ -9,8 +9,11 @@ and MRR per relation and per source. Two protocols:
     vocabulary, one of its words; the ranking is then restricted to those words, as LAMA does);
   * T-REx and Google-RE queries are the relation template with the subject at [X] and the mask
     at [Y], each (subject, object) pair asked once, Google-RE facts that most annotators rejected
-    left out; ConceptNet and SQuAD (and, on request, T-REx / Google-RE) use their first masked
-    sentence, left out above 100 words; a sentence with several [MASK] is scored at the first;
+    left out; ConceptNet and SQuAD (and, on request, Google-RE) use their record's masked
+    sentences, two of them as one sentence pair (segments A and B, as LAMA's BERT connector
+    takes them; a record with more, which it refuses, is skipped), left out above 100 words in
+    all; on request T-REx uses its first evidence's sentence; several [MASK] are scored at the
+    first;
   * the gold token's rank among all (or the common) tokens gives P@1, P@10 and MRR; a source's
     score is the mean over its relations. MRR uses the exact rank, where LAMA's code gives 0
     beyond its top 1000 (later 5000) predictions: a difference below 0.001 per fact.

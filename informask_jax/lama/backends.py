@@ -62,6 +62,7 @@ class TorchBackend:
     self.head = next((getattr(model, n) for n in ("cls", "lm_head") if hasattr(model, n)), None)
     self.name = f"torch ({self.device})"
     self.vocab_size = int(config.vocab_size)  # Logit columns.
+    self.type_vocab_size = int(getattr(config, "type_vocab_size", 1))  # Segments it embeds.
 
   @classmethod
   def from_pretrained(cls, name_or_dir: str, tokenizer, device: str | None = None):
@@ -80,19 +81,24 @@ class TorchBackend:
       raise _no_head_error(name_or_dir, f"transformers initialised {', '.join(fresh[:2])}, ...")
     return cls(model, tokenizer, device)
 
-  def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """ids (B, L) padded with the pad id, positions (B,) of the masks -> logits (B, V)."""
+  def __call__(self, ids: np.ndarray, positions: np.ndarray,
+               types: np.ndarray | None = None) -> np.ndarray:
+    """ids (B, L) padded with the pad id, positions (B,) of the masks, token types (B, L) of
+    sentence pairs (None: all 0) -> logits (B, V)."""
     torch = self.torch
     with torch.inference_mode():
       ids_t = torch.as_tensor(ids, device=self.device)
       rows = torch.arange(len(positions), device=self.device)
       pos_t = torch.as_tensor(positions, device=self.device)
       mask = (ids_t != self.pad_id).long()
+      inputs = {"input_ids": ids_t, "attention_mask": mask}
+      if types is not None and types.any():  # Models without segments (DistilBERT) take none.
+        inputs["token_type_ids"] = torch.as_tensor(types, dtype=torch.long, device=self.device)
       if self.head is not None:  # BERT / RoBERTa: encoder, gather, then the head.
-        hidden = self.model.base_model(input_ids=ids_t, attention_mask=mask)[0]  # (B, L, H)
+        hidden = self.model.base_model(**inputs)[0]  # (B, L, H)
         logits = self.head(hidden[rows, pos_t])  # (B, V)
       else:
-        logits = self.model(input_ids=ids_t, attention_mask=mask).logits[rows, pos_t]
+        logits = self.model(**inputs).logits[rows, pos_t]
       return logits.float().cpu().numpy()
 
 
@@ -116,37 +122,45 @@ class FlaxBackend:
     self._jax = jax
     self.name = f"flax ({jax.devices()[0].platform})"
     self.vocab_size = cfg.vocab_size  # Logit columns.
+    self.type_vocab_size = cfg.type_vocab_size  # Segments it embeds.
 
   def _bucket(self, length: int) -> int:
     return min(max(16, 1 << (length - 1).bit_length()), self.max_len)
 
-  def __call__(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+  def __call__(self, ids: np.ndarray, positions: np.ndarray,
+               types: np.ndarray | None = None) -> np.ndarray:
+    """As TorchBackend.__call__."""
     b, length = ids.shape
     rows = max(b, self.batch_size)
     padded = np.full((rows, self._bucket(length)), self.pad_id, np.int32)
     padded[:b, :length] = ids
     padded[b:] = padded[0]  # Filler rows copy a real one: no all-padding attention rows.
+    segments = np.zeros_like(padded)
+    if types is not None:
+      segments[:b, :length] = types
+      segments[b:] = segments[0]
     pos = np.zeros((rows,), np.int32)
     pos[:b] = positions
     pos[b:] = positions[0]
     # True float32 matmuls: XLA would use TF32 on recent GPUs, PyTorch does not by default.
     with self._jax.default_matmul_precision("float32"):
-      logits = _flax_logits_fn(self.cfg)(self.params, padded, pos)  # (rows, V)
+      logits = _flax_logits_fn(self.cfg)(self.params, padded, segments, pos)  # (rows, V)
     return np.asarray(logits)[:b]
 
 
 @functools.cache
 def _flax_logits_fn(cfg):
-  """Jitted (params, ids (B, L), positions (B,)) -> logits (B, V), one per model config, so that
-  runs on the same model share compilations."""
+  """Jitted (params, ids (B, L), token types (B, L), positions (B,)) -> logits (B, V), one per
+  model config, so that runs on the same model share compilations."""
   import jax
 
   from informask_jax import model as model_lib
 
   module = model_lib.BertMLM(cfg)
 
-  def logits_at(params, ids, positions):
-    return module.apply({"params": params}, ids, masked_positions=positions[:, None])[:, 0]
+  def logits_at(params, ids, types, positions):
+    return module.apply({"params": params}, ids, types,
+                        masked_positions=positions[:, None])[:, 0]
 
   return jax.jit(logits_at)
 

@@ -210,6 +210,11 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
                            first_mask=protocol == "lama")
   if not encoded:
     raise ValueError(_nothing_to_ask(scores, words, common_vocab))
+  top_type = max((max(e.types) for e in encoded if e.types), default=0)
+  if top_type >= runner.type_vocab_size:  # A sentence pair's segment B the model cannot embed.
+    raise ValueError(f"--model {model!r} embeds {runner.type_vocab_size} token type(s) but its "
+                     f"tokenizer gives a sentence pair's second sentence type {top_type}: "
+                     "is the tokenizer the model's own?")
   if protocol == "lama":
     subset = None if common_ids is None else np.array(sorted(common_ids), np.int64)
     rank_fn = lambda logits, qs: lama_ranks(

@@ -20,6 +20,8 @@ INFORMASK_MAX_TOKENS = 500  # informask: sentences over this many tokens (no spe
 class Query:
   relation: int  # Index into the evaluated relation list.
   text: str  # The cloze, with the tokenizer's mask token.
+  # lama: a record's second masked sentence; the two are asked as one sentence pair.
+  text_b: str | None = None
   gold_id: int = -1  # lama: the object's token.
   gold_words: tuple[str, ...] = ()  # informask: lower-cased surface alternatives.
   miss: bool = False  # informask: scored as a miss without running the model.
@@ -39,6 +41,19 @@ def _first_masked_sentence(record: dict, source: str) -> tuple[str | None, str |
     surface = record.get("obj_label")
   return (sentence if isinstance(sentence, str) else None,
           surface if isinstance(surface, str) else None)
+
+
+def _masked_sentences(record: dict, source: str) -> list[str] | None:
+  """lama: the sentences LAMA's code asks at once (T-REx: the first evidence's; elsewhere all of
+  `masked_sentences`, which its BERT connector takes as a sentence pair); None where absent."""
+  if source == "TREx":
+    sentence, _ = _first_masked_sentence(record, source)
+    return None if sentence is None else [sentence]
+  sentences = record.get("masked_sentences")
+  if (not isinstance(sentences, list) or not sentences
+      or not all(isinstance(x, str) for x in sentences)):
+    return None
+  return sentences
 
 
 def _rejected_by_annotators(record: dict) -> bool:
@@ -74,18 +89,20 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
         continue
       text = rel.template.replace(SUBJECT_SLOT, sub.strip()).replace(OBJECT_SLOT,
                                                                      words.mask_token)
+      rest = []
     else:
-      sentence, _ = _first_masked_sentence(record, rel.source)
-      if sentence is None:
+      sentences = _masked_sentences(record, rel.source)
+      if sentences is None:
         score.skipped["missing_field"] += 1
         continue
-      if len(sentence.split()) > MAX_SENTENCE_WORDS:
+      if len(" ".join(sentences).split()) > MAX_SENTENCE_WORDS:  # All of them, as LAMA counts.
         score.skipped["too_long"] += 1
         continue
-      if LAMA_MASK not in sentence:
+      if not any(LAMA_MASK in x for x in sentences):
         score.skipped["no_mask"] += 1
         continue
-      text = sentence.replace(LAMA_MASK, words.mask_token)  # Several: the first is scored.
+      # Several masks: the first of the sentence pair is scored.
+      text, *rest = (x.replace(LAMA_MASK, words.mask_token) for x in sentences)
     gold = words.single_token_id(obj)
     if common is not None and gold not in common:
       score.skipped["object_not_in_common_vocab"] += 1
@@ -96,13 +113,16 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
     if _rejected_by_annotators(record):
       score.skipped["negative_judgments"] += 1
       continue
+    if len(rest) > 1:  # LAMA's BERT connector raises a ValueError for these.
+      score.skipped["more_than_two_sentences"] += 1
+      continue
     if templated:
       key = (text, gold)  # The query asked: "Paris" and "Paris " (one gold token) are one fact.
       if key in seen:
         score.skipped["duplicate_fact"] += 1
         continue
       seen.add(key)
-    queries.append(Query(index, text, gold_id=gold))
+    queries.append(Query(index, text, text_b=rest[0] if rest else None, gold_id=gold))
   return queries
 
 
@@ -133,6 +153,7 @@ class Encoded:
   ids: list[int]  # With special tokens, at most the model's length.
   position: int  # Of the mask in `ids`.
   truncated: bool
+  types: list[int] | None = None  # Token types (segments) of a sentence pair; None: all 0.
 
 
 def encode_queries(queries: Sequence[Query], words: WordTable, max_len: int,
@@ -140,15 +161,18 @@ def encode_queries(queries: Sequence[Query], words: WordTable, max_len: int,
                    first_mask: bool = False) -> list[Encoded]:
   """Tokenizes queries; keeps a window of `max_len` tokens around the mask for long ones.
 
+  A query with a second sentence is laid out as the tokenizer's sentence pair, the window then
+  taken over both sentences and what separates them.
   `max_tokens` (informask) leaves out sentences longer than that, counted as `too_long`.
   `first_mask` (lama): a query with several masks is scored at its first, as LAMA's code does;
   otherwise it is skipped (`several_masks`).
   """
-  budget = max_len - len(words.prefix) - len(words.suffix)
-  if budget < 1:
+  if max_len - len(words.prefix) - len(words.suffix) < 1:
     raise ValueError(f"Model length {max_len} leaves no room between its special tokens.")
+  seconds = iter(words.encode([q.text_b for q in queries if q.text_b is not None]))
   out = []
   for query, ids in zip(queries, words.encode([q.text for q in queries]), strict=True):
+    second = None if query.text_b is None else next(seconds)
     score = scores[query.relation]
     if max_tokens is not None and len(ids) > max_tokens:
       score.skipped["too_long"] += 1
@@ -156,14 +180,20 @@ def encode_queries(queries: Sequence[Query], words: WordTable, max_len: int,
     if query.miss:
       out.append(Encoded(query, [], -1, False))
       continue
-    positions = [i for i, t in enumerate(ids) if t == words.mask_id]
+    full, types, lead, trail = words.with_special_tokens(ids, second)
+    body = full[lead:len(full) - trail]  # The sentence(s), without [CLS] and the last [SEP].
+    positions = [i for i, t in enumerate(body) if t == words.mask_id]
     if not positions or (len(positions) > 1 and not first_mask):
       score.skipped["no_mask" if not positions else "several_masks"] += 1
       continue
+    budget = max_len - lead - trail
+    if budget < 1:
+      raise ValueError(f"Model length {max_len} leaves no room between its special tokens.")
     m, start = positions[0], 0
-    if len(ids) > budget:  # Centre the window on the mask, clipped to the sentence.
-      start = min(max(m - budget // 2, 0), len(ids) - budget)
-    window = ids[start:start + budget]
-    out.append(Encoded(query, words.prefix + window + words.suffix,
-                       len(words.prefix) + m - start, len(window) < len(ids)))
+    if len(body) > budget:  # Centre the window on the mask, clipped to the sentence(s).
+      start = min(max(m - budget // 2, 0), len(body) - budget)
+    kept = [*range(lead), *range(lead + start, lead + start + min(budget, len(body))),
+            *range(len(full) - trail, len(full))]  # Indices into `full`.
+    out.append(Encoded(query, [full[i] for i in kept], lead + m - start, len(body) > budget,
+                       None if types is None else [types[i] for i in kept]))
   return out

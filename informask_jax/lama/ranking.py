@@ -54,10 +54,13 @@ def run_queries(runner, encoded: Sequence[Encoded], batch_size: int, rank_fn,
       chunk = todo[start:start + batch_size]
       length = max(len(encoded[i].ids) for i in chunk)
       ids = np.full((len(chunk), length), runner.pad_id, np.int32)  # (B, L)
+      types = np.zeros((len(chunk), length), np.int32)  # (B, L); padding as segment 0.
       for row, i in enumerate(chunk):
         ids[row, :len(encoded[i].ids)] = encoded[i].ids
+        if encoded[i].types is not None:  # A sentence pair.
+          types[row, :len(encoded[i].types)] = encoded[i].types
       positions = np.array([encoded[i].position for i in chunk], np.int32)  # (B,)
-      logits = runner(ids, positions)  # (B, V)
+      logits = runner(ids, positions, types)  # (B, V)
       if not np.all(np.isfinite(logits)):  # NaN compares false: every fact would rank first.
         raise ValueError(f"--model {getattr(runner, 'name', 'the model')} gives non-finite "
                          "logits (a diverged checkpoint?): LAMA scores would be meaningless.")

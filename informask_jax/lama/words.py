@@ -27,6 +27,18 @@ class WordTable:
     full = tokenizer("a")["input_ids"]
     k = next(i for i in range(len(full)) if full[i:i + len(probe)] == probe)
     self.prefix, self.suffix = full[:k], full[k + len(probe):]  # [CLS] / [SEP] and the like.
+    # A sentence pair as the tokenizer lays it out (BERT: [CLS] a [SEP] b [SEP], token types 0
+    # up to the first [SEP], then 1; RoBERTa: <s> a </s></s> b </s>, all 0).
+    pair = tokenizer("a", "a", return_token_type_ids=True)
+    ids2 = pair["input_ids"]
+    types2 = pair.get("token_type_ids") or [0] * len(ids2)
+    if "token_type_ids" not in tokenizer.model_input_names:  # The model takes no segments.
+      types2 = [0] * len(ids2)
+    n = len(probe)
+    a = next(i for i in range(len(ids2)) if ids2[i:i + n] == probe)
+    b = next(i for i in range(a + n, len(ids2)) if ids2[i:i + n] == probe)
+    self._pair = (ids2[:a], ids2[a + n:b], ids2[b + n:])  # Before, between, after.
+    self._pair_types = (types2[:a], types2[a], types2[a + n:b], types2[b], types2[b + n:])
     self._token_ids: dict[str, int | None] = {}
     self._strings: dict[int, str] = {}
 
@@ -60,6 +72,18 @@ class WordTable:
     for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True):
       self._strings[i] = text.replace(" ", "").lower()
     return [self._strings[i] for i in ids]
+
+  def with_special_tokens(self, first: list[int], second: list[int] | None = None
+                          ) -> tuple[list[int], list[int] | None, int, int]:
+    """(ids, token types, special tokens before, after) of one sentence (types None: all 0)
+    or of a sentence pair, laid out as the tokenizer lays out a pair."""
+    if second is None:
+      return self.prefix + first + self.suffix, None, len(self.prefix), len(self.suffix)
+    before, between, after = self._pair
+    t_before, t_first, t_between, t_second, t_after = self._pair_types
+    ids = before + first + between + second + after
+    types = (t_before + [t_first] * len(first) + t_between + [t_second] * len(second) + t_after)
+    return ids, types, len(before), len(after)
 
   def encode(self, texts: Sequence[str]) -> list[list[int]]:
     """Token ids without special tokens, for many texts at once."""
