@@ -1223,6 +1223,21 @@ def test_several_masks_are_skipped_unless_the_first_is_scored(bert_words):
   assert first.ids == tok("an apple is [MASK] or [MASK] .")["input_ids"] and first.position == 4
 
 
+def test_token_strings_reach_ids_past_a_vocabulary_gap(tmp_path):
+  """A vocab.txt with a repeated line has a gap (the word takes its last line's id), so
+  len(tokenizer) is below the highest id + 1: the ids above it are still strings of the table,
+  and the informask word list finds the words they spell."""
+  (tmp_path / "vocab.txt").write_text("\n".join(
+      ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "paris", "rome", "paris", "berlin"]) + "\n")
+  for cls in (transformers.BertTokenizer, transformers.BertTokenizerFast):
+    tok = cls(str(tmp_path / "vocab.txt"))
+    assert len(tok) == 8 and tok.convert_tokens_to_ids("berlin") == 8
+    words = lama.WordTable(tok)
+    strings = words.token_strings()
+    assert len(strings) == 9 and strings[8] == "berlin" and strings[5] == ""  # 5: the gap.
+    assert lama.evaluation._informask_word_list_tokens(words, ["berlin"], "list.txt") == {8}
+
+
 def test_two_masked_sentences_are_asked_as_one_sentence_pair(bert_words):
   """lama, sentence sources: as LAMA's BERT connector, a record's two masked sentences are one
   input, [CLS] A [SEP] B [SEP] with token types 0 then 1, scored at the pair's first mask (here

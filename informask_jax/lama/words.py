@@ -66,8 +66,10 @@ class WordTable:
     return self._strings[token_id]
 
   def token_strings(self) -> list[str]:
-    """token_string of every id, decoded in one call."""
-    ids = range(len(self.tokenizer))
+    """token_string of every id up to the highest, decoded in one call (an id the vocabulary
+    lacks decodes to ""). len(tokenizer) counts tokens, which falls short of the highest id + 1
+    when the vocabulary has gaps (a vocab.txt with a repeated line)."""
+    ids = range(max(len(self.tokenizer), max(self.tokenizer.get_vocab().values(), default=-1) + 1))
     missing = [i for i in ids if i not in self._strings]
     for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True):
       self._strings[i] = text.replace(" ", "").lower()
