@@ -1383,3 +1383,21 @@ def test_a_tokenizer_larger_than_the_model_is_refused(models, tmp_path):
     with pytest.raises(ValueError, match=rf"its tokenizer has {len(tok)} tokens but the model "
                                          rf"predicts {len(tok) - 1} \(tokens added"):
       lama.evaluate(str(grown), str(FIXTURES), backend=backend, progress=False)
+
+
+def test_a_tokenizer_whose_ids_pass_the_model_through_a_gap_is_refused(models, tmp_path):
+  """A vocab.txt with a repeated line: as many tokens as the model has rows, but the repeated
+  word takes the id past the last row. Counting tokens let it through to an IndexError."""
+  gapped = tmp_path / "gapped"
+  shutil.copytree(models["bert"], gapped)
+  for name in ("tokenizer.json", "vocab.txt"):
+    (gapped / name).unlink(missing_ok=True)
+  lines = pathlib.Path(_vocab_file()).read_text(encoding="utf-8").splitlines()
+  (gapped / "vocab.txt").write_text("\n".join([*lines, "paris"]) + "\n", encoding="utf-8")
+  tok = transformers.AutoTokenizer.from_pretrained(gapped)
+  assert len(tok) == len(lines) and tok.convert_tokens_to_ids("paris") == len(lines)
+  for backend in ("torch", "flax"):
+    with pytest.raises(ValueError, match=rf"its tokenizer has {len(lines)} tokens \(ids up to "
+                                         rf"{len(lines)}: its vocabulary has gaps\) but the "
+                                         rf"model predicts {len(lines)} "):
+      lama.evaluate(str(gapped), str(FIXTURES), backend=backend, progress=False)

@@ -201,10 +201,15 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
 
   runner = load_backend(model, backend, words.tokenizer, batch_size=batch_size, device=device,
                         step=step)
-  if len(words.tokenizer) > runner.vocab_size:  # A gold id past the logits: an IndexError.
-    raise ValueError(f"--model {model!r}: its tokenizer has {len(words.tokenizer)} tokens but the "
-                     f"model predicts {runner.vocab_size} (tokens added to the tokenizer without "
-                     "model.resize_token_embeddings?).")
+  from informask_jax import tokenization  # Lazily, as the model modules: it loads corpus readers.
+
+  rows = tokenization.vocab_rows(words.tokenizer)  # Past the largest id, gaps included.
+  if rows > runner.vocab_size:  # A gold id past the logits: an IndexError.
+    size = len(words.tokenizer)
+    raise ValueError(f"--model {model!r}: its tokenizer has {size} tokens"
+                     f"{f' (ids up to {rows - 1}: its vocabulary has gaps)' if rows > size else ''}"
+                     f" but the model predicts {runner.vocab_size} (tokens added to the tokenizer "
+                     "without model.resize_token_embeddings?).")
   encoded = encode_queries(queries, words, runner.max_len, scores,
                            INFORMASK_MAX_TOKENS if protocol == "informask" else None,
                            first_mask=protocol == "lama")

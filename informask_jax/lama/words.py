@@ -69,7 +69,9 @@ class WordTable:
     """token_string of every id up to the highest, decoded in one call (an id the vocabulary
     lacks decodes to ""). len(tokenizer) counts tokens, which falls short of the highest id + 1
     when the vocabulary has gaps (a vocab.txt with a repeated line)."""
-    ids = range(max(len(self.tokenizer), max(self.tokenizer.get_vocab().values(), default=-1) + 1))
+    from informask_jax import tokenization  # Lazily: it loads the corpus readers.
+
+    ids = range(tokenization.vocab_rows(self.tokenizer))
     missing = [i for i in ids if i not in self._strings]
     for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True):
       self._strings[i] = text.replace(" ", "").lower()
