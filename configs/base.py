@@ -197,6 +197,12 @@ def get_base_config(arg=None, strategy="informask"):
   c.train.resume = True  # Resume from the workdir's latest checkpoint when there is one.
   c.train.overwrite = False  # With resume=False, allow starting over in a non-empty workdir.
   c.train.max_consecutive_skips = 10  # Stop after this many non-finite steps in a row.
+  # Dynamic loss scaling of the backward pass: "auto" (on under model.compute_dtype="float16",
+  # whose range the gradient sums can overflow; off under bfloat16 and float32), "dynamic" or
+  # "off". The scale starts at 1, halves at each non-finite step (skipped; counted towards
+  # max_consecutive_skips only once the scale is at its floor, 2**-24, or when the loss itself is
+  # non-finite) and doubles after 2000 finite steps in a row; logged as loss_scale.
+  c.train.loss_scaling = "auto"
   # Several processes: every this many steps they agree whether one got SIGTERM / SIGINT, and
   # then all save at the same step (a process saving alone would wait forever for the others).
   c.train.stop_sync_every = 10

@@ -12,6 +12,7 @@ import ml_collections
 
 from informask_jax import checkpointing, optim, stats, tokenization
 from informask_jax import model as model_lib
+from informask_jax import trainer as trainer_lib
 
 # Settings that change the corpus a vocabulary is trained on.
 CORPUS_KEYS = ("config.data.sources", "config.data.max_documents",
@@ -37,6 +38,33 @@ def _check_clipping(saved: dict, current: dict, workdir) -> None:
         f"{after!r} turns gradient clipping {'off' if before > 0 else 'on'}, which changes the "
         f"optimizer state its checkpoints hold. Keep clipping {keep}, or keep its parameters "
         f"and start a new run: another --workdir with --config.init_from={workdir}.")
+
+
+def _loss_scaling(config: dict) -> tuple[bool, str]:
+  """Whether a config (as saved) scales the loss, and the settings that say so. A checkpoint
+  from before config.train.loss_scaling existed never did."""
+  setting = (config.get("train") or {}).get("loss_scaling")
+  if setting is None:
+    return False, "no config.train.loss_scaling (older than the setting)"
+  dtype = (config.get("model") or {}).get("compute_dtype")
+  described = f"config.train.loss_scaling={setting!r}"
+  if setting == "auto":
+    described += f" with config.model.compute_dtype={dtype!r}"
+  return trainer_lib.uses_loss_scaling(setting, dtype), described
+
+
+def _check_loss_scaling(saved: dict, current: dict, workdir) -> None:
+  """Loss scaling on or off adds or removes the scale in the train state its checkpoints hold
+  (under "auto", so does a change of compute_dtype to or from float16)."""
+  (before, was), (after, now) = _loss_scaling(saved), _loss_scaling(current)
+  if before != after:
+    keep = "dynamic" if before else "off"
+    raise ValueError(
+        f"Cannot resume the run in {workdir}: dynamic loss scaling was {'on' if before else 'off'} "
+        f"({was}) and would be {'on' if after else 'off'} ({now}), which changes the train state "
+        f"its checkpoints hold (the loss scale). Resume with --config.train.loss_scaling={keep}, "
+        f"or keep its parameters and start a new run: another --workdir with "
+        f"--config.init_from={workdir}.")
 
 
 def check_resume_settings(workdir: pathlib.Path, config) -> None:
@@ -69,6 +97,7 @@ def check_resume_settings(workdir: pathlib.Path, config) -> None:
         f"new run in another --workdir (with --config.init_from={workdir} only if the "
         f"vocabulary is the same).")
   _check_clipping(saved, current, workdir)
+  _check_loss_scaling(saved, current, workdir)
   changed = [f"config.{section}.{key}: {saved[section][key]!r} -> {current[section][key]!r}"
              for section, key in _DATA_ORDER_KEYS
              if isinstance(saved.get(section), dict) and key in saved[section]

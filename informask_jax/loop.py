@@ -79,6 +79,10 @@ def check_config(config) -> None:
     # No batch would give a loss of 0, which would also win the best-checkpoint selection.
     raise ValueError(f"config.train.eval_batches={t.eval_batches} must be >= 1, or -1 for the "
                      "whole validation split.")
+  if t.loss_scaling not in trainer_lib.LOSS_SCALING:
+    raise ValueError(f"config.train.loss_scaling={t.loss_scaling!r} must be one of "
+                     f"{trainer_lib.LOSS_SCALING} ('auto': dynamic under config.model."
+                     "compute_dtype='float16', else off).")
   optim.check_config(config.optim)
   # The model's and the masking's own validation, on stand-in vocabulary ids, so that a typo
   # fails now rather than after the corpus is tokenized.
@@ -305,8 +309,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     saved_cfg = dataclasses.replace(saved_cfg, scan_layers=mlm_config.scan_layers)
     compatibility.check_architecture(saved_cfg, mlm_config, f"config.init_from={config.init_from}")
     logging.info("Initialised parameters from %s.", config.init_from)
+  scaled = trainer_lib.uses_loss_scaling(config.train.loss_scaling, config.model.compute_dtype)
   state, state_shardings = trainer_lib.init_train_state(
-      model, tx, config.train.seed, config.data.seq_len, mesh, rules, params=init_params)
+      model, tx, config.train.seed, config.data.seq_len, mesh, rules, params=init_params,
+      loss_scale=trainer_lib.LOSS_SCALE_INIT if scaled else None)
 
   # --- Resume ------------------------------------------------------------------------------
   # What is opened from here on is closed on every exit, errors included (orbax's threads left

@@ -74,6 +74,8 @@ def summarize(step_metrics: list[dict]) -> dict:
       "dropped_targets_per_step": sum(float(m["dropped_targets"]) for m in applied)
                                   / max(len(applied), 1),
   }
+  if "loss_scale" in host[-1]:  # Under loss scaling: the scale the interval's last step used.
+    out["loss_scale"] = float(host[-1]["loss_scale"])
   if targets == 0:  # Every step of the interval was skipped: no loss to report.
     out["loss"] = out["accuracy"] = float("nan")
   return out

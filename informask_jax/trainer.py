@@ -24,6 +24,44 @@ from informask_jax import sharding as sharding_lib
 
 Masker = Callable[..., dict]
 
+LOSS_SCALING = ("auto", "dynamic", "off")
+# The step differentiates the SUM of the targets' cross-entropies, so each target's logit
+# gradient is O(1) at scale 1: scale 1 on the sum is a scale of num_targets on a mean loss
+# (~2**14 at 256 x 80 targets; GradScaler and jmp start a mean loss at 2**15-2**16 and halve from
+# there). float16's risk here is overflow rather than underflow (a parameter gradient sums O(1)
+# terms over every target of the step, past 65504 at ~20k), so start at 1 and let overflows halve.
+LOSS_SCALE_INIT = 1.0
+# At 2**-24 an O(1) gradient is float16's smallest subnormal: a lower scale flushes everything to
+# zero, so halving stops there (and never reaches 0, which would make every gradient 0).
+LOSS_SCALE_MIN = 2.0**-24
+LOSS_SCALE_GROWTH_INTERVAL = 2000  # Finite steps in a row after which the scale doubles.
+
+
+def uses_loss_scaling(loss_scaling: str, compute_dtype: str) -> bool:
+  """config.train.loss_scaling: 'auto' scales only under float16 compute (bfloat16 has float32's
+  range); 'dynamic' always; 'off' never."""
+  return loss_scaling == "dynamic" or (loss_scaling == "auto" and compute_dtype == "float16")
+
+
+@flax.struct.dataclass
+class LossScale:
+  """Dynamic loss scaling (as torch's GradScaler, jmp's DynamicLossScale): halved at every
+  non-finite step, doubled after `growth_interval` finite steps in a row."""
+  scale: jax.Array  # float32 (): the summed loss is multiplied by it before differentiating.
+  good_steps: jax.Array  # int32 (): finite steps in a row since the scale last changed.
+
+  @classmethod
+  def create(cls, scale: float = LOSS_SCALE_INIT) -> "LossScale":
+    return cls(scale=jnp.float32(scale), good_steps=jnp.int32(0))
+
+  def update(self, finite: jax.Array, growth_interval: int) -> "LossScale":
+    grow = finite & (self.good_steps + 1 >= growth_interval)
+    doubled = self.scale * 2
+    grown = jnp.where(jnp.isfinite(doubled), doubled, self.scale)  # An inf scale never halves back.
+    scale = jnp.where(finite, jnp.where(grow, grown, self.scale),
+                      jnp.maximum(self.scale / 2, LOSS_SCALE_MIN))
+    return LossScale(scale=scale, good_steps=jnp.where(finite & ~grow, self.good_steps + 1, 0))
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -32,13 +70,25 @@ class TrainState:
   opt_state: Any
   rng: jax.Array  # uint32 key data of the run's root key; per-step keys are fold_in(rng, step).
   skipped: jax.Array  # int32 (): updates skipped for non-finite loss or gradients, in total.
-  consecutive_skips: jax.Array  # int32 (): skipped in a row up to this step.
+  # int32 (): skipped in a row up to this step; under loss scaling only those the scale cannot
+  # explain (see make_train_step), since config.train.max_consecutive_skips stops the run.
+  consecutive_skips: jax.Array
+
+
+@flax.struct.dataclass
+class ScaledTrainState(TrainState):
+  """The train state under loss scaling. A class of its own, not a TrainState field that is None
+  when off: orbax records a None as a node, which changed the layout of every run's checkpoints
+  (those saved before would not restore)."""
+  loss_scale: LossScale
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   max_predictions: int  # Target positions gathered per sequence (P).
   micro_steps: int = 1  # Gradient-accumulation micro-batches per step.
+  # Under loss scaling (a ScaledTrainState): finite steps in a row before the scale doubles.
+  growth_interval: int = LOSS_SCALE_GROWTH_INTERVAL
 
 
 def gather_targets(mask: jax.Array, max_predictions: int) -> tuple[jax.Array, jax.Array]:
@@ -96,14 +146,20 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
     inputs, positions, labels, weights, dropped = _masked_targets(
         masker, mask_key, batch, step_config.max_predictions)
 
-    grad_fn = jax.value_and_grad(
-        lambda p, *a: _mlm_sums(model, p, *a, deterministic=False), has_aux=True)
+    # None: no loss scaling (a static choice, by the state's class).
+    scaling = state.loss_scale if isinstance(state, ScaledTrainState) else None
+
+    def scaled_sums(p, *a):
+      loss, correct = _mlm_sums(model, p, *a, deterministic=False)
+      return (loss if scaling is None else loss * scaling.scale), (loss, correct)
+
+    grad_fn = jax.value_and_grad(scaled_sums, has_aux=True)
 
     def accumulate(carry, micro):
       grads, loss_sum, correct_sum = carry
       index, micro_inputs = micro[0], micro[1:]
-      (loss, correct), g = grad_fn(state.params, *micro_inputs,
-                                   jax.random.fold_in(dropout_key, index))
+      (_, (loss, correct)), g = grad_fn(state.params, *micro_inputs,
+                                        jax.random.fold_in(dropout_key, index))
       grads = jax.tree.map(jnp.add, grads, g)
       return (grads, loss_sum + loss, correct_sum + correct), None
 
@@ -117,6 +173,8 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
     # Normalise by the targets of the whole batch: accumulation equals one large batch, but for
     # dropout, drawn per micro-batch (one key per micro-step, not per example).
     num_targets = weights.sum()
+    if scaling is not None:  # Unscaled in float32 (the parameters' dtype), before normalising.
+      grad_sum = jax.tree.map(lambda g: g / scaling.scale.astype(g.dtype), grad_sum)
     grads = jax.tree.map(lambda g: g / jnp.maximum(num_targets, 1.0), grad_sum)
     loss = loss_sum / jnp.maximum(num_targets, 1.0)
     grad_norm = optax.tree.norm(grads)
@@ -126,12 +184,21 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
     new_params, new_opt_state = apply_update(state.params, state.opt_state, grads, grad_norm,
                                              finite)
     skipped = (~finite).astype(jnp.int32)
+    counted = ~finite
+    if scaling is not None:
+      # A finite loss with non-finite gradients is an overflow of the scaled backward pass while
+      # the scale can still fall: not counted towards max_consecutive_skips (whose stop blames
+      # the learning rate or the data) until the scale is at its floor. The scale acts on the
+      # backward pass only, so a non-finite loss (the forward pass, a bad batch) counts at once.
+      counted = counted & (~jnp.isfinite(loss) | (scaling.scale <= LOSS_SCALE_MIN))
     new_state = state.replace(
         step=state.step + 1,
         params=new_params,
         opt_state=new_opt_state,
         skipped=state.skipped + skipped,
-        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1))
+        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + counted))
+    if scaling is not None:
+      new_state = new_state.replace(loss_scale=scaling.update(finite, step_config.growth_interval))
     metrics = {
         "loss_sum": jnp.where(finite, loss_sum, 0.0),
         "correct_sum": jnp.where(finite, correct_sum, 0.0),
@@ -144,6 +211,8 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
         "dropped_targets": dropped.astype(jnp.float32),
         "loss": loss,  # This step's loss, also when non-finite (then the step was skipped).
     }
+    if scaling is not None:
+      metrics["loss_scale"] = scaling.scale  # The scale this step used.
     return new_state, metrics
 
   return train_step
@@ -171,21 +240,24 @@ def make_eval_step(model: model_lib.BertMLM, max_predictions: int, micro_steps: 
 
 
 def init_train_state(model: model_lib.BertMLM, tx: optax.GradientTransformation, seed: int,
-                     seq_len: int, mesh, rules, params=None):
+                     seq_len: int, mesh, rules, params=None, loss_scale: float | None = None):
   """Sharded train state built in place: shapes first, then a jitted init with out_shardings.
 
   Returns (state, state_shardings). With `params` (e.g. imported from Hugging Face), those
-  replace the random initialisation and the optimizer starts fresh around them.
+  replace the random initialisation and the optimizer starts fresh around them. `loss_scale`:
+  the initial scale of dynamic loss scaling (e.g. LOSS_SCALE_INIT); None: no loss scaling.
   """
   root = jax.random.key(seed)
 
   def boxed_state(key):
     init_key, run_key = jax.random.split(key)
     boxed_params = model_lib.init_params(model, init_key, seq_len)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=boxed_params,
-                      opt_state=tx.init(boxed_params), rng=jax.random.key_data(run_key),
-                      skipped=jnp.zeros((), jnp.int32),
-                      consecutive_skips=jnp.zeros((), jnp.int32))
+    fields = dict(step=jnp.zeros((), jnp.int32), params=boxed_params,
+                  opt_state=tx.init(boxed_params), rng=jax.random.key_data(run_key),
+                  skipped=jnp.zeros((), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32))
+    if loss_scale is None:
+      return TrainState(**fields)
+    return ScaledTrainState(**fields, loss_scale=LossScale.create(loss_scale))
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract = jax.eval_shape(boxed_state, root)

@@ -200,6 +200,47 @@ def test_a_resume_that_turns_clipping_on_or_off_is_refused_by_name(tiny_config, 
     compatibility.check_resume_settings(tmp_path, tiny_config)
 
 
+def test_a_resume_that_turns_loss_scaling_on_or_off_is_refused_by_name(tiny_config, tmp_path,
+                                                                        monkeypatch):
+  """Loss scaling on or off adds or removes the scale in the checkpointed state: refused before
+  any work, naming config.train.loss_scaling (and, under "auto", config.model.compute_dtype);
+  another setting that scales as before, or a checkpoint older than the setting resumed without
+  it, is accepted."""
+  saved = compatibility.config_json(tiny_config)
+  monkeypatch.setattr(compatibility.checkpointing, "latest_meta", lambda workdir: {"config": saved})
+  assert saved["train"]["loss_scaling"] == "auto" and saved["model"]["compute_dtype"] == "float32"
+  tiny_config.train.loss_scaling = "off"  # Off under "auto" with float32 too.
+  compatibility.check_resume_settings(tmp_path, tiny_config)
+  tiny_config.train.loss_scaling = "dynamic"
+  with pytest.raises(ValueError, match=r"Cannot resume the run in .*: dynamic loss scaling was "
+                                       r"off \(config\.train\.loss_scaling='auto' with "
+                                       r"config\.model\.compute_dtype='float32'\) and would be on "
+                                       r"\(config\.train\.loss_scaling='dynamic'\), .* Resume "
+                                       r"with --config\.train\.loss_scaling=off"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+  saved["train"]["loss_scaling"] = "dynamic"
+  tiny_config.model.compute_dtype = "bfloat16"
+  compatibility.check_resume_settings(tmp_path, tiny_config)
+  saved["train"]["loss_scaling"] = "auto"
+  saved["model"]["compute_dtype"] = "float16"
+  tiny_config.train.loss_scaling = "auto"  # On before (float16), off now (bfloat16).
+  with pytest.raises(ValueError, match=r"was on \(config\.train\.loss_scaling='auto' with "
+                                       r"config\.model\.compute_dtype='float16'\) and would be "
+                                       r"off \(config\.train\.loss_scaling='auto' with "
+                                       r"config\.model\.compute_dtype='bfloat16'\).* Resume with "
+                                       r"--config\.train\.loss_scaling=dynamic"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+  # A run from before the setting: never scaled, though it trained in float16.
+  del saved["train"]["loss_scaling"]
+  tiny_config.model.compute_dtype = "float16"
+  with pytest.raises(ValueError, match=r"was off \(no config\.train\.loss_scaling \(older "
+                                       r"than the setting\)\) and would be on .* Resume with "
+                                       r"--config\.train\.loss_scaling=off"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+  tiny_config.train.loss_scaling = "off"
+  compatibility.check_resume_settings(tmp_path, tiny_config)
+
+
 @pytest.mark.parametrize("saved, now, expected", [
     (100, 200, "decay now ends at step 200"),  # Past the warm-up: where the decay ends.
     (100, 40, "ends inside the learning-rate warm-up (config.optim.warmup_steps=50)"),

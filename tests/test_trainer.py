@@ -4,7 +4,9 @@ non-finite step changes nothing."""
 import logging
 import re
 import types
+from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -785,3 +787,219 @@ def test_a_non_finite_logit_at_an_unused_slot_leaves_the_sums_finite():
       model, None, None, None, jnp.array([[3, 0]]), jnp.array([[1.0, 0.0]]), None, True)
   np.testing.assert_allclose(float(loss), np.log(5.0), rtol=1e-6)
   assert float(correct) == 0.0
+
+
+# --- Dynamic loss scaling (config.train.loss_scaling), on CPU in float32 ------------------------
+
+
+def _scaled_steps(model, params, tx, batch, scale, steps=1, good_steps=0, growth_interval=2000):
+  """`steps` jitted steps from a ScaledTrainState at `scale`; returns the state and each step's
+  metrics."""
+  state = trainer_lib.ScaledTrainState(
+      step=jnp.int32(0), params=params, opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(7)), skipped=jnp.int32(0),
+      consecutive_skips=jnp.int32(0),
+      loss_scale=trainer_lib.LossScale(jnp.float32(scale), jnp.int32(good_steps)))
+  train_step = jax.jit(trainer_lib.make_train_step(
+      model, tx, optax.constant_schedule(1.0),
+      trainer_lib.StepConfig(4, 1, growth_interval=growth_interval)))
+  history = []
+  for _ in range(steps):
+    state, metrics = train_step(state, batch, _EveryThirdId())
+    history.append(jax.device_get(metrics))
+  return state, history
+
+
+def test_config_loss_scaling_resolves_and_is_validated_by_name():
+  from informask_jax import loop
+
+  assert trainer_lib.uses_loss_scaling("auto", "float16")
+  assert not trainer_lib.uses_loss_scaling("auto", "bfloat16")
+  assert not trainer_lib.uses_loss_scaling("auto", "float32")
+  assert trainer_lib.uses_loss_scaling("dynamic", "float32")
+  assert not trainer_lib.uses_loss_scaling("off", "float16")
+  config = _config()
+  assert config.train.loss_scaling == "auto"
+  for value in trainer_lib.LOSS_SCALING:
+    config.train.loss_scaling = value
+    loop.check_config(config)
+  config.train.loss_scaling = "on"
+  with pytest.raises(ValueError, match=r"config\.train\.loss_scaling='on' must be one of "
+                                       r"\('auto', 'dynamic', 'off'\)"):
+    loop.check_config(config)
+
+
+@pytest.mark.parametrize("scale", [2.0**12, 2.0**-8])
+def test_a_scaled_finite_step_applies_the_unscaled_gradient(scale):
+  """SGD at rate 1 (so a gradient left scaled would show; Adam would hide it): parameters, loss,
+  sums and gradient norm of a step at `scale` are those of the step without loss scaling, and
+  the scale is logged."""
+  model, params = _small_model()
+  batch = _small_batch()
+  tx = optax.sgd(1.0)
+  plain, plain_metrics = _one_step(model, params, tx, optax.constant_schedule(1.0), batch, 1)
+  assert isinstance(plain, trainer_lib.TrainState) and "loss_scale" not in plain_metrics
+  state, (metrics,) = _scaled_steps(model, params, tx, batch, scale)
+  assert int(metrics["skipped"]) == 0 and float(metrics["loss_scale"]) == scale
+  for key in ("loss", "loss_sum", "correct_sum", "num_targets", "grad_norm"):
+    np.testing.assert_allclose(metrics[key], plain_metrics[key], rtol=1e-5, err_msg=key)
+  moved = 0.0
+  for a, b, p in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain.params),
+                     jax.tree.leaves(params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    moved = max(moved, float(np.abs(np.asarray(b) - np.asarray(p)).max()))
+  assert moved > 1e-3  # The step did move the parameters.
+  assert float(state.loss_scale.scale) == scale and int(state.loss_scale.good_steps) == 1
+
+
+def test_an_overflowing_step_is_skipped_and_halves_the_scale_without_counting_to_the_stop():
+  """At a scale of 1e38 the float32 backward pass overflows (the loss stays finite): the step is
+  skipped, parameters and optimizer state untouched, the scale halved; it does not count towards
+  max_consecutive_skips (consecutive_skips stays 0), since the scale can still fall. Through
+  init_train_state and jit_train_step, on a 2x2x2 mesh."""
+  config = _config()
+  config.train.loss_scaling = "dynamic"
+  assert config.model.compute_dtype == "float32"
+  assert trainer_lib.uses_loss_scaling(config.train.loss_scaling, config.model.compute_dtype)
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
+  model = model_lib.BertMLM(cfg)
+  tx, schedule = optim.make_optimizer(config.optim, 100)
+  mesh = sharding_lib.make_mesh(_mesh_config(2, 2, 2))
+  rules = sharding_lib.logical_rules(config.mesh)
+  masker = masking.get_masker("random", vocab_size=VOCAB, mask_id=4, special_ids=SPECIALS)
+  state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules,
+                                                  loss_scale=1e38)
+  assert isinstance(state, trainer_lib.ScaledTrainState)
+  assert shardings.loss_scale.scale.spec == P()  # Replicated scalars.
+  step = trainer_lib.jit_train_step(
+      trainer_lib.make_train_step(model, tx, schedule, trainer_lib.StepConfig(20),
+                                  optim.make_apply_update(config.optim, schedule)),
+      shardings, mesh, masker)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    batch = jax.device_put(_batch(), sharding_lib.batch_sharding(mesh))
+    before = jax.tree.map(np.array, (state.params, state.opt_state))
+    state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and not np.isfinite(float(metrics["grad_norm"]))
+    assert int(metrics["skipped"]) == 1 and float(metrics["loss_scale"]) == np.float32(1e38)
+    assert int(state.skipped) == 1 and int(state.consecutive_skips) == 0
+    np.testing.assert_array_equal(state.loss_scale.scale, np.float32(1e38) / 2)
+    after = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+      np.testing.assert_array_equal(x, y)
+    # Back at a working scale, training goes on and the scale starts counting finite steps.
+    state = state.replace(loss_scale=trainer_lib.LossScale.create(1.0))
+    state, metrics = step(state, batch)
+  assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
+  assert float(state.loss_scale.scale) == 1.0 and int(state.loss_scale.good_steps) == 1
+
+
+@pytest.mark.parametrize("model_cls", [_PoisonableMLM, _NaNGradientMLM])
+def test_under_scaling_a_non_finite_loss_counts_at_once_an_overflow_only_at_the_floor(model_cls):
+  """The scale acts on the backward pass only: a NaN loss (forward pass, a bad batch) counts
+  towards max_consecutive_skips at once; NaN gradients of a finite loss (an overflow, as the step
+  sees it) only once the scale is at its floor. Both halve the scale, down to the floor."""
+  cfg = model_lib.MLMConfig(vocab_size=40, num_layers=1, hidden_size=16, num_heads=2,
+                            mlp_size=32, max_positions=16)
+  model = model_cls(cfg)
+  params = nn.meta.unbox(model_lib.init_params(model, jax.random.key(0), 8))
+  batch = _small_batch()
+  batch["token_ids"][:, 0] = POISON
+  floor = trainer_lib.LOSS_SCALE_MIN
+  nan_loss = model_cls is _PoisonableMLM
+  state, history = _scaled_steps(model, params, optax.sgd(1.0), batch, 4 * floor, steps=3)
+  assert [int(m["skipped"]) for m in history] == [1, 1, 1]
+  assert [float(m["loss_scale"]) for m in history] == [4 * floor, 2 * floor, floor]
+  assert [int(m["consecutive_skips"]) for m in history] == ([1, 2, 3] if nan_loss
+                                                              else [0, 0, 1])
+  assert float(state.loss_scale.scale) == floor  # Never below.
+
+
+def test_the_scale_doubles_after_growth_interval_finite_steps():
+  """growth_interval=3: the scale doubles after every third finite step in a row (and the
+  counter restarts); an overflow halves it and restarts the counter; a doubling that would be
+  inf keeps the scale."""
+  model, params = _small_model()
+  batch = _small_batch()
+  state, history = _scaled_steps(model, params, optax.sgd(0.0), batch, 2.0, steps=7,
+                                 growth_interval=3)
+  assert [float(m["loss_scale"]) for m in history] == [2, 2, 2, 4, 4, 4, 8]
+  assert not any(int(m["skipped"]) for m in history)
+  assert float(state.loss_scale.scale) == 8.0 and int(state.loss_scale.good_steps) == 1
+  # Counters as a resume restores them: two finite steps counted, the third doubles the scale.
+  state, history = _scaled_steps(model, params, optax.sgd(0.0), batch, 2.0, good_steps=2,
+                                 growth_interval=3)
+  assert float(state.loss_scale.scale) == 4.0 and int(state.loss_scale.good_steps) == 0
+  big = trainer_lib.LossScale(jnp.float32(1e38), jnp.int32(1))
+  assert float(big.update(jnp.bool_(False), 3).scale) == np.float32(5e37)
+  assert int(big.update(jnp.bool_(False), 3).good_steps) == 0
+  top = trainer_lib.LossScale(jnp.float32(3e38), jnp.int32(2))  # Doubled: inf. Kept instead.
+  assert float(top.update(jnp.bool_(True), 3).scale) == np.float32(3e38)
+
+
+@flax.struct.dataclass
+class _TrainStateBeforeLossScaling:
+  """TrainState as it was before loss scaling: the layout of every existing run's checkpoints."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  skipped: jax.Array
+  consecutive_skips: jax.Array
+
+
+def test_without_loss_scaling_the_checkpointed_state_keeps_its_layout(tmp_path):
+  """loss_scaling off: init_train_state gives the TrainState of before (same fields, same leaf
+  paths), and a checkpoint saved in the old layout restores into it, and the reverse; a
+  ScaledTrainState's checkpoint holds the scale too, and does not restore into it."""
+  from informask_jax import checkpointing
+
+  config = _config(num_layers=1)
+  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
+  model = model_lib.BertMLM(cfg)
+  tx, _ = optim.make_optimizer(config.optim, 100)
+  mesh = sharding_lib.make_mesh(_mesh_config(2, 2, 2))
+  rules = sharding_lib.logical_rules(config.mesh)
+  state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
+  scaled, scaled_shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules,
+                                                          loss_scale=1.0)
+  assert type(state) is trainer_lib.TrainState
+  old = _TrainStateBeforeLossScaling(**{f: getattr(state, f) for f in
+                                        _TrainStateBeforeLossScaling.__dataclass_fields__})
+  paths = lambda tree: [jax.tree_util.keystr(p) for p, _ in  # noqa: E731
+                        jax.tree_util.tree_flatten_with_path(tree)[0]]
+  assert paths(state) == paths(old)
+  assert paths(scaled) == paths(old) + [".loss_scale.scale", ".loss_scale.good_steps"]
+
+  def abstract(s, sh):
+    return jax.tree.map(lambda x, h: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=h), s, sh)
+
+  def round_trip(workdir, saved, target):
+    checkpointer = checkpointing.Checkpointer(workdir)
+    try:
+      assert checkpointer.save(1, saved, {}, {}, force=True)
+      checkpointer.wait()
+      return checkpointer.restore(1, target)[0]
+    finally:
+      checkpointer.close()
+
+  restored = round_trip(tmp_path / "old", old, abstract(state, shardings))
+  assert type(restored) is trainer_lib.TrainState
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(old), strict=True):
+    np.testing.assert_array_equal(a, b)
+  old_shardings = _TrainStateBeforeLossScaling(**{f: getattr(shardings, f) for f in
+                                                  _TrainStateBeforeLossScaling.__dataclass_fields__})
+  round_trip(tmp_path / "new", state, abstract(old, old_shardings))
+  restored = round_trip(tmp_path / "scaled", scaled, abstract(scaled, scaled_shardings))
+  assert float(restored.loss_scale.scale) == 1.0
+  with pytest.raises(checkpointing.CheckpointReadError, match="laid out otherwise"):
+    round_trip(tmp_path / "mixed", scaled, abstract(state, shardings))
+
+
+def test_the_logged_summary_carries_the_scale_only_under_scaling():
+  from informask_jax import metrics as metrics_lib
+
+  step = {"loss_sum": 2.0, "correct_sum": 1.0, "num_targets": 4.0, "grad_norm": 1.0,
+          "learning_rate": 0.1, "skipped": 0, "dropped_targets": 0.0}
+  assert "loss_scale" not in metrics_lib.summarize([step, step])
+  summary = metrics_lib.summarize([{**step, "loss_scale": 2.0}, {**step, "loss_scale": 1.0}])
+  assert summary["loss_scale"] == 1.0
