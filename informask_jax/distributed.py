@@ -195,9 +195,11 @@ def stop_with_failed_peers(stop_this_process) -> None:
   return; it leaves with leave_after_failure) when another process fails (see
   tell_peers_of_failure), with that process's error and exit status."""
   global _watcher
-  if jax.process_count() == 1 or _watcher is not None:
+  client = _client()
+  # No client: one process (and its backend not started here, before the config is checked).
+  if client is None or _watcher is not None:
     return
-  client, me = _client(), jax.process_index()
+  me = jax.process_index()
 
   def watch():
     global _failure_posted
