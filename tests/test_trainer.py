@@ -35,6 +35,15 @@ def _config(**model_overrides):
   return c
 
 
+def _model_on_2x2x2(config):
+  """(model, optimizer, schedule over 100 steps, 2x2x2 mesh, logical rules) of `config`."""
+  model = model_lib.BertMLM(model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB,
+                                                            pad_id=0))
+  tx, schedule = optim.make_optimizer(config.optim, 100)
+  return model, tx, schedule, sharding_lib.make_mesh(_mesh_config(2, 2, 2)), (
+      sharding_lib.logical_rules(config.mesh))
+
+
 def _setup(config, mesh_shape, num_devices, micro_steps=1, total_steps=100, masker=None,
            max_predictions=20):
   cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
@@ -736,11 +745,7 @@ def test_given_parameters_replace_the_random_initialisation():
   """config.init_from (a run's or an imported Hugging Face checkpoint): the state starts from the
   given parameters, laid out as the rules say, with a fresh optimizer; not from the seed's."""
   config = _config(num_layers=1)
-  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
-  model = model_lib.BertMLM(cfg)
-  tx, _ = optim.make_optimizer(config.optim, 100)
-  mesh = sharding_lib.make_mesh(_mesh_config(2, 2, 2))
-  rules = sharding_lib.logical_rules(config.mesh)
+  model, tx, _, mesh, rules = _model_on_2x2x2(config)
   given = jax.tree.map(np.asarray, nn.meta.unbox(
       model_lib.init_params(model, jax.random.key(42), SEQ)))
   state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules, params=given)
@@ -861,11 +866,7 @@ def test_an_overflowing_step_is_skipped_and_halves_the_scale_without_counting_to
   config.train.loss_scaling = "dynamic"
   assert config.model.compute_dtype == "float32"
   assert trainer_lib.uses_loss_scaling(config.train.loss_scaling, config.model.compute_dtype)
-  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
-  model = model_lib.BertMLM(cfg)
-  tx, schedule = optim.make_optimizer(config.optim, 100)
-  mesh = sharding_lib.make_mesh(_mesh_config(2, 2, 2))
-  rules = sharding_lib.logical_rules(config.mesh)
+  model, tx, schedule, mesh, rules = _model_on_2x2x2(config)
   masker = masking.get_masker("random", vocab_size=VOCAB, mask_id=4, special_ids=SPECIALS)
   state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules,
                                                   loss_scale=1e38)
@@ -954,11 +955,7 @@ def test_without_loss_scaling_the_checkpointed_state_keeps_its_layout(tmp_path):
   from informask_jax import checkpointing
 
   config = _config(num_layers=1)
-  cfg = model_lib.MLMConfig.from_config(config.model, vocab_size=VOCAB, pad_id=0)
-  model = model_lib.BertMLM(cfg)
-  tx, _ = optim.make_optimizer(config.optim, 100)
-  mesh = sharding_lib.make_mesh(_mesh_config(2, 2, 2))
-  rules = sharding_lib.logical_rules(config.mesh)
+  model, tx, _, mesh, rules = _model_on_2x2x2(config)
   state, shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules)
   scaled, scaled_shardings = trainer_lib.init_train_state(model, tx, 0, SEQ, mesh, rules,
                                                           loss_scale=1.0)
