@@ -383,6 +383,22 @@ def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
   assert np.isfinite(logged[0]["grad_norm"])
 
 
+def test_the_stop_under_loss_scaling_says_the_scale_could_not_fix_it(tiny_config, tmp_path):
+  """Blown-up parameters make the loss itself non-finite, which loss scaling (acting on the
+  backward pass) cannot fix: those skips count at once, and the stop says so with the scale."""
+  config = _small(tiny_config, num_steps=50, checkpoint_every=1000, eval_every=1000,
+                  max_consecutive_skips=3)
+  config.masking.name = "random"
+  config.optim.warmup_steps = 0
+  config.optim.learning_rate = 1e38
+  config.train.loss_scaling = "dynamic"
+  with pytest.raises(loop.TrainingStopped, match=r"3 consecutive steps up to step 4 had a non-"
+                     r"finite loss or gradient and were skipped \(under dynamic loss scaling, at "
+                     r"a scale of 0\.25, a skip counts only when the loss itself is non-finite or "
+                     r"the scale is at its floor, 5\.96e-08: not a range the scale could fix\)"):
+    loop.train_and_evaluate(config, tmp_path)
+
+
 def test_out_of_device_memory_names_the_settings_and_keeps_the_checkpoints(
     tiny_config, tmp_path, monkeypatch):
   """XLA's RESOURCE_EXHAUSTED from a step (a real one, from an allocation no machine has) is one
