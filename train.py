@@ -39,7 +39,6 @@ def main(argv):
     # that the normal exit would wait at for them; neither does this one.
     if not isinstance(e, SystemExit):
       traceback.print_exc()
-    distributed.leave_after_failure()
     cli.exit_now_with(e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1)
 
 
@@ -95,8 +94,7 @@ def _stop_for_failed_peer(error: str, exit_code: int) -> None:
                 "one stops too; the checkpoints written so far are intact: %srun the same command "
                 "on every process to resume.", error,
                 "once the cause is fixed, " if exit_code == 1 else "")
-  distributed.leave_after_failure()
-  cli.exit_now_with(exit_code)
+  cli.exit_now_with(exit_code)  # Which leaves as distributed says after a failure.
 
 
 if __name__ == "__main__":

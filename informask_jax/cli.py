@@ -107,22 +107,19 @@ def _leave_jax_distributed() -> None:
   if jax is None:
     return
   try:
-    if _left_after_failure():  # The shutdown's barrier would wait for the peers it stopped.
-      return
+    if _distributed_after_failure():  # exit_now_with leaves as it says; the shutdown's
+      return  # barrier would wait for the peers the error stopped.
     if jax.process_count() > 1:
       jax.distributed.shutdown()
   except Exception:  # Exiting on an error already; the other processes see a lost peer.
     pass
 
 
-def _left_after_failure() -> bool:
-  """Leaves as informask_jax.distributed does once this process's error (or a peer's) has
-  stopped the other processes; False when none has."""
+def _distributed_after_failure():
+  """informask_jax.distributed once this process's error (or a peer's) has stopped the other
+  processes; else None."""
   distributed = sys.modules.get("informask_jax.distributed")
-  if distributed is None or not distributed.failure_posted():
-    return False
-  distributed.leave_after_failure()
-  return True
+  return distributed if distributed is not None and distributed.failure_posted() else None
 
 
 def _unlink_semaphores() -> None:
@@ -183,7 +180,11 @@ def user_errors(program: str, extra: tuple = (), *, exit_now: bool = False):
 
 def exit_now_with(code: int) -> None:
   """Leaves the process with `code` at once: threads of a step or a save in flight, a worker
-  pool, are not waited for, and no exit hook runs (jax.distributed.shutdown's among them)."""
+  pool, are not waited for, and no exit hook runs (jax.distributed.shutdown's among them). After
+  an error that stopped the processes, leaves as informask_jax.distributed says."""
+  distributed = _distributed_after_failure()
+  if distributed is not None:
+    distributed.leave_after_failure()
   logging.shutdown()
   sys.stdout.flush()
   sys.stderr.flush()
@@ -218,8 +219,7 @@ def exit_interrupted(program: str, what_remains: str) -> None:
   shell reports it), at once: threads of a step or a save in flight are not waited for."""
   logging.shutdown()
   print(f"\n{program}: interrupted (Ctrl-C): {what_remains}.", file=sys.stderr)
-  _left_after_failure()  # Not jax.distributed.shutdown: a peer in a collective would hang it.
-  exit_now_with(130)
+  exit_now_with(130)  # Not jax.distributed.shutdown: a peer in a collective would hang it.
 
 
 def _config_values(argv: list[str]) -> list[str]:

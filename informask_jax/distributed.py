@@ -192,8 +192,8 @@ def _client():
 
 def stop_with_failed_peers(stop_this_process) -> None:
   """With several processes: a thread calls `stop_this_process(error, exit_code)` (which must not
-  return; it leaves with leave_after_failure) when another process fails (see
-  tell_peers_of_failure), with that process's error and exit status."""
+  return, and leaves with leave_after_failure, as cli.exit_now_with does) when another process
+  fails (see tell_peers_of_failure), with that process's error and exit status."""
   global _watcher
   client = _client()
   # No client: one process (and its backend not started here, before the config is checked).

@@ -452,14 +452,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if previous is not None and int(previous["consecutive_skips"]) >= t.max_consecutive_skips:
           latest = checkpointer.latest_step()
           # Under loss scaling the count leaves out the overflows the scale absorbed by falling.
-          scaled = ("" if "loss_scale" not in previous else
-                    " (under dynamic loss scaling, at a scale of "
-                    f"{float(previous['loss_scale']):.3g}, a skip counts only when the loss itself "
-                    "is non-finite or the scale is at its floor, "
-                    f"{trainer_lib.LOSS_SCALE_MIN:.3g}: not a range the scale could fix)")
+          scale_note = ("" if "loss_scale" not in previous else
+                        " (under dynamic loss scaling, at a scale of "
+                        f"{float(previous['loss_scale']):.3g}, a skip counts only when the loss "
+                        "itself is non-finite or the scale is at its floor, "
+                        f"{trainer_lib.LOSS_SCALE_MIN:.3g}: not a range the scale could fix)")
           raise TrainingStopped(
               f"{t.max_consecutive_skips} consecutive steps up to step {step} had a non-finite "
-              f"loss or gradient and were skipped{scaled}; parameters are those of the last "
+              f"loss or gradient and were skipped{scale_note}; parameters are those of the last "
               "finite step. Lower the learning rate or check the data; " + (
                   f"resume from the last checkpoint (step {latest})." if latest is not None
                   else "no checkpoint was written, start over."))
