@@ -392,6 +392,12 @@ def test_a_vocab_txt_directory_keeps_the_case_its_tokenizer_config_declares(tmp_
   (tmp_path / "tokenizer_config.json").write_text(json.dumps(
       {"do_lower_case": True, "strip_accents": False}))
   assert tokenization.load_tokenizer(_config(str(tmp_path))).tokenize("Café") == ["[UNK]"]
+  # A damaged tokenizer_config.json is named with the key, not a bare JSONDecodeError.
+  (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": tru')
+  with pytest.raises(ValueError, match=r"config\.tokenizer\.name_or_path='.*': .*"
+                                       r"tokenizer_config\.json is not valid JSON .*fix or remove "
+                                       r"it, or point name_or_path at the vocab\.txt"):
+    tokenization.load_tokenizer(_config(str(tmp_path)))
 
 
 def test_continuation_pieces_of_vocabularies_without_a_word_start_marker(caplog):
