@@ -1180,7 +1180,9 @@ def test_a_checkpoint_that_fills_the_disk_stops_the_run_without_waiting_for_the_
                        match=r"Writing checkpoint step 10 to .* failed: .*No space left on device"
                              r".* The previous checkpoints \[5\] are intact"):
       loop.train_and_evaluate(config, workdir)
-    assert max(_read_metrics(workdir)) < 15
+    # Before step 20, whose save raised it before; how many steps the background write takes to
+    # fail depends on the machine's load (15 were logged once on 2 busy cores).
+    assert max(_read_metrics(workdir)) < 20
     assert checkpointing.Checkpointer(workdir).all_steps() == [5]
 
 
