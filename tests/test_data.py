@@ -113,6 +113,13 @@ def test_split_sentences():
   assert data.split_sentences("The cat sat.\nthe dog ran! It was Dr.\nSmith.\niPhone sales "
                               "rose?\n\"no.\"") == [
       "The cat sat.", "the dog ran!", "It was Dr.", "Smith.", "iPhone sales rose?", '"no."']
+  # Scripts without case: a letter of one starts a sentence, even in a document with capitals.
+  assert data.split_sentences("Google نشرت المقال. ذهبت إلى السوق؟ نعم। हम घर गए। वह आया.") == [
+      "Google نشرت المقال.", "ذهبت إلى السوق؟", "نعم।", "हम घर गए।", "वह आया."]
+  # Chinese and Japanese: a full-width stop ends a sentence with no space after it; a closing
+  # bracket stays with it.
+  assert data.split_sentences("我们去了公园。天气很好！你呢？ 「行こう。」と彼は言った｡End.") == [
+      "我们去了公园。", "天气很好！", "你呢？", "「行こう。」", "と彼は言った｡", "End."]
 
 
 def test_special_tokens_written_in_the_text_are_text(bert_tokenizer):

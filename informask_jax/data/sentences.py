@@ -27,16 +27,22 @@ log = logging.getLogger(__name__)
 
 # Bump when the splitter or the tokenized layout changes: it is part of the cache key.
 # v5: entries tokenized with data.num_proc > 1 held special ids for "[MASK]" etc. in the text.
-TOKENIZED_FORMAT = "sentences-v5"
+# v6: sentences end at the full-width 。！？ and, followed by a letter of a script without case,
+#     at . ! ? ؟ । ॥.
+TOKENIZED_FORMAT = "sentences-v6"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
 # --- Sentence splitting -------------------------------------------------------------------------
-# A sentence ends at . ! or ? (then optional closing quotes/brackets), followed by whitespace and a
-# capital letter (of any script), a digit or an opening quote/bracket/¿/¡; in a document without
-# capitals (a lower-cased corpus) any letter; and at every line break. A full stop after a known
-# abbreviation, a single letter ("Arthur C. Clarke") or a dotted acronym ("U.S.") does not end a
-# sentence. Simple and fast, and good enough for statistics that only need "same sentence".
+# A sentence ends at . ! or ? (or the Arabic ؟, the Devanagari danda । ॥), then optional closing
+# quotes/brackets, followed by whitespace and anything but a lower-case letter: a capital of any
+# script, a digit, an opening quote/bracket/¿/¡, or a letter of a script without case (Arabic,
+# Hindi, Chinese); in a document without capitals (a lower-cased corpus) any letter. It also ends
+# at every line break, and at the full-width 。！？ (or the half-width ｡) and their closing
+# brackets, which need no space after them (Chinese and Japanese put none), so a quotation that
+# ends in one (「行こう。」と言った) is cut there. A full stop after a known abbreviation, a single
+# letter ("Arthur C. Clarke") or a dotted acronym ("U.S.") does not end a sentence. Simple and
+# fast, and good enough for statistics that only need "same sentence".
 
 _ABBREVIATIONS = frozenset("""
     mr mrs ms dr prof sr jr st mt ft vs etc cf al approx ca no nos vol vols fig figs pp
@@ -44,9 +50,11 @@ _ABBREVIATIONS = frozenset("""
     jan feb mar apr jun jul aug sep sept oct nov dec
     """.split())
 # The group is the character after the opening punctuation, checked in split_sentences (`re` has
-# no class for capitals beyond ASCII).
-_BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+"
-                       r"(?=[\"'\u201c\u2018(\[\u00bf\u00a1]?(\w))|\n")
+# no class for capitals beyond ASCII). The full-width alternative has no group: it always ends.
+_BOUNDARY = re.compile(r"[.!?\u061f\u0964\u0965]+[\"'\u201d\u2019)\]]*\s+"
+                       r"(?=[\"'\u201c\u2018(\[\u00bf\u00a1]?(\w))|\n"
+                       r"|[\u3002\uff01\uff1f\uff61]+"
+                       r"[\u300d\u300f\u3011\u3015\u3009\u300b\uff09\uff02\u201d\u2019]*\s*")
 _ACRONYM = re.compile(r"(?:[a-z]\.)+[a-z]")
 
 
@@ -60,8 +68,7 @@ def split_sentences(text):
     # Punctuation then a line break: the first alternative took the "\n", so the line break
     # rule is this match's to keep; neither the follower nor an abbreviation can undo it.
     newline = "\n" in m.group(0)
-    if not newline and follower is not None and not (
-        caseless or follower.isupper() or follower.isdigit()):
+    if not newline and follower is not None and follower.islower() and not caseless:
       continue
     if not newline and m.group(0).rstrip(" \t") == ".":  # An abbreviation's lone full stop?
       before = text[start:m.start()].rsplit(None, 1)
