@@ -30,11 +30,6 @@ log = logging.getLogger(__name__)
 # Local file suffix -> `datasets` builder; ".txt" is read by our own reader (see `_read_txt`).
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})  # A source as read.
-def not_text_error(where, text):
-  """The error for a document's text that is not a string (a number, a list), naming the flag."""
-  return ValueError(f"{where}: A document's text (text_field) is {type(text).__name__} "
-                    f"{text!r:.60}, not a string. Name a column of strings with "
-                    f"'--{where.split(' ')[0]}.text_field=COLUMN'.")
 
 
 # The directories whose files of other types this process has reported.
@@ -541,6 +536,13 @@ def _load_one_file(builder, path, where, cache_dir):
     return datasets.load_dataset(builder, data_files=[path], split="train", cache_dir=cache_dir)
   except Exception as e:
     raise _read_error(where, builder, [path], e) from e
+
+
+def not_text_error(where, text):
+  """The error for a document's text that is not a string (a number, a list), naming the flag."""
+  return ValueError(f"{where}: A document's text (text_field) is {type(text).__name__} "
+                    f"{text!r:.60}, not a string. Name a column of strings with "
+                    f"'--{where.split(' ')[0]}.text_field=COLUMN'.")
 
 
 def missing_column_error(where, field, columns):
