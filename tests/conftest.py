@@ -47,3 +47,25 @@ def pytest_collection_modifyitems(items):
     defs_by_name = info.name2fixturedefs.values() if info else ()
     if any(defs[-1].scope == "module" for defs in defs_by_name):  # [-1]: the one that applies.
       item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xla_compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the test run, shared by the xdist workers and the
+  processes tests start (train.py runs, multi-process tests): most tests compile the same tiny
+  model's steps, and compiling is most of their time on a small CPU. It lives in the run's pytest
+  temp folder (a worker's parent), which pytest removes with old runs. The size bound turns on
+  JAX's file lock, so a worker never reads an entry another is still writing."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+
+  base = tmp_path_factory.getbasetemp()
+  folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
+  settings = {"jax_compilation_cache_dir": str(folder),
+              "jax_compilation_cache_max_size": 8 << 30,
+              "jax_persistent_cache_min_compile_time_secs": 0.5}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)  # For the processes tests start.
+  compilation_cache.reset_cache()  # A compile while modules were imported decided it was off.
+  yield folder
