@@ -140,13 +140,21 @@ def _is_word_char(ch):
   return not (ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P"))
 
 
-def _inner_characters(make_texts, lowercase):
-  """Characters found after the first position of a word, i.e. the "##x" pieces of the alphabet."""
+def _inner_characters(make_texts, lowercase, seen=None, long_words=None):
+  """Characters found after the first position of a word, i.e. the "##x" pieces of the alphabet.
+
+  The same scan adds to `seen` every character of the text as written (for
+  `_warn_stripped_marks`) and to `long_words` ({"count", "example"}) the words over
+  `MAX_WORD_CHARS` characters (for `_warn_long_words`)."""
   normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                           strip_accents=lowercase, lowercase=lowercase)
   found = set()
   for batch in make_texts():
-    text = normalizer.normalize_str("\n".join(batch))
+    raw = "\n".join(batch)
+    if seen is not None:  # Counted in NumPy: a set update walks the text in Python.
+      raw_points = np.frombuffer(raw.encode("utf-32-le"), np.uint32)
+      seen.update(chr(u) for u in np.flatnonzero(np.bincount(raw_points)))
+    text = normalizer.normalize_str(raw)
     points = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (C,) code points
     if not len(points):
       continue
@@ -156,7 +164,82 @@ def _inner_characters(make_texts, lowercase):
     word = is_word[points]  # (C,)
     inner = points[1:][word[1:] & word[:-1]]
     found.update(chr(u) for u in np.flatnonzero(np.bincount(inner)))
+    if long_words is not None:
+      count, example = _long_words(text, word)
+      long_words["count"] = long_words.get("count", 0) + count
+      if example and "example" not in long_words:
+        long_words["example"] = example
   return found
+
+
+# WordPiece's max_input_chars_per_word (tokenizers' and BertTokenizer's default, which a
+# released vocab.txt is used with): a longer word is one [UNK], whatever the vocabulary holds.
+MAX_WORD_CHARS = 100
+
+
+def _long_words(text, word):
+  """(how many words of `text` are longer than MAX_WORD_CHARS, the first of them or None);
+  `word` (C,) marks its word characters."""
+  edges = np.flatnonzero(np.diff(np.concatenate([[0], word.astype(np.int8), [0]])))
+  starts, ends = edges[::2], edges[1::2]  # Each run of word characters.
+  long = np.flatnonzero(ends - starts > MAX_WORD_CHARS)
+  return len(long), (text[starts[long[0]]:ends[long[0]]] if len(long) else None)
+
+
+def _warn_long_words(long_words):
+  """Text of a script written without spaces (Thai, Lao, Khmer, Burmese; a long kana run) makes
+  words of whole phrases, and one over MAX_WORD_CHARS characters is tokenized as a single [UNK]:
+  the model never sees it, and the vocabulary learned from it is never used."""
+  if not long_words.get("count"):
+    return
+  log.warning("%d word(s) of the corpus are longer than %d characters (between spaces and "
+              "punctuation; the first begins %r), and WordPiece tokenizes each as one [UNK]. "
+              "Text written without spaces between words (Thai, Lao, Khmer, Burmese) needs a "
+              "word segmenter before training.", long_words["count"], MAX_WORD_CHARS,
+              long_words["example"][:30])
+
+
+# The combining-mark blocks that hold accents (Latin, Greek, Cyrillic): what lower-casing is meant
+# to strip. Other scripts' marks are letters of the word, not accents.
+_ACCENT_BLOCKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF),
+                  (0xFE20, 0xFE2F))
+
+
+def _is_accent(mark):
+  return any(low <= ord(mark) <= high for low, high in _ACCENT_BLOCKS)
+
+
+def _stripped_letters(characters):
+  """{script: [(character, what stripping leaves)]} for the characters that BERT's accent
+  stripping changes by dropping a mark that is not an accent: the Devanagari vowel signs and
+  virama, the kana voicing marks, Thai vowels and tone marks, Arabic and Hebrew vowel points."""
+  found = {}
+  for ch in sorted(characters):
+    marks = [m for m in unicodedata.normalize("NFD", ch) if unicodedata.category(m) == "Mn"]
+    if marks and not all(_is_accent(m) for m in marks):
+      script = unicodedata.name(ch, "").split(" ")[0] or "UNNAMED"
+      left = "".join(c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn")
+      found.setdefault(script, []).append((ch, left))
+  return found
+
+
+def _warn_stripped_marks(characters):
+  """config.tokenizer.lowercase strips accents as BERT does, by dropping every combining mark:
+  in other scripts that changes words (Hindi है "is" becomes ह, Japanese が becomes か), silently
+  merging words the corpus tells apart."""
+  found = _stripped_letters(characters)
+  if not found:
+    return
+  examples = "; ".join(
+      f"{script.lower()}: " + ", ".join(f"{ch!r} -> {left!r}" for ch, left in
+                                        sorted(pairs, key=lambda pair: not pair[1])[:3])
+      for script, pairs in sorted(found.items(), key=lambda item: -len(item[1])))
+  log.warning("config.tokenizer.lowercase=True strips accents as BERT does, by dropping every "
+              "combining mark, and %d of the corpus's characters lose a mark of their script "
+              "(a vowel sign, virama, voicing or tone mark), not a Latin accent (%s). Set "
+              "--config.tokenizer.lowercase=False to keep them (case and accents are then kept "
+              "everywhere).",
+              sum(len(pairs) for pairs in found.values()), examples)
 
 
 def _train(make_texts, vocab_size, lowercase):
@@ -168,7 +251,11 @@ def _train(make_texts, vocab_size, lowercase):
   see. They are found with BERT's normaliser and a character scan; should the trainer still meet
   a piece the scan missed, it is rerun with it. The result is renumbered canonically.
   """
-  pieces = {"##" + ch for ch in _inner_characters(make_texts, lowercase)}
+  seen, long_words = set(), {}
+  pieces = {"##" + ch for ch in _inner_characters(make_texts, lowercase, seen, long_words)}
+  _warn_long_words(long_words)
+  if lowercase:
+    _warn_stripped_marks(seen)
   while True:
     learned = _train_pass(make_texts(), vocab_size, lowercase,
                           list(SPECIAL_TOKENS) + sorted(pieces))

@@ -1,0 +1,59 @@
+"""Corpora other than English: Chinese and Japanese (no spaces), Hindi and Arabic (no case), Thai
+(no spaces between words), accented Latin, mixed text; through the tokenizer and the splitter."""
+
+import logging
+
+import datasets
+import ml_collections
+
+from informask_jax import tokenization
+
+_HINDI = "हिन्दी भारत की भाषा है। मैं हिन्दी बोलता हूँ।"
+_JAPANESE = "今日はとても良い天気です。公園に行きましょう！ひらがなを勉強しています。"
+_FRENCH = "Le café est très bon. Où est la bibliothèque?"
+# Thai writes no space between words: the BERT pre-tokeniser takes this phrase as one word.
+_THAI = ("ภาษาไทยเป็นภาษาที่สวยงามมากและมีประวัติศาสตร์ยาวนานหลายร้อยปีคนไทยพูดภาษานี้ทุกวัน"
+         "ในชีวิตประจำวันของพวกเขาทั้งในเมืองและในชนบท")
+
+
+def _corpus(*texts, copies=20):
+  docs = [t for _ in range(copies) for t in texts]
+  return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})})
+
+
+def _train(tmp_path, caplog, corpus, lowercase):
+  config = ml_collections.ConfigDict(dict(name_or_path="", vocab_size=300, lowercase=lowercase))
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    return tokenization.load_tokenizer(config, corpus, str(tmp_path))
+
+
+def test_lowercase_training_warns_of_marks_that_are_letters_not_accents(tmp_path, caplog):
+  """config.tokenizer.lowercase (the default) strips accents by dropping every combining mark:
+  Hindi है became ह and Japanese が became か, silently; French accents are stripped as meant,
+  without a warning, and a cased vocabulary keeps all of them."""
+  tok = _train(tmp_path / "lower", caplog, _corpus(_HINDI, _JAPANESE, _FRENCH), lowercase=True)
+  assert tok.tokenize("है") == ["ह"] and tok.tokenize("が") == ["か"]  # What is warned about.
+  assert "config.tokenizer.lowercase=True strips accents as BERT does" in caplog.text
+  assert "devanagari: 'ँ' -> ''" in caplog.text
+  assert "hiragana: 'が' -> 'か'" in caplog.text
+  assert "--config.tokenizer.lowercase=False" in caplog.text
+  assert "latin" not in caplog.text  # é, è, ù: the accents lower-casing is meant to strip.
+  caplog.clear()
+  _train(tmp_path / "french", caplog, _corpus(_FRENCH), lowercase=True)
+  assert "strips accents" not in caplog.text
+  cased = _train(tmp_path / "cased", caplog, _corpus(_HINDI, _JAPANESE), lowercase=False)
+  assert "strips accents" not in caplog.text
+  assert cased.tokenize("है") == ["है"]
+
+
+def test_training_warns_of_words_too_long_for_wordpiece(tmp_path, caplog):
+  """A word over 100 characters (Thai, written without spaces between words) is one [UNK]
+  whatever the vocabulary learned from it: the whole phrase was lost without a word."""
+  tok = _train(tmp_path, caplog, _corpus(_THAI, _HINDI), lowercase=False)
+  assert tok.tokenize(_THAI) == ["[UNK]"]  # What is warned about.
+  assert ("20 word(s) of the corpus are longer than 100 characters (between spaces and "
+          f"punctuation; the first begins {_THAI[:30]!r}), and WordPiece tokenizes each as one "
+          "[UNK].") in caplog.text
+  caplog.clear()
+  _train(tmp_path / "short", caplog, _corpus(_HINDI, _JAPANESE), lowercase=False)
+  assert "longer than 100 characters" not in caplog.text
