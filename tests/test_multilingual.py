@@ -7,6 +7,7 @@ import datasets
 import ml_collections
 
 from informask_jax import tokenization
+from informask_jax.data import sentences
 
 _HINDI = "हिन्दी भारत की भाषा है। मैं हिन्दी बोलता हूँ।"
 _JAPANESE = "今日はとても良い天気です。公園に行きましょう！ひらがなを勉強しています。"
@@ -57,3 +58,32 @@ def test_training_warns_of_words_too_long_for_wordpiece(tmp_path, caplog):
   caplog.clear()
   _train(tmp_path / "short", caplog, _corpus(_HINDI, _JAPANESE), lowercase=False)
   assert "longer than 100 characters" not in caplog.text
+
+
+def test_chinese_typed_with_half_width_punctuation_is_split():
+  """Chinese typed without full-width forms (我很好!你呢?) was one sentence: . ! ? ended one only
+  before a space. A lone . or a run of ! ? between two Chinese or Japanese characters ends one
+  now; an ellipsis, a decimal and Latin words around a full stop do not."""
+  assert sentences.split_sentences("我很好!你呢?我也很好.是吗") == ["我很好!", "你呢?", "我也很好.",
+                                                                "是吗"]
+  assert sentences.split_sentences("今日は晴れ!明日は雨?たぶん") == ["今日は晴れ!", "明日は雨?",
+                                                                    "たぶん"]
+  for whole in ("我想...也许吧", "价格是3.5元", "我用Node.js写", "中文.English", "e.g.中文"):
+    assert sentences.split_sentences(whole) == [whole]
+
+
+def test_urdu_full_stop_ends_a_sentence():
+  """Urdu ends sentences with ۔ (U+06D4), not the ASCII full stop: its documents were one
+  sentence each."""
+  assert sentences.split_sentences("یہ اردو ہے۔ وہ بھی اردو ہے۔") == ["یہ اردو ہے۔",
+                                                                  "وہ بھی اردو ہے۔"]
+
+
+def test_an_ascii_bracket_after_a_full_width_stop_stays_in_its_sentence():
+  """Mixed text closes with ASCII brackets and quotes: (他说。)然后 gave "(他说。" and ")然后",
+  and a closing quote at the end was a sentence of its own. A quote before a letter is left to
+  the next sentence, which it may open."""
+  assert sentences.split_sentences("(他说。)然后走了。") == ["(他说。)", "然后走了。"]
+  assert sentences.split_sentences("[注。] 下一句。") == ["[注。]", "下一句。"]
+  assert sentences.split_sentences('他走了。"你好。"') == ["他走了。", '"你好。"']
+  assert sentences.split_sentences('他说"好。" 然后') == ['他说"好。"', "然后"]

@@ -29,20 +29,27 @@ log = logging.getLogger(__name__)
 # v5: entries tokenized with data.num_proc > 1 held special ids for "[MASK]" etc. in the text.
 # v6: sentences end at the full-width 。！？ and, followed by a letter of a script without case,
 #     at . ! ? ؟ । ॥.
-TOKENIZED_FORMAT = "sentences-v6"
+# v7: sentences also end at the Urdu full stop ۔, at a half-width ! ? or lone . between two
+#     Chinese or Japanese characters, and keep an ASCII ) or ] after 。！？.
+TOKENIZED_FORMAT = "sentences-v7"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
 # --- Sentence splitting -------------------------------------------------------------------------
-# A sentence ends at . ! or ? (or the Arabic ؟, the Devanagari danda । ॥), then optional closing
-# quotes/brackets, followed by whitespace and anything but a lower-case letter: a capital of any
-# script, a digit, an opening quote/bracket/¿/¡, or a letter of a script without case (Arabic,
-# Hindi, Chinese); in a document without capitals (a lower-cased corpus) any letter. It also ends
-# at every line break, and at the full-width 。！？ (or the half-width ｡) and their closing
-# brackets, which need no space after them (Chinese and Japanese put none), so a quotation that
-# ends in one (「行こう。」と言った) is cut there. A full stop after a known abbreviation, a single
-# letter ("Arthur C. Clarke") or a dotted acronym ("U.S.") does not end a sentence. Simple and
-# fast, and good enough for statistics that only need "same sentence".
+# A sentence ends at . ! or ? (or the Arabic ؟, the Urdu ۔, the Devanagari danda । ॥), then
+# optional closing quotes/brackets, followed by whitespace and anything but a lower-case letter: a
+# capital of any script, a digit, an opening quote/bracket/¿/¡, or a letter of a script without
+# case (Arabic, Hindi, Chinese); in a document without capitals (a lower-cased corpus) any letter.
+# It also ends at every line break, and at the full-width 。！？ (or the half-width ｡) and their
+# closing brackets (full-width, or an ASCII ) or ], which mixed text uses), which need no space
+# after them (Chinese and Japanese put none), so a quotation that ends in one (「行こう。」と言った)
+# is cut there; an ASCII quote after 。 closes it only before a space, the end or another closer
+# (before a letter it may as well open the next sentence, and is left to it). And it
+# ends at a half-width ! or ? (or a lone .) between two Chinese or Japanese characters
+# (我很好!你呢?), as text typed without an input method's full-width forms has them. A full stop
+# after a known abbreviation, a single letter ("Arthur C. Clarke") or a dotted acronym ("U.S.")
+# does not end a sentence. Simple and fast, and good enough for statistics that only need "same
+# sentence".
 
 _ABBREVIATIONS = frozenset("""
     mr mrs ms dr prof sr jr st mt ft vs etc cf al approx ca no nos vol vols fig figs pp
@@ -50,11 +57,17 @@ _ABBREVIATIONS = frozenset("""
     jan feb mar apr jun jul aug sep sept oct nov dec
     """.split())
 # The group is the character after the opening punctuation, checked in split_sentences (`re` has
-# no class for capitals beyond ASCII). The full-width alternative has no group: it always ends.
-_BOUNDARY = re.compile(r"[.!?\u061f\u0964\u0965]+[\"'\u201d\u2019)\]]*\s+"
+# no class for capitals beyond ASCII). The full-width alternative has no group: it always ends;
+# nor does the one between Chinese or Japanese characters, named "cjk", which no abbreviation
+# (a Latin word) can precede. _CJK: Chinese ideographs (extension A and compatibility blocks
+# included) and kana.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_BOUNDARY = re.compile(r"[.!?\u061f\u06d4\u0964\u0965]+[\"'\u201d\u2019)\]]*\s+"
                        r"(?=[\"'\u201c\u2018(\[\u00bf\u00a1]?(\w))|\n"
                        r"|[\u3002\uff01\uff1f\uff61]+"
-                       r"[\u300d\u300f\u3011\u3015\u3009\u300b\uff09\uff02\u201d\u2019]*\s*")
+                       r"(?:[\u300d\u300f\u3011\u3015\u3009\u300b\uff09\uff02\u201d\u2019)\]]"
+                       r"|[\"'](?=[\s\"'\u201d\u2019)\]]|$))*\s*"
+                       rf"|(?<=[{_CJK}])(?P<cjk>[!?]+|\.)(?=[{_CJK}])")
 _ACRONYM = re.compile(r"(?:[a-z]\.)+[a-z]")
 
 
@@ -70,7 +83,8 @@ def split_sentences(text):
     newline = "\n" in m.group(0)
     if not newline and follower is not None and follower.islower() and not caseless:
       continue
-    if not newline and m.group(0).rstrip(" \t") == ".":  # An abbreviation's lone full stop?
+    abbreviation_stop = m.group(0).rstrip(" \t") == "." and m.group("cjk") is None
+    if not newline and abbreviation_stop:  # An abbreviation's lone full stop?
       before = text[start:m.start()].rsplit(None, 1)
       word = before[-1].lstrip("\"'(\u201c\u2018[").lower() if before else ""
       if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _ACRONYM.fullmatch(word):
