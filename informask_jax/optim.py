@@ -15,6 +15,9 @@ _DECAYED_LEAVES = ("kernel", "embedding")
 SCHEDULES = ("linear", "cosine")
 # Step counts live in int32 on device (optax's schedule count, the train state's step).
 MAX_STEPS = 2**31 - 1
+# float32's smallest normal number. A positive epsilon below it is 0 on the device (XLA:CPU
+# flushes subnormals), which the plain > 0 bound let through.
+FLOAT32_TINY = float(jnp.finfo(jnp.float32).tiny)
 
 
 def check_config(o) -> None:
@@ -26,7 +29,12 @@ def check_config(o) -> None:
             ("weight_decay", finite(o.weight_decay) and o.weight_decay >= 0,
              "must be a finite number >= 0"),
             ("b1", 0 <= o.b1 < 1, "must be in [0, 1)"), ("b2", 0 <= o.b2 < 1, "must be in [0, 1)"),
-            ("eps", finite(o.eps) and o.eps > 0, "must be a finite number > 0"),
+            # An eps of 0 in float32 makes m / (sqrt(v) + eps) = 0 / 0 = NaN for every parameter
+            # with a zero gradient (embedding rows of tokens absent from the batch), in a step
+            # whose gradients are finite, so it is not skipped.
+            ("eps", finite(o.eps) and o.eps >= FLOAT32_TINY,
+             f"must be a finite number >= {FLOAT32_TINY:.2g} (float32's smallest normal; the "
+             "device computes a smaller one as 0)"),
             ("grad_clip_norm", finite(o.grad_clip_norm) and o.grad_clip_norm >= 0,
              "must be a finite number >= 0 (0 disables clipping)"),
             ("grad_accum_steps", o.grad_accum_steps >= 1, "must be >= 1"),

@@ -78,6 +78,16 @@ def check_config(config) -> None:
   if config.masking.num_candidates < 1:
     raise ValueError(f"config.masking.num_candidates={config.masking.num_candidates!r} must be "
                      ">= 1.")
+  if "rates" in stages_needed(config.masking):
+    # The rate stage scores candidates with the online masker at K = num_candidates, whose
+    # bound it would otherwise meet only after the counts and the PMI table were built.
+    from informask_jax.masking import online  # JAX: kept out of the counting processes.
+    try:
+      online.check_num_candidates(config.masking.num_candidates)
+    except ValueError as e:
+      raise ValueError(f"config.masking.num_candidates={config.masking.num_candidates!r} "
+                       f"(the K with which the statistics compute informask's rates): {e}") \
+          from None
 
 
 def _vocab_size(pipeline) -> int:
