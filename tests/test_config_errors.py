@@ -61,3 +61,19 @@ def test_informask_num_candidates_above_the_online_bound_is_refused_before_the_c
     loop.check_config(tiny_config)
   tiny_config.masking.num_candidates = 512
   loop.check_config(tiny_config)
+
+
+@pytest.mark.parametrize("size", [0, -1, 5])
+def test_a_trained_vocabulary_too_small_is_refused_before_the_corpus(tiny_config, size):
+  # The vocabulary trainer refused these only after the corpus was read and cleaned.
+  assert tiny_config.tokenizer.name_or_path == ""
+  tiny_config.tokenizer.vocab_size = size
+  with pytest.raises(ValueError, match=rf"config.tokenizer.vocab_size={size} is too small to "
+                                       r"train a vocabulary on: it must be above the 5 special"):
+    loop.check_config(tiny_config)
+  tiny_config.tokenizer.vocab_size = 6
+  loop.check_config(tiny_config)
+  # A loaded vocabulary has its own size, which the setting does not change.
+  tiny_config.tokenizer.vocab_size = 0
+  tiny_config.tokenizer.name_or_path = "bert-base-uncased"
+  loop.check_config(tiny_config)
