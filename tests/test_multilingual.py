@@ -110,3 +110,17 @@ def test_tokenizing_a_corpus_whose_script_the_vocabulary_lacks_is_warned(tmp_pat
   with caplog.at_level(logging.WARNING, logger="informask_jax.data.sentences"):
     sentences.tokenize_corpus(english, tok, data_config)
   assert "[UNK]" not in caplog.text
+
+
+def test_show_html_takes_each_samples_direction_from_its_text(tmp_path):
+  """The --html page's sample paragraphs took the page's left-to-right direction, so an Arabic
+  sample ended in its full stop on the right; dir='auto' takes it from the sample's text."""
+  from informask_jax.masking import show
+
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("\n".join([*tokenization.SPECIAL_TOKENS, "اللغة", "العربية", "جميلة", "."]))
+  page = tmp_path / "masks.html"
+  show.main(["--strategy", "random", "--tokenizer", str(vocab), "--samples", "2",
+             "--text", "اللغة العربية جميلة.", "--html", str(page)])
+  content = page.read_text(encoding="utf-8")
+  assert content.count("<p style='font-family:monospace' dir='auto'>") == 2

@@ -471,7 +471,9 @@ def main(argv=None):
     for name, note, samples in rows:
       body.append(f"<h3>{html.escape(name)}</h3>"
                   + (f"<p><i>{html.escape(note)}</i></p>" if note else ""))
-      body += [f"<p style='font-family:monospace'>{s}</p>" for s in samples]
+      # dir='auto': a sample of Arabic (or Hebrew) text is laid out right to left, its final
+      # full stop on the left; in the page's left-to-right paragraphs it landed on the right.
+      body += [f"<p style='font-family:monospace' dir='auto'>{s}</p>" for s in samples]
     os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
     page = ("<!doctype html><meta charset='utf-8'><title>informask-jax masks</title>"
             "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
