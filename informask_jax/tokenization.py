@@ -242,6 +242,26 @@ def _warn_stripped_marks(characters):
               sum(len(pairs) for pairs in found.values()), examples)
 
 
+def _is_hangul_syllable(ch):
+  return "\uac00" <= ch <= "\ud7a3"
+
+
+def _warn_hangul_decomposed(characters):
+  """Accent stripping takes text apart (NFD) to drop the marks and leaves it so: a Hangul
+  syllable, which has no mark, still becomes its 2 or 3 jamo, so a lower-cased vocabulary learns
+  and tokenizes Korean as jamo, and decodes to text that does not compare equal to the text
+  written."""
+  syllables = sorted(ch for ch in characters if _is_hangul_syllable(ch))
+  if not syllables:
+    return
+  example = syllables[0]
+  log.warning("config.tokenizer.lowercase=True strips accents as BERT does, which takes each of "
+              "the corpus's %d Hangul syllables apart into its jamo (%r -> %s): Korean is learned "
+              "and tokenized as jamo, and decoded tokens are not the text written. Set "
+              "--config.tokenizer.lowercase=False to keep the syllables.", len(syllables),
+              example, " + ".join(f"U+{ord(j):04X}" for j in unicodedata.normalize("NFD", example)))
+
+
 def _train(make_texts, vocab_size, lowercase):
   """Trains WordPiece on the text batches of `make_texts()`, reproducibly.
 
@@ -256,6 +276,7 @@ def _train(make_texts, vocab_size, lowercase):
   _warn_long_words(long_words)
   if lowercase:
     _warn_stripped_marks(seen)
+    _warn_hangul_decomposed(seen)
   while True:
     learned = _train_pass(make_texts(), vocab_size, lowercase,
                           list(SPECIAL_TOKENS) + sorted(pieces))

@@ -124,3 +124,17 @@ def test_show_html_takes_each_samples_direction_from_its_text(tmp_path):
              "--text", "اللغة العربية جميلة.", "--html", str(page)])
   content = page.read_text(encoding="utf-8")
   assert content.count("<p style='font-family:monospace' dir='auto'>") == 2
+
+
+def test_lowercase_training_warns_that_hangul_is_taken_apart_into_jamo(tmp_path, caplog):
+  """Accent stripping leaves text decomposed (NFD): 한 became the three jamo ᄒ ᅡ ᆫ, without a
+  word, so Korean was learned and decoded as jamo. A cased vocabulary keeps the syllables."""
+  korean = _corpus("한국어는 아름다운 언어입니다. 서울은 큰 도시입니다.")
+  lower = _train(tmp_path / "lower", caplog, korean, lowercase=True)
+  assert "".join(lower.tokenize("한")).replace("##", "") == "\u1112\u1161\u11ab"  # Warned about.
+  assert ("config.tokenizer.lowercase=True strips accents as BERT does, which takes each of the "
+          "corpus's 17 Hangul syllables apart into its jamo ('국' -> U+1100 + U+116E + U+11A8)"
+          ) in caplog.text
+  caplog.clear()
+  cased = _train(tmp_path / "cased", caplog, korean, lowercase=False)
+  assert "Hangul" not in caplog.text and "".join(cased.tokenize("한")) == "한"
