@@ -97,7 +97,7 @@ def check_config(config) -> None:
   optim.check_config(config.optim)
   # The model's and the masking's own validation, on stand-in vocabulary ids, so that a typo
   # fails now rather than after the corpus is tokenized.
-  model_lib.MLMConfig.from_config(m, vocab_size=1000, pad_id=0)
+  resolved = model_lib.MLMConfig.from_config(m, vocab_size=1000, pad_id=0)
   try:
     masking.check_config(config.masking)
   except ValueError as e:
@@ -150,6 +150,27 @@ def check_config(config) -> None:
     raise ValueError(
         f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "
         f"{jax.default_backend()!r}; use --config.model.attention=xla.")
+  if m.attention == "cudnn":
+    # What cuDNN's fused attention takes (jax.nn.dot_product_attention checks it only when the
+    # first step is traced, after the corpus and statistics are built, with a traceback naming
+    # no key): half-precision inputs, and a head size that is a multiple of 8, at most 128 (256
+    # from Hopper on).
+    if m.compute_dtype not in ("bfloat16", "float16"):
+      raise ValueError(
+          f"config.model.attention='cudnn' needs config.model.compute_dtype='bfloat16' (or "
+          f"'float16'): cuDNN's fused attention has no {m.compute_dtype} kernel. Set "
+          "--config.model.compute_dtype=bfloat16, or use --config.model.attention=xla.")
+    capability = getattr(jax.devices()[0], "compute_capability", None)
+    try:
+      head_max = 256 if float(capability) >= 9.0 else 128
+    except (TypeError, ValueError):  # A GPU that does not say: JAX's own check decides.
+      head_max = 256
+    if resolved.head_dim % 8 or resolved.head_dim > head_max:
+      raise ValueError(
+          f"config.model.attention='cudnn' needs a head size (hidden_size / num_heads) that is a "
+          f"multiple of 8 and at most {head_max}; config.model.hidden_size={resolved.hidden_size}"
+          f" / num_heads={resolved.num_heads} = {resolved.head_dim}. Change them, or use "
+          "--config.model.attention=xla.")
   if m.compute_dtype == "float16" and jax.default_backend() == "cpu":
     # Else the first compilation fails (after the corpus and its statistics are built) with
     # XLA's "precision 'F16_F16_F32' is not supported by dot_general on CPU", naming no key.

@@ -290,8 +290,9 @@ class SelfAttention(nn.Module):
       context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # (B, L, nh, hd)
     else:
       # cuDNN's fused attention with a mask (a bias to it) needs an even number of query rows
-      # when training; the last layer's P target rows may be odd, and are few: XLA does those.
-      fused = cfg.attention == "cudnn" and q.shape[1] % 2 == 0
+      # and of key rows when training; the last layer's P target rows may be odd, and are few,
+      # and an odd seq_len makes every layer's keys odd: XLA does those.
+      fused = cfg.attention == "cudnn" and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0
       context = jax.nn.dot_product_attention(q, k, v, mask=mask,
                                              implementation="cudnn" if fused else None)
     return Projection(cfg, (cfg.hidden_size,), (HEADS, KV, EMBED), in_dims=2, name="out")(context)

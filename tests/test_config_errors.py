@@ -77,3 +77,62 @@ def test_a_trained_vocabulary_too_small_is_refused_before_the_corpus(tiny_config
   tiny_config.tokenizer.vocab_size = 0
   tiny_config.tokenizer.name_or_path = "bert-base-uncased"
   loop.check_config(tiny_config)
+
+
+@pytest.fixture
+def on_a_gpu(monkeypatch):
+  """check_config as on a GPU backend (its GPU-only checks, reached from a CPU)."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+
+def test_cudnn_attention_in_float32_is_refused_naming_the_dtype(tiny_config, on_a_gpu):
+  # jax.nn.dot_product_attention(implementation="cudnn") takes fp16 / bf16 only: the tiny
+  # config's float32 failed when the first step was traced, after the corpus and statistics.
+  tiny_config.model.attention = "cudnn"
+  with pytest.raises(ValueError, match=r"attention='cudnn' needs config.model.compute_dtype="
+                                       r"'bfloat16' \(or 'float16'\): .* no float32 kernel"):
+    loop.check_config(tiny_config)
+  tiny_config.model.compute_dtype = "bfloat16"
+  loop.check_config(tiny_config)
+
+
+@pytest.mark.parametrize("hidden,heads", [(100, 2), (520, 2)])
+def test_cudnn_attention_with_a_head_size_it_lacks_is_refused(tiny_config, on_a_gpu, hidden,
+                                                              heads):
+  # cuDNN's kernel needs a head size that is a multiple of 8, at most 256 (128 before Hopper).
+  tiny_config.model.attention, tiny_config.model.compute_dtype = "cudnn", "bfloat16"
+  tiny_config.model.hidden_size, tiny_config.model.num_heads = hidden, heads
+  with pytest.raises(ValueError, match=rf"multiple of 8 and at most \d+; config.model.hidden_size"
+                                       rf"={hidden} / num_heads={heads} = {hidden // heads}"):
+    loop.check_config(tiny_config)
+  tiny_config.model.hidden_size = 128
+  loop.check_config(tiny_config)
+
+
+@pytest.mark.parametrize("seq_len,positions,fused", [(9, 2, False), (10, 2, True),
+                                                     (10, 3, False)])
+def test_cudnn_attention_is_asked_only_for_even_query_and_key_lengths(monkeypatch, seq_len,
+                                                                      positions, fused):
+  # With a mask, cuDNN's training kernel refuses an odd query or key length; an odd seq_len
+  # (--config.data.seq_len=127) gave every layer odd keys, and the last layer's even P target
+  # rows were sent to it, failing when the step was traced.
+  asked = []
+  original = jax.nn.dot_product_attention
+
+  def recording(*args, implementation=None, **kwargs):
+    asked.append((args[0].shape[1], args[1].shape[1], implementation))
+    return original(*args, implementation=None, **kwargs)  # No cuDNN here: XLA computes it.
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+  cfg = model_lib.MLMConfig(vocab_size=50, num_layers=2, hidden_size=16, num_heads=2,
+                            mlp_size=32, attention="cudnn", compute_dtype="bfloat16")
+  model = model_lib.BertMLM(cfg)
+  ids = jnp.ones((2, seq_len), jnp.int32)
+  where = jnp.broadcast_to(jnp.arange(positions, dtype=jnp.int32), (2, positions))
+  params = model.init(jax.random.key(0), ids, masked_positions=where)["params"]
+  model.apply({"params": params}, ids, masked_positions=where, deterministic=False,
+              rngs={"dropout": jax.random.key(1)})
+  last = asked[-1]  # The last layer: P query rows over the seq_len key rows.
+  assert last[:2] == (positions, seq_len)
+  assert (last[2] == "cudnn") is fused
+  assert all(impl != "cudnn" or (q % 2 == 0 and k % 2 == 0) for q, k, impl in asked)
