@@ -138,3 +138,11 @@ def test_lowercase_training_warns_that_hangul_is_taken_apart_into_jamo(tmp_path,
   caplog.clear()
   cased = _train(tmp_path / "cased", caplog, korean, lowercase=False)
   assert "Hangul" not in caplog.text and "".join(cased.tokenize("한")) == "한"
+
+
+def test_the_full_width_full_stop_of_japanese_technical_writing_ends_a_sentence():
+  """Japanese technical writing ends sentences with ． (U+FF0E, beside ，): such a document was one
+  sentence. In a number (３．５, 3．5) it ends none."""
+  assert sentences.split_sentences("今日は晴れ．明日は雨．") == ["今日は晴れ．", "明日は雨．"]
+  assert sentences.split_sentences("値は３．５です．次に") == ["値は３．５です．", "次に"]
+  assert sentences.split_sentences("値は3．5です") == ["値は3．5です"]
