@@ -146,3 +146,11 @@ def test_the_full_width_full_stop_of_japanese_technical_writing_ends_a_sentence(
   assert sentences.split_sentences("今日は晴れ．明日は雨．") == ["今日は晴れ．", "明日は雨．"]
   assert sentences.split_sentences("値は３．５です．次に") == ["値は３．５です．", "次に"]
   assert sentences.split_sentences("値は3．5です") == ["値は3．5です"]
+
+
+def test_a_danda_or_arabic_question_mark_ends_a_sentence_before_a_lower_case_word():
+  """। ؟ ۔ end nothing but a sentence, yet before a lower-case Latin word (a name such as
+  iPhone in Hindi or Arabic text) they ended none, as a . before one does not."""
+  assert sentences.split_sentences("मैंने पढ़ा। iPhone नया है।") == ["मैंने पढ़ा।", "iPhone नया है।"]
+  assert sentences.split_sentences("هل تعرف؟ iPhone جديد.") == ["هل تعرف؟", "iPhone جديد."]
+  assert sentences.split_sentences("It is. iPhone is new.") == ["It is. iPhone is new."]

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 #     Chinese or Japanese characters, and keep an ASCII ) or ] after 。！？.
 # v8: sentences end at the full-width full stop ． (Japanese technical writing's), not between
 #     digits.
-TOKENIZED_FORMAT = "sentences-v8"
+# v9: a sentence ends at ؟ ۔ । ॥ before a lower-case letter too.
+TOKENIZED_FORMAT = "sentences-v9"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
@@ -42,7 +43,8 @@ PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 # A sentence ends at . ! or ? (or the Arabic ؟, the Urdu ۔, the Devanagari danda । ॥), then
 # optional closing quotes/brackets, followed by whitespace and anything but a lower-case letter: a
 # capital of any script, a digit, an opening quote/bracket/¿/¡, or a letter of a script without
-# case (Arabic, Hindi, Chinese); in a document without capitals (a lower-cased corpus) any letter.
+# case (Arabic, Hindi, Chinese); in a document without capitals (a lower-cased corpus) any letter;
+# after ؟ ۔ । ॥, which end nothing else, any letter.
 # It also ends at every line break, and at the full-width 。！？ (or the half-width ｡, or the
 # full-width full stop ． of Japanese technical writing, but not in a number: ３．５) and their
 # closing brackets (full-width, or an ASCII ) or ], which mixed text uses), which need no space
@@ -77,6 +79,7 @@ _BOUNDARY = re.compile(r"(?=[.!?\u061f\u06d4\u0964\u0965\n\u3002\uff01\uff1f\uff
                        r"|[\"'](?=[\s\"'\u201d\u2019)\]]|$))*\s*"
                        rf"|(?<=[{_CJK}])(?P<cjk>[!?]+|\.)(?=[{_CJK}]))")
 _ACRONYM = re.compile(r"(?:[a-z]\.)+[a-z]")
+_FINAL_ONLY = frozenset("\u061f\u06d4\u0964\u0965")  # The Arabic ؟, Urdu ۔, the dandas । ॥.
 
 
 def split_sentences(text):
@@ -89,7 +92,10 @@ def split_sentences(text):
     # Punctuation then a line break: the first alternative took the "\n", so the line break
     # rule is this match's to keep; neither the follower nor an abbreviation can undo it.
     newline = "\n" in m.group(0)
-    if not newline and follower is not None and follower.islower() and not caseless:
+    # ؟ ۔ । ॥ end nothing but a sentence, unlike . ! ?, so a lower-case word after one (an
+    # English name in Hindi or Arabic text: "पढ़ा। iPhone ...") does not undo it either.
+    final = not _FINAL_ONLY.isdisjoint(m.group(0))
+    if not (newline or final) and follower is not None and follower.islower() and not caseless:
       continue
     abbreviation_stop = m.group(0).rstrip(" \t") == "." and m.group("cjk") is None
     if not newline and abbreviation_stop:  # An abbreviation's lone full stop?
