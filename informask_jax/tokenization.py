@@ -205,14 +205,21 @@ _ACCENT_BLOCKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0,
                   (0xFE20, 0xFE2F))
 
 
+# Marks of those blocks that make other letters, not accented ones: the hook above, the horn and
+# the dot below of Vietnamese (ả ơ ư ạ, tones and vowels) and of Yoruba (ẹ ọ ṣ).
+_LETTER_MARKS = frozenset("\u0309\u031b\u0323")
+
+
 def _is_accent(mark):
-  return any(low <= ord(mark) <= high for low, high in _ACCENT_BLOCKS)
+  return mark not in _LETTER_MARKS and any(low <= ord(mark) <= high
+                                           for low, high in _ACCENT_BLOCKS)
 
 
 def _stripped_letters(characters):
   """{script: [(character, what stripping leaves)]} for the characters that BERT's accent
   stripping changes by dropping a mark that is not an accent: the Devanagari vowel signs and
-  virama, the kana voicing marks, Thai vowels and tone marks, Arabic and Hebrew vowel points."""
+  virama, the kana voicing marks, Thai vowels and tone marks, Arabic and Hebrew vowel points,
+  Vietnamese tone marks and vowels."""
   found = {}
   for ch in sorted(characters):
     marks = [m for m in unicodedata.normalize("NFD", ch) if unicodedata.category(m) == "Mn"]
@@ -236,7 +243,7 @@ def _warn_stripped_marks(characters):
       for script, pairs in sorted(found.items(), key=lambda item: -len(item[1])))
   log.warning("config.tokenizer.lowercase=True strips accents as BERT does, by dropping every "
               "combining mark, and %d of the corpus's characters lose a mark of their script "
-              "(a vowel sign, virama, voicing or tone mark), not a Latin accent (%s). Set "
+              "(a vowel sign, virama, voicing or tone mark), not an accent (%s). Set "
               "--config.tokenizer.lowercase=False to keep them (case and accents are then kept "
               "everywhere).",
               sum(len(pairs) for pairs in found.values()), examples)

@@ -154,3 +154,13 @@ def test_a_danda_or_arabic_question_mark_ends_a_sentence_before_a_lower_case_wor
   assert sentences.split_sentences("मैंने पढ़ा। iPhone नया है।") == ["मैंने पढ़ा।", "iPhone नया है।"]
   assert sentences.split_sentences("هل تعرف؟ iPhone جديد.") == ["هل تعرف؟", "iPhone جديد."]
   assert sentences.split_sentences("It is. iPhone is new.") == ["It is. iPhone is new."]
+
+
+def test_lowercase_training_warns_of_vietnamese_tones_and_vowels(tmp_path, caplog):
+  """Vietnamese marks are Latin combining marks, but its hook above, horn and dot below make
+  other letters (ơ, ư) and tones: lower-casing made 'mả', 'mạ' and 'ma' one word, unwarned."""
+  tok = _train(tmp_path, caplog, _corpus("Tiếng Việt có sáu thanh: ma, mả, mạ. Người ở đâu?"),
+               lowercase=True)
+  assert tok.tokenize("mả mạ") == ["ma", "ma"]  # What is warned about.
+  assert "config.tokenizer.lowercase=True strips accents" in caplog.text
+  assert "latin: 'ư' -> 'u', 'ạ' -> 'a'" in caplog.text
