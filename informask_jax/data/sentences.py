@@ -200,12 +200,16 @@ def warn_unknown_tokens(tokenized, tokenizer):
   are never masked nor predicted, and the statistics leave them out, so a vocabulary that lacks
   a corpus's script shrinks what trains without a word."""
   unk = getattr(tokenizer, "unk_token_id", None)
-  ids = pc.list_flatten(tokenized.data.column("input_ids"))
-  total = len(ids)
-  if unk is None or not total:
+  if unk is None:
     return
-  unknown = pc.sum(pc.equal(ids, int(unk))).as_py() or 0
-  if unknown > UNK_WARN_SHARE * total:
+  unknown = total = 0
+  # Chunk by chunk: the comparison's mask over a paper-sized corpus (billions of tokens) at once
+  # would hold hundreds of MB.
+  for chunk in tokenized.data.column("input_ids").chunks:
+    ids = pc.list_flatten(chunk)
+    total += len(ids)
+    unknown += pc.sum(pc.equal(ids, int(unk))).as_py() or 0
+  if total and unknown > UNK_WARN_SHARE * total:
     log.warning("%d of the corpus's %d tokens (%.1f%%) are %s: the tokenizer's vocabulary lacks "
                 "characters of the text (or a word is over 100 characters long). They are never "
                 "masked nor predicted, and the statistics leave them out; a vocabulary trained on "
