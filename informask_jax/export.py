@@ -179,7 +179,7 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
   path = os.path.join(out_dir, "tokenizer_config.json")
   settings = {}
   if os.path.exists(path):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:  # transformers writes it so, with ensure_ascii off.
       settings = json.load(f)
   for key, value in vocab_settings.items():
     settings.setdefault(key, value)
@@ -203,7 +203,7 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
   # Training tokenizes whole documents (no limit); the export's users truncate to the positions
   # the model has, as bert-base-uncased's tokenizer does at 512.
   settings["model_max_length"] = int(max_seq_len)
-  with open(path, "w") as f:
+  with open(path, "w", encoding="utf-8") as f:
     json.dump(settings, f, indent=2, sort_keys=True)
 
 

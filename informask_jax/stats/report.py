@@ -230,5 +230,5 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
   paths.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format=out_png.suffix[1:]))
   plt.close(fig)
   paths.atomic_write(out_png.with_suffix(".txt"),
-                     lambda tmp: pathlib.Path(tmp).write_text(text + "\n"))
+                     lambda tmp: pathlib.Path(tmp).write_text(text + "\n", "utf-8"))
   return out_png, text
