@@ -952,16 +952,19 @@ def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
   assert "Traceback" not in out.stderr, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith(
       "train.py: error: ValueError: config.data.seq_len=100000 exceeds the model's 512 positions")
-  # An error once the corpus is read (worker pools started with spawn): the error line is still
-  # the last one, with no warning about semaphores left behind after it.
+  # An error once the corpus is read, a vocabulary trained on it and the corpus tokenized
+  # (worker pools started with spawn): the error line is still the last one, with no warning
+  # about semaphores left behind after it.
   out = subprocess.run(
       [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/random.py:tiny"),
        "--workdir", str(tmp_path / "w"), f"--config.data.cache_dir={tmp_path / 'cache'}",
-       "--config.tokenizer.vocab_size=-5"], cwd=ROOT,
+       "--config.data.max_documents=200", "--config.train.batch_size=100000"], cwd=ROOT,
       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
   assert out.returncode == 1 and "leaked" not in out.stderr, out.stderr[-2000:]
-  assert out.stderr.strip().splitlines()[-1] == (
-      "train.py: error: ValueError: config.tokenizer.vocab_size=-5 is too small to train on.")
+  assert "Tokenized 196 documents" in out.stderr, out.stderr[-2000:]  # The train split.
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "train.py: error: TooFewRows: The data packs into 149 rows, fewer than one global batch of "
+      "100000")
 
 
 _TINY = ["--config", "configs/random.py:tiny"]
