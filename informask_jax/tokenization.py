@@ -13,6 +13,7 @@
 A trained vocabulary always begins [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0..4).
 """
 
+import collections
 import hashlib
 import json
 import logging
@@ -143,17 +144,17 @@ def _is_word_char(ch):
 def _inner_characters(make_texts, lowercase, seen=None, long_words=None):
   """Characters found after the first position of a word, i.e. the "##x" pieces of the alphabet.
 
-  The same scan adds to `seen` every character of the text as written (for
-  `_warn_stripped_marks`) and to `long_words` ({"count", "example"}) the words over
+  The same scan counts in `seen` (a Counter) every character of the text as written (for
+  `_warn_stripped_marks`) and adds to `long_words` ({"count", "example"}) the words over
   `MAX_WORD_CHARS` characters (for `_warn_long_words`)."""
   normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                           strip_accents=lowercase, lowercase=lowercase)
   found = set()
   for batch in make_texts():
     raw = "\n".join(batch)
-    if seen is not None:  # Counted in NumPy: a set update walks the text in Python.
-      raw_points = np.frombuffer(raw.encode("utf-32-le"), np.uint32)
-      seen.update(chr(u) for u in np.flatnonzero(np.bincount(raw_points)))
+    if seen is not None:  # Counted in NumPy: a Counter update walks the text in Python.
+      counts = np.bincount(np.frombuffer(raw.encode("utf-32-le"), np.uint32))
+      seen.update({chr(u): int(counts[u]) for u in np.flatnonzero(counts)})
     text = normalizer.normalize_str(raw)
     points = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (C,) code points
     if not len(points):
@@ -230,23 +231,38 @@ def _stripped_letters(characters):
   return found
 
 
+# The share of a corpus's letters (and marks) that the two warnings below need before they speak:
+# an English corpus quotes a few names in other scripts or transliterations (the embedded one
+# has Muḥammad, Hebrew points and 9 Hangul syllables in ~4M letters), which lower-casing costs
+# nothing that matters; a Hindi or Korean corpus is mostly such characters.
+STRIPPED_WARN_SHARE = 0.001
+
+
+def _share_of_letters(characters, chosen):
+  """The share of the letters and marks counted in `characters` (a Counter) that are `chosen`."""
+  letters = sum(n for ch, n in characters.items() if unicodedata.category(ch)[0] in "LM")
+  return sum(characters[ch] for ch in chosen) / max(letters, 1)
+
+
 def _warn_stripped_marks(characters):
   """config.tokenizer.lowercase strips accents as BERT does, by dropping every combining mark:
   in other scripts that changes words (Hindi है "is" becomes ह, Japanese が becomes か), silently
-  merging words the corpus tells apart."""
+  merging words the corpus tells apart. `characters` counts the corpus's characters."""
   found = _stripped_letters(characters)
-  if not found:
+  share = _share_of_letters(characters, [ch for pairs in found.values() for ch, _ in pairs])
+  if not found or share < STRIPPED_WARN_SHARE:
     return
   examples = "; ".join(
       f"{script.lower()}: " + ", ".join(f"{ch!r} -> {left!r}" for ch, left in
                                         sorted(pairs, key=lambda pair: not pair[1])[:3])
       for script, pairs in sorted(found.items(), key=lambda item: -len(item[1])))
   log.warning("config.tokenizer.lowercase=True strips accents as BERT does, by dropping every "
-              "combining mark, and %d of the corpus's characters lose a mark of their script "
-              "(a vowel sign, virama, voicing or tone mark), not an accent (%s). Set "
+              "combining mark, and %d of the corpus's characters (%.1f%% of its letters) lose a "
+              "mark of their script (a vowel sign, virama, voicing or tone mark), not an accent "
+              "(%s). Set "
               "--config.tokenizer.lowercase=False to keep them (case and accents are then kept "
               "everywhere).",
-              sum(len(pairs) for pairs in found.values()), examples)
+              sum(len(pairs) for pairs in found.values()), 100 * share, examples)
 
 
 def _is_hangul_syllable(ch):
@@ -259,7 +275,7 @@ def _warn_hangul_decomposed(characters):
   and tokenizes Korean as jamo, and decodes to text that does not compare equal to the text
   written."""
   syllables = sorted(ch for ch in characters if _is_hangul_syllable(ch))
-  if not syllables:
+  if not syllables or _share_of_letters(characters, syllables) < STRIPPED_WARN_SHARE:
     return
   example = syllables[0]
   log.warning("config.tokenizer.lowercase=True strips accents as BERT does, which takes each of "
@@ -278,7 +294,7 @@ def _train(make_texts, vocab_size, lowercase):
   see. They are found with BERT's normaliser and a character scan; should the trainer still meet
   a piece the scan missed, it is rerun with it. The result is renumbered canonically.
   """
-  seen, long_words = set(), {}
+  seen, long_words = collections.Counter(), {}
   pieces = {"##" + ch for ch in _inner_characters(make_texts, lowercase, seen, long_words)}
   _warn_long_words(long_words)
   if lowercase:
