@@ -37,6 +37,7 @@ from informask_jax import (
   profiling,
   progress_bar,
   stats,
+  tokenization,
 )
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
@@ -61,15 +62,9 @@ def check_config(config) -> None:
     raise ValueError(f"config.data.validation_fraction=0{data.NONE_HELD_OUT}")
   tok = config.get("tokenizer")
   if tok is not None and not tok.get("name_or_path"):
-    # A vocabulary is trained on the corpus: the trainer refuses this size only once the corpus
+    # A vocabulary is trained on the corpus: the trainer refuses a bad size only once the corpus
     # is read and cleaned (hours for the paper's).
-    from informask_jax import tokenization
-    specials = len(tokenization.SPECIAL_TOKENS)
-    if isinstance(tok.vocab_size, bool) or not isinstance(tok.vocab_size, int) or \
-        tok.vocab_size <= specials:
-      raise ValueError(f"config.tokenizer.vocab_size={tok.vocab_size!r} is too small to train a "
-                       f"vocabulary on: it must be above the {specials} special tokens "
-                       f"({', '.join(tokenization.SPECIAL_TOKENS)}).")
+    tokenization.check_vocab_size_to_train(tok.vocab_size)
   t, m = config.train, config.model
   for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "stop_sync_every", "max_consecutive_skips"):

@@ -344,13 +344,22 @@ def _warn_trained_size(got: int, vocab_size: int) -> None:
                 "piece): the trained vocabulary has %d tokens.", vocab_size, got)
 
 
+def check_vocab_size_to_train(vocab_size) -> None:
+  """A vocabulary to train must hold more than the special tokens (train.py checks it before the
+  corpus is read; the trainer again, for callers that skip that check)."""
+  if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or \
+      vocab_size <= len(SPECIAL_TOKENS):
+    raise ValueError(f"config.tokenizer.vocab_size={vocab_size!r} is too small to train a "
+                     f"vocabulary on: it must be above the {len(SPECIAL_TOKENS)} special tokens "
+                     f"({', '.join(SPECIAL_TOKENS)}).")
+
+
 def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerprint):
   if corpus is None:
     raise ValueError("config.tokenizer.name_or_path is empty, which means training a vocabulary, "
                      "but load_tokenizer got no corpus to train it on.")
+  check_vocab_size_to_train(tokenizer_config.vocab_size)
   vocab_size = int(tokenizer_config.vocab_size)
-  if vocab_size <= len(SPECIAL_TOKENS):
-    raise ValueError(f"config.tokenizer.vocab_size={vocab_size} is too small to train on.")
   train, corpus_fp = _training_texts(corpus, train_fingerprint)
   key = hashlib.sha256(
       json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
