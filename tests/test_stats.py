@@ -914,6 +914,30 @@ def test_report_cli_writes_png_and_summary(built, tmp_path):
   assert summary.strip() in proc.stdout
 
 
+def test_report_of_tokens_in_a_script_the_font_lacks_says_so_once(built, tmp_path, caplog):
+  """Chinese token labels drew one matplotlib "Glyph ... missing from font" warning per character
+  and drawing (dozens of lines for a Chinese corpus); now one log line names them."""
+  import warnings
+
+  from informask_jax.stats import report
+
+  _, _, directory = built
+  copy = tmp_path / "stats"
+  shutil.copytree(directory, copy)
+  meta = artifacts.read_meta(copy)
+  tokens = ["[PAD]"] + [chr(0x4E00 + i) for i in range(meta["vocab_size"] - 1)]
+  (copy / artifacts.VOCAB).write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
+  artifacts.record_file(copy, meta, artifacts.VOCAB)
+  artifacts.write_meta(copy, meta)
+  with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+    warnings.simplefilter("always")
+    png, summary = report.write_report(copy, tmp_path / "r.png")
+  assert not [w for w in caught if "missing from" in str(w.message)], caught[:3]
+  lines = [r.getMessage() for r in caplog.records if "token labels" in r.getMessage()]
+  assert len(lines) == 1 and "show as boxes" in lines[0], lines
+  assert any("\u4e00" <= ch <= "\u9fff" for ch in summary) and png.stat().st_size > 20_000
+
+
 def test_report_out_is_the_file_written(built, tmp_path, monkeypatch):
   """--out as a directory (existing, or new with a trailing /), a name without a suffix or a path
   with ~ (which the shell leaves in --out=~/x.png): the returned (and printed) path is the PNG

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
+import warnings
 
 import numpy as np
 from absl import logging
@@ -155,6 +157,29 @@ def _check_out_folder(folder: pathlib.Path, given: bool) -> None:
                   "--out ~/report.png.") from None
 
 
+# matplotlib's warning for a character its font lacks (one per character and drawing).
+_MISSING_GLYPH = re.compile(r"^Glyph (\d+) \(.*\) missing from "
+                            r"(?:current font|font\(s\) (.*?)\.?$)")
+
+
+def _warn_missing_glyphs(caught, out_png) -> None:
+  """Token labels in a script the font lacks (Chinese, Devanagari, Thai in DejaVu Sans) drew a
+  matplotlib warning per character and drawing, dozens of lines: one line says it instead. Other
+  warnings are raised again as they were."""
+  missing, fonts = set(), set()
+  for w in caught:
+    m = _MISSING_GLYPH.match(str(w.message))
+    if m:
+      missing.add(chr(int(m.group(1))))
+      fonts.add(m.group(2) or "the current font")
+    else:
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+  if missing:
+    logging.warning("%d characters of the token labels are not in %s and show as boxes in %s "
+                    "(e.g. %s); the summary beside it (.txt) has them.", len(missing),
+                    ", ".join(sorted(fonts)), out_png, " ".join(sorted(missing)[:5]))
+
+
 def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
   """Writes the PNG (default DIR/report.png; `out_png` may be a file, a bare name that gets
   .png, or a directory to write report.png into) and the summary next to it (.txt); returns the
@@ -227,8 +252,11 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
     ax.set_title(title)
   fig.suptitle(f"Statistics {directory.name}", fontsize=10)
   # Written under temporary names and renamed: a disk filling up leaves the earlier report.
-  paths.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format=out_png.suffix[1:]))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    paths.atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format=out_png.suffix[1:]))
   plt.close(fig)
+  _warn_missing_glyphs(caught, out_png)
   paths.atomic_write(out_png.with_suffix(".txt"),
                      lambda tmp: pathlib.Path(tmp).write_text(text + "\n", "utf-8"))
   return out_png, text
