@@ -294,7 +294,8 @@ def _train(make_texts, vocab_size, lowercase):
   see. They are found with BERT's normaliser and a character scan; should the trainer still meet
   a piece the scan missed, it is rerun with it. The result is renumbered canonically.
   """
-  seen, long_words = collections.Counter(), {}
+  # The characters are counted only for the lower-casing warnings.
+  seen, long_words = collections.Counter() if lowercase else None, {}
   pieces = {"##" + ch for ch in _inner_characters(make_texts, lowercase, seen, long_words)}
   _warn_long_words(long_words)
   if lowercase:
