@@ -177,6 +177,12 @@ def main_process_first(name: str, build):
 _STOP_KEY = "informask_jax/stop/{}"  # Read by process {}'s thread: a peer's error, or "" at exit.
 _LEFT_KEY = "informask_jax/left/{}"  # Process {} is leaving after an error.
 _LEAVE_TIMEOUT_S = 10  # How long process 0, which hosts the service, waits for the others to go.
+# Then how long it stays up for them to exit: a process that has marked itself leaving still runs
+# for a moment (the mark's reply, its last flush), and if the service ends in that moment, JAX's
+# client in it aborts the process (a core dump instead of its exit status). Measured on CPU: a
+# peer exiting one second after its mark aborted without this wait, and process 0 waiting three
+# seconds outlived the peers' exit (the service notices a gone process only by its heartbeats).
+_EXIT_GRACE_S = 2
 _WATCH_TIMEOUT_MS = 3600 * 1000  # One long poll of the store per hour while nothing happens.
 _watcher = None  # The thread, while watching.
 _failing = False  # This process's own error is being handled: a peer's is not reported over it.
@@ -263,8 +269,8 @@ def failure_posted() -> bool:
 
 def leave_after_failure() -> None:
   """Marks this process as leaving; process 0, which hosts the coordination service, first
-  waits a little for the others to leave (each stops as soon as it has read the error, and
-  once the service is gone a process still reading it aborts with JAX's own message)."""
+  waits a little for the others to mark themselves and then to exit (each stops as soon as it
+  has read the error, and once the service is gone a process still using it aborts)."""
   client, me, count = _client(), jax.process_index(), jax.process_count()
   try:
     client.key_value_set(_LEFT_KEY.format(me), "1")
@@ -279,3 +285,5 @@ def leave_after_failure() -> None:
                                     max(1, int((deadline - time.monotonic()) * 1000)))
     except Exception:  # Dead, or stuck where its thread cannot stop it: JAX's timeout ends it.
       break
+  else:
+    time.sleep(_EXIT_GRACE_S)

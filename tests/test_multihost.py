@@ -239,6 +239,18 @@ def _failing_next(self):
   return _next(self)
 
 batches.BatchIterator.__next__ = _failing_next
+
+# And it exits half a second after marking itself as leaving (a loaded machine): process 0, which
+# hosts the coordination service, must still be there, or JAX's client aborts this process.
+import os, time
+
+_exit = os._exit
+
+def _slow_exit(code):
+  time.sleep(0.5)
+  _exit(code)
+
+os._exit = _slow_exit
 """
 
 
