@@ -1390,7 +1390,7 @@ def test_force_rebuilds_only_the_named_stages(built, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key,value", [
-    ("pmi_vocab_size", 0), ("min_count", 0), ("min_pair_count", 0), ("window", -1),
+    ("pmi_vocab_size", 1), ("min_count", 0), ("min_pair_count", 0), ("window", -1),
     ("drop_top_k", -1), ("context_alpha", 0.0), ("ngram_vocab_size", 0), ("ngram_min_count", 0),
     ("rate_smoothing", -1.0), ("memory_cap_mb", 0), ("context_alpha", math.inf),
     ("rate_smoothing", math.nan), ("rate_sample_sequences", -1),
@@ -1500,16 +1500,14 @@ def test_a_streaming_source_is_refused_before_the_pipeline_is_built(tmp_path, mo
 
 
 def test_a_pmi_vocabulary_of_under_2_tokens_names_the_setting_that_limits_it(tmp_path):
-  """The size cap, drop_top_k or min_count: the message names the one to change (it always
-  blamed min_count, even for --config.stats.pmi_vocab_size=1)."""
+  """drop_top_k or min_count: the message names the one to change (it always blamed min_count,
+  even for --config.stats.pmi_vocab_size=1, which check_config now refuses before counting)."""
   docs = synthetic_docs(60, seed=11)
   eligible = counting.select_pmi_vocab(counting.count_unigrams(fake_pipeline(docs)
                                                                .tokenized_train, V).counts,
                                        special_ids=SPECIALS, size=V, min_count=2).size
   assert eligible > 10
   for key, value, match in (
-      ("pmi_vocab_size", 1, rf"^config\.stats\.pmi_vocab_size=1 keeps 1 token\(s\) of the "
-                            rf"{eligible} that qualify; .* Raise stats\.pmi_vocab_size\.$"),
       ("drop_top_k", eligible - 1, rf"^{eligible} tokens occur at least config\.stats\."
                                    rf"min_count=2 times, and config\.stats\.drop_top_k="
                                    rf"{eligible - 1} drops .* leaving 1; .* Lower stats\."

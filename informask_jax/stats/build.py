@@ -57,7 +57,8 @@ def check_config(config) -> None:
     if isinstance(s[key], float) and not math.isfinite(s[key]):
       raise ValueError(f"config.stats.{key}={s[key]!r} must be a finite number.")
   checks = [
-      ("pmi_vocab_size", s.pmi_vocab_size >= 1, "must be >= 1"),
+      # Checked here, not only by the PMI stage, which meets it after counting the corpus.
+      ("pmi_vocab_size", s.pmi_vocab_size >= 2, "must be >= 2 (a PMI table pairs two tokens)"),
       ("min_count", s.min_count >= 1, "must be >= 1"),
       ("min_pair_count", s.min_pair_count >= 1, "must be >= 1"),
       ("window", s.window >= 0, "must be >= 0 (0: whole sentences)"),
@@ -160,14 +161,11 @@ def _stage_counts(config, pipeline, directory, meta, state, progress):
 
 
 def _too_few_pmi_tokens(s, unigram, specials, kept: int) -> str:
-  """Why the PMI vocabulary holds fewer than 2 tokens, naming the setting that limits it: the
-  size cap, drop_top_k, or min_count (the corpus), whichever left too few."""
+  """Why the PMI vocabulary holds fewer than 2 tokens, naming the setting that limits it:
+  drop_top_k, or min_count (the corpus), whichever left too few (check_config refuses a size cap
+  below 2)."""
   eligible = counting.select_pmi_vocab(unigram, special_ids=specials, size=unigram.size,
                                        min_count=s.min_count).size
-  if eligible - s.drop_top_k > kept:  # More tokens qualify than the cap lets in.
-    return (f"config.stats.pmi_vocab_size={s.pmi_vocab_size} keeps {kept} token(s) of the "
-            f"{eligible - s.drop_top_k} that qualify; a PMI table needs at least 2. Raise "
-            "stats.pmi_vocab_size.")
   if eligible >= 2:
     return (f"{eligible} tokens occur at least config.stats.min_count={s.min_count} times, and "
             f"config.stats.drop_top_k={s.drop_top_k} drops the most frequent of them, leaving "
