@@ -104,7 +104,8 @@ class MLMConfig:
     from configs.base import MODEL_SIZES  # The size table lives with the configs.
 
     if model_config.size not in MODEL_SIZES:
-      raise ValueError(f"model.size={model_config.size!r}: choose one of {sorted(MODEL_SIZES)}.")
+      raise ValueError(f"config.model.size={model_config.size!r}: choose one of "
+                       f"{sorted(MODEL_SIZES)}.")
     dims = dict(MODEL_SIZES[model_config.size])
     for key in dims:
       if model_config[key] != -1:
@@ -113,13 +114,21 @@ class MLMConfig:
     max_positions = model_config.max_positions
     if max_positions == -1:
       max_positions = default_max_positions(model_config.flavour)
-    return cls(
-        vocab_size=vocab_size, flavour=model_config.flavour, max_positions=max_positions,
-        type_vocab_size=1 if roberta else 2, pad_id=pad_id, dropout=model_config.dropout,
-        attention_dropout=model_config.attention_dropout,
-        layer_norm_eps=_layer_norm_eps(model_config), compute_dtype=model_config.compute_dtype,
-        attention=model_config.attention, remat=model_config.remat,
-        scan_layers=model_config.scan_layers, **dims)
+    try:
+      return cls(
+          vocab_size=vocab_size, flavour=model_config.flavour, max_positions=max_positions,
+          type_vocab_size=1 if roberta else 2, pad_id=pad_id, dropout=model_config.dropout,
+          attention_dropout=model_config.attention_dropout,
+          layer_norm_eps=_layer_norm_eps(model_config), compute_dtype=model_config.compute_dtype,
+          attention=model_config.attention, remat=model_config.remat,
+          scan_layers=model_config.scan_layers, **dims)
+    except ValueError as e:
+      # __post_init__ names the dataclass's fields (model.x), which a checkpoint's or a Hugging
+      # Face config also fills; from a config they are the keys to override, config.model.x.
+      message = str(e)
+      if not message.startswith("model."):
+        raise
+      raise ValueError("config." + message.replace(" model.", " config.model.")) from None
 
 
 def default_layer_norm_eps(flavour: str) -> float:

@@ -668,7 +668,7 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                                r"validation_fraction=0: 0 holds out no document, and runs "
                                r"evaluate"),
                               ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
-                              ("model.compute_dtype", "fp16", r"model.compute_dtype='fp16'"),
+                              ("model.compute_dtype", "fp16", r"config.model.compute_dtype='fp16'"),
                               ("optim.learning_rate", -1.0,
                                r"config.optim.learning_rate=-1.0 must be a finite number > 0"),
                               ("train.num_steps", 10**14, r"config.train.num_steps=100000000000000 "
@@ -676,8 +676,10 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                               ("model.max_predictions", -3,
                                r"config.model.max_predictions=-3 must be an integer >= 1"),
                               ("train.seed", -1, r"config.train.seed=-1 must be an integer"),
-                              ("model.dropout", 1.0, r"model.dropout=1.0 must be in \[0, 1\)"),
-                              ("model.attention_dropout", 1.5, r"model.attention_dropout=1.5"),
+                              ("model.dropout", 1.0,
+                               r"config.model.dropout=1.0 must be in \[0, 1\)"),
+                              ("model.attention_dropout", 1.5,
+                               r"config.model.attention_dropout=1.5"),
                               ("stats.window", -1, r"config.stats.window=-1 must be >= 0"),
                               ("masking.missing_rate", "abc", r"missing_rate='abc': expected"),
                               ("data.cache_dir", str(tmp_path / "afile"),
