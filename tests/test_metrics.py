@@ -80,6 +80,19 @@ def test_summary_of_an_interval_of_skipped_steps_has_no_loss_and_the_last_learni
   assert out["learning_rate"] == 2e-3  # The schedule's value at the logged step, not the first.
 
 
+def test_summary_reports_the_loss_scale_of_the_intervals_last_step():
+  """Under loss scaling an overflow skips the step and halves the scale: the summary must show
+  the scale the interval ended with (the one the next steps train at), not its first."""
+  def step(scale, skipped):
+    return dict(loss_sum=0.0 if skipped else 4.0, correct_sum=0.0, num_targets=0 if skipped else 2,
+                grad_norm=float("inf") if skipped else 1.0, learning_rate=1e-3, skipped=skipped,
+                dropped_targets=0.0, loss_scale=scale)
+  out = metrics.summarize([step(2.0**15, 0), step(2.0**15, 1), step(2.0**14, 0)])
+  assert out["loss_scale"] == 2.0**14 and out["skipped_steps"] == 1
+  unscaled = [{k: v for k, v in step(1.0, 0).items() if k != "loss_scale"}]
+  assert "loss_scale" not in metrics.summarize(unscaled)
+
+
 def _scalars(tmp_path):
   """[(step, tag, value)] of every event file in tensorboard/, in the order the files were
   made (their names end with a count of the writer's process)."""
