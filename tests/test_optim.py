@@ -89,10 +89,15 @@ def test_apply_update_matches_optax_chain(clip):
   reference = jax.jit(optim.optax_apply_update(tx))  # tx.update + apply_updates + skip
 
   ours, ref = (params, tx.init(params)), (params, tx.init(params))
-  scales = [0.01, 5.0, float("nan"), 0.3, 20.0, 0.05]  # Global norms below and above the clip.
+  # Global norms below and above the clip (~13 x the scale: 172 normal draws), then two steps
+  # rescaled to 1.01 and 0.99 x the clip: the raw scales leave no norm within 1.5x of the clip, so
+  # clipping from the wrong threshold (e.g. only from 1.5 x the clip on) went unseen.
+  scales = [0.01, 5.0, float("nan"), 0.3, 20.0, 0.05, ("clip", 1.01), ("clip", 0.99)]
   for step, scale in enumerate(scales):
-    grads = jax.tree.map(lambda p, s=scale: jnp.asarray(rng.normal(size=p.shape) * s,
-                                                         jnp.float32), params)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    if isinstance(scale, tuple):  # Relative to the clip (to 1 where clipping is off).
+      scale = scale[1] * (clip or 1.0) / float(optax.tree.norm(grads))
+    grads = jax.tree.map(lambda g, s=scale: g * jnp.float32(s), grads)
     norm = optax.tree.norm(grads)
     finite = jnp.isfinite(norm)
     ours = apply(*ours, grads, norm, finite)
