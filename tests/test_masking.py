@@ -620,6 +620,30 @@ def test_informask_bernoulli_without_rescaling_uses_the_rates_as_probabilities()
   assert abs(fit.slope - 1) < 0.05 and abs(fit.intercept) < 0.01, fit
 
 
+
+def test_informask_bernoulli_rescale_counts_zero_rate_tokens_in_the_row():
+  """Rescaled, a row's expected targets are mask_prob x all of its maskable tokens, zero-rate
+  ones included: the positive rates carry their share. (Scaling to the positive-rate tokens
+  only masks 0.15 of those, ~0.09 of the row here, where RATES has no zero and hid it.)"""
+  rates = RATES.copy()
+  rates[5:300] = 0.0  # About half the word starts: ~37% of the maskable tokens.
+  masker = build("informask", "bernoulli", rates=rates)
+  tokens, sentences, _ = synthetic_batch(0)
+  mask = np.asarray(jax.jit(lambda k, t, s: masker(k, t, sentence_ids=s))(
+      jax.random.key(0), tokens, sentences)["mask"])
+  maskable = ~np.isin(tokens, SPECIAL)
+  zero = maskable & (rates[tokens] == 0)
+  assert 0.3 < zero.sum() / maskable.sum() < 0.45
+  assert not mask[zero].any(), "a zero-rate token became a target"
+  # The documented p = rate * mask_prob * n / sum(rates), capped at 1, per row.
+  rate = np.where(maskable, rates[tokens], 0.0).astype(np.float64)
+  p = np.minimum(rate * (0.15 * maskable.sum(1) / rate.sum(1))[:, None], 1.0)
+  assert abs(p.sum() / maskable.sum() - 0.15) < 0.002  # No p reaches the cap here.
+  # ~7,000 targets, sd ~70 (this key: 1.4 sd off): 4 sd is ~280; scaling to the positive-rate
+  # tokens only falls ~2,600 short.
+  assert abs(mask.sum() - p.sum()) < 4 * np.sqrt((p * (1 - p)).sum()), (mask.sum(), p.sum())
+
+
 def _brute_force_ir(tokens, sentences, candidates, dense_pmi):
   scores = np.zeros(candidates.shape[0])
   for k, cand in enumerate(candidates):
