@@ -261,6 +261,29 @@ def test_span_and_pmi_units_are_corrupted_as_a_whole(name):
   assert abs(np.mean(shares) - 0.8) < 4 * np.sqrt(0.16 / units)
 
 
+
+def test_whole_word_corruption_is_decided_per_token():
+  """BERT's whole-word masking picks whole words but decides [MASK] / random / keep for each
+  token (create_pretraining_data.py), unlike SpanBERT and PMI-Masking: in a masked two-token word
+  the tokens agree ([MASK] both or neither) with probability 0.8^2 + 0.2^2 = 0.68, not always.
+  The share of [MASK] alone (0.8) is the same either way, so the 80/10/10 tests cannot tell."""
+  mixed = []
+  for key in range(2):
+    tokens, out, _, _ = run("whole_word", "exact", key=key, batch_seed=key)
+    starts, maskable = word_starts(tokens)
+    mask, is_mask = out["mask"], out["input_ids"] == MASK
+    # Masked words of exactly two tokens: a start, a "##" piece, then a start or no word.
+    piece = np.pad(maskable & ~starts, ((0, 0), (0, 2)))
+    ends = np.pad(starts | ~maskable, ((0, 0), (0, 2)), constant_values=True)
+    rows, cols = np.nonzero(starts & mask & piece[:, 1:-1] & ends[:, 2:])
+    assert mask[rows, cols + 1].all()  # Whole words: the piece is a target with its start.
+    mixed.append(is_mask[rows, cols] != is_mask[rows, cols + 1])
+  mixed = np.concatenate(mixed)
+  # ~1,800 such words: sd of the share ~0.011, so 4 sd is ~0.044 (these keys: 0.314);
+  # per-word decisions give 0.
+  assert len(mixed) > 1000
+  assert abs(mixed.mean() - 0.32) < 4 * np.sqrt(0.32 * 0.68 / len(mixed)), mixed.mean()
+
 @pytest.mark.parametrize("name,budget", [("random", "exact"), ("random", "bernoulli"),
                                          ("informask", "exact"), ("informask", "bernoulli"),
                                          ("span", "exact"), ("whole_word", "bernoulli"),
