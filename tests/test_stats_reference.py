@@ -239,7 +239,9 @@ def built(tmp_path_factory):
   c.stats.ngram_min_count = 3
   c.stats.rate_sample_sequences = 0
   c.stats.rate_smoothing = 5.0
+  # Neither at its default (16, 0.15): the rate stage's masker must take the configured ones.
   c.masking.num_candidates = 8
+  c.masking.mask_prob = 0.2
   recorded = {}
   count_choices = rates.count_choices
 
@@ -338,7 +340,8 @@ def test_bigram_table_equals_the_definition(built):
 
 def test_informative_relevance_of_every_candidate_equals_the_definition(built):
   """IR(M) = sum over masked i and unmasked j of one sentence of PMI(x_i, x_j), on the masker
-  the rate stage ran; the kept mask is the best candidate, of exactly round(0.15 n) tokens."""
+  the rate stage ran: masking.num_candidates candidates of exactly round(masking.mask_prob * n)
+  tokens each; the kept mask is the best candidate."""
   import jax
 
   pmi = built.tables.pmi.todok()
@@ -346,11 +349,13 @@ def test_informative_relevance_of_every_candidate_equals_the_definition(built):
   ids, sids = rows["token_ids"][:16], rows["sentence_ids"][:16]
   out, aux = built.masker(jax.random.key(3), ids, sentence_ids=sids, with_aux=True)
   candidates, scores = np.asarray(aux["candidates"]), np.asarray(aux["scores"])
+  mask_prob = built.config.masking.mask_prob
+  assert candidates.shape[1] == built.config.masking.num_candidates
   for b in range(ids.shape[0]):
     maskable = [t not in SPECIALS for t in ids[b].tolist()]
     for k in range(candidates.shape[1]):
       m = candidates[b, k]
-      assert m.sum() == math.floor(0.15 * sum(maskable) + 0.5)
+      assert m.sum() == round(mask_prob * sum(maskable))
       assert not (m & ~np.array(maskable)).any()
       ir = sum(float(pmi[int(ids[b, i]), int(ids[b, j])])
                for i in range(ids.shape[1]) for j in range(ids.shape[1])
