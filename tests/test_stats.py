@@ -646,6 +646,28 @@ def test_build_writes_every_artifact(built):
   assert all(len(p) == 2 for p in a.bigrams)
 
 
+
+def test_the_pmi_stage_uses_the_configured_pair_options(tmp_path):
+  """stats.window, whole_words, context_alpha, positive_only and min_pair_count reach the PMI
+  stage: its table equals the definition under those settings. (The other builds leave them at
+  their defaults, or where min_pair_count = 2 or 3 keep the same positive pairs, so a stage
+  passing other values went unseen; the cache key alone did change.)"""
+  docs = synthetic_docs(40, seed=1)
+  config = small_config(tmp_path)
+  s = config.stats
+  s.pmi_vocab_size, s.min_pair_count = 60, 3  # Not stats.min_count (2), a name it resembles.
+  s.window, s.whole_words, s.context_alpha, s.positive_only = 2, True, 0.75, False
+  directory = stats.build_artifacts(config, fake_pipeline(docs), what=("pmi",), progress=False)
+  got = to_dict(sp.load_npz(directory / "pmi.npz"))
+  vocab = counting.select_pmi_vocab(counting.count_unigrams(docs, V).counts,
+                                    special_ids=SPECIALS, size=60, min_count=s.min_count)
+  want = brute_pmi(brute_pairs(docs, vocab, window=2, whole_words=True), min_pair_count=3,
+                   alpha=0.75, positive_only=False)
+  assert set(got) == set(want) and min(want.values()) < 0 and len(want) > 50
+  keys = sorted(want)
+  np.testing.assert_array_equal(np.array([got[k] for k in keys], np.float32),
+                                np.array([want[k] for k in keys], np.float32))
+
 def test_cache_key_changes_with_parameters_not_memory_cap(built):
   config, pipeline, directory = built
   other = small_config(config.data.cache_dir)
