@@ -1328,6 +1328,28 @@ def copy_of_built(built, tmp_path):
   return config, pipeline, copy
 
 
+
+def test_the_rate_stage_scores_a_sample_of_rate_sample_sequences_rows_drawn_from_the_seed(
+    built, tmp_path, monkeypatch):
+  """The rate stage masks stats.rate_sample_sequences rows (48 of the 419 here), sampled and
+  masked from config.train.seed. (The other builds passed as well on all rows, or on seed 0.)"""
+  config, pipeline, _ = copy_of_built(built, tmp_path)
+  calls, count_choices = [], rates.count_choices
+
+  def recording(masker, token_ids, sentence_ids, **kwargs):
+    calls.append((token_ids, kwargs["seed"]))
+    return count_choices(masker, token_ids, sentence_ids, **kwargs)
+
+  monkeypatch.setattr(rates, "count_choices", recording)
+  rows = pipeline.train["token_ids"]
+  for seed in (0, 7):
+    config.train.seed = seed
+    stats.build_artifacts(config, pipeline, what=("rates",), force=True, progress=False)
+  assert [seed for _, seed in calls] == [0, 7]
+  assert rows.shape[0] > config.stats.rate_sample_sequences == 48
+  for sample, seed in calls:
+    np.testing.assert_array_equal(sample, rows[rates.sample_rows(rows.shape[0], 48, seed)])
+
 def test_load_artifacts_refuses_bad_contents_that_match_their_checksums(built, tmp_path):
   def altered(name, write, match):
     directory = tmp_path / f"copy-{name}"
