@@ -1334,6 +1334,17 @@ def test_both_key_words_reach_the_seeds():
       assert (masks[i] != masks[j]).any(), (i, j)
 
 
+
+def test_every_word_of_a_wider_key_reaches_the_seeds():
+  """An rbg key holds 4 words (threefry's 2): keys that differ in their third or fourth word only
+  must give other seeds (key_words folds the extra words in), else such keys give one mask."""
+  data = np.array([[1, 7, 0, 0], [1, 7, 5, 0], [1, 7, 0, 5]], np.uint32)
+  seeds = [np.asarray(prng.example_seeds(jax.random.wrap_key_data(d, impl="rbg"), 64))
+           for d in data]
+  for i in range(len(seeds)):
+    for j in range(i):
+      assert not (seeds[i] == seeds[j]).all(axis=-1).any(), (i, j)
+
 def test_random_replacements_cover_every_non_special_id():
   """In a small vocabulary every non-special id is drawn, uniformly, the last one included
   (an off-by-one in the draw or the shift past the specials would leave one out)."""
