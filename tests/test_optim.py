@@ -119,7 +119,10 @@ def test_apply_update_matches_optax_chain(clip):
     # Infinite values passed the >= bounds and every step came out NaN (and skipped).
     ("learning_rate", float("inf"), 1e3), ("weight_decay", float("inf"), 10.0),
     ("eps", float("inf"), 1.0), ("grad_clip_norm", float("inf"), 1e6),
-    ("b1", float("nan"), 0.9), ("warmup_steps", 2**31, 2**31 - 1)])
+    ("b1", float("nan"), 0.9), ("warmup_steps", 2**31, 2**31 - 1),
+    # A float32 subnormal eps is 0 on XLA:CPU (subnormals flushed): the bound is the smallest
+    # normal, not > 0.
+    ("eps", 1e-39, optim.FLOAT32_TINY)])
 def test_check_config_bounds_are_where_adamw_breaks(key, bad, good):
   """Each bound at its edge: b = 1 never forgets (and divides by zero in the bias correction),
   eps = 0 divides by zero; grad_clip_norm = 0 is allowed (it turns clipping off)."""
