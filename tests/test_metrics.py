@@ -147,6 +147,30 @@ def test_flush_puts_the_logged_steps_on_disk(tmp_path):
   assert _scalars(tmp_path)[-1] == (20, "loss", 8.0)
 
 
+
+def test_a_live_tensorboard_sees_the_steps_within_the_flush_interval(tmp_path, monkeypatch):
+  """Between checkpoints the event file is flushed once _FLUSH_SECONDS (30 s) have passed since
+  the last flush, at the next write: a live TensorBoard is at most that late. Without it the
+  steps of a long interval between checkpoints stayed in tensorboardX's buffer."""
+  clock = [1000.0]
+  # The module's clock only (time.monotonic itself is left to everything else).
+  monkeypatch.setattr(metrics, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                       time=metrics.time.time))
+  writer = metrics.MetricWriter(tmp_path)
+  writer.write(10, {"loss": 8.5})
+  clock[0] += 29
+  writer.write(20, {"loss": 8.0})
+  assert _scalars(tmp_path) == []  # Still buffered: not yet 30 s.
+  clock[0] += 2
+  writer.write(30, {"loss": 7.5})
+  flushed = [(10, "loss", 8.5), (20, "loss", 8.0), (30, "loss", 7.5)]
+  assert _scalars(tmp_path) == flushed
+  clock[0] += 29  # 29 s after that flush: the interval restarts there (no flush at each write).
+  writer.write(40, {"loss": 7.0})
+  assert _scalars(tmp_path) == flushed
+  writer.close()
+  assert _scalars(tmp_path) == [*flushed, (40, "loss", 7.0)]
+
 def test_a_full_disk_is_an_error_naming_the_file_not_a_hang(tmp_path, monkeypatch):
   """/dev/full fails every write as a full disk does. metrics.jsonl: the write of the step
   raises; the event file: its flush. (tensorboardX's writer thread died there, its queue filled,
