@@ -1579,6 +1579,22 @@ def test_online_sparse_table_from_unsorted_entries_and_bfloat16_dense():
   np.testing.assert_allclose(np.asarray(online_lib.pair_pmi(half, rows, size)), want, rtol=1e-2)
 
 
+
+@pytest.mark.parametrize("table", ["dense", "sparse"])
+def test_online_pmi_entries_listed_twice_add_up_as_in_scipy(table):
+  """A COO matrix may list a pair twice (scipy sums them: that is the matrix's value); the
+  masker's table must hold the sum, as the matrix reads, not one of the two entries."""
+  rows, cols = np.array([5, 5, 6, 6, 7, 8]), np.array([6, 6, 5, 5, 8, 7])
+  values = np.array([1.0, 2.5, 1.0, 2.5, 0.5, 0.5])
+  pmi = scipy.sparse.coo_matrix((values, (rows, cols)), shape=(V, V))
+  masker = build("informask_online", pmi=pmi, pmi_table=table)
+  tables = jax.tree.map(jnp.asarray, masker.tables)
+  row_of = np.asarray(tables["pmi_row"])
+  size = int(row_of.max()) + 1
+  got = np.asarray(online_lib.pair_pmi(tables, jnp.asarray(row_of[[5, 6, 7, 8]]), size))
+  np.testing.assert_array_equal(got, pmi.toarray()[np.ix_([5, 6, 7, 8], [5, 6, 7, 8])])
+  assert got[0, 1] == 3.5
+
 def test_online_sparse_table_row_limit():
   """uint32 keys row * (R + 1) + col with a sentinel R * (R + 1) + R + 1 past them: R = 65,534
   rows is the most that fits (its largest pairs still look up right); R = 65,535 is refused,
