@@ -187,6 +187,7 @@ from informask_jax import data
 
 workdir = sys.argv[1]
 
+
 def held(*args, **kwargs):
   try:
     print("building", flush=True)
@@ -1539,7 +1540,6 @@ def test_the_logged_config_reads_as_plain_yaml(tiny_config, caplog):
   (logged,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Config:")]
   assert "!!python" not in logged and "_fields" not in logged
   assert "  - config: null\n    kind: wiki_vital\n" in logged
-
 
 
 def test_a_resume_on_an_edited_corpus_of_as_many_rows_is_refused(tiny_config, tmp_path):

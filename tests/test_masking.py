@@ -261,7 +261,6 @@ def test_span_and_pmi_units_are_corrupted_as_a_whole(name):
   assert abs(np.mean(shares) - 0.8) < 4 * np.sqrt(0.16 / units)
 
 
-
 def test_whole_word_corruption_is_decided_per_token():
   """BERT's whole-word masking picks whole words but decides [MASK] / random / keep for each
   token (create_pretraining_data.py), unlike SpanBERT and PMI-Masking: in a masked two-token word
@@ -283,6 +282,7 @@ def test_whole_word_corruption_is_decided_per_token():
   # per-word decisions give 0.
   assert len(mixed) > 1000
   assert abs(mixed.mean() - 0.32) < 4 * np.sqrt(0.32 * 0.68 / len(mixed)), mixed.mean()
+
 
 @pytest.mark.parametrize("name,budget", [("random", "exact"), ("random", "bernoulli"),
                                          ("informask", "exact"), ("informask", "bernoulli"),
@@ -641,7 +641,6 @@ def test_informask_bernoulli_without_rescaling_uses_the_rates_as_probabilities()
   assert np.mean(np.abs(freq - RATES[ids]) / sd) < 1.0  # ~0.8 for unbiased binomial draws
   fit = scipy.stats.linregress(RATES[ids], freq)
   assert abs(fit.slope - 1) < 0.05 and abs(fit.intercept) < 0.01, fit
-
 
 
 def test_informask_bernoulli_rescale_counts_zero_rate_tokens_in_the_row():
@@ -1334,7 +1333,6 @@ def test_both_key_words_reach_the_seeds():
       assert (masks[i] != masks[j]).any(), (i, j)
 
 
-
 def test_every_word_of_a_wider_key_reaches_the_seeds():
   """An rbg key holds 4 words (threefry's 2): keys that differ in their third or fourth word only
   must give other seeds (key_words folds the extra words in), else such keys give one mask."""
@@ -1344,6 +1342,7 @@ def test_every_word_of_a_wider_key_reaches_the_seeds():
   for i in range(len(seeds)):
     for j in range(i):
       assert not (seeds[i] == seeds[j]).all(axis=-1).any(), (i, j)
+
 
 def test_random_replacements_cover_every_non_special_id():
   """In a small vocabulary every non-special id is drawn, uniformly, the last one included
@@ -1579,7 +1578,6 @@ def test_online_sparse_table_from_unsorted_entries_and_bfloat16_dense():
   np.testing.assert_allclose(np.asarray(online_lib.pair_pmi(half, rows, size)), want, rtol=1e-2)
 
 
-
 @pytest.mark.parametrize("table", ["dense", "sparse"])
 def test_online_pmi_entries_listed_twice_add_up_as_in_scipy(table):
   """A COO matrix may list a pair twice (scipy sums them: that is the matrix's value); the
@@ -1594,6 +1592,7 @@ def test_online_pmi_entries_listed_twice_add_up_as_in_scipy(table):
   got = np.asarray(online_lib.pair_pmi(tables, jnp.asarray(row_of[[5, 6, 7, 8]]), size))
   np.testing.assert_array_equal(got, pmi.toarray()[np.ix_([5, 6, 7, 8], [5, 6, 7, 8])])
   assert got[0, 1] == 3.5
+
 
 def test_online_sparse_table_row_limit():
   """uint32 keys row * (R + 1) + col with a sentinel R * (R + 1) + R + 1 past them: R = 65,534

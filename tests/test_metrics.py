@@ -147,7 +147,6 @@ def test_flush_puts_the_logged_steps_on_disk(tmp_path):
   assert _scalars(tmp_path)[-1] == (20, "loss", 8.0)
 
 
-
 def test_a_live_tensorboard_sees_the_steps_within_the_flush_interval(tmp_path, monkeypatch):
   """Between checkpoints the event file is flushed once _FLUSH_SECONDS (30 s) have passed since
   the last flush, at the next write: a live TensorBoard is at most that late. Without it the
@@ -170,6 +169,7 @@ def test_a_live_tensorboard_sees_the_steps_within_the_flush_interval(tmp_path, m
   assert _scalars(tmp_path) == flushed
   writer.close()
   assert _scalars(tmp_path) == [*flushed, (40, "loss", 7.0)]
+
 
 def test_a_full_disk_is_an_error_naming_the_file_not_a_hang(tmp_path, monkeypatch):
   """/dev/full fails every write as a full disk does. metrics.jsonl: the write of the step

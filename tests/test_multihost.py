@@ -232,6 +232,7 @@ from informask_jax.data import batches
 
 _next, _reads = batches.BatchIterator.__next__, []
 
+
 def _failing_next(self):
   _reads.append(1)
   if len(_reads) == 4:
@@ -245,6 +246,7 @@ batches.BatchIterator.__next__ = _failing_next
 import os, time
 
 _exit = os._exit
+
 
 def _slow_exit(code):
   time.sleep(0.5)

@@ -646,7 +646,6 @@ def test_build_writes_every_artifact(built):
   assert all(len(p) == 2 for p in a.bigrams)
 
 
-
 def test_the_pmi_stage_uses_the_configured_pair_options(tmp_path):
   """stats.window, whole_words, context_alpha, positive_only and min_pair_count reach the PMI
   stage: its table equals the definition under those settings. (The other builds leave them at
@@ -667,6 +666,7 @@ def test_the_pmi_stage_uses_the_configured_pair_options(tmp_path):
   keys = sorted(want)
   np.testing.assert_array_equal(np.array([got[k] for k in keys], np.float32),
                                 np.array([want[k] for k in keys], np.float32))
+
 
 def test_cache_key_changes_with_parameters_not_memory_cap(built):
   config, pipeline, directory = built
@@ -829,12 +829,14 @@ from informask_jax.stats import build, counting
 
 spill_dir = sys.argv[1]
 
+
 def held(*args, **kwargs):
   print("counting", flush=True)
   # Short sleeps, as chunks are counted one by one: a signal that the kernel gives one of JAX's
   # threads is acted on by the main thread only between its own calls.
   for _ in range(600):
     time.sleep(0.1)
+
 
 def fake_build(config, what, force, progress):
   record = logging.makeLogRecord(dict(
@@ -1328,7 +1330,6 @@ def copy_of_built(built, tmp_path):
   return config, pipeline, copy
 
 
-
 def test_the_rate_stage_scores_a_sample_of_rate_sample_sequences_rows_drawn_from_the_seed(
     built, tmp_path, monkeypatch):
   """The rate stage masks stats.rate_sample_sequences rows (48 of the 419 here), sampled and
@@ -1349,6 +1350,7 @@ def test_the_rate_stage_scores_a_sample_of_rate_sample_sequences_rows_drawn_from
   assert rows.shape[0] > config.stats.rate_sample_sequences == 48
   for sample, seed in calls:
     np.testing.assert_array_equal(sample, rows[rates.sample_rows(rows.shape[0], 48, seed)])
+
 
 def test_load_artifacts_refuses_bad_contents_that_match_their_checksums(built, tmp_path):
   def altered(name, write, match):
