@@ -591,6 +591,21 @@ def test_rank_functions_on_hand_made_logits(bert_words):
   assert lama.informask_ranks(big, [miss], bert_words, None) == [None]
 
 
+def test_informask_looks_at_the_top_30_predictions_only_before_filtering(bert_words):
+  """The InforMask script takes the model's 30 best tokens, then filters them by the word list:
+  a gold token ranked 30th is found, one ranked 31st is a miss, even when the words above it are
+  all filtered out (filtering first and cutting at 30 after would find it)."""
+  tok = bert_words.tokenizer
+  ids = [tok.convert_tokens_to_ids(str(year)) for year in range(1900, 1931)]  # 31 word tokens.
+  assert len(set(ids)) == 31 and tok.unk_token_id not in ids
+  logits = np.zeros((2, len(tok)), np.float32)  # The same row for both queries.
+  logits[:, ids] = np.arange(31, 0, -1)  # "1900" first ... "1930" 31st.
+  at = lambda year: lama.Query(0, "", gold_words=(str(year),))  # noqa: E731
+  assert lama.informask_ranks(logits, [at(1929), at(1930)], bert_words, None) == [30, None]
+  # With a word list that drops every other prediction: the 30th is first, the 31st still absent.
+  assert lama.informask_ranks(logits, [at(1929), at(1930)], bert_words, {"paris"}) == [1, None]
+
+
 def test_a_damaged_model_or_a_missing_device_is_one_clear_error(models, tmp_path):
   broken = tmp_path / "broken"
   shutil.copytree(models["bert"], broken)
