@@ -273,6 +273,19 @@ def test_verification_catches_a_wrong_weight(exported):
     export.verify_export(broken, cfg, path)
 
 
+def test_verification_reads_the_second_token_type_too(exported):
+  """BERT's second segment row (sentence pairs: NSP, GLUE pairs, LAMA's masked-sentence pairs)
+  must be compared too: a wrong row 1 of the token-type table is a mismatch, which inputs of
+  segment 0 only would never see."""
+  params, cfg, path, _ = exported["bert"]
+  assert cfg.type_vocab_size == 2
+  broken = jax.tree.map(np.array, params)
+  # Not a constant shift of the row: the embeddings' LayerNorm would subtract it.
+  broken["embeddings"]["token_type"]["embedding"][1] += np.linspace(-0.5, 0.5, cfg.hidden_size)
+  with pytest.raises(export.ExportMismatchError, match="max \\|logit diff\\|"):
+    export.verify_export(broken, cfg, path)
+
+
 def test_verification_catches_a_flipped_top1_prediction(exported, monkeypatch):
   """A top-1 prediction that differs by more than TIE_GAP fails the check even where the logits
   are within the allowed difference."""
