@@ -435,6 +435,15 @@ def test_scanned_layers_draw_their_own_dropout_masks_at_target_positions(monkeyp
   # The embeddings' dropout, then two per layer (attention output, MLP output).
   assert len(keys) == 1 + 2 * cfg.num_layers
   assert len(set(keys)) == len(keys), keys
+  # A training forward at every token takes the other path, flax's nn.scan, whose per-layer keys
+  # come from its split_rngs: each layer must get its own there too.
+  keys.clear()
+  logits = model.apply({"params": params}, ids, deterministic=False,
+                       rngs={"dropout": jax.random.key(1)})
+  jax.block_until_ready(logits)
+  jax.effects_barrier()
+  assert len(set(keys)) == len(keys), keys
+  assert len(keys) == 1 + 2 * cfg.num_layers
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
