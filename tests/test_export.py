@@ -435,6 +435,21 @@ def test_unsupported_configs_fail_clearly(tmp_path):
   assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("setting,shown", [
+    (dict(hidden_act="gelu_new"), "hidden_act='gelu_new'"),
+    (dict(position_embedding_type="relative_key"), "position_embedding_type='relative_key'"),
+    (dict(is_decoder=True), "is_decoder=True"),
+    (dict(add_cross_attention=True), "add_cross_attention=True")])
+@pytest.mark.parametrize("config_cls", [transformers.BertConfig, transformers.RobertaConfig])
+def test_settings_our_model_does_not_compute_are_refused_by_name(config_cls, setting, shown):
+  """Each makes Hugging Face compute other numbers than our model from BERT's weights (another
+  GELU, relative positions, a causal mask, cross-attention): imported anyway, the model would
+  train and be probed as another one without a word. Each is refused, naming itself."""
+  with pytest.raises(ValueError, match=rf"Unsupported Hugging Face config: {re.escape(shown)} "):
+    export.mlm_config_from_hf(config_cls(**setting))
+  export.mlm_config_from_hf(config_cls())  # The defaults convert.
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--workdir", "", "--out", "x"], "--workdir"),  # Was a TypeError from the import branch.
     (["--workdir", "w", "--out", " "], "--out"),  # Was a late FileNotFoundError: ''.
