@@ -176,6 +176,13 @@ def test_roberta_export_is_informbert_layout(exported):
   assert tok("the cat")["input_ids"] == [CLS, VOCAB.index("the"), VOCAB.index("cat"), SEP]
   # One token type: sentence pairs (GLUE, SQuAD) must not produce segment id 1.
   assert "token_type_ids" not in tok("the cat", "the dog")
+  # Truncation stops at the tokens the position table holds: RoBERTa numbers them from the pad
+  # id + 1, so its 514 rows hold 513 here (pad id 0); 514 tokens would read past the table.
+  assert tok.model_max_length == cfg.max_seq_len == 513
+  long = tok("the cat " * 400, truncation=True, return_tensors="pt")
+  assert long["input_ids"].shape == (1, 513)
+  with torch.no_grad():
+    transformers.AutoModelForMaskedLM.from_pretrained(path)(**long)
 
 
 def test_cross_format_export_shifts_positions(tmp_path, tokenizer_dir):
@@ -282,6 +289,16 @@ def test_verification_reads_the_second_token_type_too(exported):
   broken = jax.tree.map(np.array, params)
   # Not a constant shift of the row: the embeddings' LayerNorm would subtract it.
   broken["embeddings"]["token_type"]["embedding"][1] += np.linspace(-0.5, 0.5, cfg.hidden_size)
+  with pytest.raises(export.ExportMismatchError, match="max \\|logit diff\\|"):
+    export.verify_export(broken, cfg, path)
+
+
+def test_verification_reads_positions_past_the_first_few(exported):
+  """Position rows of a whole sentence are compared, not only the first few: a wrong row 20
+  (where a cut or shifted position table shows first) is a mismatch."""
+  params, cfg, path, _ = exported["bert"]
+  broken = jax.tree.map(np.array, params)
+  broken["embeddings"]["position"]["embedding"][20] += np.linspace(-0.5, 0.5, cfg.hidden_size)
   with pytest.raises(export.ExportMismatchError, match="max \\|logit diff\\|"):
     export.verify_export(broken, cfg, path)
 
