@@ -467,6 +467,23 @@ def test_settings_our_model_does_not_compute_are_refused_by_name(config_cls, set
   export.mlm_config_from_hf(config_cls())  # The defaults convert.
 
 
+def test_parameters_of_another_shape_than_the_config_are_not_exported(tmp_path):
+  """Parameters whose tree matches the config but whose shapes do not (a config with another
+  position table or MLP width) are refused by name before anything is written: unverified
+  (--no-verify), the files would hold a model no config.json describes."""
+  cfg = tiny_config("bert")
+  params = tiny_params(cfg)
+  for other, leaf, shape in (
+      (dataclasses.replace(cfg, max_positions=32), "embeddings/position/embedding", (32, 32)),
+      (dataclasses.replace(cfg, mlp_size=48), "encoder/layer_0/mlp_in/kernel", (32, 48))):
+    with pytest.raises(ValueError, match=rf"Parameter {leaf} has shape \(\d+, \d+\); the config "
+                                         rf"implies {re.escape(str(shape))}"):
+      export.to_hf_state_dict(params, other)
+    with pytest.raises(ValueError, match=rf"Parameter {leaf} has shape"):
+      export.export_to_hf(params, other, str(tmp_path / "out"), verify=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--workdir", "", "--out", "x"], "--workdir"),  # Was a TypeError from the import branch.
     (["--workdir", "w", "--out", " "], "--out"),  # Was a late FileNotFoundError: ''.
