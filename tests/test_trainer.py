@@ -700,6 +700,21 @@ def test_dropout_trains_with_a_key_per_micro_batch_and_never_evaluates():
   assert abs(second - float(one["loss_sum"])) > 1e-3 * clean, (second, float(one["loss_sum"]))
 
 
+def test_dropout_masks_follow_the_step_and_only_the_step():
+  """The dropout key is folded with the step like the masking key: with the targets fixed
+  (_EveryThirdId ignores the key) and the parameters too (rate 0), two steps draw other dropout
+  masks, so another loss; the same step again draws the same ones (a resume repeats it exactly).
+  A key fixed for the run would drop the same units at every step."""
+  model, params = _small_model(dropout=0.3)
+  batch = _small_batch()
+  tx, schedule = optax.sgd(0.0), optax.constant_schedule(0.0)
+  loss = {step: float(_one_step(model, params, tx, schedule, batch, 1, step=step)[1]["loss_sum"])
+          for step in (0, 1)}
+  assert abs(loss[1] - loss[0]) > 1e-3 * loss[0], loss
+  again = _one_step(model, params, tx, schedule, batch, 1, step=1)[1]
+  assert float(again["loss_sum"]) == loss[1]
+
+
 def test_micro_batches_take_rows_from_every_devices_block():
   """The batch is sharded in contiguous row blocks (32 rows over 8 devices: 4 each); every one of
   4 micro-batches must draw a row from each block, so that each micro step keeps all devices
