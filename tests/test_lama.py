@@ -503,6 +503,25 @@ def test_discover_reads_layout_and_templates():
       "P19": "[X] was born in [Y] .", "P36": "The capital of [X] is [Y] ."}
 
 
+def test_google_re_place_of_death_is_asked_with_lamas_template(bert_words, tmp_path):
+  """The third Google-RE relation, absent from the fixtures: its template comes from LAMA's code
+  (run_experiments.get_GoogleRE_parameters), not from data.zip, and must be LAMA's wording for
+  its scores to compare with the paper's."""
+  (tmp_path / "Google_RE").mkdir()
+  record = {"sub_label": "Karl Muster", "obj_label": "Munich",
+            "masked_sentences": ["Karl Muster died in [MASK] ."],
+            "judgments": [{"rater": "1", "judgment": "yes"}]}
+  (tmp_path / "Google_RE" / "place_of_death_test.jsonl").write_text(json.dumps(record) + "\n")
+  (rel,), _ = lama.discover(tmp_path)
+  assert (rel.source, rel.name, rel.template) == ("Google_RE", "place_of_death",
+                                                  "[X] died in [Y] .")
+  score = lama.RelationScore("Google_RE", "place_of_death")
+  (query,) = lama.lama_queries(0, rel, lama.read_records(rel.path), bert_words, None, False,
+                               score)
+  assert query.text == "Karl Muster died in [MASK] ."
+  assert query.gold_id == bert_words.single_token_id("munich")
+
+
 def test_discover_skips_a_directory_named_like_a_data_file(tmp_path, caplog):
   """TREx/P36.jsonl as a directory ended the run in an IsADirectoryError when it was read."""
   shutil.copytree(FIXTURES, tmp_path / "data")
