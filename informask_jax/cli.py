@@ -7,11 +7,13 @@ naming the key, with its nearest valid name, instead of a traceback.
 import contextlib
 import difflib
 import errno
+import gc
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 import traceback
 
 from absl import flags
@@ -198,15 +200,31 @@ _sigterm_received = False
 def exit_on_sigterm() -> None:
   """Makes SIGTERM (a scheduler's time limit, `kill`) raise SystemExit(143) in the main thread,
   for the tools without train.py's step-aware stop: their `finally` blocks then remove what they
-  staged (a model export, a full copy of the weights) that the default action left behind. The
-  signal is also recorded (sigterm_received): Python runs a handler between any two bytecodes,
-  also inside a callback that swallows exceptions (JAX's garbage-collection hook), where the
-  SystemExit is lost."""
+  staged (a model export, a full copy of the weights) that the default action left behind.
+
+  Python runs a handler between any two bytecodes, also inside a garbage-collector callback
+  (JAX's runs at most collections), which prints and drops an exception: the SystemExit was lost
+  and the tool ran to the end with status 0 (in one of three kills of eval_lama.py during its
+  export). There the handler posts the signal again, 10 ms later, until the callback returned.
+  The signal is also recorded (sigterm_received), for a handler that runs in a place swallowing
+  exceptions that it cannot see (an object's __del__)."""
   def stop(signum, frame):
     global _sigterm_received
     _sigterm_received = True
+    if _inside_gc_callback(frame):  # From a thread: posted here, it would run in this handler.
+      threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+      return
     raise SystemExit(128 + signum)
   signal.signal(signal.SIGTERM, stop)
+
+
+def _inside_gc_callback(frame) -> bool:
+  callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in callbacks:
+      return True
+    frame = frame.f_back
+  return False
 
 
 def sigterm_received() -> bool:

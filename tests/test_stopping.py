@@ -66,3 +66,37 @@ def test_with_several_processes_the_message_names_the_step_they_stop_at(caplog, 
     stop.restore()
   assert "Received SIGTERM: stopping after the next step that is a multiple of 10 (config.train." \
          "stop_sync_every, where all processes agree), which is saved." in caplog.text
+
+
+def test_exit_on_sigterm_inside_a_gc_callback_exits_once_the_callback_returned(monkeypatch):
+  """The SystemExit of a SIGTERM handled while a garbage-collector callback ran (JAX's runs at
+  most collections) was printed and dropped by the collector, and eval_lama.py, killed during its
+  export, finished with status 0. It is raised after the callback now."""
+  import gc
+
+  from informask_jax import cli
+
+  monkeypatch.setattr(cli, "_sigterm_received", False)
+  seen_inside = []
+
+  def callback(phase, info):
+    if phase != "start" or seen_inside:
+      return
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while not cli.sigterm_received() and time.monotonic() < deadline:
+      pass  # The handler runs between these bytecodes, inside the callback.
+    seen_inside.append(cli.sigterm_received())
+
+  previous = signal.getsignal(signal.SIGTERM)
+  cli.exit_on_sigterm()
+  gc.callbacks.append(callback)
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      gc.collect()
+      time.sleep(5)  # Interrupted by the posted signal's handler.
+  finally:
+    gc.callbacks.remove(callback)
+    signal.signal(signal.SIGTERM, previous)
+  assert seen_inside == [True]
+  assert exit_info.value.code == 128 + signal.SIGTERM
