@@ -1084,3 +1084,20 @@ def test_parallel_tokenization_keeps_special_tokens_written_in_the_text_as_text(
   assert parallel["input_ids"] == [bert_tokenizer(t, add_special_tokens=False,
                                                   split_special_tokens=True)["input_ids"]
                                    for t in docs["text"]]
+
+
+# --- From a second mutation audit of informask_jax/data/ (audit-c) -------------------------------
+
+def test_each_split_packs_the_tokens_of_its_own_documents(tmp_path, bert_tokenizer):
+  """The validation rows hold the validation documents' tokens, in order, and the train rows the
+  train documents': the two splits share a tokenized cache directory, so a cache key taken from
+  the wrong split would evaluate on training text with nothing failing."""
+  c = _tiny_config(tmp_path, max_documents=120)
+  c.tokenizer.name_or_path = BERT_VOCAB  # No vocabulary to train: the test stays fast.
+  pipeline = data.build_input_pipeline(c)
+  splits = corpus.load_corpus(c.data)
+  backend = data.plain_backend(bert_tokenizer)
+  for name in ("train", "validation"):
+    want, _, _ = data.encode_documents(list(splits[name]["text"]), backend)
+    got = data.unpack_tokens(getattr(pipeline, name), pipeline.special_ids)
+    np.testing.assert_array_equal(got, want, err_msg=name)
