@@ -1101,3 +1101,14 @@ def test_each_split_packs_the_tokens_of_its_own_documents(tmp_path, bert_tokeniz
     want, _, _ = data.encode_documents(list(splits[name]["text"]), backend)
     got = data.unpack_tokens(getattr(pipeline, name), pipeline.special_ids)
     np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_every_seed_and_epoch_has_its_own_row_order():
+  """Runs of neighbouring seeds must not replay each other's data order an epoch apart (a seed
+  and epoch combined into one number, seed + epoch, gave seed 3's epoch 1 to seed 4's epoch 0)."""
+  orders = {}
+  for seed in range(4):
+    it = data.BatchIterator(_rows(50), 8, seed=seed, process_count=1, process_index=0)
+    for epoch in range(4):
+      orders[seed, epoch] = tuple(it.order(epoch).tolist())
+  assert len(set(orders.values())) == len(orders), "two (seed, epoch) share a row order"
