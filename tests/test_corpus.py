@@ -929,3 +929,16 @@ def test_a_large_json_array_streamed_is_warned_about(tmp_path, monkeypatch, capl
   assert len(said) == 1 and re.search(
       r"'.*big.json' holds one JSON array \(0 MB\), not JSON Lines: a stream reads it whole "
       r"into memory, on every pass\. .*jq -c '\.\[\]' .*big.json > .*big.jsonl$", said[0])
+
+
+def test_two_different_documents_split_one_each_way(tmp_path):
+  """The fewest documents that can be split: the smaller hash is held out, the larger trains,
+  whatever the fraction (the trainer refuses an empty split, saying a corpus needs two)."""
+  path = tmp_path / "a.jsonl"
+  texts = ["First document.", "Second document."]
+  path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  for fraction in (1e-9, 0.02, 0.999999):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
+                                             validation_fraction=fraction))
+    assert _texts(loaded["validation"]) == [min(texts, key=corpus.hash_bucket)], fraction
+    assert _texts(loaded["train"]) == [max(texts, key=corpus.hash_bucket)], fraction
