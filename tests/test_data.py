@@ -1112,3 +1112,13 @@ def test_every_seed_and_epoch_has_its_own_row_order():
     for epoch in range(4):
       orders[seed, epoch] = tuple(it.order(epoch).tolist())
   assert len(set(orders.values())) == len(orders), "two (seed, epoch) share a row order"
+
+
+def test_encode_documents_gives_a_length_for_every_document(bert_tokenizer):
+  """lengths[D] is one per document, as documented, token-less ones at the end included: a caller
+  that pairs the lengths with its texts would otherwise pair them with the wrong documents
+  (today's callers drop the zero lengths first, so nothing else notices)."""
+  backend = data.plain_backend(bert_tokenizer)
+  ids, sids, lengths = data.encode_documents(["Hello there.", "", " \n "], backend)
+  assert lengths.tolist() == [len(ids), 0, 0]
+  assert len(sids) == len(ids)
