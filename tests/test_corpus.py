@@ -949,3 +949,13 @@ def test_two_different_documents_split_one_each_way(tmp_path):
     assert _texts(loaded["validation"]) == [min(texts, key=corpus.hash_bucket)], fraction
     assert _texts(loaded["train"]) == [max(texts, key=corpus.hash_bucket)], fraction
 
+
+def test_another_text_field_of_the_same_json_file_is_read_again(tmp_path):
+  """The JSON reader's cache is keyed by text_field too: the same file read for another field
+  (the title, then the body) gives that field's text, not the cached one's."""
+  path = tmp_path / "a.jsonl"
+  path.write_text("".join(json.dumps({"title": f"Title {i}.", "body": f"Body {i}."}) + "\n"
+                          for i in range(3)))
+  for field in ("title", "body", "title"):
+    c = _data_config(tmp_path, [dict(name=str(path), text_field=field)], validation_fraction=0.0)
+    assert _texts(corpus.load_corpus(c)["train"]) == [f"{field.title()} {i}." for i in range(3)]
