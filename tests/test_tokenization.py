@@ -301,6 +301,22 @@ def test_fingerprint_ignores_padding_and_sees_the_pre_tokenizer():
   assert tokenization.tokenizer_fingerprint(tok) != before
 
 
+
+def test_fingerprint_sees_the_vocabulary_and_added_tokens(tmp_path):
+  """The fingerprint keys the tokenized corpus cache and refuses a resume with other ids: two
+  vocabularies under the same normaliser, the same tokens on other lines, or a token added to
+  one, each give other ids for the same text, so each must give another fingerprint."""
+  lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "##s"]
+  fingerprints = []
+  for name, vocab in (("a", lines), ("b", lines[:-1] + ["dog"]),
+                      ("c", lines[:5] + ["cat", "the", "##s"])):
+    (tmp_path / f"{name}.txt").write_text("\n".join(vocab) + "\n")
+    tok = tokenization.load_tokenizer(_config(str(tmp_path / f"{name}.txt")))
+    fingerprints.append(tokenization.tokenizer_fingerprint(tok))
+  tok.add_tokens(["mouse"])
+  fingerprints.append(tokenization.tokenizer_fingerprint(tok))
+  assert len(set(fingerprints)) == 4, fingerprints
+
 def test_training_settings(tmp_path, caplog, monkeypatch):
   with pytest.raises(ValueError, match="vocab_size=5 is too small"):
     tokenization.load_tokenizer(_config(vocab_size=5), _synthetic_corpus(), str(tmp_path))
