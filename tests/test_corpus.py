@@ -959,3 +959,21 @@ def test_another_text_field_of_the_same_json_file_is_read_again(tmp_path):
   for field in ("title", "body", "title"):
     c = _data_config(tmp_path, [dict(name=str(path), text_field=field)], validation_fraction=0.0)
     assert _texts(corpus.load_corpus(c)["train"]) == [f"{field.title()} {i}." for i in range(3)]
+
+
+def test_in_memory_and_streamed_corpora_hold_out_the_documents_that_hash_below_the_fraction(
+    tmp_path):
+  """Held out: exactly the documents whose text hashes below validation_fraction, in memory as
+  when streamed (and as in the Beam statistics, which must not count held-out text). Another
+  rule of the same share (the hashes at or above 1 - fraction) would pass every count."""
+  path = tmp_path / "a.jsonl"
+  texts = [f"Document {i}." for i in range(200)]
+  path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  want = [t for t in texts if corpus.hash_bucket(t) < 0.1]
+  assert 5 < len(want) < 40
+  for streaming in (False, True):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path),
+                                                             streaming=streaming)],
+                                             validation_fraction=0.1))
+    assert [d["text"] for d in loaded["validation"]] == want, streaming
+    assert [d["text"] for d in loaded["train"]] == [t for t in texts if t not in want], streaming
