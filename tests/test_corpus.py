@@ -977,3 +977,15 @@ def test_in_memory_and_streamed_corpora_hold_out_the_documents_that_hash_below_t
                                              validation_fraction=0.1))
     assert [d["text"] for d in loaded["validation"]] == want, streaming
     assert [d["text"] for d in loaded["train"]] == [t for t in texts if t not in want], streaming
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_jsonl_file_saved_with_a_byte_order_mark_reads_its_first_record(tmp_path, streaming):
+  """Windows tools (PowerShell's Out-File, Notepad) start UTF-8 files with a byte-order mark,
+  which json.loads refuses: it is no part of the first record."""
+  path = tmp_path / "a.jsonl"
+  path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({"text": f"Record {i}."}) + "\n"
+                                             for i in range(3)).encode("utf-8"))
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=streaming)],
+                                           validation_fraction=0.0))
+  assert [d["text"] for d in loaded["train"]] == [f"Record {i}." for i in range(3)]
