@@ -989,3 +989,15 @@ def test_a_jsonl_file_saved_with_a_byte_order_mark_reads_its_first_record(tmp_pa
   loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=streaming)],
                                            validation_fraction=0.0))
   assert [d["text"] for d in loaded["train"]] == [f"Record {i}." for i in range(3)]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_max_documents_counts_records_that_cleaning_empties(tmp_path, streaming):
+  """The first max_documents records are read, then cleaned: a record of blanks among them
+  counts, in memory as when streamed (capping after cleaning in one of them would give the
+  two corpora of one config different documents)."""
+  path = tmp_path / "a.jsonl"
+  path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("A.", " \t ", "B.", "C.")))
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=streaming)],
+                                           validation_fraction=0.0, max_documents=3))
+  assert [d["text"] for d in loaded["train"]] == ["A.", "B."]
