@@ -1122,3 +1122,21 @@ def test_encode_documents_gives_a_length_for_every_document(bert_tokenizer):
   ids, sids, lengths = data.encode_documents(["Hello there.", "", " \n "], backend)
   assert lengths.tolist() == [len(ids), 0, 0]
   assert len(sids) == len(ids)
+
+
+def test_a_pipeline_s_train_iterator_takes_the_seed_the_host_and_the_corpus():
+  """InputPipeline.train_iterator hands the run's seed, host slot and corpus fingerprint to the
+  iterator: two seeds must train on two row orders, the hosts on disjoint halves, and a resume
+  be checked against the corpus the rows came from."""
+  pipeline = _pipeline_of_rows(40, 4)
+  pipeline.train = _rows(40)
+  first = lambda seed, index=0, count=1: next(pipeline.train_iterator(
+      8, seed=seed, process_index=index, process_count=count))["token_ids"][:, 0]
+  for seed in (3, 4):
+    want = data.BatchIterator(_rows(40), 8, seed=seed, process_index=0, process_count=1)
+    np.testing.assert_array_equal(first(seed), next(want)["token_ids"][:, 0])
+  np.testing.assert_array_equal(np.concatenate([first(3, 0, 2), first(3, 1, 2)]), first(3))
+  it = pipeline.train_iterator(8, seed=3, process_index=0, process_count=1)
+  assert it.state()["corpus"] == "c"
+  with pytest.raises(data.DataSettingsChanged, match="corpus"):
+    it.restore({**it.state(), "corpus": "another"})
