@@ -1140,3 +1140,21 @@ def test_a_pipeline_s_train_iterator_takes_the_seed_the_host_and_the_corpus():
   assert it.state()["corpus"] == "c"
   with pytest.raises(data.DataSettingsChanged, match="corpus"):
     it.restore({**it.state(), "corpus": "another"})
+
+
+def test_a_streaming_pipeline_s_train_iterator_takes_the_seed_and_the_corpus(tmp_path):
+  """As for rows in memory: a streamed corpus's batches follow the run's seed, and its state
+  names the stream, which a resume checks."""
+  pipeline = _streaming_pipeline(
+      tmp_path, [f"Document {i} talks about river number {i}. It ends here." for i in range(120)],
+      0.1)
+  batches = {}
+  for seed in (1, 2):
+    it = pipeline.train_iterator(4, seed=seed, process_index=0, process_count=1)
+    want = data.StreamingBatchIterator(pipeline.train_stream, pipeline.tokenizer, 32,
+                                       pipeline.special_ids, "full_sentences", 4, seed=seed,
+                                       process_index=0, process_count=1)
+    batches[seed] = next(it)["token_ids"]
+    np.testing.assert_array_equal(batches[seed], next(want)["token_ids"])
+    assert it.state()["corpus"] == pipeline.corpus_fingerprint
+  assert not np.array_equal(batches[1], batches[2])
