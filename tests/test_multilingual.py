@@ -172,3 +172,10 @@ def test_an_english_corpus_quoting_a_few_foreign_names_is_not_warned_about(tmp_p
   rare = "Muḥammad wrote of Seoul (서울) and of the Hebrew word שָׁלוֹם."
   _train(tmp_path, caplog, _corpus(english + rare, copies=5), lowercase=True)
   assert "strips accents" not in caplog.text
+
+
+def test_a_one_character_chinese_sentence_ends_at_a_half_width_full_stop():
+  """A lone . between Chinese characters ends a sentence even after a one-character one (好.):
+  the rule that keeps "Arthur C. Clarke" whole (a single letter before the stop) is for Latin
+  initials, which no Chinese character is."""
+  assert sentences.split_sentences("你好吗?好.谢谢") == ["你好吗?", "好.", "谢谢"]
