@@ -54,7 +54,6 @@ def test_wiki_vital_split_is_by_title_and_stable(tmp_path):
   assert corpus.corpus_fingerprint(again) == corpus.corpus_fingerprint(small)
 
 
-
 def test_wiki_vital_documents_are_held_out_by_the_hash_of_their_title(tmp_path):
   """The held-out wiki_vital summaries are exactly those whose title hashes below the fraction,
   so an upstream edit of a summary's text never moves it across the split (hashing the text, as
@@ -69,6 +68,7 @@ def test_wiki_vital_documents_are_held_out_by_the_hash_of_their_title(tmp_path):
               if corpus.hash_bucket(t) < 0.02]
   assert held_out and _texts(loaded["validation"]) == held_out
   assert len(loaded["train"]) == len(titles) - len(held_out)
+
 
 def test_clean_text():
   assert corpus.clean_text("  a\t\tb \r\n\r\n  c\x00d\x07 ") == "a b\ncd"

@@ -301,7 +301,6 @@ def test_fingerprint_ignores_padding_and_sees_the_pre_tokenizer():
   assert tokenization.tokenizer_fingerprint(tok) != before
 
 
-
 def test_fingerprint_sees_the_vocabulary_and_added_tokens(tmp_path):
   """The fingerprint keys the tokenized corpus cache and refuses a resume with other ids: two
   vocabularies under the same normaliser, the same tokens on other lines, or a token added to
@@ -316,6 +315,7 @@ def test_fingerprint_sees_the_vocabulary_and_added_tokens(tmp_path):
   tok.add_tokens(["mouse"])
   fingerprints.append(tokenization.tokenizer_fingerprint(tok))
   assert len(set(fingerprints)) == 4, fingerprints
+
 
 def test_training_settings(tmp_path, caplog, monkeypatch):
   with pytest.raises(ValueError, match="vocab_size=5 is too small"):
