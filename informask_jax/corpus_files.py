@@ -11,6 +11,7 @@ its first bad line (or the key its records are nested under). Parquet files of n
 skipped. `corpus.load_corpus` cleans and splits what is read here.
 """
 
+import codecs
 import glob
 import hashlib
 import json
@@ -93,7 +94,7 @@ _WARNED_UNDECODABLE = set()
 
 
 # Bump when _read_txt reads a file differently: it is part of the read cache's fingerprint.
-_TXT_READER = 2
+_TXT_READER = 3
 # A line ends at \n, \r\n or a lone \r (old Mac files: read as one line, one document, before).
 _CR_LINE = re.compile(r"[^\r]*\r\n?|[^\r]+")
 
@@ -104,7 +105,9 @@ def _read_txt(paths):
     replaced = in_documents = largest = 0  # Lines in documents; those of the longest.
     lines = []
     with open(path, "rb") as f:
-      for raw in f:
+      for number, raw in enumerate(f):
+        if number == 0:  # A byte-order mark (Notepad, PowerShell) is no part of the first line.
+          raw = raw.removeprefix(codecs.BOM_UTF8)
         # surrogateescape maps each invalid byte to one lone surrogate, so they can be counted.
         text = raw.decode("utf-8", errors="surrogateescape")
         bad = sum(map(_is_undecodable, text))

@@ -1001,3 +1001,24 @@ def test_max_documents_counts_records_that_cleaning_empties(tmp_path, streaming)
   loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), streaming=streaming)],
                                            validation_fraction=0.0, max_documents=3))
   assert [d["text"] for d in loaded["train"]] == ["A.", "B."]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_txt_file_saved_with_a_byte_order_mark_reads_its_first_document_without_it(
+    tmp_path, streaming):
+  """The mark stayed as an invisible U+FEFF at the start of the first document: its split hash
+  and the corpus fingerprint differed from the same file without it, and a byte-level BPE
+  tokenizer encodes it as tokens."""
+  texts = [f"Document {i} is here." for i in range(3)]
+  marked, plain = tmp_path / "marked.txt", tmp_path / "plain" / "plain.txt"
+  plain.parent.mkdir()
+  marked.write_bytes(b"\xef\xbb\xbf" + "\n\n".join(texts).encode("utf-8") + b"\n")
+  plain.write_bytes(marked.read_bytes()[3:])
+
+  def load(path):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path),
+                                                             streaming=streaming)],
+                                             validation_fraction=0.0))
+    return [d["text"].strip() for d in loaded["train"]]
+
+  assert load(marked) == load(plain) == texts
