@@ -1066,7 +1066,7 @@ def test_a_streamed_corpus_is_identified_by_its_files_not_their_folder(tmp_path)
   assert fingerprint(tmp_path / "b") != base
 
 
-# --- From the tokenizer audit (helper-119) ------------------------------------------------------
+# --- Tokenizer edge cases -------------------------------------------------------------------------
 
 def test_parallel_tokenization_keeps_special_tokens_written_in_the_text_as_text(
     tmp_path, bert_tokenizer, monkeypatch):
@@ -1086,7 +1086,7 @@ def test_parallel_tokenization_keeps_special_tokens_written_in_the_text_as_text(
                                    for t in docs["text"]]
 
 
-# --- From a second mutation audit of informask_jax/data/ (audit-c) -------------------------------
+# --- Splits, row orders and the pipeline's iterators ----------------------------------------------
 
 def test_each_split_packs_the_tokens_of_its_own_documents(tmp_path, bert_tokenizer):
   """The validation rows hold the validation documents' tokens, in order, and the train rows the
