@@ -1398,9 +1398,16 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
   config.masking.name = "random"
   config.optim.warmup_steps = 1  # Decaying from step 1, so num_steps moves the rate at step 3.
   save = checkpointing.Checkpointer.save
+  unsaved = {}  # Step 3's parameters as the first run trained them.
+
+  def drop_step_3(self, step, state, *args, **kwargs):
+    if step == 3:
+      unsaved.update(params=jax.device_get(state.params))
+      return False
+    return save(self, step, state, *args, **kwargs)
+
   with monkeypatch.context() as m:  # Step 3 is trained and logged, but its save never lands.
-    m.setattr(checkpointing.Checkpointer, "save",
-              lambda self, step, *a, **k: step != 3 and save(self, step, *a, **k))
+    m.setattr(checkpointing.Checkpointer, "save", drop_step_3)
     loop.train_and_evaluate(config, tmp_path)
   first = _read_metrics(tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2] and sorted(first) == [1, 2, 3]
@@ -1414,7 +1421,15 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
   assert [r["step"] for r in lines if "eval_loss" in r] == [0, 3]
-  assert _read_metrics(tmp_path)[3]["loss"] == first[3]["loss"]
+  # Step 3 again, exactly: its loss (restored parameters, data position and masking key), its
+  # rate and norm (restored step counter), and the parameters it leaves (restored optimizer
+  # moments and count, which the loss of the step itself does not see).
+  timing = ("tokens_per_sec", "mfu")
+  again = {k: v for k, v in _read_metrics(tmp_path)[3].items() if k not in timing}
+  assert again == {k: v for k, v in first[3].items() if k not in timing}
+  params, _, saved_at = checkpointing.restore_params(tmp_path)
+  assert saved_at == 3
+  jax.tree.map(np.testing.assert_array_equal, params, unsaved["params"])  # Bitwise on CPU.
   caplog.clear()
   # Nothing left to train (num_steps now below the checkpoint's step): the run does nothing, so
   # it rewrites neither config.json (it said num_steps=2) nor the tokenizer, nor compiles a step.
