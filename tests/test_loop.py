@@ -500,25 +500,43 @@ def test_a_signal_during_the_last_step_leaves_a_finished_run(tiny_config, tmp_pa
 
 def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplog, monkeypatch):
   # Step 0's loss is the baseline the README quotes (9.04 -> ...): the log shows it too.
-  config = _small(tiny_config, num_steps=2, eval_every=2, checkpoint_every=2)
+  # Step 2's evaluation falls inside the log window of steps 2-3.
+  config = _small(tiny_config, num_steps=3, eval_every=2, checkpoint_every=2, log_every=3)
   config.train.eval_batches = 1000  # More than the split holds: said, it reads the whole split.
-  # Each evaluation takes 1000 s on the loop's clock: the first step's time leaves it out.
+  # Each evaluation takes 1000 s on the loop's clock: neither the first step's time nor the
+  # tokens/s of the window around it count it.
   clock = {"offset": 0.0}
   monkeypatch.setattr(loop, "time", types.SimpleNamespace(
       time=lambda: time.time() + clock["offset"], monotonic=time.monotonic))
   evaluate = loop.evaluate
+  read, split = [], []  # The rows each evaluation predicted; the validation split.
 
-  def slow_evaluate(*args, **kwargs):
+  def slow_evaluate(eval_step, params, pipeline, *args):
     clock["offset"] += 1000.0
-    return evaluate(*args, **kwargs)
+    read.append([])
+    split.append((pipeline.validation["token_ids"], pipeline.special_ids.pad))
+
+    def recording(params, batch, rng):
+      read[-1].append(np.asarray(batch["token_ids"]))
+      return eval_step(params, batch, rng)
+    return evaluate(recording, params, pipeline, *args)
 
   monkeypatch.setattr(loop, "evaluate", slow_evaluate)
   with caplog.at_level(logging.INFO):
     loop.train_and_evaluate(config, tmp_path)
   logged = [r.getMessage().split(":")[0] for r in caplog.records if "eval loss" in r.getMessage()]
-  assert logged == ["Step 0", "Step 2"]
+  assert logged == ["Step 0", "Step 2", "Step 3"]
   first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("First step")]
   assert len(first) == 1 and float(first[0].split(": ")[1].split(" s")[0]) < 1000, first
+  # Steps 2 and 3 (16 x 64 tokens each) took far less than the 1000 s of step 2's evaluation.
+  assert _read_metrics(tmp_path)[3]["tokens_per_sec"] > 2 * 16 * 64 / 1000
+  # Every evaluation reads the whole validation split, in order, its last batch completed with
+  # padding rows: not only the full batches, nor the training rows.
+  rows, pad = split[0]
+  padded = np.concatenate([rows, np.full((-len(rows) % 16, rows.shape[1]), pad, rows.dtype)])
+  assert len(read) == 3 and len(rows) % 16  # A partial last batch, so its padding is checked.
+  for batches in read:
+    np.testing.assert_array_equal(np.concatenate(batches), padded)
   assert re.search(r"Evaluation: the whole validation split, \d+ rows in \d+ batch\(es\) of "
                    r"\d+ \(config.train.eval_batches=1000 asks for more than the split holds\)",
                    caplog.text), caplog.text[-3000:]
