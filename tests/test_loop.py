@@ -652,6 +652,31 @@ def test_evaluation_masks_each_batch_with_its_own_key(tiny_config, monkeypatch):
   assert len(set(seen[:3])) == 3 and seen[:3] == seen[3:]
 
 
+def test_evaluation_reads_the_configured_batches_of_the_validation_split(tiny_config, monkeypatch):
+  """eval_batches=2: the split's first 2 batches, in row order, the same at every evaluation
+  (comparable losses); -1: every row, the partial last batch completed with padding rows."""
+  rows = np.arange(22 * 8, dtype=np.int32).reshape(22, 8) + 1  # 5 batches of 4, then 2 rows.
+  monkeypatch.setattr(loop.data, "make_global_batch", lambda local, sharding: local)
+  monkeypatch.setattr(loop.sharding_lib, "batch_sharding", lambda mesh: None)
+  seen = []
+
+  def eval_step(params, batch, rng):
+    seen.append(batch["token_ids"])
+    return {"loss_sum": 1.0, "correct_sum": 0.0, "num_targets": 1.0}
+
+  pipeline = types.SimpleNamespace(validation={"token_ids": rows},
+                                   special_ids=types.SimpleNamespace(pad=0))
+  tiny_config.train.batch_size, tiny_config.train.eval_batches = 4, 2
+  for _ in range(2):
+    loop.evaluate(eval_step, None, pipeline, tiny_config, None)
+  np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([rows[:8], rows[:8]]))
+  seen.clear()
+  tiny_config.train.eval_batches = -1
+  loop.evaluate(eval_step, None, pipeline, tiny_config, None)
+  assert len(seen) == 6
+  np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([rows, np.zeros((2, 8))]))
+
+
 def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch):
   (tmp_path / "afile").write_text("")
   # "Before anything heavy": none of these may get as far as reading the corpus.
