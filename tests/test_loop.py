@@ -699,6 +699,16 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                                r"config.train.keep_checkpoints=0 must be positive"),
                               ("train.max_consecutive_skips", 0,
                                r"config.train.max_consecutive_skips=0 must be positive"),
+                              # Else step % 0 fails after the first step, once the corpus is read.
+                              ("train.eval_every", 0,
+                               r"config.train.eval_every=0 must be positive"),
+                              ("train.checkpoint_every", -1,
+                               r"config.train.checkpoint_every=-1 must be positive"),
+                              ("train.log_every", 0, r"config.train.log_every=0 must be positive"),
+                              ("train.stop_sync_every", 0,
+                               r"config.train.stop_sync_every=0 must be positive"),
+                              ("train.batch_size", 0,
+                               r"config.train.batch_size=0 must be positive"),
                               ("train.eval_batches", 0,
                                r"config.train.eval_batches=0 must be >= 1, or -1 for the whole"),
                               ("train.eval_batches", -2, r"config.train.eval_batches=-2 must be"),
@@ -720,6 +730,9 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                               ("model.max_predictions", -3,
                                r"config.model.max_predictions=-3 must be an integer >= 1"),
                               ("train.seed", -1, r"config.train.seed=-1 must be an integer"),
+                              # jax.random.key takes it as int32 on the device.
+                              ("train.seed", 2**31, r"config.train.seed=2147483648 must be an "
+                               r"integer in \[0, 2\*\*31\)"),
                               ("model.dropout", 1.0,
                                r"config.model.dropout=1.0 must be in \[0, 1\)"),
                               ("model.attention_dropout", 1.5,
