@@ -1512,12 +1512,17 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
           f"now ends at step 5: at step 3 it is {rate(5):.4g} ({rate(3):.4g} on the "
           "checkpoint's schedule).") in caplog.text
   # A resume with the run's own saved tokenizer (the way back to a trained vocabulary that the
-  # library would now train otherwise) keeps the checkpoint's vocabulary.
+  # library would now train otherwise) keeps the checkpoint's vocabulary. The run is finished
+  # (num_steps = the checkpoint's step, as when the same job is submitted again): nothing is
+  # compiled nor trained.
   config.tokenizer.name_or_path = str(tmp_path / "tokenizer")
   caplog.clear()
-  with caplog.at_level(logging.INFO):
-    assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
+  with caplog.at_level(logging.INFO), monkeypatch.context() as m:
+    m.setattr(loop.trainer_lib, "jit_train_step", lambda *a, **k: pytest.fail("compiled"))
+    assert loop.train_and_evaluate(config, tmp_path) == {"step": 5, "preempted": False,
+                                                         "stopped_by": None}
   assert "the vocabulary is the checkpoint's" in caplog.text
+  assert "The checkpoint is at step 5, config.train.num_steps=5: nothing left" in caplog.text
 
 
 def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_path, monkeypatch,
