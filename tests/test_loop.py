@@ -1340,13 +1340,31 @@ def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path, monkeypatch):
                                             r"config\.train\.overwrite set aside"):
     loop.train_and_evaluate(config, tmp_path)
   (tmp_path / workdir_lib.OVERWRITTEN).rmdir()
-  loop.train_and_evaluate(config, tmp_path)
-  assert not (tmp_path / workdir_lib.OVERWRITTEN).exists()
-  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 1
+  # A new run that fails after its first step is the run now: its step 1 stays, the earlier run
+  # is deleted (putting it back then would delete the steps trained).
+  config.train.num_steps = 2
+  real_jit = loop.trainer_lib.jit_train_step
+
+  def fails_at_step_2(*args, **kwargs):
+    step, calls = real_jit(*args, **kwargs), []
+
+    def call(*a):
+      calls.append(1)
+      if len(calls) == 2:
+        raise RuntimeError("the second step fails")
+      return step(*a)
+    return call
+
+  with monkeypatch.context() as patch:
+    patch.setattr(loop.trainer_lib, "jit_train_step", fails_at_step_2)
+    with pytest.raises(RuntimeError, match="the second step fails"):
+      loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
+  assert not (tmp_path / workdir_lib.OVERWRITTEN).exists()
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 2
   steps = [json.loads(line)["step"] for line in
            (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert steps == [0, 1, 1]
+  assert steps == [0, 1]
   assert not (tmp_path / "tensorboard" / "old-events").exists()
   assert not list(tmp_path.glob("*.earlier-*"))
 
