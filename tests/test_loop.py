@@ -523,9 +523,13 @@ def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplo
 
   monkeypatch.setattr(loop, "evaluate", slow_evaluate)
   with caplog.at_level(logging.INFO):
-    loop.train_and_evaluate(config, tmp_path)
+    result = loop.train_and_evaluate(config, tmp_path)
   logged = [r.getMessage().split(":")[0] for r in caplog.records if "eval loss" in r.getMessage()]
   assert logged == ["Step 0", "Step 2", "Step 3"]
+  # What train.py's last line reports: the last step's log and evaluation, as logged.
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  last = {k: v for line in lines if line["step"] == 3 for k, v in line.items()}
+  assert {k: result[k] for k in last} == last and not result["preempted"]
   first = [r.getMessage() for r in caplog.records if r.getMessage().startswith("First step")]
   assert len(first) == 1 and float(first[0].split(": ")[1].split(" s")[0]) < 1000, first
   # Steps 2 and 3 (16 x 64 tokens each) took far less than the 1000 s of step 2's evaluation.
