@@ -668,8 +668,8 @@ def test_evaluation_reads_the_configured_batches_of_the_validation_split(tiny_co
     seen.append(batch["token_ids"])
     return {"loss_sum": 1.0, "correct_sum": 0.0, "num_targets": 1.0}
 
-  pipeline = types.SimpleNamespace(validation={"token_ids": rows},
-                                   special_ids=types.SimpleNamespace(pad=0))
+  pipeline = types.SimpleNamespace(validation={"token_ids": rows},  # A pad id that is not 0.
+                                   special_ids=types.SimpleNamespace(pad=7))
   tiny_config.train.batch_size, tiny_config.train.eval_batches = 4, 2
   for _ in range(2):
     loop.evaluate(eval_step, None, pipeline, tiny_config, None)
@@ -678,7 +678,7 @@ def test_evaluation_reads_the_configured_batches_of_the_validation_split(tiny_co
   tiny_config.train.eval_batches = -1
   loop.evaluate(eval_step, None, pipeline, tiny_config, None)
   assert len(seen) == 6
-  np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([rows, np.zeros((2, 8))]))
+  np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([rows, np.full((2, 8), 7)]))
 
 
 def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch):
