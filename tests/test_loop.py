@@ -1533,6 +1533,8 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
   assert (f"config.train.num_steps: 3 -> 5. The learning rate's {config.optim.schedule} decay "
           f"now ends at step 5: at step 3 it is {rate(5):.4g} ({rate(3):.4g} on the "
           "checkpoint's schedule).") in caplog.text
+  # The run's config.json now describes the steps it went on to train.
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 5
   # A resume with the run's own saved tokenizer (the way back to a trained vocabulary that the
   # library would now train otherwise) keeps the checkpoint's vocabulary. The run is finished
   # (num_steps = the checkpoint's step, as when the same job is submitted again): nothing is
