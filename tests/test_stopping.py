@@ -100,3 +100,34 @@ def test_exit_on_sigterm_inside_a_gc_callback_exits_once_the_callback_returned(m
     signal.signal(signal.SIGTERM, previous)
   assert seen_inside == [True]
   assert exit_info.value.code == 128 + signal.SIGTERM
+
+
+def test_each_process_reports_its_own_flag_and_keeps_its_own_signals_name(monkeypatch):
+  """The all-gather is what the processes agree on: each must put in 1 when it received a
+  signal and 0 when not (inverted, an idle process would stop every run at the first sync step
+  and a signalled one would never stop). A process that got the signal itself names it."""
+  monkeypatch.setattr(stopping.jax, "process_count", lambda: 2)
+  sent = []
+
+  def allgather(flag):  # The peer got nothing; this process's flag decides.
+    sent.append(int(flag))
+    return np.array([int(flag), 0], np.int32)
+  monkeypatch.setattr(stopping.multihost_utils, "process_allgather", allgather)
+  stop = stopping.StopSignal()
+  try:
+    assert stop.stop_now(10, 10) is None
+    stop.received = "SIGTERM"
+    assert stop.stop_now(20, 10) == "SIGTERM"
+  finally:
+    stop.restore()
+  assert sent == [0, 1]
+
+
+def test_a_signal_taken_before_the_loop_stops_after_the_first_step():
+  """A SIGTERM taken before the loop set up its handlers (cli.sigterm_received, during the
+  corpus build) is passed on as `received`: the run must still stop and save."""
+  stop = stopping.StopSignal(received="SIGTERM")
+  try:
+    assert stop.stop_now(1, 1) == "SIGTERM"
+  finally:
+    stop.restore()
