@@ -89,6 +89,10 @@ def test_init_from_parameters_of_another_vocabulary_are_refused(tmp_path, caplog
                                        rf"{re.escape(str(init_dir / 'tokenizer'))}\.$"):
     compatibility.check_init_vocabulary(str(init_dir), _tokenizer(tmp_path,
                                                                   ["the", "sat", "cat", "##s"]))
+  # One token more: an id theirs lacks counts too (this is not the vocabulary they learned).
+  with pytest.raises(ValueError, match=r"1 of the 10 token ids map to other tokens"):
+    compatibility.check_init_vocabulary(str(init_dir), _tokenizer(
+        tmp_path, ["the", "cat", "sat", "##s", "dog"]))
   with caplog.at_level(logging.WARNING):
     compatibility.check_init_vocabulary(str(init_dir), _tokenizer(tmp_path,
                                                                   ["the", "cat", "sat", "##s"]))
@@ -159,6 +163,58 @@ def test_a_masking_change_says_the_evaluations_no_longer_compare(caplog):
   with caplog.at_level(logging.WARNING):
     compatibility.warn_masking_change([window], config)
   assert not caplog.records
+
+
+def _checkpoint_of(tiny_config, monkeypatch):
+  """The tiny config's run as its latest checkpoint's meta holds it (config and architecture)."""
+  import dataclasses
+
+  from informask_jax import model as model_lib
+
+  mlm = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  meta = {"config": compatibility.config_json(tiny_config), "mlm_config": dataclasses.asdict(mlm)}
+  monkeypatch.setattr(compatibility.checkpointing, "latest_meta", lambda workdir: meta)
+  return meta
+
+
+def test_a_resume_of_another_architecture_is_refused_and_one_of_other_dropout_is_not(
+    tiny_config, tmp_path, monkeypatch):
+  """The checkpoint's parameters have its shapes: a resume with another num_layers is refused
+  before the corpus is built, naming the setting; dropout, not part of the shapes, may change."""
+  layers = _checkpoint_of(tiny_config, monkeypatch)["mlm_config"]["num_layers"]
+  tiny_config.model.dropout = 0.3
+  compatibility.check_resume_settings(tmp_path, tiny_config)
+  tiny_config.model.num_layers = layers + 1  # (0, the default, means the size's.)
+  with pytest.raises(ValueError, match=r"The model of the latest checkpoint in .* does not "
+                                       r"match this run's config:\n  model.num_layers: "
+                                       rf"checkpoint {layers} != run {layers + 1}\nResume with "
+                                       r"the run's model settings \(its config.json\), or start "
+                                       r"a new run in another --workdir\.$"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+
+
+def test_scanned_or_unrolled_layers_are_one_model_for_init_from_but_not_for_a_resume(
+    tiny_config, tmp_path, monkeypatch):
+  """A resume restores the optimizer state as saved, so the layers' layout must match (refused,
+  with init_from as the way out, which converts it); init_from alone converts it, so accepts it.
+  With another change as well, init_from would fail too and is not suggested."""
+  meta = _checkpoint_of(tiny_config, monkeypatch)
+  tiny_config.model.scan_layers = not tiny_config.model.scan_layers
+  compatibility.check_architecture_early(meta, tiny_config, "config.init_from=x",
+                                         same_layout=False)
+  with pytest.raises(ValueError, match=r"(?s)model.scan_layers: checkpoint .*another "
+                                       r"--workdir from its parameters with --config.init_from="
+                                       rf"{re.escape(str(tmp_path))} \(the layers' layout is "
+                                       r"converted"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+  layers = meta["mlm_config"]["num_layers"]
+  tiny_config.model.num_layers = layers + 1
+  with pytest.raises(ValueError, match=r"another --workdir\.$"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+  with pytest.raises(ValueError, match=rf"model.num_layers: checkpoint {layers} != run "
+                                       rf"{layers + 1}$"):
+    compatibility.check_architecture_early(meta, tiny_config, "config.init_from=x",
+                                           same_layout=False)
 
 
 @pytest.mark.parametrize("section,key,value", [
