@@ -301,6 +301,7 @@ def test_a_resume_that_turns_loss_scaling_on_or_off_is_refused_by_name(tiny_conf
     (100, 200, "decay now ends at step 200"),  # Past the warm-up: where the decay ends.
     (100, 40, "ends inside the learning-rate warm-up (config.optim.warmup_steps=50)"),
     (20, 40, None),  # Both runs end inside the warm-up: the rates are the same, nothing to say.
+    (100, 10, None),  # Resumed at step 10 of 10: no step is left whose rate could change.
 ])
 def test_a_changed_run_length_says_what_happens_to_the_learning_rate(saved, now, expected,
                                                                       caplog):
