@@ -199,3 +199,111 @@ def test_an_overwrite_of_a_symlinked_checkpoints_folder_is_refused(tiny_config, 
                                             r" which the overwrite cannot set aside"):
     workdir_lib.prepare(workdir, tiny_config)
   assert checkpointing.finalized_steps(workdir) == [0]
+
+
+def test_a_run_is_deleted_only_when_overwrite_is_asked_for(tiny_config, tmp_path, monkeypatch):
+  """resume=False alone in a workdir holding a run is refused, the checkpoint untouched: the
+  second value prepare returns ("clear") is what sets the old run aside for deletion, so it may be
+  True only under overwrite, and the default resume continues it."""
+  mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  checkpointing.save_initial_checkpoint(tmp_path, {"w": np.zeros(2, np.float32)}, mlm_config)
+  tiny_config.train.resume = False
+  with pytest.raises(FileExistsError, match=r"already holds a run .* config.train.resume=False\. "
+                                            r"Use another --workdir, resume \(the default\), or "
+                                            r"pass --config.train.overwrite=True"):
+    workdir_lib.prepare(tmp_path, tiny_config)
+  assert checkpointing.finalized_steps(tmp_path) == [0]
+  tiny_config.train.overwrite = True
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, True)
+  # (An imported step 0 stands in for a training run's: its own refusal to resume is skipped.)
+  monkeypatch.setattr(workdir_lib.compatibility, "check_resume_settings", lambda *a: None)
+  tiny_config.train.resume, tiny_config.train.overwrite = True, False
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (True, False)
+  assert checkpointing.finalized_steps(tmp_path) == [0]
+
+
+def test_init_from_another_layers_layout_is_accepted_and_another_architecture_is_not(
+    tiny_config, tmp_path):
+  """A fresh start from config.init_from converts scanned and unrolled layers into each other,
+  so prepare lets that through; another number of layers is refused before any work."""
+  mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
+  init = tmp_path / "init"
+  checkpointing.save_initial_checkpoint(init, {"w": np.zeros(2, np.float32)}, mlm_config)
+  tiny_config.init_from = str(init)
+  tiny_config.model.scan_layers = not mlm_config.scan_layers
+  assert workdir_lib.prepare(tmp_path / "run", tiny_config) == (False, False)
+  tiny_config.model.num_layers = mlm_config.num_layers + 1
+  with pytest.raises(ValueError, match=rf"config.init_from=.*init does not match this run's "
+                                       rf"config:\n  model.num_layers: checkpoint "
+                                       rf"{mlm_config.num_layers} != run "
+                                       rf"{mlm_config.num_layers + 1}$"):
+    workdir_lib.prepare(tmp_path / "run", tiny_config)
+
+
+def _old_run(workdir):
+  """An earlier run's entries (no tokenizer/: its vocabulary was named, not trained)."""
+  (workdir / "checkpoints" / "3").mkdir(parents=True)
+  (workdir / "checkpoints" / "3" / "state").write_text("old state")
+  (workdir / "config.json").write_text("old config")
+  (workdir / "metrics.jsonl").write_text("old metrics")
+
+
+def _assert_old_run(workdir):
+  assert (workdir / "checkpoints" / "3" / "state").read_text() == "old state"
+  assert (workdir / "config.json").read_text() == "old config"
+  assert (workdir / "metrics.jsonl").read_text() == "old metrics"
+
+
+def test_an_overwritten_run_comes_back_whole_if_the_new_one_fails_and_goes_if_it_trains(
+    tmp_path):
+  """Set aside, then the new run writes its own entries (a tokenizer/ the old run lacked
+  included): a failure before its first step removes all of them and puts the old run back as
+  it was; a step trained deletes the old run and keeps the new one's."""
+  _old_run(tmp_path)
+  with pytest.raises(RuntimeError, match="out of memory"):
+    with workdir_lib.OverwrittenRun(tmp_path) as overwritten:
+      overwritten.set_aside()
+      assert not (tmp_path / "checkpoints").exists()
+      (tmp_path / "checkpoints" / "0").mkdir(parents=True)
+      (tmp_path / "tokenizer").mkdir()
+      (tmp_path / "config.json").write_text("new config")
+      raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+  _assert_old_run(tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json",
+                                                        "metrics.jsonl"]
+  with workdir_lib.OverwrittenRun(tmp_path) as overwritten:
+    overwritten.set_aside()
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+    (tmp_path / "config.json").write_text("new config")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json"]
+  assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["1"]
+  assert (tmp_path / "config.json").read_text() == "new config"
+
+
+def test_only_process_zero_sets_the_old_run_aside_or_deletes_it(tmp_path, monkeypatch):
+  """The other processes of the run wait for process 0 (main_process_first): their own
+  OverwrittenRun must neither move nor delete anything, whether the run trains or fails."""
+  _old_run(tmp_path)
+  monkeypatch.setattr(workdir_lib.jax, "process_index", lambda: 1)
+  with workdir_lib.OverwrittenRun(tmp_path) as overwritten:
+    overwritten.set_aside()
+  with pytest.raises(RuntimeError, match="failed"):
+    with workdir_lib.OverwrittenRun(tmp_path) as overwritten:
+      overwritten.set_aside()
+      raise RuntimeError("failed")
+  _assert_old_run(tmp_path)
+  assert not (tmp_path / workdir_lib.OVERWRITTEN).exists()
+
+
+def test_a_half_deleted_run_is_finished_off_and_a_set_aside_one_is_kept(tiny_config, tmp_path):
+  """A kill during the deletion left .overwritten.deleting, which the next start removes; a kill
+  before the new run's first step left the earlier run in .overwritten, which is never deleted
+  by a start: named, so that the user decides."""
+  (tmp_path / f"{workdir_lib.OVERWRITTEN}.deleting" / "checkpoints").mkdir(parents=True)
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
+  assert not (tmp_path / f"{workdir_lib.OVERWRITTEN}.deleting").exists()
+  _old_run(tmp_path / workdir_lib.OVERWRITTEN)
+  with pytest.raises(FileExistsError, match=r"\.overwritten holds the run that "
+                                            r"config\.train\.overwrite set aside"):
+    workdir_lib.prepare(tmp_path, tiny_config)
+  _assert_old_run(tmp_path / workdir_lib.OVERWRITTEN)
