@@ -1,8 +1,12 @@
 """sharding: the checks that size a run to its devices and hosts (the layouts themselves are
 tested with the train step in test_trainer.py)."""
 
+import logging
 import types
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 
@@ -46,3 +50,19 @@ def test_a_rule_over_the_same_mesh_axes_in_another_order_is_never_applied():
                                                      ("mlp", ("tensor", "fsdp"))])
   with pytest.raises(ValueError, match=r"\('mlp', \('tensor', 'fsdp'\)\) is never applied"):
     sharding_lib.logical_rules(config)
+
+
+def test_an_idle_axis_warning_names_only_the_dimensions_that_axis_dropped(caplog):
+  """tensor=4 splits none of its 6-wide "mlp" dimensions, while fsdp=2 drops an odd vocabulary
+  of 5 but splits "embed": the warning for tensor sizes itself by the 6 alone (2 fits); with the
+  5 counted as well no size would, and the advice would be to give tensor up."""
+  mesh = _mesh(1, 2, 4)
+  rules = (("mlp", "tensor"), ("embed", "fsdp"), ("vocab", "fsdp"))
+  tree = {"mlp": nn.Partitioned(jax.ShapeDtypeStruct((6, 8), jnp.float32), names=("mlp", "embed")),
+          "vocab": nn.Partitioned(jax.ShapeDtypeStruct((5,), jnp.float32), names=("vocab",))}
+  with caplog.at_level(logging.INFO):
+    sharding_lib.state_shardings(tree, mesh, rules)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warnings == ["config.mesh.tensor=4 shards no parameter, so its 4 devices in each group "
+                      "repeat each other's work: the model dimensions it would split (6) are not "
+                      "multiples of 4. Sizes that divide them and the 8 devices: 2."], warnings
