@@ -307,3 +307,25 @@ def test_a_half_deleted_run_is_finished_off_and_a_set_aside_one_is_kept(tiny_con
                                             r"config\.train\.overwrite set aside"):
     workdir_lib.prepare(tmp_path, tiny_config)
   _assert_old_run(tmp_path / workdir_lib.OVERWRITTEN)
+
+
+def test_the_write_check_leaves_nothing_behind_and_refuses_a_file(tmp_path, monkeypatch):
+  """check_writable_dir probes by making a folder: it must remove it again, from an existing
+  directory as from the nearest existing parent of a missing one (else every run, export and
+  evaluation left a .write-check.* folder beside its output), and probe the parent too when the
+  writer stages beside the directory (sibling). A file where a directory is to be is refused as
+  such, whatever caller asks (not all check the workdir's entries first)."""
+  mkdtemp, probed = workdir_lib.paths.tempfile.mkdtemp, []
+  monkeypatch.setattr(workdir_lib.paths.tempfile, "mkdtemp",
+                      lambda **kwargs: probed.append(kwargs["dir"]) or mkdtemp(**kwargs))
+  (tmp_path / "run").mkdir()
+  workdir_lib.paths.check_writable_dir(tmp_path / "run", "--workdir")
+  workdir_lib.paths.check_writable_dir(tmp_path / "new" / "run", "--workdir")
+  workdir_lib.paths.check_writable_dir(tmp_path / "run", "--out", sibling=True)
+  run, parent = str(tmp_path / "run"), str(tmp_path)
+  assert probed == [run, parent, run, parent]
+  assert [p.name for p in tmp_path.iterdir()] == ["run"]
+  assert not any((tmp_path / "run").iterdir())
+  (tmp_path / "out").write_text("")
+  with pytest.raises(FileExistsError, match=r"^--out .*/out exists and is not a directory\.$"):
+    workdir_lib.paths.check_writable_dir(tmp_path / "out", "--out")
