@@ -329,3 +329,27 @@ def test_the_write_check_leaves_nothing_behind_and_refuses_a_file(tmp_path, monk
   (tmp_path / "out").write_text("")
   with pytest.raises(FileExistsError, match=r"^--out .*/out exists and is not a directory\.$"):
     workdir_lib.paths.check_writable_dir(tmp_path / "out", "--out")
+
+
+def test_a_first_save_that_was_killed_is_no_run_to_resume_or_refuse(tiny_config, tmp_path):
+  """A kill during the first save leaves only orbax's temporary step folder: no finished
+  checkpoint, so the workdir holds no run (a resume would find nothing to restore, and
+  resume=False needs no overwrite); the start is a fresh one."""
+  (tmp_path / "checkpoints" / "0.orbax-checkpoint-tmp-1700000000").mkdir(parents=True)
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
+  tiny_config.train.resume = False
+  assert workdir_lib.prepare(tmp_path, tiny_config) == (False, False)
+
+
+def test_logs_set_aside_never_replace_earlier_ones_of_any_kind(tmp_path):
+  """The suffix is one that no log of this start has yet: an earlier start that set aside only
+  its tensorboard/ holds tensorboard.earlier-1, so this start's logs all go to .earlier-2."""
+  (tmp_path / "tensorboard.earlier-1").mkdir()
+  (tmp_path / "tensorboard.earlier-1" / "events").write_text("first")
+  (tmp_path / "metrics.jsonl").write_text("second\n")
+  (tmp_path / "tensorboard").mkdir()
+  (tmp_path / "tensorboard" / "events").write_text("second")
+  workdir_lib.set_aside_earlier_logs(tmp_path)
+  assert (tmp_path / "tensorboard.earlier-1" / "events").read_text() == "first"
+  assert (tmp_path / "tensorboard.earlier-2" / "events").read_text() == "second"
+  assert (tmp_path / "metrics.jsonl.earlier-2").read_text() == "second\n"
