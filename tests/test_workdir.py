@@ -353,3 +353,24 @@ def test_logs_set_aside_never_replace_earlier_ones_of_any_kind(tmp_path):
   assert (tmp_path / "tensorboard.earlier-1" / "events").read_text() == "first"
   assert (tmp_path / "tensorboard.earlier-2" / "events").read_text() == "second"
   assert (tmp_path / "metrics.jsonl.earlier-2").read_text() == "second\n"
+
+
+def test_an_atomic_write_that_fails_leaves_the_earlier_file_whole_and_no_temporary(tmp_path):
+  """paths.atomic_write (a resumed run's trimmed metrics.jsonl, a checkpoint's meta): a write
+  that fails half way (a full disk) keeps the earlier file as it was and leaves no temporary file
+  beside it; one that succeeds replaces it."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("earlier\n")
+
+  def half_written(tmp):
+    with open(tmp, "w") as f:
+      f.write("half")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  with pytest.raises(OSError, match="No space left"):
+    workdir_lib.paths.atomic_write(path, half_written)
+  assert path.read_text() == "earlier\n"
+  assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+  workdir_lib.paths.atomic_write(path, lambda tmp: open(tmp, "w").write("new\n"))
+  assert path.read_text() == "new\n"
+  assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
