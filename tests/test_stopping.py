@@ -131,3 +131,24 @@ def test_a_signal_taken_before_the_loop_stops_after_the_first_step():
     assert stop.stop_now(1, 1) == "SIGTERM"
   finally:
     stop.restore()
+
+
+def test_sigterm_after_a_ctrl_c_never_aborts_and_ctrl_c_after_sigterm_counts_as_the_first():
+  """A scheduler's SIGTERM after a Ctrl-C still lets the step be saved (no KeyboardInterrupt);
+  after a SIGTERM, a Ctrl-C is the user's first (the save goes on), and only a second one stops
+  at once."""
+  stop = stopping.StopSignal()
+  try:
+    try:  # A KeyboardInterrupt escaping here would end the whole pytest session, not fail.
+      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert stop.stop_now(1, 1) == "SIGTERM"
+      os.kill(os.getpid(), signal.SIGINT)
+      assert stop.stop_now(1, 1) == "SIGINT"
+    except KeyboardInterrupt:
+      pytest.fail("stopped at once without saving the step")
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)  # The handler runs between bytecodes; never reached.
+  finally:
+    stop.restore()
