@@ -150,7 +150,9 @@ def test_a_fresh_start_never_writes_over_another_tools_config_json(tiny_config, 
   """A config.json that is not a run's (another tool's settings, not JSON) is refused before a
   fresh start writes its own over it; a run's own config.json (a start that saved no checkpoint)
   is taken over as before."""
-  for text in ('{"learning_rate": 0.1, "layers": 4}', "lr: 0.1\n", "[1, 2]"):
+  # Some of a run's sections are not enough: another tool's config may name a "model" too.
+  for text in ('{"learning_rate": 0.1, "layers": 4}', "lr: 0.1\n", "[1, 2]",
+               '{"model": "gpt2", "train": {"lr": 0.1}}'):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(FileExistsError, match=r"holds a config.json that is not a training run's "
                                               r"\(no 'model', 'train' and 'masking' sections\)"):
@@ -186,7 +188,9 @@ def test_a_set_aside_that_fails_midway_puts_back_what_it_moved_and_deletes_nothi
   assert not (tmp_path / workdir_lib.OVERWRITTEN).exists()
 
 
-def test_an_overwrite_of_a_symlinked_checkpoints_folder_is_refused(tiny_config, tmp_path):
+def test_an_overwrite_of_a_symlinked_or_mounted_checkpoints_folder_is_refused(tiny_config,
+                                                                             tmp_path,
+                                                                             monkeypatch):
   """The link was moved aside, the new run wrote a real checkpoints/ beside it, and the old
   checkpoints stayed on the linked disk for good."""
   mlm_config = model_lib.MLMConfig.from_config(tiny_config.model, vocab_size=1000, pad_id=0)
@@ -199,6 +203,14 @@ def test_an_overwrite_of_a_symlinked_checkpoints_folder_is_refused(tiny_config, 
                                             r" which the overwrite cannot set aside"):
     workdir_lib.prepare(workdir, tiny_config)
   assert checkpointing.finalized_steps(workdir) == [0]
+  # A mount point (checkpoints/ on a larger disk): renaming it fails with EBUSY.
+  (workdir / "checkpoints").unlink()
+  checkpointing.save_initial_checkpoint(workdir, {"w": np.zeros(2, np.float32)}, mlm_config)
+  mounted = str(workdir / "checkpoints")
+  monkeypatch.setattr(workdir_lib.os.path, "ismount", lambda path: os.fspath(path) == mounted)
+  with pytest.raises(FileExistsError, match=r"checkpoints is a mount point, which the overwrite "
+                                            r"cannot set aside"):
+    workdir_lib.prepare(workdir, tiny_config)
 
 
 def test_a_run_is_deleted_only_when_overwrite_is_asked_for(tiny_config, tmp_path, monkeypatch):
