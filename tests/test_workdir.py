@@ -4,6 +4,7 @@ heavy runs, never losing a run's logs or checkpoints (resumes are tested in test
 import errno
 import logging
 import os
+import signal
 import socket
 
 import numpy as np
@@ -386,3 +387,26 @@ def test_an_atomic_write_that_fails_leaves_the_earlier_file_whole_and_no_tempora
   workdir_lib.paths.atomic_write(path, lambda tmp: open(tmp, "w").write("new\n"))
   assert path.read_text() == "new\n"
   assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_a_signal_while_a_scratch_folder_is_made_is_acted_on_inside_the_block_that_removes_it(
+    tmp_path, monkeypatch):
+  """paths.scratch_dir defers Ctrl-C while mkdtemp runs: the signal is not lost (the user asked to
+  stop), and it is raised where the folder is removed on the way out (an export's gigabytes)."""
+  mkdtemp, made = workdir_lib.paths.tempfile.mkdtemp, []
+
+  def interrupted_mkdtemp(**kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Arrives while the folder is being made.
+    made.append(mkdtemp(**kwargs))
+    return made[-1]
+
+  monkeypatch.setattr(workdir_lib.paths.tempfile, "mkdtemp", interrupted_mkdtemp)
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      with workdir_lib.paths.scratch_dir(dir=tmp_path):
+        pytest.fail("the block ran as if no signal had come")
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert made and not os.path.exists(made[0])
+  assert signal.getsignal(signal.SIGINT) is previous
