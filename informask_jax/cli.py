@@ -202,12 +202,12 @@ def exit_on_sigterm() -> None:
   for the tools without train.py's step-aware stop: their `finally` blocks then remove what they
   staged (a model export, a full copy of the weights) that the default action left behind.
 
-  Python runs a handler between any two bytecodes, also inside a garbage-collector callback
-  (JAX's runs at most collections), which prints and drops an exception: the SystemExit was lost
-  and the tool ran to the end with status 0 (in one of three kills of eval_lama.py during its
-  export). There the handler posts the signal again, 10 ms later, until the callback returned.
-  The signal is also recorded (sigterm_received), for a handler that runs in a place swallowing
-  exceptions that it cannot see (an object's __del__)."""
+  Python runs a handler between any two bytecodes, also inside a garbage-collector callback (JAX
+  registers one, run at every collection), and the collector prints and drops an exception raised
+  there: the SystemExit was lost and the tool ran to the end with status 0 (one in three kills of
+  eval_lama.py during its export). Inside a callback the handler therefore posts the signal again,
+  10 ms later, until the callback has returned. The signal is also recorded (sigterm_received),
+  for other places that swallow exceptions, which the handler cannot see (an object's __del__)."""
   def stop(signum, frame):
     global _sigterm_received
     _sigterm_received = True
