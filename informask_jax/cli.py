@@ -7,7 +7,6 @@ naming the key, with its nearest valid name, instead of a traceback.
 import contextlib
 import difflib
 import errno
-import gc
 import logging
 import os
 import re
@@ -202,29 +201,27 @@ def exit_on_sigterm() -> None:
   for the tools without train.py's step-aware stop: their `finally` blocks then remove what they
   staged (a model export, a full copy of the weights) that the default action left behind.
 
-  Python runs a handler between any two bytecodes, also inside a garbage-collector callback (JAX
-  registers one, run at every collection), and the collector prints and drops an exception raised
-  there: the SystemExit was lost and the tool ran to the end with status 0 (one in three kills of
-  eval_lama.py during its export). Inside a callback the handler therefore posts the signal again,
-  10 ms later, until the callback has returned. The signal is also recorded (sigterm_received),
-  for other places that swallow exceptions, which the handler cannot see (an object's __del__)."""
+  Python runs a handler between any two bytecodes, also inside code whose exceptions it prints
+  and drops ("Exception ignored in"): a garbage-collector callback (JAX registers one), a weakref
+  callback, a __del__. The SystemExit was lost there and the tool ran to the end with status 0
+  (one in three kills of eval_lama.py during its export). So such a dropped SystemExit posts the
+  signal again (sys.unraisablehook), 10 ms later, from a thread. The signal is also recorded
+  (sigterm_received), for code that swallows it with an `except BaseException`."""
   def stop(signum, frame):
     global _sigterm_received
     _sigterm_received = True
-    if _inside_gc_callback(frame):  # From a thread: posted here, it would run in this handler.
-      threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
-      return
     raise SystemExit(128 + signum)
+
+  report_unraisable = sys.unraisablehook
+
+  def post_again_if_dropped(unraisable):
+    if _sigterm_received and unraisable.exc_type is SystemExit:
+      threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+      return
+    report_unraisable(unraisable)
+
   signal.signal(signal.SIGTERM, stop)
-
-
-def _inside_gc_callback(frame) -> bool:
-  callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
-  while frame is not None:
-    if frame.f_code in callbacks:
-      return True
-    frame = frame.f_back
-  return False
+  sys.unraisablehook = post_again_if_dropped
 
 
 def sigterm_received() -> bool:

@@ -68,37 +68,51 @@ def test_with_several_processes_the_message_names_the_step_they_stop_at(caplog, 
          "stop_sync_every, where all processes agree), which is saved." in caplog.text
 
 
-def test_exit_on_sigterm_inside_a_gc_callback_exits_once_the_callback_returned(monkeypatch):
-  """The SystemExit of a SIGTERM handled while a garbage-collector callback ran (JAX's runs at
-  most collections) was printed and dropped by the collector, and eval_lama.py, killed during its
-  export, finished with status 0. It is raised after the callback now."""
+@pytest.mark.parametrize("where", ["gc callback", "weakref callback"])
+def test_a_sigterm_handled_where_exceptions_are_dropped_exits_once_out_of_there(monkeypatch,
+                                                                                where):
+  """The SystemExit of a SIGTERM handled inside a garbage-collector callback (JAX registers one)
+  or a weakref callback was printed and dropped ("Exception ignored in"), and eval_lama.py,
+  killed during its export, finished with status 0. It is raised once out of there now."""
   import gc
+  import sys
+  import weakref
 
   from informask_jax import cli
 
   monkeypatch.setattr(cli, "_sigterm_received", False)
-  seen_inside = []
+  calls, outlived = [], []
 
-  def callback(phase, info):
-    if phase != "start" or seen_inside:
+  def callback(*args):
+    if calls or where == "gc callback" and args[0] != "start":
       return
+    calls.append(where)
     os.kill(os.getpid(), signal.SIGTERM)
     deadline = time.monotonic() + 5
-    while not cli.sigterm_received() and time.monotonic() < deadline:
-      pass  # The handler runs between these bytecodes, inside the callback.
-    seen_inside.append(cli.sigterm_received())
+    while time.monotonic() < deadline:
+      pass  # The handler runs between these bytecodes: its SystemExit ends the callback here.
+    outlived.append(where)
 
-  previous = signal.getsignal(signal.SIGTERM)
+  class Referent:
+    pass
+
+  previous = signal.getsignal(signal.SIGTERM), sys.unraisablehook
   cli.exit_on_sigterm()
   gc.callbacks.append(callback)
+  referent = Referent()
+  ref = weakref.ref(referent, callback)  # noqa: F841 (kept alive: its callback runs at the del)
   try:
     with pytest.raises(SystemExit) as exit_info:
-      gc.collect()
+      if where == "gc callback":
+        gc.collect()
+      else:
+        del referent
       time.sleep(5)  # Interrupted by the posted signal's handler.
   finally:
     gc.callbacks.remove(callback)
-    signal.signal(signal.SIGTERM, previous)
-  assert seen_inside == [True]
+    signal.signal(signal.SIGTERM, previous[0])
+    sys.unraisablehook = previous[1]
+  assert calls == [where] and not outlived  # Handled inside the callback, and dropped there.
   assert exit_info.value.code == 128 + signal.SIGTERM
 
 
