@@ -205,8 +205,9 @@ def exit_on_sigterm() -> None:
   and drops ("Exception ignored in"): a garbage-collector callback (JAX registers one), a weakref
   callback, a __del__. The SystemExit was lost there and the tool ran to the end with status 0
   (one in three kills of eval_lama.py during its export). So such a dropped SystemExit posts the
-  signal again (sys.unraisablehook), 10 ms later, from a thread. The signal is also recorded
-  (sigterm_received), for code that swallows it with an `except BaseException`."""
+  signal again (sys.unraisablehook), 10 ms later, from a thread; so does a dropped
+  KeyboardInterrupt, Ctrl-C's, for SIGINT. The signal is also recorded (sigterm_received), for code
+  that swallows it with an `except BaseException`."""
   def stop(signum, frame):
     global _sigterm_received
     _sigterm_received = True
@@ -216,9 +217,13 @@ def exit_on_sigterm() -> None:
 
   def post_again_if_dropped(unraisable):
     if _sigterm_received and unraisable.exc_type is SystemExit:
-      threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+      signum = signal.SIGTERM
+    elif unraisable.exc_type is KeyboardInterrupt:
+      signum = signal.SIGINT
+    else:
+      report_unraisable(unraisable)
       return
-    report_unraisable(unraisable)
+    threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
 
   signal.signal(signal.SIGTERM, stop)
   sys.unraisablehook = post_again_if_dropped

@@ -69,11 +69,13 @@ def test_with_several_processes_the_message_names_the_step_they_stop_at(caplog, 
 
 
 @pytest.mark.parametrize("where", ["gc callback", "weakref callback"])
-def test_a_sigterm_handled_where_exceptions_are_dropped_exits_once_out_of_there(monkeypatch,
-                                                                                where):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_handled_where_exceptions_are_dropped_stops_once_out_of_there(monkeypatch, where,
+                                                                               signame):
   """The SystemExit of a SIGTERM handled inside a garbage-collector callback (JAX registers one)
   or a weakref callback was printed and dropped ("Exception ignored in"), and eval_lama.py,
-  killed during its export, finished with status 0. It is raised once out of there now."""
+  killed during its export, finished with status 0; a Ctrl-C there was lost too. Each is raised
+  once out of there now."""
   import gc
   import sys
   import weakref
@@ -87,7 +89,7 @@ def test_a_sigterm_handled_where_exceptions_are_dropped_exits_once_out_of_there(
     if calls or where == "gc callback" and args[0] != "start":
       return
     calls.append(where)
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), getattr(signal, signame))
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
       pass  # The handler runs between these bytecodes: its SystemExit ends the callback here.
@@ -96,13 +98,15 @@ def test_a_sigterm_handled_where_exceptions_are_dropped_exits_once_out_of_there(
   class Referent:
     pass
 
-  previous = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+  previous = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT),
+              sys.unraisablehook)
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: KeyboardInterrupt.
   cli.exit_on_sigterm()
   gc.callbacks.append(callback)
   referent = Referent()
   ref = weakref.ref(referent, callback)  # noqa: F841 (kept alive: its callback runs at the del)
   try:
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit if signame == "SIGTERM" else KeyboardInterrupt) as exit_info:
       if where == "gc callback":
         gc.collect()
       else:
@@ -111,9 +115,11 @@ def test_a_sigterm_handled_where_exceptions_are_dropped_exits_once_out_of_there(
   finally:
     gc.callbacks.remove(callback)
     signal.signal(signal.SIGTERM, previous[0])
-    sys.unraisablehook = previous[1]
+    signal.signal(signal.SIGINT, previous[1])
+    sys.unraisablehook = previous[2]
   assert calls == [where] and not outlived  # Handled inside the callback, and dropped there.
-  assert exit_info.value.code == 128 + signal.SIGTERM
+  if signame == "SIGTERM":
+    assert exit_info.value.code == 128 + signal.SIGTERM
 
 
 def test_each_process_reports_its_own_flag_and_keeps_its_own_signals_name(monkeypatch):
