@@ -7,15 +7,14 @@ import types
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import pytest
 
 from informask_jax import sharding as sharding_lib
+from tests.test_trainer import _mesh_config
 
 
 def _mesh(data, fsdp, tensor):
-  return sharding_lib.make_mesh(ml_collections.ConfigDict(dict(data=data, fsdp=fsdp,
-                                                               tensor=tensor)))
+  return sharding_lib.make_mesh(_mesh_config(data, fsdp, tensor))
 
 
 def test_a_device_holds_its_allocators_limit_or_its_share_of_the_hosts_memory(monkeypatch):
