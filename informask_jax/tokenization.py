@@ -249,8 +249,10 @@ def _warn_stripped_marks(characters):
   in other scripts that changes words (Hindi है "is" becomes ह, Japanese が becomes か), silently
   merging words the corpus tells apart. `characters` counts the corpus's characters."""
   found = _stripped_letters(characters)
+  if not found:
+    return
   share = _share_of_letters(characters, [ch for pairs in found.values() for ch, _ in pairs])
-  if not found or share < STRIPPED_WARN_SHARE:
+  if share < STRIPPED_WARN_SHARE:
     return
   examples = "; ".join(
       f"{script.lower()}: " + ", ".join(f"{ch!r} -> {left!r}" for ch, left in
