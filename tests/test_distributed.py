@@ -1,6 +1,7 @@
 """When train.py starts jax.distributed by itself: Slurm jobs of several tasks and Cloud TPU VMs."""
 
 import logging
+import threading
 
 import pytest
 
@@ -268,3 +269,114 @@ def test_a_failing_process_tells_each_peer_once(two_processes, monkeypatch):
   # Process 2 failed first: its error stands for the others.
   assert store.values[distributed._STOP_KEY.format(2)] == "1 process 2 of 3 failed: first"
   assert distributed.failure_posted() and stops == []
+
+
+@pytest.mark.parametrize("address", ["10.0.0.2:", ":1234", "10.0.0.2:abc"])
+def test_a_coordinator_address_needs_a_host_and_a_numeric_port(started, address):
+  with pytest.raises(ValueError, match=rf"--coordinator_address='{address}': expected HOST:PORT"):
+    started(address, 2, 0)
+
+
+def test_a_peers_signal_stops_this_process_with_that_signals_exit_status(two_processes):
+  """143 (SIGTERM) or 130 (Ctrl-C): the run is unfinished, not broken, on every process."""
+  _, stops = two_processes(["143 process 0 of 2 received SIGTERM"])
+  assert stops == [("process 0 of 2 received SIGTERM", 143)]
+
+
+def test_a_peers_error_is_not_reported_over_this_processs_own(two_processes, monkeypatch):
+  """This process is already handling its own error (its main thread reports it): a peer's
+  message only marks the processes as stopped by an error."""
+  monkeypatch.setattr(distributed, "_failing", True)
+  _, stops = two_processes(["1 process 0 of 2 failed: OSError: disk"])
+  assert stops == [] and distributed.failure_posted()
+
+
+def test_the_peer_watcher_is_started_once(two_processes):
+  two_processes([""])
+  first = distributed._watcher
+  assert first is not None
+  distributed.stop_with_failed_peers(lambda *args: pytest.fail("a second watcher"))
+  assert distributed._watcher is first
+
+
+class _BlockingStore(_Store):
+  """A store whose reads wait until the key is set, as the coordination service's do."""
+
+  def __init__(self):
+    super().__init__([])
+    self.changed = threading.Condition()
+
+  def blocking_key_value_get(self, key, timeout_in_ms):
+    with self.changed:
+      if not self.changed.wait_for(lambda: key in self.values, timeout_in_ms / 1000):
+        raise RuntimeError(f"DEADLINE_EXCEEDED: {key}")
+      return self.values[key]
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    with self.changed:
+      super().key_value_set(key, value, allow_overwrite)
+      self.changed.notify_all()
+
+
+def test_a_normal_exit_ends_the_watcher_by_posting_an_empty_stop(monkeypatch):
+  """At exit the watcher, blocked in a long poll of the service, is woken with "" and ends
+  before the service shuts down; nothing is stopped and no failure is recorded."""
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed.jax, "process_index", lambda: 1)
+  for name in ("_watcher", "_failing", "_failure_posted"):
+    monkeypatch.setattr(distributed, name, None if name == "_watcher" else False)
+  registered = []
+  monkeypatch.setattr(distributed.atexit, "register", registered.append)
+  store, stops = _BlockingStore(), []
+  monkeypatch.setattr(distributed, "_client", lambda: store)
+  distributed.stop_with_failed_peers(lambda *args: stops.append(args))
+  thread = distributed._watcher
+  try:
+    assert registered == [distributed._stop_watching] and thread.is_alive()
+    distributed._stop_watching()
+    assert not thread.is_alive() and distributed._watcher is None
+    assert store.values == {distributed._STOP_KEY.format(1): ""}
+    assert stops == [] and not distributed.failure_posted()
+  finally:
+    store.key_value_set(distributed._STOP_KEY.format(1), "", allow_overwrite=True)
+    thread.join(timeout=10)
+
+
+def test_a_failure_is_not_posted_without_a_watcher(monkeypatch):
+  """One process (no watcher was started): no peer to tell, and the exit is the normal one."""
+  store = _Store([])
+  monkeypatch.setattr(distributed, "_client", lambda: store)
+  monkeypatch.setattr(distributed, "_watcher", None)
+  monkeypatch.setattr(distributed, "_failure_posted", False)
+  monkeypatch.setattr(distributed, "_failing", False)
+  distributed.tell_peers_of_failure("failed: OSError: disk")
+  assert store.values == {} and not distributed.failure_posted()
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_process_zero_leaves_after_the_others_have_marked_themselves(monkeypatch, count):
+  """Process 0 hosts the coordination service: it marks itself, waits for each peer's mark and
+  then a grace period for their exit; a peer only marks itself."""
+  store, slept = _Store([]), []
+  monkeypatch.setattr(distributed, "_client", lambda: store)
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: count)
+  monkeypatch.setattr(distributed.time, "sleep", slept.append)
+  for p in range(1, count):
+    monkeypatch.setattr(distributed.jax, "process_index", lambda p=p: p)
+    distributed.leave_after_failure()
+    assert store.values[distributed._LEFT_KEY.format(p)] == "1"
+  assert slept == []  # Peers do not wait.
+  monkeypatch.setattr(distributed.jax, "process_index", lambda: 0)
+  distributed.leave_after_failure()
+  assert store.values[distributed._LEFT_KEY.format(0)] == "1"
+  assert slept == [distributed._EXIT_GRACE_S]
+
+
+def test_process_zero_does_not_wait_for_a_peer_that_never_marks_itself(monkeypatch):
+  store, slept = _Store([RuntimeError("DEADLINE_EXCEEDED")]), []
+  monkeypatch.setattr(distributed, "_client", lambda: store)
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed.jax, "process_index", lambda: 0)
+  monkeypatch.setattr(distributed.time, "sleep", slept.append)
+  distributed.leave_after_failure()
+  assert store.values == {distributed._LEFT_KEY.format(0): "1"} and slept == []
