@@ -1,0 +1,153 @@
+"""informask_jax/cli.py in-process: reading --config from argv, one-line errors (user errors, full
+disks, config files), and leaving the process after an error with several processes."""
+
+import errno
+import importlib.util
+import sys
+import types
+
+import pytest
+
+from configs import base
+from informask_jax import cli
+
+
+@pytest.fixture
+def quiet_exit(monkeypatch):
+  """user_errors' logging.shutdown() would close handlers pytest still needs."""
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: None)
+
+
+def test_config_values_are_read_in_order_and_a_trailing_config_flag_has_none():
+  argv = ["prog", "--config", "a.py:tiny", "--config.train.seed=3", "--config=b.py"]
+  assert cli._config_values(argv) == ["a.py:tiny", "b.py"]
+  assert cli._config_file(argv) == "b.py"
+  # `--config` last, its value forgotten: absl names the missing value, not an IndexError here.
+  assert cli._config_values(["prog", "--config"]) == []
+  assert cli._config_file(["prog", "--config"]) is None
+  cli.config_package_on_path(["prog", "--config"])
+
+
+def test_a_configs_package_is_put_on_the_path_once(tmp_path, monkeypatch):
+  (tmp_path / "proj" / "configs").mkdir(parents=True)
+  (tmp_path / "proj" / "configs" / "base.py").write_text("")
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  argv = ["prog", f"--config={tmp_path / 'proj' / 'configs' / 'x.py'}:tiny"]
+  cli.config_package_on_path(argv)
+  cli.config_package_on_path(argv)
+  assert sys.path.count(str(tmp_path / "proj")) == 1
+
+
+def test_a_disk_error_is_found_in_the_context_of_an_error_raised_while_handling_it():
+  """An error raised in an `except OSError` block without `from` (as libraries wrap them)."""
+  try:
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device", "/cache/x.arrow")
+    except OSError:
+      raise RuntimeError("An error occurred while generating the dataset")  # noqa: B904
+  except RuntimeError as e:
+    error = e
+  assert cli.disk_failure(error) == (
+      "OSError: [Errno 28] No space left on device: '/cache/x.arrow'")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])
+def test_a_full_disk_a_quota_and_a_read_only_file_system_are_disk_failures(code):
+  assert cli.disk_failure(OSError(code, "refused")) == f"OSError: [Errno {code}] refused"
+  assert cli.disk_failure(OSError(errno.EIO, "Input/output error")) is None
+
+
+def test_a_disk_failure_found_in_a_long_message_is_cut_to_500_characters():
+  line = "No space left on device " + "x" * 2000
+  assert cli.disk_failure(RuntimeError(line)) == f"RuntimeError: {line[:500]}"
+
+
+def test_informask_traceback_lets_user_errors_through(monkeypatch, quiet_exit):
+  monkeypatch.setenv("INFORMASK_TRACEBACK", "1")
+  with pytest.raises(ValueError, match="bad value"), cli.user_errors("prog"):
+    raise ValueError("bad value")
+  with pytest.raises(OSError), cli.user_errors("prog"):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_user_error_about_a_full_disk_keeps_its_own_line(capsys, quiet_exit):
+  """Our own errors already say what failed and why; the disk advice is for errors that do not."""
+  with pytest.raises(SystemExit) as exited, cli.user_errors("prog"):
+    raise ValueError("Writing x failed (OSError: [Errno 28] No space left on device)")
+  assert exited.value.code == 1
+  assert capsys.readouterr().err == (
+      "prog: error: ValueError: Writing x failed (OSError: [Errno 28] No space left on device)\n")
+
+
+def test_user_errors_with_extra_types(capsys, quiet_exit):
+  class Refused(Exception):
+    pass
+
+  with pytest.raises(SystemExit) as exited, cli.user_errors("prog", (Refused,)):
+    raise Refused("no")
+  assert exited.value.code == 1 and capsys.readouterr().err == "prog: error: Refused: no\n"
+  with pytest.raises(Refused), cli.user_errors("prog"):
+    raise Refused("no")
+
+
+@pytest.fixture
+def processes(monkeypatch):
+  """A stand-in jax (two processes) and informask_jax.distributed; returns what they were asked."""
+  calls = []
+  state = types.SimpleNamespace(posted=False)
+  jax = types.SimpleNamespace(
+      process_count=lambda: 2,
+      distributed=types.SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
+  distributed = types.SimpleNamespace(failure_posted=lambda: state.posted,
+                                      leave_after_failure=lambda: calls.append("leave"))
+  monkeypatch.setitem(sys.modules, "jax", jax)
+  monkeypatch.setitem(sys.modules, "informask_jax.distributed", distributed)
+  return calls, state
+
+
+def test_an_error_exit_shuts_jax_distributed_down_unless_a_failure_was_posted(processes):
+  calls, state = processes
+  cli._leave_jax_distributed()
+  assert calls == ["shutdown"]
+  calls.clear()
+  state.posted = True  # The peers have stopped: the shutdown's barrier would wait for them.
+  cli._leave_jax_distributed()
+  assert calls == []
+
+
+def test_an_immediate_exit_after_a_posted_failure_leaves_as_distributed_says(processes,
+                                                                              monkeypatch):
+  calls, state = processes
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: None)
+  monkeypatch.setattr(cli, "_unlink_semaphores", lambda: None)
+  monkeypatch.setattr(cli.os, "_exit", lambda code: calls.append(("exit", code)))
+  cli.exit_now_with(3)
+  assert calls == [("exit", 3)]
+  calls.clear()
+  state.posted = True
+  cli.exit_now_with(143)
+  assert calls == ["leave", ("exit", 143)]
+
+
+def test_an_override_given_without_its_dashes_is_named(monkeypatch):
+  monkeypatch.setattr(cli, "_config_of", lambda argv: base.get_base_config("tiny"))
+  hint = " Config overrides are --config.KEY=VALUE flags: did you mean --config.train.num_steps?"
+  assert cli.override_hint("config.train.num_steps=5", []) == hint
+  assert cli.override_hint("train.num_steps=5", []) == hint
+  assert cli.override_hint("--num_steps", []) == hint
+  assert cli.override_hint("no_such_key=1", []) == ""
+
+
+def test_a_config_files_error_is_placed_at_its_innermost_line_in_that_file(tmp_path):
+  path = tmp_path / "mine.py"
+  path.write_text("def _sizes(arg):\n  return {'tiny': 1}[arg]\n\n\n"
+                  "def get_config(arg=None):\n  return _sizes(arg)\n")
+  spec = importlib.util.spec_from_file_location("mine_config_for_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(KeyError) as raised:
+    module.get_config("huge")
+  argv = ["prog", f"--config={path}:huge"]
+  assert cli._raised_in_config_file(raised.value, argv)
+  assert cli._config_file_line(raised.value, argv) == f"{path}, line 2"
+  assert cli._config_file_line(raised.value, ["prog", "--config=other.py"]) is None
