@@ -1,0 +1,51 @@
+"""profiling.Profiler: the trace starts before the window's first step, ends (after the traced
+steps have finished) at its last, once, and a run stopped mid-window still ends it."""
+
+import logging
+import pathlib
+
+import pytest
+
+from informask_jax import profiling
+
+
+@pytest.fixture
+def events(monkeypatch):
+  seen = []
+  monkeypatch.setattr(profiling.jax.profiler, "start_trace", lambda d: seen.append(("start", d)))
+  monkeypatch.setattr(profiling.jax.profiler, "stop_trace", lambda: seen.append(("stop",)))
+  monkeypatch.setattr(profiling.jax, "block_until_ready", lambda s: seen.append(("ready", s)))
+  return seen
+
+
+def _run(profiler, num_steps, seen):
+  """The loop's calls: before_step with the steps done, after_step with the step just done."""
+  for step in range(num_steps):
+    profiler.before_step(step)
+    seen.append(("step", step + 1))
+    profiler.after_step(step + 1, f"state{step + 1}")
+
+
+def test_the_window_traces_its_steps_once(events, caplog):
+  directory = pathlib.Path("/tmp/profile/process_0")
+  profiler = profiling.Profiler(directory, start=2, count=3)
+  with caplog.at_level(logging.INFO):
+    _run(profiler, 9, events)
+  profiler.stop()  # The loop's cleanup: the trace has ended already.
+  assert events == [("step", 1), ("step", 2), ("start", str(directory)), ("step", 3),
+                    ("step", 4), ("step", 5), ("ready", "state5"), ("stop",), ("step", 6),
+                    ("step", 7), ("step", 8), ("step", 9)]
+  assert f"Profiled steps 3-5 into {directory}" in caplog.text
+
+
+def test_a_run_stopped_in_the_window_ends_the_trace_and_one_before_it_has_none(events):
+  profiler = profiling.Profiler(pathlib.Path("p"), start=1, count=5)
+  _run(profiler, 3, events)
+  profiler.stop()
+  profiler.stop()
+  assert [e for e in events if e[0] != "step"] == [("start", "p"), ("stop",)]
+  events.clear()
+  profiler = profiling.Profiler(pathlib.Path("p"), start=10, count=2)
+  _run(profiler, 5, events)
+  profiler.stop()
+  assert [e for e in events if e[0] != "step"] == []
