@@ -58,3 +58,20 @@ def test_datasets_bars_show_only_on_a_terminal_and_are_restored(terminal, monkey
       assert datasets.is_progress_bar_enabled() == before
   finally:
     (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
+
+
+@pytest.mark.parametrize("show", [False, True])
+def test_transformers_bars_are_turned_off_unless_shown(show, monkeypatch):
+  from transformers.utils import logging as hf_logging
+
+  calls = []
+  monkeypatch.setattr(hf_logging, "disable_progress_bar", lambda: calls.append("off"))
+  progress_bar.transformers_bars(show)
+  assert calls == ([] if show else ["off"])
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_bars_are_wanted_when_stderr_is_a_terminal(terminal, monkeypatch):
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+  monkeypatch.setattr(sys.stdout, "isatty", lambda: not terminal)
+  assert progress_bar.on_terminal() is terminal
