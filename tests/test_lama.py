@@ -1370,6 +1370,26 @@ def test_cli_passes_every_flag_on(monkeypatch):
                       step=5, limit=3, progress=False, on_table=print)
 
 
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_cli_defaults_and_bars_only_on_a_terminal(monkeypatch, terminal):
+  """Without --no_progress the bars (ours and transformers') show on a terminal only, not in a
+  log file; the other flags default to the LAMA paper's protocol on torch."""
+  from informask_jax import progress_bar
+
+  seen, bars = {}, []
+  monkeypatch.setattr(lama, "evaluate", lambda *args, **kwargs: seen.update(args=args, **kwargs))
+  monkeypatch.setattr(progress_bar, "on_terminal", lambda: terminal)
+  monkeypatch.setattr(progress_bar, "transformers_bars", bars.append)
+  eval_lama.main(["--model", "m", "--data_dir", "d"])
+  assert seen == dict(args=("m", "d"), protocol="lama", common_vocab=None, batch_size=64,
+                      out_dir=None, backend="torch", device=None, use_masked_sentences=False,
+                      step=None, limit=0, progress=terminal, on_table=print)
+  assert bars == [terminal]
+  eval_lama.main(["--model", "m", "--data_dir", "d", "--no_progress"])
+  assert seen["progress"] is False and bars == [terminal, False]
+
+
 def test_templates_need_a_subject_and_exactly_one_object_slot(tmp_path):
   path = _write(tmp_path / "relations.jsonl", [
       {"relation": "P1", "template": "[X] and [Y] met in [Y] ."},  # Two objects.
