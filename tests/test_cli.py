@@ -151,3 +151,114 @@ def test_a_config_files_error_is_placed_at_its_innermost_line_in_that_file(tmp_p
   assert cli._raised_in_config_file(raised.value, argv)
   assert cli._config_file_line(raised.value, argv) == f"{path}, line 2"
   assert cli._config_file_line(raised.value, ["prog", "--config=other.py"]) is None
+
+
+@pytest.fixture
+def sigterm_exits(monkeypatch):
+  """cli.exit_on_sigterm() installed, with the handlers it replaces restored after; returns the
+  signals it would post again (threading.Timer recorded, not run) and the unraisable exceptions
+  passed on to the previous hook."""
+  import signal
+
+  posted, reported = [], []
+  previous = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  monkeypatch.setattr(cli, "_sigterm_received", False)
+  monkeypatch.setattr(cli.threading, "Timer",
+                      lambda delay, fn, args: types.SimpleNamespace(
+                          start=lambda: posted.append((fn, args))))
+  cli.exit_on_sigterm()
+  yield posted, reported
+  signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_raises_system_exit_143_and_is_recorded(sigterm_exits):
+  import os
+  import signal
+
+  assert not cli.sigterm_received()
+  with pytest.raises(SystemExit) as exited:
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(10**8):  # The handler runs between bytecodes; never finishes.
+      pass
+  assert exited.value.code == 143 and cli.sigterm_received()
+
+
+def test_only_a_dropped_exit_of_a_received_sigterm_or_a_ctrl_c_is_posted_again(sigterm_exits):
+  import os
+  import signal
+
+  posted, reported = sigterm_exits
+  dropped = lambda kind: types.SimpleNamespace(exc_type=kind, exc_value=kind())  # noqa: E731
+  # A SystemExit dropped in a __del__ without a SIGTERM (sys.exit in a callback) is reported as
+  # before, not turned into a signal.
+  sys.unraisablehook(dropped(SystemExit))
+  sys.unraisablehook(dropped(ValueError))
+  assert posted == [] and [u.exc_type for u in reported] == [SystemExit, ValueError]
+  sys.unraisablehook(dropped(KeyboardInterrupt))
+  assert posted == [(os.kill, (os.getpid(), signal.SIGINT))]
+  cli._sigterm_received = True
+  sys.unraisablehook(dropped(SystemExit))
+  assert posted[1:] == [(os.kill, (os.getpid(), signal.SIGTERM))] and len(reported) == 2
+
+
+def test_an_unknown_variant_is_left_to_the_loops_own_check():
+  config = base.get_base_config("tiny")
+  config.variant = "no_such_variant"
+  assert cli.config_structure_problem(config) is None
+  config = base.get_base_config("tiny")
+  config.train.batch_sise = 16
+  assert cli.config_structure_problem(config).startswith(
+      "it sets config.train.batch_sise, which is not a setting (did you mean "
+      "config.train.batch_size?")
+  assert cli.config_structure_problem({"train": {}}).startswith("get_config returned a dict")
+
+
+def test_an_unknown_key_is_named_after_an_override_with_a_bad_index(monkeypatch):
+  monkeypatch.setattr(cli, "_config_of", lambda argv: base.get_base_config("tiny"))
+  argv = ["prog", "--config.data.sources[7].kind=files", "--config.train.bach_size=3"]
+  assert cli._unknown_key(argv).startswith(
+      "--config.train.bach_size: `config.train` has no key 'bach_size'. Did you mean "
+      "\"config.train.batch_size\"? `config.train` has: batch_size, ")
+  assert cli._unknown_key(["prog", "--config.data.sources[0].kindd=x"]).startswith(
+      "--config.data.sources[0].kindd: `config.data.sources[0]` has no key 'kindd'. Did you "
+      "mean \"config.data.sources[0].kind\"?")
+  assert cli._unknown_key(["prog", "--config.train.batch_size=3", "--workdir=w"]) is None
+
+
+def test_a_config_files_error_quoted_by_ml_collections_names_its_line(tmp_path):
+  """ml_collections quotes the config file's traceback as text: the innermost frame is the
+  file's own code (its error, on one line) or another file's (a flag's fault: not rewritten)."""
+  path = str(tmp_path / "mine.py")
+  argv = ["prog", f"--config={path}:tiny"]
+  quoted = ("Error whilst parsing config file:\nTraceback (most recent call last):\n"
+            f'  File "/lib/config_flags.py", line 9, in parse\n  File "{path}", line 4, in '
+            "get_config\n{}")
+  assert cli._quoted_config_file_error(quoted.format("ValueError: bad: value"), argv) == (
+      f"ValueError: {path}, line 4: bad: value")
+  assert cli._quoted_config_file_error(quoted.format("AssertionError"), argv) == (
+      f"{path}: AssertionError")
+  elsewhere = quoted + '\n  File "/repo/configs/base.py", line 7, in get_base_config\n{}'
+  assert cli._quoted_config_file_error(elsewhere.format("", "ValueError: x"), argv) is None
+  # The same lines not quoted as a config file's failure.
+  assert cli._quoted_config_file_error(
+      quoted.format("ValueError: x").replace("Error whilst parsing config file", "Failed"),
+      argv) is None
+
+
+def test_only_an_asked_for_help_turns_absls_exit_1_into_success(monkeypatch):
+  """absl prints --help (--helpfull, --helpshort, --helpxml, -?) and exits with status 1: asked
+  for, that is a success; any other exit of the parsing keeps its status."""
+  class Flags:  # Stands in for absl's parser, exiting as its help flags do.
+    def __contains__(self, name):
+      return False
+
+    def __call__(self, argv, known_only=False):
+      raise SystemExit(1)
+  monkeypatch.setattr(cli.flags, "FLAGS", Flags())
+  for argv, code in ((["prog", "--helpfull"], 0), (["prog", "-?"], 0), (["prog", "--help"], 0),
+                     (["prog", "--workdir=w"], 1), (["prog", "--helpme"], 1),
+                     (["--help"], 1)):  # argv[0] is the program, whatever its name.
+    with pytest.raises(SystemExit) as exited:
+      cli.parse_flags(argv)
+    assert exited.value.code == code, argv
