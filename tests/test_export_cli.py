@@ -27,3 +27,57 @@ def test_a_file_given_as_from_hf_names_the_directory_to_give(tmp_path):
     convert_checkpoint.main(["--from-hf", str(model / "config.json"), "--out",
                              str(tmp_path / "work")])
   assert not (tmp_path / "work").exists()
+
+
+@pytest.fixture
+def conversions(monkeypatch):
+  """export.export_workdir and export.import_to_workdir recorded, not run."""
+  from informask_jax import export
+
+  calls = []
+  monkeypatch.setattr(export, "export_workdir",
+                      lambda *args, **kwargs: calls.append(("export", args, kwargs)) or {"x": 1})
+  monkeypatch.setattr(export, "import_to_workdir",
+                      lambda *args, **kwargs: calls.append(("import", args, kwargs)) or {"y": 2})
+  return calls
+
+
+def test_the_export_gets_every_flag(conversions, capsys):
+  assert convert_checkpoint.main(["--workdir", "w", "--out", "o", "--step", "5", "--format",
+                                  "roberta", "--no-verify", "--overwrite"]) == {"x": 1}
+  assert convert_checkpoint.main(["--workdir", "w", "--out", "o"]) == {"x": 1}
+  assert conversions == [
+      ("export", ("w", "o"), dict(step=5, fmt="roberta", verify=False, overwrite=True)),
+      ("export", ("w", "o"), dict(step=None, fmt=None, verify=True, overwrite=False))]
+  assert capsys.readouterr().out == '{\n  "x": 1\n}\n' * 2  # The report, as JSON.
+
+
+def test_the_import_gets_its_flags(conversions):
+  assert convert_checkpoint.main(["--from-hf", "m", "--out", "w", "--scan-layers"]) == {"y": 2}
+  convert_checkpoint.main(["--from-hf", "m", "--out", "w"])
+  assert conversions == [("import", ("m", "w"), dict(scan_layers=True)),
+                         ("import", ("m", "w"), dict(scan_layers=False))]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--out", "o"], ["--workdir", "w", "--from-hf", "m", "--out", "o"], ["--workdir", "w"],
+    ["--workdir", "w", "--out", "o", "--format", "gpt2"]])
+def test_a_source_and_an_out_are_required_and_the_format_is_checked(conversions, argv, capsys):
+  with pytest.raises(SystemExit) as exited:
+    convert_checkpoint.main(argv)
+  assert exited.value.code == 2 and conversions == []
+  assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--workdir", "w", "--scan-layers"], "--scan-layers applies to --from-hf only."),
+    (["--from-hf", "m", "--step", "0"], "--step and --format apply to --workdir (export) only."),
+    (["--from-hf", "m", "--format", "bert"], "--step and --format apply to --workdir (export)"),
+    (["--from-hf", "m", "--overwrite"], "--overwrite applies to --workdir (export) only"),
+    (["--from-hf", "m", "--no-verify"], "--no-verify applies to --workdir (export) only")])
+def test_a_flag_of_the_other_direction_is_refused_before_any_work(conversions, flags, message,
+                                                                 capsys):
+  with pytest.raises(SystemExit) as exited:
+    convert_checkpoint.main([*flags, "--out", "o"])
+  assert exited.value.code == 2 and conversions == []
+  assert message in capsys.readouterr().err
