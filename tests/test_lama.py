@@ -1390,6 +1390,27 @@ def test_cli_defaults_and_bars_only_on_a_terminal(monkeypatch, terminal):
   assert seen["progress"] is False and bars == [terminal, False]
 
 
+
+@pytest.mark.parametrize("error", [
+    lama.OutputError("Writing the results to --out 'o' failed (PermissionError: denied)"),
+    paths.WriteError("Writing the export of 'w' failed (OSError: read-only); removed"),
+    ValueError("--step 3: the workdir has steps 0, 20")])
+def test_cli_errors_end_in_one_line_and_status_1(monkeypatch, capsys, error):
+  """A refused run or a failed write of --out: one line naming it, no traceback."""
+  from informask_jax import cli
+
+  def failing(*args, **kwargs):
+    raise error
+
+  monkeypatch.setattr(lama, "evaluate", failing)
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: None)  # pytest's handlers stay open.
+  monkeypatch.delenv("INFORMASK_TRACEBACK", raising=False)
+  with pytest.raises(SystemExit) as exited:
+    eval_lama.main(["--model", "m", "--data_dir", "d", "--no_progress"])
+  assert exited.value.code == 1
+  assert capsys.readouterr().err == f"eval_lama.py: error: {type(error).__name__}: {error}\n"
+
+
 def test_templates_need_a_subject_and_exactly_one_object_slot(tmp_path):
   path = _write(tmp_path / "relations.jsonl", [
       {"relation": "P1", "template": "[X] and [Y] met in [Y] ."},  # Two objects.
