@@ -262,3 +262,67 @@ def test_only_an_asked_for_help_turns_absls_exit_1_into_success(monkeypatch):
     with pytest.raises(SystemExit) as exited:
       cli.parse_flags(argv)
     assert exited.value.code == code, argv
+
+
+def test_an_immediate_exit_on_a_user_error_leaves_jax_distributed_first(monkeypatch, capsys,
+                                                                         quiet_exit):
+  calls = []
+  monkeypatch.setattr(cli, "_leave_jax_distributed", lambda: calls.append("leave"))
+  monkeypatch.setattr(cli, "exit_now_with", lambda code: calls.append(("exit", code)))
+  with pytest.raises(SystemExit):  # The stand-in exit_now_with returns: sys.exit(1) follows.
+    with cli.user_errors("prog", exit_now=True):
+      raise ValueError("bad")
+  assert calls == ["leave", ("exit", 1)]
+  assert capsys.readouterr().err == "prog: error: ValueError: bad\n"
+
+
+def test_an_immediate_exit_unlinks_the_named_semaphores_only(monkeypatch):
+  """os._exit skips multiprocessing's exit hook: its semaphores' own cleanup is run (else the
+  resource tracker reports them leaked after the error line), not its other finalizers (which
+  join worker pools)."""
+  calls = []
+
+  class SemLock:
+    @staticmethod
+    def _cleanup(name):
+      calls.append(("unlink", name))
+
+  def finalizer(callback, *args):
+    def run():
+      callback(*args)
+    run._callback = callback
+    return run
+
+  def failing(name):
+    raise FileNotFoundError(name)
+
+  registry = {1: finalizer(SemLock._cleanup, "/mp-1"), 2: finalizer(calls.append, "join pool"),
+              3: finalizer(SemLock._cleanup, "/mp-2")}
+  monkeypatch.setitem(sys.modules, "multiprocessing.util",
+                      types.SimpleNamespace(_finalizer_registry=registry))
+  monkeypatch.setitem(sys.modules, "multiprocessing.synchronize",
+                      types.SimpleNamespace(SemLock=SemLock))
+  monkeypatch.delitem(sys.modules, "multiprocess.util", raising=False)
+  cli._unlink_semaphores()
+  assert calls == [("unlink", "/mp-1"), ("unlink", "/mp-2")]
+  SemLock._cleanup = staticmethod(failing)  # Already gone: the exit goes on.
+  registry = {1: finalizer(SemLock._cleanup, "/mp-3"), 2: finalizer(SemLock._cleanup, "/mp-4")}
+  sys.modules["multiprocessing.util"]._finalizer_registry = registry
+  cli._unlink_semaphores()
+
+
+def test_flags_this_program_lacks_are_passed_on_when_asked(monkeypatch):
+  """The Beam pipeline hands the flags it does not define to Beam."""
+  asked = []
+
+  class Flags:
+    def __contains__(self, name):
+      return False
+
+    def __call__(self, argv, known_only=False):
+      asked.append(known_only)
+      return argv[:1] + (["--runner=X"] if known_only else [])
+  monkeypatch.setattr(cli.flags, "FLAGS", Flags())
+  assert cli.parse_flags(["prog", "--runner=X"], known_only=True) == ["prog", "--runner=X"]
+  assert cli.parse_flags(["prog"]) == ["prog"]
+  assert asked == [True, False]
