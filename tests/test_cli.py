@@ -326,3 +326,41 @@ def test_flags_this_program_lacks_are_passed_on_when_asked(monkeypatch):
   assert cli.parse_flags(["prog", "--runner=X"], known_only=True) == ["prog", "--runner=X"]
   assert cli.parse_flags(["prog"]) == ["prog"]
   assert asked == [True, False]
+
+
+def test_an_error_chain_that_loops_is_read_once():
+  first, second = RuntimeError("a"), RuntimeError("b")
+  first.__context__, second.__context__ = second, first
+  assert cli.disk_failure(first) is None
+  third = OSError(errno.ENOSPC, "No space left on device")
+  second.__context__ = third
+  third.__context__ = first
+  assert cli.disk_failure(first) == "OSError: [Errno 28] No space left on device"
+
+
+def test_quiet_library_logs_filters_every_handler_and_absls_logger(monkeypatch):
+  import logging
+
+  root, absl = logging.getLogger(), logging.getLogger("absl")
+  handlers = (logging.NullHandler(), logging.NullHandler())
+  root.addHandler(handlers[0])
+  absl.addHandler(handlers[1])
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  try:
+    cli.quiet_library_logs()
+    for filtered in (*handlers, absl):
+      assert any(isinstance(f, cli._LibraryInfoFilter) for f in filtered.filters), filtered
+    closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"))
+    other = types.SimpleNamespace(exc_value=RuntimeError("other"))
+    sys.unraisablehook(closed)
+    sys.unraisablehook(other)
+    assert seen == [other]
+  finally:
+    root.removeHandler(handlers[0])
+    absl.removeHandler(handlers[1])
+    for f in [f for f in absl.filters if isinstance(f, cli._LibraryInfoFilter)]:
+      absl.removeFilter(f)
+    for h in root.handlers + absl.handlers:
+      for f in [f for f in h.filters if isinstance(f, cli._LibraryInfoFilter)]:
+        h.removeFilter(f)
