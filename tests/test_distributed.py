@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import types
 
 import pytest
 
@@ -380,3 +381,24 @@ def test_process_zero_does_not_wait_for_a_peer_that_never_marks_itself(monkeypat
   monkeypatch.setattr(distributed.time, "sleep", slept.append)
   distributed.leave_after_failure()
   assert store.values == {distributed._LEFT_KEY.format(0): "1"} and slept == []
+
+
+def test_the_coordinator_flag_defaults_to_the_environment(monkeypatch):
+  """$JAX_COORDINATOR_ADDRESS is the flag's default; the process count and id are read from the
+  environment later, by initialize(), so that a bad value is a one-line error."""
+  import functools
+
+  from absl import flags
+
+  defined = flags.FlagValues()
+  monkeypatch.setattr(distributed, "flags", types.SimpleNamespace(
+      DEFINE_string=functools.partial(flags.DEFINE_string, flag_values=defined),
+      DEFINE_integer=functools.partial(flags.DEFINE_integer, flag_values=defined)))
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "four")
+  distributed.define_flags()
+  defined(["prog"])
+  assert defined["coordinator_address"].value == "10.0.0.2:1234"
+  assert defined["num_processes"].value is None and defined["process_id"].value is None
+  defined(["prog", "--num_processes=2", "--process_id=1", "--coordinator_address=h:1"])
+  assert (defined.num_processes, defined.process_id, defined.coordinator_address) == (2, 1, "h:1")
