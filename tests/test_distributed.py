@@ -402,3 +402,17 @@ def test_the_coordinator_flag_defaults_to_the_environment(monkeypatch):
   assert defined["num_processes"].value is None and defined["process_id"].value is None
   defined(["prog", "--num_processes=2", "--process_id=1", "--coordinator_address=h:1"])
   assert (defined.num_processes, defined.process_id, defined.coordinator_address) == (2, 1, "h:1")
+
+
+def test_a_host_is_a_tpu_vm_when_tpu_chips_are_on_its_bus(monkeypatch):
+  from jax._src import hardware_utils
+
+  for chips, expected in ((0, False), (4, True)):
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id",
+                        lambda chips=chips: (chips, None))
+    assert distributed._tpu_chips_attached() is expected
+
+  def unreadable():
+    raise OSError("no /sys/bus/pci")
+  monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", unreadable)
+  assert distributed._tpu_chips_attached() is False
