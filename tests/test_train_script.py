@@ -98,6 +98,19 @@ for name, result in [("sigint", dict(preempted=True, stopped_by="SIGINT", step=3
       [config, workdir]) or result
   results["train_" + name] = [outcome(train._train, ["train.py"]), seen]
 
+# The loop's refusals end in one line (status 1), a bug with its traceback; the others are told.
+from informask_jax import checkpointing
+for name, error in [("stopped", loop.TrainingStopped("too many non-finite steps")),
+                    ("unsaved", checkpointing.CheckpointWriteError("step 4 was not saved")),
+                    ("bug", RuntimeError("a bug"))]:
+  def failing(config, workdir, error=error):
+    raise error
+  loop.train_and_evaluate = failing
+  told.clear()
+  print(f"<{name}>", file=sys.stderr, flush=True)
+  results["loop_" + name] = [outcome(train._train, ["train.py"]), list(told)]
+  print(f"</{name}>", file=sys.stderr, flush=True)
+
 # A Ctrl-C outside the loop's handler: one line saying what remains, after an overwrite too.
 interrupts = []
 loop.after_interrupt = lambda workdir, overwrite: interrupts.append([workdir, overwrite]) or "left"
@@ -176,3 +189,16 @@ def test_a_ctrl_c_outside_the_loop_says_what_remains_of_an_overwrite_too(results
   said = ["train.py", "left"]
   assert results["interrupts"] == [["the workdir", False], said, ["the workdir", False], said,
                                    ["the workdir", True], said, ["the workdir", False], said]
+
+
+def test_the_loops_refusals_end_in_one_line_and_a_bug_keeps_its_traceback(results):
+  def printed(name):
+    return results["stderr"].split(f"<{name}>\n")[1].split(f"</{name}>")[0]
+
+  assert results["loop_stopped"] == [["exit_now_with", 1], [
+      ["failed: TrainingStopped: too many non-finite steps", 1]]]
+  assert printed("stopped") == "train.py: error: TrainingStopped: too many non-finite steps\n"
+  assert results["loop_unsaved"][0] == ["exit_now_with", 1]
+  assert printed("unsaved") == "train.py: error: CheckpointWriteError: step 4 was not saved\n"
+  assert results["loop_bug"] == [["RuntimeError", "a bug"], [["failed: RuntimeError: a bug", 1]]]
+  assert printed("bug") == ""
