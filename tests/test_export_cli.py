@@ -81,3 +81,13 @@ def test_a_flag_of_the_other_direction_is_refused_before_any_work(conversions, f
     convert_checkpoint.main([*flags, "--out", "o"])
   assert exited.value.code == 2 and conversions == []
   assert message in capsys.readouterr().err
+
+
+def test_the_conversion_runs_on_the_cpu_unless_a_platform_is_chosen(conversions, monkeypatch):
+  """It never grabs an accelerator (another job's, or the one a training run holds)."""
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  convert_checkpoint.main(["--workdir", "w", "--out", "o"])
+  assert convert_checkpoint.os.environ["JAX_PLATFORMS"] == "cpu"
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+  convert_checkpoint.main(["--from-hf", "m", "--out", "w"])
+  assert convert_checkpoint.os.environ["JAX_PLATFORMS"] == "cuda"
