@@ -1411,6 +1411,17 @@ def test_cli_errors_end_in_one_line_and_status_1(monkeypatch, capsys, error):
   assert capsys.readouterr().err == f"eval_lama.py: error: {type(error).__name__}: {error}\n"
 
 
+
+@pytest.mark.parametrize("flags", [["--protocol", "paper"], ["--backend", "tf"],
+                                   ["--batch_size", "many"], []])
+def test_cli_refuses_an_unknown_protocol_or_backend_and_needs_model_and_data(flags, capsys):
+  required = ["--model", "m", "--data_dir", "d"] if flags else ["--model", "m"]
+  with pytest.raises(SystemExit) as exited:
+    eval_lama.parse_args(required + flags)
+  assert exited.value.code == 2
+  assert "error:" in capsys.readouterr().err
+
+
 def test_templates_need_a_subject_and_exactly_one_object_slot(tmp_path):
   path = _write(tmp_path / "relations.jsonl", [
       {"relation": "P1", "template": "[X] and [Y] met in [Y] ."},  # Two objects.
