@@ -364,3 +364,16 @@ def test_quiet_library_logs_filters_every_handler_and_absls_logger(monkeypatch):
     for h in root.handlers + absl.handlers:
       for f in [f for f in h.filters if isinstance(f, cli._LibraryInfoFilter)]:
         h.removeFilter(f)
+
+
+def test_an_immediate_exit_flushes_what_was_written_before_it_leaves(monkeypatch):
+  """os._exit discards Python's buffers: the logs, stdout and stderr are flushed first."""
+  calls = []
+  monkeypatch.setattr(cli, "_distributed_after_failure", lambda: None)
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: calls.append("logging"))
+  monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(flush=lambda: calls.append("stdout")))
+  monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(flush=lambda: calls.append("stderr")))
+  monkeypatch.setattr(cli, "_unlink_semaphores", lambda: calls.append("semaphores"))
+  monkeypatch.setattr(cli.os, "_exit", lambda code: calls.append(code))
+  cli.exit_now_with(2)
+  assert calls == ["logging", "stdout", "stderr", "semaphores", 2]
