@@ -224,6 +224,9 @@ def test_an_unknown_key_is_named_after_an_override_with_a_bad_index(monkeypatch)
       "--config.data.sources[0].kindd: `config.data.sources[0]` has no key 'kindd'. Did you "
       "mean \"config.data.sources[0].kind\"?")
   assert cli._unknown_key(["prog", "--config.train.batch_size=3", "--workdir=w"]) is None
+  # absl takes a flag with one dash too.
+  assert cli._unknown_key(["prog", "-config.train.bach_size=3"]).startswith(
+      "--config.train.bach_size: `config.train` has no key 'bach_size'.")
 
 
 def test_a_config_files_error_quoted_by_ml_collections_names_its_line(tmp_path):
