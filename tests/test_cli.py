@@ -380,3 +380,32 @@ def test_an_immediate_exit_flushes_what_was_written_before_it_leaves(monkeypatch
   monkeypatch.setattr(cli.os, "_exit", lambda code: calls.append(code))
   cli.exit_now_with(2)
   assert calls == ["logging", "stdout", "stderr", "semaphores", 2]
+
+
+def test_orbax_warnings_for_a_manager_opened_read_only_are_dropped():
+  """A run exported or evaluated opens its checkpoints read-only, by design."""
+  import logging
+
+  keep = cli._LibraryInfoFilter().filter
+  orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  for message in ("Checkpoint manager is read only: not deleting steps",
+                  "CheckpointManager created with read_only=True"):
+    assert not keep(logging.makeLogRecord(dict(pathname=orbax, levelno=logging.WARNING,
+                                               msg=message)))
+  assert keep(logging.makeLogRecord(dict(pathname=orbax, levelno=logging.WARNING,
+                                         msg="Checkpoint is read from step 4")))
+
+
+def test_a_full_disks_orbax_error_loses_a_traceback_already_formatted_too():
+  """Another handler may have formatted the record first (its traceback cached as exc_text)."""
+  import logging
+
+  orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/_src/futures/future.py"
+  try:
+    raise OSError(errno.ENOSPC, "No space left on device")
+  except OSError:
+    record = logging.makeLogRecord(dict(pathname=orbax, levelno=logging.ERROR, msg="failed",
+                                        exc_info=sys.exc_info()))
+  assert "Traceback" in logging.Formatter().format(record)  # Caches record.exc_text.
+  assert cli._LibraryInfoFilter().filter(record)
+  assert logging.Formatter().format(record) == "failed"
