@@ -82,10 +82,12 @@ for code in (1, 143):
 
 _TRAIN = r"""
 train._train = _train
-distributed.initialize = lambda: None
-distributed.stop_with_failed_peers = lambda stop: None
-cli.exit_on_sigterm = lambda: None
-cli.quiet_library_logs = lambda: None
+setup = []
+distributed.initialize = lambda: setup.append("initialize")
+distributed.stop_with_failed_peers = lambda stop: setup.append(
+    "watch peers" if stop is train._stop_for_failed_peer else "?")
+cli.exit_on_sigterm = lambda: setup.append("sigterm")
+cli.quiet_library_logs = lambda: setup.append("quiet")
 train._CONFIG = types.SimpleNamespace(value="the config")
 train._WORKDIR = types.SimpleNamespace(value="the workdir")
 for name, result in [("sigint", dict(preempted=True, stopped_by="SIGINT", step=3)),
@@ -93,9 +95,12 @@ for name, result in [("sigint", dict(preempted=True, stopped_by="SIGINT", step=3
                      ("peer", dict(preempted=True, stopped_by="a signal to another process",
                                    step=3)),
                      ("done", dict(preempted=False, stopped_by=None, step=9))]:
-  seen = []
-  loop.train_and_evaluate = lambda config, workdir, result=result: seen.append(
-      [config, workdir]) or result
+  seen, setup[:] = [], []
+  def trained(config, workdir, name=name, result=result):
+    seen.append([config, workdir])
+    results["setup_" + name] = list(setup)  # What was done before the loop.
+    return result
+  loop.train_and_evaluate = trained
   results["train_" + name] = [outcome(train._train, ["train.py"]), seen]
 
 # The loop's refusals end in one line (status 1), a bug with its traceback; the others are told.
@@ -181,6 +186,12 @@ def test_a_stopped_run_exits_with_its_signals_status_and_a_finished_one_with_0(r
   # Stopped because another process got a SIGTERM: unfinished too.
   assert results["train_peer"] == [["SystemExit", 143], [["the config", "the workdir"]]]
   assert results["train_done"] == ["returned", [["the config", "the workdir"]]]
+
+
+def test_before_the_loop_the_processes_start_watch_each_other_and_take_sigterm(results):
+  """jax.distributed first; then the peers' watcher; SIGTERM is taken again after it (JAX's
+  preemption service took it over); the libraries' logs quieted, all before the loop."""
+  assert results["setup_done"] == ["initialize", "watch peers", "sigterm", "quiet"]
 
 
 def test_a_ctrl_c_outside_the_loop_says_what_remains_of_an_overwrite_too(results):
