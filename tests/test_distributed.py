@@ -361,7 +361,9 @@ def test_process_zero_leaves_after_the_others_have_marked_themselves(monkeypatch
   store, slept = _Store([]), []
   monkeypatch.setattr(distributed, "_client", lambda: store)
   monkeypatch.setattr(distributed.jax, "process_count", lambda: count)
-  monkeypatch.setattr(distributed.time, "sleep", slept.append)
+  # This module's clock only: other threads keep the real time.sleep.
+  monkeypatch.setattr(distributed, "time", types.SimpleNamespace(
+      monotonic=distributed.time.monotonic, sleep=slept.append))
   for p in range(1, count):
     monkeypatch.setattr(distributed.jax, "process_index", lambda p=p: p)
     distributed.leave_after_failure()
@@ -378,7 +380,8 @@ def test_process_zero_does_not_wait_for_a_peer_that_never_marks_itself(monkeypat
   monkeypatch.setattr(distributed, "_client", lambda: store)
   monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
   monkeypatch.setattr(distributed.jax, "process_index", lambda: 0)
-  monkeypatch.setattr(distributed.time, "sleep", slept.append)
+  monkeypatch.setattr(distributed, "time", types.SimpleNamespace(
+      monotonic=distributed.time.monotonic, sleep=slept.append))
   distributed.leave_after_failure()
   assert store.values == {distributed._LEFT_KEY.format(0): "1"} and slept == []
 
