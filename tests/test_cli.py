@@ -409,3 +409,14 @@ def test_a_full_disks_orbax_error_loses_a_traceback_already_formatted_too():
   assert "Traceback" in logging.Formatter().format(record)  # Caches record.exc_text.
   assert cli._LibraryInfoFilter().filter(record)
   assert logging.Formatter().format(record) == "failed"
+
+
+def test_the_error_line_is_printed_after_the_logs_are_flushed(monkeypatch):
+  """What was logged before the error shows before it: the error line is the last one."""
+  calls = []
+  monkeypatch.setattr(cli.logging, "shutdown", lambda: calls.append("logs flushed"))
+  monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(write=calls.append,
+                                                           flush=lambda: None))
+  with pytest.raises(SystemExit), cli.user_errors("prog"):
+    raise ValueError("bad")
+  assert "".join(calls) == "logs flushedprog: error: ValueError: bad\n"
