@@ -420,3 +420,28 @@ def test_the_error_line_is_printed_after_the_logs_are_flushed(monkeypatch):
   with pytest.raises(SystemExit), cli.user_errors("prog"):
     raise ValueError("bad")
   assert "".join(calls) == "logs flushedprog: error: ValueError: bad\n"
+
+
+def test_an_import_failing_in_a_module_the_config_file_imports_names_the_config_files_line(
+    tmp_path, monkeypatch, capsys):
+  """The innermost frame is the imported module's, not the config file's: still the config
+  file's fault (its import), status 1, not a bad flag."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  defined = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "Config file.", flag_values=defined,
+                                  lock_config=True)
+  monkeypatch.setattr(cli.flags, "FLAGS", defined)
+  (tmp_path / "helper_for_this_test.py").write_text("import nosuch_module_for_this_test\n")
+  config = tmp_path / "mine.py"
+  config.write_text("\nimport helper_for_this_test\n\n\ndef get_config(arg=None):\n"
+                    "  return None\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delenv("INFORMASK_TRACEBACK", raising=False)
+  with pytest.raises(SystemExit) as exited:
+    cli.parse_flags(["prog", f"--config={config}"])
+  assert exited.value.code == 1
+  assert capsys.readouterr().err == (
+      f"prog: error: ModuleNotFoundError: {config}, line 2: No module named "
+      "'nosuch_module_for_this_test'\n")
