@@ -639,7 +639,7 @@ def test_byte_level_bpe_sentences_tokenize_as_the_whole_text():
   assert sids.max() == 2 and lengths.tolist() == [len(ids)]
 
 
-# --- From a mutation audit of informask_jax/data/: behaviour the tests above left open ------------
+# --- informask_jax/data/: behaviour the tests above leave open ------------------------------------
 
 def test_token_less_sentences_take_no_sentence_id(bert_tokenizer):
   """A sentence that tokenizes to nothing (only accents, stripped) leaves no gap in the ids: they

@@ -891,7 +891,7 @@ def test_only_unfinished_checkpoints_are_reported_as_such(tokenizer_dir, tmp_pat
     convert_checkpoint.main(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "o")])
 
 
-# --- From a mutation audit of export.py and convert_checkpoint.py ------------------------------
+# --- export.py and convert_checkpoint.py: further cases -------------------------------------------
 def test_import_reads_sharded_bin_and_tensorflow_named_checkpoints(exported, tmp_path):
   """Every layout of weights Hugging Face writes imports to the very parameters exported."""
   params, _, path, _ = exported["bert"]

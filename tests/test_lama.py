@@ -959,7 +959,7 @@ def test_a_damaged_model_is_one_clear_error_with_flax_too(models, tmp_path):
     lama.load_backend(str(broken), "flax", tokenizer, batch_size=4)
 
 
-# --- From a mutation audit: facts, limits, padding and casing the fixtures do not reach ------
+# --- Facts, limits, padding and casing the fixtures do not reach ----------------------------------
 
 def _write(path, records):
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -1178,7 +1178,7 @@ def test_bad_model_flags_fail_before_the_data_is_read(tmp_path, caplog):
   assert not caplog.records, caplog.text
 
 
-# --- From a second mutation audit: what the first one and the fixtures left open -------------
+# --- Further cases the fixtures leave open --------------------------------------------------------
 
 
 def _bpe_tokenizer():
@@ -1370,7 +1370,6 @@ def test_cli_passes_every_flag_on(monkeypatch):
                       step=5, limit=3, progress=False, on_table=print)
 
 
-
 @pytest.mark.parametrize("terminal", [False, True])
 def test_cli_defaults_and_bars_only_on_a_terminal(monkeypatch, terminal):
   """Without --no_progress the bars (ours and transformers') show on a terminal only, not in a
@@ -1388,7 +1387,6 @@ def test_cli_defaults_and_bars_only_on_a_terminal(monkeypatch, terminal):
   assert bars == [terminal]
   eval_lama.main(["--model", "m", "--data_dir", "d", "--no_progress"])
   assert seen["progress"] is False and bars == [terminal, False]
-
 
 
 @pytest.mark.parametrize("error", [
@@ -1409,7 +1407,6 @@ def test_cli_errors_end_in_one_line_and_status_1(monkeypatch, capsys, error):
     eval_lama.main(["--model", "m", "--data_dir", "d", "--no_progress"])
   assert exited.value.code == 1
   assert capsys.readouterr().err == f"eval_lama.py: error: {type(error).__name__}: {error}\n"
-
 
 
 @pytest.mark.parametrize("flags", [["--protocol", "paper"], ["--backend", "tf"],

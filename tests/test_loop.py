@@ -1178,8 +1178,8 @@ def test_workdirs_that_cannot_be_used_are_refused(tiny_config, tmp_path):
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
 
 
-# --- The loop's bookkeeping (from a mutation audit): log windows, final and retried saves, the
-# best checkpoint, overwrite, stop signals, pooled evaluation ------------------------------
+# --- The loop's bookkeeping: log windows, final and retried saves, the best checkpoint,
+# overwrite, stop signals, pooled evaluation -------------------------------------------------------
 
 def test_a_partial_last_window_is_logged_checkpointed_and_resumed_from(tiny_config, tmp_path,
                                                                      monkeypatch, caplog):

@@ -1361,7 +1361,7 @@ def test_random_replacements_cover_every_non_special_id():
   assert counts[18] > 0 and counts[1] > 0
 
 
-# --- From a mutation audit of the masking package (select / pmi_span / online / words / show) ---
+# --- Pieces of the masking package: select, pmi_span, online, words, show -------------------------
 
 def _reference_pmi_segmentation(row, ngram_set, max_tokens, sentence):
   """Greedy left-to-right longest match in plain Python: (unit_start, ngram_len) of one row."""

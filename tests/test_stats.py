@@ -1163,7 +1163,7 @@ def test_check_table_refuses_an_asymmetric_table():
       pmi_lib.check_table(sp.csr_matrix(bad), 3, "pmi.npz")
 
 
-# --- Edge cases found by a mutation audit ---------------------------------------------------------
+# --- Edge cases -----------------------------------------------------------------------------------
 
 
 def test_select_pmi_vocab_keeps_size_tokens_after_the_dropped_ones():

@@ -205,7 +205,7 @@ def test_a_missing_local_path_is_named_without_asking_the_hub(name, tmp_path, mo
     tokenization.check_name_or_path(_config(name))
 
 
-# --- From a mutation audit ----------------------------------------------------------------------
+# --- Corner cases: vocabulary files, paths and caches ---------------------------------------------
 
 def test_crlf_vocab_txt_and_a_bare_prefix(tmp_path):
   """A vocab.txt saved with Windows line ends has the same tokens and ids; a bare "##" is a token
