@@ -1484,3 +1484,21 @@ def test_a_tokenizer_whose_ids_pass_the_model_through_a_gap_is_refused(models, t
                                          rf"{len(lines)}: its vocabulary has gaps\) but the "
                                          rf"model predicts {len(lines)} "):
       lama.evaluate(str(gapped), str(FIXTURES), backend=backend, progress=False)
+
+
+def test_relations_jsonl_inside_trex_gives_the_templates_and_is_no_relation(tmp_path, caplog):
+  """data.zip puts relations.jsonl beside TREx/; a copy inside TREx/ is read as the template
+  table, and neither place makes it a relation of its own. Without it, T-REx relations have no
+  template and a warning says so."""
+  shutil.copytree(FIXTURES, tmp_path / "data")
+  (tmp_path / "data" / "relations.jsonl").rename(tmp_path / "data" / "TREx" / "relations.jsonl")
+  relations, _ = lama.discover(tmp_path / "data")
+  trex = {r.name: r.template for r in relations if r.source == "TREx"}
+  assert trex == {"P19": "[X] was born in [Y] .", "P36": "The capital of [X] is [Y] .",
+                  "P1412": None}
+  (tmp_path / "data" / "TREx" / "relations.jsonl").unlink()
+  with caplog.at_level(logging.WARNING):
+    relations, _ = lama.discover(tmp_path / "data")
+  assert [r.template for r in relations if r.source == "TREx"] == [None, None, None]
+  assert (f"No relations.jsonl beside {tmp_path / 'data' / 'TREx'}: T-REx template queries "
+          "cannot be built.") in caplog.text
