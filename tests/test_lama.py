@@ -1502,3 +1502,13 @@ def test_relations_jsonl_inside_trex_gives_the_templates_and_is_no_relation(tmp_
   assert [r.template for r in relations if r.source == "TREx"] == [None, None, None]
   assert (f"No relations.jsonl beside {tmp_path / 'data' / 'TREx'}: T-REx template queries "
           "cannot be built.") in caplog.text
+
+
+def test_template_lines_without_a_string_relation_are_counted_not_kept(tmp_path, caplog):
+  path = _write(tmp_path / "relations.jsonl", [
+      {"template": "[X] was born in [Y] ."},  # No relation id.
+      {"relation": 19, "template": "[X] was born in [Y] ."},  # Not a string.
+      {"relation": "P36", "template": "The capital of [X] is [Y] ."}])
+  with caplog.at_level(logging.WARNING):
+    assert lama.read_relation_templates(path) == {"P36": "The capital of [X] is [Y] ."}
+  assert "relations.jsonl: 2 line(s) without a usable relation and template" in caplog.text
