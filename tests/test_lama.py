@@ -1512,3 +1512,15 @@ def test_template_lines_without_a_string_relation_are_counted_not_kept(tmp_path,
   with caplog.at_level(logging.WARNING):
     assert lama.read_relation_templates(path) == {"P36": "The capital of [X] is [Y] ."}
   assert "relations.jsonl: 2 line(s) without a usable relation and template" in caplog.text
+
+
+def test_a_model_length_that_leaves_no_room_between_special_tokens_is_refused(bert_words):
+  """[CLS] and [SEP] fill a model of length 2: refused whatever the queries, even none."""
+  score = lama.RelationScore("Squad", "test")
+  for queries in ([lama.Query(0, "A fish can [MASK] .")], []):
+    with pytest.raises(ValueError, match=r"^Model length 2 leaves no room between its special "
+                                         r"tokens\.$"):
+      lama.encode_queries(queries, bert_words, 2, [score])
+  (encoded,) = lama.encode_queries([lama.Query(0, "[MASK]")], bert_words, 3, [score])
+  assert encoded.ids == [bert_words.tokenizer.cls_token_id, bert_words.mask_id,
+                         bert_words.tokenizer.sep_token_id]
