@@ -1645,3 +1645,56 @@ def test_statistics_workers_leave_ctrl_c_to_the_parent():
   corpus = chunks.as_corpus(docs)
   assert list(chunks.map_shards(_sigint_ignored, corpus, num_workers=2, num_shards=2)) == [
       True, True]
+
+
+def _hand_built_stats(directory, *, vocab=None, record_vocab=True, mask_prob=0.15):
+  """A statistics directory written by hand: nine tokens, four of them special; "new", "york" and
+  "##er" are in the PMI table, "city" is not, and "rare" is in it but seen once."""
+  directory.mkdir()
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "new", "york", "##er", "city", "rare"]
+  v = len(tokens)
+  artifacts.save_npy(directory / "unigram_counts.npy",
+                     np.array([0, 0, 0, 0, 10, 6, 2, 4, 1], np.int64))
+  artifacts.save_npy(directory / "rates.npy",
+                     np.array([0, 0, 0, 0, 0.1, 0.3, 0.2, 0.15, 0.5], np.float32))
+  (directory / "id_mask_prob.json").write_text("{}")
+  pairs = [(4, 5), (5, 6), (4, 8)]
+  rows = [a for a, b in pairs] + [b for a, b in pairs]
+  cols = [b for a, b in pairs] + [a for a, b in pairs]
+  artifacts.save_npz(directory / "pmi.npz",
+                     sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(v, v)))
+  artifacts.save_json(directory / "pmi_ngrams.json", [[4, 5], [7, 6]])
+  artifacts.save_json(directory / "pmi_bigrams.json", [[4, 5]])
+  (directory / artifacts.VOCAB).write_text("".join(f"{t}\n" for t in (vocab or tokens)),
+                                           encoding="utf-8")
+  meta = {"format_version": artifacts.FORMAT_VERSION, "vocab_size": v, "files": {},
+          "corpus_fingerprint": "corpus-1", "tokenizer_fingerprint": "tok-1",
+          "special_ids": {"pad": 0, "unk": 1, "cls": 2, "sep": 3},
+          "params": {"mask_prob": mask_prob, "min_count": 2, "drop_top_k": 1},
+          "counts": {"pmi_vocab_size": 4, "ngrams_per_length": {"2": 2}}}
+  names = [n for stage in artifacts.STAGES for n in artifacts.STAGE_FILES[stage]]
+  for name in names + ([artifacts.VOCAB] if record_vocab else []):
+    artifacts.record_file(directory, meta, name)
+  artifacts.write_meta(directory, meta)
+  return directory
+
+
+def test_summary_lines_of_a_hand_built_directory(tmp_path):
+  """The figures of the summary, worked out by hand: tokens seen at least params.min_count times
+  are listed (the rare one is not), the lowest rates lowest first, the share of occurrences
+  outside the PMI table, n-grams joined into words, and the PMI vocabulary's end counted after
+  the drop_top_k dropped tokens."""
+  from informask_jax.stats import report
+
+  text, numbers = report.summarize(_hand_built_stats(tmp_path / "stats"))
+  lines = text.splitlines()
+  assert ("tokens outside the PMI table: 1 (17.4% of occurrences), mean rate 0.1500"
+          in lines)
+  assert ("rate over PMI-table tokens seen >= 2 times: min 0.1000  median 0.2000  max 0.3000"
+          in lines)
+  assert "10 most frequent: new 0.100, york 0.300, city 0.150, ##er 0.200, rare 0.500" in lines
+  assert "highest rates: york 0.300, ##er 0.200, new 0.100" in lines
+  assert "lowest rates: new 0.100, ##er 0.200, york 0.300" in lines
+  assert "top n-grams: new york | cityer" in lines
+  assert numbers["ranked"].tolist() == [5, 6, 4] and numbers["min_count"] == 2
+  assert numbers["pmi_end"] == 5
