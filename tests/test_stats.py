@@ -1698,3 +1698,16 @@ def test_summary_lines_of_a_hand_built_directory(tmp_path):
   assert "top n-grams: new york | cityer" in lines
   assert numbers["ranked"].tolist() == [5, 6, 4] and numbers["min_count"] == 2
   assert numbers["pmi_end"] == 5
+
+
+def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_path):
+  """vocab.txt names the tokens only when it matches the checksum meta.json records for it."""
+  from informask_jax.stats import report
+
+  unrecorded = _hand_built_stats(tmp_path / "unrecorded", record_vocab=False)
+  altered = _hand_built_stats(tmp_path / "altered")
+  (altered / artifacts.VOCAB).write_text("".join(f"t{i}\n" for i in range(9)), encoding="utf-8")
+  for directory in (unrecorded, altered):
+    text, numbers = report.summarize(directory)
+    assert numbers["names"] == [f"#{i}" for i in range(9)], directory
+    assert "highest rates: #5 0.300, #6 0.200, #4 0.100" in text.splitlines(), directory
