@@ -1711,3 +1711,13 @@ def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_p
     text, numbers = report.summarize(directory)
     assert numbers["names"] == [f"#{i}" for i in range(9)], directory
     assert "highest rates: #5 0.300, #6 0.200, #4 0.100" in text.splitlines(), directory
+
+
+def test_report_refuses_a_mask_prob_that_is_a_boolean(tmp_path):
+  """JSON true is no masking probability, though Python counts a bool as an int."""
+  from informask_jax.stats import report
+
+  directory = _hand_built_stats(tmp_path / "stats", mask_prob=True)
+  with pytest.raises(artifacts.CorruptArtifactError,
+                     match=r"meta.json lacks a number params.mask_prob; delete the directory"):
+    report.summarize(directory)
