@@ -1721,3 +1721,16 @@ def test_report_refuses_a_mask_prob_that_is_a_boolean(tmp_path):
   with pytest.raises(artifacts.CorruptArtifactError,
                      match=r"meta.json lacks a number params.mask_prob; delete the directory"):
     report.summarize(directory)
+
+
+def test_a_second_report_in_the_statistics_directory_replaces_the_first(tmp_path):
+  """report.png and report.txt are the report's own files, written again without --out; other
+  files of the directory are not overwritten."""
+  from informask_jax.stats import report
+
+  directory = _hand_built_stats(tmp_path / "stats")
+  png, first = report.write_report(directory)
+  (directory / "report.txt").write_text("an earlier summary\n")
+  assert report.write_report(directory) == (png, first)
+  assert png == directory / "report.png"
+  assert (directory / "report.txt").read_text(encoding="utf-8") == first + "\n"
