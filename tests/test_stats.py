@@ -1489,6 +1489,7 @@ def _written_meta(directory, **fields):
     ({"counts": "oops"}, r"'counts' is str 'oops', expected an object"),
     ({"files": {"rates.npy": "x"}}, r"'files'\['rates.npy'\] is str 'x', expected an object"),
     ({"vocab_size": "5"}, r"'vocab_size' is str '5', expected an integer"),
+    ({"vocab_size": True}, r"'vocab_size' is bool True, expected an integer"),
     ({"special_ids": {"pad": "0"}}, r"'special_ids'\['pad'\] is str '0', expected an integer"),
 ])
 def test_meta_json_of_the_wrong_structure_is_a_corrupt_artifact(tmp_path, fields, match):
