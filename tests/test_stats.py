@@ -1735,3 +1735,13 @@ def test_a_second_report_in_the_statistics_directory_replaces_the_first(tmp_path
   assert report.write_report(directory) == (png, first)
   assert png == directory / "report.png"
   assert (directory / "report.txt").read_text(encoding="utf-8") == first + "\n"
+
+
+def test_only_a_statistics_meta_json_ties_a_table_to_a_tokenizer(tmp_path):
+  """A meta.json without the checksum table is some other tool's file: a table beside it is not
+  checked against the tokenizer fingerprint it happens to hold."""
+  (tmp_path / "meta.json").write_text(json.dumps({"tokenizer_fingerprint": "tok-A"}))
+  stats.check_table_tokenizer(str(tmp_path / "rates.npy"), "tok-B", "masking.rates_path")
+  (tmp_path / "meta.json").write_text(json.dumps({"tokenizer_fingerprint": "tok-A", "files": {}}))
+  with pytest.raises(stats.TokenizerMismatchError, match=r"built for tokenizer tok-A"):
+    stats.check_table_tokenizer(str(tmp_path / "rates.npy"), "tok-B", "masking.rates_path")
