@@ -1745,3 +1745,16 @@ def test_only_a_statistics_meta_json_ties_a_table_to_a_tokenizer(tmp_path):
   (tmp_path / "meta.json").write_text(json.dumps({"tokenizer_fingerprint": "tok-A", "files": {}}))
   with pytest.raises(stats.TokenizerMismatchError, match=r"built for tokenizer tok-A"):
     stats.check_table_tokenizer(str(tmp_path / "rates.npy"), "tok-B", "masking.rates_path")
+
+
+def test_a_stage_counts_as_built_only_when_meta_json_records_all_its_files(tmp_path):
+  """rates.npy recorded without id_mask_prob.json: the rates stage is not built, so nothing of it
+  is loaded or checked; asked for by name, it is unusable."""
+  directory = _hand_built_stats(tmp_path / "stats")
+  meta = artifacts.read_meta(directory)
+  del meta["files"]["id_mask_prob.json"]
+  artifacts.write_meta(directory, meta)
+  a = stats.load_artifacts(directory, tokenizer_fingerprint=None, vocab_size=None)
+  assert a.rates is None and a.unigram_counts is not None and a.pmi is not None
+  with pytest.raises(artifacts.CorruptArtifactError, match=r"id_mask_prob.json: not built"):
+    stats.load_artifacts(directory, tokenizer_fingerprint=None, vocab_size=None, need=["rates"])
