@@ -1758,3 +1758,17 @@ def test_a_stage_counts_as_built_only_when_meta_json_records_all_its_files(tmp_p
   assert a.rates is None and a.unigram_counts is not None and a.pmi is not None
   with pytest.raises(artifacts.CorruptArtifactError, match=r"id_mask_prob.json: not built"):
     stats.load_artifacts(directory, tokenizer_fingerprint=None, vocab_size=None, need=["rates"])
+
+
+def test_a_chunk_closes_at_the_document_that_reaches_max_tokens():
+  """Documents that fill max_tokens exactly make a chunk of their own, in memory and from a
+  dataset alike; the next document starts the next chunk."""
+  import datasets
+
+  docs = [[20, 21], [22, 23], [24, 25]]
+  ds = datasets.Dataset.from_dict({"input_ids": docs, "sentence_ids": [[0, 0]] * 3})
+  in_memory = [(np.asarray(d, np.int32), np.zeros(2, np.int32)) for d in docs]
+  for corpus in (chunks.as_corpus(ds), chunks.as_corpus(in_memory)):
+    got = list(corpus.chunks(0, 3, 4))
+    assert [c.token_ids.tolist() for c in got] == [[20, 21, 22, 23], [24, 25]], corpus
+    assert [c.doc_offsets.tolist() for c in got] == [[0, 2, 4], [0, 2]], corpus
