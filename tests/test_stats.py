@@ -1772,3 +1772,23 @@ def test_a_chunk_closes_at_the_document_that_reaches_max_tokens():
     got = list(corpus.chunks(0, 3, 4))
     assert [c.token_ids.tolist() for c in got] == [[20, 21, 22, 23], [24, 25]], corpus
     assert [c.doc_offsets.tolist() for c in got] == [[0, 2, 4], [0, 2]], corpus
+
+
+def test_shards_cover_the_documents_and_are_sized_from_the_token_estimate():
+  """No shard is empty (an empty corpus has none), and the estimate that sizes them is exact
+  for documents in memory and the mean length times the documents for a dataset."""
+  import datasets
+
+  assert chunks.shard_ranges(0, 4) == []
+  assert chunks.shard_ranges(5, 2) == [(0, 2), (2, 5)]
+  assert chunks.shard_ranges(3, 8) == [(0, 1), (1, 2), (2, 3)]
+  calls = list(chunks.map_shards(lambda corpus, a, b: (a, b), chunks.as_corpus([]),
+                                 num_workers=1, num_shards=4))
+  assert calls == []
+  docs = [[20, 21, 22], [23], [24, 25]]
+  in_memory = [(np.asarray(d, np.int32), np.zeros(len(d), np.int32)) for d in docs]
+  assert chunks.estimate_tokens(chunks.as_corpus(in_memory)) == 6
+  ds = datasets.Dataset.from_dict({"input_ids": docs + [[26, 27]],
+                                   "sentence_ids": [[0] * len(d) for d in docs] + [[0, 0]]})
+  assert chunks.estimate_tokens(chunks.as_corpus(ds)) == 8
+  assert chunks.estimate_tokens(object()) == 0
