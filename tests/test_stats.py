@@ -1792,3 +1792,15 @@ def test_shards_cover_the_documents_and_are_sized_from_the_token_estimate():
                                    "sentence_ids": [[0] * len(d) for d in docs] + [[0, 0]]})
   assert chunks.estimate_tokens(chunks.as_corpus(ds)) == 8
   assert chunks.estimate_tokens(object()) == 0
+
+
+def test_a_dataset_without_a_token_or_sentence_column_is_refused_naming_it():
+  import datasets
+
+  ds = datasets.Dataset.from_dict({"input_ids": [[20, 21]], "text": ["a b"]})
+  with pytest.raises(ValueError, match=r"^The tokenized corpus has no column 'sentence_ids' "
+                                       r"\(columns: \['input_ids', 'text'\]\)\.$"):
+    chunks.as_corpus(ds)
+  ds = datasets.Dataset.from_dict({"sentence_ids": [[0, 0]]})
+  with pytest.raises(ValueError, match=r"no column 'input_ids'"):
+    chunks.as_corpus(ds)
