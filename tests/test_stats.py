@@ -1804,3 +1804,22 @@ def test_a_dataset_without_a_token_or_sentence_column_is_refused_naming_it():
   ds = datasets.Dataset.from_dict({"sentence_ids": [[0, 0]]})
   with pytest.raises(ValueError, match=r"no column 'input_ids'"):
     chunks.as_corpus(ds)
+
+
+def test_bigram_ties_are_ranked_by_the_second_token_then_the_first():
+  """Pairs of equal PMI and count come in a fixed order, (second id, first id), so the table's
+  cut at its size keeps the same pairs on every run and shard layout."""
+  v = 10
+  pairs = [(1, 7), (2, 3), (4, 3), (6, 5)]
+  keys = np.array(sorted(a * v + b for a, b in pairs), np.uint64)
+  counts = ngrams.NgramCounts(
+      keys=np.zeros(0, np.uint64), counts=np.zeros(0, np.int64), positions=np.zeros(6, np.int64),
+      pair_keys=keys, pair_counts=np.array([2, 2, 2, 2], np.int64),
+      token_counts=np.array([0, 2, 2, 4, 2, 2, 2, 2, 0, 0], np.int64), num_adjacent=8,
+      min_count=1)
+  table, pmi = ngrams.bigram_table(counts, vocab_size=v, size=10)
+  # One PMI for all but the pairs ending in the twice as frequent token 3, which rank below.
+  assert table.tolist() == [[6, 5], [1, 7], [2, 3], [4, 3]]
+  assert pmi[0] == pmi[1] > pmi[2] == pmi[3]
+  assert ngrams.bigram_table(counts, vocab_size=v, size=3)[0].tolist() == [[6, 5], [1, 7],
+                                                                           [2, 3]]
