@@ -1219,6 +1219,7 @@ def test_show_cli_says_when_a_text_is_too_short_for_any_target(capsys):
 @pytest.mark.parametrize("flags,message", [
     (["--seed", "-1"], r"--seed must be in \[0, 2\*\*31\), got -1"),
     (["--seed", str(2**32)], r"--seed must be in \[0, 2\*\*31\), got 4294967296"),
+    (["--seed", str(2**31)], r"--seed must be in \[0, 2\*\*31\), got 2147483648"),
     (["--samples", "0"], r"--samples must be in \[1, 1000\], got 0"),
     (["--samples", str(10**12)], r"--samples must be in \[1, 1000\]"),
 ])
