@@ -2041,3 +2041,16 @@ def test_show_reads_a_statistics_directory_of_a_cased_vocabulary(tmp_path, capsy
                                        r"otherwise .*; pass the run's tokenizer"):
     show.main(["--strategy", "informask", "--text", text, "--tokenizer", str(directory),
                "--stats", str(directory)])
+
+
+def test_show_stand_in_tables():
+  """Without corpus tables: the stand-in n-grams are the sentence's words taken two by two
+  (pieces kept with their word), and the stand-in rates grow with the token id, 0 on specials."""
+  from informask_jax.masking import show
+  continuation = np.zeros(40, bool)
+  continuation[[12, 13]] = True
+  assert show._stand_in_ngrams([10, 11, 12, 20, 21, 13, 22], continuation) == [
+      (10, 11, 12), (20, 21, 13)]  # The last word, 22, has no partner.
+  assert show._stand_in_ngrams([10], continuation) == []
+  rates = show._stand_in_rates(6, (0, 3))
+  assert rates.dtype == np.float32 and rates.tolist() == [0, 2, 3, 0, 5, 6]
