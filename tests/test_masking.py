@@ -2054,3 +2054,14 @@ def test_show_stand_in_tables():
   assert show._stand_in_ngrams([10], continuation) == []
   rates = show._stand_in_rates(6, (0, 3))
   assert rates.dtype == np.float32 and rates.tolist() == [0, 2, 3, 0, 5, 6]
+
+
+def test_show_html_escapes_the_text_around_the_targets():
+  from informask_jax.masking import show
+  tok = show.load_tokenizer()
+  ids = tok.convert_tokens_to_ids(["[CLS]", "a", "<", "b", ">", "&", "c", "[SEP]"])
+  result = {"input_ids": np.array(ids), "mask": np.zeros(len(ids), bool)}
+  assert show.render(tok, ids, result, colour="html") == "a &lt; b &gt; &amp; c"
+  result["mask"][6] = True
+  assert show.render(tok, ids, result, colour="html") == (
+      f'a &lt; b &gt; &amp; <span style="{show._CSS["keep"]}">c</span>')
