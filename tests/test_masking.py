@@ -2065,3 +2065,13 @@ def test_show_html_escapes_the_text_around_the_targets():
   result["mask"][6] = True
   assert show.render(tok, ids, result, colour="html") == (
       f'a &lt; b &gt; &amp; <span style="{show._CSS["keep"]}">c</span>')
+
+
+def test_show_legend_explains_escaped_brackets_only_when_a_row_has_them(capsys):
+  from informask_jax.masking import show
+  note = "\\[ \\] \\{ \\} are the text's own or a token's"
+  for text, explained in (("The [SEP] token ends a sentence of words here.", True),
+                          ("The token ends a sentence of plain words here.", False)):
+    show.main(["--strategy", "random", "--text", text, "--samples", "1", "--no-colour"])
+    out = capsys.readouterr().out
+    assert (note in out) == explained, out
