@@ -2075,3 +2075,14 @@ def test_show_legend_explains_escaped_brackets_only_when_a_row_has_them(capsys):
     show.main(["--strategy", "random", "--text", text, "--samples", "1", "--no-colour"])
     out = capsys.readouterr().out
     assert (note in out) == explained, out
+
+
+def test_show_header_says_when_the_text_is_cut_to_a_sequence(capsys):
+  """510 pieces fill a sequence with [CLS] and [SEP]; from 511 on the header names the cut."""
+  from informask_jax.masking import show
+  text = " ".join(["Mount Everest is high."] * 102)  # 5 pieces each.
+  for extra, header in (("", "510 tokens; "),
+                        (" x", "510 tokens (the first of 511: a sequence holds 512 with [CLS] "
+                               "and [SEP]); ")):
+    show.main(["--strategy", "random", "--text", text + extra, "--samples", "1", "--no-colour"])
+    assert header in capsys.readouterr().out, extra
