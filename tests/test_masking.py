@@ -2086,3 +2086,15 @@ def test_show_header_says_when_the_text_is_cut_to_a_sequence(capsys):
                                "and [SEP]); ")):
     show.main(["--strategy", "random", "--text", text + extra, "--samples", "1", "--no-colour"])
     assert header in capsys.readouterr().out, extra
+
+
+def test_show_draws_each_strategy_with_its_own_key(capsys, monkeypatch):
+  """The seed is folded with the strategy's place: one masker listed twice shows other draws."""
+  from informask_jax.masking import show
+  build = show.build_maskers
+  monkeypatch.setattr(show, "build_maskers", lambda *args: build(*args) * 2)
+  text = "Mount Everest is the highest mountain on Earth above sea level."
+  show.main(["--strategy", "random", "--text", text, "--samples", "4", "--no-colour"])
+  blocks = capsys.readouterr().out.split("\nrandom\n")[1:]
+  assert len(blocks) == 2 and all(block.count("\n  ") == 3 for block in blocks), blocks
+  assert blocks[0].strip() != blocks[1].strip()
