@@ -1305,6 +1305,14 @@ def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):
              "--stats", str(directory)])
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
   assert len(rows) == 4 and all("[earth" in row for row in rows), rows
+  # A table given by its own flag is used instead of the directory's.
+  own = rates.copy()
+  own[tok.convert_tokens_to_ids(["earth", "mountain"])] = [1e-6, 1.0]
+  np.save(tmp_path / "own.npy", own)
+  show.main(["--strategy", "informask", "--text", text, "--samples", "4", "--no-colour",
+             "--stats", str(directory), "--rates", str(tmp_path / "own.npy")])
+  rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert len(rows) == 4 and all("[mountain" in row for row in rows), rows
   artifacts.write_meta(directory, {**meta, "tokenizer_fingerprint": "another"})
   with pytest.raises(SystemExit, match=r"--stats .* built with another tokenizer .*--tokenizer"):
     show.main(["--strategy", "informask", "--text", text, "--stats", str(directory)])
