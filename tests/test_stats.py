@@ -1023,7 +1023,10 @@ def test_cli_errors_name_the_command_not_the_file():
                           "--config.train.num_step: "),
                          ([], "python -m informask_jax.stats: error: no command given"),
                          (["biuld"], "error: unknown command 'biuld'; did you mean 'build'?"),
-                         (["build"], "error: build needs --config, e.g. --config configs/")):
+                         (["build"], "error: build needs --config, e.g. --config configs/"),
+                         (["build", "extra"], "error: build takes no positional arguments, got "
+                                              "['extra']"),
+                         (["report"], "error: report takes one directory, got none")):
     proc = subprocess.run([sys.executable, "-m", "informask_jax.stats", *args],
                           capture_output=True, text=True, timeout=120,
                           cwd=pathlib.Path(__file__).parent.parent,
