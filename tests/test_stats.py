@@ -1826,3 +1826,22 @@ def test_bigram_ties_are_ranked_by_the_second_token_then_the_first():
   assert pmi[0] == pmi[1] > pmi[2] == pmi[3]
   assert ngrams.bigram_table(counts, vocab_size=v, size=3)[0].tolist() == [[6, 5], [1, 7],
                                                                            [2, 3]]
+
+
+def test_spills_absorbed_from_shards_are_merged_past_the_spill_limit(tmp_path):
+  """The parent's spill files stay fewer than _MAX_SPILLS however many shards spilled (the disk
+  holds about the distinct keys, not the corpus), and the counts stay exact."""
+  limit = ngrams.KeyCounter._MAX_SPILLS
+  parent = ngrams.KeyCounter(memory_cap_mb=64, spill_dir=str(tmp_path))
+  want = collections.Counter()
+  for i in range(limit + 3):
+    shard = ngrams.KeyCounter(memory_cap_mb=64, spill_dir=str(tmp_path))
+    keys = np.arange(i, i + 50, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    shard.add(keys)
+    shard.spill()
+    want.update(keys.tolist())
+    parent.absorb(shard)
+    assert len(parent.spills) < limit, i
+  assert len(list(tmp_path.iterdir())) < limit * 2 * ngrams.KeyCounter._PARTITIONS
+  keys, counts = parent.result()
+  assert dict(zip(keys.tolist(), counts.tolist(), strict=True)) == dict(want)
