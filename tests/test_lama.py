@@ -1524,3 +1524,16 @@ def test_a_model_length_that_leaves_no_room_between_special_tokens_is_refused(be
   (encoded,) = lama.encode_queries([lama.Query(0, "[MASK]")], bert_words, 3, [score])
   assert encoded.ids == [bert_words.tokenizer.cls_token_id, bert_words.mask_id,
                          bert_words.tokenizer.sep_token_id]
+
+
+def test_masked_sentences_that_are_not_all_strings_are_a_missing_field(bert_words, tmp_path):
+  path = _write(tmp_path / "test.jsonl", [
+      {"obj_label": "water", "masked_sentences": ["Fish need [MASK] .", 5]},
+      {"obj_label": "water", "masked_sentences": "Fish need [MASK] ."},
+      {"obj_label": "water", "masked_sentences": []},
+      {"obj_label": "water", "masked_sentences": ["Fish need [MASK] ."]}])
+  rel = lama.RelationFile("Squad", "test", path)
+  score = lama.RelationScore("Squad", "test")
+  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  assert [q.text for q in queries] == ["Fish need [MASK] ."]
+  assert score.skipped == {"missing_field": 3}
