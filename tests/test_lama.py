@@ -1537,3 +1537,12 @@ def test_masked_sentences_that_are_not_all_strings_are_a_missing_field(bert_word
   queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
   assert [q.text for q in queries] == ["Fish need [MASK] ."]
   assert score.skipped == {"missing_field": 3}
+
+
+def test_informask_gold_alternatives_leave_out_empty_ones(bert_words, tmp_path):
+  path = _write(tmp_path / "test.jsonl", [
+      {"obj_label": "Hamburg, , Berlin,", "masked_sentences": ["Brahms was born in [MASK] ."]}])
+  rel = lama.RelationFile("Squad", "test", path)
+  (query,) = lama.informask_queries(0, rel, lama.read_records(path), bert_words,
+                                    lama.RelationScore("Squad", "test"))
+  assert query.gold_words == ("hamburg", "berlin")
