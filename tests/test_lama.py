@@ -1546,3 +1546,16 @@ def test_informask_gold_alternatives_leave_out_empty_ones(bert_words, tmp_path):
   (query,) = lama.informask_queries(0, rel, lama.read_records(path), bert_words,
                                     lama.RelationScore("Squad", "test"))
   assert query.gold_words == ("hamburg", "berlin")
+
+
+def test_sentence_pairs_take_token_types_only_where_the_model_reads_them():
+  """BERT's pair is typed 0 up to the first [SEP], then 1; DistilBERT shares the tokenizer but
+  takes no token types, so its pair is all 0."""
+  vocab = _vocab_file()
+  for tokenizer, second in ((transformers.BertTokenizer(vocab=vocab), 1),
+                            (transformers.DistilBertTokenizer(vocab=vocab), 0)):
+    words = lama.WordTable(tokenizer)
+    ids, types, lead, trail = words.with_special_tokens([2000, 2001], [2002])
+    assert ids == [tokenizer.cls_token_id, 2000, 2001, tokenizer.sep_token_id, 2002,
+                   tokenizer.sep_token_id]
+    assert types == [0, 0, 0, 0, second, second] and (lead, trail) == (1, 1)
