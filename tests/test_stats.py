@@ -1845,3 +1845,13 @@ def test_spills_absorbed_from_shards_are_merged_past_the_spill_limit(tmp_path):
   assert len(list(tmp_path.iterdir())) < limit * 2 * ngrams.KeyCounter._PARTITIONS
   keys, counts = parent.result()
   assert dict(zip(keys.tolist(), counts.tolist(), strict=True)) == dict(want)
+
+
+def test_a_meta_json_without_its_checksum_table_is_a_corrupt_artifact(tmp_path):
+  directory = tmp_path / "stats"
+  directory.mkdir()
+  (directory / "meta.json").write_text(json.dumps({"format_version": artifacts.FORMAT_VERSION,
+                                                   "vocab_size": 5}))
+  with pytest.raises(artifacts.CorruptArtifactError, match=r"meta.json lacks the 'files' "
+                                                           r"checksum table"):
+    artifacts.read_meta(directory)
