@@ -1855,3 +1855,10 @@ def test_a_meta_json_without_its_checksum_table_is_a_corrupt_artifact(tmp_path):
   with pytest.raises(artifacts.CorruptArtifactError, match=r"meta.json lacks the 'files' "
                                                            r"checksum table"):
     artifacts.read_meta(directory)
+
+
+def test_quotas_share_the_vocabulary_among_the_lengths_up_to_max_n():
+  assert ngrams.quotas(100, max_n=3) == {2: 67, 3: 33}
+  assert ngrams.quotas(100, max_n=2) == {2: 100}
+  with pytest.raises(ValueError, match=r"^stats.ngram_vocab_size must be > 0, got 0\.$"):
+    ngrams.assemble_vocab(None, 0)
