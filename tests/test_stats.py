@@ -1862,3 +1862,15 @@ def test_quotas_share_the_vocabulary_among_the_lengths_up_to_max_n():
   assert ngrams.quotas(100, max_n=2) == {2: 100}
   with pytest.raises(ValueError, match=r"^stats.ngram_vocab_size must be > 0, got 0\.$"):
     ngrams.assemble_vocab(None, 0)
+
+
+def test_a_summary_needs_the_rates_stage(tmp_path):
+  from informask_jax.stats import report
+
+  directory = _hand_built_stats(tmp_path / "stats")
+  meta = artifacts.read_meta(directory)
+  del meta["files"]["rates.npy"]
+  artifacts.write_meta(directory, meta)
+  with pytest.raises(ValueError, match=r"stats has no masking rates yet; build them with "
+                                       r"`python -m informask_jax.stats build"):
+    report.summarize(directory)
