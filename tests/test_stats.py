@@ -1874,3 +1874,23 @@ def test_a_summary_needs_the_rates_stage(tmp_path):
   with pytest.raises(ValueError, match=r"stats has no masking rates yet; build them with "
                                        r"`python -m informask_jax.stats build"):
     report.summarize(directory)
+
+
+def test_report_folds_missing_glyph_warnings_into_one_line_and_passes_others_on(caplog):
+  import warnings
+
+  from informask_jax.stats import report
+
+  def caught(message, category=UserWarning):
+    return warnings.WarningMessage(message, category, "figure.py", 1)
+
+  found = [caught("Glyph 19968 (\\N{CJK UNIFIED IDEOGRAPH-4E00}) missing from font(s) "
+                  "DejaVu Sans."),
+           caught("Glyph 19969 (\\N{CJK UNIFIED IDEOGRAPH-4E01}) missing from current font."),
+           caught("tight layout not applied", RuntimeWarning)]
+  with pytest.warns(RuntimeWarning, match="tight layout not applied") as passed, \
+      caplog.at_level(logging.WARNING):
+    report._warn_missing_glyphs(found, "r.png")
+  assert len(passed) == 1
+  assert ("2 characters of the token labels are not in DejaVu Sans, the current font and show "
+          "as boxes in r.png (e.g. \u4e00 \u4e01)") in caplog.text
