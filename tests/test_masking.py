@@ -2106,3 +2106,18 @@ def test_show_draws_each_strategy_with_its_own_key(capsys, monkeypatch):
   blocks = capsys.readouterr().out.split("\nrandom\n")[1:]
   assert len(blocks) == 2 and all(block.count("\n  ") == 3 for block in blocks), blocks
   assert blocks[0].strip() != blocks[1].strip()
+
+
+def test_show_default_text_is_the_first_sentence_of_the_article(tmp_path, monkeypatch):
+  from informask_jax.masking import show
+
+  class Distribution:
+    def locate_file(self, path):
+      return tmp_path / "summaries.json"
+
+  monkeypatch.setattr(show.importlib.metadata, "distribution", lambda name: Distribution())
+  (tmp_path / "summaries.json").write_text(json.dumps(
+      {show.DEFAULT_ARTICLE: {"extract": " Mount Everest is high. It is in Nepal. "}}))
+  assert show.default_text() == "Mount Everest is high."
+  (tmp_path / "summaries.json").write_text(json.dumps({"Another article": {"extract": "A."}}))
+  assert show.default_text() == show.FALLBACK_TEXT
