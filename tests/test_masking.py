@@ -2121,3 +2121,9 @@ def test_show_default_text_is_the_first_sentence_of_the_article(tmp_path, monkey
   assert show.default_text() == "Mount Everest is high."
   (tmp_path / "summaries.json").write_text(json.dumps({"Another article": {"extract": "A."}}))
   assert show.default_text() == show.FALLBACK_TEXT
+
+
+def test_show_encodes_a_text_without_pieces_as_cls_and_sep():
+  from informask_jax.masking import show
+  tok = show.load_tokenizer()
+  assert show.encode_text(tok, "\u200b") == ([tok.cls_token_id, tok.sep_token_id], [-1, -1], 0)
