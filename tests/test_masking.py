@@ -2127,3 +2127,25 @@ def test_show_encodes_a_text_without_pieces_as_cls_and_sep():
   from informask_jax.masking import show
   tok = show.load_tokenizer()
   assert show.encode_text(tok, "\u200b") == ([tok.cls_token_id, tok.sep_token_id], [-1, -1], 0)
+
+
+def test_show_pmi_span_takes_the_ngrams_of_a_statistics_directory(tmp_path, capsys):
+  from informask_jax import tokenization
+  from informask_jax.masking import show
+  from informask_jax.stats import artifacts
+  tok = show.load_tokenizer()
+  directory = tmp_path / "stats"
+  directory.mkdir()
+  artifacts.save_json(directory / "pmi_ngrams.json",
+                      [tok.convert_tokens_to_ids(["mount", "everest"])])
+  artifacts.save_json(directory / "pmi_bigrams.json", [])
+  meta = {"format_version": artifacts.FORMAT_VERSION, "vocab_size": len(tok), "files": {},
+          "tokenizer_fingerprint": tokenization.tokenizer_fingerprint(tok)}
+  for name in ("pmi_ngrams.json", "pmi_bigrams.json"):
+    artifacts.record_file(directory, meta, name)
+  artifacts.write_meta(directory, meta)
+  text = "Mount Everest is the highest mountain on Earth above sea level."
+  show.main(["--strategy", "pmi_span", "--text", text, "--samples", "2", "--no-colour",
+             "--stats", str(directory)])
+  out = capsys.readouterr().out
+  assert "\npmi_span\n" in out and "STAND-IN" not in out, out
