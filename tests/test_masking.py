@@ -2149,3 +2149,18 @@ def test_show_pmi_span_takes_the_ngrams_of_a_statistics_directory(tmp_path, caps
              "--stats", str(directory)])
   out = capsys.readouterr().out
   assert "\npmi_span\n" in out and "STAND-IN" not in out, out
+
+
+def test_show_uses_a_table_beside_a_meta_json_that_names_no_tokenizer(tmp_path, capsys):
+  """A meta.json of some other tool beside --rates is no statistics directory to check."""
+  from informask_jax.masking import show
+  tok = show.load_tokenizer()
+  rates = np.full(len(tok), 1e-6, np.float32)
+  rates[tok.convert_tokens_to_ids("earth")] = 1.0
+  np.save(tmp_path / "rates.npy", rates)
+  (tmp_path / "meta.json").write_text(json.dumps({"files": {}}))
+  show.main(["--strategy", "informask", "--text", "Mount Everest is the highest mountain on "
+             "Earth above sea level.", "--samples", "2", "--no-colour",
+             "--rates", str(tmp_path / "rates.npy")])
+  rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert len(rows) == 2 and all("[earth" in row for row in rows), rows
