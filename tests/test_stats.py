@@ -1651,14 +1651,15 @@ def test_statistics_workers_leave_ctrl_c_to_the_parent():
       True, True]
 
 
-def _hand_built_stats(directory, *, vocab=None, record_vocab=True, mask_prob=0.15):
+def _hand_built_stats(directory, *, vocab=None, record_vocab=True, mask_prob=0.15,
+                      counts=(0, 0, 0, 0, 10, 6, 2, 4, 1)):
   """A statistics directory written by hand: nine tokens, four of them special; "new", "york" and
   "##er" are in the PMI table, "city" is not, and "rare" is in it but seen once."""
   directory.mkdir()
   tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "new", "york", "##er", "city", "rare"]
   v = len(tokens)
   artifacts.save_npy(directory / "unigram_counts.npy",
-                     np.array([0, 0, 0, 0, 10, 6, 2, 4, 1], np.int64))
+                     np.array(counts, np.int64))
   artifacts.save_npy(directory / "rates.npy",
                      np.array([0, 0, 0, 0, 0.1, 0.3, 0.2, 0.15, 0.5], np.float32))
   (directory / "id_mask_prob.json").write_text("{}")
@@ -1894,3 +1895,16 @@ def test_report_folds_missing_glyph_warnings_into_one_line_and_passes_others_on(
   assert len(passed) == 1
   assert ("2 characters of the token labels are not in DejaVu Sans, the current font and show "
           "as boxes in r.png (e.g. \u4e00 \u4e01)") in caplog.text
+
+
+def test_summary_without_tokens_outside_the_pmi_table_has_no_mean_rate_for_them(tmp_path):
+  """No token outside the table (the unseen "city"): no fill rate to report, nor to write in the
+  legend of rates method 2."""
+  from informask_jax.stats import report
+
+  directory = _hand_built_stats(tmp_path / "stats", counts=(0, 0, 0, 0, 10, 6, 2, 0, 1))
+  text, numbers = report.summarize(directory)
+  assert ("tokens outside the PMI table: 0 (0.0% of occurrences), mean rate nan"
+          in text.splitlines())
+  assert report._pmi_end_label({"rates_method": 2}, float("nan")) == (
+      "end of the PMI vocabulary (no PMI beyond: the mean rate)")
