@@ -1908,3 +1908,16 @@ def test_summary_without_tokens_outside_the_pmi_table_has_no_mean_rate_for_them(
           in text.splitlines())
   assert report._pmi_end_label({"rates_method": 2}, float("nan")) == (
       "end of the PMI vocabulary (no PMI beyond: the mean rate)")
+
+
+def test_report_names_tokens_by_id_when_vocab_txt_has_a_line_too_many(tmp_path, caplog):
+  """A last line without its line break is a token too: vocab.txt then holds one more token than
+  the tables, and which one is extra cannot be told."""
+  from informask_jax.stats import report
+
+  meta = {"files": {}}
+  (tmp_path / artifacts.VOCAB).write_text("[PAD]\na\nb\nc", encoding="utf-8")
+  artifacts.record_file(tmp_path, meta, artifacts.VOCAB)
+  with caplog.at_level(logging.WARNING):
+    assert report._token_names(tmp_path, meta, 3) == ["#0", "#1", "#2"]
+  assert "the report names tokens by id" in caplog.text
