@@ -1920,4 +1920,5 @@ def test_report_names_tokens_by_id_when_vocab_txt_has_a_line_too_many(tmp_path, 
   artifacts.record_file(tmp_path, meta, artifacts.VOCAB)
   with caplog.at_level(logging.WARNING):
     assert report._token_names(tmp_path, meta, 3) == ["#0", "#1", "#2"]
-  assert "the report names tokens by id" in caplog.text
+  assert "holds 4 lines for 3 tokens (a token with a line break?): the report names tokens by " \
+         "id." in caplog.text

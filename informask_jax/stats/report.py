@@ -28,8 +28,9 @@ def _token_names(directory: pathlib.Path, meta: dict, vocab_size: int) -> list[s
     lines = path.read_text(encoding="utf-8").split("\n")
     if len(lines) == vocab_size + 1 and lines[-1] == "":
       return lines[:vocab_size]
+    held = len(lines) - (lines[-1] == "")  # A last line without its line break counts too.
     logging.warning("%s holds %d lines for %d tokens (a token with a line break?): the report "
-                    "names tokens by id.", path, len(lines) - 1, vocab_size)
+                    "names tokens by id.", path, held, vocab_size)
   return [f"#{i}" for i in range(vocab_size)]
 
 
