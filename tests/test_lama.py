@@ -972,8 +972,9 @@ def test_records_with_a_bom_are_read_and_undecodable_lines_are_counted(tmp_path,
   the run in the tokenizer's TypeError. The last two are not records, and are said."""
   path = tmp_path / "P36.jsonl"
   path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n' + '{"a": "M\u00e1laga"}\n'.encode("latin-1")
-                   + b'{"a": "Italy \\ud83d"}\n{"a": "\xc3\xa9"}\n')
-  assert list(lama.read_records(path)) == [{"a": 1}, None, None, {"a": "\u00e9"}]
+                   + b'{"a": "Italy \\ud83d"}\n{"a": "\xc3\xa9"}\n'
+                   + b'\xef\xbb\xbf{"a": 2}\n')  # The mark of a second file joined with cat.
+  assert list(lama.read_records(path)) == [{"a": 1}, None, None, {"a": "\u00e9"}, {"a": 2}]
   assert "P36.jsonl: 2 line(s) are not UTF-8 text or hold invalid Unicode escapes" in caplog.text
 
 

@@ -125,15 +125,16 @@ def _data_files(folder: pathlib.Path) -> list[pathlib.Path]:
 def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
   """JSON objects of a .jsonl file, None for each line that is not one; blank lines ignored.
 
-  A byte-order mark is tolerated. Lines that are not UTF-8 (a Latin-1 file would be asked with
-  U+FFFD in place of its accents), or whose strings are not valid Unicode (a lone surrogate
-  escape, "\\ud83d", which the tokenizer refuses), are not records: None, and counted in a warning.
+  A byte-order mark is tolerated at the start of any line: files saved with one and joined with
+  `cat` carry each file's mark to the start of a later line. Lines that are not UTF-8 (a Latin-1
+  file would be asked with U+FFFD in place of its accents), or whose strings are not valid
+  Unicode (a lone surrogate escape, "\\ud83d", which the tokenizer refuses), are not records:
+  None, and counted in a warning.
   """
   count, undecodable = 0, 0
   with open(path, "rb") as f:
-    for number, raw in enumerate(f):
-      if number == 0:
-        raw = raw.removeprefix(b"\xef\xbb\xbf")
+    for raw in f:
+      raw = raw.removeprefix(b"\xef\xbb\xbf")
       if not raw.strip():
         continue
       if limit and count >= limit:
