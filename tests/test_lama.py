@@ -966,6 +966,13 @@ def _write(path, records):
   return path
 
 
+def _lama_queries(path, source, relation, words, template=None):
+  """The LAMA protocol's queries of one file of facts, and its score (what it skipped)."""
+  rel = lama.RelationFile(source, relation, path, template)
+  score = lama.RelationScore(source, relation)
+  return lama.lama_queries(0, rel, lama.read_records(path), words, None, False, score), score
+
+
 def test_records_with_a_bom_are_read_and_undecodable_lines_are_counted(tmp_path, caplog):
   """A byte-order mark lost the first line (a relations.jsonl lost its first relation); a
   Latin-1 line was asked with U+FFFD for its accents; a lone surrogate escape, valid JSON, ended
@@ -988,9 +995,7 @@ def test_duplicate_facts_are_subject_object_pairs(bert_words, tmp_path):
       {"sub_label": "Dante Alighieri", "obj_label": "Florence"},  # A duplicate.
       {"sub_label": "Dante Alighieri ", "obj_label": "Florence "},  # The same query and gold.
   ])
-  rel = lama.RelationFile("TREx", "P19", path, "[X] was born in [Y] .")
-  score = lama.RelationScore("TREx", "P19")
-  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  queries, score = _lama_queries(path, "TREx", "P19", bert_words, "[X] was born in [Y] .")
   assert [q.text for q in queries] == ["Dante Alighieri was born in [MASK] .",
                                        "Giotto was born in [MASK] .",
                                        "Dante Alighieri was born in [MASK] ."]
@@ -1008,9 +1013,7 @@ def test_masked_sentences_of_exactly_100_words_are_kept(bert_words, tmp_path):
   path = _write(tmp_path / "test.jsonl", [
       {"obj_label": "water", "masked_sentences": [sentence(100)]},
       {"obj_label": "water", "masked_sentences": [sentence(101)]}])
-  rel = lama.RelationFile("Squad", "test", path)
-  score = lama.RelationScore("Squad", "test")
-  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  queries, score = _lama_queries(path, "Squad", "test", bert_words)
   assert [len(q.text.split()) for q in queries] == [100]
   assert score.skipped == {"too_long": 1}
 
@@ -1201,9 +1204,8 @@ def test_google_re_judgments_other_than_yes_count_against(bert_words, tmp_path):
           {"judgment": "yes"}, {"judgment": "unsure"}, {"judgment": "unsure"}]},
       {"sub_label": "B", "obj_label": "Rome", "judgments": [
           {"judgment": "yes"}, {"judgment": "unsure"}]}])  # A tie: kept.
-  rel = lama.RelationFile("Google_RE", "place_of_birth", path, "[X] was born in [Y] .")
-  score = lama.RelationScore("Google_RE", "place_of_birth")
-  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  queries, score = _lama_queries(path, "Google_RE", "place_of_birth", bert_words,
+                                 "[X] was born in [Y] .")
   assert [q.text for q in queries] == ["B was born in [MASK] ."]
   assert score.skipped == {"negative_judgments": 1}
 
@@ -1213,9 +1215,7 @@ def test_template_subjects_are_stripped_and_blank_objects_are_missing(bert_words
       {"sub_label": "  Dante Alighieri ", "obj_label": "Florence"},
       {"sub_label": "Giotto", "obj_label": "  "},  # No object: a missing field, not a word.
       {"sub_label": " ", "obj_label": "Rome"}])
-  rel = lama.RelationFile("TREx", "P19", path, "[X] was born in [Y] .")
-  score = lama.RelationScore("TREx", "P19")
-  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  queries, score = _lama_queries(path, "TREx", "P19", bert_words, "[X] was born in [Y] .")
   assert [q.text for q in queries] == ["Dante Alighieri was born in [MASK] ."]
   assert score.skipped == {"missing_field": 2}
 
@@ -1533,9 +1533,7 @@ def test_masked_sentences_that_are_not_all_strings_are_a_missing_field(bert_word
       {"obj_label": "water", "masked_sentences": "Fish need [MASK] ."},
       {"obj_label": "water", "masked_sentences": []},
       {"obj_label": "water", "masked_sentences": ["Fish need [MASK] ."]}])
-  rel = lama.RelationFile("Squad", "test", path)
-  score = lama.RelationScore("Squad", "test")
-  queries = lama.lama_queries(0, rel, lama.read_records(path), bert_words, None, False, score)
+  queries, score = _lama_queries(path, "Squad", "test", bert_words)
   assert [q.text for q in queries] == ["Fish need [MASK] ."]
   assert score.skipped == {"missing_field": 3}
 
