@@ -942,6 +942,30 @@ def test_check_config_bounds(tmp_path):
     data.check_config(_tiny_config(tmp_path, cache_dir=str(tmp_path / "a_file")))
 
 
+def test_num_proc_above_the_usable_cpus_is_warned_before_the_corpus_is_read(tmp_path, monkeypatch,
+                                                                          caplog):
+  """More workers than CPUs is legal (the run goes on) but only costs memory: said once, with
+  the CPUs counted from this process's affinity (a container's share), before any reading."""
+  monkeypatch.setattr(data.pipeline.os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+  assert data.pipeline._usable_cpus() == 2
+
+  class Stop(Exception):
+    pass
+
+  def stop(*args, **kwargs):
+    raise Stop
+  monkeypatch.setattr(data.pipeline.corpus_lib, "load_corpus", stop)
+  for num_proc, warned in ((2, False), (3, True)):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.raises(Stop):
+      data.build_input_pipeline(_tiny_config(tmp_path, num_proc=num_proc))
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    expected = ["config.data.num_proc=3 is more than the 2 CPUs this process may use: the worker "
+                "processes take turns on them, no faster than --config.data.num_proc=2 and with "
+                "more memory."]
+    assert messages == (expected if warned else []), num_proc
+
+
 def test_an_empty_or_tiny_stream_is_named_before_a_tokenizer_is_trained(tmp_path, monkeypatch):
   """An empty stream is an empty corpus (not a missing validation document), and a stream too
   small to hold a document out says what to change; both before the tokenizer reads the stream."""

@@ -115,6 +115,21 @@ def check_config(config):
     tokenization.check_name_or_path(config.tokenizer)
 
 
+def _usable_cpus() -> int:
+  # The CPUs this process may run on: a container's or a job scheduler's share, not the host's.
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def _warn_num_proc_above_cpus(num_proc: int) -> None:
+  cpus = _usable_cpus()
+  if num_proc > cpus:  # Each worker holds a copy of the tokenizer and of its share of the rows.
+    log.warning("config.data.num_proc=%d is more than the %d CPUs this process may use: the "
+                "worker processes take turns on them, no faster than "
+                "--config.data.num_proc=%d and with more memory.", num_proc, cpus, cpus)
+
+
 def _packed_summary(name, packed, special_ids):
   tokens = packed["token_ids"]
   pad = float(np.mean(tokens == special_ids.pad)) if tokens.size else 0.0
@@ -210,6 +225,7 @@ def build_input_pipeline(config, check_tokenizer=None):
   check_config(config)
   start = time.time()
   data = config.data
+  _warn_num_proc_above_cpus(data.get("num_proc", 1))
   cache_dir = paths.cache_dir(data.cache_dir)
   log.info("Input pipeline: %d source(s) %s; seq_len=%d, packing=%s, cache %s.",
            len(data.sources), _source_names(data), data.seq_len,
