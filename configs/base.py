@@ -75,6 +75,7 @@ def get_base_config(arg=None, strategy="informask"):
   # Worker processes for loading, cleaning and tokenizing a large corpus (50,000+ documents) and
   # for counting its statistics; a small corpus is handled in one process. Workers are spawned,
   # not forked (JAX's threads are running by then), and each pays a few seconds of imports.
+  # More than the CPUs the process may use is warned (the extra workers only add memory).
   c.data.num_proc = 2 if tiny else 8
   # Use only the first N documents (-1: all), for quick experiments. A streaming source's length
   # is unknown ahead, so each streaming source is cut at N on its own.
