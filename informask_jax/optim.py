@@ -15,16 +15,22 @@ _DECAYED_LEAVES = ("kernel", "embedding")
 SCHEDULES = ("linear", "cosine")
 # Step counts live in int32 on device (optax's schedule count, the train state's step).
 MAX_STEPS = 2**31 - 1
-# float32's smallest normal number. A positive epsilon below it is 0 on the device (XLA:CPU
-# flushes subnormals), which the plain > 0 bound let through.
+# float32's smallest normal number. A positive epsilon, learning rate or clip norm below it is 0
+# on the device (XLA:CPU flushes subnormals), which the plain > 0 bounds let through: a learning
+# rate of 1e-39 gave zero updates, a clip norm of 1e-39 zeroed every gradient, and the run went
+# on as if it trained.
 FLOAT32_TINY = float(jnp.finfo(jnp.float32).tiny)
 
 
 def check_config(o) -> None:
   """Rejects bad `config.optim` values, naming the key, before anything is built."""
   finite = math.isfinite  # inf passed the >= checks and left NaN parameters, every step skipped.
-  checks = (("learning_rate", finite(o.learning_rate) and o.learning_rate > 0,
-             "must be a finite number > 0"),
+  def representable(x):  # A finite float32 the device does not flush to 0.
+    return finite(x) and x >= FLOAT32_TINY
+
+  normal = f"{FLOAT32_TINY:.2g} (float32's smallest normal; the device computes a smaller one as 0)"
+  checks = (("learning_rate", representable(o.learning_rate),
+             f"must be a finite number >= {normal}"),
             ("warmup_steps", 0 <= o.warmup_steps <= MAX_STEPS, "must be in [0, 2**31)"),
             ("weight_decay", finite(o.weight_decay) and o.weight_decay >= 0,
              "must be a finite number >= 0"),
@@ -32,11 +38,10 @@ def check_config(o) -> None:
             # An eps of 0 in float32 makes m / (sqrt(v) + eps) = 0 / 0 = NaN for every parameter
             # with a zero gradient (embedding rows of tokens absent from the batch), in a step
             # whose gradients are finite, so it is not skipped.
-            ("eps", finite(o.eps) and o.eps >= FLOAT32_TINY,
-             f"must be a finite number >= {FLOAT32_TINY:.2g} (float32's smallest normal; the "
-             "device computes a smaller one as 0)"),
-            ("grad_clip_norm", finite(o.grad_clip_norm) and o.grad_clip_norm >= 0,
-             "must be a finite number >= 0 (0 disables clipping)"),
+            ("eps", representable(o.eps), f"must be a finite number >= {normal}"),
+            ("grad_clip_norm",
+             o.grad_clip_norm == 0 or representable(o.grad_clip_norm),
+             f"must be 0 (no clipping) or a finite number >= {normal}"),
             ("grad_accum_steps", o.grad_accum_steps >= 1, "must be >= 1"),
             ("schedule", o.schedule in SCHEDULES, f"must be one of {SCHEDULES}"))
   for key, ok, rule in checks:

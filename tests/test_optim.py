@@ -122,7 +122,10 @@ def test_apply_update_matches_optax_chain(clip):
     ("b1", float("nan"), 0.9), ("warmup_steps", 2**31, 2**31 - 1),
     # A float32 subnormal eps is 0 on XLA:CPU (subnormals flushed): the bound is the smallest
     # normal, not > 0.
-    ("eps", 1e-39, optim.FLOAT32_TINY)])
+    ("eps", 1e-39, optim.FLOAT32_TINY),
+    # The same for the learning rate (updates of 0) and a positive clip norm (gradients of 0).
+    ("learning_rate", 1e-39, optim.FLOAT32_TINY), ("grad_clip_norm", 1e-39, optim.FLOAT32_TINY),
+    ("grad_clip_norm", -1e-39, 0.0)])
 def test_check_config_bounds_are_where_adamw_breaks(key, bad, good):
   """Each bound at its edge: b = 1 never forgets (and divides by zero in the bias correction),
   eps = 0 divides by zero; grad_clip_norm = 0 is allowed (it turns clipping off)."""
