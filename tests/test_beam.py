@@ -361,6 +361,25 @@ def test_flags_and_config_the_pipeline_refuses(tmp_path):
     bp._text_field(config)
 
 
+def test_files_keep_the_config_text_field_that_its_error_names(tmp_path):
+  """--files replaced the sources with text_field "text" whatever the config said, so the
+  launcher's "no column 'text' ... Name the text's column with
+  '--config.data.sources[0].text_field=body'" led back to the same error. The files now take the
+  config's field; --text_field still wins, and differing fields are refused, naming the flag."""
+  from informask_jax.stats.beam_pipeline.launch import _with_files
+
+  config = _config(tmp_path, tmp_path)  # Its one source reads "body".
+  files = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+  replaced = _with_files(config, files, None).data.sources
+  assert [(s.kind, s.name, s.text_field) for s in replaced] == [
+      ("files", files[0], "body"), ("files", files[1], "body")]
+  assert {s.text_field for s in _with_files(config, files, "txt").data.sources} == {"txt"}
+  config.data.sources = [dict(config.data.sources[0], text_field=f) for f in ("body", "text")]
+  with pytest.raises(ValueError, match=r"different text fields .*\(--text_field\)"):
+    _with_files(config, files, None)
+  assert _with_files(config, files, "body").data.sources[1].text_field == "body"
+
+
 def test_the_command_line_names_a_bad_override_from_any_directory(tmp_path):
   """Run from outside the repository with a config given by its absolute path (its `configs`
   package was not importable), a mistyped override is one line naming the command and the key

@@ -24,7 +24,8 @@ def _main() -> None:
   files = flags.DEFINE_list("files", [], "File patterns of .txt/.jsonl/.parquet shards replacing "
                             "config.data.sources.")
   text_field = flags.DEFINE_string("text_field", "", "Record field holding the text "
-                                   "(.jsonl/.parquet); empty: the sources' text_field.")
+                                   "(.jsonl/.parquet); empty: the config's sources' text_field, "
+                                   "which --files keeps.")
   what = flags.DEFINE_list("what", list(BEAM_STAGES), f"Stages to build, from {BEAM_STAGES}.")
   pair_blocks = flags.DEFINE_integer("pair_blocks", 32, "Row blocks of the pair table (parallel "
                                      "merges; ~ a few per worker).")

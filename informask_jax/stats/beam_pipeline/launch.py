@@ -83,13 +83,17 @@ def list_files(patterns) -> list[tuple[str, int]]:
 
 
 def _with_files(config, files, text_field):
-  """A copy of the config whose sources are `files` (and whose text fields are `text_field`)."""
+  """A copy of the config whose sources are `files` (and whose text fields are `text_field`).
+  The files keep the config's text field unless `text_field` is given: an error about a missing
+  field names the config key (config.data.sources[0].text_field), which must then take effect
+  (with "text" fixed here, following that advice gave the same error again)."""
   import ml_collections
 
   config = ml_collections.ConfigDict(config.to_dict())
   sources = [dict(s) for s in config.data.sources]
   if files:
-    sources = [dict(kind="files", name=f, config=None, split="train", text_field="text",
+    field = text_field or _text_field(config)
+    sources = [dict(kind="files", name=f, config=None, split="train", text_field=field,
                     streaming=False) for f in files]
   if text_field:
     for s in sources:
