@@ -450,15 +450,33 @@ def _quoted_config_file_error(message: str, argv: list[str]) -> str | None:
   """`ValueError: FILE, line N: text` when ml_collections quotes (as text) a traceback whose
   innermost frame is the --config file's own code; None otherwise (e.g. a refused :variant,
   raised in configs/base.py, which is a flag's fault)."""
+  import ml_collections
+
   path = _config_file(argv)
-  frames = re.findall(r'File "([^"]+)", line (\d+)', message)
+  # ml_collections' own frames (a ConfigDict refusing a value the file's line assigns) belong to
+  # the line that called it.
+  library = os.path.dirname(os.path.realpath(ml_collections.__file__)) + os.sep
+  frames = [(file, line) for file, line in re.findall(r'File "([^"]+)", line (\d+)', message)
+            if not os.path.realpath(file).startswith(library)]
   if not path or not frames or "Error whilst parsing config file" not in message:
     return None
   if os.path.realpath(frames[-1][0]) != os.path.realpath(path):
     return None
   error = message.splitlines()[-1].strip()
   kind, _, text = error.partition(": ")
+  changed = _TYPE_CHANGE.fullmatch(text)
+  if changed:  # ml_collections' wording names neither the key's section nor what to write.
+    key, value, given, held = changed.groups()
+    a = lambda kind: f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"  # noqa: E731
+    text = (f"{key} = {value} is {a(given)}, and the config's {key} takes {a(held)} (a "
+            f"value of another type is refused): write the value as {a(held)}")
   return f"{kind}: {path}, line {frames[-1][1]}: {text}" if text else f"{path}: {error}"
+
+
+# A type-safe ConfigDict's refusal of an assignment of another type (`c.train.num_steps = 1e4`).
+_TYPE_CHANGE = re.compile(r"Could not override field '([^']+)' \(reference\)\. (.*) is of "
+                          r"original type <class '(\w+)'> and cannot be casted to type "
+                          r"<class '(\w+)'>")
 
 
 def config_structure_problem(config) -> str | None:

@@ -1094,6 +1094,12 @@ def test_train_py_reports_a_config_file_that_fails_to_import_in_one_line(tmp_pat
      "  c.train.batch_size = int('x')\n  return c\n",
      5, "ValueError: {file}, line 5: invalid literal for int() with base 10: 'x'"),
     ("def get_config(arg=None):\n  return {'a': 1}['b']\n", 2, "KeyError: {file}, line 2: 'b'"),
+    # A value of another type (a float for an int key): the ConfigDict refuses it inside
+    # ml_collections, whose quoted frames came last, so it was a "bad command-line flag".
+    ("from configs import base\n\ndef get_config(arg=None):\n  c = base.get_base_config(arg)\n"
+     "  c.train.num_steps = 1e4\n  return c\n",
+     5, "TypeError: {file}, line 5: num_steps = 10000.0 is a float, and the config's "
+     "num_steps takes an int (a value of another type is refused): write the value as an int"),
 ])
 def test_train_py_reports_a_config_file_that_does_not_compile_or_raises_in_one_line(
     tmp_path, source, line, message):
