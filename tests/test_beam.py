@@ -217,7 +217,8 @@ def test_missing_text_field_names_the_file(built, shards, tmp_path):
   config = _config(tmp_path, shards)
   config.tokenizer.name_or_path = str(
       next((pathlib.Path(local_config.data.cache_dir) / "tokenizers").iterdir()))
-  with pytest.raises(Exception, match=r"b.jsonl, line 1: no field 'txt'"):
+  with pytest.raises(Exception, match=r"b.jsonl, line 1: no field 'txt' \(text_field\); fields "
+                     r"are \['body'\]\. Name the text's field with --text_field=FIELD\."):
     bp.run(config, output=str(tmp_path / "out"), files=[str(shards / "b.jsonl")],
            text_field="txt", beam_args=RUNNER)
   assert not (tmp_path / "out" / artifacts.META).exists()
@@ -416,5 +417,6 @@ def test_parquet_without_the_text_column_names_its_columns(tmp_path):
   import pyarrow.parquet as pq
 
   pq.write_table(pa.table({"body": ["a"], "id": [1]}), tmp_path / "c.parquet")
-  with pytest.raises(ValueError, match=r"c.parquet: no column 'text' .*\['body', 'id'\]"):
+  with pytest.raises(ValueError, match=r"c.parquet: no column 'text' .*\['body', 'id'\]\. Name "
+                     r"the text's field with --text_field=FIELD\."):
     list(bp.read_documents(str(tmp_path / "c.parquet"), "text", opener=lambda p: open(p, "rb")))

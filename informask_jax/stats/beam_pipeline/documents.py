@@ -31,6 +31,10 @@ def _txt_documents(lines):
     yield "".join(doc)
 
 
+# Inside the pipeline the field comes from the launcher's flag (or the config it was given).
+_NAME_THE_FIELD = "Name the text's field with --text_field=FIELD."
+
+
 def read_documents(path: str, text_field: str, opener=None):
   """Yields the raw text of each document of one shard (.txt, .jsonl/.json lines, .parquet)."""
   suffix = os.path.splitext(path)[1].lower()
@@ -46,7 +50,7 @@ def read_documents(path: str, text_field: str, opener=None):
       reader = pq.ParquetFile(f)
       if text_field not in reader.schema_arrow.names:
         raise ValueError(f"{path}: no column {text_field!r} (text_field); columns are "
-                         f"{reader.schema_arrow.names}.")
+                         f"{reader.schema_arrow.names}. {_NAME_THE_FIELD}")
       for batch in reader.iter_batches(columns=[text_field], batch_size=4096):
         yield from batch.column(0).to_pylist()
     else:  # JSON Lines: one object per line.
@@ -62,7 +66,7 @@ def read_documents(path: str, text_field: str, opener=None):
         if not isinstance(record, dict) or text_field not in record:
           fields = sorted(record) if isinstance(record, dict) else type(record).__name__
           raise ValueError(f"{path}, line {number}: no field {text_field!r} (text_field); "
-                           f"fields are {fields}.")
+                           f"fields are {fields}. {_NAME_THE_FIELD}")
         yield record[text_field]
 
 
