@@ -1222,12 +1222,21 @@ def test_show_cli_says_when_a_text_is_too_short_for_any_target(capsys):
     (["--seed", str(2**31)], r"--seed must be in \[0, 2\*\*31\), got 2147483648"),
     (["--samples", "0"], r"--samples must be in \[1, 1000\], got 0"),
     (["--samples", str(10**12)], r"--samples must be in \[1, 1000\]"),
+    # Named by the maskers as "mask_prob" / "masking.num_candidates", once the tables had loaded
+    # (and --num-candidates not at all unless informask_online was shown).
+    (["--mask-prob", "2"], r"--mask-prob must be in \(0, 1\), got 2.0"),
+    (["--mask-prob", "0"], r"--mask-prob must be in \(0, 1\), got 0.0"),
+    (["--mask-prob", "nan"], r"--mask-prob must be in \(0, 1\), got nan"),
+    (["--num-candidates", "0"], r"--num-candidates must be in \[1, 512\], got 0"),
+    (["--num-candidates", "513"], r"--num-candidates must be in \[1, 512\], got 513"),
 ])
-def test_show_cli_refuses_seeds_and_sample_counts_out_of_range(flags, message, capsys):
+def test_show_cli_refuses_out_of_range_flags_by_name(flags, message, capsys):
   from informask_jax.masking import show
-  with pytest.raises(SystemExit):
+  with pytest.raises(SystemExit) as caught:
     show.main(["--strategy", "random", *flags])
-  assert re.search(message, capsys.readouterr().err)
+  assert caught.value.code == 2
+  assert re.search(f"^python -m informask_jax.masking show: error: {message}",
+                   capsys.readouterr().err, re.M)
 
 
 def test_masking_cli_names_a_missing_or_unknown_command(capsys, monkeypatch):
@@ -1946,8 +1955,8 @@ def test_a_bad_ngram_file_is_named_in_every_message(tmp_path, content, match):
 
 
 def test_show_names_the_flag_of_a_bad_table(tmp_path):
-  """show's tables come from flags: an error about the file starts with the flag; one about
-  another option does not."""
+  """show's tables come from flags: an error about the file starts with the flag. (Bad numbers
+  are refused by their own flags before any table loads: the test of out-of-range flags.)"""
   from informask_jax.masking import show
   text = "Mount Everest is the highest mountain on Earth."
   small = tmp_path / "small.npz"
@@ -1955,9 +1964,6 @@ def test_show_names_the_flag_of_a_bad_table(tmp_path):
   with pytest.raises(SystemExit,
                      match=rf"^error: --pmi: PMI matrix '{_q(small)}' has shape \(10, "):
     show.main(["--strategy", "informask_online", "--text", text, "--pmi", str(small)])
-  with pytest.raises(SystemExit, match=r"^error: num_candidates \(masking.num_candidates"):
-    show.main(["--strategy", "informask_online", "--text", text, "--pmi", str(small),
-               "--num-candidates", "0"])
   bigrams = tmp_path / "bigrams.json"
   bigrams.write_text("[[1, 2, 3]]")
   with pytest.raises(SystemExit, match=rf"^error: --bigrams: pmi_span: bigrams file "

@@ -170,11 +170,15 @@ def make_select(settings, num_candidates, size):
   return select_targets
 
 
+MAX_CANDIDATES = 512
+
+
 def check_num_candidates(num_candidates):
   if isinstance(num_candidates, bool) or not isinstance(num_candidates, int | np.integer) or \
       num_candidates < 1:
     raise ValueError(f"num_candidates (masking.num_candidates, K) must be an integer >= 1, got "
                      f"{num_candidates!r}.")
-  if num_candidates > 512:
-    raise ValueError(f"num_candidates={num_candidates} is more than 512; K candidates cost "
+  if num_candidates > MAX_CANDIDATES:
+    raise ValueError(f"num_candidates={num_candidates} is more than {MAX_CANDIDATES}; K "
+                     "candidates cost "
                      "K * L^2 multiply-adds per sequence.")

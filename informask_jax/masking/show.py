@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from informask_jax import masking, paths
+from informask_jax.masking import online
 
 MAX_TOKENS = 512  # BERT's longest sequence, [CLS] and [SEP] included.
 DEFAULT_ARTICLE = "Mount Everest"  # A sentence of the embedded wiki-vital corpus.
@@ -412,6 +413,13 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if not 1 <= args.samples <= MAX_SAMPLES:  # Each is a printed line.
     parser.error(f"--samples must be in [1, {MAX_SAMPLES}], got {args.samples}")
+  # The maskers check these too, but after the tokenizer and tables load, naming their keyword
+  # (mask_prob, num_candidates) rather than this command's flag.
+  if not 0 < args.mask_prob < 1:
+    parser.error(f"--mask-prob must be in (0, 1), got {args.mask_prob}")
+  if not 1 <= args.num_candidates <= online.MAX_CANDIDATES:
+    parser.error(f"--num-candidates must be in [1, {online.MAX_CANDIDATES}], got "
+                 f"{args.num_candidates}")
   if not 0 <= args.seed < 2**31:  # As config.train.seed; a larger one aliased a smaller one.
     parser.error(f"--seed must be in [0, 2**31), got {args.seed}")
   if args.ngrams is not None and args.bigrams is not None:  # --bigrams would silently win.
