@@ -448,8 +448,8 @@ def _raised_in_config_file(error: Exception, argv: list[str]) -> bool:
 
 def _quoted_config_file_error(message: str, argv: list[str]) -> str | None:
   """`ValueError: FILE, line N: text` when ml_collections quotes (as text) a traceback whose
-  innermost frame is the --config file's own code; None otherwise (e.g. a refused :variant,
-  raised in configs/base.py, which is a flag's fault)."""
+  innermost frame, ml_collections' own aside, is the --config file's code; None otherwise (e.g.
+  a refused :variant, raised in configs/base.py, which is a flag's fault)."""
   import ml_collections
 
   path = _config_file(argv)
@@ -467,7 +467,7 @@ def _quoted_config_file_error(message: str, argv: list[str]) -> str | None:
   changed = _TYPE_CHANGE.fullmatch(text)
   if changed:  # ml_collections' wording names neither the key's section nor what to write.
     key, value, given, held = changed.groups()
-    a = lambda kind: f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"  # noqa: E731
+    a = lambda name: f"{'an' if name[0] in 'aeiou' else 'a'} {name}"  # noqa: E731
     text = (f"{key} = {value} is {a(given)}, and the config's {key} takes {a(held)} (a "
             f"value of another type is refused): write the value as {a(held)}")
   return f"{kind}: {path}, line {frames[-1][1]}: {text}" if text else f"{path}: {error}"

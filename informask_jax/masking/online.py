@@ -180,5 +180,4 @@ def check_num_candidates(num_candidates):
                      f"{num_candidates!r}.")
   if num_candidates > MAX_CANDIDATES:
     raise ValueError(f"num_candidates={num_candidates} is more than {MAX_CANDIDATES}; K "
-                     "candidates cost "
-                     "K * L^2 multiply-adds per sequence.")
+                     "candidates cost K * L^2 multiply-adds per sequence.")
