@@ -24,10 +24,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from informask_jax.masking import prng
 
 Array = jax.Array
+
+_FLOAT32_TINY = float(jnp.finfo(jnp.float32).tiny)
 
 # Logical axis names used by the parameters and activations below.
 VOCAB, EMBED, HEADS, KV, MLP, LAYERS = "vocab", "embed", "heads", "kv", "mlp", "layers"
@@ -58,10 +61,18 @@ class MLMConfig:
   scan_layers: bool = False  # One nn.scan'ed layer instead of num_layers unrolled copies.
 
   def __post_init__(self):
-    for key in ("num_layers", "hidden_size", "num_heads", "mlp_size", "max_positions"):
+    for key in ("vocab_size", "num_layers", "hidden_size", "num_heads", "mlp_size",
+                "max_positions", "type_vocab_size"):
       value = getattr(self, key)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"model.{key}={value!r} must be a positive integer.")
+    # Zero divides by a constant row's zero variance (NaN); below float32's smallest normal the
+    # device computes it as 0. (from_config names config.model.layer_norm_eps before this.)
+    eps = self.layer_norm_eps
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or \
+        not _FLOAT32_TINY <= eps < math.inf:
+      raise ValueError(f"model.layer_norm_eps={eps!r} must be a finite number >= "
+                       f"{_FLOAT32_TINY:.2g} (float32's smallest normal).")
     if self.flavour == "roberta" and self.max_seq_len < 1:
       raise ValueError(f"model.max_positions={self.max_positions} leaves no positions after the "
                        f"padding index {self.pad_id} (RoBERTa positions start at pad_id + 1).")
@@ -434,6 +445,7 @@ class BertMLM(nn.Module):
   def encode(self, input_ids, token_type_ids=None, *, deterministic=True, positions=None):
     """Final hidden states (B, L, H), as Hugging Face's BertModel.last_hidden_state; only the
     rows at `positions` (B, P) -> (B, P, H) when given (cheaper: see Encoder)."""
+    check_concrete_inputs(self.cfg, input_ids, token_type_ids, positions)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     attention_mask = input_ids != self.cfg.pad_id  # (B, L)
@@ -446,6 +458,38 @@ class BertMLM(nn.Module):
     x = self.encode(input_ids, token_type_ids, deterministic=deterministic,
                     positions=masked_positions)  # (B, P or L, H)
     return self.head(x, self.embeddings.tied_projection)
+
+
+def check_concrete_inputs(cfg: MLMConfig, input_ids, token_type_ids=None, positions=None):
+  """ValueError, naming the argument, for ids outside their tables or positions outside the
+  sequence. JAX's gathers give NaN rows for an index past the end and wrap a negative one (-100
+  read row V - 100): the logits came out NaN or silently another token's, where Hugging Face's
+  models raise. Checked on the host when the arrays are concrete (an eager `apply`); inside a
+  jitted step they are tracers and go unchecked, as the masker's ids (a device-side check would
+  cost every step a host sync; the data pipeline's ids are in range by construction)."""
+  length = None
+  for name, value, size in (("input_ids", input_ids, cfg.vocab_size),
+                            ("token_type_ids", token_type_ids, cfg.type_vocab_size),
+                            ("masked_positions", positions, None)):
+    if value is None or isinstance(value, jax.core.Tracer) or \
+        not getattr(value, "is_fully_addressable", True):
+      continue
+    host = np.asarray(value)
+    if not np.issubdtype(host.dtype, np.integer):  # A float id would be truncated.
+      raise ValueError(f"{name} must hold integers, got dtype {host.dtype}.")
+    if name == "input_ids":
+      length = host.shape[-1] if host.ndim else None
+      table = f"the model's vocabulary [0, {size})"
+    elif name == "token_type_ids":
+      table = (f"the model's token types [0, {size})" + (
+          ": this model has one (RoBERTa's layout), so pass zeros or leave them out"
+          if size == 1 else ""))
+    else:
+      if length is None:
+        continue
+      size, table = length, f"the sequence's positions [0, {length})"
+    if host.size and (host.min() < 0 or host.max() >= size):
+      raise ValueError(f"{name} hold values in [{host.min()}, {host.max()}], outside {table}.")
 
 
 def init_params(model: BertMLM, rng: Array, seq_len: int) -> Any:

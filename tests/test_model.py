@@ -93,7 +93,14 @@ def test_dropout_mask_statistics_and_sharding():
 @pytest.mark.parametrize("overrides,match", [
     (dict(num_layers=0), "model.num_layers=0"), (dict(mlp_size=-1), "model.mlp_size=-1"),
     (dict(num_heads=3), "not divisible"),
-    (dict(flavour="roberta", max_positions=4, pad_id=3), "leaves no positions")])
+    (dict(flavour="roberta", max_positions=4, pad_id=3), "leaves no positions"),
+    # These failed only when the model was built or applied, inside JAX (an empty take, an MLIR
+    # type error), or, for the epsilon, gave NaN on a constant row.
+    (dict(vocab_size=0), "model.vocab_size=0 must be a positive integer"),
+    (dict(vocab_size=100.0), "model.vocab_size=100.0 must be a positive integer"),
+    (dict(type_vocab_size=0), "model.type_vocab_size=0 must be a positive integer"),
+    (dict(layer_norm_eps=0.0), r"model.layer_norm_eps=0.0 must be a finite number >= 1.2e-38"),
+    (dict(layer_norm_eps=float("nan")), "model.layer_norm_eps=nan")])
 def test_bad_architecture_raises_naming_the_key(overrides, match):
   base = dict(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32)
   with pytest.raises(ValueError, match=match):
@@ -115,6 +122,39 @@ def test_inputs_longer_than_the_position_table_raise(flavour, pad_id, longest):
   with pytest.raises(ValueError, match=f"longer than the model's position table holds "
                                        f"\\({longest}: model.max_positions=8"):
     logits(longest + 1)
+
+
+def test_an_eager_apply_refuses_ids_outside_their_tables_naming_the_argument():
+  """JAX's gathers gave NaN logits for an id or token type past the end of its table (a
+  sentence pair's type 1 on a RoBERTa-layout model: every position NaN) and wrapped a negative id
+  (-100 read row V - 100) or masked position; Hugging Face's models raise. Concrete arrays are
+  checked; a jitted step's tracers are not (the data pipeline's ids are in range)."""
+  cfg = MLMConfig(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32,
+                  flavour="roberta", max_positions=10, type_vocab_size=1, pad_id=1)
+  model = BertMLM(cfg)
+  params = _random_params(cfg)
+  ids = np.full((2, 6), 7, np.int32)
+  apply = lambda *a, **k: model.apply({"params": params}, *a, **k)  # noqa: E731
+  good = apply(ids, np.zeros_like(ids), masked_positions=np.array([[0], [5]]))
+  assert np.isfinite(np.asarray(good)).all()
+  cases = [
+      ((np.where(np.arange(6) == 2, 50, ids),), {},
+       r"input_ids hold values in \[7, 50\], outside the model's vocabulary \[0, 50\)"),
+      ((np.where(np.arange(6) == 2, -100, ids),), {}, r"input_ids hold values in \[-100, 7\]"),
+      ((ids, np.ones_like(ids)), {}, r"token_type_ids hold values in \[1, 1\], outside the "
+       r"model's token types \[0, 1\): this model has one \(RoBERTa's layout\), so pass zeros"),
+      ((ids,), dict(masked_positions=np.array([[3, -1], [0, 1]])),
+       r"masked_positions hold values in \[-1, 3\], outside the sequence's positions \[0, 6\)"),
+      ((ids,), dict(masked_positions=np.array([[6], [0]])),
+       r"masked_positions hold values in \[0, 6\]"),
+      ((ids.astype(np.float32),), {}, "input_ids must hold integers, got dtype float32"),
+  ]
+  for args, kwargs, match in cases:
+    with pytest.raises(ValueError, match=match):
+      apply(*args, **kwargs)
+  # Under jit they are tracers: unchecked, as documented (no host sync per step).
+  bad = np.where(np.arange(6) == 2, 50, ids)
+  assert jax.jit(lambda p, x: model.apply({"params": p}, x))(params, bad).shape == (2, 6, 50)
 
 
 def _random_params(cfg, seed=0, scale=0.5):
