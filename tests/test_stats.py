@@ -265,6 +265,29 @@ def test_too_small_corpus_errors():
                              size=10, min_count=5)
 
 
+def test_pair_counts_refuse_ids_that_numpy_would_count_as_other_tokens():
+  """count_unigrams refused an id outside the vocabulary; count_pairs counted -1 as the last
+  token (paired with its sentence's others) and failed on V with a bare IndexError, and both
+  truncated float ids: sentence id 0.5 joined sentence 0, pairing across the boundary."""
+  vocab = np.arange(V)
+  good = [(np.array([1, 2, 3, 4]), np.array([0, 0, 1, 1]))]
+  assert counting.count_pairs(good, vocab, vocab_size=V).counts.nnz == 4  # (1,2),(2,1),(3,4),(4,3)
+  for ids, match in ((np.array([1, 2, 3, -1]), "Token id -1 is outside the vocabulary"),
+                     (np.array([1, 2, 3, V]), f"Token id {V} is outside the vocabulary")):
+    with pytest.raises(ValueError, match=match):
+      counting.count_pairs([(ids, np.array([0, 0, 1, 1]))], vocab, vocab_size=V)
+  with pytest.raises(ValueError, match="Document 1: sentence_ids must hold integer ids, got "
+                                       "dtype float64"):
+    counting.count_pairs([good[0], (np.array([1, 2, 3]), np.array([0, 0.5, 0.9]))], vocab,
+                         vocab_size=V)
+  with pytest.raises(ValueError, match="Document 0: token_ids must hold integer ids"):
+    counting.count_unigrams([(np.array([1.0, 2.7]), np.array([0, 0]))], V)
+  with pytest.raises(ValueError, match="Document 0: token_ids must hold integer ids"):
+    chunks.chunk_from_documents([(np.array([1.0, 2.7]), np.array([0, 0]))])
+  # An empty document (NumPy makes [] float64) is still a document.
+  assert counting.count_unigrams([([], []), good[0]], V).num_documents == 2
+
+
 # --- N-grams -------------------------------------------------------------------------------------
 
 

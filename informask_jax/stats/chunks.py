@@ -51,6 +51,17 @@ class Chunk:
     return starts
 
 
+def _integer_ids(values, what: str, document: int) -> np.ndarray:
+  """`values` as flat int32, refusing other dtypes: a float sentence id would be truncated
+  (0.5 joining sentence 0: pairs across a sentence boundary) and a float token id another
+  token's (2.7 counted as 2), with no error. An empty list (NumPy makes it float64) is fine."""
+  array = np.asarray(values)
+  if array.size and not np.issubdtype(array.dtype, np.integer):
+    raise ValueError(f"Document {document}: {what} must hold integer ids, got dtype "
+                     f"{array.dtype}.")
+  return array.astype(np.int32, copy=False).reshape(-1)
+
+
 def chunk_from_documents(documents: Sequence[tuple[np.ndarray, np.ndarray]]) -> Chunk:
   """Concatenates (token_ids, sentence_ids) pairs of equal length into one chunk."""
   lengths = np.array([len(ids) for ids, _ in documents], dtype=np.int64)
@@ -60,8 +71,10 @@ def chunk_from_documents(documents: Sequence[tuple[np.ndarray, np.ndarray]]) -> 
   offsets = np.zeros(len(documents) + 1, dtype=np.int64)
   np.cumsum(lengths, out=offsets[1:])
   if len(documents):
-    tokens = np.concatenate([np.asarray(ids, dtype=np.int32).reshape(-1) for ids, _ in documents])
-    sents = np.concatenate([np.asarray(s, dtype=np.int32).reshape(-1) for _, s in documents])
+    tokens = np.concatenate([_integer_ids(ids, "token_ids", d)
+                             for d, (ids, _) in enumerate(documents)])
+    sents = np.concatenate([_integer_ids(s, "sentence_ids", d)
+                            for d, (_, s) in enumerate(documents)])
   else:
     tokens = np.zeros(0, np.int32)
     sents = np.zeros(0, np.int32)
@@ -78,8 +91,8 @@ class DocumentCorpus:
   """An in-memory list of (token_ids, sentence_ids) documents."""
 
   def __init__(self, documents: Iterable[tuple[Any, Any]]):
-    self.documents = [(np.asarray(i, np.int32).reshape(-1), np.asarray(s, np.int32).reshape(-1))
-                      for i, s in documents]
+    self.documents = [(_integer_ids(i, "token_ids", d), _integer_ids(s, "sentence_ids", d))
+                      for d, (i, s) in enumerate(documents)]
     self.num_documents = len(self.documents)
     lengths = np.array([len(i) for i, _ in self.documents], dtype=np.int64)
     self._offsets = np.concatenate([[0], np.cumsum(lengths)])

@@ -52,12 +52,19 @@ class UnigramCounts:
   num_documents: int
 
 
-def chunk_unigram_counts(chunk: chunks_lib.Chunk, vocab_size: int) -> UnigramCounts:
+def check_token_ids(chunk: chunks_lib.Chunk, vocab_size: int) -> None:
+  """ValueError for an id outside [0, vocab_size): NumPy indexing would count a negative one as
+  another token (-1 as the last) and fail on a large one with a bare IndexError."""
   t = chunk.token_ids
   if t.size and (int(t.min()) < 0 or int(t.max()) >= vocab_size):
     bad = int(t.max()) if int(t.max()) >= vocab_size else int(t.min())
     raise ValueError(f"Token id {bad} is outside the vocabulary [0, {vocab_size}): the tokenized "
                      "corpus was made with another tokenizer than the one given.")
+
+
+def chunk_unigram_counts(chunk: chunks_lib.Chunk, vocab_size: int) -> UnigramCounts:
+  check_token_ids(chunk, vocab_size)
+  t = chunk.token_ids
   return UnigramCounts(counts=np.bincount(t, minlength=vocab_size).astype(np.int64),
                        num_tokens=chunk.num_tokens,
                        num_sentences=int(chunk.sentence_starts().sum()),
@@ -122,6 +129,7 @@ def chunk_pair_counts(chunk: chunks_lib.Chunk, rows: np.ndarray, num_rows: int, 
   """Ordered within-sentence pair counts of one chunk: int64 CSR [R, R] (see module docstring)."""
   if whole_words and continuation is None:
     raise ValueError("stats.whole_words=True needs the tokenizer's continuation table.")
+  check_token_ids(chunk, len(rows))  # rows has one entry per vocabulary id.
   r = rows[chunk.token_ids]  # (N,) row or -1
   sentence = np.cumsum(chunk.sentence_starts()) - 1  # (N,) sentence index within the chunk
   word = word_index(chunk, continuation) if whole_words else None
