@@ -323,6 +323,14 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
       raise FileNotFoundError(f"Tokenizer directory {tokenizer_dir} does not exist.")
     if tokenizer is None:
       tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    from informask_jax import tokenization
+    tokens = tokenization.vocab_rows(tokenizer)
+    if tokens > cfg.vocab_size:  # Fewer is fine (a vocabulary padded with unused rows).
+      # The exported pair would fail in transformers on every text with such an id (an
+      # IndexError from torch's embedding, or, with verify, from the check's first sentence).
+      raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the model "
+                       f"has vocab_size {cfg.vocab_size} embedding rows: export the tokenizer "
+                       "the model was trained with.")
   hf_config = hf_mapping.hf_config_for(cfg, tokenizer, fmt)
   if provenance:
     setattr(hf_config, PROVENANCE_KEY, provenance)

@@ -515,6 +515,23 @@ def test_parameters_of_another_shape_than_the_config_are_not_exported(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_tokenizer_with_ids_past_the_models_rows_is_refused(tmp_path, tokenizer_dir):
+  """export_workdir refused this pairing, export_to_hf did not: with verify, torch's bare
+  "index out of range in self"; without, an export that fails on every text with such an id. A
+  model with more rows than the tokenizer has ids (a padded vocabulary) still exports."""
+  small = dataclasses.replace(tiny_config("bert"), vocab_size=len(VOCAB) - 3)
+  with pytest.raises(ValueError, match=rf"The tokenizer in {re.escape(tokenizer_dir)} has "
+                                       rf"{len(VOCAB)} token ids but the model has vocab_size "
+                                       rf"{len(VOCAB) - 3} embedding rows"):
+    export.export_to_hf(tiny_params(small), small, str(tmp_path / "out"),
+                        tokenizer_dir=tokenizer_dir, verify=False)
+  assert not (tmp_path / "out").exists()
+  padded = dataclasses.replace(tiny_config("bert"), vocab_size=len(VOCAB) + 3)
+  report = export.export_to_hf(tiny_params(padded), padded, str(tmp_path / "padded"),
+                               tokenizer_dir=tokenizer_dir)
+  assert report["max_abs_diff"] <= export.MAX_ABS_DIFF
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--workdir", "", "--out", "x"], "--workdir"),  # Was a TypeError from the import branch.
     (["--workdir", "w", "--out", " "], "--out"),  # Was a late FileNotFoundError: ''.
