@@ -757,6 +757,10 @@ def test_same_key_same_masks_other_key_differs():
   for not_a_key in (3, None):
     with pytest.raises(ValueError, match="Expected a JAX key"):
       masker(not_a_key, tokens)
+  # A float pair was cast to uint32 zeros: key 0's masks, whatever the numbers.
+  for floats in (np.array([0.3, 0.9]), jnp.array([3.0, 7.0])):
+    with pytest.raises(ValueError, match=r"A raw key must be uint32\[2\] .*, got dtype float"):
+      masker(floats, tokens)
 
 
 @pytest.mark.parametrize("name", ["span", "informask_online"])

@@ -51,6 +51,8 @@ def key_words(rng):
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     data = jax.random.key_data(rng).reshape(-1)  # 2 words (threefry) or 4 (rbg)
   else:
+    if not jnp.issubdtype(rng.dtype, jnp.integer):  # A float array cast to 0s: key 0, silently.
+      raise ValueError(f"A raw key must be uint32[2] (jax.random.PRNGKey), got dtype {rng.dtype}.")
     data = jnp.asarray(rng, jnp.uint32)
     if data.shape != (2,):
       raise ValueError(f"A raw key must be uint32[2] (jax.random.PRNGKey), got {data.shape}.")
