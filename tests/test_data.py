@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import shutil
 import time
 import warnings
@@ -167,6 +168,22 @@ def test_tokenize_corpus_matches_tokenizer_and_is_cached(tmp_path, wiki_docs, be
   data.tokenize_corpus(docs, cased, c.data)
   data.tokenize_corpus(docs.select(range(30)), bert_tokenizer, c.data)
   assert len(list((tmp_path / "tokenized").iterdir())) == 3
+
+
+def test_a_split_the_tokenizer_empties_is_named_not_cached(tmp_path, bert_tokenizer):
+  """Documents of a zero-width space pass the cleaning and tokenize to nothing: the empty result
+  was saved, and loading it failed with a bare IndexError inside datasets (again on every rerun,
+  the entry taken for damaged). Now a ValueError names the split; nothing is cached."""
+  c = _tiny_config(tmp_path)
+  docs = datasets.Dataset.from_dict({"text": ["\u200b", "\u200b \u200b"]})
+  for what, extra in (("validation", ", or raise config.data.validation_fraction."),
+                      ("train", ".")):
+    with pytest.raises(ValueError, match=re.escape(
+        f"No {what} document has a token: the tokenizer drops all of its 2 document(s) (text of "
+        "zero-width, control or other characters it ignores). Add documents with text to "
+        f"config.data.sources{extra}")):
+      data.tokenize_corpus(docs, bert_tokenizer, c.data, what=what)
+  assert not [p for p in (tmp_path / "tokenized").iterdir() if not p.name.startswith(".")]
 
 
 def test_parallel_tokenization_matches_serial(tmp_path, wiki_docs, bert_tokenizer, monkeypatch):
@@ -1017,6 +1034,15 @@ def test_a_one_document_corpus_is_refused_before_the_tokenizer_naming_the_txt_fo
                                        r"validation_fraction=0.02, 1 document in all\): .* at "
                                        r"least two .*\(files '.*lines.txt'\): in a .txt file, "
                                        r"blank lines separate documents.*sed G"):
+    data.build_input_pipeline(c)
+  # Documents separated as they should be, but a cap of one: the cap is named (it was not, and
+  # the .txt advice alone sent the user to a file that was right).
+  path.write_text("".join(f"Document {i} is one line.\n\n" for i in range(20)))
+  c.data.max_documents = 1
+  with pytest.raises(ValueError, match=r"1 document in all\): documents are held out whole, so a "
+                                       r"corpus needs at least two different ones\. config\.data"
+                                       r"\.max_documents=1 reads at most 1 document: raise it, or "
+                                       r"-1 for all\."):
     data.build_input_pipeline(c)
 
 

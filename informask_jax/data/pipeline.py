@@ -172,6 +172,10 @@ def _check_splits(corpus, data):
       raise ValueError(message + NONE_HELD_OUT)
     message += (": documents are held out whole, so a corpus needs at least two different "
                 "ones.")
+    limit = int(data.get("max_documents", -1))
+    if limit > 0:  # The cap may be what left too few: named first, before the files' format.
+      message += (f" config.data.max_documents={limit} reads at most {limit} document"
+                  f"{'s' * (limit != 1)}: raise it, or -1 for all.")
     txt = corpus_lib.txt_sources(data.sources)
     if txt:
       message += f" {'; '.join(txt)}: {corpus_files.TXT_FORMAT}."
@@ -251,7 +255,7 @@ def build_input_pipeline(config, check_tokenizer=None):
 
   if streaming:
     corpus_fp = _stream_fingerprint(data)
-    val_tok = tokenize_corpus(validation_docs, tokenizer, data)
+    val_tok = tokenize_corpus(validation_docs, tokenizer, data, what="validation")
     validation = pack_sequences(val_tok, data.seq_len, ids, data.packing)
     _packed_summary("validation (streamed sample)", validation, ids)
     log.info("Training rows are tokenized and packed on the fly (streaming); set up in %.1fs.",
@@ -266,7 +270,7 @@ def build_input_pipeline(config, check_tokenizer=None):
   splits = {}
   for name in ("train", "validation"):
     tokenized = tokenize_corpus(corpus[name], tokenizer, data,
-                                fingerprint=split_fps[name])
+                                fingerprint=split_fps[name], what=name)
     packed = pack_sequences(tokenized, data.seq_len, ids, data.packing)
     _packed_summary(name, packed, ids)
     splits[name] = (tokenized, packed)

@@ -220,13 +220,14 @@ def warn_unknown_tokens(tokenized, tokenizer):
 _MAP_SCRATCH_PREFIX = ".map-"  # tokenize_corpus's folder for map()'s own result files.
 
 
-def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
+def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None, what="corpus"):
   """Tokenizes a split of the corpus ("text") into "input_ids" and "sentence_ids" per document.
 
   An in-memory `datasets.Dataset` is tokenized once and saved under
   `<cache_dir>/tokenized/<key>`, key = corpus fingerprint + tokenizer fingerprint + format
   version; `fingerprint` passes a corpus fingerprint already computed. A streaming
-  `IterableDataset` is mapped lazily. Documents with no token are dropped.
+  `IterableDataset` is mapped lazily. Documents with no token are dropped; `what` (the split's
+  name) is named when that leaves none.
   """
   tokenizer_json = plain_backend(tokenizer).to_str()
   if isinstance(dataset, datasets.IterableDataset):
@@ -268,6 +269,13 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None):
           remove_columns=dataset.column_names, features=_TOKENIZED_FEATURES, num_proc=num_proc,
           new_fingerprint=key, cache_file_name=os.path.join(scratch, "tokenized.arrow"),
           desc="Tokenizing")
+      if not len(tokenized):  # Saved, it could not be loaded (datasets fails on an empty save).
+        raise ValueError(
+            f"No {what} document has a token: the tokenizer drops all of its {len(dataset)} "
+            "document(s) (text of zero-width, control or other characters it ignores). Add "
+            "documents with text to config.data.sources" + (
+                ", or raise config.data.validation_fraction" if what == "validation" else "")
+            + ".")
       paths.publish_dir(path, tokenized.save_to_disk)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
