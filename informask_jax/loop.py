@@ -228,6 +228,40 @@ def _log_evaluation_size(config, pipeline) -> None:
                  f" (config.train.eval_batches={asked} asks for more than the split holds)")
 
 
+# Training rows read by _warn_rows_without_targets: enough for the share, cheap at any corpus size.
+_BUDGET_SAMPLE_ROWS = 65536
+
+
+def _warn_rows_without_targets(config, pipeline) -> None:
+  """Warns when many training rows get no target under the exact budget: round(mask_prob x
+  maskable) is 0 below 1 / (2 mask_prob) maskable tokens (4 at 0.15), as in rows of short
+  documents under data.packing=doc_padded. Every row so: each step's loss is 0 / 0 and the run
+  trains nothing, while it logs NaN and finishes. (The check of mask_prob against seq_len covers
+  full rows only.) A streamed corpus is not read ahead: the training loop warns instead."""
+  train = pipeline.train
+  if config.masking.budget != "exact" or train is None or not len(train["token_ids"]):
+    return
+  rows = np.asarray(train["token_ids"])
+  if len(rows) > _BUDGET_SAMPLE_ROWS:  # Evenly spaced rows.
+    rows = rows[np.linspace(0, len(rows) - 1, _BUDGET_SAMPLE_ROWS).astype(np.int64)]
+  maskable = (~np.isin(rows, np.asarray(list(pipeline.special_ids)))).sum(axis=1)
+  budgets = masking.contract.budget_table(config.masking.mask_prob, rows.shape[1])[maskable]
+  empty = float(np.mean(budgets == 0))
+  if empty < 0.5:
+    return
+  fewest = int(np.ceil(0.5 / config.masking.mask_prob))  # round() rounds 0.5 down to 0 here.
+  logging.warning(
+      "%s of the training rows (%.0f%%%s) have too few maskable tokens for a target: the exact "
+      "budget round(config.masking.mask_prob=%g x maskable) is 0 below about %d; mean %.1f "
+      "maskable per row. %s", "All" if empty == 1 else "Most", 100 * empty,
+      f" of {len(rows)} sampled" if len(rows) < len(train["token_ids"]) else "",
+      config.masking.mask_prob, fewest, float(maskable.mean()),
+      "Short documents with config.data.packing=doc_padded? Pack them with "
+      "--config.data.packing=full_sentences, or use --config.masking.budget=bernoulli."
+      if config.data.packing == "doc_padded" else "Raise config.masking.mask_prob or use "
+      "--config.masking.budget=bernoulli.")
+
+
 def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
   """Mean masked-token loss over the first eval_batches validation batches, fixed masks."""
   batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -310,6 +344,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           config, functools.partial(_check_resumed_tokenizer, resumed_meta, workdir, config)
           if resumed_meta is not None else None))
   _log_evaluation_size(config, pipeline)
+  _warn_rows_without_targets(config, pipeline)
   masker = distributed.main_process_first(
       "corpus statistics", lambda: build_masker(config, pipeline))
   # --- Model and optimizer -----------------------------------------------------------------
@@ -448,7 +483,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         total=t.num_steps, initial=step, disable=not bar, desc="train", dynamic_ncols=True))
     if bar:
       cleanup.enter_context(progress_bar.log_lines_clear(progress))
-    warned_dropped = False
+    warned_dropped = warned_targetless = False
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       if step == 0:  # The untrained model's loss: the baseline every later eval compares with.
         last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
@@ -515,6 +550,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                             summary["skipped_steps"])
           if not warned_dropped:
             warned_dropped = _warn_dropped_targets(step, summary, config)
+          if not warned_targetless:
+            warned_targetless = _warn_targetless_steps(step, summary, config)
           writer.write(step, summary)
           speed = f"{summary['tokens_per_sec']:.0f}" if timed else "-"
           progress.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=speed)
@@ -588,6 +625,21 @@ def _warn_dropped_targets(step, summary, config) -> bool:
       100 * share, config.model.max_predictions,
       " (masking.rescale=False masks each token at the rate table's own value, whatever "
       "masking.mask_prob says)" if unscaled else "")
+  return True
+
+
+def _warn_targetless_steps(step, summary, config) -> bool:
+  """Warns (once a run: True) when the steps since the last log had no masked target at all:
+  their loss is 0 / 0 (logged NaN) and their gradients 0, so they are not skipped, and the run
+  goes on training nothing. Before the run, _warn_rows_without_targets sees most such cases;
+  this one also sees streamed corpora and Bernoulli budgets."""
+  if summary["targets_per_step"] or summary["skipped_steps"]:
+    return False
+  logging.warning(
+      "Step %d: no masked target in any step since the last log (targets_per_step 0, loss NaN): "
+      "those steps trained nothing. The rows have too few maskable tokens for "
+      "config.masking.mask_prob=%g (short documents under config.data.packing=%r?).", step,
+      config.masking.mask_prob, config.data.packing)
   return True
 
 

@@ -21,7 +21,16 @@ import jax
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing, cli, compatibility, loop, optim, paths, stopping
+from informask_jax import (
+  checkpointing,
+  cli,
+  compatibility,
+  loop,
+  optim,
+  paths,
+  stopping,
+  tokenization,
+)
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
 from informask_jax import workdir as workdir_lib
@@ -622,6 +631,57 @@ def test_dropped_targets_warning_names_unscaled_rates(tiny_config, caplog):
                                           tiny_config)  # Under 1%.
   assert "3.0 of 83.0 masked targets per step (4%)" in caplog.text
   assert "masking.rescale=False masks each token at the rate table's own value" in caplog.text
+
+
+def _pipeline_of_rows(rows, streamed=False):
+  ids = tokenization.SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
+  return types.SimpleNamespace(
+      train=None if streamed else {"token_ids": np.asarray(rows, np.int32)}, special_ids=ids)
+
+
+def _row(maskable, length=16):
+  """[CLS] maskable ids [SEP] then padding: a doc_padded row of a short document."""
+  return [2] + list(range(10, 10 + maskable)) + [3] + [0] * (length - maskable - 2)
+
+
+def test_training_rows_without_a_target_are_warned_before_the_run(tiny_config, caplog):
+  """Short documents under doc_padded: rows of 2 maskable tokens get round(0.15 x 2) = 0
+  targets, so every step's loss was 0 / 0, logged NaN, not skipped (zero gradients), and the run
+  finished having trained nothing. Warned once the rows are packed, naming the remedy."""
+  c = tiny_config
+  c.data.packing = "doc_padded"
+  with caplog.at_level(logging.WARNING):
+    loop._warn_rows_without_targets(c, _pipeline_of_rows([_row(2)] * 5))
+  assert caplog.messages == [
+      "All of the training rows (100%) have too few maskable tokens for a target: the exact "
+      "budget round(config.masking.mask_prob=0.15 x maskable) is 0 below about 4; mean 2.0 "
+      "maskable per row. Short documents with config.data.packing=doc_padded? Pack them with "
+      "--config.data.packing=full_sentences, or use --config.masking.budget=bernoulli."]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):  # 4 maskable: round(0.6) = 1 target.
+    loop._warn_rows_without_targets(c, _pipeline_of_rows([_row(2)] * 2 + [_row(4)] * 3))
+    assert not caplog.messages  # 40%: under half.
+    loop._warn_rows_without_targets(c, _pipeline_of_rows([_row(3)] * 3 + [_row(4)] * 2))
+    assert caplog.messages[0].startswith("Most of the training rows (60%)")
+    caplog.clear()
+    c.masking.budget = "bernoulli"  # Its rows may draw targets: the loop's warning covers it.
+    loop._warn_rows_without_targets(c, _pipeline_of_rows([_row(2)] * 5))
+    c.masking.budget = "exact"
+    loop._warn_rows_without_targets(c, _pipeline_of_rows([], streamed=True))
+  assert not caplog.messages
+
+
+def test_a_log_interval_without_targets_is_warned_once(tiny_config, caplog):
+  summary = {"targets_per_step": 0.0, "skipped_steps": 0}
+  with caplog.at_level(logging.WARNING):
+    assert not loop._warn_targetless_steps(3, dict(summary, targets_per_step=0.5), tiny_config)
+    assert not loop._warn_targetless_steps(3, dict(summary, skipped_steps=2), tiny_config)
+    assert loop._warn_targetless_steps(3, summary, tiny_config)
+  assert caplog.messages == [
+      "Step 3: no masked target in any step since the last log (targets_per_step 0, loss NaN): "
+      "those steps trained nothing. The rows have too few maskable tokens for "
+      "config.masking.mask_prob=0.15 (short documents under config.data.packing="
+      "'full_sentences'?)."]
 
 
 def test_profile_traces_the_configured_steps(tiny_config, tmp_path, caplog):
