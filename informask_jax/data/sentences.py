@@ -195,10 +195,10 @@ def tokenized_cache_key(corpus_fp, tokenizer_fp):
 UNK_WARN_SHARE = 0.01
 
 
-def warn_unknown_tokens(tokenized, tokenizer):
+def warn_unknown_tokens(tokenized, tokenizer, what="corpus"):
   """Says how many of a tokenized split's tokens are [UNK], when more than UNK_WARN_SHARE: they
   are never masked nor predicted, and the statistics leave them out, so a vocabulary that lacks
-  a corpus's script shrinks what trains without a word."""
+  a corpus's script shrinks what trains without a word. `what`: the split's name."""
   unk = getattr(tokenizer, "unk_token_id", None)
   if unk is None:
     return
@@ -210,11 +210,14 @@ def warn_unknown_tokens(tokenized, tokenizer):
     total += len(ids)
     unknown += pc.sum(pc.equal(ids, int(unk))).as_py() or 0
   if total and unknown > UNK_WARN_SHARE * total:
-    log.warning("%d of the corpus's %d tokens (%.1f%%) are %s: the tokenizer's vocabulary lacks "
+    # A vocabulary trained here learns the training split's characters only: a character seen
+    # only in held-out documents is [UNK] there, and training another vocabulary cannot help.
+    log.warning("%d of the %s's %d tokens (%.1f%%) are %s: the tokenizer's vocabulary lacks "
                 "characters of the text (or a word is over 100 characters long). They are never "
                 "masked nor predicted, and the statistics leave them out; a vocabulary trained on "
-                "the corpus (config.tokenizer.name_or_path='') holds all of its characters.",
-                unknown, total, 100 * unknown / total, tokenizer.unk_token)
+                "the corpus (config.tokenizer.name_or_path='') holds all the characters of its "
+                "training split.", unknown, what if what == "corpus" else f"{what} split", total,
+                100 * unknown / total, tokenizer.unk_token)
 
 
 _MAP_SCRATCH_PREFIX = ".map-"  # tokenize_corpus's folder for map()'s own result files.
@@ -283,5 +286,5 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None, what="
   log.info("Tokenized %d documents%s in %.1fs; cached in %s.", len(tokenized),
            f" ({dropped} without a token dropped)" if dropped else "", time.time() - start, path)
   tokenized = datasets.load_from_disk(path)
-  warn_unknown_tokens(tokenized, tokenizer)  # Once, as it is built: a later load reads it only.
+  warn_unknown_tokens(tokenized, tokenizer, what)  # Once, as built: a later load reads it only.
   return tokenized
