@@ -12,6 +12,7 @@ skipped. `corpus.load_corpus` cleans and splits what is read here.
 """
 
 import codecs
+import contextlib
 import glob
 import hashlib
 import json
@@ -517,7 +518,11 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
   data.cache_dir, not $HF_DATASETS_CACHE), the column text_field as "text"."""
   field = source.get("text_field") or "text"
   try:
-    with worker_processes.spawned():
+    # Files of other columns fail together by design (read one at a time below): datasets'
+    # ERROR lines, a schema dump per file, would read as the run's failure. A lone file's error
+    # is raised with its reason, and so is a file's that fails on its own below.
+    quiet = _datasets_errors_quiet() if len(group) > 1 else contextlib.nullcontext()
+    with worker_processes.spawned(), quiet:
       ds = datasets.load_dataset(builder, data_files=group, split="train", cache_dir=cache_dir,
                                  num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
@@ -532,6 +537,24 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
              for path in group]
     return datasets.concatenate_datasets(parts)
   return select_text(ds, field, where)
+
+
+@contextlib.contextmanager
+def _datasets_errors_quiet():
+  """datasets logs nothing below CRITICAL here, nor in worker processes started meanwhile
+  (they read DATASETS_VERBOSITY as they import datasets)."""
+  logger = logging.getLogger("datasets")
+  level, env = logger.level, os.environ.get("DATASETS_VERBOSITY")
+  logger.setLevel(logging.CRITICAL)
+  os.environ["DATASETS_VERBOSITY"] = "critical"
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+    if env is None:
+      os.environ.pop("DATASETS_VERBOSITY", None)
+    else:
+      os.environ["DATASETS_VERBOSITY"] = env
 
 
 def _load_one_file(builder, path, where, cache_dir):

@@ -186,10 +186,12 @@ def test_jsonl_parquet_glob_and_directory(tmp_path):
 
 
 @pytest.mark.parametrize("num_proc", [1, 2])
-def test_files_whose_other_columns_differ_and_a_bad_file_among_many(tmp_path, num_proc, caplog):
+def test_files_whose_other_columns_differ_and_a_bad_file_among_many(tmp_path, num_proc, caplog,
+                                                                     capfd):
   """Only text_field is read, so other columns may differ between files (`datasets` casts every
-  file to the first one's); among several files a bad one is named with its own reason, not a
-  worker's traceback."""
+  file to the first one's), without datasets' ERROR lines and schema dumps of the attempt to read
+  them together (they read as a failure); among several files a bad one is named with its own
+  reason, not a worker's traceback."""
   folder = tmp_path / "data"
   folder.mkdir()
   (folder / "a.jsonl").write_text(json.dumps({"text": "First file.", "id": 1}) + "\n")
@@ -204,6 +206,8 @@ def test_files_whose_other_columns_differ_and_a_bad_file_among_many(tmp_path, nu
   assert sorted(_texts(loaded["train"]) + _texts(loaded["validation"])) == [
       "First file.", "Fourth file.", "Second file.", "Third file."]
   assert "reading them one at a time" in caplog.text
+  assert not [r.getMessage() for r in caplog.records if r.name.startswith("datasets")]
+  assert "Failed to read file" not in capfd.readouterr().err  # Also from worker processes.
   (folder / "d.parquet").write_bytes(b"PAR1" + b"\x00" * 100)
   with pytest.raises(ValueError, match=r"could not read \['.*d.parquet'\] as parquet: "
                                        r"ArrowInvalid: .*magic bytes") as error:
