@@ -1927,8 +1927,7 @@ def test_summary_without_tokens_outside_the_pmi_table_has_no_mean_rate_for_them(
 
   directory = _hand_built_stats(tmp_path / "stats", counts=(0, 0, 0, 0, 10, 6, 2, 0, 1))
   text, numbers = report.summarize(directory)
-  assert ("tokens outside the PMI table: 0 (0.0% of occurrences), mean rate nan"
-          in text.splitlines())
+  assert "tokens outside the PMI table: 0 (0.0% of occurrences)" in text.splitlines()
   assert report._pmi_end_label({"rates_method": 2}, float("nan")) == (
       "end of the PMI vocabulary (no PMI beyond: the mean rate)")
 

@@ -81,8 +81,8 @@ def summarize(directory) -> tuple[str, dict]:
       f"rates from {c.get('rate_sequences', '?')} sequences: sampled target share "
       f"{c.get('rate_sample_fraction', float('nan')):.4f}, corpus-level expected share "
       f"{art_expected(rates, counts, specials):.4f} (mask_prob {mask_prob})",
-      f"tokens outside the PMI table: {outside.size} ({share_out:.1%} of occurrences), mean "
-      f"rate {mean_out:.4f}",
+      f"tokens outside the PMI table: {outside.size} ({share_out:.1%} of occurrences)"
+      + (f", mean rate {mean_out:.4f}" if outside.size else ""),  # None: no rate, not "nan".
       f"rate over PMI-table tokens seen >= {min_count} times: min {rates[frequent].min():.4f}  "
       f"median {np.median(rates[frequent]):.4f}  max {rates[frequent].max():.4f}",
       f"Spearman(rate, log frequency) = {rho:.3f} over the {measured.size} PMI-table tokens "
