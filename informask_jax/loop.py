@@ -330,7 +330,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # --- Mesh --------------------------------------------------------------------------------
   mesh = sharding_lib.make_mesh(config.mesh)
   rules = sharding_lib.logical_rules(config.mesh, known=model_lib.LOGICAL_AXES)
-  sharding_lib.check_batch_divisible(config.train.batch_size, mesh, config.optim.grad_accum_steps)
+  sharding_lib.check_batch_divisible(config.train.batch_size, mesh, config.optim.grad_accum_steps,
+                                     resumed=resume)
   _log_topology(config, mesh)
 
   # --- Input and masking -------------------------------------------------------------------

@@ -207,10 +207,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_divisible(global_batch: int, mesh: Mesh, micro_steps: int = 1) -> None:
-  """The global batch must split evenly over hosts, data-parallel devices and micro-batches."""
+def check_batch_divisible(global_batch: int, mesh: Mesh, micro_steps: int = 1, *,
+                          resumed: bool = False) -> None:
+  """The global batch must split evenly over hosts, data-parallel devices and micro-batches.
+  `resumed`: the run resumes a checkpoint, whose batch size cannot change (its data position
+  belongs to it), so the remedy named is a mesh or grad_accum_steps, not another batch size."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  nearest = _nearest_batch_sizes(global_batch, mesh, micro_steps)
+  nearest = (_resume_remedy(global_batch, mesh, micro_steps) if resumed
+             else _nearest_batch_sizes(global_batch, mesh, micro_steps))
   if global_batch % micro_steps:
     raise ValueError(f"config.train.batch_size={global_batch} is not divisible by "
                      f"config.optim.grad_accum_steps={micro_steps}. {nearest}")
@@ -233,6 +237,31 @@ def _nearest_batch_sizes(global_batch: int, mesh: Mesh, micro_steps: int) -> str
   below = global_batch // step * step
   sizes = [n for n in (below, below + step) if n > 0 and n != global_batch]
   return f"Nearest valid config.train.batch_size: {' or '.join(map(str, sizes))}."
+
+
+def _resume_remedy(global_batch: int, mesh: Mesh, micro_steps: int) -> str:
+  """What divides a resumed run's batch on this mesh's devices: fewer data-parallel devices (the
+  rest on the tensor axis) or another grad_accum_steps; a run moved to another device count
+  (a preempted job on a new allocation) meets this."""
+  devices, shards = mesh.devices.size, mesh.shape["data"] * mesh.shape["fsdp"]
+  text = (f"A resume keeps config.train.batch_size={global_batch} (the checkpoint's data "
+          "position belongs to it)")
+  if global_batch % jax.process_count():
+    return text + f"; run it on a number of processes that divides {global_batch}."
+  micro = global_batch // micro_steps if global_batch % micro_steps == 0 else 0
+  fits = [d for d in range(1, devices + 1) if devices % d == 0 and micro and micro % d == 0
+          and d % jax.process_count() == 0]
+  remedies = []
+  if fits:
+    d = max(fits)
+    remedies.append(f"--config.mesh.data={d} --config.mesh.fsdp=1 --config.mesh.tensor="
+                    f"{devices // d} (data-parallel over {d} of the {devices} devices)")
+  accum = [a for a in range(1, global_batch + 1)
+           if global_batch % a == 0 and (global_batch // a) % shards == 0]
+  if accum:
+    remedies.append(f"--config.optim.grad_accum_steps="
+                    f"{min(accum, key=lambda a: (abs(a - micro_steps), a))}")
+  return text + (f": resume with {' or '.join(remedies)}." if remedies else ".")
 
 
 def check_batch_shards_per_host(mesh: Mesh) -> None:

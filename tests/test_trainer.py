@@ -480,6 +480,27 @@ def test_a_batch_that_does_not_divide_names_the_nearest_sizes_that_do():
     sharding_lib.check_batch_divisible(4, mesh)  # Nothing valid below.
 
 
+def test_a_resume_whose_batch_does_not_divide_names_a_mesh_or_accumulation_that_does():
+  """A run moved to another device count: the batch-size advice was refused by the resume (its
+  batch size is fixed); a mesh with fewer data-parallel devices, or other micro-batches, works."""
+  six = sharding_lib.make_mesh(_mesh_config(-1, 1, 1), jax.devices()[:6])
+  with pytest.raises(ValueError, match=re.escape(
+      "the 6 data-parallel devices (mesh data=6 x fsdp=1). A resume keeps config.train."
+      "batch_size=32 (the checkpoint's data position belongs to it): resume with "
+      "--config.mesh.data=2 --config.mesh.fsdp=1 --config.mesh.tensor=3 (data-parallel over 2 "
+      "of the 6 devices).") + "$"):
+    sharding_lib.check_batch_divisible(32, six, resumed=True)
+  eight = sharding_lib.make_mesh(_mesh_config(8, 1, 1))
+  with pytest.raises(ValueError, match=re.escape(
+      ": resume with --config.mesh.data=4 --config.mesh.fsdp=1 --config.mesh.tensor=2 "
+      "(data-parallel over 4 of the 8 devices) or --config.optim.grad_accum_steps=2.") + "$"):
+    sharding_lib.check_batch_divisible(16, eight, micro_steps=4, resumed=True)
+  # Both remedies pass the check (the mesh's on the same 8 devices).
+  sharding_lib.check_batch_divisible(16, sharding_lib.make_mesh(_mesh_config(4, 1, 2)),
+                                     micro_steps=4, resumed=True)
+  sharding_lib.check_batch_divisible(16, eight, micro_steps=2, resumed=True)
+
+
 def test_masker_tables_are_step_arguments_not_compiled_constants():
   # A PMI table closed over by the step would be embedded in the program (GiBs at V = 30k) and
   # copied into every compilation; as a jit argument it is placed on the devices once.
