@@ -153,7 +153,7 @@ def _layer_norm_eps(model_config) -> float:
     return default_layer_norm_eps(model_config.flavour)
   # Zero divides by a zero variance (a constant row: NaN); NaN or inf make every output so. A
   # value below float32's smallest normal is 0 on the device (XLA:CPU flushes subnormals).
-  tiny = float(jnp.finfo(jnp.float32).tiny)
+  tiny = _FLOAT32_TINY
   if isinstance(value, bool) or not isinstance(value, int | float) or not tiny <= value < math.inf:
     raise ValueError(f"config.model.layer_norm_eps={value!r}: expected a positive number, or -1 "
                      "for the flavour's default (1e-12 for bert, 1e-5 for roberta); at least "
