@@ -133,7 +133,8 @@ def get_base_config(arg=None, strategy="informask"):
   # pmi_span: size of the n-gram vocabulary; the bigram variant's pair table holds half as many.
   c.stats.ngram_vocab_size = 20000 if tiny else 800000
   c.stats.ngram_min_count = 5 if tiny else 10  # pmi_span: n-grams seen fewer times are left out.
-  c.stats.rate_sample_sequences = 4096 if tiny else 200000  # Sequences scored for the rates.
+  # Training rows scored for the rates (0: every row).
+  c.stats.rate_sample_sequences = 4096 if tiny else 200000
   c.stats.rate_smoothing = 10.0  # Pseudo-count pulling rare tokens' rates toward the mean.
   c.stats.memory_cap_mb = 2048  # Counting flushes partial counts to disk above this.
 
