@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -73,6 +74,14 @@ def check_config(config) -> None:
     if t[key] > optim.MAX_STEPS:  # Else an OverflowError traceback from the first step's call.
       raise ValueError(f"config.train.{key}={t[key]} must be below 2**31 (steps and sizes are "
                        "int32 on the device).")
+  both = math.lcm(t.eval_every, t.checkpoint_every)
+  if max(t.eval_every, t.checkpoint_every) < t.num_steps <= both:
+    # Only a checkpoint at an evaluated step carries a validation loss to be kept as the best.
+    logging.warning(
+        "config.train.eval_every=%d and config.train.checkpoint_every=%d first coincide at step "
+        "%d, not before num_steps=%d: no checkpoint but the last has a validation loss, so none "
+        "is kept as the best by it. Make checkpoint_every a multiple of eval_every (or the "
+        "other way round).", t.eval_every, t.checkpoint_every, both, t.num_steps)
   if isinstance(m.max_predictions, bool) or not isinstance(m.max_predictions, int) or \
       m.max_predictions < 1:  # A negative value sliced away all but the last positions.
     raise ValueError(f"config.model.max_predictions={m.max_predictions!r} must be an integer >= 1.")
@@ -428,7 +437,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
                         "train; raise num_steps to continue.", step, config.train.num_steps)
         # The run did nothing: its config.json and tokenizer stay those of the steps trained (a
-        # smaller num_steps written there would misdescribe them), and no step is compiled.
+        # smaller num_steps written there would misdescribe them), and no step is compiled. What
+        # a crashed run logged past the checkpoint goes, as on any resume: no parameters hold it.
+        metrics_lib.MetricWriter(workdir, enabled=is_main, resumed_at=step).close()
         return {"step": step, "preempted": False, "stopped_by": None}
     # Written once the run is known to fit the workdir (a refused resume must not replace them).
     if is_main:
@@ -585,14 +596,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           checkpointer.wait()
           stopped_by = stopping
           logging.warning(
-              "Received %s: %s; exiting. Run the same command to resume.", stopping,
+              "Received %s: %s; exiting. %s.", stopping,
               f"saved a checkpoint at step {step} in {workdir}" if saved else
               f"step {step} was not saved (non-finite parameters or skipped steps); "
-              + _latest_checkpoint(checkpointer))
+              + _latest_checkpoint(checkpointer), _sentence(resume_advice(t)))
           break
         if evaluated or saving:
           interval_start += time.time() - paused
     # A signal during the last step (or its evaluation) stopped nothing: the run is finished.
+    # Nor does one during the final save's write (seconds to minutes at scale), waited for here
+    # while a signal is only noted; the cleanup's wait would come after stop.restore put back
+    # the handler that exits with status 143.
+    checkpointer.wait()
     return {"step": step, **last_log, **last_eval, "preempted": stopped_by is not None,
             "stopped_by": stopped_by}
 
@@ -669,9 +684,9 @@ def _save_before_data_failure(step, started_at, state, batches, checkpointer, me
   sources = ", ".join(f"{s['kind']} {s.get('name')!r}{' (streaming)' if s.get('streaming') else ''}"
                       for s in config.data.sources)
   logging.error("Reading the training data (config.data.sources: %s) failed after step %d (the "
-                "error follows): %s; once the data reads again, run the same command to resume.",
+                "error follows): %s; once the data reads again, %s.",
                 sources, step, f"saved a checkpoint at step {step} in {workdir}" if saved
-                else _latest_checkpoint(checkpointer))
+                else _latest_checkpoint(checkpointer), resume_advice(config.train))
 
 
 def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:
@@ -683,14 +698,29 @@ def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:
   return False
 
 
-def after_interrupt(workdir, overwrite: bool = False) -> str:
+def resume_advice(train) -> str:
+  """How to resume a run stopped early, given its config.train (None: not known). A run that
+  started over (resume=False) would start over again with the same command (overwrite=True:
+  a scheduler requeueing it deleted the run at each preemption) or be refused."""
+  if train is None or train.resume:
+    return "run the same command to resume"
+  if train.overwrite:
+    return ("run the same command without --config.train.overwrite=True and "
+            "--config.train.resume=False to resume (as it is, it would start over)")
+  return ("run the same command without --config.train.resume=False to resume (as it is, it "
+          "would be refused)")
+
+
+def _sentence(text: str) -> str:
+  return text[:1].upper() + text[1:]
+
+
+def after_interrupt(workdir, train=None) -> str:
   """What a run stopped at once (a second Ctrl-C, or one before the loop handles signals) leaves
   in `workdir`, for train.py's last line: with no checkpoint written there is nothing to resume.
-  `overwrite`: the run had config.train.overwrite (and resume=False), which the same command
-  would apply again, to the run an interrupt before the first step put back or to its own."""
-  resume = ("run the same command without --config.train.overwrite=True and "
-            "--config.train.resume=False to resume them (as it is, it would start over)"
-            if overwrite else "run the same command to resume")
+  `train`: the run's config.train, whose overwrite the same command would apply again, to the
+  run an interrupt before the first step put back or to its own."""
+  resume = resume_advice(train)
   try:
     written = checkpointing.has_finalized_checkpoint(pathlib.Path(workdir).expanduser())
   except OSError:  # Unreadable: claim neither.

@@ -18,6 +18,7 @@ import time
 import types
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -1482,9 +1483,10 @@ def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_pat
       "the checkpoints written so far are intact; run the same command to resume")
   # After an overwrite (the run it set aside put back, or its own steps), the same command
   # would overwrite again.
-  assert loop.after_interrupt(tmp_path, overwrite=True) == (
+  overwrite = ml_collections.ConfigDict({"resume": False, "overwrite": True})
+  assert loop.after_interrupt(tmp_path, overwrite) == (
       "the checkpoints written so far are intact; run the same command without "
-      "--config.train.overwrite=True and --config.train.resume=False to resume them (as it is, "
+      "--config.train.overwrite=True and --config.train.resume=False to resume (as it is, "
       "it would start over)")
 
 
@@ -1577,6 +1579,10 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
   caplog.clear()
   # Nothing left to train (num_steps now below the checkpoint's step): the run does nothing, so
   # it rewrites neither config.json (it said num_steps=2) nor the tokenizer, nor compiles a step.
+  # It does drop what a crashed run logged past the checkpoint (step 4: no parameters hold it).
+  logged = (tmp_path / "metrics.jsonl").read_text()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 4, "loss": 1.0}) + "\n")
   config.train.num_steps = 2
   written = {p: (p.read_bytes(), p.stat().st_mtime_ns)
              for p in [tmp_path / "config.json", *(tmp_path / "tokenizer").iterdir()]}
@@ -1588,6 +1594,7 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
           in caplog.text)
   assert "config.train.num_steps: 3 ->" not in caplog.text
   assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == written
+  assert (tmp_path / "metrics.jsonl").read_text() == logged
   assert json.loads(written[tmp_path / "config.json"][0])["train"]["num_steps"] == 3
   # Raising num_steps continues the run, and the log says where the decay now ends.
   config.train.num_steps = 5
@@ -1642,6 +1649,65 @@ def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_p
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
   assert (f"Received SIGTERM: saved a checkpoint at step 1 in {tmp_path}; exiting. Run the same "
           "command to resume." in caplog.text)
+  # A run that started over: the same command would start over again (a scheduler requeueing
+  # it would delete the run at each pre-emption), so the advice names the flags to drop.
+  config.train.resume, config.train.overwrite = False, True
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert loop.train_and_evaluate(config, tmp_path)["stopped_by"] == "SIGTERM"
+  assert (f"Received SIGTERM: saved a checkpoint at step 1 in {tmp_path}; exiting. Run the same "
+          "command without --config.train.overwrite=True and --config.train.resume=False to "
+          "resume (as it is, it would start over)." in caplog.text)
+
+
+def test_a_signal_while_the_final_checkpoint_is_written_leaves_the_run_finished(
+    tiny_config, tmp_path, monkeypatch):
+  """A scheduler's SIGTERM landing while the last step's save is still being written (minutes
+  for a large model): the run is finished, not pre-empted, and the process's own handler (which
+  exits with status 143 in train.py) never sees the signal."""
+  config = _small(tiny_config, num_steps=2, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+  wait, sent, outside = checkpointing.Checkpointer.wait, [], []
+
+  def wait_signalled(self):
+    if self._writing == 2 and not sent:  # The final save is in flight.
+      sent.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return wait(self)
+
+  monkeypatch.setattr(checkpointing.Checkpointer, "wait", wait_signalled)
+  previous = signal.signal(signal.SIGTERM, lambda *args: outside.append(args[0]))
+  try:
+    result = loop.train_and_evaluate(config, tmp_path)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert sent and not outside
+  assert result["step"] == 2 and not result["preempted"] and result["stopped_by"] is None
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
+
+
+def test_cadences_that_never_save_an_evaluated_step_before_the_last_are_warned(tiny_config,
+                                                                               caplog):
+  """A checkpoint carries a validation loss only at an evaluated step: with eval_every=7 and
+  checkpoint_every=10 over 30 steps that is step 30 alone, so the best by validation loss is
+  never kept apart from the latest. Cadences that coincide before the end say nothing."""
+  warning = "first coincide at step"
+  for eval_every, checkpoint_every, num_steps, warned in [(7, 10, 30, True), (10, 7, 30, True),
+                                                          (7, 10, 70, True), (7, 10, 71, False),
+                                                          (100, 200, 400, False),
+                                                          (10, 10, 30, False),
+                                                          (7, 10, 10, False)]:
+    config = copy.deepcopy(tiny_config)
+    config.train.update(eval_every=eval_every, checkpoint_every=checkpoint_every,
+                        num_steps=num_steps)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      loop.check_config(config)
+    assert (warning in caplog.text) == warned, (eval_every, checkpoint_every, num_steps)
+    if (eval_every, checkpoint_every, num_steps) == (7, 10, 30):
+      assert ("config.train.eval_every=7 and config.train.checkpoint_every=10 first coincide at "
+              "step 70, not before num_steps=30: no checkpoint but the last has a validation "
+              "loss, so none is kept as the best by it.") in caplog.text
 
 
 def test_a_data_read_error_saves_the_steps_trained_and_the_run_resumes_there(

@@ -118,7 +118,8 @@ for name, error in [("stopped", loop.TrainingStopped("too many non-finite steps"
 
 # A Ctrl-C outside the loop's handler: one line saying what remains, after an overwrite too.
 interrupts = []
-loop.after_interrupt = lambda workdir, overwrite: interrupts.append([workdir, overwrite]) or "left"
+advice = loop.resume_advice
+loop.after_interrupt = lambda workdir, train: interrupts.append([workdir, advice(train)]) or "left"
 cli.exit_interrupted = lambda program, remains: interrupts.append([program, remains])
 def interrupted(argv):
   raise KeyboardInterrupt
@@ -197,9 +198,14 @@ def test_before_the_loop_the_processes_start_watch_each_other_and_take_sigterm(r
 def test_a_ctrl_c_outside_the_loop_says_what_remains_of_an_overwrite_too(results):
   """An overwrite (with resume off) started over: the same command would overwrite again."""
   assert results["interrupted"] == ["returned"] * 4
-  said = ["train.py", "left"]
-  assert results["interrupts"] == [["the workdir", False], said, ["the workdir", False], said,
-                                   ["the workdir", True], said, ["the workdir", False], said]
+  said, same = ["train.py", "left"], "run the same command to resume"
+  assert results["interrupts"] == [
+      ["the workdir", "run the same command without --config.train.resume=False to resume (as "
+       "it is, it would be refused)"], said,
+      ["the workdir", same], said,
+      ["the workdir", "run the same command without --config.train.overwrite=True and "
+       "--config.train.resume=False to resume (as it is, it would start over)"], said,
+      ["the workdir", same], said]
 
 
 def test_the_loops_refusals_end_in_one_line_and_a_bug_keeps_its_traceback(results):
