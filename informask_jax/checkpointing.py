@@ -347,23 +347,44 @@ def latest_meta(workdir) -> dict | None:
     manager.close()
 
 
+class UntrainedHead(ValueError):
+  """The step is an import of a bare encoder, whose masked-LM head was initialised fresh."""
+
+
 def restore_params(workdir, step: int | None = None, *, step_flag: str | None = None,
-                   tokenizer_fingerprint: str | None = None
+                   tokenizer_fingerprint: str | None = None, untrained_head: str = "allow"
                    ) -> tuple[Any, model_lib.MLMConfig, int]:
   """Parameters as numpy arrays on this host, whatever mesh saved them, plus the architecture.
 
   `step_flag` names the caller's flag for `step` (eval_lama.py's, convert_checkpoint.py's
   --step): a damaged step's error then advises it rather than moving the step aside.
   `tokenizer_fingerprint`: that of WORKDIR/tokenizer as the caller loaded it, refused (before
-  the weights are read) when the step was trained with another one."""
+  the weights are read) when the step was trained with another one. `untrained_head`: what an
+  imported bare encoder's fresh head gets: "allow" (init_from trains it), "warn" (an export,
+  fine for fine-tuning) or "refuse" (UntrainedHead: LAMA would score a random head)."""
   manager, steps = _find_steps(workdir)
   try:  # Closed on every path: its threads left open print tracebacks at interpreter exit.
-    return _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerprint)
+    return _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerprint,
+                           untrained_head)
   finally:
     manager.close()
 
 
-def _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerprint):
+def _check_head(meta, workdir, step, untrained_head) -> None:
+  if not meta.get("fresh_mlm_head"):
+    return
+  what = (f"the checkpoint at step {step} in {workdir} is an import of an encoder without a "
+          "masked-LM head, whose head was initialised fresh")
+  if untrained_head == "refuse":
+    raise UntrainedHead(what)
+  if untrained_head == "warn":
+    logging.warning("%s%s: its token predictions are random until the head is trained "
+                    "(--config.init_from); the encoder is fine for fine-tuning.",
+                    what[0].upper(), what[1:])
+
+
+def _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerprint,
+                    untrained_head):
   if step is None:
     step = steps[-1]
   elif step not in steps:
@@ -376,6 +397,7 @@ def _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerpr
                          f" (the best by validation loss: {best})" if best is not None else "")
                      + ".")
   meta = _read_meta(manager, workdir, step, step_flag)
+  _check_head(meta, workdir, step, untrained_head)
   saved = meta.get("tokenizer_fingerprint")  # Imports written before 2026-12 record none.
   if tokenizer_fingerprint and saved and saved != tokenizer_fingerprint:
     # Only the size was compared: a replaced vocabulary of the same size gave fluent nonsense.
@@ -450,8 +472,9 @@ def _as_dict(tree):
 
 
 def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
-                            tokenizer=None) -> None:
-  """A step-0, params-only checkpoint (e.g. imported from Hugging Face) for init_from / export."""
+                            tokenizer=None, *, fresh_mlm_head: bool = False) -> None:
+  """A step-0, params-only checkpoint (e.g. imported from Hugging Face) for init_from / export.
+  `fresh_mlm_head`: the head is new (the model had none), recorded for eval_lama and export."""
   path = checkpoint_dir(workdir)
   # Finished steps only: an import that ran out of disk left an unfinished one, which the
   # manager removes on opening, so the retry can go ahead.
@@ -461,6 +484,8 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
   # without its tokenizer (a disk full, a kill in between) could be neither exported nor
   # imported again (its checkpoints/ is taken).
   meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
+  if fresh_mlm_head:
+    meta["fresh_mlm_head"] = True
   if tokenizer is not None:
     saved_dir = pathlib.Path(workdir) / "tokenizer"
     paths.replace_files(saved_dir, lambda tmp: tokenizer.save_pretrained(tmp), "the tokenizer")

@@ -7,6 +7,7 @@ way that matters: both models run on the same inputs and their logits are compar
 
 import dataclasses
 import fnmatch
+import functools
 import json
 import os
 import shutil
@@ -500,8 +501,10 @@ def _usable_tokenizer(directory: str, action: str, needs: str):
 
 
 def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
-                   fmt: str | None = None, verify: bool = True, overwrite: bool = False) -> dict:
-  """Restores a training checkpoint on this host's CPU and exports it with its tokenizer."""
+                   fmt: str | None = None, verify: bool = True, overwrite: bool = False,
+                   untrained_head: str = "warn") -> dict:
+  """Restores a training checkpoint on this host's CPU and exports it with its tokenizer.
+  `untrained_head`: as checkpointing.restore_params takes it, for a bare encoder's import."""
   from informask_jax import checkpointing
 
   if fmt is not None:
@@ -527,7 +530,8 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                                 "the export needs the tokenizer the model was trained with")
   fingerprint = tokenization.tokenizer_fingerprint(tokenizer)
   params, cfg, restored_step = checkpointing.restore_params(
-      workdir, step, step_flag="--step", tokenizer_fingerprint=fingerprint)
+      workdir, step, step_flag="--step", tokenizer_fingerprint=fingerprint,
+      untrained_head=untrained_head)
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:
     raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "
@@ -560,9 +564,14 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   hf_config = _read_hf_config(model_dir)
   # An import of the special tokens alone would fail in train.py, named elsewhere.
   tokenizer = _usable_tokenizer(model_dir, "import", "the workdir needs the model's tokenizer")
-  params, cfg = hf_mapping.from_hf_state_dict(
-      _read_state_dict(model_dir), hf_config, scan_layers=scan_layers, head_seed=head_seed,
-      config_name=os.path.join(model_dir, "config.json"))
+  state_dict = _read_state_dict(model_dir)
+  convert = functools.partial(hf_mapping.from_hf_state_dict, state_dict, hf_config,
+                              scan_layers=scan_layers, head_seed=head_seed,
+                              config_name=os.path.join(model_dir, "config.json"))
+  try:  # A bare encoder's head is made fresh, and the checkpoint says so (eval_lama refuses it).
+    (params, cfg), fresh_head = convert(require_head=True), False
+  except hf_mapping.NoMLMHead:
+    (params, cfg), fresh_head = convert(), True
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:  # train.py and the export take one embedding row per token id.
     raise ValueError(f"The tokenizer in {model_dir} has {tokens} token ids but the model's "
@@ -572,5 +581,6 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != cfg.pad_id:
     raise ValueError(f"Tokenizer pad id {tokenizer.pad_token_id} differs from the config's "
                      f"pad_token_id {cfg.pad_id} in {model_dir}.")
-  checkpointing.save_initial_checkpoint(workdir, params, cfg, tokenizer)
+  checkpointing.save_initial_checkpoint(workdir, params, cfg, tokenizer,
+                                        fresh_mlm_head=fresh_head)
   return {"workdir": workdir, "config": dataclasses.asdict(cfg)}

@@ -639,7 +639,8 @@ def test_a_damaged_model_or_a_missing_device_is_one_clear_error(models, tmp_path
 
 
 @pytest.mark.parametrize("flavour", ["bert", "roberta"])
-def test_a_model_without_its_mlm_head_is_refused_by_both_backends(models, tmp_path, flavour):
+def test_a_model_without_its_mlm_head_is_refused_by_both_backends(models, tmp_path, flavour,
+                                                                   caplog):
   """A bare encoder (BertModel, RobertaModel): transformers and our reader would both add a random
   head, and the backends' scores would be noise that differs between them."""
   trained = transformers.AutoModelForMaskedLM.from_pretrained(models[flavour])
@@ -651,6 +652,23 @@ def test_a_model_without_its_mlm_head_is_refused_by_both_backends(models, tmp_pa
     with pytest.raises(ValueError, match=r"--model .*bare.* has no masked-LM head .*randomly "
                                          r"initialised head"):
       lama.load_backend(str(bare), backend, tokenizer, batch_size=4)
+  # Imported as a training run (a fresh head, to be trained with init_from), then probed before
+  # that training: refused too, at that step. The same import of the trained model is probed.
+  imported, headed = tmp_path / "imported", tmp_path / "headed"
+  export.import_to_workdir(str(bare), str(imported))
+  export.import_to_workdir(models[flavour], str(headed))
+  for backend in ("torch", "flax"):
+    with pytest.raises(ValueError, match=r"--model .*imported.* has no masked-LM head \(the "
+                                         r"checkpoint at step 0 in .*imported is an import of an "
+                                         r"encoder without a masked-LM head, .*randomly"):
+      lama.load_backend(str(imported), backend, lama.load_tokenizer(str(imported)),
+                        batch_size=4)
+  assert lama.load_backend(str(headed), "flax", lama.load_tokenizer(str(headed)), batch_size=4)
+  # An export of it goes ahead (the encoder serves fine-tuning), saying what the head is.
+  with caplog.at_level(logging.WARNING):
+    export.export_workdir(str(imported), str(tmp_path / "exported"))
+  assert ("is an import of an encoder without a masked-LM head, whose head was initialised "
+          "fresh: its token predictions are random until the head is trained") in caplog.text
 
 
 def test_an_out_that_is_a_file_is_refused_before_the_run(models, tmp_path):

@@ -213,9 +213,12 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
     if is_workdir(model):
       from informask_jax import checkpointing, tokenization
 
-      params, cfg, _ = checkpointing.restore_params(
-          model, step=step, step_flag="--step",
-          tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
+      try:
+        params, cfg, _ = checkpointing.restore_params(
+            model, step=step, step_flag="--step", untrained_head="refuse",
+            tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
+      except checkpointing.UntrainedHead as e:
+        raise _no_head_error(model, str(e)) from None
     else:
       from informask_jax import export, hf_mapping
 
@@ -229,7 +232,7 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
         raise _model_load_error(model, e) from e
     return FlaxBackend(params, cfg, batch_size, tokenizer)
   if is_workdir(model):
-    from informask_jax import export
+    from informask_jax import checkpointing, export
 
     # Removed below, and on SIGTERM (eval_lama.py); a SIGKILLed run's copy stays: named here.
     paths.warn_leftover_folders(tempfile.gettempdir(), (LAMA_EXPORT_PREFIX,),
@@ -237,7 +240,9 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
     with paths.scratch_dir(prefix=LAMA_EXPORT_PREFIX) as tmp:  # Gone once the weights are read.
       # The export checks its own logits against ours, so both backends see the same model.
       try:
-        export.export_workdir(model, tmp, step=step)
+        export.export_workdir(model, tmp, step=step, untrained_head="refuse")
+      except checkpointing.UntrainedHead as e:
+        raise _no_head_error(model, str(e)) from None
       except paths.WriteError as e:  # Its message would speak of an export the user asked for.
         cause = e.__cause__ or e
         raise paths.WriteError(
