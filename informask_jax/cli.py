@@ -80,7 +80,8 @@ def _without_closed_loop_callbacks(hook):
 
 # What our code raises on purpose for bad input, a refused action or a stopped run, always with a
 # message that names the file, key or step: the message is the whole story, the stack is noise.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, paths.WriteError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               paths.WriteError)
 
 # A full disk, a quota, a read-only file system: the machine's state, not a bug, wherever it
 # surfaces (a cache, the workdir's lock, a library's writer).

@@ -1,9 +1,15 @@
 """convert_checkpoint.py's handling of bad input paths (no model is built: each case fails before
 anything is read). The conversions themselves are tests/test_export.py's."""
 
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 import convert_checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", ["missing_model", "missing_model/"])
@@ -27,6 +33,14 @@ def test_a_file_given_as_from_hf_names_the_directory_to_give(tmp_path):
     convert_checkpoint.main(["--from-hf", str(model / "config.json"), "--out",
                              str(tmp_path / "work")])
   assert not (tmp_path / "work").exists()
+  # The script itself: one line, no traceback.
+  out = subprocess.run([sys.executable, "convert_checkpoint.py", "--from-hf",
+                        str(model / "config.json"), "--out", str(tmp_path / "work")],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"convert_checkpoint.py: error: NotADirectoryError: --from-hf '{model}/config.json' is a "
+      "file: give the directory that holds the model's config.json and weights, or a hub name.")
 
 
 @pytest.fixture

@@ -865,9 +865,30 @@ def test_a_step_the_workdir_lacks_is_refused_before_the_model_loads(models, tmp_
   with pytest.raises(FileNotFoundError, match=r"checkpoints' is a run's checkpoints folder; give "
                                               rf"the run's workdir, '{tmp_path / 'run'}', which"):
     lama.evaluate(str(tmp_path / "run" / "checkpoints"), str(FIXTURES), progress=False)
+  # A step folder inside it: the workdir and the --step that picks that step.
+  with pytest.raises(FileNotFoundError, match=r"checkpoints/0' is inside a run's checkpoints "
+                                              rf"folder; give the run's workdir, "
+                                              rf"'{tmp_path / 'run'}', which holds it \(with "
+                                              r"--step 0 for that step\)"):
+    lama.check_model(str(tmp_path / "run" / "checkpoints" / "0"))
   # A model merely saved as a folder named checkpoints/ is no run's folder: it is evaluated.
   shutil.copytree(models["bert"], tmp_path / "exports" / "checkpoints")
   lama.check_model(str(tmp_path / "exports" / "checkpoints"))
+  # A model's file for its folder: named as such, not asked of the hub as a repo id.
+  with pytest.raises(NotADirectoryError, match=r"config.json' is a file: give the directory"):
+    lama.check_model(str(tmp_path / "exports" / "checkpoints" / "config.json"))
+
+
+def test_a_model_folder_keeping_a_tokenizer_subfolder_is_a_model_not_a_workdir(models,
+                                                                                 tmp_path):
+  """config.json + weights, with a copy of the tokenizer in tokenizer/ as some repositories keep
+  it: was taken for a training workdir without a checkpoint, and refused."""
+  folder = tmp_path / "hf"
+  shutil.copytree(models["bert"], folder)
+  lama.load_tokenizer(models["bert"]).save_pretrained(folder / "tokenizer")
+  assert lama.check_model(str(folder)) is None
+  tokenizer = lama.load_tokenizer(str(folder))
+  assert lama.load_backend(str(folder), "flax", tokenizer, batch_size=4)
 
 
 @pytest.mark.parametrize("backend", ["flax", "torch"])

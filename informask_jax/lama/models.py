@@ -24,10 +24,17 @@ def read_provenance(model_dir) -> dict | None:
 
 
 def is_workdir(path: str | os.PathLike) -> bool:
-  """A training workdir: checkpoints/ or a config.json next to a tokenizer/ folder."""
+  """A training workdir: checkpoints/, or a config.json next to a tokenizer/ folder in a folder
+  without a model's weights (a save_pretrained folder may keep a tokenizer/ copy too)."""
   p = pathlib.Path(path)
-  return p.is_dir() and ((p / "checkpoints").is_dir()
-                         or ((p / "config.json").is_file() and (p / "tokenizer").is_dir()))
+  return p.is_dir() and ((p / "checkpoints").is_dir() or (
+      (p / "config.json").is_file() and (p / "tokenizer").is_dir() and not _holds_weights(p)))
+
+
+def _holds_weights(path: pathlib.Path) -> bool:
+  from informask_jax import export  # Here: export imports this module.
+
+  return export.is_hf_model_dir(path)
 
 
 def check_model_path(model: str) -> None:
@@ -60,14 +67,23 @@ def check_model(model: str, step: int | None = None) -> int | None:
   """
   check_model_path(model)
   path = pathlib.Path(model).expanduser()
-  if path.name == "checkpoints" and not is_workdir(path):  # Only then import orbax.
+  if path.is_file():  # Else taken for a hub name, whose error speaks of repo id formats.
+    raise NotADirectoryError(f"--model {model!r} is a file: give the directory that holds it (a "
+                             "model's config.json and weights, or a training workdir), or a "
+                             "hub name.")
+  if "checkpoints" in path.parts and not is_workdir(path):  # Only then import orbax.
     from informask_jax import checkpointing
 
     run = checkpointing.run_above(path)
     if run is not None:
-      raise FileNotFoundError(f"--model {model!r} is a run's checkpoints folder; give the run's "
-                              f"workdir, {str(run)!r}, which holds it.")
-  if path.is_dir() and (is_workdir(path) or (path / "tokenizer").is_dir()):
+      inside = path.resolve().relative_to(checkpointing.checkpoint_dir(run)).parts
+      at = (f" (with --step {inside[0]} for that step)" if inside and inside[0].isdigit()
+            else "")
+      raise FileNotFoundError(
+          f"--model {model!r} is {'inside ' if inside else ''}a run's checkpoints folder; give "
+          f"the run's workdir, {str(run)!r}, which holds it{at}.")
+  if path.is_dir() and (is_workdir(path) or (
+      (path / "tokenizer").is_dir() and not _holds_weights(path))):
     from informask_jax import checkpointing
 
     if not checkpointing.has_finalized_checkpoint(path):
