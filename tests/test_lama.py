@@ -1022,6 +1022,13 @@ def test_records_with_a_bom_are_read_and_undecodable_lines_are_counted(tmp_path,
                    + b'\xef\xbb\xbf{"a": 2}\n')  # The mark of a second file joined with cat.
   assert list(lama.read_records(path)) == [{"a": 1}, None, None, {"a": "\u00e9"}, {"a": 2}]
   assert "P36.jsonl: 2 line(s) are not UTF-8 text or hold invalid Unicode escapes" in caplog.text
+  # A file saved as UTF-16: its first line is not UTF-8, the others (NUL-led) decode as UTF-8
+  # but are not JSON; every line is counted, and the warning names the encoding.
+  caplog.clear()
+  path.write_bytes('{"a": 1}\n{"a": 2}\n{"a": 3}\n'.encode("utf-16"))
+  assert list(lama.read_records(path)) == [None] * 3
+  assert ("P36.jsonl: 3 line(s) are not UTF-8 text or hold invalid Unicode escapes; they are "
+          "counted as malformed (save the file as UTF-8: NUL bytes say UTF-16).") in caplog.text
 
 
 def test_duplicate_facts_are_subject_object_pairs(bert_words, tmp_path):

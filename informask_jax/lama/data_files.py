@@ -135,12 +135,14 @@ def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
   with open(path, "rb") as f:
     for raw in f:
       raw = raw.removeprefix(b"\xef\xbb\xbf")
-      if not raw.strip():
+      if not raw.strip(b" \t\r\n\x00"):  # NUL: what UTF-16's last line break leaves.
         continue
       if limit and count >= limit:
         break
       count += 1
       try:
+        if b"\x00" in raw:  # UTF-16 (after its first line, NUL-led ones that decode as UTF-8).
+          raise UnicodeDecodeError("utf-8", raw, raw.index(b"\x00"), len(raw), "NUL byte")
         record = json.loads(raw.decode("utf-8"))
         if isinstance(record, dict):
           json.dumps(record, ensure_ascii=False).encode("utf-8")  # Lone surrogates raise here.
@@ -154,4 +156,5 @@ def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
       yield record if isinstance(record, dict) else None
   if undecodable:
     log.warning("%s: %d line(s) are not UTF-8 text or hold invalid Unicode escapes; they are "
-                "counted as malformed.", path, undecodable)
+                "counted as malformed (save the file as UTF-8: NUL bytes say UTF-16).", path,
+                undecodable)
