@@ -101,6 +101,16 @@ def _read_state_dict(model_dir: str) -> dict:
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {model_dir}.")
 
 
+# What _resolve fetches of a hub model: top-level files only (the patterns' "*" also matches "/",
+# so no pattern starts with one).
+_HUB_SMALL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
+                    "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+_HUB_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json",
+                    "model-*-of-*.safetensors")
+_HUB_BIN = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin")
+
+
 def _resolve(dir_or_name: str, flag: str = "Hugging Face model") -> str:
   """A local directory for a path or a hub name (from the local cache when offline).
 
@@ -119,8 +129,14 @@ def _resolve(dir_or_name: str, flag: str = "Hugging Face model") -> str:
   from huggingface_hub import snapshot_download
 
   try:
-    return snapshot_download(dir_or_name, allow_patterns=["*.json", "*.safetensors", "*.bin",
-                                                          "*.txt", "*.model"])
+    # The config, the tokenizer's files and the weights _read_state_dict reads, in one layout:
+    # safetensors, else .bin. "*.bin" asked at once fetched both copies of a model that has both
+    # (bert-base-uncased: 440 MB each), plus CoreML weights in subfolders.
+    folder = snapshot_download(dir_or_name, allow_patterns=[*_HUB_SMALL_FILES,
+                                                            *_HUB_SAFETENSORS])
+    if any(os.path.isfile(os.path.join(folder, name)) for name in _HUB_SAFETENSORS[:2]):
+      return folder
+    return snapshot_download(dir_or_name, allow_patterns=[*_HUB_SMALL_FILES, *_HUB_BIN])
   except Exception as e:  # Offline, unknown name, or no access: say which input failed.
     raise FileNotFoundError(f"{dir_or_name!r} is neither a local directory nor a Hugging Face "
                             f"model available here ({type(e).__name__}: {e}).") from e

@@ -909,6 +909,38 @@ def test_only_unfinished_checkpoints_are_reported_as_such(tokenizer_dir, tmp_pat
 
 
 # --- export.py and convert_checkpoint.py: further cases -------------------------------------------
+@pytest.mark.parametrize("weights", [("model.safetensors", "pytorch_model.bin"),
+                                     ("pytorch_model.bin",),
+                                     ("model.safetensors.index.json",
+                                      "model-00001-of-00002.safetensors",
+                                      "model-00002-of-00002.safetensors", "pytorch_model.bin")])
+def test_a_hub_model_is_fetched_in_one_weights_layout(tmp_path, monkeypatch, weights):
+  """A hub name (a stand-in for huggingface_hub's download, filtering with its own matcher):
+  only the layout the reader takes is fetched (safetensors, else .bin), with the config and the
+  tokenizer's files; "*.bin" fetched both copies of bert-base-uncased, and CoreML weights."""
+  import huggingface_hub
+  from huggingface_hub.utils import filter_repo_objects
+
+  repo = [*weights, "config.json", "vocab.txt", "tokenizer_config.json", "tokenizer.json",
+          "tf_model.h5", "flax_model.msgpack", "rust_model.ot", "onnx/model.onnx",
+          "coreml/fill-mask/float32_model.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
+          "coreml/fill-mask/float32_model.mlpackage/Manifest.json"]
+  snapshot = tmp_path / "snapshot"
+
+  def download(name, allow_patterns):
+    assert name == "some-org/some-bert"
+    for file in filter_repo_objects(repo, allow_patterns=allow_patterns):
+      (snapshot / file).parent.mkdir(parents=True, exist_ok=True)
+      (snapshot / file).write_text("")
+    return str(snapshot)
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+  assert export._resolve("some-org/some-bert") == str(snapshot)
+  fetched = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+  layout = [w for w in weights if w.startswith("model")] or ["pytorch_model.bin"]
+  assert fetched == sorted([*layout, "config.json", "vocab.txt", "tokenizer_config.json",
+                            "tokenizer.json"])
+
 def test_import_reads_sharded_bin_and_tensorflow_named_checkpoints(exported, tmp_path):
   """Every layout of weights Hugging Face writes imports to the very parameters exported."""
   params, _, path, _ = exported["bert"]
