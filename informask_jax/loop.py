@@ -549,7 +549,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           overwritten.delete()
           interval_start, interval_steps, first_step = time.time(), 0, False
 
-        if step % t.log_every == 0 or step == t.num_steps:
+        # Asked before the log: a run stopped here logs the steps since its last row (their
+        # sums live in memory only), so that every step trained is in some row.
+        stopping = stop.stop_now(step, t.stop_sync_every)
+        if step % t.log_every == 0 or step == t.num_steps or stopping:
           summary = metrics_lib.summarize(pending)
           elapsed = time.time() - interval_start
           timed = interval_steps > 0  # Not when the interval held only the first step.
@@ -575,7 +578,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           interval_start, interval_steps = time.time(), 0
 
         checkpointer.check()  # A save that failed in the background stops the run now.
-        stopping = stop.stop_now(step, t.stop_sync_every)
         evaluated = step % t.eval_every == 0 or step == t.num_steps
         saving = step % t.checkpoint_every == 0 or step == t.num_steps or stopping or save_due
         if evaluated or saving:

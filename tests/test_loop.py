@@ -1660,6 +1660,27 @@ def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_p
           "resume (as it is, it would start over)." in caplog.text)
 
 
+def test_a_stop_between_log_steps_logs_the_steps_since_the_last_row(tiny_config, tmp_path,
+                                                                     monkeypatch):
+  """log_every=3, a signal after step 2: the row of steps 1-2 is written at step 2 before the
+  run exits (their sums were in memory only: no row ever held them), and the resumed run's rows
+  take over from step 3, so each step trained is in exactly one row."""
+  config = _small(tiny_config, num_steps=5, checkpoint_every=1000, eval_every=1000, log_every=3)
+  config.masking.name = "random"
+  stop_now = stopping.StopSignal.stop_now
+
+  def signal_after_step_2(self, step, sync_every):
+    return "SIGTERM" if step == 2 else stop_now(self, step, sync_every)
+
+  with monkeypatch.context() as m:
+    m.setattr(stopping.StopSignal, "stop_now", signal_after_step_2)
+    assert loop.train_and_evaluate(config, tmp_path)["stopped_by"] == "SIGTERM"
+  rows = _read_metrics(tmp_path)
+  assert sorted(rows) == [2] and rows[2]["targets_per_step"] > 0
+  assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
+  assert sorted(_read_metrics(tmp_path)) == [2, 3, 5]
+
+
 def test_a_signal_while_the_final_checkpoint_is_written_leaves_the_run_finished(
     tiny_config, tmp_path, monkeypatch):
   """A scheduler's SIGTERM landing while the last step's save is still being written (minutes
