@@ -167,6 +167,7 @@ def main():
   print(f"# load average at start {machine['load_avg_start']}, at end {machine['load_avg_end']}; "
         f"{machine['wall_s']:.0f}s")
   if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
       json.dump(result, f, indent=2)
     print(f"Wrote {args.out}")

@@ -56,8 +56,11 @@ def read_vocab(path):
 
 def read_original(path):
   """{token id: rate} of an id_mask_prob.json; ids it does not list stay absent (not 0)."""
-  with open(path) as f:
-    obj = json.load(f)
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"--original {path}: {type(e).__name__}: {e}") from None
   return {int(k): float(v) for k, v in obj.items()}
 
 
@@ -78,6 +81,9 @@ def match(ours, counts, vocab, original, original_vocab):
     j = index.get(s)
     if counts[i] > 0 and j is not None and j in original and not SPECIAL.match(s):
       rows.append((s, int(counts[i]), float(ours[i]), original[j]))
+  if not rows:
+    raise SystemExit("No token our corpus saw is listed in --original (a wrong "
+                     "--original_vocab?).")
   tokens, c, a, b = zip(*rows, strict=True)
   return np.array(tokens, object), np.array(c), np.array(a), np.array(b)
 
@@ -99,6 +105,8 @@ def percentile(x):
 def compare(tokens, c, a, b, threshold, eligible, top):
   keep = c >= threshold
   tokens, c, a, b = tokens[keep], c[keep], a[keep], b[keep]
+  if len(c) < 3:  # No correlation, percentile or table to speak of.
+    return dict(threshold=threshold, our_tokens=int(eligible), compared=int(len(c)))
   neg_log_freq = -np.log(c)
   r_ab, r_af, r_bf = spearman(a, b), spearman(a, neg_log_freq), spearman(b, neg_log_freq)
   result = dict(threshold=threshold, our_tokens=int(eligible), compared=int(len(c)),
@@ -107,7 +115,7 @@ def compare(tokens, c, a, b, threshold, eligible, top):
                 partial_ours_original_given_freq=partial(r_ab, r_af, r_bf))
   if top:
     pa, pb = percentile(a), percentile(b)
-    stop = np.array([t in STOP_WORDS for t in tokens])
+    stop = np.array([t in STOP_WORDS for t in tokens], dtype=bool)
     result["stop_words"] = dict(
         count=int(stop.sum()),
         ours_mean_percentile=float(pa[stop].mean()),
@@ -173,6 +181,9 @@ def main():
     eligible = int(np.sum((counts >= t) & maskable))
     r = compare(tokens, c, a, b, t, eligible, args.top if t == args.main_threshold else 0)
     results.append(r)
+    if "spearman_ours_original" not in r:
+      print(f"{t:>9} {eligible:>6} {r['compared']:>6}  (fewer than 3 tokens: not compared)")
+      continue
     print(f"{t:>9} {eligible:>6} {r['compared']:>6} {r['spearman_ours_original']:>11.3f} "
           f"{r['spearman_ours_neglogfreq']:>12.3f} {r['spearman_original_neglogfreq']:>15.3f} "
           f"{r['partial_ours_original_given_freq']:>9.3f}")

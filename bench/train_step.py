@@ -5,7 +5,7 @@
                              [--dtype float32|bfloat16]
                              [--masking informask|random|informask_online[,...]]
                              [--scan_layers] [--attention xla|cudnn] [--attention_dropout P]
-                             [--profile] [--out FILE]
+                             [--profile] [--torch_cache] [--hf_flax_python PATH] [--out FILE]
 
 Every implementation trains the same BERT: vocabulary 30,522, the size's layers / hidden / heads
 / MLP from configs.base.MODEL_SIZES, dropout 0.1 on embeddings and residual branches,
