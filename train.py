@@ -29,8 +29,7 @@ def main(argv):
   except KeyboardInterrupt:
     # Ctrl-C before the loop handles signals, or a second one during it: one line, not a
     # traceback through JAX. Written checkpoints are complete (orbax renames a finished save).
-    train = _CONFIG.value.train if _CONFIG.value is not None else None
-    cli.exit_interrupted("train.py", loop.after_interrupt(_WORKDIR.value, train))
+    cli.exit_interrupted("train.py", loop.after_interrupt(_WORKDIR.value, _CONFIG.value))
   except (Exception, SystemExit) as e:
     if not distributed.failure_posted() or isinstance(e, SystemExit) and not e.code:
       raise
@@ -60,7 +59,7 @@ def _train(argv):
     code = 128 + (signal.SIGINT if result["stopped_by"] == "SIGINT" else signal.SIGTERM)
     # Whether that step's checkpoint was saved, the loop has logged just before.
     logging.warning("Stopped at step %d by %s: exit status %d; %s.", result["step"],
-                    result["stopped_by"], code, loop.resume_advice(_CONFIG.value.train))
+                    result["stopped_by"], code, loop.resume_advice(_CONFIG.value))
     sys.exit(code)
   logging.info("Finished at step %d: %s", result["step"], result)
 

@@ -601,7 +601,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
               "Received %s: %s; exiting. %s.", stopping,
               f"saved a checkpoint at step {step} in {workdir}" if saved else
               f"step {step} was not saved (non-finite parameters or skipped steps); "
-              + _latest_checkpoint(checkpointer), _sentence(resume_advice(t)))
+              + _latest_checkpoint(checkpointer), _sentence(resume_advice(config)))
           break
         if evaluated or saving:
           interval_start += time.time() - paused
@@ -688,7 +688,7 @@ def _save_before_data_failure(step, started_at, state, batches, checkpointer, me
   logging.error("Reading the training data (config.data.sources: %s) failed after step %d (the "
                 "error follows): %s; once the data reads again, %s.",
                 sources, step, f"saved a checkpoint at step {step} in {workdir}" if saved
-                else _latest_checkpoint(checkpointer), resume_advice(config.train))
+                else _latest_checkpoint(checkpointer), resume_advice(config))
 
 
 def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:
@@ -700,10 +700,11 @@ def _close_checkpointer(checkpointer, exc_type, exc, tb) -> bool:
   return False
 
 
-def resume_advice(train) -> str:
-  """How to resume a run stopped early, given its config.train (None: not known). A run that
-  started over (resume=False) would start over again with the same command (overwrite=True:
-  a scheduler requeueing it deleted the run at each preemption) or be refused."""
+def resume_advice(config) -> str:
+  """How to resume a run stopped early, given its config (None: not known). A run that started
+  over (train.resume=False) would start over again with the same command (overwrite=True: a
+  scheduler requeueing it deleted the run at each pre-emption) or be refused."""
+  train = None if config is None else config.train
   if train is None or train.resume:
     return "run the same command to resume"
   if train.overwrite:
@@ -717,12 +718,12 @@ def _sentence(text: str) -> str:
   return text[:1].upper() + text[1:]
 
 
-def after_interrupt(workdir, train=None) -> str:
+def after_interrupt(workdir, config=None) -> str:
   """What a run stopped at once (a second Ctrl-C, or one before the loop handles signals) leaves
   in `workdir`, for train.py's last line: with no checkpoint written there is nothing to resume.
-  `train`: the run's config.train, whose overwrite the same command would apply again, to the
-  run an interrupt before the first step put back or to its own."""
-  resume = resume_advice(train)
+  `config`: the run's, whose train.overwrite the same command would apply again, to the run an
+  interrupt before the first step put back or to its own."""
+  resume = resume_advice(config)
   try:
     written = checkpointing.has_finalized_checkpoint(pathlib.Path(workdir).expanduser())
   except OSError:  # Unreadable: claim neither.

@@ -1483,7 +1483,7 @@ def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_pat
       "the checkpoints written so far are intact; run the same command to resume")
   # After an overwrite (the run it set aside put back, or its own steps), the same command
   # would overwrite again.
-  overwrite = ml_collections.ConfigDict({"resume": False, "overwrite": True})
+  overwrite = ml_collections.ConfigDict({"train": {"resume": False, "overwrite": True}})
   assert loop.after_interrupt(tmp_path, overwrite) == (
       "the checkpoints written so far are intact; run the same command without "
       "--config.train.overwrite=True and --config.train.resume=False to resume (as it is, "

@@ -90,6 +90,8 @@ cli.exit_on_sigterm = lambda: setup.append("sigterm")
 cli.quiet_library_logs = lambda: setup.append("quiet")
 train._CONFIG = types.SimpleNamespace(value="the config")
 train._WORKDIR = types.SimpleNamespace(value="the workdir")
+advice = loop.resume_advice
+loop.resume_advice = lambda config: f"how to resume {config}"
 for name, result in [("sigint", dict(preempted=True, stopped_by="SIGINT", step=3)),
                      ("sigterm", dict(preempted=True, stopped_by="SIGTERM", step=3)),
                      ("peer", dict(preempted=True, stopped_by="a signal to another process",
@@ -102,6 +104,7 @@ for name, result in [("sigint", dict(preempted=True, stopped_by="SIGINT", step=3
     return result
   loop.train_and_evaluate = trained
   results["train_" + name] = [outcome(train._train, ["train.py"]), seen]
+loop.resume_advice = advice
 
 # The loop's refusals end in one line (status 1), a bug with its traceback; the others are told.
 from informask_jax import checkpointing
@@ -118,8 +121,7 @@ for name, error in [("stopped", loop.TrainingStopped("too many non-finite steps"
 
 # A Ctrl-C outside the loop's handler: one line saying what remains, after an overwrite too.
 interrupts = []
-advice = loop.resume_advice
-loop.after_interrupt = lambda workdir, train: interrupts.append([workdir, advice(train)]) or "left"
+loop.after_interrupt = lambda workdir, config: interrupts.append([workdir, advice(config)]) or "?"
 cli.exit_interrupted = lambda program, remains: interrupts.append([program, remains])
 def interrupted(argv):
   raise KeyboardInterrupt
@@ -187,6 +189,9 @@ def test_a_stopped_run_exits_with_its_signals_status_and_a_finished_one_with_0(r
   # Stopped because another process got a SIGTERM: unfinished too.
   assert results["train_peer"] == [["SystemExit", 143], [["the config", "the workdir"]]]
   assert results["train_done"] == ["returned", [["the config", "the workdir"]]]
+  # How to resume, as the run's config says (a run that started over would do so again).
+  assert "Stopped at step 3 by SIGTERM: exit status 143; how to resume the config." in \
+      results["stderr"]
 
 
 def test_before_the_loop_the_processes_start_watch_each_other_and_take_sigterm(results):
@@ -198,7 +203,7 @@ def test_before_the_loop_the_processes_start_watch_each_other_and_take_sigterm(r
 def test_a_ctrl_c_outside_the_loop_says_what_remains_of_an_overwrite_too(results):
   """An overwrite (with resume off) started over: the same command would overwrite again."""
   assert results["interrupted"] == ["returned"] * 4
-  said, same = ["train.py", "left"], "run the same command to resume"
+  said, same = ["train.py", "?"], "run the same command to resume"
   assert results["interrupts"] == [
       ["the workdir", "run the same command without --config.train.resume=False to resume (as "
        "it is, it would be refused)"], said,
