@@ -65,7 +65,9 @@ def get_base_config(arg=None, strategy="informask"):
   c.data.sources = ([source("wiki_vital", "wiki_vital", text_field="extract")] if tiny
                     else [source(**s) for s in PAPER_SOURCES])
   c.data.seq_len = 128 if tiny else 512  # Tokens per sequence, [CLS] and [SEP] included.
-  # "full_sentences": documents concatenated with [SEP] and cut into full sequences (RoBERTa);
+  # "full_sentences": documents concatenated with [SEP] and cut every seq_len - 2 tokens, a
+  # sentence split at a row's edge (as run_mlm.py's group_texts; RoBERTa's FULL-SENTENCES
+  # inputs also cross documents, but end at a sentence's end);
   # "doc_padded": one document per sequence, split if longer, padded (close to the InforMask
   # repository, which pads each line to 512 but truncates longer ones).
   c.data.packing = "full_sentences"

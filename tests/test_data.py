@@ -119,6 +119,12 @@ def test_split_sentences():
   # bracket stays with it.
   assert data.split_sentences("我们去了公园。天气很好！你呢？ 「行こう。」と彼は言った｡End.") == [
       "我们去了公园。", "天气很好！", "你呢？", "「行こう。」", "と彼は言った｡", "End."]
+  # The full stops of Burmese ။ and Khmer ។ (no space after), Ethiopic ። and Armenian ։ (a space
+  # after): each ends a sentence, which was a whole paragraph's pairs before.
+  assert data.split_sentences("ကျွန်တော်သွားသည်။သူလာသည်။ ខ្ញុំទៅផ្សារ។គាត់មក។ "
+                              "ሰላም ነው። እንዴት ነህ። Բարեւ է։ Ինչպես ես։") == [
+      "ကျွန်တော်သွားသည်။", "သူလာသည်။", "ខ្ញុំទៅផ្សារ។", "គាត់មក។", "ሰላም ነው።", "እንዴት ነህ።",
+      "Բարեւ է։", "Ինչպես ես։"]
 
 
 def test_special_tokens_written_in_the_text_are_text(bert_tokenizer):
@@ -654,6 +660,38 @@ def test_byte_level_bpe_sentences_tokenize_as_the_whole_text():
   ids, sids, lengths = data.encode_documents([text], bpe)
   np.testing.assert_array_equal(ids, bpe.encode(text).ids)
   assert sids.max() == 2 and lengths.tolist() == [len(ids)]
+
+
+@pytest.mark.parametrize("kind", ["byte_level_bpe", "sentencepiece_unigram"])
+def test_sentences_get_the_ids_of_the_whole_text_without_spaces_between_them(kind):
+  """Chinese has no space between sentences, and a SentencePiece tokenizer (XLM-R's kind) marks
+  the start of every input: encoded sentence by sentence (with a space before each but the
+  first), the rows held a lone "Ġ" or "▁" before every sentence, 11% of a Chinese corpus's
+  tokens. The ids are the whole document's; each sentence's tokens are that sentence's text."""
+  texts = ["我们去了公园。天气很好！我很开心。", "The cat sat.\nThe dog ran. A bird sang.",
+           "天气很好！我们去了公园。"]
+  if kind == "byte_level_bpe":
+    tok = tokenizers.ByteLevelBPETokenizer()
+    tok.train_from_iterator(texts * 50, vocab_size=300, min_frequency=1, show_progress=False)
+  else:
+    tok = tokenizers.SentencePieceUnigramTokenizer()
+    tok.train_from_iterator(texts * 50, vocab_size=60, show_progress=False)
+  ids, sids, lengths = data.encode_documents(texts, tok)
+  whole = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+  np.testing.assert_array_equal(ids, np.concatenate(whole))
+  assert lengths.tolist() == [len(w) for w in whole]
+  starts = np.cumsum(lengths) - lengths
+  for d, text in enumerate(texts):
+    doc_ids, doc_sids = ids[starts[d]:][:lengths[d]], sids[starts[d]:][:lengths[d]]
+    sentences = data.split_sentences(text)
+    assert doc_sids[0] == 0 and set(np.diff(doc_sids).tolist()) <= {0, 1}
+    if kind == "sentencepiece_unigram":
+      # Its pieces may join a sentence's last character and the next one's first ("好!我"): such
+      # a piece goes with the sentence of its last character.
+      continue
+    assert doc_sids[-1] == len(sentences) - 1
+    for k, sentence in enumerate(sentences):
+      assert tok.decode(doc_ids[doc_sids == k].tolist()).strip() == sentence
 
 
 # --- informask_jax/data/: behaviour the tests above leave open ------------------------------------

@@ -63,7 +63,9 @@ def pack_sequences(tokenized, seq_len, special_ids, mode):
   """Packs tokenized documents into rows of exactly `seq_len` tokens.
 
   full_sentences: documents are concatenated with a [SEP] between them and the stream is cut into
-    rows [CLS] <seq_len - 2 tokens> [SEP] (RoBERTa's FULL-SENTENCES); only the last row is padded.
+    rows [CLS] <seq_len - 2 tokens> [SEP]; only the last row is padded. Like RoBERTa's
+    FULL-SENTENCES, rows cross documents; unlike it, a row's edge may cut a sentence (as
+    run_mlm.py's group_texts does): every row is full.
   doc_padded: each document gets its own rows [CLS] <up to seq_len - 2 tokens> [SEP] [PAD]*; a
     longer document continues on further rows (split, never dropped).
   Returns {"token_ids": int32[N, L], "sentence_ids": int32[N, L]}.

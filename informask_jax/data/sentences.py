@@ -1,4 +1,4 @@
-"""Documents -> sentence-aware tokens: sentence splitting and sentence-by-sentence tokenization.
+"""Documents -> sentence-aware tokens: sentence splitting, and tokens with the sentence of each.
 
 `tokenize_corpus` gives each document its "input_ids" and "sentence_ids" (no special tokens),
 cached on disk by corpus, tokenizer and splitter version (`TOKENIZED_FORMAT`);
@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 # v8: sentences end at the full-width full stop ． (Japanese technical writing's), not between
 #     digits.
 # v9: a sentence ends at ؟ ۔ । ॥ before a lower-case letter too.
-TOKENIZED_FORMAT = "sentences-v9"
+# v10: documents tokenized whole, sentences assigned by character offsets (byte-level BPE and
+#      SentencePiece tokenizers had a separator token before each sentence but the first);
+#      sentences end at the Armenian, Burmese, Ethiopic and Khmer full stops ։ ။ ። ។.
+TOKENIZED_FORMAT = "sentences-v10"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
@@ -45,8 +48,10 @@ PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 # capital of any script, a digit, an opening quote/bracket/¿/¡, or a letter of a script without
 # case (Arabic, Hindi, Chinese); in a document without capitals (a lower-cased corpus) any letter;
 # after ؟ ۔ । ॥, which end nothing else, any letter.
-# It also ends at every line break, and at the full-width 。！？ (or the half-width ｡, or the
-# full-width full stop ． of Japanese technical writing, but not in a number: ３．５) and their
+# It also ends at every line break, at the full stops of Armenian ։, Burmese ။, Ethiopic ። and
+# Khmer ។ (with or without a space after: Burmese and Khmer put none), and at the full-width
+# 。！？ (or the half-width ｡, or the full-width full stop ． of Japanese technical writing, but
+# not in a number: ３．５) and their
 # closing brackets (full-width, or an ASCII ) or ], which mixed text uses), which need no space
 # after them (Chinese and Japanese put none), so a quotation that ends in one (「行こう。」と言った)
 # is cut there; an ASCII quote after 。 closes it only before a space, the end or another closer
@@ -70,10 +75,12 @@ _ABBREVIATIONS = frozenset("""
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # The look-ahead first: one character class tried at each position of the text, instead of each
 # alternative in turn (with the alternatives for Chinese and Japanese, twice as slow without it).
-_BOUNDARY = re.compile(r"(?=[.!?\u061f\u06d4\u0964\u0965\n\u3002\uff01\uff1f\uff61\uff0e])"
+_BOUNDARY = re.compile(r"(?=[.!?\u061f\u06d4\u0964\u0965\n\u3002\uff01\uff1f\uff61\uff0e"
+                       r"\u0589\u104b\u1362\u17d4])"
                        r"(?:[.!?\u061f\u06d4\u0964\u0965]+[\"'\u201d\u2019)\]]*\s+"
                        r"(?=[\"'\u201c\u2018(\[\u00bf\u00a1]?(\w))|\n"
-                       r"|(?:[\u3002\uff01\uff1f\uff61]|\uff0e(?<![0-9\uff10-\uff19]\uff0e)"
+                       r"|(?:[\u3002\uff01\uff1f\uff61\u0589\u104b\u1362\u17d4]"
+                       r"|\uff0e(?<![0-9\uff10-\uff19]\uff0e)"
                        r"(?![0-9\uff10-\uff19]))+"
                        r"(?:[\u300d\u300f\u3011\u3015\u3009\u300b\uff09\uff02\u201d\u2019)\]]"
                        r"|[\"'](?=[\s\"'\u201d\u2019)\]]|$))*\s*"
@@ -84,7 +91,12 @@ _FINAL_ONLY = frozenset("\u061f\u06d4\u0964\u0965")  # The Arabic ؟, Urdu ۔, t
 
 def split_sentences(text):
   """Splits a cleaned document into sentences (see the rules above)."""
-  sentences, start = [], 0
+  return [text[a:b] for a, b in sentence_spans(text)]
+
+
+def sentence_spans(text):
+  """(start, end) of each sentence of `text`, without the whitespace around it."""
+  spans, start = [], 0
   caseless = text.islower()  # No capital at all: a capital cannot mark where a sentence starts.
   for m in _BOUNDARY.finditer(text):
     end = m.end()
@@ -103,14 +115,18 @@ def split_sentences(text):
       word = before[-1].lstrip("\"'(\u201c\u2018[").lower() if before else ""
       if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _ACRONYM.fullmatch(word):
         continue
-    sentence = text[start:end].strip()
-    if sentence:
-      sentences.append(sentence)
+    _add_stripped(spans, text, start, end)
     start = end
-  rest = text[start:].strip()
-  if rest:
-    sentences.append(rest)
-  return sentences
+  _add_stripped(spans, text, start, len(text))
+  return spans
+
+
+def _add_stripped(spans, text, start, end):
+  piece = text[start:end]
+  stripped = piece.lstrip()
+  if stripped.strip():
+    a = start + len(piece) - len(stripped)
+    spans.append((a, a + len(stripped.rstrip())))
 
 
 # --- Tokenization -------------------------------------------------------------------------------
@@ -134,30 +150,39 @@ def corpus_backend(tokenizer_json):
 
 
 def encode_documents(texts, backend):
-  """Tokenizes documents sentence by sentence.
+  """Tokenizes documents whole and gives each token the sentence its last character lies in.
 
   Returns flat int32 arrays (input_ids, sentence_ids) of all tokens and int64 lengths[D], one per
-  document; sentence ids count each document's non-empty sentences from 0.
+  document; sentence ids count each document's sentences that hold a token, from 0.
+
+  Whole, not sentence by sentence: the ids are the document's own. Encoded one by one, each
+  sentence but the first needed a separator the text may not have: a space gave byte-level BPE
+  (RoBERTa, GPT-2) a lone "Ġ" before every sentence of Chinese text, and a SentencePiece
+  tokenizer (XLM-R) prepends its "▁" to every input. The last character: a byte-level BPE token
+  ("ĠThe") starts at the space before its sentence; whitespace between two sentences ("Ċ") goes
+  with the first, and a piece across a sentence end (SentencePiece may join "好！我" in Chinese)
+  with the sentence it ends in.
   """
-  sentences = [split_sentences(t) for t in texts]
-  # A space before every sentence but a document's first, as in the text: byte-level BPE
-  # (RoBERTa, GPT-2) encodes "The" and " The" differently; WordPiece ignores the space.
-  flat = [s if j == 0 else " " + s for doc in sentences for j, s in enumerate(doc)]
-  # encode_batch_fast skips character offsets, which nothing here needs.
-  encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-  encodings = encode(flat, add_special_tokens=False) if flat else []
-  sent_lens = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
-  ids = np.fromiter((i for e in encodings for i in e.ids), np.int32, int(sent_lens.sum()))
-  per_doc = np.array([len(d) for d in sentences], np.int64)  # Sentences per document.
-  sent_doc = np.repeat(np.arange(len(texts)), per_doc)  # (S,)
-  lengths = np.bincount(sent_doc, weights=sent_lens, minlength=len(texts)).astype(np.int64)
-  # Number each document's non-empty sentences from 0: the corpus-wide count of non-empty
-  # sentences before a sentence, minus that count at its document's first sentence.
-  nonempty = (sent_lens > 0).astype(np.int64)
-  before = np.cumsum(nonempty) - nonempty  # (S,)
-  first = np.repeat(np.cumsum(per_doc) - per_doc, per_doc)  # (S,) its document's first sentence
-  sent_index = (before - before[first]).astype(np.int32)
-  sids = np.repeat(sent_index, sent_lens)
+  encodings = backend.encode_batch(list(texts), add_special_tokens=False) if texts else []
+  lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+  total = int(lengths.sum())
+  ids = np.fromiter((i for e in encodings for i in e.ids), np.int32, total)
+  last_char = np.fromiter((max(end - 1, start) for e in encodings for start, end in e.offsets),
+                          np.int64, total)
+  raw = np.empty(total, np.int64)  # Sentence of each token, counted over all documents.
+  first_sentence, position = 0, 0
+  for text, n in zip(texts, lengths, strict=True):
+    starts = np.fromiter((a for a, _ in sentence_spans(text)), np.int64)
+    found = np.searchsorted(starts, last_char[position:position + n], side="right") - 1
+    raw[position:position + n] = first_sentence + np.maximum(found, 0)
+    first_sentence += max(len(starts), 1)
+    position += int(n)
+  # Renumber: each document's sentences that hold a token, from 0.
+  new = np.ones(total, bool)
+  new[1:] = raw[1:] != raw[:-1]
+  rank = np.cumsum(new) - 1
+  doc_first = np.repeat(np.cumsum(lengths) - lengths, lengths)  # Its document's first token.
+  sids = (rank - rank[doc_first]).astype(np.int32) if total else np.zeros(0, np.int32)
   return ids, sids, lengths
 
 

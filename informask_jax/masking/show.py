@@ -156,7 +156,7 @@ def tokenizer_for_tables(args, tok):
 
 def encode_text(tok, text):
   """(ids, sentence_ids, pieces) of `text` as training sees a document: split into sentences and
-  tokenized sentence by sentence (data.encode_documents), then packed as the first row
+  tokenized with the sentence of each token (data.encode_documents), then packed as the first row
   "[CLS] ... [SEP]" (data.pack_sequences), cut to MAX_TOKENS, with sentence ids -1 on [CLS] and
   [SEP]; pieces: its token count before the cut. The ids tell pmi_span and informask_online where
   sentences end, which training gives them too."""
