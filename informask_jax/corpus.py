@@ -51,7 +51,15 @@ _FEATURES = datasets.Features(
 
 # --- Cleaning and the hash split ------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Bump when clean_text changes what it returns: datasets' map caches a file or hub source's
+# cleaned copy by a hash of _clean_batch's code and arguments, which does not see clean_text's.
+# 2: vertical tab, form feed, the information separators, NEL and the Unicode line and paragraph
+#    separators are line breaks (they were deleted, or left: words joined across a page break).
+CLEANING_VERSION = 2
+# Characters that end a line: Word's soft line break (vertical tab), pdftotext's page break
+# (form feed), the information separators, NEL, and Unicode's line and paragraph separators.
+_OTHER_LINE_BREAKS = re.compile(r"[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 _HSPACE = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _LINE_BREAKS = re.compile(r" ?\n[ \n]*")
 
@@ -62,6 +70,7 @@ def clean_text(text):
     raise ValueError(f"A document's text (text_field) is {type(text).__name__} {text!r:.60}, "
                      "not a string.")
   text = text.replace("\r\n", "\n").replace("\r", "\n")
+  text = _OTHER_LINE_BREAKS.sub("\n", text)
   text = _CONTROL.sub("", text)
   text = _HSPACE.sub(" ", text)
   return _LINE_BREAKS.sub("\n", text).strip()
@@ -88,11 +97,11 @@ def clean_document(text, key=None):
   return cleaned, hash_bucket(cleaned if key is None else key)
 
 
-def _clean_batch(batch, where="", pattern=None):
+def _clean_batch(batch, where="", pattern=None, cleaning=CLEANING_VERSION):
   """Cleans a batch, drops empty documents and attaches the split bucket (of "_key" or text).
 
   `where` names the source in errors, and `pattern`, a files source's name, lets an error about
-  text that is not UTF-8 find the file and line."""
+  text that is not UTF-8 find the file and line. `cleaning` is unused: it keys map's cache."""
   try:
     texts = batch["text"]  # Converted from Arrow here: where a JSON file's bad bytes surface.
   except UnicodeDecodeError as e:
@@ -322,7 +331,8 @@ def txt_sources(sources):
 
 def _clean_kwargs(where, source):
   """`_clean_batch`'s names for a source's errors: `where`, and a files source's pattern."""
-  return {"where": where, "pattern": source["name"] if source["kind"] == "files" else None}
+  return {"where": where, "pattern": source["name"] if source["kind"] == "files" else None,
+          "cleaning": CLEANING_VERSION}  # In map's cache key (see CLEANING_VERSION).
 
 
 def check_validation_fraction(fraction):

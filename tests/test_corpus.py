@@ -76,6 +76,22 @@ def test_clean_text():
   # An old Mac line end (lone CR) breaks a line, DEL is a control character and a no-break space
   # is horizontal space: otherwise each would reach the tokenizer as a character of a word.
   assert corpus.clean_text("a\rb\x7fc\u00a0d") == "a\nbc d"
+  # Word's soft line break (VT), pdftotext's page break (FF), NEL and Unicode's line separator
+  # end a line: deleted, they joined the words around them ("linesecond").
+  assert corpus.clean_text("First line\x0bsecond.\x0cPage two\x85ends\u2028here.") == (
+      "First line\nsecond.\nPage two\nends\nhere.")
+
+
+def test_a_change_of_cleaning_is_not_served_from_the_cleaned_cache(tmp_path, monkeypatch):
+  """datasets' map caches a file source's cleaned copy by a hash that does not see clean_text:
+  with CLEANING_VERSION in its arguments, a new cleaning cleans again."""
+  path = tmp_path / "a.jsonl"
+  path.write_text('{"text": "Some text."}\n')
+  c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
+  assert _texts(corpus.load_corpus(c)["train"]) == ["Some text."]
+  monkeypatch.setattr(corpus, "clean_text", str.upper)
+  monkeypatch.setattr(corpus, "CLEANING_VERSION", corpus.CLEANING_VERSION + 1)
+  assert _texts(corpus.load_corpus(c)["train"]) == ["SOME TEXT."]
 
 
 def test_hash_bucket_values_are_pinned():
