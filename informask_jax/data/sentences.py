@@ -8,6 +8,7 @@ Beam statistics use it).
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -166,9 +167,10 @@ def encode_documents(texts, backend):
   encodings = backend.encode_batch(list(texts), add_special_tokens=False) if texts else []
   lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
   total = int(lengths.sum())
-  ids = np.fromiter((i for e in encodings for i in e.ids), np.int32, total)
-  last_char = np.fromiter((max(end - 1, start) for e in encodings for start, end in e.offsets),
-                          np.int64, total)
+  chain = itertools.chain.from_iterable
+  ids = np.fromiter(chain(e.ids for e in encodings), np.int32, total)
+  offsets = np.fromiter(chain(chain(e.offsets for e in encodings)), np.int64, 2 * total)
+  last_char = np.maximum(offsets[1::2] - 1, offsets[0::2])
   raw = np.empty(total, np.int64)  # Sentence of each token, counted over all documents.
   first_sentence, position = 0, 0
   for text, n in zip(texts, lengths, strict=True):
