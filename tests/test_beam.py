@@ -148,6 +148,27 @@ def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path, capl
   assert sorted(meta["files"]) == ["pmi.npz", "unigram_counts.npy", "vocab.txt"]
 
 
+def test_a_file_two_sources_name_is_counted_twice_as_by_the_local_builder(built, shards,
+                                                                          tmp_path):
+  """The shard folder and one of its files again (a domain weighted up): the local builder reads
+  each source, so that file twice; Beam listed each file once, and saved fewer counts under the
+  same cache key."""
+  local_config, _, _, _ = built
+  tokenizer_dir = next((pathlib.Path(local_config.data.cache_dir) / "tokenizers").iterdir())
+  built_dirs = {}
+  for name in ("local", "beam"):
+    config = _config(tmp_path / name, shards)
+    config.tokenizer.name_or_path = str(tokenizer_dir)
+    again = dict(config.data.sources[0].to_dict(), name=str(shards / "b.jsonl"))
+    config.data.sources = [config.data.sources[0], ml_collections.ConfigDict(again)]
+    built_dirs[name] = pathlib.Path(
+        stats.build_artifacts(config, what=("counts",), progress=False) if name == "local"
+        else bp.run(config, what=("counts",), beam_args=RUNNER, **SMALL))
+  assert built_dirs["local"].name == built_dirs["beam"].name  # The same cache key.
+  _assert_same_tables(built_dirs["local"], built_dirs["beam"], names=("unigram_counts.npy",),
+                      pmi=False)
+
+
 def test_output_fingerprint_follows_the_shards_names_and_sizes(built, shards, tmp_path):
   """With --output the launcher reads no corpus: its fingerprint (which keys the statistics)
   comes from the shards' names and sizes, so a shard that grows gives another one."""

@@ -60,26 +60,26 @@ def check_config(config) -> list[str]:
 
 
 def list_files(patterns) -> list[tuple[str, int]]:
-  """(path, bytes) of every shard, sorted; local directories are walked as a `files` source's."""
+  """(path, bytes) of every shard, sorted; local directories are walked as a `files` source's.
+  A file that two patterns name is listed (and read) twice, as the local builder reads each
+  source: its tables, under the same cache key, count it twice too."""
   from informask_jax import corpus_files
 
-  found = {}
+  found = []
   for pattern in patterns:
     where = f"input {pattern!r}"
     if "://" not in pattern:
-      for f in corpus_files.expand_files(pattern, where):
-        found[f] = os.path.getsize(f)
+      found += [(f, os.path.getsize(f)) for f in corpus_files.expand_files(pattern, where)]
       continue
     matches = FileSystems.match([pattern])[0].metadata_list
     if not matches:
       raise FileNotFoundError(f"{where}: no file matches.")
-    for m in matches:
-      found[m.path] = m.size_in_bytes
-  bad = [f for f in found if os.path.splitext(f)[1].lower() not in SUFFIXES]
+    found += [(m.path, m.size_in_bytes) for m in matches]
+  bad = [f for f, _ in found if os.path.splitext(f)[1].lower() not in SUFFIXES]
   if bad:
     raise ValueError(f"{bad[0]}: unsupported suffix; the Beam pipeline reads "
                      f"{', '.join(SUFFIXES)}.")
-  return sorted(found.items())
+  return sorted(found)
 
 
 def _with_files(config, files, text_field):
