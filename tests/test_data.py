@@ -652,7 +652,7 @@ def test_flatten_tokenized_reads_a_chunked_selected_table_like_the_lists():
 
 
 def test_byte_level_bpe_sentences_tokenize_as_the_whole_text():
-  """Byte-level BPE marks a word's leading space ("ĠThe"): sentence by sentence must give the
+  """Byte-level BPE marks a word's leading space ("ĠThe"): tokens with their sentences must be the
   ids of the whole document, so sentence-initial words are not continuation pieces."""
   bpe = tokenizers.ByteLevelBPETokenizer()
   text = "The cat sat on the mat. The dog ran to the park. A bird sang."
