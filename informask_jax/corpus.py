@@ -56,9 +56,10 @@ _FEATURES = datasets.Features(
 # 2: vertical tab, form feed, the information separators, NEL and the Unicode line and paragraph
 #    separators are line breaks (they were deleted, or left: words joined across a page break).
 CLEANING_VERSION = 2
-# Characters that end a line: Word's soft line break (vertical tab), pdftotext's page break
-# (form feed), the information separators, NEL, and Unicode's line and paragraph separators.
-_OTHER_LINE_BREAKS = re.compile(r"[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# Characters that end a line besides "\n" (and "\r\n"): an old Mac's lone CR, Word's soft line
+# break (vertical tab), pdftotext's page break (form feed), the information separators, NEL, and
+# Unicode's line and paragraph separators.
+_OTHER_LINE_BREAKS = re.compile(r"[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 _HSPACE = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _LINE_BREAKS = re.compile(r" ?\n[ \n]*")
@@ -69,8 +70,7 @@ def clean_text(text):
   if not isinstance(text, str):
     raise ValueError(f"A document's text (text_field) is {type(text).__name__} {text!r:.60}, "
                      "not a string.")
-  text = text.replace("\r\n", "\n").replace("\r", "\n")
-  text = _OTHER_LINE_BREAKS.sub("\n", text)
+  text = _OTHER_LINE_BREAKS.sub("\n", text.replace("\r\n", "\n"))
   text = _CONTROL.sub("", text)
   text = _HSPACE.sub(" ", text)
   return _LINE_BREAKS.sub("\n", text).strip()

@@ -68,6 +68,13 @@ def _read_json(path: str):
 # format, safetensors before PyTorch's pickle, the single file before a shard index.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HF_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# The shards the indexes name, per format; and the files of the tokenizers transformers saves.
+# Top-level names only: a hub download is fetched by them (_resolve), and their "*" also matches
+# "/" there, so none starts with one.
+HF_WEIGHT_SHARDS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                    "sentencepiece.bpe.model")
 
 
 def is_hf_model_dir(path) -> bool:
@@ -101,16 +108,6 @@ def _read_state_dict(model_dir: str) -> dict:
   raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {model_dir}.")
 
 
-# What _resolve fetches of a hub model: top-level files only (the patterns' "*" also matches "/",
-# so no pattern starts with one).
-_HUB_SMALL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
-                    "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-_HUB_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json",
-                    "model-*-of-*.safetensors")
-_HUB_BIN = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin")
-
-
 def _resolve(dir_or_name: str, flag: str = "Hugging Face model") -> str:
   """A local directory for a path or a hub name (from the local cache when offline).
 
@@ -132,11 +129,12 @@ def _resolve(dir_or_name: str, flag: str = "Hugging Face model") -> str:
     # The config, the tokenizer's files and the weights _read_state_dict reads, in one layout:
     # safetensors, else .bin. "*.bin" asked at once fetched both copies of a model that has both
     # (bert-base-uncased: 440 MB each), plus CoreML weights in subfolders.
-    folder = snapshot_download(dir_or_name, allow_patterns=[*_HUB_SMALL_FILES,
-                                                            *_HUB_SAFETENSORS])
-    if any(os.path.isfile(os.path.join(folder, name)) for name in _HUB_SAFETENSORS[:2]):
-      return folder
-    return snapshot_download(dir_or_name, allow_patterns=[*_HUB_SMALL_FILES, *_HUB_BIN])
+    for layout in zip(HF_WEIGHT_FILES, HF_WEIGHT_INDEXES, HF_WEIGHT_SHARDS, strict=True):
+      folder = snapshot_download(dir_or_name,
+                                 allow_patterns=["config.json", *_TOKENIZER_FILES, *layout])
+      if any(os.path.isfile(os.path.join(folder, name)) for name in layout[:2]):
+        break
+    return folder
   except Exception as e:  # Offline, unknown name, or no access: say which input failed.
     raise FileNotFoundError(f"{dir_or_name!r} is neither a local directory nor a Hugging Face "
                             f"model available here ({type(e).__name__}: {e}).") from e
@@ -268,10 +266,8 @@ def _nesting(path: str, other: str) -> str | None:
 # The files of a model directory that an export over it (--overwrite) replaces as a whole: weights
 # in another layout (shards, a .bin) or another kind of tokenizer's files left beside the new ones
 # would be read instead of them, by transformers or by our own readers.
-_MODEL_FILE_PATTERNS = HF_WEIGHT_FILES + HF_WEIGHT_INDEXES + (
-    "model-*-of-*.safetensors", "pytorch_model-*-of-*.bin", "tf_model.h5", "flax_model.msgpack",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+_MODEL_FILE_PATTERNS = (HF_WEIGHT_FILES + HF_WEIGHT_INDEXES + HF_WEIGHT_SHARDS
+                        + ("tf_model.h5", "flax_model.msgpack") + _TOKENIZER_FILES)
 
 
 def _check_out_dir(out_dir: str, overwrite: bool):
