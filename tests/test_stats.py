@@ -743,22 +743,32 @@ def test_a_damaged_file_of_a_stage_the_run_does_not_read_is_left_alone(built, tm
   assert (copy / "pmi_ngrams.json").read_bytes() == good
 
 
-@pytest.mark.parametrize("field", ["seconds", "counts", "params"])
-def test_a_meta_json_without_a_field_every_build_writes_is_rebuilt(built, tmp_path, field):
-  """Valid JSON without 'seconds' (or 'counts', 'params') and a damaged pmi.npz: the rebuild
-  starts from a fresh meta.json, not a KeyError from the stage that reads the field."""
+@pytest.mark.parametrize("field", ["seconds", "counts", "params", None])
+def test_a_meta_json_without_a_field_every_build_writes_is_rebuilt(built, tmp_path, field,
+                                                                   caplog):
+  """Valid JSON without 'seconds' (or 'counts', 'params'), or a cut-off meta.json (None), and a
+  damaged pmi.npz: the rebuild starts from a fresh meta.json, not a KeyError from the stage that
+  reads the field, and says why every stage is built again."""
   config, pipeline, directory = built
   config = small_config(tmp_path)
   copy = stats.artifact_dir(config, pipeline)
   shutil.copytree(directory, copy)
   good = (copy / "pmi.npz").read_bytes()
-  meta = json.loads((copy / "meta.json").read_text())
-  del meta[field]
-  (copy / "meta.json").write_text(json.dumps(meta))
+  text = (copy / "meta.json").read_text()
+  meta = json.loads(text)
+  if field:
+    del meta[field]
+  (copy / "meta.json").write_text(json.dumps(meta) if field else text[:-5])
   (copy / "pmi.npz").write_bytes(b"damaged")
-  assert stats.ensure_artifacts(config, pipeline, ("pmi",)) == copy
+  with caplog.at_level(logging.WARNING):
+    assert stats.ensure_artifacts(config, pipeline, ("pmi",)) == copy
   assert (copy / "pmi.npz").read_bytes() == good
-  assert field in stats.load_artifacts(copy, tokenizer_fingerprint="tok-A", vocab_size=V).meta
+  assert (field or "seconds") in stats.load_artifacts(copy, tokenizer_fingerprint="tok-A",
+                                                      vocab_size=V).meta
+  said = (f"{copy / 'meta.json'} lacks {field}; building every stage afresh." if field else
+          f"{copy / 'meta.json'} is not valid JSON")
+  assert any(r.getMessage().startswith(said) and r.getMessage().endswith(
+      "building every stage afresh.") for r in caplog.records), caplog.text
 
 
 def test_another_seed_copies_the_counts_pmi_and_ngrams_and_reruns_the_rates(built,
@@ -844,13 +854,14 @@ def test_an_unwritable_statistics_directory_is_refused_before_any_stage(built, t
 
 
 # Runs `python -m informask_jax.stats build` with the counting of pairs held at its first chunk,
-# its spill folder made (in argv[1]), after logging JAX's line about a backend it probes.
+# its spill folder made (in argv[1]), after logging JAX's line about a backend it probes; argv[2:]
+# are more flags of the command.
 _HELD_BUILD = """
 import logging, runpy, sys, time
 import numpy as np
 from informask_jax.stats import build, counting
 
-spill_dir = sys.argv[1]
+spill_dir, more_flags = sys.argv[1], sys.argv[2:]
 
 
 def held(*args, **kwargs):
@@ -872,19 +883,23 @@ def fake_build(config, what, force, progress):
   counting.count_pairs(docs, np.arange(5, 20), vocab_size=32, spill_dir=spill_dir)
 
 build.build_artifacts = fake_build
-sys.argv = ["x", "build", "--config", "configs/informask.py:tiny"]
+sys.argv = ["x", "build", "--config", "configs/informask.py:tiny", *more_flags]
 runpy.run_module("informask_jax.stats", run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
-def test_a_stopped_build_removes_its_spill_folder_and_says_so_in_one_line(tmp_path, signum):
+@pytest.mark.parametrize("signum, flags, rerun", [
+    ("SIGTERM", [], None), ("SIGINT", [], "the same command"),
+    ("SIGINT", ["--force"], "the same command without --force")])
+def test_a_stopped_build_removes_its_spill_folder_and_says_so_in_one_line(tmp_path, signum,
+                                                                           flags, rerun):
   """SIGTERM (a scheduler's limit) and Ctrl-C during the pair counts: the spill folder (gigabytes
   at scale) goes, and the status is a shell's 128 + the signal; Ctrl-C says what is kept in one
-  line, not a traceback. JAX's line for each backend it probes stays out of the log."""
+  line, not a traceback, and how to build the rest: without --force, which would redo the stages
+  kept. JAX's line for each backend it probes stays out of the log."""
   import signal
 
-  proc = subprocess.Popen([sys.executable, "-c", _HELD_BUILD, str(tmp_path)],
+  proc = subprocess.Popen([sys.executable, "-c", _HELD_BUILD, str(tmp_path), *flags],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=pathlib.Path(__file__).parent.parent,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -899,10 +914,10 @@ def test_a_stopped_build_removes_its_spill_folder_and_says_so_in_one_line(tmp_pa
   assert not list(tmp_path.glob(f"{counting.PAIRS_SPILL_PREFIX}*"))
   assert "Traceback" not in stderr and "a line of ours" in stderr, stderr
   assert "Unable to initialize backend" not in stderr, stderr
-  if signum == "SIGINT":
+  if rerun:
     assert stderr.strip().splitlines()[-1] == (
         "python -m informask_jax.stats build: interrupted (Ctrl-C): the stages finished before "
-        "it are kept; the same command builds the rest."), stderr
+        f"it are kept; {rerun} builds the rest."), stderr
 
 
 def test_mismatched_tokenizer_is_refused(built):
@@ -1728,17 +1743,25 @@ def test_summary_lines_of_a_hand_built_directory(tmp_path):
   assert numbers["pmi_end"] == 5
 
 
-def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_path):
-  """vocab.txt names the tokens only when it matches the checksum meta.json records for it."""
+def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_path, caplog):
+  """vocab.txt names the tokens only when it matches the checksum meta.json records for it; one
+  altered since is said, with the command that writes it again."""
   from informask_jax.stats import report
 
   unrecorded = _hand_built_stats(tmp_path / "unrecorded", record_vocab=False)
   altered = _hand_built_stats(tmp_path / "altered")
   (altered / artifacts.VOCAB).write_text("".join(f"t{i}\n" for i in range(9)), encoding="utf-8")
   for directory in (unrecorded, altered):
-    text, numbers = report.summarize(directory)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      text, numbers = report.summarize(directory)
     assert numbers["names"] == [f"#{i}" for i in range(9)], directory
     assert "highest rates: #5 0.300, #6 0.200, #4 0.100" in text.splitlines(), directory
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ([] if directory == unrecorded else [
+        f"{altered}: vocab.txt: 27 bytes, meta.json says 48 (truncated or altered), so the "
+        "report names tokens by id; `python -m informask_jax.stats build --config ...` with the "
+        "directory's config rewrites it."]), warned
 
 
 def test_report_refuses_a_mask_prob_that_is_a_boolean(tmp_path):

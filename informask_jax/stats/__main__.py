@@ -86,8 +86,11 @@ def main(argv):
     if not _WHAT.value:  # --what= would build nothing and call the directory intact.
       _usage_error(f"--what is empty; give stages from {', '.join(artifacts.STAGES)} (e.g. "
                    "--what=pmi,rates), or leave --what out to build them all.")
-    directory = _run("build", "the stages finished before it are kept; the same command "
-                     "builds the rest", lambda: build.build_artifacts(
+    # --force redoes every stage in --what: rerunning it would redo the finished ones too.
+    rest = ("the same command without --force builds the rest" if _FORCE.value
+            else "the same command builds the rest")
+    directory = _run("build", f"the stages finished before it are kept; {rest}",
+                     lambda: build.build_artifacts(
                          _CONFIG.value, what=tuple(_WHAT.value), force=_FORCE.value,
                          progress=progress_bar.on_terminal()))
     print(directory)

@@ -124,11 +124,17 @@ def _open_meta(config, pipeline, directory: pathlib.Path) -> dict:
   """The directory's metadata, or a fresh one when it has none or an unreadable one."""
   try:
     meta = art.read_meta(directory)
-  except (FileNotFoundError, art.CorruptArtifactError):
+  except FileNotFoundError:
+    return fresh_meta(config, pipeline, directory)
+  except art.CorruptArtifactError as e:  # Said here: every stage then reads as "not built".
+    logging.warning("%s; building every stage afresh.", e)
     return fresh_meta(config, pipeline, directory)
   fresh = fresh_meta(config, pipeline, directory)
   if not set(fresh) <= set(meta):  # A field every build writes is gone: damaged, start over
-    return fresh  # (a stage reading meta["seconds"] would end in a KeyError).
+    # (a stage reading meta["seconds"] would end in a KeyError).
+    logging.warning("%s lacks %s; building every stage afresh.", directory / art.META,
+                    ", ".join(sorted(set(fresh) - set(meta))))
+    return fresh
   art.check_compatible(meta, directory, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
                        vocab_size=_vocab_size(pipeline))
   return meta

@@ -24,7 +24,12 @@ def _token_names(directory: pathlib.Path, meta: dict, vocab_size: int) -> list[s
   more lines than tokens, and every later token would take its neighbour's name.
   """
   path = directory / art.VOCAB
-  if path.exists() and not art.verify_files(directory, meta, [art.VOCAB]):
+  problems = art.verify_files(directory, meta, [art.VOCAB]) if path.exists() else []
+  if any("not built" not in p for p in problems):  # Recorded, and altered since.
+    logging.warning("%s: %s, so the report names tokens by id; `python -m informask_jax.stats "
+                    "build --config ...` with the directory's config rewrites it.", directory,
+                    "; ".join(problems))
+  elif path.exists() and not problems:
     lines = path.read_text(encoding="utf-8").split("\n")
     if len(lines) == vocab_size + 1 and lines[-1] == "":
       return lines[:vocab_size]
