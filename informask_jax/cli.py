@@ -111,7 +111,10 @@ def _leave_jax_distributed() -> None:
   try:
     if _distributed_after_failure():  # exit_now_with leaves as it says; the shutdown's
       return  # barrier would wait for the peers the error stopped.
-    if jax.process_count() > 1:
+    # Not jax.process_count(): that starts the backends (CUDA's memory, the TPU) of a process
+    # leaving on an error in its flags or config.
+    started = getattr(jax.distributed, "is_initialized", None)  # Public since JAX 0.4.3x.
+    if started() if started else jax.process_count() > 1:
       jax.distributed.shutdown()
   except Exception:  # Exiting on an error already; the other processes see a lost peer.
     pass

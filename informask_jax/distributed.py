@@ -59,12 +59,13 @@ def _settings():
   index = f[_ID].value if f[_ID].value is not None else _env_int("JAX_PROCESS_ID")
   if num is not None and num < 1:
     raise ValueError(f"--num_processes={num}: the number of processes must be at least 1.")
-  if not coordinator and (num or 1) <= 1:
+  if num == 1 or not (coordinator or num or index is not None):  # An explicit 1 wins.
     return None
+  coordinator = coordinator or None
   missing = [f"--{name}" for name, value in ((_COORDINATOR, coordinator), (_NUM, num),
-                                             (_ID, index)) if value is None or value == ""]
-  # Slurm, TPU pods: jax.distributed detects the coordinator it is not given.
-  detected = missing == [f"--{_COORDINATOR}"] and _auto_detected()
+                                             (_ID, index)) if value is None]
+  # Slurm, TPU pods: jax.distributed detects each setting it is not given.
+  detected = bool(missing) and _auto_detected()
   if missing and not detected:
     raise ValueError(
         "Several processes need --coordinator_address HOST:PORT, --num_processes and "
@@ -75,7 +76,7 @@ def _settings():
     if not host or not port.isdigit():
       raise ValueError(f"--coordinator_address={coordinator!r}: expected HOST:PORT, process 0's "
                        "host and a free port, e.g. 10.0.0.2:1234.")
-  if not 0 <= index < num:
+  if index is not None and num is not None and not 0 <= index < num:
     raise ValueError(f"--process_id={index} with --num_processes={num}: the id must be in "
                      f"0..{num - 1}.")
   return coordinator, num, index

@@ -3,6 +3,8 @@ disks, config files), and leaving the process after an error with several proces
 
 import errno
 import importlib.util
+import pathlib
+import subprocess
 import sys
 import types
 
@@ -96,8 +98,9 @@ def processes(monkeypatch):
   calls = []
   state = types.SimpleNamespace(posted=False)
   jax = types.SimpleNamespace(
-      process_count=lambda: 2,
-      distributed=types.SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
+      process_count=lambda: pytest.fail("process_count() starts the backends"),
+      distributed=types.SimpleNamespace(shutdown=lambda: calls.append("shutdown"),
+                                        is_initialized=lambda: True))
   distributed = types.SimpleNamespace(failure_posted=lambda: state.posted,
                                       leave_after_failure=lambda: calls.append("leave"))
   monkeypatch.setitem(sys.modules, "jax", jax)
@@ -113,6 +116,16 @@ def test_an_error_exit_shuts_jax_distributed_down_unless_a_failure_was_posted(pr
   state.posted = True  # The peers have stopped: the shutdown's barrier would wait for them.
   cli._leave_jax_distributed()
   assert calls == []
+
+
+def test_an_error_exit_of_one_process_starts_no_backend():
+  """A flag or config error exits without starting CUDA or opening a TPU only to leave
+  (jax.process_count() starts the backends)."""
+  code = ("import jax; from jax._src import xla_bridge; from informask_jax import cli; "
+          "cli._leave_jax_distributed(); print(xla_bridge.backends_are_initialized())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=pathlib.Path(__file__).parent.parent)
+  assert out.stdout == "False\n", out.stderr
 
 
 def test_an_immediate_exit_after_a_posted_failure_leaves_as_distributed_says(processes,

@@ -114,6 +114,8 @@ def started(bare_env):
 
 def test_initialize_passes_the_flags_to_jax(started):
   assert started() == (None, [])  # One process: jax.distributed is not started.
+  # An explicit 1 wins over a coordinator (JAX_COORDINATOR_ADDRESS left in the environment).
+  assert started("10.0.0.2:1234", 1, None) == (None, [])
   assert started("10.0.0.2:1234", 4, 3, process_index=3)[0] == ("10.0.0.2:1234", 4, 3)
 
 
@@ -155,11 +157,18 @@ def test_a_cluster_that_jax_detects_needs_no_coordinator_flag(started, bare_env)
   assert started(None, 2, 1, process_index=1)[0] == (None, 2, 1)
   with pytest.raises(ValueError, match=r"--process_id=2 with --num_processes=2"):
     started(None, 2, 2)
-  with pytest.raises(ValueError, match=r"missing: --coordinator_address, --process_id\.$"):
-    started(None, 2, None)
+  # Any of the three may be left to the detection (it fills each unset one by itself): a
+  # launch script's JAX_COORDINATOR_ADDRESS or JAX_NUM_PROCESSES alone was refused.
+  assert started(None, 2, None)[0] == (None, 2, None)
+  assert started("10.0.0.2:1234", None, None)[0] == ("10.0.0.2:1234", None, None)
+  assert started(None, None, 1, process_index=1)[0] == (None, None, 1)
   bare_env.delenv("SLURM_JOB_ID")
   with pytest.raises(ValueError, match=r"missing: --coordinator_address\.$"):
     started(None, 2, 1)
+  with pytest.raises(ValueError, match=r"missing: --coordinator_address, --process_id\.$"):
+    started(None, 2, None)
+  with pytest.raises(ValueError, match=r"missing: --coordinator_address, --num_processes\.$"):
+    started(None, None, 1)
 
 
 def test_a_slurm_allocation_outside_srun_is_refused_unless_one_process_is_asked_for(started,
