@@ -145,11 +145,6 @@ def check_config(config) -> None:
                                        masking.missing_rate_of(config.masking))
   elif config.masking.rates_path:  # Unused by this strategy, but a wrong path is still named.
     masking.informask.rates_file(config.masking.rates_path)
-  if config.init_from:
-    try:
-      checkpointing.require_checkpoint_dir(config.init_from)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(f"config.init_from: {e}") from None
   if m.attention == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError(
         f"config.model.attention='cudnn' needs NVIDIA GPUs, but JAX's backend here is "
@@ -331,6 +326,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                      "bucket with gcsfuse or similar to write there).")
   workdir = pathlib.Path(workdir).expanduser()
   resume, clear = workdir_lib.prepare(workdir, config)
+  if config.init_from and not resume:  # A resume reads its own checkpoint: a requeued job
+    # resumes though the folder it started from is gone (scratch space cleaned up).
+    try:
+      checkpointing.require_checkpoint_dir(config.init_from)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"config.init_from: {e}") from None
   if not resume:  # A resume whose new num_steps ends inside the warm-up says so with the rate at
     # the resumed step (compatibility.warn_schedule_change): not twice.
     optim.warn_if_warmup_outlasts_run(config.optim, config.train.num_steps)

@@ -167,12 +167,14 @@ class MetricWriter:
       # within the same second (a quick resume) from replacing the earlier file.
       self._tb = event_file_writer.EventsWriter(
           str(self._tb_dir / "events"), f".{os.getpid()}.{next(_EVENT_FILE_NUMBERS)}")
-      if self._purge_step is not None:
-        # TensorBoard hides the events at steps >= a START session log's step from the files
-        # before it: those a crashed run logged after the checkpoint (not the checkpoint's own).
-        self._tb.write_event(event_pb2.Event(
-            wall_time=time.time(), step=self._purge_step,
-            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      # TensorBoard hides the events at steps >= a START session log's step from the files
+      # before it: those a crashed run logged after the checkpoint (not the checkpoint's own).
+      # A fresh run starts with one at step 0: TensorBoard's Python loader (--load_fast=false,
+      # or no data server binary) takes the first START of a run for its beginning and purges
+      # nothing at it, so without this a resume's marker would be that first one.
+      self._tb.write_event(event_pb2.Event(
+          wall_time=time.time(), step=0 if self._purge_step is None else self._purge_step,
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled or self._failed:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 # Parameters that get weight decay: matrices and embeddings. Biases and LayerNorm scales do not,
-# as in BERT and RoBERTa.
+# as in BERT's optimizer and Hugging Face's run_mlm.py (fairseq's RoBERTa decayed every one).
 _DECAYED_LEAVES = ("kernel", "embedding")
 
 

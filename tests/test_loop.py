@@ -256,6 +256,17 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
                                        rf"--config.init_from={re.escape(str(tmp_path))} "):
     loop.train_and_evaluate(config, tmp_path)
   config.model.scan_layers = not config.model.scan_layers
+  # A resume reads its own checkpoint, not init_from's: a requeued job resumes though the folder
+  # it started from is gone (scratch space cleaned up).
+  config.init_from = str(tmp_path / "gone")
+
+  def reached(*args):
+    raise RuntimeError("reached the corpus")
+  with monkeypatch.context() as patch:
+    patch.setattr(loop.data, "build_input_pipeline", reached)
+    with pytest.raises(RuntimeError, match="reached the corpus"):
+      loop.train_and_evaluate(config, tmp_path)
+  config.init_from = ""
   # Another tokenizer (same size: the model would fit) is refused before it is built ...
   config.tokenizer.lowercase = False
   with pytest.raises(ValueError, match=r"tokenizer settings changed \(config.tokenizer.lowercase:"
