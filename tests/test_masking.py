@@ -6,6 +6,7 @@ Each strategy is compiled once on a batch of 1024 x 64 and every property is che
 """
 
 import json
+import logging
 import os
 import re
 import sys
@@ -1201,9 +1202,38 @@ def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "notes.md")])
   assert re.fullmatch(r"error: --tokenizer '.*notes\.md': no tokenizer could be loaded \(the "
                       r"vocabulary lacks \[.*\]\.\)", str(caught.value)), caught.value
+  (tmp_path / "tokenizer.json").write_text("{}")  # The loader's other wording: "'X' is a".
+  with pytest.raises(SystemExit) as caught:
+    show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "tokenizer.json")])
+  assert re.fullmatch(r"error: --tokenizer '.*tokenizer\.json': no tokenizer could be loaded \(it "
+                      r"is a \.json file; point it at the directory that holds tokenizer\.json "
+                      r".*\)", str(caught.value)), caught.value
   # A table given by flag is named by its flag, not by train.py's config key.
   with pytest.raises(SystemExit, match=r"no\.npy' \(--rates\) does not exist"):
     show.main(["--strategy", "informask", "--rates", str(tmp_path / "no.npy")])
+
+
+def test_show_cli_warns_in_its_own_flags_of_tables_it_cannot_check(tmp_path, caplog, capsys):
+  """A rate JSON listing few ids is warned of as --rates's (show has no missing_rate); an n-gram
+  table with no meta.json beside it (so no record of its tokenizer) is used with a warning."""
+  from informask_jax.masking import show
+
+  text = "Mount Everest is the highest mountain on Earth above sea level."
+  (tmp_path / "id_mask_prob.json").write_text('{"2000": 0.5, "2001": 0.25}')
+  (tmp_path / "pmi_ngrams.json").write_text("[[2000, 2001]]")
+  with caplog.at_level(logging.WARNING):
+    show.main(["--strategy", "informask", "--text", text, "--samples", "1", "--rates",
+               str(tmp_path / "id_mask_prob.json")])
+    show.main(["--strategy", "pmi_span", "--text", text, "--samples", "1", "--ngrams",
+               str(tmp_path / "pmi_ngrams.json")])
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warned) == 2, warned
+  assert re.fullmatch(r"Rate table '.*id_mask_prob\.json' \(--rates\) lists only 2 of the "
+                      r"vocabulary's 30522 token ids; the other 30520 get the fill rate 0\.375\. "
+                      r"Is it the table of this tokenizer\?", warned[0]), warned[0]
+  assert warned[1] == (f"--ngrams {tmp_path / 'pmi_ngrams.json'} has no meta.json beside it, so "
+                       "the tokenizer it was built with is unknown: its ids are read as "
+                       "--tokenizer's. Pass the statistics directory's own file, or --stats DIR.")
 
 
 def test_show_cli_says_when_a_text_is_too_short_for_any_target(capsys):

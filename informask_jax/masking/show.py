@@ -15,9 +15,11 @@ stand-ins and informask_online is skipped.
 """
 
 import argparse
+import contextlib
 import html
 import importlib.metadata
 import json
+import logging
 import os
 import pathlib
 import re
@@ -28,6 +30,8 @@ import numpy as np
 
 from informask_jax import masking, paths
 from informask_jax.masking import online
+
+log = logging.getLogger(__name__)
 
 MAX_TOKENS = 512  # BERT's longest sequence, [CLS] and [SEP] included.
 DEFAULT_ARTICLE = "Mount Everest"  # A sentence of the embedded wiki-vital corpus.
@@ -84,8 +88,10 @@ def load_tokenizer(path=None):
     raise SystemExit(f"error: --tokenizer {path!r} does not exist; give a vocab.txt or a tokenizer "
                      "directory, e.g. a run's WORKDIR/tokenizer.") from None
   except (OSError, ValueError) as e:  # The loader's message names the config key, not the flag.
-    reason = str(e).splitlines()[0].replace(f"config.tokenizer.name_or_path={path!r}: ", "") \
-        if str(e) else type(e).__name__
+    # "config.tokenizer.name_or_path='X': why" or "... 'X' is a .json file": the flag is named.
+    reason = re.sub(r"config\.tokenizer\.name_or_path='[^']*'(: | (?=is ))",
+                    lambda m: "" if m.group(1) == ": " else "it ",
+                    str(e).splitlines()[0]) if str(e) else type(e).__name__
     raise SystemExit(f"error: --tokenizer {path!r}: no tokenizer could be loaded ({reason})"
                      ) from None
 
@@ -222,6 +228,11 @@ def _check_table_tokenizers(args, tok):
       if _built_with([directory]).get(directory, fingerprint) != fingerprint:  # Refused below.
         remedy = _remedy(directory, remedy)
       stats.check_table_tokenizer(path, fingerprint, f"--{flag}", remedy=remedy)
+      meta = os.path.join(directory, stats.artifacts.META)
+      if flag != "rates" and not os.path.isfile(meta):  # A rate JSON's coverage is warned of.
+        log.warning("--%s %s has no %s beside it, so the tokenizer it was built with is "
+                        "unknown: its ids are read as --tokenizer's. Pass the statistics "
+                        "directory's own file, or --stats DIR.", flag, path, stats.artifacts.META)
 
 
 def _remedy(directory, otherwise):
@@ -387,6 +398,30 @@ def render(tok, ids, result, colour):
 MAX_SAMPLES = 1000
 
 
+class _FlagNames(logging.Filter):
+  """Rewrites the rate-table loader's warnings, which name train.py's config keys, in the terms
+  of this command: the flag the table came from, and no missing_rate (show has none)."""
+
+  def __init__(self, flag):
+    super().__init__()
+    self.flag = flag
+
+  def filter(self, record):
+    message = record.getMessage().replace("(masking.rates_path)", f"({self.flag})")
+    record.msg, record.args = re.sub(r" \(masking\.missing_rate=[^)]*\)", "", message), ()
+    return True
+
+
+@contextlib.contextmanager
+def _warnings_naming(flag):
+  logger, names = masking.informask.log, _FlagNames(flag)
+  logger.addFilter(names)
+  try:
+    yield
+  finally:
+    logger.removeFilter(names)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m informask_jax.masking show",
                                    description=__doc__,  # Examples and what the colours mean.
@@ -444,7 +479,8 @@ def main(argv=None):
     _check_table_tokenizers(args, tok)
     if args.stats:
       _tables_from_stats(args, tok)
-    maskers = build_maskers(tok, ids, args, strategies)
+    with _warnings_naming(rates_flag):
+      maskers = build_maskers(tok, ids, args, strategies)
   except (ValueError, FileNotFoundError) as e:
     # The rate-table loader names train.py's config key; here the table came from a flag.
     raise SystemExit(f"error: {str(e).replace('(masking.rates_path)', f'({rates_flag})')}"
