@@ -148,14 +148,17 @@ def get_base_config(arg=None, strategy="informask"):
   c.model.hidden_size = -1  # -1: from size; likewise the next two.
   c.model.num_heads = -1
   c.model.mlp_size = -1  # Width of the feed-forward layer (4 x hidden in every size).
-  # "roberta": RoBERTa layout (positions offset past padding, 514 positions), the architecture
-  # of the paper's InformBERT (whose released config differs in details: position padding index
-  # 1 with the BERT vocabulary's [PAD] = 0, LayerNorm eps 1e-12, two token types);
+  # "roberta": RoBERTa layout (positions offset past the padding id, 514 positions), the
+  # architecture of the paper's InformBERT (whose released config differs in details: position
+  # padding index 1 with the BERT vocabulary's [PAD] = 0, which this layout cannot express, as
+  # positions here start after the tokenizer's padding id; LayerNorm eps 1e-12, two token types);
   # "bert": BERT layout (512 positions, token types).
   c.model.flavour = "bert" if tiny else "roberta"
   c.model.max_positions = -1  # -1: 512 (bert) or 514 (roberta).
+  c.model.type_vocab_size = -1  # Token-type (segment) rows; -1: 2 (bert) or 1 (roberta).
   # LayerNorm epsilon; -1: 1e-12 (bert) or 1e-5 (roberta). Training from an imported checkpoint
-  # (init_from) needs the checkpoint's own: InformBERT's is 1e-12 with the roberta flavour.
+  # (init_from) needs the checkpoint's own, as its token types and positions (the refusal names
+  # the flags that match them).
   c.model.layer_norm_eps = -1.0
   c.model.dropout = 0.1  # Dropout on embeddings and residual branches (the MLM head has none).
   # On attention probabilities: 0.1 as in BERT, RoBERTa and InforMask's training; > 0 computes

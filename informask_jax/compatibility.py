@@ -304,6 +304,13 @@ def check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig,
     # The one model setting a size or flavour does not fix: an imported checkpoint's own.
     message += ("\nTrain with the checkpoint's LayerNorm epsilon: "
                 f"--config.model.layer_norm_eps={saved.layer_norm_eps!r}.")
+  # Neither do these, for an import that is not the flavour's default (a bert run exported as
+  # roberta keeps its two token types and 512 positions).
+  layout = [f"--config.model.{key}={getattr(saved, key)}"
+            for key in ("flavour", "max_positions", "type_vocab_size")
+            if getattr(saved, key) != getattr(current, key)]
+  if layout:
+    message += f"\nTrain with the checkpoint's layout: {' '.join(layout)}."
   if resumed_run is not None:
     message += ("\nResume with the run's model settings (its config.json), or start a new run "
                 "in another --workdir")

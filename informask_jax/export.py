@@ -591,8 +591,13 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
                      "there, or resize the embedding to this one (model.resize_token_embeddings("
                      "len(tokenizer)); model.save_pretrained(DIR)) and import DIR.")
   if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != cfg.pad_id:
+    # A RoBERTa's positions start after its config's pad_token_id; here, after the tokenizer's
+    # padding id (the one padding is made of), so the two must agree for the positions to.
+    roberta = (" A RoBERTa model whose positions start after another id than its tokenizer's "
+               "padding (InformBERT's release: pad_token_id 1, [PAD] = 0) cannot be imported: "
+               "its positions would shift by one." if cfg.flavour == "roberta" else "")
     raise ValueError(f"Tokenizer pad id {tokenizer.pad_token_id} differs from the config's "
-                     f"pad_token_id {cfg.pad_id} in {model_dir}.")
+                     f"pad_token_id {cfg.pad_id} in {model_dir}.{roberta}")
   checkpointing.save_initial_checkpoint(workdir, params, cfg, tokenizer,
                                         fresh_mlm_head=fresh_head)
   return {"workdir": workdir, "config": dataclasses.asdict(cfg)}

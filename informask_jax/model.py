@@ -125,10 +125,14 @@ class MLMConfig:
     max_positions = model_config.max_positions
     if max_positions == -1:
       max_positions = default_max_positions(model_config.flavour)
+    # A config file of an earlier version lacks the key: the flavour's, as it was then.
+    type_vocab_size = model_config.get("type_vocab_size", -1)
+    if type_vocab_size == -1:
+      type_vocab_size = 1 if roberta else 2
     try:
       return cls(
           vocab_size=vocab_size, flavour=model_config.flavour, max_positions=max_positions,
-          type_vocab_size=1 if roberta else 2, pad_id=pad_id, dropout=model_config.dropout,
+          type_vocab_size=type_vocab_size, pad_id=pad_id, dropout=model_config.dropout,
           attention_dropout=model_config.attention_dropout,
           layer_norm_eps=_layer_norm_eps(model_config), compute_dtype=model_config.compute_dtype,
           attention=model_config.attention, remat=model_config.remat,

@@ -271,6 +271,45 @@ def test_init_from_an_import_keeps_its_layer_norm_epsilon(tmp_path, tokenizer_di
     export.verify_export(imported, dataclasses.replace(current, layer_norm_eps=1e-12), str(hf_dir))
 
 
+def test_init_from_a_bert_run_exported_as_roberta_names_the_flags_of_its_layout(tmp_path,
+                                                                                 tokenizer_dir):
+  """A bert run exported with --format roberta keeps its two token types and its positions: the
+  import of it, as init_from of a roberta run, is refused naming the flags that match it (there
+  was no token type setting: it could not be continued), and with them its model is the
+  import's."""
+  from configs import base
+  from informask_jax import compatibility
+
+  cfg = tiny_config("bert")
+  params = tiny_params(cfg, seed=5)
+  hf_dir, workdir = tmp_path / "hf", str(tmp_path / "import")
+  export.export_to_hf(params, cfg, str(hf_dir), tokenizer_dir=tokenizer_dir, fmt="roberta")
+  export.import_to_workdir(str(hf_dir), workdir)
+  imported, saved_cfg, _ = checkpointing.restore_params(workdir)
+  assert (saved_cfg.flavour, saved_cfg.type_vocab_size) == ("roberta", 2)
+  config = base.get_base_config("tiny")
+  config.init_from = workdir
+  for key, value in dict(num_layers=2, hidden_size=32, num_heads=4, mlp_size=64,
+                         flavour="roberta", layer_norm_eps=1e-12).items():
+    config.model[key] = value
+  where = f"config.init_from={workdir}"
+  with pytest.raises(ValueError, match=r"does not match this run's config:\n  "
+                                       rf"model.max_positions: checkpoint "
+                                       rf"{saved_cfg.max_positions} != run 514\n  "
+                                       r"model.type_vocab_size: checkpoint 2 != run 1\n"
+                                       r"Train with the checkpoint's layout: --config.model."
+                                       rf"max_positions={saved_cfg.max_positions} "
+                                       r"--config.model.type_vocab_size=2\.$"):
+    compatibility.check_architecture_early(checkpointing.latest_meta(workdir), config, where,
+                                           same_layout=False)
+  config.model.max_positions, config.model.type_vocab_size = saved_cfg.max_positions, 2
+  compatibility.check_architecture_early(checkpointing.latest_meta(workdir), config, where,
+                                         same_layout=False)
+  current = MLMConfig.from_config(config.model, vocab_size=len(VOCAB), pad_id=0)
+  compatibility.check_architecture(saved_cfg, current, where)
+  export.verify_export(imported, current, str(hf_dir))  # The run's model is the export's.
+
+
 def test_verification_catches_a_wrong_weight(exported):
   params, cfg, path, _ = exported["bert"]
   broken = jax.tree.map(lambda x: x, params)
@@ -1124,6 +1163,24 @@ def test_import_refuses_a_tokenizer_whose_pad_id_is_not_the_configs(hf_copy, tmp
   with pytest.raises(ValueError, match="Tokenizer pad id 0 differs from the config's "
                      "pad_token_id 1"):
     convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert not (tmp_path / "work").exists()
+
+
+def test_import_of_a_roberta_whose_positions_start_after_another_id_says_why(tmp_path,
+                                                                             tokenizer_dir):
+  """InformBERT's release pairs pad_token_id 1 with a [PAD] of 0: its positions start after an
+  id other than the padding, which the roberta flavour cannot express; the refusal says so."""
+  cfg = tiny_config("roberta")
+  hf_dir = tmp_path / "hf"
+  export.export_to_hf(tiny_params(cfg, seed=6), cfg, str(hf_dir), tokenizer_dir=tokenizer_dir)
+  config = json.loads((hf_dir / "config.json").read_text())
+  (hf_dir / "config.json").write_text(json.dumps({**config, "pad_token_id": 1}))
+  with pytest.raises(ValueError, match=r"Tokenizer pad id 0 differs from the config's "
+                                       r"pad_token_id 1 in .*\. A RoBERTa model whose positions "
+                                       r"start after another id than its tokenizer's padding "
+                                       r"\(InformBERT's release: pad_token_id 1, \[PAD\] = 0\) "
+                                       r"cannot be imported"):
+    convert_checkpoint.main(["--from-hf", str(hf_dir), "--out", str(tmp_path / "work")])
   assert not (tmp_path / "work").exists()
 
 
