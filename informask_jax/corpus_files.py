@@ -438,6 +438,38 @@ def _without_empty_parquet(paths, where):
   return kept
 
 
+def _check_parquet_text_columns(paths, field, where):
+  """Each Parquet file's column text_field, read from its footer. In memory, `datasets` casts
+  every file to the first one's schema, so a column of numbers became text and was trained on,
+  and a file without the column failed naming none: both are named here, in either mode. A file
+  whose footer does not read is left for the reader's error."""
+  schemas = {}
+  for path in paths:
+    try:
+      schemas[path] = pq.read_schema(path)
+    except (pa.ArrowException, OSError):
+      pass
+  lacking = [path for path, schema in schemas.items() if field not in schema.names]
+  if lacking and len(lacking) < len(schemas):  # All lacking: select_text's message, one column.
+    raise ValueError(f"{where}: {lacking[0]} has no column {field!r} (text_field), which the "
+                     f"source's other Parquet files have; its columns are "
+                     f"{schemas[lacking[0]].names}. Move it out of the source, or name its text's "
+                     f"column {field!r}.")
+  for path, schema in schemas.items():
+    if field in schema.names and not _holds_text(schema.field(field).type):
+      raise ValueError(f"{where}: {path}: the column {field!r} (text_field) holds "
+                       f"{schema.field(field).type}, not strings. Name a column of strings with "
+                       f"'--{where.split(' ')[0]}.text_field=COLUMN'.")
+
+
+def _holds_text(arrow_type) -> bool:
+  t = pa.types
+  if t.is_dictionary(arrow_type):  # Categorical strings (pandas' category dtype).
+    return _holds_text(arrow_type.value_type)
+  return (t.is_string(arrow_type) or t.is_large_string(arrow_type) or t.is_null(arrow_type)
+          or getattr(t, "is_string_view", lambda _: False)(arrow_type))
+
+
 def _empty_source():
   """A source of no documents, in memory (`datasets` refuses a generator without examples)."""
   return datasets.Dataset.from_dict({"text": []}, features=_TEXT_FEATURES)
@@ -457,6 +489,7 @@ def load_files(source, where, streaming, num_proc, cache_dir):
   for builder, group in by_suffix.items():
     if builder == "parquet":
       group = _without_empty_parquet(group, where)
+      _check_parquet_text_columns(group, field, where)
     if builder == "text":
       for f in group:
         _check_text_file(f, where)

@@ -876,6 +876,39 @@ def test_a_bad_line_in_a_local_folder_loaded_as_a_hub_dataset_is_named(tmp_path)
 
 
 @pytest.mark.parametrize("streaming", [False, True])
+def test_parquet_files_whose_text_column_differs_are_named(tmp_path, streaming):
+  """In memory, `datasets` cast every Parquet file to the first one's schema: a text_field of
+  numbers in a later file became the documents '0', '1', ... and was trained on; a file without
+  the column failed naming no file, advising a text_field that the other files lack. Both name
+  the file, in either mode, as does a number beside a .txt file (datasets' own alignment error)."""
+  folder = tmp_path / "data"
+  folder.mkdir()
+  pq.write_table(pa.table({"text": ["One.", "Two."]}), folder / "a.parquet")
+  pq.write_table(pa.table({"text": pa.array([0, 1], pa.int64())}), folder / "b.parquet")
+  config = _data_config(tmp_path, [dict(name=str(folder), streaming=streaming)],
+                        validation_fraction=0.0)
+  with pytest.raises(ValueError, match=r"^config.data.sources\[0\] \(files .*\): .*b\.parquet: "
+                                       r"the column 'text' \(text_field\) holds int64, not "
+                                       r"strings\. Name a column of strings with "
+                                       r"'--config.data.sources\[0\].text_field=COLUMN'\.$"):
+    corpus.load_corpus(config)
+  (folder / "other.txt").write_text("Three.\n")
+  with pytest.raises(ValueError, match=r"b\.parquet: the column 'text' \(text_field\) holds int64"):
+    corpus.load_corpus(config)
+  pq.write_table(pa.table({"body": ["Four."]}), folder / "b.parquet")
+  with pytest.raises(ValueError, match=r"^config.data.sources\[0\] \(files .*\): .*b\.parquet has "
+                                       r"no column 'text' \(text_field\), which the source's "
+                                       r"other Parquet files have; its columns are \['body'\]\. "
+                                       r"Move it out of the source"):
+    corpus.load_corpus(config)
+  # Categorical strings are text.
+  pq.write_table(pa.table({"text": pa.array(["Four."]).dictionary_encode()}),
+                 folder / "b.parquet")
+  assert sorted(ex["text"] for ex in corpus.load_corpus(config)["train"]) == [
+      "Four.", "One.", "Three.", "Two."]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
 def test_parquet_files_of_no_rows_are_skipped(tmp_path, streaming, caplog):
   """Spark writes a Parquet file of no rows per empty partition; `datasets` refused it
   ("BatchSize must be greater than 0"), so a folder of such shards did not read at all."""
