@@ -92,8 +92,9 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
       raise
     raise CheckpointReadError(
         f"The metrics file of checkpoint step {damaged.parent.parent.name} ({damaged}) is "
-        f"damaged ({type(e).__name__}: {e}); every step's is read to rank them. Move "
-        f"{damaged.parent.parent} aside.") from e
+        f"damaged ({type(e).__name__}: {e}); every step's is read to rank them. Delete "
+        f"{damaged.parent} (the step's validation loss: the step stays, but no longer counts "
+        "for the best).") from e
 
 
 def _damaged_metrics(workdir) -> pathlib.Path | None:
@@ -132,18 +133,23 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict, meta: dict, *, eval_loss=None,
-           force: bool = False) -> bool:
-    """Starts an asynchronous save; returns False (and saves nothing) for a non-finite state or
-    one whose last step was skipped. A previous save that failed in the background is raised
-    first, as its own step (orbax would raise it from this save, as this step's failure)."""
+           force: bool = False, last: bool = False) -> bool:
+    """Starts an asynchronous save; returns False (and saves nothing) for a non-finite state or,
+    unless it is the run's `last` save (its final step, a stop, a data failure), one whose last
+    step was skipped. A previous save that failed in the background is raised first, as its own
+    step (orbax would raise it from this save, as this step's failure)."""
     self.wait()
     skips = int(state.consecutive_skips)
-    if skips:
+    if skips and not last:
       # Parameters blown up to huge but finite values make every later step non-finite: saving
-      # then would rotate the last good checkpoints out before the run stops.
+      # then would rotate the last checkpoints out before the run stops.
       logging.warning("Deferring the checkpoint of step %d: the last %d step(s) were skipped for "
                       "a non-finite loss or gradient. %s", step, skips, self._kept())
       return False
+    if skips:  # No later step to defer to: deferring would lose every step since the latest.
+      logging.warning("Saving step %d though its last %d step(s) were skipped for a non-finite "
+                      "loss or gradient: its parameters are those of step %d, the last finite "
+                      "one.%s", step, skips, step - skips, self.best_advice(latest=step))
     if not all_finite(state.params):
       logging.error("Not saving step %d: the parameters hold NaN or Inf. %s", step, self._kept())
       return False
@@ -158,10 +164,28 @@ class Checkpointer:
     return started
 
   def _kept(self) -> str:
-    """What a refused save leaves as the latest checkpoint, for its log line."""
+    """What a refused save leaves as the latest checkpoint, for its log line. Not "good": steps
+    that diverge are finite, and saved, before the non-finite ones are skipped."""
     latest = self.latest_step()
-    return (f"The last good checkpoint (step {latest}) stays the latest." if latest is not None
-            else "No checkpoint has been written yet.")
+    return (f"Step {latest} stays the latest checkpoint.{self.best_advice()}"
+            if latest is not None else "No checkpoint has been written yet.")
+
+  def best_step(self) -> int | None:
+    """The checkpointed step of the lowest eval_loss (None: none evaluated, or unreadable)."""
+    try:
+      return self.manager.best_step()
+    except Exception:  # Only for advice: never the reason a run stops.
+      return None
+
+  def best_advice(self, latest: int | None = None) -> str:
+    """A sentence naming the best checkpoint when it is not the latest (or `latest`, a step being
+    saved; "" otherwise): after a divergence, the step to go back to."""
+    best, latest = self.best_step(), latest if latest is not None else self.latest_step()
+    if best is None or best == latest:
+      return ""
+    return (f" If the run was diverging by then (its eval_loss in metrics.jsonl), the best "
+            f"checkpoint by validation loss is step {best}: move the later steps out of "
+            f"{checkpoint_dir(self.workdir)} to resume from it.")
 
   def wait(self) -> None:
     """Blocks until an asynchronous save has reached the disk; errors surface here."""

@@ -536,8 +536,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
               f"{t.max_consecutive_skips} consecutive steps up to step {step} had a non-finite "
               f"loss or gradient and were skipped{scale_note}; parameters are those of the last "
               "finite step. Lower the learning rate or check the data; " + (
-                  f"resume from the last checkpoint (step {latest})." if latest is not None
-                  else "no checkpoint was written, start over."))
+                  f"the latest checkpoint is step {latest}.{checkpointer.best_advice()}"
+                  if latest is not None else "no checkpoint was written, start over."))
         pending.append(step_metrics)
         previous = step_metrics
         step += 1
@@ -592,7 +592,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if saving:
           saved = checkpointer.save(step, state, batches.state(), meta,
                                     eval_loss=last_eval.get("eval_loss") if evaluated else None,
-                                    force=True)
+                                    force=True, last=step == t.num_steps or bool(stopping))
           save_due = not saved
           writer.flush()  # What a resume from this checkpoint keeps is on disk, whatever follows.
         if stopping and step < t.num_steps:
@@ -678,7 +678,7 @@ def _save_before_data_failure(step, started_at, state, batches, checkpointer, me
   saved = False
   if jax.process_count() == 1 and step > started_at and checkpointer.latest_step() != step:
     try:
-      saved = checkpointer.save(step, state, batches.state(), meta, force=True)
+      saved = checkpointer.save(step, state, batches.state(), meta, force=True, last=True)
       checkpointer.wait()
     except checkpointing.CheckpointWriteError as e:  # The data's error is the one to raise.
       logging.error("%s", e)

@@ -293,8 +293,13 @@ def test_a_damaged_metrics_file_of_an_old_step_is_named(tmp_path):
                   lambda: checkpointing.checkpoint_steps(tmp_path)):
     with pytest.raises(checkpointing.CheckpointReadError,
                        match=rf"metrics file of checkpoint step 1 \({metrics}\) is damaged "
-                             r"\(JSONDecodeError: .*\); .* Move .*checkpoints/1 aside\."):
+                             r"\(JSONDecodeError: .*\); .* Delete .*checkpoints/1/metrics "
+                             r"\(the step's validation loss: the step stays, but no longer "
+                             r"counts for the best\)\."):
       open_it()
+  shutil.rmtree(metrics.parent)  # As the message says: both steps stay, step 2 is the best.
+  reopened = checkpointing.Checkpointer(tmp_path)
+  assert reopened.all_steps() == [1, 2] and reopened.best_step() == 2
 
 
 def test_a_damaged_latest_step_points_to_the_one_before_it():

@@ -468,8 +468,10 @@ def test_out_of_device_memory_names_the_settings_and_keeps_the_checkpoints(
 
 
 def test_skipped_steps_never_rotate_out_the_last_good_checkpoint(tiny_config, tmp_path, caplog):
-  """Parameters blown up to huge but finite values make every later step non-finite: neither the
-  scheduled saves during that streak nor the final one may replace the good checkpoint."""
+  """Parameters blown up to huge but finite values make every later step non-finite: the
+  scheduled saves during that streak may not replace the good checkpoint. The final one is
+  saved (deferring it lost every step since the latest checkpoint, each run again), naming the
+  best checkpoint, which retention keeps."""
   config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000,
                   max_consecutive_skips=4)
   config.masking.name = "random"
@@ -477,15 +479,26 @@ def test_skipped_steps_never_rotate_out_the_last_good_checkpoint(tiny_config, tm
   loop.train_and_evaluate(config, tmp_path)  # A good checkpoint at step 2.
   config.optim.learning_rate = 1e38  # Step 3 blows the parameters up; steps 4, 5, ... skip.
   config.train.num_steps = 50
-  with pytest.raises(loop.TrainingStopped, match=r"resume from the last checkpoint \(step 2\)"):
+  with pytest.raises(loop.TrainingStopped, match=r"the latest checkpoint is step 2\.$"):
     loop.train_and_evaluate(config, tmp_path)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
   assert ("Deferring the checkpoint of step 4: the last 1 step(s) were skipped for a non-finite "
-          "loss or gradient. The last good checkpoint (step 2) stays the latest.") in caplog.text
-  config.train.num_steps = 5  # Ends on a skipped step: the final save is deferred too.
+          "loss or gradient. Step 2 stays the latest checkpoint.\n") in caplog.text
+  config.train.num_steps = 5  # Ends on a skipped step: saved, with the best named.
   config.train.max_consecutive_skips = 10
+  config.train.keep_checkpoints = 1
+  caplog.clear()
   assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
-  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
+  assert ("Saving step 5 though its last 2 step(s) were skipped for a non-finite loss or "
+          "gradient: its parameters are those of step 3, the last finite one. If the run was "
+          "diverging by then (its eval_loss in metrics.jsonl), the best checkpoint by validation "
+          "loss is step 2: move the later steps out of") in caplog.text
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2, 5]  # The best is kept.
+  config.train.num_steps = 7  # The latest (5) is not the best: a stop names the best.
+  config.train.max_consecutive_skips = 1
+  with pytest.raises(loop.TrainingStopped, match=r"the latest checkpoint is step 5\. If the run "
+                                                 r"was diverging by then .* is step 2: move"):
+    loop.train_and_evaluate(config, tmp_path)
 
 
 def test_a_fresh_start_keeps_the_logs_of_a_run_without_checkpoints_apart(tiny_config, tmp_path):
