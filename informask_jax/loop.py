@@ -601,7 +601,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           logging.warning(
               "Received %s: %s; exiting. %s.", stopping,
               f"saved a checkpoint at step {step} in {workdir}" if saved else
-              f"step {step} was not saved (non-finite parameters or skipped steps); "
+              f"step {step} was not saved (its parameters hold NaN or Inf); "
               + _latest_checkpoint(checkpointer), _sentence(resume_advice(config)))
           break
         if evaluated or saving:

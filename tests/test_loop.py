@@ -1649,7 +1649,7 @@ def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_pat
 def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_path, monkeypatch,
                                                               caplog):
   """A signal after step 1 of 3: step 1 is saved before the run exits, as pre-empted, and the log
-  says so; a save refused then (a skipped step) is named too, with what is left to resume."""
+  says so; a save refused then (non-finite parameters) is named too, with what is left to resume."""
   config = _small(tiny_config, num_steps=3, checkpoint_every=1000, eval_every=1000)
   config.masking.name = "random"
 
@@ -1663,7 +1663,7 @@ def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_p
     m.setattr(checkpointing.Checkpointer, "save", lambda *args, **kwargs: False)
     result = loop.train_and_evaluate(config, tmp_path)
   assert result["step"] == 1 and result["preempted"] and result["stopped_by"] == "SIGTERM"
-  assert ("Received SIGTERM: step 1 was not saved (non-finite parameters or skipped steps); no "
+  assert ("Received SIGTERM: step 1 was not saved (its parameters hold NaN or Inf); no "
           "checkpoint has been written yet; exiting." in caplog.text)
   assert not checkpointing.has_finalized_checkpoint(tmp_path)
   caplog.clear()
