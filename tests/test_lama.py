@@ -432,15 +432,17 @@ def test_cli_writes_outputs_and_prints_table(models, tmp_path, capsys, monkeypat
     hf_logging.enable_progress_bar()  # --no_progress turned transformers' bars off.
   printed, errors = capsys.readouterr()
   assert "Loading weights" not in errors and "LAMA:" not in errors, errors  # No progress bars.
-  assert "| Source |" in printed and "| TREx | 3 | 12 | 8 |" in printed
+  # P1412 has no facts (an unknown relation): the means are over the other 2, and say so.
+  assert "| Source |" in printed and "| TREx | 2 of 3 | 12 | 8 |" in printed
   rows = (out / "results.csv").read_text().splitlines()
   assert rows[0].startswith("source,relation,facts,skipped,P@1,P@10,MRR")
   assert len(rows) == 1 + 7  # One row per relation file.
   assert "TREx,P1412,0,2,,,,unknown_relation=2," in rows
   summary = json.loads((out / "summary.json").read_text())
   assert set(summary) == {"Google_RE", "TREx", "ConceptNet", "Squad"}
+  assert (summary["TREx"]["relations_scored"], len(summary["TREx"]["relations"])) == (2, 3)
   for entry in summary.values():
-    assert {"P@1", "P@10", "MRR", "facts", "skipped", "relations"} <= set(entry)
+    assert {"P@1", "P@10", "MRR", "facts", "relations_scored", "skipped", "relations"} <= set(entry)
     assert 0 <= entry["P@1"] <= entry["P@10"] <= 1
   assert json.loads((out / "run.json").read_text())["protocol"] == "lama"
   assert report.summary == summary

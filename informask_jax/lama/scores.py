@@ -40,9 +40,11 @@ class RelationScore:
 
 
 def summarize(scores: Sequence[RelationScore]) -> dict:
-  """{SOURCE: {"P@1", "P@10", "MRR", "facts", "skipped", "scored_as_miss", "relations"}}.
+  """{SOURCE: {"P@1", "P@10", "MRR", "facts", "relations_scored", "skipped", "scored_as_miss",
+  "relations"}}.
 
-  A source's P@k and MRR are means over its relations that have facts (LAMA's macro average).
+  A source's P@k and MRR are means over its relations that have facts (LAMA's macro average):
+  `relations_scored` of them, of the `relations` read.
   """
   summary = {}
   for source in SOURCES:
@@ -58,7 +60,8 @@ def summarize(scores: Sequence[RelationScore]) -> dict:
     summary[source] = {
         **{k: float(np.mean([e[k] for e in used])) if used else None
            for k in ("P@1", "P@10", "MRR")},
-        "facts": sum(e["facts"] for e in used), "skipped": dict(sorted(skipped.items())),
+        "facts": sum(e["facts"] for e in used), "relations_scored": len(used),
+        "skipped": dict(sorted(skipped.items())),
         "scored_as_miss": dict(sorted(missed.items())), "relations": entries}
   return summary
 
@@ -72,7 +75,10 @@ def markdown_table(summary: dict, missing: Sequence[str] = ()) -> str:
            "|---|---:|---:|---:|---:|---:|---:|"]
   for source, s in summary.items():
     mrr = "-" if s["MRR"] is None else f"{s['MRR']:.4f}"
-    lines.append(f"| {source} | {len(s['relations'])} | {s['facts']} | "
+    # The means are over the relations with facts: "2 of 3" when one had none.
+    scored, read = s.get("relations_scored", len(s["relations"])), len(s["relations"])
+    relations = str(read) if scored == read else f"{scored} of {read}"
+    lines.append(f"| {source} | {relations} | {s['facts']} | "
                  f"{sum(s['skipped'].values())} | {_pct(s['P@1'])} | {_pct(s['P@10'])} | {mrr} |")
   lines += [f"| {source} | not in data_dir | | | | | |" for source in missing]
   return "\n".join(lines)
