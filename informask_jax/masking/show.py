@@ -231,8 +231,8 @@ def _check_table_tokenizers(args, tok):
       meta = os.path.join(directory, stats.artifacts.META)
       if flag != "rates" and not os.path.isfile(meta):  # A rate JSON's coverage is warned of.
         log.warning("--%s %s has no %s beside it, so the tokenizer it was built with is "
-                        "unknown: its ids are read as --tokenizer's. Pass the statistics "
-                        "directory's own file, or --stats DIR.", flag, path, stats.artifacts.META)
+                    "unknown: its ids are read as --tokenizer's. Pass the statistics directory's "
+                    "own file, or --stats DIR.", flag, path, stats.artifacts.META)
 
 
 def _remedy(directory, otherwise):
