@@ -197,7 +197,8 @@ def get_base_config(arg=None, strategy="informask"):
   c.train.seed = 0  # Parameter initialisation, batch order and masks.
   c.train.log_every = 20 if tiny else 100  # Steps per line of metrics.jsonl / TensorBoard.
   c.train.eval_every = 100 if tiny else 10_000  # Steps between validation evaluations.
-  # Validation batches per evaluation (-1: the whole split; tiny's holds 7 batches of 32).
+  # Validation batches per evaluation (-1: the whole split; tiny's holds 7 batches of 32); fewer
+  # than the split holds read a fixed sample of its rows, spread over every source.
   c.train.eval_batches = -1 if tiny else 100
   c.train.checkpoint_every = 200 if tiny else 5_000  # Steps between checkpoints (and the end).
   c.train.keep_checkpoints = 2  # Latest checkpoints kept (the best by eval loss is kept too).

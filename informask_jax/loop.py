@@ -224,8 +224,8 @@ def _log_evaluation_size(config, pipeline) -> None:
   size, asked = config.train.batch_size, config.train.eval_batches
   held = -(-rows // size)
   if 0 <= asked < held:
-    logging.info("Evaluation: the first %d of the validation split's %d batches of %d rows "
-                 "(config.train.eval_batches=%d).", asked, held, size, asked)
+    logging.info("Evaluation: %d batches of %d rows, a fixed sample of the validation split's "
+                 "%d rows (config.train.eval_batches=%d).", asked, size, rows, asked)
   else:
     logging.info("Evaluation: the whole validation split, %d rows in %d batch(es) of %d%s.", rows,
                  held, size, "" if asked < 0 else
@@ -267,7 +267,8 @@ def _warn_rows_without_targets(config, pipeline) -> None:
 
 
 def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
-  """Mean masked-token loss over the first eval_batches validation batches, fixed masks."""
+  """Mean masked-token loss over eval_batches validation batches (data.eval_batches' rows),
+  fixed masks."""
   batch_sharding = sharding_lib.batch_sharding(mesh)
   # The same masks at every evaluation (so evaluations compare), other masks for every batch
   # (a key shared by the batches would mask the same positions of every batch's row i).
@@ -281,8 +282,13 @@ def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
     for key, value in jax.device_get(out).items():
       sums[key] += float(value)
   if sums["num_targets"] == 0:  # A loss of 0 would be logged, and win the best checkpoint.
-    raise ValueError("The evaluation had no masked tokens to predict: the validation split is "
-                     "too small (raise config.data.validation_fraction).")
+    rows = len(pipeline.validation["token_ids"])
+    raise ValueError(
+        f"The evaluation had no masked tokens to predict in the validation split's {rows} rows: "
+        f"rows too short for a target at config.masking.mask_prob={config.masking.mask_prob:g} "
+        "(pack short documents with --config.data.packing=full_sentences, or use "
+        "--config.masking.budget=bernoulli), or too few rows (raise "
+        "config.data.validation_fraction).")
   loss = sums["loss_sum"] / sums["num_targets"]
   return {"eval_loss": loss, "eval_perplexity": float(min(jax.numpy.exp(loss), 1e30)),
           "eval_accuracy": sums["correct_sum"] / sums["num_targets"]}

@@ -815,6 +815,22 @@ def test_eval_batches_stop_at_the_rows_or_at_num_batches():
   assert [count(n) for n in (-1, 0, 1, 3, 10)] == [3, 0, 1, 3, 3]  # No batch of padding only.
 
 
+def test_a_capped_evaluation_reads_a_fixed_sample_spread_over_the_split():
+  """The validation split holds the sources one after the other: a capped evaluation took its
+  first rows, and never read a later source's. It reads a sample spread over all rows, the same
+  at every evaluation and for every host count, each row once."""
+  arrays = _rows(1000)
+  read = lambda count=1, index=0: np.concatenate([  # noqa: E731
+      b["token_ids"][:, 0] for b in data.eval_batches(arrays, 16, 4, process_index=index,
+                                                      process_count=count)])
+  rows = read()
+  assert len(rows) == len(set(rows)) == 64 and (np.diff(rows) > 0).all()
+  assert (rows < 500).sum() >= 20 and (rows >= 500).sum() >= 20  # Both halves: both sources.
+  np.testing.assert_array_equal(read(), rows)
+  halves = [read(2, i).reshape(4, 8) for i in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves, axis=1).ravel(), rows)
+
+
 def _mesh_sharding(spec):
   return NamedSharding(Mesh(np.array(jax.devices()), ("data",)), spec)
 

@@ -742,8 +742,9 @@ def test_evaluation_masks_each_batch_with_its_own_key(tiny_config, monkeypatch):
 
 
 def test_evaluation_reads_the_configured_batches_of_the_validation_split(tiny_config, monkeypatch):
-  """eval_batches=2: the split's first 2 batches, in row order, the same at every evaluation
-  (comparable losses); -1: every row, the partial last batch completed with padding rows."""
+  """eval_batches=2: 2 batches of rows sampled over the whole split, in row order, the same at
+  every evaluation (comparable losses); -1: every row, the partial last batch completed with
+  padding rows. No target at all is an error that names both causes."""
   rows = np.arange(22 * 8, dtype=np.int32).reshape(22, 8) + 1  # 5 batches of 4, then 2 rows.
   monkeypatch.setattr(loop.data, "make_global_batch", lambda local, sharding: local)
   monkeypatch.setattr(loop.sharding_lib, "batch_sharding", lambda mesh: None)
@@ -758,12 +759,23 @@ def test_evaluation_reads_the_configured_batches_of_the_validation_split(tiny_co
   tiny_config.train.batch_size, tiny_config.train.eval_batches = 4, 2
   for _ in range(2):
     loop.evaluate(eval_step, None, pipeline, tiny_config, None)
-  np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([rows[:8], rows[:8]]))
+  assert len(seen) == 4
+  first = np.concatenate(seen[:2])[:, 0]
+  np.testing.assert_array_equal(np.concatenate(seen[2:])[:, 0], first)
+  assert len(set(first)) == 8 and (np.diff(first) > 0).all() and set(first) <= set(rows[:, 0])
+  assert first.max() > rows[10, 0]  # Not the split's first rows only.
   seen.clear()
   tiny_config.train.eval_batches = -1
   loop.evaluate(eval_step, None, pipeline, tiny_config, None)
   assert len(seen) == 6
   np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([rows, np.full((2, 8), 7)]))
+  with pytest.raises(ValueError, match=r"no masked tokens to predict in the validation split's 22 "
+                                       r"rows: rows too short for a target at config.masking."
+                                       r"mask_prob=0.15 \(pack short documents with --config.data."
+                                       r"packing=full_sentences, or use --config.masking.budget="
+                                       r"bernoulli\), or too few rows"):
+    loop.evaluate(lambda *a: {"loss_sum": 0.0, "correct_sum": 0.0, "num_targets": 0.0}, None,
+                  pipeline, tiny_config, None)
 
 
 def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Host batches of in-memory packed rows: each host's slice of every global batch.
 
 `BatchIterator` is shuffled per epoch from (seed, epoch) and resumes at the exact next batch from
-a small state(); `eval_batches` gives the first batches in row order, the last one padded.
+a small state(); `eval_batches` gives the validation rows (all, or a fixed sample spread over
+them) in row order, the last batch padded.
 """
 
 import jax
@@ -114,14 +115,26 @@ class BatchIterator:
     self.epoch, self.position = epoch, position
 
 
+# The sample of validation rows a capped evaluation reads: fixed, so that runs of other seeds
+# evaluate the same rows.
+EVAL_SAMPLE_SEED = 0
+
+
 def eval_batches(arrays, global_batch_size, num_batches, *, process_index=None,
                  process_count=None, pad_id=0):
-  """Yields this host's slice of the first `num_batches` global batches, in row order.
+  """Yields this host's slice of `num_batches` global batches of validation rows.
 
-  num_batches < 0 means all rows. A final partial batch is completed with rows of pad_id tokens
-  (sentence id -1), which hold no prediction targets, so it keeps the compiled batch shape.
+  num_batches < 0 means all rows, in row order. Fewer batches than the rows fill take a fixed
+  sample of rows spread over the whole split, in row order: the split holds the sources one after
+  the other, and its first rows would be the first source's only. A final partial batch is
+  completed with rows of pad_id tokens (sentence id -1), which hold no prediction targets, so it
+  keeps the compiled batch shape.
   """
   num_rows = _num_rows(arrays)
+  if 0 <= num_batches and num_batches * global_batch_size < num_rows:
+    rows = np.sort(np.random.default_rng(EVAL_SAMPLE_SEED).choice(
+        num_rows, int(num_batches) * int(global_batch_size), replace=False))
+    arrays, num_rows = {key: value[rows] for key, value in arrays.items()}, len(rows)
   index, count = process_slot(process_index, process_count)
   local = local_batch_size(int(global_batch_size), count)
   total = -(-num_rows // global_batch_size)
