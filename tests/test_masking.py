@@ -473,6 +473,20 @@ def test_pmi_units_never_cross_a_sentence():
     np.testing.assert_array_equal(starts[1], [0, 1, 0, 1, 1, 0])  # (x y) | z: z opens sentence 1
 
 
+@pytest.mark.parametrize("name", ["whole_word", "span"])
+def test_a_sentence_start_starts_a_word_as_for_pmi_span_and_the_statistics(name):
+  """With byte-level BPE or SentencePiece, the token after a line break (which ends a sentence)
+  carries no word-start marker: read as a continuation, it joined the line's last word into one
+  unit (and the break's token into the target), unlike pmi_span and the statistics."""
+  masker = build(name)
+  tokens = np.array([[CLS, 10, 11, 800, 12, 801, SEP]], np.int32)  # 800 opens sentence 1.
+  sentences = np.array([[-1, 0, 0, 1, 1, 1, -1]], np.int32)
+  aux = masker(jax.random.key(0), tokens, sentence_ids=sentences, with_aux=True)[1]
+  # whole_word's units are its words; span counts its lengths in them.
+  words = np.asarray(aux["unit_start" if name == "whole_word" else "word_start"])[0]
+  np.testing.assert_array_equal(words, [0, 1, 1, 1, 1, 0, 0])
+
+
 def test_bigram_lookup_at_the_largest_vocabulary():
   """At V = 2**16 the pairs pack to every uint32, 0 and 2**32 - 1 included; only stored pairs
   match, whatever the empty slots of the hash table hold."""
@@ -1765,6 +1779,16 @@ def test_show_render_marks_each_kind_of_target():
   ansi = show.render(tok, ids, result, colour=True)
   assert ansi == (f"{show._ANSI['mask']}mount{show._ANSI['end']} ever{show._ANSI['random']}"
                   f"est>cat{show._ANSI['end']} {show._ANSI['keep']}is{show._ANSI['end']} high")
+  # Byte-level BPE ("Ġ") and SentencePiece ("▁") mark a word's first piece: the others join it.
+  for mark in ("\u0120", "\u2581"):
+    vocab = ["<s>", "H", "ell", "o", mark + "world", ",", mark + "the", mark + "m", "at", "</s>",
+             "<mask>"]
+    marked = types.SimpleNamespace(mask_token_id=10, convert_ids_to_tokens=lambda ids, v=vocab: [
+        v[i] for i in ids])
+    ids = list(range(10))
+    result = {"input_ids": np.array(ids[:7] + [10, 8, 9]),
+              "mask": np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 0], bool)}
+    assert show.render(marked, ids, result, colour=False) == "Hello world, the [m]{at}", mark
   # Without colours the text's own brackets (a typed special token) are escaped, so that they
   # do not read as targets; targets' own brackets too.
   ids = tok.convert_tokens_to_ids(["[CLS]", "[", "x", "]", "[MASK]", "{", "[SEP]", "[SEP]"])

@@ -176,16 +176,6 @@ def in_bigram_table(tables, pair):
   return in_hash_buckets(tables["bigram_h1"], tables["bigram_h2"], prng.mix32(pair), pair)
 
 
-def sentence_starts(sentences, maskable):
-  """bool[L]: a maskable token whose sentence id differs from the token before it.
-
-  The statistics count n-grams and bigrams within sentences, so a unit never crosses one: in a
-  packed row, sentences of a document follow each other with no special token between them.
-  """
-  changed = jnp.concatenate([jnp.zeros((1,), bool), sentences[1:] != sentences[:-1]])
-  return maskable & changed
-
-
 def longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence,
                   ngram_words):
   """int32[L]: token length of the longest vocabulary n-gram at each word start (0: none).
@@ -272,7 +262,7 @@ def make_select(settings, variant, max_ngram_tokens, ngram_words=None):
     return select.select_units(unit_start, maskable, words, budget, fill=True)
 
   def select_ngram(tables, seed, tokens, sentences, maskable, budget):
-    new_sentence = sentence_starts(sentences, maskable)
+    new_sentence = select.sentence_starts(sentences, maskable)
     # As the statistics count words: a "##" piece that opens a sentence starts a word.
     starts = select.word_starts(maskable, tables["continuation"][tokens]) | new_sentence  # (L,)
     pos = jnp.arange(tokens.shape[-1], dtype=jnp.int32)
@@ -289,7 +279,7 @@ def make_select(settings, variant, max_ngram_tokens, ngram_words=None):
     toks = tokens.astype(jnp.uint32)
     pair = toks[:-1] * np.uint32(settings.vocab_size) + toks[1:]  # (L - 1,)
     cont_next = tables["continuation"][tokens[1:]]
-    same_sentence = ~sentence_starts(sentences, maskable)[1:]
+    same_sentence = ~select.sentence_starts(sentences, maskable)[1:]
     link = (maskable[:-1] & maskable[1:] & same_sentence
             & (in_bigram_table(tables, pair) | cont_next))
     unit_start = maskable & ~jnp.concatenate([jnp.zeros((1,), bool), link])

@@ -85,6 +85,19 @@ def word_starts(maskable, continuation):
   return maskable & (~continuation | ~prev)
 
 
+def sentence_starts(sentences, maskable):
+  """bool[L]: a maskable token whose sentence id differs from the token before it.
+
+  The statistics count n-grams and bigrams within sentences, so a unit never crosses one: in a
+  packed row, sentences of a document follow each other with no special token between them. A
+  line break ends a sentence, and a byte-level BPE or SentencePiece token after one carries no
+  word-start marker (the break's own token took the whitespace): the sentence start starts its
+  word.
+  """
+  changed = jnp.concatenate([jnp.zeros((1,), bool), sentences[1:] != sentences[:-1]])
+  return maskable & changed
+
+
 def next_boundary(boundary):
   """For each position i, the smallest j > i with boundary[j], or L."""
   length = boundary.shape[-1]

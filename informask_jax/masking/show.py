@@ -373,13 +373,26 @@ def legend(colour, own_brackets=False):
       ("mask", "-> [MASK]"), ("random", "-> a random token (word>new)"), ("keep", "unchanged")))
 
 
+_WORD_START_MARKS = ("\u0120", "\u2581")  # Ġ, ▁
+
+
 def render(tok, ids, result, colour):
   """One line: tokens joined into words, targets marked by how they were corrupted."""
   pieces = tok.convert_ids_to_tokens(ids)
   new = tok.convert_ids_to_tokens(result["input_ids"])
+  # Byte-level BPE (RoBERTa's "Ġ") and SentencePiece ("▁") mark a word's first piece instead of
+  # WordPiece's later ones ("##"): there, a piece without the mark continues its word.
+  marks_starts = any(p.startswith(_WORD_START_MARKS) for p in pieces)
   parts = []
   for i, piece in enumerate(pieces[1:-1], start=1):  # Drop [CLS] / [SEP].
-    text = piece[2:] if piece.startswith("##") else (" " + piece if parts else piece)
+    if piece.startswith("##"):
+      text = piece[2:]
+    elif marks_starts and piece.startswith(_WORD_START_MARKS):
+      text = (" " if parts else "") + piece[1:]
+    elif marks_starts:
+      text = piece
+    else:
+      text = " " + piece if parts else piece
     if not colour:
       text = _plain(text)
     if result["mask"][i]:

@@ -40,8 +40,10 @@ def _units_mask(settings, seed, unit_start, maskable, budget, *, truncate, word_
 
 def make_whole_word(settings):
   def select_targets(tables, seed, tokens, sentences, maskable, budget):
-    del sentences
-    starts = select.word_starts(maskable, tables["continuation"][tokens])  # (L,)
+    # As pmi_span and the statistics: a sentence's first token starts a word (after a line
+    # break, a BPE token without a word-start marker joined the line's last word).
+    starts = (select.word_starts(maskable, tables["continuation"][tokens])
+              | select.sentence_starts(sentences, maskable))  # (L,)
     target = _units_mask(settings, seed, starts, maskable, budget, truncate=False)
     return target, {"unit_start": starts}
   return select_targets
@@ -75,9 +77,9 @@ def make_span(settings, geometric_p, max_span_len):
   cdf = span_length_cdf(geometric_p, max_span_len)[:-1].astype(np.float32)
 
   def select_targets(tables, seed, tokens, sentences, maskable, budget):
-    del sentences
     length = tokens.shape[-1]
-    starts = select.word_starts(maskable, tables["continuation"][tokens])  # (L,)
+    starts = (select.word_starts(maskable, tables["continuation"][tokens])
+              | select.sentence_starts(sentences, maskable))  # (L,) as in make_whole_word
     word_index = select.cumsum(starts.astype(jnp.int32)) - 1  # (L,) index of each token's word
     u = prng.uniform(prng.bits(seed, prng.LENGTHS, (length,)))
     span_words = 1 + jnp.sum(u[:, None] > cdf[None, :], axis=-1)  # (L,) i.i.d. span lengths
