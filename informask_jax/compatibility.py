@@ -183,7 +183,8 @@ def warn_masking_change(changed: list[str], config) -> None:
   """A resume with other masking settings (allowed: a curriculum may change the strategy) draws
   its evaluation masks with them: say that the losses before and after do not compare, nor,
   therefore, does the choice of the checkpoint kept as the best by validation loss. The
-  statistics settings count too for the strategies whose tables they build."""
+  statistics settings count too for the strategies whose tables they build, and
+  train.eval_batches, which changes the validation rows read."""
   tables = stats.stages_needed(config.masking)
   prefixes = ("config.masking.", "config.stats.") if tables else ("config.masking.",)
   masking = [c for c in changed if c.startswith(prefixes)]
@@ -192,6 +193,12 @@ def warn_masking_change(changed: list[str], config) -> None:
                     "their losses do not compare with the earlier ones; the checkpoint kept as "
                     "the best by validation loss is still chosen across both.",
                     "; ".join(masking))
+  rows = [c for c in changed if c.startswith("config.train.eval_batches:")]
+  if rows:
+    logging.warning("The evaluation changed (%s): evaluations from here on read other "
+                    "validation rows, so their losses do not compare with the earlier ones; the "
+                    "checkpoint kept as the best by validation loss is still chosen across both.",
+                    "; ".join(rows))
 
 
 def warn_schedule_change(saved_meta: dict, config, step: int) -> None:

@@ -163,6 +163,13 @@ def test_a_masking_change_says_the_evaluations_no_longer_compare(caplog):
   with caplog.at_level(logging.WARNING):
     compatibility.warn_masking_change([window], config)
   assert not caplog.records
+  # Other validation rows (a capped evaluation reads a sample whose size this sets) compare no
+  # better; the warning of the generic "config differs" line alone did not say so.
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_masking_change(["config.train.eval_batches: 100 -> 10"], config)
+  assert ("The evaluation changed (config.train.eval_batches: 100 -> 10): evaluations from here "
+          "on read other validation rows, so their losses do not compare with the earlier ones"
+          in caplog.text)
 
 
 def _checkpoint_of(tiny_config, monkeypatch):
