@@ -263,8 +263,7 @@ def make_select(settings, variant, max_ngram_tokens, ngram_words=None):
 
   def select_ngram(tables, seed, tokens, sentences, maskable, budget):
     new_sentence = select.sentence_starts(sentences, maskable)
-    # As the statistics count words: a "##" piece that opens a sentence starts a word.
-    starts = select.word_starts(maskable, tables["continuation"][tokens]) | new_sentence  # (L,)
+    starts = select.word_starts(maskable, tables["continuation"][tokens], sentences)  # (L,)
     pos = jnp.arange(tokens.shape[-1], dtype=jnp.int32)
     word_len = select.next_boundary(starts | ~maskable) - pos
     match = longest_match(tables, tokens, starts, maskable, max_ngram_tokens, new_sentence,

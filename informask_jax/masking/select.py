@@ -79,10 +79,12 @@ def cumsum(x):
   return jax.lax.cumsum(x, axis=x.ndim - 1)
 
 
-def word_starts(maskable, continuation):
-  """A maskable token that is not a "##" piece, or the first maskable token after a special."""
+def word_starts(maskable, continuation, sentences):
+  """A maskable token that is not a continuation piece ("##"; in BPE and SentencePiece, one
+  without the word-start mark), the first maskable token after a special, or a sentence's first
+  token (sentence_starts), as the statistics count words."""
   prev = jnp.concatenate([jnp.zeros_like(maskable[..., :1]), maskable[..., :-1]], axis=-1)
-  return maskable & (~continuation | ~prev)
+  return maskable & (~continuation | ~prev) | sentence_starts(sentences, maskable)
 
 
 def sentence_starts(sentences, maskable):

@@ -40,10 +40,7 @@ def _units_mask(settings, seed, unit_start, maskable, budget, *, truncate, word_
 
 def make_whole_word(settings):
   def select_targets(tables, seed, tokens, sentences, maskable, budget):
-    # As pmi_span and the statistics: a sentence's first token starts a word (after a line
-    # break, a BPE token without a word-start marker joined the line's last word).
-    starts = (select.word_starts(maskable, tables["continuation"][tokens])
-              | select.sentence_starts(sentences, maskable))  # (L,)
+    starts = select.word_starts(maskable, tables["continuation"][tokens], sentences)  # (L,)
     target = _units_mask(settings, seed, starts, maskable, budget, truncate=False)
     return target, {"unit_start": starts}
   return select_targets
@@ -78,8 +75,7 @@ def make_span(settings, geometric_p, max_span_len):
 
   def select_targets(tables, seed, tokens, sentences, maskable, budget):
     length = tokens.shape[-1]
-    starts = (select.word_starts(maskable, tables["continuation"][tokens])
-              | select.sentence_starts(sentences, maskable))  # (L,) as in make_whole_word
+    starts = select.word_starts(maskable, tables["continuation"][tokens], sentences)  # (L,)
     word_index = select.cumsum(starts.astype(jnp.int32)) - 1  # (L,) index of each token's word
     u = prng.uniform(prng.bits(seed, prng.LENGTHS, (length,)))
     span_words = 1 + jnp.sum(u[:, None] > cdf[None, :], axis=-1)  # (L,) i.i.d. span lengths
