@@ -421,34 +421,36 @@ def _read_stream(paths, builder, field, where):
     _warn_missing(where, path, missing, field)
 
 
-def _without_empty_parquet(paths, where):
-  """`paths` less the Parquet files of no rows (Spark writes one per empty partition), which
-  `datasets` refuses ("BatchSize must be greater than 0": it sizes its batches by the first row
-  group). A file whose footer does not read is kept, for the reader's error to name it."""
-  kept, empty = [], []
+def _parquet_footers(paths) -> dict:
+  """{path: its footer (pq.FileMetaData), or None where it does not read}: read once for the two
+  checks below; a file whose footer does not read is left for the reader's error to name."""
+  footers = {}
   for path in paths:
     try:
-      rows = pq.read_metadata(path).num_rows
+      footers[path] = pq.read_metadata(path)
     except (pa.ArrowException, OSError):
-      rows = None
-    (empty if rows == 0 else kept).append(path)
+      footers[path] = None
+  return footers
+
+
+def _without_empty_parquet(footers, where):
+  """The Parquet files of `footers` less those of no rows (Spark writes one per empty
+  partition), which `datasets` refuses ("BatchSize must be greater than 0": it sizes its batches
+  by the first row group)."""
+  kept = [path for path, footer in footers.items() if footer is None or footer.num_rows]
+  empty = [path for path, footer in footers.items() if footer is not None and not footer.num_rows]
   if empty:
     log.info("%s: skipped %d Parquet file(s) of no rows: %s%s.", where, len(empty),
              ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
   return kept
 
 
-def _check_parquet_text_columns(paths, field, where):
-  """Each Parquet file's column text_field, read from its footer. In memory, `datasets` casts
-  every file to the first one's schema, so a column of numbers became text and was trained on,
-  and a file without the column failed naming none: both are named here, in either mode. A file
-  whose footer does not read is left for the reader's error."""
-  schemas = {}
-  for path in paths:
-    try:
-      schemas[path] = pq.read_schema(path)
-    except (pa.ArrowException, OSError):
-      pass
+def _check_parquet_text_columns(footers, field, where):
+  """Each Parquet file's column text_field, from its footer. In memory, `datasets` casts every
+  file to the first one's schema, so a column of numbers became text and was trained on, and a
+  file without the column failed naming none: both are named here, in either mode."""
+  schemas = {path: footer.schema.to_arrow_schema() for path, footer in footers.items()
+             if footer is not None}
   lacking = [path for path, schema in schemas.items() if field not in schema.names]
   if lacking and len(lacking) < len(schemas):  # All lacking: select_text's message, one column.
     raise ValueError(f"{where}: {lacking[0]} has no column {field!r} (text_field), which the "
@@ -488,8 +490,9 @@ def load_files(source, where, streaming, num_proc, cache_dir):
   parts = []
   for builder, group in by_suffix.items():
     if builder == "parquet":
-      group = _without_empty_parquet(group, where)
-      _check_parquet_text_columns(group, field, where)
+      footers = _parquet_footers(group)
+      group = _without_empty_parquet(footers, where)
+      _check_parquet_text_columns({path: footers[path] for path in group}, field, where)
     if builder == "text":
       for f in group:
         _check_text_file(f, where)
