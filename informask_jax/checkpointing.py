@@ -167,7 +167,7 @@ class Checkpointer:
     """What a refused save leaves as the latest checkpoint, for its log line. Not "good": steps
     that diverge are finite, and saved, before the non-finite ones are skipped."""
     latest = self.latest_step()
-    return (f"Step {latest} stays the latest checkpoint.{self.best_advice()}"
+    return (f"Step {latest} stays the latest checkpoint.{self.best_advice(latest)}"
             if latest is not None else "No checkpoint has been written yet.")
 
   def best_step(self) -> int | None:

@@ -179,12 +179,12 @@ def check_init_vocabulary(init_from: str, tokenizer) -> None:
                     "split into other tokens than the parameters learned.", init_from, saved_dir)
 
 
-def warn_masking_change(changed: list[str], config) -> None:
-  """A resume with other masking settings (allowed: a curriculum may change the strategy) draws
-  its evaluation masks with them: say that the losses before and after do not compare, nor,
-  therefore, does the choice of the checkpoint kept as the best by validation loss. The
-  statistics settings count too for the strategies whose tables they build, and
-  train.eval_batches, which changes the validation rows read."""
+def warn_evaluation_change(changed: list[str], config) -> None:
+  """A resume with other masking settings (allowed: a curriculum may change the strategy), or
+  another train.eval_batches, evaluates other masks or rows: say that the losses before and
+  after do not compare, nor, therefore, does the choice of the checkpoint kept as the best by
+  validation loss. The statistics settings count too for the strategies whose tables they
+  build."""
   tables = stats.stages_needed(config.masking)
   prefixes = ("config.masking.", "config.stats.") if tables else ("config.masking.",)
   masking = [c for c in changed if c.startswith(prefixes)]

@@ -424,7 +424,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       if changed:
         logging.warning("Resuming with a config that differs from the checkpoint's:\n  %s",
                         "\n  ".join(changed))
-        compatibility.warn_masking_change(changed, config)
+        compatibility.warn_evaluation_change(changed, config)
       if newer:
         logging.info("Settings the checkpoint's run predates (a new setting's default does what "
                      "that run did), as now set: %s.", ", ".join(newer))

@@ -147,26 +147,26 @@ def test_a_masking_change_says_the_evaluations_no_longer_compare(caplog):
   config = ml_collections.ConfigDict({"masking": {"name": "span", "rates_path": ""}})
   window = "config.stats.window: 3 -> 7"
   with caplog.at_level(logging.WARNING):
-    compatibility.warn_masking_change(["config.train.num_steps: 10 -> 20", window], config)
+    compatibility.warn_evaluation_change(["config.train.num_steps: 10 -> 20", window], config)
     assert not caplog.records  # span builds no statistics.
-    compatibility.warn_masking_change(["config.masking.name: 'informask' -> 'span'"], config)
+    compatibility.warn_evaluation_change(["config.masking.name: 'informask' -> 'span'"], config)
   assert "The masking changed (config.masking.name: 'informask' -> 'span'): evaluations from " \
          "here on use the new masks" in caplog.text
   assert "best by validation loss is still chosen across both" in caplog.text
   caplog.clear()
   config.masking.name = "informask"  # Its rates are built with the statistics settings ...
   with caplog.at_level(logging.WARNING):
-    compatibility.warn_masking_change([window], config)
+    compatibility.warn_evaluation_change([window], config)
   assert f"The masking changed ({window})" in caplog.text
   caplog.clear()
   config.masking.rates_path = "rates.npy"  # ... unless a table is given.
   with caplog.at_level(logging.WARNING):
-    compatibility.warn_masking_change([window], config)
+    compatibility.warn_evaluation_change([window], config)
   assert not caplog.records
   # Other validation rows (a capped evaluation reads a sample whose size this sets) compare no
   # better; the warning of the generic "config differs" line alone did not say so.
   with caplog.at_level(logging.WARNING):
-    compatibility.warn_masking_change(["config.train.eval_batches: 100 -> 10"], config)
+    compatibility.warn_evaluation_change(["config.train.eval_batches: 100 -> 10"], config)
   assert ("The evaluation changed (config.train.eval_batches: 100 -> 10): evaluations from here "
           "on read other validation rows, so their losses do not compare with the earlier ones"
           in caplog.text)

@@ -76,7 +76,7 @@ def markdown_table(summary: dict, missing: Sequence[str] = ()) -> str:
   for source, s in summary.items():
     mrr = "-" if s["MRR"] is None else f"{s['MRR']:.4f}"
     # The means are over the relations with facts: "2 of 3" when one had none.
-    scored, read = s.get("relations_scored", len(s["relations"])), len(s["relations"])
+    scored, read = s["relations_scored"], len(s["relations"])
     relations = str(read) if scored == read else f"{scored} of {read}"
     lines.append(f"| {source} | {relations} | {s['facts']} | "
                  f"{sum(s['skipped'].values())} | {_pct(s['P@1'])} | {_pct(s['P@10'])} | {mrr} |")
