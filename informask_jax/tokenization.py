@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import string
 import time
 import unicodedata
@@ -368,9 +369,8 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
       json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
   cache_dir = paths.cache_dir(cache_dir)
   path = os.path.join(cache_dir, "tokenizers", f"wordpiece-{vocab_size}-{key}")
-  if os.path.isfile(os.path.join(path, "tokenizer.json")):
-    log.info("Loading the trained tokenizer from %s.", path)
-    tok = tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+  tok = _load_cached(path)
+  if tok is not None:
     _warn_trained_size(tok.get_vocab_size(), vocab_size)  # Said on every run that uses it.
     return _wrap(tok)
 
@@ -379,9 +379,31 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
   tok = _train(lambda: (b["text"] for b in texts.iter(batch_size=1000)), vocab_size, lowercase)
   _warn_trained_size(tok.get_vocab_size(), vocab_size)
   paths.publish_dir(path, _wrap(tok).save_pretrained)
-  log.info("Trained a %d-token WordPiece vocabulary on %d documents in %.1fs; saved to %s.",
-           tok.get_vocab_size(), len(train), time.time() - start, path)
+  saved = "saved to" if os.path.isfile(os.path.join(path, "tokenizer.json")) else \
+      "could not save it to"
+  log.info("Trained a %d-token WordPiece vocabulary on %d documents in %.1fs; %s %s.",
+           tok.get_vocab_size(), len(train), time.time() - start, saved, path)
   return _wrap(tok)
+
+
+def _load_cached(path):
+  """The tokenizer cached at `path`, or None to train it. The entry is keyed by its recipe, so
+  retraining gives the same vocabulary: a damaged entry (a truncated tokenizer.json, one deleted
+  by hand) is removed and trained again rather than ending the run, or being kept forever in the
+  way of the new entry's rename."""
+  file = os.path.join(path, "tokenizer.json")
+  if not os.path.isdir(path):
+    return None
+  try:
+    tok = tokenizers.Tokenizer.from_file(file)
+  except Exception as e:  # tokenizers raises a bare Exception for bad JSON.
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    log.warning("The cached tokenizer %s is damaged or incomplete (%s); removing it and training "
+                "the vocabulary again.", path, reason)
+    shutil.rmtree(path, ignore_errors=True)
+    return None
+  log.info("Loading the trained tokenizer from %s.", path)
+  return tok
 
 
 def check_name_or_path(tokenizer_config) -> None:

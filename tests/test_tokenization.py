@@ -130,6 +130,30 @@ def test_trained_vocab_is_deterministic_and_cached(tmp_path, caplog, monkeypatch
   assert cached.get_vocab() == first.get_vocab()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_cached_vocab_is_trained_again(tmp_path, caplog, damage):
+  """A truncated tokenizer.json ended the run in the tokenizers library's bare JSON error; one
+  deleted by hand (its folder left) made every later run retrain without ever caching again."""
+  corpus = _synthetic_corpus()
+  first = tokenization.load_tokenizer(_config(), corpus, str(tmp_path))
+  (entry,) = (tmp_path / "tokenizers").iterdir()
+  file = entry / "tokenizer.json"
+  if damage == "truncated":
+    file.write_text(file.read_text()[:500])
+  else:
+    file.unlink()
+  with caplog.at_level(logging.INFO, logger="informask_jax.tokenization"):
+    again = tokenization.load_tokenizer(_config(), corpus, str(tmp_path))
+  assert f"The cached tokenizer {entry} is damaged or incomplete" in caplog.text
+  assert f"saved to {entry}" in caplog.text
+  assert again.get_vocab() == first.get_vocab()
+  assert file.is_file()  # Cached again: the next run loads it.
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="informask_jax.tokenization"):
+    tokenization.load_tokenizer(_config(), corpus, str(tmp_path))
+  assert "Loading the trained tokenizer" in caplog.text and "is damaged" not in caplog.text
+
+
 def test_vocab_size_and_corpus_are_in_the_cache_key(tmp_path):
   corpus = _synthetic_corpus()
   small = tokenization.load_tokenizer(_config(vocab_size=60), corpus, str(tmp_path))
