@@ -5,6 +5,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Parameters that get weight decay: matrices and embeddings. Biases and LayerNorm scales do not,
@@ -20,28 +21,34 @@ MAX_STEPS = 2**31 - 1
 # rate of 1e-39 gave zero updates, a clip norm of 1e-39 zeroed every gradient, and the run went
 # on as if it trained.
 FLOAT32_TINY = float(jnp.finfo(jnp.float32).tiny)
+FLOAT32_MAX = float(jnp.finfo(jnp.float32).max)  # 1e39 passed as finite, and is inf there.
+IN_FLOAT32 = "in float32, which the device computes in (values above 0.99999997 round to 1)"
 
 
 def check_config(o) -> None:
   """Rejects bad `config.optim` values, naming the key, before anything is built."""
   finite = math.isfinite  # inf passed the >= checks and left NaN parameters, every step skipped.
   def representable(x):  # A finite float32 the device does not flush to 0.
-    return finite(x) and x >= FLOAT32_TINY
+    return finite(x) and FLOAT32_TINY <= x <= FLOAT32_MAX
+
+  def beta(x):  # 0.99999999 passed as below 1, but is 1.0 in float32: Adam's bias correction
+    return 0 <= x and np.float32(x) < 1  # 1 - b**t was 0, and every parameter NaN.
 
   normal = f"{FLOAT32_TINY:.2g} (float32's smallest normal; the device computes a smaller one as 0)"
   checks = (("learning_rate", representable(o.learning_rate),
-             f"must be a finite number >= {normal}"),
+             f"must be a finite float32 number >= {normal}"),
             ("warmup_steps", 0 <= o.warmup_steps <= MAX_STEPS, "must be in [0, 2**31)"),
-            ("weight_decay", finite(o.weight_decay) and o.weight_decay >= 0,
-             "must be a finite number >= 0"),
-            ("b1", 0 <= o.b1 < 1, "must be in [0, 1)"), ("b2", 0 <= o.b2 < 1, "must be in [0, 1)"),
+            ("weight_decay", finite(o.weight_decay) and 0 <= o.weight_decay <= FLOAT32_MAX,
+             "must be a finite float32 number >= 0"),
+            ("b1", beta(o.b1), f"must be in [0, 1) {IN_FLOAT32}"),
+            ("b2", beta(o.b2), f"must be in [0, 1) {IN_FLOAT32}"),
             # An eps of 0 in float32 makes m / (sqrt(v) + eps) = 0 / 0 = NaN for every parameter
             # with a zero gradient (embedding rows of tokens absent from the batch), in a step
             # whose gradients are finite, so it is not skipped.
-            ("eps", representable(o.eps), f"must be a finite number >= {normal}"),
+            ("eps", representable(o.eps), f"must be a finite float32 number >= {normal}"),
             ("grad_clip_norm",
              o.grad_clip_norm == 0 or representable(o.grad_clip_norm),
-             f"must be 0 (no clipping) or a finite number >= {normal}"),
+             f"must be 0 (no clipping) or a finite float32 number >= {normal}"),
             ("grad_accum_steps", o.grad_accum_steps >= 1, "must be >= 1"),
             ("schedule", o.schedule in SCHEDULES, f"must be one of {SCHEDULES}"))
   for key, ok, rule in checks:

@@ -125,7 +125,12 @@ def test_apply_update_matches_optax_chain(clip):
     ("eps", 1e-39, optim.FLOAT32_TINY),
     # The same for the learning rate (updates of 0) and a positive clip norm (gradients of 0).
     ("learning_rate", 1e-39, optim.FLOAT32_TINY), ("grad_clip_norm", 1e-39, optim.FLOAT32_TINY),
-    ("grad_clip_norm", -1e-39, 0.0)])
+    ("grad_clip_norm", -1e-39, 0.0),
+    # Below 1 in float64, 1.0 in float32: the bias correction 1 - b**t was 0 on the device, and
+    # every parameter NaN.
+    ("b2", 0.99999999, 0.99999997), ("b1", 0.99999999, 0.99999997),
+    # Finite in float64, inf in float32.
+    ("learning_rate", 1e39, optim.FLOAT32_MAX), ("weight_decay", 1e39, optim.FLOAT32_MAX)])
 def test_check_config_bounds_are_where_adamw_breaks(key, bad, good):
   """Each bound at its edge: b = 1 never forgets (and divides by zero in the bias correction),
   eps = 0 divides by zero; grad_clip_norm = 0 is allowed (it turns clipping off)."""
