@@ -383,6 +383,24 @@ def test_flags_and_config_the_pipeline_refuses(tmp_path):
     bp._text_field(config)
 
 
+def test_arguments_neither_ours_nor_beams_are_refused(tmp_path):
+  """Beam only logged them and ran on: an unquoted --files glob read its first file (the shell
+  passed the others as stray words) and exited 0; a mistyped --ouput wrote into the cache."""
+  _beam()
+  from informask_jax.stats.beam_pipeline.launch import check_beam_args
+
+  check_beam_args(["--runner=FnApiRunner", "--direct_num_workers", "2", "--project=p",
+                   "--temp_location=gs://b/tmp", "--save_main_session"])
+  with pytest.raises(ValueError, match=r"Unexpected argument '.*b.jsonl': .* quote it "
+                                       r"\(--files='shards/\*.jsonl'\)"):
+    check_beam_args([str(tmp_path / "b.jsonl"), str(tmp_path / "c.parquet")])
+  with pytest.raises(ValueError, match=r"Unknown flag '--ouput': .* did you mean '--output'\?"):
+    check_beam_args(["--ouput=/tmp/x"])
+  config = _config(tmp_path, tmp_path)
+  with pytest.raises(ValueError, match=r"Unknown flag '--force'"):  # Before any data is read.
+    bp.run(config, beam_args=["--force"])
+
+
 def test_files_keep_the_config_text_field_that_its_error_names(tmp_path):
   """--files replaced the sources with text_field "text" whatever the config said, so the
   launcher's "no column 'text' ... Name the text's column with

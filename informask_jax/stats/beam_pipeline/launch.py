@@ -38,6 +38,41 @@ def _require_beam():
                       "(or pip install apache-beam).")
 
 
+# This command's own flags (beam_pipeline/__main__.py): suggested for a mistyped one.
+COMMAND_FLAGS = ("--config", "--output", "--files", "--text_field", "--what", "--pair_blocks",
+                 "--ngram_partitions")
+
+
+def check_beam_args(beam_args) -> None:
+  """Refuses arguments that are neither this command's flags nor Beam pipeline options. Beam only
+  logs them and runs on: a mistyped --ouput wrote into the cache, and an unquoted --files glob
+  the shell expanded read its first file only (the others were stray words) and exited 0."""
+  import difflib
+
+  from apache_beam.options import pipeline_options as po
+
+  # What PipelineOptions.get_all_options parses with (Beam's parser, private, for its
+  # value-provider arguments): every options class Beam defines.
+  parser = po._BeamArgumentParser(allow_abbrev=False)
+  for cls in {str(c): c for c in po.PipelineOptions.__subclasses__()}.values():
+    cls._add_argparse_args(parser)
+  _, unknown = parser.parse_known_args(list(beam_args))
+  if not unknown:
+    return
+  known = [o for a in parser._actions for o in a.option_strings] + list(COMMAND_FLAGS)
+  arg = unknown[0]
+  if not arg.startswith("-"):
+    raise ValueError(
+        f"Unexpected argument {arg!r}: this command takes flags only. If the shell expanded an "
+        "unquoted pattern after --files, quote it (--files='shards/*.jsonl') or join the files "
+        "with commas (--files=a.jsonl,b.jsonl).")
+  nearest = difflib.get_close_matches(arg.split("=", 1)[0], known, 1)
+  raise ValueError(
+      f"Unknown flag {arg.split('=', 1)[0]!r}: neither a flag of this command "
+      f"({', '.join(COMMAND_FLAGS)}) nor a Beam pipeline option"
+      + (f"; did you mean {nearest[0]!r}?" if nearest else "."))
+
+
 def check_config(config) -> list[str]:
   """Errors raised before anything runs; returns the file patterns to read."""
   from informask_jax import corpus
@@ -166,6 +201,7 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
   _require_beam()
   from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+  check_beam_args(beam_args)
   what = tuple(what)
   if not what or set(what) - set(BEAM_STAGES):
     raise ValueError(f"what={what}: choose stages from {BEAM_STAGES} (the rate stage runs the JAX "
