@@ -451,6 +451,27 @@ def test_the_command_line_without_config_is_one_line(tmp_path):
       "configs/informask.py:paper (--help for the flags)."], out.stderr
 
 
+def test_the_command_line_without_beam_says_how_to_install_it(tmp_path):
+  """It was a traceback ending in the ImportError, whose advice (pip install
+  'informask_jax[beam]') looked the project up on the package index."""
+  root = pathlib.Path(__file__).parent.parent
+  shadow = tmp_path / "apache_beam"  # An apache_beam that fails to import, as when missing.
+  shadow.mkdir()
+  (shadow / "__init__.py").write_text(
+      "raise ModuleNotFoundError(\"No module named 'apache_beam'\", name='apache_beam')\n")
+  out = subprocess.run(
+      [sys.executable, "-m", "informask_jax.stats.beam_pipeline", "--config",
+       f"{root / 'configs' / 'informask.py'}:tiny"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{root}", JAX_PLATFORMS="cpu"))
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+      "python -m informask_jax.stats.beam_pipeline: error: MissingBeamError: The Beam pipeline "
+      "needs apache-beam: pip install -e \".[beam]\" in the checkout, or pip install "
+      "'apache-beam>=2.60'.")
+
+
 def test_parquet_without_the_text_column_names_its_columns(tmp_path):
   pa = pytest.importorskip("pyarrow")
   import pyarrow.parquet as pq

@@ -13,7 +13,7 @@ def _main() -> None:
   from absl import app, flags
   from ml_collections import config_flags
 
-  from informask_jax.stats.beam_pipeline.launch import run
+  from informask_jax.stats.beam_pipeline.launch import MissingBeamError, run
   from informask_jax.stats.beam_pipeline.settings import BEAM_STAGES
 
   config = config_flags.DEFINE_config_file(
@@ -40,7 +40,7 @@ def _main() -> None:
       print(f"{sys.argv[0]}: error: --config is required, e.g. --config "
             "configs/informask.py:paper (--help for the flags).", file=sys.stderr)
       sys.exit(2)
-    with cli.user_errors("python -m informask_jax.stats.beam_pipeline"):
+    with cli.user_errors("python -m informask_jax.stats.beam_pipeline", (MissingBeamError,)):
       print(run(config.value, output=output.value or None, files=files.value,
                 text_field=text_field.value or None, what=what.value, beam_args=argv[1:],
                 pair_blocks=pair_blocks.value, ngram_partitions=partitions.value))

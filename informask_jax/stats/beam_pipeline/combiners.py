@@ -8,7 +8,7 @@ import numpy as np
 
 from informask_jax.stats import counting, ngrams
 
-try:  # Optional dependency: `pip install informask_jax[beam]`.
+try:  # Optional dependency: `pip install -e ".[beam]"`.
   import apache_beam as beam
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
   beam = None

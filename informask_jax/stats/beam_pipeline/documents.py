@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-try:  # Optional dependency: `pip install informask_jax[beam]`.
+try:  # Optional dependency: `pip install -e ".[beam]"`.
   from apache_beam.io.filesystem import CompressionTypes
   from apache_beam.io.filesystems import FileSystems
 except ImportError:  # pragma: no cover - exercised only where the extra is missing

@@ -28,7 +28,7 @@ from informask_jax.stats.beam_pipeline.whole_corpus import (
     _pmi_vocab,
 )
 
-try:  # Optional dependency: `pip install informask_jax[beam]`.
+try:  # Optional dependency: `pip install -e ".[beam]"`.
   import apache_beam as beam
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
   beam = None

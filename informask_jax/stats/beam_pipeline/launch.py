@@ -25,17 +25,21 @@ from informask_jax.stats.beam_pipeline.writing import _Write
 
 log = logging.getLogger(__name__)
 
-try:  # Optional dependency: `pip install informask_jax[beam]`.
+try:  # Optional dependency: `pip install -e ".[beam]"`.
   import apache_beam as beam
   from apache_beam.io.filesystems import FileSystems
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
   beam = FileSystems = None
 
 
+class MissingBeamError(ImportError):
+  """apache-beam is not installed: the command line says so in one line."""
+
+
 def _require_beam():
   if beam is None:
-    raise ImportError("The Beam pipeline needs apache-beam: pip install 'informask_jax[beam]' "
-                      "(or pip install apache-beam).")
+    raise MissingBeamError("The Beam pipeline needs apache-beam: pip install -e \".[beam]\" in "
+                           "the checkout, or pip install 'apache-beam>=2.60'.")
 
 
 # This command's own flags (beam_pipeline/__main__.py): suggested for a mistyped one.

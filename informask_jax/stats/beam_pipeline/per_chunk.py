@@ -11,7 +11,7 @@ from informask_jax.stats import chunks as chunks_lib
 from informask_jax.stats import counting, ngrams
 from informask_jax.stats.beam_pipeline.settings import Settings
 
-try:  # Optional dependency: `pip install informask_jax[beam]`.
+try:  # Optional dependency: `pip install -e ".[beam]"`.
   import apache_beam as beam
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
   beam = None

@@ -14,7 +14,7 @@ import numpy as np
 from informask_jax.stats import artifacts as art
 from informask_jax.stats import ngrams
 
-try:  # Optional dependency: `pip install informask_jax[beam]`.
+try:  # Optional dependency: `pip install -e ".[beam]"`.
   import apache_beam as beam
   from apache_beam.io.filesystems import FileSystems
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
