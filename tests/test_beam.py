@@ -401,6 +401,22 @@ def test_arguments_neither_ours_nor_beams_are_refused(tmp_path):
     bp.run(config, beam_args=["--force"])
 
 
+def test_an_output_the_write_step_could_not_write_is_refused_first(tmp_path, monkeypatch):
+  """A file system without its extra installed (gs:// without apache-beam[gcp]) or an existing
+  file failed in the Write step, the pipeline's last, after all the counting."""
+  _beam()
+  from informask_jax.stats.beam_pipeline import launch
+
+  monkeypatch.setattr(launch, "_launch_state", lambda *a: pytest.fail("the corpus was read"))
+  config = _config(tmp_path, tmp_path)
+  (tmp_path / "a.txt").write_text("some text\n")
+  (tmp_path / "taken").write_text("")
+  with pytest.raises(FileExistsError, match=r"--output .*taken exists and is not a directory"):
+    bp.run(config, output=str(tmp_path / "taken"), beam_args=RUNNER)
+  with pytest.raises(ValueError, match=r"--output=nosuchfs://bucket/stats: "):
+    bp.run(config, output="nosuchfs://bucket/stats", beam_args=RUNNER)
+
+
 def test_files_keep_the_config_text_field_that_its_error_names(tmp_path):
   """--files replaced the sources with text_field "text" whatever the config said, so the
   launcher's "no column 'text' ... Name the text's column with

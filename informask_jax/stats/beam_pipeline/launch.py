@@ -183,6 +183,33 @@ def _launch_state(config, patterns, output):
   return [f for f, _ in listed], settings, tokenizer_json, meta, vocab_text, output
 
 
+def check_output(output: str) -> None:
+  """Refuses an output directory the Write step (the pipeline's last) could not write: a file
+  system Beam has no support installed for (gs:// without apache-beam[gcp]), a file, a
+  read-only folder, missing credentials. They failed there, after all the counting, in a
+  traceback of Beam's wrapped error."""
+  if "://" not in output:
+    paths.check_writable_dir(os.path.expanduser(output), "--output")
+    return
+  try:
+    FileSystems.get_filesystem(output)
+  except ValueError as e:
+    raise ValueError(f"--output={output}: {e}") from None
+  probe = FileSystems.join(output, f".write-check-{os.getpid()}")
+  try:
+    with FileSystems.create(probe) as f:
+      f.write(b"")
+    FileSystems.delete([probe])
+  except Exception as e:  # The file system's own errors: BeamIOError, an auth library's...
+    raise PermissionError(f"--output={output} cannot be written: creating {probe} failed "
+                          f"({type(e).__name__}: {_first_line(e)}).") from None
+
+
+def _first_line(error) -> str:
+  """The first line of an error's message (Beam's run to pages of wrapped context)."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _text_field(config) -> str:
   fields = {s.get("text_field") or "text" for s in config.data.sources}
   if len(fields) > 1:
@@ -217,8 +244,11 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
   if files or text_field:
     config = _with_files(config, files, text_field)
   patterns = check_config(config)
+  if output:  # Before the corpus and tokenizer are read; the cache directory once it is known.
+    check_output(output)
   shards, settings, tokenizer_json, meta, vocab_text, output = _launch_state(
       config, patterns, output)
+  check_output(output)
   settings = dataclasses.replace(settings, pair_blocks=pair_blocks,
                                  ngram_partitions=ngram_partitions, batch_chars=batch_chars)
   options = PipelineOptions(list(beam_args))
