@@ -125,6 +125,31 @@ def test_rate_stage_finishes_from_the_beam_tables(built):
     assert (beam_dir / name).read_bytes() == (local_dir / name).read_bytes(), name
 
 
+def test_a_beam_run_keeps_the_intact_stages_it_did_not_build(built, shards, tmp_path, caplog):
+  """Its fresh meta.json dropped them: --what=ngrams into a full local build left only the
+  n-grams listed, and the next `stats build` counted everything again."""
+  local_config, local_dir, _, _ = built
+  cache = tmp_path / "cache"
+  shutil.copytree(local_config.data.cache_dir, cache)
+  config = _config(cache, shards)
+  directory = cache / "stats" / local_dir.name
+  before = json.loads((directory / "meta.json").read_text())
+  assert bp.run(config, what=("ngrams",), beam_args=RUNNER, **SMALL) == str(directory)
+  after = json.loads((directory / "meta.json").read_text())
+  assert after["files"] == before["files"]  # The n-grams rewritten byte for byte; the rest kept.
+  assert after["counts"] == before["counts"] and after["seconds"]["rates"] > 0
+  with caplog.at_level(logging.INFO):
+    stats.build_artifacts(config, progress=False)
+  assert "built and intact" in caplog.text
+  # Counts that differ from those the PMI table and the rates were built from: both dropped.
+  after["files"]["unigram_counts.npy"]["sha256"] = "0" * 64
+  (directory / "meta.json").write_text(json.dumps(after))
+  bp.run(config, what=("counts",), beam_args=RUNNER, **SMALL)
+  files = json.loads((directory / "meta.json").read_text())["files"]
+  assert sorted(files) == ["pmi_bigrams.json", "pmi_ngrams.json", "unigram_counts.npy",
+                           "vocab.txt"]
+
+
 def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path, caplog):
   """Other counting settings, a tokenizer given by path, and a directory outside the cache; the
   local runner says that stats.memory_cap_mb does not bound it."""

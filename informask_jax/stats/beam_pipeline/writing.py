@@ -4,6 +4,7 @@ worker, when every result has been computed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import shutil
@@ -53,8 +54,9 @@ def write_artifacts(output: str, meta: dict, vocab_text: str, *, unigrams=None, 
       meta["counts"].update(
           ngrams=len(ngram_vocab.ngrams), bigrams=int(ngram_vocab.bigrams.shape[0]),
           ngrams_per_length={str(n): int(np.sum(lengths == n)) for n in range(2, ngrams.MAX_N + 1)})
-    for name in written:  # Only these: stale files of other stages stay unvouched for.
+    for name in written:
       art.record_file(local, meta, name)
+    _keep_intact_stages(output, local, meta, set(written))
     art.write_meta(local, meta)
     if remote:
       for name in written + [art.META]:  # meta.json last: it vouches for the rest.
@@ -65,6 +67,61 @@ def write_artifacts(output: str, meta: dict, vocab_text: str, *, unigrams=None, 
     if remote:
       shutil.rmtree(local, ignore_errors=True)
   return output
+
+
+def _keep_intact_stages(output: str, local: pathlib.Path, meta: dict, written: set) -> None:
+  """Carries into `meta` the stages this run did not write that the directory already holds, of
+  the same statistics (cache key), intact, and built from the tables this run wrote unchanged
+  (rates from byte-identical counts and pmi). A fresh meta.json dropped them: a --what=ngrams
+  run into a full local build made the next `stats build` count everything again. Files of the
+  stages not carried stay, unvouched for, as the local builder leaves them."""
+  previous = _read_previous_meta(output, local)
+  if previous is None or previous.get("key") != meta.get("key") or \
+      previous.get("format_version") != meta.get("format_version"):
+    return
+  old, new = previous["files"], meta["files"]
+  unchanged = lambda name: name not in written or (  # noqa: E731
+      name in old and old[name].get("sha256") == new[name]["sha256"])
+  kept = [s for s in art.STAGES
+          if not written & set(art.STAGE_FILES[s])
+          and all(n in old and _intact(output, local, n, old[n]) for n in art.STAGE_FILES[s])
+          and all(unchanged(n) for d in art.STAGE_DEPS[s] for n in art.STAGE_FILES[d])]
+  for stage in kept:
+    new.update({n: old[n] for n in art.STAGE_FILES[stage]})
+    if stage in previous.get("seconds", {}):
+      meta.setdefault("seconds", {})[stage] = previous["seconds"][stage]
+  if kept:  # Their counts (num_tokens, rates' fields...): this run's own override the old.
+    meta["counts"] = {**previous.get("counts", {}), **meta["counts"]}
+
+
+def _read_previous_meta(output: str, local: pathlib.Path) -> dict | None:
+  try:
+    if "://" in output:
+      with FileSystems.open(FileSystems.join(output, art.META)) as f:
+        previous = json.loads(f.read())
+    else:
+      previous = json.loads((local / art.META).read_text())
+  except Exception:  # noqa: BLE001 - none, or unreadable: nothing to keep, as for a fresh one.
+    return None
+  ok = isinstance(previous, dict) and isinstance(previous.get("files"), dict)
+  return previous if ok else None
+
+
+def _intact(output: str, local: pathlib.Path, name: str, entry) -> bool:
+  """Whether the file has the size and sha256 the previous meta.json recorded."""
+  if not isinstance(entry, dict):
+    return False
+  if "://" not in output:
+    return not art.verify_files(local, {"files": {name: entry}}, [name])
+  try:
+    digest, size = hashlib.sha256(), 0
+    with FileSystems.open(FileSystems.join(output, name)) as f:
+      for block in iter(lambda: f.read(1 << 22), b""):
+        digest.update(block)
+        size += len(block)
+  except Exception:  # noqa: BLE001 - missing or unreadable: not intact.
+    return False
+  return size == entry.get("bytes") and digest.hexdigest() == entry.get("sha256")
 
 
 class _Write(beam.DoFn if beam else object):
