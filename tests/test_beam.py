@@ -150,6 +150,19 @@ def test_a_beam_run_keeps_the_intact_stages_it_did_not_build(built, shards, tmp_
                            "vocab.txt"]
 
 
+def test_a_counts_only_run_on_an_empty_corpus_fails_as_the_local_builder(built, tmp_path):
+  """With --output (the launcher reads no corpus) it wrote a table of zeros and exited 0."""
+  local_config, _, _, _ = built
+  config = _config(tmp_path / "cache", tmp_path)
+  config.tokenizer.name_or_path = str(
+      next((pathlib.Path(local_config.data.cache_dir) / "tokenizers").iterdir()))
+  (tmp_path / "blank.txt").write_text("\n\n   \n")
+  with pytest.raises(ValueError, match="holds no tokens: nothing to count"):
+    bp.run(config, output=str(tmp_path / "out"), files=[str(tmp_path / "blank.txt")],
+           what=("counts",), beam_args=RUNNER)
+  assert not (tmp_path / "out" / "meta.json").exists()
+
+
 def test_window_whole_words_and_an_explicit_output(built, shards, tmp_path, caplog):
   """Other counting settings, a tokenizer given by path, and a directory outside the cache; the
   local runner says that stats.memory_cap_mb does not bound it."""

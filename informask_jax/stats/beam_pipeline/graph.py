@@ -26,6 +26,7 @@ from informask_jax.stats.beam_pipeline.whole_corpus import (
     _ngram_vocab,
     _pmi,
     _pmi_vocab,
+    _some_tokens,
 )
 
 try:  # Optional dependency: `pip install -e ".[beam]"`.
@@ -59,7 +60,8 @@ def build_pipeline(p, files: list[str], settings: Settings, tokenizer_json: str,
   if "counts" in what or "pmi" in what:
     out["unigrams"] = (chunks
                        | "Unigrams" >> beam.Map(counting.chunk_unigram_counts, settings.vocab_size)
-                       | "SumUnigrams" >> beam.CombineGlobally(_UnigramSum(settings.vocab_size)))
+                       | "SumUnigrams" >> beam.CombineGlobally(_UnigramSum(settings.vocab_size))
+                       | "SomeTokens" >> beam.Map(_some_tokens))
   if "pmi" in what:
     vocab_ids = out["unigrams"] | "PmiVocab" >> beam.Map(_pmi_vocab, settings)
     blocks = (chunks

@@ -12,10 +12,16 @@ from informask_jax.stats import pmi as pmi_lib
 from informask_jax.stats.beam_pipeline.settings import Settings
 
 
-def _pmi_vocab(unigrams, settings: Settings):
-  s = settings.stats
+def _some_tokens(unigrams):
+  """The counts, if the corpus had tokens: the local builder's error otherwise (a counts-only run
+  wrote a table of zeros and exited 0)."""
   if unigrams.num_tokens == 0:
     raise ValueError("The tokenized training corpus holds no tokens: nothing to count.")
+  return unigrams
+
+
+def _pmi_vocab(unigrams, settings: Settings):
+  s = settings.stats
   vocab_ids = counting.select_pmi_vocab(unigrams.counts, special_ids=settings.special_ids,
                                         size=s["pmi_vocab_size"], min_count=s["min_count"],
                                         drop_top_k=s["drop_top_k"])
