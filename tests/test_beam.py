@@ -474,6 +474,16 @@ def test_files_keep_the_config_text_field_that_its_error_names(tmp_path):
   assert _with_files(config, files, "body").data.sources[1].text_field == "body"
 
 
+def test_a_text_field_error_advises_the_flag_that_sets_it(tmp_path):
+  """It advised --config.data.sources[0].text_field=body, which --text_field overrides."""
+  _beam()
+  (tmp_path / "b.jsonl").write_text(json.dumps({"body": "Some text here."}) + "\n")
+  config = _config(tmp_path / "cache", tmp_path)
+  with pytest.raises(ValueError, match=r"no column 'txt' .* Name the text's column with "
+                                       r"'--text_field=body'\.$"):
+    bp.run(config, files=[str(tmp_path / "b.jsonl")], text_field="txt", beam_args=RUNNER)
+
+
 def test_the_command_line_names_a_bad_override_from_any_directory(tmp_path):
   """Run from outside the repository with a config given by its absolute path (its `configs`
   package was not importable), a mistyped override is one line naming the command and the key

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import types
 
 import numpy as np
@@ -246,8 +247,16 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
   patterns = check_config(config)
   if output:  # Before the corpus and tokenizer are read; the cache directory once it is known.
     check_output(output)
-  shards, settings, tokenizer_json, meta, vocab_text, output = _launch_state(
-      config, patterns, output)
+  try:
+    shards, settings, tokenizer_json, meta, vocab_text, output = _launch_state(
+        config, patterns, output)
+  except ValueError as e:
+    if not text_field:
+      raise
+    # The corpus reader's advice names the config key, which --text_field overrides: following
+    # it gave the same error again.
+    raise ValueError(re.sub(r"--config\.data\.sources\[\d+\]\.text_field=", "--text_field=",
+                            str(e))) from None
   check_output(output)
   settings = dataclasses.replace(settings, pair_blocks=pair_blocks,
                                  ngram_partitions=ngram_partitions, batch_chars=batch_chars)
