@@ -28,7 +28,7 @@ def test_optim_eps_that_is_zero_in_float32_is_refused():
   grads = {"kernel": jnp.array([[1.0, 0.0], [0.0, 0.0]])}
   new, _ = apply(params, tx.init(params), grads, jnp.float32(1.0), jnp.bool_(True))
   assert math.isnan(float(new["kernel"][1, 1]))
-  with pytest.raises(ValueError, match=r"config.optim.eps=1e-40 must be a finite number >= "
+  with pytest.raises(ValueError, match=r"config.optim.eps=1e-40 must be a finite float32 number >= "
                                        r"1.2e-38"):
     optim.check_config(c)
   c.eps = 1.2e-38
