@@ -38,7 +38,6 @@ from informask_jax import (
   profiling,
   progress_bar,
   stats,
-  tokenization,
 )
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
@@ -61,11 +60,6 @@ def check_config(config) -> None:
   data.check_config(config)
   if config.data.validation_fraction == 0:  # Found now, not once the corpus is read.
     raise ValueError(f"config.data.validation_fraction=0{data.NONE_HELD_OUT}")
-  tok = config.get("tokenizer")
-  if tok is not None and not tok.get("name_or_path"):
-    # A vocabulary is trained on the corpus: the trainer refuses a bad size only once the corpus
-    # is read and cleaned (hours for the paper's).
-    tokenization.check_vocab_size_to_train(tok.vocab_size)
   t, m = config.train, config.model
   for key in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints", "stop_sync_every", "max_consecutive_skips"):

@@ -521,7 +521,10 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
     _warn_case_not_applied(tokenizer, name, tokenizer_config)
   if not getattr(tokenizer, "is_fast", False):
     raise ValueError(f"config.tokenizer.name_or_path={name!r} has no fast (Rust) tokenizer.")
-  special_ids(tokenizer)  # Fail now, not in the masker, when a special token is missing.
+  try:  # Fail now, not in the masker, when a special token is missing.
+    special_ids(tokenizer)
+  except ValueError as e:
+    raise ValueError(f"config.tokenizer.name_or_path={name!r}: {e}") from None
   return tokenizer
 
 

@@ -89,6 +89,36 @@ def wiki_docs(tmp_path_factory):
   return corpus.load_corpus(c.data)
 
 
+def test_the_tokenizer_is_checked_before_the_corpus_is_read(tmp_path, bert_tokenizer,
+                                                           monkeypatch):
+  """A given tokenizer without [MASK], or one the caller refuses (a resume's other vocabulary),
+  and a vocabulary size too small to train were refused only after the corpus was downloaded
+  and cleaned; the missing token's message did not name the config key."""
+  monkeypatch.setattr(corpus, "load_corpus", lambda *a: pytest.fail("the corpus was read"))
+  bert_tokenizer.save_pretrained(str(tmp_path / "tok"))
+  saved = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
+  del saved["model"]["vocab"]["[MASK]"]
+  saved["added_tokens"] = [t for t in saved["added_tokens"] if t["content"] != "[MASK]"]
+  (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(saved))
+  settings = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+  del settings["mask_token"]
+  (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(settings))
+  c = _tiny_config(tmp_path / "cache")
+  c.tokenizer.name_or_path = str(tmp_path / "tok")
+  with pytest.raises(ValueError, match=r"config.tokenizer.name_or_path='.*tok': The tokenizer has "
+                                       "no mask token"):
+    data.build_input_pipeline(c)
+  def refuse(fingerprint):
+    raise ValueError(f"tokenizer {fingerprint}: the checkpoint was trained with another")
+
+  c.tokenizer.name_or_path = BERT_VOCAB
+  with pytest.raises(ValueError, match="trained with another"):
+    data.build_input_pipeline(c, check_tokenizer=refuse)
+  c.tokenizer.name_or_path, c.tokenizer.vocab_size = "", 0
+  with pytest.raises(ValueError, match=r"config.tokenizer.vocab_size=0 is too small to train"):
+    data.build_input_pipeline(c)
+
+
 # --- Sentences and tokenization -----------------------------------------------------------------
 
 def test_split_sentences():

@@ -113,6 +113,11 @@ def check_config(config):
   corpus_lib.check_sources(data)
   if "tokenizer" in config:
     tokenization.check_name_or_path(config.tokenizer)
+    if not config.tokenizer.get("name_or_path"):
+      # A vocabulary is trained on the corpus: the trainer refuses a bad size only once the
+      # corpus is read and cleaned (hours for the paper's). Here for every command that reads
+      # the corpus (train.py, stats build).
+      tokenization.check_vocab_size_to_train(config.tokenizer.vocab_size)
 
 
 def _usable_cpus() -> int:
@@ -128,6 +133,15 @@ def _warn_num_proc_above_cpus(num_proc: int) -> None:
     log.warning("config.data.num_proc=%d is more than the %d CPUs this process may use: the "
                 "worker processes take turns on them, no faster than "
                 "--config.data.num_proc=%d and with more memory.", num_proc, cpus, cpus)
+
+
+def _tokenizer_ready(tokenizer, config, check_tokenizer) -> None:
+  """Says which tokenizer the run uses and runs the caller's check of it."""
+  tok_fp = tokenization.tokenizer_fingerprint(tokenizer)
+  log.info("Tokenizer: %d tokens (%s), fingerprint %s.", len(tokenizer),
+           config.tokenizer.name_or_path or "trained", tok_fp)
+  if check_tokenizer is not None:
+    check_tokenizer(tok_fp)
 
 
 def _packed_summary(name, packed, special_ids):
@@ -234,6 +248,12 @@ def build_input_pipeline(config, check_tokenizer=None):
   log.info("Input pipeline: %d source(s) %s; seq_len=%d, packing=%s, cache %s.",
            len(data.sources), _source_names(data), data.seq_len,
            data.packing, cache_dir)
+  # A tokenizer given by name needs no corpus: loaded first, a missing [MASK] or another
+  # vocabulary than the checkpoint's is refused before the corpus is downloaded and cleaned.
+  given = config.tokenizer.get("name_or_path")
+  tokenizer = tokenization.load_tokenizer(config.tokenizer, None, cache_dir) if given else None
+  if tokenizer is not None:
+    _tokenizer_ready(tokenizer, config, check_tokenizer)
   corpus = corpus_lib.load_corpus(data)
   streaming = isinstance(corpus, datasets.IterableDatasetDict)
   # Before the tokenizer is trained on the corpus: an empty split stops the run here.
@@ -244,14 +264,12 @@ def build_input_pipeline(config, check_tokenizer=None):
   # Hashed once here: the tokenizer's training cache and the tokenized caches key on these too.
   split_fps = {} if streaming else {
       name: corpus_lib.corpus_fingerprint(corpus[name]) for name in corpus}
-  tokenizer = tokenization.load_tokenizer(config.tokenizer, corpus, cache_dir,
-                                          train_fingerprint=split_fps.get("train"))
+  if tokenizer is None:
+    tokenizer = tokenization.load_tokenizer(config.tokenizer, corpus, cache_dir,
+                                            train_fingerprint=split_fps.get("train"))
+    _tokenizer_ready(tokenizer, config, check_tokenizer)
   ids = tokenization.special_ids(tokenizer)
   tok_fp = tokenization.tokenizer_fingerprint(tokenizer)
-  log.info("Tokenizer: %d tokens (%s), fingerprint %s.", len(tokenizer),
-           config.tokenizer.name_or_path or "trained", tok_fp)
-  if check_tokenizer is not None:
-    check_tokenizer(tok_fp)
 
   if streaming:
     corpus_fp = _stream_fingerprint(data)
