@@ -1,7 +1,8 @@
 """The WordPiece tokenizer: loaded from a vocab.txt, a tokenizer directory or the hub, or trained.
 
 `config.tokenizer.name_or_path` picks the source, in this order:
-  * a `vocab.txt` file: a BERT WordPiece tokenizer over it (lowercase from the config);
+  * a `vocab.txt` file: a BERT WordPiece tokenizer over it (lowercase from the config, with a
+    warning when a `tokenizer_config.json` beside it states another case);
   * a directory holding a saved tokenizer (`tokenizer.json` or `vocab.txt`; beside a vocab.txt,
     the case its `tokenizer_config.json` states, `do_lower_case` and `strip_accents`, wins; else
     a `tokenizer_config.json` with a slow tokenizer's files, such as vocab.json + merges.txt);
@@ -444,6 +445,21 @@ def _warn_case_not_applied(tokenizer, name, tokenizer_config) -> None:
                 "lower-cases" if lowers else "keeps case")
 
 
+def _warn_case_beside_file(name, lowercase) -> None:
+  """A vocab.txt given as a file takes the config's case, which is the point of naming the file;
+  said when the tokenizer_config.json beside it (an export's) states another: else a cased
+  export read with the default lowercase=True lost its capitalised tokens without a word."""
+  folder = os.path.dirname(name) or "."
+  try:
+    declared, _ = _declared_case(folder, None)
+  except ValueError:  # A damaged neighbour: not this file's settings.
+    return
+  if declared is not None and declared != lowercase:
+    log.warning("config.tokenizer.lowercase=%s applies to %r, but the tokenizer_config.json "
+                "beside it states do_lower_case=%s: point name_or_path at %r to keep that, or set "
+                "--config.tokenizer.lowercase=%s.", lowercase, name, declared, folder, declared)
+
+
 # The JSON files of a saved tokenizer directory, checked in this order when loading fails.
 _SAVED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "added_tokens.json", "config.json")
@@ -491,6 +507,7 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
                      "at a vocab.txt.")
   elif os.path.isfile(name):
     tokenizer = _from_vocab_file(name, lowercase)
+    _warn_case_beside_file(name, lowercase)
   elif os.path.isdir(name):
     if os.path.isfile(os.path.join(name, "tokenizer.json")):
       tokenizer = _from_directory(name)

@@ -1,6 +1,7 @@
 """Tokenizer sources, the trained WordPiece vocabulary, special ids and continuation pieces."""
 
 import importlib.metadata
+import json
 import logging
 import shutil
 
@@ -438,6 +439,24 @@ def test_a_vocab_txt_directory_keeps_the_case_its_tokenizer_config_declares(tmp_
                                        r"tokenizer_config\.json is not valid JSON .*fix or remove "
                                        r"it, or point name_or_path at the vocab\.txt"):
     tokenization.load_tokenizer(_config(str(tmp_path)))
+
+
+def test_a_vocab_txt_file_says_when_its_neighbours_case_differs(tmp_path, caplog):
+  """Named as a file, a vocab.txt takes the config's case (that is how to override it), but a
+  cased export read with the default lowercase=True lost its capitalised tokens without a word."""
+  lines = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "Paris", "par", "##is"]
+  (tmp_path / "vocab.txt").write_text("\n".join(lines) + "\n")
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    ours = tokenization.load_tokenizer(_config(str(tmp_path / "vocab.txt"), lowercase=True))
+  assert ours.tokenize("Paris") == ["par", "##is"]  # The config's case, as documented.
+  assert (f"config.tokenizer.lowercase=True applies to '{tmp_path / 'vocab.txt'}', but the "
+          f"tokenizer_config.json beside it states do_lower_case=False: point name_or_path at "
+          f"'{tmp_path}' to keep that") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    cased = tokenization.load_tokenizer(_config(str(tmp_path / "vocab.txt"), lowercase=False))
+  assert cased.tokenize("Paris") == ["Paris"] and "beside it" not in caplog.text
 
 
 def test_continuation_pieces_of_vocabularies_without_a_word_start_marker(caplog):
