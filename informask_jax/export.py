@@ -186,10 +186,20 @@ _SENTENCES = (
 
 def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size: int,
                     max_seq_len: int):
+  # The tokenizer's files only: every file there was copied over the staged model, so weights
+  # left in tokenizer/ (an earlier export into it) replaced the checkpoint's.
+  others = []
   for name in sorted(os.listdir(tokenizer_dir)):
     src = os.path.join(tokenizer_dir, name)
-    if os.path.isfile(src) and name != "config.json":  # Never clobber the model config.
+    if not os.path.isfile(src):
+      continue
+    if name in _TOKENIZER_FILES:
       shutil.copy2(src, os.path.join(out_dir, name))
+    else:
+      others.append(name)
+  if others:
+    logging.warning("%s holds %s, not tokenizer files: not exported.", tokenizer_dir,
+                    ", ".join(others))
   vocab_settings = _write_wordpiece_vocab(out_dir)
   path = os.path.join(out_dir, "tokenizer_config.json")
   settings = {}
@@ -224,15 +234,15 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
 
 def _write_wordpiece_vocab(out_dir: str) -> dict:
   """vocab.txt, one token per line in id order, beside the tokenizer.json of a WordPiece
-  vocabulary trained here (saved as tokenizer.json alone): BertTokenizer, transformers 4's slow
-  class, and the original LAMA and InforMask code read a vocabulary from that file.
+  vocabulary (one trained here is saved as tokenizer.json alone): BertTokenizer, transformers
+  4's slow class, and the original LAMA and InforMask code read a vocabulary from that file.
 
   Returns the tokenizer_config.json settings that make BertTokenizer normalise as tokenizer.json
   does ({} when no vocab.txt was written): it lower-cases unless told otherwise, which would turn
   a cased vocabulary's "The" into "the", another id."""
   spec_file = os.path.join(out_dir, "tokenizer.json")
   vocab_file = os.path.join(out_dir, "vocab.txt")
-  if os.path.exists(vocab_file) or not os.path.exists(spec_file):
+  if not os.path.exists(spec_file):
     return {}
   with open(spec_file, encoding="utf-8") as f:
     spec = json.load(f)
@@ -242,6 +252,8 @@ def _write_wordpiece_vocab(out_dir: str) -> dict:
   by_id = sorted(model["vocab"].items(), key=lambda item: item[1])
   if [i for _, i in by_id] != list(range(len(by_id))) or any("\n" in t for t, _ in by_id):
     return {}  # A file of lines cannot hold gaps in the ids or a token with a line break.
+  # Written from tokenizer.json (which the export verifies) even over a vocab.txt copied from
+  # the tokenizer folder: a stale one there gave BertTokenizer other ids, unseen by the check.
   with open(vocab_file, "w", encoding="utf-8") as f:
     f.write("".join(f"{token}\n" for token, _ in by_id))
   normalizer = spec.get("normalizer") or {}
@@ -277,6 +289,14 @@ def _check_out_dir(out_dir: str, overwrite: bool):
     raise FileExistsError(f"Export directory {out_dir} holds a training run (checkpoints/): an "
                           "export would replace its config.json and tokenizer files, and the run "
                           "would no longer resume. Choose another --out.")
+  # Inside another run (its tokenizer/ or checkpoints/ with --overwrite): that run's vocabulary
+  # was replaced, and model files left in its tokenizer/.
+  above = os.path.realpath(out_dir)
+  while os.path.dirname(above) != above:
+    above = os.path.dirname(above)
+    if checkpointing.has_finalized_checkpoint(above):
+      raise FileExistsError(f"Export directory {out_dir} lies inside the training run {above}: "
+                            "export to a directory outside any training run.")
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
     raise FileExistsError(f"Export directory {out_dir} is not empty; choose another --out, or "
                           "pass --overwrite (overwrite=True from Python) to replace the model "

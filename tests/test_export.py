@@ -773,6 +773,19 @@ def test_export_refuses_an_out_dir_overlapping_the_workdir(imported_workdir, hf_
   assert "checkpoints" not in os.listdir(hf_copy)
 
 
+def test_export_refuses_an_out_dir_inside_another_training_run(imported_workdir, tmp_path):
+  """With --overwrite, an export into another run's tokenizer/ replaced its vocabulary and left
+  model files there; into its checkpoints/, model files beside the steps."""
+  victim = tmp_path / "victim"
+  shutil.copytree(imported_workdir, victim)
+  before = sorted(os.listdir(victim / "tokenizer"))
+  for out in (victim / "tokenizer", victim / "checkpoints", victim / "tokenizer" / "deeper"):
+    with pytest.raises(FileExistsError, match=f"Export directory {out} lies inside the training "
+                                              f"run {victim}: export to a directory outside"):
+      convert_checkpoint.main(["--workdir", imported_workdir, "--out", str(out), "--overwrite"])
+  assert sorted(os.listdir(victim / "tokenizer")) == before
+
+
 def test_an_export_over_a_model_replaces_its_weights_and_tokenizer_as_a_whole(exported,
                                                                              hf_copy):
   """--overwrite over another layout (sharded weights, a BPE tokenizer's files): what the earlier
@@ -1085,6 +1098,27 @@ def test_a_config_json_among_the_tokenizer_files_never_replaces_the_model_config
   config = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert (config["vocab_size"], config["hidden_size"], config["num_attention_heads"]) == (
       len(VOCAB), 32, 4)
+
+
+def test_only_tokenizer_files_are_exported_and_vocab_txt_follows_tokenizer_json(
+    tmp_path, tokenizer_dir, caplog):
+  """Every file of the tokenizer folder was copied over the staged model: weights left there
+  (an earlier export into it) replaced the checkpoint's, and a stale vocab.txt was kept, its ids
+  other than tokenizer.json's, which the verification reads."""
+  tok_dir = tmp_path / "tokenizer"
+  shutil.copytree(tokenizer_dir, tok_dir)
+  (tok_dir / "model.safetensors").write_bytes(b"weights of another model")
+  stale = list(VOCAB)
+  stale[5], stale[6] = stale[6], stale[5]
+  (tok_dir / "vocab.txt").write_text("\n".join(stale) + "\n")
+  cfg = tiny_config("bert")
+  with caplog.at_level(logging.WARNING):
+    export.export_to_hf(tiny_params(cfg), cfg, str(tmp_path / "hf"), tokenizer_dir=str(tok_dir))
+  assert f"{tok_dir} holds model.safetensors, not tokenizer files: not exported." in caplog.text
+  assert (tmp_path / "hf" / "model.safetensors").read_bytes() != b"weights of another model"
+  assert (tmp_path / "hf" / "vocab.txt").read_text().splitlines() == VOCAB
+  slow = transformers.BertTokenizer(str(tmp_path / "hf" / "vocab.txt"))
+  assert slow.convert_tokens_to_ids(VOCAB[5:7]) == [5, 6]
 
 
 def test_export_refuses_a_tokenizer_of_another_vocabulary(imported_workdir, tmp_path):

@@ -819,7 +819,7 @@ def test_config_errors_before_anything_heavy(tiny_config, tmp_path, monkeypatch)
                               ("masking.mask_prob", 1.5, r"config.masking: mask_prob must be"),
                               ("model.compute_dtype", "fp16", r"config.model.compute_dtype='fp16'"),
                               ("optim.learning_rate", -1.0,
-                               r"config.optim.learning_rate=-1.0 must be a finite float32 number >= 1.2e"),
+                               r"config.optim.learning_rate=-1.0 must be a finite float32 number "),
                               ("train.num_steps", 10**14, r"config.train.num_steps=100000000000000 "
                                r"must be below 2\*\*31 \(steps and sizes are int32"),
                               ("model.max_predictions", -3,
