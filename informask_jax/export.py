@@ -586,7 +586,18 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   if is_hf_model_dir(workdir):  # eval_lama and init_from would read the import, not the model.
     raise FileExistsError(f"{workdir} holds a Hugging Face model (config.json and weights); "
                           "choose an empty --out for the imported run.")
+  # A run that never finished a checkpoint: its config.json and metrics stayed beside the
+  # import's step 0 (an export then described the old run's masking), its tokenizer replaced.
+  traces = [n for n in ("config.json", "metrics.jsonl", "tensorboard")
+            if os.path.exists(os.path.join(workdir, n))]
+  if traces:
+    raise FileExistsError(f"{workdir} holds a training run's {', '.join(traces)}: an import "
+                          "there would mix with it. Choose an empty --out.")
   paths.check_writable_dir(workdir, "Workdir")
+  old_tokenizer = os.path.join(workdir, "tokenizer")
+  if os.path.isdir(old_tokenizer) and os.listdir(old_tokenizer):  # A failed import's: retried.
+    logging.warning("%s already holds tokenizer files (an import that failed?); the model's "
+                    "tokenizer replaces them.", old_tokenizer)
   existing = checkpointing.checkpoint_dir(workdir)
   if checkpointing.finalized_steps(workdir):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")

@@ -1241,6 +1241,29 @@ def test_import_into_a_workdir_with_checkpoints_is_refused_before_any_reading(im
   assert sorted(os.listdir(imported_workdir)) == before
 
 
+def test_import_into_a_run_without_checkpoints_is_refused_and_a_left_tokenizer_said(
+    hf_copy, tmp_path, caplog):
+  """A run that never finished a checkpoint kept its config.json and metrics beside the import's
+  step 0 (an export then described that run's masking), and its tokenizer was replaced without a
+  word."""
+  run = tmp_path / "run"
+  (run / "tokenizer").mkdir(parents=True)
+  (run / "tokenizer" / "tokenizer.json").write_text("{}")
+  (run / "config.json").write_text("{}")
+  (run / "metrics.jsonl").write_text("")
+  with pytest.raises(FileExistsError, match=rf"{run} holds a training run's config.json, "
+                                            r"metrics.jsonl: an import there would mix with it"):
+    export.import_to_workdir(str(hf_copy), str(run))
+  assert (run / "tokenizer" / "tokenizer.json").read_text() == "{}"
+  (run / "config.json").unlink()
+  (run / "metrics.jsonl").unlink()
+  with caplog.at_level(logging.WARNING):
+    export.import_to_workdir(str(hf_copy), str(run))
+  assert f"{run / 'tokenizer'} already holds tokenizer files (an import that failed?)" in \
+      caplog.text
+  assert (run / "tokenizer" / "tokenizer.json").read_text() != "{}"
+
+
 def test_an_import_that_ran_out_of_disk_can_be_run_again(hf_copy, tmp_path, monkeypatch):
   """A failed import's unfinished step (orbax's temporary folder) is no checkpoint: the retry
   goes ahead, and the failure itself is one WriteError naming the folder and the cause."""
