@@ -91,7 +91,7 @@ def warn_leftover_folders(folder, prefixes, left_by, log) -> None:
     size = sum(os.path.getsize(os.path.join(root, f))
                for d in left for root, _, files in os.walk(d) for f in files)
     log.warning("%s holds %d folder(s) left by %s (%.2f GB): %s. Delete them unless another run "
-                "is writing into this cache now.", folder, len(left), left_by, size / 1e9,
+                "is writing into this folder now.", folder, len(left), left_by, size / 1e9,
                 ", ".join(sorted(os.path.basename(d) for d in left)))
 
 
