@@ -217,13 +217,15 @@ def test_chunked_spilled_and_parallel_counts_equal_one_pass(monkeypatch):
   assert spills["spilled"] >= 2 and not spills["chunked"]
 
 
-def test_accumulator_spills_above_cap_and_merges_exactly():
+def test_accumulator_spills_above_cap_and_merges_exactly(tmp_path):
   rng = np.random.default_rng(3)
   tables = [sp.random(50, 50, density=0.3, random_state=rng, format="csr",
                       data_rvs=lambda n: rng.integers(1, 5, n)).astype(np.int64)
             for _ in range(20)]
   tables = [(t + t.T).tocsr() for t in tables]
-  acc = counting.PairAccumulator(50, memory_cap_mb=0.005)  # ~5 KB: spills every table
+  # ~5 KB: spills every table. In tmp_path: a spill folder of its own making is the caller's to
+  # remove (the builder's scratch_dir), and it was left in /tmp by every run of the suite.
+  acc = counting.PairAccumulator(50, memory_cap_mb=0.005, spill_dir=str(tmp_path))
   for t in tables:
     acc.add(t)
   # 20 spills, merged into one file set every 8: the disk holds a bounded number of them.
