@@ -26,8 +26,11 @@ _PEAK_BF16_FLOPS = {
     "h100 pcie": 756e12,
     "h100 nvl": 835e12,
     "h200": 989e12,
+    "h200 nvl": 835e12,  # Else matched as "h200", the SXM's.
+    "gh200": 989e12,  # Grace Hopper's H100-class GPU ("NVIDIA GH200 480GB").
     "a100": 312e12,
-    "v100": 125e12,  # fp16 tensor cores.
+    "v100": 125e12,  # SXM2, fp16 tensor cores.
+    "v100 pcie": 112e12,  # "Tesla V100-PCIE-16GB".
     "l4": 121e12,
     "l40": 181e12,
     "l40s": 362e12,
@@ -42,7 +45,8 @@ _PEAK_BF16_FLOPS = {
 
 
 def peak_flops_per_device(device=None) -> float | None:
-  kind = (device or jax.devices()[0]).device_kind.lower()
+  # Hyphens as spaces: "Tesla V100-PCIE-16GB" is the "v100 pcie" of the table.
+  kind = (device or jax.devices()[0]).device_kind.lower().replace("-", " ")
   for name, flops in sorted(_PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])):
     # A whole word of the kind: "l4" must not match "L40S", nor "a100" an "a1000".
     if re.search(rf"(^|[^a-z0-9]){re.escape(name)}($|[^a-z0-9])", kind):
