@@ -427,7 +427,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       del state  # Free the fresh state before the restored one arrives.
       state, data_state, _ = checkpointer.restore(step, abstract)
       try:
-        train_iter.restore(data_state)
+        train_iter.restore(_fixed_stream_accepted(data_state, train_iter, step))
       except data.IteratorStateError as e:
         raise checkpointer.unreadable(step, e) from e
       except data.DataSettingsChanged as e:
@@ -669,6 +669,26 @@ def _cannot_resume(workdir, step, error) -> ValueError:
       f"--workdir with --config.init_from={workdir}.")
 
 
+# The field of a data state saved because the next batch could not be read.
+READ_FAILED = "read_failed"
+
+
+def _fixed_stream_accepted(data_state, train_iter, step):
+  """The data state to restore. One saved when a streamed file failed to read (malformed) is
+  restored even though the stream's files changed since: fixing that file changes its size, which
+  the stream's fingerprint holds, and the resume the failure's message promised was refused."""
+  saved = data_state.get("corpus") if isinstance(data_state, dict) else None
+  now = getattr(train_iter, "corpus", None)
+  if not (saved is not None and now is not None and saved != now
+          and data_state.get(READ_FAILED) and data_state.get("kind") == "streaming"):
+    return data_state
+  logging.warning("The streamed files changed since the checkpoint at step %d, which was saved "
+                  "when reading them failed: resuming at its position in the files as they are "
+                  "now (the file that failed, fixed; documents added or removed before that "
+                  "position shift where the stream resumes).", step)
+  return {**data_state, "corpus": now}
+
+
 def _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,
                               workdir, config) -> None:
   """The training data stopped reading (a file gone or malformed, a stream's network): saves the
@@ -678,7 +698,9 @@ def _save_before_data_failure(step, started_at, state, batches, checkpointer, me
   saved = False
   if jax.process_count() == 1 and step > started_at and checkpointer.latest_step() != step:
     try:
-      saved = checkpointer.save(step, state, batches.state(), meta, force=True, last=True)
+      # Marked: the resume accepts the stream's files changed (the one that failed, fixed).
+      saved = checkpointer.save(step, state, {**batches.state(), READ_FAILED: True}, meta,
+                                force=True, last=True)
       checkpointer.wait()
     except checkpointing.CheckpointWriteError as e:  # The data's error is the one to raise.
       logging.error("%s", e)

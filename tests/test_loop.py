@@ -1793,8 +1793,9 @@ def test_a_data_read_error_saves_the_steps_trained_and_the_run_resumes_there(
           f"checkpoint at step 3 in {tmp_path}; once the data reads again" in caplog.text)
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [3]
   data_file = checkpointing.checkpoint_dir(tmp_path) / "3" / "data" / "metadata"
-  # The failed batch is the first one of the resumed run.
-  assert json.loads(data_file.read_text()) == json.loads(json.dumps(positions[3]))
+  # The failed batch is the first one of the resumed run; the state says it was a read failure.
+  assert json.loads(data_file.read_text()) == {**json.loads(json.dumps(positions[3])),
+                                               "read_failed": True}
   assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
   assert sorted(_read_metrics(tmp_path)) == [1, 2, 3, 4, 5]
 
@@ -1895,6 +1896,59 @@ def test_a_streamed_corpus_resumes_only_on_the_same_files(tiny_config, tmp_path,
       loop.data.TooFewRows, match=r"fewer rows than one global batch of 16"):
     loop.train_and_evaluate(config, tmp_path / "too_small")
   assert "Reading the training data" not in caplog.text
+
+
+def test_a_stream_that_failed_to_read_resumes_once_its_file_is_fixed(tiny_config, tmp_path,
+                                                                     monkeypatch, caplog):
+  """The failure's message says the same command resumes once the data reads again, but fixing a
+  streamed file (a malformed line deleted) changes its size, which the stream's fingerprint
+  holds: the resume was refused. A checkpoint saved at a read failure accepts it, and says so."""
+  from informask_jax import corpus as corpus_lib
+
+  docs = list(corpus_lib.load_corpus(tiny_config.data)["train"]["text"])[:400]
+  folder = tmp_path / "corpus"
+  folder.mkdir()
+  part = folder / "part0.jsonl"
+  # Its last line stands for the malformed one (a real one would fail the validation sample,
+  # read first); FailingRead raises its error, at the 4th batch.
+  part.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs) + '{"text": "x"}\n')
+  config = _small(tiny_config, num_steps=5, checkpoint_every=1000, eval_every=1000)
+  config.masking.name = "random"
+  config.data.sources[0].update(kind="files", name=str(folder), text_field="text",
+                                streaming=True)
+  make_iterator = loop.data.pipeline.InputPipeline.train_iterator
+  reads = []
+
+  class FailingRead:
+    def __init__(self, inner):
+      self.inner = inner
+
+    def __next__(self):
+      reads.append(1)
+      if len(reads) == 4:
+        raise ValueError(f"{part}, line {len(docs) + 1}: not valid JSON")
+      return next(self.inner)
+
+    def state(self):
+      return self.inner.state()
+
+    def restore(self, state):
+      return self.inner.restore(state)
+
+  workdir = tmp_path / "run"
+  with monkeypatch.context() as m:
+    m.setattr(loop.data.pipeline.InputPipeline, "train_iterator",
+              lambda *a, **k: FailingRead(make_iterator(*a, **k)))
+    with pytest.raises(ValueError, match="not valid JSON"):
+      loop.train_and_evaluate(config, workdir)
+  assert checkpointing.Checkpointer(workdir).all_steps() == [3]
+  part.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))  # Fixed.
+  config.tokenizer.name_or_path = str(workdir / "tokenizer")
+  with caplog.at_level(logging.WARNING):
+    assert loop.train_and_evaluate(config, workdir)["step"] == 5
+  assert ("The streamed files changed since the checkpoint at step 3, which was saved when "
+          "reading them failed: resuming at its position") in caplog.text
+  assert sorted(_read_metrics(workdir)) == [1, 2, 3, 4, 5]
 
 
 def test_a_sigterm_whose_exit_was_lost_before_the_loop_stops_it_after_one_step(
