@@ -136,14 +136,15 @@ def _locate_wiki_vital():
   return path
 
 
-def _load_wiki_vital(source):
+def _load_wiki_vital(source, where):
   with open(_locate_wiki_vital(), encoding="utf-8") as f:
     records = json.load(f)
   field = source.get("text_field") or "extract"
   first = next(iter(records.values()), {})
   if field not in first:
-    raise ValueError(f"wiki_vital documents have no field {field!r} (text_field); fields: "
-                     f"{sorted(first)}")
+    raise ValueError(f"{where}: wiki_vital documents have no field {field!r} (text_field); "
+                     f"fields: {sorted(first)}. The text is in 'extract': "
+                     f"'--{where.split(' ')[0]}.text_field=extract'.")
   # Sorted by title so the corpus order does not depend on the JSON file's key order.
   titles = sorted(records)
   texts = [records[t].get(field) or "" for t in titles]
@@ -153,6 +154,10 @@ def _load_wiki_vital(source):
 
 def _load_hub(source, where, streaming, num_proc):
   name, config, split = source["name"], source.get("config"), source.get("split") or "train"
+  if _saved_to_disk(name):
+    ds = _load_saved(name, split, where)
+    ds = ds.to_iterable_dataset() if streaming else ds
+    return corpus_files.select_text(ds, source.get("text_field") or "text", where)
   try:
     with worker_processes.spawned():
       ds = datasets.load_dataset(name, config, split=split, streaming=streaming,
@@ -187,6 +192,23 @@ def _load_hub(source, where, streaming, num_proc):
         gen_kwargs={"shards": [ds.shard(ds.num_shards, i) for i in range(ds.num_shards)],
                     "folder": name, "where": where})
   return corpus_files.select_text(ds, source.get("text_field") or "text", where)
+
+
+def _saved_to_disk(name) -> bool:
+  """A folder that `Dataset.save_to_disk` (or DatasetDict's) wrote, which load_dataset refuses,
+  and whose failure was read as a bad line of its JSON files."""
+  return os.path.isdir(name) and any(
+      os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json"))
+
+
+def _load_saved(name, split, where):
+  saved = datasets.load_from_disk(name)
+  if not isinstance(saved, datasets.DatasetDict):
+    return saved  # One split was saved: it is the source.
+  if split not in saved:
+    raise ValueError(f"{where}: the saved dataset's splits are {sorted(saved)}, not {split!r}; "
+                     f"'--{where.split(' ')[0]}.split={sorted(saved)[0]}' picks one.")
+  return saved[split]
 
 
 def _folder_bad_line(name, where):
@@ -233,10 +255,26 @@ def check_sources(data_config):
                        f"{', '.join(SOURCE_KINDS)}.")
     if kind != "wiki_vital" and not s.get("name"):
       raise ValueError(f"config.data.sources[{i}].name is empty (kind={kind!r}).")
+    _check_source_types(s, i)
   limit = data_config.get("max_documents", -1)
   if isinstance(limit, bool) or not isinstance(limit, int) or limit == 0 or limit < -1:
     raise ValueError(f"config.data.max_documents={limit!r} must be -1 for all documents, or >= 1.")
   return sources
+
+
+def _check_source_types(source, i) -> None:
+  """A config file's source fields of the wrong type: a list of files for `name` ended in a
+  TypeError traceback from the path functions, streaming="no" streamed (bool("no") is True)."""
+  for key in ("name", "config", "split", "text_field"):
+    value = source.get(key)
+    if value is not None and not isinstance(value, str):
+      hint = (" (several files: a folder, a glob such as 'data/*.jsonl', or one source each)"
+              if key == "name" and isinstance(value, list | tuple) else
+              " (a path: write str(path))" if isinstance(value, os.PathLike) else "")
+      raise ValueError(f"config.data.sources[{i}].{key}={value!r} must be a string{hint}.")
+  streaming = source.get("streaming")
+  if streaming is not None and not isinstance(streaming, bool):
+    raise ValueError(f"config.data.sources[{i}].streaming={streaming!r} must be True or False.")
 
 
 def load_corpus(data_config):
@@ -261,20 +299,20 @@ def load_corpus(data_config):
     # `datasets`' bars (downloads, "Generating train split") on a terminal, not in a log file.
     with progress_bar.datasets_bars(True):
       if source["kind"] == "wiki_vital":
-        ds = _load_wiki_vital(source)
+        ds = _load_wiki_vital(source, where)
       elif source["kind"] == "hub":
         ds = _load_hub(source, where, bool(source.get("streaming")), num_proc)
       else:
         ds = corpus_files.load_files(source, where, bool(source.get("streaming")),
                          num_proc, os.path.join(cache_dir, "files"))
-    if streaming and isinstance(ds, datasets.Dataset):
-      ds = ds.to_iterable_dataset()
     if remaining is not None:  # max_documents counts documents before empty ones are dropped.
-      if isinstance(ds, datasets.Dataset):
+      if isinstance(ds, datasets.Dataset):  # Before it joins a stream: its length is known.
         ds = ds.select(range(min(remaining, len(ds))))
         remaining -= len(ds)
       else:
         ds = ds.take(remaining)  # A stream's length is unknown: the cap applies per source.
+    if streaming and isinstance(ds, datasets.Dataset):
+      ds = ds.to_iterable_dataset()
     parts.append((where, source, ds))
 
   if streaming:

@@ -775,6 +775,66 @@ def test_bad_source_settings(tmp_path):
       corpus.check_sources(_data_config(tmp_path, [dict(name="x.txt")], max_documents=limit))
 
 
+def test_source_fields_of_the_wrong_type_are_named(tmp_path):
+  """A list of files as the name ended in a TypeError traceback from the path functions, a list
+  as text_field in 'unhashable type', and streaming="no" streamed (bool("no") is True)."""
+  for field, value, message in [
+      ("name", ["a.jsonl", "b.jsonl"], r"sources\[0\]\.name=\['a.jsonl', 'b.jsonl'\] must be a "
+                                       r"string \(several files: a folder, a glob"),
+      ("text_field", ["body"], r"sources\[0\]\.text_field=\['body'\] must be a string\.$"),
+      ("streaming", "no", r"sources\[0\]\.streaming='no' must be True or False")]:
+    source = dict(name=str(tmp_path / "a.jsonl"))
+    source[field] = value
+    with pytest.raises(ValueError, match=message):
+      corpus.check_sources(_data_config(tmp_path, [source]))
+
+
+def test_max_documents_caps_in_memory_sources_together_when_another_streams(tmp_path):
+  """With any source streaming, the in-memory ones were turned into streams before the cap, so
+  each was cut at max_documents on its own instead of counting towards it."""
+  names = []
+  for part in "abc":
+    names.append(tmp_path / f"{part}.jsonl")
+    names[-1].write_text("".join(json.dumps({"text": f"Document {part}{i}."}) + "\n"
+                                 for i in range(5)))
+  for streamed in (False, True):
+    sources = [dict(name=str(n), streaming=streamed and n.stem == "c") for n in names]
+    loaded = corpus.load_corpus(_data_config(tmp_path, sources, validation_fraction=0.0,
+                                             max_documents=7))
+    assert [d["text"] for d in loaded["train"]] == [f"Document a{i}." for i in range(5)] + [
+        "Document b0.", "Document b1."], streamed
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_source_may_be_a_folder_save_to_disk_wrote(tmp_path, streaming):
+  """load_dataset refuses such a folder, and its error was read as a bad line of the folder's
+  (valid) dataset_info.json."""
+  texts = [f"Saved document {i}." for i in range(6)]
+  datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "one"))
+  datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": texts[:3]}),
+                        "test": datasets.Dataset.from_dict({"body": texts[3:]})}).save_to_disk(
+                            str(tmp_path / "dict"))
+  def load(name, **overrides):
+    data = _data_config(tmp_path, [dict(kind="hub", name=str(tmp_path / name), text_field="body",
+                                        streaming=streaming)], validation_fraction=0.0)
+    data.sources[0].update(overrides)
+    return [d["text"] for d in corpus.load_corpus(data)["train"]]
+
+  assert load("one") == texts
+  assert load("dict", split="test") == texts[3:]
+  with pytest.raises(ValueError, match=r"sources\[0\] .*: the saved dataset's splits are "
+                                       r"\['test', 'train'\], not 'validation'"):
+    load("dict", split="validation")
+
+
+def test_a_wiki_vital_text_field_error_names_the_key(tmp_path):
+  data = base.get_base_config("tiny").data
+  data.sources[0].text_field = "text"
+  with pytest.raises(ValueError, match=r"^config.data.sources\[0\] \(wiki_vital .*no field 'text' "
+                                       r".*'--config.data.sources\[0\].text_field=extract'"):
+    corpus.load_corpus(data)
+
+
 def test_the_default_cache_follows_xdg_cache_home(monkeypatch):
   from configs import base
   from informask_jax import paths
