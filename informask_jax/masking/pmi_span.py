@@ -16,7 +16,10 @@ while adjacent token pairs are in a high-PMI bigram table; the units it can prod
 runs of linked pairs, so those runs are the units here (a "##" piece is always linked to its word,
 so words are never split); a pair across sentences is never linked. Under the exact budget a run
 is drawn as a random start position would hit it: its key is the smallest of its tokens' random
-keys, so a run of k tokens comes about k times as often as a lone token. Under the Bernoulli
+keys, so a run of k tokens comes first about k times as often as a lone token (over a whole
+budget, drawing a fraction q of the positions hits it with probability about 1 - (1 - q)^k, and
+a long run that no longer fits the budget is skipped: measured 1.75x for k = 2 and 3.3x for
+k = 6 at mask_prob 0.15 on the tiny corpus). Under the Bernoulli
 budget each run is a target with probability mask_prob, which keeps the expected fraction.
 
 Corruption is decided per unit, as PMI-Masking does: a masked unit is all [MASK], all random
@@ -243,8 +246,9 @@ def greedy_unit_starts(seg_len, maskable):
 def run_words(words, unit_start, maskable):
   """Each unit's start gets the smallest word of its maskable tokens: units then come, in key
   order, in the order a random permutation of the token positions first hits them, so a k-token
-  run is drawn about k times as often as a lone token (the bigram variant's random start
-  positions). Non-maskable tokens (padding after the last unit belongs to it) do not count."""
+  run comes first about k times as often as a lone token (the bigram variant's random start
+  positions; less over a whole budget, see the module docstring). Non-maskable tokens (padding
+  after the last unit belongs to it) do not count."""
   length = words.shape[-1]
   owner = jnp.maximum(select.unit_owner(unit_start), 0)
   none = np.uint32(0xFFFFFFFF)
