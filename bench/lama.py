@@ -96,7 +96,8 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--out", default=None)
   p.add_argument("--facts", type=int, default=512)
-  p.add_argument("--size", default="mini")
+  p.add_argument("--size", default="mini",
+                 choices=("tiny", "mini", "small", "medium", "base", "large"))
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--repeats", type=int, default=5, help="timed rounds over all implementations")
   args = p.parse_args()

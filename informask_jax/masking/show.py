@@ -76,7 +76,7 @@ def load_tokenizer(path=None):
     from informask_jax import tokenization
   except ImportError:
     import transformers
-    return transformers.BertTokenizerFast(vocab_file=path)
+    return transformers.BertTokenizerFast(vocab=path)  # vocab_file= is ignored by transformers 5.
   try:  # No case setting: a vocab.txt is read lower-cased, a saved tokenizer keeps its own.
     return tokenization.load_tokenizer(
         ml_collections.ConfigDict(dict(name_or_path=path, vocab_size=0)))
