@@ -1478,6 +1478,30 @@ def test_force_rebuilds_only_the_named_stages(built, tmp_path, monkeypatch):
   assert ran == ["pmi"]  # Its dependency "counts" is intact: not rebuilt.
 
 
+def test_an_interrupted_force_leaves_the_stages_it_did_not_reach_to_the_next_build(
+    built, tmp_path, monkeypatch):
+  """Interrupted in pmi, a --force build left rates and ngrams listed as intact in meta.json: the
+  advised rerun without --force rebuilt nothing, and the tables it was forced to redo stayed."""
+  config, pipeline, directory = copy_of_built(built, tmp_path)
+  ran = []
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  for stage in build_lib._STAGE_FNS:
+    monkeypatch.setitem(build_lib._STAGE_FNS, stage, lambda *a, _s=stage, **k: ran.append(_s))
+  monkeypatch.setitem(build_lib._STAGE_FNS, "pmi", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    stats.build_artifacts(config, pipeline, force=True, progress=False)
+  assert ran == ["counts"]
+  listed = json.loads((directory / artifacts.META).read_text())["files"]
+  assert not {"pmi.npz", "rates.npy", "pmi_ngrams.json"} & set(listed)
+  monkeypatch.undo()
+  stats.build_artifacts(config, pipeline, progress=False)  # The rerun builds what was left.
+  listed = json.loads((directory / artifacts.META).read_text())["files"]
+  assert {"pmi.npz", "rates.npy", "pmi_ngrams.json", "unigram_counts.npy"} <= set(listed)
+
+
 @pytest.mark.parametrize("key,value", [
     ("pmi_vocab_size", 1), ("min_count", 0), ("min_pair_count", 0), ("window", -1),
     ("drop_top_k", -1), ("context_alpha", 0.0), ("ngram_vocab_size", 0), ("ngram_min_count", 0),

@@ -349,10 +349,15 @@ def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: 
       _write_vocab(directory, meta, pipeline)
     except Exception as e:  # noqa: BLE001 - a report nicety, never a reason to fail a build
       logging.warning("Could not write %s for reports: %s", art.VOCAB, e)
+  # Every stage to build is unlisted on disk before the first runs: a half-rebuilt one must not
+  # look valid, nor, after an interrupted --force, one that build never reached (the advised
+  # rerun without --force found it intact and rebuilt nothing).
+  if todo:
+    for name in (n for stage in todo for n in art.STAGE_FILES[stage]):
+      meta["files"].pop(name, None)
+    art.write_meta(directory, meta)
   for stage in todo:
     t0 = time.perf_counter()
-    for name in art.STAGE_FILES[stage]:  # A stage half-rebuilt must not look valid.
-      meta["files"].pop(name, None)
     source = _reuse_stage(stage, directory, meta) if reuse else None
     if source is not None:
       state.update(_load_state(directory, meta, [stage]))
