@@ -12,7 +12,9 @@ sets its masking options. `arg` picks a variant, e.g. `--config configs/informas
                     trains on a 2-core CPU in minutes, no network.
   "base", "large"   the paper's data with another model size.
 
-Every field below is overridable from the command line: `--config.train.batch_size=64`.
+Every field below with a value other than None is overridable from the command line:
+`--config.train.batch_size=64` (a None one, such as a source's `config`, is set in a small
+config file: README, Data sources).
 """
 
 import ml_collections
