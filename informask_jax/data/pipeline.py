@@ -135,13 +135,14 @@ def _warn_num_proc_above_cpus(num_proc: int) -> None:
                 "--config.data.num_proc=%d and with more memory.", num_proc, cpus, cpus)
 
 
-def _tokenizer_ready(tokenizer, config, check_tokenizer) -> None:
-  """Says which tokenizer the run uses and runs the caller's check of it."""
+def _tokenizer_ready(tokenizer, config, check_tokenizer) -> str:
+  """Says which tokenizer the run uses, runs the caller's check of it; returns its fingerprint."""
   tok_fp = tokenization.tokenizer_fingerprint(tokenizer)
   log.info("Tokenizer: %d tokens (%s), fingerprint %s.", len(tokenizer),
            config.tokenizer.name_or_path or "trained", tok_fp)
   if check_tokenizer is not None:
     check_tokenizer(tok_fp)
+  return tok_fp
 
 
 def _packed_summary(name, packed, special_ids):
@@ -250,10 +251,10 @@ def build_input_pipeline(config, check_tokenizer=None):
            data.packing, cache_dir)
   # A tokenizer given by name needs no corpus: loaded first, a missing [MASK] or another
   # vocabulary than the checkpoint's is refused before the corpus is downloaded and cleaned.
-  given = config.tokenizer.get("name_or_path")
-  tokenizer = tokenization.load_tokenizer(config.tokenizer, None, cache_dir) if given else None
-  if tokenizer is not None:
-    _tokenizer_ready(tokenizer, config, check_tokenizer)
+  tokenizer = None
+  if config.tokenizer.get("name_or_path"):
+    tokenizer = tokenization.load_tokenizer(config.tokenizer, None, cache_dir)
+    tok_fp = _tokenizer_ready(tokenizer, config, check_tokenizer)
   corpus = corpus_lib.load_corpus(data)
   streaming = isinstance(corpus, datasets.IterableDatasetDict)
   # Before the tokenizer is trained on the corpus: an empty split stops the run here.
@@ -267,9 +268,8 @@ def build_input_pipeline(config, check_tokenizer=None):
   if tokenizer is None:
     tokenizer = tokenization.load_tokenizer(config.tokenizer, corpus, cache_dir,
                                             train_fingerprint=split_fps.get("train"))
-    _tokenizer_ready(tokenizer, config, check_tokenizer)
+    tok_fp = _tokenizer_ready(tokenizer, config, check_tokenizer)
   ids = tokenization.special_ids(tokenizer)
-  tok_fp = tokenization.tokenizer_fingerprint(tokenizer)
 
   if streaming:
     corpus_fp = _stream_fingerprint(data)
