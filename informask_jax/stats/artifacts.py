@@ -78,11 +78,18 @@ def cache_key(corpus_fingerprint: str, tokenizer_fingerprint: str, params: dict)
 
 
 def sha256_file(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      h.update(block)
-  return h.hexdigest()
+    return sha256_stream(f)[0]
+
+
+def sha256_stream(f) -> tuple[str, int]:
+  """(sha256, bytes) of what a binary file object holds from its position: a local file's, or a
+  Beam file system's (meta.json's checksums for files on gs:// and the like)."""
+  h, size = hashlib.sha256(), 0
+  for block in iter(lambda: f.read(1 << 22), b""):
+    h.update(block)
+    size += len(block)
+  return h.hexdigest(), size
 
 
 atomic_write = paths.atomic_write  # Beside the other writers of the cache's files.

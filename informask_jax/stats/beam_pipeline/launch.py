@@ -245,8 +245,9 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
   if files or text_field:
     config = _with_files(config, files, text_field)
   patterns = check_config(config)
-  if output:  # Before the corpus and tokenizer are read; the cache directory once it is known.
-    check_output(output)
+  given = output
+  if given:  # Before the corpus and tokenizer are read; the cache directory once it is known.
+    check_output(given)
   try:
     shards, settings, tokenizer_json, meta, vocab_text, output = _launch_state(
         config, patterns, output)
@@ -257,7 +258,8 @@ def run(config, *, output: str | None = None, files=None, text_field: str | None
     # it gave the same error again.
     raise ValueError(re.sub(r"--config\.data\.sources\[\d+\]\.text_field=", "--text_field=",
                             str(e))) from None
-  check_output(output)
+  if not given:
+    check_output(output)
   settings = dataclasses.replace(settings, pair_blocks=pair_blocks,
                                  ngram_partitions=ngram_partitions, batch_chars=batch_chars)
   options = PipelineOptions(list(beam_args))

@@ -4,7 +4,6 @@ worker, when every result has been computed."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import shutil
@@ -114,14 +113,11 @@ def _intact(output: str, local: pathlib.Path, name: str, entry) -> bool:
   if "://" not in output:
     return not art.verify_files(local, {"files": {name: entry}}, [name])
   try:
-    digest, size = hashlib.sha256(), 0
     with FileSystems.open(FileSystems.join(output, name)) as f:
-      for block in iter(lambda: f.read(1 << 22), b""):
-        digest.update(block)
-        size += len(block)
+      digest, size = art.sha256_stream(f)
   except Exception:  # noqa: BLE001 - missing or unreadable: not intact.
     return False
-  return size == entry.get("bytes") and digest.hexdigest() == entry.get("sha256")
+  return size == entry.get("bytes") and digest == entry.get("sha256")
 
 
 class _Write(beam.DoFn if beam else object):
