@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 
 import datasets
 import pyarrow as pa
@@ -527,16 +528,16 @@ def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
   """The documents `reader(**gen_kwargs)` yields from gen_kwargs["paths"], as a Dataset cached
   under `cache_dir`, the files split among `num_proc` processes. The files' sizes and
   modification times are in the fingerprint, so that the cache is invalidated when a file
-  changes, and so is `version` (the reader's, its settings)."""
+  changes, and so is `version` (the reader's, its settings). So are the inode change time and
+  number, which an editor or a copy that puts the modification time back (cp -p, rsync -t)
+  cannot keep: an edit of the same size was read from the cache as the old text."""
   files = gen_kwargs["paths"]
-  stamp = [version] + [(f, st.st_size, st.st_mtime_ns) for f, st in
+  stamp = [version] + [(f, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f, st in
                        ((f, os.stat(f)) for f in files)]
+  fingerprint = hashlib.sha256(repr(stamp).encode()).hexdigest()[:32]
   try:
     with worker_processes.spawned():
-      return datasets.Dataset.from_generator(
-          reader, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=_TEXT_FEATURES,
-          fingerprint=hashlib.sha256(repr(stamp).encode()).hexdigest()[:32],
-          num_proc=num_proc if num_proc and num_proc > 1 and len(files) > 1 else None)
+      return _from_generator(reader, gen_kwargs, cache_dir, fingerprint, num_proc, len(files))
   except Exception as e:
     if isinstance(_innermost(e), OSError):  # A full disk, a file gone: not worth a second read.
       raise
@@ -547,6 +548,34 @@ def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
       raise
     # `datasets` refuses a generator without examples; blank files are an empty source.
     return _empty_source()
+
+
+def _from_generator(reader, gen_kwargs, cache_dir, fingerprint, num_proc, num_files):
+  """datasets.Dataset.from_generator, cached under `cache_dir` by `fingerprint`. A cached copy
+  that fails to load (an Arrow file cut short or deleted: pyarrow's OSError, on every run) is
+  removed, with a warning, and the files are read again."""
+  def generate():
+    return datasets.Dataset.from_generator(
+        reader, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=_TEXT_FEATURES,
+        fingerprint=fingerprint,
+        num_proc=num_proc if num_proc and num_proc > 1 and num_files > 1 else None)
+  # datasets' builder folder for the generator: <cache_dir>/generator/<config>-<fingerprint>.
+  cached = glob.glob(os.path.join(glob.escape(cache_dir), "generator", f"*{fingerprint}"))
+  if not cached:
+    return generate()
+  try:
+    return generate()
+  except Exception as e:
+    if not isinstance(_innermost(e), OSError) or not all(os.access(f, os.R_OK)
+                                                         for f in gen_kwargs["paths"]):
+      raise  # The files themselves (gone, unreadable), or a reader's own error.
+    log.warning(
+        "The cached copy of %s in %s is damaged (%s); reading the files again.",
+        ", ".join(gen_kwargs["paths"][:3]) + (" ..." if num_files > 3 else ""),
+        ", ".join(cached), _reason(e))
+    for folder in cached:
+      shutil.rmtree(folder, ignore_errors=True)
+    return generate()
 
 
 def _load_builder(builder, group, source, where, num_proc, cache_dir):

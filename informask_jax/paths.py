@@ -95,6 +95,12 @@ def warn_leftover_folders(folder, prefixes, left_by, log) -> None:
                 ", ".join(sorted(os.path.basename(d) for d in left)))
 
 
+def _umask() -> int:
+  mask = os.umask(0o022)  # Read by setting it: there is no other portable way.
+  os.umask(mask)
+  return mask
+
+
 def publish_dir(path, write) -> None:
   """Calls write(tmp) on a fresh directory beside `path`, then renames it to `path`, so that an
   interrupted run never leaves half a cache entry. For content-keyed caches: if another process
@@ -102,6 +108,9 @@ def publish_dir(path, write) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with scratch_dir(dir=os.path.dirname(path), prefix=PUBLISH_STAGING_PREFIX) as tmp:
     write(tmp)
+    # mkdtemp's folder is private (0700): given the mode a folder made under the umask has, so
+    # that another user sharing the cache can read the entry, as they can its files.
+    os.chmod(tmp, 0o777 & ~_umask())
     # Renamed, there is nothing left to remove; if another process published the same key
     # first (the rename fails), ours is removed on leaving.
     with contextlib.suppress(OSError):

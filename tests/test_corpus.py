@@ -5,6 +5,7 @@ import logging
 import os
 import pathlib
 import re
+import stat
 import warnings
 
 import datasets
@@ -142,6 +143,38 @@ def test_an_edited_txt_file_is_read_again(tmp_path):
   path.write_text("New, longer test.\n")
   os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
   assert _texts(corpus.load_corpus(c)["train"]) == ["New, longer test."]
+
+
+def test_a_same_size_edit_with_its_mtime_put_back_is_read_again(tmp_path):
+  """cp -p, rsync -t or an editor keeping the modification time: size and mtime alike, the
+  reader's cache gave the old text (and every cache keyed on the text after it)."""
+  path = tmp_path / "a.jsonl"
+  path.write_text('{"text": "A zebra ran."}\n')
+  c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
+  assert _texts(corpus.load_corpus(c)["train"]) == ["A zebra ran."]
+  before = path.stat()
+  path.write_text('{"text": "A hydra ran."}\n')
+  os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+  assert path.stat().st_size == before.st_size
+  assert _texts(corpus.load_corpus(c)["train"]) == ["A hydra ran."]
+
+
+def test_a_damaged_cached_copy_of_read_files_is_read_again(tmp_path, caplog):
+  """An Arrow file of the reader's cache cut short failed every later run with pyarrow's
+  traceback (OSError: Expected to be able to read ... bytes); now it is removed and the files
+  read again, with a warning."""
+  path = tmp_path / "a.jsonl"
+  path.write_text("".join(json.dumps({"text": f"Document {i}. " * 20}) + "\n"
+                          for i in range(200)))
+  c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
+  expected = _texts(corpus.load_corpus(c)["train"])
+  (arrow,) = (tmp_path / "cache").glob("**/generator/*/*/generator-train.arrow")
+  arrow.write_bytes(arrow.read_bytes()[:arrow.stat().st_size // 3])
+  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus_files"):
+    assert _texts(corpus.load_corpus(c)["train"]) == expected
+  assert "is damaged" in caplog.text and "reading the files again" in caplog.text
+  arrow.unlink()  # Gone altogether: the same.
+  assert _texts(corpus.load_corpus(c)["train"]) == expected
 
 
 def test_mostly_invalid_utf8_is_refused_and_an_empty_txt_is_not(tmp_path):
@@ -858,9 +891,16 @@ def test_publish_dir_keeps_the_first_copy_and_leaves_nothing_half_written(tmp_pa
   def write(text):
     return lambda tmp: (pathlib.Path(tmp) / "f").write_text(text)
 
-  paths.publish_dir(str(target), write("first"))
+  old_umask = os.umask(0o027)
+  try:
+    paths.publish_dir(str(target), write("first"))
+  finally:
+    os.umask(old_umask)
   paths.publish_dir(str(target), write("second"))  # Another process, the same key, later.
   assert (target / "f").read_text() == "first"
+  # The entry has the mode of a folder made under the umask, not mkdtemp's private 0700: a
+  # cache shared by a group was unreadable to all but the user who built each entry.
+  assert stat.S_IMODE(target.stat().st_mode) == 0o750
 
   def interrupted(tmp):
     (pathlib.Path(tmp) / "f").write_text("half")

@@ -198,6 +198,17 @@ def test_tokenize_corpus_matches_tokenizer_and_is_cached(tmp_path, wiki_docs, be
   assert "is damaged" in caplog.text
   assert rebuilt["input_ids"] == [bert_tokenizer(t, add_special_tokens=False)["input_ids"]
                                   for t in docs["text"]]
+  # So is an entry whose dataset_info.json is gone: it was skipped, tokenized again, its rename
+  # onto the damaged folder failed and the damaged folder was loaded, on every run.
+  del rebuilt
+  caplog.clear()
+  (entry / "dataset_info.json").unlink()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.data"):
+    rebuilt = data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  assert "dataset_info.json is missing" in caplog.text
+  assert (entry / "dataset_info.json").is_file()
+  assert rebuilt["input_ids"][:3] == [bert_tokenizer(t, add_special_tokens=False)["input_ids"]
+                                      for t in docs["text"][:3]]
   # Another tokenizer or corpus gets its own cache entry.
   cased = tokenization.load_tokenizer(ml_collections.ConfigDict(
       dict(name_or_path=BERT_VOCAB, vocab_size=0, lowercase=False)))

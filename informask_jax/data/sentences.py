@@ -267,9 +267,11 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None, what="
   key = tokenized_cache_key(corpus_fp, tokenization.tokenizer_fingerprint(tokenizer))
   cache_dir = paths.cache_dir(data_config.get("cache_dir"))
   path = os.path.join(cache_dir, "tokenized", key)
-  if os.path.isfile(os.path.join(path, "dataset_info.json")):
+  if os.path.exists(path):  # Published whole by a rename: a part missing is damage.
     log.info("Loading tokenized documents from %s.", path)
     try:
+      if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+        raise FileNotFoundError("its dataset_info.json is missing")
       cached = datasets.load_from_disk(path)
       cached.data.validate()  # Cheap structural checks; truncated files already fail to load.
       return cached
