@@ -1023,14 +1023,32 @@ def test_records_with_a_bom_are_read_and_undecodable_lines_are_counted(tmp_path,
                    + b'{"a": "Italy \\ud83d"}\n{"a": "\xc3\xa9"}\n'
                    + b'\xef\xbb\xbf{"a": 2}\n')  # The mark of a second file joined with cat.
   assert list(lama.read_records(path)) == [{"a": 1}, None, None, {"a": "\u00e9"}, {"a": 2}]
-  assert "P36.jsonl: 2 line(s) are not UTF-8 text or hold invalid Unicode escapes" in caplog.text
+  assert ("P36.jsonl: 2 line(s) are not UTF-8 text or hold invalid Unicode escapes (lines 2, 3)"
+          in caplog.text)
   # A file saved as UTF-16: its first line is not UTF-8, the others (NUL-led) decode as UTF-8
   # but are not JSON; every line is counted, and the warning names the encoding.
   caplog.clear()
   path.write_bytes('{"a": 1}\n{"a": 2}\n{"a": 3}\n'.encode("utf-16"))
   assert list(lama.read_records(path)) == [None] * 3
-  assert ("P36.jsonl: 3 line(s) are not UTF-8 text or hold invalid Unicode escapes; they are "
-          "counted as malformed (save the file as UTF-8: NUL bytes say UTF-16).") in caplog.text
+  assert ("P36.jsonl: 3 line(s) are not UTF-8 text or hold invalid Unicode escapes (lines 1, 2, "
+          "3); they are counted as malformed (save the file as UTF-8: NUL bytes say UTF-16)."
+          ) in caplog.text
+
+
+def test_lines_that_are_not_records_are_named_and_a_lone_cr_ends_a_line(tmp_path, caplog):
+  """A line that is not JSON, or JSON but not an object, was counted as malformed_json with no
+  word of where (in a T-REx file of thousands of lines); a file with classic Mac OS line endings
+  (a lone \\r) was one malformed line, all of its facts lost."""
+  path = tmp_path / "P19.jsonl"
+  path.write_bytes(b'{"a": 1}\nnot json\n\n[1, 2]\nnull\n{"a": 2}\n' + b"{\n" * 6)
+  assert list(lama.read_records(path)) == [{"a": 1}, None, None, None, {"a": 2}] + [None] * 6
+  assert ("P19.jsonl: 9 line(s) are not JSON objects (lines 2, 4, 5, 7, 8 and 4 more); they are "
+          "counted as malformed.") in caplog.text
+  caplog.clear()
+  path.write_bytes(b'{"a": 1}\r{"a": 2}\r\r{"a": 3}\r')
+  assert list(lama.read_records(path)) == [{"a": 1}, {"a": 2}, {"a": 3}]
+  assert list(lama.read_records(path, limit=2)) == [{"a": 1}, {"a": 2}]
+  assert not caplog.text
 
 
 def test_duplicate_facts_are_subject_object_pairs(bert_words, tmp_path):
@@ -1383,6 +1401,34 @@ def test_flax_buckets_stop_at_the_models_length(tmp_path):
   positions = np.array([20], np.int32)
   np.testing.assert_allclose(flax_backend(ids, positions), torch_backend(ids, positions),
                              rtol=1e-4, atol=1e-4)
+
+
+def test_flax_backend_pads_a_few_queries_to_a_power_of_two_not_to_batch_size(tmp_path,
+                                                                             monkeypatch):
+  """Every batch was padded to --batch_size rows: 14 queries under --batch_size 4096 ran (and
+  held the memory of) 4096 rows. Now the rows are the next power of two (at least 8), at most
+  batch_size; the logits of the real rows are unchanged."""
+  from informask_jax.lama import backends
+
+  path = make_model(tmp_path / "m", max_len=24)
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  backend = lama.load_backend(path, "flax", tok, batch_size=4096)
+  real, shapes = backends._flax_logits_fn(backend.cfg), []
+
+  def recording(cfg):
+    return lambda params, ids, types, pos: (shapes.append(ids.shape), real(params, ids, types,
+                                                                           pos))[1]
+
+  monkeypatch.setattr(backends, "_flax_logits_fn", recording)
+  query = tok("the city of [MASK] .")["input_ids"]
+  positions = np.full((20,), query.index(tok.mask_token_id), np.int32)
+  few = backend(np.array([query] * 3, np.int32), positions[:3])
+  more = backend(np.array([query] * 20, np.int32), positions)
+  assert shapes == [(8, 16), (32, 16)]
+  np.testing.assert_allclose(few, more[:3], rtol=1e-5, atol=1e-5)
+  backend.batch_size = 20  # Never past batch_size.
+  backend(np.array([query] * 20, np.int32), positions)
+  assert shapes[-1] == (20, 16)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -122,6 +122,23 @@ def _data_files(folder: pathlib.Path) -> list[pathlib.Path]:
   return out
 
 
+def _lines(f) -> Iterator[bytes]:
+  """The lines of a binary file, ended by \\n, \\r\\n or a lone \\r (classic Mac OS line
+  endings, which the word-list reader takes too): read by \\n alone, such a file was one
+  malformed line. A raw \\r cannot be inside a JSON string (control characters are escaped)."""
+  for raw in f:
+    if b"\r" in raw.rstrip(b"\r\n"):
+      yield from re.split(rb"\r\n?|\n", raw)
+    else:
+      yield raw
+
+
+def _line_numbers(numbers: list[int]) -> str:
+  shown = ", ".join(map(str, numbers[:5]))
+  return f"line {shown}" if len(numbers) == 1 else (
+      f"lines {shown}" + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else ""))
+
+
 def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
   """JSON objects of a .jsonl file, None for each line that is not one; blank lines ignored.
 
@@ -129,11 +146,12 @@ def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
   `cat` carry each file's mark to the start of a later line. Lines that are not UTF-8 (a Latin-1
   file would be asked with U+FFFD in place of its accents), or whose strings are not valid
   Unicode (a lone surrogate escape, "\\ud83d", which the tokenizer refuses), are not records:
-  None, and counted in a warning.
+  None. Lines that are not records are named (their first line numbers) in a warning: counted
+  as malformed_json only, they could not be found in a file of thousands.
   """
-  count, undecodable = 0, 0
+  count, undecodable, not_objects = 0, [], []
   with open(path, "rb") as f:
-    for raw in f:
+    for number, raw in enumerate(_lines(f), 1):
       raw = raw.removeprefix(b"\xef\xbb\xbf")
       if not raw.strip(b" \t\r\n\x00"):  # NUL: what UTF-16's last line break leaves.
         continue
@@ -147,14 +165,18 @@ def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
         if isinstance(record, dict):
           json.dumps(record, ensure_ascii=False).encode("utf-8")  # Lone surrogates raise here.
       except (UnicodeDecodeError, UnicodeEncodeError):
-        undecodable += 1
+        undecodable.append(number)
         yield None
         continue
       except json.JSONDecodeError:
-        yield None
-        continue
+        record = None
+      if not isinstance(record, dict):
+        not_objects.append(number)
       yield record if isinstance(record, dict) else None
   if undecodable:
-    log.warning("%s: %d line(s) are not UTF-8 text or hold invalid Unicode escapes; they are "
+    log.warning("%s: %d line(s) are not UTF-8 text or hold invalid Unicode escapes (%s); they are "
                 "counted as malformed (save the file as UTF-8: NUL bytes say UTF-16).", path,
-                undecodable)
+                len(undecodable), _line_numbers(undecodable))
+  if not_objects:
+    log.warning("%s: %d line(s) are not JSON objects (%s); they are counted as malformed.", path,
+                len(not_objects), _line_numbers(not_objects))
