@@ -2,7 +2,9 @@
 --workdir), made before any slow work."""
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -147,8 +149,22 @@ def replace_files(folder, write, what: str) -> None:
     if not isinstance(e, OSError) and "(os error " not in str(e):
       raise
     raise WriteError(f"Writing {what} to {folder} failed ({type(e).__name__}: {e}); the files "
-                     "there were left as they were. Free disk space and run the same command "
-                     "again.") from e
+                     f"there were left as they were. {_write_advice(e, folder)} and run the same "
+                     "command again.") from e
+
+
+def _write_advice(error, folder) -> str:
+  """What to do about a failed write, by its errno (a Rust writer's is in its text: "(os error
+  13)"): "free disk space" was the advice for a read-only folder too."""
+  code = getattr(error, "errno", None)
+  if code is None:
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    code = found and int(found.group(1))
+  if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return f"Make {os.path.dirname(folder)} writable"
+  if code in (errno.ENOSPC, errno.EDQUOT):
+    return "Free disk space"
+  return "Fix the cause"
 
 
 def check_writable_dir(path, what: str, *, sibling: bool = False) -> None:

@@ -31,6 +31,10 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   Refuses to clobber a run by accident."""
   if workdir.exists() and not workdir.is_dir():
     raise FileExistsError(f"--workdir {workdir} is a file, not a directory.")
+  if workdir.is_symlink() and not workdir.exists():  # Else "File exists" once all was built.
+    raise FileNotFoundError(
+        f"--workdir {workdir} is a symbolic link to {os.readlink(workdir)}, which does not exist "
+        "(a scratch area cleaned up?). Create that folder, or remove the link.")
   owner = checkpointing.run_above(workdir)
   if owner is not None:  # A new run would nest its files among that run's steps (and be
     # deleted with a step that run rotates out).
@@ -43,6 +47,7 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         "which a run would break by writing its own config.json there. Use another --workdir; "
         f"to continue pretraining that model, import it first: python convert_checkpoint.py "
         f"--from-hf {workdir} --out NEW_WORKDIR, then --config.init_from=NEW_WORKDIR.")
+  _refuse_if_held(workdir)  # Now, not after the input pipeline and the model are built.
   # A kill while an overwrite deleted the earlier run: finish the deletion.
   shutil.rmtree(workdir / f"{OVERWRITTEN}.deleting", ignore_errors=True)
   if (workdir / OVERWRITTEN).exists():
@@ -85,7 +90,9 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
   _check_entry_kinds(workdir, resume)
   checkpoints = checkpointing.checkpoint_dir(workdir)
   try:  # Now, not at the first save after hours of training; nothing made (a run refused
-    # later leaves no empty folder behind): the checkpointer makes the directory.
+    # later leaves no empty folder behind): the checkpointer makes the directory. The workdir
+    # too (the lock, config.json, tokenizer/): checkpoints/ may be a link to another disk.
+    paths.check_writable_dir(workdir, "--workdir")
     paths.check_writable_dir(checkpoints, "Checkpoints directory")
   except PermissionError as e:
     raise PermissionError(f"{e} Fix its permissions or use another --workdir.") from None
@@ -242,6 +249,46 @@ class OverwrittenRun:
                     type(e).__name__, e, self.workdir)
 
 
+def _refuse_if_held(workdir: pathlib.Path) -> None:
+  """FileExistsError when another run holds the workdir's lock now: found by taking the lock and
+  releasing it at once (lock() itself is taken later, when the run is about to write there).
+  Without a lock file there is no run to refuse, and none is made (nor the workdir)."""
+  path = workdir / f".lock.process-{jax.process_index()}"
+  try:
+    f = open(path, encoding="utf-8")  # Read-only: a read-only workdir is named further on.
+  except OSError:
+    return
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Released when the file is closed.
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise _held(workdir, path, f) from None
+
+
+def check_unchanged(workdir: pathlib.Path, resume: bool, clear: bool) -> None:
+  """Under the lock: FileExistsError when the workdir's checkpoints changed kind since prepare()
+  decided how to start. A run that ended while this one started (the lock then free) left a
+  checkpoint that this one, starting afresh, would have set its logs aside as a dead run's and
+  saved its own steps among; one deleted meanwhile leaves nothing to resume."""
+  has_run = checkpointing.has_finalized_checkpoint(workdir)
+  if has_run != (resume or clear):
+    now = ("holds a finished checkpoint" if has_run else
+           "no longer holds the checkpoint this run was to resume")
+    raise FileExistsError(
+        f"--workdir {workdir} {now}: another run wrote or deleted there while this one started "
+        "(a job submitted twice). Nothing was written; run the same command again to start from "
+        "what the workdir holds now.")
+
+
+def _held(workdir, path, f) -> FileExistsError:
+  f.seek(0)
+  holder = f.read().strip() or "holder unknown"
+  return FileExistsError(
+      f"--workdir {workdir} is in use by another run ({holder}; lock {path.name}). Wait for it "
+      "to end or stop it, or use another --workdir.")
+
+
 @contextlib.contextmanager
 def lock(workdir: pathlib.Path):
   """Holds the workdir for this run: FileExistsError when another run holds it.
@@ -262,11 +309,7 @@ def lock(workdir: pathlib.Path):
       locked = True
     except OSError as e:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        f.seek(0)
-        holder = f.read().strip() or "holder unknown"
-        raise FileExistsError(
-            f"--workdir {workdir} is in use by another run ({holder}; lock {path.name}). Wait "
-            "for it to end or stop it, or use another --workdir.") from None
+        raise _held(workdir, path, f) from None
       logging.warning("Cannot lock %s (%s): a second run started in this workdir would not be "
                       "refused.", path, e.strerror or e)
       locked = False

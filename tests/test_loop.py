@@ -999,6 +999,19 @@ def test_replaced_files_stay_whole_when_the_write_fails(tmp_path):
                                                r"\((OSError|Exception): .*No space left on device"
                                                r".*\); the files there were left as they were"):
       paths.replace_files(folder, half_written(error), "the tokenizer")
+  # Advice by the cause: "free disk space" was given for a folder that cannot be written too.
+  for error in (OSError(errno.ENOSPC, "No space left on device"),
+                Exception("No space left on device (os error 28)")):
+    with pytest.raises(paths.WriteError, match=r"left as they were\. Free disk space and run"):
+      paths.replace_files(folder, half_written(error), "the tokenizer")
+  for error in (PermissionError(errno.EACCES, "Permission denied"),
+                OSError(errno.EROFS, "Read-only file system"),
+                Exception("Permission denied (os error 13)")):
+    with pytest.raises(paths.WriteError, match=rf"left as they were\. Make {tmp_path} writable "
+                                               r"and run the same command again"):
+      paths.replace_files(folder, half_written(error), "the tokenizer")
+  with pytest.raises(paths.WriteError, match=r"Fix the cause and run"):
+    paths.replace_files(folder, half_written(OSError(errno.EIO, "I/O error")), "the tokenizer")
   with pytest.raises(KeyError):
     paths.replace_files(folder, half_written(KeyError("a bug")), "the tokenizer")
   assert sorted(os.listdir(tmp_path)) == ["tokenizer"]

@@ -64,10 +64,37 @@ def test_checkpoint_directories_that_cannot_be_written_are_found_first(tiny_conf
 
   monkeypatch.setattr(workdir_lib.paths.tempfile, "mkdtemp", refused)
   (tmp_path / "locked").mkdir()
-  with pytest.raises(PermissionError, match=r"Checkpoints directory .*locked/checkpoints cannot be "
-                                            r"written: creating a directory in .*locked fails "
-                                            r"\(Permission denied\)\. Fix its permissions"):
+  with pytest.raises(PermissionError, match=r"--workdir .*locked cannot be written: creating a "
+                                            r"directory in .*locked fails \(Permission denied\)"
+                                            r"\. Fix its permissions"):
     workdir_lib.prepare(tmp_path / "locked", tiny_config)
+
+
+def test_a_read_only_workdir_and_a_dangling_link_are_found_first(tiny_config, tmp_path,
+                                                                monkeypatch):
+  """A workdir that cannot be written while its checkpoints/ can (a link to a larger disk) was
+  let through, to fail after the pipeline and the model were built ("free disk space" advice,
+  or a bare PermissionError for the lock); a --workdir link to a folder deleted since ended
+  there in "File exists"."""
+  link = tmp_path / "link"
+  link.symlink_to(tmp_path / "purged")
+  with pytest.raises(FileNotFoundError, match=r"--workdir .*link is a symbolic link to .*purged, "
+                                              r"which does not exist .*Create that folder"):
+    workdir_lib.prepare(link, tiny_config)
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  real_mkdtemp = workdir_lib.paths.tempfile.mkdtemp
+
+  def read_only_workdir(**kwargs):  # (Root ignores mode bits: refused here instead.)
+    if kwargs["dir"] == str(workdir):
+      raise PermissionError(13, "Permission denied", kwargs["dir"])
+    return real_mkdtemp(**kwargs)
+
+  monkeypatch.setattr(workdir_lib.paths.tempfile, "mkdtemp", read_only_workdir)
+  with pytest.raises(PermissionError, match=r"--workdir .*run cannot be written: creating a "
+                                            r"directory in .*run fails \(Permission denied\)\. "
+                                            r"Fix its permissions"):
+    workdir_lib.prepare(workdir, tiny_config)
 
 
 # --- The lock: one run per workdir ---------------------------------------------------------------
@@ -113,6 +140,36 @@ def test_a_run_in_a_held_workdir_is_refused_before_touching_it(tiny_config, tmp_
   # Not set aside as a dead run's logs: that run may be alive.
   assert (tmp_path / "metrics.jsonl").read_text() == "kept\n"
   assert not checkpointing.checkpoint_dir(tmp_path).exists()
+
+
+def test_a_run_that_ends_while_another_starts_is_not_overwritten(tiny_config, tmp_path,
+                                                               monkeypatch):
+  """A job submitted twice: the second found no checkpoint and chose a fresh start, the first
+  then finished and let go of the lock before the second took it. The second set the first's
+  logs aside as a dead run's and died saving its step 1 over the first's ("free disk space").
+  Now the decision is checked again under the lock; a held workdir is refused before the input
+  pipeline is built, not after."""
+  config = tiny_config
+  config.masking.name = "random"
+  config.data.seq_len, config.model.num_layers, config.train.batch_size = 64, 1, 16
+  config.train.num_steps = 1
+  with workdir_lib.lock(tmp_path), pytest.raises(FileExistsError, match="in use by another run"):
+    workdir_lib.prepare(tmp_path, config)  # Early, from the lock file the holder made.
+  mlm_config = model_lib.MLMConfig.from_config(config.model, vocab_size=1000, pad_id=0)
+  real_prepare = workdir_lib.prepare
+
+  def then_the_other_run_finishes(workdir, config):
+    decided = real_prepare(workdir, config)
+    checkpointing.save_initial_checkpoint(workdir, {"w": np.zeros(2, np.float32)}, mlm_config)
+    (workdir / "metrics.jsonl").write_text("the other run's\n")
+    return decided
+
+  monkeypatch.setattr(workdir_lib, "prepare", then_the_other_run_finishes)
+  with pytest.raises(FileExistsError, match=r"holds a finished checkpoint: another run wrote or "
+                                            r"deleted there while this one started"):
+    loop.train_and_evaluate(config, tmp_path)
+  assert (tmp_path / "metrics.jsonl").read_text() == "the other run's\n"
+  assert checkpointing.finalized_steps(tmp_path) == [0]
 
 
 def test_entries_of_the_wrong_kind_and_a_runs_checkpoints_folder_are_refused(tiny_config,
