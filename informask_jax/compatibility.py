@@ -203,13 +203,20 @@ def warn_evaluation_change(changed: list[str], config) -> None:
 
 def warn_schedule_change(saved_meta: dict, config, step: int) -> None:
   """A resume with another train.num_steps (allowed: raising it continues a run) also moves the
-  learning-rate decay, which ends at num_steps: say so, with the rate at the resumed step."""
+  learning-rate decay, which ends at num_steps: say so, with the rate at the resumed step. One
+  that raises the warm-up to num_steps or past it is told its rate never decays."""
   saved = ((saved_meta.get("config") or {}).get("train") or {}).get("num_steps")
   now = config.train.num_steps
-  if saved is None or saved == now or step >= now:
+  if step >= now:
     return
   warmup = config.optim.warmup_steps
   checkpoints = _saved_schedule_settings(saved_meta, config)
+  if saved is None or saved == now:
+    # A warm-up raised past num_steps by the resume: said as a fresh run's is (loop skips
+    # that warning on a resume, for this one's).
+    if checkpoints.warmup_steps != warmup:
+      optim.warn_if_warmup_outlasts_run(config.optim, now)
+    return
   if warmup >= max(saved, now) and checkpoints == _schedule_settings(config.optim):
     return  # Both runs end inside the same warm-up: the same rates throughout.
   # The checkpoint's rate on its own settings: a resume may change the peak rate or the

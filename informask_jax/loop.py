@@ -585,19 +585,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         if evaluated or saving:
           jax.block_until_ready(state)  # The steps before are training time.
           paused = time.time()
-        if evaluated:
-          last_eval = evaluate(eval_step, state.params, pipeline, config, mesh)
-          writer.write(step, last_eval)
-          logging.info("Step %d: eval loss %.4f, perplexity %.2f.", step,
-                       last_eval["eval_loss"], last_eval["eval_perplexity"])
+        # A stop saves first, then evaluates: a pre-emption's grace period (often 30 s) goes to
+        # the checkpoint, not to an evaluation that a kill would cut short with both lost.
+        stop_mid_run = stopping and step < t.num_steps
+        evaluated_now = evaluated and not stop_mid_run
+        if evaluated_now:
+          last_eval = _evaluate_and_log(eval_step, state, pipeline, config, mesh, writer, step)
         if saving:
+          # Before the save starts (it is written in the background): what a resume from this
+          # checkpoint keeps is on disk whenever the process is killed after it is finished.
+          writer.flush()
           saved = checkpointer.save(step, state, batches.state(), meta,
-                                    eval_loss=last_eval.get("eval_loss") if evaluated else None,
+                                    eval_loss=last_eval["eval_loss"] if evaluated_now else None,
                                     force=True, last=step == t.num_steps or bool(stopping))
           save_due = not saved
-          writer.flush()  # What a resume from this checkpoint keeps is on disk, whatever follows.
-        if stopping and step < t.num_steps:
+        if stop_mid_run:
           checkpointer.wait()
+          if evaluated:  # (Its loss is not the checkpoint's: it ranks for the best as unknown.)
+            last_eval = _evaluate_and_log(eval_step, state, pipeline, config, mesh, writer, step)
+            writer.flush()
           stopped_by = stopping
           logging.warning(
               "Received %s: %s; exiting. %s.", stopping,
@@ -614,6 +620,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     checkpointer.wait()
     return {"step": step, **last_log, **last_eval, "preempted": stopped_by is not None,
             "stopped_by": stopped_by}
+
+
+def _evaluate_and_log(eval_step, state, pipeline, config, mesh, writer, step) -> dict:
+  result = evaluate(eval_step, state.params, pipeline, config, mesh)
+  writer.write(step, result)
+  logging.info("Step %d: eval loss %.4f, perplexity %.2f.", step, result["eval_loss"],
+               result["eval_perplexity"])
+  return result
 
 
 def _check_resumed_tokenizer(meta, workdir, config, fingerprint) -> None:

@@ -327,6 +327,26 @@ def test_a_changed_run_length_says_what_happens_to_the_learning_rate(saved, now,
     assert f"config.train.num_steps: {saved} -> {now}" in caplog.text and expected in caplog.text
 
 
+def test_a_resume_that_raises_the_warmup_past_the_run_says_the_rate_never_decays(caplog):
+  """The same num_steps, warmup_steps 5 -> 50 of 20: a fresh run is warned that its rate never
+  reaches the peak nor decays; the resume was not (loop leaves it to this function, which
+  returned when num_steps was unchanged)."""
+  from configs import base
+
+  config = base.get_base_config("tiny")
+  config.train.num_steps, config.optim.warmup_steps = 20, 50
+  saved = {"train": {"num_steps": 20}, "optim": {"warmup_steps": 5}}
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_schedule_change({"config": saved}, config, 10)
+  assert ("config.optim.warmup_steps=50 is not below config.train.num_steps=20: the learning rate "
+          "never reaches") in caplog.text
+  caplog.clear()
+  saved["optim"]["warmup_steps"] = 50  # Unchanged: the run was told when it started.
+  with caplog.at_level(logging.WARNING):
+    compatibility.warn_schedule_change({"config": saved}, config, 10)
+  assert not caplog.text
+
+
 def test_the_checkpoints_rate_is_computed_on_the_checkpoints_schedule_settings(caplog):
   """A resume that doubles num_steps and halves the peak rate: the checkpoint's rate at the
   resumed step is that of its own peak rate and warm-up (what it trained with), not the new

@@ -1703,6 +1703,38 @@ def test_a_stop_signal_mid_run_saves_that_step_and_says_which(tiny_config, tmp_p
           "resume (as it is, it would start over)." in caplog.text)
 
 
+def test_a_stop_at_an_evaluation_step_saves_first_and_logs_before_the_save(tiny_config, tmp_path,
+                                                                          monkeypatch):
+  """A signal after an evaluation step: the whole evaluation ran before the save, taking a
+  pre-emption's grace period (a kill then lost both); now the checkpoint is written first, then
+  the evaluation is logged, and its loss is not the checkpoint's (nor the previous one's). The
+  metrics are flushed before a save starts, not after: a kill while a flush was slow left a
+  finished checkpoint whose steps TensorBoard never got."""
+  config = _small(tiny_config, num_steps=4, checkpoint_every=1000, eval_every=2)
+  config.masking.name = "random"
+  events = []
+  evaluate, save = loop.evaluate, checkpointing.Checkpointer.save
+  flush = loop.metrics_lib.MetricWriter.flush
+
+  def signal_after_step_2(self, step, sync_every):
+    return "SIGTERM" if step == 2 else None
+
+  monkeypatch.setattr(stopping.StopSignal, "stop_now", signal_after_step_2)
+  monkeypatch.setattr(loop, "evaluate",
+                      lambda *a, **k: (events.append("eval"), evaluate(*a, **k))[1])
+  monkeypatch.setattr(checkpointing.Checkpointer, "save",
+                      lambda *a, **k: (events.append("save"), save(*a, **k))[1])
+  monkeypatch.setattr(loop.metrics_lib.MetricWriter, "flush",
+                      lambda self: (events.append("flush"), flush(self))[1])
+  assert loop.train_and_evaluate(config, tmp_path)["stopped_by"] == "SIGTERM"
+  assert events[:5] == ["eval", "flush", "save", "eval", "flush"]  # Step 0's, then step 2's.
+  evaluated = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+               if "eval_loss" in line]
+  assert [e["step"] for e in evaluated] == [0, 2]
+  assert checkpointing.Checkpointer(tmp_path).all_steps() == [2]
+  assert checkpointing.Checkpointer(tmp_path).best_step() is None  # No loss borrowed.
+
+
 def test_a_stop_between_log_steps_logs_the_steps_since_the_last_row(tiny_config, tmp_path,
                                                                      monkeypatch):
   """log_every=3, a signal after step 2: the row of steps 1-2 is written at step 2 before the
