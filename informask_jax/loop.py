@@ -477,7 +477,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # A folder per process: jax.profiler names its files by host and second, so processes
     # sharing a host (one per GPU) would overwrite one another's trace.
     profiler = profiling.Profiler(workdir / "profile" / f"process_{jax.process_index()}",
-                                  config.train.profile_start_step, config.train.profile_steps)
+                                  config.train.profile_start_step, config.train.profile_steps,
+                                  config.train.num_steps)
     cleanup.callback(profiler.stop)  # A run stopped (or failed) mid-trace still writes it.
     batches = data.prefetch(train_iter, sharding_lib.batch_sharding(mesh), config.data.prefetch)
     t = config.train

@@ -8,10 +8,15 @@ import jax
 
 
 class Profiler:
-  """A jax.profiler trace of the steps after `start` (config.train.profile_*) into `directory`."""
+  """A jax.profiler trace of the steps after `start` (config.train.profile_*) into `directory`,
+  ended at the run's last step `num_steps` if the window reaches past it (the cleanup's stop
+  traced the final evaluation and checkpoint too)."""
 
-  def __init__(self, directory: pathlib.Path, start: int, count: int):
-    self.directory, self.start, self.end, self.active = directory, start, start + count, False
+  def __init__(self, directory: pathlib.Path, start: int, count: int,
+               num_steps: int | None = None):
+    self.directory, self.start, self.count, self.active = directory, start, count, False
+    self.end = start + count if num_steps is None else min(start + count, num_steps)
+    self.done = start  # The last step traced.
 
   def before_step(self, step: int) -> None:
     if step == self.start and not self.active:
@@ -19,13 +24,20 @@ class Profiler:
       self.active = True
 
   def after_step(self, step: int, state) -> None:
-    if self.active and step >= self.end:
-      jax.block_until_ready(state)  # Dispatch is asynchronous: the traced steps must finish.
-      self.stop()
-      logging.info("Profiled steps %d-%d into %s (TensorBoard's profile plugin or "
-                   "ui.perfetto.dev).", self.start + 1, step, self.directory)
+    if self.active:
+      self.done = step
+      if step >= self.end:
+        jax.block_until_ready(state)  # Dispatch is asynchronous: the traced steps must finish.
+        self.stop()
 
   def stop(self) -> None:
-    if self.active:
-      self.active = False
-      jax.profiler.stop_trace()
+    """Ends the trace (the window's end, or the loop's cleanup: a run stopped mid-window)."""
+    if not self.active:
+      return
+    self.active = False
+    jax.profiler.stop_trace()
+    traced = self.done - self.start
+    short = (f" ({traced} of the {self.count} steps of config.train.profile_steps: the run "
+             "ended or stopped first)" if traced < self.count else "")
+    logging.info("Profiled steps %d-%d into %s (TensorBoard's profile plugin or "
+                 "ui.perfetto.dev)%s.", self.start + 1, self.done, self.directory, short)

@@ -49,3 +49,21 @@ def test_a_run_stopped_in_the_window_ends_the_trace_and_one_before_it_has_none(e
   _run(profiler, 5, events)
   profiler.stop()
   assert [e for e in events if e[0] != "step"] == []
+
+
+def test_a_window_past_the_runs_end_ends_at_its_last_step_and_says_so(events, caplog):
+  """profile_start_step=6, profile_steps=5 in an 8-step run: the trace ran on until the loop's
+  cleanup, through the final evaluation and checkpoint (5x the size), and said nothing; now it
+  ends after step 8, saying 2 of the 5 steps were traced. A run stopped mid-window says so too."""
+  profiler = profiling.Profiler(pathlib.Path("p"), start=6, count=5, num_steps=8)
+  with caplog.at_level(logging.INFO):
+    _run(profiler, 8, events)
+  assert events[-3:] == [("step", 8), ("ready", "state8"), ("stop",)]
+  assert ("Profiled steps 7-8 into p (TensorBoard's profile plugin or ui.perfetto.dev) (2 of the "
+          "5 steps of config.train.profile_steps: the run ended or stopped first).") in caplog.text
+  caplog.clear()
+  profiler = profiling.Profiler(pathlib.Path("p"), start=1, count=5, num_steps=100)
+  with caplog.at_level(logging.INFO):
+    _run(profiler, 3, events)  # A signal after step 3.
+    profiler.stop()
+  assert "Profiled steps 2-3 into p" in caplog.text and "2 of the 5 steps" in caplog.text
