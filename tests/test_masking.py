@@ -1338,7 +1338,7 @@ def test_show_cli_html_on_a_full_disk_keeps_the_earlier_page(tmp_path, monkeypat
   assert page.read_text() == "<p>the earlier page</p>"
 
 
-def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):
+def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys, caplog):
   """--stats: the rates of the directory drive informask (all weight on "earth": every row
   masks it), and a directory built with another tokenizer is refused, naming both."""
   from informask_jax import tokenization
@@ -1371,8 +1371,11 @@ def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
   assert len(rows) == 4 and all("[mountain" in row for row in rows), rows
   artifacts.write_meta(directory, {**meta, "tokenizer_fingerprint": "another"})
-  with pytest.raises(SystemExit, match=r"--stats .* built with another tokenizer .*--tokenizer"):
+  with caplog.at_level(logging.WARNING), pytest.raises(
+      SystemExit, match=r"--stats .* built with another tokenizer .*--tokenizer"):
     show.main(["--strategy", "informask", "--text", text, "--stats", str(directory)])
+  # Trying the default vocabulary cased warned of config.tokenizer.lowercase, a key show lacks.
+  assert "config.tokenizer.lowercase" not in caplog.text
   # A table of that directory given by its own flag: refused alike (it was used as it was).
   for flag in ("--rates", "--ngrams"):
     table = directory / ("rates.npy" if flag == "--rates" else "pmi_ngrams.json")
@@ -1380,6 +1383,11 @@ def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys):
     with pytest.raises(SystemExit, match=rf"{flag}='.*' lies in statistics built for tokenizer "
                                          r"another .*pass the tokenizer it was built with"):
       show.main(["--strategy", strategy, "--text", text, flag, str(table)])
+  # Through a link elsewhere too: its directory was the link's, without a meta.json.
+  (tmp_path / "linked.npy").symlink_to(directory / "rates.npy")
+  with pytest.raises(SystemExit, match=r"--rates='.*linked.npy' lies in statistics built for "
+                                       r"tokenizer another"):
+    show.main(["--strategy", "informask", "--text", text, "--rates", str(tmp_path / "linked.npy")])
   with pytest.raises(SystemExit, match=r"--stats: No statistics metadata"):
     show.main(["--strategy", "informask", "--stats", str(tmp_path)])
 

@@ -922,7 +922,7 @@ def test_a_stopped_build_removes_its_spill_folder_and_says_so_in_one_line(tmp_pa
         f"it are kept; {rerun} builds the rest."), stderr
 
 
-def test_mismatched_tokenizer_is_refused(built):
+def test_mismatched_tokenizer_is_refused(built, tmp_path):
   _, _, directory = built
   with pytest.raises(stats.TokenizerMismatchError, match="tok-A.*tok-B"):
     stats.load_artifacts(directory, tokenizer_fingerprint="tok-B", vocab_size=V)
@@ -939,6 +939,10 @@ def test_mismatched_tokenizer_is_refused(built):
                      match=r"masking.rates_path=.*rates.npy' lies in statistics built for "
                            r"tokenizer tok-A .* this run's tokenizer is tok-B"):
     stats.check_table_tokenizer(rates_path, "tok-B", "masking.rates_path")
+  # ... the directory the file is in, not a link's (beside which no meta.json lies) ...
+  (tmp_path / "rates_link.npy").symlink_to(rates_path)
+  with pytest.raises(stats.TokenizerMismatchError, match=r"built for tokenizer tok-A"):
+    stats.check_table_tokenizer(str(tmp_path / "rates_link.npy"), "tok-B", "masking.rates_path")
   # ... and one without a statistics directory around it has nothing to compare.
   stats.check_table_tokenizer(str(directory.parent / "id_mask_prob.json"), "tok-B", "x")
 

@@ -113,12 +113,18 @@ def _vocab_in_case(path, fingerprints):
   import ml_collections
 
   from informask_jax import tokenization
+  quiet = logging.getLogger(tokenization.__name__)  # Tries, not settings the user gave: the
+  # case warning of a vocab.txt beside a tokenizer_config.json named config keys show lacks.
   for lowercase in (True, False):
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
       tok = tokenization.load_tokenizer(ml_collections.ConfigDict(
           dict(name_or_path=path, vocab_size=0, lowercase=lowercase)))
     except (OSError, ValueError):
       return None
+    finally:
+      quiet.setLevel(level)
     if tokenization.tokenizer_fingerprint(tok) in fingerprints:
       return tok
   return None
@@ -128,7 +134,13 @@ def _table_dirs(args):
   """The directories of --stats and of the tables given by flag."""
   flags = [getattr(args, f) for f in ("rates", "ngrams", "bigrams", "pmi")]
   return ([args.stats] if args.stats else []) + [
-      os.path.dirname(os.path.expanduser(p)) for p in flags if isinstance(p, str)]
+      _table_dir(p) for p in flags if isinstance(p, str)]
+
+
+def _table_dir(path) -> str:
+  """The directory of the table file `path`, a link followed: its statistics are those of the
+  directory the file is in, not the link's."""
+  return os.path.dirname(os.path.realpath(os.path.expanduser(path)))
 
 
 def _built_with(directories):
@@ -223,7 +235,7 @@ def _check_table_tokenizers(args, tok):
   for flag in ("rates", "ngrams", "bigrams", "pmi"):
     path = getattr(args, flag)
     if isinstance(path, str):
-      directory = os.path.dirname(os.path.expanduser(path))
+      directory = _table_dir(path)
       remedy = "pass the tokenizer it was built with (--tokenizer WORKDIR/tokenizer)."
       if _built_with([directory]).get(directory, fingerprint) != fingerprint:  # Refused below.
         remedy = _remedy(directory, remedy)

@@ -206,7 +206,8 @@ def check_table_tokenizer(table_path, tokenizer_fingerprint: str, key: str,
   otherwise, and two vocabularies of one size give the ids other tokens. A table elsewhere (the
   original repository's id_mask_prob.json) has no record of its tokenizer to compare. `remedy`
   replaces the advice to leave `key` empty (a training run then builds the table)."""
-  meta_path = pathlib.Path(table_path).expanduser().parent / META
+  # Beside the file itself: a link to a table lies elsewhere than the statistics it is of.
+  meta_path = pathlib.Path(table_path).expanduser().resolve().parent / META
   try:
     meta = json.loads(meta_path.read_text())
   except (OSError, ValueError):
