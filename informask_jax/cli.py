@@ -247,12 +247,13 @@ def exit_interrupted(program: str, what_remains: str) -> None:
 
 
 def _config_values(argv: list[str]) -> list[str]:
-  """The values of argv's --config flags (`--config F` or `--config=F`), in order."""
+  """The values of argv's --config flags (`--config F` or `--config=F`, or with one dash), in
+  order."""
   values = []
   for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
+    if arg.startswith(("--config=", "-config=")):  # absl takes one dash as well as two.
       values.append(arg.split("=", 1)[1])
-    elif arg == "--config" and i + 1 < len(argv):
+    elif arg in ("--config", "-config") and i + 1 < len(argv):
       values.append(argv[i + 1])
   return values
 
@@ -336,8 +337,12 @@ def _unknown_key(argv: list[str]) -> str | None:
         break
       keys = sorted(str(k) for k in node.keys())
       if part not in keys:
-        nearest = difflib.get_close_matches(part, keys, 1)
-        hint = f' Did you mean "{parent}.{nearest[0]}"?' if nearest else ""
+        # A key of that name in another section first (--config.train.warmup_steps is
+        # config.optim.warmup_steps, not the nearest spelling in train, num_steps).
+        elsewhere = [k for k in _config_keys(config) if k.endswith(f".{part}")]
+        nearest = elsewhere or [f"{parent}.{k}" for k in difflib.get_close_matches(part, keys, 1)]
+        hint = f' Did you mean "{nearest[0]}"?' if len(nearest) == 1 else (
+            f" Did you mean {' or '.join(nearest)}?" if nearest else "")
         return (f"--config.{match.group(1)}: `{parent}` has no key {part!r}.{hint} "
                 f"`{parent}` has: {', '.join(keys)}.")
       node, parent = node[part], f"{parent}.{part}"
@@ -398,7 +403,7 @@ def parse_flags(argv: list[str], *, known_only: bool = False) -> list[str]:
       message = message.strip("'\"").replace("\\n", " ").replace("\\'", "'")
       message = _unknown_key(argv) or message
     if isinstance(e, IndexError):  # A list index past the end: --config.data.sources[3].kind=x
-      indexed = [a.split("=", 1)[0] for a in argv if re.match(r"--?config\.[^=]*\[\d+\]", a)]
+      indexed = [a.split("=", 1)[0] for a in argv if re.match(r"--?config\.[^=]*\[-?\d+\]", a)]
       message = (f"{' or '.join(indexed) or 'a --config.x[i] flag'}: an index past the end of "
                  f"that list ({message})")
     unsupported = re.search(r"Type <class '(\w+)'> of field (\S+) is not supported", message)
@@ -501,8 +506,8 @@ def config_structure_problem(config) -> str | None:
             "build it on configs.base.get_base_config(arg).")
   try:
     reference = base.get_base_config(config.get("variant") or "paper")
-  except ValueError:
-    return None  # An unknown variant: reported as such by the loop's own checks.
+  except ValueError:  # A variant a file names for itself (c.variant = "mine"): the keys are
+    reference = base.get_base_config("paper")  # every variant's alike, so still checked.
   return _structure_difference(config, reference, "config")
 
 

@@ -215,10 +215,16 @@ def test_only_a_dropped_exit_of_a_received_sigterm_or_a_ctrl_c_is_posted_again(s
   assert posted[1:] == [(os.kill, (os.getpid(), signal.SIGTERM))] and len(reported) == 2
 
 
-def test_an_unknown_variant_is_left_to_the_loops_own_check():
+def test_a_variant_of_a_files_own_naming_is_still_checked_for_keys():
+  """c.variant = "mine" (a record only) skipped the key check: a misspelt key set beside it was
+  ignored, the run trained on the default. Every variant has the same keys."""
   config = base.get_base_config("tiny")
-  config.variant = "no_such_variant"
+  config.variant = "mine"
   assert cli.config_structure_problem(config) is None
+  config.train.batch_sise = 16
+  assert cli.config_structure_problem(config).startswith(
+      "it sets config.train.batch_sise, which is not a setting (did you mean "
+      "config.train.batch_size?")
   config = base.get_base_config("tiny")
   config.train.batch_sise = 16
   assert cli.config_structure_problem(config).startswith(
@@ -240,6 +246,22 @@ def test_an_unknown_key_is_named_after_an_override_with_a_bad_index(monkeypatch)
   # absl takes a flag with one dash too.
   assert cli._unknown_key(["prog", "-config.train.bach_size=3"]).startswith(
       "--config.train.bach_size: `config.train` has no key 'bach_size'.")
+  # A key of that name in another section is named, not the nearest spelling in this one
+  # (train.warmup_steps suggested config.train.num_steps; train.learning_rate nothing).
+  assert cli._unknown_key(["prog", "--config.train.warmup_steps=5"]).startswith(
+      "--config.train.warmup_steps: `config.train` has no key 'warmup_steps'. Did you mean "
+      "\"config.optim.warmup_steps\"?")
+  assert cli._unknown_key(["prog", "--config.train.learning_rate=3e-4"]).startswith(
+      "--config.train.learning_rate: `config.train` has no key 'learning_rate'. Did you mean "
+      "\"config.optim.learning_rate\"?")
+
+
+def test_a_config_flag_with_one_dash_is_the_config_flag():
+  """absl takes -config as --config: the CLI's own checks (two config files, the file named in
+  an error) missed it ("--config None: it sets ...")."""
+  assert cli._config_values(["prog", "-config", "a.py:tiny", "-config=b.py"]) == ["a.py:tiny",
+                                                                                 "b.py"]
+  assert cli._config_file(["prog", "-config", "configs/x.py:tiny"]) == "configs/x.py"
 
 
 def test_a_config_files_error_quoted_by_ml_collections_names_its_line(tmp_path):
