@@ -126,13 +126,28 @@ def check_config(config) -> None:
         f"--config.model.max_predictions={budget} (or more), or lower masking.mask_prob.")
   if config.masking.budget == "bernoulli":
     n, p = config.data.seq_len - 2, config.masking.mask_prob
-    enough = int(np.ceil(n * p + 3 * np.sqrt(n * p * (1 - p))))
+    # Units chosen whole make the count vary more than a token-level Binomial: by E[len^2] /
+    # E[len] in variance (per unit, len tokens with probability ~p). Spans' lengths are known
+    # (in words: word pieces add more); words' and n-grams' depend on the corpus.
+    spread, unit_note = 1.0, ""
+    if name == "span":
+      pmf = np.diff(masking.words.span_length_cdf(config.masking.span_geometric_p,
+                                                  config.masking.span_max_len), prepend=0.0)
+      lengths = np.arange(1, len(pmf) + 1)
+      spread = float((pmf * lengths**2).sum() / (pmf * lengths).sum())
+      unit_note = (" (of spans whose lengths are counted in words; word pieces widen it, so "
+                   "watch dropped_targets_per_step)")
+    elif name in ("whole_word", "pmi_span"):
+      unit_note = (f" of a token-level count; {name} chooses "
+                   f"{'whole words' if name == 'whole_word' else 'n-grams whole'}, whose counts "
+                   "vary more (dropped_targets_per_step shows by how much)")
+    enough = int(np.ceil(n * p + 3 * np.sqrt(n * p * (1 - p) * spread)))
     if m.max_predictions < enough:
       logging.warning(
           "config.model.max_predictions=%d with the Bernoulli budget: sequences with more than "
           "that many targets (mean %.1f) lose the rest (logged as dropped_targets_per_step); "
-          "--config.model.max_predictions=%d covers 3 standard deviations.", m.max_predictions,
-          n * p, enough)
+          "--config.model.max_predictions=%d covers 3 standard deviations%s.",
+          m.max_predictions, n * p, enough, unit_note)
   # Checks the loaders make again later, made here too so they fail before the corpus is read.
   if config.masking.rates_path and name == "informask":  # All but the size (needs the vocabulary).
     masking.informask.check_rates_file(config.masking.rates_path,

@@ -630,7 +630,22 @@ def test_max_predictions_below_the_budget_says_what_to_set(tiny_config, caplog):
   tiny_config.masking.budget = "bernoulli"
   with caplog.at_level(logging.WARNING):
     loop.check_config(tiny_config)
-  assert "--config.model.max_predictions=39 covers 3 standard deviations" in caplog.text
+  assert "--config.model.max_predictions=39 covers 3 standard deviations." in caplog.text
+  # Spans are chosen whole: their count varies as the span lengths do (SpanBERT's lengths, mean
+  # 3.8 words, E[len^2] / E[len] = 5.5), not as 126 tokens' (it advised 31 at mask_prob 0.15,
+  # which dropped 4.5% of span targets).
+  caplog.clear()
+  tiny_config.masking.name, tiny_config.masking.mask_prob = "span", 0.15
+  with caplog.at_level(logging.WARNING):
+    loop.check_config(tiny_config)
+  assert ("--config.model.max_predictions=48 covers 3 standard deviations (of spans whose "
+          "lengths are counted in words") in caplog.text
+  caplog.clear()
+  tiny_config.masking.name = "whole_word"
+  with caplog.at_level(logging.WARNING):
+    loop.check_config(tiny_config)
+  assert ("--config.model.max_predictions=31 covers 3 standard deviations of a token-level "
+          "count; whole_word chooses whole words") in caplog.text
 
 
 def test_targets_beyond_max_predictions_are_reported_once(tiny_config, tmp_path, caplog):

@@ -141,7 +141,8 @@ def select_units(unit_start, maskable, words, budget, *, fill=True, truncate=Fal
   taken (count == budget, one word cut at most, as SpanBERT's cut of a span drawn from a random
   anchor). The start is random so that unit starts are not favoured: a unit always starts after
   [CLS] and [SEP], and keeping the cut unit's first tokens made the first word of a short
-  sequence a target 3x as often as the others.
+  sequence a target 3x as often as the others. (Units are drawn per unit, not per token, so
+  the shorter units at a row's edges still fit the budget more often: see words.py.)
   """
   length = unit_start.shape[-1]
   keys, nbits = unique_keys(words, length)
