@@ -83,6 +83,14 @@ def logical_rules(mesh_config, known=None) -> tuple[tuple[str, object], ...]:
                          f"axis; use one of {MESH_AXES}, a tuple of them, or None.")
     _check_rule_axes(name, axes, earlier.setdefault(name, []))
     out.append((name, axes))
+  if known is not None and "activation_batch" in known and "activation_batch" not in earlier:
+    # Flax turns a logical name without a rule into None: the model's batch constraints then
+    # replicate every activation, and each device computes the whole global batch, silently.
+    raise ValueError(
+        "config.mesh.logical_axis_rules has no rule for 'activation_batch' (the batch dimension "
+        "of the model's activations), so they would be replicated: each device would compute the "
+        "whole global batch (no data parallelism). Add ('activation_batch', ('data', 'fsdp')), "
+        "as configs/base.py has, or ('activation_batch', None) to replicate them on purpose.")
   return tuple(out)
 
 

@@ -42,6 +42,20 @@ def test_a_batch_that_does_not_divide_over_the_hosts_is_refused(monkeypatch):
   sharding_lib.check_batch_divisible(24, mesh)
 
 
+def test_rules_without_activation_batch_are_refused_for_the_model():
+  """A rules list that left out activation_batch replicated every activation: each device
+  computed the whole global batch (127 activations of [32, 128, 128] per device on 8 data
+  devices instead of [4, 128, 128]), with correct losses and no word."""
+  from informask_jax import model as model_lib
+  config = types.SimpleNamespace(logical_axis_rules=[("embed", "fsdp"), ("mlp", "tensor")])
+  with pytest.raises(ValueError, match=r"no rule for 'activation_batch' .* each device would "
+                                       r"compute the whole global batch"):
+    sharding_lib.logical_rules(config, known=model_lib.LOGICAL_AXES)
+  config.logical_axis_rules.append(("activation_batch", None))  # On purpose: taken.
+  assert sharding_lib.logical_rules(config, known=model_lib.LOGICAL_AXES)[-1] == (
+      "activation_batch", None)
+
+
 def test_a_rule_over_the_same_mesh_axes_in_another_order_is_never_applied():
   """("mlp", ("tensor", "fsdp")) after ("mlp", ("fsdp", "tensor")) needs the same axes, so it
   can never be the fallback it looks like: refused, as flax would silently skip it."""
