@@ -449,6 +449,7 @@ class BertMLM(nn.Module):
   def encode(self, input_ids, token_type_ids=None, *, deterministic=True, positions=None):
     """Final hidden states (B, L, H), as Hugging Face's BertModel.last_hidden_state; only the
     rows at `positions` (B, P) -> (B, P, H) when given (cheaper: see Encoder)."""
+    check_input_shapes(input_ids, token_type_ids, positions)
     check_concrete_inputs(self.cfg, input_ids, token_type_ids, positions)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
@@ -462,6 +463,25 @@ class BertMLM(nn.Module):
     x = self.encode(input_ids, token_type_ids, deterministic=deterministic,
                     positions=masked_positions)  # (B, P or L, H)
     return self.head(x, self.embeddings.tied_projection)
+
+
+def check_input_shapes(input_ids, token_type_ids=None, positions=None) -> None:
+  """ValueError, naming the argument, for inputs of the wrong rank or batch (static shapes, so
+  checked under jit too): one unbatched sequence failed inside the attention with a bare
+  IndexError, and a (1, P) masked_positions beside a larger batch was broadcast silently."""
+  shape = tuple(jnp.shape(input_ids))
+  if len(shape) != 2:
+    raise ValueError(f"input_ids must be (batch, length), got shape {shape}"
+                     + (": add a batch dimension (ids[None]) for one sequence." if len(shape) == 1
+                        else "."))
+  if token_type_ids is not None and tuple(jnp.shape(token_type_ids)) != shape:
+    raise ValueError(f"token_type_ids must have input_ids' shape {shape}, got "
+                     f"{tuple(jnp.shape(token_type_ids))}.")
+  if positions is not None:
+    given = tuple(jnp.shape(positions))
+    if len(given) != 2 or given[0] != shape[0]:
+      raise ValueError(f"masked_positions must be (batch, predictions) with input_ids' batch "
+                       f"{shape[0]}, got shape {given}.")
 
 
 def check_concrete_inputs(cfg: MLMConfig, input_ids, token_type_ids=None, positions=None):

@@ -148,6 +148,16 @@ def test_an_eager_apply_refuses_ids_outside_their_tables_naming_the_argument():
       ((ids,), dict(masked_positions=np.array([[6], [0]])),
        r"masked_positions hold values in \[0, 6\]"),
       ((ids.astype(np.float32),), {}, "input_ids must hold integers, got dtype float32"),
+      # Shapes (static, so under jit too): one unbatched sequence was a bare IndexError in the
+      # attention; a (1, P) masked_positions beside batch 2 was broadcast silently.
+      ((ids[0],), {}, r"input_ids must be \(batch, length\), got shape \(6,\): add a batch "
+       r"dimension"),
+      ((ids, np.zeros((2, 4), np.int32)), {},
+       r"token_type_ids must have input_ids' shape \(2, 6\), got \(2, 4\)"),
+      ((ids,), dict(masked_positions=np.array([[0]])),
+       r"masked_positions must be \(batch, predictions\) with input_ids' batch 2, got shape "
+       r"\(1, 1\)"),
+      ((ids,), dict(masked_positions=np.array([0, 5])), r"masked_positions must be"),
   ]
   for args, kwargs, match in cases:
     with pytest.raises(ValueError, match=match):
@@ -155,6 +165,8 @@ def test_an_eager_apply_refuses_ids_outside_their_tables_naming_the_argument():
   # Under jit they are tracers: unchecked, as documented (no host sync per step).
   bad = np.where(np.arange(6) == 2, 50, ids)
   assert jax.jit(lambda p, x: model.apply({"params": p}, x))(params, bad).shape == (2, 6, 50)
+  with pytest.raises(ValueError, match=r"input_ids must be \(batch, length\)"):
+    jax.jit(lambda p, x: model.apply({"params": p}, x))(params, ids[0])
 
 
 def _random_params(cfg, seed=0, scale=0.5):
