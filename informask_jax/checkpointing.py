@@ -356,6 +356,18 @@ def checkpoint_steps(workdir) -> list[int]:
   return steps
 
 
+def has_fresh_head(workdir, step: int) -> bool:
+  """Whether the checkpoint at `step` is an import of an encoder whose masked-LM head was made
+  fresh (its meta's fresh_mlm_head); an unreadable meta is named by the restore instead."""
+  manager, _ = _find_steps(workdir)
+  try:
+    return bool(_read_meta(manager, workdir, step).get("fresh_mlm_head"))
+  except CheckpointReadError:
+    return False
+  finally:
+    manager.close()
+
+
 def latest_meta(workdir) -> dict | None:
   """The latest finished checkpoint's meta (its config, architecture, tokenizer fingerprint), or
   None when there is none or it cannot be read (the resume then names the problem itself)."""

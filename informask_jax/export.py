@@ -145,6 +145,11 @@ def _read_hf_config(model_dir: str):
   import transformers
 
   path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(path) and os.path.isdir(os.path.join(model_dir, "checkpoints")):
+    raise FileNotFoundError(f"No config.json in {model_dir}: it is a workdir of checkpoints (an "
+                            f"import's, or a run's), not a Hugging Face model: use it as "
+                            f"--config.init_from={model_dir} directly, or export it with "
+                            f"convert_checkpoint.py --workdir {model_dir} --out DIR.")
   if not os.path.exists(path):
     raise FileNotFoundError(f"No config.json in {model_dir}.")
   # Read here first: transformers reports a damaged file with a long chained traceback.
@@ -496,16 +501,30 @@ def verify_export(params, cfg: MLMConfig, out_dir: str, *, seed: int = 0,
   return result
 
 
+# The provenance entry of an export whose masked-LM head is an import's fresh, untrained one.
+FRESH_HEAD_KEY = "fresh_mlm_head"
+
+
+def _recorded_provenance(model_dir: str) -> dict | None:
+  from informask_jax.lama.models import read_provenance
+  return read_provenance(model_dir)
+
+
 class ExportMismatchError(RuntimeError):
   """The exported Hugging Face model does not compute what ours computes."""
 
 
 # --- Workdir entry points (convert_checkpoint.py) -----------------------------------------------
-def _run_provenance(workdir: str, step: int, tokenizer_fingerprint: str) -> dict:
+def _run_provenance(workdir: str, step: int, tokenizer_fingerprint: str,
+                    fresh_mlm_head: bool = False) -> dict:
   """Where an export comes from: the run, its step, the masking its config.json names, and the
-  fingerprint of the tokenizer exported with it (checked by eval_lama.py)."""
+  fingerprint of the tokenizer exported with it (checked by eval_lama.py). `fresh_mlm_head`: an
+  imported encoder's untrained head, recorded so that eval_lama.py refuses the export and an
+  import of it carries the record on (else one export lost it, its full head looking trained)."""
   provenance = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(step),
                 "tokenizer_fingerprint": tokenizer_fingerprint}
+  if fresh_mlm_head:
+    provenance[FRESH_HEAD_KEY] = True
   try:
     with open(os.path.join(workdir, "config.json")) as f:
       masking = json.load(f)["masking"]
@@ -571,7 +590,9 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                      "same run.")
   report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
                         fmt=fmt, verify=verify, overwrite=overwrite,
-                        provenance=_run_provenance(workdir, restored_step, fingerprint))
+                        provenance=_run_provenance(
+                            workdir, restored_step, fingerprint,
+                            checkpointing.has_fresh_head(workdir, restored_step)))
   return {"step": restored_step, **report}
 
 
@@ -615,6 +636,12 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
     (params, cfg), fresh_head = convert(require_head=True), False
   except hf_mapping.NoMLMHead:
     (params, cfg), fresh_head = convert(), True
+  if not fresh_head and (_recorded_provenance(model_dir) or {}).get(FRESH_HEAD_KEY):
+    # Our export of such an import: its head is the fresh one, still untrained.
+    logging.warning("%s is an export of an imported encoder whose masked-LM head was never "
+                    "trained (its config.json says so); the import records it too: --config."
+                    "init_from trains it, eval_lama.py refuses it.", model_dir)
+    fresh_head = True
   tokens = tokenization.vocab_rows(tokenizer)
   if tokens != cfg.vocab_size:  # train.py and the export take one embedding row per token id.
     raise ValueError(f"The tokenizer in {model_dir} has {tokens} token ids but the model's "

@@ -277,7 +277,10 @@ def mlm_config_from_hf(hf_config, *, scan_layers: bool = False) -> MLMConfig:
       raise ValueError(f"Unsupported architecture {arch!r} in the Hugging Face config: expected "
                        f"one of {supported} (an MLM model or a bare encoder).")
   unsupported = {  # Settings whose numerics our model does not implement.
-      "hidden_act": (getattr(hf_config, "hidden_act", "gelu"), "gelu"),
+      # gelu_python is transformers' own erf GELU: the same function as gelu.
+      "hidden_act": ({"gelu_python": "gelu"}.get(getattr(hf_config, "hidden_act", "gelu"),
+                                                  getattr(hf_config, "hidden_act", "gelu")),
+                     "gelu"),
       "position_embedding_type": (getattr(hf_config, "position_embedding_type", "absolute"),
                                   "absolute"),
       "is_decoder": (bool(getattr(hf_config, "is_decoder", False)), False),

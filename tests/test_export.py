@@ -535,6 +535,9 @@ def test_settings_our_model_does_not_compute_are_refused_by_name(config_cls, set
   with pytest.raises(ValueError, match=rf"Unsupported Hugging Face config: {re.escape(shown)} "):
     export.mlm_config_from_hf(config_cls(**setting))
   export.mlm_config_from_hf(config_cls())  # The defaults convert.
+  # transformers' gelu_python is its erf GELU, the same function as gelu: it converts (it was
+  # refused as "only 'gelu' converts exactly").
+  export.mlm_config_from_hf(config_cls(hidden_act="gelu_python"))
 
 
 def test_parameters_of_another_shape_than_the_config_are_not_exported(tmp_path):
@@ -1229,6 +1232,11 @@ def test_import_of_a_training_workdir_says_what_it_is(tmp_path):
                                        r"--config.init_from=.*run directly"):
     convert_checkpoint.main(["--from-hf", str(run), "--out", str(tmp_path / "work")])
   assert not (tmp_path / "work").exists()
+  # An import's workdir has no config.json: it was "No config.json in ...", with no way on.
+  (run / "config.json").unlink()
+  with pytest.raises(FileNotFoundError, match=r"No config.json in .*run: it is a workdir of "
+                                              r"checkpoints .*--config.init_from=.*run directly"):
+    convert_checkpoint.main(["--from-hf", str(run), "--out", str(tmp_path / "work")])
 
 
 def test_import_into_a_workdir_with_checkpoints_is_refused_before_any_reading(imported_workdir,

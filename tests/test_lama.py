@@ -671,6 +671,21 @@ def test_a_model_without_its_mlm_head_is_refused_by_both_backends(models, tmp_pa
     export.export_workdir(str(imported), str(tmp_path / "exported"))
   assert ("is an import of an encoder without a masked-LM head, whose head was initialised "
           "fresh: its token predictions are random until the head is trained") in caplog.text
+  # The export records it: its full head on disk looked trained, so eval_lama probed the random
+  # head and an import of the export lost the record. Both refuse / carry it on now.
+  exported = str(tmp_path / "exported")
+  for backend in ("torch", "flax"):
+    with pytest.raises(ValueError, match=r"--model .*exported.* has no masked-LM head \(its "
+                                         r"config.json records that the head was initialised"):
+      lama.load_backend(exported, backend, lama.load_tokenizer(exported), batch_size=4)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    export.import_to_workdir(exported, str(tmp_path / "reimported"))
+  assert "is an export of an imported encoder whose masked-LM head was never trained" in \
+      caplog.text
+  with pytest.raises(ValueError, match=r"--model .*reimported.* has no masked-LM head"):
+    lama.load_backend(str(tmp_path / "reimported"), "flax",
+                      lama.load_tokenizer(str(tmp_path / "reimported")), batch_size=4)
 
 
 def test_an_out_that_is_a_file_is_refused_before_the_run(models, tmp_path):

@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 
 from informask_jax import paths
-from informask_jax.lama.models import is_workdir
+from informask_jax.lama.models import is_workdir, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,10 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
   goes through an export to a temporary Hugging Face directory.
   """
   check_device(backend, device)
+  if not is_workdir(model) and (read_provenance(model) or {}).get("fresh_mlm_head"):
+    # Our export of an imported bare encoder: a full head on disk, never trained.
+    raise _no_head_error(model, "its config.json records that the head was initialised fresh "
+                         "when an encoder without one was imported, and it was exported untrained")
   if backend == "flax":
     if is_workdir(model):
       from informask_jax import checkpointing, tokenization
