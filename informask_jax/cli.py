@@ -296,6 +296,11 @@ def _config_keys(node, prefix="config") -> list[str]:
   return [key for k in node.keys() for key in _config_keys(node[k], f"{prefix}.{k}")]
 
 
+def _keys_named(config, name: str) -> list[str]:
+  """The config's leaves whose dotted name ends with `name` ("warmup_steps", "train.num_steps")."""
+  return [k for k in _config_keys(config) if k == f"config.{name}" or k.endswith(f".{name}")]
+
+
 def override_hint(name: str, argv: list[str]) -> str:
   """For `name` given as a flag of its own (--num_steps, or `train.num_steps=5` as MaxText takes
   it): the --config.* override(s) it may have meant, as a sentence; "" when no config key ends
@@ -304,8 +309,7 @@ def override_hint(name: str, argv: list[str]) -> str:
   name = name.split("=", 1)[0].lstrip("-")
   if config is None or not name:
     return ""
-  name = name.removeprefix("config.")
-  keys = [k for k in _config_keys(config) if k == f"config.{name}" or k.endswith(f".{name}")]
+  keys = _keys_named(config, name.removeprefix("config."))
   if not keys:
     return ""
   return f" Config overrides are --config.KEY=VALUE flags: did you mean --{' or --'.join(keys)}?"
@@ -339,7 +343,7 @@ def _unknown_key(argv: list[str]) -> str | None:
       if part not in keys:
         # A key of that name in another section first (--config.train.warmup_steps is
         # config.optim.warmup_steps, not the nearest spelling in train, num_steps).
-        elsewhere = [k for k in _config_keys(config) if k.endswith(f".{part}")]
+        elsewhere = _keys_named(config, part)
         nearest = elsewhere or [f"{parent}.{k}" for k in difflib.get_close_matches(part, keys, 1)]
         hint = f' Did you mean "{nearest[0]}"?' if len(nearest) == 1 else (
             f" Did you mean {' or '.join(nearest)}?" if nearest else "")

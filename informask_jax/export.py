@@ -30,7 +30,7 @@ from informask_jax.hf_mapping import (  # noqa: F401
     mlm_config_from_hf,
     to_hf_state_dict,
 )
-from informask_jax.lama.models import PROVENANCE_KEY
+from informask_jax.lama.models import FRESH_HEAD_KEY, PROVENANCE_KEY, read_provenance
 from informask_jax.model import MLMConfig
 
 # Tolerance of the export check, in float32 logits (the issue's acceptance bar).
@@ -501,15 +501,6 @@ def verify_export(params, cfg: MLMConfig, out_dir: str, *, seed: int = 0,
   return result
 
 
-# The provenance entry of an export whose masked-LM head is an import's fresh, untrained one.
-FRESH_HEAD_KEY = "fresh_mlm_head"
-
-
-def _recorded_provenance(model_dir: str) -> dict | None:
-  from informask_jax.lama.models import read_provenance
-  return read_provenance(model_dir)
-
-
 class ExportMismatchError(RuntimeError):
   """The exported Hugging Face model does not compute what ours computes."""
 
@@ -636,7 +627,7 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
     (params, cfg), fresh_head = convert(require_head=True), False
   except hf_mapping.NoMLMHead:
     (params, cfg), fresh_head = convert(), True
-  if not fresh_head and (_recorded_provenance(model_dir) or {}).get(FRESH_HEAD_KEY):
+  if not fresh_head and (read_provenance(model_dir) or {}).get(FRESH_HEAD_KEY):
     # Our export of such an import: its head is the fresh one, still untrained.
     logging.warning("%s is an export of an imported encoder whose masked-LM head was never "
                     "trained (its config.json says so); the import records it too: --config."

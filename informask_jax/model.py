@@ -502,7 +502,7 @@ def check_concrete_inputs(cfg: MLMConfig, input_ids, token_type_ids=None, positi
     if not np.issubdtype(host.dtype, np.integer):  # A float id would be truncated.
       raise ValueError(f"{name} must hold integers, got dtype {host.dtype}.")
     if name == "input_ids":
-      length = host.shape[-1] if host.ndim else None
+      length = host.shape[1]  # (B, L): check_input_shapes ran first.
       table = f"the model's vocabulary [0, {size})"
     elif name == "token_type_ids":
       table = (f"the model's token types [0, {size})" + (

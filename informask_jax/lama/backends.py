@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 
 from informask_jax import paths
-from informask_jax.lama.models import is_workdir, read_provenance
+from informask_jax.lama.models import FRESH_HEAD_KEY, is_workdir, read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
   goes through an export to a temporary Hugging Face directory.
   """
   check_device(backend, device)
-  if not is_workdir(model) and (read_provenance(model) or {}).get("fresh_mlm_head"):
+  if not is_workdir(model) and (read_provenance(model) or {}).get(FRESH_HEAD_KEY):
     # Our export of an imported bare encoder: a full head on disk, never trained.
     raise _no_head_error(model, "its config.json records that the head was initialised fresh "
                          "when an encoder without one was imported, and it was exported untrained")

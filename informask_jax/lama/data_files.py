@@ -172,7 +172,8 @@ def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
         record = None
       if not isinstance(record, dict):
         not_objects.append(number)
-      yield record if isinstance(record, dict) else None
+        record = None
+      yield record
   if undecodable:
     log.warning("%s: %d line(s) are not UTF-8 text or hold invalid Unicode escapes (%s); they are "
                 "counted as malformed (save the file as UTF-8: NUL bytes say UTF-16).", path,

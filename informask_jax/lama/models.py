@@ -11,6 +11,8 @@ from informask_jax import paths
 # The config.json key where an export records where it comes from (export.export_workdir);
 # here, so that eval_lama.py reads it without importing the Flax model.
 PROVENANCE_KEY = "informask_jax"
+# The provenance entry of an export whose masked-LM head is an import's fresh, untrained one.
+FRESH_HEAD_KEY = "fresh_mlm_head"
 
 
 def read_provenance(model_dir) -> dict | None:

@@ -115,19 +115,20 @@ def _vocab_in_case(path, fingerprints):
   from informask_jax import tokenization
   quiet = logging.getLogger(tokenization.__name__)  # Tries, not settings the user gave: the
   # case warning of a vocab.txt beside a tokenizer_config.json named config keys show lacks.
-  for lowercase in (True, False):
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-      tok = tokenization.load_tokenizer(ml_collections.ConfigDict(
-          dict(name_or_path=path, vocab_size=0, lowercase=lowercase)))
-    except (OSError, ValueError):
-      return None
-    finally:
-      quiet.setLevel(level)
-    if tokenization.tokenizer_fingerprint(tok) in fingerprints:
-      return tok
-  return None
+  level = quiet.level
+  quiet.setLevel(logging.ERROR)
+  try:
+    for lowercase in (True, False):
+      try:
+        tok = tokenization.load_tokenizer(ml_collections.ConfigDict(
+            dict(name_or_path=path, vocab_size=0, lowercase=lowercase)))
+      except (OSError, ValueError):
+        return None
+      if tokenization.tokenizer_fingerprint(tok) in fingerprints:
+        return tok
+    return None
+  finally:
+    quiet.setLevel(level)
 
 
 def _table_dirs(args):
