@@ -198,7 +198,7 @@ def get_base_config(arg=None, strategy="informask"):
   c.train.batch_size = 32 if tiny else 256  # Global batch, split over hosts and devices.
   c.train.seed = 0  # Parameter initialisation, batch order and masks.
   c.train.log_every = 20 if tiny else 100  # Steps per line of metrics.jsonl / TensorBoard.
-  c.train.eval_every = 100 if tiny else 10_000  # Steps between validation evaluations.
+  c.train.eval_every = 100 if tiny else 10_000  # Steps between validation evals (and the end).
   # Validation batches per evaluation (-1: the whole split; tiny's holds 7 batches of 32); fewer
   # than the split holds read a fixed sample of its rows, spread over every source.
   c.train.eval_batches = -1 if tiny else 100

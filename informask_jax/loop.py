@@ -69,8 +69,9 @@ def check_config(config) -> None:
       raise ValueError(f"config.train.{key}={t[key]} must be below 2**31 (steps and sizes are "
                        "int32 on the device).")
   both = math.lcm(t.eval_every, t.checkpoint_every)
-  if max(t.eval_every, t.checkpoint_every) < t.num_steps <= both:
-    # Only a checkpoint at an evaluated step carries a validation loss to be kept as the best.
+  if t.checkpoint_every < t.num_steps <= both:
+    # Only a checkpoint at an evaluated step carries a validation loss to be kept as the best
+    # (the last step is always evaluated, so eval_every >= num_steps is no exception).
     logging.warning(
         "config.train.eval_every=%d and config.train.checkpoint_every=%d first coincide at step "
         "%d, not before num_steps=%d: no checkpoint but the last has a validation loss, so none "
@@ -237,7 +238,7 @@ def _log_evaluation_size(config, pipeline) -> None:
                  "%d rows (config.train.eval_batches=%d).", asked, size, rows, asked)
   else:
     logging.info("Evaluation: the whole validation split, %d rows in %d batch(es) of %d%s.", rows,
-                 held, size, "" if asked < 0 else
+                 held, size, "" if asked <= held else
                  f" (config.train.eval_batches={asked} asks for more than the split holds)")
 
 

@@ -580,6 +580,25 @@ def test_every_evaluation_is_logged_step_0_included(tiny_config, tmp_path, caplo
                    caplog.text), caplog.text[-3000:]
 
 
+def test_eval_batches_equal_to_the_split_is_not_said_to_ask_for_more(tiny_config, caplog):
+  """194 rows in batches of 32 are 7 batches: eval_batches=7 reads them all and asks for no more
+  than the split holds; 8 does ask for more, 6 reads a sample."""
+  pipeline = types.SimpleNamespace(validation={"token_ids": np.zeros((194, 128), np.int32)})
+  config = copy.deepcopy(tiny_config)
+  config.train.batch_size = 32
+  said = {}
+  for asked in (6, 7, 8, -1):
+    config.train.eval_batches = asked
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      loop._log_evaluation_size(config, pipeline)
+    said[asked] = caplog.text
+  assert "a fixed sample of the validation split's 194 rows" in said[6]
+  for asked in (7, -1):
+    assert "the whole validation split, 194 rows in 7 batch(es) of 32." in said[asked], said[asked]
+  assert "eval_batches=8 asks for more than the split holds" in said[8]
+
+
 def test_a_warm_up_longer_than_the_run_is_named_on_a_fresh_start_only(tiny_config, tmp_path,
                                                                       monkeypatch, caplog):
   """warmup_steps >= num_steps (the rate never reaches its peak) is said before anything is
@@ -1807,7 +1826,8 @@ def test_cadences_that_never_save_an_evaluated_step_before_the_last_are_warned(t
                                                           (7, 10, 70, True), (7, 10, 71, False),
                                                           (100, 200, 400, False),
                                                           (10, 10, 30, False),
-                                                          (7, 10, 10, False)]:
+                                                          (7, 10, 10, False), (100, 30, 90, True),
+                                                          (50, 30, 45, True), (50, 30, 30, False)]:
     config = copy.deepcopy(tiny_config)
     config.train.update(eval_every=eval_every, checkpoint_every=checkpoint_every,
                         num_steps=num_steps)
