@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 from typing import Any
 
@@ -55,6 +56,18 @@ def finalized_steps(workdir) -> list[int]:
                 if p.is_dir() and p.name.isdigit() and ocp.step.is_path_finalized(p))
 
 
+def check_path_usable(directory, what: str) -> None:
+  """Refuses a checkpoints folder whose path holds a '[': orbax merges each saved step's
+  per-process OCDBT files with a glob over that path, where '[' opens a character class, so the
+  merge finds nothing and every step saved there is unreadable, while the run reports success."""
+  for path in dict.fromkeys((os.path.abspath(directory), os.path.realpath(directory))):
+    if "[" in path:
+      raise ValueError(
+          f"{what}: the checkpoints folder {path} has a '[' in its path, which orbax's "
+          "checkpoint writer reads as a glob pattern: every checkpoint saved there would be "
+          "unreadable. Use a folder whose path has no '['.")
+
+
 def _eval_loss(metrics) -> float:
   # A NaN (an evaluation in float16 that overflowed) would break the ranking's sort: kept as the
   # best, it had the real best checkpoint deleted. Non-finite ranks last.
@@ -67,6 +80,13 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
   if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
     raise ValueError(f"config.train.keep_checkpoints={keep!r} must be an integer >= 1 (with 0 "
                      "every new checkpoint but the best would be deleted once written).")
+  if not read_only:
+    check_path_usable(checkpoint_dir(workdir), "Checkpoint writer")
+    # Valid JSON of another shape ({} or null) opens, then fails the next save's ranking as a
+    # write error, or silently drops the step from it: named now, as a broken file is below.
+    damaged = _damaged_metrics(workdir)
+    if damaged is not None:
+      raise _damaged_metrics_error(workdir, *damaged)
   preserve = policy_lib.AnyPreservationPolicy([
       policy_lib.LatestN(n=keep),
       policy_lib.BestN(get_metric_fn=_eval_loss, reverse=True, n=1,
@@ -90,21 +110,32 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
     damaged = _damaged_metrics(workdir)
     if damaged is None:
       raise
-    raise CheckpointReadError(
-        f"The metrics file of checkpoint step {damaged.parent.parent.name} ({damaged}) is "
-        f"damaged ({type(e).__name__}: {e}); every step's is read to rank them. Delete "
-        f"{damaged.parent} (the step's validation loss: the step stays, but no longer counts "
-        "for the best).") from e
+    raise _damaged_metrics_error(workdir, *damaged) from e
 
 
-def _damaged_metrics(workdir) -> pathlib.Path | None:
-  """The first step's metrics file (orbax's <step>/metrics/metrics) that is not JSON."""
+def _damaged_metrics(workdir) -> tuple[pathlib.Path, str] | None:
+  """The first step's metrics file (orbax's <step>/metrics/metrics) that does not hold
+  {"eval_loss": <number>}, with what is wrong with it."""
   for path in sorted(checkpoint_dir(workdir).glob("*/metrics/metrics")):
     try:
-      json.loads(path.read_text())
-    except (OSError, ValueError):
-      return path
+      metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      return path, f"{type(e).__name__}: {e}"
+    loss = metrics.get("eval_loss") if isinstance(metrics, dict) else None
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+      return path, f"it holds {json.dumps(metrics)[:80]}, not {{\"eval_loss\": <number>}}"
   return None
+
+
+def _damaged_metrics_error(workdir, path: pathlib.Path, problem: str) -> "CheckpointReadError":
+  # Deleting the file is no way out: a step without a validation loss is deleted by the next
+  # save unless it is among the latest, and it may be the best one.
+  return CheckpointReadError(
+      f"The metrics file of checkpoint step {path.parent.parent.name} ({path}) is damaged "
+      f"({problem}); every step's is read to rank them. Rewrite it as {{\"eval_loss\": X}}, X "
+      f"the step's eval_loss in {pathlib.Path(workdir) / 'metrics.jsonl'}. (Deleting "
+      f"{path.parent} instead leaves the step without a validation loss: the next save deletes "
+      "it unless it is among the latest config.train.keep_checkpoints.)")
 
 
 @jax.jit
@@ -193,7 +224,29 @@ class Checkpointer:
     try:
       self.manager.wait_until_finished()
     except Exception as e:
-      raise CheckpointWriteError(self._write_failure(step, e)) from e
+      if not self._saved_but_not_rotated(step, e):
+        raise CheckpointWriteError(self._write_failure(step, e)) from e
+
+  def _saved_but_not_rotated(self, step, error) -> bool:
+    """Whether `error` came after `step` was finalized on disk: orbax's background thread then
+    deletes the steps its retention policy rotates out, and a failure there (a read-only old
+    step) loses nothing. Warned, and the run goes on: stopping it as a failed write of a step
+    that is complete helped no one."""
+    try:
+      on_disk = finalized_steps(self.workdir)
+    except OSError:
+      return False
+    if step is None or step not in on_disk:
+      return False
+    listed = set(self.manager.all_steps())  # Without those orbax meant to delete (or, seen
+    # after such a failure, without the new step too: a reopened manager lists it again).
+    stale = [s for s in on_disk if s not in listed and s != step]
+    logging.warning(
+        "Checkpoint step %d is saved, but deleting the older step(s) %s that "
+        "config.train.keep_checkpoints rotates out failed: %s: %s. The run goes on; fix the "
+        "permissions of %s and delete them by hand (a step may be partly deleted: do not resume "
+        "from it).", step, stale or "", type(error).__name__, error, checkpoint_dir(self.workdir))
+    return True
 
   def check(self) -> None:
     """Without blocking, raises the failure of an asynchronous save that has finished (a disk

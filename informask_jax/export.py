@@ -611,6 +611,7 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
     logging.warning("%s already holds tokenizer files (an import that failed?); the model's "
                     "tokenizer replaces them.", old_tokenizer)
   existing = checkpointing.checkpoint_dir(workdir)
+  checkpointing.check_path_usable(existing, f"--out {workdir}")
   if checkpointing.finalized_steps(workdir):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")
   model_dir = _resolve(dir_or_name, "--from-hf")

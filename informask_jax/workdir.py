@@ -89,6 +89,7 @@ def prepare(workdir: pathlib.Path, config) -> tuple[bool, bool]:
         f"config.init_from={config.init_from}", same_layout=False)
   _check_entry_kinds(workdir, resume)
   checkpoints = checkpointing.checkpoint_dir(workdir)
+  checkpointing.check_path_usable(checkpoints, f"--workdir {workdir}")
   try:  # Now, not at the first save after hours of training; nothing made (a run refused
     # later leaves no empty folder behind): the checkpointer makes the directory. The workdir
     # too (the lock, config.json, tokenizer/): checkpoints/ may be a link to another disk.

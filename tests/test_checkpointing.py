@@ -3,7 +3,9 @@
 import contextlib
 import dataclasses
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -16,9 +18,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from informask_jax import checkpointing
+from informask_jax import checkpointing, export
 from informask_jax import model as model_lib
 from informask_jax import sharding as sharding_lib
+from informask_jax import workdir as workdir_lib
 from tests import test_trainer as tt
 
 
@@ -280,26 +283,94 @@ def test_a_non_finite_eval_loss_never_displaces_the_best_checkpoint(tmp_path):
 
 def test_a_damaged_metrics_file_of_an_old_step_is_named(tmp_path):
   """Every step's metrics are read to rank them: one truncated file ended every resume and
-  export in a bare JSONDecodeError naming neither the file nor the step."""
+  export in a bare JSONDecodeError naming neither the file nor the step. The way out rewrites
+  it: deleting it, as the message once said, had the next save delete the best step."""
   state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
-  saver = checkpointing.Checkpointer(tmp_path, keep=2)
+  saver = checkpointing.Checkpointer(tmp_path, keep=1)
   for step, loss in ((1, 3.0), (2, 4.0)):
     assert saver.save(step, state, {}, _meta(), eval_loss=loss, force=True)
     saver.wait()
   saver.close()
   metrics = checkpointing.checkpoint_dir(tmp_path) / "1" / "metrics" / "metrics"
+  advice = (r"; every step's is read to rank them\. Rewrite it as \{\"eval_loss\": X\}, X the "
+            rf"step's eval_loss in {tmp_path}/metrics\.jsonl\. \(Deleting .*checkpoints/1/metrics "
+            r"instead leaves the step without a validation loss: the next save deletes it unless "
+            r"it is among the latest config\.train\.keep_checkpoints\.\)")
   metrics.write_text('{"eval_loss": 3.0')
   for open_it in (lambda: checkpointing.Checkpointer(tmp_path),
                   lambda: checkpointing.checkpoint_steps(tmp_path)):
     with pytest.raises(checkpointing.CheckpointReadError,
                        match=rf"metrics file of checkpoint step 1 \({metrics}\) is damaged "
-                             r"\(JSONDecodeError: .*\); .* Delete .*checkpoints/1/metrics "
-                             r"\(the step's validation loss: the step stays, but no longer "
-                             r"counts for the best\)\."):
+                             r"\(JSONDecodeError: .*\)" + advice):
       open_it()
-  shutil.rmtree(metrics.parent)  # As the message says: both steps stay, step 2 is the best.
-  reopened = checkpointing.Checkpointer(tmp_path)
-  assert reopened.all_steps() == [1, 2] and reopened.best_step() == 2
+  # Valid JSON of another shape opened, then failed the next save as a write error ({}) or
+  # dropped the step from the ranking (null): named when a run opens the checkpoints.
+  for text in ("{}", "null", '{"eval_loss": "3.0"}', '{"eval_loss": true}'):
+    metrics.write_text(text)
+    with pytest.raises(checkpointing.CheckpointReadError,
+                       match=r"metrics file of checkpoint step 1 .* is damaged \(it holds "
+                             rf"{re.escape(text)}, not \{{\"eval_loss\": <number>\}}\)" + advice):
+      checkpointing.Checkpointer(tmp_path, keep=1)
+  metrics.write_text('{"eval_loss": 3.0}')  # As the message says: step 1 is the best again.
+  reopened = checkpointing.Checkpointer(tmp_path, keep=1)
+  assert reopened.all_steps() == [1, 2] and reopened.best_step() == 1
+  assert reopened.save(3, state, {}, _meta(), eval_loss=5.0, force=True)
+  reopened.close()
+  assert checkpointing.finalized_steps(tmp_path) == [1, 3]
+
+
+def test_a_failure_to_delete_a_rotated_out_step_warns_and_keeps_the_new_one(tmp_path,
+                                                                            monkeypatch, caplog):
+  """Orbax deletes the steps keep_checkpoints rotates out after the new step is complete: a
+  failure there (an old step made read-only) was raised as a failed write of the new step, and
+  the run stopped, though nothing was lost. It is warned, and the saves go on."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path, keep=1)
+  assert saver.save(1, state, {"position": 1}, _meta(), eval_loss=5.0, force=True)
+  saver.wait()
+
+  def refuse(steps):
+    raise PermissionError(13, "Permission denied", "_CHECKPOINT_METADATA")
+  monkeypatch.setattr(saver.manager._checkpoint_deleter, "delete_steps", refuse)
+  with caplog.at_level(logging.WARNING):
+    assert saver.save(2, state.replace(step=state.step + 1), {"position": 2}, _meta(),
+                      eval_loss=4.0, force=True)
+    saver.wait()
+  assert ("Checkpoint step 2 is saved, but deleting the older step(s) [1] that "
+          "config.train.keep_checkpoints rotates out failed: PermissionError: [Errno 13] "
+          "Permission denied: '_CHECKPOINT_METADATA'. The run goes on;") in caplog.text
+  monkeypatch.undo()
+  assert saver.save(3, state.replace(step=state.step + 2), {"position": 3}, _meta(),
+                    eval_loss=3.0, force=True)
+  saver.close()
+  reader = checkpointing.Checkpointer(tmp_path, keep=1)
+  assert reader.latest_step() == 3 and 2 in checkpointing.finalized_steps(tmp_path)
+  _, data_state, _ = reader.restore(2, _abstract(state, jax.tree.map(lambda x: x.sharding,
+                                                                     state)))
+  assert data_state == {"position": 2}
+  reader.close()
+
+
+def test_a_workdir_path_with_a_bracket_is_refused_before_anything_is_saved(tmp_path, tiny_config):
+  """Orbax merges a step's per-process files with a glob over its path, where '[' opens a
+  character class: every checkpoint of such a workdir was unreadable, the run saying nothing."""
+  odd = tmp_path / "run[lr=1e-3]"
+  with pytest.raises(ValueError, match=r"Checkpoint writer: the checkpoints folder "
+                                       rf"{re.escape(str(odd))}/checkpoints has a '\['"):
+    checkpointing.Checkpointer(odd)
+  with pytest.raises(ValueError, match=rf"^--workdir {re.escape(str(odd))}: the checkpoints "
+                                       r"folder .* has a '\[' in its path, which orbax's "
+                                       r"checkpoint writer reads as a glob pattern"):
+    workdir_lib.prepare(odd, tiny_config)
+  with pytest.raises(ValueError, match=rf"^--out {re.escape(str(odd))}: the checkpoints folder"):
+    export.import_to_workdir(str(tmp_path / "no-such-model"), str(odd))
+  (tmp_path / "lr[1]").mkdir()
+  (tmp_path / "linked").symlink_to(tmp_path / "lr[1]")
+  with pytest.raises(ValueError, match=r"has a '\['"):
+    checkpointing.Checkpointer(tmp_path / "linked")
+  assert not list(odd.glob('*')) and not list((tmp_path / "lr[1]").iterdir())
+  for fine in ("q?x", "a*b", "c]d"):  # Characters that match themselves in a glob.
+    checkpointing.check_path_usable(tmp_path / fine, "--workdir")
 
 
 def test_a_damaged_latest_step_points_to_the_one_before_it():
