@@ -525,11 +525,22 @@ def test_the_train_split_is_hashed_once(tmp_path, monkeypatch):
 def test_seq_len_beyond_model_positions_fails_before_reading(tmp_path):
   c = _tiny_config(tmp_path, seq_len=1024)
   c.data.sources[0].kind, c.data.sources[0].name = "files", str(tmp_path / "missing.txt")
-  with pytest.raises(ValueError, match=r"seq_len=1024 exceeds the model's 512 positions"):
+  with pytest.raises(ValueError, match=r"seq_len=1024 exceeds the 512 tokens the model's "
+                                       r"position table takes \(config.model.max_positions=-1: "
+                                       r"the flavour's 512 rows\)"):
     data.build_input_pipeline(c)
   c.model.flavour, c.data.seq_len = "roberta", 513
-  with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
+  with pytest.raises(ValueError, match=r"exceeds the 512 tokens the model's position table takes "
+                                       r"\(config.model.max_positions=-1: the flavour's 514 rows, "
+                                       r"less 2: flavour='roberta' numbers positions from after "
+                                       r"the padding id"):
     data.check_config(c)
+  c.data.seq_len, c.model.max_positions = 128, 129  # Not "the model's 127 positions".
+  with pytest.raises(ValueError, match=r"seq_len=128 exceeds the 127 tokens the model's position "
+                                       r"table takes \(config.model.max_positions=129 rows, less "
+                                       r"2: .* 1 in Hugging Face's RoBERTa\)\.$"):
+    data.check_config(c)
+  c.model.max_positions = -1
   c.data.seq_len = 512
   data.check_config(c)
 

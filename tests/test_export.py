@@ -354,6 +354,43 @@ def test_verification_catches_a_flipped_top1_prediction(exported, monkeypatch):
     export.verify_export(broken, cfg, path)
 
 
+def test_the_allowed_logit_difference_grows_with_the_logits(tmp_path, tokenizer_dir,
+                                                           monkeypatch):
+  """Float32 rounding grows with the logits: a trained base model's reach 15-25, where
+  transformers' own float32 and float64 logits differ by ~1e-3, and a fixed 1e-4 refused
+  correct exports. Their logits off by 5e-5 of themselves pass; one logit off by 1e-2 fails."""
+  cfg = tiny_config("bert")
+  params = jax.tree.map(np.array, tiny_params(cfg))
+  params["head"]["bias"] = np.linspace(-20, 20, len(VOCAB), dtype=np.float32)  # Logits to ~20.
+  out = str(tmp_path / "hf")
+  export.export_to_hf(params, cfg, out, tokenizer_dir=tokenizer_dir, verify=False)
+  load = transformers.AutoModelForMaskedLM.from_pretrained
+
+  def load_off_by(relative, absolute):
+    def loaded(*args, **kwargs):
+      model, info = load(*args, **kwargs)
+      forward = model.forward
+
+      def off(*a, **k):
+        result = forward(*a, **k)
+        result.logits = result.logits * (1 + relative)
+        result.logits[..., 3] += absolute
+        return result
+      model.forward = off
+      return model, info
+    monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained", loaded)
+
+  load_off_by(5e-5, 0.0)
+  report = export.verify_export(params, cfg, out)
+  assert 5e-4 < report["max_abs_diff"] <= report["allowed_diff"] < 5e-3, report
+  assert report["top1_agree"] == 1.0
+  load_off_by(0.0, 1e-2)
+  with pytest.raises(export.ExportMismatchError, match=r"max \|logit diff\| = 0\.01 \(allowed "
+                                                       r"0\.004\d*: 0\.0001, or 0\.0002 of the "
+                                                       r"largest \|logit\|, 2\d\.\d*\)"):
+    export.verify_export(params, cfg, out)
+
+
 def test_non_finite_parameters_are_never_exported_nor_verified(exported, tmp_path):
   params, cfg, path, _ = exported["bert"]
   broken = jax.tree.map(np.array, params)
@@ -671,6 +708,7 @@ def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir,
   params = tiny_params(cfg)
   out = tmp_path / "hf"
   monkeypatch.setattr(export, "MAX_ABS_DIFF", -1.0)  # Every export now fails its check.
+  monkeypatch.setattr(export, "MAX_REL_DIFF", -1.0)
   with pytest.raises(export.ExportMismatchError, match=f"Export of {out} does not match"):
     export.export_to_hf(params, cfg, str(out), tokenizer_dir=tokenizer_dir)
   assert os.listdir(tmp_path) == []  # Neither the unverified files nor the staging directory.
@@ -681,6 +719,7 @@ def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir,
   good = (out / "model.safetensors").read_bytes()
   # With --overwrite, a failing export of other parameters keeps the verified one in place.
   monkeypatch.setattr(export, "MAX_ABS_DIFF", -1.0)
+  monkeypatch.setattr(export, "MAX_REL_DIFF", -1.0)
   with pytest.raises(export.ExportMismatchError):
     export.export_to_hf(tiny_params(cfg, seed=3), cfg, str(out), tokenizer_dir=tokenizer_dir,
                         overwrite=True)
@@ -909,6 +948,27 @@ def test_a_staging_folder_left_by_a_killed_export_is_named(tmp_path, tokenizer_d
   assert f"{tmp_path} holds 1 folder(s) left by a killed export" in caplog.text
   assert ".hf.k3j2.tmp" in caplog.text and left.is_dir()
   assert sorted(os.listdir(tmp_path)) == [".hf.k3j2.tmp", "hf"]
+
+
+def test_a_killed_exports_staging_folder_inside_a_mount_point_out_is_named_not_refused(
+    tmp_path, tokenizer_dir, monkeypatch, caplog):
+  """Into a mount point, the export stages inside --out (_staging_parent): a killed one left its
+  hidden copy there, and the retry was refused as "not empty", naming nothing, for a folder that
+  `ls` shows empty. The retry goes ahead and names it; other content is still refused."""
+  cfg = tiny_config("bert")
+  out = tmp_path / "volume"
+  left = out / ".volume.k3j2.tmp"
+  left.mkdir(parents=True)
+  (left / "model.safetensors").write_bytes(b"\0" * 4096)
+  monkeypatch.setattr(export, "_staging_parent", lambda out_dir: os.path.abspath(out_dir))
+  with caplog.at_level(logging.WARNING):
+    export.export_to_hf(tiny_params(cfg), cfg, str(out), tokenizer_dir=tokenizer_dir,
+                        verify=False)
+  assert f"{out} holds 1 folder(s) left by a killed export" in caplog.text
+  assert left.is_dir() and (out / "model.safetensors").is_file()
+  with pytest.raises(FileExistsError, match=f"Export directory {out} is not empty"):
+    export.export_to_hf(tiny_params(cfg), cfg, str(out), tokenizer_dir=tokenizer_dir,
+                        verify=False)
 
 
 def test_a_stop_signal_while_the_staging_folder_is_made_still_removes_it(tmp_path, tokenizer_dir,

@@ -1152,7 +1152,8 @@ def test_train_py_reports_a_bad_config_in_one_line(tmp_path):
   assert out.returncode == 1
   assert "Traceback" not in out.stderr, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith(
-      "train.py: error: ValueError: config.data.seq_len=100000 exceeds the model's 512 positions")
+      "train.py: error: ValueError: config.data.seq_len=100000 exceeds the 512 tokens the "
+      "model's position table takes")
   # An error once the corpus is read, a vocabulary trained on it and the corpus tokenized
   # (worker pools started with spawn): the error line is still the last one, with no warning
   # about semaphores left behind after it.

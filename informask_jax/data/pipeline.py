@@ -71,15 +71,19 @@ class InputPipeline:
 
 def max_sequence_length(model_config):
   """Longest sequence the model's position table admits."""
+  positions = max_positions_rows(model_config)
+  # RoBERTa's positions start after the padding index, so two are never used.
+  return positions - 2 if model_config.get("flavour", "bert") == "roberta" else positions
+
+
+def max_positions_rows(model_config) -> int:
+  """Rows of the model's position table: config.model.max_positions, or its flavour's default."""
   # Lazy: importing model loads Flax (about 0.1 s on top of JAX), needed only from here.
   from informask_jax.model import default_max_positions
 
-  flavour = model_config.get("flavour", "bert")
   positions = int(model_config.get("max_positions", -1))
-  if positions < 0:
-    positions = default_max_positions(flavour)
-  # RoBERTa's positions start after the padding index, so two are never used.
-  return positions - 2 if flavour == "roberta" else positions
+  return positions if positions >= 0 else default_max_positions(model_config.get("flavour",
+                                                                                 "bert"))
 
 
 # Why a fraction of 0, which the statistics' Beam pipeline takes, fails here.
@@ -97,9 +101,16 @@ def check_config(config):
   if "model" in config:
     limit = max_sequence_length(config.model)
     if data.seq_len > limit:
-      raise ValueError(f"config.data.seq_len={data.seq_len} exceeds the model's {limit} positions "
-                       f"(config.model.max_positions={config.model.get('max_positions')}, "
-                       f"flavour={config.model.get('flavour')!r}).")
+      # RoBERTa's table has rows it never uses: "the model's 127 positions" of a 129-row table
+      # read as one row too few for a model whose padding id is 0, and two for Hugging Face's.
+      rows = config.model.get("max_positions", -1)
+      rows = f"{rows}" + (f": the flavour's {max_positions_rows(config.model)} rows" if rows < 0
+                          else " rows")
+      layout = (", less 2: flavour='roberta' numbers positions from after the padding id, 1 in "
+                "Hugging Face's RoBERTa" if config.model.get("flavour") == "roberta" else "")
+      raise ValueError(f"config.data.seq_len={data.seq_len} exceeds the {limit} tokens the "
+                       f"model's position table takes (config.model.max_positions={rows}"
+                       f"{layout}).")
   cache = paths.cache_dir(data.cache_dir)
   if os.path.exists(cache) and not os.path.isdir(cache):
     raise ValueError(f"config.data.cache_dir={data.cache_dir!r} is a file; it must be a "
