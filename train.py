@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from informask_jax import checkpointing, cli, distributed, loop, paths
+from informask_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
@@ -92,6 +93,9 @@ def _stop_for_failed_peer(error: str, exit_code: int) -> None:
                 "one stops too; the checkpoints written so far are intact: %srun the same command "
                 "on every process to resume.", error,
                 "once the cause is fixed, " if exit_code == 1 else "")
+  # os._exit skips the `with` blocks: an overwritten run set aside, no step trained yet, is put
+  # back here, or it stayed in .overwritten, the next start refusing the workdir.
+  workdir_lib.put_back_pending()
   cli.exit_now_with(exit_code)  # Which leaves as distributed says after a failure.
 
 

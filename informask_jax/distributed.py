@@ -50,6 +50,12 @@ def _num_processes():
   return num if num is not None else _env_int("JAX_NUM_PROCESSES")
 
 
+def _given_as(name: str, variable: str) -> str:
+  """The flag, when given on the command line, else the environment variable it defaults to: what
+  an error about its value names."""
+  return f"--{name}" if flags.FLAGS[name].present else variable
+
+
 def _settings():
   """(coordinator, num_processes, process_id) from the flags, else the environment, checked; None
   when neither names a coordinator nor several processes (one process, or a detected cluster)."""
@@ -57,8 +63,9 @@ def _settings():
   coordinator = f[_COORDINATOR].value
   num = _num_processes()
   index = f[_ID].value if f[_ID].value is not None else _env_int("JAX_PROCESS_ID")
+  num_as = _given_as(_NUM, "JAX_NUM_PROCESSES")
   if num is not None and num < 1:
-    raise ValueError(f"--num_processes={num}: the number of processes must be at least 1.")
+    raise ValueError(f"{num_as}={num}: the number of processes must be at least 1.")
   if num == 1 or not (coordinator or num or index is not None):  # An explicit 1 wins.
     return None
   coordinator = coordinator or None
@@ -73,13 +80,23 @@ def _settings():
         f"missing: {', '.join(missing)}.")
   if coordinator:
     host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit():
-      raise ValueError(f"--coordinator_address={coordinator!r}: expected HOST:PORT, process 0's "
-                       "host and a free port, e.g. 10.0.0.2:1234.")
+    # Port 0 or one past 65535 left every process waiting 5 minutes for the coordinator.
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+      raise ValueError(f"{_given_as(_COORDINATOR, 'JAX_COORDINATOR_ADDRESS')}={coordinator!r}: "
+                       "expected HOST:PORT, process 0's host and a free port in 1..65535, e.g. "
+                       "10.0.0.2:1234.")
   if index is not None and num is not None and not 0 <= index < num:
-    raise ValueError(f"--process_id={index} with --num_processes={num}: the id must be in "
-                     f"0..{num - 1}.")
+    raise ValueError(f"{_given_as(_ID, 'JAX_PROCESS_ID')}={index} with {num_as}={num}: the id "
+                     f"must be in 0..{num - 1}.")
   return coordinator, num, index
+
+
+def _check_local_device_ids() -> None:
+  # Read by jax.distributed.initialize, whose int() traceback named neither the variable nor why.
+  devices = os.environ.get("JAX_LOCAL_DEVICE_IDS", "").strip()
+  if devices and not all(d.strip().isdigit() for d in devices.split(",")):
+    raise ValueError(f"The environment variable JAX_LOCAL_DEVICE_IDS={devices!r} must list "
+                     "device numbers separated by commas, e.g. 0 or 0,1 (this process's GPUs).")
 
 
 def _tpu_chips_attached() -> bool:
@@ -135,8 +152,10 @@ class _WarningsOnly(logging.Filter):
 def initialize() -> None:
   settings = _settings()
   if settings:
+    _check_local_device_ids()
     jax.distributed.initialize(*settings)
   elif _num_processes() is None and _auto_detected():  # An explicit 1 wins over the cluster's.
+    _check_local_device_ids()
     jax.distributed.initialize()
   else:
     return
@@ -165,6 +184,13 @@ def main_process_first(name: str, build):
     return result
   wait()
   return build()
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier `name` (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost.get_barrier_sync_fn()(key=f"barrier:{name}",
+                                    timeout_ms=CACHE_BARRIER_TIMEOUT_S * 1000)
 
 
 # --- A process that fails stops the others -------------------------------------------------------

@@ -411,6 +411,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # Before anything is written or deleted in the workdir: a second run there is refused.
     cleanup.enter_context(workdir_lib.lock(workdir))
     workdir_lib.check_unchanged(workdir, resume, clear)  # What prepare() saw, unlocked.
+    # Every process has checked before process 0 moves anything: one that checked after the old
+    # run was set aside found its checkpoints gone, and the overwrite failed on that.
+    distributed.barrier("workdir checked")
     # Entered before the checkpointer and the metric writer, so left after they are closed.
     overwritten = cleanup.enter_context(workdir_lib.OverwrittenRun(workdir))
     if clear:  # Everything above checked and built: only now is the old run set aside.

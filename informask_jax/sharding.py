@@ -220,6 +220,9 @@ def check_batch_divisible(global_batch: int, mesh: Mesh, micro_steps: int = 1, *
   """The global batch must split evenly over hosts, data-parallel devices and micro-batches.
   `resumed`: the run resumes a checkpoint, whose batch size cannot change (its data position
   belongs to it), so the remedy named is a mesh or grad_accum_steps, not another batch size."""
+  # First: the batch sizes suggested below assume a mesh that passes it (a suggested 16 was
+  # then refused for a tensor axis across hosts).
+  check_batch_shards_per_host(mesh)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   nearest = (_resume_remedy(global_batch, mesh, micro_steps) if resumed
              else _nearest_batch_sizes(global_batch, mesh, micro_steps))
@@ -236,7 +239,6 @@ def check_batch_divisible(global_batch: int, mesh: Mesh, micro_steps: int = 1, *
   if global_batch % jax.process_count():
     raise ValueError(f"config.train.batch_size={global_batch} does not divide over "
                      f"{jax.process_count()} processes (hosts). {nearest}")
-  check_batch_shards_per_host(mesh)
 
 
 def _nearest_batch_sizes(global_batch: int, mesh: Mesh, micro_steps: int) -> str:

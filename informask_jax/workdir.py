@@ -178,6 +178,17 @@ def set_aside_earlier_logs(workdir: pathlib.Path) -> None:
                   "are kept as %s.", workdir, ", ".join(f"{p.name}.earlier-{k}" for p in found))
 
 
+# The OverwrittenRun set aside and not yet deleted or put back: what put_back_pending() restores
+# for a process that leaves at once, its `with` blocks skipped (os._exit when a peer failed).
+_pending: list["OverwrittenRun"] = []
+
+
+def put_back_pending() -> None:
+  """Puts back an overwritten run still set aside; for exits that skip OverwrittenRun.__exit__."""
+  for run in list(_pending):
+    run.put_back_or_say()
+
+
 class OverwrittenRun:
   """The run config.train.overwrite replaces, kept in WORKDIR/.overwritten until the new run has
   trained its first step, and put back if the new one fails before (running out of device memory
@@ -197,6 +208,7 @@ class OverwrittenRun:
       return
     self.aside.mkdir()
     self.pending = True  # From here: a rename that fails puts back those made.
+    _pending.append(self)
     for name in RUN_NAMES:
       path = self.workdir / name
       if path.exists() or path.is_symlink():
@@ -211,7 +223,7 @@ class OverwrittenRun:
     """The new run trains: the earlier one goes."""
     if not self.pending:
       return
-    self.pending = False
+    self._settled()
     # Renamed first: a kill mid-deletion leaves no half run that could be mistaken for it.
     doomed = self.workdir / f"{OVERWRITTEN}.deleting"
     self.aside.rename(doomed)
@@ -222,7 +234,7 @@ class OverwrittenRun:
     """The new run failed before its first step: what it wrote goes, the earlier run returns."""
     if not self.pending:
       return
-    self.pending = False
+    self._settled()
     for name in self.moved + self.absent:
       path = self.workdir / name
       if path.is_dir() and not path.is_symlink():
@@ -235,6 +247,19 @@ class OverwrittenRun:
     logging.warning("The new run failed before its first step: the earlier run in %s, which "
                     "config.train.overwrite set aside, is put back as it was.", self.workdir)
 
+  def _settled(self) -> None:
+    self.pending = False
+    if self in _pending:
+      _pending.remove(self)
+
+  def put_back_or_say(self) -> None:
+    try:
+      self.put_back()
+    except OSError as e:  # The run's own error, raised next, is the one to see first.
+      logging.error("Putting back the earlier run that config.train.overwrite set aside in %s "
+                    "failed (%s: %s); move its entries back into %s by hand.", self.aside,
+                    type(e).__name__, e, self.workdir)
+
   def __enter__(self):
     return self
 
@@ -242,12 +267,7 @@ class OverwrittenRun:
     if exc_type is None:
       self.delete()
       return
-    try:
-      self.put_back()
-    except OSError as e:  # The run's own error, raised next, is the one to see first.
-      logging.error("Putting back the earlier run that config.train.overwrite set aside in %s "
-                    "failed (%s: %s); move its entries back into %s by hand.", self.aside,
-                    type(e).__name__, e, self.workdir)
+    self.put_back_or_say()
 
 
 def _refuse_if_held(workdir: pathlib.Path) -> None:

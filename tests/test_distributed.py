@@ -12,7 +12,7 @@ from informask_jax import distributed
 @pytest.fixture
 def bare_env(monkeypatch):
   for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_NUM_PROCESSES",
-               "JAX_PROCESS_ID", *distributed._SLURM_STEP_VARIABLES):
+               "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS", *distributed._SLURM_STEP_VARIABLES):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(distributed, "_tpu_chips_attached", lambda: False)
   return monkeypatch
@@ -98,10 +98,11 @@ def started(bare_env):
   root = logging.getLogger()
   root.addHandler(handler)
 
-  def start(coordinator=None, num=None, index=None, process_index=0):
-    bare_env.setattr(distributed.flags, "FLAGS", {
-        "coordinator_address": SimpleNamespace(value=coordinator),
-        "num_processes": SimpleNamespace(value=num), "process_id": SimpleNamespace(value=index)})
+  def start(coordinator=None, num=None, index=None, process_index=0, from_env=()):
+    # `from_env`: the flags whose value is their environment variable's default, not typed.
+    bare_env.setattr(distributed.flags, "FLAGS", {name: SimpleNamespace(
+        value=value, present=value is not None and name not in from_env) for name, value in (
+            ("coordinator_address", coordinator), ("num_processes", num), ("process_id", index))})
     bare_env.setattr(distributed.jax, "process_index", lambda: process_index)
     distributed.initialize()
     return calls[-1] if calls else None, list(handler.filters)
@@ -141,6 +142,22 @@ def test_initialize_names_bad_process_settings_before_jax_sees_them(started, bar
                         ((None, -2, None), r"--num_processes=-2: .* at least 1")):
     with pytest.raises(ValueError, match=message):
       started(*args)
+  # Values from the environment name its variables: no flag was typed.
+  for args, from_env, message in (
+      (("10.0.0.2:1234", 2, 2), ("process_id", "num_processes"),
+       r"^JAX_PROCESS_ID=2 with JAX_NUM_PROCESSES=2: the id must be in 0\.\.1\.$"),
+      (("127.0.0.1", 2, 0), ("coordinator_address",), r"^JAX_COORDINATOR_ADDRESS='127\.0\.0\.1'"),
+      ((None, 0, None), ("num_processes",), r"^JAX_NUM_PROCESSES=0: the number")):
+    with pytest.raises(ValueError, match=message):
+      started(*args, from_env=from_env)
+  for devices in ("0,gpu1", "0,,1"):
+    bare_env.setenv("JAX_LOCAL_DEVICE_IDS", devices)
+    with pytest.raises(ValueError, match=rf"JAX_LOCAL_DEVICE_IDS='{devices}' must list device "
+                                         r"numbers separated by commas"):
+      started("10.0.0.2:1234", 2, 0)
+  bare_env.setenv("JAX_LOCAL_DEVICE_IDS", "0, 1")
+  assert started("10.0.0.2:1234", 2, 0)[0] == ("10.0.0.2:1234", 2, 0)
+  bare_env.delenv("JAX_LOCAL_DEVICE_IDS")
   bare_env.setenv("JAX_NUM_PROCESSES", "four")
   with pytest.raises(ValueError, match=r"JAX_NUM_PROCESSES='four' is not an integer"):
     started("10.0.0.2:1234", None, 0)
@@ -281,7 +298,8 @@ def test_a_failing_process_tells_each_peer_once(two_processes, monkeypatch):
   assert distributed.failure_posted() and stops == []
 
 
-@pytest.mark.parametrize("address", ["10.0.0.2:", ":1234", "10.0.0.2:abc"])
+@pytest.mark.parametrize("address", ["10.0.0.2:", ":1234", "10.0.0.2:abc", "10.0.0.2:0",
+                                     "10.0.0.2:99999"])
 def test_a_coordinator_address_needs_a_host_and_a_numeric_port(started, address):
   with pytest.raises(ValueError, match=rf"--coordinator_address='{address}': expected HOST:PORT"):
     started(address, 2, 0)

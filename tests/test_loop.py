@@ -1473,10 +1473,19 @@ def test_overwrite_replaces_the_earlier_run(tiny_config, tmp_path, monkeypatch):
   # it was deleted before the step was compiled.
   def out_of_memory(*args):
     raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+  # Every process checks the workdir before process 0 sets the old run aside: one that checked
+  # after found the checkpoints gone, and the overwrite of a multi-process run failed on that.
+  events = []
   with monkeypatch.context() as patch:
     patch.setattr(loop.trainer_lib, "jit_train_step", lambda *a: out_of_memory)
+    def noted(real, name):
+      return lambda *a, **k: events.append(name) or real(*a, **k)  # Plain: binds as a method.
+    for owner, name in ((loop.workdir_lib, "check_unchanged"), (loop.distributed, "barrier"),
+                        (loop.workdir_lib.OverwrittenRun, "set_aside")):
+      patch.setattr(owner, name, noted(getattr(owner, name), name))
     with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
       loop.train_and_evaluate(config, tmp_path)
+  assert events[:3] == ["check_unchanged", "barrier", "set_aside"], events
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [0]
   assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 7, "loss": 1.0}\n'
   assert (tmp_path / "tensorboard" / "old-events").exists()

@@ -532,7 +532,7 @@ def test_masker_tables_are_step_arguments_not_compiled_constants():
   assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(step.masker))
 
 
-def test_a_batch_shard_split_over_hosts_is_refused():
+def test_a_batch_shard_split_over_hosts_is_refused(monkeypatch):
   """2 hosts x 2 devices: tensor=2 inside each host is fine, tensor=4 across hosts is not."""
   device = lambda process: types.SimpleNamespace(process_index=process)  # noqa: E731
   within = types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 2}, devices=np.array(
@@ -544,6 +544,11 @@ def test_a_batch_shard_split_over_hosts_is_refused():
     sharding_lib.check_batch_shards_per_host(across)
   with pytest.raises(ValueError, match="mesh.tensor=4 spans several processes"):
     sharding_lib.check_batch_divisible(4, across)  # The batch check includes this one.
+  # First: a batch of 3 over 2 hosts was refused with sizes to use instead, 2 or 4, which this
+  # mesh refuses in turn.
+  monkeypatch.setattr(sharding_lib.jax, "process_count", lambda: 2)
+  with pytest.raises(ValueError, match="mesh.tensor=4 spans several processes"):
+    sharding_lib.check_batch_divisible(3, across)
 
 
 def test_an_odd_vocabulary_stays_replicated_on_its_axis_with_one_log_line(caplog):

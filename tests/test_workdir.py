@@ -350,6 +350,28 @@ def test_an_overwritten_run_comes_back_whole_if_the_new_one_fails_and_goes_if_it
   assert (tmp_path / "config.json").read_text() == "new config"
 
 
+def test_a_process_stopped_at_once_by_a_failed_peer_puts_the_overwritten_run_back(tmp_path):
+  """train.py leaves by os._exit when another process failed, skipping OverwrittenRun.__exit__:
+  the old run stayed in .overwritten (the next start refused the workdir) until
+  put_back_pending() restored it there; once a step is trained there is nothing to put back."""
+  _old_run(tmp_path)
+  overwritten = workdir_lib.OverwrittenRun(tmp_path)
+  overwritten.set_aside()
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "config.json").write_text("new config")
+  workdir_lib.put_back_pending()  # As train.py's _stop_for_failed_peer, from another thread.
+  _assert_old_run(tmp_path)
+  assert not (tmp_path / workdir_lib.OVERWRITTEN).exists() and not overwritten.pending
+  workdir_lib.put_back_pending()  # Nothing pending: nothing moves.
+  _assert_old_run(tmp_path)
+  overwritten = workdir_lib.OverwrittenRun(tmp_path)
+  overwritten.set_aside()
+  (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+  overwritten.delete()
+  workdir_lib.put_back_pending()
+  assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["1"]
+
+
 def test_only_process_zero_sets_the_old_run_aside_or_deletes_it(tmp_path, monkeypatch):
   """The other processes of the run wait for process 0 (main_process_first): their own
   OverwrittenRun must neither move nor delete anything, whether the run trains or fails."""
