@@ -8,6 +8,8 @@ variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 import atexit
 import logging
 import os
+import pathlib
+import secrets
 import threading
 import time
 
@@ -191,6 +193,43 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     multihost.get_barrier_sync_fn()(key=f"barrier:{name}",
                                     timeout_ms=CACHE_BARRIER_TIMEOUT_S * 1000)
+
+
+_SHARED_KEY = "informask_jax/shared_dir/{}"
+# How long a process looks for process 0's file: a network file system may show a new file to
+# other hosts a moment late.
+_SHARED_WAIT_S = 30
+
+
+def check_shared_directory(directory, what: str) -> None:
+  """With several processes: ValueError unless `directory` is one folder for all of them. Each
+  process writes its part of every checkpoint there; a folder on each host's own disk trained
+  normally, then hung at the first checkpoint, the others' parts never arriving."""
+  if jax.process_count() == 1:
+    return
+  # Keyed by the role, not the path: a host's own disk may mount elsewhere.
+  directory, key = pathlib.Path(directory), _SHARED_KEY.format(what)
+  if jax.process_index() == 0:
+    token = secrets.token_hex(8)
+    probe = directory / f".shared-check.{token}"
+    probe.write_text(token)
+    _client().key_value_set(key, token)
+  else:
+    token = _client().blocking_key_value_get(key, CACHE_BARRIER_TIMEOUT_S * 1000)
+    probe = directory / f".shared-check.{token}"
+  deadline = time.monotonic() + _SHARED_WAIT_S
+  while not probe.exists() and time.monotonic() < deadline:
+    time.sleep(0.5)
+  seen = probe.exists()
+  barrier(f"shared directory read: {what}")
+  if jax.process_index() == 0:
+    probe.unlink(missing_ok=True)
+  if not seen:
+    raise ValueError(
+        f"{what} {directory} is not the folder process 0 writes: process {jax.process_index()} "
+        f"does not see the file {probe.name} process 0 wrote there ({_SHARED_WAIT_S} s waited). "
+        "Every process writes its part of each checkpoint there, so it must be one file system "
+        "mounted at the same path on every host (NFS, Filestore, ...), not each host's own disk.")
 
 
 # --- A process that fails stops the others -------------------------------------------------------

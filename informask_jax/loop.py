@@ -410,6 +410,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   with contextlib.ExitStack() as cleanup:
     # Before anything is written or deleted in the workdir: a second run there is refused.
     cleanup.enter_context(workdir_lib.lock(workdir))
+    distributed.check_shared_directory(workdir, "--workdir")
     workdir_lib.check_unchanged(workdir, resume, clear)  # What prepare() saw, unlocked.
     # Every process has checked before process 0 moves anything: one that checked after the old
     # run was set aside found its checkpoints gone, and the overwrite failed on that.

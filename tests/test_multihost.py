@@ -277,3 +277,24 @@ def test_an_error_on_one_process_stops_both_with_it(runs, tmp_path, failing):
           "(test)") in outputs[1 - failing]
   for out in outputs:
     assert "Fatal Python error" not in out and "Aborted" not in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_a_workdir_that_is_each_hosts_own_folder_is_refused_before_training(runs, tmp_path):
+  """Each process writes its part of every checkpoint into the workdir: a folder on each host's
+  own disk (two paths here) trained normally, then hung at the first checkpoint. Refused once
+  the workdirs are locked, naming --workdir, before a step."""
+  _, _, cache, _ = runs
+  hook = tmp_path / "hook"
+  hook.mkdir()  # Process 1 looks for process 0's file 2 s, not 30: the test's time.
+  (hook / "sitecustomize.py").write_text("from informask_jax import distributed\n"
+                                         "distributed._SHARED_WAIT_S = 2\n")
+  multi = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+  procs = [_start([*_overrides(tmp_path / f"host{i}", cache), *multi, "--process_id", str(i)],
+                  devices=4, env={"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"}) for i in range(2)]
+  outputs = _finish(procs, returncode=1)
+  assert (f"ValueError: --workdir {tmp_path / 'host1'} is not the folder process 0 writes: "
+          "process 1 does not see the file .shared-check.") in outputs[1], outputs[1][-3000:]
+  assert "Stopping: process 1 of 2 failed: ValueError: --workdir" in outputs[0], outputs[0][-3000:]
+  for i, out in enumerate(outputs):
+    assert "Step 1" not in out and not list((tmp_path / f"host{i}").glob(".shared-check.*"))
