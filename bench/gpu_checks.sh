@@ -35,7 +35,7 @@ case "${1:-}" in
   -h|--help) echo "$usage"; sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
   -*|"") echo "$usage" >&2; exit 2 ;;
 esac
-out=$1
+out=$(realpath -m -- "$1")  # Before the cd: a relative OUTDIR is the caller's, not the repo's.
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1

@@ -77,11 +77,11 @@ def make_model(out_dir, size):
   tok.save_pretrained(out_dir)
 
 
-def pipeline_loop(model_dir, data_dir):
+def pipeline_loop(model_dir, data_dir, device):
   """The InforMask script's loop, on the same file (no word list: every prediction kept)."""
   import transformers
 
-  fill = transformers.pipeline("fill-mask", model=model_dir, device="cpu", top_k=30)
+  fill = transformers.pipeline("fill-mask", model=model_dir, device=device, top_k=30)
   rr = []
   with open(os.path.join(data_dir, "TREx", "P19.jsonl")) as f:
     for line in f:
@@ -100,9 +100,13 @@ def main():
                  choices=("tiny", "mini", "small", "medium", "base", "large"))
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--repeats", type=int, default=5, help="timed rounds over all implementations")
+  p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                 help="where every implementation runs: the pipeline, our torch backend, and "
+                 "JAX's default device for the flax one (on a GPU machine, cpu keeps all three "
+                 "off the GPU)")
   args = p.parse_args()
-  if args.facts < 1 or args.repeats < 1:
-    p.error("--facts and --repeats must be >= 1")
+  if args.facts < 1 or args.repeats < 1 or args.batch_size < 1:
+    p.error("--facts, --repeats and --batch_size must be >= 1")
 
   from bench.train_step import describe_machine
   from informask_jax import lama
@@ -114,12 +118,19 @@ def main():
     write_data(data_dir, args.facts)
     make_model(model_dir, args.size)
 
+    import jax
+    # The same device for all: our backends otherwise took CUDA (torch) or JAX's default device
+    # (flax) where one was there, against a pipeline on the CPU.
+    jax_device = jax.devices("gpu" if args.device == "cuda" else "cpu")[0]
+
     def ours(backend):
-      report = lama.evaluate(model_dir, data_dir, protocol="informask", backend=backend,
-                             batch_size=args.batch_size, progress=False)
+      with jax.default_device(jax_device):
+        report = lama.evaluate(model_dir, data_dir, protocol="informask", backend=backend,
+                               batch_size=args.batch_size, progress=False,
+                               device=args.device if backend == "torch" else None)
       return report.summary["TREx"]["MRR"]
 
-    impls = {"pipeline_loop": lambda: pipeline_loop(model_dir, data_dir),
+    impls = {"pipeline_loop": lambda: pipeline_loop(model_dir, data_dir, args.device),
              "torch": lambda: ours("torch"), "flax": lambda: ours("flax")}
 
     def timed(fn):

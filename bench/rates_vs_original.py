@@ -61,7 +61,12 @@ def read_original(path):
       obj = json.load(f)
   except (OSError, ValueError) as e:
     raise SystemExit(f"--original {path}: {type(e).__name__}: {e}") from None
-  return {int(k): float(v) for k, v in obj.items()}
+  try:
+    return {int(k): float(v) for k, v in obj.items()}
+  except (AttributeError, TypeError, ValueError):
+    raise SystemExit(f"--original {path}: expected an object of token ids to rates, as the "
+                     'original repository\'s id_mask_prob.json ({"1996": 0.02, ...}); keys '
+                     f"must be ids, not tokens (first key: {next(iter(obj), None)!r})") from None
 
 
 def default_original_vocab():
@@ -157,6 +162,12 @@ def main():
   p.add_argument("--top", type=int, default=15, help="rows of each highest / lowest table")
   p.add_argument("--out", help="write the numbers as JSON here")
   args = p.parse_args()
+  try:
+    thresholds = sorted({int(x) for x in args.thresholds.split(",")})
+  except ValueError:
+    p.error(f"--thresholds={args.thresholds!r}: counts separated by commas, e.g. 5,20,100")
+  if args.main_threshold not in thresholds:  # Its stop-word and top/bottom tables went missing.
+    p.error(f"--main_threshold={args.main_threshold} must be one of --thresholds {thresholds}")
 
   here = os.path.dirname(os.path.abspath(args.rates))
   vocab = read_vocab(args.vocab or os.path.join(here, "vocab.txt"))
@@ -177,7 +188,7 @@ def main():
   print(f"\n{'min count':>9} {'ours':>6} {'both':>6} {'rho(o,orig)':>11} {'rho(o,-logf)':>12} "
         f"{'rho(orig,-logf)':>15} {'partial|f':>9}")
   results, main_result = [], None
-  for t in sorted(int(x) for x in args.thresholds.split(",")):
+  for t in thresholds:
     eligible = int(np.sum((counts >= t) & maskable))
     r = compare(tokens, c, a, b, t, eligible, args.top if t == args.main_threshold else 0)
     results.append(r)
