@@ -15,6 +15,7 @@ import pyarrow
 import pyarrow.ipc
 import pytest
 import tokenizers
+import transformers
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -1240,6 +1241,51 @@ def test_parallel_tokenization_keeps_special_tokens_written_in_the_text_as_text(
   assert parallel["input_ids"] == [bert_tokenizer(t, add_special_tokens=False,
                                                   split_special_tokens=True)["input_ids"]
                                    for t in docs["text"]]
+
+
+def _unigram_and_whitespace_wordpiece():
+  """An XLM-R-shaped SentencePiece (Unigram) tokenizer, its specials pieces of the best score as
+  transformers' converter lays them out, and a WordPiece one split on whitespace alone."""
+  from tokenizers import decoders, models, pre_tokenizers
+
+  pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0),
+            ("\u2581the", -3.0), ("\u2581token", -6.0), ("s", -3.0), (".", -3.0)]
+  pieces += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz<>/[]"] + [("<mask>", 0.0)]
+  unigram = tokenizers.Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
+  unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+  unigram.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+  xlmr = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=unigram, bos_token="<s>", cls_token="<s>", eos_token="</s>",
+      sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+  names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "token", "##s", "."]
+  wordpiece = tokenizers.Tokenizer(models.WordPiece({n: i for i, n in enumerate(names)},
+                                                    unk_token="[UNK]"))
+  wordpiece.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  bert_like = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=wordpiece, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+      sep_token="[SEP]", mask_token="[MASK]")
+  return {"unigram": (xlmr, "<s> </s> <pad> <mask>"),
+          "wordpiece": (bert_like, "[MASK] [PAD] [SEP]")}
+
+
+@pytest.mark.parametrize("kind", ["unigram", "wordpiece"])
+def test_special_tokens_typed_in_the_text_stay_text_with_every_vocabulary_kind(kind):
+  """encode_special_tokens stops only the added-token matcher: a Unigram vocabulary holds
+  "<mask>", "<pad>" as pieces of the best score, and WordPiece split on whitespace matched
+  "[MASK]" whole, so typed special tokens came out as the pad, mask, cls and sep ids (a pad
+  mid-row is attention-masked; a mask an input masked without a target). Other text keeps
+  its ids, and the JSON handed to worker processes gives the same."""
+  tokenizer, typed = _unigram_and_whitespace_wordpiece()[kind]
+  specials = set(tokenization.special_ids(tokenizer)) - {tokenizer.unk_token_id}
+  backend = data.plain_backend(tokenizer)
+  ids, _, _ = data.encode_documents([f"the tokens {typed} the token."], backend)
+  assert not specials & set(ids.tolist()), tokenizer.convert_ids_to_tokens(ids.tolist())
+  plain = "the tokens the token."
+  assert data.encode_documents([plain], backend)[0].tolist() == tokenizer(
+      plain, add_special_tokens=False)["input_ids"]
+  again = data.corpus_backend(backend.to_str())  # As a worker process rebuilds it.
+  assert data.encode_documents([f"the {typed}."], again)[0].tolist() == data.encode_documents(
+      [f"the {typed}."], backend)[0].tolist()
 
 
 # --- Splits, row orders and the pipeline's iterators ----------------------------------------------

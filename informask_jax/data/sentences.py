@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 # v10: documents tokenized whole, sentences assigned by character offsets (byte-level BPE and
 #      SentencePiece tokenizers had a separator token before each sentence but the first);
 #      sentences end at the Armenian, Burmese, Ethiopic and Khmer full stops ։ ။ ። ។.
-TOKENIZED_FORMAT = "sentences-v10"
+# v11: special tokens typed in the text stay text with SentencePiece (Unigram) vocabularies and
+#      WordPiece ones split on whitespace only, whose model matched "<mask>", "[PAD]" whole.
+TOKENIZED_FORMAT = "sentences-v11"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
@@ -143,11 +145,37 @@ def corpus_backend(tokenizer_json):
   page about BERT) tokenized as the text they are, never as the special ids: a "[PAD]" would be
   attention-masked padding mid-row, a "[MASK]" an input masked without a target. The setting is
   not part of the JSON, so a worker that rebuilds the tokenizer goes through here too."""
-  backend = tokenizers.Tokenizer.from_str(tokenizer_json)
+  backend = tokenizers.Tokenizer.from_str(_without_special_pieces(tokenizer_json))
   backend.no_padding()
   backend.no_truncation()
   backend.encode_special_tokens = True
   return backend
+
+
+# Prefixed to a special token's own entry in the model's vocabulary: text never holds it (the
+# normalizers drop control characters), so the model never produces that id from text.
+_HIDDEN = "\x00"
+
+
+def _without_special_pieces(tokenizer_json: str) -> str:
+  """The tokenizer with its special tokens (but [UNK]) renamed in the model's own vocabulary.
+  encode_special_tokens only stops the added-token matcher: a SentencePiece (Unigram) vocabulary
+  holds "<pad>", "<mask>" as pieces of the best score, and a WordPiece one split on whitespace
+  alone matched "[MASK]" whole. Ids are unchanged; byte-level BPE needs nothing (no merge makes
+  "<mask>"), and renaming a merge's result would break its merges."""
+  spec = json.loads(tokenizer_json)
+  model = spec.get("model") or {}
+  specials = {t["content"] for t in spec.get("added_tokens") or () if t.get("special")}
+  if model.get("type") == "WordPiece":
+    specials.discard(model.get("unk_token"))
+    model["vocab"] = {_HIDDEN + k if k in specials else k: v for k, v in model["vocab"].items()}
+  elif model.get("type") == "Unigram":
+    unk = model.get("unk_id")
+    model["vocab"] = [[_HIDDEN + piece if piece in specials and i != unk else piece, score]
+                      for i, (piece, score) in enumerate(model["vocab"])]
+  else:
+    return tokenizer_json
+  return json.dumps(spec)
 
 
 def encode_documents(texts, backend):
