@@ -213,9 +213,15 @@ _ACCENT_BLOCKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0,
 _LETTER_MARKS = frozenset("\u0309\u031b\u0323")
 
 
+# Variation selectors (VS16 after an emoji: ❤️ ☀️) choose how a character is drawn, not which
+# it is: stripping them loses nothing, like an accent's, and warned of, they told a corpus of
+# English posts with emoji to give up lower-casing.
+_VARIATION_SELECTORS = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
+
+
 def _is_accent(mark):
-  return mark not in _LETTER_MARKS and any(low <= ord(mark) <= high
-                                           for low, high in _ACCENT_BLOCKS)
+  return mark not in _LETTER_MARKS and any(low <= ord(mark) <= high for low, high in
+                                           _ACCENT_BLOCKS + _VARIATION_SELECTORS)
 
 
 def _stripped_letters(characters):
@@ -545,12 +551,27 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
   return tokenizer
 
 
+# The names a vocabulary gives each role, BERT's and RoBERTa's / SentencePiece's.
+_ROLE_NAMES = {"pad": ("[PAD]", "<pad>"), "unk": ("[UNK]", "<unk>"), "cls": ("[CLS]", "<s>"),
+               "sep": ("[SEP]", "</s>"), "mask": ("[MASK]", "<mask>")}
+
+
 def special_ids(tokenizer):
   """The ids of [PAD] [UNK] [CLS] [SEP] [MASK] (or the tokenizer's equivalents)."""
   ids = {}
   for field in SpecialIds._fields:
     value = getattr(tokenizer, f"{field}_token_id", None)
     if value is None:
+      # A tokenizer.json alone (tokenizers' Tokenizer.save) declares no roles: its vocabulary
+      # may hold the token, which is then to be named, not said to be missing.
+      vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+      held = [t for t in _ROLE_NAMES[field] if t in vocab]
+      if held:
+        raise ValueError(
+            f"The tokenizer declares no {field} token, though its vocabulary holds {held[0]!r}: "
+            f"declare the roles, e.g. transformers.PreTrainedTokenizerFast(tokenizer_file=..., "
+            f"{field}_token={held[0]!r}, ...).save_pretrained(DIR) writes the "
+            "tokenizer_config.json that names them.")
       raise ValueError(f"The tokenizer has no {field} token; InforMask needs [PAD] [UNK] [CLS] "
                        "[SEP] [MASK] (or <pad> <unk> <s> </s> <mask>).")
     ids[field] = int(value)

@@ -43,6 +43,11 @@ def test_lowercase_training_warns_of_marks_that_are_letters_not_accents(tmp_path
   caplog.clear()
   _train(tmp_path / "french", caplog, _corpus(_FRENCH), lowercase=True)
   assert "strips accents" not in caplog.text
+  # Emoji drawn in colour by a variation selector (VS16, U+FE0F): stripping it loses nothing, and
+  # posts in English with emoji were told to give up lower-casing.
+  emoji = "I \u2764\ufe0f the sun \u2600\ufe0f today \u270c\ufe0f"
+  _train(tmp_path / "emoji", caplog, _corpus(emoji), lowercase=True)
+  assert "strips accents" not in caplog.text
   cased = _train(tmp_path / "cased", caplog, _corpus(_HINDI, _JAPANESE), lowercase=False)
   assert "strips accents" not in caplog.text
   assert cased.tokenize("है") == ["है"]

@@ -308,8 +308,31 @@ def test_hub_names_go_to_the_hub(monkeypatch):
 def test_special_ids_name_a_missing_token():
   tok = tokenization.load_tokenizer(_config(BERT_VOCAB))
   tok.mask_token = None
-  with pytest.raises(ValueError, match="no mask token"):
+  with pytest.raises(ValueError, match="declares no mask token, though its vocabulary holds "
+                                       "'\\[MASK\\]'"):
     tokenization.special_ids(tok)
+
+
+def test_a_tokenizer_json_alone_is_told_to_declare_the_roles_its_vocabulary_holds(tmp_path):
+  """tokenizers' Tokenizer.save writes tokenizer.json alone, which names no roles: the error said
+  the tokenizer had no pad token though [PAD] was in its vocabulary, at id 0."""
+  import tokenizers
+
+  def saved(names):
+    backend = tokenizers.Tokenizer(tokenizers.models.WordPiece(
+        {n: i for i, n in enumerate(names)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    folder = tmp_path / str(len(names))
+    folder.mkdir()
+    backend.save(str(folder / "tokenizer.json"))
+    return str(folder)
+  with pytest.raises(ValueError, match=r"declares no pad token, though its vocabulary holds "
+                                       r"'\[PAD\]': declare the roles, e\.g\. transformers\."
+                                       r"PreTrainedTokenizerFast\(tokenizer_file=\.\.\., "
+                                       r"pad_token='\[PAD\]'"):
+    tokenization.load_tokenizer(_config(saved([*tokenization.SPECIAL_TOKENS, "the", "cat"])))
+  with pytest.raises(ValueError, match=r"has no pad token; InforMask needs"):
+    tokenization.load_tokenizer(_config(saved(["[UNK]", "the", "cat"])))
 
 
 def test_fingerprint_ignores_padding_and_sees_the_pre_tokenizer():
