@@ -155,6 +155,12 @@ def initialize() -> None:
   settings = _settings()
   if settings:
     _check_local_device_ids()
+    # Said first: until every process has joined, initialize() waits silently (5 minutes, then
+    # an abort), and a wrong address or process count looked like a hang.
+    coordinator, num, index = settings
+    logging.info("jax.distributed: joining %s processes at %s as process %s; it waits up to 5 "
+                 "minutes for all of them.", num or "the detected", coordinator or "the detected "
+                 "coordinator", "the detected index" if index is None else index)
     jax.distributed.initialize(*settings)
   elif _num_processes() is None and _auto_detected():  # An explicit 1 wins over the cluster's.
     _check_local_device_ids()

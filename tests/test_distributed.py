@@ -113,11 +113,15 @@ def started(bare_env):
       h.removeFilter(f)
 
 
-def test_initialize_passes_the_flags_to_jax(started):
+def test_initialize_passes_the_flags_to_jax(started, caplog):
   assert started() == (None, [])  # One process: jax.distributed is not started.
   # An explicit 1 wins over a coordinator (JAX_COORDINATOR_ADDRESS left in the environment).
   assert started("10.0.0.2:1234", 1, None) == (None, [])
-  assert started("10.0.0.2:1234", 4, 3, process_index=3)[0] == ("10.0.0.2:1234", 4, 3)
+  with caplog.at_level(logging.INFO):
+    assert started("10.0.0.2:1234", 4, 3, process_index=3)[0] == ("10.0.0.2:1234", 4, 3)
+  # Said before the silent wait for the others (a wrong address looked like a hang).
+  assert ("jax.distributed: joining 4 processes at 10.0.0.2:1234 as process 3; it waits up to "
+          "5 minutes for all of them.") in caplog.text
 
 
 @pytest.mark.parametrize("num,index", [(None, 0), (2, None), (None, None)])
