@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -56,16 +57,21 @@ def finalized_steps(workdir) -> list[int]:
                 if p.is_dir() and p.name.isdigit() and ocp.step.is_path_finalized(p))
 
 
+# A glob character class: '[' closed by a ']' in the same path part ('[' alone is literal).
+_GLOB_CLASS = re.compile(r"\[[^/]*\]")
+
+
 def check_path_usable(directory, what: str) -> None:
-  """Refuses a checkpoints folder whose path holds a '[': orbax merges each saved step's
-  per-process OCDBT files with a glob over that path, where '[' opens a character class, so the
-  merge finds nothing and every step saved there is unreadable, while the run reports success."""
-  for path in dict.fromkeys((os.path.abspath(directory), os.path.realpath(directory))):
-    if "[" in path:
-      raise ValueError(
-          f"{what}: the checkpoints folder {path} has a '[' in its path, which orbax's "
-          "checkpoint writer reads as a glob pattern: every checkpoint saved there would be "
-          "unreadable. Use a folder whose path has no '['.")
+  """Refuses a checkpoints folder whose path holds '[...]': orbax merges each saved step's
+  per-process OCDBT files with a glob over the path it is given, where that is a character
+  class, so the merge finds nothing and every step saved there is unreadable, while the run
+  reports success. The path as given: a symbolic link to such a folder is globbed by its name."""
+  path = os.path.abspath(directory)
+  if _GLOB_CLASS.search(path):
+    raise ValueError(
+        f"{what}: the checkpoints folder {path} has '[...]' in its path, which orbax's "
+        "checkpoint writer reads as a glob pattern: every checkpoint saved there would be "
+        "unreadable. Use a folder whose path has no '[' (and ']').")
 
 
 def _eval_loss(metrics) -> float:
@@ -246,6 +252,9 @@ class Checkpointer:
         "config.train.keep_checkpoints rotates out failed: %s: %s. The run goes on; fix the "
         "permissions of %s and delete them by hand (a step may be partly deleted: do not resume "
         "from it).", step, stale or "", type(error).__name__, error, checkpoint_dir(self.workdir))
+    # Orbax dropped the new step from its list with the failed deletion: without a reload it had
+    # no latest step, never rotated that one out, and a later stop said nothing was saved.
+    self.manager.reload()
     return True
 
   def check(self) -> None:

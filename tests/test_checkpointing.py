@@ -339,15 +339,18 @@ def test_a_failure_to_delete_a_rotated_out_step_warns_and_keeps_the_new_one(tmp_
   assert ("Checkpoint step 2 is saved, but deleting the older step(s) [1] that "
           "config.train.keep_checkpoints rotates out failed: PermissionError: [Errno 13] "
           "Permission denied: '_CHECKPOINT_METADATA'. The run goes on;") in caplog.text
+  # The checkpointer still knows step 2 (orbax had dropped it with the failed deletion: no
+  # latest step, a later stop saying nothing was saved, step 2 never rotated out).
+  assert saver.latest_step() == 2 and saver.best_step() == 2 and saver.all_steps() == [1, 2]
   monkeypatch.undo()
   assert saver.save(3, state.replace(step=state.step + 2), {"position": 3}, _meta(),
                     eval_loss=3.0, force=True)
   saver.close()
+  assert checkpointing.finalized_steps(tmp_path) == [3]  # Steps 1 and 2 rotated out now.
   reader = checkpointing.Checkpointer(tmp_path, keep=1)
-  assert reader.latest_step() == 3 and 2 in checkpointing.finalized_steps(tmp_path)
-  _, data_state, _ = reader.restore(2, _abstract(state, jax.tree.map(lambda x: x.sharding,
+  _, data_state, _ = reader.restore(3, _abstract(state, jax.tree.map(lambda x: x.sharding,
                                                                      state)))
-  assert data_state == {"position": 2}
+  assert reader.latest_step() == 3 and data_state == {"position": 3}
   reader.close()
 
 
@@ -356,21 +359,31 @@ def test_a_workdir_path_with_a_bracket_is_refused_before_anything_is_saved(tmp_p
   character class: every checkpoint of such a workdir was unreadable, the run saying nothing."""
   odd = tmp_path / "run[lr=1e-3]"
   with pytest.raises(ValueError, match=r"Checkpoint writer: the checkpoints folder "
-                                       rf"{re.escape(str(odd))}/checkpoints has a '\['"):
+                                       rf"{re.escape(str(odd))}/checkpoints has '\[\.\.\.\]'"):
     checkpointing.Checkpointer(odd)
   with pytest.raises(ValueError, match=rf"^--workdir {re.escape(str(odd))}: the checkpoints "
-                                       r"folder .* has a '\[' in its path, which orbax's "
+                                       r"folder .* has '\[\.\.\.\]' in its path, which orbax's "
                                        r"checkpoint writer reads as a glob pattern"):
     workdir_lib.prepare(odd, tiny_config)
   with pytest.raises(ValueError, match=rf"^--out {re.escape(str(odd))}: the checkpoints folder"):
     export.import_to_workdir(str(tmp_path / "no-such-model"), str(odd))
+  # A workdir linked to such a folder is resolved, so orbax is given the bracketed path too; a
+  # checkpoints/ folder linked into one is globbed by the link's own path, which works.
   (tmp_path / "lr[1]").mkdir()
   (tmp_path / "linked").symlink_to(tmp_path / "lr[1]")
-  with pytest.raises(ValueError, match=r"has a '\['"):
+  with pytest.raises(ValueError, match=r"has '\[\.\.\.\]' in its path"):
     checkpointing.Checkpointer(tmp_path / "linked")
   assert not list(odd.glob('*')) and not list((tmp_path / "lr[1]").iterdir())
-  for fine in ("q?x", "a*b", "c]d"):  # Characters that match themselves in a glob.
-    checkpointing.check_path_usable(tmp_path / fine, "--workdir")
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "checkpoints").symlink_to(tmp_path / "lr[1]", target_is_directory=True)
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  for fine in ("run", "wd[3", "q?x", "a*b", "c]d"):  # '[' alone, and others, match themselves.
+    saver = checkpointing.Checkpointer(tmp_path / fine)
+    assert saver.save(1, state, {"position": 1}, _meta(), force=True)
+    saver.close()
+    _, data_state, _ = checkpointing.Checkpointer(tmp_path / fine).restore(
+        1, _abstract(state, jax.tree.map(lambda x: x.sharding, state)))
+    assert data_state == {"position": 1}, fine
 
 
 def test_a_damaged_latest_step_points_to_the_one_before_it():
