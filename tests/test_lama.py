@@ -73,11 +73,12 @@ LAMA_SKIPS = {
                              "object_not_single_token": 1},
     ("Squad", "test"): {"missing_field": 1, "too_long": 1},
 }
-# With common_vocab.txt: objects outside it go (before the single-token test, as in LAMA).
+# With common_vocab.txt: objects outside it go (before the single-token test, as in LAMA); one
+# it lists that the vocabulary spells in several tokens (Ulm) is no single token, as in LAMA.
 NOT_COMMON = {"malaga", "prague", "hamburg", "madrid", "krakow", "1756"}
 LAMA_COMMON_SKIPS = {
-    ("TREx", "P19"): {"malformed_json": 2, "missing_field": 1, "object_not_in_common_vocab": 4,
-                      "duplicate_fact": 1},
+    ("TREx", "P19"): {"malformed_json": 2, "missing_field": 1, "object_not_in_common_vocab": 3,
+                      "object_not_single_token": 1, "duplicate_fact": 1},
     ("TREx", "P36"): {"object_not_in_common_vocab": 2},
     ("TREx", "P1412"): {"unknown_relation": 2},
     ("Google_RE", "place_of_birth"): {"malformed_json": 1, "negative_judgments": 1,
@@ -1384,6 +1385,29 @@ def test_two_masked_sentences_are_asked_as_one_sentence_pair(bert_words):
   assert templated.text_b is None
 
 
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_a_pair_asked_of_a_model_of_one_token_type_reads_it_all_type_0(models, reference,
+                                                                         tmp_path, backend):
+  """InformBERT's layout (a RoBERTa of one token type, a BERT tokenizer) was refused as soon
+  as a record held two masked sentences: the tokenizer types B 1, which the model cannot embed.
+  The model decides: its pair is all type 0, and scored as Hugging Face's model scores it."""
+  first, second = "the city is in france .", "he was born in [MASK] ."
+  (tmp_path / "ConceptNet").mkdir()
+  _write(tmp_path / "ConceptNet" / "test.jsonl",
+         [{"obj_label": "paris", "masked_sentences": [first, second]}])
+  summary = lama.evaluate(models["roberta"], str(tmp_path), backend=backend,
+                          progress=False).summary["ConceptNet"]
+  model, tok, _ = reference["roberta"]
+  encoded = tok(first, second, return_tensors="pt")
+  with torch.no_grad():
+    logits = model(input_ids=encoded["input_ids"],
+                   token_type_ids=torch.zeros_like(encoded["input_ids"])).logits[0]
+  at = encoded["input_ids"][0].tolist().index(tok.mask_token_id)
+  gold = tok.convert_tokens_to_ids("paris")
+  rank = int((logits[at] >= logits[at, gold]).sum())
+  assert summary["facts"] == 1 and summary["MRR"] == pytest.approx(1 / rank, rel=1e-6)
+
+
 def test_the_informask_token_limit_applies_to_informask_runs_only(models, tmp_path):
   """Over 500 tokens (but within LAMA's 100 words): informask leaves the sentence out, lama
   asks it through a window around the mask."""
@@ -1657,13 +1681,20 @@ def test_informask_gold_alternatives_leave_out_empty_ones(bert_words, tmp_path):
 
 
 def test_sentence_pairs_take_token_types_only_where_the_model_reads_them():
-  """BERT's pair is typed 0 up to the first [SEP], then 1; DistilBERT shares the tokenizer but
-  takes no token types, so its pair is all 0."""
+  """BERT's pair is typed 0 up to the first [SEP], then 1, where the model embeds two types;
+  one that embeds one (DistilBERT shares the tokenizer but takes no types; a RoBERTa with a BERT
+  tokenizer) reads it all 0. The model decides, not the tokenizer's model_input_names: a
+  training run's saved tokenizer does not list token_type_ids, so a workdir asked its pairs
+  with type 0 and its export with type 1; a 1-type model with a BERT tokenizer was refused."""
   vocab = _vocab_file()
-  for tokenizer, second in ((transformers.BertTokenizer(vocab=vocab), 1),
-                            (transformers.DistilBertTokenizer(vocab=vocab), 0)):
-    words = lama.WordTable(tokenizer)
-    ids, types, lead, trail = words.with_special_tokens([2000, 2001], [2002])
-    assert ids == [tokenizer.cls_token_id, 2000, 2001, tokenizer.sep_token_id, 2002,
-                   tokenizer.sep_token_id]
-    assert types == [0, 0, 0, 0, second, second] and (lead, trail) == (1, 1)
+  saved = transformers.BertTokenizer(vocab=vocab)
+  saved.model_input_names = ["input_ids", "attention_mask"]  # As a run's tokenizer/ lists.
+  for tokenizer in (transformers.BertTokenizer(vocab=vocab),
+                    transformers.DistilBertTokenizer(vocab=vocab), saved):
+    for type_vocab_size, second in ((2, 1), (1, 0)):
+      words = lama.WordTable(tokenizer)
+      words.fit_token_types(type_vocab_size)
+      ids, types, lead, trail = words.with_special_tokens([2000, 2001], [2002])
+      assert ids == [tokenizer.cls_token_id, 2000, 2001, tokenizer.sep_token_id, 2002,
+                     tokenizer.sep_token_id]
+      assert types == [0, 0, 0, 0, second, second] and (lead, trail) == (1, 1)

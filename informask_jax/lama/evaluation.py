@@ -177,8 +177,9 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
 
   # Queries first (tokenizer only), so that data problems show before the model loads.
   words = WordTable(load_tokenizer(model))
-  common_ids = None
+  common_ids = listed = None
   if word_list is not None and protocol == "lama":
+    listed = {words.normalized(w) for w in word_list}
     common_ids = {words.single_token_id(w) for w in word_list} - {None}
     log.info("Common vocabulary: %d of %d words are single tokens of the model.",
              len(common_ids), len(word_list))
@@ -193,7 +194,8 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   for i, rel in enumerate(relations):
     records = read_records(rel.path, limit)
     if protocol == "lama":
-      queries += lama_queries(i, rel, records, words, common_ids, use_masked_sentences, scores[i])
+      queries += lama_queries(i, rel, records, words, common_ids, use_masked_sentences, scores[i],
+                              listed)
     else:
       queries += informask_queries(i, rel, records, words, scores[i])
   if not queries:  # Before the model loads.
@@ -210,6 +212,7 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
                      f"{f' (ids up to {rows - 1}: its vocabulary has gaps)' if rows > size else ''}"
                      f" but the model predicts {runner.vocab_size} (tokens added to the tokenizer "
                      "without model.resize_token_embeddings?).")
+  words.fit_token_types(runner.type_vocab_size)
   encoded = encode_queries(queries, words, runner.max_len, scores,
                            INFORMASK_MAX_TOKENS if protocol == "informask" else None,
                            first_mask=protocol == "lama")

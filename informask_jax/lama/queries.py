@@ -67,8 +67,10 @@ def _rejected_by_annotators(record: dict) -> bool:
 
 def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], words: WordTable,
                  common: set[int] | None, use_masked_sentences: bool,
-                 score: RelationScore) -> list[Query]:
-  """Queries of one relation under the `lama` protocol; skips are counted into `score`."""
+                 score: RelationScore, listed: set[str] | None = None) -> list[Query]:
+  """Queries of one relation under the `lama` protocol; skips are counted into `score`.
+  `common`: the token ids of --common_vocab's single-token words; `listed`: its words,
+  normalised (WordTable.normalized), which name why a multi-token object is skipped."""
   templated = rel.source in ("TREx", "Google_RE") and not use_masked_sentences
   queries, seen = [], set()
   for record in records:
@@ -104,7 +106,10 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
       # Several masks: the first of the sentence pair is scored.
       text, *rest = (x.replace(LAMA_MASK, words.mask_token) for x in sentences)
     gold = words.single_token_id(obj)
-    if common is not None and gold not in common:
+    # LAMA's filter tests the list first, by the words written: an object it lists but the
+    # vocabulary spells in several tokens is no single token, not outside the list.
+    if common is not None and (gold not in common if gold is not None or listed is None else
+                               not all(words.normalized(w) in listed for w in obj.split(" "))):
       score.skipped["object_not_in_common_vocab"] += 1
       continue
     if gold is None:

@@ -28,12 +28,11 @@ class WordTable:
     k = next(i for i in range(len(full)) if full[i:i + len(probe)] == probe)
     self.prefix, self.suffix = full[:k], full[k + len(probe):]  # [CLS] / [SEP] and the like.
     # A sentence pair as the tokenizer lays it out (BERT: [CLS] a [SEP] b [SEP], token types 0
-    # up to the first [SEP], then 1; RoBERTa: <s> a </s></s> b </s>, all 0).
+    # up to the first [SEP], then 1; RoBERTa: <s> a </s></s> b </s>, all 0). Whether the model
+    # embeds those types is the model's to say: see fit_token_types.
     pair = tokenizer("a", "a", return_token_type_ids=True)
     ids2 = pair["input_ids"]
     types2 = pair.get("token_type_ids") or [0] * len(ids2)
-    if "token_type_ids" not in tokenizer.model_input_names:  # The model takes no segments.
-      types2 = [0] * len(ids2)
     n = len(probe)
     a = next(i for i in range(len(ids2)) if ids2[i:i + n] == probe)
     b = next(i for i in range(a + n, len(ids2)) if ids2[i:i + n] == probe)
@@ -41,6 +40,10 @@ class WordTable:
     self._pair_types = (types2[:a], types2[a], types2[a + n:b], types2[b], types2[b + n:])
     self._token_ids: dict[str, int | None] = {}
     self._strings: dict[int, str] = {}
+
+  def normalized(self, word: str) -> str:
+    """`word` as the tokenizer's normaliser writes it (lower-cased, accents stripped, ...)."""
+    return self._normalize(word.strip()).strip()
 
   def single_token_id(self, word: str) -> int | None:
     """The token that spells `word` by itself (after the tokenizer's normalisation), or None.
@@ -76,6 +79,15 @@ class WordTable:
     for i, text in zip(missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True):
       self._strings[i] = text.replace(" ", "").lower()
     return [self._strings[i] for i in ids]
+
+  def fit_token_types(self, type_vocab_size: int) -> None:
+    """A model that embeds one token type (RoBERTa, DistilBERT without any) reads a pair's
+    second sentence as type 0. Decided by the model, not by the tokenizer's model_input_names:
+    a training run's saved tokenizer does not list token_type_ids, so a run's workdir asked its
+    pairs with type 0 and the run's export, whose tokenizer lists them, with type 1."""
+    if type_vocab_size < 2:
+      self._pair_types = tuple([0] * len(t) if isinstance(t, list) else 0
+                               for t in self._pair_types)
 
   def with_special_tokens(self, first: list[int], second: list[int] | None = None
                           ) -> tuple[list[int], list[int] | None, int, int]:
