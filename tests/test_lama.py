@@ -1408,6 +1408,21 @@ def test_a_pair_asked_of_a_model_of_one_token_type_reads_it_all_type_0(models, r
   assert summary["facts"] == 1 and summary["MRR"] == pytest.approx(1 / rank, rel=1e-6)
 
 
+def test_a_model_padding_with_another_id_than_its_tokenizer_is_for_the_torch_backend(
+    models, tmp_path):
+  """InformBERT's release pads with [PAD] 0 in its tokenizer but states pad_token_id 1 in its
+  config: the flax backend's attention mask and positions would be wrong, so it refuses, naming
+  the backend that reads the tokenizer's padding."""
+  model = tmp_path / "informbert_like"
+  shutil.copytree(models["roberta"], model)
+  config = json.loads((model / "config.json").read_text())
+  (model / "config.json").write_text(json.dumps({**config, "pad_token_id": 1}))
+  with pytest.raises(ValueError, match=r"pads with id 0 but the model's pad_id is 1 \(InformBERT's "
+                                       r"release has this layout\); .* use --backend torch"):
+    lama.evaluate(str(model), str(FIXTURES), backend="flax", progress=False)
+  assert lama.evaluate(str(model), str(FIXTURES), backend="torch", progress=False).summary
+
+
 def test_the_informask_token_limit_applies_to_informask_runs_only(models, tmp_path):
   """Over 500 tokens (but within LAMA's 100 words): informask leaves the sentence out, lama
   asks it through a window around the mask."""

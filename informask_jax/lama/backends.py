@@ -112,7 +112,9 @@ class FlaxBackend:
 
     if tokenizer.pad_token_id != cfg.pad_id:
       raise ValueError(f"The tokenizer pads with id {tokenizer.pad_token_id} but the model's "
-                       f"pad_id is {cfg.pad_id}; the attention mask would be wrong.")
+                       f"pad_id is {cfg.pad_id} (InformBERT's release has this layout); the "
+                       "flax backend's attention mask and positions would be wrong: use "
+                       "--backend torch, which reads the tokenizer's padding.")
     # Numbers must match the PyTorch backend: float32 activations and plain XLA attention.
     cfg = dataclasses.replace(cfg, compute_dtype="float32", attention="xla", remat="none")
     self.cfg, self.batch_size = cfg, batch_size
