@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import unicodedata
 from collections.abc import Mapping
 
 import datasets
@@ -56,10 +55,7 @@ _FEATURES = datasets.Features(
 # cleaned copy by a hash of _clean_batch's code and arguments, which does not see clean_text's.
 # 2: vertical tab, form feed, the information separators, NEL and the Unicode line and paragraph
 #    separators are line breaks (they were deleted, or left: words joined across a page break).
-# 3: text is put in Unicode's composed form (NFC): a cased vocabulary (lowercase=False, which
-#    leaves text as written) gave a word typed decomposed (NFD: macOS file names, some scrapes)
-#    other ids than the same word composed, mostly [UNK].
-CLEANING_VERSION = 3
+CLEANING_VERSION = 2
 # Characters that end a line besides "\n" (and "\r\n"): an old Mac's lone CR, Word's soft line
 # break (vertical tab), pdftotext's page break (form feed), the information separators, NEL, and
 # Unicode's line and paragraph separators.
@@ -74,7 +70,6 @@ def clean_text(text):
   if not isinstance(text, str):
     raise ValueError(f"A document's text (text_field) is {type(text).__name__} {text!r:.60}, "
                      "not a string.")
-  text = unicodedata.normalize("NFC", text)
   text = _OTHER_LINE_BREAKS.sub("\n", text.replace("\r\n", "\n"))
   text = _CONTROL.sub("", text)
   text = _HSPACE.sub(" ", text)

@@ -189,22 +189,3 @@ def test_a_one_character_chinese_sentence_ends_at_a_half_width_full_stop():
   the rule that keeps "Arthur C. Clarke" whole (a single letter before the stop) is for Latin
   initials, which no Chinese character is."""
   assert sentences.split_sentences("你好吗?好.谢谢") == ["你好吗?", "好.", "谢谢"]
-
-
-def test_text_typed_decomposed_gets_the_ids_of_the_same_text_composed(tmp_path, caplog):
-  """A cased vocabulary (lowercase=False, as for Hindi, Vietnamese, Korean) leaves text as
-  written: a word typed decomposed (NFD: macOS file names, some scrapes) got other ids than
-  the same word composed, mostly [UNK]. Cleaning composes it, and NFD and NFC copies of a
-  document fall on one side of the split."""
-  import unicodedata
-
-  from informask_jax import corpus
-
-  composed = "Café, résumé, naïve. Tiếng Việt có sáu thanh. がぎぐ 한국어"
-  decomposed = unicodedata.normalize("NFD", composed)
-  assert decomposed != composed and corpus.clean_text(decomposed) == composed
-  assert corpus.clean_document(decomposed) == corpus.clean_document(composed)
-  tok = _train(tmp_path, caplog, _corpus(composed, _FRENCH), lowercase=False)
-  ids = tok(corpus.clean_text(decomposed), add_special_tokens=False)["input_ids"]
-  assert ids == tok(composed, add_special_tokens=False)["input_ids"]
-  assert tok.unk_token_id not in ids
