@@ -253,8 +253,13 @@ class Checkpointer:
         "permissions of %s and delete them by hand (a step may be partly deleted: do not resume "
         "from it).", step, stale or "", type(error).__name__, error, checkpoint_dir(self.workdir))
     # Orbax dropped the new step from its list with the failed deletion: without a reload it had
-    # no latest step, never rotated that one out, and a later stop said nothing was saved.
+    # no latest step, never rotated that one out, and a later stop said nothing was saved. The
+    # steps it meant to delete stay out of the list: back in, an undeletable one failed every
+    # later rotation before the others' turn (orbax deletes in order), and none went again.
     self.manager.reload()
+    checkpoints = getattr(self.manager, "_checkpoints", None)  # No public API for this.
+    if stale and hasattr(checkpoints, "delete_if"):
+      checkpoints.delete_if(lambda info: info.step in stale)
     return True
 
   def check(self) -> None:

@@ -360,7 +360,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
   (export_workdir, to check its vocabulary), so that it is not loaded twice; the files are still
   copied from `tokenizer_dir`. With `verify` the written directory is loaded by `transformers`
   and compared with our model (`verify_export`), which raises if the logits differ by more than
-  `MAX_ABS_DIFF`.
+  `MAX_ABS_DIFF` (or ROUNDING_FACTOR x transformers' own float32 rounding, where more).
   """
   import transformers
   from safetensors import SafetensorError

@@ -341,17 +341,45 @@ def test_a_failure_to_delete_a_rotated_out_step_warns_and_keeps_the_new_one(tmp_
           "Permission denied: '_CHECKPOINT_METADATA'. The run goes on;") in caplog.text
   # The checkpointer still knows step 2 (orbax had dropped it with the failed deletion: no
   # latest step, a later stop saying nothing was saved, step 2 never rotated out).
-  assert saver.latest_step() == 2 and saver.best_step() == 2 and saver.all_steps() == [1, 2]
+  # Step 1, which it could not delete, is left out of its list (on disk, warned).
+  assert saver.latest_step() == 2 and saver.best_step() == 2 and saver.all_steps() == [2]
   monkeypatch.undo()
   assert saver.save(3, state.replace(step=state.step + 2), {"position": 3}, _meta(),
                     eval_loss=3.0, force=True)
   saver.close()
-  assert checkpointing.finalized_steps(tmp_path) == [3]  # Steps 1 and 2 rotated out now.
+  # Step 2 rotated out; step 1 waits for the hand the warning asked for (or a reopened
+  # checkpointer, which lists it again and deletes it at its next save).
+  assert checkpointing.finalized_steps(tmp_path) == [1, 3]
   reader = checkpointing.Checkpointer(tmp_path, keep=1)
   _, data_state, _ = reader.restore(3, _abstract(state, jax.tree.map(lambda x: x.sharding,
                                                                      state)))
   assert reader.latest_step() == 3 and data_state == {"position": 3}
   reader.close()
+
+
+def test_a_step_that_can_never_be_deleted_does_not_stop_the_later_rotations(tmp_path,
+                                                                            monkeypatch):
+  """A step left read-only for good: orbax deletes the rotated-out steps in order, so with that
+  step back in its list every later rotation failed on it first, and keep_checkpoints=1 kept
+  every step. It is left out (warned), and the others rotate out as before."""
+  from orbax.checkpoint._src.path import deleter
+
+  delete = deleter.StandardCheckpointDeleter.delete
+
+  def refuse_step_1(self, step):
+    if step == 1:
+      raise PermissionError(13, "Permission denied", "_CHECKPOINT_METADATA")
+    return delete(self, step)
+  monkeypatch.setattr(deleter.StandardCheckpointDeleter, "delete", refuse_step_1)
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path, keep=1)
+  for step in range(1, 6):
+    assert saver.save(step, state.replace(step=state.step + step - 1), {"position": step},
+                      _meta(), eval_loss=6.0 - step, force=True)
+    saver.wait()
+    assert saver.latest_step() == step
+  saver.close()
+  assert checkpointing.finalized_steps(tmp_path) == [1, 5]
 
 
 def test_a_workdir_path_with_a_bracket_is_refused_before_anything_is_saved(tmp_path, tiny_config):

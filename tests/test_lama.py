@@ -1423,6 +1423,21 @@ def test_a_model_padding_with_another_id_than_its_tokenizer_is_for_the_torch_bac
   assert lama.evaluate(str(model), str(FIXTURES), backend="torch", progress=False).summary
 
 
+def test_a_model_of_no_token_types_is_probed(tmp_path):
+  """DeBERTa-v3 ships type_vocab_size=0 (it embeds no token types): it was refused with "embeds 0
+  token type(s) but ... gives ... type 0", single sentences included. It reads type 0."""
+  tok = transformers.BertTokenizer(vocab=_vocab_file())
+  torch.manual_seed(0)
+  transformers.DebertaV2ForMaskedLM(transformers.DebertaV2Config(
+      vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=64, pad_token_id=tok.pad_token_id, type_vocab_size=0,
+      max_position_embeddings=256)).save_pretrained(tmp_path)
+  tok.save_pretrained(tmp_path)
+  summary = lama.evaluate(str(tmp_path), str(FIXTURES), progress=False).summary
+  assert {source: s["facts"] for source, s in summary.items()} == {
+      "Google_RE": 8, "TREx": 12, "ConceptNet": 4, "Squad": 3}
+
+
 def test_the_informask_token_limit_applies_to_informask_runs_only(models, tmp_path):
   """Over 500 tokens (but within LAMA's 100 words): informask leaves the sentence out, lama
   asks it through a window around the mask."""

@@ -219,7 +219,9 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   if not encoded:
     raise ValueError(_nothing_to_ask(scores, words, common_vocab))
   top_type = max((max(e.types) for e in encoded if e.types), default=0)
-  if top_type >= runner.type_vocab_size:  # A sentence pair's segment B the model cannot embed.
+  # A sentence pair's segment B the model cannot embed; one of no token types (DeBERTa-v3's 0)
+  # reads type 0, as a one-type model does.
+  if top_type >= max(runner.type_vocab_size, 1):
     raise ValueError(f"--model {model!r} embeds {runner.type_vocab_size} token type(s) but its "
                      f"tokenizer gives a sentence pair's second sentence type {top_type}: "
                      "is the tokenizer the model's own?")
