@@ -57,6 +57,11 @@ def finalized_steps(workdir) -> list[int]:
                 if p.is_dir() and p.name.isdigit() and ocp.step.is_path_finalized(p))
 
 
+# The meta entry of an import whose masked-LM head was made fresh (the model had none); an
+# export of it records the same key in its provenance (lama.models.FRESH_HEAD_KEY), not imported
+# here: the lama package has no place on the training path.
+FRESH_HEAD_META = "fresh_mlm_head"
+
 # A glob character class: '[' closed by a ']' in the same path part ('[' alone is literal).
 _GLOB_CLASS = re.compile(r"\[[^/]*\]")
 
@@ -428,7 +433,7 @@ def has_fresh_head(workdir, step: int) -> bool:
   fresh (its meta's fresh_mlm_head); an unreadable meta is named by the restore instead."""
   manager, _ = _find_steps(workdir)
   try:
-    return bool(_read_meta(manager, workdir, step).get("fresh_mlm_head"))
+    return bool(_read_meta(manager, workdir, step).get(FRESH_HEAD_META))
   except CheckpointReadError:
     return False
   finally:
@@ -474,7 +479,7 @@ def restore_params(workdir, step: int | None = None, *, step_flag: str | None = 
 
 
 def _check_head(meta, workdir, step, untrained_head) -> None:
-  if not meta.get("fresh_mlm_head"):
+  if not meta.get(FRESH_HEAD_META):
     return
   what = (f"the checkpoint at step {step} in {workdir} is an import of an encoder without a "
           "masked-LM head, whose head was initialised fresh")
@@ -588,7 +593,7 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
   # imported again (its checkpoints/ is taken).
   meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
   if fresh_mlm_head:
-    meta["fresh_mlm_head"] = True
+    meta[FRESH_HEAD_META] = True
   if tokenizer is not None:
     saved_dir = pathlib.Path(workdir) / "tokenizer"
     paths.replace_files(saved_dir, lambda tmp: tokenizer.save_pretrained(tmp), "the tokenizer")

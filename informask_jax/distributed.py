@@ -175,6 +175,12 @@ def initialize() -> None:
       handler.addFilter(_WarningsOnly())
 
 
+def barrier(key: str) -> None:
+  """Waits until every process has reached the barrier `key` (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost.get_barrier_sync_fn()(key=key, timeout_ms=CACHE_BARRIER_TIMEOUT_S * 1000)
+
+
 def main_process_first(name: str, build):
   """Returns build() run on process 0 first, then on the other processes.
 
@@ -184,21 +190,12 @@ def main_process_first(name: str, build):
   """
   if jax.process_count() == 1:
     return build()
-  wait = lambda: multihost.get_barrier_sync_fn()(  # noqa: E731
-      key=f"main_process_first:{name}", timeout_ms=CACHE_BARRIER_TIMEOUT_S * 1000)
   if jax.process_index() == 0:
     result = build()
-    wait()
+    barrier(f"main_process_first:{name}")
     return result
-  wait()
+  barrier(f"main_process_first:{name}")
   return build()
-
-
-def barrier(name: str) -> None:
-  """Waits until every process has reached the barrier `name` (nothing with one process)."""
-  if jax.process_count() > 1:
-    multihost.get_barrier_sync_fn()(key=f"barrier:{name}",
-                                    timeout_ms=CACHE_BARRIER_TIMEOUT_S * 1000)
 
 
 _SHARED_KEY = "informask_jax/shared_dir/{}"

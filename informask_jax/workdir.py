@@ -198,7 +198,6 @@ class OverwrittenRun:
   def __init__(self, workdir: pathlib.Path):
     self.workdir = workdir
     self.aside = workdir / OVERWRITTEN
-    self.pending = False  # Set aside, neither deleted nor put back yet.
     # The entries moved aside, and those the earlier run lacked (the new run's own, if made):
     # what putting back replaces. An entry not reached (a rename failed before it) is untouched.
     self.moved, self.absent = [], []
@@ -207,8 +206,7 @@ class OverwrittenRun:
     if jax.process_index() != 0:
       return
     self.aside.mkdir()
-    self.pending = True  # From here: a rename that fails puts back those made.
-    _pending.append(self)
+    _pending.append(self)  # From here: a rename that fails puts back those made.
     for name in RUN_NAMES:
       path = self.workdir / name
       if path.exists() or path.is_symlink():
@@ -247,10 +245,13 @@ class OverwrittenRun:
     logging.warning("The new run failed before its first step: the earlier run in %s, which "
                     "config.train.overwrite set aside, is put back as it was.", self.workdir)
 
+  @property
+  def pending(self) -> bool:
+    """Set aside, neither deleted nor put back yet."""
+    return self in _pending
+
   def _settled(self) -> None:
-    self.pending = False
-    if self in _pending:
-      _pending.remove(self)
+    _pending.remove(self)
 
   def put_back_or_say(self) -> None:
     try:
