@@ -631,14 +631,14 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
     raise FileExistsError(f"{workdir} holds a training run's {', '.join(traces)}: an import "
                           "there would mix with it. Choose an empty --out.")
   paths.check_writable_dir(workdir, "Workdir")
-  old_tokenizer = os.path.join(workdir, "tokenizer")
-  if os.path.isdir(old_tokenizer) and os.listdir(old_tokenizer):  # A failed import's: retried.
-    logging.warning("%s already holds tokenizer files (an import that failed?); the model's "
-                    "tokenizer replaces them.", old_tokenizer)
   existing = checkpointing.checkpoint_dir(workdir)
   checkpointing.check_path_usable(existing, f"--out {workdir}")
   if checkpointing.finalized_steps(workdir):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")
+  old_tokenizer = os.path.join(workdir, "tokenizer")  # After the refusals: it is replaced now.
+  if os.path.isdir(old_tokenizer) and os.listdir(old_tokenizer):  # A failed import's: retried.
+    logging.warning("%s already holds tokenizer files (an import that failed?); the model's "
+                    "tokenizer replaces them.", old_tokenizer)
   model_dir = _resolve(dir_or_name, "--from-hf")
   # An unsupported model fails first, whatever else is missing. Read once: load_hf_as_flax would
   # resolve and parse config.json again.

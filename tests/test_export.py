@@ -1310,13 +1310,16 @@ def test_import_of_a_training_workdir_says_what_it_is(tmp_path):
 
 
 def test_import_into_a_workdir_with_checkpoints_is_refused_before_any_reading(imported_workdir,
-                                                                               hf_copy):
+                                                                               hf_copy, caplog):
   # The model's weights are gone: the refusal comes first, before the model is looked at.
   (hf_copy / "model.safetensors").unlink()
   before = sorted(os.listdir(imported_workdir))
-  with pytest.raises(FileExistsError, match="already holds checkpoints; choose an empty workdir"):
+  with caplog.at_level(logging.WARNING), pytest.raises(
+      FileExistsError, match="already holds checkpoints; choose an empty workdir"):
     convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", imported_workdir])
   assert sorted(os.listdir(imported_workdir)) == before
+  # Its tokenizer stays: a warning that "the model's tokenizer replaces them" was false.
+  assert "already holds tokenizer files" not in caplog.text
 
 
 def test_import_into_a_run_without_checkpoints_is_refused_and_a_left_tokenizer_said(
