@@ -1277,6 +1277,11 @@ def test_show_cli_says_when_a_text_is_too_short_for_any_target(capsys):
     (["--mask-prob", "nan"], r"--mask-prob must be in \(0, 1\), got nan"),
     (["--num-candidates", "0"], r"--num-candidates must be in \[1, 512\], got 0"),
     (["--num-candidates", "513"], r"--num-candidates must be in \[1, 512\], got 513"),
+    # An empty path was taken as not given: stand-in rates without a word, no page written.
+    (["--stats", ""], r"--stats is empty: give a path, or leave --stats out"),
+    (["--rates", ""], r"--rates is empty"),
+    (["--html", ""], r"--html is empty"),
+    (["--tokenizer", ""], r"--tokenizer is empty"),
 ])
 def test_show_cli_refuses_out_of_range_flags_by_name(flags, message, capsys):
   from informask_jax.masking import show
@@ -1361,7 +1366,8 @@ def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys, c
   show.main(["--strategy", "informask", "--text", text, "--samples", "4", "--no-colour",
              "--stats", str(directory)])
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-  assert len(rows) == 4 and all("[earth" in row for row in rows), rows
+  # A kept target is in braces ("{earth}"): a target still.
+  assert len(rows) == 4 and all(re.search(r"[\[{]earth\b", row) for row in rows), rows
   # A table given by its own flag is used instead of the directory's.
   own = rates.copy()
   own[tok.convert_tokens_to_ids(["earth", "mountain"])] = [1e-6, 1.0]
@@ -1369,7 +1375,7 @@ def test_show_cli_takes_the_tables_of_a_statistics_directory(tmp_path, capsys, c
   show.main(["--strategy", "informask", "--text", text, "--samples", "4", "--no-colour",
              "--stats", str(directory), "--rates", str(tmp_path / "own.npy")])
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-  assert len(rows) == 4 and all("[mountain" in row for row in rows), rows
+  assert len(rows) == 4 and all(re.search(r"[\[{]mountain\b", row) for row in rows), rows
   artifacts.write_meta(directory, {**meta, "tokenizer_fingerprint": "another"})
   with caplog.at_level(logging.WARNING), pytest.raises(
       SystemExit, match=r"--stats .* built with another tokenizer .*--tokenizer"):
@@ -2040,6 +2046,14 @@ def test_show_names_the_flag_of_a_bad_table(tmp_path):
   with pytest.raises(SystemExit,
                      match=rf"^error: --ngrams: ngrams file '{_q(rates)}' is not a text file"):
     show.main(["--strategy", "pmi_span", "--text", text, "--ngrams", str(rates)])
+  # A directory was said not to exist.
+  for strategy, flag, message in (("pmi_span", "--ngrams", "ngrams file '{}' is a directory; "
+                                   "give the pmi_ngrams.json file in it"),
+                                  ("pmi_span", "--bigrams", "bigrams file '{}' is a directory"),
+                                  ("informask_online", "--pmi", "PMI matrix '{}' is a directory; "
+                                   "give the pmi.npz file in it")):
+    with pytest.raises(SystemExit, match=rf"^error: {flag}: {message.format(_q(tmp_path))}"):
+      show.main(["--strategy", strategy, "--text", text, flag, str(tmp_path)])
 
 
 def test_check_config_refuses_a_bad_value_without_first_calling_it_ignored(caplog):
@@ -2106,6 +2120,12 @@ def test_show_reads_a_statistics_directory_of_a_cased_vocabulary(tmp_path, capsy
              "--tokenizer", str(directory), "--stats", str(directory)])
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
   assert len(rows) == 3 and all(re.search(r"[\[{]Earth\b", row) for row in rows), rows
+  # Without --stats the directory's own meta.json says the case (its vocab.txt was read
+  # lower-cased: "earth", and maskers of other ids than training's).
+  show.main(["--strategy", "random", "--text", text, "--samples", "1", "--no-colour",
+             "--tokenizer", str(directory)])
+  rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert len(rows) == 1 and "Earth" in rows[0] and "earth" not in rows[0], rows
   # Another tokenizer (the default bert-base-uncased vocab.txt): the directory's is suggested.
   with pytest.raises(SystemExit, match=rf"built with another tokenizer \(a vocabulary trained on "
                                        rf"the corpus\) than --tokenizer bert-base-uncased \(the "
@@ -2168,16 +2188,54 @@ def test_show_header_says_when_the_text_is_cut_to_a_sequence(capsys):
     assert header in capsys.readouterr().out, extra
 
 
-def test_show_draws_each_strategy_with_its_own_key(capsys, monkeypatch):
-  """The seed is folded with the strategy's place: one masker listed twice shows other draws."""
+def test_show_draws_a_strategy_alone_as_among_the_others(capsys):
+  """The seed is folded with the strategy's place in STRATEGIES: --strategy span shows the masks
+  of the span rows of the default run (it was folded with the place in the list shown, the same
+  for random alone, other draws for the rest)."""
   from informask_jax.masking import show
-  build = show.build_maskers
-  monkeypatch.setattr(show, "build_maskers", lambda *args: build(*args) * 2)
   text = "Mount Everest is the highest mountain on Earth above sea level."
-  show.main(["--strategy", "random", "--text", text, "--samples", "4", "--no-colour"])
-  blocks = capsys.readouterr().out.split("\nrandom\n")[1:]
-  assert len(blocks) == 2 and all(block.count("\n  ") == 3 for block in blocks), blocks
-  assert blocks[0].strip() != blocks[1].strip()
+  flags = ["--text", text, "--samples", "4", "--no-colour"]
+
+  def rows(strategies):
+    show.main(["--strategy", strategies, *flags])
+    blocks = capsys.readouterr().out.split("\n\n")[1:]
+    return {block.splitlines()[0].split()[0]: block.splitlines()[1:] for block in blocks}
+
+  together = rows("all")
+  assert set(together) == set(show.STRATEGIES)
+  for name in ("whole_word", "span"):
+    alone = rows(name)
+    assert alone == {name: together[name]} and len(alone[name]) == 4, (alone, together[name])
+  assert together["whole_word"] != together["span"]
+
+
+def test_show_writes_byte_level_bpe_tokens_as_text():
+  """A byte-level BPE vocabulary (RoBERTa's) spells bytes with stand-in characters: show wrote
+  "CafÃ©" and "[word>Ġnew]". A character whose bytes span two pieces is shown with the piece
+  that completes it; a replacement alone, a part of a character as U+FFFD."""
+  import tokenizers
+  import transformers
+
+  from informask_jax.masking import show
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["Café in the town , and the café again ."] * 20, vocab_size=300,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+      sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+  text = "Café Müller and 東京"
+  ids = [tok.cls_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.sep_token_id]
+  assert "\u00c3\u00a9" in "".join(tok.convert_ids_to_tokens(ids))  # é is stored as "Ã©"...
+  assert len(ids) > 2 + len(text.split())  # ... and ü, 東, 京 as bytes over several pieces.
+  nothing = {"input_ids": np.array(ids), "mask": np.zeros(len(ids), bool)}
+  assert show.render(tok, ids, nothing, colour=False) == text
+  # "and" turned into another word.
+  at = tok.convert_ids_to_tokens(ids).index("\u0120and")
+  new = list(ids)
+  new[at] = tok.convert_tokens_to_ids("\u0120town")
+  result = {"input_ids": np.array(new), "mask": np.arange(len(ids)) == at}
+  assert show.render(tok, ids, result, colour=False) == "Café Müller [and>town] 東京"
+  assert show._pieces(tok, [tok.convert_tokens_to_ids("\u00c3")], alone=True) == ["\ufffd"]
 
 
 def test_show_default_text_is_the_first_sentence_of_the_article(tmp_path, monkeypatch):
@@ -2235,4 +2293,4 @@ def test_show_uses_a_table_beside_a_meta_json_that_names_no_tokenizer(tmp_path, 
              "Earth above sea level.", "--samples", "2", "--no-colour",
              "--rates", str(tmp_path / "rates.npy")])
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-  assert len(rows) == 2 and all("[earth" in row for row in rows), rows
+  assert len(rows) == 2 and all(re.search(r"[\[{]earth\b", row) for row in rows), rows

@@ -62,6 +62,8 @@ def _read_npz(path):
   """scipy.sparse.load_npz with errors that say which file is expected. Its own messages are
   no help here: a dense .npy fails on the context manager protocol, a pickled one suggests
   allow_pickle (running code from the file)."""
+  if os.path.isdir(path):
+    raise ValueError(f"PMI matrix {path!r} is a directory; give the pmi.npz file in it.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"PMI matrix {path!r} does not exist.")
   expected = ("give the statistics module's pmi.npz (a scipy.sparse matrix saved by "

@@ -60,6 +60,8 @@ def _read_json_list(value, what):
   if isinstance(value, str | os.PathLike):
     path = os.fspath(value)
     where = f"{what} file {path!r}"
+    if os.path.isdir(path):
+      raise ValueError(f"{where} is a directory; give the pmi_{what}.json file in it.")
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{where} does not exist.")
     with open(path, encoding="utf-8") as f:

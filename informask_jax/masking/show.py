@@ -15,6 +15,7 @@ stand-ins and informask_online is skipped.
 """
 
 import argparse
+import codecs
 import contextlib
 import html
 import importlib.metadata
@@ -163,11 +164,14 @@ def tokenizer_for_tables(args, tok):
   """`tok`, or --tokenizer's vocab.txt read cased when that is the tokenizer the given tables
   were built with. A vocab.txt records no case and loads lower-cased; a vocabulary trained with
   config.tokenizer.lowercase=False (whose statistics directory holds that vocab.txt) must be
-  read cased, and the tables' fingerprint tells which reading is theirs."""
+  read cased, and the tables' (or that directory's own) fingerprint tells which reading is
+  theirs."""
   from informask_jax import tokenization
 
-  wanted = set(_built_with(_table_dirs(args)).values())
   path = _vocab_txt(args.tokenizer)
+  # A statistics directory given as --tokenizer records its own case too, --stats or not.
+  own = [os.path.dirname(os.path.abspath(path))] if path is not None else []
+  wanted = set(_built_with(_table_dirs(args) + own).values())
   if not wanted or path is None or tokenization.tokenizer_fingerprint(tok) in wanted:
     return tok
   return _vocab_in_case(path, wanted) or tok
@@ -389,10 +393,52 @@ def legend(colour, own_brackets=False):
 _WORD_START_MARKS = ("\u0120", "\u2581")  # Ġ, ▁
 
 
+def _byte_level_bytes():
+  """{stand-in character: the byte it spells} in a byte-level BPE vocabulary (GPT-2's, RoBERTa's):
+  printable Latin-1 bytes spell themselves, the other bytes chr(256), chr(257), ... in order."""
+  printable = {*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+               *range(ord("\xae"), ord("\xff") + 1)}
+  table, others = {}, 0
+  for b in range(256):
+    if b in printable:
+      table[chr(b)] = b
+    else:
+      table[chr(256 + others)] = b
+      others += 1
+  return table
+
+
+def _pieces(tok, ids, alone=False):
+  """The tokens of `ids` as text. A byte-level BPE vocabulary (RoBERTa's) spells each byte with a
+  stand-in character ("Ã©" is "é", "Ġ" a space): those are turned back into text, a character
+  whose bytes span pieces shown with the piece that completes it (`alone`: each piece by itself,
+  a part of a character as "\ufffd"). Word starts keep their "Ġ" mark, which render reads."""
+  from tokenizers import decoders
+
+  pieces = tok.convert_ids_to_tokens(ids)
+  if not isinstance(getattr(getattr(tok, "backend_tokenizer", None), "decoder", None),
+                    decoders.ByteLevel):
+    return pieces
+  special, spelt = set(tok.all_special_tokens), _byte_level_bytes()
+  utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+  texts = []
+  for piece in pieces:
+    if piece in special:
+      utf8.reset()
+      texts.append(piece)
+      continue
+    raw = b"".join(bytes([spelt[c]]) if c in spelt else c.encode() for c in piece)
+    text = raw.decode("utf-8", "replace") if alone else utf8.decode(raw)
+    texts.append("\u0120" + text[1:] if text.startswith(" ") else text)
+  return texts
+
+
 def render(tok, ids, result, colour):
   """One line: tokens joined into words, targets marked by how they were corrupted."""
-  pieces = tok.convert_ids_to_tokens(ids)
-  new = tok.convert_ids_to_tokens(result["input_ids"])
+  pieces = _pieces(tok, ids)
+  # A replacement is shown without its word-start mark: "[word>new]", not "[word>Ġnew]".
+  new = [p[1:] if p.startswith(_WORD_START_MARKS) and len(p) > 1 else p
+         for p in _pieces(tok, result["input_ids"], alone=True)]
   # Byte-level BPE (RoBERTa's "Ġ") and SentencePiece ("▁") mark a word's first piece instead of
   # WordPiece's later ones ("##"): there, a piece without the mark continues its word.
   marks_starts = any(p.startswith(_WORD_START_MARKS) for p in pieces)
@@ -472,6 +518,9 @@ def main(argv=None):
   parser.add_argument("--no-colour", action="store_true",
                       help="mark targets as [word] / [word>new] / {word}")
   args = parser.parse_args(argv)
+  for flag in ("tokenizer", "stats", "rates", "ngrams", "bigrams", "pmi", "html"):
+    if getattr(args, flag) == "":  # Else taken as not given: STAND-IN tables, no page.
+      parser.error(f"--{flag} is empty: give a path, or leave --{flag} out")
   if not 1 <= args.samples <= MAX_SAMPLES:  # Each is a printed line.
     parser.error(f"--samples must be in [1, {MAX_SAMPLES}], got {args.samples}")
   # The maskers check these too, but after the tokenizer and tables load, naming their keyword
@@ -526,11 +575,12 @@ def main(argv=None):
     notes.append(f"(round({args.mask_prob} x {maskable} maskable tokens) = 0 targets per "
                  "sequence: give a longer --text or a higher --mask-prob)")
   rows = []
-  for index, (name, masker, note) in enumerate(maskers):
+  for strategy, (name, masker, note) in zip(strategies, maskers, strict=True):
     rows.append((name, note, []))
     if masker is None:
       continue
-    key = jax.random.fold_in(jax.random.key(args.seed), index)  # Fresh draws per strategy.
+    # Fresh draws per strategy, the same whether it is shown alone or with the others.
+    key = jax.random.fold_in(jax.random.key(args.seed), STRATEGIES.index(strategy))
     out = jax.tree.map(np.asarray, jax.jit(masker)(key, batch, sentence_ids=sentences))
     for s in range(args.samples):
       result = {k: v[s] for k, v in out.items()}
