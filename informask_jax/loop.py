@@ -101,6 +101,12 @@ def check_config(config) -> None:
     masking.check_config(config.masking)
   except ValueError as e:
     raise ValueError(f"config.masking: {e}") from None
+  if config.masking.name == "informask_online":  # Else met at the first trace of the step.
+    try:
+      masking.online.check_num_candidates(config.masking.num_candidates, config.data.seq_len)
+    except ValueError as e:
+      raise ValueError(f"config.masking.num_candidates with config.data.seq_len="
+                       f"{config.data.seq_len}: {e}") from None
   name = config.masking.name
   builds_stats = bool(stats.stages_needed(config.masking))
   if builds_stats:

@@ -1716,6 +1716,32 @@ def test_online_num_candidates_bounds():
       masking.check_config(c.masking)
 
 
+def test_online_candidates_beyond_one_random_stream_are_refused_by_name():
+  """K * L candidate keys are drawn from one counter stream of 2**20 words: K = 512 at L = 2049
+  passed every check, and the first trace failed with "bits: 1049088 words of stream 16 exceed
+  the counter layout" (for informask, after the statistics had counted the corpus)."""
+  from configs import base
+  from informask_jax import loop, stats
+  masker = masking.get_masker("informask_online", pmi=_pmi_matrix(), num_candidates=512, **COMMON)
+  with pytest.raises(ValueError, match=r"num_candidates=512 candidates over sequences of 2049 "
+                                       r"tokens take 1049088 random words per sequence, more than "
+                                       r"the 1048576 of a stream: at this length K can be at most "
+                                       r"511\."):
+    masker(jax.random.key(0), np.full((1, 2049), 7, np.int32))
+  c = base.get_base_config("tiny", strategy="informask_online")
+  c.masking.num_candidates, c.data.seq_len, c.model.max_positions = 512, 2049, 2049
+  with pytest.raises(ValueError, match=r"^config.masking.num_candidates with config.data.seq_len="
+                                       r"2049: num_candidates=512 .* K can be at most 511"):
+    loop.check_config(c)
+  c.masking.name = "informask"  # Its rates are computed with the online masker at this K.
+  with pytest.raises(ValueError, match=r"config.masking.num_candidates=512 \(the K with which the "
+                                       r"statistics compute informask's rates, over config.data."
+                                       r"seq_len=2049 tokens\): .* K can be at most 511"):
+    loop.check_config(c)
+  c.data.seq_len = c.model.max_positions = 2048  # 512 * 2048 = 2**20 words: taken.
+  stats.build.check_config(c)
+
+
 @pytest.mark.parametrize("geometric_p,max_span_len", [(1.0, 10), (0.2, 1)])
 def test_span_options_at_their_bounds_give_one_word_spans(geometric_p, max_span_len):
   """geometric_p = 1 and max_span_len = 1 are valid (every span one word: whole-word units cut

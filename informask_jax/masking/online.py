@@ -147,6 +147,7 @@ def informative_relevance(pair, candidates):
 def make_select(settings, num_candidates, size):
   def select_targets(tables, seed, tokens, sentences, maskable, budget):
     length = tokens.shape[-1]
+    check_num_candidates(num_candidates, length)  # The length is first known here, at the trace.
     rows = tables["pmi_row"][tokens]
     rows = jnp.where(maskable & (rows >= 0), rows, size)  # (L,)
     same = ((sentences[:, None] == sentences[None, :]) & (sentences[:, None] >= 0)
@@ -175,7 +176,9 @@ def make_select(settings, num_candidates, size):
 MAX_CANDIDATES = 512
 
 
-def check_num_candidates(num_candidates):
+def check_num_candidates(num_candidates, length=None):
+  """ValueError unless K is an integer in [1, MAX_CANDIDATES] and, with `length` (the sequence
+  length), its K * L candidate keys fit one stream of the random words."""
   if isinstance(num_candidates, bool) or not isinstance(num_candidates, int | np.integer) or \
       num_candidates < 1:
     raise ValueError(f"num_candidates (masking.num_candidates, K) must be an integer >= 1, got "
@@ -183,3 +186,9 @@ def check_num_candidates(num_candidates):
   if num_candidates > MAX_CANDIDATES:
     raise ValueError(f"num_candidates={num_candidates} is more than {MAX_CANDIDATES}; K "
                      "candidates cost K * L^2 multiply-adds per sequence.")
+  most = 1 << prng.MAX_COUNTER_BITS
+  if length is not None and num_candidates * length > most:
+    raise ValueError(f"num_candidates={num_candidates} candidates over sequences of {length} "
+                     f"tokens take {num_candidates * length} random words per sequence, more "
+                     f"than the {most} of a stream: at this length K can be at most "
+                     f"{most // length}.")

@@ -84,10 +84,11 @@ def check_config(config) -> None:
     # bound it would otherwise meet only after the counts and the PMI table were built.
     from informask_jax.masking import online  # JAX: kept out of the counting processes.
     try:
-      online.check_num_candidates(config.masking.num_candidates)
+      online.check_num_candidates(config.masking.num_candidates, config.data.seq_len)
     except ValueError as e:
       raise ValueError(f"config.masking.num_candidates={config.masking.num_candidates!r} "
-                       f"(the K with which the statistics compute informask's rates): {e}") \
+                       f"(the K with which the statistics compute informask's rates, over "
+                       f"config.data.seq_len={config.data.seq_len} tokens): {e}") \
           from None
 
 
