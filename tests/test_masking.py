@@ -754,6 +754,21 @@ def test_a_rows_masks_do_not_depend_on_how_far_it_is_padded(name, budget):
   np.testing.assert_array_equal(masks[0], masks[2])
 
 
+def test_informask_masks_do_not_depend_on_padding_past_a_power_of_two():
+  """The exact budget's race keys kept 32 - ceil(log2 L) bits of the race beside the position:
+  padding 500 tokens to 513 instead of 512 dropped one more bit, and rows whose two races
+  then tied at the budget's edge changed mask (3 of these 2,048)."""
+  tokens = np.random.default_rng(0).integers(5, 1000, (2048, 500)).astype(np.int32)
+  tokens[:, 0], tokens[:, -1] = CLS, SEP
+  masker = jax.jit(lambda key, t: build("informask")(key, t)["mask"])
+  masks = [np.asarray(masker(jax.random.key(1), np.pad(tokens, ((0, 0), (0, extra)),
+                                                       constant_values=PAD)))[:, :500]
+           for extra in (0, 12, 13)]
+  assert masks[0].sum() == 2048 * round(0.15 * 498)
+  np.testing.assert_array_equal(masks[0], masks[1])
+  np.testing.assert_array_equal(masks[0], masks[2])
+
+
 def test_same_key_same_masks_other_key_differs():
   _, a, _, _ = run("span", "exact", key=5)
   _, b, _, _ = run("span", "exact", key=5)
