@@ -532,9 +532,7 @@ def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
   number, which an editor or a copy that puts the modification time back (cp -p, rsync -t)
   cannot keep: an edit of the same size was read from the cache as the old text."""
   files = gen_kwargs["paths"]
-  stamp = [version] + [(f, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f, st in
-                       ((f, os.stat(f)) for f in files)]
-  fingerprint = hashlib.sha256(repr(stamp).encode()).hexdigest()[:32]
+  fingerprint = _files_stamp(files, version)
   try:
     with worker_processes.spawned():
       return _from_generator(reader, gen_kwargs, cache_dir, fingerprint, num_proc, len(files))
@@ -548,6 +546,16 @@ def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
       raise
     # `datasets` refuses a generator without examples; blank files are an empty source.
     return _empty_source()
+
+
+def _files_stamp(files, version) -> str:
+  """A hash of `version` and the files' names, sizes, modification times, inode change times
+  and inode numbers: it changes with a file's text even when a copy put the old size and
+  modification time back (cp -p, rsync -t, tar x), unlike `datasets`' own cache key (the
+  modification time alone)."""
+  stamp = [version] + [(f, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f, st in
+                       ((f, os.stat(f)) for f in files)]
+  return hashlib.sha256(repr(stamp).encode()).hexdigest()[:32]
 
 
 def _from_generator(reader, gen_kwargs, cache_dir, fingerprint, num_proc, num_files):
@@ -589,6 +597,7 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
     quiet = _datasets_errors_quiet() if len(group) > 1 else contextlib.nullcontext()
     with worker_processes.spawned(), quiet:
       ds = datasets.load_dataset(builder, data_files=group, split="train", cache_dir=cache_dir,
+                                 name=_builder_config_name(builder, group),
                                  num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
     if len(group) == 1:
@@ -602,6 +611,13 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
              for path in group]
     return datasets.concatenate_datasets(parts)
   return select_text(ds, field, where)
+
+
+def _builder_config_name(builder, files) -> str:
+  """The builder's config name, which keys its cache folder: the files' stamp, so that a file
+  replaced by another with its modification time (which is all `datasets` compares) is read
+  again, not served from the cache as the old rows."""
+  return f"{builder}-{_files_stamp(files, builder)[:16]}"
 
 
 @contextlib.contextmanager
@@ -624,7 +640,8 @@ def _datasets_errors_quiet():
 
 def _load_one_file(builder, path, where, cache_dir):
   try:
-    return datasets.load_dataset(builder, data_files=[path], split="train", cache_dir=cache_dir)
+    return datasets.load_dataset(builder, data_files=[path], split="train", cache_dir=cache_dir,
+                                 name=_builder_config_name(builder, [path]))
   except Exception as e:
     raise _read_error(where, builder, [path], e) from e
 

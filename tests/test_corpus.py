@@ -159,6 +159,24 @@ def test_a_same_size_edit_with_its_mtime_put_back_is_read_again(tmp_path):
   assert _texts(corpus.load_corpus(c)["train"]) == ["A hydra ran."]
 
 
+@pytest.mark.parametrize("files", [1, 2])
+def test_a_parquet_file_replaced_with_its_mtime_put_back_is_read_again(tmp_path, files):
+  """Parquet goes through `datasets`' own builder, whose cache compares modification times
+  only: a file replaced by another with the old one's mtime (cp -p, rsync -t, tar x) was served
+  from the cache as the old rows, with no warning. (Two files: read together, as a group.)"""
+  import pyarrow as pa
+  paths = [tmp_path / f"p{i}.parquet" for i in range(files)]
+  for i, path in enumerate(paths):
+    pq.write_table(pa.table({"text": [f"Old {i}."]}), path)
+  c = _data_config(tmp_path, [dict(name=str(tmp_path / "p*.parquet"))], validation_fraction=0.0)
+  assert sorted(_texts(corpus.load_corpus(c)["train"])) == [f"Old {i}." for i in range(files)]
+  before = paths[0].stat()
+  pq.write_table(pa.table({"text": ["New text.", "And more."]}), paths[0])
+  os.utime(paths[0], ns=(before.st_atime_ns, before.st_mtime_ns))
+  assert sorted(_texts(corpus.load_corpus(c)["train"])) == sorted(
+      ["New text.", "And more.", *[f"Old {i}." for i in range(1, files)]])
+
+
 def test_a_damaged_cached_copy_of_read_files_is_read_again(tmp_path, caplog):
   """An Arrow file of the reader's cache cut short failed every later run with pyarrow's
   traceback (OSError: Expected to be able to read ... bytes); now it is removed and the files
