@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Bump when the training recipe changes, so stale cached vocabularies are not reused.
-_TRAIN_RECIPE = "wordpiece-v1"
+# v2: words over MAX_WORD_CHARS characters are left out of the training text.
+_TRAIN_RECIPE = "wordpiece-v2"
 # A streaming corpus is sampled for training: its first this many train documents.
 STREAM_TRAIN_DOCUMENTS = 50_000
 
@@ -143,14 +144,30 @@ def _is_word_char(ch):
   return not (ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P"))
 
 
+def _normalizer(lowercase):
+  """BERT's normaliser, as the trained tokenizer applies it (before its pre-tokeniser)."""
+  return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                    strip_accents=lowercase, lowercase=lowercase)
+
+
+def _word_characters(text):
+  """(code points (C,), True where one is a word character) of normalised `text`."""
+  points = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+  if not len(points):
+    return points, np.zeros(0, bool)
+  is_word = np.zeros(int(points.max()) + 1, bool)  # A lookup table over the code points seen.
+  for u in np.flatnonzero(np.bincount(points)):
+    is_word[u] = _is_word_char(chr(u))
+  return points, is_word[points]
+
+
 def _inner_characters(make_texts, lowercase, seen=None, long_words=None):
   """Characters found after the first position of a word, i.e. the "##x" pieces of the alphabet.
 
   The same scan counts in `seen` (a Counter) every character of the text as written (for
   `_warn_stripped_marks`) and adds to `long_words` ({"count", "example"}) the words over
   `MAX_WORD_CHARS` characters (for `_warn_long_words`)."""
-  normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                          strip_accents=lowercase, lowercase=lowercase)
+  normalizer = _normalizer(lowercase)
   found = set()
   for batch in make_texts():
     raw = "\n".join(batch)
@@ -158,13 +175,9 @@ def _inner_characters(make_texts, lowercase, seen=None, long_words=None):
       counts = np.bincount(np.frombuffer(raw.encode("utf-32-le"), np.uint32))
       seen.update({chr(u): int(counts[u]) for u in np.flatnonzero(counts)})
     text = normalizer.normalize_str(raw)
-    points = np.frombuffer(text.encode("utf-32-le"), np.uint32)  # (C,) code points
+    points, word = _word_characters(text)
     if not len(points):
       continue
-    is_word = np.zeros(int(points.max()) + 1, bool)  # A lookup table over the code points seen.
-    for u in np.flatnonzero(np.bincount(points)):
-      is_word[u] = _is_word_char(chr(u))
-    word = is_word[points]  # (C,)
     inner = points[1:][word[1:] & word[:-1]]
     found.update(chr(u) for u in np.flatnonzero(np.bincount(inner)))
     if long_words is not None:
@@ -180,13 +193,42 @@ def _inner_characters(make_texts, lowercase, seen=None, long_words=None):
 MAX_WORD_CHARS = 100
 
 
+def _long_word_spans(word):
+  """(starts, ends) of the words longer than MAX_WORD_CHARS; `word` (C,) marks the text's word
+  characters."""
+  edges = np.flatnonzero(np.diff(np.concatenate([[0], word.astype(np.int8), [0]])))
+  starts, ends = edges[::2], edges[1::2]  # Each run of word characters.
+  long = ends - starts > MAX_WORD_CHARS
+  return starts[long], ends[long]
+
+
 def _long_words(text, word):
   """(how many words of `text` are longer than MAX_WORD_CHARS, the first of them or None);
   `word` (C,) marks its word characters."""
-  edges = np.flatnonzero(np.diff(np.concatenate([[0], word.astype(np.int8), [0]])))
-  starts, ends = edges[::2], edges[1::2]  # Each run of word characters.
-  long = np.flatnonzero(ends - starts > MAX_WORD_CHARS)
-  return len(long), (text[starts[long[0]]:ends[long[0]]] if len(long) else None)
+  starts, ends = _long_word_spans(word)
+  return len(starts), (text[starts[0]:ends[0]] if len(starts) else None)
+
+
+def _without_long_words(make_texts, lowercase):
+  """`make_texts` whose batches are normalised (as training would) and stripped of the words
+  over MAX_WORD_CHARS characters: each is one [UNK] whatever the vocabulary holds, and the
+  trainer's time grows with the square of a word's length (a base64 blob or a DNA string of
+  200,000 characters took a minute, of 5 MB hours)."""
+  normalizer = _normalizer(lowercase)
+
+  def texts():
+    for batch in make_texts():
+      out = []
+      for text in batch:
+        text = normalizer.normalize_str(text)  # Normalising again changes nothing.
+        if len(text) > MAX_WORD_CHARS:
+          starts, ends = _long_word_spans(_word_characters(text)[1])
+          # The text between the long words, joined by spaces.
+          text = " ".join(text[a:b] for a, b in zip([0, *ends], [*starts, len(text)],
+                                                    strict=True))
+        out.append(text)
+      yield out
+  return texts
 
 
 def _warn_long_words(long_words):
@@ -308,6 +350,8 @@ def _train(make_texts, vocab_size, lowercase):
   seen, long_words = collections.Counter() if lowercase else None, {}
   pieces = {"##" + ch for ch in _inner_characters(make_texts, lowercase, seen, long_words)}
   _warn_long_words(long_words)
+  if long_words.get("count"):
+    make_texts = _without_long_words(make_texts, lowercase)
   if lowercase:
     _warn_stripped_marks(seen)
     _warn_hangul_decomposed(seen)

@@ -5,6 +5,7 @@ import logging
 
 import datasets
 import ml_collections
+import pytest
 
 from informask_jax import tokenization
 from informask_jax.data import sentences
@@ -64,6 +65,20 @@ def test_training_warns_of_words_too_long_for_wordpiece(tmp_path, caplog):
   caplog.clear()
   _train(tmp_path / "short", caplog, _corpus(_HINDI, _JAPANESE), lowercase=False)
   assert "longer than 100 characters" not in caplog.text
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_words_too_long_for_wordpiece_are_left_out_of_its_training(tmp_path, caplog, lowercase):
+  """Such a word is one [UNK] whatever is learned from it, and the trainer's time grew with the
+  square of its length (a 5 MB base64 blob or DNA string: hours). Left out, the vocabulary is
+  the one learned without it (it was full of "acgtacgt..." pieces)."""
+  text = "A cat sat on the mat. The dog ate the bone. Tigers hunt at night in the jungle."
+  blob = "acgt" * 1000  # One word of 4,000 characters, of letters inside the text's words.
+  with_blob = _train(tmp_path / "blob", caplog, _corpus(text, f"Sequence: {blob}, {blob}!"),
+                     lowercase)
+  assert "40 word(s) of the corpus are longer than 100 characters" in caplog.text
+  without = _train(tmp_path / "plain", caplog, _corpus(text, "Sequence: , !"), lowercase)
+  assert with_blob.get_vocab() == without.get_vocab()
 
 
 def test_chinese_typed_with_half_width_punctuation_is_split():
