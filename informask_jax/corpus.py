@@ -154,7 +154,7 @@ def _load_wiki_vital(source, where):
 
 def _load_hub(source, where, streaming, num_proc):
   name, config, split = source["name"], source.get("config"), source.get("split") or "train"
-  if _saved_to_disk(name):
+  if corpus_files.saved_to_disk(name):
     ds = _load_saved(name, split, where)
     ds = ds.to_iterable_dataset() if streaming else ds
     return corpus_files.select_text(ds, source.get("text_field") or "text", where)
@@ -192,13 +192,6 @@ def _load_hub(source, where, streaming, num_proc):
         gen_kwargs={"shards": [ds.shard(ds.num_shards, i) for i in range(ds.num_shards)],
                     "folder": name, "where": where})
   return corpus_files.select_text(ds, source.get("text_field") or "text", where)
-
-
-def _saved_to_disk(name) -> bool:
-  """A folder that `Dataset.save_to_disk` (or DatasetDict's) wrote, which load_dataset refuses,
-  and whose failure was read as a bad line of its JSON files."""
-  return os.path.isdir(name) and any(
-      os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json"))
 
 
 def _load_saved(name, split, where):

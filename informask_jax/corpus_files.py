@@ -39,10 +39,21 @@ _TEXT_FEATURES = datasets.Features({"text": datasets.Value("string")})  # A sour
 _WARNED_SKIPPED = set()
 
 
+def saved_to_disk(path) -> bool:
+  """A folder that `Dataset.save_to_disk` (or DatasetDict's) wrote, which load_dataset refuses,
+  and whose failure was read as a bad line of its JSON files."""
+  return os.path.isdir(path) and any(
+      os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+
+
 def expand_files(pattern, where):
   """The sorted files a `files` source names: one file, a glob, or a directory walked for the
   extensions of FILE_BUILDERS. FileNotFoundError, naming `where`, when there are none."""
   path = os.path.expanduser(pattern)
+  if saved_to_disk(path):  # Its JSON files are metadata: they were read as bad records.
+    raise ValueError(f"{where}: directory {path!r} is a dataset written by save_to_disk, not "
+                     f"text files: give it as a source of kind 'hub' "
+                     f"('--{where.split(' ')[0]}.kind=hub'), which loads it.")
   if os.path.isdir(path):
     files = []
     for root, folders, names in os.walk(path):
@@ -282,7 +293,7 @@ def _json_records(path, where):
                                          else raw)
       if problem:
         # A pretty-printed object ({"data": [...]} over many lines) fails on its first line.
-        raise (number == 1 and _nested_records_error(where, path, _only_object(path))) or (
+        raise (number == 1 and _one_object_error(where, path)) or (
             ValueError(f"{where}: {path!r}, line {number}: {problem}."))
       if record is not None:
         yield number, record
@@ -343,6 +354,19 @@ def _only_object(path):
   except (UnicodeDecodeError, json.JSONDecodeError):
     return None
   return value if isinstance(value, dict) else None
+
+
+def _one_object_error(where, path):
+  """The error for a file holding one JSON object over several lines (pretty-printed), whose
+  first line is not a record: its records nested under a key, or itself the one record. None
+  for a file that is not one object."""
+  value = _only_object(path)
+  if value is None:
+    return None
+  return _nested_records_error(where, path, value) or ValueError(
+      f"{where}: {path!r} holds one JSON object written over several lines, not JSON Lines (one "
+      "record per line) or one JSON array of records. Write it on one line, e.g. "
+      f"jq -c . {shlex.quote(path)} > {shlex.quote(os.path.splitext(path)[0])}.jsonl")
 
 
 def _nested_records_error(where, path, record):

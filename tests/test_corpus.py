@@ -769,6 +769,19 @@ def test_records_nested_under_a_key_say_how_to_write_json_lines(tmp_path, indent
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path), text_field=text_field)]))
 
 
+def test_one_record_written_over_several_lines_is_not_called_invalid_json(tmp_path):
+  """A pretty-printed {"text": ...}: valid JSON, which the error called "line 1: not valid JSON
+  (Expecting property name enclosed in double quotes)"; it says what the file is and how to
+  write it as JSON Lines."""
+  path = tmp_path / "one.json"
+  path.write_text(json.dumps({"text": "A document.", "id": 7}, indent=2))
+  with pytest.raises(ValueError, match=r"'.*one.json' holds one JSON object written over several "
+                                       r"lines, not JSON Lines \(one record per line\) or one "
+                                       r"JSON array of records\. Write it on one line, e\.g\. "
+                                       r"jq -c \. .*one.json > .*one.jsonl$"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
+
+
 def test_json_lines_whose_text_field_holds_objects_is_not_called_nested(tmp_path):
   """A JSON Lines file of chats, text_field naming the list of messages: the wrong-type error with
   its line, as before (the records are not nested in one object)."""
@@ -876,6 +889,14 @@ def test_a_hub_source_may_be_a_folder_save_to_disk_wrote(tmp_path, streaming):
   with pytest.raises(ValueError, match=r"sources\[0\] .*: the saved dataset's splits are "
                                        r"\['test', 'train'\], not 'validation'"):
     load("dict", split="validation")
+  # Given as files: its dataset_info.json was "not valid JSON", or its dataset_dict.json's
+  # "splits" suggested as the text_field.
+  for name in ("one", "dict"):
+    with pytest.raises(ValueError, match=rf"^config.data.sources\[0\] .*directory '.*{name}' is "
+                                         r"a dataset written by save_to_disk, not text files: "
+                                         r"give it as a source of kind 'hub' \('--config.data."
+                                         r"sources\[0\].kind=hub'\), which loads it\.$"):
+      load(name, kind="files")
 
 
 def test_a_wiki_vital_text_field_error_names_the_key(tmp_path):
