@@ -207,7 +207,11 @@ class OverwrittenRun:
       return
     self.aside.mkdir()
     _pending.append(self)  # From here: a rename that fails puts back those made.
-    for name in RUN_NAMES:
+    # With the logs an even earlier run left (set_aside_earlier_logs): they are the workdir's
+    # history the overwrite replaces too (tensorboard --logdir showed their curves beside it).
+    earlier = sorted(p.name for p in self.workdir.iterdir()
+                     if p.name.startswith(tuple(f"{n}.earlier-" for n in LOG_NAMES)))
+    for name in (*RUN_NAMES, *earlier):
       path = self.workdir / name
       if path.exists() or path.is_symlink():
         path.rename(self.aside / name)

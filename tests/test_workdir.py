@@ -341,6 +341,10 @@ def test_an_overwritten_run_comes_back_whole_if_the_new_one_fails_and_goes_if_it
   _assert_old_run(tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.json",
                                                         "metrics.jsonl"]
+  # The logs of an even earlier run, which never finished a checkpoint, go with it (they stayed,
+  # beside the new run's logs).
+  (tmp_path / "metrics.jsonl.earlier-1").write_text("older metrics")
+  (tmp_path / "tensorboard.earlier-1").mkdir()
   with workdir_lib.OverwrittenRun(tmp_path) as overwritten:
     overwritten.set_aside()
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
@@ -355,12 +359,15 @@ def test_a_process_stopped_at_once_by_a_failed_peer_puts_the_overwritten_run_bac
   the old run stayed in .overwritten (the next start refused the workdir) until
   put_back_pending() restored it there; once a step is trained there is nothing to put back."""
   _old_run(tmp_path)
+  (tmp_path / "tensorboard.earlier-2").mkdir()
   overwritten = workdir_lib.OverwrittenRun(tmp_path)
   overwritten.set_aside()
+  assert not (tmp_path / "tensorboard.earlier-2").exists()
   (tmp_path / "checkpoints").mkdir()
   (tmp_path / "config.json").write_text("new config")
   workdir_lib.put_back_pending()  # As train.py's _stop_for_failed_peer, from another thread.
   _assert_old_run(tmp_path)
+  assert (tmp_path / "tensorboard.earlier-2").is_dir()
   assert not (tmp_path / workdir_lib.OVERWRITTEN).exists() and not overwritten.pending
   workdir_lib.put_back_pending()  # Nothing pending: nothing moves.
   _assert_old_run(tmp_path)
