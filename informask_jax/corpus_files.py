@@ -46,17 +46,22 @@ def saved_to_disk(path) -> bool:
       os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
 
 
+def _saved_to_disk_error(where, folder):
+  hint = (f": give it as a source of kind 'hub' ('--{where.split(' ')[0]}.kind=hub'), which "
+          "loads it" if where.startswith("config.") else "")  # Not for Beam's --input.
+  return ValueError(f"{where}: directory {folder!r} is a dataset written by save_to_disk, not "
+                    f"text files{hint}.")
+
+
 def expand_files(pattern, where):
   """The sorted files a `files` source names: one file, a glob, or a directory walked for the
   extensions of FILE_BUILDERS. FileNotFoundError, naming `where`, when there are none."""
   path = os.path.expanduser(pattern)
-  if saved_to_disk(path):  # Its JSON files are metadata: they were read as bad records.
-    raise ValueError(f"{where}: directory {path!r} is a dataset written by save_to_disk, not "
-                     f"text files: give it as a source of kind 'hub' "
-                     f"('--{where.split(' ')[0]}.kind=hub'), which loads it.")
   if os.path.isdir(path):
     files = []
     for root, folders, names in os.walk(path):
+      if saved_to_disk(root):  # Its JSON files are metadata: they were read as bad records.
+        raise _saved_to_disk_error(where, root)
       # Hidden entries, as a glob's `*` skips them: .ipynb_checkpoints/ holds copies of the
       # files beside it, which would be read twice.
       folders[:] = [d for d in folders if not d.startswith(".")]
@@ -327,8 +332,8 @@ def _warn_large_json_arrays(paths, where):
     _WARNED_JSON_ARRAY.add(path)
     log.warning("%s: %r holds one JSON array (%d MB), not JSON Lines: a stream reads it whole "
                 "into memory, on every pass. Write it as JSON Lines to read it a record at a "
-                "time: jq -c '.[]' %s > %s.jsonl", where, path, os.path.getsize(path) >> 20,
-                shlex.quote(path), shlex.quote(os.path.splitext(path)[0]))
+                "time: jq -c '.[]' %s > %s", where, path, os.path.getsize(path) >> 20,
+                shlex.quote(path), shlex.quote(_json_lines_name(path)))
 
 
 # A file whose first line opens an object it does not close is parsed whole up to this size, to
@@ -356,6 +361,13 @@ def _only_object(path):
   return value if isinstance(value, dict) else None
 
 
+def _json_lines_name(path) -> str:
+  """Where a suggested jq command writes `path` as JSON Lines: never `path` itself, which the
+  shell's `>` would empty before jq reads it."""
+  root, ext = os.path.splitext(path)
+  return f"{root}.lines.jsonl" if ext == ".jsonl" else f"{root}.jsonl"
+
+
 def _one_object_error(where, path):
   """The error for a file holding one JSON object over several lines (pretty-printed), whose
   first line is not a record: its records nested under a key, or itself the one record. None
@@ -366,7 +378,7 @@ def _one_object_error(where, path):
   return _nested_records_error(where, path, value) or ValueError(
       f"{where}: {path!r} holds one JSON object written over several lines, not JSON Lines (one "
       "record per line) or one JSON array of records. Write it on one line, e.g. "
-      f"jq -c . {shlex.quote(path)} > {shlex.quote(os.path.splitext(path)[0])}.jsonl")
+      f"jq -c . {shlex.quote(path)} > {shlex.quote(_json_lines_name(path))}")
 
 
 def _nested_records_error(where, path, record):
@@ -381,7 +393,7 @@ def _nested_records_error(where, path, record):
       f"{where}: {path!r} holds one JSON object with the records nested under {keys[0]!r}, not "
       "records: a .json/.jsonl file must be JSON Lines (one record per line) or one JSON array "
       "of records. Write the nested records out as JSON Lines, e.g. "
-      f"jq -c '.{key}[]' {shlex.quote(path)} > {shlex.quote(os.path.splitext(path)[0])}.jsonl")
+      f"jq -c '.{key}[]' {shlex.quote(path)} > {shlex.quote(_json_lines_name(path))}")
 
 
 def _read_json(paths, field, where, warn_missing=False):

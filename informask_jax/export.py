@@ -635,10 +635,6 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   checkpointing.check_path_usable(existing, f"--out {workdir}")
   if checkpointing.finalized_steps(workdir):  # Checked again by the save; fail early.
     raise FileExistsError(f"{existing} already holds checkpoints; choose an empty workdir.")
-  old_tokenizer = os.path.join(workdir, "tokenizer")  # After the refusals: it is replaced now.
-  if os.path.isdir(old_tokenizer) and os.listdir(old_tokenizer):  # A failed import's: retried.
-    logging.warning("%s already holds tokenizer files (an import that failed?); the model's "
-                    "tokenizer replaces them.", old_tokenizer)
   model_dir = _resolve(dir_or_name, "--from-hf")
   # An unsupported model fails first, whatever else is missing. Read once: load_hf_as_flax would
   # resolve and parse config.json again.
@@ -673,6 +669,10 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
                "its positions would shift by one." if cfg.flavour == "roberta" else "")
     raise ValueError(f"Tokenizer pad id {tokenizer.pad_token_id} differs from the config's "
                      f"pad_token_id {cfg.pad_id} in {model_dir}.{roberta}")
+  old_tokenizer = os.path.join(workdir, "tokenizer")  # After every refusal: replaced now.
+  if os.path.isdir(old_tokenizer) and os.listdir(old_tokenizer):  # A failed import's: retried.
+    logging.warning("%s already holds tokenizer files (an import that failed?); the model's "
+                    "tokenizer replaces them.", old_tokenizer)
   checkpointing.save_initial_checkpoint(workdir, params, cfg, tokenizer,
                                         fresh_mlm_head=fresh_head)
   return {"workdir": workdir, "config": dataclasses.asdict(cfg)}

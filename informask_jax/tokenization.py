@@ -162,7 +162,8 @@ def _word_characters(text):
 
 
 def _inner_characters(make_texts, lowercase, seen=None, long_words=None):
-  """Characters found after the first position of a word, i.e. the "##x" pieces of the alphabet.
+  """Characters found after the first position of a word, i.e. the "##x" pieces of the alphabet
+  (words over MAX_WORD_CHARS characters, left out of training, left out here too).
 
   The same scan counts in `seen` (a Counter) every character of the text as written (for
   `_warn_stripped_marks`) and adds to `long_words` ({"count", "example"}) the words over
@@ -178,13 +179,14 @@ def _inner_characters(make_texts, lowercase, seen=None, long_words=None):
     points, word = _word_characters(text)
     if not len(points):
       continue
+    starts, ends = _long_word_spans(word)
+    if long_words is not None and len(starts):
+      long_words["count"] = long_words.get("count", 0) + len(starts)
+      long_words.setdefault("example", text[starts[0]:ends[0]])
+    for start, end in zip(starts, ends, strict=True):  # Left out of training: no pieces either.
+      word[start:end] = False
     inner = points[1:][word[1:] & word[:-1]]
     found.update(chr(u) for u in np.flatnonzero(np.bincount(inner)))
-    if long_words is not None:
-      count, example = _long_words(text, word)
-      long_words["count"] = long_words.get("count", 0) + count
-      if example and "example" not in long_words:
-        long_words["example"] = example
   return found
 
 
@@ -200,13 +202,6 @@ def _long_word_spans(word):
   starts, ends = edges[::2], edges[1::2]  # Each run of word characters.
   long = ends - starts > MAX_WORD_CHARS
   return starts[long], ends[long]
-
-
-def _long_words(text, word):
-  """(how many words of `text` are longer than MAX_WORD_CHARS, the first of them or None);
-  `word` (C,) marks its word characters."""
-  starts, ends = _long_word_spans(word)
-  return len(starts), (text[starts[0]:ends[0]] if len(starts) else None)
 
 
 def _without_long_words(make_texts, lowercase):

@@ -5,6 +5,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import stat
 import warnings
 
@@ -164,7 +165,6 @@ def test_a_parquet_file_replaced_with_its_mtime_put_back_is_read_again(tmp_path,
   """Parquet goes through `datasets`' own builder, whose cache compares modification times
   only: a file replaced by another with the old one's mtime (cp -p, rsync -t, tar x) was served
   from the cache as the old rows, with no warning. (Two files: read together, as a group.)"""
-  import pyarrow as pa
   paths = [tmp_path / f"p{i}.parquet" for i in range(files)]
   for i, path in enumerate(paths):
     pq.write_table(pa.table({"text": [f"Old {i}."]}), path)
@@ -780,6 +780,10 @@ def test_one_record_written_over_several_lines_is_not_called_invalid_json(tmp_pa
                                        r"JSON array of records\. Write it on one line, e\.g\. "
                                        r"jq -c \. .*one.json > .*one.jsonl$"):
     corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))]))
+  # A .jsonl is not told to write itself: the shell's ">" would empty it before jq reads it.
+  path.rename(tmp_path / "one.jsonl")
+  with pytest.raises(ValueError, match=r"jq -c \. .*one.jsonl > .*one.lines.jsonl$"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(name=str(tmp_path / "one.jsonl"))]))
 
 
 def test_json_lines_whose_text_field_holds_objects_is_not_called_nested(tmp_path):
@@ -897,6 +901,18 @@ def test_a_hub_source_may_be_a_folder_save_to_disk_wrote(tmp_path, streaming):
                                          r"give it as a source of kind 'hub' \('--config.data."
                                          r"sources\[0\].kind=hub'\), which loads it\.$"):
       load(name, kind="files")
+  # Inside a folder of text files: named too (its dataset_info.json got the jq advice).
+  (tmp_path / "mixed").mkdir()
+  (tmp_path / "mixed" / "train.jsonl").write_text('{"body": "A line."}\n')
+  shutil.copytree(tmp_path / "one", tmp_path / "mixed" / "arrow_copy")
+  with pytest.raises(ValueError, match=r"directory '.*mixed/arrow_copy' is a dataset written by "
+                                       r"save_to_disk, not text files: give it as a source of "
+                                       r"kind 'hub'"):
+    load("mixed", kind="files")
+  # Beam's --input has no kind: no flag is suggested.
+  with pytest.raises(ValueError, match=r"^input 'x': directory '.*one' is a dataset written by "
+                                       r"save_to_disk, not text files\.$"):
+    corpus_files.expand_files(str(tmp_path / "one"), "input 'x'")
 
 
 def test_a_wiki_vital_text_field_error_names_the_key(tmp_path):

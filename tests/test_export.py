@@ -1446,7 +1446,8 @@ def test_a_checkpoint_with_non_finite_parameters_is_refused_naming_its_step(expo
 
 
 def test_import_of_a_model_saved_without_its_tokenizer_is_refused_before_writing(hf_copy,
-                                                                                 tmp_path):
+                                                                                 tmp_path,
+                                                                                 caplog):
   """model.save_pretrained alone writes config.json and the weights: transformers 5 then builds a
   tokenizer of the 5 special tokens instead of raising, which train.py would fail on later with
   errors about other things (PMI table, pad id)."""
@@ -1459,6 +1460,15 @@ def test_import_of_a_model_saved_without_its_tokenizer_is_refused_before_writing
                            r"model's tokenizer there \(tokenizer.save_pretrained\("):
     convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
   assert not (tmp_path / "work").exists()
+  # Retried into the workdir of a failed import: its tokenizer/ stays, and no warning says the
+  # model's replaces it (it was logged before this refusal).
+  (tmp_path / "work" / "tokenizer").mkdir(parents=True)
+  (tmp_path / "work" / "tokenizer" / "vocab.txt").write_text("[PAD]\n")
+  with caplog.at_level(logging.WARNING), pytest.raises(FileNotFoundError,
+                                                       match="No usable tokenizer to import"):
+    convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(tmp_path / "work")])
+  assert "already holds tokenizer files" not in caplog.text
+  assert (tmp_path / "work" / "tokenizer" / "vocab.txt").read_text() == "[PAD]\n"
 
 
 def test_import_refuses_a_tokenizer_that_does_not_cover_the_embedding(hf_copy, tmp_path):

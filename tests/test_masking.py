@@ -2277,6 +2277,12 @@ def test_show_writes_byte_level_bpe_tokens_as_text():
   result = {"input_ids": np.array(new), "mask": np.arange(len(ids)) == at}
   assert show.render(tok, ids, result, colour=False) == "Café Müller [and>town] 東京"
   assert show._pieces(tok, [tok.convert_tokens_to_ids("\u00c3")], alone=True) == ["\ufffd"]
+  # A target on the first byte of 東 (completed by the next piece) is drawn, not "[]".
+  pieces = show._pieces(tok, ids)
+  at = pieces.index("東") - 1
+  assert pieces[at] == ""
+  result = {"input_ids": np.array(ids), "mask": np.arange(len(ids)) == at}
+  assert show.render(tok, ids, result, colour=False) == "Café Müller and {\ufffd}東京"
 
 
 def test_show_default_text_is_the_first_sentence_of_the_article(tmp_path, monkeypatch):

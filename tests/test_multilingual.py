@@ -79,6 +79,11 @@ def test_words_too_long_for_wordpiece_are_left_out_of_its_training(tmp_path, cap
   assert "40 word(s) of the corpus are longer than 100 characters" in caplog.text
   without = _train(tmp_path / "plain", caplog, _corpus(text, "Sequence: , !"), lowercase)
   assert with_blob.get_vocab() == without.get_vocab()
+  # Nor their characters as "##x" pieces: hex digits found nowhere else in the text.
+  hex_blob = "0123456789abcdef" * 20
+  with_hex = _train(tmp_path / "hex", caplog, _corpus(text, f"Key: {hex_blob}."), lowercase)
+  assert with_hex.get_vocab() == _train(tmp_path / "key", caplog, _corpus(text, "Key: ."),
+                                        lowercase).get_vocab()
 
 
 def test_chinese_typed_with_half_width_punctuation_is_split():

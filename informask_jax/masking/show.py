@@ -458,7 +458,10 @@ def render(tok, ids, result, colour):
       kind = ("mask" if result["input_ids"][i] == tok.mask_token_id else
               "keep" if result["input_ids"][i] == ids[i] else "random")
       replaced = _plain(new[i]) if not colour else new[i]
-      body = text.strip() if kind != "random" else f"{text.strip()}>{replaced}"
+      # A target that shows no text is still drawn: a first byte of a character completed by a
+      # later piece (byte-level BPE) as U+FFFD, a token of spaces as "␣".
+      shown = text.strip() or ("\u2423" if text else "\ufffd")
+      body = shown if kind != "random" else f"{shown}>{replaced}"
       lead = text[:len(text) - len(text.lstrip())]
       text = lead + _mark(kind, body, colour)
     elif colour == "html":
