@@ -816,6 +816,28 @@ def test_same_masks_on_1_and_8_devices(name):
     np.testing.assert_array_equal(results[0][k], results[1][k])
 
 
+@pytest.mark.parametrize("name", ["random", "span", "informask", "informask_online"])
+def test_inside_shard_map_with_the_example_offset_the_masks_are_the_global_batchs(name):
+  """A manual-SPMD step masks its slice of the batch inside shard_map: the selection loop's
+  carry failed JAX's check there ("carry input and output types differ"), and each slice drew
+  the first slice's masks (the row's index is local there) unless example_offset gives it."""
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  masker = build(name)
+  tokens, sentences, _ = synthetic_batch(4, batch=16, length=32)
+  key = jax.random.key(9)
+
+  def local(t, s):
+    offset = jax.lax.axis_index("data") * t.shape[0]
+    return masker(key, t, sentence_ids=s, example_offset=offset)["mask"]
+
+  sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data")),
+                                  out_specs=P("data")))
+  np.testing.assert_array_equal(np.asarray(sharded(tokens, sentences)),
+                                np.asarray(masker(key, tokens, sentence_ids=sentences)["mask"]))
+  with pytest.raises(ValueError, match=r"example_offset must be an integer scalar, got float32"):
+    masker(key, tokens, example_offset=np.float32(2))
+
+
 # --- Construction errors ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -10,8 +10,10 @@
 Strategies (MASKERS): random, whole_word, span, pmi_span, informask, informask_online; their
 options are listed in `OPTIONS` and documented in each module. Example i of the batch draws
 from a seed hashed from `rng` and i, its global index (`prng.example_seeds`), so masks do not
-depend on how the batch is sharded.
-Bad options raise ValueError here, at construction, never inside a trace.
+depend on how the batch is sharded (inside shard_map, where a device sees its slice of the batch,
+pass the slice's first global index as example_offset=).
+Bad options raise ValueError here, at construction, never inside a trace (but for
+informask_online's num_candidates x sequence length, known at the first call).
 """
 
 import inspect

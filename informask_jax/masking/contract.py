@@ -130,7 +130,11 @@ class Masker:
     name, select, settings, options = aux
     return cls(name, select, children[0], settings, options)
 
-  def __call__(self, rng, token_ids, *, sentence_ids=None, with_aux=False):
+  def __call__(self, rng, token_ids, *, sentence_ids=None, with_aux=False, example_offset=0):
+    """example_offset: the global index of the first row. Under jit a batch sharded over
+    devices is the global batch and the offset 0; inside shard_map each device holds a slice,
+    whose rows draw as in the global batch with example_offset=jax.lax.axis_index(AXIS) *
+    local_batch (with 0 every slice drew the first slice's masks)."""
     if not isinstance(token_ids, jax.core.Tracer) and \
         getattr(token_ids, "is_fully_addressable", True):
       # Concrete ids (an eager call, or an array closed over by a jitted function): check them
@@ -157,7 +161,11 @@ class Masker:
     if not jnp.issubdtype(sentence_ids.dtype, jnp.integer):
       # A float id would be truncated (0.5 joining sentence 0), moving sentence boundaries.
       raise ValueError(f"sentence_ids must hold integer ids, got dtype {sentence_ids.dtype}.")
-    seeds = prng.example_seeds(rng, batch)  # (B, 2)
+    offset = jnp.asarray(example_offset)
+    if offset.ndim != 0 or not jnp.issubdtype(offset.dtype, jnp.integer):
+      raise ValueError(f"example_offset must be an integer scalar, got {offset.dtype} "
+                       f"{offset.shape}.")
+    seeds = prng.example_seeds(rng, batch, offset)  # (B, 2)
     settings, select = self.settings, self.select
     tables = jax.tree.map(jnp.asarray, self.tables)  # numpy tables become (constant) arrays
     budgets = budget_table(settings.mask_prob, length)

@@ -62,8 +62,9 @@ def key_words(rng):
   return k0, k1
 
 
-def example_seeds(rng, batch):
-  """Per-example seeds uint32[batch, 2]: the global example index folded into `rng`.
+def example_seeds(rng, batch, offset=0):
+  """Per-example seeds uint32[batch, 2]: the global example index (offset + row) folded into
+  `rng`; `offset`: the global index of the first row, when the rows are a slice of the batch.
 
   `rng` may be a typed key (`jax.random.key`, any impl) or a raw uint32[2] key. The fold is the
   counter hash below rather than `jax.random.fold_in`, whose threefry rounds run as a rolled loop
@@ -72,7 +73,8 @@ def example_seeds(rng, batch):
   if hasattr(rng, "dtype") and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.shape != ():
     raise ValueError(f"The masker takes one key for the whole batch, got keys {rng.shape}.")
   k0, k1 = key_words(rng)
-  index = jnp.arange(batch, dtype=jnp.uint32)  # The global example index (B is the global batch).
+  # The global example index (under jit B is the global batch, the offset 0).
+  index = jnp.arange(batch, dtype=jnp.uint32) + jnp.asarray(offset).astype(jnp.uint32)
   # The odd offset: mix32(0) == 0, so key 0 would otherwise give example 0 the seed (0, 0).
   s0 = mix32((index * _GOLDEN + _OFFSET) ^ k0)
   s1 = mix32(s0 + k1)

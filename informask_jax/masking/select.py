@@ -69,7 +69,10 @@ def threshold_select(keys, weights, budget, nbits):
     total = jnp.einsum("...l,...l->...", below, w, precision=jax.lax.Precision.HIGHEST)
     return jnp.where(total <= limit, cand, t)
 
-  t = jax.lax.fori_loop(0, nbits, step, jnp.zeros(keys.shape[:-1], jnp.uint32))
+  # Zeros made of the inputs (XLA folds them to constants): under shard_map the carry then varies
+  # over the devices as they do, which plain zeros did not ("carry input and output types differ").
+  zeros = (keys[..., 0] | weights[..., 0].astype(jnp.uint32) | limit.astype(jnp.uint32)) & 0
+  t = jax.lax.fori_loop(0, nbits, step, zeros)
   selected = (keys < t[..., None]) & (weights > 0)
   return selected, jnp.sum(jnp.where(selected, weights, 0), axis=-1)
 
