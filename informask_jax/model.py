@@ -64,8 +64,11 @@ class MLMConfig:
     for key in ("vocab_size", "num_layers", "hidden_size", "num_heads", "mlp_size",
                 "max_positions", "type_vocab_size"):
       value = getattr(self, key)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"model.{key}={value!r} must be a positive integer.")
+      # A NumPy integer (len of a tokenizer's array, a table's shape) as int: config.json is
+      # written from this config, and json cannot write np.int64.
+      object.__setattr__(self, key, int(value))
     # Zero divides by a constant row's zero variance (NaN); below float32's smallest normal the
     # device computes it as 0. (from_config names config.model.layer_norm_eps before this.)
     eps = self.layer_norm_eps

@@ -2,6 +2,9 @@
 test_export.py): the FLOP count behind the benchmark's MFU against the traced step, and the
 logits against a float64 NumPy forward written from the BERT / RoBERTa definitions."""
 
+import dataclasses
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -105,6 +108,15 @@ def test_bad_architecture_raises_naming_the_key(overrides, match):
   base = dict(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32)
   with pytest.raises(ValueError, match=match):
     MLMConfig(**{**base, **overrides})
+
+
+def test_numpy_integer_sizes_are_taken_as_ints():
+  """A size from NumPy (a table's shape, len of an array) was refused as "must be a positive
+  integer", which get_masker takes; it is kept as an int, which config.json can be written of."""
+  cfg = MLMConfig(vocab_size=np.int64(30522), num_layers=np.int32(1), hidden_size=16,
+                  num_heads=2, mlp_size=32)
+  assert type(cfg.vocab_size) is int and type(cfg.num_layers) is int
+  json.dumps(dataclasses.asdict(cfg))
 
 
 @pytest.mark.parametrize("flavour,pad_id,longest", [("bert", 0, 8), ("roberta", 1, 6)])

@@ -641,6 +641,16 @@ def built(tmp_path_factory):
   return config, pipeline, directory
 
 
+def test_load_artifacts_takes_a_stage_name_and_names_an_unknown_one(built):
+  """As ensure_artifacts does: need="rates" was read as the stages "r", "a", ... (KeyError: 'r'),
+  and a misspelt stage was a bare KeyError."""
+  directory = built[2]
+  a = stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V, need="rates")
+  assert a.rates is not None and a.pmi is None
+  with pytest.raises(ValueError, match=r"Unknown statistics stage\(s\) \['rate'\]; choose from"):
+    stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V, need=["rate"])
+
+
 def test_build_writes_every_artifact(built):
   config, pipeline, directory = built
   assert directory == stats.artifact_dir(config, pipeline)

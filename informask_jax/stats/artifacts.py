@@ -54,12 +54,18 @@ class CorruptArtifactError(ArtifactError):
   """A file is missing, truncated or altered (its sha256 differs from meta.json)."""
 
 
+def stage_names(stages) -> list[str]:
+  """`stages` (a name or names) as a list; ValueError naming the unknown ones."""
+  stages = [stages] if isinstance(stages, str) else list(stages)
+  unknown = sorted(set(stages) - set(STAGES))
+  if unknown:
+    raise ValueError(f"Unknown statistics stage(s) {unknown}; choose from {STAGES}.")
+  return stages
+
+
 def with_deps(stages) -> tuple[str, ...]:
   """The stages and everything they read, in build order."""
-  stages = set(stages)
-  unknown = stages - set(STAGES)
-  if unknown:
-    raise ValueError(f"Unknown statistics stage(s) {sorted(unknown)}; choose from {STAGES}.")
+  stages = set(stage_names(stages))
   changed = True
   while changed:
     changed = False
@@ -280,7 +286,7 @@ def load_artifacts(path, *, tokenizer_fingerprint: str | None, vocab_size: int |
                    vocab_size=vocab_size)
   v = int(meta["vocab_size"])
   built = [s for s in STAGES if all(n in meta["files"] for n in STAGE_FILES[s])]
-  stages = built if need is None else list(need)
+  stages = built if need is None else stage_names(need)  # "rates" was read as r, a, t, e, s.
   problems = []
   for s in stages:
     problems += verify_files(path, meta, STAGE_FILES[s])

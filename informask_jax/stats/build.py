@@ -409,7 +409,7 @@ def ensure_artifacts(config, pipeline, need, *, progress: bool = True) -> pathli
   """Builds whatever of `need` (and what it reads) is missing or fails its checksum; returns the
   directory once every needed file verifies."""
   check_config(config)
-  stages = art.with_deps([need] if isinstance(need, str) else need)
+  stages = art.with_deps(need)
   directory = artifact_dir(config, pipeline)
   meta = _open_meta(config, pipeline, directory)
   todo = []
