@@ -1264,11 +1264,18 @@ def _unigram_and_whitespace_wordpiece():
   bert_like = transformers.PreTrainedTokenizerFast(
       tokenizer_object=wordpiece, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
       sep_token="[SEP]", mask_token="[MASK]")
+  wordlevel = tokenizers.Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)},
+                                                    unk_token="[UNK]"))
+  wordlevel.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  words = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=wordlevel, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+      sep_token="[SEP]", mask_token="[MASK]")
   return {"unigram": (xlmr, "<s> </s> <pad> <mask>"),
-          "wordpiece": (bert_like, "[MASK] [PAD] [SEP]")}
+          "wordpiece": (bert_like, "[MASK] [PAD] [SEP]"),
+          "wordlevel": (words, "[MASK] [PAD] [SEP]")}
 
 
-@pytest.mark.parametrize("kind", ["unigram", "wordpiece"])
+@pytest.mark.parametrize("kind", ["unigram", "wordpiece", "wordlevel"])
 def test_special_tokens_typed_in_the_text_stay_text_with_every_vocabulary_kind(kind):
   """encode_special_tokens stops only the added-token matcher: a Unigram vocabulary holds
   "<mask>", "<pad>" as pieces of the best score, and WordPiece split on whitespace matched

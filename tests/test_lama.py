@@ -565,6 +565,27 @@ def test_byte_level_bpe_objects_take_the_spaced_token():
   assert words.single_token_id("Lyon") is None
 
 
+def test_a_tokenizer_that_spells_a_typed_first_space_apart_finds_single_token_objects():
+  """Llama's layout (BPE, a normaliser that prepends "▁" and writes spaces as "▁"): " a" is
+  "▁" + "▁a", "a" is "▁a". Taken for a byte-level BPE's spaced form, every object (" France":
+  two tokens) was skipped, and the probe said the tokenizer was not the model's."""
+  import tokenizers
+  from tokenizers import models, normalizers, pre_tokenizers, trainers
+  bpe = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+  bpe.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                         normalizers.Replace(" ", "\u2581")])
+  bpe.pre_tokenizer = pre_tokenizers.Split("\u2581", "merged_with_next")  # No merge across.
+  bpe.train_from_iterator(["We saw Paris and then Paris again ."] * 20, trainers.BpeTrainer(
+      vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<mask>"]))
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>",
+                                             eos_token="</s>", pad_token="<pad>",
+                                             unk_token="<unk>", mask_token="<mask>")
+  assert tok.tokenize(" Paris") == ["\u2581", "\u2581Paris"]  # The layout in question.
+  words = lama.WordTable(tok)
+  assert not words.space_prefix
+  assert words.single_token_id("Paris") == tok.convert_tokens_to_ids("\u2581Paris")
+
+
 def test_truncation_keeps_a_window_around_the_mask(bert_words):
   tok = bert_words.tokenizer
   text = " ".join(f"w{i}" for i in range(40))  # Each "wN" is two or more pieces.

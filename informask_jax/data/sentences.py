@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 #      sentences end at the Armenian, Burmese, Ethiopic and Khmer full stops ։ ။ ። ។.
 # v11: special tokens typed in the text stay text with SentencePiece (Unigram) vocabularies and
 #      WordPiece ones split on whitespace only, whose model matched "<mask>", "[PAD]" whole.
-TOKENIZED_FORMAT = "sentences-v11"
+# v12: the same for WordLevel vocabularies.
+TOKENIZED_FORMAT = "sentences-v12"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
@@ -166,7 +167,7 @@ def _without_special_pieces(tokenizer_json: str) -> str:
   spec = json.loads(tokenizer_json)
   model = spec.get("model") or {}
   specials = {t["content"] for t in spec.get("added_tokens") or () if t.get("special")}
-  if model.get("type") == "WordPiece":
+  if model.get("type") in ("WordPiece", "WordLevel"):  # WordLevel: "[MASK]" between spaces.
     specials.discard(model.get("unk_token"))
     model["vocab"] = {_HIDDEN + k if k in specials else k: v for k, v in model["vocab"].items()}
   elif model.get("type") == "Unigram":

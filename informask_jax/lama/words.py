@@ -17,9 +17,12 @@ class WordTable:
     self.mask_token = tokenizer.mask_token
     self.mask_id = tokenizer.mask_token_id
     self.pad_id = tokenizer.pad_token_id
-    # Byte-level BPE (RoBERTa) spells a word after a space differently; LAMA's objects follow a
-    # space in the templates, so their token is the spaced form.
-    self.space_prefix = tokenizer.tokenize(" a") != tokenizer.tokenize("a")
+    # Byte-level BPE (RoBERTa) spells a word after a space differently ("Ġa"); LAMA's objects
+    # follow a space in the templates, so their token is the spaced form. Not where a space
+    # typed first is a token of its own (Llama's layout: "▁" then "▁a", the word's token the
+    # same as without it), which had every object found to be two tokens.
+    spaced = tokenizer.tokenize(" a")
+    self.space_prefix = len(spaced) == 1 and spaced != tokenizer.tokenize("a")
     backend = getattr(tokenizer, "backend_tokenizer", None)
     normalizer = getattr(backend, "normalizer", None)
     self._normalize = normalizer.normalize_str if normalizer is not None else (lambda s: s)
