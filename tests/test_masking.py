@@ -2272,6 +2272,45 @@ def test_show_draws_a_strategy_alone_as_among_the_others(capsys):
   assert together["whole_word"] != together["span"]
 
 
+def test_show_writes_byte_fallback_pieces_and_line_breaks_as_text():
+  """Llama's BPE spells a character it lacks as "<0xE6><0x9D><0xB1>", which show printed as
+  such; a line break in the text (a byte-level BPE's "Ċ") broke the sample's line."""
+  import json as json_lib
+
+  import tokenizers
+  import transformers
+  from tokenizers import models, pre_tokenizers, trainers
+
+  from informask_jax.masking import show
+  bpe = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+  bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+  bpe.train_from_iterator(["Tokyo is big . Tokyo again ."] * 20, trainers.BpeTrainer(
+      vocab_size=120, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<mask>"]))
+  spec = json_lib.loads(bpe.to_str())
+  vocab = spec["model"]["vocab"]
+  for b in range(256):
+    vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+  tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizers.Tokenizer.from_str(json_lib.dumps(spec)), bos_token="<s>",
+      eos_token="</s>", cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>",
+      mask_token="<mask>")
+  text = "Tokyo 東京"
+  ids = [tok.cls_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.sep_token_id]
+  assert "<0xE6>" in tok.convert_ids_to_tokens(ids)
+  nothing = {"input_ids": np.array(ids), "mask": np.zeros(len(ids), bool)}
+  assert show.render(tok, ids, nothing, colour=False) == text
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["One line .\nTwo lines ."] * 20, vocab_size=300,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe._tokenizer, cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+      unk_token="<unk>", mask_token="<mask>")
+  ids = [tok.cls_token_id, *tok("One line .\nTwo", add_special_tokens=False)["input_ids"],
+         tok.sep_token_id]
+  nothing = {"input_ids": np.array(ids), "mask": np.zeros(len(ids), bool)}
+  assert show.render(tok, ids, nothing, colour=False) == "One line .\u23ceTwo"
+
+
 def test_show_writes_byte_level_bpe_tokens_as_text():
   """A byte-level BPE vocabulary (RoBERTa's) spells bytes with stand-in characters: show wrote
   "CafÃ©" and "[word>Ġnew]". A character whose bytes span two pieces is shown with the piece

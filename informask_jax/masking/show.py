@@ -408,18 +408,36 @@ def _byte_level_bytes():
   return table
 
 
-def _pieces(tok, ids, alone=False):
-  """The tokens of `ids` as text. A byte-level BPE vocabulary (RoBERTa's) spells each byte with a
-  stand-in character ("Ã©" is "é", "Ġ" a space): those are turned back into text, a character
-  whose bytes span pieces shown with the piece that completes it (`alone`: each piece by itself,
-  a part of a character as "\ufffd"). Word starts keep their "Ġ" mark, which render reads."""
+def _byte_spelling(tok):
+  """piece -> the bytes it stands for, for a vocabulary that spells bytes: byte-level BPE
+  (RoBERTa's: each byte a stand-in character, "Ã©" is "é", "Ġ" a space) or a BPE byte fallback
+  (Llama's "<0xE6>" pieces); None for a vocabulary of text pieces."""
   from tokenizers import decoders
 
+  backend = getattr(tok, "backend_tokenizer", None)
+  if isinstance(getattr(backend, "decoder", None), decoders.ByteLevel):
+    spelt = _byte_level_bytes()
+    return lambda piece: b"".join(bytes([spelt[c]]) if c in spelt else c.encode() for c in piece)
+  if getattr(getattr(backend, "model", None), "byte_fallback", False):
+    return lambda piece: (bytes([int(piece[3:5], 16)]) if _BYTE_PIECE.fullmatch(piece)
+                          else piece.encode())
+  return None
+
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_DRAWN = str.maketrans({"\n": "\u23ce", "\r": "", "\t": "\u21e5"})  # ⏎, ⇥
+
+
+def _pieces(tok, ids, alone=False):
+  """The tokens of `ids` as text. A vocabulary that spells bytes (_byte_spelling) has them turned
+  back into text, a character whose bytes span pieces shown with the piece that completes it
+  (`alone`: each piece by itself, a part of a character as "\ufffd"). Byte-level BPE's word
+  starts keep their "Ġ" mark, which render reads."""
   pieces = tok.convert_ids_to_tokens(ids)
-  if not isinstance(getattr(getattr(tok, "backend_tokenizer", None), "decoder", None),
-                    decoders.ByteLevel):
+  spelling = _byte_spelling(tok)
+  if spelling is None:
     return pieces
-  special, spelt = set(tok.all_special_tokens), _byte_level_bytes()
+  special = set(tok.all_special_tokens)
   utf8 = codecs.getincrementaldecoder("utf-8")("replace")
   texts = []
   for piece in pieces:
@@ -427,7 +445,7 @@ def _pieces(tok, ids, alone=False):
       utf8.reset()
       texts.append(piece)
       continue
-    raw = b"".join(bytes([spelt[c]]) if c in spelt else c.encode() for c in piece)
+    raw = spelling(piece)
     text = raw.decode("utf-8", "replace") if alone else utf8.decode(raw)
     texts.append("\u0120" + text[1:] if text.startswith(" ") else text)
   return texts
@@ -435,10 +453,12 @@ def _pieces(tok, ids, alone=False):
 
 def render(tok, ids, result, colour):
   """One line: tokens joined into words, targets marked by how they were corrupted."""
-  pieces = _pieces(tok, ids)
+  # Line breaks and tabs (tokens of byte-level BPE and SentencePiece) drawn, so that a sample
+  # stays on its line.
+  pieces = [p.translate(_DRAWN) for p in _pieces(tok, ids)]
   # A replacement is shown without its word-start mark: "[word>new]", not "[word>Ġnew]".
   new = [p[1:] if p.startswith(_WORD_START_MARKS) and len(p) > 1 else p
-         for p in _pieces(tok, result["input_ids"], alone=True)]
+         for p in (p.translate(_DRAWN) for p in _pieces(tok, result["input_ids"], alone=True))]
   # Byte-level BPE (RoBERTa's "Ġ") and SentencePiece ("▁") mark a word's first piece instead of
   # WordPiece's later ones ("##"): there, a piece without the mark continues its word.
   marks_starts = any(p.startswith(_WORD_START_MARKS) for p in pieces)
