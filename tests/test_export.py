@@ -176,11 +176,12 @@ def test_roberta_export_is_informbert_layout(exported):
   assert tok("the cat")["input_ids"] == [CLS, VOCAB.index("the"), VOCAB.index("cat"), SEP]
   # One token type: sentence pairs (GLUE, SQuAD) must not produce segment id 1.
   assert "token_type_ids" not in tok("the cat", "the dog")
-  # Truncation stops at the tokens the position table holds: RoBERTa numbers them from the pad
-  # id + 1, so its 514 rows hold 513 here (pad id 0); 514 tokens would read past the table.
-  assert tok.model_max_length == cfg.max_seq_len == 513
+  # Truncation stops at the tokens training can have given the model: RoBERTa numbers them from
+  # the pad id + 1, so its 514 rows hold 513 here (pad id 0), but a run's sequences are held to
+  # 514 - 2 (data.max_sequence_length): the 513th row is never trained (it was advertised).
+  assert cfg.max_seq_len == 513 and tok.model_max_length == 512
   long = tok("the cat " * 400, truncation=True, return_tensors="pt")
-  assert long["input_ids"].shape == (1, 513)
+  assert long["input_ids"].shape == (1, 512)
   with torch.no_grad():
     transformers.AutoModelForMaskedLM.from_pretrained(path)(**long)
 
