@@ -148,6 +148,11 @@ def check_config(config) -> None:
       unit_note = (f" of a token-level count; {name} chooses "
                    f"{'whole words' if name == 'whole_word' else 'n-grams whole'}, whose counts "
                    "vary more (dropped_targets_per_step shows by how much)")
+    elif name == "informask" and not config.masking.rescale:
+      # Each token is a target with its rate as stored: mask_prob is not the share then.
+      unit_note = (" if a sequence's share of targets is masking.mask_prob; with masking."
+                   "rescale=False it is what the rate table's rates make it, which this estimate "
+                   "cannot know (dropped_targets_per_step in the first logs shows it)")
     enough = int(np.ceil(n * p + 3 * np.sqrt(n * p * (1 - p) * spread)))
     if m.max_predictions < enough:
       logging.warning(

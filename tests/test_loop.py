@@ -665,6 +665,16 @@ def test_max_predictions_below_the_budget_says_what_to_set(tiny_config, caplog):
     loop.check_config(tiny_config)
   assert ("--config.model.max_predictions=31 covers 3 standard deviations of a token-level "
           "count; whole_word chooses whole words") in caplog.text
+  # The original repository's masking: each token at its stored rate, mask_prob unused; the
+  # estimate (made from mask_prob) says so (a table of rates near 0.3 dropped 17% of targets
+  # under the advised value).
+  caplog.clear()
+  tiny_config.masking.name, tiny_config.masking.rescale = "informask", False
+  with caplog.at_level(logging.WARNING):
+    loop.check_config(tiny_config)
+  assert ("--config.model.max_predictions=31 covers 3 standard deviations if a sequence's share "
+          "of targets is masking.mask_prob; with masking.rescale=False it is what the rate "
+          "table's rates make it") in caplog.text
 
 
 def test_targets_beyond_max_predictions_are_reported_once(tiny_config, tmp_path, caplog):
