@@ -563,6 +563,11 @@ def test_byte_level_bpe_objects_take_the_spaced_token():
   assert words.space_prefix
   assert words.single_token_id("Paris") == tok.convert_tokens_to_ids("ĠParis")
   assert words.single_token_id("Lyon") is None
+  # Its <mask> strips no space (roberta-base's does): the space before it was a lone "Ġ", which
+  # training never shows (the masked token is the spaced word).
+  assert tok.tokenize("saw <mask> .")[1] == "Ġ"
+  (ids,) = words.encode(["We saw <mask> ."])
+  assert tok.convert_ids_to_tokens(ids) == ["We", "Ġsaw", "<mask>", "Ġ."]
 
 
 def test_a_tokenizer_that_spells_a_typed_first_space_apart_finds_single_token_objects():

@@ -43,6 +43,12 @@ class WordTable:
     self._pair_types = (types2[:a], types2[a], types2[a + n:b], types2[b], types2[b + n:])
     self._token_ids: dict[str, int | None] = {}
     self._strings: dict[int, str] = {}
+    # A mask token without lstrip (one set up as PreTrainedTokenizerFast(mask_token="<mask>"))
+    # leaves the space before it as a token of its own ("Ġ", "▁"), which training never shows
+    # the model: there the masked token was the whole spaced word ("ĠFrance").
+    spaced_mask = tokenizer(f"a {self.mask_token}", add_special_tokens=False)["input_ids"]
+    self._lone_space = (spaced_mask[-2] if len(spaced_mask) == len(probe) + 2
+                        and spaced_mask[-1] == self.mask_id else None)
 
   def normalized(self, word: str) -> str:
     """`word` as the tokenizer's normaliser writes it (lower-cased, accents stripped, ...)."""
@@ -105,10 +111,16 @@ class WordTable:
     return ids, types, len(before), len(after)
 
   def encode(self, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids without special tokens, for many texts at once."""
+    """Token ids without special tokens, for many texts at once (a lone space token before the
+    mask left out: see __init__)."""
     if not texts:
       return []
-    return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if self._lone_space is None:
+      return encoded
+    return [[t for i, t in enumerate(ids) if not (
+        t == self._lone_space and i + 1 < len(ids) and ids[i + 1] == self.mask_id)]
+            for ids in encoded]
 
 
 def read_word_list(path: str | os.PathLike) -> list[str]:
