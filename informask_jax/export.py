@@ -195,16 +195,6 @@ _SENTENCES = (
 )
 
 
-def _longest_trained(cfg) -> int:
-  """The longest input the model's positions hold and training can have given it: a RoBERTa
-  layout's table less two rows (data.max_sequence_length, checked before the padding id is
-  known), so with bert-base-uncased's [PAD] = 0, whose 514 rows hold 513, the 513th position
-  is never trained and the tokenizer truncates at 512."""
-  if cfg.flavour == "roberta":
-    return min(cfg.max_seq_len, cfg.max_positions - 2)
-  return cfg.max_seq_len
-
-
 def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size: int,
                     max_seq_len: int):
   # The tokenizer's files only: every file there was copied over the staged model, so weights
@@ -418,7 +408,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
       save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
       if tokenizer_dir is not None:
         _copy_tokenizer(tokenizer_dir, staging, tokenizer, cfg.type_vocab_size,
-                        _longest_trained(cfg))
+                        cfg.max_trained_len)
     except (OSError, SafetensorError) as e:  # A full disk: a Rust IoError from safetensors.
       raise paths.WriteError(f"The export to {out_dir} could not be written (staged in "
                              f"{staging}): {type(e).__name__}: {e}. {out_dir} was left as it "

@@ -76,6 +76,12 @@ class MLMConfig:
         not _FLOAT32_TINY <= eps < math.inf:
       raise ValueError(f"model.layer_norm_eps={eps!r} must be a finite number >= "
                        f"{_FLOAT32_TINY:.2g} (float32's smallest normal).")
+    pad = self.pad_id  # A token id: masks attention (and numbers RoBERTa's positions).
+    if isinstance(pad, bool) or not isinstance(pad, int | np.integer) or \
+        not 0 <= pad < self.vocab_size:
+      raise ValueError(f"model pad_id={pad!r} must be a token id in [0, {self.vocab_size}) "
+                       "(the tokenizer's padding id).")
+    object.__setattr__(self, "pad_id", int(pad))
     if self.flavour == "roberta" and self.max_seq_len < 1:
       raise ValueError(f"model.max_positions={self.max_positions} leaves no positions after the "
                        f"padding index {self.pad_id} (RoBERTa positions start at pad_id + 1).")
@@ -107,6 +113,16 @@ class MLMConfig:
     if self.flavour == "roberta":  # Positions start at pad_id + 1.
       return self.max_positions - self.pad_id - 1
     return self.max_positions
+
+  @property
+  def max_trained_len(self) -> int:
+    """Longest input training can have given the model: a RoBERTa layout's table less two rows
+    (data.max_sequence_length, checked before the padding id is known), so with
+    bert-base-uncased's [PAD] = 0, whose 514 rows hold 513, the 513th position is never trained.
+    Exports truncate at it and the LAMA probe cuts queries there."""
+    if self.flavour == "roberta":
+      return min(self.max_seq_len, self.max_positions - 2)
+    return self.max_seq_len
 
   @property
   def dtype(self):

@@ -568,6 +568,17 @@ def test_byte_level_bpe_objects_take_the_spaced_token():
   assert tok.tokenize("saw <mask> .")[1] == "Ġ"
   (ids,) = words.encode(["We saw <mask> ."])
   assert tok.convert_ids_to_tokens(ids) == ["We", "Ġsaw", "<mask>", "Ġ."]
+  # A vocabulary without "Ġa" spells " a" as "Ġ" + "a": still byte-level BPE's spaced words.
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["We saw Paris ."] * 20, vocab_size=300,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
+                                             eos_token="</s>", pad_token="<pad>",
+                                             unk_token="<unk>", mask_token="<mask>")
+  assert tok.tokenize(" a") == ["Ġ", "a"]
+  words = lama.WordTable(tok)
+  assert words.space_prefix
+  assert words.single_token_id("Paris") == tok.convert_tokens_to_ids("ĠParis")
 
 
 def test_a_tokenizer_that_spells_a_typed_first_space_apart_finds_single_token_objects():
@@ -575,11 +586,13 @@ def test_a_tokenizer_that_spells_a_typed_first_space_apart_finds_single_token_ob
   "▁" + "▁a", "a" is "▁a". Taken for a byte-level BPE's spaced form, every object (" France":
   two tokens) was skipped, and the probe said the tokenizer was not the model's."""
   import tokenizers
-  from tokenizers import models, normalizers, pre_tokenizers, trainers
+  from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
   bpe = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
   bpe.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
                                          normalizers.Replace(" ", "\u2581")])
   bpe.pre_tokenizer = pre_tokenizers.Split("\u2581", "merged_with_next")  # No merge across.
+  bpe.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                   decoders.Fuse(), decoders.Strip(" ", 1, 0)])  # Llama-2's.
   bpe.train_from_iterator(["We saw Paris and then Paris again ."] * 20, trainers.BpeTrainer(
       vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<mask>"]))
   tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>",
@@ -588,7 +601,15 @@ def test_a_tokenizer_that_spells_a_typed_first_space_apart_finds_single_token_ob
   assert tok.tokenize(" Paris") == ["\u2581", "\u2581Paris"]  # The layout in question.
   words = lama.WordTable(tok)
   assert not words.space_prefix
+  # Its decoder drops the "▁" its normaliser writes: the word is still found (it was compared
+  # with "▁Paris").
+  assert tok.decode(tok("Paris", add_special_tokens=False)["input_ids"]) == "Paris"
   assert words.single_token_id("Paris") == tok.convert_tokens_to_ids("\u2581Paris")
+  # The text after the mask starts with the normaliser's own "▁": left out, as the one before.
+  assert tok.tokenize("We saw <mask> again .")[2:5] == ["\u2581", "<mask>", "\u2581"]
+  (ids,) = words.encode(["We saw <mask> again ."])
+  assert tok.convert_ids_to_tokens(ids) == ["\u2581We", "\u2581saw", "<mask>", "\u2581again",
+                                            "\u2581."]
 
 
 def test_truncation_keeps_a_window_around_the_mask(bert_words):

@@ -2299,6 +2299,18 @@ def test_show_writes_byte_fallback_pieces_and_line_breaks_as_text():
   assert "<0xE6>" in tok.convert_ids_to_tokens(ids)
   nothing = {"input_ids": np.array(ids), "mask": np.zeros(len(ids), bool)}
   assert show.render(tok, ids, nothing, colour=False) == text
+  # A SentencePiece (Unigram) vocabulary with byte fallback, which says so in its JSON only.
+  pieces = ["<unk>", "<s>", "</s>", "<pad>", "<mask>", "\u2581Tokyo", "\u2581"] + [
+      f"<0x{b:02X}>" for b in range(256)]
+  unigram = tokenizers.Tokenizer(models.Unigram([(p, -1.0) for p in pieces], 0, True))
+  unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+  tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=unigram, cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+      unk_token="<unk>", mask_token="<mask>")
+  ids = [tok.cls_token_id, *tok(text, add_special_tokens=False)["input_ids"], tok.sep_token_id]
+  assert "<0xE6>" in tok.convert_ids_to_tokens(ids)
+  nothing = {"input_ids": np.array(ids), "mask": np.zeros(len(ids), bool)}
+  assert show.render(tok, ids, nothing, colour=False) == text
   bpe = tokenizers.ByteLevelBPETokenizer()
   bpe.train_from_iterator(["One line .\nTwo lines ."] * 20, vocab_size=300,
                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])

@@ -110,13 +110,32 @@ def test_bad_architecture_raises_naming_the_key(overrides, match):
     MLMConfig(**{**base, **overrides})
 
 
+def test_the_longest_trained_input_leaves_out_a_roberta_row_training_never_reaches():
+  """Training holds data.seq_len to max_positions - 2 for RoBERTa before the padding id is
+  known: with [PAD] = 0 the table holds one more, never trained, which exports (their tokenizer's
+  model_max_length) and the LAMA probe's flax backend offered."""
+  common = dict(vocab_size=50, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32,
+                max_positions=514)
+  for flavour, pad_id, holds, trained in (("roberta", 0, 513, 512), ("roberta", 1, 512, 512),
+                                          ("roberta", 3, 510, 510), ("bert", 0, 514, 514)):
+    cfg = MLMConfig(flavour=flavour, pad_id=pad_id, **common)
+    assert (cfg.max_seq_len, cfg.max_trained_len) == (holds, trained), (flavour, pad_id)
+
+
 def test_numpy_integer_sizes_are_taken_as_ints():
   """A size from NumPy (a table's shape, len of an array) was refused as "must be a positive
   integer", which get_masker takes; it is kept as an int, which config.json can be written of."""
   cfg = MLMConfig(vocab_size=np.int64(30522), num_layers=np.int32(1), hidden_size=16,
-                  num_heads=2, mlp_size=32)
-  assert type(cfg.vocab_size) is int and type(cfg.num_layers) is int
+                  num_heads=2, mlp_size=32, pad_id=np.int64(1))
+  assert type(cfg.vocab_size) is int and type(cfg.num_layers) is int and type(cfg.pad_id) is int
   json.dumps(dataclasses.asdict(cfg))
+  # The padding id is a token id: None, -1, 1.0 or one past the vocabulary were taken (None
+  # failed later with a TypeError, -1 numbered RoBERTa's positions from 0).
+  for bad in (None, -1, 1.0, 30522, True):
+    with pytest.raises(ValueError, match=rf"model pad_id={bad!r} must be a token id in "
+                                         r"\[0, 30522\)"):
+      MLMConfig(vocab_size=30522, num_layers=1, hidden_size=16, num_heads=2, mlp_size=32,
+                pad_id=bad)
 
 
 @pytest.mark.parametrize("flavour,pad_id,longest", [("bert", 0, 8), ("roberta", 1, 6)])

@@ -118,7 +118,7 @@ class FlaxBackend:
     # Numbers must match the PyTorch backend: float32 activations and plain XLA attention.
     cfg = dataclasses.replace(cfg, compute_dtype="float32", attention="xla", remat="none")
     self.cfg, self.batch_size = cfg, batch_size
-    self.max_len = _within_tokenizer_limit(cfg.max_seq_len, tokenizer)
+    self.max_len = _within_tokenizer_limit(cfg.max_trained_len, tokenizer)
     self.pad_id = cfg.pad_id
     self.params = jax.device_put(nn.meta.unbox(params))
     self._jax = jax

@@ -17,15 +17,21 @@ class WordTable:
     self.mask_token = tokenizer.mask_token
     self.mask_id = tokenizer.mask_token_id
     self.pad_id = tokenizer.pad_token_id
-    # Byte-level BPE (RoBERTa) spells a word after a space differently ("Ġa"); LAMA's objects
-    # follow a space in the templates, so their token is the spaced form. Not where a space
-    # typed first is a token of its own (Llama's layout: "▁" then "▁a", the word's token the
-    # same as without it), which had every object found to be two tokens.
-    spaced = tokenizer.tokenize(" a")
-    self.space_prefix = len(spaced) == 1 and spaced != tokenizer.tokenize("a")
+    # Byte-level BPE (RoBERTa) spells a word after a space differently ("Ġa", or "Ġ" + "a"
+    # without that merge); LAMA's objects follow a space in the templates, so their token is the
+    # spaced form. Not in Llama's layout, whose normaliser gives every text a "▁" first: there a
+    # typed first space is a lone "▁" before the word's own "▁a" (every object was taken to be
+    # two tokens), and a text after an added token such as the mask starts with one too.
+    spaced, unspaced = tokenizer.tokenize(" a"), tokenizer.tokenize("a")
+    self._prepends_space = (len(spaced) == 2 and spaced[0] == "\u2581" and spaced[1:] == unspaced
+                            and unspaced[0].startswith("\u2581"))
+    self.space_prefix = spaced != unspaced and not self._prepends_space
     backend = getattr(tokenizer, "backend_tokenizer", None)
     normalizer = getattr(backend, "normalizer", None)
-    self._normalize = normalizer.normalize_str if normalizer is not None else (lambda s: s)
+    # The normaliser's "▁" (Llama's Prepend / Replace) read as the space it stands for: the
+    # decoded token has none, and a word's normal form is compared with it.
+    self._normalize = ((lambda s: normalizer.normalize_str(s).replace("\u2581", " "))
+                       if normalizer is not None else (lambda s: s))
     probe = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     k = next(i for i in range(len(full)) if full[i:i + len(probe)] == probe)
@@ -49,6 +55,11 @@ class WordTable:
     spaced_mask = tokenizer(f"a {self.mask_token}", add_special_tokens=False)["input_ids"]
     self._lone_space = (spaced_mask[-2] if len(spaced_mask) == len(probe) + 2
                         and spaced_mask[-1] == self.mask_id else None)
+    # Llama's layout also starts the text after the mask with a lone "▁" before the next word's
+    # own: left out too. (Elsewhere a lone space after the mask is training's own: byte-level
+    # BPE without a "Ġ." merge writes "France ." as "ĠFrance", "Ġ", ".".)
+    self._lone_space_after = (tokenizer.convert_tokens_to_ids(spaced[0])
+                              if self._prepends_space else None)
 
   def normalized(self, word: str) -> str:
     """`word` as the tokenizer's normaliser writes it (lower-cased, accents stripped, ...)."""
@@ -116,10 +127,11 @@ class WordTable:
     if not texts:
       return []
     encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    if self._lone_space is None:
+    if self._lone_space is None and self._lone_space_after is None:
       return encoded
     return [[t for i, t in enumerate(ids) if not (
-        t == self._lone_space and i + 1 < len(ids) and ids[i + 1] == self.mask_id)]
+        (t == self._lone_space and i + 1 < len(ids) and ids[i + 1] == self.mask_id)
+        or (t == self._lone_space_after and i > 0 and ids[i - 1] == self.mask_id))]
             for ids in encoded]
 
 

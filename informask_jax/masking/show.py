@@ -17,6 +17,7 @@ stand-ins and informask_online is skipped.
 import argparse
 import codecs
 import contextlib
+import functools
 import html
 import importlib.metadata
 import json
@@ -418,10 +419,20 @@ def _byte_spelling(tok):
   if isinstance(getattr(backend, "decoder", None), decoders.ByteLevel):
     spelt = _byte_level_bytes()
     return lambda piece: b"".join(bytes([spelt[c]]) if c in spelt else c.encode() for c in piece)
-  if getattr(getattr(backend, "model", None), "byte_fallback", False):
+  if backend is not None and _byte_fallback(backend):
     return lambda piece: (bytes([int(piece[3:5], 16)]) if _BYTE_PIECE.fullmatch(piece)
                           else piece.encode())
   return None
+
+
+@functools.lru_cache(maxsize=4)
+def _byte_fallback(backend) -> bool:
+  """Whether the model falls back to byte pieces: BPE says so as an attribute, Unigram only in
+  its JSON (read once per tokenizer: render runs per sample)."""
+  flag = getattr(backend.model, "byte_fallback", None)
+  if flag is None:
+    flag = json.loads(backend.to_str()).get("model", {}).get("byte_fallback", False)
+  return bool(flag)
 
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
