@@ -1243,9 +1243,10 @@ def test_parallel_tokenization_keeps_special_tokens_written_in_the_text_as_text(
                                    for t in docs["text"]]
 
 
-def _unigram_and_whitespace_wordpiece():
+def _whitespace_split_and_unigram_tokenizers():
   """An XLM-R-shaped SentencePiece (Unigram) tokenizer, its specials pieces of the best score as
-  transformers' converter lays them out, and a WordPiece one split on whitespace alone."""
+  transformers' converter lays them out, and WordPiece and WordLevel ones split on whitespace
+  alone."""
   from tokenizers import decoders, models, pre_tokenizers
 
   pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0),
@@ -1258,21 +1259,14 @@ def _unigram_and_whitespace_wordpiece():
       tokenizer_object=unigram, bos_token="<s>", cls_token="<s>", eos_token="</s>",
       sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
   names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "token", "##s", "."]
-  wordpiece = tokenizers.Tokenizer(models.WordPiece({n: i for i, n in enumerate(names)},
-                                                    unk_token="[UNK]"))
-  wordpiece.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  bert_like = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=wordpiece, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-      sep_token="[SEP]", mask_token="[MASK]")
-  wordlevel = tokenizers.Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)},
-                                                    unk_token="[UNK]"))
-  wordlevel.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  words = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=wordlevel, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-      sep_token="[SEP]", mask_token="[MASK]")
-  return {"unigram": (xlmr, "<s> </s> <pad> <mask>"),
-          "wordpiece": (bert_like, "[MASK] [PAD] [SEP]"),
-          "wordlevel": (words, "[MASK] [PAD] [SEP]")}
+  out = {"unigram": (xlmr, "<s> </s> <pad> <mask>")}
+  for kind, model in (("wordpiece", models.WordPiece), ("wordlevel", models.WordLevel)):
+    split = tokenizers.Tokenizer(model({n: i for i, n in enumerate(names)}, unk_token="[UNK]"))
+    split.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    out[kind] = (transformers.PreTrainedTokenizerFast(
+        tokenizer_object=split, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]"), "[MASK] [PAD] [SEP]")
+  return out
 
 
 @pytest.mark.parametrize("kind", ["unigram", "wordpiece", "wordlevel"])
@@ -1282,7 +1276,7 @@ def test_special_tokens_typed_in_the_text_stay_text_with_every_vocabulary_kind(k
   "[MASK]" whole, so typed special tokens came out as the pad, mask, cls and sep ids (a pad
   mid-row is attention-masked; a mask an input masked without a target). Other text keeps
   its ids, and the JSON handed to worker processes gives the same."""
-  tokenizer, typed = _unigram_and_whitespace_wordpiece()[kind]
+  tokenizer, typed = _whitespace_split_and_unigram_tokenizers()[kind]
   specials = set(tokenization.special_ids(tokenizer)) - {tokenizer.unk_token_id}
   backend = data.plain_backend(tokenizer)
   ids, _, _ = data.encode_documents([f"the tokens {typed} the token."], backend)

@@ -551,14 +551,19 @@ def test_single_token_objects(bert_words):
   assert (bert_words.prefix, bert_words.suffix) == ([tok.cls_token_id], [tok.sep_token_id])
 
 
-def test_byte_level_bpe_objects_take_the_spaced_token():
-  tokenizers = pytest.importorskip("tokenizers")
+def _byte_level_bpe(text):
+  """A RoBERTa-like byte-level BPE trained on `text`, its <mask> stripping no space."""
+  import tokenizers
   bpe = tokenizers.ByteLevelBPETokenizer()
-  bpe.train_from_iterator(["We saw Paris and then Paris again ."] * 20, vocab_size=300,
+  bpe.train_from_iterator([text] * 20, vocab_size=300,
                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
-                                             eos_token="</s>", pad_token="<pad>",
-                                             unk_token="<unk>", mask_token="<mask>")
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
+                                              eos_token="</s>", pad_token="<pad>",
+                                              unk_token="<unk>", mask_token="<mask>")
+
+
+def test_byte_level_bpe_objects_take_the_spaced_token():
+  tok = _byte_level_bpe("We saw Paris and then Paris again .")
   words = lama.WordTable(tok)
   assert words.space_prefix
   assert words.single_token_id("Paris") == tok.convert_tokens_to_ids("ĠParis")
@@ -569,12 +574,7 @@ def test_byte_level_bpe_objects_take_the_spaced_token():
   (ids,) = words.encode(["We saw <mask> ."])
   assert tok.convert_ids_to_tokens(ids) == ["We", "Ġsaw", "<mask>", "Ġ."]
   # A vocabulary without "Ġa" spells " a" as "Ġ" + "a": still byte-level BPE's spaced words.
-  bpe = tokenizers.ByteLevelBPETokenizer()
-  bpe.train_from_iterator(["We saw Paris ."] * 20, vocab_size=300,
-                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
-                                             eos_token="</s>", pad_token="<pad>",
-                                             unk_token="<unk>", mask_token="<mask>")
+  tok = _byte_level_bpe("We saw Paris .")
   assert tok.tokenize(" a") == ["Ġ", "a"]
   words = lama.WordTable(tok)
   assert words.space_prefix
