@@ -1781,6 +1781,14 @@ def test_summary_lines_of_a_hand_built_directory(tmp_path):
   assert "top n-grams: new york | cityer" in lines
   assert numbers["ranked"].tolist() == [5, 6, 4] and numbers["min_count"] == 2
   assert numbers["pmi_end"] == 5
+  # A byte-level BPE vocabulary marks word starts ("Ġ"): its lists and n-grams read as words (the
+  # n-grams were "Ġnew Ġyork | Ġcity er").
+  bpe = ["<pad>", "<unk>", "<s>", "</s>", *("\u0120" + w for w in ("new", "york")), "er",
+         *("\u0120" + w for w in ("city", "rare"))]
+  text, _ = report.summarize(_hand_built_stats(tmp_path / "bpe", vocab=bpe))
+  lines = text.splitlines()
+  assert "10 most frequent: new 0.100, york 0.300, city 0.150, er 0.200, rare 0.500" in lines
+  assert "top n-grams: new york | cityer" in lines
 
 
 def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_path, caplog):

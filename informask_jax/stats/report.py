@@ -73,7 +73,7 @@ def summarize(directory) -> tuple[str, dict]:
   mask_prob = float(meta["params"]["mask_prob"])
 
   def fmt(ids):
-    return ", ".join(f"{names[i]} {rates[i]:.3f}" for i in ids)
+    return ", ".join(f"{_shown(names[i])} {rates[i]:.3f}" for i in ids)
 
   lines = [
       f"Statistics: {directory}",
@@ -102,7 +102,9 @@ def summarize(directory) -> tuple[str, dict]:
     per = c.get("ngrams_per_length", {})
     lengths = ", ".join(f"{n}-grams {k}" for n, k in per.items())
     lines.append(f"n-gram vocabulary {len(a.ngrams)} ({lengths}), bigram table {len(a.bigrams)}")
-    lines.append("top n-grams: " + " | ".join(_join(names, g) for g in a.ngrams[:8]))
+    marks_starts = any(n.startswith(_WORD_START_MARKS) for n in names)
+    lines.append("top n-grams: " + " | ".join(_join(names, g, marks_starts)
+                                              for g in a.ngrams[:8]))
   params = meta["params"]
   pmi_end = (int(params.get("drop_top_k", 0)) + int(c["pmi_vocab_size"])
              if "pmi_vocab_size" in c else 0)
@@ -142,11 +144,29 @@ def art_expected(rates, counts, specials) -> float:
   return float(rates @ w / max(w.sum(), 1))
 
 
-def _join(names, ids) -> str:
+# Byte-level BPE ("Ġ") and SentencePiece ("▁") mark a word's first piece; WordPiece ("##") the
+# pieces that continue a word.
+_WORD_START_MARKS = ("\u0120", "\u2581")
+
+
+def _shown(name) -> str:
+  """A token as the lists show it: without a word-start mark ("Ġthe" is "the")."""
+  return name[1:] if name.startswith(_WORD_START_MARKS) and len(name) > 1 else name
+
+
+def _join(names, ids, marks_starts) -> str:
+  """An n-gram's tokens as text: a "##" piece joins the word before it, and so, in a vocabulary
+  that marks word starts (`marks_starts`), does a piece without the mark (it was "Ġhoney Ġbe
+  e" for "honey bee")."""
   out = ""
   for i in ids:
     name = names[i]
-    out += name[2:] if name.startswith("##") else (" " + name if out else name)
+    if name.startswith("##"):
+      out += name[2:]
+    elif marks_starts and not name.startswith(_WORD_START_MARKS):
+      out += name
+    else:
+      out += (" " if out else "") + _shown(name)
   return out
 
 
@@ -252,7 +272,7 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
     ax = fig.add_subplot(grid[1, col])
     y = np.arange(len(ids))[::-1]
     ax.barh(y, rates[ids], color=color, alpha=0.8)
-    ax.set_yticks(y, [f"{names[i]}  ({counts[i]})" for i in ids], fontsize=8)
+    ax.set_yticks(y, [f"{_shown(names[i])}  ({counts[i]})" for i in ids], fontsize=8)
     ax.axvline(n["mask_prob"], color="gray", ls="--", lw=1)
     ax.set_xlabel("masking rate")
     ax.set_title(title)
