@@ -31,7 +31,7 @@ import transformers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from informask_jax import corpus as corpus_lib
-from informask_jax import paths
+from informask_jax import paths, word_marks
 
 log = logging.getLogger(__name__)
 
@@ -667,8 +667,8 @@ def continuation_table(tokenizer):
     return table
   special = set(tokenizer.all_special_tokens)
   for token, i in vocab.items():
-    table[i] = not token.startswith(("Ġ", "▁")) and token not in special
-  if not any(t.startswith(("Ġ", "▁")) for t in vocab if t not in special):
+    table[i] = not token.startswith(word_marks.WORD_START_MARKS) and token not in special
+  if not any(t.startswith(word_marks.WORD_START_MARKS) for t in vocab if t not in special):
     log.warning("The tokenizer (a %s model%s) marks no word boundary that a token shows by "
                 "itself (no \"##\" pieces, no \"Ġ\" or \"▁\" word starts): whole_word, span and "
                 "pmi_span masking and stats.whole_words take each token as a word.",

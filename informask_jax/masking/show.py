@@ -30,7 +30,7 @@ import sys
 import jax
 import numpy as np
 
-from informask_jax import masking, paths
+from informask_jax import masking, paths, word_marks
 from informask_jax.masking import online
 
 log = logging.getLogger(__name__)
@@ -391,7 +391,6 @@ def legend(colour, own_brackets=False):
       ("mask", "-> [MASK]"), ("random", "-> a random token (word>new)"), ("keep", "unchanged")))
 
 
-_WORD_START_MARKS = ("\u0120", "\u2581")  # Ġ, ▁
 
 
 def _byte_level_bytes():
@@ -468,16 +467,16 @@ def render(tok, ids, result, colour):
   # stays on its line.
   pieces = [p.translate(_DRAWN) for p in _pieces(tok, ids)]
   # A replacement is shown without its word-start mark: "[word>new]", not "[word>Ġnew]".
-  new = [p[1:] if p.startswith(_WORD_START_MARKS) and len(p) > 1 else p
-         for p in (p.translate(_DRAWN) for p in _pieces(tok, result["input_ids"], alone=True))]
+  new = [word_marks.unmarked(p.translate(_DRAWN))
+         for p in _pieces(tok, result["input_ids"], alone=True)]
   # Byte-level BPE (RoBERTa's "Ġ") and SentencePiece ("▁") mark a word's first piece instead of
   # WordPiece's later ones ("##"): there, a piece without the mark continues its word.
-  marks_starts = any(p.startswith(_WORD_START_MARKS) for p in pieces)
+  marks_starts = any(p.startswith(word_marks.WORD_START_MARKS) for p in pieces)
   parts = []
   for i, piece in enumerate(pieces[1:-1], start=1):  # Drop [CLS] / [SEP].
     if piece.startswith("##"):
       text = piece[2:]
-    elif marks_starts and piece.startswith(_WORD_START_MARKS):
+    elif marks_starts and piece.startswith(word_marks.WORD_START_MARKS):
       text = (" " if parts else "") + piece[1:]
     elif marks_starts:
       text = piece

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from absl import logging
 
-from informask_jax import paths
+from informask_jax import paths, word_marks
 from informask_jax.stats import artifacts as art
 
 TOP = 30
@@ -73,7 +73,7 @@ def summarize(directory) -> tuple[str, dict]:
   mask_prob = float(meta["params"]["mask_prob"])
 
   def fmt(ids):
-    return ", ".join(f"{_shown(names[i])} {rates[i]:.3f}" for i in ids)
+    return ", ".join(f"{word_marks.unmarked(names[i])} {rates[i]:.3f}" for i in ids)
 
   lines = [
       f"Statistics: {directory}",
@@ -102,7 +102,7 @@ def summarize(directory) -> tuple[str, dict]:
     per = c.get("ngrams_per_length", {})
     lengths = ", ".join(f"{n}-grams {k}" for n, k in per.items())
     lines.append(f"n-gram vocabulary {len(a.ngrams)} ({lengths}), bigram table {len(a.bigrams)}")
-    marks_starts = any(n.startswith(_WORD_START_MARKS) for n in names)
+    marks_starts = any(n.startswith(word_marks.WORD_START_MARKS) for n in names)
     lines.append("top n-grams: " + " | ".join(_join(names, g, marks_starts)
                                               for g in a.ngrams[:8]))
   params = meta["params"]
@@ -144,16 +144,6 @@ def art_expected(rates, counts, specials) -> float:
   return float(rates @ w / max(w.sum(), 1))
 
 
-# Byte-level BPE ("Ġ") and SentencePiece ("▁") mark a word's first piece; WordPiece ("##") the
-# pieces that continue a word.
-_WORD_START_MARKS = ("\u0120", "\u2581")
-
-
-def _shown(name) -> str:
-  """A token as the lists show it: without a word-start mark ("Ġthe" is "the")."""
-  return name[1:] if name.startswith(_WORD_START_MARKS) and len(name) > 1 else name
-
-
 def _join(names, ids, marks_starts) -> str:
   """An n-gram's tokens as text: a "##" piece joins the word before it, and so, in a vocabulary
   that marks word starts (`marks_starts`), does a piece without the mark (it was "Ġhoney Ġbe
@@ -163,10 +153,10 @@ def _join(names, ids, marks_starts) -> str:
     name = names[i]
     if name.startswith("##"):
       out += name[2:]
-    elif marks_starts and not name.startswith(_WORD_START_MARKS):
+    elif marks_starts and not name.startswith(word_marks.WORD_START_MARKS):
       out += name
     else:
-      out += (" " if out else "") + _shown(name)
+      out += (" " if out else "") + word_marks.unmarked(name)
   return out
 
 
@@ -272,7 +262,7 @@ def write_report(directory, out_png=None) -> tuple[pathlib.Path, str]:
     ax = fig.add_subplot(grid[1, col])
     y = np.arange(len(ids))[::-1]
     ax.barh(y, rates[ids], color=color, alpha=0.8)
-    ax.set_yticks(y, [f"{_shown(names[i])}  ({counts[i]})" for i in ids], fontsize=8)
+    ax.set_yticks(y, [f"{word_marks.unmarked(names[i])}  ({counts[i]})" for i in ids], fontsize=8)
     ax.axvline(n["mask_prob"], color="gray", ls="--", lw=1)
     ax.set_xlabel("masking rate")
     ax.set_title(title)
