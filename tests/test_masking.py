@@ -1253,6 +1253,19 @@ def test_show_cli_marks_targets(tmp_path, capsys, monkeypatch):
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "notes.md")])
   assert re.fullmatch(r"error: --tokenizer '.*notes\.md': no tokenizer could be loaded \(the "
                       r"vocabulary lacks \[.*\]\.\)", str(caught.value)), caught.value
+  # A statistics directory of a byte-level BPE run: its vocab.txt lists Ġ pieces, no [PAD].
+  bpe_stats = tmp_path / "bpe_stats"
+  bpe_stats.mkdir()
+  (bpe_stats / "vocab.txt").write_text("<s>\n<pad>\n</s>\n<unk>\n<mask>\n\u0120the\n")
+  (bpe_stats / "meta.json").write_text(json.dumps(dict(
+      tokenizer_fingerprint="f" * 32, tokenizer_name_or_path="/runs/bpe/tokenizer")))
+  with pytest.raises(SystemExit) as caught:
+    show.main(["--strategy", "random", "--tokenizer", str(bpe_stats)])
+  assert re.fullmatch(r"error: --tokenizer '.*bpe_stats' is a statistics directory whose "
+                      r"vocab\.txt rebuilds only a WordPiece tokenizer, .* "
+                      r"\(/runs/bpe/tokenizer\); "
+                      r"pass that tokenizer: --tokenizer /runs/bpe/tokenizer, with --stats .*",
+                      str(caught.value)), caught.value
   (tmp_path / "tokenizer.json").write_text("{}")  # The loader's other wording: "'X' is a".
   with pytest.raises(SystemExit) as caught:
     show.main(["--strategy", "random", "--tokenizer", str(tmp_path / "tokenizer.json")])

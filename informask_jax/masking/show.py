@@ -90,12 +90,37 @@ def load_tokenizer(path=None):
     raise SystemExit(f"error: --tokenizer {path!r} does not exist; give a vocab.txt or a tokenizer "
                      "directory, e.g. a run's WORKDIR/tokenizer.") from None
   except (OSError, ValueError) as e:  # The loader's message names the config key, not the flag.
+    _refuse_foreign_stats_vocab(path)
     # "config.tokenizer.name_or_path='X': why" or "... 'X' is a .json file": the flag is named.
     reason = re.sub(r"config\.tokenizer\.name_or_path='[^']*'(: | (?=is ))",
                     lambda m: "" if m.group(1) == ": " else "it ",
                     str(e).splitlines()[0]) if str(e) else type(e).__name__
     raise SystemExit(f"error: --tokenizer {path!r}: no tokenizer could be loaded ({reason})"
                      ) from None
+
+
+def _refuse_foreign_stats_vocab(path):
+  """Exits naming the tokenizer a statistics directory given as --tokenizer was built with, when
+  its vocab.txt did not load: that file lists the tokens for reports and rebuilds a WordPiece
+  tokenizer only, not a byte-level BPE or SentencePiece one (its pieces, Ġthe or ▁the, load as
+  WordPiece tokens without [PAD]... and would not split text as training did)."""
+  directory = os.path.expanduser(path)
+  if not os.path.isdir(directory) or os.path.isfile(os.path.join(directory, "tokenizer.json")):
+    return
+  try:
+    with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return
+  if not isinstance(meta, dict) or "tokenizer_fingerprint" not in meta:
+    return
+  built_with = meta.get("tokenizer_name_or_path")
+  remedy = (f"pass that tokenizer: --tokenizer {built_with}" if built_with else
+            "pass the tokenizer the run trained: --tokenizer WORKDIR/tokenizer")
+  raise SystemExit(
+      f"error: --tokenizer {path!r} is a statistics directory whose vocab.txt rebuilds only a "
+      f"WordPiece tokenizer, and its tables were built with another kind "
+      f"({built_with or 'a vocabulary trained on the corpus'}); {remedy}, with --stats {path}.")
 
 
 def _vocab_txt(path):
@@ -538,7 +563,7 @@ def main(argv=None):
   parser.add_argument("--mask-prob", type=float, default=0.15)
   parser.add_argument("--budget", default="exact", choices=("exact", "bernoulli"))
   parser.add_argument("--tokenizer", default=None, help="vocab.txt or tokenizer directory (a "
-                      "statistics directory holds the vocab.txt of its tokenizer)")
+                      "statistics directory of a WordPiece tokenizer holds its vocab.txt)")
   parser.add_argument("--stats", help="statistics directory (python -m informask_jax.stats "
                       "build prints it): the tables it holds, for the tokenizer they were built "
                       "with (--tokenizer)")
