@@ -1735,11 +1735,11 @@ def _hand_built_stats(directory, *, vocab=None, record_vocab=True, mask_prob=0.1
   "##er" are in the PMI table, "city" is not, and "rare" is in it but seen once."""
   directory.mkdir()
   tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "new", "york", "##er", "city", "rare"]
-  v = len(tokens)
+  v = len(vocab or tokens)  # A longer vocabulary's later tokens are never seen.
   artifacts.save_npy(directory / "unigram_counts.npy",
-                     np.array(counts, np.int64))
-  artifacts.save_npy(directory / "rates.npy",
-                     np.array([0, 0, 0, 0, 0.1, 0.3, 0.2, 0.15, 0.5], np.float32))
+                     np.pad(np.array(counts, np.int64), (0, v - len(tokens))))
+  artifacts.save_npy(directory / "rates.npy", np.pad(
+      np.array([0, 0, 0, 0, 0.1, 0.3, 0.2, 0.15, 0.5], np.float32), (0, v - len(tokens))))
   (directory / "id_mask_prob.json").write_text("{}")
   pairs = [(4, 5), (5, 6), (4, 8)]
   rows = [a for a, b in pairs] + [b for a, b in pairs]
@@ -1789,6 +1789,18 @@ def test_summary_lines_of_a_hand_built_directory(tmp_path):
   lines = text.splitlines()
   assert "10 most frequent: new 0.100, york 0.300, city 0.150, er 0.200, rare 0.500" in lines
   assert "top n-grams: new york | cityer" in lines
+  # Its pieces are bytes written as characters ("Ã©" is "é"): shown as the text they encode,
+  # once the vocabulary holds the 256 byte characters; part of a character ("Ã") stays.
+  import tokenizers
+  alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  bpe = ["<pad>", "<unk>", "<s>", "</s>", "\u0120caf", "\u00c3\u00a9", "er",
+         "\u0120\u00e6\u013f\u00b1\u00e4\u00ba\u00ac", "\u00c3", *alphabet]
+  text, numbers = report.summarize(_hand_built_stats(tmp_path / "bytes", vocab=bpe))
+  lines = text.splitlines()
+  assert ("10 most frequent: caf 0.100, \u00e9 0.300, \u6771\u4eac 0.150, er 0.200, "
+          "\u00c3 0.500") in lines
+  assert "top n-grams: caf\u00e9 | \u6771\u4eacer" in lines
+  assert numbers["names"][9:] == alphabet  # Single bytes: the space and controls do not print.
 
 
 def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_path, caplog):

@@ -32,11 +32,44 @@ def _token_names(directory: pathlib.Path, meta: dict, vocab_size: int) -> list[s
   elif path.exists() and not problems:
     lines = path.read_text(encoding="utf-8").split("\n")
     if len(lines) == vocab_size + 1 and lines[-1] == "":
-      return lines[:vocab_size]
+      return _byte_level_as_text(lines[:vocab_size])
     held = len(lines) - (lines[-1] == "")  # A last line without its line break counts too.
     logging.warning("%s holds %d lines for %d tokens (a token with a line break?): the report "
                     "names tokens by id.", path, held, vocab_size)
   return [f"#{i}" for i in range(vocab_size)]
+
+
+def _byte_level_chars() -> dict[str, int]:
+  """{character: byte} of byte-level BPE (GPT-2, RoBERTa): a byte that prints as a visible
+  Latin-1 character stands for itself, the others (control bytes, space, ...) for the characters
+  from U+0100 on, in byte order; a space is "Ġ" (U+0120)."""
+  visible = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+  table = {chr(b): b for b in visible}
+  table.update({chr(0x100 + n): b for n, b in
+                enumerate(b for b in range(256) if b not in set(visible))})
+  return table
+
+
+def _byte_level_as_text(names: list[str]) -> list[str]:
+  """`names` with a byte-level BPE vocabulary's pieces written as the text they encode ("Ġcaf",
+  "Ã©" for "Ġcaf", "é"), the word-start mark kept; a piece holding part of a character or a
+  character that does not print stays as it is. A vocabulary is byte-level when it holds each of
+  the 256 byte characters as a piece, as byte-level BPE trainers make it."""
+  chars = _byte_level_chars()
+  if not set(chars) <= set(names):
+    return names
+  shown = []
+  for name in names:
+    try:
+      text = bytes(chars[c] for c in name).decode("utf-8")
+    except (KeyError, UnicodeDecodeError):  # A special token, or part of a character.
+      shown.append(name)
+      continue
+    start = text.startswith(" ") and len(text) > 1
+    body = text[1:] if start else text
+    shown.append(("\u0120" if start else "") + body if body.isprintable() and
+                 not body.isspace() else name)
+  return shown
 
 
 def summarize(directory) -> tuple[str, dict]:
