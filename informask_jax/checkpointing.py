@@ -428,14 +428,14 @@ def checkpoint_steps(workdir) -> list[int]:
   return steps
 
 
-def has_fresh_head(workdir, step: int) -> bool:
-  """Whether the checkpoint at `step` is an import of an encoder whose masked-LM head was made
-  fresh (its meta's fresh_mlm_head); an unreadable meta is named by the restore instead."""
+def step_meta(workdir, step: int) -> dict:
+  """The meta of the checkpoint at `step` (its run config, architecture, whether its masked-LM
+  head is an import's fresh one); {} when unreadable, which the restore names instead."""
   manager, _ = _find_steps(workdir)
   try:
-    return bool(_read_meta(manager, workdir, step).get(FRESH_HEAD_META))
+    return _read_meta(manager, workdir, step)
   except CheckpointReadError:
-    return False
+    return {}
   finally:
     manager.close()
 

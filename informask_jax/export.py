@@ -532,22 +532,29 @@ class ExportMismatchError(RuntimeError):
 
 
 # --- Workdir entry points (convert_checkpoint.py) -----------------------------------------------
-def _run_provenance(workdir: str, step: int, tokenizer_fingerprint: str,
-                    fresh_mlm_head: bool = False) -> dict:
-  """Where an export comes from: the run, its step, the masking its config.json names, and the
-  fingerprint of the tokenizer exported with it (checked by eval_lama.py). `fresh_mlm_head`: an
-  imported encoder's untrained head, recorded so that eval_lama.py refuses the export and an
+def _run_provenance(workdir: str, step: int, tokenizer_fingerprint: str, meta: dict) -> dict:
+  """Where an export comes from: the run, its step, the masking that step was trained with, and
+  the fingerprint of the tokenizer exported with it (checked by eval_lama.py). `meta`: the
+  step's checkpoint meta. Its config, not WORKDIR/config.json, names the masking: a resume with
+  another masking rewrites config.json, and an earlier step was not trained with that. An
+  imported encoder's untrained head is recorded so that eval_lama.py refuses the export and an
   import of it carries the record on (else one export lost it, its full head looking trained)."""
   provenance = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(step),
                 "tokenizer_fingerprint": tokenizer_fingerprint}
-  if fresh_mlm_head:
+  from informask_jax import checkpointing
+
+  if meta.get(checkpointing.FRESH_HEAD_META):
     provenance[FRESH_HEAD_KEY] = True
-  try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      masking = json.load(f)["masking"]
+  config = meta.get("config")  # None for an import: trained with no masking of ours.
+  if not meta:  # An unreadable meta: the run's config.json is the next best record.
+    try:
+      with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    except (OSError, ValueError):
+      pass
+  masking = config.get("masking") if isinstance(config, dict) else None
+  if isinstance(masking, dict):
     provenance["masking"] = {k: masking[k] for k in ("name", "budget", "mask_prob") if k in masking}
-  except (OSError, ValueError, KeyError, TypeError):
-    pass  # An imported workdir has no run config: the step and workdir still say where.
   return provenance
 
 
@@ -609,7 +616,7 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                         fmt=fmt, verify=verify, overwrite=overwrite,
                         provenance=_run_provenance(
                             workdir, restored_step, fingerprint,
-                            checkpointing.has_fresh_head(workdir, restored_step)))
+                            checkpointing.step_meta(workdir, restored_step)))
   return {"step": restored_step, **report}
 
 

@@ -1519,9 +1519,11 @@ def test_an_export_records_the_run_and_step_it_comes_from(imported_workdir, tmp_
   run.json then reports); transformers loads it as before."""
   run = tmp_path / "run"
   shutil.copytree(imported_workdir, run)
-  (run / "config.json").write_text(json.dumps(
-      {"model": {}, "train": {}, "masking": {"name": "informask", "budget": "exact",
-                                             "mask_prob": 0.15, "rates_path": "r.npy"}}))
+  meta_file = checkpointing.checkpoint_dir(run) / "0" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())  # As a training run's step records its config.
+  meta["config"] = {"model": {}, "train": {}, "masking": {
+      "name": "informask", "budget": "exact", "mask_prob": 0.15, "rates_path": "r.npy"}}
+  meta_file.write_text(json.dumps(meta))
   export.export_workdir(str(run), str(tmp_path / "out"))  # Verified: loaded by transformers.
   recorded = json.loads((tmp_path / "out" / "config.json").read_text())[export.PROVENANCE_KEY]
   tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
@@ -1530,6 +1532,29 @@ def test_an_export_records_the_run_and_step_it_comes_from(imported_workdir, tmp_
                       "masking": {"name": "informask", "budget": "exact", "mask_prob": 0.15}}
   assert lama_models.read_provenance(tmp_path / "out") == recorded
   assert lama_models.read_provenance(imported_workdir) is None  # Not an export.
+
+
+def test_an_export_records_the_masking_its_step_was_trained_with(imported_workdir, tmp_path):
+  """A resume with another masking rewrites WORKDIR/config.json; an earlier step's export names
+  the masking that step's checkpoint records (it recorded config.json's, 0.3 here, not 0.15)."""
+  run = tmp_path / "run"
+  shutil.copytree(imported_workdir, run)
+  directory = checkpointing.checkpoint_dir(run)
+  for step, mask_prob in ((20, 0.15), (40, 0.3)):
+    shutil.copytree(directory / "0", directory / str(step))
+    meta_file = directory / str(step) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["config"] = {"masking": {"name": "random", "budget": "exact", "mask_prob": mask_prob}}
+    meta_file.write_text(json.dumps(meta))
+  (run / "config.json").write_text(json.dumps(
+      {"masking": {"name": "random", "budget": "exact", "mask_prob": 0.3}}))
+  for step, mask_prob in ((20, 0.15), (40, 0.3), (0, None)):
+    out = tmp_path / f"out{step}"
+    export.export_workdir(str(run), str(out), step=step, verify=False)
+    recorded = lama_models.read_provenance(out)
+    assert recorded["checkpoint_step"] == step
+    assert recorded.get("masking") == (mask_prob and {"name": "random", "budget": "exact",
+                                                      "mask_prob": mask_prob}), step
 
 
 def test_an_import_that_fails_to_write_its_tokenizer_can_be_retried(exported, tmp_path,
