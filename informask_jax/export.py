@@ -350,8 +350,12 @@ def _remove_stale_model_files(out_dir: str, written) -> None:
 
 def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | None = None,
                  tokenizer=None, fmt: str | None = None, verify: bool = True,
-                 overwrite: bool = False, provenance: dict | None = None) -> dict:
+                 overwrite: bool = False, provenance: dict | None = None,
+                 max_length: int | None = None) -> dict:
   """Writes config.json, model.safetensors and the tokenizer files; returns a report.
+
+  `max_length`: the exported tokenizer's model_max_length, the longest input training gave the
+  model (default: the longest its position table can have been trained on, cfg.max_trained_len).
 
   `provenance` (JSON types: the run's workdir, step, masking) is recorded in config.json under
   PROVENANCE_KEY; transformers keeps such a key as a config attribute and ignores it otherwise.
@@ -408,7 +412,7 @@ def export_to_hf(params, cfg: MLMConfig, out_dir: str, *, tokenizer_dir: str | N
       save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
       if tokenizer_dir is not None:
         _copy_tokenizer(tokenizer_dir, staging, tokenizer, cfg.type_vocab_size,
-                        cfg.max_trained_len)
+                        cfg.max_trained_len if max_length is None else max_length)
     except (OSError, SafetensorError) as e:  # A full disk: a Rust IoError from safetensors.
       raise paths.WriteError(f"The export to {out_dir} could not be written (staged in "
                              f"{staging}): {type(e).__name__}: {e}. {out_dir} was left as it "
@@ -575,6 +579,24 @@ def _usable_tokenizer(directory: str, action: str, needs: str):
   return tokenizer
 
 
+def _trained_length(cfg: MLMConfig, meta: dict, tokenizer) -> int:
+  """The longest input the checkpoint's training gave the model, which the exported tokenizer
+  truncates at: a run's data.seq_len where below the position table (a :tiny run trains rows
+  0-127 of 512; the rows after them are as initialised, unless the run started from another
+  model, config.init_from, which trained them); an import's own tokenizer limit (512 for
+  bert-base-uncased), so that an export, import and export again keeps it; else the table's."""
+  config = meta.get("config")
+  if isinstance(config, dict):
+    seq_len = (config.get("data") or {}).get("seq_len")
+    if config.get("init_from") or not isinstance(seq_len, int) or isinstance(seq_len, bool):
+      return cfg.max_trained_len
+    return max(1, min(cfg.max_trained_len, seq_len))
+  own = getattr(tokenizer, "model_max_length", None)
+  if meta and isinstance(own, int) and 0 < own < 10**9:  # A limit, not "none" (int(1e30)).
+    return min(cfg.max_seq_len, own)
+  return cfg.max_trained_len
+
+
 def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                    fmt: str | None = None, verify: bool = True, overwrite: bool = False,
                    untrained_head: str = "warn") -> dict:
@@ -612,11 +634,11 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
     raise ValueError(f"The tokenizer in {tokenizer_dir} has {tokens} token ids but the "
                      f"checkpoint's model has vocab_size {cfg.vocab_size}: they are not from the "
                      "same run.")
+  meta = checkpointing.step_meta(workdir, restored_step)
   report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
                         fmt=fmt, verify=verify, overwrite=overwrite,
-                        provenance=_run_provenance(
-                            workdir, restored_step, fingerprint,
-                            checkpointing.step_meta(workdir, restored_step)))
+                        provenance=_run_provenance(workdir, restored_step, fingerprint, meta),
+                        max_length=_trained_length(cfg, meta, tokenizer))
   return {"step": restored_step, **report}
 
 

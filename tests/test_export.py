@@ -1557,6 +1557,39 @@ def test_an_export_records_the_masking_its_step_was_trained_with(imported_workdi
                                                       "mask_prob": mask_prob}), step
 
 
+def test_the_exported_tokenizer_truncates_at_the_length_the_step_was_trained_at(
+    imported_workdir, exported, tmp_path):
+  """model_max_length is the longest input training gave the model: a run's data.seq_len below
+  its 64-row table (the rows after it are untrained; 64 was advertised), the table's when the
+  run started from another model (init_from trained them); an import keeps its own limit."""
+  run = tmp_path / "run"
+  shutil.copytree(imported_workdir, run)
+  directory = checkpointing.checkpoint_dir(run)
+  for step, config in ((20, {"data": {"seq_len": 16}, "init_from": ""}),
+                       (40, {"data": {"seq_len": 16}, "init_from": "/runs/base"})):
+    shutil.copytree(directory / "0", directory / str(step))
+    meta_file = directory / str(step) / "meta" / "metadata"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "config": config}))
+  for step, length in ((20, 16), (40, 64), (0, 64)):
+    out = tmp_path / f"out{step}"
+    export.export_workdir(str(run), str(out), step=step, verify=False)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.model_max_length == length, step
+    assert len(tok("the cat " * 40, truncation=True)["input_ids"]) == length, step
+  # A RoBERTa layout exported as BERT (513 rows: pad id 0, 512 trained) and imported: its
+  # export again truncated at 513, the row never trained, as its tokenizer did not.
+  roberta_as_bert = tmp_path / "roberta_as_bert"
+  params, cfg, _, _ = exported["roberta"]
+  export.export_to_hf(params, cfg, str(roberta_as_bert),
+                      tokenizer_dir=exported["roberta"][2], fmt="bert", verify=False)
+  export.import_to_workdir(str(roberta_as_bert), str(tmp_path / "imported"))
+  export.export_workdir(str(tmp_path / "imported"), str(tmp_path / "again"), verify=False)
+  for path in (roberta_as_bert, tmp_path / "again"):
+    assert transformers.AutoTokenizer.from_pretrained(path).model_max_length == 512, path
+  config = json.loads((tmp_path / "again" / "config.json").read_text())
+  assert config["max_position_embeddings"] == 513
+
+
 def test_an_import_that_fails_to_write_its_tokenizer_can_be_retried(exported, tmp_path,
                                                                       monkeypatch):
   """The checkpoint was finished before the tokenizer was written: a failure in between left a
