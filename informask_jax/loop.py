@@ -157,7 +157,8 @@ def check_config(config) -> None:
     if m.max_predictions < enough:
       logging.warning(
           "config.model.max_predictions=%d with the Bernoulli budget: sequences with more than "
-          "that many targets (mean %.1f) lose the rest (logged as dropped_targets_per_step); "
+          "that many targets (mean %.1f) lose the rest (logged as dropped_targets_per_step, "
+          "and eval_dropped_targets for the evaluations' losses); "
           "--config.model.max_predictions=%d covers 3 standard deviations%s.",
           m.max_predictions, n * p, enough, unit_note)
   # Checks the loaders make again later, made here too so they fail before the corpus is read.
@@ -289,12 +290,13 @@ def _warn_rows_without_targets(config, pipeline) -> None:
 
 def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
   """Mean masked-token loss over eval_batches validation batches (data.eval_batches' rows),
-  fixed masks."""
+  fixed masks; eval_dropped_targets: the masked tokens beyond model.max_predictions it left out
+  (a Bernoulli budget's; they are the last of their rows, so the loss leans to early ones)."""
   batch_sharding = sharding_lib.batch_sharding(mesh)
   # The same masks at every evaluation (so evaluations compare), other masks for every batch
   # (a key shared by the batches would mask the same positions of every batch's row i).
   rng = jax.random.key(config.train.seed + 1)
-  sums = {"loss_sum": 0.0, "correct_sum": 0.0, "num_targets": 0.0}
+  sums = {"loss_sum": 0.0, "correct_sum": 0.0, "num_targets": 0.0, "dropped_targets": 0.0}
   for index, local in enumerate(data.eval_batches(
       pipeline.validation, config.train.batch_size, config.train.eval_batches,
       pad_id=pipeline.special_ids.pad)):
@@ -312,7 +314,8 @@ def evaluate(eval_step, params, pipeline, config, mesh) -> dict:
         "config.data.validation_fraction).")
   loss = sums["loss_sum"] / sums["num_targets"]
   return {"eval_loss": loss, "eval_perplexity": float(min(jax.numpy.exp(loss), 1e30)),
-          "eval_accuracy": sums["correct_sum"] / sums["num_targets"]}
+          "eval_accuracy": sums["correct_sum"] / sums["num_targets"],
+          "eval_dropped_targets": sums["dropped_targets"]}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:

@@ -219,14 +219,16 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: model_lib.BertMLM, max_predictions: int, micro_steps: int = 1):
-  """eval_step(params, batch, rng, masker) -> summed loss / correct / targets, without dropout.
+  """eval_step(params, batch, rng, masker) -> summed loss / correct / targets, without dropout,
+  and the targets beyond `max_predictions` left out of them (a Bernoulli budget's tail).
 
   With `micro_steps` > 1 the forward passes run on micro-batches, as the train step's do, so an
   evaluation fits in memory wherever training does.
   """
 
   def eval_step(params, batch, rng, masker):
-    inputs, positions, labels, weights, _ = _masked_targets(masker, rng, batch, max_predictions)
+    inputs, positions, labels, weights, dropped = _masked_targets(masker, rng, batch,
+                                                                  max_predictions)
 
     def forward(carry, micro):
       loss_sum, correct_sum = _mlm_sums(model, params, *micro, None, deterministic=True)
@@ -234,7 +236,8 @@ def make_eval_step(model: model_lib.BertMLM, max_predictions: int, micro_steps: 
 
     micro_batches = [_split_micro(x, micro_steps) for x in (inputs, positions, labels, weights)]
     (loss_sum, correct_sum), _ = jax.lax.scan(forward, (0.0, 0.0), micro_batches)
-    return {"loss_sum": loss_sum, "correct_sum": correct_sum, "num_targets": weights.sum()}
+    return {"loss_sum": loss_sum, "correct_sum": correct_sum, "num_targets": weights.sum(),
+            "dropped_targets": dropped.astype(jnp.float32)}
 
   return eval_step
 

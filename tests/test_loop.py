@@ -1615,20 +1615,23 @@ def test_train_py_leaves_an_interrupt_with_one_line_and_status_130(tmp_path):
 
 def test_evaluation_pools_every_batchs_targets(tiny_config, monkeypatch):
   """The eval loss is the mean over all masked tokens of all batches, not the last batch's."""
-  sums = iter([(1.0, 1.0, 1.0), (2.0, 0.0, 1.0), (9.0, 1.0, 2.0)])  # loss, correct, targets.
+  # loss, correct, targets, dropped targets.
+  sums = iter([(1.0, 1.0, 1.0, 0.0), (2.0, 0.0, 1.0, 3.0), (9.0, 1.0, 2.0, 1.0)])
   monkeypatch.setattr(loop.data, "eval_batches", lambda *a, **k: iter(range(3)))
   monkeypatch.setattr(loop.data, "make_global_batch", lambda local, sharding: local)
   monkeypatch.setattr(loop.sharding_lib, "batch_sharding", lambda mesh: None)
 
   def eval_step(params, batch, rng):
-    loss, correct, targets = next(sums)
-    return {"loss_sum": loss, "correct_sum": correct, "num_targets": targets}
+    loss, correct, targets, dropped = next(sums)
+    return {"loss_sum": loss, "correct_sum": correct, "num_targets": targets,
+            "dropped_targets": dropped}
 
   pipeline = type("P", (), {"validation": None, "special_ids": type("S", (), {"pad": 0})})
   out = loop.evaluate(eval_step, None, pipeline, tiny_config, None)
   assert out["eval_loss"] == pytest.approx(12.0 / 4.0)
   assert out["eval_accuracy"] == pytest.approx(2.0 / 4.0)
   assert out["eval_perplexity"] == pytest.approx(np.exp(3.0), rel=1e-5)
+  assert out["eval_dropped_targets"] == 4.0
 
 
 def test_a_resume_continues_exactly_and_logs_each_step_once(tiny_config, tmp_path, monkeypatch,

@@ -295,6 +295,15 @@ def test_evaluation_in_micro_batches_sums_the_same():
   assert sums[0]["num_targets"] == sums[1]["num_targets"] > 0
   for key in ("loss_sum", "correct_sum"):
     np.testing.assert_allclose(sums[1][key], sums[0][key], rtol=1e-5)
+  # The targets beyond max_predictions are counted, not silently left out of the loss: with
+  # room for 2 per row, the rest of the same masks.
+  assert sums[0]["dropped_targets"] == 0
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    step = trainer_lib.jit_eval_step(trainer_lib.make_eval_step(model, 2), shardings, mesh,
+                                     masker)
+    few = jax.device_get(step(state.params, batch, jax.random.key(3)))
+  assert few["num_targets"] == 2 * len(_batch()["token_ids"])
+  assert few["num_targets"] + few["dropped_targets"] == sums[0]["num_targets"]
 
 
 POISON = 7  # A batch whose rows start with this id makes the test model's loss NaN.
