@@ -160,6 +160,64 @@ def all_finite(tree) -> bool:
   return int(_count_non_finite(tree)) == 0
 
 
+# The meta key of the state's checksums: bytes altered in place (a bad disk, a copy that kept the
+# file sizes) read back as finite numbers, which the NaN / Inf check cannot tell from training's.
+CHECKSUM_META = "state_checksums"
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+
+
+def _leaf_name(path) -> str:
+  """'params/encoder/layer_0/mlp_in/kernel' for the train state's leaf and for the same leaf of
+  a params-only restore's {"params": ...} tree (jax.tree_util.keystr writes them otherwise)."""
+  return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+def _summed(leaves):
+  """The sum of each leaf's bit patterns modulo 2**32: exact and independent of the order of
+  the addition, so the same on any mesh and on the host (None for a leaf of another width)."""
+  import jax.numpy as jnp
+  sums = []
+  for x in leaves:
+    unsigned = _UNSIGNED.get(x.dtype.itemsize) if x.dtype != jnp.bool_ else None
+    if unsigned is None or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      sums.append(None)
+      continue
+    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    sums.append(jnp.sum(bits, dtype=jnp.uint32))
+  return sums
+
+
+_summed_on_device = jax.jit(_summed)
+
+
+def state_checksums(tree) -> dict[str, int]:
+  """{leaf name: checksum} of a (sharded) train state or of numpy arrays, as saved in the meta."""
+  named, _ = jax.tree_util.tree_flatten_with_path(tree)
+  leaves = [leaf for _, leaf in named]
+  if all(isinstance(x, np.ndarray) for x in leaves):  # A params-only restore, on the host.
+    sums = [None if _UNSIGNED.get(x.dtype.itemsize) is None or x.dtype == np.bool_ else
+            int(np.ascontiguousarray(x).view(_UNSIGNED[x.dtype.itemsize]).sum(dtype=np.uint64)
+                % 2**32) for x in leaves]
+  else:
+    sums = [None if v is None else int(v) for v in jax.device_get(_summed_on_device(leaves))]
+  return {_leaf_name(path): v for (path, _), v in zip(named, sums, strict=True) if v is not None}
+
+
+def _check_checksums(tree, meta, workdir, step, steps, step_flag=None) -> None:
+  """CheckpointReadError naming the step when `tree`'s leaves differ from the checksums its save
+  recorded (a checkpoint written before they were recorded has none to compare)."""
+  saved = meta.get(CHECKSUM_META)
+  if not isinstance(saved, dict):
+    return
+  read = state_checksums(tree)
+  differ = sorted(k for k in read.keys() & saved.keys() if read[k] != saved[k])
+  if differ:
+    raise _unreadable(workdir, step, steps, ValueError(
+        f"{len(differ)} array(s) read back differ from the checksums saved with them ("
+        f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}): the files were altered "
+        "since"), step_flag)
+
+
 class Checkpointer:
   """Saves and restores a run's checkpoints in `<workdir>/checkpoints`."""
 
@@ -196,6 +254,7 @@ class Checkpointer:
       logging.error("Not saving step %d: the parameters hold NaN or Inf. %s", step, self._kept())
       return False
     metrics = None if eval_loss is None else {"eval_loss": float(eval_loss)}
+    meta = {**meta, CHECKSUM_META: state_checksums(state)}
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state),
                               meta=ocp.args.JsonSave(meta))
     try:
@@ -313,6 +372,8 @@ class Checkpointer:
     if not all_finite(restored["state"]):  # No save writes these: the files were damaged since.
       raise _unreadable(self.workdir, step, self.all_steps(),
                         ValueError("the state holds NaN or Inf, which no save writes"))
+    _check_checksums(restored["state"], restored["meta"] or {}, self.workdir, step,
+                     self.all_steps())
     return restored["state"], restored["data"], restored["meta"]
 
   def unreadable(self, step: int, error) -> "CheckpointReadError":
@@ -532,6 +593,7 @@ def _restore_params(manager, workdir, step, steps, step_flag, tokenizer_fingerpr
     raise _unreadable(workdir, step, steps,
                       ValueError("the parameters hold NaN or Inf, which no save writes"),
                       step_flag)
+  _check_checksums({"params": params}, meta, workdir, step, steps, step_flag)
   return params, model_lib.MLMConfig(**meta["mlm_config"]), step
 
 
@@ -591,7 +653,8 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
   # The tokenizer first: the finished checkpoint is what makes the workdir a run, and one
   # without its tokenizer (a disk full, a kill in between) could be neither exported nor
   # imported again (its checkpoints/ is taken).
-  meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None}
+  meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None,
+          CHECKSUM_META: state_checksums({"params": params})}
   if fresh_mlm_head:
     meta[FRESH_HEAD_META] = True
   if tokenizer is not None:

@@ -165,6 +165,46 @@ def test_a_damaged_step_is_named_with_the_way_out(tmp_path):
   assert data_state == {"position": 1}
 
 
+def test_bytes_altered_in_place_are_a_damaged_step(tmp_path):
+  """Flipped bits in a step's array data (a bad disk, a copy that kept the sizes) read back as
+  finite numbers: the checksums its save recorded name the step, for the resume and for a
+  params-only restore (export, LAMA), rather than training on (or exporting) the altered values."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  saver = checkpointing.Checkpointer(tmp_path)
+  for step in (1, 2):
+    assert saver.save(step, state, {"position": step}, _meta(), force=True)
+    saver.wait()
+  saver.close()
+  reader = checkpointing.Checkpointer(tmp_path)
+  assert checkpointing.CHECKSUM_META in reader.read_meta(2)
+  data = max((p for p in (checkpointing.checkpoint_dir(tmp_path) / "2" / "state").rglob("*")
+              if p.is_file()), key=lambda p: p.stat().st_size)
+  raw = data.read_bytes()
+  # One bit flipped in the (compressed) data: some places read back as NaN or Inf, which the
+  # restore refused before, others as finite numbers, which it took.
+  caught = []
+  for place in range(1, 10):
+    altered = bytearray(raw)
+    altered[len(raw) * place // 10] ^= 1
+    data.write_bytes(bytes(altered))
+    for restore in (lambda: reader.restore(2, _abstract(state, shardings)),
+                    lambda: checkpointing.restore_params(tmp_path)):
+      with pytest.raises(checkpointing.CheckpointReadError,
+                         match=r"step 2 .* is damaged or incomplete .* to use step 1") as error:
+        restore()
+      caught.append(str(error.value))
+  data.write_bytes(raw)
+  assert any("array(s) read back differ from the checksums saved with them" in e
+             for e in caught), caught
+  _, data_state, _ = reader.restore(1, _abstract(state, shardings))  # Step 1 is intact.
+  params, _, _ = checkpointing.restore_params(tmp_path, 1)
+  assert data_state == {"position": 1}
+  # The same sums on the host as on the device, and on another mesh's shards.
+  assert checkpointing.state_checksums({"params": params}) == {
+      k: v for k, v in checkpointing.state_checksums(state).items() if k.startswith("params/")}
+
+
 def test_a_state_of_another_optimizer_layout_is_not_called_damaged(tmp_path):
   """Clipping turned off since the save (one optax.chain element less): the step is readable,
   and the error says so and what changed, rather than to move the step (and every other) aside."""
