@@ -579,7 +579,7 @@ def _usable_tokenizer(directory: str, action: str, needs: str):
   return tokenizer
 
 
-def _trained_length(cfg: MLMConfig, meta: dict, tokenizer) -> int:
+def trained_length(cfg: MLMConfig, meta: dict, tokenizer) -> int:
   """The longest input the checkpoint's training gave the model, which the exported tokenizer
   truncates at: a run's data.seq_len where below the position table (a :tiny run trains rows
   0-127 of 512; the rows after them are as initialised, unless the run started from another
@@ -638,7 +638,7 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
                         fmt=fmt, verify=verify, overwrite=overwrite,
                         provenance=_run_provenance(workdir, restored_step, fingerprint, meta),
-                        max_length=_trained_length(cfg, meta, tokenizer))
+                        max_length=trained_length(cfg, meta, tokenizer))
   return {"step": restored_step, **report}
 
 

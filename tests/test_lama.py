@@ -417,6 +417,25 @@ def test_training_workdir_through_both_backends(models, tmp_path, monkeypatch, c
                   progress=False)
 
 
+def test_a_workdir_is_scored_within_the_length_its_step_was_trained_at(models, tmp_path):
+  """A run's sequences of data.seq_len tokens train the positions below it only: a workdir's
+  queries are cut there by both backends, as its export's tokenizer cuts them (the table's 512
+  rows were used, rows never trained included)."""
+  from informask_jax import checkpointing
+
+  workdir = tmp_path / "workdir"
+  export.import_to_workdir(models["bert"], str(workdir))
+  meta_file = checkpointing.checkpoint_dir(workdir) / "0" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())  # As a run trained at seq_len 12 records it.
+  meta_file.write_text(json.dumps({**meta, "config": {"data": {"seq_len": 12}, "init_from": ""}}))
+  export.export_workdir(str(workdir), str(tmp_path / "export"), verify=False)
+  for model, backend in ((workdir, "torch"), (workdir, "flax"), (tmp_path / "export", "torch")):
+    report = lama.evaluate(str(model), str(FIXTURES), common_vocab=str(COMMON), backend=backend,
+                           progress=False)
+    assert report.run_info["max_len"] == 12, (model, backend)
+    assert report.run_info["queries_truncated"] >= 1, (model, backend)
+
+
 # --- Pieces -----------------------------------------------------------------------------------
 
 

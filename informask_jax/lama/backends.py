@@ -4,7 +4,9 @@ PyTorch (`TorchBackend`) or our `BertMLM` jitted in Flax (`FlaxBackend`), loaded
 
 import dataclasses
 import functools
+import json
 import logging
+import os
 import tempfile
 
 import numpy as np
@@ -40,7 +42,10 @@ _HF_HEAD_PREFIXES = ("cls.predictions.", "lm_head.")
 def _within_tokenizer_limit(positions: int, tokenizer) -> int:
   """The query length a backend keeps: the model's positions, and the tokenizer's own limit when
   it sets one (transformers' "no limit" is a huge number). Both backends cut alike."""
-  limit = tokenizer.model_max_length
+  return _within_limit(positions, tokenizer.model_max_length)
+
+
+def _within_limit(positions: int, limit) -> int:
   return int(min(positions, limit) if limit < 1_000_000 else positions)
 
 
@@ -222,11 +227,18 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
       from informask_jax import checkpointing, tokenization
 
       try:
-        params, cfg, _ = checkpointing.restore_params(
+        params, cfg, restored = checkpointing.restore_params(
             model, step=step, step_flag="--step", untrained_head="refuse",
             tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
       except checkpointing.UntrainedHead as e:
         raise _no_head_error(model, str(e)) from None
+      from informask_jax import export
+
+      # Cut where the step's export truncates (its data.seq_len), as the torch backend does.
+      flax = FlaxBackend(params, cfg, batch_size, tokenizer)
+      flax.max_len = min(flax.max_len, export.trained_length(
+          cfg, checkpointing.step_meta(model, restored), tokenizer))
+      return flax
     else:
       from informask_jax import export, hf_mapping
 
@@ -257,5 +269,11 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
             f"The PyTorch backend reads {model} through a temporary Hugging Face export, which "
             f"could not be written in {tempfile.gettempdir()} ({type(cause).__name__}: "
             f"{cause}): free space there, or set TMPDIR to a folder with room.") from e
-      return TorchBackend.from_pretrained(tmp, tokenizer, device)
+      runner = TorchBackend.from_pretrained(tmp, tokenizer, device)
+      # The export's tokenizer truncates at the length the step was trained at (its seq_len);
+      # the run's own tokenizer, passed on, sets no limit.
+      with open(os.path.join(tmp, "tokenizer_config.json"), encoding="utf-8") as f:
+        runner.max_len = _within_limit(runner.max_len,
+                                       json.load(f).get("model_max_length", 10**30))
+      return runner
   return TorchBackend.from_pretrained(model, tokenizer, device)
