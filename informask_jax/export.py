@@ -672,6 +672,12 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   # An import of the special tokens alone would fail in train.py, named elsewhere.
   tokenizer = _usable_tokenizer(model_dir, "import", "the workdir needs the model's tokenizer")
   state_dict = _read_state_dict(model_dir)
+  if any(name.split(".")[-3:-1] == ["pooler", "dense"] for name in state_dict):
+    # Said, not silent: a classifier fine-tuned on an export of this run starts the pooler
+    # transformers initialises afresh, not the one this model was trained with (BERT's NSP).
+    logging.warning("%s has a pooler (pooler.dense), which is not imported: the model trained "
+                    "here has none, so its exports get a freshly initialised one, as a "
+                    "BertForMaskedLM save does.", dir_or_name)
   convert = functools.partial(hf_mapping.from_hf_state_dict, state_dict, hf_config,
                               scan_layers=scan_layers, head_seed=head_seed,
                               config_name=os.path.join(model_dir, "config.json"))

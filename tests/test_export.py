@@ -415,10 +415,11 @@ def test_non_finite_parameters_are_never_exported_nor_verified(exported, tmp_pat
     export.verify_export(nan_model, cfg, path)
 
 
-def test_a_bert_for_pre_training_checkpoint_imports_with_its_mlm_head(tmp_path):
+def test_a_bert_for_pre_training_checkpoint_imports_with_its_mlm_head(tmp_path, tokenizer_dir,
+                                                                     caplog):
   """BertForPreTraining (bert-base-uncased's own checkpoint) holds a pooler and the
   next-sentence head besides the MLM head: those are read past, and the imported model computes
-  its prediction_logits."""
+  its prediction_logits; the import says the pooler is left out (an export gets a fresh one)."""
   cfg = tiny_config("bert")
   hf_config = export.hf_config_for(cfg)
   hf_config.architectures = ["BertForPreTraining"]
@@ -444,6 +445,12 @@ def test_a_bert_for_pre_training_checkpoint_imports_with_its_mlm_head(tmp_path):
   keep = ids != 0
   assert np.abs(theirs[keep]).max() > 1
   np.testing.assert_allclose(ours[keep], theirs[keep], rtol=1e-4, atol=1e-4)
+  for name in os.listdir(tokenizer_dir):
+    shutil.copy(os.path.join(tokenizer_dir, name), tmp_path / name)
+  with caplog.at_level(logging.WARNING):
+    export.import_to_workdir(str(tmp_path), str(tmp_path / "work"))
+  assert (f"{tmp_path} has a pooler (pooler.dense), which is not imported: the model trained "
+          "here has none") in caplog.text
 
 
 def test_real_minilm_weights_match_pytorch_hidden_states(caplog):

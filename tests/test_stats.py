@@ -1790,17 +1790,20 @@ def test_summary_lines_of_a_hand_built_directory(tmp_path):
   assert "10 most frequent: new 0.100, york 0.300, city 0.150, er 0.200, rare 0.500" in lines
   assert "top n-grams: new york | cityer" in lines
   # Its pieces are bytes written as characters ("Ã©" is "é"): shown as the text they encode,
-  # once the vocabulary holds the 256 byte characters; part of a character ("Ã") stays.
+  # once the vocabulary holds the 256 byte characters; part of a character ("Ã", C3) as \xc3,
+  # so that the piece "é" (the byte E9) is not shown as "Ã©" is.
   import tokenizers
   alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
   bpe = ["<pad>", "<unk>", "<s>", "</s>", "\u0120caf", "\u00c3\u00a9", "er",
-         "\u0120\u00e6\u013f\u00b1\u00e4\u00ba\u00ac", "\u00c3", *alphabet]
+         "\u0120\u00e6\u013f\u00b1\u00e4\u00ba\u00ac", "\u0120\u00c3", *alphabet]
   text, numbers = report.summarize(_hand_built_stats(tmp_path / "bytes", vocab=bpe))
   lines = text.splitlines()
   assert ("10 most frequent: caf 0.100, \u00e9 0.300, \u6771\u4eac 0.150, er 0.200, "
-          "\u00c3 0.500") in lines
+          "\\xc3 0.500") in lines
   assert "top n-grams: caf\u00e9 | \u6771\u4eacer" in lines
-  assert numbers["names"][9:] == alphabet  # Single bytes: the space and controls do not print.
+  names = numbers["names"]
+  assert len(set(names)) == len(names) and names[names.index("\\xe9")] != "\u00e9"
+  assert names[9:][alphabet.index("a")] == "a" and "\u0120" in names[9:]  # Space: as it was.
 
 
 def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_path, caplog):

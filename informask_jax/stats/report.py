@@ -52,19 +52,19 @@ def _byte_level_chars() -> dict[str, int]:
 
 def _byte_level_as_text(names: list[str]) -> list[str]:
   """`names` with a byte-level BPE vocabulary's pieces written as the text they encode ("Ġcaf",
-  "Ã©" for "Ġcaf", "é"), the word-start mark kept; a piece holding part of a character or a
-  character that does not print stays as it is. A vocabulary is byte-level when it holds each of
-  the 256 byte characters as a piece, as byte-level BPE trainers make it."""
+  "Ã©" for "Ġcaf", "é"), the word-start mark kept; bytes that are part of a character are
+  written \\xNN (the piece "é" alone is the byte E9, not the character, which is "Ã©"), and a
+  piece of white space or control characters stays as it is. A vocabulary is byte-level when it
+  holds each of the 256 byte characters as a piece, as byte-level BPE trainers make it."""
   chars = _byte_level_chars()
   if not set(chars) <= set(names):
     return names
   shown = []
   for name in names:
-    try:
-      text = bytes(chars[c] for c in name).decode("utf-8")
-    except (KeyError, UnicodeDecodeError):  # A special token, or part of a character.
+    if not set(name) <= chars.keys():  # A special token such as <s>.
       shown.append(name)
       continue
+    text = bytes(chars[c] for c in name).decode("utf-8", errors="backslashreplace")
     start = text.startswith(" ") and len(text) > 1
     body = text[1:] if start else text
     shown.append(("\u0120" if start else "") + body if body.isprintable() and
