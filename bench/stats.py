@@ -81,7 +81,7 @@ def _stage_counting(data_dir, cap_mb=None, copies=1, workers=1):
                                       size=info["pmi_vocab_size"], min_count=info["min_count"])
     pairs = counting.count_pairs(ds, vocab, vocab_size=info["vocab_size"],
                                  min_pair_count=info["min_pair_count"],
-                                 memory_cap_mb=cap_mb or info["memory_cap_mb"],
+                                 memory_cap_mb=info["memory_cap_mb"] if cap_mb is None else cap_mb,
                                  num_workers=workers, shard_tokens=1 << 17)
     cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
   return dict(tokens=uni.num_tokens, cpu=cpu, wall=wall, pairs=int(pairs.total),
@@ -213,6 +213,8 @@ def main():
   args = parser.parse_args()
   if args.python_docs < 1:  # The reference's rate is the ratio's denominator.
     parser.error(f"--python_docs {args.python_docs}: give at least 1 document.")
+  if not args.cap_mb > 0:  # 0 would fall back to the config's cap, recorded as 0.
+    parser.error(f"--cap_mb {args.cap_mb:g}: give a cap above 0 MB.")
 
   records = []
   with tempfile.TemporaryDirectory() as data_dir:

@@ -489,6 +489,37 @@ def checkpoint_steps(workdir) -> list[int]:
   return steps
 
 
+# The meta key of the longest input the run's training has given the model so far: the largest
+# data.seq_len of its steps, or the trained length of the model it started from (init_from).
+TRAINED_LENGTH_META = "trained_length"
+
+
+def trained_length(cfg: model_lib.MLMConfig, meta: dict, tokenizer_limit=None) -> int:
+  """The longest input the training behind a checkpoint gave the model, which its export's
+  tokenizer truncates at and the LAMA probe cuts queries at: what the step's meta records
+  (a :tiny run trains rows 0-127 of its 512; the rows after them stay as initialised), within
+  the positions the table can have trained (cfg.max_trained_len). A checkpoint saved before it
+  was recorded: its config's data.seq_len, or the table's after an init_from; an import: its
+  tokenizer's own limit `tokenizer_limit` (512 for bert-base-uncased; transformers' "none" is
+  a huge number), so that an export, import and export again keeps it."""
+  def length(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+  recorded = length(meta.get(TRAINED_LENGTH_META))
+  if recorded:
+    return min(cfg.max_trained_len, recorded)
+  config = meta.get("config")
+  if isinstance(config, dict):
+    seq_len = length((config.get("data") or {}).get("seq_len"))
+    if config.get("init_from") or not seq_len:
+      return cfg.max_trained_len
+    return min(cfg.max_trained_len, seq_len)
+  limit = length(tokenizer_limit)
+  if meta and limit and limit < 10**9:
+    return min(cfg.max_seq_len, limit)
+  return cfg.max_trained_len
+
+
 def step_meta(workdir, step: int) -> dict:
   """The meta of the checkpoint at `step` (its run config, architecture, whether its masked-LM
   head is an import's fresh one); {} when unreadable, which the restore names instead."""
@@ -655,6 +686,9 @@ def save_initial_checkpoint(workdir, params, mlm_config: model_lib.MLMConfig,
   # imported again (its checkpoints/ is taken).
   meta = {"mlm_config": mlm_config_to_dict(mlm_config), "source": "import", "config": None,
           CHECKSUM_META: state_checksums({"params": params})}
+  if tokenizer is not None:  # What the model was trained at, as far as its tokenizer says.
+    meta[TRAINED_LENGTH_META] = trained_length(mlm_config, meta,
+                                               getattr(tokenizer, "model_max_length", None))
   if fresh_mlm_head:
     meta[FRESH_HEAD_META] = True
   if tokenizer is not None:

@@ -579,24 +579,6 @@ def _usable_tokenizer(directory: str, action: str, needs: str):
   return tokenizer
 
 
-def trained_length(cfg: MLMConfig, meta: dict, tokenizer) -> int:
-  """The longest input the checkpoint's training gave the model, which the exported tokenizer
-  truncates at: a run's data.seq_len where below the position table (a :tiny run trains rows
-  0-127 of 512; the rows after them are as initialised, unless the run started from another
-  model, config.init_from, which trained them); an import's own tokenizer limit (512 for
-  bert-base-uncased), so that an export, import and export again keeps it; else the table's."""
-  config = meta.get("config")
-  if isinstance(config, dict):
-    seq_len = (config.get("data") or {}).get("seq_len")
-    if config.get("init_from") or not isinstance(seq_len, int) or isinstance(seq_len, bool):
-      return cfg.max_trained_len
-    return max(1, min(cfg.max_trained_len, seq_len))
-  own = getattr(tokenizer, "model_max_length", None)
-  if meta and isinstance(own, int) and 0 < own < 10**9:  # A limit, not "none" (int(1e30)).
-    return min(cfg.max_seq_len, own)
-  return cfg.max_trained_len
-
-
 def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
                    fmt: str | None = None, verify: bool = True, overwrite: bool = False,
                    untrained_head: str = "warn") -> dict:
@@ -638,7 +620,8 @@ def export_workdir(workdir: str, out_dir: str, *, step: int | None = None,
   report = export_to_hf(params, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
                         fmt=fmt, verify=verify, overwrite=overwrite,
                         provenance=_run_provenance(workdir, restored_step, fingerprint, meta),
-                        max_length=trained_length(cfg, meta, tokenizer))
+                        max_length=checkpointing.trained_length(
+                            cfg, meta, tokenizer.model_max_length))
   return {"step": restored_step, **report}
 
 

@@ -398,15 +398,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                      f"(RoBERTa positions start after the padding id {mlm_config.pad_id}).")
   model = model_lib.BertMLM(mlm_config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
-  init_params = None
+  init_params, trained_before = None, 0
   if config.init_from and not resume:
     # First: a vocabulary of another size is then named as such (with the way out), not as a
     # vocab_size mismatch; one of the same size would pass the architecture check.
     compatibility.check_init_vocabulary(config.init_from, pipeline.tokenizer)
     try:
-      init_params, saved_cfg, _ = checkpointing.restore_params(config.init_from)
+      init_params, saved_cfg, init_step = checkpointing.restore_params(config.init_from)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.init_from: {e}") from None
+    # Positions the model it starts from was trained on count as trained: an export of this
+    # run truncates at the longer of that and data.seq_len.
+    trained_before = checkpointing.trained_length(
+        saved_cfg, checkpointing.step_meta(config.init_from, init_step))
     # Unrolled or scanned layers are a layout, not an architecture: convert to this run's.
     init_params = hf_mapping.convert_layout(init_params, mlm_config.scan_layers)
     saved_cfg = dataclasses.replace(saved_cfg, scan_layers=mlm_config.scan_layers)
@@ -461,6 +465,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
       del state  # Free the fresh state before the restored one arrives.
       state, data_state, _ = checkpointer.restore(step, abstract)
+      # The run's own record, not its config now: a resume without init_from (read only at the
+      # start) or with a shorter seq_len does not undo what earlier steps trained.
+      trained_before = checkpointing.trained_length(mlm_config, saved_meta)
       try:
         train_iter.restore(_fixed_stream_accepted(data_state, train_iter, step))
       except data.IteratorStateError as e:
@@ -485,7 +492,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                           lambda tmp: pipeline.tokenizer.save_pretrained(tmp), "the tokenizer")
       checkpointing.write_json(workdir / "config.json", config_json)
     meta = {"mlm_config": checkpointing.mlm_config_to_dict(mlm_config), "config": config_json,
-            "tokenizer_fingerprint": pipeline.tokenizer_fingerprint}
+            "tokenizer_fingerprint": pipeline.tokenizer_fingerprint,
+            checkpointing.TRAINED_LENGTH_META: min(mlm_config.max_trained_len,
+                                                   max(config.data.seq_len, trained_before))}
 
     # --- Compiled steps ----------------------------------------------------------------------
     step_config = trainer_lib.StepConfig(config.model.max_predictions,

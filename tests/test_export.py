@@ -1566,18 +1566,23 @@ def test_an_export_records_the_masking_its_step_was_trained_with(imported_workdi
 
 def test_the_exported_tokenizer_truncates_at_the_length_the_step_was_trained_at(
     imported_workdir, exported, tmp_path):
-  """model_max_length is the longest input training gave the model: a run's data.seq_len below
-  its 64-row table (the rows after it are untrained; 64 was advertised), the table's when the
-  run started from another model (init_from trained them); an import keeps its own limit."""
+  """model_max_length is the longest input training gave the model, as the step's meta records
+  it (24), below the 64-row table (the rows after it are untrained; 64 was advertised); a step
+  saved before that record: its run's data.seq_len, or the table's after an init_from; an import
+  keeps its own limit."""
   run = tmp_path / "run"
   shutil.copytree(imported_workdir, run)
   directory = checkpointing.checkpoint_dir(run)
-  for step, config in ((20, {"data": {"seq_len": 16}, "init_from": ""}),
-                       (40, {"data": {"seq_len": 16}, "init_from": "/runs/base"})):
+  for step, config, recorded in ((20, {"data": {"seq_len": 16}, "init_from": ""}, None),
+                                 (40, {"data": {"seq_len": 16}, "init_from": "/runs/base"}, None),
+                                 (60, {"data": {"seq_len": 16}, "init_from": ""}, 24)):
     shutil.copytree(directory / "0", directory / str(step))
     meta_file = directory / str(step) / "meta" / "metadata"
-    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "config": config}))
-  for step, length in ((20, 16), (40, 64), (0, 64)):
+    meta = {**json.loads(meta_file.read_text()), "config": config}
+    meta.pop(checkpointing.TRAINED_LENGTH_META)  # The import's own (its tokenizer's 64).
+    meta_file.write_text(json.dumps(
+        meta if recorded is None else {**meta, checkpointing.TRAINED_LENGTH_META: recorded}))
+  for step, length in ((20, 16), (40, 64), (60, 24), (0, 64)):
     out = tmp_path / f"out{step}"
     export.export_workdir(str(run), str(out), step=step, verify=False)
     tok = transformers.AutoTokenizer.from_pretrained(out)

@@ -427,7 +427,8 @@ def test_a_workdir_is_scored_within_the_length_its_step_was_trained_at(models, t
   export.import_to_workdir(models["bert"], str(workdir))
   meta_file = checkpointing.checkpoint_dir(workdir) / "0" / "meta" / "metadata"
   meta = json.loads(meta_file.read_text())  # As a run trained at seq_len 12 records it.
-  meta_file.write_text(json.dumps({**meta, "config": {"data": {"seq_len": 12}, "init_from": ""}}))
+  meta_file.write_text(json.dumps({**meta, "config": {"data": {"seq_len": 12}, "init_from": ""},
+                                   checkpointing.TRAINED_LENGTH_META: 12}))
   export.export_workdir(str(workdir), str(tmp_path / "export"), verify=False)
   for model, backend in ((workdir, "torch"), (workdir, "flax"), (tmp_path / "export", "torch")):
     report = lama.evaluate(str(model), str(FIXTURES), common_vocab=str(COMMON), backend=backend,

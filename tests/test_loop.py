@@ -384,6 +384,28 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
     loop.train_and_evaluate(config, tmp_path)
 
 
+def test_checkpoints_record_the_longest_input_training_gave_the_model(tiny_config, tmp_path):
+  """Each step's meta records the longest sequences the model has been trained on: the run's
+  data.seq_len, or longer where init_from's model was trained longer; a resume keeps the record
+  (without init_from, read only at the start, an export of a later step truncated shorter)."""
+  config = _small(tiny_config, num_steps=2, checkpoint_every=2, eval_every=1000)
+  config.masking.name = "random"
+  config.data.seq_len = 32
+  loop.train_and_evaluate(config, tmp_path / "first")
+  trained = lambda run: checkpointing.latest_meta(run)[checkpointing.TRAINED_LENGTH_META]  # noqa: E731
+  assert trained(tmp_path / "first") == 32
+  config.data.seq_len, config.init_from = 16, str(tmp_path / "first")
+  loop.train_and_evaluate(config, tmp_path / "second")
+  assert trained(tmp_path / "second") == 32  # Rows 16-31 were trained by the first run.
+  config.init_from, config.train.num_steps = "", 4
+  loop.train_and_evaluate(config, tmp_path / "second")
+  assert checkpointing.checkpoint_steps(tmp_path / "second")[-1] == 4
+  assert trained(tmp_path / "second") == 32
+  config.data.seq_len, config.init_from, config.train.num_steps = 16, "", 2
+  loop.train_and_evaluate(config, tmp_path / "third")
+  assert trained(tmp_path / "third") == 16
+
+
 def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):
   config = _small(tiny_config, num_steps=50, checkpoint_every=1000, eval_every=1000,
                   max_consecutive_skips=3)

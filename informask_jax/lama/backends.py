@@ -232,12 +232,10 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
             tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
       except checkpointing.UntrainedHead as e:
         raise _no_head_error(model, str(e)) from None
-      from informask_jax import export
-
       # Cut where the step's export truncates (its data.seq_len), as the torch backend does.
       flax = FlaxBackend(params, cfg, batch_size, tokenizer)
-      flax.max_len = min(flax.max_len, export.trained_length(
-          cfg, checkpointing.step_meta(model, restored), tokenizer))
+      flax.max_len = min(flax.max_len, checkpointing.trained_length(
+          cfg, checkpointing.step_meta(model, restored), tokenizer.model_max_length))
       return flax
     else:
       from informask_jax import export, hf_mapping
