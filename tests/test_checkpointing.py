@@ -140,14 +140,19 @@ def test_an_unfinished_first_save_is_no_run_to_resume(tmp_path):
     checkpointing.Checkpointer(tmp_path, keep=0)
 
 
-def test_a_damaged_step_is_named_with_the_way_out(tmp_path):
+def _two_saved_steps(workdir):
+  """A train state saved at steps 1 and 2 (data state {"position": step}); (state, shardings)."""
   state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
-  shardings = jax.tree.map(lambda x: x.sharding, state)
-  saver = checkpointing.Checkpointer(tmp_path)
+  saver = checkpointing.Checkpointer(workdir)
   for step in (1, 2):
     assert saver.save(step, state, {"position": step}, _meta(), force=True)
     saver.wait()
   saver.close()
+  return state, jax.tree.map(lambda x: x.sharding, state)
+
+
+def test_a_damaged_step_is_named_with_the_way_out(tmp_path):
+  state, shardings = _two_saved_steps(tmp_path)
   step_dir = checkpointing.checkpoint_dir(tmp_path) / "2"
   shutil.rmtree(step_dir / "meta")
   with pytest.raises(checkpointing.CheckpointReadError,
@@ -169,13 +174,7 @@ def test_bytes_altered_in_place_are_a_damaged_step(tmp_path):
   """Flipped bits in a step's array data (a bad disk, a copy that kept the sizes) read back as
   finite numbers: the checksums its save recorded name the step, for the resume and for a
   params-only restore (export, LAMA), rather than training on (or exporting) the altered values."""
-  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
-  shardings = jax.tree.map(lambda x: x.sharding, state)
-  saver = checkpointing.Checkpointer(tmp_path)
-  for step in (1, 2):
-    assert saver.save(step, state, {"position": step}, _meta(), force=True)
-    saver.wait()
-  saver.close()
+  state, shardings = _two_saved_steps(tmp_path)
   reader = checkpointing.Checkpointer(tmp_path)
   assert checkpointing.CHECKSUM_META in reader.read_meta(2)
   data = max((p for p in (checkpointing.checkpoint_dir(tmp_path) / "2" / "state").rglob("*")
