@@ -150,15 +150,16 @@ def check_tokenizer(saved_meta: dict, fingerprint: str, changed: list[str], conf
         f"was trained with: {why}, or start a new run in another --workdir.")
 
 
-def check_init_vocabulary(init_from: str, tokenizer) -> None:
+def check_init_vocabulary(init_from: str, tokenizer) -> int | None:
   """Refuses config.init_from parameters learned on a vocabulary other than this run's
   `tokenizer`, compared token by token with the tokenizer/ the init_from workdir holds (train.py
   and convert_checkpoint.py --from-hf write one): one of the same size passes the architecture
   check, but its embedding rows belong to other tokens. The same vocabulary normalised otherwise
-  (config.tokenizer.lowercase) is only warned about."""
+  (config.tokenizer.lowercase) is only warned about. Returns that tokenizer's model_max_length
+  (an import's says how long its model's inputs were; None without a tokenizer/)."""
   saved_dir = pathlib.Path(init_from).expanduser() / "tokenizer"
   if not saved_dir.is_dir():  # Nothing recorded to compare with.
-    return
+    return None
   try:
     saved = tokenization.load_tokenizer(ml_collections.ConfigDict({"name_or_path": str(saved_dir)}))
   except (OSError, ValueError) as e:  # Its message names config.tokenizer, not this setting.
@@ -177,6 +178,7 @@ def check_init_vocabulary(init_from: str, tokenizer) -> None:
     logging.warning("config.init_from=%s: this run's tokenizer has the vocabulary of %s but "
                     "normalises text otherwise (e.g. config.tokenizer.lowercase), so words may "
                     "split into other tokens than the parameters learned.", init_from, saved_dir)
+  return getattr(saved, "model_max_length", None)
 
 
 def warn_evaluation_change(changed: list[str], config) -> None:

@@ -402,7 +402,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   if config.init_from and not resume:
     # First: a vocabulary of another size is then named as such (with the way out), not as a
     # vocab_size mismatch; one of the same size would pass the architecture check.
-    compatibility.check_init_vocabulary(config.init_from, pipeline.tokenizer)
+    init_limit = compatibility.check_init_vocabulary(config.init_from, pipeline.tokenizer)
     try:
       init_params, saved_cfg, init_step = checkpointing.restore_params(config.init_from)
     except FileNotFoundError as e:
@@ -410,7 +410,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # Positions the model it starts from was trained on count as trained: an export of this
     # run truncates at the longer of that and data.seq_len.
     trained_before = checkpointing.trained_length(
-        saved_cfg, checkpointing.step_meta(config.init_from, init_step))
+        saved_cfg, checkpointing.step_meta(config.init_from, init_step), init_limit)
     # Unrolled or scanned layers are a layout, not an architecture: convert to this run's.
     init_params = hf_mapping.convert_layout(init_params, mlm_config.scan_layers)
     saved_cfg = dataclasses.replace(saved_cfg, scan_layers=mlm_config.scan_layers)
@@ -466,7 +466,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       del state  # Free the fresh state before the restored one arrives.
       state, data_state, _ = checkpointer.restore(step, abstract)
       # The run's own record, not its config now: a resume without init_from (read only at the
-      # start) or with a shorter seq_len does not undo what earlier steps trained.
+      # start) does not undo what the model it started from was trained on.
       trained_before = checkpointing.trained_length(mlm_config, saved_meta)
       try:
         train_iter.restore(_fixed_stream_accepted(data_state, train_iter, step))

@@ -420,7 +420,7 @@ def test_training_workdir_through_both_backends(models, tmp_path, monkeypatch, c
 def test_a_workdir_is_scored_within_the_length_its_step_was_trained_at(models, tmp_path):
   """A run's sequences of data.seq_len tokens train the positions below it only: a workdir's
   queries are cut there by both backends, as its export's tokenizer cuts them (the table's 512
-  rows were used, rows never trained included)."""
+  rows were used, rows never trained included), whatever WORKDIR/tokenizer's own limit says."""
   from informask_jax import checkpointing
 
   workdir = tmp_path / "workdir"
@@ -429,6 +429,9 @@ def test_a_workdir_is_scored_within_the_length_its_step_was_trained_at(models, t
   meta = json.loads(meta_file.read_text())  # As a run trained at seq_len 12 records it.
   meta_file.write_text(json.dumps({**meta, "config": {"data": {"seq_len": 12}, "init_from": ""},
                                    checkpointing.TRAINED_LENGTH_META: 12}))
+  # The import's tokenizer limit (10 here), kept in WORKDIR/tokenizer, is not the trained one.
+  settings = workdir / "tokenizer" / "tokenizer_config.json"
+  settings.write_text(json.dumps({**json.loads(settings.read_text()), "model_max_length": 10}))
   export.export_workdir(str(workdir), str(tmp_path / "export"), verify=False)
   for model, backend in ((workdir, "torch"), (workdir, "flax"), (tmp_path / "export", "torch")):
     report = lama.evaluate(str(model), str(FIXTURES), common_vocab=str(COMMON), backend=backend,

@@ -404,6 +404,17 @@ def test_checkpoints_record_the_longest_input_training_gave_the_model(tiny_confi
   config.data.seq_len, config.init_from, config.train.num_steps = 16, "", 2
   loop.train_and_evaluate(config, tmp_path / "third")
   assert trained(tmp_path / "third") == 16
+  # From an import written before imports recorded it: its tokenizer's limit says.
+  params, mlm_config, _ = checkpointing.restore_params(tmp_path / "first")
+  checkpointing.save_initial_checkpoint(tmp_path / "old_import", params, mlm_config)
+  shutil.copytree(tmp_path / "first" / "tokenizer", tmp_path / "old_import" / "tokenizer")
+  settings = tmp_path / "old_import" / "tokenizer" / "tokenizer_config.json"
+  settings.write_text(json.dumps({**json.loads(settings.read_text()), "model_max_length": 24}))
+  assert checkpointing.TRAINED_LENGTH_META not in checkpointing.latest_meta(
+      tmp_path / "old_import")
+  config.init_from = str(tmp_path / "old_import")
+  loop.train_and_evaluate(config, tmp_path / "fourth")
+  assert trained(tmp_path / "fourth") == 24  # Not the position table's 512.
 
 
 def test_stops_after_consecutive_non_finite_steps(tiny_config, tmp_path):

@@ -42,10 +42,7 @@ _HF_HEAD_PREFIXES = ("cls.predictions.", "lm_head.")
 def _within_tokenizer_limit(positions: int, tokenizer) -> int:
   """The query length a backend keeps: the model's positions, and the tokenizer's own limit when
   it sets one (transformers' "no limit" is a huge number). Both backends cut alike."""
-  return _within_limit(positions, tokenizer.model_max_length)
-
-
-def _within_limit(positions: int, limit) -> int:
+  limit = tokenizer.model_max_length
   return int(min(positions, limit) if limit < 1_000_000 else positions)
 
 
@@ -232,10 +229,12 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
             tokenizer_fingerprint=tokenization.tokenizer_fingerprint(tokenizer))
       except checkpointing.UntrainedHead as e:
         raise _no_head_error(model, str(e)) from None
-      # Cut where the step's export truncates (its data.seq_len), as the torch backend does.
+      # Cut where the step's export truncates, at what its training reached (within the
+      # positions), as the torch backend does; WORKDIR/tokenizer's own limit is not the model's
+      # (an import's, which a longer data.seq_len since went beyond).
       flax = FlaxBackend(params, cfg, batch_size, tokenizer)
-      flax.max_len = min(flax.max_len, checkpointing.trained_length(
-          cfg, checkpointing.step_meta(model, restored), tokenizer.model_max_length))
+      flax.max_len = checkpointing.trained_length(
+          cfg, checkpointing.step_meta(model, restored), tokenizer.model_max_length)
       return flax
     else:
       from informask_jax import export, hf_mapping
@@ -268,10 +267,9 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
             f"could not be written in {tempfile.gettempdir()} ({type(cause).__name__}: "
             f"{cause}): free space there, or set TMPDIR to a folder with room.") from e
       runner = TorchBackend.from_pretrained(tmp, tokenizer, device)
-      # The export's tokenizer truncates at the length the step was trained at (its seq_len);
-      # the run's own tokenizer, passed on, sets no limit.
+      # The export's tokenizer truncates at what the step's training reached, within the
+      # model's positions; the run's own tokenizer, passed on, may say otherwise (see above).
       with open(os.path.join(tmp, "tokenizer_config.json"), encoding="utf-8") as f:
-        runner.max_len = _within_limit(runner.max_len,
-                                       json.load(f).get("model_max_length", 10**30))
+        runner.max_len = int(json.load(f)["model_max_length"])
       return runner
   return TorchBackend.from_pretrained(model, tokenizer, device)
