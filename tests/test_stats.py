@@ -1791,7 +1791,8 @@ def test_summary_lines_of_a_hand_built_directory(tmp_path):
   assert "top n-grams: new york | cityer" in lines
   # Its pieces are bytes written as characters ("Ã©" is "é"): shown as the text they encode,
   # once the vocabulary holds the 256 byte characters; part of a character ("Ã", C3) as \xc3,
-  # so that the piece "é" (the byte E9) is not shown as "Ã©" is.
+  # so that the piece "é" (the byte E9) is not shown as "Ã©" is, and a space or line break
+  # ("Ġ", "Ċ") as \x20, \x0a, not as the letters Ġ and Ċ, which are text pieces too.
   import tokenizers
   alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
   bpe = ["<pad>", "<unk>", "<s>", "</s>", "\u0120caf", "\u00c3\u00a9", "er",
@@ -1803,7 +1804,8 @@ def test_summary_lines_of_a_hand_built_directory(tmp_path):
   assert "top n-grams: caf\u00e9 | \u6771\u4eacer" in lines
   names = numbers["names"]
   assert len(set(names)) == len(names) and names[names.index("\\xe9")] != "\u00e9"
-  assert names[9:][alphabet.index("a")] == "a" and "\u0120" in names[9:]  # Space: as it was.
+  byte = dict(zip(alphabet, names[9:], strict=True))
+  assert byte["a"] == "a" and byte["\u0120"] == "\\x20" and byte["\u010a"] == "\\x0a"
 
 
 def test_summary_names_tokens_by_id_when_vocab_txt_is_not_the_recorded_one(tmp_path, caplog):

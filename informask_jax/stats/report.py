@@ -50,12 +50,31 @@ def _byte_level_chars() -> dict[str, int]:
   return table
 
 
+def _escaped(text: str) -> str:
+  """`text` as a token name that no other text gets: a byte that is not part of a character
+  (a lone surrogate from decoding with surrogateescape) and a character that does not print, is
+  white space or is a word-start mark is written \\xNN or \\uNNNN, and a backslash \\\\."""
+  out = []
+  for ch in text:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # An undecodable byte.
+      out.append(f"\\x{code - 0xDC00:02x}")
+    elif ch == "\\":
+      out.append("\\\\")
+    elif not ch.isprintable() or ch.isspace() or ch in word_marks.WORD_START_MARKS:
+      out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    else:
+      out.append(ch)
+  return "".join(out)
+
+
 def _byte_level_as_text(names: list[str]) -> list[str]:
   """`names` with a byte-level BPE vocabulary's pieces written as the text they encode ("Ġcaf",
-  "Ã©" for "Ġcaf", "é"), the word-start mark kept; bytes that are part of a character are
-  written \\xNN (the piece "é" alone is the byte E9, not the character, which is "Ã©"), and a
-  piece of white space or control characters stays as it is. A vocabulary is byte-level when it
-  holds each of the 256 byte characters as a piece, as byte-level BPE trainers make it."""
+  "Ã©" for "Ġcaf", "é"), a leading space as the word-start mark "Ġ", and the rest escaped where
+  it would not print or could be another piece's name (_escaped: the piece "é" alone is the
+  byte E9, not the character, which is "Ã©"; "Ċ" is a line break, \\x0a, not the letter Ċ).
+  A vocabulary is byte-level when it holds each of the 256 byte characters as a piece, as
+  byte-level BPE trainers make it."""
   chars = _byte_level_chars()
   if not set(chars) <= set(names):
     return names
@@ -64,11 +83,9 @@ def _byte_level_as_text(names: list[str]) -> list[str]:
     if not set(name) <= chars.keys():  # A special token such as <s>.
       shown.append(name)
       continue
-    text = bytes(chars[c] for c in name).decode("utf-8", errors="backslashreplace")
+    text = bytes(chars[c] for c in name).decode("utf-8", errors="surrogateescape")
     start = text.startswith(" ") and len(text) > 1
-    body = text[1:] if start else text
-    shown.append(("\u0120" if start else "") + body if body.isprintable() and
-                 not body.isspace() else name)
+    shown.append(("\u0120" if start else "") + _escaped(text[1:] if start else text))
   return shown
 
 
