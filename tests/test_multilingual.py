@@ -6,6 +6,8 @@ import logging
 import datasets
 import ml_collections
 import pytest
+import tokenizers
+import transformers
 
 from informask_jax import tokenization
 from informask_jax.data import sentences
@@ -138,6 +140,22 @@ def test_tokenizing_a_corpus_whose_script_the_vocabulary_lacks_is_warned(tmp_pat
   with caplog.at_level(logging.WARNING, logger="informask_jax.data.sentences"):
     sentences.tokenize_corpus(english, tok, data_config)
   assert "[UNK]" not in caplog.text
+  # A WordLevel vocabulary lacks words, not characters: retraining it would not add those.
+  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  words = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {w: i for i, w in enumerate([*specials, "the", "cat", "sat", "."])}, unk_token="[UNK]"))
+  words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  word_level = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+      sep_token="[SEP]", mask_token="[MASK]")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.data.sentences"):
+    sentences.tokenize_corpus(english, word_level, data_config)
+  assert ("are [UNK]: the tokenizer's vocabulary lacks words of the text (it is a WordLevel "
+          "vocabulary: each word it lacks is one [UNK]). They are never masked nor predicted, "
+          "and the statistics leave them out; a vocabulary trained on the corpus (config."
+          "tokenizer.name_or_path='') holds all the characters of its training split, splitting "
+          "any word of them into pieces it holds.") in caplog.text
 
 
 def test_show_html_takes_each_samples_direction_from_its_text(tmp_path):

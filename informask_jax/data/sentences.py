@@ -268,12 +268,19 @@ def warn_unknown_tokens(tokenized, tokenizer, what="corpus"):
   if total and unknown > UNK_WARN_SHARE * total:
     # A vocabulary trained here learns the training split's characters only: a character seen
     # only in held-out documents is [UNK] there, and training another vocabulary cannot help.
-    log.warning("%d of the %s's %d tokens (%.1f%%) are %s: the tokenizer's vocabulary lacks "
-                "characters of the text (or a word is over 100 characters long). They are never "
-                "masked nor predicted, and the statistics leave them out; a vocabulary trained on "
-                "the corpus (config.tokenizer.name_or_path='') holds all the characters of its "
-                "training split.", unknown, what if what == "corpus" else f"{what} split", total,
-                100 * unknown / total, tokenizer.unk_token)
+    # A WordLevel vocabulary has no pieces: every word it lacks is one [UNK], whatever its
+    # characters.
+    word_level = isinstance(tokenizer.backend_tokenizer.model, tokenizers.models.WordLevel)
+    lacks = (f"words of the text (it is a WordLevel vocabulary: each word it lacks is one "
+             f"{tokenizer.unk_token})" if word_level else
+             "characters of the text (or a word is over 100 characters long)")
+    log.warning("%d of the %s's %d tokens (%.1f%%) are %s: the tokenizer's vocabulary lacks %s. "
+                "They are never masked nor predicted, and the statistics leave them out; a "
+                "vocabulary trained on the corpus (config.tokenizer.name_or_path='') holds all "
+                "the characters of its training split%s.", unknown,
+                what if what == "corpus" else f"{what} split", total, 100 * unknown / total,
+                tokenizer.unk_token, lacks,
+                ", splitting any word of them into pieces it holds" if word_level else "")
 
 
 _MAP_SCRATCH_PREFIX = ".map-"  # tokenize_corpus's folder for map()'s own result files.
