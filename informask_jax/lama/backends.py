@@ -49,7 +49,9 @@ def _within_tokenizer_limit(positions: int, tokenizer) -> int:
 class TorchBackend:
   """A Hugging Face masked LM in PyTorch; the vocabulary projection runs at the mask only."""
 
-  def __init__(self, model, tokenizer, device: str | None = None):
+  def __init__(self, model, tokenizer, device: str | None = None, max_len: int | None = None):
+    """`max_len`: the longest query kept (a training workdir's trained length); default: the
+    model's positions within the tokenizer's limit."""
     import torch
 
     self.torch = torch
@@ -59,7 +61,7 @@ class TorchBackend:
     limit = config.max_position_embeddings
     if "roberta" in config.model_type or config.model_type == "camembert":
       limit -= config.pad_token_id + 1  # Positions count from pad_token_id + 1.
-    self.max_len = _within_tokenizer_limit(limit, tokenizer)
+    self.max_len = _within_tokenizer_limit(limit, tokenizer) if max_len is None else max_len
     self.pad_id = tokenizer.pad_token_id
     self.head = next((getattr(model, n) for n in ("cls", "lm_head") if hasattr(model, n)), None)
     self.name = f"torch ({self.device})"
@@ -67,7 +69,8 @@ class TorchBackend:
     self.type_vocab_size = int(getattr(config, "type_vocab_size", 1))  # Segments it embeds.
 
   @classmethod
-  def from_pretrained(cls, name_or_dir: str, tokenizer, device: str | None = None):
+  def from_pretrained(cls, name_or_dir: str, tokenizer, device: str | None = None,
+                      max_len: int | None = None):
     import torch
     from transformers import AutoModelForMaskedLM
 
@@ -81,7 +84,7 @@ class TorchBackend:
     fresh = sorted(k for k in loading["missing_keys"] if k.startswith(_HF_HEAD_PREFIXES))
     if fresh:
       raise _no_head_error(name_or_dir, f"transformers initialised {', '.join(fresh[:2])}, ...")
-    return cls(model, tokenizer, device)
+    return cls(model, tokenizer, device, max_len)
 
   def __call__(self, ids: np.ndarray, positions: np.ndarray,
                types: np.ndarray | None = None) -> np.ndarray:
@@ -108,7 +111,8 @@ class FlaxBackend:
   """Our `BertMLM` under jit, in float32. Batches are padded to a fixed batch size and to a few
   length buckets so that a whole run compiles a handful of times."""
 
-  def __init__(self, params, cfg, batch_size: int, tokenizer):
+  def __init__(self, params, cfg, batch_size: int, tokenizer, max_len: int | None = None):
+    """`max_len`: as TorchBackend's; default: cfg.max_trained_len within the tokenizer's limit."""
     import flax.linen as nn
     import jax
 
@@ -120,7 +124,8 @@ class FlaxBackend:
     # Numbers must match the PyTorch backend: float32 activations and plain XLA attention.
     cfg = dataclasses.replace(cfg, compute_dtype="float32", attention="xla", remat="none")
     self.cfg, self.batch_size = cfg, batch_size
-    self.max_len = _within_tokenizer_limit(cfg.max_trained_len, tokenizer)
+    self.max_len = (_within_tokenizer_limit(cfg.max_trained_len, tokenizer) if max_len is None
+                    else max_len)
     self.pad_id = cfg.pad_id
     self.params = jax.device_put(nn.meta.unbox(params))
     self._jax = jax
@@ -232,10 +237,8 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
       # Cut where the step's export truncates, at what its training reached (within the
       # positions), as the torch backend does; WORKDIR/tokenizer's own limit is not the model's
       # (an import's, which a longer data.seq_len since went beyond).
-      flax = FlaxBackend(params, cfg, batch_size, tokenizer)
-      flax.max_len = checkpointing.trained_length(
-          cfg, checkpointing.step_meta(model, restored), tokenizer.model_max_length)
-      return flax
+      return FlaxBackend(params, cfg, batch_size, tokenizer, max_len=checkpointing.trained_length(
+          cfg, checkpointing.step_meta(model, restored), tokenizer.model_max_length))
     else:
       from informask_jax import export, hf_mapping
 
@@ -266,10 +269,9 @@ def load_backend(model: str, backend: str, tokenizer, *, batch_size: int,
             f"The PyTorch backend reads {model} through a temporary Hugging Face export, which "
             f"could not be written in {tempfile.gettempdir()} ({type(cause).__name__}: "
             f"{cause}): free space there, or set TMPDIR to a folder with room.") from e
-      runner = TorchBackend.from_pretrained(tmp, tokenizer, device)
       # The export's tokenizer truncates at what the step's training reached, within the
       # model's positions; the run's own tokenizer, passed on, may say otherwise (see above).
       with open(os.path.join(tmp, "tokenizer_config.json"), encoding="utf-8") as f:
-        runner.max_len = int(json.load(f)["model_max_length"])
-      return runner
+        trained = int(json.load(f)["model_max_length"])
+      return TorchBackend.from_pretrained(tmp, tokenizer, device, max_len=trained)
   return TorchBackend.from_pretrained(model, tokenizer, device)

@@ -416,23 +416,6 @@ def legend(colour, own_brackets=False):
       ("mask", "-> [MASK]"), ("random", "-> a random token (word>new)"), ("keep", "unchanged")))
 
 
-
-
-def _byte_level_bytes():
-  """{stand-in character: the byte it spells} in a byte-level BPE vocabulary (GPT-2's, RoBERTa's):
-  printable Latin-1 bytes spell themselves, the other bytes chr(256), chr(257), ... in order."""
-  printable = {*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
-               *range(ord("\xae"), ord("\xff") + 1)}
-  table, others = {}, 0
-  for b in range(256):
-    if b in printable:
-      table[chr(b)] = b
-    else:
-      table[chr(256 + others)] = b
-      others += 1
-  return table
-
-
 def _byte_spelling(tok):
   """piece -> the bytes it stands for, for a vocabulary that spells bytes: byte-level BPE
   (RoBERTa's: each byte a stand-in character, "Ã©" is "é", "Ġ" a space) or a BPE byte fallback
@@ -441,7 +424,7 @@ def _byte_spelling(tok):
 
   backend = getattr(tok, "backend_tokenizer", None)
   if isinstance(getattr(backend, "decoder", None), decoders.ByteLevel):
-    spelt = _byte_level_bytes()
+    spelt = word_marks.BYTE_LEVEL_BYTES
     return lambda piece: b"".join(bytes([spelt[c]]) if c in spelt else c.encode() for c in piece)
   if backend is not None and _byte_fallback(backend):
     return lambda piece: (bytes([int(piece[3:5], 16)]) if _BYTE_PIECE.fullmatch(piece)

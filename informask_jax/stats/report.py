@@ -39,17 +39,6 @@ def _token_names(directory: pathlib.Path, meta: dict, vocab_size: int) -> list[s
   return [f"#{i}" for i in range(vocab_size)]
 
 
-def _byte_level_chars() -> dict[str, int]:
-  """{character: byte} of byte-level BPE (GPT-2, RoBERTa): a byte that prints as a visible
-  Latin-1 character stands for itself, the others (control bytes, space, ...) for the characters
-  from U+0100 on, in byte order; a space is "Ġ" (U+0120)."""
-  visible = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-  table = {chr(b): b for b in visible}
-  table.update({chr(0x100 + n): b for n, b in
-                enumerate(b for b in range(256) if b not in set(visible))})
-  return table
-
-
 def _escaped(text: str) -> str:
   """`text` as a token name that no other text gets: a byte that is not part of a character
   (a lone surrogate from decoding with surrogateescape) and a character that does not print, is
@@ -75,7 +64,7 @@ def _byte_level_as_text(names: list[str]) -> list[str]:
   byte E9, not the character, which is "Ã©"; "Ċ" is a line break, \\x0a, not the letter Ċ).
   A vocabulary is byte-level when it holds each of the 256 byte characters as a piece, as
   byte-level BPE trainers make it."""
-  chars = _byte_level_chars()
+  chars = word_marks.BYTE_LEVEL_BYTES
   if not set(chars) <= set(names):
     return names
   shown = []
