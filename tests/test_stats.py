@@ -2032,3 +2032,17 @@ def test_report_names_tokens_by_id_when_vocab_txt_has_a_line_too_many(tmp_path, 
     assert report._token_names(tmp_path, meta, 3) == ["#0", "#1", "#2"]
   assert "holds 4 lines for 3 tokens (a token with a line break?): the report names tokens by " \
          "id." in caplog.text
+
+
+@pytest.mark.parametrize("cap", ["0", "-1"])
+def test_the_statistics_bench_refuses_a_cap_it_would_not_measure(cap, tmp_path):
+  """bench/stats.py --cap_mb 0 measured the config's 2048 MB cap and recorded 0 MB: refused
+  before any work, naming the flag."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, str(root / "bench" / "stats.py"), "--cap_mb", cap,
+                        "--out", str(tmp_path / "stats.json")], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(root)), timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"stats.py: error: --cap_mb {cap}: give a cap above 0 MB.")
+  assert not (tmp_path / "stats.json").exists()
