@@ -10,7 +10,8 @@ sets its masking options. `arg` picks a variant, e.g. `--config configs/informas
                     defaults: lr 5e-5, no warm-up, no weight decay, betas (0.9, 0.999), eps 1e-8).
   "tiny"            the embedded offline default: a 2-layer BERT on the wiki-vital corpus that
                     trains on a 2-core CPU in minutes, no network.
-  "base", "large"   the paper's data with another model size.
+  "base", "large"   the paper's data and recipe with a BERT size ("base" is today the same as
+                    the paper's setting).
 
 Every field below with a value other than None is overridable from the command line:
 `--config.train.batch_size=64` (a None one, such as a source's `config`, is set in a small

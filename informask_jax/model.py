@@ -544,13 +544,14 @@ def init_params(model: BertMLM, rng: Array, seq_len: int) -> Any:
 def train_flops_per_sequence(cfg: MLMConfig, seq_len: int, predictions: int) -> float:
   """Matmul FLOPs of one training step per sequence (forward + backward = 3x forward).
 
-  Counts what the step really computes: per token and layer, the Q/K/V/output projections
-  (8 H^2), attention scores and context (4 L H) and the MLP (4 H M); the MLM head runs only at
-  `predictions` positions per sequence: transform (2 H^2) and tied decoder (2 H V). The last
-  layer runs only its key / value projections (4 H^2) at every token and the rest at the
-  `predictions` rows (see Encoder); predictions = seq_len gives the cost of a model that computes
-  every token; more than seq_len counts seq_len, as the train step gathers at most L target slots
-  (trainer.gather_targets).
+  Counts the model's FLOPs (PaLM's MFU): with model.remat="full" the backward pass also
+  recomputes the forward, about 4/3 of this, which is not counted. Per token and layer: the
+  Q/K/V/output projections (8 H^2), attention scores and context (4 L H) and the MLP (4 H M);
+  the MLM head runs only at `predictions` positions per sequence: transform (2 H^2) and tied
+  decoder (2 H V). The last layer runs only its key / value projections (4 H^2) at every token
+  and the rest at the `predictions` rows (see Encoder); predictions = seq_len gives the cost of a
+  model that computes every token; more than seq_len counts seq_len, as the train step gathers at
+  most L target slots (trainer.gather_targets).
   Embedding lookups, LayerNorms, softmax and elementwise work are not counted (as in PaLM's MFU).
   """
   predictions = min(predictions, seq_len)
