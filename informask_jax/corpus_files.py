@@ -117,34 +117,45 @@ _TXT_READER = 3
 _CR_LINE = re.compile(r"[^\r]*\r\n?|[^\r]+")
 
 
+def txt_documents(byte_lines, counts=None):
+  """Blank-line separated documents (lists of lines) from a .txt file's raw byte lines: a
+  byte-order mark before the first line is dropped, a line ends at \n, \r\n or a lone \r, each
+  byte that is not UTF-8 becomes one U+FFFD (counted in `counts["replaced"]`). The one reader of
+  .txt files, here and on the Beam workers: their tables must be the same."""
+  lines = []
+  for number, raw in enumerate(byte_lines):
+    if number == 0:  # A byte-order mark (Notepad, PowerShell) is no part of the first line.
+      raw = raw.removeprefix(codecs.BOM_UTF8)
+    # surrogateescape maps each invalid byte to one lone surrogate, so they can be counted.
+    text = raw.decode("utf-8", errors="surrogateescape")
+    bad = sum(map(_is_undecodable, text))
+    if bad:
+      if counts is not None:
+        counts["replaced"] = counts.get("replaced", 0) + bad
+      text = "".join("\ufffd" if _is_undecodable(ch) else ch for ch in text)
+    for line in _CR_LINE.findall(text) if "\r" in text else (text,):
+      if line.strip():
+        lines.append(line)
+      elif lines:
+        yield lines
+        lines = []
+  if lines:
+    yield lines
+
+
 def _read_txt(paths):
   """Yields blank-line separated documents; undecodable bytes become U+FFFD and are counted."""
   for path in paths:
-    replaced = in_documents = largest = 0  # Lines in documents; those of the longest.
-    lines = []
+    in_documents = largest = 0  # Lines in documents; those of the longest.
+    counts = {}
     with open(path, "rb") as f:
-      for number, raw in enumerate(f):
-        if number == 0:  # A byte-order mark (Notepad, PowerShell) is no part of the first line.
-          raw = raw.removeprefix(codecs.BOM_UTF8)
-        # surrogateescape maps each invalid byte to one lone surrogate, so they can be counted.
-        text = raw.decode("utf-8", errors="surrogateescape")
-        bad = sum(map(_is_undecodable, text))
-        if bad:
-          replaced += bad
-          text = "".join("\ufffd" if _is_undecodable(ch) else ch for ch in text)
-        for line in _CR_LINE.findall(text) if "\r" in text else (text,):
-          if line.strip():
-            lines.append(line)
-          elif lines:
-            yield {"text": "".join(lines)}
-            in_documents, largest = in_documents + len(lines), max(largest, len(lines))
-            lines = []
-    if lines:
-      yield {"text": "".join(lines)}
-      in_documents, largest = in_documents + len(lines), max(largest, len(lines))
+      for lines in txt_documents(f, counts):
+        yield {"text": "".join(lines)}
+        in_documents, largest = in_documents + len(lines), max(largest, len(lines))
     # Most of the file in one long document (a header or a trailing blank line aside).
     if largest > in_documents / 2:
       _warn_one_document(path, largest)
+    replaced = counts.get("replaced", 0)
     if replaced and path not in _WARNED_UNDECODABLE:  # A stream reads its files every epoch.
       _WARNED_UNDECODABLE.add(path)
       log.warning("%s: replaced %d byte(s) that are not valid UTF-8 with U+FFFD.", path, replaced)

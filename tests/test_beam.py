@@ -237,6 +237,16 @@ def test_txt_reader_matches_the_corpus_reader(tmp_path):
   assert list(bp.read_documents(str(path), "text", opener=lambda p: open(p, "rb"))) == expected
 
 
+def test_txt_reader_drops_a_bom_and_splits_old_mac_line_ends_as_the_corpus_reader(tmp_path):
+  """A byte-order mark stayed in the first document under Beam (another split hash) and a file of
+  lone \r line ends was one document there, many locally: other tables under the same key."""
+  path = tmp_path / "mac.txt"
+  path.write_bytes(b"\xef\xbb\xbfFirst doc.\rSecond line.\r\rSecond doc.\r")
+  expected = [d["text"] for d in corpus_files._read_txt([str(path)])]
+  assert expected == ["First doc.\rSecond line.\r", "Second doc.\r"]
+  assert list(bp.read_documents(str(path), "text", opener=lambda p: open(p, "rb"))) == expected
+
+
 def test_json_array_and_non_text_fields_name_the_file(tmp_path):
   array = tmp_path / "docs.json"
   array.write_text(json.dumps([{"text": "a"}, {"text": "b"}], indent=1))

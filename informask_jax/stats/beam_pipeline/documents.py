@@ -15,22 +15,6 @@ except ImportError:  # pragma: no cover - exercised only where the extra is miss
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 
 
-def _txt_documents(lines):
-  """Blank-line separated documents from raw byte lines, as `corpus` reads .txt files: each byte
-  that is not UTF-8 becomes one U+FFFD, a line break inside a document stays (a sentence end)."""
-  doc = []
-  for raw in lines:
-    line = raw.decode("utf-8", errors="surrogateescape")
-    line = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in line)
-    if line.strip():
-      doc.append(line)
-    elif doc:
-      yield "".join(doc)
-      doc = []
-  if doc:
-    yield "".join(doc)
-
-
 # Inside the pipeline the field comes from the launcher's flag (or the config it was given).
 _NAME_THE_FIELD = "Name the text's field with --text_field=FIELD."
 
@@ -43,7 +27,9 @@ def read_documents(path: str, text_field: str, opener=None):
   opener = opener or (lambda p: FileSystems.open(p, compression_type=CompressionTypes.UNCOMPRESSED))
   with opener(path) as f:
     if suffix == ".txt":
-      yield from _txt_documents(iter(f.readline, b""))
+      from informask_jax import corpus_files
+
+      yield from map("".join, corpus_files.txt_documents(iter(f.readline, b"")))
     elif suffix == ".parquet":
       import pyarrow.parquet as pq
 
