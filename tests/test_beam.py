@@ -207,9 +207,11 @@ def test_a_file_two_sources_name_is_counted_twice_as_by_the_local_builder(built,
                       pmi=False)
 
 
-def test_output_fingerprint_follows_the_shards_names_and_sizes(built, shards, tmp_path):
+def test_output_fingerprint_follows_the_shards_names_sizes_and_times(built, shards, tmp_path):
   """With --output the launcher reads no corpus: its fingerprint (which keys the statistics)
-  comes from the shards' names and sizes, so a shard that grows gives another one."""
+  comes from the shards' names, sizes and modification times, so a shard that grows gives another
+  one, and so does one edited in place at the same size (a partial rerun into the same --output
+  kept the old corpus's counts beside the new one's n-grams)."""
   local_config, _, _, _ = built
   shard_dir = tmp_path / "shards"
   shutil.copytree(shards, shard_dir)
@@ -225,7 +227,13 @@ def test_output_fingerprint_follows_the_shards_names_and_sizes(built, shards, tm
   assert before == fingerprint() and before.startswith("files-")
   with open(shard_dir / "a.txt", "a", encoding="utf-8") as f:
     f.write("\nOne more document.\n")
-  assert fingerprint() != before
+  grown = fingerprint()
+  assert grown != before
+  shard = shard_dir / "a.txt"
+  text, stat = shard.read_text(encoding="utf-8"), shard.stat()
+  shard.write_text(text.replace("One more", "One less"), encoding="utf-8")
+  os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # Coarse clocks tick too.
+  assert shard.stat().st_size == stat.st_size and fingerprint() not in (before, grown)
 
 
 def test_txt_reader_matches_the_corpus_reader(tmp_path):

@@ -99,8 +99,9 @@ def check_config(config) -> list[str]:
   return patterns
 
 
-def list_files(patterns) -> list[tuple[str, int]]:
-  """(path, bytes) of every shard, sorted; local directories are walked as a `files` source's.
+def list_files(patterns) -> list[tuple[str, int, float]]:
+  """(path, bytes, modification time) of every shard, sorted; local directories are walked as a
+  `files` source's (a file system that keeps no modification time gives 0).
   A file that two patterns name is listed (and read) twice, as the local builder reads each
   source: its tables, under the same cache key, count it twice too."""
   from informask_jax import corpus_files
@@ -109,13 +110,14 @@ def list_files(patterns) -> list[tuple[str, int]]:
   for pattern in patterns:
     where = f"input {pattern!r}"
     if "://" not in pattern:
-      found += [(f, os.path.getsize(f)) for f in corpus_files.expand_files(pattern, where)]
+      found += [(f, os.path.getsize(f), os.path.getmtime(f))
+                for f in corpus_files.expand_files(pattern, where)]
       continue
     matches = FileSystems.match([pattern])[0].metadata_list
     if not matches:
       raise FileNotFoundError(f"{where}: no file matches.")
-    found += [(m.path, m.size_in_bytes) for m in matches]
-  bad = [f for f, _ in found if os.path.splitext(f)[1].lower() not in SUFFIXES]
+    found += [(m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in matches]
+  bad = [f for f, *_ in found if os.path.splitext(f)[1].lower() not in SUFFIXES]
   if bad:
     raise ValueError(f"{bad[0]}: unsupported suffix; the Beam pipeline reads "
                      f"{', '.join(SUFFIXES)}.")
@@ -150,14 +152,16 @@ def _launch_state(config, patterns, output):
   cache_dir = paths.cache_dir(config.data.cache_dir)
   loaded, split_fps = None, {}
   if not output:
-    if any("://" in f for f, _ in listed):
+    if any("://" in f for f, *_ in listed):
       raise ValueError("Remote inputs need --output: the statistics cache is keyed by a "
                        "fingerprint of the corpus read in order, which the launcher cannot read.")
     loaded = corpus.load_corpus(config.data)
     split_fps = {name: corpus.corpus_fingerprint(loaded[name]) for name in loaded}
     corpus_fp = corpus.combine_fingerprints(split_fps)
   else:
-    # Names and sizes of the shards: cheap, and it changes whenever the input does.
+    # Names, sizes and modification times of the shards: cheap, and it changes whenever the
+    # input does (a shard edited in place at the same size too, whose old tables a partial
+    # rerun into the same --output would otherwise keep as this corpus's).
     corpus_fp = "files-" + hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:26]
     if not config.tokenizer.name_or_path:
       raise ValueError(
@@ -181,7 +185,7 @@ def _launch_state(config, patterns, output):
   tokens = tokenizer.convert_ids_to_tokens(list(range(settings.vocab_size)))
   vocab_text = "".join(f"{t if t is not None else ''}\n" for t in tokens)
   tokenizer_json = data.plain_backend(tokenizer).to_str()
-  return [f for f, _ in listed], settings, tokenizer_json, meta, vocab_text, output
+  return [f for f, *_ in listed], settings, tokenizer_json, meta, vocab_text, output
 
 
 def check_output(output: str) -> None:
