@@ -6,6 +6,7 @@ variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
 import atexit
+import json
 import logging
 import os
 import pathlib
@@ -196,6 +197,72 @@ def main_process_first(name: str, build):
     return result
   barrier(f"main_process_first:{name}")
   return build()
+
+
+_VALUE_KEY = "informask_jax/process_0/{}"
+
+
+def value_of_process_0(name: str, value):
+  """Process 0's `value` (plain JSON types), which it posts to the coordination service's
+  key-value store for the others to read; this process's own with one process."""
+  if jax.process_count() == 1:
+    return value
+  key = _VALUE_KEY.format(name)
+  if jax.process_index() == 0:
+    _client().key_value_set(key, json.dumps(value))
+    return value
+  return json.loads(_client().blocking_key_value_get(key, CACHE_BARRIER_TIMEOUT_S * 1000))
+
+
+# Settings of one host's own machinery, not of the run: a host may set them for its disk and
+# cores (each host with its own cache still builds the same caches from the same corpus).
+HOST_LOCAL_KEYS = ("data.cache_dir", "data.num_proc", "data.prefetch", "stats.memory_cap_mb")
+_ABSENT = "(not set)"
+
+
+def _flat(tree, prefix=""):
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat(value, f"{prefix}{name}.")
+    else:
+      yield f"{prefix}{name}", value
+
+
+def check_same_config(config_dict: dict) -> None:
+  """With several processes: ValueError on a process whose config (plain JSON types) differs
+  from process 0's, naming the keys. Nothing else compares them: a config file edited on one
+  host trained with another learning rate there, silently (the run's records hold process 0's),
+  or left process 0 finished and the other process inside a step that never came, until JAX's
+  shutdown barrier aborted both minutes later."""
+  mine = {k: v for k, v in _flat(config_dict) if k not in HOST_LOCAL_KEYS}
+  theirs = value_of_process_0("config", mine)
+  differ = sorted(k for k in mine.keys() | theirs.keys()
+                  if mine.get(k, _ABSENT) != theirs.get(k, _ABSENT))
+  if differ:
+    shown = "; ".join(f"config.{k}={json.dumps(mine.get(k, _ABSENT))} here, "
+                      f"{json.dumps(theirs.get(k, _ABSENT))} on process 0" for k in differ[:8])
+    more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
+    raise ValueError(
+        f"The config of process {jax.process_index()} differs from process 0's: {shown}{more}. "
+        "Every process trains one model together and must run the same config: the same "
+        "config file and flags on every host (only " + ", ".join(
+            f"config.{k}" for k in HOST_LOCAL_KEYS) + " may differ).")
+
+
+def check_same_checkpoints(directory, steps: list[int], what: str) -> None:
+  """With several processes: ValueError unless every process finds the checkpoint `steps` that
+  process 0 finds in `directory`. Checked before anything opens orbax's checkpoint manager,
+  which waits for every process: a resume where process 0 found a run in its folder and another
+  process an empty folder of its own left them waiting for each other there, in an error of
+  Gloo's (or a hang) instead of check_shared_directory's."""
+  theirs = value_of_process_0(f"checkpoints:{what}", steps)
+  if steps != theirs:
+    listed = lambda s: f"steps {s}" if s else "no checkpoint"  # noqa: E731
+    raise ValueError(
+        f"{what} {directory} is not the folder process 0 writes: process {jax.process_index()} "
+        f"finds {listed(steps)} there, process 0 {listed(theirs)}. Every process writes its "
+        "part of each checkpoint there, so it must be one file system mounted at the same path "
+        "on every host (NFS, Filestore, ...), not each host's own disk.")
 
 
 _SHARED_KEY = "informask_jax/shared_dir/{}"

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -298,3 +299,38 @@ def test_a_workdir_that_is_each_hosts_own_folder_is_refused_before_training(runs
   assert "Stopping: process 1 of 2 failed: ValueError: --workdir" in outputs[0], outputs[0][-3000:]
   for i, out in enumerate(outputs):
     assert "Step 1" not in out and not list((tmp_path / f"host{i}").glob(".shared-check.*"))
+
+
+@pytest.mark.slow
+def test_a_process_with_another_config_is_refused_naming_the_key(runs, tmp_path):
+  """Nothing compared the processes' configs: a learning rate set on one host only trained
+  silently (the run's records held process 0's), another num_steps hung at shutdown."""
+  _, _, cache, _ = runs
+  multi = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+  extra = [[], ["--config.optim.learning_rate=0.5", "--config.data.num_proc=1"]]
+  procs = [_start([*_overrides(tmp_path / "run", cache), *multi, "--process_id", str(i),
+                   *extra[i]], devices=4) for i in range(2)]
+  outputs = _finish(procs, returncode=1)
+  assert ("ValueError: The config of process 1 differs from process 0's: "
+          "config.optim.learning_rate=0.5 here, 0.001 on process 0.") in outputs[1], outputs[1]
+  assert "num_proc" not in outputs[1].split("differs")[1].split("Every process")[0]
+  assert "Stopping: process 1 of 2 failed: ValueError: The config" in outputs[0], outputs[0]
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_resume_from_each_hosts_own_folder_is_refused_naming_the_workdir(runs, tmp_path):
+  """Process 0 found a run to resume in its folder, process 1 an empty one of its own: only
+  process 0 opened orbax's manager, which waits for all, and both failed in Gloo's timeout."""
+  one, _, cache, _ = runs
+  host0 = tmp_path / "host0"
+  shutil.copytree(one, host0)
+  multi = ["--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2"]
+  procs = [_start([*_overrides(tmp_path / f"host{i}", cache), *multi, "--process_id", str(i),
+                   f"--config.train.num_steps={2 * STEPS}"], devices=4) for i in range(2)]
+  outputs = _finish(procs, returncode=1)
+  assert (f"ValueError: --workdir {tmp_path / 'host1'} is not the folder process 0 writes: "
+          f"process 1 finds no checkpoint there, process 0 steps [{STEPS}].") in outputs[1], \
+      outputs[1][-3000:]
+  assert "Stopping: process 1 of 2 failed: ValueError: --workdir" in outputs[0], outputs[0][-3000:]
+  assert checkpointing.finalized_steps(host0) == [STEPS]
