@@ -202,13 +202,27 @@ def main_process_first(name: str, build):
 _VALUE_KEY = "informask_jax/process_0/{}"
 
 
+def joined_processes() -> tuple[int, int]:
+  """(this process's index, the number of processes) as jax.distributed joined them; (0, 1)
+  without it. Read from its state, not with jax.process_count(), which starts the backends: a
+  single process asks before its workdir is checked, and an error there leaves without opening
+  CUDA or the TPU."""
+  from jax._src import distributed as jax_distributed
+
+  state = jax_distributed.global_state
+  if state.client is None:
+    return 0, 1
+  return int(state.process_id), int(state.num_processes)
+
+
 def value_of_process_0(name: str, value):
   """Process 0's `value` (plain JSON types), which it posts to the coordination service's
   key-value store for the others to read; this process's own with one process."""
-  if jax.process_count() == 1:
+  index, count = joined_processes()
+  if count == 1:
     return value
   key = _VALUE_KEY.format(name)
-  if jax.process_index() == 0:
+  if index == 0:
     _client().key_value_set(key, json.dumps(value))
     return value
   return json.loads(_client().blocking_key_value_get(key, CACHE_BARRIER_TIMEOUT_S * 1000))

@@ -355,7 +355,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     raise ValueError(f"--workdir {workdir}: only local or mounted paths are supported (mount a "
                      "bucket with gcsfuse or similar to write there).")
   workdir = pathlib.Path(workdir).expanduser()
-  if jax.process_count() > 1:  # Before any process decides alone what to do with the workdir.
+  if distributed.joined_processes()[1] > 1:  # Before a process decides alone on the workdir.
     distributed.check_same_config(compatibility.config_json(config))
     distributed.check_same_checkpoints(workdir, checkpointing.finalized_steps(workdir),
                                        "--workdir")

@@ -450,3 +450,44 @@ def test_a_host_is_a_tpu_vm_when_tpu_chips_are_on_its_bus(monkeypatch):
     raise OSError("no /sys/bus/pci")
   monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", unreadable)
   assert distributed._tpu_chips_attached() is False
+
+
+def _joined_as(monkeypatch, index, store):
+  from jax._src import distributed as jax_distributed
+
+  monkeypatch.setattr(jax_distributed, "global_state", types.SimpleNamespace(
+      client=store, process_id=index, num_processes=2))
+  monkeypatch.setattr(distributed.jax, "process_index", lambda: index)
+  monkeypatch.setattr(distributed, "_client", lambda: store)
+
+
+def test_a_config_that_differs_from_process_zeros_names_the_keys(monkeypatch):
+  config = {"optim": {"learning_rate": 1e-3, "b1": 0.9}, "data": {"cache_dir": "/a", "seq_len": 8}}
+  store = _Store([])
+  _joined_as(monkeypatch, 0, store)
+  distributed.check_same_config(config)  # Process 0 posts its own.
+  _joined_as(monkeypatch, 1, store)
+  distributed.check_same_config({**config, "data": {"cache_dir": "/b", "seq_len": 8}})
+  with pytest.raises(ValueError, match=r"The config of process 1 differs from process 0's: "
+                     r"config.data.seq_len=16 here, 8 on process 0; config.optim.learning_rate="
+                     r"0.5 here, 0.001 on process 0\. .*only config.data.cache_dir"):
+    distributed.check_same_config({"optim": {"learning_rate": 0.5, "b1": 0.9},
+                                   "data": {"cache_dir": "/a", "seq_len": 16}})
+
+
+def test_checkpoints_another_process_does_not_find_name_the_folder(monkeypatch):
+  store = _Store([])
+  _joined_as(monkeypatch, 0, store)
+  distributed.check_same_checkpoints("/runs/a", [100, 200], "--workdir")
+  _joined_as(monkeypatch, 1, store)
+  distributed.check_same_checkpoints("/runs/a", [100, 200], "--workdir")
+  with pytest.raises(ValueError, match=r"--workdir /runs/a is not the folder process 0 writes: "
+                     r"process 1 finds no checkpoint there, process 0 steps \[100, 200\]"):
+    distributed.check_same_checkpoints("/runs/a", [], "--workdir")
+
+
+def test_one_process_reads_no_coordination_store(monkeypatch):
+  monkeypatch.setattr(distributed, "_client", lambda: pytest.fail("no store with one process"))
+  assert distributed.joined_processes() == (0, 1)
+  distributed.check_same_config({"optim": {"learning_rate": 1.0}})
+  distributed.check_same_checkpoints("/runs/a", [5], "--workdir")
