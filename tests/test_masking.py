@@ -1816,6 +1816,23 @@ def test_pmi_span_max_ngram_tokens_bounds():
   assert np.asarray(aux["ngram_len"])[0, 1] == 64
 
 
+def test_pmi_span_matches_its_longest_ngram_by_default(caplog):
+  """The statistics rank n-grams of words, whatever their token count: a 5-word name of 3 pieces
+  a word (15 tokens, as a small vocabulary splits rare names) is matched, not skipped by a fixed
+  bound of 12 tokens (which dropped some of the best-ranked n-grams with a warning)."""
+  name = tuple(t for w in range(5) for t in (600 + w, 800 + 2 * w, 801 + 2 * w))
+  with caplog.at_level(logging.WARNING):
+    masker = build("pmi_span", ngrams=[*NGRAMS, name])
+  assert "skipped" not in caplog.text
+  assert dict(masker.options)["max_ngram_tokens"] == 15
+  tokens = np.array([[CLS, *name, SEP]], np.int32)
+  _, aux = masker(jax.random.key(0), tokens, with_aux=True)
+  assert np.asarray(aux["ngram_len"])[0, 1] == 15
+  with caplog.at_level(logging.WARNING):  # An explicit bound still holds.
+    build("pmi_span", ngrams=[*NGRAMS, name], max_ngram_tokens=12)
+  assert "skipped 1 n-grams with fewer than 2 or more than 12 tokens" in caplog.text
+
+
 def test_shared_options_at_their_bounds():
   """special_ids (with [MASK]) covering all but one id is a valid vocabulary; covering all of it
   is refused. A continuation table longer than the vocabulary (a tokenizer with added tokens)

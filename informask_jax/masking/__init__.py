@@ -46,33 +46,33 @@ def _span(settings, continuation=None, geometric_p=0.2, max_span_len=10):
           {"continuation": table}, options)
 
 
-_MAX_NGRAM_TOKENS = 12  # pmi_span's default bound on a match, in tokens.
-
-
 def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams=None,
-              max_ngram_tokens=_MAX_NGRAM_TOKENS):
+              max_ngram_tokens=None):
   pmi_span.check_variant(variant)
-  if isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int | np.integer) or \
-      not 2 <= max_ngram_tokens <= 64:
+  if max_ngram_tokens is not None and (
+      isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int | np.integer)
+      or not 2 <= max_ngram_tokens <= pmi_span.MAX_NGRAM_TOKENS):
     raise ValueError(f"max_ngram_tokens must be an integer in [2, 64], got {max_ngram_tokens!r}.")
   reads, unused, other_table = (("ngrams", "bigrams", bigrams) if variant == "ngram" else
                                 ("bigrams", "ngrams", ngrams))
   if other_table is not None:  # Silently unused, a table meant for the other variant hid a mistake.
     raise ValueError(f"pmi_span: {unused}= is the table of the other variant; "
                      f"variant={variant!r} (masking.pmi_variant) reads {reads}=.")
-  if variant == "bigram" and max_ngram_tokens != _MAX_NGRAM_TOKENS:
+  if variant == "bigram" and max_ngram_tokens is not None:
     raise ValueError("pmi_span: max_ngram_tokens bounds the n-gram variant's matches; "
                      "variant='bigram' has none.")
   table = contract.as_bool_table(continuation, settings.vocab_size, "pmi_span: continuation")
   tables, ngram_words = {"continuation": table}, None
   if variant == "ngram":
-    ngram, ngram_words = pmi_span.ngram_tables(ngrams, settings.vocab_size, max_ngram_tokens,
-                                               table)
+    ngram, ngram_words, max_ngram_tokens = pmi_span.ngram_tables(
+        ngrams, settings.vocab_size, max_ngram_tokens, table)
     tables.update(ngram)
   else:
     tables.update(pmi_span.bigram_tables(bigrams, settings.vocab_size))
-  options = (("variant", variant), ("max_ngram_tokens", int(max_ngram_tokens)))
-  return (pmi_span.make_select(settings, variant, int(max_ngram_tokens), ngram_words), tables,
+  # The bigram variant looks up no n-gram: its bound is never used.
+  max_ngram_tokens = int(max_ngram_tokens or pmi_span.MAX_NGRAM_TOKENS)
+  options = (("variant", variant), ("max_ngram_tokens", max_ngram_tokens))
+  return (pmi_span.make_select(settings, variant, max_ngram_tokens, ngram_words), tables,
           options)
 
 

@@ -2,14 +2,14 @@
 
 variant="ngram": the sequence is segmented left to right into units by the longest match against
 a vocabulary of high-PMI word n-grams (n = 2..5 words, each stored as its WordPiece tokens, at most
-`max_ngram_tokens`); tokens outside any match form whole-word units. A match must start at a word
-start and end at a word boundary, within one sentence (`sentence_ids`: the statistics count
-n-grams within sentences). On device: two 32-bit chained hashes of the token spans of whole words
-starting at each word start (as many words as the vocabulary's n-grams have, at most
-max_ngram_tokens tokens), looked up in a hash table of the vocabulary's hashes (`hash_buckets`; a
-false match needs both hashes to collide: ~2**-64 per lookup). The
-greedy left-to-right segmentation is a chain of jumps (each unit start points to the next); its
-starts are found by pointer doubling, log2(L) gathers, with no loop over L.
+`max_ngram_tokens`: by default the vocabulary's longest, up to 64); tokens outside any match form
+whole-word units. A match must start at a word start and end at a word boundary, within one
+sentence (`sentence_ids`: the statistics count n-grams within sentences). On device: two 32-bit
+chained hashes of the token spans of whole words starting at each word start (as many words as
+the vocabulary's n-grams have, at most max_ngram_tokens tokens), looked up in a hash table of the
+vocabulary's hashes (`hash_buckets`; a false match needs both hashes to collide: ~2**-64 per
+lookup). The greedy left-to-right segmentation is a chain of jumps (each unit start points to
+the next); its starts are found by pointer doubling, log2(L) gathers, with no loop over L.
 
 variant="bigram": the InforMask repository's simpler scheme extends a random start left and right
 while adjacent token pairs are in a high-PMI bigram table; the units it can produce are the maximal
@@ -116,10 +116,20 @@ def hash_ngrams(ngrams):
   return out1, out2
 
 
+# The longest match in tokens that pmi_span looks up (the hashes of the spans from each word
+# start are chained over this many tokens at most).
+MAX_NGRAM_TOKENS = 64
+
+
 def ngram_tables(ngrams, vocab_size, max_ngram_tokens, continuation):
-  """(device tables, (fewest, most) words of an n-gram). Words are counted as in a sequence:
-  the first token starts one, and so does every later token that is not a "##" piece."""
+  """(device tables, (fewest, most) words of an n-gram, max_ngram_tokens). Words are counted as
+  in a sequence: the first token starts one, and so does every later token that is not a "##"
+  piece. max_ngram_tokens=None takes the table's longest n-gram (up to MAX_NGRAM_TOKENS): the
+  statistics rank n-grams of words, whatever their token count, and a fixed bound of 12 dropped
+  some of the best-ranked ones (rare names, split into many pieces by a small vocabulary)."""
   ngrams, where = _read_json_list(ngrams, "ngrams")
+  if max_ngram_tokens is None:
+    max_ngram_tokens = max(2, min(max((len(g) for g in ngrams), default=2), MAX_NGRAM_TOKENS))
   kept = [g for g in ngrams if 2 <= len(g) <= max_ngram_tokens]
   if len(kept) < len(ngrams):
     log.warning("pmi_span: skipped %d n-grams with fewer than 2 or more than %d tokens.",
@@ -134,7 +144,8 @@ def ngram_tables(ngrams, vocab_size, max_ngram_tokens, continuation):
   word_start = ~np.asarray(continuation, bool)[flat]
   word_start[first] = True
   words = np.add.reduceat(word_start.astype(np.int32), first)
-  return hash_buckets(*hash_ngrams(kept)), (int(words.min()), int(words.max()))
+  return (hash_buckets(*hash_ngrams(kept)), (int(words.min()), int(words.max())),
+          max_ngram_tokens)
 
 
 def hash_buckets(h1, h2):
