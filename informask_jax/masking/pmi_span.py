@@ -135,7 +135,9 @@ def ngram_tables(ngrams, vocab_size, max_ngram_tokens, continuation):
     log.warning("pmi_span: skipped %d n-grams with fewer than 2 or more than %d tokens.",
                 len(ngrams) - len(kept), max_ngram_tokens)
   if not kept:
-    raise ValueError(f"pmi_span: the n-gram vocabulary ({where}) is empty.")
+    raise ValueError(f"pmi_span: the n-gram vocabulary ({where}) is empty: no frequent word "
+                     "n-gram of the corpus has a positive PMI (more text, or a lower "
+                     "stats.ngram_min_count), or masking.pmi_variant='bigram' uses the bigrams.")
   flat = np.concatenate([np.asarray(g) for g in kept])
   if flat.min() < 0 or flat.max() >= vocab_size:
     raise ValueError(f"pmi_span: {where} holds token ids outside [0, {vocab_size}), the "

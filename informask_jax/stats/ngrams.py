@@ -546,4 +546,17 @@ def build_ngram_vocab(documents, *, vocab_size: int, special_ids: Sequence[int],
                         max_n=max_n, chunk_tokens=chunk_tokens, progress=progress)
   ngrams, lengths, scores, ngram_counts = assemble_vocab(scored, size, max_n)
   bigrams, bigram_scores = bigram_table(counts, vocab_size=vocab_size, size=max(1, size // 2))
-  return NgramVocab(ngrams, lengths, scores, ngram_counts, bigrams, bigram_scores)
+  return check_not_empty(
+      NgramVocab(ngrams, lengths, scores, ngram_counts, bigrams, bigram_scores), min_count)
+
+
+def check_not_empty(vocab: NgramVocab, min_count: int) -> NgramVocab:
+  """Refuses tables neither pmi_span variant could use: every frequent n-gram and adjacent pair
+  with a PMI of 0 or less (a tiny or repetitive corpus). They were cached as built, and every
+  run with these settings then failed at the masker, naming neither the corpus nor the setting."""
+  if not vocab.ngrams and not len(vocab.bigrams):
+    raise ValueError(
+        f"No word n-gram or token pair that occurs at least stats.ngram_min_count={min_count} "
+        "times has a positive PMI: the corpus is too small or too repetitive for PMI masking "
+        "(more text, or a lower stats.ngram_min_count).")
+  return vocab

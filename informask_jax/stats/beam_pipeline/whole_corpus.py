@@ -96,4 +96,6 @@ def _ngram_vocab(examples, counts, settings: Settings):
   grams, lengths, scores, gram_counts = ngrams.assemble_vocab(scored, size)
   bigrams, bigram_scores = ngrams.bigram_table(counts, vocab_size=settings.vocab_size,
                                                size=max(1, size // 2))
-  return ngrams.NgramVocab(grams, lengths, scores, gram_counts, bigrams, bigram_scores)
+  return ngrams.check_not_empty(
+      ngrams.NgramVocab(grams, lengths, scores, gram_counts, bigrams, bigram_scores),
+      int(settings.stats["ngram_min_count"]))
