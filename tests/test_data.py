@@ -340,6 +340,26 @@ def test_packing_uses_the_given_special_ids(mode):
   assert not (packed["token_ids"] == 0).any()
 
 
+@pytest.mark.parametrize("mode", data.PACKING_MODES)
+def test_packing_in_blocks_gives_the_rows_of_one_pass(mode):
+  """The corpus is packed a block of tokens at a time (at once, its temporaries took ~65 bytes a
+  token): blocks that start inside a sentence, a document or a row, and a sentence id that goes
+  on across a document boundary, change no row."""
+  rng = np.random.default_rng(5)
+  lengths = rng.integers(0, 30, 40)
+  ids = rng.integers(20, 60, int(lengths.sum())).astype(np.int32)
+  sids = np.concatenate([np.sort(rng.integers(0, 3, n)) for n in lengths]).astype(np.int32)
+  tokenized = (ids, sids, lengths.astype(np.int64))
+  whole = data.pack_sequences(tokenized, 9, SPECIAL, mode)
+  ends = np.cumsum(lengths[lengths > 0])[:-1]  # Empty documents pack as if absent.
+  _assert_packed({"input_ids": np.split(ids, ends), "sentence_ids": np.split(sids, ends)},
+                 whole, 9, mode)
+  for block in (1, 2, 5, 64):
+    got = data.pack_sequences(tokenized, 9, SPECIAL, mode, block_tokens=block)
+    for key in ("token_ids", "sentence_ids"):
+      np.testing.assert_array_equal(got[key], whole[key], err_msg=f"{key}, block {block}")
+
+
 def test_packing_errors():
   tokenized = _random_tokenized(seed=0, num_docs=2)
   with pytest.raises(ValueError, match="packing='bogus'"):
