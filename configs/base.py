@@ -133,6 +133,8 @@ def get_base_config(arg=None, strategy="informask"):
   # Pairs stay token pairs; True: pieces of one word (a token and its ## pieces) are never
   # paired with each other, and the window counts words.
   c.stats.whole_words = False
+  # window and whole_words change which co-occurrences the PMI counts; informative relevance
+  # (the informask_online score and the rate stage) pairs any two tokens of a sentence.
   c.stats.context_alpha = 1.0  # Context-distribution smoothing exponent (0.75 in word2vec).
   c.stats.positive_only = True  # Clip negative PMI to 0 (PPMI).
   # pmi_span: size of the n-gram vocabulary; the bigram variant's pair table holds half as many.

@@ -1030,6 +1030,25 @@ def test_pmi_span_refuses_the_other_variants_options():
     build("pmi_bigram", max_ngram_tokens=4)
 
 
+def test_informask_bernoulli_draws_a_sequence_of_zero_rate_tokens_uniformly():
+  """Rescaled Bernoulli: a sequence whose tokens all have rate 0 (an id_mask_prob.json with
+  missing_rate=0 never lists them) had no target at all; it gets mask_prob per token, as the
+  exact budget draws such tokens uniformly. Other sequences keep their rescaled rates."""
+  rates = np.full(V, 0.2, np.float32)
+  rates[20:40] = 0.0
+  masker = build("informask", budget="bernoulli", rates=rates)
+  rng = np.random.default_rng(0)
+  tokens = np.full((2048, 32), PAD, np.int32)
+  tokens[:, 0], tokens[:, 31] = CLS, SEP
+  tokens[:1024, 1:31] = rng.integers(20, 40, (1024, 30))  # Only zero-rate tokens.
+  tokens[1024:, 1:16] = rng.integers(20, 40, (1024, 15))  # Half zero-rate, half 0.2.
+  tokens[1024:, 16:31] = rng.integers(100, 200, (1024, 15))
+  mask = np.asarray(masker(jax.random.key(3), tokens)["mask"])
+  assert abs(mask[:1024].mean() * 32 / 30 - 0.15) < 0.01
+  assert not mask[1024:, 1:16].any()  # Beside positive rates, rate 0 is never a target.
+  assert abs(mask[1024:].sum() / (1024 * 30) - 0.15) < 0.01
+
+
 def test_informask_exact_weights_ignore_special_rates():
   """A huge rate on [CLS] (never a target) must not squash the other weights to the floor:
   tokens of rate 0.4 stay ~20x as likely to be drawn as tokens of rate 0.02."""

@@ -12,7 +12,8 @@ sample-and-score procedure of `online.py`. Budgets:
              original repository's `rand < prob` with its table already calibrated to ~15%).
              A p above 1 acts as 1 (always a target): in a sequence of low-rate tokens a rare
              high-rate token can get there, and the expected fraction then falls short of
-             mask_prob by the excess.
+             mask_prob by the excess. A sequence whose tokens all have rate 0 gets p = mask_prob
+             for each (rescale=True), as the exact budget draws them uniformly.
 
 Tables: `rates=` a float32[V] array, a `.npy` file (our format), or a `.json` file in the original
 repository's `id_mask_prob.json` format (token id as a string -> rate). Ids missing from a JSON
@@ -300,7 +301,10 @@ def make_select(settings, rescale):
         flags = (signed >= 0).astype(jnp.float32)
         total, n = jnp.dot(jnp.stack([rate, flags]), jnp.ones((length,), jnp.float32),
                            precision=jax.lax.Precision.HIGHEST)
-        rate = rate * jnp.where(total > 0, settings.mask_prob * n / total, 0.0)
+        # A sequence whose tokens all have rate 0 draws them uniformly, as the exact budget
+        # does (it had no target at all).
+        rate = jnp.where(total > 0, rate * (settings.mask_prob * n / total),
+                         settings.mask_prob * flags)
       # No "decide" from u / rate (see contract.corrupt): that pulls the rate gather into the
       # corruption kernel, and the DECIDE stream (a hash) costs less on XLA:CPU (raw rates:
       # 5 kernels -> 3, 20-35% faster per call from 32 x 128 to 256 x 512).
