@@ -156,6 +156,16 @@ def test_split_sentences():
                               "ሰላም ነው። እንዴት ነህ። Բարեւ է։ Ինչպես ես։") == [
       "ကျွန်တော်သွားသည်။", "သူလာသည်။", "ខ្ញុំទៅផ្សារ។", "គាត់មក។", "ሰላም ነው።", "እንዴት ነህ።",
       "Բարեւ է։", "Ինչպես ես։"]
+  # Guillemets and low-9 quotes close or open a sentence as English quotes do (they joined it to
+  # the next), also with the space French puts inside « »; a lower-case word after them goes on.
+  assert data.split_sentences("Il dit «Oui.» Puis il part. Il dit « Non. » Puis rien. "
+                              "Er sagte: „Hallo.“ Dann ging er. Er ging. „Ja“, sagte sie. "
+                              "Er rief: »Halt!« Alle standen. Он ушёл. «Куда?» «Домой.» "
+                              "Il dit « oui. » et partit. Mr. Smith went. «Dr. Who» came.") == [
+      "Il dit «Oui.»", "Puis il part.", "Il dit « Non. »", "Puis rien.", "Er sagte: „Hallo.“",
+      "Dann ging er.", "Er ging.", "„Ja“, sagte sie.", "Er rief: »Halt!«", "Alle standen.",
+      "Он ушёл.", "«Куда?»", "«Домой.»", "Il dit « oui. » et partit.", "Mr. Smith went.",
+      "«Dr. Who» came."]
 
 
 def test_special_tokens_written_in_the_text_are_text(bert_tokenizer):

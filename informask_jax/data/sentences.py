@@ -42,16 +42,18 @@ log = logging.getLogger(__name__)
 # v11: special tokens typed in the text stay text with SentencePiece (Unigram) vocabularies and
 #      WordPiece ones split on whitespace only, whose model matched "<mask>", "[PAD]" whole.
 # v12: the same for WordLevel vocabularies.
-TOKENIZED_FORMAT = "sentences-v12"
+# v13: a sentence ends before or after the quotes « » „ ‚ ‹ › (and German's closing “ ‘), also
+#      with the space French puts inside « ».
+TOKENIZED_FORMAT = "sentences-v13"
 # The corpus module's threshold; bound here so that tests can lower it for tokenization alone.
 PARALLEL_MIN_DOCUMENTS = corpus_lib.PARALLEL_MIN_DOCUMENTS
 
 # --- Sentence splitting -------------------------------------------------------------------------
 # A sentence ends at . ! or ? (or the Arabic ؟, the Urdu ۔, the Devanagari danda । ॥), then
-# optional closing quotes/brackets, followed by whitespace and anything but a lower-case letter: a
-# capital of any script, a digit, an opening quote/bracket/¿/¡, or a letter of a script without
-# case (Arabic, Hindi, Chinese); in a document without capitals (a lower-cased corpus) any letter;
-# after ؟ ۔ । ॥, which end nothing else, any letter.
+# optional closing quotes/brackets (_CLOSERS), followed by whitespace and anything but a
+# lower-case letter: a capital of any script, a digit, an opening quote/bracket/¿/¡ (_OPENERS), or
+# a letter of a script without case (Arabic, Hindi, Chinese); in a document without capitals (a
+# lower-cased corpus) any letter; after ؟ ۔ । ॥, which end nothing else, any letter.
 # It also ends at every line break, at the full stops of Armenian ։, Burmese ။, Ethiopic ። and
 # Khmer ។ (with or without a space after: Burmese and Khmer put none), and at the full-width
 # 。！？ (or the half-width ｡, or the full-width full stop ． of Japanese technical writing, but
@@ -77,12 +79,18 @@ _ABBREVIATIONS = frozenset("""
 # (a Latin word) can precede. _CJK: Chinese ideographs (extension A and compatibility blocks
 # included) and kana.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Quotes and brackets that may close a sentence after its . ! ?, or open the next: English “ ” ‘ ’,
+# French and Russian « » (with or without the space French puts inside them), German „ “ ‚ ‘ and
+# » «, the single guillemets ‹ ›. A character that closes in one language opens in another.
+_CLOSERS = "[\"'\u201d\u2019\u201c\u2018\u00bb\u00ab\u203a\u2039)\\]]"
+_OPENERS = "[\"'\u201c\u2018\u201e\u201a\u00ab\u00bb\u2039\u203a(\\[\u00bf\u00a1]"
+_OPENING = "\"'(\u201c\u2018\u201e\u201a\u00ab\u00bb\u2039\u203a["
 # The look-ahead first: one character class tried at each position of the text, instead of each
 # alternative in turn (with the alternatives for Chinese and Japanese, twice as slow without it).
 _BOUNDARY = re.compile(r"(?=[.!?\u061f\u06d4\u0964\u0965\n\u3002\uff01\uff1f\uff61\uff0e"
                        r"\u0589\u104b\u1362\u17d4])"
-                       r"(?:[.!?\u061f\u06d4\u0964\u0965]+[\"'\u201d\u2019)\]]*\s+"
-                       r"(?=[\"'\u201c\u2018(\[\u00bf\u00a1]?(\w))|\n"
+                       r"(?:[.!?\u061f\u06d4\u0964\u0965]+(?:[^\S\n]?" + _CLOSERS + r")*\s+"
+                       r"(?=" + _OPENERS + r"?(\w))|\n"
                        r"|(?:[\u3002\uff01\uff1f\uff61\u0589\u104b\u1362\u17d4]"
                        r"|\uff0e(?<![0-9\uff10-\uff19]\uff0e)"
                        r"(?![0-9\uff10-\uff19]))+"
@@ -116,7 +124,7 @@ def sentence_spans(text):
     abbreviation_stop = m.group(0).rstrip(" \t") == "." and m.group("cjk") is None
     if not newline and abbreviation_stop:  # An abbreviation's lone full stop?
       before = text[start:m.start()].rsplit(None, 1)
-      word = before[-1].lstrip("\"'(\u201c\u2018[").lower() if before else ""
+      word = before[-1].lstrip(_OPENING).lower() if before else ""
       if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or _ACRONYM.fullmatch(word):
         continue
     _add_stripped(spans, text, start, end)
