@@ -166,6 +166,13 @@ def test_split_sentences():
       "Dann ging er.", "Er ging.", "„Ja“, sagte sie.", "Er rief: »Halt!«", "Alle standen.",
       "Он ушёл.", "«Куда?»", "«Домой.»", "Il dit « oui. » et partit.", "Mr. Smith went.",
       "«Dr. Who» came."]
+  # An opening « with the French space after it starts the next sentence; after an abbreviation
+  # it starts none.
+  assert data.split_sentences("Il est parti. « Je reviens », dit-il. Il dit « Oui. » « Non », "
+                              "répond-elle. Le juge M. « Dupont » est venu. I met Dr. \u2039\xa0"
+                              "Watson\xa0\u203a here.") == [
+      "Il est parti.", "« Je reviens », dit-il.", "Il dit « Oui. »", "« Non », répond-elle.",
+      "Le juge M. « Dupont » est venu.", "I met Dr. \u2039\xa0Watson\xa0\u203a here."]
 
 
 def test_special_tokens_written_in_the_text_are_text(bert_tokenizer):
