@@ -554,6 +554,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         # started, as metrics.jsonl does.
         logging.info("Step 0: eval loss %.4f, perplexity %.2f.", last_eval["eval_loss"],
                      last_eval["eval_perplexity"])
+      elif step % t.eval_every == 0 and step < t.num_steps and not distributed.value_of_process_0(
+          "evaluated at the resumed step", writer.evaluated_at_resume):
+        # A stop at an evaluation step saves, then evaluates: a kill during that evaluation (the
+        # grace period over) left the step without one for good, the resume starting after it.
+        # Process 0's metrics.jsonl decides for all: an evaluation is a collective.
+        last_eval = _evaluate_and_log(eval_step, state, pipeline, config, mesh, writer, step)
       # tokens/s and MFU count training only: the first step of the process (compilation) and
       # the time of evaluations (step 0's, with its own compilation, included) and checkpoints
       # are left out of the intervals.

@@ -125,6 +125,9 @@ class MetricWriter:
     (metrics.jsonl rewritten, a purge marker in the new TensorBoard file), so that no step
     appears twice."""
     self.enabled = enabled
+    # Whether metrics.jsonl holds an evaluation of the resumed step (see loop: a stop evaluates
+    # after its save, and a kill in that evaluation lost it).
+    self.evaluated_at_resume = False
     if not enabled:
       return
     workdir = pathlib.Path(workdir)
@@ -140,6 +143,8 @@ class MetricWriter:
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
         kept = _kept_on_resume(lines, resumed_at, path)
         dropped = len(kept) < len(lines)
+        self.evaluated_at_resume = any(
+            _logged_step(line) == resumed_at and "eval_loss" in json.loads(line) for line in kept)
         paths.atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text("".join(kept)))
       self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 (kept open)
     # The event file is opened at the first write: a resume with no step left to run would

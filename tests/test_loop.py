@@ -2098,3 +2098,25 @@ def test_a_sigterm_whose_exit_was_lost_before_the_loop_stops_it_after_one_step(
   result = loop.train_and_evaluate(config, tmp_path)
   assert result["step"] == 1 and result["preempted"] and result["stopped_by"] == "SIGTERM"
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
+
+
+def test_a_resume_at_an_evaluation_step_evaluates_it_once_unless_logged(tiny_config, tmp_path):
+  """A stop at an evaluation step saves, then evaluates: a kill during that evaluation (the
+  grace period over) left the step without one for good, the resume starting after it. The
+  resume evaluates it when metrics.jsonl lacks it, and only then (no row twice)."""
+  config = _small(tiny_config, num_steps=2, eval_every=2, checkpoint_every=2)
+  config.masking.name = "random"
+  killed, kept = tmp_path / "killed", tmp_path / "kept"
+  loop.train_and_evaluate(config, killed)
+  shutil.copytree(killed, kept)
+  path = killed / "metrics.jsonl"
+  rows = [json.loads(x) for x in path.read_text().splitlines()]
+  evaluated = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows
+                          if not ("eval_loss" in r and r["step"] == 2)))
+  config.train.num_steps = 3
+  for workdir in (killed, kept):
+    loop.train_and_evaluate(config, workdir)
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [0, 2, 3], workdir.name
+    assert [r["eval_loss"] for r in rows if "eval_loss" in r][1] == evaluated[2]
