@@ -154,6 +154,9 @@ def _load_wiki_vital(source, where):
 
 def _load_hub(source, where, streaming, num_proc):
   name, config, split = source["name"], source.get("config"), source.get("split") or "train"
+  if os.path.exists(os.path.expanduser(name)):  # A local folder given as "~/...", as files are
+    # (the hub client took "~/saved" for a dataset's name, and the error blamed the network).
+    name = os.path.expanduser(name)
   if corpus_files.saved_to_disk(name):
     ds = _load_saved(name, split, where)
     ds = ds.to_iterable_dataset() if streaming else ds
@@ -169,6 +172,11 @@ def _load_hub(source, where, streaming, num_proc):
     # Unreachable hub: most often a run meant to be offline that left out `:tiny` (the paper's
     # corpus is the default), so say what works without a network.
     detail = f"{type(e).__name__}: {e}"
+    if not isinstance(e, ConnectionError) and os.path.isdir(name):
+      # A local folder's reason is in the error's cause ("An error occurred while generating the
+      # dataset" said nothing); its files may hold other fields, which kind 'files' reads past.
+      detail = (corpus_files._reason(e) + ". A folder of text files reads as a source of kind "
+                "'files', which keeps only each file's text_field.")
     if isinstance(e, ConnectionError):
       # A cluster's compute nodes are often offline: a copy cached beforehand is read only in
       # offline mode (otherwise the hub client retries for ~20 s, then fails).

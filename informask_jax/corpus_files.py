@@ -59,12 +59,21 @@ def expand_files(pattern, where):
   path = os.path.expanduser(pattern)
   if os.path.isdir(path):
     files = []
-    for root, folders, names in os.walk(path):
+    # Links to folders are followed (shards linked in from scratch storage were left out
+    # unseen), each real folder once: a link to a folder above would loop.
+    seen = {os.path.realpath(path)}
+    for root, folders, names in os.walk(path, followlinks=True):
       if saved_to_disk(root):  # Its JSON files are metadata: they were read as bad records.
         raise _saved_to_disk_error(where, root)
       # Hidden entries, as a glob's `*` skips them: .ipynb_checkpoints/ holds copies of the
       # files beside it, which would be read twice.
-      folders[:] = [d for d in folders if not d.startswith(".")]
+      kept = []
+      for d in sorted(folders):
+        real = os.path.realpath(os.path.join(root, d))
+        if not d.startswith(".") and real not in seen:
+          seen.add(real)
+          kept.append(d)
+      folders[:] = kept
       files += [os.path.join(root, f) for f in names if not f.startswith(".")]
     skipped = sorted(f for f in files if os.path.splitext(f)[1].lower() not in FILE_BUILDERS)
     files = sorted(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
@@ -80,7 +89,7 @@ def expand_files(pattern, where):
       raise FileNotFoundError(f"{where}: directory {path!r} holds no "
                               f"{'/'.join(FILE_BUILDERS)} files.")
     return files
-  if glob.has_magic(path):
+  if glob.has_magic(path) and not os.path.isfile(path):  # "wiki[2023].txt" is a file's name.
     files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
     if not files:
       raise FileNotFoundError(f"{where}: no file matches {pattern!r}.")
@@ -568,7 +577,19 @@ def load_files(source, where, streaming, num_proc, cache_dir):
     else:  # Parquet files of no rows only: an empty source (a stream of none reads nothing).
       ds = _empty_source()
     parts.append(ds)
-  return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+  return _concatenated(parts)
+
+
+def _concatenated(parts):
+  """The parts of a source as one dataset. Parquet written by pandas 3 holds text as
+  large_string, the other readers' as string, which concatenate_datasets refuses to mix (an
+  error naming no file): those parts are cast to string first."""
+  if len(parts) == 1:
+    return parts[0]
+  if any(p.features != parts[0].features for p in parts):
+    parts = [p if p.features in (None, _TEXT_FEATURES) else p.cast(_TEXT_FEATURES)
+             for p in parts]
+  return datasets.concatenate_datasets(parts)
 
 
 def _generated(reader, gen_kwargs, version, cache_dir, num_proc=None):
@@ -656,7 +677,7 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
                 "does not read); reading them one at a time.", where, len(group), builder)
     parts = [select_text(_load_one_file(builder, path, where, cache_dir), field, where)
              for path in group]
-    return datasets.concatenate_datasets(parts)
+    return _concatenated(parts)
   return select_text(ds, field, where)
 
 

@@ -1230,3 +1230,65 @@ def test_a_txt_file_saved_with_a_byte_order_mark_reads_its_first_document_withou
     return [d["text"].strip() for d in loaded["train"]]
 
   assert load(marked) == load(plain) == texts
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_large_string_parquet_beside_other_files_loads_every_document(tmp_path, streaming):
+  """Parquet written by pandas 3 holds text as large_string, the other readers' as string: in
+  memory, datasets refused to join the two ("The features can't be aligned", no file named),
+  also for two Parquet files whose other columns differ."""
+  folder = tmp_path / "data"
+  folder.mkdir()
+  pq.write_table(pa.table({"text": pa.array(["Big one.", "Big two."], pa.large_string()),
+                           "id": [1, 2]}), folder / "a.parquet")
+  pq.write_table(pa.table({"text": ["Small one."], "url": ["u"]}), folder / "b.parquet")
+  (folder / "c.txt").write_text("Plain one.\n\nPlain two.\n")
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder), streaming=streaming)],
+                                           validation_fraction=0.0))
+  assert sorted(_texts(loaded["train"])) == ["Big one.", "Big two.", "Plain one.", "Plain two.",
+                                             "Small one."]
+
+
+def test_a_directory_source_follows_linked_folders_once(tmp_path):
+  """Shards linked in from scratch storage were left out unseen (os.walk follows no link); a
+  link to a folder above must not loop, and a folder linked twice is read once."""
+  shards, folder = tmp_path / "scratch", tmp_path / "corpus"
+  shards.mkdir()
+  folder.mkdir()
+  (shards / "s.txt").write_text("Shard one.\n\nShard two.\n")
+  (folder / "local.txt").write_text("Local.\n")
+  (folder / "linked").symlink_to(shards, target_is_directory=True)
+  (folder / "again").symlink_to(shards, target_is_directory=True)
+  (shards / "up").symlink_to(folder, target_is_directory=True)
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(folder))],
+                                           validation_fraction=0.0))
+  assert sorted(_texts(loaded["train"])) == ["Local.", "Shard one.", "Shard two."]
+
+
+def test_a_file_whose_name_has_brackets_is_read_as_named(tmp_path):
+  path = tmp_path / "wiki[2023].txt"
+  path.write_text("One.\n\nTwo.\n")
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
+                                           validation_fraction=0.0))
+  assert _texts(loaded["train"]) == ["One.", "Two."]
+
+
+def test_a_local_hub_folder_is_found_from_home_and_its_error_gives_the_reason(tmp_path,
+                                                                              monkeypatch):
+  """"~/saved" was taken for a hub dataset's name (the error blamed the network), and a folder
+  of JSON Lines files with other fields failed as "An error occurred while generating the
+  dataset", which named no reason."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  datasets.Dataset.from_dict({"text": ["Saved one.", "Saved two."]}).save_to_disk(
+      str(tmp_path / "saved"))
+  loaded = corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name="~/saved")],
+                                           validation_fraction=0.0))
+  assert _texts(loaded["train"]) == ["Saved one.", "Saved two."]
+  mixed = tmp_path / "mixed"
+  mixed.mkdir()
+  (mixed / "a.jsonl").write_text(json.dumps({"text": "A one.", "url": "u"}) + "\n")
+  (mixed / "b.jsonl").write_text(json.dumps({"text": "B one.", "id": 3}) + "\n")
+  with pytest.raises(ValueError, match=r"(?s)could not load hub dataset .*mixed.*: CastError: "
+                                       r"Couldn't cast.*\. A folder of text files reads as a "
+                                       r"source of kind 'files'"):
+    corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name=str(mixed))]))
