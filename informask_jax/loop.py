@@ -718,14 +718,16 @@ def _warn_dropped_targets(step, summary, config) -> bool:
 
 def _warn_targetless_steps(step, summary, config) -> bool:
   """Warns (once a run: True) when the steps since the last log had no masked target at all:
-  their loss is 0 / 0 (logged NaN) and their gradients 0, so they are not skipped, and the run
-  goes on training nothing. Before the run, _warn_rows_without_targets sees most such cases;
+  their loss is 0 / 0 (logged NaN) and their gradients 0, so they are not skipped: as in a
+  PyTorch loop, the optimizer still applies its momentum and weight decay, and the schedule
+  advances, with nothing learnt. Before the run, _warn_rows_without_targets sees most such cases;
   this one also sees streamed corpora and Bernoulli budgets."""
   if summary["targets_per_step"] or summary["skipped_steps"]:
     return False
   logging.warning(
       "Step %d: no masked target in any step since the last log (targets_per_step 0, loss NaN): "
-      "those steps trained nothing. The rows have too few maskable tokens for "
+      "those steps learnt from nothing, while the optimizer still applied its momentum and weight "
+      "decay and the learning-rate schedule advanced. The rows have too few maskable tokens for "
       "config.masking.mask_prob=%g (short documents under config.data.packing=%r?).", step,
       config.masking.mask_prob, config.data.packing)
   return True

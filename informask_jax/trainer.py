@@ -92,7 +92,8 @@ class StepConfig:
 
 
 def gather_targets(mask: jax.Array, max_predictions: int) -> tuple[jax.Array, jax.Array]:
-  """First P target positions of each row, in order, and their validity.
+  """First P target positions of each row, in order, and their validity. Targets beyond P (the
+  row's last: a Bernoulli budget over model.max_predictions) are dropped, counted by the loop.
 
   mask: bool (B, L) -> positions int32 (B, P) (0 where unused), weights float32 (B, P).
   """

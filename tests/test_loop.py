@@ -781,7 +781,9 @@ def test_a_log_interval_without_targets_is_warned_once(tiny_config, caplog):
     assert loop._warn_targetless_steps(3, summary, tiny_config)
   assert caplog.messages == [
       "Step 3: no masked target in any step since the last log (targets_per_step 0, loss NaN): "
-      "those steps trained nothing. The rows have too few maskable tokens for "
+      "those steps learnt from nothing, while the optimizer still applied its momentum and "
+      "weight decay and the learning-rate schedule advanced. The rows have too few maskable "
+      "tokens for "
       "config.masking.mask_prob=0.15 (short documents under config.data.packing="
       "'full_sentences'?)."]
 

@@ -776,6 +776,13 @@ def test_a_step_without_targets_is_a_zero_step_not_a_skipped_one():
   assert float(metrics["loss"]) == 0 and float(metrics["grad_norm"]) == 0
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
     np.testing.assert_array_equal(a, b)  # A zero gradient moves nothing under SGD.
+  # Under AdamW it is applied as PyTorch applies it (weight decay moves the parameters, the
+  # count advances), which the warning of such steps says.
+  state, metrics = _one_step(model, params, optax.adamw(1e-2, weight_decay=0.5),
+                             optax.constant_schedule(1e-2), {"token_ids": ids}, 2)
+  assert float(metrics["num_targets"]) == 0 and int(state.skipped) == 0
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True))
 
 
 def test_a_dimension_over_several_mesh_axes_splits_only_where_their_product_divides_it():
