@@ -53,6 +53,22 @@ def _saved_to_disk_error(where, folder):
                     f"text files{hint}.")
 
 
+def _literal(paths):
+  """Paths as `datasets` must get them to read those very files: it takes data_files for glob
+  patterns, so "shard[1].parquet" read shard1.parquet (a second copy of it in a folder of both)."""
+  return [glob.escape(p) for p in paths]
+
+
+def _each_once(files):
+  """Sorted files, each real file once: a folder reached through two links, a file and a link to
+  it, or a ** glob through a link to a folder above (which repeats its files at ever longer
+  paths, 41 copies of one file before the system stops it) would read the same text again."""
+  chosen = {}  # Real file -> the path of fewest parts that reaches it (then the first).
+  for f in sorted(files, key=lambda f: (f.count(os.sep), f)):
+    chosen.setdefault(os.path.realpath(f), f)
+  return sorted(chosen.values())
+
+
 def expand_files(pattern, where):
   """The sorted files a `files` source names: one file, a glob, or a directory walked for the
   extensions of FILE_BUILDERS. FileNotFoundError, naming `where`, when there are none."""
@@ -76,7 +92,7 @@ def expand_files(pattern, where):
       folders[:] = kept
       files += [os.path.join(root, f) for f in names if not f.startswith(".")]
     skipped = sorted(f for f in files if os.path.splitext(f)[1].lower() not in FILE_BUILDERS)
-    files = sorted(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
+    files = _each_once(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
     # A compressed shard (.txt.gz) among them would be left out unseen. Once: error messages
     # walk the directory again.
     if skipped and files and path not in _WARNED_SKIPPED:
@@ -90,7 +106,7 @@ def expand_files(pattern, where):
                               f"{'/'.join(FILE_BUILDERS)} files.")
     return files
   if glob.has_magic(path) and not os.path.isfile(path):  # "wiki[2023].txt" is a file's name.
-    files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+    files = _each_once(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
     if not files:
       raise FileNotFoundError(f"{where}: no file matches {pattern!r}.")
     return files
@@ -457,7 +473,8 @@ def _warn_missing(where, path, missing, field):
 def _file_records(path, builder, where):
   """The records of one Parquet file, streamed by `datasets`; an error names the file."""
   try:
-    yield from datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
+    yield from datasets.load_dataset(builder, data_files=_literal([path]), split="train",
+                                     streaming=True)
   except Exception as e:  # Raised by pyarrow deep inside `datasets`, naming neither.
     raise _read_error(where, builder, [path], e) from e
 
@@ -664,7 +681,8 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
     # is raised with its reason, and so is a file's that fails on its own below.
     quiet = _datasets_errors_quiet() if len(group) > 1 else contextlib.nullcontext()
     with worker_processes.spawned(), quiet:
-      ds = datasets.load_dataset(builder, data_files=group, split="train", cache_dir=cache_dir,
+      ds = datasets.load_dataset(builder, data_files=_literal(group), split="train",
+                                 cache_dir=cache_dir,
                                  name=_builder_config_name(builder, group),
                                  num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
@@ -708,7 +726,8 @@ def _datasets_errors_quiet():
 
 def _load_one_file(builder, path, where, cache_dir):
   try:
-    return datasets.load_dataset(builder, data_files=[path], split="train", cache_dir=cache_dir,
+    return datasets.load_dataset(builder, data_files=_literal([path]), split="train",
+                                 cache_dir=cache_dir,
                                  name=_builder_config_name(builder, [path]))
   except Exception as e:
     raise _read_error(where, builder, [path], e) from e

@@ -1292,3 +1292,32 @@ def test_a_local_hub_folder_is_found_from_home_and_its_error_gives_the_reason(tm
                                        r"Couldn't cast.*\. A folder of text files reads as a "
                                        r"source of kind 'files'"):
     corpus.load_corpus(_data_config(tmp_path, [dict(kind="hub", name=str(mixed))]))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_parquet_file_named_with_brackets_is_the_one_read(tmp_path, streaming):
+  """`datasets` takes data_files for glob patterns: "shard[1].parquet" read shard1.parquet, so
+  a folder of both read shard1 twice, and the file named alone read nothing."""
+  folder = tmp_path / "data"
+  folder.mkdir()
+  pq.write_table(pa.table({"text": ["From shard1."]}), folder / "shard1.parquet")
+  pq.write_table(pa.table({"text": ["From shard[1]."]}), folder / "shard[1].parquet")
+  for name, want in ((folder, ["From shard1.", "From shard[1]."]),
+                     (folder / "shard[1].parquet", ["From shard[1]."])):
+    loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(name),
+                                                             streaming=streaming)],
+                                             validation_fraction=0.0))
+    assert sorted(_texts(loaded["train"])) == want, name
+
+
+def test_each_real_file_is_read_once_through_links_and_globs(tmp_path):
+  """A ** glob through a link to a folder above repeated its files at ever longer paths (41
+  copies of one file); a file and a link to it were read twice."""
+  src = tmp_path / "src"
+  (src / "a").mkdir(parents=True)
+  (src / "a" / "x.txt").write_text("Only once.\n")
+  (src / "a" / "back").symlink_to(src, target_is_directory=True)
+  (src / "same.txt").symlink_to(src / "a" / "x.txt")
+  for name in (src, src / "**" / "*.txt"):
+    (found,) = corpus_files.expand_files(str(name), "test")  # By its shortest path.
+    assert found == str(src / "same.txt") and os.path.samefile(found, src / "a" / "x.txt")
