@@ -279,7 +279,6 @@ def check_same_checkpoints(directory, steps: list[int], what: str) -> None:
         "on every host (NFS, Filestore, ...), not each host's own disk.")
 
 
-_SHARED_KEY = "informask_jax/shared_dir/{}"
 # How long a process looks for process 0's file: a network file system may show a new file to
 # other hosts a moment late.
 _SHARED_WAIT_S = 30
@@ -291,16 +290,12 @@ def check_shared_directory(directory, what: str) -> None:
   normally, then hung at the first checkpoint, the others' parts never arriving."""
   if jax.process_count() == 1:
     return
+  directory, token = pathlib.Path(directory), secrets.token_hex(8)
+  if jax.process_index() == 0:  # Written before its name is posted for the others.
+    (directory / f".shared-check.{token}").write_text(token)
   # Keyed by the role, not the path: a host's own disk may mount elsewhere.
-  directory, key = pathlib.Path(directory), _SHARED_KEY.format(what)
-  if jax.process_index() == 0:
-    token = secrets.token_hex(8)
-    probe = directory / f".shared-check.{token}"
-    probe.write_text(token)
-    _client().key_value_set(key, token)
-  else:
-    token = _client().blocking_key_value_get(key, CACHE_BARRIER_TIMEOUT_S * 1000)
-    probe = directory / f".shared-check.{token}"
+  token = value_of_process_0(f"shared directory: {what}", token)
+  probe = directory / f".shared-check.{token}"
   deadline = time.monotonic() + _SHARED_WAIT_S
   while not probe.exists() and time.monotonic() < deadline:
     time.sleep(0.5)

@@ -52,7 +52,8 @@ def _pmi_span(settings, continuation=None, variant="ngram", ngrams=None, bigrams
   if max_ngram_tokens is not None and (
       isinstance(max_ngram_tokens, bool) or not isinstance(max_ngram_tokens, int | np.integer)
       or not 2 <= max_ngram_tokens <= pmi_span.MAX_NGRAM_TOKENS):
-    raise ValueError(f"max_ngram_tokens must be an integer in [2, 64], got {max_ngram_tokens!r}.")
+    raise ValueError(f"max_ngram_tokens must be an integer in [2, {pmi_span.MAX_NGRAM_TOKENS}], "
+                     f"got {max_ngram_tokens!r}.")
   reads, unused, other_table = (("ngrams", "bigrams", bigrams) if variant == "ngram" else
                                 ("bigrams", "ngrams", ngrams))
   if other_table is not None:  # Silently unused, a table meant for the other variant hid a mistake.
