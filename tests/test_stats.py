@@ -1732,6 +1732,51 @@ def test_statistics_workers_leave_ctrl_c_to_the_parent():
       True, True]
 
 
+
+def _killed_on_first_shard(corpus, start, stop):
+  import os
+  import signal
+
+  if start == 0:
+    os.kill(os.getpid(), signal.SIGKILL)  # What the out-of-memory killer does to a worker.
+  return stop - start
+
+
+@pytest.mark.timeout(120)
+def test_a_statistics_worker_killed_fails_the_build_rather_than_hanging_it():
+  """multiprocessing.Pool replaced a killed worker and then waited for its shard forever: a
+  statistics build whose worker the out-of-memory killer took hung with no message."""
+  docs = [(np.arange(5, 20, dtype=np.int32), np.zeros(15, np.int32)) for _ in range(8)]
+  corpus = chunks.as_corpus(docs)
+  with pytest.raises(chunks.WorkerDied, match=r"exit code -9: killed.*config\.data\.num_proc"):
+    list(chunks.map_shards(_killed_on_first_shard, corpus, num_workers=2, num_shards=4))
+
+
+def _second_shard_slow(corpus, start, stop):
+  import time
+
+  if start > 0:
+    time.sleep(60)
+  return stop - start
+
+
+@pytest.mark.timeout(120)
+def test_leaving_parallel_counting_early_ends_its_workers():
+  """An error in the parent while it merges a shard (or Ctrl-C) ends the workers still counting
+  rather than waiting for shards nobody will read."""
+  import multiprocessing
+  import time
+
+  docs = [(np.arange(5, 20, dtype=np.int32), np.zeros(15, np.int32)) for _ in range(4)]
+  before = set(multiprocessing.active_children())
+  shards = chunks.map_shards(_second_shard_slow, chunks.as_corpus(docs), num_workers=2,
+                             num_shards=2)
+  assert next(shards) == 2
+  started = time.monotonic()
+  shards.close()  # What an exception in the loop over it does.
+  assert time.monotonic() - started < 30
+  assert not set(multiprocessing.active_children()) - before
+
 def _hand_built_stats(directory, *, vocab=None, record_vocab=True, mask_prob=0.15,
                       counts=(0, 0, 0, 0, 10, 6, 2, 4, 1)):
   """A statistics directory written by hand: nine tokens, four of them special; "new", "york" and

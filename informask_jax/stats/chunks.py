@@ -14,6 +14,7 @@ import dataclasses
 import multiprocessing
 import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
 from typing import Any, Protocol
 
 import numpy as np
@@ -199,9 +200,54 @@ def map_shards(fn: Callable[[Corpus, int, int], Any], corpus: Corpus, *, num_wor
     for a, b in shards:
       yield fn(corpus, a, b)
     return
-  ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(min(num_workers, len(shards)), initializer=_ignore_interrupts) as pool:
-    yield from pool.imap_unordered(_call, [(fn, corpus, a, b) for a, b in shards])
+  # concurrent.futures rather than multiprocessing.Pool: a Pool replaces a worker that died (the
+  # out-of-memory killer, a script without a __main__ guard re-running itself under spawn) and
+  # then waits for its lost result forever; an executor fails every pending shard instead.
+  pool = futures.ProcessPoolExecutor(min(num_workers, len(shards)),
+                                     mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_ignore_interrupts)
+  workers = []
+  finished = False
+  try:
+    pending = {pool.submit(fn, corpus, a, b) for a, b in shards}
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    while pending:
+      done, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+      while done:  # Popped, so a shard's partial counts are freed once the caller merged them.
+        future = done.pop()
+        try:
+          result = future.result()
+        except futures.process.BrokenProcessPool:
+          raise WorkerDied(_died_message(workers, num_workers)) from None
+        del future
+        yield result
+    finished = True
+  finally:
+    if not finished:  # Ctrl-C, an error, or the caller stopped reading: the shards left go.
+      for process in workers:
+        if process.is_alive():
+          process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+class WorkerDied(RuntimeError):
+  """A worker process of parallel counting ended without returning its shard."""
+
+
+def _died_message(workers, num_workers: int) -> str:
+  for process in workers:  # The executor ends the others: their codes come within moments.
+    process.join(timeout=1.0)
+  codes = sorted({p.exitcode for p in workers if p.exitcode not in (None, 0)})
+  # The executor terminates the survivors of a broken pool: their SIGTERM is not the cause.
+  codes = [c for c in codes if c != -signal.SIGTERM] or codes
+  killed = any(c == -signal.SIGKILL for c in codes)
+  return (f"A worker process of the parallel count ended abruptly (exit code "
+          f"{', '.join(map(str, codes)) or 'unknown'}"
+          f"{': killed, most often by the out-of-memory killer' if killed else ''}). Lower "
+          f"config.data.num_proc (now {num_workers}; each worker holds its own shard's counts) "
+          "or config.stats.memory_cap_mb and run again. A script of your own that calls this "
+          "library with num_proc > 1 must start it under `if __name__ == \"__main__\":` "
+          "(workers are spawned: each imports the script).")
 
 
 def _ignore_interrupts() -> None:
