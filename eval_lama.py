@@ -21,8 +21,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--protocol", default="lama", choices=lama.PROTOCOLS,
                  help="lama: the LAMA paper's; informask: the InforMask repository's.")
   p.add_argument("--common_vocab", default=None,
-                 help="Word list (e.g. LAMA's common_vocab_cased.txt, or InforMask's "
-                      "vocab_merged.txt for --protocol informask).")
+                 help="Word list (LAMA's common_vocab_cased.txt, or InforMask's "
+                      "vocab_merged.txt for --protocol informask): the papers' numbers all "
+                      "use one.")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--backend", default="torch", choices=lama.BACKENDS)
   p.add_argument("--device", default=None,

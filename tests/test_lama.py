@@ -319,13 +319,79 @@ def test_informask_protocol_matches_reference(models, reference, flavour):
   assert report.summary["ConceptNet"]["scored_as_miss"] == {"several_masks": 1}
 
 
-def test_an_always_predicted_token_gives_known_precision(tmp_path):
-  """A model whose bias makes "paris" the top token everywhere: P@1 is the share of "paris"."""
+def test_an_always_predicted_token_gives_known_precision(tmp_path, caplog):
+  """A model whose bias makes "paris" the top token everywhere: P@1 is the share of "paris".
+
+  Without a word list, a warning says the numbers are not the papers' (both restrict to one);
+  the informask protocol, which asks no template, says nothing of relations.jsonl's templates."""
   path = make_model(tmp_path / "paris", boost=0.0, extra_bias={"paris": 100.0})
-  p36 = lama.evaluate(path, str(FIXTURES), progress=False).summary["TREx"]["relations"]["P36"]
+  with caplog.at_level(logging.WARNING):
+    p36 = lama.evaluate(path, str(FIXTURES), progress=False).summary["TREx"]["relations"]["P36"]
   assert (p36["P@1"], p36["MRR"]) == (pytest.approx(1 / 6), pytest.approx(1 / 6, abs=0.01))
-  informask = lama.evaluate(path, str(FIXTURES), protocol="informask", progress=False).summary
+  assert ("No --common_vocab: facts and rankings span the model's whole vocabulary. Numbers "
+          f"comparable with the paper's need LAMA's common vocabulary "
+          f"({lama.evaluation.LAMA_COMMON_VOCAB_URL}).") in caplog.text
+  assert "relation P999 has no usable template" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    informask = lama.evaluate(path, str(FIXTURES), protocol="informask", progress=False).summary
   assert informask["TREx"]["relations"]["P19"]["P@1"] == pytest.approx(1 / 7)  # "Someone ..."
+  assert ("No --common_vocab: the top 30 predictions are not filtered by a word list. Numbers "
+          "comparable with the paper's need the InforMask repository's vocab_merged.txt."
+          ) in caplog.text
+  assert "template" not in caplog.text
+
+
+def test_facts_that_cannot_be_asked_are_named_by_line(bert_words, tmp_path, caplog):
+  """A fact without its object or without a [MASK] was only counted (missing_field, no_mask),
+  and a relation missing from relations.jsonl only counted as unknown_relation: nothing said
+  which of thousands of lines, or which relation, to look at."""
+  path = _write(tmp_path / "P19.jsonl", [
+      {"sub_label": "Dante Alighieri", "obj_label": "Florence"},
+      {"sub_label": "Giotto"},  # Line 2: no object.
+      {"sub_label": "Petrarch", "obj_label": "Rome"},
+      {"obj_label": "Rome", "sub_label": " "},  # Line 4: a blank subject.
+  ])
+  with caplog.at_level(logging.WARNING):
+    queries, score = _lama_queries(path, "TREx", "P19", bert_words, "[X] was born in [Y] .")
+  assert len(queries) == 2 and score.skipped == {"missing_field": 2}
+  assert (f"{path}: 2 fact(s) lack a field the query needs (obj_label, sub_label or the "
+          "sentences) (lines 2, 4); they are counted as missing_field.") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    queries, score = _lama_queries(path, "TREx", "P19", bert_words, None)
+  assert not queries and score.skipped == {"unknown_relation": 4}
+  assert (f"{path}: relation P19 has no template (none in relations.jsonl, or not a usable "
+          "one): its 4 fact(s) are counted as unknown_relation.") in caplog.text
+  caplog.clear()
+  squad = _write(tmp_path / "test.jsonl", [
+      {"obj_label": "fly", "masked_sentences": ["Birds can fly ."]},  # Line 1: no [MASK].
+      {"obj_label": "fly", "masked_sentences": ["Birds can [MASK] ."]},
+  ])
+  rel = lama.RelationFile("Squad", "test", squad)
+  with caplog.at_level(logging.WARNING):
+    queries = lama.informask_queries(0, rel, lama.read_records(squad), bert_words,
+                                     lama.RelationScore("Squad", "test"))
+  assert len(queries) == 1
+  assert (f"{squad}: 1 fact(s) have no [MASK] in the sentence asked (line 1); they are counted "
+          "as no_mask.") in caplog.text
+
+
+def test_queries_over_the_tokenizer_limit_raise_no_indexing_warning(caplog):
+  """transformers warned of "indexing errors" for a query longer than model_max_length, which
+  encode_queries cuts to a window around the mask before the model sees it."""
+  words = lama.WordTable(transformers.BertTokenizer(vocab=_vocab_file(), model_max_length=8))
+  query = lama.Query(0, "one two three four five six seven eight nine ten [MASK] .", gold_id=1)
+  score = lama.RelationScore("Squad", "test")
+  library = logging.getLogger("transformers")  # It does not propagate to the root logger.
+  library.addHandler(caplog.handler)
+  try:
+    (encoded,) = lama.encode_queries([query], words, 8, [score])
+  finally:
+    library.removeHandler(caplog.handler)
+  assert encoded.truncated and len(encoded.ids) == 8
+  assert encoded.ids[encoded.position] == words.mask_id
+  assert "indexing errors" not in caplog.text
 
 
 def test_flax_backend_agrees_with_torch(models):

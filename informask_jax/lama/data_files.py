@@ -63,10 +63,13 @@ def read_relation_templates(path: pathlib.Path) -> dict[str, str]:
   return templates
 
 
-def discover(data_dir: str | os.PathLike) -> tuple[list[RelationFile], list[str]]:
+def discover(data_dir: str | os.PathLike,
+             templated: bool = True) -> tuple[list[RelationFile], list[str]]:
   """Relation files under `data_dir` (LAMA's data.zip layout) and the sources that are absent.
 
   Accepts the folder that holds `TREx/`, `Google_RE/`, ... or the one above it holding `data/`.
+  `templated`: whether the caller asks T-REx through its templates; if not, relations.jsonl is
+  not read (nor its absence or its unusable lines reported).
   """
   root = pathlib.Path(data_dir).expanduser()
   if not root.is_dir():
@@ -82,9 +85,9 @@ def discover(data_dir: str | os.PathLike) -> tuple[list[RelationFile], list[str]
       # relations.jsonl sits beside TREx/ in data.zip; also accept it inside.
       rel_path = next((p for p in (root / "relations.jsonl", folder / "relations.jsonl")
                        if p.is_file()), None)
-      templates = read_relation_templates(rel_path) if rel_path else {}
+      templates = read_relation_templates(rel_path) if rel_path and templated else {}
       files = [p for p in files if p.name != "relations.jsonl"]
-      if files and rel_path is None:
+      if files and rel_path is None and templated:
         log.warning("No relations.jsonl beside %s: T-REx template queries cannot be built.",
                     folder)
       relations += [RelationFile(source, p.stem, p, templates.get(p.stem)) for p in files]
@@ -133,13 +136,20 @@ def _lines(f) -> Iterator[bytes]:
       yield raw
 
 
-def _line_numbers(numbers: list[int]) -> str:
+def line_numbers(numbers: list[int]) -> str:
   shown = ", ".join(map(str, numbers[:5]))
   return f"line {shown}" if len(numbers) == 1 else (
       f"lines {shown}" + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else ""))
 
 
-def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
+class Record(dict):
+  """A fact as read: the JSON object, and the line of its file it came from (`line`, from 1),
+  by which the query builders name the facts they cannot ask."""
+
+  line: int = 0
+
+
+def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[Record | None]:
   """JSON objects of a .jsonl file, None for each line that is not one; blank lines ignored.
 
   A byte-order mark is tolerated at the start of any line: files saved with one and joined with
@@ -172,12 +182,15 @@ def read_records(path: pathlib.Path, limit: int = 0) -> Iterator[dict | None]:
         record = None
       if not isinstance(record, dict):
         not_objects.append(number)
-        record = None
+        yield None
+        continue
+      record = Record(record)
+      record.line = number
       yield record
   if undecodable:
     log.warning("%s: %d line(s) are not UTF-8 text or hold invalid Unicode escapes (%s); they are "
                 "counted as malformed (save the file as UTF-8: NUL bytes say UTF-16).", path,
-                len(undecodable), _line_numbers(undecodable))
+                len(undecodable), line_numbers(undecodable))
   if not_objects:
     log.warning("%s: %d line(s) are not JSON objects (%s); they are counted as malformed.", path,
-                len(not_objects), _line_numbers(not_objects))
+                len(not_objects), line_numbers(not_objects))

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("lama", "informask")
 RESULT_FILES = ("results.csv", "summary.json", "run.json", "results.md")
+# The word list every number of the LAMA paper is restricted to (common_vocab_lowercased.txt
+# beside it, for uncased models).
+LAMA_COMMON_VOCAB_URL = "https://dl.fbaipublicfiles.com/LAMA/common_vocab_cased.txt"
 
 
 def _reasons(counter: dict) -> str:
@@ -171,7 +174,16 @@ def evaluate(model: str, data_dir: str, *, protocol: str = "lama",
   # The flags first: discover() logs about the data (relations.jsonl) before any error of theirs.
   word_list = read_word_list(common_vocab) if common_vocab else None
   step = check_model(model, step)
-  relations, missing = discover(data_dir)
+  if word_list is None:
+    # Published numbers are never without one: LAMA's run_experiments.py restricts every
+    # relation to common_vocab_cased.txt, InforMask's run_lama.py filters by vocab_merged.txt.
+    log.warning("No --common_vocab: %s. Numbers comparable with the paper's need %s.",
+                "facts and rankings span the model's whole vocabulary" if protocol == "lama"
+                else "the top 30 predictions are not filtered by a word list",
+                f"LAMA's common vocabulary ({LAMA_COMMON_VOCAB_URL})" if protocol == "lama"
+                else "the InforMask repository's vocab_merged.txt")
+  relations, missing = discover(data_dir,
+                                templated=protocol == "lama" and not use_masked_sentences)
   for source in missing:
     log.info("LAMA source %s not found under %s: skipped.", source, data_dir)
 

@@ -4,16 +4,27 @@ protocols (their rules are in the package docstring), and the queries tokenized 
 Every fact that cannot be asked is counted, by reason, into its relation's `RelationScore`.
 """
 
+import collections
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 
-from informask_jax.lama.data_files import OBJECT_SLOT, SUBJECT_SLOT, RelationFile
+from informask_jax.lama.data_files import OBJECT_SLOT, SUBJECT_SLOT, RelationFile, line_numbers
 from informask_jax.lama.scores import RelationScore
 from informask_jax.lama.words import WordTable
 
 LAMA_MASK = "[MASK]"  # The mask as written in the data, whatever the model's mask token is.
 MAX_SENTENCE_WORDS = 100  # LAMA's max_sentence_length for masked-sentence queries.
 INFORMASK_MAX_TOKENS = 500  # informask: sentences over this many tokens (no specials) left out.
+
+log = logging.getLogger(__name__)
+
+# Skips that say a line of the file is broken, not that the protocol leaves its fact out: they
+# are named by line in a warning, as read_records names the lines that are not JSON objects.
+_BROKEN_LINES = {
+    "missing_field": "lack a field the query needs (obj_label, sub_label or the sentences)",
+    "no_mask": "have no [MASK] in the sentence asked",
+}
 
 
 @dataclasses.dataclass
@@ -65,6 +76,30 @@ def _rejected_by_annotators(record: dict) -> bool:
   return len(judgments) - yes > yes
 
 
+class _Skips:
+  """Counts a relation's skipped facts into its score, and keeps the lines of broken ones."""
+
+  def __init__(self, rel: RelationFile, score: RelationScore):
+    self.rel, self.score = rel, score
+    self.lines = collections.defaultdict(list)
+
+  def __call__(self, reason: str, record: dict | None = None) -> None:
+    self.score.skipped[reason] += 1
+    if reason in _BROKEN_LINES:
+      self.lines[reason].append(getattr(record, "line", 0))
+
+  def report(self) -> None:
+    for reason, lines in self.lines.items():
+      log.warning("%s: %d fact(s) %s (%s); they are counted as %s.", self.rel.path, len(lines),
+                  _BROKEN_LINES[reason], line_numbers(lines), reason)
+    unknown = self.score.skipped["unknown_relation"]
+    if unknown:
+      log.warning("%s: relation %s has no template (none in relations.jsonl, or not a usable "
+                  "one): its %d fact(s) are counted as unknown_relation. --use_masked_sentences "
+                  "asks them through their evidence sentences.", self.rel.path, self.rel.name,
+                  unknown)
+
+
 def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], words: WordTable,
                  common: set[int] | None, use_masked_sentences: bool,
                  score: RelationScore, listed: set[str] | None = None) -> list[Query]:
@@ -72,22 +107,22 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
   `common`: the token ids of --common_vocab's single-token words; `listed`: its words,
   normalised (WordTable.normalized), which name why a multi-token object is skipped."""
   templated = rel.source in ("TREx", "Google_RE") and not use_masked_sentences
-  queries, seen = [], set()
+  queries, seen, skip = [], set(), _Skips(rel, score)
   for record in records:
     if record is None:
-      score.skipped["malformed_json"] += 1
+      skip("malformed_json", record)
       continue
     if templated and rel.template is None:
-      score.skipped["unknown_relation"] += 1
+      skip("unknown_relation", record)
       continue
     obj = record.get("obj_label")
     if not isinstance(obj, str) or not obj.strip():
-      score.skipped["missing_field"] += 1
+      skip("missing_field", record)
       continue
     if templated:
       sub = record.get("sub_label")
       if not isinstance(sub, str) or not sub.strip():
-        score.skipped["missing_field"] += 1
+        skip("missing_field", record)
         continue
       text = rel.template.replace(SUBJECT_SLOT, sub.strip()).replace(OBJECT_SLOT,
                                                                      words.mask_token)
@@ -95,13 +130,13 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
     else:
       sentences = _masked_sentences(record, rel.source)
       if sentences is None:
-        score.skipped["missing_field"] += 1
+        skip("missing_field", record)
         continue
       if len(" ".join(sentences).split()) > MAX_SENTENCE_WORDS:  # All of them, as LAMA counts.
-        score.skipped["too_long"] += 1
+        skip("too_long", record)
         continue
       if not any(LAMA_MASK in x for x in sentences):
-        score.skipped["no_mask"] += 1
+        skip("no_mask", record)
         continue
       # Several masks: the first of the sentence pair is scored.
       text, *rest = (x.replace(LAMA_MASK, words.mask_token) for x in sentences)
@@ -110,45 +145,47 @@ def lama_queries(index: int, rel: RelationFile, records: Iterable[dict | None], 
     # vocabulary spells in several tokens is no single token, not outside the list.
     if common is not None and (gold not in common if gold is not None or listed is None else
                                not all(words.normalized(w) in listed for w in obj.split(" "))):
-      score.skipped["object_not_in_common_vocab"] += 1
+      skip("object_not_in_common_vocab", record)
       continue
     if gold is None:
-      score.skipped["object_not_single_token"] += 1
+      skip("object_not_single_token", record)
       continue
     if _rejected_by_annotators(record):
-      score.skipped["negative_judgments"] += 1
+      skip("negative_judgments", record)
       continue
     if len(rest) > 1:  # LAMA's BERT connector raises a ValueError for these.
-      score.skipped["more_than_two_sentences"] += 1
+      skip("more_than_two_sentences", record)
       continue
     if templated:
       key = (text, gold)  # The query asked: "Paris" and "Paris " (one gold token) are one fact.
       if key in seen:
-        score.skipped["duplicate_fact"] += 1
+        skip("duplicate_fact", record)
         continue
       seen.add(key)
     queries.append(Query(index, text, text_b=rest[0] if rest else None, gold_id=gold))
+  skip.report()
   return queries
 
 
 def informask_queries(index: int, rel: RelationFile, records: Iterable[dict | None],
                       words: WordTable, score: RelationScore) -> list[Query]:
   """Queries of one relation under the `informask` protocol; skips are counted into `score`."""
-  queries = []
+  queries, skip = [], _Skips(rel, score)
   for record in records:
     if record is None:
-      score.skipped["malformed_json"] += 1
+      skip("malformed_json", record)
       continue
     sentence, surface = _first_masked_sentence(record, rel.source)
     if sentence is None or surface is None:
-      score.skipped["missing_field"] += 1
+      skip("missing_field", record)
       continue
     if LAMA_MASK not in sentence:
-      score.skipped["no_mask"] += 1
+      skip("no_mask", record)
       continue
     gold = tuple(w for w in (x.strip() for x in surface.lower().split(",")) if w)
     queries.append(Query(index, sentence.replace(LAMA_MASK, words.mask_token), gold_words=gold,
                          miss=sentence.count(LAMA_MASK) > 1))
+  skip.report()
   return queries
 
 

@@ -126,7 +126,9 @@ class WordTable:
     mask left out: see __init__)."""
     if not texts:
       return []
-    encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # verbose=False: transformers warns of "indexing errors" for texts over model_max_length,
+    # which encode_queries cuts to a window around the mask (counted as queries_truncated).
+    encoded = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     if self._lone_space is None and self._lone_space_after is None:
       return encoded
     return [[t for i, t in enumerate(ids) if not (
