@@ -753,6 +753,32 @@ def test_a_damaged_file_of_a_stage_the_run_does_not_read_is_left_alone(built, tm
   config.masking.name = "pmi_span"
   assert loop.build_masker(config, run_pipeline).name == "pmi_span"
   assert (copy / "pmi_ngrams.json").read_bytes() == good
+  # The PMI table the rates were computed from is not read by informask either: a damaged one
+  # was hashed, loaded and rebuilt (hours at scale) at every start; informask_online reads it.
+  good = (copy / "pmi.npz").read_bytes()
+  (copy / "pmi.npz").write_bytes(good[: len(good) // 2])
+  config.masking.name = "informask"
+  assert loop.build_masker(config, run_pipeline).name == "informask"
+  assert (copy / "pmi.npz").read_bytes() == good[: len(good) // 2]
+  config.masking.name = "informask_online"
+  assert loop.build_masker(config, run_pipeline).name == "informask_online"
+  assert (copy / "pmi.npz").read_bytes() == good
+
+
+def test_the_rate_stage_bound_on_k_is_checked_for_the_stages_built(tmp_path):
+  """The bound on masking.num_candidates (which only the rate stage uses) followed the training
+  strategy: a full build under a pmi_span config counted the corpus and built the PMI table
+  before the rate stage refused K; a build of n-grams only under informask was refused."""
+  config = small_config(tmp_path / "cache")
+  config.masking.num_candidates = 1000
+  pipeline = fake_pipeline(synthetic_docs(40, seed=2))
+  config.masking.name = "pmi_span"
+  with pytest.raises(ValueError, match=r"config\.masking\.num_candidates=1000 \(the K with"):
+    stats.build_artifacts(config, pipeline, progress=False)
+  assert not (tmp_path / "cache" / "stats").exists()  # Refused before anything was counted.
+  config.masking.name = "informask"
+  directory = stats.build_artifacts(config, pipeline, what=("ngrams",), progress=False)
+  assert (directory / "pmi_ngrams.json").is_file()
 
 
 @pytest.mark.parametrize("field", ["seconds", "counts", "params", None])
@@ -800,6 +826,8 @@ def test_another_seed_copies_the_counts_pmi_and_ngrams_and_reruns_the_rates(buil
   for name in ("unigram_counts.npy", "pmi.npz", "pmi_ngrams.json", "pmi_bigrams.json"):
     assert theirs["files"][name] == ours["files"][name]
   assert theirs["counts"]["pmi_nnz"] == ours["counts"]["pmi_nnz"]
+  # Linked, not copied: a seed sweep held one copy of the PMI table per seed.
+  assert (directory / "pmi.npz").samefile(new / "pmi.npz")
   other.stats.window = 3  # A PMI setting: counts are copied, PMI (and the rates) are rebuilt.
   ran.clear()
   stats.build_artifacts(other, pipeline, progress=False)
@@ -807,6 +835,10 @@ def test_another_seed_copies_the_counts_pmi_and_ngrams_and_reruns_the_rates(buil
   ran.clear()
   stats.build_artifacts(other, pipeline, what=("counts",), force=True, progress=False)
   assert ran == ["counts"]  # --force rebuilds, never copies.
+  # The rebuild renamed its file over the link: the directory it was taken from keeps its own.
+  rebuilt = stats.artifact_dir(other, pipeline)
+  assert not (directory / "unigram_counts.npy").samefile(rebuilt / "unigram_counts.npy")
+  stats.load_artifacts(directory, tokenizer_fingerprint="tok-A", vocab_size=V)
 
 
 def test_spill_folders_a_killed_build_left_are_named(tmp_path, caplog):

@@ -29,6 +29,7 @@ from informask_jax.stats.build import (
     build_artifacts,
     ensure_artifacts,
     stages_needed,
+    stages_read,
     stats_params,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "artifact_dir",
     "build_artifacts",
     "ensure_artifacts",
+    "stages_read",
     "load_artifacts",
     "stages_needed",
     "stats_params",

@@ -4,6 +4,7 @@ knows about configs and the input pipeline; the counters take plain arrays)."""
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import shutil
 import time
@@ -37,21 +38,28 @@ def stats_params(config) -> dict:
   return params
 
 
-# The stages each strategy's tables come from.
-_STAGES_OF = {"informask": ("counts", "pmi", "rates"), "informask_online": ("counts", "pmi"),
-              "pmi_span": ("counts", "ngrams")}
+# The stages whose files each strategy's masker reads; their inputs (art.STAGE_DEPS) are built
+# first, but once these are built and intact the run needs nothing else from the directory.
+_READS = {"informask": ("rates",), "informask_online": ("pmi",), "pmi_span": ("ngrams",)}
 
 
-def stages_needed(masking_config) -> tuple[str, ...]:
-  """The statistics stages a run with this `config.masking` builds (or reuses): none for a
+def stages_read(masking_config) -> tuple[str, ...]:
+  """The statistics stages whose files a run with this `config.masking` loads: none for a
   strategy without tables, nor for informask given its own table (masking.rates_path)."""
   if masking_config.name == "informask" and masking_config.get("rates_path"):
     return ()
-  return _STAGES_OF.get(masking_config.name, ())
+  return _READS.get(masking_config.name, ())
 
 
-def check_config(config) -> None:
-  """Rejects bad statistics settings before anything is read or counted."""
+def stages_needed(masking_config) -> tuple[str, ...]:
+  """The statistics stages a run with this `config.masking` builds (or reuses): those it reads
+  and those they are computed from."""
+  return art.with_deps(stages_read(masking_config))
+
+
+def check_config(config, stages=None) -> None:
+  """Rejects bad statistics settings before anything is read or counted. `stages`: those to be
+  built (default: the ones config.masking needs)."""
   s = config.stats
   for key in sorted(s.keys()):  # inf passes the bounds below and fails far later, misleadingly.
     if isinstance(s[key], float) and not math.isfinite(s[key]):
@@ -79,7 +87,7 @@ def check_config(config) -> None:
   if config.masking.num_candidates < 1:
     raise ValueError(f"config.masking.num_candidates={config.masking.num_candidates!r} must be "
                      ">= 1.")
-  if "rates" in stages_needed(config.masking):
+  if "rates" in (stages_needed(config.masking) if stages is None else stages):
     # The rate stage scores candidates with the online masker at K = num_candidates, whose
     # bound it would otherwise meet only after the counts and the PMI table were built.
     from informask_jax.masking import online  # JAX: kept out of the counting processes.
@@ -294,7 +302,7 @@ _STAGE_COUNTS = {
 
 
 def _reuse_stage(stage: str, directory: pathlib.Path, meta: dict) -> pathlib.Path | None:
-  """Copies `stage`'s verified files from a sibling statistics directory of the same corpus and
+  """Takes `stage`'s verified files from a sibling statistics directory of the same corpus and
   tokenizer built with the same parameters for that stage (another seed or mask_prob changes
   only the rates): counting a large corpus again would take hours for identical files."""
   keys = _STAGE_PARAMS.get(stage)
@@ -315,12 +323,22 @@ def _reuse_stage(stage: str, directory: pathlib.Path, meta: dict) -> pathlib.Pat
     if not art.stage_ok(other, theirs, stage):
       continue
     for name in art.STAGE_FILES[stage]:
-      art.atomic_write(directory / name, lambda tmp, src=other / name: shutil.copyfile(src, tmp))
+      art.atomic_write(directory / name, lambda tmp, src=other / name: _link_or_copy(src, tmp))
       meta["files"][name] = dict(theirs["files"][name])
     meta["counts"].update({k: theirs["counts"][k] for k in _STAGE_COUNTS[stage]
                            if k in theirs.get("counts", {})})
     return other
   return None
+
+
+def _link_or_copy(source: pathlib.Path, target: str) -> None:
+  """A hard link where the file system has them: a seed sweep otherwise held a copy of the same
+  PMI table (gigabytes at scale) per seed. Safe, as no statistics file is ever written in place:
+  a rebuild renames a new file over the name, which leaves the other directory's intact."""
+  try:
+    os.link(source, target)
+  except OSError:
+    shutil.copyfile(source, target)
 
 
 def _check_writable(config, directory: pathlib.Path) -> None:
@@ -382,11 +400,12 @@ def build_artifacts(config, pipeline=None, *, what=art.STAGES, force: bool = Fal
 
   pipeline: the config's InputPipeline (built from the config when None).
   """
-  check_config(config)
   what = tuple(what)
   if not what:  # Nothing to build, yet the log would call the directory built and intact.
     raise ValueError(f"what= names no statistics stage; choose from {art.STAGES}.")
-  art.with_deps(what)  # Validates the names before the pipeline is built.
+  # The stages built, not the training strategy's: a K too large for the rates fails before
+  # hours of counting, and a build of n-grams only is not refused over a K it never uses.
+  check_config(config, art.with_deps(what))  # (with_deps validates the names first.)
   # Every stage reads the tokenized corpus, which a stream never holds: refused before the
   # pipeline trains a tokenizer and reads the stream (minutes on a large corpus) for nothing.
   streaming = [i for i, src in enumerate(config.data.sources) if src.get("streaming")]
@@ -406,24 +425,37 @@ def build_artifacts(config, pipeline=None, *, what=art.STAGES, force: bool = Fal
 
 
 def ensure_artifacts(config, pipeline, need, *, progress: bool = True) -> pathlib.Path:
-  """Builds whatever of `need` (and what it reads) is missing or fails its checksum; returns the
-  directory once every needed file verifies."""
-  check_config(config)
-  stages = art.with_deps(need)
+  """Builds whatever of `need` is missing or fails its checksum, with what it is computed from;
+  returns the directory once every stage of `need` verifies.
+
+  The inputs of a stage built and intact are not checked (hashed, at scale gigabytes): a run
+  that reads only the rates must not stop over, or rebuild, a damaged PMI table.
+  """
+  need = art.stage_names(need)
+  check_config(config, art.with_deps(need))
   directory = artifact_dir(config, pipeline)
   meta = _open_meta(config, pipeline, directory)
-  todo = []
-  for s in stages:
-    problems = art.verify_files(directory, meta, art.STAGE_FILES[s])
+  todo, checked = set(), set()
+
+  def check(stage):
+    if stage in checked:
+      return
+    checked.add(stage)
+    problems = art.verify_files(directory, meta, art.STAGE_FILES[stage])
     if problems:
       if any("not built" not in p for p in problems):
         logging.warning("Statistics in %s: %s; rebuilding %r.", directory, "; ".join(problems),
-                        s)
-      todo.append(s)
+                        stage)
+      todo.add(stage)
+      for dep in art.STAGE_DEPS[stage]:  # Read by the rebuild: they must be intact too.
+        check(dep)
+
+  for stage in need:
+    check(stage)
   if todo:
-    _run(config, pipeline, directory, meta, todo, progress)
-  problems = [p for s in stages for p in art.verify_files(directory, meta, art.STAGE_FILES[s])]
-  if problems:
-    raise art.CorruptArtifactError(f"Statistics in {directory} still fail after a rebuild: "
-                                   + "; ".join(problems))
+    _run(config, pipeline, directory, meta, [s for s in art.STAGES if s in todo], progress)
+    problems = [p for s in need for p in art.verify_files(directory, meta, art.STAGE_FILES[s])]
+    if problems:
+      raise art.CorruptArtifactError(f"Statistics in {directory} still fail after a rebuild: "
+                                     + "; ".join(problems))
   return directory
