@@ -218,12 +218,13 @@ def build_masker(config, pipeline):
   """The configured strategy, with the corpus statistics it needs (built when missing)."""
   name = config.masking.name
   tables = {}
-  need = stats.stages_needed(config.masking)
+  need = stats.stages_read(config.masking)
   if need:
     path = stats.ensure_artifacts(config, pipeline, need=need,
                                   progress=progress_bar.on_terminal())
-    # Only the stages this strategy reads: a damaged file of another (pmi_ngrams.json for
-    # informask), which ensure_artifacts neither checks nor rebuilds, must not stop the run.
+    # Only the stages this strategy reads: a damaged file of another (pmi_ngrams.json, or the
+    # PMI table the rates came from, for informask), which ensure_artifacts neither checks nor
+    # rebuilds, must not stop the run.
     art = stats.load_artifacts(path, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
                                vocab_size=pipeline.vocab_size, need=need)
     tables = {"informask": {"rates": art.rates}, "informask_online": {"pmi": art.pmi},
@@ -483,11 +484,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       if step >= config.train.num_steps:
         logging.warning("The checkpoint is at step %d, config.train.num_steps=%d: nothing left to "
                         "train; raise num_steps to continue.", step, config.train.num_steps)
-        # The run did nothing: its config.json and tokenizer stay those of the steps trained (a
-        # smaller num_steps written there would misdescribe them), and no step is compiled. What
-        # a crashed run logged past the checkpoint goes, as on any resume: no parameters hold it.
-        metrics_lib.MetricWriter(workdir, enabled=is_main, resumed_at=step).close()
-        return {"step": step, "preempted": False, "stopped_by": None}
+        # The run trains nothing: its config.json and tokenizer stay those of the steps trained
+        # (a smaller num_steps written there would misdescribe them), and no train step is
+        # compiled. What a crashed run logged past the checkpoint goes, as on any resume: no
+        # parameters hold it.
+        with contextlib.closing(metrics_lib.MetricWriter(workdir, enabled=is_main,
+                                                         resumed_at=step)) as writer:
+          last_eval = {}
+          # A run's last step is always evaluated: a stop there whose evaluation a kill cut
+          # short, or num_steps lowered to a stop step between evaluations, left it without one.
+          if not distributed.value_of_process_0("evaluated at the resumed step",
+                                                writer.evaluated_at_resume):
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+              last_eval = _evaluate_and_log(_jit_eval_step(model, config, state_shardings, mesh,
+                                                           masker),
+                                            state, pipeline, config, mesh, writer, step)
+        return {"step": step, **last_eval, "preempted": False, "stopped_by": None}
     # Written once the run is known to fit the workdir (a refused resume must not replace them).
     if is_main:
       # Staged, then moved in file by file: on a resume this replaces the only copy of a
@@ -507,10 +519,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         trainer_lib.make_train_step(model, tx, schedule, step_config,
                                     optim.make_apply_update(config.optim, schedule)),
         state_shardings, mesh, masker)
-    eval_step = trainer_lib.jit_eval_step(
-        trainer_lib.make_eval_step(model, config.model.max_predictions,
-                                   config.optim.grad_accum_steps), state_shardings, mesh,
-        masker)
+    eval_step = _jit_eval_step(model, config, state_shardings, mesh, masker)
     flops_per_step = config.train.batch_size * model_lib.train_flops_per_sequence(
         mlm_config, config.data.seq_len, config.model.max_predictions)
 
@@ -676,6 +685,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             "stopped_by": stopped_by}
 
 
+def _jit_eval_step(model, config, state_shardings, mesh, masker):
+  return trainer_lib.jit_eval_step(
+      trainer_lib.make_eval_step(model, config.model.max_predictions,
+                                 config.optim.grad_accum_steps), state_shardings, mesh, masker)
+
+
 def _evaluate_and_log(eval_step, state, pipeline, config, mesh, writer, step) -> dict:
   result = evaluate(eval_step, state.params, pipeline, config, mesh)
   writer.write(step, result)
@@ -819,11 +834,14 @@ def after_interrupt(workdir, config=None) -> str:
   interrupt before the first step put back or to its own."""
   resume = resume_advice(config)
   try:
-    written = checkpointing.has_finalized_checkpoint(pathlib.Path(workdir).expanduser())
+    written = checkpointing.finalized_steps(pathlib.Path(workdir).expanduser())
   except OSError:  # Unreadable: claim neither.
     return f"the checkpoints written so far, if any, are intact; {resume}"
   if written:
-    return f"the checkpoints written so far are intact; {resume}"
+    # Named: a save the interrupt cut short (the stop's own, or one in flight when the first
+    # Ctrl-C came) is not among them, and the resume starts from this one.
+    return (f"the checkpoints written so far are intact, the latest at step {written[-1]}; "
+            f"{resume}")
   return f"no checkpoint was written in {workdir}; the same command starts the run afresh"
 
 

@@ -35,7 +35,8 @@ class StopSignal:
               f"the next step that is a multiple of {self._sync_every} (config.train."
               "stop_sync_every, where all processes agree)")
       logging.warning("Received %s: stopping after %s, which is saved.%s", name, when,
-                      " Ctrl-C again stops at once, without saving it." if name == "SIGINT"
+                      " Ctrl-C again stops at once, without saving it (nor finishing a save "
+                      "in progress)." if name == "SIGINT"
                       else "")
     self.received = name
 

@@ -1612,12 +1612,17 @@ def test_a_second_ctrl_c_does_not_wait_for_a_save_in_flight(tiny_config, tmp_pat
   assert loop.train_and_evaluate(config, tmp_path)["step"] == 3
   assert waited
   assert loop.after_interrupt(tmp_path) == (
-      "the checkpoints written so far are intact; run the same command to resume")
+      "the checkpoints written so far are intact, the latest at step 3; run the same command to "
+      "resume")
+  # A save the interrupt cut short is no checkpoint: the latest named is the one resumed from.
+  (tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp").mkdir()
+  assert "the latest at step 3;" in loop.after_interrupt(tmp_path)
   # After an overwrite (the run it set aside put back, or its own steps), the same command
   # would overwrite again.
   overwrite = ml_collections.ConfigDict({"train": {"resume": False, "overwrite": True}})
   assert loop.after_interrupt(tmp_path, overwrite) == (
-      "the checkpoints written so far are intact; run the same command without "
+      "the checkpoints written so far are intact, the latest at step 3; run the same command "
+      "without "
       "--config.train.overwrite=True and --config.train.resume=False to resume (as it is, "
       "it would start over)")
 
@@ -1644,8 +1649,8 @@ def test_train_py_leaves_an_interrupt_with_one_line_and_status_130(tmp_path):
   (tmp_path / "checkpoints" / "1").mkdir(parents=True)
   out = run()
   assert out.stderr.strip().splitlines()[-1] == (
-      "train.py: interrupted (Ctrl-C): the checkpoints written so far are intact; run the same "
-      "command to resume.")
+      "train.py: interrupted (Ctrl-C): the checkpoints written so far are intact, the latest at "
+      "step 1; run the same command to resume.")
 
 
 def test_evaluation_pools_every_batchs_targets(tiny_config, monkeypatch):
@@ -2122,3 +2127,26 @@ def test_a_resume_at_an_evaluation_step_evaluates_it_once_unless_logged(tiny_con
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval_loss" in r] == [0, 2, 3], workdir.name
     assert [r["eval_loss"] for r in rows if "eval_loss" in r][1] == evaluated[2]
+
+
+def test_a_run_finished_at_its_checkpoint_evaluates_that_step_once_unless_logged(tiny_config,
+                                                                                tmp_path):
+  """num_steps lowered to the checkpoint's step (a stop between evaluations, or one whose
+  evaluation a kill cut short) finished the run with its last step never evaluated: the resume
+  returned before its catch-up evaluation. It evaluates it now, once."""
+  config = _small(tiny_config, num_steps=3, eval_every=2, checkpoint_every=3)
+  config.masking.name = "random"
+  loop.train_and_evaluate(config, tmp_path)
+  path = tmp_path / "metrics.jsonl"
+  rows = [json.loads(x) for x in path.read_text().splitlines()]
+  evaluated = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+  assert sorted(evaluated) == [0, 2, 3]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows
+                          if not ("eval_loss" in r and r["step"] == 3)))
+  result = loop.train_and_evaluate(config, tmp_path)  # The same command, the run finished.
+  assert result["step"] == 3 and result["eval_loss"] == evaluated[3]
+  result = loop.train_and_evaluate(config, tmp_path)
+  assert result["step"] == 3 and "eval_loss" not in result
+  rows = [json.loads(x) for x in path.read_text().splitlines()]
+  assert [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r] == [
+      (0, evaluated[0]), (2, evaluated[2]), (3, evaluated[3])]

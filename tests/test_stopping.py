@@ -51,7 +51,7 @@ def test_a_second_ctrl_c_stops_at_once_and_sigterm_never_does(caplog):
     hints = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Received")]
     assert hints == ["Received SIGTERM: stopping after this step, which is saved.",
                      "Received SIGINT: stopping after this step, which is saved. Ctrl-C again "
-                     "stops at once, without saving it."]
+                     "stops at once, without saving it (nor finishing a save in progress)."]
   finally:
     stop.restore()
 
