@@ -157,18 +157,23 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
     grad_fn = jax.value_and_grad(scaled_sums, has_aux=True)
 
     def accumulate(carry, micro):
-      grads, loss_sum, correct_sum = carry
+      params, grads, loss_sum, correct_sum = carry
+      if step_config.micro_steps > 1:
+        # Through the carry and a barrier: parameters closed over are loop-invariant, and XLA
+        # hoisted their fsdp all-gathers out of the loop, holding a gathered copy of every
+        # layer for the whole step (a parameter copy per device) where one layer's is due.
+        params = jax.lax.optimization_barrier(params)
       index, micro_inputs = micro[0], micro[1:]
-      (_, (loss, correct)), g = grad_fn(state.params, *micro_inputs,
+      (_, (loss, correct)), g = grad_fn(params, *micro_inputs,
                                         jax.random.fold_in(dropout_key, index))
       grads = jax.tree.map(jnp.add, grads, g)
-      return (grads, loss_sum + loss, correct_sum + correct), None
+      return (params, grads, loss_sum + loss, correct_sum + correct), None
 
     micro_batches = [_split_micro(x, step_config.micro_steps)
                      for x in (inputs, positions, labels, weights)]
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grad_sum, loss_sum, correct_sum), _ = jax.lax.scan(
-        accumulate, (zeros, 0.0, 0.0),
+    (_, grad_sum, loss_sum, correct_sum), _ = jax.lax.scan(
+        accumulate, (state.params, zeros, 0.0, 0.0),
         (jnp.arange(step_config.micro_steps), *micro_batches))
 
     # Normalise by the targets of the whole batch: accumulation equals one large batch, but for

@@ -181,6 +181,30 @@ def test_gradient_accumulation_equals_one_large_batch(reference_run):
     np.testing.assert_allclose(np.asarray(b), a, rtol=1e-5, atol=1e-6)
 
 
+
+def test_accumulation_under_fsdp_carries_no_gathered_parameters():
+  """The accumulation loop read the parameters as loop-invariant, so XLA hoisted their fsdp
+  all-gathers out of it: every layer's gathered copy lived through the whole step (a parameter
+  copy per device, which more accumulation steps were advised to relieve)."""
+  state, step, mesh, rules = _setup(_config(), (1, 8, 1), 8, micro_steps=2)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    batch = jax.device_put(_batch(), sharding_lib.batch_sharding(mesh))
+    hlo = step.lower(state, batch).compile().as_text()
+
+  def shape(dims):
+    return f"f32[{','.join(map(str, dims))}]"
+  leaves = jax.tree.leaves(state.params)
+  shards = {shape(x.sharding.shard_shape(x.shape)) for x in leaves}
+  # Whole shapes of the split parameters that no shard has (a shard's shape proves nothing).
+  gathered = {shape(x.shape) for x in leaves
+              if x.sharding.shard_shape(x.shape) != x.shape} - shards
+  carried = set()
+  for line in hlo.splitlines():
+    if re.search(r"= \(.*\) while\(", line):
+      carried |= set(re.findall(r"f32\[[\d,]+\]", line.split(" while(")[0]))
+  assert len(gathered) >= 4 and carried, (gathered, carried)
+  assert not gathered & carried
+
 def test_accumulation_normalises_by_all_targets_of_the_step():
   """Micro-batches with unequal target counts (rows 0, 4, 8, 12 mostly padding, all in the
   first micro-batch): the loss and gradient are sums over the step divided by its target count,
