@@ -126,6 +126,15 @@ def _masked_targets(masker, rng, batch, max_predictions):
   return masked["input_ids"], positions, labels, weights, dropped
 
 
+def _gathered_per_micro_step(params, micro_steps: int):
+  """Parameters for a micro-step's body, passed through the loop's carry: closed over they are
+  loop-invariant, and XLA hoisted their fsdp all-gathers out of the loop, holding a gathered
+  copy of every layer for the whole step (a parameter copy per device) where one layer's is
+  due. The barrier keeps XLA from seeing through the carry. (One micro-step: no loop to leave.)
+  """
+  return jax.lax.optimization_barrier(params) if micro_steps > 1 else params
+
+
 def _split_micro(x, micro_steps):
   """(B, ...) -> (A, B/A, ...) taking every A-th row, so each micro-batch spans all devices."""
   return x.reshape(x.shape[0] // micro_steps, micro_steps, *x.shape[1:]).swapaxes(0, 1)
@@ -158,11 +167,7 @@ def make_train_step(model: model_lib.BertMLM, tx: optax.GradientTransformation,
 
     def accumulate(carry, micro):
       params, grads, loss_sum, correct_sum = carry
-      if step_config.micro_steps > 1:
-        # Through the carry and a barrier: parameters closed over are loop-invariant, and XLA
-        # hoisted their fsdp all-gathers out of the loop, holding a gathered copy of every
-        # layer for the whole step (a parameter copy per device) where one layer's is due.
-        params = jax.lax.optimization_barrier(params)
+      params = _gathered_per_micro_step(params, step_config.micro_steps)
       index, micro_inputs = micro[0], micro[1:]
       (_, (loss, correct)), g = grad_fn(params, *micro_inputs,
                                         jax.random.fold_in(dropout_key, index))
@@ -237,11 +242,13 @@ def make_eval_step(model: model_lib.BertMLM, max_predictions: int, micro_steps: 
                                                                   max_predictions)
 
     def forward(carry, micro):
-      loss_sum, correct_sum = _mlm_sums(model, params, *micro, None, deterministic=True)
-      return (carry[0] + loss_sum, carry[1] + correct_sum), None
+      carried, loss_sum, correct_sum = carry
+      carried = _gathered_per_micro_step(carried, micro_steps)
+      loss, correct = _mlm_sums(model, carried, *micro, None, deterministic=True)
+      return (carried, loss_sum + loss, correct_sum + correct), None
 
     micro_batches = [_split_micro(x, micro_steps) for x in (inputs, positions, labels, weights)]
-    (loss_sum, correct_sum), _ = jax.lax.scan(forward, (0.0, 0.0), micro_batches)
+    (_, loss_sum, correct_sum), _ = jax.lax.scan(forward, (params, 0.0, 0.0), micro_batches)
     return {"loss_sum": loss_sum, "correct_sum": correct_sum, "num_targets": weights.sum(),
             "dropped_targets": dropped.astype(jnp.float32)}
 
