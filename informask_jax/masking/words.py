@@ -25,7 +25,12 @@ SpanBERT draws span lengths (in words) from Geometric(p) restricted to 1..max_sp
 renormalised (mean 3.8 words for p = 0.2, max 10) and starts spans at random words. Here the word
 sequence is cut into consecutive segments with i.i.d. lengths from that distribution (positions
 of the cuts are random because the lengths are), segments are also cut at special tokens, and
-whole segments are then drawn as units: the same span-length law, computed without a loop.
+whole segments are then drawn as units: the same span-length law, computed without a loop. Not
+the same runs, though: segments tile the words, so two drawn side by side always touch and join
+(the 80/10/10 decision then covers both), where SpanBERT's randomly started spans touch less
+often. In 256-token rows at p = 0.2, max 10 (a simulation against SpanBERT's masking code): the
+joined runs average 4.15 words against 3.79, 9.2 runs a row against 10.0, and 2.8% of runs are
+over 10 words against 1.3%.
 """
 
 import jax.numpy as jnp
