@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 
 import datasets
@@ -55,7 +56,8 @@ _FEATURES = datasets.Features(
 # cleaned copy by a hash of _clean_batch's code and arguments, which does not see clean_text's.
 # 2: vertical tab, form feed, the information separators, NEL and the Unicode line and paragraph
 #    separators are line breaks (they were deleted, or left: words joined across a page break).
-CLEANING_VERSION = 2
+# 3: the split bucket hashes the text case-folded and NFKC-normalised (see clean_document).
+CLEANING_VERSION = 3
 # Characters that end a line besides "\n" (and "\r\n"): an old Mac's lone CR, Word's soft line
 # break (vertical tab), pdftotext's page break (form feed), the information separators, NEL, and
 # Unicode's line and paragraph separators.
@@ -88,13 +90,18 @@ def clean_document(text, key=None):
   The bucket hashes `key` if there is one (wiki_vital: the title), else the cleaned text: copies
   that differ only in what cleaning removes (CRLF line ends, a trailing newline, spaces) train as
   one document, so they must fall on one side of the split (hashed as read, 53 of 57 held-out
-  documents of a file saved with LF and with CRLF were also in train). The Beam pipeline cleans
-  with this too, so both make the same split.
+  documents of a file saved with LF and with CRLF were also in train). So must copies that differ
+  in case or Unicode form (composed or decomposed accents, full-width letters), which a
+  lower-casing, accent-stripping tokenizer (the default) reads as the same tokens: the text is
+  hashed case-folded and NFKC-normalised. The Beam pipeline cleans with this too, so both make
+  the same split.
   """
   cleaned = clean_text("" if text is None else text)
   if not cleaned:
     return None
-  return cleaned, hash_bucket(cleaned if key is None else key)
+  if key is None:
+    key = unicodedata.normalize("NFKC", cleaned).casefold()
+  return cleaned, hash_bucket(key)
 
 
 def _clean_batch(batch, where="", pattern=None, cleaning=CLEANING_VERSION):

@@ -96,6 +96,11 @@ def test_a_change_of_cleaning_is_not_served_from_the_cleaned_cache(tmp_path, mon
   assert _texts(corpus.load_corpus(c)["train"]) == ["SOME TEXT."]
 
 
+def _text_bucket(text):
+  """The split bucket of a document without a key: its text's, case-folded (clean_document)."""
+  return corpus.clean_document(text)[1]
+
+
 def test_hash_bucket_values_are_pinned():
   """The split of every corpus, and so every cached tokenized corpus and statistics table, rests on
   these numbers: a change of hash, digest size or byte order must be a deliberate one."""
@@ -318,7 +323,7 @@ def test_streaming_files_source(tmp_path):
   train = [ex["text"] for ex in loaded["train"]]
   val = [ex["text"] for ex in loaded["validation"]]
   assert sorted(train + val) == sorted(f"Doc {i}." for i in range(50))
-  assert set(val) == {f"Doc {i}." for i in range(50) if corpus.hash_bucket(f"Doc {i}.") < 0.2}
+  assert set(val) == {f"Doc {i}." for i in range(50) if _text_bucket(f"Doc {i}.") < 0.2}
 
 
 def test_streaming_mixes_with_in_memory_sources_and_caps_documents(tmp_path):
@@ -395,7 +400,7 @@ def test_split_bucket_is_the_hash_of_the_key_when_there_is_one():
   keyed = corpus._clean_batch({"text": ["Same text.", "Same text."], "_key": ["A", "B"]})
   assert keyed["_bucket"] == [corpus.hash_bucket("A"), corpus.hash_bucket("B")]
   plain = corpus._clean_batch({"text": ["Same text."]})
-  assert plain["_bucket"] == [corpus.hash_bucket("Same text.")]
+  assert plain["_bucket"] == [corpus.hash_bucket("same text.")]  # Case-folded.
 
 
 def test_copies_that_differ_only_in_what_cleaning_removes_share_a_side_of_the_split(tmp_path):
@@ -412,7 +417,31 @@ def test_copies_that_differ_only_in_what_cleaning_removes_share_a_side_of_the_sp
   held_out = set(split["validation"]["text"])
   assert held_out and not held_out & set(split["train"]["text"])
   assert corpus._clean_batch({"text": ["Same text. \r\n"]})["_bucket"] == [
-      corpus.hash_bucket("Same text.")]
+      corpus.hash_bucket("same text.")]
+
+
+def test_copies_that_differ_in_case_or_unicode_form_share_a_side_of_the_split(tmp_path):
+  """Copies in upper case, with decomposed accents (NFD) or full-width letters are the same
+  tokens to a lower-casing, accent-stripping tokenizer (the default), yet were hashed as other
+  texts: a copy of a training document could be held out for validation."""
+  import unicodedata
+
+  docs = [f"Überfahrt {i} nach Zürich, café número {i * 7}. A second sentence follows."
+          for i in range(150)]
+  forms = {"as written": docs, "NFD": [unicodedata.normalize("NFD", d) for d in docs],
+           "upper": [d.upper() for d in docs],
+           "full-width digits": [d.translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789"})
+                                 for d in docs]}
+  for name, texts in forms.items():
+    (tmp_path / f"{name}.txt").write_text("\n\n".join(texts) + "\n")
+  config = _data_config(tmp_path, [dict(kind="files", name=str(tmp_path / "*.txt"))])
+  config.validation_fraction = 0.1
+  split = corpus.load_corpus(config)
+  canonical = lambda t: unicodedata.normalize("NFKC", t).casefold()  # noqa: E731
+  held_out = {canonical(t) for t in split["validation"]["text"]}
+  assert 3 <= len(held_out) < 40
+  assert not held_out & {canonical(t) for t in split["train"]["text"]}
+  assert len(split["validation"]) == 4 * len(held_out)  # Every form of a held-out document.
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -438,13 +467,13 @@ def test_tiny_corpus_keeps_a_document_on_each_side_of_the_split(tmp_path):
   path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
   loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
                                            validation_fraction=1e-9))
-  assert _texts(loaded["validation"]) == [min(texts, key=corpus.hash_bucket)]
+  assert _texts(loaded["validation"]) == [min(texts, key=_text_bucket)]
   loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
                                            validation_fraction=0.999999))
-  assert _texts(loaded["train"]) == [max(texts, key=corpus.hash_bucket)]
+  assert _texts(loaded["train"]) == [max(texts, key=_text_bucket)]
   # Copies of one document share its hash and its side (the Beam pipeline, which sees no
   # document order, splits the same way).
-  lowest = min(texts, key=corpus.hash_bucket)
+  lowest = min(texts, key=_text_bucket)
   path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts + [lowest]))
   loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
                                            validation_fraction=1e-9))
@@ -1154,8 +1183,8 @@ def test_two_different_documents_split_one_each_way(tmp_path):
   for fraction in (1e-9, 0.02, 0.999999):
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path))],
                                              validation_fraction=fraction))
-    assert _texts(loaded["validation"]) == [min(texts, key=corpus.hash_bucket)], fraction
-    assert _texts(loaded["train"]) == [max(texts, key=corpus.hash_bucket)], fraction
+    assert _texts(loaded["validation"]) == [min(texts, key=_text_bucket)], fraction
+    assert _texts(loaded["train"]) == [max(texts, key=_text_bucket)], fraction
 
 
 def test_another_text_field_of_the_same_json_file_is_read_again(tmp_path):
@@ -1177,7 +1206,7 @@ def test_in_memory_and_streamed_corpora_hold_out_the_documents_that_hash_below_t
   path = tmp_path / "a.jsonl"
   texts = [f"Document {i}." for i in range(200)]
   path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-  want = [t for t in texts if corpus.hash_bucket(t) < 0.1]
+  want = [t for t in texts if _text_bucket(t) < 0.1]
   assert 5 < len(want) < 40
   for streaming in (False, True):
     loaded = corpus.load_corpus(_data_config(tmp_path, [dict(name=str(path),

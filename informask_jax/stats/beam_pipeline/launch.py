@@ -161,8 +161,10 @@ def _launch_state(config, patterns, output):
   else:
     # Names, sizes and modification times of the shards: cheap, and it changes whenever the
     # input does (a shard edited in place at the same size too, whose old tables a partial
-    # rerun into the same --output would otherwise keep as this corpus's).
-    corpus_fp = "files-" + hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:26]
+    # rerun into the same --output would otherwise keep as this corpus's), and the cleaning's
+    # version, which draws the validation split the counts leave out.
+    blob = json.dumps([listed, corpus.CLEANING_VERSION])
+    corpus_fp = "files-" + hashlib.sha256(blob.encode()).hexdigest()[:26]
     if not config.tokenizer.name_or_path:
       raise ValueError(
           "config.tokenizer.name_or_path is empty (train a vocabulary on the corpus), but with "
