@@ -385,10 +385,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   # hung every resume with several processes.
   resumed_meta = checkpointing.latest_meta(workdir) if resume else None
   # Process 0 builds missing caches; the others wait, then read them (on a shared file system).
+  init_vocabulary = {}  # init_from's tokenizer limit (see check_init_vocabulary), once checked.
+
+  def check_tokenizer(fingerprint, tokenizer):
+    if resumed_meta is not None:
+      _check_resumed_tokenizer(resumed_meta, workdir, config, fingerprint)
+    elif config.init_from and not resume:
+      # Here, not once the model is built: after the corpus was tokenized and its statistics
+      # built (hours at scale), parameters of another vocabulary were refused only then.
+      init_vocabulary["limit"] = compatibility.check_init_vocabulary(config.init_from,
+                                                                     tokenizer)
   pipeline = distributed.main_process_first(
-      "input pipeline", lambda: data.build_input_pipeline(
-          config, functools.partial(_check_resumed_tokenizer, resumed_meta, workdir, config)
-          if resumed_meta is not None else None))
+      "input pipeline", lambda: data.build_input_pipeline(config, check_tokenizer))
   _log_evaluation_size(config, pipeline)
   _warn_rows_without_targets(config, pipeline)
   masker = distributed.main_process_first(
@@ -405,9 +413,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   init_params, trained_before = None, 0
   if config.init_from and not resume:
-    # First: a vocabulary of another size is then named as such (with the way out), not as a
-    # vocab_size mismatch; one of the same size would pass the architecture check.
-    init_limit = compatibility.check_init_vocabulary(config.init_from, pipeline.tokenizer)
+    # Checked as the tokenizer was ready (check_tokenizer), so that a vocabulary of another
+    # size is named as such (with the way out), not as a vocab_size mismatch; one of the same
+    # size would pass the architecture check.
+    # (Checked now if the pipeline was built without calling it, as a stand-in one may be.)
+    init_limit = (init_vocabulary["limit"] if "limit" in init_vocabulary else
+                  compatibility.check_init_vocabulary(config.init_from, pipeline.tokenizer))
     try:
       init_params, saved_cfg, init_step = checkpointing.restore_params(config.init_from)
     except FileNotFoundError as e:

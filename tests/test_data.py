@@ -109,7 +109,7 @@ def test_the_tokenizer_is_checked_before_the_corpus_is_read(tmp_path, bert_token
   with pytest.raises(ValueError, match=r"config.tokenizer.name_or_path='.*tok': The tokenizer has "
                                        "no mask token"):
     data.build_input_pipeline(c)
-  def refuse(fingerprint):
+  def refuse(fingerprint, tokenizer):
     raise ValueError(f"tokenizer {fingerprint}: the checkpoint was trained with another")
 
   c.tokenizer.name_or_path = BERT_VOCAB

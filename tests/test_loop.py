@@ -366,9 +366,15 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path, monkeypatch):
   spec["model"]["vocab"][first], spec["model"]["vocab"][second] = 6, 5
   (other / "tokenizer" / "tokenizer.json").write_text(json.dumps(spec))
   config.init_from, config.train.resume = str(other), False
-  with pytest.raises(ValueError, match=r"holds parameters of another vocabulary: 2 of the 8192 "
-                                       r"token ids .*name_or_path=.*other_vocabulary/tokenizer\."):
-    loop.train_and_evaluate(config, tmp_path / "fresh")
+  # ... as soon as the tokenizer is ready: it was refused once the corpus was tokenized and its
+  # statistics built (hours at scale).
+  from informask_jax.data import pipeline as pipeline_lib
+  with monkeypatch.context() as m:
+    m.setattr(pipeline_lib, "tokenize_corpus", lambda *a, **k: pytest.fail("tokenized"))
+    with pytest.raises(ValueError, match=r"holds parameters of another vocabulary: 2 of the "
+                                         r"8192 token ids .*name_or_path=.*other_vocabulary/"
+                                         r"tokenizer\."):
+      loop.train_and_evaluate(config, tmp_path / "fresh")
   # init_from a workdir whose checkpoints directory holds no finished checkpoint names the key.
   (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
   config.init_from, config.train.resume = str(tmp_path / "empty"), False

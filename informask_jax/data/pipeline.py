@@ -152,7 +152,7 @@ def _tokenizer_ready(tokenizer, config, check_tokenizer) -> str:
   log.info("Tokenizer: %d tokens (%s), fingerprint %s.", len(tokenizer),
            config.tokenizer.name_or_path or "trained", tok_fp)
   if check_tokenizer is not None:
-    check_tokenizer(tok_fp)
+    check_tokenizer(tok_fp, tokenizer)
   return tok_fp
 
 
@@ -232,8 +232,9 @@ def _local_files(source, where):
 
 def _stream_fingerprint(data):
   """The identity of a streaming corpus, which no content hash gives (that would read it all):
-  its sources' settings, the names and sizes of its local files, max_documents. A resume checks
-  it, since a position in another stream means nothing; it keys no cache."""
+  its sources' settings, the names and sizes of its local files, max_documents, the cleaning
+  (corpus.CLEANING_VERSION: it draws the validation split). A resume checks it, since a
+  position in another stream means nothing; it keys no cache."""
   sources = []
   for i, source in enumerate(data.sources):
     source = dict(source)
@@ -241,16 +242,17 @@ def _stream_fingerprint(data):
     if files is not None:
       source["name"] = files
     sources.append(source)
-  blob = json.dumps({"sources": sources, "max_documents": data.max_documents},
-                    sort_keys=True, default=str)
+  blob = json.dumps({"sources": sources, "max_documents": data.max_documents,
+                     "cleaning": corpus_lib.CLEANING_VERSION}, sort_keys=True, default=str)
   return "stream-" + hashlib.sha256(blob.encode()).hexdigest()[:26]
 
 
 def build_input_pipeline(config, check_tokenizer=None):
   """Corpus, tokenizer, tokenized and packed splits for a full config; cached where possible.
 
-  check_tokenizer(fingerprint): called once the tokenizer is loaded or trained, before the
-  corpus is tokenized (hours for a large one), e.g. to refuse a resume with another vocabulary.
+  check_tokenizer(fingerprint, tokenizer): called once the tokenizer is loaded or trained,
+  before the corpus is tokenized (hours for a large one), e.g. to refuse a resume, or
+  parameters to start from (init_from), with another vocabulary.
   """
   check_config(config)
   start = time.time()
