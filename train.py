@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from informask_jax import checkpointing, cli, distributed, loop, paths
 from informask_jax import workdir as workdir_lib
+from informask_jax.stats import chunks
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/informask.py:tiny.", lock_config=True)
@@ -52,7 +53,8 @@ def _train(argv):
   logging.getLogger().setLevel(logging.INFO)
   cli.quiet_library_logs()
   with cli.user_errors("train.py", (loop.TrainingStopped, checkpointing.CheckpointWriteError,
-                                   paths.WriteError), exit_now=True), _peers_told_of_errors():
+                                   paths.WriteError, chunks.WorkerDied),
+                       exit_now=True), _peers_told_of_errors():
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result["preempted"]:
     # Not 0: the run is unfinished, and a scheduler (a Kubernetes Job, a `train.py && eval`

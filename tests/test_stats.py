@@ -964,6 +964,23 @@ def test_a_stopped_build_removes_its_spill_folder_and_says_so_in_one_line(tmp_pa
         f"it are kept; {rerun} builds the rest."), stderr
 
 
+
+def test_a_dead_statistics_worker_is_one_line_of_error(tmp_path):
+  """WorkerDied's message says what to do, yet it came at the end of a traceback through the
+  counters: the CLI's one-line error is for it too."""
+  script = ("import runpy, sys\n"
+            "from informask_jax.stats import build, chunks\n"
+            "def dies(*a, **k): raise chunks.WorkerDied('A worker process ... died.')\n"
+            "build.build_artifacts = dies\n"
+            "sys.argv = ['x', 'build', '--config', 'configs/informask.py:tiny']\n"
+            "runpy.run_module('informask_jax.stats', run_name='__main__', alter_sys=True)\n")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        cwd=pathlib.Path(__file__).parent.parent, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 1, proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].endswith("A worker process ... died."), proc.stderr
+
 def test_mismatched_tokenizer_is_refused(built, tmp_path):
   _, _, directory = built
   with pytest.raises(stats.TokenizerMismatchError, match="tok-A.*tok-B"):

@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from informask_jax import cli, progress_bar
-from informask_jax.stats import artifacts, build, report
+from informask_jax.stats import artifacts, build, chunks, report
 
 if __name__ == "__main__":
   # The name errors and usage start with: the command typed, not this file's path. Set before
@@ -63,7 +63,7 @@ def _run(command: str, what_remains: str, fn):
   `finally` blocks have removed the spill folders by then)."""
   program = f"python -m informask_jax.stats {command}"
   try:
-    with cli.user_errors(program):
+    with cli.user_errors(program, (chunks.WorkerDied,)):
       return fn()
   except KeyboardInterrupt:
     cli.exit_interrupted(program, what_remains)

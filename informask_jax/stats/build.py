@@ -381,7 +381,7 @@ def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: 
     if source is not None:
       state.update(_load_state(directory, meta, [stage]))
       art.write_meta(directory, meta)
-      logging.info("Statistics: %r copied from %s (same corpus, tokenizer and %s settings).",
+      logging.info("Statistics: %r taken from %s (same corpus, tokenizer and %s settings).",
                    stage, source, stage)
       continue
     logging.info("Statistics: building %r into %s", stage, directory)
