@@ -773,11 +773,16 @@ READ_FAILED = "read_failed"
 def _fixed_stream_accepted(data_state, train_iter, step):
   """The data state to restore. One saved when a streamed file failed to read (malformed) is
   restored even though the stream's files changed since: fixing that file changes its size, which
-  the stream's fingerprint holds, and the resume the failure's message promised was refused."""
+  the stream's fingerprint holds, and the resume the failure's message promised was refused.
+  The rest of the fingerprint (the sources' settings, the cleaning) must still agree."""
   saved = data_state.get("corpus") if isinstance(data_state, dict) else None
   now = getattr(train_iter, "corpus", None)
+  settings = data.stream_settings_part(saved)
+  # Only the files may differ: other sources' settings or another cleaning (which draws the
+  # validation split) are not "the file that failed, fixed".
   if not (saved is not None and now is not None and saved != now
-          and data_state.get(READ_FAILED) and data_state.get("kind") == "streaming"):
+          and data_state.get(READ_FAILED) and data_state.get("kind") == "streaming"
+          and settings is not None and settings == data.stream_settings_part(now)):
     return data_state
   logging.warning("The streamed files changed since the checkpoint at step %d, which was saved "
                   "when reading them failed: resuming at its position in the files as they are "

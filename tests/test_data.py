@@ -1260,6 +1260,36 @@ def test_a_streamed_corpus_is_identified_by_its_files_not_their_folder(tmp_path)
   assert fingerprint(tmp_path / "b") != base
 
 
+
+def test_a_streamed_corpus_fingerprint_keeps_its_files_apart_from_its_settings(tmp_path,
+                                                                              monkeypatch):
+  """A checkpoint saved at a read failure forgives a change of the stream's files (the one that
+  failed, fixed), and only that: the fingerprint was one hash, so another cleaning (another
+  validation split) passed as a fixed file. The cleaning counts for sources split by their
+  text's hash, not for wiki_vital's, split by title."""
+  def fingerprint(source, **data_settings):
+    c = _tiny_config(tmp_path)
+    c.data.sources[0].update(streaming=True, **source)
+    c.data.update(data_settings)
+    return data.pipeline._stream_fingerprint(c.data)
+
+  folder = tmp_path / "a"
+  folder.mkdir()
+  (folder / "x.jsonl").write_text('{"text": "One."}\n')
+  files = dict(kind="files", name=str(folder), text_field="text")
+  base = fingerprint(files)
+  settings = data.stream_settings_part(base)
+  assert settings and base.startswith(settings) and re.fullmatch(r"stream-\w+", base)
+  (folder / "x.jsonl").write_text('{"text": "Three."}\n')  # Fixed: its size changed.
+  assert fingerprint(files) != base and data.stream_settings_part(fingerprint(files)) == settings
+  assert data.stream_settings_part(fingerprint(files, max_documents=10)) != settings
+  wiki = fingerprint({})
+  monkeypatch.setattr(data.pipeline.corpus_lib, "CLEANING_VERSION",
+                      data.pipeline.corpus_lib.CLEANING_VERSION + 1)
+  assert data.stream_settings_part(fingerprint(files)) != settings
+  assert fingerprint({}) == wiki
+  assert data.stream_settings_part("stream-0123abcd") is None  # A fingerprint of one part.
+
 # --- Tokenizer edge cases -------------------------------------------------------------------------
 
 def test_parallel_tokenization_keeps_special_tokens_written_in_the_text_as_text(

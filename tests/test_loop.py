@@ -2156,3 +2156,15 @@ def test_a_run_finished_at_its_checkpoint_evaluates_that_step_once_unless_logged
   rows = [json.loads(x) for x in path.read_text().splitlines()]
   assert [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r] == [
       (0, evaluated[0]), (2, evaluated[2]), (3, evaluated[3])]
+
+
+def test_a_read_failure_checkpoint_forgives_a_change_of_the_streams_files_only():
+  """Any other stream was accepted at a read failure's checkpoint: other settings or another
+  cleaning (another validation split) passed as "the file that failed, fixed"."""
+  saved = {"kind": "streaming", "read_failed": True, "corpus": "stream-aaaa_1111"}
+  files_fixed = types.SimpleNamespace(corpus="stream-aaaa_2222")
+  assert loop._fixed_stream_accepted(saved, files_fixed, 3)["corpus"] == "stream-aaaa_2222"
+  for other in ("stream-bbbb_1111", "stream-bbbb_2222", "stream-aaaa"):
+    assert loop._fixed_stream_accepted(saved, types.SimpleNamespace(corpus=other), 3) is saved
+  assert loop._fixed_stream_accepted({**saved, "corpus": "stream-aaaa"}, files_fixed, 3)[
+      "corpus"] == "stream-aaaa"

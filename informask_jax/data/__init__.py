@@ -45,6 +45,7 @@ from informask_jax.data.pipeline import (
     build_input_pipeline,
     check_config,
     max_sequence_length,
+    stream_settings_part,
 )
 from informask_jax.data.sentences import (
     PARALLEL_MIN_DOCUMENTS,
@@ -73,6 +74,7 @@ __all__ = [
     "TooFewRows",
     "build_input_pipeline",
     "check_config",
+    "stream_settings_part",
     "encode_documents",
     "corpus_backend",
     "plain_backend",

@@ -44,7 +44,8 @@ _SETTING_KEYS = {
     "seq_len": "config.data.seq_len",
     "mode": "config.data.packing",
     "num_rows": "the packed training rows: config.data.seq_len, the corpus or its config.data "
-                "options (max_documents, validation_fraction, packing, ...)",
+                "options (max_documents, validation_fraction, packing, ...), or another version "
+                "of the library's reading and cleaning",
     "corpus": "the documents config.data.sources read: a file edited, added or removed since, "
               "or another version of the library's reading and cleaning",
 }

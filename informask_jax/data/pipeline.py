@@ -232,19 +232,35 @@ def _local_files(source, where):
 
 def _stream_fingerprint(data):
   """The identity of a streaming corpus, which no content hash gives (that would read it all):
-  its sources' settings, the names and sizes of its local files, max_documents, the cleaning
-  (corpus.CLEANING_VERSION: it draws the validation split). A resume checks it, since a
-  position in another stream means nothing; it keys no cache."""
-  sources = []
+  "stream-<settings>_<files>", hashes of its sources' settings, max_documents and the cleaning
+  (corpus.CLEANING_VERSION, which draws the validation split of documents hashed by their text:
+  all but wiki_vital's, split by title), then of the names and sizes of its local files. A resume
+  checks it, since a position in another stream means nothing (one saved when a file failed to
+  read forgives a change of the files only: stream_settings_part); it keys no cache."""
+  settings, files = [], []
   for i, source in enumerate(data.sources):
     source = dict(source)
-    files = _local_files(source, f"config.data.sources[{i}]")
-    if files is not None:
-      source["name"] = files
-    sources.append(source)
-  blob = json.dumps({"sources": sources, "max_documents": data.max_documents,
-                     "cleaning": corpus_lib.CLEANING_VERSION}, sort_keys=True, default=str)
-  return "stream-" + hashlib.sha256(blob.encode()).hexdigest()[:26]
+    local = _local_files(source, f"config.data.sources[{i}]")
+    if local is not None:
+      source["name"] = None  # Named by its files: a corpus moved or copied stays the same one.
+    if source["kind"] != "wiki_vital":
+      source["cleaning"] = corpus_lib.CLEANING_VERSION
+    settings.append(source)
+    files.append(local)
+
+  def digest(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return (f"stream-{digest({'sources': settings, 'max_documents': data.max_documents})}"
+          f"_{digest(files)}")
+
+
+def stream_settings_part(fingerprint) -> str | None:
+  """The settings part of a streaming corpus's fingerprint (_stream_fingerprint); None for any
+  other fingerprint (an in-memory corpus's, or a stream's from before the two parts)."""
+  if not isinstance(fingerprint, str) or not fingerprint.startswith("stream-"):
+    return None
+  head, sep, _ = fingerprint.partition("_")
+  return head if sep else None
 
 
 def build_input_pipeline(config, check_tokenizer=None):
