@@ -254,8 +254,3 @@ def _ignore_interrupts() -> None:
   """A terminal's Ctrl-C reaches the whole process group: only the parent acts on it (leaving
   the pool terminates the workers), rather than every worker printing its own traceback."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _call(args):
-  fn, corpus, a, b = args
-  return fn(corpus, a, b)
