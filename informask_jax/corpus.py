@@ -182,7 +182,7 @@ def _load_hub(source, where, streaming, num_proc):
     if not isinstance(e, ConnectionError) and os.path.isdir(name):
       # A local folder's reason is in the error's cause ("An error occurred while generating the
       # dataset" said nothing); its files may hold other fields, which kind 'files' reads past.
-      detail = (corpus_files._reason(e) + ". A folder of text files reads as a source of kind "
+      detail = (corpus_files.error_reason(e) + ". A folder of text files reads as a source of kind "
                 "'files', which keeps only each file's text_field.")
     if isinstance(e, ConnectionError):
       # A cluster's compute nodes are often offline: a copy cached beforehand is read only in

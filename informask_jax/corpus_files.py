@@ -276,7 +276,7 @@ def _innermost(error):
 _TRACEBACK_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.MULTILINE)
 
 
-def _reason(error) -> str:
+def error_reason(error) -> str:
   """"Type: message" of the error that started `error`. A worker process's error arrives as
   the text of its traceback (multiprocess's RemoteTraceback), whose first error is the cause."""
   cause = _innermost(error)
@@ -305,7 +305,7 @@ def first_bad_json_line(where, paths):
 def _read_error(where, builder, files, error):
   """The error for `files` that `datasets` could not read as `builder`: pyarrow's reason."""
   return ValueError(f"{where}: could not read {files[:3]}{'...' if len(files) > 3 else ''} as "
-                    f"{builder}: {_reason(error)}.")
+                    f"{builder}: {error_reason(error)}.")
 
 
 def not_utf8_error(where, pattern, error):
@@ -665,7 +665,7 @@ def _from_generator(reader, gen_kwargs, cache_dir, fingerprint, num_proc, num_fi
     log.warning(
         "The cached copy of %s in %s is damaged (%s); reading the files again.",
         ", ".join(gen_kwargs["paths"][:3]) + (" ..." if num_files > 3 else ""),
-        ", ".join(cached), _reason(e))
+        ", ".join(cached), error_reason(e))
     for folder in cached:
       shutil.rmtree(folder, ignore_errors=True)
     return generate()
