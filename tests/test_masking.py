@@ -1390,6 +1390,37 @@ def test_show_cli_html_names_a_bad_path_by_its_flag(tmp_path, capsys, monkeypatc
   assert (tmp_path / "masks.html").is_file() and not (tmp_path / "~").exists()
 
 
+def test_show_cli_html_writes_through_a_link_and_to_a_device(tmp_path, capsys):
+  """--html on a link writes the file it points to, as `> LINK` does: the page was renamed onto
+  the link, which became a file and left its target as it was (and, run as root, --html
+  /dev/stdout replaced the system's link with a file). A device is written as it is, with no
+  "Wrote" line after the page."""
+  from informask_jax.masking import show
+  args = ["--strategy", "random", "--samples", "1", "--text", "The cat sat on the mat."]
+  (tmp_path / "pages").mkdir()
+  page = tmp_path / "pages" / "masks.html"
+  page.write_text("<p>the earlier page</p>")
+  link = tmp_path / "masks.html"
+  link.symlink_to(page)
+  show.main([*args, "--html", str(link)])
+  assert link.is_symlink() and "<!doctype html>" in page.read_text()
+  assert capsys.readouterr().out == f"Wrote {link}\n"
+  stdout = tmp_path / "stdout"
+  stdout.symlink_to(os.devnull)  # As /dev/stdout -> /proc/self/fd/1.
+  show.main([*args, "--html", str(stdout)])
+  assert stdout.is_symlink() and capsys.readouterr().out == ""
+
+
+def test_show_cli_refuses_a_text_that_is_not_utf8(capsys):
+  """A command-line byte that is not UTF-8 (a Latin-1 file's "café" through $(cat FILE)) reaches
+  Python as a lone surrogate, on which the tokenizer raised a TypeError's traceback."""
+  from informask_jax.masking import show
+  with pytest.raises(SystemExit) as caught:
+    show.main(["--strategy", "random", "--samples", "1", "--text", "caf\udce9 au lait"])
+  assert caught.value.code == 2
+  assert "--text is not UTF-8: byte 0xe9 at character 4" in capsys.readouterr().err
+
+
 def test_show_cli_html_on_a_full_disk_keeps_the_earlier_page(tmp_path, monkeypatch):
   """The page is written under a temporary name and renamed: a disk that fills up halfway
   leaves the earlier page whole (it was cut to the bytes written) and no temporary file."""
@@ -2405,6 +2436,29 @@ def test_show_writes_byte_level_bpe_tokens_as_text():
   assert pieces[at] == ""
   result = {"input_ids": np.array(ids), "mask": np.arange(len(ids)) == at}
   assert show.render(tok, ids, result, colour=False) == "Café Müller and {\ufffd}東京"
+
+
+def test_show_draws_a_word_start_mark_alone_at_the_start_as_a_space():
+  """A SentencePiece "\u2581" (or byte-level "\u0120") alone as the text's first token, a
+  target, was drawn as U+FFFD, the mark of a character's first byte, not as the space it is."""
+  import tokenizers
+  import transformers
+  from tokenizers import models, pre_tokenizers
+
+  from informask_jax.masking import show
+  pieces = ["<unk>", "<s>", "</s>", "<pad>", "<mask>", "\u2581", "T", "h", "e", "\u2581cat"]
+  unigram = tokenizers.Tokenizer(models.Unigram([(p, -1.0) for p in pieces], 0, False))
+  unigram.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+  tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=unigram, cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+      unk_token="<unk>", mask_token="<mask>")
+  ids = [tok.cls_token_id, *tok("The cat", add_special_tokens=False)["input_ids"],
+         tok.sep_token_id]
+  assert tok.convert_ids_to_tokens(ids)[1] == "\u2581"
+  masked = np.array(ids)
+  masked[1] = tok.mask_token_id
+  result = {"input_ids": masked, "mask": np.arange(len(ids)) == 1}
+  assert show.render(tok, ids, result, colour=False) == "[\u2423]The cat"
 
 
 def test_show_default_text_is_the_first_sentence_of_the_article(tmp_path, monkeypatch):

@@ -497,8 +497,10 @@ def render(tok, ids, result, colour):
               "keep" if result["input_ids"][i] == ids[i] else "random")
       replaced = _plain(new[i]) if not colour else new[i]
       # A target that shows no text is still drawn: a first byte of a character completed by a
-      # later piece (byte-level BPE) as U+FFFD, a token of spaces as "␣".
-      shown = text.strip() or ("\u2423" if text else "\ufffd")
+      # later piece (byte-level BPE) as U+FFFD, a token of spaces as "␣", and so a word-start
+      # mark alone ("▁", "Ġ") that begins the text, where no space is written before it.
+      shown = text.strip() or ("\u2423" if text or piece in word_marks.WORD_START_MARKS
+                               else "\ufffd")
       body = shown if kind != "random" else f"{shown}>{replaced}"
       lead = text[:len(text) - len(text.lstrip())]
       text = lead + _mark(kind, body, colour)
@@ -533,6 +535,22 @@ def _warnings_naming(flag):
     yield
   finally:
     logger.removeFilter(names)
+
+
+def _is_stream(path) -> bool:
+  """Whether --html names something other than a file (/dev/stdout, a named pipe): written
+  directly, since a page renamed over /dev/stdout replaced the system's link with a file (as
+  root; as another user the folder /dev was refused)."""
+  return os.path.exists(path) and not os.path.isfile(path)
+
+
+def _undecoded_byte(text):
+  """(position, byte) of the first byte of `text` that was not UTF-8 (Python keeps such a
+  command-line byte as a lone surrogate, U+DC80..U+DCFF); None when `text` is all characters."""
+  for i, ch in enumerate(text):
+    if "\udc80" <= ch <= "\udcff":
+      return i, ord(ch) - 0xDC00
+  return None
 
 
 def main(argv=None):
@@ -581,11 +599,17 @@ def main(argv=None):
     if os.path.isdir(args.html):
       parser.error(f"--html {args.html} is a directory; give the page's file name, e.g. "
                    f"{os.path.join(args.html, 'masks.html')}")
-    paths.check_writable_dir(os.path.dirname(os.path.abspath(args.html)), "--html's folder")
+    if not _is_stream(args.html):  # /dev/stdout is written as it is, in a folder we may not.
+      # A link's target's folder: atomic_write renames the page onto the file a link names.
+      paths.check_writable_dir(os.path.dirname(os.path.realpath(args.html)), "--html's folder")
 
   text = args.text if args.text is not None else default_text()
   if not text.strip():
     parser.error("--text is empty: give a sentence, or leave --text out for the default one")
+  bad = _undecoded_byte(text)
+  if bad is not None:  # The tokenizer's TypeError was a traceback.
+    parser.error(f"--text is not UTF-8: byte {bad[1]:#04x} at character {bad[0] + 1} (text of "
+                 "another encoding, e.g. $(cat FILE) of a Latin-1 file? recode it to UTF-8)")
   tok = load_tokenizer(args.tokenizer)
   tok = tokenizer_for_tables(args, tok)  # Before the text is encoded with it.
   strategies = STRATEGIES if args.strategy == "all" else (args.strategy,)
@@ -635,9 +659,13 @@ def main(argv=None):
       # dir='auto': a sample of Arabic (or Hebrew) text is laid out right to left, its final
       # full stop on the left; in the page's left-to-right paragraphs it landed on the right.
       body += [f"<p style='font-family:monospace' dir='auto'>{s}</p>" for s in samples]
-    os.makedirs(os.path.dirname(os.path.abspath(args.html)), exist_ok=True)
     page = ("<!doctype html><meta charset='utf-8'><title>informask-jax masks</title>"
             "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
+    if _is_stream(args.html):  # No "Wrote" line after the page.
+      with open(args.html, "w", encoding="utf-8") as f:
+        f.write(page)
+      return
+    os.makedirs(os.path.dirname(os.path.realpath(args.html)), exist_ok=True)
     # Renamed into place: a disk filling up leaves the earlier page whole.
     paths.atomic_write(args.html, lambda tmp: pathlib.Path(tmp).write_text(page, "utf-8"))
     print(f"Wrote {args.html}")
