@@ -38,6 +38,7 @@ from informask_jax import (
   profiling,
   progress_bar,
   stats,
+  tokenization,
 )
 from informask_jax import metrics as metrics_lib
 from informask_jax import model as model_lib
@@ -198,6 +199,22 @@ def check_config(config) -> None:
     raise ValueError("config.model.compute_dtype='float16': XLA:CPU has no float16 matmuls "
                      "(with float32 accumulation); on a CPU use --config.model.compute_dtype="
                      "bfloat16 or float32.")
+
+
+def _check_positions(config, pad_id: int, vocab_size: int) -> model_lib.MLMConfig:
+  """The model for the tokenizer's padding id and vocabulary, refusing a data.seq_len beyond its
+  positions. A RoBERTa layout's start after the padding id, which check_config cannot know: it
+  allows for an id of 1 (Hugging Face's RoBERTa), so a tokenizer whose [PAD] is 3 (a
+  SentencePiece model's usual choice) passed it with seq_len 512 and was refused only once the
+  corpus was tokenized and its statistics built. Called as the tokenizer is loaded, and again
+  with the input pipeline's vocabulary."""
+  mlm_config = model_lib.MLMConfig.from_config(config.model, vocab_size=vocab_size, pad_id=pad_id)
+  if config.data.seq_len > mlm_config.max_seq_len:
+    raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the "
+                     f"{mlm_config.max_seq_len} positions of config.model.max_positions="
+                     f"{mlm_config.max_positions} "
+                     f"(RoBERTa positions start after the padding id {mlm_config.pad_id}).")
+  return mlm_config
 
 
 def _log_topology(config, mesh) -> None:
@@ -388,6 +405,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   init_vocabulary = {}  # init_from's tokenizer limit (see check_init_vocabulary), once checked.
 
   def check_tokenizer(fingerprint, tokenizer):
+    _check_positions(config, tokenization.special_ids(tokenizer).pad,
+                     tokenization.vocab_rows(tokenizer))
     if resumed_meta is not None:
       _check_resumed_tokenizer(resumed_meta, workdir, config, fingerprint)
     elif config.init_from and not resume:
@@ -402,13 +421,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   masker = distributed.main_process_first(
       "corpus statistics", lambda: build_masker(config, pipeline))
   # --- Model and optimizer -----------------------------------------------------------------
-  mlm_config = model_lib.MLMConfig.from_config(
-      config.model, vocab_size=pipeline.vocab_size, pad_id=pipeline.special_ids.pad)
-  if config.data.seq_len > mlm_config.max_seq_len:  # RoBERTa: depends on the tokenizer's pad id.
-    raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the "
-                     f"{mlm_config.max_seq_len} positions of config.model.max_positions="
-                     f"{mlm_config.max_positions} "
-                     f"(RoBERTa positions start after the padding id {mlm_config.pad_id}).")
+  mlm_config = _check_positions(config, pipeline.special_ids.pad, pipeline.vocab_size)
   model = model_lib.BertMLM(mlm_config)
   tx, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   init_params, trained_before = None, 0

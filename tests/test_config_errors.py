@@ -136,3 +136,23 @@ def test_cudnn_attention_is_asked_only_for_even_query_and_key_lengths(monkeypatc
   assert last[:2] == (positions, seq_len)
   assert (last[2] == "cudnn") is fused
   assert all(impl != "cudnn" or (q % 2 == 0 and k % 2 == 0) for q, k, impl in asked)
+
+
+def test_a_seq_len_past_the_positions_after_a_roberta_padding_id_is_refused_before_the_corpus(
+    tiny_config, tmp_path, monkeypatch):
+  # check_config allows a RoBERTa layout max_positions - 2 tokens, as for a padding id of 1
+  # (Hugging Face's RoBERTa); positions start after the padding id, so a vocabulary whose [PAD]
+  # is 3 holds max_positions - 4. That was refused only once the corpus was tokenized and its
+  # statistics built.
+  from informask_jax import corpus
+
+  vocab = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"] + [chr(c) for c in range(97, 123)]
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  tiny_config.tokenizer.name_or_path = str(tmp_path / "vocab.txt")
+  tiny_config.model.flavour, tiny_config.model.max_positions = "roberta", 130
+  loop.check_config(tiny_config)  # seq_len 128 = 130 - 2.
+  monkeypatch.setattr(corpus, "load_corpus", lambda *a: pytest.fail("the corpus was read"))
+  with pytest.raises(ValueError, match=r"config.data.seq_len=128 exceeds the 126 positions of "
+                                       r"config.model.max_positions=130 \(RoBERTa positions "
+                                       r"start after the padding id 3\)"):
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
