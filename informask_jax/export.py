@@ -636,6 +636,11 @@ def import_to_workdir(dir_or_name: str, workdir: str, *, scan_layers: bool = Fal
   if is_hf_model_dir(workdir):  # eval_lama and init_from would read the import, not the model.
     raise FileExistsError(f"{workdir} holds a Hugging Face model (config.json and weights); "
                           "choose an empty --out for the imported run.")
+  owner = checkpointing.run_above(workdir)
+  if owner is not None:  # As train.py refuses it: a numbered --out became a damaged step of
+    # that run, which its resume and export then stopped at (or its rotation deleted).
+    raise FileExistsError(f"--out {workdir} is (inside) the checkpoints folder of the run in "
+                          f"{owner}: choose a folder outside it for the imported run.")
   # A run that never finished a checkpoint: its config.json and metrics stayed beside the
   # import's step 0 (an export then described the old run's masking), its tokenizer replaced.
   traces = [n for n in ("config.json", "metrics.jsonl", "tensorboard")

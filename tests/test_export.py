@@ -1330,6 +1330,19 @@ def test_import_into_a_workdir_with_checkpoints_is_refused_before_any_reading(im
   assert "already holds tokenizer files" not in caplog.text
 
 
+def test_import_into_another_runs_checkpoints_folder_is_refused(imported_workdir, hf_copy,
+                                                               tmp_path):
+  """As train.py refuses such a --workdir: the import into a numbered folder there became a
+  damaged step of that run, at which its resume and export stopped."""
+  victim = tmp_path / "victim"
+  shutil.copytree(imported_workdir, victim)
+  for out in (victim / "checkpoints" / "5", victim / "checkpoints"):
+    with pytest.raises(FileExistsError, match=rf"--out {out} is \(inside\) the checkpoints "
+                                              f"folder of the run in {victim}"):
+      convert_checkpoint.main(["--from-hf", str(hf_copy), "--out", str(out)])
+  assert sorted(os.listdir(victim / "checkpoints")) == ["0"]
+
+
 def test_import_into_a_run_without_checkpoints_is_refused_and_a_left_tokenizer_said(
     hf_copy, tmp_path, caplog):
   """A run that never finished a checkpoint kept its config.json and metrics beside the import's
