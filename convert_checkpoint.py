@@ -77,6 +77,11 @@ if __name__ == "__main__":
   # traceback.
   cli.quiet_library_logs()
   progress_bar.transformers_bars(progress_bar.on_terminal())  # Writing, loading: not in a log.
-  with cli.user_errors("convert_checkpoint.py", (RuntimeError, paths.WriteError),
-                       exit_now=True):
-    main()
+  try:
+    with cli.user_errors("convert_checkpoint.py", (RuntimeError, paths.WriteError),
+                         exit_now=True):
+      main()
+  except KeyboardInterrupt:  # A traceback through torch's forward; the staging copy is removed.
+    cli.exit_interrupted("convert_checkpoint.py",
+                         "the files in --out are whole, each the earlier version or the new "
+                         "one; the same command (with --overwrite for an export) writes them all")

@@ -62,4 +62,8 @@ def main(argv=None, *, exit_now: bool = False) -> lama.Report:
 
 if __name__ == "__main__":
   cli.exit_on_sigterm()  # A killed run removes its temporary export of a workdir (lama_export_*).
-  main(exit_now=True)
+  try:
+    main(exit_now=True)
+  except KeyboardInterrupt:  # A traceback through the model's forward; the export is removed.
+    cli.exit_interrupted("eval_lama.py", "--out's files are whole, each the earlier version or "
+                         "the new one; the same command evaluates again")

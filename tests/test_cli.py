@@ -3,6 +3,7 @@ disks, config files), and leaving the process after an error with several proces
 
 import errno
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -480,3 +481,30 @@ def test_an_import_failing_in_a_module_the_config_file_imports_names_the_config_
   assert capsys.readouterr().err == (
       f"prog: error: ModuleNotFoundError: {config}, line 2: No module named "
       "'nosuch_module_for_this_test'\n")
+
+
+@pytest.mark.parametrize("script, patched, args, remains", [
+    ("convert_checkpoint.py", "informask_jax.export.export_workdir",
+     ["--workdir", "run", "--out", "out"],
+     "the files in --out are whole, each the earlier version or the new one; the same command "
+     "(with --overwrite for an export) writes them all."),
+    ("eval_lama.py", "informask_jax.lama.evaluate", ["--model", "m", "--data_dir", "d"],
+     "--out's files are whole, each the earlier version or the new one; the same command "
+     "evaluates again."),
+])
+def test_ctrl_c_in_the_export_and_the_probe_is_one_line_and_status_130(script, patched, args,
+                                                                        remains):
+  """As train.py and the stats CLI leave: Ctrl-C printed a traceback through torch's forward."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  module, name = patched.rsplit(".", 1)
+  code = (f"import runpy, sys, {module}\n"
+          "def interrupted(*a, **k): raise KeyboardInterrupt\n"
+          f"{module}.{name} = interrupted\n"
+          f"sys.argv = [{script!r}, *{args!r}]\n"
+          f"runpy.run_path({script!r}, run_name='__main__')\n"
+          "print('not reached')")
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+  assert out.returncode == 130, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr and "not reached" not in out.stdout
+  assert out.stderr.strip().splitlines()[-1] == f"{script}: interrupted (Ctrl-C): {remains}"
