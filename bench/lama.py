@@ -1,7 +1,7 @@
 """Benchmark of the LAMA probe: facts per second, our two backends against the InforMask script.
 
   python bench/lama.py --out bench/lama.json [--facts 512] [--size mini] [--batch_size 64]
-                       [--repeats 5]
+                       [--repeats 5] [--device cpu|cuda]
 
 One synthetic T-REx-style relation (--facts sentences of 12-30 words with one [MASK]) and a
 random BERT of configs.base.MODEL_SIZES[--size] on the bert-base-uncased vocabulary, scored

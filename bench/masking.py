@@ -19,6 +19,8 @@ batch:
                   masking: a Python loop over positions looking up each token's rate, uniform
                   draws, `rand < rate` outside [PAD]/[CLS]/[SEP], one sequence at a time.
   numpy_vectorised  the same as original_loop, vectorised with NumPy over the batch.
+The last two are recorded with strategy "informask_bernoulli" but draw with the raw rates; the
+ratios compare them with ours of the same kind, "informask_bernoulli_raw".
 The table prints tokens/s and the ratios the project targets (informask vs each peer, random vs
 mlm-pytorch). Inputs are random token ids with [CLS]/[SEP] and ~10% padding; tables (rates, PMI,
 n-grams) are synthetic with realistic sizes. Throughput of masking does not depend on the text.

@@ -26,7 +26,8 @@ masking + forward + backward + update:
                     DataCollatorForLanguageModeling.torch_mask_tokens (Bernoulli 15%, 80/10/10);
                     torch.optim.AdamW (fused where torch has it).
   hf_torch_compile  the same model wrapped in torch.compile (skipped, with the error, if it fails).
-  hf_flax_457       transformers 4.57's FlaxBertForMaskedLM (v5 has no Flax models) in the style of
+  hf_flax           transformers 4.57's FlaxBertForMaskedLM (v5 has no Flax models; recorded, and
+                    skipped, as "hf_flax_457", the version in the name) in the style of
                     run_mlm_flax: host-side NumPy masking, one-hot cross entropy at every token,
                     optax.adamw, one jitted step. It runs in a separate virtualenv, driven by this
                     script over a pipe; build it once with
@@ -538,7 +539,8 @@ def bench_size(size, args, records, skipped):
     try:
       peer = build_peer(name, dims, args)
     except Exception as e:  # A missing or broken peer is skipped with its reason, not fatal.
-      skipped.append(dict(impl=name, size=size, reason=f"{type(e).__name__}: {e}"))
+      recorded = HFFlax.impl if name == "hf_flax" else name  # As its records are named.
+      skipped.append(dict(impl=recorded, size=size, reason=f"{type(e).__name__}: {e}"))
       print(f"# {size}: skipping {name}: {type(e).__name__}: {e}", flush=True)
       continue
     peer.flops = every_token
