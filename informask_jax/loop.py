@@ -248,14 +248,25 @@ def build_masker(config, pipeline):
               "pmi_span": {"ngrams": art.ngrams, "bigrams": art.bigrams}}[name]
     logging.info("Masking tables for %s from %s.", name, path)
   elif name == "informask":
-    stats.check_table_tokenizer(config.masking.rates_path, pipeline.tokenizer_fingerprint,
-                                "masking.rates_path")
-    tables = {"rates": config.masking.rates_path}
+    return given_rates_masker(config, pipeline.tokenizer_fingerprint, pipeline.special_ids,
+                              pipeline.vocab_size)
   ids = pipeline.special_ids
   return masking.masker_from_config(
       config.masking, vocab_size=pipeline.vocab_size, mask_id=ids.mask,
       special_ids=(ids.pad, ids.unk, ids.cls, ids.sep, ids.mask),
       continuation=pipeline.continuation, **tables)
+
+
+def given_rates_masker(config, tokenizer_fingerprint: str, ids, vocab_size: int):
+  """informask with its table from masking.rates_path, which needs the tokenizer and no corpus:
+  train_and_evaluate builds it as the tokenizer loads. Built after the input pipeline, a table
+  of another vocabulary (the original repository's 30,522 bert-base-uncased ids beside a trained
+  vocabulary) was refused once the whole corpus had been tokenized, hours at scale."""
+  stats.check_table_tokenizer(config.masking.rates_path, tokenizer_fingerprint,
+                              "masking.rates_path")
+  return masking.masker_from_config(
+      config.masking, vocab_size=vocab_size, mask_id=ids.mask,
+      special_ids=(ids.pad, ids.unk, ids.cls, ids.sep, ids.mask))
 
 
 def _log_evaluation_size(config, pipeline) -> None:
@@ -403,6 +414,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   resumed_meta = checkpointing.latest_meta(workdir) if resume else None
   # Process 0 builds missing caches; the others wait, then read them (on a shared file system).
   init_vocabulary = {}  # init_from's tokenizer limit (see check_init_vocabulary), once checked.
+  given_rates = {}  # informask's masker from masking.rates_path, built as the tokenizer loads.
 
   def check_tokenizer(fingerprint, tokenizer):
     _check_positions(config, tokenization.special_ids(tokenizer).pad,
@@ -414,11 +426,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       # built (hours at scale), parameters of another vocabulary were refused only then.
       init_vocabulary["limit"] = compatibility.check_init_vocabulary(config.init_from,
                                                                      tokenizer)
+    # After those: a resume's or init_from's other tokenizer is the problem to name first.
+    if config.masking.name == "informask" and config.masking.rates_path:
+      given_rates["masker"] = given_rates_masker(config, fingerprint,
+                                                 tokenization.special_ids(tokenizer),
+                                                 tokenization.vocab_rows(tokenizer))
   pipeline = distributed.main_process_first(
       "input pipeline", lambda: data.build_input_pipeline(config, check_tokenizer))
   _log_evaluation_size(config, pipeline)
   _warn_rows_without_targets(config, pipeline)
-  masker = distributed.main_process_first(
+  masker = given_rates["masker"] if given_rates else distributed.main_process_first(
       "corpus statistics", lambda: build_masker(config, pipeline))
   # --- Model and optimizer -----------------------------------------------------------------
   mlm_config = _check_positions(config, pipeline.special_ids.pad, pipeline.vocab_size)

@@ -5,6 +5,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import base
@@ -155,4 +156,22 @@ def test_a_seq_len_past_the_positions_after_a_roberta_padding_id_is_refused_befo
   with pytest.raises(ValueError, match=r"config.data.seq_len=128 exceeds the 126 positions of "
                                        r"config.model.max_positions=130 \(RoBERTa positions "
                                        r"start after the padding id 3\)"):
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+
+
+def test_a_rate_table_of_another_vocabulary_is_refused_before_the_corpus(tiny_config, tmp_path,
+                                                                         monkeypatch):
+  # masking.rates_path needs the tokenizer only: a table of another vocabulary (bert-base-
+  # uncased's 30,522 ids) was refused once the whole corpus had been tokenized.
+  from informask_jax import corpus
+
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)]
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  np.save(tmp_path / "rates.npy", np.full(30522, 0.15, np.float32))
+  tiny_config.tokenizer.name_or_path = str(tmp_path / "vocab.txt")
+  tiny_config.masking.name, tiny_config.masking.rates_path = "informask", str(
+      tmp_path / "rates.npy")
+  loop.check_config(tiny_config)  # Its size is not known before the vocabulary.
+  monkeypatch.setattr(corpus, "load_corpus", lambda *a: pytest.fail("the corpus was read"))
+  with pytest.raises(ValueError, match=r"has shape \(30522,\); expected \(31,\)"):
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
