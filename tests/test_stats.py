@@ -2143,3 +2143,24 @@ def test_the_statistics_bench_refuses_a_cap_it_would_not_measure(cap, tmp_path):
   assert out.stderr.strip().splitlines()[-1] == (
       f"stats.py: error: --cap_mb {cap}: give a cap above 0 MB.")
   assert not (tmp_path / "stats.json").exists()
+
+
+def test_the_rates_bench_matches_a_word_start_marked_vocabulary_in_wordpiece_spelling():
+  """bench/rates_vs_original.py matched our tokens to bert-base-uncased's by string as they were:
+  in a byte-level BPE vocabulary "Ġthe" matched nothing and the piece "ing" inside a word took
+  the rate of the word "ing" (a table equal to the original, token for token, scored rho 0.005)."""
+  import runpy
+
+  bench = runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "bench" /
+                             "rates_vs_original.py"))
+  original_vocab = ["[PAD]", "the", "ing", "##ing", "play", "##s"]
+  original = {1: 0.1, 2: 0.9, 3: 0.2, 4: 0.3, 5: 0.4}
+  vocab = ["<pad>", "\u0120the", "\u0120ing", "ing", "\u0120play", "s", "[CLS]"]
+  ours = np.array([0.0, 0.1, 0.9, 0.2, 0.3, 0.4, 0.0])
+  tokens, _, a, b = bench["match"](ours, np.ones(len(vocab)), vocab, original, original_vocab)
+  assert list(tokens) == ["the", "ing", "##ing", "play", "##s"]
+  np.testing.assert_array_equal(a, b)
+  # A WordPiece vocabulary is matched as it is.
+  tokens, _, a, b = bench["match"](ours[1:6], np.ones(5), original_vocab[1:], original,
+                                   original_vocab)
+  assert list(tokens) == original_vocab[1:]
