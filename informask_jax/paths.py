@@ -121,10 +121,10 @@ def publish_dir(path, write) -> None:
 
 def atomic_write(path, write) -> None:
   """Calls write(tmp) on a temporary name beside `path`, then renames it to `path`: a failed or
-  interrupted write (a full disk) leaves the earlier file whole, and no temporary one. A link is
-  written through, as `> LINK` does: renamed onto the link itself, the file replaced the link and
-  left the file it named as it was."""
-  path = os.path.realpath(path)
+  interrupted write (a full disk) leaves the earlier file whole, and no temporary one. A link at
+  `path` is replaced, the file it names left as it was (a cache's link to another run's table is
+  not written through); pass os.path.realpath(path) to write the linked file instead."""
+  path = os.fspath(path)
   tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
   try:
     write(tmp)

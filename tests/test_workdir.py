@@ -475,6 +475,19 @@ def test_an_atomic_write_that_fails_leaves_the_earlier_file_whole_and_no_tempora
   assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
 
 
+def test_an_atomic_write_replaces_a_link_and_leaves_the_file_it_named(tmp_path):
+  """A statistics cache's file linked to another run's: a rebuild must not rewrite that run's
+  table through the link (masking show's --html passes the link's target to write through)."""
+  (tmp_path / "other").mkdir()
+  shared = tmp_path / "other" / "rates.npy"
+  shared.write_text("the other run's\n")
+  link = tmp_path / "rates.npy"
+  link.symlink_to(shared)
+  workdir_lib.paths.atomic_write(link, lambda tmp: open(tmp, "w").write("rebuilt\n"))
+  assert not link.is_symlink() and link.read_text() == "rebuilt\n"
+  assert shared.read_text() == "the other run's\n"
+
+
 def test_a_signal_while_a_scratch_folder_is_made_is_acted_on_inside_the_block_that_removes_it(
     tmp_path, monkeypatch):
   """paths.scratch_dir defers Ctrl-C while mkdtemp runs: the signal is not lost (the user asked to

@@ -600,7 +600,7 @@ def main(argv=None):
       parser.error(f"--html {args.html} is a directory; give the page's file name, e.g. "
                    f"{os.path.join(args.html, 'masks.html')}")
     if not _is_stream(args.html):  # /dev/stdout is written as it is, in a folder we may not.
-      # A link's target's folder: atomic_write renames the page onto the file a link names.
+      # A link's target's folder: the page is renamed onto the file a link names.
       paths.check_writable_dir(os.path.dirname(os.path.realpath(args.html)), "--html's folder")
 
   text = args.text if args.text is not None else default_text()
@@ -665,9 +665,12 @@ def main(argv=None):
       with open(args.html, "w", encoding="utf-8") as f:
         f.write(page)
       return
-    os.makedirs(os.path.dirname(os.path.realpath(args.html)), exist_ok=True)
+    # A link's target, as `> LINK` writes it: renamed onto the link, the page replaced it and
+    # left the file it named as it was.
+    target = os.path.realpath(args.html)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     # Renamed into place: a disk filling up leaves the earlier page whole.
-    paths.atomic_write(args.html, lambda tmp: pathlib.Path(tmp).write_text(page, "utf-8"))
+    paths.atomic_write(target, lambda tmp: pathlib.Path(tmp).write_text(page, "utf-8"))
     print(f"Wrote {args.html}")
     return
   escaped = not colour and any("\\" in s for _, _, samples in rows for s in samples)
