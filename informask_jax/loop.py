@@ -417,8 +417,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   given_rates = {}  # informask's masker from masking.rates_path, built as the tokenizer loads.
 
   def check_tokenizer(fingerprint, tokenizer):
-    _check_positions(config, tokenization.special_ids(tokenizer).pad,
-                     tokenization.vocab_rows(tokenizer))
     if resumed_meta is not None:
       _check_resumed_tokenizer(resumed_meta, workdir, config, fingerprint)
     elif config.init_from and not resume:
@@ -426,7 +424,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       # built (hours at scale), parameters of another vocabulary were refused only then.
       init_vocabulary["limit"] = compatibility.check_init_vocabulary(config.init_from,
                                                                      tokenizer)
-    # After those: a resume's or init_from's other tokenizer is the problem to name first.
+    # After those: a resume's or init_from's other tokenizer is the problem to name first (a
+    # vocabulary file edited in place, its [PAD] moved, was refused as a seq_len too long).
+    _check_positions(config, tokenization.special_ids(tokenizer).pad,
+                     tokenization.vocab_rows(tokenizer))
     if config.masking.name == "informask" and config.masking.rates_path:
       given_rates["masker"] = given_rates_masker(config, fingerprint,
                                                  tokenization.special_ids(tokenizer),

@@ -159,6 +159,25 @@ def test_a_seq_len_past_the_positions_after_a_roberta_padding_id_is_refused_befo
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
 
 
+def test_a_resumed_vocabulary_edited_in_place_is_named_before_the_positions_it_leaves(
+    tiny_config, tmp_path, monkeypatch):
+  # The run's vocabulary file regenerated at its path with [PAD] at 3: the resume's other
+  # tokenizer is the problem, not the seq_len (shortened, the resume was refused all the same).
+  from informask_jax import compatibility, corpus, tokenization
+
+  vocab = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"] + [chr(c) for c in range(97, 123)]
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  tiny_config.tokenizer.name_or_path = str(tmp_path / "vocab.txt")
+  tiny_config.model.flavour, tiny_config.model.max_positions = "roberta", 130
+  meta = {"config": compatibility.config_json(tiny_config), "tokenizer_fingerprint": "the run's"}
+  monkeypatch.setattr(loop.workdir_lib, "prepare", lambda *a: (True, False))
+  monkeypatch.setattr(loop.checkpointing, "latest_meta", lambda workdir: meta)
+  monkeypatch.setattr(corpus, "load_corpus", lambda *a: pytest.fail("the corpus was read"))
+  assert tokenization.special_ids(tokenization.load_tokenizer(tiny_config.tokenizer)).pad == 3
+  with pytest.raises(ValueError, match=r"the vocabulary file was edited\?"):
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+
+
 def test_a_rate_table_of_another_vocabulary_is_refused_before_the_corpus(tiny_config, tmp_path,
                                                                          monkeypatch):
   # masking.rates_path needs the tokenizer only: a table of another vocabulary (bert-base-
