@@ -1411,6 +1411,27 @@ def test_show_cli_html_writes_through_a_link_and_to_a_device(tmp_path, capsys):
   assert stdout.is_symlink() and capsys.readouterr().out == ""
 
 
+def test_show_cli_html_to_dev_stdout_that_is_a_log_file_adds_the_page_to_it(tmp_path):
+  """--html /dev/stdout in a job whose output goes to a log file: the page was renamed onto the
+  file /dev/stdout resolves to, so the log lost its earlier lines, and the job's later output
+  went to the removed file. It is written through the descriptor, between the two."""
+  import pathlib
+  import subprocess
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  log = tmp_path / "job.log"
+  with open(log, "w") as out:
+    out.write("earlier line\n")
+    out.flush()
+    subprocess.run([sys.executable, "-m", "informask_jax.masking", "show", "--strategy",
+                    "random", "--samples", "1", "--text", "The cat sat.", "--html",
+                    "/dev/stdout"], cwd=root, stdout=out, check=True, timeout=300,
+                   env={**os.environ, "PYTHONPATH": str(root)})
+    out.write("later line\n")
+  text = log.read_text()
+  assert text.startswith("earlier line\n<!doctype html>") and text.endswith("later line\n")
+
+
 def test_show_cli_refuses_a_text_that_is_not_utf8(capsys):
   """A command-line byte that is not UTF-8 (a Latin-1 file's "café" through $(cat FILE)) reaches
   Python as a lone surrogate, on which the tokenizer raised a TypeError's traceback."""

@@ -537,11 +537,22 @@ def _warnings_naming(flag):
     logger.removeFilter(names)
 
 
+def _descriptor(path) -> int | None:
+  """The open descriptor of this process that --html names (/dev/stdout, /dev/stderr,
+  /dev/fd/N, /proc/self/fd/N), else None. Written through it, not renamed onto the file it
+  resolves to: a job's log behind /dev/stdout was replaced by the page, and what the job wrote
+  after it went to the removed file."""
+  found = re.fullmatch(r"/dev/std(out|err)|/(?:dev|proc/self)/fd/(\d+)", os.path.abspath(path))
+  if found is None or not os.path.exists(path):  # Not open: a file of that name is written.
+    return None
+  return {"out": 1, "err": 2}[found[1]] if found[1] else int(found[2])
+
+
 def _is_stream(path) -> bool:
   """Whether --html names something other than a file (/dev/stdout, a named pipe): written
   directly, since a page renamed over /dev/stdout replaced the system's link with a file (as
   root; as another user the folder /dev was refused)."""
-  return os.path.exists(path) and not os.path.isfile(path)
+  return _descriptor(path) is not None or (os.path.exists(path) and not os.path.isfile(path))
 
 
 def _undecoded_byte(text):
@@ -662,7 +673,10 @@ def main(argv=None):
     page = ("<!doctype html><meta charset='utf-8'><title>informask-jax masks</title>"
             "<body style='max-width:60em'>" + "\n".join(body) + "</body>")
     if _is_stream(args.html):  # No "Wrote" line after the page.
-      with open(args.html, "w", encoding="utf-8") as f:
+      fd = _descriptor(args.html)
+      sys.stdout.flush()  # What was printed stays before the page.
+      with (open(args.html, "w", encoding="utf-8") if fd is None else
+            open(fd, "w", encoding="utf-8", closefd=False)) as f:
         f.write(page)
       return
     # A link's target, as `> LINK` writes it: renamed onto the link, the page replaced it and
