@@ -65,5 +65,6 @@ if __name__ == "__main__":
   try:
     main(exit_now=True)
   except KeyboardInterrupt:  # A traceback through the model's forward; the export is removed.
-    cli.exit_interrupted("eval_lama.py", "--out's files are whole, each the earlier version or "
-                         "the new one; the same command evaluates again")
+    cli.exit_interrupted("eval_lama.py", "nothing was left half-written (--out's files, where "
+                         "given, are each the earlier version or the new one); the same command "
+                         "evaluates again")

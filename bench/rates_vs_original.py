@@ -27,7 +27,9 @@ import json
 import math
 import os
 import re
+import string
 import sys
+import unicodedata
 
 import numpy as np
 from scipy import stats
@@ -88,8 +90,15 @@ def as_wordpiece(vocab):
   marks = word_marks.WORD_START_MARKS
   if not any(s.startswith(marks) and len(s) > 1 for s in vocab):
     return vocab
-  return [s if SPECIAL.match(s) else word_marks.unmarked(s) if s.startswith(marks) else "##" + s
-          for s in vocab]
+  return [s if SPECIAL.match(s) or _punctuation(s) else word_marks.unmarked(s)
+          if s.startswith(marks) else "##" + s for s in vocab]
+
+
+def _punctuation(s):
+  """One punctuation character: a word of its own in WordPiece, whose pre-tokenizer splits each
+  off (BERT's _is_punctuation), though unmarked after a word in byte-level BPE ("cat." is "Ġcat",
+  "."). As "##." it matched no rate, and "." and "," left the comparison."""
+  return len(s) == 1 and (s in string.punctuation or unicodedata.category(s).startswith("P"))
 
 
 def match(ours, counts, vocab, original, original_vocab):

@@ -489,8 +489,8 @@ def test_an_import_failing_in_a_module_the_config_file_imports_names_the_config_
      "the files in --out are whole, each the earlier version or the new one; the same command "
      "(with --overwrite for an export) writes them all."),
     ("eval_lama.py", "informask_jax.lama.evaluate", ["--model", "m", "--data_dir", "d"],
-     "--out's files are whole, each the earlier version or the new one; the same command "
-     "evaluates again."),
+     "nothing was left half-written (--out's files, where given, are each the earlier version "
+     "or the new one); the same command evaluates again."),
 ])
 def test_ctrl_c_in_the_export_and_the_probe_is_one_line_and_status_130(script, patched, args,
                                                                         remains):

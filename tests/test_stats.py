@@ -2153,14 +2153,15 @@ def test_the_rates_bench_matches_a_word_start_marked_vocabulary_in_wordpiece_spe
 
   bench = runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "bench" /
                              "rates_vs_original.py"))
-  original_vocab = ["[PAD]", "the", "ing", "##ing", "play", "##s"]
-  original = {1: 0.1, 2: 0.9, 3: 0.2, 4: 0.3, 5: 0.4}
-  vocab = ["<pad>", "\u0120the", "\u0120ing", "ing", "\u0120play", "s", "[CLS]"]
-  ours = np.array([0.0, 0.1, 0.9, 0.2, 0.3, 0.4, 0.0])
+  original_vocab = ["[PAD]", "the", "ing", "##ing", "play", "##s", ".", "##."]
+  original = {1: 0.1, 2: 0.9, 3: 0.2, 4: 0.3, 5: 0.4, 6: 0.05}
+  # "." after a word is unmarked in byte-level BPE; WordPiece splits it off as a word: ".".
+  vocab = ["<pad>", "\u0120the", "\u0120ing", "ing", "\u0120play", "s", "[CLS]", "."]
+  ours = np.array([0.0, 0.1, 0.9, 0.2, 0.3, 0.4, 0.0, 0.05])
   tokens, _, a, b = bench["match"](ours, np.ones(len(vocab)), vocab, original, original_vocab)
-  assert list(tokens) == ["the", "ing", "##ing", "play", "##s"]
+  assert list(tokens) == ["the", "ing", "##ing", "play", "##s", "."]
   np.testing.assert_array_equal(a, b)
   # A WordPiece vocabulary is matched as it is.
-  tokens, _, a, b = bench["match"](ours[1:6], np.ones(5), original_vocab[1:], original,
+  tokens, _, a, b = bench["match"](ours[1:6], np.ones(5), original_vocab[1:6], original,
                                    original_vocab)
-  assert list(tokens) == original_vocab[1:]
+  assert list(tokens) == original_vocab[1:6]
