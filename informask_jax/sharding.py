@@ -203,7 +203,17 @@ def _warn_idle_axes(mesh: Mesh, used_axes: set, replicated_dims: dict) -> None:
                     f"Sizes that divide them and the {mesh.size} devices: "
                     f"{', '.join(map(str, fits))}." if fits else
                     f"No size above 1 divides them and the {mesh.size} devices: consider "
-                    f"config.mesh.{axis}=1.")
+                    f"config.mesh.{axis}=1{_batch_caveat(axis)}.")
+
+
+def _batch_caveat(axis: str) -> str:
+  """A smaller tensor axis gives its devices to the batch axes, which the batch may not divide
+  over: a resume of batch 32 on 3 devices is told to use tensor=3, whose warning then advised
+  tensor=1, the layout the resume had refused."""
+  if axis in BATCH_AXES:
+    return ""
+  return (", where the batch divides over the devices it would add to config.mesh.data (else "
+          "this layout is the one that runs it)")
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -658,6 +658,12 @@ def test_a_parameter_axis_that_shards_nothing_is_warned_of_with_sizes_that_would
                          "parameter whole"), line
   assert line.endswith("the model dimensions it would split (128) are not multiples of 6. Sizes "
                        "that divide them and the 6 devices: 2."), line
+  # 3 devices, all tensor (as a resume of batch 32 on 3 devices is advised): tensor=1 runs only
+  # where the batch divides over 3, which the advice says rather than send the user back.
+  (line,) = _warnings_for_mesh(caplog, config, 1, 1, 3)
+  assert line.endswith("No size above 1 divides them and the 3 devices: consider "
+                       "config.mesh.tensor=1, where the batch divides over the devices it would "
+                       "add to config.mesh.data (else this layout is the one that runs it)."), line
   assert not _warnings_for_mesh(caplog, config, 2, 2, 2)  # Both axes shard something.
   config.mesh.logical_axis_rules = (("embed", "fsdp"),)  # Nothing goes to tensor.
   (line,) = _warnings_for_mesh(caplog, config, 4, 1, 2)
