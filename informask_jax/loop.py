@@ -193,6 +193,14 @@ def check_config(config) -> None:
           f"multiple of 8 and at most {head_max}; config.model.hidden_size={resolved.hidden_size}"
           f" / num_heads={resolved.num_heads} = {resolved.head_dim}. Change them, or use "
           "--config.model.attention=xla.")
+    if m.attention_dropout > 0:
+      # The kernel has no dropout on the probabilities: with it the train step's attention is
+      # the unfused einsum (every (L, L) score held), and only the evaluations reach cuDNN.
+      logging.warning(
+          "config.model.attention='cudnn' with config.model.attention_dropout=%g: cuDNN's fused "
+          "attention has no dropout, so training computes attention unfused and only the "
+          "evaluations use cuDNN. Set --config.model.attention_dropout=0 to train with it.",
+          m.attention_dropout)
   if m.compute_dtype == "float16" and jax.default_backend() == "cpu":
     # Else the first compilation fails (after the corpus and its statistics are built) with
     # XLA's "precision 'F16_F16_F32' is not supported by dot_general on CPU", naming no key.

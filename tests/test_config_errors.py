@@ -1,6 +1,7 @@
 """Command-line config values that passed the config checks and went wrong later: each must be
 refused by the check, naming its config key, before the corpus is read."""
 
+import logging
 import math
 
 import jax
@@ -108,6 +109,22 @@ def test_cudnn_attention_with_a_head_size_it_lacks_is_refused(tiny_config, on_a_
     loop.check_config(tiny_config)
   tiny_config.model.hidden_size = 128
   loop.check_config(tiny_config)
+
+
+def test_cudnn_attention_that_training_cannot_use_is_warned_of(tiny_config, on_a_gpu, caplog):
+  # With attention-probability dropout the model trains on the unfused branch (cuDNN's kernel
+  # has no dropout): the README's `:base --config.model.attention=cudnn` ran training without
+  # cuDNN, silently; only the evaluations used it.
+  tiny_config.model.attention, tiny_config.model.compute_dtype = "cudnn", "bfloat16"
+  tiny_config.model.attention_dropout = 0.1
+  with caplog.at_level(logging.WARNING):
+    loop.check_config(tiny_config)
+  assert "attention_dropout=0.1: cuDNN's fused attention has no dropout" in caplog.text
+  caplog.clear()
+  tiny_config.model.attention_dropout = 0.0
+  with caplog.at_level(logging.WARNING):
+    loop.check_config(tiny_config)
+  assert "cuDNN" not in caplog.text
 
 
 @pytest.mark.parametrize("seq_len,positions,fused", [(9, 2, False), (10, 2, True),
