@@ -305,7 +305,22 @@ def check_architecture_early(meta, config, where: str, *, same_layout: bool,
     return
   if not same_layout:  # Unrolled or scanned layers convert into each other (init_from).
     saved = {**saved, "scan_layers": current.scan_layers}
-  check_architecture(model_lib.MLMConfig(**saved), current, where, resumed_run=resumed_run)
+  try:
+    check_architecture(model_lib.MLMConfig(**saved), current, where, resumed_run=resumed_run)
+  except ValueError as e:
+    raise ValueError(f"{e}{_variant_advice(meta, config)}") from None
+
+
+def _variant_advice(meta, config) -> str:
+  """The config variant the checkpoint was trained with, where this run's is another: a `:tiny`
+  run resumed as `configs/x.py` was told the dozen model keys to set one by one (layer_norm_eps
+  among them), not the variant that sets them all."""
+  theirs = ((meta or {}).get("config") or {}).get("variant")
+  ours = config.get("variant")
+  if not isinstance(theirs, str) or ours is None or theirs == ours:
+    return ""
+  return (f"\nThe checkpoint's config is the {theirs!r} variant, this run's {ours!r}: choose "
+          f"it as --config configs/NAME.py:{theirs}.")
 
 
 def check_architecture(saved: model_lib.MLMConfig, current: model_lib.MLMConfig, where: str,

@@ -200,6 +200,23 @@ def test_a_resume_of_another_architecture_is_refused_and_one_of_other_dropout_is
     compatibility.check_resume_settings(tmp_path, tiny_config)
 
 
+def test_a_model_of_another_config_variant_names_the_variant(tiny_config, tmp_path,
+                                                              monkeypatch):
+  """A `:tiny` run resumed as `configs/x.py` (the paper's variant) was told a dozen model keys
+  to set one by one; the variant sets them all."""
+  meta = _checkpoint_of(tiny_config, monkeypatch)
+  tiny_config.model.num_layers = meta["mlm_config"]["num_layers"] + 1  # The same variant: no
+  # such line.
+  with pytest.raises(ValueError) as refused:
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+  assert "variant" not in str(refused.value)
+  tiny_config.variant = "paper"  # The model keys the variant sets, as the one above.
+  with pytest.raises(ValueError, match=r"(?s)model.num_layers: checkpoint .*\nThe checkpoint's "
+                                       r"config is the 'tiny' variant, this run's 'paper': "
+                                       r"choose it as --config configs/NAME.py:tiny\.$"):
+    compatibility.check_resume_settings(tmp_path, tiny_config)
+
+
 def test_scanned_or_unrolled_layers_are_one_model_for_init_from_but_not_for_a_resume(
     tiny_config, tmp_path, monkeypatch):
   """A resume restores the optimizer state as saved, so the layers' layout must match (refused,
