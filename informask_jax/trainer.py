@@ -307,7 +307,8 @@ class _BoundStep:
 
 
 def _replicated_masker(masker, mesh):
-  """The masker with its tables on every device of the mesh (they are small next to a model)."""
+  """The masker with its tables on every device of the mesh (they are small next to a model).
+  A masker already replicated there is kept as is, so steps built from it share its tables."""
   replicated = sharding_lib.replicated(mesh)
   return jax.device_put(masker, replicated), jax.tree.map(lambda _: replicated, masker)
 

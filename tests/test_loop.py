@@ -146,6 +146,32 @@ def test_every_strategy_trains_with_its_tables_from_the_corpus(tiny_config, tmp_
 
 
 @pytest.mark.slow
+def test_train_and_eval_steps_share_one_copy_of_the_masker_tables(tiny_config, tmp_path,
+                                                                  monkeypatch):
+  """The masker's tables go on the devices once: the train and eval steps each replicated their
+  own, two of informask_online's PMI tables on every device but the first (2 x 3.5 GiB for the
+  30,522 rows of bert-base-uncased, where the README counts R^2 x 4 bytes once)."""
+  config = _small(tiny_config, num_steps=1, eval_every=1000, checkpoint_every=1000)
+  config.masking.name, config.masking.num_candidates = "informask_online", 2
+  steps = []
+
+  def recording(real):
+    def jit_step(*args):
+      steps.append(real(*args))
+      return steps[-1]
+    return jit_step
+
+  for name in ("jit_train_step", "jit_eval_step"):
+    monkeypatch.setattr(loop.trainer_lib, name, recording(getattr(loop.trainer_lib, name)))
+  loop.train_and_evaluate(config, tmp_path)
+  train, evaluate = (step.masker.tables["pmi_dense"] for step in steps)
+  assert train.sharding.is_fully_replicated and len(train.sharding.device_set) == 8
+  buffers = [[shard.data.unsafe_buffer_pointer() for shard in table.addressable_shards]
+             for table in (train, evaluate)]
+  assert buffers[0] == buffers[1]
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tiny_config, tmp_path):
   config = _small(tiny_config, num_steps=20, checkpoint_every=5, eval_every=1000)
   straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -1817,6 +1817,14 @@ def test_online_sparse_table_row_limit():
     online_lib.build_tables(chain(65_535), pmi_table="sparse")
 
 
+def test_online_pmi_dtype_of_the_sparse_table_is_refused():
+  """pmi_dtype='bfloat16' with the sparse table kept float32 values: half the memory asked for,
+  none saved, and no word of it."""
+  with pytest.raises(ValueError, match=r"pmi_dtype='bfloat16' applies to pmi_table='dense'"):
+    masking.get_masker("informask_online", pmi=_pmi_matrix(), pmi_table="sparse",
+                       pmi_dtype="bfloat16", **COMMON)
+
+
 def test_online_num_candidates_bounds():
   """K = 1 (a random mask of the budget's size) and K = 512 are taken; 513 is refused, in
   get_masker and in check_config (before a run reads its corpus)."""
