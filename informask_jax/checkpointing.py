@@ -126,8 +126,12 @@ def _manager(workdir, *, keep: int = 2, read_only: bool = False) -> ocp.Checkpoi
 
 def _damaged_metrics(workdir) -> tuple[pathlib.Path, str] | None:
   """The first step's metrics file (orbax's <step>/metrics/metrics) that does not hold
-  {"eval_loss": <number>}, with what is wrong with it."""
+  {"eval_loss": <number>}, with what is wrong with it. Finished steps only: a killed save's
+  temporary folder (its metrics item may be renamed into place, the step not yet, and its file
+  empty after a crash) is no step, and the manager removes it as it opens."""
   for path in sorted(checkpoint_dir(workdir).glob("*/metrics/metrics")):
+    if not (path.parent.parent.name.isdigit() and ocp.step.is_path_finalized(path.parent.parent)):
+      continue
     try:
       metrics = json.loads(path.read_text())
     except (OSError, ValueError) as e:

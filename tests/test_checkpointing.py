@@ -124,6 +124,24 @@ def test_non_finite_state_is_never_saved(tmp_path):
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [1]
 
 
+def test_the_metrics_of_an_unfinished_save_never_stop_a_resume(tmp_path):
+  """A crash while a save was finalized can leave its temporary folder with the metrics item in
+  place and that file empty: it is no step to rank (the manager removes it), so the resume went
+  on, not refused as a damaged 'step 2.orbax-checkpoint-tmp' to rewrite by hand."""
+  state, _, _, _ = tt._setup(tt._equivalence_config(), (1, 1, 1), 1)
+  saver = checkpointing.Checkpointer(tmp_path)
+  assert saver.save(1, state, {}, _meta(), eval_loss=3.0, force=True)
+  saver.close()
+  leftover = checkpointing.checkpoint_dir(tmp_path) / "2.orbax-checkpoint-tmp"
+  (leftover / "metrics").mkdir(parents=True)
+  (leftover / "metrics" / "metrics").write_text("")
+  reopened = checkpointing.Checkpointer(tmp_path)
+  assert reopened.all_steps() == [1] and reopened.best_step() == 1
+  assert reopened.save(2, state, {}, _meta(), eval_loss=2.0, force=True)  # Removed by then.
+  reopened.close()
+  assert checkpointing.finalized_steps(tmp_path) == [1, 2] and not leftover.exists()
+
+
 def test_an_unfinished_first_save_is_no_run_to_resume(tmp_path):
   """A run killed during its first save leaves only orbax's temporary directory: that is not a
   checkpoint (a resume would find no step), and the next Checkpointer removes it."""
