@@ -264,6 +264,8 @@ def check_sources(data_config):
     if kind != "wiki_vital" and not s.get("name"):
       raise ValueError(f"config.data.sources[{i}].name is empty (kind={kind!r}).")
     _check_source_types(s, i)
+    if kind != "hub":
+      _check_hub_only_fields(s, i)
   limit = data_config.get("max_documents", -1)
   if isinstance(limit, bool) or not isinstance(limit, int) or limit == 0 or limit < -1:
     raise ValueError(f"config.data.max_documents={limit!r} must be -1 for all documents, or >= 1.")
@@ -283,6 +285,19 @@ def _check_source_types(source, i) -> None:
   streaming = source.get("streaming")
   if streaming is not None and not isinstance(streaming, bool):
     raise ValueError(f"config.data.sources[{i}].streaming={streaming!r} must be True or False.")
+
+
+def _check_hub_only_fields(source, i) -> None:
+  """`config` and `split` select a hub dataset's part; on a wiki_vital or files source they were
+  ignored, so a file given split="validation" was trained on (all but its hash-held-out share)."""
+  for key, default in (("config", None), ("split", "train")):
+    value = source.get(key)
+    if value and value != default:
+      raise ValueError(
+          f"config.data.sources[{i}].{key}={value!r} is a hub dataset's field; a "
+          f"{source.get('kind')} source is read whole. All sources form one corpus, whose "
+          "validation split is drawn by a hash of each document (config.data."
+          "validation_fraction): no source can be named the validation split.")
 
 
 def load_corpus(data_config):

@@ -92,7 +92,9 @@ def expand_files(pattern, where):
       folders[:] = kept
       files += [os.path.join(root, f) for f in names if not f.startswith(".")]
     skipped = sorted(f for f in files if os.path.splitext(f)[1].lower() not in FILE_BUILDERS)
-    files = _each_once(f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS)
+    files = [f for f in files if os.path.splitext(f)[1].lower() in FILE_BUILDERS]
+    _refuse_broken_links(files, where)
+    files = _each_once(files)
     # A compressed shard (.txt.gz) among them would be left out unseen. Once: error messages
     # walk the directory again.
     if skipped and files and path not in _WARNED_SKIPPED:
@@ -106,13 +108,38 @@ def expand_files(pattern, where):
                               f"{'/'.join(FILE_BUILDERS)} files.")
     return files
   if glob.has_magic(path) and not os.path.isfile(path):  # "wiki[2023].txt" is a file's name.
-    files = _each_once(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+    matches = glob.glob(path, recursive=True)
+    _refuse_broken_links(matches, where)
+    files = _each_once(f for f in matches if os.path.isfile(f))
     if not files:
       raise FileNotFoundError(f"{where}: no file matches {pattern!r}.")
     return files
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{where}: file {pattern!r} does not exist.")
   return [path]
+
+
+def _refuse_broken_links(paths, where):
+  """A link among a source's files to one that is gone (a shard linked in from scratch storage
+  that was purged or is not mounted): a glob left it out unseen, so the run trained on the other
+  shards only, and a directory failed on it with an error naming neither the source nor the link."""
+  broken = sorted(filter(_is_broken_link, paths))
+  if broken:
+    more = f" (and {len(broken) - 1} other broken link(s))" if len(broken) > 1 else ""
+    raise FileNotFoundError(f"{where}: {broken[0]!r} is a link to {os.readlink(broken[0])!r}, "
+                            f"which does not exist{more}. Restore its target, or remove the link.")
+
+
+def _is_broken_link(path) -> bool:
+  """A link whose target does not exist; not one that resolves through too many links (ELOOP: a
+  ** glob through a link to a folder above reaches it at ever longer paths, each a copy)."""
+  try:
+    os.stat(path)
+  except FileNotFoundError:
+    return os.path.islink(path)
+  except OSError:
+    return False
+  return False
 
 
 def _is_undecodable(ch) -> bool:

@@ -8,7 +8,8 @@ sentence (`sentence_ids`: the statistics count n-grams within sentences). On dev
 chained hashes of the token spans of whole words starting at each word start (as many words as
 the vocabulary's n-grams have, at most max_ngram_tokens tokens), looked up in a hash table of the
 vocabulary's hashes (`hash_buckets`; a false match needs both hashes to collide with one of the
-N entries: ~N * 2**-64 per lookup, about 0.03 false units over a paper-length run at N = 1M). The greedy left-to-right segmentation is a chain of jumps (each unit start points to
+N entries: ~N * 2**-64 per lookup, about 0.03 false units over a paper-length run at N = 1M).
+The greedy left-to-right segmentation is a chain of jumps (each unit start points to
 the next); its starts are found by pointer doubling, log2(L) gathers, with no loop over L.
 
 variant="bigram": the InforMask repository's simpler scheme extends a random start left and right
