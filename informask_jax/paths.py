@@ -3,6 +3,7 @@
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -90,11 +91,50 @@ def warn_leftover_folders(folder, prefixes, left_by, log) -> None:
   left = [e.path for e in os.scandir(folder)
           if e.is_dir(follow_symlinks=False) and e.name.startswith(tuple(prefixes))]
   if left:
-    size = sum(os.path.getsize(os.path.join(root, f))
-               for d in left for root, _, files in os.walk(d) for f in files)
+    size = sum(_size_of(d) for d in left)
     log.warning("%s holds %d folder(s) left by %s (%.2f GB): %s. Delete them unless another run "
                 "is writing into this folder now.", folder, len(left), left_by, size / 1e9,
                 ", ".join(sorted(os.path.basename(d) for d in left)))
+
+
+def _size_of(folder) -> int:
+  """The bytes of the files under `folder`. A file gone meanwhile counts 0: the folder may be
+  another run's scratch, removed while it is measured (that ended this run, FileNotFoundError)."""
+  size = 0
+  for root, _, files in os.walk(folder):
+    for f in files:
+      with contextlib.suppress(FileNotFoundError):
+        size += os.path.getsize(os.path.join(root, f))
+  return size
+
+
+@contextlib.contextmanager
+def one_builder(cache_dir, path, log):
+  """Holds the cache entry `path` (under `cache_dir`) for one builder at a time: a flock on a
+  file of `cache_dir`/.locks, which the kernel releases however the process ends (not beside the
+  entry: the entries' folders hold entries only). Runs started together (two strategies on one
+  corpus) each trained the vocabulary and tokenized the corpus, hours at scale and a copy each on
+  disk until the renames; the second now waits here, then loads the first's entry (the caller
+  looks again). A cache that cannot be locked goes on unlocked, as before."""
+  locks = os.path.join(cache_dir, ".locks")
+  name = os.path.relpath(path, cache_dir).replace(os.sep, "-")
+  try:
+    os.makedirs(locks, exist_ok=True)
+    f = open(os.path.join(locks, f"{name}.lock"), "a+")  # noqa: SIM115 - closed after the yield
+  except OSError:  # A read-only cache: the build fails on its own, as it did unlocked.
+    yield
+    return
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        log.warning("Cannot lock %s (%s): runs building %s at the same time may build it twice.",
+                    f.name, e.strerror or e, path)
+      else:
+        log.info("Waiting for another process building %s.", path)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    yield  # Closing the file releases the lock.
 
 
 def _umask() -> int:

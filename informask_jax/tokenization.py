@@ -416,10 +416,16 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
   cache_dir = paths.cache_dir(cache_dir)
   path = os.path.join(cache_dir, "tokenizers", f"wordpiece-{vocab_size}-{key}")
   tok = _load_cached(path)
-  if tok is not None:
-    _warn_trained_size(tok.get_vocab_size(), vocab_size)  # Said on every run that uses it.
-    return _wrap(tok)
+  if tok is None:
+    with paths.one_builder(cache_dir, path, log):
+      tok = _load_cached(path)  # Trained meanwhile by the run this one waited for.
+      if tok is None:
+        return _train_and_save(train, vocab_size, lowercase, path)
+  _warn_trained_size(tok.get_vocab_size(), vocab_size)  # Said on every run that uses it.
+  return _wrap(tok)
 
+
+def _train_and_save(train, vocab_size, lowercase, path):
   start = time.time()
   texts = train.select_columns(["text"])
   tok = _train(lambda: (b["text"] for b in texts.iter(batch_size=1000)), vocab_size, lowercase)

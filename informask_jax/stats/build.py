@@ -3,9 +3,6 @@ knows about configs and the input pipeline; the counters take plain arrays)."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import math
 import os
 import pathlib
@@ -355,32 +352,13 @@ def _check_writable(config, directory: pathlib.Path) -> None:
                   "--config.data.cache_dir to a folder you can write.") from None
 
 
-@contextlib.contextmanager
-def _building(directory: pathlib.Path):
-  """Holds `directory` for one builder at a time (a flock on its .build.lock; the kernel
-  releases it however the process ends). Runs of other strategies share one directory (its key
+def _one_builder(directory: pathlib.Path):
+  """One builder at a time for a statistics directory. Runs of other strategies share it (its key
   is of the corpus, tokenizer and settings, not the strategy): started together, each kept its
   own meta.json and the last to write it dropped the stages the others had built, which their
-  next run built again (hours at scale), and each counted the stages they share at the same
-  time. A waiting builder then reads the meta.json the first wrote and builds only what is still
-  missing. A directory that cannot be written (a read-only cache) or locked goes on unlocked."""
-  try:
-    directory.mkdir(parents=True, exist_ok=True)
-    f = open(directory / ".build.lock", "a+")  # noqa: SIM115 - closed below, after the yield
-  except OSError:  # Built statistics are still read; a stage to build is refused in _run.
-    yield
-    return
-  with f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        logging.warning("Cannot lock %s (%s): runs building these statistics at the same time "
-                        "may build them twice.", f.name, e.strerror or e)
-      else:
-        logging.info("Statistics: waiting for another process building into %s.", directory)
-        fcntl.flock(f, fcntl.LOCK_EX)
-    yield  # Closing the file releases the lock.
+  next run built again (hours at scale). A waiting builder then reads the meta.json the first
+  wrote, and builds only what is still missing."""
+  return paths.one_builder(directory.parent.parent, directory, logging)
 
 
 def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: bool,
@@ -446,7 +424,7 @@ def build_artifacts(config, pipeline=None, *, what=art.STAGES, force: bool = Fal
     from informask_jax import data
     pipeline = data.build_input_pipeline(config)
   directory = artifact_dir(config, pipeline)
-  with _building(directory):
+  with _one_builder(directory):
     meta = _open_meta(config, pipeline, directory)
     todo = [s for s in art.with_deps(what)
             if (force and s in what) or not art.stage_ok(directory, meta, s)]
@@ -466,7 +444,7 @@ def ensure_artifacts(config, pipeline, need, *, progress: bool = True) -> pathli
   need = art.stage_names(need)
   check_config(config, art.with_deps(need))
   directory = artifact_dir(config, pipeline)
-  with _building(directory):
+  with _one_builder(directory):
     _ensure(config, pipeline, directory, need, progress)
   return directory
 
