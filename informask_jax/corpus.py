@@ -288,16 +288,18 @@ def _check_source_types(source, i) -> None:
 
 
 def _check_hub_only_fields(source, i) -> None:
-  """`config` and `split` select a hub dataset's part; on a wiki_vital or files source they were
-  ignored, so a file given split="validation" was trained on (all but its hash-held-out share)."""
-  for key, default in (("config", None), ("split", "train")):
-    value = source.get(key)
-    if value and value != default:
-      raise ValueError(
-          f"config.data.sources[{i}].{key}={value!r} is a hub dataset's field; a "
-          f"{source.get('kind')} source is read whole. All sources form one corpus, whose "
-          "validation split is drawn by a hash of each document (config.data."
-          "validation_fraction): no source can be named the validation split.")
+  """`split` selects a hub dataset's part; on a wiki_vital or files source it was ignored, so a
+  file given split="validation" was trained on (all but its hash-held-out share). `config` is
+  left alone, ignored as before: a paper config's first source overridden by index to files
+  keeps its "20231101.en", and a streamed run's corpus identity holds it (a run started so could
+  not resume, the same command refused and the config cleared another stream)."""
+  value = source.get("split")
+  if value and value != "train":
+    raise ValueError(
+        f"config.data.sources[{i}].split={value!r} is a hub dataset's field; a "
+        f"{source.get('kind')} source is read whole. All sources form one corpus, whose "
+        "validation split is drawn by a hash of each document (config.data."
+        "validation_fraction): no source can be named the validation split.")
 
 
 def load_corpus(data_config):

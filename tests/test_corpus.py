@@ -600,19 +600,31 @@ def test_a_broken_link_among_a_source_s_files_is_named(tmp_path):
       corpus.load_corpus(_data_config(tmp_path, [dict(name=name)]))
 
 
-def test_config_and_split_are_hub_fields_only(tmp_path):
-  """A file given split="validation" was trained on: split and config were ignored outside hub
-  sources, and the corpus is split by hash whatever a source says."""
+def test_split_is_a_hub_field_only(tmp_path):
+  """A file given split="validation" was trained on: split was ignored outside hub sources, and
+  the corpus is split by hash whatever a source says."""
   path = tmp_path / "valid.txt"
   path.write_text("Held out?\n")
-  for kind, field, value in [("files", "split", "validation"), ("wiki_vital", "split", "test"),
-                             ("files", "config", "wikitext-103-raw-v1")]:
+  for kind, value in [("files", "validation"), ("wiki_vital", "test")]:
     source = dict(kind=kind, name=str(path) if kind == "files" else "wiki_vital")
     data = _data_config(tmp_path, [source])
-    data.sources[0][field] = value
-    with pytest.raises(ValueError, match=rf"sources\[0\]\.{field}='{value}' is a hub dataset's "
+    data.sources[0]["split"] = value
+    with pytest.raises(ValueError, match=rf"sources\[0\]\.split='{value}' is a hub dataset's "
                                          rf"field; a {kind} source is read whole"):
       corpus.check_sources(data)
+
+
+def test_a_paper_source_overridden_by_index_to_files_is_accepted(tmp_path):
+  """README's `--config.data.sources[0].kind=files --config.data.sources[0].name=...` on a
+  non-tiny config keeps the hub source's config="20231101.en", ignored for files: refusing it
+  stopped that command, and a streamed run started with it (its corpus identity holds the
+  field) could not resume, the same command refused and the field cleared another stream."""
+  path = tmp_path / "docs.txt"
+  path.write_text("A document.\n")
+  data = base.get_base_config("paper").data
+  data.sources[0].update(kind="files", name=str(path))
+  assert data.sources[0].config == "20231101.en"
+  corpus.check_sources(data)
 
 
 def test_unknown_source_kind(tmp_path):
