@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 
@@ -119,8 +120,8 @@ def one_builder(cache_dir, path, log):
   locks = os.path.join(cache_dir, ".locks")
   name = os.path.relpath(path, cache_dir).replace(os.sep, "-")
   try:
-    os.makedirs(locks, exist_ok=True)
-    f = open(os.path.join(locks, f"{name}.lock"), "a+")  # noqa: SIM115 - closed after the yield
+    _make_lock_folder(locks, cache_dir)
+    f = _open_lock(os.path.join(locks, f"{name}.lock"))
   except OSError:  # A read-only cache: the build fails on its own, as it did unlocked.
     yield
     return
@@ -135,6 +136,27 @@ def one_builder(cache_dir, path, log):
         log.info("Waiting for another process building %s.", path)
         fcntl.flock(f, fcntl.LOCK_EX)
     yield  # Closing the file releases the lock.
+
+
+def _make_lock_folder(locks, cache_dir) -> None:
+  """`locks`, as open to writers as the cache it serves: made under a umask of 022 (0755) in a
+  cache a group shares, it refused the other users' lock files, and their builds went on
+  unlocked and unwarned, in the race the locks are for."""
+  os.makedirs(cache_dir, exist_ok=True)
+  try:
+    os.mkdir(locks)
+  except FileExistsError:
+    return
+  os.chmod(locks, stat.S_IMODE(os.stat(cache_dir).st_mode))
+
+
+def _open_lock(path):
+  """A lock file, opened to be locked: read-only where it is another user's (made under a umask
+  of 022), as a flock needs no write access."""
+  try:
+    return open(path, "a+")  # noqa: SIM115 - the caller closes it, after its yield
+  except PermissionError:
+    return open(path)  # noqa: SIM115
 
 
 def _umask() -> int:

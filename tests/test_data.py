@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import warnings
@@ -354,6 +355,42 @@ def test_runs_started_together_tokenize_a_corpus_once(tmp_path, wiki_docs, bert_
   assert results[0]["input_ids"] == tokenized["input_ids"]
   # The entries' folder holds entries only (the lock is in the cache's .locks).
   assert len(list((tmp_path / "tokenized").iterdir())) == 1
+
+
+def test_a_cache_a_group_shares_locks_its_other_users_builds_too(tmp_path, monkeypatch):
+  """Under a umask of 022 the first user's .locks (0755) and lock files (0644) could not be
+  written by the others: their builds went on unlocked and unwarned, in the race the locks are
+  for. .locks takes the cache's mode, and a lock file is locked read-only (a flock needs no
+  write access)."""
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  cache.chmod(0o2775)
+  entry = cache / "tokenized" / "key"
+  old_umask = os.umask(0o022)
+  try:
+    with paths.one_builder(str(cache), str(entry), logging):
+      assert stat.S_IMODE((cache / ".locks").stat().st_mode) == 0o2775
+      entered = threading.Event()
+
+      def other_user():
+        with paths.one_builder(str(cache), str(entry), logging):
+          entered.set()
+
+      real_open = open
+
+      def as_another_user(path, mode="r", *args, **kwargs):  # As root, a chmod stops none.
+        if str(path).endswith(".lock") and mode != "r":
+          raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+      monkeypatch.setattr(paths, "open", as_another_user, raising=False)
+      other = threading.Thread(target=other_user)
+      other.start()
+      assert not entered.wait(1), "another user's build went on while the entry was held"
+  finally:
+    os.umask(old_umask)
+  assert entered.wait(30)
+  other.join(30)
 
 
 def test_a_leftover_folder_removed_while_measured_is_no_error(tmp_path, monkeypatch, caplog):
