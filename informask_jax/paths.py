@@ -123,6 +123,8 @@ def one_builder(cache_dir, path, log):
     _make_lock_folder(locks, cache_dir)
     f = _open_lock(os.path.join(locks, f"{name}.lock"))
   except OSError:  # A read-only cache: the build fails on its own, as it did unlocked.
+    f = None
+  if f is None:  # Not inside the except: the build's own error would carry this one.
     yield
     return
   with f:

@@ -21,7 +21,7 @@ import pytest
 import scipy.sparse as sp
 
 from configs import base
-from informask_jax import stats
+from informask_jax import paths, stats
 from informask_jax.stats import artifacts, chunks, counting, ngrams, rates
 from informask_jax.stats import build as build_lib
 from informask_jax.stats import pmi as pmi_lib
@@ -899,6 +899,21 @@ def test_runs_of_two_strategies_building_one_directory_keep_each_others_stages(t
   assert not errors, errors
   files = artifacts.read_meta(directory)["files"]
   assert {"unigram_counts.npy", "pmi_ngrams.json", "pmi_bigrams.json"} <= set(files), files
+
+
+def test_a_run_whose_stages_are_built_does_not_wait_for_another_builder(built):
+  """A run whose rates were built and intact waited for any other run building into the same
+  directory (a `stats build --what=ngrams --force`, hours at scale) before it could train; the
+  processes of a multi-host run checked the checksums one after another."""
+  config, pipeline, directory = built
+  done = []
+  run = threading.Thread(target=lambda: done.append(stats.ensure_artifacts(
+      config, pipeline, ("rates",), progress=False)), daemon=True)
+  with paths.one_builder(directory.parent.parent, directory, logging.getLogger("other run")):
+    run.start()
+    run.join(30)
+    assert done == [directory], "ensure_artifacts waited for the other builder's lock"
+  run.join(60)
 
 
 def _read_only(monkeypatch, folder):

@@ -444,9 +444,28 @@ def ensure_artifacts(config, pipeline, need, *, progress: bool = True) -> pathli
   need = art.stage_names(need)
   check_config(config, art.with_deps(need))
   directory = artifact_dir(config, pipeline)
+  if _built(config, pipeline, directory, need):
+    return directory
   with _one_builder(directory):
     _ensure(config, pipeline, directory, need, progress)
   return directory
+
+
+def _built(config, pipeline, directory: pathlib.Path, need) -> bool:
+  """Whether every stage of `need` is built and intact, looked at without the builder's lock: a
+  run whose stages were all there waited for another run building other stages into the
+  directory (`stats build --what=ngrams`, hours at scale), and the processes of a multi-host run
+  checked the same checksums one after another. meta.json and the files are replaced by renames,
+  so what is read here is whole; anything else is for _ensure, under the lock, to find and say."""
+  try:
+    meta = art.read_meta(directory)
+  except (FileNotFoundError, art.CorruptArtifactError):
+    return False
+  if not set(fresh_meta(config, pipeline, directory)) <= set(meta):
+    return False
+  art.check_compatible(meta, directory, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
+                       vocab_size=_vocab_size(pipeline))
+  return all(art.stage_ok(directory, meta, stage) for stage in need)
 
 
 def _ensure(config, pipeline, directory, need, progress) -> None:
