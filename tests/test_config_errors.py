@@ -156,20 +156,26 @@ def test_cudnn_attention_is_asked_only_for_even_query_and_key_lengths(monkeypatc
   assert all(impl != "cudnn" or (q % 2 == 0 and k % 2 == 0) for q, k, impl in asked)
 
 
-def test_a_seq_len_past_the_positions_after_a_roberta_padding_id_is_refused_before_the_corpus(
-    tiny_config, tmp_path, monkeypatch):
-  # check_config allows a RoBERTa layout max_positions - 2 tokens, as for a padding id of 1
-  # (Hugging Face's RoBERTa); positions start after the padding id, so a vocabulary whose [PAD]
-  # is 3 holds max_positions - 4. That was refused only once the corpus was tokenized and its
-  # statistics built.
+def _on_a_pad_3_vocabulary_as_roberta(tiny_config, tmp_path, monkeypatch):
+  """tiny_config on a vocab.txt whose [PAD] is id 3 (a SentencePiece model's usual choice), in
+  RoBERTa's layout of 130 positions; reading the corpus fails the test."""
   from informask_jax import corpus
 
   vocab = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"] + [chr(c) for c in range(97, 123)]
   (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
   tiny_config.tokenizer.name_or_path = str(tmp_path / "vocab.txt")
   tiny_config.model.flavour, tiny_config.model.max_positions = "roberta", 130
-  loop.check_config(tiny_config)  # seq_len 128 = 130 - 2.
   monkeypatch.setattr(corpus, "load_corpus", lambda *a: pytest.fail("the corpus was read"))
+
+
+def test_a_seq_len_past_the_positions_after_a_roberta_padding_id_is_refused_before_the_corpus(
+    tiny_config, tmp_path, monkeypatch):
+  # check_config allows a RoBERTa layout max_positions - 2 tokens, as for a padding id of 1
+  # (Hugging Face's RoBERTa); positions start after the padding id, so a vocabulary whose [PAD]
+  # is 3 holds max_positions - 4. That was refused only once the corpus was tokenized and its
+  # statistics built.
+  _on_a_pad_3_vocabulary_as_roberta(tiny_config, tmp_path, monkeypatch)
+  loop.check_config(tiny_config)  # seq_len 128 = 130 - 2.
   with pytest.raises(ValueError, match=r"config.data.seq_len=128 exceeds the 126 positions of "
                                        r"config.model.max_positions=130 \(RoBERTa positions "
                                        r"start after the padding id 3\)"):
@@ -180,16 +186,12 @@ def test_a_resumed_vocabulary_edited_in_place_is_named_before_the_positions_it_l
     tiny_config, tmp_path, monkeypatch):
   # The run's vocabulary file regenerated at its path with [PAD] at 3: the resume's other
   # tokenizer is the problem, not the seq_len (shortened, the resume was refused all the same).
-  from informask_jax import compatibility, corpus, tokenization
+  from informask_jax import compatibility, tokenization
 
-  vocab = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"] + [chr(c) for c in range(97, 123)]
-  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-  tiny_config.tokenizer.name_or_path = str(tmp_path / "vocab.txt")
-  tiny_config.model.flavour, tiny_config.model.max_positions = "roberta", 130
+  _on_a_pad_3_vocabulary_as_roberta(tiny_config, tmp_path, monkeypatch)
   meta = {"config": compatibility.config_json(tiny_config), "tokenizer_fingerprint": "the run's"}
   monkeypatch.setattr(loop.workdir_lib, "prepare", lambda *a: (True, False))
   monkeypatch.setattr(loop.checkpointing, "latest_meta", lambda workdir: meta)
-  monkeypatch.setattr(corpus, "load_corpus", lambda *a: pytest.fail("the corpus was read"))
   assert tokenization.special_ids(tokenization.load_tokenizer(tiny_config.tokenizer)).pad == 3
   with pytest.raises(ValueError, match=r"the vocabulary file was edited\?"):
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
