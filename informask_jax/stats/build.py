@@ -131,22 +131,30 @@ def fresh_meta(config, pipeline, directory) -> dict:
 
 def _open_meta(config, pipeline, directory: pathlib.Path) -> dict:
   """The directory's metadata, or a fresh one when it has none or an unreadable one."""
+  meta, problem = _usable_meta(config, pipeline, directory)
+  if meta is None:
+    if problem:  # Said here: every stage then reads as "not built".
+      logging.warning("%s; building every stage afresh.", problem)
+    return fresh_meta(config, pipeline, directory)
+  return meta
+
+
+def _usable_meta(config, pipeline, directory: pathlib.Path):
+  """(the directory's metadata, "") where it is usable, else (None, what is wrong with it, ""
+  when it has none). Refuses metadata of another tokenizer (check_compatible)."""
   try:
     meta = art.read_meta(directory)
   except FileNotFoundError:
-    return fresh_meta(config, pipeline, directory)
-  except art.CorruptArtifactError as e:  # Said here: every stage then reads as "not built".
-    logging.warning("%s; building every stage afresh.", e)
-    return fresh_meta(config, pipeline, directory)
-  fresh = fresh_meta(config, pipeline, directory)
-  if not set(fresh) <= set(meta):  # A field every build writes is gone: damaged, start over
-    # (a stage reading meta["seconds"] would end in a KeyError).
-    logging.warning("%s lacks %s; building every stage afresh.", directory / art.META,
-                    ", ".join(sorted(set(fresh) - set(meta))))
-    return fresh
+    return None, ""
+  except art.CorruptArtifactError as e:
+    return None, str(e)
+  missing = set(fresh_meta(config, pipeline, directory)) - set(meta)
+  if missing:  # A field every build writes is gone: damaged, start over (a stage reading
+    # meta["seconds"] would end in a KeyError).
+    return None, f"{directory / art.META} lacks {', '.join(sorted(missing))}"
   art.check_compatible(meta, directory, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
                        vocab_size=_vocab_size(pipeline))
-  return meta
+  return meta, ""
 
 
 def _special_tuple(pipeline) -> tuple[int, ...]:
@@ -457,15 +465,8 @@ def _built(config, pipeline, directory: pathlib.Path, need) -> bool:
   directory (`stats build --what=ngrams`, hours at scale), and the processes of a multi-host run
   checked the same checksums one after another. meta.json and the files are replaced by renames,
   so what is read here is whole; anything else is for _ensure, under the lock, to find and say."""
-  try:
-    meta = art.read_meta(directory)
-  except (FileNotFoundError, art.CorruptArtifactError):
-    return False
-  if not set(fresh_meta(config, pipeline, directory)) <= set(meta):
-    return False
-  art.check_compatible(meta, directory, tokenizer_fingerprint=pipeline.tokenizer_fingerprint,
-                       vocab_size=_vocab_size(pipeline))
-  return all(art.stage_ok(directory, meta, stage) for stage in need)
+  meta, _ = _usable_meta(config, pipeline, directory)
+  return meta is not None and all(art.stage_ok(directory, meta, stage) for stage in need)
 
 
 def _ensure(config, pipeline, directory, need, progress) -> None:
