@@ -434,12 +434,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                                                      tokenizer)
     # After those: a resume's or init_from's other tokenizer is the problem to name first (a
     # vocabulary file edited in place, its [PAD] moved, was refused as a seq_len too long).
-    _check_positions(config, tokenization.special_ids(tokenizer).pad,
-                     tokenization.vocab_rows(tokenizer))
+    ids, rows = tokenization.special_ids(tokenizer), tokenization.vocab_rows(tokenizer)
+    _check_positions(config, ids.pad, rows)
     if config.masking.name == "informask" and config.masking.rates_path:
-      given_rates["masker"] = given_rates_masker(config, fingerprint,
-                                                 tokenization.special_ids(tokenizer),
-                                                 tokenization.vocab_rows(tokenizer))
+      given_rates["masker"] = given_rates_masker(config, fingerprint, ids, rows)
   pipeline = distributed.main_process_first(
       "input pipeline", lambda: data.build_input_pipeline(config, check_tokenizer))
   _log_evaluation_size(config, pipeline)

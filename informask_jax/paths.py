@@ -140,6 +140,18 @@ def one_builder(cache_dir, path, log):
     yield  # Closing the file releases the lock.
 
 
+def load_or_build(cache_dir, path, load, build, log):
+  """load() of the cache entry `path`, or, where it is missing or damaged (load() gives None),
+  build() under one_builder: looked at again once the lock is held, as the run waited for may
+  have built it."""
+  found = load()
+  if found is not None:
+    return found
+  with one_builder(cache_dir, path, log):
+    found = load()
+    return build() if found is None else found
+
+
 def _make_lock_folder(locks, cache_dir) -> None:
   """`locks`, as open to writers as the cache it serves: made under a umask of 022 (0755) in a
   cache a group shares, it refused the other users' lock files, and their builds went on

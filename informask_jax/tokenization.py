@@ -415,12 +415,8 @@ def _train_cached(tokenizer_config, corpus, cache_dir, lowercase, train_fingerpr
       json.dumps([_TRAIN_RECIPE, corpus_fp, vocab_size, lowercase]).encode()).hexdigest()[:16]
   cache_dir = paths.cache_dir(cache_dir)
   path = os.path.join(cache_dir, "tokenizers", f"wordpiece-{vocab_size}-{key}")
-  tok = _load_cached(path)
-  if tok is None:
-    with paths.one_builder(cache_dir, path, log):
-      tok = _load_cached(path)  # Trained meanwhile by the run this one waited for.
-      if tok is None:
-        return _train_and_save(train, vocab_size, lowercase, path)
+  tok = paths.load_or_build(cache_dir, path, lambda: _load_cached(path),
+                            lambda: _train_and_save(train, vocab_size, lowercase, path), log)
   _warn_trained_size(tok.get_vocab_size(), vocab_size)  # Said on every run that uses it.
   return _wrap(tok)
 
@@ -429,13 +425,12 @@ def _train_and_save(train, vocab_size, lowercase, path):
   start = time.time()
   texts = train.select_columns(["text"])
   tok = _train(lambda: (b["text"] for b in texts.iter(batch_size=1000)), vocab_size, lowercase)
-  _warn_trained_size(tok.get_vocab_size(), vocab_size)
   paths.publish_dir(path, _wrap(tok).save_pretrained)
   saved = "saved to" if os.path.isfile(os.path.join(path, "tokenizer.json")) else \
       "could not save it to"
   log.info("Trained a %d-token WordPiece vocabulary on %d documents in %.1fs; %s %s.",
            tok.get_vocab_size(), len(train), time.time() - start, saved, path)
-  return _wrap(tok)
+  return tok
 
 
 def _load_cached(path):

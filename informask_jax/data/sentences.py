@@ -318,14 +318,10 @@ def tokenize_corpus(dataset, tokenizer, data_config, *, fingerprint=None, what="
   key = tokenized_cache_key(corpus_fp, tokenization.tokenizer_fingerprint(tokenizer))
   cache_dir = paths.cache_dir(data_config.get("cache_dir"))
   path = os.path.join(cache_dir, "tokenized", key)
-  cached = _load_tokenized(path)
-  if cached is not None:
-    return cached
-  with paths.one_builder(cache_dir, path, log):
-    cached = _load_tokenized(path)  # Tokenized meanwhile by the run this one waited for.
-    if cached is not None:
-      return cached
-    return _tokenize_and_save(dataset, tokenizer, tokenizer_json, data_config, key, path, what)
+  return paths.load_or_build(
+      cache_dir, path, lambda: _load_tokenized(path),
+      lambda: _tokenize_and_save(dataset, tokenizer, tokenizer_json, data_config, key, path, what),
+      log)
 
 
 def _load_tokenized(path):
