@@ -1,8 +1,10 @@
 """Test setup: simulate 8 CPU devices before JAX is imported anywhere, so sharding tests run on a
 laptop or CI machine exactly as they would on an 8-accelerator host."""
 
+import fcntl
 import os
 import sys
+import threading
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -39,6 +41,51 @@ def tiny_config(cache_dir):
 
 
 @pytest.hookimpl(tryfirst=True)  # Before pytest-xdist reads the marks (with --dist loadgroup).
+class _AnotherRun:
+  """A second run of the same build, in a thread, for the tests of runs started together: this
+  run starts it from inside its own build (`start_and_wait`) and goes on once the other has
+  finished, reached the build itself (`reached_build`: no lock held it back), or is about to wait
+  on a build lock (fcntl.flock, patched to say so)."""
+
+  def __init__(self, monkeypatch, target):
+    self.results, self.errors = [], []
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(target,))
+    real_flock = fcntl.flock
+
+    def flock(f, operation):
+      if not operation & fcntl.LOCK_NB:
+        self._done.set()  # About to wait: this run goes on.
+      return real_flock(f, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+  def _run(self, target):
+    try:
+      self.results.append(target())
+    except Exception as e:  # noqa: BLE001 - raised in the test's thread, by join
+      self.errors.append(e)
+    finally:
+      self._done.set()
+
+  def start_and_wait(self):
+    self._thread.start()
+    assert self._done.wait(60)
+
+  def reached_build(self):
+    self._done.set()
+
+  def join(self):
+    self._thread.join(60)
+    assert not self.errors, self.errors
+
+
+@pytest.fixture
+def another_run(monkeypatch):
+  """another_run(target): see _AnotherRun."""
+  return lambda target: _AnotherRun(monkeypatch, target)
+
+
 def pytest_collection_modifyitems(items):
   """Tests that share a module-scoped fixture (a training run, a built table, an exported model)
   run on one xdist worker, so each such fixture is built once; other tests are spread freely."""

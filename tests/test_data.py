@@ -1,6 +1,5 @@
 """Input pipeline acceptance tests: packing, determinism, host slices, resume, global arrays."""
 
-import fcntl
 import json
 import logging
 import os
@@ -313,46 +312,30 @@ def test_tokenized_corpus_is_stored_once_under_the_cache_dir(tmp_path, bert_toke
 
 
 def test_runs_started_together_tokenize_a_corpus_once(tmp_path, wiki_docs, bert_tokenizer,
-                                                     monkeypatch, caplog):
+                                                     monkeypatch, caplog, another_run):
   """Runs of two strategies started together on one corpus each tokenized it (hours at scale,
   and a copy each on disk until the renames). The second now waits for the first, then loads
   its entry."""
   c = _tiny_config(tmp_path)
   docs = wiki_docs["train"].select(range(20))
-  other_ran = threading.Event()  # The other run tokenizes too, or waits for this one.
-  maps, results = [], []
-
-  def other_run():
-    try:
-      results.append(data.tokenize_corpus(docs, bert_tokenizer, c.data))
-    finally:
-      other_ran.set()
-
-  other = threading.Thread(target=other_run)
-  real_map, real_flock = datasets.Dataset.map, fcntl.flock
+  other = another_run(lambda: data.tokenize_corpus(docs, bert_tokenizer, c.data))
+  maps, real_map = [], datasets.Dataset.map
 
   def map_while_the_other_runs(self, *args, **kwargs):
     maps.append(threading.current_thread().name)
     if threading.current_thread() is threading.main_thread():
-      other.start()
-      assert other_ran.wait(60)
+      other.start_and_wait()
     else:
-      other_ran.set()
+      other.reached_build()
     return real_map(self, *args, **kwargs)
 
-  def flock(f, operation):
-    if not operation & fcntl.LOCK_NB:
-      other_ran.set()  # About to wait: this run goes on.
-    return real_flock(f, operation)
-
   monkeypatch.setattr(datasets.Dataset, "map", map_while_the_other_runs)
-  monkeypatch.setattr(fcntl, "flock", flock)
   with caplog.at_level(logging.INFO, logger="informask_jax.data"):
     tokenized = data.tokenize_corpus(docs, bert_tokenizer, c.data)
-  other.join(60)
+  other.join()
   assert len(maps) == 1, maps
   assert "Waiting for another process building" in caplog.text
-  assert results[0]["input_ids"] == tokenized["input_ids"]
+  assert other.results[0]["input_ids"] == tokenized["input_ids"]
   # The entries' folder holds entries only (the lock is in the cache's .locks).
   assert len(list((tmp_path / "tokenized").iterdir())) == 1
 

@@ -3,7 +3,6 @@ parallel counting against one pass, planted collocations, masking rates, the cac
 their errors."""
 
 import collections
-import fcntl
 import itertools
 import json
 import logging
@@ -861,42 +860,25 @@ def test_spill_folders_a_killed_build_left_are_named(tmp_path, caplog):
 
 
 def test_runs_of_two_strategies_building_one_directory_keep_each_others_stages(tmp_path,
-                                                                               monkeypatch):
+                                                                               monkeypatch,
+                                                                               another_run):
   """pmi_span and informask runs started together share one statistics directory (its key is not
   the strategy's): each kept its own meta.json, and the last to write it dropped the stages the
   other had built, so the next pmi_span run counted its n-grams again (hours at scale). The
   second builder now waits for the first, then builds only what is still missing."""
   config = small_config(tmp_path)
   pipeline = fake_pipeline(synthetic_docs(60, seed=3))
-  other_ran = threading.Event()  # The other run finished its build, or waits for this one's.
-  errors = []
-
-  def other_run():
-    try:
-      stats.ensure_artifacts(config, pipeline, ("counts",), progress=False)
-    except Exception as e:  # noqa: BLE001 - raised in the test's thread below
-      errors.append(e)
-    finally:
-      other_ran.set()
-
-  other = threading.Thread(target=other_run)
-  real_flock, real_ngrams = fcntl.flock, build_lib._STAGE_FNS["ngrams"]
-
-  def flock(f, operation):
-    if not operation & fcntl.LOCK_NB:
-      other_ran.set()  # About to wait: this run goes on.
-    return real_flock(f, operation)
+  other = another_run(lambda: stats.ensure_artifacts(config, pipeline, ("counts",),
+                                                     progress=False))
+  real_ngrams = build_lib._STAGE_FNS["ngrams"]
 
   def ngrams_while_the_other_runs(*args):
-    other.start()
-    assert other_ran.wait(60)
+    other.start_and_wait()
     real_ngrams(*args)
 
-  monkeypatch.setattr(fcntl, "flock", flock)
   monkeypatch.setitem(build_lib._STAGE_FNS, "ngrams", ngrams_while_the_other_runs)
   directory = stats.ensure_artifacts(config, pipeline, ("ngrams",), progress=False)
-  other.join(60)
-  assert not errors, errors
+  other.join()
   files = artifacts.read_meta(directory)["files"]
   assert {"unigram_counts.npy", "pmi_ngrams.json", "pmi_bigrams.json"} <= set(files), files
 

@@ -1,6 +1,5 @@
 """Tokenizer sources, the trained WordPiece vocabulary, special ids and continuation pieces."""
 
-import fcntl
 import importlib.metadata
 import json
 import logging
@@ -157,44 +156,29 @@ def test_a_damaged_cached_vocab_is_trained_again(tmp_path, caplog, damage):
   assert "Loading the trained tokenizer" in caplog.text and "is damaged" not in caplog.text
 
 
-def test_runs_started_together_train_a_vocabulary_once(tmp_path, caplog, monkeypatch):
+def test_runs_started_together_train_a_vocabulary_once(tmp_path, caplog, monkeypatch,
+                                                       another_run):
   """Runs of two strategies started together each trained the same vocabulary (and the later
   rename failed silently). The second now waits for the first, then loads its entry."""
   corpus = _synthetic_corpus()
-  other_ran = threading.Event()  # The other run trains too, or waits for this one.
-  trained, results = [], []
-
-  def other_run():
-    try:
-      results.append(tokenization.load_tokenizer(_config(), corpus, str(tmp_path)))
-    finally:
-      other_ran.set()
-
-  other = threading.Thread(target=other_run)
-  real_train, real_flock = tokenization._train, fcntl.flock
+  other = another_run(lambda: tokenization.load_tokenizer(_config(), corpus, str(tmp_path)))
+  trained, real_train = [], tokenization._train
 
   def train_while_the_other_runs(*args):
     trained.append(threading.current_thread().name)
     if threading.current_thread() is threading.main_thread():
-      other.start()
-      assert other_ran.wait(60)
+      other.start_and_wait()
     else:
-      other_ran.set()
+      other.reached_build()
     return real_train(*args)
 
-  def flock(f, operation):
-    if not operation & fcntl.LOCK_NB:
-      other_ran.set()  # About to wait: this run goes on.
-    return real_flock(f, operation)
-
   monkeypatch.setattr(tokenization, "_train", train_while_the_other_runs)
-  monkeypatch.setattr(fcntl, "flock", flock)
   with caplog.at_level(logging.INFO, logger="informask_jax"):
     first = tokenization.load_tokenizer(_config(), corpus, str(tmp_path))
-  other.join(60)
+  other.join()
   assert len(trained) == 1, trained
   assert "Waiting for another process building" in caplog.text
-  assert results[0].get_vocab() == first.get_vocab()
+  assert other.results[0].get_vocab() == first.get_vocab()
   assert len(list((tmp_path / "tokenizers").iterdir())) == 1  # No lock beside the entry.
 
 
