@@ -236,9 +236,10 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
                bool: "boolean", type(None): "null"}
 
 
-def _parse_json_line(raw):
+def parse_json_line(raw):
   """(record, None) for one line of a JSON Lines file, (None, why it is not a record) otherwise;
-  (None, None) for a blank line."""
+  (None, None) for a blank line. The Beam pipeline's reader takes lines by the same rules.
+  """
   if not raw.strip():
     return None, None
   try:
@@ -357,8 +358,8 @@ def _json_records(path, where):
       yield from ((None, item) for item in items)
       return
     for number, raw in enumerate(f, 1):
-      record, problem = _parse_json_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1
-                                         else raw)
+      record, problem = parse_json_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1
+                                        else raw)
       if problem:
         # A pretty-printed object ({"data": [...]} over many lines) fails on its first line.
         raise (number == 1 and _one_object_error(where, path)) or (

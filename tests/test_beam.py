@@ -264,6 +264,42 @@ def test_json_array_and_non_text_fields_name_the_file(tmp_path):
     bp._clean(3)
 
 
+def test_jsonl_records_without_the_field_are_skipped_as_by_the_corpus_reader(tmp_path):
+  """Beam refused the first record without the field, naming the file, though the local reader
+  (and the launcher's own read) skips it with a warning: a corpus that train.py and `stats
+  build` read could not be counted on Beam, and its advice to change --text_field was wrong."""
+  path = tmp_path / "mixed.jsonl"
+  path.write_bytes(b'\xef\xbb\xbf{"text": "one"}\n{"title": "no text"}\n\n{"text": null}\n'
+                   b'{"text": "two"}\n')
+  expected = [d["text"] for d in corpus_files._read_json([str(path)], "text", "where")]
+  assert expected == ["one", None, None, "two"]
+  assert list(bp.read_documents(str(path), "text", opener=lambda p: open(p, "rb"))) == expected
+
+
+@pytest.mark.parametrize("line, problem", [
+    (b'{"text": "caf\xe9"}', r"byte 0xe9 .* is not valid UTF-8"),
+    (b'{"text": "half \\ud800 pair"}', r"half of a UTF-16 surrogate pair"),
+    (b'{"text": 3}', r"is int 3, not a string"),
+])
+def test_a_bad_jsonl_line_names_the_file_and_line(tmp_path, line, problem):
+  """These failed inside the pipeline naming neither the file nor the line ("UnicodeDecodeError:
+  'utf-8 [while running 'Read']' codec can't decode byte 0xe9", ...), which the local reader
+  names."""
+  path = tmp_path / "bad.jsonl"
+  path.write_bytes(b'{"text": "fine"}\n' + line + b"\n")
+  with pytest.raises(ValueError, match=r"bad.jsonl, line 2: .*" + problem):
+    list(bp.read_documents(str(path), "text", opener=lambda p: open(p, "rb")))
+
+
+def test_a_parquet_column_of_numbers_names_the_file(tmp_path):
+  pa = pytest.importorskip("pyarrow")
+  import pyarrow.parquet as pq
+
+  pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "n.parquet")
+  with pytest.raises(ValueError, match=r"n.parquet, row 1: .* is int 1, not a string"):
+    list(bp.read_documents(str(tmp_path / "n.parquet"), "text", opener=lambda p: open(p, "rb")))
+
+
 def test_bad_input_fails_before_the_pipeline(shards, tmp_path):
   _beam()
   config = _config(tmp_path, shards)

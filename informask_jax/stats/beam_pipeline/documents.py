@@ -3,7 +3,6 @@ systems), their cleaning, and the local builder's hash split, which decides what
 
 from __future__ import annotations
 
-import json
 import os
 
 try:  # Optional dependency: `pip install -e ".[beam]"`.
@@ -37,23 +36,50 @@ def read_documents(path: str, text_field: str, opener=None):
       if text_field not in reader.schema_arrow.names:
         raise ValueError(f"{path}: no column {text_field!r} (text_field); columns are "
                          f"{reader.schema_arrow.names}. {_NAME_THE_FIELD}")
+      row = 0
       for batch in reader.iter_batches(columns=[text_field], batch_size=4096):
-        yield from batch.column(0).to_pylist()
+        texts = batch.column(0).to_pylist()
+        for text in texts:
+          row += 1
+          if not isinstance(text, (str, type(None))):  # Else `_clean` fails naming no file.
+            raise ValueError(f"{path}, row {row}: a document's text (text_field {text_field!r}) "
+                             f"is {type(text).__name__} {text!r:.60}, not a string. "
+                             f"{_NAME_THE_FIELD}")
+        yield from texts
     else:  # JSON Lines: one object per line.
-      for number, line in enumerate(iter(f.readline, b""), 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}, line {number}: not JSON Lines (one object per line): {e}. "
-                           "The Beam pipeline reads .json files as JSON Lines; a JSON array "
-                           "is read by the local builder only.") from None
-        if not isinstance(record, dict) or text_field not in record:
-          fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-          raise ValueError(f"{path}, line {number}: no field {text_field!r} (text_field); "
-                           f"fields are {fields}. {_NAME_THE_FIELD}")
-        yield record[text_field]
+      yield from _json_lines_texts(path, text_field, iter(f.readline, b""))
+
+
+def _json_lines_texts(path, text_field, lines):
+  """The texts of a JSON Lines shard, read as the local reader (`corpus_files._read_json`) reads
+  them: a record without the field is skipped (None, dropped as empty), and only a file none of
+  whose records has it is refused. Refusing the first such record failed a corpus that train.py
+  and `stats build` read; bad bytes and non-text values failed without the file or the line."""
+  from informask_jax import corpus_files
+
+  present, first_missing = False, None
+  for number, line in enumerate(lines, 1):
+    record, problem = corpus_files.parse_json_line(
+        line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line)
+    if problem:
+      raise ValueError(f"{path}, line {number}: not JSON Lines (one object per line): "
+                       f"{problem}. The Beam pipeline reads .json files as JSON Lines; a JSON "
+                       "array is read by the local builder only.")
+    if record is None:  # A blank line.
+      continue
+    text = record.get(text_field)
+    if not isinstance(text, (str, type(None))):
+      raise ValueError(f"{path}, line {number}: a document's text (text_field {text_field!r}) "
+                       f"is {type(text).__name__} {text!r:.60}, not a string. {_NAME_THE_FIELD}")
+    if text_field in record:
+      present = True
+    elif first_missing is None:
+      first_missing = (number, sorted(record))
+    yield text
+  if first_missing is not None and not present:
+    number, fields = first_missing
+    raise ValueError(f"{path}, line {number}: no field {text_field!r} (text_field); fields are "
+                     f"{fields}. {_NAME_THE_FIELD}")
 
 
 def _clean(raw):
