@@ -634,6 +634,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         except data.DataSettingsChanged as e:  # A stream's restored position, checked here.
           raise _cannot_resume(workdir, step, e) from None
         except Exception:  # The error itself follows, after the steps trained are saved.
+          if pending:  # Their sums live in memory only: their row first, as a stop writes one
+            # (else the resume's rows start after the saved step, and no row holds these steps).
+            writer.write(step, {**metrics_lib.summarize(pending), "tokens_per_sec": None,
+                                "mfu": None})
+            writer.flush()  # On disk before the save, as at a checkpoint.
           _save_before_data_failure(step, started_at, state, batches, checkpointer, meta,
                                     workdir, config)
           raise

@@ -1975,6 +1975,40 @@ def test_a_data_read_error_saves_the_steps_trained_and_the_run_resumes_there(
   assert sorted(_read_metrics(tmp_path)) == [1, 2, 3, 4, 5]
 
 
+def test_a_data_read_error_logs_the_steps_since_the_last_row_before_saving(
+    tiny_config, tmp_path, monkeypatch):
+  """log_every=2, the 4th batch unreadable: step 3 is saved, and its row (its sums were in
+  memory only) is written first, as a stop writes one; without it no row ever held step 3, the
+  resumed run's rows starting at step 4."""
+  config = _small(tiny_config, num_steps=5, checkpoint_every=1000, eval_every=1000, log_every=2)
+  config.masking.name = "random"
+  make_iterator = loop.data.pipeline.InputPipeline.train_iterator
+  reads = []
+
+  class FailingRead:  # The pipeline's iterator, whose 4th read raises.
+    def __init__(self, inner):
+      self.inner = inner
+
+    def __next__(self):
+      reads.append(True)
+      if len(reads) == 4:
+        raise OSError("shard 7 is gone")
+      return next(self.inner)
+
+    def state(self):
+      return self.inner.state()
+
+  with monkeypatch.context() as m:
+    m.setattr(loop.data.pipeline.InputPipeline, "train_iterator",
+              lambda *a, **k: FailingRead(make_iterator(*a, **k)))
+    with pytest.raises(OSError, match="shard 7 is gone"):
+      loop.train_and_evaluate(config, tmp_path)
+  assert sorted(_read_metrics(tmp_path)) == [2, 3]
+  assert _read_metrics(tmp_path)[3]["targets_per_step"] > 0
+  assert loop.train_and_evaluate(config, tmp_path)["step"] == 5
+  assert sorted(_read_metrics(tmp_path)) == [2, 3, 4, 5]
+
+
 def test_an_evaluation_without_targets_or_with_a_huge_loss(tiny_config, monkeypatch):
   """No masked token at all is an error (a loss of 0 would win the best checkpoint), naming both
   causes: rows too short for a target (which a larger split does not fix), or too few rows; a
