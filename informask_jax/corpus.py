@@ -19,6 +19,7 @@ that are empty afterwards are dropped. If any source streams, the whole corpus i
 `IterableDatasetDict` read lazily (see `data.StreamingBatchIterator`).
 """
 
+import glob
 import hashlib
 import importlib.metadata
 import json
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 import datasets
 import ml_collections
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from informask_jax import corpus_files, paths, progress_bar, worker_processes
@@ -359,9 +361,9 @@ def load_corpus(data_config):
     missing = ds.with_format("arrow")[:]["text"].null_count
     big = before >= PARALLEL_MIN_DOCUMENTS
     with progress_bar.datasets_bars(big), worker_processes.spawned():
-      ds = ds.map(_clean_batch, batched=True, remove_columns=ds.column_names,
-                  features=_FEATURES, num_proc=num_proc if big else None, desc="Cleaning",
-                  fn_kwargs=_clean_kwargs(where, source))
+      ds = _cleaned(ds, where, batched=True, remove_columns=ds.column_names,
+                    features=_FEATURES, num_proc=num_proc if big else None, desc="Cleaning",
+                    fn_kwargs=_clean_kwargs(where, source))
     if missing:
       log.warning("%s: skipped %d of %d records without a %r field (missing or null).", where,
                   missing, before, source.get("text_field") or "text")
@@ -376,6 +378,39 @@ def load_corpus(data_config):
     raise ValueError("The corpus is empty: config.data.sources gave no document with text after "
                      "cleaning (" + "; ".join(w for w, _, _ in parts) + ").")
   return _split(corpus, fraction, sources)
+
+
+def _cleaned(ds, where, **map_args):
+  """ds.map(_clean_batch, **map_args). `datasets` caches the cleaned copy of a source read into
+  Arrow files (a files or hub source) beside them, and loads it on later runs unchecked: one cut
+  short (a machine down before the data reached the disk) failed every run in pyarrow's
+  traceback, naming no file. It is removed, with a warning, and the source cleaned again."""
+  try:
+    return ds.map(_clean_batch, **map_args)
+  except Exception as e:
+    damaged = _unreadable_map_copies(ds)
+    if not damaged:
+      raise
+    log.warning("%s: the cleaned copy %s, cached by an earlier run, is damaged (%s); cleaning "
+                "the source again.", where, ", ".join(damaged), corpus_files.error_reason(e))
+    for path in damaged:
+      os.remove(path)
+    return ds.map(_clean_batch, **map_args)
+
+
+def _unreadable_map_copies(ds):
+  """The results of map() cached beside `ds`'s Arrow files (cache-*.arrow) that pyarrow cannot
+  read to the end."""
+  folders = sorted({os.path.dirname(f["filename"]) for f in ds.cache_files})
+  bad = []
+  for path in (p for folder in folders
+               for p in sorted(glob.glob(os.path.join(glob.escape(folder), "cache-*.arrow")))):
+    try:
+      with pa.memory_map(path) as source:  # Mapped, as datasets reads it: nothing is copied.
+        pa.ipc.open_stream(source).read_all()
+    except (OSError, pa.ArrowException):
+      bad.append(path)
+  return bad
 
 
 def _where(i, source):

@@ -672,9 +672,8 @@ def _files_stamp(files, version) -> str:
 
 
 def _from_generator(reader, gen_kwargs, cache_dir, fingerprint, num_proc, num_files):
-  """datasets.Dataset.from_generator, cached under `cache_dir` by `fingerprint`. A cached copy
-  that fails to load (an Arrow file cut short or deleted: pyarrow's OSError, on every run) is
-  removed, with a warning, and the files are read again."""
+  """datasets.Dataset.from_generator, cached under `cache_dir` by `fingerprint` (a damaged
+  cached copy is read again: _without_damaged_copy)."""
   def generate():
     return datasets.Dataset.from_generator(
         reader, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=_TEXT_FEATURES,
@@ -682,21 +681,34 @@ def _from_generator(reader, gen_kwargs, cache_dir, fingerprint, num_proc, num_fi
         num_proc=num_proc if num_proc and num_proc > 1 and num_files > 1 else None)
   # datasets' builder folder for the generator: <cache_dir>/generator/<config>-<fingerprint>.
   cached = glob.glob(os.path.join(glob.escape(cache_dir), "generator", f"*{fingerprint}"))
+  return _without_damaged_copy(generate, cached, gen_kwargs["paths"])
+
+
+# What pyarrow raises for an Arrow file cut short: OSError past its schema ("Expected to be able
+# to read ... bytes"), ArrowInvalid within it, as for a file of 0 bytes, which a machine that
+# went down before the data reached the disk leaves.
+_CUT_SHORT = (OSError, pa.ArrowInvalid)
+
+
+def _without_damaged_copy(load, cached, files):
+  """load(), which reads `files` into the cache or loads `cached` (the folders of their copy
+  that an earlier run finished). A cached copy that fails to load (an Arrow file cut short or
+  deleted) is removed, with a warning, and the files read again: it failed every later run, in
+  pyarrow's traceback or an error saying that the files themselves do not read."""
   if not cached:
-    return generate()
+    return load()
   try:
-    return generate()
+    return load()
   except Exception as e:
-    if not isinstance(_innermost(e), OSError) or not all(os.access(f, os.R_OK)
-                                                         for f in gen_kwargs["paths"]):
+    if not isinstance(_innermost(e), _CUT_SHORT) or not all(os.access(f, os.R_OK)
+                                                           for f in files):
       raise  # The files themselves (gone, unreadable), or a reader's own error.
-    log.warning(
-        "The cached copy of %s in %s is damaged (%s); reading the files again.",
-        ", ".join(gen_kwargs["paths"][:3]) + (" ..." if num_files > 3 else ""),
-        ", ".join(cached), error_reason(e))
+    log.warning("The cached copy of %s in %s is damaged (%s); reading the files again.",
+                ", ".join(files[:3]) + (" ..." if len(files) > 3 else ""), ", ".join(cached),
+                error_reason(e))
     for folder in cached:
       shutil.rmtree(folder, ignore_errors=True)
-    return generate()
+    return load()
 
 
 def _load_builder(builder, group, source, where, num_proc, cache_dir):
@@ -709,10 +721,8 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
     # is raised with its reason, and so is a file's that fails on its own below.
     quiet = _datasets_errors_quiet() if len(group) > 1 else contextlib.nullcontext()
     with worker_processes.spawned(), quiet:
-      ds = datasets.load_dataset(builder, data_files=_literal(group), split="train",
-                                 cache_dir=cache_dir,
-                                 name=_builder_config_name(builder, group),
-                                 num_proc=num_proc if len(group) > 1 else None)
+      ds = _load_cached_builder(builder, group, cache_dir,
+                                num_proc=num_proc if len(group) > 1 else None)
   except Exception as e:  # Malformed JSON/Parquet surfaces from deep inside pyarrow.
     if len(group) == 1:
       raise _read_error(where, builder, group, e) from e
@@ -725,6 +735,20 @@ def _load_builder(builder, group, source, where, num_proc, cache_dir):
              for path in group]
     return _concatenated(parts)
   return select_text(ds, field, where)
+
+
+def _load_cached_builder(builder, files, cache_dir, num_proc=None):
+  """`files` read by `datasets`' `builder` into its cache under `cache_dir` (a damaged cached
+  copy is read again, not blamed on the files: _without_damaged_copy)."""
+  name = _builder_config_name(builder, files)
+  # <cache_dir>/<builder>/<name>-<hash>/<version>/<hash>/: an Arrow file there once finished.
+  arrows = glob.glob(os.path.join(glob.escape(cache_dir), builder, glob.escape(name) + "-*", "*",
+                                  "*", "*.arrow"))
+  cached = sorted({os.path.dirname(os.path.dirname(os.path.dirname(a))) for a in arrows})
+  return _without_damaged_copy(
+      lambda: datasets.load_dataset(builder, data_files=_literal(files), split="train",
+                                    cache_dir=cache_dir, name=name, num_proc=num_proc),
+      cached, files)
 
 
 def _builder_config_name(builder, files) -> str:
@@ -754,9 +778,7 @@ def _datasets_errors_quiet():
 
 def _load_one_file(builder, path, where, cache_dir):
   try:
-    return datasets.load_dataset(builder, data_files=_literal([path]), split="train",
-                                 cache_dir=cache_dir,
-                                 name=_builder_config_name(builder, [path]))
+    return _load_cached_builder(builder, [path], cache_dir)
   except Exception as e:
     raise _read_error(where, builder, [path], e) from e
 

@@ -165,6 +165,23 @@ def test_a_same_size_edit_with_its_mtime_put_back_is_read_again(tmp_path):
   assert _texts(corpus.load_corpus(c)["train"]) == ["A hydra ran."]
 
 
+@pytest.mark.parametrize("size", [0, 1000])
+def test_a_damaged_cleaned_copy_is_cleaned_again(tmp_path, caplog, size):
+  """datasets caches the cleaned copy of a read source (cache-*.arrow) beside the read one, and
+  loads it unchecked: cut short, it failed every later run in pyarrow's traceback (OSError, or
+  ArrowInvalid for 0 bytes), naming no file."""
+  path = tmp_path / "a.txt"
+  path.write_text("".join(f"Document {i}. " * 20 + "\n\n" for i in range(200)))
+  c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
+  expected = _texts(corpus.load_corpus(c)["train"])
+  (cleaned,) = (tmp_path / "cache").glob("**/cache-*.arrow")
+  cleaned.write_bytes(cleaned.read_bytes()[:size])
+  with caplog.at_level(logging.WARNING, logger="informask_jax.corpus"):
+    assert _texts(corpus.load_corpus(c)["train"]) == expected
+  assert re.search(r"the cleaned copy .*cache-.*\.arrow, cached by an earlier run, is damaged",
+                   caplog.text)
+
+
 @pytest.mark.parametrize("files", [1, 2])
 def test_a_parquet_file_replaced_with_its_mtime_put_back_is_read_again(tmp_path, files):
   """Parquet goes through `datasets`' own builder, whose cache compares modification times
@@ -198,6 +215,29 @@ def test_a_damaged_cached_copy_of_read_files_is_read_again(tmp_path, caplog):
   assert "is damaged" in caplog.text and "reading the files again" in caplog.text
   arrow.unlink()  # Gone altogether: the same.
   assert _texts(corpus.load_corpus(c)["train"]) == expected
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_cached_copy_of_read_files_emptied_by_a_crash_is_read_again(tmp_path, caplog, suffix):
+  """An Arrow file of 0 bytes (a machine down before the data reached the disk) fails with
+  pyarrow's ArrowInvalid, not OSError: every later run ended in its traceback. A Parquet
+  source's copy (datasets' builder) cut short failed every run with an error saying that the
+  Parquet file itself could not be read."""
+  path = tmp_path / f"a{suffix}"
+  rows = [{"text": f"Document {i}. " * 20} for i in range(200)]
+  if suffix == ".parquet":
+    pq.write_table(pa.Table.from_pylist(rows), path)
+  else:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  c = _data_config(tmp_path, [dict(name=str(path))], validation_fraction=0.0)
+  expected = _texts(corpus.load_corpus(c)["train"])
+  (arrow,) = [a for a in (tmp_path / "cache").glob("**/*.arrow") if not a.name.startswith("cache-")]
+  for size in (0, arrow.stat().st_size // 3):
+    arrow.write_bytes(arrow.read_bytes()[:size])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="informask_jax.corpus_files"):
+      assert _texts(corpus.load_corpus(c)["train"]) == expected
+    assert "is damaged" in caplog.text and "reading the files again" in caplog.text
 
 
 def test_mostly_invalid_utf8_is_refused_and_an_empty_txt_is_not(tmp_path):
