@@ -211,6 +211,7 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
   if others:
     logging.warning("%s holds %s, not tokenizer files: not exported.", tokenizer_dir,
                     ", ".join(others))
+  _frame_as_trained(out_dir, tokenizer)
   vocab_settings = _write_wordpiece_vocab(out_dir)
   path = os.path.join(out_dir, "tokenizer_config.json")
   settings = {}
@@ -241,6 +242,28 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
   settings["model_max_length"] = int(max_seq_len)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(settings, f, indent=2, sort_keys=True)
+
+
+def _frame_as_trained(out_dir: str, tokenizer) -> None:
+  """Gives the exported tokenizer.json the framing training gave every row where the run's
+  tokenizer adds none (tokenization.bare_text_framing; a run since the fix has it in its
+  tokenizer/ already). Else the export's users (fill-mask, run_glue.py, a classifier reading the
+  first token) feed the model inputs it never saw; the ids of the text itself, and so the
+  fingerprint, are unchanged."""
+  import tokenizers
+
+  from informask_jax import tokenization
+
+  path = os.path.join(out_dir, "tokenizer.json")
+  framing = tokenization.bare_text_framing(tokenizer)
+  if framing is None or not os.path.exists(path):
+    return
+  backend = tokenizers.Tokenizer.from_file(path)
+  backend.post_processor = framing(backend.post_processor)
+  backend.save(path)
+  logging.warning("The run's tokenizer adds no special tokens around a text (no "
+                  "post-processor): the export's frames a text as training framed its rows, "
+                  "%s ... %s.", tokenizer.cls_token, tokenizer.sep_token)
 
 
 def _write_wordpiece_vocab(out_dir: str) -> dict:

@@ -105,7 +105,31 @@ def _from_vocab_file(path, lowercase, strip_accents=None):
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]
   if missing:
     raise ValueError(f"config.tokenizer.name_or_path={path!r}: the vocabulary lacks {missing}.")
+  _warn_unreachable_tokens(vocab, path, lowercase, strip_accents)
   return _wrap(_from_vocab(vocab, lowercase, strip_accents))
+
+
+# The share of a vocab.txt's tokens that its normaliser can never produce above which
+# _warn_unreachable_tokens speaks (bert-base-uncased's vocabulary has none).
+UNREACHABLE_WARN_SHARE = 0.01
+
+
+def _warn_unreachable_tokens(vocab, path, lowercase, strip_accents=None):
+  """A cased vocab.txt (bert-base-cased's, a BertWordPieceTokenizer(lowercase=False)'s
+  save_model) read with the default lowercase=True: its capitalised or accented tokens are rows
+  no text reaches, and the case the vocabulary was built for is lost, silently unless a
+  tokenizer_config.json lies beside it."""
+  normalizer = normalizers.BertNormalizer(
+      clean_text=True, handle_chinese_chars=True, lowercase=lowercase,
+      strip_accents=lowercase if strip_accents is None else strip_accents)
+  words = [t[2:] if t.startswith("##") else t for t in vocab if t not in SPECIAL_TOKENS]
+  unreachable = [w for w in words if w and normalizer.normalize_str(w).strip() != w]
+  if len(unreachable) > UNREACHABLE_WARN_SHARE * max(len(words), 1):
+    log.warning("config.tokenizer.name_or_path=%r: %d of its %d tokens (e.g. %s) hold letters "
+                "that config.tokenizer.lowercase=%s changes (lower-casing, accent stripping), so "
+                "no text ever gives them: a cased vocabulary wants "
+                "--config.tokenizer.lowercase=False.", path, len(unreachable), len(vocab),
+                ", ".join(repr(w) for w in unreachable[:3]), lowercase)
 
 
 def _from_vocab(vocab, lowercase, strip_accents=None):
@@ -588,7 +612,40 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
     special_ids(tokenizer)
   except ValueError as e:
     raise ValueError(f"config.tokenizer.name_or_path={name!r}: {e}") from None
+  _frame_bare_texts(tokenizer, name)
   return tokenizer
+
+
+def _frame_bare_texts(tokenizer, name) -> None:
+  """Gives a tokenizer that adds nothing around a text (no post-processor: a `tokenizers` BPE or
+  Unigram saved as built) the framing of training rows: bare_text_framing."""
+  framing = bare_text_framing(tokenizer)
+  if framing is None:
+    return
+  tokenizer.backend_tokenizer.post_processor = framing(tokenizer.backend_tokenizer.post_processor)
+  cls, sep = tokenizer.cls_token, tokenizer.sep_token
+  log.warning("config.tokenizer.name_or_path=%r adds no %s or %s around a text (its post-processor "
+              "puts none there), while training rows are framed by them: the run's "
+              "tokenizer/ and its export frame texts as BERT's, %s A %s B %s. Save your tokenizer "
+              "with a post-processor to choose another layout.", name, cls, sep, cls, sep, sep)
+
+
+def bare_text_framing(tokenizer):
+  """For a tokenizer that adds nothing around a text: a function from its post-processor (None,
+  or byte-level BPE's ByteLevel, which trims offsets) to one that also frames texts as the packer
+  frames training rows, BERT's template with its own tokens, [CLS] A [SEP] B [SEP]. Else the
+  run's tokenizer/, its export and LAMA gave every text to the model without them, and a sentence
+  pair (GLUE, SQuAD, LAMA's masked sentences) as the two texts run together. None for a tokenizer
+  that frames texts its own way (BERT's, RoBERTa's, ...). The post-processor is no part of the
+  fingerprint: caches, statistics and checkpoints stay this tokenizer's."""
+  cls, sep = tokenizer.cls_token, tokenizer.sep_token
+  if (cls is None or sep is None or tokenizer("a")["input_ids"]
+      != tokenizer("a", add_special_tokens=False)["input_ids"]):
+    return None
+  template = processors.TemplateProcessing(
+      single=[cls, "$A", sep], pair=[cls, "$A", sep, "$B:1", f"{sep}:1"],
+      special_tokens=[(cls, tokenizer.cls_token_id), (sep, tokenizer.sep_token_id)])
+  return lambda kept: template if kept is None else processors.Sequence([kept, template])
 
 
 # The names a vocabulary gives each role, BERT's and RoBERTa's / SentencePiece's.

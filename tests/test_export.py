@@ -721,6 +721,33 @@ def test_a_cased_vocabulary_exports_a_vocab_txt_read_without_lower_casing(tmp_pa
   assert fast("The Cat")["input_ids"] == want
 
 
+def test_a_tokenizer_without_a_post_processor_exports_the_framing_training_gave(tmp_path,
+                                                                              caplog):
+  """A ByteLevelBPETokenizer wrapped as PreTrainedTokenizerFast adds no <s> ... </s>, while
+  training framed every row so (data/packing.py): the export's users (fill-mask, run_glue.py)
+  fed the model bare texts. The export frames them as training did; the ids of the text and
+  the tokenizer's fingerprint (which eval_lama.py checks) stay."""
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(["the cat sat on the mat ."] * 20, vocab_size=300,
+                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+  tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=bpe._tokenizer, cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+      unk_token="<unk>", mask_token="<mask>")
+  bare = tok("the cat", add_special_tokens=False)["input_ids"]
+  assert tok("the cat")["input_ids"] == bare  # No framing of its own.
+  tok.save_pretrained(tmp_path / "tokenizer")
+  (tmp_path / "out").mkdir()
+  with caplog.at_level(logging.WARNING):
+    export._copy_tokenizer(str(tmp_path / "tokenizer"), str(tmp_path / "out"), tok, 1, 16)
+  assert "no special tokens" in caplog.text
+  again = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+  cls, sep = tok.cls_token_id, tok.sep_token_id
+  assert again("the cat")["input_ids"] == [cls, *bare, sep]
+  assert again("the cat", "the cat")["input_ids"] == [cls, *bare, sep, *bare, sep]
+  assert again("the cat", add_special_tokens=False)["input_ids"] == bare
+  assert tokenization.tokenizer_fingerprint(again) == tokenization.tokenizer_fingerprint(tok)
+
+
 def test_a_failed_verification_leaves_out_dir_untouched(tmp_path, tokenizer_dir, monkeypatch):
   cfg = tiny_config("bert")
   params = tiny_params(cfg)

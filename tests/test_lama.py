@@ -1452,6 +1452,32 @@ def test_every_data_mask_becomes_the_models_mask_token():
   assert encoded.ids.index(words.mask_id) == encoded.position
 
 
+def test_a_tokenizer_without_a_post_processor_is_framed_as_training_framed_rows(caplog):
+  """A ByteLevelBPETokenizer wrapped as PreTrainedTokenizerFast adds no <s> ... </s>, but
+  training's rows start with [CLS] and end with [SEP] (data/packing.py): the queries were asked
+  bare, a pair's two sentences glued together, and scored otherwise than the same model's with
+  RoBERTa's post-processor. Framed as the rows now."""
+  bpe = _bpe_tokenizer()
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe.backend_tokenizer,
+                                             cls_token="<s>", sep_token="</s>", pad_token="<pad>",
+                                             unk_token="<unk>", mask_token="<mask>")
+  assert tok("We saw <mask> .")["input_ids"] == tok.encode("We saw <mask> .",
+                                                          add_special_tokens=False)
+  with caplog.at_level(logging.WARNING):
+    words = lama.WordTable(tok)
+  assert "no special tokens" in caplog.text
+  cls, sep = tok.cls_token_id, tok.sep_token_id
+  score = lama.RelationScore("ConceptNet", "test")
+  single, pair = lama.encode_queries(
+      [lama.Query(0, "We saw <mask> ."), lama.Query(0, "We saw Paris .", "We saw <mask> .")],
+      words, 64, [score], first_mask=True)
+  body = words.encode(["We saw <mask> ."])[0]
+  assert single.ids == [cls, *body, sep] and single.ids[single.position] == words.mask_id
+  first = words.encode(["We saw Paris ."])[0]
+  assert pair.ids == [cls, *first, sep, *body, sep] and pair.ids[pair.position] == words.mask_id
+  assert pair.types == [0] * (len(first) + 2) + [1] * (len(body) + 1)
+
+
 def test_informask_predictions_of_a_byte_level_bpe_drop_the_leading_space():
   """RoBERTa-style tokens decode with their leading space (" Paris"); the InforMask script
   compares them without it, so "ĠParis" matches the gold alternative "paris"."""

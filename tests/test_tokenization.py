@@ -574,3 +574,58 @@ def test_a_byte_level_bpe_directory_of_vocab_json_and_merges_txt_is_loaded(tmp_p
                                        r"\(RobertaTokenizer reads tokenizer.json or "
                                        r"vocab.json\+merges.txt\)"):
     tokenization.load_tokenizer(ml_collections.ConfigDict({"name_or_path": str(tmp_path)}))
+
+
+def test_a_tokenizer_that_adds_no_special_tokens_gets_the_rows_framing(tmp_path, caplog):
+  """A `tokenizers` Unigram (or byte-level BPE) saved as built has no post-processor: the run's
+  tokenizer/, its export and LAMA gave the model texts without the <s> ... </s> of every training
+  row, and sentence pairs (GLUE, LAMA's masked sentences) as two texts run together."""
+  import tokenizers
+  import transformers
+
+  pieces = [("<pad>", 0.0), ("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), ("<mask>", 0.0),
+            ("\u2581the", -1.0), ("\u2581cat", -2.0), ("\u2581sat", -2.0), ("\u2581", -3.0)]
+  backend = tokenizers.Tokenizer(tokenizers.models.Unigram(pieces, unk_id=1))
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+  backend.decoder = tokenizers.decoders.Metaspace()
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", cls_token="<s>",
+      sep_token="</s>", mask_token="<mask>").save_pretrained(str(tmp_path / "tok"))
+  plain = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+  assert plain("the cat")["input_ids"] == [5, 6]  # The tokenizer as the user saved it.
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    tok = tokenization.load_tokenizer(_config(str(tmp_path / "tok"), lowercase=False))
+  assert tok("the cat", "sat")["input_ids"] == [2, 5, 6, 3, 7, 3]  # <s> the cat </s> sat </s>
+  assert tok("the")["input_ids"] == [2, 5, 3]
+  assert "adds no <s> or </s> around a text" in caplog.text
+  # As the run's tokenizer/ saves it (what the export copies and LAMA reads).
+  tok.save_pretrained(str(tmp_path / "saved"))
+  saved = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+  assert saved("the cat", "sat")["input_ids"] == [2, 5, 6, 3, 7, 3]
+  # The ids of a text are unchanged: caches, statistics and checkpoints stay valid.
+  assert tokenization.tokenizer_fingerprint(tok) == tokenization.tokenizer_fingerprint(plain)
+  # A tokenizer that frames texts itself keeps its own layout, without the warning.
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    bert = tokenization.load_tokenizer(_config(BERT_VOCAB))
+  assert "adds no" not in caplog.text
+  assert bert.convert_ids_to_tokens(bert("a")["input_ids"]) == ["[CLS]", "a", "[SEP]"]
+
+
+def test_a_cased_vocab_txt_read_lower_cased_is_warned(tmp_path, caplog):
+  """A cased vocab.txt alone (BertWordPieceTokenizer(lowercase=False).save_model writes nothing
+  else) under the default lowercase=True: its capitalised tokens are rows no text reaches, and
+  the case was lost without a word."""
+  path = tmp_path / "vocab.txt"
+  path.write_text("\n".join([*tokenization.SPECIAL_TOKENS, "the", "The", "Paris", "paris", "##is",
+                             "##Is", "cat"]) + "\n")
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    tok = tokenization.load_tokenizer(_config(str(path)))
+  assert tok.tokenize("The") == ["the"]
+  assert "3 of its 12 tokens (e.g. 'The', 'Paris', 'Is') hold letters that " \
+         "config.tokenizer.lowercase=True changes" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="informask_jax.tokenization"):
+    tokenization.load_tokenizer(_config(str(path), lowercase=False))
+    tokenization.load_tokenizer(_config(BERT_VOCAB))  # bert-base-uncased: every token reachable.
+  assert not caplog.records, caplog.text
