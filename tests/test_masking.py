@@ -177,6 +177,20 @@ def test_contract_budget_and_specials(name, budget):
     assert count.std() > 0  # Bernoulli counts vary between sequences.
 
 
+@pytest.mark.parametrize("name", ["random", "informask_online"])
+def test_bernoulli_counts_vary_as_binomials_around_the_rows_budget(name):
+  """The Bernoulli budget draws each row's count (informask_online: one Binomial(n, p) size per
+  row for its K candidates), not round(p * n): counts that differ only because rows differ in
+  length passed the contract test's std > 0 while the budget was in fact the exact one."""
+  tokens, out, _, _ = run(name, "bernoulli")
+  n = (~np.isin(tokens, SPECIAL)).sum(1)
+  count = out["mask"].sum(1)
+  assert (count == budgets(tokens)).mean() < 0.5
+  # Binomial spread: the squared deviations from n p add up to about sum n p (1 - p).
+  ratio = ((count - 0.15 * n) ** 2).sum() / (0.15 * 0.85 * n).sum()
+  assert 0.8 < ratio < 1.2, ratio
+
+
 def _corruption_shares(name, budget, keys=3, **options):
   """(share [MASK], share random, share kept, the random replacements) over a few keys."""
   orig, new = [], []
