@@ -66,6 +66,11 @@ class MLMConfig:
       value = getattr(self, key)
       if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"model.{key}={value!r} must be a positive integer.")
+      # Ids and positions are int32 on the device: a table of 2**31 rows or more failed as the
+      # model was built, with an OverflowError from inside jnp.take naming no key.
+      if value >= 2**31:
+        raise ValueError(f"model.{key}={value!r} must be below 2**31 (ids and positions are "
+                         "int32 on the device).")
       # A NumPy integer (len of a tokenizer's array, a table's shape) as int: config.json is
       # written from this config, and json cannot write np.int64.
       object.__setattr__(self, key, int(value))

@@ -52,6 +52,15 @@ def test_layer_norm_eps_that_is_zero_in_float32_is_refused():
   assert bool(jnp.all(out == 0))
 
 
+@pytest.mark.parametrize("key", ["max_positions", "type_vocab_size"])
+def test_a_table_of_2_31_rows_or_more_is_refused_naming_the_key(tiny_config, key):
+  # It passed the checks, and the model's init then failed inside jnp.take with an
+  # OverflowError (a Python int past int32) that named no key.
+  tiny_config.model[key] = 2**31
+  with pytest.raises(ValueError, match=rf"config.model.{key}=2147483648 must be below 2\*\*31"):
+    loop.check_config(tiny_config)
+
+
 def test_informask_num_candidates_above_the_online_bound_is_refused_before_the_corpus(
     tiny_config):
   # informask's rates come from the statistics, whose last stage runs the online masker with

@@ -102,6 +102,9 @@ def test_dropout_mask_statistics_and_sharding():
     (dict(vocab_size=0), "model.vocab_size=0 must be a positive integer"),
     (dict(vocab_size=100.0), "model.vocab_size=100.0 must be a positive integer"),
     (dict(type_vocab_size=0), "model.type_vocab_size=0 must be a positive integer"),
+    # These two overflowed int32 inside jnp.take as the model was built (OverflowError).
+    (dict(max_positions=2**31), r"model.max_positions=2147483648 must be below 2\*\*31"),
+    (dict(type_vocab_size=3 * 10**9), r"model.type_vocab_size=3000000000 must be below 2\*\*31"),
     (dict(layer_norm_eps=0.0), r"model.layer_norm_eps=0.0 must be a finite number >= 1.2e-38"),
     (dict(layer_norm_eps=float("nan")), "model.layer_norm_eps=nan")])
 def test_bad_architecture_raises_naming_the_key(overrides, match):
