@@ -598,3 +598,21 @@ def test_parquet_without_the_text_column_names_its_columns(tmp_path):
   with pytest.raises(ValueError, match=r"c.parquet: no column 'text' .*\['body', 'id'\]\. Name "
                      r"the text's field with --text_field=FIELD\."):
     list(bp.read_documents(str(tmp_path / "c.parquet"), "text", opener=lambda p: open(p, "rb")))
+
+
+def test_a_pmi_vocabulary_emptied_by_drop_top_k_names_it_as_the_local_builder_does():
+  """Beam blamed min_count and the corpus size for a drop_top_k that dropped every eligible
+  token ("Only 0 token(s) occur at least ... Lower stats.min_count"), though hundreds did."""
+  from informask_jax.stats.beam_pipeline import settings as beam_settings
+  from informask_jax.stats.beam_pipeline import whole_corpus
+
+  counts = np.array([0, 0, 9, 8, 7, 6, 5, 1], np.int64)  # ids 0, 1 are specials
+  settings = beam_settings.Settings(
+      vocab_size=counts.size, special_ids=(0, 1), continuation=np.zeros(counts.size, bool),
+      text_field="text", validation_fraction=0.0,
+      stats=dict(pmi_vocab_size=10, min_count=2, drop_top_k=4))
+  unigrams = counting.UnigramCounts(counts, int(counts.sum()), 1, 1)
+  with pytest.raises(ValueError, match=r"^5 tokens occur at least config\.stats\.min_count=2 "
+                                       r"times, and config\.stats\.drop_top_k=4 drops .* "
+                                       r"leaving 1; .* Lower stats\.drop_top_k\.$"):
+    whole_corpus._pmi_vocab(unigrams, settings)

@@ -367,7 +367,8 @@ def test_bigram_table_pmi_values_match_a_brute_force_count():
   assert len(want) > 50 and set(got) == set(want)
   for k, v in want.items():
     assert got[k] == pytest.approx(v, rel=1e-9)
-  assert np.all(np.diff(scores) <= 0)  # Highest PMI first.
+  # Highest PMI first; PMIs equal but for rounding rank by count.
+  assert np.all(np.diff(scores) <= 1e-12)
   top, _ = ngrams.bigram_table(counts, vocab_size=V, size=10)
   np.testing.assert_array_equal(top, pairs[:10])
 
@@ -2205,3 +2206,18 @@ def test_the_rates_bench_matches_a_word_start_marked_vocabulary_in_wordpiece_spe
   tokens, _, a, b = bench["match"](ours[1:6], np.ones(5), original_vocab[1:6], original,
                                    original_vocab)
   assert list(tokens) == original_vocab[1:6]
+
+
+def test_pmi_ties_in_exact_arithmetic_are_ranked_by_count_not_by_rounding():
+  """2 / (2 * 12) = 3 / (4 * 9): the two pairs' PMIs are equal, but their log sums came out 1 ulp
+  apart, so the pair seen twice ranked above the one seen three times, and took the only place."""
+  token_counts = np.array([2, 12, 4, 9, 973, 0, 0, 0], np.int64)  # 1,000 tokens
+  counts = ngrams.NgramCounts(
+      keys=np.zeros(0, np.uint64), counts=np.zeros(0, np.int64),
+      positions=np.zeros(ngrams.MAX_N + 1, np.int64),
+      pair_keys=np.array([0 * 8 + 1, 2 * 8 + 3], np.uint64), pair_counts=np.array([2, 3]),
+      token_counts=token_counts, num_adjacent=900, min_count=1)
+  pairs, scores = ngrams.bigram_table(counts, vocab_size=8, size=2)
+  assert scores[0] == pytest.approx(scores[1], rel=1e-12)
+  assert pairs.tolist() == [[2, 3], [0, 1]]
+  assert ngrams.bigram_table(counts, vocab_size=8, size=1)[0].tolist() == [[2, 3]]

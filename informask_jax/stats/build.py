@@ -183,21 +183,6 @@ def _stage_counts(config, pipeline, directory, meta, state, progress):
   state["unigram_counts"] = uni.counts
 
 
-def _too_few_pmi_tokens(s, unigram, specials, kept: int) -> str:
-  """Why the PMI vocabulary holds fewer than 2 tokens, naming the setting that limits it:
-  drop_top_k, or min_count (the corpus), whichever left too few (check_config refuses a size cap
-  below 2)."""
-  eligible = counting.select_pmi_vocab(unigram, special_ids=specials, size=unigram.size,
-                                       min_count=s.min_count).size
-  if eligible >= 2:
-    return (f"{eligible} tokens occur at least config.stats.min_count={s.min_count} times, and "
-            f"config.stats.drop_top_k={s.drop_top_k} drops the most frequent of them, leaving "
-            f"{kept}; a PMI table needs at least 2. Lower stats.drop_top_k.")
-  return (f"Only {kept} token(s) occur at least config.stats.min_count={s.min_count} times "
-          f"(after dropping config.stats.drop_top_k={s.drop_top_k}); the corpus is too small "
-          "for a PMI table. Lower stats.min_count or use a larger corpus.")
-
-
 def _stage_pmi(config, pipeline, directory, meta, state, progress):
   s = config.stats
   unigram = state["unigram_counts"]
@@ -205,7 +190,9 @@ def _stage_pmi(config, pipeline, directory, meta, state, progress):
                                         size=s.pmi_vocab_size, min_count=s.min_count,
                                         drop_top_k=s.drop_top_k)
   if vocab_ids.size < 2:
-    raise ValueError(_too_few_pmi_tokens(s, unigram, _special_tuple(pipeline), vocab_ids.size))
+    raise ValueError(counting.too_few_pmi_tokens(
+        unigram, special_ids=_special_tuple(pipeline), min_count=s.min_count,
+        drop_top_k=s.drop_top_k, kept=vocab_ids.size))
   pairs = counting.count_pairs(
       _corpus(pipeline), vocab_ids, vocab_size=_vocab_size(pipeline), window=s.window,
       whole_words=s.whole_words, continuation=pipeline.continuation,

@@ -108,6 +108,22 @@ def select_pmi_vocab(unigram_counts: np.ndarray, *, special_ids: Sequence[int], 
   return ids.astype(np.int32)
 
 
+def too_few_pmi_tokens(unigram_counts: np.ndarray, *, special_ids: Sequence[int], min_count: int,
+                       drop_top_k: int, kept: int) -> str:
+  """Why the PMI vocabulary holds fewer than 2 tokens, naming the setting that limits it:
+  drop_top_k, or min_count (the corpus), whichever left too few. Shared by the local builder and
+  the Beam pipeline, so that both give the same advice."""
+  eligible = select_pmi_vocab(unigram_counts, special_ids=special_ids,
+                              size=np.asarray(unigram_counts).size, min_count=min_count).size
+  if eligible >= 2:
+    return (f"{eligible} tokens occur at least config.stats.min_count={min_count} times, and "
+            f"config.stats.drop_top_k={drop_top_k} drops the most frequent of them, leaving "
+            f"{kept}; a PMI table needs at least 2. Lower stats.drop_top_k.")
+  return (f"Only {kept} token(s) occur at least config.stats.min_count={min_count} times "
+          f"(after dropping config.stats.drop_top_k={drop_top_k}); the corpus is too small "
+          "for a PMI table. Lower stats.min_count or use a larger corpus.")
+
+
 def row_lookup(vocab_ids: np.ndarray, vocab_size: int) -> np.ndarray:
   """int32[V]: row of each token id in the PMI vocabulary, -1 outside it."""
   rows = np.full(vocab_size, -1, dtype=np.int32)

@@ -351,6 +351,14 @@ def count_ngrams(documents, *, vocab_size: int, special_ids: Sequence[int],
                        int(min_count))
 
 
+def _rank_key(scores: np.ndarray) -> np.ndarray:
+  """Scores as ranked: rounded to MIN_POSITIVE_PMI. PMIs equal in exact arithmetic (common with
+  small counts: 2 / (2 * 12) = 3 / (4 * 9)) come out of different log sums 1 ulp apart, which
+  decided their order, and so which of them made a quota's cut, before the tie-breaks by count
+  and token ids could."""
+  return np.round(np.asarray(scores, np.float64) / MIN_POSITIVE_PMI) * MIN_POSITIVE_PMI
+
+
 def segmentations(n: int) -> list[list[tuple[int, int]]]:
   """Every split of n words into >= 2 contiguous parts, as (start, stop) word ranges."""
   out = []
@@ -475,6 +483,7 @@ def assemble_vocab(scored: ScoredNgrams, size: int, max_n: int = MAX_N):
   if size <= 0:
     raise ValueError(f"stats.ngram_vocab_size must be > 0, got {size}.")
   q = quotas(size, max_n)
+  rank_key = _rank_key(scored.scores)
   chosen, priority = [], []
   for n, quota in q.items():
     if quota == 0:
@@ -482,14 +491,14 @@ def assemble_vocab(scored: ScoredNgrams, size: int, max_n: int = MAX_N):
     rows = np.flatnonzero((scored.lengths == n) & (scored.scores > MIN_POSITIVE_PMI))
     # Highest PMI_n first; ties by count, then by the token ids for determinism. Only the quota's
     # rows, and those tied with its last, need their tokens (read from the corpus) to be ordered.
-    by_value = rows[np.lexsort((-scored.counts[rows], -scored.scores[rows]))]
+    by_value = rows[np.lexsort((-scored.counts[rows], -rank_key[rows]))]
     if by_value.size > quota:
       last = by_value[quota - 1]
-      tied = (scored.scores[by_value] == scored.scores[last]) & (
+      tied = (rank_key[by_value] == rank_key[last]) & (
           scored.counts[by_value] == scored.counts[last])
       by_value = by_value[:int(np.flatnonzero(tied)[-1]) + 1]
     tokens = dict(zip(by_value.tolist(), scored.tokens_of(by_value), strict=True))
-    order = sorted(by_value.tolist(), key=lambda i: (-scored.scores[i], -scored.counts[i],
+    order = sorted(by_value.tolist(), key=lambda i: (-rank_key[i], -scored.counts[i],
                                                      tokens[i]))[:quota]
     chosen.extend((i, tokens[i]) for i in order)
     priority.extend((rank + 0.5) / max(quota, 1) for rank in range(len(order)))
@@ -509,7 +518,8 @@ def bigram_table(counts: NgramCounts, *, vocab_size: int, size: int):
   pmi = (np.log(counts.pair_counts.astype(np.float64)) - np.log(max(counts.num_adjacent, 1))
          - log_u[a] - log_u[b])
   keep = np.flatnonzero(pmi > MIN_POSITIVE_PMI)
-  order = keep[np.lexsort((a[keep], b[keep], -counts.pair_counts[keep], -pmi[keep]))][:size]
+  order = keep[np.lexsort((a[keep], b[keep], -counts.pair_counts[keep],
+                           -_rank_key(pmi[keep])))][:size]
   return np.stack([a[order], b[order]], axis=1), pmi[order]
 
 

@@ -25,11 +25,10 @@ def _pmi_vocab(unigrams, settings: Settings):
   vocab_ids = counting.select_pmi_vocab(unigrams.counts, special_ids=settings.special_ids,
                                         size=s["pmi_vocab_size"], min_count=s["min_count"],
                                         drop_top_k=s["drop_top_k"])
-  if vocab_ids.size < 2:
-    raise ValueError(
-        f"Only {vocab_ids.size} token(s) occur at least config.stats.min_count={s['min_count']} "
-        f"times (after dropping config.stats.drop_top_k={s['drop_top_k']}); the corpus is too "
-        "small for a PMI table. Lower stats.min_count or use a larger corpus.")
+  if vocab_ids.size < 2:  # The local builder's message: it names drop_top_k when that is why.
+    raise ValueError(counting.too_few_pmi_tokens(
+        unigrams.counts, special_ids=settings.special_ids, min_count=s["min_count"],
+        drop_top_k=s["drop_top_k"], kept=vocab_ids.size))
   return vocab_ids
 
 
