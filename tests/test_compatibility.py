@@ -387,3 +387,14 @@ def test_the_checkpoints_rate_is_computed_on_the_checkpoints_schedule_settings(c
     compatibility.warn_schedule_change({"config": saved}, config, 120)
   old_rate = 5e-4 * (1 - 20 / 100)  # The current settings, decaying over 200 - 100 steps.
   assert f"({old_rate:.4g} on the checkpoint's schedule)" in caplog.text
+
+
+def test_the_runs_own_bookkeeping_settings_are_not_config_changes():
+  """A run started with --config.train.overwrite=True is resumed without it (resume and overwrite
+  together are refused), and its profile window or num_steps may move: none of these is a change
+  of the run to warn about."""
+  saved = {"train": {"num_steps": 10, "resume": False, "overwrite": True,
+                     "profile_start_step": 5, "profile_steps": 3, "seed": 0}}
+  now = {"train": {"num_steps": 20, "resume": True, "overwrite": False,
+                   "profile_start_step": -1, "profile_steps": 0, "seed": 0}}
+  assert compatibility.config_changes(saved, now) == []

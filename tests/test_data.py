@@ -1326,6 +1326,22 @@ def test_a_restored_stream_position_the_stream_does_not_reach_is_refused(bert_to
   assert next(resumed) is not None and resumed.state()["epoch"] == 1
 
 
+def test_a_restored_stream_position_at_the_end_of_its_chunk_is_refused(bert_tokenizer):
+  """The iterator never saves a row offset equal to its chunk's rows (it moves to the next chunk
+  at offset 0), so such a position is another stream's: it must be refused as one past the end
+  of the chunk is, not skip the chunk and go on with the next one."""
+  texts = [f"Document {i} is about the river {i}. It ends here." for i in range(8)]
+  first_chunk = len(_packed_rows(texts[:4], bert_tokenizer))
+  it = _streaming(texts, bert_tokenizer, 1, chunk_documents=4)
+  next(it)
+  resumed = _streaming(texts, bert_tokenizer, 1, chunk_documents=4)
+  resumed.restore({**it.state(), "offset": first_chunk})
+  with pytest.raises(data.DataSettingsChanged, match=rf"\(epoch 0, chunk 0, row {first_chunk}\) "
+                                                     rf"is not in this stream: its chunk 0 packs "
+                                                     rf"into {first_chunk} rows"):
+    next(resumed)
+
+
 def test_a_streamed_corpus_is_identified_by_its_files_not_their_folder(tmp_path):
   """The identity a streaming resume checks: another file, another size or max_documents is
   another stream; the same files moved to another folder are the same."""
@@ -1517,3 +1533,16 @@ def test_a_streaming_pipeline_s_train_iterator_takes_the_seed_and_the_corpus(tmp
     np.testing.assert_array_equal(batches[seed], next(want)["token_ids"])
     assert it.state()["corpus"] == pipeline.corpus_fingerprint
   assert not np.array_equal(batches[1], batches[2])
+
+
+def test_a_byte_level_bpe_word_with_its_leading_space_goes_to_the_sentence_it_starts():
+  """"ĠThe" spans the space before its sentence: by its first character it would belong to the
+  sentence before (sentence_spans strip that space), and each sentence-initial word of a RoBERTa
+  or GPT-2 vocabulary would count in the previous sentence for the statistics and informask."""
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  text = "The cat sat. The dog ran. A bird sang."
+  bpe.train_from_iterator([text] * 50, vocab_size=300, min_frequency=1, show_progress=False)
+  ids, sids, _ = data.encode_documents([text], bpe)
+  assert [bpe.id_to_token(int(i)) for i in ids][4] == "\u0120The"  # Merged with its space.
+  for k, sentence in enumerate(data.split_sentences(text)):
+    assert bpe.decode(ids[sids == k].tolist()).strip() == sentence

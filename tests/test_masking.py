@@ -2560,3 +2560,15 @@ def test_show_uses_a_table_beside_a_meta_json_that_names_no_tokenizer(tmp_path, 
              "--rates", str(tmp_path / "rates.npy")])
   rows = [line.strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
   assert len(rows) == 2 and all(re.search(r"[\[{]earth\b", row) for row in rows), rows
+
+
+def test_pmi_ngram_starting_with_a_continuation_id_counts_its_first_token_as_a_word():
+  """A byte-level BPE vocabulary's sentence-initial word ("The", no "Ġ") is a continuation id,
+  yet the statistics store n-grams that start with it. Counted as in a sequence, its first token
+  starts a word: (The, ĠNew, ĠYork) is 3 words. Counted as 2, only 2-word spans were looked up
+  and the n-gram never matched."""
+  the, new, york = 850, 600, 601  # 850 is a continuation id (CONT).
+  masker = build("pmi_span", ngrams=[(the, new, york)])
+  tokens = np.array([[CLS, the, new, york, 10, SEP]], np.int32)
+  _, aux = masker(jax.random.key(0), tokens, with_aux=True)
+  np.testing.assert_array_equal(np.asarray(aux["ngram_len"])[0], [0, 3, 0, 0, 0, 0])

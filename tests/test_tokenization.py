@@ -629,3 +629,17 @@ def test_a_cased_vocab_txt_read_lower_cased_is_warned(tmp_path, caplog):
     tokenization.load_tokenizer(_config(str(path), lowercase=False))
     tokenization.load_tokenizer(_config(BERT_VOCAB))  # bert-base-uncased: every token reachable.
   assert not caplog.records, caplog.text
+
+
+def test_the_byte_level_table_is_gpt2s_and_a_word_start_mark_alone_stays():
+  """word_marks spells byte-level BPE pieces (the statistics report, `masking show`) with its
+  own copy of GPT-2's byte table: one byte off (0xAD, the soft hyphen, is not printable there)
+  would misspell every piece holding it. A mark alone ("Ġ", a space) is a token of its own and
+  keeps its name; only a mark before a word is dropped."""
+  from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+  from informask_jax import word_marks
+
+  assert word_marks.BYTE_LEVEL_BYTES == {c: b for b, c in bytes_to_unicode().items()}
+  assert [word_marks.unmarked(p) for p in ("\u0120the", "\u2581the", "\u0120", "\u2581", "##s")] \
+      == ["the", "the", "\u0120", "\u2581", "##s"]
