@@ -6,6 +6,8 @@ import pathlib
 
 import jax
 
+from informask_jax import paths
+
 
 class Profiler:
   """A jax.profiler trace of the steps after `start` (config.train.profile_*) into `directory`,
@@ -35,7 +37,17 @@ class Profiler:
     if not self.active:
       return
     self.active = False
-    jax.profiler.stop_trace()
+    try:
+      jax.profiler.stop_trace()  # Writes the trace's files.
+    except jax.errors.JaxRuntimeError as e:
+      # A full disk reads as RESOURCE_EXHAUSTED, which the run took for device memory and
+      # answered with advice to lower the batch size: named as the write that failed instead.
+      line = (str(e).strip().splitlines() or [""])[0][:300]
+      raise paths.WriteError(
+          f"Writing the profile trace to {self.directory} failed ({type(e).__name__}: {line}). "
+          "Free disk space (or make the folder writable) and run the same command to resume "
+          "from the latest checkpoint; leave out config.train.profile_start_step to train "
+          "without a trace.") from e
     traced = self.done - self.start
     short = (f" ({traced} of the {self.count} steps of config.train.profile_steps: the run "
              "ended or stopped first)" if traced < self.count else "")

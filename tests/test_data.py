@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import pathlib
 import re
 import shutil
 import stat
@@ -309,6 +310,35 @@ def test_tokenized_corpus_is_stored_once_under_the_cache_dir(tmp_path, bert_toke
     data.tokenize_corpus(docs.select(range(10)), bert_tokenizer, c.data)
   assert "1 folder(s) left by interrupted tokenizations (0.00 GB): .map-killed" in caplog.text
   assert left.exists()
+
+
+def test_a_cache_that_fills_the_disk_is_named(tmp_path, wiki_docs, bert_tokenizer, monkeypatch):
+  """datasets' writers fail on a full disk with "[Errno 28] No space left on device", no file
+  named (tokenizers' with "(os error 28)"): the run's error line did not say that the cache, not
+  the workdir, is on the full disk. Other errors pass as they were."""
+  c = _tiny_config(tmp_path)
+  docs = wiki_docs["train"].select(range(10))
+  entry = pathlib.Path(c.data.cache_dir) / "tokenized"
+
+  def disk_full(self, *args, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(datasets.Dataset, "save_to_disk", disk_full)
+  with pytest.raises(paths.WriteError, match=rf"Writing the cache entry {entry}/\w+ failed "
+                     r"\(OSError: \[Errno 28\] No space left on device\)\. Free disk space"
+                     r", or set --config\.data\.cache_dir to a folder on another disk"):
+    data.tokenize_corpus(docs, bert_tokenizer, c.data)
+  assert not [p for p in entry.iterdir() if not p.name.startswith(".")]
+  for error in (Exception("No space left on device (os error 28)"),):  # A Rust writer's.
+    with pytest.raises(paths.WriteError, match=r"\(Exception: No space left on device \(os "):
+      paths.load_or_build(str(tmp_path), str(tmp_path / "x"), lambda: None,
+                          lambda e=error: _raise(e), logging)
+  with pytest.raises(OSError, match="^Input/output error$"):
+    paths.load_or_build(str(tmp_path), str(tmp_path / "x"), lambda: None,
+                        lambda: _raise(OSError("Input/output error")), logging)
+
+
+def _raise(error):
+  raise error
 
 
 def test_runs_started_together_tokenize_a_corpus_once(tmp_path, wiki_docs, bert_tokenizer,

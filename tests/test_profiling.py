@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from informask_jax import profiling
+from informask_jax import paths, profiling
 
 
 @pytest.fixture
@@ -67,3 +67,22 @@ def test_a_window_past_the_runs_end_ends_at_its_last_step_and_says_so(events, ca
     _run(profiler, 3, events)  # A signal after step 3.
     profiler.stop()
   assert "Profiled steps 2-3 into p" in caplog.text and "2 of the 5 steps" in caplog.text
+
+
+def test_a_full_disk_while_the_trace_is_written_is_a_write_error_naming_the_folder(events,
+                                                                                  monkeypatch):
+  """jax.profiler's write on a full disk fails as RESOURCE_EXHAUSTED, which train_and_evaluate
+  took for device memory (OutOfDeviceMemory: "lower config.train.batch_size")."""
+  def disk_full():
+    raise profiling.jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: /w/profile/process_0/plugins/profile/x/vm.xplane.pb; No space left "
+        "on device")
+
+  monkeypatch.setattr(profiling.jax.profiler, "stop_trace", disk_full)
+  profiler = profiling.Profiler(pathlib.Path("/w/profile/process_0"), start=0, count=1)
+  with pytest.raises(paths.WriteError, match=r"Writing the profile trace to /w/profile/process_0 "
+                     r"failed \(JaxRuntimeError: RESOURCE_EXHAUSTED: .*No space left on device\)"
+                     r"\. Free disk space"):
+    _run(profiler, 2, events)
+  assert not profiler.active
+  profiler.stop()  # The loop's cleanup after the error: nothing raised a second time.

@@ -938,6 +938,22 @@ def test_an_unwritable_statistics_directory_is_refused_before_any_stage(built, t
   assert stats.build_artifacts(built_config, pipeline, progress=False) == directory
 
 
+def test_a_statistics_stage_that_fills_the_disk_names_the_directory(tmp_path, monkeypatch):
+  """A full disk while a stage saves its table (numpy's "[Errno 28] No space left on device",
+  no file named) is a WriteError naming the statistics directory, which lies under
+  config.data.cache_dir, often on another disk than the workdir."""
+  config, pipeline = small_config(tmp_path), fake_pipeline(synthetic_docs(300, seed=9))
+
+  def disk_full(*args):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setitem(build_lib._STAGE_FNS, "pmi", disk_full)
+  directory = stats.artifact_dir(config, pipeline)
+  with pytest.raises(paths.WriteError, match=rf"Writing statistics to {directory} failed "
+                     r"\(OSError: \[Errno 28\] No space left on device\)\. Free disk space"
+                     r", or set --config\.data\.cache_dir"):
+    stats.build_artifacts(config, pipeline, progress=False)
+
+
 # Runs `python -m informask_jax.stats build` with the counting of pairs held at its first chunk,
 # its spill folder made (in argv[1]), after logging JAX's line about a backend it probes; argv[2:]
 # are more flags of the command.

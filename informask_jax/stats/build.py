@@ -372,6 +372,11 @@ def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: 
       _write_vocab(directory, meta, pipeline)
     except Exception as e:  # noqa: BLE001 - a report nicety, never a reason to fail a build
       logging.warning("Could not write %s for reports: %s", art.VOCAB, e)
+  with paths.naming_full_disk(f"statistics to {directory}"):
+    _run_stages(config, pipeline, directory, meta, todo, progress, reuse, state)
+
+
+def _run_stages(config, pipeline, directory, meta, todo, progress, reuse, state) -> None:
   # Every stage to build is unlisted on disk before the first runs: a half-rebuilt one must not
   # look valid, nor, after an interrupted --force, one that build never reached (the advised
   # rerun without --force found it intact and rebuilt nothing).
