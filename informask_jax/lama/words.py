@@ -35,6 +35,20 @@ class WordTable:
     # decoded token has none, and a word's normal form is compared with it.
     self._normalize = ((lambda s: normalizer.normalize_str(s).replace("\u2581", " "))
                        if normalizer is not None else (lambda s: s))
+    from informask_jax import tokenization  # Lazily: it loads the corpus readers.
+
+    framing = tokenization.bare_text_framing(tokenizer)
+    if framing is not None:
+      # No post-processor (a ByteLevelBPETokenizer or SentencePiece one wrapped as
+      # PreTrainedTokenizerFast): it adds nothing around a text, while training framed every
+      # row as [CLS] ... [SEP] (data/packing.py). The queries are framed so too, as
+      # tokenization.load_tokenizer frames a run's (LAMA's BERT connector also joins a pair
+      # with one [SEP]).
+      log.warning("The tokenizer adds no special tokens around a text (no post-processor): "
+                  "queries are framed as training framed its rows, %s ... %s.",
+                  tokenizer.cls_token, tokenizer.sep_token)
+      backend = tokenizer.backend_tokenizer
+      backend.post_processor = framing(backend.post_processor)
     probe = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     k = next(i for i in range(len(full)) if full[i:i + len(probe)] == probe)
@@ -50,18 +64,6 @@ class WordTable:
     b = next(i for i in range(a + n, len(ids2)) if ids2[i:i + n] == probe)
     self._pair = (ids2[:a], ids2[a + n:b], ids2[b + n:])  # Before, between, after.
     self._pair_types = (types2[:a], types2[a], types2[a + n:b], types2[b], types2[b + n:])
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if full == probe and cls_id is not None and sep_id is not None:
-      # A tokenizer without a post-processor (a ByteLevelBPETokenizer or SentencePiece one
-      # wrapped as PreTrainedTokenizerFast) adds nothing around a text, but training framed
-      # every row as [CLS] ... [SEP], documents joined by [SEP] (data/packing.py): the queries
-      # are framed so too (LAMA's BERT and RoBERTa connectors also join a pair with one [SEP]).
-      log.warning("The tokenizer adds no special tokens around a text (no post-processor): "
-                  "queries are framed as training framed its rows, %s ... %s.",
-                  tokenizer.cls_token, tokenizer.sep_token)
-      self.prefix, self.suffix = [cls_id], [sep_id]
-      self._pair = ([cls_id], [sep_id], [sep_id])
-      self._pair_types = ([0], 0, [0], 1, [1])  # BERT's segments; see fit_token_types.
     self._token_ids: dict[str, int | None] = {}
     self._strings: dict[int, str] = {}
     # A mask token without lstrip (one set up as PreTrainedTokenizerFast(mask_token="<mask>"))
