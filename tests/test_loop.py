@@ -1936,31 +1936,42 @@ def test_cadences_that_never_save_an_evaluated_step_before_the_last_are_warned(t
               "loss, so none is kept as the best by it.") in caplog.text
 
 
+def _reads_failing_at(m, at, error, positions=None):
+  """Patches (with `m`, a monkeypatch context) the pipeline's training iterator to raise `error`
+  at its `at`-th read, as a file gone or a malformed line would; `positions` gets the data
+  position before each read."""
+  make_iterator = loop.data.pipeline.InputPipeline.train_iterator
+  positions = [] if positions is None else positions
+
+  class FailingRead:
+    def __init__(self, inner):
+      self.inner = inner
+
+    def __next__(self):
+      positions.append(self.inner.state())
+      if len(positions) == at:
+        raise error
+      return next(self.inner)
+
+    def state(self):
+      return self.inner.state()
+
+    def restore(self, state):
+      return self.inner.restore(state)
+
+  m.setattr(loop.data.pipeline.InputPipeline, "train_iterator",
+            lambda *a, **k: FailingRead(make_iterator(*a, **k)))
+
+
 def test_a_data_read_error_saves_the_steps_trained_and_the_run_resumes_there(
     tiny_config, tmp_path, monkeypatch, caplog):
   """The 4th batch cannot be read (a file gone, a stream's network): steps 1-3 are saved before
   the error is raised, with the data position of the failed batch, and a rerun resumes there."""
   config = _small(tiny_config, num_steps=5, checkpoint_every=1000, eval_every=1000)
   config.masking.name = "random"
-  make_iterator = loop.data.pipeline.InputPipeline.train_iterator
   positions = []
-
-  class FailingRead:  # The pipeline's iterator, whose 4th read raises.
-    def __init__(self, inner):
-      self.inner = inner
-
-    def __next__(self):
-      positions.append(self.inner.state())
-      if len(positions) == 4:
-        raise OSError("shard 7 is gone")
-      return next(self.inner)
-
-    def state(self):
-      return self.inner.state()
-
   with monkeypatch.context() as m, caplog.at_level(logging.ERROR):
-    m.setattr(loop.data.pipeline.InputPipeline, "train_iterator",
-              lambda *a, **k: FailingRead(make_iterator(*a, **k)))
+    _reads_failing_at(m, 4, OSError("shard 7 is gone"), positions)
     with pytest.raises(OSError, match="shard 7 is gone"):
       loop.train_and_evaluate(config, tmp_path)
   assert (f"Reading the training data (config.data.sources: wiki_vital 'wiki_vital') failed "
@@ -1982,25 +1993,8 @@ def test_a_data_read_error_logs_the_steps_since_the_last_row_before_saving(
   resumed run's rows starting at step 4."""
   config = _small(tiny_config, num_steps=5, checkpoint_every=1000, eval_every=1000, log_every=2)
   config.masking.name = "random"
-  make_iterator = loop.data.pipeline.InputPipeline.train_iterator
-  reads = []
-
-  class FailingRead:  # The pipeline's iterator, whose 4th read raises.
-    def __init__(self, inner):
-      self.inner = inner
-
-    def __next__(self):
-      reads.append(True)
-      if len(reads) == 4:
-        raise OSError("shard 7 is gone")
-      return next(self.inner)
-
-    def state(self):
-      return self.inner.state()
-
   with monkeypatch.context() as m:
-    m.setattr(loop.data.pipeline.InputPipeline, "train_iterator",
-              lambda *a, **k: FailingRead(make_iterator(*a, **k)))
+    _reads_failing_at(m, 4, OSError("shard 7 is gone"))
     with pytest.raises(OSError, match="shard 7 is gone"):
       loop.train_and_evaluate(config, tmp_path)
   assert sorted(_read_metrics(tmp_path)) == [2, 3]
@@ -2119,35 +2113,15 @@ def test_a_stream_that_failed_to_read_resumes_once_its_file_is_fixed(tiny_config
   folder.mkdir()
   part = folder / "part0.jsonl"
   # Its last line stands for the malformed one (a real one would fail the validation sample,
-  # read first); FailingRead raises its error, at the 4th batch.
+  # read first); _reads_failing_at raises its error, at the 4th batch.
   part.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs) + '{"text": "x"}\n')
   config = _small(tiny_config, num_steps=5, checkpoint_every=1000, eval_every=1000)
   config.masking.name = "random"
   config.data.sources[0].update(kind="files", name=str(folder), text_field="text",
                                 streaming=True)
-  make_iterator = loop.data.pipeline.InputPipeline.train_iterator
-  reads = []
-
-  class FailingRead:
-    def __init__(self, inner):
-      self.inner = inner
-
-    def __next__(self):
-      reads.append(1)
-      if len(reads) == 4:
-        raise ValueError(f"{part}, line {len(docs) + 1}: not valid JSON")
-      return next(self.inner)
-
-    def state(self):
-      return self.inner.state()
-
-    def restore(self, state):
-      return self.inner.restore(state)
-
   workdir = tmp_path / "run"
   with monkeypatch.context() as m:
-    m.setattr(loop.data.pipeline.InputPipeline, "train_iterator",
-              lambda *a, **k: FailingRead(make_iterator(*a, **k)))
+    _reads_failing_at(m, 4, ValueError(f"{part}, line {len(docs) + 1}: not valid JSON"))
     with pytest.raises(ValueError, match="not valid JSON"):
       loop.train_and_evaluate(config, workdir)
   assert checkpointing.Checkpointer(workdir).all_steps() == [3]
