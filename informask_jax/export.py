@@ -246,10 +246,10 @@ def _copy_tokenizer(tokenizer_dir: str, out_dir: str, tokenizer, type_vocab_size
 
 def _frame_as_trained(out_dir: str, tokenizer) -> None:
   """Gives the exported tokenizer.json the framing training gave every row where the run's
-  tokenizer adds none (tokenization.bare_text_framing; a run since the fix has it in its
-  tokenizer/ already). Else the export's users (fill-mask, run_glue.py, a classifier reading the
-  first token) feed the model inputs it never saw; the ids of the text itself, and so the
-  fingerprint, are unchanged."""
+  tokenizer adds none (tokenization.bare_text_framing: a workdir whose tokenizer/ was saved
+  without it; load_tokenizer frames a run's). Else the export's users (fill-mask, run_glue.py,
+  a classifier reading the first token) feed the model inputs it never saw; the ids of the text
+  itself, and so the fingerprint, are unchanged."""
   import tokenizers
 
   from informask_jax import tokenization
@@ -262,8 +262,8 @@ def _frame_as_trained(out_dir: str, tokenizer) -> None:
   backend.post_processor = framing(backend.post_processor)
   backend.save(path)
   logging.warning("The run's tokenizer adds no special tokens around a text (no "
-                  "post-processor): the export's frames a text as training framed its rows, "
-                  "%s ... %s.", tokenizer.cls_token, tokenizer.sep_token)
+                  "post-processor): the export's tokenizer frames a text as training framed its "
+                  "rows, %s ... %s.", tokenizer.cls_token, tokenizer.sep_token)
 
 
 def _write_wordpiece_vocab(out_dir: str) -> dict:

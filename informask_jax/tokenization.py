@@ -72,11 +72,16 @@ def _bert_pipeline(tok, lowercase, strip_accents=None):
 
 
 def _add_post_processor(tok):
-  cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-  tok.post_processor = processors.TemplateProcessing(
-      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-      special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+  tok.post_processor = _bert_template("[CLS]", tok.token_to_id("[CLS]"), "[SEP]",
+                                      tok.token_to_id("[SEP]"))
   return tok
+
+
+def _bert_template(cls, cls_id, sep, sep_id):
+  """BERT's framing with the given tokens: cls A sep, and cls A sep B sep with B's of type 1."""
+  return processors.TemplateProcessing(
+      single=[cls, "$A", sep], pair=[cls, "$A", sep, "$B:1", f"{sep}:1"],
+      special_tokens=[(cls, cls_id), (sep, sep_id)])
 
 
 def _from_vocab_file(path, lowercase, strip_accents=None):
@@ -612,22 +617,24 @@ def load_tokenizer(tokenizer_config, corpus=None, cache_dir=None, *, train_finge
     special_ids(tokenizer)
   except ValueError as e:
     raise ValueError(f"config.tokenizer.name_or_path={name!r}: {e}") from None
-  _frame_bare_texts(tokenizer, name)
+  if frame_bare_texts(tokenizer):
+    cls, sep = tokenizer.cls_token, tokenizer.sep_token
+    log.warning("config.tokenizer.name_or_path=%r adds no %s or %s around a text (its "
+                "post-processor puts none there), while training rows are framed by them: the "
+                "run's tokenizer/ and its export frame texts as BERT's, %s A %s B %s. Save your "
+                "tokenizer with a post-processor to choose another layout.", name, cls, sep, cls,
+                sep, sep)
   return tokenizer
 
 
-def _frame_bare_texts(tokenizer, name) -> None:
+def frame_bare_texts(tokenizer) -> bool:
   """Gives a tokenizer that adds nothing around a text (no post-processor: a `tokenizers` BPE or
-  Unigram saved as built) the framing of training rows: bare_text_framing."""
+  Unigram saved as built) the framing of training rows (bare_text_framing); whether it did."""
   framing = bare_text_framing(tokenizer)
-  if framing is None:
-    return
-  tokenizer.backend_tokenizer.post_processor = framing(tokenizer.backend_tokenizer.post_processor)
-  cls, sep = tokenizer.cls_token, tokenizer.sep_token
-  log.warning("config.tokenizer.name_or_path=%r adds no %s or %s around a text (its post-processor "
-              "puts none there), while training rows are framed by them: the run's "
-              "tokenizer/ and its export frame texts as BERT's, %s A %s B %s. Save your tokenizer "
-              "with a post-processor to choose another layout.", name, cls, sep, cls, sep, sep)
+  if framing is not None:
+    backend = tokenizer.backend_tokenizer
+    backend.post_processor = framing(backend.post_processor)
+  return framing is not None
 
 
 def bare_text_framing(tokenizer):
@@ -642,9 +649,7 @@ def bare_text_framing(tokenizer):
   if (cls is None or sep is None or tokenizer("a")["input_ids"]
       != tokenizer("a", add_special_tokens=False)["input_ids"]):
     return None
-  template = processors.TemplateProcessing(
-      single=[cls, "$A", sep], pair=[cls, "$A", sep, "$B:1", f"{sep}:1"],
-      special_tokens=[(cls, tokenizer.cls_token_id), (sep, tokenizer.sep_token_id)])
+  template = _bert_template(cls, tokenizer.cls_token_id, sep, tokenizer.sep_token_id)
   return lambda kept: template if kept is None else processors.Sequence([kept, template])
 
 

@@ -37,18 +37,15 @@ class WordTable:
                        if normalizer is not None else (lambda s: s))
     from informask_jax import tokenization  # Lazily: it loads the corpus readers.
 
-    framing = tokenization.bare_text_framing(tokenizer)
-    if framing is not None:
+    if tokenization.frame_bare_texts(tokenizer):
       # No post-processor (a ByteLevelBPETokenizer or SentencePiece one wrapped as
-      # PreTrainedTokenizerFast): it adds nothing around a text, while training framed every
+      # PreTrainedTokenizerFast): it added nothing around a text, while training framed every
       # row as [CLS] ... [SEP] (data/packing.py). The queries are framed so too, as
       # tokenization.load_tokenizer frames a run's (LAMA's BERT connector also joins a pair
       # with one [SEP]).
       log.warning("The tokenizer adds no special tokens around a text (no post-processor): "
                   "queries are framed as training framed its rows, %s ... %s.",
                   tokenizer.cls_token, tokenizer.sep_token)
-      backend = tokenizer.backend_tokenizer
-      backend.post_processor = framing(backend.post_processor)
     probe = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     k = next(i for i in range(len(full)) if full[i:i + len(probe)] == probe)
