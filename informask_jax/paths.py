@@ -151,30 +151,30 @@ def load_or_build(cache_dir, path, load, build, log):
     found = load()
     if found is not None:
       return found
-    with naming_full_disk(f"the cache entry {path}"):
+    with naming_full_disk("the cache entry", path):
       return build()
 
 
 @contextlib.contextmanager
-def naming_full_disk(what: str):
-  """A full disk, a quota or a read-only file system met in the block -> WriteError saying that
-  writing `what` (naming its path) failed. The libraries that write the caches name no file
-  ("[Errno 28] No space left on device", tokenizers' "(os error 28)"), and the cache
-  (config.data.cache_dir, ~/.cache by default) is often on another disk than the workdir: "free
-  disk space" alone sent users to the wrong one."""
+def naming_full_disk(what: str, path):
+  """A full disk, a quota or a read-only file system met in the block (cli.disk_failure) ->
+  WriteError saying that writing `what` at `path` failed. The libraries that write the caches
+  name no file ("[Errno 28] No space left on device", tokenizers' "(os error 28)"), and the
+  cache (config.data.cache_dir, ~/.cache by default) is often on another disk than the workdir:
+  "free disk space" alone sent users to the wrong one."""
+  from informask_jax import cli  # Lazily: cli imports this module.
+
   try:
     yield
   except WriteError:
     raise
   except Exception as e:
-    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
-    if (code not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-        and not any(text in str(e) for text in DISK_ERROR_TEXTS)):
+    disk = cli.disk_failure(e)
+    if disk is None:
       raise
-    line = (str(e).strip().splitlines() or [""])[0][:300]
-    raise WriteError(f"Writing {what} failed ({type(e).__name__}: {line}). "
-                     f"{_write_advice(e, what.split()[-1])}, or set --config.data.cache_dir to a "
-                     "folder on another disk, and run the same command again.") from e
+    raise WriteError(f"Writing {what} {path} failed ({disk}). {_write_advice(e, path)}, or set "
+                     "--config.data.cache_dir to a folder on another disk, and run the same "
+                     "command again.") from e
 
 
 def _make_lock_folder(locks, cache_dir) -> None:

@@ -372,7 +372,7 @@ def _run(config, pipeline, directory: pathlib.Path, meta: dict, todo, progress: 
       _write_vocab(directory, meta, pipeline)
     except Exception as e:  # noqa: BLE001 - a report nicety, never a reason to fail a build
       logging.warning("Could not write %s for reports: %s", art.VOCAB, e)
-  with paths.naming_full_disk(f"statistics to {directory}"):
+  with paths.naming_full_disk("statistics to", directory):
     _run_stages(config, pipeline, directory, meta, todo, progress, reuse, state)
 
 
