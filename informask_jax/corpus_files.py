@@ -236,10 +236,12 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
                bool: "boolean", type(None): "null"}
 
 
-def parse_json_line(raw):
-  """(record, None) for one line of a JSON Lines file, (None, why it is not a record) otherwise;
-  (None, None) for a blank line. The Beam pipeline's reader takes lines by the same rules.
-  """
+def parse_json_line(raw, number):
+  """(record, None) for line `number` (from 1) of a JSON Lines file, (None, why it is not a
+  record) otherwise; (None, None) for a blank line. A byte-order mark opening the file is no part
+  of its first record. The Beam pipeline's reader takes lines by the same rules."""
+  if number == 1:
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
   if not raw.strip():
     return None, None
   try:
@@ -358,8 +360,7 @@ def _json_records(path, where):
       yield from ((None, item) for item in items)
       return
     for number, raw in enumerate(f, 1):
-      record, problem = parse_json_line(raw.removeprefix(b"\xef\xbb\xbf") if number == 1
-                                        else raw)
+      record, problem = parse_json_line(raw, number)
       if problem:
         # A pretty-printed object ({"data": [...]} over many lines) fails on its first line.
         raise (number == 1 and _one_object_error(where, path)) or (

@@ -59,8 +59,7 @@ def _json_lines_texts(path, text_field, lines):
 
   present, first_missing = False, None
   for number, line in enumerate(lines, 1):
-    record, problem = corpus_files.parse_json_line(
-        line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line)
+    record, problem = corpus_files.parse_json_line(line, number)
     if problem:
       raise ValueError(f"{path}, line {number}: not JSON Lines (one object per line): "
                        f"{problem}. The Beam pipeline reads .json files as JSON Lines; a JSON "
